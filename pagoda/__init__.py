@@ -1,0 +1,26 @@
+"""pagoda: a paged-KV-cache, continuously batching LLM inference and serving engine."""
+
+from pagoda.outputs import CompletionOutput, Logprob, RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Import the engine lazily: ``import pagoda`` stays cheap for the CLI and server.
+    if name == "LLM":
+        from pagoda.entrypoints.llm import LLM
+
+        return LLM
+    if name == "EngineArgs":
+        from pagoda.config import EngineArgs
+
+        return EngineArgs
+    if name == "LLMEngine":
+        from pagoda.engine.llm_engine import LLMEngine
+
+        return LLMEngine
+    raise AttributeError(name)
+
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]

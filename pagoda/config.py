@@ -1,0 +1,229 @@
+"""Typed engine configuration. Each field's docstring-comment is its CLI help.
+
+``EngineArgs`` holds what the user typed (vLLM's names); ``EngineArgs.create_config``
+resolves it against the model's files into an immutable :class:`EngineConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("pagoda")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+}
+
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+
+
+@dataclass
+class EngineArgs:
+    model: str | None = None
+    """Model: a local Hugging Face folder, a .gguf file, a hub id, or None for the embedded default."""
+    tokenizer: str | None = None
+    """Tokenizer folder or id; defaults to the model's."""
+    served_model_name: list[str] | None = None
+    """Names the server reports for the model (first one is the primary)."""
+    dtype: str = "auto"
+    """Weights/activations dtype: auto (config's dtype; fp16 becomes bf16 on CPU), bfloat16, float16, float32."""
+    max_model_len: int | None = None
+    """Maximum context length (prompt + output); defaults to the model's max_position_embeddings."""
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+    max_num_seqs: int = 256
+    """Maximum number of requests running in one step."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one step (prefill chunks + decodes); default 8192 on GPU, 2048 on CPU."""
+    enable_chunked_prefill: bool = True
+    """Split long prompts into chunks that share steps with decodes."""
+    seed: int = 0
+    """Seed for unseeded sampling and dummy weights."""
+    load_format: str = "auto"
+    """auto | safetensors | gguf | dummy (random weights of the configured shape)."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    kv_cache_memory_bytes: int | None = None
+    """KV-cache size in bytes (overrides gpu_memory_utilization); CPU default 2 GiB."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory the engine may use (weights, activations, KV cache)."""
+    num_gpu_blocks_override: int | None = None
+    """Use exactly this many KV blocks (testing / debugging)."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs."""
+    attention_backend: str | None = None
+    """Attention implementation: torch or triton (default: triton on CUDA, torch elsewhere)."""
+    generation_config: str = "auto"
+    """'auto' takes sampling defaults from the model's generation_config.json; 'vllm' ignores it; or a folder."""
+    max_logprobs: int = 20
+    """Largest logprobs / prompt_logprobs a request may ask for."""
+    chat_template: str | None = None
+    """A Jinja chat template (file path or literal) replacing the model's."""
+    trust_remote_code: bool = False
+    """Accepted for compatibility; remote code is never executed."""
+
+    def create_config(self) -> "EngineConfig":
+        from pagoda.models.model_files import resolve_model
+        from pagoda.models.registry import resolve_architecture
+
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
+
+        model_path = resolve_model(self.model, load_format=self.load_format)
+        tokenizer_path = resolve_model(self.tokenizer, load_format="dummy") if self.tokenizer else model_path
+        hf_config = read_json(model_path / "config.json")
+        arch = resolve_architecture(hf_config)
+
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, hf_config, device)
+
+        max_pos = int(hf_config.get("max_position_embeddings") or 2048)
+        max_model_len = self.max_model_len or max_pos
+        if max_model_len > max_pos and not self.max_model_len:
+            max_model_len = max_pos
+        if self.max_model_len and self.max_model_len > max_pos:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} is larger than the model's max_position_embeddings={max_pos}; "
+                f"lower --max-model-len."
+            )
+        sliding = hf_config.get("sliding_window")
+        if sliding and hf_config.get("use_sliding_window", True) and int(sliding) < max_model_len:
+            logger.warning(
+                "Model uses sliding-window attention (%d); capping max_model_len from %d to %d.",
+                sliding, max_model_len, sliding,
+            )
+            max_model_len = int(sliding)
+
+        mnbt = self.max_num_batched_tokens or (8192 if device.type == "cuda" else 2048)
+        if not self.enable_chunked_prefill and mnbt < max_model_len:
+            mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
+        if mnbt < self.max_num_seqs and self.max_num_batched_tokens is None:
+            mnbt = self.max_num_seqs
+
+        gen_defaults: dict[str, Any] = {}
+        if self.generation_config != "vllm":
+            gen_dir = model_path if self.generation_config == "auto" else Path(self.generation_config)
+            gen_file = gen_dir / "generation_config.json"
+            if gen_file.exists():
+                gen_defaults = read_json(gen_file)
+
+        return EngineConfig(
+            model=self.model,
+            model_path=model_path,
+            tokenizer_path=tokenizer_path,
+            served_model_name=list(self.served_model_name or [self.model or "SmolLM2-135M-Instruct"]),
+            hf_config=hf_config,
+            architecture=arch,
+            dtype=dtype,
+            device=device,
+            max_model_len=max_model_len,
+            block_size=self.block_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=mnbt,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            seed=self.seed,
+            load_format=self.load_format,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+            enforce_eager=self.enforce_eager,
+            attention_backend=self.attention_backend,
+            generation_defaults=gen_defaults,
+            max_logprobs=self.max_logprobs,
+            chat_template=self.chat_template,
+        )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str | None
+    model_path: Path
+    tokenizer_path: Path
+    served_model_name: list[str]
+    hf_config: dict[str, Any]
+    architecture: str
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool
+    seed: int
+    load_format: str
+    kv_cache_memory_bytes: int | None
+    gpu_memory_utilization: float
+    num_gpu_blocks_override: int | None
+    enforce_eager: bool
+    attention_backend: str | None
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    max_logprobs: int = 20
+    chat_template: str | None = None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA GPU is visible; use --device cpu.")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: str, hf_config: dict[str, Any], device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}.")
+        out = _DTYPES[dtype]
+        if device.type == "cpu" and out == torch.float16:
+            logger.warning("float16 is slow on CPU; using bfloat16.")
+            out = torch.bfloat16
+        return out
+    cfg_dtype = hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"
+    out = _DTYPES.get(str(cfg_dtype).replace("torch.", ""), torch.float32)
+    if device.type == "cpu":
+        if out in (torch.float16, torch.bfloat16):
+            out = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    elif out == torch.float32:
+        out = torch.bfloat16  # as vLLM: fp32 checkpoints run in half precision on GPU
+    return out
+
+
+def env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return int(v) if v else default

@@ -1,0 +1,213 @@
+"""Iteration-level, phase-free scheduler.
+
+Every request carries ``num_computed_tokens`` and ``num_tokens``; each step hands
+out a token budget (``max_num_batched_tokens``) so the first catches up with the
+second. A prompt chunk, a whole prompt, a decode token and the recompute of a
+preempted request are the same operation. Running requests are served first
+(in arrival order), then waiting ones (FCFS) while budget, ``max_num_seqs`` and
+free blocks allow. When a running request cannot get a block, the most recently
+arrived running request is preempted (its blocks freed, its progress reset: it
+is recomputed later from prompt + outputs so far) and goes back to the front of
+the waiting queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pagoda.core.kv_cache_manager import KVCacheManager
+from pagoda.core.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int
+    # Position of the first new token (== num_computed_tokens at scheduling time).
+    start: int
+    # True when this chunk reaches the end of the known tokens: a token is sampled.
+    sample: bool
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted_ids: list[str] = field(default_factory=list)
+    num_batched_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv: KVCacheManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions_total = 0
+
+    # ------------------------------------------------------------ admission
+    def add_request(self, request: Request) -> None:
+        """Queue a request. Raises ``ValueError`` if it can never be served."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        total = request.num_prompt_tokens + request.max_tokens
+        if total > self.max_model_len:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{total} tokens ({request.num_prompt_tokens} in the prompt, {request.max_tokens} in the "
+                f"completion). Please reduce the length of the prompt or max_tokens."
+            )
+        need_blocks = self.kv.blocks_needed(total)
+        if need_blocks > self.kv.usable_blocks:
+            cap = self.kv.usable_blocks * self.kv.block_size
+            raise ValueError(
+                f"The request needs {total} tokens of KV cache but the whole cache holds {cap} tokens. "
+                f"Reduce the prompt or max_tokens, or raise the KV cache size "
+                f"(--kv-cache-memory-bytes / --gpu-memory-utilization)."
+            )
+        if not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens:
+            raise ValueError(
+                f"The prompt has {request.num_prompt_tokens} tokens, more than max_num_batched_tokens="
+                f"{self.max_num_batched_tokens} with chunked prefill disabled; enable chunked prefill or raise "
+                f"--max-num-batched-tokens."
+            )
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> list[Request]:
+        """Finish requests now (abort or an external stop). Frees their blocks at once."""
+        done = []
+        for rid in request_ids:
+            req = self.requests.get(rid)
+            if req is None or req.status.finished:
+                continue
+            if req.status == RequestStatus.RUNNING:
+                self.running.remove(req)
+            else:
+                try:
+                    self.waiting.remove(req)
+                except ValueError:
+                    pass
+            req.status = status
+            self._finish(req)
+            done.append(req)
+        return done
+
+    def _finish(self, req: Request) -> None:
+        self.kv.free(req)
+        self.requests.pop(req.request_id, None)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ------------------------------------------------------------- schedule
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        now = time.monotonic()
+        scheduled_ids: set[str] = set()
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new <= 0:
+                i += 1
+                continue
+            while not self.kv.allocate_slots(req, num_new):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted_ids.append(victim.request_id)
+                if victim is req:
+                    break
+            else:
+                out.scheduled.append(self._make(req, num_new))
+                scheduled_ids.add(req.request_id)
+                budget -= num_new
+                i += 1
+                continue
+            break  # the request preempted itself: nothing more fits
+
+        if not out.preempted_ids:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                req = self.waiting[0]
+                num_new = req.num_tokens - req.num_computed_tokens
+                if num_new > budget:
+                    if not self.enable_chunked_prefill:
+                        break
+                    num_new = budget
+                if not self.kv.allocate_slots(req, num_new):
+                    break
+                self.waiting.popleft()
+                req.status = RequestStatus.RUNNING
+                if req.first_scheduled_time is None:
+                    req.first_scheduled_time = now
+                self.running.append(req)
+                out.scheduled.append(self._make(req, num_new))
+                budget -= num_new
+
+        out.num_batched_tokens = self.max_num_batched_tokens - budget
+        return out
+
+    def _make(self, req: Request, num_new: int) -> ScheduledRequest:
+        start = req.num_computed_tokens
+        return ScheduledRequest(req, num_new, start, start + num_new == req.num_tokens)
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        req.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.appendleft(req)
+
+    # --------------------------------------------------------------- update
+    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance progress, append sampled tokens, apply token-level stops.
+
+        Returns requests that finished in this step (their blocks already freed).
+        """
+        finished = []
+        for s in out.scheduled:
+            req = s.request
+            if req.status != RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            req.num_computed_tokens += s.num_new_tokens
+            if not s.sample:
+                continue
+            token = sampled[req.request_id]
+            req.append_output_token(token)
+            if req.check_stop(self.max_model_len):
+                self.running.remove(req)
+                self._finish(req)
+                finished.append(req)
+        return finished
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
+        return self.abort_requests(request_ids, status)
+
+    def check_integrity(self) -> None:
+        self.kv.check_integrity()
+        if not self.has_unfinished_requests() and self.kv.pool.num_used_blocks != 0:
+            raise AssertionError(f"idle engine holds {self.kv.pool.num_used_blocks} blocks")

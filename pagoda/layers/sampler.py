@@ -1,0 +1,148 @@
+"""Batched token sampling with vLLM's order of operations.
+
+1. Raw log-probabilities (what ``logprobs`` reports) from the model's logits.
+2. logit_bias and min_tokens masking (EOS / stop tokens forbidden until min_tokens).
+3. repetition (prompt+output), presence and frequency (output only) penalties.
+4. Greedy rows take the argmax. Others: temperature, min_p, top_k, top_p, then a draw by
+   the exponential race ``argmax(p / E)``, ``E ~ Exp(1)``. A seeded request draws its
+   noise from its own generator, so its tokens do not depend on the rest of the batch.
+
+Rows are the requests that sample this step, in scheduling order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagoda.core.request import Request
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    # For each row: None, or (sampled_logprob, sampled_rank, top_ids, top_logprobs)
+    logprobs: list[tuple[float, int, list[int], list[float]] | None]
+
+
+def _rank(lp_row: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return (lp_row > value.unsqueeze(-1)).sum(-1) + 1
+
+
+def _generator(req: Request, device: torch.device) -> torch.Generator | None:
+    if req.sampling_params.seed is None:
+        return None
+    g = req.generator
+    if g is None or g.device != device:
+        g = torch.Generator(device=device)
+        g.manual_seed(req.sampling_params.seed % (2**63))
+        req.generator = g
+    return g
+
+
+def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
+    """logits: float32 [S, V] (modified in place)."""
+    S, V = logits.shape
+    device = logits.device
+    params = [r.sampling_params for r in reqs]
+
+    want_lp = [p.logprobs is not None for p in params]
+    raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
+
+    # --- 2. bias and min_tokens
+    for i, (r, p) in enumerate(zip(reqs, params)):
+        if p.logit_bias:
+            ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=device)
+            if len(ids):
+                vals = torch.tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < V], device=device)
+                logits[i].index_add_(0, ids, vals)
+        if p.min_tokens and r.num_output_tokens < p.min_tokens:
+            banned = [t for t in (r.eos_token_ids | r.stop_token_ids) if 0 <= t < V]
+            if banned:
+                logits[i, banned] = float("-inf")
+
+    # --- 3. penalties
+    for i, (r, p) in enumerate(zip(reqs, params)):
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(r.all_token_ids)), dtype=torch.long, device=device)
+            seen = seen[seen < V]
+            vals = logits[i, seen]
+            logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and r.output_token_ids:
+            out_ids = torch.tensor(r.output_token_ids, dtype=torch.long, device=device)
+            counts = torch.bincount(out_ids, minlength=V)[:V].to(logits.dtype)
+            logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+    greedy = [p.sampling_type_greedy for p in params]
+    if all(greedy):
+        tokens = logits.argmax(dim=-1)
+    else:
+        temps = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)], device=device)
+        x = logits / temps.unsqueeze(1)
+        min_ps = [p.min_p for p in params]
+        if any(min_ps):
+            probs = torch.softmax(x, dim=-1)
+            thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+            x = x.masked_fill(probs < thr, float("-inf"))
+        top_ks = [p.top_k if 0 < p.top_k < V else V for p in params]
+        top_ps = [p.top_p for p in params]
+        if any(k < V for k in top_ks) or any(tp < 1.0 for tp in top_ps):
+            sorted_x, order = x.sort(dim=-1, descending=True)
+            ranks = torch.arange(V, device=device).unsqueeze(0)
+            drop = ranks >= torch.tensor(top_ks, device=device).unsqueeze(1)
+            if any(tp < 1.0 for tp in top_ps):
+                sp = torch.softmax(sorted_x.masked_fill(drop, float("-inf")), dim=-1)
+                before = sp.cumsum(dim=-1) - sp  # mass strictly before each token
+                drop |= before > torch.tensor(top_ps, device=device).unsqueeze(1)
+            drop[:, 0] = False
+            sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+            x = torch.empty_like(x).scatter_(1, order, sorted_x)
+        probs = torch.softmax(x, dim=-1)
+        noise = torch.empty_like(probs)
+        seeded = [i for i, r in enumerate(reqs) if r.sampling_params.seed is not None and not greedy[i]]
+        noise.exponential_()
+        for i in seeded:
+            noise[i].exponential_(generator=_generator(reqs[i], device))
+        tokens = (probs / noise).argmax(dim=-1)
+        if any(greedy):
+            gmask = torch.tensor(greedy, device=device)
+            tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
+
+    token_list = tokens.tolist()
+    lp_out: list[tuple[float, int, list[int], list[float]] | None] = [None] * S
+    if raw_lp is not None:
+        rows = [i for i in range(S) if want_lp[i]]
+        idx = torch.tensor(rows, device=device)
+        sel = raw_lp[idx]
+        chosen = tokens[idx]
+        chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        ranks = _rank(sel, chosen_lp)
+        k = max(params[i].logprobs or 0 for i in rows)
+        top_v, top_i = sel.topk(k, dim=-1) if k > 0 else (None, None)
+        chosen_lp_l, ranks_l = chosen_lp.tolist(), ranks.tolist()
+        top_v_l = top_v.tolist() if top_v is not None else None
+        top_i_l = top_i.tolist() if top_i is not None else None
+        for j, i in enumerate(rows):
+            n = params[i].logprobs or 0
+            lp_out[i] = (
+                chosen_lp_l[j],
+                ranks_l[j],
+                top_i_l[j][:n] if top_i_l else [],
+                top_v_l[j][:n] if top_v_l else [],
+            )
+    return SampleResult(token_list, lp_out)
+
+
+def prompt_logprobs(
+    logits: torch.Tensor, next_ids: torch.Tensor, k: int
+) -> tuple[list[float], list[int], list[list[int]], list[list[float]]]:
+    """logits [q, V] at positions whose next token is ``next_ids`` [q]."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, next_ids.unsqueeze(1)).squeeze(1)
+    ranks = _rank(lp, chosen)
+    if k > 0:
+        tv, ti = lp.topk(k, dim=-1)
+        return chosen.tolist(), ranks.tolist(), ti.tolist(), tv.tolist()
+    q = logits.shape[0]
+    return chosen.tolist(), ranks.tolist(), [[] for _ in range(q)], [[] for _ in range(q)]

@@ -1,0 +1,240 @@
+"""The Llama family in one module: Llama (incl. 3.1 rope scaling), Mistral, Qwen2 (qkv bias)
+and Qwen3 (q/k RMSNorm). Differences are config flags, not subclasses.
+
+Layout: q/k/v are fused into ``qkv_proj`` and gate/up into ``gate_up_proj`` (one matmul
+each); ``load_weights`` maps HF checkpoint names onto them (``packed_modules_mapping``).
+``forward`` returns hidden states for the flattened token batch; ``compute_logits`` is
+applied only to the rows that need logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagoda.attention.backend import AttentionBackend
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.norm import RMSNorm
+from pagoda.layers.rotary import RotaryEmbedding, rope_parameters
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    hidden_act: str
+
+    @staticmethod
+    def from_hf(cfg: dict[str, Any], arch: str) -> "LlamaShape":
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        return LlamaShape(
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position=int(cfg.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bool(cfg.get("attention_bias", False)) or arch == "Qwen2ForCausalLM",
+            qk_norm=arch == "Qwen3ForCausalLM",
+            hidden_act=str(cfg.get("hidden_act", "silu")),
+        )
+
+
+def _act(name: str):
+    if name in ("silu", "swish"):
+        return F.silu
+    if name in ("gelu", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh" if name.endswith("tanh") else "none")
+    raise ValueError(f"activation {name!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
+
+
+class Attention(nn.Module):
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int) -> None:
+        super().__init__()
+        self.s = s
+        self.layer_idx = layer_idx
+        self.q_size = s.num_heads * s.head_dim
+        self.kv_size = s.num_kv_heads * s.head_dim
+        self.qkv_proj = nn.Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=False)
+        if s.qk_norm:
+            self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+            self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+        self.rope = rope
+        self.scale = s.head_dim**-0.5
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+        backend: AttentionBackend,
+    ) -> torch.Tensor:
+        s = self.s
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, s.num_heads, s.head_dim)
+        k = k.view(-1, s.num_kv_heads, s.head_dim)
+        v = v.view(-1, s.num_kv_heads, s.head_dim)
+        if s.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q, k = self.rope(positions, q, k)
+        k_cache, v_cache = kv_cache
+        backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        o = backend.forward(q, k_cache, v_cache, meta, self.scale)
+        return self.o_proj(o.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, s: LlamaShape) -> None:
+        super().__init__()
+        self.inter = s.intermediate_size
+        self.gate_up_proj = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+        self.act = _act(s.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gu = self.gate_up_proj(x)
+        g, u = gu.split(self.inter, dim=-1)
+        return self.down_proj(self.act(g) * u)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(s, rope, idx)
+        self.mlp = MLP(s)
+        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+
+    def forward(self, positions, h, kv_cache, meta, backend):
+        h = h + self.self_attn(positions, self.input_layernorm(h), kv_cache, meta, backend)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaForCausalLM(nn.Module):
+    packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+
+    def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        s = LlamaShape.from_hf(hf_config, arch)
+        self.shape = s
+        rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList([DecoderLayer(s, rope, i) for i in range(s.num_layers)])
+        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        if not s.tie_word_embeddings:
+            self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
+        self.rope = rope
+
+    # Shapes the KV cache needs.
+    @property
+    def num_layers(self) -> int:
+        return self.shape.num_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.shape.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.shape.head_dim
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+        backend: AttentionBackend,
+    ) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)
+        for layer, kv in zip(self.layers, kv_caches):
+            h = layer(positions, h, kv, meta, backend)
+        return self.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, w).float()
+
+    # ----------------------------------------------------------- weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named tensors into our (partly fused) parameters. Returns names loaded."""
+        s = self.shape
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        shard_offsets = {
+            "q_proj": ("qkv_proj", 0, q),
+            "k_proj": ("qkv_proj", q, kv),
+            "v_proj": ("qkv_proj", q + kv, kv),
+            "gate_proj": ("gate_up_proj", 0, s.intermediate_size),
+            "up_proj": ("gate_up_proj", s.intermediate_size, s.intermediate_size),
+        }
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name.startswith("model."):
+                name = name[len("model."):]
+            if name == "lm_head.weight" and s.tie_word_embeddings:
+                continue
+            parts = name.split(".")
+            target, offset, size = name, None, None
+            for i, p in enumerate(parts):
+                if p in shard_offsets:
+                    fused, offset, size = shard_offsets[p]
+                    parts[i] = fused
+                    target = ".".join(parts)
+                    break
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"Checkpoint tensor {name!r} has no place in {type(self).__name__}.")
+            with torch.no_grad():
+                if offset is None:
+                    if param.shape != tensor.shape:
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
+                    param.copy_(tensor)
+                else:
+                    dst = param.narrow(0, offset, size)
+                    if dst.shape != tensor.shape:
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(dst.shape)}")
+                    dst.copy_(tensor)
+            loaded.add(target if offset is None else f"{target}#{offset}")
+        return loaded
+
+    def expected_weight_keys(self) -> set[str]:
+        keys = set()
+        s = self.shape
+        q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        for name, _ in self.named_parameters():
+            if name.endswith("qkv_proj.weight") or name.endswith("qkv_proj.bias"):
+                keys |= {f"{name}#0", f"{name}#{q}", f"{name}#{q + kv}"}
+            elif name.endswith("gate_up_proj.weight"):
+                keys |= {f"{name}#0", f"{name}#{s.intermediate_size}"}
+            else:
+                keys.add(name)
+        return keys

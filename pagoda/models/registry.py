@@ -1,0 +1,38 @@
+"""Maps Hugging Face ``architectures`` names to pagoda model classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+_LLAMA_FAMILY = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+
+def supported_architectures() -> list[str]:
+    return list(_LLAMA_FAMILY)
+
+
+def resolve_architecture(hf_config: dict[str, Any]) -> str:
+    archs = hf_config.get("architectures") or []
+    for a in archs:
+        if a in _LLAMA_FAMILY:
+            return a
+    if not archs and hf_config.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
+        return {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM"}[hf_config["model_type"]]
+    raise ValueError(
+        f"Model architecture(s) {archs or [hf_config.get('model_type')]} are not supported. "
+        f"Supported architectures: {', '.join(supported_architectures())}."
+    )
+
+
+def build_model(hf_config: dict[str, Any], arch: str, dtype) -> nn.Module:
+    from pagoda.models.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM(hf_config, arch, dtype)

@@ -1,0 +1,226 @@
+"""Turns a :class:`SchedulerOutput` into tensors, runs the model, samples.
+
+Owns the model, the per-layer paged KV cache and the attention backend. Every step
+builds: flattened ``input_ids``/``positions``, the attention metadata (see
+:mod:`pagoda.attention.metadata`) and ``logits_rows`` (the rows whose logits are
+needed: the last row of each request that samples, plus all rows of prompt chunks
+whose request asked for prompt logprobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pagoda.attention.backend import default_backend_name, get_backend
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.config import EngineConfig
+from pagoda.core.scheduler import SchedulerOutput
+from pagoda.layers.sampler import prompt_logprobs, sample
+from pagoda.models.loader import load_model
+
+logger = logging.getLogger("pagoda")
+
+CPU_DEFAULT_KV_BYTES = 2 * 1024**3
+
+
+@dataclass
+class PromptLogprobChunk:
+    start_index: int  # prompt index of the first entry
+    logprobs: list[float]
+    ranks: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+@dataclass
+class RunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, tuple[float, int, list[int], list[float]]] = field(default_factory=dict)
+    prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        self.device = cfg.device
+        torch.manual_seed(cfg.seed)
+        self.model = load_model(cfg)
+        self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
+        self.block_size = cfg.block_size
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.num_blocks = 0
+
+    # ------------------------------------------------------------ KV cache
+    def bytes_per_block(self) -> int:
+        m = self.model
+        elt = torch.empty((), dtype=self.cfg.dtype).element_size()
+        return 2 * m.num_layers * self.block_size * m.num_kv_heads * m.head_dim * elt
+
+    def determine_num_blocks(self) -> int:
+        cfg = self.cfg
+        per_block = self.bytes_per_block()
+        if cfg.num_gpu_blocks_override:
+            return cfg.num_gpu_blocks_override
+        if cfg.kv_cache_memory_bytes:
+            budget = cfg.kv_cache_memory_bytes
+        elif self.device.type == "cuda":
+            budget = self._profile_cuda_budget()
+        else:
+            budget = CPU_DEFAULT_KV_BYTES
+        num = budget // per_block
+        if self.device.type != "cuda" and not cfg.kv_cache_memory_bytes:
+            # On CPU, never allocate more than full concurrency at max_model_len could use.
+            cap = cfg.max_num_seqs * (-(-cfg.max_model_len // self.block_size)) + 1
+            num = min(num, cap)
+        if num < 2:
+            raise ValueError(
+                f"The KV cache budget ({budget / 2**20:.1f} MiB) holds fewer than 2 blocks of "
+                f"{per_block / 2**20:.2f} MiB; raise --kv-cache-memory-bytes or --gpu-memory-utilization, "
+                f"or lower --block-size."
+            )
+        return int(num)
+
+    def _profile_cuda_budget(self) -> int:
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        weights_and_more = total - free
+        # Activation peak of a max_num_batched_tokens forward, measured with a throwaway cache.
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        n = self.cfg.max_num_batched_tokens
+        nb = -(-n // self.block_size) + 1
+        self.allocate_kv_cache(nb)
+        self._dummy_forward(n)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        self.kv_caches = []
+        torch.cuda.empty_cache()
+        budget = int(total * self.cfg.gpu_memory_utilization) - weights_and_more - peak
+        if budget <= 0:
+            raise ValueError(
+                f"No GPU memory left for the KV cache: weights and other use take {weights_and_more / 2**30:.1f} GiB "
+                f"and activations {peak / 2**30:.1f} GiB of {total / 2**30:.1f} GiB at gpu_memory_utilization="
+                f"{self.cfg.gpu_memory_utilization}. Raise --gpu-memory-utilization or lower --max-num-batched-tokens."
+            )
+        return budget
+
+    def _dummy_forward(self, n: int) -> None:
+        ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        pos = torch.arange(n, device=self.device)
+        nb = -(-n // self.block_size)
+        bt = torch.arange(1, nb + 1, dtype=torch.int32, device=self.device).unsqueeze(0)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
+            block_tables=bt,
+            slot_mapping=pos + self.block_size,
+            max_query_len=n,
+            max_seq_len=n,
+            query_lens_cpu=[n],
+            seq_lens_cpu=[n],
+            is_decode_only=n == 1,
+        )
+        with torch.inference_mode():
+            h = self.model(ids, pos, self.kv_caches, meta, self.backend)
+            self.model.compute_logits(h[-1:])
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        m = self.model
+        shape = (num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.cfg.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.cfg.dtype, device=self.device),
+            )
+            for _ in range(m.num_layers)
+        ]
+        self.num_blocks = num_blocks
+
+    # ---------------------------------------------------------------- step
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> RunnerOutput:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        qsl = [0]
+        seq_lens: list[int] = []
+        q_lens: list[int] = []
+        tables: list[list[int]] = []
+        logits_rows: list[int] = []
+        sample_reqs = []
+        plp_jobs = []  # (req, first_row, first_pos, count)
+        for s in sched.scheduled:
+            req = s.request
+            start, n = s.start, s.num_new_tokens
+            end = start + n
+            input_ids.extend(req.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            blocks = block_ids[req.request_id]
+            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+            row0 = qsl[-1]
+            qsl.append(row0 + n)
+            seq_lens.append(end)
+            q_lens.append(n)
+            tables.append(blocks[: -(-end // bs)])
+            k = req.sampling_params.prompt_logprobs
+            if k is not None:
+                # Position p predicts prompt token p+1; report prompt indices not yet reported.
+                first = max(start, req.prompt_logprobs_next - 1)
+                last = min(end, req.num_prompt_tokens - 1)
+                if last > first:
+                    plp_jobs.append((req, row0 + first - start, first, last - first))
+            if s.sample:
+                logits_rows.append(row0 + n - 1)
+                sample_reqs.append(req)
+
+        dev = self.device
+        max_nb = max(len(t) for t in tables)
+        bt = torch.zeros((len(tables), max_nb), dtype=torch.int32)
+        for i, t in enumerate(tables):
+            bt[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            block_tables=bt.to(dev, non_blocking=True),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
+            max_query_len=max(q_lens),
+            max_seq_len=max(seq_lens),
+            query_lens_cpu=q_lens,
+            seq_lens_cpu=seq_lens,
+            is_decode_only=max(q_lens) == 1,
+        )
+        ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
+        pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
+        hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
+
+        out = RunnerOutput()
+        for req, row, first_pos, count in plp_jobs:
+            lg = self.model.compute_logits(hidden[row : row + count])
+            nxt = torch.tensor(req.all_token_ids[first_pos + 1 : first_pos + 1 + count], device=dev)
+            lps, ranks, ti, tv = prompt_logprobs(lg, nxt, req.sampling_params.prompt_logprobs or 0)
+            out.prompt_logprobs[req.request_id] = PromptLogprobChunk(first_pos + 1, lps, ranks, ti, tv)
+            req.prompt_logprobs_next = first_pos + 1 + count
+        if sample_reqs:
+            logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
+            res = sample(logits, sample_reqs)
+            for r, tok, lp in zip(sample_reqs, res.token_ids, res.logprobs):
+                out.sampled[r.request_id] = tok
+                if lp is not None:
+                    out.logprobs[r.request_id] = lp
+        return out
+
+
+def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int) -> None:
+    tokens = (num_blocks - 1) * block_size
+    logger.info(
+        "KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB); maximum concurrency at max_model_len=%d: %.2fx",
+        num_blocks - 1, block_size, tokens, num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
+    )
+
+
+_ = time
