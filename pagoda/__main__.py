@@ -1,0 +1,3 @@
+from pagoda.entrypoints.cli import main
+
+main()

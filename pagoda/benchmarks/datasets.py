@@ -1,0 +1,51 @@
+"""Seeded synthetic workloads for the benchmarks.
+
+* ``random``: prompt and output lengths drawn uniformly from ranges.
+* ``sharegpt``: lengths drawn to follow ShareGPT's shape (long-tailed, mean about 202
+  prompt and 179 output tokens) from log-normal distributions fitted to those means,
+  clipped to [4, 1024] prompt and [4, 512] output tokens.
+
+Prompts are random token ids (valid for any tokenizer of the vocab size), so the
+workload is identical for every engine that takes token ids.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class BenchRequest:
+    prompt_token_ids: list[int]
+    output_len: int
+
+
+def random_requests(
+    num: int, input_len: tuple[int, int], output_len: tuple[int, int], vocab_size: int, seed: int = 0
+) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    lo = min(1000, vocab_size - 1)
+    out = []
+    for _ in range(num):
+        n_in = rng.randint(*input_len)
+        n_out = rng.randint(*output_len)
+        out.append(BenchRequest([rng.randint(10, lo) for _ in range(n_in)], n_out))
+    return out
+
+
+def _lognormal(rng: random.Random, mean: float, sigma: float) -> float:
+    mu = math.log(mean) - sigma * sigma / 2
+    return rng.lognormvariate(mu, sigma)
+
+
+def sharegpt_like_requests(num: int, vocab_size: int, seed: int = 0) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    lo = min(1000, vocab_size - 1)
+    out = []
+    for _ in range(num):
+        n_in = int(min(1024, max(4, _lognormal(rng, 202.0, 1.0))))
+        n_out = int(min(512, max(4, _lognormal(rng, 179.0, 0.9))))
+        out.append(BenchRequest([rng.randint(10, lo) for _ in range(n_in)], n_out))
+    return out

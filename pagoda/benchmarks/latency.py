@@ -1,0 +1,87 @@
+"""``pagoda bench latency``: one batch of fixed size, input and output lengths.
+
+Reports end-to-end time, prefill time (first step that samples every request) and the
+median / p90 per-step decode latency, each step timed on its own (host clock after the
+step's results are on the host, so device work is complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    from pagoda.entrypoints.cli import add_engine_args
+
+    add_engine_args(p)
+    p.add_argument("--batch-size", type=int, default=1, help="requests in the batch")
+    p.add_argument("--input-len", type=int, default=32, help="prompt tokens per request")
+    p.add_argument("--output-len", type=int, default=128, help="new tokens per request")
+    p.add_argument("--num-iters", type=int, default=3, help="timed iterations")
+    p.add_argument("--num-iters-warmup", type=int, default=1, help="warm-up iterations")
+    p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
+
+
+def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
+    import random
+
+    from pagoda import SamplingParams
+
+    rng = random.Random(seed)
+    vocab = int(engine.cfg.hf_config["vocab_size"])
+    sp = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False)
+    for i in range(args.batch_size):
+        ids = [rng.randint(10, min(1000, vocab - 1)) for _ in range(args.input_len)]
+        engine.add_request(f"lat-{seed}-{i}", {"prompt_token_ids": ids}, sp)
+    t0 = time.perf_counter()
+    prefill = None
+    steps: list[float] = []
+    while engine.has_unfinished_requests():
+        ts = time.perf_counter()
+        engine.step()
+        te = time.perf_counter()
+        if prefill is None:
+            if engine.core.scheduler.running and all(r.num_output_tokens >= 1 for r in engine.core.scheduler.running):
+                prefill = te - t0
+        else:
+            steps.append(te - ts)
+    return time.perf_counter() - t0, prefill or 0.0, steps
+
+
+def main(args: argparse.Namespace) -> None:
+    from pagoda.config import EngineArgs
+    from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.entrypoints.cli import engine_kwargs
+
+    engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(args)))
+    for i in range(args.num_iters_warmup):
+        _one(engine, args, 1000 + i)
+    e2e, pre, steps = [], [], []
+    for i in range(args.num_iters):
+        a, b, c = _one(engine, args, i)
+        e2e.append(a)
+        pre.append(b)
+        steps.extend(c)
+    steps.sort()
+    res = {
+        "batch_size": args.batch_size,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "e2e_s_median": statistics.median(e2e),
+        "prefill_s_median": statistics.median(pre),
+        "decode_step_ms_median": 1000 * statistics.median(steps) if steps else None,
+        "decode_step_ms_p90": 1000 * steps[int(0.9 * (len(steps) - 1))] if steps else None,
+        "output_tokens_per_s": args.batch_size * args.output_len / statistics.median(e2e),
+        "startup_s": engine.core.startup_seconds,
+    }
+    print(
+        f"batch {args.batch_size}, in {args.input_len}, out {args.output_len}: e2e {res['e2e_s_median']:.3f} s, "
+        f"prefill {res['prefill_s_median'] * 1000:.1f} ms, decode step median {res['decode_step_ms_median']:.2f} ms "
+        f"(p90 {res['decode_step_ms_p90']:.2f} ms), {res['output_tokens_per_s']:.1f} output tok/s"
+    )
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(res, f, indent=2)
