@@ -84,7 +84,7 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
         x: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
@@ -99,7 +99,7 @@ class Attention(nn.Module):
         if s.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = self.rope(positions, q, k)
+        q, k = self.rope.apply(cos_sin, q, k)
         k_cache, v_cache = kv_cache
         backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale)
@@ -128,8 +128,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
-    def forward(self, positions, h, kv_cache, meta, backend):
-        h = h + self.self_attn(positions, self.input_layernorm(h), kv_cache, meta, backend)
+    def forward(self, cos_sin, h, kv_cache, meta, backend):
+        h = h + self.self_attn(cos_sin, self.input_layernorm(h), kv_cache, meta, backend)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -173,8 +173,9 @@ class LlamaForCausalLM(nn.Module):
         backend: AttentionBackend,
     ) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
+        cos_sin = self.rope.cos_sin(positions)
         for layer, kv in zip(self.layers, kv_caches):
-            h = layer(positions, h, kv, meta, backend)
+            h = layer(cos_sin, h, kv, meta, backend)
         return self.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
