@@ -95,7 +95,12 @@ class EngineArgs:
         arch = resolve_architecture(hf_config)
 
         device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype, hf_config, device)
+        dtype_cfg = hf_config
+        if (model_path / "pagoda_conversion.json").exists():
+            # A dequantized GGUF is stored in float32 only to keep its values exact; run it in
+            # half precision like its source model unless the user asks otherwise.
+            dtype_cfg = {**hf_config, "torch_dtype": "bfloat16"}
+        dtype = resolve_dtype(self.dtype, dtype_cfg, device)
 
         max_pos = int(hf_config.get("max_position_embeddings") or 2048)
         max_model_len = self.max_model_len or max_pos
