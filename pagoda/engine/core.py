@@ -28,6 +28,7 @@ class EngineCore:
         num_blocks = self.runner.determine_num_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
+        self.graph_capture_seconds = self.runner.maybe_capture_graphs()
         self.kv = KVCacheManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(
             self.kv,

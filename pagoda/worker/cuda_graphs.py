@@ -21,7 +21,7 @@ logger = logging.getLogger("pagoda")
 
 
 def default_capture_sizes(max_num_seqs: int) -> list[int]:
-    sizes = [1, 2, 4] + list(range(8, 257, 8))
+    sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
     out = [s for s in sizes if s <= max_num_seqs]
     if max_num_seqs not in out and max_num_seqs <= 512:
         out.append(max_num_seqs)

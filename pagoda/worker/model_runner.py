@@ -53,6 +53,7 @@ class ModelRunner:
         self.block_size = cfg.block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
+        self.graphs = None
 
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
@@ -140,6 +141,20 @@ class ModelRunner:
         ]
         self.num_blocks = num_blocks
 
+    def maybe_capture_graphs(self) -> float:
+        """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
+        self.graphs = None
+        if self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton":
+            return 0.0
+        from pagoda.worker.cuda_graphs import DecodeGraphs, default_capture_sizes
+
+        self.graphs = DecodeGraphs(
+            self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
+            default_capture_sizes(self.cfg.max_num_seqs), self.device,
+        )
+        self.graphs.capture()
+        return self.graphs.capture_seconds
+
     # ---------------------------------------------------------------- step
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> RunnerOutput:
@@ -196,7 +211,10 @@ class ModelRunner:
         )
         ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
         pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
-        hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
+        if self.graphs is not None and meta.is_decode_only and self.graphs.can_run(len(q_lens), max_nb):
+            hidden = self.graphs.run(ids_t, pos_t, meta.slot_mapping, meta.seq_lens, meta.block_tables)
+        else:
+            hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 
         out = RunnerOutput()
         for req, row, first_pos, count in plp_jobs:

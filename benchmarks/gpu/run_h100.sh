@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
+# (pagoda and the HF transformers peer). Everything lands in $OUT.
+# Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
+# parts: env tests kernels latency throughput hf   (default: all)
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+M=/tmp/llama3-8b-shape
+parts="${*:-env tests kernels latency throughput hf}"
+has() { [[ " $parts " == *" $1 "* ]]; }
+log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.txt"; }
+
+if [ -d wheels ]; then pip install -q --no-index --find-links wheels wheels/*.whl >/dev/null 2>&1 || true; fi
+python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json $M >/dev/null
+
+if has env; then
+  log env
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee -a "$OUT/summary.txt"
+  python - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import torch, triton, transformers, time
+print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)
+x = torch.randn(2**30 // 2, dtype=torch.bfloat16, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+torch.cuda.synchronize(); s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
+s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 20
+print(f"copy bandwidth (read+write): {2 * x.numel() * 2 / ms / 1e9:.0f} GB/s")
+PY
+fi
+
+if has tests; then
+  log "gpu tests"
+  timeout 300 python -m pytest tests/gpu -q -x 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
+fi
+
+if has kernels; then
+  log "kernel timings"
+  timeout 200 python benchmarks/gpu/kernel_bench.py 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
+fi
+
+if has latency; then
+  log "latency (Llama-3-8B shape, bf16, dummy)"
+  timeout 240 python -m pagoda.entrypoints.cli --log-level WARNING bench latency --model $M --load-format dummy \
+    --batch-size 1 --input-len 1024 --output-len 64 --num-iters 2 --max-model-len 4096 --output-json "$OUT/lat_b1.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+  for b in 64 256; do
+    timeout 200 python -m pagoda.entrypoints.cli --log-level WARNING bench latency --model $M --load-format dummy \
+      --batch-size $b --input-len 1024 --output-len 16 --num-iters 1 --max-model-len 4096 --output-json "$OUT/lat_b$b.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+  done
+fi
+
+if has throughput; then
+  log "throughput sharegpt-like 500 (pagoda)"
+  timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
+    --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+fi
+
+if has hf; then
+  log "throughput peer: HF transformers generate_batch (paged|sdpa)"
+  timeout 300 python benchmarks/gpu/hf_peer.py $M 200 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+fi
+log done
