@@ -1,0 +1,77 @@
+"""The "triton" attention backend (default on CUDA).
+
+Triton itself is imported on first use, so importing this module (and ``pagoda``)
+never requires triton; only calling ``write_kv``/``forward`` does.
+Kernels and their design: :mod:`pagoda.attention.triton_kernels`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pagoda.attention.backend import AttentionBackend, register_backend
+from pagoda.attention.metadata import AttentionMetadata
+
+
+def _kernels():
+    try:
+        from pagoda.attention import triton_kernels
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "The 'triton' attention backend needs the triton package (pip install triton); "
+            "use the 'torch' backend otherwise."
+        ) from e
+    return triton_kernels
+
+
+class TritonAttentionBackend(AttentionBackend):
+    """Paged attention with Triton kernels.
+
+    ``forward`` uses the split-KV (flash-decoding) kernels when the step is decode-only
+    and the batch alone would leave SMs idle (see ``choose_num_splits``); every other
+    step — prefill, chunked prefill, mixed, or large decode batches — goes through the
+    single unified kernel.
+    """
+
+    name = "triton"
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        _kernels().write_kv(key, value, k_cache, v_cache, slot_mapping)
+
+    def num_splits(self, query: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> int:
+        """KV splits this step would use (1 = the unified kernel)."""
+        if not meta.is_decode_only:
+            return 1
+        tk = _kernels()
+        return tk.choose_num_splits(meta.num_seqs, k_cache.shape[2], meta.max_seq_len, tk.num_sms(query.device))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        tk = _kernels()
+        num_real_tokens = sum(meta.query_lens_cpu)
+        splits = self.num_splits(query, k_cache, meta)
+        if splits > 1:
+            return tk.split_kv_decode(
+                query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                scale, splits, num_real_tokens=num_real_tokens,
+            )
+        return tk.unified_attention(
+            query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+            meta.max_query_len, scale, num_real_tokens=num_real_tokens,
+        )
+
+
+register_backend("triton", TritonAttentionBackend)

@@ -1,0 +1,655 @@
+"""Triton kernels for paged attention (CUDA; also run on CPU with ``TRITON_INTERPRET=1``).
+
+Layout contract: :mod:`pagoda.attention.metadata`. Caches are
+``[num_blocks, block_size, Hkv, D]`` with a unit stride on ``D``; queries and outputs
+are ``[T, H, D]`` (any strides on ``T`` and ``H``, unit stride on ``D``).
+
+Design
+======
+
+``write_kv`` (reshape-and-cache)
+    Grid ``(T, cdiv(Hkv, BLOCK_H))``. A program copies a ``[BLOCK_H, D]`` slab of one
+    token's K and V into ``slot = block * block_size + offset``. A negative slot turns
+    the whole program's mask off (padding rows are skipped without a branch).
+
+``unified_attention`` (prefill chunks, decode, and mixtures of both, in ONE launch)
+    * Grid ``(T // BLOCK_Q + B, Hkv)``. Axis 0 enumerates query tiles: request ``i``
+      owns tiles ``tile_start(i) = query_start_loc[i] // BLOCK_Q + i`` up to
+      ``tile_start(i+1) - 1``. That range holds at least ``cdiv(q_len_i, BLOCK_Q)``
+      tiles, so ``T // BLOCK_Q + B`` programs always cover every request; a program
+      finds its request by a binary search of ``tile_start`` (strictly increasing in
+      ``i``) over ``query_start_loc`` inside the kernel, and programs whose tile
+      lies past their request's last row do no work. The grid depends only on
+      ``T`` and ``B`` — nothing is built on the host per step, which keeps the
+      launch CUDA-graph friendly.
+    * GQA packing: a program owns ``BLOCK_Q`` query tokens x all ``G = H / Hkv`` query
+      heads of one KV head, i.e. ``BLOCK_M >= BLOCK_Q * G`` rows (row ``r`` is token
+      ``r // G``, head ``r % G``; rows past ``BLOCK_Q * G`` are masked). K and V of a
+      KV tile are loaded once and serve all ``G`` heads.
+    * KV loop: tiles of ``BLOCK_N`` positions (independent of the cache block size:
+      each position looks up ``block_tables[i, pos // block_size]``, so a tile may
+      span several cache blocks or part of one). ``S = Q K^T`` and ``P V`` use
+      ``tl.dot`` (fp32 accumulate; fp32 inputs use ``input_precision="ieee"`` so
+      fp32 models are not silently run in TF32). Online softmax in base 2 with
+      ``scale * log2(e)`` folded into the scores; running max/sum/acc in fp32.
+    * Causal masking with the position offset: query row at request index ``q``
+      has position ``seq_len - q_len + q`` and sees keys at positions ``<=`` it.
+      The loop stops at the tile's last query position + 1 (KV tiles beyond the
+      causal limit are never loaded), and is split in two: tiles entirely below
+      the tile's first query position run with no mask; only the tail tiles
+      (at most ``cdiv(BLOCK_Q, BLOCK_N) + 1`` of them) pay for the mask.
+    * Tile sizes (host heuristic, tuned on an H200 in bf16):
+      ``BLOCK_M = clamp(next_pow2(G * max_query_len), 16, 64 if 64 < D <= 128 else 128)``,
+      ``BLOCK_Q = BLOCK_M // G``, ``BLOCK_N = 64``, ``BLOCK_D = next_pow2(D)`` (>= 16;
+      non-power-of-2 head dims are padded and masked); 8 warps for 128-row tiles,
+      else 4; 2 pipeline stages. Decode-only steps thus get 16-row tiles (G heads
+      of one token), prefill gets 64/128-row tiles. Rows wider than 512 bytes
+      (fp32 with D > 128) use ``BLOCK_M <= 64`` and ``BLOCK_N = 32`` to fit shared
+      memory (228 KiB on H100/H200).
+
+``split_kv_decode`` + ``split_kv_reduce`` (flash-decoding; every request has q_len 1)
+    * Grid ``(B, Hkv, S)``. Request ``i``'s KV range is cut into ``S`` chunks of
+      ``cdiv(cdiv(seq_len_i, BLOCK_N), S)`` whole tiles; program ``(i, h, s)`` runs the
+      same online-softmax loop over chunk ``s`` for the ``G`` heads of KV head ``h``
+      and writes an unnormalised partial ``(m, l, acc)`` to an fp32 workspace
+      ``[B, H, S(, D)]`` (an empty chunk writes ``m = -inf, l = 0``).
+    * Reduce grid ``(B, H)``: ``M = max_s m_s``, ``w_s = 2^(m_s - M)``,
+      ``out = sum_s w_s acc_s / sum_s w_s l_s``.
+    * Split heuristic (:func:`choose_num_splits`): with ``B * Hkv`` programs already
+      filling the GPU (``>= num_SMs``), no split. Otherwise aim at ``2 * num_SMs``
+      programs, ``S = cdiv(2 * num_SMs, B * Hkv)``, capped so each split keeps at
+      least ``MIN_TOKENS_PER_SPLIT = 64`` keys and at ``MAX_SPLITS = 64``. Example:
+      H100 (132 SMs), B=1, Hkv=8, 1k context -> S = min(33, 16) = 16 -> 128 programs.
+      The backend takes this path when the step is decode-only and ``S > 1``.
+
+Measured once (H200, triton 3.6, bf16, Llama-3-8B attention shape H=32 Hkv=8 D=128,
+block 16, GPU time inside a CUDA graph; peer = torch SDPA on *contiguous* KV, same run):
+decode B=1 @1k: split 11.3 us vs SDPA 11.3 us (unified alone: 34 us); B=1 @32k: 55 vs
+50 us; B=64 @2k: unified 139 us vs SDPA 137 us (HBM floor at 4.8 TB/s: 112 us);
+causal prefill 8k tokens: 353 TFLOP/s vs SDPA 574. Host-side launch cost is about
+45 us (unified) / 70 us (split, two launches), mostly Triton's Python launcher: run
+decode steps under CUDA graphs. The split count follows ``max_seq_len``, so a
+captured graph must be replayed only for steps that pick the same count.
+
+Limits: head_dim <= 256; q heads a multiple of KV heads; fp32 / fp16 / bf16 (the
+cache may have another float dtype than the query: it is converted on load).
+Under the interpreter bf16 ``tl.dot`` operands are upcast to fp32 (numpy has no
+bf16 matmul); on the GPU they stay bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+MIN_TOKENS_PER_SPLIT = 64
+MAX_SPLITS = 64
+MAX_HEAD_DIM = 256
+_DEFAULT_NUM_SMS = 132  # H100 SXM; used when not on CUDA (interpreter).
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _write_kv_kernel(
+    key_ptr,
+    value_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    num_kv_heads,
+    head_dim,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kcb,
+    stride_kcs,
+    stride_kch,
+    stride_vcb,
+    stride_vcs,
+    stride_vch,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    block = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    heads_to_write = tl.where(slot >= 0, num_kv_heads, 0)  # negative slot: write nothing
+    mask = (h[:, None] < heads_to_write) & (d[None, :] < head_dim)
+
+    k = tl.load(key_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
+    v = tl.load(value_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
+    kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + h[:, None] * stride_kch + d[None, :]
+    vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + h[:, None] * stride_vch + d[None, :]
+    tl.store(kc, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(vc, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _attend_kv_range(
+    q,  # [BLOCK_M, BLOCK_D] (dot dtype)
+    acc,  # [BLOCK_M, BLOCK_D] fp32
+    m_i,  # [BLOCK_M] fp32, running max (log2 domain)
+    l_i,  # [BLOCK_M] fp32, running sum
+    kv_start,
+    kv_end,
+    q_pos,  # [BLOCK_M] int32, position of each query row
+    bt_row_ptr,  # this request's block-table row
+    k_cache_ptr,
+    v_cache_ptr,
+    kv_head,
+    head_dim,
+    stride_kcb,
+    stride_kcs,
+    stride_kch,
+    stride_vcb,
+    stride_vcs,
+    stride_vch,
+    scale_log2,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,  # apply "pos < kv_end" and causal "pos <= q_pos"
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Online-softmax accumulate over KV positions [kv_start, kv_end) of one KV head.
+
+    Without MASKED the caller guarantees that every position in the range is
+    visible to every (valid) query row and that the range is whole tiles.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < head_dim
+    k_head = k_cache_ptr + kv_head * stride_kch
+    v_head = v_cache_ptr + kv_head * stride_vch
+    for start in range(kv_start, kv_end, BLOCK_N):
+        pos = start + offs_n
+        if MASKED:
+            pos_ok = pos < kv_end
+            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+        else:
+            pos_ok = offs_n < BLOCK_N  # all true
+            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE).to(tl.int64)
+        offset = pos % BLOCK_SIZE
+        k_ptrs = k_head + block[None, :] * stride_kcb + offset[None, :] * stride_kcs + d[:, None]
+        k = tl.load(k_ptrs, mask=d_mask[:, None] & pos_ok[None, :], other=0.0)  # [BLOCK_D, BLOCK_N]
+        s = tl.dot(q, k.to(DOT_DTYPE), input_precision=DOT_PRECISION) * scale_log2  # [M, N]
+        if MASKED:
+            visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # Rows that have seen no visible key yet keep m = -inf; use 0 as their
+        # reference so that no (-inf) - (-inf) = NaN appears.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = v_head + block[:, None] * stride_vcb + offset[:, None] * stride_vcs + d[None, :]
+        v = tl.load(v_ptrs, mask=pos_ok[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _find_request(query_start_loc_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
+    """Largest i in [0, num_seqs) with query_start_loc[i] // BLOCK_Q + i <= tile_id."""
+    lo = tl.cast(0, tl.int32)
+    hi = num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        first_tile = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
+        if first_tile <= tile_id:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@triton.jit
+def _unified_attention_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    scale_log2,
+    num_seqs,
+    head_dim,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kcb,
+    stride_kcs,
+    stride_kch,
+    stride_vcb,
+    stride_vcs,
+    stride_vch,
+    stride_bt,
+    G: tl.constexpr,  # query heads per KV head
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # query tokens per tile; BLOCK_Q * G <= BLOCK_M
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    tile_id = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = _find_request(query_start_loc_ptr, num_seqs, tile_id, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+    ctx_len = seq_len - q_len  # position of the request's first new token
+    q_tile_start = (tile_id - (q_start // BLOCK_Q + seq)) * BLOCK_Q
+    tile_ok = q_tile_start < q_len
+
+    r = tl.arange(0, BLOCK_M)
+    q_idx = q_tile_start + r // G
+    head = kv_head * G + r % G
+    row_ok = (r < BLOCK_Q * G) & (q_idx < q_len)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < head_dim
+    tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(
+        q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+        mask=row_ok[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    q_pos = ctx_len + q_idx
+
+    # Keys visible to some row of this tile: [0, last query position + 1).
+    kv_end = tl.minimum(seq_len, ctx_len + tl.minimum(q_tile_start + BLOCK_Q, q_len))
+    kv_end = tl.where(tile_ok, kv_end, 0)
+    # Whole tiles visible to every row (all <= the tile's first query position).
+    full_end = ((ctx_len + q_tile_start + 1) // BLOCK_N) * BLOCK_N
+    full_end = tl.maximum(tl.minimum(full_end, kv_end), 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, 0, full_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION,
+    )
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, full_end, kv_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION,
+    )
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(
+        out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_mask[None, :],  # an empty tile has no row_ok
+    )
+
+
+@triton.jit
+def _split_kv_decode_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    ws_ptr,  # fp32 workspace: acc [B*H*S, BLOCK_D], then (m, l) [B*H*S, 2] at ml_offset
+    ml_offset,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    scale_log2,
+    num_heads,
+    head_dim,
+    stride_qt,
+    stride_qh,
+    stride_kcb,
+    stride_kcs,
+    stride_kch,
+    stride_vcb,
+    stride_vcs,
+    stride_vch,
+    stride_bt,
+    NUM_SPLITS: tl.constexpr,
+    G: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # >= G
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)  # the request's only query row
+    seq_len = tl.load(seq_lens_ptr + seq)
+
+    r = tl.arange(0, BLOCK_M)
+    head = kv_head * G + r
+    row_ok = r < G
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < head_dim
+    q = tl.load(
+        q_ptr + tok * stride_qt + head[:, None] * stride_qh + d[None, :],
+        mask=row_ok[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    q_pos = tl.zeros([BLOCK_M], tl.int32) + (seq_len - 1)
+
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    kv_start = tl.minimum(split * tiles_per_split * BLOCK_N, seq_len)
+    kv_end = tl.minimum(kv_start + tiles_per_split * BLOCK_N, seq_len)
+    full_end = tl.maximum((kv_end // BLOCK_N) * BLOCK_N, kv_start)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, kv_start, full_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION,
+    )
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, full_end, kv_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION,
+    )
+    part = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
+    tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
+    tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
+    tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def _split_kv_reduce_kernel(
+    out_ptr,
+    ws_ptr,
+    ml_offset,
+    query_start_loc_ptr,
+    num_heads,
+    head_dim,
+    stride_ot,
+    stride_oh,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    tok = tl.load(query_start_loc_ptr + seq).to(tl.int64)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s < NUM_SPLITS
+    base = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS
+    m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
+    l = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
+    acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
+    m_max = tl.max(m, 0)
+    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
+    denom = tl.sum(w * l, 0)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    out = tl.sum(w[:, None] * acc, 0) / denom
+    tl.store(
+        out_ptr + tok * stride_ot + head * stride_oh + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < head_dim,
+    )
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def _interpreting() -> bool:
+    # Decided when the kernels were decorated (TRITON_INTERPRET at import time), not now.
+    return not isinstance(_unified_attention_kernel, JITFunction)
+
+
+def _dot_config(dtype: torch.dtype) -> tuple[tl.dtype, str]:
+    """(operand dtype for tl.dot, input_precision)."""
+    if dtype == torch.float32:
+        return tl.float32, "ieee"
+    if dtype == torch.float16:
+        return tl.float16, "tf32"  # input_precision only matters for fp32 operands
+    if dtype == torch.bfloat16:
+        # The interpreter's matmul is numpy, which has no bf16.
+        return (tl.float32, "ieee") if _interpreting() else (tl.bfloat16, "tf32")
+    raise TypeError(f"Triton attention supports {_SUPPORTED_DTYPES}, got {dtype}")
+
+
+def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache/v_cache must both be [num_blocks, block_size, Hkv, D]; got "
+            f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("k_cache/v_cache need a unit stride on head_dim")
+    if k_cache.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {k_cache.shape[-1]} > {MAX_HEAD_DIM} is not supported")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{name} dtype {c.dtype} not supported (use one of {_SUPPORTED_DTYPES})")
+
+
+def _wide_rows(block_d: int, query: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Rows of more than 512 bytes (fp32 with D > 128): shrink tiles to fit shared memory."""
+    return block_d * max(query.element_size(), k_cache.element_size()) > 512
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def write_kv(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # int64 [T]; negative = skip
+) -> None:
+    """Scatter new K/V rows into their cache slots (reshape-and-cache)."""
+    _check_cache(k_cache, v_cache)
+    num_tokens, num_kv_heads, head_dim = key.shape
+    if value.shape != key.shape or tuple(k_cache.shape[2:]) != (num_kv_heads, head_dim):
+        raise ValueError(
+            f"key {tuple(key.shape)} / value {tuple(value.shape)} do not match cache {tuple(k_cache.shape)}"
+        )
+    if slot_mapping.shape[0] < num_tokens:
+        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} entries for {num_tokens} tokens")
+    if num_tokens == 0:
+        return
+    key, value = _unit_last(key), _unit_last(value)
+    slot_mapping = slot_mapping.contiguous()
+    block_d = triton.next_power_of_2(head_dim)
+    block_h = max(1, min(triton.next_power_of_2(num_kv_heads), 4096 // block_d))
+    grid = (num_tokens, triton.cdiv(num_kv_heads, block_h))
+    _write_kv_kernel[grid](
+        key, value, k_cache, v_cache, slot_mapping,
+        num_kv_heads, head_dim,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d,
+        num_warps=4 if block_h * block_d >= 1024 else 1,
+    )
+
+
+def _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens):
+    _check_cache(k_cache, v_cache)
+    if query.dim() != 3:
+        raise ValueError(f"query must be [T, H, D], got {tuple(query.shape)}")
+    if query.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"query dtype {query.dtype} not supported (use one of {_SUPPORTED_DTYPES})")
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    if head_dim != k_cache.shape[3]:
+        raise ValueError(f"query head_dim {head_dim} != cache head_dim {k_cache.shape[3]}")
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    if block_tables.dtype != torch.int32 or query_start_loc.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise TypeError("block_tables, query_start_loc and seq_lens must be int32")
+    if block_tables.stride(-1) != 1:
+        raise ValueError("block_tables needs a unit stride on its last dim")
+
+
+def _new_output(query: torch.Tensor, out: torch.Tensor | None, num_real_tokens: int | None) -> torch.Tensor:
+    if out is None:
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    elif out.shape != query.shape or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(query.shape)} with a unit last stride")
+    if num_real_tokens is not None and num_real_tokens < query.shape[0]:
+        out[num_real_tokens:].zero_()  # padding rows belong to no request
+    return out
+
+
+def unified_attention(
+    query: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,  # int32 [B+1]
+    seq_lens: torch.Tensor,  # int32 [B]
+    block_tables: torch.Tensor,  # int32 [B, max_blocks]
+    max_query_len: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    num_real_tokens: int | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Causal paged attention for any mix of prefill chunks and decodes, one launch.
+
+    ``num_real_tokens`` (host int, = query_start_loc[-1]) lets padding rows past the
+    last request be zeroed; ``block_m``/``block_n`` override the tile heuristic
+    (tests use them to force multi-tile paths at tiny sizes).
+    """
+    _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    query = _unit_last(query)
+    out = _new_output(query, out, num_real_tokens)
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs = seq_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    wide = _wide_rows(block_d, query, k_cache)
+    if block_m is None:
+        # Measured on H200 (bf16, 4k causal prefill): D=64 -> 128x64 tiles with 8 warps,
+        # D=128 -> 64x64 with 4 warps, D=256 -> 128x64 with 8 warps; 2 stages throughout.
+        max_m = 64 if (64 < block_d <= 128 or wide) else 128
+        block_m = min(max(16, triton.next_power_of_2(group * max(1, max_query_len))), max_m)
+    block_m = max(block_m, triton.next_power_of_2(group))
+    if block_n is None:
+        block_n = 32 if wide else 64
+    block_q = block_m // group
+    dot_dtype, precision = _dot_config(query.dtype)
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    _unified_attention_kernel[grid](
+        query, k_cache, v_cache, out,
+        query_start_loc, seq_lens, block_tables,
+        scale * math.log2(math.e), num_seqs, head_dim,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
+        num_warps=8 if block_m >= 128 else 4,
+        num_stages=2,
+    )
+    return out
+
+
+_num_sms_cache: dict[int, int] = {}
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _DEFAULT_NUM_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _num_sms_cache:
+        _num_sms_cache[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _num_sms_cache[index]
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, sm_count: int) -> int:
+    """How many KV splits a decode step should use (1 = no split; see module docstring)."""
+    base = num_seqs * num_kv_heads
+    if base <= 0 or base >= sm_count:
+        return 1
+    wanted = triton.cdiv(2 * sm_count, base)
+    by_length = max(1, max_seq_len // MIN_TOKENS_PER_SPLIT)
+    return max(1, min(wanted, by_length, MAX_SPLITS))
+
+
+def split_kv_decode(
+    query: torch.Tensor,  # [T, H, D]; request i's single query row is query_start_loc[i]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    num_splits: int,
+    out: torch.Tensor | None = None,
+    num_real_tokens: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Flash-decoding: every request must have exactly one query token."""
+    _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    if not 1 <= num_splits <= 1024:
+        raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
+    query = _unit_last(query)
+    out = _new_output(query, out, num_real_tokens)
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs = seq_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_m = max(16, triton.next_power_of_2(group))
+    if block_n is None:
+        block_n = 32 if _wide_rows(block_d, query, k_cache) else 64
+    dot_dtype, precision = _dot_config(query.dtype)
+    num_partials = num_seqs * num_heads * num_splits
+    ml_offset = num_partials * block_d
+    workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
+    _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+        query, k_cache, v_cache, workspace, ml_offset,
+        query_start_loc, seq_lens, block_tables,
+        scale * math.log2(math.e), num_heads, head_dim,
+        query.stride(0), query.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        NUM_SPLITS=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
+        num_warps=4, num_stages=2,
+    )
+    _split_kv_reduce_kernel[(num_seqs, num_heads)](
+        out, workspace, ml_offset, query_start_loc,
+        num_heads, head_dim, out.stride(0), out.stride(1),
+        NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
+        num_warps=1 if num_splits * block_d <= 2048 else 4,
+    )
+    return out
