@@ -27,7 +27,7 @@ s.record()
 for _ in range(20): y.copy_(x)
 e.record(); torch.cuda.synchronize()
 ms = s.elapsed_time(e) / 20
-print(f"copy bandwidth (read+write): {2 * x.numel() * 2 / ms / 1e9:.0f} GB/s")
+print(f"copy bandwidth (read+write): {2 * x.numel() * 2 / (ms / 1e3) / 1e9:.0f} GB/s")
 PY
 fi
 

@@ -133,14 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_chat)
 
     try:
-        from pagoda.entrypoints.openai.cli_args import add_serve_args, run_serve
+        import fastapi  # noqa: F401  (server-only dependencies)
+        import msgspec  # noqa: F401
+        import uvicorn  # noqa: F401
+        import zmq  # noqa: F401
 
+        from pagoda.entrypoints.openai.cli_args import add_serve_args, run_serve
+    except ImportError as e:  # server dependencies missing (e.g. a GPU box with only torch)
+        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})")
+        s.set_defaults(func=lambda a, e=e: sys.exit(f"pagoda serve needs the server dependencies: {e}"))
+    else:
         s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
         add_serve_args(s)
         s.set_defaults(func=run_serve)
-    except ImportError as e:  # server dependencies missing
-        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})")
-        s.set_defaults(func=lambda a, e=e: sys.exit(f"pagoda serve needs the server dependencies: {e}"))
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench_command", required=True)

@@ -111,14 +111,15 @@ class ModelRunner:
 
     def _dummy_forward(self, n: int) -> None:
         ids = torch.zeros(n, dtype=torch.long, device=self.device)
-        pos = torch.arange(n, device=self.device)
+        # One sequence of n tokens; positions wrap so the rotary table is never indexed past its end.
+        pos = torch.arange(n, device=self.device) % self.cfg.max_model_len
         nb = -(-n // self.block_size)
         bt = torch.arange(1, nb + 1, dtype=torch.int32, device=self.device).unsqueeze(0)
         meta = AttentionMetadata(
             query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
             seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
             block_tables=bt,
-            slot_mapping=pos + self.block_size,
+            slot_mapping=torch.arange(n, device=self.device) + self.block_size,
             max_query_len=n,
             max_seq_len=n,
             query_lens_cpu=[n],
