@@ -1,0 +1,407 @@
+"""``pagoda bench serve``: an online load generator for any OpenAI-compatible server.
+
+Sends seeded synthetic prompts to ``/v1/completions`` (or ``/v1/chat/completions``) with
+streaming, either at a request rate (Poisson arrivals, or gamma with ``--burstiness``)
+or all at once under ``--max-concurrency``, and reports vLLM's serving metrics:
+
+* TTFT  time to the first streamed text;
+* TPOT  (latency - TTFT) / (output tokens - 1), per request;
+* ITL   gaps between consecutive streamed text chunks;
+* E2EL  request latency;
+
+as mean / median / chosen percentiles (default p50, p90, p99), plus request, output-token
+and total-token throughput. ``--save-result`` writes everything (per-request figures
+included) as JSON.
+
+Prompts are made of words drawn from a fixed list with ``--seed``; when the server has
+``/tokenize`` (pagoda, vLLM) or ``--tokenizer`` names a local tokenizer, each prompt is
+words adding up to at most ``--random-input-len`` tokens (exactly that many unless no
+word fits the remainder); otherwise the length is estimated.
+Output tokens come from the server's usage report (``stream_options.include_usage``)
+when it sends one, else from the number of streamed text chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+WORDS = (
+    "the of and to in is was for on are with as his they be at one have this from or had by word but what some "
+    "we can out other were all there when up use your how said an each she which do their time if will way about "
+    "many then them write would like so these her long make thing see him two has look more day could go come did "
+    "number sound no most people my over know water than call first who may down side been now find any new work "
+    "part take get place made live where after back little only round man year came show every good me give our "
+    "under name very through just form sentence great think say help low line differ turn cause much mean before "
+    "move right boy old too same tell does set three want air well also play small end put home read hand port "
+    "large spell add even land here must big high such follow act why ask men change went light kind off need "
+    "house picture try us again animal point mother world near build self earth father head stand own page should "
+    "country found answer school grow study still learn plant cover food sun four between state keep eye never "
+    "last let thought city tree cross farm hard start might story saw far sea draw left late run while press close "
+    "night real life few north open seem together next white children begin got walk example ease paper group "
+    "always music those both mark often letter until mile river car feet care second book carry took science eat "
+    "room friend began idea fish mountain stop once base hear horse cut sure watch color face wood main enough "
+    "plain girl usual young ready above ever red list though feel talk bird soon body dog family direct pose leave "
+    "song measure door product black short numeral class wind question happen complete ship area half rock order "
+    "fire south problem piece told knew pass since top whole king space heard best hour better true during hundred"
+).split()
+
+
+@dataclass
+class RequestResult:
+    ok: bool = False
+    prompt_len: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    error: str = ""
+    text: str = ""
+
+
+def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.description = "Online serving benchmark against an OpenAI-compatible server (streaming)."
+    p.add_argument("--base-url", default=None, help="server URL, e.g. http://127.0.0.1:8000 (overrides --host/--port)")
+    p.add_argument("--host", default="127.0.0.1", help="server host")
+    p.add_argument("--port", type=int, default=8000, help="server port")
+    p.add_argument("--endpoint", default="/v1/completions", choices=["/v1/completions", "/v1/chat/completions"],
+                   help="API to exercise")
+    p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
+    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
+    p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
+    p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
+    p.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
+    p.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="lengths drawn uniformly from [len*(1-r), len*(1+r)]")
+    p.add_argument("--request-rate", type=float, default=float("inf"),
+                   help="requests per second (Poisson arrivals); inf sends them all at once")
+    p.add_argument("--burstiness", type=float, default=1.0,
+                   help="gamma shape of inter-arrival times (1 = Poisson; lower is burstier)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrival times")
+    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos so every request runs to max_tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature sent with each request")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer for exact prompt lengths (default: /tokenize)")
+    p.add_argument("--percentile-metrics", default="ttft,tpot,itl,e2el", help="metrics to report percentiles of")
+    p.add_argument("--metric-percentiles", default="50,90,99", help="percentiles to report")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is failed")
+    p.add_argument("--save-result", action="store_true", help="write the result as JSON")
+    p.add_argument("--result-dir", default=".", help="folder for --save-result")
+    p.add_argument("--result-filename", default=None, help="file name for --save-result")
+    p.add_argument("--label", default=None, help="name of this run in the saved result")
+    return p
+
+
+# ------------------------------------------------------------------------ prompts
+class _Counter:
+    """Counts prompt tokens with a local tokenizer, the server's /tokenize, or an estimate."""
+
+    def __init__(self, args: argparse.Namespace, client: Any, base: str, headers: dict[str, str], model: str) -> None:
+        self.args, self.client, self.base, self.headers, self.model = args, client, base, headers, model
+        self.local = None
+        self.remote = True
+        self.exact = True
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            self.local = AutoTokenizer.from_pretrained(args.tokenizer)
+
+    async def count(self, text: str) -> int | None:
+        if self.local is not None:
+            return len(self.local.encode(text, add_special_tokens=False))
+        if self.remote:
+            try:
+                r = await self.client.post(f"{self.base}/tokenize", headers=self.headers,
+                                           json={"model": self.model, "prompt": text, "add_special_tokens": False})
+                if r.status_code == 200:
+                    return int(r.json()["count"])
+            except Exception:
+                pass
+            self.remote = False
+        self.exact = False
+        return None
+
+
+async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tuple[str, int, int]]:
+    """(prompt, prompt tokens, output tokens) per request, seeded."""
+    rng = random.Random(args.seed)
+    r = args.random_range_ratio
+
+    def draw(n: int) -> int:
+        return max(1, rng.randint(int(n * (1 - r)), int(math.ceil(n * (1 + r)))))
+
+    out = []
+    for _ in range(args.num_prompts):
+        n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
+        words = [rng.choice(WORDS) for _ in range(n_in)]  # ~1 token per common word; trimmed below
+        text = " ".join(words)
+        n = await counter.count(text)
+        if n is None:
+            text = " ".join(words[: max(1, int(n_in / 1.2))])
+            out.append((text, n_in, n_out))
+            continue
+        lo, hi = 1, len(words)
+        while lo < hi:  # longest prefix with at most n_in tokens
+            mid = (lo + hi + 1) // 2
+            c = await counter.count(" ".join(words[:mid]))
+            if c is not None and c <= n_in:
+                lo = mid
+            else:
+                hi = mid - 1
+        words = words[:lo]
+        n = await counter.count(" ".join(words)) or 0
+        tries = 0
+        while n < n_in and tries < 32:  # top up with words that still fit
+            tries += 1
+            cand = await counter.count(" ".join(words + [w := rng.choice(WORDS)]))
+            if cand is not None and cand <= n_in:
+                words.append(w)
+                n = cand
+        out.append((" ".join(words), n or n_in, n_out))
+    return out
+
+
+# ----------------------------------------------------------------------- requests
+async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict[str, Any], chat: bool,
+                   prompt_len: int) -> RequestResult:
+    res = RequestResult(prompt_len=prompt_len)
+    start = time.perf_counter()
+    last = start
+    chunks = 0
+    usage_tokens = None
+    try:
+        async with client.stream("POST", url, headers=headers, json=payload) as resp:
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")
+                res.error = f"HTTP {resp.status_code}: {body[:300]}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    res.error = str(obj["error"].get("message", obj["error"]))
+                    return res
+                if obj.get("usage"):
+                    usage_tokens = obj["usage"].get("completion_tokens", usage_tokens)
+                for ch in obj.get("choices") or []:
+                    text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+                    if not text:
+                        continue
+                    now = time.perf_counter()
+                    if chunks == 0:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
+                    chunks += 1
+                    res.text += text
+        res.latency = time.perf_counter() - start
+        res.output_tokens = usage_tokens if usage_tokens is not None else chunks
+        res.ok = chunks > 0 or res.output_tokens > 0
+        if not res.ok:
+            res.error = "no text was streamed"
+    except Exception as e:
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat: bool) -> dict[str, Any]:
+    p: dict[str, Any] = {"model": model, "max_tokens": n_out, "temperature": args.temperature, "stream": True,
+                         "stream_options": {"include_usage": True}}
+    if chat:
+        p["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        p["prompt"] = prompt
+    if args.ignore_eos:
+        p["ignore_eos"] = True
+    return p
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    f = math.floor(k)
+    c = min(f + 1, len(s) - 1)
+    return s[f] + (s[c] - s[f]) * (k - f)
+
+
+def summarize(args: argparse.Namespace, results: list[RequestResult], duration: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    total_out = sum(r.output_tokens for r in ok)
+    total_in = sum(r.prompt_len for r in ok)
+    series = {
+        "ttft": [r.ttft for r in ok],
+        "tpot": [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1],
+        "itl": [x for r in ok for x in r.itl],
+        "e2el": [r.latency for r in ok],
+    }
+    pcts = [float(x) for x in args.metric_percentiles.split(",") if x.strip()]
+    wanted = [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]
+    out: dict[str, Any] = {
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
+        "duration_s": duration,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": len(ok) / duration if duration else 0.0,
+        "output_throughput": total_out / duration if duration else 0.0,
+        "total_token_throughput": (total_in + total_out) / duration if duration else 0.0,
+    }
+    for m in wanted:
+        xs = series.get(m, [])
+        out[f"mean_{m}_ms"] = 1000 * (sum(xs) / len(xs)) if xs else 0.0
+        out[f"median_{m}_ms"] = 1000 * _percentile(xs, 50)
+        out[f"std_{m}_ms"] = 1000 * (math.sqrt(sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / len(xs)) if xs else 0.0)
+        for q in pcts:
+            out[f"p{q:g}_{m}_ms"] = 1000 * _percentile(xs, q)
+    return out
+
+
+def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bool) -> None:
+    line = "=" * 60
+    print(line)
+    print(f"{' Serving Benchmark Result ':=^60}")
+    rows = [
+        ("Successful requests:", s["completed"]),
+        ("Failed requests:", s["failed"]),
+        ("Maximum request concurrency:", args.max_concurrency if args.max_concurrency else "unlimited"),
+        ("Request rate (req/s):", args.request_rate),
+        ("Benchmark duration (s):", f"{s['duration_s']:.2f}"),
+        ("Total input tokens:", f"{s['total_input_tokens']}{'' if prompts_exact else ' (estimated)'}"),
+        ("Total generated tokens:", s["total_output_tokens"]),
+        ("Request throughput (req/s):", f"{s['request_throughput']:.2f}"),
+        ("Output token throughput (tok/s):", f"{s['output_throughput']:.2f}"),
+        ("Total token throughput (tok/s):", f"{s['total_token_throughput']:.2f}"),
+    ]
+    for k, v in rows:
+        print(f"{k:<40}{v:>20}")
+    names = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
+             "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}
+    for m in [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]:
+        print(f"{' ' + names.get(m, m) + ' ':-^60}")
+        for key in [k for k in s if k.endswith(f"_{m}_ms") and not k.startswith("std_")]:
+            label = key.replace(f"_{m}_ms", "").replace("_", " ")
+            label = {"mean": "Mean", "median": "Median"}.get(label, label.upper() if label.startswith("p") else label)
+            print(f"{label + ' ' + m.upper() + ' (ms):':<40}{s[key]:>20.2f}")
+    print(line)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    base = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    key = args.api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("PAGODA_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    chat = args.endpoint.endswith("chat/completions")
+    limit = args.max_concurrency or args.num_prompts
+    timeout = httpx.Timeout(args.request_timeout, connect=30.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=limit + 4,
+                                                                      max_keepalive_connections=limit + 4)) as client:
+        model = args.model
+        if model is None:
+            r = await client.get(f"{base}/v1/models", headers=headers)
+            r.raise_for_status()
+            model = r.json()["data"][0]["id"]
+        counter = _Counter(args, client, base, headers, model)
+        prompts = await make_prompts(args, counter)
+        url = base + args.endpoint
+
+        # One untimed request checks the set-up (and warms the server).
+        first = await send_one(client, url, headers, _payload(args, model, prompts[0][0], min(prompts[0][2], 16), chat),
+                               chat, prompts[0][1])
+        if not first.ok:
+            raise RuntimeError(f"the test request failed: {first.error}")
+
+        rng = random.Random(args.seed + 1)
+        sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+
+        async def limited(text: str, n_in: int, n_out: int) -> RequestResult:
+            payload = _payload(args, model, text, n_out, chat)
+            if sem is None:
+                return await send_one(client, url, headers, payload, chat, n_in)
+            async with sem:
+                return await send_one(client, url, headers, payload, chat, n_in)
+
+        start = time.perf_counter()
+        tasks = []
+        for i, (text, n_in, n_out) in enumerate(prompts):
+            tasks.append(asyncio.create_task(limited(text, n_in, n_out)))
+            if math.isfinite(args.request_rate) and i + 1 < len(prompts):
+                theta = 1.0 / (args.request_rate * args.burstiness)
+                await asyncio.sleep(rng.gammavariate(args.burstiness, theta))
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+
+    summary = summarize(args, results, duration)
+    print_summary(args, summary, counter.exact)
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        print(f"first errors: {errors[:3]}", file=sys.stderr)
+    return {
+        "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "label": args.label,
+        "base_url": base,
+        "endpoint": args.endpoint,
+        "model": model,
+        "num_prompts": args.num_prompts,
+        "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
+        "burstiness": args.burstiness,
+        "max_concurrency": args.max_concurrency,
+        "random_input_len": args.random_input_len,
+        "random_output_len": args.random_output_len,
+        "ignore_eos": args.ignore_eos,
+        "seed": args.seed,
+        "prompt_lengths_exact": counter.exact,
+        **summary,
+        "input_lens": [r.prompt_len for r in results],
+        "output_lens": [r.output_tokens for r in results],
+        "ttfts": [r.ttft for r in results],
+        "itls": [r.itl for r in results],
+        "errors": errors,
+    }
+
+
+def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
+    if args.num_prompts < 1:
+        raise ValueError("--num-prompts must be at least 1.")
+    if args.request_rate <= 0:
+        raise ValueError("--request-rate must be positive (or inf).")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ValueError("--max-concurrency must be at least 1.")
+    result = asyncio.run(bench(args))
+    if args.save_result:
+        name = args.result_filename or f"pagoda-bench-serve-{result['date']}.json"
+        path = os.path.join(args.result_dir, name)
+        os.makedirs(args.result_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"result saved to {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="pagoda bench serve")
+    add_bench_serve_args(p)
+    run_bench_serve(p.parse_args(argv))
+
+
+
+if __name__ == "__main__":
+    main()

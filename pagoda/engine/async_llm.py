@@ -1,0 +1,564 @@
+"""``AsyncLLM``: the asyncio front end of an engine core running in its own process.
+
+It mirrors :class:`pagoda.engine.llm_engine.LLMEngine` (input processor → core →
+output processor), with the core behind ZMQ (see :mod:`pagoda.engine.core_proc`):
+
+* ``add_request`` validates and tokenizes in the caller's task (a bad request raises
+  ``ValueError`` before anything is queued), then sends ``AddRequest`` messages;
+* one task receives the core's per-step output batches, detokenizes them (stop strings
+  included) and hands each request's newest cumulative ``RequestOutput`` to its
+  :class:`RequestStream`; a slow consumer gets the latest state, never a backlog;
+* leaving a stream before it finished (client disconnect, cancellation, error) aborts
+  the request in the core, which frees its KV blocks at once;
+* a watchdog marks the engine dead when the core process exits, and *stuck* while
+  requests are pending and the core has sent nothing for ``stuck_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, AsyncIterator, Protocol
+
+import msgspec
+
+from pagoda.config import EngineArgs, EngineConfig
+from pagoda.engine.core_proc import (
+    AbortRequests,
+    AddRequest,
+    CoreFailed,
+    FinishRequests,
+    Heartbeat,
+    Ready,
+    Rejected,
+    Shutdown,
+    StepOutputs,
+    engine_args_to_dict,
+    output_decoder,
+    start_core_process,
+)
+from pagoda.engine.input_processor import InputProcessor, PromptType
+from pagoda.engine.messages import EngineCoreRequest, SchedulerStats
+from pagoda.engine.output_processor import OutputProcessor, ParentState
+from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
+from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+logger = logging.getLogger("pagoda")
+
+DEFAULT_STUCK_TIMEOUT_S = float(os.environ.get("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60"))
+"""/health fails when requests are pending and the core has been silent this long."""
+WATCHDOG_PERIOD_S = 0.5
+
+
+class EngineDeadError(RuntimeError):
+    """The engine core process exited or failed; nothing can be served."""
+
+
+class RequestAbortedError(RuntimeError):
+    """The request was aborted by someone other than its consumer."""
+
+
+class EngineNotReadyError(RuntimeError):
+    """The model is still loading."""
+
+
+class StatLogger(Protocol):
+    """What the front end reports (the Prometheus logger in the server implements it)."""
+
+    def on_step(self, stats: SchedulerStats) -> None: ...
+    def on_queue_time(self, seconds: float) -> None: ...
+    def on_first_token(self, seconds: float) -> None: ...
+    def on_inter_token(self, seconds: float) -> None: ...
+    def on_finished(self, finish_reason: str, num_prompt_tokens: int, num_generation_tokens: int,
+                    e2e_seconds: float) -> None: ...
+
+
+class RequestStream:
+    """Async iterator over one request's cumulative outputs (latest state wins).
+
+    After each ``__anext__``, ``last_deltas[i]`` holds the text of completion ``i`` that
+    became safe to stream since the previous item (a tail that may begin a stop string is
+    held back until it is resolved).
+    """
+
+    def __init__(self, engine: "AsyncLLM", request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.parent = parent
+        self.prompt_token_ids = prompt_token_ids
+        self.n = parent.params.n
+        self._latest: RequestOutput | None = None
+        self._deltas = [""] * self.n
+        self._error: BaseException | None = None
+        self._event = asyncio.Event()
+        self.last_deltas = [""] * self.n
+        self.finished = False  # the engine is done with this request (finished, failed or aborted)
+        self._delivered_final = False
+        self.ttft_recorded = False
+
+    # ------------------------------------------------------------- producer side
+    def _put(self, out: RequestOutput, deltas: list[str]) -> None:
+        self._latest = out
+        for i, d in enumerate(deltas):
+            if d:
+                self._deltas[i] += d
+        if out.finished:
+            self.finished = True
+        self._event.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.finished and self._error is None and self._latest is not None and self._latest.finished:
+            return  # the final output is already queued; let the consumer have it
+        self.finished = True
+        self._error = exc
+        self._event.set()
+
+    # ------------------------------------------------------------- consumer side
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._delivered_final:
+            raise StopAsyncIteration
+        while self._latest is None and self._error is None:
+            self._event.clear()
+            await self._event.wait()
+        if self._latest is not None:
+            out = self._latest
+            self._latest = None
+            self.last_deltas, self._deltas = self._deltas, [""] * self.n
+            if out.finished:
+                self._delivered_final = True
+            return out
+        self._delivered_final = True
+        assert self._error is not None
+        raise self._error
+
+    def close(self) -> None:
+        """Stop following the request; aborts it in the core unless it already finished."""
+        if not self.finished:
+            self.finished = True
+            self.engine.abort(self.request_id)
+
+
+class AsyncLLM:
+    def __init__(
+        self,
+        engine_args: EngineArgs,
+        stat_loggers: list[StatLogger] | None = None,
+        stuck_timeout_s: float = DEFAULT_STUCK_TIMEOUT_S,
+        log_level: int | None = None,
+    ) -> None:
+        self.engine_args = engine_args
+        self.stat_loggers = list(stat_loggers or [])
+        self.stuck_timeout_s = stuck_timeout_s
+        self.log_level = log_level if log_level is not None else logging.getLogger("pagoda").getEffectiveLevel()
+        self.cfg: EngineConfig | None = None
+        self.tokenizer: Any = None
+        self.input_processor: InputProcessor | None = None
+        self.output_processor: OutputProcessor | None = None
+        self.state = "created"  # created | loading | ready | dead | shutdown
+        self.dead_reason: str | None = None
+        self.stuck = False
+        self.ready_info: Ready | None = None
+        self.proc: Any = None
+        self._streams: dict[str, RequestStream] = {}
+        self._last_token_time: dict[str, float] = {}
+        self._last_msg = time.monotonic()
+        self._tasks: list[asyncio.Task] = []
+        self._ipc_dir: str | None = None
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = output_decoder()
+        self._in_sock: Any = None
+        self._out_sock: Any = None
+        self._zctx: Any = None
+        self._azctx: Any = None
+        self.last_stats = SchedulerStats()
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def is_ready(self) -> bool:
+        return self.state == "ready"
+
+    async def start(self) -> None:
+        """Resolve the model, spawn the core, load the tokenizer, wait until the core is ready."""
+        import zmq
+        import zmq.asyncio
+
+        self.state = "loading"
+        t0 = time.perf_counter()
+        cfg = await asyncio.to_thread(self.engine_args.create_config)
+        self.cfg = cfg
+        self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")  # mode 0700: only this user can connect
+        atexit.register(shutil.rmtree, self._ipc_dir, True)
+        in_addr = f"ipc://{self._ipc_dir}/input"
+        out_addr = f"ipc://{self._ipc_dir}/output"
+        self._zctx = zmq.Context()
+        self._in_sock = self._zctx.socket(zmq.PUSH)
+        self._in_sock.setsockopt(zmq.SNDHWM, 0)
+        self._in_sock.setsockopt(zmq.LINGER, 0)
+        self._in_sock.bind(in_addr)
+        self._azctx = zmq.asyncio.Context()
+        self._out_sock = self._azctx.socket(zmq.PULL)
+        self._out_sock.setsockopt(zmq.RCVHWM, 0)
+        self._out_sock.setsockopt(zmq.LINGER, 0)
+        self._out_sock.bind(out_addr)
+
+        args = engine_args_to_dict(self.engine_args)
+        # The core resolves the same model folder (already fetched/converted by create_config above).
+        self.proc = start_core_process(args, in_addr, out_addr, self.log_level)
+        tok_task = asyncio.create_task(asyncio.to_thread(load_tokenizer, cfg))
+        try:
+            ready = await self._wait_ready()
+            self.tokenizer = await tok_task
+        except BaseException:
+            tok_task.cancel()
+            await self._stop_process()
+            self.state = "dead"
+            raise
+        self.ready_info = ready
+        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer))
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._last_msg = time.monotonic()
+        self._tasks = [asyncio.create_task(self._output_loop()), asyncio.create_task(self._watchdog())]
+        self.state = "ready"
+        logger.info("engine ready in %.1f s: %d KV blocks of %d tokens, max_model_len %d",
+                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, ready.max_model_len)
+
+    async def _wait_ready(self) -> Ready:
+        import zmq
+
+        while True:
+            if await self._out_sock.poll(500, zmq.POLLIN):
+                msg = self._dec.decode(await self._out_sock.recv())
+                if isinstance(msg, Ready):
+                    return msg
+                if isinstance(msg, CoreFailed):
+                    raise RuntimeError(f"engine core failed to start: {msg.message}")
+                continue
+            if not self.proc.is_alive():
+                raise RuntimeError(f"engine core exited with code {self.proc.exitcode} while starting; see the log above")
+
+    async def shutdown(self) -> None:
+        if self.state == "shutdown":
+            return
+        self.state = "shutdown"
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks = []
+        for s in list(self._streams.values()):
+            s._fail(EngineDeadError("the server is shutting down"))
+        self._streams.clear()
+        await self._stop_process()
+
+    async def _stop_process(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            with contextlib.suppress(Exception):
+                self._send(Shutdown())
+            for sig_step in ("wait", "terminate", "kill"):
+                deadline = time.monotonic() + (5.0 if sig_step == "wait" else 2.0)
+                while self.proc.is_alive() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if not self.proc.is_alive():
+                    break
+                if sig_step == "wait":
+                    self.proc.terminate()
+                elif sig_step == "terminate":
+                    self.proc.kill()
+            self.proc.join(timeout=1)
+        for sock in (self._in_sock, self._out_sock):
+            if sock is not None:
+                sock.close(linger=0)
+        self._in_sock = self._out_sock = None
+        for ctx in (self._zctx, self._azctx):
+            if ctx is not None:
+                ctx.term()
+        self._zctx = self._azctx = None
+        if self._ipc_dir:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    # -------------------------------------------------------------------- health
+    def health(self) -> tuple[bool, str]:
+        """(can serve, reason when not)."""
+        if self.state in ("created", "loading"):
+            return False, "The model is loading."
+        if self.state == "dead":
+            return False, f"The engine core is dead: {self.dead_reason}"
+        if self.state == "shutdown":
+            return False, "The server is shutting down."
+        if self.stuck:
+            return False, (f"The engine core has made no progress for more than {self.stuck_timeout_s:g} s "
+                           f"with requests pending.")
+        return True, ""
+
+    def check_servable(self) -> None:
+        if self.state in ("created", "loading"):
+            raise EngineNotReadyError("The model is still loading; retry shortly.")
+        if self.state != "ready":
+            raise EngineDeadError(self.health()[1])
+
+    # ------------------------------------------------------------------ requests
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        assert self.cfg is not None
+        return self.cfg.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        assert self.ready_info is not None
+        return self.ready_info.vocab_size
+
+    def default_sampling_params(self) -> SamplingParams:
+        assert self.input_processor is not None
+        return self.input_processor.default_sampling_params()
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> RequestStream:
+        """Validate, tokenize and queue a request. Raises ``ValueError`` (nothing queued) if invalid."""
+        self.check_servable()
+        assert self.input_processor is not None and self.output_processor is not None
+        if request_id in self._streams or request_id in self.output_processor.parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
+        self._check_admission(ids, params, core_reqs)
+        try:  # encode before registering anything, so a failure leaves no state behind
+            frames = [self._enc.encode(AddRequest(r)) for r in core_reqs]
+        except (OverflowError, TypeError, ValueError) as e:
+            raise ValueError(f"The request holds a value the engine cannot carry: {e}") from None
+        self.output_processor.add_request(request_id, text, ids, params)
+        stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
+        self._streams[request_id] = stream
+        try:
+            for f in frames:
+                self._send_raw(f)
+        except BaseException:
+            self.abort(request_id)
+            raise
+        return stream
+
+    async def generate(self, prompt: PromptType, params: SamplingParams | None, request_id: str
+                       ) -> AsyncIterator[RequestOutput]:
+        """Cumulative outputs of one request; leaving the loop early aborts it."""
+        stream = self.add_request(request_id, prompt, params)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            stream.close()
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (idempotent); its KV blocks are freed by the core."""
+        stream = self._streams.pop(request_id, None)
+        if self.output_processor is None:
+            return
+        child_ids = self.output_processor.abort(request_id)
+        for cid in child_ids:
+            self._last_token_time.pop(cid, None)
+        if child_ids and self.state == "ready":
+            with contextlib.suppress(EngineDeadError):
+                self._send(AbortRequests(child_ids))
+        if stream is not None:
+            for cid in child_ids:
+                child = stream.parent.children.get(cid)
+                if child is not None and child.finish_reason is None:
+                    self._record_finished("abort", len(stream.prompt_token_ids), len(child.token_ids),
+                                          stream.parent.metrics.arrival_time)
+            if not stream.finished:
+                stream._fail(RequestAbortedError(f"request {request_id} was aborted"))
+
+    def _check_admission(self, ids: list[int], params: SamplingParams, core_reqs: list[EngineCoreRequest]) -> None:
+        """The core's admission checks, done here so a refused request is a 400 before any streaming."""
+        ready = self.ready_info
+        assert ready is not None
+        V = ready.vocab_size
+        for t in ids:
+            if not 0 <= t < V:
+                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {V}).")
+        for t in params.logit_bias or {}:
+            if not 0 <= t < V:
+                raise ValueError(f"logit_bias token id {t} is out of vocabulary (vocab size {V}).")
+        L = ready.max_model_len
+        max_tokens = core_reqs[0].max_tokens
+        total = len(ids) + max_tokens
+        if total > L:
+            raise ValueError(
+                f"This model's maximum context length is {L} tokens. However, you requested {total} tokens "
+                f"({len(ids)} in the prompt, {max_tokens} in the completion). "
+                f"Please reduce the length of the prompt or max_tokens."
+            )
+        usable = ready.num_blocks - 1
+        if -(-total // ready.block_size) > usable:
+            raise ValueError(
+                f"The request needs {total} tokens of KV cache but the whole cache holds "
+                f"{usable * ready.block_size} tokens. Reduce the prompt or max_tokens."
+            )
+
+    # ------------------------------------------------------------------ plumbing
+    def _send(self, msg: Any) -> None:
+        self._send_raw(self._enc.encode(msg))
+
+    def _send_raw(self, frame: bytes) -> None:
+        import zmq
+
+        if self._in_sock is None:
+            raise EngineDeadError("the engine core is not running")
+        try:
+            self._in_sock.send(frame, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._mark_dead("the engine core stopped accepting messages")
+            raise EngineDeadError(self.dead_reason) from None
+
+    async def _output_loop(self) -> None:
+        while True:
+            try:
+                raw = await self._out_sock.recv()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self.state == "ready":
+                    self._mark_dead(f"lost the engine core's output socket: {e}")
+                return
+            self._last_msg = time.monotonic()
+            if self.stuck:
+                self.stuck = False
+                logger.warning("engine core is making progress again")
+            try:
+                msg = self._dec.decode(raw)
+            except msgspec.DecodeError as e:
+                logger.error("dropping an undecodable message from the engine core: %s", e)
+                continue
+            try:
+                if isinstance(msg, StepOutputs):
+                    self._on_step(msg)
+                elif isinstance(msg, Heartbeat):
+                    self._on_stats(msg.stats)
+                elif isinstance(msg, Rejected):
+                    self._on_rejected(msg)
+                elif isinstance(msg, CoreFailed):
+                    self._mark_dead(msg.message)
+                    return
+            except Exception:  # never let one bad message stop the loop that serves everyone
+                logger.exception("error while handling an engine core message")
+
+    def _on_stats(self, stats: SchedulerStats | None) -> None:
+        if stats is None:
+            return
+        self.last_stats = stats
+        for sl in self.stat_loggers:
+            sl.on_step(stats)
+
+    def _on_step(self, msg: StepOutputs) -> None:
+        op = self.output_processor
+        assert op is not None
+        for _, q in msg.scheduled:
+            for sl in self.stat_loggers:
+                sl.on_queue_time(q)
+        self._on_stats(msg.outputs.stats)
+        now = time.time()
+        to_stop: list[str] = []
+        for o in msg.outputs.outputs:
+            pid = op.child_to_parent.get(o.request_id)
+            if pid is None:
+                continue  # aborted meanwhile
+            if o.new_token_ids:
+                last = self._last_token_time.get(o.request_id)
+                if last is not None:
+                    for sl in self.stat_loggers:
+                        sl.on_inter_token(now - last)
+                self._last_token_time[o.request_id] = now
+            try:
+                results, stop = op.process([o])
+            except Exception as e:  # fail this request only
+                logger.exception("output processing failed for request %s", pid)
+                stream = self._streams.get(pid)
+                self.abort(pid)
+                if stream is not None:
+                    stream._fail(RuntimeError(f"internal error while processing the output: {e}"))
+                continue
+            to_stop.extend(stop)
+            for res in results:
+                self._deliver(res)
+        if to_stop:
+            for cid in to_stop:
+                self._last_token_time.pop(cid, None)
+            with contextlib.suppress(EngineDeadError):
+                self._send(FinishRequests(to_stop))
+
+    def _deliver(self, res: RequestOutput) -> None:
+        stream = self._streams.get(res.request_id)
+        if stream is None:
+            return
+        children = sorted(stream.parent.children.values(), key=lambda c: c.index)
+        deltas = [c.detok.take_stream_delta(c.finish_reason is not None) if c.detok else "" for c in children]
+        m = res.metrics
+        if not stream.ttft_recorded and m is not None and m.first_token_time is not None:
+            stream.ttft_recorded = True
+            for sl in self.stat_loggers:
+                sl.on_first_token(m.first_token_time - m.arrival_time)
+        stream._put(res, deltas)
+        if res.finished:
+            self._streams.pop(res.request_id, None)
+            e2e_from = m.arrival_time if m is not None else time.time()
+            for c in res.outputs:
+                self._record_finished(c.finish_reason or "abort", len(res.prompt_token_ids), len(c.token_ids), e2e_from)
+            for cid in stream.parent.children:
+                self._last_token_time.pop(cid, None)
+
+    def _on_rejected(self, msg: Rejected) -> None:
+        op = self.output_processor
+        assert op is not None
+        pid = op.child_to_parent.get(msg.request_id)
+        if pid is None:
+            return
+        stream = self._streams.pop(pid, None)
+        child_ids = op.abort(pid)
+        others = [c for c in child_ids if c != msg.request_id]
+        if others:
+            with contextlib.suppress(EngineDeadError):
+                self._send(AbortRequests(others))
+        if stream is not None:
+            stream._fail(ValueError(msg.message))
+
+    def _record_finished(self, reason: str, prompt_tokens: int, gen_tokens: int, arrival: float) -> None:
+        e2e = max(0.0, time.time() - arrival)
+        for sl in self.stat_loggers:
+            sl.on_finished(reason, prompt_tokens, gen_tokens, e2e)
+
+    def _mark_dead(self, reason: str) -> None:
+        if self.state == "dead":
+            return
+        if self.state == "shutdown":
+            return
+        self.state = "dead"
+        self.dead_reason = reason
+        logger.error("engine core is dead: %s", reason)
+        err = EngineDeadError(f"The engine core is dead: {reason}")
+        for s in list(self._streams.values()):
+            s._fail(err)
+        self._streams.clear()
+
+    async def _watchdog(self) -> None:
+        while self.state == "ready":
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            if self.proc is not None and not self.proc.is_alive():
+                self._mark_dead(f"the engine core process exited (exit code {self.proc.exitcode})")
+                return
+            silent = time.monotonic() - self._last_msg
+            if self._streams and silent > self.stuck_timeout_s:
+                if not self.stuck:
+                    self.stuck = True
+                    logger.error("engine core silent for %.1f s with %d requests pending", silent, len(self._streams))
+            elif self.stuck and not self._streams:
+                self.stuck = False

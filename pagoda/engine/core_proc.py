@@ -1,0 +1,313 @@
+"""The engine core in its own process, talking typed msgpack over ZMQ.
+
+Wire protocol (msgspec Structs, tagged unions; nothing is pickled)::
+
+    front end ──PUSH──▶ input socket ──PULL──▶ core      AddRequest | AbortRequests | FinishRequests | Shutdown
+    front end ◀──PULL── output socket ◀──PUSH── core     Ready | Heartbeat | StepOutputs | Rejected | CoreFailed
+
+The front end binds both sockets (ipc:// in a private 0700 temp dir) and the core
+connects, so the front end owns the addresses and their clean-up.
+
+Busy loop of the core: drain every pending input message (add / abort / finish) →
+``EngineCore.step()`` → send exactly one ``StepOutputs`` per step (the outputs of every
+request in the batch plus the scheduler stats). With nothing to run it blocks on the
+input socket for at most ``HEARTBEAT_S`` and then sends a ``Heartbeat``, so the front end
+can tell "idle" from "dead or stuck". It exits when told to (``Shutdown``, SIGTERM),
+when its parent process disappears, or on an unexpected error (after sending
+``CoreFailed`` with the reason).
+
+The process is started with the ``spawn`` method; its only arguments are builtins (a
+dict of :class:`EngineArgs` fields and socket addresses), and it resolves the config
+itself, so no engine object crosses the process boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Union
+
+import msgspec
+
+from pagoda.engine.messages import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+
+logger = logging.getLogger("pagoda")
+
+HEARTBEAT_S = 1.0
+"""An idle core sends a heartbeat this often; a busy one sends a message every step."""
+
+
+# ---------------------------------------------------------------------------- messages in
+class AddRequest(msgspec.Struct, tag="add"):
+    request: EngineCoreRequest
+
+
+class AbortRequests(msgspec.Struct, tag="abort"):
+    request_ids: list[str]
+
+
+class FinishRequests(msgspec.Struct, tag="finish"):
+    """Requests the front end stopped itself (a stop string matched)."""
+
+    request_ids: list[str]
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+CoreInput = Union[AddRequest, AbortRequests, FinishRequests, Shutdown]
+
+
+# --------------------------------------------------------------------------- messages out
+class Ready(msgspec.Struct, tag="ready"):
+    pid: int
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    vocab_size: int
+    startup_seconds: float
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat"):
+    stats: SchedulerStats
+
+
+class StepOutputs(msgspec.Struct, tag="outputs"):
+    outputs: EngineCoreOutputs
+    # (request id, seconds it waited before its first scheduling) for requests first scheduled in this step.
+    scheduled: list[tuple[str, float]] = []
+
+
+class Rejected(msgspec.Struct, tag="rejected"):
+    """``add_request`` refused a request (the message is meant for the user)."""
+
+    request_id: str
+    message: str
+
+
+class CoreFailed(msgspec.Struct, tag="failed"):
+    """The core hit an unexpected error and is exiting."""
+
+    message: str
+
+
+CoreOutput = Union[Ready, Heartbeat, StepOutputs, Rejected, CoreFailed]
+
+
+def input_decoder() -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(CoreInput)
+
+
+def output_decoder() -> msgspec.msgpack.Decoder:
+    return msgspec.msgpack.Decoder(CoreOutput)
+
+
+# -------------------------------------------------------------------------------- process
+def start_core_process(engine_args: dict[str, Any], input_addr: str, output_addr: str,
+                       log_level: int) -> multiprocessing.process.BaseProcess:
+    """Spawn the engine-core process (the caller must have bound both addresses)."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(
+        target=run_engine_core,
+        name="pagoda-engine-core",
+        args=(engine_args, input_addr, output_addr, os.getpid(), log_level),
+        daemon=True,
+    )
+    proc.start()
+    return proc
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: have the kernel send SIGTERM to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:  # best effort; the ppid check below still works
+        pass
+
+
+class _Terminated(Exception):
+    pass
+
+
+def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: str, parent_pid: int,
+                    log_level: int = logging.INFO) -> None:
+    """Entry point of the engine-core process."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s %(name)s[core]: %(message)s",
+                        datefmt="%H:%M:%S")
+    logger.setLevel(log_level)
+    # Ctrl-C goes to the whole process group; the API server decides when the core stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    _set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        return
+
+    import zmq
+
+    ctx = zmq.Context()
+    in_sock = ctx.socket(zmq.PULL)
+    in_sock.setsockopt(zmq.LINGER, 0)
+    in_sock.connect(input_addr)
+    out_sock = ctx.socket(zmq.PUSH)
+    out_sock.setsockopt(zmq.LINGER, 2000)
+    out_sock.setsockopt(zmq.SNDHWM, 0)
+    out_sock.connect(output_addr)
+    enc = msgspec.msgpack.Encoder()
+    try:
+        from pagoda.config import EngineArgs
+        from pagoda.engine.core import EngineCore
+
+        core = EngineCore(EngineArgs(**engine_args).create_config())
+        cfg = core.cfg
+        out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, cfg.block_size, cfg.max_model_len,
+                                       core.vocab_size, core.startup_seconds)))
+        logger.info("engine core ready (pid %d) in %.1f s", os.getpid(), core.startup_seconds)
+        _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
+    except _Terminated:
+        logger.info("engine core terminated by signal")
+    except Exception as e:
+        logger.exception("engine core failed")
+        try:
+            msg = f"{type(e).__name__}: {e}"
+            out_sock.send(enc.encode(CoreFailed(msg)), flags=zmq.NOBLOCK)
+        except Exception:
+            pass
+        in_sock.close()
+        out_sock.close()
+        ctx.term()
+        sys.exit(1)
+    in_sock.close()
+    out_sock.close()
+    ctx.term()
+
+
+class _CoreLoop:
+    def __init__(self, core: Any, in_sock: Any, out_sock: Any, enc: msgspec.msgpack.Encoder, parent_pid: int) -> None:
+        import zmq
+
+        self.zmq = zmq
+        self.core = core
+        self.in_sock = in_sock
+        self.out_sock = out_sock
+        self.enc = enc
+        self.dec = input_decoder()
+        self.parent_pid = parent_pid
+        self.poller = zmq.Poller()
+        self.poller.register(in_sock, zmq.POLLIN)
+        # request id -> monotonic time it was added, until it is first scheduled (queue-time metric).
+        self.unscheduled: dict[str, float] = {}
+        self.running = True
+
+    def send(self, msg: Any) -> None:
+        self.out_sock.send(self.enc.encode(msg))
+
+    def parent_alive(self) -> bool:
+        return os.getppid() == self.parent_pid
+
+    def handle(self, raw: bytes) -> bool:
+        """Apply one input message; returns True if it changed the request set."""
+        try:
+            msg = self.dec.decode(raw)
+        except msgspec.DecodeError as e:  # a bug in the front end, never user input
+            logger.error("dropping an undecodable input message: %s", e)
+            return False
+        if isinstance(msg, AddRequest):
+            r = msg.request
+            try:
+                self.core.add_request(r)
+                self.unscheduled[r.request_id] = time.monotonic()
+            except ValueError as e:
+                self.send(Rejected(r.request_id, str(e)))
+            except Exception as e:  # the request is bad in a way we did not foresee: refuse it only
+                logger.exception("add_request(%s) failed", r.request_id)
+                self.send(Rejected(r.request_id, f"internal error while adding the request: {e}"))
+        elif isinstance(msg, AbortRequests):
+            self.core.abort_requests(msg.request_ids)
+            for rid in msg.request_ids:
+                self.unscheduled.pop(rid, None)
+        elif isinstance(msg, FinishRequests):
+            self.core.finish_requests(msg.request_ids)
+        elif isinstance(msg, Shutdown):
+            self.running = False
+        return True
+
+    def drain(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for input, then apply everything pending."""
+        changed = False
+        if self.poller.poll(timeout_ms):
+            while True:
+                try:
+                    raw = self.in_sock.recv(flags=self.zmq.NOBLOCK, copy=True)
+                except self.zmq.Again:
+                    break
+                changed |= self.handle(raw)
+                if not self.running:
+                    break
+        return changed
+
+    def queue_times(self, step_start: float) -> list[tuple[str, float]]:
+        if not self.unscheduled:
+            return []
+        out = []
+        reqs = self.core.scheduler.requests
+        for rid, t0 in list(self.unscheduled.items()):
+            req = reqs.get(rid)
+            if req is None:  # finished within its first step
+                out.append((rid, max(0.0, step_start - t0)))
+            elif req.first_scheduled_time is not None:
+                out.append((rid, max(0.0, req.first_scheduled_time - t0)))
+            else:
+                continue
+            del self.unscheduled[rid]
+        return out
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        last_parent_check = last_beat
+        while self.running:
+            busy = self.core.has_unfinished_requests()
+            changed = self.drain(0 if busy else int(HEARTBEAT_S * 1000))
+            if not self.running:
+                break
+            now = time.monotonic()
+            if now - last_parent_check >= HEARTBEAT_S:
+                last_parent_check = now
+                if not self.parent_alive():
+                    logger.warning("API server process is gone; engine core exiting")
+                    return
+            if self.core.has_unfinished_requests():
+                step_start = time.monotonic()
+                outs = self.core.step()
+                self.send(StepOutputs(outs, self.queue_times(step_start)))
+                last_beat = time.monotonic()
+            elif changed or now - last_beat >= HEARTBEAT_S:
+                # Idle: report liveness, and fresh stats after aborts freed blocks.
+                self.send(Heartbeat(self.core.stats()))
+                last_beat = now
+                if changed and not self.core.has_unfinished_requests():
+                    try:
+                        self.core.check_integrity()
+                    except AssertionError:  # a bookkeeping bug: report it loudly, keep serving
+                        logger.exception("KV cache integrity check failed while idle")
+
+
+def engine_args_to_dict(args: Any) -> dict[str, Any]:
+    """EngineArgs -> a dict of builtins for the spawn arguments."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}

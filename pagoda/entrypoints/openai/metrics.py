@@ -1,0 +1,122 @@
+"""Prometheus metrics with vLLM's names under the ``pagoda:`` prefix.
+
+Each server gets its own ``CollectorRegistry`` (so several apps can live in one process,
+as in tests). Every metric carries the ``model_name`` label, like vLLM's.
+
+Gauges: ``num_requests_running``, ``num_requests_waiting``, ``kv_cache_usage_perc``
+(0–1). Counters: ``prompt_tokens_total``, ``generation_tokens_total``,
+``num_preemptions_total``, ``request_success_total{finished_reason}`` (stop, length,
+abort, error). Histograms: ``time_to_first_token_seconds``,
+``inter_token_latency_seconds``, ``e2e_request_latency_seconds``,
+``request_queue_time_seconds``, ``request_prompt_tokens``, ``request_generation_tokens``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from pagoda.engine.messages import SchedulerStats
+
+PREFIX = "pagoda:"
+
+# vLLM's buckets.
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0]
+ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0]
+LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                   240.0, 480.0, 960.0, 1920.0, 7680.0]
+
+
+def _token_buckets(max_model_len: int) -> list[float]:
+    """1, 2, 5, 10, 20, 50, … up to max_model_len (vLLM's build_1_2_5_buckets)."""
+    out: list[float] = []
+    mantissa = [1, 2, 5]
+    exp = 0
+    while True:
+        for m in mantissa:
+            v = m * 10**exp
+            if v > max_model_len:
+                return out
+            out.append(float(v))
+        exp += 1
+
+
+class PrometheusStatLogger:
+    FINISH_REASONS = ("stop", "length", "abort", "error")
+
+    def __init__(self, model_name: str, max_model_len: int = 4096) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        lbl = ["model_name"]
+        self.model_name = model_name
+
+        def g(name: str, doc: str) -> Gauge:
+            return Gauge(PREFIX + name, doc, lbl, registry=r)
+
+        self.running = g("num_requests_running", "Number of requests in model execution batches.").labels(model_name)
+        self.waiting = g("num_requests_waiting", "Number of requests waiting to be processed.").labels(model_name)
+        self.kv_usage = g("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.").labels(model_name)
+        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Number of prefill tokens processed.", lbl,
+                                     registry=r).labels(model_name)
+        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Number of generation tokens processed.",
+                                         lbl, registry=r).labels(model_name)
+        self.preemptions = Counter(PREFIX + "num_preemptions", "Cumulative number of preemptions from the engine.",
+                                   lbl, registry=r).labels(model_name)
+        success = Counter(PREFIX + "request_success", "Count of finished requests, by finish reason.",
+                          lbl + ["finished_reason"], registry=r)
+        self.success = {reason: success.labels(model_name, reason) for reason in self.FINISH_REASONS}
+        self._success_family = success
+        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                              lbl, buckets=TTFT_BUCKETS, registry=r).labels(model_name)
+        self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                             lbl, buckets=ITL_BUCKETS, registry=r).labels(model_name)
+        self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds",
+                             "Histogram of end to end request latency in seconds.", lbl, buckets=LATENCY_BUCKETS,
+                             registry=r).labels(model_name)
+        self.queue = Histogram(PREFIX + "request_queue_time_seconds",
+                               "Histogram of time spent in WAITING phase for request.", lbl,
+                               buckets=LATENCY_BUCKETS, registry=r).labels(model_name)
+        tb = _token_buckets(max_model_len)
+        self.req_prompt = Histogram(PREFIX + "request_prompt_tokens", "Number of prefill tokens processed.", lbl,
+                                    buckets=tb, registry=r).labels(model_name)
+        self.req_gen = Histogram(PREFIX + "request_generation_tokens", "Number of generation tokens processed.",
+                                 lbl, buckets=tb, registry=r).labels(model_name)
+        self._last_preemptions = 0
+
+    # ------------------------------------------------------------ StatLogger
+    def on_step(self, stats: SchedulerStats) -> None:
+        self.running.set(stats.num_running)
+        self.waiting.set(stats.num_waiting)
+        self.kv_usage.set(stats.kv_cache_usage)
+        if stats.num_prompt_tokens:
+            self.prompt_tokens.inc(stats.num_prompt_tokens)
+        if stats.num_generation_tokens:
+            self.generation_tokens.inc(stats.num_generation_tokens)
+        if stats.num_preemptions > self._last_preemptions:
+            self.preemptions.inc(stats.num_preemptions - self._last_preemptions)
+            self._last_preemptions = stats.num_preemptions
+
+    def on_queue_time(self, seconds: float) -> None:
+        self.queue.observe(seconds)
+
+    def on_first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def on_inter_token(self, seconds: float) -> None:
+        self.itl.observe(seconds)
+
+    def on_finished(self, finish_reason: str, num_prompt_tokens: int, num_generation_tokens: int,
+                    e2e_seconds: float) -> None:
+        c = self.success.get(finish_reason)
+        if c is None:
+            c = self.success[finish_reason] = self._success_family.labels(self.model_name, finish_reason)
+        c.inc()
+        self.e2e.observe(e2e_seconds)
+        self.req_prompt.observe(num_prompt_tokens)
+        self.req_gen.observe(num_generation_tokens)
+
+    # ------------------------------------------------------------ exposition
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,195 @@
+"""POST /v1/chat/completions: the model's chat template, then generation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from pagoda.engine.async_llm import RequestStream
+from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.entrypoints.openai.protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    ChatMessageIn,
+    ChatMessageOut,
+    ChatStreamChoice,
+    UsageInfo,
+)
+from pagoda.entrypoints.openai.serving_engine import (
+    SSE_DONE,
+    OpenAIServing,
+    ServingError,
+    final_output,
+    sse,
+    sse_error,
+)
+
+# Arguments of transformers' apply_chat_template that a client must not override through
+# chat_template_kwargs (they would change what the call returns, not what the template sees).
+_RESERVED_TEMPLATE_KWARGS = {
+    "conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
+    "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs",
+}
+
+
+class OpenAIServingChat(OpenAIServing):
+    def render_prompt(self, messages: list[ChatMessageIn], add_generation_prompt: bool, continue_final: bool,
+                      chat_template: str | None, chat_template_kwargs: dict[str, Any] | None,
+                      tools: list[dict[str, Any]] | None, add_special_tokens: bool) -> tuple[str, list[int]]:
+        """Chat template → (prompt text, token ids). Raises ValueError/ServingError for bad input."""
+        if chat_template is not None and not self.limits.trust_request_chat_template:
+            raise ServingError(400, "chat_template in a request is not allowed by this server "
+                               "(start it with --trust-request-chat-template).", param="chat_template")
+        if continue_final and add_generation_prompt:
+            raise ServingError(400, "continue_final_message and add_generation_prompt cannot both be true.",
+                               param="continue_final_message")
+        conv = [m.model_dump(exclude_none=True) for m in messages]
+        kwargs = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
+        if continue_final:
+            kwargs["continue_final_message"] = True
+        if tools:
+            kwargs["tools"] = tools
+        try:
+            text = apply_chat_template(self.tokenizer, conv, add_generation_prompt, chat_template, **kwargs)
+        except ValueError:
+            raise
+        except Exception as e:  # template errors (jinja) are the request's fault
+            raise ServingError(400, f"Could not apply the chat template: {type(e).__name__}: {e}",
+                               param="messages") from e
+        if not isinstance(text, str):
+            raise ServingError(400, "The chat template did not produce text.", param="messages")
+        return text, self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def _validate(self, req: ChatCompletionRequest) -> int | None:
+        """Checks specific to chat; returns the engine's logprobs setting."""
+        if req.tools and (req.tool_choice or "auto") != "none":  # OpenAI's default with tools is "auto"
+            raise ServingError(400, "Tool calling is not supported by this server; omit tools or pass "
+                               "tool_choice='none'.", param="tool_choice")
+        if req.tool_choice not in (None, "none") and not req.tools:
+            raise ServingError(400, "tool_choice needs tools, and tool calling is not supported.", param="tool_choice")
+        rf = req.response_format
+        if rf is not None and rf.get("type", "text") != "text":
+            raise ServingError(400, f"response_format type {rf.get('type')!r} is not supported; only 'text'.",
+                               param="response_format")
+        if req.top_logprobs is not None:
+            if not req.logprobs:
+                raise ServingError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
+            if not 0 <= req.top_logprobs <= self.limits.max_logprobs:
+                raise ServingError(400, f"top_logprobs must be in [0, {self.limits.max_logprobs}], "
+                                   f"got {req.top_logprobs}.", param="top_logprobs")
+        return (req.top_logprobs or 0) if req.logprobs else None
+
+    async def create_chat_completion(self, req: ChatCompletionRequest) -> Any:
+        model = self.model_name(req.model)
+        self.check_common(req)
+        logprobs = self._validate(req)
+        text, ids = self.render_prompt(
+            req.messages, bool(req.add_generation_prompt), bool(req.continue_final_message), req.chat_template,
+            req.chat_template_kwargs, req.tools, bool(req.add_special_tokens),
+        )
+        ids = self.truncate(ids, req.truncate_prompt_tokens)
+        if req.max_completion_tokens is not None:
+            user_max, given = req.max_completion_tokens, True
+        else:
+            user_max, given = req.max_tokens, req.max_tokens is not None
+        params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
+        request_id = self.new_id("chatcmpl")
+        self.log_request(request_id, text, ids, params)
+        stream = self.engine.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params)
+        if req.stream:
+            return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
+                                     background=BackgroundTask(stream.close))
+        out = await final_output(stream)
+        if out.error:
+            raise RuntimeError(out.error)
+        as_ids = bool(req.return_tokens_as_token_ids)
+        echo = self._echo_text(req)
+        choices = []
+        for c in out.outputs:
+            lp = None
+            if logprobs is not None:
+                lp = self.chat_logprobs(c.token_ids, c.logprobs or [], logprobs, as_ids)
+            choices.append(ChatChoice(index=c.index, message=ChatMessageOut(content=echo + c.text), logprobs=lp,
+                                      finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+        pt = len(out.prompt_token_ids)
+        ct = sum(len(c.token_ids) for c in out.outputs)
+        resp = ChatCompletionResponse(
+            id=request_id, created=self.now(), model=model, choices=choices,
+            usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct),
+            prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
+        )
+        return JSONResponse(resp.model_dump())
+
+    @staticmethod
+    def _echo_text(req: ChatCompletionRequest) -> str:
+        """vLLM's chat ``echo``: repeat the last message's content when it is the assistant's."""
+        if not req.echo or not req.messages or req.messages[-1].role != "assistant":
+            return ""
+        content = req.messages[-1].content
+        if isinstance(content, list):
+            return "".join(p.text or "" for p in content if p.type == "text")
+        return content or ""
+
+    async def _stream(self, req: ChatCompletionRequest, model: str, request_id: str,
+                      stream: RequestStream) -> AsyncIterator[str]:
+        created = self.now()
+        n = stream.n
+        sent_tokens = [0] * n
+        finished = [False] * n
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
+        num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        as_ids = bool(req.return_tokens_as_token_ids)
+        pt = len(stream.prompt_token_ids)
+
+        def chunk(choice: ChatStreamChoice, completion_tokens: int | None = None) -> str:
+            c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
+            if continuous:
+                ct = completion_tokens or 0
+                c.usage = UsageInfo(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct)
+            return sse(c.model_dump_json())
+
+        try:
+            echo = self._echo_text(req)
+            for i in range(n):  # the role first, as OpenAI does
+                yield chunk(ChatStreamChoice(index=i, delta={"role": "assistant", "content": echo}), 0)
+            async for out in stream:
+                if out.error:
+                    raise RuntimeError(out.error)
+                deltas = stream.last_deltas
+                for c in out.outputs:
+                    i = c.index
+                    if finished[i]:
+                        continue
+                    text = deltas[i] if i < len(deltas) else ""
+                    lp = None
+                    new_ids = c.token_ids[sent_tokens[i]:]
+                    if num_logprobs is not None and new_ids:
+                        lp = self.chat_logprobs(new_ids, (c.logprobs or [])[sent_tokens[i]:], num_logprobs, as_ids)
+                    sent_tokens[i] = len(c.token_ids)
+                    if c.finish_reason is not None:
+                        finished[i] = True
+                    if not text and lp is None and c.finish_reason is None:
+                        continue
+                    delta = {"content": text} if text or c.finish_reason is None else {}
+                    yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=c.finish_reason,
+                                                 stop_reason=c.stop_reason), len(c.token_ids))
+            if include_usage:
+                ct = sum(sent_tokens)
+                c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
+                                                 usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct,
+                                                                 total_tokens=pt + ct))
+                yield sse(c.model_dump_json())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            yield sse_error(e)
+        finally:
+            stream.close()
+        yield SSE_DONE

@@ -1,0 +1,220 @@
+"""POST /v1/completions: prompts as a string, strings, token ids or lists of token ids."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from pagoda.engine.async_llm import RequestStream
+from pagoda.entrypoints.openai.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamChoice,
+    CompletionStreamResponse,
+    UsageInfo,
+)
+from pagoda.entrypoints.openai.serving_engine import (
+    SSE_DONE,
+    OpenAIServing,
+    ServingError,
+    final_output,
+    merge_streams,
+    sse,
+    sse_error,
+)
+from pagoda.outputs import RequestOutput
+
+
+@dataclass
+class _Prompt:
+    text: str | None
+    ids: list[int]
+
+
+class OpenAIServingCompletion(OpenAIServing):
+    def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+        p: Any = req.prompt
+        if isinstance(p, str):
+            items: list[Any] = [p]
+        elif isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+            items = [p]
+        else:
+            items = list(p)
+        if not items:
+            raise ServingError(400, "prompt must not be empty.", param="prompt")
+        cap = self.limits.max_prompts_per_request
+        if len(items) > cap:
+            raise ServingError(400, f"prompt may hold at most {cap} prompts per request "
+                               f"(--max-prompts-per-request), got {len(items)}.", param="prompt")
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                out.append(_Prompt(item, self.tokenize_text(item, bool(req.add_special_tokens),
+                                                            req.truncate_prompt_tokens)))
+            else:
+                out.append(_Prompt(None, self.truncate(list(item), req.truncate_prompt_tokens)))
+        return out
+
+    async def create_completion(self, req: CompletionRequest) -> Any:
+        model = self.model_name(req.model)
+        self.check_common(req)
+        if req.suffix:
+            raise ServingError(400, "suffix is not supported.", param="suffix")
+        if req.logprobs is not None and not 0 <= req.logprobs <= self.limits.max_logprobs:
+            raise ServingError(400, f"logprobs must be in [0, {self.limits.max_logprobs}], got {req.logprobs}.",
+                               param="logprobs")
+        prompts = self._prompts(req)
+        request_id = self.new_id("cmpl")
+        streams: list[RequestStream] = []
+        # echo with logprobs reports the prompt tokens' logprobs too (as vLLM does).
+        prompt_lp = req.prompt_logprobs
+        if req.echo and req.logprobs is not None:
+            prompt_lp = max(req.logprobs, prompt_lp or 0)
+        try:
+            for i, p in enumerate(prompts):
+                params = self.sampling_params(
+                    req, len(p.ids), req.max_tokens, "max_tokens" in req.model_fields_set, 16, req.logprobs,
+                    prompt_lp,
+                )
+                rid = f"{request_id}-{i}"
+                self.log_request(rid, p.text, p.ids, params)
+                streams.append(self.engine.add_request(rid, {"prompt": p.text, "prompt_token_ids": p.ids}, params))
+        except BaseException:
+            for s in streams:
+                s.close()
+            raise
+        n = streams[0].n
+        if req.stream:
+            return StreamingResponse(
+                self._stream(req, model, request_id, prompts, streams, n),
+                media_type="text/event-stream",
+                background=BackgroundTask(_close_all, streams),
+            )
+        try:
+            finals = await asyncio.gather(*[final_output(s) for s in streams])
+        finally:
+            _close_all(streams)
+        return JSONResponse(self._response(req, model, request_id, prompts, finals).model_dump())
+
+    # ------------------------------------------------------------------ full
+    def _prompt_text(self, p: _Prompt) -> str:
+        if p.text is None:
+            p.text = self.tokenizer.decode(p.ids, skip_special_tokens=False)
+        return p.text
+
+    def _response(self, req: CompletionRequest, model: str, request_id: str, prompts: list[_Prompt],
+                  finals: list[RequestOutput]) -> CompletionResponse:
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for pi, (p, out) in enumerate(zip(prompts, finals)):
+            if out.error:
+                raise RuntimeError(out.error)
+            prompt_tokens += len(out.prompt_token_ids)
+            for c in out.outputs:
+                completion_tokens += len(c.token_ids)
+                text = c.text
+                logprobs = None
+                if req.echo:
+                    text = self._prompt_text(p) + text
+                if req.logprobs is not None:
+                    logprobs = CompletionLogprobs()
+                    offset = 0
+                    if req.echo and out.prompt_logprobs is not None:
+                        logprobs, offset = self.completion_logprobs(
+                            out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0,
+                            bool(req.return_tokens_as_token_ids))
+                    gen, _ = self.completion_logprobs(c.token_ids, c.logprobs or [], req.logprobs, offset,
+                                                      bool(req.return_tokens_as_token_ids))
+                    for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                        getattr(logprobs, f).extend(getattr(gen, f))
+                choices.append(CompletionChoice(
+                    index=pi * len(out.outputs) + c.index, text=text, logprobs=logprobs,
+                    finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                    prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
+                ))
+        return CompletionResponse(
+            id=request_id, created=self.now(), model=model, choices=choices,
+            usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                            total_tokens=prompt_tokens + completion_tokens),
+        )
+
+    # ------------------------------------------------------------- streaming
+    async def _stream(self, req: CompletionRequest, model: str, request_id: str, prompts: list[_Prompt],
+                      streams: list[RequestStream], n: int) -> AsyncIterator[str]:
+        created = self.now()
+        num_choices = len(prompts) * n
+        sent_tokens = [0] * num_choices
+        text_offset = [0] * num_choices
+        echoed = [False] * num_choices
+        finished = [False] * num_choices
+        gen_tokens = [0] * num_choices
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
+        as_ids = bool(req.return_tokens_as_token_ids)
+        try:
+            async for pi, out, deltas in merge_streams(streams):
+                if out.error:
+                    raise RuntimeError(out.error)
+                for c in out.outputs:
+                    idx = pi * n + c.index
+                    if finished[idx]:
+                        continue
+                    text = deltas[c.index] if c.index < len(deltas) else ""
+                    logprobs = None
+                    if req.echo and not echoed[idx]:
+                        echoed[idx] = True
+                        text = self._prompt_text(prompts[pi]) + text
+                        if req.logprobs is not None and out.prompt_logprobs is not None:
+                            logprobs, text_offset[idx] = self.completion_logprobs(
+                                out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0, as_ids)
+                    new_ids = c.token_ids[sent_tokens[idx]:]
+                    if req.logprobs is not None and new_ids:
+                        lps = (c.logprobs or [])[sent_tokens[idx]:]
+                        gen, text_offset[idx] = self.completion_logprobs(new_ids, lps, req.logprobs,
+                                                                         text_offset[idx], as_ids)
+                        if logprobs is None:
+                            logprobs = gen
+                        else:
+                            for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                                getattr(logprobs, f).extend(getattr(gen, f))
+                    sent_tokens[idx] = len(c.token_ids)
+                    gen_tokens[idx] = len(c.token_ids)
+                    if c.finish_reason is not None:
+                        finished[idx] = True
+                    if not text and logprobs is None and c.finish_reason is None:
+                        continue  # nothing to say yet (text held back for a possible stop string)
+                    chunk = CompletionStreamResponse(
+                        id=request_id, created=created, model=model,
+                        choices=[CompletionStreamChoice(index=idx, text=text, logprobs=logprobs,
+                                                        finish_reason=c.finish_reason, stop_reason=c.stop_reason)],
+                    )
+                    if continuous:
+                        pt = len(out.prompt_token_ids)
+                        chunk.usage = UsageInfo(prompt_tokens=pt, completion_tokens=len(c.token_ids),
+                                                total_tokens=pt + len(c.token_ids))
+                    yield sse(chunk.model_dump_json())
+            if include_usage:
+                pt = sum(len(s.prompt_token_ids) for s in streams)
+                ct = sum(gen_tokens)
+                chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
+                                                 usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct,
+                                                                 total_tokens=pt + ct))
+                yield sse(chunk.model_dump_json())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # after the stream started, errors travel as an event
+            yield sse_error(e)
+        finally:
+            _close_all(streams)
+        yield SSE_DONE
+
+
+def _close_all(streams: list[RequestStream]) -> None:
+    for s in streams:
+        s.close()

@@ -1,0 +1,410 @@
+"""What every endpoint's serving class shares: errors, model names, limits, sampling params,
+prompt tokenization, logprob formatting, SSE helpers and stream merging.
+
+Serving classes talk only to the engine client (:class:`pagoda.engine.async_llm.AsyncLLM`):
+``add_request`` (validates; raises ``ValueError``), the returned ``RequestStream``, and
+``close()`` on it to abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from fastapi.responses import JSONResponse
+
+from pagoda.engine.async_llm import (
+    AsyncLLM,
+    EngineDeadError,
+    EngineNotReadyError,
+    RequestAbortedError,
+    RequestStream,
+)
+from pagoda.engine.detokenizer import decode_token
+from pagoda.entrypoints.openai.protocol import (
+    ChatLogprobs,
+    ChatLogprobToken,
+    ChatLogprobTop,
+    CompletionLogprobs,
+    ErrorInfo,
+    ErrorResponse,
+    SamplingFields,
+)
+from pagoda.outputs import Logprob, RequestOutput
+from pagoda.sampling_params import MAX_N, SamplingParams
+
+logger = logging.getLogger("pagoda.server")
+
+LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM reports this instead
+
+_PARAM_NAMES = {
+    "n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "logit_bias",
+    "top_logprobs", "max_completion_tokens", "prompt", "messages", "best_of", "suffix", "stream_options",
+    "response_format", "tools", "tool_choice", "chat_template", "tokens", "truncate_prompt_tokens", "model",
+}
+
+
+@dataclass
+class ServerLimits:
+    """Caps on what multiplies work; each violation is a 400 naming the cap."""
+
+    max_n: int = MAX_N
+    max_logprobs: int = 20
+    max_prompts_per_request: int = 64
+    max_request_body_bytes: int = 8 * 2**20
+    trust_request_chat_template: bool = False
+
+
+class ServingError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+
+
+def error_body(status: int, message: str, type_: str | None = None, param: str | None = None,
+               code: str | int | None = None) -> dict[str, Any]:
+    if type_ is None:
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+    return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()
+
+
+def error_response(status: int, message: str, type_: str | None = None, param: str | None = None,
+                   code: str | int | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, type_, param, code), status_code=status)
+
+
+def _guess_param(message: str) -> str | None:
+    """The request field a validation message is about: its first word, else the first field it names."""
+    words = re.findall(r"[A-Za-z_]+", message)
+    if words and words[0] in _PARAM_NAMES:
+        return words[0]
+    for w in words:
+        if "_" in w and w in _PARAM_NAMES:
+            return w
+    return None
+
+
+def to_serving_error(exc: BaseException) -> ServingError:
+    """Map an exception raised while serving one request to the response it deserves."""
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, ValueError):
+        msg = str(exc)
+        param = _guess_param(msg)
+        code = None
+        if msg.startswith("This model's maximum context length"):
+            code, param = "context_length_exceeded", None
+        return ServingError(400, msg, "invalid_request_error", param, code)
+    if isinstance(exc, EngineNotReadyError):
+        return ServingError(503, str(exc), "service_unavailable", None, "model_loading")
+    if isinstance(exc, EngineDeadError):
+        return ServingError(503, str(exc), "service_unavailable", None, "engine_dead")
+    if isinstance(exc, RequestAbortedError):
+        return ServingError(500, str(exc), "server_error", None, "aborted")
+    logger.error("internal error while serving a request", exc_info=exc)
+    return ServingError(500, f"Internal server error: {type(exc).__name__}: {exc}", "server_error", None,
+                        "internal_error")
+
+
+def serving_error_response(exc: BaseException) -> JSONResponse:
+    e = to_serving_error(exc)
+    return error_response(e.status, e.message, e.type, e.param, e.code)
+
+
+def sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    e = to_serving_error(exc)
+    return sse(json.dumps(error_body(e.status, e.message, e.type, e.param, e.code)))
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLM, served_model_names: list[str], limits: ServerLimits,
+                 log_requests: bool = True, max_log_len: int | None = None) -> None:
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.limits = limits
+        self.log_requests = log_requests
+        self.max_log_len = max_log_len
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.get_tokenizer()
+
+    # ------------------------------------------------------------------ checks
+    def model_name(self, requested: str | None) -> str:
+        if requested and requested not in self.served_model_names:
+            raise ServingError(404, f"The model `{requested}` does not exist.", "invalid_request_error", "model",
+                               "model_not_found")
+        return requested or self.served_model_names[0]
+
+    def check_common(self, req: SamplingFields) -> None:
+        if req.use_beam_search:
+            raise ServingError(400, "use_beam_search is not supported.", param="use_beam_search")
+        n = req.n if req.n is not None else 1
+        if n > self.limits.max_n:
+            raise ServingError(400, f"n must be at most {self.limits.max_n}, got {n}.", param="n")
+        if req.best_of is not None and req.best_of != n:
+            raise ServingError(400, "best_of is not supported (it must equal n when given).", param="best_of")
+        if req.stream_options is not None and not req.stream:
+            raise ServingError(400, "stream_options can only be set when stream is true.", param="stream_options")
+        if req.prompt_logprobs is not None and req.prompt_logprobs > self.limits.max_logprobs:
+            raise ServingError(400, f"prompt_logprobs must be at most {self.limits.max_logprobs}, "
+                               f"got {req.prompt_logprobs}.", param="prompt_logprobs")
+
+    # ----------------------------------------------------------- sampling params
+    def sampling_params(self, req: SamplingFields, prompt_len: int, user_max_tokens: int | None,
+                        max_tokens_given: bool, default_max_tokens: int | None, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
+        """Explicit request fields over the model's generation-config defaults (vLLM's semantics).
+
+        A ``max_tokens`` the client gave is used as is (too large is a 400); an absent one
+        defaults to ``default_max_tokens`` (generation config first), capped by the room left
+        in the context.
+        """
+        fields = req.explicit_sampling_fields()
+        if logprobs is not None:
+            fields["logprobs"] = logprobs
+        if prompt_logprobs is not None:
+            fields["prompt_logprobs"] = prompt_logprobs
+        defaults = dict(self.engine.input_processor.sampling_defaults)  # type: ignore[union-attr]
+        room = max(1, self.engine.max_model_len - prompt_len)
+        if max_tokens_given and user_max_tokens is not None:
+            fields["max_tokens"] = user_max_tokens
+        else:
+            gen_default = defaults.get("max_tokens", default_max_tokens)
+            fields["max_tokens"] = room if gen_default is None else min(int(gen_default), room)
+        defaults.pop("max_tokens", None)
+        return SamplingParams(**fields).with_defaults(defaults)
+
+    # --------------------------------------------------------------- prompts
+    def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return self.truncate(ids, truncate)
+
+    def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
+        if truncate is not None:
+            if truncate < 1:
+                raise ServingError(400, f"truncate_prompt_tokens must be at least 1, got {truncate}.",
+                                   param="truncate_prompt_tokens")
+            ids = ids[-truncate:]
+        return list(ids)
+
+    def log_request(self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams) -> None:
+        if not self.log_requests:
+            return
+        shown: Any = prompt
+        if shown is not None and self.max_log_len is not None:
+            shown = shown[: self.max_log_len]
+        shown_ids = ids if self.max_log_len is None else ids[: self.max_log_len]
+        logger.info("Received request %s: prompt: %r, prompt_token_ids: %s (%d tokens), params: %r",
+                    request_id, shown, shown_ids, len(ids), params)
+
+    @staticmethod
+    def new_id(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex}"
+
+    @staticmethod
+    def now() -> int:
+        return int(time.time())
+
+    # --------------------------------------------------------------- logprobs
+    def token_str(self, token_id: int, lp: Logprob | None, as_ids: bool) -> str:
+        if as_ids:
+            return f"token_id:{token_id}"
+        return self.token_text.text(token_id)
+
+    @property
+    def token_text(self) -> "TokenText":
+        tt = getattr(self, "_token_text", None)
+        if tt is None:
+            tt = self._token_text = TokenText(self.tokenizer)
+        return tt
+
+    def completion_logprobs(self, token_ids: list[int], logprobs: list[dict[int, Logprob] | None], num: int,
+                            offset: int, as_ids: bool) -> tuple[CompletionLogprobs, int]:
+        """OpenAI's legacy completions format; returns it and the next text offset."""
+        out = CompletionLogprobs()
+        for tok, d in zip(token_ids, logprobs):
+            if d is None:  # first prompt token: nothing predicts it
+                s = self.token_str(tok, None, as_ids)
+                out.tokens.append(s)
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+            else:
+                chosen = d.get(tok)
+                s = self.token_str(tok, chosen, as_ids)
+                out.tokens.append(s)
+                out.token_logprobs.append(max(chosen.logprob, LOGPROB_FLOOR) if chosen else None)
+                top: dict[str, float] = {}
+                for t, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0):
+                    if t == tok or (v.rank is not None and v.rank <= num):
+                        top[self.token_str(t, v, as_ids)] = max(v.logprob, LOGPROB_FLOOR)
+                out.top_logprobs.append(top)
+            out.text_offset.append(offset)
+            offset += len(self.token_text.get(tok)[0].decode("utf-8", errors="replace"))
+        return out, offset
+
+    def chat_logprobs(self, token_ids: list[int], logprobs: list[dict[int, Logprob]], num: int,
+                      as_ids: bool) -> ChatLogprobs:
+        content = []
+        for tok, d in zip(token_ids, logprobs):
+            chosen = d.get(tok)
+            s = self.token_str(tok, chosen, as_ids)
+            tops = []
+            for t, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0):
+                if v.rank is not None and v.rank <= num and len(tops) < num:
+                    tops.append(ChatLogprobTop(token=self.token_str(t, v, as_ids),
+                                               logprob=max(v.logprob, LOGPROB_FLOOR), bytes=self.token_text.bytes(t)))
+            content.append(ChatLogprobToken(token=s, logprob=max(chosen.logprob, LOGPROB_FLOOR) if chosen else
+                                            LOGPROB_FLOOR, bytes=self.token_text.bytes(tok), top_logprobs=tops))
+        return ChatLogprobs(content=content)
+
+    def prompt_logprobs_json(self, out: RequestOutput) -> list[dict[str, Any] | None] | None:
+        """vLLM's ``prompt_logprobs`` field: per prompt position, token id -> {logprob, rank, decoded_token}."""
+        if out.prompt_logprobs is None:
+            return None
+        res: list[dict[str, Any] | None] = []
+        for d in out.prompt_logprobs:
+            if d is None:
+                res.append(None)
+            else:
+                res.append({str(t): {"logprob": max(v.logprob, LOGPROB_FLOOR), "rank": v.rank,
+                                     "decoded_token": v.decoded_token} for t, v in d.items()})
+        return res
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character map of byte-level BPE vocabularies (GPT-2 family)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+class TokenText:
+    """The exact bytes of a single token, and the string OpenAI shows for it.
+
+    A token that is not valid UTF-8 on its own (part of a multi-byte character) is shown as
+    ``bytes:\\xNN...`` like OpenAI does, instead of a lossy U+FFFD, so distinct tokens keep
+    distinct keys in ``top_logprobs``.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.byte_level = False
+        try:
+            decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+            self.byte_level = "ByteLevel" in json.dumps(decoder)
+        except Exception:
+            pass
+        self.byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._cache: dict[int, tuple[bytes, str]] = {}
+
+    def _compute(self, token_id: int) -> tuple[bytes, str]:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return b"", ""
+        if token_id in self.special:
+            data = piece.encode("utf-8")
+        elif self.byte_level and all(c in self.byte_decoder for c in piece):
+            data = bytes(self.byte_decoder[c] for c in piece)
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                data = bytes([int(piece[3:5], 16)])
+            except ValueError:
+                data = piece.encode("utf-8")
+        elif not self.byte_level:
+            data = piece.replace("\u2581", " ").encode("utf-8")
+        else:
+            data = decode_token(self.tokenizer, token_id).encode("utf-8")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+        return data, text
+
+    def get(self, token_id: int) -> tuple[bytes, str]:
+        r = self._cache.get(token_id)
+        if r is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            r = self._cache[token_id] = self._compute(token_id)
+        return r
+
+    def text(self, token_id: int) -> str:
+        return self.get(token_id)[1]
+
+    def bytes(self, token_id: int) -> list[int]:
+        return list(self.get(token_id)[0])
+
+
+async def final_output(stream: RequestStream) -> RequestOutput:
+    """Wait for a request's final output (closing the stream on any exit)."""
+    last: RequestOutput | None = None
+    try:
+        async for out in stream:
+            last = out
+    finally:
+        stream.close()
+    assert last is not None
+    return last
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput, list[str]]]:
+    """Interleave several request streams: yields (stream index, output, its text deltas)."""
+    if len(streams) == 1:
+        s = streams[0]
+        async for out in s:
+            yield 0, out, s.last_deltas
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    DONE = object()
+
+    async def pump(i: int, s: RequestStream) -> None:
+        try:
+            async for out in s:
+                queue.put_nowait((i, out, s.last_deltas))
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+            queue.put_nowait((i, e, None))
+        finally:
+            queue.put_nowait((i, DONE, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, item, deltas = await queue.get()
+            if item is DONE:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item, deltas
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            s.close()
