@@ -43,12 +43,9 @@ fi
 
 if has latency; then
   log "latency (Llama-3-8B shape, bf16, dummy)"
-  timeout 240 python -m pagoda.entrypoints.cli --log-level WARNING bench latency --model $M --load-format dummy \
-    --batch-size 1 --input-len 1024 --output-len 64 --num-iters 2 --max-model-len 4096 --output-json "$OUT/lat_b1.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
-  for b in 64 256; do
-    timeout 200 python -m pagoda.entrypoints.cli --log-level WARNING bench latency --model $M --load-format dummy \
-      --batch-size $b --input-len 1024 --output-len 16 --num-iters 1 --max-model-len 4096 --output-json "$OUT/lat_b$b.json" 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
-  done
+  timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy \
+    --batch-size 1 64 256 --input-len 1024 --output-len 32 --num-iters 2 --max-model-len 4096 --output-json "$OUT/latency.json" 2>&1 \
+    | grep -E "^batch|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
 fi
 
 if has throughput; then

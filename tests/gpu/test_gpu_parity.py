@@ -63,7 +63,7 @@ def test_gpu_matches_hf(tmp_path, arch, dtype):
     sp = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     outs = {}
     for eager in (True, False):
-        llm = LLM(str(folder), dtype=dtype, device="cuda", enforce_eager=eager, gpu_memory_utilization=0.3)
+        llm = LLM(str(folder), dtype=dtype, device="cuda", enforce_eager=eager, kv_cache_memory_bytes=256 * 2**20)
         assert llm.llm_engine.core.runner.backend.name == "triton"
         outs[eager] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
         del llm
