@@ -45,10 +45,10 @@ class EngineArgs:
     """Maximum context length (prompt + output); defaults to the model's max_position_embeddings."""
     block_size: int = 16
     """Tokens per KV-cache block."""
-    max_num_seqs: int = 256
-    """Maximum number of requests running in one step."""
+    max_num_seqs: int | None = None
+    """Maximum number of requests running in one step; default 1024 on GPU (as vLLM on H100-class cards), 256 on CPU."""
     max_num_batched_tokens: int | None = None
-    """Token budget of one step (prefill chunks + decodes); default 8192 on GPU, 2048 on CPU."""
+    """Token budget of one step (prefill chunks + decodes); default 16384 on GPU, 2048 on CPU."""
     enable_chunked_prefill: bool = True
     """Split long prompts into chunks that share steps with decodes."""
     seed: int = 0
@@ -84,7 +84,7 @@ class EngineArgs:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
             raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
-        if self.max_num_seqs < 1:
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
@@ -119,11 +119,12 @@ class EngineArgs:
             )
             max_model_len = int(sliding)
 
-        mnbt = self.max_num_batched_tokens or (8192 if device.type == "cuda" else 2048)
+        max_num_seqs = self.max_num_seqs or (1024 if device.type == "cuda" else 256)
+        mnbt = self.max_num_batched_tokens or (16384 if device.type == "cuda" else 2048)
         if not self.enable_chunked_prefill and mnbt < max_model_len:
             mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
-        if mnbt < self.max_num_seqs and self.max_num_batched_tokens is None:
-            mnbt = self.max_num_seqs
+        if mnbt < max_num_seqs and self.max_num_batched_tokens is None:
+            mnbt = max_num_seqs
 
         gen_defaults: dict[str, Any] = {}
         if self.generation_config != "vllm":
@@ -143,7 +144,7 @@ class EngineArgs:
             device=device,
             max_model_len=max_model_len,
             block_size=self.block_size,
-            max_num_seqs=self.max_num_seqs,
+            max_num_seqs=max_num_seqs,
             max_num_batched_tokens=mnbt,
             enable_chunked_prefill=self.enable_chunked_prefill,
             seed=self.seed,

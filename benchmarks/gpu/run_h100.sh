@@ -44,7 +44,7 @@ fi
 if has latency; then
   log "latency (Llama-3-8B shape, bf16, dummy)"
   timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy \
-    --batch-size 1 64 256 --input-len 1024 --output-len 32 --num-iters 2 --max-model-len 4096 --output-json "$OUT/latency.json" 2>&1 \
+    --batch-size 1 64 256 --input-len 1024 --output-len 96 --num-iters 1 --max-model-len 4096 --output-json "$OUT/latency.json" 2>&1 \
     | grep -E "^batch|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
 fi
 

@@ -29,7 +29,7 @@ class LLM:
         dtype: str = "auto",
         max_model_len: int | None = None,
         block_size: int = 16,
-        max_num_seqs: int = 256,
+        max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
         enable_chunked_prefill: bool = True,
         seed: int = 0,

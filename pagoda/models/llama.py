@@ -81,10 +81,12 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
         self.rope = rope
         self.scale = s.head_dim**-0.5
+        self.fused = False
 
     def forward(
         self,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
+        positions: torch.Tensor,
         x: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
@@ -99,7 +101,12 @@ class Attention(nn.Module):
         if s.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = self.rope.apply(cos_sin, q, k)
+        if self.fused:
+            from pagoda.layers.fused_kernels import rotary_inplace
+
+            rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions)
+        else:
+            q, k = self.rope.apply(cos_sin, q, k)
         k_cache, v_cache = kv_cache
         backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale)
@@ -114,8 +121,14 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
         self.act = _act(s.hidden_act)
 
+        self.fused = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up_proj(x)
+        if self.fused:
+            from pagoda.layers.fused_kernels import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gu))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(self.act(g) * u)
 
@@ -128,9 +141,24 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
-    def forward(self, cos_sin, h, kv_cache, meta, backend):
-        h = h + self.self_attn(cos_sin, self.input_layernorm(h), kv_cache, meta, backend)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        self.fused = False
+
+    def forward(self, cos_sin, positions, h, residual, kv_cache, meta, backend):
+        """Returns (h, residual); the layer's output is their sum (summed lazily when fused)."""
+        if not self.fused:
+            h = h + self.self_attn(cos_sin, positions, self.input_layernorm(h), kv_cache, meta, backend)
+            return h + self.mlp(self.post_attention_layernorm(h)), None
+        from pagoda.layers.fused_kernels import fused_add_rms_norm, rms_norm
+
+        if residual is None:
+            residual = h
+            x = rms_norm(h, self.input_layernorm.weight, self.input_layernorm.eps)
+        else:
+            x, residual = fused_add_rms_norm(h, residual, self.input_layernorm.weight, self.input_layernorm.eps)
+        h = self.self_attn(cos_sin, positions, x, kv_cache, meta, backend)
+        x, residual = fused_add_rms_norm(h, residual, self.post_attention_layernorm.weight,
+                                         self.post_attention_layernorm.eps)
+        return self.mlp(x), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -150,6 +178,7 @@ class LlamaForCausalLM(nn.Module):
         if not s.tie_word_embeddings:
             self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
         self.rope = rope
+        self.fused = False
 
     # Shapes the KV cache needs.
     @property
@@ -173,10 +202,22 @@ class LlamaForCausalLM(nn.Module):
         backend: AttentionBackend,
     ) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
-        cos_sin = self.rope.cos_sin(positions)
+        cos_sin = None if self.fused else self.rope.cos_sin(positions)
+        residual = None
         for layer, kv in zip(self.layers, kv_caches):
-            h = layer(cos_sin, h, kv, meta, backend)
-        return self.norm(h)
+            h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
+        if residual is None:
+            return self.norm(h)
+        from pagoda.layers.fused_kernels import fused_add_rms_norm
+
+        return fused_add_rms_norm(h, residual, self.norm.weight, self.norm.eps)[0]
+
+    def enable_fused_kernels(self) -> None:
+        """Use the Triton elementwise kernels (CUDA): fused add+RMSNorm, SiLU-mul, rotary."""
+        self.fused = True
+        for m in self.modules():
+            if hasattr(m, "fused"):
+                m.fused = True
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight

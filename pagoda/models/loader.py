@@ -70,6 +70,13 @@ def load_model(cfg: EngineConfig) -> nn.Module:
         missing = model.expected_weight_keys() - loaded
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")
+    if cfg.device.type == "cuda" and hasattr(model, "enable_fused_kernels"):
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            logger.warning("triton is not installed; using unfused PyTorch elementwise ops on CUDA.")
+        else:
+            model.enable_fused_kernels()
     n = sum(p.numel() for p in model.parameters())
     logger.info(
         "Loaded %s (%s, %.1fM parameters, %s) in %.2f s",

@@ -21,10 +21,11 @@ logger = logging.getLogger("pagoda")
 
 
 def default_capture_sizes(max_num_seqs: int) -> list[int]:
-    sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512]
     out = [s for s in sizes if s <= max_num_seqs]
     if max_num_seqs not in out and max_num_seqs <= 512:
         out.append(max_num_seqs)
+    # Larger decode batches run eagerly: their launch overhead is small next to their GPU time.
     return sorted(out)
 
 
