@@ -25,12 +25,16 @@ class IncrementalDetokenizer:
         skip_special_tokens: bool = True,
         stop: list[str] | None = None,
         include_stop_str_in_output: bool = False,
+        min_tokens: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.stop = list(stop or [])
         self.include_stop = include_stop_str_in_output
         self.max_stop_len = max((len(s) for s in self.stop), default=0)
+        # As in vLLM, stop strings count only once more than min_tokens tokens were generated.
+        self.min_tokens = min_tokens
+        self._num_tokens = 0
         seed = list(prompt_token_ids[-_SEED_TOKENS:])
         self._ids: list[int] = seed
         self._prefix_offset = 0
@@ -46,6 +50,7 @@ class IncrementalDetokenizer:
     def add_token(self, token_id: int) -> str | None:
         """Append a token. Returns the stop string if one now appears in the text."""
         self._ids.append(token_id)
+        self._num_tokens += 1
         prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
         full = self._decode(self._ids[self._prefix_offset :])
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
@@ -55,7 +60,7 @@ class IncrementalDetokenizer:
         self._read_offset = len(self._ids)
         before = len(self.text)
         self.text += delta
-        if not self.stop:
+        if not self.stop or self._num_tokens <= self.min_tokens:
             return None
         region_start = max(0, before - self.max_stop_len + 1)
         best: tuple[int, str] | None = None

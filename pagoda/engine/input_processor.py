@@ -50,6 +50,8 @@ class InputProcessor:
             raise ValueError(f"Unsupported prompt type {type(prompt).__name__}; use a string, token ids or a dict.")
         if not ids:
             raise ValueError("The prompt is empty; it must hold at least one token.")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError("prompt_token_ids must be a list of integers.")
         return text, ids
 
     def process(
@@ -58,12 +60,21 @@ class InputProcessor:
         text, ids = self.tokenize_prompt(prompt)
         if params is None:
             params = self.default_sampling_params()
+        else:
+            params.__post_init__()  # re-check: fields may have been set after construction (n=0 hung)
         if params.logprobs is not None and params.logprobs > self.cfg.max_logprobs:
             raise ValueError(f"logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {params.logprobs}.")
         if params.prompt_logprobs is not None and params.prompt_logprobs > self.cfg.max_logprobs:
             raise ValueError(
                 f"prompt_logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {params.prompt_logprobs}."
             )
+        if params.logit_bias:
+            vocab = int(self.cfg.hf_config.get("vocab_size") or 0)
+            bad = sorted(t for t in params.logit_bias if not 0 <= t < vocab)
+            if vocab and bad:
+                raise ValueError(
+                    f"token_id(s) {bad[:8]} in logit_bias contain out-of-vocab token ids. Vocabulary size: {vocab}."
+                )
         L = self.cfg.max_model_len
         if len(ids) >= L:
             raise ValueError(

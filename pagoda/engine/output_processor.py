@@ -59,7 +59,7 @@ class OutputProcessor:
             cid = child_id(request_id, i, params.n)
             detok = (
                 IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens, params.stop,  # type: ignore[arg-type]
-                                       params.include_stop_str_in_output)
+                                       params.include_stop_str_in_output, params.min_tokens)
                 if params.detokenize
                 else None
             )
@@ -100,6 +100,11 @@ class OutputProcessor:
                 for j, (lp, rk, ti, tv) in enumerate(zip(lps, ranks, tids, tvs)):
                     pos = start + j
                     parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
+            # A token-level stop (EOS or a stop token id) ends the request with its last token; as in
+            # vLLM, that token stays in token_ids but its text is left out unless
+            # include_stop_str_in_output.
+            skip_last_text = o.finish_reason == "stop" and not parent.params.include_stop_str_in_output
+            last = len(o.new_token_ids) - 1
             for k, tok in enumerate(o.new_token_ids):
                 child.token_ids.append(tok)
                 if parent.metrics.first_token_time is None:
@@ -109,11 +114,14 @@ class OutputProcessor:
                     lp, rank, ti, tv = o.new_logprobs[k]
                     child.logprobs.append(self._lp_dict(ti, tv, tok, lp, rank))
                     child.cumulative_logprob = (child.cumulative_logprob or 0.0) + lp
-                if child.detok is not None:
+                if child.detok is not None and not (skip_last_text and k == last):
                     hit = child.detok.add_token(tok)
-                    if hit is not None and o.finish_reason is None:
+                    if hit is not None:
+                        # A stop string wins even when the core finished the request in this same
+                        # step (e.g. by length), as in vLLM; the core is told only if still running.
                         child.finish_reason, child.stop_reason = "stop", hit
-                        to_stop.append(o.request_id)
+                        if o.finish_reason is None:
+                            to_stop.append(o.request_id)
                         break
             if child.finish_reason is None and o.finish_reason is not None:
                 child.finish_reason = o.finish_reason
