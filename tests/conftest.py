@@ -1,0 +1,84 @@
+"""Session fixtures: each tiny model is built once, and LLMs / HF models are cached per configuration.
+
+``tiny`` hands out (lazily, so a run of one file builds only what it uses):
+
+* ``tiny.path(arch)``: the folder of the tiny random model of ``arch``;
+* ``tiny.llm(arch, **kwargs)``: a cached ``LLM`` for that model and keyword arguments
+  (fp32 unless ``dtype`` is given). Tests that share one must leave it idle and clean;
+* ``tiny.hf(arch, dtype)``: the HF transformers model on the same weights;
+* ``tiny.hf_ref(arch, prompt, dtype)``: the cached HF greedy reference of one prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from engine_checks import NEW_TOKENS, HFRef, hf_greedy  # noqa: E402
+from tiny_models import build_tiny_model  # noqa: E402
+
+
+class TinyModels:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._paths: dict[str, Path] = {}
+        self._llms: dict[tuple, object] = {}
+        self._hf: dict[tuple, object] = {}
+        self._refs: dict[tuple, HFRef] = {}
+
+    def path(self, arch: str) -> Path:
+        """``arch`` is a key of tiny_models.ARCH_CONFIGS, optionally with ``-tied`` (tied embeddings)."""
+        if arch not in self._paths:
+            base, _, variant = arch.partition("-")
+            self._paths[arch] = build_tiny_model(self.root / arch, base, tie=variant == "tied")
+        return self._paths[arch]
+
+    def llm(self, arch: str, **kwargs):
+        from pagoda import LLM
+
+        kwargs.setdefault("dtype", "float32")
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in self._llms:
+            self._llms[key] = LLM(str(self.path(arch)), **kwargs)
+        return self._llms[key]
+
+    def hf(self, arch: str, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        key = (arch, dtype)
+        if key not in self._hf:
+            m = AutoModelForCausalLM.from_pretrained(self.path(arch), dtype=dtype)
+            self._hf[key] = m.eval()
+        return self._hf[key]
+
+    def hf_ref(self, arch: str, prompt_ids: list[int], dtype: torch.dtype = torch.float32,
+               max_new_tokens: int = NEW_TOKENS) -> HFRef:
+        key = (arch, tuple(prompt_ids), dtype, max_new_tokens)
+        if key not in self._refs:
+            self._refs[key] = hf_greedy(self.hf(arch, dtype), prompt_ids, max_new_tokens)
+        return self._refs[key]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyModels:
+    logging.getLogger("pagoda").setLevel(logging.WARNING)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:
+        pass
+    return TinyModels(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def llama_llm(tiny):
+    """The shared fp32 Llama engine most behaviour tests use."""
+    return tiny.llm("llama")
