@@ -37,6 +37,9 @@ class AttentionMetadata:
     seq_lens_cpu: list[int]
     # True when every request has exactly one query token (pure decode step).
     is_decode_only: bool = False
+    # Context bound a backend uses to choose how to split the KV range (when set, the
+    # runner passes max_model_len, so eager and CUDA-graph steps split, and round, alike).
+    split_kv_len: int | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -50,7 +50,8 @@ class TritonAttentionBackend(AttentionBackend):
         if not meta.is_decode_only:
             return 1
         tk = _kernels()
-        return tk.choose_num_splits(meta.num_seqs, k_cache.shape[2], meta.max_seq_len, tk.num_sms(query.device))
+        bound = meta.split_kv_len or meta.max_seq_len
+        return tk.choose_num_splits(meta.num_seqs, k_cache.shape[2], bound, tk.num_sms(query.device))
 
     def forward(
         self,

@@ -37,7 +37,7 @@ def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
     sp = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False)
     for i in range(args.batch_size):
         ids = [rng.randint(10, min(1000, vocab - 1)) for _ in range(args.input_len)]
-        engine.add_request(f"lat-{seed}-{i}", {"prompt_token_ids": ids}, sp)
+        engine.add_request(f"lat-{seed}-{i}", {"prompt_token_ids": ids}, sp, final_only=True)
     t0 = time.perf_counter()
     prefill = None
     steps: list[float] = []

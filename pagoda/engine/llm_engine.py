@@ -35,8 +35,13 @@ class LLMEngine:
     def next_request_id(self) -> str:
         return str(next(self._ids))
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> None:
-        """Validate and queue a request. Raises ``ValueError`` (nothing queued) if invalid."""
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None, final_only: bool = False
+    ) -> None:
+        """Validate and queue a request. Raises ``ValueError`` (nothing queued) if invalid.
+
+        ``final_only``: ``step()`` reports the request only once, when it finishes.
+        """
         if request_id in self.output_processor.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
@@ -48,7 +53,7 @@ class LLMEngine:
         except Exception:
             self.core.abort_requests(added)
             raise
-        self.output_processor.add_request(request_id, text, ids, params)
+        self.output_processor.add_request(request_id, text, ids, params, final_only)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         if isinstance(request_ids, str):

@@ -37,6 +37,7 @@ class ParentState:
     children: dict[str, ChildState]
     prompt_logprobs: list[dict[int, Logprob] | None] | None
     metrics: RequestMetrics
+    final_only: bool = False
 
     @property
     def finished(self) -> bool:
@@ -53,7 +54,11 @@ class OutputProcessor:
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, str] = {}
 
-    def add_request(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams) -> list[str]:
+    def add_request(
+        self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
+        final_only: bool = False,
+    ) -> list[str]:
+        """Track a request. ``final_only`` (vLLM's FINAL_ONLY output kind): no RequestOutput until it finishes."""
         children = {}
         for i in range(params.n):
             cid = child_id(request_id, i, params.n)
@@ -71,7 +76,7 @@ class OutputProcessor:
             self.child_to_parent[cid] = request_id
         plp = [None] + [None] * (len(prompt_ids) - 1) if params.prompt_logprobs is not None else None
         self.parents[request_id] = ParentState(
-            request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time())
+            request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only
         )
         return list(children)
 
@@ -130,6 +135,8 @@ class OutputProcessor:
             changed[pid] = parent
         results = []
         for pid, parent in changed.items():
+            if parent.final_only and not parent.finished:
+                continue
             results.append(self._make_output(parent))
             if parent.finished:
                 parent.metrics.finished_time = now

@@ -115,7 +115,7 @@ class LLM:
         try:
             for p, sp in zip(prompts, params):
                 rid = eng.next_request_id()
-                eng.add_request(rid, p, sp)
+                eng.add_request(rid, p, sp, final_only=True)
                 ids.append(rid)
         except Exception:
             eng.abort_request(ids)

@@ -61,6 +61,7 @@ class DecodeGraphs:
             query_lens_cpu=[1] * b,
             seq_lens_cpu=[self.max_model_len] * b,
             is_decode_only=True,
+            split_kv_len=self.max_model_len,
         )
 
     @torch.inference_mode()

@@ -196,9 +196,7 @@ class ModelRunner:
 
         dev = self.device
         max_nb = max(len(t) for t in tables)
-        bt = torch.zeros((len(tables), max_nb), dtype=torch.int32)
-        for i, t in enumerate(tables):
-            bt[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
+        bt = torch.tensor([t + [0] * (max_nb - len(t)) for t in tables], dtype=torch.int32)
         meta = AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
@@ -209,6 +207,7 @@ class ModelRunner:
             query_lens_cpu=q_lens,
             seq_lens_cpu=seq_lens,
             is_decode_only=max(q_lens) == 1,
+            split_kv_len=self.cfg.max_model_len,
         )
         ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
         pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
@@ -225,7 +224,10 @@ class ModelRunner:
             out.prompt_logprobs[req.request_id] = PromptLogprobChunk(first_pos + 1, lps, ranks, ti, tv)
             req.prompt_logprobs_next = first_pos + 1 + count
         if sample_reqs:
-            logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
+            if len(logits_rows) == hidden.shape[0]:  # every row samples (pure decode): no gather
+                logits = self.model.compute_logits(hidden)
+            else:
+                logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
             res = sample(logits, sample_reqs)
             for r, tok, lp in zip(sample_reqs, res.token_ids, res.logprobs):
                 out.sampled[r.request_id] = tok
