@@ -41,6 +41,11 @@ if has kernels; then
   timeout 200 python benchmarks/gpu/kernel_bench.py 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
 fi
 
+if has breakdown; then
+  log "decode step breakdown (Llama-3-8B shape)"
+  timeout 200 python benchmarks/gpu/step_breakdown.py $M 2>&1 | grep -E "^batch|rror" | tee -a "$OUT/summary.txt"
+fi
+
 if has latency; then
   log "latency (Llama-3-8B shape, bf16, dummy)"
   timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy \

@@ -19,6 +19,10 @@ class KVCacheManager:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
         self.req_blocks: dict[str, list[int]] = {}
+        # Bumped whenever a request's block list is created anew (first allocation, or after
+        # a preemption freed it), so a cached copy of its block table can tell it is stale.
+        self.req_epoch: dict[str, int] = {}
+        self._epoch = 0
 
     @property
     def num_blocks(self) -> int:
@@ -33,7 +37,11 @@ class KVCacheManager:
 
     def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
         """Make room for ``num_computed_tokens + num_new_tokens`` tokens. False if out of blocks."""
-        blocks = self.req_blocks.setdefault(request.request_id, [])
+        blocks = self.req_blocks.get(request.request_id)
+        if blocks is None:
+            blocks = self.req_blocks[request.request_id] = []
+            self._epoch += 1
+            self.req_epoch[request.request_id] = self._epoch
         need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(blocks)
         if need <= 0:
             return True
@@ -44,6 +52,7 @@ class KVCacheManager:
 
     def free(self, request: Request) -> None:
         blocks = self.req_blocks.pop(request.request_id, None)
+        self.req_epoch.pop(request.request_id, None)
         if blocks:
             self.pool.free(blocks)
 

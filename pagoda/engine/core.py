@@ -69,7 +69,7 @@ class EngineCore:
             return EngineCoreOutputs(stats=self.stats())
         block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
         try:
-            res = self.runner.execute(sched, block_ids)
+            res = self.runner.execute(sched, block_ids, self.kv.req_epoch)
         except Exception as e:  # a failing step fails the requests in it, not the engine
             logger.exception("model step failed")
             ids = [s.request.request_id for s in sched.scheduled]

@@ -50,8 +50,15 @@ def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
     want_lp = [p.logprobs is not None for p in params]
     raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
 
-    # --- 2. bias and min_tokens
-    for i, (r, p) in enumerate(zip(reqs, params)):
+    # Rows that need logit processing (most batches have none: one cheap pass decides).
+    special = [
+        i for i, (r, p) in enumerate(zip(reqs, params))
+        if p.logit_bias or (p.min_tokens and r.num_output_tokens < p.min_tokens) or p.repetition_penalty != 1.0
+        or ((p.presence_penalty or p.frequency_penalty) and r.output_token_ids)
+    ]
+    for i in special:
+        r, p = reqs[i], params[i]
+        # --- 2. bias and min_tokens
         if p.logit_bias:
             ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=device)
             if len(ids):
@@ -61,9 +68,7 @@ def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
             banned = [t for t in (r.eos_token_ids | r.stop_token_ids) if 0 <= t < V]
             if banned:
                 logits[i, banned] = float("-inf")
-
-    # --- 3. penalties
-    for i, (r, p) in enumerate(zip(reqs, params)):
+        # --- 3. penalties
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(r.all_token_ids)), dtype=torch.long, device=device)
             seen = seen[seen < V]

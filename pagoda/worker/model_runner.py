@@ -21,6 +21,7 @@ from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.layers.sampler import prompt_logprobs, sample
 from pagoda.models.loader import load_model
+from pagoda.worker.block_table import BlockTableCache
 
 logger = logging.getLogger("pagoda")
 
@@ -54,6 +55,7 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.graphs = None
+        self.bt_cache: BlockTableCache | None = None
 
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
@@ -158,7 +160,9 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- step
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> RunnerOutput:
+    def execute(
+        self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
+    ) -> RunnerOutput:
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -167,6 +171,7 @@ class ModelRunner:
         seq_lens: list[int] = []
         q_lens: list[int] = []
         tables: list[list[int]] = []
+        req_ids: list[str] = []
         logits_rows: list[int] = []
         sample_reqs = []
         plp_jobs = []  # (req, first_row, first_pos, count)
@@ -182,7 +187,8 @@ class ModelRunner:
             qsl.append(row0 + n)
             seq_lens.append(end)
             q_lens.append(n)
-            tables.append(blocks[: -(-end // bs)])
+            tables.append(blocks)
+            req_ids.append(req.request_id)
             k = req.sampling_params.prompt_logprobs
             if k is not None:
                 # Position p predicts prompt token p+1; report prompt indices not yet reported.
@@ -195,8 +201,16 @@ class ModelRunner:
                 sample_reqs.append(req)
 
         dev = self.device
-        max_nb = max(len(t) for t in tables)
-        bt = torch.tensor([t + [0] * (max_nb - len(t)) for t in tables], dtype=torch.int32)
+        max_nb = max(-(-sl // bs) for sl in seq_lens)
+        if epochs is not None:
+            if self.bt_cache is None:
+                self.bt_cache = BlockTableCache(
+                    max(2 * self.cfg.max_num_seqs, 64), -(-self.cfg.max_model_len // bs), dev.type == "cuda"
+                )
+            rows = self.bt_cache.rows_for(req_ids, tables, [epochs[r] for r in req_ids])
+            bt = self.bt_cache.table[torch.tensor(rows), :max_nb]
+        else:
+            bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in tables], dtype=torch.int32)
         meta = AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
