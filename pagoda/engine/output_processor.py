@@ -41,6 +41,8 @@ class ParentState:
 
     @property
     def finished(self) -> bool:
+        if len(self.children) == 1:
+            return next(iter(self.children.values())).finish_reason is not None
         return all(c.finish_reason is not None for c in self.children.values())
 
 

@@ -41,6 +41,16 @@ def _generator(req: Request, device: torch.device) -> torch.Generator | None:
     return g
 
 
+def plain_greedy(r: Request) -> bool:
+    """Greedy with nothing that changes or reports logits: the argmax is the whole answer."""
+    p = r.sampling_params
+    return (
+        p.sampling_type_greedy and p.logprobs is None and not p.logit_bias and p.repetition_penalty == 1.0
+        and not p.presence_penalty and not p.frequency_penalty
+        and not (p.min_tokens and r.num_output_tokens < p.min_tokens)
+    )
+
+
 def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
     """logits: float32 [S, V] (modified in place)."""
     S, V = logits.shape

@@ -219,9 +219,14 @@ class LlamaForCausalLM(nn.Module):
             if hasattr(m, "fused"):
                 m.fused = True
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in the model dtype."""
         w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        return F.linear(hidden, w)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in float32 (what the sampler and logprobs use)."""
+        return self.compute_logits_raw(hidden).float()
 
     # ----------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -48,6 +48,9 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.greedy: dict[int, torch.Tensor] = {}
+        self.last_size = 0
         self.capture_seconds = 0.0
 
     def _meta(self, b: int) -> AttentionMetadata:
@@ -77,6 +80,10 @@ class DecodeGraphs:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
                 out = self.model(*args)
+                # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
+                logits = self.model.compute_logits_raw(out)
+                self.greedy[b] = logits.argmax(dim=-1)
+                self.logits[b] = logits
             self.graphs[b] = g
             self.outputs[b] = out
         torch.cuda.synchronize()
@@ -105,4 +112,9 @@ class DecodeGraphs:
             self.seq_lens[b:size].fill_(1)
             self.block_tables[b:size].zero_()
         self.graphs[size].replay()
+        self.last_size = size
         return self.outputs[size][:b]
+
+    def last_logits(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits in the model dtype [b, V], their argmax [b]) of the last replay."""
+        return self.logits[self.last_size][:b], self.greedy[self.last_size][:b]

@@ -19,7 +19,7 @@ from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
-from pagoda.layers.sampler import prompt_logprobs, sample
+from pagoda.layers.sampler import plain_greedy, prompt_logprobs, sample
 from pagoda.models.loader import load_model
 from pagoda.worker.block_table import BlockTableCache
 
@@ -225,8 +225,10 @@ class ModelRunner:
         )
         ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
         pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
+        graph_logits = None
         if self.graphs is not None and meta.is_decode_only and self.graphs.can_run(len(q_lens), max_nb):
             hidden = self.graphs.run(ids_t, pos_t, meta.slot_mapping, meta.seq_lens, meta.block_tables)
+            graph_logits = self.graphs.last_logits(len(q_lens))
         else:
             hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 
@@ -237,8 +239,14 @@ class ModelRunner:
             lps, ranks, ti, tv = prompt_logprobs(lg, nxt, req.sampling_params.prompt_logprobs or 0)
             out.prompt_logprobs[req.request_id] = PromptLogprobChunk(first_pos + 1, lps, ranks, ti, tv)
             req.prompt_logprobs_next = first_pos + 1 + count
-        if sample_reqs:
-            if len(logits_rows) == hidden.shape[0]:  # every row samples (pure decode): no gather
+        if sample_reqs and graph_logits is not None and all(plain_greedy(r) for r in sample_reqs):
+            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
+            for r, tok in zip(sample_reqs, graph_logits[1].tolist()):
+                out.sampled[r.request_id] = tok
+        elif sample_reqs:
+            if graph_logits is not None:
+                logits = graph_logits[0].float()
+            elif len(logits_rows) == hidden.shape[0]:  # every row samples (pure decode): no gather
                 logits = self.model.compute_logits(hidden)
             else:
                 logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
