@@ -40,11 +40,21 @@ class DecodeGraphs:
         self.max_blocks = -(-max_model_len // block_size)
         self.max_model_len = max_model_len
         n = self.max_bs
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32, device=device)
+        mb = self.max_blocks
+        # Two static device buffers (int64: ids | positions | slots; int32: seq_lens | block
+        # tables) fed from two pinned host buffers: a replay costs two async copies.
+        self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
+        self._i32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
+        self._h64 = torch.zeros(3 * n, dtype=torch.int64, pin_memory=True)
+        self._h32 = torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True)
+        self._n64, self._n32 = self._h64.numpy(), self._h32.numpy()
+        self.input_ids = self._i64[:n]
+        self.positions = self._i64[n : 2 * n]
+        self.slot_mapping = self._i64[2 * n :]
+        self.seq_lens = self._i32[:n]
+        self.block_tables = self._i32[n:].view(n, mb)
+        self.slot_mapping.fill_(-1)
+        self.seq_lens.fill_(1)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -95,22 +105,27 @@ class DecodeGraphs:
         return b <= self.max_bs and max_blocks <= self.max_blocks
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-            seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-        b = input_ids.shape[0]
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
+            block_rows) -> torch.Tensor:
+        """Replay for a decode batch given as host lists; ``block_rows`` is an int32 array
+        ``[b, max_blocks]`` (entries past a request's last block are never read)."""
+        b = len(input_ids)
         size = next(s for s in self.sizes if s >= b)
-        nb = block_tables.shape[1]
-        self.input_ids[:b].copy_(input_ids, non_blocking=True)
-        self.positions[:b].copy_(positions, non_blocking=True)
-        self.slot_mapping[:b].copy_(slot_mapping, non_blocking=True)
-        self.seq_lens[:b].copy_(seq_lens, non_blocking=True)
-        self.block_tables[:b, :nb].copy_(block_tables, non_blocking=True)
-        if nb < self.max_blocks:
-            self.block_tables[:b, nb:].zero_()
-        if size > b:
-            self.slot_mapping[b:size].fill_(-1)
-            self.seq_lens[b:size].fill_(1)
-            self.block_tables[b:size].zero_()
+        n, mb = self.max_bs, self.max_blocks
+        h64, h32 = self._n64, self._n32
+        h64[:b] = input_ids
+        h64[b:size] = 0
+        h64[n : n + b] = positions
+        h64[n + b : n + size] = 0
+        h64[2 * n : 2 * n + b] = slots
+        h64[2 * n + b : 2 * n + size] = -1
+        h32[:b] = seq_lens
+        h32[b:size] = 1
+        bt = h32[n : n + size * mb].reshape(size, mb)
+        bt[:b] = block_rows
+        bt[b:] = 0
+        self._i64.copy_(self._h64, non_blocking=True)
+        self._i32[: n + size * mb].copy_(self._h32[: n + size * mb], non_blocking=True)
         self.graphs[size].replay()
         self.last_size = size
         return self.outputs[size][:b]

@@ -202,34 +202,37 @@ class ModelRunner:
 
         dev = self.device
         max_nb = max(-(-sl // bs) for sl in seq_lens)
+        rows = None
         if epochs is not None:
             if self.bt_cache is None:
                 self.bt_cache = BlockTableCache(
                     max(2 * self.cfg.max_num_seqs, 64), -(-self.cfg.max_model_len // bs), dev.type == "cuda"
                 )
             rows = self.bt_cache.rows_for(req_ids, tables, [epochs[r] for r in req_ids])
-            bt = self.bt_cache.table[torch.tensor(rows), :max_nb]
-        else:
-            bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in tables], dtype=torch.int32)
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-            block_tables=bt.to(dev, non_blocking=True),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
-            max_query_len=max(q_lens),
-            max_seq_len=max(seq_lens),
-            query_lens_cpu=q_lens,
-            seq_lens_cpu=seq_lens,
-            is_decode_only=max(q_lens) == 1,
-            split_kv_len=self.cfg.max_model_len,
-        )
-        ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
-        pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
         graph_logits = None
-        if self.graphs is not None and meta.is_decode_only and self.graphs.can_run(len(q_lens), max_nb):
-            hidden = self.graphs.run(ids_t, pos_t, meta.slot_mapping, meta.seq_lens, meta.block_tables)
+        decode_only = max(q_lens) == 1
+        if self.graphs is not None and decode_only and rows is not None and self.graphs.can_run(len(q_lens), max_nb):
+            hidden = self.graphs.run(input_ids, positions, slots, seq_lens, self.bt_cache.table.numpy()[rows])
             graph_logits = self.graphs.last_logits(len(q_lens))
         else:
+            if rows is not None:
+                bt = self.bt_cache.table[torch.tensor(rows), :max_nb]
+            else:
+                bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in tables], dtype=torch.int32)
+            meta = AttentionMetadata(
+                query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
+                seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
+                block_tables=bt.to(dev, non_blocking=True),
+                slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
+                max_query_len=max(q_lens),
+                max_seq_len=max(seq_lens),
+                query_lens_cpu=q_lens,
+                seq_lens_cpu=seq_lens,
+                is_decode_only=decode_only,
+                split_kv_len=self.cfg.max_model_len,
+            )
+            ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
+            pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
             hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 
         out = RunnerOutput()
