@@ -244,7 +244,8 @@ class AsyncLLM:
                     raise RuntimeError(f"engine core failed to start: {msg.message}")
                 continue
             if not self.proc.is_alive():
-                raise RuntimeError(f"engine core exited with code {self.proc.exitcode} while starting; see the log above")
+                raise RuntimeError(
+                    f"engine core exited with code {self.proc.exitcode} while starting; see the log above")
 
     async def shutdown(self) -> None:
         if self.state == "shutdown":

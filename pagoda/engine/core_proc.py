@@ -2,8 +2,10 @@
 
 Wire protocol (msgspec Structs, tagged unions; nothing is pickled)::
 
-    front end ──PUSH──▶ input socket ──PULL──▶ core      AddRequest | AbortRequests | FinishRequests | Shutdown
-    front end ◀──PULL── output socket ◀──PUSH── core     Ready | Heartbeat | StepOutputs | Rejected | CoreFailed
+    front end ──PUSH──▶ input socket ──PULL──▶ core    AddRequest | AbortRequests | FinishRequests
+                                                          | Shutdown
+    front end ◀──PULL── output socket ◀──PUSH── core   Ready | Heartbeat | StepOutputs | Rejected
+                                                          | CoreFailed
 
 The front end binds both sockets (ipc:// in a private 0700 temp dir) and the core
 connects, so the front end owns the addresses and their clean-up.
@@ -112,7 +114,11 @@ def output_decoder() -> msgspec.msgpack.Decoder:
 # -------------------------------------------------------------------------------- process
 def start_core_process(engine_args: dict[str, Any], input_addr: str, output_addr: str,
                        log_level: int) -> multiprocessing.process.BaseProcess:
-    """Spawn the engine-core process (the caller must have bound both addresses)."""
+    """Spawn the engine-core process (the caller must have bound both addresses).
+
+    The child inherits the environment, so ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` set for
+    ``pagoda serve`` apply to the core (see "CPU notes" in docs/serving.md).
+    """
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
         target=run_engine_core,

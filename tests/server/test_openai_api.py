@@ -101,7 +101,8 @@ def test_chat_basic_and_content_parts(server):
     tok = server.post("/tokenize", {"messages": msgs}).json()
     assert r.usage.prompt_tokens == tok["count"]
     prompt = server.post("/detokenize", {"tokens": tok["tokens"]}).json()["prompt"]
-    assert prompt == "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hi<|im_end|>\n"
+                      "<|im_start|>assistant\n")
     # content as a list of text parts renders the same prompt
     parts = [{"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
              {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi"}]}]

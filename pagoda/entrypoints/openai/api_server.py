@@ -225,7 +225,8 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            logger.error("failed to load the model: %s", e, exc_info=not isinstance(e, (ValueError, RuntimeError)))
+            expected = isinstance(e, (ValueError, RuntimeError, OSError))  # a clear message is enough
+            logger.error("failed to load the model: %s", e, exc_info=not expected)
             state.load_error = str(e)
             if state.on_load_failure is not None:
                 state.on_load_failure()

@@ -1,0 +1,151 @@
+"""AsyncLLM (the front end of the engine-core process) used directly, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pagoda.config import EngineArgs
+from pagoda.engine.async_llm import AsyncLLM, EngineDeadError
+from pagoda.sampling_params import SamplingParams
+
+PROMPT = "Paris is the capital of"
+
+
+def greedy(n: int, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def engine_args(tiny_model_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process (see server_utils)
+        yield EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20)
+
+
+def run(engine_args: EngineArgs, body):
+    """Start an AsyncLLM, run ``body(engine)``, shut it down."""
+
+    async def main():
+        eng = AsyncLLM(engine_args)
+        await eng.start()
+        try:
+            return await body(eng)
+        finally:
+            await eng.shutdown()
+
+    return asyncio.run(main())
+
+
+async def collect(eng: AsyncLLM, rid: str, params: SamplingParams, prompt=PROMPT, delay: float = 0.0):
+    stream = eng.add_request(rid, prompt, params)
+    text = ""
+    outs = []
+    try:
+        async for out in stream:
+            outs.append(out)
+            text += stream.last_deltas[0]
+            if delay:
+                await asyncio.sleep(delay)
+    finally:
+        stream.close()
+    return outs, text
+
+
+async def wait_idle(eng: AsyncLLM, timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        s = eng.last_stats
+        if s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_generate_slow_consumer_and_deltas(engine_args):
+    async def body(eng):
+        fast, fast_text = await collect(eng, "fast", greedy(64))
+        slow, slow_text = await collect(eng, "slow", greedy(64), delay=0.05)
+        # a slow consumer sees fewer, coalesced outputs but the same final result and text
+        assert len(slow) < len(fast)
+        assert slow[-1].outputs[0].token_ids == fast[-1].outputs[0].token_ids
+        assert slow_text == fast_text == fast[-1].outputs[0].text
+        # generate() is the plain async-iterator form
+        outs = [o async for o in eng.generate(PROMPT, greedy(8), "gen")]
+        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 8
+        assert await wait_idle(eng)
+
+    run(engine_args, body)
+
+
+def test_leaving_a_stream_aborts_and_frees_blocks(engine_args):
+    async def body(eng):
+        gen = eng.generate(PROMPT, greedy(1500), "long")
+        async for _ in gen:
+            break
+        await gen.aclose()
+        assert await wait_idle(eng)
+        assert not eng._streams and not eng.output_processor.parents
+        with pytest.raises(ValueError, match="maximum context length"):
+            eng.add_request("too-long", PROMPT, greedy(5000))
+        assert not eng._streams
+
+    run(engine_args, body)
+
+
+def test_output_processing_error_fails_only_that_request(engine_args):
+    async def body(eng):
+        op = eng.output_processor
+        real = op.process
+
+        def flaky(outputs):
+            if any(op.child_to_parent.get(o.request_id) == "bad" for o in outputs):
+                raise RuntimeError("boom")
+            return real(outputs)
+
+        op.process = flaky
+        good = [collect(eng, f"good{i}", greedy(32)) for i in range(4)]
+        results = await asyncio.gather(collect(eng, "bad", greedy(32)), *good, return_exceptions=True)
+        assert isinstance(results[0], RuntimeError) and "boom" in str(results[0])
+        for outs, text in results[1:]:
+            assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 32
+        assert await wait_idle(eng)
+        assert eng.health() == (True, "")
+
+    run(engine_args, body)
+
+
+def test_n2_children_and_core_rejection(engine_args):
+    async def body(eng):
+        stream = eng.add_request("pair", PROMPT, SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=12,
+                                                                ignore_eos=True))
+        texts = ["", ""]
+        async for out in stream:
+            for i, d in enumerate(stream.last_deltas):
+                texts[i] += d
+        assert [c.text for c in out.outputs] == texts and out.finished
+        assert all(len(c.token_ids) == 12 for c in out.outputs)
+        # the core's own admission check is the safety net behind the front end's
+        eng._check_admission = lambda *a: None
+        stream = eng.add_request("refused", PROMPT, SamplingParams(n=2, max_tokens=5000))
+        with pytest.raises(ValueError, match="maximum context length"):
+            await stream.__anext__()
+        assert "refused" not in eng._streams and "refused" not in eng.output_processor.parents
+        assert await wait_idle(eng)
+
+    run(engine_args, body)
+
+
+def test_dead_core_fails_pending_requests(engine_args):
+    async def body(eng):
+        stream = eng.add_request("victim", PROMPT, greedy(1500))
+        await stream.__anext__()
+        eng.proc.kill()
+        with pytest.raises(EngineDeadError):
+            async for _ in stream:
+                pass
+        assert not eng.health()[0]
+        with pytest.raises(EngineDeadError):
+            eng.add_request("after", PROMPT, greedy(4))
+
+    run(engine_args, body)
