@@ -80,8 +80,9 @@ def silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
+                 v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr,
                  HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr,
-                 BH: tl.constexpr, BD: tl.constexpr):
+                 BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr):
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t)
     d = tl.arange(0, BD)
@@ -101,19 +102,46 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
     base = k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :]
     x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
     x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
-    tl.store(base, (x1 * cos - x2 * sin).to(k_ptr.dtype.element_ty), mask=m)
-    tl.store(base + HALF, (x2 * cos + x1 * sin).to(k_ptr.dtype.element_ty), mask=m)
+    k1 = (x1 * cos - x2 * sin).to(k_ptr.dtype.element_ty)
+    k2 = (x2 * cos + x1 * sin).to(k_ptr.dtype.element_ty)
+    tl.store(base, k1, mask=m)
+    tl.store(base + HALF, k2, mask=m)
+    if WRITE_KV:
+        # Also write this token's K (rotated) and V into its paged-cache slot (negative: skip).
+        slot = tl.load(slot_ptr + t)
+        wm = m & ((tl.zeros([BH, BD], dtype=tl.int64) + slot) >= 0)
+        dst = slot.to(tl.int64) * (HK * 2 * HALF) + h[:, None] * (2 * HALF) + d[None, :]
+        tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=wm)
+        tl.store(kc_ptr + dst + HALF, k2.to(kc_ptr.dtype.element_ty), mask=wm)
+        vb = v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :]
+        v1 = tl.load(vb, mask=m, other=0.0)
+        v2 = tl.load(vb + HALF, mask=m, other=0.0)
+        tl.store(vc_ptr + dst, v1.to(vc_ptr.dtype.element_ty), mask=wm)
+        tl.store(vc_ptr + dst + HALF, v2.to(vc_ptr.dtype.element_ty), mask=wm)
 
 
 def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   positions: torch.Tensor) -> None:
-    """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2]."""
+                   positions: torch.Tensor, v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
+                   v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None) -> None:
+    """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2].
+
+    With ``v``, ``k_cache``, ``v_cache`` (contiguous ``[blocks, block_size, Hk, D]``) and
+    ``slot_mapping``, also writes the rotated K and V into the cache (the KV-write kernel
+    fused in).
+    """
     T, HQ, D = q.shape
     HK = k.shape[1]
     half = D // 2
     assert q.stride(2) == 1 and k.stride(2) == 1 and cos.is_contiguous() and sin.is_contiguous()
     if T == 0:
         return
+    write = k_cache is not None
+    if write:
+        assert v is not None and v_cache is not None and slot_mapping is not None and v.stride(2) == 1
+        assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape[2:] == (HK, D)
+    vv = v if write else k
     _rope_kernel[(T,)](q, k, cos, sin, positions, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                       vv, vv.stride(0), vv.stride(1),
+                       k_cache if write else k, v_cache if write else k, slot_mapping if write else positions,
                        HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)),
-                       BD=triton.next_power_of_2(half), num_warps=4)
+                       BD=triton.next_power_of_2(half), WRITE_KV=write, num_warps=4)

@@ -101,14 +101,15 @@ class Attention(nn.Module):
         if s.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
+        k_cache, v_cache = kv_cache
         if self.fused:
             from pagoda.layers.fused_kernels import rotary_inplace
 
-            rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions)
+            # Rotary and the KV-cache write in one kernel.
+            rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions, v, k_cache, v_cache, meta.slot_mapping)
         else:
             q, k = self.rope.apply(cos_sin, q, k)
-        k_cache, v_cache = kv_cache
-        backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(o.reshape(-1, self.q_size))
 

@@ -75,3 +75,26 @@ def test_tiny_model_fused_equals_unfused(tmp_path, arch):
     llm.llm_engine.core.runner.model.enable_fused_kernels()
     fused = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
     assert fused == base
+
+
+def test_rotary_with_kv_write():
+    from pagoda.attention.reference import ref_write_kv
+
+    torch.manual_seed(3)
+    T, hq, hk, d, bs, nblocks = 9, 4, 2, 16, 4, 6
+    rope = RotaryEmbedding(d, 64, {"rope_theta": 10000.0, "rope_type": "default"}, torch.float32).to(DEV)
+    qkv = torch.randn(T, (hq + 2 * hk) * d, device=DEV)
+    pos = torch.randint(0, 64, (T,), device=DEV)
+    q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
+    q, k, v = q.view(T, hq, d), k.view(T, hk, d), v.view(T, hk, d)
+    slots = torch.randperm(nblocks * bs, device=DEV)[:T].to(torch.int64)
+    slots[2] = -1  # padding row: not written
+    rq, rk = rope.apply(rope.cos_sin(pos), q.clone(), k.clone())
+    kc_ref = torch.zeros(nblocks, bs, hk, d, device=DEV)
+    vc_ref = torch.zeros_like(kc_ref)
+    ref_write_kv(rk, v.clone(), kc_ref, vc_ref, slots)
+    kc, vc = torch.zeros_like(kc_ref), torch.zeros_like(vc_ref)
+    fk.rotary_inplace(q, k, rope.cos, rope.sin, pos, v, kc, vc, slots)
+    torch.testing.assert_close(q, rq, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc, kc_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vc, vc_ref, rtol=0, atol=0)
