@@ -41,14 +41,16 @@ trap - EXIT
 if [ -n "${LLAMA_PY:-}" ] && [ -n "${GGUF:-}" ]; then
   echo "== peer: llama-cpp-python server on $GGUF" | tee -a "$OUT/summary.txt"
   "$LLAMA_PY" -m llama_cpp.server --model "$GGUF" --port $((PORT + 1)) --n_ctx 8192 --n_threads "$(nproc)" \
+    --interrupt_requests False \
     > "$OUT/llama_server.log" 2>&1 &
   PEER=$!
   trap 'kill $PEER 2>/dev/null || true' EXIT
-  # llama-cpp-python has no /tokenize or ignore_eos: prompts are length-estimated, outputs may stop at EOS
-  # (throughput counts the tokens actually streamed).
+  # llama-cpp-python has no /tokenize and no ignore_eos: prompts are length-estimated, and a logit_bias
+  # of -100 on SmolLM2's end tokens (<|endoftext|>=0, <|im_end|>=2) keeps every request to its full length.
   for _ in $(seq 1 240); do curl -s -o /dev/null "http://127.0.0.1:$((PORT + 1))/v1/models" && break; sleep 0.5; done
   pagoda --log-level WARNING bench serve --port $((PORT + 1)) --num-prompts $N --max-concurrency $N \
     --random-input-len $IN --random-output-len $OUTLEN --label llama-cpp-python \
+    --extra-body '{"logit_bias": {"0": -100, "2": -100}}' \
     --save-result --result-dir "$OUT" --result-filename serve_llama_cpp.json 2>&1 | tee -a "$OUT/summary.txt"
   kill $PEER; wait $PEER || true
 fi

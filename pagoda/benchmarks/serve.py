@@ -90,6 +90,8 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrival times")
     p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos so every request runs to max_tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature sent with each request")
+    p.add_argument("--extra-body", default=None,
+                   help='JSON object merged into every request, e.g. \'{"logit_bias": {"2": -100}}\'')
     p.add_argument("--tokenizer", default=None, help="local tokenizer for exact prompt lengths (default: /tokenize)")
     p.add_argument("--percentile-metrics", default="ttft,tpot,itl,e2el", help="metrics to report percentiles of")
     p.add_argument("--metric-percentiles", default="50,90,99", help="percentiles to report")
@@ -227,6 +229,8 @@ def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat
         p["prompt"] = prompt
     if args.ignore_eos:
         p["ignore_eos"] = True
+    if args.extra_body:
+        p.update(args.extra_body)
     return p
 
 
@@ -367,6 +371,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len,
         "ignore_eos": args.ignore_eos,
+        "extra_body": args.extra_body,
         "seed": args.seed,
         "prompt_lengths_exact": counter.exact,
         **summary,
@@ -379,6 +384,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
+    if isinstance(args.extra_body, str):
+        try:
+            args.extra_body = json.loads(args.extra_body)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--extra-body is not valid JSON: {e}") from None
+        if not isinstance(args.extra_body, dict):
+            raise ValueError("--extra-body must be a JSON object.")
     if args.num_prompts < 1:
         raise ValueError("--num-prompts must be at least 1.")
     if args.request_rate <= 0:
