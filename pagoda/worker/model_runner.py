@@ -48,6 +48,10 @@ class ModelRunner:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
         self.device = cfg.device
+        if self.device.type == "cpu":
+            from pagoda.worker.cpu_malloc import tune_malloc
+
+            tune_malloc()
         torch.manual_seed(cfg.seed)
         self.model = load_model(cfg)
         self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
@@ -134,7 +138,10 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         m = self.model
-        shape = (num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
+        if getattr(self.backend, "kv_layout", "NHD") == "HND":
+            shape = (num_blocks, m.num_kv_heads, self.block_size, m.head_dim)
+        else:
+            shape = (num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
         self.kv_caches = [
             (
                 torch.zeros(shape, dtype=self.cfg.dtype, device=self.device),
