@@ -105,8 +105,12 @@ class Attention(nn.Module):
         if self.fused:
             from pagoda.layers.fused_kernels import rotary_inplace
 
-            # Rotary and the KV-cache write in one kernel.
-            rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions, v, k_cache, v_cache, meta.slot_mapping)
+            if getattr(backend, "kv_layout", "NHD") == "NHD":
+                # Rotary and the KV-cache write in one kernel.
+                rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions, v, k_cache, v_cache, meta.slot_mapping)
+            else:
+                rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions)
+                backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         else:
             q, k = self.rope.apply(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
