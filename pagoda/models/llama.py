@@ -184,6 +184,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
         self.rope = rope
         self.fused = False
+        self._lm_packed: torch.Tensor | None = None
 
     # Shapes the KV cache needs.
     @property
@@ -226,8 +227,23 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in the model dtype."""
+        if self._lm_packed is not None:
+            from pagoda.layers.cpu_linear import packed_linear
+
+            return packed_linear(hidden, self._lm_packed, None)
         w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
         return F.linear(hidden, w)
+
+    def pack_for_cpu(self, batch_hint: int) -> int:
+        """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
+        from pagoda.layers.cpu_linear import pack_model_linears, pack_weight
+
+        w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
+        self._lm_packed = pack_weight(w, batch_hint)
+        n = pack_model_linears(self.layers, batch_hint)
+        if self._lm_packed is not None and not self.shape.tie_word_embeddings:
+            del self.lm_head  # the packed copy replaces it
+        return n + (self._lm_packed is not None)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in float32 (what the sampler and logprobs use)."""

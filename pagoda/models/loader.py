@@ -78,6 +78,9 @@ def load_model(cfg: EngineConfig) -> nn.Module:
         else:
             model.enable_fused_kernels()
     n = sum(p.numel() for p in model.parameters())
+    if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
+        packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
+        logger.debug("prepacked %d linear weights for oneDNN", packed)
     logger.info(
         "Loaded %s (%s, %.1fM parameters, %s) in %.2f s",
         cfg.architecture, cfg.load_format, n / 1e6, str(cfg.dtype).replace("torch.", ""), time.perf_counter() - t0,

@@ -1,0 +1,64 @@
+"""Linear layers with oneDNN-prepacked weights for the CPU (bf16).
+
+``F.linear`` hands oneDNN a plain ``[out, in]`` weight and it re-lays it out on every
+call. Packing once (``torch.ops.mkldnn._reorder_linear_weight``) and calling
+``_linear_pointwise`` measured on the 2-core CI machine, bf16: 12–25 % faster at 32 rows,
+about 2× at 1 row (a GEMV), equal at prefill sizes; the LM head at 32 rows went from
+8.6 to 6.3 ms. Used only for bf16 on the CPU: fp32 keeps ``F.linear`` so fp32 runs stay
+bit-comparable with HF transformers. Falls back silently where the op is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("pagoda")
+
+
+def _available() -> bool:
+    return hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_linear_pointwise") and \
+        torch.backends.mkldnn.is_available()
+
+
+def pack_weight(w: torch.Tensor, batch_hint: int) -> torch.Tensor | None:
+    if not _available() or w.device.type != "cpu" or w.dtype != torch.bfloat16:
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
+    except RuntimeError:
+        return None
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+class PackedLinear(nn.Module):
+    """Drop-in for an ``nn.Linear`` whose weight is prepacked (the original is released)."""
+
+    def __init__(self, packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, out_features: int):
+        super().__init__()
+        self.packed = packed
+        self.bias = bias
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self.packed, self.bias)
+
+
+def pack_model_linears(model: nn.Module, batch_hint: int) -> int:
+    """Replace every bf16 ``nn.Linear`` under ``model`` with a :class:`PackedLinear`. Returns count."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                packed = pack_weight(child.weight, batch_hint)
+                if packed is None:
+                    continue
+                bias = child.bias.detach() if child.bias is not None else None
+                setattr(parent, name, PackedLinear(packed, bias, child.in_features, child.out_features))
+                count += 1
+    return count
