@@ -60,6 +60,8 @@ def test_rotary_inplace_on_qkv_views(hq, hk, d):
     torch.testing.assert_close(v, v_before, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="CPU interpreter check; on CUDA the engine runs fused by default and tests/gpu covers it")
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_tiny_model_fused_equals_unfused(tmp_path, arch):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
