@@ -51,6 +51,8 @@ class EngineArgs:
     """Token budget of one step (prefill chunks + decodes); default 16384 on GPU, 2048 on CPU."""
     enable_chunked_prefill: bool = True
     """Split long prompts into chunks that share steps with decodes."""
+    enable_prefix_caching: bool = True
+    """Automatic prefix caching: reuse the KV blocks of a repeated prompt prefix."""
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
     load_format: str = "auto"
@@ -147,6 +149,7 @@ class EngineArgs:
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=mnbt,
             enable_chunked_prefill=self.enable_chunked_prefill,
+            enable_prefix_caching=self.enable_prefix_caching,
             seed=self.seed,
             load_format=self.load_format,
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
@@ -185,6 +188,7 @@ class EngineConfig:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     max_logprobs: int = 20
     chat_template: str | None = None
+    enable_prefix_caching: bool = True
 
 
 def read_json(path: Path) -> dict[str, Any]:

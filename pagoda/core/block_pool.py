@@ -4,6 +4,14 @@ Block 0 is the *null block*: never handed out, used to pad block tables.
 Invariant (checked by :meth:`BlockPool.check_integrity`): every block other than
 the null block is either on the free list with ``ref_cnt == 0`` or off it with
 ``ref_cnt > 0``; ``num_free + num_used == num_blocks - 1``.
+
+Prefix caching: a full block whose K/V is in the cache can be registered under its
+chained hash (see :mod:`pagoda.core.kv_cache_manager`). A registered block keeps its
+hash while it sits unreferenced on the free list, so a later request can take it back
+(:meth:`incref` removes it from the free list); :meth:`allocate` pops the least recently
+freed block and evicts its hash. Cached-but-free blocks count as free. A lookup is
+confirmed against the block's stored token ids and extra keys, never trusted on the
+hash alone.
 """
 
 from __future__ import annotations
@@ -24,6 +32,12 @@ class BlockPool:
         # OrderedDict as an O(1) doubly linked list: pop from the front (least recently
         # freed), push to the back, remove from the middle (a cached block reused).
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(1, num_blocks))
+        # Prefix cache: hash -> block id, and per block its hash and the (token ids, extra
+        # keys) the hash was computed from, used to confirm a hit.
+        self.cached: dict[bytes, int] = {}
+        self.block_hash: list[bytes | None] = [None] * num_blocks
+        self.block_key: list[tuple | None] = [None] * num_blocks
+        self.num_evictions = 0
 
     @property
     def num_free_blocks(self) -> int:
@@ -42,9 +56,48 @@ class BlockPool:
         out = []
         for _ in range(n):
             block_id, _ = self._free.popitem(last=False)
+            if self.block_hash[block_id] is not None:
+                self._evict(block_id)
             self.ref_cnt[block_id] = 1
             out.append(block_id)
         return out
+
+    def _evict(self, block_id: int) -> None:
+        del self.cached[self.block_hash[block_id]]
+        self.block_hash[block_id] = None
+        self.block_key[block_id] = None
+        self.num_evictions += 1
+
+    def lookup(self, block_hash: bytes, key: tuple) -> int | None:
+        """The cached block registered under ``block_hash`` whose stored key equals ``key``."""
+        b = self.cached.get(block_hash)
+        if b is None or self.block_key[b] != key:
+            return None
+        return b
+
+    def register(self, block_id: int, block_hash: bytes, key: tuple) -> bool:
+        """Make a full, computed block findable. False (nothing changes) if the hash is taken."""
+        if self.ref_cnt[block_id] <= 0:
+            raise RuntimeError(f"block {block_id} registered while not referenced")
+        if block_hash in self.cached or self.block_hash[block_id] is not None:
+            return False
+        self.cached[block_hash] = block_id
+        self.block_hash[block_id] = block_hash
+        self.block_key[block_id] = key
+        return True
+
+    def reset_prefix_cache(self) -> int:
+        """Forget the hashes of all unreferenced blocks; returns how many were dropped."""
+        n = 0
+        for b in list(self._free):
+            if self.block_hash[b] is not None:
+                self._evict(b)
+                n += 1
+        return n
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self.cached)
 
     def incref(self, block_id: int) -> None:
         if self.ref_cnt[block_id] == 0:
@@ -72,3 +125,13 @@ class BlockPool:
                 raise AssertionError(f"block {b}: ref_cnt={self.ref_cnt[b]} but on_free_list={on_free}")
         if self.ref_cnt[0] != 0 or 0 in self._free:
             raise AssertionError("null block 0 must never be allocated")
+        if self.block_hash[0] is not None:
+            raise AssertionError("null block 0 must never be cached")
+        for h, b in self.cached.items():
+            if self.block_hash[b] != h or self.block_key[b] is None:
+                raise AssertionError(f"cache entry for block {b} does not match the block's hash")
+        n_hashed = sum(h is not None for h in self.block_hash)
+        if n_hashed != len(self.cached):
+            raise AssertionError(f"{n_hashed} blocks carry a hash but {len(self.cached)} are in the cache map")
+        if self.num_free_blocks + self.num_used_blocks != self.num_blocks - 1:
+            raise AssertionError("free + used blocks != total - 1")

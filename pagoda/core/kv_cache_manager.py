@@ -2,9 +2,20 @@
 
 Invariant: a request holding ``n`` blocks can store ``n * block_size`` tokens and
 ``n == ceil(num_allocated_tokens / block_size)`` after :meth:`allocate_slots`.
+
+Automatic prefix caching (``enable_prefix_caching``): block ``i`` of a request, once
+full and computed, is registered under ``H_i = sha256(H_{i-1} | extra_i | tokens_i)``
+where ``extra_0`` is the request's ``cache_salt`` (later blocks inherit it through the
+chain). At admission (:meth:`get_computed_blocks`) the longest run of leading full
+blocks found in the pool -- confirmed by the stored token ids -- is reused by reference;
+the last prompt token is never served from the cache, so the step that admits a request
+always computes at least one token and samples from it.
 """
 
 from __future__ import annotations
+
+import hashlib
+from array import array
 
 from pagoda.core.block_pool import BlockPool
 from pagoda.core.request import Request
@@ -15,14 +26,84 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
         self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
         self.req_blocks: dict[str, list[int]] = {}
         # Bumped whenever a request's block list is created anew (first allocation, or after
         # a preemption freed it), so a cached copy of its block table can tell it is stale.
         self.req_epoch: dict[str, int] = {}
         self._epoch = 0
+        # Per request: how many of its leading blocks are registered in the prefix cache.
+        self.req_num_hashed: dict[str, int] = {}
+        # Prefix-cache counters, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits).
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+
+    # --------------------------------------------------------------- hashing
+    def block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
+        """Chained hashes of the request's first ``num_blocks`` full blocks (memoized on it)."""
+        hashes = request.block_hashes
+        bs = self.block_size
+        toks = request.all_token_ids
+        while len(hashes) < num_blocks:
+            i = len(hashes)
+            h = hashlib.sha256(hashes[-1] if hashes else b"pagoda-root")
+            h.update(self._extra_bytes(request, i))
+            h.update(array("q", toks[i * bs : (i + 1) * bs]).tobytes())
+            hashes.append(h.digest())
+        return hashes
+
+    @staticmethod
+    def _extra(request: Request, i: int) -> str | None:
+        return request.cache_salt if i == 0 else None
+
+    def _extra_bytes(self, request: Request, i: int) -> bytes:
+        salt = self._extra(request, i)
+        return b"\x00" if salt is None else b"\x01" + salt.encode("utf-8") + b"\x00"
+
+    def _key(self, request: Request, i: int) -> tuple:
+        bs = self.block_size
+        return (tuple(request.all_token_ids[i * bs : (i + 1) * bs]), self._extra(request, i))
+
+    def get_computed_blocks(self, request: Request) -> list[int]:
+        """Leading cached blocks usable by a request that holds none (no references taken).
+
+        Only full blocks, and never one holding the last token: that token is always computed.
+        """
+        if not self.enable_prefix_caching or request.sampling_params.prompt_logprobs is not None:
+            return []
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        for i, h in enumerate(self.block_hashes(request, max_blocks)):
+            b = self.pool.lookup(h, self._key(request, i))
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    def cache_full_blocks(self, request: Request) -> None:
+        """Register the request's full blocks whose K/V is now computed (call after the step ran)."""
+        if not self.enable_prefix_caching:
+            return
+        rid = request.request_id
+        blocks = self.req_blocks.get(rid)
+        if blocks is None:
+            return
+        done = self.req_num_hashed.get(rid, 0)
+        full = min(request.num_computed_tokens // self.block_size, len(blocks))
+        if full <= done:
+            return
+        hashes = self.block_hashes(request, full)
+        for i in range(done, full):
+            # False when identical content is already cached in another block: this one
+            # stays unhashed and is plain free space once released.
+            self.pool.register(blocks[i], hashes[i], self._key(request, i))
+        self.req_num_hashed[rid] = full
+
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
     @property
     def num_blocks(self) -> int:
@@ -35,13 +116,39 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
 
-    def allocate_slots(self, request: Request, num_new_tokens: int) -> bool:
-        """Make room for ``num_computed_tokens + num_new_tokens`` tokens. False if out of blocks."""
-        blocks = self.req_blocks.get(request.request_id)
-        if blocks is None:
-            blocks = self.req_blocks[request.request_id] = []
+    def allocate_slots(self, request: Request, num_new_tokens: int, computed_blocks: list[int] | None = None) -> bool:
+        """Make room for ``num_computed_tokens + num_new_tokens`` tokens. False if out of blocks.
+
+        ``computed_blocks`` (from :meth:`get_computed_blocks`, only for a request holding no
+        blocks) are taken by reference and become the head of its list; on success the
+        request's ``num_computed_tokens`` is set to the tokens they hold. On failure nothing
+        changes.
+        """
+        rid = request.request_id
+        blocks = self.req_blocks.get(rid)
+        if computed_blocks:
+            if blocks:
+                raise RuntimeError(f"request {rid} already holds blocks; cached blocks only at admission")
+            num_computed = len(computed_blocks) * self.block_size
+            need = self.blocks_needed(num_computed + num_new_tokens) - len(computed_blocks)
+            # Cached blocks nobody references sit on the free list: taking them shrinks it.
+            reclaim = sum(1 for b in computed_blocks if self.pool.ref_cnt[b] == 0)
+            if need > self.pool.num_free_blocks - reclaim:
+                return False
+            for b in computed_blocks:
+                self.pool.incref(b)
+            blocks = self.req_blocks[rid] = list(computed_blocks)
             self._epoch += 1
-            self.req_epoch[request.request_id] = self._epoch
+            self.req_epoch[rid] = self._epoch
+            self.req_num_hashed[rid] = len(computed_blocks)
+            request.num_computed_tokens = num_computed
+            if need > 0:
+                blocks.extend(self.pool.allocate(need))
+            return True
+        if blocks is None:
+            blocks = self.req_blocks[rid] = []
+            self._epoch += 1
+            self.req_epoch[rid] = self._epoch
         need = self.blocks_needed(request.num_computed_tokens + num_new_tokens) - len(blocks)
         if need <= 0:
             return True
@@ -53,6 +160,7 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         blocks = self.req_blocks.pop(request.request_id, None)
         self.req_epoch.pop(request.request_id, None)
+        self.req_num_hashed.pop(request.request_id, None)
         if blocks:
             self.pool.free(blocks)
 
@@ -64,6 +172,16 @@ class KVCacheManager:
 
     def check_integrity(self) -> None:
         self.pool.check_integrity()
-        held = sum(len(b) for b in self.req_blocks.values())
-        if held != self.pool.num_used_blocks:
-            raise AssertionError(f"requests hold {held} blocks but the pool has {self.pool.num_used_blocks} used")
+        # Shared (prefix-cached) blocks are held by several requests: each holder is one reference.
+        refs: dict[int, int] = {}
+        for blocks in self.req_blocks.values():
+            for b in blocks:
+                refs[b] = refs.get(b, 0) + 1
+        if len(refs) != self.pool.num_used_blocks:
+            raise AssertionError(f"requests hold {len(refs)} blocks but the pool has {self.pool.num_used_blocks} used")
+        for b, n in refs.items():
+            if self.pool.ref_cnt[b] != n:
+                raise AssertionError(f"block {b} is held by {n} requests but has ref_cnt={self.pool.ref_cnt[b]}")
+        for rid, n in self.req_num_hashed.items():
+            if n > len(self.req_blocks.get(rid, ())):
+                raise AssertionError(f"request {rid}: {n} hashed blocks but holds fewer")

@@ -50,6 +50,7 @@ class Request:
         eos_token_ids: set[int],
         max_tokens: int,
         arrival_time: float | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -65,6 +66,12 @@ class Request:
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.first_scheduled_time: float | None = None
         self.num_preemptions = 0
+        # Prefix caching: a salt keeping this request's cache entries apart from other
+        # tenants', the memoized chained hashes of its full blocks, and how many prompt
+        # tokens its first admission found cached (-1 until admitted).
+        self.cache_salt = cache_salt
+        self.block_hashes: list[bytes] = []
+        self.num_cached_tokens = -1
         # Prompt positions whose logprobs were already reported (position 0 has none), so a
         # preempted and recomputed request does not report them twice.
         self.prompt_logprobs_next = 1

@@ -8,7 +8,9 @@ preempted request are the same operation. Running requests are served first
 free blocks allow. When a running request cannot get a block, the most recently
 arrived running request is preempted (its blocks freed, its progress reset: it
 is recomputed later from prompt + outputs so far) and goes back to the front of
-the waiting queue.
+the waiting queue. With prefix caching, an admitted request starts from the leading
+blocks found in the cache (``num_computed_tokens`` = the hit tokens, the last token
+always computed), and full blocks are registered after the step that wrote them.
 """
 
 from __future__ import annotations
@@ -151,13 +153,20 @@ class Scheduler:
         if not out.preempted_ids:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 req = self.waiting[0]
-                num_new = req.num_tokens - req.num_computed_tokens
+                # A waiting request holds no blocks: reuse the leading cached ones, if any.
+                cached = self.kv.get_computed_blocks(req)
+                num_new = req.num_tokens - len(cached) * self.kv.block_size
                 if num_new > budget:
                     if not self.enable_chunked_prefill:
                         break
                     num_new = budget
-                if not self.kv.allocate_slots(req, num_new):
+                if not self.kv.allocate_slots(req, num_new, cached):
                     break
+                if self.kv.enable_prefix_caching:
+                    self.kv.prefix_cache_queries += req.num_tokens
+                    self.kv.prefix_cache_hits += req.num_computed_tokens
+                if req.num_cached_tokens < 0:
+                    req.num_cached_tokens = req.num_computed_tokens
                 self.waiting.popleft()
                 req.status = RequestStatus.RUNNING
                 if req.first_scheduled_time is None:
@@ -194,6 +203,7 @@ class Scheduler:
             if req.status != RequestStatus.RUNNING:
                 continue  # aborted or preempted while the step ran
             req.num_computed_tokens += s.num_new_tokens
+            self.kv.cache_full_blocks(req)  # its K/V is now written: full blocks become findable
             if not s.sample:
                 continue
             token = sampled[req.request_id]

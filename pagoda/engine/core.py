@@ -29,7 +29,7 @@ class EngineCore:
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
-        self.kv = KVCacheManager(num_blocks, cfg.block_size)
+        self.kv = KVCacheManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
@@ -50,7 +50,10 @@ class EngineCore:
         for t in r.prompt_token_ids:
             if not 0 <= t < self.vocab_size:
                 raise ValueError(f"Token id {t} is out of vocabulary (vocab size {self.vocab_size}).")
-        req = Request(r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time)
+        req = Request(
+            r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
+            cache_salt=r.cache_salt,
+        )
         self.scheduler.add_request(req)
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -102,6 +105,7 @@ class EngineCore:
                     prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs) if plp else None,
                     finish_reason=req.status.finish_reason if rid in finished else None,
                     stop_reason=req.stop_reason if rid in finished else None,
+                    num_cached_tokens=max(0, req.num_cached_tokens),
                 )
             )
         stats = self.stats()

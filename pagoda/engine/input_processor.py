@@ -58,6 +58,9 @@ class InputProcessor:
         self, request_id: str, prompt: PromptType, params: SamplingParams | None
     ) -> tuple[str | None, list[int], SamplingParams, list[EngineCoreRequest]]:
         text, ids = self.tokenize_prompt(prompt)
+        cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+            raise ValueError("cache_salt must be a non-empty string.")
         if params is None:
             params = self.default_sampling_params()
         else:
@@ -94,6 +97,9 @@ class InputProcessor:
                 child_params = params.clone(**changes)
             sp = {f.name: getattr(child_params, f.name) for f in fields(child_params) if f.name != "_explicit"}
             core_reqs.append(
-                EngineCoreRequest(child_id(request_id, i, params.n), ids, sp, self.eos_token_ids, max_tokens, now)
+                EngineCoreRequest(
+                    child_id(request_id, i, params.n), ids, sp, self.eos_token_ids, max_tokens, now,
+                    cache_salt=cache_salt,
+                )
             )
         return text, ids, params, core_reqs

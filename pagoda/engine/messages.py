@@ -19,6 +19,7 @@ class EngineCoreRequest:
     eos_token_ids: list[int]
     max_tokens: int
     arrival_time: float
+    cache_salt: str | None = None
 
 
 @dataclass

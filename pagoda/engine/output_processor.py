@@ -38,6 +38,7 @@ class ParentState:
     prompt_logprobs: list[dict[int, Logprob] | None] | None
     metrics: RequestMetrics
     final_only: bool = False
+    num_cached_tokens: int = 0
 
     @property
     def finished(self) -> bool:
@@ -102,6 +103,8 @@ class OutputProcessor:
             child = parent.children[o.request_id]
             if child.finish_reason is not None:
                 continue
+            if child.index == 0 and o.num_cached_tokens:
+                parent.num_cached_tokens = o.num_cached_tokens
             if o.prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
                 start, lps, ranks, tids, tvs = o.prompt_logprobs
                 for j, (lp, rk, ti, tv) in enumerate(zip(lps, ranks, tids, tvs)):
@@ -184,6 +187,7 @@ class OutputProcessor:
             finished=parent.finished,
             metrics=parent.metrics,
             error=errors[0] if errors else None,
+            num_cached_tokens=parent.num_cached_tokens,
         )
 
     def has_unfinished(self) -> bool:

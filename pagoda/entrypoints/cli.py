@@ -30,6 +30,8 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False) 
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="token budget per step (default 16384 GPU, 2048 CPU)")
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,
                    help="split long prompts into chunks sharing steps with decodes")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV blocks of repeated prompt prefixes (automatic prefix caching)")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling and dummy weights")
     p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "gguf", "dummy"],
                    help="weights format; dummy = random weights of the configured shape")
@@ -53,6 +55,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_chunked_prefill=args.enable_chunked_prefill,
+        enable_prefix_caching=args.enable_prefix_caching,
         seed=args.seed,
         load_format=args.load_format,
         device=args.device,
