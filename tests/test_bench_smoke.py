@@ -1,0 +1,41 @@
+"""Smoke runs of the offline benchmark commands (tiny dummy model), so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiny_models import build_tokenizer
+
+from pagoda.entrypoints.cli import main
+
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+    "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float32",
+}
+
+
+def _model(tmp_path: Path) -> Path:
+    folder = tmp_path / "shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    build_tokenizer(folder)
+    return folder
+
+
+def test_bench_throughput_and_latency_smoke(tmp_path, capsys):
+    m = str(_model(tmp_path))
+    out = tmp_path / "tp.json"
+    main(["--log-level", "WARNING", "bench", "throughput", "--model", m, "--load-format", "dummy",
+          "--dataset", "sharegpt", "--num-prompts", "6", "--max-model-len", "1024", "--output-json", str(out)])
+    res = json.loads(out.read_text())["results"][0]
+    assert res["requests"] == 6 and res["output_tokens_per_s"] > 0
+    lat = tmp_path / "lat.json"
+    main(["--log-level", "WARNING", "bench", "latency", "--model", m, "--load-format", "dummy", "--batch-size", "1",
+          "2", "--input-len", "20", "--output-len", "6", "--num-iters", "1", "--max-model-len", "256",
+          "--output-json", str(lat)])
+    rows = json.loads(lat.read_text())
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert all(r["decode_step_ms_median"] > 0 for r in rows)
+    assert "decode step median" in capsys.readouterr().out
