@@ -10,7 +10,6 @@ whose request asked for prompt logprobs).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -275,5 +274,3 @@ def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block
         num_blocks - 1, block_size, tokens, num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
     )
 
-
-_ = time
