@@ -521,6 +521,24 @@ def _new_output(query: torch.Tensor, out: torch.Tensor | None, num_real_tokens: 
     return out
 
 
+def _setup(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, out, num_real_tokens):
+    """Checks and shapes shared by the attention launchers.
+
+    Returns ``(query, out, shape)``; ``shape`` is None when there is nothing to compute,
+    else ``(num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d)``.
+    """
+    _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    query = _unit_last(query)
+    out = _new_output(query, out, num_real_tokens)
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs = seq_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return query, out, None
+    num_kv_heads = k_cache.shape[2]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    return query, out, (num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, num_heads // num_kv_heads, block_d)
+
+
 def unified_attention(
     query: torch.Tensor,  # [T, H, D]
     k_cache: torch.Tensor,
@@ -541,16 +559,11 @@ def unified_attention(
     last request be zeroed; ``block_m``/``block_n`` override the tile heuristic
     (tests use them to force multi-tile paths at tiny sizes).
     """
-    _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
-    query = _unit_last(query)
-    out = _new_output(query, out, num_real_tokens)
-    num_tokens, num_heads, head_dim = query.shape
-    num_seqs = seq_lens.shape[0]
-    if num_tokens == 0 or num_seqs == 0:
+    query, out, shape = _setup(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, out,
+                               num_real_tokens)
+    if shape is None:
         return out
-    num_kv_heads = k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d = shape
     wide = _wide_rows(block_d, query, k_cache)
     if block_m is None:
         # Measured on H200 (bf16, 4k causal prefill): D=64 -> 128x64 tiles with 8 warps,
@@ -615,18 +628,13 @@ def split_kv_decode(
     block_n: int | None = None,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token."""
-    _check_attention_args(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
-    query = _unit_last(query)
-    out = _new_output(query, out, num_real_tokens)
-    num_tokens, num_heads, head_dim = query.shape
-    num_seqs = seq_lens.shape[0]
-    if num_tokens == 0 or num_seqs == 0:
+    query, out, shape = _setup(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, out,
+                               num_real_tokens)
+    if shape is None:
         return out
-    num_kv_heads = k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d = shape
     block_m = max(16, triton.next_power_of_2(group))
     if block_n is None:
         block_n = 32 if _wide_rows(block_d, query, k_cache) else 64

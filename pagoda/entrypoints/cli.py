@@ -45,26 +45,18 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False) 
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    model = getattr(args, "model_tag", None) or args.model
-    return dict(
-        model=model,
-        tokenizer=args.tokenizer,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_chunked_prefill=args.enable_chunked_prefill,
-        enable_prefix_caching=args.enable_prefix_caching,
-        seed=args.seed,
-        load_format=args.load_format,
-        device=args.device,
-        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        num_gpu_blocks_override=args.num_gpu_blocks_override,
-        enforce_eager=args.enforce_eager,
-        attention_backend=args.attention_backend,
-    )
+    """EngineArgs values from parsed flags: every EngineArgs field the parser defined.
+
+    Flags are named after the fields (``--max-num-seqs`` -> ``max_num_seqs``), so a field
+    added to EngineArgs and to a parser needs no change here.
+    """
+    from dataclasses import fields
+
+    from pagoda.config import EngineArgs
+
+    kw = {f.name: getattr(args, f.name) for f in fields(EngineArgs) if hasattr(args, f.name)}
+    kw["model"] = getattr(args, "model_tag", None) or args.model
+    return kw
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

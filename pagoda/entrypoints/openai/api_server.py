@@ -184,15 +184,7 @@ class ServerState:
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
     from pagoda.entrypoints.cli import engine_kwargs
 
-    kw = engine_kwargs(args)
-    kw.update(
-        served_model_name=args.served_model_name,
-        chat_template=args.chat_template,
-        generation_config=args.generation_config,
-        max_logprobs=args.max_logprobs,
-        trust_remote_code=args.trust_remote_code,
-    )
-    return EngineArgs(**kw)
+    return EngineArgs(**engine_kwargs(args))
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
