@@ -53,6 +53,11 @@ class EngineArgs:
     """Split long prompts into chunks that share steps with decodes."""
     enable_prefix_caching: bool = True
     """Automatic prefix caching: reuse the KV blocks of a repeated prompt prefix."""
+    kv_offloading_size: float | None = None
+    """Size in GiB of a host-memory KV tier: blocks evicted from the device cache (and those of
+    preempted requests) are kept there and copied back on a prefix hit instead of recomputed. Off when unset."""
+    kv_offloading_backend: str = "native"
+    """Host-tier implementation; only 'native' (pagoda's own block pool) exists."""
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
     load_format: str = "auto"
@@ -90,6 +95,11 @@ class EngineArgs:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
+
+        if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
+            raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
+        if self.kv_offloading_backend != "native":
+            raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
 
         model_path = resolve_model(self.model, load_format=self.load_format)
         tokenizer_path = resolve_model(self.tokenizer, load_format="dummy") if self.tokenizer else model_path
@@ -150,6 +160,7 @@ class EngineArgs:
             max_num_batched_tokens=mnbt,
             enable_chunked_prefill=self.enable_chunked_prefill,
             enable_prefix_caching=self.enable_prefix_caching,
+            kv_offloading_size=self.kv_offloading_size or 0.0,
             seed=self.seed,
             load_format=self.load_format,
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
@@ -189,6 +200,7 @@ class EngineConfig:
     max_logprobs: int = 20
     chat_template: str | None = None
     enable_prefix_caching: bool = True
+    kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -119,6 +119,8 @@ class EngineCore:
             num_waiting=len(self.scheduler.waiting),
             kv_cache_usage=self.kv.usage(),
             num_preemptions=self.scheduler.num_preemptions_total,
+            prefix_cache_queries=self.kv.prefix_cache_queries,
+            prefix_cache_hits=self.kv.prefix_cache_hits,
         )
 
     def check_integrity(self) -> None:

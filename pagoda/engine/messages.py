@@ -44,6 +44,14 @@ class SchedulerStats:
     num_preemptions: int = 0
     num_prompt_tokens: int = 0  # computed this step (prefill)
     num_generation_tokens: int = 0  # sampled this step
+    # Prefix cache, cumulative since start, in tokens (vLLM's prefix_cache_queries / _hits).
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    # Host-memory KV tier (--kv-offloading-size): fraction of its blocks in use, and
+    # cumulative blocks stored into it / loaded back from it.
+    cpu_kv_cache_usage: float = 0.0
+    kv_offload_stored_blocks: int = 0
+    kv_offload_loaded_blocks: int = 0
 
 
 @dataclass

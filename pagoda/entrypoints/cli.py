@@ -32,6 +32,10 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False) 
                    help="split long prompts into chunks sharing steps with decodes")
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the KV blocks of repeated prompt prefixes (automatic prefix caching)")
+    p.add_argument("--kv-offloading-size", type=float, default=None,
+                   help="GiB of host memory for a second KV tier: evicted and preempted blocks are kept there "
+                        "and copied back on a prefix hit (off by default)")
+    p.add_argument("--kv-offloading-backend", default="native", choices=["native"], help="host KV tier implementation")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling and dummy weights")
     p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "gguf", "dummy"],
                    help="weights format; dummy = random weights of the configured shape")
