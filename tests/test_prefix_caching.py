@@ -489,6 +489,33 @@ def test_tiny_model_cache_salt_and_off_switch(tiny):
     assert_engine_clean(off)
 
 
+def test_llm_reset_prefix_cache(tiny):
+    llm = tiny.llm("llama")
+    prompt = {"prompt": LONG, "cache_salt": "reset-test"}
+    llm.generate([prompt], greedy(max_tokens=2), use_tqdm=False)
+    assert llm.generate([prompt], greedy(max_tokens=2), use_tqdm=False)[0].num_cached_tokens > 0
+    pool = llm.llm_engine.core.kv.pool
+    assert pool.num_cached_blocks > 0
+    assert llm.reset_prefix_cache() is True
+    assert pool.num_cached_blocks == 0
+    assert llm.generate([prompt], greedy(max_tokens=2), use_tqdm=False)[0].num_cached_tokens == 0
+    assert_engine_clean(llm)
+
+
+def test_engine_core_reset_keeps_blocks_of_running_requests(tiny):
+    llm = tiny.llm("llama")
+    eng = llm.llm_engine
+    eng.add_request("held", {"prompt": LONG, "cache_salt": "held"}, greedy(max_tokens=50), final_only=True)
+    while eng.core.scheduler.requests["held"].num_computed_tokens < 20:  # its full prompt blocks are registered
+        eng.step()
+    assert eng.core.reset_prefix_cache() is False  # the running request still holds its cached blocks
+    assert eng.core.kv.pool.num_cached_blocks > 0
+    while eng.has_unfinished_requests():
+        eng.step()
+    assert eng.core.reset_prefix_cache() is True and eng.core.kv.pool.num_cached_blocks == 0
+    assert_engine_clean(llm)
+
+
 def test_cli_flag_pair():
     import argparse
 

@@ -35,8 +35,10 @@ from pagoda.engine.core_proc import (
     CoreFailed,
     FinishRequests,
     Heartbeat,
+    PrefixCacheReset,
     Ready,
     Rejected,
+    ResetPrefixCache,
     Shutdown,
     StepOutputs,
     engine_args_to_dict,
@@ -181,6 +183,9 @@ class AsyncLLM:
         self._zctx: Any = None
         self._azctx: Any = None
         self.last_stats = SchedulerStats()
+        # Calls answered by the core (reset_prefix_cache): call id -> future of the answer.
+        self._calls: dict[int, asyncio.Future] = {}
+        self._next_call_id = 0
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -260,6 +265,7 @@ class AsyncLLM:
         for s in list(self._streams.values()):
             s._fail(EngineDeadError("the server is shutting down"))
         self._streams.clear()
+        self._fail_calls(EngineDeadError("the server is shutting down"))
         await self._stop_process()
 
     async def _stop_process(self) -> None:
@@ -359,6 +365,29 @@ class AsyncLLM:
         finally:
             stream.close()
 
+    async def reset_prefix_cache(self, timeout_s: float = 30.0) -> bool:
+        """Drop the core's cached prefix blocks (vLLM's ``reset_prefix_cache``).
+
+        True when the cache is empty afterwards; False when running requests still hold
+        cached blocks (those stay until the requests finish).
+        """
+        self.check_servable()
+        call_id = self._next_call_id
+        self._next_call_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        try:
+            self._send(ResetPrefixCache(call_id))
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._calls.pop(call_id, None)
+
+    def _fail_calls(self, exc: BaseException) -> None:
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._calls.clear()
+
     def abort(self, request_id: str) -> None:
         """Abort a request (idempotent); its KV blocks are freed by the core."""
         stream = self._streams.pop(request_id, None)
@@ -447,6 +476,10 @@ class AsyncLLM:
                     self._on_stats(msg.stats)
                 elif isinstance(msg, Rejected):
                     self._on_rejected(msg)
+                elif isinstance(msg, PrefixCacheReset):
+                    fut = self._calls.get(msg.call_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg.success)
                 elif isinstance(msg, CoreFailed):
                     self._mark_dead(msg.message)
                     return
@@ -549,6 +582,7 @@ class AsyncLLM:
         for s in list(self._streams.values()):
             s._fail(err)
         self._streams.clear()
+        self._fail_calls(err)
 
     async def _watchdog(self) -> None:
         while self.state == "ready":

@@ -123,5 +123,17 @@ class EngineCore:
             prefix_cache_hits=self.kv.prefix_cache_hits,
         )
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix block nobody holds (vLLM's ``reset_prefix_cache``).
+
+        True when the prefix cache is empty afterwards; False when blocks of running
+        requests stay registered (they become forgettable once those requests finish).
+        """
+        dropped = self.kv.pool.reset_prefix_cache()
+        ok = self.kv.pool.num_cached_blocks == 0
+        logger.info("prefix cache reset: %d cached blocks dropped%s", dropped,
+                    "" if ok else f", {self.kv.pool.num_cached_blocks} still held by running requests")
+        return ok
+
     def check_integrity(self) -> None:
         self.scheduler.check_integrity()

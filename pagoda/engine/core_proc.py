@@ -3,9 +3,9 @@
 Wire protocol (msgspec Structs, tagged unions; nothing is pickled)::
 
     front end ──PUSH──▶ input socket ──PULL──▶ core    AddRequest | AbortRequests | FinishRequests
-                                                          | Shutdown
+                                                          | ResetPrefixCache | Shutdown
     front end ◀──PULL── output socket ◀──PUSH── core   Ready | Heartbeat | StepOutputs | Rejected
-                                                          | CoreFailed
+                                                          | PrefixCacheReset | CoreFailed
 
 The front end binds both sockets (ipc:// in a private 0700 temp dir) and the core
 connects, so the front end owns the addresses and their clean-up.
@@ -60,11 +60,17 @@ class FinishRequests(msgspec.Struct, tag="finish"):
     request_ids: list[str]
 
 
+class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache"):
+    """Drop the prefix cache's unreferenced blocks; answered by ``PrefixCacheReset(call_id)``."""
+
+    call_id: int
+
+
 class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-CoreInput = Union[AddRequest, AbortRequests, FinishRequests, Shutdown]
+CoreInput = Union[AddRequest, AbortRequests, FinishRequests, ResetPrefixCache, Shutdown]
 
 
 # --------------------------------------------------------------------------- messages out
@@ -94,13 +100,20 @@ class Rejected(msgspec.Struct, tag="rejected"):
     message: str
 
 
+class PrefixCacheReset(msgspec.Struct, tag="prefix_cache_reset"):
+    """Answer to ``ResetPrefixCache``: ``success`` is False when running requests still hold cached blocks."""
+
+    call_id: int
+    success: bool
+
+
 class CoreFailed(msgspec.Struct, tag="failed"):
     """The core hit an unexpected error and is exiting."""
 
     message: str
 
 
-CoreOutput = Union[Ready, Heartbeat, StepOutputs, Rejected, CoreFailed]
+CoreOutput = Union[Ready, Heartbeat, StepOutputs, Rejected, PrefixCacheReset, CoreFailed]
 
 
 def input_decoder() -> msgspec.msgpack.Decoder:
@@ -250,6 +263,8 @@ class _CoreLoop:
                 self.unscheduled.pop(rid, None)
         elif isinstance(msg, FinishRequests):
             self.core.finish_requests(msg.request_ids)
+        elif isinstance(msg, ResetPrefixCache):
+            self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()))
         elif isinstance(msg, Shutdown):
             self.running = False
         return True

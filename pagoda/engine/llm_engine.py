@@ -70,6 +70,10 @@ class LLMEngine:
             self.core.finish_requests(to_stop)
         return results
 
+    def reset_prefix_cache(self) -> bool:
+        """Drop cached prefix blocks nobody holds; True when the prefix cache is empty afterwards."""
+        return self.core.reset_prefix_cache()
+
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished() or self.core.has_unfinished_requests()
 

@@ -67,6 +67,11 @@ class LLM:
     def get_default_sampling_params(self) -> SamplingParams:
         return self.llm_engine.input_processor.default_sampling_params()
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget the automatic prefix cache (vLLM's ``LLM.reset_prefix_cache``), e.g. between
+        benchmark runs. True when the cache is empty afterwards (always, between ``generate`` calls)."""
+        return self.llm_engine.reset_prefix_cache()
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],

@@ -30,10 +30,11 @@ def free_port() -> int:
 
 class RemoteServer:
     def __init__(self, model: str | None, args: list[str], env: dict[str, str] | None = None,
-                 api_key: str | None = None, wait: bool = True, timeout: float = 240.0) -> None:
+                 api_key: str | None = None, wait: bool = True, timeout: float = 240.0,
+                 log_level: str = "WARNING") -> None:
         self.port = free_port()
         self.api_key = api_key
-        cmd = [sys.executable, "-m", "pagoda", "--log-level", "WARNING", "serve"]
+        cmd = [sys.executable, "-m", "pagoda", "--log-level", log_level, "serve"]
         if model is not None:
             cmd.append(model)
         cmd += ["--port", str(self.port), "--uvicorn-log-level", "warning", "--disable-log-requests", *args]

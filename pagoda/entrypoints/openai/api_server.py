@@ -5,7 +5,7 @@
 ``run_server(args)`` serves it and exits non-zero if the model fails to load.
 
 Routes: GET /health, /version, /metrics, /v1/models[/{id}]; POST /v1/completions,
-/v1/chat/completions, /tokenize, /detokenize. Every route but /health requires the API
+/v1/chat/completions, /tokenize, /detokenize, /reset_prefix_cache. Every route but /health requires the API
 key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
 """
 
@@ -32,7 +32,7 @@ import prometheus_client
 import pagoda
 from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM
-from pagoda.entrypoints.openai.metrics import PrometheusStatLogger
+from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
 from pagoda.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -173,6 +173,7 @@ class ServerState:
         self.engine_args = engine_args
         self.engine: AsyncLLM | None = None
         self.metrics: PrometheusStatLogger | None = None
+        self.stats_log: LoggingStatLogger | None = None
         self.completion: OpenAIServingCompletion | None = None
         self.chat: OpenAIServingChat | None = None
         self.tokenization: OpenAIServingTokenization | None = None
@@ -196,6 +197,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         max_prompts_per_request=args.max_prompts_per_request,
         max_request_body_bytes=args.max_request_body_bytes,
         trust_request_chat_template=args.trust_request_chat_template,
+        enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
     )
 
     async def load() -> None:
@@ -209,6 +211,9 @@ def build_app(args: argparse.Namespace) -> FastAPI:
             state.served_model_names = names
             state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len)
             engine.stat_loggers.append(state.metrics)
+            if not getattr(args, "disable_log_stats", False):
+                state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))
+                engine.stat_loggers.append(state.stats_log)
             common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
             state.chat = OpenAIServingChat(engine, names, limits, **common)
             state.completion = OpenAIServingCompletion(engine, names, limits, **common)
@@ -313,6 +318,20 @@ def build_app(args: argparse.Namespace) -> FastAPI:
             return Response(content=b"", media_type="text/plain; version=0.0.4; charset=utf-8")
         body, ctype = state.metrics.render()
         return Response(content=body, media_type=ctype)
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> Response:
+        """vLLM's route: forget the prefix cache (e.g. between benchmark runs). 200 with
+        ``{"success": false}`` when running requests still hold cached blocks."""
+        async def run() -> Response:
+            s = ready()
+            assert s.engine is not None
+            logger.info("Resetting prefix cache...")
+            ok = await s.engine.reset_prefix_cache()
+            if ok and s.stats_log is not None:
+                s.stats_log.on_prefix_cache_reset()
+            return JSONResponse({"success": ok})
+        return await guarded(run)
 
     def model_cards() -> ModelList:
         s = ready()

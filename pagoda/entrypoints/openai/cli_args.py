@@ -25,7 +25,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     parser.description = (
         "Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
-        "/v1/models, /tokenize, /detokenize, /health, /metrics, /version)."
+        "/v1/models, /tokenize, /detokenize, /health, /metrics, /version, /reset_prefix_cache)."
     )
     parser.formatter_class = _HelpFormatter
     add_engine_args(parser, positional_model=True)
@@ -68,6 +68,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"], help="uvicorn's log level")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="no access-log line per HTTP request")
+    g.add_argument("--disable-log-stats", action="store_true",
+                   help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
+                        "every PAGODA_LOG_STATS_INTERVAL seconds, 10 by default)")
+    g.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
+                        "cache) in responses")
     g.add_argument("--engine-stuck-timeout", type=float, default=DEFAULT_STUCK_TIMEOUT_S,
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (env PAGODA_ENGINE_STUCK_TIMEOUT_S)")

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 logger = logging.getLogger("pagoda.server")
 
@@ -66,10 +66,15 @@ class StreamOptions(OpenAIBaseModel):
     continuous_usage_stats: bool | None = False
 
 
+class PromptTokenUsageInfo(ResponseModel):
+    cached_tokens: int | None = None
+
+
 class UsageInfo(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokenUsageInfo | None = None  # with --enable-prompt-tokens-details
 
 
 class SamplingFields(OpenAIBaseModel):
@@ -102,6 +107,15 @@ class SamplingFields(OpenAIBaseModel):
     use_beam_search: bool | None = False
     truncate_prompt_tokens: int | None = None
     return_tokens_as_token_ids: bool | None = False
+    # vLLM's prefix-cache salt: requests with different salts never share cached KV blocks.
+    cache_salt: str | None = None
+
+    @field_validator("cache_salt")
+    @classmethod
+    def _non_empty_cache_salt(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("cache_salt must be a non-empty string if provided.")
+        return v
 
     def explicit_sampling_fields(self) -> dict[str, Any]:
         """SamplingParams fields the client set (to a non-null value)."""

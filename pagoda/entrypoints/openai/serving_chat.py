@@ -101,7 +101,8 @@ class OpenAIServingChat(OpenAIServing):
         params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
         request_id = self.new_id("chatcmpl")
         self.log_request(request_id, text, ids, params)
-        stream = self.engine.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params)
+        stream = self.engine.add_request(
+            request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
                                      background=BackgroundTask(stream.close))
@@ -121,7 +122,7 @@ class OpenAIServingChat(OpenAIServing):
         ct = sum(len(c.token_ids) for c in out.outputs)
         resp = ChatCompletionResponse(
             id=request_id, created=self.now(), model=model, choices=choices,
-            usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct),
+            usage=self.usage(pt, ct, out.num_cached_tokens),
             prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
         )
         return JSONResponse(resp.model_dump())
@@ -147,6 +148,7 @@ class OpenAIServingChat(OpenAIServing):
         num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         as_ids = bool(req.return_tokens_as_token_ids)
         pt = len(stream.prompt_token_ids)
+        cached_tokens = 0
 
         def chunk(choice: ChatStreamChoice, completion_tokens: int | None = None) -> str:
             c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
@@ -162,6 +164,7 @@ class OpenAIServingChat(OpenAIServing):
             async for out in stream:
                 if out.error:
                     raise RuntimeError(out.error)
+                cached_tokens = out.num_cached_tokens
                 deltas = stream.last_deltas
                 for c in out.outputs:
                     i = c.index
@@ -183,8 +186,7 @@ class OpenAIServingChat(OpenAIServing):
             if include_usage:
                 ct = sum(sent_tokens)
                 c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                 usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct,
-                                                                 total_tokens=pt + ct))
+                                                 usage=self.usage(pt, ct, cached_tokens))
                 yield sse(c.model_dump_json())
         except asyncio.CancelledError:
             raise

@@ -84,7 +84,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 )
                 rid = f"{request_id}-{i}"
                 self.log_request(rid, p.text, p.ids, params)
-                streams.append(self.engine.add_request(rid, {"prompt": p.text, "prompt_token_ids": p.ids}, params))
+                streams.append(self.engine.add_request(
+                    rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params))
         except BaseException:
             for s in streams:
                 s.close()
@@ -140,8 +141,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 ))
         return CompletionResponse(
             id=request_id, created=self.now(), model=model, choices=choices,
-            usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                            total_tokens=prompt_tokens + completion_tokens),
+            usage=self.usage(prompt_tokens, completion_tokens, sum(out.num_cached_tokens for out in finals)),
         )
 
     # ------------------------------------------------------------- streaming
@@ -154,6 +154,7 @@ class OpenAIServingCompletion(OpenAIServing):
         echoed = [False] * num_choices
         finished = [False] * num_choices
         gen_tokens = [0] * num_choices
+        cached_tokens = [0] * len(prompts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
         as_ids = bool(req.return_tokens_as_token_ids)
@@ -161,6 +162,7 @@ class OpenAIServingCompletion(OpenAIServing):
             async for pi, out, deltas in merge_streams(streams):
                 if out.error:
                     raise RuntimeError(out.error)
+                cached_tokens[pi] = out.num_cached_tokens
                 for c in out.outputs:
                     idx = pi * n + c.index
                     if finished[idx]:
@@ -203,8 +205,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 pt = sum(len(s.prompt_token_ids) for s in streams)
                 ct = sum(gen_tokens)
                 chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                 usage=UsageInfo(prompt_tokens=pt, completion_tokens=ct,
-                                                                 total_tokens=pt + ct))
+                                                 usage=self.usage(pt, ct, sum(cached_tokens)))
                 yield sse(chunk.model_dump_json())
         except asyncio.CancelledError:
             raise

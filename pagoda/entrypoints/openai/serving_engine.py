@@ -34,7 +34,9 @@ from pagoda.entrypoints.openai.protocol import (
     CompletionLogprobs,
     ErrorInfo,
     ErrorResponse,
+    PromptTokenUsageInfo,
     SamplingFields,
+    UsageInfo,
 )
 from pagoda.outputs import Logprob, RequestOutput
 from pagoda.sampling_params import MAX_N, SamplingParams
@@ -60,6 +62,7 @@ class ServerLimits:
     max_prompts_per_request: int = 64
     max_request_body_bytes: int = 8 * 2**20
     trust_request_chat_template: bool = False
+    enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
 
 
 class ServingError(Exception):
@@ -168,6 +171,14 @@ class OpenAIServing:
         if req.prompt_logprobs is not None and req.prompt_logprobs > self.limits.max_logprobs:
             raise ServingError(400, f"prompt_logprobs must be at most {self.limits.max_logprobs}, "
                                f"got {req.prompt_logprobs}.", param="prompt_logprobs")
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
+        """Usage; with --enable-prompt-tokens-details also the prompt tokens served from the prefix cache."""
+        u = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                      total_tokens=prompt_tokens + completion_tokens)
+        if self.limits.enable_prompt_tokens_details:
+            u.prompt_tokens_details = PromptTokenUsageInfo(cached_tokens=cached_tokens)
+        return u
 
     # ----------------------------------------------------------- sampling params
     def sampling_params(self, req: SamplingFields, prompt_len: int, user_max_tokens: int | None,
