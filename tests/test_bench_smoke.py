@@ -39,3 +39,23 @@ def test_bench_throughput_and_latency_smoke(tmp_path, capsys):
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert all(r["decode_step_ms_median"] > 0 for r in rows)
     assert "decode step median" in capsys.readouterr().out
+
+
+def test_bench_throughput_prefix_repetition_smoke(tmp_path, capsys):
+    m = str(_model(tmp_path))
+    out = tmp_path / "prefix.json"
+    main(["--log-level", "WARNING", "bench", "throughput", "--model", m, "--load-format", "dummy",
+          "--dataset-name", "prefix_repetition", "--num-prompts", "8", "--prefix-repetition-prefix-len", "48",
+          "--prefix-repetition-suffix-len", "8", "--prefix-repetition-num-prefixes", "2",
+          "--prefix-repetition-output-len", "4", "--max-num-seqs", "1", "--max-model-len", "256",
+          "--compare-no-prefix-caching", "--prefix-ttft-probes", "1", "--output-json", str(out)])
+    on, off = json.loads(out.read_text())["results"]
+    assert on["requests"] == off["requests"] == 8 and on["prompt_tokens"] == 8 * 56
+    # one request at a time, 2 prefixes of 4 requests: the 6 repeats hit their prefix's 3 full blocks
+    assert abs(on["prefix_cache_hit_rate"] - 6 * 48 / (8 * 56)) < 1e-9
+    assert off["prefix_cache_hit_rate"] == 0.0 and off["backend"] == "pagoda-no-prefix-caching"
+    assert on["speedup_vs_no_prefix_caching"] > 0
+    probe = on["prefix_ttft"]
+    assert probe["cached_tokens"] == 48 and probe["ttft_uncached_ms_median"] > 0 and probe["ttft_cached_ms_median"] > 0
+    text = capsys.readouterr().out
+    assert "prefix caching on / off" in text and "[prefix TTFT]" in text and "prefix cache hit rate" in text
