@@ -19,6 +19,15 @@ words adding up to at most ``--random-input-len`` tokens (exactly that many unle
 word fits the remainder); otherwise the length is estimated.
 Output tokens come from the server's usage report (``stream_options.include_usage``)
 when it sends one, else from the number of streamed text chunks.
+
+``--dataset-name prefix_repetition`` (vLLM's dataset and flags) sends prompts made of one
+of ``--prefix-repetition-num-prefixes`` shared prefixes plus a per-request suffix. It then
+also reports the server's prefix-cache hit rate over the run (from the
+``prefix_cache_queries`` / ``prefix_cache_hits`` counters of ``/metrics``, pagoda's or
+vLLM's) and the TTFT of requests whose prefix was sent for the first time against those
+repeating one (with ``--max-concurrency 1`` every repeat finds its prefix cached).
+``--reset-prefix-cache`` empties the server's prefix cache (``POST /reset_prefix_cache``)
+before the timed run, so a rerun starts as cold as the first.
 """
 
 from __future__ import annotations
@@ -78,6 +87,9 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
+    p.add_argument("--dataset-name", default="random", choices=["random", "prefix_repetition"],
+                   help="random: word prompts of --random-input-len tokens; prefix_repetition: shared prefixes "
+                        "(--prefix-repetition-* flags)")
     p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
     p.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
     p.add_argument("--random-range-ratio", type=float, default=0.0,
@@ -100,6 +112,11 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--result-dir", default=".", help="folder for --save-result")
     p.add_argument("--result-filename", default=None, help="file name for --save-result")
     p.add_argument("--label", default=None, help="name of this run in the saved result")
+    p.add_argument("--reset-prefix-cache", action="store_true",
+                   help="POST /reset_prefix_cache before the timed run (a cold prefix cache on every rerun)")
+    from pagoda.benchmarks.throughput import add_prefix_repetition_args
+
+    add_prefix_repetition_args(p)
     return p
 
 
@@ -144,32 +161,62 @@ async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tupl
     out = []
     for _ in range(args.num_prompts):
         n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
-        words = [rng.choice(WORDS) for _ in range(n_in)]  # ~1 token per common word; trimmed below
-        text = " ".join(words)
-        n = await counter.count(text)
-        if n is None:
-            text = " ".join(words[: max(1, int(n_in / 1.2))])
-            out.append((text, n_in, n_out))
-            continue
-        lo, hi = 1, len(words)
-        while lo < hi:  # longest prefix with at most n_in tokens
-            mid = (lo + hi + 1) // 2
-            c = await counter.count(" ".join(words[:mid]))
-            if c is not None and c <= n_in:
-                lo = mid
-            else:
-                hi = mid - 1
-        words = words[:lo]
-        n = await counter.count(" ".join(words)) or 0
-        tries = 0
-        while n < n_in and tries < 32:  # top up with words that still fit
-            tries += 1
-            cand = await counter.count(" ".join(words + [w := rng.choice(WORDS)]))
-            if cand is not None and cand <= n_in:
-                words.append(w)
-                n = cand
-        out.append((" ".join(words), n or n_in, n_out))
+        text, n = await words_text(rng, counter, n_in)
+        out.append((text, n, n_out))
     return out
+
+
+async def make_prefix_repetition_prompts(args: argparse.Namespace, counter: _Counter
+                                         ) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """vLLM's prefix_repetition: request i is prefix i % num_prefixes + its own suffix, shuffled with the seed.
+    Returns the prompts (as make_prompts) and each one's prefix id."""
+    num_prefixes = args.prefix_repetition_num_prefixes
+    plen, slen, n_out = (args.prefix_repetition_prefix_len, args.prefix_repetition_suffix_len,
+                         args.prefix_repetition_output_len)
+    if num_prefixes < 1 or plen < 1 or slen < 0 or n_out < 1:
+        raise ValueError("prefix_repetition needs at least 1 prefix of at least 1 token and an output length >= 1.")
+    rng = random.Random(args.seed)
+    prefixes = [await words_text(rng, counter, plen) for _ in range(num_prefixes)]
+    out = []
+    for i in range(args.num_prompts):
+        ptext, pn = prefixes[i % num_prefixes]
+        text, n = ptext, pn
+        if slen:
+            stext, sn = await words_text(rng, counter, slen)
+            text = ptext + " " + stext
+            n = await counter.count(text) or pn + sn
+        out.append(((text, n, n_out), i % num_prefixes))
+    rng.shuffle(out)
+    return [p for p, _ in out], [pid for _, pid in out]
+
+
+async def words_text(rng: random.Random, counter: _Counter, n_in: int) -> tuple[str, int]:
+    """Seeded words adding up to at most ``n_in`` tokens (exactly, unless no word fits the rest);
+    (text, its token count, or n_in when the count is only estimated)."""
+    words = [rng.choice(WORDS) for _ in range(n_in)]  # ~1 token per common word; trimmed below
+    text = " ".join(words)
+    n = await counter.count(text)
+    if n is None:
+        text = " ".join(words[: max(1, int(n_in / 1.2))])
+        return text, n_in
+    lo, hi = 1, len(words)
+    while lo < hi:  # longest prefix with at most n_in tokens
+        mid = (lo + hi + 1) // 2
+        c = await counter.count(" ".join(words[:mid]))
+        if c is not None and c <= n_in:
+            lo = mid
+        else:
+            hi = mid - 1
+    words = words[:lo]
+    n = await counter.count(" ".join(words)) or 0
+    tries = 0
+    while n < n_in and tries < 32:  # top up with words that still fit
+        tries += 1
+        cand = await counter.count(" ".join(words + [w := rng.choice(WORDS)]))
+        if cand is not None and cand <= n_in:
+            words.append(w)
+            n = cand
+    return " ".join(words), n or n_in
 
 
 # ----------------------------------------------------------------------- requests
@@ -276,6 +323,46 @@ def summarize(args: argparse.Namespace, results: list[RequestResult], duration: 
     return out
 
 
+async def prefix_cache_counters(client: Any, base: str, headers: dict[str, str]) -> tuple[float, float] | None:
+    """(queries, hits) of the server's prefix cache in tokens, from /metrics (pagoda's or vLLM's names)."""
+    try:
+        r = await client.get(f"{base}/metrics", headers=headers)
+    except Exception:
+        return None
+    if r.status_code != 200:
+        return None
+    vals = {"queries": 0.0, "hits": 0.0}
+    found = False
+    for line in r.text.splitlines():
+        for prefix in ("pagoda:", "vllm:"):
+            for k in vals:
+                if line.startswith(f"{prefix}prefix_cache_{k}_total"):
+                    try:
+                        vals[k] += float(line.rsplit(" ", 1)[1])
+                        found = True
+                    except (IndexError, ValueError):
+                        pass
+    return (vals["queries"], vals["hits"]) if found else None
+
+
+def prefix_ttft_split(results: list[RequestResult], prefix_ids: list[int]) -> dict[str, Any]:
+    """TTFT of the requests that were the first sent with their prefix vs those repeating one."""
+    seen: set[int] = set()
+    first, repeat = [], []
+    for r, pid in zip(results, prefix_ids):
+        is_first = pid not in seen
+        seen.add(pid)
+        if r.ok:
+            (first if is_first else repeat).append(r.ttft)
+    out: dict[str, Any] = {"num_first_seen_prefix": len(first), "num_repeated_prefix": len(repeat)}
+    for name, xs in (("first_seen_prefix", first), ("repeated_prefix", repeat)):
+        out[f"mean_ttft_{name}_ms"] = 1000 * sum(xs) / len(xs) if xs else 0.0
+        out[f"median_ttft_{name}_ms"] = 1000 * _percentile(xs, 50)
+    if first and repeat:
+        out["ttft_repeated_over_first_seen"] = out["median_ttft_repeated_prefix_ms"] / out["median_ttft_first_seen_prefix_ms"]
+    return out
+
+
 def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bool) -> None:
     line = "=" * 60
     print(line)
@@ -292,8 +379,16 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
         ("Output token throughput (tok/s):", f"{s['output_throughput']:.2f}"),
         ("Total token throughput (tok/s):", f"{s['total_token_throughput']:.2f}"),
     ]
+    if "prefix_cache_hit_rate" in s:
+        rows.append(("Prefix cache hit rate (%):", f"{100 * s['prefix_cache_hit_rate']:.2f}"))
     for k, v in rows:
         print(f"{k:<40}{v:>20}")
+    if "num_first_seen_prefix" in s:
+        print(f"{' TTFT by prefix (first sent vs repeated) ':-^60}")
+        for name, label in (("first_seen_prefix", "first-seen"), ("repeated_prefix", "repeated")):
+            print(f"{'Median TTFT, ' + label + ' prefix (ms):':<40}{s[f'median_ttft_{name}_ms']:>20.2f}")
+        if "ttft_repeated_over_first_seen" in s:
+            print(f"{'Repeated / first-seen median TTFT:':<40}{s['ttft_repeated_over_first_seen']:>20.3f}")
     names = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
              "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}
     for m in [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]:
@@ -324,14 +419,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             r.raise_for_status()
             model = r.json()["data"][0]["id"]
         counter = _Counter(args, client, base, headers, model)
-        prompts = await make_prompts(args, counter)
+        prefix_ids: list[int] | None = None
+        if args.dataset_name == "prefix_repetition":
+            prompts, prefix_ids = await make_prefix_repetition_prompts(args, counter)
+            # warm up on a prompt outside the workload: the prefix cache must not hold any of it
+            warm_text, warm_n = await words_text(random.Random(args.seed + 99), counter, 16)
+        else:
+            prompts = await make_prompts(args, counter)
+            warm_text, warm_n = prompts[0][0], prompts[0][1]
         url = base + args.endpoint
 
         # One untimed request checks the set-up (and warms the server).
-        first = await send_one(client, url, headers, _payload(args, model, prompts[0][0], min(prompts[0][2], 16), chat),
-                               chat, prompts[0][1])
+        first = await send_one(client, url, headers, _payload(args, model, warm_text, min(prompts[0][2], 16), chat),
+                               chat, warm_n)
         if not first.ok:
             raise RuntimeError(f"the test request failed: {first.error}")
+        if args.reset_prefix_cache:
+            r = await client.post(f"{base}/reset_prefix_cache", headers=headers)
+            if r.status_code != 200:
+                print(f"warning: POST /reset_prefix_cache answered {r.status_code}", file=sys.stderr)
+        cache_before = await prefix_cache_counters(client, base, headers)
 
         rng = random.Random(args.seed + 1)
         sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
@@ -352,8 +459,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(rng.gammavariate(args.burstiness, theta))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
+        cache_after = await prefix_cache_counters(client, base, headers)
 
     summary = summarize(args, results, duration)
+    if cache_before is not None and cache_after is not None:
+        dq, dh = cache_after[0] - cache_before[0], cache_after[1] - cache_before[1]
+        summary["prefix_cache_queries"], summary["prefix_cache_hits"] = dq, dh
+        summary["prefix_cache_hit_rate"] = dh / dq if dq > 0 else 0.0
+    if prefix_ids is not None:
+        summary.update(prefix_ttft_split(results, prefix_ids))
     print_summary(args, summary, counter.exact)
     errors = [r.error for r in results if not r.ok]
     if errors:
@@ -368,6 +482,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
         "burstiness": args.burstiness,
         "max_concurrency": args.max_concurrency,
+        "dataset_name": args.dataset_name,
+        "prefix_repetition": ({k: getattr(args, f"prefix_repetition_{k}") for k in
+                               ("prefix_len", "suffix_len", "num_prefixes", "output_len")}
+                              if prefix_ids is not None else None),
         "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len,
         "ignore_eos": args.ignore_eos,

@@ -36,3 +36,27 @@ def test_bench_serve_completions_smoke(server, tmp_path, capsys):
 def test_bench_serve_chat_with_rate(server, tmp_path):
     res = run_bench_serve(_args(server, tmp_path, "--endpoint", "/v1/chat/completions", "--request-rate", "50"))
     assert res["completed"] == 6 and res["total_output_tokens"] == 48
+
+
+def test_bench_serve_prefix_repetition(server, tmp_path, capsys):
+    # one request at a time after a reset: the 2 first-seen prefixes miss, the 4 repeats hit
+    res = run_bench_serve(_args(server, tmp_path, "--dataset-name", "prefix_repetition", "--max-concurrency", "1",
+                                "--prefix-repetition-prefix-len", "40", "--prefix-repetition-suffix-len", "8",
+                                "--prefix-repetition-num-prefixes", "2", "--prefix-repetition-output-len", "4",
+                                "--reset-prefix-cache"))
+    assert res["completed"] == 6 and res["total_output_tokens"] == 6 * 4
+    assert res["num_first_seen_prefix"] == 2 and res["num_repeated_prefix"] == 4
+    assert res["prefix_cache_queries"] == sum(res["input_lens"])
+    # each repeat shares its (up to) 40-token prefix: 2 full blocks of 16
+    assert res["prefix_cache_hits"] == 4 * 32
+    assert res["prefix_cache_hit_rate"] == res["prefix_cache_hits"] / res["prefix_cache_queries"]
+    assert res["median_ttft_first_seen_prefix_ms"] > 0 and res["median_ttft_repeated_prefix_ms"] > 0
+    assert res["prefix_repetition"] == {"prefix_len": 40, "suffix_len": 8, "num_prefixes": 2, "output_len": 4}
+    out = capsys.readouterr().out
+    assert "Prefix cache hit rate (%):" in out and "Median TTFT, repeated prefix (ms):" in out
+    # a rerun of the same command starts cold again thanks to --reset-prefix-cache
+    again = run_bench_serve(_args(server, tmp_path, "--dataset-name", "prefix_repetition", "--max-concurrency", "1",
+                                  "--prefix-repetition-prefix-len", "40", "--prefix-repetition-suffix-len", "8",
+                                  "--prefix-repetition-num-prefixes", "2", "--prefix-repetition-output-len", "4",
+                                  "--reset-prefix-cache"))
+    assert again["prefix_cache_hits"] == res["prefix_cache_hits"]
