@@ -40,6 +40,8 @@ class KVCacheManager:
         # Prefix-cache counters, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits).
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
+        # Blocks shared by reference between the samples of n > 1 requests (see fork).
+        self.num_forked_blocks = 0
 
     # --------------------------------------------------------------- hashing
     def block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
@@ -156,6 +158,35 @@ class KVCacheManager:
             return False
         blocks.extend(self.pool.allocate(need))
         return True
+
+    def fork(self, parent: Request, child: Request, num_shared_tokens: int) -> tuple[int, int] | None | bool:
+        """Give ``child`` (holding no blocks) the parent's K/V for its first ``num_shared_tokens``.
+
+        Parallel sampling: the samples of one prompt share its blocks. Full blocks are shared
+        by reference; a partially filled last block is *copied* into a fresh block, because
+        the child will write its own tokens into it (copy-on-write, done before the next
+        forward). Returns the ``(src, dst)`` block pair to copy, ``None`` when no copy is
+        needed, or ``False`` (nothing changed) when no free block is left for the child's tail.
+        On success the child's ``num_computed_tokens`` is ``num_shared_tokens``.
+        """
+        pblocks = self.req_blocks[parent.request_id]
+        bs = self.block_size
+        k = num_shared_tokens // bs  # blocks entirely below num_shared_tokens: shared
+        if self.pool.num_free_blocks < 1:
+            return False
+        shared = pblocks[:k]
+        for b in shared:
+            self.pool.incref(b)
+        (tail,) = self.pool.allocate(1)  # the block the child writes next
+        rid = child.request_id
+        self.req_blocks[rid] = shared + [tail]
+        self._epoch += 1
+        self.req_epoch[rid] = self._epoch
+        self.req_num_hashed[rid] = min(self.req_num_hashed.get(parent.request_id, 0), k)
+        child.num_computed_tokens = num_shared_tokens
+        child.block_hashes = list(parent.block_hashes[: min(len(parent.block_hashes), num_shared_tokens // bs)])
+        self.num_forked_blocks += k
+        return (pblocks[k], tail) if num_shared_tokens % bs else None
 
     def free(self, request: Request) -> None:
         blocks = self.req_blocks.pop(request.request_id, None)

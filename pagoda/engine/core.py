@@ -54,7 +54,7 @@ class EngineCore:
             r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt,
         )
-        self.scheduler.add_request(req)
+        self.scheduler.add_request(req, fork_of=r.fork_of)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.abort_requests(request_ids)
@@ -116,7 +116,7 @@ class EngineCore:
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
+            num_waiting=self.scheduler.num_waiting,
             kv_cache_usage=self.kv.usage(),
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,

@@ -164,11 +164,22 @@ class ModelRunner:
         self.graphs.capture()
         return self.graphs.capture_seconds
 
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """KV of block ``src`` -> block ``dst`` in every layer (copy-on-write of shared blocks)."""
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for k, v in self.kv_caches:
+                k.index_copy_(0, dst, k.index_select(0, src))
+                v.index_copy_(0, dst, v.index_select(0, src))
+
     # ---------------------------------------------------------------- step
     @torch.inference_mode()
     def execute(
         self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
     ) -> RunnerOutput:
+        if sched.block_copies:
+            self.copy_blocks(sched.block_copies)
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
