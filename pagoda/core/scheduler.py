@@ -48,6 +48,10 @@ class SchedulerOutput:
     num_batched_tokens: int = 0
     # (src, dst) KV blocks to copy before the forward runs (copy-on-write of forks).
     block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # Host KV tier, run before the copies and the forward, in this order:
+    # (device block, host block) stores of evicted blocks, then (host, device) loads.
+    swap_out: list[tuple[int, int]] = field(default_factory=list)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -225,12 +229,13 @@ class Scheduler:
                 req = self.waiting[0]
                 # A waiting request holds no blocks: reuse the leading cached ones, if any.
                 cached = self.kv.get_computed_blocks(req)
-                num_new = req.num_tokens - len(cached) * self.kv.block_size
+                host = self.kv.get_host_hits(req, len(cached))
+                num_new = req.num_tokens - (len(cached) + len(host)) * self.kv.block_size
                 if num_new > budget:
                     if not self.enable_chunked_prefill:
                         break
                     num_new = budget
-                if not self.kv.allocate_slots(req, num_new, cached):
+                if not self.kv.allocate_slots(req, num_new, cached, host):
                     break
                 if self.kv.enable_prefix_caching:
                     self.kv.prefix_cache_queries += req.num_tokens
@@ -246,8 +251,10 @@ class Scheduler:
                 budget -= num_new
 
         out.num_batched_tokens = self.max_num_batched_tokens - budget
-        if out.scheduled and self.pending_copies:
-            out.block_copies, self.pending_copies = self.pending_copies, []
+        if out.scheduled:
+            if self.pending_copies:
+                out.block_copies, self.pending_copies = self.pending_copies, []
+            out.swap_out, out.swap_in = self.kv.take_swaps()
         return out
 
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:

@@ -10,6 +10,7 @@ import logging
 import time
 
 from pagoda.config import EngineConfig
+from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler
@@ -29,7 +30,26 @@ class EngineCore:
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
-        self.kv = KVCacheManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        host_tier = None
+        if cfg.kv_offloading_size > 0:
+            if not cfg.enable_prefix_caching:
+                raise ValueError(
+                    "--kv-offloading-size needs prefix caching: the host tier finds blocks by their prefix hashes. "
+                    "Drop --no-enable-prefix-caching or the host tier."
+                )
+            per_block = self.runner.bytes_per_block()
+            n_host = int(cfg.kv_offloading_size * 2**30) // per_block
+            if n_host < 1:
+                raise ValueError(
+                    f"--kv-offloading-size={cfg.kv_offloading_size} GiB holds no KV block of {per_block / 2**20:.2f} MiB; "
+                    f"raise it."
+                )
+            self.runner.allocate_host_cache(n_host)
+            host_tier = HostKVTier(n_host)
+            logger.info("Host KV tier: %d blocks (%.2f GiB of host memory)", n_host, n_host * per_block / 2**30)
+        self.kv = KVCacheManager(
+            num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, host_tier=host_tier
+        )
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
@@ -121,6 +141,9 @@ class EngineCore:
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,
             prefix_cache_hits=self.kv.prefix_cache_hits,
+            cpu_kv_cache_usage=self.kv.host.usage() if self.kv.host else 0.0,
+            kv_offload_stored_blocks=self.kv.host.num_stored if self.kv.host else 0,
+            kv_offload_loaded_blocks=self.kv.host.num_loaded if self.kv.host else 0,
         )
 
     def check_integrity(self) -> None:
