@@ -242,11 +242,12 @@ class BeamSearchStream:
     """
 
     def __init__(self, engine: Any, request_id: str, instance: BeamSearchInstance,
-                 skip_special_tokens: bool = True) -> None:
+                 skip_special_tokens: bool = True, logprobs: int | None = None) -> None:
         self.engine = engine
         self.request_id = request_id
         self.instance = instance
         self.skip_special_tokens = skip_special_tokens
+        self.num_logprobs = max(instance.k, logprobs or 0)  # a client's top_logprobs may ask for more than K
         self.n = instance.params.beam_width
         self.prompt_token_ids = instance.prompt_token_ids
         self.last_deltas = [""] * self.n
@@ -271,7 +272,7 @@ class BeamSearchStream:
 
     async def _run(self) -> RequestOutput:
         inst = self.instance
-        sp = step_sampling_params(inst.k)
+        sp = step_sampling_params(self.num_logprobs)
         step = 0
         while not inst.done:
             streams = []
