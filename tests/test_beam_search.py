@@ -199,3 +199,46 @@ def test_beam_search_validation(tiny):
     with pytest.raises(ValueError, match="empty"):
         llm.beam_search([], BeamSearchParams(beam_width=2, max_tokens=4))
     assert_engine_clean(llm)
+
+
+def _lp(pairs: dict[int, float]):
+    from pagoda.outputs import Logprob
+
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1])
+    return {t: Logprob(v, rank=i + 1) for i, (t, v) in enumerate(ranked)}
+
+
+def test_instance_rules_with_fake_logprobs():
+    """HF's rules without a model: only EOS hits among the top beam_width candidates finish;
+    early_stopping=True stops once beam_width hypotheses are finished; the server's view drops a
+    final EOS from the text (and from token_ids unless include_stop_str_in_output)."""
+    from pagoda.beam_search import BeamSearchInstance
+
+    EOS = 9
+    params = BeamSearchParams(beam_width=2, max_tokens=5, early_stopping=True)
+    inst = BeamSearchInstance([1, 2], params, [EOS])
+    assert inst.k == 4 and inst.pending() == [[1, 2]]
+    # Step 1: EOS is the 3rd best candidate: it is dropped, neither finished nor live.
+    inst.advance([_lp({5: -0.1, 6: -0.5, EOS: -1.0, 7: -2.0})])
+    assert inst.pending() == [[1, 2, 5], [1, 2, 6]] and inst.finished == []
+    # Step 2: beam [5]'s EOS is the best candidate: finished with score (-0.1 - 0.2) / 2.
+    inst.advance([_lp({EOS: -0.2, 3: -0.3, 4: -3.0, 8: -4.0}), _lp({3: -0.1, 4: -0.2, EOS: -5.0, 8: -6.0})])
+    assert [(round(s, 6), b.tokens) for s, b in inst.finished] == [(-0.15, [5, EOS])]
+    assert inst.pending() == [[1, 2, 5, 3], [1, 2, 6, 3]] and not inst.done
+    # Step 3: another EOS in the top 2 fills the finished list; early_stopping=True ends the search.
+    inst.advance([_lp({EOS: -0.1, 4: -0.2, 3: -3.0, 8: -4.0}), _lp({3: -2.0, 4: -2.5, EOS: -3.0, 8: -6.0})])
+    assert inst.done and inst.pending() == []
+    seqs = inst.sequences()
+    assert [s.tokens for s in seqs] == [[1, 2, 5, EOS], [1, 2, 5, 3, EOS]]
+    assert [s.finish_reason for s in seqs] == ["stop", "stop"] and seqs[0].stop_reason == EOS
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return ",".join(map(str, ids))
+
+    out = inst.request_output("r", Tok())
+    assert [c.text for c in out.outputs] == ["5", "5,3"]
+    assert [c.token_ids for c in out.outputs] == [[5], [5, 3]]
+    assert [len(c.logprobs) for c in out.outputs] == [1, 2]
+    inst.params = BeamSearchParams(beam_width=2, max_tokens=5, include_stop_str_in_output=True)
+    assert [c.token_ids for c in inst.request_output("r", Tok()).outputs] == [[5, EOS], [5, 3, EOS]]
