@@ -1,7 +1,7 @@
 """pagoda: a paged-KV-cache, continuously batching LLM inference and serving engine."""
 
 from pagoda.outputs import CompletionOutput, Logprob, RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
 __version__ = "0.1.0"
 
@@ -20,7 +20,11 @@ def __getattr__(name: str):
         from pagoda.engine.llm_engine import LLMEngine
 
         return LLMEngine
+    if name in ("BeamSearchOutput", "BeamSearchSequence"):
+        import pagoda.beam_search
+
+        return getattr(pagoda.beam_search, name)
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]
+__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput", "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]

@@ -185,6 +185,46 @@ class SamplingParams:
         return f"SamplingParams({', '.join(keep)})"
 
 
+@dataclass
+class BeamSearchParams:
+    """Beam search parameters (vLLM's ``BeamSearchParams``); run with ``LLM.beam_search``.
+
+    ``beam_width`` beams are kept and ``beam_width`` sequences returned, best first, ranked
+    as Hugging Face ``generate(num_beams=…)`` ranks them: ``cum_logprob / gen_len **
+    length_penalty`` (``gen_len`` counts the EOS token). ``temperature`` is accepted for
+    vLLM compatibility and, as in vLLM (raw logprobs) and HF beam search without sampling,
+    does not change the result. ``early_stopping`` is a pagoda extension with HF's meaning
+    (``True``, ``False`` or ``"never"``; HF's default ``False``).
+    """
+
+    beam_width: int
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+    early_stopping: bool | str = False
+
+    def __post_init__(self) -> None:
+        for name in ("beam_width", "max_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {v!r}.")
+        if self.beam_width > MAX_N:
+            raise ValueError(f"beam_width must be at most {MAX_N}, got {self.beam_width}.")
+        for name in ("temperature", "length_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}.")
+        if not 0.0 <= self.temperature <= 1e4:
+            raise ValueError(f"temperature must be in [0, 10000], got {self.temperature}.")
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}.")
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}.")
+
+
 def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     """The sampling defaults vLLM takes from ``generation_config.json``."""
     out: dict[str, Any] = {}
@@ -204,4 +244,4 @@ def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SamplingParams", "defaults_from_generation_config", "replace"]
+__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config", "replace"]

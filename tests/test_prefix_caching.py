@@ -439,6 +439,7 @@ def _baseline(tiny) -> list:
     dict(),
     dict(max_num_batched_tokens=8, max_num_seqs=8),  # chunked prefill in tiny chunks
     dict(num_gpu_blocks_override=24),  # forced preemption
+    dict(num_gpu_blocks_override=24, kv_offloading_size=0.001),  # preemption + host KV tier
     dict(block_size=8, num_gpu_blocks_override=44, max_num_batched_tokens=16, max_num_seqs=4),
 ])
 def test_tiny_model_outputs_identical_with_caching(tiny, kwargs):
@@ -467,6 +468,8 @@ def test_tiny_model_outputs_identical_with_caching(tiny, kwargs):
         assert second[0].num_cached_tokens == (n - 1) // kv.block_size * kv.block_size > 0
     if "num_gpu_blocks_override" in kwargs:
         assert llm.llm_engine.core.scheduler.num_preemptions_total > 0
+    if "kv_offloading_size" in kwargs:
+        assert kv.host.num_loaded > 0, "blocks should have come back from the host tier"
 
 
 def test_tiny_model_cache_salt_and_off_switch(tiny):

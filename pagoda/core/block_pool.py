@@ -38,6 +38,9 @@ class BlockPool:
         self.block_hash: list[bytes | None] = [None] * num_blocks
         self.block_key: list[tuple | None] = [None] * num_blocks
         self.num_evictions = 0
+        # Called as (block_id, hash, key) just before a cached block is evicted to be reused
+        # (the host KV tier keeps a copy); not called by reset_prefix_cache.
+        self.on_evict = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -57,6 +60,8 @@ class BlockPool:
         for _ in range(n):
             block_id, _ = self._free.popitem(last=False)
             if self.block_hash[block_id] is not None:
+                if self.on_evict is not None:
+                    self.on_evict(block_id, self.block_hash[block_id], self.block_key[block_id])
                 self._evict(block_id)
             self.ref_cnt[block_id] = 1
             out.append(block_id)

@@ -10,6 +10,11 @@ chain). At admission (:meth:`get_computed_blocks`) the longest run of leading fu
 blocks found in the pool -- confirmed by the stored token ids -- is reused by reference;
 the last prompt token is never served from the cache, so the step that admits a request
 always computes at least one token and samples from it.
+
+Host-memory tier (optional, :mod:`pagoda.core.host_tier`): a cached block the pool evicts
+is stored in host memory (``pending_swap_out``); at admission the chain of hits continues
+into the host tier (:meth:`get_host_hits`), and those blocks get fresh device blocks
+that are loaded from the host copies (``pending_swap_in``) before the step's forward.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 from array import array
 
 from pagoda.core.block_pool import BlockPool
+from pagoda.core.host_tier import HostKVTier
 from pagoda.core.request import Request
 
 
@@ -26,10 +32,25 @@ def cdiv(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False,
+        host_tier: HostKVTier | None = None,
+    ) -> None:
+        if host_tier is not None and not enable_prefix_caching:
+            raise ValueError(
+                "The host KV tier (--kv-offloading-size) finds blocks by their prefix-cache hashes; "
+                "it needs prefix caching (drop --no-enable-prefix-caching)."
+            )
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
+        self.host = host_tier
+        # (device block, host block) copies for the runner to make before the next forward:
+        # stores of evicted blocks first, then loads of host hits.
+        self.pending_swap_out: list[tuple[int, int]] = []
+        self.pending_swap_in: list[tuple[int, int]] = []
+        if host_tier is not None:
+            self.pool.on_evict = self._store_evicted
         self.req_blocks: dict[str, list[int]] = {}
         # Bumped whenever a request's block list is created anew (first allocation, or after
         # a preemption freed it), so a cached copy of its block table can tell it is stale.
@@ -40,6 +61,8 @@ class KVCacheManager:
         # Prefix-cache counters, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits).
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
+        # Blocks shared by reference between the samples of n > 1 requests (see fork).
+        self.num_forked_blocks = 0
 
     # --------------------------------------------------------------- hashing
     def block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
@@ -83,6 +106,33 @@ class KVCacheManager:
             hits.append(b)
         return hits
 
+    def _store_evicted(self, block_id: int, block_hash: bytes, key: tuple) -> None:
+        hb = self.host.store(block_hash, key)
+        if hb is not None:
+            self.pending_swap_out.append((block_id, hb))
+
+    def get_host_hits(self, request: Request, num_device_hits: int) -> list[int]:
+        """Host blocks continuing the chain after ``num_device_hits`` device hits (not yet taken)."""
+        if self.host is None or not self.enable_prefix_caching or request.sampling_params.prompt_logprobs is not None:
+            return []
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hashes = self.block_hashes(request, max_blocks)
+        out: list[int] = []
+        for i in range(num_device_hits, max_blocks):
+            hb = self.host.lookup(hashes[i], self._key(request, i))
+            if hb is None:
+                break
+            out.append(hb)
+        return out
+
+    def take_swaps(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The pending (device, host) stores and (host, device) loads; the step's loads unlock."""
+        out, inn = self.pending_swap_out, self.pending_swap_in
+        self.pending_swap_out, self.pending_swap_in = [], []
+        if self.host is not None:
+            self.host.end_step()
+        return out, inn
+
     def cache_full_blocks(self, request: Request) -> None:
         """Register the request's full blocks whose K/V is now computed (call after the step ran)."""
         if not self.enable_prefix_caching:
@@ -116,20 +166,28 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return cdiv(num_tokens, self.block_size)
 
-    def allocate_slots(self, request: Request, num_new_tokens: int, computed_blocks: list[int] | None = None) -> bool:
+    def allocate_slots(
+        self, request: Request, num_new_tokens: int, computed_blocks: list[int] | None = None,
+        host_blocks: list[int] | None = None,
+    ) -> bool:
         """Make room for ``num_computed_tokens + num_new_tokens`` tokens. False if out of blocks.
 
-        ``computed_blocks`` (from :meth:`get_computed_blocks`, only for a request holding no
-        blocks) are taken by reference and become the head of its list; on success the
-        request's ``num_computed_tokens`` is set to the tokens they hold. On failure nothing
-        changes.
+        ``computed_blocks`` (from :meth:`get_computed_blocks`) and then ``host_blocks`` (from
+        :meth:`get_host_hits`), only for a request holding no blocks: the device hits are
+        taken by reference and become the head of its list; each host hit gets a fresh device
+        block, registered in the device cache and loaded from the host before the forward. On
+        success the request's ``num_computed_tokens`` is set to the tokens they hold. On
+        failure nothing changes.
         """
         rid = request.request_id
         blocks = self.req_blocks.get(rid)
-        if computed_blocks:
+        if computed_blocks or host_blocks:
+            computed_blocks = computed_blocks or []
+            host_blocks = host_blocks or []
             if blocks:
                 raise RuntimeError(f"request {rid} already holds blocks; cached blocks only at admission")
-            num_computed = len(computed_blocks) * self.block_size
+            n_hit = len(computed_blocks) + len(host_blocks)
+            num_computed = n_hit * self.block_size
             need = self.blocks_needed(num_computed + num_new_tokens) - len(computed_blocks)
             # Cached blocks nobody references sit on the free list: taking them shrinks it.
             reclaim = sum(1 for b in computed_blocks if self.pool.ref_cnt[b] == 0)
@@ -137,13 +195,20 @@ class KVCacheManager:
                 return False
             for b in computed_blocks:
                 self.pool.incref(b)
+            hashes = self.block_hashes(request, n_hit) if host_blocks else []
+            # Lock the host hits first: the allocation below may evict device blocks into the tier.
+            loads = [self.host.take_for_load(hashes[len(computed_blocks) + j]) for j in range(len(host_blocks))]
             blocks = self.req_blocks[rid] = list(computed_blocks)
             self._epoch += 1
             self.req_epoch[rid] = self._epoch
-            self.req_num_hashed[rid] = len(computed_blocks)
-            request.num_computed_tokens = num_computed
             if need > 0:
                 blocks.extend(self.pool.allocate(need))
+            for j, hb in enumerate(loads):
+                i = len(computed_blocks) + j
+                self.pending_swap_in.append((hb, blocks[i]))
+                self.pool.register(blocks[i], hashes[i], self._key(request, i))
+            self.req_num_hashed[rid] = n_hit
+            request.num_computed_tokens = num_computed
             return True
         if blocks is None:
             blocks = self.req_blocks[rid] = []
@@ -156,6 +221,35 @@ class KVCacheManager:
             return False
         blocks.extend(self.pool.allocate(need))
         return True
+
+    def fork(self, parent: Request, child: Request, num_shared_tokens: int) -> tuple[int, int] | None | bool:
+        """Give ``child`` (holding no blocks) the parent's K/V for its first ``num_shared_tokens``.
+
+        Parallel sampling: the samples of one prompt share its blocks. Full blocks are shared
+        by reference; a partially filled last block is *copied* into a fresh block, because
+        the child will write its own tokens into it (copy-on-write, done before the next
+        forward). Returns the ``(src, dst)`` block pair to copy, ``None`` when no copy is
+        needed, or ``False`` (nothing changed) when no free block is left for the child's tail.
+        On success the child's ``num_computed_tokens`` is ``num_shared_tokens``.
+        """
+        pblocks = self.req_blocks[parent.request_id]
+        bs = self.block_size
+        k = num_shared_tokens // bs  # blocks entirely below num_shared_tokens: shared
+        if self.pool.num_free_blocks < 1:
+            return False
+        shared = pblocks[:k]
+        for b in shared:
+            self.pool.incref(b)
+        (tail,) = self.pool.allocate(1)  # the block the child writes next
+        rid = child.request_id
+        self.req_blocks[rid] = shared + [tail]
+        self._epoch += 1
+        self.req_epoch[rid] = self._epoch
+        self.req_num_hashed[rid] = min(self.req_num_hashed.get(parent.request_id, 0), k)
+        child.num_computed_tokens = num_shared_tokens
+        child.block_hashes = list(parent.block_hashes[: min(len(parent.block_hashes), num_shared_tokens // bs)])
+        self.num_forked_blocks += k
+        return (pblocks[k], tail) if num_shared_tokens % bs else None
 
     def free(self, request: Request) -> None:
         blocks = self.req_blocks.pop(request.request_id, None)
@@ -170,8 +264,17 @@ class KVCacheManager:
     def usage(self) -> float:
         return self.pool.usage()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget all unreferenced cached blocks (device and host tier); returns how many."""
+        n = self.pool.reset_prefix_cache()
+        if self.host is not None:
+            n += self.host.reset()
+        return n
+
     def check_integrity(self) -> None:
         self.pool.check_integrity()
+        if self.host is not None:
+            self.host.check_integrity()
         # Shared (prefix-cached) blocks are held by several requests: each holder is one reference.
         refs: dict[int, int] = {}
         for blocks in self.req_blocks.values():

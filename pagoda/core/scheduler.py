@@ -11,6 +11,14 @@ is recomputed later from prompt + outputs so far) and goes back to the front of
 the waiting queue. With prefix caching, an admitted request starts from the leading
 blocks found in the cache (``num_computed_tokens`` = the hit tokens, the last token
 always computed), and full blocks are registered after the step that wrote them.
+
+Parallel sampling (n > 1): the samples after the first are *forks* of the first (the
+leader). They wait, holding nothing, until the leader's prompt is computed; then each
+takes the leader's prompt blocks by reference and recomputes only the last prompt token
+(to sample its own first token), so the prompt is computed once. A partially filled
+shared block is copied first (``SchedulerOutput.block_copies``, applied before the next
+forward). A fork that finds no free block or no free seat joins the waiting queue as a
+plain request instead (where prefix caching still finds the leader's full blocks).
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted_ids: list[str] = field(default_factory=list)
     num_batched_tokens: int = 0
+    # (src, dst) KV blocks to copy before the forward runs (copy-on-write of forks).
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # Host KV tier, run before the copies and the forward, in this order:
+    # (device block, host block) stores of evicted blocks, then (host, device) loads.
+    swap_out: list[tuple[int, int]] = field(default_factory=list)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -62,10 +76,18 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions_total = 0
+        # Parallel sampling: leader id -> forks waiting for its prompt; copies not yet run.
+        self.forks: dict[str, list[Request]] = {}
+        self.num_pending_forks = 0
+        self.pending_copies: list[tuple[int, int]] = []
 
     # ------------------------------------------------------------ admission
-    def add_request(self, request: Request) -> None:
-        """Queue a request. Raises ``ValueError`` if it can never be served."""
+    def add_request(self, request: Request, fork_of: str | None = None) -> None:
+        """Queue a request. Raises ``ValueError`` if it can never be served.
+
+        ``fork_of``: the id of another sample of the same prompt (n > 1); the request then
+        shares that one's prompt blocks once they are computed (see the module docstring).
+        """
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
         total = request.num_prompt_tokens + request.max_tokens
@@ -90,7 +112,43 @@ class Scheduler:
                 f"--max-num-batched-tokens."
             )
         self.requests[request.request_id] = request
+        leader = self.requests.get(fork_of) if fork_of is not None else None
+        if (
+            leader is not None
+            and not leader.status.finished
+            and leader.num_prompt_tokens == request.num_prompt_tokens
+            and leader.num_computed_tokens < leader.num_prompt_tokens
+            and leader.all_token_ids[: leader.num_prompt_tokens] == request.prompt_token_ids
+        ):
+            self.forks.setdefault(leader.request_id, []).append(request)
+            self.num_pending_forks += 1
+            return
         self.waiting.append(request)
+
+    def _release_forks(self, leader: Request) -> None:
+        """The leader's prompt is computed (or it ended early): start its waiting forks."""
+        forks = self.forks.pop(leader.request_id, None)
+        if not forks:
+            return
+        self.num_pending_forks -= len(forks)
+        P = leader.num_prompt_tokens
+        can_share = leader.request_id in self.kv.req_blocks and leader.num_computed_tokens >= P
+        now = time.monotonic()
+        for f in forks:
+            if f.status.finished:
+                continue
+            res = False
+            if can_share and len(self.running) < self.max_num_seqs:
+                res = self.kv.fork(leader, f, P - 1)
+            if res is False:
+                self.waiting.appendleft(f)
+                continue
+            if res is not None:
+                self.pending_copies.append(res)
+            f.status = RequestStatus.RUNNING
+            f.first_scheduled_time = now
+            f.num_cached_tokens = max(0, leader.num_cached_tokens)
+            self.running.append(f)
 
     def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> list[Request]:
         """Finish requests now (abort or an external stop). Frees their blocks at once."""
@@ -101,7 +159,7 @@ class Scheduler:
                 continue
             if req.status == RequestStatus.RUNNING:
                 self.running.remove(req)
-            else:
+            elif not self._drop_pending_fork(req):
                 try:
                     self.waiting.remove(req)
                 except ValueError:
@@ -111,16 +169,32 @@ class Scheduler:
             done.append(req)
         return done
 
+    def _drop_pending_fork(self, req: Request) -> bool:
+        for lid, forks in self.forks.items():
+            if req in forks:
+                forks.remove(req)
+                self.num_pending_forks -= 1
+                if not forks:
+                    del self.forks[lid]
+                return True
+        return False
+
     def _finish(self, req: Request) -> None:
+        if req.request_id in self.forks:  # ended before its prompt was computed
+            self._release_forks(req)
         self.kv.free(req)
         self.requests.pop(req.request_id, None)
 
     @property
     def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + self.num_pending_forks
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + self.num_pending_forks
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.num_pending_forks)
 
     # ------------------------------------------------------------- schedule
     def schedule(self) -> SchedulerOutput:
@@ -155,12 +229,13 @@ class Scheduler:
                 req = self.waiting[0]
                 # A waiting request holds no blocks: reuse the leading cached ones, if any.
                 cached = self.kv.get_computed_blocks(req)
-                num_new = req.num_tokens - len(cached) * self.kv.block_size
+                host = self.kv.get_host_hits(req, len(cached))
+                num_new = req.num_tokens - (len(cached) + len(host)) * self.kv.block_size
                 if num_new > budget:
                     if not self.enable_chunked_prefill:
                         break
                     num_new = budget
-                if not self.kv.allocate_slots(req, num_new, cached):
+                if not self.kv.allocate_slots(req, num_new, cached, host):
                     break
                 if self.kv.enable_prefix_caching:
                     self.kv.prefix_cache_queries += req.num_tokens
@@ -176,6 +251,10 @@ class Scheduler:
                 budget -= num_new
 
         out.num_batched_tokens = self.max_num_batched_tokens - budget
+        if out.scheduled:
+            if self.pending_copies:
+                out.block_copies, self.pending_copies = self.pending_copies, []
+            out.swap_out, out.swap_in = self.kv.take_swaps()
         return out
 
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:
@@ -204,6 +283,8 @@ class Scheduler:
                 continue  # aborted or preempted while the step ran
             req.num_computed_tokens += s.num_new_tokens
             self.kv.cache_full_blocks(req)  # its K/V is now written: full blocks become findable
+            if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
+                self._release_forks(req)
             if not s.sample:
                 continue
             token = sampled[req.request_id]

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 import msgspec
 
@@ -51,6 +51,10 @@ from pagoda.engine.output_processor import OutputProcessor, ParentState
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagoda.beam_search import BeamSearchStream
+    from pagoda.sampling_params import BeamSearchParams
 
 logger = logging.getLogger("pagoda")
 
@@ -387,6 +391,35 @@ class AsyncLLM:
             if not fut.done():
                 fut.set_exception(exc)
         self._calls.clear()
+
+    def beam_search(self, request_id: str, prompt: PromptType, params: "BeamSearchParams",
+                    skip_special_tokens: bool = True, logprobs: int | None = None) -> "BeamSearchStream":
+        """Validate a beam search (raises ``ValueError``, nothing queued) and return its stream.
+
+        Iterating the stream runs the search (one engine request per live beam and step, see
+        :mod:`pagoda.beam_search`) and yields one final ``RequestOutput`` with
+        ``beam_width`` choices, best first; ``close()`` aborts the step in flight.
+        """
+        from pagoda.beam_search import BeamSearchInstance, BeamSearchStream, check_beam_search
+
+        self.check_servable()
+        assert self.input_processor is not None and self.cfg is not None and self.ready_info is not None
+        text, ids = self.input_processor.tokenize_prompt(prompt)
+        V = self.ready_info.vocab_size
+        for t in ids:
+            if not 0 <= t < V:
+                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {V}).")
+        eos = self.input_processor.eos_token_ids
+        check_beam_search(params, len(ids), eos, self.cfg.max_logprobs, self.max_model_len)
+        total = len(ids) + params.max_tokens
+        usable = self.ready_info.num_blocks - 1
+        if -(-total // self.ready_info.block_size) > usable:
+            raise ValueError(f"The request needs {total} tokens of KV cache but the whole cache holds "
+                             f"{usable * self.ready_info.block_size} tokens. Reduce the prompt or max_tokens.")
+        if logprobs is not None and logprobs > self.cfg.max_logprobs:
+            raise ValueError(f"logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {logprobs}.")
+        return BeamSearchStream(self, request_id, BeamSearchInstance(ids, params, eos, text), skip_special_tokens,
+                                logprobs)
 
     def abort(self, request_id: str) -> None:
         """Abort a request (idempotent); its KV blocks are freed by the core."""

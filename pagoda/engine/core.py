@@ -10,6 +10,7 @@ import logging
 import time
 
 from pagoda.config import EngineConfig
+from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler
@@ -29,7 +30,26 @@ class EngineCore:
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
-        self.kv = KVCacheManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        host_tier = None
+        if cfg.kv_offloading_size > 0:
+            if not cfg.enable_prefix_caching:
+                raise ValueError(
+                    "--kv-offloading-size needs prefix caching: the host tier finds blocks by their prefix hashes. "
+                    "Drop --no-enable-prefix-caching or the host tier."
+                )
+            per_block = self.runner.bytes_per_block()
+            n_host = int(cfg.kv_offloading_size * 2**30) // per_block
+            if n_host < 1:
+                raise ValueError(
+                    f"--kv-offloading-size={cfg.kv_offloading_size} GiB holds no KV block of {per_block / 2**20:.2f} MiB; "
+                    f"raise it."
+                )
+            self.runner.allocate_host_cache(n_host)
+            host_tier = HostKVTier(n_host)
+            logger.info("Host KV tier: %d blocks (%.2f GiB of host memory)", n_host, n_host * per_block / 2**30)
+        self.kv = KVCacheManager(
+            num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, host_tier=host_tier
+        )
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
@@ -54,7 +74,7 @@ class EngineCore:
             r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt,
         )
-        self.scheduler.add_request(req)
+        self.scheduler.add_request(req, fork_of=r.fork_of)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self.scheduler.abort_requests(request_ids)
@@ -116,20 +136,24 @@ class EngineCore:
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
+            num_waiting=self.scheduler.num_waiting,
             kv_cache_usage=self.kv.usage(),
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,
             prefix_cache_hits=self.kv.prefix_cache_hits,
+            cpu_kv_cache_usage=self.kv.host.usage() if self.kv.host else 0.0,
+            kv_offload_stored_blocks=self.kv.host.num_stored if self.kv.host else 0,
+            kv_offload_loaded_blocks=self.kv.host.num_loaded if self.kv.host else 0,
         )
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix block nobody holds (vLLM's ``reset_prefix_cache``).
 
-        True when the prefix cache is empty afterwards; False when blocks of running
-        requests stay registered (they become forgettable once those requests finish).
+        The host KV tier, when on, is emptied too. True when the device prefix cache is
+        empty afterwards; False when blocks of running requests stay registered (they
+        become forgettable once those requests finish).
         """
-        dropped = self.kv.pool.reset_prefix_cache()
+        dropped = self.kv.reset_prefix_cache()
         ok = self.kv.pool.num_cached_blocks == 0
         logger.info("prefix cache reset: %d cached blocks dropped%s", dropped,
                     "" if ok else f", {self.kv.pool.num_cached_blocks} still held by running requests")

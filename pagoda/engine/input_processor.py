@@ -100,6 +100,7 @@ class InputProcessor:
                 EngineCoreRequest(
                     child_id(request_id, i, params.n), ids, sp, self.eos_token_ids, max_tokens, now,
                     cache_salt=cache_salt,
+                    fork_of=child_id(request_id, 0, params.n) if i > 0 else None,
                 )
             )
         return text, ids, params, core_reqs

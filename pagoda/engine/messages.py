@@ -20,6 +20,9 @@ class EngineCoreRequest:
     max_tokens: int
     arrival_time: float
     cache_salt: str | None = None
+    # Parallel sampling: the id of the first sample of the same prompt, whose prompt blocks
+    # this one shares instead of recomputing them.
+    fork_of: str | None = None
 
 
 @dataclass

@@ -6,11 +6,12 @@ import logging
 from typing import Any, Sequence
 
 from pagoda.config import EngineArgs
+from pagoda.beam_search import BeamSearchOutput
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
 from pagoda.outputs import RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("pagoda")
 
@@ -115,6 +116,54 @@ class LLM:
             # The template already holds BOS where the model wants it.
             prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    def beam_search(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        params: BeamSearchParams,
+        use_tqdm: bool = False,
+        concurrency_limit: int | None = None,
+    ) -> list[BeamSearchOutput]:
+        """Beam search (vLLM's ``LLM.beam_search``), ranked as HF ``generate(num_beams=…)``.
+
+        Returns one :class:`BeamSearchOutput` per prompt, in input order, with
+        ``beam_width`` sequences best first; a sequence's ``tokens`` include the prompt and
+        its ``text`` decodes them all, as in vLLM. Each step runs one engine request per live
+        beam (see :mod:`pagoda.beam_search`); ``concurrency_limit`` bounds the prompts
+        searched at once. Invalid input raises ``ValueError`` before anything runs.
+        """
+        from pagoda.beam_search import BeamSearchInstance, check_beam_search, run_beam_search, step_sampling_params
+
+        eng = self.llm_engine
+        tok = self.get_tokenizer()
+        ip = eng.input_processor
+        instances = []
+        for p in _as_prompt_list(prompts):
+            text, ids = ip.tokenize_prompt(p)
+            check_beam_search(params, len(ids), ip.eos_token_ids, eng.cfg.max_logprobs, eng.cfg.max_model_len)
+            instances.append(BeamSearchInstance(ids, params, ip.eos_token_ids, text))
+
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            groups = -(-len(instances) // (concurrency_limit or len(instances)))
+            bar = tqdm(total=params.max_tokens * groups, desc="Beam search (step upper bound)", unit="step",
+                       dynamic_ncols=True)
+
+        def step(batch: list[list[int]], k: int):
+            outs = self._run([{"prompt_token_ids": t} for t in batch], [step_sampling_params(k)] * len(batch), False)
+            if bar:
+                bar.update(1)
+            return [o.outputs[0].logprobs[0] for o in outs]  # type: ignore[index]
+
+        try:
+            run_beam_search(instances, step, concurrency_limit)
+        finally:
+            if bar:
+                bar.close()
+        decode = lambda ids: tok.decode(ids)  # noqa: E731 - the whole sequence, special tokens kept (vLLM)
+        return [BeamSearchOutput(inst.sequences(decode)) for inst in instances]
 
     def _run(self, prompts: list[PromptType], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
         eng = self.llm_engine

@@ -56,6 +56,8 @@ class ModelRunner:
         self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
         self.block_size = cfg.block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.
+        self.host_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.graphs = None
         self.bt_cache: BlockTableCache | None = None
@@ -164,11 +166,54 @@ class ModelRunner:
         self.graphs.capture()
         return self.graphs.capture_seconds
 
+    def allocate_host_cache(self, num_blocks: int) -> None:
+        pin = self.device.type == "cuda"
+        self.host_caches = [
+            (
+                torch.zeros((num_blocks, *k.shape[1:]), dtype=k.dtype, pin_memory=pin),
+                torch.zeros((num_blocks, *v.shape[1:]), dtype=v.dtype, pin_memory=pin),
+            )
+            for k, v in self.kv_caches
+        ]
+
+    @torch.inference_mode()
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """Device block -> host block, every layer (before the device block is overwritten)."""
+        dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
+        host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        for (k, v), (hk, hv) in zip(self.kv_caches, self.host_caches):
+            hk.index_copy_(0, host, k.index_select(0, dev).cpu())
+            hv.index_copy_(0, host, v.index_select(0, dev).cpu())
+
+    @torch.inference_mode()
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """Host block -> device block, every layer (before the forward reads it)."""
+        host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
+        for (k, v), (hk, hv) in zip(self.kv_caches, self.host_caches):
+            k.index_copy_(0, dev, hk.index_select(0, host).to(self.device, non_blocking=True))
+            v.index_copy_(0, dev, hv.index_select(0, host).to(self.device, non_blocking=True))
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """KV of block ``src`` -> block ``dst`` in every layer (copy-on-write of shared blocks)."""
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for k, v in self.kv_caches:
+                k.index_copy_(0, dst, k.index_select(0, src))
+                v.index_copy_(0, dst, v.index_select(0, src))
+
     # ---------------------------------------------------------------- step
     @torch.inference_mode()
     def execute(
         self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
     ) -> RunnerOutput:
+        if sched.swap_out:
+            self.swap_out(sched.swap_out)
+        if sched.block_copies:
+            self.copy_blocks(sched.block_copies)
+        if sched.swap_in:
+            self.swap_in(sched.swap_in)
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []

@@ -163,3 +163,24 @@ def test_logging_stat_logger_unit():
     now[0] = 30.0
     lg.on_step(SchedulerStats(prefix_cache_queries=300, prefix_cache_hits=150))
     assert len(lines) == 2
+
+
+def test_host_tier_metrics_and_log_line(tiny_model_dir):
+    """With the host KV tier on, evicted cached blocks are stored there and loaded back on a repeat:
+    the offload counters and the host-tier gauge move, and the stats line names the tier."""
+    s = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--num-gpu-blocks-override", "9",
+                                           "--kv-offloading-size", "0.01", "--enable-prompt-tokens-details",
+                                           "--disable-uvicorn-access-log"],
+                     env={"PAGODA_LOG_STATS_INTERVAL": "0.3"}, log_level="INFO")
+    try:
+        prompts = [fresh_prompt(40) for _ in range(4)]  # 3 blocks each; 8 usable device blocks
+        for p in prompts:
+            complete(s, p)
+        again = complete(s, prompts[0])  # its blocks were evicted to the host tier: a hit from there
+        assert cached(again) == 32
+        assert wait_for(lambda: s.metric("pagoda:kv_offload_loaded_blocks_total") >= 2, 5)
+        assert s.metric("pagoda:kv_offload_stored_blocks_total") >= 2
+        assert s.metric("pagoda:cpu_cache_usage_perc") > 0
+        assert wait_for(lambda: "Host KV tier usage:" in s.log(), 10), s.log()
+    finally:
+        s.stop()

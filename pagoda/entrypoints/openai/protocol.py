@@ -105,6 +105,8 @@ class SamplingFields(OpenAIBaseModel):
     spaces_between_special_tokens: bool | None = None
     prompt_logprobs: int | None = None
     use_beam_search: bool | None = False
+    length_penalty: float | None = 1.0  # beam search only (vLLM's field)
+    early_stopping: bool | Literal["never"] | None = False  # beam search only (HF's meaning; vLLM V0's field)
     truncate_prompt_tokens: int | None = None
     return_tokens_as_token_ids: bool | None = False
     # vLLM's prefix-cache salt: requests with different salts never share cached KV blocks.

@@ -98,11 +98,18 @@ class OpenAIServingChat(OpenAIServing):
             user_max, given = req.max_completion_tokens, True
         else:
             user_max, given = req.max_tokens, req.max_tokens is not None
-        params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
         request_id = self.new_id("chatcmpl")
-        self.log_request(request_id, text, ids, params)
-        stream = self.engine.add_request(
-            request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params)
+        stream: Any
+        if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
+            bparams = self.beam_search_params(req, len(ids), user_max, given, None)
+            self.log_request(request_id, text, ids, bparams)  # type: ignore[arg-type]
+            stream = self.start_beam_search(request_id, {"prompt": text, "prompt_token_ids": ids}, bparams, req,
+                                            logprobs)
+        else:
+            params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
+            self.log_request(request_id, text, ids, params)
+            stream = self.engine.add_request(
+                request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
                                      background=BackgroundTask(stream.close))

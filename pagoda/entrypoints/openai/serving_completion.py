@@ -78,11 +78,18 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt_lp = max(req.logprobs, prompt_lp or 0)
         try:
             for i, p in enumerate(prompts):
+                rid = f"{request_id}-{i}"
+                if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
+                    bparams = self.beam_search_params(req, len(p.ids), req.max_tokens,
+                                                      "max_tokens" in req.model_fields_set, 16)
+                    self.log_request(rid, p.text, p.ids, bparams)  # type: ignore[arg-type]
+                    streams.append(self.start_beam_search(rid, {"prompt": p.text, "prompt_token_ids": p.ids},
+                                                          bparams, req, req.logprobs))
+                    continue
                 params = self.sampling_params(
                     req, len(p.ids), req.max_tokens, "max_tokens" in req.model_fields_set, 16, req.logprobs,
                     prompt_lp,
                 )
-                rid = f"{request_id}-{i}"
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(
                     rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params))

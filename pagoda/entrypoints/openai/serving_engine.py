@@ -39,7 +39,7 @@ from pagoda.entrypoints.openai.protocol import (
     UsageInfo,
 )
 from pagoda.outputs import Logprob, RequestOutput
-from pagoda.sampling_params import MAX_N, SamplingParams
+from pagoda.sampling_params import MAX_N, BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("pagoda.server")
 
@@ -50,6 +50,15 @@ _PARAM_NAMES = {
     "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "logit_bias",
     "top_logprobs", "max_completion_tokens", "prompt", "messages", "best_of", "suffix", "stream_options",
     "response_format", "tools", "tool_choice", "chat_template", "tokens", "truncate_prompt_tokens", "model",
+    "length_penalty", "early_stopping", "use_beam_search",
+}
+
+# Fields beam search cannot honour (it ranks raw logprobs and stops only at EOS or max_tokens):
+# a request that sets one of them to a non-neutral value gets a 400 instead of silently other results.
+_BEAM_UNSUPPORTED = {
+    "stop": (None, [], ""), "stop_token_ids": (None, []), "logit_bias": (None, {}), "min_tokens": (None, 0),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
+    "prompt_logprobs": (None,),
 }
 
 
@@ -160,7 +169,9 @@ class OpenAIServing:
 
     def check_common(self, req: SamplingFields) -> None:
         if req.use_beam_search:
-            raise ServingError(400, "use_beam_search is not supported.", param="use_beam_search")
+            for name, neutral in _BEAM_UNSUPPORTED.items():
+                if getattr(req, name, None) not in neutral:
+                    raise ServingError(400, f"{name} is not supported with use_beam_search.", param=name)
         n = req.n if req.n is not None else 1
         if n > self.limits.max_n:
             raise ServingError(400, f"n must be at most {self.limits.max_n}, got {n}.", param="n")
@@ -204,6 +215,40 @@ class OpenAIServing:
             fields["max_tokens"] = room if gen_default is None else min(int(gen_default), room)
         defaults.pop("max_tokens", None)
         return SamplingParams(**fields).with_defaults(defaults)
+
+    # ------------------------------------------------------------- beam search
+    def beam_search_params(self, req: SamplingFields, prompt_len: int, user_max_tokens: int | None,
+                           max_tokens_given: bool, default_max_tokens: int | None) -> BeamSearchParams:
+        """vLLM's ``to_beam_search_params``: ``n`` beams, returned as ``n`` choices; ``max_tokens``
+        defaults as for sampling. Temperature and top-p/k/min-p do not change beam search."""
+        defaults = self.engine.input_processor.sampling_defaults  # type: ignore[union-attr]
+        room = max(1, self.engine.max_model_len - prompt_len)
+        if max_tokens_given and user_max_tokens is not None:
+            max_tokens = user_max_tokens
+        else:
+            gen_default = defaults.get("max_tokens", default_max_tokens)
+            max_tokens = room if gen_default is None else min(int(gen_default), room)
+        return BeamSearchParams(
+            beam_width=req.n if req.n is not None else 1, max_tokens=max_tokens, ignore_eos=bool(req.ignore_eos),
+            temperature=req.temperature if req.temperature is not None else 0.0,
+            length_penalty=req.length_penalty if req.length_penalty is not None else 1.0,
+            include_stop_str_in_output=bool(req.include_stop_str_in_output),
+            early_stopping=req.early_stopping if req.early_stopping is not None else False,
+        )
+
+    def start_beam_search(self, request_id: str, prompt: dict[str, Any], params: BeamSearchParams,
+                          req: SamplingFields, logprobs: int | None) -> Any:
+        """The engine's beam-search stream (shaped like a RequestStream: one final output)."""
+        if getattr(req, "cache_salt", None) is not None:  # its per-step requests would share the unsalted cache
+            raise ServingError(400, "cache_salt is not supported with use_beam_search.", param="cache_salt")
+        try:
+            return self.engine.beam_search(request_id, prompt, params,
+                                           skip_special_tokens=req.skip_special_tokens is not False,
+                                           logprobs=logprobs)
+        except ValueError as e:
+            if str(e).startswith("beam_width"):  # the request calls it n
+                raise ServingError(400, f"{e} (beam_width is n with use_beam_search)", param="n") from None
+            raise
 
     # --------------------------------------------------------------- prompts
     def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None) -> list[int]:
