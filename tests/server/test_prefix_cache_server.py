@@ -88,6 +88,15 @@ def test_cache_salt_validation(srv, salt):
     assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt"
 
 
+def test_cache_salt_with_beam_search_is_refused(srv):
+    # beam search's per-step requests would share the unsalted cache: refuse rather than leak across tenants
+    for path, extra in (("/v1/completions", {"prompt": "hello"}),
+                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        r = srv.post(path, {"model": MODEL, "max_tokens": 2, "n": 2, "use_beam_search": True, "cache_salt": "t",
+                            **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt", r.text
+
+
 def test_prompt_tokens_details_off_by_default(server):
     r = server.post("/v1/completions", {"model": MODEL, "prompt": "hello there", "max_tokens": 1})
     assert r.status_code == 200 and r.json()["usage"].get("prompt_tokens_details") is None
