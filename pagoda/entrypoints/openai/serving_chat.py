@@ -24,6 +24,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
     ServingError,
+    close_streams,
     final_output,
     sse,
     sse_error,
@@ -104,7 +105,7 @@ class OpenAIServingChat(OpenAIServing):
         stream = self.engine.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
-                                     background=BackgroundTask(stream.close))
+                                     background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
             raise RuntimeError(out.error)

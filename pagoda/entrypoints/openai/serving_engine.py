@@ -361,6 +361,17 @@ class TokenText:
         return list(self.get(token_id)[0])
 
 
+async def close_streams(*streams: RequestStream) -> None:
+    """Background task of a streaming response: abort whatever is still running.
+
+    A coroutine on purpose: Starlette runs a plain-function background task in its thread
+    pool, and ``close()`` must run on the event loop's thread (it sends on the engine's ZMQ
+    socket, which is not thread-safe); it also kept up to 40 pool threads alive per burst.
+    """
+    for s in streams:
+        s.close()
+
+
 async def final_output(stream: RequestStream) -> RequestOutput:
     """Wait for a request's final output (closing the stream on any exit)."""
     last: RequestOutput | None = None
