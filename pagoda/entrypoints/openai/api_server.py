@@ -96,8 +96,19 @@ class BodyLimitMiddleware:
         self.app = app
         self.limit = limit
 
-    def _too_large(self, send: Send) -> Awaitable[None]:
-        return _send_json(send, 400, error_body(
+    # A body over the limit is read and discarded up to this many bytes before the 400 goes out:
+    # answering while the client is still uploading makes the server close the connection under
+    # it, and the client sees a reset instead of the error. Beyond it, the connection is dropped.
+    DRAIN_LIMIT = 64 * 2**20
+
+    async def _too_large(self, receive: Receive, send: Send, seen: int, more: bool) -> None:
+        while more and seen <= self.limit + self.DRAIN_LIMIT:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            seen += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        await _send_json(send, 400, error_body(
             400, f"The request body is larger than the server's limit of {self.limit} bytes "
                  f"(--max-request-body-bytes).", "invalid_request_error", None, "request_too_large"))
 
@@ -108,7 +119,7 @@ class BodyLimitMiddleware:
             if k == b"content-length":
                 try:
                     if int(v) > self.limit:
-                        return await self._too_large(send)
+                        return await self._too_large(receive, send, 0, True)
                 except ValueError:
                     pass
                 break
@@ -121,7 +132,7 @@ class BodyLimitMiddleware:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.limit:
-                return await self._too_large(send)
+                return await self._too_large(receive, send, size, msg.get("more_body", False))
             chunks.append(body)
             if not msg.get("more_body", False):
                 break

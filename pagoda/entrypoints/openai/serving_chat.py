@@ -65,7 +65,7 @@ class OpenAIServingChat(OpenAIServing):
                                param="messages") from e
         if not isinstance(text, str):
             raise ServingError(400, "The chat template did not produce text.", param="messages")
-        return text, self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return text, self.encode(text, add_special_tokens, param="messages")
 
     def _validate(self, req: ChatCompletionRequest) -> int | None:
         """Checks specific to chat; returns the engine's logprobs setting."""
