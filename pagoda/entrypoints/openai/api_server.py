@@ -96,8 +96,19 @@ class BodyLimitMiddleware:
         self.app = app
         self.limit = limit
 
-    def _too_large(self, send: Send) -> Awaitable[None]:
-        return _send_json(send, 400, error_body(
+    # A body over the limit is read and discarded up to this many bytes before the 400 goes out:
+    # answering while the client is still uploading makes the server close the connection under
+    # it, and the client sees a reset instead of the error. Beyond it, the connection is dropped.
+    DRAIN_LIMIT = 64 * 2**20
+
+    async def _too_large(self, receive: Receive, send: Send, seen: int, more: bool) -> None:
+        while more and seen <= self.limit + self.DRAIN_LIMIT:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            seen += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        await _send_json(send, 400, error_body(
             400, f"The request body is larger than the server's limit of {self.limit} bytes "
                  f"(--max-request-body-bytes).", "invalid_request_error", None, "request_too_large"))
 
@@ -108,7 +119,7 @@ class BodyLimitMiddleware:
             if k == b"content-length":
                 try:
                     if int(v) > self.limit:
-                        return await self._too_large(send)
+                        return await self._too_large(receive, send, 0, True)
                 except ValueError:
                     pass
                 break
@@ -121,7 +132,7 @@ class BodyLimitMiddleware:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.limit:
-                return await self._too_large(send)
+                return await self._too_large(receive, send, size, msg.get("more_body", False))
             chunks.append(body)
             if not msg.get("more_body", False):
                 break
@@ -180,6 +191,7 @@ class ServerState:
         self.served_model_names: list[str] = []
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] | None = None
+        self.on_engine_death: Callable[[], None] | None = None  # set by run_server: exit after a delay
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
@@ -228,15 +240,28 @@ def build_app(args: argparse.Namespace) -> FastAPI:
             if state.on_load_failure is not None:
                 state.on_load_failure()
 
+    async def watch_engine() -> None:
+        """The engine core died: after --engine-death-exit-delay s of 503s, exit (status 1)."""
+        delay = getattr(args, "engine_death_exit_delay", -1.0)
+        while not (state.engine is not None and state.engine.state == "dead"):
+            await asyncio.sleep(0.2)
+        if delay is None or delay < 0 or state.on_engine_death is None:
+            return
+        logger.error("engine core is dead; the server exits in %g s", delay)
+        await asyncio.sleep(delay)
+        state.on_engine_death()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loader = asyncio.create_task(load())
+        watcher = asyncio.create_task(watch_engine())
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(BaseException):
-                await loader
+            for t in (loader, watcher):
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
             if state.engine is not None:
                 await state.engine.shutdown()
 
@@ -395,10 +420,21 @@ def build_app(args: argparse.Namespace) -> FastAPI:
 
 
 def run_server(args: argparse.Namespace) -> None:
+    import signal
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a caught signal once it has shut down, so the process would die
+            # of SIGTERM even after draining every request; a drained SIGTERM is a clean exit (0).
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
 
     app = build_app(args)
     state: ServerState = app.state.pagoda
+    grace = getattr(args, "shutdown_grace_period", None)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -406,16 +442,27 @@ def run_server(args: argparse.Namespace) -> None:
         log_level=args.uvicorn_log_level,
         access_log=not args.disable_uvicorn_access_log,
         timeout_keep_alive=5,
+        # in-flight requests (streams included) finish within this, then are cut off
+        timeout_graceful_shutdown=grace if grace is not None and grace >= 0 else None,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
+    engine_died = False
 
     def fail() -> None:
         server.should_exit = True
 
+    def on_engine_death() -> None:
+        nonlocal engine_died
+        engine_died = True
+        server.should_exit = True
+
     state.on_load_failure = fail
+    state.on_engine_death = on_engine_death
     server.run()
     if state.load_error is not None:
         sys.exit(f"error: the model failed to load: {state.load_error}")
+    if engine_died:
+        sys.exit(f"error: the engine core died ({state.engine.dead_reason if state.engine else '?'}); exiting")
 
 
 def main(argv: list[str] | None = None) -> None:

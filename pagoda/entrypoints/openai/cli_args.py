@@ -77,6 +77,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--engine-stuck-timeout", type=float, default=DEFAULT_STUCK_TIMEOUT_S,
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (env PAGODA_ENGINE_STUCK_TIMEOUT_S)")
+    g.add_argument("--shutdown-grace-period", type=float, default=30.0,
+                   help="on SIGTERM / Ctrl-C, stop accepting connections and let in-flight requests finish for at "
+                        "most this many seconds, then exit (0 after a SIGTERM)")
+    g.add_argument("--engine-death-exit-delay", type=float, default=5.0,
+                   help="when the engine core process dies, answer 503 for this many seconds (so in-flight "
+                        "requests get their error), then exit with status 1 for a supervisor to restart the "
+                        "server; a negative value keeps the server up, answering 503")
     return parser
 
 

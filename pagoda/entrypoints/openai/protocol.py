@@ -198,6 +198,9 @@ class ContentPart(OpenAIBaseModel):
     text: str | None = None
 
 
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 class ChatMessageIn(OpenAIBaseModel):
     role: str
     content: str | list[ContentPart] | None = None
@@ -205,6 +208,8 @@ class ChatMessageIn(OpenAIBaseModel):
 
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> "ChatMessageIn":  # message extras (tool_call_id, …) pass to the template
+        if self.role not in CHAT_ROLES:  # OpenAI refuses unknown roles; templates would render them blindly
+            raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {self.role[:64]!r}.")
         return self
 
 

@@ -24,6 +24,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
     ServingError,
+    close_streams,
     final_output,
     sse,
     sse_error,
@@ -36,6 +37,49 @@ _RESERVED_TEMPLATE_KWARGS = {
     "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
     "return_assistant_tokens_mask", "tokenizer_kwargs",
 }
+
+
+# Chat templates render in transformers' jinja2 ImmutableSandboxedEnvironment (no attribute
+# escapes, no mutation of inputs). On top of it, each rendering runs in its own thread with a
+# time limit (a runaway loop is interrupted by an exception raised in that thread) and its
+# output has a size limit, so a hostile template (--trust-request-chat-template) cannot stall
+# the server or fill its memory with a prompt that could never fit anyway.
+CHAT_TEMPLATE_TIMEOUT_S = 1.0
+CHAT_TEMPLATE_MAX_CHARS = 4 * 2**20
+
+
+class _TemplateTimeout(Exception):
+    pass
+
+
+def render_limited(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a worker thread, interrupted after CHAT_TEMPLATE_TIMEOUT_S."""
+    import ctypes
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=work, name="chat-template", daemon=True)
+    t.start()
+    t.join(CHAT_TEMPLATE_TIMEOUT_S)
+    if t.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(_TemplateTimeout))
+        t.join(1.0)
+        raise ServingError(400, f"The chat template took longer than {CHAT_TEMPLATE_TIMEOUT_S:g} s to render.",
+                           param="chat_template", code="chat_template_timeout")
+    if "error" in box:
+        raise box["error"]
+    result = box.get("result")
+    if isinstance(result, str) and len(result) > CHAT_TEMPLATE_MAX_CHARS:
+        raise ServingError(400, f"The chat template rendered more than {CHAT_TEMPLATE_MAX_CHARS} characters.",
+                           param="chat_template", code="chat_template_too_large")
+    return result
 
 
 class OpenAIServingChat(OpenAIServing):
@@ -56,15 +100,16 @@ class OpenAIServingChat(OpenAIServing):
         if tools:
             kwargs["tools"] = tools
         try:
-            text = apply_chat_template(self.tokenizer, conv, add_generation_prompt, chat_template, **kwargs)
-        except ValueError:
+            text = render_limited(apply_chat_template, self.tokenizer, conv, add_generation_prompt, chat_template,
+                                  **kwargs)
+        except (ValueError, ServingError):
             raise
         except Exception as e:  # template errors (jinja) are the request's fault
             raise ServingError(400, f"Could not apply the chat template: {type(e).__name__}: {e}",
                                param="messages") from e
         if not isinstance(text, str):
             raise ServingError(400, "The chat template did not produce text.", param="messages")
-        return text, self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return text, self.encode(text, add_special_tokens, param="messages")
 
     def _validate(self, req: ChatCompletionRequest) -> int | None:
         """Checks specific to chat; returns the engine's logprobs setting."""
@@ -112,7 +157,7 @@ class OpenAIServingChat(OpenAIServing):
                 request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
-                                     background=BackgroundTask(stream.close))
+                                     background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
             raise RuntimeError(out.error)

@@ -23,6 +23,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
     ServingError,
+    close_streams,
     final_output,
     merge_streams,
     sse,
@@ -102,7 +103,7 @@ class OpenAIServingCompletion(OpenAIServing):
             return StreamingResponse(
                 self._stream(req, model, request_id, prompts, streams, n),
                 media_type="text/event-stream",
-                background=BackgroundTask(_close_all, streams),
+                background=BackgroundTask(close_streams, *streams),
             )
         try:
             finals = await asyncio.gather(*[final_output(s) for s in streams])

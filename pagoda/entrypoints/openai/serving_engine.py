@@ -89,6 +89,9 @@ def error_body(status: int, message: str, type_: str | None = None, param: str |
                code: str | int | None = None) -> dict[str, Any]:
     if type_ is None:
         type_ = "invalid_request_error" if status < 500 else "server_error"
+    # Messages may quote the request (a model name, a role); a lone surrogate from the JSON would
+    # make rendering the error itself fail (and uvicorn then drops the connection).
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code)).model_dump()
 
 
@@ -251,15 +254,25 @@ class OpenAIServing:
             raise
 
     # --------------------------------------------------------------- prompts
+    def encode(self, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:
+        """Tokenize text from a request. JSON can carry lone surrogates ("\\ud800"), which are not
+        Unicode text: the tokenizer would fail with a TypeError (a 500), so they are a 400 here."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ServingError(400, f"{param} is not valid Unicode text: {e.reason} at position {e.start}.",
+                               param=param) from None
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
     def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        ids = self.encode(text, add_special_tokens)
         return self.truncate(ids, truncate)
 
     def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
         if truncate is not None:
-            if truncate < 1:
-                raise ServingError(400, f"truncate_prompt_tokens must be at least 1, got {truncate}.",
-                                   param="truncate_prompt_tokens")
+            if not 1 <= truncate <= self.engine.max_model_len:
+                raise ServingError(400, f"truncate_prompt_tokens must be in [1, {self.engine.max_model_len}] "
+                                   f"(the context length), got {truncate}.", param="truncate_prompt_tokens")
             ids = ids[-truncate:]
         return list(ids)
 
@@ -415,6 +428,17 @@ class TokenText:
 
     def bytes(self, token_id: int) -> list[int]:
         return list(self.get(token_id)[0])
+
+
+async def close_streams(*streams: RequestStream) -> None:
+    """Background task of a streaming response: abort whatever is still running.
+
+    A coroutine on purpose: Starlette runs a plain-function background task in its thread
+    pool, and ``close()`` must run on the event loop's thread (it sends on the engine's ZMQ
+    socket, which is not thread-safe); it also kept up to 40 pool threads alive per burst.
+    """
+    for s in streams:
+        s.close()
 
 
 async def final_output(stream: RequestStream) -> RequestOutput:

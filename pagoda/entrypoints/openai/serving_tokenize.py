@@ -43,7 +43,7 @@ class OpenAIServingTokenization(OpenAIServing):
                                              req.chat_template, req.chat_template_kwargs, None,
                                              req.add_special_tokens)
         else:
-            ids = self.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+            ids = self.encode(req.prompt, req.add_special_tokens)
         strs = self.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
         return TokenizeResponse(count=len(ids), max_model_len=self.engine.max_model_len, tokens=list(ids),
                                 token_strs=strs)

@@ -1,0 +1,94 @@
+"""Scenario 6 (faults): the engine core process killed under load, and SIGTERM under load.
+
+Documented behaviour (docs/serving.md, "Failures and shutdown"):
+* core killed: in-flight requests fail at once with a 503 (an error event then ``[DONE]`` on a
+  stream that had started), /health turns 503, and after ``--engine-death-exit-delay`` s the
+  server exits with status 1 for its supervisor to restart it;
+* SIGTERM: the server stops accepting connections, lets in-flight requests finish within
+  ``--shutdown-grace-period`` s, stops the core and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+
+from harness import MODEL, Ledger, async_client, plain_request, record, scale, stream_request, wait_for
+
+IN_FLIGHT = scale(16, 32)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _bodies(max_tokens: int) -> list[tuple[str, dict, bool]]:
+    out = []
+    for i in range(IN_FLIGHT):
+        common = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+        if i % 2:
+            out.append(("/v1/completions", {**common, "prompt": f"fault {i}"}, i % 4 == 1))
+        else:
+            out.append(("/v1/chat/completions", {**common, "messages": [{"role": "user", "content": f"f {i}"}]},
+                        i % 4 == 0))
+    return out
+
+
+async def _run_with_event(srv, plan, ledger: Ledger, action, after_s: float) -> float:
+    """Send every request, run ``action`` once they are all in flight; returns the action's time."""
+    async with async_client() as c:
+        jobs = [asyncio.ensure_future((stream_request if s else plain_request)(c, srv, p, b, ledger, timeout=60))
+                for p, b, s in plan]
+        deadline = time.monotonic() + 30
+        while srv.metric("pagoda:num_requests_running") < len(plan) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(after_s)
+        t = time.monotonic()
+        action()
+        await asyncio.gather(*jobs)
+    return t
+
+
+def test_engine_core_killed(make_server):
+    srv = make_server("--engine-death-exit-delay", "3")
+    pid = srv.core_pid()
+    ledger = Ledger()
+    t_kill = asyncio.run(_run_with_event(srv, _bodies(1900), ledger, lambda: os.kill(pid, signal.SIGKILL), 0.3))
+    failed_within = time.monotonic() - t_kill
+    ledger.assert_nothing_lost()
+    assert ledger.by_outcome() == {"error 503": IN_FLIGHT}, ledger.by_outcome()
+    assert failed_within < 5.0, f"in-flight requests took {failed_within:.1f} s to fail"
+    statuses = []
+    assert wait_for(lambda: statuses.append(httpx.get(srv.url + "/health", timeout=2).status_code) or
+                    statuses[-1] == 503, timeout=2)
+    r = srv.post("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=5)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
+    # then the server exits (status 1) for its supervisor to restart it
+    t0 = time.monotonic()
+    rc = srv.proc.wait(timeout=20)
+    assert rc == 1, rc
+    record("fault_core_killed", ledger, failed_within_s=round(failed_within, 2), health_after=503,
+           server_exit_code=rc, server_exit_after_s=round(time.monotonic() - t0 + failed_within, 1))
+
+
+def test_sigterm_drains_in_flight_requests(make_server):
+    srv = make_server("--shutdown-grace-period", "30")
+    pid = srv.core_pid()
+    ledger = Ledger()
+    t_term = asyncio.run(_run_with_event(srv, _bodies(300), ledger,
+                                         lambda: srv.proc.send_signal(signal.SIGTERM), 0.2))
+    drained_s = time.monotonic() - t_term
+    assert ledger.by_outcome() == {"ok": IN_FLIGHT}, ledger.by_outcome()  # every request finished in full
+    rc = srv.proc.wait(timeout=30)
+    exit_s = time.monotonic() - t_term
+    assert rc == 0, f"exit status {rc} after SIGTERM:\n{srv.log()}"
+    assert wait_for(lambda: not _alive(pid), timeout=10), "the engine core outlived the server"
+    record("fault_sigterm", ledger, drained_s=round(drained_s, 2), exit_after_s=round(exit_s, 2), exit_code=rc)

@@ -1,0 +1,178 @@
+"""Scenario 7 (security): the API key on every route but /health, compared in constant time;
+127.0.0.1 by default; internal sockets ipc or loopback only; no unsafe deserialization anywhere
+in the package; chat templates sandboxed with a time and size limit."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import ipaddress
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from harness import API_KEY, MODEL, Ledger, assert_recovered, record, take_baseline
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pagoda"
+
+
+def _serve_args(*argv: str) -> argparse.Namespace:
+    from pagoda.entrypoints.openai.cli_args import add_serve_args
+
+    return add_serve_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
+    from pagoda.entrypoints.openai.api_server import build_app
+
+    # every route the app really has, read from the app itself (docs, schema and future routes included)
+    app = build_app(_serve_args(str(tiny_model_dir)))
+    routes = []
+    for r in app.routes:
+        for m in sorted(getattr(r, "methods", None) or {"GET"}):
+            routes.append((m, r.path.replace("{model_id:path}", MODEL)))
+    assert len(routes) >= 10, routes
+    srv = make_server()
+    checked = 0
+    with httpx.Client(timeout=10) as c:
+        for method, path in routes + [("GET", "/no/such/route"), ("OPTIONS", "/v1/models")]:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
+                            {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": f"bearer {API_KEY}"},
+                            {"X-Api-Key": API_KEY}):
+                r = c.request(method, srv.url + path, headers=headers, json={} if method == "POST" else None)
+                if path == "/health":
+                    assert r.status_code == 200, (method, path, r.status_code)
+                else:
+                    assert r.status_code == 401, (method, path, headers, r.status_code)
+                    if method != "HEAD":
+                        assert r.json()["error"]["code"] == "invalid_api_key"
+                checked += 1
+            if path not in ("/health", "/no/such/route") and method == "GET":
+                assert c.get(srv.url + path, headers=srv.headers).status_code == 200, path
+    record("security_api_key", None, routes=len(routes), requests_checked=checked)
+
+
+def test_api_key_compared_in_constant_time():
+    from pagoda.entrypoints.openai import api_server
+
+    src = inspect.getsource(api_server.ApiKeyMiddleware)
+    tree = ast.parse(src)
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert calls & {"secrets.compare_digest", "hmac.compare_digest"}, calls
+    for n in ast.walk(tree):  # no == / != / in on the key
+        if isinstance(n, ast.Compare):
+            names = {ast.unparse(x) for x in [n.left, *n.comparators]}
+            assert not names & {"self.expected", "given"}, ast.unparse(n)
+
+
+def test_binds_localhost_by_default_and_internal_sockets_are_local(make_server):
+    assert _serve_args().host == "127.0.0.1"
+    srv = make_server()  # RemoteServer passes no --host: the default
+    server_p = psutil.Process(srv.proc.pid)
+    core_p = psutil.Process(srv.core_pid())
+    listening = [c for c in server_p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
+    for p in (server_p, core_p):
+        for c in p.net_connections(kind="inet"):
+            assert ipaddress.ip_address(c.laddr.ip).is_loopback, (p.pid, c)
+            if c.raddr:
+                assert ipaddress.ip_address(c.raddr.ip).is_loopback, (p.pid, c)
+    assert not core_p.net_connections(kind="inet"), "the engine core has TCP/UDP sockets"
+    unix = [c.laddr for c in core_p.net_connections(kind="unix") if c.laddr]
+    ipc_dirs = {Path(a).parent for a in unix if "pagoda-ipc-" in a}
+    for d in ipc_dirs:
+        assert d.stat().st_mode & 0o077 == 0, f"{d} is accessible to other users"
+
+
+# --------------------------------------------------------------------- static check
+UNSAFE_CALLS = {
+    "pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "dill.load", "dill.loads",
+    "marshal.load", "marshal.loads", "shelve.open", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all",
+    "jsonpickle.decode", "eval", "exec", "builtins.eval", "builtins.exec", "__import__", "pandas.read_pickle",
+}
+
+
+def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
+    """Unsafe deserialization / evaluation in ``source``: the calls above, ``torch.load`` without
+    ``weights_only=True``, ``yaml.load`` without a safe loader, ``numpy.load(allow_pickle=True)``."""
+    found = []
+    for n in ast.walk(ast.parse(source, filename)):
+        if isinstance(n, ast.ImportFrom) and n.module in ("pickle", "marshal", "dill", "cPickle", "shelve"):
+            found.append(f"{filename}:{n.lineno}: from {n.module} import ...")
+        if not isinstance(n, ast.Call):
+            continue
+        name = ast.unparse(n.func)
+        kw = {k.arg: ast.unparse(k.value) for k in n.keywords if k.arg}
+        where = f"{filename}:{n.lineno}: {ast.unparse(n)[:80]}"
+        if name in UNSAFE_CALLS:
+            found.append(where)
+        elif name.endswith("torch.load") or name == "load" and "weights_only" in kw:
+            if kw.get("weights_only") != "True":
+                found.append(where)
+        elif name == "yaml.load" and not any("SafeLoader" in v or "CSafeLoader" in v for v in kw.values()) and not (
+                len(n.args) > 1 and "Safe" in ast.unparse(n.args[1])):
+            found.append(where)
+        elif name in ("np.load", "numpy.load") and kw.get("allow_pickle") == "True":
+            found.append(where)
+    return found
+
+
+def test_static_checker_catches_unsafe_calls():
+    bad = ["import pickle\npickle.loads(b)", "import marshal\nmarshal.load(f)", "eval('1')", "exec(code)",
+           "torch.load(p)", "torch.load(p, weights_only=False)", "yaml.load(s)", "yaml.load(s, Loader=yaml.Loader)",
+           "yaml.unsafe_load(s)", "np.load(f, allow_pickle=True)", "from pickle import loads"]
+    for src in bad:
+        assert unsafe_calls(src), src
+    good = ["torch.load(p, weights_only=True)", "yaml.safe_load(s)", "yaml.load(s, Loader=yaml.SafeLoader)",
+            "json.loads(s)", "model.eval()", "np.load(f)"]
+    for src in good:
+        assert not unsafe_calls(src), src
+
+
+def test_no_unsafe_deserialization_in_the_package():
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 20
+    found = []
+    for f in files:
+        found += unsafe_calls(f.read_text(encoding="utf-8"), str(f.relative_to(PACKAGE.parent)))
+    assert not found, "unsafe deserialization / eval:\n" + "\n".join(found)
+
+
+# ------------------------------------------------------------------ chat templates
+HOSTILE_TEMPLATES = {
+    "endless loop": "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}",
+    "huge output": "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+    "sandbox escape": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "globals escape": "{{ raise_exception.__globals__['os'].system('true') }}",
+    "import": "{% import 'os' as os %}{{ os }}",
+    "mutate input": "{{ messages.append({'role': 'system'}) }}",
+}
+
+
+def test_chat_template_sandbox_limits(make_server):
+    srv = make_server("--trust-request-chat-template")
+    base = take_baseline(srv)
+    ledger = Ledger()
+    slowest = 0.0
+    for name, template in HOSTILE_TEMPLATES.items():
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                "chat_template": template}
+        for path, b in (("/v1/chat/completions", body),
+                        ("/tokenize", {k: v for k, v in body.items() if k != "max_tokens"})):
+            t0 = time.monotonic()
+            r = srv.post(path, b, timeout=30)
+            dt = time.monotonic() - t0
+            slowest = max(slowest, dt)
+            assert r.status_code == 400, (name, path, r.text)
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+            assert dt < 3.0, f"{name}: answered after {dt:.1f} s"
+            ledger.error(r.status_code)
+    # a benign request template still renders
+    r = srv.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                          "max_tokens": 3, "chat_template": "{{ messages[0]['content'] }}"})
+    assert r.status_code == 200, r.text
+    figures = assert_recovered(srv, base, ledger)
+    record("security_chat_template", ledger, templates=len(HOSTILE_TEMPLATES), slowest_s=round(slowest, 2), **figures)
