@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels latency throughput hf   (default: all)
+# parts: env tests kernels breakdown latency throughput prefix hf   (default: env tests kernels latency throughput hf)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -57,6 +57,14 @@ if has throughput; then
   log "throughput sharegpt-like 500 (pagoda)"
   timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
     --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+fi
+
+if has prefix; then
+  log "shared-prefix workload (prefix_repetition: 20 prefixes x 2000 tokens, 200 requests), caching on vs off"
+  timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
+    --dataset-name prefix_repetition --prefix-repetition-num-prefixes 20 --prefix-repetition-prefix-len 2000 \
+    --prefix-repetition-suffix-len 100 --prefix-repetition-output-len 32 --num-prompts 200 --max-model-len 4096 \
+    --compare-no-prefix-caching --output-json "$OUT/prefix_gpu.json" 2>&1 | grep -E "^\[|x faster|TTFT|hit|rror" | tee -a "$OUT/summary.txt"
 fi
 
 if has hf; then
