@@ -106,8 +106,10 @@ class BeamSearchInstance:
     """The beam search of one prompt: ``pending()`` beams to extend, ``advance()`` with their logprobs."""
 
     def __init__(self, prompt_token_ids: list[int], params: BeamSearchParams, eos_token_ids: Sequence[int],
-                 prompt: str | None = None) -> None:
+                 prompt: str | None = None, cache_salt: str | None = None) -> None:
         self.prompt = prompt
+        # Every per-step request carries the salt, so the search reuses only its tenant's cache.
+        self.cache_salt = cache_salt
         self.prompt_token_ids = list(prompt_token_ids)
         self.params = params
         self.eos = set() if params.ignore_eos else {int(t) for t in eos_token_ids}
@@ -122,6 +124,11 @@ class BeamSearchInstance:
         if self.done:
             return []
         return [self.prompt_token_ids + b.tokens for b in self.beams]
+
+    def pending_prompts(self) -> list[dict[str, Any]]:
+        """:meth:`pending` as engine prompts (token ids, and the cache salt when there is one)."""
+        extra = {"cache_salt": self.cache_salt} if self.cache_salt is not None else {}
+        return [{"prompt_token_ids": toks, **extra} for toks in self.pending()]
 
     def advance(self, step_logprobs: list[dict[int, Logprob]]) -> None:
         """One step: ``step_logprobs[i]`` holds live beam ``i``'s top-``k`` next-token logprobs."""
@@ -210,10 +217,11 @@ class BeamSearchInstance:
 
 
 def run_beam_search(instances: list[BeamSearchInstance],
-                    step: Callable[[list[list[int]], int], list[dict[int, Logprob]]],
+                    step: Callable[[list[dict[str, Any]], int], list[dict[int, Logprob]]],
                     concurrency_limit: int | None = None) -> None:
-    """Drive ``instances`` to the end; ``step(token_lists, k)`` runs one engine step for every list
-    and returns each one's top-``k`` next-token logprobs. ``concurrency_limit`` prompts at a time."""
+    """Drive ``instances`` to the end; ``step(prompts, k)`` runs one engine step for every prompt
+    (see :meth:`BeamSearchInstance.pending_prompts`) and returns each one's top-``k`` next-token
+    logprobs. ``concurrency_limit`` prompts at a time."""
     limit = concurrency_limit or len(instances)
     if limit < 1:
         raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}.")
@@ -223,10 +231,10 @@ def run_beam_search(instances: list[BeamSearchInstance],
             live = [inst for inst in group if not inst.done]
             if not live:
                 break
-            batch: list[list[int]] = []
+            batch: list[dict[str, Any]] = []
             spans = []
             for inst in live:
-                seqs = inst.pending()
+                seqs = inst.pending_prompts()
                 spans.append((len(batch), len(batch) + len(seqs)))
                 batch.extend(seqs)
             k = max(inst.k for inst in live)
@@ -277,9 +285,8 @@ class BeamSearchStream:
         while not inst.done:
             streams = []
             try:
-                for i, toks in enumerate(inst.pending()):
-                    streams.append(self.engine.add_request(f"{self.request_id}-beam{step}-{i}",
-                                                           {"prompt_token_ids": toks}, sp))
+                for i, prompt in enumerate(inst.pending_prompts()):
+                    streams.append(self.engine.add_request(f"{self.request_id}-beam{step}-{i}", prompt, sp))
                 self._inflight = streams
                 finals = await asyncio.gather(*[_last(s) for s in streams])
             finally:

@@ -418,8 +418,9 @@ class AsyncLLM:
                              f"{usable * self.ready_info.block_size} tokens. Reduce the prompt or max_tokens.")
         if logprobs is not None and logprobs > self.cfg.max_logprobs:
             raise ValueError(f"logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {logprobs}.")
-        return BeamSearchStream(self, request_id, BeamSearchInstance(ids, params, eos, text), skip_special_tokens,
-                                logprobs)
+        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        inst = BeamSearchInstance(ids, params, eos, text, cache_salt=salt)
+        return BeamSearchStream(self, request_id, inst, skip_special_tokens, logprobs)
 
     def abort(self, request_id: str) -> None:
         """Abort a request (idempotent); its KV blocks are freed by the core."""

@@ -141,7 +141,8 @@ class LLM:
         for p in _as_prompt_list(prompts):
             text, ids = ip.tokenize_prompt(p)
             check_beam_search(params, len(ids), ip.eos_token_ids, eng.cfg.max_logprobs, eng.cfg.max_model_len)
-            instances.append(BeamSearchInstance(ids, params, ip.eos_token_ids, text))
+            salt = p.get("cache_salt") if isinstance(p, dict) else None
+            instances.append(BeamSearchInstance(ids, params, ip.eos_token_ids, text, cache_salt=salt))
 
         bar = None
         if use_tqdm:
@@ -151,8 +152,8 @@ class LLM:
             bar = tqdm(total=params.max_tokens * groups, desc="Beam search (step upper bound)", unit="step",
                        dynamic_ncols=True)
 
-        def step(batch: list[list[int]], k: int):
-            outs = self._run([{"prompt_token_ids": t} for t in batch], [step_sampling_params(k)] * len(batch), False)
+        def step(batch: list[dict], k: int):
+            outs = self._run(batch, [step_sampling_params(k)] * len(batch), False)
             if bar:
                 bar.update(1)
             return [o.outputs[0].logprobs[0] for o in outs]  # type: ignore[index]

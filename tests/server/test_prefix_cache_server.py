@@ -88,13 +88,25 @@ def test_cache_salt_validation(srv, salt):
     assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt"
 
 
-def test_cache_salt_with_beam_search_is_refused(srv):
-    # beam search's per-step requests would share the unsalted cache: refuse rather than leak across tenants
-    for path, extra in (("/v1/completions", {"prompt": "hello"}),
-                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
-        r = srv.post(path, {"model": MODEL, "max_tokens": 2, "n": 2, "use_beam_search": True, "cache_salt": "t",
-                            **extra})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt", r.text
+def test_cache_salt_with_beam_search(srv):
+    # Every per-step request of the search carries the salt: the beams are the same as unsalted,
+    # and a second tenant's identical search finds none of the first tenant's blocks.
+    prompt = "The quick brown fox jumps over the lazy dog " * 4
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 3, "n": 2, "use_beam_search": True}
+    plain = srv.post("/v1/completions", body).json()
+    hits = []
+    for salt in ("tenant-a", "tenant-b", "tenant-a"):
+        before = srv.metric("pagoda:prefix_cache_hits_total")
+        r = srv.post("/v1/completions", {**body, "cache_salt": salt})
+        assert r.status_code == 200, r.text
+        assert [c["text"] for c in r.json()["choices"]] == [c["text"] for c in plain["choices"]]
+        hits.append(srv.metric("pagoda:prefix_cache_hits_total") - before)
+    # tenant-b's first step hits nothing (its later steps hit its own blocks); tenant-a's repeat hits
+    # its own earlier search from the first step on, so it hits more than tenant-b did.
+    assert hits[2] > hits[1]
+    r = srv.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                          "max_tokens": 2, "n": 2, "use_beam_search": True, "cache_salt": "t"})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
 
 
 def test_prompt_tokens_details_off_by_default(server):

@@ -148,8 +148,8 @@ class OpenAIServingChat(OpenAIServing):
         if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
             bparams = self.beam_search_params(req, len(ids), user_max, given, None)
             self.log_request(request_id, text, ids, bparams)  # type: ignore[arg-type]
-            stream = self.start_beam_search(request_id, {"prompt": text, "prompt_token_ids": ids}, bparams, req,
-                                            logprobs)
+            prompt = {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}
+            stream = self.start_beam_search(request_id, prompt, bparams, req, logprobs)
         else:
             params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
             self.log_request(request_id, text, ids, params)

@@ -242,8 +242,6 @@ class OpenAIServing:
     def start_beam_search(self, request_id: str, prompt: dict[str, Any], params: BeamSearchParams,
                           req: SamplingFields, logprobs: int | None) -> Any:
         """The engine's beam-search stream (shaped like a RequestStream: one final output)."""
-        if getattr(req, "cache_salt", None) is not None:  # its per-step requests would share the unsalted cache
-            raise ServingError(400, "cache_salt is not supported with use_beam_search.", param="cache_salt")
         try:
             return self.engine.beam_search(request_id, prompt, params,
                                            skip_special_tokens=req.skip_special_tokens is not False,
