@@ -41,7 +41,8 @@ def make(B, q_len, ctx):
 
 
 print(f"{'case':28s} {'triton us':>10s} {'torch us':>10s} {'floor us':>9s} {'x floor':>8s} {'rel err':>8s}")
-for B, q_len, ctx in [(1, 1, 1024), (64, 1, 1024), (256, 1, 1024), (1, 1, 8192), (4, 1024, 1024), (1, 512, 4096)]:
+for B, q_len, ctx in [(1, 1, 1024), (64, 1, 1024), (256, 1, 1024), (1, 1, 8192), (4, 1024, 1024), (1, 512, 4096),
+                     (1, 100, 2100), (1, 100, 16384)]:
     q, k, v, meta = make(B, q_len, ctx)
     scale = D ** -0.5
     out = tri.forward(q, k, v, meta, scale)
@@ -60,3 +61,16 @@ for B, q_len, ctx in [(1, 1, 1024), (64, 1, 1024), (256, 1, 1024), (1, 1, 8192),
     flops = 4 * B * q_len * ctx * H * D / (2 if q_len > 1 else 1)
     floor_us = max(floor_us, flops / 700e12 * 1e6)
     print(f"B={B:<4d} q={q_len:<5d} ctx={ctx:<6d}    {t_tri:10.1f} {t_torch:10.1f} {floor_us:9.1f} {t_tri / floor_us:8.2f} {err:8.1e}")
+
+# Prefill chunks over a long cached context: the unified kernel unsplit vs with the KV splits
+# choose_chunk_splits picks (GPU time only; the split adds a second launch on the host).
+from pagoda.attention import triton_kernels as tk  # noqa: E402
+
+print(f"{'chunk case':28s} {'splits':>6s} {'unsplit us':>10s} {'split us':>9s}")
+for q_len, ctx in [(100, 2100), (100, 8192), (100, 16384), (512, 16384)]:
+    q, k, v, meta = make(1, q_len, ctx)
+    s = max(2, tk.choose_chunk_splits(q_len, 1, HKV, H // HKV, D, q_len, ctx, tk.num_sms(dev)))
+    args = (q, k, v, meta.query_start_loc, meta.seq_lens, meta.block_tables, q_len, D ** -0.5)
+    t1 = triton.testing.do_bench(lambda: tk.unified_attention(*args), return_mode="median") * 1000
+    ts = triton.testing.do_bench(lambda: tk.unified_attention(*args, num_splits=s), return_mode="median") * 1000
+    print(f"q={q_len:<5d} ctx={ctx:<6d}              {s:6d} {t1:10.1f} {ts:9.1f}")

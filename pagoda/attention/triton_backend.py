@@ -30,7 +30,8 @@ class TritonAttentionBackend(AttentionBackend):
     ``forward`` uses the split-KV (flash-decoding) kernels when the step is decode-only
     and the batch alone would leave SMs idle (see ``choose_num_splits``); every other
     step — prefill, chunked prefill, mixed, or large decode batches — goes through the
-    single unified kernel.
+    unified kernel, whose KV range is split too when a small chunk over a long cached
+    context would leave SMs idle (``choose_chunk_splits``, eager steps only).
     """
 
     name = "triton"
@@ -69,9 +70,16 @@ class TritonAttentionBackend(AttentionBackend):
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                 scale, splits, num_real_tokens=num_real_tokens,
             )
+        chunk_splits = 1
+        if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
+            G = query.shape[1] // k_cache.shape[2]
+            chunk_splits = tk.choose_chunk_splits(
+                query.shape[0], meta.num_seqs, k_cache.shape[2], G, query.shape[2],
+                meta.max_query_len, meta.max_seq_len, tk.num_sms(query.device),
+            )
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-            meta.max_query_len, scale, num_real_tokens=num_real_tokens,
+            meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
         )
 
 

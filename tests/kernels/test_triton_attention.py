@@ -153,6 +153,36 @@ def test_unified_long_prefill_multiple_q_tiles():
     torch.testing.assert_close(out, ref_paged_attention(query, k_cache, v_cache, meta, 0.3), **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("num_splits", [2, 3, 8])
+@pytest.mark.parametrize("group,block_size,tiles", [(4, 16, (16, 16)), (1, 8, (16, 16)), (3, 8, (32, 16))])
+def test_unified_with_kv_splits_matches_reference(num_splits, group, block_size, tiles):
+    # Split KV for prefill chunks: each split's partial (m, l, acc) is combined per token and
+    # head; splits past a tile's causal limit are empty (8 splits of a 1..3-tile range).
+    query, k_cache, v_cache, meta = make_batch(MIXED + [(5, 70)], block_size, 2, 32, group, torch.float32,
+                                               pad_tokens=3, seed=4)
+    scale = 32**-0.5
+    out = run_unified(query, k_cache, v_cache, meta, scale, block_m=tiles[0], block_n=tiles[1],
+                      num_splits=num_splits)
+    torch.testing.assert_close(out, ref_paged_attention(query, k_cache, v_cache, meta, scale), **TOL[torch.float32])
+    assert torch.count_nonzero(out[sum(meta.query_lens_cpu):]) == 0  # padding rows stay zero
+
+
+def test_unified_with_kv_splits_bf16():
+    query, k_cache, v_cache, meta = make_batch([(7, 60), (1, 33)], 16, 1, 64, 4, torch.bfloat16, seed=5)
+    out = run_unified(query, k_cache, v_cache, meta, 0.125, block_m=16, block_n=16, num_splits=3)
+    ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.125)
+    torch.testing.assert_close(out.float(), ref.float(), **TOL[torch.bfloat16])
+
+
+def test_choose_chunk_splits():
+    # 100 new tokens over 8,000 cached, Llama-3-8B heads, H100: 56 programs -> 5 splits.
+    assert tk.choose_chunk_splits(100, 1, 8, 4, 128, 100, 8100, 132) == 5
+    assert tk.choose_chunk_splits(100, 1, 8, 4, 128, 100, 2100, 132) == 1  # short context: launch cost wins
+    assert tk.choose_chunk_splits(4096, 4, 8, 4, 128, 1024, 1024, 132) == 1  # tiles fill the GPU
+    assert tk.choose_chunk_splits(20, 1, 8, 4, 128, 20, 200, 132) == 1  # context too short to split
+    assert tk.choose_chunk_splits(16, 1, 1, 1, 64, 16, 1 << 20, 132) == tk.MAX_CHUNK_SPLITS
+
+
 def test_zero_length_request_in_batch():
     query, k_cache, v_cache, meta = make_batch([(5, 9), (0, 4), (1, 20)], 8, 1, 32, 2, torch.float32, seed=3)
     out = run_unified(query, k_cache, v_cache, meta, 0.2, block_m=16, block_n=16)
