@@ -47,6 +47,13 @@ Design
       (fp32 with D > 128) use ``BLOCK_M <= 64`` and ``BLOCK_N = 32`` to fit shared
       memory (228 KiB on H100/H200).
 
+    * Optional KV splits (``num_splits > 1``, grid axis 2): program ``(tile, h, s)``
+      covers split ``s`` of its tile's key range ``[0, kv_end)`` (whole ``BLOCK_N`` tiles,
+      unmasked part then causal tail, as above) and writes unnormalised partials per
+      ``(token, head, split)``; ``_split_kv_reduce_kernel`` (``PER_TOKEN``) combines them.
+      For small prefill chunks over long cached contexts, whose tiles alone leave SMs
+      idle (:func:`choose_chunk_splits`); eager steps only (it allocates a workspace).
+
 ``split_kv_decode`` + ``split_kv_reduce`` (flash-decoding; every request has q_len 1)
     * Grid ``(B, Hkv, S)``. Request ``i``'s KV range is cut into ``S`` chunks of
       ``cdiv(cdiv(seq_len_i, BLOCK_N), S)`` whole tiles; program ``(i, h, s)`` runs the
