@@ -10,6 +10,7 @@ whose request asked for prompt logprobs).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,7 @@ class ModelRunner:
         self.host_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.graphs = None
+        self.chunk_graphs = None
         self.bt_cache: BlockTableCache | None = None
 
     # ------------------------------------------------------------ KV cache
@@ -164,7 +166,15 @@ class ModelRunner:
             default_capture_sizes(self.cfg.max_num_seqs), self.device,
         )
         self.graphs.capture()
-        return self.graphs.capture_seconds
+        if os.environ.get("PAGODA_CHUNK_GRAPHS", "1") == "0":  # A/B switch for benchmarks
+            return self.graphs.capture_seconds
+        from pagoda.worker.chunk_graphs import ChunkGraphs
+
+        self.chunk_graphs = ChunkGraphs(
+            self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len, self.device,
+        )
+        self.chunk_graphs.capture()
+        return self.graphs.capture_seconds + self.chunk_graphs.capture_seconds
 
     def allocate_host_cache(self, num_blocks: int) -> None:
         pin = self.device.type == "cuda"
@@ -265,6 +275,14 @@ class ModelRunner:
         if self.graphs is not None and decode_only and rows is not None and self.graphs.can_run(len(q_lens), max_nb):
             hidden = self.graphs.run(input_ids, positions, slots, seq_lens, self.bt_cache.table.numpy()[rows])
             graph_logits = self.graphs.last_logits(len(q_lens))
+        elif (
+            self.chunk_graphs is not None and len(q_lens) == 1 and not plp_jobs and rows is not None
+            and self.chunk_graphs.can_run(q_lens[0], max_nb)
+        ):
+            # One request's prefill chunk: replayed, logits of its last row computed in the graph.
+            self.chunk_graphs.run(input_ids, positions, slots, seq_lens[0], self.bt_cache.table.numpy()[rows[0]])
+            graph_logits = self.chunk_graphs.last_logits()
+            hidden = None
         else:
             if rows is not None:
                 bt = self.bt_cache.table[torch.tensor(rows), :max_nb]

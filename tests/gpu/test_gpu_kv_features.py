@@ -49,3 +49,26 @@ def test_host_tier_round_trip_on_gpu(folder):
     kv = llm.llm_engine.core.kv
     assert kv.host.num_stored > 0 and kv.host.num_loaded > 0
     assert got == want and again == want
+
+
+def test_single_request_chunk_graphs_match_eager(folder):
+    """One request alone (a short prompt, or a short suffix after a prefix-cache hit) replays a
+    prefill-chunk CUDA graph; its tokens equal the eager run's, fp32."""
+    from pagoda import LLM, SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)
+    prompts = [PROMPT, PROMPT + " and then some more words", "Hi", PROMPT[:50]]
+    runs = []
+    for eager in (True, False):
+        llm = LLM(str(folder), dtype="float32", device="cuda", enforce_eager=eager, kv_cache_memory_bytes=2**26)
+        assert (llm.llm_engine.core.runner.chunk_graphs is None) == eager
+        outs = [llm.generate(p, sp, use_tqdm=False)[0] for p in prompts]  # one request at a time
+        assert outs[1].num_cached_tokens > 0  # the second reuses the first's prefix: a short chunk
+        runs.append(outs)
+        del llm
+        torch.cuda.empty_cache()
+    for e, g in zip(*runs):
+        assert e.outputs[0].token_ids == g.outputs[0].token_ids
+        for de, dg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs):
+            for t in de:
+                assert abs(de[t].logprob - dg[t].logprob) < 1e-4
