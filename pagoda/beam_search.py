@@ -279,6 +279,8 @@ class BeamSearchStream:
         return out
 
     async def _run(self) -> RequestOutput:
+        from pagoda.engine.async_llm import final_output  # server-only module (msgspec, zmq)
+
         inst = self.instance
         sp = step_sampling_params(self.num_logprobs)
         step = 0
@@ -288,7 +290,7 @@ class BeamSearchStream:
                 for i, prompt in enumerate(inst.pending_prompts()):
                     streams.append(self.engine.add_request(f"{self.request_id}-beam{step}-{i}", prompt, sp))
                 self._inflight = streams
-                finals = await asyncio.gather(*[_last(s) for s in streams])
+                finals = await asyncio.gather(*[final_output(s) for s in streams])
             finally:
                 for s in streams:
                     s.close()
@@ -311,14 +313,3 @@ class BeamSearchStream:
         for s in self._inflight:
             s.close()
         self._inflight = []
-
-
-async def _last(stream: Any) -> RequestOutput:
-    last = None
-    try:
-        async for out in stream:
-            last = out
-    finally:
-        stream.close()
-    assert last is not None
-    return last

@@ -91,3 +91,14 @@ def build_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tie: bool
     with open(folder / "generation_config.json", "w") as f:
         json.dump({"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}, f)
     return folder
+
+
+def build_long_context_model(folder: Path, max_position_embeddings: int = 2048) -> Path:
+    """The tiny random Llama with its context stretched, so a request can run long enough to be
+    interrupted (server and reliability tests)."""
+    build_tiny_model(folder, "llama")
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["max_position_embeddings"] = max_position_embeddings
+    cfg_path.write_text(json.dumps(cfg))
+    return folder

@@ -154,6 +154,18 @@ class RequestStream:
             self.engine.abort(self.request_id)
 
 
+async def final_output(stream: Any) -> RequestOutput:
+    """Wait for a request's final output (closing the stream on any exit)."""
+    last: RequestOutput | None = None
+    try:
+        async for out in stream:
+            last = out
+    finally:
+        stream.close()
+    assert last is not None
+    return last
+
+
 class AsyncLLM:
     def __init__(
         self,

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,17 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_utils import ALIAS, API_KEY, MODEL, RemoteServer  # noqa: E402
-from tiny_models import build_tiny_model  # noqa: E402
+from tiny_models import build_long_context_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    folder = build_tiny_model(tmp_path_factory.mktemp("server_models") / "llama", "llama")
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["max_position_embeddings"] = 2048
-    cfg_path.write_text(json.dumps(cfg))
-    return folder
+    return build_long_context_model(tmp_path_factory.mktemp("server_models") / "llama")
 
 
 @pytest.fixture(scope="session")

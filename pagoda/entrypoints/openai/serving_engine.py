@@ -25,6 +25,7 @@ from pagoda.engine.async_llm import (
     EngineNotReadyError,
     RequestAbortedError,
     RequestStream,
+    final_output,
 )
 from pagoda.engine.detokenizer import decode_token
 from pagoda.entrypoints.openai.protocol import (
@@ -437,18 +438,6 @@ async def close_streams(*streams: RequestStream) -> None:
     """
     for s in streams:
         s.close()
-
-
-async def final_output(stream: RequestStream) -> RequestOutput:
-    """Wait for a request's final output (closing the stream on any exit)."""
-    last: RequestOutput | None = None
-    try:
-        async for out in stream:
-            last = out
-    finally:
-        stream.close()
-    assert last is not None
-    return last
 
 
 async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput, list[str]]]:
