@@ -72,6 +72,8 @@ class EngineArgs:
     """Use exactly this many KV blocks (testing / debugging)."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
+    async_scheduling: bool | None = None
+    """Schedule and prepare step N+1 on the host while the GPU runs step N (default: on for CUDA, off for CPU)."""
     attention_backend: str | None = None
     """Attention implementation: torch or triton (default: triton on CUDA, torch elsewhere)."""
     generation_config: str = "auto"
@@ -167,6 +169,7 @@ class EngineArgs:
             gpu_memory_utilization=self.gpu_memory_utilization,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
+            async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
             attention_backend=self.attention_backend,
             generation_defaults=gen_defaults,
             max_logprobs=self.max_logprobs,
@@ -201,6 +204,7 @@ class EngineConfig:
     chat_template: str | None = None
     enable_prefix_caching: bool = True
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
+    async_scheduling: bool = False  # one step in flight while the next is scheduled
 
 
 def read_json(path: Path) -> dict[str, Any]:

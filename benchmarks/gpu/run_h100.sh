@@ -2,7 +2,8 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels breakdown latency throughput prefix hf   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels breakdown latency throughput sync prefix hf   (default: env tests kernels latency throughput hf)
+# sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -57,6 +58,16 @@ if has throughput; then
   log "throughput sharegpt-like 500 (pagoda)"
   timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
     --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+fi
+
+if has sync; then
+  log "latency, synchronous scheduling (--no-async-scheduling)"
+  timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy --no-async-scheduling \
+    --batch-size 1 64 256 --input-len 1024 --output-len 96 --num-iters 1 --max-model-len 4096 --output-json "$OUT/latency_sync.json" 2>&1 \
+    | grep -E "^batch|rror" | tee -a "$OUT/summary.txt"
+  log "throughput sharegpt-like 500, synchronous scheduling (--no-async-scheduling)"
+  timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy --no-async-scheduling \
+    --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda_sync.json" 2>&1 | grep -E "pagoda\]|rror" | tee -a "$OUT/summary.txt"
 fi
 
 if has prefix; then

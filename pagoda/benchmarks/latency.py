@@ -1,9 +1,11 @@
 """``pagoda bench latency``: one batch of fixed size, input and output lengths.
 
-Reports end-to-end time, time until every prompt is prefilled, and the median / p90
-latency of the pure decode steps (every request decoding one token, no prefill chunk in
-the step), each step timed on its own (host clock after the step's sampled tokens are on
-the host, so device work is complete).
+Reports end-to-end time, time until every prompt is prefilled (the outputs of the last
+step with prompt tokens are on the host), and the median / p90 latency of the pure decode
+steps (every request decoding one token, no prefill chunk in the step), each ``step()``
+call timed on its own: it returns once a step's sampled tokens are on the host, so with
+async scheduling (where a call launches step N and returns step N-1's tokens) it is the
+time between two tokens of the batch.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
         engine.step()
         te = time.perf_counter()
         stats = engine.last_stats
-        if stats.num_prompt_tokens == 0 and stats.num_generation_tokens == args.batch_size:
+        if stats.num_prompt_tokens:
+            prefill = te - t0  # the outputs of a step with prompt tokens are on the host
+        elif stats.num_generation_tokens == args.batch_size:
             steps.append(te - ts)  # a pure decode step of the whole batch
-            if prefill is None:
-                prefill = ts - t0  # every prompt was in the cache before this step
     return time.perf_counter() - t0, prefill or 0.0, steps
 
 

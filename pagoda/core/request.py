@@ -3,6 +3,12 @@
 Invariant: ``0 <= num_computed_tokens <= num_tokens`` where
 ``num_tokens = len(prompt_token_ids) + len(output_token_ids)``. A request needs
 a sample exactly when a step brings ``num_computed_tokens`` up to ``num_tokens``.
+
+Async scheduling (a step is scheduled while the previous one still runs) adds two
+counters, both 0 whenever no step is in flight: ``num_inflight_tokens`` (scheduled in
+the step in flight, not yet in ``num_computed_tokens``) and ``num_placeholders`` (tokens
+that step will sample, not yet known here; 0 or 1). The scheduler plans from
+``num_computed_tokens + num_inflight_tokens`` up to ``num_tokens + num_placeholders``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class Request:
         self.stop_token_ids = set(sampling_params.stop_token_ids or [])
         self.max_tokens = max_tokens
         self.num_computed_tokens = 0
+        self.num_inflight_tokens = 0
+        self.num_placeholders = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()

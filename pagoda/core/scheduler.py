@@ -19,6 +19,17 @@ takes the leader's prompt blocks by reference and recomputes only the last promp
 shared block is copied first (``SchedulerOutput.block_copies``, applied before the next
 forward). A fork that finds no free block or no free seat joins the waiting queue as a
 plain request instead (where prefix caching still finds the leader's full blocks).
+
+Async scheduling: ``schedule()`` may run while the previous step is still on the GPU
+(``update_from_output`` of step N-1 comes after ``schedule()`` of step N). A request in
+that step is planned from ``num_computed_tokens + num_inflight_tokens`` to ``num_tokens +
+num_placeholders`` (see :mod:`pagoda.core.request`): its next decode is scheduled before
+its last token is known, and the model runner takes that token from the previous step's
+device output. A request whose token in flight is its last (``max_tokens`` or the context
+length) is not scheduled again; one that stops on EOS or a stop token spends one extra
+row, dropped when its update comes. A request preempted while in flight keeps the token it
+was sampling (its context was complete) and is not re-admitted until that token is known.
+In synchronous use both counters are 0 at every ``schedule()``, and nothing changes.
 """
 
 from __future__ import annotations
@@ -206,11 +217,14 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            if num_new <= 0:
+            start = req.num_computed_tokens + req.num_inflight_tokens
+            end = req.num_tokens + req.num_placeholders
+            num_new = min(end - start, budget)
+            if num_new <= 0 or (req.num_placeholders and self._last_token_in_flight(req, end)):
                 i += 1
                 continue
-            while not self.kv.allocate_slots(req, num_new):
+            # Blocks for the tokens in flight are already held; allocation counts from the computed ones.
+            while not self.kv.allocate_slots(req, req.num_inflight_tokens + num_new):
                 victim = self.running[-1]
                 self._preempt(victim)
                 out.preempted_ids.append(victim.request_id)
@@ -227,6 +241,8 @@ class Scheduler:
         if not out.preempted_ids:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 req = self.waiting[0]
+                if req.num_placeholders:
+                    break  # preempted while its token was in flight: wait for that token
                 # A waiting request holds no blocks: reuse the leading cached ones, if any.
                 cached = self.kv.get_computed_blocks(req)
                 host = self.kv.get_host_hits(req, len(cached))
@@ -258,13 +274,21 @@ class Scheduler:
         return out
 
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:
-        start = req.num_computed_tokens
-        return ScheduledRequest(req, num_new, start, start + num_new == req.num_tokens)
+        start = req.num_computed_tokens + req.num_inflight_tokens
+        sample = start + num_new == req.num_tokens + req.num_placeholders
+        req.num_inflight_tokens += num_new
+        req.num_placeholders += sample
+        return ScheduledRequest(req, num_new, start, sample)
+
+    def _last_token_in_flight(self, req: Request, end: int) -> bool:
+        """The token being sampled for ``req`` ends it by length: nothing to schedule after it."""
+        return req.num_output_tokens + req.num_placeholders >= req.max_tokens or end >= self.max_model_len
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv.free(req)
         req.num_computed_tokens = 0
+        req.num_inflight_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions_total += 1
@@ -279,18 +303,29 @@ class Scheduler:
         finished = []
         for s in out.scheduled:
             req = s.request
-            if req.status != RequestStatus.RUNNING:
-                continue  # aborted or preempted while the step ran
-            req.num_computed_tokens += s.num_new_tokens
-            self.kv.cache_full_blocks(req)  # its K/V is now written: full blocks become findable
-            if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
-                self._release_forks(req)
+            if req.status == RequestStatus.RUNNING:
+                req.num_inflight_tokens -= s.num_new_tokens
+                req.num_computed_tokens += s.num_new_tokens
+                self.kv.cache_full_blocks(req)  # its K/V is now written: full blocks become findable
+                if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
+                    self._release_forks(req)
+            elif req.status.finished:  # finished or aborted while the step ran: nothing from it counts
+                req.num_inflight_tokens = req.num_placeholders = 0
+                continue
+            elif not (s.sample and req.num_placeholders):
+                continue  # preempted mid-prompt: that chunk is recomputed
+            # else: preempted (async scheduling) after this step was launched; its token is valid.
             if not s.sample:
                 continue
+            req.num_placeholders -= 1
             token = sampled[req.request_id]
             req.append_output_token(token)
+            was_running = req.status == RequestStatus.RUNNING
             if req.check_stop(self.max_model_len):
-                self.running.remove(req)
+                if was_running:
+                    self.running.remove(req)
+                else:
+                    self.waiting.remove(req)
                 self._finish(req)
                 finished.append(req)
         return finished

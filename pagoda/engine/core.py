@@ -1,6 +1,7 @@
 """The engine core: scheduler + KV cache + model runner, driven one step at a time.
 
-``step()`` = schedule → execute → update. It owns no tokenizer and no text: it takes
+``step()`` = schedule → execute → update (with async scheduling, the update of the
+previous step comes after this step is launched: see :meth:`EngineCore.step`). It owns no tokenizer and no text: it takes
 token ids in and gives token ids (and logprobs) out, so it can live in its own process.
 """
 
@@ -13,10 +14,11 @@ from pagoda.config import EngineConfig
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
-from pagoda.core.scheduler import Scheduler
+from pagoda.core.scheduler import Scheduler, SchedulerOutput
 from pagoda.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from pagoda.layers.sampler import needs_host_history
 from pagoda.sampling_params import SamplingParams
-from pagoda.worker.model_runner import ModelRunner, log_kv_cache
+from pagoda.worker.model_runner import ModelRunner, StepHandle, log_kv_cache
 
 logger = logging.getLogger("pagoda")
 
@@ -58,6 +60,9 @@ class EngineCore:
             enable_chunked_prefill=cfg.enable_chunked_prefill,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
+        # Async scheduling: the launched step whose outputs the next step() returns.
+        self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
+        self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
         self.startup_seconds = time.perf_counter() - t0
 
     @property
@@ -84,29 +89,86 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None
 
     def step(self) -> EngineCoreOutputs:
+        """One engine iteration.
+
+        Synchronous: schedule, run and update one step; its outputs are returned. With async
+        scheduling one step stays in flight: a call schedules and launches step N, then waits
+        for step N-1 and returns *its* outputs, so the host's scheduling and input preparation
+        for step N overlap the device's work on step N-1. A step in flight whose requests need
+        their last token on the host to be sampled again (penalties, min_tokens) is finished
+        before the next one is scheduled.
+        """
+        if not self.cfg.async_scheduling:
+            sched = self.scheduler.schedule()
+            if sched.is_empty:
+                return EngineCoreOutputs(stats=self.stats())
+            launched = self._launch(sched)
+            if isinstance(launched, EngineCoreOutputs):
+                return launched
+            return self._complete(sched, launched)
+        done: EngineCoreOutputs | None = None
+        if self._inflight is not None and any(
+            s.sample and needs_host_history(s.request) for s in self._inflight[0].scheduled
+        ):
+            done = self._complete(*self._inflight)
+            self._inflight = None
         sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return EngineCoreOutputs(stats=self.stats())
+        launched = None if sched.is_empty else self._launch(sched)
+        failed = None
+        if isinstance(launched, EngineCoreOutputs):
+            failed, launched = launched, None
+        if self._inflight is not None:
+            done = self._complete(*self._inflight)
+        if launched is not None and self._inflight is not None:
+            self.num_steps_ahead += 1
+        self._inflight = (sched, launched) if launched is not None else None
+        outs = done.outputs if done is not None else []
+        if failed is not None:
+            outs = outs + failed.outputs
+        stats = self.stats()
+        if done is not None:
+            stats.num_prompt_tokens = done.stats.num_prompt_tokens
+            stats.num_generation_tokens = done.stats.num_generation_tokens
+        return EngineCoreOutputs(outs, stats)
+
+    def _launch(self, sched: SchedulerOutput) -> StepHandle | EngineCoreOutputs:
+        """Launch a scheduled step; a failure fails its requests (not the engine) and returns their outputs."""
         block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
         try:
-            res = self.runner.execute(sched, block_ids, self.kv.req_epoch)
+            return self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
+        except Exception as e:
+            return self._fail(sched, e)
+
+    def _fail(self, sched: SchedulerOutput, e: Exception) -> EngineCoreOutputs:
+        logger.exception("model step failed")
+        ids = [s.request.request_id for s in sched.scheduled if not s.request.status.finished]
+        self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
+        return EngineCoreOutputs(
+            [EngineCoreOutput(rid, [], finish_reason="error", error=f"internal error: {e}") for rid in ids],
+            self.stats(),
+        )
+
+    def _complete(self, sched: SchedulerOutput, handle: StepHandle) -> EngineCoreOutputs:
+        """Wait for a launched step, update the scheduler, and build the step's outputs."""
+        try:
+            res = handle.result()
         except Exception as e:  # a failing step fails the requests in it, not the engine
-            logger.exception("model step failed")
-            ids = [s.request.request_id for s in sched.scheduled]
-            self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
-            return EngineCoreOutputs(
-                [EngineCoreOutput(rid, [], finish_reason="error", error=f"internal error: {e}") for rid in ids],
-                self.stats(),
-            )
+            return self._fail(sched, e)
+        # Requests that ended while the step was in flight (aborted, or stopped by the
+        # previous step's token) get nothing from it.
+        gone = {s.request.request_id for s in sched.scheduled if s.request.status.finished}
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
         outs = []
         prompt_tokens = 0
+        generated = 0
         for s in sched.scheduled:
             req = s.request
             rid = req.request_id
+            if rid in gone:
+                continue
             plp = res.prompt_logprobs.get(rid)
             if not s.sample:
                 prompt_tokens += s.num_new_tokens
@@ -115,6 +177,7 @@ class EngineCore:
                 continue
             if req.num_output_tokens <= 1:
                 prompt_tokens += s.num_new_tokens
+            generated += 1
             tok = res.sampled[rid]
             lp = res.logprobs.get(rid)
             outs.append(
@@ -130,7 +193,7 @@ class EngineCore:
             )
         stats = self.stats()
         stats.num_prompt_tokens = prompt_tokens
-        stats.num_generation_tokens = len(res.sampled)
+        stats.num_generation_tokens = generated
         return EngineCoreOutputs(outs, stats)
 
     def stats(self) -> SchedulerStats:

@@ -45,6 +45,9 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False) 
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory to use")
     p.add_argument("--num-gpu-blocks-override", type=int, default=None, help="use exactly this many KV blocks")
     p.add_argument("--enforce-eager", action="store_true", help="disable CUDA graphs")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="schedule and prepare the next step on the host while the GPU runs the current one "
+                        "(default: on for CUDA, off for CPU)")
     p.add_argument("--attention-backend", default=None, choices=["torch", "triton"], help="attention implementation")
 
 

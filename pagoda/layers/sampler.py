@@ -51,15 +51,80 @@ def plain_greedy(r: Request) -> bool:
     )
 
 
+def needs_host_history(r: Request) -> bool:
+    """Sampling that reads the request's output tokens on the host (penalties, min_tokens).
+
+    Async scheduling must not run such a request ahead of its last token being known.
+    """
+    p = r.sampling_params
+    return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens)
+
+
+@dataclass
+class DeviceSample:
+    """A sample whose results are still on the device; :meth:`finish` brings them to the host.
+
+    ``tokens`` [S] (int64, device) is final once the step's kernels run, so the next step
+    may read it on the device before the host has it. ``finish`` blocks on the device.
+    """
+
+    tokens: torch.Tensor
+    want_lp: list[int]  # rows reporting logprobs, and the k each asks for
+    ks: list[int]
+    lp_tensors: tuple[torch.Tensor, ...] | None = None  # chosen_lp, ranks, top_v, top_i
+    host: tuple[torch.Tensor, ...] | None = None  # pinned copies started by start_copy
+    event: "torch.cuda.Event | None" = None
+
+    def start_copy(self) -> None:
+        """Start the device -> host copies (pinned, async) and record an event after them."""
+        if self.tokens.device.type != "cuda":
+            return
+        srcs = (self.tokens, *(t for t in (self.lp_tensors or ()) if t is not None))
+        self.host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in srcs)
+        for h, t in zip(self.host, srcs):
+            h.copy_(t, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def finish(self) -> SampleResult:
+        if self.host is not None:
+            self.event.synchronize()
+            tokens = self.host[0]
+            lp = self.host[1:] if self.lp_tensors is not None else None
+            if lp is not None and self.lp_tensors[2] is None:
+                lp = (lp[0], lp[1], None, None)
+        else:
+            tokens, lp = self.tokens, self.lp_tensors
+        token_list = tokens.tolist()
+        lp_out: list[tuple[float, int, list[int], list[float]] | None] = [None] * len(token_list)
+        if lp is not None:
+            chosen_lp, ranks, top_v, top_i = lp
+            chosen_lp_l, ranks_l = chosen_lp.tolist(), ranks.tolist()
+            top_v_l = top_v.tolist() if top_v is not None else None
+            top_i_l = top_i.tolist() if top_i is not None else None
+            for j, (i, n) in enumerate(zip(self.want_lp, self.ks)):
+                lp_out[i] = (
+                    chosen_lp_l[j],
+                    ranks_l[j],
+                    top_i_l[j][:n] if top_i_l else [],
+                    top_v_l[j][:n] if top_v_l else [],
+                )
+        return SampleResult(token_list, lp_out)
+
+
 def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
     """logits: float32 [S, V] (modified in place)."""
+    return sample_on_device(logits, reqs).finish()
+
+
+def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
+    """Like :func:`sample`, without waiting for the device (no host synchronisation)."""
     S, V = logits.shape
     device = logits.device
     params = [r.sampling_params for r in reqs]
 
     want_lp = [p.logprobs is not None for p in params]
     raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
-
     # Rows that need logit processing (most batches have none: one cheap pass decides).
     special = [
         i for i, (r, p) in enumerate(zip(reqs, params))
@@ -124,29 +189,19 @@ def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
             gmask = torch.tensor(greedy, device=device)
             tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
 
-    token_list = tokens.tolist()
-    lp_out: list[tuple[float, int, list[int], list[float]] | None] = [None] * S
+    rows = [i for i in range(S) if want_lp[i]]
+    ks = [params[i].logprobs or 0 for i in rows]
+    lp_tensors = None
     if raw_lp is not None:
-        rows = [i for i in range(S) if want_lp[i]]
         idx = torch.tensor(rows, device=device)
         sel = raw_lp[idx]
         chosen = tokens[idx]
         chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
         ranks = _rank(sel, chosen_lp)
-        k = max(params[i].logprobs or 0 for i in rows)
+        k = max(ks)
         top_v, top_i = sel.topk(k, dim=-1) if k > 0 else (None, None)
-        chosen_lp_l, ranks_l = chosen_lp.tolist(), ranks.tolist()
-        top_v_l = top_v.tolist() if top_v is not None else None
-        top_i_l = top_i.tolist() if top_i is not None else None
-        for j, i in enumerate(rows):
-            n = params[i].logprobs or 0
-            lp_out[i] = (
-                chosen_lp_l[j],
-                ranks_l[j],
-                top_i_l[j][:n] if top_i_l else [],
-                top_v_l[j][:n] if top_v_l else [],
-            )
-    return SampleResult(token_list, lp_out)
+        lp_tensors = (chosen_lp, ranks, top_v, top_i)
+    return DeviceSample(tokens, rows, ks, lp_tensors)
 
 
 def prompt_logprobs(

@@ -45,9 +45,12 @@ class ChunkGraphs:
         # int64: ids | positions | slots ; int32: query_start_loc (2) | seq_len (1) | last row (1) | block row
         self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
         self._i32 = torch.zeros(4 + mb, dtype=torch.int32, device=device)
-        self._h64 = torch.zeros(3 * n, dtype=torch.int64, pin_memory=True)
-        self._h32 = torch.zeros(4 + mb, dtype=torch.int32, pin_memory=True)
-        self._n64, self._n32 = self._h64.numpy(), self._h32.numpy()
+        # Pinned host staging, two sets used in turn (see DecodeGraphs).
+        self._staging = [
+            (torch.zeros(3 * n, dtype=torch.int64, pin_memory=True), torch.zeros(4 + mb, dtype=torch.int32, pin_memory=True))
+            for _ in range(2)
+        ]
+        self._turn = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy: dict[int, torch.Tensor] = {}
@@ -98,12 +101,16 @@ class ChunkGraphs:
         return 0 < num_tokens <= self.max_t and max_blocks <= self.max_blocks
 
     @torch.inference_mode()
-    def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_len: int, block_row) -> None:
-        """Replay for one request's chunk; ``block_row``: int32 array ``[max_blocks]``."""
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_len: int, block_row,
+            fill=None) -> None:
+        """Replay for one request's chunk; ``block_row``: int32 array ``[max_blocks]``; ``fill`` as
+        in :meth:`DecodeGraphs.run`."""
         t = len(input_ids)
         bucket = next(b for b in self.buckets if b >= t)
         n = self.max_t
-        h64, h32 = self._n64, self._n32
+        t64, t32 = self._staging[self._turn]
+        self._turn ^= 1
+        h64, h32 = t64.numpy(), t32.numpy()
         h64[:t] = input_ids
         h64[t:bucket] = 0
         h64[n : n + t] = positions
@@ -112,8 +119,10 @@ class ChunkGraphs:
         h64[2 * n + t : 2 * n + bucket] = -1
         h32[0], h32[1], h32[2], h32[3] = 0, t, seq_len, t - 1
         h32[4:] = block_row[: self.max_blocks]
-        self._i64.copy_(self._h64, non_blocking=True)
-        self._i32.copy_(self._h32, non_blocking=True)
+        self._i64.copy_(t64, non_blocking=True)
+        self._i32.copy_(t32, non_blocking=True)
+        if fill is not None:
+            fill(self._i64[:n])
         self.graphs[bucket].replay()
         self.last_bucket = bucket
 

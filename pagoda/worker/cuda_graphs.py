@@ -42,12 +42,17 @@ class DecodeGraphs:
         n = self.max_bs
         mb = self.max_blocks
         # Two static device buffers (int64: ids | positions | slots; int32: seq_lens | block
-        # tables) fed from two pinned host buffers: a replay costs two async copies.
+        # tables) fed from pinned host buffers: a replay costs two async copies. The host
+        # buffers alternate between two sets, so a step can be staged while the previous
+        # step's copies may still be pending (async scheduling keeps one step in flight).
         self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
         self._i32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
-        self._h64 = torch.zeros(3 * n, dtype=torch.int64, pin_memory=True)
-        self._h32 = torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True)
-        self._n64, self._n32 = self._h64.numpy(), self._h32.numpy()
+        self._staging = [
+            (torch.zeros(3 * n, dtype=torch.int64, pin_memory=True),
+             torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True))
+            for _ in range(2)
+        ]
+        self._turn = 0
         self.input_ids = self._i64[:n]
         self.positions = self._i64[n : 2 * n]
         self.slot_mapping = self._i64[2 * n :]
@@ -106,13 +111,17 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-            block_rows) -> torch.Tensor:
+            block_rows, fill=None) -> torch.Tensor:
         """Replay for a decode batch given as host lists; ``block_rows`` is an int32 array
-        ``[b, max_blocks]`` (entries past a request's last block are never read)."""
+        ``[b, max_blocks]`` (entries past a request's last block are never read). ``fill``,
+        if given, is applied to the device ``input_ids`` after they are copied in (tokens
+        the host does not know yet)."""
         b = len(input_ids)
         size = next(s for s in self.sizes if s >= b)
         n, mb = self.max_bs, self.max_blocks
-        h64, h32 = self._n64, self._n32
+        t64, t32 = self._staging[self._turn]
+        self._turn ^= 1
+        h64, h32 = t64.numpy(), t32.numpy()
         h64[:b] = input_ids
         h64[b:size] = 0
         h64[n : n + b] = positions
@@ -124,8 +133,10 @@ class DecodeGraphs:
         bt = h32[n : n + size * mb].reshape(size, mb)
         bt[:b] = block_rows
         bt[b:] = 0
-        self._i64.copy_(self._h64, non_blocking=True)
-        self._i32[: n + size * mb].copy_(self._h32[: n + size * mb], non_blocking=True)
+        self._i64.copy_(t64, non_blocking=True)
+        self._i32[: n + size * mb].copy_(t32[: n + size * mb], non_blocking=True)
+        if fill is not None:
+            fill(self.input_ids)
         self.graphs[size].replay()
         self.last_size = size
         return self.outputs[size][:b]

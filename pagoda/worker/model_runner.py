@@ -5,6 +5,11 @@ builds: flattened ``input_ids``/``positions``, the attention metadata (see
 :mod:`pagoda.attention.metadata`) and ``logits_rows`` (the rows whose logits are
 needed: the last row of each request that samples, plus all rows of prompt chunks
 whose request asked for prompt logprobs).
+
+``execute_async`` launches a step and returns without waiting for the device; its
+:class:`StepHandle` brings the sampled tokens to the host. A request scheduled while its
+previous token is still being sampled (async scheduling: ``num_placeholders``) gets that
+token on the device, from the previous step's output tensor, before the forward reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
-from pagoda.layers.sampler import plain_greedy, prompt_logprobs, sample
+from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
 from pagoda.worker.block_table import BlockTableCache
 
@@ -44,6 +49,25 @@ class RunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
 
 
+@dataclass
+class StepHandle:
+    """A launched step. ``result()`` waits for its sampled tokens (once) and returns them."""
+
+    out: RunnerOutput
+    sample_ids: list[str]
+    device_sample: DeviceSample | None
+
+    def result(self) -> RunnerOutput:
+        ds, self.device_sample = self.device_sample, None
+        if ds is not None:
+            res = ds.finish()
+            for rid, tok, lp in zip(self.sample_ids, res.token_ids, res.logprobs):
+                self.out.sampled[rid] = tok
+                if lp is not None:
+                    self.out.logprobs[rid] = lp
+        return self.out
+
+
 class ModelRunner:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
@@ -63,6 +87,10 @@ class ModelRunner:
         self.graphs = None
         self.chunk_graphs = None
         self.bt_cache: BlockTableCache | None = None
+        # The last launched step's sampled tokens (device) and each request's row in them:
+        # the source of tokens the host does not know yet (async scheduling).
+        self._prev_tokens: torch.Tensor | None = None
+        self._prev_rows: dict[str, int] = {}
 
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
@@ -214,10 +242,33 @@ class ModelRunner:
                 v.index_copy_(0, dst, v.index_select(0, src))
 
     # ---------------------------------------------------------------- step
-    @torch.inference_mode()
     def execute(
         self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
     ) -> RunnerOutput:
+        """Run one step and wait for its sampled tokens."""
+        return self.execute_async(sched, block_ids, epochs).result()
+
+    def _placeholder_fill(self, fills: list[tuple[int, int]]):
+        """A function writing the previous step's sampled tokens into a device ``input_ids``:
+        ``fills`` = (row of input_ids, row of the previous step's tokens)."""
+        if not fills:
+            return None
+        prev = self._prev_tokens
+        if prev is None:
+            raise RuntimeError("a scheduled token is unknown but no step is in flight")
+        k = len(fills)
+        if all(d == i and s == i for i, (d, s) in enumerate(fills)):
+            return lambda ids: ids[:k].copy_(prev[:k])  # steady decode: the same rows in the same order
+        idx = torch.tensor([f[0] for f in fills] + [f[1] for f in fills], dtype=torch.long).to(
+            self.device, non_blocking=True
+        )
+        return lambda ids: ids.index_copy_(0, idx[:k], prev.index_select(0, idx[k:]))
+
+    @torch.inference_mode()
+    def execute_async(
+        self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
+    ) -> StepHandle:
+        """Launch one step (device work queued, nothing waited for unless prompt logprobs are asked)."""
         if sched.swap_out:
             self.swap_out(sched.swap_out)
         if sched.block_copies:
@@ -236,11 +287,18 @@ class ModelRunner:
         logits_rows: list[int] = []
         sample_reqs = []
         plp_jobs = []  # (req, first_row, first_pos, count)
+        fills: list[tuple[int, int]] = []
         for s in sched.scheduled:
             req = s.request
             start, n = s.start, s.num_new_tokens
             end = start + n
-            input_ids.extend(req.all_token_ids[start:end])
+            toks = req.all_token_ids[start:end]
+            if len(toks) < n:  # the last token is still being sampled by the step in flight
+                if len(toks) != n - 1 or req.request_id not in self._prev_rows:
+                    raise RuntimeError(f"request {req.request_id}: {n - len(toks)} unknown input tokens")
+                fills.append((qsl[-1] + n - 1, self._prev_rows[req.request_id]))
+                toks.append(0)
+            input_ids.extend(toks)
             positions.extend(range(start, end))
             blocks = block_ids[req.request_id]
             slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
@@ -271,16 +329,17 @@ class ModelRunner:
                 )
             rows = self.bt_cache.rows_for(req_ids, tables, [epochs[r] for r in req_ids])
         graph_logits = None
+        fill = self._placeholder_fill(fills)
         decode_only = max(q_lens) == 1
         if self.graphs is not None and decode_only and rows is not None and self.graphs.can_run(len(q_lens), max_nb):
-            hidden = self.graphs.run(input_ids, positions, slots, seq_lens, self.bt_cache.table.numpy()[rows])
+            hidden = self.graphs.run(input_ids, positions, slots, seq_lens, self.bt_cache.table.numpy()[rows], fill)
             graph_logits = self.graphs.last_logits(len(q_lens))
         elif (
             self.chunk_graphs is not None and len(q_lens) == 1 and not plp_jobs and rows is not None
             and self.chunk_graphs.can_run(q_lens[0], max_nb)
         ):
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
-            self.chunk_graphs.run(input_ids, positions, slots, seq_lens[0], self.bt_cache.table.numpy()[rows[0]])
+            self.chunk_graphs.run(input_ids, positions, slots, seq_lens[0], self.bt_cache.table.numpy()[rows[0]], fill)
             graph_logits = self.chunk_graphs.last_logits()
             hidden = None
         else:
@@ -302,6 +361,8 @@ class ModelRunner:
             )
             ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
             pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
+            if fill is not None:
+                fill(ids_t)
             hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 
         out = RunnerOutput()
@@ -311,10 +372,10 @@ class ModelRunner:
             lps, ranks, ti, tv = prompt_logprobs(lg, nxt, req.sampling_params.prompt_logprobs or 0)
             out.prompt_logprobs[req.request_id] = PromptLogprobChunk(first_pos + 1, lps, ranks, ti, tv)
             req.prompt_logprobs_next = first_pos + 1 + count
+        ds = None
         if sample_reqs and graph_logits is not None and all(plain_greedy(r) for r in sample_reqs):
             # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
-            for r, tok in zip(sample_reqs, graph_logits[1].tolist()):
-                out.sampled[r.request_id] = tok
+            ds = DeviceSample(graph_logits[1], [], [])
         elif sample_reqs:
             if graph_logits is not None:
                 logits = graph_logits[0].float()
@@ -322,12 +383,15 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden)
             else:
                 logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
-            res = sample(logits, sample_reqs)
-            for r, tok, lp in zip(sample_reqs, res.token_ids, res.logprobs):
-                out.sampled[r.request_id] = tok
-                if lp is not None:
-                    out.logprobs[r.request_id] = lp
-        return out
+            ds = sample_on_device(logits, sample_reqs)
+        sample_ids = [r.request_id for r in sample_reqs]
+        if ds is not None:
+            ds.start_copy()
+            self._prev_tokens = ds.tokens
+            self._prev_rows = {rid: i for i, rid in enumerate(sample_ids)}
+        else:
+            self._prev_tokens, self._prev_rows = None, {}
+        return StepHandle(out, sample_ids, ds)
 
 
 def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int) -> None:

@@ -72,3 +72,34 @@ def test_single_request_chunk_graphs_match_eager(folder):
         for de, dg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs):
             for t in de:
                 assert abs(de[t].logprob - dg[t].logprob) < 1e-4
+
+
+def test_async_scheduling_matches_synchronous_on_gpu(folder):
+    """Async scheduling on the GPU (CUDA graphs, the next step's token taken from the previous
+    step's device output, pinned staging in turn): the tokens and logprobs of greedy, seeded,
+    n > 1 and penalised requests, with preemption, equal the synchronous run's, fp32."""
+    from pagoda import LLM, SamplingParams
+
+    prompts = [PROMPT[: 30 + 23 * i] for i in range(8)]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=40, logprobs=3),
+        SamplingParams(temperature=0.9, seed=11, max_tokens=30),
+        SamplingParams(temperature=0.8, seed=5, n=3, max_tokens=20),
+        SamplingParams(temperature=0.0, max_tokens=25, repetition_penalty=1.2),
+        SamplingParams(temperature=0.0, max_tokens=33),
+        SamplingParams(temperature=1.0, seed=2, max_tokens=28, min_tokens=20),
+        SamplingParams(temperature=0.0, max_tokens=35, ignore_eos=True),
+        SamplingParams(temperature=0.0, max_tokens=1),
+    ]
+    got = {}
+    for flag in (False, True):
+        llm = LLM(str(folder), dtype="float32", device="cuda", async_scheduling=flag, num_gpu_blocks_override=20,
+                  max_num_seqs=8)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        got[flag] = [[(c.token_ids, c.finish_reason, [sorted((t, round(lp.logprob, 3)) for t, lp in d.items())
+                                                      for d in (c.logprobs or [])]) for c in o.outputs] for o in outs]
+        core = llm.llm_engine.core
+        assert (core.num_steps_ahead > 0) is flag
+        assert core.scheduler.num_preemptions_total > 0
+        assert not core.has_unfinished_requests() and core.kv.pool.num_used_blocks == 0
+    assert got[True] == got[False]
