@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels breakdown latency throughput sync prefix hf   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels torchattn breakdown latency throughput sync prefix hf   (default: env tests kernels latency throughput hf)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -40,6 +40,11 @@ fi
 if has kernels; then
   log "kernel timings"
   timeout 200 python benchmarks/gpu/kernel_bench.py 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
+fi
+
+if has torchattn; then
+  log "torch's attention (varlen_attn, SDPA) vs ours on prompts without cached context"
+  timeout 200 python benchmarks/gpu/torch_attention_bench.py 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
 fi
 
 if has breakdown; then

@@ -1,0 +1,95 @@
+"""Torch's own attention against our Triton kernel, where torch can do the job: prompts with
+no cached context (K/V of the step itself, contiguous), causal, GQA, one layer of the
+Llama-3-8B shape in bf16.
+
+Candidates: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention, packed variable
+lengths; K/V heads repeated for GQA when this torch has no ``enable_gqa``), and
+``F.scaled_dot_product_attention`` (``is_causal``, ``enable_gqa``; equal lengths only, so a
+padded batch in general). Ours reads K/V through the block table. Times are GPU medians
+(``triton.testing.do_bench``); the floor is FLOPs at 700 TFLOP/s (half the square, causal).
+Decode and chunks over a cached prefix are not here: torch 2.11 has no paged-KV attention.
+
+Usage: python benchmarks/gpu/torch_attention_bench.py
+"""
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from pagoda.attention import triton_kernels as tk
+
+H, HKV, D, BS = 32, 8, 128, 16
+dev = torch.device("cuda")
+scale = D**-0.5
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # older torch
+    varlen_attn = None
+varlen_params = set(inspect.signature(varlen_attn).parameters) if varlen_attn else set()
+print("torch", torch.__version__, "varlen_attn:", sorted(varlen_params) if varlen_attn else "absent")
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, return_mode="median") * 1000
+
+
+def varlen_call(q, k, v, cu, max_len):
+    kw = {}
+    if "is_causal" in varlen_params:
+        kw["is_causal"] = True
+    else:
+        kw["window_size"] = (-1, 0)
+    if "scale" in varlen_params:
+        kw["scale"] = scale
+    if "enable_gqa" in varlen_params:
+        kw["enable_gqa"] = True
+    else:
+        k = k.repeat_interleave(H // HKV, dim=1)
+        v = v.repeat_interleave(H // HKV, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+print(f"{'case':22s} {'triton us':>10s} {'varlen us':>10s} {'sdpa us':>9s} {'floor us':>9s} {'varlen err':>10s}")
+for B, L in [(4, 1024), (16, 256), (1, 4096), (2, 8192)]:
+    T = B * L
+    q = torch.randn(T, H, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(T, HKV, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    cu = torch.arange(0, T + 1, L, device=dev, dtype=torch.int32)
+    # Our kernel reads the same K/V from a paged cache (blocks in a random order).
+    nb = L // BS
+    perm = torch.randperm(B * nb, device=dev) + 1
+    kc = torch.zeros(B * nb + 1, BS, HKV, D, device=dev, dtype=torch.bfloat16)
+    vc = torch.zeros_like(kc)
+    kc[perm] = k.view(B * nb, BS, HKV, D)
+    vc[perm] = v.view(B * nb, BS, HKV, D)
+    bt = perm.view(B, nb).to(torch.int32)
+    seq = torch.full((B,), L, device=dev, dtype=torch.int32)
+
+    def ours():
+        return tk.unified_attention(q, kc, vc, cu, seq, bt, L, scale)
+
+    ref = ours().float()
+    t_tri = bench(ours)
+    t_var = err = float("nan")
+    if varlen_attn is not None:
+        try:
+            out = varlen_call(q, k, v, cu, L)
+            out = out[0] if isinstance(out, tuple) else out
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            t_var = bench(lambda: varlen_call(q, k, v, cu, L))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print("varlen_attn failed:", type(e).__name__, str(e)[:200])
+    qb = q.view(B, L, H, D).transpose(1, 2)
+    kb = k.view(B, L, HKV, D).transpose(1, 2)
+    vb = v.view(B, L, HKV, D).transpose(1, 2)
+    try:
+        t_sdpa = bench(lambda: F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=True))
+    except Exception as e:  # noqa: BLE001
+        print("sdpa failed:", type(e).__name__, str(e)[:200])
+        t_sdpa = float("nan")
+    floor = 4 * B * L * L * H * D / 2 / 700e12 * 1e6
+    print(f"B={B:<3d} L={L:<6d}         {t_tri:10.1f} {t_var:10.1f} {t_sdpa:9.1f} {floor:9.1f} {err:10.1e}")
