@@ -104,10 +104,12 @@ def test_pipelined_scheduler_gives_the_synchronous_tokens(num_blocks):
 
 
 def test_abort_in_flight_frees_everything():
-    reqs = workload(2, n=12)
+    reqs = [make_req(f"r{i}", 5 + 3 * i, 30, arrival=i, ignore_eos=True) for i in range(12)]
     s = new_sched(num_blocks=200)
     drive(s, reqs, pipelined=True, abort_at={5: "r0", 9: "r3", 10: "r4"})
-    assert reqs[0].status == RequestStatus.FINISHED_ABORTED
+    for r in reqs:
+        want = RequestStatus.FINISHED_ABORTED if r.request_id in ("r0", "r3", "r4") else RequestStatus.FINISHED_LENGTH
+        assert r.status == want, r.request_id
 
 
 def test_no_row_is_scheduled_past_max_tokens():

@@ -151,18 +151,20 @@ def test_hit_confirmed_by_token_ids_not_hash():
     run_all(s)
 
 
-def test_registered_only_after_the_step_ran():
+def test_registered_when_scheduled_so_a_twin_in_the_same_step_shares():
     s = new_sched()
     a, b = req("a", P10, max_tokens=1), req("b", P10, max_tokens=1)
     s.add_request(a)
     s.add_request(b)
     out = s.schedule()
-    # Both admitted in the same step: nothing is cached yet, so b computes its prompt too.
-    assert [x.start for x in out.scheduled] == [0, 0]
-    assert s.kv.pool.num_cached_blocks == 0
-    a_blocks = list(s.kv.get_block_ids("a"))
+    # a's full blocks are findable as soon as the step that writes them is scheduled; b, admitted
+    # later in the same step, takes them (its attention runs after a's K/V write in every layer).
+    assert [x.start for x in out.scheduled] == [0, 8]
+    assert s.kv.pool.num_cached_blocks == 2
+    a_blocks, b_blocks = list(s.kv.get_block_ids("a")), list(s.kv.get_block_ids("b"))
+    assert b_blocks[:2] == a_blocks[:2] and b_blocks[2] != a_blocks[2]
+    assert b.num_cached_tokens == 8
     s.update_from_output(out, {r.request_id: fake_token(r) for r in (a, b)})
-    # Identical content is registered once; b's copies stay unhashed.
     assert s.kv.pool.num_cached_blocks == 2
     assert_no_leak(s)
     assert set(s.kv.pool.cached.values()) == set(a_blocks[:2])

@@ -7,6 +7,9 @@ Kernels and their design: :mod:`pagoda.attention.triton_kernels`.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 
 from pagoda.attention.backend import AttentionBackend, register_backend
@@ -31,7 +34,9 @@ class TritonAttentionBackend(AttentionBackend):
     and the batch alone would leave SMs idle (see ``choose_num_splits``); every other
     step — prefill, chunked prefill, mixed, or large decode batches — goes through the
     unified kernel, whose KV range is split too when a small chunk over a long cached
-    context would leave SMs idle (``choose_chunk_splits``, eager steps only).
+    context would leave SMs idle (``choose_chunk_splits``, eager steps only). Long prompts
+    with no cached context go to torch's SDPA on the step's own K/V instead (faster there,
+    measured); the rest of such a step runs the unified kernel as a compact sub-batch.
     """
 
     name = "triton"
@@ -54,6 +59,13 @@ class TritonAttentionBackend(AttentionBackend):
         bound = meta.split_kv_len or meta.max_seq_len
         return tk.choose_num_splits(meta.num_seqs, k_cache.shape[2], bound, tk.num_sms(query.device))
 
+    # Prompts with no cached context and at least this many tokens go to torch's SDPA
+    # (FlashAttention) on the step's own K/V: measured on an H100 at about half our unified
+    # kernel's time for such prompts (benchmarks/gpu/torch_attention_bench.py, RESULTS.md).
+    # Below it, one SDPA launch per prompt costs more than it saves. PAGODA_PREFILL_SDPA=0
+    # keeps every prompt on the unified kernel (an A/B switch for benchmarks).
+    sdpa_min_query_len = 512 if os.environ.get("PAGODA_PREFILL_SDPA", "1") != "0" else 1 << 62
+
     def forward(
         self,
         query: torch.Tensor,
@@ -61,26 +73,103 @@ class TritonAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        tk = _kernels()
-        num_real_tokens = sum(meta.query_lens_cpu)
         splits = self.num_splits(query, k_cache, meta)
         if splits > 1:
-            return tk.split_kv_decode(
+            return _kernels().split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                scale, splits, num_real_tokens=num_real_tokens,
+                scale, splits, num_real_tokens=sum(meta.query_lens_cpu),
             )
+        plan = None
+        if key is not None and not meta.is_decode_only:
+            plan = meta.plans.get(self.name)
+            if plan is None:
+                plan = meta.plans[self.name] = _FreshPromptPlan.build(meta, self.sdpa_min_query_len)
+        if plan is None or not plan.fresh:
+            return self._unified(query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                                 meta.max_query_len, meta.max_seq_len, meta.num_seqs, sum(meta.query_lens_cpu), scale)
+        out = torch.zeros_like(query) if query.shape[0] > plan.num_real_tokens else torch.empty_like(query)
+        for a, b in plan.fresh:
+            q = query[a:b].transpose(0, 1).unsqueeze(0)
+            k = key[a:b].transpose(0, 1).unsqueeze(0)
+            v = value[a:b].transpose(0, 1).unsqueeze(0)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+            out[a:b] = o[0].transpose(0, 1)
+        if plan.rest is not None:
+            r = plan.rest
+            o = self._unified(query.index_select(0, r.rows), k_cache, v_cache, r.query_start_loc,
+                              meta.seq_lens.index_select(0, r.seqs), meta.block_tables.index_select(0, r.seqs),
+                              r.max_query_len, r.max_seq_len, r.num_seqs, r.num_tokens, scale)
+            out.index_copy_(0, r.rows, o)
+        return out
+
+    @staticmethod
+    def _unified(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, max_query_len, max_seq_len,
+                 num_seqs, num_real_tokens, scale):
+        tk = _kernels()
         chunk_splits = 1
-        if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
+        if max_query_len > 1:  # eager steps only: CUDA graphs capture decode-only steps
             G = query.shape[1] // k_cache.shape[2]
             chunk_splits = tk.choose_chunk_splits(
-                query.shape[0], meta.num_seqs, k_cache.shape[2], G, query.shape[2],
-                meta.max_query_len, meta.max_seq_len, tk.num_sms(query.device),
+                query.shape[0], num_seqs, k_cache.shape[2], G, query.shape[2],
+                max_query_len, max_seq_len, tk.num_sms(query.device),
             )
         return tk.unified_attention(
-            query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-            meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
+            query, k_cache, v_cache, query_start_loc, seq_lens, block_tables,
+            max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
         )
+
+
+@dataclass
+class _Subset:
+    """The requests left to the unified kernel, as a compact batch of their own."""
+
+    rows: torch.Tensor  # int64 [T'] rows of the full batch
+    seqs: torch.Tensor  # int64 [B'] request indices
+    query_start_loc: torch.Tensor  # int32 [B' + 1]
+    max_query_len: int
+    max_seq_len: int
+    num_seqs: int
+    num_tokens: int
+
+
+@dataclass
+class _FreshPromptPlan:
+    """Which requests of a step attend only to their own new tokens (no cached context) and are
+    long enough for SDPA, as row ranges; the others as a :class:`_Subset` (None if none)."""
+
+    fresh: list[tuple[int, int]]
+    rest: _Subset | None
+    num_real_tokens: int
+
+    @staticmethod
+    def build(meta: AttentionMetadata, min_len: int) -> "_FreshPromptPlan":
+        fresh, rest_rows, rest_seqs, rest_qsl = [], [], [], [0]
+        rest_q, rest_s = [], []
+        a = 0
+        for i, (q, s) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            if q == s and q >= min_len:
+                fresh.append((a, a + q))
+            elif q > 0:
+                rest_rows.extend(range(a, a + q))
+                rest_seqs.append(i)
+                rest_qsl.append(rest_qsl[-1] + q)
+                rest_q.append(q)
+                rest_s.append(s)
+            a += q
+        rest = None
+        if fresh and rest_seqs:
+            dev = meta.query_start_loc.device
+            idx = torch.tensor(rest_rows + rest_seqs, dtype=torch.long).to(dev, non_blocking=True)
+            rest = _Subset(
+                rows=idx[: len(rest_rows)], seqs=idx[len(rest_rows) :],
+                query_start_loc=torch.tensor(rest_qsl, dtype=torch.int32).to(dev, non_blocking=True),
+                max_query_len=max(rest_q), max_seq_len=max(rest_s), num_seqs=len(rest_seqs),
+                num_tokens=len(rest_rows),
+            )
+        return _FreshPromptPlan(fresh, rest, a)
 
 
 register_backend("triton", TritonAttentionBackend)

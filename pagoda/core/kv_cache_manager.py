@@ -133,8 +133,14 @@ class KVCacheManager:
             self.host.end_step()
         return out, inn
 
-    def cache_full_blocks(self, request: Request) -> None:
-        """Register the request's full blocks whose K/V is now computed (call after the step ran)."""
+    def cache_full_blocks(self, request: Request, num_tokens: int | None = None) -> None:
+        """Register the request's full blocks within its first ``num_tokens`` tokens (default:
+        the computed ones), whose token ids must be known.
+
+        The scheduler registers a block as soon as the step that writes its K/V is scheduled:
+        every later reader runs after that write (a reader in the same step too, since each
+        layer writes the step's K/V before its attention reads the cache).
+        """
         if not self.enable_prefix_caching:
             return
         rid = request.request_id
@@ -142,7 +148,8 @@ class KVCacheManager:
         if blocks is None:
             return
         done = self.req_num_hashed.get(rid, 0)
-        full = min(request.num_computed_tokens // self.block_size, len(blocks))
+        upto = request.num_computed_tokens if num_tokens is None else min(num_tokens, request.num_tokens)
+        full = min(upto // self.block_size, len(blocks))
         if full <= done:
             return
         hashes = self.block_hashes(request, full)

@@ -10,7 +10,8 @@ arrived running request is preempted (its blocks freed, its progress reset: it
 is recomputed later from prompt + outputs so far) and goes back to the front of
 the waiting queue. With prefix caching, an admitted request starts from the leading
 blocks found in the cache (``num_computed_tokens`` = the hit tokens, the last token
-always computed), and full blocks are registered after the step that wrote them.
+always computed), and full blocks are registered when the step that writes them is
+scheduled (a reader in a later step, or later in the same step, runs after the write).
 
 Parallel sampling (n > 1): the samples after the first are *forks* of the first (the
 leader). They wait, holding nothing, until the leader's prompt is computed; then each
@@ -278,6 +279,8 @@ class Scheduler:
         sample = start + num_new == req.num_tokens + req.num_placeholders
         req.num_inflight_tokens += num_new
         req.num_placeholders += sample
+        # Full blocks this step writes become findable now (a token in flight is not known yet).
+        self.kv.cache_full_blocks(req, start + num_new)
         return ScheduledRequest(req, num_new, start, sample)
 
     def _last_token_in_flight(self, req: Request, end: int) -> bool:
@@ -306,7 +309,6 @@ class Scheduler:
             if req.status == RequestStatus.RUNNING:
                 req.num_inflight_tokens -= s.num_new_tokens
                 req.num_computed_tokens += s.num_new_tokens
-                self.kv.cache_full_blocks(req)  # its K/V is now written: full blocks become findable
                 if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
                     self._release_forks(req)
             elif req.status.finished:  # finished or aborted while the step ran: nothing from it counts

@@ -146,6 +146,9 @@ class EngineCore:
         logger.exception("model step failed")
         ids = [s.request.request_id for s in sched.scheduled if not s.request.status.finished]
         self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
+        # Blocks are registered in the prefix cache when scheduled: those this step was to write
+        # hold no valid K/V. Its requests are gone, so forgetting unheld blocks drops them.
+        self.kv.reset_prefix_cache()
         return EngineCoreOutputs(
             [EngineCoreOutput(rid, [], finish_reason="error", error=f"internal error: {e}") for rid in ids],
             self.stats(),

@@ -75,3 +75,40 @@ def test_gpu_matches_hf(tmp_path, arch, dtype):
         exact += ours == theirs
     if dtype == "float32":
         assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} fp32 sequences token-exact"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_prompts_through_sdpa_match_hf(tmp_path, dtype):
+    """Prompts of 600+ tokens with no cached context take torch's SDPA path (the rest of the
+    step the unified kernel): greedy tokens against HF on the GPU by the top-5 rule, in a batch
+    that mixes them with short prompts; the path was taken."""
+    from pagoda import LLM, SamplingParams
+    from tiny_models import build_long_context_model
+
+    folder = build_long_context_model(tmp_path / "long")
+    long_prompts = [" ".join(PROMPTS) * 12, PROMPTS[3] * 30]
+    prompts = long_prompts + PROMPTS[:3]
+    llm = LLM(str(folder), dtype=dtype, device="cuda")
+    tok = llm.get_tokenizer()
+    assert all(len(tok(p).input_ids) >= 600 for p in long_prompts)
+    backend = llm.llm_engine.core.runner.backend
+    assert backend.sdpa_min_query_len <= 600
+    seen = []
+    orig = type(backend).forward
+
+    def spy(self, q, kc, vc, meta, scale, key=None, value=None):
+        out = orig(self, q, kc, vc, meta, scale, key=key, value=value)
+        plan = meta.plans.get("triton")
+        if plan is not None and plan.fresh:
+            seen.append(len(plan.fresh))
+        return out
+
+    type(backend).forward = spy
+    try:
+        outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    finally:
+        type(backend).forward = orig
+    assert seen and max(seen) == 2, "both long prompts should take the SDPA path in one step"
+    ref = hf_greedy_with_top5(folder, prompts, 12, getattr(torch, dtype))
+    for o, (toks, top5) in zip(outs, ref):
+        check_top5(o.outputs[0].token_ids, toks, top5)
