@@ -36,7 +36,7 @@ class TritonAttentionBackend(AttentionBackend):
     unified kernel, whose KV range is split too when a small chunk over a long cached
     context would leave SMs idle (``choose_chunk_splits``, eager steps only). Long prompts
     with no cached context go to torch's SDPA on the step's own K/V instead (faster there,
-    measured); the rest of such a step runs the unified kernel as a compact sub-batch.
+    measured); the unified kernel runs the rest of such a step, skipping them.
     """
 
     name = "triton"
@@ -90,19 +90,18 @@ class TritonAttentionBackend(AttentionBackend):
         if plan is None or not plan.fresh:
             return self._unified(query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                                  meta.max_query_len, meta.max_seq_len, meta.num_seqs, sum(meta.query_lens_cpu), scale)
-        out = torch.zeros_like(query) if query.shape[0] > plan.num_real_tokens else torch.empty_like(query)
+        if plan.seq_lens is not None:
+            # The other requests, in one launch that skips the fresh prompts (negative seq_lens).
+            out = self._unified(query, k_cache, v_cache, meta.query_start_loc, plan.seq_lens, meta.block_tables,
+                                meta.max_query_len, meta.max_seq_len, meta.num_seqs, plan.num_real_tokens, scale)
+        else:
+            out = torch.zeros_like(query) if query.shape[0] > plan.num_real_tokens else torch.empty_like(query)
         for a, b in plan.fresh:
             q = query[a:b].transpose(0, 1).unsqueeze(0)
             k = key[a:b].transpose(0, 1).unsqueeze(0)
             v = value[a:b].transpose(0, 1).unsqueeze(0)
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             out[a:b] = o[0].transpose(0, 1)
-        if plan.rest is not None:
-            r = plan.rest
-            o = self._unified(query.index_select(0, r.rows), k_cache, v_cache, r.query_start_loc,
-                              meta.seq_lens.index_select(0, r.seqs), meta.block_tables.index_select(0, r.seqs),
-                              r.max_query_len, r.max_seq_len, r.num_seqs, r.num_tokens, scale)
-            out.index_copy_(0, r.rows, o)
         return out
 
     @staticmethod
@@ -123,53 +122,30 @@ class TritonAttentionBackend(AttentionBackend):
 
 
 @dataclass
-class _Subset:
-    """The requests left to the unified kernel, as a compact batch of their own."""
-
-    rows: torch.Tensor  # int64 [T'] rows of the full batch
-    seqs: torch.Tensor  # int64 [B'] request indices
-    query_start_loc: torch.Tensor  # int32 [B' + 1]
-    max_query_len: int
-    max_seq_len: int
-    num_seqs: int
-    num_tokens: int
-
-
-@dataclass
 class _FreshPromptPlan:
-    """Which requests of a step attend only to their own new tokens (no cached context) and are
-    long enough for SDPA, as row ranges; the others as a :class:`_Subset` (None if none)."""
+    """A step's requests that attend only to their own new tokens (no cached context) and are
+    long enough for SDPA, as row ranges; ``seq_lens`` for the unified kernel with those marked
+    -1 (skipped), or None when every request is such a prompt."""
 
     fresh: list[tuple[int, int]]
-    rest: _Subset | None
+    seq_lens: torch.Tensor | None
     num_real_tokens: int
 
     @staticmethod
     def build(meta: AttentionMetadata, min_len: int) -> "_FreshPromptPlan":
-        fresh, rest_rows, rest_seqs, rest_qsl = [], [], [], [0]
-        rest_q, rest_s = [], []
+        fresh, masked = [], []
         a = 0
-        for i, (q, s) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+        for q, s in zip(meta.query_lens_cpu, meta.seq_lens_cpu):
             if q == s and q >= min_len:
                 fresh.append((a, a + q))
-            elif q > 0:
-                rest_rows.extend(range(a, a + q))
-                rest_seqs.append(i)
-                rest_qsl.append(rest_qsl[-1] + q)
-                rest_q.append(q)
-                rest_s.append(s)
+                masked.append(-1)
+            else:
+                masked.append(s)
             a += q
-        rest = None
-        if fresh and rest_seqs:
-            dev = meta.query_start_loc.device
-            idx = torch.tensor(rest_rows + rest_seqs, dtype=torch.long).to(dev, non_blocking=True)
-            rest = _Subset(
-                rows=idx[: len(rest_rows)], seqs=idx[len(rest_rows) :],
-                query_start_loc=torch.tensor(rest_qsl, dtype=torch.int32).to(dev, non_blocking=True),
-                max_query_len=max(rest_q), max_seq_len=max(rest_s), num_seqs=len(rest_seqs),
-                num_tokens=len(rest_rows),
-            )
-        return _FreshPromptPlan(fresh, rest, a)
+        seq_lens = None
+        if fresh and len(fresh) < len(masked):
+            seq_lens = torch.tensor(masked, dtype=torch.int32).to(meta.seq_lens.device, non_blocking=True)
+        return _FreshPromptPlan(fresh, seq_lens, a)
 
 
 register_backend("triton", TritonAttentionBackend)

@@ -262,8 +262,8 @@ def test_backend_write_then_forward(reqs):
 @pytest.mark.parametrize("reqs", [MIXED + [(30, 30), (1, 9)], [(21, 21), (30, 30)], [(5, 5), (11, 27)]])
 def test_backend_sends_fresh_prompts_to_sdpa(reqs):
     """Prompts with no cached context (q_len == seq_len, at least ``sdpa_min_query_len``) go to
-    torch's SDPA on the step's own K/V; the rest of the step runs the unified kernel as a compact
-    sub-batch. Together they equal the reference, padding rows stay zero."""
+    torch's SDPA on the step's own K/V; the unified kernel runs the rest of the step, skipping them
+    (negative seq_lens). Together they equal the reference, padding rows stay zero."""
     backend = get_backend("triton")
     backend.sdpa_min_query_len = 20
     query, k_cache, v_cache, meta = make_batch(reqs, 8, 2, 32, 3, torch.float32, seed=11, pad_tokens=2)
@@ -276,8 +276,8 @@ def test_backend_sends_fresh_prompts_to_sdpa(reqs):
     out = backend.forward(query, k_cache, v_cache, meta, 0.3, key=key, value=value)
     plan = meta.plans["triton"]
     assert len(plan.fresh) == sum(1 for q, s in reqs if q == s and q >= 20)
-    # No sub-batch when the whole step is one kind (all fresh: SDPA; none: the unified kernel alone).
-    assert (plan.rest is None) == (not plan.fresh or all(q == s and q >= 20 for q, s in reqs))
+    # The unified kernel runs (skipping the fresh prompts) unless every request is fresh.
+    assert (plan.seq_lens is None) == (not plan.fresh or all(q == s and q >= 20 for q, s in reqs))
     ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.3)
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
     assert torch.all(out[n:] == 0)
