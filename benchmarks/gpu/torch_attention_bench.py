@@ -96,7 +96,9 @@ for B, L in [(4, 1024), (16, 256), (1, 4096), (2, 8192)]:
 
 # One prompt at a time, as the backend calls it (SDPA + the copy back into the [T, H, D] output),
 # at lengths that are not multiples of the tile sizes, against our kernel on the same prompt.
-print(f"{'one prompt':22s} {'triton us':>10s} {'sdpa+copy us':>12s}")
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+print(f"{'one prompt':22s} {'triton us':>10s} {'sdpa+copy us':>12s} {'flash-only us':>13s}  (sdpa: torch's default choice)")
 for L in (537, 1000, 1023, 1024, 3001, 4096):
     q = torch.randn(L, H, D, device=dev, dtype=torch.bfloat16)
     k = torch.randn(L, HKV, D, device=dev, dtype=torch.bfloat16)
@@ -116,6 +118,31 @@ for L in (537, 1000, 1023, 1024, 3001, 4096):
                                            v.transpose(0, 1).unsqueeze(0), is_causal=True, scale=scale, enable_gqa=True)
         out.copy_(o[0].transpose(0, 1))
 
+    def flash_copy():
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            sdpa_copy()
+
     t_tri = bench(lambda: tk.unified_attention(q, kc, vc, cu, seq, bt, L, scale))
     t_sd = bench(sdpa_copy)
-    print(f"L={L:<6d}                {t_tri:10.1f} {t_sd:12.1f}")
+    t_fl = bench(flash_copy)
+    print(f"L={L:<6d}                {t_tri:10.1f} {t_sd:12.1f} {t_fl:13.1f}")
+# A first call at a new length (what a stream of prompts of every length meets): default vs flash.
+for name, ctx in (("default", None), ("flash-only", [SDPBackend.FLASH_ATTENTION])):
+    times = []
+    for L in (611, 733, 877):
+        q = torch.randn(1, H, L, D, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, HKV, L, D, device=dev, dtype=torch.bfloat16)
+        torch.cuda.synchronize()
+        t0 = torch.cuda.Event(enable_timing=True)
+        t1 = torch.cuda.Event(enable_timing=True)
+        import time as _t
+
+        w0 = _t.perf_counter()
+        if ctx:
+            with sdpa_kernel(ctx):
+                F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+        else:
+            F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+        torch.cuda.synchronize()
+        times.append((_t.perf_counter() - w0) * 1e3)
+    print(f"first call at a new length, {name}: " + ", ".join(f"{t:.2f} ms" for t in times))

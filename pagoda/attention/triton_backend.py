@@ -83,7 +83,7 @@ class TritonAttentionBackend(AttentionBackend):
                 scale, splits, num_real_tokens=sum(meta.query_lens_cpu),
             )
         plan = None
-        if key is not None and not meta.is_decode_only:
+        if key is not None and not meta.is_decode_only and _flash_dtype(query):
             plan = meta.plans.get(self.name)
             if plan is None:
                 plan = meta.plans[self.name] = _FreshPromptPlan.build(meta, self.sdpa_min_query_len)
@@ -96,12 +96,16 @@ class TritonAttentionBackend(AttentionBackend):
                                 meta.max_query_len, meta.max_seq_len, meta.num_seqs, plan.num_real_tokens, scale)
         else:
             out = torch.zeros_like(query) if query.shape[0] > plan.num_real_tokens else torch.empty_like(query)
-        for a, b in plan.fresh:
-            q = query[a:b].transpose(0, 1).unsqueeze(0)
-            k = key[a:b].transpose(0, 1).unsqueeze(0)
-            v = value[a:b].transpose(0, 1).unsqueeze(0)
-            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-            out[a:b] = o[0].transpose(0, 1)
+        # FlashAttention only: cuDNN's SDPA (preferred by torch on Hopper for some shapes) builds
+        # a plan per new sequence length, milliseconds each, and every prompt has its own length.
+        with _flash_only():
+            for a, b in plan.fresh:
+                q = query[a:b].transpose(0, 1).unsqueeze(0)
+                k = key[a:b].transpose(0, 1).unsqueeze(0)
+                v = value[a:b].transpose(0, 1).unsqueeze(0)
+                o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                                     enable_gqa=True)
+                out[a:b] = o[0].transpose(0, 1)
         return out
 
     @staticmethod
@@ -119,6 +123,18 @@ class TritonAttentionBackend(AttentionBackend):
             query, k_cache, v_cache, query_start_loc, seq_lens, block_tables,
             max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
         )
+
+
+def _flash_dtype(query: torch.Tensor) -> bool:
+    """SDPA's FlashAttention kernel takes half-precision CUDA tensors; the interpreter tests run
+    the same routing on the CPU (where SDPA has no such kernel and picks its own)."""
+    return query.dtype in (torch.float16, torch.bfloat16) or query.device.type == "cpu"
+
+
+def _flash_only():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 @dataclass
