@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels torchattn breakdown latency throughput sync longprompt prefix hf   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels torchattn breakdown latency throughput sync prefix hf   (default: env tests kernels latency throughput hf)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -73,15 +73,6 @@ if has sync; then
   log "throughput sharegpt-like 500, synchronous scheduling (--no-async-scheduling)"
   timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy --no-async-scheduling \
     --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda_sync.json" 2>&1 | grep -E "pagoda\]|rror" | tee -a "$OUT/summary.txt"
-fi
-
-if has longprompt; then
-  for sdpa in 1 0; do
-    log "long prompts: time to first token, PAGODA_PREFILL_SDPA=$sdpa (1: prompts without cached context through torch SDPA)"
-    PAGODA_PREFILL_SDPA=$sdpa timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy \
-      --batch-size 1 4 --input-len 4096 --output-len 4 --num-iters 3 --max-model-len 8192 --output-json "$OUT/longprompt_sdpa$sdpa.json" 2>&1 \
-      | grep -E "^batch|rror" | tee -a "$OUT/summary.txt"
-  done
 fi
 
 if has prefix; then

@@ -40,14 +40,8 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
-        key: torch.Tensor | None = None,
-        value: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping).
-
-        ``key``/``value`` ``[T, Hkv, D]``, when given, are this step's new K/V (already in
-        the cache too): a backend may read a prompt with no cached context from them.
-        """
+        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping)."""
 
 
 _REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}

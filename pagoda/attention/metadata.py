@@ -19,7 +19,7 @@ Layout (shared by every backend):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -40,9 +40,6 @@ class AttentionMetadata:
     # Context bound a backend uses to choose how to split the KV range (when set, the
     # runner passes max_model_len, so eager and CUDA-graph steps split, and round, alike).
     split_kv_len: int | None = None
-    # Per-step plans a backend derives from the host values above, computed at the first
-    # layer and reused by the others (keyed by the backend).
-    plans: dict = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:

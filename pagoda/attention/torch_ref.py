@@ -46,7 +46,7 @@ class TorchAttentionBackend(AttentionBackend):
         k_cache[blk, :, off] = key.to(k_cache.dtype)  # [T, Hkv, D] into (block, :, offset)
         v_cache[blk, :, off] = value.to(v_cache.dtype)
 
-    def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float, key=None, value=None) -> torch.Tensor:
+    def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode_only:
             return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
         out = torch.empty_like(query)
@@ -64,16 +64,11 @@ class TorchAttentionBackend(AttentionBackend):
         for i, (q_len, s_len) in enumerate(zip(q_lens, s_lens)):
             if q_len == 1:
                 continue
-            a = starts[i]
-            if q_len == s_len and key is not None:  # no cached context: this step's K/V is all of it
-                k = key[a : a + q_len].transpose(0, 1).unsqueeze(0)
-                v = value[a : a + q_len].transpose(0, 1).unsqueeze(0)
-            else:
-                nb = -(-s_len // bs)
-                blocks = meta.block_tables[i : i + 1, :nb]
-                k = gather_heads(k_cache, blocks)[:, :, :s_len]
-                v = gather_heads(v_cache, blocks)[:, :, :s_len]
-            q = query[a : a + q_len].transpose(0, 1).unsqueeze(0)
+            nb = -(-s_len // bs)
+            blocks = meta.block_tables[i : i + 1, :nb]
+            k = gather_heads(k_cache, blocks)[:, :, :s_len]
+            v = gather_heads(v_cache, blocks)[:, :, :s_len]
+            q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
             if q_len == s_len:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             else:

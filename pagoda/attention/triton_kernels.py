@@ -270,14 +270,12 @@ def _unified_attention_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     ctx_len = seq_len - q_len  # position of the request's first new token
     q_tile_start = (tile_id - (q_start // BLOCK_Q + seq)) * BLOCK_Q
-    # A negative seq_len marks a request computed elsewhere: no row of it is live here.
-    live_len = tl.where(seq_len >= 0, q_len, 0)
-    tile_ok = q_tile_start < live_len
+    tile_ok = q_tile_start < q_len
 
     r = tl.arange(0, BLOCK_M)
     q_idx = q_tile_start + r // G
     head = kv_head * G + r % G
-    row_ok = (r < BLOCK_Q * G) & (q_idx < live_len)
+    row_ok = (r < BLOCK_Q * G) & (q_idx < q_len)
     d = tl.arange(0, BLOCK_D)
     d_mask = d < head_dim
     tok = (q_start + q_idx).to(tl.int64)
@@ -587,9 +585,7 @@ def unified_attention(
     """Causal paged attention for any mix of prefill chunks and decodes, one launch.
 
     ``num_real_tokens`` (host int, = query_start_loc[-1]) lets padding rows past the
-    last request be zeroed; a request whose ``seq_lens`` entry is negative is skipped (its
-    output rows are not written, except with ``num_splits > 1``, whose reduce writes every
-    real row: compute such a request's rows after this call); ``block_m``/``block_n`` override the tile heuristic
+    last request be zeroed; ``block_m``/``block_n`` override the tile heuristic
     (tests use them to force multi-tile paths at tiny sizes). ``num_splits > 1`` cuts
     each tile's KV range into that many parts run by separate programs and combined by
     a second launch (see :func:`choose_chunk_splits`; not for CUDA-graph capture, as it

@@ -114,7 +114,7 @@ class Attention(nn.Module):
         else:
             q, k = self.rope.apply(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        o = backend.forward(q, k_cache, v_cache, meta, self.scale, key=k, value=v)
+        o = backend.forward(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(o.reshape(-1, self.q_size))
 
 

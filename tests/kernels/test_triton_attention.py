@@ -259,33 +259,6 @@ def test_backend_write_then_forward(reqs):
     assert torch.all(out[sum(meta.query_lens_cpu) :] == 0)  # padding rows
 
 
-@pytest.mark.parametrize("reqs", [MIXED + [(30, 30), (1, 9)], [(21, 21), (30, 30)], [(5, 5), (11, 27)]])
-def test_backend_sends_fresh_prompts_to_sdpa(reqs):
-    """Prompts with no cached context (q_len == seq_len, at least ``sdpa_min_query_len``) go to
-    torch's SDPA on the step's own K/V; the unified kernel runs the rest of the step, skipping them
-    (negative seq_lens). Together they equal the reference, padding rows stay zero."""
-    backend = get_backend("triton")
-    backend.sdpa_min_query_len = 20
-    query, k_cache, v_cache, meta = make_batch(reqs, 8, 2, 32, 3, torch.float32, seed=11, pad_tokens=2)
-    n = sum(meta.query_lens_cpu)
-    slots = meta.slot_mapping[:n]
-    key = torch.zeros(query.shape[0], 2, 32, device=DEVICE)
-    value = torch.zeros_like(key)
-    key[:n] = k_cache.view(-1, 2, 32)[slots]  # this step's K/V, as the cache holds it
-    value[:n] = v_cache.view(-1, 2, 32)[slots]
-    out = backend.forward(query, k_cache, v_cache, meta, 0.3, key=key, value=value)
-    plan = meta.plans["triton"]
-    assert len(plan.fresh) == sum(1 for q, s in reqs if q == s and q >= 20)
-    # The unified kernel runs (skipping the fresh prompts) unless every request is fresh.
-    assert (plan.seq_lens is None) == (not plan.fresh or all(q == s and q >= 20 for q, s in reqs))
-    ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.3)
-    torch.testing.assert_close(out, ref, **TOL[torch.float32])
-    assert torch.all(out[n:] == 0)
-    # The second layer of the step reuses the plan.
-    assert torch.equal(backend.forward(query, k_cache, v_cache, meta, 0.3, key=key, value=value), out)
-    assert meta.plans["triton"] is plan
-
-
 def test_choose_num_splits():
     # batch-1 decode at 1k context on an H100 (132 SMs), 8 KV heads -> 128 programs
     assert tk.choose_num_splits(1, 8, 1024, 132) == 16
