@@ -19,6 +19,7 @@ from test_scheduler import EOS, assert_no_leak, make_req, new_sched
 
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
+from pagoda.sampling_params import SamplingParams
 
 
 def fake_next(tokens: list[int]) -> int:
@@ -83,7 +84,13 @@ def drive(s: Scheduler, reqs: list[Request], pipelined: bool, abort_at: dict[int
 
 def workload(seed: int, n: int = 40) -> list[Request]:
     rng = random.Random(seed)
-    return [make_req(f"r{i}", rng.randint(1, 60), rng.randint(1, 30), arrival=i) for i in range(n)]
+    reqs = []
+    for i in range(n):  # prompts from the seeded rng (make_req's come from the per-process str hash)
+        max_tokens = rng.randint(1, 30)
+        prompt = [10 + rng.randrange(500) for _ in range(rng.randint(1, 60))]
+        reqs.append(Request(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0), {EOS},
+                            max_tokens, arrival_time=i))
+    return reqs
 
 
 @pytest.mark.parametrize("num_blocks", [400, 40])  # 40 blocks of 4: constant preemption
