@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ def scale(ci, full):
 
 
 def start_server(model_dir: Path, *args: str, api_key: str | None = API_KEY, **kw) -> RemoteServer:
+    # PAGODA_RELIABILITY_SERVER_ARGS: extra flags for every server of the battery (e.g.
+    # "--async-scheduling", to run the battery on the CPU as CUDA servers run by default).
+    extra = shlex.split(os.environ.get("PAGODA_RELIABILITY_SERVER_ARGS", ""))
     return RemoteServer(str(model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
-                                         "--max-num-seqs", "64", *args], api_key=api_key, **kw)
+                                         "--max-num-seqs", "64", *args, *extra], api_key=api_key, **kw)
 
 
 # ------------------------------------------------------------------------------ ledger
