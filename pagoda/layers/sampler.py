@@ -189,10 +189,12 @@ def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
             gmask = torch.tensor(greedy, device=device)
             tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
 
-    rows = [i for i in range(S) if want_lp[i]]
-    ks = [params[i].logprobs or 0 for i in rows]
+    rows: list[int] = []
+    ks: list[int] = []
     lp_tensors = None
     if raw_lp is not None:
+        rows = [i for i in range(S) if want_lp[i]]
+        ks = [params[i].logprobs or 0 for i in rows]
         idx = torch.tensor(rows, device=device)
         sel = raw_lp[idx]
         chosen = tokens[idx]

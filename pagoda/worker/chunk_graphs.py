@@ -24,6 +24,7 @@ import time
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
 
 logger = logging.getLogger("pagoda")
 
@@ -45,12 +46,7 @@ class ChunkGraphs:
         # int64: ids | positions | slots ; int32: query_start_loc (2) | seq_len (1) | last row (1) | block row
         self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
         self._i32 = torch.zeros(4 + mb, dtype=torch.int32, device=device)
-        # Pinned host staging, two sets used in turn (see DecodeGraphs).
-        self._staging = [
-            (torch.zeros(3 * n, dtype=torch.int64, pin_memory=True), torch.zeros(4 + mb, dtype=torch.int32, pin_memory=True))
-            for _ in range(2)
-        ]
-        self._turn = 0
+        self._staging = PinnedStaging(3 * n, 4 + mb)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy: dict[int, torch.Tensor] = {}
@@ -108,15 +104,9 @@ class ChunkGraphs:
         t = len(input_ids)
         bucket = next(b for b in self.buckets if b >= t)
         n = self.max_t
-        t64, t32 = self._staging[self._turn]
-        self._turn ^= 1
+        t64, t32 = self._staging.next()
         h64, h32 = t64.numpy(), t32.numpy()
-        h64[:t] = input_ids
-        h64[t:bucket] = 0
-        h64[n : n + t] = positions
-        h64[n + t : n + bucket] = 0
-        h64[2 * n : 2 * n + t] = slots
-        h64[2 * n + t : 2 * n + bucket] = -1
+        stage_tokens(h64, n, t, bucket, input_ids, positions, slots)
         h32[0], h32[1], h32[2], h32[3] = 0, t, seq_len, t - 1
         h32[4:] = block_row[: self.max_blocks]
         self._i64.copy_(t64, non_blocking=True)

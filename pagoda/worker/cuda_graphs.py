@@ -20,6 +20,33 @@ from pagoda.attention.metadata import AttentionMetadata
 logger = logging.getLogger("pagoda")
 
 
+class PinnedStaging:
+    """Pinned host buffers (one int64, one int32) from which a graph's static inputs are copied,
+    in two sets used in turn: a step can be staged while the previous step's async copies may
+    still be pending (async scheduling keeps one step in flight, and waits for the one before)."""
+
+    def __init__(self, n64: int, n32: int) -> None:
+        self._sets = [(torch.zeros(n64, dtype=torch.int64, pin_memory=True),
+                       torch.zeros(n32, dtype=torch.int32, pin_memory=True)) for _ in range(2)]
+        self._turn = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self._sets[self._turn]
+        self._turn ^= 1
+        return t
+
+
+def stage_tokens(h64, n: int, count: int, padded: int, input_ids, positions, slots) -> None:
+    """Write ``ids | positions | slots`` (each a region of ``n``) into ``h64``; rows ``count``
+    to ``padded`` get id 0, position 0 and slot -1 (nothing written to the KV cache)."""
+    h64[:count] = input_ids
+    h64[count:padded] = 0
+    h64[n : n + count] = positions
+    h64[n + count : n + padded] = 0
+    h64[2 * n : 2 * n + count] = slots
+    h64[2 * n + count : 2 * n + padded] = -1
+
+
 def default_capture_sizes(max_num_seqs: int) -> list[int]:
     sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512]
     out = [s for s in sizes if s <= max_num_seqs]
@@ -42,17 +69,10 @@ class DecodeGraphs:
         n = self.max_bs
         mb = self.max_blocks
         # Two static device buffers (int64: ids | positions | slots; int32: seq_lens | block
-        # tables) fed from pinned host buffers: a replay costs two async copies. The host
-        # buffers alternate between two sets, so a step can be staged while the previous
-        # step's copies may still be pending (async scheduling keeps one step in flight).
+        # tables) fed from pinned host buffers: a replay costs two async copies.
         self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
         self._i32 = torch.zeros(n + n * mb, dtype=torch.int32, device=device)
-        self._staging = [
-            (torch.zeros(3 * n, dtype=torch.int64, pin_memory=True),
-             torch.zeros(n + n * mb, dtype=torch.int32, pin_memory=True))
-            for _ in range(2)
-        ]
-        self._turn = 0
+        self._staging = PinnedStaging(3 * n, n + n * mb)
         self.input_ids = self._i64[:n]
         self.positions = self._i64[n : 2 * n]
         self.slot_mapping = self._i64[2 * n :]
@@ -119,15 +139,9 @@ class DecodeGraphs:
         b = len(input_ids)
         size = next(s for s in self.sizes if s >= b)
         n, mb = self.max_bs, self.max_blocks
-        t64, t32 = self._staging[self._turn]
-        self._turn ^= 1
+        t64, t32 = self._staging.next()
         h64, h32 = t64.numpy(), t32.numpy()
-        h64[:b] = input_ids
-        h64[b:size] = 0
-        h64[n : n + b] = positions
-        h64[n + b : n + size] = 0
-        h64[2 * n : 2 * n + b] = slots
-        h64[2 * n + b : 2 * n + size] = -1
+        stage_tokens(h64, n, b, size, input_ids, positions, slots)
         h32[:b] = seq_lens
         h32[b:size] = 1
         bt = h32[n : n + size * mb].reshape(size, mb)

@@ -44,6 +44,21 @@ def scale(ci, full):
     return full if FULL else ci
 
 
+def mixed_bodies(n: int, max_tokens: int, prompt: str, message: str) -> list[tuple[str, dict, bool]]:
+    """``n`` greedy requests ``(path, body, stream)`` that ignore EOS: odd ``i`` completions of
+    ``prompt.format(i=i)``, even ``i`` chats saying ``message.format(i=i)``; half of each kind
+    streamed (completions at ``i % 4 == 1``, chats at ``i % 4 == 0``)."""
+    out = []
+    for i in range(n):
+        common = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+        if i % 2:
+            out.append(("/v1/completions", {**common, "prompt": prompt.format(i=i)}, i % 4 == 1))
+        else:
+            out.append(("/v1/chat/completions",
+                        {**common, "messages": [{"role": "user", "content": message.format(i=i)}]}, i % 4 == 0))
+    return out
+
+
 def start_server(model_dir: Path, *args: str, api_key: str | None = API_KEY, **kw) -> RemoteServer:
     # PAGODA_RELIABILITY_SERVER_ARGS: extra flags for every server of the battery (e.g.
     # "--async-scheduling", to run the battery on the CPU as CUDA servers run by default).

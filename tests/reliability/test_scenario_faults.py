@@ -17,7 +17,8 @@ import time
 
 import httpx
 
-from harness import MODEL, Ledger, async_client, plain_request, record, scale, stream_request, wait_for
+from harness import (MODEL, Ledger, async_client, mixed_bodies, plain_request, record, scale, stream_request,
+                     wait_for)
 
 IN_FLIGHT = scale(16, 32)
 
@@ -31,15 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 def _bodies(max_tokens: int) -> list[tuple[str, dict, bool]]:
-    out = []
-    for i in range(IN_FLIGHT):
-        common = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-        if i % 2:
-            out.append(("/v1/completions", {**common, "prompt": f"fault {i}"}, i % 4 == 1))
-        else:
-            out.append(("/v1/chat/completions", {**common, "messages": [{"role": "user", "content": f"f {i}"}]},
-                        i % 4 == 0))
-    return out
+    return mixed_bodies(IN_FLIGHT, max_tokens, "fault {i}", "f {i}")
 
 
 async def _run_with_event(srv, plan, ledger: Ledger, action, after_s: float) -> float:

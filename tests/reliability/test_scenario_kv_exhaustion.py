@@ -8,8 +8,8 @@ import asyncio
 
 import httpx
 
-from harness import (MODEL, Ledger, assert_recovered, async_client, plain_request, record, scale, stream_request,
-                     take_baseline)
+from harness import (MODEL, Ledger, assert_recovered, async_client, mixed_bodies, plain_request, record, scale,
+                     stream_request, take_baseline)
 
 BLOCKS = 48  # 47 usable blocks of 16 tokens: 752 tokens of KV cache in all
 REQUESTS = scale(24, 64)
@@ -17,16 +17,7 @@ MAX_TOKENS = 200  # ~14 blocks a request: REQUESTS of them want ~7-19x the cache
 
 
 def bodies() -> list[tuple[str, dict, bool]]:
-    out = []
-    for i in range(REQUESTS):
-        common = {"model": MODEL, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
-        if i % 2:
-            out.append(("/v1/completions", {**common, "prompt": f"request {i}: the key value cache"}, i % 4 == 1))
-        else:
-            out.append(("/v1/chat/completions",
-                        {**common, "messages": [{"role": "user", "content": f"request {i} under pressure"}]},
-                        i % 4 == 0))
-    return out
+    return mixed_bodies(REQUESTS, MAX_TOKENS, "request {i}: the key value cache", "request {i} under pressure")
 
 
 def test_kv_exhaustion(make_server):

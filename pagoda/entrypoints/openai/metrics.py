@@ -72,30 +72,23 @@ class PrometheusStatLogger:
         def g(name: str, doc: str) -> Gauge:
             return Gauge(PREFIX + name, doc, lbl, registry=r)
 
+        def c(name: str, doc: str):
+            return Counter(PREFIX + name, doc, lbl, registry=r).labels(model_name)
+
         self.running = g("num_requests_running", "Number of requests in model execution batches.").labels(model_name)
         self.waiting = g("num_requests_waiting", "Number of requests waiting to be processed.").labels(model_name)
         self.kv_usage = g("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.").labels(model_name)
-        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Number of prefill tokens processed.", lbl,
-                                     registry=r).labels(model_name)
-        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Number of generation tokens processed.",
-                                         lbl, registry=r).labels(model_name)
-        self.preemptions = Counter(PREFIX + "num_preemptions", "Cumulative number of preemptions from the engine.",
-                                   lbl, registry=r).labels(model_name)
+        self.prompt_tokens = c("prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = c("generation_tokens", "Number of generation tokens processed.")
+        self.preemptions = c("num_preemptions", "Cumulative number of preemptions from the engine.")
         self.cpu_usage = g("cpu_cache_usage_perc",
                            "Host-memory KV tier usage (--kv-offloading-size). 1 means 100 percent usage.").labels(
                                model_name)
-        self.prefix_queries = Counter(PREFIX + "prefix_cache_queries",
-                                      "Prefix cache queries, in terms of number of queried tokens.", lbl,
-                                      registry=r).labels(model_name)
-        self.prefix_hits = Counter(PREFIX + "prefix_cache_hits",
-                                   "Prefix cache hits, in terms of number of cached tokens.", lbl,
-                                   registry=r).labels(model_name)
-        self.offload_stored = Counter(PREFIX + "kv_offload_stored_blocks",
-                                      "KV blocks copied into the host-memory KV tier.", lbl,
-                                      registry=r).labels(model_name)
-        self.offload_loaded = Counter(PREFIX + "kv_offload_loaded_blocks",
-                                      "KV blocks copied back from the host-memory KV tier on a prefix hit.", lbl,
-                                      registry=r).labels(model_name)
+        self.prefix_queries = c("prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.")
+        self.prefix_hits = c("prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+        self.offload_stored = c("kv_offload_stored_blocks", "KV blocks copied into the host-memory KV tier.")
+        self.offload_loaded = c("kv_offload_loaded_blocks",
+                                "KV blocks copied back from the host-memory KV tier on a prefix hit.")
         success = Counter(PREFIX + "request_success", "Count of finished requests, by finish reason.",
                           lbl + ["finished_reason"], registry=r)
         self.success = {reason: success.labels(model_name, reason) for reason in self.FINISH_REASONS}
