@@ -17,6 +17,7 @@ import random
 import pytest
 from test_scheduler import EOS, assert_no_leak, make_req, new_sched
 
+from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
 from pagoda.sampling_params import SamplingParams
@@ -30,7 +31,7 @@ def fake_next(tokens: list[int]) -> int:
     return EOS if h % 29 == 0 else 10 + h % 500
 
 
-def fake_launch(out: SchedulerOutput, prev: dict[str, int]) -> dict[str, int]:
+def fake_launch(out: SchedulerOutput, prev: dict[str, list[int]]) -> dict[str, list[int]]:
     """'Run' a step at launch: a token still in flight is taken from the previous step's
     results, as the model runner takes it from the previous step's device tensor."""
     sampled = {}
@@ -41,9 +42,9 @@ def fake_launch(out: SchedulerOutput, prev: dict[str, int]) -> dict[str, int]:
         toks = r.all_token_ids[:end]
         if len(toks) < end:
             assert len(toks) == end - 1 and x.num_new_tokens == 1, "only a decode row waits for its input"
-            toks = toks + [prev[r.request_id]]
+            toks = toks + prev[r.request_id]
         if x.sample:
-            sampled[r.request_id] = fake_next(toks)
+            sampled[r.request_id] = [fake_next(toks)]
     return sampled
 
 
@@ -51,7 +52,7 @@ def drive(s: Scheduler, reqs: list[Request], pipelined: bool, abort_at: dict[int
     """Run to completion; returns how many steps were launched with a token still unknown."""
     for r in reqs:
         s.add_request(r)
-    inflight: tuple[SchedulerOutput, dict[str, int]] | None = None
+    inflight: tuple[SchedulerOutput, dict[str, list[int]]] | None = None
     ahead = 0
     for i in range(20_000):
         if not (s.has_unfinished_requests() or inflight):
@@ -97,7 +98,7 @@ def workload(seed: int, n: int = 40) -> list[Request]:
 def test_pipelined_scheduler_gives_the_synchronous_tokens(num_blocks):
     sync_reqs, async_reqs = workload(1), workload(1)
     drive(new_sched(num_blocks=num_blocks, max_num_seqs=8, budget=32), sync_reqs, pipelined=False)
-    s = new_sched(num_blocks=num_blocks, max_num_seqs=8, budget=32)
+    s = new_sched(num_blocks=num_blocks, max_num_seqs=8, budget=32, cls=AsyncScheduler)
     ahead = drive(s, async_reqs, pipelined=True)
     assert ahead > 50, "decode steps should run ahead of their last token"
     if num_blocks == 40:
@@ -112,7 +113,7 @@ def test_pipelined_scheduler_gives_the_synchronous_tokens(num_blocks):
 
 def test_abort_in_flight_frees_everything():
     reqs = [make_req(f"r{i}", 5 + 3 * i, 30, arrival=i, ignore_eos=True) for i in range(12)]
-    s = new_sched(num_blocks=200)
+    s = new_sched(num_blocks=200, cls=AsyncScheduler)
     drive(s, reqs, pipelined=True, abort_at={5: "r0", 9: "r3", 10: "r4"})
     for r in reqs:
         want = RequestStatus.FINISHED_ABORTED if r.request_id in ("r0", "r3", "r4") else RequestStatus.FINISHED_LENGTH
@@ -120,7 +121,7 @@ def test_abort_in_flight_frees_everything():
 
 
 def test_no_row_is_scheduled_past_max_tokens():
-    s = new_sched()
+    s = new_sched(cls=AsyncScheduler)
     r = make_req("a", 5, 2, ignore_eos=True)
     s.add_request(r)
     first = s.schedule()  # prompt -> first token
@@ -128,9 +129,9 @@ def test_no_row_is_scheduled_past_max_tokens():
     second = s.schedule()  # the second (last) token, run ahead of the first
     assert second.scheduled[0].num_new_tokens == 1 and second.scheduled[0].start == 5 and r.num_placeholders == 2
     assert s.schedule().is_empty, "both tokens are in flight: nothing more to run"
-    s.update_from_output(first, {"a": 11})
+    s.update_from_output(first, {"a": [11]})
     assert s.schedule().is_empty
-    s.update_from_output(second, {"a": 12})
+    s.update_from_output(second, {"a": [12]})
     assert r.status == RequestStatus.FINISHED_LENGTH and r.output_token_ids == [11, 12]
     assert r.num_inflight_tokens == 0 and r.num_placeholders == 0
     assert_no_leak(s)

@@ -72,7 +72,7 @@ def test_evicted_blocks_are_stored_and_host_hits_are_loaded():
     out = s.schedule()
     assert sorted(d for d, _ in out.swap_out) == sorted(a_blocks.values())
     assert out.swap_in == []
-    s.update_from_output(out, {"b": 5})
+    s.update_from_output(out, {"b": [5]})
     assert s.kv.host.num_used_blocks == 3 and not set(a_blocks) & set(s.kv.pool.cached)
     run_all(s)
     # a again: a device miss, a host hit for its 3 full blocks, loaded into fresh device blocks.
@@ -86,7 +86,7 @@ def test_evicted_blocks_are_stored_and_host_hits_are_loaded():
     assert [d for _, d in out.swap_in] == held[:3]
     # The loaded blocks are registered on the device again under the same hashes.
     assert {s.kv.pool.cached[h] for h in a_blocks} == set(held[:3])
-    s.update_from_output(out, {"a2": 5})
+    s.update_from_output(out, {"a2": [5]})
     assert s.kv.host.num_loaded == 3
     run_all(s)
     assert_no_leak(s)

@@ -58,7 +58,7 @@ def step(s: Scheduler):
         assert x.start == x.request.num_computed_tokens
         assert 0 < x.num_new_tokens
         assert x.start + x.num_new_tokens <= x.request.num_tokens
-    sampled = {x.request.request_id: fake_token(x.request) for x in out.scheduled if x.sample}
+    sampled = {x.request.request_id: [fake_token(x.request)] for x in out.scheduled if x.sample}
     fin = s.update_from_output(out, sampled)
     s.check_integrity()
     return out, fin
@@ -124,7 +124,7 @@ def test_full_prompt_hit_recomputes_last_token():
     first = s.kv.get_block_ids("b")[0]
     assert s.kv.pool.block_hash[first] in a_hashes
     assert s.kv.pool.ref_cnt[first] == 1
-    s.update_from_output(out, {"b": fake_token(b)})
+    s.update_from_output(out, {"b": [fake_token(b)]})
     assert_no_leak(s)
     # A one-block prompt can never hit.
     c = req("c", p8[:4], max_tokens=1)
@@ -164,7 +164,7 @@ def test_registered_when_scheduled_so_a_twin_in_the_same_step_shares():
     a_blocks, b_blocks = list(s.kv.get_block_ids("a")), list(s.kv.get_block_ids("b"))
     assert b_blocks[:2] == a_blocks[:2] and b_blocks[2] != a_blocks[2]
     assert b.num_cached_tokens == 8
-    s.update_from_output(out, {r.request_id: fake_token(r) for r in (a, b)})
+    s.update_from_output(out, {r.request_id: [fake_token(r)] for r in (a, b)})
     assert s.kv.pool.num_cached_blocks == 2
     assert_no_leak(s)
     assert set(s.kv.pool.cached.values()) == set(a_blocks[:2])

@@ -36,9 +36,9 @@ def fake_token(req: Request) -> int:
     return 10 + h % 500
 
 
-def new_sched(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, max_model_len=256, chunked=True):
+def new_sched(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, max_model_len=256, chunked=True, cls=Scheduler):
     kv = KVCacheManager(num_blocks, block_size)
-    return Scheduler(kv, max_num_seqs, budget, max_model_len, enable_chunked_prefill=chunked)
+    return cls(kv, max_num_seqs, budget, max_model_len, enable_chunked_prefill=chunked)
 
 
 def assert_no_leak(s: Scheduler) -> None:
@@ -84,7 +84,7 @@ def check_step(s: Scheduler, out) -> None:
 def step(s: Scheduler, model=fake_token):
     out = s.schedule()
     check_step(s, out)
-    sampled = {x.request.request_id: model(x.request) for x in out.scheduled if x.sample}
+    sampled = {x.request.request_id: [model(x.request)] for x in out.scheduled if x.sample}
     finished = s.update_from_output(out, sampled)
     assert_no_leak(s)
     return out, finished
@@ -296,7 +296,7 @@ def test_abort_mid_step_is_ignored_by_update():
     s.add_request(b)
     out = s.schedule()
     s.abort_requests(["a"])  # e.g. a client disconnect while the step runs
-    s.update_from_output(out, {"a": 11, "b": 12})
+    s.update_from_output(out, {"a": [11], "b": [12]})
     assert a.output_token_ids == [] and b.output_token_ids == [12]
     assert_no_leak(s)
     run_all(s)

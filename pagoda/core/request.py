@@ -83,6 +83,9 @@ class Request:
         # Prompt positions whose logprobs were already reported (position 0 has none), so a
         # preempted and recomputed request does not report them twice.
         self.prompt_logprobs_next = 1
+        # The adapter (e.g. LoRA) this request runs with; None: the base model. No adapter is
+        # supported yet: the model runner refuses a step that names one.
+        self.adapter_id: int | None = None
         self.generator: torch.Generator | None = None
         if sampling_params.seed is not None:
             self.generator = torch.Generator()

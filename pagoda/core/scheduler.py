@@ -21,16 +21,15 @@ shared block is copied first (``SchedulerOutput.block_copies``, applied before t
 forward). A fork that finds no free block or no free seat joins the waiting queue as a
 plain request instead (where prefix caching still finds the leader's full blocks).
 
-Async scheduling: ``schedule()`` may run while the previous step is still on the GPU
-(``update_from_output`` of step N-1 comes after ``schedule()`` of step N). A request in
-that step is planned from ``num_computed_tokens + num_inflight_tokens`` to ``num_tokens +
-num_placeholders`` (see :mod:`pagoda.core.request`): its next decode is scheduled before
-its last token is known, and the model runner takes that token from the previous step's
-device output. A request whose token in flight is its last (``max_tokens`` or the context
-length) is not scheduled again; one that stops on EOS or a stop token spends one extra
-row, dropped when its update comes. A request preempted while in flight keeps the token it
-was sampling (its context was complete) and is not re-admitted until that token is known.
-In synchronous use both counters are 0 at every ``schedule()``, and nothing changes.
+This is the synchronous scheduler: ``update_from_output`` of a step comes before the next
+``schedule()``. Asynchronous scheduling (the next step scheduled while the previous one is
+still on the device) is :class:`pagoda.core.async_scheduler.AsyncScheduler`, which overrides
+the hooks marked below (``_span``, ``_can_extend``, ``_can_admit``, ``_on_scheduled``,
+``_preempt``, ``_advance``).
+
+A step may give a request several new tokens (``ScheduledRequest.num_sample_rows`` logits
+rows; speculative decoding): ``update_from_output`` appends them in order and stops at the
+first that ends the request, dropping the rest from ``sampled``.
 """
 
 from __future__ import annotations
@@ -49,8 +48,14 @@ class ScheduledRequest:
     num_new_tokens: int
     # Position of the first new token (== num_computed_tokens at scheduling time).
     start: int
-    # True when this chunk reaches the end of the known tokens: a token is sampled.
+    # True when this chunk reaches the end of the known tokens: tokens are sampled.
     sample: bool
+    # Logits rows sampled when ``sample``: the last ``num_sample_rows`` rows of the chunk
+    # (1 today; a verified speculative step needs one per proposed token + 1).
+    num_sample_rows: int = 1
+    # Prompt logprobs this step reports, decided by the scheduler: (first position, count);
+    # position p's logits give prompt token p + 1's logprob.
+    prompt_logprobs: tuple[int, int] | None = None
 
 
 @dataclass
@@ -211,62 +216,9 @@ class Scheduler:
     # ------------------------------------------------------------- schedule
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.max_num_batched_tokens
-        now = time.monotonic()
-        scheduled_ids: set[str] = set()
-
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            start = req.num_computed_tokens + req.num_inflight_tokens
-            end = req.num_tokens + req.num_placeholders
-            num_new = min(end - start, budget)
-            if num_new <= 0 or (req.num_placeholders and self._last_token_in_flight(req, end)):
-                i += 1
-                continue
-            # Blocks for the tokens in flight are already held; allocation counts from the computed ones.
-            while not self.kv.allocate_slots(req, req.num_inflight_tokens + num_new):
-                victim = self.running[-1]
-                self._preempt(victim)
-                out.preempted_ids.append(victim.request_id)
-                if victim is req:
-                    break
-            else:
-                out.scheduled.append(self._make(req, num_new))
-                scheduled_ids.add(req.request_id)
-                budget -= num_new
-                i += 1
-                continue
-            break  # the request preempted itself: nothing more fits
-
+        budget = self._schedule_running(out, self.max_num_batched_tokens)
         if not out.preempted_ids:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                req = self.waiting[0]
-                if req.num_placeholders:
-                    break  # preempted while its token was in flight: wait for that token
-                # A waiting request holds no blocks: reuse the leading cached ones, if any.
-                cached = self.kv.get_computed_blocks(req)
-                host = self.kv.get_host_hits(req, len(cached))
-                num_new = req.num_tokens - (len(cached) + len(host)) * self.kv.block_size
-                if num_new > budget:
-                    if not self.enable_chunked_prefill:
-                        break
-                    num_new = budget
-                if not self.kv.allocate_slots(req, num_new, cached, host):
-                    break
-                if self.kv.enable_prefix_caching:
-                    self.kv.prefix_cache_queries += req.num_tokens
-                    self.kv.prefix_cache_hits += req.num_computed_tokens
-                if req.num_cached_tokens < 0:
-                    req.num_cached_tokens = req.num_computed_tokens
-                self.waiting.popleft()
-                req.status = RequestStatus.RUNNING
-                if req.first_scheduled_time is None:
-                    req.first_scheduled_time = now
-                self.running.append(req)
-                out.scheduled.append(self._make(req, num_new))
-                budget -= num_new
-
+            budget = self._schedule_waiting(out, budget)
         out.num_batched_tokens = self.max_num_batched_tokens - budget
         if out.scheduled:
             if self.pending_copies:
@@ -274,63 +226,156 @@ class Scheduler:
             out.swap_out, out.swap_in = self.kv.take_swaps()
         return out
 
-    def _make(self, req: Request, num_new: int) -> ScheduledRequest:
-        start = req.num_computed_tokens + req.num_inflight_tokens
-        sample = start + num_new == req.num_tokens + req.num_placeholders
-        req.num_inflight_tokens += num_new
-        req.num_placeholders += sample
-        # Full blocks this step writes become findable now (a token in flight is not known yet).
-        self.kv.cache_full_blocks(req, start + num_new)
-        return ScheduledRequest(req, num_new, start, sample)
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Running requests in arrival order; preempt the latest arrival when blocks run out.
+        Returns the budget left."""
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            start, end = self._span(req)
+            num_new = min(end - start, budget)
+            if num_new <= 0 or not self._can_extend(req, end):
+                i += 1
+                continue
+            # Blocks for tokens scheduled but not yet computed are already held: count from the computed ones.
+            while not self.kv.allocate_slots(req, start - req.num_computed_tokens + num_new):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted_ids.append(victim.request_id)
+                if victim is req:
+                    break
+            else:
+                out.scheduled.append(self._make(req, num_new))
+                budget -= num_new
+                i += 1
+                continue
+            break  # the request preempted itself: nothing more fits
+        return budget
 
-    def _last_token_in_flight(self, req: Request, end: int) -> bool:
-        """The token being sampled for ``req`` ends it by length: nothing to schedule after it."""
-        return req.num_output_tokens + req.num_placeholders >= req.max_tokens or end >= self.max_model_len
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
+        """Admit waiting requests FCFS while budget, seats and blocks allow. Returns the budget left."""
+        now = time.monotonic()
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            if not self._can_admit(req):
+                break
+            # A waiting request holds no blocks: reuse the leading cached ones, if any.
+            cached = self.kv.get_computed_blocks(req)
+            host = self.kv.get_host_hits(req, len(cached))
+            num_new = req.num_tokens - (len(cached) + len(host)) * self.kv.block_size
+            if num_new > budget:
+                if not self.enable_chunked_prefill:
+                    break
+                num_new = budget
+            if not self.kv.allocate_slots(req, num_new, cached, host):
+                break
+            if self.kv.enable_prefix_caching:
+                self.kv.prefix_cache_queries += req.num_tokens
+                self.kv.prefix_cache_hits += req.num_computed_tokens
+            if req.num_cached_tokens < 0:
+                req.num_cached_tokens = req.num_computed_tokens
+            self.waiting.popleft()
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+            self.running.append(req)
+            out.scheduled.append(self._make(req, num_new))
+            budget -= num_new
+        return budget
+
+    def _make(self, req: Request, num_new: int) -> ScheduledRequest:
+        start, end = self._span(req)
+        sample = start + num_new == end
+        s = ScheduledRequest(req, num_new, start, sample, prompt_logprobs=self._take_prompt_logprobs(req, start, num_new))
+        self._on_scheduled(s)
+        # Full blocks this step writes become findable now (a token not yet known is not hashed).
+        self.kv.cache_full_blocks(req, start + num_new)
+        return s
+
+    @staticmethod
+    def _take_prompt_logprobs(req: Request, start: int, num_new: int) -> tuple[int, int] | None:
+        """Prompt positions in ``[start, start + num_new)`` whose logprobs are not reported yet,
+        as (first, count); marks them reported (a recomputed chunk does not report them twice)."""
+        if req.sampling_params.prompt_logprobs is None:
+            return None
+        # Position p predicts prompt token p + 1; positions before prompt_logprobs_next - 1 were reported.
+        first = max(start, req.prompt_logprobs_next - 1)
+        last = min(start + num_new, req.num_prompt_tokens - 1)
+        if last <= first:
+            return None
+        req.prompt_logprobs_next = last + 1
+        return first, last - first
+
+    # Hooks (the synchronous behaviour; AsyncScheduler overrides them).
+    def _span(self, req: Request) -> tuple[int, int]:
+        """Positions a step may cover for ``req``: from its first uncomputed token to its last known one."""
+        return req.num_computed_tokens, req.num_tokens
+
+    def _can_extend(self, req: Request, end: int) -> bool:
+        """Whether a running request with tokens left to compute may be scheduled now."""
+        return True
+
+    def _can_admit(self, req: Request) -> bool:
+        """Whether the waiting request at the head of the queue may be admitted now."""
+        return True
+
+    def _on_scheduled(self, s: ScheduledRequest) -> None:
+        """Called for each request as it is put into a step."""
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv.free(req)
         req.num_computed_tokens = 0
-        req.num_inflight_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(req)
 
     # --------------------------------------------------------------- update
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, list[int]]) -> list[Request]:
         """Advance progress, append sampled tokens, apply token-level stops.
 
+        ``sampled``: each sampling request's new tokens, in order. Tokens after the one that
+        ends a request are dropped from its list, so ``sampled`` then holds what was kept.
         Returns requests that finished in this step (their blocks already freed).
         """
         finished = []
         for s in out.scheduled:
+            if not self._advance(s) or not s.sample:
+                continue
             req = s.request
-            if req.status == RequestStatus.RUNNING:
-                req.num_inflight_tokens -= s.num_new_tokens
-                req.num_computed_tokens += s.num_new_tokens
-                if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
-                    self._release_forks(req)
-            elif req.status.finished:  # finished or aborted while the step ran: nothing from it counts
-                req.num_inflight_tokens = req.num_placeholders = 0
-                continue
-            elif not (s.sample and req.num_placeholders):
-                continue  # preempted mid-prompt: that chunk is recomputed
-            # else: preempted (async scheduling) after this step was launched; its token is valid.
-            if not s.sample:
-                continue
-            req.num_placeholders -= 1
-            token = sampled[req.request_id]
+            tokens = sampled[req.request_id]
+            kept = self._append_tokens(req, tokens)
+            if kept < len(tokens):
+                del tokens[kept:]
+            if req.status.finished:
+                finished.append(req)
+        return finished
+
+    def _advance(self, s: ScheduledRequest) -> bool:
+        """Record a step's progress for one request; False when its tokens do not count
+        (the request finished or was aborted while the step ran)."""
+        req = s.request
+        if req.status != RequestStatus.RUNNING:
+            return False
+        req.num_computed_tokens += s.num_new_tokens
+        if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
+            self._release_forks(req)
+        return True
+
+    def _append_tokens(self, req: Request, tokens: list[int]) -> int:
+        """Append tokens until one ends the request (then finish it). Returns how many were appended."""
+        was_running = req.status == RequestStatus.RUNNING
+        for i, token in enumerate(tokens):
             req.append_output_token(token)
-            was_running = req.status == RequestStatus.RUNNING
             if req.check_stop(self.max_model_len):
                 if was_running:
                     self.running.remove(req)
                 else:
                     self.waiting.remove(req)
                 self._finish(req)
-                finished.append(req)
-        return finished
+                return i + 1
+        return len(tokens)
 
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
         return self.abort_requests(request_ids, status)

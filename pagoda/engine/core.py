@@ -14,11 +14,13 @@ from pagoda.config import EngineConfig
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
+from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
 from pagoda.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from pagoda.layers.sampler import needs_host_history
 from pagoda.sampling_params import SamplingParams
-from pagoda.worker.model_runner import ModelRunner, StepHandle, log_kv_cache
+from pagoda.worker.kv_cache import log_kv_cache
+from pagoda.worker.model_runner import ModelRunner, StepHandle
 
 logger = logging.getLogger("pagoda")
 
@@ -52,7 +54,8 @@ class EngineCore:
         self.kv = KVCacheManager(
             num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, host_tier=host_tier
         )
-        self.scheduler = Scheduler(
+        scheduler_cls = AsyncScheduler if cfg.async_scheduling else Scheduler
+        self.scheduler = scheduler_cls(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
@@ -102,29 +105,50 @@ class EngineCore:
         before the next one is scheduled.
         """
         if not self.cfg.async_scheduling:
-            sched = self.scheduler.schedule()
-            if sched.is_empty:
-                return EngineCoreOutputs(stats=self.stats())
-            launched = self._launch(sched)
-            if isinstance(launched, EngineCoreOutputs):
-                return launched
-            return self._complete(sched, launched)
-        done: EngineCoreOutputs | None = None
-        if self._inflight is not None and any(
-            s.sample and needs_host_history(s.request) for s in self._inflight[0].scheduled
-        ):
-            done = self._complete(*self._inflight)
-            self._inflight = None
-        sched = self.scheduler.schedule()
-        launched = None if sched.is_empty else self._launch(sched)
-        failed = None
-        if isinstance(launched, EngineCoreOutputs):
-            failed, launched = launched, None
+            return self._step_sync()
+        done = self._finish_inflight_if_host_history_needed()
+        launched, failed = self._schedule_and_launch()
         if self._inflight is not None:
             done = self._complete(*self._inflight)
-        if launched is not None and self._inflight is not None:
-            self.num_steps_ahead += 1
-        self._inflight = (sched, launched) if launched is not None else None
+            if launched is not None:
+                self.num_steps_ahead += 1
+        self._inflight = launched
+        return self._merge_outputs(done, failed)
+
+    def _step_sync(self) -> EngineCoreOutputs:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return EngineCoreOutputs(stats=self.stats())
+        launched = self._launch(sched)
+        if isinstance(launched, EngineCoreOutputs):
+            return launched
+        return self._complete(sched, launched)
+
+    def _finish_inflight_if_host_history_needed(self) -> EngineCoreOutputs | None:
+        """Complete the step in flight now if a request in it samples from its host-side history
+        (its next step must see the token): otherwise None."""
+        if self._inflight is None or not any(
+            s.sample and needs_host_history(s.request) for s in self._inflight[0].scheduled
+        ):
+            return None
+        done = self._complete(*self._inflight)
+        self._inflight = None
+        return done
+
+    def _schedule_and_launch(
+        self,
+    ) -> tuple[tuple[SchedulerOutput, StepHandle] | None, EngineCoreOutputs | None]:
+        """Schedule and launch the next step: (the launched step or None, the outputs of a failed launch or None)."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return None, None
+        launched = self._launch(sched)
+        if isinstance(launched, EngineCoreOutputs):
+            return None, launched
+        return (sched, launched), None
+
+    def _merge_outputs(self, done: EngineCoreOutputs | None, failed: EngineCoreOutputs | None) -> EngineCoreOutputs:
+        """One step's result: the completed step's outputs (and token counts), then a failed launch's."""
         outs = done.outputs if done is not None else []
         if failed is not None:
             outs = outs + failed.outputs
@@ -180,14 +204,14 @@ class EngineCore:
                 continue
             if req.num_output_tokens <= 1:
                 prompt_tokens += s.num_new_tokens
-            generated += 1
-            tok = res.sampled[rid]
-            lp = res.logprobs.get(rid)
+            toks = res.sampled[rid]
+            generated += len(toks)
+            lps = res.logprobs.get(rid)
             outs.append(
                 EngineCoreOutput(
                     rid,
-                    [tok],
-                    new_logprobs=[lp] if lp is not None else None,
+                    toks,
+                    new_logprobs=lps[: len(toks)] if lps is not None else None,
                     prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs) if plp else None,
                     finish_reason=req.status.finish_reason if rid in finished else None,
                     stop_reason=req.stop_reason if rid in finished else None,

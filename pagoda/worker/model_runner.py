@@ -1,22 +1,31 @@
 """Turns a :class:`SchedulerOutput` into tensors, runs the model, samples.
 
-Owns the model, the per-layer paged KV cache and the attention backend. Every step
-builds: flattened ``input_ids``/``positions``, the attention metadata (see
-:mod:`pagoda.attention.metadata`) and ``logits_rows`` (the rows whose logits are
-needed: the last row of each request that samples, plus all rows of prompt chunks
-whose request asked for prompt logprobs).
+Owns the model, the per-layer paged KV cache and the attention backend. A step is three
+small parts:
+
+1. **prepare inputs** (:func:`pagoda.worker.input_batch.prepare_inputs`): flattened ids,
+   positions, slots, per-request lengths and block tables, the logits rows to sample, the
+   prompt-logprob jobs and the placeholder fills (pure host work, no request is changed);
+2. **forward** on one of three paths, picked by :meth:`ModelRunner._forward_path`: a decode
+   CUDA graph, a single-request prefill-chunk graph, or eager;
+3. **sample** the logits rows (and compute prompt logprobs).
 
 ``execute_async`` launches a step and returns without waiting for the device; its
 :class:`StepHandle` brings the sampled tokens to the host. A request scheduled while its
-previous token is still being sampled (async scheduling: ``num_placeholders``) gets that
-token on the device, from the previous step's output tensor, before the forward reads it.
+previous token is still being sampled (async scheduling) gets that token on the device,
+from the previous step's output tensor, before the forward reads it.
+
+The runner changes no scheduler state: which prompt logprobs a step reports, and how many
+rows each request samples, come decided in the :class:`SchedulerOutput`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
@@ -26,11 +35,17 @@ from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
+from pagoda.worker import kv_cache
 from pagoda.worker.block_table import BlockTableCache
+from pagoda.worker.input_batch import StepInputs, prepare_inputs
+from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
 
 logger = logging.getLogger("pagoda")
 
-CPU_DEFAULT_KV_BYTES = 2 * 1024**3
+__all__ = ["ModelRunner", "RunnerOutput", "StepHandle", "PromptLogprobChunk", "log_kv_cache"]
+
+LogprobEntry = tuple[float, int, list[int], list[float]]  # (logprob, rank, top ids, top logprobs)
+Fill = Callable[[torch.Tensor], object]
 
 
 @dataclass
@@ -44,8 +59,10 @@ class PromptLogprobChunk:
 
 @dataclass
 class RunnerOutput:
-    sampled: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, tuple[float, int, list[int], list[float]]] = field(default_factory=dict)
+    # Each sampling request's new tokens, in order (one per sampled row; one row today).
+    sampled: dict[str, list[int]] = field(default_factory=dict)
+    # Per sampled token, for requests that asked for logprobs.
+    logprobs: dict[str, list[LogprobEntry]] = field(default_factory=dict)
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
 
 
@@ -55,17 +72,30 @@ class StepHandle:
 
     out: RunnerOutput
     sample_ids: list[str]
+    num_sample_rows: list[int]  # per request in sample_ids: its rows in the sampled tokens
     device_sample: DeviceSample | None
 
     def result(self) -> RunnerOutput:
         ds, self.device_sample = self.device_sample, None
         if ds is not None:
             res = ds.finish()
-            for rid, tok, lp in zip(self.sample_ids, res.token_ids, res.logprobs):
-                self.out.sampled[rid] = tok
-                if lp is not None:
-                    self.out.logprobs[rid] = lp
+            row = 0
+            for rid, n in zip(self.sample_ids, self.num_sample_rows):
+                self.out.sampled[rid] = res.token_ids[row : row + n]
+                lps = res.logprobs[row : row + n]
+                if lps[0] is not None:
+                    self.out.logprobs[rid] = lps  # type: ignore[assignment]
+                row += n
         return self.out
+
+
+@dataclass
+class ForwardResult:
+    """Hidden states of every row (eager), and/or logits computed inside a graph:
+    ``(logits in the model dtype [S, V], their argmax [S])`` for the sampled rows."""
+
+    hidden: torch.Tensor | None
+    graph_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class ModelRunner:
@@ -76,13 +106,14 @@ class ModelRunner:
             from pagoda.worker.cpu_malloc import tune_malloc
 
             tune_malloc()
+        self.memory_before_load = MemorySnapshot.take() if self.device.type == "cuda" else None
         torch.manual_seed(cfg.seed)
         self.model = load_model(cfg)
         self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
         self.block_size = cfg.block_size
-        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.kv_caches: kv_cache.KVCaches = []
         # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.
-        self.host_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.host_caches: kv_cache.KVCaches = []
         self.num_blocks = 0
         self.graphs = None
         self.chunk_graphs = None
@@ -92,11 +123,21 @@ class ModelRunner:
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[str, int] = {}
 
+    def shutdown(self) -> None:
+        """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
+        Idempotent; the runner cannot run steps afterwards."""
+        self.graphs = None
+        self.chunk_graphs = None
+        self.kv_caches = []
+        self.host_caches = []
+        self.bt_cache = None
+        self._prev_tokens, self._prev_rows = None, {}
+        self.model = None  # type: ignore[assignment]
+
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
         m = self.model
-        elt = torch.empty((), dtype=self.cfg.dtype).element_size()
-        return 2 * m.num_layers * self.block_size * m.num_kv_heads * m.head_dim * elt
+        return kv_cache.bytes_per_block(m.num_layers, self.block_size, m.num_kv_heads, m.head_dim, self.cfg.dtype)
 
     def determine_num_blocks(self) -> int:
         cfg = self.cfg
@@ -123,28 +164,19 @@ class ModelRunner:
         return int(num)
 
     def _profile_cuda_budget(self) -> int:
+        """KV bytes: this engine's share of the card less its own use and the activation peak
+        of a ``max_num_batched_tokens`` forward, measured with a throwaway cache."""
+        assert self.memory_before_load is not None
         torch.cuda.synchronize()
-        free, total = torch.cuda.mem_get_info()
-        weights_and_more = total - free
-        # Activation peak of a max_num_batched_tokens forward, measured with a throwaway cache.
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         n = self.cfg.max_num_batched_tokens
-        nb = -(-n // self.block_size) + 1
-        self.allocate_kv_cache(nb)
+        self.allocate_kv_cache(-(-n // self.block_size) + 1)
         self._dummy_forward(n)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
         self.kv_caches = []
-        torch.cuda.empty_cache()
-        budget = int(total * self.cfg.gpu_memory_utilization) - weights_and_more - peak
-        if budget <= 0:
-            raise ValueError(
-                f"No GPU memory left for the KV cache: weights and other use take {weights_and_more / 2**30:.1f} GiB "
-                f"and activations {peak / 2**30:.1f} GiB of {total / 2**30:.1f} GiB at gpu_memory_utilization="
-                f"{self.cfg.gpu_memory_utilization}. Raise --gpu-memory-utilization or lower --max-num-batched-tokens."
-            )
-        return budget
+        return kv_cache.cuda_kv_budget(self.memory_before_load, peak, self.cfg.gpu_memory_utilization)
 
     def _dummy_forward(self, n: int) -> None:
         ids = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -169,18 +201,14 @@ class ModelRunner:
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         m = self.model
-        if getattr(self.backend, "kv_layout", "NHD") == "HND":
-            shape = (num_blocks, m.num_kv_heads, self.block_size, m.head_dim)
-        else:
-            shape = (num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.cfg.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.cfg.dtype, device=self.device),
-            )
-            for _ in range(m.num_layers)
-        ]
+        self.kv_caches = kv_cache.allocate_kv_caches(
+            m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim, self.cfg.dtype, self.device,
+            getattr(self.backend, "kv_layout", "NHD"),
+        )
         self.num_blocks = num_blocks
+
+    def allocate_host_cache(self, num_blocks: int) -> None:
+        self.host_caches = kv_cache.allocate_host_caches(self.kv_caches, num_blocks, self.device.type == "cuda")
 
     def maybe_capture_graphs(self) -> float:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
@@ -204,42 +232,14 @@ class ModelRunner:
         self.chunk_graphs.capture()
         return self.graphs.capture_seconds + self.chunk_graphs.capture_seconds
 
-    def allocate_host_cache(self, num_blocks: int) -> None:
-        pin = self.device.type == "cuda"
-        self.host_caches = [
-            (
-                torch.zeros((num_blocks, *k.shape[1:]), dtype=k.dtype, pin_memory=pin),
-                torch.zeros((num_blocks, *v.shape[1:]), dtype=v.dtype, pin_memory=pin),
-            )
-            for k, v in self.kv_caches
-        ]
-
-    @torch.inference_mode()
-    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
-        """Device block -> host block, every layer (before the device block is overwritten)."""
-        dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
-        host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-        for (k, v), (hk, hv) in zip(self.kv_caches, self.host_caches):
-            hk.index_copy_(0, host, k.index_select(0, dev).cpu())
-            hv.index_copy_(0, host, v.index_select(0, dev).cpu())
-
-    @torch.inference_mode()
-    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
-        """Host block -> device block, every layer (before the forward reads it)."""
-        host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-        dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
-        for (k, v), (hk, hv) in zip(self.kv_caches, self.host_caches):
-            k.index_copy_(0, dev, hk.index_select(0, host).to(self.device, non_blocking=True))
-            v.index_copy_(0, dev, hv.index_select(0, host).to(self.device, non_blocking=True))
-
-    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
-        """KV of block ``src`` -> block ``dst`` in every layer (copy-on-write of shared blocks)."""
-        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
-        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            for k, v in self.kv_caches:
-                k.index_copy_(0, dst, k.index_select(0, src))
-                v.index_copy_(0, dst, v.index_select(0, src))
+    def _apply_kv_transfers(self, sched: SchedulerOutput) -> None:
+        """Host-tier stores, fork copies, host-tier loads: in this order, before the forward."""
+        if sched.swap_out:
+            kv_cache.swap_out(self.kv_caches, self.host_caches, sched.swap_out, self.device)
+        if sched.block_copies:
+            kv_cache.copy_blocks(self.kv_caches, sched.block_copies, self.device)
+        if sched.swap_in:
+            kv_cache.swap_in(self.kv_caches, self.host_caches, sched.swap_in, self.device)
 
     # ---------------------------------------------------------------- step
     def execute(
@@ -248,7 +248,45 @@ class ModelRunner:
         """Run one step and wait for its sampled tokens."""
         return self.execute_async(sched, block_ids, epochs).result()
 
-    def _placeholder_fill(self, fills: list[tuple[int, int]]):
+    @torch.inference_mode()
+    def execute_async(
+        self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
+    ) -> StepHandle:
+        """Launch one step (device work queued, nothing waited for unless prompt logprobs are asked).
+
+        ``epochs``: the KV manager's per-request block-list epochs; given, block tables come
+        from the persistent :class:`BlockTableCache` (needed by the CUDA-graph paths)."""
+        self._apply_kv_transfers(sched)
+        inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
+        if any(a is not None for a in inputs.adapter_ids):
+            raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
+        rows = self._block_table_rows(inputs, epochs)
+        fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
+        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
+        ds = self._sample(inputs, fwd)
+        sample_ids = [r.request_id for r in inputs.sample_reqs]
+        if ds is not None:
+            ds.start_copy()
+            self._prev_tokens = ds.tokens
+            # A request's next input is its last sampled row.
+            ends = accumulate(inputs.num_sample_rows)
+            self._prev_rows = {rid: end - 1 for rid, end in zip(sample_ids, ends)}
+        else:
+            self._prev_tokens, self._prev_rows = None, {}
+        return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
+
+    def _block_table_rows(self, inputs: StepInputs, epochs: dict[str, int] | None) -> list[int] | None:
+        """Rows of the step's requests in the persistent block-table cache (None without epochs)."""
+        if epochs is None:
+            return None
+        if self.bt_cache is None:
+            self.bt_cache = BlockTableCache(
+                max(2 * self.cfg.max_num_seqs, 64), -(-self.cfg.max_model_len // self.block_size),
+                self.device.type == "cuda",
+            )
+        return self.bt_cache.rows_for(inputs.req_ids, inputs.block_tables, [epochs[r] for r in inputs.req_ids])
+
+    def _placeholder_fill(self, fills: list[tuple[int, int]]) -> Fill | None:
         """A function writing the previous step's sampled tokens into a device ``input_ids``:
         ``fills`` = (row of input_ids, row of the previous step's tokens)."""
         if not fills:
@@ -264,140 +302,97 @@ class ModelRunner:
         )
         return lambda ids: ids.index_copy_(0, idx[:k], prev.index_select(0, idx[k:]))
 
-    @torch.inference_mode()
-    def execute_async(
-        self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
-    ) -> StepHandle:
-        """Launch one step (device work queued, nothing waited for unless prompt logprobs are asked)."""
-        if sched.swap_out:
-            self.swap_out(sched.swap_out)
-        if sched.block_copies:
-            self.copy_blocks(sched.block_copies)
-        if sched.swap_in:
-            self.swap_in(sched.swap_in)
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        qsl = [0]
-        seq_lens: list[int] = []
-        q_lens: list[int] = []
-        tables: list[list[int]] = []
-        req_ids: list[str] = []
-        logits_rows: list[int] = []
-        sample_reqs = []
-        plp_jobs = []  # (req, first_row, first_pos, count)
-        fills: list[tuple[int, int]] = []
-        for s in sched.scheduled:
-            req = s.request
-            start, n = s.start, s.num_new_tokens
-            end = start + n
-            toks = req.all_token_ids[start:end]
-            if len(toks) < n:  # the last token is still being sampled by the step in flight
-                if len(toks) != n - 1 or req.request_id not in self._prev_rows:
-                    raise RuntimeError(f"request {req.request_id}: {n - len(toks)} unknown input tokens")
-                fills.append((qsl[-1] + n - 1, self._prev_rows[req.request_id]))
-                toks.append(0)
-            input_ids.extend(toks)
-            positions.extend(range(start, end))
-            blocks = block_ids[req.request_id]
-            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
-            row0 = qsl[-1]
-            qsl.append(row0 + n)
-            seq_lens.append(end)
-            q_lens.append(n)
-            tables.append(blocks)
-            req_ids.append(req.request_id)
-            k = req.sampling_params.prompt_logprobs
-            if k is not None:
-                # Position p predicts prompt token p+1; report prompt indices not yet reported.
-                first = max(start, req.prompt_logprobs_next - 1)
-                last = min(end, req.num_prompt_tokens - 1)
-                if last > first:
-                    plp_jobs.append((req, row0 + first - start, first, last - first))
-            if s.sample:
-                logits_rows.append(row0 + n - 1)
-                sample_reqs.append(req)
+    # ------------------------------------------------------------- forward
+    def _forward_path(self, inputs: StepInputs, rows: list[int] | None) -> str:
+        """``"decode_graph"``, ``"chunk_graph"`` or ``"eager"``.
 
-        dev = self.device
-        max_nb = max(-(-sl // bs) for sl in seq_lens)
-        rows = None
-        if epochs is not None:
-            if self.bt_cache is None:
-                self.bt_cache = BlockTableCache(
-                    max(2 * self.cfg.max_num_seqs, 64), -(-self.cfg.max_model_len // bs), dev.type == "cuda"
-                )
-            rows = self.bt_cache.rows_for(req_ids, tables, [epochs[r] for r in req_ids])
-        graph_logits = None
-        fill = self._placeholder_fill(fills)
-        decode_only = max(q_lens) == 1
-        if self.graphs is not None and decode_only and rows is not None and self.graphs.can_run(len(q_lens), max_nb):
-            hidden = self.graphs.run(input_ids, positions, slots, seq_lens, self.bt_cache.table.numpy()[rows], fill)
-            graph_logits = self.graphs.last_logits(len(q_lens))
-        elif (
-            self.chunk_graphs is not None and len(q_lens) == 1 and not plp_jobs and rows is not None
-            and self.chunk_graphs.can_run(q_lens[0], max_nb)
+        Graphs need the block-table cache (``rows``). The decode graph takes a decode-only
+        batch up to its largest size; the chunk graph one request's chunk up to its largest
+        bucket, sampling its last row only, with no prompt logprobs (it computes no other logits).
+        """
+        if rows is None:
+            return "eager"
+        max_nb = inputs.max_num_blocks(self.block_size)
+        if self.graphs is not None and inputs.is_decode_only and self.graphs.can_run(inputs.num_reqs, max_nb):
+            return "decode_graph"
+        if (
+            self.chunk_graphs is not None and inputs.num_reqs == 1 and not inputs.prompt_logprob_jobs
+            and inputs.samples_one_row_each and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
         ):
+            return "chunk_graph"
+        return "eager"
+
+    def _forward(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> ForwardResult:
+        path = self._forward_path(inputs, rows)
+        if path == "decode_graph":
+            assert self.graphs is not None and self.bt_cache is not None and rows is not None
+            hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
+                                     self.bt_cache.table.numpy()[rows], fill)
+            return ForwardResult(hidden, self.graphs.last_logits(inputs.num_reqs))
+        if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
-            self.chunk_graphs.run(input_ids, positions, slots, seq_lens[0], self.bt_cache.table.numpy()[rows[0]], fill)
-            graph_logits = self.chunk_graphs.last_logits()
-            hidden = None
-        else:
-            if rows is not None:
-                bt = self.bt_cache.table[torch.tensor(rows), :max_nb]
-            else:
-                bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in tables], dtype=torch.int32)
-            meta = AttentionMetadata(
-                query_start_loc=torch.tensor(qsl, dtype=torch.int32).to(dev, non_blocking=True),
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-                block_tables=bt.to(dev, non_blocking=True),
-                slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
-                max_query_len=max(q_lens),
-                max_seq_len=max(seq_lens),
-                query_lens_cpu=q_lens,
-                seq_lens_cpu=seq_lens,
-                is_decode_only=decode_only,
-                split_kv_len=self.cfg.max_model_len,
-            )
-            ids_t = torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True)
-            pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
-            if fill is not None:
-                fill(ids_t)
-            hidden = self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
+            assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None
+            self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
+                                  self.bt_cache.table.numpy()[rows[0]], fill)
+            return ForwardResult(None, self.chunk_graphs.last_logits())
+        return ForwardResult(self._forward_eager(inputs, rows, fill))
 
-        out = RunnerOutput()
-        for req, row, first_pos, count in plp_jobs:
-            lg = self.model.compute_logits(hidden[row : row + count])
-            nxt = torch.tensor(req.all_token_ids[first_pos + 1 : first_pos + 1 + count], device=dev)
+    def _forward_eager(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> torch.Tensor:
+        dev = self.device
+        max_nb = inputs.max_num_blocks(self.block_size)
+        if rows is not None:
+            assert self.bt_cache is not None
+            bt = self.bt_cache.table[torch.tensor(rows), :max_nb]
+        else:
+            bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in inputs.block_tables],
+                              dtype=torch.int32)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(inputs.query_start_loc, dtype=torch.int32).to(dev, non_blocking=True),
+            seq_lens=torch.tensor(inputs.seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            block_tables=bt.to(dev, non_blocking=True),
+            slot_mapping=torch.tensor(inputs.slots, dtype=torch.int64).to(dev, non_blocking=True),
+            max_query_len=max(inputs.query_lens),
+            max_seq_len=max(inputs.seq_lens),
+            query_lens_cpu=inputs.query_lens,
+            seq_lens_cpu=inputs.seq_lens,
+            is_decode_only=inputs.is_decode_only,
+            split_kv_len=self.cfg.max_model_len,
+        )
+        ids_t = torch.tensor(inputs.input_ids, dtype=torch.long).to(dev, non_blocking=True)
+        pos_t = torch.tensor(inputs.positions, dtype=torch.long).to(dev, non_blocking=True)
+        if fill is not None:
+            fill(ids_t)
+        return self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
+
+    # -------------------------------------------------------------- sample
+    def _prompt_logprobs(self, inputs: StepInputs, fwd: ForwardResult) -> dict[str, PromptLogprobChunk]:
+        """Prompt logprobs of this step's jobs (waits for the device)."""
+        out: dict[str, PromptLogprobChunk] = {}
+        for job in inputs.prompt_logprob_jobs:
+            assert fwd.hidden is not None  # the chunk graph never runs a step with prompt logprobs
+            req, first = job.request, job.first_pos
+            lg = self.model.compute_logits(fwd.hidden[job.row : job.row + job.count])
+            nxt = torch.tensor(req.all_token_ids[first + 1 : first + 1 + job.count], device=self.device)
             lps, ranks, ti, tv = prompt_logprobs(lg, nxt, req.sampling_params.prompt_logprobs or 0)
-            out.prompt_logprobs[req.request_id] = PromptLogprobChunk(first_pos + 1, lps, ranks, ti, tv)
-            req.prompt_logprobs_next = first_pos + 1 + count
-        ds = None
-        if sample_reqs and graph_logits is not None and all(plain_greedy(r) for r in sample_reqs):
+            out[req.request_id] = PromptLogprobChunk(first + 1, lps, ranks, ti, tv)
+        return out
+
+    def _sample(self, inputs: StepInputs, fwd: ForwardResult) -> DeviceSample | None:
+        """Sample every logits row, without waiting for the device."""
+        reqs = inputs.sample_reqs
+        if not reqs:
+            return None
+        if not inputs.samples_one_row_each:
+            raise ValueError("sampling several rows per request (speculative decoding) is not implemented")
+        if fwd.graph_logits is not None and all(plain_greedy(r) for r in reqs):
             # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
-            ds = DeviceSample(graph_logits[1], [], [])
-        elif sample_reqs:
-            if graph_logits is not None:
-                logits = graph_logits[0].float()
-            elif len(logits_rows) == hidden.shape[0]:  # every row samples (pure decode): no gather
-                logits = self.model.compute_logits(hidden)
-            else:
-                logits = self.model.compute_logits(hidden[torch.tensor(logits_rows, device=dev)])
-            ds = sample_on_device(logits, sample_reqs)
-        sample_ids = [r.request_id for r in sample_reqs]
-        if ds is not None:
-            ds.start_copy()
-            self._prev_tokens = ds.tokens
-            self._prev_rows = {rid: i for i, rid in enumerate(sample_ids)}
+            return DeviceSample(fwd.graph_logits[1], [], [])
+        if fwd.graph_logits is not None:
+            logits = fwd.graph_logits[0].float()
         else:
-            self._prev_tokens, self._prev_rows = None, {}
-        return StepHandle(out, sample_ids, ds)
-
-
-def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int) -> None:
-    tokens = (num_blocks - 1) * block_size
-    logger.info(
-        "KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB); maximum concurrency at max_model_len=%d: %.2fx",
-        num_blocks - 1, block_size, tokens, num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
-    )
-
+            assert fwd.hidden is not None
+            if len(inputs.logits_rows) == fwd.hidden.shape[0]:  # every row samples (pure decode): no gather
+                logits = self.model.compute_logits(fwd.hidden)
+            else:
+                logits = self.model.compute_logits(fwd.hidden[torch.tensor(inputs.logits_rows, device=self.device)])
+        return sample_on_device(logits, reqs)

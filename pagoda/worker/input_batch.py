@@ -1,0 +1,110 @@
+"""A step's inputs, flattened: what the model runner builds from a :class:`SchedulerOutput`.
+
+Rows are the step's tokens, request after request in scheduling order. Request ``i`` owns rows
+``query_start_loc[i] .. query_start_loc[i + 1] - 1`` at positions ``start .. start + n - 1``;
+its K/V go to ``slots`` (``block * block_size + offset``). ``logits_rows`` are the rows whose
+logits are sampled: the last ``num_sample_rows`` rows of each request that samples, grouped by
+request in ``sample_reqs`` order. Prompt-logprob jobs name further rows whose logits are needed.
+
+A row whose input token is not known on the host yet (async scheduling: the previous step is
+still sampling it) holds 0 and is listed in ``fills`` as ``(row, row of the previous step's
+sampled tokens)``; the runner writes it on the device before the forward reads it.
+
+Nothing here touches the device or changes a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagoda.core.request import Request
+from pagoda.core.scheduler import ScheduledRequest, SchedulerOutput
+
+
+@dataclass
+class PromptLogprobJob:
+    """Logits rows ``row .. row + count - 1`` (positions ``first_pos ..``) give the logprobs of
+    prompt tokens ``first_pos + 1 .. first_pos + count``."""
+
+    request: Request
+    row: int
+    first_pos: int
+    count: int
+
+
+@dataclass
+class StepInputs:
+    input_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    query_start_loc: list[int] = field(default_factory=lambda: [0])
+    query_lens: list[int] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=list)
+    block_tables: list[list[int]] = field(default_factory=list)  # one per request (its whole list)
+    req_ids: list[str] = field(default_factory=list)
+    # Per-request adapter (e.g. LoRA) id, None for the base model.
+    adapter_ids: list[int | None] = field(default_factory=list)
+    logits_rows: list[int] = field(default_factory=list)
+    sample_reqs: list[Request] = field(default_factory=list)
+    num_sample_rows: list[int] = field(default_factory=list)  # per entry of sample_reqs
+    prompt_logprob_jobs: list[PromptLogprobJob] = field(default_factory=list)
+    fills: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.query_lens)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return max(self.query_lens) == 1
+
+    def max_num_blocks(self, block_size: int) -> int:
+        """Blocks of the longest sequence: the width the block tables need this step."""
+        return max(-(-sl // block_size) for sl in self.seq_lens)
+
+    @property
+    def samples_one_row_each(self) -> bool:
+        return all(n == 1 for n in self.num_sample_rows)
+
+
+def prepare_inputs(
+    sched: SchedulerOutput, block_ids: dict[str, list[int]], block_size: int, prev_rows: dict[str, int]
+) -> StepInputs:
+    """Flatten a scheduled step. ``prev_rows``: request id -> its row in the previous step's
+    sampled tokens (the source of an input token still being sampled)."""
+    b = StepInputs()
+    for s in sched.scheduled:
+        _add_request(b, s, block_ids[s.request.request_id], block_size, prev_rows)
+    return b
+
+
+def _add_request(b: StepInputs, s: ScheduledRequest, blocks: list[int], bs: int, prev_rows: dict[str, int]) -> None:
+    req = s.request
+    start, n = s.start, s.num_new_tokens
+    end = start + n
+    row0 = b.query_start_loc[-1]
+    toks = req.all_token_ids[start:end]
+    if len(toks) < n:  # the last token is still being sampled by the step in flight
+        if len(toks) != n - 1 or req.request_id not in prev_rows:
+            raise RuntimeError(f"request {req.request_id}: {n - len(toks)} unknown input tokens")
+        b.fills.append((row0 + n - 1, prev_rows[req.request_id]))
+        toks.append(0)
+    b.input_ids.extend(toks)
+    b.positions.extend(range(start, end))
+    b.slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+    b.query_start_loc.append(row0 + n)
+    b.query_lens.append(n)
+    b.seq_lens.append(end)
+    b.block_tables.append(blocks)
+    b.req_ids.append(req.request_id)
+    b.adapter_ids.append(req.adapter_id)
+    if s.prompt_logprobs is not None:
+        first, count = s.prompt_logprobs
+        b.prompt_logprob_jobs.append(PromptLogprobJob(req, row0 + first - start, first, count))
+    if s.sample:
+        k = s.num_sample_rows
+        if not 1 <= k <= n:
+            raise ValueError(f"request {req.request_id}: {k} sample rows in a chunk of {n} tokens")
+        b.logits_rows.extend(range(row0 + n - k, row0 + n))
+        b.sample_reqs.append(req)
+        b.num_sample_rows.append(k)

@@ -1,0 +1,160 @@
+"""The paged KV cache's tensors: sizing, allocation, and block transfers.
+
+Layout per layer: ``(k_cache, v_cache)``, each ``[num_blocks, block_size, num_kv_heads,
+head_dim]`` (``HND`` backends: heads before tokens). The host tier has the same layout in
+(pinned, on CUDA) host memory.
+
+Sizing on CUDA is per engine, as vLLM's ``gpu_memory_utilization``: the KV cache gets
+``total × gpu_memory_utilization − (this engine's own use) − activation peak``, where the own
+use is what the device lost since :class:`MemorySnapshot` was taken just before the model was
+loaded (weights, non-torch allocations such as kernels' workspaces). Memory that was in use
+before (another engine of this process that is still alive, another process) is not this
+engine's; it is logged, and the budget never exceeds what is free.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("pagoda")
+
+CPU_DEFAULT_KV_BYTES = 2 * 1024**3
+# Use of the card before loading above this is reported (a CUDA context alone takes ~0.5 GiB).
+_OTHER_USE_NOTE_BYTES = 2 * 1024**3
+
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    elt = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * block_size * num_kv_heads * head_dim * elt
+
+
+def allocate_kv_caches(
+    num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    device: torch.device, layout: str = "NHD",
+) -> KVCaches:
+    if layout == "HND":
+        shape = (num_blocks, num_kv_heads, block_size, head_dim)
+    else:
+        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(num_layers)
+    ]
+
+
+def allocate_host_caches(kv_caches: KVCaches, num_blocks: int, pin: bool) -> KVCaches:
+    """Host copies of the device layout with ``num_blocks`` blocks per layer."""
+    return [
+        (
+            torch.zeros((num_blocks, *k.shape[1:]), dtype=k.dtype, pin_memory=pin),
+            torch.zeros((num_blocks, *v.shape[1:]), dtype=v.dtype, pin_memory=pin),
+        )
+        for k, v in kv_caches
+    ]
+
+
+@torch.inference_mode()
+def swap_out(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, int]], device: torch.device) -> None:
+    """(device block, host block) pairs, every layer (before the device block is overwritten)."""
+    dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    for (k, v), (hk, hv) in zip(kv_caches, host_caches):
+        hk.index_copy_(0, host, k.index_select(0, dev).cpu())
+        hv.index_copy_(0, host, v.index_select(0, dev).cpu())
+
+
+@torch.inference_mode()
+def swap_in(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, int]], device: torch.device) -> None:
+    """(host block, device block) pairs, every layer (before the forward reads them)."""
+    host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
+    for (k, v), (hk, hv) in zip(kv_caches, host_caches):
+        k.index_copy_(0, dev, hk.index_select(0, host).to(device, non_blocking=True))
+        v.index_copy_(0, dev, hv.index_select(0, host).to(device, non_blocking=True))
+
+
+@torch.inference_mode()
+def copy_blocks(kv_caches: KVCaches, pairs: list[tuple[int, int]], device: torch.device) -> None:
+    """KV of block ``src`` -> block ``dst`` in every layer (copy-on-write of shared blocks)."""
+    src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
+    for k, v in kv_caches:
+        k.index_copy_(0, dst, k.index_select(0, src))
+        v.index_copy_(0, dst, v.index_select(0, src))
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """The card before this engine loaded anything: free bytes, total, and bytes of live torch
+    tensors of this process (another engine, user tensors)."""
+
+    free: int
+    total: int
+    torch_allocated: int
+
+    @staticmethod
+    def take() -> MemorySnapshot:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        return MemorySnapshot(free, total, torch.cuda.memory_allocated())
+
+    @property
+    def other_use(self) -> int:
+        return self.total - self.free
+
+
+def cuda_kv_budget(before: MemorySnapshot, activation_peak: int, utilization: float) -> int:
+    """Bytes for the KV cache (see the module docstring); raises when nothing is left."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    own = max(0, before.free - free)
+    _note_other_use(before)
+    budget = int(total * utilization) - own - activation_peak
+    available = free - activation_peak
+    if budget > available:
+        logger.warning(
+            "KV cache: gpu_memory_utilization=%s would give %.1f GiB but only %.1f GiB are free (%.1f GiB of "
+            "the card is used by others); using what is free.",
+            utilization, budget / 2**30, max(available, 0) / 2**30, before.other_use / 2**30,
+        )
+        budget = available
+    if budget <= 0:
+        raise ValueError(
+            f"No GPU memory left for the KV cache: this engine's weights and other use take {own / 2**30:.1f} GiB, "
+            f"activations {activation_peak / 2**30:.1f} GiB, and {before.other_use / 2**30:.1f} GiB of the "
+            f"{total / 2**30:.1f} GiB card were in use before it loaded"
+            f"{_other_engine_hint(before)}, at gpu_memory_utilization={utilization}. Raise "
+            f"--gpu-memory-utilization or lower --max-num-batched-tokens."
+        )
+    return budget
+
+
+def _other_engine_hint(before: MemorySnapshot) -> str:
+    if before.torch_allocated <= 0:
+        return ""
+    return (f" ({before.torch_allocated / 2**30:.1f} GiB by live tensors of this process: another engine "
+            f"not yet shut down? call LLM.shutdown() or drop it)")
+
+
+def _note_other_use(before: MemorySnapshot) -> None:
+    if before.other_use > _OTHER_USE_NOTE_BYTES or before.torch_allocated > 0:
+        logger.warning(
+            "%.1f GiB of the GPU (%.1f GiB total) were in use before this engine loaded%s; "
+            "the KV cache is sized from this engine's own use and what is free.",
+            before.other_use / 2**30, before.total / 2**30, _other_engine_hint(before),
+        )
+
+
+def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int) -> None:
+    tokens = (num_blocks - 1) * block_size
+    logger.info(
+        "KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB); maximum concurrency at max_model_len=%d: %.2fx",
+        num_blocks - 1, block_size, tokens, num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
+    )
