@@ -50,11 +50,15 @@ class PackedLinear(nn.Module):
 
 
 def pack_model_linears(model: nn.Module, batch_hint: int) -> int:
-    """Replace every bf16 ``nn.Linear`` under ``model`` with a :class:`PackedLinear`. Returns count."""
+    """Replace every bf16 unquantized linear (``nn.Linear`` or :class:`pagoda.layers.linear.Linear`
+    with :class:`UnquantizedLinearMethod`) under ``model`` with a :class:`PackedLinear`. Returns count."""
     count = 0
+    from pagoda.layers.linear import Linear, UnquantizedLinearMethod
+
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
+            plain = isinstance(child, Linear) and type(child.linear_method) is UnquantizedLinearMethod
+            if plain or isinstance(child, nn.Linear):
                 packed = pack_weight(child.weight, batch_hint)
                 if packed is None:
                     continue

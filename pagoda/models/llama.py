@@ -18,6 +18,7 @@ from torch import nn
 
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.linear import Linear, LinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.rotary import RotaryEmbedding, rope_parameters
 
@@ -68,14 +69,14 @@ def _act(name: str):
 
 
 class Attention(nn.Module):
-    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int) -> None:
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int, lm: LinearMethod | None = None) -> None:
         super().__init__()
         self.s = s
         self.layer_idx = layer_idx
         self.q_size = s.num_heads * s.head_dim
         self.kv_size = s.num_kv_heads * s.head_dim
-        self.qkv_proj = nn.Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=False)
+        self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias, linear_method=lm)
+        self.o_proj = Linear(self.q_size, s.hidden_size, bias=False, linear_method=lm)
         if s.qk_norm:
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
@@ -119,11 +120,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, s: LlamaShape) -> None:
+    def __init__(self, s: LlamaShape, lm: LinearMethod | None = None) -> None:
         super().__init__()
         self.inter = s.intermediate_size
-        self.gate_up_proj = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False, linear_method=lm)
+        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False, linear_method=lm)
         self.act = _act(s.hidden_act)
 
         self.fused = False
@@ -139,10 +140,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int) -> None:
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, lm: LinearMethod | None = None) -> None:
         super().__init__()
-        self.self_attn = Attention(s, rope, idx)
-        self.mlp = MLP(s)
+        self.self_attn = Attention(s, rope, idx, lm)
+        self.mlp = MLP(s, lm)
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -172,16 +173,19 @@ class LlamaForCausalLM(nn.Module):
         "gate_up_proj": ["gate_proj", "up_proj"],
     }
 
-    def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype) -> None:
+    def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
+                 linear_method: LinearMethod | None = None) -> None:
+        """``linear_method``: how the decoder layers' linear layers store and apply their weights
+        (default unquantized; the LM head stays unquantized)."""
         super().__init__()
         s = LlamaShape.from_hf(hf_config, arch)
         self.shape = s
         rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(s, rope, i) for i in range(s.num_layers)])
+        self.layers = nn.ModuleList([DecoderLayer(s, rope, i, linear_method) for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
-            self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
+            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pagoda.config import EngineConfig
+from pagoda.layers.linear import process_weights_after_loading
 from pagoda.models.registry import build_model
 
 logger = logging.getLogger("pagoda")
@@ -70,6 +71,7 @@ def load_model(cfg: EngineConfig) -> nn.Module:
         missing = model.expected_weight_keys() - loaded
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")
+    process_weights_after_loading(model)
     if cfg.device.type == "cuda" and hasattr(model, "enable_fused_kernels"):
         try:
             import triton  # noqa: F401
