@@ -154,20 +154,22 @@ class Scheduler:
         for f in forks:
             if f.status.finished:
                 continue
-            res = False
+            res: tuple[int, int] | bool | None = False
             if can_share and len(self.running) < self.max_num_seqs:
                 res = self.kv.fork(leader, f, P - 1)
             if res is False:
                 self.waiting.appendleft(f)
                 continue
-            if res is not None:
+            if isinstance(res, tuple):
                 self.pending_copies.append(res)
             f.status = RequestStatus.RUNNING
             f.first_scheduled_time = now
             f.num_cached_tokens = max(0, leader.num_cached_tokens)
             self.running.append(f)
 
-    def abort_requests(self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> list[Request]:
+    def abort_requests(
+        self, request_ids: list[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED
+    ) -> list[Request]:
         """Finish requests now (abort or an external stop). Frees their blocks at once."""
         done = []
         for rid in request_ids:
@@ -286,7 +288,8 @@ class Scheduler:
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:
         start, end = self._span(req)
         sample = start + num_new == end
-        s = ScheduledRequest(req, num_new, start, sample, prompt_logprobs=self._take_prompt_logprobs(req, start, num_new))
+        plp = self._take_prompt_logprobs(req, start, num_new)
+        s = ScheduledRequest(req, num_new, start, sample, prompt_logprobs=plp)
         self._on_scheduled(s)
         # Full blocks this step writes become findable now (a token not yet known is not hashed).
         self.kv.cache_full_blocks(req, start + num_new)

@@ -1,20 +1,23 @@
 """The engine core: scheduler + KV cache + model runner, driven one step at a time.
 
 ``step()`` = schedule → execute → update (with async scheduling, the update of the
-previous step comes after this step is launched: see :meth:`EngineCore.step`). It owns no tokenizer and no text: it takes
-token ids in and gives token ids (and logprobs) out, so it can live in its own process.
+previous step comes after this step is launched: see :meth:`EngineCore.step`). It owns no
+tokenizer and no text: it takes token ids in and gives token ids (and logprobs) out, so it can live in its own process.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
+import torch
+
 from pagoda.config import EngineConfig
+from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
-from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
 from pagoda.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from pagoda.layers.sampler import needs_host_history
@@ -23,6 +26,14 @@ from pagoda.worker.kv_cache import log_kv_cache
 from pagoda.worker.model_runner import ModelRunner, StepHandle
 
 logger = logging.getLogger("pagoda")
+
+
+def release_device_memory(device) -> None:
+    """Collect garbage and return the CUDA caching allocator's unused blocks to the driver."""
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 class EngineCore:
@@ -45,7 +56,8 @@ class EngineCore:
             n_host = int(cfg.kv_offloading_size * 2**30) // per_block
             if n_host < 1:
                 raise ValueError(
-                    f"--kv-offloading-size={cfg.kv_offloading_size} GiB holds no KV block of {per_block / 2**20:.2f} MiB; "
+                    f"--kv-offloading-size={cfg.kv_offloading_size} GiB holds no KV block of "
+                    f"{per_block / 2**20:.2f} MiB; "
                     f"raise it."
                 )
             self.runner.allocate_host_cache(n_host)
@@ -153,7 +165,7 @@ class EngineCore:
         if failed is not None:
             outs = outs + failed.outputs
         stats = self.stats()
-        if done is not None:
+        if done is not None and done.stats is not None:
             stats.num_prompt_tokens = done.stats.num_prompt_tokens
             stats.num_generation_tokens = done.stats.num_generation_tokens
         return EngineCoreOutputs(outs, stats)
@@ -202,9 +214,9 @@ class EngineCore:
                 if plp is not None:
                     outs.append(EngineCoreOutput(rid, [], prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs)))
                 continue
-            if req.num_output_tokens <= 1:
-                prompt_tokens += s.num_new_tokens
             toks = res.sampled[rid]
+            if req.num_output_tokens <= len(toks):  # this step gave the first output: it ended the prompt
+                prompt_tokens += s.num_new_tokens
             generated += len(toks)
             lps = res.logprobs.get(rid)
             outs.append(
@@ -251,3 +263,10 @@ class EngineCore:
 
     def check_integrity(self) -> None:
         self.scheduler.check_integrity()
+
+    def shutdown(self) -> None:
+        """Drop the step in flight, the model, KV caches and CUDA graphs, and give the device's
+        cached memory back. Idempotent; the core cannot run steps afterwards."""
+        self._inflight = None
+        self.runner.shutdown()
+        release_device_memory(self.cfg.device)

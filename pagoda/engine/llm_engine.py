@@ -27,9 +27,22 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         self.last_stats = SchedulerStats()
+        self._shut_down = False
+
+    def shutdown(self) -> None:
+        """Free the model, KV caches and CUDA graphs (device memory included); requests still
+        queued are dropped. Idempotent; the engine refuses work afterwards."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.core.shutdown()
+
+    def _check_open(self) -> None:
+        if self._shut_down:
+            raise RuntimeError("This engine was shut down (LLM.shutdown()); create a new LLM.")
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         return cls(args.create_config())
 
     def next_request_id(self) -> str:
@@ -42,6 +55,7 @@ class LLMEngine:
 
         ``final_only``: ``step()`` reports the request only once, when it finishes.
         """
+        self._check_open()
         if request_id in self.output_processor.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
@@ -62,6 +76,7 @@ class LLMEngine:
             self.core.abort_requests(self.output_processor.abort(rid))
 
     def step(self) -> list[RequestOutput]:
+        self._check_open()
         outs = self.core.step()
         if outs.stats is not None:
             self.last_stats = outs.stats

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+import weakref
+from collections.abc import Sequence
+from typing import Any
 
-from pagoda.config import EngineArgs
 from pagoda.beam_search import BeamSearchOutput
+from pagoda.config import EngineArgs
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
@@ -61,6 +63,22 @@ class LLM:
             **kwargs,
         )
         self.llm_engine = LLMEngine.from_engine_args(args)
+        # Dropping the LLM frees its device memory even if a reference cycle delays collection
+        # of the engine; not at interpreter exit (the process's memory goes anyway).
+        self._finalizer = weakref.finalize(self, self.llm_engine.shutdown)
+        self._finalizer.atexit = False
+
+    def shutdown(self) -> None:
+        """Free the model, KV caches and CUDA graphs now (device memory included), so another
+        ``LLM`` in this process gets it. Idempotent; ``del llm`` does the same once it is collected.
+        The LLM cannot generate afterwards."""
+        self._finalizer()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
@@ -170,7 +188,7 @@ class LLM:
         eng = self.llm_engine
         ids: list[str] = []
         try:
-            for p, sp in zip(prompts, params):
+            for p, sp in zip(prompts, params, strict=True):
                 rid = eng.next_request_id()
                 eng.add_request(rid, p, sp, final_only=True)
                 ids.append(rid)

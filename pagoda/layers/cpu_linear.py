@@ -15,6 +15,8 @@ import logging
 import torch
 from torch import nn
 
+from pagoda.layers.linear import Linear, UnquantizedLinearMethod
+
 logger = logging.getLogger("pagoda")
 
 
@@ -53,12 +55,10 @@ def pack_model_linears(model: nn.Module, batch_hint: int) -> int:
     """Replace every bf16 unquantized linear (``nn.Linear`` or :class:`pagoda.layers.linear.Linear`
     with :class:`UnquantizedLinearMethod`) under ``model`` with a :class:`PackedLinear`. Returns count."""
     count = 0
-    from pagoda.layers.linear import Linear, UnquantizedLinearMethod
-
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            plain = isinstance(child, Linear) and type(child.linear_method) is UnquantizedLinearMethod
-            if plain or isinstance(child, nn.Linear):
+            unquantized = not isinstance(child, Linear) or type(child.linear_method) is UnquantizedLinearMethod
+            if isinstance(child, (nn.Linear, Linear)) and unquantized:
                 packed = pack_weight(child.weight, batch_hint)
                 if packed is None:
                     continue

@@ -9,8 +9,9 @@ applied only to the rows that need logits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class LlamaShape:
     hidden_act: str
 
     @staticmethod
-    def from_hf(cfg: dict[str, Any], arch: str) -> "LlamaShape":
+    def from_hf(cfg: dict[str, Any], arch: str) -> LlamaShape:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         return LlamaShape(
@@ -214,7 +215,7 @@ class LlamaForCausalLM(nn.Module):
         h = self.embed_tokens(input_ids)
         cos_sin = None if self.fused else self.rope.cos_sin(positions)
         residual = None
-        for layer, kv in zip(self.layers, kv_caches):
+        for layer, kv in zip(self.layers, kv_caches, strict=True):
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
         if residual is None:
             return self.norm(h)
@@ -288,12 +289,14 @@ class LlamaForCausalLM(nn.Module):
             with torch.no_grad():
                 if offset is None:
                     if param.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
+                                         f"vs model {tuple(param.shape)}")
                     param.copy_(tensor)
                 else:
                     dst = param.narrow(0, offset, size)
                     if dst.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(dst.shape)}")
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
+                                         f"vs model {tuple(dst.shape)}")
                     dst.copy_(tensor)
             loaded.add(target if offset is None else f"{target}#{offset}")
         return loaded

@@ -14,6 +14,7 @@ engine's; it is logged, and the budget never exceeds what is free.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ def swap_out(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, 
     """(device block, host block) pairs, every layer (before the device block is overwritten)."""
     dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    for (k, v), (hk, hv) in zip(kv_caches, host_caches):
+    for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
         hk.index_copy_(0, host, k.index_select(0, dev).cpu())
         hv.index_copy_(0, host, v.index_select(0, dev).cpu())
 
@@ -73,7 +74,7 @@ def swap_in(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, i
     """(host block, device block) pairs, every layer (before the forward reads them)."""
     host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
-    for (k, v), (hk, hv) in zip(kv_caches, host_caches):
+    for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
         k.index_copy_(0, dev, hk.index_select(0, host).to(device, non_blocking=True))
         v.index_copy_(0, dev, hv.index_select(0, host).to(device, non_blocking=True))
 
@@ -99,6 +100,7 @@ class MemorySnapshot:
 
     @staticmethod
     def take() -> MemorySnapshot:
+        gc.collect()  # engines dropped but not yet collected give their memory back first
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +40,10 @@ from pagoda.worker import kv_cache
 from pagoda.worker.block_table import BlockTableCache
 from pagoda.worker.input_batch import StepInputs, prepare_inputs
 from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
+
+if TYPE_CHECKING:
+    from pagoda.worker.chunk_graphs import ChunkGraphs
+    from pagoda.worker.cuda_graphs import DecodeGraphs
 
 logger = logging.getLogger("pagoda")
 
@@ -80,7 +85,7 @@ class StepHandle:
         if ds is not None:
             res = ds.finish()
             row = 0
-            for rid, n in zip(self.sample_ids, self.num_sample_rows):
+            for rid, n in zip(self.sample_ids, self.num_sample_rows, strict=True):
                 self.out.sampled[rid] = res.token_ids[row : row + n]
                 lps = res.logprobs[row : row + n]
                 if lps[0] is not None:
@@ -108,15 +113,17 @@ class ModelRunner:
             tune_malloc()
         self.memory_before_load = MemorySnapshot.take() if self.device.type == "cuda" else None
         torch.manual_seed(cfg.seed)
-        self.model = load_model(cfg)
+        # Any model of pagoda/models: forward(ids, positions, kv_caches, meta, backend), compute_logits,
+        # num_layers / num_kv_heads / head_dim / shape.
+        self.model: Any = load_model(cfg)
         self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []
         # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.
         self.host_caches: kv_cache.KVCaches = []
         self.num_blocks = 0
-        self.graphs = None
-        self.chunk_graphs = None
+        self.graphs: DecodeGraphs | None = None
+        self.chunk_graphs: ChunkGraphs | None = None
         self.bt_cache: BlockTableCache | None = None
         # The last launched step's sampled tokens (device) and each request's row in them:
         # the source of tokens the host does not know yet (async scheduling).
@@ -132,7 +139,7 @@ class ModelRunner:
         self.host_caches = []
         self.bt_cache = None
         self._prev_tokens, self._prev_rows = None, {}
-        self.model = None  # type: ignore[assignment]
+        self.model = None
 
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
@@ -270,7 +277,7 @@ class ModelRunner:
             self._prev_tokens = ds.tokens
             # A request's next input is its last sampled row.
             ends = accumulate(inputs.num_sample_rows)
-            self._prev_rows = {rid: end - 1 for rid, end in zip(sample_ids, ends)}
+            self._prev_rows = {rid: end - 1 for rid, end in zip(sample_ids, ends, strict=True)}
         else:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
