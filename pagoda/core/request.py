@@ -80,8 +80,8 @@ class Request:
         self.cache_salt = cache_salt
         self.block_hashes: list[bytes] = []
         self.num_cached_tokens = -1
-        # Prompt positions whose logprobs were already reported (position 0 has none), so a
-        # preempted and recomputed request does not report them twice.
+        # Prompt positions whose logprobs a scheduled step already reports (position 0 has none),
+        # so a preempted and recomputed request does not report them twice. Set by the scheduler.
         self.prompt_logprobs_next = 1
         # The adapter (e.g. LoRA) this request runs with; None: the base model. No adapter is
         # supported yet: the model runner refuses a step that names one.

@@ -7,9 +7,10 @@ head_dim]`` (``HND`` backends: heads before tokens). The host tier has the same 
 Sizing on CUDA is per engine, as vLLM's ``gpu_memory_utilization``: the KV cache gets
 ``total × gpu_memory_utilization − (this engine's own use) − activation peak``, where the own
 use is what the device lost since :class:`MemorySnapshot` was taken just before the model was
-loaded (weights, non-torch allocations such as kernels' workspaces). Memory that was in use
-before (another engine of this process that is still alive, another process) is not this
-engine's; it is logged, and the budget never exceeds what is free.
+loaded (weights, non-torch allocations such as kernels' workspaces). Memory in use before
+(another engine of this process that is still alive, another process) is not this engine's:
+it is logged with its size, and when the engine's share is more than was free, the share
+shrinks to the same fraction of what was free.
 """
 
 from __future__ import annotations
@@ -118,15 +119,16 @@ def cuda_kv_budget(before: MemorySnapshot, activation_peak: int, utilization: fl
     free, total = torch.cuda.mem_get_info()
     own = max(0, before.free - free)
     _note_other_use(before)
-    budget = int(total * utilization) - own - activation_peak
-    available = free - activation_peak
-    if budget > available:
+    share = int(total * utilization)
+    if share > before.free:
+        shrunk = int(before.free * utilization)
         logger.warning(
-            "KV cache: gpu_memory_utilization=%s would give %.1f GiB but only %.1f GiB are free (%.1f GiB of "
-            "the card is used by others); using what is free.",
-            utilization, budget / 2**30, max(available, 0) / 2**30, before.other_use / 2**30,
+            "gpu_memory_utilization=%s asks for %.1f GiB but only %.1f GiB were free when this engine started; "
+            "it takes %.1f GiB (the same fraction of what was free).",
+            utilization, share / 2**30, before.free / 2**30, shrunk / 2**30,
         )
-        budget = available
+        share = shrunk
+    budget = share - own - activation_peak
     if budget <= 0:
         raise ValueError(
             f"No GPU memory left for the KV cache: this engine's weights and other use take {own / 2**30:.1f} GiB, "

@@ -335,7 +335,11 @@ class ModelRunner:
             assert self.graphs is not None and self.bt_cache is not None and rows is not None
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
                                      self.bt_cache.table.numpy()[rows], fill)
-            return ForwardResult(hidden, self.graphs.last_logits(inputs.num_reqs))
+            logits, greedy = self.graphs.last_logits(inputs.num_reqs)
+            if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
+                idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
+                logits, greedy = logits[idx], greedy[idx]
+            return ForwardResult(hidden, (logits, greedy))
         if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
             assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None
