@@ -71,40 +71,50 @@ def prepare_inputs(
     sched: SchedulerOutput, block_ids: dict[str, list[int]], block_size: int, prev_rows: dict[str, int]
 ) -> StepInputs:
     """Flatten a scheduled step. ``prev_rows``: request id -> its row in the previous step's
-    sampled tokens (the source of an input token still being sampled)."""
+    sampled tokens (the source of an input token still being sampled).
+
+    One loop with local lists: this runs every step over every request (about 1 µs per request
+    matters at batch 256)."""
     b = StepInputs()
+    bs = block_size
+    ids, positions, slots, qsl = b.input_ids, b.positions, b.slots, b.query_start_loc
     for s in sched.scheduled:
-        _add_request(b, s, block_ids[s.request.request_id], block_size, prev_rows)
+        req = s.request
+        rid = req.request_id
+        start, n = s.start, s.num_new_tokens
+        end = start + n
+        row0 = qsl[-1]
+        toks = req.all_token_ids[start:end]
+        if len(toks) < n:  # the last token is still being sampled by the step in flight
+            if len(toks) != n - 1 or rid not in prev_rows:
+                raise RuntimeError(f"request {rid}: {n - len(toks)} unknown input tokens")
+            b.fills.append((row0 + n - 1, prev_rows[rid]))
+            toks.append(0)
+        ids.extend(toks)
+        positions.extend(range(start, end))
+        blocks = block_ids[rid]
+        slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+        qsl.append(row0 + n)
+        b.query_lens.append(n)
+        b.seq_lens.append(end)
+        b.block_tables.append(blocks)
+        b.req_ids.append(rid)
+        b.adapter_ids.append(req.adapter_id)
+        if s.prompt_logprobs is not None:
+            first, count = s.prompt_logprobs
+            b.prompt_logprob_jobs.append(PromptLogprobJob(req, row0 + first - start, first, count))
+        if s.sample:
+            _add_sample_rows(b, s, row0)
     return b
 
 
-def _add_request(b: StepInputs, s: ScheduledRequest, blocks: list[int], bs: int, prev_rows: dict[str, int]) -> None:
-    req = s.request
-    start, n = s.start, s.num_new_tokens
-    end = start + n
-    row0 = b.query_start_loc[-1]
-    toks = req.all_token_ids[start:end]
-    if len(toks) < n:  # the last token is still being sampled by the step in flight
-        if len(toks) != n - 1 or req.request_id not in prev_rows:
-            raise RuntimeError(f"request {req.request_id}: {n - len(toks)} unknown input tokens")
-        b.fills.append((row0 + n - 1, prev_rows[req.request_id]))
-        toks.append(0)
-    b.input_ids.extend(toks)
-    b.positions.extend(range(start, end))
-    b.slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
-    b.query_start_loc.append(row0 + n)
-    b.query_lens.append(n)
-    b.seq_lens.append(end)
-    b.block_tables.append(blocks)
-    b.req_ids.append(req.request_id)
-    b.adapter_ids.append(req.adapter_id)
-    if s.prompt_logprobs is not None:
-        first, count = s.prompt_logprobs
-        b.prompt_logprob_jobs.append(PromptLogprobJob(req, row0 + first - start, first, count))
-    if s.sample:
-        k = s.num_sample_rows
-        if not 1 <= k <= n:
-            raise ValueError(f"request {req.request_id}: {k} sample rows in a chunk of {n} tokens")
+def _add_sample_rows(b: StepInputs, s: ScheduledRequest, row0: int) -> None:
+    k, n = s.num_sample_rows, s.num_new_tokens
+    if k == 1:
+        b.logits_rows.append(row0 + n - 1)
+    elif 1 < k <= n:
         b.logits_rows.extend(range(row0 + n - k, row0 + n))
-        b.sample_reqs.append(req)
-        b.num_sample_rows.append(k)
+    else:
+        raise ValueError(f"request {s.request.request_id}: {k} sample rows in a chunk of {n} tokens")
+    b.sample_reqs.append(s.request)
+    b.num_sample_rows.append(k)

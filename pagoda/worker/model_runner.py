@@ -265,7 +265,7 @@ class ModelRunner:
         from the persistent :class:`BlockTableCache` (needed by the CUDA-graph paths)."""
         self._apply_kv_transfers(sched)
         inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
-        if any(a is not None for a in inputs.adapter_ids):
+        if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
             raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
         rows = self._block_table_rows(inputs, epochs)
         fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
