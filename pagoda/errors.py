@@ -41,7 +41,7 @@ class ValidationError(ValueError):
 
     def renamed(self, names: Mapping[str, str]) -> ValidationError:
         """The same error with ``parameter`` renamed through ``names`` (the message follows)."""
-        if self.parameter not in names:
+        if self.parameter is None or self.parameter not in names:
             return self
         return ValidationError(self.template, names[self.parameter], code=self.code, value=self.value)
 

@@ -17,8 +17,6 @@ Structs sent once per token or per step (``EngineCoreOutput``, the logprob struc
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from pagoda.sampling_params import SamplingParams
@@ -139,7 +137,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-CoreInput = Union[AddRequest, AbortRequests, FinishRequests, ResetPrefixCache, Shutdown]
+CoreInput = AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | Shutdown
 
 
 # --------------------------------------------------------------------- messages out
@@ -189,7 +187,7 @@ class CoreFailed(msgspec.Struct, tag="failed"):
     message: str
 
 
-CoreOutput = Union[Ready, Heartbeat, StepOutputs, Rejected, PrefixCacheReset, CoreFailed]
+CoreOutput = Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | CoreFailed
 
 
 def encoder() -> msgspec.msgpack.Encoder:
