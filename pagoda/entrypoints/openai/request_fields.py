@@ -65,6 +65,10 @@ def _tool_choice(v: Any, req: Any) -> bool:
     return v is None or v == "none"
 
 
+def _absent(v: Any, req: Any) -> bool:  # even an empty value asks for the feature
+    return v is None
+
+
 def _text_only(v: Any, req: Any) -> bool:
     return unset(v) or v == ["text"]
 
@@ -107,7 +111,7 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "reasoning_effort": Unsupported("reasoning controls are not implemented", endpoints=("chat",)),
     "include_reasoning": Unsupported("there is no reasoning parser: reasoning stays in the content", _true,
                                      endpoints=("chat",)),
-    "web_search_options": Unsupported("web search is not implemented", endpoints=("chat",)),
+    "web_search_options": Unsupported("web search is not implemented", _absent, endpoints=("chat",)),
     "verbosity": Unsupported("verbosity control is not implemented", endpoints=("chat",)),
 }
 """Fields that would change the output and are not implemented: a 400 unless neutral."""
