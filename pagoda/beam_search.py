@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pagoda.errors import ValidationError
 from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -244,7 +245,7 @@ class BeamSearchStream:
         self._inflight: list[Any] = []
         self._arrival = time.time()
 
-    def __aiter__(self) -> "BeamSearchStream":
+    def __aiter__(self) -> BeamSearchStream:
         return self
 
     async def __anext__(self) -> RequestOutput:

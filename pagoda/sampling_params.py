@@ -166,7 +166,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     def __repr__(self) -> str:  # compact: only what differs from the defaults
         keep = [
             f"{name}={getattr(self, name)!r}"
-            for name, default in zip(self.__struct_fields__, self.__struct_defaults__)
+            for name, default in zip(self.__struct_fields__, self.__struct_defaults__, strict=True)
             if getattr(self, name) != default and getattr(self, name) not in ([], None)
         ]
         return f"SamplingParams({', '.join(keep)})"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from engine_checks import PROMPTS, assert_engine_clean, greedy
+
 from pagoda import BeamSearchParams, SamplingParams
 from pagoda.engine import admission, messages
 from pagoda.engine.messages import AdmissionLimits
@@ -185,7 +185,8 @@ def _every_message() -> list:
         messages.ResetPrefixCache(7), messages.Shutdown(),
         messages.Ready(12, 100, 16, LIMITS, 1.25), messages.Heartbeat(stats),
         messages.StepOutputs(outs, [messages.QueueTime("r", 0.5)]),
-        messages.Rejected("r", "no", "max_tokens", "context_length_exceeded"), messages.Rejected("r", "bug", internal=True),
+        messages.Rejected("r", "no", "max_tokens", "context_length_exceeded"),
+        messages.Rejected("r", "bug", internal=True),
         messages.PrefixCacheReset(7, True), messages.CoreFailed("dead"),
     ]
 

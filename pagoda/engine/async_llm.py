@@ -25,7 +25,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -97,7 +98,7 @@ class RequestStream:
     held back until it is resolved).
     """
 
-    def __init__(self, engine: "AsyncLLM", request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
+    def __init__(self, engine: AsyncLLM, request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
         self.engine = engine
         self.request_id = request_id
         self.parent = parent
@@ -130,7 +131,7 @@ class RequestStream:
         self._event.set()
 
     # ------------------------------------------------------------- consumer side
-    def __aiter__(self) -> "RequestStream":
+    def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
@@ -406,8 +407,8 @@ class AsyncLLM:
                 fut.set_exception(exc)
         self._calls.clear()
 
-    def beam_search(self, request_id: str, prompt: PromptType, params: "BeamSearchParams",
-                    skip_special_tokens: bool = True, logprobs: int | None = None) -> "BeamSearchStream":
+    def beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams,
+                    skip_special_tokens: bool = True, logprobs: int | None = None) -> BeamSearchStream:
         """Admit a beam search (raises ``ValidationError``, nothing queued) and return its stream.
 
         Iterating the stream runs the search (one engine request per live beam and step, see

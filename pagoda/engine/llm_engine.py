@@ -31,7 +31,7 @@ class LLMEngine:
         self.last_stats = SchedulerStats()
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         return cls(args.create_config())
 
     def next_request_id(self) -> str:

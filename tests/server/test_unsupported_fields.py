@@ -5,9 +5,9 @@ The table is pagoda/entrypoints/openai/request_fields.py."""
 from __future__ import annotations
 
 import pytest
+from server_utils import MODEL
 
 from pagoda.entrypoints.openai.request_fields import IGNORED, UNSUPPORTED
-from server_utils import MODEL
 
 COMPLETION = {"model": MODEL, "prompt": "Paris is", "max_tokens": 2, "temperature": 0}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}

@@ -26,7 +26,7 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> "OpenAIBaseModel":
+    def _log_unknown_fields(self) -> OpenAIBaseModel:
         extra = self.model_extra
         ignored = sorted(k for k in extra or () if k not in UNSUPPORTED)  # unsupported ones are a 400 later
         if ignored:
@@ -214,7 +214,7 @@ class ChatMessageIn(OpenAIBaseModel):
     name: str | None = None
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> "ChatMessageIn":  # message extras (tool_call_id, …) pass to the template
+    def _log_unknown_fields(self) -> ChatMessageIn:  # message extras (tool_call_id, …) pass to the template
         if self.role not in CHAT_ROLES:  # OpenAI refuses unknown roles; templates would render them blindly
             raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {self.role[:64]!r}.")
         return self

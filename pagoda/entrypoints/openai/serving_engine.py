@@ -14,13 +14,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from pagoda.engine import admission
 from pagoda.engine.async_llm import (
     AsyncLLM,
     EngineDeadError,
@@ -29,7 +30,6 @@ from pagoda.engine.async_llm import (
     RequestStream,
     final_output,  # noqa: F401 - re-exported for the serving classes
 )
-from pagoda.engine import admission
 from pagoda.engine.detokenizer import decode_token
 from pagoda.entrypoints.openai.protocol import (
     ChatLogprobs,
@@ -266,7 +266,7 @@ class OpenAIServing:
         return self.token_text.text(token_id)
 
     @property
-    def token_text(self) -> "TokenText":
+    def token_text(self) -> TokenText:
         tt = getattr(self, "_token_text", None)
         if tt is None:
             tt = self._token_text = TokenText(self.tokenizer)
