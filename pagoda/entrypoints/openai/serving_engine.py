@@ -51,11 +51,11 @@ logger = logging.getLogger("pagoda.server")
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM reports this instead
 
+
 @dataclass
 class ServerLimits:
     """Caps on what multiplies work; each violation is a 400 naming the cap."""
 
-    max_logprobs: int = 20
     max_prompts_per_request: int = 64
     max_request_body_bytes: int = 8 * 2**20
     trust_request_chat_template: bool = False
