@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from pagoda.errors import ValidationError
 from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
@@ -72,27 +74,6 @@ def candidates_per_step(beam_width: int, num_eos: int) -> int:
 def step_sampling_params(num_logprobs: int) -> SamplingParams:
     """The one-token request each live beam submits per step."""
     return SamplingParams(temperature=0.0, max_tokens=1, logprobs=num_logprobs, ignore_eos=True, detokenize=False)
-
-
-def check_beam_search(params: BeamSearchParams, prompt_len: int, eos_token_ids: Sequence[int], max_logprobs: int,
-                      max_model_len: int) -> None:
-    """Raise ``ValueError`` (naming the limit) for a search the engine cannot run."""
-    params.__post_init__()
-    num_eos = 0 if params.ignore_eos else len(set(eos_token_ids))
-    k = candidates_per_step(params.beam_width, num_eos)
-    if k > max_logprobs:
-        per = max(2, 1 + num_eos)
-        raise ValueError(
-            f"beam_width={params.beam_width} needs {k} candidate logprobs per beam and step "
-            f"({per} x beam_width), above max_logprobs={max_logprobs}; use beam_width <= {max_logprobs // per}."
-        )
-    total = prompt_len + params.max_tokens
-    if total > max_model_len:
-        raise ValueError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested {total} tokens "
-            f"({prompt_len} in the prompt, {params.max_tokens} in the completion). "
-            f"Please reduce the length of the prompt or max_tokens."
-        )
 
 
 @dataclass
@@ -224,7 +205,7 @@ def run_beam_search(instances: list[BeamSearchInstance],
     logprobs. ``concurrency_limit`` prompts at a time."""
     limit = concurrency_limit or len(instances)
     if limit < 1:
-        raise ValueError(f"concurrency_limit must be at least 1, got {concurrency_limit}.")
+        raise ValidationError(f"concurrency_limit must be at least 1, got {concurrency_limit}.", "concurrency_limit")
     for start in range(0, len(instances), limit):
         group = instances[start:start + limit]
         while True:
@@ -264,7 +245,7 @@ class BeamSearchStream:
         self._inflight: list[Any] = []
         self._arrival = time.time()
 
-    def __aiter__(self) -> "BeamSearchStream":
+    def __aiter__(self) -> BeamSearchStream:
         return self
 
     async def __anext__(self) -> RequestOutput:

@@ -1,27 +1,53 @@
 """Sampling parameters for text generation (vLLM's names and meanings).
 
-Invariants after ``__post_init__``: every field is in its allowed range, ``stop`` is a
-list of non-empty strings, ``stop_token_ids`` a list of ints, ``top_k`` is 0 when
-disabled (-1 is accepted and normalised), and ``temperature == 0`` means greedy.
+:class:`SamplingParams` is a msgspec Struct, as in vLLM: the front end hands it to the engine
+core as is (in process) or as msgpack (``AddRequest`` over ZMQ), and decoding it runs the same
+checks as constructing it. Invariants after ``__post_init__``: every field is in its allowed
+range, ``stop`` is a list of non-empty strings, ``stop_token_ids`` a list of ints, ``top_k`` is
+0 when disabled (-1 is accepted and normalised), and ``temperature == 0`` means greedy. A
+field out of range raises :class:`pagoda.errors.ValidationError` naming the field.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+
+from pagoda.errors import PARAM, ValidationError
 
 # Caps on what multiplies work (the server exposes them as flags).
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 256
 MAX_STOP_STRING_LEN = 4096
+MAX_LOGIT_BIAS = 1024
 
 _GREEDY_EPS = 1e-5
 
 
-@dataclass
-class SamplingParams:
+def _bad(name: str, rule: str) -> ValidationError:
+    return ValidationError(f"{PARAM} {rule}", name)
+
+
+def _num(name: str, value: Any, integer: bool = False) -> None:
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        raise _bad(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}.")
+    if not integer and not math.isfinite(value):
+        raise _bad(name, f"must be finite, got {value}.")
+
+
+def _in_range(name: str, value: Any, lo: float, hi: float, shown: str, integer: bool = False,
+              lo_open: bool = False) -> None:
+    _num(name, value, integer)
+    if value > hi or value < lo or (lo_open and value == lo):
+        raise _bad(name, f"must be in {shown}, got {value}.")
+
+
+class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     n: int = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -43,21 +69,6 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
-    # Names of the fields the caller set explicitly (generation-config defaults fill the rest).
-    _explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
-
-    def __init__(self, **kwargs: Any) -> None:
-        names = {f.name for f in fields(self) if f.name != "_explicit"}
-        unknown = set(kwargs) - names - {"_explicit"}
-        if unknown:
-            raise TypeError(f"SamplingParams got unknown field(s): {sorted(unknown)}")
-        for f in fields(self):
-            if f.name == "_explicit":
-                continue
-            default = f.default if f.default_factory is f.default_factory else f.default  # type: ignore[misc]
-            setattr(self, f.name, kwargs.get(f.name, default))
-        self._explicit = frozenset(kwargs.get("_explicit", set(kwargs) - {"_explicit"}))
-        self.__post_init__()
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -72,18 +83,13 @@ class SamplingParams:
     def all_stop_token_ids(self) -> set[int]:
         return set(self.stop_token_ids or [])
 
-    def with_defaults(self, defaults: dict[str, Any]) -> "SamplingParams":
-        """Fill fields the caller did not set from ``defaults`` (generation config)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_explicit"}
-        for k, v in defaults.items():
-            if k in values and k not in self._explicit:
-                values[k] = v
-        return SamplingParams(**values, _explicit=self._explicit | set(defaults))
+    def clone(self, **changes: Any) -> SamplingParams:
+        """A copy with ``changes`` applied (checked like a new instance)."""
+        return msgspec.structs.replace(self, **changes)
 
-    def clone(self, **changes: Any) -> "SamplingParams":
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_explicit"}
-        values.update(changes)
-        return SamplingParams(**values, _explicit=self._explicit | set(changes))
+    def verify(self) -> None:
+        """Check again (fields may have been assigned after construction)."""
+        self.__post_init__()
 
     # ------------------------------------------------------------- validation
     def _normalise(self) -> None:
@@ -99,88 +105,69 @@ class SamplingParams:
         if self.logit_bias:
             try:
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"logit_bias must map token ids to numbers: {e}") from None
+            except (TypeError, ValueError, AttributeError) as e:
+                raise _bad("logit_bias", f"must map token ids to numbers: {e}") from None
 
     def _verify(self) -> None:
-        def num(name: str, value: Any, integer: bool = False) -> None:
-            ok_types = (int,) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, ok_types):
-                kind = "an integer" if integer else "a number"
-                raise ValueError(f"{name} must be {kind}, got {value!r}.")
-            if not integer and not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}.")
-
-        num("n", self.n, True)
-        if not 1 <= self.n <= MAX_N:
-            raise ValueError(f"n must be in [1, {MAX_N}], got {self.n}.")
+        _in_range("n", self.n, 1, MAX_N, f"[1, {MAX_N}]", integer=True)
         for name in ("presence_penalty", "frequency_penalty"):
-            v = getattr(self, name)
-            num(name, v)
-            if not -2.0 <= v <= 2.0:
-                raise ValueError(f"{name} must be in [-2, 2], got {v}.")
-        num("repetition_penalty", self.repetition_penalty)
-        if not 0.0 < self.repetition_penalty <= 2.0 ** 10:
-            raise ValueError(f"repetition_penalty must be in (0, 1024], got {self.repetition_penalty}.")
-        num("temperature", self.temperature)
-        if not 0.0 <= self.temperature <= 1e4:
-            raise ValueError(f"temperature must be in [0, 10000], got {self.temperature}.")
-        num("top_p", self.top_p)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        num("top_k", self.top_k, True)
+            _in_range(name, getattr(self, name), -2.0, 2.0, "[-2, 2]")
+        _in_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0**10, "(0, 1024]", lo_open=True)
+        _in_range("temperature", self.temperature, 0.0, 1e4, "[0, 10000]")
+        _in_range("top_p", self.top_p, 0.0, 1.0, "(0, 1]", lo_open=True)
+        _num("top_k", self.top_k, True)
         if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
-        num("min_p", self.min_p)
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
+            raise _bad("top_k", f"must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
+        _in_range("min_p", self.min_p, 0.0, 1.0, "[0, 1]")
         if self.seed is not None:
-            num("seed", self.seed, True)
+            _num("seed", self.seed, True)
             if not -(2**63) <= self.seed < 2**64:
-                raise ValueError(f"seed must fit in 64 bits, got {self.seed}.")
-        if self.max_tokens is not None:
-            num("max_tokens", self.max_tokens, True)
-            if self.max_tokens < 1:
-                raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
-        num("min_tokens", self.min_tokens, True)
-        if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be at least 0, got {self.min_tokens}.")
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}."
-            )
+                raise _bad("seed", f"must fit in 64 bits, got {self.seed}.")
+        self._verify_lengths()
         for name in ("logprobs", "prompt_logprobs"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            num(name, v, True)
-            if not 0 <= v <= MAX_LOGPROBS:
-                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}], got {v}.")
-        assert isinstance(self.stop, list)
-        if len(self.stop) > MAX_STOP_STRINGS:
-            raise ValueError(f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}.")
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty strings, got {s!r}.")
-            if len(s) > MAX_STOP_STRING_LEN:
-                raise ValueError(f"each stop string may be at most {MAX_STOP_STRING_LEN} characters.")
-        for t in self.stop_token_ids or []:
-            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-                raise ValueError(f"stop_token_ids must be non-negative integers, got {t!r}.")
-        if len(self.stop_token_ids or []) > MAX_STOP_STRINGS:
-            raise ValueError(f"stop_token_ids may hold at most {MAX_STOP_STRINGS} ids.")
+            if v is not None:
+                _in_range(name, v, 0, MAX_LOGPROBS, f"[0, {MAX_LOGPROBS}]", integer=True)
+        self._verify_stops()
         if self.logit_bias:
-            if len(self.logit_bias) > 1024:
-                raise ValueError("logit_bias may hold at most 1024 entries.")
+            if len(self.logit_bias) > MAX_LOGIT_BIAS:
+                raise _bad("logit_bias", f"may hold at most {MAX_LOGIT_BIAS} entries.")
             for k, v in self.logit_bias.items():
                 if not math.isfinite(v) or not -100.0 <= v <= 100.0:
-                    raise ValueError(f"logit_bias values must be in [-100, 100], got {v} for token {k}.")
+                    raise _bad("logit_bias", f"values must be in [-100, 100], got {v} for token {k}.")
 
-    def __repr__(self) -> str:  # compact
+    def _verify_lengths(self) -> None:
+        if self.max_tokens is not None:
+            _num("max_tokens", self.max_tokens, True)
+            if self.max_tokens < 1:
+                raise _bad("max_tokens", f"must be at least 1, got {self.max_tokens}.")
+        _num("min_tokens", self.min_tokens, True)
+        if self.min_tokens < 0:
+            raise _bad("min_tokens", f"must be at least 0, got {self.min_tokens}.")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise _bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}, "
+                                     f"got {self.min_tokens}.")
+
+    def _verify_stops(self) -> None:
+        assert isinstance(self.stop, list)
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise _bad("stop", f"may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}.")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise _bad("stop", f"strings must be non-empty strings, got {s!r}.")
+            if len(s) > MAX_STOP_STRING_LEN:
+                raise _bad("stop", f"strings may be at most {MAX_STOP_STRING_LEN} characters each.")
+        for t in self.stop_token_ids or []:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**63:
+                raise _bad("stop_token_ids", f"must be non-negative 64-bit integers, got {t!r}.")
+        if len(self.stop_token_ids or []) > MAX_STOP_STRINGS:
+            raise _bad("stop_token_ids", f"may hold at most {MAX_STOP_STRINGS} ids.")
+
+    def __repr__(self) -> str:  # compact: only what differs from the defaults
         keep = [
-            f"{f.name}={getattr(self, f.name)!r}"
-            for f in fields(self)
-            if f.name != "_explicit" and getattr(self, f.name) != f.default and getattr(self, f.name) not in ([], None)
+            f"{name}={getattr(self, name)!r}"
+            for name, default in zip(self.__struct_fields__, self.__struct_defaults__, strict=True)
+            if getattr(self, name) != default and getattr(self, name) not in ([], None)
         ]
         return f"SamplingParams({', '.join(keep)})"
 
@@ -209,20 +196,20 @@ class BeamSearchParams:
         for name in ("beam_width", "max_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer of at least 1, got {v!r}.")
+                raise _bad(name, f"must be an integer of at least 1, got {v!r}.")
         if self.beam_width > MAX_N:
-            raise ValueError(f"beam_width must be at most {MAX_N}, got {self.beam_width}.")
+            raise _bad("beam_width", f"must be at most {MAX_N}, got {self.beam_width}.")
         for name in ("temperature", "length_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}.")
+                raise _bad(name, f"must be a finite number, got {v!r}.")
         if not 0.0 <= self.temperature <= 1e4:
-            raise ValueError(f"temperature must be in [0, 10000], got {self.temperature}.")
+            raise _bad("temperature", f"must be in [0, 10000], got {self.temperature}.")
         if self.early_stopping not in (True, False, "never"):
-            raise ValueError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}.")
+            raise _bad("early_stopping", f"must be true, false or 'never', got {self.early_stopping!r}.")
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}.")
+                raise _bad(name, f"must be a boolean, got {getattr(self, name)!r}.")
 
 
 def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -244,4 +231,4 @@ def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config", "replace"]
+__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config"]

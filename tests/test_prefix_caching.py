@@ -18,6 +18,7 @@ from pagoda.core.block_pool import BlockPool
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler
+from pagoda.errors import EngineInvariantError
 from pagoda.sampling_params import SamplingParams
 
 EOS = 2
@@ -314,10 +315,10 @@ def test_admission_counts_free_cached_blocks_it_takes():
     s.add_request(req("a", p, max_tokens=1))
     run_all(s)
     b = req("b", p + list(range(600, 610)), max_tokens=1)  # 22 tokens: 6 blocks, more than the pool
-    with pytest.raises(ValueError):
+    with pytest.raises(EngineInvariantError):
         s.add_request(b)
     c = req("c", p + list(range(600, 604)), max_tokens=1)  # 16 + 1 tokens: 5 blocks > 4
-    with pytest.raises(ValueError):
+    with pytest.raises(EngineInvariantError):
         s.add_request(c)
     d = req("d", p + [1, 2, 3], max_tokens=1)  # 15 + 1 tokens: 4 blocks, 3 of them cached
     s.add_request(d)

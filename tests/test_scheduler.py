@@ -16,6 +16,7 @@ from pagoda.core.block_pool import BlockPool, NoFreeBlocksError
 from pagoda.core.kv_cache_manager import KVCacheManager, cdiv
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler
+from pagoda.errors import EngineInvariantError
 from pagoda.sampling_params import SamplingParams
 
 EOS = 2
@@ -325,23 +326,25 @@ def test_token_level_stops():
     assert done["ign"].output_token_ids == [EOS] * 4 and done["ign"].status.finish_reason == "length"
 
 
-def test_admission_errors_for_requests_that_can_never_fit():
+def test_scheduler_refuses_requests_that_can_never_fit():
+    """Admission (tests/test_admission.py) refuses these for the user; a request that reaches the
+    scheduler anyway is a bug, refused as an invariant error, leaving nothing behind."""
     s = new_sched(num_blocks=9, block_size=4, max_model_len=64, budget=16)  # cache: 32 tokens
-    with pytest.raises(ValueError, match="maximum context length is 64") as e:
+    with pytest.raises(EngineInvariantError, match="max_model_len 64") as e:
         s.add_request(make_req("too-long", 60, 5))
-    assert "65 tokens" in str(e.value)
-    with pytest.raises(ValueError, match="whole cache holds 32 tokens"):
+    assert "60 prompt + 5 new tokens" in str(e.value)
+    with pytest.raises(EngineInvariantError, match="KV cache 32 tokens"):
         s.add_request(make_req("too-big", 30, 10))
     assert not s.requests and not s.waiting
     ok = make_req("ok", 30, 2)  # exactly fills the cache
     s.add_request(ok)
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(EngineInvariantError, match="already in the scheduler"):
         s.add_request(make_req("ok", 1, 1))
     run_all(s)
     assert ok.status == RequestStatus.FINISHED_LENGTH
 
     s2 = new_sched(budget=16, chunked=False)
-    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+    with pytest.raises(EngineInvariantError, match="token budget 16"):
         s2.add_request(make_req("p", 17, 1))
     assert not s2.requests
 
@@ -367,7 +370,7 @@ def test_no_leaks_under_random_adds_aborts_and_stops(seed):
                 s.add_request(r)
                 live.append(r.request_id)
             else:
-                with pytest.raises(ValueError):
+                with pytest.raises(EngineInvariantError):
                     s.add_request(r)
             n += 1
         if live and rng.random() < 0.1:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
+from pagoda.errors import EngineInvariantError
 
 
 @dataclass
@@ -100,33 +101,26 @@ class Scheduler:
 
     # ------------------------------------------------------------ admission
     def add_request(self, request: Request, fork_of: str | None = None) -> None:
-        """Queue a request. Raises ``ValueError`` if it can never be served.
+        """Queue a request.
+
+        Invariant: the request can be served (it fits ``max_model_len`` and the whole KV cache,
+        and a prompt over the token budget only comes with chunked prefill) and its id is new.
+        Admission (:mod:`pagoda.engine.admission`) refuses other requests before they get here;
+        one that arrives anyway would wait forever, so it raises ``EngineInvariantError``.
 
         ``fork_of``: the id of another sample of the same prompt (n > 1); the request then
         shares that one's prompt blocks once they are computed (see the module docstring).
         """
         if request.request_id in self.requests:
-            raise ValueError(f"request id {request.request_id!r} is already in use")
+            raise EngineInvariantError(f"request id {request.request_id!r} is already in the scheduler")
         total = request.num_prompt_tokens + request.max_tokens
-        if total > self.max_model_len:
-            raise ValueError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{total} tokens ({request.num_prompt_tokens} in the prompt, {request.max_tokens} in the "
-                f"completion). Please reduce the length of the prompt or max_tokens."
-            )
-        need_blocks = self.kv.blocks_needed(total)
-        if need_blocks > self.kv.usable_blocks:
-            cap = self.kv.usable_blocks * self.kv.block_size
-            raise ValueError(
-                f"The request needs {total} tokens of KV cache but the whole cache holds {cap} tokens. "
-                f"Reduce the prompt or max_tokens, or raise the KV cache size "
-                f"(--kv-cache-memory-bytes / --gpu-memory-utilization)."
-            )
-        if not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens:
-            raise ValueError(
-                f"The prompt has {request.num_prompt_tokens} tokens, more than max_num_batched_tokens="
-                f"{self.max_num_batched_tokens} with chunked prefill disabled; enable chunked prefill or raise "
-                f"--max-num-batched-tokens."
+        too_long_prompt = not self.enable_chunked_prefill and request.num_prompt_tokens > self.max_num_batched_tokens
+        if total > self.max_model_len or self.kv.blocks_needed(total) > self.kv.usable_blocks or too_long_prompt:
+            raise EngineInvariantError(
+                f"request {request.request_id!r} can never be scheduled ({request.num_prompt_tokens} prompt + "
+                f"{request.max_tokens} new tokens; max_model_len {self.max_model_len}, KV cache "
+                f"{self.kv.usable_blocks * self.kv.block_size} tokens, token budget {self.max_num_batched_tokens}, "
+                f"chunked prefill {'on' if self.enable_chunked_prefill else 'off'}): admission should have refused it"
             )
         self.requests[request.request_id] = request
         leader = self.requests.get(fork_of) if fork_of is not None else None

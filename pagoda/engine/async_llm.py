@@ -3,8 +3,9 @@
 It mirrors :class:`pagoda.engine.llm_engine.LLMEngine` (input processor → core →
 output processor), with the core behind ZMQ (see :mod:`pagoda.engine.core_proc`):
 
-* ``add_request`` validates and tokenizes in the caller's task (a bad request raises
-  ``ValueError`` before anything is queued), then sends ``AddRequest`` messages;
+* ``add_request`` tokenizes and admits in the caller's task (a bad request raises
+  :class:`pagoda.errors.ValidationError` before anything is queued), then sends ``AddRequest``
+  messages; the admission limits (context, vocabulary, KV capacity) come from the core's ``Ready``;
 * one task receives the core's per-step output batches, detokenizes them (stop strings
   included) and hands each request's newest cumulative ``RequestOutput`` to its
   :class:`RequestStream`; a slow consumer gets the latest state, never a backlog;
@@ -24,12 +25,16 @@ import os
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from pagoda.config import EngineArgs, EngineConfig
-from pagoda.engine.core_proc import (
+from pagoda.engine import admission
+from pagoda.engine.core_proc import engine_args_to_dict, start_core_process
+from pagoda.engine.input_processor import InputProcessor, PromptType
+from pagoda.engine.messages import (
     AbortRequests,
     AddRequest,
     CoreFailed,
@@ -39,16 +44,15 @@ from pagoda.engine.core_proc import (
     Ready,
     Rejected,
     ResetPrefixCache,
+    SchedulerStats,
     Shutdown,
     StepOutputs,
-    engine_args_to_dict,
+    encoder,
     output_decoder,
-    start_core_process,
 )
-from pagoda.engine.input_processor import InputProcessor, PromptType
-from pagoda.engine.messages import EngineCoreRequest, SchedulerStats
 from pagoda.engine.output_processor import OutputProcessor, ParentState
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
+from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
 
@@ -94,7 +98,7 @@ class RequestStream:
     held back until it is resolved).
     """
 
-    def __init__(self, engine: "AsyncLLM", request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
+    def __init__(self, engine: AsyncLLM, request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
         self.engine = engine
         self.request_id = request_id
         self.parent = parent
@@ -127,7 +131,7 @@ class RequestStream:
         self._event.set()
 
     # ------------------------------------------------------------- consumer side
-    def __aiter__(self) -> "RequestStream":
+    def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
@@ -192,7 +196,7 @@ class AsyncLLM:
         self._last_msg = time.monotonic()
         self._tasks: list[asyncio.Task] = []
         self._ipc_dir: str | None = None
-        self._enc = msgspec.msgpack.Encoder()
+        self._enc = encoder()
         self._dec = output_decoder()
         self._in_sock: Any = None
         self._out_sock: Any = None
@@ -245,13 +249,13 @@ class AsyncLLM:
             self.state = "dead"
             raise
         self.ready_info = ready
-        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer))
+        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer), ready.limits)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._last_msg = time.monotonic()
         self._tasks = [asyncio.create_task(self._output_loop()), asyncio.create_task(self._watchdog())]
         self.state = "ready"
         logger.info("engine ready in %.1f s: %d KV blocks of %d tokens, max_model_len %d",
-                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, ready.max_model_len)
+                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, ready.limits.max_model_len)
 
     async def _wait_ready(self) -> Ready:
         import zmq
@@ -342,24 +346,23 @@ class AsyncLLM:
     @property
     def vocab_size(self) -> int:
         assert self.ready_info is not None
-        return self.ready_info.vocab_size
+        return self.ready_info.limits.vocab_size
 
     def default_sampling_params(self) -> SamplingParams:
         assert self.input_processor is not None
         return self.input_processor.default_sampling_params()
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> RequestStream:
-        """Validate, tokenize and queue a request. Raises ``ValueError`` (nothing queued) if invalid."""
+        """Tokenize, admit and queue a request. Raises ``ValidationError`` (nothing queued) if invalid."""
         self.check_servable()
         assert self.input_processor is not None and self.output_processor is not None
-        if request_id in self._streams or request_id in self.output_processor.parents:
-            raise ValueError(f"request id {request_id!r} is already in use")
+        admission.check_request_id_free(request_id, request_id in self._streams or
+                                        request_id in self.output_processor.parents)
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
-        self._check_admission(ids, params, core_reqs)
         try:  # encode before registering anything, so a failure leaves no state behind
             frames = [self._enc.encode(AddRequest(r)) for r in core_reqs]
         except (OverflowError, TypeError, ValueError) as e:
-            raise ValueError(f"The request holds a value the engine cannot carry: {e}") from None
+            raise ValidationError(f"The request holds a value the engine cannot carry: {e}") from None
         self.output_processor.add_request(request_id, text, ids, params)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
         self._streams[request_id] = stream
@@ -404,34 +407,19 @@ class AsyncLLM:
                 fut.set_exception(exc)
         self._calls.clear()
 
-    def beam_search(self, request_id: str, prompt: PromptType, params: "BeamSearchParams",
-                    skip_special_tokens: bool = True, logprobs: int | None = None) -> "BeamSearchStream":
-        """Validate a beam search (raises ``ValueError``, nothing queued) and return its stream.
+    def beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams,
+                    skip_special_tokens: bool = True, logprobs: int | None = None) -> BeamSearchStream:
+        """Admit a beam search (raises ``ValidationError``, nothing queued) and return its stream.
 
         Iterating the stream runs the search (one engine request per live beam and step, see
         :mod:`pagoda.beam_search`) and yields one final ``RequestOutput`` with
         ``beam_width`` choices, best first; ``close()`` aborts the step in flight.
         """
-        from pagoda.beam_search import BeamSearchInstance, BeamSearchStream, check_beam_search
+        from pagoda.beam_search import BeamSearchStream
 
         self.check_servable()
-        assert self.input_processor is not None and self.cfg is not None and self.ready_info is not None
-        text, ids = self.input_processor.tokenize_prompt(prompt)
-        V = self.ready_info.vocab_size
-        for t in ids:
-            if not 0 <= t < V:
-                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {V}).")
-        eos = self.input_processor.eos_token_ids
-        check_beam_search(params, len(ids), eos, self.cfg.max_logprobs, self.max_model_len)
-        total = len(ids) + params.max_tokens
-        usable = self.ready_info.num_blocks - 1
-        if -(-total // self.ready_info.block_size) > usable:
-            raise ValueError(f"The request needs {total} tokens of KV cache but the whole cache holds "
-                             f"{usable * self.ready_info.block_size} tokens. Reduce the prompt or max_tokens.")
-        if logprobs is not None and logprobs > self.cfg.max_logprobs:
-            raise ValueError(f"logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {logprobs}.")
-        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
-        inst = BeamSearchInstance(ids, params, eos, text, cache_salt=salt)
+        assert self.input_processor is not None
+        inst = self.input_processor.beam_search(prompt, params, logprobs)
         return BeamSearchStream(self, request_id, inst, skip_special_tokens, logprobs)
 
     def abort(self, request_id: str) -> None:
@@ -453,33 +441,6 @@ class AsyncLLM:
                                           stream.parent.metrics.arrival_time)
             if not stream.finished:
                 stream._fail(RequestAbortedError(f"request {request_id} was aborted"))
-
-    def _check_admission(self, ids: list[int], params: SamplingParams, core_reqs: list[EngineCoreRequest]) -> None:
-        """The core's admission checks, done here so a refused request is a 400 before any streaming."""
-        ready = self.ready_info
-        assert ready is not None
-        V = ready.vocab_size
-        for t in ids:
-            if not 0 <= t < V:
-                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {V}).")
-        for t in params.logit_bias or {}:
-            if not 0 <= t < V:
-                raise ValueError(f"logit_bias token id {t} is out of vocabulary (vocab size {V}).")
-        L = ready.max_model_len
-        max_tokens = core_reqs[0].max_tokens
-        total = len(ids) + max_tokens
-        if total > L:
-            raise ValueError(
-                f"This model's maximum context length is {L} tokens. However, you requested {total} tokens "
-                f"({len(ids)} in the prompt, {max_tokens} in the completion). "
-                f"Please reduce the length of the prompt or max_tokens."
-            )
-        usable = ready.num_blocks - 1
-        if -(-total // ready.block_size) > usable:
-            raise ValueError(
-                f"The request needs {total} tokens of KV cache but the whole cache holds "
-                f"{usable * ready.block_size} tokens. Reduce the prompt or max_tokens."
-            )
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any) -> None:
@@ -542,9 +503,9 @@ class AsyncLLM:
     def _on_step(self, msg: StepOutputs) -> None:
         op = self.output_processor
         assert op is not None
-        for _, q in msg.scheduled:
+        for q in msg.scheduled:
             for sl in self.stat_loggers:
-                sl.on_queue_time(q)
+                sl.on_queue_time(q.seconds)
         self._on_stats(msg.outputs.stats)
         now = time.time()
         to_stop: list[str] = []
@@ -609,7 +570,9 @@ class AsyncLLM:
             with contextlib.suppress(EngineDeadError):
                 self._send(AbortRequests(others))
         if stream is not None:
-            stream._fail(ValueError(msg.message))
+            err: Exception = (RuntimeError(msg.message) if msg.internal
+                              else ValidationError(msg.message, msg.parameter, code=msg.code))
+            stream._fail(err)
 
     def _record_finished(self, reason: str, prompt_tokens: int, gen_tokens: int, arrival: float) -> None:
         e2e = max(0.0, time.time() - arrival)

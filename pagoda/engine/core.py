@@ -19,11 +19,18 @@ from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
-from pagoda.engine.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from pagoda.engine.messages import (
+    AdmissionLimits,
+    EngineCoreOutput,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    PromptLogprobs,
+    SchedulerStats,
+    TokenLogprobs,
+)
 from pagoda.layers.sampler import needs_host_history
-from pagoda.sampling_params import SamplingParams
 from pagoda.worker.kv_cache import log_kv_cache
-from pagoda.worker.model_runner import ModelRunner, StepHandle
+from pagoda.worker.model_runner import ModelRunner, PromptLogprobChunk, StepHandle
 
 logger = logging.getLogger("pagoda")
 
@@ -84,14 +91,19 @@ class EngineCore:
     def num_blocks(self) -> int:
         return self.kv.num_blocks
 
+    def admission_limits(self) -> AdmissionLimits:
+        """What the front end's admission checks need to know about this core (sent in ``Ready``)."""
+        cfg = self.cfg
+        return AdmissionLimits(
+            max_model_len=cfg.max_model_len, vocab_size=self.vocab_size, max_logprobs=cfg.max_logprobs,
+            kv_cache_tokens=self.kv.usable_blocks * cfg.block_size,
+            max_num_batched_tokens=cfg.max_num_batched_tokens, enable_chunked_prefill=cfg.enable_chunked_prefill,
+        )
+
     def add_request(self, r: EngineCoreRequest) -> None:
-        """Admit a request; raises ValueError with a user-facing message if it can never run."""
-        params = SamplingParams(**r.sampling_params)
-        for t in r.prompt_token_ids:
-            if not 0 <= t < self.vocab_size:
-                raise ValueError(f"Token id {t} is out of vocabulary (vocab size {self.vocab_size}).")
+        """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`)."""
         req = Request(
-            r.request_id, r.prompt_token_ids, params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
+            r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt,
         )
         self.scheduler.add_request(req, fork_of=r.fork_of)
@@ -212,7 +224,7 @@ class EngineCore:
             if not s.sample:
                 prompt_tokens += s.num_new_tokens
                 if plp is not None:
-                    outs.append(EngineCoreOutput(rid, [], prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs)))
+                    outs.append(EngineCoreOutput(rid, [], prompt_logprobs=_prompt_logprobs(plp)))
                 continue
             toks = res.sampled[rid]
             if req.num_output_tokens <= len(toks):  # this step gave the first output: it ended the prompt
@@ -223,8 +235,8 @@ class EngineCore:
                 EngineCoreOutput(
                     rid,
                     toks,
-                    new_logprobs=lps[: len(toks)] if lps is not None else None,
-                    prompt_logprobs=(plp.start_index, plp.logprobs, plp.ranks, plp.top_ids, plp.top_logprobs) if plp else None,
+                    new_logprobs=[TokenLogprobs(*lp) for lp in lps[: len(toks)]] if lps is not None else None,
+                    prompt_logprobs=_prompt_logprobs(plp) if plp else None,
                     finish_reason=req.status.finish_reason if rid in finished else None,
                     stop_reason=req.stop_reason if rid in finished else None,
                     num_cached_tokens=max(0, req.num_cached_tokens),
@@ -270,3 +282,7 @@ class EngineCore:
         self._inflight = None
         self.runner.shutdown()
         release_device_memory(self.cfg.device)
+
+
+def _prompt_logprobs(c: PromptLogprobChunk) -> PromptLogprobs:
+    return PromptLogprobs(c.start_index, c.logprobs, c.ranks, c.top_ids, c.top_logprobs)

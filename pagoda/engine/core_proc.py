@@ -1,14 +1,8 @@
 """The engine core in its own process, talking typed msgpack over ZMQ.
 
-Wire protocol (msgspec Structs, tagged unions; nothing is pickled)::
-
-    front end ──PUSH──▶ input socket ──PULL──▶ core    AddRequest | AbortRequests | FinishRequests
-                                                          | ResetPrefixCache | Shutdown
-    front end ◀──PULL── output socket ◀──PUSH── core   Ready | Heartbeat | StepOutputs | Rejected
-                                                          | PrefixCacheReset | CoreFailed
-
-The front end binds both sockets (ipc:// in a private 0700 temp dir) and the core
-connects, so the front end owns the addresses and their clean-up.
+The messages and their wire protocol are in :mod:`pagoda.engine.messages`; this module holds
+only the process and its loop. The front end binds both sockets (ipc:// in a private 0700
+temp dir) and the core connects, so the front end owns the addresses and their clean-up.
 
 Busy loop of the core: drain every pending input message (add / abort / finish) →
 ``EngineCore.step()`` → send exactly one ``StepOutputs`` per step (the outputs of every
@@ -32,96 +26,32 @@ import os
 import signal
 import sys
 import time
-import traceback
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
-from pagoda.engine.messages import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from pagoda.engine.messages import (
+    AbortRequests,
+    AddRequest,
+    CoreFailed,
+    FinishRequests,
+    Heartbeat,
+    PrefixCacheReset,
+    QueueTime,
+    Ready,
+    Rejected,
+    ResetPrefixCache,
+    Shutdown,
+    StepOutputs,
+    encoder,
+    input_decoder,
+)
+from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda")
 
 HEARTBEAT_S = 1.0
 """An idle core sends a heartbeat this often; a busy one sends a message every step."""
-
-
-# ---------------------------------------------------------------------------- messages in
-class AddRequest(msgspec.Struct, tag="add"):
-    request: EngineCoreRequest
-
-
-class AbortRequests(msgspec.Struct, tag="abort"):
-    request_ids: list[str]
-
-
-class FinishRequests(msgspec.Struct, tag="finish"):
-    """Requests the front end stopped itself (a stop string matched)."""
-
-    request_ids: list[str]
-
-
-class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache"):
-    """Drop the prefix cache's unreferenced blocks; answered by ``PrefixCacheReset(call_id)``."""
-
-    call_id: int
-
-
-class Shutdown(msgspec.Struct, tag="shutdown"):
-    pass
-
-
-CoreInput = Union[AddRequest, AbortRequests, FinishRequests, ResetPrefixCache, Shutdown]
-
-
-# --------------------------------------------------------------------------- messages out
-class Ready(msgspec.Struct, tag="ready"):
-    pid: int
-    num_blocks: int
-    block_size: int
-    max_model_len: int
-    vocab_size: int
-    startup_seconds: float
-
-
-class Heartbeat(msgspec.Struct, tag="heartbeat"):
-    stats: SchedulerStats
-
-
-class StepOutputs(msgspec.Struct, tag="outputs"):
-    outputs: EngineCoreOutputs
-    # (request id, seconds it waited before its first scheduling) for requests first scheduled in this step.
-    scheduled: list[tuple[str, float]] = []
-
-
-class Rejected(msgspec.Struct, tag="rejected"):
-    """``add_request`` refused a request (the message is meant for the user)."""
-
-    request_id: str
-    message: str
-
-
-class PrefixCacheReset(msgspec.Struct, tag="prefix_cache_reset"):
-    """Answer to ``ResetPrefixCache``: ``success`` is False when running requests still hold cached blocks."""
-
-    call_id: int
-    success: bool
-
-
-class CoreFailed(msgspec.Struct, tag="failed"):
-    """The core hit an unexpected error and is exiting."""
-
-    message: str
-
-
-CoreOutput = Union[Ready, Heartbeat, StepOutputs, Rejected, PrefixCacheReset, CoreFailed]
-
-
-def input_decoder() -> msgspec.msgpack.Decoder:
-    return msgspec.msgpack.Decoder(CoreInput)
-
-
-def output_decoder() -> msgspec.msgpack.Decoder:
-    return msgspec.msgpack.Decoder(CoreOutput)
 
 
 # -------------------------------------------------------------------------------- process
@@ -188,15 +118,14 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
     out_sock.setsockopt(zmq.LINGER, 2000)
     out_sock.setsockopt(zmq.SNDHWM, 0)
     out_sock.connect(output_addr)
-    enc = msgspec.msgpack.Encoder()
+    enc = encoder()
     try:
         from pagoda.config import EngineArgs
         from pagoda.engine.core import EngineCore
 
         core = EngineCore(EngineArgs(**engine_args).create_config())
-        cfg = core.cfg
-        out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, cfg.block_size, cfg.max_model_len,
-                                       core.vocab_size, core.startup_seconds)))
+        out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
+                                       core.startup_seconds)))
         logger.info("engine core ready (pid %d) in %.1f s", os.getpid(), core.startup_seconds)
         _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
     except _Terminated:
@@ -246,17 +175,18 @@ class _CoreLoop:
             msg = self.dec.decode(raw)
         except msgspec.DecodeError as e:  # a bug in the front end, never user input
             logger.error("dropping an undecodable input message: %s", e)
+            self._reject_undecodable(raw, e)
             return False
         if isinstance(msg, AddRequest):
             r = msg.request
             try:
                 self.core.add_request(r)
                 self.unscheduled[r.request_id] = time.monotonic()
-            except ValueError as e:
-                self.send(Rejected(r.request_id, str(e)))
+            except ValidationError as e:  # an admission failure only the core could detect
+                self.send(Rejected(r.request_id, str(e), e.parameter, e.code))
             except Exception as e:  # the request is bad in a way we did not foresee: refuse it only
                 logger.exception("add_request(%s) failed", r.request_id)
-                self.send(Rejected(r.request_id, f"internal error while adding the request: {e}"))
+                self.send(Rejected(r.request_id, f"internal error while adding the request: {e}", internal=True))
         elif isinstance(msg, AbortRequests):
             self.core.abort_requests(msg.request_ids)
             for rid in msg.request_ids:
@@ -268,6 +198,17 @@ class _CoreLoop:
         elif isinstance(msg, Shutdown):
             self.running = False
         return True
+
+    def _reject_undecodable(self, raw: bytes, e: Exception) -> None:
+        """An AddRequest that does not decode is refused by id, so its stream does not wait forever."""
+        try:
+            msg = msgspec.msgpack.decode(raw)
+            rid = msg["request"]["request_id"] if msg.get("type") == "add" else None
+        except Exception:
+            return
+        if isinstance(rid, str):
+            self.send(Rejected(rid, f"internal error: the engine core could not decode the request: {e}",
+                               internal=True))
 
     def drain(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` for input, then apply everything pending."""
@@ -283,7 +224,7 @@ class _CoreLoop:
                     break
         return changed
 
-    def queue_times(self, step_start: float) -> list[tuple[str, float]]:
+    def queue_times(self, step_start: float) -> list[QueueTime]:
         if not self.unscheduled:
             return []
         out = []
@@ -291,9 +232,9 @@ class _CoreLoop:
         for rid, t0 in list(self.unscheduled.items()):
             req = reqs.get(rid)
             if req is None:  # finished within its first step
-                out.append((rid, max(0.0, step_start - t0)))
+                out.append(QueueTime(rid, max(0.0, step_start - t0)))
             elif req.first_scheduled_time is not None:
-                out.append((rid, max(0.0, req.first_scheduled_time - t0)))
+                out.append(QueueTime(rid, max(0.0, req.first_scheduled_time - t0)))
             else:
                 continue
             del self.unscheduled[rid]

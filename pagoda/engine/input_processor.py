@@ -1,28 +1,32 @@
-"""Front-end input handling: prompts to token ids, sampling defaults, admission checks.
+"""Front-end input handling: prompts to token ids, sampling defaults, then admission.
 
-Everything a user can get wrong is caught here (or in the core's admission check) and
-raised as ``ValueError`` with the field and the limit; nothing reaches the model.
+Every check a request must pass is in :mod:`pagoda.engine.admission`, called from here
+(``process`` for sampling, ``beam_search`` for beam search); a failure raises
+:class:`pagoda.errors.ValidationError` naming the field, and nothing reaches the core.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from typing import Any
 
+from pagoda.beam_search import BeamSearchInstance
 from pagoda.config import EngineConfig
-from pagoda.engine.messages import EngineCoreRequest
+from pagoda.engine import admission
+from pagoda.engine.messages import AdmissionLimits, EngineCoreRequest
 from pagoda.engine.output_processor import child_id
-from pagoda.sampling_params import SamplingParams, defaults_from_generation_config
+from pagoda.errors import ValidationError
+from pagoda.sampling_params import BeamSearchParams, SamplingParams, defaults_from_generation_config
 
 PromptType = str | dict[str, Any] | list[int]
 
 
 class InputProcessor:
-    def __init__(self, cfg: EngineConfig, tokenizer: Any, eos_token_ids: list[int]) -> None:
+    def __init__(self, cfg: EngineConfig, tokenizer: Any, eos_token_ids: list[int], limits: AdmissionLimits) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
+        self.limits = limits
         self.sampling_defaults = defaults_from_generation_config(cfg.generation_defaults)
 
     def default_sampling_params(self) -> SamplingParams:
@@ -30,62 +34,36 @@ class InputProcessor:
         return SamplingParams(**self.sampling_defaults) if self.sampling_defaults else SamplingParams()
 
     def tokenize_prompt(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """(text, token ids) of a prompt; only its shape is checked here (admission checks the ids)."""
         if isinstance(prompt, str):
-            text = prompt
-            ids = self.tokenizer.encode(prompt, add_special_tokens=True)
-        elif isinstance(prompt, dict):
+            return prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
+        if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
-                text = prompt.get("prompt")
-                ids = list(prompt["prompt_token_ids"])
-            elif "prompt" in prompt:
+                ids = prompt["prompt_token_ids"]
+                if not isinstance(ids, (list, tuple)):
+                    raise ValidationError("prompt_token_ids must be a list of integers.", "prompt")
+                return prompt.get("prompt"), list(ids)
+            if "prompt" in prompt:
                 text = prompt["prompt"]
                 if not isinstance(text, str):
-                    raise ValueError("prompt must be a string.")
-                ids = self.tokenizer.encode(text, add_special_tokens=True)
-            else:
-                raise ValueError("A prompt dict needs 'prompt' or 'prompt_token_ids'.")
-        elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            text, ids = None, list(prompt)
-        else:
-            raise ValueError(f"Unsupported prompt type {type(prompt).__name__}; use a string, token ids or a dict.")
-        if not ids:
-            raise ValueError("The prompt is empty; it must hold at least one token.")
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise ValueError("prompt_token_ids must be a list of integers.")
-        return text, ids
+                    raise ValidationError("prompt must be a string.", "prompt")
+                return text, self.tokenizer.encode(text, add_special_tokens=True)
+            raise ValidationError("A prompt dict needs 'prompt' or 'prompt_token_ids'.", "prompt")
+        if isinstance(prompt, list) and all(admission.is_token_id(t) for t in prompt):
+            return None, list(prompt)
+        raise ValidationError(f"Unsupported prompt type {type(prompt).__name__}; use a string, token ids or a dict.",
+                              "prompt")
 
     def process(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None
     ) -> tuple[str | None, list[int], SamplingParams, list[EngineCoreRequest]]:
+        """Tokenize and admit a request; returns (text, ids, params, one core request per sample)."""
         text, ids = self.tokenize_prompt(prompt)
         cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
-        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
-            raise ValueError("cache_salt must be a non-empty string.")
+        admission.check_cache_salt(cache_salt)
         if params is None:
             params = self.default_sampling_params()
-        else:
-            params.__post_init__()  # re-check: fields may have been set after construction (n=0 hung)
-        if params.logprobs is not None and params.logprobs > self.cfg.max_logprobs:
-            raise ValueError(f"logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {params.logprobs}.")
-        if params.prompt_logprobs is not None and params.prompt_logprobs > self.cfg.max_logprobs:
-            raise ValueError(
-                f"prompt_logprobs must be at most max_logprobs={self.cfg.max_logprobs}, got {params.prompt_logprobs}."
-            )
-        if params.logit_bias:
-            vocab = int(self.cfg.hf_config.get("vocab_size") or 0)
-            bad = sorted(t for t in params.logit_bias if not 0 <= t < vocab)
-            if vocab and bad:
-                raise ValueError(
-                    f"token_id(s) {bad[:8]} in logit_bias contain out-of-vocab token ids. Vocabulary size: {vocab}."
-                )
-        L = self.cfg.max_model_len
-        if len(ids) >= L:
-            raise ValueError(
-                f"This model's maximum context length is {L} tokens. However, you requested {len(ids) + (params.max_tokens or 1)} "
-                f"tokens ({len(ids)} in the prompt, {params.max_tokens or 1} in the completion). "
-                f"Please reduce the length of the prompt."
-            )
-        max_tokens = params.max_tokens if params.max_tokens is not None else L - len(ids)
+        max_tokens = admission.check_request(ids, params, self.limits)
         core_reqs = []
         now = time.time()
         for i in range(params.n):
@@ -95,12 +73,20 @@ class InputProcessor:
                 if params.seed is not None:
                     changes["seed"] = params.seed + i
                 child_params = params.clone(**changes)
-            sp = {f.name: getattr(child_params, f.name) for f in fields(child_params) if f.name != "_explicit"}
             core_reqs.append(
                 EngineCoreRequest(
-                    child_id(request_id, i, params.n), ids, sp, self.eos_token_ids, max_tokens, now,
+                    child_id(request_id, i, params.n), ids, child_params, self.eos_token_ids, max_tokens, now,
                     cache_salt=cache_salt,
                     fork_of=child_id(request_id, 0, params.n) if i > 0 else None,
                 )
             )
         return text, ids, params, core_reqs
+
+    def beam_search(self, prompt: PromptType, params: BeamSearchParams,
+                    logprobs: int | None = None) -> BeamSearchInstance:
+        """Tokenize and admit a beam search; returns its state machine (see :mod:`pagoda.beam_search`)."""
+        text, ids = self.tokenize_prompt(prompt)
+        salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+        admission.check_cache_salt(salt)
+        admission.check_beam_search(ids, params, self.eos_token_ids, self.limits, logprobs)
+        return BeamSearchInstance(ids, params, self.eos_token_ids, text, cache_salt=salt)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from pagoda.config import EngineArgs, EngineConfig
+from pagoda.engine import admission
 from pagoda.engine.core import EngineCore
 from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import SchedulerStats
@@ -23,7 +24,8 @@ class LLMEngine:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg)
         self.core = EngineCore(cfg)
-        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer))
+        self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer),
+                                              self.core.admission_limits())
         self.output_processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         self.last_stats = SchedulerStats()
@@ -51,13 +53,12 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | None = None, final_only: bool = False
     ) -> None:
-        """Validate and queue a request. Raises ``ValueError`` (nothing queued) if invalid.
+        """Validate and queue a request. Raises ``ValidationError`` (nothing queued) if invalid.
 
         ``final_only``: ``step()`` reports the request only once, when it finishes.
         """
         self._check_open()
-        if request_id in self.output_processor.parents:
-            raise ValueError(f"request id {request_id!r} is already in use")
+        admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
         added: list[str] = []
         try:

@@ -1,21 +1,49 @@
-"""Messages between the front end (input/output processing) and the engine core.
+"""Every message between the front end (input/output processing) and the engine core.
 
-Plain dataclasses with only ints, floats, strings, lists and dicts, so any transport
-(in-process call, msgpack over ZMQ) can carry them. The core receives a request once
-and sends back only what changed each step (new tokens, their logprobs, a finish).
+All are msgspec Structs, typed end to end (sampling parameters and logprobs included, no
+``dict[str, Any]`` payloads, no positional tuples), so the in-process path (``LLMEngine``)
+and the ZMQ path (``AsyncLLM`` + :mod:`pagoda.engine.core_proc`) carry the same objects; the
+second encodes them as msgpack, and nothing is ever pickled. The core receives a request
+once and sends back only what changed each step (new tokens, their logprobs, a finish).
+
+Wire protocol (tagged unions)::
+
+    front end ──PUSH──▶ core    AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | Shutdown
+    front end ◀──PUSH── core    Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | CoreFailed
+
+Structs sent once per token or per step (``EngineCoreOutput``, the logprob structs) are
+``array_like``: encoded as arrays, not maps, which keeps the per-step messages small.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import msgspec
+
+from pagoda.sampling_params import SamplingParams
 
 
-@dataclass
-class EngineCoreRequest:
+# ------------------------------------------------------------------------- payloads
+class AdmissionLimits(msgspec.Struct, frozen=True):
+    """What admission needs to know about the engine core (the core sends it in ``Ready``).
+
+    ``kv_cache_tokens``: tokens the whole KV cache holds (usable blocks x block size), the
+    most one request can ever use.
+    """
+
+    max_model_len: int
+    vocab_size: int
+    max_logprobs: int
+    kv_cache_tokens: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool
+
+
+class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
+    """One sequence to generate (a request with ``n`` samples becomes ``n`` of these)."""
+
     request_id: str
     prompt_token_ids: list[int]
-    sampling_params: dict[str, Any]  # SamplingParams fields
+    sampling_params: SamplingParams
     eos_token_ids: list[int]
     max_tokens: int
     arrival_time: float
@@ -25,22 +53,37 @@ class EngineCoreRequest:
     fork_of: str | None = None
 
 
-@dataclass
-class EngineCoreOutput:
+class TokenLogprobs(msgspec.Struct, array_like=True):
+    """Logprobs of one sampled token: its own, its rank (1 = most likely) and the top-k."""
+
+    logprob: float
+    rank: int
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+class PromptLogprobs(msgspec.Struct, array_like=True):
+    """Logprobs of consecutive prompt positions ``start_index, start_index + 1, ...``."""
+
+    start_index: int
+    logprobs: list[float]
+    ranks: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     request_id: str
     new_token_ids: list[int]
-    # One (sampled_logprob, rank, top_ids, top_logprobs) per new token, when requested.
-    new_logprobs: list[tuple[float, int, list[int], list[float]]] | None = None
-    # (start_index, logprobs, ranks, top_ids, top_logprobs) for prompt positions, when requested.
-    prompt_logprobs: tuple[int, list[float], list[int], list[list[int]], list[list[float]]] | None = None
+    new_logprobs: list[TokenLogprobs] | None = None  # one per new token, when requested
+    prompt_logprobs: PromptLogprobs | None = None  # prompt positions computed this step, when requested
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     error: str | None = None
 
 
-@dataclass
-class SchedulerStats:
+class SchedulerStats(msgspec.Struct):
     num_running: int = 0
     num_waiting: int = 0
     kv_cache_usage: float = 0.0
@@ -57,7 +100,105 @@ class SchedulerStats:
     kv_offload_loaded_blocks: int = 0
 
 
-@dataclass
-class EngineCoreOutputs:
-    outputs: list[EngineCoreOutput] = field(default_factory=list)
+class EngineCoreOutputs(msgspec.Struct):
+    outputs: list[EngineCoreOutput] = msgspec.field(default_factory=list)
     stats: SchedulerStats | None = None
+
+
+class QueueTime(msgspec.Struct, array_like=True):
+    """Seconds a request waited between arriving at the core and its first scheduling."""
+
+    request_id: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------- messages in
+class AddRequest(msgspec.Struct, tag="add"):
+    request: EngineCoreRequest
+
+
+class AbortRequests(msgspec.Struct, tag="abort"):
+    request_ids: list[str]
+
+
+class FinishRequests(msgspec.Struct, tag="finish"):
+    """Requests the front end stopped itself (a stop string matched)."""
+
+    request_ids: list[str]
+
+
+class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache"):
+    """Drop the prefix cache's unreferenced blocks; answered by ``PrefixCacheReset(call_id)``."""
+
+    call_id: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+CoreInput = AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | Shutdown
+
+
+# --------------------------------------------------------------------- messages out
+class Ready(msgspec.Struct, tag="ready"):
+    pid: int
+    num_blocks: int
+    block_size: int
+    limits: AdmissionLimits
+    startup_seconds: float
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat"):
+    stats: SchedulerStats
+
+
+class StepOutputs(msgspec.Struct, tag="outputs"):
+    outputs: EngineCoreOutputs
+    # Requests first scheduled in this step, with how long each waited for it.
+    scheduled: list[QueueTime] = []
+
+
+class Rejected(msgspec.Struct, tag="rejected"):
+    """``add_request`` refused a request.
+
+    ``internal`` False: a validation failure meant for the user (the front end raises
+    :class:`pagoda.errors.ValidationError` with ``parameter`` and ``code``, a 400); True: the
+    core failed in a way it did not foresee (a 500).
+    """
+
+    request_id: str
+    message: str
+    parameter: str | None = None
+    code: str | None = None
+    internal: bool = False
+
+
+class PrefixCacheReset(msgspec.Struct, tag="prefix_cache_reset"):
+    """Answer to ``ResetPrefixCache``: ``success`` is False when running requests still hold cached blocks."""
+
+    call_id: int
+    success: bool
+
+
+class CoreFailed(msgspec.Struct, tag="failed"):
+    """The core hit an unexpected error and is exiting."""
+
+    message: str
+
+
+CoreOutput = Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | CoreFailed
+
+
+def encoder() -> msgspec.msgpack.Encoder:
+    return msgspec.msgpack.Encoder()
+
+
+def input_decoder() -> msgspec.msgpack.Decoder:
+    """Decodes what the core receives (raises ``msgspec.DecodeError`` on anything else)."""
+    return msgspec.msgpack.Decoder(CoreInput)
+
+
+def output_decoder() -> msgspec.msgpack.Decoder:
+    """Decodes what the front end receives from the core."""
+    return msgspec.msgpack.Decoder(CoreOutput)

@@ -106,9 +106,9 @@ class OutputProcessor:
             if child.index == 0 and o.num_cached_tokens:
                 parent.num_cached_tokens = o.num_cached_tokens
             if o.prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
-                start, lps, ranks, tids, tvs = o.prompt_logprobs
-                for j, (lp, rk, ti, tv) in enumerate(zip(lps, ranks, tids, tvs)):
-                    pos = start + j
+                p = o.prompt_logprobs
+                for j, (lp, rk, ti, tv) in enumerate(zip(p.logprobs, p.ranks, p.top_ids, p.top_logprobs)):
+                    pos = p.start_index + j
                     parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
             # A token-level stop (EOS or a stop token id) ends the request with its last token; as in
             # vLLM, that token stays in token_ids but its text is left out unless
@@ -121,9 +121,9 @@ class OutputProcessor:
                     parent.metrics.first_token_time = now
                 parent.metrics.last_token_time = now
                 if o.new_logprobs is not None and child.logprobs is not None:
-                    lp, rank, ti, tv = o.new_logprobs[k]
-                    child.logprobs.append(self._lp_dict(ti, tv, tok, lp, rank))
-                    child.cumulative_logprob = (child.cumulative_logprob or 0.0) + lp
+                    t = o.new_logprobs[k]
+                    child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank))
+                    child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
                 if child.detok is not None and not (skip_last_text and k == last):
                     hit = child.detok.add_token(tok)
                     if hit is not None:

@@ -12,6 +12,7 @@ from pagoda.config import EngineArgs
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
@@ -99,7 +100,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt; results come back in input order.
 
-        Invalid input raises ``ValueError`` before any request is queued.
+        Invalid input raises ``pagoda.errors.ValidationError`` (a ``ValueError`` naming the
+        field) before any request is queued.
         """
         plist = _as_prompt_list(prompts)
         if sampling_params is None:
@@ -109,9 +111,9 @@ class LLM:
         else:
             params = list(sampling_params)
             if len(params) != len(plist):
-                raise ValueError(
-                    f"Got {len(params)} sampling params for {len(plist)} prompts; pass one or one per prompt."
-                )
+                raise ValidationError(
+                    f"Got {len(params)} sampling params for {len(plist)} prompts; pass one or one per prompt.",
+                    "sampling_params")
         return self._run(plist, params, use_tqdm)
 
     def chat(
@@ -150,17 +152,10 @@ class LLM:
         beam (see :mod:`pagoda.beam_search`); ``concurrency_limit`` bounds the prompts
         searched at once. Invalid input raises ``ValueError`` before anything runs.
         """
-        from pagoda.beam_search import BeamSearchInstance, check_beam_search, run_beam_search, step_sampling_params
+        from pagoda.beam_search import run_beam_search, step_sampling_params
 
-        eng = self.llm_engine
         tok = self.get_tokenizer()
-        ip = eng.input_processor
-        instances = []
-        for p in _as_prompt_list(prompts):
-            text, ids = ip.tokenize_prompt(p)
-            check_beam_search(params, len(ids), ip.eos_token_ids, eng.cfg.max_logprobs, eng.cfg.max_model_len)
-            salt = p.get("cache_salt") if isinstance(p, dict) else None
-            instances.append(BeamSearchInstance(ids, params, ip.eos_token_ids, text, cache_salt=salt))
+        instances = [self.llm_engine.input_processor.beam_search(p, params) for p in _as_prompt_list(prompts)]
 
         bar = None
         if use_tqdm:
@@ -227,6 +222,6 @@ def _as_prompt_list(prompts: Any) -> list[PromptType]:
         return [prompts]
     if isinstance(prompts, (list, tuple)):
         if not prompts:
-            raise ValueError("prompts is empty.")
+            raise ValidationError("prompts is empty.", "prompts")
         return list(prompts)
-    raise ValueError(f"Unsupported prompts type {type(prompts).__name__}.")
+    raise ValidationError(f"Unsupported prompts type {type(prompts).__name__}.", "prompts")

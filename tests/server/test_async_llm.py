@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from pagoda.config import EngineArgs
@@ -125,10 +126,15 @@ def test_n2_children_and_core_rejection(engine_args):
                 texts[i] += d
         assert [c.text for c in out.outputs] == texts and out.finished
         assert all(len(c.token_ids) == 12 for c in out.outputs)
-        # the core's own admission check is the safety net behind the front end's
-        eng._check_admission = lambda *a: None
-        stream = eng.add_request("refused", PROMPT, SamplingParams(n=2, max_tokens=5000))
-        with pytest.raises(ValueError, match="maximum context length"):
+        # the scheduler's invariant is the safety net behind admission: with admission fooled into
+        # a longer context, the core refuses the request (an internal error, a 500) and keeps serving
+        real = eng.input_processor.limits
+        eng.input_processor.limits = msgspec.structs.replace(real, max_model_len=10**6, kv_cache_tokens=10**6)
+        try:
+            stream = eng.add_request("refused", PROMPT, SamplingParams(n=2, max_tokens=5000))
+        finally:
+            eng.input_processor.limits = real
+        with pytest.raises(RuntimeError, match="can never be scheduled"):
             await stream.__anext__()
         assert "refused" not in eng._streams and "refused" not in eng.output_processor.parents
         assert await wait_idle(eng)

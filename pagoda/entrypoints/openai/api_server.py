@@ -205,7 +205,6 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     engine_args = engine_args_from(args)
     state = ServerState(args, engine_args)
     limits = ServerLimits(
-        max_logprobs=args.max_logprobs,
         max_prompts_per_request=args.max_prompts_per_request,
         max_request_body_bytes=args.max_request_body_bytes,
         trust_request_chat_template=args.trust_request_chat_template,

@@ -1,9 +1,11 @@
 """Request and response models of the OpenAI-compatible API (plus vLLM's extra fields).
 
 Requests accept every OpenAI sampling field and vLLM's extras as top-level fields (what
-the ``openai`` client's ``extra_body`` sends). Unknown fields are ignored with a log
-line, as vLLM does. Range checks live in :class:`pagoda.sampling_params.SamplingParams`
-(one source of truth); these models only check types and shapes.
+the ``openai`` client's ``extra_body`` sends). Which fields are honoured, ignored (with a
+log line) or refused (a 400 naming the field) is decided by the table in
+:mod:`pagoda.entrypoints.openai.request_fields`. Range checks live in
+:class:`pagoda.sampling_params.SamplingParams` and :mod:`pagoda.engine.admission` (one
+source of truth); these models only check types and shapes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pagoda.entrypoints.openai.request_fields import UNSUPPORTED
+from pagoda.errors import ValidationError
+
 logger = logging.getLogger("pagoda.server")
 
 
@@ -21,10 +26,11 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> "OpenAIBaseModel":
+    def _log_unknown_fields(self) -> OpenAIBaseModel:
         extra = self.model_extra
-        if extra:
-            logger.warning("The following fields were present in the request but ignored: %s", sorted(extra))
+        ignored = sorted(k for k in extra or () if k not in UNSUPPORTED)  # unsupported ones are a 400 later
+        if ignored:
+            logger.warning("The following fields were present in the request but ignored: %s", ignored)
         return self
 
 
@@ -134,7 +140,8 @@ class SamplingFields(OpenAIBaseModel):
                 try:
                     bias[int(k)] = v
                 except ValueError:
-                    raise ValueError(f"logit_bias keys must be token ids (integers as strings), got {k!r}.") from None
+                    raise ValidationError(f"logit_bias keys must be token ids (integers as strings), got {k!r}.",
+                                          "logit_bias") from None
             out["logit_bias"] = bias
         return out
 
@@ -207,7 +214,7 @@ class ChatMessageIn(OpenAIBaseModel):
     name: str | None = None
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> "ChatMessageIn":  # message extras (tool_call_id, …) pass to the template
+    def _log_unknown_fields(self) -> ChatMessageIn:  # message extras (tool_call_id, …) pass to the template
         if self.role not in CHAT_ROLES:  # OpenAI refuses unknown roles; templates would render them blindly
             raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {self.role[:64]!r}.")
         return self

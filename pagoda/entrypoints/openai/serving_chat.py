@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
@@ -26,6 +27,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     ServingError,
     close_streams,
     final_output,
+    request_field_names,
     sse,
     sse_error,
 )
@@ -111,29 +113,29 @@ class OpenAIServingChat(OpenAIServing):
             raise ServingError(400, "The chat template did not produce text.", param="messages")
         return text, self.encode(text, add_special_tokens, param="messages")
 
-    def _validate(self, req: ChatCompletionRequest) -> int | None:
-        """Checks specific to chat; returns the engine's logprobs setting."""
-        if req.tools and (req.tool_choice or "auto") != "none":  # OpenAI's default with tools is "auto"
-            raise ServingError(400, "Tool calling is not supported by this server; omit tools or pass "
-                               "tool_choice='none'.", param="tool_choice")
-        if req.tool_choice not in (None, "none") and not req.tools:
-            raise ServingError(400, "tool_choice needs tools, and tool calling is not supported.", param="tool_choice")
-        rf = req.response_format
-        if rf is not None and rf.get("type", "text") != "text":
-            raise ServingError(400, f"response_format type {rf.get('type')!r} is not supported; only 'text'.",
-                               param="response_format")
-        if req.top_logprobs is not None:
-            if not req.logprobs:
-                raise ServingError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-            if not 0 <= req.top_logprobs <= self.limits.max_logprobs:
-                raise ServingError(400, f"top_logprobs must be in [0, {self.limits.max_logprobs}], "
-                                   f"got {req.top_logprobs}.", param="top_logprobs")
+    @staticmethod
+    def _logprobs(req: ChatCompletionRequest) -> int | None:
+        """The engine's logprobs setting (its range is admission's, reported as top_logprobs)."""
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ServingError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
         return (req.top_logprobs or 0) if req.logprobs else None
 
+    @staticmethod
+    def _field_names(req: ChatCompletionRequest) -> dict[str, str]:
+        """What chat calls the engine's fields (see ``request_field_names``)."""
+        names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n"}
+        if req.max_completion_tokens is not None:
+            names["max_tokens"] = "max_completion_tokens"
+        return names
+
     async def create_chat_completion(self, req: ChatCompletionRequest) -> Any:
+        with request_field_names(self._field_names(req)):
+            return await self._create(req)
+
+    async def _create(self, req: ChatCompletionRequest) -> Any:
         model = self.model_name(req.model)
-        self.check_common(req)
-        logprobs = self._validate(req)
+        self.check_common(req, "chat")
+        logprobs = self._logprobs(req)
         text, ids = self.render_prompt(
             req.messages, bool(req.add_generation_prompt), bool(req.continue_final_message), req.chat_template,
             req.chat_template_kwargs, req.tools, bool(req.add_special_tokens),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
@@ -26,6 +27,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     close_streams,
     final_output,
     merge_streams,
+    request_field_names,
     sse,
     sse_error,
 )
@@ -63,13 +65,12 @@ class OpenAIServingCompletion(OpenAIServing):
         return out
 
     async def create_completion(self, req: CompletionRequest) -> Any:
+        with request_field_names({"beam_width": "n"}):
+            return await self._create(req)
+
+    async def _create(self, req: CompletionRequest) -> Any:
         model = self.model_name(req.model)
-        self.check_common(req)
-        if req.suffix:
-            raise ServingError(400, "suffix is not supported.", param="suffix")
-        if req.logprobs is not None and not 0 <= req.logprobs <= self.limits.max_logprobs:
-            raise ServingError(400, f"logprobs must be in [0, {self.limits.max_logprobs}], got {req.logprobs}.",
-                               param="logprobs")
+        self.check_common(req, "completions")
         prompts = self._prompts(req)
         request_id = self.new_id("cmpl")
         streams: list[RequestStream] = []

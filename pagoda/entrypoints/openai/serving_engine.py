@@ -2,8 +2,9 @@
 prompt tokenization, logprob formatting, SSE helpers and stream merging.
 
 Serving classes talk only to the engine client (:class:`pagoda.engine.async_llm.AsyncLLM`):
-``add_request`` (validates; raises ``ValueError``), the returned ``RequestStream``, and
-``close()`` on it to abort.
+``add_request`` (admits; raises :class:`pagoda.errors.ValidationError`), the returned
+``RequestStream``, and ``close()`` on it to abort. Errors become HTTP responses by their
+type (:func:`to_serving_error`), never by their text.
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from pagoda.engine import admission
 from pagoda.engine.async_llm import (
     AsyncLLM,
     EngineDeadError,
     EngineNotReadyError,
     RequestAbortedError,
     RequestStream,
-    final_output,
+    final_output,  # noqa: F401 - re-exported for the serving classes
 )
 from pagoda.engine.detokenizer import decode_token
 from pagoda.entrypoints.openai.protocol import (
@@ -39,36 +42,20 @@ from pagoda.entrypoints.openai.protocol import (
     SamplingFields,
     UsageInfo,
 )
+from pagoda.entrypoints.openai.request_fields import check_request_fields
+from pagoda.errors import EngineInvariantError, ValidationError
 from pagoda.outputs import Logprob, RequestOutput
-from pagoda.sampling_params import MAX_N, BeamSearchParams, SamplingParams
+from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("pagoda.server")
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM reports this instead
-
-_PARAM_NAMES = {
-    "n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "seed", "stop", "stop_token_ids", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "logit_bias",
-    "top_logprobs", "max_completion_tokens", "prompt", "messages", "best_of", "suffix", "stream_options",
-    "response_format", "tools", "tool_choice", "chat_template", "tokens", "truncate_prompt_tokens", "model",
-    "length_penalty", "early_stopping", "use_beam_search",
-}
-
-# Fields beam search cannot honour (it ranks raw logprobs and stops only at EOS or max_tokens):
-# a request that sets one of them to a non-neutral value gets a 400 instead of silently other results.
-_BEAM_UNSUPPORTED = {
-    "stop": (None, [], ""), "stop_token_ids": (None, []), "logit_bias": (None, {}), "min_tokens": (None, 0),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
-    "prompt_logprobs": (None,),
-}
 
 
 @dataclass
 class ServerLimits:
     """Caps on what multiplies work; each violation is a 400 naming the cap."""
 
-    max_n: int = MAX_N
-    max_logprobs: int = 20
     max_prompts_per_request: int = 64
     max_request_body_bytes: int = 8 * 2**20
     trust_request_chat_template: bool = False
@@ -101,37 +88,34 @@ def error_response(status: int, message: str, type_: str | None = None, param: s
     return JSONResponse(error_body(status, message, type_, param, code), status_code=status)
 
 
-def _guess_param(message: str) -> str | None:
-    """The request field a validation message is about: its first word, else the first field it names."""
-    words = re.findall(r"[A-Za-z_]+", message)
-    if words and words[0] in _PARAM_NAMES:
-        return words[0]
-    for w in words:
-        if "_" in w and w in _PARAM_NAMES:
-            return w
-    return None
-
-
 def to_serving_error(exc: BaseException) -> ServingError:
-    """Map an exception raised while serving one request to the response it deserves."""
+    """Map an exception raised while serving one request to the response it deserves, by its type."""
     if isinstance(exc, ServingError):
         return exc
-    if isinstance(exc, ValueError):
-        msg = str(exc)
-        param = _guess_param(msg)
-        code = None
-        if msg.startswith("This model's maximum context length"):
-            code, param = "context_length_exceeded", None
-        return ServingError(400, msg, "invalid_request_error", param, code)
+    if isinstance(exc, ValidationError):
+        return ServingError(400, str(exc), "invalid_request_error", exc.parameter, exc.code)
+    if isinstance(exc, ValueError):  # user input refused by a library (tokenizer, chat template)
+        return ServingError(400, str(exc), "invalid_request_error")
     if isinstance(exc, EngineNotReadyError):
         return ServingError(503, str(exc), "service_unavailable", None, "model_loading")
     if isinstance(exc, EngineDeadError):
         return ServingError(503, str(exc), "service_unavailable", None, "engine_dead")
     if isinstance(exc, RequestAbortedError):
         return ServingError(500, str(exc), "server_error", None, "aborted")
-    logger.error("internal error while serving a request", exc_info=exc)
+    if not isinstance(exc, EngineInvariantError):
+        logger.error("internal error while serving a request", exc_info=exc)
     return ServingError(500, f"Internal server error: {type(exc).__name__}: {exc}", "server_error", None,
                         "internal_error")
+
+
+@contextmanager
+def request_field_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Name a refused field as the endpoint's request calls it (chat's ``top_logprobs`` is the
+    engine's ``logprobs``; beam search's ``beam_width`` is the request's ``n``)."""
+    try:
+        yield
+    except ValidationError as e:
+        raise e.renamed(names) from None
 
 
 def serving_error_response(exc: BaseException) -> JSONResponse:
@@ -171,21 +155,11 @@ class OpenAIServing:
                                "model_not_found")
         return requested or self.served_model_names[0]
 
-    def check_common(self, req: SamplingFields) -> None:
-        if req.use_beam_search:
-            for name, neutral in _BEAM_UNSUPPORTED.items():
-                if getattr(req, name, None) not in neutral:
-                    raise ServingError(400, f"{name} is not supported with use_beam_search.", param=name)
-        n = req.n if req.n is not None else 1
-        if n > self.limits.max_n:
-            raise ServingError(400, f"n must be at most {self.limits.max_n}, got {n}.", param="n")
-        if req.best_of is not None and req.best_of != n:
-            raise ServingError(400, "best_of is not supported (it must equal n when given).", param="best_of")
+    def check_common(self, req: SamplingFields, endpoint: str) -> None:
+        """Request-shape checks shared by completions and chat (the engine's admission comes later)."""
+        check_request_fields(req, endpoint)
         if req.stream_options is not None and not req.stream:
             raise ServingError(400, "stream_options can only be set when stream is true.", param="stream_options")
-        if req.prompt_logprobs is not None and req.prompt_logprobs > self.limits.max_logprobs:
-            raise ServingError(400, f"prompt_logprobs must be at most {self.limits.max_logprobs}, "
-                               f"got {req.prompt_logprobs}.", param="prompt_logprobs")
 
     def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
         """Usage; with --enable-prompt-tokens-details also the prompt tokens served from the prefix cache."""
@@ -218,7 +192,7 @@ class OpenAIServing:
             gen_default = defaults.get("max_tokens", default_max_tokens)
             fields["max_tokens"] = room if gen_default is None else min(int(gen_default), room)
         defaults.pop("max_tokens", None)
-        return SamplingParams(**fields).with_defaults(defaults)
+        return SamplingParams(**{**defaults, **fields})
 
     # ------------------------------------------------------------- beam search
     def beam_search_params(self, req: SamplingFields, prompt_len: int, user_max_tokens: int | None,
@@ -243,14 +217,8 @@ class OpenAIServing:
     def start_beam_search(self, request_id: str, prompt: dict[str, Any], params: BeamSearchParams,
                           req: SamplingFields, logprobs: int | None) -> Any:
         """The engine's beam-search stream (shaped like a RequestStream: one final output)."""
-        try:
-            return self.engine.beam_search(request_id, prompt, params,
-                                           skip_special_tokens=req.skip_special_tokens is not False,
-                                           logprobs=logprobs)
-        except ValueError as e:
-            if str(e).startswith("beam_width"):  # the request calls it n
-                raise ServingError(400, f"{e} (beam_width is n with use_beam_search)", param="n") from None
-            raise
+        return self.engine.beam_search(request_id, prompt, params,
+                                       skip_special_tokens=req.skip_special_tokens is not False, logprobs=logprobs)
 
     # --------------------------------------------------------------- prompts
     def encode(self, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:
@@ -269,9 +237,7 @@ class OpenAIServing:
 
     def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
         if truncate is not None:
-            if not 1 <= truncate <= self.engine.max_model_len:
-                raise ServingError(400, f"truncate_prompt_tokens must be in [1, {self.engine.max_model_len}] "
-                                   f"(the context length), got {truncate}.", param="truncate_prompt_tokens")
+            admission.check_truncate_prompt_tokens(truncate, self.engine.input_processor.limits)  # type: ignore[union-attr]
             ids = ids[-truncate:]
         return list(ids)
 
@@ -300,7 +266,7 @@ class OpenAIServing:
         return self.token_text.text(token_id)
 
     @property
-    def token_text(self) -> "TokenText":
+    def token_text(self) -> TokenText:
         tt = getattr(self, "_token_text", None)
         if tt is None:
             tt = self._token_text = TokenText(self.tokenizer)

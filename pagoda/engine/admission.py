@@ -1,0 +1,136 @@
+"""Admission: every check a request must pass before it reaches the engine core, in one place.
+
+The input processor (:mod:`pagoda.engine.input_processor`), which both the offline ``LLM``
+(through ``LLMEngine``) and the server (through ``AsyncLLM``) use, calls these functions; a
+failure raises :class:`pagoda.errors.ValidationError` naming the request field
+(``parameter``), which the server answers with a 400 carrying ``error.param``. What the
+checks need to know about the engine (context length, vocabulary, KV-cache capacity, token
+budget) is an :class:`~pagoda.engine.messages.AdmissionLimits`, which the core computes
+from its own state and sends in its ``Ready`` message.
+
+Field-range checks of a single parameter (``0 < top_p <= 1``, ``n <= 128`` ...) live in
+:class:`pagoda.sampling_params.SamplingParams` / ``BeamSearchParams`` and raise the same
+error type. The scheduler keeps only its invariants (a request it is given always fits) and
+raises :class:`pagoda.errors.EngineInvariantError` when they break.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pagoda.beam_search import candidates_per_step
+from pagoda.engine.messages import AdmissionLimits
+from pagoda.errors import PARAM, ValidationError
+from pagoda.sampling_params import BeamSearchParams, SamplingParams
+
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+"""OpenAI's error code for a request longer than the model's context."""
+
+
+def is_token_id(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def check_prompt_ids(ids: Sequence[Any], limits: AdmissionLimits, parameter: str = "prompt") -> None:
+    """A prompt is a non-empty list of in-vocabulary token ids."""
+    if not ids:
+        raise ValidationError("The prompt is empty; it must hold at least one token.", parameter)
+    if not all(is_token_id(t) for t in ids):
+        raise ValidationError("prompt_token_ids must be a list of integers.", parameter)
+    V = limits.vocab_size
+    for t in ids:
+        if not 0 <= t < V:
+            raise ValidationError(f"Token id {t} is out of vocabulary (vocab size {V}).", parameter, value=t)
+
+
+def check_cache_salt(salt: Any) -> None:
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise ValidationError("cache_salt must be a non-empty string.", "cache_salt")
+
+
+def check_num_logprobs(value: int | None, limits: AdmissionLimits, parameter: str = "logprobs") -> None:
+    """``logprobs`` / ``prompt_logprobs`` / ``top_logprobs``: at most the engine's ``max_logprobs``."""
+    if value is not None and value > limits.max_logprobs:
+        raise ValidationError(f"{PARAM} must be at most max_logprobs={limits.max_logprobs}, got {value}.",
+                              parameter, value=value)
+
+
+def check_sampling(params: SamplingParams, limits: AdmissionLimits) -> None:
+    """Checks of the sampling parameters that depend on the engine (ranges are SamplingParams')."""
+    params.verify()  # fields may have been assigned after construction (n=0 once hung)
+    check_num_logprobs(params.logprobs, limits, "logprobs")
+    check_num_logprobs(params.prompt_logprobs, limits, "prompt_logprobs")
+    if params.logit_bias:
+        V = limits.vocab_size
+        bad = sorted(t for t in params.logit_bias if not 0 <= t < V)
+        if bad:
+            raise ValidationError(f"token_id(s) {bad[:8]} in logit_bias contain out-of-vocab token ids. "
+                                  f"Vocabulary size: {V}.", "logit_bias")
+
+
+def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimits) -> int:
+    """Context length, whole-KV-cache capacity and token budget; returns the resolved ``max_tokens``.
+
+    ``max_tokens=None`` means "up to the context length". The parameter named is ``prompt``
+    when the prompt alone (plus one generated token) is too long, else ``max_tokens``.
+    """
+    L = limits.max_model_len
+    if max_tokens is None:
+        max_tokens = max(1, L - prompt_len)
+    total = prompt_len + max_tokens
+    param = "prompt" if prompt_len + 1 > L else "max_tokens"
+    if total > L:
+        raise ValidationError(
+            f"This model's maximum context length is {L} tokens. However, you requested {total} tokens "
+            f"({prompt_len} in the prompt, {max_tokens} in the completion). "
+            f"Please reduce the length of the prompt or max_tokens.",
+            param, code=CONTEXT_LENGTH_EXCEEDED)
+    cap = limits.kv_cache_tokens
+    if total > cap:
+        raise ValidationError(
+            f"The request needs {total} tokens of KV cache but the whole cache holds {cap} tokens. "
+            f"Reduce the prompt or max_tokens, or raise the KV cache size "
+            f"(--kv-cache-memory-bytes / --gpu-memory-utilization).",
+            "prompt" if prompt_len + 1 > cap else "max_tokens")
+    if not limits.enable_chunked_prefill and prompt_len > limits.max_num_batched_tokens:
+        raise ValidationError(
+            f"The prompt has {prompt_len} tokens, more than max_num_batched_tokens="
+            f"{limits.max_num_batched_tokens} with chunked prefill disabled; enable chunked prefill or raise "
+            f"--max-num-batched-tokens.", "prompt")
+    return max_tokens
+
+
+def check_request(ids: Sequence[Any], params: SamplingParams, limits: AdmissionLimits) -> int:
+    """Every check of a sampling request; returns its resolved ``max_tokens``."""
+    check_prompt_ids(ids, limits)
+    check_sampling(params, limits)
+    return check_length(len(ids), params.max_tokens, limits)
+
+
+def check_beam_search(ids: Sequence[Any], params: BeamSearchParams, eos_token_ids: Sequence[int],
+                      limits: AdmissionLimits, logprobs: int | None = None) -> None:
+    """A beam search the engine can run: each step asks for ``candidates_per_step`` logprobs per beam."""
+    params.__post_init__()
+    check_prompt_ids(ids, limits)
+    num_eos = 0 if params.ignore_eos else len(set(eos_token_ids))
+    k = candidates_per_step(params.beam_width, num_eos)
+    if k > limits.max_logprobs:
+        per = max(2, 1 + num_eos)
+        raise ValidationError(
+            f"beam_width={params.beam_width} needs {k} candidate logprobs per beam and step "
+            f"({per} x beam_width), above max_logprobs={limits.max_logprobs}; use beam_width <= "
+            f"{limits.max_logprobs // per}.", "beam_width", value=params.beam_width)
+    check_num_logprobs(logprobs, limits, "logprobs")
+    check_length(len(ids), params.max_tokens, limits)
+
+
+def check_truncate_prompt_tokens(value: int | None, limits: AdmissionLimits) -> None:
+    if value is not None and not 1 <= value <= limits.max_model_len:
+        raise ValidationError(f"truncate_prompt_tokens must be in [1, {limits.max_model_len}] (the context "
+                              f"length), got {value}.", "truncate_prompt_tokens", value=value)
+
+
+def check_request_id_free(request_id: str, in_use: bool) -> None:
+    if in_use:
+        raise ValidationError(f"request id {request_id!r} is already in use", "request_id")

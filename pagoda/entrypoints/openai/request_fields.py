@@ -1,0 +1,154 @@
+"""Which request fields pagoda honours, ignores or refuses: the one table (documented in docs/serving.md).
+
+Every field of vLLM's ``CompletionRequest`` / ``ChatCompletionRequest`` (and OpenAI's) is in
+one of three classes:
+
+* **honoured** -- declared on the pydantic models in :mod:`protocol` and implemented;
+* **ignored** (:data:`IGNORED`) -- harmless extras that change nothing about the output
+  (bookkeeping for OpenAI's platform, hints); accepted with a warning in the log;
+* **unsupported** (:data:`UNSUPPORTED`) -- fields that change what the output means and that
+  pagoda does not implement. A request that sets one to anything but its neutral value is a 400
+  naming the field (``"<field> is not supported ..."``), never a 200 with the constraint dropped.
+
+Fields in none of these (unknown to vLLM too) are ignored with a warning, as vLLM does.
+Beam search cannot honour some sampling fields; :data:`BEAM_UNSUPPORTED` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pagoda.errors import ValidationError
+
+
+def unset(value: Any, req: Any = None) -> bool:
+    return value is None or value == "" or (isinstance(value, (list, dict)) and not value)
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    reason: str
+    neutral: Callable[[Any, Any], bool] = unset  # (value, request) -> the value changes nothing
+    endpoints: tuple[str, ...] = ("completions", "chat")
+
+
+_STRUCTURED = "structured outputs (grammar-constrained decoding) are not implemented"
+
+
+def _text_format(v: Any, req: Any) -> bool:
+    return unset(v) or (isinstance(v, dict) and v.get("type", "text") == "text")
+
+
+def _zero(v: Any, req: Any) -> bool:
+    return v is None or v == 0
+
+
+def _false(v: Any, req: Any) -> bool:
+    return v is None or v is False
+
+
+def _true(v: Any, req: Any) -> bool:
+    return v is None or v is True
+
+
+def _best_of(v: Any, req: Any) -> bool:
+    return v is None or v == (req.n if req.n is not None else 1)
+
+
+def _tools(v: Any, req: Any) -> bool:  # tools are shown to the chat template only when tool_choice is "none"
+    return unset(v) or getattr(req, "tool_choice", None) == "none"
+
+
+def _tool_choice(v: Any, req: Any) -> bool:
+    return v is None or v == "none"
+
+
+def _absent(v: Any, req: Any) -> bool:  # even an empty value asks for the feature
+    return v is None
+
+
+def _text_only(v: Any, req: Any) -> bool:
+    return unset(v) or v == ["text"]
+
+
+UNSUPPORTED: dict[str, Unsupported] = {
+    # structured outputs
+    "guided_json": Unsupported(_STRUCTURED),
+    "guided_regex": Unsupported(_STRUCTURED),
+    "guided_choice": Unsupported(_STRUCTURED),
+    "guided_grammar": Unsupported(_STRUCTURED),
+    "guided_decoding_backend": Unsupported(_STRUCTURED),
+    "guided_whitespace_pattern": Unsupported(_STRUCTURED),
+    "structured_outputs": Unsupported(_STRUCTURED),
+    "structural_tag": Unsupported(_STRUCTURED),
+    "response_format": Unsupported(f"only {{'type': 'text'}} is honoured; {_STRUCTURED}", _text_format),
+    # sampling
+    "logits_processors": Unsupported("per-request logits processors are not implemented (vLLM V1 dropped them too)"),
+    "allowed_token_ids": Unsupported("restricting sampling to a token set is not implemented"),
+    "bad_words": Unsupported("banning words during sampling is not implemented"),
+    "best_of": Unsupported("best_of must equal n when given (no sampling of extra candidates)", _best_of),
+    "vllm_xargs": Unsupported("custom extension arguments are not implemented"),
+    # scheduling / serving
+    "priority": Unsupported("priority scheduling is not implemented (requests are served first come, first "
+                            "served); leave it 0", _zero),
+    "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented"),
+    "return_token_ids": Unsupported("responses do not carry token ids", _false),
+    # inputs and outputs pagoda does not have
+    "prompt_embeds": Unsupported("prompts must be text or token ids", endpoints=("completions",)),
+    "suffix": Unsupported("insertion (text after the completion) is not implemented", endpoints=("completions",)),
+    "audio": Unsupported("audio output is not implemented", endpoints=("chat",)),
+    "modalities": Unsupported("only text output is implemented", _text_only, endpoints=("chat",)),
+    "tools": Unsupported("Tool calling is not implemented; omit tools or pass tool_choice='none' (the tools are "
+                         "then only shown to the chat template)", _tools, endpoints=("chat",)),
+    "tool_choice": Unsupported("Tool calling is not implemented; tool_choice may only be 'none'", _tool_choice,
+                               endpoints=("chat",)),
+    "functions": Unsupported("function calling is not implemented", endpoints=("chat",)),
+    "function_call": Unsupported("function calling is not implemented", endpoints=("chat",)),
+    "documents": Unsupported("documents for retrieval-augmented chat templates are not passed on",
+                             endpoints=("chat",)),
+    "reasoning_effort": Unsupported("reasoning controls are not implemented", endpoints=("chat",)),
+    "include_reasoning": Unsupported("there is no reasoning parser: reasoning stays in the content", _true,
+                                     endpoints=("chat",)),
+    "web_search_options": Unsupported("web search is not implemented", _absent, endpoints=("chat",)),
+    "verbosity": Unsupported("verbosity control is not implemented", endpoints=("chat",)),
+}
+"""Fields that would change the output and are not implemented: a 400 unless neutral."""
+
+IGNORED: dict[str, str] = {
+    "user": "an end-user id for the platform's abuse monitoring",
+    "metadata": "tags for the platform's stored completions",
+    "store": "pagoda stores nothing",
+    "service_tier": "there is one tier",
+    "safety_identifier": "an end-user id for the platform's abuse monitoring",
+    "prompt_cache_key": "a routing hint for the platform's cache; pagoda's prefix cache needs none",
+    "prediction": "predicted outputs only speed up generation, they do not change it",
+    "parallel_tool_calls": "no tools are ever called",
+    "request_id": "pagoda names requests itself",
+    "mm_processor_kwargs": "no multimodal processor (image and audio content parts are refused)",
+    "media_io_kwargs": "no multimodal processor (image and audio content parts are refused)",
+}
+"""Harmless extras: accepted, logged as ignored."""
+
+BEAM_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "stop": (None, [], ""), "stop_token_ids": (None, []), "logit_bias": (None, {}), "min_tokens": (None, 0),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
+    "prompt_logprobs": (None,),
+}
+"""Fields beam search cannot honour (it ranks raw logprobs and stops only at EOS or max_tokens),
+with their neutral values."""
+
+
+def check_request_fields(req: Any, endpoint: str) -> None:
+    """Refuse a request that sets an unsupported field (or one beam search cannot honour)."""
+    for name, rule in UNSUPPORTED.items():
+        if endpoint not in rule.endpoints:
+            continue
+        value = getattr(req, name, None)
+        if not rule.neutral(value, req):
+            raise ValidationError(f"{name} is not supported by pagoda: {rule.reason}.", name)
+    if getattr(req, "use_beam_search", False):
+        for name, neutral in BEAM_UNSUPPORTED.items():
+            if getattr(req, name, None) not in neutral:
+                raise ValidationError(f"{name} is not supported with use_beam_search.", name)

@@ -1,0 +1,90 @@
+"""Request fields pagoda does not implement are a 400 naming the field (never a 200 with the constraint
+dropped); harmless extras and neutral values are accepted; admission failures carry ``error.param``.
+The table is pagoda/entrypoints/openai/request_fields.py."""
+
+from __future__ import annotations
+
+import pytest
+from server_utils import MODEL
+
+from pagoda.entrypoints.openai.request_fields import IGNORED, UNSUPPORTED
+
+COMPLETION = {"model": MODEL, "prompt": "Paris is", "max_tokens": 2, "temperature": 0}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
+
+# A value that asks for something pagoda does not do, per field.
+MEANINGFUL = {
+    "guided_json": {"type": "object"}, "guided_regex": "[a-z]+", "guided_choice": ["yes", "no"],
+    "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": r"\s",
+    "structured_outputs": {"choice": ["a", "b"]}, "structural_tag": "{}",
+    "response_format": {"type": "json_object"}, "logits_processors": ["my.Processor"],
+    "allowed_token_ids": [1, 2, 3], "bad_words": ["bad"], "best_of": 3, "vllm_xargs": {"k": 1}, "priority": 5,
+    "kv_transfer_params": {"do_remote_decode": True}, "return_token_ids": True, "prompt_embeds": "AAAA",
+    "suffix": " end.", "audio": {"voice": "alloy"}, "modalities": ["text", "audio"],
+    "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+    "functions": [{"name": "f"}], "function_call": "auto", "documents": [{"title": "t", "text": "x"}],
+    "reasoning_effort": "high", "include_reasoning": False, "web_search_options": {}, "verbosity": "low",
+}
+# Values that change nothing, accepted.
+NEUTRAL = [("priority", 0), ("best_of", 1), ("response_format", {"type": "text"}), ("guided_json", None),
+           ("bad_words", []), ("tool_choice", "none"), ("include_reasoning", True), ("modalities", ["text"]),
+           ("return_token_ids", False), ("suffix", "")]
+
+
+def test_every_unsupported_field_has_a_meaningful_value():
+    assert set(MEANINGFUL) == set(UNSUPPORTED)
+
+
+CASES = [(name, ep) for name, rule in UNSUPPORTED.items() for ep in rule.endpoints]
+
+
+@pytest.mark.parametrize("name,endpoint", CASES, ids=[f"{ep}-{n}" for n, ep in CASES])
+def test_unsupported_field_is_400_naming_it(server, name, endpoint):
+    path, base = ("/v1/completions", COMPLETION) if endpoint == "completions" else ("/v1/chat/completions", CHAT)
+    r = server.post(path, {**base, name: MEANINGFUL[name]})
+    assert r.status_code == 400, (name, r.text)
+    err = r.json()["error"]
+    assert err["param"] == name and name in err["message"] and "is not supported" in err["message"], err
+
+
+@pytest.mark.parametrize("name,value", NEUTRAL)
+def test_neutral_values_are_accepted(server, name, value):
+    for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
+        if path == "/v1/completions" and name in ("tool_choice", "include_reasoning", "modalities"):
+            continue
+        r = server.post(path, {**base, name: value})
+        assert r.status_code == 200, (name, r.text)
+
+
+def test_harmless_extras_are_accepted(server):
+    extras = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "request_id": "x",
+              "parallel_tool_calls": True, "prompt_cache_key": "k", "no_such_field_anywhere": 1}
+    assert set(extras) - {"no_such_field_anywhere"} <= set(IGNORED)
+    for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
+        r = server.post(path, {**base, **extras})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path,body,param,code", [
+    ("/v1/completions", {**COMPLETION, "max_tokens": 3000}, "max_tokens", "context_length_exceeded"),
+    ("/v1/completions", {**COMPLETION, "prompt": [1] * 2048}, "prompt", "context_length_exceeded"),
+    ("/v1/completions", {**COMPLETION, "prompt": [1, 2, 10**6]}, "prompt", None),
+    ("/v1/completions", {**COMPLETION, "logprobs": 6}, "logprobs", None),
+    ("/v1/completions", {**COMPLETION, "logit_bias": {"100000": 1}}, "logit_bias", None),
+    ("/v1/completions", {**COMPLETION, "truncate_prompt_tokens": 5000}, "truncate_prompt_tokens", None),
+    ("/v1/completions", {**COMPLETION, "use_beam_search": True, "n": 9}, "n", None),
+    ("/v1/completions", {**COMPLETION, "use_beam_search": True, "n": 2, "stop": ["x"]}, "stop", None),
+    ("/v1/chat/completions", {**CHAT, "max_completion_tokens": 3000}, "max_completion_tokens",
+     "context_length_exceeded"),
+    ("/v1/chat/completions", {**CHAT, "max_tokens": 3000}, "max_tokens", "context_length_exceeded"),
+    ("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 6}, "top_logprobs", None),
+    ("/v1/chat/completions", {**CHAT, "prompt_logprobs": 6}, "prompt_logprobs", None),
+    ("/v1/chat/completions", {**CHAT, "n": 129}, "n", None),
+])
+def test_admission_errors_carry_the_param(server, path, body, param, code):
+    r = server.post(path, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == code, err
+    if param == "top_logprobs":
+        assert err["message"].startswith("top_logprobs must be at most max_logprobs=5"), err
