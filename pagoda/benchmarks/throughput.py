@@ -109,7 +109,7 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
-    assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs))
+    assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs, strict=True))
     q = kv.prefix_cache_queries - q0
     res = _report(name, reqs, dt, (kv.prefix_cache_hits - h0) / q if q else 0.0)
     if args.dataset == "prefix_repetition" and args.prefix_ttft_probes > 0 and kv.enable_prefix_caching:
