@@ -132,7 +132,11 @@ def run_hf_generate_batch(model: Any, reqs: list[BenchRequest], device: Any) -> 
 
     gc = GenerationConfig(max_new_tokens=max(r.output_len for r in reqs), do_sample=False, eos_token_id=-1,
                           pad_token_id=0)
-    manager = model.init_continuous_batching(generation_config=gc, **_cb_config(reqs, device))
+    import inspect
+
+    accepted = inspect.signature(model.init_continuous_batching).parameters
+    extra = {k: v for k, v in _cb_config(reqs, device).items() if k in accepted}  # older transformers lack some
+    manager = model.init_continuous_batching(generation_config=gc, **extra)
     if hasattr(manager, "warmup") and not getattr(manager, "warmed_up", True):
         manager.warmup()  # what generate_batch does first (CUDA graphs at the largest sizes)
     manager.start()
