@@ -59,3 +59,44 @@ def test_bench_throughput_prefix_repetition_smoke(tmp_path, capsys):
     assert probe["cached_tokens"] == 48 and probe["ttft_uncached_ms_median"] > 0 and probe["ttft_cached_ms_median"] > 0
     text = capsys.readouterr().out
     assert "prefix caching on / off" in text and "[prefix TTFT]" in text and "prefix cache hit rate" in text
+
+
+def _hf_peer_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "hf_peer.py"
+    spec = importlib.util.spec_from_file_location("hf_peer_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hf_peer_runs_pagodas_exact_requests_and_is_credited_for_what_it_generates(tmp_path, capsys):
+    from pagoda.benchmarks.datasets import load_requests, requests_digest
+
+    m = str(_model(tmp_path))
+    out, saved = tmp_path / "both.json", tmp_path / "reqs.json"
+    dataset = ["--num-prompts", "5", "--input-len", "12", "--output-len", "6", "--range-ratio", "0.5", "--seed", "4"]
+    main(["--log-level", "WARNING", "bench", "throughput", "--model", m, "--load-format", "dummy", *dataset,
+          "--backend", "both", "--hf-batch-size", "2", "--max-model-len", "256", "--save-requests", str(saved),
+          "--output-json", str(out)])
+    pagoda_res, hf_res = json.loads(out.read_text())["results"]
+    reqs = load_requests(saved)
+    lens = [r.output_len for r in reqs]
+    assert len(set(lens)) > 1  # variable output lengths, as pagoda runs them
+    # the same request list on both sides, in the same run
+    assert pagoda_res["requests_digest"] == hf_res["requests_digest"] == requests_digest(reqs)
+    assert pagoda_res["output_tokens"] == pagoda_res["requested_output_tokens"] == sum(lens)
+    # generate batches of 2 run to their longest request: HF is credited with every token it produced
+    assert hf_res["requested_output_tokens"] == sum(lens)
+    assert hf_res["output_tokens"] == sum(len(lens[i:i + 2]) * max(lens[i:i + 2]) for i in range(0, 5, 2))
+    assert "pagoda / hf output throughput (same requests, same run)" in capsys.readouterr().out
+
+    # the stand-alone peer (benchmarks/gpu/hf_peer.py): the same list from the same flags, or from the file
+    peer = _hf_peer_script()
+    from_flags = peer.main(["--model", m, "--device", "cpu", "--dtype", "float32", *dataset])
+    from_file = peer.main(["--model", m, "--device", "cpu", "--dtype", "float32", "--requests", str(saved)])
+    for res in (from_flags, from_file):
+        assert res["requests_digest"] == pagoda_res["requests_digest"]
+        # continuous batching honours each request's own length: exactly what pagoda generated
+        assert res["output_tokens"] == res["requested_output_tokens"] == sum(lens)

@@ -24,7 +24,8 @@ STOP = 3
 
 
 def make_req(rid: str, prompt_len: int, max_tokens: int, arrival: float = 0.0, **sp) -> Request:
-    prompt = [10 + (hash((rid, i)) % 500) for i in range(prompt_len)]
+    rng = random.Random(rid)  # seeded by the id: the same prompt in every process (hash() of a str is not)
+    prompt = [rng.randrange(10, 510) for _ in range(prompt_len)]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, **sp)
     return Request(rid, prompt, params, {EOS}, max_tokens, arrival_time=arrival)
 
@@ -183,7 +184,8 @@ def test_decodes_first_then_fcfs_admission():
         s.add_request(r)
     out, _ = step(s)
     # decode of the running request, then waiting requests in arrival order until the budget ends
-    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("first", 1), ("w1", 4), ("w2", 2), ("w3", 1)]
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [
+        ("first", 1), ("w1", 4), ("w2", 2), ("w3", 1)]
     run_all(s)
 
 
@@ -362,7 +364,7 @@ def test_no_leaks_under_random_adds_aborts_and_stops(seed):
     def model(r):
         return EOS if rng.random() < 0.03 else fake_token(r)
 
-    for i in range(400):
+    for _ in range(400):
         if rng.random() < 0.3 and n < 60:
             p, m = rng.randint(1, 60), rng.randint(1, 40)
             r = make_req(f"q{n}", p, m, arrival=n)

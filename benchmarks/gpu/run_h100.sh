@@ -62,7 +62,7 @@ fi
 if has throughput; then
   log "throughput sharegpt-like 500 (pagoda)"
   timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
-    --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+    --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|digest|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
 fi
 
 if has sync; then
@@ -84,7 +84,8 @@ if has prefix; then
 fi
 
 if has hf; then
-  log "throughput peer: HF transformers generate_batch (paged|sdpa)"
-  timeout 300 python benchmarks/gpu/hf_peer.py $M 200 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+  log "throughput peer: HF transformers generate_batch (paged|sdpa), the same 500 requests as pagoda (digests match)"
+  timeout 500 python benchmarks/gpu/hf_peer.py --model $M --dataset sharegpt --num-prompts 500 \
+    --output-json "$OUT/tp_hf.json" 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
 fi
 log done

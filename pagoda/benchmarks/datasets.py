@@ -10,14 +10,21 @@
   shuffled with the seed. The prefix-cache workload.
 
 Prompts are random token ids (valid for any tokenizer of the vocab size), so the
-workload is identical for every engine that takes token ids.
+workload is identical for every engine that takes token ids. ``workload_from_args`` is the
+one builder of ``pagoda bench throughput``'s request list; a peer benchmark builds its list
+with it from the same flags (or reads the list ``--save-requests`` wrote), and
+``requests_digest`` names a list, so two results can show they ran the same requests.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -76,3 +83,44 @@ def prefix_repetition_requests(num: int, prefix_len: int, suffix_len: int, num_p
         out.append(BenchRequest(prefixes[i % num_prefixes] + suffix, output_len, prefix_id=i % num_prefixes))
     rng.shuffle(out)
     return out
+
+
+def workload_from_args(args: argparse.Namespace, vocab_size: int) -> list[BenchRequest]:
+    """The request list of ``pagoda bench throughput`` for its dataset flags (``add_dataset_args``)."""
+    if args.dataset == "sharegpt":
+        return sharegpt_like_requests(args.num_prompts, vocab_size, args.seed)
+    if args.dataset == "prefix_repetition":
+        return prefix_repetition_requests(
+            args.num_prompts, args.prefix_repetition_prefix_len, args.prefix_repetition_suffix_len,
+            args.prefix_repetition_num_prefixes, args.prefix_repetition_output_len, vocab_size, args.seed)
+    r = args.range_ratio
+
+    def span(n: int) -> tuple[int, int]:
+        return max(1, int(n * (1 - r))), max(1, int(n * (1 + r)))
+
+    return random_requests(args.num_prompts, span(args.input_len), span(args.output_len), vocab_size, args.seed)
+
+
+def _as_json(reqs: list[BenchRequest]) -> list[dict]:
+    return [{"prompt_token_ids": r.prompt_token_ids, "output_len": r.output_len, "prefix_id": r.prefix_id}
+            for r in reqs]
+
+
+def requests_digest(reqs: list[BenchRequest]) -> str:
+    """sha256 (first 16 hex digits) of the prompts and output lengths, in order."""
+    blob = json.dumps(_as_json(reqs), separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_requests(path: str | Path, reqs: list[BenchRequest]) -> None:
+    Path(path).write_text(json.dumps({"digest": requests_digest(reqs), "requests": _as_json(reqs)}))
+
+
+def load_requests(path: str | Path) -> list[BenchRequest]:
+    """A list written by ``save_requests``; its digest is checked."""
+    data = json.loads(Path(path).read_text())
+    reqs = [BenchRequest(list(r["prompt_token_ids"]), int(r["output_len"]), r.get("prefix_id"))
+            for r in data["requests"]]
+    if data.get("digest") not in (None, requests_digest(reqs)):
+        raise ValueError(f"{path}: the request list does not match its digest (edited or truncated?)")
+    return reqs

@@ -4,10 +4,10 @@ Sends seeded synthetic prompts to ``/v1/completions`` (or ``/v1/chat/completions
 streaming, either at a request rate (Poisson arrivals, or gamma with ``--burstiness``)
 or all at once under ``--max-concurrency``, and reports vLLM's serving metrics:
 
-* TTFT  time to the first streamed text;
+* TTFT  time to the first streamed chunk that carries a token (text or not);
 * TPOT  (latency - TTFT) / (output tokens - 1), per request;
-* ITL   gaps between consecutive streamed text chunks;
-* E2EL  request latency;
+* ITL   gaps between tokens: a chunk of k tokens adds k gaps of (its gap / k);
+* E2EL  time to the last token;
 
 as mean / median / chosen percentiles (default p50, p90, p99), plus request, output-token
 and total-token throughput. ``--save-result`` writes everything (per-request figures
@@ -17,8 +17,12 @@ Prompts are made of words drawn from a fixed list with ``--seed``; when the serv
 ``/tokenize`` (pagoda, vLLM) or ``--tokenizer`` names a local tokenizer, each prompt is
 words adding up to at most ``--random-input-len`` tokens (exactly that many unless no
 word fits the remainder); otherwise the length is estimated.
-Output tokens come from the server's usage report (``stream_options.include_usage``)
-when it sends one, else from the number of streamed text chunks.
+Tokens are counted per chunk from the usage the server adds to every chunk
+(``stream_options.continuous_usage_stats``), else from logprobs, else one per chunk
+(``stream_timing.py`` states the rules); a request's output tokens come from the final usage
+report when the server sends one. A request that received no token, or whose tokens all came
+in one chunk, is left out of the latencies it cannot have (counted and printed as such):
+no latency is ever reported as zero, and a series with no value prints "n/a".
 
 ``--dataset-name prefix_repetition`` (vLLM's dataset and flags) sends prompts made of one
 of ``--prefix-repetition-num-prefixes`` shared prefixes plus a per-request suffix. It then
@@ -44,6 +48,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_text, chunk_tokens, tpot
+
 WORDS = (
     "the of and to in is was for on are with as his they be at one have this from or had by word but what some "
     "we can out other were all there when up use your how said an each she which do their time if will way about "
@@ -67,14 +73,20 @@ WORDS = (
 
 @dataclass
 class RequestResult:
+    """One request's outcome. ``ttft``/``latency`` are None when no token arrived (see stream_timing)."""
+
     ok: bool = False
     prompt_len: int = 0
     output_tokens: int = 0
-    ttft: float = 0.0
-    latency: float = 0.0
+    ttft: float | None = None
+    latency: float | None = None
     itl: list[float] = field(default_factory=list)
     error: str = ""
     text: str = ""
+
+    @property
+    def tpot(self) -> float | None:
+        return tpot(self.ttft, self.latency, self.output_tokens)
 
 
 def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -222,10 +234,10 @@ async def words_text(rng: random.Random, counter: _Counter, n_in: int) -> tuple[
 # ----------------------------------------------------------------------- requests
 async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict[str, Any], chat: bool,
                    prompt_len: int) -> RequestResult:
+    """Send one streaming request and time its tokens (rules in stream_timing)."""
     res = RequestResult(prompt_len=prompt_len)
-    start = time.perf_counter()
-    last = start
-    chunks = 0
+    timeline = TokenTimeline(start=time.perf_counter())
+    cursor = UsageCursor()
     usage_tokens = None
     try:
         async with client.stream("POST", url, headers=headers, json=payload) as resp:
@@ -239,29 +251,19 @@ async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
+                now = time.perf_counter()
                 obj = json.loads(data)
                 if "error" in obj:
                     res.error = str(obj["error"].get("message", obj["error"]))
                     return res
-                if obj.get("usage"):
+                timeline.add(now, chunk_tokens(obj, chat, cursor))
+                if not obj.get("choices") and obj.get("usage"):
                     usage_tokens = obj["usage"].get("completion_tokens", usage_tokens)
-                for ch in obj.get("choices") or []:
-                    text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
-                    if not text:
-                        continue
-                    now = time.perf_counter()
-                    if chunks == 0:
-                        res.ttft = now - start
-                    else:
-                        res.itl.append(now - last)
-                    last = now
-                    chunks += 1
-                    res.text += text
-        res.latency = time.perf_counter() - start
-        res.output_tokens = usage_tokens if usage_tokens is not None else chunks
-        res.ok = chunks > 0 or res.output_tokens > 0
-        if not res.ok:
-            res.error = "no text was streamed"
+                res.text += chunk_text(obj, chat)
+        res.ttft, res.latency, res.itl = timeline.ttft, timeline.latency, timeline.itl
+        res.output_tokens = usage_tokens if usage_tokens is not None else max(timeline.tokens,
+                                                                             cursor.completion_tokens)
+        res.ok = True
     except Exception as e:
         res.error = f"{type(e).__name__}: {e}"
     return res
@@ -269,7 +271,8 @@ async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict
 
 def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat: bool) -> dict[str, Any]:
     p: dict[str, Any] = {"model": model, "max_tokens": n_out, "temperature": args.temperature, "stream": True,
-                         "stream_options": {"include_usage": True}}
+                         # usage on every chunk: tokens per chunk even when their text is empty (stream_timing)
+                         "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
     if chat:
         p["messages"] = [{"role": "user", "content": prompt}]
     else:
@@ -281,9 +284,9 @@ def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat
     return p
 
 
-def _percentile(xs: list[float], q: float) -> float:
+def _percentile(xs: list[float], q: float) -> float | None:
     if not xs:
-        return 0.0
+        return None
     s = sorted(xs)
     k = (len(s) - 1) * q / 100.0
     f = math.floor(k)
@@ -291,21 +294,36 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[f] + (s[c] - s[f]) * (k - f)
 
 
+def _ms(x: float | None) -> float | None:
+    return None if x is None else 1000 * x
+
+
+def latency_series(results: list[RequestResult]) -> dict[str, list[float]]:
+    """Each latency metric over the requests that have it (stream_timing: none is ever a stand-in zero)."""
+    ok = [r for r in results if r.ok]
+    return {
+        "ttft": [r.ttft for r in ok if r.ttft is not None],
+        "tpot": [t for r in ok if (t := r.tpot) is not None],
+        "itl": [x for r in ok for x in r.itl],
+        "e2el": [r.latency for r in ok if r.latency is not None],
+    }
+
+
 def summarize(args: argparse.Namespace, results: list[RequestResult], duration: float) -> dict[str, Any]:
+    """Throughput over the successful requests; mean / median / std / percentiles of each latency
+    metric in ms (None where no request has that metric)."""
     ok = [r for r in results if r.ok]
     total_out = sum(r.output_tokens for r in ok)
     total_in = sum(r.prompt_len for r in ok)
-    series = {
-        "ttft": [r.ttft for r in ok],
-        "tpot": [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1],
-        "itl": [x for r in ok for x in r.itl],
-        "e2el": [r.latency for r in ok],
-    }
+    series = latency_series(results)
     pcts = [float(x) for x in args.metric_percentiles.split(",") if x.strip()]
     wanted = [m.strip() for m in args.percentile_metrics.split(",") if m.strip()]
     out: dict[str, Any] = {
         "completed": len(ok),
         "failed": len(results) - len(ok),
+        # left out of the latencies they cannot have, never counted as zero
+        "requests_without_tokens": sum(1 for r in ok if r.ttft is None),
+        "requests_in_one_chunk": sum(1 for r in ok if r.ttft is not None and r.output_tokens > 1 and r.tpot is None),
         "duration_s": duration,
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
@@ -315,11 +333,12 @@ def summarize(args: argparse.Namespace, results: list[RequestResult], duration: 
     }
     for m in wanted:
         xs = series.get(m, [])
-        out[f"mean_{m}_ms"] = 1000 * (sum(xs) / len(xs)) if xs else 0.0
-        out[f"median_{m}_ms"] = 1000 * _percentile(xs, 50)
-        out[f"std_{m}_ms"] = 1000 * (math.sqrt(sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / len(xs)) if xs else 0.0)
+        mean = sum(xs) / len(xs) if xs else None
+        out[f"mean_{m}_ms"] = _ms(mean)
+        out[f"median_{m}_ms"] = _ms(_percentile(xs, 50))
+        out[f"std_{m}_ms"] = _ms(math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) if mean is not None else None)
         for q in pcts:
-            out[f"p{q:g}_{m}_ms"] = 1000 * _percentile(xs, q)
+            out[f"p{q:g}_{m}_ms"] = _ms(_percentile(xs, q))
     return out
 
 
@@ -348,19 +367,28 @@ async def prefix_cache_counters(client: Any, base: str, headers: dict[str, str])
 def prefix_ttft_split(results: list[RequestResult], prefix_ids: list[int]) -> dict[str, Any]:
     """TTFT of the requests that were the first sent with their prefix vs those repeating one."""
     seen: set[int] = set()
-    first, repeat = [], []
-    for r, pid in zip(results, prefix_ids):
+    first: list[float] = []
+    repeat: list[float] = []
+    for r, pid in zip(results, prefix_ids, strict=True):
         is_first = pid not in seen
         seen.add(pid)
-        if r.ok:
+        if r.ok and r.ttft is not None:
             (first if is_first else repeat).append(r.ttft)
     out: dict[str, Any] = {"num_first_seen_prefix": len(first), "num_repeated_prefix": len(repeat)}
     for name, xs in (("first_seen_prefix", first), ("repeated_prefix", repeat)):
-        out[f"mean_ttft_{name}_ms"] = 1000 * sum(xs) / len(xs) if xs else 0.0
-        out[f"median_ttft_{name}_ms"] = 1000 * _percentile(xs, 50)
+        out[f"mean_ttft_{name}_ms"] = _ms(sum(xs) / len(xs)) if xs else None
+        out[f"median_ttft_{name}_ms"] = _ms(_percentile(xs, 50))
     if first and repeat:
-        out["ttft_repeated_over_first_seen"] = out["median_ttft_repeated_prefix_ms"] / out["median_ttft_first_seen_prefix_ms"]
+        out["ttft_repeated_over_first_seen"] = (out["median_ttft_repeated_prefix_ms"]
+                                                / out["median_ttft_first_seen_prefix_ms"])
     return out
+
+
+def _fmt_ms(v: float | None) -> str:
+    """A latency for the table: "n/a" when no request had it; small values keep their digits."""
+    if v is None:
+        return "n/a"
+    return f"{v:.2f}" if v >= 0.01 or v == 0 else f"{v:.3g}"
 
 
 def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bool) -> None:
@@ -381,12 +409,16 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
     ]
     if "prefix_cache_hit_rate" in s:
         rows.append(("Prefix cache hit rate (%):", f"{100 * s['prefix_cache_hit_rate']:.2f}"))
+    if s["requests_without_tokens"]:
+        rows.append(("Requests with no token (no latencies):", s["requests_without_tokens"]))
+    if s["requests_in_one_chunk"]:
+        rows.append(("Requests with all tokens in 1 chunk (no TPOT):", s["requests_in_one_chunk"]))
     for k, v in rows:
         print(f"{k:<40}{v:>20}")
     if "num_first_seen_prefix" in s:
         print(f"{' TTFT by prefix (first sent vs repeated) ':-^60}")
         for name, label in (("first_seen_prefix", "first-seen"), ("repeated_prefix", "repeated")):
-            print(f"{'Median TTFT, ' + label + ' prefix (ms):':<40}{s[f'median_ttft_{name}_ms']:>20.2f}")
+            print(f"{'Median TTFT, ' + label + ' prefix (ms):':<40}{_fmt_ms(s[f'median_ttft_{name}_ms']):>20}")
         if "ttft_repeated_over_first_seen" in s:
             print(f"{'Repeated / first-seen median TTFT:':<40}{s['ttft_repeated_over_first_seen']:>20.3f}")
     names = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
@@ -396,7 +428,7 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
         for key in [k for k in s if k.endswith(f"_{m}_ms") and not k.startswith("std_")]:
             label = key.replace(f"_{m}_ms", "").replace("_", " ")
             label = {"mean": "Mean", "median": "Median"}.get(label, label.upper() if label.startswith("p") else label)
-            print(f"{label + ' ' + m.upper() + ' (ms):':<40}{s[key]:>20.2f}")
+            print(f"{label + ' ' + m.upper() + ' (ms):':<40}{_fmt_ms(s[key]):>20}")
     print(line)
 
 
@@ -495,8 +527,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         **summary,
         "input_lens": [r.prompt_len for r in results],
         "output_lens": [r.output_tokens for r in results],
-        "ttfts": [r.ttft for r in results],
+        "ttfts": [r.ttft for r in results],  # seconds; None: no token arrived
         "itls": [r.itl for r in results],
+        "tpots": [r.tpot for r in results],
+        "e2els": [r.latency for r in results],
         "errors": errors,
     }
 

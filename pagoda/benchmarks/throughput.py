@@ -1,9 +1,12 @@
 """``pagoda bench throughput``: offline throughput of a seeded workload, optionally vs HF.
 
 All requests are submitted at once (``ignore_eos``, fixed output lengths). Prints
-requests/s, output tokens/s and total tokens/s; ``--backend hf`` runs the same token
-ids through HF transformers ``generate`` in batches of ``--hf-batch-size`` for a
-side-by-side ratio.
+requests/s, output tokens/s and total tokens/s; ``--backend hf|both`` runs the same request
+list (same prompts, same per-request output lengths; the results carry its
+``requests_digest``) through HF transformers (``hf_peer.py``: ``generate`` in batches of
+``--hf-batch-size``, or ``generate_batch`` with ``--hf-impl``), credited with every token
+it generated, for a side-by-side ratio in the same run. ``--save-requests`` writes the list
+as JSON for a peer run elsewhere (``benchmarks/gpu/hf_peer.py --requests``).
 
 Every pagoda run also reports the prefix-cache hit rate of the timed workload. With
 ``--dataset prefix_repetition`` (shared prefixes, vLLM's dataset), it measures the time to
@@ -23,13 +26,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     from pagoda.entrypoints.cli import add_engine_args
 
     add_engine_args(p)
-    p.add_argument("--dataset", "--dataset-name", dest="dataset", choices=["random", "sharegpt", "prefix_repetition"],
-                   default="random", help="workload shape")
-    p.add_argument("--num-prompts", type=int, default=32, help="number of requests")
-    p.add_argument("--input-len", type=int, default=56, help="prompt length (random dataset)")
-    p.add_argument("--output-len", type=int, default=128, help="output length (random dataset)")
-    p.add_argument("--range-ratio", type=float, default=0.0, help="lengths drawn from [len*(1-r), len*(1+r)]")
-    add_prefix_repetition_args(p)
+    add_dataset_args(p)
+    p.add_argument("--save-requests", default=None,
+                   help="write the request list (prompt ids, output lengths) as JSON, for a peer run elsewhere")
     p.add_argument("--compare-no-prefix-caching", action="store_true",
                    help="also run the workload on an engine with prefix caching off (same process) and print the "
                         "speed-up of caching")
@@ -37,9 +36,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="prefix_repetition: requests timed alone with a new prefix, then again with the same prefix "
                         "and a new suffix (TTFT uncached vs cached); 0 skips")
     p.add_argument("--backend", choices=["pagoda", "hf", "both"], default="pagoda", help="engine(s) to run")
+    p.add_argument("--hf-impl", choices=["generate", "generate_batch"], default="generate",
+                   help="HF peer: static generate batches, or generate_batch (continuous batching)")
     p.add_argument("--hf-batch-size", type=int, default=None, help="HF generate batch size (default: all)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up iterations (small, untimed)")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """The flags that define the request list (``datasets.workload_from_args``); ``--seed`` comes
+    with the engine flags here and with the peer script's own."""
+    p.add_argument("--dataset", "--dataset-name", dest="dataset", choices=["random", "sharegpt", "prefix_repetition"],
+                   default="random", help="workload shape")
+    p.add_argument("--num-prompts", type=int, default=32, help="number of requests")
+    p.add_argument("--input-len", type=int, default=56, help="prompt length (random dataset)")
+    p.add_argument("--output-len", type=int, default=128, help="output length (random dataset)")
+    p.add_argument("--range-ratio", type=float, default=0.0, help="lengths drawn from [len*(1-r), len*(1+r)]")
+    add_prefix_repetition_args(p)
 
 
 def add_prefix_repetition_args(p: argparse.ArgumentParser) -> None:
@@ -51,28 +64,18 @@ def add_prefix_repetition_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-repetition-output-len", type=int, default=128, help="output tokens per request")
 
 
-def _workload(args, vocab_size: int):
-    from pagoda.benchmarks.datasets import prefix_repetition_requests, random_requests, sharegpt_like_requests
+def _report(name: str, reqs, seconds: float, hit_rate: float | None = None,
+            generated_tokens: int | None = None) -> dict:
+    """One backend's figures; ``generated_tokens`` (a peer's) is what it really generated, when
+    that differs from the requested output lengths."""
+    from pagoda.benchmarks.datasets import requests_digest
 
-    if args.dataset == "sharegpt":
-        return sharegpt_like_requests(args.num_prompts, vocab_size, args.seed)
-    if args.dataset == "prefix_repetition":
-        return prefix_repetition_requests(
-            args.num_prompts, args.prefix_repetition_prefix_len, args.prefix_repetition_suffix_len,
-            args.prefix_repetition_num_prefixes, args.prefix_repetition_output_len, vocab_size, args.seed)
-    r = args.range_ratio
-
-    def rng(n: int) -> tuple[int, int]:
-        return max(1, int(n * (1 - r))), max(1, int(n * (1 + r)))
-
-    return random_requests(args.num_prompts, rng(args.input_len), rng(args.output_len), vocab_size, args.seed)
-
-
-def _report(name: str, reqs, seconds: float, hit_rate: float | None = None) -> dict:
     n_in = sum(len(r.prompt_token_ids) for r in reqs)
-    n_out = sum(r.output_len for r in reqs)
+    n_out = sum(r.output_len for r in reqs) if generated_tokens is None else generated_tokens
     res = {
         "backend": name,
+        "requests_digest": requests_digest(reqs),
+        "requested_output_tokens": sum(r.output_len for r in reqs),
         "requests": len(reqs),
         "seconds": round(seconds, 3),
         "requests_per_s": len(reqs) / seconds,
@@ -109,7 +112,7 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
-    assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs))
+    assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs, strict=True))
     q = kv.prefix_cache_queries - q0
     res = _report(name, reqs, dt, (kv.prefix_cache_hits - h0) / q if q else 0.0)
     if args.dataset == "prefix_repetition" and args.prefix_ttft_probes > 0 and kv.enable_prefix_caching:
@@ -167,45 +170,27 @@ def prefix_ttft(llm, args) -> dict:
 
 
 def run_hf(args, reqs) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    """The HF peer on ``reqs`` (hf_peer.py), credited with every token it generated."""
+    from pagoda.benchmarks.hf_peer import (
+    cb_attn_implementation,
+    load_hf_model,
+    run_hf_generate,
+    run_hf_generate_batch,
+)
     from pagoda.config import EngineArgs
 
     cfg = EngineArgs(model=args.model, dtype=args.dtype, load_format="dummy" if args.load_format == "dummy" else "auto",
                      device=args.device).create_config()
-    if args.load_format == "dummy":
-        from transformers import AutoConfig
-
-        hf_cfg = AutoConfig.from_pretrained(str(cfg.model_path))
-        with torch.device(cfg.device):
-            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=cfg.dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(cfg.model_path), dtype=cfg.dtype).to(cfg.device)
-    model.eval()
-    bsz = args.hf_batch_size or len(reqs)
-    pad = 0
-    t_total = 0.0
-    with torch.inference_mode():
-        # warm-up
-        model.generate(torch.tensor([reqs[0].prompt_token_ids], device=cfg.device), max_new_tokens=2, do_sample=False,
-                       pad_token_id=pad)
-        for i in range(0, len(reqs), bsz):
-            chunk = reqs[i : i + bsz]
-            L = max(len(r.prompt_token_ids) for r in chunk)
-            ids = torch.full((len(chunk), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), L), dtype=torch.long)
-            for j, r in enumerate(chunk):  # left padding
-                ids[j, L - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
-                mask[j, L - len(r.prompt_token_ids) :] = 1
-            new = max(r.output_len for r in chunk)
-            t0 = time.perf_counter()
-            model.generate(ids.to(cfg.device), attention_mask=mask.to(cfg.device), max_new_tokens=new,
-                           min_new_tokens=new, do_sample=False, pad_token_id=pad)
-            if cfg.device.type == "cuda":
-                torch.cuda.synchronize()
-            t_total += time.perf_counter() - t0
-    return _report("hf", reqs, t_total)
+    cb = args.hf_impl == "generate_batch"
+    model = load_hf_model(str(cfg.model_path), cfg.dtype, cfg.device, args.load_format == "dummy",
+                          attn=cb_attn_implementation() if cb else None)
+    run = run_hf_generate_batch(model, reqs, cfg.device) if cb else run_hf_generate(model, reqs,
+                                                                                      args.hf_batch_size, cfg.device)
+    res = _report(f"hf-{args.hf_impl}", reqs, run.seconds, generated_tokens=run.generated_tokens)
+    if run.generated_tokens != res["requested_output_tokens"]:
+        print(f"[hf-{args.hf_impl}] credited {run.generated_tokens} generated tokens for "
+              f"{res['requested_output_tokens']} requested (a generate batch runs to its longest request)")
+    return res
 
 
 def _release_cuda_cache() -> None:
@@ -218,10 +203,14 @@ def _release_cuda_cache() -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from pagoda.benchmarks.datasets import requests_digest, save_requests, workload_from_args
     from pagoda.config import EngineArgs
 
     cfg_probe = EngineArgs(model=args.model, load_format=args.load_format).create_config()
-    reqs = _workload(args, int(cfg_probe.hf_config["vocab_size"]))
+    reqs = workload_from_args(args, int(cfg_probe.hf_config["vocab_size"]))
+    print(f"{len(reqs)} requests, digest {requests_digest(reqs)}")
+    if args.save_requests:
+        save_requests(args.save_requests, reqs)
     results = []
     if args.backend in ("pagoda", "both"):
         results.append(run_pagoda(args, reqs))
@@ -240,7 +229,7 @@ def main(args: argparse.Namespace) -> None:
         results.append(run_hf(args, reqs))
     if args.backend == "both":
         ratio = results[0]["output_tokens_per_s"] / results[-1]["output_tokens_per_s"]
-        print(f"pagoda / hf output throughput: {ratio:.2f}x")
+        print(f"pagoda / hf output throughput (same requests, same run): {ratio:.2f}x")
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "results": results}, f, indent=2)

@@ -26,7 +26,11 @@ def test_bench_serve_completions_smoke(server, tmp_path, capsys):
     assert saved["prompt_lengths_exact"] and all(9 <= n <= 12 for n in saved["input_lens"])
     for m in ("ttft", "tpot", "itl", "e2el"):
         for k in ("mean", "median", "p50", "p90", "p99"):
-            assert saved[f"{k}_{m}_ms"] >= 0
+            assert saved[f"{k}_{m}_ms"] > 0  # a latency is never reported as zero
+    assert saved["requests_without_tokens"] == 0 and all(t > 0 for t in saved["ttfts"])
+    # per token: each request's gaps sum to its last-token time minus its TTFT
+    for ttft, itl, e2el in zip(saved["ttfts"], saved["itls"], saved["e2els"], strict=True):
+        assert abs(sum(itl) - (e2el - ttft)) < 1e-9
     assert saved["p99_e2el_ms"] >= saved["p50_e2el_ms"] > 0
     assert saved["output_throughput"] > 0 and res["model"] == saved["model"]
     out = capsys.readouterr().out
