@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pagoda import envs
+
 WORDS = (
     "the of and to in is was for on are with as his they be at one have this from or had by word but what some "
     "we can out other were all there when up use your how said an each she which do their time if will way about "
@@ -406,7 +408,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     base = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
-    key = args.api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("PAGODA_API_KEY")
+    key = args.api_key or os.environ.get("OPENAI_API_KEY") or envs.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     chat = args.endpoint.endswith("chat/completions")
     limit = args.max_concurrency or args.num_prompts

@@ -20,7 +20,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 import msgspec
 
+from pagoda import envs
 from pagoda.config import EngineArgs, EngineConfig
 from pagoda.engine.core_proc import (
     AbortRequests,
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pagoda")
 
-DEFAULT_STUCK_TIMEOUT_S = float(os.environ.get("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60"))
+DEFAULT_STUCK_TIMEOUT_S = envs.engine_stuck_timeout_s()
 """/health fails when requests are pending and the core has been silent this long."""
 WATCHDOG_PERIOD_S = 0.5
 

@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pagoda import envs
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -62,7 +64,7 @@ CONVERSION_VERSION = 1
 MARKER_FILE = "pagoda_conversion.json"
 
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "merges.txt", "vocab.txt"]
-HUB_PROBE_TIMEOUT_S = float(os.environ.get("PAGODA_HUB_TIMEOUT", "10"))
+HUB_PROBE_TIMEOUT_S = envs.hub_timeout_s()
 
 # Shard threshold for converted weights (bytes per safetensors file).
 MAX_SHARD_BYTES = 4 * 1024**3
@@ -81,7 +83,7 @@ HUB_ERROR = (
 
 def cache_dir() -> Path:
     """Root of pagoda's cache: ``$PAGODA_CACHE`` or ``~/.cache/pagoda``."""
-    root = os.environ.get("PAGODA_CACHE") or "~/.cache/pagoda"
+    root = envs.cache_root()
     return Path(root).expanduser()
 
 

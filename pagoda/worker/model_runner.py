@@ -15,11 +15,11 @@ token on the device, from the previous step's output tensor, before the forward 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
 
+from pagoda import envs
 from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
@@ -194,7 +194,7 @@ class ModelRunner:
             default_capture_sizes(self.cfg.max_num_seqs), self.device,
         )
         self.graphs.capture()
-        if os.environ.get("PAGODA_CHUNK_GRAPHS", "1") == "0":  # A/B switch for benchmarks
+        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
             return self.graphs.capture_seconds
         from pagoda.worker.chunk_graphs import ChunkGraphs
 
