@@ -295,6 +295,7 @@ class AsyncLLM:
                 if not self.proc.is_alive():
                     break
                 if sig_step == "wait":
+                    logger.warning("engine core did not stop within 5 s of Shutdown; terminating it")
                     self.proc.terminate()
                 elif sig_step == "terminate":
                     self.proc.kill()
