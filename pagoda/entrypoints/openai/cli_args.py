@@ -38,7 +38,8 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
                    help="require 'Authorization: Bearer KEY' on every route but /health (default: $PAGODA_API_KEY, "
                         "else no key)")
     g.add_argument("--root-path", default=None,
-                   help="path prefix under which a proxy serves the app (FastAPI's root_path; default: none)")
+                   help="path prefix under which a proxy serves the app, which the proxy strips before forwarding "
+                        "(ASGI root_path: used in the OpenAPI schema and docs; default: none)")
     g.add_argument("--ssl-keyfile", default=None, help="TLS private key file (with --ssl-certfile: serve HTTPS)")
     g.add_argument("--ssl-certfile", default=None, help="TLS certificate file (with --ssl-keyfile: serve HTTPS)")
     g.add_argument("--ssl-ca-certs", default=None, help="CA certificates to verify client certificates with")
