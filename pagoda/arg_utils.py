@@ -170,3 +170,20 @@ def format_default(action: argparse.Action) -> str:
     if isinstance(d, (list, tuple)):
         return " ".join(str(x) for x in d)
     return str(d)
+
+
+def markdown_table(cls: type) -> str:
+    """The flags of ``cls`` as a Markdown table (``docs/cli.md`` holds it; a test keeps the two equal)."""
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, cls)
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for a in parser._actions:
+        if not a.option_strings or a.dest == "help":
+            continue
+        flag = a.option_strings[0]
+        if isinstance(a, argparse.BooleanOptionalAction):
+            flag = "--[no-]" + flag[2:]
+        shown = "—" if a.default is None or a.default is False else f"`{format_default(a)}`"
+        choices = f" ({', '.join(map(str, a.choices))})" if a.choices and not isinstance(a.default, bool) else ""
+        rows.append(f"| `{flag}` | {shown} | {(a.help or '').replace('%%', '%')}{choices} |")
+    return "\n".join(rows)

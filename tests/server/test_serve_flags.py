@@ -134,9 +134,25 @@ def test_docs_list_unsupported_flags_and_env_vars():
     from pagoda import envs
     from pagoda.entrypoints.vllm_flags import markdown_table
 
+    from pagoda.arg_utils import markdown_table as flags_table
+
     cli = (DOCS / "cli.md").read_text()
     assert markdown_table() in cli
     assert envs.markdown_table() in cli
+    assert flags_table(EngineArgs) in cli
+
+
+def test_environment_is_read_only_in_envs():
+    import re
+
+    package = Path(__file__).resolve().parents[2] / "pagoda"
+    read = re.compile(r"(environ(\.get)?|getenv)\s*[\[(]\s*[\"']PAGODA_")
+    offenders = [str(f) for f in package.rglob("*.py") if f.name != "envs.py" and read.search(f.read_text())]
+    assert not offenders
+    from pagoda import envs
+
+    names = set(re.findall(r"PAGODA_[A-Z_]+", "".join(f.read_text() for f in package.rglob("*.py"))))
+    assert names <= {v.name for v in envs.ENV_VARS}, names - {v.name for v in envs.ENV_VARS}
 
 
 # ------------------------------------------------------------------------------ engine options
