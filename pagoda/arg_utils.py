@@ -9,8 +9,8 @@ and shows the default the same way; ``{"choices": (...)}`` when the choices are 
 defined elsewhere.
 
 :class:`HelpFormatter` states each flag's default exactly once: it appends ``(default: X)``
-unless the help already states its default ('(default ...' or 'default: ...'), or the default is unset (None) or off (False),
-where the help says what happens instead.
+unless the help already states its default ('(default ...' or 'default: ...'), or the default is
+unset (None) or off (False), where the help says what happens instead.
 """
 
 from __future__ import annotations

@@ -138,9 +138,10 @@ class EngineArgs:
         from pagoda.models.registry import resolve_architecture
 
         self.validate()
-        hub = {"revision": self.revision, "download_dir": self.download_dir}
-        model_path = resolve_model(self.model, load_format=self.load_format, **hub)
-        tokenizer_path = resolve_model(self.tokenizer, load_format="dummy", **hub) if self.tokenizer else model_path
+        rev, ddir = self.revision, self.download_dir
+        model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
+        tokenizer_path = (resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
+                          if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
 

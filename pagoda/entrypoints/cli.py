@@ -91,18 +91,18 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = {"formatter_class": HelpFormatter}
-    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine", **fmt)
+    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", help="logging level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text for one or more prompts", **fmt)
+    g = sub.add_parser("generate", help="generate text for one or more prompts", formatter_class=HelpFormatter)
     add_engine_args(g)
     g.add_argument("prompt", nargs="*", help="prompt(s); read from stdin when none")
     _sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("chat", help="interactive chat with the model's chat template", **fmt)
+    c = sub.add_parser("chat", help="interactive chat with the model's chat template", formatter_class=HelpFormatter)
     add_engine_args(c)
     c.add_argument("--system", default=None, help="system prompt")
     _sampling_args(c)
@@ -116,27 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
 
         from pagoda.entrypoints.openai.cli_args import add_serve_args, run_serve
     except ImportError as e:  # server dependencies missing (e.g. a GPU box with only torch)
-        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})", **fmt)
+        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})",
+                           formatter_class=HelpFormatter)
         s.set_defaults(func=lambda a, e=e: sys.exit(f"pagoda serve needs the server dependencies: {e}"))
     else:
-        s = sub.add_parser("serve", help="OpenAI-compatible HTTP server", **fmt)
+        s = sub.add_parser("serve", help="OpenAI-compatible HTTP server", formatter_class=HelpFormatter)
         add_serve_args(s)
         s.set_defaults(func=run_serve)
 
-    b = sub.add_parser("bench", help="benchmarks", **fmt)
+    b = sub.add_parser("bench", help="benchmarks", formatter_class=HelpFormatter)
     bsub = b.add_subparsers(dest="bench_command", required=True)
     from pagoda.benchmarks import latency, throughput
 
-    bt = bsub.add_parser("throughput", help="offline throughput (optionally vs HF transformers)", **fmt)
+    bt = bsub.add_parser("throughput", help="offline throughput (optionally vs HF transformers)",
+                         formatter_class=HelpFormatter)
     throughput.add_args(bt)
     bt.set_defaults(func=throughput.main)
-    bl = bsub.add_parser("latency", help="fixed-batch latency", **fmt)
+    bl = bsub.add_parser("latency", help="fixed-batch latency", formatter_class=HelpFormatter)
     latency.add_args(bl)
     bl.set_defaults(func=latency.main)
     try:
         from pagoda.benchmarks.serve import add_bench_serve_args, run_bench_serve
 
-        bs = bsub.add_parser("serve", help="online load generator against an OpenAI-compatible server", **fmt)
+        bs = bsub.add_parser("serve", help="online load generator against an OpenAI-compatible server",
+                             formatter_class=HelpFormatter)
         add_bench_serve_args(bs)
         bs.set_defaults(func=run_bench_serve)
     except ImportError:

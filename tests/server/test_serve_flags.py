@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server_utils import API_KEY, MODEL, RemoteServer
 
 from pagoda.arg_utils import HelpFormatter, field_docs, states_default
@@ -132,9 +131,8 @@ def test_serve_refuses_before_loading(tiny_model_dir):
 
 def test_docs_list_unsupported_flags_and_env_vars():
     from pagoda import envs
-    from pagoda.entrypoints.vllm_flags import markdown_table
-
     from pagoda.arg_utils import markdown_table as flags_table
+    from pagoda.entrypoints.vllm_flags import markdown_table
 
     cli = (DOCS / "cli.md").read_text()
     assert markdown_table() in cli
@@ -267,7 +265,7 @@ def _self_signed_cert(tmp: Path) -> tuple[Path, Path]:
 
     k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
          .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
