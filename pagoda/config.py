@@ -1,19 +1,23 @@
-"""Typed engine configuration. Each field's docstring-comment is its CLI help.
+"""Typed engine configuration. Each field's docstring is its CLI help.
 
 ``EngineArgs`` holds what the user typed (vLLM's names); ``EngineArgs.create_config``
-resolves it against the model's files into an immutable :class:`EngineConfig`.
+resolves it against the model's files into an immutable :class:`EngineConfig`. The engine
+flags of every command are generated from ``EngineArgs`` (:mod:`pagoda.arg_utils`): a field's
+name, type, default, choices (a ``Literal`` or ``metadata["choices"]``) and docstring are the
+flag's; the constants below are the only lists of accepted values.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+
+from pagoda.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger("pagoda")
 
@@ -27,85 +31,118 @@ _DTYPES = {
     "half": torch.float16,
     "fp16": torch.float16,
 }
+DTYPES = ("auto", *_DTYPES)
+"""Accepted ``dtype`` values (vLLM's names and their short forms)."""
 
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+LoadFormat = Literal["auto", "safetensors", "gguf", "dummy"]
+LOAD_FORMATS: tuple[str, ...] = get_args(LoadFormat)
+AttentionBackendName = Literal["torch", "triton"]
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)
+TokenizerMode = Literal["auto", "hf", "slow"]
+TOKENIZER_MODES: tuple[str, ...] = get_args(TokenizerMode)
+BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 @dataclass
 class EngineArgs:
     model: str | None = None
-    """Model: a local Hugging Face folder, a .gguf file, a hub id, or None for the embedded default."""
+    """Model: a local Hugging Face folder, a .gguf file or a hub id (default: the embedded SmolLM2-135M-Instruct)."""
     tokenizer: str | None = None
-    """Tokenizer folder or id; defaults to the model's."""
+    """Tokenizer folder or id (default: the model's)."""
+    tokenizer_mode: str = field(default="auto", metadata={"choices": TOKENIZER_MODES})
+    """auto / hf: the fast (Rust) tokenizer; slow: transformers' Python tokenizer where the model has one (else
+    the fast one, which gives the same tokens, and a log line says so)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub model id (default: the repository's main branch)."""
+    download_dir: str | None = None
+    """Folder that hub downloads go to and are read from, in the Hugging Face cache layout (default: the
+    Hugging Face cache, $HF_HOME)."""
     served_model_name: list[str] | None = None
-    """Names the server reports for the model (first one is the primary)."""
-    dtype: str = "auto"
-    """Weights/activations dtype: auto (config's dtype; fp16 becomes bf16 on CPU), bfloat16, float16, float32."""
+    """Names clients use in the 'model' field; the first is reported in responses (default: the model argument,
+    or SmolLM2-135M-Instruct for the embedded default)."""
+    dtype: str = field(default="auto", metadata={"choices": DTYPES})
+    """Weights/activations dtype. auto: the config's dtype (fp16 runs as bf16 on CPU, fp32 as bf16 on GPU)."""
     max_model_len: int | None = None
-    """Maximum context length (prompt + output); defaults to the model's max_position_embeddings."""
-    block_size: int = 16
+    """Maximum context length, prompt + output (default: the model's max_position_embeddings)."""
+    hf_overrides: dict[str, Any] | None = None
+    """JSON object merged into the model's config.json (nested objects key by key), e.g.
+    '{"max_position_embeddings": 1024}'."""
+    block_size: int = field(default=16, metadata={"choices": BLOCK_SIZES})
     """Tokens per KV-cache block."""
     max_num_seqs: int | None = None
-    """Maximum number of requests running in one step; default 1024 on GPU (as vLLM on H100-class cards), 256 on CPU."""
+    """Maximum number of requests running in one step (default: 1024 on GPU, as vLLM on H100-class cards; 256 on
+    CPU)."""
     max_num_batched_tokens: int | None = None
-    """Token budget of one step (prefill chunks + decodes); default 16384 on GPU, 2048 on CPU."""
+    """Token budget of one step, prefill chunks + decodes (default: 16384 on GPU, 2048 on CPU)."""
     enable_chunked_prefill: bool = True
     """Split long prompts into chunks that share steps with decodes."""
     enable_prefix_caching: bool = True
     """Automatic prefix caching: reuse the KV blocks of a repeated prompt prefix."""
     kv_offloading_size: float | None = None
-    """Size in GiB of a host-memory KV tier: blocks evicted from the device cache (and those of
-    preempted requests) are kept there and copied back on a prefix hit instead of recomputed. Off when unset."""
-    kv_offloading_backend: str = "native"
-    """Host-tier implementation; only 'native' (pagoda's own block pool) exists."""
+    """Size in GiB of a host-memory KV tier: blocks evicted from the device cache (and those of preempted
+    requests) are kept there and copied back on a prefix hit instead of recomputed (default: off)."""
+    kv_offloading_backend: str = field(default="native", metadata={"choices": ("native",)})
+    """Host-tier implementation (pagoda's own block pool)."""
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
-    load_format: str = "auto"
-    """auto | safetensors | gguf | dummy (random weights of the configured shape)."""
+    load_format: str = field(default="auto", metadata={"choices": LOAD_FORMATS})
+    """Weights format; dummy: random weights of the configured shape."""
     device: str = "auto"
-    """auto | cpu | cuda."""
-    kv_cache_memory_bytes: int | None = None
-    """KV-cache size in bytes (overrides gpu_memory_utilization); CPU default 2 GiB."""
+    """auto, cpu, cuda or cuda:N."""
+    kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
+    """KV-cache size, e.g. 512M or 4G; on GPU it overrides --gpu-memory-utilization (default: 2G on CPU)."""
     gpu_memory_utilization: float = 0.9
     """Fraction of GPU memory the engine may use (weights, activations, KV cache)."""
     num_gpu_blocks_override: int | None = None
-    """Use exactly this many KV blocks (testing / debugging)."""
+    """Use exactly this many KV blocks (testing / debugging; default: sized from memory)."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
     async_scheduling: bool | None = None
     """Schedule and prepare step N+1 on the host while the GPU runs step N (default: on for CUDA, off for CPU)."""
-    attention_backend: str | None = None
-    """Attention implementation: torch or triton (default: triton on CUDA, torch elsewhere)."""
+    attention_backend: str | None = field(default=None, metadata={"choices": ATTENTION_BACKENDS})
+    """Attention implementation (default: triton on CUDA, torch elsewhere)."""
     generation_config: str = "auto"
-    """'auto' takes sampling defaults from the model's generation_config.json; 'vllm' ignores it; or a folder."""
-    max_logprobs: int = 20
-    """Largest logprobs / prompt_logprobs a request may ask for."""
+    """auto: sampling defaults from the model's generation_config.json; vllm: ignore it; or a folder holding
+    one."""
+    override_generation_config: dict[str, Any] | None = None
+    """JSON object merged over the generation-config sampling defaults (with --generation-config vllm too), e.g.
+    '{"temperature": 0.5, "max_new_tokens": 64}'."""
+    max_logprobs: int = MAX_LOGPROBS
+    """Largest logprobs / top_logprobs / prompt_logprobs a request may ask for (no more than the default)."""
     chat_template: str | None = None
-    """A Jinja chat template (file path or literal) replacing the model's."""
+    """A Jinja chat template (file path or the template itself) replacing the model's (default: the model's)."""
     trust_remote_code: bool = False
-    """Accepted for compatibility; remote code is never executed."""
+    """Accepted for compatibility with vLLM; remote code is never executed."""
 
-    def create_config(self) -> "EngineConfig":
-        from pagoda.models.model_files import resolve_model
-        from pagoda.models.registry import resolve_architecture
-
+    def validate(self) -> None:
+        """Checks that need no model files (the CLI runs them before anything loads)."""
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
-        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+        if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
-
         if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
             raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
         if self.kv_offloading_backend != "native":
             raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
+        if not 0 <= self.max_logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"max_logprobs must be in [0, {MAX_LOGPROBS}], got {self.max_logprobs}.")
+        if self.tokenizer_mode not in TOKENIZER_MODES:
+            raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
 
-        model_path = resolve_model(self.model, load_format=self.load_format)
-        tokenizer_path = resolve_model(self.tokenizer, load_format="dummy") if self.tokenizer else model_path
-        hf_config = read_json(model_path / "config.json")
+    def create_config(self) -> EngineConfig:
+        from pagoda.models.model_files import resolve_model
+        from pagoda.models.registry import resolve_architecture
+
+        self.validate()
+        rev, ddir = self.revision, self.download_dir
+        model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
+        tokenizer_path = (resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
+                          if self.tokenizer else model_path)
+        hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
 
         device = resolve_device(self.device)
@@ -146,6 +183,7 @@ class EngineArgs:
             gen_file = gen_dir / "generation_config.json"
             if gen_file.exists():
                 gen_defaults = read_json(gen_file)
+        gen_defaults = {**gen_defaults, **(self.override_generation_config or {})}
 
         return EngineConfig(
             model=self.model,
@@ -174,6 +212,7 @@ class EngineArgs:
             generation_defaults=gen_defaults,
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
+            tokenizer_mode=self.tokenizer_mode,
         )
 
 
@@ -200,11 +239,20 @@ class EngineConfig:
     enforce_eager: bool
     attention_backend: str | None
     generation_defaults: dict[str, Any] = field(default_factory=dict)
-    max_logprobs: int = 20
+    max_logprobs: int = MAX_LOGPROBS
     chat_template: str | None = None
+    tokenizer_mode: str = "auto"
     enable_prefix_caching: bool = True
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
     async_scheduling: bool = False  # one step in flight while the next is scheduled
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied: nested objects are merged key by key (vLLM's --hf-overrides)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge_overrides(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -249,7 +297,3 @@ def resolve_dtype(dtype: str, hf_config: dict[str, Any], device: torch.device) -
         out = torch.bfloat16  # as vLLM: fp32 checkpoints run in half precision on GPU
     return out
 
-
-def env_int(name: str, default: int) -> int:
-    v = os.environ.get(name)
-    return int(v) if v else default

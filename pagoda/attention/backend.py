@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.config import ATTENTION_BACKENDS
 
 
 class AttentionBackend(ABC):
@@ -60,7 +61,7 @@ def get_backend(name: str) -> AttentionBackend:
             from pagoda.attention import triton_backend  # noqa: F401
     if name not in _REGISTRY:
         raise ValueError(
-            f"Unknown attention backend {name!r}; available: {sorted(_REGISTRY) or ['torch', 'triton']}"
+            f"Unknown attention backend {name!r}; available: {sorted(_REGISTRY) or list(ATTENTION_BACKENDS)}"
         )
     return _REGISTRY[name]()
 

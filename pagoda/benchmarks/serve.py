@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pagoda import envs
 from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_text, chunk_tokens, tpot
 
 WORDS = (
@@ -438,7 +439,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     base = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
-    key = args.api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("PAGODA_API_KEY")
+    key = args.api_key or os.environ.get("OPENAI_API_KEY") or envs.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     chat = args.endpoint.endswith("chat/completions")
     limit = args.max_concurrency or args.num_prompts

@@ -21,7 +21,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from pagoda import envs
 from pagoda.config import EngineArgs, EngineConfig
 from pagoda.engine import admission
 from pagoda.engine.core_proc import engine_args_to_dict, start_core_process
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pagoda")
 
-DEFAULT_STUCK_TIMEOUT_S = float(os.environ.get("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60"))
+DEFAULT_STUCK_TIMEOUT_S = envs.engine_stuck_timeout_s()
 """/health fails when requests are pending and the core has been silent this long."""
 WATCHDOG_PERIOD_S = 0.5
 
@@ -299,6 +299,7 @@ class AsyncLLM:
                 if not self.proc.is_alive():
                     break
                 if sig_step == "wait":
+                    logger.warning("engine core did not stop within 5 s of Shutdown; terminating it")
                     self.proc.terminate()
                 elif sig_step == "terminate":
                     self.proc.kill()

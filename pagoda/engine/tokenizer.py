@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from pagoda.config import EngineConfig, read_json
+
+logger = logging.getLogger("pagoda")
 
 
 def load_tokenizer(cfg: EngineConfig) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path), trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path), trust_remote_code=False,
+                                            use_fast=cfg.tokenizer_mode != "slow")
     except Exception as e:
         raise ValueError(f"Could not load a tokenizer from {cfg.tokenizer_path}: {e}") from e
+    if cfg.tokenizer_mode == "slow" and getattr(tok, "is_fast", False):
+        logger.info("--tokenizer-mode slow: transformers has no Python tokenizer for %s; using the fast one "
+                    "(same tokens)", cfg.tokenizer_path)
     if cfg.chat_template:
         p = Path(cfg.chat_template)
         tok.chat_template = p.read_text(encoding="utf-8") if p.exists() else cfg.chat_template

@@ -7,48 +7,21 @@ import logging
 import sys
 from typing import Any
 
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5GiB' or a plain byte count."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(float(t))
+from pagoda.arg_utils import HelpFormatter
 
 
-def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False) -> None:
-    """Engine flags with vLLM's names; help texts come from EngineArgs' field docs."""
+def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, serve: bool = False) -> None:
+    """The engine flags, generated from the ``EngineArgs`` fields (name, type, default, choices, and the
+    field's docstring as help), plus the vLLM flags pagoda refuses by name (:mod:`pagoda.entrypoints.vllm_flags`)."""
+    from pagoda.arg_utils import add_dataclass_args
+    from pagoda.config import EngineArgs
+    from pagoda.entrypoints.vllm_flags import add_unsupported_args
+
     if positional_model:
-        p.add_argument("model_tag", nargs="?", default=None, help="model (folder, .gguf, hub id); default: embedded SmolLM2-135M-Instruct")
-    p.add_argument("--model", default=None, help="model (folder, .gguf file or hub id); default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder or id (default: the model's)")
-    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
-    p.add_argument("--max-model-len", type=int, default=None, help="maximum context length (prompt + output)")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
-    p.add_argument("--max-num-seqs", type=int, default=None, help="maximum requests per step (default 1024 GPU, 256 CPU)")
-    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="token budget per step (default 16384 GPU, 2048 CPU)")
-    p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,
-                   help="split long prompts into chunks sharing steps with decodes")
-    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the KV blocks of repeated prompt prefixes (automatic prefix caching)")
-    p.add_argument("--kv-offloading-size", type=float, default=None,
-                   help="GiB of host memory for a second KV tier: evicted and preempted blocks are kept there "
-                        "and copied back on a prefix hit (off by default)")
-    p.add_argument("--kv-offloading-backend", default="native", choices=["native"], help="host KV tier implementation")
-    p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling and dummy weights")
-    p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "gguf", "dummy"],
-                   help="weights format; dummy = random weights of the configured shape")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--kv-cache-memory-bytes", type=parse_size, default=None,
-                   help="KV-cache size, e.g. 2G (CPU default 2 GiB; on GPU overrides --gpu-memory-utilization)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory to use")
-    p.add_argument("--num-gpu-blocks-override", type=int, default=None, help="use exactly this many KV blocks")
-    p.add_argument("--enforce-eager", action="store_true", help="disable CUDA graphs")
-    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
-                   help="schedule and prepare the next step on the host while the GPU runs the current one "
-                        "(default: on for CUDA, off for CPU)")
-    p.add_argument("--attention-backend", default=None, choices=["torch", "triton"], help="attention implementation")
+        p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                       help="the model, as --model (default: the embedded SmolLM2-135M-Instruct)")
+    add_dataclass_args(p.add_argument_group("engine"), EngineArgs)
+    add_unsupported_args(p, serve=serve)
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,17 +91,18 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine")
+    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", help="logging level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text for one or more prompts")
+    g = sub.add_parser("generate", help="generate text for one or more prompts", formatter_class=HelpFormatter)
     add_engine_args(g)
     g.add_argument("prompt", nargs="*", help="prompt(s); read from stdin when none")
     _sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("chat", help="interactive chat with the model's chat template")
+    c = sub.add_parser("chat", help="interactive chat with the model's chat template", formatter_class=HelpFormatter)
     add_engine_args(c)
     c.add_argument("--system", default=None, help="system prompt")
     _sampling_args(c)
@@ -142,27 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
 
         from pagoda.entrypoints.openai.cli_args import add_serve_args, run_serve
     except ImportError as e:  # server dependencies missing (e.g. a GPU box with only torch)
-        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})")
+        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})",
+                           formatter_class=HelpFormatter)
         s.set_defaults(func=lambda a, e=e: sys.exit(f"pagoda serve needs the server dependencies: {e}"))
     else:
-        s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+        s = sub.add_parser("serve", help="OpenAI-compatible HTTP server", formatter_class=HelpFormatter)
         add_serve_args(s)
         s.set_defaults(func=run_serve)
 
-    b = sub.add_parser("bench", help="benchmarks")
+    b = sub.add_parser("bench", help="benchmarks", formatter_class=HelpFormatter)
     bsub = b.add_subparsers(dest="bench_command", required=True)
     from pagoda.benchmarks import latency, throughput
 
-    bt = bsub.add_parser("throughput", help="offline throughput (optionally vs HF transformers)")
+    bt = bsub.add_parser("throughput", help="offline throughput (optionally vs HF transformers)",
+                         formatter_class=HelpFormatter)
     throughput.add_args(bt)
     bt.set_defaults(func=throughput.main)
-    bl = bsub.add_parser("latency", help="fixed-batch latency")
+    bl = bsub.add_parser("latency", help="fixed-batch latency", formatter_class=HelpFormatter)
     latency.add_args(bl)
     bl.set_defaults(func=latency.main)
     try:
         from pagoda.benchmarks.serve import add_bench_serve_args, run_bench_serve
 
-        bs = bsub.add_parser("serve", help="online load generator against an OpenAI-compatible server")
+        bs = bsub.add_parser("serve", help="online load generator against an OpenAI-compatible server",
+                             formatter_class=HelpFormatter)
         add_bench_serve_args(bs)
         bs.set_defaults(func=run_bench_serve)
     except ImportError:

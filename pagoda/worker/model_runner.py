@@ -22,7 +22,6 @@ rows each request samples, come decided in the :class:`SchedulerOutput`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pagoda import envs
 from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
@@ -229,7 +229,7 @@ class ModelRunner:
             default_capture_sizes(self.cfg.max_num_seqs), self.device,
         )
         self.graphs.capture()
-        if os.environ.get("PAGODA_CHUNK_GRAPHS", "1") == "0":  # A/B switch for benchmarks
+        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
             return self.graphs.capture_seconds
         from pagoda.worker.chunk_graphs import ChunkGraphs
 

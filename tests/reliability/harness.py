@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import sys
 import time
@@ -34,8 +33,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from server_utils import API_KEY, MODEL, RemoteServer, wait_for  # noqa: E402
 
-FULL = os.environ.get("PAGODA_RELIABILITY_FULL", "") not in ("", "0")
-REPORT = os.environ.get("PAGODA_RELIABILITY_REPORT")
+from pagoda import envs  # noqa: E402
+
+FULL = envs.reliability_full()
+REPORT = envs.reliability_report()
 
 CANARY = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
 
@@ -62,7 +63,7 @@ def mixed_bodies(n: int, max_tokens: int, prompt: str, message: str) -> list[tup
 def start_server(model_dir: Path, *args: str, api_key: str | None = API_KEY, **kw) -> RemoteServer:
     # PAGODA_RELIABILITY_SERVER_ARGS: extra flags for every server of the battery (e.g.
     # "--async-scheduling", to run the battery on the CPU as CUDA servers run by default).
-    extra = shlex.split(os.environ.get("PAGODA_RELIABILITY_SERVER_ARGS", ""))
+    extra = shlex.split(envs.reliability_server_args())
     return RemoteServer(str(model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
                                          "--max-num-seqs", "64", *args, *extra], api_key=api_key, **kw)
 

@@ -1,82 +1,88 @@
-"""``pagoda serve [MODEL] ...``: flags with vLLM's names, plus the server's own limits."""
+"""``pagoda serve [MODEL] ...``: the engine flags (generated from ``EngineArgs``) plus the server's own.
+
+Each server flag is defined here once; its default is shown by :class:`pagoda.arg_utils.HelpFormatter`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
-import os
+import socket
 
-from pagoda.sampling_params import MAX_LOGPROBS
+from pagoda import envs
+from pagoda.arg_utils import HelpFormatter, json_list_or_str, parse_size
 
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default when it has a meaningful one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        h = action.help or ""
-        if "%(default)" in h or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
-            return h
-        return h + " (default: %(default)s)"
+DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from pagoda.engine.async_llm import DEFAULT_STUCK_TIMEOUT_S
-    from pagoda.entrypoints.cli import add_engine_args, parse_size
+    from pagoda.entrypoints.cli import add_engine_args
 
     parser.description = (
         "Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
         "/v1/models, /tokenize, /detokenize, /health, /metrics, /version, /reset_prefix_cache)."
     )
-    parser.formatter_class = _HelpFormatter
-    add_engine_args(parser, positional_model=True)
-    for action in parser._actions:
-        if action.dest == "model_tag":
-            action.metavar = "MODEL"
+    parser.formatter_class = HelpFormatter
+    add_engine_args(parser, positional_model=True, serve=True)
+    _add_http_args(parser.add_argument_group("HTTP"))
+    _add_server_args(parser.add_argument_group("server"))
+    return parser
 
-    g = parser.add_argument_group("server")
+
+def _add_http_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it on every interface")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
-    g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="name(s) clients use in the 'model' field; the first is reported in responses "
-                        "(default: the model argument, or SmolLM2-135M-Instruct for the embedded default)")
     g.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health "
-                        "(also read from the PAGODA_API_KEY environment variable)")
-    g.add_argument("--chat-template", default=None,
-                   help="Jinja chat template (a file path or the template itself) replacing the model's")
-    g.add_argument("--trust-request-chat-template", action="store_true",
-                   help="allow requests to carry their own chat_template")
-    g.add_argument("--generation-config", default="auto",
-                   help="'auto': sampling defaults from the model's generation_config.json; 'vllm': ignore it; "
-                        "or a folder holding a generation_config.json")
-    g.add_argument("--max-logprobs", type=int, default=MAX_LOGPROBS,
-                   help=f"largest logprobs / top_logprobs / prompt_logprobs a request may ask for (at most "
-                        f"{MAX_LOGPROBS})")
-    g.add_argument("--max-prompts-per-request", type=int, default=64,
-                   help="largest list of prompts one /v1/completions request may carry")
-    g.add_argument("--max-request-body-bytes", type=parse_size, default=8 * 2**20,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $PAGODA_API_KEY, "
+                        "else no key)")
+    g.add_argument("--root-path", default=None,
+                   help="path prefix under which a proxy serves the app, which the proxy strips before forwarding "
+                        "(ASGI root_path: used in the OpenAPI schema and docs; default: none)")
+    g.add_argument("--ssl-keyfile", default=None, help="TLS private key file (with --ssl-certfile: serve HTTPS)")
+    g.add_argument("--ssl-certfile", default=None, help="TLS certificate file (with --ssl-keyfile: serve HTTPS)")
+    g.add_argument("--ssl-ca-certs", default=None, help="CA certificates to verify client certificates with")
+    g.add_argument("--ssl-cert-reqs", type=int, default=0,
+                   help="client certificates: 0 not asked, 1 optional, 2 required (Python's ssl.CERT_*)")
+    g.add_argument("--allowed-origins", type=json_list_or_str, default=None,
+                   help="CORS: origins browsers may call from, a JSON list or one origin, e.g. "
+                        "'[\"https://app.example\"]' (default: no CORS headers; vLLM allows every origin)")
+    g.add_argument("--allowed-methods", type=json_list_or_str, default=["*"],
+                   help="CORS: allowed methods, with --allowed-origins")
+    g.add_argument("--allowed-headers", type=json_list_or_str, default=["*"],
+                   help="CORS: allowed request headers, with --allowed-origins")
+    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials (cookies, auth headers)")
+    g.add_argument("--enable-request-id-headers", action="store_true",
+                   help="answer every request with an X-Request-Id header: the request's own, else a new one")
+    g.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc or /openapi.json")
+    g.add_argument("--max-request-body-bytes", type=parse_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                    help="largest request body accepted, e.g. 8M")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="accepted for compatibility with vLLM; remote code is never executed")
-    g.add_argument("--disable-log-requests", action="store_true",
-                   help="do not log each request's prompt and sampling parameters")
-    g.add_argument("--enable-log-requests", dest="disable_log_requests", action="store_false",
-                   help="log each request's prompt and sampling parameters (the default)")
-    g.add_argument("--max-log-len", type=int, default=None,
-                   help="characters / token ids of each prompt shown in request logs (default: all)")
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"], help="uvicorn's log level")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="no access-log line per HTTP request")
+
+
+def _add_server_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--trust-request-chat-template", action="store_true",
+                   help="allow requests to carry their own chat_template")
+    g.add_argument("--max-prompts-per-request", type=int, default=64,
+                   help="largest list of prompts one /v1/completions request may carry")
+    g.add_argument("--disable-log-requests", action="store_true",
+                   help="do not log each request's prompt and sampling parameters")
+    g.add_argument("--enable-log-requests", dest="disable_log_requests", action="store_false",
+                   help="log each request's prompt and sampling parameters")
+    g.add_argument("--max-log-len", type=int, default=None,
+                   help="characters / token ids of each prompt shown in request logs (default: all)")
     g.add_argument("--disable-log-stats", action="store_true",
                    help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
-                        "every PAGODA_LOG_STATS_INTERVAL seconds, 10 by default)")
+                        "every $PAGODA_LOG_STATS_INTERVAL seconds)")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
                         "cache) in responses")
-    g.add_argument("--engine-stuck-timeout", type=float, default=DEFAULT_STUCK_TIMEOUT_S,
+    g.add_argument("--engine-stuck-timeout", type=float, default=envs.engine_stuck_timeout_s(),
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
-                        "many seconds (env PAGODA_ENGINE_STUCK_TIMEOUT_S)")
+                        "many seconds (default: $PAGODA_ENGINE_STUCK_TIMEOUT_S, else 60)")
     g.add_argument("--shutdown-grace-period", type=float, default=30.0,
                    help="on SIGTERM / Ctrl-C, stop accepting connections and let in-flight requests finish for at "
                         "most this many seconds, then exit (0 after a SIGTERM)")
@@ -84,26 +90,51 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="when the engine core process dies, answer 503 for this many seconds (so in-flight "
                         "requests get their error), then exit with status 1 for a supervisor to restart the "
                         "server; a negative value keeps the server up, answering 503")
-    return parser
 
 
 def validate_serve_args(args: argparse.Namespace) -> None:
-    if not 0 <= args.max_logprobs <= MAX_LOGPROBS:
-        raise ValueError(f"--max-logprobs must be in [0, {MAX_LOGPROBS}], got {args.max_logprobs}.")
+    """Checks that need no model: run before the port is bound and anything loads."""
+    from pagoda.entrypoints.openai.api_server import engine_args_from
+
+    engine_args_from(args).validate()
     if args.max_prompts_per_request < 1:
         raise ValueError("--max-prompts-per-request must be at least 1.")
     if args.max_request_body_bytes < 1024:
         raise ValueError("--max-request-body-bytes must be at least 1K.")
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}.")
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, before the model loads, so a busy port fails in a second and says
+    which flag to change."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on {host} is already in use (another server?); choose another with "
+                             f"--port, or stop the process that holds it.") from None
+        if e.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            raise ValueError(f"cannot bind {host}:{port} ({e.strerror}); change --host or --port.") from None
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_serve(args: argparse.Namespace) -> None:
     from pagoda.entrypoints.openai.api_server import run_server
 
     validate_serve_args(args)
+    sock = bind_socket(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("pagoda.server").warning(
             "binding %s: the server is reachable from other machines%s", args.host,
-            "" if (args.api_key or os.environ.get("PAGODA_API_KEY")) else " (consider --api-key)")
-    run_server(args)
+            "" if (args.api_key or envs.api_key()) else " (consider --api-key)")
+    run_server(args, sock)

@@ -23,17 +23,17 @@ on) every ``PAGODA_LOG_STATS_INTERVAL`` seconds (10) while the engine is busy.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pagoda import envs
 from pagoda.engine.messages import SchedulerStats
 
 PREFIX = "pagoda:"
-LOG_STATS_INTERVAL_S = float(os.environ.get("PAGODA_LOG_STATS_INTERVAL", "10"))
+LOG_STATS_INTERVAL_S = envs.log_stats_interval_s()
 
 logger = logging.getLogger("pagoda.server")
 

@@ -1,0 +1,155 @@
+"""The server's ASGI middleware: API key, request-body cap, X-Request-Id, CORS.
+
+``add_middlewares`` installs them in the order that keeps the rules: the key check runs before any
+body is read, and CORS answers a browser's preflight before the key check (a preflight carries no
+credentials, as browsers send it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pagoda import envs
+from pagoda.entrypoints.openai.serving_engine import error_body
+
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any],
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the --root-path prefix when the request carries it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check on every route but /health (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or route_path(scope) in UNAUTHENTICATED_PATHS:
+            return await self.app(scope, receive, send)
+        given = b""
+        for k, v in scope.get("headers", ()):
+            if k == b"authorization":
+                given = v
+                break
+        if not secrets.compare_digest(given, self.expected):
+            msg = "Missing API key." if not given else "Incorrect API key provided."
+            return await send_json(send, 401, error_body(401, msg, "invalid_request_error", None, "invalid_api_key"),
+                                   [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Reads a request body up to ``limit`` bytes; beyond it the request is a 400 naming the cap."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    # A body over the limit is read and discarded up to this many bytes before the 400 goes out:
+    # answering while the client is still uploading makes the server close the connection under
+    # it, and the client sees a reset instead of the error. Beyond it, the connection is dropped.
+    DRAIN_LIMIT = 64 * 2**20
+
+    async def _too_large(self, receive: Receive, send: Send, seen: int, more: bool) -> None:
+        while more and seen <= self.limit + self.DRAIN_LIMIT:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            seen += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        await send_json(send, 400, error_body(
+            400, f"The request body is larger than the server's limit of {self.limit} bytes "
+                 f"(--max-request-body-bytes).", "invalid_request_error", None, "request_too_large"))
+
+    def _declared_too_large(self, scope: Scope) -> bool:
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                try:
+                    return int(v) > self.limit
+                except ValueError:
+                    return False
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        if self._declared_too_large(scope):
+            return await self._too_large(receive, send, 0, True)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                return await self._too_large(receive, send, size, msg.get("more_body", False))
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: waits for http.disconnect
+
+        return await self.app(scope, replay, send)
+
+
+class RequestIdMiddleware:
+    """--enable-request-id-headers: every response carries X-Request-Id, the request's own or a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None) or uuid.uuid4().hex.encode()
+
+        async def send_with_id(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                headers = [(k, v) for k, v in msg.get("headers", []) if k.lower() != b"x-request-id"]
+                msg = {**msg, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(msg)
+
+        return await self.app(scope, receive, send_with_id)
+
+
+def add_middlewares(app: FastAPI, args: argparse.Namespace) -> None:
+    """Install the middleware ``args`` asks for. Middleware added last runs first."""
+    app.add_middleware(BodyLimitMiddleware, limit=args.max_request_body_bytes)
+    api_key = args.api_key or envs.api_key()
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    if getattr(args, "allowed_origins", None):
+        app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_methods=args.allowed_methods,
+                           allow_headers=args.allowed_headers, allow_credentials=args.allow_credentials)
+    if getattr(args, "enable_request_id_headers", False):
+        app.add_middleware(RequestIdMiddleware)

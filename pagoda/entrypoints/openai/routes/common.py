@@ -1,0 +1,63 @@
+"""Helpers every route module uses: the shared state, errors as JSON, client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pagoda.entrypoints.openai.server_state import ServerState
+from pagoda.entrypoints.openai.serving_engine import serving_error_response
+
+logger = logging.getLogger("pagoda.server")
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.pagoda
+
+
+def ready(request: Request) -> ServerState:
+    """The shared state once the engine can serve; raises a 503 ``ServingError`` before."""
+    return server_state(request).ready()
+
+
+async def guarded(fn: Callable[[], Awaitable[Any]]) -> Response:
+    """Run a handler body; any exception becomes its JSON error response."""
+    try:
+        res = await fn()
+    except Exception as e:
+        return serving_error_response(e)
+    return res
+
+
+async def with_disconnect_abort(request: Request, work: Awaitable[Response]) -> Response:
+    """Run a non-streaming handler; if the client disconnects first, cancel it (which aborts its
+    requests in the engine and frees their KV blocks)."""
+    task = asyncio.ensure_future(work)
+
+    async def wait_disconnect() -> None:
+        while True:
+            msg = await request.receive()
+            if msg["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    logger.info("client disconnected; request aborted")
+    return Response(status_code=499)

@@ -1,0 +1,113 @@
+"""What the routes share: the engine and the serving objects, loaded in the background after start-up.
+
+:class:`ServerState` lives on ``app.state.pagoda``; routes reach it through the request
+(:func:`pagoda.entrypoints.openai.routes.common.server_state`). ``load_engine`` fills it (or records
+why it could not), ``watch_engine`` ends the server a while after the engine core dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pagoda.config import EngineArgs
+from pagoda.engine.async_llm import AsyncLLM
+from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
+from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
+
+logger = logging.getLogger("pagoda.server")
+
+
+def engine_args_from(args: argparse.Namespace) -> EngineArgs:
+    from pagoda.entrypoints.cli import engine_kwargs
+
+    return EngineArgs(**engine_kwargs(args))
+
+
+def limits_from(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        max_prompts_per_request=args.max_prompts_per_request,
+        max_request_body_bytes=args.max_request_body_bytes,
+        trust_request_chat_template=args.trust_request_chat_template,
+        enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
+    )
+
+
+class ServerState:
+    """Invariant: ``completion``, ``chat`` and ``tokenization`` are set together, once the engine is ready."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.engine_args = engine_args_from(args)
+        self.limits = limits_from(args)
+        self.engine: AsyncLLM | None = None
+        self.metrics: PrometheusStatLogger | None = None
+        self.stats_log: LoggingStatLogger | None = None
+        self.completion: OpenAIServingCompletion | None = None
+        self.chat: OpenAIServingChat | None = None
+        self.tokenization: OpenAIServingTokenization | None = None
+        self.served_model_names: list[str] = []
+        self.load_error: str | None = None
+        self.on_load_failure: Callable[[], None] | None = None
+        self.on_engine_death: Callable[[], None] | None = None  # set by run_server: exit after a delay
+
+    def ready(self) -> ServerState:
+        """This state, or a 503 ``ServingError`` saying why the server cannot serve yet (or any more)."""
+        if self.load_error is not None:
+            raise ServingError(503, f"The model failed to load: {self.load_error}", "service_unavailable",
+                               None, "load_failed")
+        if self.engine is None or self.completion is None:
+            raise ServingError(503, "The model is still loading; retry shortly.", "service_unavailable", None,
+                               "model_loading")
+        self.engine.check_servable()
+        return self
+
+
+async def load_engine(state: ServerState) -> None:
+    """Start the engine core and build the serving objects; on failure, record why and call
+    ``on_load_failure``."""
+    args = state.args
+    try:
+        engine = AsyncLLM(state.engine_args, stuck_timeout_s=args.engine_stuck_timeout)
+        state.engine = engine
+        await engine.start()
+        cfg = engine.cfg
+        assert cfg is not None
+        names = list(cfg.served_model_name)
+        state.served_model_names = names
+        state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len)
+        engine.stat_loggers.append(state.metrics)
+        if not getattr(args, "disable_log_stats", False):
+            state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))
+            engine.stat_loggers.append(state.stats_log)
+        common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
+        state.chat = OpenAIServingChat(engine, names, state.limits, **common)
+        state.completion = OpenAIServingCompletion(engine, names, state.limits, **common)
+        state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
+        scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
+        logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        expected = isinstance(e, (ValueError, RuntimeError, OSError))  # a clear message is enough
+        logger.error("failed to load the model: %s", e, exc_info=not expected)
+        state.load_error = str(e)
+        if state.on_load_failure is not None:
+            state.on_load_failure()
+
+
+async def watch_engine(state: ServerState) -> None:
+    """The engine core died: after --engine-death-exit-delay s of 503s, call ``on_engine_death``."""
+    delay = getattr(state.args, "engine_death_exit_delay", -1.0)
+    while not (state.engine is not None and state.engine.state == "dead"):
+        await asyncio.sleep(0.2)
+    if delay is None or delay < 0 or state.on_engine_death is None:
+        return
+    logger.error("engine core is dead; the server exits in %g s", delay)
+    await asyncio.sleep(delay)
+    state.on_engine_death()

@@ -1,0 +1,212 @@
+"""vLLM flags that pagoda knows but does not support: each stops start-up with a message naming it.
+
+argparse alone would say "unrecognized arguments", which does not tell a vLLM user which feature
+is missing. Every flag here is registered (hidden from ``--help``; listed in ``docs/cli.md``)
+with an action that fails at parse time, before any model loads, unless its value is one that
+changes nothing here (``--tensor-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
+keep argparse's own error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+ANY_VALUE = "*"
+
+
+@dataclass(frozen=True)
+class UnsupportedFlag:
+    flags: tuple[str, ...]
+    reason: str
+    takes_value: bool = True
+    accepted: tuple[str, ...] = ()
+    """Values that change nothing here and are accepted (``ANY_VALUE``: the flag is a no-op here)."""
+    serve_only: bool = False
+    negatable: bool = False
+    """vLLM also has ``--no-<flag>`` (its default, off), which pagoda accepts."""
+
+
+def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool = False,
+       neg: bool = False) -> UnsupportedFlag:
+    return UnsupportedFlag(tuple(flags.split()), reason, value, accepted, serve, neg)
+
+
+_MM = "multimodal models are not supported"
+_LORA = "LoRA adapters are not supported yet"
+_PAR = "pagoda runs on one device: tensor, pipeline, data, expert and context parallelism are not supported yet"
+_SO = "structured outputs and reasoning parsers are not supported yet"
+_TOOLS = "tool calling is not supported yet"
+_GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
+_SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
+
+UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
+    # ModelConfig
+    _u("--runner", "only generative models are served", "auto", "generate"),
+    _u("--convert", "models are not converted to pooling or classification", "auto", "none"),
+    _u("--task", "only text generation is served", "auto", "generate"),
+    _u("--hf-config-path", "config.json is read from the model folder (edit it with --hf-overrides)"),
+    _u("--allowed-local-media-path", _MM),
+    _u("--allowed-media-domains", _MM),
+    _u("--code-revision", "remote code is never executed"),
+    _u("--tokenizer-revision", "the tokenizer comes from the model's revision (--revision) or --tokenizer"),
+    _u("--rope-scaling", "set it through --hf-overrides '{\"rope_scaling\": {...}}'"),
+    _u("--rope-theta", "set it through --hf-overrides '{\"rope_theta\": ...}'"),
+    _u("--quantization -q", "quantized checkpoints are not supported yet (a .gguf file is dequantized on load)"),
+    _u("--logprobs-mode", "logprobs are always those of the processed distribution (vLLM's processed_logprobs)",
+       "processed_logprobs"),
+    _u("--disable-sliding-window", "a sliding window caps max_model_len instead", value=False),
+    _u("--disable-cascade-attn", "accepted: pagoda has no cascade attention", ANY_VALUE, value=False),
+    _u("--skip-tokenizer-init", "the engine needs the tokenizer (token-id prompts still work with it loaded)",
+       value=False),
+    _u("--enable-prompt-embeds", "prompt embeddings as input are not supported", value=False),
+    _u("--config-format", "only Hugging Face config.json is read", "auto", "hf"),
+    _u("--hf-token", "set HF_TOKEN in the environment instead"),
+    _u("--pooler-config --override-pooler-config", "pooling models are not supported yet"),
+    _u("--logits-processor-pattern --logits-processors", "custom logits processors are not supported"),
+    _u("--enable-sleep-mode", "sleep mode is not supported", value=False),
+    _u("--model-impl", "pagoda runs its own model implementations only", "auto"),
+    _u("--override-attention-dtype", "attention runs in the model dtype (--dtype)"),
+    _u("--io-processor-plugin", "plugins are not supported"),
+    # LoadConfig
+    _u("--safetensors-load-strategy", "pagoda reads safetensors one way"),
+    _u("--model-loader-extra-config", "the model loader takes no extra configuration"),
+    _u("--ignore-patterns", "hub downloads take pagoda's own file patterns"),
+    _u("--use-tqdm-on-load", "not supported", value=False, neg=True),
+    _u("--pt-load-map-location", "PyTorch .bin/.pt checkpoints are not loaded (safetensors or GGUF only)"),
+    # StructuredOutputsConfig
+    _u("--reasoning-parser --structured-outputs-config --guided-decoding-backend", _SO),
+    # ParallelConfig
+    _u("--tensor-parallel-size -tp", _PAR, "1"),
+    _u("--pipeline-parallel-size -pp", _PAR, "1"),
+    _u("--data-parallel-size -dp", _PAR, "1"),
+    _u("--decode-context-parallel-size -dcp", _PAR, "1"),
+    _u("--data-parallel-rank -dpn --data-parallel-start-rank -dpr --data-parallel-size-local -dpl "
+       "--data-parallel-address -dpa --data-parallel-rpc-port -dpp --data-parallel-backend -dpb", _PAR),
+    _u("--data-parallel-hybrid-lb --enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
+    _u("--all2all-backend --eplb-config --expert-placement-strategy --distributed-executor-backend", _PAR),
+    _u("--max-parallel-loading-workers", "weights load in one process"),
+    _u("--ray-workers-use-nsight", "Ray is not used", value=False),
+    _u("--disable-custom-all-reduce", "accepted: one device needs no all-reduce", ANY_VALUE, value=False),
+    _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),
+    # CacheConfig
+    _u("--swap-space", "preempted requests are recomputed or kept in the host KV tier (--kv-offloading-size)"),
+    _u("--kv-cache-dtype", "the KV cache is stored in the model dtype", "auto"),
+    _u("--prefix-caching-hash-algo", "prefix-cache block hashes use pagoda's own hash"),
+    _u("--cpu-offload-gb", "weights are not offloaded to the host", "0"),
+    _u("--calculate-kv-scales --kv-sharing-fast-prefill", "fp8 KV scales and KV sharing are not supported",
+       value=False),
+    _u("--mamba-cache-dtype --mamba-ssm-cache-dtype --mamba-block-size", "Mamba models are not supported"),
+    # MultiModalConfig
+    _u("--limit-mm-per-prompt --media-io-kwargs --mm-processor-kwargs --mm-processor-cache-gb "
+       "--mm-processor-cache-type --mm-shm-cache-max-object-size-mb --mm-encoder-tp-mode "
+       "--mm-encoder-attn-backend --video-pruning-rate", _MM),
+    _u("--enable-mm-embeds --interleave-mm-strings --skip-mm-profiling --disable-mm-preprocessor-cache", _MM,
+       value=False),
+    # LoRAConfig
+    _u("--enable-lora --fully-sharded-loras", _LORA, value=False, neg=True),
+    _u("--max-loras --max-lora-rank --lora-extra-vocab-size --lora-dtype --max-cpu-loras --default-mm-loras",
+       _LORA),
+    # ObservabilityConfig
+    _u("--otlp-traces-endpoint --collect-detailed-traces", "OpenTelemetry tracing is not supported"),
+    _u("--show-hidden-metrics-for-version", "no metrics are hidden"),
+    # SchedulerConfig
+    _u("--max-num-partial-prefills --max-long-partial-prefills", "one partial prefill at a time", "1"),
+    _u("--long-prefill-token-threshold", "long prefills are not scheduled apart", "0"),
+    _u("--num-lookahead-slots", "speculative decoding is not supported yet", "0"),
+    _u("--scheduling-policy", "requests are scheduled first come, first served", "fcfs"),
+    _u("--scheduler-cls", "the scheduler class cannot be replaced"),
+    _u("--disable-chunked-mm-input", _MM, value=False),
+    _u("--disable-hybrid-kv-cache-manager", "accepted: pagoda has one KV cache manager", ANY_VALUE, value=False),
+    # CompilationConfig / VllmConfig
+    _u("--cudagraph-capture-sizes --cuda-graph-sizes --max-cudagraph-capture-size --compilation-config -O",
+       _GRAPHS),
+    _u("--speculative-config", "speculative decoding is not supported yet"),
+    _u("--kv-transfer-config --kv-events-config", "KV transfer (disaggregated serving) and KV events are not "
+       "supported"),
+    _u("--additional-config", "there are no platform plugins"),
+    _u("--aggregate-engine-logging", "there is one engine", ANY_VALUE, value=False),
+    # the OpenAI-compatible frontend (serve only)
+    _u("--lora-modules", _LORA, serve=True),
+    _u("--chat-template-content-format", "message content is rendered as text", "auto", "string", serve=True),
+    _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
+    _u("--response-role", "the generated message's role is always 'assistant'", "assistant", serve=True),
+    _u("--return-tokens-as-token-ids", "not supported", value=False, serve=True),
+    _u("--enable-auto-tool-choice --exclude-tools-when-tool-choice-none", _TOOLS, value=False, serve=True),
+    _u("--tool-call-parser --tool-parser-plugin --tool-server", _TOOLS, serve=True),
+    _u("--log-config-file", "use --log-level and --uvicorn-log-level", serve=True),
+    _u("--enable-server-load-tracking --enable-force-include-usage --enable-tokenizer-info-endpoint "
+       "--enable-log-outputs --log-error-stack --tokens-only --enable-per-request-metrics --enable-offline-docs "
+       "--headless --grpc", "not supported", value=False, serve=True),
+    _u("--uds", "the server listens on TCP only (--host, --port)", serve=True),
+    _u("--disable-access-log-for-endpoints", "--disable-uvicorn-access-log turns the whole access log off",
+       serve=True),
+    _u("--enable-ssl-refresh", _SSL, value=False, serve=True),
+    _u("--ssl-ciphers", _SSL, serve=True),
+    _u("--middleware", "extra ASGI middleware cannot be loaded", serve=True),
+    _u("--h11-max-incomplete-event-size --h11-max-header-count", "uvicorn's own limits apply; the body is capped "
+       "by --max-request-body-bytes", serve=True),
+    _u("--api-server-count -asc", "one API server process", "1", serve=True),
+    _u("--data-parallel-supervisor-port --dp-supervisor-probe-interval-s --dp-supervisor-probe-timeout-s "
+       "--dp-supervisor-probe-failure-threshold", _PAR, serve=True),
+    _u("--config", "flags are read from the command line only", serve=True),
+    _u("--fingerprint-mode --fingerprint-value", "system_fingerprint is not reported", serve=True),
+)
+
+
+class _Refuse(argparse.Action):
+    """Fails the parse naming the flag, unless the value given changes nothing here."""
+
+    def __init__(self, option_strings: list[str], dest: str, entry: UnsupportedFlag, **kw: Any) -> None:
+        self.name = option_strings[0]  # the long form, named in the error even when a short one was given
+        super().__init__(option_strings, dest, nargs=None if entry.takes_value else 0, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS, **kw)
+        self.entry = entry
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        e = self.entry
+        if ANY_VALUE in e.accepted or (e.takes_value and str(values) in e.accepted):
+            return
+        name = self.name if option_string is None or not option_string.startswith("--") else option_string
+        hint = f" (accepted value: {', '.join(e.accepted)})" if e.accepted else ""
+        parser.error(f"{name} is a vLLM flag that pagoda does not support: {e.reason}{hint}.")
+
+
+class _Accept(argparse.Action):
+    """``--no-<flag>``: vLLM's default, nothing to do."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, *args: Any, **kw: Any) -> None:
+        return None
+
+
+def add_unsupported_args(parser: argparse.ArgumentParser, serve: bool) -> None:
+    """Register the table's flags (the serve-only ones when ``serve``) on ``parser``."""
+    for e in UNSUPPORTED:
+        if e.serve_only and not serve:
+            continue
+        # one action per long flag, so the message names the very flag given
+        longs = [f for f in e.flags if f.startswith("--")]
+        for i, long in enumerate(longs):
+            nxt = e.flags.index(longs[i + 1]) if i + 1 < len(longs) else len(e.flags)
+            shorts = [f for f in e.flags[e.flags.index(long) + 1:nxt] if not f.startswith("--")]
+            parser.add_argument(long, *shorts, action=_Refuse, entry=e, dest=f"unsupported_{long[2:]}")
+            if e.negatable:
+                parser.add_argument(f"--no-{long[2:]}", action=_Accept, dest=f"unsupported_no_{long[2:]}")
+
+
+def markdown_table() -> str:
+    """The table of ``docs/cli.md`` (a test keeps the two equal)."""
+    rows = ["| vLLM flag | accepted when | why not |", "| --- | --- | --- |"]
+    for e in UNSUPPORTED:
+        flags = ", ".join(f"`{f}`" for f in e.flags)
+        if ANY_VALUE in e.accepted:
+            ok = "always (no effect here)"
+        else:
+            ok = ", ".join(f"`{a}`" for a in e.accepted) or "never"
+        rows.append(f"| {flags}{' (serve)' if e.serve_only else ''} | {ok} | {e.reason} |")
+    return "\n".join(rows)

@@ -1,0 +1,108 @@
+"""Every ``PAGODA_*`` environment variable, read here and nowhere else.
+
+Each variable has one typed accessor that reads the environment when called (so a test or a
+wrapper may set it late), and one row in :data:`ENV_VARS`, from which the table in
+``docs/cli.md`` is written. Code elsewhere calls the accessors; a test checks that no other
+module reads a ``PAGODA_*`` variable itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    """The value used when the variable is unset or empty, as it would be written."""
+    doc: str
+    test_only: bool = False
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("PAGODA_CACHE", "~/.cache/pagoda",
+           "root of pagoda's cache: the embedded default model and converted GGUF files"),
+    EnvVar("PAGODA_API_KEY", "",
+           "API key of `pagoda serve` when `--api-key` is not given (and the bearer token `pagoda bench serve` "
+           "sends when neither `--api-key` nor `OPENAI_API_KEY` is set)"),
+    EnvVar("PAGODA_HUB_TIMEOUT", "10", "seconds the Hugging Face Hub probe may take before a hub id is "
+           "treated as unreachable"),
+    EnvVar("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60", "default of `--engine-stuck-timeout`"),
+    EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
+    EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
+           "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
+    EnvVar("PAGODA_RELIABILITY_FULL", "0", "tests: `1` runs the reliability battery at full length", True),
+    EnvVar("PAGODA_RELIABILITY_REPORT", "", "tests: file the reliability battery appends its figures to "
+           "(JSON lines)", True),
+    EnvVar("PAGODA_RELIABILITY_SERVER_ARGS", "", "tests: extra `pagoda serve` flags for every server of the "
+           "reliability battery", True),
+)
+_BY_NAME = {v.name: v for v in ENV_VARS}
+
+
+def _raw(name: str) -> str:
+    """The variable's value, or its documented default when unset or empty."""
+    return os.environ.get(name) or _BY_NAME[name].default
+
+
+def _float(name: str) -> float:
+    text = _raw(name)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {text!r}") from None
+
+
+def cache_root() -> str:
+    """``PAGODA_CACHE``: root folder of pagoda's cache (not yet expanded)."""
+    return _raw("PAGODA_CACHE")
+
+
+def api_key() -> str | None:
+    """``PAGODA_API_KEY``: the server's API key when ``--api-key`` is not given; None when unset."""
+    return os.environ.get("PAGODA_API_KEY") or None
+
+
+def hub_timeout_s() -> float:
+    """``PAGODA_HUB_TIMEOUT``: deadline in seconds of the Hugging Face Hub probe."""
+    return _float("PAGODA_HUB_TIMEOUT")
+
+
+def engine_stuck_timeout_s() -> float:
+    """``PAGODA_ENGINE_STUCK_TIMEOUT_S``: default of ``--engine-stuck-timeout`` (seconds)."""
+    return _float("PAGODA_ENGINE_STUCK_TIMEOUT_S")
+
+
+def log_stats_interval_s() -> float:
+    """``PAGODA_LOG_STATS_INTERVAL``: seconds between periodic stats log lines."""
+    return _float("PAGODA_LOG_STATS_INTERVAL")
+
+
+def chunk_graphs_enabled() -> bool:
+    """``PAGODA_CHUNK_GRAPHS``: False when set to ``0`` (prefill-chunk CUDA graphs off)."""
+    return _raw("PAGODA_CHUNK_GRAPHS") != "0"
+
+
+def reliability_full() -> bool:
+    """``PAGODA_RELIABILITY_FULL`` (tests): run the reliability battery at full length."""
+    return _raw("PAGODA_RELIABILITY_FULL") not in ("", "0")
+
+
+def reliability_report() -> str | None:
+    """``PAGODA_RELIABILITY_REPORT`` (tests): JSON-lines file for the battery's figures, or None."""
+    return os.environ.get("PAGODA_RELIABILITY_REPORT") or None
+
+
+def reliability_server_args() -> str:
+    """``PAGODA_RELIABILITY_SERVER_ARGS`` (tests): extra serve flags, shell-quoted."""
+    return _raw("PAGODA_RELIABILITY_SERVER_ARGS")
+
+
+def markdown_table() -> str:
+    """The table of ``docs/cli.md`` (a test keeps the two equal)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for v in ENV_VARS:
+        rows.append(f"| `{v.name}` | {f'`{v.default}`' if v.default else '—'} | {v.doc} |")
+    return "\n".join(rows)

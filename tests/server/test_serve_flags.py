@@ -1,0 +1,337 @@
+"""Serve flags: generated engine flags and their help, vLLM flags pagoda refuses by name, the vLLM
+flags that work here (CORS, TLS, root path, request ids, docs, tokenizer mode, HF overrides, generation
+overrides, hub revision and download dir), a busy port, and a prompt exit on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from server_utils import API_KEY, MODEL, RemoteServer
+
+from pagoda.arg_utils import HelpFormatter, field_docs, states_default
+from pagoda.config import EngineArgs
+from pagoda.entrypoints.cli import build_parser
+from pagoda.entrypoints.openai.cli_args import add_serve_args
+from pagoda.entrypoints.vllm_flags import ANY_VALUE, UNSUPPORTED
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    return add_serve_args(argparse.ArgumentParser(prog="pagoda serve"))
+
+
+def _all_parsers() -> dict[str, argparse.ArgumentParser]:
+    out = {}
+
+    def walk(p: argparse.ArgumentParser, name: str) -> None:
+        out[name] = p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub_name, sub in a.choices.items():
+                    walk(sub, f"{name} {sub_name}")
+
+    walk(build_parser(), "pagoda")
+    return out
+
+
+# ----------------------------------------------------------------------------- flags and help
+def test_engine_flags_come_from_engine_args():
+    p = _serve_parser()
+    by_dest = {a.dest: a for a in p._actions if a.option_strings}
+    docs = field_docs(EngineArgs)
+    for f in dataclasses.fields(EngineArgs):
+        a = by_dest[f.name]
+        assert a.option_strings[0] == "--" + f.name.replace("_", "-")
+        assert a.default == f.default, f.name
+        assert a.help == docs[f.name].replace("%", "%%"), f.name
+    assert by_dest["load_format"].choices == ("auto", "safetensors", "gguf", "dummy")
+    args = p.parse_args(["--kv-cache-memory-bytes", "512M", "--hf-overrides", '{"a": {"b": 1}}',
+                         "--served-model-name", "x", "y", "--no-enable-prefix-caching"])
+    assert args.kv_cache_memory_bytes == 512 * 2**20 and args.hf_overrides == {"a": {"b": 1}}
+    assert args.served_model_name == ["x", "y"] and args.enable_prefix_caching is False
+
+
+def test_help_states_every_default_once():
+    for name, parser in _all_parsers().items():
+        fmt = HelpFormatter(prog=name)
+        for a in parser._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS:
+                continue
+            text = fmt._expand_help(a)
+            assert text.lower().count("default:") + text.lower().count("(default ") <= 1, (name, text)
+            if a.default not in (None, False, argparse.SUPPRESS, []):
+                assert states_default(text), (name, a.option_strings, text)
+    serve = _serve_parser().format_help()
+    assert "Seed for unseeded sampling and dummy weights. (default: 0)" in " ".join(serve.split())
+    assert "(default: the model's max_position_embeddings)" in " ".join(serve.split())
+    assert "largest request body accepted, e.g. 8M (default: 8M)" in " ".join(serve.split())
+    bench = " ".join(subprocess.run([sys.executable, "-m", "pagoda", "bench", "latency", "--help"],
+                                    capture_output=True, text=True, check=True).stdout.split())
+    assert "timed iterations (default: 3)" in bench
+    bench = " ".join(subprocess.run([sys.executable, "-m", "pagoda", "bench", "throughput", "--help"],
+                                    capture_output=True, text=True, check=True).stdout.split())
+    assert "number of requests (default: 32)" in bench
+
+
+# ------------------------------------------------------------------------ vLLM flags refused
+@pytest.mark.parametrize("entry", UNSUPPORTED, ids=lambda e: e.flags[0])
+def test_unsupported_vllm_flags_are_named(entry, capsys):
+    if ANY_VALUE in entry.accepted:
+        argv = [entry.flags[0]] + ([] if not entry.takes_value else ["x"])
+        _serve_parser().parse_args(argv)
+        return
+    for flag in entry.flags:
+        if not flag.startswith("--"):
+            continue
+        argv = [flag, "not-a-default"] if entry.takes_value else [flag]
+        with pytest.raises(SystemExit) as exc:
+            _serve_parser().parse_args(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} is a vLLM flag that pagoda does not support: {entry.reason}" in err, err
+    for value in entry.accepted:
+        _serve_parser().parse_args([entry.flags[0], value])
+
+
+def test_default_values_of_vllm_flags_are_accepted_and_unknown_flags_keep_argparse_error(capsys):
+    args = _serve_parser().parse_args(["-tp", "1", "--pipeline-parallel-size", "1", "--kv-cache-dtype", "auto",
+                                       "--no-enable-lora", "some/model"])
+    assert args.model_tag == "some/model" and not hasattr(args, "unsupported_tensor-parallel-size")
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["-tp", "2"])
+    assert "--tensor-parallel-size is a vLLM flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--no-such-flag-anywhere"])
+    assert "unrecognized arguments: --no-such-flag-anywhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # engine flags are refused by generate too
+        build_parser().parse_args(["generate", "--quantization", "awq", "hi"])
+    assert "--quantization is a vLLM flag" in capsys.readouterr().err
+
+
+def test_serve_refuses_before_loading(tiny_model_dir):
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--enable-lora"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--enable-lora is a vLLM flag that pagoda does not support" in r.stderr
+    assert "Loaded" not in r.stderr and "KV cache" not in r.stderr  # refused before anything loaded
+
+
+def test_docs_list_unsupported_flags_and_env_vars():
+    from pagoda import envs
+    from pagoda.arg_utils import markdown_table as flags_table
+    from pagoda.entrypoints.vllm_flags import markdown_table
+
+    cli = (DOCS / "cli.md").read_text()
+    assert markdown_table() in cli
+    assert envs.markdown_table() in cli
+    assert flags_table(EngineArgs) in cli
+
+
+def test_environment_is_read_only_in_envs():
+    import re
+
+    package = Path(__file__).resolve().parents[2] / "pagoda"
+    read = re.compile(r"(environ(\.get)?|getenv)\s*[\[(]\s*[\"']PAGODA_")
+    offenders = [str(f) for f in package.rglob("*.py") if f.name != "envs.py" and read.search(f.read_text())]
+    assert not offenders
+    from pagoda import envs
+
+    names = set(re.findall(r"PAGODA_[A-Z_]+", "".join(f.read_text() for f in package.rglob("*.py"))))
+    assert names <= {v.name for v in envs.ENV_VARS}, names - {v.name for v in envs.ENV_VARS}
+
+
+# ------------------------------------------------------------------------------ engine options
+def test_hf_and_generation_overrides_reach_the_config(tiny_model_dir):
+    base = EngineArgs(model=str(tiny_model_dir), load_format="dummy").create_config()
+    cfg = EngineArgs(model=str(tiny_model_dir), load_format="dummy",
+                     hf_overrides={"max_position_embeddings": 512, "rope_scaling": None},
+                     override_generation_config={"temperature": 0.0, "max_new_tokens": 7},
+                     generation_config="vllm").create_config()
+    assert base.max_model_len == 2048 and cfg.max_model_len == 512
+    assert cfg.hf_config["max_position_embeddings"] == 512
+    assert cfg.hf_config["vocab_size"] == base.hf_config["vocab_size"]
+    assert cfg.generation_defaults == {"temperature": 0.0, "max_new_tokens": 7}
+
+
+def _fake_hub_cache(root: Path, model_dir: Path, refs: dict[str, int]) -> None:
+    """A Hugging Face cache holding ``org/tiny`` at several revisions (max_position_embeddings differs)."""
+    repo = root / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    for i, (ref, max_pos) in enumerate(refs.items()):
+        commit = f"{i:040x}"
+        (repo / "refs" / ref).write_text(commit)
+        snap = repo / "snapshots" / commit
+        shutil.copytree(model_dir, snap)
+        cfg = json.loads((snap / "config.json").read_text())
+        (snap / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": max_pos}))
+
+
+def test_revision_and_download_dir_pick_the_hub_snapshot(tiny_model_dir, tmp_path, monkeypatch):
+    from pagoda.entrypoints.cli import engine_kwargs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hub_cache(tmp_path / "hub", tiny_model_dir, {"main": 256, "v2": 512})
+    p = build_parser()
+    for extra, want in (([], 256), (["--revision", "v2"], 512)):
+        args = p.parse_args(["generate", "--model", "org/tiny", "--download-dir", str(tmp_path / "hub"), *extra])
+        cfg = EngineArgs(**engine_kwargs(args)).create_config()
+        assert cfg.max_model_len == want
+        assert str(cfg.model_path).startswith(str(tmp_path / "hub"))
+    with pytest.raises(RuntimeError):
+        EngineArgs(model="org/tiny", download_dir=str(tmp_path / "hub"), revision="nope").create_config()
+
+
+# ------------------------------------------------------------------------------- live servers
+@pytest.fixture(scope="module")
+def flags_server(tiny_model_dir):
+    srv = RemoteServer(
+        str(tiny_model_dir),
+        ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M", "--enable-request-id-headers",
+         "--disable-fastapi-docs", "--root-path", "/api", "--allowed-origins", '["http://ok.example"]',
+         "--hf-overrides", '{"max_position_embeddings": 512}', "--tokenizer-mode", "slow",
+         "--override-generation-config", '{"temperature": 0}'],
+        api_key=API_KEY, log_level="INFO",
+    )
+    yield srv
+    srv.stop()
+
+
+def test_request_id_headers(flags_server):
+    r = flags_server.get("/v1/models", headers={"X-Request-Id": "abc-123"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+    r1, r2 = flags_server.get("/health"), httpx.get(flags_server.url + "/v1/models")  # the second is a 401
+    assert r2.status_code == 401
+    for r in (r1, r2):
+        assert len(r.headers["x-request-id"]) == 32 and int(r.headers["x-request-id"], 16) >= 0
+    assert r1.headers["x-request-id"] != r2.headers["x-request-id"]
+
+
+def test_fastapi_docs_disabled(flags_server):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert flags_server.get(path).status_code == 404, path
+    # --root-path: the proxy strips the prefix; /health still needs no key under it
+    assert flags_server.get("/v1/models").json()["data"][0]["id"] == MODEL
+    assert httpx.get(flags_server.url + "/health").status_code == 200
+
+
+def test_cors(flags_server):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = httpx.options(flags_server.url + "/v1/completions", headers={"Origin": "http://ok.example", **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://ok.example"
+    bad = httpx.options(flags_server.url + "/v1/completions", headers={"Origin": "http://evil.example", **pre})
+    assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+    r = flags_server.get("/v1/models", headers={"Origin": "http://ok.example"})
+    assert r.headers["access-control-allow-origin"] == "http://ok.example"
+
+
+def test_hf_overrides_generation_override_and_tokenizer_mode(flags_server):
+    assert flags_server.get("/v1/models").json()["data"][0]["max_model_len"] == 512
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 16, "ignore_eos": True}
+    default = flags_server.post("/v1/completions", body).json()["choices"][0]["text"]
+    greedy = flags_server.post("/v1/completions", {**body, "temperature": 0}).json()["choices"][0]["text"]
+    assert default == greedy  # the override made the default greedy
+    ids = flags_server.post("/tokenize", {"model": MODEL, "prompt": "hello world"}).json()["tokens"]
+    assert ids and "--tokenizer-mode slow: transformers has no Python tokenizer" in flags_server.log()
+
+
+def _self_signed_cert(tmp: Path) -> tuple[Path, Path]:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    if shutil.which("openssl"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        return key, cert
+    pytest.importorskip("cryptography", reason="neither openssl nor the cryptography package is available")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+         .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+         .sign(k, hashes.SHA256()))
+    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def test_tls(tiny_model_dir, tmp_path):
+    key, cert = _self_signed_cert(tmp_path)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
+                                             "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
+                                             "--root-path", "/api"], wait=False)
+    try:
+        url = f"https://127.0.0.1:{srv.port}"
+        deadline = time.monotonic() + 240
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            assert srv.proc.poll() is None, srv.log()
+            try:
+                status = httpx.get(url + "/health", verify=ctx, timeout=2).status_code
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert status == 200, srv.log()
+        r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                       verify=ctx, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        # --root-path: the schema and the docs page point at the prefix the proxy serves the app under
+        assert httpx.get(url + "/openapi.json", verify=ctx).json()["servers"] == [{"url": "/api"}]
+        assert "/api/openapi.json" in httpx.get(url + "/docs", verify=ctx).text
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+            httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5)
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------- start-up and exit
+def test_busy_port_names_the_flag_before_loading(tiny_model_dir):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in r.stderr and "--port" in r.stderr
+    assert "engine core" not in r.stderr and "KV cache" not in r.stderr  # nothing was loaded
+
+
+def test_idle_server_exits_promptly_on_sigterm(tiny_model_dir):
+    """No fixed wait on the way out: uvicorn's shutdown (nothing to drain), the engine core's Shutdown
+    (it exits as soon as it reads it, skipping interpreter teardown), and the API process's own exit."""
+    srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M"],
+                       log_level="INFO")
+    pid = srv.core_pid()
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    rc = srv.proc.wait(timeout=30)
+    elapsed = time.monotonic() - t0
+    log = srv.log()
+    srv.stop()
+    assert rc == 0, log
+    assert "did not stop within" not in log  # the core stopped on its own, not by SIGTERM after a wait
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert elapsed < 3.0, f"{elapsed:.2f} s from SIGTERM to exit\n{log}"
