@@ -82,7 +82,7 @@ def test_chat_help_states_the_defaults(capsys):
     except SystemExit:
         pass
     text = " ".join(capsys.readouterr().out.split())
-    assert "repetition_penalty=1.1" in text and "temperature=0.7" in text and str(CHAT_MAX_TOKENS) in text
+    assert "repetition_penalty=1.1" in text and "temperature=0.2" in text and str(CHAT_MAX_TOKENS) in text
     assert "--repetition-penalty" in text and "Ctrl-C" in text
 
 
