@@ -28,8 +28,8 @@ CHAT_MAX_TOKENS = 512
 CHAT_FALLBACK: dict[str, float] = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
 """Chat sampling when the model's generation config has none: SmolLM2-Instruct's own model card
 samples at temperature 0.2, top-p 0.9; on the default model, 0.7 (Ollama's kind of default)
-drifted into nonsense within a sentence and 1.0 is worse; the repetition penalty keeps a low
-temperature from looping on a phrase (docs/design.md, "Terminal commands")."""
+drifted into nonsense within a sentence, and 0.2 without the repetition penalty looped on one
+phrase to the token limit (docs/design.md, "Terminal commands")."""
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 """Generation-config fields that count as the model's own sampling values."""
