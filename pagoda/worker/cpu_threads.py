@@ -44,7 +44,6 @@ WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 THREADS_KNOB = "OMP_NUM_THREADS"
 
 
-
 class _State:
     """What :func:`apply_env_policy` did in this process, for :func:`apply_runtime_policy`."""
 
