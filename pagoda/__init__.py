@@ -1,7 +1,13 @@
 """pagoda: a paged-KV-cache, continuously batching LLM inference and serving engine."""
 
-from pagoda.outputs import CompletionOutput, Logprob, RequestOutput
-from pagoda.sampling_params import BeamSearchParams, SamplingParams
+# First, before anything imports torch: the CPU thread policy for shared machines (the OpenMP
+# runtime reads it when torch loads). It only adds variables the user has not set.
+from pagoda.worker.cpu_threads import apply_env_policy
+
+apply_env_policy()
+
+from pagoda.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: E402
+from pagoda.sampling_params import BeamSearchParams, SamplingParams  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,4 +33,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput", "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]
+__all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput",
+           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]

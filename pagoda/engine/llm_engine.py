@@ -15,12 +15,15 @@ from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.outputs import RequestOutput
 from pagoda.sampling_params import SamplingParams
+from pagoda.worker.cpu_threads import apply_runtime_policy
 
 logger = logging.getLogger("pagoda")
 
 
 class LLMEngine:
     def __init__(self, cfg: EngineConfig) -> None:
+        if cfg.device.type == "cpu":
+            apply_runtime_policy()  # torch may have been imported before pagoda: fix what can be fixed
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg)
         self.core = EngineCore(cfg)

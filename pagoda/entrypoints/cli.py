@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from pagoda.arg_utils import HelpFormatter
+from pagoda.entrypoints import interactive
 
 
 def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, serve: bool = False) -> None:
@@ -39,74 +40,23 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256, help="new tokens at most")
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: model's generation config)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--sampling-seed", type=int, default=None, help="per-request sampling seed")
-
-
-def _params(llm, args):
-    sp = llm.get_default_sampling_params()
-    changes = {"max_tokens": args.max_tokens}
-    for k in ("temperature", "top_p", "top_k"):
-        if getattr(args, k) is not None:
-            changes[k] = getattr(args, k)
-    if args.sampling_seed is not None:
-        changes["seed"] = args.sampling_seed
-    return sp.clone(**changes)
-
-
-def cmd_generate(args: argparse.Namespace) -> None:
-    from pagoda import LLM
-
-    llm = LLM(**engine_kwargs(args))
-    prompts = args.prompt or [sys.stdin.read()]
-    outs = llm.generate(prompts, _params(llm, args), use_tqdm=False)
-    for o in outs:
-        print(o.outputs[0].text)
-
-
-def cmd_chat(args: argparse.Namespace) -> None:
-    from pagoda import LLM
-
-    llm = LLM(**engine_kwargs(args))
-    sp = _params(llm, args)
-    conv: list[dict[str, str]] = []
-    if args.system:
-        conv.append({"role": "system", "content": args.system})
-    print("pagoda chat — empty line or Ctrl-D to quit", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
-        conv.append({"role": "user", "content": line})
-        out = llm.chat(conv, sp, use_tqdm=False)[0].outputs[0].text
-        print(out)
-        conv.append({"role": "assistant", "content": out})
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--log-level", default="INFO", help="logging level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text for one or more prompts", formatter_class=HelpFormatter)
+    g = sub.add_parser("generate", help="generate text for one or more prompts", formatter_class=HelpFormatter,
+                       description=interactive.GENERATE_DESCRIPTION)
     add_engine_args(g)
-    g.add_argument("prompt", nargs="*", help="prompt(s); read from stdin when none")
-    _sampling_args(g)
-    g.set_defaults(func=cmd_generate)
+    interactive.add_generate_args(g)
+    g.set_defaults(func=interactive.cmd_generate)
 
-    c = sub.add_parser("chat", help="interactive chat with the model's chat template", formatter_class=HelpFormatter)
+    c = sub.add_parser("chat", help="interactive chat with the model's chat template, streamed",
+                       formatter_class=HelpFormatter, description=interactive.CHAT_DESCRIPTION)
     add_engine_args(c)
-    c.add_argument("--system", default=None, help="system prompt")
-    _sampling_args(c)
-    c.set_defaults(func=cmd_chat)
+    interactive.add_chat_args(c)
+    c.set_defaults(func=interactive.cmd_chat)
 
     try:
         import fastapi  # noqa: F401  (server-only dependencies)
