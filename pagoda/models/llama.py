@@ -16,8 +16,9 @@ step of a logit near 25). The adds and norms cost about the same in float32 on t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ class LlamaShape:
     hidden_act: str
 
     @staticmethod
-    def from_hf(cfg: dict[str, Any], arch: str) -> "LlamaShape":
+    def from_hf(cfg: dict[str, Any], arch: str) -> LlamaShape:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         return LlamaShape(
@@ -112,13 +113,15 @@ class Attention(nn.Module):
         if self.fused:
             from pagoda.layers.fused_kernels import rotary_inplace
 
+            cos, sin = cast(torch.Tensor, self.rope.cos), cast(torch.Tensor, self.rope.sin)  # buffers
             if getattr(backend, "kv_layout", "NHD") == "NHD":
                 # Rotary and the KV-cache write in one kernel.
-                rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions, v, k_cache, v_cache, meta.slot_mapping)
+                rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping)
             else:
-                rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions)
+                rotary_inplace(q, k, cos, sin, positions)
                 backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         else:
+            assert cos_sin is not None, "the unfused path gathers cos/sin once per step"
             q, k = self.rope.apply(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale)
@@ -221,7 +224,7 @@ class LlamaForCausalLM(nn.Module):
             h = h.float()  # the float32 residual stream (module docstring); norms return the model dtype
         cos_sin = None if self.fused else self.rope.cos_sin(positions)
         residual = None
-        for layer, kv in zip(self.layers, kv_caches):
+        for layer, kv in zip(self.layers, kv_caches, strict=False):
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
         if residual is None:
             return self.norm(h)
@@ -234,7 +237,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused = True
         for m in self.modules():
             if hasattr(m, "fused"):
-                m.fused = True
+                setattr(m, "fused", True)  # noqa: B010 (any module with the flag)
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in the model dtype."""
@@ -295,12 +298,15 @@ class LlamaForCausalLM(nn.Module):
             with torch.no_grad():
                 if offset is None:
                     if param.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
+                                         f"vs model {tuple(param.shape)}")
                     param.copy_(tensor)
                 else:
+                    assert size is not None  # set together with offset
                     dst = param.narrow(0, offset, size)
                     if dst.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(dst.shape)}")
+                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
+                                         f"vs model {tuple(dst.shape)}")
                     dst.copy_(tensor)
             loaded.add(target if offset is None else f"{target}#{offset}")
         return loaded
