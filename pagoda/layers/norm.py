@@ -1,7 +1,10 @@
-"""RMSNorm computed in float32 and cast back (bit-compatible with HF Llama's).
+"""RMSNorm computed in float32, returned in the weight's (the model's) dtype.
 
-``torch.nn.functional.rms_norm`` gives bit-identical results here (checked in fp32 and
-bf16) in one fused op instead of seven, so it is used when present.
+Same-dtype input (fp32 models, Qwen3's q/k norms) is bit-compatible with HF Llama's RMSNorm in
+fp32. A wider input (the float32 residual stream of a bf16/fp16 model, see models/llama.py) is
+normalised and scaled by the weight in float32 and rounded to the model dtype once.
+``torch.nn.functional.rms_norm`` does this in one fused op instead of seven, so it is used when
+present.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.weight.dtype
+        w = self.weight if x.dtype == dtype else self.weight.to(x.dtype)
         if _HAS_FUSED:
-            return torch.nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        dtype = x.dtype
+            return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, self.eps).to(dtype)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return (w * h.to(x.dtype)).to(dtype)
