@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -58,6 +58,10 @@ def _token_buckets(max_model_len: int) -> list[float]:
                 return out
             out.append(float(v))
         exp += 1
+
+
+ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+"""vLLM's buckets for ``iteration_tokens_total`` (tokens per engine step)."""
 
 
 class PrometheusStatLogger:
@@ -108,6 +112,10 @@ class PrometheusStatLogger:
                                     buckets=tb, registry=r).labels(model_name)
         self.req_gen = Histogram(PREFIX + "request_generation_tokens", "Number of generation tokens processed.",
                                  lbl, buckets=tb, registry=r).labels(model_name)
+        # vLLM's iteration_tokens_total: tokens (prompt + generated) of each engine step that ran.
+        self.iteration_tokens = Histogram(PREFIX + "iteration_tokens_total",
+                                          "Histogram of number of tokens per engine_step.", lbl,
+                                          buckets=ITERATION_TOKEN_BUCKETS, registry=r).labels(model_name)
         self._last_preemptions = 0
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
         self._last_cumulative = {"prefix_cache_queries": 0, "prefix_cache_hits": 0, "kv_offload_stored_blocks": 0,
@@ -126,6 +134,8 @@ class PrometheusStatLogger:
             self.prompt_tokens.inc(stats.num_prompt_tokens)
         if stats.num_generation_tokens:
             self.generation_tokens.inc(stats.num_generation_tokens)
+        if stats.num_prompt_tokens or stats.num_generation_tokens:
+            self.iteration_tokens.observe(stats.num_prompt_tokens + stats.num_generation_tokens)
         if stats.num_preemptions > self._last_preemptions:
             self.preemptions.inc(stats.num_preemptions - self._last_preemptions)
             self._last_preemptions = stats.num_preemptions
