@@ -17,8 +17,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean
+
 from pagoda import BeamSearchOutput, BeamSearchParams
 
 BEAM_PROMPTS = [PROMPTS[1], PROMPTS[2], PROMPTS[3], PROMPTS[5], PROMPTS[6]]

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from engine_checks import (
     ARCHS,
     NEW_TOKENS,

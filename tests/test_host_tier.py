@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean
+from test_prefix_caching import BS, _drive, _workload, assert_no_leak, new_sched, req, run_all
+
 from pagoda import SamplingParams
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.scheduler import Scheduler
-from test_prefix_caching import BS, _drive, _workload, assert_no_leak, new_sched, req, run_all, step
 
 
 def H(i: int) -> bytes:

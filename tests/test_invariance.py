@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from engine_checks import NEW_TOKENS, PROMPTS, assert_engine_clean, greedy, token_ids
 
 LONGEST = max(PROMPTS, key=len)

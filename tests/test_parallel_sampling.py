@@ -10,10 +10,10 @@ requests while using fewer KV blocks and computing its prompt once.
 from __future__ import annotations
 
 import pytest
-
 from engine_checks import PROMPTS, assert_engine_clean
+from test_prefix_caching import assert_no_leak, new_sched, req, run_all, step
+
 from pagoda import SamplingParams
-from test_prefix_caching import BS, assert_no_leak, new_sched, req, run_all, step
 
 P10 = list(range(100, 110))  # 2 full blocks of 4 + 2 tokens: position 9 sits in block 2 with 8
 

@@ -14,8 +14,8 @@ import shutil
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean, compare_top5, greedy, token_ids, top_ids
+
 from pagoda import SamplingParams
 
 T1 = dict(temperature=1.0, max_tokens=32, ignore_eos=True)

@@ -11,10 +11,9 @@ import time
 
 import requests
 import schemathesis
+from harness import Ledger, assert_recovered, record, scale, take_baseline
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis.generation import GenerationMode
-
-from harness import Ledger, assert_recovered, record, scale, take_baseline
 
 SCHEMATHESIS_REQUESTS = scale(300, 1200)
 HANG_S = 10.0

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from server_utils import MODEL
 
 PROMPT = "Paris is the capital of"

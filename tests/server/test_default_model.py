@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from server_utils import RemoteServer
 
 pytestmark = pytest.mark.default_model

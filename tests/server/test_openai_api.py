@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from server_utils import ALIAS, MODEL
 
 PROMPT = "Paris is the capital of"
