@@ -428,12 +428,12 @@ def _split_kv_reduce_kernel(
     s_ok = s < NUM_SPLITS
     base = (idx * num_heads + head) * NUM_SPLITS
     m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
-    l = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
+    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
     acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
     m_max = tl.max(m, 0)
     m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
-    denom = tl.sum(w * l, 0)
+    denom = tl.sum(w * l_sum, 0)
     denom = tl.where(denom == 0.0, 1.0, denom)
     out = tl.sum(w[:, None] * acc, 0) / denom
     tl.store(

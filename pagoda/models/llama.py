@@ -114,7 +114,8 @@ class Attention(nn.Module):
                 rotary_inplace(q, k, self.rope.cos, self.rope.sin, positions)
                 backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         else:
-            q, k = self.rope.apply(cos_sin, q, k)
+            assert cos_sin is not None, "the unfused path needs the step's cos/sin"
+            q, k = self.rope.rotate(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(o.reshape(-1, self.q_size))
@@ -228,7 +229,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused = True
         for m in self.modules():
             if hasattr(m, "fused"):
-                m.fused = True
+                m.fused = True  # type: ignore[assignment]  # torch types unknown attributes as Tensor | Module
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in the model dtype."""
@@ -276,7 +277,7 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and s.tie_word_embeddings:
                 continue
             parts = name.split(".")
-            target, offset, size = name, None, None
+            target, offset, size = name, None, 0  # size is read only with an offset
             for i, p in enumerate(parts):
                 if p in shard_offsets:
                     fused, offset, size = shard_offsets[p]

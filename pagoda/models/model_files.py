@@ -638,7 +638,7 @@ def _read_gguf_weights(path: Path, meta_model: Any, progress: bool) -> tuple[dic
     nbytes: dict[Any, int] = {}
     for t in tensors.values():
         nbytes[t.dtype] = nbytes.get(t.dtype, 0) + t.numel() * t.element_size()
-    dtype = max(nbytes, key=nbytes.get) if nbytes else torch.float32
+    dtype = max(nbytes, key=lambda d: nbytes[d]) if nbytes else torch.float32
     return tensors, dtype
 
 
