@@ -146,7 +146,7 @@ def test_block_round_trip_through_the_host_tier_holds_identical_kv(tiny):
     assert again.num_cached_tokens == len(before) * 16
     after = snapshot(core)
     for h, tensors in before.items():
-        assert all(torch.equal(x, y) for x, y in zip(tensors, after[h])), "K/V changed on the round trip"
+        assert all(torch.equal(x, y) for x, y in zip(tensors, after[h], strict=True)), "K/V changed on the round trip"
     assert again.outputs[0].token_ids == first.outputs[0].token_ids
     assert_engine_clean(llm)
 

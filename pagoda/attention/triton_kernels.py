@@ -261,6 +261,14 @@ def _unified_attention_kernel(
     DOT_PRECISION: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
 ):
+    """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
+    of one request (times ``G`` heads) over its paged K/V, unmasked whole tiles first.
+
+    Over ~80 lines on purpose: 35 of them are the signature (pointers, strides and constexpr tile
+    sizes a Triton kernel must take one by one). The body is one pass over tile bounds, the two KV
+    ranges (the loop is :func:`_attend_kv_range`) and the store; splitting it further would only pass
+    the same tensors between more ``@triton.jit`` helpers.
+    """
     tile_id = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
