@@ -120,7 +120,7 @@ class BeamSearchInstance:
         p = self.params
         width, lp = p.beam_width, p.length_penalty
         cands: list[tuple[float, int, int, dict[int, Logprob]]] = []
-        for i, (beam, d) in enumerate(zip(self.beams, step_logprobs)):
+        for i, (beam, d) in enumerate(zip(self.beams, step_logprobs, strict=True)):
             top = sorted(d.items(), key=lambda kv: (-kv[1].logprob, kv[0]))[: self.k]
             cands.extend((beam.cum + v.logprob, i, t, d) for t, v in top)
         # HF: torch.topk over the flattened (beam, token) scores; ties go to the lower beam, then token.
@@ -136,10 +136,12 @@ class BeamSearchInstance:
         hits = [at_max or c[2] in self.eos for c in cands]
         full = len(self.finished) == width
         if not (p.early_stopping is True and full):
-            new = [(beam_search_score(c[0], gen_len, lp), extend(c)) for c, h in zip(cands[:width], hits) if h]
+            # only the best `width` candidates may finish here (HF's beam_indices < num_beams)
+            best = zip(cands[:width], hits[:width], strict=True)
+            new = [(beam_search_score(c[0], gen_len, lp), extend(c)) for c, h in best if h]
             if new:  # stable merge: on equal scores the older hypothesis ranks first (as HF's topk over the cat)
                 self.finished = sorted(self.finished + new, key=lambda sb: -sb[0])[:width]
-        self.beams = [extend(c) for c, h in zip(cands, hits) if not h][:width]
+        self.beams = [extend(c) for c, h in zip(cands, hits, strict=True) if not h][:width]
         self.num_generated = gen_len
 
         full = len(self.finished) == width
@@ -220,7 +222,7 @@ def run_beam_search(instances: list[BeamSearchInstance],
                 batch.extend(seqs)
             k = max(inst.k for inst in live)
             lps = step(batch, k)
-            for inst, (a, b) in zip(live, spans):
+            for inst, (a, b) in zip(live, spans, strict=True):
                 inst.advance(lps[a:b])
 
 

@@ -153,38 +153,8 @@ class EngineArgs:
             dtype_cfg = {**hf_config, "torch_dtype": "bfloat16"}
         dtype = resolve_dtype(self.dtype, dtype_cfg, device)
 
-        max_pos = int(hf_config.get("max_position_embeddings") or 2048)
-        max_model_len = self.max_model_len or max_pos
-        if max_model_len > max_pos and not self.max_model_len:
-            max_model_len = max_pos
-        if self.max_model_len and self.max_model_len > max_pos:
-            raise ValueError(
-                f"max_model_len={self.max_model_len} is larger than the model's max_position_embeddings={max_pos}; "
-                f"lower --max-model-len."
-            )
-        sliding = hf_config.get("sliding_window")
-        if sliding and hf_config.get("use_sliding_window", True) and int(sliding) < max_model_len:
-            logger.warning(
-                "Model uses sliding-window attention (%d); capping max_model_len from %d to %d.",
-                sliding, max_model_len, sliding,
-            )
-            max_model_len = int(sliding)
-
-        max_num_seqs = self.max_num_seqs or (1024 if device.type == "cuda" else 256)
-        mnbt = self.max_num_batched_tokens or (16384 if device.type == "cuda" else 2048)
-        if not self.enable_chunked_prefill and mnbt < max_model_len:
-            mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
-        if mnbt < max_num_seqs and self.max_num_batched_tokens is None:
-            mnbt = max_num_seqs
-
-        gen_defaults: dict[str, Any] = {}
-        if self.generation_config != "vllm":
-            gen_dir = model_path if self.generation_config == "auto" else Path(self.generation_config)
-            gen_file = gen_dir / "generation_config.json"
-            if gen_file.exists():
-                gen_defaults = read_json(gen_file)
-        gen_defaults = {**gen_defaults, **(self.override_generation_config or {})}
-
+        max_model_len = self._max_model_len(hf_config)
+        max_num_seqs, mnbt = self._batch_limits(device, max_model_len)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -209,11 +179,51 @@ class EngineArgs:
             enforce_eager=self.enforce_eager,
             async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
             attention_backend=self.attention_backend,
-            generation_defaults=gen_defaults,
+            generation_defaults=self._generation_defaults(model_path),
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
             tokenizer_mode=self.tokenizer_mode,
         )
+
+    def _max_model_len(self, hf_config: dict[str, Any]) -> int:
+        """--max-model-len, else the model's max_position_embeddings; capped by a sliding window."""
+        max_pos = int(hf_config.get("max_position_embeddings") or 2048)
+        max_model_len = self.max_model_len or max_pos
+        if max_model_len > max_pos and not self.max_model_len:
+            max_model_len = max_pos
+        if self.max_model_len and self.max_model_len > max_pos:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} is larger than the model's max_position_embeddings={max_pos}; "
+                f"lower --max-model-len."
+            )
+        sliding = hf_config.get("sliding_window")
+        if sliding and hf_config.get("use_sliding_window", True) and int(sliding) < max_model_len:
+            logger.warning(
+                "Model uses sliding-window attention (%d); capping max_model_len from %d to %d.",
+                sliding, max_model_len, sliding,
+            )
+            max_model_len = int(sliding)
+        return max_model_len
+
+    def _batch_limits(self, device: torch.device, max_model_len: int) -> tuple[int, int]:
+        """(max_num_seqs, max_num_batched_tokens): the flags, else per-device defaults that fit a step."""
+        max_num_seqs = self.max_num_seqs or (1024 if device.type == "cuda" else 256)
+        mnbt = self.max_num_batched_tokens or (16384 if device.type == "cuda" else 2048)
+        if not self.enable_chunked_prefill and mnbt < max_model_len:
+            mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
+        if mnbt < max_num_seqs and self.max_num_batched_tokens is None:
+            mnbt = max_num_seqs
+        return max_num_seqs, mnbt
+
+    def _generation_defaults(self, model_path: Path) -> dict[str, Any]:
+        """Sampling defaults: the model's generation_config.json (per --generation-config), then the overrides."""
+        gen_defaults: dict[str, Any] = {}
+        if self.generation_config != "vllm":
+            gen_dir = model_path if self.generation_config == "auto" else Path(self.generation_config)
+            gen_file = gen_dir / "generation_config.json"
+            if gen_file.exists():
+                gen_defaults = read_json(gen_file)
+        return {**gen_defaults, **(self.override_generation_config or {})}
 
 
 @dataclass(frozen=True)

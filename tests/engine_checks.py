@@ -92,7 +92,8 @@ def compare_top5(
             continue
         assert a in ref_top5[i], f"{what}: token {i}: ours {a} not in reference top-5 {sorted(ref_top5[i])} (ref {b})"
         if our_top5 is not None:
-            assert b in our_top5[i], f"{what}: token {i}: reference {b} not in our top-5 {sorted(our_top5[i])} (ours {a})"
+            assert b in our_top5[i], (
+                f"{what}: token {i}: reference {b} not in our top-5 {sorted(our_top5[i])} (ours {a})")
         if max_gap is not None:
             assert ref_lps is not None
             gap = float(ref_lps[i, b] - ref_lps[i, a])

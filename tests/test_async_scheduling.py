@@ -104,7 +104,7 @@ def test_pipelined_scheduler_gives_the_synchronous_tokens(num_blocks):
     if num_blocks == 40:
         assert s.num_preemptions_total > 0
     stopped_by_eos = 0
-    for a, b in zip(sync_reqs, async_reqs):
+    for a, b in zip(sync_reqs, async_reqs, strict=True):
         assert b.output_token_ids == a.output_token_ids, a.request_id
         assert b.status == a.status
         stopped_by_eos += a.status == RequestStatus.FINISHED_STOPPED

@@ -9,8 +9,8 @@ import json
 import shutil
 
 import pytest
-
 from engine_checks import PROMPTS, assert_engine_clean, greedy
+
 from pagoda import SamplingParams
 
 

@@ -17,8 +17,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean
+
 from pagoda import BeamSearchOutput, BeamSearchParams
 
 BEAM_PROMPTS = [PROMPTS[1], PROMPTS[2], PROMPTS[3], PROMPTS[5], PROMPTS[6]]
@@ -56,15 +56,15 @@ def check_against_hf(hf_model, out: BeamSearchOutput, prompt_ids: list[int], par
     ours = [s.tokens[len(prompt_ids):] for s in out.sequences]
     assert all(s.tokens[: len(prompt_ids)] == prompt_ids for s in out.sequences), what
     assert ours == ref_seqs, f"{what}: beams differ\n ours {ours}\n HF   {ref_seqs}"
-    for s, ref in zip(out.sequences, ref_scores):
+    for s, ref in zip(out.sequences, ref_scores, strict=True):
         gen = s.tokens[len(prompt_ids):]
         assert math.isclose(s.score, ref, abs_tol=SCORE_ATOL), f"{what}: score {s.score} vs HF {ref}"
         # The score is HF's: cumulative logprob over the generated length (EOS counted).
         assert math.isclose(s.score, s.cum_logprob / len(gen) ** params.length_penalty, rel_tol=1e-9, abs_tol=1e-9)
         # cum_logprob is the sum of the chosen tokens' raw logprobs, each from that step's top candidates.
         assert len(s.logprobs) == len(gen)
-        assert all(t in d for t, d in zip(gen, s.logprobs)), what
-        total = sum(d[t].logprob for t, d in zip(gen, s.logprobs))
+        assert all(t in d for t, d in zip(gen, s.logprobs, strict=True)), what
+        total = sum(d[t].logprob for t, d in zip(gen, s.logprobs, strict=True))
         assert math.isclose(s.cum_logprob, total, rel_tol=1e-6, abs_tol=1e-6)
         ended = bool(eos_ids) and gen[-1] in eos_ids
         assert s.finish_reason == ("stop" if ended else "length"), what
@@ -107,7 +107,7 @@ def test_beam_search_matches_hf_without_eos(tiny, arch, beam_width):
     prompts = [tok.encode(p) for p in BEAM_PROMPTS]
     outs = llm.beam_search([{"prompt_token_ids": ids} for ids in prompts], params)
     assert len(outs) == len(prompts)
-    for ids, out, text in zip(prompts, outs, BEAM_PROMPTS):
+    for ids, out, text in zip(prompts, outs, BEAM_PROMPTS, strict=True):
         assert len(out.sequences) == beam_width
         reasons = check_against_hf(tiny.hf(arch), out, ids, params, None, f"{arch} k={beam_width} {text!r}")
         assert set(reasons) == {"length"}
@@ -138,7 +138,7 @@ def test_beam_search_matches_hf_with_eos(tiny, eos_setup):
                                   length_penalty=lp)
         prompts = [tok.encode(p) for p in BEAM_PROMPTS]
         outs = llm.beam_search(prompts, params)
-        for ids, out, text in zip(prompts, outs, BEAM_PROMPTS):
+        for ids, out, text in zip(prompts, outs, BEAM_PROMPTS, strict=True):
             what = f"k={beam_width} early_stopping={early_stopping} lp={lp} {text!r}"
             r = check_against_hf(hf_model, out, ids, params, eos_ids, what)
             reasons.update(r)
@@ -159,8 +159,8 @@ def test_beam_search_batch_and_concurrency_invariant(tiny, eos_setup):
     tokens = lambda outs: [[s.tokens for s in o.sequences] for o in outs]  # noqa: E731
     assert tokens(together) == tokens(limited) == tokens(alone)
     # Logprobs agree up to fp32 rounding of differently sized batches.
-    for a, b, c in zip(together, limited, alone):
-        for x, y, z in zip(a.sequences, b.sequences, c.sequences):
+    for a, b, c in zip(together, limited, alone, strict=True):
+        for x, y, z in zip(a.sequences, b.sequences, c.sequences, strict=True):
             assert math.isclose(x.cum_logprob, y.cum_logprob, abs_tol=SCORE_ATOL)
             assert math.isclose(x.cum_logprob, z.cum_logprob, abs_tol=SCORE_ATOL)
     # A text prompt is tokenized like generate() does (BOS added by the tokenizer, if any).

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from engine_checks import (
     ARCHS,
     NEW_TOKENS,
@@ -49,7 +48,7 @@ def test_greedy_tokens_match_hf(tiny, arch):
     hf_tok = AutoTokenizer.from_pretrained(tiny.path(arch))
     assert len(outs) == len(PROMPTS)
     full = 0
-    for prompt, out in zip(PROMPTS, outs):
+    for prompt, out in zip(PROMPTS, outs, strict=True):
         assert out.prompt == prompt and out.finished
         assert out.prompt_token_ids == hf_tok(prompt).input_ids
         comp = out.outputs[0]
@@ -73,7 +72,7 @@ def test_greedy_tokens_match_hf(tiny, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prompt_logprobs_match_hf(tiny, arch):
     outs = _fp32_run(tiny, arch)
-    for prompt, out in zip(PROMPTS, outs):
+    for _prompt, out in zip(PROMPTS, outs, strict=True):
         ids = out.prompt_token_ids
         plp = out.prompt_logprobs
         assert plp is not None and len(plp) == len(ids)
@@ -86,7 +85,7 @@ def test_prompt_logprobs_match_hf(tiny, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_sample_logprobs_match_hf(tiny, arch):
     outs = _fp32_run(tiny, arch)
-    for prompt, out in zip(PROMPTS, outs):
+    for _prompt, out in zip(PROMPTS, outs, strict=True):
         comp = out.outputs[0]
         ref = tiny.hf_ref(arch, out.prompt_token_ids)
         assert comp.logprobs is not None and len(comp.logprobs) == len(comp.token_ids)
@@ -95,7 +94,7 @@ def test_sample_logprobs_match_hf(tiny, arch):
             assert_logprob_dict_close(comp.logprobs[i], ref.step_logprobs[i], K, comp.token_ids[i], ATOL,
                                       f"{arch} step {i}")
         # cumulative_logprob is the sum of the chosen tokens' logprobs.
-        total = sum(d[t].logprob for d, t in zip(comp.logprobs, comp.token_ids))
+        total = sum(d[t].logprob for d, t in zip(comp.logprobs, comp.token_ids, strict=True))
         assert math.isclose(comp.cumulative_logprob, total, rel_tol=1e-6, abs_tol=1e-4)
         if n == NEW_TOKENS:
             hf_total = float(ref.step_logprobs[torch.arange(n), torch.tensor(ref.tokens)].sum())
@@ -109,7 +108,7 @@ def test_bf16_top5_rule(tiny, arch):
     outs = llm.generate(PROMPTS, greedy(logprobs=K), use_tqdm=False)
     assert_engine_clean(llm)
     compared = 0
-    for prompt, out in zip(PROMPTS, outs):
+    for prompt, out in zip(PROMPTS, outs, strict=True):
         comp = out.outputs[0]
         ref = tiny.hf_ref(arch, out.prompt_token_ids, dtype=torch.bfloat16)
         compared += compare_top5(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean
+from test_prefix_caching import BS, _drive, _workload, assert_no_leak, new_sched, req, run_all
+
 from pagoda import SamplingParams
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.scheduler import Scheduler
-from test_prefix_caching import BS, _drive, _workload, assert_no_leak, new_sched, req, run_all, step
 
 
 def H(i: int) -> bytes:
@@ -146,7 +146,7 @@ def test_block_round_trip_through_the_host_tier_holds_identical_kv(tiny):
     assert again.num_cached_tokens == len(before) * 16
     after = snapshot(core)
     for h, tensors in before.items():
-        assert all(torch.equal(x, y) for x, y in zip(tensors, after[h])), "K/V changed on the round trip"
+        assert all(torch.equal(x, y) for x, y in zip(tensors, after[h], strict=True)), "K/V changed on the round trip"
     assert again.outputs[0].token_ids == first.outputs[0].token_ids
     assert_engine_clean(llm)
 

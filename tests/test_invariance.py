@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from engine_checks import NEW_TOKENS, PROMPTS, assert_engine_clean, greedy, token_ids
 
 LONGEST = max(PROMPTS, key=len)
@@ -37,18 +36,18 @@ def run(tiny, arch: str, **kwargs):
 
 def assert_same(outs, base, what: str) -> None:
     assert token_ids(outs) == token_ids(base), what
-    for o, b in zip(outs, base):
+    for o, b in zip(outs, base, strict=True):
         assert o.outputs[0].text == b.outputs[0].text
         assert o.outputs[0].finish_reason == "length"
         # Logprobs too, reported once per position (no duplicates after a recompute).
         assert len(o.outputs[0].logprobs) == NEW_TOKENS
-        for d, e in zip(o.outputs[0].logprobs, b.outputs[0].logprobs):
+        for d, e in zip(o.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
             assert d.keys() == e.keys()
             for t in d:
                 assert math.isclose(d[t].logprob, e[t].logprob, abs_tol=1e-4), what
         assert len(o.prompt_logprobs) == len(b.prompt_logprobs)
         assert o.prompt_logprobs[0] is None
-        for d, e in zip(o.prompt_logprobs[1:], b.prompt_logprobs[1:]):
+        for d, e in zip(o.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
             assert d is not None and d.keys() == e.keys(), what
             for t in d:
                 assert math.isclose(d[t].logprob, e[t].logprob, abs_tol=1e-4), what

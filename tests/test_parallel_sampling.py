@@ -10,10 +10,10 @@ requests while using fewer KV blocks and computing its prompt once.
 from __future__ import annotations
 
 import pytest
-
 from engine_checks import PROMPTS, assert_engine_clean
+from test_prefix_caching import assert_no_leak, new_sched, req, run_all, step
+
 from pagoda import SamplingParams
-from test_prefix_caching import BS, assert_no_leak, new_sched, req, run_all, step
 
 P10 = list(range(100, 110))  # 2 full blocks of 4 + 2 tokens: position 9 sits in block 2 with 8
 
@@ -119,7 +119,7 @@ def test_max_tokens_one_leader_finishes_in_its_prompt_step():
 def _run_counting(llm, prompts, params):
     """Generate step by step; return (outputs, peak KV blocks used, prompt tokens computed)."""
     eng = llm.llm_engine
-    for i, (p, sp) in enumerate(zip(prompts, params)):
+    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
         eng.add_request(f"ps{i}", p, sp)
     outs, peak, prompt_tokens = {}, 0, 0
     while eng.has_unfinished_requests():
@@ -156,6 +156,6 @@ def test_greedy_n_with_prefix_caching_and_preemption(tiny):
     base = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
     got = llm.generate(prompts, SamplingParams(n=3, temperature=0.0, max_tokens=40, ignore_eos=True), use_tqdm=False)
     assert llm.llm_engine.core.scheduler.num_preemptions_total > 0, "the test wants memory pressure"
-    for g, b in zip(got, base):
+    for g, b in zip(got, base, strict=True):
         assert [c.token_ids for c in g.outputs] == [b.outputs[0].token_ids] * 3
     assert_engine_clean(llm)

@@ -458,9 +458,9 @@ def test_tiny_model_outputs_identical_with_caching(tiny, kwargs):
     assert_engine_clean(llm)
     for outs in (first, second):
         assert token_ids(outs) == token_ids(base), kwargs
-        for o, b in zip(outs, base):
+        for o, b in zip(outs, base, strict=True):
             assert o.outputs[0].text == b.outputs[0].text
-            for d, e in zip(o.outputs[0].logprobs, b.outputs[0].logprobs):
+            for d, e in zip(o.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
                 assert d.keys() == e.keys()
                 for t in d:
                     assert abs(d[t].logprob - e[t].logprob) < 1e-4

@@ -14,8 +14,8 @@ import shutil
 
 import pytest
 import torch
-
 from engine_checks import PROMPTS, assert_engine_clean, compare_top5, greedy, token_ids, top_ids
+
 from pagoda import SamplingParams
 
 T1 = dict(temperature=1.0, max_tokens=32, ignore_eos=True)
@@ -93,7 +93,7 @@ def _sample_many(llm, **kw):
     """Every prompt, 32 tokens at T=1 with logprobs=20: list of (chosen, {id: Logprob}) pairs."""
     sps = [SamplingParams(seed=7 + i, logprobs=20, **{**T1, **kw}) for i in range(len(PROMPTS))]
     outs = llm.generate(PROMPTS, sps, use_tqdm=False)
-    return [(t, d) for o in outs for t, d in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)]
+    return [(t, d) for o in outs for t, d in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)]
 
 
 def _mass_before(d: dict, chosen: int) -> float:
@@ -203,8 +203,8 @@ def _stop_token_case(tok, base):
     for pi, o in enumerate(base):
         ids = o.outputs[0].token_ids
         for j in range(3, len(ids) - 1):
-            if ids[j] not in ids[:j] and tok.decode([ids[j]]).strip() and not tok.decode(ids[: j + 1]).endswith("\ufffd") \
-                    and not tok.decode(ids[:j]).endswith("\ufffd"):
+            clean = not tok.decode(ids[: j + 1]).endswith("\ufffd") and not tok.decode(ids[:j]).endswith("\ufffd")
+            if ids[j] not in ids[:j] and tok.decode([ids[j]]).strip() and clean:
                 return pi, j, ids[j]
     raise AssertionError("no suitable stop token")
 
@@ -282,7 +282,7 @@ def test_n_greater_than_one(llm):
     assert len({tuple(c.token_ids) for c in un}) == 3
     g = llm.generate([PROMPTS[2], PROMPTS[0]], greedy(n=3), use_tqdm=False)
     base = llm.generate([PROMPTS[2], PROMPTS[0]], greedy(), use_tqdm=False)
-    for o, b in zip(g, base):
+    for o, b in zip(g, base, strict=True):
         assert [c.token_ids for c in o.outputs] == [b.outputs[0].token_ids] * 3
 
 
@@ -323,7 +323,8 @@ def test_repetition_penalty_matches_hf(tiny, llm, base):
     hf = tiny.hf("llama")
     for i in (1, 4, 8):
         ids = base[i].prompt_token_ids
-        gc = GenerationConfig(max_new_tokens=32, do_sample=False, repetition_penalty=1.8, eos_token_id=None, pad_token_id=0)
+        gc = GenerationConfig(max_new_tokens=32, do_sample=False, repetition_penalty=1.8, eos_token_id=None,
+                              pad_token_id=0)
         with torch.no_grad():
             ref = hf.generate(torch.tensor([ids]), generation_config=gc)[0, len(ids):].tolist()
         out = llm.generate(PROMPTS[i], greedy(repetition_penalty=1.8), use_tqdm=False)[0].outputs[0]
@@ -364,7 +365,7 @@ def test_generation_config_defaults(tiny, tmp_path, base):
     ref = llm.generate(PROMPTS[:6], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)
     assert token_ids(outs) == token_ids(ref)
     assert all(len(t) <= 12 for t in token_ids(outs)) and any(len(t) == 12 for t in token_ids(outs))
-    for o, b in zip(outs, base):
+    for o, b in zip(outs, base[: len(outs)], strict=True):  # outs: the first 6 prompts
         t = o.outputs[0].token_ids
         assert t == b.outputs[0].token_ids[: len(t)]
     assert_engine_clean(llm)

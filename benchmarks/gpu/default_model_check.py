@@ -38,7 +38,7 @@ prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, t
            "The three primary colors are"]
 N = 32
 ours = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=N, ignore_eos=True), use_tqdm=False)
-for p, o in zip(prompts, ours):
+for p, o in zip(prompts, ours, strict=True):
     ids = tok(p, return_tensors="pt").input_ids.cuda()
     with torch.inference_mode():
         g = hf.generate(ids, max_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0,
@@ -46,7 +46,7 @@ for p, o in zip(prompts, ours):
     theirs = g.sequences[0, ids.shape[1]:].tolist()
     mine = o.outputs[0].token_ids
     verdict = "exact"
-    for i, (a, b) in enumerate(zip(mine, theirs)):
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):  # both N tokens (no EOS stop)
         if a != b:
             top5 = g.scores[i][0].topk(5).indices.tolist()
             verdict = f"diverged at {i}, ours in HF top-5" if a in top5 else f"FAIL at {i}: {a} not in {top5}"

@@ -24,7 +24,8 @@ N = 20
 for b in batches:
     sp = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, detokenize=False)
     for i in range(b):
-        eng.add_request(f"{b}-{i}", {"prompt_token_ids": [100 + (i + j) % 500 for j in range(1024)]}, sp, final_only=True)
+        prompt = {"prompt_token_ids": [100 + (i + j) % 500 for j in range(1024)]}
+        eng.add_request(f"{b}-{i}", prompt, sp, final_only=True)
     while eng.core.scheduler.waiting or any(r.num_output_tokens == 0 for r in eng.core.scheduler.running):
         eng.step()
     size = next(s for s in g.sizes if s >= b)

@@ -37,7 +37,8 @@ def ev_time(fn, n=20):
 for b in (1, 64, 256):
     sp = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, detokenize=False)
     for i in range(b):
-        eng.add_request(f"{b}-{i}", {"prompt_token_ids": [100 + (i + j) % 500 for j in range(1024)]}, sp, final_only=True)
+        prompt = {"prompt_token_ids": [100 + (i + j) % 500 for j in range(1024)]}
+        eng.add_request(f"{b}-{i}", prompt, sp, final_only=True)
     while eng.last_stats.num_prompt_tokens or not eng.core.scheduler.running or any(
         r.num_output_tokens == 0 for r in eng.core.scheduler.running
     ) or eng.core.scheduler.waiting:
@@ -49,10 +50,10 @@ for b in (1, 64, 256):
         host.append(time.perf_counter() - t)
     host.sort()
     size = next(s for s in g.sizes if s >= b)
-    replay = ev_time(lambda: g.graphs[size].replay())
+    replay = ev_time(g.graphs[size].replay)
     hidden = g.outputs[size][:b]
     with torch.inference_mode():
-        logits = ev_time(lambda: runner.model.compute_logits(hidden).argmax(-1))
+        logits = ev_time(lambda h=hidden: runner.model.compute_logits(h).argmax(-1))
     print(f"batch {b:4d}: step {host[len(host) // 2] * 1000:6.2f} ms | graph replay {replay:6.2f} ms | "
           f"logits+argmax {logits:5.2f} ms | host/other {host[len(host) // 2] * 1000 - replay - logits:5.2f} ms")
     eng.abort_request([f"{b}-{i}" for i in range(b)])

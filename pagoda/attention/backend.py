@@ -9,7 +9,7 @@ See :mod:`pagoda.attention.metadata` for the layout contract.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -61,7 +61,7 @@ class TorchAttentionBackend(AttentionBackend):
             o = self._decode(query[rows], k_cache, v_cache, meta.block_tables[idx], meta.seq_lens[idx], scale)
             out[rows] = o
         bs = k_cache.shape[2]
-        for i, (q_len, s_len) in enumerate(zip(q_lens, s_lens)):
+        for i, (q_len, s_len) in enumerate(zip(q_lens, s_lens, strict=True)):
             if q_len == 1:
                 continue
             nb = -(-s_len // bs)

@@ -261,6 +261,14 @@ def _unified_attention_kernel(
     DOT_PRECISION: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
 ):
+    """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
+    of one request (times ``G`` heads) over its paged K/V, unmasked whole tiles first.
+
+    Over ~80 lines on purpose: 35 of them are the signature (pointers, strides and constexpr tile
+    sizes a Triton kernel must take one by one). The body is one pass over tile bounds, the two KV
+    ranges (the loop is :func:`_attend_kv_range`) and the store; splitting it further would only pass
+    the same tensors between more ``@triton.jit`` helpers.
+    """
     tile_id = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -428,12 +436,12 @@ def _split_kv_reduce_kernel(
     s_ok = s < NUM_SPLITS
     base = (idx * num_heads + head) * NUM_SPLITS
     m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
-    l = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
+    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
     acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
     m_max = tl.max(m, 0)
     m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
-    denom = tl.sum(w * l, 0)
+    denom = tl.sum(w * l_sum, 0)
     denom = tl.where(denom == 0.0, 1.0, denom)
     out = tl.sum(w[:, None] * acc, 0) / denom
     tl.store(

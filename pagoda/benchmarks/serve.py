@@ -433,14 +433,45 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
     print(line)
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
+def _server(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The server's base URL (without ``/v1``) and the request headers (the API key, if any)."""
     base = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
     key = args.api_key or os.environ.get("OPENAI_API_KEY") or envs.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return base, headers
+
+
+async def _run_requests(args: argparse.Namespace, client: Any, url: str, headers: dict[str, str], model: str,
+                        chat: bool, prompts: list[tuple[str, int, int]]) -> tuple[list[RequestResult], float]:
+    """Send every prompt at the request rate (gamma arrivals, ``--burstiness``), at most
+    ``--max-concurrency`` at a time; returns the results in prompt order and the wall time."""
+    rng = random.Random(args.seed + 1)
+    sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+
+    async def limited(text: str, n_in: int, n_out: int) -> RequestResult:
+        payload = _payload(args, model, text, n_out, chat)
+        if sem is None:
+            return await send_one(client, url, headers, payload, chat, n_in)
+        async with sem:
+            return await send_one(client, url, headers, payload, chat, n_in)
+
+    start = time.perf_counter()
+    tasks = []
+    for i, (text, n_in, n_out) in enumerate(prompts):
+        tasks.append(asyncio.create_task(limited(text, n_in, n_out)))
+        if math.isfinite(args.request_rate) and i + 1 < len(prompts):
+            theta = 1.0 / (args.request_rate * args.burstiness)
+            await asyncio.sleep(rng.gammavariate(args.burstiness, theta))
+    results = await asyncio.gather(*tasks)
+    return list(results), time.perf_counter() - start
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    base, headers = _server(args)
     chat = args.endpoint.endswith("chat/completions")
     limit = args.max_concurrency or args.num_prompts
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
@@ -473,25 +504,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"warning: POST /reset_prefix_cache answered {r.status_code}", file=sys.stderr)
         cache_before = await prefix_cache_counters(client, base, headers)
 
-        rng = random.Random(args.seed + 1)
-        sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
-
-        async def limited(text: str, n_in: int, n_out: int) -> RequestResult:
-            payload = _payload(args, model, text, n_out, chat)
-            if sem is None:
-                return await send_one(client, url, headers, payload, chat, n_in)
-            async with sem:
-                return await send_one(client, url, headers, payload, chat, n_in)
-
-        start = time.perf_counter()
-        tasks = []
-        for i, (text, n_in, n_out) in enumerate(prompts):
-            tasks.append(asyncio.create_task(limited(text, n_in, n_out)))
-            if math.isfinite(args.request_rate) and i + 1 < len(prompts):
-                theta = 1.0 / (args.request_rate * args.burstiness)
-                await asyncio.sleep(rng.gammavariate(args.burstiness, theta))
-        results = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
+        results, duration = await _run_requests(args, client, url, headers, model, chat, prompts)
         cache_after = await prefix_cache_counters(client, base, headers)
 
     summary = summarize(args, results, duration)
@@ -505,6 +518,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     errors = [r.error for r in results if not r.ok]
     if errors:
         print(f"first errors: {errors[:3]}", file=sys.stderr)
+    return _result_record(args, base, model, counter.exact, prefix_ids is not None, summary, results, errors)
+
+
+def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exact: bool, prefix_repetition: bool,
+                   summary: dict[str, Any], results: list[RequestResult], errors: list[str]) -> dict[str, Any]:
+    """The saved result: the run's settings, the summary, and the per-request figures (vLLM's keys)."""
     return {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "label": args.label,
@@ -518,13 +537,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_name": args.dataset_name,
         "prefix_repetition": ({k: getattr(args, f"prefix_repetition_{k}") for k in
                                ("prefix_len", "suffix_len", "num_prefixes", "output_len")}
-                              if prefix_ids is not None else None),
+                              if prefix_repetition else None),
         "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len,
         "ignore_eos": args.ignore_eos,
         "extra_body": args.extra_body,
         "seed": args.seed,
-        "prompt_lengths_exact": counter.exact,
+        "prompt_lengths_exact": prompts_exact,
         **summary,
         "input_lens": [r.prompt_len for r in results],
         "output_lens": [r.output_tokens for r in results],

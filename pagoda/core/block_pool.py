@@ -17,6 +17,7 @@ hash alone.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class NoFreeBlocksError(RuntimeError):
@@ -40,7 +41,7 @@ class BlockPool:
         self.num_evictions = 0
         # Called as (block_id, hash, key) just before a cached block is evicted to be reused
         # (the host KV tier keeps a copy); not called by reset_prefix_cache.
-        self.on_evict = None
+        self.on_evict: Callable[[int, bytes, tuple], None] | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -59,16 +60,21 @@ class BlockPool:
         out = []
         for _ in range(n):
             block_id, _ = self._free.popitem(last=False)
-            if self.block_hash[block_id] is not None:
+            block_hash, key = self.block_hash[block_id], self.block_key[block_id]
+            if block_hash is not None:
                 if self.on_evict is not None:
-                    self.on_evict(block_id, self.block_hash[block_id], self.block_key[block_id])
+                    assert key is not None  # registered together with the hash
+                    self.on_evict(block_id, block_hash, key)
                 self._evict(block_id)
             self.ref_cnt[block_id] = 1
             out.append(block_id)
         return out
 
     def _evict(self, block_id: int) -> None:
-        del self.cached[self.block_hash[block_id]]
+        """Drop a registered block's hash (the caller checked it has one)."""
+        block_hash = self.block_hash[block_id]
+        assert block_hash is not None, f"block {block_id} is not in the prefix cache"
+        del self.cached[block_hash]
         self.block_hash[block_id] = None
         self.block_key[block_id] = None
         self.num_evictions += 1

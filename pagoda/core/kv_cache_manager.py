@@ -107,6 +107,7 @@ class KVCacheManager:
         return hits
 
     def _store_evicted(self, block_id: int, block_hash: bytes, key: tuple) -> None:
+        assert self.host is not None  # installed as on_evict only with a host tier
         hb = self.host.store(block_hash, key)
         if hb is not None:
             self.pending_swap_out.append((block_id, hb))
@@ -202,9 +203,12 @@ class KVCacheManager:
                 return False
             for b in computed_blocks:
                 self.pool.incref(b)
-            hashes = self.block_hashes(request, n_hit) if host_blocks else []
             # Lock the host hits first: the allocation below may evict device blocks into the tier.
-            loads = [self.host.take_for_load(hashes[len(computed_blocks) + j]) for j in range(len(host_blocks))]
+            loads: list[int] = []
+            if host_blocks:
+                assert self.host is not None, "host hits without a host tier"
+                hashes = self.block_hashes(request, n_hit)
+                loads = [self.host.take_for_load(hashes[len(computed_blocks) + j]) for j in range(len(host_blocks))]
             blocks = self.req_blocks[rid] = list(computed_blocks)
             self._epoch += 1
             self.req_epoch[rid] = self._epoch

@@ -77,15 +77,19 @@ class OutputProcessor:
                 cumulative_logprob=0.0 if params.logprobs is not None else None,
             )
             self.child_to_parent[cid] = request_id
-        plp = [None] + [None] * (len(prompt_ids) - 1) if params.prompt_logprobs is not None else None
+        plp: list[dict[int, Logprob] | None] | None = None
+        if params.prompt_logprobs is not None:
+            plp = [None] * max(len(prompt_ids), 1)
         self.parents[request_id] = ParentState(
             request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only
         )
         return list(children)
 
-    def _lp_dict(self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int) -> dict[int, Logprob]:
+    def _lp_dict(
+        self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int
+    ) -> dict[int, Logprob]:
         d = {chosen: Logprob(chosen_lp, rank, decode_token(self.tokenizer, chosen))}
-        for r, (t, v) in enumerate(zip(ids, lps), start=1):
+        for r, (t, v) in enumerate(zip(ids, lps, strict=True), start=1):
             if t not in d:
                 d[t] = Logprob(v, r, decode_token(self.tokenizer, t))
         return d
@@ -105,34 +109,10 @@ class OutputProcessor:
                 continue
             if child.index == 0 and o.num_cached_tokens:
                 parent.num_cached_tokens = o.num_cached_tokens
-            if o.prompt_logprobs is not None and parent.prompt_logprobs is not None and child.index == 0:
-                p = o.prompt_logprobs
-                for j, (lp, rk, ti, tv) in enumerate(zip(p.logprobs, p.ranks, p.top_ids, p.top_logprobs)):
-                    pos = p.start_index + j
-                    parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
-            # A token-level stop (EOS or a stop token id) ends the request with its last token; as in
-            # vLLM, that token stays in token_ids but its text is left out unless
-            # include_stop_str_in_output.
-            skip_last_text = o.finish_reason == "stop" and not parent.params.include_stop_str_in_output
-            last = len(o.new_token_ids) - 1
-            for k, tok in enumerate(o.new_token_ids):
-                child.token_ids.append(tok)
-                if parent.metrics.first_token_time is None:
-                    parent.metrics.first_token_time = now
-                parent.metrics.last_token_time = now
-                if o.new_logprobs is not None and child.logprobs is not None:
-                    t = o.new_logprobs[k]
-                    child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank))
-                    child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
-                if child.detok is not None and not (skip_last_text and k == last):
-                    hit = child.detok.add_token(tok)
-                    if hit is not None:
-                        # A stop string wins even when the core finished the request in this same
-                        # step (e.g. by length), as in vLLM; the core is told only if still running.
-                        child.finish_reason, child.stop_reason = "stop", hit
-                        if o.finish_reason is None:
-                            to_stop.append(o.request_id)
-                        break
+            if child.index == 0:
+                self._add_prompt_logprobs(parent, o)
+            if self._add_tokens(parent, child, o, now) and o.finish_reason is None:
+                to_stop.append(o.request_id)
             if child.finish_reason is None and o.finish_reason is not None:
                 child.finish_reason = o.finish_reason
                 child.stop_reason = o.stop_reason
@@ -147,6 +127,43 @@ class OutputProcessor:
                 parent.metrics.finished_time = now
                 self._drop(pid)
         return results, to_stop
+
+    def _add_prompt_logprobs(self, parent: ParentState, o: EngineCoreOutput) -> None:
+        """Fill the parent's prompt logprobs from a chunk of them in ``o`` (if it carries one)."""
+        p = o.prompt_logprobs
+        if p is None or parent.prompt_logprobs is None:
+            return
+        for j, (lp, rk, ti, tv) in enumerate(zip(p.logprobs, p.ranks, p.top_ids, p.top_logprobs, strict=True)):
+            pos = p.start_index + j
+            parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
+
+    def _add_tokens(self, parent: ParentState, child: ChildState, o: EngineCoreOutput, now: float) -> bool:
+        """Append ``o``'s new tokens (text, logprobs) to ``child``; True when a stop string ended it.
+
+        On a stop string the child is finished here and later tokens of ``o`` are dropped.
+        """
+        # A token-level stop (EOS or a stop token id) ends the request with its last token; as in
+        # vLLM, that token stays in token_ids but its text is left out unless
+        # include_stop_str_in_output.
+        skip_last_text = o.finish_reason == "stop" and not parent.params.include_stop_str_in_output
+        last = len(o.new_token_ids) - 1
+        for k, tok in enumerate(o.new_token_ids):
+            child.token_ids.append(tok)
+            if parent.metrics.first_token_time is None:
+                parent.metrics.first_token_time = now
+            parent.metrics.last_token_time = now
+            if o.new_logprobs is not None and child.logprobs is not None:
+                t = o.new_logprobs[k]
+                child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank))
+                child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
+            if child.detok is not None and not (skip_last_text and k == last):
+                hit = child.detok.add_token(tok)
+                if hit is not None:
+                    # A stop string wins even when the core finished the request in this same
+                    # step (e.g. by length), as in vLLM; the core is told only if still running.
+                    child.finish_reason, child.stop_reason = "stop", hit
+                    return True
+        return False
 
     def abort(self, request_id: str) -> list[str]:
         """Forget a parent; returns its child ids (for the core to abort)."""

@@ -132,7 +132,7 @@ class LLM:
         tok = self.get_tokenizer()
         prompts: list[PromptType] = []
         for conv in convs:
-            text = apply_chat_template(tok, conv, add_generation_prompt, chat_template)  # type: ignore[arg-type]
+            text = apply_chat_template(tok, conv, add_generation_prompt, chat_template)
             # The template already holds BOS where the model wants it.
             prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm)
@@ -179,7 +179,7 @@ class LLM:
         decode = lambda ids: tok.decode(ids)  # noqa: E731 - the whole sequence, special tokens kept (vLLM)
         return [BeamSearchOutput(inst.sequences(decode)) for inst in instances]
 
-    def _run(self, prompts: list[PromptType], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, prompts: Sequence[PromptType], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
         eng = self.llm_engine
         ids: list[str] = []
         try:

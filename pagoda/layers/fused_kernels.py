@@ -136,10 +136,11 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     if T == 0:
         return
     write = k_cache is not None
-    if write:
+    vv = k  # placeholders for the kernel's unused KV-write arguments
+    if k_cache is not None:
         assert v is not None and v_cache is not None and slot_mapping is not None and v.stride(2) == 1
         assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape[2:] == (HK, D)
-    vv = v if write else k
+        vv = v
     _rope_kernel[(T,)](q, k, cos, sin, positions, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                        vv, vv.stride(0), vv.stride(1),
                        k_cache if write else k, v_cache if write else k, slot_mapping if write else positions,

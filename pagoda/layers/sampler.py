@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from pagoda.core.request import Request
+from pagoda.sampling_params import SamplingParams
 
 
 @dataclass
@@ -60,6 +61,10 @@ def needs_host_history(r: Request) -> bool:
     return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens)
 
 
+# chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens)
+LogprobTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 @dataclass
 class DeviceSample:
     """A sample whose results are still on the device; :meth:`finish` brings them to the host.
@@ -71,9 +76,9 @@ class DeviceSample:
     tokens: torch.Tensor
     want_lp: list[int]  # rows reporting logprobs, and the k each asks for
     ks: list[int]
-    lp_tensors: tuple[torch.Tensor, ...] | None = None  # chosen_lp, ranks, top_v, top_i
+    lp_tensors: LogprobTensors | None = None
     host: tuple[torch.Tensor, ...] | None = None  # pinned copies started by start_copy
-    event: "torch.cuda.Event | None" = None
+    event: torch.cuda.Event | None = None
 
     def start_copy(self) -> None:
         """Start the device -> host copies (pinned, async) and record an event after them."""
@@ -81,18 +86,24 @@ class DeviceSample:
             return
         srcs = (self.tokens, *(t for t in (self.lp_tensors or ()) if t is not None))
         self.host = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in srcs)
-        for h, t in zip(self.host, srcs):
+        for h, t in zip(self.host, srcs, strict=True):
             h.copy_(t, non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
 
+    def _host_results(self) -> tuple[torch.Tensor, LogprobTensors | None]:
+        """Wait for :meth:`start_copy`'s copies; the host tensors in the device tensors' shape."""
+        assert self.host is not None and self.event is not None, "start_copy() did not run"
+        self.event.synchronize()
+        if self.lp_tensors is None:
+            return self.host[0], None
+        if self.lp_tensors[2] is None:  # no top tokens: only chosen_lp and ranks were copied
+            return self.host[0], (self.host[1], self.host[2], None, None)
+        return self.host[0], (self.host[1], self.host[2], self.host[3], self.host[4])
+
     def finish(self) -> SampleResult:
         if self.host is not None:
-            self.event.synchronize()
-            tokens = self.host[0]
-            lp = self.host[1:] if self.lp_tensors is not None else None
-            if lp is not None and self.lp_tensors[2] is None:
-                lp = (lp[0], lp[1], None, None)
+            tokens, lp = self._host_results()
         else:
             tokens, lp = self.tokens, self.lp_tensors
         token_list = tokens.tolist()
@@ -102,7 +113,7 @@ class DeviceSample:
             chosen_lp_l, ranks_l = chosen_lp.tolist(), ranks.tolist()
             top_v_l = top_v.tolist() if top_v is not None else None
             top_i_l = top_i.tolist() if top_i is not None else None
-            for j, (i, n) in enumerate(zip(self.want_lp, self.ks)):
+            for j, (i, n) in enumerate(zip(self.want_lp, self.ks, strict=True)):
                 lp_out[i] = (
                     chosen_lp_l[j],
                     ranks_l[j],
@@ -119,20 +130,31 @@ def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
 
 def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
     """Like :func:`sample`, without waiting for the device (no host synchronisation)."""
-    S, V = logits.shape
-    device = logits.device
     params = [r.sampling_params for r in reqs]
-
     want_lp = [p.logprobs is not None for p in params]
-    raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
+    raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None  # before any processing (step 1)
+    apply_logits_processing(logits, reqs)
+    tokens = sample_tokens(logits, reqs)
+    if raw_lp is None:
+        return DeviceSample(tokens, [], [])
+    rows = [i for i, w in enumerate(want_lp) if w]
+    ks = [params[i].logprobs or 0 for i in rows]
+    return DeviceSample(tokens, rows, ks, _logprob_tensors(raw_lp, tokens, rows, max(ks)))
+
+
+def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
+    """Steps 2 and 3 (logit_bias, min_tokens, penalties), in place on ``logits`` [S, V]."""
+    V = logits.shape[1]
+    device = logits.device
     # Rows that need logit processing (most batches have none: one cheap pass decides).
     special = [
-        i for i, (r, p) in enumerate(zip(reqs, params))
-        if p.logit_bias or (p.min_tokens and r.num_output_tokens < p.min_tokens) or p.repetition_penalty != 1.0
-        or ((p.presence_penalty or p.frequency_penalty) and r.output_token_ids)
+        i for i, r in enumerate(reqs)
+        if (p := r.sampling_params).logit_bias or (p.min_tokens and r.num_output_tokens < p.min_tokens)
+        or p.repetition_penalty != 1.0 or ((p.presence_penalty or p.frequency_penalty) and r.output_token_ids)
     ]
     for i in special:
-        r, p = reqs[i], params[i]
+        r = reqs[i]
+        p = r.sampling_params
         # --- 2. bias and min_tokens
         if p.logit_bias:
             ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=device)
@@ -154,56 +176,66 @@ def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
             counts = torch.bincount(out_ids, minlength=V)[:V].to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
+
+def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    """Step 4: one token id per row ([S], int64, on the device) from the processed ``logits``."""
+    params = [r.sampling_params for r in reqs]
     greedy = [p.sampling_type_greedy for p in params]
     if all(greedy):
-        tokens = logits.argmax(dim=-1)
-    else:
-        temps = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)], device=device)
-        x = logits / temps.unsqueeze(1)
-        min_ps = [p.min_p for p in params]
-        if any(min_ps):
-            probs = torch.softmax(x, dim=-1)
-            thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
-            x = x.masked_fill(probs < thr, float("-inf"))
-        top_ks = [p.top_k if 0 < p.top_k < V else V for p in params]
-        top_ps = [p.top_p for p in params]
-        if any(k < V for k in top_ks) or any(tp < 1.0 for tp in top_ps):
-            sorted_x, order = x.sort(dim=-1, descending=True)
-            ranks = torch.arange(V, device=device).unsqueeze(0)
-            drop = ranks >= torch.tensor(top_ks, device=device).unsqueeze(1)
-            if any(tp < 1.0 for tp in top_ps):
-                sp = torch.softmax(sorted_x.masked_fill(drop, float("-inf")), dim=-1)
-                before = sp.cumsum(dim=-1) - sp  # mass strictly before each token
-                drop |= before > torch.tensor(top_ps, device=device).unsqueeze(1)
-            drop[:, 0] = False
-            sorted_x = sorted_x.masked_fill(drop, float("-inf"))
-            x = torch.empty_like(x).scatter_(1, order, sorted_x)
+        return logits.argmax(dim=-1)
+    device = logits.device
+    temps = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params, strict=True)], device=device)
+    x = logits / temps.unsqueeze(1)
+    min_ps = [p.min_p for p in params]
+    if any(min_ps):
         probs = torch.softmax(x, dim=-1)
-        noise = torch.empty_like(probs)
-        seeded = [i for i, r in enumerate(reqs) if r.sampling_params.seed is not None and not greedy[i]]
-        noise.exponential_()
-        for i in seeded:
-            noise[i].exponential_(generator=_generator(reqs[i], device))
-        tokens = (probs / noise).argmax(dim=-1)
-        if any(greedy):
-            gmask = torch.tensor(greedy, device=device)
-            tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
+        thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+        x = x.masked_fill(probs < thr, float("-inf"))
+    x = _apply_top_k_top_p(x, params)
+    probs = torch.softmax(x, dim=-1)
+    noise = torch.empty_like(probs)
+    seeded = [i for i, r in enumerate(reqs) if r.sampling_params.seed is not None and not greedy[i]]
+    noise.exponential_()
+    for i in seeded:
+        noise[i].exponential_(generator=_generator(reqs[i], device))
+    tokens = (probs / noise).argmax(dim=-1)
+    if any(greedy):
+        gmask = torch.tensor(greedy, device=device)
+        tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
+    return tokens
 
-    rows: list[int] = []
-    ks: list[int] = []
-    lp_tensors = None
-    if raw_lp is not None:
-        rows = [i for i in range(S) if want_lp[i]]
-        ks = [params[i].logprobs or 0 for i in rows]
-        idx = torch.tensor(rows, device=device)
-        sel = raw_lp[idx]
-        chosen = tokens[idx]
-        chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
-        ranks = _rank(sel, chosen_lp)
-        k = max(ks)
-        top_v, top_i = sel.topk(k, dim=-1) if k > 0 else (None, None)
-        lp_tensors = (chosen_lp, ranks, top_v, top_i)
-    return DeviceSample(tokens, rows, ks, lp_tensors)
+
+def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Mask (to -inf) the tokens outside each row's top_k and top_p; the best token always stays."""
+    V = x.shape[1]
+    device = x.device
+    top_ks = [p.top_k if 0 < p.top_k < V else V for p in params]
+    top_ps = [p.top_p for p in params]
+    if not (any(k < V for k in top_ks) or any(tp < 1.0 for tp in top_ps)):
+        return x
+    sorted_x, order = x.sort(dim=-1, descending=True)
+    ranks = torch.arange(V, device=device).unsqueeze(0)
+    drop = ranks >= torch.tensor(top_ks, device=device).unsqueeze(1)
+    if any(tp < 1.0 for tp in top_ps):
+        sp = torch.softmax(sorted_x.masked_fill(drop, float("-inf")), dim=-1)
+        before = sp.cumsum(dim=-1) - sp  # mass strictly before each token
+        drop |= before > torch.tensor(top_ps, device=device).unsqueeze(1)
+    drop[:, 0] = False
+    sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+    return torch.empty_like(x).scatter_(1, order, sorted_x)
+
+
+def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int], k: int) -> LogprobTensors:
+    """The chosen tokens' logprobs and ranks, and the top ``k``, for ``rows`` of ``raw_lp`` [S, V]."""
+    idx = torch.tensor(rows, device=raw_lp.device)
+    sel = raw_lp[idx]
+    chosen = tokens[idx]
+    chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    ranks = _rank(sel, chosen_lp)
+    if k == 0:
+        return chosen_lp, ranks, None, None
+    top_v, top_i = sel.topk(k, dim=-1)
+    return chosen_lp, ranks, top_v, top_i
 
 
 def prompt_logprobs(

@@ -546,7 +546,7 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         ) from exc
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
     out = Path(out)
@@ -563,19 +563,7 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         with torch.device("meta"):
             meta_model = AutoModelForCausalLM.from_config(config)
         tensors, dtype = _read_gguf_weights(path, meta_model, progress)
-        expected = set(meta_model.state_dict())
-        if getattr(config, "tie_word_embeddings", False):
-            tensors.pop("lm_head.weight", None)
-            expected.discard("lm_head.weight")
-        missing = sorted(expected - set(tensors))
-        if missing:
-            raise RuntimeError(f"GGUF conversion of {path} is incomplete; no tensors for: {missing[:8]}")
-        unexpected = sorted(set(tensors) - expected)
-        for name in unexpected:
-            logger.warning(
-                "dropping GGUF tensor %s: %s has no such parameter", name, type(meta_model).__name__
-            )
-            del tensors[name]
+        _match_parameters(tensors, meta_model, config, path)
         bar.update(1)
 
         bar.set_postfix_str(steps[2])
@@ -587,31 +575,51 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         bar.update(1)
 
         bar.set_postfix_str(steps[3])
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        chat_template = _gguf_chat_template(path) if not getattr(tokenizer, "chat_template", None) else None
-        if chat_template:
-            tokenizer.chat_template = chat_template
-        tokenizer.save_pretrained(str(out))
-        _tidy_tokenizer_config(out, tokenizer, config)
+        _save_gguf_tokenizer(path, out, config)
         bar.update(1)
 
         bar.set_postfix_str(steps[4])
         _write_generation_config(out, config)
-        (out / MARKER_FILE).write_text(
-            json.dumps(
-                {
-                    "conversion_version": CONVERSION_VERSION,
-                    "source": source or {"gguf": str(path)},
-                    "dtype": str(dtype).replace("torch.", ""),
-                    "seconds": round(time.perf_counter() - t0, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        marker = {
+            "conversion_version": CONVERSION_VERSION,
+            "source": source or {"gguf": str(path)},
+            "dtype": str(dtype).replace("torch.", ""),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        (out / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         bar.update(1)
     finally:
         bar.close()
+
+
+def _match_parameters(tensors: dict[str, Any], meta_model: Any, config: Any, path: Path) -> None:
+    """Check ``tensors`` against the model's parameters, in place: a missing one is an error, an extra
+    one is dropped with a warning, and a tied ``lm_head.weight`` is dropped."""
+    expected = set(meta_model.state_dict())
+    if getattr(config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise RuntimeError(f"GGUF conversion of {path} is incomplete; no tensors for: {missing[:8]}")
+    unexpected = sorted(set(tensors) - expected)
+    for name in unexpected:
+        logger.warning(
+            "dropping GGUF tensor %s: %s has no such parameter", name, type(meta_model).__name__
+        )
+        del tensors[name]
+
+
+def _save_gguf_tokenizer(path: Path, out: Path, config: Any) -> None:
+    """The GGUF file's tokenizer as a Hugging Face tokenizer in ``out`` (with its chat template)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    chat_template = _gguf_chat_template(path) if not getattr(tokenizer, "chat_template", None) else None
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(str(out))
+    _tidy_tokenizer_config(out, tokenizer, config)
 
 
 def _read_gguf_weights(path: Path, meta_model: Any, progress: bool) -> tuple[dict[str, Any], Any]:
@@ -638,7 +646,7 @@ def _read_gguf_weights(path: Path, meta_model: Any, progress: bool) -> tuple[dic
     nbytes: dict[Any, int] = {}
     for t in tensors.values():
         nbytes[t.dtype] = nbytes.get(t.dtype, 0) + t.numel() * t.element_size()
-    dtype = max(nbytes, key=nbytes.get) if nbytes else torch.float32
+    dtype = max(nbytes, key=lambda d: nbytes[d]) if nbytes else torch.float32
     return tensors, dtype
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+
+    from pagoda.models.llama import LlamaForCausalLM
 
 _LLAMA_FAMILY = (
     "LlamaForCausalLM",
@@ -32,7 +35,8 @@ def resolve_architecture(hf_config: dict[str, Any]) -> str:
     )
 
 
-def build_model(hf_config: dict[str, Any], arch: str, dtype) -> nn.Module:
+def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype) -> LlamaForCausalLM:
+    """The model class for ``arch`` (every supported architecture is the Llama family today)."""
     from pagoda.models.llama import LlamaForCausalLM
 
     return LlamaForCausalLM(hf_config, arch, dtype)

@@ -29,7 +29,7 @@ class BlockTableCache:
         """Sync each request's row with its block list; return the rows (in order)."""
         out = []
         in_use = set(request_ids)
-        for rid, bl, ep in zip(request_ids, blocks, epochs):
+        for rid, bl, ep in zip(request_ids, blocks, epochs, strict=True):
             entry = self.rows.get(rid)
             if entry is None or entry[1] != ep:
                 if entry is None:

@@ -67,9 +67,9 @@ def test_single_request_chunk_graphs_match_eager(folder):
         runs.append(outs)
         del llm
         torch.cuda.empty_cache()
-    for e, g in zip(*runs):
+    for e, g in zip(*runs, strict=True):
         assert e.outputs[0].token_ids == g.outputs[0].token_ids
-        for de, dg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs):
+        for de, dg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs, strict=True):
             for t in de:
                 assert abs(de[t].logprob - dg[t].logprob) < 1e-4
 

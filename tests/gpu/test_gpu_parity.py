@@ -46,7 +46,7 @@ def hf_greedy_with_top5(folder: Path, prompts: list[str], n: int, dtype: torch.d
 
 
 def check_top5(ours: list[int], theirs: list[int], top5: list[list[int]]) -> None:
-    for i, (a, b) in enumerate(zip(ours, theirs)):
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         if a != b:
             assert a in top5[i], f"diverged at {i}: ours {a} not in HF top-5 {top5[i]}"
             return
@@ -70,7 +70,7 @@ def test_gpu_matches_hf(tmp_path, arch, dtype):
         torch.cuda.empty_cache()
     assert outs[True] == outs[False], "CUDA graphs changed the output"
     exact = 0
-    for ours, (theirs, top5) in zip(outs[True], ref):
+    for ours, (theirs, top5) in zip(outs[True], ref, strict=True):
         check_top5(ours, theirs, top5)
         exact += ours == theirs
     if dtype == "float32":

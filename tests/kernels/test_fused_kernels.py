@@ -52,7 +52,7 @@ def test_rotary_inplace_on_qkv_views(hq, hk, d):
     pos = torch.randint(0, 128, (T,), device=DEV)
     q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
     q, k = q.view(T, hq, d), k.view(T, hk, d)
-    rq, rk = rope.apply(rope.cos_sin(pos), q.clone(), k.clone())
+    rq, rk = rope.rotate(rope.cos_sin(pos), q.clone(), k.clone())
     v_before = v.clone()
     fk.rotary_inplace(q, k, rope.cos, rope.sin, pos)
     torch.testing.assert_close(q, rq, rtol=1e-5, atol=1e-5)
@@ -91,7 +91,7 @@ def test_rotary_with_kv_write():
     q, k, v = q.view(T, hq, d), k.view(T, hk, d), v.view(T, hk, d)
     slots = torch.randperm(nblocks * bs, device=DEV)[:T].to(torch.int64)
     slots[2] = -1  # padding row: not written
-    rq, rk = rope.apply(rope.cos_sin(pos), q.clone(), k.clone())
+    rq, rk = rope.rotate(rope.cos_sin(pos), q.clone(), k.clone())
     kc_ref = torch.zeros(nblocks, bs, hk, d, device=DEV)
     vc_ref = torch.zeros_like(kc_ref)
     ref_write_kv(rk, v.clone(), kc_ref, vc_ref, slots)

@@ -25,10 +25,10 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
+from pagoda.attention import triton_kernels as tk  # noqa: E402
 from pagoda.attention.backend import get_backend  # noqa: E402
 from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
 from pagoda.attention.reference import ref_paged_attention, ref_write_kv  # noqa: E402
-from pagoda.attention import triton_kernels as tk  # noqa: E402
 
 TOL = {
     torch.float32: dict(rtol=1e-4, atol=1e-5),

@@ -128,6 +128,36 @@ async def sse_lines(resp: httpx.Response):
         yield buf.rstrip(b"\r").decode("utf-8")
 
 
+async def _record_refusal(resp: httpx.Response, ledger: Ledger) -> None:
+    """A non-200 answer to a stream request: an error if it has an OpenAI error body, else lost."""
+    data = await resp.aread()
+    try:
+        ok_shape = _is_error_shape(json.loads(data))
+    except ValueError:
+        ok_shape = False
+    if ok_shape:
+        ledger.error(resp.status_code)
+    else:
+        ledger.lost(f"HTTP {resp.status_code} without an error body: {data[:200]!r}")
+
+
+def _error_event_status(err: dict) -> int:
+    """The status an in-stream error event stands for: its integer code, 503 for an unavailable engine."""
+    if isinstance(err.get("type"), str) and "unavailable" in err["type"]:
+        return 503
+    return int(err.get("code") or 0) if isinstance(err.get("code"), int) else 500
+
+
+def _chunk_text(chunk: dict) -> tuple[list[str], bool]:
+    """A stream chunk's text per choice (completions or chat), and whether any choice finished."""
+    pieces, finished = [], False
+    for ch in chunk.get("choices", []):
+        pieces.append(ch.get("text") or (ch.get("delta") or {}).get("content") or "")
+        if ch.get("finish_reason"):
+            finished = True
+    return pieces, finished
+
+
 async def stream_request(client: httpx.AsyncClient, srv: RemoteServer, path: str, body: dict, ledger: Ledger,
                          abandon_after: int | None = None, timeout: float = 120.0, text_out: list | None = None
                          ) -> None:
@@ -142,15 +172,7 @@ async def stream_request(client: httpx.AsyncClient, srv: RemoteServer, path: str
             async with client.stream("POST", srv.url + path, json={**body, "stream": True},
                                      headers=srv.headers) as resp:
                 if resp.status_code != 200:
-                    data = await resp.aread()
-                    try:
-                        ok_shape = _is_error_shape(json.loads(data))
-                    except ValueError:
-                        ok_shape = False
-                    if ok_shape:
-                        ledger.error(resp.status_code)
-                    else:
-                        ledger.lost(f"HTTP {resp.status_code} without an error body: {data[:200]!r}")
+                    await _record_refusal(resp, ledger)
                     return
                 events = 0
                 finished = done = False
@@ -169,15 +191,11 @@ async def stream_request(client: httpx.AsyncClient, srv: RemoteServer, path: str
                         break
                     chunk = json.loads(line[6:])
                     if "error" in chunk:
-                        error_status = int(chunk["error"].get("code") or 0) if isinstance(
-                            chunk["error"].get("code"), int) else 500
-                        if isinstance(chunk["error"].get("type"), str) and "unavailable" in chunk["error"]["type"]:
-                            error_status = 503
+                        error_status = _error_event_status(chunk["error"])
                         continue
-                    for ch in chunk.get("choices", []):
-                        text.append(ch.get("text") or (ch.get("delta") or {}).get("content") or "")
-                        if ch.get("finish_reason"):
-                            finished = True
+                    pieces, final = _chunk_text(chunk)
+                    text.extend(pieces)
+                    finished = finished or final
                     if abandon_after is not None and events >= abandon_after:
                         ledger.abandoned()
                         return

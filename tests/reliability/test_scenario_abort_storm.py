@@ -7,8 +7,19 @@ import asyncio
 import random
 import time
 
-from harness import (MODEL, Ledger, assert_recovered, async_client, engine_idle, plain_request, record, scale,
-                     stream_request, take_baseline, wait_for)
+from harness import (
+    MODEL,
+    Ledger,
+    assert_recovered,
+    async_client,
+    engine_idle,
+    plain_request,
+    record,
+    scale,
+    stream_request,
+    take_baseline,
+    wait_for,
+)
 
 REQUESTS = scale(150, 500)
 CONCURRENCY = 48

@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-
 from harness import MODEL, Ledger, assert_recovered, record, take_baseline
 
 COMPLETION = {"model": MODEL, "prompt": "Paris is", "max_tokens": 3}

@@ -16,9 +16,7 @@ import signal
 import time
 
 import httpx
-
-from harness import (MODEL, Ledger, async_client, mixed_bodies, plain_request, record, scale, stream_request,
-                     wait_for)
+from harness import MODEL, Ledger, async_client, mixed_bodies, plain_request, record, scale, stream_request, wait_for
 
 IN_FLIGHT = scale(16, 32)
 

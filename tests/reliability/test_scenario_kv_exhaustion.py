@@ -7,9 +7,18 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-
-from harness import (MODEL, Ledger, assert_recovered, async_client, mixed_bodies, plain_request, record, scale,
-                     stream_request, take_baseline)
+from harness import (
+    MODEL,
+    Ledger,
+    assert_recovered,
+    async_client,
+    mixed_bodies,
+    plain_request,
+    record,
+    scale,
+    stream_request,
+    take_baseline,
+)
 
 BLOCKS = 48  # 47 usable blocks of 16 tokens: 752 tokens of KV cache in all
 REQUESTS = scale(24, 64)

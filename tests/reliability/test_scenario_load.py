@@ -6,8 +6,7 @@ import asyncio
 import random
 import time
 
-from harness import (MODEL, Ledger, assert_recovered, async_client, record, scale, stream_request,
-                     take_baseline)
+from harness import MODEL, Ledger, assert_recovered, async_client, record, scale, stream_request, take_baseline
 
 CLIENTS = 64
 DURATION_S = scale(30, 180)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-
 from harness import API_KEY, MODEL, Ledger, assert_recovered, record, take_baseline
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pagoda"

@@ -11,8 +11,17 @@ import statistics
 import threading
 import time
 
-from harness import (MODEL, Ledger, assert_recovered, async_client, process_figures, record, scale,
-                     stream_request, take_baseline)
+from harness import (
+    MODEL,
+    Ledger,
+    assert_recovered,
+    async_client,
+    process_figures,
+    record,
+    scale,
+    stream_request,
+    take_baseline,
+)
 
 SLOWLORIS = scale(32, 128)
 NON_READERS = scale(8, 16)

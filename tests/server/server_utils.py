@@ -6,7 +6,6 @@ shared 2-core machine spinning OpenMP threads make every step wait for deschedul
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-
 from server_utils import MODEL
 
 PROMPT = "Paris is the capital of"
@@ -40,7 +39,7 @@ def test_completion_beam_search_matches_offline(server, offline):
     r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, n=2, logprobs=2,
                              extra_body={"use_beam_search": True, "length_penalty": 1.0})
     assert [ch.index for ch in r.choices] == [0, 1]
-    for ch, (gen, seq) in zip(r.choices, ref):
+    for ch, (gen, seq) in zip(r.choices, ref, strict=True):
         assert ch.text == tok.decode(gen, skip_special_tokens=True)
         assert ch.finish_reason == seq.finish_reason == "length"
         assert len(ch.logprobs.tokens) == len(gen) == 8

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from server_utils import RemoteServer
 
 pytestmark = pytest.mark.default_model
@@ -36,5 +35,5 @@ def test_default_model_answers_and_streams_the_same(default_server):
                               temperature=0, logprobs=2)
     lp = rc.choices[0].logprobs
     assert "Paris" in rc.choices[0].text
-    for tok, top in zip(lp.tokens, lp.top_logprobs):
+    for tok, top in zip(lp.tokens, lp.top_logprobs, strict=True):
         assert top[tok] == pytest.approx(max(top.values()), abs=1e-4)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-
 from server_utils import MODEL, RemoteServer, wait_for
 
 LONG = {"model": MODEL, "prompt": "Continuous batching lets", "max_tokens": 1900, "temperature": 0,

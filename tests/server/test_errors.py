@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from server_utils import API_KEY, MODEL
 
 GOOD = {"model": MODEL, "prompt": "Paris is", "max_tokens": 3, "temperature": 0}

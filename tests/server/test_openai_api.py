@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from server_utils import ALIAS, MODEL
 
 PROMPT = "Paris is the capital of"
@@ -83,7 +82,8 @@ def test_completion_echo_and_logprobs(server):
     for top in lp.top_logprobs[n_prompt:]:
         assert 1 <= len(top) <= 4  # top 3, plus the sampled token when it is not among them
     # greedy: the sampled token is the most likely one
-    for tok, val, top in zip(lp.tokens[n_prompt:], lp.token_logprobs[n_prompt:], lp.top_logprobs[n_prompt:]):
+    gen = zip(lp.tokens[n_prompt:], lp.token_logprobs[n_prompt:], lp.top_logprobs[n_prompt:], strict=True)
+    for tok, val, top in gen:
         assert val == pytest.approx(max(top.values()), abs=1e-5)
         assert top[tok] == pytest.approx(val, abs=1e-6)
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from server_utils import API_KEY, MODEL, RemoteServer, wait_for
 
 from pagoda.engine.messages import SchedulerStats

@@ -71,6 +71,7 @@ def render_limited(fn: Any, *args: Any, **kwargs: Any) -> Any:
     t.start()
     t.join(CHAT_TEMPLATE_TIMEOUT_S)
     if t.is_alive():
+        assert t.ident is not None  # set once the thread started
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(_TemplateTimeout))
         t.join(1.0)
         raise ServingError(400, f"The chat template took longer than {CHAT_TEMPLATE_TIMEOUT_S:g} s to render.",
@@ -141,6 +142,7 @@ class OpenAIServingChat(OpenAIServing):
             req.chat_template_kwargs, req.tools, bool(req.add_special_tokens),
         )
         ids = self.truncate(ids, req.truncate_prompt_tokens)
+        user_max: int | None
         if req.max_completion_tokens is not None:
             user_max, given = req.max_completion_tokens, True
         else:
@@ -239,9 +241,9 @@ class OpenAIServingChat(OpenAIServing):
                                                  stop_reason=c.stop_reason), len(c.token_ids))
             if include_usage:
                 ct = sum(sent_tokens)
-                c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                 usage=self.usage(pt, ct, cached_tokens))
-                yield sse(c.model_dump_json())
+                usage_chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
+                                                           usage=self.usage(pt, ct, cached_tokens))
+                yield sse(usage_chunk.model_dump_json())
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -31,7 +31,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
-from pagoda.outputs import RequestOutput
+from pagoda.outputs import CompletionOutput, RequestOutput
 
 
 @dataclass
@@ -122,7 +122,7 @@ class OpenAIServingCompletion(OpenAIServing):
                   finals: list[RequestOutput]) -> CompletionResponse:
         choices = []
         prompt_tokens = completion_tokens = 0
-        for pi, (p, out) in enumerate(zip(prompts, finals)):
+        for pi, (p, out) in enumerate(zip(prompts, finals, strict=True)):
             if out.error:
                 raise RuntimeError(out.error)
             prompt_tokens += len(out.prompt_token_ids)
@@ -177,23 +177,12 @@ class OpenAIServingCompletion(OpenAIServing):
                     if finished[idx]:
                         continue
                     text = deltas[c.index] if c.index < len(deltas) else ""
-                    logprobs = None
-                    if req.echo and not echoed[idx]:
+                    echo_prompt = bool(req.echo and not echoed[idx])
+                    if echo_prompt:
                         echoed[idx] = True
                         text = self._prompt_text(prompts[pi]) + text
-                        if req.logprobs is not None and out.prompt_logprobs is not None:
-                            logprobs, text_offset[idx] = self.completion_logprobs(
-                                out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0, as_ids)
-                    new_ids = c.token_ids[sent_tokens[idx]:]
-                    if req.logprobs is not None and new_ids:
-                        lps = (c.logprobs or [])[sent_tokens[idx]:]
-                        gen, text_offset[idx] = self.completion_logprobs(new_ids, lps, req.logprobs,
-                                                                         text_offset[idx], as_ids)
-                        if logprobs is None:
-                            logprobs = gen
-                        else:
-                            for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-                                getattr(logprobs, f).extend(getattr(gen, f))
+                    logprobs, text_offset[idx] = self._delta_logprobs(
+                        req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
                     sent_tokens[idx] = len(c.token_ids)
                     gen_tokens[idx] = len(c.token_ids)
                     if c.finish_reason is not None:
@@ -223,6 +212,26 @@ class OpenAIServingCompletion(OpenAIServing):
         finally:
             _close_all(streams)
         yield SSE_DONE
+
+    def _delta_logprobs(self, req: CompletionRequest, out: RequestOutput, c: CompletionOutput, start: int,
+                        echo_prompt: bool, offset: int, as_ids: bool) -> tuple[CompletionLogprobs | None, int]:
+        """Logprobs of choice ``c``'s tokens from ``start`` on (after the prompt's when ``echo_prompt``),
+        and the text offset after them; None when the request asks for none or there is nothing new."""
+        if req.logprobs is None:
+            return None, offset
+        logprobs = None
+        if echo_prompt and out.prompt_logprobs is not None:
+            logprobs, offset = self.completion_logprobs(
+                out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0, as_ids)
+        new_ids = c.token_ids[start:]
+        if new_ids:
+            gen, offset = self.completion_logprobs(new_ids, (c.logprobs or [])[start:], req.logprobs, offset, as_ids)
+            if logprobs is None:
+                logprobs = gen
+            else:
+                for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                    getattr(logprobs, f).extend(getattr(gen, f))
+        return logprobs, offset
 
 
 def _close_all(streams: list[RequestStream]) -> None:

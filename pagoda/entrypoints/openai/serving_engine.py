@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -272,11 +272,11 @@ class OpenAIServing:
             tt = self._token_text = TokenText(self.tokenizer)
         return tt
 
-    def completion_logprobs(self, token_ids: list[int], logprobs: list[dict[int, Logprob] | None], num: int,
+    def completion_logprobs(self, token_ids: list[int], logprobs: Sequence[dict[int, Logprob] | None], num: int,
                             offset: int, as_ids: bool) -> tuple[CompletionLogprobs, int]:
         """OpenAI's legacy completions format; returns it and the next text offset."""
         out = CompletionLogprobs()
-        for tok, d in zip(token_ids, logprobs):
+        for tok, d in zip(token_ids, logprobs, strict=True):
             if d is None:  # first prompt token: nothing predicts it
                 s = self.token_str(tok, None, as_ids)
                 out.tokens.append(s)
@@ -299,10 +299,10 @@ class OpenAIServing:
     def chat_logprobs(self, token_ids: list[int], logprobs: list[dict[int, Logprob]], num: int,
                       as_ids: bool) -> ChatLogprobs:
         content = []
-        for tok, d in zip(token_ids, logprobs):
+        for tok, d in zip(token_ids, logprobs, strict=True):
             chosen = d.get(tok)
             s = self.token_str(tok, chosen, as_ids)
-            tops = []
+            tops: list[ChatLogprobTop] = []
             for t, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0):
                 if v.rank is not None and v.rank <= num and len(tops) < num:
                     tops.append(ChatLogprobTop(token=self.token_str(t, v, as_ids),

@@ -19,7 +19,9 @@ from pagoda.entrypoints.openai.serving_engine import OpenAIServing, ServingError
 
 def validation_error(e: ValidationError) -> ServingError:
     errs = e.errors()
-    first = errs[0] if errs else {}
+    if not errs:
+        return ServingError(400, "invalid request", param=None)
+    first = errs[0]
     loc = ".".join(str(x) for x in first.get("loc", ()))
     msg = f"{loc}: {first.get('msg', 'invalid value')}" if loc else str(first.get("msg", "invalid request"))
     return ServingError(400, msg, param=loc or None)
