@@ -90,7 +90,7 @@ fi
 
 if has hf; then
   log "throughput peer: HF transformers generate_batch (paged|sdpa), the same 500 requests as pagoda (digests match)"
-  timeout 500 python benchmarks/gpu/hf_peer.py --model $M --dataset sharegpt --num-prompts 500 \
+  timeout 240 python benchmarks/gpu/hf_peer.py --model $M --dataset sharegpt --num-prompts 500 \
     --output-json "$OUT/tp_hf.json" 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
 fi
 log done
