@@ -122,6 +122,20 @@ def test_ctrl_c_stops_one_answer_and_chat_goes_on(llama_llm):
     assert_engine_clean(llama_llm)
 
 
+def test_chat_caps_max_tokens_by_the_room_left_and_refuses_a_full_context(llama_llm):
+    """A turn never fails on max_tokens (capped to the context left); a prompt that fills the context
+    is refused with a message, the turn dropped, and the chat goes on."""
+    L = llama_llm.llm_engine.cfg.max_model_len
+    params = SEEDED.clone(max_tokens=10 * L)
+    rec = _Recorder()
+    conv = chat_loop(llama_llm, params, read=_lines(["word " * (2 * L), "hi"]), out=rec)
+    assert [m["role"] for m in conv] == ["user", "assistant"] and conv[0]["content"] == "hi"
+    assert "fills the context" in rec.getvalue() and "--max-model-len" in rec.getvalue()
+    # "hi" ran with max_tokens capped to the room left (ignore_eos: it used all of it, no error)
+    assert conv[1]["content"] and "error" not in rec.getvalue().split("fills the context", 1)[1]
+    assert_engine_clean(llama_llm)
+
+
 def test_sigint_flag_restores_the_handler():
     before = signal.getsignal(signal.SIGINT)
     with sigint_flag() as flag:

@@ -201,16 +201,35 @@ def chat_loop(llm: Any, params: SamplingParams, system: str | None = None,
         if not line.strip():
             break
         conv.append({"role": "user", "content": line})
-        parts: list[str] = []
-        with sigint_flag() as stop:
-            for delta in stream_text(llm.llm_engine, chat_prompt(llm, conv), params, lambda: stop[0]):
-                parts.append(delta)
-                out.write(delta)
-                out.flush()
-        out.write(" [stopped]\n" if stop[0] else "\n")
-        out.flush()
-        conv.append({"role": "assistant", "content": "".join(parts)})
+        try:
+            answer = _answer(llm, conv, params, out)
+        except ValueError as e:  # a refused turn (e.g. the conversation outgrew the context): say so, go on
+            conv.pop()
+            out.write(f"error: {e}\n")
+            out.flush()
+            continue
+        conv.append({"role": "assistant", "content": answer})
     return conv
+
+
+def _answer(llm: Any, conv: list[dict[str, str]], params: SamplingParams, out: TextIO) -> str:
+    """Stream one answer to ``conv``; ``max_tokens`` is capped by the room left in the context."""
+    prompt = chat_prompt(llm, conv)
+    room = llm.llm_engine.cfg.max_model_len - len(prompt["prompt_token_ids"])
+    if room < 1:
+        raise ValueError(f"the conversation ({len(prompt['prompt_token_ids'])} tokens) fills the context of "
+                         f"{llm.llm_engine.cfg.max_model_len} tokens; start a new chat or raise --max-model-len")
+    if params.max_tokens is None or params.max_tokens > room:
+        params = params.clone(max_tokens=room)
+    parts: list[str] = []
+    with sigint_flag() as stop:
+        for delta in stream_text(llm.llm_engine, prompt, params, lambda: stop[0]):
+            parts.append(delta)
+            out.write(delta)
+            out.flush()
+    out.write(" [stopped]\n" if stop[0] else "\n")
+    out.flush()
+    return "".join(parts)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
