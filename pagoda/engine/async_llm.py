@@ -51,6 +51,7 @@ from pagoda.engine.messages import (
     output_decoder,
 )
 from pagoda.engine.output_processor import OutputProcessor, ParentState
+from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
@@ -86,8 +87,8 @@ class StatLogger(Protocol):
     def on_queue_time(self, seconds: float) -> None: ...
     def on_first_token(self, seconds: float) -> None: ...
     def on_inter_token(self, seconds: float) -> None: ...
-    def on_finished(self, finish_reason: str, num_prompt_tokens: int, num_generation_tokens: int,
-                    e2e_seconds: float) -> None: ...
+    def on_finished(self, stats: FinishedRequestStats) -> None: ...
+    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None: ...
 
 
 class RequestStream:
@@ -111,7 +112,6 @@ class RequestStream:
         self.last_deltas = [""] * self.n
         self.finished = False  # the engine is done with this request (finished, failed or aborted)
         self._delivered_final = False
-        self.ttft_recorded = False
 
     # ------------------------------------------------------------- producer side
     def _put(self, out: RequestOutput, deltas: list[str]) -> None:
@@ -193,6 +193,7 @@ class AsyncLLM:
         self.proc: Any = None
         self._streams: dict[str, RequestStream] = {}
         self._last_token_time: dict[str, float] = {}
+        self._times: dict[str, ChildTimes] = {}  # per engine request, for the request-level metrics
         self._last_msg = time.monotonic()
         self._tasks: list[asyncio.Task] = []
         self._ipc_dir: str | None = None
@@ -435,11 +436,15 @@ class AsyncLLM:
             with contextlib.suppress(EngineDeadError):
                 self._send(AbortRequests(child_ids))
         if stream is not None:
-            for cid in child_ids:
-                child = stream.parent.children.get(cid)
-                if child is not None and child.finish_reason is None:
-                    self._record_finished("abort", len(stream.prompt_token_ids), len(child.token_ids),
-                                          stream.parent.metrics.arrival_time)
+            unfinished = [c for c in child_ids if c in stream.parent.children
+                          and stream.parent.children[c].finish_reason is None]
+            for cid in unfinished:
+                self._record_finished(stream.parent, cid, "abort")
+            if unfinished:
+                self._record_request_finished(stream.parent)
+        for cid in child_ids:
+            self._times.pop(cid, None)
+        if stream is not None:
             if not stream.finished:
                 stream._fail(RequestAbortedError(f"request {request_id} was aborted"))
 
@@ -505,6 +510,9 @@ class AsyncLLM:
         op = self.output_processor
         assert op is not None
         for q in msg.scheduled:
+            if q.request_id in op.child_to_parent:
+                t = self._times.setdefault(q.request_id, ChildTimes())
+                t.queued_s, t.scheduled_at = q.seconds, q.scheduled_at or None
             for sl in self.stat_loggers:
                 sl.on_queue_time(q.seconds)
         self._on_stats(msg.outputs.stats)
@@ -520,6 +528,7 @@ class AsyncLLM:
                     for sl in self.stat_loggers:
                         sl.on_inter_token(now - last)
                 self._last_token_time[o.request_id] = now
+                self._on_child_tokens(o.request_id, op.parents[pid].metrics.arrival_time, now)
             try:
                 results, stop = op.process([o])
             except Exception as e:  # fail this request only
@@ -544,19 +553,14 @@ class AsyncLLM:
             return
         children = sorted(stream.parent.children.values(), key=lambda c: c.index)
         deltas = [c.detok.take_stream_delta(c.finish_reason is not None) if c.detok else "" for c in children]
-        m = res.metrics
-        if not stream.ttft_recorded and m is not None and m.first_token_time is not None:
-            stream.ttft_recorded = True
-            for sl in self.stat_loggers:
-                sl.on_first_token(m.first_token_time - m.arrival_time)
         stream._put(res, deltas)
         if res.finished:
             self._streams.pop(res.request_id, None)
-            e2e_from = m.arrival_time if m is not None else time.time()
-            for c in res.outputs:
-                self._record_finished(c.finish_reason or "abort", len(res.prompt_token_ids), len(c.token_ids), e2e_from)
             for cid in stream.parent.children:
+                self._record_finished(stream.parent, cid, None)
                 self._last_token_time.pop(cid, None)
+                self._times.pop(cid, None)
+            self._record_request_finished(stream.parent)
 
     def _on_rejected(self, msg: Rejected) -> None:
         op = self.output_processor
@@ -566,6 +570,8 @@ class AsyncLLM:
             return
         stream = self._streams.pop(pid, None)
         child_ids = op.abort(pid)
+        for cid in child_ids:
+            self._times.pop(cid, None)
         others = [c for c in child_ids if c != msg.request_id]
         if others:
             with contextlib.suppress(EngineDeadError):
@@ -575,10 +581,31 @@ class AsyncLLM:
                               else ValidationError(msg.message, msg.parameter, code=msg.code))
             stream._fail(err)
 
-    def _record_finished(self, reason: str, prompt_tokens: int, gen_tokens: int, arrival: float) -> None:
-        e2e = max(0.0, time.time() - arrival)
+    def _on_child_tokens(self, cid: str, arrival: float, now: float) -> None:
+        """Token times of engine request ``cid``; its first token reports the time to first token."""
+        t = self._times.setdefault(cid, ChildTimes())
+        if t.first_token_at is None:
+            t.first_token_at = now
+            for sl in self.stat_loggers:
+                sl.on_first_token(max(0.0, now - arrival))
+        t.last_token_at = now
+
+    def _record_finished(self, parent: ParentState, cid: str, reason: str | None) -> None:
+        """Report engine request ``cid`` of ``parent`` as finished (``reason`` None: its own)."""
+        child = parent.children[cid]
+        p = parent.params
+        max_tokens = p.max_tokens if p.max_tokens is not None else self.max_model_len - len(parent.prompt_token_ids)
+        stats = finished_stats(self._times.get(cid), time.time(), parent.metrics.arrival_time,
+                               reason or child.finish_reason or "abort", len(parent.prompt_token_ids),
+                               len(child.token_ids), max_tokens, parent.num_cached_tokens)
         for sl in self.stat_loggers:
-            sl.on_finished(reason, prompt_tokens, gen_tokens, e2e)
+            sl.on_finished(stats)
+
+    def _record_request_finished(self, parent: ParentState) -> None:
+        """Report a user request (all its ``n`` samples) as finished."""
+        longest = max((len(c.token_ids) for c in parent.children.values()), default=0)
+        for sl in self.stat_loggers:
+            sl.on_request_finished(parent.params.n, longest)
 
     def _mark_dead(self, reason: str) -> None:
         if self.state == "dead":

@@ -235,12 +235,13 @@ class _CoreLoop:
             return []
         out = []
         reqs = self.core.scheduler.requests
+        wall = time.time() - time.monotonic()  # monotonic -> wall clock
         for rid, t0 in list(self.unscheduled.items()):
             req = reqs.get(rid)
             if req is None:  # finished within its first step
-                out.append(QueueTime(rid, max(0.0, step_start - t0)))
+                out.append(QueueTime(rid, max(0.0, step_start - t0), wall + step_start))
             elif req.first_scheduled_time is not None:
-                out.append(QueueTime(rid, max(0.0, req.first_scheduled_time - t0)))
+                out.append(QueueTime(rid, max(0.0, req.first_scheduled_time - t0), wall + req.first_scheduled_time))
             else:
                 continue
             del self.unscheduled[rid]

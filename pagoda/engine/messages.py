@@ -110,6 +110,7 @@ class QueueTime(msgspec.Struct, array_like=True):
 
     request_id: str
     seconds: float
+    scheduled_at: float = 0.0  # wall clock (time.time()) of the first scheduling
 
 
 # ---------------------------------------------------------------------- messages in

@@ -64,6 +64,8 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_server_args(g: argparse._ArgumentGroup) -> None:
+    from pagoda.entrypoints.openai.metrics import PREFIXES
+
     g.add_argument("--trust-request-chat-template", action="store_true",
                    help="allow requests to carry their own chat_template")
     g.add_argument("--max-prompts-per-request", type=int, default=64,
@@ -77,6 +79,10 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--disable-log-stats", action="store_true",
                    help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
                         "every $PAGODA_LOG_STATS_INTERVAL seconds)")
+    g.add_argument("--metrics-prefix", choices=list(PREFIXES), default="pagoda",
+                   help="name prefix of the vLLM metrics on /metrics: 'vllm' gives vLLM's names exactly "
+                        "(vllm:num_requests_running, ...) for dashboards made for vLLM; pagoda's own metrics "
+                        "stay pagoda:*")
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
                         "cache) in responses")

@@ -1,19 +1,14 @@
 """The server's stat loggers: Prometheus metrics and the periodic stats log line.
 
-:class:`PrometheusStatLogger` uses vLLM's names under the ``pagoda:`` prefix. Each server
-gets its own ``CollectorRegistry`` (so several apps can live in one process, as in tests).
-Every metric carries the ``model_name`` label, like vLLM's.
+:class:`PrometheusStatLogger` exports vLLM's V1 metrics (the table :data:`VLLM_METRICS`: names,
+types, help texts, buckets and label names as vLLM's ``PrometheusStatLogger``) under the prefix
+chosen by ``--metrics-prefix``: ``pagoda:`` (default) or ``vllm:`` (names exactly as vLLM's, for
+dashboards made for vLLM). Every series carries ``model_name`` and ``engine="0"``, as vLLM's.
+pagoda's own metrics (:data:`PAGODA_METRICS`: the host KV tier) are always ``pagoda:*``.
+Each server gets its own ``CollectorRegistry`` (several apps can live in one process, as in tests).
 
-Gauges: ``num_requests_running``, ``num_requests_waiting``, ``kv_cache_usage_perc``
-(0–1), ``cpu_cache_usage_perc`` (host KV tier, 0–1). Counters: ``prompt_tokens_total``,
-``generation_tokens_total``, ``num_preemptions_total``,
-``request_success_total{finished_reason}`` (stop, length, abort, error),
-``prefix_cache_queries_total`` / ``prefix_cache_hits_total`` (tokens looked up in / served
-from the prefix cache), ``kv_offload_stored_blocks_total`` /
-``kv_offload_loaded_blocks_total`` (blocks copied into / back from the host KV tier).
-Histograms: ``time_to_first_token_seconds``, ``inter_token_latency_seconds``,
-``e2e_request_latency_seconds``, ``request_queue_time_seconds``,
-``request_prompt_tokens``, ``request_generation_tokens``.
+Request-level histograms count engine requests (each of ``n`` samples once, as vLLM);
+``request_params_n`` and ``request_max_num_generation_tokens`` count user requests.
 
 :class:`LoggingStatLogger` logs vLLM's periodic line (throughput, running / waiting
 requests, KV-cache usage, prefix-cache hit rate, and the host KV tier's usage when it is
@@ -25,15 +20,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pagoda import envs
 from pagoda.engine.messages import SchedulerStats
+from pagoda.engine.request_stats import FinishedRequestStats
 
-PREFIX = "pagoda:"
+PREFIXES = ("pagoda", "vllm")
+"""Values of ``--metrics-prefix``."""
+PAGODA_PREFIX = "pagoda:"
 LOG_STATS_INTERVAL_S = envs.log_stats_interval_s()
+LABELS = ["model_name", "engine"]
+ENGINE = "0"
 
 logger = logging.getLogger("pagoda.server")
 
@@ -44,6 +45,10 @@ ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
                40.0, 80.0]
 LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
                    240.0, 480.0, 960.0, 1920.0, 7680.0]
+ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+"""vLLM's buckets for ``iteration_tokens_total`` (tokens per engine step)."""
+N_BUCKETS = [1, 2, 5, 10, 20]
+TOKENS = "tokens"  # buckets 1, 2, 5, 10, ... up to max_model_len
 
 
 def _token_buckets(max_model_len: int) -> list[float]:
@@ -60,111 +65,185 @@ def _token_buckets(max_model_len: int) -> list[float]:
         exp += 1
 
 
-ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-"""vLLM's buckets for ``iteration_tokens_total`` (tokens per engine step)."""
+# name (without prefix and, for counters, without _total) -> (type, help, buckets, extra labels)
+VLLM_METRICS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
+    "num_requests_running": ("gauge", "Number of requests in model execution batches.", None, ()),
+    "num_requests_waiting": ("gauge", "Number of requests waiting to be processed.", None, ()),
+    "num_requests_waiting_by_reason": ("gauge", (
+        "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; "
+        "'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). "
+        "Sum of all reasons equals vllm:num_requests_waiting."), None, ("reason",)),
+    "engine_sleep_state": ("gauge", (
+        "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; "
+        "weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2."), None, ("sleep_state",)),
+    "kv_cache_usage_perc": ("gauge", "KV-cache usage. 1 means 100 percent usage.", None, ()),
+    "gpu_cache_usage_perc": ("gauge", "GPU KV-cache usage. 1 means 100 percent usage."
+                             "DEPRECATED: Use vllm:kv_cache_usage_perc instead.", None, ()),
+    "prefix_cache_queries": ("counter", "Prefix cache queries, in terms of number of queried tokens.", None, ()),
+    "prefix_cache_hits": ("counter", "Prefix cache hits, in terms of number of cached tokens.", None, ()),
+    "gpu_prefix_cache_queries": ("counter", "GPU prefix cache queries, in terms of number of queried"
+                                 "tokens. DEPRECATED: Use vllm:prefix_cache_queries instead.", None, ()),
+    "gpu_prefix_cache_hits": ("counter", "GPU prefix cache hits, in terms of number of cached "
+                              "tokens. DEPRECATED: Use vllm:prefix_cache_hits instead.", None, ()),
+    "num_preemptions": ("counter", "Cumulative number of preemption from the engine.", None, ()),
+    "prompt_tokens": ("counter", "Number of prefill tokens processed.", None, ()),
+    "generation_tokens": ("counter", "Number of generation tokens processed.", None, ()),
+    "request_success": ("counter", "Count of successfully processed requests.", None, ("finished_reason",)),
+    "request_prompt_tokens": ("histogram", "Number of prefill tokens processed.", TOKENS, ()),
+    "request_generation_tokens": ("histogram", "Number of generation tokens processed.", TOKENS, ()),
+    "iteration_tokens_total": ("histogram", "Histogram of number of tokens per engine_step.",
+                               ITERATION_TOKEN_BUCKETS, ()),
+    "request_max_num_generation_tokens": ("histogram",
+                                          "Histogram of maximum number of requested generation tokens.", TOKENS, ()),
+    "request_params_n": ("histogram", "Histogram of the n request parameter.", N_BUCKETS, ()),
+    "request_params_max_tokens": ("histogram", "Histogram of the max_tokens request parameter.", TOKENS, ()),
+    "time_to_first_token_seconds": ("histogram", "Histogram of time to first token in seconds.", TTFT_BUCKETS, ()),
+    "inter_token_latency_seconds": ("histogram", "Histogram of inter-token latency in seconds.", ITL_BUCKETS, ()),
+    "time_per_output_token_seconds": ("histogram", "Histogram of time per output token in seconds."
+                                      "DEPRECATED: Use vllm:inter_token_latency_seconds instead.", ITL_BUCKETS, ()),
+    "request_time_per_output_token_seconds": ("histogram", "Histogram of time_per_output_token_seconds per request.",
+                                              ITL_BUCKETS, ()),
+    "e2e_request_latency_seconds": ("histogram", "Histogram of e2e request latency in seconds.",
+                                    LATENCY_BUCKETS, ()),
+    "request_queue_time_seconds": ("histogram", "Histogram of time spent in WAITING phase for request.",
+                                   LATENCY_BUCKETS, ()),
+    "request_inference_time_seconds": ("histogram", "Histogram of time spent in RUNNING phase for request.",
+                                       LATENCY_BUCKETS, ()),
+    "request_prefill_time_seconds": ("histogram", "Histogram of time spent in PREFILL phase for request.",
+                                     LATENCY_BUCKETS, ()),
+    "request_decode_time_seconds": ("histogram", "Histogram of time spent in DECODE phase for request.",
+                                    LATENCY_BUCKETS, ()),
+    "request_prefill_kv_computed_tokens": ("histogram", "Histogram of new KV tokens computed during prefill "
+                                           "(excluding cached tokens).", TOKENS, ()),
+    "cache_config_info": ("gauge", "Information of the LLMEngine CacheConfig", None, ()),
+}
+"""Every vLLM metric pagoda exports (docs/serving.md lists those it does not, and why)."""
+
+PAGODA_METRICS: dict[str, tuple[str, str]] = {
+    "cpu_cache_usage_perc": ("gauge", "Host-memory KV tier usage (--kv-offloading-size). 1 means 100 percent usage."),
+    "kv_offload_stored_blocks": ("counter", "KV blocks copied into the host-memory KV tier."),
+    "kv_offload_loaded_blocks": ("counter", "KV blocks copied back from the host-memory KV tier on a prefix hit."),
+}
+"""pagoda's own metrics, always under ``pagoda:``."""
+
+FINISH_REASONS = ("stop", "length", "abort", "error")
+SLEEP_STATES = {"awake": 1, "weights_offloaded": 0, "discard_all": 0}  # pagoda has no sleep mode
+
+
+def cache_config_info(cfg: Any, engine: Any) -> dict[str, str]:
+    """The labels of ``cache_config_info``: vLLM's CacheConfig fields that pagoda has, as strings."""
+    ready = engine.ready_info
+    return {"block_size": str(cfg.block_size), "cache_dtype": "auto",  # the KV cache holds the model's dtype
+            "enable_prefix_caching": str(cfg.enable_prefix_caching),
+            "gpu_memory_utilization": str(cfg.gpu_memory_utilization),
+            "num_gpu_blocks": str(ready.num_blocks - 1 if ready is not None else None),
+            "num_gpu_blocks_override": str(cfg.num_gpu_blocks_override),
+            "kv_offloading_size": str(cfg.kv_offloading_size or None)}
 
 
 class PrometheusStatLogger:
-    FINISH_REASONS = ("stop", "length", "abort", "error")
+    """vLLM's metrics, fed by :class:`pagoda.engine.async_llm.AsyncLLM`'s stat-logger hooks."""
 
-    def __init__(self, model_name: str, max_model_len: int = 4096) -> None:
+    def __init__(self, model_name: str, max_model_len: int = 4096, prefix: str = "pagoda",
+                 cache_config: dict[str, str] | None = None) -> None:
+        if prefix not in PREFIXES:
+            raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        lbl = ["model_name"]
+        self.prefix = prefix + ":"
         self.model_name = model_name
-
-        def g(name: str, doc: str) -> Gauge:
-            return Gauge(PREFIX + name, doc, lbl, registry=r)
-
-        def c(name: str, doc: str):
-            return Counter(PREFIX + name, doc, lbl, registry=r).labels(model_name)
-
-        self.running = g("num_requests_running", "Number of requests in model execution batches.").labels(model_name)
-        self.waiting = g("num_requests_waiting", "Number of requests waiting to be processed.").labels(model_name)
-        self.kv_usage = g("kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.").labels(model_name)
-        self.prompt_tokens = c("prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = c("generation_tokens", "Number of generation tokens processed.")
-        self.preemptions = c("num_preemptions", "Cumulative number of preemptions from the engine.")
-        self.cpu_usage = g("cpu_cache_usage_perc",
-                           "Host-memory KV tier usage (--kv-offloading-size). 1 means 100 percent usage.").labels(
-                               model_name)
-        self.prefix_queries = c("prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.")
-        self.prefix_hits = c("prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
-        self.offload_stored = c("kv_offload_stored_blocks", "KV blocks copied into the host-memory KV tier.")
-        self.offload_loaded = c("kv_offload_loaded_blocks",
-                                "KV blocks copied back from the host-memory KV tier on a prefix hit.")
-        success = Counter(PREFIX + "request_success", "Count of finished requests, by finish reason.",
-                          lbl + ["finished_reason"], registry=r)
-        self.success = {reason: success.labels(model_name, reason) for reason in self.FINISH_REASONS}
-        self._success_family = success
-        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                              lbl, buckets=TTFT_BUCKETS, registry=r).labels(model_name)
-        self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-                             lbl, buckets=ITL_BUCKETS, registry=r).labels(model_name)
-        self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds",
-                             "Histogram of end to end request latency in seconds.", lbl, buckets=LATENCY_BUCKETS,
-                             registry=r).labels(model_name)
-        self.queue = Histogram(PREFIX + "request_queue_time_seconds",
-                               "Histogram of time spent in WAITING phase for request.", lbl,
-                               buckets=LATENCY_BUCKETS, registry=r).labels(model_name)
+        self.families: dict[str, Any] = {}
         tb = _token_buckets(max_model_len)
-        self.req_prompt = Histogram(PREFIX + "request_prompt_tokens", "Number of prefill tokens processed.", lbl,
-                                    buckets=tb, registry=r).labels(model_name)
-        self.req_gen = Histogram(PREFIX + "request_generation_tokens", "Number of generation tokens processed.",
-                                 lbl, buckets=tb, registry=r).labels(model_name)
-        # vLLM's iteration_tokens_total: tokens (prompt + generated) of each engine step that ran.
-        self.iteration_tokens = Histogram(PREFIX + "iteration_tokens_total",
-                                          "Histogram of number of tokens per engine_step.", lbl,
-                                          buckets=ITERATION_TOKEN_BUCKETS, registry=r).labels(model_name)
+        for name, (kind, doc, buckets, extra) in VLLM_METRICS.items():
+            if name == "cache_config_info":
+                continue
+            self.families[name] = self._make(self.prefix + name, kind, doc, LABELS + list(extra),
+                                             tb if buckets == TOKENS else buckets)
+        for name, (kind, doc) in PAGODA_METRICS.items():
+            self.families[name] = self._make(PAGODA_PREFIX + name, kind, doc, LABELS, None)
+        self.m = {name: fam.labels(model_name, ENGINE) for name, fam in self.families.items()
+                  if not VLLM_METRICS.get(name, ("", "", None, ()))[3]}
+        self.success = {r: self.families["request_success"].labels(model_name, ENGINE, r) for r in FINISH_REASONS}
+        self.waiting_by_reason = {r: self.families["num_requests_waiting_by_reason"].labels(model_name, ENGINE, r)
+                                  for r in ("capacity", "deferred")}
+        for state, value in SLEEP_STATES.items():
+            self.families["engine_sleep_state"].labels(model_name, ENGINE, state).set(value)
+        info = {"engine": ENGINE, **(cache_config or {})}
+        Gauge(self.prefix + "cache_config_info", VLLM_METRICS["cache_config_info"][1], list(info),
+              registry=self.registry).labels(**info).set(1)
         self._last_preemptions = 0
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
-        self._last_cumulative = {"prefix_cache_queries": 0, "prefix_cache_hits": 0, "kv_offload_stored_blocks": 0,
-                                 "kv_offload_loaded_blocks": 0}
-        self._cumulative_counters = {"prefix_cache_queries": self.prefix_queries,
-                                     "prefix_cache_hits": self.prefix_hits,
-                                     "kv_offload_stored_blocks": self.offload_stored,
-                                     "kv_offload_loaded_blocks": self.offload_loaded}
+        self._cumulative = {"prefix_cache_queries": ("prefix_cache_queries", "gpu_prefix_cache_queries"),
+                            "prefix_cache_hits": ("prefix_cache_hits", "gpu_prefix_cache_hits"),
+                            "kv_offload_stored_blocks": ("kv_offload_stored_blocks",),
+                            "kv_offload_loaded_blocks": ("kv_offload_loaded_blocks",)}
+        self._last_cumulative = dict.fromkeys(self._cumulative, 0)
+
+    def _make(self, full: str, kind: str, doc: str, labels: list[str], buckets: Any) -> Any:
+        if kind == "gauge":
+            return Gauge(full, doc, labels, registry=self.registry)
+        if kind == "counter":
+            return Counter(full, doc, labels, registry=self.registry)
+        return Histogram(full, doc, labels, buckets=buckets, registry=self.registry)
 
     # ------------------------------------------------------------ StatLogger
     def on_step(self, stats: SchedulerStats) -> None:
-        self.running.set(stats.num_running)
-        self.waiting.set(stats.num_waiting)
-        self.kv_usage.set(stats.kv_cache_usage)
+        m = self.m
+        m["num_requests_running"].set(stats.num_running)
+        m["num_requests_waiting"].set(stats.num_waiting)
+        self.waiting_by_reason["capacity"].set(stats.num_waiting)  # pagoda defers no request for other reasons
+        for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
+            m[name].set(stats.kv_cache_usage)
         if stats.num_prompt_tokens:
-            self.prompt_tokens.inc(stats.num_prompt_tokens)
+            m["prompt_tokens"].inc(stats.num_prompt_tokens)
         if stats.num_generation_tokens:
-            self.generation_tokens.inc(stats.num_generation_tokens)
+            m["generation_tokens"].inc(stats.num_generation_tokens)
         if stats.num_prompt_tokens or stats.num_generation_tokens:
-            self.iteration_tokens.observe(stats.num_prompt_tokens + stats.num_generation_tokens)
+            m["iteration_tokens_total"].observe(stats.num_prompt_tokens + stats.num_generation_tokens)
         if stats.num_preemptions > self._last_preemptions:
-            self.preemptions.inc(stats.num_preemptions - self._last_preemptions)
+            m["num_preemptions"].inc(stats.num_preemptions - self._last_preemptions)
             self._last_preemptions = stats.num_preemptions
-        self.cpu_usage.set(stats.cpu_kv_cache_usage)
-        for name, counter in self._cumulative_counters.items():
-            value = getattr(stats, name)
-            last = self._last_cumulative[name]
+        m["cpu_cache_usage_perc"].set(stats.cpu_kv_cache_usage)
+        for field, names in self._cumulative.items():
+            value = getattr(stats, field)
+            last = self._last_cumulative[field]
             if value > last:
-                counter.inc(value - last)
-                self._last_cumulative[name] = value
+                for name in names:
+                    m[name].inc(value - last)
+                self._last_cumulative[field] = value
 
     def on_queue_time(self, seconds: float) -> None:
-        self.queue.observe(seconds)
+        pass  # observed per finished request (on_finished), as vLLM's
 
     def on_first_token(self, seconds: float) -> None:
-        self.ttft.observe(seconds)
+        self.m["time_to_first_token_seconds"].observe(seconds)
 
     def on_inter_token(self, seconds: float) -> None:
-        self.itl.observe(seconds)
+        self.m["inter_token_latency_seconds"].observe(seconds)
+        self.m["time_per_output_token_seconds"].observe(seconds)
 
-    def on_finished(self, finish_reason: str, num_prompt_tokens: int, num_generation_tokens: int,
-                    e2e_seconds: float) -> None:
-        c = self.success.get(finish_reason)
+    def on_finished(self, s: FinishedRequestStats) -> None:
+        c = self.success.get(s.finish_reason)
         if c is None:
-            c = self.success[finish_reason] = self._success_family.labels(self.model_name, finish_reason)
+            c = self.success[s.finish_reason] = self.families["request_success"].labels(
+                self.model_name, ENGINE, s.finish_reason)
         c.inc()
-        self.e2e.observe(e2e_seconds)
-        self.req_prompt.observe(num_prompt_tokens)
-        self.req_gen.observe(num_generation_tokens)
+        m = self.m
+        for name, value in (("e2e_request_latency_seconds", s.e2e_latency),
+                            ("request_queue_time_seconds", s.queued_time),
+                            ("request_prefill_time_seconds", s.prefill_time),
+                            ("request_decode_time_seconds", s.decode_time),
+                            ("request_inference_time_seconds", s.inference_time),
+                            ("request_time_per_output_token_seconds", s.mean_time_per_output_token),
+                            ("request_prompt_tokens", s.num_prompt_tokens),
+                            ("request_generation_tokens", s.num_generation_tokens),
+                            ("request_prefill_kv_computed_tokens", max(0, s.num_prompt_tokens - s.num_cached_tokens))):
+            m[name].observe(value)
+        if s.max_tokens_param:
+            m["request_params_max_tokens"].observe(s.max_tokens_param)
+
+    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None:
+        self.m["request_params_n"].observe(n)
+        self.m["request_max_num_generation_tokens"].observe(max_num_generation_tokens)
 
     # ------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
@@ -240,6 +319,8 @@ class LoggingStatLogger:
     def on_inter_token(self, seconds: float) -> None:
         pass
 
-    def on_finished(self, finish_reason: str, num_prompt_tokens: int, num_generation_tokens: int,
-                    e2e_seconds: float) -> None:
+    def on_finished(self, stats: FinishedRequestStats) -> None:
+        pass
+
+    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None:
         pass

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM
-from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger, cache_config_info
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
@@ -80,7 +80,8 @@ async def load_engine(state: ServerState) -> None:
         assert cfg is not None
         names = list(cfg.served_model_name)
         state.served_model_names = names
-        state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len)
+        state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len, getattr(args, "metrics_prefix", "pagoda"),
+                                             cache_config_info(cfg, engine))
         engine.stat_loggers.append(state.metrics)
         if not getattr(args, "disable_log_stats", False):
             state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))
