@@ -98,7 +98,8 @@ def test_values_agree_with_requests(prefixed_server):
     assert hist("request_prompt_tokens", "sum") == 2 * len(PROMPT_A) + len(PROMPT_B) + len(PROMPT_C)
     for name in ("e2e_request_latency_seconds", "request_queue_time_seconds", "request_inference_time_seconds",
                  "request_prefill_time_seconds", "request_decode_time_seconds", "time_to_first_token_seconds",
-                 "request_time_per_output_token_seconds", "request_prompt_tokens", "request_prefill_kv_computed_tokens"):
+                 "request_time_per_output_token_seconds", "request_prompt_tokens",
+                 "request_prefill_kv_computed_tokens"):
         assert hist(name, "count") == n_engine_requests, name
     # One inter-token interval per token after each request's first.
     assert hist("inter_token_latency_seconds", "count") == gen_tokens - n_engine_requests

@@ -3,8 +3,9 @@
 :class:`PrometheusStatLogger` exports vLLM's V1 metrics (the table :data:`VLLM_METRICS`: names,
 types, help texts, buckets and label names as vLLM's ``PrometheusStatLogger``) under the prefix
 chosen by ``--metrics-prefix``: ``pagoda:`` (default) or ``vllm:`` (names exactly as vLLM's, for
-dashboards made for vLLM). Every series carries ``model_name`` and ``engine="0"``, as vLLM's.
-pagoda's own metrics (:data:`PAGODA_METRICS`: the host KV tier) are always ``pagoda:*``.
+dashboards made for vLLM). Every vLLM series carries ``model_name`` and ``engine="0"``, as vLLM's.
+pagoda's own metrics (:data:`PAGODA_METRICS`: the host KV tier) are always ``pagoda:*``, labelled
+``model_name``.
 Each server gets its own ``CollectorRegistry`` (several apps can live in one process, as in tests).
 
 Request-level histograms count engine requests (each of ``n`` samples once, as vLLM);
@@ -158,10 +159,11 @@ class PrometheusStatLogger:
                 continue
             self.families[name] = self._make(self.prefix + name, kind, doc, LABELS + list(extra),
                                              tb if buckets == TOKENS else buckets)
-        for name, (kind, doc) in PAGODA_METRICS.items():
-            self.families[name] = self._make(PAGODA_PREFIX + name, kind, doc, LABELS, None)
         self.m = {name: fam.labels(model_name, ENGINE) for name, fam in self.families.items()
-                  if not VLLM_METRICS.get(name, ("", "", None, ()))[3]}
+                  if not VLLM_METRICS[name][3]}
+        for name, (kind, doc) in PAGODA_METRICS.items():  # labelled model_name only (not vLLM's)
+            self.families[name] = self._make(PAGODA_PREFIX + name, kind, doc, ["model_name"], None)
+            self.m[name] = self.families[name].labels(model_name)
         self.success = {r: self.families["request_success"].labels(model_name, ENGINE, r) for r in FINISH_REASONS}
         self.waiting_by_reason = {r: self.families["num_requests_waiting_by_reason"].labels(model_name, ENGINE, r)
                                   for r in ("capacity", "deferred")}
