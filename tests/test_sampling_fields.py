@@ -72,7 +72,8 @@ def test_bad_words_never_generated(tiny, llm, async_scheduling):
     assert not any(_contains(out, s) for s in seqs), (word, seqs, out)
     assert out != base
     # A word the output never holds changes nothing.
-    absent = next(w for w in ("zzqx", "qqqq", "xjxj") if not any(_contains(base, s) for s in bad_words_token_ids([w], tok)))
+    absent = next(w for w in ("zzqx", "qqqq", "xjxj")
+                  if not any(_contains(base, s) for s in bad_words_token_ids([w], tok)))
     assert token_ids(engine.generate(PROMPTS[2:3], greedy(bad_words=[absent]), use_tqdm=False))[0] == base
 
 
