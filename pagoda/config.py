@@ -41,6 +41,8 @@ ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)
 TokenizerMode = Literal["auto", "hf", "slow"]
 TOKENIZER_MODES: tuple[str, ...] = get_args(TokenizerMode)
 BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+SchedulingPolicy = Literal["fcfs", "priority"]
+SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
 
 
 @dataclass
@@ -99,6 +101,9 @@ class EngineArgs:
     """Disable CUDA graphs."""
     async_scheduling: bool | None = None
     """Schedule and prepare step N+1 on the host while the GPU runs step N (default: on for CUDA, off for CPU)."""
+    scheduling_policy: str = field(default="fcfs", metadata={"choices": SCHEDULING_POLICIES})
+    """fcfs: requests are served in arrival order; priority: by each request's priority (lower first, ties by
+    arrival), and a preemption takes the running request with the largest (priority, arrival)."""
     attention_backend: str | None = field(default=None, metadata={"choices": ATTENTION_BACKENDS})
     """Attention implementation (default: triton on CUDA, torch elsewhere)."""
     generation_config: str = "auto"
@@ -126,6 +131,8 @@ class EngineArgs:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
         if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
             raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}.")
         if self.kv_offloading_backend != "native":
             raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
         if not 0 <= self.max_logprobs <= MAX_LOGPROBS:
@@ -178,6 +185,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
+            scheduling_policy=self.scheduling_policy,
             attention_backend=self.attention_backend,
             generation_defaults=self._generation_defaults(model_path),
             max_logprobs=self.max_logprobs,
@@ -255,6 +263,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
     async_scheduling: bool = False  # one step in flight while the next is scheduled
+    scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

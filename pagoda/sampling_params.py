@@ -6,6 +6,12 @@ checks as constructing it. Invariants after ``__post_init__``: every field is in
 range, ``stop`` is a list of non-empty strings, ``stop_token_ids`` a list of ints, ``top_k`` is
 0 when disabled (-1 is accepted and normalised), and ``temperature == 0`` means greedy. A
 field out of range raises :class:`pagoda.errors.ValidationError` naming the field.
+
+``allowed_token_ids`` is None or a non-empty list; ``bad_words`` a list of distinct non-empty
+strings, which the front end (it has the tokenizer) turns into ``bad_words_token_ids``
+(vLLM's ``update_from_tokenizer``); ``logprob_token_ids`` is None or non-empty, and then
+``logprobs == len(logprob_token_ids)`` (the sampler reports those ids in place of the top-k).
+Vocabulary bounds are admission's (:mod:`pagoda.engine.admission`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 256
 MAX_STOP_STRING_LEN = 4096
 MAX_LOGIT_BIAS = 1024
+MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's bound on logprob_token_ids
+MAX_BAD_WORDS = 128  # bad_words entries (each becomes one or two token sequences)
 
 _GREEDY_EPS = 1e-5
 
@@ -38,6 +46,11 @@ def _num(name: str, value: Any, integer: bool = False) -> None:
         raise _bad(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}.")
     if not integer and not math.isfinite(value):
         raise _bad(name, f"must be finite, got {value}.")
+
+
+def _token_ids(name: str, ids: Any) -> None:
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise _bad(name, f"must be a list of integer token ids, got {ids!r}.")
 
 
 def _in_range(name: str, value: Any, lo: float, hi: float, shown: str, integer: bool = False,
@@ -69,6 +82,12 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    # Set by the front end from ``bad_words``: the token sequences whose last token is banned
+    # once the output ends with the rest (vLLM's ``_bad_words_token_ids``).
+    bad_words_token_ids: list[list[int]] | None = None
+    logprob_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -107,6 +126,14 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
                 self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
             except (TypeError, ValueError, AttributeError) as e:
                 raise _bad("logit_bias", f"must map token ids to numbers: {e}") from None
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
+        if self.bad_words is not None:
+            self.bad_words = list(dict.fromkeys(self.bad_words))
+        if self.logprob_token_ids is not None:
+            self.logprob_token_ids = list(self.logprob_token_ids) or None
+            if self.logprob_token_ids and self.logprobs is None:
+                self.logprobs = len(self.logprob_token_ids)  # vLLM's num_logprobs
 
     def _verify(self) -> None:
         _in_range("n", self.n, 1, MAX_N, f"[1, {MAX_N}]", integer=True)
@@ -126,7 +153,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         self._verify_lengths()
         for name in ("logprobs", "prompt_logprobs"):
             v = getattr(self, name)
-            if v is not None:
+            if v is not None and not (name == "logprobs" and self.logprob_token_ids):  # those ids: their own cap
                 _in_range(name, v, 0, MAX_LOGPROBS, f"[0, {MAX_LOGPROBS}]", integer=True)
         self._verify_stops()
         if self.logit_bias:
@@ -135,6 +162,29 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             for k, v in self.logit_bias.items():
                 if not math.isfinite(v) or not -100.0 <= v <= 100.0:
                     raise _bad("logit_bias", f"values must be in [-100, 100], got {v} for token {k}.")
+        self._verify_token_sets()
+
+    def _verify_token_sets(self) -> None:
+        """allowed_token_ids, bad_words and logprob_token_ids (their vocabulary bounds are admission's)."""
+        if self.allowed_token_ids is not None:
+            _token_ids("allowed_token_ids", self.allowed_token_ids)
+            if not self.allowed_token_ids:
+                raise _bad("allowed_token_ids", "must not be empty when given.")
+        if self.bad_words is not None:
+            if len(self.bad_words) > MAX_BAD_WORDS:
+                raise _bad("bad_words", f"may hold at most {MAX_BAD_WORDS} words.")
+            if not all(isinstance(w, str) and w for w in self.bad_words):
+                raise _bad("bad_words", f"cannot contain an empty string. Got bad_words={self.bad_words}")
+        for seq in self.bad_words_token_ids or []:
+            _token_ids("bad_words", seq)
+        if self.logprob_token_ids is not None:
+            ids = self.logprob_token_ids
+            _token_ids("logprob_token_ids", ids)
+            if len(ids) > MAX_LOGPROB_TOKEN_IDS:
+                raise _bad("logprob_token_ids", f"may hold at most {MAX_LOGPROB_TOKEN_IDS} ids, got {len(ids)}.")
+            if self.logprobs != len(ids):
+                raise _bad("logprob_token_ids", f"needs logprobs equal to its length when both are set; got "
+                                                f"logprobs={self.logprobs}, len(logprob_token_ids)={len(ids)}.")
 
     def _verify_lengths(self) -> None:
         if self.max_tokens is not None:

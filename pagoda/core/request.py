@@ -57,6 +57,7 @@ class Request:
         max_tokens: int,
         arrival_time: float | None = None,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -72,6 +73,7 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
+        self.priority = priority  # --scheduling-policy priority: lower is served first
         self.first_scheduled_time: float | None = None
         self.num_preemptions = 0
         # Prefix caching: a salt keeping this request's cache entries apart from other

@@ -3,12 +3,14 @@
 Every request carries ``num_computed_tokens`` and ``num_tokens``; each step hands
 out a token budget (``max_num_batched_tokens``) so the first catches up with the
 second. A prompt chunk, a whole prompt, a decode token and the recompute of a
-preempted request are the same operation. Running requests are served first
-(in arrival order), then waiting ones (FCFS) while budget, ``max_num_seqs`` and
-free blocks allow. When a running request cannot get a block, the most recently
-arrived running request is preempted (its blocks freed, its progress reset: it
-is recomputed later from prompt + outputs so far) and goes back to the front of
-the waiting queue. With prefix caching, an admitted request starts from the leading
+preempted request are the same operation. Running requests are served first,
+then waiting ones while budget, ``max_num_seqs`` and free blocks allow, both in the
+order of the scheduling policy (:mod:`pagoda.core.request_queue`: ``fcfs``, or
+``priority``: lower ``(priority, arrival)`` first). When a running request cannot get
+a block, the last running request in that order (fcfs: the latest to start running;
+priority: the lowest priority) is preempted (its blocks freed, its progress reset: it
+is recomputed later from prompt + outputs so far) and goes back to the waiting queue
+(fcfs: at the front). With prefix caching, an admitted request starts from the leading
 blocks found in the cache (``num_computed_tokens`` = the hit tokens, the last token
 always computed), and full blocks are registered when the step that writes them is
 scheduled (a reader in a later step, or later in the same step, runs after the write).
@@ -35,11 +37,11 @@ first that ends the request, dropping the rest from ``sampled``.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
+from pagoda.core.request_queue import create_request_queue
 from pagoda.errors import EngineInvariantError
 
 
@@ -84,13 +86,14 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         enable_chunked_prefill: bool = True,
+        scheduling_policy: str = "fcfs",
     ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
-        self.waiting: deque[Request] = deque()
+        self.waiting = create_request_queue(scheduling_policy)
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions_total = 0
@@ -134,7 +137,7 @@ class Scheduler:
             self.forks.setdefault(leader.request_id, []).append(request)
             self.num_pending_forks += 1
             return
-        self.waiting.append(request)
+        self.waiting.add_request(request)
 
     def _release_forks(self, leader: Request) -> None:
         """The leader's prompt is computed (or it ended early): start its waiting forks."""
@@ -152,7 +155,7 @@ class Scheduler:
             if can_share and len(self.running) < self.max_num_seqs:
                 res = self.kv.fork(leader, f, P - 1)
             if res is False:
-                self.waiting.appendleft(f)
+                self.waiting.prepend_request(f)
                 continue
             if isinstance(res, tuple):
                 self.pending_copies.append(res)
@@ -174,7 +177,7 @@ class Scheduler:
                 self.running.remove(req)
             elif not self._drop_pending_fork(req):
                 try:
-                    self.waiting.remove(req)
+                    self.waiting.remove_request(req)
                 except ValueError:
                     pass
             req.status = status
@@ -223,8 +226,9 @@ class Scheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        """Running requests in arrival order; preempt the latest arrival when blocks run out.
+        """Running requests in the policy's order; preempt the last one when blocks run out.
         Returns the budget left."""
+        self.waiting.order_running(self.running)
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -249,10 +253,11 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
-        """Admit waiting requests FCFS while budget, seats and blocks allow. Returns the budget left."""
+        """Admit waiting requests in the policy's order while budget, seats and blocks allow. Returns the
+        budget left."""
         now = time.monotonic()
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            req = self.waiting[0]
+            req = self.waiting.peek_request()
             if not self._can_admit(req):
                 break
             # A waiting request holds no blocks: reuse the leading cached ones, if any.
@@ -270,7 +275,7 @@ class Scheduler:
                 self.kv.prefix_cache_hits += req.num_computed_tokens
             if req.num_cached_tokens < 0:
                 req.num_cached_tokens = req.num_computed_tokens
-            self.waiting.popleft()
+            self.waiting.pop_request()
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
@@ -326,7 +331,7 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions_total += 1
-        self.waiting.appendleft(req)
+        self.waiting.prepend_request(req)
 
     # --------------------------------------------------------------- update
     def update_from_output(self, out: SchedulerOutput, sampled: dict[str, list[int]]) -> list[Request]:
@@ -369,7 +374,7 @@ class Scheduler:
                 if was_running:
                     self.running.remove(req)
                 else:
-                    self.waiting.remove(req)
+                    self.waiting.remove_request(req)
                 self._finish(req)
                 return i + 1
         return len(tokens)

@@ -16,7 +16,7 @@ raises :class:`pagoda.errors.EngineInvariantError` when they break.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pagoda.beam_search import candidates_per_step
@@ -59,14 +59,42 @@ def check_num_logprobs(value: int | None, limits: AdmissionLimits, parameter: st
 def check_sampling(params: SamplingParams, limits: AdmissionLimits) -> None:
     """Checks of the sampling parameters that depend on the engine (ranges are SamplingParams')."""
     params.verify()  # fields may have been assigned after construction (n=0 once hung)
-    check_num_logprobs(params.logprobs, limits, "logprobs")
+    if not params.logprob_token_ids:  # logprobs == len(logprob_token_ids), capped by SamplingParams
+        check_num_logprobs(params.logprobs, limits, "logprobs")
     check_num_logprobs(params.prompt_logprobs, limits, "prompt_logprobs")
-    if params.logit_bias:
-        V = limits.vocab_size
-        bad = sorted(t for t in params.logit_bias if not 0 <= t < V)
-        if bad:
-            raise ValidationError(f"token_id(s) {bad[:8]} in logit_bias contain out-of-vocab token ids. "
-                                  f"Vocabulary size: {V}.", "logit_bias")
+    check_in_vocab("logit_bias", params.logit_bias or (), limits)
+    check_in_vocab("logprob_token_ids", params.logprob_token_ids or (), limits)
+    if params.allowed_token_ids is not None and not all(0 <= t < limits.vocab_size for t in params.allowed_token_ids):
+        raise ValidationError("allowed_token_ids contains out-of-vocab token id!", "allowed_token_ids")
+    check_in_vocab("bad_words", [t for seq in params.bad_words_token_ids or () for t in seq], limits)
+
+
+def check_in_vocab(parameter: str, ids: Iterable[int], limits: AdmissionLimits) -> None:
+    """Every id in ``ids`` is in the vocabulary (vLLM's message, the first 8 offenders named)."""
+    V = limits.vocab_size
+    bad = sorted({t for t in ids if not 0 <= t < V})
+    if bad:
+        raise ValidationError(f"token_id(s) {bad[:8]} in {parameter} contain out-of-vocab token ids. "
+                              f"Vocabulary size: {V}.", parameter)
+
+
+def bad_words_token_ids(bad_words: Sequence[str], tokenizer: Any) -> list[list[int]]:
+    """vLLM's ``update_from_tokenizer``: each bad word as token ids, alone and after a space.
+
+    The word is encoded without special tokens, its leading spaces stripped; the
+    space-prefixed form is kept too when it starts with a different token and has as many
+    tokens (a word inside a text, for tokenizers that merge the space into the word).
+    """
+    out: list[list[int]] = []
+    for word in bad_words:
+        plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+        if not plain:
+            raise ValidationError("bad_words entries must tokenize to at least one token.", "bad_words")
+        out.append(list(plain))
+        spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+        if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+            out.append(list(spaced))
+    return out
 
 
 def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimits) -> int:
@@ -129,6 +157,15 @@ def check_truncate_prompt_tokens(value: int | None, limits: AdmissionLimits) -> 
     if value is not None and not 1 <= value <= limits.max_model_len:
         raise ValidationError(f"truncate_prompt_tokens must be in [1, {limits.max_model_len}] (the context "
                               f"length), got {value}.", "truncate_prompt_tokens", value=value)
+
+
+def check_priority(priority: Any, policy: str) -> None:
+    """``priority`` is an integer, and non-zero only under ``--scheduling-policy priority`` (as vLLM)."""
+    if not is_token_id(priority):
+        raise ValidationError(f"priority must be an integer, got {priority!r}.", "priority")
+    if priority != 0 and policy != "priority":
+        raise ValidationError("Got priority != 0 but the scheduling policy is not 'priority' "
+                              "(start the server with --scheduling-policy priority).", "priority", value=priority)
 
 
 def check_request_id_free(request_id: str, in_use: bool) -> None:

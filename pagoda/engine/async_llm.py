@@ -354,13 +354,14 @@ class AsyncLLM:
         assert self.input_processor is not None
         return self.input_processor.default_sampling_params()
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> RequestStream:
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
+                    priority: int = 0) -> RequestStream:
         """Tokenize, admit and queue a request. Raises ``ValidationError`` (nothing queued) if invalid."""
         self.check_servable()
         assert self.input_processor is not None and self.output_processor is not None
         admission.check_request_id_free(request_id, request_id in self._streams or
                                         request_id in self.output_processor.parents)
-        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
         try:  # encode before registering anything, so a failure leaves no state behind
             frames = [self._enc.encode(AddRequest(r)) for r in core_reqs]
         except (OverflowError, TypeError, ValueError) as e:

@@ -80,6 +80,7 @@ class EngineCore:
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             max_model_len=cfg.max_model_len,
             enable_chunked_prefill=cfg.enable_chunked_prefill,
+            scheduling_policy=cfg.scheduling_policy,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
         # Async scheduling: the launched step whose outputs the next step() returns.
@@ -104,7 +105,7 @@ class EngineCore:
         """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`)."""
         req = Request(
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
-            cache_salt=r.cache_salt,
+            cache_salt=r.cache_salt, priority=r.priority,
         )
         self.scheduler.add_request(req, fork_of=r.fork_of)
 

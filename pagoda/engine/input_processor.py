@@ -55,14 +55,17 @@ class InputProcessor:
                               "prompt")
 
     def process(
-        self, request_id: str, prompt: PromptType, params: SamplingParams | None
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None, priority: int = 0
     ) -> tuple[str | None, list[int], SamplingParams, list[EngineCoreRequest]]:
         """Tokenize and admit a request; returns (text, ids, params, one core request per sample)."""
         text, ids = self.tokenize_prompt(prompt)
         cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         admission.check_cache_salt(cache_salt)
+        admission.check_priority(priority, self.cfg.scheduling_policy)
         if params is None:
             params = self.default_sampling_params()
+        if params.bad_words and params.bad_words_token_ids is None:  # a copy: the caller's params stay as given
+            params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
         max_tokens = admission.check_request(ids, params, self.limits)
         core_reqs = []
         now = time.time()
@@ -76,7 +79,7 @@ class InputProcessor:
             core_reqs.append(
                 EngineCoreRequest(
                     child_id(request_id, i, params.n), ids, child_params, self.eos_token_ids, max_tokens, now,
-                    cache_salt=cache_salt,
+                    cache_salt=cache_salt, priority=priority,
                     fork_of=child_id(request_id, 0, params.n) if i > 0 else None,
                 )
             )

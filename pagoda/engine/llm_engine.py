@@ -54,15 +54,17 @@ class LLMEngine:
         return str(next(self._ids))
 
     def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None, final_only: bool = False
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None, final_only: bool = False,
+        priority: int = 0,
     ) -> None:
         """Validate and queue a request. Raises ``ValidationError`` (nothing queued) if invalid.
 
-        ``final_only``: ``step()`` reports the request only once, when it finishes.
+        ``final_only``: ``step()`` reports the request only once, when it finishes. ``priority``:
+        lower is served first under ``--scheduling-policy priority`` (must be 0 under fcfs).
         """
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
-        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params)
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
         added: list[str] = []
         try:
             for r in core_reqs:

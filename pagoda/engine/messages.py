@@ -48,6 +48,7 @@ class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
     max_tokens: int
     arrival_time: float
     cache_salt: str | None = None
+    priority: int = 0  # with --scheduling-policy priority: lower is served first (ties by arrival)
     # Parallel sampling: the id of the first sample of the same prompt, whose prompt blocks
     # this one shares instead of recomputing them.
     fork_of: str | None = None

@@ -97,9 +97,11 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt; results come back in input order.
 
+        ``priority``: one per prompt, lower served first (needs ``scheduling_policy="priority"``).
         Invalid input raises ``pagoda.errors.ValidationError`` (a ``ValueError`` naming the
         field) before any request is queued.
         """
@@ -114,7 +116,10 @@ class LLM:
                 raise ValidationError(
                     f"Got {len(params)} sampling params for {len(plist)} prompts; pass one or one per prompt.",
                     "sampling_params")
-        return self._run(plist, params, use_tqdm)
+        if priority is not None and len(priority) != len(plist):
+            raise ValidationError(f"Got {len(priority)} priorities for {len(plist)} prompts; pass one per prompt.",
+                                  "priority")
+        return self._run(plist, params, use_tqdm, priority)
 
     def chat(
         self,
@@ -179,13 +184,14 @@ class LLM:
         decode = lambda ids: tok.decode(ids)  # noqa: E731 - the whole sequence, special tokens kept (vLLM)
         return [BeamSearchOutput(inst.sequences(decode)) for inst in instances]
 
-    def _run(self, prompts: Sequence[PromptType], params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, prompts: Sequence[PromptType], params: list[SamplingParams], use_tqdm: bool,
+             priority: Sequence[int] | None = None) -> list[RequestOutput]:
         eng = self.llm_engine
         ids: list[str] = []
         try:
-            for p, sp in zip(prompts, params, strict=True):
+            for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
                 rid = eng.next_request_id()
-                eng.add_request(rid, p, sp, final_only=True)
+                eng.add_request(rid, p, sp, final_only=True, priority=priority[i] if priority is not None else 0)
                 ids.append(rid)
         except Exception:
             eng.abort_request(ids)

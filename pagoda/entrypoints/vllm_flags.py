@@ -115,7 +115,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--max-num-partial-prefills --max-long-partial-prefills", "one partial prefill at a time", "1"),
     _u("--long-prefill-token-threshold", "long prefills are not scheduled apart", "0"),
     _u("--num-lookahead-slots", "speculative decoding is not supported yet", "0"),
-    _u("--scheduling-policy", "requests are scheduled first come, first served", "fcfs"),
     _u("--scheduler-cls", "the scheduler class cannot be replaced"),
     _u("--disable-chunked-mm-input", _MM, value=False),
     _u("--disable-hybrid-kv-cache-manager", "accepted: pagoda has one KV cache manager", ANY_VALUE, value=False),

@@ -1,7 +1,11 @@
 """Batched token sampling with vLLM's order of operations.
 
-1. Raw log-probabilities (what ``logprobs`` reports) from the model's logits.
-2. logit_bias and min_tokens masking (EOS / stop tokens forbidden until min_tokens).
+1. Raw log-probabilities (what ``logprobs`` reports) from the model's logits: before any
+   processing, so allowed_token_ids and bad_words do not change them (as vLLM). A row with
+   ``logprob_token_ids`` reports those ids in place of the top-k.
+2. allowed_token_ids (every other token to -inf), bad_words (a token sequence whose prefix ends
+   the output has its last token banned), logit_bias, and min_tokens masking (EOS / stop
+   tokens forbidden until min_tokens).
 3. repetition (prompt+output), presence and frequency (output only) penalties.
 4. Greedy rows take the argmax. Others: temperature, min_p, top_k, top_p, then a draw by
    the exponential race ``argmax(p / E)``, ``E ~ Exp(1)``. A seeded request draws its
@@ -48,17 +52,19 @@ def plain_greedy(r: Request) -> bool:
     return (
         p.sampling_type_greedy and p.logprobs is None and not p.logit_bias and p.repetition_penalty == 1.0
         and not p.presence_penalty and not p.frequency_penalty
+        and p.allowed_token_ids is None and not p.bad_words_token_ids
         and not (p.min_tokens and r.num_output_tokens < p.min_tokens)
     )
 
 
 def needs_host_history(r: Request) -> bool:
-    """Sampling that reads the request's output tokens on the host (penalties, min_tokens).
+    """Sampling that reads the request's output tokens on the host (penalties, min_tokens, bad_words).
 
     Async scheduling must not run such a request ahead of its last token being known.
     """
     p = r.sampling_params
-    return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens)
+    return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens
+                or p.bad_words_token_ids)
 
 
 # chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens)
@@ -139,11 +145,12 @@ def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
         return DeviceSample(tokens, [], [])
     rows = [i for i, w in enumerate(want_lp) if w]
     ks = [params[i].logprobs or 0 for i in rows]
-    return DeviceSample(tokens, rows, ks, _logprob_tensors(raw_lp, tokens, rows, max(ks)))
+    chosen = [params[i].logprob_token_ids for i in rows]
+    return DeviceSample(tokens, rows, ks, _logprob_tensors(raw_lp, tokens, rows, max(ks), chosen))
 
 
 def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
-    """Steps 2 and 3 (logit_bias, min_tokens, penalties), in place on ``logits`` [S, V]."""
+    """Steps 2 and 3 (token sets, logit_bias, min_tokens, penalties), in place on ``logits`` [S, V]."""
     V = logits.shape[1]
     device = logits.device
     # Rows that need logit processing (most batches have none: one cheap pass decides).
@@ -151,11 +158,18 @@ def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
         i for i, r in enumerate(reqs)
         if (p := r.sampling_params).logit_bias or (p.min_tokens and r.num_output_tokens < p.min_tokens)
         or p.repetition_penalty != 1.0 or ((p.presence_penalty or p.frequency_penalty) and r.output_token_ids)
+        or p.allowed_token_ids is not None or p.bad_words_token_ids
     ]
     for i in special:
         r = reqs[i]
         p = r.sampling_params
-        # --- 2. bias and min_tokens
+        # --- 2. token sets, bias and min_tokens
+        if p.allowed_token_ids is not None:
+            _keep_only(logits[i], p.allowed_token_ids)
+        if p.bad_words_token_ids:
+            banned_words = _bad_word_bans(p.bad_words_token_ids, r.output_token_ids)
+            if banned_words:
+                logits[i, banned_words] = float("-inf")
         if p.logit_bias:
             ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=device)
             if len(ids):
@@ -225,8 +239,33 @@ def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.T
     return torch.empty_like(x).scatter_(1, order, sorted_x)
 
 
-def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int], k: int) -> LogprobTensors:
-    """The chosen tokens' logprobs and ranks, and the top ``k``, for ``rows`` of ``raw_lp`` [S, V]."""
+def _keep_only(row: torch.Tensor, allowed: list[int]) -> None:
+    """allowed_token_ids: every other token of ``row`` [V] to -inf (ids are in the vocabulary)."""
+    ids = torch.tensor(allowed, dtype=torch.long, device=row.device)
+    kept = row[ids]
+    row.fill_(float("-inf"))
+    row[ids] = kept
+
+
+def _bad_word_bans(sequences: list[list[int]], output: list[int]) -> list[int]:
+    """The last tokens of the bad-word sequences whose other tokens end ``output`` (vLLM's rule:
+    only the generated tokens count, so a word completed across the prompt is not banned)."""
+    banned = []
+    for seq in sequences:
+        n = len(seq) - 1
+        if n > len(output):
+            continue
+        if n == 0 or output[-n:] == seq[:-1]:
+            banned.append(seq[-1])
+    return banned
+
+
+def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int], k: int,
+                     chosen_ids: list[list[int] | None] | None = None) -> LogprobTensors:
+    """The chosen tokens' logprobs and ranks, and the top ``k``, for ``rows`` of ``raw_lp`` [S, V].
+
+    A row whose ``chosen_ids`` entry is a list (``logprob_token_ids``, then ``k`` is at least
+    its length) reports those ids, in their order, in place of its top-k."""
     idx = torch.tensor(rows, device=raw_lp.device)
     sel = raw_lp[idx]
     chosen = tokens[idx]
@@ -235,6 +274,11 @@ def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int]
     if k == 0:
         return chosen_lp, ranks, None, None
     top_v, top_i = sel.topk(k, dim=-1)
+    for j, ids in enumerate(chosen_ids or []):
+        if ids:
+            t = torch.tensor(ids, dtype=top_i.dtype, device=top_i.device)
+            top_i[j, : len(ids)] = t
+            top_v[j, : len(ids)] = sel[j, t]
     return chosen_lp, ranks, top_v, top_i
 
 

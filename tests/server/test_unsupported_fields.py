@@ -18,7 +18,7 @@ MEANINGFUL = {
     "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": r"\s",
     "structured_outputs": {"choice": ["a", "b"]}, "structural_tag": "{}",
     "response_format": {"type": "json_object"}, "logits_processors": ["my.Processor"],
-    "allowed_token_ids": [1, 2, 3], "bad_words": ["bad"], "best_of": 3, "vllm_xargs": {"k": 1}, "priority": 5,
+    "best_of": 3, "vllm_xargs": {"k": 1},
     "kv_transfer_params": {"do_remote_decode": True}, "return_token_ids": True, "prompt_embeds": "AAAA",
     "suffix": " end.", "audio": {"voice": "alloy"}, "modalities": ["text", "audio"],
     "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
@@ -54,6 +54,29 @@ def test_neutral_values_are_accepted(server, name, value):
             continue
         r = server.post(path, {**base, name: value})
         assert r.status_code == 200, (name, r.text)
+
+
+def test_sampling_token_fields_are_honoured(server):
+    """allowed_token_ids, bad_words and logprob_token_ids are implemented (tests/test_sampling_fields.py)."""
+    r = server.post("/v1/completions", {**COMPLETION, "max_tokens": 4, "allowed_token_ids": [11, 12, 13],
+                                        "return_tokens_as_token_ids": True, "logprobs": 0})
+    assert r.status_code == 200, r.text
+    assert all(t in ("token_id:11", "token_id:12", "token_id:13") for t in r.json()["choices"][0]["logprobs"]["tokens"])
+    r = server.post("/v1/chat/completions", {**CHAT, "bad_words": ["Hello"]})
+    assert r.status_code == 200, r.text
+    r = server.post("/v1/completions", {**COMPLETION, "logprob_token_ids": [5, 7]})
+    assert r.status_code == 200, r.text
+    top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    assert len(top) >= 2
+    r = server.post("/v1/completions", {**COMPLETION, "allowed_token_ids": [10**9]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "allowed_token_ids", r.text
+
+
+def test_priority_needs_the_priority_policy(server):
+    r = server.post("/v1/completions", {**COMPLETION, "priority": 5})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "priority" and "scheduling-policy priority" in err["message"], err
 
 
 def test_harmless_extras_are_accepted(server):

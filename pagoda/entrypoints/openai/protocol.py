@@ -117,6 +117,10 @@ class SamplingFields(OpenAIBaseModel):
     return_tokens_as_token_ids: bool | None = False
     # vLLM's prefix-cache salt: requests with different salts never share cached KV blocks.
     cache_salt: str | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    logprob_token_ids: list[int] | None = None
+    priority: int | None = 0  # non-zero needs --scheduling-policy priority
 
     @field_validator("cache_salt")
     @classmethod
@@ -131,7 +135,7 @@ class SamplingFields(OpenAIBaseModel):
             "n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "stop", "top_k",
             "min_p", "repetition_penalty", "stop_token_ids", "min_tokens", "ignore_eos",
             "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
-            "prompt_logprobs",
+            "prompt_logprobs", "allowed_token_ids", "bad_words", "logprob_token_ids",
         )
         out = {k: getattr(self, k) for k in names if k in self.model_fields_set and getattr(self, k) is not None}
         if self.logit_bias:
@@ -154,6 +158,14 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = None
     suffix: str | None = None
     add_special_tokens: bool | None = True
+
+
+    @model_validator(mode="after")
+    def _logprob_token_ids_ask_for_logprobs(self) -> CompletionRequest:
+        """vLLM: logprob_token_ids alone reports logprobs for those ids (``logprobs`` = their count)."""
+        if self.logprob_token_ids and self.logprobs is None:
+            self.logprobs = len(self.logprob_token_ids)
+        return self
 
 
 class CompletionLogprobs(ResponseModel):
@@ -237,6 +249,17 @@ class ChatCompletionRequest(SamplingFields):
     add_special_tokens: bool | None = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+
+
+    @model_validator(mode="after")
+    def _logprob_token_ids_ask_for_logprobs(self) -> ChatCompletionRequest:
+        """logprob_token_ids reports logprobs for those ids (``top_logprobs`` = their count)."""
+        if self.logprob_token_ids:
+            if self.top_logprobs is None:
+                self.top_logprobs = len(self.logprob_token_ids)
+            if not self.logprobs:
+                self.logprobs = True
+        return self
 
 
 class ChatLogprobTop(ResponseModel):

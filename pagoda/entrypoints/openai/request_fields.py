@@ -86,13 +86,9 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "response_format": Unsupported(f"only {{'type': 'text'}} is honoured; {_STRUCTURED}", _text_format),
     # sampling
     "logits_processors": Unsupported("per-request logits processors are not implemented (vLLM V1 dropped them too)"),
-    "allowed_token_ids": Unsupported("restricting sampling to a token set is not implemented"),
-    "bad_words": Unsupported("banning words during sampling is not implemented"),
     "best_of": Unsupported("best_of must equal n when given (no sampling of extra candidates)", _best_of),
     "vllm_xargs": Unsupported("custom extension arguments are not implemented"),
     # scheduling / serving
-    "priority": Unsupported("priority scheduling is not implemented (requests are served first come, first "
-                            "served); leave it 0", _zero),
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented"),
     "return_token_ids": Unsupported("responses do not carry token ids", _false),
     # inputs and outputs pagoda does not have

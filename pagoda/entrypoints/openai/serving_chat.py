@@ -158,7 +158,8 @@ class OpenAIServingChat(OpenAIServing):
             params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
             self.log_request(request_id, text, ids, params)
             stream = self.engine.add_request(
-                request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params)
+                request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params,
+                    priority=req.priority or 0)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))

@@ -94,7 +94,8 @@ class OpenAIServingCompletion(OpenAIServing):
                 )
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(
-                    rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params))
+                    rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params,
+                    priority=req.priority or 0))
         except BaseException:
             for s in streams:
                 s.close()
