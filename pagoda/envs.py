@@ -60,6 +60,12 @@ def cache_root() -> str:
     return _raw("PAGODA_CACHE")
 
 
+def server_info_vars() -> dict[str, str]:
+    """The ``PAGODA_*`` variables set in the environment, for GET /server_info; secrets (a name holding
+    KEY) left out."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("PAGODA_") and "KEY" not in k}
+
+
 def api_key() -> str | None:
     """``PAGODA_API_KEY``: the server's API key when ``--api-key`` is not given; None when unset."""
     return os.environ.get("PAGODA_API_KEY") or None

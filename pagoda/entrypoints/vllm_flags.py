@@ -135,7 +135,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--enable-auto-tool-choice --exclude-tools-when-tool-choice-none", _TOOLS, value=False, serve=True),
     _u("--tool-call-parser --tool-parser-plugin --tool-server", _TOOLS, serve=True),
     _u("--log-config-file", "use --log-level and --uvicorn-log-level", serve=True),
-    _u("--enable-server-load-tracking --enable-force-include-usage --enable-tokenizer-info-endpoint "
+    _u("--enable-force-include-usage "
        "--enable-log-outputs --log-error-stack --tokens-only --enable-per-request-metrics --enable-offline-docs "
        "--headless --grpc", "not supported", value=False, serve=True),
     _u("--uds", "the server listens on TCP only (--host, --port)", serve=True),

@@ -1,4 +1,4 @@
-"""Scenario 7 (security): the API key on every route but /health, compared in constant time;
+"""Scenario 7 (security): the API key on every route but /health and /ping, compared in constant time;
 127.0.0.1 by default; internal sockets ipc or loopback only; no unsafe deserialization anywhere
 in the package; chat templates sandboxed with a time and size limit."""
 
@@ -34,14 +34,18 @@ def _flat_routes(routes):
 def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
     from pagoda.entrypoints.openai.api_server import build_app
 
-    # every route the app really has, read from the app itself (docs, schema and future routes included)
-    app = build_app(_serve_args(str(tiny_model_dir)))
+    # every route the app really has, read from the app itself (docs, schema and future routes included),
+    # with the flags that add opt-in routes
+    flags = ("--enable-tokenizer-info-endpoint", "--enable-server-load-tracking")
+    app = build_app(_serve_args(str(tiny_model_dir), *flags))
     routes = []
     for r in _flat_routes(app.routes):
         for m in sorted(getattr(r, "methods", None) or {"GET"}):
             routes.append((m, r.path.replace("{model_id:path}", MODEL)))
     assert len(routes) >= 10, routes
-    srv = make_server()
+    assert {"/ping", "/invocations", "/v1/responses", "/server_info", "/tokenizer_info", "/load"} <= {
+        p for _, p in routes}, routes
+    srv = make_server(*flags)
     checked = 0
     with httpx.Client(timeout=10) as c:
         for method, path in routes + [("GET", "/no/such/route"), ("OPTIONS", "/v1/models")]:
@@ -49,14 +53,14 @@ def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
                             {"Authorization": f"Bearer {API_KEY}x"}, {"Authorization": f"bearer {API_KEY}"},
                             {"X-Api-Key": API_KEY}):
                 r = c.request(method, srv.url + path, headers=headers, json={} if method == "POST" else None)
-                if path == "/health":
+                if path in ("/health", "/ping"):  # health probes (/ping: SageMaker's) need no key
                     assert r.status_code == 200, (method, path, r.status_code)
                 else:
                     assert r.status_code == 401, (method, path, headers, r.status_code)
                     if method != "HEAD":
                         assert r.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
-            if path not in ("/health", "/no/such/route") and method == "GET":
+            if path not in ("/health", "/ping", "/no/such/route") and method == "GET":
                 assert c.get(srv.url + path, headers=srv.headers).status_code == 200, path
     record("security_api_key", None, routes=len(routes), requests_checked=checked)
 

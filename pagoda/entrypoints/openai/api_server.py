@@ -6,9 +6,10 @@ loads the model in the background (:mod:`.server_state`), so ``/health`` answers
 core is ready (and again if it dies or stalls). ``run_server(args, sock)`` serves it on a socket bound
 before anything loads, and exits non-zero if the model fails to load.
 
-Routes: GET /health, /version, /metrics, /v1/models[/{id}]; POST /v1/completions,
-/v1/chat/completions, /tokenize, /detokenize, /reset_prefix_cache. Every route but /health requires the API
-key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
+Routes: GET /health, /ping, /version, /metrics, /server_info, /v1/models[/{id}], /tokenizer_info
+(``--enable-tokenizer-info-endpoint``), /load (``--enable-server-load-tracking``); POST /ping, /invocations,
+/v1/completions, /v1/chat/completions, /v1/responses, /tokenize, /detokenize, /reset_prefix_cache. Every route
+but /health and /ping requires the API key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fastapi import FastAPI
 import pagoda
 from pagoda.entrypoints.openai.error_handlers import add_exception_handlers
 from pagoda.entrypoints.openai.middleware import add_middlewares
-from pagoda.entrypoints.openai.routes import ROUTERS
+from pagoda.entrypoints.openai.routes import routers
 from pagoda.entrypoints.openai.server_state import ServerState, engine_args_from, load_engine, watch_engine
 
 logger = logging.getLogger("pagoda.server")
@@ -63,7 +64,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     app.state.pagoda = state
     add_middlewares(app, args)
     add_exception_handlers(app)
-    for router in ROUTERS:
+    for router in routers(args):
         app.include_router(router)
     return app
 

@@ -21,7 +21,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     parser.description = (
         "Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
-        "/v1/models, /tokenize, /detokenize, /health, /metrics, /version, /reset_prefix_cache)."
+        "/v1/responses, /v1/models, /tokenize, /detokenize, /health, /ping, /invocations, /metrics, /version, "
+        "/server_info, /reset_prefix_cache)."
     )
     parser.formatter_class = HelpFormatter
     add_engine_args(parser, positional_model=True, serve=True)
@@ -35,8 +36,8 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
                    help="address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it on every interface")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
     g.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $PAGODA_API_KEY, "
-                        "else no key)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health and /ping "
+                        "(default: $PAGODA_API_KEY, else no key)")
     g.add_argument("--root-path", default=None,
                    help="path prefix under which a proxy serves the app, which the proxy strips before forwarding "
                         "(ASGI root_path: used in the OpenAPI schema and docs; default: none)")
@@ -86,6 +87,12 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--enable-prompt-tokens-details", action="store_true",
                    help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
                         "cache) in responses")
+    g.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                   help="serve GET /tokenizer_info (the tokenizer's configuration and chat template; 404 without "
+                        "this flag)")
+    g.add_argument("--enable-server-load-tracking", action="store_true",
+                   help="count the generation requests in flight and serve the count at GET /load as "
+                        "{\"server_load\": N} (404 without this flag)")
     g.add_argument("--engine-stuck-timeout", type=float, default=envs.engine_stuck_timeout_s(),
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (default: $PAGODA_ENGINE_STUCK_TIMEOUT_S, else 60)")

@@ -1,4 +1,4 @@
-"""The server's ASGI middleware: API key, request-body cap, X-Request-Id, CORS.
+"""The server's ASGI middleware: API key, request-body cap, X-Request-Id, CORS, server-load count.
 
 ``add_middlewares`` installs them in the order that keeps the rules: the key check runs before any
 body is read, and CORS answers a browser's preflight before the key check (a preflight carries no
@@ -20,7 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pagoda import envs
 from pagoda.entrypoints.openai.serving_engine import error_body
 
-UNAUTHENTICATED_PATHS = frozenset({"/health"})
+# Health probes answer without the key: load balancers and SageMaker (/ping) send none. (vLLM checks
+# the key on /v1/* only; pagoda checks it everywhere else too.)
+UNAUTHENTICATED_PATHS = frozenset({"/health", "/ping"})
+# The routes whose requests occupy the engine: what --enable-server-load-tracking counts (vLLM's list,
+# less the pooling routes pagoda does not have).
+LOAD_TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations"})
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any],
@@ -39,7 +44,7 @@ def route_path(scope: Scope) -> str:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token check on every route but /health (constant-time comparison)."""
+    """Bearer-token check on every route but /health and /ping (constant-time comparison)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -142,8 +147,29 @@ class RequestIdMiddleware:
         return await self.app(scope, receive, send_with_id)
 
 
+class ServerLoadMiddleware:
+    """--enable-server-load-tracking: ``counter.server_load`` is the number of requests to
+    ``LOAD_TRACKED_PATHS`` being served, from the route's start to the response's last byte (a stream's
+    included), whatever the outcome."""
+
+    def __init__(self, app: ASGIApp, counter: Any) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in LOAD_TRACKED_PATHS:
+            return await self.app(scope, receive, send)
+        self.counter.server_load += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.counter.server_load -= 1
+
+
 def add_middlewares(app: FastAPI, args: argparse.Namespace) -> None:
     """Install the middleware ``args`` asks for. Middleware added last runs first."""
+    if getattr(args, "enable_server_load_tracking", False):  # innermost: refused requests are not counted
+        app.add_middleware(ServerLoadMiddleware, counter=app.state.pagoda)
     app.add_middleware(BodyLimitMiddleware, limit=args.max_request_body_bytes)
     api_key = args.api_key or envs.api_key()
     if api_key:

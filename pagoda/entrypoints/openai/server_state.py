@@ -18,6 +18,7 @@ from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatL
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
+from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
 logger = logging.getLogger("pagoda.server")
@@ -39,7 +40,8 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
 
 
 class ServerState:
-    """Invariant: ``completion``, ``chat`` and ``tokenization`` are set together, once the engine is ready."""
+    """Invariant: ``completion``, ``chat``, ``responses`` and ``tokenization`` are set together, once the engine
+    is ready. ``server_load`` counts the generation requests in flight (kept by ``ServerLoadMiddleware``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -51,6 +53,8 @@ class ServerState:
         self.completion: OpenAIServingCompletion | None = None
         self.chat: OpenAIServingChat | None = None
         self.tokenization: OpenAIServingTokenization | None = None
+        self.responses: OpenAIServingResponses | None = None
+        self.server_load = 0
         self.served_model_names: list[str] = []
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] | None = None
@@ -88,6 +92,7 @@ async def load_engine(state: ServerState) -> None:
             engine.stat_loggers.append(state.stats_log)
         common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
         state.chat = OpenAIServingChat(engine, names, state.limits, **common)
+        state.responses = OpenAIServingResponses(state.chat)
         state.completion = OpenAIServingCompletion(engine, names, state.limits, **common)
         state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
         scheme = "https" if getattr(args, "ssl_certfile", None) else "http"

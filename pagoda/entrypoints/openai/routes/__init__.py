@@ -1,9 +1,28 @@
-"""The server's routes, one module per endpoint family, each with an ``APIRouter``."""
+"""The server's routes, one module per endpoint family, each with an ``APIRouter``.
+
+``ROUTERS`` are always served; :func:`routers` adds those a flag turns on.
+"""
 
 from __future__ import annotations
 
+import argparse
+
 from fastapi import APIRouter
 
-from pagoda.entrypoints.openai.routes import admin, chat, completions, models, tokenize
+from pagoda.entrypoints.openai.routes import (
+    admin,
+    chat,
+    completions,
+    models,
+    responses,
+    sagemaker,
+    server_info,
+    tokenize,
+)
 
-ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.router, chat.router, tokenize.router)
+ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.router, chat.router, tokenize.router,
+                                  responses.router, sagemaker.router, server_info.router)
+
+
+def routers(args: argparse.Namespace) -> list[APIRouter]:
+    return [*ROUTERS, *server_info.optional_routers(args)]

@@ -1,0 +1,154 @@
+"""Request and response models of ``POST /v1/responses`` (OpenAI's Responses API, the text subset).
+
+What is honoured: ``model``, ``input`` (a string, or a list of messages whose content is a string or
+``input_text`` / ``output_text`` parts), ``instructions``, ``max_output_tokens``, ``temperature``,
+``top_p``, ``stream``, ``metadata`` and ``user`` (echoed back). Every other field OpenAI defines is
+accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other value, and any
+field OpenAI does not define, is a 400 naming it (:func:`unsupported_fields`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Fields of OpenAI's request that pagoda does not implement, with the values that mean "not used"
+# (the ones a client may send without asking for the feature). Anything else is refused.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "auto", "none"),
+    "parallel_tool_calls": (None, True, False),
+    "previous_response_id": (None,),
+    "conversation": (None,),
+    "store": (None, False),  # nothing is stored: no retrieval by id
+    "background": (None, False),
+    "reasoning": (None,),
+    "include": (None, []),
+    "text": (None, {"format": {"type": "text"}}),
+    "truncation": (None, "disabled"),
+    "top_logprobs": (None, 0),
+    "max_tool_calls": (None,),
+    "prompt": (None,),
+    "service_tier": (None, "auto", "default"),
+    "stream_options": (None,),
+    "prompt_cache_key": (None,),
+    "safety_identifier": (None,),
+}
+
+
+class InputTextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[Any] | None = None  # output_text parts of an earlier answer carry them (ignored: no text)
+    logprobs: list[Any] | None = None
+
+
+class InputMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputTextPart]
+    id: str | None = None  # an earlier output item sent back as input
+    status: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """Unknown fields are kept (``extra="allow"``) so they can be refused by name, never dropped."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    input: str | list[InputMessage]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
+    store: bool | None = None
+    background: bool | None = None
+    reasoning: Any = None
+    include: list[Any] | None = None
+    text: Any = None
+    truncation: str | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
+    prompt: Any = None
+    service_tier: str | None = None
+    stream_options: Any = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+
+def unsupported_fields(req: ResponsesRequest) -> list[str]:
+    """Fields set to something pagoda does not do: unknown ones, then known ones off their neutral value."""
+    out = sorted(req.model_extra or ())
+    out += [k for k, ok in NEUTRAL_VALUES.items() if getattr(req, k) not in ok]
+    return out
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText] = Field(default_factory=list)
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's ``response`` object; the unimplemented features read as off (no tools, no storage)."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, str] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputMessage] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})
+    store: bool = False
+    temperature: float | None = None
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
+    tool_choice: str = "auto"
+    tools: list[Any] = Field(default_factory=list)
+    top_p: float | None = None
+    truncation: str = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
