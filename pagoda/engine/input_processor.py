@@ -64,6 +64,7 @@ class InputProcessor:
         if params is None:
             params = self.default_sampling_params()
         max_tokens = admission.check_request(ids, params, self.limits)
+        params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []
         now = time.time()
         for i in range(params.n):
