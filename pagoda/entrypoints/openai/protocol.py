@@ -223,8 +223,8 @@ class ContentPart(OpenAIBaseModel):
 
 
 class ChatMessageIn(OpenAIBaseModel):
-    """One message. Any role string passes (vLLM's custom roles): the chat template decides, and a
-    template that raises on a role it does not know is a 400. Extras (tool_call_id, …) reach the template."""
+    """One message. Any non-empty role string passes (vLLM's custom roles): the chat template decides, and
+    a template that raises on a role it does not know is a 400. Extras (tool_call_id, …) reach the template."""
 
     role: str
     content: str | list[ContentPart] | None = None
@@ -232,6 +232,8 @@ class ChatMessageIn(OpenAIBaseModel):
 
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> ChatMessageIn:
+        if not self.role:
+            raise ValueError("role must be a non-empty string.")
         return self
 
 
