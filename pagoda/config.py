@@ -113,7 +113,8 @@ class EngineArgs:
     """JSON object merged over the generation-config sampling defaults (with --generation-config vllm too), e.g.
     '{"temperature": 0.5, "max_new_tokens": 64}'."""
     max_logprobs: int = MAX_LOGPROBS
-    """Largest logprobs / top_logprobs / prompt_logprobs a request may ask for (no more than the default)."""
+    """Largest logprobs / top_logprobs / prompt_logprobs a request may ask for; -1: no cap (the whole vocabulary,
+    which a request asks for with -1)."""
     chat_template: str | None = None
     """A Jinja chat template (file path or the template itself) replacing the model's (default: the model's)."""
     trust_remote_code: bool = False
@@ -135,8 +136,8 @@ class EngineArgs:
             raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}.")
         if self.kv_offloading_backend != "native":
             raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
-        if not 0 <= self.max_logprobs <= MAX_LOGPROBS:
-            raise ValueError(f"max_logprobs must be in [0, {MAX_LOGPROBS}], got {self.max_logprobs}.")
+        if self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs must be -1 (no cap) or at least 0, got {self.max_logprobs}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
 

@@ -27,6 +27,9 @@ from pagoda.errors import PARAM, ValidationError
 # Caps on what multiplies work (the server exposes them as flags).
 MAX_N = 128
 MAX_LOGPROBS = 20
+"""Default of ``--max-logprobs`` (vLLM's); -1 there means the whole vocabulary."""
+ALL_LOGPROBS = -1
+"""``logprobs`` / ``prompt_logprobs`` value asking for the whole vocabulary (resolved at admission)."""
 MAX_STOP_STRINGS = 256
 MAX_STOP_STRING_LEN = 4096
 MAX_LOGIT_BIAS = 1024
@@ -139,22 +142,30 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         _in_range("n", self.n, 1, MAX_N, f"[1, {MAX_N}]", integer=True)
         for name in ("presence_penalty", "frequency_penalty"):
             _in_range(name, getattr(self, name), -2.0, 2.0, "[-2, 2]")
+        _num("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0.0:  # vLLM's wording
+            raise _bad("repetition_penalty", f"must be greater than zero, got {self.repetition_penalty}.")
         _in_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0**10, "(0, 1024]", lo_open=True)
+        _num("temperature", self.temperature)
+        if self.temperature < 0.0:
+            raise _bad("temperature", f"must be non-negative, got {self.temperature}.")
         _in_range("temperature", self.temperature, 0.0, 1e4, "[0, 10000]")
         _in_range("top_p", self.top_p, 0.0, 1.0, "(0, 1]", lo_open=True)
         _num("top_k", self.top_k, True)
         if self.top_k < 0:
-            raise _bad("top_k", f"must be 0 or -1 (disable), or at least 1, got {self.top_k}.")
+            raise _bad("top_k", f"must be 0 (disable), or at least 1, got {self.top_k}.")
         _in_range("min_p", self.min_p, 0.0, 1.0, "[0, 1]")
         if self.seed is not None:
             _num("seed", self.seed, True)
             if not -(2**63) <= self.seed < 2**64:
                 raise _bad("seed", f"must fit in 64 bits, got {self.seed}.")
         self._verify_lengths()
-        for name in ("logprobs", "prompt_logprobs"):
+        for name in ("logprobs", "prompt_logprobs"):  # the cap is the engine's --max-logprobs (admission)
             v = getattr(self, name)
             if v is not None and not (name == "logprobs" and self.logprob_token_ids):  # those ids: their own cap
-                _in_range(name, v, 0, MAX_LOGPROBS, f"[0, {MAX_LOGPROBS}]", integer=True)
+                _num(name, v, True)
+                if v < 0 and v != ALL_LOGPROBS:
+                    raise _bad(name, f"must be non-negative or -1, got {v}.")
         self._verify_stops()
         if self.logit_bias:
             if len(self.logit_bias) > MAX_LOGIT_BIAS:
@@ -193,7 +204,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
                 raise _bad("max_tokens", f"must be at least 1, got {self.max_tokens}.")
         _num("min_tokens", self.min_tokens, True)
         if self.min_tokens < 0:
-            raise _bad("min_tokens", f"must be at least 0, got {self.min_tokens}.")
+            raise _bad("min_tokens", f"must be greater than or equal to 0, got {self.min_tokens}.")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise _bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}, "
                                      f"got {self.min_tokens}.")
@@ -203,8 +214,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if len(self.stop) > MAX_STOP_STRINGS:
             raise _bad("stop", f"may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}.")
         for s in self.stop:
-            if not isinstance(s, str) or not s:
+            if not isinstance(s, str):
                 raise _bad("stop", f"strings must be non-empty strings, got {s!r}.")
+            if not s:
+                raise _bad("stop", "cannot contain an empty string.")
             if len(s) > MAX_STOP_STRING_LEN:
                 raise _bad("stop", f"strings may be at most {MAX_STOP_STRING_LEN} characters each.")
         for t in self.stop_token_ids or []:

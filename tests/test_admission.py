@@ -61,13 +61,30 @@ def test_kv_capacity_and_token_budget():
 ])
 def test_sampling_against_the_engine(params, param):
     e = refused(admission.check_sampling, params, LIMITS)
-    assert e.parameter == param and param in str(e)
+    assert e.parameter == param
+    if param == "logit_bias":
+        assert param in str(e)
+    else:  # vLLM's words
+        kind = "prompt" if param == "prompt_logprobs" else "sample"
+        assert str(e) == f"Requested {kind} logprobs of 6, which is greater than max allowed: 5"
+
+
+def test_all_logprobs_is_the_vocabulary():
+    """-1 asks for the whole vocabulary: refused above the cap, resolved to the vocabulary size below it."""
+    e = refused(admission.check_sampling, SamplingParams(logprobs=-1), LIMITS)
+    assert str(e) == f"Requested sample logprobs of {LIMITS.vocab_size}, which is greater than max allowed: 5"
+    uncapped = msgspec.structs.replace(LIMITS, max_logprobs=LIMITS.vocab_size)
+    p = SamplingParams(logprobs=-1, prompt_logprobs=-1)
+    admission.check_sampling(p, uncapped)
+    r = admission.resolve_all_logprobs(p, uncapped)
+    assert (r.logprobs, r.prompt_logprobs) == (LIMITS.vocab_size, LIMITS.vocab_size)
+    assert admission.resolve_all_logprobs(SamplingParams(logprobs=2), uncapped).logprobs == 2
 
 
 @pytest.mark.parametrize("kwargs,param", [
     (dict(n=0), "n"), (dict(n=129), "n"), (dict(top_p=0.0), "top_p"), (dict(temperature=-1), "temperature"),
     (dict(max_tokens=0), "max_tokens"), (dict(min_tokens=3, max_tokens=2), "min_tokens"), (dict(stop=[""]), "stop"),
-    (dict(stop_token_ids=[-1]), "stop_token_ids"), (dict(logprobs=21), "logprobs"), (dict(seed=2**64), "seed"),
+    (dict(stop_token_ids=[-1]), "stop_token_ids"), (dict(logprobs=-2), "logprobs"), (dict(seed=2**64), "seed"),
     (dict(logit_bias={1: 101.0}), "logit_bias"), (dict(logit_bias={"x": 1.0}), "logit_bias"),
     (dict(repetition_penalty=0), "repetition_penalty"), (dict(top_k=-3), "top_k"), (dict(min_p=2), "min_p"),
 ])
@@ -105,9 +122,9 @@ def test_truncate_cache_salt_request_id():
 
 
 def test_renamed_error_follows_the_endpoints_name():
-    e = refused(admission.check_num_logprobs, 9, LIMITS, "logprobs")
+    e = refused(SamplingParams, logprobs=-2)
     r = e.renamed({"logprobs": "top_logprobs"})
-    assert r.parameter == "top_logprobs" and str(r) == "top_logprobs must be at most max_logprobs=5, got 9."
+    assert r.parameter == "top_logprobs" and str(r) == "top_logprobs must be non-negative or -1, got -2."
     assert isinstance(r, ValueError) and e.renamed({"n": "x"}) is e
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pagoda.beam_search import candidates_per_step
 from pagoda.engine.messages import AdmissionLimits
-from pagoda.errors import PARAM, ValidationError
-from pagoda.sampling_params import BeamSearchParams, SamplingParams
+from pagoda.errors import ValidationError
+from pagoda.sampling_params import ALL_LOGPROBS, BeamSearchParams, SamplingParams
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 """OpenAI's error code for a request longer than the model's context."""
@@ -49,11 +49,19 @@ def check_cache_salt(salt: Any) -> None:
         raise ValidationError("cache_salt must be a non-empty string.", "cache_salt")
 
 
+def resolve_num_logprobs(value: int | None, limits: AdmissionLimits) -> int | None:
+    """A logprobs count with -1 (the whole vocabulary) resolved to the vocabulary size."""
+    return limits.vocab_size if value == ALL_LOGPROBS else value
+
+
 def check_num_logprobs(value: int | None, limits: AdmissionLimits, parameter: str = "logprobs") -> None:
-    """``logprobs`` / ``prompt_logprobs`` / ``top_logprobs``: at most the engine's ``max_logprobs``."""
-    if value is not None and value > limits.max_logprobs:
-        raise ValidationError(f"{PARAM} must be at most max_logprobs={limits.max_logprobs}, got {value}.",
-                              parameter, value=value)
+    """``logprobs`` / ``prompt_logprobs`` / ``top_logprobs`` (-1: the vocabulary size): at most the engine's
+    ``max_logprobs`` (vLLM's wording: "Requested sample logprobs of N, which is greater than max allowed: M")."""
+    n = resolve_num_logprobs(value, limits)
+    if n is not None and n > limits.max_logprobs:
+        kind = "prompt" if parameter == "prompt_logprobs" else "sample"
+        raise ValidationError(f"Requested {kind} logprobs of {n}, which is greater than max allowed: "
+                              f"{limits.max_logprobs}", parameter, value=value)
 
 
 def check_sampling(params: SamplingParams, limits: AdmissionLimits) -> None:
@@ -134,6 +142,14 @@ def check_request(ids: Sequence[Any], params: SamplingParams, limits: AdmissionL
     check_prompt_ids(ids, limits)
     check_sampling(params, limits)
     return check_length(len(ids), params.max_tokens, limits)
+
+
+def resolve_all_logprobs(params: SamplingParams, limits: AdmissionLimits) -> SamplingParams:
+    """``params`` with ``logprobs`` / ``prompt_logprobs`` of -1 replaced by the vocabulary size (the sampler
+    needs a count); the same object when neither is -1."""
+    changes = {name: limits.vocab_size for name in ("logprobs", "prompt_logprobs")
+               if getattr(params, name) == ALL_LOGPROBS}
+    return params.clone(**changes) if changes else params
 
 
 def check_beam_search(ids: Sequence[Any], params: BeamSearchParams, eos_token_ids: Sequence[int],

@@ -95,8 +95,9 @@ class EngineCore:
     def admission_limits(self) -> AdmissionLimits:
         """What the front end's admission checks need to know about this core (sent in ``Ready``)."""
         cfg = self.cfg
+        max_logprobs = self.vocab_size if cfg.max_logprobs == -1 else cfg.max_logprobs  # -1: no cap
         return AdmissionLimits(
-            max_model_len=cfg.max_model_len, vocab_size=self.vocab_size, max_logprobs=cfg.max_logprobs,
+            max_model_len=cfg.max_model_len, vocab_size=self.vocab_size, max_logprobs=max_logprobs,
             kv_cache_tokens=self.kv.usable_blocks * cfg.block_size,
             max_num_batched_tokens=cfg.max_num_batched_tokens, enable_chunked_prefill=cfg.enable_chunked_prefill,
         )

@@ -67,6 +67,7 @@ class InputProcessor:
         if params.bad_words and params.bad_words_token_ids is None:  # a copy: the caller's params stay as given
             params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
         max_tokens = admission.check_request(ids, params, self.limits)
+        params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []
         now = time.time()
         for i in range(params.n):

@@ -131,7 +131,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--chat-template-content-format", "message content is rendered as text", "auto", "string", serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
     _u("--response-role", "the generated message's role is always 'assistant'", "assistant", serve=True),
-    _u("--return-tokens-as-token-ids", "not supported", value=False, serve=True),
     _u("--enable-auto-tool-choice --exclude-tools-when-tool-choice-none", _TOOLS, value=False, serve=True),
     _u("--tool-call-parser --tool-parser-plugin --tool-server", _TOOLS, serve=True),
     _u("--log-config-file", "use --log-level and --uvicorn-log-level", serve=True),

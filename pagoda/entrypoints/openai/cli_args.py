@@ -93,6 +93,9 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--enable-server-load-tracking", action="store_true",
                    help="count the generation requests in flight and serve the count at GET /load as "
                         "{\"server_load\": N} (404 without this flag)")
+    g.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
+                        "so tokens that are not valid UTF-8 on their own stay identifiable")
     g.add_argument("--engine-stuck-timeout", type=float, default=envs.engine_stuck_timeout_s(),
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (default: $PAGODA_ENGINE_STUCK_TIMEOUT_S, else 60)")

@@ -114,7 +114,10 @@ class SamplingFields(OpenAIBaseModel):
     length_penalty: float | None = 1.0  # beam search only (vLLM's field)
     early_stopping: bool | Literal["never"] | None = False  # beam search only (HF's meaning; vLLM V0's field)
     truncate_prompt_tokens: int | None = None
-    return_tokens_as_token_ids: bool | None = False
+    truncation_side: Literal["left", "right"] | None = None  # with truncate_prompt_tokens; default "left"
+    return_tokens_as_token_ids: bool | None = None  # or the server's --return-tokens-as-token-ids
+    return_token_ids: bool | None = None  # choices carry prompt_token_ids / token_ids
+    request_id: str | None = None  # the request's id (the response's id follows it), as vLLM
     # vLLM's prefix-cache salt: requests with different salts never share cached KV blocks.
     cache_salt: str | None = None
     allowed_token_ids: list[int] | None = None
@@ -140,14 +143,24 @@ class SamplingFields(OpenAIBaseModel):
         out = {k: getattr(self, k) for k in names if k in self.model_fields_set and getattr(self, k) is not None}
         if self.logit_bias:
             bias: dict[int, float] = {}
+            invalid = []
             for k, v in self.logit_bias.items():
                 try:
                     bias[int(k)] = v
                 except ValueError:
-                    raise ValidationError(f"logit_bias keys must be token ids (integers as strings), got {k!r}.",
-                                          "logit_bias") from None
+                    invalid.append(k)
+            if invalid:  # every bad key named, in vLLM's words
+                raise ValidationError(f"logit_bias contains key(s) that cannot be converted to integer token IDs: "
+                                      f"{invalid!r}", "logit_bias", value=invalid)
             out["logit_bias"] = bias
         return out
+
+    @field_validator("request_id")
+    @classmethod
+    def _non_empty_request_id(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("request_id must be a non-empty string if provided.")
+        return v
 
 
 # ------------------------------------------------------------------------ completions
@@ -182,6 +195,8 @@ class CompletionChoice(ResponseModel):
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     prompt_logprobs: list[dict[str, Any] | None] | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids (the keys are always there, as vLLM)
+    token_ids: list[int] | None = None
 
 
 class CompletionResponse(ResponseModel):
@@ -200,6 +215,8 @@ class CompletionStreamChoice(ResponseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids: in the choice's first chunk only
+    token_ids: list[int] | None = None  # with return_token_ids: this chunk's new tokens
 
 
 class CompletionStreamResponse(ResponseModel):
@@ -217,18 +234,18 @@ class ContentPart(OpenAIBaseModel):
     text: str | None = None
 
 
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-
-
 class ChatMessageIn(OpenAIBaseModel):
+    """One message. Any non-empty role string passes (vLLM's custom roles): the chat template decides, and
+    a template that raises on a role it does not know is a 400. Extras (tool_call_id, …) reach the template."""
+
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> ChatMessageIn:  # message extras (tool_call_id, …) pass to the template
-        if self.role not in CHAT_ROLES:  # OpenAI refuses unknown roles; templates would render them blindly
-            raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {self.role[:64]!r}.")
+    def _log_unknown_fields(self) -> ChatMessageIn:
+        if not self.role:
+            raise ValueError("role must be a non-empty string.")
         return self
 
 
@@ -291,6 +308,7 @@ class ChatChoice(ResponseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # with return_token_ids (the key is always there, as vLLM)
 
 
 class ChatCompletionResponse(ResponseModel):
@@ -302,6 +320,7 @@ class ChatCompletionResponse(ResponseModel):
     usage: UsageInfo
     system_fingerprint: str | None = None
     prompt_logprobs: list[dict[str, Any] | None] | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids (the key is always there, as vLLM)
 
 
 class ChatStreamChoice(ResponseModel):
@@ -310,6 +329,7 @@ class ChatStreamChoice(ResponseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # with return_token_ids: this chunk's new tokens
 
 
 class ChatCompletionStreamResponse(ResponseModel):
@@ -319,6 +339,24 @@ class ChatCompletionStreamResponse(ResponseModel):
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids: in the first chunk only
+
+
+OPTIONAL_STREAM_KEYS = ("prompt_token_ids", "token_ids")
+"""Keys a stream chunk carries only when set (vLLM sends chunks without unset fields)."""
+
+
+def stream_chunk_json(chunk: CompletionStreamResponse | ChatCompletionStreamResponse) -> str:
+    """A stream chunk as JSON, without the ``return_token_ids`` keys where they are null."""
+    exclude: dict[Any, Any] = {}
+    per_choice = {i: {k for k in OPTIONAL_STREAM_KEYS if getattr(c, k, 0) is None}
+                  for i, c in enumerate(chunk.choices)}
+    per_choice = {i: keys for i, keys in per_choice.items() if keys}
+    if per_choice:
+        exclude["choices"] = per_choice
+    if getattr(chunk, "prompt_token_ids", 0) is None:
+        exclude["prompt_token_ids"] = True
+    return chunk.model_dump_json(exclude=exclude or None)
 
 
 # --------------------------------------------------------------------------- tokenize

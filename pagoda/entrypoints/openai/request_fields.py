@@ -73,6 +73,10 @@ def _text_only(v: Any, req: Any) -> bool:
     return unset(v) or v == ["text"]
 
 
+def _spaces_between(v: Any, req: Any) -> bool:  # only shows when special tokens are kept in the text
+    return v is None or v is True or getattr(req, "skip_special_tokens", None) is not False
+
+
 UNSUPPORTED: dict[str, Unsupported] = {
     # structured outputs
     "guided_json": Unsupported(_STRUCTURED),
@@ -88,9 +92,11 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "logits_processors": Unsupported("per-request logits processors are not implemented (vLLM V1 dropped them too)"),
     "best_of": Unsupported("best_of must equal n when given (no sampling of extra candidates)", _best_of),
     "vllm_xargs": Unsupported("custom extension arguments are not implemented"),
+    "spaces_between_special_tokens": Unsupported(
+        "the detokenizer does not implement it (special tokens kept in the text are joined as the tokenizer "
+        "decodes them); it may be false only with skip_special_tokens", _spaces_between),
     # scheduling / serving
     "kv_transfer_params": Unsupported("disaggregated prefill (KV transfer) is not implemented"),
-    "return_token_ids": Unsupported("responses do not carry token ids", _false),
     # inputs and outputs pagoda does not have
     "prompt_embeds": Unsupported("prompts must be text or token ids", endpoints=("completions",)),
     "suffix": Unsupported("insertion (text after the completion) is not implemented", endpoints=("completions",)),
@@ -108,6 +114,8 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "include_reasoning": Unsupported("there is no reasoning parser: reasoning stays in the content", _true,
                                      endpoints=("chat",)),
     "web_search_options": Unsupported("web search is not implemented", _absent, endpoints=("chat",)),
+    "mm_processor_kwargs": Unsupported("there is no multimodal processor (image and audio content parts are "
+                                       "refused)"),
     "verbosity": Unsupported("verbosity control is not implemented", endpoints=("chat",)),
 }
 """Fields that would change the output and are not implemented: a 400 unless neutral."""
@@ -121,8 +129,6 @@ IGNORED: dict[str, str] = {
     "prompt_cache_key": "a routing hint for the platform's cache; pagoda's prefix cache needs none",
     "prediction": "predicted outputs only speed up generation, they do not change it",
     "parallel_tool_calls": "no tools are ever called",
-    "request_id": "pagoda names requests itself",
-    "mm_processor_kwargs": "no multimodal processor (image and audio content parts are refused)",
     "media_io_kwargs": "no multimodal processor (image and audio content parts are refused)",
 }
 """Harmless extras: accepted, logged as ignored."""

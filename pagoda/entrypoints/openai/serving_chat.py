@@ -20,6 +20,7 @@ from pagoda.entrypoints.openai.protocol import (
     ChatMessageOut,
     ChatStreamChoice,
     UsageInfo,
+    stream_chunk_json,
 )
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -116,10 +117,15 @@ class OpenAIServingChat(OpenAIServing):
 
     @staticmethod
     def _logprobs(req: ChatCompletionRequest) -> int | None:
-        """The engine's logprobs setting (its range is admission's, reported as top_logprobs)."""
-        if req.top_logprobs is not None and not req.logprobs:
-            raise ServingError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
-        return (req.top_logprobs or 0) if req.logprobs else None
+        """The engine's logprobs setting (-1: the whole vocabulary; the cap is admission's, reported as
+        top_logprobs); vLLM's checks and words."""
+        top = req.top_logprobs
+        if top is not None and top < 0 and top != -1:
+            raise ServingError(400, "`top_logprobs` must be a positive value or -1.", param="top_logprobs")
+        if top and not req.logprobs:
+            raise ServingError(400, "when using `top_logprobs`, `logprobs` must be set to true.",
+                               param="top_logprobs")
+        return (top or 0) if req.logprobs else None
 
     @staticmethod
     def _field_names(req: ChatCompletionRequest) -> dict[str, str]:
@@ -141,19 +147,19 @@ class OpenAIServingChat(OpenAIServing):
             req.messages, bool(req.add_generation_prompt), bool(req.continue_final_message), req.chat_template,
             req.chat_template_kwargs, req.tools, bool(req.add_special_tokens),
         )
-        ids = self.truncate(ids, req.truncate_prompt_tokens)
+        ids = self.truncate(ids, req.truncate_prompt_tokens, req.truncation_side)
         user_max: int | None
         if req.max_completion_tokens is not None:
             user_max, given = req.max_completion_tokens, True
         else:
             user_max, given = req.max_tokens, req.max_tokens is not None
-        request_id = self.new_id("chatcmpl")
+        request_id = self.new_id("chatcmpl", req.request_id)
         stream: Any
         if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
             bparams = self.beam_search_params(req, len(ids), user_max, given, None)
             self.log_request(request_id, text, ids, bparams)  # type: ignore[arg-type]
             prompt = {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}
-            stream = self.start_beam_search(request_id, prompt, bparams, req, logprobs)
+            stream = self.start_beam_search(request_id, prompt, bparams, req, self.num_logprobs(logprobs))
         else:
             params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
             self.log_request(request_id, text, ids, params)
@@ -166,21 +172,24 @@ class OpenAIServingChat(OpenAIServing):
         out = await final_output(stream)
         if out.error:
             raise RuntimeError(out.error)
-        as_ids = bool(req.return_tokens_as_token_ids)
+        as_ids = self.as_ids(req)
         echo = self._echo_text(req)
+        num = self.num_logprobs(logprobs)
         choices = []
         for c in out.outputs:
             lp = None
-            if logprobs is not None:
-                lp = self.chat_logprobs(c.token_ids, c.logprobs or [], logprobs, as_ids)
+            if num is not None:
+                lp = self.chat_logprobs(c.token_ids, c.logprobs or [], num, as_ids)
             choices.append(ChatChoice(index=c.index, message=ChatMessageOut(content=echo + c.text), logprobs=lp,
-                                      finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                                      finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                      token_ids=list(c.token_ids) if req.return_token_ids else None))
         pt = len(out.prompt_token_ids)
         ct = sum(len(c.token_ids) for c in out.outputs)
         resp = ChatCompletionResponse(
             id=request_id, created=self.now(), model=model, choices=choices,
             usage=self.usage(pt, ct, out.num_cached_tokens),
             prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
+            prompt_token_ids=list(out.prompt_token_ids) if req.return_token_ids else None,
         )
         return JSONResponse(resp.model_dump())
 
@@ -202,22 +211,25 @@ class OpenAIServingChat(OpenAIServing):
         finished = [False] * n
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
-        num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        as_ids = bool(req.return_tokens_as_token_ids)
+        num_logprobs = self.num_logprobs((req.top_logprobs or 0) if req.logprobs else None)
+        as_ids = self.as_ids(req)
+        want_ids = bool(req.return_token_ids)
         pt = len(stream.prompt_token_ids)
         cached_tokens = 0
 
-        def chunk(choice: ChatStreamChoice, completion_tokens: int | None = None) -> str:
+        def chunk(choice: ChatStreamChoice, completion_tokens: int | None = None, first: bool = False) -> str:
             c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
+            if want_ids and first:  # vLLM: the prompt's ids in the first chunk only
+                c.prompt_token_ids = list(stream.prompt_token_ids)
             if continuous:
                 ct = completion_tokens or 0
                 c.usage = UsageInfo(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct)
-            return sse(c.model_dump_json())
+            return sse(stream_chunk_json(c))
 
         try:
             echo = self._echo_text(req)
             for i in range(n):  # the role first, as OpenAI does
-                yield chunk(ChatStreamChoice(index=i, delta={"role": "assistant", "content": echo}), 0)
+                yield chunk(ChatStreamChoice(index=i, delta={"role": "assistant", "content": echo}), 0, first=i == 0)
             async for out in stream:
                 if out.error:
                     raise RuntimeError(out.error)
@@ -229,22 +241,23 @@ class OpenAIServingChat(OpenAIServing):
                         continue
                     text = deltas[i] if i < len(deltas) else ""
                     lp = None
-                    new_ids = c.token_ids[sent_tokens[i]:]
+                    new_ids = list(c.token_ids[sent_tokens[i]:])
                     if num_logprobs is not None and new_ids:
                         lp = self.chat_logprobs(new_ids, (c.logprobs or [])[sent_tokens[i]:], num_logprobs, as_ids)
                     sent_tokens[i] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[i] = True
-                    if not text and lp is None and c.finish_reason is None:
+                    if not text and lp is None and c.finish_reason is None and not (want_ids and new_ids):
                         continue
                     delta = {"content": text} if text or c.finish_reason is None else {}
                     yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=c.finish_reason,
-                                                 stop_reason=c.stop_reason), len(c.token_ids))
+                                                 stop_reason=c.stop_reason, token_ids=new_ids if want_ids else None),
+                                len(c.token_ids))
             if include_usage:
                 ct = sum(sent_tokens)
                 usage_chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
                                                            usage=self.usage(pt, ct, cached_tokens))
-                yield sse(usage_chunk.model_dump_json())
+                yield sse(stream_chunk_json(usage_chunk))
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -19,6 +19,7 @@ from pagoda.entrypoints.openai.protocol import (
     CompletionStreamChoice,
     CompletionStreamResponse,
     UsageInfo,
+    stream_chunk_json,
 )
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -32,6 +33,9 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse_error,
 )
 from pagoda.outputs import CompletionOutput, RequestOutput
+
+EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
+"""vLLM's words for an empty prompt."""
 
 
 @dataclass
@@ -49,8 +53,8 @@ class OpenAIServingCompletion(OpenAIServing):
             items = [p]
         else:
             items = list(p)
-        if not items:
-            raise ServingError(400, "prompt must not be empty.", param="prompt")
+        if not items or p == "":
+            raise ServingError(400, EMPTY_PROMPT, param="prompt")
         cap = self.limits.max_prompts_per_request
         if len(items) > cap:
             raise ServingError(400, f"prompt may hold at most {cap} prompts per request "
@@ -59,9 +63,10 @@ class OpenAIServingCompletion(OpenAIServing):
         for item in items:
             if isinstance(item, str):
                 out.append(_Prompt(item, self.tokenize_text(item, bool(req.add_special_tokens),
-                                                            req.truncate_prompt_tokens)))
+                                                            req.truncate_prompt_tokens, req.truncation_side)))
             else:
-                out.append(_Prompt(None, self.truncate(list(item), req.truncate_prompt_tokens)))
+                out.append(_Prompt(None, self.truncate(list(item), req.truncate_prompt_tokens,
+                                                       req.truncation_side)))
         return out
 
     async def create_completion(self, req: CompletionRequest) -> Any:
@@ -71,13 +76,15 @@ class OpenAIServingCompletion(OpenAIServing):
     async def _create(self, req: CompletionRequest) -> Any:
         model = self.model_name(req.model)
         self.check_common(req, "completions")
+        if req.logprobs is not None and req.logprobs < 0:  # vLLM's server: -1 only for prompt_logprobs here
+            raise ServingError(400, "`logprobs` must be a positive value.", param="logprobs")
         prompts = self._prompts(req)
-        request_id = self.new_id("cmpl")
+        request_id = self.new_id("cmpl", req.request_id)
         streams: list[RequestStream] = []
         # echo with logprobs reports the prompt tokens' logprobs too (as vLLM does).
         prompt_lp = req.prompt_logprobs
         if req.echo and req.logprobs is not None:
-            prompt_lp = max(req.logprobs, prompt_lp or 0)
+            prompt_lp = -1 if prompt_lp == -1 else max(req.logprobs, prompt_lp or 0)
         try:
             for i, p in enumerate(prompts):
                 rid = f"{request_id}-{i}"
@@ -123,6 +130,7 @@ class OpenAIServingCompletion(OpenAIServing):
                   finals: list[RequestOutput]) -> CompletionResponse:
         choices = []
         prompt_tokens = completion_tokens = 0
+        as_ids = self.as_ids(req)
         for pi, (p, out) in enumerate(zip(prompts, finals, strict=True)):
             if out.error:
                 raise RuntimeError(out.error)
@@ -138,16 +146,16 @@ class OpenAIServingCompletion(OpenAIServing):
                     offset = 0
                     if req.echo and out.prompt_logprobs is not None:
                         logprobs, offset = self.completion_logprobs(
-                            out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0,
-                            bool(req.return_tokens_as_token_ids))
-                    gen, _ = self.completion_logprobs(c.token_ids, c.logprobs or [], req.logprobs, offset,
-                                                      bool(req.return_tokens_as_token_ids))
+                            out.prompt_token_ids, out.prompt_logprobs, req.logprobs, 0, as_ids)
+                    gen, _ = self.completion_logprobs(c.token_ids, c.logprobs or [], req.logprobs, offset, as_ids)
                     for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                         getattr(logprobs, f).extend(getattr(gen, f))
                 choices.append(CompletionChoice(
                     index=pi * len(out.outputs) + c.index, text=text, logprobs=logprobs,
                     finish_reason=c.finish_reason, stop_reason=c.stop_reason,
                     prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
+                    prompt_token_ids=list(out.prompt_token_ids) if req.return_token_ids else None,
+                    token_ids=list(c.token_ids) if req.return_token_ids else None,
                 ))
         return CompletionResponse(
             id=request_id, created=self.now(), model=model, choices=choices,
@@ -163,11 +171,13 @@ class OpenAIServingCompletion(OpenAIServing):
         text_offset = [0] * num_choices
         echoed = [False] * num_choices
         finished = [False] * num_choices
+        started = [False] * num_choices  # a chunk of the choice was sent (the first carries prompt_token_ids)
         gen_tokens = [0] * num_choices
         cached_tokens = [0] * len(prompts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
-        as_ids = bool(req.return_tokens_as_token_ids)
+        as_ids = self.as_ids(req)
+        want_ids = bool(req.return_token_ids)
         try:
             async for pi, out, deltas in merge_streams(streams):
                 if out.error:
@@ -184,22 +194,27 @@ class OpenAIServingCompletion(OpenAIServing):
                         text = self._prompt_text(prompts[pi]) + text
                     logprobs, text_offset[idx] = self._delta_logprobs(
                         req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
+                    new_ids = list(c.token_ids[sent_tokens[idx]:])
+                    first = not started[idx]
                     sent_tokens[idx] = len(c.token_ids)
                     gen_tokens[idx] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[idx] = True
-                    if not text and logprobs is None and c.finish_reason is None:
+                    if not text and logprobs is None and c.finish_reason is None and not (want_ids and new_ids):
                         continue  # nothing to say yet (text held back for a possible stop string)
+                    started[idx] = True
                     chunk = CompletionStreamResponse(
                         id=request_id, created=created, model=model,
-                        choices=[CompletionStreamChoice(index=idx, text=text, logprobs=logprobs,
-                                                        finish_reason=c.finish_reason, stop_reason=c.stop_reason)],
+                        choices=[CompletionStreamChoice(
+                            index=idx, text=text, logprobs=logprobs, finish_reason=c.finish_reason,
+                            stop_reason=c.stop_reason, token_ids=new_ids if want_ids else None,
+                            prompt_token_ids=list(out.prompt_token_ids) if want_ids and first else None)],
                     )
                     if continuous:
                         pt = len(out.prompt_token_ids)
                         chunk.usage = UsageInfo(prompt_tokens=pt, completion_tokens=len(c.token_ids),
                                                 total_tokens=pt + len(c.token_ids))
-                    yield sse(chunk.model_dump_json())
+                    yield sse(stream_chunk_json(chunk))
             if include_usage:
                 pt = sum(len(s.prompt_token_ids) for s in streams)
                 ct = sum(gen_tokens)

@@ -10,6 +10,7 @@ type (:func:`to_serving_error`), never by their text.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -60,6 +61,7 @@ class ServerLimits:
     max_request_body_bytes: int = 8 * 2**20
     trust_request_chat_template: bool = False
     enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
+    return_tokens_as_token_ids: bool = False  # --return-tokens-as-token-ids: the requests' default
 
 
 class ServingError(Exception):
@@ -231,15 +233,30 @@ class OpenAIServing:
                                param=param) from None
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
-    def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None) -> list[int]:
+    def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None,
+                      side: str | None = None) -> list[int]:
         ids = self.encode(text, add_special_tokens)
-        return self.truncate(ids, truncate)
+        return self.truncate(ids, truncate, side)
 
-    def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
+    def truncate(self, ids: list[int], truncate: int | None, side: str | None = None) -> list[int]:
+        """vLLM's ``truncate_prompt_tokens`` (-1: the context length) and ``truncation_side``: "left"
+        (the default) keeps the last ``truncate`` tokens, "right" the first."""
         if truncate is not None:
-            admission.check_truncate_prompt_tokens(truncate, self.engine.input_processor.limits)  # type: ignore[union-attr]
-            ids = ids[-truncate:]
+            limits = self.engine.input_processor.limits  # type: ignore[union-attr]
+            if truncate == -1:
+                truncate = limits.max_model_len
+            admission.check_truncate_prompt_tokens(truncate, limits)
+            ids = ids[:truncate] if side == "right" else ids[-truncate:]
         return list(ids)
+
+    def num_logprobs(self, value: int | None) -> int | None:
+        """A request's logprobs count with -1 (the whole vocabulary) resolved."""
+        return admission.resolve_num_logprobs(value, self.engine.input_processor.limits)  # type: ignore[union-attr]
+
+    def as_ids(self, req: SamplingFields) -> bool:
+        """Tokens shown as ``token_id:N``: the request's return_tokens_as_token_ids or the server's
+        --return-tokens-as-token-ids (either one, as vLLM)."""
+        return bool(req.return_tokens_as_token_ids) or self.limits.return_tokens_as_token_ids
 
     def log_request(self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams) -> None:
         if not self.log_requests:
@@ -252,8 +269,9 @@ class OpenAIServing:
                     request_id, shown, shown_ids, len(ids), params)
 
     @staticmethod
-    def new_id(prefix: str) -> str:
-        return f"{prefix}-{uuid.uuid4().hex}"
+    def new_id(prefix: str, request_id: str | None = None) -> str:
+        """The response's id: ``prefix-`` and the request's ``request_id`` (vLLM's), else a random one."""
+        return f"{prefix}-{request_id or uuid.uuid4().hex}"
 
     @staticmethod
     def now() -> int:
@@ -287,10 +305,10 @@ class OpenAIServing:
                 s = self.token_str(tok, chosen, as_ids)
                 out.tokens.append(s)
                 out.token_logprobs.append(max(chosen.logprob, LOGPROB_FLOOR) if chosen else None)
+                # vLLM's order: the chosen (or echoed) token first, then the top ones by rank, num + 1 at most
                 top: dict[str, float] = {}
-                for t, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0):
-                    if t == tok or (v.rank is not None and v.rank <= num):
-                        top[self.token_str(t, v, as_ids)] = max(v.logprob, LOGPROB_FLOOR)
+                for t, v in itertools.islice(d.items(), num + 1):
+                    top[self.token_str(t, v, as_ids)] = max(v.logprob, LOGPROB_FLOOR)
                 out.top_logprobs.append(top)
             out.text_offset.append(offset)
             offset += len(self.token_text.get(tok)[0].decode("utf-8", errors="replace"))
@@ -302,11 +320,9 @@ class OpenAIServing:
         for tok, d in zip(token_ids, logprobs, strict=True):
             chosen = d.get(tok)
             s = self.token_str(tok, chosen, as_ids)
-            tops: list[ChatLogprobTop] = []
-            for t, v in sorted(d.items(), key=lambda kv: kv[1].rank or 0):
-                if v.rank is not None and v.rank <= num and len(tops) < num:
-                    tops.append(ChatLogprobTop(token=self.token_str(t, v, as_ids),
-                                               logprob=max(v.logprob, LOGPROB_FLOOR), bytes=self.token_text.bytes(t)))
+            # vLLM's order: the chosen token first, then the top ones by rank, num at most
+            tops = [ChatLogprobTop(token=self.token_str(t, v, as_ids), logprob=max(v.logprob, LOGPROB_FLOOR),
+                                   bytes=self.token_text.bytes(t)) for t, v in itertools.islice(d.items(), num)]
             content.append(ChatLogprobToken(token=s, logprob=max(chosen.logprob, LOGPROB_FLOOR) if chosen else
                                             LOGPROB_FLOOR, bytes=self.token_text.bytes(tok), top_logprobs=tops))
         return ChatLogprobs(content=content)
