@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_utils import MODEL, RemoteServer, wait_for
 
-from pagoda.entrypoints.openai.metrics import PAGODA_METRICS, VLLM_METRICS
+from pagoda.entrypoints.openai.metrics import NATIVE_METRICS, VLLM_METRICS
 
 PROMPT_A = list(range(10, 17))  # 7 tokens
 PROMPT_B = list(range(20, 29))  # 9 tokens
@@ -67,8 +67,8 @@ def test_every_vllm_metric_present_with_type_labels_help(prefixed_server):
     other = "vllm:" if prefix == "pagoda" else "pagoda:"
     for fam in fams:
         if fam.startswith(other):
-            assert prefix == "vllm" and fam[len(other):] in PAGODA_METRICS, fam
-    for name in PAGODA_METRICS:
+            assert prefix == "vllm" and fam[len(other):] in NATIVE_METRICS, fam
+    for name in NATIVE_METRICS:
         assert f"pagoda:{name}" in fams
 
 

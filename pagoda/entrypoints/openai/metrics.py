@@ -4,7 +4,7 @@
 types, help texts, buckets and label names as vLLM's ``PrometheusStatLogger``) under the prefix
 chosen by ``--metrics-prefix``: ``pagoda:`` (default) or ``vllm:`` (names exactly as vLLM's, for
 dashboards made for vLLM). Every vLLM series carries ``model_name`` and ``engine="0"``, as vLLM's.
-pagoda's own metrics (:data:`PAGODA_METRICS`: the host KV tier) are always ``pagoda:*``, labelled
+pagoda's own metrics (:data:`NATIVE_METRICS`: the host KV tier) are always ``pagoda:*``, labelled
 ``model_name``.
 Each server gets its own ``CollectorRegistry`` (several apps can live in one process, as in tests).
 
@@ -32,7 +32,7 @@ from pagoda.engine.request_stats import FinishedRequestStats
 
 PREFIXES = ("pagoda", "vllm")
 """Values of ``--metrics-prefix``."""
-PAGODA_PREFIX = "pagoda:"
+NATIVE_PREFIX = "pagoda:"
 LOG_STATS_INTERVAL_S = envs.log_stats_interval_s()
 LABELS = ["model_name", "engine"]
 ENGINE = "0"
@@ -120,7 +120,7 @@ VLLM_METRICS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
 }
 """Every vLLM metric pagoda exports (docs/serving.md lists those it does not, and why)."""
 
-PAGODA_METRICS: dict[str, tuple[str, str]] = {
+NATIVE_METRICS: dict[str, tuple[str, str]] = {
     "cpu_cache_usage_perc": ("gauge", "Host-memory KV tier usage (--kv-offloading-size). 1 means 100 percent usage."),
     "kv_offload_stored_blocks": ("counter", "KV blocks copied into the host-memory KV tier."),
     "kv_offload_loaded_blocks": ("counter", "KV blocks copied back from the host-memory KV tier on a prefix hit."),
@@ -161,8 +161,8 @@ class PrometheusStatLogger:
                                              tb if buckets == TOKENS else buckets)
         self.m = {name: fam.labels(model_name, ENGINE) for name, fam in self.families.items()
                   if not VLLM_METRICS[name][3]}
-        for name, (kind, doc) in PAGODA_METRICS.items():  # labelled model_name only (not vLLM's)
-            self.families[name] = self._make(PAGODA_PREFIX + name, kind, doc, ["model_name"], None)
+        for name, (kind, doc) in NATIVE_METRICS.items():  # labelled model_name only (not vLLM's)
+            self.families[name] = self._make(NATIVE_PREFIX + name, kind, doc, ["model_name"], None)
             self.m[name] = self.families[name].labels(model_name)
         self.success = {r: self.families["request_success"].labels(model_name, ENGINE, r) for r in FINISH_REASONS}
         self.waiting_by_reason = {r: self.families["num_requests_waiting_by_reason"].labels(model_name, ENGINE, r)
