@@ -86,6 +86,8 @@ def test_logprob_token_ids_reports_those_ids(llm):
     assert set(d) == {base.token_ids[0], *ids}
     for t in ids:
         assert d[t].logprob == pytest.approx(base.logprobs[0][t].logprob, abs=1e-5)
+        assert d[t].rank == base.logprobs[0][t].rank  # the true rank in the distribution, not the list position
+    assert sorted(d[t].rank for t in ids) != [1, 2]  # ids were taken from ranks 2..5, reversed
     assert set(out.logprobs[1]) >= set(ids)
 
 

@@ -61,6 +61,8 @@ class TokenLogprobs(msgspec.Struct, array_like=True):
     rank: int
     top_ids: list[int]
     top_logprobs: list[float]
+    # The top entries' ranks when they are not simply 1, 2, ... (``logprob_token_ids``: the ids asked for).
+    top_ranks: list[int] | None = None
 
 
 class PromptLogprobs(msgspec.Struct, array_like=True):

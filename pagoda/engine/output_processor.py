@@ -86,10 +86,13 @@ class OutputProcessor:
         return list(children)
 
     def _lp_dict(
-        self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int
+        self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int,
+        ranks: list[int] | None = None,
     ) -> dict[int, Logprob]:
+        """The chosen token and the top entries; ``ranks`` None means the top list is the top-k (1, 2, ...)."""
         d = {chosen: Logprob(chosen_lp, rank, decode_token(self.tokenizer, chosen))}
-        for r, (t, v) in enumerate(zip(ids, lps, strict=True), start=1):
+        top_ranks = ranks if ranks is not None else range(1, len(ids) + 1)
+        for r, t, v in zip(top_ranks, ids, lps, strict=True):
             if t not in d:
                 d[t] = Logprob(v, r, decode_token(self.tokenizer, t))
         return d
@@ -154,7 +157,7 @@ class OutputProcessor:
             parent.metrics.last_token_time = now
             if o.new_logprobs is not None and child.logprobs is not None:
                 t = o.new_logprobs[k]
-                child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank))
+                child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank, t.top_ranks))
                 child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
             if child.detok is not None and not (skip_last_text and k == last):
                 hit = child.detok.add_token(tok)

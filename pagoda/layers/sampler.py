@@ -27,8 +27,10 @@ from pagoda.sampling_params import SamplingParams
 @dataclass
 class SampleResult:
     token_ids: list[int]
-    # For each row: None, or (sampled_logprob, sampled_rank, top_ids, top_logprobs)
-    logprobs: list[tuple[float, int, list[int], list[float]] | None]
+    # For each row: None, or (sampled_logprob, sampled_rank, top_ids, top_logprobs, top_ranks); top_ranks
+    # is None when the top list is the real top-k (ranks 1, 2, ...), and the ids' true ranks for a
+    # ``logprob_token_ids`` request.
+    logprobs: list[tuple[float, int, list[int], list[float], list[int] | None] | None]
 
 
 def _rank(lp_row: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -67,8 +69,9 @@ def needs_host_history(r: Request) -> bool:
                 or p.bad_words_token_ids)
 
 
-# chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens)
-LogprobTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+# chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens), and
+# top_r [R, k], the true ranks of the top entries (None unless a row asks for logprob_token_ids).
+LogprobTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 @dataclass
@@ -103,9 +106,10 @@ class DeviceSample:
         self.event.synchronize()
         if self.lp_tensors is None:
             return self.host[0], None
-        if self.lp_tensors[2] is None:  # no top tokens: only chosen_lp and ranks were copied
-            return self.host[0], (self.host[1], self.host[2], None, None)
-        return self.host[0], (self.host[1], self.host[2], self.host[3], self.host[4])
+        copied = iter(self.host[1:])  # start_copy copied the tensors that are not None, in order
+        c, r, v, i, tr = (next(copied) if t is not None else None for t in self.lp_tensors)
+        assert c is not None and r is not None
+        return self.host[0], (c, r, v, i, tr)
 
     def finish(self) -> SampleResult:
         if self.host is not None:
@@ -113,18 +117,20 @@ class DeviceSample:
         else:
             tokens, lp = self.tokens, self.lp_tensors
         token_list = tokens.tolist()
-        lp_out: list[tuple[float, int, list[int], list[float]] | None] = [None] * len(token_list)
+        lp_out: list[tuple[float, int, list[int], list[float], list[int] | None] | None] = [None] * len(token_list)
         if lp is not None:
-            chosen_lp, ranks, top_v, top_i = lp
+            chosen_lp, ranks, top_v, top_i, top_r = lp
             chosen_lp_l, ranks_l = chosen_lp.tolist(), ranks.tolist()
             top_v_l = top_v.tolist() if top_v is not None else None
             top_i_l = top_i.tolist() if top_i is not None else None
+            top_r_l = top_r.tolist() if top_r is not None else None
             for j, (i, n) in enumerate(zip(self.want_lp, self.ks, strict=True)):
                 lp_out[i] = (
                     chosen_lp_l[j],
                     ranks_l[j],
                     top_i_l[j][:n] if top_i_l else [],
                     top_v_l[j][:n] if top_v_l else [],
+                    top_r_l[j][:n] if top_r_l else None,
                 )
         return SampleResult(token_list, lp_out)
 
@@ -272,14 +278,20 @@ def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int]
     chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
     ranks = _rank(sel, chosen_lp)
     if k == 0:
-        return chosen_lp, ranks, None, None
+        return chosen_lp, ranks, None, None, None
     top_v, top_i = sel.topk(k, dim=-1)
+    top_r = None
+    if any(chosen_ids or []):
+        # Ranks of a real top-k are its positions; requested ids get their true ranks.
+        top_r = torch.arange(1, k + 1, device=sel.device).expand(len(rows), k).clone()
     for j, ids in enumerate(chosen_ids or []):
         if ids:
+            assert top_r is not None
             t = torch.tensor(ids, dtype=top_i.dtype, device=top_i.device)
             top_i[j, : len(ids)] = t
             top_v[j, : len(ids)] = sel[j, t]
-    return chosen_lp, ranks, top_v, top_i
+            top_r[j, : len(ids)] = _rank(sel[j].unsqueeze(0), sel[j, t])
+    return chosen_lp, ranks, top_v, top_i, top_r
 
 
 def prompt_logprobs(

@@ -136,7 +136,8 @@ IGNORED: dict[str, str] = {
 BEAM_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "stop": (None, [], ""), "stop_token_ids": (None, []), "logit_bias": (None, {}), "min_tokens": (None, 0),
     "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
-    "prompt_logprobs": (None,),
+    "prompt_logprobs": (None,), "allowed_token_ids": (None,), "bad_words": (None, []),
+    "logprob_token_ids": (None,), "priority": (None, 0),
 }
 """Fields beam search cannot honour (it ranks raw logprobs and stops only at EOS or max_tokens),
 with their neutral values."""
