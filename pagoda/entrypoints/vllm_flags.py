@@ -121,6 +121,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # CompilationConfig / VllmConfig
     _u("--cudagraph-capture-sizes --cuda-graph-sizes --max-cudagraph-capture-size --compilation-config -O",
        _GRAPHS),
+    _u("--max-seq-len-to-capture", "decode CUDA graphs cover every context length (--enforce-eager turns them off)"),
     _u("--speculative-config", "speculative decoding is not supported yet"),
     _u("--kv-transfer-config --kv-events-config", "KV transfer (disaggregated serving) and KV events are not "
        "supported"),
@@ -138,6 +139,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
        "--enable-log-outputs --log-error-stack --tokens-only --enable-per-request-metrics --enable-offline-docs "
        "--headless --grpc", "not supported", value=False, serve=True),
     _u("--uds", "the server listens on TCP only (--host, --port)", serve=True),
+    _u("--disable-frontend-multiprocessing", "the engine core always runs in its own process", value=False,
+       serve=True),
     _u("--disable-access-log-for-endpoints", "--disable-uvicorn-access-log turns the whole access log off",
        serve=True),
     _u("--enable-ssl-refresh", _SSL, value=False, serve=True),
