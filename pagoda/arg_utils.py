@@ -128,12 +128,13 @@ def field_kwargs(f: dataclasses.Field, tp: Any, help_text: str) -> dict[str, Any
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                       skip: frozenset[str] = frozenset()) -> None:
-    """One flag per field of ``cls`` (see the module docstring); fields in ``skip`` get none."""
+                       skip: frozenset[str] = frozenset(), only: frozenset[str] | None = None) -> None:
+    """One flag per field of ``cls`` (see the module docstring); fields in ``skip`` get none, and with
+    ``only`` only those fields get one (a help group's share)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         if f.name not in docs:
             raise TypeError(f"{cls.__name__}.{f.name} has no docstring to serve as its help")

@@ -45,6 +45,23 @@ SchedulingPolicy = Literal["fcfs", "priority"]
 SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
 
 
+ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
+    "ModelConfig": ("model", "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
+                    "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
+                    "override_generation_config", "max_logprobs", "trust_remote_code"),
+    "LoadConfig": ("download_dir", "load_format"),
+    "DeviceConfig": ("device",),
+    "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
+                    "enable_prefix_caching", "kv_offloading_size", "kv_offloading_backend"),
+    "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "scheduling_policy",
+                        "async_scheduling"),
+    "AttentionConfig": ("attention_backend",),
+    "Frontend": ("chat_template",),
+}
+"""``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
+``EngineArgs`` field in exactly one group; a test checks it)."""
+
+
 @dataclass
 class EngineArgs:
     model: str | None = None

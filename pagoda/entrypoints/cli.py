@@ -15,13 +15,14 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, 
     """The engine flags, generated from the ``EngineArgs`` fields (name, type, default, choices, and the
     field's docstring as help), plus the vLLM flags pagoda refuses by name (:mod:`pagoda.entrypoints.vllm_flags`)."""
     from pagoda.arg_utils import add_dataclass_args
-    from pagoda.config import EngineArgs
+    from pagoda.config import ENGINE_ARG_GROUPS, EngineArgs
     from pagoda.entrypoints.vllm_flags import add_unsupported_args
 
     if positional_model:
         p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                        help="the model, as --model (default: the embedded SmolLM2-135M-Instruct)")
-    add_dataclass_args(p.add_argument_group("engine"), EngineArgs)
+    for title, names in ENGINE_ARG_GROUPS.items():  # vLLM's help groups
+        add_dataclass_args(p.add_argument_group(title), EngineArgs, only=frozenset(names))
     add_unsupported_args(p, serve=serve)
 
 

@@ -337,3 +337,17 @@ def test_idle_server_exits_promptly_on_sigterm(tiny_model_dir):
     # No wall-clock bound (it would depend on the machine's speed): the fixed wait this guards against
     # was the API process waiting for a core that had not stopped, which the log check above rules out.
     print(f"{elapsed:.2f} s from SIGTERM to exit")
+
+
+def test_engine_flags_are_grouped_as_vllm_groups_them():
+    from dataclasses import fields
+
+    from pagoda.config import ENGINE_ARG_GROUPS
+
+    grouped = [n for names in ENGINE_ARG_GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(EngineArgs))  # each field in exactly one group
+    text = _serve_parser().format_help()
+    for title in ENGINE_ARG_GROUPS:
+        assert f"\n{title}:\n" in text, title
+    sched = text.split("\nSchedulerConfig:\n", 1)[1].split("\n\n", 1)[0]
+    assert "--max-num-seqs" in sched and "--block-size" not in sched
