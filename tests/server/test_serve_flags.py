@@ -351,3 +351,17 @@ def test_engine_flags_are_grouped_as_vllm_groups_them():
         assert f"\n{title}:\n" in text, title
     sched = text.split("\nSchedulerConfig:\n", 1)[1].split("\n\n", 1)[0]
     assert "--max-num-seqs" in sched and "--block-size" not in sched
+
+
+def test_a_vllm_serve_command_line_parses_unchanged():
+    """A typical `vllm serve` line that uses only features pagoda has: `pagoda` in place of `vllm`."""
+    line = ("/models/llama --host 0.0.0.0 --port 8000 --dtype bfloat16 --max-model-len 4096 "
+            "--gpu-memory-utilization 0.9 --max-num-seqs 256 --max-num-batched-tokens 8192 --enable-prefix-caching "
+            "--served-model-name m --api-key k --tensor-parallel-size 1 --disable-log-requests "
+            "--uvicorn-log-level warning --trust-remote-code --seed 0 --block-size 16 --enable-chunked-prefill "
+            "--generation-config auto --max-logprobs 20 --enforce-eager --kv-cache-dtype auto --disable-log-stats "
+            "--enable-prompt-tokens-details --tokenizer-mode auto --load-format auto --scheduling-policy fcfs "
+            "--return-tokens-as-token-ids --enable-server-load-tracking --async-scheduling")
+    args = _serve_parser().parse_args(line.split())
+    assert args.model_tag == "/models/llama" and args.max_num_seqs == 256 and args.block_size == 16
+    assert args.served_model_name == ["m"] and args.enforce_eager and args.return_tokens_as_token_ids
