@@ -3,6 +3,8 @@ the lowest-priority running request (vLLM's policy); fcfs is unchanged. A fake m
 
 from __future__ import annotations
 
+import pytest
+from engine_checks import PROMPTS, greedy
 from test_scheduler import assert_no_leak, expected_tokens, fake_token, make_req
 
 from pagoda.core.kv_cache_manager import KVCacheManager
@@ -113,3 +115,18 @@ def test_queues_keep_their_order_through_prepend_and_remove():
         f.add_request(r)
     f.prepend_request(c)
     assert [r.request_id for r in f] == ["c", "a", "b"]
+
+
+def test_llm_with_the_priority_policy_gives_each_prompt_its_greedy_answer(tiny):
+    """End to end through LLM: priorities change the order of service, never the tokens."""
+    from pagoda.errors import ValidationError
+
+    plain = tiny.llm("llama")
+    prio = tiny.llm("llama", scheduling_policy="priority", max_num_seqs=2)
+    sp = greedy(max_tokens=6)
+    want = [o.outputs[0].token_ids for o in plain.generate(PROMPTS[:4], sp, use_tqdm=False)]
+    got = prio.generate(PROMPTS[:4], sp, use_tqdm=False, priority=[3, -1, 2, 0])
+    assert [o.outputs[0].token_ids for o in got] == want
+    with pytest.raises(ValidationError) as e:
+        prio.generate(PROMPTS[:2], sp, use_tqdm=False, priority=[1])
+    assert e.value.parameter == "priority"
