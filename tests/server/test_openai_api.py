@@ -276,3 +276,25 @@ def test_metrics_names(server):
     assert server.metric("pagoda:generation_tokens_total") >= 4
     assert server.metric("pagoda:time_to_first_token_seconds_count") >= 1
     assert 'model_name="tiny"' in server.get("/metrics").text
+
+
+@pytest.mark.parametrize("stop", [None, ["zz-never-zz"]])
+def test_stream_chunks_carry_every_token(server, stop):
+    """Together the chunks carry every generated token and none is empty, also while text is held back
+    for a stop string. (The server sends a chunk for every step that made a token, even one whose text
+    is empty, as vLLM does; a slow reader can still get several tokens in one chunk.)"""
+    c = server.client()
+    n = 24
+    for api in ("completions", "chat"):
+        if api == "completions":
+            stream = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=n, temperature=0, stream=True,
+                                          stop=stop, extra_body={"ignore_eos": True, "return_token_ids": True})
+            chunks = [ch.choices[0] for ch in stream if ch.choices]
+        else:
+            stream = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
+                                               max_tokens=n, temperature=0, stream=True, stop=stop,
+                                               extra_body={"ignore_eos": True, "return_token_ids": True})
+            chunks = [ch.choices[0] for ch in stream if ch.choices and ch.choices[0].delta.role is None]
+        per_chunk = [(ch.model_extra or {}).get("token_ids") for ch in chunks]
+        assert sum(len(t or []) for t in per_chunk) == n, (api, per_chunk)
+        assert all(per_chunk), (api, per_chunk)  # no chunk without a token

@@ -247,7 +247,7 @@ class OpenAIServingChat(OpenAIServing):
                     sent_tokens[i] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[i] = True
-                    if not text and lp is None and c.finish_reason is None and not (want_ids and new_ids):
+                    if not text and lp is None and c.finish_reason is None and not new_ids:  # as vLLM: a token, a chunk
                         continue
                     delta = {"content": text} if text or c.finish_reason is None else {}
                     yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=c.finish_reason,

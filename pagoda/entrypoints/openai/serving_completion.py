@@ -200,8 +200,8 @@ class OpenAIServingCompletion(OpenAIServing):
                     gen_tokens[idx] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[idx] = True
-                    if not text and logprobs is None and c.finish_reason is None and not (want_ids and new_ids):
-                        continue  # nothing to say yet (text held back for a possible stop string)
+                    if not text and logprobs is None and c.finish_reason is None and not new_ids:
+                        continue  # no new token (as vLLM: every new token gets a chunk, even with its text held back)
                     started[idx] = True
                     chunk = CompletionStreamResponse(
                         id=request_id, created=created, model=model,
