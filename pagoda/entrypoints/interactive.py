@@ -173,15 +173,6 @@ def stream_text(engine: Any, prompt: Any, params: SamplingParams,
             engine.abort_request(rid)
 
 
-def chat_prompt(llm: Any, conversation: list[dict[str, str]]) -> dict[str, Any]:
-    """The conversation through the model's chat template, as ``LLM.chat`` builds it."""
-    from pagoda.engine.tokenizer import apply_chat_template
-
-    tok = llm.get_tokenizer()
-    text = apply_chat_template(tok, conversation, True, None)
-    return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
-
-
 def chat_loop(llm: Any, params: SamplingParams, system: str | None = None,
               read: Callable[[str], str] = input, out: TextIO | None = None) -> list[dict[str, str]]:
     """Read a line, stream the answer, repeat; an empty line, EOF or Ctrl-C at the prompt ends.
@@ -214,7 +205,7 @@ def chat_loop(llm: Any, params: SamplingParams, system: str | None = None,
 
 def _answer(llm: Any, conv: list[dict[str, str]], params: SamplingParams, out: TextIO) -> str:
     """Stream one answer to ``conv``; ``max_tokens`` is capped by the room left in the context."""
-    prompt = chat_prompt(llm, conv)
+    prompt = llm.chat_prompt(conv)
     room = llm.llm_engine.cfg.max_model_len - len(prompt["prompt_token_ids"])
     if room < 1:
         raise ValueError(f"the conversation ({len(prompt['prompt_token_ids'])} tokens) fills the context of "

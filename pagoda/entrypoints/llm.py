@@ -134,13 +134,16 @@ class LLM:
             convs = [messages]
         else:
             convs = list(messages)  # type: ignore[arg-type]
-        tok = self.get_tokenizer()
-        prompts: list[PromptType] = []
-        for conv in convs:
-            text = apply_chat_template(tok, conv, add_generation_prompt, chat_template)
-            # The template already holds BOS where the model wants it.
-            prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+        prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template) for conv in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    def chat_prompt(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    chat_template: str | None = None) -> dict[str, Any]:
+        """One conversation through the chat template, as a prompt dict (text and token ids)."""
+        tok = self.get_tokenizer()
+        text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template)
+        # The template already holds BOS where the model wants it.
+        return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
 
     def beam_search(
         self,

@@ -6,15 +6,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest
-from pagoda.entrypoints.openai.routes.common import guarded, ready, with_disconnect_abort
+from pagoda.entrypoints.openai.routes.common import generate
+from pagoda.entrypoints.openai.server_state import ServerState
 
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, raw: Request) -> Response:
-    async def run() -> Response:
-        s = ready(raw)
+    async def handler(s: ServerState) -> Response:
         assert s.chat is not None
         return await s.chat.create_chat_completion(body)
-    return await with_disconnect_abort(raw, guarded(run)) if not body.stream else await guarded(run)
+    return await generate(raw, body.stream, handler)

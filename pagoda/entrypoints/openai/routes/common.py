@@ -35,6 +35,14 @@ async def guarded(fn: Callable[[], Awaitable[Any]]) -> Response:
     return res
 
 
+async def generate(raw: Request, stream: bool | None,
+                   handler: Callable[[ServerState], Awaitable[Response]]) -> Response:
+    """A generation route: ``handler`` on the ready state, errors as JSON; a non-streaming request is
+    aborted when its client disconnects (a stream notices the disconnect itself)."""
+    work = guarded(lambda: handler(ready(raw)))
+    return await (work if stream else with_disconnect_abort(raw, work))
+
+
 async def with_disconnect_abort(request: Request, work: Awaitable[Response]) -> Response:
     """Run a non-streaming handler; if the client disconnects first, cancel it (which aborts its
     requests in the engine and frees their KV blocks)."""
