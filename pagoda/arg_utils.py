@@ -139,7 +139,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         if f.name not in docs:
             raise TypeError(f"{cls.__name__}.{f.name} has no docstring to serve as its help")
         kw = field_kwargs(f, hints[f.name], docs[f.name])
-        action = parser.add_argument(f"--{f.name.replace('_', '-')}", **kw)
+        aliases = tuple(f.metadata.get("aliases", ()))  # e.g. -q for --quantization, as vLLM
+        action = parser.add_argument(f"--{f.name.replace('_', '-')}", *aliases, **kw)
         action.help = kw["help"]  # BooleanOptionalAction (Python < 3.13) appends its own default note
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger("pagoda")
@@ -50,6 +51,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
                     "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
                     "override_generation_config", "max_logprobs", "trust_remote_code"),
     "LoadConfig": ("download_dir", "load_format"),
+    "QuantizationConfig": ("quantization",),
     "DeviceConfig": ("device",),
     "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
                     "enable_prefix_caching", "kv_offloading_size", "kv_offloading_backend"),
@@ -108,6 +110,9 @@ class EngineArgs:
     """Weights format; dummy: random weights of the configured shape."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    quantization: str | None = field(default=None, metadata={"choices": QUANTIZATION_METHODS, "aliases": ("-q",)})
+    """Quantization method of the weights (default: the checkpoint's quantization_config, or none). Given for an
+    unquantized checkpoint, a method that can quantize at load time (fp8) does so."""
     kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
     """KV-cache size, e.g. 512M or 4G; on GPU it overrides --gpu-memory-utilization (default: 2G on CPU)."""
     gpu_memory_utilization: float = 0.9
@@ -161,6 +166,7 @@ class EngineArgs:
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import resolve_model
         from pagoda.models.registry import resolve_architecture
+        from pagoda.quantization import resolve_quantization
 
         self.validate()
         rev, ddir = self.revision, self.download_dir
@@ -169,6 +175,7 @@ class EngineArgs:
                           if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
+        resolve_quantization(hf_config, self.quantization)  # fail before any process starts
 
         device = resolve_device(self.device)
         dtype_cfg = hf_config
@@ -204,6 +211,7 @@ class EngineArgs:
             enforce_eager=self.enforce_eager,
             async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
             scheduling_policy=self.scheduling_policy,
+            quantization=self.quantization,
             attention_backend=self.attention_backend,
             generation_defaults=self._generation_defaults(model_path),
             max_logprobs=self.max_logprobs,
@@ -282,6 +290,7 @@ class EngineConfig:
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
     async_scheduling: bool = False  # one step in flight while the next is scheduled
     scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
+    quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

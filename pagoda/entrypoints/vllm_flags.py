@@ -53,7 +53,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--tokenizer-revision", "the tokenizer comes from the model's revision (--revision) or --tokenizer"),
     _u("--rope-scaling", "set it through --hf-overrides '{\"rope_scaling\": {...}}'"),
     _u("--rope-theta", "set it through --hf-overrides '{\"rope_theta\": ...}'"),
-    _u("--quantization -q", "quantized checkpoints are not supported yet (a .gguf file is dequantized on load)"),
     _u("--logprobs-mode", "logprobs are always those of the processed distribution (vLLM's processed_logprobs)",
        "processed_logprobs"),
     _u("--disable-sliding-window", "a sliding window caps max_model_len instead", value=False),

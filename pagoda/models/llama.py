@@ -26,9 +26,11 @@ from torch import nn
 
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
-from pagoda.layers.linear import Linear, LinearMethod
+from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.rotary import RotaryEmbedding, rope_parameters
+from pagoda.models.weight_loading import load_weights, missing_weights
+from pagoda.quantization.base import QuantizationConfig
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class LlamaShape:
         )
 
 
+def _method(qc: QuantizationConfig | None, prefix: str, shard_names: tuple[str, ...]):
+    return qc.get_linear_method(prefix, shard_names) if qc is not None else None
+
+
 def _act(name: str):
     if name in ("silu", "swish"):
         return F.silu
@@ -77,14 +83,18 @@ def _act(name: str):
 
 
 class Attention(nn.Module):
-    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int, lm: LinearMethod | None = None) -> None:
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int,
+                 qc: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.s = s
         self.layer_idx = layer_idx
         self.q_size = s.num_heads * s.head_dim
         self.kv_size = s.num_kv_heads * s.head_dim
-        self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias, linear_method=lm)
-        self.o_proj = Linear(self.q_size, s.hidden_size, bias=False, linear_method=lm)
+        self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias,
+                               linear_method=_method(qc, f"{prefix}.qkv_proj", ("q_proj", "k_proj", "v_proj")),
+                               output_sizes=(self.q_size, self.kv_size, self.kv_size))
+        self.o_proj = Linear(self.q_size, s.hidden_size, bias=False,
+                             linear_method=_method(qc, f"{prefix}.o_proj", ("o_proj",)))
         if s.qk_norm:
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
@@ -130,11 +140,14 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, s: LlamaShape, lm: LinearMethod | None = None) -> None:
+    def __init__(self, s: LlamaShape, qc: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.inter = s.intermediate_size
-        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False, linear_method=lm)
-        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False, linear_method=lm)
+        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False,
+                                   linear_method=_method(qc, f"{prefix}.gate_up_proj", ("gate_proj", "up_proj")),
+                                   output_sizes=(s.intermediate_size, s.intermediate_size))
+        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False,
+                                linear_method=_method(qc, f"{prefix}.down_proj", ("down_proj",)))
         self.act = _act(s.hidden_act)
 
         self.fused = False
@@ -150,10 +163,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, lm: LinearMethod | None = None) -> None:
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None = None) -> None:
         super().__init__()
-        self.self_attn = Attention(s, rope, idx, lm)
-        self.mlp = MLP(s, lm)
+        self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn")
+        self.mlp = MLP(s, qc, f"model.layers.{idx}.mlp")
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -184,20 +197,23 @@ class LlamaForCausalLM(nn.Module):
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
     }
+    stacked_params = {shard: (fused, i) for fused, shards in packed_modules_mapping.items()
+                      for i, shard in enumerate(shards)}
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                 linear_method: LinearMethod | None = None) -> None:
-        """``linear_method``: how the decoder layers' linear layers store and apply their weights
-        (default unquantized; the LM head stays unquantized)."""
+                 quant_config: QuantizationConfig | None = None) -> None:
+        """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
+        the method decides per layer, e.g. the LM head usually stays unquantized)."""
         super().__init__()
         s = LlamaShape.from_hf(hf_config, arch)
         self.shape = s
         rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(s, rope, i, linear_method) for i in range(s.num_layers)])
+        self.layers = nn.ModuleList([DecoderLayer(s, rope, i, quant_config) for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
-            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
+            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
+                                  linear_method=_method(quant_config, "lm_head", ("lm_head",)))
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
@@ -249,15 +265,20 @@ class LlamaForCausalLM(nn.Module):
             from pagoda.layers.cpu_linear import packed_linear
 
             return packed_linear(hidden, self._lm_packed, None)
-        w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, w)
+        if self.shape.tie_word_embeddings:
+            return F.linear(hidden, self.embed_tokens.weight)
+        return self.lm_head(hidden)
 
     def pack_for_cpu(self, batch_hint: int) -> int:
         """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_model_linears, pack_weight
 
-        w = self.embed_tokens.weight if self.shape.tie_word_embeddings else self.lm_head.weight
-        self._lm_packed = pack_weight(w, batch_hint)
+        if self.shape.tie_word_embeddings:
+            w: torch.Tensor | None = self.embed_tokens.weight
+        else:
+            head = self.lm_head
+            w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
+        self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
         n = pack_model_linears(self.layers, batch_hint)
         if self._lm_packed is not None and not self.shape.tie_word_embeddings:
             del self.lm_head  # the packed copy replaces it
@@ -269,61 +290,10 @@ class LlamaForCausalLM(nn.Module):
 
     # ----------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy HF-named tensors into our (partly fused) parameters. Returns names loaded."""
-        s = self.shape
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        shard_offsets = {
-            "q_proj": ("qkv_proj", 0, q),
-            "k_proj": ("qkv_proj", q, kv),
-            "v_proj": ("qkv_proj", q + kv, kv),
-            "gate_proj": ("gate_up_proj", 0, s.intermediate_size),
-            "up_proj": ("gate_up_proj", s.intermediate_size, s.intermediate_size),
-        }
-        for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:
-                continue
-            if name.startswith("model."):
-                name = name[len("model."):]
-            if name == "lm_head.weight" and s.tie_word_embeddings:
-                continue
-            parts = name.split(".")
-            target, offset, size = name, None, 0  # size is read only with an offset
-            for i, p in enumerate(parts):
-                if p in shard_offsets:
-                    fused, offset, size = shard_offsets[p]
-                    parts[i] = fused
-                    target = ".".join(parts)
-                    break
-            param = params.get(target)
-            if param is None:
-                raise ValueError(f"Checkpoint tensor {name!r} has no place in {type(self).__name__}.")
-            with torch.no_grad():
-                if offset is None:
-                    if param.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
-                                         f"vs model {tuple(param.shape)}")
-                    param.copy_(tensor)
-                else:
-                    assert size is not None  # set together with offset
-                    dst = param.narrow(0, offset, size)
-                    if dst.shape != tensor.shape:
-                        raise ValueError(f"Shape mismatch for {name}: checkpoint {tuple(tensor.shape)} "
-                                         f"vs model {tuple(dst.shape)}")
-                    dst.copy_(tensor)
-            loaded.add(target if offset is None else f"{target}#{offset}")
-        return loaded
+        """Copy HF-named tensors into our (partly fused) parameters. Returns the keys loaded."""
+        tied = self.shape.tie_word_embeddings
+        return load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")),
+                            self.stacked_params)
 
-    def expected_weight_keys(self) -> set[str]:
-        keys = set()
-        s = self.shape
-        q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        for name, _ in self.named_parameters():
-            if name.endswith("qkv_proj.weight") or name.endswith("qkv_proj.bias"):
-                keys |= {f"{name}#0", f"{name}#{q}", f"{name}#{q + kv}"}
-            elif name.endswith("gate_up_proj.weight"):
-                keys |= {f"{name}#0", f"{name}#{s.intermediate_size}"}
-            else:
-                keys.add(name)
-        return keys
+    def missing_weights(self, loaded: set[str]) -> list[str]:
+        return missing_weights(self, loaded)

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from pagoda.config import EngineConfig
-from pagoda.layers.linear import process_weights_after_loading
+from pagoda.layers.linear import Linear, process_weights_after_loading
 from pagoda.models.registry import build_model
+from pagoda.quantization import resolve_quantization
 
 logger = logging.getLogger("pagoda")
 
@@ -49,17 +50,12 @@ def iter_safetensors(files: list[Path]):
 
 def load_model(cfg: EngineConfig) -> nn.Module:
     t0 = time.perf_counter()
+    quant_config = resolve_quantization(cfg.hf_config, cfg.quantization)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
-        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype)
+        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config)
     model.eval()
     if cfg.load_format == "dummy":
-        gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.fill_(1.0)
-                else:
-                    p.uniform_(-0.02, 0.02, generator=gen)
+        _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
     else:
         files = safetensors_files(cfg.model_path)
         if not files:
@@ -68,7 +64,7 @@ def load_model(cfg: EngineConfig) -> nn.Module:
                 f"pass a .gguf file, or use --load-format dummy for random weights."
             )
         loaded = model.load_weights(iter_safetensors(files))
-        missing = model.expected_weight_keys() - loaded
+        missing = model.missing_weights(loaded)
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")
     process_weights_after_loading(model)
@@ -80,11 +76,40 @@ def load_model(cfg: EngineConfig) -> nn.Module:
         else:
             model.enable_fused_kernels()
     n = sum(p.numel() for p in model.parameters())
+    weight_bytes = weight_nbytes(model)
     if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
         logger.debug("prepacked %d linear weights for oneDNN", packed)
     logger.info(
-        "Loaded %s (%s, %.1fM parameters, %s) in %.2f s",
-        cfg.architecture, cfg.load_format, n / 1e6, str(cfg.dtype).replace("torch.", ""), time.perf_counter() - t0,
+        "Loaded %s (%s, %.1fM parameter elements, %s, quantization: %s) in %.2f s; weights take %.3f GiB",
+        cfg.architecture, cfg.load_format, n / 1e6, str(cfg.dtype).replace("torch.", ""),
+        quant_config.describe() if quant_config else "none", time.perf_counter() - t0, weight_bytes / 2**30,
     )
     return model
+
+
+def weight_nbytes(model: nn.Module) -> int:
+    """Bytes of the model's weights: parameters and persistent buffers, each tensor counted once (a quantized
+    method keeps its packed weights there, after ``process_weights_after_loading`` too)."""
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        tensors: list[torch.Tensor] = list(module.parameters(recurse=False))
+        skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
+        tensors += [b for n, b in module.named_buffers(recurse=False) if n not in skip]
+        for t in tensors:
+            seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _init_dummy(model: nn.Module, gen: torch.Generator) -> None:
+    """Random weights (``--load-format dummy``): norms 1, linear layers by their method, the rest ±0.02."""
+    with torch.no_grad():
+        for mod_name, module in model.named_modules():
+            if isinstance(module, Linear):
+                module.linear_method.init_dummy(module, gen)
+                continue
+            for p_name, p in module.named_parameters(recurse=False):
+                if f"{mod_name}.{p_name}".endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.uniform_(-0.02, 0.02, generator=gen)

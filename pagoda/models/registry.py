@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     import torch
 
     from pagoda.models.llama import LlamaForCausalLM
+    from pagoda.quantization.base import QuantizationConfig
 
 _LLAMA_FAMILY = (
     "LlamaForCausalLM",
@@ -35,8 +36,9 @@ def resolve_architecture(hf_config: dict[str, Any]) -> str:
     )
 
 
-def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype) -> LlamaForCausalLM:
+def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
+                quant_config: QuantizationConfig | None = None) -> LlamaForCausalLM:
     """The model class for ``arch`` (every supported architecture is the Llama family today)."""
     from pagoda.models.llama import LlamaForCausalLM
 
-    return LlamaForCausalLM(hf_config, arch, dtype)
+    return LlamaForCausalLM(hf_config, arch, dtype, quant_config)

@@ -118,8 +118,8 @@ def test_default_values_of_vllm_flags_are_accepted_and_unknown_flags_keep_argpar
         _serve_parser().parse_args(["--no-such-flag-anywhere"])
     assert "unrecognized arguments: --no-such-flag-anywhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # engine flags are refused by generate too
-        build_parser().parse_args(["generate", "--quantization", "awq", "hi"])
-    assert "--quantization is a vLLM flag" in capsys.readouterr().err
+        build_parser().parse_args(["generate", "--hf-config-path", "x", "hi"])
+    assert "--hf-config-path is a vLLM flag" in capsys.readouterr().err
 
 
 def test_serve_refuses_before_loading(tiny_model_dir):

@@ -1,0 +1,81 @@
+"""Checkpoint tensors into a model's (partly fused, possibly quantized) parameters.
+
+A model names which checkpoint modules are fused into which of its layers
+(``stacked_params``: ``{"q_proj": ("qkv_proj", 0), ...}``); every tensor is routed to the
+owning module and, for a :class:`~pagoda.layers.linear.Linear`, to its ``load_shard`` (which
+knows how a quantization method lays out its parameters). Loaded keys are
+``<param>`` or ``<param>#<shard>``; :func:`missing_weights` compares them with what the model
+needs, so a checkpoint missing a tensor (or one shard of a fused layer) fails at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from pagoda.layers.linear import Linear
+
+
+def _route(name: str, stacked: Mapping[str, tuple[str, int]]) -> tuple[str, int | None]:
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        if p in stacked:
+            fused, shard = stacked[p]
+            parts[i] = fused
+            return ".".join(parts), shard
+    return name, None
+
+
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                 stacked: Mapping[str, tuple[str, int]], prefix: str = "model.",
+                 skip: tuple[str, ...] = ("rotary_emb.inv_freq",)) -> set[str]:
+    """Copy HF-named ``weights`` into ``model``. ``prefix`` is stripped from names; names containing a
+    ``skip`` fragment are ignored. Returns the keys loaded (module docstring)."""
+    loaded: set[str] = set()
+    for raw_name, tensor in weights:
+        if any(s in raw_name for s in skip):
+            continue
+        name = raw_name[len(prefix):] if prefix and raw_name.startswith(prefix) else raw_name
+        target, shard = _route(name, stacked)
+        module_name, _, param_name = target.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            module = None
+        if module is None or not isinstance(getattr(module, param_name, None), torch.Tensor):
+            raise ValueError(f"Checkpoint tensor {raw_name!r} has no place in {type(model).__name__}.")
+        try:
+            if isinstance(module, Linear):
+                module.load_shard(param_name, tensor, shard)
+            else:
+                _copy(getattr(module, param_name), tensor, param_name)
+        except ValueError as exc:
+            raise ValueError(f"Checkpoint tensor {raw_name!r}: {exc}") from exc
+        loaded.add(target if shard is None else f"{target}#{shard}")
+    return loaded
+
+
+def _copy(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
+    if param.shape != tensor.shape:
+        raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
+    with torch.no_grad():
+        param.copy_(tensor)
+
+
+def missing_weights(model: nn.Module, loaded: set[str], optional: Iterable[str] = ()) -> list[str]:
+    """Parameters (or shards of fused ones) that ``loaded`` lacks. A parameter with ``required=False``
+    (set by a quantization method) and names in ``optional`` may be absent."""
+    opt = set(optional)
+    missing: list[str] = []
+    for mod_name, module in model.named_modules():
+        for p_name, param in module.named_parameters(recurse=False):
+            key = f"{mod_name}.{p_name}" if mod_name else p_name
+            if key in loaded or key in opt or not getattr(param, "required", True):
+                continue
+            shards = len(module.output_sizes) if isinstance(module, Linear) else 1
+            if shards > 1 and all(f"{key}#{i}" in loaded for i in range(shards)):
+                continue
+            missing.append(key)
+    return missing

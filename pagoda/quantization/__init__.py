@@ -1,0 +1,60 @@
+"""Registry of quantization methods and resolution of the one a model runs with.
+
+Adding a method: one module with a :class:`~pagoda.quantization.base.QuantizationConfig` subclass,
+and one line in ``_METHODS`` (``--quantization`` choices come from it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pagoda.quantization.base import QuantizationConfig
+
+_METHODS: dict[str, str] = {
+    # name: "module:Class" (imported only when used)
+}
+"""``--quantization`` name -> the class implementing it."""
+
+QUANTIZATION_METHODS: tuple[str, ...] = tuple(_METHODS)
+"""Accepted ``--quantization`` values."""
+
+
+def get_quantization_config_class(name: str) -> type[QuantizationConfig]:
+    if name not in _METHODS:
+        raise ValueError(
+            f"Quantization method {name!r} is not supported; supported: {', '.join(QUANTIZATION_METHODS) or 'none'}."
+        )
+    module, cls = _METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def checkpoint_quant_method(hf_config: dict[str, Any]) -> str | None:
+    """``config.json``'s ``quantization_config.quant_method`` (lower-cased), or ``None`` for a plain checkpoint."""
+    qcfg = hf_config.get("quantization_config")
+    if not qcfg:
+        return None
+    if not isinstance(qcfg, dict) or "quant_method" not in qcfg:
+        raise ValueError("config.json has a quantization_config without a quant_method; pagoda cannot tell its "
+                         "format (pass --quantization).")
+    return str(qcfg["quant_method"]).lower()
+
+
+def resolve_quantization(hf_config: dict[str, Any], requested: str | None) -> QuantizationConfig | None:
+    """The config the model runs with: the checkpoint's own method, or ``requested`` (``--quantization``).
+
+    A plain checkpoint with ``requested`` set is quantized online when the method supports it (fp8);
+    a request that contradicts the checkpoint's method is an error naming both.
+    """
+    found = checkpoint_quant_method(hf_config)
+    if found is None and requested is None:
+        return None
+    if found is not None and requested is not None and found != requested:
+        raise ValueError(
+            f"The checkpoint is quantized with {found!r} but --quantization {requested!r} was given; "
+            f"drop --quantization or pass --quantization {found}."
+        )
+    name = found or requested
+    assert name is not None
+    cls = get_quantization_config_class(name)
+    return cls.from_config(dict(hf_config.get("quantization_config") or {}))
