@@ -13,6 +13,8 @@ from pagoda.quantization.base import QuantizationConfig
 
 _METHODS: dict[str, str] = {
     # name: "module:Class" (imported only when used)
+    "fp8": "pagoda.quantization.fp8:Fp8Config",
+    "compressed-tensors": "pagoda.quantization.compressed_tensors:CompressedTensorsConfig",
 }
 """``--quantization`` name -> the class implementing it."""
 

@@ -1,0 +1,102 @@
+"""W8A8 GEMMs: FP8 (``torch._scaled_mm``) and int8 (``torch._int_mm``) with on-the-fly activation quantization.
+
+Weights are ``[N, K]`` (``float8_e4m3fn`` or ``int8``) with one float32 scale per output channel ``[N]``
+(a per-tensor scale is expanded to channels at load time: exact, no requantization). Activations are
+quantized per call: FP8 by ``absmax / 448`` (per token or per tensor) or a static ``input_scale``; int8 per
+token by ``absmax / 127.5`` with round-half-even and clamp to ``[-128, 127]`` — compressed-tensors' own
+arithmetic (``calculate_qparams``: scale = absmax / ((q_max - q_min) / 2)); vLLM's kernels divide by 127,
+a 0.4 % different scale.
+
+GPU paths: FP8 through ``torch._scaled_mm`` with row-wise scales (``scale_a`` ``[M, 1]``, ``scale_b``
+``[1, N]``, float32; bf16 output; K and N multiples of 16; compute capability >= 8.9), int8 through
+``torch._int_mm`` (exact int32 accumulation; on CUDA M > 16, K and N multiples of 8: M is zero-padded).
+The portable path (CPU, older GPUs, odd shapes) computes the same quantized product by dequantizing both
+operands to float32 per call: the result equals the GPU's up to fp32 accumulation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+INT8_DIVISOR = 127.5
+"""compressed-tensors' symmetric int8 scale divisor ((127 - (-128)) / 2)."""
+_MIN_SCALE = 1e-12
+
+
+def quantize_fp8(x2: torch.Tensor, input_scale: torch.Tensor | None, per_token: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x2`` ``[M, K]`` -> (float8 codes, float32 scale ``[M, 1]`` or ``[1, 1]``). ``input_scale`` (static)
+    wins over the dynamic absmax."""
+    xf = x2.float()
+    if input_scale is not None:
+        s = input_scale.float().reshape(1, 1)
+    elif per_token:
+        s = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+    else:
+        s = (xf.abs().amax() / FP8_MAX).clamp(min=_MIN_SCALE).reshape(1, 1)
+    return (xf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
+
+
+def quantize_int8_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x2`` ``[M, K]`` -> (int8 codes, float32 scale ``[M, 1]``), compressed-tensors' symmetric rule."""
+    xf = x2.float()
+    s = (xf.abs().amax(dim=-1, keepdim=True) / INT8_DIVISOR).clamp(min=_MIN_SCALE)
+    return torch.round(xf / s).clamp(-128, 127).to(torch.int8), s
+
+
+def quantize_weight_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense ``[N, K]`` weight -> (float8 ``[N, K]``, float32 scale ``[N]``), scale = row absmax / 448."""
+    wf = w.float()
+    s = (wf.abs().amax(dim=1) / FP8_MAX).clamp(min=_MIN_SCALE)
+    return (wf / s[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
+
+
+def scaled_mm_supported(device: torch.device, k: int, n: int) -> bool:
+    """Whether ``torch._scaled_mm`` serves a ``[*, k] x [k, n]`` FP8 product on ``device``."""
+    if device.type != "cuda" or k % 16 or n % 16:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+               input_scale: torch.Tensor | None, per_token: bool, use_scaled_mm: bool) -> torch.Tensor:
+    """``x @ (weight * weight_scale[:, None]).T (+ bias)`` with FP8-quantized activations (module docstring)."""
+    n, k = weight.shape
+    x2 = x.reshape(-1, k)
+    xq, sx = quantize_fp8(x2, input_scale, per_token)
+    if use_scaled_mm:
+        out = torch._scaled_mm(xq, weight.t(), scale_a=sx.expand(x2.shape[0], 1).contiguous(),
+                               scale_b=weight_scale.view(1, n), out_dtype=torch.bfloat16)
+        out = out.to(x.dtype)
+    else:
+        out = F.linear(xq.float() * sx, weight.float() * weight_scale.view(n, 1)).to(x.dtype)
+    if bias is not None:
+        out = out + bias
+    return out.view(*x.shape[:-1], n)
+
+
+def int_mm_supported(device: torch.device, k: int, n: int) -> bool:
+    """Whether ``torch._int_mm`` serves the int8 product (CPU: any shape; CUDA: K, N multiples of 8)."""
+    return device.type == "cpu" or (device.type == "cuda" and k % 8 == 0 and n % 8 == 0)
+
+
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ (weight * weight_scale[:, None]).T (+ bias)`` with int8 per-token activations (module docstring)."""
+    n, k = weight.shape
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    xq, sx = quantize_int8_per_token(x2)
+    if int_mm_supported(x.device, k, n):
+        if x.device.type == "cuda" and m <= 16:
+            xq = F.pad(xq, (0, 0, 0, 17 - m))
+        acc = torch._int_mm(xq, weight.t())[:m].float()
+    else:  # exact while K * 128 * 128 < 2**24; fp32 rounding beyond
+        acc = xq.float() @ weight.float().t()
+    out = (acc * sx * weight_scale.view(1, n)).to(x.dtype)
+    if bias is not None:
+        out = out + bias
+    return out.view(*x.shape[:-1], n)
