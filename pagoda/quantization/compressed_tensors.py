@@ -164,7 +164,8 @@ class CompressedTensorsConfig(QuantizationConfig):
         hits = [s for s in self.schemes if any(_matches(name, t) for t in s.targets)]
         exact = [s for s in hits if name in s.targets or any(t.startswith("re:") for t in s.targets
                                                               if _matches(name, t))]
-        return (exact or hits or [None])[0]
+        chosen = exact or hits
+        return chosen[0] if chosen else None
 
     def get_linear_method(self, prefix: str, shard_names: tuple[str, ...] = ()) -> LinearMethod | None:
         names = unfused_names(prefix, shard_names)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
-from pagoda.quantization.fp8 import load_channel_scale
+from pagoda.quantization.fp8 import load_channel_scale, tensor
 from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.w8a8 import int8_linear
 
@@ -81,15 +81,15 @@ class PackQuantizedLinearMethod(LinearMethod):
     def process_weights_after_loading(self, layer: Linear) -> None:
         out_f, in_f = layer.out_features, layer.in_features
         g = self._group(in_f)
-        codes = unpack_int32(layer.weight_packed, self.bits, in_f, dim=1)
-        scales = layer.weight_scale.detach()
+        codes = unpack_int32(tensor(layer, "weight_packed"), self.bits, in_f, dim=1)
+        scales = tensor(layer, "weight_scale").detach()
         if self.symmetric:
             zeros = torch.full_like(scales, 2 ** (self.bits - 1))
         else:
-            zeros = unpack_int32(layer.weight_zero_point, self.bits, out_f, dim=0).to(scales.dtype)
+            zeros = unpack_int32(tensor(layer, "weight_zero_point"), self.bits, out_f, dim=0).to(scales.dtype)
         perm = None
         if self.g_idx:
-            g_idx = layer.weight_g_idx.detach().long()
+            g_idx = tensor(layer, "weight_g_idx").detach().long()
             if g_idx.min() < 0 or g_idx.max() >= in_f // g or \
                     not torch.all(torch.bincount(g_idx, minlength=in_f // g) == g):
                 raise ValueError(f"weight_g_idx of {self.prefix} is out of range or its groups are not "
@@ -103,7 +103,7 @@ class PackQuantizedLinearMethod(LinearMethod):
         layer.int_weight = w
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return int_weight_linear(x, layer.int_weight, layer.bias)
+        return int_weight_linear(x, tensor(layer, "int_weight"), layer.bias)
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         for name in ("weight_packed", "weight_zero_point"):
@@ -111,11 +111,12 @@ class PackQuantizedLinearMethod(LinearMethod):
             if p is not None:
                 p.copy_(torch.randint(-2**31, 2**31 - 1, p.shape, generator=generator, device=p.device,
                                       dtype=torch.int64).to(torch.int32))
-        layer.weight_scale.fill_(0.04 / 2**self.bits)
-        layer.weight_shape.copy_(torch.tensor([layer.out_features, layer.in_features]))
+        tensor(layer, "weight_scale").fill_(0.04 / 2**self.bits)
+        tensor(layer, "weight_shape").copy_(torch.tensor([layer.out_features, layer.in_features]))
         if self.g_idx:
             g = self._group(layer.in_features)
-            layer.weight_g_idx.copy_(torch.arange(layer.in_features, device=layer.weight_g_idx.device) // g)
+            g_idx = tensor(layer, "weight_g_idx")
+            g_idx.copy_(torch.arange(layer.in_features, device=g_idx.device) // g)
         if layer.bias is not None:
             layer.bias.uniform_(-0.02, 0.02, generator=generator)
 
@@ -140,11 +141,11 @@ class Int8W8A8LinearMethod(LinearMethod):
             layer.register_parameter("bias", None)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, layer.weight, layer.weight_scale, layer.bias)
+        return int8_linear(x, layer.weight, tensor(layer, "weight_scale"), layer.bias)
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         layer.weight.copy_(torch.randint(-127, 128, layer.weight.shape, generator=generator,
                                          device=layer.weight.device, dtype=torch.int8))
-        layer.weight_scale.fill_(0.02 / 127)
+        tensor(layer, "weight_scale").fill_(0.02 / 127)
         if layer.bias is not None:
             layer.bias.uniform_(-0.02, 0.02, generator=generator)

@@ -40,6 +40,11 @@ _KNOWN_KEYS = {"quant_method", "activation_scheme", "weight_block_size", "ignore
                "modules_to_not_convert", "fmt", "is_checkpoint_fp8_serialized"}
 
 
+def tensor(layer: nn.Module, name: str) -> Any:
+    """A parameter, buffer or attribute a method registered on ``layer`` (typed loosely for mypy)."""
+    return getattr(layer, name)
+
+
 def load_channel_scale(param: torch.Tensor, tensor: torch.Tensor, shard_id: int | None, *,
                        sizes: tuple[int, ...], name: str) -> None:
     """Weight loader of a per-channel ``[out]`` scale: takes a shard's per-tensor (1 element) or per-channel
@@ -89,7 +94,8 @@ def _create_bias(layer: Linear, out_features: int, bias: bool) -> None:
 def finish_static_input_scale(layer: Linear) -> None:
     """Fused shards' static input scales -> their maximum (one scale for the shared input)."""
     if getattr(layer, "input_scale", None) is not None:
-        layer.input_scale = nn.Parameter(layer.input_scale.detach().amax().reshape(()), requires_grad=False)
+        layer.input_scale = nn.Parameter(tensor(layer, "input_scale").detach().amax().reshape(()),
+                                         requires_grad=False)
 
 
 def dummy_fp8_weights(layer: Linear, generator: torch.Generator) -> None:
@@ -129,16 +135,16 @@ class Fp8LinearMethod(LinearMethod):
             layer.weight = nn.Parameter(q, requires_grad=False)
             layer.weight_scale = nn.Parameter(s, requires_grad=False)
         finish_static_input_scale(layer)
-        layer.use_scaled_mm = self.act is not None and scaled_mm_supported(
+        layer.use_scaled_mm = self.act is not None and scaled_mm_supported(  # type: ignore[assignment]
             layer.weight.device, layer.in_features, layer.out_features)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
-            w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype).view(-1, 1)
+            w = layer.weight.to(x.dtype) * tensor(layer, "weight_scale").to(x.dtype).view(-1, 1)
             return F.linear(x, w, layer.bias)
-        return fp8_linear(x, layer.weight, layer.weight_scale, layer.bias,
-                          layer.input_scale if self.act == "static" else None, self.act == "token",
-                          layer.use_scaled_mm)
+        return fp8_linear(x, layer.weight, tensor(layer, "weight_scale"), layer.bias,
+                          tensor(layer, "input_scale") if self.act == "static" else None, self.act == "token",
+                          tensor(layer, "use_scaled_mm"))
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         if self.serialized:
@@ -168,7 +174,7 @@ class Fp8BlockLinearMethod(LinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         bn, bk = self.block
         n, k = layer.weight.shape
-        s = layer.weight_scale_inv.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+        s = tensor(layer, "weight_scale_inv").repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
         return F.linear(x, (layer.weight.float() * s).to(x.dtype), layer.bias)
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
