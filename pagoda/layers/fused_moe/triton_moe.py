@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 from pagoda.layers.fused_moe.routing import RoutingConfig
 
@@ -181,14 +182,19 @@ def _moe_gemm_kernel(a_ptr, w_ptr, c_ptr, topk_w_ptr, sorted_ptr, expert_ids_ptr
         k_mask = offs_k < K
         a = tl.load(a_base + offs_k[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(w_base + offs_k[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(a, b, input_precision="ieee")
+        if IEEE:  # fp32 weights, or bf16 under the interpreter (numpy has no bf16 matmul)
+            acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(a, b)
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
     c = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
+
+
+def _interpreting() -> bool:
+    # Decided when the kernels were decorated (TRITON_INTERPRET at import time).
+    return not isinstance(_moe_gemm_kernel, JITFunction)
 
 
 def _block_m(num_pairs: int, num_experts: int) -> int:
@@ -203,7 +209,7 @@ def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_
     bn = 64 if bm < 64 else 128
     _moe_gemm_kernel[(g * triton.cdiv(N, bn),)](
         a, w, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), w.stride(0), w.stride(1),
-        w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=a.dtype == torch.float32,
+        w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=a.dtype == torch.float32 or _interpreting(),
         BM=bm, BN=bn, BK=64, num_warps=4, num_stages=3)
 
 
