@@ -211,8 +211,9 @@ class LlamaForCausalLM(nn.Module):
         self.shape = s
         rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config))
-                                     for i in range(s.num_layers)])
+        self.layers = nn.ModuleList([
+            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config))
+            for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
             self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,

@@ -207,9 +207,10 @@ def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_
     K = a.shape[1]
     g = expert_ids.numel()
     bn = 64 if bm < 64 else 128
+    ieee = a.dtype == torch.float32 or _interpreting()
     _moe_gemm_kernel[(g * triton.cdiv(N, bn),)](
         a, w, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), w.stride(0), w.stride(1),
-        w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=a.dtype == torch.float32 or _interpreting(),
+        w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee,
         BM=bm, BN=bn, BK=64, num_warps=4, num_stages=3)
 
 
