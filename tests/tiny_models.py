@@ -58,6 +58,20 @@ ARCH_CONFIGS = {
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    # MoE (models/moe.py): 8 experts, top-2; Qwen2-MoE with a shared expert; "qwen2moe_dense" has a
+    # dense layer (mlp_only_layers) among sparse ones; Qwen3-MoE renormalises its top-k.
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 8, "num_experts_per_tok": 2,
+                                                        "sliding_window": None}),
+    "qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", {
+        "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+        "shared_expert_intermediate_size": 80}),
+    "qwen2moe_dense": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", {
+        "num_experts": 6, "num_experts_per_tok": 3, "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 40, "num_hidden_layers": 3, "mlp_only_layers": [1],
+        "norm_topk_prob": True}),
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {
+        "num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48, "head_dim": 16,
+        "norm_topk_prob": True, "decoder_sparse_step": 1}),
 }
 
 
@@ -69,18 +83,14 @@ def build_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tie: bool
     tok = build_tokenizer(folder)
     cfg_cls_name, model_cls_name, extra = ARCH_CONFIGS[arch]
     cfg_cls = getattr(transformers, cfg_cls_name)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 512}
     cfg = cfg_cls(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
         tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        **extra,
+        **{**shape, **extra},
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls_name)(cfg).to(torch.float32)

@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels torchattn breakdown latency throughput sync prefix hf   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels torchattn breakdown latency throughput sync prefix hf moe   (default: env tests kernels latency throughput hf)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -92,5 +92,10 @@ if has hf; then
   log "throughput peer: HF transformers generate_batch (paged|sdpa), the same 500 requests as pagoda (digests match)"
   timeout 240 python benchmarks/gpu/hf_peer.py --model $M --dataset sharegpt --num-prompts 500 \
     --output-json "$OUT/tp_hf.json" 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+fi
+if has moe; then
+  log "MoE: Qwen3-30B-A3B shape decode vs floor and HF; Mixtral-8x7B shape fits (bf16 dummy)"
+  timeout 300 python benchmarks/gpu/moe_bench.py --output-json "$OUT/moe.json" 2>&1 \
+    | grep -E "^\[|copy bandwidth|total|rror" | tee -a "$OUT/summary.txt"
 fi
 log done

@@ -163,10 +163,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None = None) -> None:
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None = None,
+                 mlp: nn.Module | None = None) -> None:
+        """``mlp``: the feed-forward block (default the dense :class:`MLP`; MoE models pass theirs)."""
         super().__init__()
         self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn")
-        self.mlp = MLP(s, qc, f"model.layers.{idx}.mlp")
+        self.mlp = mlp if mlp is not None else MLP(s, qc, f"model.layers.{idx}.mlp")
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -205,11 +207,13 @@ class LlamaForCausalLM(nn.Module):
         """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
         the method decides per layer, e.g. the LM head usually stays unquantized)."""
         super().__init__()
-        s = LlamaShape.from_hf(hf_config, arch)
+        s = self.model_shape(hf_config, arch)
         self.shape = s
         rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(s, rope, i, quant_config) for i in range(s.num_layers)])
+        self.layers = nn.ModuleList([
+            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config))
+            for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
             self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
@@ -217,6 +221,15 @@ class LlamaForCausalLM(nn.Module):
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
+
+    @staticmethod
+    def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
+        return LlamaShape.from_hf(hf_config, arch)
+
+    def make_mlp(self, hf_config: dict[str, Any], s: LlamaShape, idx: int,
+                 qc: QuantizationConfig | None) -> nn.Module | None:
+        """Layer ``idx``'s feed-forward block; ``None``: the dense :class:`MLP` (subclasses override)."""
+        return None
 
     # Shapes the KV cache needs.
     @property

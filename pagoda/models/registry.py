@@ -16,16 +16,17 @@ _LLAMA_FAMILY = (
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
 )
+_MOE_FAMILY = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")  # models/moe.py
 
 
 def supported_architectures() -> list[str]:
-    return list(_LLAMA_FAMILY)
+    return list(_LLAMA_FAMILY + _MOE_FAMILY)
 
 
 def resolve_architecture(hf_config: dict[str, Any]) -> str:
     archs = hf_config.get("architectures") or []
     for a in archs:
-        if a in _LLAMA_FAMILY:
+        if a in _LLAMA_FAMILY or a in _MOE_FAMILY:
             return a
     if not archs and hf_config.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
         return {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -38,7 +39,11 @@ def resolve_architecture(hf_config: dict[str, Any]) -> str:
 
 def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                 quant_config: QuantizationConfig | None = None) -> LlamaForCausalLM:
-    """The model class for ``arch`` (every supported architecture is the Llama family today)."""
+    """The model class for ``arch``: the Llama family, or its MoE variants (models/moe.py)."""
     from pagoda.models.llama import LlamaForCausalLM
 
+    if arch in _MOE_FAMILY:
+        from pagoda.models.moe import MOE_MODELS
+
+        return MOE_MODELS[arch](hf_config, arch, dtype, quant_config)
     return LlamaForCausalLM(hf_config, arch, dtype, quant_config)
