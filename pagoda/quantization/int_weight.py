@@ -17,10 +17,11 @@ stored columns are the checkpoint's columns in ``perm`` order, so groups are con
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 from pagoda.quantization.kernels import cpu_woq
 
@@ -143,7 +144,7 @@ class IntWeight(nn.Module):
             q8, _ = cpu_woq.pack_int8(codes, scales)
             self._set(codes=q8, scales=scales, offsets=offsets)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> IntWeight:
         """A device or dtype move unpacks, moves the canonical tensors and packs again for the new device."""
         probe = torch.zeros((), device=self.codes.device, dtype=self.dtype)
         moved = fn(probe)

@@ -20,8 +20,8 @@ multiply-adds of the affine map are per tile, not per weight. fp32 accumulation.
 an fp32 workspace ``[SPLIT_K, M, N]`` summed by torch (deterministic, no atomics).
 
 Configs are chosen by :func:`choose_config` (no autotuning): ``BLOCK_M = 16`` for M <= 16 (the
-decode GEMV-like case; ``tl.dot`` needs 16 rows), 32/64/128 above; split-K whenever the output tiles
-alone cannot fill the GPU (about 2 programs per SM), keeping >= 2 K tiles per split.
+decode GEMV-like case; ``tl.dot`` needs 16 rows), 32/64/128 above; split-K up to ~4 programs per SM for
+M <= 16, and for larger M only when the output tiles cannot cover the SMs once; >= 2 K tiles per split.
 """
 
 from __future__ import annotations
@@ -116,9 +116,12 @@ def choose_config(m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Con
         bk = min(bk, 64)
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
+    # Decode (M <= 16) is a pure weight stream: aim at ~4 programs per SM. Larger M pays for split-K in
+    # workspace traffic (split x M x N fp32), so only split when the tiles cannot cover the SMs once.
+    target, need = (4 * sms, 4 * sms) if m <= 16 else (sms, sms)
     split = 1
-    if tiles_mn < sms:
-        split = max(1, min(triton.cdiv(2 * sms, tiles_mn), k_tiles // 2))
+    if tiles_mn < need:
+        split = max(1, min(triton.cdiv(target, tiles_mn), k_tiles // 2))
     return WNA16Config(bm, bn, bk, split, warps, stages)
 
 
