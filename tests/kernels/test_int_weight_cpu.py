@@ -111,3 +111,18 @@ def test_bad_input_is_a_value_error():
         make_int_weight(codes, scales, offsets, 4, 32, torch.float32, perm=torch.arange(10))
     with pytest.raises(ValueError, match="9-bit"):
         make_int_weight(codes, scales, offsets, 9, 32, torch.float32)
+
+
+@pytest.mark.parametrize("bits,out_f", [(4, 128), (8, 64), (4, 48)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_rows_take_the_dequantize_once_path(bits, out_f, dtype):
+    """Above DEQUANT_MIN_M rows the int4pack weight is unpacked once (block-64 layout, N % 64 == 0) and
+    multiplied by a dense GEMM; N = 48 stays on int4pack. Both must match the reference."""
+    from pagoda.quantization.kernels import cpu_woq
+    codes, scales, offsets = random_weight(bits, 32, out_f, 128, bits == 8, seed=bits + out_f)
+    w = make_int_weight(codes, scales, offsets, bits, 32, dtype)
+    assert w.layout == "cpu_int4"
+    x = torch.randn(cpu_woq.DEQUANT_MIN_M + 1, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
+    ref = reference(x, codes, scales, offsets, bits, 32, dtype, None, None)
+    err = (int_weight_linear(x, w).float() - ref).abs().max().item()
+    assert err <= TOL[dtype] * ref.abs().max().item()

@@ -35,6 +35,8 @@ weight would be ~3x faster for the linears but costs 4x the memory, which this p
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 INT4_GROUPS = (32, 64, 128, 256)
@@ -73,8 +75,49 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, 
             (_pack_nibbles(codes >> 4), _scales_zeros(16 * s, o + 128 * s, dtype))]
 
 
+DEQUANT_MIN_M = 128
+"""Above this many rows (prefill) the weight is dequantized once and multiplied by oneDNN's bf16/fp32 GEMM:
+int4pack's cost grows linearly with M (it is a GEMV per row); measured crossover 64..128 rows."""
+
+
+@lru_cache(maxsize=1)
+def _block64_layout() -> bool:
+    """Whether int4pack stores each 64-row block as ``[K, 32]`` bytes with row ``j`` in the low and ``j + 32``
+    in the high nibble of byte ``j`` (torch 2.13's AVX512 kernel). Checked on a probe, never assumed."""
+    n, k = 64, 32
+    q = (torch.arange(n * k) % 16).view(n, k).to(torch.int32)
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    except RuntimeError:
+        return False
+    return packed.numel() * 2 == n * k and torch.equal(_unpack_block64(packed, n, k).t(), q.to(torch.uint8))
+
+
+def _unpack_block64(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes transposed, uint8 ``[K, N]``, from the block-64 layout."""
+    p = packed.view(n // 64, k, 32)
+    return torch.cat([p & 15, p >> 4], -1).permute(1, 0, 2).reshape(k, n)
+
+
+def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``W.T`` ``[K, N]`` in ``dtype``: ``(q - 8) * s + z`` per nibble plane, summed."""
+    w = None
+    for packed, sz in parts:
+        q = _unpack_block64(packed, n, k).view(k // group_size, group_size, n).to(dtype)
+        s = sz[..., 0].to(dtype).unsqueeze(1)
+        z = (sz[..., 1].float() - 8 * sz[..., 0].float()).to(dtype).unsqueeze(1)
+        plane = torch.addcmul(z, q, s).view(k, n)
+        w = plane if w is None else w.add_(plane)
+    assert w is not None
+    return w
+
+
 def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int) -> torch.Tensor:
     x = x.contiguous()
+    n, k = parts[0][0].shape[0], x.shape[1]
+    if x.shape[0] > DEQUANT_MIN_M and n % 64 == 0 and _block64_layout():
+        return torch.mm(x, _dequantized_t(parts, n, k, group_size, x.dtype))
     out = None
     for packed, sz in parts:
         if sz.dtype != x.dtype:
