@@ -11,26 +11,31 @@
 * ``_weight_int8pack_mm(x, int8 [N, K], scales [N])``: per-channel only; used for 8-bit codes with one
   group per row and symmetric offsets (``o = -128 s``): ``W = (q - 128) * s``.
 
-Measured on the 2-core dev VM (AMX/AVX512-BF16), bf16, torch 2.13, ms per call, single thread, minimum
-of repeats, other processes running (only ratios in one run count)::
+Measured on the 2-core dev VM (Xeon with AMX/AVX512-BF16), bf16 activations, torch 2.13, Q4_1-like weights
+(group 32), one thread, minimum of repeats, the VM loaded by other jobs (load 10-16: only ratios within one
+run count; ``benchmarks/int_weight_cpu_bench.py`` reproduces the table). ms per call::
 
-    shape (N x K)     M   bf16 oneDNN-packed   int4pack   int8pack   dequant+F.linear
-    576 x 576         1        0.021            0.011      0.011        0.18
-    960 x 576 (qkv)   1        0.022            0.016      0.016        0.28
-    3072 x 576        1        ~0.3*            0.045      0.045        1.8
-    576 x 1536        1        0.031            0.025      0.022        0.45
-    49152 x 576 (lm)  1        8.0              1.5        (16)         >100
-    576 x 576        32        0.025            0.121      0.131        0.16
-    3072 x 576       32        0.079            1.23       0.74         1.78
-    576 x 1536       32        0.042            0.378      0.386        0.48
-    49152 x 576      32       13.0              90-100     90           >400
-    whole 30-layer step, distinct weights, 1 thread:  M=1: bf16 86-90 ms, int4 23-31 ms, int8 67-70 ms
-                                                      M=32: bf16 128-133 ms, int4 342-353 ms, int8 406-458 ms
-    (* that row's bf16 figure was disturbed by other load; cache-resident small shapes favour bf16)
+    linear (N x K)        M   int4pack        bf16 oneDNN-prepacked   int8pack*   dequantize + F.linear
+    qkv 960 x 576         1     0.034            0.027                0.016        2.4
+    o 576 x 576           1     0.027            0.019                0.011        0.43
+    gate_up 3072 x 576    1     0.093            0.150                0.045        1.2-1.8 (unloaded run)
+    down 576 x 1536       1     0.055            0.054                0.022        1.3
+    lm_head 49152 x 576   1    16.7 (Q8_0, 2 planes) 14.1             (16, 2 thr)  >800
+    qkv 960 x 576        32     0.39             0.042                             13.9
+    gate_up 3072 x 576   32     1.25             0.18                 0.74         56
+    down 576 x 1536      32     0.66             0.077                0.39         1.3
+    lm_head 49152 x 576  32   187 (2 planes)    28                   (90, 2 thr)   800
+    whole step (30 layers x 4 linears with their own weights + LM head):
+        M=1:  int_weight 47 ms, bf16 oneDNN 105 ms        M=32: int_weight 461 ms, bf16 oneDNN 154 ms
+    int4pack vs dequantize-once + torch.mm (gate_up / down / qkv):
+        M=32: 1.25 / 0.61 / 0.38 vs 13.8 / 1.9 / 1.2;   M=128: 6.9 / 2.5 / 1.5 vs 12.7 / 2.1 / 1.2
+    (* int8pack is per-channel only: the column shows its speed, not a usable path for grouped weights)
 
-int4pack is the fastest way to keep the weight at 4 bits on the CPU at every M we measured (the
-dequantize fallback materialises a bf16 weight per call and loses at M=1 and M=32); at M=32 a bf16
-weight would be ~3x faster for the linears but costs 4x the memory, which this path exists to avoid.
+So: int4pack for every supported M up to :data:`DEQUANT_MIN_M` rows (it is a GEMV per row: ~2x faster than
+bf16 at M=1 where bytes dominate, but its cost grows linearly with M, ~3x slower than bf16 AMX at M=32), a
+dequantize-once dense GEMM above (prefill). A dequantize-per-call fallback loses everywhere; int8pack is used
+only where it is exact (per-channel symmetric 8-bit). Known gap: at M=32 no 4-bit path here matches the bf16
+AMX GEMM; keeping bf16 weights would, at 4x the memory.
 """
 
 from __future__ import annotations
