@@ -165,7 +165,10 @@ class IntWeight(nn.Module):
 
 def _choose_layout(w: IntWeight, device: torch.device, scales: torch.Tensor, offsets: torch.Tensor) -> Layout:
     if device.type == "cuda":
-        from pagoda.quantization.kernels import triton_wna16
+        try:
+            from pagoda.quantization.kernels import triton_wna16
+        except ImportError:  # no triton: the dequantize reference path
+            return "plain"
         return "triton" if triton_wna16.supported(w.bits, w.group_size, w.in_features) else "plain"
     if device.type != "cpu":
         return "plain"
