@@ -6,7 +6,7 @@ replays decode steps as graphs, so launch cost is not what we measure). Prints p
 and the whole step's linears in ms at M=1 and M=64, each against the bytes floor (weights + scales read
 once at the measured copy bandwidth; FLOPs at 989 TFLOP/s bf16 when larger) and as a ratio to bf16.
 Targets (issue 12): W4A16 at M=1 <= 0.45x bf16, at M=64 <= 1.0x. Then a few explicit configs for W4 at M=1
-and M=64 (to tune :func:`choose_config`). Runs in well under a minute on an H200.
+and M=64, incl. the other 4-bit unpack variant (to tune :func:`choose_config`). Runs in well under a minute on an H200.
 Usage: python benchmarks/gpu/int_weight_bench.py   (``--smoke``: CPU, Triton interpreter, tiny shapes, no
 graphs; checks the script itself runs)
 """
@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
+from pagoda.quantization.kernels.triton_wna16 import WNA16Config  # noqa: E402
 
 dev = torch.device("cpu" if SMOKE else "cuda")
 L, H, INTER, Q, KV = (2, 256, 384, 256, 128) if SMOKE else (32, 4096, 14336, 4096, 1024)
@@ -100,8 +101,8 @@ def check(kind: str) -> float:
     """Relative error of the kernel vs dequantize + matmul on one real packed weight."""
     n, k = KINDS[kind]
     codes = torch.randint(0, 16, (n, k), device=dev, dtype=torch.uint8)
-    s = torch.rand(n, k // 128, device=dev) * 0.01 + 0.001
-    o = torch.randn(n, k // 128, device=dev) * 0.01
+    s = (torch.rand(n, k // 128, device=dev) * 0.01 + 0.001).bfloat16().float()
+    o = (torch.randn(n, k // 128, device=dev) * 0.01).bfloat16().float()
     w = (codes.view(n, -1, 128).float() * s[..., None] + o[..., None]).view(n, k)
     x = torch.randn(3, k, device=dev, dtype=torch.bfloat16)
     y = tw.wna16_matmul(x, tw.pack(codes, 4), s.t().contiguous().bfloat16(), o.t().contiguous().bfloat16(), 4, 128)
@@ -146,14 +147,15 @@ def sweep(weights) -> None:
             n, k = KINDS[kind]
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             auto = tw.choose_config(m, n, k, 128, sms)
-            cands = {auto}
+            cands = {auto, WNA16Config(**{**auto.__dict__, "unpack_gather": True})}
             for bn in ((32, 64, 128) if m == 1 else (64, 128)):
                 for split in {1, auto.split_k, 2 * auto.split_k}:
-                    cands.add(tw.WNA16Config(auto.block_m, bn, auto.block_k, split, auto.num_warps, auto.num_stages))
+                    cands.add(WNA16Config(auto.block_m, bn, auto.block_k, split, auto.num_warps, auto.num_stages))
             res = []
-            for c in sorted(cands, key=lambda c: (c.block_n, c.split_k)):
+            for c in sorted(cands, key=lambda c: (c.block_n, c.split_k, c.unpack_gather)):
                 ms = graph_ms(run_all(weights[(kind, "w4a16")], x, "w4a16", c))
-                res.append(f"{'*' if c == auto else ''}bn{c.block_n}/s{c.split_k}:{ms / L * 1e3:.0f}")
+                tag = f"{'*' if c == auto else ''}bn{c.block_n}/s{c.split_k}{'/gather' if c.unpack_gather else ''}"
+                res.append(f"{tag}:{ms / L * 1e3:.0f}")
             print(f"M={m} {kind:8s} " + "  ".join(res))
 
 

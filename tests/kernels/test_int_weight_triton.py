@@ -68,13 +68,14 @@ def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype
         assert err <= TOL[dtype] * ref.abs().max().item(), (m, err)
 
 
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_explicit_configs_and_split_k(split_k):
-    """Every K tile lands in exactly one split, also when the split does not divide the tile count."""
+@pytest.mark.parametrize("split_k,gather", [(1, False), (3, False), (2, True)])
+def test_explicit_configs_and_split_k(split_k, gather):
+    """Every K tile lands in exactly one split, also when the split does not divide the tile count; both
+    4-bit unpack variants."""
     codes, scales, offsets = random_weight(4, 32, 64, 256, False, seed=9)
     x = torch.randn(5, 256)
     ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
-    cfg = tw.WNA16Config(block_m=16, block_n=32, block_k=32, split_k=split_k)
+    cfg = tw.WNA16Config(block_m=16, block_n=32, block_k=32, split_k=split_k, unpack_gather=gather)
     out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
                           offsets.t().contiguous().to(DEV), 4, 32, config=cfg).cpu()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

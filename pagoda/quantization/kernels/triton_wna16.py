@@ -17,7 +17,8 @@ per output column and the dequantization is factored out of the dot product::
 
 i.e. codes are only unpacked and converted (exactly) to the activation dtype in registers; the
 multiply-adds of the affine map are per tile, not per weight. fp32 accumulation. Split-K partials go to
-an fp32 workspace ``[SPLIT_K, M, N]`` summed by torch (deterministic, no atomics).
+an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one small reduce kernel (deterministic, no
+atomics, no zero-fill).
 
 Configs are chosen by :func:`choose_config` (no autotuning): ``BLOCK_M = 16`` for M <= 16 (the
 decode GEMV-like case; ``tl.dot`` needs 16 rows), 32/64/128 above; split-K up to ~4 programs per SM for
@@ -38,7 +39,8 @@ from triton.runtime.jit import JITFunction
 @triton.jit
 def _wna16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
                   tiles_per_split, GROUP: tl.constexpr, BITS4: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
+                  UNPACK_GATHER: tl.constexpr):
     pid_mn = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -54,7 +56,10 @@ def _wna16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stri
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-        if BITS4:
+        if BITS4 and UNPACK_GATHER:  # each word loaded 8 times (L1 hits), no reshape
+            p = tl.load(qw_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+            q = (p >> ((offs_k % 8) * 4)[:, None]) & 0xF
+        elif BITS4:  # each word loaded once, unpacked to [BLOCK_K/8, 8, BLOCK_N] and reshaped
             offs_p = k0 // 8 + tl.arange(0, BLOCK_K // 8)
             p = tl.load(qw_ptr + offs_p[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
             shifts = tl.arange(0, 8) * 4
@@ -75,6 +80,20 @@ def _wna16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stri
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """out = sum over splits of the fp32 workspace (+ bias), cast: one launch instead of sum, add, cast."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in tl.static_range(SPLIT):
+        acc += tl.load(ws_ptr + i * MN + offs, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 @dataclass(frozen=True)
 class WNA16Config:
     block_m: int
@@ -83,6 +102,8 @@ class WNA16Config:
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
+    unpack_gather: bool = False
+    """4-bit unpack: False = load each word once and reshape; True = per-element word loads and shifts."""
 
 
 def max_block_k(group_size: int) -> int:
@@ -149,14 +170,15 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     dot_f32 = x.dtype == torch.float32 or _interpreting()
     _wna16_kernel[grid](x, qweight, scales, offsets, out, m, n, k, x.stride(0), n, m * n, per_split,
                         GROUP=group_size, BITS4=bits <= 4, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                        BLOCK_K=cfg.block_k, DOT_F32=dot_f32, num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages)
-    if split > 1:
-        acc = out.sum(0)
-        if bias is not None:
-            acc += bias
-        return acc.to(x.dtype)
-    return out if bias is None else out.add_(bias)
+                        BLOCK_K=cfg.block_k, DOT_F32=dot_f32, UNPACK_GATHER=cfg.unpack_gather,
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split == 1:
+        return out if bias is None else out.add_(bias)
+    res = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    block = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else out, res, m * n, n,
+                                                       SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block)
+    return res
 
 
 _SHIFTS = (4 * torch.arange(8, dtype=torch.int64)).view(1, 8, 1)
