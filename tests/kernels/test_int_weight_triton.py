@@ -88,3 +88,17 @@ def test_choose_config_invariants():
             assert g % c.block_k == 0 and c.block_k >= 16 and k // c.block_k >= c.split_k >= 1
     assert tw.choose_config(1, 4096, 4096, 128, 132).split_k > 1  # decode GEMV: the grid must fill the GPU
     assert not tw.supported(4, 8, 64) and not tw.supported(4, 24, 72) and tw.supported(6, 16, 64)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA: a CPU-packed weight moved to the GPU is repacked for Triton")
+def test_cpu_packed_weight_moved_to_gpu_is_repacked():
+    codes, scales, offsets = random_weight(4, 32, 64, 128, False, seed=11)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.bfloat16)
+    assert w.layout == "cpu_int4"
+    w.to(DEV)
+    assert w.layout == "triton" and w.codes.is_cuda
+    torch.testing.assert_close(w.plain_codes().cpu(), codes, rtol=0, atol=0)
+    x = torch.randn(2, 128).to(torch.bfloat16)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.bfloat16, None, None)
+    out = int_weight_linear(x.to(DEV), w).cpu()
+    assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()
