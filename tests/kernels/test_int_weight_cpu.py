@@ -113,16 +113,17 @@ def test_bad_input_is_a_value_error():
         make_int_weight(codes, scales, offsets, 9, 32, torch.float32)
 
 
-@pytest.mark.parametrize("bits,out_f", [(4, 128), (8, 64), (4, 48)])
+@pytest.mark.parametrize("bits,group,out_f,layout", [(4, 32, 128, "cpu_int4"), (8, 32, 64, "cpu_int4"),
+                                                      (4, 32, 48, "cpu_int4"), (8, 128, 64, "cpu_int8")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prefill_rows_take_the_dequantize_once_path(bits, out_f, dtype):
-    """Above DEQUANT_MIN_M rows the int4pack weight is unpacked once (block-64 layout, N % 64 == 0) and
-    multiplied by a dense GEMM; N = 48 stays on int4pack. Both must match the reference."""
+def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, dtype):
+    """Above DEQUANT_MIN_M rows the packed weight is unpacked once (int4pack: block-64 layout, N % 64 == 0)
+    and multiplied by a dense GEMM; N = 48 stays on int4pack. All must match the reference."""
     from pagoda.quantization.kernels import cpu_woq
-    codes, scales, offsets = random_weight(bits, 32, out_f, 128, bits == 8, seed=bits + out_f)
-    w = make_int_weight(codes, scales, offsets, bits, 32, dtype)
-    assert w.layout == "cpu_int4"
+    codes, scales, offsets = random_weight(bits, group, out_f, 128, bits == 8, seed=bits + out_f)
+    w = make_int_weight(codes, scales, offsets, bits, group, dtype)
+    assert w.layout == layout
     x = torch.randn(cpu_woq.DEQUANT_MIN_M + 1, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
-    ref = reference(x, codes, scales, offsets, bits, 32, dtype, None, None)
+    ref = reference(x, codes, scales, offsets, bits, group, dtype, None, None)
     err = (int_weight_linear(x, w).float() - ref).abs().max().item()
     assert err <= TOL[dtype] * ref.abs().max().item()

@@ -43,6 +43,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -159,4 +160,6 @@ def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] > DEQUANT_MIN_M:  # a GEMV per row as well: dequantize once for prefill
+        return F.linear(x, q.to(x.dtype) * scales.to(x.dtype).unsqueeze(-1))
     return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q, scales.to(x.dtype))
