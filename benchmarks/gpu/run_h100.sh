@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels torchattn breakdown latency throughput sync prefix hf moe   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels intweight torchattn breakdown latency throughput sync prefix hf moe   (default: env tests kernels latency throughput hf)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -45,6 +45,12 @@ fi
 if has kernels; then
   log "kernel timings"
   timeout 200 python benchmarks/gpu/kernel_bench.py 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
+fi
+
+if has intweight; then
+  log "int weights: Triton W4A16/W8A16 vs bf16 linears (Llama-3-8B shape, M=1 and 64) + its tests"
+  timeout 120 python -m pytest tests/kernels/test_int_weight_triton.py -q -x 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+  timeout 200 python benchmarks/gpu/int_weight_bench.py 2>&1 | tail -60 | tee -a "$OUT/summary.txt"
 fi
 
 if has torchattn; then

@@ -1,0 +1,165 @@
+"""CPU weight-only integer matmuls through torch's packed kernels.
+
+* ``_weight_int4pack_mm_for_cpu(x, packed, group, scales_zeros)`` computes ``W = (q - 8) * s + z`` per
+  group (checked by experiment on torch 2.13: ``scales_zeros`` is ``[K/G, N, 2]`` in the activation
+  dtype, groups 32/64/128/256 only, N a multiple of 16, ``packed`` is uint8 ``[N, K/2]`` in an opaque
+  blocked order). The canonical ``q * s + o`` maps to it exactly with ``z = o + 8 s`` (exact for
+  symmetric weights, one rounding of ``z`` in the activation dtype otherwise).
+* 5..8-bit codes are split into nibbles, ``q = 16 hi + lo``, and run as two int4 matmuls:
+  ``hi``: scale ``16 s``, zero ``o + 128 s``; ``lo``: scale ``s``, zero ``8 s`` (both exact when
+  ``o = -128 s``, as in GGUF Q8_0). Same bytes as int8 codes.
+* ``_weight_int8pack_mm(x, int8 [N, K], scales [N])``: per-channel only; used for 8-bit codes with one
+  group per row and symmetric offsets (``o = -128 s``): ``W = (q - 128) * s``.
+
+Measured on the 2-core dev VM (Xeon with AMX/AVX512-BF16), bf16 activations, torch 2.13, Q4_1-like weights
+(group 32), one thread, minimum of repeats, the VM loaded by other jobs (load 10-16: only ratios within one
+run count; ``benchmarks/int_weight_cpu_bench.py`` reproduces the table). ms per call::
+
+    linear (N x K)        M   int4pack        bf16 oneDNN-prepacked   int8pack*   dequantize + F.linear
+    qkv 960 x 576         1     0.034            0.027                0.016        2.4
+    o 576 x 576           1     0.027            0.019                0.011        0.43
+    gate_up 3072 x 576    1     0.093            0.150                0.045        1.2-1.8 (unloaded run)
+    down 576 x 1536       1     0.055            0.054                0.022        1.3
+    lm_head 49152 x 576   1    16.7 (Q8_0, 2 planes) 14.1             (16, 2 thr)  >800
+    qkv 960 x 576        32     0.39             0.042                             13.9
+    gate_up 3072 x 576   32     1.25             0.18                 0.74         56
+    down 576 x 1536      32     0.66             0.077                0.39         1.3
+    lm_head 49152 x 576  32   187 (2 planes)    28                   (90, 2 thr)   800
+    whole step (30 layers x 4 linears with their own weights + LM head):
+        M=1:  int_weight 47 ms, bf16 oneDNN 105 ms        M=32: int_weight 461 ms, bf16 oneDNN 154 ms
+    int4pack vs dequantize-once + torch.mm (gate_up / down / qkv):
+        M=32: 1.25 / 0.61 / 0.38 vs 13.8 / 1.9 / 1.2;   M=128: 6.9 / 2.5 / 1.5 vs 12.7 / 2.1 / 1.2
+    (* int8pack is per-channel only: the column shows its speed, not a usable path for grouped weights)
+
+So: int4pack for every supported M up to :data:`DEQUANT_MIN_M` rows (it is a GEMV per row: ~2x faster than
+bf16 at M=1 where bytes dominate, but its cost grows linearly with M, ~3x slower than bf16 AMX at M=32), a
+dequantize-once dense GEMM above (prefill). A dequantize-per-call fallback loses everywhere; int8pack is used
+only where it is exact (per-channel symmetric 8-bit). Known gap: at M=32 no 4-bit path here matches the bf16
+AMX GEMM; keeping bf16 weights would, at 4x the memory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUPS = (32, 64, 128, 256)
+
+
+def _has(op: str) -> bool:
+    return hasattr(torch.ops.aten, op)
+
+
+def int4_supported(bits: int, group_size: int, out_features: int) -> bool:
+    return bits <= 8 and group_size in INT4_GROUPS and out_features % 16 == 0 and \
+        _has("_weight_int4pack_mm_for_cpu") and _has("_convert_weight_to_int4pack_for_cpu")
+
+
+def int8_per_channel(bits: int, group_size: int, in_features: int, scales: torch.Tensor,
+                     offsets: torch.Tensor) -> bool:
+    return bits == 8 and group_size == in_features and _has("_weight_int8pack_mm") and \
+        bool(torch.equal(offsets.float(), -128.0 * scales.float()))
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+
+
+def _scales_zeros(scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.stack([scales.float(), zeros.float()], -1).transpose(0, 1).contiguous().to(dtype)
+
+
+def pack_int4(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
+              dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One (packed, scales_zeros) pair for bits <= 4, two (low nibble, high nibble) for 5..8 bits."""
+    s, o = scales.float(), offsets.float()
+    if bits <= 4:
+        return [(_pack_nibbles(codes), _scales_zeros(s, o + 8 * s, dtype))]
+    return [(_pack_nibbles(codes & 15), _scales_zeros(s, 8 * s, dtype)),
+            (_pack_nibbles(codes >> 4), _scales_zeros(16 * s, o + 128 * s, dtype))]
+
+
+DEQUANT_MIN_M = 128
+"""Above this many rows (prefill) the weight is dequantized once and multiplied by oneDNN's bf16/fp32 GEMM:
+int4pack's cost grows linearly with M (it is a GEMV per row); measured crossover 64..128 rows."""
+
+
+@lru_cache(maxsize=1)
+def _block64_layout() -> bool:
+    """Whether int4pack stores each 64-row block as ``[K, 32]`` bytes with row ``j`` in the low and ``j + 32``
+    in the high nibble of byte ``j`` (torch 2.13's AVX512 kernel). Checked on a probe, never assumed."""
+    n, k = 64, 32
+    q = (torch.arange(n * k) % 16).view(n, k).to(torch.int32)
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    except RuntimeError:
+        return False
+    return packed.numel() * 2 == n * k and torch.equal(_unpack_block64(packed, n, k).t(), q.to(torch.uint8))
+
+
+def _unpack_block64(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes transposed, uint8 ``[K, N]``, from the block-64 layout."""
+    p = packed.view(n // 64, k, 32)
+    return torch.cat([p & 15, p >> 4], -1).permute(1, 0, 2).reshape(k, n)
+
+
+def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``W.T`` ``[K, N]`` in ``dtype``: ``(q - 8) * s + z`` per nibble plane, summed."""
+    w = None
+    for packed, sz in parts:
+        q = _unpack_block64(packed, n, k).view(k // group_size, group_size, n).to(dtype)
+        s = sz[..., 0].to(dtype).unsqueeze(1)
+        z = (sz[..., 1].float() - 8 * sz[..., 0].float()).to(dtype).unsqueeze(1)
+        plane = torch.addcmul(z, q, s).view(k, n)
+        w = plane if w is None else w.add_(plane)
+    assert w is not None
+    return w
+
+
+def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int) -> torch.Tensor:
+    x = x.contiguous()
+    n, k = parts[0][0].shape[0], x.shape[1]
+    if x.shape[0] > DEQUANT_MIN_M and n % 64 == 0 and _block64_layout():
+        return torch.mm(x, _dequantized_t(parts, n, k, group_size, x.dtype))
+    out = None
+    for packed, sz in parts:
+        if sz.dtype != x.dtype:
+            sz = sz.to(x.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
+        out = y if out is None else out.add_(y)
+    assert out is not None
+    return out
+
+
+def unpack_int4(parts: list[tuple[torch.Tensor, torch.Tensor]], in_features: int, group_size: int) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` back from the opaque packing: each nibble plane is multiplied by the identity
+    with scale 1 and zero 8 (exact small integers). For tests and device moves; costs K GEMV rows."""
+    codes = None
+    for i, (packed, sz) in enumerate(parts):
+        ones = torch.stack([torch.ones_like(sz[..., 0]), torch.full_like(sz[..., 0], 8.0)], -1).float()
+        eye = torch.eye(in_features, dtype=torch.float32)
+        plane = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, group_size, ones.contiguous())
+        q = plane.round().to(torch.uint8).t() << (4 * i)
+        codes = q if codes is None else codes | q
+    assert codes is not None
+    return codes.contiguous()
+
+
+def dequantize_int4(parts: list[tuple[torch.Tensor, torch.Tensor]], in_features: int, group_size: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The dense weight the int4 kernel multiplies by (identity through the kernel itself)."""
+    eye = torch.eye(in_features, dtype=parts[0][1].dtype)
+    return int4_matmul(eye, parts, group_size).t().to(dtype).contiguous()
+
+
+def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (codes.to(torch.int16) - 128).to(torch.int8).contiguous(), scales[:, 0].contiguous()
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] > DEQUANT_MIN_M:  # a GEMV per row as well: dequantize once for prefill
+        return F.linear(x, q.to(x.dtype) * scales.to(x.dtype).unsqueeze(-1))
+    return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q, scales.to(x.dtype))

@@ -1,0 +1,129 @@
+"""IntWeight's CPU kernels (torch int4pack / int8pack, and the plain fallback) against the dequantize
+reference: a ``plain`` IntWeight with the same codes, scales and offsets, dequantized and multiplied
+by ``F.linear`` in fp32.
+
+Tolerance: fp32 1e-4 of the output's max magnitude (the kernels accumulate in another order); bf16
+2e-2 of it (activations and outputs are bf16, and the int4pack zero ``o + 8 s`` is rounded once to bf16).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
+def random_weight(bits, group, out_f, in_f, sym, seed):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(out_f, in_f // group, generator=gen) * 0.05 + 0.01
+    offsets = -(2 ** (bits - 1)) * scales if sym else torch.randn(out_f, in_f // group, generator=gen) * 0.05
+    return codes, scales, offsets
+
+
+def reference(x, codes, scales, offsets, bits, group, dtype, perm, bias):
+    plain = IntWeight(codes, scales.to(dtype), offsets.to(dtype), bits, group, perm)
+    assert plain.layout == "plain"
+    xr = x.index_select(-1, perm) if perm is not None else x
+    b = bias.float() if bias is not None else None
+    return F.linear(xr.float(), plain.dequantize(torch.float32), b)
+
+
+CASES = [  # bits, group, out, in, symmetric, expected CPU layout
+    (4, 32, 48, 128, False, "cpu_int4"),   # GGUF Q4_1-like
+    (4, 128, 32, 256, True, "cpu_int4"),   # GPTQ/AWQ-like
+    (4, 64, 16, 64, False, "cpu_int4"),    # group == in_features
+    (8, 32, 32, 64, True, "cpu_int4"),     # Q8_0: two nibble planes
+    (8, 64, 32, 64, True, "cpu_int8"),     # per-channel symmetric 8-bit
+    (8, 64, 32, 64, False, "cpu_int4"),    # per-channel asymmetric 8-bit
+    (5, 32, 32, 64, False, "cpu_int4"),    # Q5_*
+    (6, 16, 32, 64, True, "plain"),        # Q6_K groups of 16: no int4pack group
+    (4, 32, 24, 64, False, "plain"),       # out_features not a multiple of 16
+]
+
+
+@pytest.mark.parametrize("bits,group,out_f,in_f,sym,layout", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernel_matches_dequantize_reference(bits, group, out_f, in_f, sym, layout, dtype):
+    codes, scales, offsets = random_weight(bits, group, out_f, in_f, sym, seed=bits * 1000 + group + in_f)
+    for use_perm in (False, True):
+        perm = torch.randperm(in_f, generator=torch.Generator().manual_seed(1)) if use_perm else None
+        w = make_int_weight(codes, scales, offsets, bits, group, dtype, perm)
+        assert w.layout == layout
+        torch.testing.assert_close(w.plain_codes(), codes, rtol=0, atol=0)
+        for m in (1, 3, 33):
+            x = torch.randn(m, in_f, generator=torch.Generator().manual_seed(m)).to(dtype)
+            bias = torch.randn(out_f).to(dtype) if m == 3 else None
+            ref = reference(x, codes, scales, offsets, bits, group, dtype, perm, bias)
+            out = int_weight_linear(x, w, bias)
+            assert out.dtype == dtype and out.shape == (m, out_f)
+            err = (out.float() - ref).abs().max().item()
+            assert err <= TOL[dtype] * ref.abs().max().item(), (layout, m, err)
+
+
+def test_dequantize_and_group_params_keep_meaning():
+    codes, scales, offsets = random_weight(4, 32, 32, 64, False, seed=3)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.float32)
+    assert w.layout == "cpu_int4" and w.scales is None
+    dense = (codes.view(32, -1, 32).float() * scales.unsqueeze(-1) + offsets.unsqueeze(-1)).view(32, 64)
+    torch.testing.assert_close(w.dequantize(), dense, rtol=1e-6, atol=1e-6)
+    s, o = w.group_params()
+    torch.testing.assert_close(s, scales)
+    torch.testing.assert_close(o, offsets, rtol=1e-6, atol=1e-6)
+
+
+def test_packed_storage_is_about_bits_per_weight():
+    codes, scales, offsets = random_weight(4, 32, 64, 256, False, seed=4)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.bfloat16)
+    nbytes = sum(b.numel() * b.element_size() for b in w.buffers())
+    assert nbytes == 64 * 256 // 2 + 64 * (256 // 32) * 2 * 2  # 4 bits + a bf16 scale and zero per 32: Q4_1's 5
+
+
+def test_dtype_move_repacks():
+    codes, scales, offsets = random_weight(4, 32, 32, 64, False, seed=5)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.float32)
+    w.to(torch.bfloat16)
+    assert w.layout == "cpu_int4" and w.dtype == torch.bfloat16
+    torch.testing.assert_close(w.plain_codes(), codes, rtol=0, atol=0)
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.bfloat16, None, None)
+    assert (int_weight_linear(x, w).float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+def test_leading_dims_and_empty_batch():
+    codes, scales, offsets = random_weight(4, 32, 32, 64, False, seed=6)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.float32)
+    x = torch.randn(2, 3, 64)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
+    torch.testing.assert_close(int_weight_linear(x, w), ref, rtol=1e-4, atol=1e-4)
+    assert int_weight_linear(torch.randn(0, 64), w).shape == (0, 32)
+
+
+def test_bad_input_is_a_value_error():
+    codes, scales, offsets = random_weight(4, 32, 32, 64, False, seed=7)
+    with pytest.raises(ValueError, match="exceeds 4 bits"):
+        make_int_weight(codes | 16, scales, offsets, 4, 32, torch.float32)
+    with pytest.raises(ValueError, match="do not agree"):
+        make_int_weight(codes, scales[:, :1], offsets[:, :1], 4, 32, torch.float32)
+    with pytest.raises(ValueError, match="perm"):
+        make_int_weight(codes, scales, offsets, 4, 32, torch.float32, perm=torch.arange(10))
+    with pytest.raises(ValueError, match="9-bit"):
+        make_int_weight(codes, scales, offsets, 9, 32, torch.float32)
+
+
+@pytest.mark.parametrize("bits,group,out_f,layout", [(4, 32, 128, "cpu_int4"), (8, 32, 64, "cpu_int4"),
+                                                      (4, 32, 48, "cpu_int4"), (8, 128, 64, "cpu_int8")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, dtype):
+    """Above DEQUANT_MIN_M rows the packed weight is unpacked once (int4pack: block-64 layout, N % 64 == 0)
+    and multiplied by a dense GEMM; N = 48 stays on int4pack. All must match the reference."""
+    from pagoda.quantization.kernels import cpu_woq
+    codes, scales, offsets = random_weight(bits, group, out_f, 128, bits == 8, seed=bits + out_f)
+    w = make_int_weight(codes, scales, offsets, bits, group, dtype)
+    assert w.layout == layout
+    x = torch.randn(cpu_woq.DEQUANT_MIN_M + 1, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
+    ref = reference(x, codes, scales, offsets, bits, group, dtype, None, None)
+    err = (int_weight_linear(x, w).float() - ref).abs().max().item()
+    assert err <= TOL[dtype] * ref.abs().max().item()

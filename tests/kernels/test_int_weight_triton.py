@@ -1,0 +1,104 @@
+"""The Triton W4A16/W8A16 GEMM (pagoda.quantization.kernels.triton_wna16) against the dequantize reference.
+
+Without a GPU it runs on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is
+first imported, as in test_triton_attention.py) at tiny sizes; with a GPU the same tests run the compiled
+kernel on CUDA tensors, through :func:`int_weight_linear` (the ``triton`` layout).
+
+Tolerance: fp32 1e-4 of the output's max magnitude; bf16/fp16 2e-2 of it (bf16 activations and output,
+the bias added after rounding).
+"""
+
+import os
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from test_int_weight_cpu import TOL, random_weight, reference  # noqa: E402
+
+from pagoda.quantization.int_weight import int_weight_linear, make_int_weight  # noqa: E402
+from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
+
+DEV = torch.device("cuda" if ON_GPU else "cpu")
+TOL = {**TOL, torch.float16: 2e-2}
+
+CASES = [  # bits, group, out, in, symmetric
+    (4, 32, 48, 128, False),
+    (4, 128, 40, 256, True),
+    (4, 64, 32, 64, False),   # group == in_features
+    (8, 32, 32, 64, True),
+    (5, 32, 32, 64, False),
+    (6, 16, 24, 64, True),    # Q6_K groups of 16
+    (3, 32, 16, 32, False),
+]
+
+
+def run_kernel(x, codes, scales, offsets, bits, group, dtype, perm, bias):
+    if ON_GPU:
+        w = make_int_weight(codes.to(DEV), scales.to(DEV), offsets.to(DEV), bits, group, dtype,
+                            perm.to(DEV) if perm is not None else None)
+        assert w.layout == "triton"
+        torch.testing.assert_close(w.plain_codes().cpu(), codes, rtol=0, atol=0)
+        return int_weight_linear(x.to(DEV), w, bias.to(DEV) if bias is not None else None).cpu()
+    xr = x.index_select(-1, perm) if perm is not None else x
+    qw = tw.pack(codes, bits)
+    assert torch.equal(tw.unpack(qw, bits), codes)
+    s, o = scales.to(dtype).t().contiguous(), offsets.to(dtype).t().contiguous()
+    return tw.wna16_matmul(xr, qw, s, o, bits, group, bias)
+
+
+@pytest.mark.parametrize("bits,group,out_f,in_f,sym", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype):
+    codes, scales, offsets = random_weight(bits, group, out_f, in_f, sym, seed=bits * 100 + in_f)
+    for m, use_perm in ((1, False), (3, True), (33, False)):
+        perm = torch.randperm(in_f, generator=torch.Generator().manual_seed(m)) if use_perm else None
+        x = torch.randn(m, in_f, generator=torch.Generator().manual_seed(m)).to(dtype)
+        bias = torch.randn(out_f).to(dtype) if m == 3 else None
+        ref = reference(x, codes, scales, offsets, bits, group, dtype, perm, bias)
+        out = run_kernel(x, codes, scales, offsets, bits, group, dtype, perm, bias)
+        assert out.dtype == dtype and out.shape == (m, out_f)
+        err = (out.float() - ref).abs().max().item()
+        assert err <= TOL[dtype] * ref.abs().max().item(), (m, err)
+
+
+@pytest.mark.parametrize("split_k,gather", [(1, False), (3, False), (2, True)])
+def test_explicit_configs_and_split_k(split_k, gather):
+    """Every K tile lands in exactly one split, also when the split does not divide the tile count; both
+    4-bit unpack variants."""
+    codes, scales, offsets = random_weight(4, 32, 64, 256, False, seed=9)
+    x = torch.randn(5, 256)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
+    cfg = tw.WNA16Config(block_m=16, block_n=32, block_k=32, split_k=split_k, unpack_gather=gather)
+    out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
+                          offsets.t().contiguous().to(DEV), 4, 32, config=cfg).cpu()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_choose_config_invariants():
+    for m in (1, 16, 17, 64, 300):
+        for n, k, g in ((4096, 4096, 128), (28672, 4096, 128), (4096, 14336, 128), (576, 576, 32), (64, 64, 64)):
+            c = tw.choose_config(m, n, k, g, 132)
+            assert g % c.block_k == 0 and c.block_k >= 16 and k // c.block_k >= c.split_k >= 1
+    assert tw.choose_config(1, 4096, 4096, 128, 132).split_k > 1  # decode GEMV: the grid must fill the GPU
+    assert not tw.supported(4, 8, 64) and not tw.supported(4, 24, 72) and tw.supported(6, 16, 64)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA: a CPU-packed weight moved to the GPU is repacked for Triton")
+def test_cpu_packed_weight_moved_to_gpu_is_repacked():
+    codes, scales, offsets = random_weight(4, 32, 64, 128, False, seed=11)
+    w = make_int_weight(codes, scales, offsets, 4, 32, torch.bfloat16)
+    assert w.layout == "cpu_int4"
+    w.to(DEV)
+    assert w.layout == "triton" and w.codes.is_cuda
+    torch.testing.assert_close(w.plain_codes().cpu(), codes, rtol=0, atol=0)
+    x = torch.randn(2, 128).to(torch.bfloat16)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.bfloat16, None, None)
+    out = int_weight_linear(x.to(DEV), w).cpu()
+    assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()
