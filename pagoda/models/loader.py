@@ -57,13 +57,16 @@ def load_model(cfg: EngineConfig) -> nn.Module:
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
     else:
-        files = safetensors_files(cfg.model_path)
-        if not files:
-            raise FileNotFoundError(
-                f"No *.safetensors weights in {cfg.model_path}. Convert the checkpoint to safetensors, "
-                f"pass a .gguf file, or use --load-format dummy for random weights."
-            )
-        loaded = model.load_weights(iter_safetensors(files))
+        weights = quant_config.checkpoint_weights(cfg.hf_config) if quant_config is not None else None
+        if weights is None:
+            files = safetensors_files(cfg.model_path)
+            if not files:
+                raise FileNotFoundError(
+                    f"No *.safetensors weights in {cfg.model_path}. Convert the checkpoint to safetensors, "
+                    f"pass a .gguf file, or use --load-format dummy for random weights."
+                )
+            weights = iter_safetensors(files)
+        loaded = model.load_weights(weights)
         missing = model.missing_weights(loaded)
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")

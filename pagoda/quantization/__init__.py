@@ -13,6 +13,7 @@ from pagoda.quantization.base import QuantizationConfig
 
 _METHODS: dict[str, str] = {
     # name: "module:Class" (imported only when used)
+    "gguf": "pagoda.quantization.gguf:GGUFConfig",
 }
 """``--quantization`` name -> the class implementing it."""
 
