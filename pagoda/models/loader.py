@@ -15,6 +15,7 @@ from pagoda.config import EngineConfig
 from pagoda.layers.linear import Linear, process_weights_after_loading
 from pagoda.models.registry import build_model
 from pagoda.quantization import resolve_quantization
+from pagoda.quantization.int_weight import IntWeight
 
 logger = logging.getLogger("pagoda")
 
@@ -78,7 +79,8 @@ def load_model(cfg: EngineConfig) -> nn.Module:
             logger.warning("triton is not installed; using unfused PyTorch elementwise ops on CUDA.")
         else:
             model.enable_fused_kernels()
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters()) + sum(  # an IntWeight holds one code per weight
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, IntWeight))
     weight_bytes = weight_nbytes(model)
     if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
