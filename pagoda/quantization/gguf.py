@@ -33,7 +33,7 @@ from torch import nn
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.base import QuantizationConfig
 from pagoda.quantization.gguf_blocks import decode_blocks, decode_dense
-from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors, open_gguf
+from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
 from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
 
 QUANTIZED_LOAD_FORMATS = ("auto", "gguf")
@@ -63,6 +63,7 @@ class GGUFConfig(QuantizationConfig):
 
     def __init__(self, gguf_file: Path) -> None:
         self.gguf_file = gguf_file
+        self._types: collections.Counter[str] = collections.Counter()  # tensors read, by type (for describe)
 
     @classmethod
     def from_config(cls, qcfg: dict[str, Any]) -> GGUFConfig:
@@ -86,6 +87,7 @@ class GGUFConfig(QuantizationConfig):
         """The file's tensors under HF names: 1-D ones (norms, biases) dense; matrices as ``<module>.qweight``
         raw-byte tensors carrying ``gguf_name`` / ``gguf_type`` / ``gguf_shape`` attributes."""
         for name, raw in iter_gguf_tensors(self.gguf_file, hf_config):
+            self._types[raw.type_name] += 1
             if len(raw.shape) == 1 and not raw.quantized:
                 yield name, decode_dense(raw.type_name, raw.data, raw.shape)
             elif len(raw.shape) == 2 and name.endswith(".weight"):
@@ -97,8 +99,8 @@ class GGUFConfig(QuantizationConfig):
                                  f"place in pagoda's model")
 
     def describe(self) -> str:
-        counts = collections.Counter(t.tensor_type.name for t in open_gguf(self.gguf_file).tensors)
-        return "gguf (" + ", ".join(f"{n} x{c}" for n, c in counts.most_common()) + f") from {self.gguf_file.name}"
+        types = ", ".join(f"{n} x{c}" for n, c in self._types.most_common())  # opening the file again costs seconds
+        return f"gguf ({types}) from {self.gguf_file.name}" if types else f"gguf from {self.gguf_file.name}"
 
 
 def _raw_of(t: torch.Tensor) -> RawTensor:
