@@ -107,7 +107,8 @@ class EngineArgs:
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
     load_format: str = field(default="auto", metadata={"choices": LOAD_FORMATS})
-    """Weights format; dummy: random weights of the configured shape."""
+    """Weights format. auto: safetensors, or a .gguf model kept quantized (as gguf); safetensors with a .gguf model:
+    its dequantized conversion; dummy: random weights of the configured shape."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     quantization: str | None = field(default=None, metadata={"choices": QUANTIZATION_METHODS, "aliases": ("-q",)})
@@ -164,9 +165,10 @@ class EngineArgs:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
 
     def create_config(self) -> EngineConfig:
-        from pagoda.models.model_files import resolve_model
+        from pagoda.models.model_files import gguf_source, resolve_model
         from pagoda.models.registry import resolve_architecture
         from pagoda.quantization import resolve_quantization
+        from pagoda.quantization.gguf import gguf_model_config
 
         self.validate()
         rev, ddir = self.revision, self.download_dir
@@ -175,6 +177,7 @@ class EngineArgs:
                           if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
+        hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization)
         resolve_quantization(hf_config, self.quantization)  # fail before any process starts
 
         device = resolve_device(self.device)

@@ -28,6 +28,7 @@ from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
+from pagoda.layers.quantized_embedding import QuantizedEmbedding
 from pagoda.layers.rotary import RotaryEmbedding, rope_parameters
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
@@ -210,7 +211,11 @@ class LlamaForCausalLM(nn.Module):
         s = self.model_shape(hf_config, arch)
         self.shape = s
         rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
-        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        emb_method = _method(quant_config, "model.embed_tokens", ("embed_tokens",)) \
+            if quant_config is not None and quant_config.quantizes_embedding() else None
+        self.embed_tokens: nn.Embedding | QuantizedEmbedding = (  # the method may keep the table quantized
+            nn.Embedding(s.vocab_size, s.hidden_size) if emb_method is None
+            else QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method))
         self.layers = nn.ModuleList([
             DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config))
             for i in range(s.num_layers)])
@@ -279,6 +284,8 @@ class LlamaForCausalLM(nn.Module):
 
             return packed_linear(hidden, self._lm_packed, None)
         if self.shape.tie_word_embeddings:
+            if isinstance(self.embed_tokens, QuantizedEmbedding):
+                return self.embed_tokens.lm_head(hidden)
             return F.linear(hidden, self.embed_tokens.weight)
         return self.lm_head(hidden)
 
@@ -287,7 +294,8 @@ class LlamaForCausalLM(nn.Module):
         from pagoda.layers.cpu_linear import pack_model_linears, pack_weight
 
         if self.shape.tie_word_embeddings:
-            w: torch.Tensor | None = self.embed_tokens.weight
+            w: torch.Tensor | None = None if isinstance(self.embed_tokens, QuantizedEmbedding) \
+                else self.embed_tokens.weight
         else:
             head = self.lm_head
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None

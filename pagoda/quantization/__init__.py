@@ -15,6 +15,7 @@ _METHODS: dict[str, str] = {
     # name: "module:Class" (imported only when used)
     "fp8": "pagoda.quantization.fp8:Fp8Config",
     "compressed-tensors": "pagoda.quantization.compressed_tensors:CompressedTensorsConfig",
+    "gguf": "pagoda.quantization.gguf:GGUFConfig",
 }
 """``--quantization`` name -> the class implementing it."""
 

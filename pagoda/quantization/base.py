@@ -12,7 +12,10 @@ does not honour; a config that constructs is one pagoda runs exactly.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
+
+import torch
 
 from pagoda.layers.linear import LinearMethod
 
@@ -37,6 +40,11 @@ class QuantizationConfig(ABC):
     def quantizes_embedding(self) -> bool:
         """Whether the checkpoint stores the token embedding quantized (GGUF); default: no."""
         return False
+
+    def checkpoint_weights(self, hf_config: dict[str, Any]) -> Iterable[tuple[str, torch.Tensor]] | None:
+        """HF-named tensors when the format has its own weights file (GGUF); default ``None``: the model
+        folder's safetensors."""
+        return None
 
     def describe(self) -> str:
         """One line for the start-up log."""

@@ -1,0 +1,137 @@
+"""Raw tensors of a GGUF file under Hugging Face names, quantized blocks left as bytes.
+
+:func:`iter_gguf_tensors` yields, for each GGUF tensor, ``(hf_name, RawTensor)``:
+
+- names: ``token_embd`` -> ``model.embed_tokens``, ``blk.N.attn_q`` -> ``model.layers.N.self_attn.q_proj``,
+  ``ffn_gate`` -> ``mlp.gate_proj``, ``output_norm`` -> ``model.norm``, ``output`` -> ``lm_head`` (table
+  ``_BLOCK_NAMES``); a tensor with no HF place (``rope_freqs``: pagoda computes RoPE from the config) is skipped.
+- rows: llama.cpp's converter interleaves the rotary rows of ``attn_q`` / ``attn_k`` for architecture
+  ``llama`` (transformers undoes it in ``LlamaTensorProcessor``); the same row permutation is applied to
+  the raw rows here. Quantization blocks run along the input dimension, so permuting rows is exact.
+
+Every error names the GGUF tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pagoda.quantization.gguf_blocks import DENSE_TYPES, FORMATS
+
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_SKIPPED = ("rope_freqs",)
+_PERMUTED_ARCHS = ("llama",)
+
+
+@dataclass
+class RawTensor:
+    """One GGUF tensor: its GGUF ``name``, ``type_name`` (``Q4_1``, ``F32``, ...), logical ``shape``
+    (PyTorch order, ``[out, in]`` for a matrix) and ``data`` (uint8 rows ``[out, bytes per row]`` for a
+    quantized type, the raw bytes for a dense one)."""
+
+    name: str
+    type_name: str
+    shape: tuple[int, ...]
+    data: torch.Tensor
+
+    @property
+    def quantized(self) -> bool:
+        return self.type_name not in DENSE_TYPES
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """The Hugging Face parameter name of a GGUF tensor (``None``: not a model parameter)."""
+    base, _, suffix = gguf_name.rpartition(".")
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{suffix}"
+    if base in _TOP_NAMES:
+        return f"{_TOP_NAMES[base]}.{suffix}"
+    if base in _SKIPPED:
+        return None
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in pagoda's Llama-family model")
+
+
+def rotary_row_order(rows: int, n_head: int) -> torch.Tensor:
+    """Indices ``p`` with ``hf_rows = gguf_rows[p]``: undoes llama.cpp's interleaving of q/k rows."""
+    half = rows // n_head // 2
+    return torch.arange(rows).view(n_head, half, 2).transpose(1, 2).reshape(rows)
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def open_gguf(path: Path) -> Any:
+    """A ``gguf.GGUFReader`` for ``path``; a truncated or corrupt file is a ``ValueError`` naming it."""
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(str(path))
+    except (ValueError, IndexError, OSError, KeyError) as exc:
+        raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {exc}") from exc
+
+
+def _raw(t: Any, path: Path) -> RawTensor:
+    type_name = t.tensor_type.name
+    shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
+    if type_name not in FORMATS and type_name not in DENSE_TYPES:
+        raise ValueError(f"GGUF tensor {t.name!r} in {path} has type {type_name}, which pagoda does not support "
+                         f"(supported: {', '.join([*FORMATS, *DENSE_TYPES])})")
+    data = np.asarray(t.data)
+    if type_name in FORMATS:
+        fmt = FORMATS[type_name]
+        in_f, out = shape[-1], int(np.prod(shape[:-1]))
+        want = (out, in_f // fmt.block * fmt.type_size)
+        if in_f % fmt.block or data.nbytes != want[0] * want[1]:
+            raise ValueError(f"GGUF tensor {t.name!r} in {path}: {data.nbytes} bytes of {type_name} data do not "
+                             f"hold shape {list(shape)} (truncated or corrupt file?)")
+        tensor = torch.from_numpy(np.array(data.view(np.uint8).reshape(want)))
+    else:
+        expected = int(np.prod(shape)) * {"F32": 4, "F16": 2, "BF16": 2}[type_name]
+        if data.nbytes != expected:
+            raise ValueError(f"GGUF tensor {t.name!r} in {path}: {data.nbytes} bytes do not hold {type_name} "
+                             f"shape {list(shape)} (truncated or corrupt file?)")
+        tensor = torch.from_numpy(np.array(data).view(np.uint8).reshape(-1))
+    return RawTensor(t.name, type_name, shape, tensor)
+
+
+def iter_gguf_tensors(path: Path, hf_config: dict[str, Any]) -> Iterator[tuple[str, RawTensor]]:
+    """``(hf_name, RawTensor)`` for every model tensor of the GGUF file (module docstring)."""
+    reader = open_gguf(path)
+    arch = _field(reader, "general.architecture")
+    heads = int(hf_config["num_attention_heads"])
+    kv_heads = int(hf_config.get("num_key_value_heads") or heads)
+    for t in reader.tensors:
+        name = hf_name(t.name)
+        if name is None:
+            continue
+        raw = _raw(t, path)
+        if arch in _PERMUTED_ARCHS and (".attn_q." in t.name or ".attn_k." in t.name):
+            n_head = heads if ".attn_q." in t.name else kv_heads
+            rows = raw.shape[0]
+            if rows % (2 * n_head):
+                raise ValueError(f"GGUF tensor {t.name!r}: {rows} rows do not split into {n_head} rotary heads")
+            raw.data = raw.data.view(rows, -1)[rotary_row_order(rows, n_head)].reshape(raw.data.shape)
+        yield name, raw
