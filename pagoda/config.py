@@ -175,7 +175,7 @@ class EngineArgs:
                           if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
-        resolve_quantization(hf_config, self.quantization)  # fail before any process starts
+        resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
 
         device = resolve_device(self.device)
         dtype_cfg = hf_config
