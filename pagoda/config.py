@@ -113,7 +113,8 @@ class EngineArgs:
     """auto, cpu, cuda or cuda:N."""
     quantization: str | None = field(default=None, metadata={"choices": QUANTIZATION_METHODS, "aliases": ("-q",)})
     """Quantization method of the weights (default: the checkpoint's quantization_config, or none). Given for an
-    unquantized checkpoint, a method that can quantize at load time (fp8) does so."""
+    unquantized checkpoint, a method that can quantize at load time (fp8) does so; gptq and awq then give random
+    weights of their default layout (4-bit, group 128) with --load-format dummy only."""
     kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
     """KV-cache size, e.g. 512M or 4G; on GPU it overrides --gpu-memory-utilization (default: 2G on CPU)."""
     gpu_memory_utilization: float = 0.9
@@ -178,7 +179,7 @@ class EngineArgs:
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch = resolve_architecture(hf_config)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization)
-        resolve_quantization(hf_config, self.quantization)  # fail before any process starts
+        resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
 
         device = resolve_device(self.device)
         dtype_cfg = hf_config

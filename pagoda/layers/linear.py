@@ -113,11 +113,15 @@ class Linear(nn.Module):
                 shard = "" if shard_id is None else f" (shard {shard_id})"
                 raise ValueError(f"shape mismatch for {param_name}{shard}: checkpoint {tuple(tensor.shape)} "
                                  f"vs model {tuple(dst.shape)}")
-            if getattr(param, "output_dim", 0) is None and shard_id:
-                if not torch.equal(dst, tensor.to(dst.dtype)):
-                    raise ValueError(f"{param_name} differs between the checkpoint modules fused into one layer "
-                                     f"(shard {shard_id}); pagoda needs them equal to fuse them.")
-                return
+            if getattr(param, "output_dim", 0) is None and shard_id is not None:
+                # Shared by every shard: the first shard loaded (in any order) sets it, the others must agree.
+                seen: set[str] = self.__dict__.setdefault("_shared_params_loaded", set())
+                if param_name in seen:
+                    if not torch.equal(dst, tensor.to(dst.dtype)):
+                        raise ValueError(f"{param_name} differs between the checkpoint modules fused into one "
+                                         f"layer (shard {shard_id}); pagoda needs them equal to fuse them.")
+                    return
+                seen.add(param_name)
             dst.copy_(tensor)
 
     def _shard_view(self, name: str, param: torch.Tensor, shard_id: int | None) -> torch.Tensor:

@@ -51,7 +51,7 @@ def iter_safetensors(files: list[Path]):
 
 def load_model(cfg: EngineConfig) -> nn.Module:
     t0 = time.perf_counter()
-    quant_config = resolve_quantization(cfg.hf_config, cfg.quantization)
+    quant_config = resolve_quantization(cfg.hf_config, cfg.quantization, cfg.load_format)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
         model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config)
     model.eval()

@@ -16,6 +16,8 @@ _METHODS: dict[str, str] = {
     "fp8": "pagoda.quantization.fp8:Fp8Config",
     "compressed-tensors": "pagoda.quantization.compressed_tensors:CompressedTensorsConfig",
     "gguf": "pagoda.quantization.gguf:GGUFConfig",
+    "awq": "pagoda.quantization.awq:AWQConfig",
+    "gptq": "pagoda.quantization.gptq:GPTQConfig",
 }
 """``--quantization`` name -> the class implementing it."""
 
@@ -43,11 +45,14 @@ def checkpoint_quant_method(hf_config: dict[str, Any]) -> str | None:
     return str(qcfg["quant_method"]).lower()
 
 
-def resolve_quantization(hf_config: dict[str, Any], requested: str | None) -> QuantizationConfig | None:
+def resolve_quantization(hf_config: dict[str, Any], requested: str | None,
+                         load_format: str | None = None) -> QuantizationConfig | None:
     """The config the model runs with: the checkpoint's own method, or ``requested`` (``--quantization``).
 
     A plain checkpoint with ``requested`` set is quantized online when the method supports it (fp8);
-    a request that contradicts the checkpoint's method is an error naming both.
+    a request that contradicts the checkpoint's method is an error naming both. A ``checkpoint_only`` method
+    (GPTQ, AWQ) forced on a plain checkpoint runs with its defaults for ``load_format="dummy"`` and is an error
+    for any other given ``load_format``.
     """
     found = checkpoint_quant_method(hf_config)
     if found is None and requested is None:
@@ -60,4 +65,8 @@ def resolve_quantization(hf_config: dict[str, Any], requested: str | None) -> Qu
     name = found or requested
     assert name is not None
     cls = get_quantization_config_class(name)
+    if found is None and cls.checkpoint_only and load_format not in (None, "dummy"):
+        raise ValueError(f"--quantization {name} needs a checkpoint quantized with {name} (config.json has no "
+                         f"quantization_config); a plain checkpoint cannot be loaded as {name}. Use "
+                         f"--load-format dummy for random {name} weights.")
     return cls.from_config(dict(hf_config.get("quantization_config") or {}))

@@ -26,6 +26,9 @@ class QuantizationConfig(ABC):
     name: ClassVar[str]
     """The ``--quantization`` value (vLLM's name) and the ``quant_method`` read from ``config.json``."""
 
+    checkpoint_only: ClassVar[bool] = False
+    """Only runs checkpoints it wrote (GPTQ, AWQ): forced on a plain checkpoint, it serves dummy weights only."""
+
     @classmethod
     @abstractmethod
     def from_config(cls, qcfg: dict[str, Any]) -> QuantizationConfig:
