@@ -46,7 +46,8 @@ def is_fp8(dtype: torch.dtype) -> bool:
 
 def dtype_name(dtype: torch.dtype) -> str:
     """A short name for logs: fp8_e4m3, fp8_e5m2, bfloat16, ..."""
-    return {torch.float8_e4m3fn: "fp8_e4m3", torch.float8_e5m2: "fp8_e5m2"}.get(dtype, str(dtype).removeprefix("torch."))
+    names = {torch.float8_e4m3fn: "fp8_e4m3", torch.float8_e5m2: "fp8_e5m2"}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:

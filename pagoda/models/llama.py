@@ -16,11 +16,10 @@ step of a logit near 25). The adds and norms cost about the same in float32 on t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +104,8 @@ class Attention(nn.Module):
         self.fused = False
         # Per-layer FP8 KV-cache scales (pagoda.attention.kv_quant): checkpoint tensors
         # self_attn.k_scale / v_scale when present, else 1.0; read as floats by the kernels.
+        self.k_scale: torch.Tensor
+        self.v_scale: torch.Tensor
         self.register_buffer("k_scale", torch.tensor(1.0, dtype=torch.float32))
         self.register_buffer("v_scale", torch.tensor(1.0, dtype=torch.float32))
         self.kv_scales = (1.0, 1.0)
@@ -311,7 +312,8 @@ class LlamaForCausalLM(nn.Module):
         loaded = load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")),
                               self.stacked_params)
         for i, layer in enumerate(self.layers):
-            layer.self_attn.finish_kv_scales(f"model.layers.{i}.self_attn")
+            attn: Attention = layer.self_attn  # type: ignore[assignment]  # nn.Module attributes type as Tensor | Module
+            attn.finish_kv_scales(f"model.layers.{i}.self_attn")
         return loaded
 
     def missing_weights(self, loaded: set[str]) -> list[str]:

@@ -17,7 +17,6 @@ from torch import nn
 
 from pagoda.layers.linear import Linear
 
-
 # Other spellings of an attention layer's FP8 KV-cache scales (compressed-tensors' kv_cache_scheme
 # writes k_proj/v_proj output scales) -> the model's ``self_attn.k_scale`` / ``v_scale``.
 _KV_SCALE_ALIASES = ((".k_proj.output_scale", ".k_scale"), (".v_proj.output_scale", ".v_scale"))
