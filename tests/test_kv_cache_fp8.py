@@ -2,7 +2,7 @@
 
 Tokens of an FP8-KV run are compared with the same engine's model-dtype-KV run by the top-5 rule
 (GUIDE section 4: FP8 rounding may flip near-ties, never produce a token outside the top 5).
-Kernel-level checks of the FP8 rule are in tests/kernels/test_kv_cache_fp8.py.
+Kernel-level checks of the FP8 rule are in tests/kernels/test_kv_fp8_kernels.py.
 """
 
 from __future__ import annotations

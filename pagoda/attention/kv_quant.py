@@ -15,9 +15,14 @@ backend, the reference oracle):
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from torch import nn
 
 from pagoda.config import KV_CACHE_DTYPES
+
+logger = logging.getLogger("pagoda")
 
 FP8_KV_DTYPES: dict[str, torch.dtype] = {
     "fp8": torch.float8_e4m3fn,
@@ -82,3 +87,14 @@ def check_supported(kv_dtype: torch.dtype, device: torch.device, backend: str) -
             f"{_MIN_CUDA_CAPABILITY[0]}.{_MIN_CUDA_CAPABILITY[1]} with the triton attention backend (this one is "
             f"{cap[0]}.{cap[1]}); use {FLAG} auto, or --attention-backend torch (slower)."
         )
+
+
+def log_scales(model: nn.Module, kv_dtype: torch.dtype) -> None:
+    """Start-up note on the per-layer scales (attention modules expose ``kv_scales``)."""
+    scales = [m.kv_scales for m in model.modules() if hasattr(m, "kv_scales")]
+    custom = sum(s != (1.0, 1.0) for s in scales)
+    if is_fp8(kv_dtype):
+        logger.info("KV cache in %s: k/v scales from the checkpoint in %d of %d layers, 1.0 in the others",
+                    dtype_name(kv_dtype), custom, len(scales))
+    elif custom:
+        logger.info("The checkpoint has k/v scales in %d layers; they apply with %s fp8 only", custom, FLAG)

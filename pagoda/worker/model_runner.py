@@ -120,6 +120,7 @@ class ModelRunner:
         self.kv_dtype = kv_quant.kv_cache_torch_dtype(cfg.kv_cache_dtype, cfg.dtype)
         kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
         self.model: Any = load_model(cfg)
+        kv_quant.log_scales(self.model, self.kv_dtype)
         self.backend = get_backend(backend_name)
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []

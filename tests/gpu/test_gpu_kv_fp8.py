@@ -1,6 +1,6 @@
 """FP8 KV cache on the GPU (skipped without CUDA): the Triton path end to end (fused rotary+KV write,
 unified and split-KV attention, CUDA graphs, host tier), against the model-dtype cache and the torch
-backend. The kernel-level checks (tests/kernels/test_kv_cache_fp8.py) also run compiled on a GPU.
+backend. The kernel-level checks (tests/kernels/test_kv_fp8_kernels.py) also run compiled on a GPU.
 """
 
 from __future__ import annotations
