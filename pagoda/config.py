@@ -44,6 +44,8 @@ TOKENIZER_MODES: tuple[str, ...] = get_args(TokenizerMode)
 BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 SchedulingPolicy = Literal["fcfs", "priority"]
 SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
+KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 
 
 ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
@@ -54,7 +56,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "QuantizationConfig": ("quantization",),
     "DeviceConfig": ("device",),
     "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
-                    "enable_prefix_caching", "kv_offloading_size", "kv_offloading_backend"),
+                    "enable_prefix_caching", "kv_offloading_size", "kv_offloading_backend", "kv_cache_dtype"),
     "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "scheduling_policy",
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
@@ -104,6 +106,9 @@ class EngineArgs:
     requests) are kept there and copied back on a prefix hit instead of recomputed (default: off)."""
     kv_offloading_backend: str = field(default="native", metadata={"choices": ("native",)})
     """Host-tier implementation (pagoda's own block pool)."""
+    kv_cache_dtype: str = field(default="auto", metadata={"choices": KV_CACHE_DTYPES})
+    """KV-cache storage dtype. auto: the model dtype; fp8 (= fp8_e4m3) or fp8_e5m2: one byte per element, about
+    twice the KV blocks, with the per-layer k_scale/v_scale of the checkpoint (default 1.0)."""
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
     load_format: str = field(default="auto", metadata={"choices": LOAD_FORMATS})
@@ -162,6 +167,9 @@ class EngineArgs:
             raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
         if self.max_logprobs < -1:
             raise ValueError(f"max_logprobs must be -1 (no cap) or at least 0, got {self.max_logprobs}.")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype (--kv-cache-dtype) must be one of {KV_CACHE_DTYPES}, "
+                             f"got {self.kv_cache_dtype!r}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
 
@@ -207,6 +215,7 @@ class EngineArgs:
             enable_chunked_prefill=self.enable_chunked_prefill,
             enable_prefix_caching=self.enable_prefix_caching,
             kv_offloading_size=self.kv_offloading_size or 0.0,
+            kv_cache_dtype=self.kv_cache_dtype,
             seed=self.seed,
             load_format=self.load_format,
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
@@ -292,6 +301,7 @@ class EngineConfig:
     tokenizer_mode: str = "auto"
     enable_prefix_caching: bool = True
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off
+    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES (pagoda.attention.kv_quant gives its torch dtype)
     async_scheduling: bool = False  # one step in flight while the next is scheduled
     scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load

@@ -2,7 +2,8 @@
 
 Decode (one query per request, ~1k context) and prefill (1k-token prompts); each
 against the bytes floor (K/V read once at the measured copy bandwidth, passed as
-argv[1] GB/s, default 3000) and checked against the PyTorch reference.
+argv[1] GB/s, default 3000) and checked against the PyTorch reference. argv[2] = fp8 times an
+FP8 (e4m3) KV cache instead of bf16 (the floor counts its 1-byte elements).
 """
 
 import sys
@@ -16,6 +17,7 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.reference import ref_paged_attention
 
 BW = float(sys.argv[1]) if len(sys.argv) > 1 else 3000.0
+KV_DTYPE = torch.float8_e4m3fn if len(sys.argv) > 2 and sys.argv[2] == "fp8" else torch.bfloat16
 H, HKV, D, BS = 32, 8, 128, 16
 dev = torch.device("cuda")
 tri = get_backend("triton")
@@ -27,6 +29,7 @@ def make(B, q_len, ctx):
     num_blocks = B * nb + 1
     k = torch.randn(num_blocks, BS, HKV, D, device=dev, dtype=torch.bfloat16)
     v = torch.randn_like(k)
+    k, v = k.to(KV_DTYPE), v.to(KV_DTYPE)
     perm = torch.randperm(num_blocks - 1, device=dev)[: B * nb] + 1
     bt = perm.view(B, nb).to(torch.int32)
     q = torch.randn(B * q_len, H, D, device=dev, dtype=torch.bfloat16)
@@ -57,7 +60,7 @@ for B, q_len, ctx in [(1, 1, 1024), (64, 1, 1024), (256, 1, 1024), (1, 1, 8192),
         t_torch = triton.testing.do_bench(torch_fn, return_mode="median") * 1000
     except Exception:
         t_torch = float("nan")
-    kv_bytes = 2 * B * ctx * HKV * D * 2
+    kv_bytes = 2 * B * ctx * HKV * D * k.element_size()
     q_bytes = 2 * q.numel() * 2
     floor_us = (kv_bytes + q_bytes) / (BW * 1e9) * 1e6
     flops = 4 * B * q_len * ctx * H * D / (2 if q_len > 1 else 1)

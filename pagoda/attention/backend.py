@@ -30,8 +30,11 @@ class AttentionBackend(ABC):
         k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
         v_cache: torch.Tensor,
         slot_mapping: torch.Tensor,  # int64 [T]; negative = skip
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> None:
-        """Scatter new K/V rows into their cache slots."""
+        """Scatter new K/V rows into their cache slots (an FP8 cache stores ``k / k_scale``, ``v / v_scale``,
+        saturated: :mod:`pagoda.attention.kv_quant`)."""
 
     @abstractmethod
     def forward(
@@ -41,8 +44,11 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping)."""
+        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping); an FP8 cache is read as its
+        contents times ``k_scale`` / ``v_scale`` (other caches ignore the scales)."""
 
 
 _REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}

@@ -11,6 +11,9 @@ be read rather than to be fast. It follows the layout contract of
   at offset ``p % bs``;
 * query head ``h`` reads KV head ``h // (H // Hkv)``.
 
+An FP8 cache follows :mod:`pagoda.attention.kv_quant` literally: written with ``quantize``
+(divide by the scale, saturate, round), read with ``dequantize`` (upcast, times the scale).
+
 Only the device tensors of the metadata are read (not the host copies), so a test
 that builds inconsistent host copies cannot fool the oracle.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from pagoda.attention.kv_quant import dequantize, quantize
 from pagoda.attention.metadata import AttentionMetadata
 
 
@@ -28,6 +32,8 @@ def ref_write_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # int64 [T]; negative = skip
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     """Write token ``t``'s K/V into slot ``slot_mapping[t]`` (skipping negative slots)."""
     block_size = k_cache.shape[1]
@@ -35,8 +41,8 @@ def ref_write_kv(
         if slot < 0:
             continue
         block, offset = divmod(slot, block_size)
-        k_cache[block, offset] = key[t].to(k_cache.dtype)
-        v_cache[block, offset] = value[t].to(v_cache.dtype)
+        k_cache[block, offset] = quantize(key[t], k_scale, k_cache.dtype)
+        v_cache[block, offset] = quantize(value[t], v_scale, v_cache.dtype)
 
 
 def gather_kv(
@@ -59,6 +65,8 @@ def ref_paged_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal GQA attention of each request's new queries over its cached keys.
 
@@ -81,8 +89,8 @@ def ref_paged_attention(
             continue
         if q_len > seq_len:
             raise ValueError(f"request {i}: q_len {q_len} > seq_len {seq_len}")
-        k = gather_kv(k_cache, meta.block_tables[i], seq_len).float()  # [S, Hkv, D]
-        v = gather_kv(v_cache, meta.block_tables[i], seq_len).float()
+        k = dequantize(gather_kv(k_cache, meta.block_tables[i], seq_len), k_scale)  # fp32 [S, Hkv, D]
+        v = dequantize(gather_kv(v_cache, meta.block_tables[i], seq_len), v_scale)
         k = k.repeat_interleave(group, dim=1)  # [S, H, D]
         v = v.repeat_interleave(group, dim=1)
         q = query[q_start:q_end].float()  # [q_len, H, D]

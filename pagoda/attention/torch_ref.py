@@ -12,6 +12,10 @@ as long at batch 32 on the CPU.)
 Decode rows (one query token) are batched: two matmuls with GQA heads grouped (K/V never
 repeated) and a length mask. Prefill chunks are attended one request at a time with SDPA
 and a causal mask offset by the request's cached length.
+
+An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
+step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
+softmax scale and ``v_scale`` multiplies the output, the same arithmetic as scaling K and V.
 """
 
 from __future__ import annotations
@@ -20,33 +24,46 @@ import torch
 import torch.nn.functional as F
 
 from pagoda.attention.backend import AttentionBackend, register_backend
+from pagoda.attention.kv_quant import is_fp8, quantize, raw
 from pagoda.attention.metadata import AttentionMetadata
 
 
-def gather_heads(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    """cache [N, Hkv, bs, D], block_ids [B, nb] -> [B, Hkv, nb*bs, D] (contiguous)."""
+def gather_heads(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """cache [N, Hkv, bs, D], block_ids [B, nb] -> [B, Hkv, nb*bs, D] (contiguous); an FP8 cache is
+    gathered as bytes and upcast to ``dtype`` (unscaled)."""
     N, Hkv, bs, D = cache.shape
     B, nb = block_ids.shape
     heads = torch.arange(Hkv, device=block_ids.device, dtype=torch.long)
     idx = (block_ids.long().unsqueeze(1) * Hkv + heads.view(1, Hkv, 1)).reshape(-1)
-    return cache.view(N * Hkv, bs, D).index_select(0, idx).view(B, Hkv, nb * bs, D)
+    if not is_fp8(cache.dtype):
+        return cache.view(N * Hkv, bs, D).index_select(0, idx).view(B, Hkv, nb * bs, D)
+    rows = raw(cache).view(N * Hkv, bs, D).index_select(0, idx).view(cache.dtype)
+    return rows.to(dtype or torch.float32).view(B, Hkv, nb * bs, D)
 
 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     kv_layout = "HND"
 
-    def write_kv(self, key, value, k_cache, v_cache, slot_mapping):
+    def write_kv(self, key, value, k_cache, v_cache, slot_mapping, k_scale=1.0, v_scale=1.0):
         bs = k_cache.shape[2]
         if slot_mapping.device.type == "cpu" and bool((slot_mapping < 0).any()):
             keep = slot_mapping >= 0
             slot_mapping, key, value = slot_mapping[keep], key[keep], value[keep]
         blk = torch.div(slot_mapping, bs, rounding_mode="floor")
         off = slot_mapping - blk * bs
-        k_cache[blk, :, off] = key.to(k_cache.dtype)  # [T, Hkv, D] into (block, :, offset)
-        v_cache[blk, :, off] = value.to(v_cache.dtype)
+        # [T, Hkv, D] into (block, :, offset); FP8 scattered as bytes
+        raw(k_cache)[blk, :, off] = raw(quantize(key, k_scale, k_cache.dtype))
+        raw(v_cache)[blk, :, off] = raw(quantize(value, v_scale, v_cache.dtype))
 
-    def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+        if not is_fp8(k_cache.dtype):
+            return self._forward(query, k_cache, v_cache, meta, scale)
+        out = self._forward(query, k_cache, v_cache, meta, scale * k_scale)
+        return out if v_scale == 1.0 else out.mul_(v_scale)
+
+    def _forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode_only:
             return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
         out = torch.empty_like(query)
@@ -66,8 +83,8 @@ class TorchAttentionBackend(AttentionBackend):
                 continue
             nb = -(-s_len // bs)
             blocks = meta.block_tables[i : i + 1, :nb]
-            k = gather_heads(k_cache, blocks)[:, :, :s_len]
-            v = gather_heads(v_cache, blocks)[:, :, :s_len]
+            k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
+            v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
             q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
             if q_len == s_len:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
@@ -85,8 +102,8 @@ class TorchAttentionBackend(AttentionBackend):
         B, H, D = query.shape
         Hkv = k_cache.shape[1]
         G = H // Hkv
-        k = gather_heads(k_cache, block_tables)  # [B, Hkv, L, D]
-        v = gather_heads(v_cache, block_tables)
+        k = gather_heads(k_cache, block_tables, query.dtype)  # [B, Hkv, L, D]
+        v = gather_heads(v_cache, block_tables, query.dtype)
         L = k.shape[2]
         q = query.view(B, Hkv, G, D)
         scores = torch.matmul(q, k.transpose(2, 3)).float() * scale  # [B, Hkv, G, L]

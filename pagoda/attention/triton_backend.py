@@ -43,8 +43,10 @@ class TritonAttentionBackend(AttentionBackend):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> None:
-        _kernels().write_kv(key, value, k_cache, v_cache, slot_mapping)
+        _kernels().write_kv(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
     def num_splits(self, query: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> int:
         """KV splits this step would use (1 = the unified kernel)."""
@@ -61,6 +63,8 @@ class TritonAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
         tk = _kernels()
         num_real_tokens = sum(meta.query_lens_cpu)
@@ -68,7 +72,7 @@ class TritonAttentionBackend(AttentionBackend):
         if splits > 1:
             return tk.split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                scale, splits, num_real_tokens=num_real_tokens,
+                scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale,
             )
         chunk_splits = 1
         if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
@@ -80,6 +84,7 @@ class TritonAttentionBackend(AttentionBackend):
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
+            k_scale=k_scale, v_scale=v_scale,
         )
 
 

@@ -80,6 +80,12 @@ captured graph must be replayed only for steps that pick the same count.
 
 Limits: head_dim <= 256; q heads a multiple of KV heads; fp32 / fp16 / bf16 (the
 cache may have another float dtype than the query: it is converted on load).
+
+FP8 KV cache (``float8_e4m3fn`` / ``float8_e5m2``, :mod:`pagoda.attention.kv_quant`):
+``write_kv`` quantizes through :func:`pagoda.attention.fp8_triton.store_kv` (``/ scale``,
+saturate, nearest-even); the attention kernels load the byte and upcast it with the same
+``.to(DOT_DTYPE)`` as any cache dtype, ``k_scale`` folded into ``scale_log2`` on the host and
+``v_scale`` applied to the output (no kernel change on the read side).
 Under the interpreter bf16 ``tl.dot`` operands are upcast to fp32 (numpy has no
 bf16 matmul); on the GPU they stay bf16.
 """
@@ -93,11 +99,15 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.attention.fp8_triton import fp8_code, store_kv
+from pagoda.attention.kv_quant import is_fp8
+
 MIN_TOKENS_PER_SPLIT = 64
 MAX_SPLITS = 64
 MAX_HEAD_DIM = 256
 _DEFAULT_NUM_SMS = 132  # H100 SXM; used when not on CUDA (interpreter).
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CACHE_DTYPES = (*_SUPPORTED_DTYPES, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -122,9 +132,12 @@ def _write_kv_kernel(
     stride_vcb,
     stride_vcs,
     stride_vch,
+    k_scale,
+    v_scale,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr,  # 0: the cache's own dtype; 1/2: FP8 e4m3/e5m2 (fp8_triton.store_kv)
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -139,8 +152,8 @@ def _write_kv_kernel(
     v = tl.load(value_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
     kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + h[:, None] * stride_kch + d[None, :]
     vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + h[:, None] * stride_vch + d[None, :]
-    tl.store(kc, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(vc, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    store_kv(kc, k, k_scale, mask, FP8)
+    store_kv(vc, v, v_scale, mask, FP8)
 
 
 @triton.jit
@@ -482,13 +495,23 @@ def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if k_cache.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {k_cache.shape[-1]} > {MAX_HEAD_DIM} is not supported")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"{name} dtype {c.dtype} not supported (use one of {_SUPPORTED_DTYPES})")
+        if c.dtype not in _CACHE_DTYPES:
+            raise TypeError(f"{name} dtype {c.dtype} not supported (use one of {_CACHE_DTYPES})")
 
 
 def _wide_rows(block_d: int, query: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Rows of more than 512 bytes (fp32 with D > 128): shrink tiles to fit shared memory."""
     return block_d * max(query.element_size(), k_cache.element_size()) > 512
+
+
+def _scale_log2(scale: float, k_cache: torch.Tensor, k_scale: float) -> float:
+    """The kernels' score multiplier: softmax scale (times an FP8 cache's k_scale) in base 2."""
+    return scale * (k_scale if is_fp8(k_cache.dtype) else 1.0) * math.log2(math.e)
+
+
+def _apply_v_scale(out: torch.Tensor, v_cache: torch.Tensor, v_scale: float) -> torch.Tensor:
+    """P (V * v_scale) = (P V) * v_scale: an FP8 cache's v_scale applied to the output."""
+    return out.mul_(v_scale) if is_fp8(v_cache.dtype) and v_scale != 1.0 else out
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -501,8 +524,11 @@ def write_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,  # int64 [T]; negative = skip
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
-    """Scatter new K/V rows into their cache slots (reshape-and-cache)."""
+    """Scatter new K/V rows into their cache slots (reshape-and-cache; an FP8 cache stores
+    ``k / k_scale`` and ``v / v_scale``, saturated and rounded)."""
     _check_cache(k_cache, v_cache)
     num_tokens, num_kv_heads, head_dim = key.shape
     if value.shape != key.shape or tuple(k_cache.shape[2:]) != (num_kv_heads, head_dim):
@@ -524,7 +550,8 @@ def write_kv(
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d,
+        float(k_scale), float(v_scale),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8_code(k_cache.dtype),
         num_warps=4 if block_h * block_d >= 1024 else 1,
     )
 
@@ -589,6 +616,8 @@ def unified_attention(
     block_m: int | None = None,
     block_n: int | None = None,
     num_splits: int = 1,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal paged attention for any mix of prefill chunks and decodes, one launch.
 
@@ -627,7 +656,7 @@ def unified_attention(
     _unified_attention_kernel[grid](
         query, k_cache, v_cache, out, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
-        scale * math.log2(math.e), num_seqs, num_heads, head_dim,
+        _scale_log2(scale, k_cache, k_scale), num_seqs, num_heads, head_dim,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -645,7 +674,7 @@ def unified_attention(
             NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=True,
             num_warps=1 if num_splits * block_d <= 2048 else 4,
         )
-    return out
+    return _apply_v_scale(out, v_cache, v_scale)
 
 
 _num_sms_cache: dict[int, int] = {}
@@ -709,6 +738,8 @@ def split_kv_decode(
     out: torch.Tensor | None = None,
     num_real_tokens: int | None = None,
     block_n: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token."""
     if not 1 <= num_splits <= 1024:
@@ -728,7 +759,7 @@ def split_kv_decode(
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
-        scale * math.log2(math.e), num_heads, head_dim,
+        _scale_log2(scale, k_cache, k_scale), num_heads, head_dim,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -743,4 +774,4 @@ def split_kv_decode(
         NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
         num_warps=1 if num_splits * block_d <= 2048 else 4,
     )
-    return out
+    return _apply_v_scale(out, v_cache, v_scale)

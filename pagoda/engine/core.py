@@ -50,7 +50,8 @@ class EngineCore:
         self.runner = ModelRunner(cfg)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.allocate_kv_cache(num_blocks)
-        log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block())
+        log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block(),
+                     self.runner.kv_dtype)
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
         host_tier = None
         if cfg.kv_offloading_size > 0:

@@ -91,11 +91,11 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),
     # CacheConfig
     _u("--swap-space", "preempted requests are recomputed or kept in the host KV tier (--kv-offloading-size)"),
-    _u("--kv-cache-dtype", "the KV cache is stored in the model dtype", "auto"),
     _u("--prefix-caching-hash-algo", "prefix-cache block hashes use pagoda's own hash"),
     _u("--cpu-offload-gb", "weights are not offloaded to the host", "0"),
-    _u("--calculate-kv-scales --kv-sharing-fast-prefill", "fp8 KV scales and KV sharing are not supported",
-       value=False),
+    _u("--calculate-kv-scales", "fp8 KV scales come from the checkpoint (k_scale/v_scale, default 1.0); they are "
+       "not calculated at run time", value=False),
+    _u("--kv-sharing-fast-prefill", "KV sharing is not supported", value=False),
     _u("--mamba-cache-dtype --mamba-ssm-cache-dtype --mamba-block-size", "Mamba models are not supported"),
     # MultiModalConfig
     _u("--limit-mm-per-prompt --media-io-kwargs --mm-processor-kwargs --mm-processor-cache-gb "

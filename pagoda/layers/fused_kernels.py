@@ -5,7 +5,9 @@
   the sum rounded to the model dtype, the normalised row rounded before the weight).
 * ``silu_and_mul``: ``silu(gate) * up`` over the fused gate/up projection output.
 * ``rotary_inplace``: rotate-half rotary embedding applied to q and k in place, one
-  program per token, all heads at once, cos/sin read from the table by position.
+  program per token, all heads at once, cos/sin read from the table by position; optionally
+  also writes the rotated K and V into the paged cache (FP8 caches quantized by
+  :func:`pagoda.attention.fp8_triton.store_kv`).
 
 Each replaces 3 to 12 PyTorch kernels; under CUDA graphs a decode step of a small batch
 is dominated by such tiny kernels. Tested against the PyTorch path on the CPU in
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from pagoda.attention.fp8_triton import fp8_code, store_kv
 
 
 @triton.jit
@@ -80,9 +84,9 @@ def silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
-                 v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr,
+                 v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr, k_scale, v_scale,
                  HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr,
-                 BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr):
+                 BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr):
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t)
     d = tl.arange(0, BD)
@@ -111,23 +115,24 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
         slot = tl.load(slot_ptr + t)
         wm = m & ((tl.zeros([BH, BD], dtype=tl.int64) + slot) >= 0)
         dst = slot.to(tl.int64) * (HK * 2 * HALF) + h[:, None] * (2 * HALF) + d[None, :]
-        tl.store(kc_ptr + dst, k1.to(kc_ptr.dtype.element_ty), mask=wm)
-        tl.store(kc_ptr + dst + HALF, k2.to(kc_ptr.dtype.element_ty), mask=wm)
+        store_kv(kc_ptr + dst, k1, k_scale, wm, FP8)
+        store_kv(kc_ptr + dst + HALF, k2, k_scale, wm, FP8)
         vb = v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :]
         v1 = tl.load(vb, mask=m, other=0.0)
         v2 = tl.load(vb + HALF, mask=m, other=0.0)
-        tl.store(vc_ptr + dst, v1.to(vc_ptr.dtype.element_ty), mask=wm)
-        tl.store(vc_ptr + dst + HALF, v2.to(vc_ptr.dtype.element_ty), mask=wm)
+        store_kv(vc_ptr + dst, v1, v_scale, wm, FP8)
+        store_kv(vc_ptr + dst + HALF, v2, v_scale, wm, FP8)
 
 
 def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    positions: torch.Tensor, v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
-                   v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None) -> None:
+                   v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
+                   k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2].
 
     With ``v``, ``k_cache``, ``v_cache`` (contiguous ``[blocks, block_size, Hk, D]``) and
     ``slot_mapping``, also writes the rotated K and V into the cache (the KV-write kernel
-    fused in).
+    fused in; an FP8 cache stores ``k / k_scale`` and ``v / v_scale``, saturated and rounded).
     """
     T, HQ, D = q.shape
     HK = k.shape[1]
@@ -144,5 +149,7 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     _rope_kernel[(T,)](q, k, cos, sin, positions, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                        vv, vv.stride(0), vv.stride(1),
                        k_cache if write else k, v_cache if write else k, slot_mapping if write else positions,
+                       float(k_scale), float(v_scale),
                        HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)),
-                       BD=triton.next_power_of_2(half), WRITE_KV=write, num_warps=4)
+                       BD=triton.next_power_of_2(half), WRITE_KV=write,
+                       FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, num_warps=4)

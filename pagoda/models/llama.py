@@ -16,6 +16,7 @@ step of a logit near 25). The adds and norms cost about the same in float32 on t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,21 @@ class Attention(nn.Module):
         self.rope = rope
         self.scale = s.head_dim**-0.5
         self.fused = False
+        # Per-layer FP8 KV-cache scales (pagoda.attention.kv_quant): checkpoint tensors
+        # self_attn.k_scale / v_scale when present, else 1.0; read as floats by the kernels.
+        self.k_scale: torch.Tensor
+        self.v_scale: torch.Tensor
+        self.register_buffer("k_scale", torch.tensor(1.0, dtype=torch.float32))
+        self.register_buffer("v_scale", torch.tensor(1.0, dtype=torch.float32))
+        self.kv_scales = (1.0, 1.0)
+
+    def finish_kv_scales(self, prefix: str) -> None:
+        """Read the loaded scale tensors into ``kv_scales`` (once, after loading: no device sync per step)."""
+        scales = (float(self.k_scale), float(self.v_scale))
+        for name, val in zip(("k_scale", "v_scale"), scales, strict=True):
+            if not (math.isfinite(val) and val > 0.0):
+                raise ValueError(f"Checkpoint tensor '{prefix}.{name}' must be a positive finite scale, got {val}.")
+        self.kv_scales = scales
 
     def forward(
         self,
@@ -122,21 +138,22 @@ class Attention(nn.Module):
             q = self.q_norm(q)
             k = self.k_norm(k)
         k_cache, v_cache = kv_cache
+        ks, vs = self.kv_scales
         if self.fused:
             from pagoda.layers.fused_kernels import rotary_inplace
 
             cos, sin = self.rope.cos, self.rope.sin
             if getattr(backend, "kv_layout", "NHD") == "NHD":
                 # Rotary and the KV-cache write in one kernel.
-                rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping)
+                rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
             else:
                 rotary_inplace(q, k, cos, sin, positions)
-                backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+                backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
         else:
             assert cos_sin is not None, "the unfused path needs the step's cos/sin"
             q, k = self.rope.rotate(cos_sin, q, k)
-            backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        o = backend.forward(q, k_cache, v_cache, meta, self.scale)
+            backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
+        o = backend.forward(q, k_cache, v_cache, meta, self.scale, ks, vs)
         return self.o_proj(o.reshape(-1, self.q_size))
 
 
@@ -313,8 +330,12 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named tensors into our (partly fused) parameters. Returns the keys loaded."""
         tied = self.shape.tie_word_embeddings
-        return load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")),
-                            self.stacked_params)
+        loaded = load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")),
+                              self.stacked_params)
+        for i, layer in enumerate(self.layers):
+            attn: Attention = layer.self_attn  # type: ignore[assignment]  # nn.Module attributes type as Tensor | Module
+            attn.finish_kv_scales(f"model.layers.{i}.self_attn")
+        return loaded
 
     def missing_weights(self, loaded: set[str]) -> list[str]:
         return missing_weights(self, loaded)

@@ -17,8 +17,15 @@ from torch import nn
 
 from pagoda.layers.linear import Linear
 
+# Other spellings of an attention layer's FP8 KV-cache scales (compressed-tensors' kv_cache_scheme
+# writes k_proj/v_proj output scales) -> the model's ``self_attn.k_scale`` / ``v_scale``.
+_KV_SCALE_ALIASES = ((".k_proj.output_scale", ".k_scale"), (".v_proj.output_scale", ".v_scale"))
+
 
 def _route(name: str, stacked: Mapping[str, tuple[str, int]]) -> tuple[str, int | None]:
+    for alias, canonical in _KV_SCALE_ALIASES:
+        if name.endswith(alias):
+            return name[: -len(alias)] + canonical, None
     parts = name.split(".")
     for i, p in enumerate(parts):
         if p in stacked:
@@ -58,6 +65,8 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
 
 
 def _copy(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
+    if param.dim() == 0 and tensor.numel() == 1:
+        tensor = tensor.reshape(())  # a scalar (e.g. a KV-cache scale) stored as [1]
     if param.shape != tensor.shape:
         raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)} vs model {tuple(param.shape)}")
     with torch.no_grad():

@@ -1,8 +1,9 @@
 """The paged KV cache's tensors: sizing, allocation, and block transfers.
 
 Layout per layer: ``(k_cache, v_cache)``, each ``[num_blocks, block_size, num_kv_heads,
-head_dim]`` (``HND`` backends: heads before tokens). The host tier has the same layout in
-(pinned, on CUDA) host memory.
+head_dim]`` (``HND`` backends: heads before tokens), in the KV-cache dtype (the model dtype, or one byte per
+element for ``--kv-cache-dtype fp8``: see :mod:`pagoda.attention.kv_quant`). The host tier has
+the same layout and dtype in (pinned, on CUDA) host memory; block transfers copy bytes.
 
 Sizing on CUDA is per engine, as vLLM's ``gpu_memory_utilization``: the KV cache gets
 ``total × gpu_memory_utilization − (this engine's own use) − activation peak``, where the own
@@ -20,6 +21,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
+from pagoda.attention.kv_quant import dtype_name, raw
 
 logger = logging.getLogger("pagoda")
 
@@ -66,8 +69,8 @@ def swap_out(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, 
     dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
     for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
-        hk.index_copy_(0, host, k.index_select(0, dev).cpu())
-        hv.index_copy_(0, host, v.index_select(0, dev).cpu())
+        raw(hk).index_copy_(0, host, raw(k).index_select(0, dev).cpu())
+        raw(hv).index_copy_(0, host, raw(v).index_select(0, dev).cpu())
 
 
 @torch.inference_mode()
@@ -76,8 +79,8 @@ def swap_in(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, i
     host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
-        k.index_copy_(0, dev, hk.index_select(0, host).to(device, non_blocking=True))
-        v.index_copy_(0, dev, hv.index_select(0, host).to(device, non_blocking=True))
+        raw(k).index_copy_(0, dev, raw(hk).index_select(0, host).to(device, non_blocking=True))
+        raw(v).index_copy_(0, dev, raw(hv).index_select(0, host).to(device, non_blocking=True))
 
 
 @torch.inference_mode()
@@ -86,8 +89,8 @@ def copy_blocks(kv_caches: KVCaches, pairs: list[tuple[int, int]], device: torch
     src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     for k, v in kv_caches:
-        k.index_copy_(0, dst, k.index_select(0, src))
-        v.index_copy_(0, dst, v.index_select(0, src))
+        raw(k).index_copy_(0, dst, raw(k).index_select(0, src))
+        raw(v).index_copy_(0, dst, raw(v).index_select(0, src))
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,11 @@ def _note_other_use(before: MemorySnapshot) -> None:
         )
 
 
-def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int) -> None:
+def log_kv_cache(num_blocks: int, block_size: int, max_model_len: int, per_block: int,
+                 dtype: torch.dtype | None = None) -> None:
     tokens = (num_blocks - 1) * block_size
     logger.info(
-        "KV cache: %d blocks of %d tokens = %d tokens (%.1f MiB); maximum concurrency at max_model_len=%d: %.2fx",
-        num_blocks - 1, block_size, tokens, num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
+        "KV cache%s: %d blocks of %d tokens = %d tokens (%.1f MiB); maximum concurrency at max_model_len=%d: %.2fx",
+        f" ({dtype_name(dtype)})" if dtype is not None else "", num_blocks - 1, block_size, tokens,
+        num_blocks * per_block / 2**20, max_model_len, tokens / max_model_len,
     )

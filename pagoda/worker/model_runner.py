@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pagoda import envs
+from pagoda.attention import kv_quant
 from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
@@ -115,8 +116,12 @@ class ModelRunner:
         torch.manual_seed(cfg.seed)
         # Any model of pagoda/models: forward(ids, positions, kv_caches, meta, backend), compute_logits,
         # num_layers / num_kv_heads / head_dim / shape.
+        backend_name = cfg.attention_backend or default_backend_name(self.device)
+        self.kv_dtype = kv_quant.kv_cache_torch_dtype(cfg.kv_cache_dtype, cfg.dtype)
+        kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
         self.model: Any = load_model(cfg)
-        self.backend = get_backend(cfg.attention_backend or default_backend_name(self.device))
+        kv_quant.log_scales(self.model, self.kv_dtype)
+        self.backend = get_backend(backend_name)
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []
         # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.
@@ -144,7 +149,7 @@ class ModelRunner:
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
         m = self.model
-        return kv_cache.bytes_per_block(m.num_layers, self.block_size, m.num_kv_heads, m.head_dim, self.cfg.dtype)
+        return kv_cache.bytes_per_block(m.num_layers, self.block_size, m.num_kv_heads, m.head_dim, self.kv_dtype)
 
     def determine_num_blocks(self) -> int:
         cfg = self.cfg
@@ -209,7 +214,7 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         m = self.model
         self.kv_caches = kv_cache.allocate_kv_caches(
-            m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim, self.cfg.dtype, self.device,
+            m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim, self.kv_dtype, self.device,
             getattr(self.backend, "kv_layout", "NHD"),
         )
         self.num_blocks = num_blocks

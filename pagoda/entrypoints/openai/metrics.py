@@ -134,7 +134,7 @@ SLEEP_STATES = {"awake": 1, "weights_offloaded": 0, "discard_all": 0}  # pagoda 
 def cache_config_info(cfg: Any, engine: Any) -> dict[str, str]:
     """The labels of ``cache_config_info``: vLLM's CacheConfig fields that pagoda has, as strings."""
     ready = engine.ready_info
-    return {"block_size": str(cfg.block_size), "cache_dtype": "auto",  # the KV cache holds the model's dtype
+    return {"block_size": str(cfg.block_size), "cache_dtype": str(getattr(cfg, "kv_cache_dtype", "auto")),
             "enable_prefix_caching": str(cfg.enable_prefix_caching),
             "gpu_memory_utilization": str(cfg.gpu_memory_utilization),
             "num_gpu_blocks": str(ready.num_blocks - 1 if ready is not None else None),
