@@ -6,10 +6,10 @@ loads the model in the background (:mod:`.server_state`), so ``/health`` answers
 core is ready (and again if it dies or stalls). ``run_server(args, sock)`` serves it on a socket bound
 before anything loads, and exits non-zero if the model fails to load.
 
-Routes: GET /health, /ping, /version, /metrics, /server_info, /v1/models[/{id}], /tokenizer_info
-(``--enable-tokenizer-info-endpoint``), /load (``--enable-server-load-tracking``); POST /ping, /invocations,
+Routes: GET / (the chat page, :mod:`.routes.chat_page`), /health, /ping, /version, /metrics, /server_info,
+/v1/models[/{id}], /tokenizer_info (``--enable-tokenizer-info-endpoint``), /load (``--enable-server-load-tracking``); POST /ping, /invocations,
 /v1/completions, /v1/chat/completions, /v1/responses, /tokenize, /detokenize, /reset_prefix_cache. Every route
-but /health and /ping requires the API key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
+but /, /health and /ping requires the API key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
 """
 
 from __future__ import annotations

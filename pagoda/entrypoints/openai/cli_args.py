@@ -36,7 +36,7 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
                    help="address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it on every interface")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
     g.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health and /ping "
+                   help="require 'Authorization: Bearer KEY' on every route but /health, /ping and the chat page at / "
                         "(default: $PAGODA_API_KEY, else no key)")
     g.add_argument("--root-path", default=None,
                    help="path prefix under which a proxy serves the app, which the proxy strips before forwarding "

@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pagoda import envs
 from pagoda.entrypoints.openai.serving_engine import error_body
 
-# Health probes answer without the key: load balancers and SageMaker (/ping) send none. (vLLM checks
-# the key on /v1/* only; pagoda checks it everywhere else too.)
-UNAUTHENTICATED_PATHS = frozenset({"/health", "/ping"})
+# Health probes answer without the key: load balancers and SageMaker (/ping) send none; nor does a browser
+# opening the chat page (/), static HTML with no data whose own API calls carry the key. (vLLM checks the
+# key on /v1/* only; pagoda checks it everywhere else too.)
+UNAUTHENTICATED_PATHS = frozenset({"/health", "/ping", "/"})
 # The routes whose requests occupy the engine: what --enable-server-load-tracking counts (vLLM's list,
 # less the pooling routes pagoda does not have).
 LOAD_TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations"})
@@ -44,7 +45,7 @@ def route_path(scope: Scope) -> str:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token check on every route but /health and /ping (constant-time comparison)."""
+    """Bearer-token check on every route but ``UNAUTHENTICATED_PATHS`` (constant-time comparison)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from pagoda.entrypoints.openai.routes import (
     admin,
     chat,
+    chat_page,
     completions,
     models,
     responses,
@@ -21,7 +22,8 @@ from pagoda.entrypoints.openai.routes import (
 )
 
 ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.router, chat.router, tokenize.router,
-                                  responses.router, sagemaker.router, server_info.router)
+                                  responses.router, sagemaker.router, server_info.router,
+                                  chat_page.router)
 
 
 def routers(args: argparse.Namespace) -> list[APIRouter]:
