@@ -7,9 +7,10 @@ core is ready (and again if it dies or stalls). ``run_server(args, sock)`` serve
 before anything loads, and exits non-zero if the model fails to load.
 
 Routes: GET / (the chat page, :mod:`.routes.chat_page`), /health, /ping, /version, /metrics, /server_info,
-/v1/models[/{id}], /tokenizer_info (``--enable-tokenizer-info-endpoint``), /load (``--enable-server-load-tracking``); POST /ping, /invocations,
-/v1/completions, /v1/chat/completions, /v1/responses, /tokenize, /detokenize, /reset_prefix_cache. Every route
-but /, /health and /ping requires the API key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
+/v1/models[/{id}], /tokenizer_info (``--enable-tokenizer-info-endpoint``), /load
+(``--enable-server-load-tracking``); POST /ping, /invocations, /v1/completions, /v1/chat/completions,
+/v1/responses, /tokenize, /detokenize, /reset_prefix_cache. Every route but /, /health and /ping requires the
+API key when one is set (``--api-key`` or ``PAGODA_API_KEY``).
 """
 
 from __future__ import annotations

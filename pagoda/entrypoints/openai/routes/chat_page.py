@@ -27,8 +27,10 @@ def chat_page() -> tuple[str, str]:
     """(the page's HTML, its Content-Security-Policy)."""
     html = resources.files("pagoda.entrypoints.openai").joinpath(CHAT_PAGE).read_text(encoding="utf-8")
 
+    code = re.sub(r"<!--.*?-->", "", html, flags=re.S)  # a comment may mention a <script> tag
+
     def hashes(tag: str) -> str:
-        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", code, flags=re.S)
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies)
 
     csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
