@@ -106,8 +106,7 @@ def test_streamed_answer_appears_incrementally(srv, page):
     assert seen[-1] == shown
     ref = srv.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
                                             "max_tokens": 24, "temperature": 0}).json()
-    assert shown == ref["choices"][0]["message"]["content"]
-    assert "Paris" in shown
+    assert shown and shown == ref["choices"][0]["message"]["content"]  # the page shows what the API answers
     stored = json.loads(page.execute_script("return localStorage.getItem('pagoda-chat')"))
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     assert stored["messages"][1]["content"] == shown
