@@ -41,8 +41,14 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ) -> torch.Tensor:
-        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping)."""
+        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping).
+
+        ``sliding_window = W``: a query at position ``p`` sees keys at positions ``> p - W`` only (the
+        layer's window, HF's convention); ``logits_soft_cap = c``: scores ``s = scale * q.k`` become
+        ``c * tanh(s / c)`` (Gemma 2). Both are per layer; None means off."""
 
 
 _REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}

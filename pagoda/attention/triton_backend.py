@@ -61,14 +61,17 @@ class TritonAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ) -> torch.Tensor:
         tk = _kernels()
+        win_cap = {"sliding_window": sliding_window, "logits_soft_cap": logits_soft_cap}
         num_real_tokens = sum(meta.query_lens_cpu)
         splits = self.num_splits(query, k_cache, meta)
         if splits > 1:
             return tk.split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                scale, splits, num_real_tokens=num_real_tokens,
+                scale, splits, num_real_tokens=num_real_tokens, **win_cap,
             )
         chunk_splits = 1
         if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
@@ -79,7 +82,7 @@ class TritonAttentionBackend(AttentionBackend):
             )
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-            meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
+            meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits, **win_cap,
         )
 
 
