@@ -28,10 +28,11 @@ ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
 def rope_parameters(hf_config: dict[str, Any], layer_type: str | None = None,
-                    default_theta: float = 10000.0) -> dict[str, Any]:
+                    default_theta: float = 10000.0, check: bool = True) -> dict[str, Any]:
     """Normalise transformers 4.x (``rope_theta``/``rope_scaling``) and 5.x (``rope_parameters``, possibly
     nested per layer type) into one flat dict with ``rope_type``, ``rope_theta``, ``partial_rotary_factor``
-    and ``max_position_embeddings`` (plus the type's own keys). ``layer_type`` picks a nested entry."""
+    and ``max_position_embeddings`` (plus the type's own keys). ``layer_type`` picks a nested entry;
+    ``check`` refuses a rope type this module cannot compute."""
     params: dict[str, Any] = {}
     rp = hf_config.get("rope_parameters")
     if isinstance(rp, dict):
@@ -48,7 +49,7 @@ def rope_parameters(hf_config: dict[str, Any], layer_type: str | None = None,
         if hf_config.get("original_max_position_embeddings"):  # Phi-3 keeps it at the top level; it wins
             params["original_max_position_embeddings"] = hf_config["original_max_position_embeddings"]
         params.setdefault("original_max_position_embeddings", params["max_position_embeddings"])
-    if params["rope_type"] not in ROPE_TYPES:
+    if check and params["rope_type"] not in ROPE_TYPES:
         raise ValueError(f"rope type {params['rope_type']!r} is not supported (supported: {', '.join(ROPE_TYPES)}).")
     return params
 
@@ -56,7 +57,7 @@ def rope_parameters(hf_config: dict[str, Any], layer_type: str | None = None,
 def rope_max_position(hf_config: dict[str, Any]) -> int:
     """The longest context the model's rope supports: ``max_position_embeddings``, or for YaRN
     ``original_max_position_embeddings * factor`` when larger (Qwen2.5/Qwen3 long context)."""
-    rp = rope_parameters(hf_config)
+    rp = rope_parameters(hf_config, check=False)  # any model's config (the fallback's too)
     mpe = rp["max_position_embeddings"]
     if rp["rope_type"] == "yarn" and rp.get("factor"):
         return max(mpe, int(rp["original_max_position_embeddings"] * float(rp["factor"])))
