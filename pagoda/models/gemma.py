@@ -48,9 +48,9 @@ def gemma_shape(cfg: dict[str, Any], arch: str) -> LlamaShape:
         raise ValueError("Gemma use_bidirectional_attention (embedding models) is not supported; pagoda runs "
                          "causal language models.")
     s = LlamaShape.from_hf(cfg, arch)
+    act = str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh")
     return LlamaShape(**{**s.__dict__, "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True)),
-                         "qk_norm": arch == "Gemma3ForCausalLM",
-                         "hidden_act": str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"),
+                         "qk_norm": arch == "Gemma3ForCausalLM", "hidden_act": act,
                          "qkv_bias": bool(cfg.get("attention_bias", False))})
 
 
@@ -78,9 +78,10 @@ class GemmaDecoderLayer(nn.Module):
         self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn", sliding_window=sliding_window,
                                    norm_cls=GemmaRMSNorm, **attn_kwargs)
         self.mlp = MLP(s, qc, f"model.layers.{idx}.mlp")
-        for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                     "post_feedforward_layernorm"):
-            setattr(self, name, GemmaRMSNorm(s.hidden_size, s.rms_norm_eps))
+        self.input_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.post_attention_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
 
     def forward(self, cos_sin, positions, h, kv_cache, meta, backend) -> torch.Tensor:
         """``h``: the float32 residual stream."""
@@ -108,13 +109,13 @@ class GemmaForCausalLM(LlamaForCausalLM):
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
         self.layers = nn.ModuleList([GemmaDecoderLayer(s, self.layer_ropes[i], i, quant_config, windows[i], attn_kwargs)
                                      for i in range(s.num_layers)])
-        self.norm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.norm: RMSNorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
             from pagoda.models.llama import Linear, _method
 
             self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
                                   linear_method=_method(quant_config, "lm_head", ("lm_head",)))
-        self.ropes = nn.ModuleList(dict.fromkeys(ropes.values()))  # one or two distinct tables
+        self.ropes: list[RotaryEmbedding] = list(dict.fromkeys(ropes.values()))  # one or two distinct tables
         self.rope = self.layer_ropes[0]
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
