@@ -233,23 +233,17 @@ class EngineArgs:
         )
 
     def _max_model_len(self, hf_config: dict[str, Any]) -> int:
-        """--max-model-len, else the model's max_position_embeddings; capped by a sliding window."""
-        max_pos = int(hf_config.get("max_position_embeddings") or 2048)
+        """--max-model-len, else the model's max_position_embeddings (YaRN: its extended length).
+        A sliding window does not cap it: the window is a per-layer attention mask."""
+        from pagoda.layers.rotary import rope_max_position
+
+        max_pos = rope_max_position(hf_config)
         max_model_len = self.max_model_len or max_pos
-        if max_model_len > max_pos and not self.max_model_len:
-            max_model_len = max_pos
         if self.max_model_len and self.max_model_len > max_pos:
             raise ValueError(
                 f"max_model_len={self.max_model_len} is larger than the model's max_position_embeddings={max_pos}; "
                 f"lower --max-model-len."
             )
-        sliding = hf_config.get("sliding_window")
-        if sliding and hf_config.get("use_sliding_window", True) and int(sliding) < max_model_len:
-            logger.warning(
-                "Model uses sliding-window attention (%d); capping max_model_len from %d to %d.",
-                sliding, max_model_len, sliding,
-            )
-            max_model_len = int(sliding)
         return max_model_len
 
     def _batch_limits(self, device: torch.device, max_model_len: int) -> tuple[int, int]:

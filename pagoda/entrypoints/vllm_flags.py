@@ -55,7 +55,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--rope-theta", "set it through --hf-overrides '{\"rope_theta\": ...}'"),
     _u("--logprobs-mode", "logprobs are always those of the processed distribution (vLLM's processed_logprobs)",
        "processed_logprobs"),
-    _u("--disable-sliding-window", "a sliding window caps max_model_len instead", value=False),
+    _u("--disable-sliding-window", "sliding-window layers always attend through their window (a mask; KV blocks stay "
+       "full-attention)", value=False),
     _u("--disable-cascade-attn", "accepted: pagoda has no cascade attention", ANY_VALUE, value=False),
     _u("--skip-tokenizer-init", "the engine needs the tokenizer (token-id prompts still work with it loaded)",
        value=False),

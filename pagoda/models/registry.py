@@ -15,19 +15,24 @@ _LLAMA_FAMILY = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Phi3ForCausalLM",
 )
 _MOE_FAMILY = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")  # models/moe.py
+_GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")  # pagoda.models.gemma
 
 
 def supported_architectures() -> list[str]:
-    return list(_LLAMA_FAMILY + _MOE_FAMILY)
+    return list(_LLAMA_FAMILY + _MOE_FAMILY + _GEMMA)
 
 
 def resolve_architecture(hf_config: dict[str, Any]) -> str:
     archs = hf_config.get("architectures") or []
     for a in archs:
-        if a in _LLAMA_FAMILY or a in _MOE_FAMILY:
+        if a in _LLAMA_FAMILY + _MOE_FAMILY + _GEMMA:
             return a
+        if a == "Gemma3ForConditionalGeneration":
+            raise ValueError("Gemma3ForConditionalGeneration (multimodal) checkpoints are not supported; use a "
+                             "text-only Gemma3ForCausalLM checkpoint (e.g. gemma-3-270m / gemma-3-1b).")
     if not archs and hf_config.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
         return {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                 "qwen3": "Qwen3ForCausalLM"}[hf_config["model_type"]]
@@ -46,4 +51,8 @@ def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
         from pagoda.models.moe import MOE_MODELS
 
         return MOE_MODELS[arch](hf_config, arch, dtype, quant_config)
+    if arch in _GEMMA:
+        from pagoda.models.gemma import GemmaForCausalLM
+
+        return GemmaForCausalLM(hf_config, arch, dtype, quant_config)
     return LlamaForCausalLM(hf_config, arch, dtype, quant_config)
