@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 _LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+TESTED_FALLBACK_ARCHS = (
+    "CohereForCausalLM", "GPT2LMHeadModel", "GPTNeoXForCausalLM", "GraniteForCausalLM", "LlamaForCausalLM",
+    "Olmo2ForCausalLM", "PhiForCausalLM", "StableLmForCausalLM",
+)
+"""Architectures tests/test_transformers_fallback.py checks against HF ``generate`` (listed by ``pagoda models``)."""
 _REMOTE_KEY = "AutoModelForCausalLM"
 
 
@@ -78,9 +83,9 @@ def hf_classes(hf_config: dict[str, Any], arch: str, trust_remote_code: bool,
 
     model_cls: Any = get_class_from_dynamic_module(remote, str(model_dir))
     config_target = (hf_config.get("auto_map") or {}).get("AutoConfig")
-    config_cls: Any = get_class_from_dynamic_module(config_target, str(model_dir)) if config_target else \
+    remote_config: Any = get_class_from_dynamic_module(config_target, str(model_dir)) if config_target else \
         model_cls.config_class
-    return config_cls.from_dict(dict(hf_config)), model_cls
+    return remote_config.from_dict(dict(hf_config)), model_cls
 
 
 def _window_is_narrower(config: Any) -> int | None:
