@@ -160,7 +160,8 @@ class TransformersForCausalLM(nn.Module):
             raise ValueError(f"{self.arch}: layers differ in KV shape {sorted(set(shapes.values()))}; the paged "
                              f"cache needs one shape for every layer.")
         ours = self.compute_logits_raw(hidden)
-        if not torch.allclose(ours.float(), ref.float(), rtol=1e-3, atol=1e-3):
+        tol = 1e-3 if ours.dtype == torch.float32 else 3e-2  # HF may round its logits at another point than we do
+        if not torch.allclose(ours.float(), ref.float(), rtol=tol, atol=tol):
             raise ValueError(f"{self.arch}: the HF model's forward post-processes logits in a way the transformers "
                              f"fallback does not reproduce; it cannot run this model.")
         heads, head_dim = shapes[0]
