@@ -179,3 +179,13 @@ def test_tested_list_is_what_this_file_tests():
     from pagoda.models.transformers_support import TESTED_FALLBACK_ARCHS
 
     assert set(TESTED_FALLBACK_ARCHS) == {ARCH_CONFIGS[a][1] for a in [*FALLBACK_ARCHS, "llama"]}
+
+
+def test_models_command_prints_the_table(capsys):
+    from pagoda.entrypoints.cli import main
+    from pagoda.models.support_table import models_table
+
+    main(["models"])
+    out = capsys.readouterr().out
+    assert out == models_table()
+    assert "| `LlamaForCausalLM` | pagoda" in out and "| transformers fallback | no | yes | yes | no |" in out
