@@ -90,6 +90,16 @@ ARCH_CONFIGS = {
     "llamalinear": ("LlamaConfig", "LlamaForCausalLM", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
     "llamadynamic": ("LlamaConfig", "LlamaForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
     "mistralsw": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
+    # No native implementation: these run through the transformers fallback.
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {
+        "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 1.5}),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_inner": 128}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 0.5}),
+    "falcon": ("FalconConfig", "FalconForCausalLM", {"alibi": True}),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``pagoda`` command: generate, chat, serve, bench {throughput, latency, serve}."""
+"""The ``pagoda`` command: generate, chat, serve, models, bench {throughput, latency, serve}."""
 
 from __future__ import annotations
 
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_args(s)
         s.set_defaults(func=run_serve)
 
+    m = sub.add_parser("models", help="list the architectures pagoda runs, how, and with which features",
+                       formatter_class=HelpFormatter)
+    m.set_defaults(func=cmd_models)
+
     b = sub.add_parser("bench", help="benchmarks", formatter_class=HelpFormatter)
     bsub = b.add_subparsers(dest="bench_command", required=True)
     from pagoda.benchmarks import latency, throughput
@@ -96,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     return parser
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """Print the registry's table (plugins included: they are loaded first)."""
+    from pagoda.models.support_table import models_table
+    from pagoda.plugins import load_general_plugins
+
+    load_general_plugins()
+    print(models_table(), end="")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,7 +66,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--pooler-config --override-pooler-config", "pooling models are not supported yet"),
     _u("--logits-processor-pattern --logits-processors", "custom logits processors are not supported"),
     _u("--enable-sleep-mode", "sleep mode is not supported", value=False),
-    _u("--model-impl", "pagoda runs its own model implementations only", "auto"),
     _u("--override-attention-dtype", "attention runs in the model dtype (--dtype)"),
     _u("--io-processor-plugin", "plugins are not supported"),
     # LoadConfig
