@@ -40,8 +40,8 @@ class IntWeight(nn.Module):
     layout for the device, keeping the meaning:
 
     * ``triton`` (CUDA): ``codes`` = :mod:`triton_wna16` layout (int32 ``[in/8, out]``, sub-block interleaved, for
-      <= 4 bits, uint8 ``[in, out]`` above); ``scales``/``offsets`` keep their canonical shape as views of ``[groups, out]``
-      storage (``.t()`` is contiguous).
+      <= 4 bits, uint8 ``[in, out]`` above); ``scales``/``offsets`` keep their canonical shape as views of
+      ``[groups, out]`` storage (``.t()`` is contiguous).
     * ``cpu_int4``: ``codes`` (and ``codes_hi`` for 5..8 bits) in torch's int4pack order, ``scales_zeros``
       (and ``scales_zeros_hi``) ``[groups, out, 2]``; ``scales``/``offsets`` are ``None`` (read them with
       :meth:`group_params`).
