@@ -30,7 +30,7 @@ kernel (deterministic, no atomics, no zero-fill). fp32 accumulation everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -313,8 +313,8 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     common = (x, qweight, scales, offsets, out, m, n)
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     if cfg.kind == "gemv":
-        grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
-        _int4_gemv_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
+        grid3 = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+        _int4_gemv_kernel[grid3](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
                                 PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **launch)
     elif cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
@@ -332,10 +332,6 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else out, res, m * n, n,
                                                        SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block)
     return res
-
-
-def with_split(cfg: WNA16Config, split_k: int) -> WNA16Config:
-    return replace(cfg, split_k=split_k)
 
 
 _SHIFTS = (4 * torch.arange(8, dtype=torch.int64)).view(1, 8, 1, 1)
