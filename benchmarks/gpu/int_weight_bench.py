@@ -5,7 +5,8 @@ weights (so nothing stays in L2), each linear kind captured as a CUDA graph of i
 replays decode steps as graphs, so launch cost is not what we measure). Prints per-linear microseconds
 and the whole step's linears in ms at M=1 and M=64, each against the bytes floor (weights + scales read
 once at the measured copy bandwidth; FLOPs at 989 TFLOP/s bf16 when larger) and as a ratio to bf16.
-Targets (issue 12): W4A16 at M=1 <= 0.45x bf16, at M=64 <= 1.0x. Config tuning: benchmarks/gpu/int_weight_sweep.py. Runs in well under a minute on an H200.
+Targets (issue 12): W4A16 at M=1 <= 0.45x bf16, at M=64 <= 1.0x. Config tuning:
+benchmarks/gpu/int_weight_sweep.py. Runs in well under a minute on an H200.
 Usage: python benchmarks/gpu/int_weight_bench.py   (``--smoke``: CPU, Triton interpreter, tiny shapes, no
 graphs; checks the script itself runs)
 """
