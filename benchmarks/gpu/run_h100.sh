@@ -109,15 +109,15 @@ if has quant; then
   for q in none gptq fp8; do
     log "latency (Llama-3-8B shape, dummy, quantization: $q)"
     qflag=(); [ "$q" != none ] && qflag=(--quantization "$q")
-    timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy "${qflag[@]}" \
-      --batch-size 1 64 --input-len 1024 --output-len 64 --num-iters 1 --max-model-len 4096 \
+    timeout 120 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy "${qflag[@]}" \
+      --batch-size 1 64 --input-len 512 --output-len 32 --num-iters 1 --max-model-len 4096 \
       --output-json "$OUT/latency_q_$q.json" 2>&1 | grep -E "^batch|KV cache|Loaded|rror" | tee -a "$OUT/summary.txt"
   done
   for q in none fp8; do
     log "throughput sharegpt-like 500 (quantization: $q, kv cache: $([ $q = fp8 ] && echo fp8 || echo auto))"
     qflag=(); [ "$q" != none ] && qflag=(--quantization fp8 --kv-cache-dtype fp8)
-    timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy "${qflag[@]}" \
-      --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_q_$q.json" 2>&1 \
+    timeout 110 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy "${qflag[@]}" \
+      --dataset sharegpt --num-prompts 300 --max-model-len 4096 --output-json "$OUT/tp_q_$q.json" 2>&1 \
       | grep -E "pagoda\]|KV cache|Loaded|rror" | tee -a "$OUT/summary.txt"
   done
 fi

@@ -107,6 +107,9 @@ class GemmaForCausalLM(LlamaForCausalLM):
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
         self.layer_ropes = [ropes["full_attention" if w is None else "sliding_attention"] for w in windows]
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        # HF multiplies by sqrt(hidden) rounded to the model dtype; a Python float of that value gives the same
+        # product and, unlike a tensor made per step, can be captured in a CUDA graph.
+        self.embed_scale = float(torch.tensor(s.hidden_size**0.5, dtype=dtype))
         self.layers = nn.ModuleList([GemmaDecoderLayer(s, self.layer_ropes[i], i, quant_config, windows[i], attn_kwargs)
                                      for i in range(s.num_layers)])
         self.norm: RMSNorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
@@ -121,8 +124,7 @@ class GemmaForCausalLM(LlamaForCausalLM):
         self._lm_packed: torch.Tensor | None = None
 
     def forward(self, input_ids, positions, kv_caches, meta, backend) -> torch.Tensor:
-        w = self.embed_tokens.weight
-        h = self.embed_tokens(input_ids) * torch.tensor(self.shape.hidden_size**0.5, dtype=w.dtype, device=w.device)
+        h = self.embed_tokens(input_ids) * self.embed_scale
         h = h.float()  # the float32 residual stream (see models/llama.py)
         cos_sin = {id(r): r.cos_sin(positions) for r in self.ropes}
         for layer, rope, kv in zip(self.layers, self.layer_ropes, kv_caches, strict=True):

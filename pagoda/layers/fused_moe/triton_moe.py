@@ -216,7 +216,9 @@ class MoeRule:
 
 BIG = 1 << 30
 MOE_TABLE: dict[int, tuple[MoeRule, MoeRule]] = {  # max (token, expert) pairs -> (gate_up rule, down rule)
-    BIG: (MoeRule(), MoeRule()),  # benchmarks/gpu/int_weight_sweep.py --moe prints a measured table
+    8: (MoeRule(block_n=32, block_k=128), MoeRule(block_n=64, block_k=128)),
+    512: (MoeRule(block_n=64, block_k=128), MoeRule(block_n=128, block_k=128)),
+    BIG: (MoeRule(), MoeRule()),  # benchmarks/gpu/int_weight_sweep.py prints a measured table
 }
 
 

@@ -205,18 +205,18 @@ class Rule:
 
 BIG = 1 << 30
 INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
-    1: Rule("gemv", 128, block_m=1, waves=4),
-    4: Rule("gemv", 64, block_m=4, waves=4),
-    16: Rule("dot", 64, block_m=16, waves=4, num_stages=4),
-    64: Rule("dot", 64, block_m=64, waves=1, num_stages=3),
-    256: Rule("dot", 128, block_m=64, waves=1, num_stages=3),
-    BIG: Rule("dot", 128, block_m=128, waves=1, num_warps=8, num_stages=3),
+    1: Rule('dot', 64),
+    4: Rule('dot', 64),
+    16: Rule('dot', 64),
+    64: Rule('dot', 128, block_m=64),
+    256: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
+    BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
 }
-U8_TABLE: dict[int, Rule] = {  # 5..8 bits; block_k is capped by the group (max_block_k)
-    16: Rule("u8", 64, block_m=16, waves=4, num_stages=4),
-    32: Rule("u8", 128, block_m=32, waves=1),
-    64: Rule("u8", 128, block_m=64, waves=1, block_k=64),
-    BIG: Rule("u8", 128, block_m=128, waves=1, num_warps=8, block_k=64),
+U8_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
+    16: Rule('u8', 128),
+    32: Rule('u8', 64, block_m=64),
+    64: Rule('u8', 64, block_m=64),
+    BIG: Rule('u8', 64, block_m=64),
 }
 
 
