@@ -1,4 +1,4 @@
-"""The ``pagoda`` command: generate, chat, serve, bench {throughput, latency, serve}."""
+"""The ``pagoda`` command: generate, chat, serve, router, bench {throughput, latency, serve}."""
 
 from __future__ import annotations
 
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser("serve", help="OpenAI-compatible HTTP server", formatter_class=HelpFormatter)
         add_serve_args(s)
         s.set_defaults(func=run_serve)
+
+    from pagoda.router.cli_args import add_router_args, run_router  # fastapi/uvicorn imported only when it runs
+
+    r = sub.add_parser("router", help="route requests across several serve replicas", formatter_class=HelpFormatter)
+    add_router_args(r)
+    r.set_defaults(func=run_router)
 
     b = sub.add_parser("bench", help="benchmarks", formatter_class=HelpFormatter)
     bsub = b.add_subparsers(dest="bench_command", required=True)
