@@ -48,6 +48,8 @@ class RouterMetrics:
         for fam in (self.backend_healthy, self.in_flight, self.load):
             fam.clear()
         for b in pool.all():
+            self.retries.labels(b.url)  # a zero series from the start, not only after the first retry
+            self.stream_errors.labels(b.url)
             self.backend_healthy.labels(b.url).set(1 if b.healthy else 0)
             self.in_flight.labels(b.url).set(b.in_flight)
             self.load.labels(b.url).set(b.load)

@@ -3,7 +3,7 @@
 Names as vLLM production-stack's router (``roundrobin``, ``session``, ``prefixaware``) plus
 ``leastloaded`` (production-stack has no policy that reads the replicas' own queues):
 
-* ``roundrobin`` — candidates in URL order, one after the other;
+* ``roundrobin`` — candidates in URL order, one after the other (a turn counter per candidate set);
 * ``leastloaded`` — the smallest queue (running + waiting from the replica's ``/metrics``, or the router's
   own open requests on it if larger), then the lowest KV-cache usage; ties rotate;
 * ``session`` — consistent hashing (a ring of virtual nodes, SHA-1: independent of hash seeds) of the
@@ -50,28 +50,42 @@ class RoutingPolicy:
         raise NotImplementedError
 
 
+class Rotation:
+    """One turn counter per candidate set: requests for model A must not skip turns of model B's replicas."""
+
+    MAX_SETS = 1024
+
+    def __init__(self) -> None:
+        self.turns: dict[tuple[str, ...], int] = {}
+
+    def next(self, candidates: Sequence[Backend]) -> int:
+        key = tuple(b.url for b in candidates)
+        if key not in self.turns and len(self.turns) >= self.MAX_SETS:
+            self.turns.clear()
+        turn = self.turns.get(key, 0)
+        self.turns[key] = turn + 1
+        return turn % len(candidates)
+
+
 class RoundRobin(RoutingPolicy):
     name = "roundrobin"
 
     def __init__(self) -> None:
-        self.counter = 0
+        self.rotation = Rotation()
 
     def choose(self, candidates: Sequence[Backend], req: RequestInfo) -> Backend:
-        b = candidates[self.counter % len(candidates)]
-        self.counter += 1
-        return b
+        return candidates[self.rotation.next(candidates)]
 
 
 class LeastLoaded(RoutingPolicy):
     name = "leastloaded"
 
     def __init__(self) -> None:
-        self.counter = 0
+        self.rotation = Rotation()
 
     def choose(self, candidates: Sequence[Backend], req: RequestInfo) -> Backend:
         n = len(candidates)
-        start = self.counter % n
-        self.counter += 1
+        start = self.rotation.next(candidates)
         rotated = [candidates[(start + i) % n] for i in range(n)]
         return min(rotated, key=lambda b: (b.load, b.kv_usage))  # min keeps the first of equals
 
