@@ -68,10 +68,12 @@ def test_killed_replica_loses_nothing_that_had_not_started(replicas):
                                         health_check_interval_s=0.2))
     url = router.url + "/v1/completions"
     held = router.state.pool.backends[victim.url]
+    at_kill = []
 
     async def kill_when_victim_is_busy(tasks) -> None:
         while held.in_flight < 4 and not all(t.done() for t in tasks):
             await asyncio.sleep(0.01)
+        at_kill.append(held.in_flight)
         await asyncio.to_thread(kill, victim)
 
     try:
@@ -80,6 +82,7 @@ def test_killed_replica_loses_nothing_that_had_not_started(replicas):
         second = asyncio.run(burst(url, 100, 8))
     finally:
         router.stop()
+    assert at_kill[0] >= 4  # the victim died holding requests
     for streamed, outcome in first:
         assert outcome == "ok" or (streamed and outcome == "stream error"), first
     assert [o for _, o in second] == ["ok"] * 8
