@@ -8,6 +8,8 @@ answers every POST at once with a fixed completion), so the figures are the rout
 
 * latency: ``--requests`` sequential tiny non-streaming completions, alternately direct and through the
   router (so drift of the machine hits both alike): p50 / p99 of each, and the difference;
+* router CPU: the router process's CPU time (user + system) per request of the latency phase — a figure
+  that machine load does not inflate the way it inflates wall-clock latency;
 * throughput: ``--concurrency`` clients for ``--duration`` seconds, through the router and direct:
   requests/s (the direct figure is the ceiling of this client + backend: the router's ceiling can only be
   read against it).
@@ -82,20 +84,30 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def latency(direct: str, routed: str, body: dict, n: int, headers: dict) -> dict:
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def latency(direct: str, routed: str, body: dict, n: int, headers: dict, router_pid: int) -> dict:
     times: dict[str, list[float]] = {"direct": [], "router": []}
     with httpx.Client(timeout=60, headers=headers) as c:
         for url in (direct, routed):  # warm connections and caches
             for _ in range(5):
                 c.post(url + "/v1/completions", json=body).raise_for_status()
+        cpu0 = cpu_seconds(router_pid)
         for _ in range(n):
             for name, url in (("direct", direct), ("router", routed)):
                 t = time.perf_counter()
                 c.post(url + "/v1/completions", json=body).raise_for_status()
                 times[name].append(time.perf_counter() - t)
+        cpu = cpu_seconds(router_pid) - cpu0
     out = {f"{k}_p{q}_ms": round(1e3 * pct(v, q), 3) for k, v in times.items() for q in (50, 99)}
     out["added_p50_ms"] = round(out["router_p50_ms"] - out["direct_p50_ms"], 3)
     out["added_p99_ms"] = round(out["router_p99_ms"] - out["direct_p99_ms"], 3)
+    out["router_cpu_ms_per_request"] = round(1e3 * cpu / n, 3)  # includes its health probes (every 5 s)
     return out
 
 
@@ -153,7 +165,8 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         body = {"model": args.model, "prompt": "hi", "max_tokens": 1, "temperature": 0}
         result: dict = {"backend": args.backend or "fake", "routing_logic": args.routing_logic,
-                        "requests": args.requests, **latency(backend, routed, body, args.requests, headers)}
+                        "requests": args.requests}
+        result.update(latency(backend, routed, body, args.requests, headers, procs[-1].pid))
         if not args.skip_throughput:
             result["concurrency"] = args.concurrency
             result["router_rps"] = round(asyncio.run(throughput(routed, body, args.concurrency, args.duration,

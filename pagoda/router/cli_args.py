@@ -114,6 +114,7 @@ def run_router(args: argparse.Namespace) -> None:
     from pagoda.router.app import build_app
 
     cfg = router_config(args)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per proxied request otherwise
     app = build_app(cfg)
     logger.info("pagoda router on http://%s:%d, routing logic %s", args.host, args.port, args.routing_logic)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level, access_log=False)

@@ -8,7 +8,8 @@ Rules (the invariants the tests check):
   out of rotation until its next passing health probe;
 * a replica that accepts the request but sends no answer within ``--request-timeout`` seconds (between
   two reads) gets a 504 back to the client, not a retry: it may be running the request;
-* once the status line is in, the body is relayed chunk by chunk as it arrives (``aiter_raw``: nothing
+* a non-streamed answer of known length (up to :data:`WHOLE_LIMIT`) is relayed in one piece; any other
+  body, once the status line is in, is relayed chunk by chunk as it arrives (``aiter_raw``: nothing
   is buffered or re-encoded); if the replica breaks off a server-sent-event stream, the client gets a
   final error event (``data: {"error": ...}`` then ``data: [DONE]``; on ``/v1/responses`` an
   ``event: error``) instead of a silent cut;
@@ -40,6 +41,16 @@ _DROP_RESPONSE = frozenset({"content-length", "connection", "keep-alive", "trans
 # Failures before the first byte that say nothing was (or will be) answered: another replica may serve it.
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
               httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+WHOLE_LIMIT = 1 << 20
+"""Non-streamed answers up to this many bytes (by their Content-Length) are relayed in one piece."""
+
+
+def _is_whole(resp: httpx.Response) -> bool:
+    length = resp.headers.get("content-length")
+    return (not resp.headers.get("content-type", "").startswith("text/event-stream") and length is not None
+            and length.isdigit() and int(length) <= WHOLE_LIMIT)
 
 
 def error_body(status: int, message: str, code: str | int | None = None, type_: str | None = None) -> dict[str, Any]:
@@ -133,6 +144,8 @@ class Proxy:
             if resp.status_code >= 500:
                 failed = await self._read_whole(resp, b)
                 continue
+            if _is_whole(resp):
+                return await self._whole(resp, b, path, t0)
             return self._relay(resp, b, path, t0)
         return self._give_up(path, t0, failed, model)
 
@@ -162,6 +175,23 @@ class Proxy:
         self._done(None, path, "503", t0)
         what = f" serving model `{model}`" if model else ""
         return error_response(503, f"no healthy backend{what}", "no_healthy_backend")
+
+    async def _whole(self, resp: httpx.Response, b: Backend, path: str, t0: float) -> Response:
+        """A non-streamed answer of known length: relayed in one piece (one write instead of a chunked stream;
+        the replica sends it only once it is complete anyway)."""
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as e:
+            self.metrics.stream_errors.labels(b.url).inc()
+            logger.warning("backend %s broke off a response to %s: %r", b.url, path, e)
+            self._done(b, path, "502", t0)
+            return error_response(502, f"the backend broke off its answer ({type(e).__name__})", "backend_error")
+        finally:
+            await resp.aclose()
+            b.in_flight -= 1
+        self._done(b, path, str(resp.status_code), t0)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
+        return Response(content, status_code=resp.status_code, headers=headers)
 
     def _relay(self, resp: httpx.Response, b: Backend, path: str, t0: float) -> StreamingResponse:
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
