@@ -6,8 +6,10 @@ Without ``--backend`` a fake replica is started (a raw ASGI app under uvicorn, i
 answers every POST at once with a fixed completion), so the figures are the router's own cost. A
 ``pagoda router`` subprocess is started in front of the backend, and on the same client:
 
-* latency: ``--requests`` sequential tiny non-streaming completions, alternately direct and through the
-  router (so drift of the machine hits both alike): p50 / p99 of each, and the difference;
+* latency: ``--requests`` pairs of sequential tiny non-streaming completions, one direct and one through the
+  router in a seeded random order, ``--gap`` seconds apart (drift of the machine hits both alike, and
+  neither always follows the other: a replica that has just answered answers the next one faster):
+  p50 / p99 of each, and the difference;
 * router CPU: the router process's CPU time (user + system) per request of the latency phase — a figure
   that machine load does not inflate the way it inflates wall-clock latency;
 * throughput: ``--concurrency`` clients for ``--duration`` seconds, through the router and direct:
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -91,15 +94,19 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
-def latency(direct: str, routed: str, body: dict, n: int, headers: dict, router_pid: int) -> dict:
+def latency(direct: str, routed: str, body: dict, n: int, headers: dict, router_pid: int, gap: float) -> dict:
     times: dict[str, list[float]] = {"direct": [], "router": []}
     with httpx.Client(timeout=60, headers=headers) as c:
         for url in (direct, routed):  # warm connections and caches
             for _ in range(5):
                 c.post(url + "/v1/completions", json=body).raise_for_status()
         cpu0 = cpu_seconds(router_pid)
+        order = random.Random(0)
         for _ in range(n):
-            for name, url in (("direct", direct), ("router", routed)):
+            pair = [("direct", direct), ("router", routed)]
+            order.shuffle(pair)  # neither side always runs right after the other (a hot replica answers faster)
+            for name, url in pair:
+                time.sleep(gap)
                 t = time.perf_counter()
                 c.post(url + "/v1/completions", json=body).raise_for_status()
                 times[name].append(time.perf_counter() - t)
@@ -133,6 +140,7 @@ def main() -> None:
     ap.add_argument("--model", default="fake")
     ap.add_argument("--api-key", default=None, help="the replica's key (the router gets the same one)")
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--gap", type=float, default=0.02, help="seconds between two timed requests")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--routing-logic", default="roundrobin")
@@ -166,7 +174,7 @@ def main() -> None:
         body = {"model": args.model, "prompt": "hi", "max_tokens": 1, "temperature": 0}
         result: dict = {"backend": args.backend or "fake", "routing_logic": args.routing_logic,
                         "requests": args.requests}
-        result.update(latency(backend, routed, body, args.requests, headers, procs[-1].pid))
+        result.update(latency(backend, routed, body, args.requests, headers, procs[-1].pid, args.gap))
         if not args.skip_throughput:
             result["concurrency"] = args.concurrency
             result["router_rps"] = round(asyncio.run(throughput(routed, body, args.concurrency, args.duration,

@@ -70,3 +70,13 @@ def _up(url: str) -> bool:
         return httpx.get(url + "/health", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_router_command_does_not_import_torch():
+    # A router host (or image) needs no torch: `pagoda router` builds only its own parser.
+    code = ("import sys, uvicorn; uvicorn.run = lambda *a, **k: None; from pagoda.entrypoints.cli import main; "
+            "main(['--log-level', 'WARNING', 'router', '--backend', 'http://127.0.0.1:9']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
