@@ -161,8 +161,8 @@ class Proxy:
         except httpx.HTTPError:
             content = json.dumps(error_body(resp.status_code, f"the backend answered {resp.status_code}")).encode()
         finally:
-            await resp.aclose()
             b.in_flight -= 1
+            await resp.aclose()
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
         return Response(content, status_code=resp.status_code, headers=headers)
 
@@ -187,8 +187,8 @@ class Proxy:
             self._done(b, path, "502", t0)
             return error_response(502, f"the backend broke off its answer ({type(e).__name__})", "backend_error")
         finally:
-            await resp.aclose()
             b.in_flight -= 1
+            await resp.aclose()
         self._done(b, path, str(resp.status_code), t0)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
         return Response(content, status_code=resp.status_code, headers=headers)
@@ -216,7 +216,7 @@ class Proxy:
                 sep = b"" if tail == b"\n\n" else b"\n\n"
                 why = f"the backend serving this request failed mid-response ({type(e).__name__})"
                 yield sep + stream_error_event(path, why)
-        finally:
-            await resp.aclose()
+        finally:  # bookkeeping first: a client that went away cancels this generator, and aclose may not finish
             b.in_flight -= 1
             self._done(b, path, status, t0)
+            await resp.aclose()

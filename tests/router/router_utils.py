@@ -33,6 +33,8 @@ class FakeBackend:
         self.model = model
         self.running, self.waiting = running, waiting
         self.posts: list[tuple[str, dict]] = []
+        self.closed = 0
+        """gated streams whose client (the router) hung up before the gate opened"""
         self.gate = threading.Event()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,7 +71,7 @@ class FakeBackend:
             method, path, _ = lines[0].split(" ", 2)
             headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
             body = await reader.readexactly(int(headers.get("content-length", 0)))
-            await self._answer(method, path, headers, body, writer)
+            await self._answer(method, path, headers, body, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -80,7 +82,8 @@ class FakeBackend:
         return (f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
                 f"connection: close\r\n\r\n").encode() + body
 
-    async def _answer(self, method: str, path: str, headers: dict, body: bytes, w: asyncio.StreamWriter) -> None:
+    async def _answer(self, method: str, path: str, headers: dict, body: bytes, reader: asyncio.StreamReader,
+                      w: asyncio.StreamWriter) -> None:
         if method == "GET":
             if path == "/health":
                 w.write(self._response(200, b""))
@@ -97,9 +100,9 @@ class FakeBackend:
             await w.drain()
             return
         self.posts.append((path, {**json.loads(body or b"{}"), "_auth": headers.get("authorization")}))
-        await self._post(w)
+        await self._post(reader, w)
 
-    async def _post(self, w: asyncio.StreamWriter) -> None:
+    async def _post(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         mode = self.mode
         if mode == "hang":
             await asyncio.sleep(3600)
@@ -116,6 +119,9 @@ class FakeBackend:
                 w.transport.abort()  # the connection is cut: no final chunk
                 return
             while not self.gate.is_set():
+                if w.transport.is_closing() or reader.at_eof():  # the router hung up
+                    self.closed += 1
+                    return
                 await asyncio.sleep(0.01)
             w.write(self._chunk(b'data: {"n": 2}\n\n') + self._chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         else:

@@ -65,6 +65,19 @@ def test_stream_chunks_are_forwarded_as_they_arrive(fakes, routers):
     assert lines == ['data: {"n": 1}', 'data: {"n": 2}', "data: [DONE]"]
 
 
+def test_client_that_goes_away_closes_the_upstream_request(fakes, routers):
+    b = fakes("gated")
+    r = routers([b.url])
+    with httpx.stream("POST", r.url + "/v1/completions", json={**COMPLETION, "stream": True}, timeout=60) as s:
+        assert next(s.iter_lines()) == 'data: {"n": 1}'
+        held = r.state.pool.backends[b.url]
+        assert held.in_flight == 1
+    # the client hung up before the replica finished: the router lets go of it (the replica sees its
+    # connection closed, which is how pagoda serve and vLLM abort a request)
+    assert wait_for(lambda: held.in_flight == 0, 20)
+    assert wait_for(lambda: b.closed >= 1, 20)
+
+
 def test_hanging_backend_is_a_504(fakes, routers):
     r = routers([fakes("hang").url], request_timeout_s=0.5)
     resp = r.post("/v1/completions", COMPLETION)
