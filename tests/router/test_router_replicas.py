@@ -69,8 +69,9 @@ def test_answers_equal_the_replicas_own(replicas, make_router):
         assert s.headers["content-type"].startswith("text/event-stream")
         events = [ln.removeprefix("data: ") for ln in s.iter_lines() if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
+    # (how many chunks the replica sends depends on its speed: it merges tokens produced between two
+    # sends; that chunks pass unbuffered is test_router_fakes' gated-stream test)
     chunks = [json.loads(e) for e in events[:-1]]
-    assert len(chunks) >= 2  # streamed token by token, not one buffered blob
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == direct
     tok = r.post("/tokenize", {"model": "tiny", "prompt": "hello world"}, headers=AUTH)
     assert tok.json() == replicas["a"].post("/tokenize", {"model": "tiny", "prompt": "hello world"}).json()
