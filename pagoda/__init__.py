@@ -26,6 +26,10 @@ def __getattr__(name: str):
         from pagoda.engine.llm_engine import LLMEngine
 
         return LLMEngine
+    if name == "ModelRegistry":
+        from pagoda.models.registry import ModelRegistry
+
+        return ModelRegistry
     if name in ("BeamSearchOutput", "BeamSearchSequence"):
         import pagoda.beam_search
 
@@ -34,4 +38,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput",
-           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine"]
+           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine", "ModelRegistry"]

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from pagoda.models.registry import MODEL_IMPLS
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
 
@@ -51,7 +52,7 @@ KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "ModelConfig": ("model", "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
                     "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
-                    "override_generation_config", "max_logprobs", "trust_remote_code"),
+                    "override_generation_config", "max_logprobs", "trust_remote_code", "model_impl"),
     "LoadConfig": ("download_dir", "load_format"),
     "QuantizationConfig": ("quantization",),
     "DeviceConfig": ("device",),
@@ -147,7 +148,12 @@ class EngineArgs:
     chat_template: str | None = None
     """A Jinja chat template (file path or the template itself) replacing the model's (default: the model's)."""
     trust_remote_code: bool = False
-    """Accepted for compatibility with vLLM; remote code is never executed."""
+    """Allow a model whose config.json names remote code (auto_map) to execute that code from its folder, in the
+    transformers fallback. Without it such a model is refused; pagoda never runs remote code otherwise."""
+    model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
+    """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
+    the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
+    (HF modules with pagoda's paged attention; eager, unquantized). `pagoda models` lists what runs how."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -176,16 +182,18 @@ class EngineArgs:
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
         from pagoda.models.registry import resolve_architecture
+        from pagoda.plugins import load_general_plugins
         from pagoda.quantization import resolve_quantization
         from pagoda.quantization.gguf import gguf_model_config
 
         self.validate()
+        load_general_plugins()
         rev, ddir = self.revision, self.download_dir
         model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
         tokenizer_path = (resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
                           if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
-        arch = resolve_architecture(hf_config)
+        arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization)
         resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
 
@@ -206,6 +214,8 @@ class EngineArgs:
             served_model_name=list(self.served_model_name or [self.model or "SmolLM2-135M-Instruct"]),
             hf_config=hf_config,
             architecture=arch,
+            model_impl=model_impl,
+            trust_remote_code=self.trust_remote_code,
             dtype=dtype,
             device=device,
             max_model_len=max_model_len,
@@ -233,23 +243,17 @@ class EngineArgs:
         )
 
     def _max_model_len(self, hf_config: dict[str, Any]) -> int:
-        """--max-model-len, else the model's max_position_embeddings; capped by a sliding window."""
-        max_pos = int(hf_config.get("max_position_embeddings") or 2048)
+        """--max-model-len, else the model's max_position_embeddings (YaRN: its extended length).
+        A sliding window does not cap it: the window is a per-layer attention mask."""
+        from pagoda.layers.rotary import rope_max_position
+
+        max_pos = rope_max_position(hf_config)
         max_model_len = self.max_model_len or max_pos
-        if max_model_len > max_pos and not self.max_model_len:
-            max_model_len = max_pos
         if self.max_model_len and self.max_model_len > max_pos:
             raise ValueError(
                 f"max_model_len={self.max_model_len} is larger than the model's max_position_embeddings={max_pos}; "
                 f"lower --max-model-len."
             )
-        sliding = hf_config.get("sliding_window")
-        if sliding and hf_config.get("use_sliding_window", True) and int(sliding) < max_model_len:
-            logger.warning(
-                "Model uses sliding-window attention (%d); capping max_model_len from %d to %d.",
-                sliding, max_model_len, sliding,
-            )
-            max_model_len = int(sliding)
         return max_model_len
 
     def _batch_limits(self, device: torch.device, max_model_len: int) -> tuple[int, int]:
@@ -305,6 +309,8 @@ class EngineConfig:
     async_scheduling: bool = False  # one step in flight while the next is scheduled
     scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
+    model_impl: str = "pagoda"  # resolved: "pagoda" (native or plugin class) or "transformers" (the fallback)
+    trust_remote_code: bool = False
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

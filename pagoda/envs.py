@@ -106,6 +106,14 @@ def reliability_server_args() -> str:
     return _raw("PAGODA_RELIABILITY_SERVER_ARGS")
 
 
+def kubernetes_api_server() -> str | None:
+    """The in-cluster API server (``KUBERNETES_SERVICE_HOST``/``_PORT``, set in every pod), or None outside one."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def markdown_table() -> str:
     """The table of ``docs/cli.md`` (a test keeps the two equal)."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]

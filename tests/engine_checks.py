@@ -56,9 +56,14 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int = NEW_TOKENS) ->
         max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, eos_token_id=None, pad_token_id=0,
         output_logits=True, return_dict_in_generate=True,
     )
-    with torch.no_grad():
-        out = model.generate(ids, generation_config=gc)
-        prompt_logits = model(ids).logits[0]
+    # transformers 5 fills a None eos_token_id from the model's own generation_config: clear that too.
+    saved_eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    try:
+        with torch.no_grad():
+            out = model.generate(ids, generation_config=gc)
+            prompt_logits = model(ids).logits[0]
+    finally:
+        model.generation_config.eos_token_id = saved_eos
     tokens = out.sequences[0, len(prompt_ids):].tolist()
     assert len(tokens) == max_new_tokens, "HF stopped early: EOS was not disabled"
     step = torch.log_softmax(torch.stack([lg[0] for lg in out.logits]).float(), dim=-1)

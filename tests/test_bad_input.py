@@ -171,16 +171,18 @@ def test_unknown_model_path(tmp_path, path):
 def test_unsupported_architecture(tiny, tmp_path, llm):
     from pagoda import LLM
 
-    folder = tmp_path / "gpt2"
+    # GPT2LMHeadModel runs through the transformers fallback now; an architecture nothing knows is refused.
+    folder = tmp_path / "unknown"
     shutil.copytree(tiny.path("llama"), folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    cfg.update(architectures=["NoSuchModelForCausalLM"], model_type="no_such_model")
     (folder / "config.json").write_text(json.dumps(cfg))
     for fmt in ("auto", "dummy"):
         with pytest.raises(ValueError) as e:
             LLM(str(folder), load_format=fmt)
         msg = str(e.value)
-        assert "GPT2LMHeadModel" in msg and "not supported" in msg
+        assert "NoSuchModelForCausalLM" in msg and "not supported" in msg
+        assert "--model-impl transformers" in msg and "plugin" in msg
         for arch in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"):
             assert arch in msg
     # An engine built before keeps serving.

@@ -72,6 +72,34 @@ ARCH_CONFIGS = {
     "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {
         "num_experts": 8, "num_experts_per_tok": 3, "moe_intermediate_size": 48, "head_dim": 16,
         "norm_topk_prob": True, "decoder_sparse_step": 1}),
+    # Model coverage (tests/test_model_coverage.py): windows of 8-16 keys under prompts of up to ~275 tokens.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8, "attn_logit_softcapping": 5.0,
+        "final_logit_softcapping": 3.0}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8, "final_logit_softcapping": 3.0,
+        "layer_types": ["sliding_attention", "full_attention"], "rope_theta": 50000.0, "rope_local_base_freq": 100.0}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {
+        "sliding_window": 16, "partial_rotary_factor": 0.75, "max_position_embeddings": 1024,
+        "original_max_position_embeddings": 512, "pad_token_id": 0,
+        "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                         "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]}}),
+    "qwen2yarn": ("Qwen2Config", "Qwen2ForCausalLM", {
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+        "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}),
+    "llamalinear": ("LlamaConfig", "LlamaForCausalLM", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "llamadynamic": ("LlamaConfig", "LlamaForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
+    "mistralsw": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
+    # No native implementation: these run through the transformers fallback.
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {
+        "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 1.5}),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_inner": 128}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 0.5}),
+    "falcon": ("FalconConfig", "FalconForCausalLM", {"alibi": True}),
 }
 
 

@@ -5,8 +5,8 @@ weights (so nothing stays in L2), each linear kind captured as a CUDA graph of i
 replays decode steps as graphs, so launch cost is not what we measure). Prints per-linear microseconds
 and the whole step's linears in ms at M=1 and M=64, each against the bytes floor (weights + scales read
 once at the measured copy bandwidth; FLOPs at 989 TFLOP/s bf16 when larger) and as a ratio to bf16.
-Targets (issue 12): W4A16 at M=1 <= 0.45x bf16, at M=64 <= 1.0x. Then a few explicit configs for W4 at M=1
-and M=64, incl. the other 4-bit unpack variant (to tune :func:`choose_config`). Runs in well under a minute on an H200.
+Targets (issue 12): W4A16 at M=1 <= 0.45x bf16, at M=64 <= 1.0x. Config tuning:
+benchmarks/gpu/int_weight_sweep.py. Runs in well under a minute on an H200.
 Usage: python benchmarks/gpu/int_weight_bench.py   (``--smoke``: CPU, Triton interpreter, tiny shapes, no
 graphs; checks the script itself runs)
 """
@@ -22,7 +22,6 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
-from pagoda.quantization.kernels.triton_wna16 import WNA16Config  # noqa: E402
 
 dev = torch.device("cpu" if SMOKE else "cuda")
 L, H, INTER, Q, KV = (2, 256, 384, 256, 128) if SMOKE else (32, 4096, 14336, 4096, 1024)
@@ -140,23 +139,8 @@ def main() -> None:
 
 
 def sweep(weights) -> None:
-    print("\nW4A16 configs (us/call; * = choose_config's pick)")
-    sms = tw.num_sms(dev.index)
-    for m in (1, 64):
-        for kind in ("gate_up", "down"):
-            n, k = KINDS[kind]
-            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            auto = tw.choose_config(m, n, k, 128, sms)
-            cands = {auto, WNA16Config(**{**auto.__dict__, "unpack_gather": True})}
-            for bn in ((32, 64, 128) if m == 1 else (64, 128)):
-                for split in {1, auto.split_k, 2 * auto.split_k}:
-                    cands.add(WNA16Config(auto.block_m, bn, auto.block_k, split, auto.num_warps, auto.num_stages))
-            res = []
-            for c in sorted(cands, key=lambda c: (c.block_n, c.split_k, c.unpack_gather)):
-                ms = graph_ms(run_all(weights[(kind, "w4a16")], x, "w4a16", c))
-                tag = f"{'*' if c == auto else ''}bn{c.block_n}/s{c.split_k}{'/gather' if c.unpack_gather else ''}"
-                res.append(f"{tag}:{ms / L * 1e3:.0f}")
-            print(f"M={m} {kind:8s} " + "  ".join(res))
+    """Per-config tuning moved to benchmarks/gpu/int_weight_sweep.py (prints the dispatch tables)."""
+    print("\nconfig sweep: run benchmarks/gpu/int_weight_sweep.py")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def start_batch(eng, tag: str, b: int, max_tokens: int = 400) -> None:
         eng.step()
 
 
-def selected_experts_in_one_eager_step(eng) -> int:
+def selected_experts_in_one_eager_step(eng, moe_layers: int) -> int:
     """Sum over layers of the distinct experts the batch's next decode step routes to (eager step)."""
     from pagoda.layers.fused_moe import triton_moe
 
@@ -122,13 +122,19 @@ def selected_experts_in_one_eager_step(eng) -> int:
         seen.append(int(torch.unique(ids).numel()))
         return w, ids
 
-    graphs, eng.core.runner.graphs = eng.core.runner.graphs, None
+    # Both graph kinds off: a batch-1 decode step otherwise replays a single-request chunk graph, the spy
+    # never runs and the floor counted 0 experts (the old bug).
+    runner = eng.core.runner
+    graphs, chunk_graphs = runner.graphs, runner.chunk_graphs
+    runner.graphs = runner.chunk_graphs = None
     triton_moe.fused_topk = spy
     try:
         eng.step()
     finally:
         triton_moe.fused_topk = orig
-        eng.core.runner.graphs = graphs
+        runner.graphs, runner.chunk_graphs = graphs, chunk_graphs
+    if len(seen) != moe_layers:
+        raise RuntimeError(f"expert count spy saw {len(seen)} MoE layers: the step did not run eagerly")
     return sum(seen)
 
 
@@ -168,7 +174,7 @@ def run_pagoda(cfg: dict, folder: Path, batches: list[int], bw: float, label: st
     res = {"weights_gib": gib}
     for b in batches:
         start_batch(eng, f"{label}{b}", b)
-        distinct = selected_experts_in_one_eager_step(eng)
+        distinct = selected_experts_in_one_eager_step(eng, cfg["num_hidden_layers"])
         replay, step = time_graph_and_steps(eng, b)
         ctx = PROMPT_LEN + 30
         floor_bytes = dense_bytes(cfg) + distinct * expert_bytes(cfg) + kv_bytes(cfg, b, ctx)

@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels intweight torchattn breakdown latency throughput sync prefix hf moe   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels intweight torchattn breakdown latency throughput sync prefix hf moe quant   (default: env tests kernels latency throughput hf)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -103,5 +103,22 @@ if has moe; then
   log "MoE: Qwen3-30B-A3B shape decode vs floor and HF; Mixtral-8x7B shape fits (bf16 dummy)"
   timeout 300 python benchmarks/gpu/moe_bench.py --output-json "$OUT/moe.json" 2>&1 \
     | grep -E "^\[|copy bandwidth|total|rror" | tee -a "$OUT/summary.txt"
+fi
+if has quant; then
+  # Issue 12's figures: W4A16 (GPTQ layout, group 128) and FP8 weights against bf16, the same call.
+  for q in none gptq fp8; do
+    log "latency (Llama-3-8B shape, dummy, quantization: $q)"
+    qflag=(); [ "$q" != none ] && qflag=(--quantization "$q")
+    timeout 120 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy "${qflag[@]}" \
+      --batch-size 1 64 --input-len 512 --output-len 32 --num-iters 1 --max-model-len 4096 \
+      --output-json "$OUT/latency_q_$q.json" 2>&1 | grep -E "^batch|KV cache|Loaded|rror" | tee -a "$OUT/summary.txt"
+  done
+  for q in none fp8; do
+    log "throughput sharegpt-like 500 (quantization: $q, kv cache: $([ $q = fp8 ] && echo fp8 || echo auto))"
+    qflag=(); [ "$q" != none ] && qflag=(--quantization fp8 --kv-cache-dtype fp8)
+    timeout 110 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy "${qflag[@]}" \
+      --dataset sharegpt --num-prompts 300 --max-model-len 4096 --output-json "$OUT/tp_q_$q.json" 2>&1 \
+      | grep -E "pagoda\]|KV cache|Loaded|rror" | tee -a "$OUT/summary.txt"
+  done
 fi
 log done

@@ -46,9 +46,15 @@ class AttentionBackend(ABC):
         scale: float,
         k_scale: float = 1.0,
         v_scale: float = 1.0,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ) -> torch.Tensor:
-        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping); an FP8 cache is read as its
-        contents times ``k_scale`` / ``v_scale`` (other caches ignore the scales)."""
+        """Return attention output ``[T, H, D]`` (causal, GQA by head grouping).
+
+        An FP8 cache is read as its contents times ``k_scale`` / ``v_scale`` (other caches ignore the
+        scales). ``sliding_window = W``: a query at position ``p`` sees keys at positions ``> p - W`` only
+        (the layer's window, HF's convention); ``logits_soft_cap = c``: scores ``s = scale * q.k`` become
+        ``c * tanh(s / c)`` (Gemma 2). Both are per layer; None means off."""
 
 
 _REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}

@@ -9,7 +9,10 @@ be read rather than to be fast. It follows the layout contract of
   attend to every key at a position ``<=`` their own;
 * the key at position ``p`` lives in physical block ``block_tables[i, p // bs]``
   at offset ``p % bs``;
-* query head ``h`` reads KV head ``h // (H // Hkv)``.
+* query head ``h`` reads KV head ``h // (H // Hkv)``;
+* with ``sliding_window = W`` a query at position ``p`` sees only keys at positions ``> p - W``
+  (``W`` keys, itself included: HF's ``sliding_window_overlay``); with ``logits_soft_cap = c`` the
+  scaled scores ``s`` become ``c * tanh(s / c)`` before the mask (Gemma 2).
 
 An FP8 cache follows :mod:`pagoda.attention.kv_quant` literally: written with ``quantize``
 (divide by the scale, saturate, round), read with ``dequantize`` (upcast, times the scale).
@@ -67,6 +70,8 @@ def ref_paged_attention(
     scale: float,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention of each request's new queries over its cached keys.
 
@@ -96,9 +101,13 @@ def ref_paged_attention(
         q = query[q_start:q_end].float()  # [q_len, H, D]
 
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale  # [H, q_len, S]
+        if logits_soft_cap:
+            scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
         q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)
         k_pos = torch.arange(seq_len, device=query.device)
         allowed = k_pos[None, :] <= q_pos[:, None]  # [q_len, S]
+        if sliding_window is not None:
+            allowed &= k_pos[None, :] > q_pos[:, None] - sliding_window
         scores = scores.masked_fill(~allowed[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v)

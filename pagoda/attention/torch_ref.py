@@ -16,6 +16,10 @@ and a causal mask offset by the request's cached length.
 An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
 softmax scale and ``v_scale`` multiplies the output, the same arithmetic as scaling K and V.
+
+A layer's sliding window is one more mask term (keys at positions ``<= p - W`` hidden; the cache
+still holds them); a logit soft-cap (``c * tanh(s / c)``, Gemma 2) makes prefill compute its scores
+explicitly, as SDPA has no soft-cap.
 """
 
 from __future__ import annotations
@@ -57,15 +61,18 @@ class TorchAttentionBackend(AttentionBackend):
         raw(v_cache)[blk, :, off] = raw(quantize(value, v_scale, v_cache.dtype))
 
     def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+                k_scale: float = 1.0, v_scale: float = 1.0, sliding_window: int | None = None,
+                logits_soft_cap: float | None = None) -> torch.Tensor:
+        win, cap = sliding_window, logits_soft_cap
         if not is_fp8(k_cache.dtype):
-            return self._forward(query, k_cache, v_cache, meta, scale)
-        out = self._forward(query, k_cache, v_cache, meta, scale * k_scale)
+            return self._forward(query, k_cache, v_cache, meta, scale, win, cap)
+        out = self._forward(query, k_cache, v_cache, meta, scale * k_scale, win, cap)
         return out if v_scale == 1.0 else out.mul_(v_scale)
 
-    def _forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def _forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                 win: int | None, cap: float | None) -> torch.Tensor:
         if meta.is_decode_only:
-            return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale)
+            return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, win, cap)
         out = torch.empty_like(query)
         q_lens, s_lens = meta.query_lens_cpu, meta.seq_lens_cpu
         starts = [0]
@@ -75,7 +82,8 @@ class TorchAttentionBackend(AttentionBackend):
         if decode_idx:
             rows = torch.tensor([starts[i] for i in decode_idx], device=query.device)
             idx = torch.tensor(decode_idx, device=query.device)
-            o = self._decode(query[rows], k_cache, v_cache, meta.block_tables[idx], meta.seq_lens[idx], scale)
+            o = self._decode(query[rows], k_cache, v_cache, meta.block_tables[idx], meta.seq_lens[idx], scale,
+                             win, cap)
             out[rows] = o
         bs = k_cache.shape[2]
         for i, (q_len, s_len) in enumerate(zip(q_lens, s_lens, strict=True)):
@@ -86,18 +94,11 @@ class TorchAttentionBackend(AttentionBackend):
             k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
             v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
             q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
-            if q_len == s_len:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-            else:
-                offset = s_len - q_len
-                qpos = torch.arange(q_len, device=query.device) + offset
-                mask = torch.arange(s_len, device=query.device)[None, :] <= qpos[:, None]
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-            out[starts[i] : starts[i] + q_len] = o[0].transpose(0, 1)
+            out[starts[i] : starts[i] + q_len] = _prefill(q, k, v, scale, win, cap)[0].transpose(0, 1)
         return out
 
     @staticmethod
-    def _decode(query, k_cache, v_cache, block_tables, seq_lens, scale):
+    def _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, window=None, cap=None):
         """query [B, H, D]; every request has exactly one new token."""
         B, H, D = query.shape
         Hkv = k_cache.shape[1]
@@ -107,10 +108,36 @@ class TorchAttentionBackend(AttentionBackend):
         L = k.shape[2]
         q = query.view(B, Hkv, G, D)
         scores = torch.matmul(q, k.transpose(2, 3)).float() * scale  # [B, Hkv, G, L]
-        pad = torch.arange(L, device=query.device)[None, :] >= seq_lens[:, None]
+        if cap is not None:
+            scores = torch.tanh(scores / cap) * cap
+        kpos = torch.arange(L, device=query.device)[None, :]
+        pad = kpos >= seq_lens[:, None]
+        if window is not None:
+            pad |= kpos <= seq_lens[:, None] - 1 - window
         scores.masked_fill_(pad.view(B, 1, 1, L), float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         return torch.matmul(probs, v).reshape(B, H, D)  # [B, Hkv, G, D] -> [B, H, D]
+
+
+def _prefill(q, k, v, scale: float, window: int | None, cap: float | None) -> torch.Tensor:
+    """One request's chunk: q [1, H, Q, D] at the last Q of S positions, k/v [1, Hkv, S, D]."""
+    q_len, s_len = q.shape[2], k.shape[2]
+    if q_len == s_len and window is None and cap is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    qpos = torch.arange(q_len, device=q.device) + (s_len - q_len)
+    kpos = torch.arange(s_len, device=q.device)[None, :]
+    mask = kpos <= qpos[:, None]
+    if window is not None:
+        mask &= kpos > qpos[:, None] - window
+    if cap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)).float() * scale
+    scores = torch.tanh(scores / cap) * cap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 register_backend("torch", TorchAttentionBackend)

@@ -65,14 +65,17 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
         k_scale: float = 1.0,
         v_scale: float = 1.0,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ) -> torch.Tensor:
         tk = _kernels()
+        win_cap = {"sliding_window": sliding_window, "logits_soft_cap": logits_soft_cap}
         num_real_tokens = sum(meta.query_lens_cpu)
         splits = self.num_splits(query, k_cache, meta)
         if splits > 1:
             return tk.split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale,
+                scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale, **win_cap,
             )
         chunk_splits = 1
         if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
@@ -84,7 +87,7 @@ class TritonAttentionBackend(AttentionBackend):
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             meta.max_query_len, scale, num_real_tokens=num_real_tokens, num_splits=chunk_splits,
-            k_scale=k_scale, v_scale=v_scale,
+            k_scale=k_scale, v_scale=v_scale, **win_cap,
         )
 
 

@@ -157,6 +157,23 @@ def _write_kv_kernel(
 
 
 @triton.jit
+def _tanh(x):
+    """tanh from exp2 (Triton has no tanh in every backend); absolute error about 1e-7 in fp32."""
+    t = tl.exp2(-2.8853900817779268 * tl.abs(x))  # exp(-2|x|)
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _window_start(first_pos, last_pos, window, BLOCK_N: tl.constexpr):
+    """(first KV tile start any row of the query range [first_pos, last_pos] sees under the window,
+    first tile start from which every row sees every key, window-wise), both multiples of BLOCK_N."""
+    lo = tl.maximum(first_pos - window + 1, 0)
+    all_lo = tl.maximum(last_pos - window + 1, 0)
+    return (lo // BLOCK_N) * BLOCK_N, tl.cdiv(all_lo, BLOCK_N) * BLOCK_N
+
+
+@triton.jit
 def _attend_kv_range(
     q,  # [BLOCK_M, BLOCK_D] (dot dtype)
     acc,  # [BLOCK_M, BLOCK_D] fp32
@@ -177,12 +194,14 @@ def _attend_kv_range(
     stride_vcs,
     stride_vch,
     scale_log2,
+    window,  # sliding window W: keys at pos <= q_pos - W are hidden (a huge value = no window)
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr,  # apply "pos < kv_end" and causal "pos <= q_pos"
+    MASKED: tl.constexpr,  # apply "pos < kv_end", causal "pos <= q_pos" and the window "pos > q_pos - W"
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,  # logit soft-cap times log2(e) (0.0 = off): s -> C * tanh(s / C) in the log2 domain
 ):
     """Online-softmax accumulate over KV positions [kv_start, kv_end) of one KV head.
 
@@ -206,8 +225,10 @@ def _attend_kv_range(
         k_ptrs = k_head + block[None, :] * stride_kcb + offset[None, :] * stride_kcs + d[:, None]
         k = tl.load(k_ptrs, mask=d_mask[:, None] & pos_ok[None, :], other=0.0)  # [BLOCK_D, BLOCK_N]
         s = tl.dot(q, k.to(DOT_DTYPE), input_precision=DOT_PRECISION) * scale_log2  # [M, N]
+        if SOFTCAP > 0.0:
+            s = SOFTCAP * _tanh(s / SOFTCAP)
         if MASKED:
-            visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None])
+            visible = pos_ok[None, :] & (pos[None, :] <= q_pos[:, None]) & (pos[None, :] > q_pos[:, None] - window)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # Rows that have seen no visible key yet keep m = -inf; use 0 as their
@@ -250,6 +271,7 @@ def _unified_attention_kernel(
     seq_lens_ptr,
     block_tables_ptr,
     scale_log2,
+    window,
     num_seqs,
     num_heads,
     head_dim,
@@ -273,6 +295,7 @@ def _unified_attention_kernel(
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
     of one request (times ``G`` heads) over its paged K/V, unmasked whole tiles first.
@@ -307,31 +330,41 @@ def _unified_attention_kernel(
     ).to(DOT_DTYPE)
     q_pos = ctx_len + q_idx
 
-    # Keys visible to some row of this tile: [0, last query position + 1).
+    # Keys visible to some row of this tile: [kv_lo, last query position + 1) (kv_lo > 0 with a window).
     kv_end = tl.minimum(seq_len, ctx_len + tl.minimum(q_tile_start + BLOCK_Q, q_len))
     kv_end = tl.where(tile_ok, kv_end, 0)
-    # Whole tiles visible to every row (all <= the tile's first query position).
+    kv_lo, win_full = _window_start(ctx_len + q_tile_start, kv_end - 1, window, BLOCK_N)
+    kv_lo = tl.minimum(kv_lo, kv_end)
+    # Whole tiles visible to every row (all <= the tile's first query position, and inside every window).
     full_end = ((ctx_len + q_tile_start + 1) // BLOCK_N) * BLOCK_N
-    full_end = tl.maximum(tl.minimum(full_end, kv_end), 0)
-    # This program's share of [0, kv_end): whole tiles, split ``split`` of NUM_SPLITS.
-    tiles_per_split = tl.cdiv(tl.cdiv(kv_end, BLOCK_N), NUM_SPLITS)
-    s_start = tl.minimum(split * tiles_per_split * BLOCK_N, kv_end)
+    full_end = tl.maximum(tl.minimum(full_end, kv_end), kv_lo)
+    win_full = tl.minimum(tl.maximum(win_full, kv_lo), full_end)
+    # This program's share of [kv_lo, kv_end): whole tiles, split ``split`` of NUM_SPLITS; within it the
+    # window's edge [s_start, u_start) and the causal tail [u_end, s_end) are masked, the middle is not.
+    tiles_per_split = tl.cdiv(tl.cdiv(kv_end - kv_lo, BLOCK_N), NUM_SPLITS)
+    s_start = tl.minimum(kv_lo + split * tiles_per_split * BLOCK_N, kv_end)
     s_end = tl.minimum(s_start + tiles_per_split * BLOCK_N, kv_end)
-    u_end = tl.maximum(tl.minimum(full_end, s_end), s_start)
+    u_start = tl.minimum(tl.maximum(win_full, s_start), s_end)
+    u_end = tl.maximum(tl.minimum(full_end, s_end), u_start)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     acc, m_i, l_i = _attend_kv_range(
-        q, acc, m_i, l_i, s_start, u_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
-        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION,
+        q, acc, m_i, l_i, s_start, u_start, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
+    )
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, u_start, u_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, u_end, s_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
-        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     if NUM_SPLITS > 1:  # unnormalised partials, combined per (token, head) by the reduce kernel
         part = (tok * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
@@ -359,6 +392,7 @@ def _split_kv_decode_kernel(
     seq_lens_ptr,
     block_tables_ptr,
     scale_log2,
+    window,
     num_heads,
     head_dim,
     stride_qt,
@@ -378,6 +412,7 @@ def _split_kv_decode_kernel(
     BLOCK_SIZE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -397,24 +432,31 @@ def _split_kv_decode_kernel(
     ).to(DOT_DTYPE)
     q_pos = tl.zeros([BLOCK_M], tl.int32) + (seq_len - 1)
 
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
-    kv_start = tl.minimum(split * tiles_per_split * BLOCK_N, seq_len)
+    kv_lo, win_full = _window_start(seq_len - 1, seq_len - 1, window, BLOCK_N)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, BLOCK_N), NUM_SPLITS)
+    kv_start = tl.minimum(kv_lo + split * tiles_per_split * BLOCK_N, seq_len)
     kv_end = tl.minimum(kv_start + tiles_per_split * BLOCK_N, seq_len)
-    full_end = tl.maximum((kv_end // BLOCK_N) * BLOCK_N, kv_start)
+    u_start = tl.minimum(tl.maximum(win_full, kv_start), kv_end)
+    full_end = tl.maximum((kv_end // BLOCK_N) * BLOCK_N, u_start)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     acc, m_i, l_i = _attend_kv_range(
-        q, acc, m_i, l_i, kv_start, full_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
-        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION,
+        q, acc, m_i, l_i, kv_start, u_start, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
+    )
+    acc, m_i, l_i = _attend_kv_range(
+        q, acc, m_i, l_i, u_start, full_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, full_end, kv_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
-        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION,
+        stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     part = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
@@ -512,6 +554,18 @@ def _scale_log2(scale: float, k_cache: torch.Tensor, k_scale: float) -> float:
 def _apply_v_scale(out: torch.Tensor, v_cache: torch.Tensor, v_scale: float) -> torch.Tensor:
     """P (V * v_scale) = (P V) * v_scale: an FP8 cache's v_scale applied to the output."""
     return out.mul_(v_scale) if is_fp8(v_cache.dtype) and v_scale != 1.0 else out
+
+
+NO_WINDOW = 1 << 30  # the window value meaning "none" (larger than any context)
+
+
+def _window_and_cap(sliding_window: int | None, logits_soft_cap: float | None) -> tuple[int, float]:
+    """Kernel arguments: the window (NO_WINDOW for none) and the SOFTCAP constexpr (cap * log2(e); 0.0 = off)."""
+    if sliding_window is not None and not 0 < sliding_window < NO_WINDOW:
+        raise ValueError(f"sliding_window must be in [1, {NO_WINDOW}), got {sliding_window}")
+    if logits_soft_cap is not None and logits_soft_cap <= 0:
+        raise ValueError(f"logits_soft_cap must be positive, got {logits_soft_cap}")
+    return (sliding_window or NO_WINDOW), (float(logits_soft_cap) * math.log2(math.e) if logits_soft_cap else 0.0)
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -618,8 +672,14 @@ def unified_attention(
     num_splits: int = 1,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Causal paged attention for any mix of prefill chunks and decodes, one launch.
+
+    ``sliding_window``/``logits_soft_cap``: the layer's window and soft-cap
+    (:meth:`pagoda.attention.backend.AttentionBackend.forward`); KV tiles wholly outside every
+    row's window are skipped, the window's edge tiles are masked.
 
     ``num_real_tokens`` (host int, = query_start_loc[-1]) lets padding rows past the
     last request be zeroed; ``block_m``/``block_n`` override the tile heuristic
@@ -630,6 +690,7 @@ def unified_attention(
     """
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
+    window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
     query, out, shape = _setup(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, out,
                                num_real_tokens)
     if shape is None:
@@ -656,14 +717,14 @@ def unified_attention(
     _unified_attention_kernel[grid](
         query, k_cache, v_cache, out, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
-        _scale_log2(scale, k_cache, k_scale), num_seqs, num_heads, head_dim,
+        _scale_log2(scale, k_cache, k_scale), window, num_seqs, num_heads, head_dim,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, NUM_SPLITS=num_splits,
-        num_warps=8 if block_m >= 128 else 4,
+        SOFTCAP=softcap, num_warps=8 if block_m >= 128 else 4,
         num_stages=2,
     )
     if num_splits > 1:
@@ -740,10 +801,14 @@ def split_kv_decode(
     block_n: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
-    """Flash-decoding: every request must have exactly one query token."""
+    """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
+    :func:`unified_attention`; the splits cut the window's range only)."""
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
+    window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
     query, out, shape = _setup(query, k_cache, v_cache, query_start_loc, seq_lens, block_tables, out,
                                num_real_tokens)
     if shape is None:
@@ -759,13 +824,13 @@ def split_kv_decode(
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
-        _scale_log2(scale, k_cache, k_scale), num_heads, head_dim,
+        _scale_log2(scale, k_cache, k_scale), window, num_heads, head_dim,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         NUM_SPLITS=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
+        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
         num_warps=4, num_stages=2,
     )
     _split_kv_reduce_kernel[(num_seqs, num_heads)](

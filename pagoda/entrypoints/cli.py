@@ -1,4 +1,4 @@
-"""The ``pagoda`` command: generate, chat, serve, bench {throughput, latency, serve}."""
+"""The ``pagoda`` command: generate, chat, serve, router, models, bench {throughput, latency, serve}."""
 
 from __future__ import annotations
 
@@ -42,10 +42,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--log-level", default="INFO", help="logging level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = _top_parser()
 
     g = sub.add_parser("generate", help="generate text for one or more prompts", formatter_class=HelpFormatter,
                        description=interactive.GENERATE_DESCRIPTION)
@@ -75,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_args(s)
         s.set_defaults(func=run_serve)
 
+    m = sub.add_parser("models", help="list the architectures pagoda runs, how, and with which features",
+                       formatter_class=HelpFormatter)
+    m.set_defaults(func=cmd_models)
+
+    _add_router_parser(sub)
+
     b = sub.add_parser("bench", help="benchmarks", formatter_class=HelpFormatter)
     bsub = b.add_subparsers(dest="bench_command", required=True)
     from pagoda.benchmarks import latency, throughput
@@ -98,8 +101,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    """Print the registry's table (plugins included: they are loaded first)."""
+    from pagoda.models.support_table import models_table
+    from pagoda.plugins import load_general_plugins
+
+    load_general_plugins()
+    print(models_table(), end="")
+
+
+def _add_router_parser(sub: Any) -> None:
+    from pagoda.router.cli_args import add_router_args, run_router  # fastapi/uvicorn imported only when it runs
+
+    r = sub.add_parser("router", help="route requests across several serve replicas", formatter_class=HelpFormatter)
+    add_router_args(r)
+    r.set_defaults(func=run_router)
+
+
+def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
+    parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (after the global ``--log-level``), if any."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-level" else 1
+    return argv[i] if i < len(argv) else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if _command(argv) == "router":  # the full parser builds the engine flags (imports torch): a router needs none
+        parser, sub = _top_parser()
+        _add_router_parser(sub)
+    else:
+        parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -55,7 +55,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--rope-theta", "set it through --hf-overrides '{\"rope_theta\": ...}'"),
     _u("--logprobs-mode", "logprobs are always those of the processed distribution (vLLM's processed_logprobs)",
        "processed_logprobs"),
-    _u("--disable-sliding-window", "a sliding window caps max_model_len instead", value=False),
+    _u("--disable-sliding-window", "sliding-window layers always attend through their window (a mask; KV blocks stay "
+       "full-attention)", value=False),
     _u("--disable-cascade-attn", "accepted: pagoda has no cascade attention", ANY_VALUE, value=False),
     _u("--skip-tokenizer-init", "the engine needs the tokenizer (token-id prompts still work with it loaded)",
        value=False),
@@ -65,7 +66,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--pooler-config --override-pooler-config", "pooling models are not supported yet"),
     _u("--logits-processor-pattern --logits-processors", "custom logits processors are not supported"),
     _u("--enable-sleep-mode", "sleep mode is not supported", value=False),
-    _u("--model-impl", "pagoda runs its own model implementations only", "auto"),
     _u("--override-attention-dtype", "attention runs in the model dtype (--dtype)"),
     _u("--io-processor-plugin", "plugins are not supported"),
     # LoadConfig

@@ -1,5 +1,7 @@
-"""The Llama family in one module: Llama (incl. 3.1 rope scaling), Mistral, Qwen2 (qkv bias)
-and Qwen3 (q/k RMSNorm). Differences are config flags, not subclasses.
+"""The Llama family in one module: Llama (incl. 3.1 rope scaling), Mistral, Qwen2 (qkv bias),
+Qwen3 (q/k RMSNorm) and Phi-3/3.5/4-mini (checkpoints with qkv_proj/gate_up_proj already fused,
+longrope, partial rotary). Differences are config flags, not subclasses. Sliding-window layers
+(Mistral, Qwen2 with use_sliding_window, Phi-3) follow :mod:`pagoda.models.sliding_window`.
 
 Layout: q/k/v are fused into ``qkv_proj`` and gate/up into ``gate_up_proj`` (one matmul
 each); ``load_weights`` maps HF checkpoint names onto them (``packed_modules_mapping``).
@@ -30,7 +32,8 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.quantized_embedding import QuantizedEmbedding
-from pagoda.layers.rotary import RotaryEmbedding, rope_parameters
+from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parameters
+from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
 
@@ -50,6 +53,7 @@ class LlamaShape:
     qkv_bias: bool
     qk_norm: bool
     hidden_act: str
+    fused_checkpoint: bool = False  # the checkpoint stores qkv_proj / gate_up_proj whole (Phi-3)
 
     @staticmethod
     def from_hf(cfg: dict[str, Any], arch: str) -> LlamaShape:
@@ -69,6 +73,7 @@ class LlamaShape:
             qkv_bias=bool(cfg.get("attention_bias", False)) or arch == "Qwen2ForCausalLM",
             qk_norm=arch == "Qwen3ForCausalLM",
             hidden_act=str(cfg.get("hidden_act", "silu")),
+            fused_checkpoint=arch == "Phi3ForCausalLM",
         )
 
 
@@ -84,24 +89,43 @@ def _act(name: str):
     raise ValueError(f"activation {name!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
 
 
+def rope_for(hf_config: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The model's rope parameters; Phi-3 configs name longrope ``su`` or ``yarn`` (transformers maps both)."""
+    if arch == "Phi3ForCausalLM":
+        raw = rope_parameters(hf_config, check=False)
+        if raw["rope_type"] == "yarn":
+            return rope_parameters({**hf_config, "rope_scaling": {**raw, "rope_type": "longrope"}})
+    return rope_parameters(hf_config)
+
+
 class Attention(nn.Module):
+    """Self-attention of one layer. ``sliding_window``/``logits_soft_cap``: this layer's window and
+    soft-cap (None = off); ``scale``: the score scale (default head_dim ** -0.5); ``norm_cls``: the
+    q/k norm's class when the shape has ``qk_norm``."""
+
     def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int,
-                 qc: QuantizationConfig | None = None, prefix: str = "") -> None:
+                 qc: QuantizationConfig | None = None, prefix: str = "", *, sliding_window: int | None = None,
+                 logits_soft_cap: float | None = None, scale: float | None = None,
+                 norm_cls: type[RMSNorm] = RMSNorm) -> None:
         super().__init__()
         self.s = s
         self.layer_idx = layer_idx
         self.q_size = s.num_heads * s.head_dim
         self.kv_size = s.num_kv_heads * s.head_dim
+        shards = ("qkv_proj",) if s.fused_checkpoint else ("q_proj", "k_proj", "v_proj")
         self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias,
-                               linear_method=_method(qc, f"{prefix}.qkv_proj", ("q_proj", "k_proj", "v_proj")),
-                               output_sizes=(self.q_size, self.kv_size, self.kv_size))
+                               linear_method=_method(qc, f"{prefix}.qkv_proj", shards),
+                               output_sizes=None if s.fused_checkpoint else (self.q_size, self.kv_size, self.kv_size))
         self.o_proj = Linear(self.q_size, s.hidden_size, bias=False,
                              linear_method=_method(qc, f"{prefix}.o_proj", ("o_proj",)))
         if s.qk_norm:
-            self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
-            self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+            self.q_norm = norm_cls(s.head_dim, s.rms_norm_eps)
+            self.k_norm = norm_cls(s.head_dim, s.rms_norm_eps)
         self.rope = rope
-        self.scale = s.head_dim**-0.5
+        self.scale = s.head_dim**-0.5 if scale is None else scale
+        # Passed to the backend only when set, so backends without these features still serve other models.
+        self.attn_kwargs: dict[str, Any] = {k: v for k, v in (("sliding_window", sliding_window),
+                                                              ("logits_soft_cap", logits_soft_cap)) if v}
         self.fused = False
         # Per-layer FP8 KV-cache scales (pagoda.attention.kv_quant): checkpoint tensors
         # self_attn.k_scale / v_scale when present, else 1.0; read as floats by the kernels.
@@ -139,7 +163,7 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         k_cache, v_cache = kv_cache
         ks, vs = self.kv_scales
-        if self.fused:
+        if self.fused and not self.rope.partial:  # the fused rotary kernel rotates whole heads
             from pagoda.layers.fused_kernels import rotary_inplace
 
             cos, sin = self.rope.cos, self.rope.sin
@@ -153,7 +177,7 @@ class Attention(nn.Module):
             assert cos_sin is not None, "the unfused path needs the step's cos/sin"
             q, k = self.rope.rotate(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
-        o = backend.forward(q, k_cache, v_cache, meta, self.scale, ks, vs)
+        o = backend.forward(q, k_cache, v_cache, meta, self.scale, ks, vs, **self.attn_kwargs)
         return self.o_proj(o.reshape(-1, self.q_size))
 
 
@@ -161,9 +185,10 @@ class MLP(nn.Module):
     def __init__(self, s: LlamaShape, qc: QuantizationConfig | None = None, prefix: str = "") -> None:
         super().__init__()
         self.inter = s.intermediate_size
+        shards = ("gate_up_proj",) if s.fused_checkpoint else ("gate_proj", "up_proj")
         self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False,
-                                   linear_method=_method(qc, f"{prefix}.gate_up_proj", ("gate_proj", "up_proj")),
-                                   output_sizes=(s.intermediate_size, s.intermediate_size))
+                                   linear_method=_method(qc, f"{prefix}.gate_up_proj", shards),
+                                   output_sizes=None if s.fused_checkpoint else (s.intermediate_size,) * 2)
         self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False,
                                 linear_method=_method(qc, f"{prefix}.down_proj", ("down_proj",)))
         self.act = _act(s.hidden_act)
@@ -182,10 +207,11 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None = None,
-                 mlp: nn.Module | None = None) -> None:
-        """``mlp``: the feed-forward block (default the dense :class:`MLP`; MoE models pass theirs)."""
+                 mlp: nn.Module | None = None, sliding_window: int | None = None) -> None:
+        """``mlp``: the feed-forward block (default the dense :class:`MLP`; MoE models pass theirs);
+        ``sliding_window``: this layer's attention window (None: full attention)."""
         super().__init__()
-        self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn")
+        self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn", sliding_window=sliding_window)
         self.mlp = mlp if mlp is not None else MLP(s, qc, f"model.layers.{idx}.mlp")
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
@@ -227,14 +253,15 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         s = self.model_shape(hf_config, arch)
         self.shape = s
-        rope = RotaryEmbedding(s.head_dim, s.max_position, rope_parameters(hf_config), dtype)
+        rope = RotaryEmbedding(s.head_dim, rope_max_position(hf_config), rope_for(hf_config, arch), dtype)
+        windows = layer_sliding_windows(hf_config, arch, s.num_layers)
         emb_method = _method(quant_config, "model.embed_tokens", ("embed_tokens",)) \
             if quant_config is not None and quant_config.quantizes_embedding() else None
         self.embed_tokens: nn.Embedding | QuantizedEmbedding = (  # the method may keep the table quantized
             nn.Embedding(s.vocab_size, s.hidden_size) if emb_method is None
             else QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method))
         self.layers = nn.ModuleList([
-            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config))
+            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i])
             for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
@@ -277,7 +304,7 @@ class LlamaForCausalLM(nn.Module):
         h = self.embed_tokens(input_ids)
         if not self.fused:
             h = h.float()  # the float32 residual stream (module docstring); norms return the model dtype
-        cos_sin = None if self.fused else self.rope.cos_sin(positions)
+        cos_sin = None if self.fused and not self.rope.partial else self.rope.cos_sin(positions)
         residual = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)

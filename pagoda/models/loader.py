@@ -53,7 +53,8 @@ def load_model(cfg: EngineConfig) -> nn.Module:
     t0 = time.perf_counter()
     quant_config = resolve_quantization(cfg.hf_config, cfg.quantization, cfg.load_format)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
-        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config)
+        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, cfg.model_impl,
+                            cfg.trust_remote_code, cfg.model_path)
     model.eval()
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
@@ -86,8 +87,9 @@ def load_model(cfg: EngineConfig) -> nn.Module:
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
         logger.debug("prepacked %d linear weights for oneDNN", packed)
     logger.info(
-        "Loaded %s (%s, %.1fM parameter elements, %s, quantization: %s) in %.2f s; weights take %.3f GiB",
-        cfg.architecture, cfg.load_format, n / 1e6, str(cfg.dtype).replace("torch.", ""),
+        "Loaded %s (%s implementation, %s, %.1fM parameter elements, %s, quantization: %s) in %.2f s; "
+        "weights take %.3f GiB",
+        cfg.architecture, cfg.model_impl, cfg.load_format, n / 1e6, str(cfg.dtype).replace("torch.", ""),
         quant_config.describe() if quant_config else "none", time.perf_counter() - t0, weight_bytes / 2**30,
     )
     return model

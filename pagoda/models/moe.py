@@ -64,6 +64,8 @@ class SparseMoeBlock(nn.Module):
 class _MoeForCausalLM(LlamaForCausalLM):
     """A Llama-family model whose sparse layers' MLP is a :class:`SparseMoeBlock` (module docstring)."""
 
+    supports_quantization = False  # quantized experts are not implemented: a quantized MoE checkpoint is refused
+
     num_experts_key = "num_experts"
     always_norm_topk = False  # Mixtral renormalises the top-k weights whatever the config says
     cast_weights = True  # Qwen rounds routing weights to the model dtype; Mixtral keeps float32

@@ -1,49 +1,156 @@
-"""Maps Hugging Face ``architectures`` names to pagoda model classes."""
+"""Which implementation runs each Hugging Face ``architectures`` name.
+
+Three sources, in this order:
+
+1. plugin models registered at run time (:meth:`ModelRegistry.register_model`, usually from a
+   ``pagoda.general_plugins`` entry point; they win over native ones);
+2. pagoda's native models, the table ``_NATIVE_MODELS`` below (one line per architecture:
+   ``"Arch": "module:Class"``);
+3. the transformers fallback (:mod:`pagoda.models.transformers_backend`) for any other
+   ``*ForCausalLM`` / ``*LMHeadModel`` that transformers can build.
+
+``--model-impl`` (vLLM's flag) picks: ``auto`` (native or plugin if there is one, else the
+fallback), ``pagoda`` (alias ``vllm``: native or plugin only) or ``transformers`` (the fallback).
+
+A model class states what it supports in class attributes ``supports_<feature>`` for the
+features in :data:`MODEL_FEATURES` (default True); ``pagoda models`` prints them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
-    from pagoda.models.llama import LlamaForCausalLM
     from pagoda.quantization.base import QuantizationConfig
 
-_LLAMA_FAMILY = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-)
-_MOE_FAMILY = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")  # models/moe.py
+logger = logging.getLogger("pagoda")
+
+_NATIVE_MODELS: dict[str, str] = {
+    "LlamaForCausalLM": "pagoda.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "pagoda.models.llama:LlamaForCausalLM",
+    "Qwen2ForCausalLM": "pagoda.models.llama:LlamaForCausalLM",
+    "Qwen3ForCausalLM": "pagoda.models.llama:LlamaForCausalLM",
+    "Phi3ForCausalLM": "pagoda.models.llama:LlamaForCausalLM",
+    "Gemma2ForCausalLM": "pagoda.models.gemma:GemmaForCausalLM",
+    "Gemma3ForCausalLM": "pagoda.models.gemma:GemmaForCausalLM",
+    "MixtralForCausalLM": "pagoda.models.moe:MixtralForCausalLM",
+    "Qwen2MoeForCausalLM": "pagoda.models.moe:Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM": "pagoda.models.moe:Qwen3MoeForCausalLM",
+}
+"""Native architectures: HF ``architectures`` name -> ``"module:Class"``."""
+
+_MODEL_TYPES: dict[str, str] = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+"""config.json ``model_type`` -> architecture, for configs without ``architectures``."""
+
+ModelImpl = Literal["auto", "pagoda", "vllm", "transformers"]
+MODEL_IMPLS: tuple[str, ...] = get_args(ModelImpl)
+
+MODEL_FEATURES: dict[str, str] = {
+    "cuda_graphs": "CUDA graphs",
+    "prefix_caching": "prefix caching",
+    "chunked_prefill": "chunked prefill",
+    "quantization": "quantization",
+}
+"""Features a model class may lack: attribute ``supports_<key>`` (default True) -> column title."""
+
+
+class ModelRegistry:
+    """Plugin models (vLLM's ``ModelRegistry.register_model``)."""
+
+    _plugins: dict[str, str | type] = {}
+
+    @classmethod
+    def register_model(cls, model_arch: str, model_cls: str | type) -> None:
+        """Run architecture ``model_arch`` with ``model_cls`` (a class or ``"pkg.module:Class"``, imported when
+        a model is built). The class has the interface of :class:`pagoda.models.llama.LlamaForCausalLM`."""
+        if not isinstance(model_cls, type) and (not isinstance(model_cls, str) or ":" not in model_cls):
+            raise ValueError(f"register_model({model_arch!r}, ...): give a class or 'pkg.module:Class', "
+                             f"got {model_cls!r}.")
+        if model_arch in _NATIVE_MODELS or model_arch in cls._plugins:
+            logger.warning("Model architecture %s is already registered; %s replaces it.", model_arch, model_cls)
+        cls._plugins[model_arch] = model_cls
+
+    @classmethod
+    def get_supported_archs(cls) -> list[str]:
+        return sorted({*_NATIVE_MODELS, *cls._plugins})
+
+    @classmethod
+    def is_registered(cls, arch: str) -> bool:
+        return arch in cls._plugins or arch in _NATIVE_MODELS
 
 
 def supported_architectures() -> list[str]:
-    return list(_LLAMA_FAMILY + _MOE_FAMILY)
+    """Architectures with a native or plugin implementation."""
+    return ModelRegistry.get_supported_archs()
 
 
-def resolve_architecture(hf_config: dict[str, Any]) -> str:
-    archs = hf_config.get("architectures") or []
-    for a in archs:
-        if a in _LLAMA_FAMILY or a in _MOE_FAMILY:
-            return a
-    if not archs and hf_config.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
-        return {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM"}[hf_config["model_type"]]
-    raise ValueError(
-        f"Model architecture(s) {archs or [hf_config.get('model_type')]} are not supported. "
-        f"Supported architectures: {', '.join(supported_architectures())}."
-    )
+def native_architectures() -> dict[str, str]:
+    return dict(_NATIVE_MODELS)
+
+
+def model_class(arch: str) -> type:
+    """The native or plugin class of ``arch`` (imported)."""
+    target = ModelRegistry._plugins.get(arch) or _NATIVE_MODELS[arch]
+    if isinstance(target, type):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_supports(cls: type, feature: str) -> bool:
+    return bool(getattr(cls, f"supports_{feature}", True))
+
+
+def hf_architectures(hf_config: dict[str, Any]) -> list[str]:
+    archs = list(hf_config.get("architectures") or [])
+    if not archs and hf_config.get("model_type") in _MODEL_TYPES:
+        archs = [_MODEL_TYPES[hf_config["model_type"]]]
+    return archs
+
+
+def resolve_architecture(hf_config: dict[str, Any], model_impl: str = "auto",
+                         trust_remote_code: bool = False) -> tuple[str, str]:
+    """``(architecture, impl)``: ``impl`` is ``"pagoda"`` (native or plugin class) or ``"transformers"``.
+
+    Raises a ValueError naming the architecture and what to do when nothing can run it."""
+    if model_impl not in MODEL_IMPLS:
+        raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {model_impl!r}.")
+    archs = hf_architectures(hf_config)
+    if "Gemma3ForConditionalGeneration" in archs:
+        raise ValueError("Gemma3ForConditionalGeneration (multimodal) checkpoints are not supported; use a "
+                         "text-only Gemma3ForCausalLM checkpoint (e.g. gemma-3-270m / gemma-3-1b).")
+    if model_impl != "transformers":
+        for a in archs:
+            if ModelRegistry.is_registered(a):
+                return a, "pagoda"
+        if model_impl in ("pagoda", "vllm"):
+            raise ValueError(
+                f"Model architecture(s) {archs or [hf_config.get('model_type')]} have no native pagoda "
+                f"implementation (native: {', '.join(supported_architectures())}). Use --model-impl transformers "
+                f"(or auto) to run it through the transformers fallback, or register a plugin model."
+            )
+    from pagoda.models.transformers_support import resolve_transformers_arch
+
+    return resolve_transformers_arch(hf_config, archs, trust_remote_code), "transformers"
 
 
 def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                quant_config: QuantizationConfig | None = None) -> LlamaForCausalLM:
-    """The model class for ``arch``: the Llama family, or its MoE variants (models/moe.py)."""
-    from pagoda.models.llama import LlamaForCausalLM
+                quant_config: QuantizationConfig | None = None, impl: str = "pagoda",
+                trust_remote_code: bool = False, model_dir: Path | None = None) -> Any:
+    """An instance of the class that runs ``arch`` (``impl`` as :func:`resolve_architecture` returned)."""
+    if impl == "transformers":
+        from pagoda.models.transformers_backend import TransformersForCausalLM
 
-    if arch in _MOE_FAMILY:
-        from pagoda.models.moe import MOE_MODELS
-
-        return MOE_MODELS[arch](hf_config, arch, dtype, quant_config)
-    return LlamaForCausalLM(hf_config, arch, dtype, quant_config)
+        return TransformersForCausalLM(hf_config, arch, dtype, quant_config, trust_remote_code, model_dir)
+    return model_class(arch)(hf_config, arch, dtype, quant_config)

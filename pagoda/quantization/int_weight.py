@@ -39,9 +39,9 @@ class IntWeight(nn.Module):
     :func:`make_int_weight`, and again after a device move) replaces the storage by the fastest kernel's
     layout for the device, keeping the meaning:
 
-    * ``triton`` (CUDA): ``codes`` = :mod:`triton_wna16` layout (int32 ``[in/8, out]`` for <= 4 bits, uint8
-      ``[in, out]`` above); ``scales``/``offsets`` keep their canonical shape as views of ``[groups, out]``
-      storage (``.t()`` is contiguous).
+    * ``triton`` (CUDA): ``codes`` = :mod:`triton_wna16` layout (int32 ``[in/8, out]``, sub-block interleaved, for
+      <= 4 bits, uint8 ``[in, out]`` above); ``scales``/``offsets`` keep their canonical shape as views of
+      ``[groups, out]`` storage (``.t()`` is contiguous).
     * ``cpu_int4``: ``codes`` (and ``codes_hi`` for 5..8 bits) in torch's int4pack order, ``scales_zeros``
       (and ``scales_zeros_hi``) ``[groups, out, 2]``; ``scales``/``offsets`` are ``None`` (read them with
       :meth:`group_params`).

@@ -227,6 +227,8 @@ class ModelRunner:
         self.graphs = None
         if self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton":
             return 0.0
+        if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
+            return 0.0
         from pagoda.worker.cuda_graphs import DecodeGraphs, default_capture_sizes
 
         self.graphs = DecodeGraphs(

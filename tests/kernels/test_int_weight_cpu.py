@@ -127,3 +127,20 @@ def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, 
     ref = reference(x, codes, scales, offsets, bits, group, dtype, None, None)
     err = (int_weight_linear(x, w).float() - ref).abs().max().item()
     assert err <= TOL[dtype] * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_tinygemm_scales_and_zeros_mapping_on_the_cpu_twin(sym):
+    """The CUDA tinygemm op shares ``(q - 8) * s + z`` and the ``[K/G, N, 2]`` layout with its CPU twin, whose
+    packing is different: the canonical mapping is checked here through the twin (the CUDA op in
+    tests/gpu/test_gpu_int4_kernels.py)."""
+    from pagoda.quantization.kernels import tinygemm
+
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        pytest.skip("no _weight_int4pack_mm_for_cpu in this torch")
+    codes, scales, offsets = random_weight(4, 32, 32, 128, sym, seed=5)
+    x = torch.randn(3, 128).bfloat16()
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.bfloat16, None, None)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, tinygemm.scales_and_zeros(scales, offsets))
+    assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()

@@ -68,25 +68,50 @@ def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype
         assert err <= TOL[dtype] * ref.abs().max().item(), (m, err)
 
 
-@pytest.mark.parametrize("split_k,gather", [(1, False), (3, False), (2, True)])
-def test_explicit_configs_and_split_k(split_k, gather):
-    """Every K tile lands in exactly one split, also when the split does not divide the tile count; both
-    4-bit unpack variants."""
-    codes, scales, offsets = random_weight(4, 32, 64, 256, False, seed=9)
-    x = torch.randn(5, 256)
-    ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
-    cfg = tw.WNA16Config(block_m=16, block_n=32, block_k=32, split_k=split_k, unpack_gather=gather)
+@pytest.mark.parametrize("kind,bm,split_k,dequant,group", [
+    ("gemv", 1, 1, True, 128), ("gemv", 4, 3, True, 32), ("gemv", 2, 2, True, 256),
+    ("dot", 16, 1, True, 128), ("dot", 16, 3, False, 32), ("dot", 16, 2, True, 64),
+])
+def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group):
+    """Both 4-bit kernels, every K tile in exactly one split (also when the split does not divide the tile
+    count), groups inside one tile (32, 64), equal to it (128) and spanning tiles (256); M not a multiple of
+    the row block."""
+    codes, scales, offsets = random_weight(4, group, 64, 768, False, seed=9)
+    x = torch.randn(5, 768)
+    ref = reference(x, codes, scales, offsets, 4, group, torch.float32, None, None)
+    cfg = tw.WNA16Config(kind, bm, 32, tw.pack_k(768), split_k, dequant=dequant)
     out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
-                          offsets.t().contiguous().to(DEV), 4, 32, config=cfg).cpu()
+                          offsets.t().contiguous().to(DEV), 4, group, config=cfg).cpu()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_int4_layout_is_sub_block_interleaved():
+    """Nibble j of word (t*P/8 + r, n) holds the code of row t*P + j*P/8 + r (P = pack_k(K))."""
+    k, n = 256, 3
+    codes = (torch.arange(n * k) % 16).view(n, k).to(torch.uint8)
+    qw = tw.pack(codes, 4)
+    p = tw.pack_k(k)
+    assert qw.shape == (k // 8, n) and p == 128
+    for t, j, r in ((0, 0, 0), (1, 7, 15), (0, 3, 5), (1, 1, 2)):
+        word = int(qw[t * p // 8 + r, 2]) & 0xFFFFFFFF
+        assert (word >> (4 * j)) & 0xF == codes[2, t * p + j * p // 8 + r]
+    assert torch.equal(tw.unpack(qw, 4), codes)
+    assert tw.pack_k(96) == 32 and tw.pack_k(4096) == 128
+
+
 def test_choose_config_invariants():
-    for m in (1, 16, 17, 64, 300):
+    for m in (1, 3, 16, 17, 64, 300):
         for n, k, g in ((4096, 4096, 128), (28672, 4096, 128), (4096, 14336, 128), (576, 576, 32), (64, 64, 64)):
-            c = tw.choose_config(m, n, k, g, 132)
-            assert g % c.block_k == 0 and c.block_k >= 16 and k // c.block_k >= c.split_k >= 1
+            for bits in (4, 8):
+                c = tw.choose_config(m, n, k, g, 132, bits)
+                assert k // c.block_k >= c.split_k >= 1 and k % c.block_k == 0
+                assert (c.kind == "u8") == (bits == 8)
+                if c.kind == "u8":
+                    assert g % c.block_k == 0 and c.block_k >= 16
+                if c.kind == "dot":
+                    assert c.block_k == 128 and c.block_m >= 16
     assert tw.choose_config(1, 4096, 4096, 128, 132).split_k > 1  # decode GEMV: the grid must fill the GPU
+    assert tw.choose_config(64, 576, 576, 32, 132).kind == "gemv"  # K % 128 != 0: no 16-row sub-blocks
     assert not tw.supported(4, 8, 64) and not tw.supported(4, 24, 72) and tw.supported(6, 16, 64)
 
 

@@ -18,6 +18,8 @@ results do not depend on atomics' order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -202,23 +204,47 @@ def _block_m(num_pairs: int, num_experts: int) -> int:
     return 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
 
 
-def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_weight: bool, bm: int) -> None:
+@dataclass(frozen=True)
+class MoeRule:
+    """Launch of one grouped GEMM. ``block_n=None``: 64 below ``BLOCK_M`` 64, else 128."""
+
+    block_n: int | None = None
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+BIG = 1 << 30
+MOE_TABLE: dict[int, tuple[MoeRule, MoeRule]] = {  # max (token, expert) pairs -> (gate_up rule, down rule)
+    8: (MoeRule(block_n=32, block_k=128), MoeRule(block_n=64, block_k=128)),
+    512: (MoeRule(block_n=64, block_k=128), MoeRule(block_n=128, block_k=128)),
+    BIG: (MoeRule(), MoeRule()),  # benchmarks/gpu/int_weight_sweep.py prints a measured table
+}
+
+
+def moe_rules(num_pairs: int) -> tuple[MoeRule, MoeRule]:
+    return MOE_TABLE[min(b for b in MOE_TABLE if b >= num_pairs)]
+
+
+def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_weight: bool, bm: int,
+              rule: MoeRule) -> None:
     M, N = out.shape
     K = a.shape[1]
     g = expert_ids.numel()
-    bn = 64 if bm < 64 else 128
+    bn = rule.block_n or (64 if bm < 64 else 128)
     ieee = a.dtype == torch.float32 or _interpreting()
     _moe_gemm_kernel[(g * triton.cdiv(N, bn),)](
         a, w, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), w.stride(0), w.stride(1),
         w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee,
-        BM=bm, BN=bn, BK=64, num_warps=4, num_stages=3)
+        BM=bm, BN=bn, BK=rule.block_k, num_warps=rule.num_warps, num_stages=rule.num_stages)
 
 
 def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-                  topk_ids: torch.Tensor) -> torch.Tensor:
+                  topk_ids: torch.Tensor, rules: tuple[MoeRule, MoeRule] | None = None) -> torch.Tensor:
     """``sum_k topk_weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e = topk_ids[t, k]``.
 
-    ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I]; returns [T, H] in x's dtype."""
+    ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I]; returns [T, H] in x's dtype.
+    ``rules``: the two GEMMs' launches (default :data:`MOE_TABLE` by ``T * top_k``)."""
     from pagoda.layers.fused_kernels import silu_and_mul
 
     T, H = x.shape
@@ -229,10 +255,11 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
         return torch.empty_like(x)
     assert x.is_contiguous() and w13.stride(2) == 1 and w2.stride(2) == 1
     bm = _block_m(M, E)
+    r13, r2 = rules or moe_rules(M)
     sorted_ids, expert_ids, npost = moe_align_block_size(topk_ids, E, bm)
     gate_up = torch.empty(M, two_i, dtype=x.dtype, device=x.device)
-    _moe_gemm(x, w13, gate_up, topk_weights, sorted_ids, expert_ids, npost, top_k, False, bm)
+    _moe_gemm(x, w13, gate_up, topk_weights, sorted_ids, expert_ids, npost, top_k, False, bm, r13)
     act = silu_and_mul(gate_up)
     down = torch.empty(M, H, dtype=x.dtype, device=x.device)
-    _moe_gemm(act, w2, down, topk_weights, sorted_ids, expert_ids, npost, 1, True, bm)
+    _moe_gemm(act, w2, down, topk_weights, sorted_ids, expert_ids, npost, 1, True, bm, r2)
     return down.view(T, top_k, H).sum(dim=1)

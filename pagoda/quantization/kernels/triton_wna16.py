@@ -3,26 +3,29 @@
 
 Layout (made by :func:`pack`, undone by :func:`unpack`; both plain torch)::
 
-    4-bit (bits <= 4): qweight int32 [K/8, N]   code of (k, n) in bits 4*(k%8) .. 4*(k%8)+3 of word (k//8, n)
+    4-bit (bits <= 4): qweight int32 [K/8, N], "sub-block interleaved" in K tiles of P = pack_k(K) rows:
+                       nibble j (bits 4j..4j+3) of word (t*P/8 + r, n) = code of (t*P + j*P/8 + r, n)
     5..8 bits:         qweight uint8 [K, N]
     scales, offsets:   [K/G, N] contiguous (N fastest), activation dtype
 
-N is the fastest axis everywhere, so a tile row of ``BLOCK_N`` outputs is one coalesced load.
+So shift ``j`` of a loaded ``[P/8, BLOCK_N]`` word tile is the contiguous K sub-block ``j`` (``P/8`` rows,
+inside one group as ``G % (P/8) == 0``): no reshape or layout conversion, and the matching activations are
+one contiguous slice. N is the fastest axis everywhere (coalesced loads).
 
-Kernel: each program owns a ``BLOCK_M x BLOCK_N`` output tile and a contiguous range of K tiles
-(split-K, grid axis 1). ``BLOCK_K`` divides the group size, so a K tile has one scale and one offset
-per output column and the dequantization is factored out of the dot product::
+Kernels (one packed copy serves both; :data:`INT4_TABLE` picks by M):
 
-    acc += dot(x_tile, codes_tile) * scale[n] + rowsum(x_tile)[m] * offset[n]
+* ``gemv`` (small M): no ``tl.dot``. A program owns ``BLOCK_N`` columns, a split-K range of K tiles and a
+  block of up to ``BLOCK_M`` rows; per sub-block it converts the nibbles to fp32 (exponent trick, no
+  int->float convert), and accumulates ``x * q`` into an fp32 ``[BLOCK_M, P/8, BLOCK_N]`` accumulator; the
+  affine map is applied per tile when a group spans the tile (else per sub-block); the K rows are reduced
+  once at the end.
+* ``dot`` (M >= 16): 8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per tile, either on the tile
+  dequantized to the activation dtype (``dequant``) or on the raw codes with the affine map factored out
+  (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0).
+* ``u8`` (5..8 bits): the previous design, ``BLOCK_K`` <= group, factored affine map.
 
-i.e. codes are only unpacked and converted (exactly) to the activation dtype in registers; the
-multiply-adds of the affine map are per tile, not per weight. fp32 accumulation. Split-K partials go to
-an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one small reduce kernel (deterministic, no
-atomics, no zero-fill).
-
-Configs are chosen by :func:`choose_config` (no autotuning): ``BLOCK_M = 16`` for M <= 16 (the
-decode GEMV-like case; ``tl.dot`` needs 16 rows), 32/64/128 above; split-K up to ~4 programs per SM for
-M <= 16, and for larger M only when the output tiles cannot cover the SMs once; >= 2 K tiles per split.
+Split-K partials go to an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one small reduce
+kernel (deterministic, no atomics, no zero-fill). fp32 accumulation everywhere.
 """
 
 from __future__ import annotations
@@ -35,12 +38,111 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+_MAGIC = 0x4B000000  # fp32 bits of 2**23: (q | _MAGIC) as fp32 == 2**23 + q for 0 <= q < 2**23
+
 
 @triton.jit
-def _wna16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
-                  tiles_per_split, GROUP: tl.constexpr, BITS4: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-                  UNPACK_GATHER: tl.constexpr):
+def _nibbles_f32(p, j: tl.constexpr):
+    """Nibble ``j`` of int32 words as exact fp32 (an OR and a subtract instead of an int->float convert)."""
+    q = ((p >> (4 * j)) & 0xF) | 0x4B000000
+    return q.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _int4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                      tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    KP: tl.constexpr = PACK_K // 8
+    TILE_GROUP: tl.constexpr = GROUP % PACK_K == 0  # one (scale, offset) per column for the whole tile
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, KP)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :]
+    acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    for t in range(t_lo, t_hi):
+        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+        xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for j in tl.static_range(8):
+            k0 = t * PACK_K + j * KP
+            xj = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0).to(tl.float32)
+            q = _nibbles_f32(p, j)
+            if TILE_GROUP:
+                part += xj[:, :, None] * q[None, :, :]
+                xsum += tl.sum(xj, axis=1)
+            else:
+                g = k0 // GROUP
+                s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                acc += xj[:, :, None] * (q * s[None, :] + o[None, :])[None, :, :]
+        if TILE_GROUP:
+            g = (t * PACK_K) // GROUP
+            s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            acc += part * s[None, None, :]
+            acc_o += xsum[:, None] * o[None, :]
+    res = tl.sum(acc, axis=1) + acc_o
+    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, res.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                     tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr):
+    pid_mn = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid_mn // num_n
+    pid_n = pid_mn % num_n
+    KP: tl.constexpr = PACK_K // 8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, KP)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    for t in range(t_lo, t_hi):
+        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        for j in tl.static_range(8):
+            k0 = t * PACK_K + j * KP
+            x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
+            g = k0 // GROUP
+            s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            q = _nibbles_f32(p, j)
+            if DEQUANT:
+                w = q * s[None, :] + o[None, :]
+                if DOT_F32:
+                    acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
+                else:
+                    acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc)
+            else:
+                if DOT_F32:
+                    part = tl.dot(x.to(tl.float32), q, input_precision="ieee")
+                else:
+                    part = tl.dot(x, q.to(x_ptr.dtype.element_ty))
+                acc += part * s[None, :] + tl.sum(x.to(tl.float32), axis=1)[:, None] * o[None, :]
+    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
+               tiles_per_split, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """5..8-bit codes, uint8 ``[K, N]``; ``BLOCK_K`` divides the group: one scale/offset per tile column."""
     pid_mn = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -56,17 +158,7 @@ def _wna16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stri
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-        if BITS4 and UNPACK_GATHER:  # each word loaded 8 times (L1 hits), no reshape
-            p = tl.load(qw_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-            q = (p >> ((offs_k % 8) * 4)[:, None]) & 0xF
-        elif BITS4:  # each word loaded once, unpacked to [BLOCK_K/8, 8, BLOCK_N] and reshaped
-            offs_p = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            p = tl.load(qw_ptr + offs_p[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-            shifts = tl.arange(0, 8) * 4
-            q = (p[:, None, :] >> shifts[None, :, None]) & 0xF
-            q = tl.reshape(q, (BLOCK_K, BLOCK_N))
-        else:
-            q = tl.load(qw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        q = tl.load(qw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
         g = k0 // GROUP
         s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
@@ -95,23 +187,68 @@ def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr,
 
 
 @dataclass(frozen=True)
+class Rule:
+    """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
+    ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
+    ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two)."""
+
+    kind: str
+    block_n: int
+    block_m: int = 16
+    waves: float = 4.0
+    num_warps: int = 4
+    num_stages: int = 3
+    dequant: bool = True
+    block_k: int = 128
+    min_tiles: int = 2
+
+
+BIG = 1 << 30
+INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
+    1: Rule('dot', 64),
+    4: Rule('dot', 64),
+    16: Rule('dot', 64),
+    64: Rule('dot', 128, block_m=64),
+    256: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
+    BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
+}
+U8_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
+    16: Rule('u8', 128),
+    32: Rule('u8', 64, block_m=64),
+    64: Rule('u8', 64, block_m=64),
+    BIG: Rule('u8', 64, block_m=64),
+}
+
+
+@dataclass(frozen=True)
 class WNA16Config:
+    """A resolved launch: :class:`Rule` fields plus the split-K count (``block_k``: the u8 K tile; 4-bit
+    kernels step by :func:`pack_k`)."""
+
+    kind: str
     block_m: int
     block_n: int
     block_k: int
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
-    unpack_gather: bool = False
-    """4-bit unpack: False = load each word once and reshape; True = per-element word loads and shifts."""
+    dequant: bool = True
+
+
+def pack_k(in_features: int) -> int:
+    """K tile of the 4-bit layout: the largest power of two dividing K, capped at 128 (the ``dot`` kernel
+    needs 128, i.e. 16-row sub-blocks)."""
+    return min(128, in_features & -in_features)
 
 
 def max_block_k(group_size: int) -> int:
-    """The largest power of two dividing ``group_size``, capped at 128 (a K tile must lie in one group)."""
+    """The largest power of two dividing ``group_size``, capped at 128 (a u8 K tile must lie in one group)."""
     return min(128, group_size & -group_size)
 
 
 def supported(bits: int, group_size: int, in_features: int) -> bool:
+    """Groups of a multiple of 16 dividing K (then a 4-bit sub-block of ``pack_k/8 <= 16`` rows lies in one
+    group, and K % 16 == 0)."""
     return 1 <= bits <= 8 and max_block_k(group_size) >= 16 and in_features % group_size == 0
 
 
@@ -122,32 +259,36 @@ def num_sms(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
 
 
-def choose_config(m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
-    """Tile sizes and split-K by a heuristic (module docstring)."""
-    if m <= 16:
-        bm, bn, warps, stages = 16, 64, 4, 4
-    elif m <= 32:
-        bm, bn, warps, stages = 32, 128, 4, 3
-    elif m <= 64:
-        bm, bn, warps, stages = 64, 128, 4, 3
+def rule_for(m: int, bits: int) -> Rule:
+    table = INT4_TABLE if bits <= 4 else U8_TABLE
+    return table[min(b for b in table if b >= m)]
+
+
+def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
+    """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
+    kind, bm = rule.kind, rule.block_m
+    if kind in ("gemv", "dot") and pack_k(k) < 128:
+        kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
+    if kind == "gemv":
+        bm = min(max(bm, 1), triton.next_power_of_2(m))
+        bk = pack_k(k)
+    elif kind == "dot":
+        bk = 128
     else:
-        bm, bn, warps, stages = 128, 128, 8, 3
-    bk = max_block_k(group_size)
-    if bm >= 64:
-        bk = min(bk, 64)
-    tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        bk = min(rule.block_k, max_block_k(group_size))
+    tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, rule.block_n)
     k_tiles = k // bk
-    # Decode (M <= 16) is a pure weight stream: aim at ~4 programs per SM. Larger M pays for split-K in
-    # workspace traffic (split x M x N fp32), so only split when the tiles cannot cover the SMs once.
-    target, need = (4 * sms, 4 * sms) if m <= 16 else (sms, sms)
-    split = 1
-    if tiles_mn < need:
-        split = max(1, min(triton.cdiv(target, tiles_mn), k_tiles // 2))
-    return WNA16Config(bm, bn, bk, split, warps, stages)
+    split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
+    return WNA16Config(kind, bm, rule.block_n, bk, split, rule.num_warps, rule.num_stages, rule.dequant)
+
+
+def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
+    """The launch :data:`INT4_TABLE` / :data:`U8_TABLE` give for this shape."""
+    return resolve(rule_for(m, bits), m, n, k, group_size, sms)
 
 
 def _interpreting() -> bool:
-    return not isinstance(_wna16_kernel, JITFunction)
+    return not isinstance(_int4_dot_kernel, JITFunction)
 
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
@@ -158,7 +299,9 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     n = scales.shape[1]
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or choose_config(m, n, k, group_size, num_sms(x.device.index))
+    cfg = config or choose_config(m, n, k, group_size, num_sms(x.device.index), bits)
+    if (cfg.kind == "u8") != (bits > 4):
+        raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
@@ -166,12 +309,22 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     else:
         out = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
     dot_f32 = x.dtype == torch.float32 or _interpreting()
-    _wna16_kernel[grid](x, qweight, scales, offsets, out, m, n, k, x.stride(0), n, m * n, per_split,
-                        GROUP=group_size, BITS4=bits <= 4, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                        BLOCK_K=cfg.block_k, DOT_F32=dot_f32, UNPACK_GATHER=cfg.unpack_gather,
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    common = (x, qweight, scales, offsets, out, m, n)
+    launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if cfg.kind == "gemv":
+        grid3 = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+        _int4_gemv_kernel[grid3](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
+                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **launch)
+    elif cfg.kind == "dot":
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
+                               PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                               DEQUANT=cfg.dequant, DOT_F32=dot_f32, **launch)
+    else:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _u8_kernel[grid](*common, k, x.stride(0), n, m * n, per_split, GROUP=group_size, BLOCK_M=cfg.block_m,
+                         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=dot_f32, **launch)
     if split == 1:
         return out if bias is None else out.add_(bias)
     res = torch.empty((m, n), device=x.device, dtype=x.dtype)
@@ -181,24 +334,28 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     return res
 
 
-_SHIFTS = (4 * torch.arange(8, dtype=torch.int64)).view(1, 8, 1)
+_SHIFTS = (4 * torch.arange(8, dtype=torch.int64)).view(1, 8, 1, 1)
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes ``[N, K]`` -> this module's weight layout (K must be a multiple of 8 for 4-bit)."""
+    """uint8 codes ``[N, K]`` -> this module's weight layout (K a multiple of 8 for 4-bit)."""
     ct = codes.t()
     if bits > 4:
         return ct.contiguous()
-    n_in, n_out = ct.shape
-    words = (ct.reshape(n_in // 8, 8, n_out).to(torch.int64) << _SHIFTS.to(codes.device)).sum(1)
+    k, n = ct.shape
+    p = pack_k(k)
+    tiles = ct.reshape(k // p, 8, p // 8, n).to(torch.int64)
+    words = (tiles << _SHIFTS.to(codes.device)).sum(1)
     words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.to(torch.int32).contiguous()
+    return words.reshape(k // 8, n).to(torch.int32).contiguous()
 
 
 def unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack`: uint8 codes ``[N, K]``."""
     if bits > 4:
         return qweight.t().contiguous()
-    kp, n_out = qweight.shape
-    q = (qweight.to(torch.int64).unsqueeze(1) >> _SHIFTS.to(qweight.device)) & 0xF
-    return q.reshape(kp * 8, n_out).t().to(torch.uint8).contiguous()
+    kp, n = qweight.shape
+    p = pack_k(kp * 8)
+    w = qweight.to(torch.int64).view(kp * 8 // p, 1, p // 8, n)
+    q = (w >> _SHIFTS.to(qweight.device)) & 0xF
+    return q.reshape(kp * 8, n).t().to(torch.uint8).contiguous()

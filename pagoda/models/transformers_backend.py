@@ -1,0 +1,207 @@
+"""The transformers fallback: any HF decoder LM that transformers can build, run by pagoda's engine.
+
+The HF model (``*ForCausalLM`` / ``*LMHeadModel``) is built as-is from config.json, with its attention
+routed to pagoda's paged attention through transformers' attention-function registry
+(:mod:`pagoda.models.transformers_attention`). pagoda's flattened token batch is the sequence of one
+batch row: ``forward`` calls the HF base model with ``input_ids[None]`` and pagoda's positions as
+``position_ids``, ``use_cache=False`` (HF keeps no cache of its own; the paged cache is pagoda's).
+The interface is a native model's (:class:`pagoda.models.llama.LlamaForCausalLM`).
+
+``compute_logits`` applies the HF output embeddings plus the logit post-processing that CausalLM
+heads do in their ``forward`` (Cohere's ``logit_scale``, Granite's ``logits_scaling``,
+``final_logit_softcapping``). At start-up a probe forward of a few tokens (plain causal attention)
+checks that (a) every decoder layer's attention comes through pagoda, (b) our logits equal the HF
+CausalLM's own, and learns the KV-cache shape; any mismatch is a start-up error naming the
+architecture. CUDA graphs are not used (``supports_cuda_graphs = False``): the runner runs it eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagoda.attention.backend import AttentionBackend
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.models import transformers_attention as tattn
+from pagoda.models.transformers_support import check_supported, hf_classes
+from pagoda.models.transformers_weights import checkpoint_renamer
+from pagoda.quantization.base import QuantizationConfig
+
+_PROBE_TOKENS = 4
+_IGNORED_CHECKPOINT_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+@dataclass(frozen=True)
+class TransformersShape:
+    """The part of a native model's ``shape`` the engine reads."""
+
+    vocab_size: int
+    hidden_size: int
+
+
+class TransformersForCausalLM(nn.Module):
+    supports_cuda_graphs = False
+    supports_quantization = False
+
+    def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
+                 quant_config: QuantizationConfig | None = None, trust_remote_code: bool = False,
+                 model_dir: Path | None = None) -> None:
+        super().__init__()
+        if quant_config is not None:
+            raise ValueError(f"The transformers fallback ({arch}) runs unquantized weights only; "
+                             f"{quant_config.describe()} needs a native implementation.")
+        from transformers.initialization import no_init_weights
+
+        config, model_cls = hf_classes(hf_config, arch, trust_remote_code, model_dir)
+        check_supported(config, model_cls, arch)
+        tattn.register()
+        config._attn_implementation = tattn.ATTN_IMPLEMENTATION
+        config.use_cache = False
+        with no_init_weights():  # the weights come from the checkpoint (or the dummy initialiser)
+            hf = model_cls._from_config(config, dtype=dtype)
+        if getattr(config, "tie_word_embeddings", False):
+            hf.tie_weights()
+        self.arch = arch
+        self.hf = hf
+        self.shape = TransformersShape(int(config.vocab_size), int(getattr(config, "hidden_size", 0) or 0))
+        if hf.get_output_embeddings() is None:
+            raise ValueError(f"{arch} has no output embeddings (LM head); it is not a generative LM.")
+        self._step = tattn.StepContext()
+        for m in hf.modules():
+            m.__dict__[tattn.STEP_ATTR] = self._step
+        self._kv_shape: tuple[int, int, int] | None = None  # (num_layers, num_kv_heads, head_dim), from the probe
+
+    @property
+    def base(self) -> nn.Module:
+        """The HF base model (decoder stack without the LM head)."""
+        return self.hf.base_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf.get_output_embeddings()
+
+    # ---------------------------------------------------------------- shapes
+    @property
+    def num_layers(self) -> int:
+        return self._probe()[0]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self._probe()[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self._probe()[2]
+
+    # --------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
+                backend: AttentionBackend) -> torch.Tensor:
+        step = self._step
+        step.kv_caches, step.meta, step.backend, step.layers_called = kv_caches, meta, backend, []
+        try:
+            out = self.base(input_ids=input_ids[None], position_ids=positions[None], use_cache=False)
+        finally:
+            step.kv_caches, step.meta, step.backend = None, None, None
+        if len(step.layers_called) != len(kv_caches):
+            raise RuntimeError(f"{self.arch}: {len(step.layers_called)} attention calls for {len(kv_caches)} layers")
+        return out[0][0]
+
+    def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in the model dtype, post-processed as the HF CausalLM head does."""
+        logits = self.lm_head(hidden)
+        cfg = self.hf.config
+        scale = getattr(cfg, "logit_scale", None)  # Cohere: multiplies
+        if isinstance(scale, (int, float)) and scale != 1:
+            logits = logits * scale
+        div = getattr(cfg, "logits_scaling", None)  # Granite: divides
+        if isinstance(div, (int, float)) and div != 1:
+            logits = logits / div
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in float32 (what the sampler and logprobs use)."""
+        return self.compute_logits_raw(hidden).float()
+
+    # ------------------------------------------------------------ start-up
+    @torch.inference_mode()
+    def _probe(self) -> tuple[int, int, int]:
+        """Run a few tokens through the HF model with plain causal attention (module docstring)."""
+        if self._kv_shape is not None:
+            return self._kv_shape
+        dev = next(self.hf.parameters()).device
+        n = _PROBE_TOKENS
+        ids = (torch.arange(n, device=dev) % int(self.hf.config.vocab_size))[None]
+        pos = torch.arange(n, device=dev)[None]
+        step = self._step
+        step.probe_shapes, step.layers_called = {}, []
+        try:
+            ref = self.hf(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
+            hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False)[0][0]
+            shapes = dict(step.probe_shapes)
+        finally:
+            step.probe_shapes = None
+        layers = sorted(shapes)
+        n_layers = int(getattr(self.hf.config, "num_hidden_layers", len(layers)) or len(layers))
+        if not layers or layers != list(range(n_layers)):
+            raise ValueError(
+                f"{self.arch}: only layers {layers} of {n_layers} route attention through transformers' attention "
+                f"registry; the transformers fallback cannot run this model."
+            )
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"{self.arch}: layers differ in KV shape {sorted(set(shapes.values()))}; the paged "
+                             f"cache needs one shape for every layer.")
+        ours = self.compute_logits_raw(hidden)
+        tol = 1e-3 if ours.dtype == torch.float32 else 3e-2  # HF may round its logits at another point than we do
+        if not torch.allclose(ours.float(), ref.float(), rtol=tol, atol=tol):
+            raise ValueError(f"{self.arch}: the HF model's forward post-processes logits in a way the transformers "
+                             f"fallback does not reproduce; it cannot run this model.")
+        heads, head_dim = shapes[0]
+        self._kv_shape = (n_layers, heads, head_dim)
+        return self._kv_shape
+
+    # --------------------------------------------------------------- weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named tensors into the HF model's parameters (names with or without the base-model prefix).
+        Returns the parameter names loaded."""
+        params = dict(self.hf.named_parameters())
+        rename = checkpoint_renamer(self.hf, params)
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            target, converted = rename(name)
+            if converted:
+                raise ValueError(f"Checkpoint tensor {name!r} needs transformers' weight conversion (not a plain "
+                                 f"copy), which the transformers fallback does not do.")
+            if target not in params:
+                if name.endswith(_IGNORED_CHECKPOINT_SUFFIXES) or self._is_tied_head(target):
+                    continue
+                raise ValueError(f"Checkpoint tensor {name!r} has no place in {self.arch} (transformers fallback).")
+            param = params[target]
+            if param.shape != tensor.shape:
+                raise ValueError(f"Checkpoint tensor {name!r}: shape {tuple(tensor.shape)}, the model has "
+                                 f"{tuple(param.shape)}.")
+            with torch.no_grad():
+                param.copy_(tensor)
+            loaded.add(target)
+        return loaded
+
+    def _is_tied_head(self, name: str) -> bool:
+        return bool(getattr(self.hf.config, "tie_word_embeddings", False)) and name.endswith("lm_head.weight")
+
+    def missing_weights(self, loaded: set[str]) -> list[str]:
+        return [n for n, _ in self.hf.named_parameters() if n not in loaded]
+
+    def pack_for_cpu(self, batch_hint: int) -> int:
+        """Prepack bf16 ``nn.Linear`` weights (the LM head included) for oneDNN; see layers/cpu_linear.py."""
+        from pagoda.layers.cpu_linear import pack_model_linears
+
+        self._probe()  # before the LM head is replaced: the probe compares it with the HF forward
+        return pack_model_linears(self.hf, batch_hint)

@@ -1,0 +1,93 @@
+"""Replicas as the router sees them, and the pool that holds them.
+
+Invariants: a backend URL has no trailing slash and appears once in the pool; a backend is routed to
+only while ``healthy``; ``models`` is the set of ids its ``/v1/models`` last listed (empty until the
+first successful probe, which then means "serves anything", so a replica is usable before its model
+list is known); ``in_flight`` counts the requests the router has open on it right now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def normalize_url(url: str) -> str:
+    """``host:port`` or ``http://host:port/`` -> ``http://host:port`` (the pool's key)."""
+    url = url.strip().rstrip("/")
+    if not url:
+        raise ValueError("empty backend URL")
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"backend URL must be http:// or https://, got {url!r}")
+    return url
+
+
+@dataclass
+class Backend:
+    url: str
+    healthy: bool = True
+    """Routed to only while True. Starts True so a router serves before its first probe."""
+    models: set[str] = field(default_factory=set)
+    model_cards: list[dict[str, Any]] = field(default_factory=list)
+    """The ``data`` entries of the replica's last ``/v1/models`` answer (merged by the router's own)."""
+    num_running: float = 0.0
+    num_waiting: float = 0.0
+    kv_usage: float = 0.0
+    """From the replica's ``/metrics`` (vllm:/pagoda: num_requests_running, num_requests_waiting,
+    kv_cache_usage_perc), refreshed every ``--engine-stats-interval``."""
+    in_flight: int = 0
+    last_error: str | None = None
+
+    def serves(self, model: str | None) -> bool:
+        return model is None or not self.models or model in self.models
+
+    @property
+    def load(self) -> float:
+        """Queue depth: the replica's own running + waiting count, or the router's open requests on it if
+        that is larger (the scrape lags; the router's count is exact for traffic that went through it)."""
+        return max(self.num_running + self.num_waiting, float(self.in_flight))
+
+
+class BackendPool:
+    """The current replicas by URL. ``set_urls`` replaces the list and keeps the state of URLs that stay."""
+
+    def __init__(self, urls: list[str] | None = None) -> None:
+        self.backends: dict[str, Backend] = {}
+        if urls:
+            self.set_urls(urls)
+
+    def set_urls(self, urls: list[str]) -> tuple[list[str], list[str]]:
+        """Make the pool exactly ``urls``; returns (added, removed)."""
+        wanted = list(dict.fromkeys(normalize_url(u) for u in urls))
+        removed = [u for u in self.backends if u not in wanted]
+        added = [u for u in wanted if u not in self.backends]
+        for u in removed:
+            del self.backends[u]
+        for u in added:
+            self.backends[u] = Backend(u)
+        return added, removed
+
+    def all(self) -> list[Backend]:
+        return list(self.backends.values())
+
+    def healthy(self) -> list[Backend]:
+        return [b for b in self.backends.values() if b.healthy]
+
+    def candidates(self, model: str | None, exclude: set[str] = frozenset()) -> list[Backend]:  # type: ignore[assignment]
+        """Healthy backends that serve ``model`` (None: any), sorted by URL, less ``exclude``."""
+        return sorted((b for b in self.backends.values()
+                       if b.healthy and b.url not in exclude and b.serves(model)), key=lambda b: b.url)
+
+    def known_model(self, model: str) -> bool:
+        """Whether some healthy backend serves ``model`` (or has not listed its models yet)."""
+        return any(b.serves(model) for b in self.healthy())
+
+    def merged_models(self) -> list[dict[str, Any]]:
+        """The union of the healthy backends' ``/v1/models`` cards, one per id, in first-seen order."""
+        out: dict[str, dict[str, Any]] = {}
+        for b in sorted(self.healthy(), key=lambda b: b.url):
+            for card in b.model_cards:
+                out.setdefault(str(card.get("id")), card)
+        return list(out.values())

@@ -1,0 +1,108 @@
+"""The periodic probe of every replica: ``/health``, then ``/v1/models`` and ``/metrics``.
+
+A replica whose ``/health`` fails (connection error, timeout, non-200) is taken out of rotation; the
+next probe that passes puts it back. Its served models come from ``/v1/models`` and its load from
+``/metrics``: ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` under
+``vllm:`` or ``pagoda:`` (pagoda's ``--metrics-prefix``), summed over the replica's label sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from pagoda.router.backends import Backend
+
+logger = logging.getLogger("pagoda.router")
+
+LOAD_METRICS = {"num_requests_running": "num_running", "num_requests_waiting": "num_waiting",
+                "kv_cache_usage_perc": "kv_usage"}
+"""Metric name (without its ``vllm:``/``pagoda:`` prefix) -> Backend field."""
+METRIC_PREFIXES = ("vllm:", "pagoda:")
+
+
+def parse_load(text: str) -> dict[str, float]:
+    """Backend field -> value from a Prometheus text exposition (the first prefix that has each metric)."""
+    found: dict[str, dict[str, float]] = {p: {} for p in METRIC_PREFIXES}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+        if name_end < 0:
+            continue
+        name = line[:name_end]
+        for prefix in METRIC_PREFIXES:
+            if name.startswith(prefix) and name[len(prefix):] in LOAD_METRICS:
+                try:
+                    value = float(line.rsplit(" ", 1)[1])
+                except (ValueError, IndexError):
+                    continue
+                key = LOAD_METRICS[name[len(prefix):]]
+                found[prefix][key] = found[prefix].get(key, 0.0) + value
+    out: dict[str, float] = {}
+    for key in LOAD_METRICS.values():
+        for prefix in METRIC_PREFIXES:
+            if key in found[prefix]:
+                out[key] = found[prefix][key]
+                break
+    return out
+
+
+class HealthChecker:
+    """Probes backends; ``on_change(backend, healthy)`` is called when a backend goes in or out."""
+
+    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str], stats_interval_s: float,
+                 on_change: Callable[[Backend, bool], None] | None = None) -> None:
+        self.client = client
+        self.headers = headers
+        self.stats_interval_s = stats_interval_s
+        self.on_change = on_change
+        self._last_stats: dict[str, float] = {}
+
+    async def check_all(self, backends: list[Backend]) -> None:
+        await asyncio.gather(*(self.check(b) for b in backends))
+
+    async def check(self, b: Backend) -> None:
+        try:
+            r = await self.client.get(b.url + "/health")
+            ok, why = r.status_code == 200, f"/health answered {r.status_code}"
+        except httpx.HTTPError as e:
+            ok, why = False, f"/health failed: {e!r}"
+        if ok:
+            await self._refresh_models(b)
+            now = time.monotonic()
+            if now - self._last_stats.get(b.url, -1e9) >= self.stats_interval_s:
+                self._last_stats[b.url] = now
+                await self.refresh_load(b)
+        self.set_health(b, ok, None if ok else why)
+
+    def set_health(self, b: Backend, ok: bool, why: str | None) -> None:
+        if b.healthy != ok:
+            logger.warning("backend %s %s%s", b.url, "is back" if ok else "taken out", f": {why}" if why else "")
+            b.healthy = ok
+            if self.on_change:
+                self.on_change(b, ok)
+        b.last_error = why
+
+    async def _refresh_models(self, b: Backend) -> None:
+        try:
+            r = await self.client.get(b.url + "/v1/models", headers=self.headers)
+            data = r.json().get("data") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        if isinstance(data, list):
+            b.model_cards = [c for c in data if isinstance(c, dict) and "id" in c]
+            b.models = {str(c["id"]) for c in b.model_cards}
+
+    async def refresh_load(self, b: Backend) -> None:
+        try:
+            r = await self.client.get(b.url + "/metrics", headers=self.headers)
+        except httpx.HTTPError:
+            return
+        if r.status_code == 200:
+            for key, value in parse_load(r.text).items():
+                setattr(b, key, value)

@@ -1,0 +1,48 @@
+"""CUDA 4-bit kernels against the dequantize reference (skipped without CUDA): torch's tinygemm with the
+canonical mapping of :mod:`pagoda.quantization.kernels.tinygemm`, and the Triton GEMV / dot kernels at
+Llama-like sizes in bf16 (the CPU tests run them only tiny, in the interpreter)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+
+
+def _case(n: int, k: int, group: int, sym: bool):
+    from test_int_weight_cpu import random_weight, reference
+
+    codes, scales, offsets = random_weight(4, group, n, k, sym, seed=n + k)
+    x = torch.randn(5, k).bfloat16()
+    return codes, scales, offsets, x, reference(x, codes, scales, offsets, 4, group, torch.bfloat16, None, None)
+
+
+@pytest.mark.parametrize("group,sym", [(32, False), (128, True), (256, False)])
+def test_tinygemm_canonical_mapping(group, sym):
+    from pagoda.quantization.kernels import tinygemm
+
+    codes, scales, offsets, x, ref = _case(256, 1024, group, sym)
+    packed = tinygemm.pack(codes.cuda())
+    out = tinygemm.matmul(x.cuda(), packed, group, tinygemm.scales_and_zeros(scales, offsets).cuda()).cpu()
+    assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemv", 4), ("dot", 16), ("dot", 64)])
+def test_triton_int4_kernels_bf16(kind, m):
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    codes, scales, offsets, _, _ = _case(512, 2048, 128, False)
+    from test_int_weight_cpu import reference
+
+    x = torch.randn(m, 2048).bfloat16()
+    ref = reference(x, codes, scales, offsets, 4, 128, torch.bfloat16, None, None)
+    for dequant in (True, False):
+        cfg = tw.WNA16Config(kind, min(m, 4) if kind == "gemv" else 16, 64, 128, 4, dequant=dequant)
+        out = tw.wna16_matmul(x.cuda(), tw.pack(codes, 4).cuda(), scales.t().contiguous().bfloat16().cuda(),
+                              offsets.t().contiguous().bfloat16().cuda(), 4, 128, config=cfg).cpu()
+        assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max(), (kind, m, dequant)

@@ -1,0 +1,260 @@
+"""The router against fake replicas that misbehave on purpose (tests/router/router_utils.FakeBackend):
+streaming pass-through, timeouts, garbage, broken streams, retries, health, API key, body cap, model
+routing, load, backends file and Kubernetes discovery. No model runs here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import httpx
+import pytest
+from router_utils import FakeBackend, RouterThread, router_config
+from server_utils import free_port, wait_for
+
+from pagoda.router.discovery import FileSource, KubernetesSource
+
+COMPLETION = {"model": "fake", "prompt": "hi", "max_tokens": 2}
+
+
+@pytest.fixture
+def fakes():
+    made: list[FakeBackend] = []
+
+    def make(*args, **kw) -> FakeBackend:
+        made.append(FakeBackend(*args, **kw))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.stop()
+
+
+@pytest.fixture
+def routers():
+    made: list[RouterThread] = []
+
+    def make(urls, *args, **kw) -> RouterThread:
+        made.append(RouterThread(router_config(urls, *args, **kw)))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+def sse_lines(router: RouterThread, body: dict, on_first=None) -> list[str]:
+    out = []
+    with httpx.stream("POST", router.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line:
+                out.append(line)
+                if len(out) == 1 and on_first:
+                    on_first()
+    return out
+
+
+def test_stream_chunks_are_forwarded_as_they_arrive(fakes, routers):
+    # The replica sends its second event only after the client has the first one: a router that
+    # buffered the stream would never deliver the first, and this request would time out.
+    b = fakes("gated")
+    r = routers([b.url])
+    lines = sse_lines(r, COMPLETION, on_first=b.gate.set)
+    assert lines == ['data: {"n": 1}', 'data: {"n": 2}', "data: [DONE]"]
+
+
+def test_client_that_goes_away_closes_the_upstream_request(fakes, routers):
+    b = fakes("gated")
+    r = routers([b.url])
+    with httpx.stream("POST", r.url + "/v1/completions", json={**COMPLETION, "stream": True}, timeout=60) as s:
+        assert next(s.iter_lines()) == 'data: {"n": 1}'
+        held = r.state.pool.backends[b.url]
+        assert held.in_flight == 1
+    # the client hung up before the replica finished: the router lets go of it (the replica sees its
+    # connection closed, which is how pagoda serve and vLLM abort a request)
+    assert wait_for(lambda: held.in_flight == 0, 20)
+    assert wait_for(lambda: b.closed >= 1, 20)
+
+
+def test_hanging_backend_is_a_504(fakes, routers):
+    r = routers([fakes("hang").url], request_timeout_s=0.5)
+    resp = r.post("/v1/completions", COMPLETION)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["code"] == "backend_timeout"
+    assert r.metric("pagoda:router_requests_total", status="504") == 1
+
+
+def test_garbage_is_a_502_and_retried_elsewhere(fakes, routers):
+    bad = fakes("garbage")
+    r = routers([bad.url])
+    resp = r.post("/v1/completions", COMPLETION)
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "backend_error"
+    good = fakes("ok")
+    r2 = routers([bad.url, good.url])
+    for _ in range(4):
+        assert r2.post("/v1/completions", COMPLETION).json() == {"ok": True, "port": good.port}
+    assert r2.metric("pagoda:router_retries_total", backend=bad.url) >= 1
+
+
+def test_stream_cut_mid_way_ends_with_an_error_event(fakes, routers):
+    b = fakes("midstream")
+    r = routers([b.url])
+    lines = sse_lines(r, COMPLETION)
+    assert lines[0] == 'data: {"n": 1}'
+    assert lines[-1] == "data: [DONE]"
+    err = json.loads(lines[1].removeprefix("data: "))
+    assert err["error"]["code"] == "backend_error" and "mid-response" in err["error"]["message"]
+    assert len(lines) == 3
+    assert r.metric("pagoda:router_stream_errors_total", backend=b.url) == 1
+
+
+def test_5xx_before_any_byte_is_retried(fakes, routers):
+    bad, good = fakes("error500"), fakes("ok")
+    r = routers([bad.url, good.url])
+    for _ in range(4):
+        assert r.post("/v1/completions", COMPLETION).status_code == 200
+    assert len(bad.posts) >= 1 and len(good.posts) == 4
+    only_bad = routers([bad.url])
+    resp = only_bad.post("/v1/completions", COMPLETION)
+    assert resp.status_code == 500 and resp.json()["error"]["message"] == "boom"  # the replica's own answer
+
+
+def test_refused_backend_is_taken_out_and_put_back(fakes, routers):
+    good = fakes("ok")
+    dead_port = free_port()
+    dead_url = f"http://127.0.0.1:{dead_port}"
+    r = routers([dead_url, good.url], health_check_interval_s=0.1)
+    for _ in range(4):
+        assert r.post("/v1/completions", COMPLETION).status_code == 200
+    assert r.metric("pagoda:router_backend_healthy", backend=dead_url) == 0
+    assert r.metric("pagoda:router_healthy_backends") == 1
+    back = FakeBackend("ok", port=dead_port)  # a replica comes up on the dead port
+    try:
+        assert wait_for(lambda: r.metric("pagoda:router_backend_healthy", backend=dead_url) == 1, 20)
+        for _ in range(4):
+            assert r.post("/v1/completions", COMPLETION).status_code == 200
+        assert len(back.posts) == 2  # round robin over both again
+    finally:
+        back.stop()
+
+
+def test_api_key_checked_and_passed_on(fakes, routers):
+    b = fakes("ok")
+    r = routers([b.url], api_key="router-key", backend_api_key="backend-key")
+    assert r.post("/v1/completions", COMPLETION).status_code == 401
+    wrong = r.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(r.url + "/metrics").status_code == 401
+    assert httpx.get(r.url + "/health").status_code == 200  # probes carry no key
+    assert b.posts == []
+    ok = r.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer router-key"})
+    assert ok.status_code == 200 and b.posts[-1][1]["_auth"] == "Bearer backend-key"
+    same = routers([b.url], api_key="router-key")  # no --backend-api-key: the client's key goes on
+    assert same.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer router-key"}).status_code == 200
+    assert b.posts[-1][1]["_auth"] == "Bearer router-key"
+
+
+def test_body_over_the_cap_is_a_400(fakes, routers):
+    b = fakes("ok")
+    r = routers([b.url], max_request_body_bytes=1024)
+    resp = r.post("/v1/completions", {**COMPLETION, "prompt": "x" * 2000})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "request_too_large"
+    assert b.posts == []
+    assert r.post("/v1/completions", COMPLETION).status_code == 200
+
+
+def test_model_field_picks_the_replicas_and_models_are_merged(fakes, routers):
+    a1, a2, b = fakes("ok", model="a"), fakes("ok", model="a"), fakes("ok", model="b")
+    r = routers([a1.url, a2.url, b.url])
+    assert wait_for(lambda: all(x.models for x in r.state.pool.all()), 10)
+    assert sorted(m["id"] for m in httpx.get(r.url + "/v1/models").json()["data"]) == ["a", "b"]
+    for _ in range(4):
+        assert r.post("/v1/completions", {**COMPLETION, "model": "b"}).json()["port"] == b.port
+        assert r.post("/v1/completions", {**COMPLETION, "model": "a"}).json()["port"] in (a1.port, a2.port)
+    assert len(b.posts) == 4 and len(a1.posts) == len(a2.posts) == 2
+    missing = r.post("/v1/completions", {**COMPLETION, "model": "c"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(r.url + "/v1/models/b").json()["id"] == "b"
+    assert httpx.get(r.url + "/v1/models/c").status_code == 404
+
+
+def test_leastloaded_reads_the_replicas_queues(fakes, routers):
+    busy, idle = fakes("ok", running=3, waiting=4), fakes("ok")
+    r = routers([busy.url, idle.url], "leastloaded")
+    assert wait_for(lambda: r.state.pool.backends[busy.url].load == 7, 10)
+    for _ in range(5):
+        assert r.post("/v1/completions", COMPLETION).json()["port"] == idle.port
+    assert busy.posts == []
+
+
+def test_backends_file_is_reread_when_it_changes(fakes, routers, tmp_path):
+    a, b = fakes("ok"), fakes("ok")
+    path = tmp_path / "backends.yaml"
+    path.write_text(f"- {a.url}\n")
+    r = routers([], sources=[FileSource(str(path))])
+    assert r.post("/v1/completions", COMPLETION).json()["port"] == a.port
+    path.write_text(json.dumps({"backends": [{"url": b.url}]}))
+    st = path.stat()
+    os.utime(path, (st.st_atime, st.st_mtime + 10))  # a new mtime even on a coarse clock
+    assert wait_for(lambda: list(r.state.pool.backends) == [b.url], 10)
+    assert r.post("/v1/completions", COMPLETION).json()["port"] == b.port
+    path.write_text("not: [a, list")  # a broken file keeps the pool as it was
+    os.utime(path, (st.st_atime, st.st_mtime + 20))
+    assert not wait_for(lambda: list(r.state.pool.backends) != [b.url], 1)
+
+
+def fake_k8s(slices: dict, seen: list) -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path != "/apis/discovery.k8s.io/v1/namespaces/serving/endpointslices":
+            return httpx.Response(404, json={"kind": "Status"})
+        if request.headers.get("authorization") != "Bearer sa-token":
+            return httpx.Response(401, json={"kind": "Status"})
+        return httpx.Response(200, json=slices)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def endpoint_slice(ports: list[tuple[str, int]], endpoints: list[tuple[str, bool | None]]) -> dict:
+    eps = []
+    for addr, ready in endpoints:
+        ep: dict = {"addresses": [addr]}
+        if ready is not None:
+            ep["conditions"] = {"ready": ready}
+        eps.append(ep)
+    return {"kind": "EndpointSlice", "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
+            "endpoints": eps}
+
+
+def test_kubernetes_endpoint_slices(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    slices = {"kind": "EndpointSliceList", "items": [
+        endpoint_slice([("metrics", 9000), ("http", 8000)], [("10.0.0.1", True), ("10.0.0.2", False)]),
+        endpoint_slice([("http", 8000)], [("10.0.0.3", None), ("fd00::4", True)])]}
+    seen: list[httpx.Request] = []
+    src = KubernetesSource("pagoda", "serving", "https://k8s.invalid", port_name="http", token_file=token,
+                           client=fake_k8s(slices, seen))
+    urls = asyncio.run(src.urls())
+    assert urls == ["http://10.0.0.1:8000", "http://10.0.0.3:8000", "http://[fd00::4]:8000"]
+    assert seen[0].url.params["labelSelector"] == "kubernetes.io/service-name=pagoda"
+    src_port = KubernetesSource("pagoda", "serving", "https://k8s.invalid", port=7000, token_file=token,
+                                client=fake_k8s(slices, seen))
+    assert asyncio.run(src_port.urls())[0] == "http://10.0.0.1:7000"
+    with pytest.raises(ValueError, match="KUBERNETES_SERVICE_HOST"):
+        KubernetesSource("pagoda", "serving", None)
+
+
+def test_router_discovers_replicas_from_kubernetes(fakes, routers, tmp_path):
+    a, b = fakes("ok"), fakes("ok")
+    token = tmp_path / "token"
+    token.write_text("sa-token")
+    slices = {"items": [endpoint_slice([("http", a.port)], [("127.0.0.1", True)]),
+                        endpoint_slice([("http", b.port)], [("127.0.0.1", True)])]}
+    src = KubernetesSource("pagoda", "serving", "https://k8s.invalid", token_file=token, client=fake_k8s(slices, []))
+    r = routers([], sources=[src])
+    ports = {r.post("/v1/completions", COMPLETION).json()["port"] for _ in range(4)}
+    assert ports == {a.port, b.port}
