@@ -20,10 +20,6 @@ import torch
 
 from pagoda.structured_output.params import GrammarKey
 
-MAX_ROLLBACK_TOKENS = 16
-"""Tokens a matcher can roll back (room for a speculative step's drafts)."""
-
-
 class Matcher(Protocol):
     def accept_token(self, token_id: int) -> bool: ...
 

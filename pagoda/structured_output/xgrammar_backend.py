@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pagoda.structured_output.backend import MAX_ROLLBACK_TOKENS, choice_ebnf, is_ebnf
+from pagoda.structured_output.backend import choice_ebnf, is_ebnf
 from pagoda.structured_output.params import GrammarKey
 
 MAX_JSON_WHITESPACE = 4
@@ -86,4 +86,4 @@ class XgrammarBackend:
     def matcher(self, compiled: Any) -> _XgrMatcher:
         import xgrammar as xgr
 
-        return _XgrMatcher(xgr.GrammarMatcher(compiled, max_rollback_tokens=MAX_ROLLBACK_TOKENS))
+        return _XgrMatcher(xgr.GrammarMatcher(compiled))  # rollback is unbounded in xgrammar >= 0.2
