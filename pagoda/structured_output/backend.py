@@ -20,6 +20,7 @@ import torch
 
 from pagoda.structured_output.params import GrammarKey
 
+
 class Matcher(Protocol):
     def accept_token(self, token_id: int) -> bool: ...
 

@@ -29,7 +29,7 @@ def build_grammar(key: GrammarKey) -> Any:
             schema = json.dumps(_no_additional_properties(json.loads(schema)))
         ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
                               if key.any_whitespace else {"any_whitespace": False})
-        return xgr.Grammar.from_json_schema(schema, strict_mode=False, **ws)
+        return xgr.Grammar.from_json_schema(schema, **ws)  # strict_mode (as vLLM): no unlisted properties
     if key.kind == "regex":
         return xgr.Grammar.from_regex(key.spec)
     if key.kind == "choice":
