@@ -20,6 +20,7 @@ import torch
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
+from pagoda.structured_output.params import StructuredOutputsConfig
 
 logger = logging.getLogger("pagoda")
 
@@ -62,6 +63,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
     "Frontend": ("chat_template",),
+    "StructuredOutputsConfig": ("structured_outputs_config",),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -154,6 +156,9 @@ class EngineArgs:
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
     (HF modules with pagoda's paged attention; eager, unquantized). `pagoda models` lists what runs how."""
+    structured_outputs_config: dict[str, Any] | None = None
+    """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
+    xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -178,6 +183,7 @@ class EngineArgs:
                              f"got {self.kv_cache_dtype!r}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
+        StructuredOutputsConfig.from_dict(self.structured_outputs_config)
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -240,6 +246,7 @@ class EngineArgs:
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
             tokenizer_mode=self.tokenizer_mode,
+            structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
         )
 
     def _max_model_len(self, hf_config: dict[str, Any]) -> int:
@@ -311,6 +318,7 @@ class EngineConfig:
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
     model_impl: str = "pagoda"  # resolved: "pagoda" (native or plugin class) or "transformers" (the fallback)
     trust_remote_code: bool = False
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

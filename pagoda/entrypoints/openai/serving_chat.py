@@ -32,6 +32,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
+from pagoda.entrypoints.openai.structured_fields import structured_source
 
 # Arguments of transformers' apply_chat_template that a client must not override through
 # chat_template_kwargs (they would change what the call returns, not what the template sees).
@@ -130,7 +131,8 @@ class OpenAIServingChat(OpenAIServing):
     @staticmethod
     def _field_names(req: ChatCompletionRequest) -> dict[str, str]:
         """What chat calls the engine's fields (see ``request_field_names``)."""
-        names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n"}
+        names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
+                 "structured_outputs": structured_source(req)}
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
         return names
