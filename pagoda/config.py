@@ -19,6 +19,7 @@ import torch
 
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
+from pagoda.structured_output.params import StructuredOutputsConfig
 
 logger = logging.getLogger("pagoda")
 
@@ -59,6 +60,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
     "Frontend": ("chat_template",),
+    "StructuredOutputsConfig": ("structured_outputs_config",),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -141,6 +143,9 @@ class EngineArgs:
     """A Jinja chat template (file path or the template itself) replacing the model's (default: the model's)."""
     trust_remote_code: bool = False
     """Accepted for compatibility with vLLM; remote code is never executed."""
+    structured_outputs_config: dict[str, Any] | None = None
+    """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
+    xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -162,6 +167,7 @@ class EngineArgs:
             raise ValueError(f"max_logprobs must be -1 (no cap) or at least 0, got {self.max_logprobs}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
+        StructuredOutputsConfig.from_dict(self.structured_outputs_config)
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import resolve_model
@@ -217,6 +223,7 @@ class EngineArgs:
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
             tokenizer_mode=self.tokenizer_mode,
+            structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
         )
 
     def _max_model_len(self, hf_config: dict[str, Any]) -> int:
@@ -291,6 +298,7 @@ class EngineConfig:
     async_scheduling: bool = False  # one step in flight while the next is scheduled
     scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

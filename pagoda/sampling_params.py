@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from pagoda.errors import PARAM, ValidationError
+from pagoda.structured_output.params import StructuredOutputsParams
 
 # Caps on what multiplies work (the server exposes them as flags).
 MAX_N = 128
@@ -91,6 +92,8 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     # once the output ends with the rest (vLLM's ``_bad_words_token_ids``).
     bad_words_token_ids: list[list[int]] | None = None
     logprob_token_ids: list[int] | None = None
+    # Grammar-constrained decoding (pagoda.structured_output): JSON schema, any JSON, regex, choice, grammar.
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -133,6 +136,8 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.bad_words = [self.bad_words]
         if self.bad_words is not None:
             self.bad_words = list(dict.fromkeys(self.bad_words))
+        if isinstance(self.structured_outputs, dict):  # a convenience offline; the server builds the struct
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         if self.logprob_token_ids is not None:
             self.logprob_token_ids = list(self.logprob_token_ids) or None
             if self.logprob_token_ids and self.logprobs is None:
@@ -174,6 +179,9 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
                 if not math.isfinite(v) or not -100.0 <= v <= 100.0:
                     raise _bad("logit_bias", f"values must be in [-100, 100], got {v} for token {k}.")
         self._verify_token_sets()
+        if self.structured_outputs is not None and self.ignore_eos:
+            raise _bad("ignore_eos", "cannot be combined with structured_outputs: the grammar ends the output with "
+                                     "EOS once it is complete.")
 
     def _verify_token_sets(self) -> None:
         """allowed_token_ids, bad_words and logprob_token_ids (their vocabulary bounds are admission's)."""

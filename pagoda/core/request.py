@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from pagoda.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagoda.structured_output.manager import RequestGrammar
 
 
 class RequestStatus(enum.Enum):
@@ -89,6 +93,8 @@ class Request:
         # supported yet: the model runner refuses a step that names one.
         self.adapter_id: int | None = None
         self.generator: torch.Generator | None = None
+        # Structured outputs: this sequence's grammar (compile + matcher), set by the engine core.
+        self.grammar: RequestGrammar | None = None
         if sampling_params.seed is not None:
             self.generator = torch.Generator()
             self.generator.manual_seed(sampling_params.seed % (2**63))

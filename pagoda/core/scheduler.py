@@ -39,6 +39,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.request_queue import create_request_queue
@@ -72,6 +74,9 @@ class SchedulerOutput:
     # (device block, host block) stores of evicted blocks, then (host, device) loads.
     swap_out: list[tuple[int, int]] = field(default_factory=list)
     swap_in: list[tuple[int, int]] = field(default_factory=list)
+    # Structured outputs: packed token bitmask [sampled rows, ceil(V / 32)] int32, one row per logits row
+    # the runner samples (in its order); None when no row is constrained. Set by the engine core.
+    grammar_bitmask: torch.Tensor | None = None
 
     @property
     def is_empty(self) -> bool:

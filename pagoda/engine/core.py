@@ -3,6 +3,12 @@
 ``step()`` = schedule → execute → update (with async scheduling, the update of the
 previous step comes after this step is launched: see :meth:`EngineCore.step`). It owns no
 tokenizer and no text: it takes token ids in and gives token ids (and logprobs) out, so it can live in its own process.
+
+Structured outputs (:mod:`pagoda.structured_output`): a constrained request waits here, outside the
+scheduler, until its grammar has compiled on the manager's worker thread (vLLM's ``WAITING_FOR_FSM``);
+each launched step gets its bitmask from the matchers, and ``_complete`` advances them by the kept
+tokens. With async scheduling a constrained request is never run ahead of its last token
+(``needs_host_history``): its next bitmask depends on that token.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 
 import torch
 
@@ -29,10 +36,13 @@ from pagoda.engine.messages import (
     TokenLogprobs,
 )
 from pagoda.layers.sampler import needs_host_history
+from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.worker.kv_cache import log_kv_cache
 from pagoda.worker.model_runner import ModelRunner, PromptLogprobChunk, StepHandle
 
 logger = logging.getLogger("pagoda")
+
+_IDLE_GRAMMAR_WAIT_S = 0.005
 
 
 def release_device_memory(device) -> None:
@@ -83,6 +93,9 @@ class EngineCore:
             scheduling_policy=cfg.scheduling_policy,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
+        self.structured = StructuredOutputManager(cfg, self.vocab_size)
+        # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
+        self._grammar_waiting: list[tuple[Request, str | None]] = []
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
@@ -108,17 +121,44 @@ class EngineCore:
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt, priority=r.priority,
         )
+        if r.sampling_params.structured_outputs is not None:
+            req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs)
+            self._grammar_waiting.append((req, r.fork_of))
+            return
         self.scheduler.add_request(req, fork_of=r.fork_of)
 
+    def _admit_compiled(self) -> list[EngineCoreOutput]:
+        """Hand requests whose grammar is ready to the scheduler (in arrival order); fail those whose compile
+        failed or timed out. Returns the failures' outputs."""
+        failed: list[EngineCoreOutput] = []
+        still: list[tuple[Request, str | None]] = []
+        for req, fork_of in self._grammar_waiting:
+            assert req.grammar is not None
+            err = req.grammar.error()
+            if err is not None:
+                failed.append(EngineCoreOutput(req.request_id, [], finish_reason="error", error=err))
+            elif req.grammar.ready():
+                self.scheduler.add_request(req, fork_of=fork_of)
+            else:
+                still.append((req, fork_of))
+        self._grammar_waiting = still
+        return failed
+
+    def _drop_grammar_waiting(self, request_ids: list[str]) -> None:
+        ids = set(request_ids)
+        self._grammar_waiting = [(r, f) for r, f in self._grammar_waiting if r.request_id not in ids]
+
     def abort_requests(self, request_ids: list[str]) -> None:
+        self._drop_grammar_waiting(request_ids)
         self.scheduler.abort_requests(request_ids)
 
     def finish_requests(self, request_ids: list[str]) -> None:
         """Finish requests the front end stopped (stop strings)."""
+        self._drop_grammar_waiting(request_ids)
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._inflight is not None
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None or bool(self._grammar_waiting)
 
     def step(self) -> EngineCoreOutputs:
         """One engine iteration.
@@ -130,8 +170,21 @@ class EngineCore:
         their last token on the host to be sampled again (penalties, min_tokens) is finished
         before the next one is scheduled.
         """
-        if not self.cfg.async_scheduling:
-            return self._step_sync()
+        grammar_failed = self._admit_compiled()
+        out = self._step_sync() if not self.cfg.async_scheduling else self._step_async()
+        if grammar_failed:
+            out.outputs = grammar_failed + out.outputs
+        elif self._grammar_waiting and not out.outputs and self._inflight is None:
+            self._wait_for_a_grammar()
+        return out
+
+    def _wait_for_a_grammar(self) -> None:
+        """Nothing ran and only compiles are pending: yield the CPU to them briefly (a new request still gets
+        in within the wait)."""
+        futures = [r.grammar.compiled for r, _ in self._grammar_waiting if r.grammar is not None]
+        wait(futures, timeout=_IDLE_GRAMMAR_WAIT_S, return_when=FIRST_COMPLETED)
+
+    def _step_async(self) -> EngineCoreOutputs:
         done = self._finish_inflight_if_host_history_needed()
         launched, failed = self._schedule_and_launch()
         if self._inflight is not None:
@@ -188,6 +241,7 @@ class EngineCore:
         """Launch a scheduled step; a failure fails its requests (not the engine) and returns their outputs."""
         block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
         try:
+            sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
             return self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
         except Exception as e:
             return self._fail(sched, e)
@@ -214,6 +268,7 @@ class EngineCore:
         # previous step's token) get nothing from it.
         gone = {s.request.request_id for s in sched.scheduled if s.request.status.finished}
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
+        grammar_errors = self._advance_grammars(sched, res.sampled, gone)
         outs = []
         prompt_tokens = 0
         generated = 0
@@ -239,9 +294,11 @@ class EngineCore:
                     toks,
                     new_logprobs=[TokenLogprobs(*lp) for lp in lps[: len(toks)]] if lps is not None else None,
                     prompt_logprobs=_prompt_logprobs(plp) if plp else None,
-                    finish_reason=req.status.finish_reason if rid in finished else None,
+                    finish_reason="error" if rid in grammar_errors else (
+                        req.status.finish_reason if rid in finished else None),
                     stop_reason=req.stop_reason if rid in finished else None,
                     num_cached_tokens=max(0, req.num_cached_tokens),
+                    error=grammar_errors.get(rid),
                 )
             )
         stats = self.stats()
@@ -249,10 +306,30 @@ class EngineCore:
         stats.num_generation_tokens = generated
         return EngineCoreOutputs(outs, stats)
 
+    def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, list[int]],
+                          gone: set[str]) -> dict[str, str]:
+        """Advance each constrained request's matcher by its kept tokens. A token the grammar refuses (only
+        possible when another rule, e.g. min_tokens, banned every token it allowed) fails the request:
+        returns request id -> error."""
+        errors: dict[str, str] = {}
+        for s in sched.scheduled:
+            req = s.request
+            g = req.grammar
+            if g is None or not s.sample or req.request_id in gone:
+                continue
+            toks = sampled.get(req.request_id, [])
+            if g.accept_tokens(toks) < len(toks):
+                errors[req.request_id] = (f"token {toks[-1]} does not fit the {g.key.kind} constraint (another "
+                                          f"sampling rule excluded every token the grammar allows)")
+                if not req.status.finished:
+                    self.scheduler.abort_requests([req.request_id], RequestStatus.FINISHED_ERROR)
+                req.status = RequestStatus.FINISHED_ERROR
+        return errors
+
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_running=len(self.scheduler.running),
-            num_waiting=self.scheduler.num_waiting,
+            num_waiting=self.scheduler.num_waiting + len(self._grammar_waiting),
             kv_cache_usage=self.kv.usage(),
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,
@@ -282,6 +359,7 @@ class EngineCore:
         """Drop the step in flight, the model, KV caches and CUDA graphs, and give the device's
         cached memory back. Idempotent; the core cannot run steps afterwards."""
         self._inflight = None
+        self.structured.shutdown()
         self.runner.shutdown()
         release_device_memory(self.cfg.device)
 

@@ -17,6 +17,7 @@ from pagoda.engine.messages import AdmissionLimits, EngineCoreRequest
 from pagoda.engine.output_processor import child_id
 from pagoda.errors import ValidationError
 from pagoda.sampling_params import BeamSearchParams, SamplingParams, defaults_from_generation_config
+from pagoda.structured_output.validate import validate as validate_structured_outputs
 
 PromptType = str | dict[str, Any] | list[int]
 
@@ -66,6 +67,8 @@ class InputProcessor:
             params = self.default_sampling_params()
         if params.bad_words and params.bad_words_token_ids is None:  # a copy: the caller's params stay as given
             params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
+        if params.structured_outputs is not None:  # the spec must build (bounded in time) before anything is queued
+            validate_structured_outputs(params.structured_outputs, self.cfg.structured_outputs)
         max_tokens = admission.check_request(ids, params, self.limits)
         params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []

@@ -36,7 +36,6 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
 _PAR = "pagoda runs on one device: tensor, pipeline, data, expert and context parallelism are not supported yet"
-_SO = "structured outputs are not supported yet"
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
 _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
 
@@ -74,7 +73,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--use-tqdm-on-load", "not supported", value=False, neg=True),
     _u("--pt-load-map-location", "PyTorch .bin/.pt checkpoints are not loaded (safetensors or GGUF only)"),
     # StructuredOutputsConfig
-    _u("--structured-outputs-config --guided-decoding-backend", _SO),
+    _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
     _u("--tensor-parallel-size -tp", _PAR, "1"),
     _u("--pipeline-parallel-size -pp", _PAR, "1"),

@@ -1,5 +1,6 @@
 """Batched token sampling with vLLM's order of operations.
 
+0. Structured outputs: the grammar's token bitmask (tokens it does not allow to -inf).
 1. Raw log-probabilities (what ``logprobs`` reports) from the model's logits: before any
    processing, so allowed_token_ids and bad_words do not change them (as vLLM). A row with
    ``logprob_token_ids`` reports those ids in place of the top-k.
@@ -22,6 +23,7 @@ import torch
 
 from pagoda.core.request import Request
 from pagoda.sampling_params import SamplingParams
+from pagoda.structured_output.bitmask import apply_token_bitmask
 
 
 @dataclass
@@ -55,18 +57,19 @@ def plain_greedy(r: Request) -> bool:
         p.sampling_type_greedy and p.logprobs is None and not p.logit_bias and p.repetition_penalty == 1.0
         and not p.presence_penalty and not p.frequency_penalty
         and p.allowed_token_ids is None and not p.bad_words_token_ids
-        and not (p.min_tokens and r.num_output_tokens < p.min_tokens)
+        and not (p.min_tokens and r.num_output_tokens < p.min_tokens) and p.structured_outputs is None
     )
 
 
 def needs_host_history(r: Request) -> bool:
     """Sampling that reads the request's output tokens on the host (penalties, min_tokens, bad_words).
 
-    Async scheduling must not run such a request ahead of its last token being known.
+    Async scheduling must not run such a request ahead of its last token being known. Structured
+    outputs count: the next step's bitmask comes from the matcher advanced by the last token.
     """
     p = r.sampling_params
     return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens
-                or p.bad_words_token_ids)
+                or p.bad_words_token_ids or p.structured_outputs is not None)
 
 
 # chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens), and
@@ -135,13 +138,19 @@ class DeviceSample:
         return SampleResult(token_list, lp_out)
 
 
-def sample(logits: torch.Tensor, reqs: list[Request]) -> SampleResult:
+def sample(logits: torch.Tensor, reqs: list[Request], grammar_bitmask: torch.Tensor | None = None) -> SampleResult:
     """logits: float32 [S, V] (modified in place)."""
-    return sample_on_device(logits, reqs).finish()
+    return sample_on_device(logits, reqs, grammar_bitmask).finish()
 
 
-def sample_on_device(logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
-    """Like :func:`sample`, without waiting for the device (no host synchronisation)."""
+def sample_on_device(logits: torch.Tensor, reqs: list[Request],
+                     grammar_bitmask: torch.Tensor | None = None) -> DeviceSample:
+    """Like :func:`sample`, without waiting for the device (no host synchronisation).
+
+    ``grammar_bitmask`` [S, ceil(V / 32)] (structured outputs, one row per logits row) is applied
+    first, so reported logprobs are those of the constrained distribution, as vLLM's."""
+    if grammar_bitmask is not None:
+        apply_token_bitmask(logits, grammar_bitmask)
     params = [r.sampling_params for r in reqs]
     want_lp = [p.logprobs is not None for p in params]
     raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None  # before any processing (step 1)

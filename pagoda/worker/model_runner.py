@@ -270,7 +270,7 @@ class ModelRunner:
         rows = self._block_table_rows(inputs, epochs)
         fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
-        ds = self._sample(inputs, fwd)
+        ds = self._sample(inputs, fwd, sched.grammar_bitmask)
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None:
             ds.start_copy()
@@ -388,8 +388,9 @@ class ModelRunner:
             out[req.request_id] = PromptLogprobChunk(first + 1, lps, ranks, ti, tv)
         return out
 
-    def _sample(self, inputs: StepInputs, fwd: ForwardResult) -> DeviceSample | None:
-        """Sample every logits row, without waiting for the device."""
+    def _sample(self, inputs: StepInputs, fwd: ForwardResult,
+                grammar_bitmask: torch.Tensor | None = None) -> DeviceSample | None:
+        """Sample every logits row, without waiting for the device (``grammar_bitmask``: one row per logits row)."""
         reqs = inputs.sample_reqs
         if not reqs:
             return None
@@ -406,4 +407,4 @@ class ModelRunner:
                 logits = self.model.compute_logits(fwd.hidden)
             else:
                 logits = self.model.compute_logits(fwd.hidden[torch.tensor(inputs.logits_rows, device=self.device)])
-        return sample_on_device(logits, reqs)
+        return sample_on_device(logits, reqs, grammar_bitmask)

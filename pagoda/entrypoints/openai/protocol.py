@@ -124,6 +124,14 @@ class SamplingFields(OpenAIBaseModel):
     bad_words: list[str] | None = None
     logprob_token_ids: list[int] | None = None
     priority: int | None = 0  # non-zero needs --scheduling-policy priority
+    # Structured outputs (pagoda.entrypoints.openai.structured_fields turns them into StructuredOutputsParams).
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
 
     @field_validator("cache_salt")
     @classmethod
@@ -255,7 +263,6 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None  # checked by tool_calling.check_tools (400s name the field)
     tool_choice: str | dict[str, Any] | None = None  # none, auto, required or a named function
     parallel_tool_calls: bool | None = None  # false: at most one tool call

@@ -33,6 +33,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
+from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.entrypoints.openai.tool_calling import (
     ToolPlan,
     check_reasoning_request,
@@ -141,7 +142,8 @@ class OpenAIServingChat(OpenAIServing):
     @staticmethod
     def _field_names(req: ChatCompletionRequest) -> dict[str, str]:
         """What chat calls the engine's fields (see ``request_field_names``)."""
-        names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n"}
+        names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
+                 "structured_outputs": structured_source(req)}
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
         return names

@@ -32,6 +32,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
+from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.outputs import CompletionOutput, RequestOutput
 
 EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
@@ -70,7 +71,7 @@ class OpenAIServingCompletion(OpenAIServing):
         return out
 
     async def create_completion(self, req: CompletionRequest) -> Any:
-        with request_field_names({"beam_width": "n"}):
+        with request_field_names({"beam_width": "n", "structured_outputs": structured_source(req)}):
             return await self._create(req)
 
     async def _create(self, req: CompletionRequest) -> Any:

@@ -44,6 +44,7 @@ from pagoda.entrypoints.openai.protocol import (
     UsageInfo,
 )
 from pagoda.entrypoints.openai.request_fields import check_request_fields
+from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 from pagoda.errors import EngineInvariantError, ValidationError
 from pagoda.outputs import Logprob, RequestOutput
@@ -162,6 +163,7 @@ class OpenAIServing:
     def check_common(self, req: SamplingFields, endpoint: str) -> None:
         """Request-shape checks shared by completions and chat (the engine's admission comes later)."""
         check_request_fields(req, endpoint)
+        structured_outputs_from_request(req)  # a malformed or conflicting constraint is a 400 before any work
         if req.stream_options is not None and not req.stream:
             raise ServingError(400, "stream_options can only be set when stream is true.", param="stream_options")
 
@@ -184,6 +186,9 @@ class OpenAIServing:
         in the context.
         """
         fields = req.explicit_sampling_fields()
+        so, _ = structured_outputs_from_request(req)
+        if so is not None:
+            fields["structured_outputs"] = so
         if logprobs is not None:
             fields["logprobs"] = logprobs
         if prompt_logprobs is not None:

@@ -1,0 +1,66 @@
+"""The grammar-engine interface: one compiled grammar per :class:`GrammarKey`, one matcher per sequence.
+
+A backend turns a key into a compiled grammar (slow: run it off the step, see
+:mod:`pagoda.structured_output.manager`) and a compiled grammar into matchers (cheap). Token
+bitmasks are packed int32 rows, ``ceil(vocab / 32)`` words, bit ``t % 32`` of word ``t // 32``
+set when token ``t`` is allowed (the layout xgrammar and llguidance share).
+
+A matcher's state is the output accepted so far. ``fill_bitmask`` writes the allowed next
+tokens; ``accept_token`` advances (False and no change when the token is not allowed);
+``rollback(k)`` undoes the last ``k`` accepted tokens (speculative decoding verifies drafts
+with it); ``is_terminated`` is true once a stop token ended the grammar. Stop tokens (the
+model's EOS) are allowed only where the grammar is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from pagoda.structured_output.params import GrammarKey
+
+
+class Matcher(Protocol):
+    def accept_token(self, token_id: int) -> bool: ...
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None: ...
+
+    def rollback(self, num_tokens: int) -> None: ...
+
+    def is_terminated(self) -> bool: ...
+
+
+class GrammarBackend(Protocol):
+    name: str
+
+    def compile(self, key: GrammarKey) -> Any:
+        """A compiled grammar (raises ValueError on an invalid spec). Thread-safe."""
+        ...
+
+    def matcher(self, compiled: Any) -> Matcher: ...
+
+
+def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:
+    """An all-allowed packed bitmask [rows, ceil(vocab / 32)] (int32, host)."""
+    return torch.full((rows, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+
+def choice_ebnf(choices: list[str]) -> str:
+    """An EBNF grammar whose sentences are exactly ``choices``."""
+    def lit(s: str) -> str:
+        out = []
+        for ch in s:
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif ord(ch) < 0x20 or ch == "\x7f":
+                out.append(f"\\x{ord(ch):02x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    return "root ::= " + " | ".join(lit(c) for c in choices)
+
+
+def is_ebnf(grammar: str) -> bool:
+    """GBNF/EBNF (``rule ::= ...``) rather than Lark (``rule: ...``)."""
+    return "::=" in grammar

@@ -1,0 +1,169 @@
+"""The engine core's side of structured outputs: compile off the step, one matcher per sequence, bitmasks.
+
+* :meth:`StructuredOutputManager.grammar_for` starts compiling a request's grammar on a worker
+  thread and returns its :class:`RequestGrammar` at once. Compiled grammars are cached per
+  :class:`GrammarKey` (kind, spec, whitespace and additionalProperties settings), so a repeated
+  schema compiles once and n > 1 samples share one compile. The engine core keeps a request out
+  of the scheduler until :meth:`RequestGrammar.ready` (vLLM's ``WAITING_FOR_FSM``): the scheduler
+  never waits on a compile.
+* Each sequence owns its matcher (n > 1: one per sample). It advances by the tokens the step kept
+  (:meth:`RequestGrammar.accept_tokens`); a preempted request keeps its matcher, since its output
+  tokens are kept and only its KV is recomputed.
+* :meth:`StructuredOutputManager.grammar_bitmask` builds a step's bitmask: one row per sampled
+  logits row, in the runner's order (requests that sample, in scheduling order, each with its
+  ``num_sample_rows``), all-allowed for unconstrained rows; None when no row is constrained.
+
+The backend (and the tokenizer it needs) is created on the worker thread by the first compile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pagoda.structured_output.backend import GrammarBackend, Matcher, allocate_bitmask
+from pagoda.structured_output.params import GrammarKey, StructuredOutputsConfig, StructuredOutputsParams
+
+if TYPE_CHECKING:
+    from pagoda.config import EngineConfig
+    from pagoda.core.scheduler import SchedulerOutput
+
+COMPILE_TIMEOUT_S = 30.0
+"""A grammar still compiling after this long fails its request (admission already bounded the parse)."""
+_CACHE_SIZE = 256
+
+
+class RequestGrammar:
+    """One sequence's grammar: its compile (shared) and, once compiled, its own matcher."""
+
+    def __init__(self, key: GrammarKey, compiled: Future[Any], backend: Any) -> None:
+        self.key = key
+        self._compiled = compiled
+        self._backend = backend  # callable -> GrammarBackend (created by the first compile)
+        self._matcher: Matcher | None = None
+        self.submitted = time.monotonic()
+
+    @property
+    def compiled(self) -> Future[Any]:
+        return self._compiled
+
+    def ready(self) -> bool:
+        return self._compiled.done()
+
+    def error(self) -> str | None:
+        """Why the compile failed (None while compiling or after success)."""
+        if not self._compiled.done():
+            return None if time.monotonic() - self.submitted < COMPILE_TIMEOUT_S else (
+                f"the {self.key.kind} grammar did not compile within {COMPILE_TIMEOUT_S:g} s")
+        e = self._compiled.exception()
+        return None if e is None else f"the {self.key.kind} grammar failed to compile: {e}"
+
+    @property
+    def matcher(self) -> Matcher:
+        if self._matcher is None:
+            self._matcher = self._backend().matcher(self._compiled.result())
+        return self._matcher
+
+    def accept_tokens(self, tokens: Sequence[int]) -> int:
+        """Advance by ``tokens`` in order; returns how many were accepted (stops at the first refused)."""
+        m = self.matcher
+        for i, t in enumerate(tokens):
+            if not m.accept_token(t):
+                return i
+        return len(tokens)
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, draft: Sequence[int] = ()) -> None:
+        """Rows ``row .. row + len(draft)``: the allowed tokens now and after each draft token
+        (a speculative step verifies ``len(draft) + 1`` positions); the matcher ends where it began.
+        Filling stops at a draft token the grammar refuses (its later rows stay all-allowed; the
+        verifier rejects that token anyway)."""
+        m = self.matcher
+        accepted = 0
+        for i in range(len(draft) + 1):
+            if m.is_terminated():
+                break
+            m.fill_bitmask(bitmask, row + i)
+            if i == len(draft) or not m.accept_token(draft[i]):
+                break
+            accepted += 1
+        if accepted:
+            m.rollback(accepted)
+
+    def rollback(self, num_tokens: int) -> None:
+        self.matcher.rollback(num_tokens)
+
+    def is_terminated(self) -> bool:
+        return self.matcher.is_terminated()
+
+
+class StructuredOutputManager:
+    def __init__(self, cfg: EngineConfig, vocab_size: int) -> None:
+        self.cfg = cfg
+        self.config: StructuredOutputsConfig = cfg.structured_outputs
+        self.vocab_size = vocab_size
+        self._pool: ThreadPoolExecutor | None = None
+        self._backend: GrammarBackend | None = None
+        self._backend_lock = threading.Lock()
+        self._cache: OrderedDict[GrammarKey, Future[Any]] = OrderedDict()
+
+    def backend(self) -> GrammarBackend:
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = create_backend(self.cfg, self.vocab_size)
+            return self._backend
+
+    def _compile(self, key: GrammarKey) -> Any:
+        return self.backend().compile(key)
+
+    def grammar_for(self, params: StructuredOutputsParams) -> RequestGrammar:
+        """Start (or reuse) the compile of ``params``' grammar; never blocks."""
+        key = GrammarKey.of(params, self.config)
+        fut = self._cache.get(key)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pagoda-grammar")
+            fut = self._cache[key] = self._pool.submit(self._compile, key)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return RequestGrammar(key, fut, self.backend)
+
+    def grammar_bitmask(self, sched: SchedulerOutput) -> torch.Tensor | None:
+        """The step's bitmask rows (see the module docstring), or None when nothing is constrained."""
+        sampled = [s for s in sched.scheduled if s.sample]
+        if not any(s.request.grammar is not None for s in sampled):
+            return None
+        bitmask = allocate_bitmask(sum(s.num_sample_rows for s in sampled), self.vocab_size)
+        row = 0
+        for s in sampled:
+            g = s.request.grammar
+            if g is not None:
+                if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
+                    raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
+                                     f"step here (asked for {s.num_sample_rows})")
+                g.fill_bitmask(bitmask, row)
+            row += s.num_sample_rows
+        return bitmask
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def create_backend(cfg: EngineConfig, vocab_size: int) -> GrammarBackend:
+    """The configured backend, built for the engine's tokenizer and vocabulary (logits width)."""
+    from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
+
+    tok = load_tokenizer(cfg)
+    stops = eos_token_ids(cfg, tok)
+    from pagoda.structured_output.xgrammar_backend import XgrammarBackend
+
+    return XgrammarBackend(tok, vocab_size, stops)

@@ -1,0 +1,89 @@
+"""The xgrammar backend (the default; docs/design.md gives the measurement behind the choice).
+
+Whitespace in JSON is bounded (GUIDE §8): ``disable_any_whitespace`` gives xgrammar's compact
+form (``", "`` and ``": "`` separators, nothing else); otherwise any whitespace is allowed but at
+most :data:`MAX_JSON_WHITESPACE` characters in a row, so a model cannot loop on blank space.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from pagoda.structured_output.backend import choice_ebnf, is_ebnf
+from pagoda.structured_output.params import GrammarKey
+
+MAX_JSON_WHITESPACE = 4
+"""Most whitespace characters between two JSON tokens when whitespace is not disabled."""
+
+
+def build_grammar(key: GrammarKey) -> Any:
+    """The tokenizer-free xgrammar ``Grammar`` of ``key`` (raises on an invalid spec; admission uses it)."""
+    import xgrammar as xgr
+
+    if key.kind in ("json", "json_object"):
+        schema = key.spec if key.kind == "json" else '{"type": "object"}'
+        if not key.additional_properties:
+            schema = json.dumps(_no_additional_properties(json.loads(schema)))
+        ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
+                              if key.any_whitespace else {"any_whitespace": False})
+        return xgr.Grammar.from_json_schema(schema, strict_mode=False, **ws)
+    if key.kind == "regex":
+        return xgr.Grammar.from_regex(key.spec)
+    if key.kind == "choice":
+        return xgr.Grammar.from_ebnf(choice_ebnf(json.loads(key.spec)))
+    if key.kind == "grammar":
+        return xgr.Grammar.from_ebnf(key.spec) if is_ebnf(key.spec) else xgr.Grammar.from_lark(key.spec)
+    if key.kind == "structural_tag":
+        return xgr.Grammar.from_structural_tag(key.spec)
+    raise ValueError(f"unknown constraint kind {key.kind!r}")
+
+
+def _no_additional_properties(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that does not say otherwise."""
+    if isinstance(schema, list):
+        return [_no_additional_properties(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _no_additional_properties(v) for k, v in schema.items()}
+    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+class _XgrMatcher:
+    def __init__(self, m: Any) -> None:
+        self._m = m
+
+    def accept_token(self, token_id: int) -> bool:
+        return bool(self._m.accept_token(token_id))
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self._m.fill_next_token_bitmask(bitmask, row)
+
+    def rollback(self, num_tokens: int) -> None:
+        self._m.rollback(num_tokens)
+
+    def is_terminated(self) -> bool:
+        return bool(self._m.is_terminated())
+
+
+class XgrammarBackend:
+    name = "xgrammar"
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
+        import xgrammar as xgr
+
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+        # pagoda caches compiled grammars itself (manager); xgrammar's compiler threads stay few on small hosts.
+        self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
+
+    def compile(self, key: GrammarKey) -> Any:
+        return self._compiler.compile_grammar(build_grammar(key))
+
+    def matcher(self, compiled: Any) -> _XgrMatcher:
+        import xgrammar as xgr
+
+        return _XgrMatcher(xgr.GrammarMatcher(compiled))  # rollback is unbounded in xgrammar >= 0.2

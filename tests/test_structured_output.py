@@ -1,0 +1,168 @@
+"""Structured outputs on a tiny fp32 model: the bitmask kernel against its plain-torch reference, the matcher
+interface (fill for k positions, accept, rollback), constrained greedy == argmax over the allowed tokens, and
+the engine paths (n > 1, preemption, async scheduling, compile failures, bad specs)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from pagoda import SamplingParams
+from pagoda.errors import ValidationError
+from pagoda.structured_output import StructuredOutputsConfig, StructuredOutputsParams
+from pagoda.structured_output.backend import allocate_bitmask
+from pagoda.structured_output.bitmask import apply_token_bitmask, apply_token_bitmask_reference, unpack_bitmask
+from pagoda.structured_output.params import GrammarKey
+from pagoda.structured_output.validate import validate
+
+ARCH = "llama"
+
+
+def test_bitmask_kernel_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    for V in (31, 64, 400, 1001):
+        bm = torch.randint(-(2**31), 2**31 - 1, (5, (V + 31) // 32), dtype=torch.int32, generator=g)
+        logits = torch.randn(5, V, generator=g)
+        ref = logits.clone()
+        apply_token_bitmask_reference(ref, bm)
+        apply_token_bitmask(logits, bm)
+        assert torch.equal(torch.isinf(logits), torch.isinf(ref))
+        assert torch.equal(logits[~torch.isinf(ref)], ref[~torch.isinf(ref)])
+        allowed = unpack_bitmask(bm, V)
+        t = 37 % V
+        assert bool(allowed[0, t]) == bool((int(bm[0, t // 32]) >> (t % 32)) & 1)
+
+
+def _backend(tiny):
+    from transformers import AutoTokenizer
+
+    from pagoda.structured_output.xgrammar_backend import XgrammarBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny.path(ARCH))
+    return tok, XgrammarBackend(tok, len(tok), [tok.eos_token_id])
+
+
+def test_matcher_fill_accept_rollback(tiny):
+    """The interface a speculative verifier needs: rows for k positions, then the matcher unchanged."""
+    from concurrent.futures import Future
+
+    from pagoda.structured_output.manager import RequestGrammar
+
+    tok, be = _backend(tiny)
+    key = GrammarKey.of(StructuredOutputsParams(choice=["abc", "abd"]), StructuredOutputsConfig())
+    fut: Future = Future()
+    fut.set_result(be.compile(key))
+    g = RequestGrammar(key, fut, lambda: be)
+    V = len(tok)
+    ids = tok.encode("abc")
+    bm = allocate_bitmask(len(ids) + 1, V)
+    g.fill_bitmask(bm, 0, ids)
+    allowed = unpack_bitmask(bm, V)
+    for i, t in enumerate(ids):
+        assert allowed[i, t]
+    assert allowed[len(ids), tok.eos_token_id] and allowed[len(ids)].sum() == 1  # only EOS after "abc"
+    one = allocate_bitmask(1, V)
+    g.fill_bitmask(one, 0)
+    assert torch.equal(one[0], bm[0])  # the drafts were rolled back
+    assert g.accept_tokens(ids + [tok.eos_token_id]) == len(ids) + 1 and g.is_terminated()
+    g.rollback(1)
+    assert not g.is_terminated()
+    assert g.accept_tokens(tok.encode("x")) == 0
+
+
+def test_constrained_greedy_is_argmax_over_allowed(tiny):
+    """fp32: each constrained greedy token is the argmax of the raw logits over the grammar's allowed tokens."""
+    llm = tiny.llm(ARCH)
+    tok, be = _backend(tiny)
+    prompt = [5, 17, 99, 3]
+    regex = r"[a-c]{2,6}x"
+    params = SamplingParams(temperature=0, max_tokens=12, logprobs=0,
+                            structured_outputs=StructuredOutputsParams(regex=regex))
+    out = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0]
+    assert re.fullmatch(regex, out.text), out.text
+    assert out.finish_reason == "stop"
+    matcher = be.matcher(be.compile(GrammarKey.of(params.structured_outputs, StructuredOutputsConfig())))
+    hf = tiny.hf(ARCH)
+    ids = list(prompt)
+    V = hf.config.vocab_size
+    for t in out.token_ids:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].float()
+        bm = allocate_bitmask(1, V)
+        matcher.fill_bitmask(bm, 0)
+        allowed = unpack_bitmask(bm, V)[0]
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        top5 = masked.topk(5).indices.tolist()
+        assert t in top5[:1] or (masked[t] - masked.max()).abs() < 1e-4, (t, top5)
+        assert matcher.accept_token(t)
+        ids.append(t)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"async_scheduling": True}, {"num_gpu_blocks_override": 14, "block_size": 4}])
+def test_constraints_hold_with_n_async_and_preemption(tiny, kwargs):
+    """n > 1 (a matcher per sample), async scheduling (waits for the last token), forced preemption (kept)."""
+    llm = tiny.llm(ARCH, **kwargs)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "yy"]}},
+              "required": ["a", "b"], "additionalProperties": False}
+    ps = [
+        SamplingParams(temperature=1.0, seed=3, n=3, max_tokens=40, structured_outputs=StructuredOutputsParams(
+            json=schema, disable_any_whitespace=True)),
+        SamplingParams(temperature=0.7, seed=1, n=2, max_tokens=10,
+                       structured_outputs=StructuredOutputsParams(choice=["red", "green", "blue"])),
+        SamplingParams(temperature=0, max_tokens=8),  # unconstrained neighbour in the same steps
+    ]
+    prompts = [{"prompt_token_ids": [1 + i, 7, 9, 11, 13, 2]} for i in range(3)]
+    outs = llm.generate(prompts, ps, use_tqdm=False)
+    for c in outs[0].outputs:
+        if c.finish_reason == "stop":
+            obj = json.loads(c.text)
+            assert set(obj) == {"a", "b"} and isinstance(obj["a"], int) and obj["b"] in ("x", "yy")
+        else:  # truncated at max_tokens: a prefix of valid compact JSON
+            assert c.finish_reason == "length" and c.text.startswith('{"a": ')
+    assert all(c.text in ("red", "green", "blue") and c.finish_reason == "stop" for c in outs[1].outputs)
+    ref = llm.generate([prompts[2]], ps[2], use_tqdm=False)[0].outputs[0]
+    assert outs[2].outputs[0].token_ids == ref.token_ids  # a constrained neighbour changes nothing
+
+
+@pytest.mark.parametrize("spec", [
+    {"json": {"type": "foo"}}, {"regex": "(("}, {"grammar": "root ::= undefined_rule"}, {"choice": []},
+    {"json": "{not json"}, {"regex": "a", "choice": ["a"]},
+])
+def test_bad_specs_refused_before_queueing(tiny, spec):
+    llm = tiny.llm(ARCH)
+    with pytest.raises(ValidationError) as ei:
+        llm.generate([{"prompt_token_ids": [1, 2]}],
+                     SamplingParams(max_tokens=2, structured_outputs=StructuredOutputsParams(**spec)), use_tqdm=False)
+    assert ei.value.parameter == "structured_outputs"
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_validation_time_limit():
+    """A spec that builds too slowly is a 400, not a hung request (a zero limit stands in for a slow build)."""
+    p = StructuredOutputsParams(regex="[a-z]{1,3}" * 5 + "unique-for-this-test")
+    with pytest.raises(ValidationError, match="longer than"):
+        validate(p, StructuredOutputsConfig(), timeout_s=0.0)
+
+
+def test_config_and_params_shapes():
+    with pytest.raises(ValueError, match="guidance"):
+        StructuredOutputsConfig.from_dict({"backend": "guidance"})
+    with pytest.raises(ValueError, match="unsupported key"):
+        StructuredOutputsConfig.from_dict({"reasoning_parser": "x"})
+    with pytest.raises(ValidationError, match="ignore_eos"):
+        SamplingParams(ignore_eos=True, structured_outputs=StructuredOutputsParams(json_object=True))
+    p = SamplingParams(structured_outputs={"json": {"type": "object"}})
+    assert p.structured_outputs.kind == "json" and json.loads(p.structured_outputs.json) == {"type": "object"}
+    import msgspec
+
+    blob = msgspec.msgpack.encode(p)
+    assert msgspec.msgpack.decode(blob, type=SamplingParams).structured_outputs == p.structured_outputs
+
+
+def test_preemption_happened(tiny):
+    """The small-cache configuration above really preempts (else it would test nothing)."""
+    llm = tiny.llm(ARCH, num_gpu_blocks_override=14, block_size=4)
+    assert llm.llm_engine.core.scheduler.num_preemptions_total > 0
