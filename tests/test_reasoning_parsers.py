@@ -58,8 +58,9 @@ def test_include_reasoning_false_drops_it():
                           "thoughts</think>answer") == {"reasoning": "", "content": "answer", "tool_calls": {}}
 
 
-QWEN3_TOOL_OUTPUT = ('<think>\nI need the weather tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
-                     '{"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+QWEN3_TOOL_OUTPUT = ('<think>\nI need the weather tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", '
+                     '"arguments": {"city": "Paris"}}\n</tool_call>\n'
+                     '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
 
 
 def test_reasoning_then_tool_calls_stream_like_the_whole():

@@ -33,7 +33,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
-from pagoda.entrypoints.openai.structured_fields import structured_source
+from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request, structured_source
 from pagoda.entrypoints.openai.tool_calling import (
     ToolPlan,
     check_reasoning_request,
@@ -41,7 +41,6 @@ from pagoda.entrypoints.openai.tool_calling import (
     finish_reason,
     output_parser,
     plan_tools,
-    structured_requested,
     tool_calls_for_template,
 )
 
@@ -144,6 +143,8 @@ class OpenAIServingChat(OpenAIServing):
         """What chat calls the engine's fields (see ``request_field_names``)."""
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
                  "structured_outputs": structured_source(req)}
+        if req.tool_choice == "required" or isinstance(req.tool_choice, dict):  # the tools' schema is the constraint
+            names["structured_outputs"] = "tools"
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
         return names
@@ -157,7 +158,7 @@ class OpenAIServingChat(OpenAIServing):
         self.check_common(req, "chat")
         logprobs = self._logprobs(req)
         plan = plan_tools(req, self.limits.tools)
-        check_reasoning_request(req, self.limits.tools, plan, structured_requested(req))
+        check_reasoning_request(req, self.limits.tools, plan, structured_outputs_from_request(req)[0] is not None)
         text, ids = self.render_prompt(
             req.messages, bool(req.add_generation_prompt), bool(req.continue_final_message), req.chat_template,
             req.chat_template_kwargs, plan.tools, bool(req.add_special_tokens),

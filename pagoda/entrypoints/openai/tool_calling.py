@@ -171,19 +171,6 @@ def finish_reason(plan: ToolPlan, called: bool, reason: str | None) -> str | Non
     return reason
 
 
-_STRUCTURED_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
-
-
-def structured_requested(req: Any) -> bool:
-    """Whether the request asks for structured outputs itself (response_format other than text, or a
-    structured_outputs / guided_* field)."""
-    rf = getattr(req, "response_format", None)
-    if isinstance(rf, dict) and rf.get("type", "text") != "text":
-        return True
-    extra = getattr(req, "model_extra", None) or {}
-    return any(getattr(req, f, None) is not None or extra.get(f) is not None for f in _STRUCTURED_FIELDS)
-
-
 def tool_calls_for_template(message: dict[str, Any]) -> dict[str, Any]:
     """An assistant message's ``tool_calls`` with ``function.arguments`` as an object, as chat templates
     expect (vLLM does the same); arguments that are not a JSON object stay as given."""
