@@ -22,9 +22,8 @@ MEANINGFUL = {
     "kv_transfer_params": {"do_remote_decode": True}, "prompt_embeds": "AAAA",
     "mm_processor_kwargs": {"num_crops": 4}, "spaces_between_special_tokens": False,
     "suffix": " end.", "audio": {"voice": "alloy"}, "modalities": ["text", "audio"],
-    "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
     "functions": [{"name": "f"}], "function_call": "auto", "documents": [{"title": "t", "text": "x"}],
-    "reasoning_effort": "high", "include_reasoning": False, "web_search_options": {}, "verbosity": "low",
+    "reasoning_effort": "high", "web_search_options": {}, "verbosity": "low",
 }
 # Values that change nothing, accepted.
 NEUTRAL = [("priority", 0), ("best_of", 1), ("response_format", {"type": "text"}), ("guided_json", None),

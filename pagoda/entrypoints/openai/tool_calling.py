@@ -151,7 +151,7 @@ def output_parser(req: Any, cfg: ToolServingConfig, plan: ToolPlan) -> ChatOutpu
 
 def constraint(plan: ToolPlan) -> Any:
     """The structured-outputs constraint of a required / named tool choice (vLLM's
-    ``StructuredOutputsParams(json=schema)``), or None."""
+    ``StructuredOutputsParams(json=schema)``, without free whitespace), or None."""
     if plan.schema is None:
         return None
     try:
@@ -160,7 +160,8 @@ def constraint(plan: ToolPlan) -> Any:
         raise _bad(f"tool_choice {'required' if plan.mode == 'required' else 'naming a function'} is not "
                    f"supported yet: it needs structured outputs (grammar-constrained decoding).",
                    "tool_choice") from None
-    return StructuredOutputsParams(json=plan.schema)
+    # compact JSON: a small model left free to add whitespace can fill max_tokens with it (GUIDE §8)
+    return StructuredOutputsParams(json=plan.schema, disable_any_whitespace=True)
 
 
 def finish_reason(plan: ToolPlan, called: bool, reason: str | None) -> str | None:

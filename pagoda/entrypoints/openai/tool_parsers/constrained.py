@@ -14,15 +14,18 @@ from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import ParsedCa
 from pagoda.entrypoints.openai.tool_parsers.json_calls import arguments_text, call_from_object, scan_object
 from pagoda.entrypoints.openai.tool_parsers.json_scan import Malformed, loads_object, scan_partial, skip_ws
 
-_EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
+_EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+"""The arguments of a tool without ``parameters``: ``{}`` (a grammar left open here lets a small model
+invent keys until max_tokens)."""
 
 
 def tool_schema(tool: dict[str, Any]) -> dict[str, Any]:
-    """One item of the ``required`` list: this tool's name and its parameters."""
+    """One item of the ``required`` list: this tool's name and its parameters, nothing else (vLLM's item,
+    closed to other keys so generation ends)."""
     fn = tool["function"]
     return {"properties": {"name": {"type": "string", "enum": [fn["name"]]},
                            "parameters": fn.get("parameters") or _EMPTY_OBJECT},
-            "required": ["name", "parameters"]}
+            "required": ["name", "parameters"], "additionalProperties": False}
 
 
 def required_schema(tools: list[dict[str, Any]], parallel_tool_calls: bool = True) -> dict[str, Any]:
