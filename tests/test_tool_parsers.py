@@ -160,3 +160,44 @@ def test_first_delta_names_the_call_then_arguments_append():
     _, _, deltas = stream_all(get_tool_parser("hermes"), text)
     assert deltas[0]["function"]["name"] == "get_weather" and "id" in deltas[0]
     assert len(deltas) > 5 and all("name" not in d["function"] for d in deltas[1:])
+
+
+def test_serve_flags_for_tools_and_reasoning(capsys):
+    import argparse
+
+    from pagoda.entrypoints.openai.cli_args import add_serve_args, tool_config_from
+
+    parser = add_serve_args(argparse.ArgumentParser(prog="pagoda serve"))
+    args = parser.parse_args(["--enable-auto-tool-choice", "--tool-call-parser", "pythonic", "--reasoning-parser",
+                              "qwen3", "--exclude-tools-when-tool-choice-none"])
+    cfg = tool_config_from(args)
+    cfg.validate()
+    assert (cfg.tool_call_parser, cfg.reasoning_parser, cfg.exclude_tools_when_tool_choice_none) == (
+        "pythonic", "qwen3", True)
+    with pytest.raises(ValueError, match="--tool-call-parser"):
+        tool_config_from(parser.parse_args(["--enable-auto-tool-choice"])).validate()
+    for argv in (["--tool-call-parser", "nope"], ["--reasoning-parser", "nope"], ["--tool-parser-plugin", "x.py"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert "--tool-parser-plugin is a vLLM flag that pagoda does not support" in capsys.readouterr().err
+
+
+def test_templates_see_tool_call_arguments_as_objects():
+    from pagoda.engine.tokenizer import apply_chat_template
+
+    class Recorder:
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, **kw):
+            self.msgs, self.kw = msgs, kw
+            return "ok"
+
+    tok = Recorder()
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"city": "Paris"}'}}
+    odd = {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "not json"}}
+    apply_chat_template(tok, [{"role": "assistant", "content": None, "tool_calls": [call, odd]},
+                              {"role": "tool", "tool_call_id": "c1", "content": "18 C"}], tools=[{"x": 1}])
+    assert tok.msgs[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert tok.msgs[0]["tool_calls"][1]["function"]["arguments"] == "not json"
+    assert tok.msgs[1] == {"role": "tool", "tool_call_id": "c1", "content": "18 C"} and tok.kw["tools"] == [{"x": 1}]
+    assert call["function"]["arguments"] == '{"city": "Paris"}'  # the request's own message is not changed

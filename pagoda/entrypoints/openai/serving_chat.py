@@ -41,7 +41,6 @@ from pagoda.entrypoints.openai.tool_calling import (
     finish_reason,
     output_parser,
     plan_tools,
-    tool_calls_for_template,
 )
 
 # Arguments of transformers' apply_chat_template that a client must not override through
@@ -108,7 +107,7 @@ class OpenAIServingChat(OpenAIServing):
         if continue_final and add_generation_prompt:
             raise ServingError(400, "continue_final_message and add_generation_prompt cannot both be true.",
                                param="continue_final_message")
-        conv = [tool_calls_for_template(m.model_dump(exclude_none=True)) for m in messages]
+        conv = [m.model_dump(exclude_none=True) for m in messages]
         kwargs = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
         if continue_final:
             kwargs["continue_final_message"] = True

@@ -13,7 +13,6 @@ constrained (:class:`ToolPlan`), and builds each choice's :class:`ChatOutputPars
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,23 +169,3 @@ def finish_reason(plan: ToolPlan, called: bool, reason: str | None) -> str | Non
     if called and reason == "stop" and plan.mode in ("auto", "required"):
         return "tool_calls"
     return reason
-
-
-def tool_calls_for_template(message: dict[str, Any]) -> dict[str, Any]:
-    """An assistant message's ``tool_calls`` with ``function.arguments`` as an object, as chat templates
-    expect (vLLM does the same); arguments that are not a JSON object stay as given."""
-    calls = message.get("tool_calls")
-    if not isinstance(calls, list):
-        return message
-    out = []
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-            try:
-                args = json.loads(fn["arguments"])
-            except ValueError:
-                args = None
-            if isinstance(args, dict):
-                call = {**call, "function": {**fn, "arguments": args}}
-        out.append(call)
-    return {**message, "tool_calls": out}
