@@ -127,7 +127,11 @@ def test_tool_results_round_trip_through_the_template(tool_server):
     # (transformers renders with trim_blocks: the newline after a block tag goes)
     assert prompt == (f"TOOL get_weather\n<user>What is the weather in Paris?<assistant>CALL {call.id} get_weather "
                       f"city={city}<tool>18 C and sunny RESULT-FOR {call.id}<assistant>")  # arguments as an object
-    # --exclude-tools-when-tool-choice-none is off: tool_choice none still shows the tools
+    # --exclude-tools-when-tool-choice-none is off: tool_choice none still shows the tools; /tokenize shows them too
+    tok = {"model": DEFAULT, "messages": messages, "chat_template": ROUND_TRIP_TEMPLATE}
+    with_tools = tool_server.post("/tokenize", {**tok, "tools": [WEATHER]}).json()["tokens"]
+    assert with_tools == r2.prompt_token_ids
+    assert len(tool_server.post("/tokenize", tok).json()["tokens"]) < len(with_tools)
 
 
 @pytest.mark.default_model

@@ -385,6 +385,7 @@ class TokenizeChatRequest(OpenAIBaseModel):
     return_token_strs: bool | None = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # shown to the chat template, as in a chat request
 
 
 class TokenizeResponse(ResponseModel):
