@@ -36,6 +36,21 @@ def test_bitmask_kernel_matches_reference():
         assert bool(allowed[0, t]) == bool((int(bm[0, t // 32]) >> (t % 32)) & 1)
 
 
+def test_bitmask_all_allowed_rows_untouched():
+    """Unconstrained rows (all bits set) are skipped; constrained rows around them are masked as the reference."""
+    g = torch.Generator().manual_seed(1)
+    V = 100
+    bm = torch.randint(-(2**31), 2**31 - 1, (4, 4), dtype=torch.int32, generator=g)
+    bm[1] = -1
+    bm[3] = -1
+    logits = torch.randn(4, V, generator=g)
+    ref = logits.clone()
+    apply_token_bitmask_reference(ref, bm)
+    apply_token_bitmask(logits, bm)
+    assert torch.equal(logits, ref)
+    assert not torch.isinf(logits[1]).any() and not torch.isinf(logits[3]).any()
+
+
 def _backend(tiny):
     from transformers import AutoTokenizer
 
@@ -130,6 +145,10 @@ def test_constraints_hold_with_n_async_and_preemption(tiny, kwargs):
 @pytest.mark.parametrize("spec", [
     {"json": {"type": "foo"}}, {"regex": "(("}, {"grammar": "root ::= undefined_rule"}, {"choice": []},
     {"json": "{not json"}, {"regex": "a", "choice": ["a"]},
+    # keywords xgrammar would accept without enforcing: refused by name
+    {"json": {"type": "string", "format": "email", "maxLength": 8}}, {"json": {"not": {"type": "integer"}}},
+    {"json": {"type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.5}}}},
+    {"json": {"allOf": [{"type": "integer"}, {"minimum": 5}]}},
 ])
 def test_bad_specs_refused_before_queueing(tiny, spec):
     llm = tiny.llm(ARCH)

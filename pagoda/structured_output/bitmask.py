@@ -33,16 +33,24 @@ def apply_token_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor) -
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
     """``logits`` [R, V] (float32) masked in place by ``bitmask`` (host or device; moved to the logits' device).
 
-    Uses xgrammar's kernels (C++ on CPU, Triton/CUDA on GPU) when xgrammar is installed."""
+    Uses xgrammar's kernels (C++ on CPU, Triton/CUDA on GPU) when xgrammar is installed. A host
+    bitmask's all-allowed rows (unconstrained requests) are skipped: masking costs O(V) per row."""
+    indices: list[int] | None = None
+    if bitmask.device.type == "cpu":
+        constrained = (bitmask != -1).any(dim=1)
+        if not bool(constrained.any()):
+            return
+        if not bool(constrained.all()):
+            indices = constrained.nonzero().flatten().tolist()
     if bitmask.device != logits.device:
         bitmask = bitmask.to(logits.device, non_blocking=True)
     try:
         import xgrammar as xgr
     except ImportError:
-        apply_token_bitmask_reference(logits, bitmask)
+        apply_token_bitmask_reference(logits, bitmask)  # all rows: an all-allowed row is left as it is
         return
     V = logits.shape[1]
     width = bitmask.shape[1] * 32
     if width < V:  # xgrammar masks only the bitmask's columns
-        logits[:, width:] = float("-inf")
-    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=min(V, width))
+        logits[indices if indices is not None else slice(None), width:] = float("-inf")
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=min(V, width), indices=indices)

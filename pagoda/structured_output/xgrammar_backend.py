@@ -14,6 +14,7 @@ import torch
 
 from pagoda.structured_output.backend import choice_ebnf, is_ebnf
 from pagoda.structured_output.params import GrammarKey
+from pagoda.structured_output.schema_support import unsupported_feature
 
 MAX_JSON_WHITESPACE = 4
 """Most whitespace characters between two JSON tokens when whitespace is not disabled."""
@@ -25,11 +26,14 @@ def build_grammar(key: GrammarKey) -> Any:
 
     if key.kind in ("json", "json_object"):
         schema = key.spec if key.kind == "json" else '{"type": "object"}'
+        unsupported = unsupported_feature(json.loads(schema))
+        if unsupported is not None:
+            raise ValueError(unsupported)
         if not key.additional_properties:
             schema = json.dumps(_no_additional_properties(json.loads(schema)))
         ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
                               if key.any_whitespace else {"any_whitespace": False})
-        return xgr.Grammar.from_json_schema(schema, strict_mode=False, **ws)
+        return xgr.Grammar.from_json_schema(schema, **ws)  # strict_mode (as vLLM): no unlisted properties
     if key.kind == "regex":
         return xgr.Grammar.from_regex(key.spec)
     if key.kind == "choice":

@@ -84,7 +84,7 @@ BAD_CHAT = [
     ({**GOOD_CHAT, "max_completion_tokens": 5000}, 400, ["maximum context length is 2048"]),
     # tools default tool_choice to "auto", which needs --enable-auto-tool-choice (vLLM's answer)
     ({**GOOD_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, ["--enable-auto-tool-choice"]),
-    ({**GOOD_CHAT, "response_format": {"type": "json_object"}}, 400, ["response_format"]),
+    ({**GOOD_CHAT, "response_format": {"type": "json_schema"}}, 400, ["response_format"]),
     ({**GOOD_CHAT, "chat_template": "{{ 'x' }}"}, 400, ["chat_template"]),
     ({**GOOD_CHAT, "add_generation_prompt": True, "continue_final_message": True}, 400, ["continue_final_message"]),
     ({**GOOD_CHAT, "model": "nope"}, 404, ["nope"]),

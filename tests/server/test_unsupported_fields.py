@@ -14,10 +14,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 # A value that asks for something pagoda does not do, per field.
 MEANINGFUL = {
-    "guided_json": {"type": "object"}, "guided_regex": "[a-z]+", "guided_choice": ["yes", "no"],
-    "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": r"\s",
-    "structured_outputs": {"choice": ["a", "b"]}, "structural_tag": "{}",
-    "response_format": {"type": "json_object"}, "logits_processors": ["my.Processor"],
+    "guided_whitespace_pattern": r"\s", "structural_tag": "{}", "logits_processors": ["my.Processor"],
     "best_of": 3, "vllm_xargs": {"k": 1},
     "kv_transfer_params": {"do_remote_decode": True}, "prompt_embeds": "AAAA",
     "mm_processor_kwargs": {"num_crops": 4}, "spaces_between_special_tokens": False,

@@ -1,0 +1,54 @@
+"""JSON-schema keywords the xgrammar backend would not enforce: refused by name, never silently dropped.
+
+xgrammar 0.2 converts most of JSON Schema into its grammar (types, enum/const, ranges, integer
+``multipleOf``, string length/pattern/format, array item counts/``uniqueItems``/``contains``,
+object property counts/``propertyNames``/``patternProperties``/``dependentRequired``, ``anyOf``,
+``$ref``), but it accepts some keywords without enforcing them, so an output could break the
+schema. :func:`unsupported_feature` names the first such use; admission turns it into a 400.
+``oneOf`` is compiled as ``anyOf`` (its branches are taken to be exclusive, as discriminated
+unions are); docs/serving.md says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NEVER = ("not", "if", "then", "else", "dependentSchemas")
+"""Keywords xgrammar ignores wherever they appear."""
+
+
+def unsupported_feature(schema: Any, path: str = "#") -> str | None:
+    """A message naming the first keyword of ``schema`` (at JSON pointer ``path``) the backend would not
+    enforce, or None."""
+    if isinstance(schema, list):
+        for i, s in enumerate(schema):
+            if (msg := unsupported_feature(s, f"{path}/{i}")) is not None:
+                return msg
+        return None
+    if not isinstance(schema, dict):
+        return None
+    msg = _own_problem(schema, path)
+    if msg is not None:
+        return msg
+    for k, v in schema.items():
+        if k in ("enum", "const", "examples", "default"):  # values, not schemas
+            continue
+        if isinstance(v, dict | list) and (msg := unsupported_feature(v, f"{path}/{k}")) is not None:
+            return msg
+    return None
+
+
+def _own_problem(s: dict[str, Any], path: str) -> str | None:
+    for k in _NEVER:
+        if k in s:
+            return f"'{k}' (at {path}) is not enforced by the xgrammar backend"
+    if isinstance(s.get("allOf"), list) and len(s["allOf"]) > 1:
+        return f"'allOf' with more than one schema (at {path}) is not enforced by the xgrammar backend"
+    length = [k for k in ("minLength", "maxLength") if k in s]
+    if length and ("format" in s or "pattern" in s):
+        other = "format" if "format" in s else "pattern"
+        return (f"'{length[0]}' together with '{other}' (at {path}) is not enforced by the xgrammar backend; "
+                f"put the length into the pattern")
+    if "multipleOf" in s and s.get("type") != "integer":
+        return f"'multipleOf' on a non-integer (at {path}) is not enforced by the xgrammar backend"
+    return None
