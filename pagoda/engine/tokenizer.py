@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,26 @@ def eos_token_ids(cfg: EngineConfig, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def _tool_call_arguments_as_objects(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's ``tool_calls`` with ``function.arguments`` (OpenAI's JSON text) as an object,
+    which chat templates expect (vLLM does the same); arguments that are not a JSON object stay as given."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            try:
+                args = json.loads(fn["arguments"])
+            except ValueError:
+                args = None
+            if isinstance(args, dict):
+                call = {**call, "function": {**fn, "arguments": args}}
+        out.append(call)
+    return {**message, "tool_calls": out}
+
+
 def apply_chat_template(
     tokenizer: Any,
     conversation: list[dict[str, Any]],
@@ -63,7 +84,7 @@ def apply_chat_template(
                     raise ValueError("only text content parts are supported.")
                 texts.append(str(part.get("text", "")))
             content = "".join(texts)
-        msgs.append({**m, "content": content if content is not None else ""})
+        msgs.append(_tool_call_arguments_as_objects({**m, "content": content if content is not None else ""}))
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ValueError(

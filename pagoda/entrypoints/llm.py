@@ -128,20 +128,24 @@ class LLM:
         use_tqdm: bool = True,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        """Apply the model's chat template to one conversation or a list of them, then generate.
+        ``tools`` (OpenAI function tools) are shown to the template, as vLLM's ``LLM.chat``; the output is text."""
         if messages and isinstance(messages[0], dict):
             convs = [messages]
         else:
             convs = list(messages)  # type: ignore[arg-type]
-        prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template) for conv in convs]
+        prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools)
+                                     for conv in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def chat_prompt(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = True,
-                    chat_template: str | None = None) -> dict[str, Any]:
+                    chat_template: str | None = None, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """One conversation through the chat template, as a prompt dict (text and token ids)."""
         tok = self.get_tokenizer()
-        text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template)
+        kwargs = {"tools": tools} if tools else {}
+        text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template, **kwargs)
         # The template already holds BOS where the model wants it.
         return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
 

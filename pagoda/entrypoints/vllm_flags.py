@@ -36,8 +36,6 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
 _PAR = "pagoda runs on one device: tensor, pipeline, data, expert and context parallelism are not supported yet"
-_SO = "reasoning parsers are not supported yet"
-_TOOLS = "tool calling is not supported yet"
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
 _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
 
@@ -75,7 +73,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--use-tqdm-on-load", "not supported", value=False, neg=True),
     _u("--pt-load-map-location", "PyTorch .bin/.pt checkpoints are not loaded (safetensors or GGUF only)"),
     # StructuredOutputsConfig
-    _u("--reasoning-parser", _SO),
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
     _u("--tensor-parallel-size -tp", _PAR, "1"),
@@ -132,8 +129,9 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--chat-template-content-format", "message content is rendered as text", "auto", "string", serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
     _u("--response-role", "the generated message's role is always 'assistant'", "assistant", serve=True),
-    _u("--enable-auto-tool-choice --exclude-tools-when-tool-choice-none", _TOOLS, value=False, serve=True),
-    _u("--tool-call-parser --tool-parser-plugin --tool-server", _TOOLS, serve=True),
+    _u("--tool-parser-plugin", "tool-parser plugins are not loaded; --tool-call-parser names a built-in parser",
+       serve=True),
+    _u("--tool-server", "built-in tools (MCP / demo tool servers) are not supported", serve=True),
     _u("--log-config-file", "use --log-level and --uvicorn-log-level", serve=True),
     _u("--enable-force-include-usage "
        "--enable-log-outputs --log-error-stack --tokens-only --enable-per-request-metrics --enable-offline-docs "

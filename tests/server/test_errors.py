@@ -82,7 +82,8 @@ BAD_CHAT = [
     ({**GOOD_CHAT, "top_logprobs": 2}, 400, ["logprobs"]),
     ({**GOOD_CHAT, "logprobs": True, "top_logprobs": 6}, 400, ["Requested sample logprobs of 6", "max allowed: 5"]),
     ({**GOOD_CHAT, "max_completion_tokens": 5000}, 400, ["maximum context length is 2048"]),
-    ({**GOOD_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, ["Tool calling"]),
+    # tools default tool_choice to "auto", which needs --enable-auto-tool-choice (vLLM's answer)
+    ({**GOOD_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, ["--enable-auto-tool-choice"]),
     ({**GOOD_CHAT, "response_format": {"type": "json_schema"}}, 400, ["response_format"]),
     ({**GOOD_CHAT, "chat_template": "{{ 'x' }}"}, 400, ["chat_template"]),
     ({**GOOD_CHAT, "add_generation_prompt": True, "continue_final_message": True}, 400, ["continue_final_message"]),

@@ -19,9 +19,8 @@ MEANINGFUL = {
     "kv_transfer_params": {"do_remote_decode": True}, "prompt_embeds": "AAAA",
     "mm_processor_kwargs": {"num_crops": 4}, "spaces_between_special_tokens": False,
     "suffix": " end.", "audio": {"voice": "alloy"}, "modalities": ["text", "audio"],
-    "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
     "functions": [{"name": "f"}], "function_call": "auto", "documents": [{"title": "t", "text": "x"}],
-    "reasoning_effort": "high", "include_reasoning": False, "web_search_options": {}, "verbosity": "low",
+    "reasoning_effort": "high", "web_search_options": {}, "verbosity": "low",
 }
 # Values that change nothing, accepted.
 NEUTRAL = [("priority", 0), ("best_of", 1), ("response_format", {"type": "text"}), ("guided_json", None),
@@ -82,7 +81,8 @@ def test_priority_needs_the_priority_policy(server):
 def test_harmless_extras_are_accepted(server):
     extras = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto",
               "parallel_tool_calls": True, "prompt_cache_key": "k", "no_such_field_anywhere": 1}
-    assert set(extras) - {"no_such_field_anywhere"} <= set(IGNORED)
+    # parallel_tool_calls is honoured by chat (tool_calling.py) and harmless elsewhere
+    assert set(extras) - {"no_such_field_anywhere", "parallel_tool_calls"} <= set(IGNORED)
     for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
         r = server.post(path, {**base, **extras})
         assert r.status_code == 200, r.text

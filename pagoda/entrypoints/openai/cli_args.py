@@ -12,6 +12,7 @@ import socket
 
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, json_list_or_str, parse_size
+from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
 
@@ -28,6 +29,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_engine_args(parser, positional_model=True, serve=True)
     _add_http_args(parser.add_argument_group("HTTP"))
     _add_server_args(parser.add_argument_group("server"))
+    _add_tool_args(parser.add_argument_group("tool calling and reasoning"))
     return parser
 
 
@@ -108,6 +110,33 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
                         "server; a negative value keeps the server up, answering 503")
 
 
+def _add_tool_args(g: argparse._ArgumentGroup) -> None:
+    from pagoda.entrypoints.openai.tool_parsers import TOOL_PARSERS
+    from pagoda.reasoning import REASONING_PARSERS
+
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="honour tool_choice 'auto' (the default when a request has tools): the model's own "
+                        "tool-call format is parsed into tool_calls by --tool-call-parser")
+    g.add_argument("--tool-call-parser", choices=list(TOOL_PARSERS), default=None,
+                   help="the model's tool-call format: hermes (Qwen2.5/Qwen3, Hermes: <tool_call>{json}</tool_call>), "
+                        "llama3_json (Llama 3.1/3.2: <|python_tag|> / bare JSON), mistral ([TOOL_CALLS]), "
+                        "pythonic ([f(a=1)])")
+    g.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
+                   help="with tool_choice 'none', do not show the tools to the chat template")
+    g.add_argument("--reasoning-parser", choices=list(REASONING_PARSERS), default=None,
+                   help="split the model's thinking (<think>...</think>) into the message's 'reasoning' field: "
+                        "qwen3, deepseek_r1")
+
+
+def tool_config_from(args: argparse.Namespace) -> ToolServingConfig:
+    return ToolServingConfig(
+        enable_auto_tool_choice=getattr(args, "enable_auto_tool_choice", False),
+        tool_call_parser=getattr(args, "tool_call_parser", None),
+        reasoning_parser=getattr(args, "reasoning_parser", None),
+        exclude_tools_when_tool_choice_none=getattr(args, "exclude_tools_when_tool_choice_none", False),
+    )
+
+
 def validate_serve_args(args: argparse.Namespace) -> None:
     """Checks that need no model: run before the port is bound and anything loads."""
     from pagoda.entrypoints.openai.api_server import engine_args_from
@@ -121,6 +150,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}.")
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    tool_config_from(args).validate()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -263,9 +263,10 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    tools: list[dict[str, Any]] | None = None  # checked by tool_calling.check_tools (400s name the field)
+    tool_choice: str | dict[str, Any] | None = None  # none, auto, required or a named function
+    parallel_tool_calls: bool | None = None  # false: at most one tool call
+    include_reasoning: bool | None = None  # false: drop the reasoning (needs --reasoning-parser)
     # vLLM extras
     echo: bool | None = False
     add_generation_prompt: bool | None = True
@@ -307,6 +308,7 @@ class ChatMessageOut(ResponseModel):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    reasoning: str | None = None  # with --reasoning-parser (current vLLM's name; older vLLM: reasoning_content)
 
 
 class ChatChoice(ResponseModel):
@@ -332,7 +334,7 @@ class ChatCompletionResponse(ResponseModel):
 
 class ChatStreamChoice(ResponseModel):
     index: int
-    delta: dict[str, str]  # {"role": …} first, then {"content": …}; {} on a bare finish
+    delta: dict[str, Any]  # {"role": …} first, then any of content / reasoning / tool_calls; {} on a bare finish
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -383,6 +385,7 @@ class TokenizeChatRequest(OpenAIBaseModel):
     return_token_strs: bool | None = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # shown to the chat template, as in a chat request
 
 
 class TokenizeResponse(ResponseModel):

@@ -50,14 +50,6 @@ def _best_of(v: Any, req: Any) -> bool:
     return v is None or v == (req.n if req.n is not None else 1)
 
 
-def _tools(v: Any, req: Any) -> bool:  # tools are shown to the chat template only when tool_choice is "none"
-    return unset(v) or getattr(req, "tool_choice", None) == "none"
-
-
-def _tool_choice(v: Any, req: Any) -> bool:
-    return v is None or v == "none"
-
-
 def _absent(v: Any, req: Any) -> bool:  # even an empty value asks for the feature
     return v is None
 
@@ -90,17 +82,13 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "suffix": Unsupported("insertion (text after the completion) is not implemented", endpoints=("completions",)),
     "audio": Unsupported("audio output is not implemented", endpoints=("chat",)),
     "modalities": Unsupported("only text output is implemented", _text_only, endpoints=("chat",)),
-    "tools": Unsupported("Tool calling is not implemented; omit tools or pass tool_choice='none' (the tools are "
-                         "then only shown to the chat template)", _tools, endpoints=("chat",)),
-    "tool_choice": Unsupported("Tool calling is not implemented; tool_choice may only be 'none'", _tool_choice,
-                               endpoints=("chat",)),
-    "functions": Unsupported("function calling is not implemented", endpoints=("chat",)),
-    "function_call": Unsupported("function calling is not implemented", endpoints=("chat",)),
+    "functions": Unsupported("the deprecated function-calling fields are not implemented; use tools",
+                             endpoints=("chat",)),
+    "function_call": Unsupported("the deprecated function-calling fields are not implemented; use tool_choice",
+                                 endpoints=("chat",)),
     "documents": Unsupported("documents for retrieval-augmented chat templates are not passed on",
                              endpoints=("chat",)),
     "reasoning_effort": Unsupported("reasoning controls are not implemented", endpoints=("chat",)),
-    "include_reasoning": Unsupported("there is no reasoning parser: reasoning stays in the content", _true,
-                                     endpoints=("chat",)),
     "web_search_options": Unsupported("web search is not implemented", _absent, endpoints=("chat",)),
     "mm_processor_kwargs": Unsupported("there is no multimodal processor (image and audio content parts are "
                                        "refused)"),
@@ -116,7 +104,6 @@ IGNORED: dict[str, str] = {
     "safety_identifier": "an end-user id for the platform's abuse monitoring",
     "prompt_cache_key": "a routing hint for the platform's cache; pagoda's prefix cache needs none",
     "prediction": "predicted outputs only speed up generation, they do not change it",
-    "parallel_tool_calls": "no tools are ever called",
     "media_io_kwargs": "no multimodal processor (image and audio content parts are refused)",
 }
 """Harmless extras: accepted, logged as ignored."""

@@ -11,6 +11,7 @@ from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream
 from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -32,7 +33,15 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
     sse_error,
 )
-from pagoda.entrypoints.openai.structured_fields import structured_source
+from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request, structured_source
+from pagoda.entrypoints.openai.tool_calling import (
+    ToolPlan,
+    check_reasoning_request,
+    constraint,
+    finish_reason,
+    output_parser,
+    plan_tools,
+)
 
 # Arguments of transformers' apply_chat_template that a client must not override through
 # chat_template_kwargs (they would change what the call returns, not what the template sees).
@@ -133,6 +142,8 @@ class OpenAIServingChat(OpenAIServing):
         """What chat calls the engine's fields (see ``request_field_names``)."""
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
                  "structured_outputs": structured_source(req)}
+        if req.tool_choice == "required" or isinstance(req.tool_choice, dict):  # the tools' schema is the constraint
+            names["structured_outputs"] = "tools"
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
         return names
@@ -145,9 +156,11 @@ class OpenAIServingChat(OpenAIServing):
         model = self.model_name(req.model)
         self.check_common(req, "chat")
         logprobs = self._logprobs(req)
+        plan = plan_tools(req, self.limits.tools)
+        check_reasoning_request(req, self.limits.tools, plan, structured_outputs_from_request(req)[0] is not None)
         text, ids = self.render_prompt(
             req.messages, bool(req.add_generation_prompt), bool(req.continue_final_message), req.chat_template,
-            req.chat_template_kwargs, req.tools, bool(req.add_special_tokens),
+            req.chat_template_kwargs, plan.tools, bool(req.add_special_tokens),
         )
         ids = self.truncate(ids, req.truncate_prompt_tokens, req.truncation_side)
         user_max: int | None
@@ -157,6 +170,9 @@ class OpenAIServingChat(OpenAIServing):
             user_max, given = req.max_tokens, req.max_tokens is not None
         request_id = self.new_id("chatcmpl", req.request_id)
         stream: Any
+        if req.use_beam_search and plan.schema is not None:
+            raise ServingError(400, f"tool_choice {plan.mode!r} (constrained decoding) is not supported with "
+                               f"use_beam_search.", param="tool_choice")
         if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
             bparams = self.beam_search_params(req, len(ids), user_max, given, None)
             self.log_request(request_id, text, ids, bparams)  # type: ignore[arg-type]
@@ -164,12 +180,16 @@ class OpenAIServingChat(OpenAIServing):
             stream = self.start_beam_search(request_id, prompt, bparams, req, self.num_logprobs(logprobs))
         else:
             params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
+            so = constraint(plan)
+            if so is not None or plan.sampling_overrides:
+                params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
             self.log_request(request_id, text, ids, params)
             stream = self.engine.add_request(
                 request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params,
                     priority=req.priority or 0)
         if req.stream:
-            return StreamingResponse(self._stream(req, model, request_id, stream), media_type="text/event-stream",
+            return StreamingResponse(self._stream(req, model, request_id, stream, plan),
+                                     media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
@@ -182,8 +202,9 @@ class OpenAIServingChat(OpenAIServing):
             lp = None
             if num is not None:
                 lp = self.chat_logprobs(c.token_ids, c.logprobs or [], num, as_ids)
-            choices.append(ChatChoice(index=c.index, message=ChatMessageOut(content=echo + c.text), logprobs=lp,
-                                      finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+            message, reason = self._message(req, plan, echo, c.text, c.finish_reason)
+            choices.append(ChatChoice(index=c.index, message=message, logprobs=lp,
+                                      finish_reason=reason, stop_reason=c.stop_reason,
                                       token_ids=list(c.token_ids) if req.return_token_ids else None))
         pt = len(out.prompt_token_ids)
         ct = sum(len(c.token_ids) for c in out.outputs)
@@ -194,6 +215,30 @@ class OpenAIServingChat(OpenAIServing):
             prompt_token_ids=list(out.prompt_token_ids) if req.return_token_ids else None,
         )
         return JSONResponse(resp.model_dump())
+
+    def _message(self, req: ChatCompletionRequest, plan: ToolPlan, echo: str, text: str,
+                 reason: str | None) -> tuple[ChatMessageOut, str | None]:
+        """One choice's message (reasoning and tool calls parsed out) and finish reason."""
+        parser = output_parser(req, self.limits.tools, plan)
+        if parser is None:
+            return ChatMessageOut(content=echo + text), reason
+        m = parser.message(text)
+        content = echo + m.content if echo and m.content is not None else (echo or m.content)
+        return (ChatMessageOut(content=content, reasoning=m.reasoning, tool_calls=m.tool_calls),
+                finish_reason(plan, bool(m.tool_calls), reason))
+
+    @staticmethod
+    def _delta(parser: ChatOutputParser | None, plan: ToolPlan, text_so_far: str, new_text: str, reason: str | None,
+               extras: bool, new_tokens: bool) -> tuple[dict[str, Any] | None, str | None]:
+        """A stream chunk's delta and finish reason; None: no chunk for this step (``extras``: it carries
+        logprobs or token ids anyway)."""
+        if parser is not None:  # reasoning / tool calls: the parser decides what is new
+            delta = parser.delta(text_so_far, reason is not None)
+            reason = finish_reason(plan, parser.tools_called, reason)
+            return (delta if delta or extras or reason is not None else None), reason
+        if not new_text and not extras and reason is None and not new_tokens:  # as vLLM: a token, a chunk
+            return None, reason
+        return ({"content": new_text} if new_text or reason is None else {}), reason
 
     @staticmethod
     def _echo_text(req: ChatCompletionRequest) -> str:
@@ -206,9 +251,11 @@ class OpenAIServingChat(OpenAIServing):
         return content or ""
 
     async def _stream(self, req: ChatCompletionRequest, model: str, request_id: str,
-                      stream: RequestStream) -> AsyncIterator[str]:
+                      stream: RequestStream, plan: ToolPlan) -> AsyncIterator[str]:
         created = self.now()
         n = stream.n
+        parsers = [output_parser(req, self.limits.tools, plan) for _ in range(n)]
+        texts = [""] * n
         sent_tokens = [0] * n
         finished = [False] * n
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -249,10 +296,12 @@ class OpenAIServingChat(OpenAIServing):
                     sent_tokens[i] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[i] = True
-                    if not text and lp is None and c.finish_reason is None and not new_ids:  # as vLLM: a token, a chunk
+                    texts[i] += text
+                    delta, reason = self._delta(parsers[i], plan, texts[i], text, c.finish_reason,
+                                                lp is not None or bool(want_ids and new_ids), bool(new_ids))
+                    if delta is None:
                         continue
-                    delta = {"content": text} if text or c.finish_reason is None else {}
-                    yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=c.finish_reason,
+                    yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason,
                                                  stop_reason=c.stop_reason, token_ids=new_ids if want_ids else None),
                                 len(c.token_ids))
             if include_usage:

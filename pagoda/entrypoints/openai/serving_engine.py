@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -45,6 +45,7 @@ from pagoda.entrypoints.openai.protocol import (
 )
 from pagoda.entrypoints.openai.request_fields import check_request_fields
 from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request
+from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 from pagoda.errors import EngineInvariantError, ValidationError
 from pagoda.outputs import Logprob, RequestOutput
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
@@ -63,6 +64,7 @@ class ServerLimits:
     trust_request_chat_template: bool = False
     enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
     return_tokens_as_token_ids: bool = False  # --return-tokens-as-token-ids: the requests' default
+    tools: ToolServingConfig = field(default_factory=ToolServingConfig)  # tool-call and reasoning parsers
 
 
 class ServingError(Exception):

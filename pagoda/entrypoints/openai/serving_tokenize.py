@@ -15,6 +15,7 @@ from pagoda.entrypoints.openai.protocol import (
 )
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_engine import OpenAIServing, ServingError
+from pagoda.entrypoints.openai.tool_calling import check_tools
 
 
 def validation_error(e: ValidationError) -> ServingError:
@@ -42,7 +43,7 @@ class OpenAIServingTokenization(OpenAIServing):
         self.model_name(req.model)
         if isinstance(req, TokenizeChatRequest):
             _, ids = self.chat.render_prompt(req.messages, req.add_generation_prompt, req.continue_final_message,
-                                             req.chat_template, req.chat_template_kwargs, None,
+                                             req.chat_template, req.chat_template_kwargs, check_tools(req.tools),
                                              req.add_special_tokens)
         else:
             ids = self.encode(req.prompt, req.add_special_tokens)

@@ -1,0 +1,79 @@
+"""One chat choice's generated text → the message's ``reasoning``, ``content`` and ``tool_calls``, whole
+(:meth:`ChatOutputParser.message`) or as stream deltas (:meth:`ChatOutputParser.delta`).
+
+The reasoning parser (if any) splits the text first; the tool parser (if any) reads the content part.
+Both are prefix-monotone pure functions of the text so far, so a stream sends exactly the differences,
+and a well-formed output streams to the same message the non-streamed request returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagoda.entrypoints.openai.tool_parsers import ToolCallStream, ToolParser
+from pagoda.reasoning import ReasoningParser
+
+
+@dataclass
+class ParsedMessage:
+    content: str | None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ChatOutputParser:
+    """Per choice; ``include_reasoning=False`` drops the reasoning (vLLM's request field)."""
+
+    def __init__(self, reasoning: ReasoningParser | None, tools: ToolParser | None, include_reasoning: bool = True,
+                 max_calls: int | None = None) -> None:
+        self.reasoning = reasoning
+        self.tools = tools
+        self.include_reasoning = include_reasoning
+        self.max_calls = max_calls  # 1 without parallel_tool_calls: later calls are dropped
+        self._stream = ToolCallStream(tools) if tools is not None else None
+        self._sent_reasoning = ""
+        self._sent_content = ""
+
+    def _split(self, text: str, final: bool) -> tuple[str, str]:
+        return self.reasoning.split(text, final) if self.reasoning is not None else ("", text)
+
+    def message(self, text: str) -> ParsedMessage:
+        reasoning, content = self._split(text, True)
+        out = ParsedMessage(content)
+        if self.reasoning is not None:  # vLLM: empty parts are null once a reasoning parser splits
+            out.content = content or None
+            out.reasoning = (reasoning or None) if self.include_reasoning else None
+        if self.tools is not None:
+            info = self.tools.extract_tool_calls(content)
+            if info.tools_called:
+                out.tool_calls = info.tool_calls[:self.max_calls]
+                out.content = info.content
+        return out
+
+    def delta(self, text: str, final: bool) -> dict[str, Any]:
+        """The whole text so far → what is new: a delta with any of ``reasoning``, ``content``, ``tool_calls``."""
+        reasoning, content = self._split(text, final)
+        delta: dict[str, Any] = {}
+        if reasoning.startswith(self._sent_reasoning) and len(reasoning) > len(self._sent_reasoning):
+            if self.include_reasoning:
+                delta["reasoning"] = reasoning[len(self._sent_reasoning):]
+            self._sent_reasoning = reasoning
+        if self._stream is not None:
+            new, calls = self._stream.update(content, final)
+            if self.max_calls is not None:
+                calls = [c for c in calls if c["index"] < self.max_calls]
+            if calls:
+                delta["tool_calls"] = calls
+        elif content.startswith(self._sent_content):
+            new = content[len(self._sent_content):]
+            self._sent_content = content
+        else:
+            new = ""
+        if new:
+            delta["content"] = new
+        return delta
+
+    @property
+    def tools_called(self) -> bool:
+        return self._stream is not None and self._stream.called

@@ -1,0 +1,167 @@
+"""What every tool-call parser provides, and the one streaming engine they share.
+
+A parser implements one pure function, ``parse(text, final)``: the model's output so far (``final``:
+the whole output) → :class:`ParseResult`, the content outside tool calls and the calls found. Its
+contract, which makes streaming a mere diff: for a prefix ``p`` of ``t``, ``parse(p, False)`` is a
+*prefix* of ``parse(t, ...)`` -- its content is a prefix of the later content, it has no more calls,
+each call's name is either unknown (None) or final, and each call's arguments are a prefix of the later
+arguments. Text that might still become a tool-call marker is held back until it is decided.
+
+``parse(t, True)`` on output that is not well-formed returns the whole text as content and no calls
+(never an exception): a malformed tool call reaches the client as text. A stream cannot take back what
+it sent, so for malformed output the streamed calls may differ from the non-streamed answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagoda.entrypoints.openai.tool_parsers.json_scan import Malformed
+
+logger = logging.getLogger("pagoda.server")
+
+
+@dataclass
+class ParsedCall:
+    name: str | None  # None until the whole name is known
+    arguments: str = ""  # JSON text of the arguments so far (a prefix of the final text)
+    done: bool = False
+
+
+@dataclass
+class ParseResult:
+    content: str
+    calls: list[ParsedCall] = field(default_factory=list)
+
+
+@dataclass
+class Scan:
+    """What a parser found so far: the text outside calls (``segments``, one more than ``calls`` once
+    complete; missing trailing ones are empty) and the calls."""
+
+    segments: list[str] = field(default_factory=list)
+    calls: list[ParsedCall] = field(default_factory=list)
+
+
+@dataclass
+class ExtractedToolCallInformation:
+    """vLLM's name: the non-streamed result."""
+
+    tools_called: bool
+    tool_calls: list[dict[str, Any]]
+    content: str | None
+
+
+def make_tool_call_id() -> str:
+    """vLLM's tool-call ids: ``chatcmpl-tool-`` and 32 hex digits."""
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+
+def tool_call(name: str, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+    """One OpenAI ``message.tool_calls`` entry."""
+    return {"id": call_id or make_tool_call_id(), "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def partial_tag_overlap(text: str, tag: str) -> int:
+    """Length of the longest proper prefix of ``tag`` that ``text`` ends with (0: none)."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
+
+
+def assemble_content(segments: list[str], n_calls: int, final: bool) -> str:
+    """Content from the text between calls (``segments``: before the first call, between calls, after the
+    last; ``n_calls + 1`` of them). Without calls, the text as is (while streaming, trailing whitespace
+    waits: a call may follow). With calls, the text before them loses its trailing whitespace and the
+    pieces after calls are stripped, so the newlines models put around calls are not content."""
+    if n_calls == 0:
+        return segments[0] if final else segments[0].rstrip()
+    return segments[0].rstrip() + "".join(s.strip() for s in segments[1:])
+
+
+class ToolParser:
+    """Base class: subclasses set ``name`` and implement ``parse``."""
+
+    name = ""
+    special_tokens_in_output = False
+    """The format's markers are special tokens: requests keep special tokens in the text
+    (``skip_special_tokens=False``, as vLLM's adjust_request does for these parsers)."""
+
+    def parse(self, text: str, final: bool) -> ParseResult:
+        """See the module doc. Subclasses fill a :class:`Scan` in ``scan_into``; malformed output raises
+        ``Malformed`` there, which becomes the whole text as content (final) or what was found before the
+        fault (while streaming)."""
+        acc = Scan()
+        try:
+            self.scan_into(text, final, acc)
+        except Malformed:
+            if final:
+                return ParseResult(text, [])
+        while len(acc.segments) < len(acc.calls) + 1:
+            acc.segments.append("")
+        return ParseResult(assemble_content(acc.segments[:len(acc.calls) + 1], len(acc.calls), final), acc.calls)
+
+    def scan_into(self, text: str, final: bool, acc: Scan) -> None:
+        raise NotImplementedError
+
+    def extract_tool_calls(self, model_output: str) -> ExtractedToolCallInformation:
+        """The finished output → tool calls and the content around them (never raises)."""
+        try:
+            r = self.parse(model_output, True)
+        except Exception:  # a parser bug must not turn a generated answer into a 500
+            logger.exception("%s tool parser failed; returning the text as content", self.name)
+            return ExtractedToolCallInformation(False, [], model_output)
+        calls = [tool_call(c.name, c.arguments) for c in r.calls if c.name is not None]
+        return ExtractedToolCallInformation(bool(calls), calls, r.content if (r.content or not calls) else None)
+
+
+class ToolCallStream:
+    """Turns successive ``parse`` results of one choice into OpenAI stream deltas."""
+
+    def __init__(self, parser: ToolParser) -> None:
+        self.parser = parser
+        self.content = ""
+        self.sent: list[tuple[str, str]] = []  # per call: (id, arguments sent)
+        self.broken = False
+
+    def update(self, text: str, final: bool) -> tuple[str, list[dict[str, Any]]]:
+        """The whole output so far → (new content, tool_calls delta entries)."""
+        try:
+            r = self.parser.parse(text, final)
+        except Exception:
+            logger.exception("%s tool parser failed while streaming", self.parser.name)
+            r = ParseResult(text if final else "", [])
+        new_content = ""
+        if r.content.startswith(self.content):
+            new_content = r.content[len(self.content):]
+            self.content = r.content
+        elif not self.broken:  # only malformed output can do this (see the module doc)
+            self.broken = True
+            logger.debug("%s tool parser: content is not a continuation; stream keeps what it sent", self.parser.name)
+        return new_content, self._call_deltas(r.calls)
+
+    def _call_deltas(self, calls: list[ParsedCall]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i, c in enumerate(calls):
+            if c.name is None:
+                break
+            if i == len(self.sent):
+                call_id = make_tool_call_id()
+                self.sent.append((call_id, c.arguments))
+                out.append({"index": i, "id": call_id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}})
+                continue
+            call_id, args = self.sent[i]
+            if c.arguments != args and c.arguments.startswith(args):
+                out.append({"index": i, "function": {"arguments": c.arguments[len(args):]}})
+                self.sent[i] = (call_id, c.arguments)
+        return out
+
+    @property
+    def called(self) -> bool:
+        return bool(self.sent)

@@ -1,0 +1,57 @@
+"""Reasoning parsers (``--reasoning-parser NAME``): the model's thinking → ``reasoning``, the rest → ``content``.
+
+As with tool parsers (:mod:`pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser`), a parser is one
+pure function ``split(text, final) -> (reasoning, content)`` whose results for a growing text only grow
+(each part of a prefix's split is a prefix of the later part), so streaming is a diff. Text that might be
+the start of a tag is held back until it is decided. Parsers work on text, not token ids, so they also
+work when the tags are not single tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import partial_tag_overlap
+
+
+class ReasoningParser:
+    name = ""
+
+    def __init__(self, chat_template_kwargs: dict[str, Any] | None = None) -> None:
+        self.chat_template_kwargs = chat_template_kwargs or {}
+
+    def split(self, text: str, final: bool) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def extract_reasoning(self, model_output: str) -> tuple[str | None, str | None]:
+        """vLLM's name: the finished output → (reasoning or None, content or None)."""
+        reasoning, content = self.split(model_output, True)
+        return reasoning or None, content or None
+
+
+class BaseThinkingReasoningParser(ReasoningParser):
+    """``<think>`` (optional: chat templates often put it in the prompt) … ``</think>`` then the answer.
+    Without ``</think>`` the whole output is reasoning (it was cut short), unless ``thinks_by_default``
+    is false, in which case it is content."""
+
+    start_token = "<think>"
+    end_token = "</think>"
+
+    @property
+    def thinks_by_default(self) -> bool:
+        return True
+
+    def split(self, text: str, final: bool) -> tuple[str, str]:
+        k = len(text) - len(text.lstrip())
+        head = text[k:]
+        if head.startswith(self.start_token):
+            body = head[len(self.start_token):]
+        elif not final and self.start_token.startswith(head):
+            return "", ""  # nothing yet, or maybe the start tag: wait
+        else:
+            body = text
+        i = body.find(self.end_token)
+        if i >= 0:
+            return body[:i], body[i + len(self.end_token):]
+        held = body if final else body[:len(body) - partial_tag_overlap(body, self.end_token)]
+        return (held, "") if self.thinks_by_default else ("", held)

@@ -1,0 +1,213 @@
+"""Tool calling and reasoning through the server and the official client.
+
+* the default model (SmolLM2-135M-Instruct, which does not call tools by itself) behind
+  ``--enable-auto-tool-choice --tool-call-parser hermes``: a required or named tool choice always parses
+  to the tool's schema (constrained decoding), streamed deltas reassemble to the non-streamed call, tool
+  results round-trip through the chat template, and bad tool definitions are 400s naming the field;
+* the tiny model behind ``--reasoning-parser deepseek_r1``: its output (no ``</think>``) is all
+  reasoning, streamed and not, and constrained output with a reasoning parser is refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from server_utils import MODEL, RemoteServer
+
+DEFAULT = "SmolLM2-135M-Instruct"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+NO_PARAMS = {"type": "function", "function": {"name": "get_time", "description": "The time now"}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+SCHEMAS = {"get_weather": WEATHER["function"]["parameters"], "get_time": {"type": "object"}}
+
+
+@pytest.fixture(scope="module")
+def tool_server():
+    srv = RemoteServer(None, ["--max-model-len", "1024", "--kv-cache-memory-bytes", "256M",
+                              "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                              "--trust-request-chat-template"], env={"OMP_NUM_THREADS": "2"})
+    yield srv
+    srv.stop()
+
+
+def check_calls(calls, names):
+    assert calls and all(c.type == "function" and c.id.startswith("chatcmpl-tool-") for c in calls)
+    for c in calls:
+        assert c.function.name in names
+        jsonschema.validate(json.loads(c.function.arguments), SCHEMAS[c.function.name])
+
+
+def reassemble(chunks):
+    calls: dict[int, dict] = {}
+    for ch in chunks:
+        for d in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
+            if d.id is not None:
+                calls[d.index] = {"id": d.id, "name": d.function.name, "arguments": ""}
+            calls[d.index]["arguments"] += d.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.default_model
+def test_named_tool_call_always_parses_and_streams_the_same(tool_server):
+    c = tool_server.client()
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    prompts = ["What is the weather in Paris?", "Weather for Tokyo in fahrenheit, 3 days", "hello", "{}"]
+    for p in prompts:
+        r = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": p}], tools=[WEATHER],
+                                      tool_choice=choice, max_tokens=80, temperature=0)
+        m = r.choices[0].message
+        assert len(m.tool_calls) == 1 and r.choices[0].finish_reason == "stop", r  # OpenAI's reason when forced
+        check_calls(m.tool_calls, {"get_weather"})
+        s = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": p}], tools=[WEATHER],
+                                      tool_choice=choice, max_tokens=80, temperature=0, stream=True)
+        chunks = list(s)
+        streamed = reassemble(chunks)
+        assert [(x["name"], x["arguments"]) for x in streamed] == [("get_weather", m.tool_calls[0].function.arguments)]
+        assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.default_model
+def test_required_tool_calls_always_parse(tool_server):
+    c = tool_server.client()
+    # one call (parallel_tool_calls false) of bounded tools: the grammar leaves no way to run past max_tokens
+    for seed, p in enumerate(["What is the weather in Paris?", "What time is it?", "Say hi", "Paris? Tokyo?"]):
+        r = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": p}],
+                                      tools=[WEATHER, NO_PARAMS], tool_choice="required", max_tokens=120,
+                                      temperature=0.8, seed=seed, parallel_tool_calls=False)
+        assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message
+        assert len(r.choices[0].message.tool_calls) == 1 and r.choices[0].message.content is None
+        check_calls(r.choices[0].message.tool_calls, {"get_weather", "get_time"})
+    one = {"model": DEFAULT, "messages": ASK, "tools": [WEATHER, NO_PARAMS], "tool_choice": "required",
+           "max_tokens": 120, "temperature": 0, "parallel_tool_calls": False}
+    r = c.chat.completions.create(**one)
+    chunks = list(c.chat.completions.create(**one, stream=True))
+    assert [(x["name"], x["arguments"]) for x in reassemble(chunks)] == [
+        (t.function.name, t.function.arguments) for t in r.choices[0].message.tool_calls]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # parallel calls are unbounded: greedy, this model repeats calls until max_tokens, and the unfinished list
+    # comes back as content with finish_reason "length" (never a half call)
+    r = c.chat.completions.create(**{**one, "parallel_tool_calls": True, "max_tokens": 60})
+    m = r.choices[0].message
+    if r.choices[0].finish_reason == "length":
+        assert not m.tool_calls and m.content.startswith('[{"name": ')
+    else:
+        check_calls(m.tool_calls, {"get_weather", "get_time"})
+
+
+ROUND_TRIP_TEMPLATE = (
+    "{% for t in tools or [] %}TOOL {{ t.function.name }}\n{% endfor %}"
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}CALL {{ c.id }} {{ c.function.name }} city={{ c.function.arguments.city }}"
+    "{% endfor %}{% if m.tool_call_id %} RESULT-FOR {{ m.tool_call_id }}{% endif %}\n{% endfor %}<assistant>")
+
+
+@pytest.mark.default_model
+def test_tool_results_round_trip_through_the_template(tool_server):
+    c = tool_server.client()
+    r = c.chat.completions.create(model=DEFAULT, messages=ASK, tools=[WEATHER],
+                                  tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                  max_tokens=60, temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}]
+    r2 = c.chat.completions.create(model=DEFAULT, messages=messages, tools=[WEATHER], tool_choice="none",
+                                   max_tokens=4, temperature=0,
+                                   extra_body={"chat_template": ROUND_TRIP_TEMPLATE, "return_token_ids": True})
+    prompt = tool_server.post("/detokenize", {"model": DEFAULT, "tokens": r2.prompt_token_ids}).json()["prompt"]
+    city = json.loads(call.function.arguments)["city"]
+    # (transformers renders with trim_blocks: the newline after a block tag goes)
+    assert prompt == (f"TOOL get_weather\n<user>What is the weather in Paris?<assistant>CALL {call.id} get_weather "
+                      f"city={city}<tool>18 C and sunny RESULT-FOR {call.id}<assistant>")  # arguments as an object
+    # --exclude-tools-when-tool-choice-none is off: tool_choice none still shows the tools; /tokenize shows them too
+    tok = {"model": DEFAULT, "messages": messages, "chat_template": ROUND_TRIP_TEMPLATE}
+    with_tools = tool_server.post("/tokenize", {**tok, "tools": [WEATHER]}).json()["tokens"]
+    assert with_tools == r2.prompt_token_ids
+    assert len(tool_server.post("/tokenize", tok).json()["tokens"]) < len(with_tools)
+
+
+@pytest.mark.default_model
+def test_auto_parses_nothing_when_the_model_calls_nothing(tool_server):
+    c = tool_server.client()
+    r = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": "What is the capital of "
+                                                            "France?"}],
+                                  tools=[WEATHER], max_tokens=16, temperature=0)
+    m = r.choices[0].message
+    assert "Paris" in m.content and not m.tool_calls and r.choices[0].finish_reason in ("stop", "length")
+
+
+BAD_TOOLS = [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": ["a"]}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools"),
+    ({"tools": [{"type": "retrieval"}]}, "tools"),
+    ({"tools": []}, "tools"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function"}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+]
+
+
+@pytest.mark.default_model
+@pytest.mark.parametrize("extra,param", BAD_TOOLS, ids=[str(i) for i in range(len(BAD_TOOLS))])
+def test_bad_tool_requests_are_400s_naming_the_field(tool_server, extra, param):
+    r = tool_server.post("/v1/chat/completions", {"model": DEFAULT, "messages": ASK, "max_tokens": 2, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.default_model
+def test_a_tool_without_parameters_is_valid(tool_server):
+    c = tool_server.client()
+    r = c.chat.completions.create(model=DEFAULT, messages=ASK, tools=[NO_PARAMS],
+                                  tool_choice={"type": "function", "function": {"name": "get_time"}},
+                                  max_tokens=30, temperature=0)
+    check_calls(r.choices[0].message.tool_calls, {"get_time"})
+    r = c.chat.completions.create(model=DEFAULT, messages=ASK, tools=[NO_PARAMS], tool_choice="none", max_tokens=2)
+    assert r.choices[0].message.tool_calls in (None, [])
+
+
+# ------------------------------------------------------------------------ reasoning (tiny model)
+@pytest.fixture(scope="module")
+def reasoning_server(tiny_model_dir):
+    srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
+                                             "--reasoning-parser", "deepseek_r1"])
+    yield srv
+    srv.stop()
+
+
+def test_reasoning_split_streamed_and_not(reasoning_server, server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12, "temperature": 0}
+    plain = server.client().chat.completions.create(**body).choices[0].message.content
+    c = reasoning_server.client()
+    m = c.chat.completions.create(**body).choices[0].message
+    assert plain and "</think>" not in plain
+    assert m.model_extra["reasoning"] == plain and m.content is None  # no </think>: all of it is reasoning
+    chunks = list(c.chat.completions.create(**body, stream=True))
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == plain
+    assert not "".join(d.content or "" for d in deltas)
+    m = c.chat.completions.create(**body, extra_body={"include_reasoning": False}).choices[0].message
+    assert m.model_extra["reasoning"] is None and m.content is None
+
+
+def test_constrained_output_with_a_reasoning_parser_is_refused(reasoning_server):
+    for extra in ({"tools": [WEATHER], "tool_choice": "required"}, {"response_format": {"type": "json_object"}}):
+        r = reasoning_server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, **extra})
+        assert r.status_code == 400 and "--reasoning-parser" in r.json()["error"]["message"], r.text
+
+
+def test_auto_tool_choice_without_the_flags_is_vllms_400(server):
+    with pytest.raises(openai.BadRequestError, match="--enable-auto-tool-choice and --tool-call-parser"):
+        server.client().chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER],
+                                                                      tool_choice="auto", max_tokens=2)
