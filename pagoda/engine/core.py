@@ -24,6 +24,7 @@ from pagoda.engine.messages import (
     EngineCoreOutput,
     EngineCoreOutputs,
     EngineCoreRequest,
+    PooledData,
     PromptLogprobs,
     SchedulerStats,
     TokenLogprobs,
@@ -83,6 +84,7 @@ class EngineCore:
             scheduling_policy=cfg.scheduling_policy,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
+        self.pooler = cfg.pooler
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
@@ -106,7 +108,8 @@ class EngineCore:
         """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`)."""
         req = Request(
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
-            cache_salt=r.cache_salt, priority=r.priority,
+            cache_salt=r.cache_salt, priority=r.priority, pooling_params=r.pooling_params,
+            token_type_ids=r.token_type_ids,
         )
         self.scheduler.add_request(req, fork_of=r.fork_of)
 
@@ -227,6 +230,12 @@ class EngineCore:
                 prompt_tokens += s.num_new_tokens
                 if plp is not None:
                     outs.append(EngineCoreOutput(rid, [], prompt_logprobs=_prompt_logprobs(plp)))
+                continue
+            pooled = res.pooled.get(rid)
+            if pooled is not None:
+                prompt_tokens += s.num_new_tokens
+                outs.append(EngineCoreOutput(rid, [], finish_reason="stop", pooled=PooledData(
+                    pooled.numpy().astype("<f4").tobytes(), list(pooled.shape))))
                 continue
             toks = res.sampled[rid]
             if req.num_output_tokens <= len(toks):  # this step gave the first output: it ended the prompt

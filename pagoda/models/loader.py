@@ -52,7 +52,8 @@ def load_model(cfg: EngineConfig) -> nn.Module:
     t0 = time.perf_counter()
     quant_config = resolve_quantization(cfg.hf_config, cfg.quantization)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
-        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config)
+        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config,
+                            cfg.pooler.kind if cfg.pooler is not None else None)
     model.eval()
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))
