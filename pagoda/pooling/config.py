@@ -111,8 +111,9 @@ def sentence_transformers_max_len(model_path: Path) -> int | None:
 
 
 def num_labels(hf_config: dict[str, Any]) -> int:
-    """Classifier outputs: ``id2label``'s size, else ``num_labels``, else 1 (a one-logit regressor / cross-encoder)."""
-    return len(hf_config.get("id2label") or {}) or int(hf_config.get("num_labels") or 1)
+    """Classifier outputs: ``id2label``'s size, else ``num_labels``, else 2 (transformers' default, which
+    ``save_pretrained`` leaves out of config.json)."""
+    return len(hf_config.get("id2label") or {}) or int(hf_config.get("num_labels") or 2)
 
 
 _TASKS = {
