@@ -159,6 +159,10 @@ class OpenAIServing:
 
     def check_common(self, req: SamplingFields, endpoint: str) -> None:
         """Request-shape checks shared by completions and chat (the engine's admission comes later)."""
+        if self.engine.cfg is not None and self.engine.cfg.runner == "pooling":
+            from pagoda.pooling.inputs import GENERATIVE_ONLY
+
+            raise ValidationError(GENERATIVE_ONLY, "model", code="wrong_runner")
         check_request_fields(req, endpoint)
         if req.stream_options is not None and not req.stream:
             raise ServingError(400, "stream_options can only be set when stream is true.", param="stream_options")

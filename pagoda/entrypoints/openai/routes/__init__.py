@@ -14,6 +14,7 @@ from pagoda.entrypoints.openai.routes import (
     chat,
     completions,
     models,
+    pooling,
     responses,
     sagemaker,
     server_info,
@@ -21,7 +22,7 @@ from pagoda.entrypoints.openai.routes import (
 )
 
 ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.router, chat.router, tokenize.router,
-                                  responses.router, sagemaker.router, server_info.router)
+                                  responses.router, sagemaker.router, server_info.router, pooling.router)
 
 
 def routers(args: argparse.Namespace) -> list[APIRouter]:
