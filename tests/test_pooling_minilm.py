@@ -5,9 +5,9 @@ including one over the model's max_seq_length (256) truncated as sentence-transf
 from __future__ import annotations
 
 import torch
+from pooling_models import minilm_path
 
 from pagoda import LLM
-from pooling_models import minilm_path
 
 SENTENCES = [
     "A man is eating food.",

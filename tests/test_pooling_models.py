@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from pooling_models import build_pooling_model
 
 from pagoda import LLM, PoolingParams
 from pagoda.errors import ValidationError
-from pooling_models import build_pooling_model
 
 TEXTS = ["the quick brown fox", "paris is the capital of france. berlin is the capital of germany. " * 3,
          "tokens", "large language models generate text one token at a time"]

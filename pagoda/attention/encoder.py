@@ -19,9 +19,9 @@ def encoder_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_s
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         try:
             from torch.nn.attention.varlen import varlen_attn
-        except ImportError:
-            varlen_attn = None
-        if varlen_attn is not None:
+        except ImportError:  # torch < 2.10: the per-length path below
+            pass
+        else:
             cu = query_start_loc.to(torch.int32)
             m = max(lens)
             return varlen_attn(q, k, v, cu, cu, m, m, scale=scale)  # type: ignore[return-value]

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagoda.engine.detokenizer import IncrementalDetokenizer, decode_token
 import torch
 
+from pagoda.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagoda.engine.messages import EngineCoreOutput, PooledData
 from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.pooling.outputs import PoolingOutput, PoolingRequestOutput

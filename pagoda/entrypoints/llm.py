@@ -179,7 +179,7 @@ class LLM(PoolingMixin):
             outs = self._run(batch, [step_sampling_params(k)] * len(batch), False)
             if bar:
                 bar.update(1)
-            return [o.outputs[0].logprobs[0] for o in outs]  # type: ignore[index]
+            return [o.outputs[0].logprobs[0] for o in outs]
 
         try:
             run_beam_search(instances, step, concurrency_limit)
@@ -223,7 +223,7 @@ class LLM(PoolingMixin):
         finally:
             if bar:
                 bar.close()
-        return results  # type: ignore[return-value]
+        return results
 
 
 def _as_prompt_list(prompts: Any) -> list[PromptType]:

@@ -182,7 +182,7 @@ class BertForSequenceClassification(BertModel):
         else:
             self.pooler = nn.Module()
             self.pooler.dense = Linear(h, h, bias=True)
-            self.classifier = Linear(h, n, bias=True)  # type: ignore[assignment]
+            self.classifier = Linear(h, n, bias=True)
 
     def classify(self, cls_rows: torch.Tensor) -> torch.Tensor:
         """Logits [B, num_labels] from the CLS rows [B, H]."""

@@ -67,7 +67,7 @@ def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
     from pagoda.models.llama import LlamaForCausalLM
 
     if pooling_kind is not None:
-        return _build_pooling_model(hf_config, arch, dtype, quant_config, pooling_kind)  # type: ignore[return-value]
+        return _build_pooling_model(hf_config, arch, dtype, quant_config, pooling_kind)
 
     if arch in _MOE_FAMILY:
         from pagoda.models.moe import MOE_MODELS
@@ -81,8 +81,9 @@ def _build_pooling_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtyp
     if arch in _ENCODERS:
         from pagoda.models import bert
 
-        cls = bert.BertModel if kind == "embed" else bert.BertForSequenceClassification
-        return cls(hf_config, arch, dtype, quant_config)
+        if kind == "embed":
+            return bert.BertModel(hf_config, arch, dtype, quant_config)
+        return bert.BertForSequenceClassification(hf_config, arch, dtype, quant_config)
     if arch in _MOE_FAMILY:
         raise ValueError(f"{arch} cannot run as a pooling model yet (MoE pooling is not implemented)")
     from pagoda.models import llama_pooling as lp

@@ -8,7 +8,6 @@ import base64
 
 import pytest
 import torch
-
 from pooling_models import build_pooling_model
 from server_utils import RemoteServer
 

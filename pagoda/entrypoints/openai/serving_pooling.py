@@ -185,10 +185,10 @@ class OpenAIServingPooling(OpenAIServing):
             raise ValidationError("Each document must be a non-empty string or an object with 'text'.", "documents")
         if req.top_n is not None and req.top_n < 1:
             raise ValidationError("top_n must be at least 1.", "top_n")
-        scores, n = await self._scores([(req.query, d) for d in docs], req)  # type: ignore[misc]
+        scores, n = await self._scores([(req.query, d) for d in docs], req)
         order = sorted(range(len(docs)), key=lambda i: -scores[i])[: req.top_n or len(docs)]
         results = [RerankResult(index=i, relevance_score=scores[i],
-                                document=RerankDocument(text=docs[i]) if req.return_documents else None)  # type: ignore[arg-type]
+                                document=RerankDocument(text=docs[i]) if req.return_documents else None)
                    for i in order]
         return _json(RerankResponse(id=f"rerank-{uuid.uuid4().hex}", model=model, usage=RerankUsage(total_tokens=n),
                                     results=results))
