@@ -7,6 +7,7 @@ from pagoda.worker.cpu_threads import apply_env_policy
 apply_env_policy()
 
 from pagoda.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: E402
+from pagoda.pooling.params import PoolingParams  # noqa: E402
 from pagoda.sampling_params import BeamSearchParams, SamplingParams  # noqa: E402
 
 __version__ = "0.1.0"
@@ -34,8 +35,17 @@ def __getattr__(name: str):
         import pagoda.beam_search
 
         return getattr(pagoda.beam_search, name)
+    if name in _POOLING_OUTPUTS:
+        import pagoda.pooling.outputs
+
+        return getattr(pagoda.pooling.outputs, name)
     raise AttributeError(name)
 
 
+_POOLING_OUTPUTS = ("PoolingRequestOutput", "EmbeddingRequestOutput", "ClassificationRequestOutput",
+                    "ScoringRequestOutput", "PoolingOutput", "EmbeddingOutput", "ClassificationOutput", "ScoringOutput")
+
+
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput",
-           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine", "ModelRegistry"]
+           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine", "ModelRegistry", "PoolingParams",
+           *_POOLING_OUTPUTS]

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from pagoda.models.registry import MODEL_IMPLS
+from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
 from pagoda.structured_output.params import StructuredOutputsConfig
@@ -51,7 +52,8 @@ KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 
 
 ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
-    "ModelConfig": ("model", "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
+    "ModelConfig": ("model", "runner", "convert", "pooler_config",
+                    "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
                     "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
                     "override_generation_config", "max_logprobs", "trust_remote_code", "model_impl"),
     "LoadConfig": ("download_dir", "load_format"),
@@ -73,6 +75,17 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
 class EngineArgs:
     model: str | None = None
     """Model: a local Hugging Face folder, a .gguf file or a hub id (default: the embedded SmolLM2-135M-Instruct)."""
+    runner: str = field(default="auto", metadata={"choices": ("auto", "generate", "pooling")})
+    """generate: a text-generation model; pooling: an embedding / classification / scoring model (served by
+    LLM.embed/classify/score/reward/encode and /v1/embeddings, /classify, /score, /rerank, /pooling); auto:
+    pooling for pooling-only architectures (BERT-family encoders, *ForSequenceClassification) or with
+    --convert, else generate."""
+    convert: str = field(default="auto", metadata={"choices": ("auto", "none", "embed", "classify", "reward")})
+    """Run the model as a pooling model of this kind: embed (pooled hidden states, e.g. a decoder embedder),
+    classify (a *ForSequenceClassification head), reward (per-token head outputs); auto: from the architecture."""
+    pooler_config: dict[str, Any] | None = None
+    """JSON object overriding the pooler: pooling_type (CLS, MEAN, LAST, ALL), normalize, dimensions,
+    use_activation (default: the model's, from sentence-transformers' modules.json when present)."""
     tokenizer: str | None = None
     """Tokenizer folder or id (default: the model's)."""
     tokenizer_mode: str = field(default="auto", metadata={"choices": TOKENIZER_MODES})
@@ -211,8 +224,12 @@ class EngineArgs:
             dtype_cfg = {**hf_config, "torch_dtype": "bfloat16"}
         dtype = resolve_dtype(self.dtype, dtype_cfg, device)
 
-        max_model_len = self._max_model_len(hf_config)
-        max_num_seqs, mnbt = self._batch_limits(device, max_model_len)
+        from pagoda.pooling.setup import resolve_runner
+
+        rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path)
+        pooling = rc.runner == "pooling"
+        max_model_len = self._max_model_len(hf_config, rc.max_len_cap)
+        max_num_seqs, mnbt = self._batch_limits(device, max_model_len, pooling)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -228,8 +245,8 @@ class EngineArgs:
             block_size=self.block_size,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=mnbt,
-            enable_chunked_prefill=self.enable_chunked_prefill,
-            enable_prefix_caching=self.enable_prefix_caching,
+            enable_chunked_prefill=self.enable_chunked_prefill and not pooling,
+            enable_prefix_caching=self.enable_prefix_caching and not pooling,
             kv_offloading_size=self.kv_offloading_size or 0.0,
             kv_cache_dtype=self.kv_cache_dtype,
             seed=self.seed,
@@ -238,7 +255,8 @@ class EngineArgs:
             gpu_memory_utilization=self.gpu_memory_utilization,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
-            async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
+            async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
+            and not pooling,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
@@ -247,14 +265,19 @@ class EngineArgs:
             chat_template=self.chat_template,
             tokenizer_mode=self.tokenizer_mode,
             structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
+            runner=rc.runner,
+            pooler=rc.pooler,
         )
 
-    def _max_model_len(self, hf_config: dict[str, Any]) -> int:
-        """--max-model-len, else the model's max_position_embeddings (YaRN: its extended length).
-        A sliding window does not cap it: the window is a per-layer attention mask."""
+    def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
+        """--max-model-len, else the model's max_position_embeddings (YaRN: its extended length; or ``cap``: a
+        pooling model's sentence-transformers max_seq_length, RoBERTa's offset position table). A sliding window
+        does not cap it: the window is a per-layer attention mask."""
         from pagoda.layers.rotary import rope_max_position
 
         max_pos = rope_max_position(hf_config)
+        if cap is not None and not self.max_model_len:
+            max_pos = min(max_pos, cap)
         max_model_len = self.max_model_len or max_pos
         if self.max_model_len and self.max_model_len > max_pos:
             raise ValueError(
@@ -263,11 +286,12 @@ class EngineArgs:
             )
         return max_model_len
 
-    def _batch_limits(self, device: torch.device, max_model_len: int) -> tuple[int, int]:
-        """(max_num_seqs, max_num_batched_tokens): the flags, else per-device defaults that fit a step."""
+    def _batch_limits(self, device: torch.device, max_model_len: int, pooling: bool = False) -> tuple[int, int]:
+        """(max_num_seqs, max_num_batched_tokens): the flags, else per-device defaults that fit a step
+        (a pooling model computes each prompt whole: its budget is at least max_model_len)."""
         max_num_seqs = self.max_num_seqs or (1024 if device.type == "cuda" else 256)
         mnbt = self.max_num_batched_tokens or (16384 if device.type == "cuda" else 2048)
-        if not self.enable_chunked_prefill and mnbt < max_model_len:
+        if (pooling or not self.enable_chunked_prefill) and mnbt < max_model_len:
             mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
         if mnbt < max_num_seqs and self.max_num_batched_tokens is None:
             mnbt = max_num_seqs
@@ -319,6 +343,8 @@ class EngineConfig:
     model_impl: str = "pagoda"  # resolved: "pagoda" (native or plugin class) or "transformers" (the fallback)
     trust_remote_code: bool = False
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    runner: str = "generate"  # generate | pooling (--runner resolved)
+    pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class Request:
         arrival_time: float | None = None,
         cache_salt: str | None = None,
         priority: int = 0,
+        pooling_params: PoolingParams | None = None,
+        token_type_ids: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -92,6 +95,10 @@ class Request:
         # The adapter (e.g. LoRA) this request runs with; None: the base model. No adapter is
         # supported yet: the model runner refuses a step that names one.
         self.adapter_id: int | None = None
+        # A pooling request (--runner pooling): computed whole in one step, then finished with a pooled
+        # output instead of a sampled token. ``token_type_ids``: BERT segment ids (a text pair), or None.
+        self.pooling_params = pooling_params
+        self.token_type_ids = token_type_ids
         self.generator: torch.Generator | None = None
         # Structured outputs: this sequence's grammar (compile + matcher), set by the engine core.
         self.grammar: RequestGrammar | None = None

@@ -351,6 +351,10 @@ class Scheduler:
             if not self._advance(s) or not s.sample:
                 continue
             req = s.request
+            if req.pooling_params is not None:  # pooled in this step: done, nothing sampled
+                self._finish_pooled(req)
+                finished.append(req)
+                continue
             tokens = sampled[req.request_id]
             kept = self._append_tokens(req, tokens)
             if kept < len(tokens):
@@ -369,6 +373,11 @@ class Scheduler:
         if req.request_id in self.forks and req.num_computed_tokens >= req.num_prompt_tokens:
             self._release_forks(req)
         return True
+
+    def _finish_pooled(self, req: Request) -> None:
+        req.status = RequestStatus.FINISHED_STOPPED
+        self.running.remove(req)
+        self._finish(req)
 
     def _append_tokens(self, req: Request, tokens: list[int]) -> int:
         """Append tokens until one ends the request (then finish it). Returns how many were appended."""

@@ -55,6 +55,8 @@ from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, finish
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
+from pagoda.pooling.outputs import PoolingRequestOutput
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -376,6 +378,29 @@ class AsyncLLM:
             self.abort(request_id)
             raise
         return stream
+
+    def add_pooling_request(self, request_id: str, prompt: PromptType, params: PoolingParams) -> RequestStream:
+        """Tokenize, admit and queue a pooling request (``--runner pooling``); its stream yields one final
+        ``PoolingRequestOutput``. Raises ``ValidationError`` (nothing queued) if invalid."""
+        self.check_servable()
+        assert self.input_processor is not None and self.output_processor is not None
+        admission.check_request_id_free(request_id, request_id in self._streams or
+                                        request_id in self.output_processor.parents)
+        text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params)
+        frame = self._enc.encode(AddRequest(core_req))
+        self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
+        stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
+        self._streams[request_id] = stream
+        try:
+            self._send_raw(frame)
+        except BaseException:
+            self.abort(request_id)
+            raise
+        return stream
+
+    async def encode(self, prompt: PromptType, params: PoolingParams, request_id: str) -> PoolingRequestOutput:
+        """One pooling request's output (vLLM's ``AsyncLLM.encode``, awaited); cancelling aborts it."""
+        return await final_output(self.add_pooling_request(request_id, prompt, params))  # type: ignore[return-value]
 
     async def generate(self, prompt: PromptType, params: SamplingParams | None, request_id: str
                        ) -> AsyncIterator[RequestOutput]:

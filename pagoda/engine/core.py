@@ -31,6 +31,7 @@ from pagoda.engine.messages import (
     EngineCoreOutput,
     EngineCoreOutputs,
     EngineCoreRequest,
+    PooledData,
     PromptLogprobs,
     SchedulerStats,
     TokenLogprobs,
@@ -97,6 +98,7 @@ class EngineCore:
         self.structured = StructuredOutputManager(cfg, self.vocab_size)
         # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
         self._grammar_waiting: list[tuple[Request, str | None]] = []
+        self.pooler = cfg.pooler
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
@@ -120,7 +122,8 @@ class EngineCore:
         """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`)."""
         req = Request(
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
-            cache_salt=r.cache_salt, priority=r.priority,
+            cache_salt=r.cache_salt, priority=r.priority, pooling_params=r.pooling_params,
+            token_type_ids=r.token_type_ids,
         )
         if r.sampling_params.structured_outputs is not None:
             req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs)
@@ -283,6 +286,12 @@ class EngineCore:
                 prompt_tokens += s.num_new_tokens
                 if plp is not None:
                     outs.append(EngineCoreOutput(rid, [], prompt_logprobs=_prompt_logprobs(plp)))
+                continue
+            pooled = res.pooled.get(rid)
+            if pooled is not None:
+                prompt_tokens += s.num_new_tokens
+                outs.append(EngineCoreOutput(rid, [], finish_reason="stop", pooled=PooledData(
+                    pooled.numpy().astype("<f4").tobytes(), list(pooled.shape))))
                 continue
             toks = res.sampled[rid]
             if req.num_output_tokens <= len(toks):  # this step gave the first output: it ended the prompt

@@ -16,6 +16,8 @@ from pagoda.engine import admission
 from pagoda.engine.messages import AdmissionLimits, EngineCoreRequest
 from pagoda.engine.output_processor import child_id
 from pagoda.errors import ValidationError
+from pagoda.pooling.inputs import GENERATIVE_ONLY, process_pooling
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import BeamSearchParams, SamplingParams, defaults_from_generation_config
 from pagoda.structured_output.validate import validate as validate_structured_outputs
 
@@ -59,6 +61,8 @@ class InputProcessor:
         self, request_id: str, prompt: PromptType, params: SamplingParams | None, priority: int = 0
     ) -> tuple[str | None, list[int], SamplingParams, list[EngineCoreRequest]]:
         """Tokenize and admit a request; returns (text, ids, params, one core request per sample)."""
+        if self.cfg.runner == "pooling":
+            raise ValidationError(GENERATIVE_ONLY, "model", code="wrong_runner")
         text, ids = self.tokenize_prompt(prompt)
         cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         admission.check_cache_salt(cache_salt)
@@ -89,9 +93,16 @@ class InputProcessor:
             )
         return text, ids, params, core_reqs
 
+    def process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams
+                        ) -> tuple[str | None, list[int], EngineCoreRequest]:
+        """Tokenize and admit a pooling request (see :mod:`pagoda.pooling.inputs`)."""
+        return process_pooling(request_id, prompt, params, self.cfg.pooler, self.tokenizer, self.limits)
+
     def beam_search(self, prompt: PromptType, params: BeamSearchParams,
                     logprobs: int | None = None) -> BeamSearchInstance:
         """Tokenize and admit a beam search; returns its state machine (see :mod:`pagoda.beam_search`)."""
+        if self.cfg.runner == "pooling":
+            raise ValidationError(GENERATIVE_ONLY, "model", code="wrong_runner")
         text, ids = self.tokenize_prompt(prompt)
         salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         admission.check_cache_salt(salt)

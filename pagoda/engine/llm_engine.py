@@ -14,6 +14,7 @@ from pagoda.engine.messages import SchedulerStats
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.outputs import RequestOutput
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 from pagoda.worker.cpu_threads import apply_runtime_policy
 
@@ -54,8 +55,8 @@ class LLMEngine:
         return str(next(self._ids))
 
     def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams | None = None, final_only: bool = False,
-        priority: int = 0,
+        self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None,
+        final_only: bool = False, priority: int = 0,
     ) -> None:
         """Validate and queue a request. Raises ``ValidationError`` (nothing queued) if invalid.
 
@@ -64,6 +65,12 @@ class LLMEngine:
         """
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
+        if isinstance(params, PoolingParams):
+            text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params)
+            self.core.add_request(core_req)
+            self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, final_only,
+                                              pooling=True)
+            return
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
         added: list[str] = []
         try:

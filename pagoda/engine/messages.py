@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import msgspec
 
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 
@@ -52,6 +53,16 @@ class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
     # Parallel sampling: the id of the first sample of the same prompt, whose prompt blocks
     # this one shares instead of recomputing them.
     fork_of: str | None = None
+    # A pooling request (``--runner pooling``; ``max_tokens`` is 0): what to pool, and BERT segment ids.
+    pooling_params: PoolingParams | None = None
+    token_type_ids: list[int] | None = None
+
+
+class PooledData(msgspec.Struct, array_like=True):
+    """A pooling request's output: float32 values (little-endian bytes) of the given shape."""
+
+    data: bytes
+    shape: list[int]
 
 
 class TokenLogprobs(msgspec.Struct, array_like=True):
@@ -84,6 +95,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     error: str | None = None
+    pooled: PooledData | None = None  # a finished pooling request's output
 
 
 class SchedulerStats(msgspec.Struct):

@@ -10,9 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from pagoda.engine.detokenizer import IncrementalDetokenizer, decode_token
-from pagoda.engine.messages import EngineCoreOutput
+from pagoda.engine.messages import EngineCoreOutput, PooledData
 from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagoda.pooling.outputs import PoolingOutput, PoolingRequestOutput
 from pagoda.sampling_params import SamplingParams
 
 
@@ -39,6 +42,8 @@ class ParentState:
     metrics: RequestMetrics
     final_only: bool = False
     num_cached_tokens: int = 0
+    pooling: bool = False  # a pooling request: its output is ``pooled``, not tokens
+    pooled: PooledData | None = None
 
     @property
     def finished(self) -> bool:
@@ -59,7 +64,7 @@ class OutputProcessor:
 
     def add_request(
         self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-        final_only: bool = False,
+        final_only: bool = False, pooling: bool = False,
     ) -> list[str]:
         """Track a request. ``final_only`` (vLLM's FINAL_ONLY output kind): no RequestOutput until it finishes."""
         children = {}
@@ -81,7 +86,8 @@ class OutputProcessor:
         if params.prompt_logprobs is not None:
             plp = [None] * max(len(prompt_ids), 1)
         self.parents[request_id] = ParentState(
-            request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only
+            request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only,
+            pooling=pooling,
         )
         return list(children)
 
@@ -114,6 +120,8 @@ class OutputProcessor:
                 parent.num_cached_tokens = o.num_cached_tokens
             if child.index == 0:
                 self._add_prompt_logprobs(parent, o)
+            if o.pooled is not None:
+                parent.pooled = o.pooled
             if self._add_tokens(parent, child, o, now) and o.finish_reason is None:
                 to_stop.append(o.request_id)
             if child.finish_reason is None and o.finish_reason is not None:
@@ -184,6 +192,8 @@ class OutputProcessor:
                 self.child_to_parent.pop(cid, None)
 
     def _make_output(self, parent: ParentState) -> RequestOutput:
+        if parent.pooling:
+            return self._make_pooling_output(parent)  # type: ignore[return-value]
         comps = []
         for c in sorted(parent.children.values(), key=lambda c: c.index):
             comps.append(
@@ -209,6 +219,15 @@ class OutputProcessor:
             error=errors[0] if errors else None,
             num_cached_tokens=parent.num_cached_tokens,
         )
+
+    @staticmethod
+    def _make_pooling_output(parent: ParentState) -> PoolingRequestOutput:
+        child = next(iter(parent.children.values()))
+        data = torch.empty(0)
+        if parent.pooled is not None:
+            data = torch.frombuffer(bytearray(parent.pooled.data), dtype=torch.float32).view(parent.pooled.shape)
+        return PoolingRequestOutput(parent.request_id, PoolingOutput(data), parent.prompt_token_ids,
+                                    finished=parent.finished, error=child.error)
 
     def has_unfinished(self) -> bool:
         return bool(self.parents)

@@ -12,14 +12,16 @@ from pagoda.config import EngineArgs
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.entrypoints.llm_pooling import PoolingMixin
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
+from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("pagoda")
 
 
-class LLM:
+class LLM(PoolingMixin):
     """Generate text from a model with a paged KV cache and continuous batching.
 
     ``LLM()`` with no model uses the embedded default (SmolLM2-135M-Instruct, fetched
@@ -181,7 +183,7 @@ class LLM:
             outs = self._run(batch, [step_sampling_params(k)] * len(batch), False)
             if bar:
                 bar.update(1)
-            return [o.outputs[0].logprobs[0] for o in outs]  # type: ignore[index]
+            return [o.outputs[0].logprobs[0] for o in outs]
 
         try:
             run_beam_search(instances, step, concurrency_limit)
@@ -191,8 +193,8 @@ class LLM:
         decode = lambda ids: tok.decode(ids)  # noqa: E731 - the whole sequence, special tokens kept (vLLM)
         return [BeamSearchOutput(inst.sequences(decode)) for inst in instances]
 
-    def _run(self, prompts: Sequence[PromptType], params: list[SamplingParams], use_tqdm: bool,
-             priority: Sequence[int] | None = None) -> list[RequestOutput]:
+    def _run(self, prompts: Sequence[PromptType], params: Sequence[SamplingParams | PoolingParams], use_tqdm: bool,
+             priority: Sequence[int] | None = None) -> list[Any]:
         eng = self.llm_engine
         ids: list[str] = []
         try:
@@ -225,7 +227,7 @@ class LLM:
         finally:
             if bar:
                 bar.close()
-        return results  # type: ignore[return-value]
+        return results
 
 
 def _as_prompt_list(prompts: Any) -> list[PromptType]:

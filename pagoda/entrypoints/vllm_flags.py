@@ -41,9 +41,7 @@ _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs a
 
 UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # ModelConfig
-    _u("--runner", "only generative models are served", "auto", "generate"),
-    _u("--convert", "models are not converted to pooling or classification", "auto", "none"),
-    _u("--task", "only text generation is served", "auto", "generate"),
+    _u("--task", "vLLM deprecated it: use --runner pooling and --convert embed|classify|reward", "auto", "generate"),
     _u("--hf-config-path", "config.json is read from the model folder (edit it with --hf-overrides)"),
     _u("--allowed-local-media-path", _MM),
     _u("--allowed-media-domains", _MM),
@@ -61,7 +59,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--enable-prompt-embeds", "prompt embeddings as input are not supported", value=False),
     _u("--config-format", "only Hugging Face config.json is read", "auto", "hf"),
     _u("--hf-token", "set HF_TOKEN in the environment instead"),
-    _u("--pooler-config --override-pooler-config", "pooling models are not supported yet"),
+    _u("--override-pooler-config", "vLLM deprecated it: use --pooler-config"),
     _u("--logits-processor-pattern --logits-processors", "custom logits processors are not supported"),
     _u("--enable-sleep-mode", "sleep mode is not supported", value=False),
     _u("--override-attention-dtype", "attention runs in the model dtype (--dtype)"),

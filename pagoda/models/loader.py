@@ -54,7 +54,8 @@ def load_model(cfg: EngineConfig) -> nn.Module:
     quant_config = resolve_quantization(cfg.hf_config, cfg.quantization, cfg.load_format)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
         model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, cfg.model_impl,
-                            cfg.trust_remote_code, cfg.model_path)
+                            cfg.trust_remote_code, cfg.model_path,
+                            cfg.pooler.kind if cfg.pooler is not None else None)
     model.eval()
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))

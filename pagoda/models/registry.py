@@ -53,6 +53,32 @@ _MODEL_TYPES: dict[str, str] = {
 }
 """config.json ``model_type`` -> architecture, for configs without ``architectures``."""
 
+# Pooling-only architectures (models/bert.py, models/llama_pooling.py): served with --runner pooling.
+_ENCODERS = ("BertModel", "BertForSequenceClassification", "RobertaModel", "RobertaForSequenceClassification",
+             "XLMRobertaModel", "XLMRobertaForSequenceClassification")
+_DECODER_POOLING = ("LlamaForSequenceClassification", "MistralForSequenceClassification",
+                    "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification",
+                    "LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model")
+_MOE = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+
+
+def is_pooling_architecture(arch: str) -> bool:
+    """True for architectures that only pool (encoders, sequence classifiers, base decoder models)."""
+    return arch in _ENCODERS or arch in _DECODER_POOLING
+
+
+def default_pooling(arch: str, convert: str) -> tuple[str, str]:
+    """(kind: embed | classify | reward, default pooling type) of ``arch`` run as a pooling model.
+    ``convert`` (``--convert``) picks the kind; ``auto``: classify for ``*ForSequenceClassification``,
+    embed otherwise. Encoders pool CLS by default, decoders their last token (vLLM's defaults)."""
+    classifier = arch.endswith("ForSequenceClassification")
+    kind = convert if convert in ("embed", "classify", "reward") else ("classify" if classifier else "embed")
+    if kind in ("classify", "reward") and not classifier:
+        raise ValueError(f"--convert {kind} needs a *ForSequenceClassification checkpoint (a classifier head); "
+                         f"{arch} has none")
+    return kind, "CLS" if arch in _ENCODERS else "LAST"
+
+
 ModelImpl = Literal["auto", "pagoda", "vllm", "transformers"]
 MODEL_IMPLS: tuple[str, ...] = get_args(ModelImpl)
 
@@ -130,6 +156,9 @@ def resolve_architecture(hf_config: dict[str, Any], model_impl: str = "auto",
     if "Gemma3ForConditionalGeneration" in archs:
         raise ValueError("Gemma3ForConditionalGeneration (multimodal) checkpoints are not supported; use a "
                          "text-only Gemma3ForCausalLM checkpoint (e.g. gemma-3-270m / gemma-3-1b).")
+    for a in archs:
+        if is_pooling_architecture(a):
+            return a, "pagoda"
     if model_impl != "transformers":
         for a in archs:
             if ModelRegistry.is_registered(a):
@@ -147,10 +176,34 @@ def resolve_architecture(hf_config: dict[str, Any], model_impl: str = "auto",
 
 def build_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                 quant_config: QuantizationConfig | None = None, impl: str = "pagoda",
-                trust_remote_code: bool = False, model_dir: Path | None = None) -> Any:
-    """An instance of the class that runs ``arch`` (``impl`` as :func:`resolve_architecture` returned)."""
+                trust_remote_code: bool = False, model_dir: Path | None = None,
+                pooling_kind: str | None = None) -> Any:
+    """An instance of the class that runs ``arch`` (``impl`` as :func:`resolve_architecture` returned); with
+    ``pooling_kind`` (``--runner pooling``) the pooling variants (models/bert.py, models/llama_pooling.py)."""
+    if pooling_kind is not None:
+        return _build_pooling_model(hf_config, arch, dtype, quant_config, pooling_kind)
     if impl == "transformers":
         from pagoda.models.transformers_backend import TransformersForCausalLM
 
         return TransformersForCausalLM(hf_config, arch, dtype, quant_config, trust_remote_code, model_dir)
     return model_class(arch)(hf_config, arch, dtype, quant_config)
+
+
+def _build_pooling_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
+                         quant_config: QuantizationConfig | None, kind: str) -> Any:
+    if arch in _ENCODERS:
+        from pagoda.models import bert
+
+        if kind == "embed":
+            return bert.BertModel(hf_config, arch, dtype, quant_config)
+        return bert.BertForSequenceClassification(hf_config, arch, dtype, quant_config)
+    if arch in _MOE:
+        raise ValueError(f"{arch} cannot run as a pooling model yet (MoE pooling is not implemented)")
+    if arch not in _DECODER_POOLING and arch not in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                                     "Qwen3ForCausalLM"):
+        raise ValueError(f"{arch} cannot run as a pooling model (pooling runs BERT-family encoders and the Llama / "
+                         f"Mistral / Qwen2 / Qwen3 decoders)")
+    from pagoda.models import llama_pooling as lp
+
+    cls = lp.LlamaForEmbedding if kind == "embed" else lp.LlamaForSequenceClassification
+    return cls(hf_config, arch, dtype, quant_config)

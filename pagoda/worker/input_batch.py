@@ -49,6 +49,8 @@ class StepInputs:
     num_sample_rows: list[int] = field(default_factory=list)  # per entry of sample_reqs
     prompt_logprob_jobs: list[PromptLogprobJob] = field(default_factory=list)
     fills: list[tuple[int, int]] = field(default_factory=list)
+    # BERT segment ids of every row, when some request of the step has them (else None: all 0).
+    token_type_ids: list[int] | None = None
 
     @property
     def num_reqs(self) -> int:
@@ -105,6 +107,10 @@ def prepare_inputs(
             b.prompt_logprob_jobs.append(PromptLogprobJob(req, row0 + first - start, first, count))
         if s.sample:
             _add_sample_rows(b, s, row0)
+        if req.token_type_ids is not None or b.token_type_ids is not None:
+            if b.token_type_ids is None:
+                b.token_type_ids = [0] * row0
+            b.token_type_ids.extend(req.token_type_ids[start:end] if req.token_type_ids else [0] * n)
     return b
 
 

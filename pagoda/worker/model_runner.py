@@ -37,6 +37,7 @@ from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
+from pagoda.pooling.pooler import Pooler
 from pagoda.worker import kv_cache
 from pagoda.worker.block_table import BlockTableCache
 from pagoda.worker.input_batch import StepInputs, prepare_inputs
@@ -70,6 +71,8 @@ class RunnerOutput:
     # Per sampled token, for requests that asked for logprobs.
     logprobs: dict[str, list[LogprobEntry]] = field(default_factory=dict)
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
+    # Pooling runner: each finishing request's pooled output (float32, CPU).
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class ModelRunner:
         kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
         self.model: Any = load_model(cfg)
         kv_quant.log_scales(self.model, self.kv_dtype)
+        self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []
@@ -156,6 +160,9 @@ class ModelRunner:
         per_block = self.bytes_per_block()
         if cfg.num_gpu_blocks_override:
             return cfg.num_gpu_blocks_override
+        if not getattr(self.model, "needs_kv_cache", True):
+            # An encoder keeps no K/V: blocks are only the scheduler's bookkeeping, enough for full concurrency.
+            return cfg.max_num_seqs * (-(-cfg.max_model_len // self.block_size)) + 1
         if cfg.kv_cache_memory_bytes:
             budget = cfg.kv_cache_memory_bytes
         elif self.device.type == "cuda":
@@ -209,7 +216,8 @@ class ModelRunner:
         )
         with torch.inference_mode():
             h = self.model(ids, pos, self.kv_caches, meta, self.backend)
-            self.model.compute_logits(h[-1:])
+            if self.pooler is None:
+                self.model.compute_logits(h[-1:])
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         m = self.model
@@ -225,7 +233,8 @@ class ModelRunner:
     def maybe_capture_graphs(self) -> float:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
         self.graphs = None
-        if self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton":
+        if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
+                or self.pooler is not None):
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -276,6 +285,8 @@ class ModelRunner:
             raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
         rows = self._block_table_rows(inputs, epochs)
         fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
+        if self.pooler is not None:
+            return self._pool(inputs, fwd)
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
         sample_ids = [r.request_id for r in inputs.sample_reqs]
@@ -288,6 +299,26 @@ class ModelRunner:
         else:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
+
+    def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
+        """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""
+        assert self.pooler is not None and fwd.hidden is not None
+        out = RunnerOutput()
+        reqs = inputs.sample_reqs
+        if reqs:
+            pos = {rid: i for i, rid in enumerate(inputs.req_ids)}
+            idx = [pos[r.request_id] for r in reqs]
+            starts = [inputs.query_start_loc[i] for i in idx]
+            lens = [inputs.query_lens[i] for i in idx]
+            params = [r.pooling_params for r in reqs]
+            if any(p is None for p in params):
+                raise ValueError("a generation request reached a pooling model")
+            res = self.pooler(fwd.hidden, starts, lens, params)  # type: ignore[arg-type]
+            for r, v in zip(reqs, res, strict=True):
+                out.pooled[r.request_id] = v
+                out.sampled[r.request_id] = []
+        self._prev_tokens, self._prev_rows = None, {}
+        return StepHandle(out, [], [], None)
 
     def _block_table_rows(self, inputs: StepInputs, epochs: dict[str, int] | None) -> list[int] | None:
         """Rows of the step's requests in the persistent block-table cache (None without epochs)."""
@@ -380,6 +411,9 @@ class ModelRunner:
         pos_t = torch.tensor(inputs.positions, dtype=torch.long).to(dev, non_blocking=True)
         if fill is not None:
             fill(ids_t)
+        if inputs.token_type_ids is not None and getattr(self.model, "uses_token_type_ids", False):
+            tt = torch.tensor(inputs.token_type_ids, dtype=torch.long).to(dev, non_blocking=True)
+            return self.model(ids_t, pos_t, self.kv_caches, meta, self.backend, token_type_ids=tt)
         return self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 
     # -------------------------------------------------------------- sample

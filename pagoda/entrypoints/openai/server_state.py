@@ -18,6 +18,7 @@ from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatL
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
+from pagoda.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
@@ -58,6 +59,7 @@ class ServerState:
         self.chat: OpenAIServingChat | None = None
         self.tokenization: OpenAIServingTokenization | None = None
         self.responses: OpenAIServingResponses | None = None
+        self.pooling: OpenAIServingPooling | None = None
         self.server_load = 0
         self.served_model_names: list[str] = []
         self.load_error: str | None = None
@@ -98,6 +100,7 @@ async def load_engine(state: ServerState) -> None:
         state.chat = OpenAIServingChat(engine, names, state.limits, **common)
         state.responses = OpenAIServingResponses(state.chat)
         state.completion = OpenAIServingCompletion(engine, names, state.limits, **common)
+        state.pooling = OpenAIServingPooling(engine, names, state.limits, **common)
         state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
         scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
         logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)

@@ -162,6 +162,10 @@ class OpenAIServing:
 
     def check_common(self, req: SamplingFields, endpoint: str) -> None:
         """Request-shape checks shared by completions and chat (the engine's admission comes later)."""
+        if self.engine.cfg is not None and self.engine.cfg.runner == "pooling":
+            from pagoda.pooling.inputs import GENERATIVE_ONLY
+
+            raise ValidationError(GENERATIVE_ONLY, "model", code="wrong_runner")
         check_request_fields(req, endpoint)
         structured_outputs_from_request(req)  # a malformed or conflicting constraint is a 400 before any work
         if req.stream_options is not None and not req.stream:

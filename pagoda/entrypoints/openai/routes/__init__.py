@@ -15,6 +15,7 @@ from pagoda.entrypoints.openai.routes import (
     chat_page,
     completions,
     models,
+    pooling,
     responses,
     sagemaker,
     server_info,
@@ -23,7 +24,7 @@ from pagoda.entrypoints.openai.routes import (
 
 ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.router, chat.router, tokenize.router,
                                   responses.router, sagemaker.router, server_info.router,
-                                  chat_page.router)
+                                  chat_page.router, pooling.router)
 
 
 def routers(args: argparse.Namespace) -> list[APIRouter]:

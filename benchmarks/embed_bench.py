@@ -1,0 +1,192 @@
+"""Embedding throughput: pagoda vs sentence-transformers / HF transformers, measured in the same run.
+
+CPU (the issue's figure): all-MiniLM-L6-v2 on 2,000 sentences of 8-256 tokens; pagoda ``LLM.embed``
+(batched by tokens, no padding) vs ``SentenceTransformer.encode`` (batches of 32, padded), then the pagoda
+server's /v1/embeddings (16 concurrent requests) vs offline::
+
+    python benchmarks/embed_bench.py cpu [--num 2000] [--smoke]
+
+GPU: dummy-weight embedders of a given shape, token-id inputs, pagoda vs HF ``AutoModel`` (bf16, batches of
+32 sorted by length, as sentence-transformers batches) in the same call::
+
+    python benchmarks/embed_bench.py gpu --shape bert-large   # BERT-large: 24 x 1024, CLS pooling
+    python benchmarks/embed_bench.py gpu --shape llama-8b     # Llama-3-8B shape, last-token pooling
+
+Prints one JSON line per measurement (sentences/s, tokens/s) and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "server"))
+
+SHAPES = {
+    "bert-large": ("BertModel", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                     intermediate_size=4096, max_position_embeddings=512, vocab_size=30522,
+                                     model_type="bert")),
+    "llama-8b": ("LlamaModel", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                    num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=8192,
+                                    vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0, model_type="llama",
+                                    torch_dtype="bfloat16")),
+}
+
+
+def sentences(tok, n: int, lo: int = 8, hi: int = 256, seed: int = 0) -> list[str]:
+    """``n`` texts whose token counts (with special tokens) are spread uniformly over [lo, hi]."""
+    rng = random.Random(seed)
+    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:5000]
+    out = []
+    for _ in range(n):
+        target = rng.randint(lo, hi)
+        ws = [rng.choice(words) for _ in range(target)]
+        ids = tok(" ".join(ws), truncation=True, max_length=target)["input_ids"]
+        out.append(tok.decode(ids[1:-1]))
+    return out
+
+
+def emit(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def bench_cpu(args) -> None:
+    import torch
+    from pooling_models import minilm_path
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from pagoda import LLM
+
+    path = str(minilm_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = sentences(tok, args.num)
+    ntok = sum(len(tok(t)["input_ids"]) for t in texts)
+    st = SentenceTransformer(path, device="cpu")
+    st.encode(texts[:64])
+    t0 = time.perf_counter()
+    st.encode(texts, batch_size=32)
+    t_st = time.perf_counter() - t0
+    emit(system="sentence-transformers", sentences=len(texts), tokens=ntok, seconds=t_st, sent_per_s=len(texts) / t_st)
+    ref = st.encode(texts[:200], convert_to_tensor=True)
+    t_pg = 0.0
+    for dtype in args.dtypes.split(","):
+        with LLM(path, dtype=dtype) as llm:
+            llm.embed(texts[:64], use_tqdm=False)
+            t0 = time.perf_counter()
+            outs = llm.embed(texts, use_tqdm=False)
+            dt = time.perf_counter() - t0
+        got = torch.tensor([o.outputs.embedding for o in outs[:200]])
+        cos = float(torch.nn.functional.cosine_similarity(got, ref.float(), dim=1).min())
+        emit(system=f"pagoda-offline-{dtype}", sentences=len(texts), tokens=ntok, seconds=dt,
+             sent_per_s=len(texts) / dt, speedup_vs_st=t_st / dt, min_cosine_vs_st=cos)
+        t_pg = t_pg or dt
+    t_srv = bench_server(path, texts, args.dtypes.split(",")[0])
+    emit(system="pagoda-server", sentences=len(texts), seconds=t_srv, sent_per_s=len(texts) / t_srv,
+         server_vs_offline=t_pg / t_srv)
+
+
+def bench_server(path: str, texts: list[str], dtype: str, concurrency: int = 16) -> float:
+    import asyncio
+
+    import httpx
+    from server_utils import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pagoda", "serve", path, "--dtype", dtype, "--port", str(port),
+                             "--disable-log-requests", "--disable-log-stats"], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        chunks = [texts[i::concurrency] for i in range(concurrency)]
+
+        async def run() -> float:
+            async with httpx.AsyncClient(timeout=600) as c:
+                await c.post(f"{url}/v1/embeddings", json={"input": texts[:64]})
+                t0 = time.perf_counter()
+                rs = await asyncio.gather(*(c.post(f"{url}/v1/embeddings", json={"input": ch}) for ch in chunks))
+                dt = time.perf_counter() - t0
+                assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200][:1]
+                return dt
+        return asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def bench_gpu(args) -> None:
+    import torch
+    import transformers
+    from pooling_models import minilm_path
+
+    from pagoda import LLM
+
+    arch, shape = SHAPES[args.shape]
+    folder = Path(tempfile.mkdtemp(prefix=f"embed-{args.shape}-"))
+    cfg = {**shape, "architectures": [arch]}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        src = minilm_path() / f
+        (folder / f).write_bytes(src.read_bytes())
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 30000) for _ in range(rng.randint(8, args.max_len))] for _ in range(args.num)]
+    ntok = sum(map(len, prompts))
+    hf_cfg = getattr(transformers, cfg["model_type"].capitalize() + "Config" if cfg["model_type"] != "bert"
+                     else "BertConfig")(**shape)
+    hf = transformers.AutoModel.from_config(hf_cfg, torch_dtype=torch.bfloat16).cuda().eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(order), 32):
+            batch = [prompts[i] for i in order[b : b + 32]]
+            m = max(map(len, batch))
+            ids = torch.tensor([p + [0] * (m - len(p)) for p in batch], device="cuda")
+            mask = torch.tensor([[1] * len(p) + [0] * (m - len(p)) for p in batch], device="cuda")
+            hf(input_ids=ids, attention_mask=mask)
+    torch.cuda.synchronize()
+    t_hf = time.perf_counter() - t0
+    emit(system="hf", shape=args.shape, tokens=ntok, seconds=t_hf, tok_per_s=ntok / t_hf)
+    del hf
+    torch.cuda.empty_cache()
+    with LLM(str(folder), load_format="dummy", dtype="bfloat16", runner="pooling",
+             max_model_len=max(args.max_len, 512)) as llm:
+        llm.embed(prompts[:32], use_tqdm=False)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        llm.embed(prompts, use_tqdm=False)
+        t_pg = time.perf_counter() - t0
+    emit(system="pagoda", shape=args.shape, tokens=ntok, seconds=t_pg, tok_per_s=ntok / t_pg, speedup_vs_hf=t_hf / t_pg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("cpu", "gpu"))
+    ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="bert-large")
+    ap.add_argument("--max-len", type=int, default=512)
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU: pagoda dtypes to run (the first is the "
+                    "server's and the offline baseline of the server ratio); sentence-transformers runs float32")
+    ap.add_argument("--smoke", action="store_true", help="a few sentences, to check the command runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.num = 40
+    (bench_cpu if args.mode == "cpu" else bench_gpu)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Request and response models of the pooling endpoints (OpenAI's embeddings API plus vLLM's ``/pooling``,
+``/classify``, ``/score`` and ``/rerank``, the last with Jina / Cohere bodies). Field names are vLLM's;
+unknown fields are refused by the serving layer (a 400 naming them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pagoda.entrypoints.openai.protocol import OpenAIBaseModel, ResponseModel
+
+EmbedInput = str | list[str] | list[int] | list[list[int]]
+
+
+class _PoolingFields(OpenAIBaseModel):
+    model: str | None = None
+    user: str | None = None
+    truncate_prompt_tokens: int | None = None
+    priority: int = 0
+
+
+class EmbeddingRequest(_PoolingFields):
+    input: EmbedInput | None = None
+    messages: list[dict[str, Any]] | None = None  # chat-style input (decoder embedders), vLLM's extra
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    normalize: bool | None = None
+    add_special_tokens: bool = True
+    chat_template: str | None = None
+
+
+class PoolingRequest(EmbeddingRequest):
+    task: str | None = None
+    use_activation: bool | None = None
+
+
+class ClassificationRequest(_PoolingFields):
+    input: EmbedInput | None = None
+    use_activation: bool | None = None
+
+
+class ScoreRequest(_PoolingFields):
+    text_1: str | list[str] | None = None
+    text_2: str | list[str] | None = None
+    use_activation: bool | None = None
+
+
+class RerankRequest(_PoolingFields):
+    query: str | None = None
+    documents: list[str | dict[str, Any]] | None = None
+    top_n: int | None = None
+    return_documents: bool = True
+    use_activation: bool | None = None
+
+
+class PoolingUsage(ResponseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int | None = 0
+
+
+class EmbeddingData(ResponseModel):
+    index: int
+    object: str = "embedding"
+    embedding: list[float] | str
+
+
+class PoolingData(ResponseModel):
+    index: int
+    object: str = "pooling"
+    data: Any
+
+
+class ClassificationData(ResponseModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ScoreData(ResponseModel):
+    index: int
+    object: str = "score"
+    score: float
+
+
+class ListResponse(ResponseModel):
+    id: str
+    object: str = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[EmbeddingData] | list[PoolingData] | list[ClassificationData] | list[ScoreData]
+    usage: PoolingUsage
+
+
+class RerankDocument(ResponseModel):
+    text: str
+
+
+class RerankResult(ResponseModel):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankUsage(ResponseModel):
+    total_tokens: int
+
+
+class RerankResponse(ResponseModel):
+    id: str
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]

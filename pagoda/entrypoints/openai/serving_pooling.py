@@ -1,0 +1,201 @@
+"""The pooling endpoints' serving class: ``/v1/embeddings``, ``/pooling``, ``/classify``, ``/score`` (and
+``/v1/score``), ``/rerank`` (and ``/v1/rerank``, ``/v2/rerank``).
+
+Each input of a request becomes one engine pooling request (all submitted at once, so the scheduler
+batches them by tokens); the response keeps input order. A generative model answers 400 naming the
+runner (the input processor refuses the request); unknown request fields are a 400 naming them.
+Scores: a classifier model scores pairs as a cross-encoder; an embedding model by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from typing import Any
+
+import torch.nn.functional as F
+from fastapi.responses import JSONResponse
+
+from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.entrypoints.llm_pooling import score_pairs
+from pagoda.entrypoints.openai.protocol_pooling import (
+    ClassificationData,
+    ClassificationRequest,
+    EmbeddingData,
+    EmbeddingRequest,
+    ListResponse,
+    PoolingData,
+    PoolingRequest,
+    PoolingUsage,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    ScoreData,
+    ScoreRequest,
+)
+from pagoda.entrypoints.openai.serving_engine import OpenAIServing, request_field_names
+from pagoda.errors import ValidationError
+from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
+from pagoda.pooling.outputs import PoolingRequestOutput
+from pagoda.pooling.params import PoolingParams
+
+MAX_POOLING_INPUTS = 2048
+"""Most inputs (or rerank documents, or score pairs) one request may carry (OpenAI's embeddings limit)."""
+
+
+def _refuse_unknown(req: Any) -> None:
+    extra = sorted(req.model_extra or ())
+    if extra:
+        raise ValidationError(f"Unknown or unsupported field(s) for this endpoint: {extra}.", extra[0])
+
+
+def _inputs(value: Any, field: str) -> list[Any]:
+    """A request's input as a list of prompts (text or token ids); empty is a 400 naming ``field``."""
+    if value is None or value == "" or value == []:
+        raise ValidationError(f"{field} is empty.", field)
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        items = [value]
+    else:
+        items = list(value)
+    if len(items) > MAX_POOLING_INPUTS:
+        raise ValidationError(f"{field} holds {len(items)} inputs; at most {MAX_POOLING_INPUTS}.", field)
+    for x in items:
+        if x == "" or x == []:
+            raise ValidationError(f"{field} holds an empty input.", field)
+    return items
+
+
+class OpenAIServingPooling(OpenAIServing):
+    @property
+    def pooler(self) -> Any:
+        p = self.engine.cfg.pooler if self.engine.cfg is not None else None
+        if p is None:
+            raise not_pooling_error()
+        return p
+
+    async def _run(self, prompts: list[Any], params: PoolingParams, field: str) -> list[PoolingRequestOutput]:
+        base = uuid.uuid4().hex
+        with request_field_names({"prompt": field}):
+            streams = [self.engine.add_pooling_request(f"pool-{base}-{i}", p, params) for i, p in enumerate(prompts)]
+        from pagoda.engine.async_llm import final_output
+
+        try:
+            return list(await asyncio.gather(*(final_output(s) for s in streams)))  # type: ignore[arg-type]
+        finally:
+            for s in streams:
+                s.close()
+
+    @staticmethod
+    def _usage(outs: list[PoolingRequestOutput]) -> PoolingUsage:
+        n = sum(len(o.prompt_token_ids) for o in outs)
+        return PoolingUsage(prompt_tokens=n, total_tokens=n)
+
+    def _params(self, req: Any, task: str, **extra: Any) -> PoolingParams:
+        with request_field_names({}):
+            return PoolingParams(task=task, truncate_prompt_tokens=req.truncate_prompt_tokens, **extra)
+
+    def _embed_prompts(self, req: EmbeddingRequest) -> list[Any]:
+        if req.messages is not None:
+            if req.input is not None:
+                raise ValidationError("Give either input or messages, not both.", "messages")
+            text = apply_chat_template(self.tokenizer, req.messages, False, req.chat_template)
+            return [{"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}]
+        items = _inputs(req.input, "input")
+        if not req.add_special_tokens:
+            items = [{"prompt": x, "prompt_token_ids": self.tokenizer.encode(x, add_special_tokens=False)}
+                     if isinstance(x, str) else x for x in items]
+        return items
+
+    async def create_embedding(self, req: EmbeddingRequest) -> JSONResponse:
+        _refuse_unknown(req)
+        model = self.model_name(req.model)
+        self.pooler  # noqa: B018 - a generative model: 400 naming the runner
+        params = self._params(req, "embed", dimensions=req.dimensions, normalize=req.normalize)
+        outs = await self._run(self._embed_prompts(req), params, "input")
+        data = []
+        for i, o in enumerate(outs):
+            v = o.outputs.data.float()
+            emb: list[float] | str = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
+                                      if req.encoding_format == "base64" else v.tolist())
+            data.append(EmbeddingData(index=i, embedding=emb))
+        return _json(ListResponse(id=f"embd-{uuid.uuid4().hex}", model=model, data=data, usage=self._usage(outs)))
+
+    async def create_pooling(self, req: PoolingRequest) -> JSONResponse:
+        _refuse_unknown(req)
+        model = self.model_name(req.model)
+        task = req.task or self.pooler.supported_tasks[0]
+        if task == "encode":
+            task = self.pooler.supported_tasks[0]
+        params = self._params(req, task, dimensions=req.dimensions, normalize=req.normalize,
+                              use_activation=req.use_activation)
+        outs = await self._run(self._embed_prompts(req), params, "input")
+        data = [PoolingData(index=i, data=o.outputs.data.tolist()) for i, o in enumerate(outs)]
+        return _json(ListResponse(id=f"pool-{uuid.uuid4().hex}", model=model, data=data, usage=self._usage(outs)))
+
+    async def create_classify(self, req: ClassificationRequest) -> JSONResponse:
+        _refuse_unknown(req)
+        model = self.model_name(req.model)
+        outs = await self._run(_inputs(req.input, "input"), self._params(req, "classify",
+                                                                         use_activation=req.use_activation), "input")
+        labels = self.engine.cfg.hf_config.get("id2label") or {}  # type: ignore[union-attr]
+        data = []
+        for i, o in enumerate(outs):
+            probs = o.outputs.data.tolist()
+            best = max(range(len(probs)), key=probs.__getitem__)
+            data.append(ClassificationData(index=i, label=labels.get(str(best)), probs=probs, num_classes=len(probs)))
+        return _json(ListResponse(id=f"classify-{uuid.uuid4().hex}", model=model, data=data,
+                                  usage=self._usage(outs)))
+
+    async def _scores(self, pairs: list[tuple[str, str]], req: Any) -> tuple[list[float], int]:
+        """(score per pair, prompt tokens)."""
+        if self.pooler.kind == "embed":
+            texts = sorted({t for p in pairs for t in p})
+            outs = await self._run(texts, self._params(req, "embed"), "text_1")
+            emb = {t: o.outputs.data for t, o in zip(texts, outs, strict=True)}
+            scores = [float(F.cosine_similarity(emb[a], emb[b], dim=0)) for a, b in pairs]
+            return scores, sum(len(o.prompt_token_ids) for o in outs)
+        mml = self.engine.max_model_len
+        prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml) for a, b in pairs]
+        outs = await self._run(prompts, self._params(req, "score", use_activation=req.use_activation), "text_2")
+        scores = [float(o.outputs.data.reshape(-1)[-1]) for o in outs]
+        return scores, sum(len(o.prompt_token_ids) for o in outs)
+
+    async def create_score(self, req: ScoreRequest) -> JSONResponse:
+        _refuse_unknown(req)
+        model = self.model_name(req.model)
+        for name in ("text_1", "text_2"):
+            _inputs(getattr(req, name), name)
+        assert req.text_1 is not None and req.text_2 is not None
+        pairs = score_pairs(req.text_1, req.text_2)
+        scores, n = await self._scores(pairs, req)
+        data = [ScoreData(index=i, score=s) for i, s in enumerate(scores)]
+        return _json(ListResponse(id=f"score-{uuid.uuid4().hex}", model=model, data=data,
+                                  usage=PoolingUsage(prompt_tokens=n, total_tokens=n)))
+
+    async def create_rerank(self, req: RerankRequest) -> JSONResponse:
+        _refuse_unknown(req)
+        model = self.model_name(req.model)
+        if not req.query:
+            raise ValidationError("query is empty.", "query")
+        docs = [d if isinstance(d, str) else d.get("text") for d in _inputs(req.documents, "documents")]
+        if not all(isinstance(d, str) and d for d in docs):
+            raise ValidationError("Each document must be a non-empty string or an object with 'text'.", "documents")
+        if req.top_n is not None and req.top_n < 1:
+            raise ValidationError("top_n must be at least 1.", "top_n")
+        scores, n = await self._scores([(req.query, d) for d in docs], req)
+        order = sorted(range(len(docs)), key=lambda i: -scores[i])[: req.top_n or len(docs)]
+        results = [RerankResult(index=i, relevance_score=scores[i],
+                                document=RerankDocument(text=docs[i]) if req.return_documents else None)
+                   for i in order]
+        return _json(RerankResponse(id=f"rerank-{uuid.uuid4().hex}", model=model, usage=RerankUsage(total_tokens=n),
+                                    results=results))
+
+
+def _json(resp: Any) -> JSONResponse:
+    return JSONResponse(resp.model_dump(exclude_none=False))
+
+
+__all__ = ["OpenAIServingPooling", "MAX_POOLING_INPUTS"]

@@ -1,0 +1,98 @@
+"""Front-end admission of pooling requests: tokenize (with ``truncate_prompt_tokens``), check against the
+engine's pooler, and build the core request (a prompt-only request: ``max_tokens`` 0, no sampling).
+
+Checks, each a :class:`ValidationError` naming the field: the engine is a pooling engine (else
+``model``), the task is one the model serves (``task``), ``dimensions`` is one it supports, the prompt
+is not empty and fits ``max_model_len`` unless truncated (``prompt``, ``context_length_exceeded``),
+token ids are in the vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pagoda.engine import admission
+from pagoda.engine.messages import AdmissionLimits, EngineCoreRequest
+from pagoda.errors import ValidationError
+from pagoda.pooling.config import ResolvedPooler
+from pagoda.pooling.params import PoolingParams
+from pagoda.sampling_params import SamplingParams
+
+_NO_SAMPLING = SamplingParams(max_tokens=1, detokenize=False)
+
+GENERATIVE_ONLY = ("This model runs with --runner pooling (an embedding / classification / scoring model): it "
+                   "cannot generate text. Use the pooling APIs (LLM.embed/classify/score/reward/encode; "
+                   "/v1/embeddings, /classify, /score, /rerank, /pooling).")
+
+
+def not_pooling_error() -> ValidationError:
+    return ValidationError("This model is a generative model (--runner generate): pooling requests need a pooling "
+                           "model (--runner pooling, or --convert embed|classify|reward).", "model",
+                           code="wrong_runner")
+
+
+def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None,
+                  max_len: int) -> dict[str, Any]:
+    """A cross-encoder's input: the pair tokenized together (with segment ids when the tokenizer has them)."""
+    kw: dict[str, Any] = {}
+    if truncate is not None:
+        kw = {"truncation": True, "max_length": max_len if truncate == -1 else truncate}
+    enc = tokenizer(text_1, text_2, **kw)
+    out: dict[str, Any] = {"prompt_token_ids": list(enc["input_ids"])}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = list(enc["token_type_ids"])
+    return out
+
+
+def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
+              ) -> tuple[str | None, list[int], list[int] | None]:
+    k = None if truncate is None else (max_len if truncate == -1 else truncate)
+    if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+        ids, tt = prompt["prompt_token_ids"], prompt.get("token_type_ids")
+        if not isinstance(ids, (list, tuple)) or not all(admission.is_token_id(t) for t in ids):
+            raise ValidationError("prompt_token_ids must be a list of integer token ids.", "prompt")
+        ids, tt = list(ids), list(tt) if tt is not None else None
+        if tt is not None and len(tt) != len(ids):
+            raise ValidationError("token_type_ids must have one entry per prompt token.", "token_type_ids")
+        if k is not None and len(ids) > k:  # token ids: keep the last k (vLLM's left truncation)
+            ids, tt = ids[-k:], tt[-k:] if tt is not None else None
+        return prompt.get("prompt"), ids, tt
+    if isinstance(prompt, dict):
+        prompt = prompt.get("prompt")
+    if isinstance(prompt, list) and all(admission.is_token_id(t) for t in prompt):
+        return _tokenize(tokenizer, {"prompt_token_ids": prompt}, truncate, max_len)
+    if not isinstance(prompt, str):
+        raise ValidationError("A prompt must be a string, a list of token ids or a dict with 'prompt' or "
+                              "'prompt_token_ids'.", "prompt")
+    if k is None:
+        return prompt, list(tokenizer.encode(prompt, add_special_tokens=True)), None
+    enc = tokenizer(prompt, truncation=True, max_length=k)  # text: the tokenizer truncates, keeping [SEP]
+    return prompt, list(enc["input_ids"]), None
+
+
+def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler: ResolvedPooler | None,
+                    tokenizer: Any, limits: AdmissionLimits
+                    ) -> tuple[str | None, list[int], EngineCoreRequest]:
+    """Tokenize and admit one pooling request; returns (text, token ids, the core request)."""
+    if pooler is None:
+        raise not_pooling_error()
+    if params.task not in pooler.supported_tasks:
+        raise ValidationError(f"task {params.task!r} is not served by this {pooler.kind} model (it serves "
+                              f"{list(pooler.supported_tasks)}).", "task", code="unsupported_task")
+    pooler.check_dimensions(params.dimensions)
+    text, ids, tt = _tokenize(tokenizer, prompt, params.truncate_prompt_tokens, limits.max_model_len)
+    if not ids:
+        raise ValidationError("The input is empty (no tokens).", "prompt")
+    if len(ids) > limits.max_model_len:
+        raise ValidationError(
+            f"The input has {len(ids)} tokens, more than this model's maximum context length of "
+            f"{limits.max_model_len}; shorten it or set truncate_prompt_tokens.", "prompt",
+            code="context_length_exceeded")
+    if len(ids) > limits.kv_cache_tokens:
+        raise ValidationError(f"The input has {len(ids)} tokens, more than the whole KV cache holds "
+                              f"({limits.kv_cache_tokens}).", "prompt")
+    admission.check_prompt_ids(ids, limits)
+    req = EngineCoreRequest(request_id, ids, _NO_SAMPLING, [], 0, time.time(), pooling_params=params,
+                            token_type_ids=tt)
+    return text, ids, req

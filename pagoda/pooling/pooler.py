@@ -1,0 +1,91 @@
+"""The pooler: a step's hidden states to one output per finishing pooling request (vLLM's
+``vllm/model_executor/layers/pooler.py`` idea, written for pagoda's flattened batch).
+
+Input: hidden states ``[T, H]`` of the step's flattened tokens and, per pooling request, its row range
+(``query_start_loc``; a pooling request is always computed whole in one step, so its rows are its whole
+prompt). Sequence pooling is vectorised over the step: CLS / LAST gather one row per request, MEAN sums
+segments with one ``index_add_``. Then, per request's task: ``embed`` cuts to ``dimensions`` and
+L2-normalises (when asked); ``classify`` / ``score`` run the model's classifier head (``model.classify``)
+and softmax (several labels) or sigmoid (one); ``token_*`` keep every row. Outputs are float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pagoda.pooling.config import ResolvedPooler
+from pagoda.pooling.params import PoolingParams
+
+
+def pool_sequences(hidden: torch.Tensor, starts: list[int], lens: list[int], ptype: str) -> torch.Tensor:
+    """[B, H] pooled rows: CLS (first row), LAST (last row) or MEAN (the average) of each segment."""
+    dev = hidden.device
+    if ptype == "CLS":
+        return hidden.index_select(0, torch.tensor(starts, device=dev))
+    if ptype == "LAST":
+        return hidden.index_select(0, torch.tensor([s + n - 1 for s, n in zip(starts, lens, strict=True)],
+                                                   device=dev))
+    if ptype == "MEAN":
+        seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+        rows = torch.cat([torch.arange(s, s + n, device=dev) for s, n in zip(starts, lens, strict=True)])
+        sums = torch.zeros(len(lens), hidden.shape[1], dtype=torch.float32, device=dev)
+        sums.index_add_(0, seg, hidden.index_select(0, rows).float())
+        return sums / torch.tensor(lens, dtype=torch.float32, device=dev).unsqueeze(1)
+    raise ValueError(f"pooling type {ptype!r} pools no sequence (CLS, MEAN, LAST)")
+
+
+def _activation(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
+
+
+class Pooler:
+    def __init__(self, cfg: ResolvedPooler, model: Any) -> None:
+        self.cfg = cfg
+        self.model = model
+
+    def __call__(self, hidden: torch.Tensor, starts: list[int], lens: list[int],
+                 params: list[PoolingParams]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(params)
+        seq = [i for i, p in enumerate(params) if not p.task.startswith("token_")]
+        if seq:
+            pooled = self._pool(hidden, [starts[i] for i in seq], [lens[i] for i in seq])
+            self._heads(pooled, [params[i] for i in seq], seq, out)
+        for i, p in enumerate(params):
+            if p.task.startswith("token_"):
+                rows = hidden[starts[i] : starts[i] + lens[i]]
+                out[i] = self._token_head(rows, p)
+        return [o.float().cpu() for o in out if o is not None]
+
+    def _pool(self, hidden: torch.Tensor, starts: list[int], lens: list[int]) -> torch.Tensor:
+        if hasattr(self.model, "pool"):  # a model with its own pooling head input (e.g. BERT's pooler)
+            return self.model.pool(hidden, starts, lens, self.cfg.pooling_type)
+        return pool_sequences(hidden, starts, lens, self.cfg.pooling_type)
+
+    def _heads(self, pooled: torch.Tensor, params: list[PoolingParams], idx: list[int],
+               out: list[torch.Tensor | None]) -> None:
+        if self.cfg.kind == "embed":
+            pooled = pooled.float()
+            for j, p in enumerate(params):
+                v = pooled[j]
+                dims = p.dimensions or self.cfg.default_dimensions
+                if dims is not None:
+                    v = v[:dims]
+                if (p.normalize if p.normalize is not None else self.cfg.normalize):
+                    v = F.normalize(v, p=2, dim=-1)
+                out[idx[j]] = v
+            return
+        logits = self.model.classify(pooled).float()
+        for j, p in enumerate(params):
+            act = p.use_activation if p.use_activation is not None else self.cfg.use_activation
+            out[idx[j]] = _activation(logits[j]) if act else logits[j]
+
+    def _token_head(self, rows: torch.Tensor, p: PoolingParams) -> torch.Tensor:
+        if p.task == "token_embed":
+            v = rows.float()
+            return F.normalize(v, p=2, dim=-1) if (p.normalize if p.normalize is not None else
+                                                   self.cfg.normalize) else v
+        logits = self.model.classify(rows).float()
+        return _activation(logits) if p.use_activation else logits  # reward scores are raw unless asked

@@ -1,0 +1,55 @@
+"""Start-up decisions for ``--runner`` / ``--convert`` / ``--pooler-config`` (vLLM's names).
+
+``--runner auto`` runs a pooling-only architecture (BERT-family encoders, ``*ForSequenceClassification``,
+base ``*Model`` decoders) or any model given ``--convert embed|classify|reward`` as a pooling model, and
+everything else as a generative one. A pooling engine computes each prompt whole in one step and keeps
+nothing afterwards, so it runs with chunked prefill, prefix caching and async scheduling off and a token
+budget of at least ``max_model_len`` (so every admissible prompt fits one step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pagoda.pooling.config import PoolerConfig, ResolvedPooler, resolve_pooler, sentence_transformers_max_len
+
+RUNNERS = ("auto", "generate", "pooling")
+CONVERTS = ("auto", "none", "embed", "classify", "reward")
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    runner: str  # generate | pooling
+    pooler: ResolvedPooler | None
+    max_len_cap: int | None  # sentence-transformers' max_seq_length / the encoder's position table
+
+
+def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | None, arch: str,
+                   hf_config: dict[str, Any], model_path: Path) -> RunnerChoice:
+    from pagoda.models.registry import default_pooling, is_pooling_architecture
+
+    if runner not in RUNNERS:
+        raise ValueError(f"--runner must be one of {RUNNERS}, got {runner!r}.")
+    if convert not in CONVERTS:
+        raise ValueError(f"--convert must be one of {CONVERTS}, got {convert!r}.")
+    pooling_arch = is_pooling_architecture(arch)
+    wants_pooling = convert in ("embed", "classify", "reward")
+    if runner == "auto":
+        runner = "pooling" if pooling_arch or wants_pooling else "generate"
+    if runner == "generate":
+        if pooling_arch or wants_pooling:
+            raise ValueError(f"{arch} (--convert {convert}) is a pooling model: it cannot generate text; "
+                             f"use --runner pooling (or auto).")
+        if pooler_config:
+            raise ValueError("--pooler-config applies to pooling models only (--runner pooling).")
+        return RunnerChoice("generate", None, None)
+    kind, default_type = default_pooling(arch, convert)
+    user = PoolerConfig.from_dict(pooler_config) if pooler_config else None
+    pooler = resolve_pooler(model_path, hf_config, kind, default_type, user)
+    cap = sentence_transformers_max_len(model_path)
+    if arch.startswith(("Roberta", "XLMRoberta")):  # positions start at padding_idx + 1
+        table = int(hf_config.get("max_position_embeddings", 514)) - int(hf_config.get("pad_token_id", 1)) - 1
+        cap = min(cap, table) if cap else table
+    return RunnerChoice("pooling", pooler, cap)
