@@ -66,6 +66,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "AttentionConfig": ("attention_backend",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
+    "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend"),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -172,6 +173,13 @@ class EngineArgs:
     structured_outputs_config: dict[str, Any] | None = None
     """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
     xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
+    tensor_parallel_size: int = field(default=1, metadata={"aliases": ("-tp",)})
+    """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
+    Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async
+    scheduling; on CPU the ranks use gloo (a correctness path), on CUDA NCCL with rank r on cuda:r."""
+    distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
+    """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
+    not supported yet."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -197,6 +205,11 @@ class EngineArgs:
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size (--tensor-parallel-size) must be at least 1, "
+                             f"got {self.tensor_parallel_size}.")
+        if self.distributed_executor_backend == "ray":
+            raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default).")
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -214,7 +227,7 @@ class EngineArgs:
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization)
-        resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
+        quant = resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
 
         device = resolve_device(self.device)
         dtype_cfg = hf_config
@@ -230,6 +243,13 @@ class EngineArgs:
         pooling = rc.runner == "pooling"
         max_model_len = self._max_model_len(hf_config, rc.max_len_cap)
         max_num_seqs, mnbt = self._batch_limits(device, max_model_len, pooling)
+        tp = self.tensor_parallel_size
+        from pagoda.distributed.support import check_tensor_parallel
+
+        check_tensor_parallel(tp, self.distributed_executor_backend, arch=arch, model_impl=model_impl,
+                              quantized=quant is not None,
+                              pooling=pooling, device=device, hf_config=hf_config,
+                              kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -256,7 +276,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling,
+            and not pooling and tp == 1,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
@@ -267,6 +287,7 @@ class EngineArgs:
             structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
             runner=rc.runner,
             pooler=rc.pooler,
+            tensor_parallel_size=tp,
         )
 
     def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
@@ -345,6 +366,7 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     runner: str = "generate"  # generate | pooling (--runner resolved)
     pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
+    tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_HUB_TIMEOUT", "10", "seconds the Hugging Face Hub probe may take before a hub id is "
            "treated as unreachable"),
     EnvVar("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60", "default of `--engine-stuck-timeout`"),
+    EnvVar("PAGODA_DIST_TIMEOUT_S", "120", "seconds a tensor-parallel collective (and the ranks' start-up "
+           "rendezvous) may wait for the other ranks before the engine fails"),
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
@@ -79,6 +81,11 @@ def hub_timeout_s() -> float:
 def engine_stuck_timeout_s() -> float:
     """``PAGODA_ENGINE_STUCK_TIMEOUT_S``: default of ``--engine-stuck-timeout`` (seconds)."""
     return _float("PAGODA_ENGINE_STUCK_TIMEOUT_S")
+
+
+def dist_timeout_s() -> float:
+    """``PAGODA_DIST_TIMEOUT_S``: timeout of tensor-parallel collectives and start-up, in seconds."""
+    return _float("PAGODA_DIST_TIMEOUT_S")
 
 
 def log_stats_interval_s() -> float:

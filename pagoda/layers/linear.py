@@ -17,7 +17,8 @@ by attributes on the parameter (:func:`set_weight_attrs`), so one loader serves 
 - ``shard_indexed``: the parameter has one row per shard (per-tensor FP8 scales);
 - ``weight_loader``: a callable ``(param, tensor, shard_id)`` that replaces all of the above.
 
-Tensor parallelism will slice along the same ``output_dim`` / ``input_dim`` attributes.
+Tensor parallelism slices along the same ``output_dim`` / ``input_dim`` attributes
+(:mod:`pagoda.layers.parallel_linear` overrides :meth:`Linear.tp_slice`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Linear(nn.Module):
         the whole parameter when ``None``). Raises ``ValueError`` naming the parameter on a shape mismatch."""
         param = getattr(self, param_name)
         loader = getattr(param, "weight_loader", None)
+        tensor = self.tp_slice(param_name, param, tensor, shard_id)
         with torch.no_grad():
             if loader is not None:
                 loader(param, tensor, shard_id)
@@ -123,6 +125,10 @@ class Linear(nn.Module):
                     return
                 seen.add(param_name)
             dst.copy_(tensor)
+
+    def tp_slice(self, name: str, param: torch.Tensor, tensor: torch.Tensor, shard_id: int | None) -> torch.Tensor:
+        """This rank's part of checkpoint ``tensor`` for ``param`` (unsharded layer: all of it)."""
+        return tensor
 
     def _shard_view(self, name: str, param: torch.Tensor, shard_id: int | None) -> torch.Tensor:
         if shard_id is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers import parallel_linear as pl
 from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.quantized_embedding import QuantizedEmbedding
@@ -36,6 +37,9 @@ from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parame
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
+
+if TYPE_CHECKING:
+    from pagoda.distributed.parallel_state import TPGroup
 
 
 @dataclass(frozen=True)
@@ -106,18 +110,24 @@ class Attention(nn.Module):
     def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layer_idx: int,
                  qc: QuantizationConfig | None = None, prefix: str = "", *, sliding_window: int | None = None,
                  logits_soft_cap: float | None = None, scale: float | None = None,
-                 norm_cls: type[RMSNorm] = RMSNorm) -> None:
+                 norm_cls: type[RMSNorm] = RMSNorm, tp: TPGroup | None = None) -> None:
+        """``tp``: this rank's tensor-parallel group (heads split over ranks; None: one device)."""
         super().__init__()
         self.s = s
         self.layer_idx = layer_idx
-        self.q_size = s.num_heads * s.head_dim
-        self.kv_size = s.num_kv_heads * s.head_dim
+        self.num_heads, self.num_kv_heads = s.num_heads, s.num_kv_heads  # this rank's heads
         shards = ("qkv_proj",) if s.fused_checkpoint else ("q_proj", "k_proj", "v_proj")
-        self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias,
-                               linear_method=_method(qc, f"{prefix}.qkv_proj", shards),
-                               output_sizes=None if s.fused_checkpoint else (self.q_size, self.kv_size, self.kv_size))
-        self.o_proj = Linear(self.q_size, s.hidden_size, bias=False,
-                             linear_method=_method(qc, f"{prefix}.o_proj", ("o_proj",)))
+        qkv_method = _method(qc, f"{prefix}.qkv_proj", shards)
+        o_method = _method(qc, f"{prefix}.o_proj", ("o_proj",))
+        if tp is not None and tp.world_size > 1:
+            self.qkv_proj, self.o_proj = self._parallel_projections(s, tp, qkv_method, o_method, prefix)
+        else:
+            q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+            self.qkv_proj = Linear(s.hidden_size, q_size + 2 * kv_size, bias=s.qkv_bias, linear_method=qkv_method,
+                                   output_sizes=None if s.fused_checkpoint else (q_size, kv_size, kv_size))
+            self.o_proj = Linear(q_size, s.hidden_size, bias=False, linear_method=o_method)
+        self.q_size = self.num_heads * s.head_dim
+        self.kv_size = self.num_kv_heads * s.head_dim
         if s.qk_norm:
             self.q_norm = norm_cls(s.head_dim, s.rms_norm_eps)
             self.k_norm = norm_cls(s.head_dim, s.rms_norm_eps)
@@ -134,6 +144,22 @@ class Attention(nn.Module):
         self.register_buffer("k_scale", torch.tensor(1.0, dtype=torch.float32))
         self.register_buffer("v_scale", torch.tensor(1.0, dtype=torch.float32))
         self.kv_scales = (1.0, 1.0)
+
+    def _parallel_projections(self, s: LlamaShape, tp: TPGroup, qkv_method, o_method,
+                              prefix: str) -> tuple[Linear, Linear]:
+        """qkv_proj column-parallel by whole heads, o_proj row-parallel (layers/parallel_linear.py)."""
+        heads, kv_heads, kv_first = pl.attention_heads(s.num_heads, s.num_kv_heads, tp)
+        self.num_heads, self.num_kv_heads = heads, kv_heads
+        d, q_full, kv_full = s.head_dim, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        q_r, kv_r = (tp.rank * heads * d, heads * d), (kv_first * d, kv_heads * d)
+        if s.fused_checkpoint:  # one checkpoint tensor q | k | v: three ranges in it
+            sizes: tuple[int, ...] = (q_full + 2 * kv_full,)
+            ranges: tuple[pl.Ranges, ...] = ((q_r, (q_full + kv_r[0], kv_r[1]), (q_full + kv_full + kv_r[0], kv_r[1])),)
+        else:
+            sizes, ranges = (q_full, kv_full, kv_full), ((q_r,), (kv_r,), (kv_r,))
+        qkv = pl.ColumnParallelLinear(s.hidden_size, sizes, tp, s.qkv_bias, qkv_method, ranges, f"{prefix}.qkv_proj")
+        o = pl.RowParallelLinear(q_full, s.hidden_size, tp, False, o_method, f"{prefix}.o_proj")
+        return qkv, o
 
     def finish_kv_scales(self, prefix: str) -> None:
         """Read the loaded scale tensors into ``kv_scales`` (once, after loading: no device sync per step)."""
@@ -155,9 +181,9 @@ class Attention(nn.Module):
         s = self.s
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, s.num_heads, s.head_dim)
-        k = k.view(-1, s.num_kv_heads, s.head_dim)
-        v = v.view(-1, s.num_kv_heads, s.head_dim)
+        q = q.view(-1, self.num_heads, s.head_dim)
+        k = k.view(-1, self.num_kv_heads, s.head_dim)
+        v = v.view(-1, self.num_kv_heads, s.head_dim)
         if s.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
@@ -182,15 +208,29 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, s: LlamaShape, qc: QuantizationConfig | None = None, prefix: str = "") -> None:
+    def __init__(self, s: LlamaShape, qc: QuantizationConfig | None = None, prefix: str = "",
+                 tp: TPGroup | None = None) -> None:
+        """``tp``: gate_up_proj column-parallel, down_proj row-parallel (None: one device)."""
         super().__init__()
-        self.inter = s.intermediate_size
+        inter = s.intermediate_size
         shards = ("gate_up_proj",) if s.fused_checkpoint else ("gate_proj", "up_proj")
-        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False,
-                                   linear_method=_method(qc, f"{prefix}.gate_up_proj", shards),
-                                   output_sizes=None if s.fused_checkpoint else (s.intermediate_size,) * 2)
-        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False,
-                                linear_method=_method(qc, f"{prefix}.down_proj", ("down_proj",)))
+        gu_method = _method(qc, f"{prefix}.gate_up_proj", shards)
+        down_method = _method(qc, f"{prefix}.down_proj", ("down_proj",))
+        self.gate_up_proj: Linear
+        self.down_proj: Linear
+        if tp is not None and tp.world_size > 1:
+            (r,) = pl.even_ranges(inter, tp, f"{prefix} intermediate_size")
+            sizes, ranges = ((2 * inter,), ((r, (inter + r[0], r[1])),)) if s.fused_checkpoint \
+                else ((inter, inter), ((r,), (r,)))
+            self.gate_up_proj = pl.ColumnParallelLinear(s.hidden_size, sizes, tp, False, gu_method, ranges,
+                                                        f"{prefix}.gate_up_proj")
+            self.down_proj = pl.RowParallelLinear(inter, s.hidden_size, tp, False, down_method, f"{prefix}.down_proj")
+            inter = r[1]
+        else:
+            self.gate_up_proj = Linear(s.hidden_size, 2 * inter, bias=False, linear_method=gu_method,
+                                       output_sizes=None if s.fused_checkpoint else (inter,) * 2)
+            self.down_proj = Linear(inter, s.hidden_size, bias=False, linear_method=down_method)
+        self.inter = inter  # this rank's
         self.act = _act(s.hidden_act)
 
         self.fused = False
@@ -207,12 +247,13 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None = None,
-                 mlp: nn.Module | None = None, sliding_window: int | None = None) -> None:
+                 mlp: nn.Module | None = None, sliding_window: int | None = None, tp: TPGroup | None = None) -> None:
         """``mlp``: the feed-forward block (default the dense :class:`MLP`; MoE models pass theirs);
-        ``sliding_window``: this layer's attention window (None: full attention)."""
+        ``sliding_window``: this layer's attention window (None: full attention); ``tp``: tensor parallelism."""
         super().__init__()
-        self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn", sliding_window=sliding_window)
-        self.mlp = mlp if mlp is not None else MLP(s, qc, f"model.layers.{idx}.mlp")
+        self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn", sliding_window=sliding_window,
+                                   tp=tp)
+        self.mlp = mlp if mlp is not None else MLP(s, qc, f"model.layers.{idx}.mlp", tp)
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -247,12 +288,14 @@ class LlamaForCausalLM(nn.Module):
                       for i, shard in enumerate(shards)}
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                 quant_config: QuantizationConfig | None = None) -> None:
+                 quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
         """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
-        the method decides per layer, e.g. the LM head usually stays unquantized)."""
+        the method decides per layer, e.g. the LM head usually stays unquantized). ``tp``: this rank's
+        tensor-parallel group: attention heads and MLP split over the ranks; embedding and LM head replicated."""
         super().__init__()
         s = self.model_shape(hf_config, arch)
         self.shape = s
+        self.tp = tp if tp is not None and tp.world_size > 1 else None
         rope = RotaryEmbedding(s.head_dim, rope_max_position(hf_config), rope_for(hf_config, arch), dtype)
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
         emb_method = _method(quant_config, "model.embed_tokens", ("embed_tokens",)) \
@@ -261,7 +304,7 @@ class LlamaForCausalLM(nn.Module):
             nn.Embedding(s.vocab_size, s.hidden_size) if emb_method is None
             else QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method))
         self.layers = nn.ModuleList([
-            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i])
+            DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i], self.tp)
             for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
@@ -287,7 +330,10 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def num_kv_heads(self) -> int:
-        return self.shape.num_kv_heads
+        """KV heads of this rank's cache (all of them on one device)."""
+        if self.tp is None:
+            return self.shape.num_kv_heads
+        return pl.attention_heads(self.shape.num_heads, self.shape.num_kv_heads, self.tp)[1]
 
     @property
     def head_dim(self) -> int:
@@ -337,6 +383,8 @@ class LlamaForCausalLM(nn.Module):
         """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_model_linears, pack_weight
 
+        if self.tp is not None:
+            return 0  # PackedLinear would drop the row-parallel all-reduce
         if self.shape.tie_word_embeddings:
             w: torch.Tensor | None = None if isinstance(self.embed_tokens, QuantizedEmbedding) \
                 else self.embed_tokens.weight

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,13 +50,19 @@ def iter_safetensors(files: list[Path]):
                 yield name, f.get_tensor(name)
 
 
-def load_model(cfg: EngineConfig) -> nn.Module:
+def load_model(cfg: EngineConfig, tp: Any = None) -> nn.Module:
+    """``tp``: this rank's :class:`~pagoda.distributed.parallel_state.TPGroup` (tensor parallelism), or None."""
     t0 = time.perf_counter()
     quant_config = resolve_quantization(cfg.hf_config, cfg.quantization, cfg.load_format)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
-        model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, cfg.model_impl,
-                            cfg.trust_remote_code, cfg.model_path,
-                            cfg.pooler.kind if cfg.pooler is not None else None)
+        if tp is not None and tp.world_size > 1:
+            from pagoda.distributed.support import build_tp_model
+
+            model = build_tp_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, tp)
+        else:
+            model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, cfg.model_impl,
+                                cfg.trust_remote_code, cfg.model_path,
+                                cfg.pooler.kind if cfg.pooler is not None else None)
     model.eval()
     if cfg.load_format == "dummy":
         _init_dummy(model, torch.Generator(device=cfg.device).manual_seed(cfg.seed))

@@ -44,6 +44,9 @@ from pagoda.worker.input_batch import StepInputs, prepare_inputs
 from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
 
 if TYPE_CHECKING:
+    from pagoda.distributed.executor import MultiprocExecutor
+    from pagoda.distributed.messages import ForwardStep
+    from pagoda.distributed.parallel_state import TPGroup
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
 
@@ -108,9 +111,18 @@ class ForwardResult:
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, tp: TPGroup | None = None) -> None:
+        """``tp``: given, this runner is a worker rank of tensor parallelism (pagoda.distributed.worker);
+        otherwise, with ``cfg.tensor_parallel_size > 1``, it is rank 0 and starts the other ranks."""
         self.cfg = cfg
         self.device = cfg.device
+        self.executor: MultiprocExecutor | None = None
+        if tp is None and cfg.tensor_parallel_size > 1:
+            from pagoda.distributed.executor import MultiprocExecutor
+
+            self.executor = MultiprocExecutor(cfg)
+            tp = self.executor.tp
+        self.tp = tp
         if self.device.type == "cpu":
             from pagoda.worker.cpu_malloc import tune_malloc
 
@@ -122,7 +134,7 @@ class ModelRunner:
         backend_name = cfg.attention_backend or default_backend_name(self.device)
         self.kv_dtype = kv_quant.kv_cache_torch_dtype(cfg.kv_cache_dtype, cfg.dtype)
         kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
-        self.model: Any = load_model(cfg)
+        self.model: Any = load_model(cfg, tp)
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
@@ -149,6 +161,8 @@ class ModelRunner:
         self.bt_cache = None
         self._prev_tokens, self._prev_rows = None, {}
         self.model = None
+        if self.executor is not None:
+            self.executor.shutdown()
 
     # ------------------------------------------------------------ KV cache
     def bytes_per_block(self) -> int:
@@ -156,6 +170,13 @@ class ModelRunner:
         return kv_cache.bytes_per_block(m.num_layers, self.block_size, m.num_kv_heads, m.head_dim, self.kv_dtype)
 
     def determine_num_blocks(self) -> int:
+        """KV blocks of the cache; with tensor parallelism, the smallest of every rank's (rank 0 asks the workers)."""
+        num = self._local_num_blocks()
+        if self.executor is not None:
+            num = self.executor.agree_num_blocks(num)
+        return num
+
+    def _local_num_blocks(self) -> int:
         cfg = self.cfg
         per_block = self.bytes_per_block()
         if cfg.num_gpu_blocks_override:
@@ -234,7 +255,7 @@ class ModelRunner:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
         self.graphs = None
         if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                or self.pooler is not None):
+                or self.pooler is not None or self.cfg.tensor_parallel_size > 1):  # TP: eager on every rank
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -284,7 +305,10 @@ class ModelRunner:
         if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
             raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
         rows = self._block_table_rows(inputs, epochs)
-        fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
+        if self.executor is None:
+            fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
+        else:
+            fwd = self._forward_tp(inputs, rows, sched.block_copies)
         if self.pooler is not None:
             return self._pool(inputs, fwd)
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
@@ -299,6 +323,28 @@ class ModelRunner:
         else:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
+
+    def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
+                    block_copies: list[tuple[int, int]]) -> ForwardResult:
+        """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
+        dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
+        assert self.executor is not None
+        self.executor.broadcast_step(inputs, block_copies)
+        try:
+            return self._forward(inputs, rows, None)
+        except Exception as e:
+            self.executor.explain(e)
+            raise
+
+    @torch.inference_mode()
+    def execute_forward(self, step: ForwardStep) -> None:
+        """A worker rank's step: rank 0's forward inputs, the same forward; nothing is sampled here."""
+        if step.block_copies:
+            kv_cache.copy_blocks(self.kv_caches, step.block_copies, self.device)
+        inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
+                            query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
+                            block_tables=step.block_tables)
+        self._forward_eager(inputs, None, None)
 
     def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""

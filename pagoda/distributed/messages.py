@@ -1,0 +1,49 @@
+"""Typed messages between rank 0 and its worker ranks (msgpack through msgspec; nothing is pickled).
+
+Rank 0 -> worker: :class:`AllocateKV` once, then one :class:`ForwardStep` per step, :class:`StopWorker`
+at the end. Worker -> rank 0: :class:`WorkerReady` (after loading its shard) or :class:`WorkerFailed`.
+A :class:`ForwardStep` carries the step's flattened forward inputs (what
+:func:`pagoda.worker.input_batch.prepare_inputs` made of the scheduler output on rank 0) and the KV
+block copies to apply first: a worker needs nothing else to run the same forward.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ForwardStep(msgspec.Struct, tag="step"):
+    input_ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    query_start_loc: list[int]
+    query_lens: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+    block_copies: list[tuple[int, int]]
+
+
+class AllocateKV(msgspec.Struct, tag="alloc"):
+    num_blocks: int
+
+
+class StopWorker(msgspec.Struct, tag="stop"):
+    pass
+
+
+class WorkerReady(msgspec.Struct, tag="ready"):
+    rank: int
+    num_blocks: int
+
+
+class WorkerFailed(msgspec.Struct, tag="failed"):
+    rank: int
+    error: str
+
+
+ToWorker = ForwardStep | AllocateKV | StopWorker
+FromWorker = WorkerReady | WorkerFailed
+
+encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
