@@ -48,3 +48,8 @@ class ValidationError(ValueError):
 
 class EngineInvariantError(RuntimeError):
     """A component received what admission guarantees it never sees: a bug, reported as a 500."""
+
+
+class EngineFatalError(RuntimeError):
+    """The engine cannot run another step (e.g. a tensor-parallel rank died). Unlike an ordinary step failure,
+    which fails only that step's requests, it propagates: the engine core fails and reports why."""

@@ -26,11 +26,14 @@ import time
 import weakref
 from multiprocessing.connection import Connection
 
+import torch.distributed as dist
+
 from pagoda import envs
 from pagoda.config import EngineConfig
 from pagoda.distributed import messages as m
 from pagoda.distributed.config_codec import encode_config
-from pagoda.distributed.parallel_state import TPGroup, init_tp_group
+from pagoda.distributed.parallel_state import TPGroup, destroy_tp_group, init_tp_group
+from pagoda.errors import EngineFatalError
 from pagoda.worker.input_batch import StepInputs
 
 logger = logging.getLogger("pagoda")
@@ -38,7 +41,7 @@ logger = logging.getLogger("pagoda")
 _POLL_S = 0.1
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(EngineFatalError):
     """A tensor-parallel worker rank exited or failed; the engine cannot continue."""
 
 
@@ -46,6 +49,9 @@ class MultiprocExecutor:
     """Workers of ranks 1..N-1 and rank 0's group (``self.tp``), ready when the constructor returns."""
 
     def __init__(self, cfg: EngineConfig) -> None:
+        if dist.is_initialized():
+            raise RuntimeError("this process already runs a tensor-parallel engine (torch.distributed is initialized); "
+                               "shut it down before starting another one")
         self.world_size = cfg.tensor_parallel_size
         self._dir = tempfile.mkdtemp(prefix="pagoda-tp-")
         init_method = f"file://{self._dir}/rendezvous"
@@ -182,4 +188,5 @@ def _stop(procs: list[subprocess.Popen], conns: list[Connection], tmpdir: str) -
             p.wait()
     for conn in conns:
         conn.close()
+    destroy_tp_group()
     shutil.rmtree(tmpdir, ignore_errors=True)

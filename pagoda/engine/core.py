@@ -36,6 +36,7 @@ from pagoda.engine.messages import (
     SchedulerStats,
     TokenLogprobs,
 )
+from pagoda.errors import EngineFatalError
 from pagoda.layers.sampler import needs_host_history
 from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.worker.kv_cache import log_kv_cache
@@ -247,6 +248,8 @@ class EngineCore:
         try:
             sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
             return self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
+        except EngineFatalError:
+            raise
         except Exception as e:
             return self._fail(sched, e)
 
@@ -266,6 +269,8 @@ class EngineCore:
         """Wait for a launched step, update the scheduler, and build the step's outputs."""
         try:
             res = handle.result()
+        except EngineFatalError:
+            raise
         except Exception as e:  # a failing step fails the requests in it, not the engine
             return self._fail(sched, e)
         # Requests that ended while the step was in flight (aborted, or stopped by the

@@ -3,7 +3,7 @@
 argparse alone would say "unrecognized arguments", which does not tell a vLLM user which feature
 is missing. Every flag here is registered (hidden from ``--help``; listed in ``docs/cli.md``)
 with an action that fails at parse time, before any model loads, unless its value is one that
-changes nothing here (``--tensor-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
+changes nothing here (``--pipeline-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
 keep argparse's own error.
 """
 
@@ -35,7 +35,8 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
-_PAR = "pagoda runs on one device: tensor, pipeline, data, expert and context parallelism are not supported yet"
+_PAR = ("pipeline, data, expert and context parallelism are not supported yet (tensor parallelism is: "
+        "--tensor-parallel-size)")
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
 _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
 
@@ -73,17 +74,17 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # StructuredOutputsConfig
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
-    _u("--tensor-parallel-size -tp", _PAR, "1"),
     _u("--pipeline-parallel-size -pp", _PAR, "1"),
     _u("--data-parallel-size -dp", _PAR, "1"),
     _u("--decode-context-parallel-size -dcp", _PAR, "1"),
     _u("--data-parallel-rank -dpn --data-parallel-start-rank -dpr --data-parallel-size-local -dpl "
        "--data-parallel-address -dpa --data-parallel-rpc-port -dpp --data-parallel-backend -dpb", _PAR),
     _u("--data-parallel-hybrid-lb --enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
-    _u("--all2all-backend --eplb-config --expert-placement-strategy --distributed-executor-backend", _PAR),
+    _u("--all2all-backend --eplb-config --expert-placement-strategy", _PAR),
     _u("--max-parallel-loading-workers", "weights load in one process"),
     _u("--ray-workers-use-nsight", "Ray is not used", value=False),
-    _u("--disable-custom-all-reduce", "accepted: one device needs no all-reduce", ANY_VALUE, value=False),
+    _u("--disable-custom-all-reduce", "accepted: pagoda has no custom all-reduce (torch.distributed's is used)",
+       ANY_VALUE, value=False),
     _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),
     # CacheConfig
     _u("--swap-space", "preempted requests are recomputed or kept in the host KV tier (--kv-offloading-size)"),
