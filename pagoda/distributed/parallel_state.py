@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -20,17 +21,32 @@ from pagoda import envs
 logger = logging.getLogger("pagoda")
 
 
+@dataclass
+class CommStats:
+    """Host time spent in all-reduce calls (on CUDA only the launch: NCCL runs asynchronously)."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+
+
 @dataclass(frozen=True)
 class TPGroup:
     """This process's place in the tensor-parallel group. ``world_size == 1``: every collective is a no-op."""
 
     rank: int
     world_size: int
+    stats: CommStats = field(default_factory=CommStats, compare=False)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over the ranks, in place; returns ``x``."""
         if self.world_size > 1:
+            t0 = time.perf_counter()
             dist.all_reduce(x)
+            st = self.stats
+            st.seconds += time.perf_counter() - t0
+            st.calls += 1
+            st.bytes += x.numel() * x.element_size()
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:

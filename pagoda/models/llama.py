@@ -286,6 +286,7 @@ class LlamaForCausalLM(nn.Module):
     }
     stacked_params = {shard: (fused, i) for fused, shards in packed_modules_mapping.items()
                       for i, shard in enumerate(shards)}
+    tp: TPGroup | None = None  # tensor parallelism (set in __init__; subclasses that build their own layers: None)
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:

@@ -1,0 +1,83 @@
+"""Per-step communication of tensor parallelism on this machine (CPU, gloo): how much of a step rank 0 spends in
+all-reduce, TP=2 against TP=1 on the same requests.
+
+    PYTHONPATH=. python benchmarks/tp_comm.py [--layers 16 --hidden 512 --batch 8 --new 64]
+
+A Llama-shaped model with random weights (--load-format dummy, fp32) and the tiny test tokenizer; prompts are
+random token ids. Measured only: on 2 shared cores TP=2 is a correctness path, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def write_model(folder: Path, layers: int, hidden: int) -> Path:
+    from tiny_models import build_tokenizer
+
+    tok = build_tokenizer(folder)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
+           "hidden_size": hidden, "intermediate_size": 3 * hidden, "num_hidden_layers": layers,
+           "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 128, "max_position_embeddings": 1024,
+           "rms_norm_eps": 1e-6, "torch_dtype": "float32", "bos_token_id": tok.bos_token_id,
+           "eos_token_id": tok.eos_token_id}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def run(model: Path, tp: int, prompts: list[list[int]], new: int) -> dict[str, float]:
+    from pagoda import LLM, SamplingParams
+
+    llm = LLM(str(model), dtype="float32", load_format="dummy", device="cpu", tensor_parallel_size=tp,
+              enable_prefix_caching=False)
+    params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:1]], params, use_tqdm=False)  # warm-up
+    core = llm.llm_engine.core
+    group = core.runner.tp
+    steps0 = 0
+    orig = core.step
+
+    def counted():
+        nonlocal steps0
+        steps0 += 1
+        return orig()
+
+    core.step = counted  # type: ignore[method-assign]
+    c0, s0 = (group.stats.calls, group.stats.seconds) if group else (0, 0.0)
+    t0 = time.perf_counter()
+    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    calls, secs = (group.stats.calls - c0, group.stats.seconds - s0) if group else (0, 0.0)
+    llm.llm_engine.shutdown()
+    return {"tp": tp, "steps": steps0, "wall_s": wall, "step_ms": 1e3 * wall / steps0,
+            "allreduce_calls_per_step": calls / steps0, "allreduce_ms_per_step": 1e3 * secs / steps0,
+            "allreduce_share": secs / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64)
+    a = ap.parse_args()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as d:
+        model = write_model(Path(d), a.layers, a.hidden)
+        prompts = [[rng.randrange(10, 300) for _ in range(a.prompt_len)] for _ in range(a.batch)]
+        for tp in (1, 2):
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in run(model, tp, prompts, a.new).items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
