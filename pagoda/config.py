@@ -20,6 +20,7 @@ import torch
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
+from pagoda.spec_decode.config import SpeculativeConfig
 
 logger = logging.getLogger("pagoda")
 
@@ -61,6 +62,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "scheduling_policy",
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
+    "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
@@ -150,6 +152,11 @@ class EngineArgs:
     trust_remote_code: bool = False
     """Allow a model whose config.json names remote code (auto_map) to execute that code from its folder, in the
     transformers fallback. Without it such a model is refused; pagoda never runs remote code otherwise."""
+    speculative_config: dict[str, Any] | None = None
+    """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model", "model": path,
+    "num_speculative_tokens": k} (a smaller model with the same vocabulary). Outputs are unchanged (greedy:
+    identical; sampled: the same distribution). Default: off."""
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
@@ -187,6 +194,7 @@ class EngineArgs:
         from pagoda.quantization.gguf import gguf_model_config
 
         self.validate()
+        spec = SpeculativeConfig.from_dict(self.speculative_config) if self.speculative_config is not None else None
         load_general_plugins()
         rev, ddir = self.revision, self.download_dir
         model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
@@ -206,6 +214,9 @@ class EngineArgs:
         dtype = resolve_dtype(self.dtype, dtype_cfg, device)
 
         max_model_len = self._max_model_len(hf_config)
+        if spec is not None and spec.num_speculative_tokens >= max_model_len:
+            raise ValueError(f"speculative_config.num_speculative_tokens={spec.num_speculative_tokens} does not fit "
+                             f"the context (max_model_len {max_model_len}).")
         max_num_seqs, mnbt = self._batch_limits(device, max_model_len)
         return EngineConfig(
             model=self.model,
@@ -240,6 +251,7 @@ class EngineArgs:
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
             tokenizer_mode=self.tokenizer_mode,
+            speculative_config=spec,
         )
 
     def _max_model_len(self, hf_config: dict[str, Any]) -> int:
@@ -311,6 +323,7 @@ class EngineConfig:
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
     model_impl: str = "pagoda"  # resolved: "pagoda" (native or plugin class) or "transformers" (the fallback)
     trust_remote_code: bool = False
+    speculative_config: SpeculativeConfig | None = None
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
