@@ -264,3 +264,49 @@ def test_metrics_and_stats_line():
         assert line in text, line
     assert "Mean acceptance length: 2.50" in lines[-1]
     assert "spec_decode" not in PrometheusStatLogger("m").render()[0].decode()  # off: not exported, as vLLM
+
+
+# ------------------------------------------------------------ draft model
+def _other_model(tiny, name: str, vocab_extra: int = 0):
+    """A second tiny Llama with the target's tokenizer (seed 1); ``vocab_extra`` rows more in its vocabulary."""
+    import shutil
+
+    import transformers
+
+    folder = tiny.root / name
+    if not (folder / "config.json").exists():
+        src = tiny.path("llama")
+        folder.mkdir()
+        for f in src.iterdir():
+            if "token" in f.name or f.name == "generation_config.json":
+                shutil.copy(f, folder / f.name)
+        cfg = transformers.LlamaConfig.from_pretrained(src)
+        cfg.vocab_size += vocab_extra
+        torch.manual_seed(1)
+        transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+def test_draft_model_greedy_identical(tiny):
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    for draft, full_accept in ((_other_model(tiny, "draft"), False), (str(tiny.path("llama")), True)):
+        llm = LLM(str(tiny.path("llama")), dtype="float32", max_num_batched_tokens=48,
+                  speculative_config={"model": draft, "num_speculative_tokens": 3})
+        _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
+        st = llm.llm_engine.core.scheduler.spec_stats
+        assert st.num_drafts > 0
+        if full_accept:  # the target as its own draft: every greedy proposal is right
+            assert st.num_accepted_tokens == st.num_draft_tokens
+        assert_engine_clean(llm)
+        assert not llm.llm_engine.core.spec.proposer.shadows  # every shadow freed
+        llm.shutdown()
+
+
+def test_draft_model_with_another_vocabulary_is_refused(tiny):
+    from pagoda import LLM
+
+    with pytest.raises(ValueError, match="speculative_config.model"):
+        LLM(str(tiny.path("llama")), dtype="float32",
+            speculative_config={"model": _other_model(tiny, "draft-vocab", 8), "num_speculative_tokens": 2})

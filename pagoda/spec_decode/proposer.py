@@ -75,6 +75,9 @@ class SpecDecoder:
             if k > 0:
                 reqs.append(r)
                 ks.append(k)
+        retain = getattr(self.proposer, "retain", None)
+        if retain is not None:  # a stateful proposer (draft model) frees what stopped running
+            retain({r.request_id for r in running})
         if not reqs:
             return
         for r, k, toks in zip(reqs, ks, self.proposer.propose(reqs, ks), strict=True):
