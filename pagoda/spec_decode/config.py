@@ -87,12 +87,11 @@ def _lookup_range(d: dict[str, Any]) -> tuple[int, int]:
     for key, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"speculative_config.{key} must be a positive integer, got {v!r}.")
-    if lo is None and hi is None:
-        lo, hi = DEFAULT_LOOKUP_MIN, DEFAULT_LOOKUP_MAX
-    elif lo is None:
-        lo = min(DEFAULT_LOOKUP_MIN, hi)
-    elif hi is None:
+    if lo is None:
+        lo = DEFAULT_LOOKUP_MIN if hi is None else min(DEFAULT_LOOKUP_MIN, hi)
+    if hi is None:
         hi = max(DEFAULT_LOOKUP_MAX, lo)
+    assert isinstance(lo, int) and isinstance(hi, int)
     if lo > hi:
         raise ValueError(f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi}).")
     return lo, hi

@@ -84,7 +84,8 @@ class DraftModelProposer:
         return sh
 
     def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
-        shadows, out = [], [[] for _ in reqs]
+        shadows: list[Request | None] = []
+        out: list[list[int]] = [[] for _ in reqs]
         for r, k in zip(reqs, ks, strict=True):
             sh = self._sync(r)
             need = sh.num_tokens - sh.num_computed_tokens + k - 1  # catch-up, then the proposals fed back
@@ -93,11 +94,11 @@ class DraftModelProposer:
         for step in range(max(ks)):
             sched = SchedulerOutput()
             for i in live:
-                sh = shadows[i]
-                assert sh is not None
+                cur = shadows[i]
+                assert cur is not None
                 if step < ks[i]:
-                    start = sh.num_computed_tokens
-                    sched.scheduled.append(ScheduledRequest(sh, sh.num_tokens - start, start, True))
+                    start = cur.num_computed_tokens
+                    sched.scheduled.append(ScheduledRequest(cur, cur.num_tokens - start, start, True))
             if not sched.scheduled:
                 break
             block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
