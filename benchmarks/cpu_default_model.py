@@ -195,7 +195,7 @@ def main() -> None:
     runners = {name: make[name]() for name in args.backends}
     print(f"model {gguf.name}; torch threads {torch.get_num_threads()}; {args.input_len} in, {args.output_len} out")
     results: dict[str, dict[int, list[float]]] = {n: {b: [] for b in args.batch_sizes} for n in runners}
-    for name, run in runners.items():  # warm-up: one short batch of each size
+    for run in runners.values():  # warm-up: one short batch of each size
         for b in args.batch_sizes:
             run(_prompts(b, args.input_len, 999), 4)
     for r in range(args.rounds):

@@ -319,7 +319,7 @@ class LlamaForCausalLM(nn.Module):
             head = self.lm_head
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
-        if self._lm_packed is not None and self.shape.tie_word_embeddings:
+        if w is not None and self._lm_packed is not None and self.shape.tie_word_embeddings:
             logger.info("CPU: oneDNN copy of the tied LM head: +%.1f MiB of memory (the table stays for lookups)",
                         w.numel() * w.element_size() / 2**20)
         n = pack_model_linears(self.layers, batch_hint) + pack_int_weight_copies(self.layers, batch_hint)[0]
