@@ -35,7 +35,8 @@ So: int4pack for every supported M up to :data:`DEQUANT_MIN_M` rows (it is a GEM
 bf16 at M=1 where bytes dominate, but its cost grows linearly with M, ~3x slower than bf16 AMX at M=32), a
 dequantize-once dense GEMM above (prefill). A dequantize-per-call fallback loses everywhere; int8pack is used
 only where it is exact (per-channel symmetric 8-bit). Known gap: at M=32 no 4-bit path here matches the bf16
-AMX GEMM; keeping bf16 weights would, at 4x the memory.
+AMX GEMM; keeping bf16 weights would, at 4x the memory: a small model keeps such copies for steps of
+:data:`DENSE_MIN_M` rows or more (:func:`pagoda.layers.cpu_linear.pack_int_weight_copies`).
 """
 
 from __future__ import annotations
