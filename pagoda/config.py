@@ -21,6 +21,7 @@ from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS
+from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.structured_output.params import StructuredOutputsConfig
 
 logger = logging.getLogger("pagoda")
@@ -64,6 +65,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "scheduling_policy",
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
+    "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
     "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend"),
@@ -166,6 +168,11 @@ class EngineArgs:
     trust_remote_code: bool = False
     """Allow a model whose config.json names remote code (auto_map) to execute that code from its folder, in the
     transformers fallback. Without it such a model is refused; pagoda never runs remote code otherwise."""
+    speculative_config: dict[str, Any] | None = None
+    """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model", "model": path,
+    "num_speculative_tokens": k} (a smaller model with the same vocabulary). Outputs are unchanged (greedy:
+    identical; sampled: the same distribution). Default: off."""
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
@@ -219,6 +226,7 @@ class EngineArgs:
         from pagoda.quantization.gguf import gguf_model_config
 
         self.validate()
+        spec = SpeculativeConfig.from_dict(self.speculative_config) if self.speculative_config is not None else None
         load_general_plugins()
         rev, ddir = self.revision, self.download_dir
         model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
@@ -241,7 +249,13 @@ class EngineArgs:
 
         rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path)
         pooling = rc.runner == "pooling"
+        if pooling and spec is not None:
+            raise ValueError("--speculative-config applies to generative models; a pooling model (--runner pooling) "
+                             "has no decoding to speculate.")
         max_model_len = self._max_model_len(hf_config, rc.max_len_cap)
+        if spec is not None and spec.num_speculative_tokens >= max_model_len:
+            raise ValueError(f"speculative_config.num_speculative_tokens={spec.num_speculative_tokens} does not fit "
+                             f"the context (max_model_len {max_model_len}).")
         max_num_seqs, mnbt = self._batch_limits(device, max_model_len, pooling)
         tp = self.tensor_parallel_size
         from pagoda.distributed.support import check_tensor_parallel
@@ -249,7 +263,8 @@ class EngineArgs:
         check_tensor_parallel(tp, self.distributed_executor_backend, arch=arch, model_impl=model_impl,
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
-                              kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling)
+                              kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
+                              speculative=spec is not None)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -287,6 +302,7 @@ class EngineArgs:
             structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
             runner=rc.runner,
             pooler=rc.pooler,
+            speculative_config=spec,
             tensor_parallel_size=tp,
         )
 
@@ -366,6 +382,7 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     runner: str = "generate"  # generate | pooling (--runner resolved)
     pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
+    speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
 
 

@@ -177,6 +177,21 @@ def test_tiny_gguf_runs_quantized_like_its_dequantized_conversion(tmp_path, tmp_
                 assert lq[tok].logprob == pytest.approx(entry.logprob, abs=1e-4)
 
 
+def test_tied_8bit_table_is_kept_dense_in_bf16_on_the_cpu(tmp_path, tmp_cache):
+    """A tied Q8_0 embedding in bf16 on the CPU is stored dense (quantization/gguf.py, ``_dense_table``): exactly
+    the dequantized conversion's table, used for lookups and (oneDNN-prepacked) as the LM head."""
+    from pagoda.models.loader import load_model
+
+    path = _tiny_quantized_gguf(tmp_path / "tiny.gguf", True)
+    quant = load_model(_config(path, dtype="bfloat16"))
+    dense = load_model(_config(path, dtype="bfloat16", load_format="safetensors"))
+    assert not hasattr(quant.embed_tokens, "int_weight") and quant.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(quant.embed_tokens.weight, dense.embed_tokens.weight)
+    h = torch.randn(3, quant.embed_tokens.in_features).to(torch.bfloat16)
+    torch.testing.assert_close(quant.compute_logits(h), dense.compute_logits(h), rtol=0, atol=0)
+    assert quant.layers[0].mlp.gate_up_proj.int_weight.bits == 4  # the other matrices stay quantized
+
+
 def test_dequantized_mode_and_flag_conflicts(tmp_path, tmp_cache):
     path = _tiny_quantized_gguf(tmp_path / "tiny.gguf", True)
     assert "quantization_config" not in _config(path, load_format="safetensors").hf_config

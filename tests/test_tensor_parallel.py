@@ -123,6 +123,8 @@ def test_rank_that_dies_mid_step_is_reported(tiny, monkeypatch):
     ("llama", {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"},
      "--distributed-executor-backend ray is not supported"),
     ("llama", {"tensor_parallel_size": 0}, "--tensor-parallel-size. must be at least 1"),
+    ("llama", {"tensor_parallel_size": 2, "speculative_config": {"method": "ngram", "num_speculative_tokens": 2}},
+     "speculative decoding .* runs on one device"),
 ])
 def test_bad_tensor_parallel_input_fails_at_start_up(tiny, arch, kw, match):
     from pagoda.config import EngineArgs

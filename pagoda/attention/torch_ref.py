@@ -9,9 +9,11 @@ block_size, head_dim]`` (``kv_layout = "HND"``), unlike the Triton backend's
 permute copy. (With the other layout, gather + permute + strided matmuls took about 3×
 as long at batch 32 on the CPU.)
 
-Decode rows (one query token) are batched: two matmuls with GQA heads grouped (K/V never
-repeated) and a length mask. Prefill chunks are attended one request at a time with SDPA
-and a causal mask offset by the request's cached length.
+Decode rows (one query token) are batched into one SDPA call: each KV head's group of query
+heads is that call's query rows (K/V never repeated), with a length mask. On the 2-core CPU
+(bf16, 9 heads / 3 KV heads of 64, loaded VM) this took 52 us against 394 us for the former
+two matmuls + float softmax at batch 1 (context 100), and 1.1 ms against 2.2 ms at batch 32.
+Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length.
 
 An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
@@ -106,17 +108,19 @@ class TorchAttentionBackend(AttentionBackend):
         k = gather_heads(k_cache, block_tables, query.dtype)  # [B, Hkv, L, D]
         v = gather_heads(v_cache, block_tables, query.dtype)
         L = k.shape[2]
-        q = query.view(B, Hkv, G, D)
-        scores = torch.matmul(q, k.transpose(2, 3)).float() * scale  # [B, Hkv, G, L]
-        if cap is not None:
-            scores = torch.tanh(scores / cap) * cap
+        q = query.view(B, Hkv, G, D)  # a KV head's G query heads act as G query rows of one SDPA call
         kpos = torch.arange(L, device=query.device)[None, :]
-        pad = kpos >= seq_lens[:, None]
+        keep = kpos < seq_lens[:, None]
         if window is not None:
-            pad |= kpos <= seq_lens[:, None] - 1 - window
-        scores.masked_fill_(pad.view(B, 1, 1, L), float("-inf"))
+            keep &= kpos > seq_lens[:, None] - 1 - window
+        if cap is None:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep.view(B, 1, 1, L), scale=scale)
+            return o.reshape(B, H, D)  # [B, Hkv, G, D] -> [B, H, D]
+        scores = torch.matmul(q, k.transpose(2, 3)).float() * scale  # [B, Hkv, G, L]; SDPA has no soft-cap
+        scores = torch.tanh(scores / cap) * cap
+        scores.masked_fill_(~keep.view(B, 1, 1, L), float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.matmul(probs, v).reshape(B, H, D)  # [B, Hkv, G, D] -> [B, H, D]
+        return torch.matmul(probs, v).reshape(B, H, D)
 
 
 def _prefill(q, k, v, scale: float, window: int | None, cap: float | None) -> torch.Tensor:

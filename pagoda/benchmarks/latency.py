@@ -6,6 +6,13 @@ steps (every request decoding one token, no prefill chunk in the step), each ``s
 call timed on its own: it returns once a step's sampled tokens are on the host, so with
 async scheduling (where a call launches step N and returns step N-1's tokens) it is the
 time between two tokens of the batch.
+
+With ``--speculative-config`` every such step verifies the proposals of each request (and may
+give several tokens per request). For timing the verify step alone, the timing-only method
+``{"method": "synthetic", "num_speculative_tokens": k}`` proposes ``k`` tokens for every request
+every step (copies of its last token: verification stays exact, acceptance is whatever the model
+gives, usually none), so the decode-step figures become the cost of a verify-k step: compare them
+with the same command without the config.
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
         stats = engine.last_stats
         if stats.num_prompt_tokens:
             prefill = te - t0  # the outputs of a step with prompt tokens are on the host
-        elif stats.num_generation_tokens == args.batch_size:
-            steps.append(te - ts)  # a pure decode step of the whole batch
+        elif stats.num_generation_tokens >= args.batch_size:
+            steps.append(te - ts)  # a pure decode (or verify) step of the whole batch
     return time.perf_counter() - t0, prefill or 0.0, steps
 
 

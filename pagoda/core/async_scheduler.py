@@ -16,8 +16,11 @@ stops on EOS or a stop token spends one extra row, dropped when its update comes
 preempted while in flight keeps the token it was sampling (its context was complete) and is
 not re-admitted until that token is known.
 
-One sampled token per request per step: the device-side fill of a placeholder reads one
-token per request, so a step sampling several rows per request is refused here.
+One sampled token per request per step while a step is in flight: the device-side fill of a
+placeholder reads one token per request. Speculative decoding samples several, so the engine
+completes each step before scheduling the next when it speculates (the proposer needs the
+accepted tokens on the host anyway); a multi-row step scheduled for a request that still has a
+step in flight is refused here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pagoda.core.scheduler import ScheduledRequest, Scheduler
 
 class AsyncScheduler(Scheduler):
     def _span(self, req: Request) -> tuple[int, int]:
-        return req.num_computed_tokens + req.num_inflight_tokens, req.num_tokens + req.num_placeholders
+        return (req.num_computed_tokens + req.num_inflight_tokens,
+                req.num_tokens + req.num_placeholders + len(req.spec_token_ids))
 
     def _can_extend(self, req: Request, end: int) -> bool:
         return not (req.num_placeholders and self._last_token_in_flight(req, end))
@@ -41,7 +45,7 @@ class AsyncScheduler(Scheduler):
         return not req.num_placeholders  # preempted while its token was in flight: wait for that token
 
     def _on_scheduled(self, s: ScheduledRequest) -> None:
-        if s.sample and s.num_sample_rows != 1:
+        if s.sample and s.num_sample_rows != 1 and (s.request.num_placeholders or s.request.num_inflight_tokens):
             raise ValueError(
                 f"request {s.request.request_id}: async scheduling samples one token per request per step "
                 f"(asked for {s.num_sample_rows}); turn async scheduling off for multi-token steps."

@@ -77,6 +77,9 @@ class Request:
         self.num_computed_tokens = 0
         self.num_inflight_tokens = 0
         self.num_placeholders = 0
+        # Speculative decoding: tokens proposed to follow the known ones, verified by the next step
+        # that samples this request (set by the proposer after each update, consumed by that step).
+        self.spec_token_ids: list[int] = []
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()

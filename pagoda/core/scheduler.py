@@ -29,9 +29,14 @@ still on the device) is :class:`pagoda.core.async_scheduler.AsyncScheduler`, whi
 the hooks marked below (``_span``, ``_can_extend``, ``_can_admit``, ``_on_scheduled``,
 ``_preempt``, ``_advance``).
 
-A step may give a request several new tokens (``ScheduledRequest.num_sample_rows`` logits
-rows; speculative decoding): ``update_from_output`` appends them in order and stops at the
-first that ends the request, dropping the rest from ``sampled``.
+Speculative decoding: a decoding request's proposed tokens (``Request.spec_token_ids``) extend
+its span like known tokens, so a verify is one more chunk: the step computes the last known token
+and the proposals (``ScheduledRequest.spec_token_ids``, the ones the budget let in) and samples
+``1 + len(spec_token_ids)`` rows. ``update_from_output`` appends the accepted tokens and the bonus
+token in order, stops at the first that ends the request (dropping the rest from ``sampled``), and
+sets ``num_computed_tokens`` back over the rejected positions: their blocks stay allocated and are
+overwritten by the next step. Proposed tokens are never hashed for prefix caching (registration
+only covers known tokens), so a cached block never holds a rejected token.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.request_queue import create_request_queue
 from pagoda.errors import EngineInvariantError
+from pagoda.spec_decode.metrics import SpecDecodingStats
 
 
 @dataclass
@@ -58,6 +64,8 @@ class ScheduledRequest:
     # Logits rows sampled when ``sample``: the last ``num_sample_rows`` rows of the chunk
     # (1 today; a verified speculative step needs one per proposed token + 1).
     num_sample_rows: int = 1
+    # Speculative decoding: the proposed tokens this step verifies (positions after the known ones).
+    spec_token_ids: list[int] = field(default_factory=list)
     # Prompt logprobs this step reports, decided by the scheduler: (first position, count);
     # position p's logits give prompt token p + 1's logprob.
     prompt_logprobs: tuple[int, int] | None = None
@@ -106,6 +114,7 @@ class Scheduler:
         self.forks: dict[str, list[Request]] = {}
         self.num_pending_forks = 0
         self.pending_copies: list[tuple[int, int]] = []
+        self.spec_stats = SpecDecodingStats()
 
     # ------------------------------------------------------------ admission
     def add_request(self, request: Request, fork_of: str | None = None) -> None:
@@ -291,9 +300,11 @@ class Scheduler:
 
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:
         start, end = self._span(req)
-        sample = start + num_new == end
+        known_end = end - len(req.spec_token_ids)
+        sample = start + num_new >= known_end
+        spec = req.spec_token_ids[: max(0, start + num_new - known_end)]  # the proposals the budget let in
         plp = self._take_prompt_logprobs(req, start, num_new)
-        s = ScheduledRequest(req, num_new, start, sample, prompt_logprobs=plp)
+        s = ScheduledRequest(req, num_new, start, sample, 1 + len(spec), spec_token_ids=spec, prompt_logprobs=plp)
         self._on_scheduled(s)
         # Full blocks this step writes become findable now (a token not yet known is not hashed).
         self.kv.cache_full_blocks(req, start + num_new)
@@ -315,8 +326,9 @@ class Scheduler:
 
     # Hooks (the synchronous behaviour; AsyncScheduler overrides them).
     def _span(self, req: Request) -> tuple[int, int]:
-        """Positions a step may cover for ``req``: from its first uncomputed token to its last known one."""
-        return req.num_computed_tokens, req.num_tokens
+        """Positions a step may cover for ``req``: from its first uncomputed token to its last known one
+        and its proposed tokens after it."""
+        return req.num_computed_tokens, req.num_tokens + len(req.spec_token_ids)
 
     def _can_extend(self, req: Request, end: int) -> bool:
         """Whether a running request with tokens left to compute may be scheduled now."""
@@ -333,6 +345,7 @@ class Scheduler:
         self.running.remove(req)
         self.kv.free(req)
         req.num_computed_tokens = 0
+        req.spec_token_ids = []
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions_total += 1
@@ -356,6 +369,8 @@ class Scheduler:
                 finished.append(req)
                 continue
             tokens = sampled[req.request_id]
+            if s.spec_token_ids:
+                self._roll_back_rejected(s, len(tokens) - 1)
             kept = self._append_tokens(req, tokens)
             if kept < len(tokens):
                 del tokens[kept:]
@@ -378,6 +393,18 @@ class Scheduler:
         req.status = RequestStatus.FINISHED_STOPPED
         self.running.remove(req)
         self._finish(req)
+
+    def _roll_back_rejected(self, s: ScheduledRequest, num_accepted: int) -> None:
+        """A verify accepted its first ``num_accepted`` proposals: the positions after them were
+        computed from rejected tokens, so they do not count (their slots are rewritten later)."""
+        req = s.request
+        num_draft = len(s.spec_token_ids)
+        if not 0 <= num_accepted <= num_draft:
+            raise EngineInvariantError(f"request {req.request_id}: {num_accepted + 1} tokens for {num_draft} proposals")
+        self.spec_stats.observe(num_draft, num_accepted)
+        req.spec_token_ids = []
+        if req.status == RequestStatus.RUNNING:
+            req.num_computed_tokens -= num_draft - num_accepted
 
     def _append_tokens(self, req: Request, tokens: list[int]) -> int:
         """Append tokens until one ends the request (then finish it). Returns how many were appended."""

@@ -23,7 +23,7 @@ DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
 
 def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl: str, quantized: bool,
                           pooling: bool, device: torch.device, hf_config: dict[str, Any],
-                          kv_offloading: bool, async_scheduling: bool | None) -> None:
+                          kv_offloading: bool, async_scheduling: bool | None, speculative: bool = False) -> None:
     """Raise ``ValueError`` naming the flag when ``--tensor-parallel-size tp`` cannot run this engine."""
     flag = f"--tensor-parallel-size {tp}"
     if backend == "ray":
@@ -41,6 +41,9 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
                          f"tensor-parallel slicing); use --tensor-parallel-size 1.")
     if pooling:
         raise ValueError(f"{flag}: pooling models (--runner pooling) run on one device; use --tensor-parallel-size 1.")
+    if speculative:
+        raise ValueError(f"{flag}: speculative decoding (--speculative-config) runs on one device for now; drop one "
+                         f"of the two.")
     if kv_offloading:
         raise ValueError(f"{flag}: the host KV tier (--kv-offloading-size) is not sharded yet; drop one of the two.")
     if async_scheduling:

@@ -38,6 +38,8 @@ from pagoda.engine.messages import (
 )
 from pagoda.errors import EngineFatalError
 from pagoda.layers.sampler import needs_host_history
+from pagoda.spec_decode.metrics import spec_stats_fields
+from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
 from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.worker.kv_cache import log_kv_cache
 from pagoda.worker.model_runner import ModelRunner, PromptLogprobChunk, StepHandle
@@ -100,6 +102,10 @@ class EngineCore:
         # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
         self._grammar_waiting: list[tuple[Request, str | None]] = []
         self.pooler = cfg.pooler
+        self.spec: SpecDecoder | None = None
+        if cfg.speculative_config is not None:
+            self.spec = make_spec_decoder(cfg.speculative_config, cfg)
+            check_draft_vocab(self.spec, self.vocab_size)
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
@@ -211,9 +217,9 @@ class EngineCore:
     def _finish_inflight_if_host_history_needed(self) -> EngineCoreOutputs | None:
         """Complete the step in flight now if a request in it samples from its host-side history
         (its next step must see the token): otherwise None."""
-        if self._inflight is None or not any(
+        if self._inflight is None or not (self.spec is not None or any(  # speculation: proposals need the tokens
             s.sample and needs_host_history(s.request) for s in self._inflight[0].scheduled
-        ):
+        )):
             return None
         done = self._complete(*self._inflight)
         self._inflight = None
@@ -278,6 +284,8 @@ class EngineCore:
         gone = {s.request.request_id for s in sched.scheduled if s.request.status.finished}
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
         grammar_errors = self._advance_grammars(sched, res.sampled, gone)
+        if self.spec is not None:
+            self.spec.propose(self.scheduler.running)
         outs = []
         prompt_tokens = 0
         generated = 0
@@ -352,6 +360,7 @@ class EngineCore:
             cpu_kv_cache_usage=self.kv.host.usage() if self.kv.host else 0.0,
             kv_offload_stored_blocks=self.kv.host.num_stored if self.kv.host else 0,
             kv_offload_loaded_blocks=self.kv.host.num_loaded if self.kv.host else 0,
+            **spec_stats_fields(self.scheduler.spec_stats),
         )
 
     def reset_prefix_cache(self) -> bool:

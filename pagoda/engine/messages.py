@@ -113,6 +113,12 @@ class SchedulerStats(msgspec.Struct):
     cpu_kv_cache_usage: float = 0.0
     kv_offload_stored_blocks: int = 0
     kv_offload_loaded_blocks: int = 0
+    # Speculative decoding, cumulative since start (vLLM's spec_decode_* counters): verify steps
+    # with a draft, drafted tokens, accepted tokens, and accepted tokens per draft position.
+    spec_num_drafts: int = 0
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_pos: list[int] = msgspec.field(default_factory=list)
 
 
 class EngineCoreOutputs(msgspec.Struct):

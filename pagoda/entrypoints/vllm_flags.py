@@ -110,7 +110,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # SchedulerConfig
     _u("--max-num-partial-prefills --max-long-partial-prefills", "one partial prefill at a time", "1"),
     _u("--long-prefill-token-threshold", "long prefills are not scheduled apart", "0"),
-    _u("--num-lookahead-slots", "speculative decoding is not supported yet", "0"),
+    _u("--num-lookahead-slots", "proposed tokens get their slots when scheduled (no lookahead slots)", "0"),
     _u("--scheduler-cls", "the scheduler class cannot be replaced"),
     _u("--disable-chunked-mm-input", _MM, value=False),
     _u("--disable-hybrid-kv-cache-manager", "accepted: pagoda has one KV cache manager", ANY_VALUE, value=False),
@@ -118,7 +118,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--cudagraph-capture-sizes --cuda-graph-sizes --max-cudagraph-capture-size --compilation-config -O",
        _GRAPHS),
     _u("--max-seq-len-to-capture", "decode CUDA graphs cover every context length (--enforce-eager turns them off)"),
-    _u("--speculative-config", "speculative decoding is not supported yet"),
     _u("--kv-transfer-config --kv-events-config", "KV transfer (disaggregated serving) and KV events are not "
        "supported"),
     _u("--additional-config", "there are no platform plugins"),

@@ -51,6 +51,30 @@ class PackedLinear(nn.Module):
         return packed_linear(x, self.packed, self.bias)
 
 
+def pack_int_weight_copies(model: nn.Module, batch_hint: int) -> tuple[int, int]:
+    """Give every bf16 CPU :class:`~pagoda.quantization.int_weight.IntWeight` under ``model`` a oneDNN-prepacked
+    bf16 copy of its dequantized weight, used from ``cpu_woq.DENSE_MIN_M`` rows (int4pack is a GEMV per row:
+    ~5x slower than the bf16 GEMM at 32 rows). Only when all copies together fit ``cpu_woq.DENSE_COPY_MAX_BYTES``
+    (they are extra memory, logged here). Returns (copies, bytes)."""
+    from pagoda.quantization.int_weight import IntWeight
+    from pagoda.quantization.kernels import cpu_woq
+
+    ws = [m for m in model.modules() if isinstance(m, IntWeight) and m.codes.device.type == "cpu"
+          and m.dtype == torch.bfloat16 and m.layout != "plain"]
+    nbytes = sum(2 * w.in_features * w.out_features for w in ws)
+    if not ws or not _available():
+        return 0, 0
+    if nbytes > cpu_woq.DENSE_COPY_MAX_BYTES:
+        logger.info("CPU: no bf16 copies of the %d int-weight linears (%.0f MiB > the %.0f MiB limit); steps of "
+                    "many rows run the int kernels", len(ws), nbytes / 2**20, cpu_woq.DENSE_COPY_MAX_BYTES / 2**20)
+        return 0, 0
+    for w in ws:
+        w.dense_packed = pack_weight(w.dequantize(torch.bfloat16), batch_hint)
+    logger.info("CPU: bf16 oneDNN copies of %d int-weight linears for steps of >= %d rows: +%.1f MiB of memory",
+                len(ws), cpu_woq.DENSE_MIN_M, nbytes / 2**20)
+    return len(ws), nbytes
+
+
 def pack_model_linears(model: nn.Module, batch_hint: int) -> int:
     """Replace every bf16 unquantized linear (``nn.Linear`` or :class:`pagoda.layers.linear.Linear`
     with :class:`UnquantizedLinearMethod`) under ``model`` with a :class:`PackedLinear`. Returns count."""

@@ -213,15 +213,7 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     if all(greedy):
         return logits.argmax(dim=-1)
     device = logits.device
-    temps = torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params, strict=True)], device=device)
-    x = logits / temps.unsqueeze(1)
-    min_ps = [p.min_p for p in params]
-    if any(min_ps):
-        probs = torch.softmax(x, dim=-1)
-        thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
-        x = x.masked_fill(probs < thr, float("-inf"))
-    x = _apply_top_k_top_p(x, params)
-    probs = torch.softmax(x, dim=-1)
+    probs = sampling_probs(logits, params)
     noise = torch.empty_like(probs)
     seeded = [i for i, r in enumerate(reqs) if r.sampling_params.seed is not None and not greedy[i]]
     noise.exponential_()
@@ -232,6 +224,21 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         gmask = torch.tensor(greedy, device=device)
         tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
     return tokens
+
+
+def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The distribution step 4 draws from: temperature (1 for greedy rows), min_p, top_k, top_p,
+    softmax. [S, V] float32 on the device of ``logits``."""
+    device = logits.device
+    temps = torch.tensor([1.0 if p.sampling_type_greedy else p.temperature for p in params], device=device)
+    x = logits / temps.unsqueeze(1)
+    min_ps = [p.min_p for p in params]
+    if any(min_ps):
+        probs = torch.softmax(x, dim=-1)
+        thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+        x = x.masked_fill(probs < thr, float("-inf"))
+    x = _apply_top_k_top_p(x, params)
+    return torch.softmax(x, dim=-1)
 
 
 def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

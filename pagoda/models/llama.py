@@ -18,6 +18,7 @@ step of a logit near 25). The adds and norms cost about the same in float32 on t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parame
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
+
+logger = logging.getLogger("pagoda")
 
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
@@ -382,18 +385,20 @@ class LlamaForCausalLM(nn.Module):
 
     def pack_for_cpu(self, batch_hint: int) -> int:
         """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
-        from pagoda.layers.cpu_linear import pack_model_linears, pack_weight
+        from pagoda.layers.cpu_linear import pack_int_weight_copies, pack_model_linears, pack_weight
 
         if self.tp is not None:
             return 0  # PackedLinear would drop the row-parallel all-reduce
-        if self.shape.tie_word_embeddings:
-            w: torch.Tensor | None = None if isinstance(self.embed_tokens, QuantizedEmbedding) \
-                else self.embed_tokens.weight
+        if self.shape.tie_word_embeddings:  # a quantized table may be kept dense (quantization/gguf.py)
+            w: torch.Tensor | None = getattr(self.embed_tokens, "weight", None)
         else:
             head = self.lm_head
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
-        n = pack_model_linears(self.layers, batch_hint)
+        if w is not None and self._lm_packed is not None and self.shape.tie_word_embeddings:
+            logger.info("CPU: oneDNN copy of the tied LM head: +%.1f MiB of memory (the table stays for lookups)",
+                        w.numel() * w.element_size() / 2**20)
+        n = pack_model_linears(self.layers, batch_hint) + pack_int_weight_copies(self.layers, batch_hint)[0]
         if self._lm_packed is not None and not self.shape.tie_word_embeddings:
             del self.lm_head  # the packed copy replaces it
         return n + (self._lm_packed is not None)

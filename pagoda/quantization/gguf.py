@@ -32,7 +32,7 @@ from torch import nn
 
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.base import QuantizationConfig
-from pagoda.quantization.gguf_blocks import decode_blocks, decode_dense
+from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, decode_dense
 from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
 from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
 
@@ -133,6 +133,19 @@ def _int_weight(raws: list[RawTensor], device: torch.device, dtype: torch.dtype)
     return make_int_weight(codes, scales, offsets, bits, group, dtype)
 
 
+def _dense_table(layer: Linear, raws: list[RawTensor], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a token embedding (tied LM head) of 8-bit blocks is kept dense in a 16-bit ``dtype`` on the CPU.
+
+    There the quantized form costs as much memory (the kernel's two int4 nibble planes plus the plain-layout
+    lookup copy: ~2.2 bytes per weight for Q8_0) and runs slower: int4pack is a GEMV per row, so the 49152-row
+    head of the default model took 41 ms at 1 row and 354 ms at 32 against 32 and 64 ms for the bf16
+    oneDNN-prepacked matmul (``benchmarks/RESULTS.md``, 2026-12-01). The dense values are exactly the
+    dequantized model's (``gguf.dequantize`` rounded once to ``dtype``)."""
+    if not hasattr(layer, "lm_head") or device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return all(r.type_name in FORMATS and FORMATS[r.type_name].bits >= 8 for r in raws)
+
+
 _PENDING = "_gguf_pending"
 
 
@@ -179,11 +192,11 @@ class GGUFLinearMethod(LinearMethod):
         device, dtype = pending.device, pending.dtype
         del layer.qweight
         try:
-            if all(r.quantized for r in raws):
+            if all(r.quantized for r in raws) and not _dense_table(layer, raws, device, dtype):
                 layer.int_weight = _int_weight(raws, device, dtype)
                 if hasattr(layer, "lm_head"):  # a QuantizedEmbedding: its lookups need addressable rows
                     self.add_lookup_copy(layer)
-            else:  # a dense shard: the whole layer runs dense
+            else:  # a dense shard (or a table kept dense, see _dense_table): the whole layer runs dense
                 w = torch.cat([_dense(r, device) for r in raws]).to(dtype)
                 layer.register_parameter("weight", nn.Parameter(w, requires_grad=False))
         except ValueError as exc:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagoda.layers.cpu_linear import packed_linear
 from pagoda.quantization.kernels import cpu_woq
 
 Layout = str
@@ -71,6 +72,7 @@ class IntWeight(nn.Module):
         self.in_features, self.out_features = in_f, out_f
         self.dtype = scales.dtype
         self.layout: Layout = "plain"
+        self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
 
@@ -131,6 +133,7 @@ class IntWeight(nn.Module):
         """Repack the storage into the layout of the fastest kernel for its device (class docstring)."""
         codes, (scales, offsets) = self.plain_codes(), self.group_params()
         self._set_plain(codes, scales, offsets)
+        self.dense_packed = None
         self.layout = _choose_layout(self, codes.device, scales, offsets)
         if self.layout == "triton":
             from pagoda.quantization.kernels import triton_wna16
@@ -194,7 +197,8 @@ def make_int_weight(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Te
 
 def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` for a canonical weight, by the kernel of ``w.layout`` (dequantize + ``F.linear``
-    for ``plain`` or a layout that does not match ``x``'s device)."""
+    for ``plain`` or a layout that does not match ``x``'s device); on the CPU from ``cpu_woq.DENSE_MIN_M`` rows
+    by the weight's bf16 oneDNN copy when it has one."""
     if w.perm is not None:
         x = x.index_select(-1, w.perm)
     lead = x.shape[:-1]
@@ -207,6 +211,8 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
         assert w.scales is not None and w.offsets is not None
         y = triton_wna16.wna16_matmul(x2, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias)
         return y.view(*lead, w.out_features)
+    if w.dense_packed is not None and x2.shape[0] >= cpu_woq.DENSE_MIN_M and x2.dtype == torch.bfloat16:
+        return packed_linear(x2, w.dense_packed, bias).view(*lead, w.out_features)
     if w.layout == "cpu_int8":
         assert w.scales is not None
         y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1))

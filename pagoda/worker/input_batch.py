@@ -4,7 +4,8 @@ Rows are the step's tokens, request after request in scheduling order. Request `
 ``query_start_loc[i] .. query_start_loc[i + 1] - 1`` at positions ``start .. start + n - 1``;
 its K/V go to ``slots`` (``block * block_size + offset``). ``logits_rows`` are the rows whose
 logits are sampled: the last ``num_sample_rows`` rows of each request that samples, grouped by
-request in ``sample_reqs`` order. Prompt-logprob jobs name further rows whose logits are needed.
+request in ``sample_reqs`` order (several for a speculative verify: its last known token and
+its ``spec_token_ids`` are the request's last rows). Prompt-logprob jobs name further rows whose logits are needed.
 
 A row whose input token is not known on the host yet (async scheduling: the previous step is
 still sampling it) holds 0 and is listed in ``fills`` as ``(row, row of the previous step's
@@ -47,6 +48,7 @@ class StepInputs:
     logits_rows: list[int] = field(default_factory=list)
     sample_reqs: list[Request] = field(default_factory=list)
     num_sample_rows: list[int] = field(default_factory=list)  # per entry of sample_reqs
+    spec_token_ids: list[list[int]] = field(default_factory=list)  # per entry of sample_reqs: proposals verified
     prompt_logprob_jobs: list[PromptLogprobJob] = field(default_factory=list)
     fills: list[tuple[int, int]] = field(default_factory=list)
     # BERT segment ids of every row, when some request of the step has them (else None: all 0).
@@ -87,6 +89,8 @@ def prepare_inputs(
         end = start + n
         row0 = qsl[-1]
         toks = req.all_token_ids[start:end]
+        if s.spec_token_ids:  # a verify: the proposals follow the known tokens
+            toks.extend(s.spec_token_ids)
         if len(toks) < n:  # the last token is still being sampled by the step in flight
             if len(toks) != n - 1 or rid not in prev_rows:
                 raise RuntimeError(f"request {rid}: {n - len(toks)} unknown input tokens")
@@ -124,3 +128,4 @@ def _add_sample_rows(b: StepInputs, s: ScheduledRequest, row0: int) -> None:
         raise ValueError(f"request {s.request.request_id}: {k} sample rows in a chunk of {n} tokens")
     b.sample_reqs.append(s.request)
     b.num_sample_rows.append(k)
+    b.spec_token_ids.append(s.spec_token_ids)

@@ -35,6 +35,7 @@ from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
+from pagoda.layers.rejection_sampler import rejection_sample
 from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
 from pagoda.pooling.pooler import Pooler
@@ -93,8 +94,11 @@ class StepHandle:
             res = ds.finish()
             row = 0
             for rid, n in zip(self.sample_ids, self.num_sample_rows, strict=True):
-                self.out.sampled[rid] = res.token_ids[row : row + n]
-                lps = res.logprobs[row : row + n]
+                toks = res.token_ids[row : row + n]
+                if n > 1:  # a verify: rows after the first rejection hold -1
+                    toks = toks[: toks.index(-1)] if -1 in toks else toks
+                self.out.sampled[rid] = toks
+                lps = res.logprobs[row : row + len(toks)]
                 if lps[0] is not None:
                     self.out.logprobs[rid] = lps  # type: ignore[assignment]
                 row += n
@@ -314,7 +318,10 @@ class ModelRunner:
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
         sample_ids = [r.request_id for r in inputs.sample_reqs]
-        if ds is not None:
+        if ds is not None and not inputs.samples_one_row_each:
+            ds.start_copy()  # a verify: the next step is scheduled after this one completes (no placeholders)
+            self._prev_tokens, self._prev_rows = None, {}
+        elif ds is not None:
             ds.start_copy()
             self._prev_tokens = ds.tokens
             # A request's next input is its last sampled row.
@@ -481,8 +488,6 @@ class ModelRunner:
         reqs = inputs.sample_reqs
         if not reqs:
             return None
-        if not inputs.samples_one_row_each:
-            raise ValueError("sampling several rows per request (speculative decoding) is not implemented")
         if fwd.graph_logits is not None and all(plain_greedy(r) for r in reqs):
             # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
             return DeviceSample(fwd.graph_logits[1], [], [])
@@ -494,4 +499,10 @@ class ModelRunner:
                 logits = self.model.compute_logits(fwd.hidden)
             else:
                 logits = self.model.compute_logits(fwd.hidden[torch.tensor(inputs.logits_rows, device=self.device)])
+        if not inputs.samples_one_row_each:  # speculative verify rows
+            if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
+                from pagoda.structured_output.bitmask import apply_token_bitmask
+
+                apply_token_bitmask(logits, grammar_bitmask)
+            return rejection_sample(logits, reqs, inputs.num_sample_rows, inputs.spec_token_ids)
         return sample_on_device(logits, reqs, grammar_bitmask)

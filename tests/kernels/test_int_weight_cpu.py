@@ -144,3 +144,35 @@ def test_tinygemm_scales_and_zeros_mapping_on_the_cpu_twin(sym):
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, tinygemm.scales_and_zeros(scales, offsets))
     assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()
+
+
+def test_bf16_dense_copy_serves_many_rows_and_matches_reference(monkeypatch):
+    """``pack_int_weight_copies``: from ``DENSE_MIN_M`` rows the bf16 oneDNN copy runs (same result as the
+    dequantize reference), below it the int kernel; over the byte budget no copy is made."""
+    from torch import nn
+
+    from pagoda.layers.cpu_linear import pack_int_weight_copies, packed_linear
+    from pagoda.quantization.kernels import cpu_woq
+
+    bits, group, out_f, in_f = 4, 32, 64, 128
+    codes, scales, offsets = random_weight(bits, group, out_f, in_f, False, seed=7)
+    holder = nn.Module()
+    holder.w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
+    w = holder.w
+    monkeypatch.setattr(cpu_woq, "DENSE_COPY_MAX_BYTES", 2 * out_f * in_f - 1)
+    assert pack_int_weight_copies(holder, 32) == (0, 0) and w.dense_packed is None
+    monkeypatch.setattr(cpu_woq, "DENSE_COPY_MAX_BYTES", 2 * out_f * in_f)
+    n, nbytes = pack_int_weight_copies(holder, 32)
+    if n == 0:
+        pytest.skip("oneDNN linear prepacking is not available in this torch build")
+    assert nbytes == 2 * out_f * in_f and w.dense_packed is not None
+    for m in (1, cpu_woq.DENSE_MIN_M - 1, cpu_woq.DENSE_MIN_M, 33):
+        x = torch.randn(m, in_f, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+        ref = reference(x, codes, scales, offsets, bits, group, torch.bfloat16, None, None)
+        out = int_weight_linear(x, w)
+        torch.testing.assert_close(out.float(), ref, rtol=0, atol=TOL[torch.bfloat16] * ref.abs().max().item())
+        dense = packed_linear(x, w.dense_packed, None)
+        if m >= cpu_woq.DENSE_MIN_M:
+            assert torch.equal(out, dense)
+        else:
+            assert torch.equal(out, cpu_woq.int4_matmul(x, w._parts(), group))

@@ -57,7 +57,7 @@ class ChatOutputParser:
         delta: dict[str, Any] = {}
         if reasoning.startswith(self._sent_reasoning) and len(reasoning) > len(self._sent_reasoning):
             if self.include_reasoning:
-                delta["reasoning"] = reasoning[len(self._sent_reasoning):]
+                delta["reasoning"] = delta["reasoning_content"] = reasoning[len(self._sent_reasoning):]
             self._sent_reasoning = reasoning
         if self._stream is not None:
             new, calls = self._stream.update(content, final)

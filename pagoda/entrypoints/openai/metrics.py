@@ -117,6 +117,11 @@ VLLM_METRICS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "request_prefill_kv_computed_tokens": ("histogram", "Histogram of new KV tokens computed during prefill "
                                            "(excluding cached tokens).", TOKENS, ()),
     "cache_config_info": ("gauge", "Information of the LLMEngine CacheConfig", None, ()),
+    "spec_decode_num_drafts": ("counter", "Number of spec decoding drafts.", None, ()),
+    "spec_decode_num_draft_tokens": ("counter", "Number of draft tokens.", None, ()),
+    "spec_decode_num_accepted_tokens": ("counter", "Number of accepted tokens.", None, ()),
+    "spec_decode_num_accepted_tokens_per_pos": ("counter", "Accepted tokens per draft position.", None,
+                                                ("position",)),
 }
 """Every vLLM metric pagoda exports (docs/serving.md lists those it does not, and why)."""
 
@@ -126,6 +131,12 @@ NATIVE_METRICS: dict[str, tuple[str, str]] = {
     "kv_offload_loaded_blocks": ("counter", "KV blocks copied back from the host-memory KV tier on a prefix hit."),
 }
 """pagoda's own metrics, always under ``pagoda:``."""
+
+def num_speculative_tokens(cfg: Any) -> int:
+    """k of the engine's speculative config (0: off), which decides whether spec_decode_* are exported."""
+    spec = getattr(cfg, "speculative_config", None)
+    return spec.num_speculative_tokens if spec is not None else 0
+
 
 FINISH_REASONS = ("stop", "length", "abort", "error")
 SLEEP_STATES = {"awake": 1, "weights_offloaded": 0, "discard_all": 0}  # pagoda has no sleep mode
@@ -146,7 +157,7 @@ class PrometheusStatLogger:
     """vLLM's metrics, fed by :class:`pagoda.engine.async_llm.AsyncLLM`'s stat-logger hooks."""
 
     def __init__(self, model_name: str, max_model_len: int = 4096, prefix: str = "pagoda",
-                 cache_config: dict[str, str] | None = None) -> None:
+                 cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0) -> None:
         if prefix not in PREFIXES:
             raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.registry = CollectorRegistry(auto_describe=True)
@@ -155,8 +166,8 @@ class PrometheusStatLogger:
         self.families: dict[str, Any] = {}
         tb = _token_buckets(max_model_len)
         for name, (kind, doc, buckets, extra) in VLLM_METRICS.items():
-            if name == "cache_config_info":
-                continue
+            if name == "cache_config_info" or (name.startswith("spec_decode_") and not num_spec_tokens):
+                continue  # as vLLM: spec_decode_* exist only with speculative decoding on
             self.families[name] = self._make(self.prefix + name, kind, doc, LABELS + list(extra),
                                              tb if buckets == TOKENS else buckets)
         self.m = {name: fam.labels(model_name, ENGINE) for name, fam in self.families.items()
@@ -164,6 +175,8 @@ class PrometheusStatLogger:
         for name, (kind, doc) in NATIVE_METRICS.items():  # labelled model_name only (not vLLM's)
             self.families[name] = self._make(NATIVE_PREFIX + name, kind, doc, ["model_name"], None)
             self.m[name] = self.families[name].labels(model_name)
+        for pos in range(num_spec_tokens):  # vLLM creates one series per draft position up front
+            self.families["spec_decode_num_accepted_tokens_per_pos"].labels(model_name, ENGINE, str(pos))
         self.success = {r: self.families["request_success"].labels(model_name, ENGINE, r) for r in FINISH_REASONS}
         self.waiting_by_reason = {r: self.families["num_requests_waiting_by_reason"].labels(model_name, ENGINE, r)
                                   for r in ("capacity", "deferred")}
@@ -177,7 +190,11 @@ class PrometheusStatLogger:
         self._cumulative = {"prefix_cache_queries": ("prefix_cache_queries", "gpu_prefix_cache_queries"),
                             "prefix_cache_hits": ("prefix_cache_hits", "gpu_prefix_cache_hits"),
                             "kv_offload_stored_blocks": ("kv_offload_stored_blocks",),
-                            "kv_offload_loaded_blocks": ("kv_offload_loaded_blocks",)}
+                            "kv_offload_loaded_blocks": ("kv_offload_loaded_blocks",),
+                            "spec_num_drafts": ("spec_decode_num_drafts",),
+                            "spec_num_draft_tokens": ("spec_decode_num_draft_tokens",),
+                            "spec_num_accepted_tokens": ("spec_decode_num_accepted_tokens",)}
+        self._last_per_pos: list[int] = []
         self._last_cumulative = dict.fromkeys(self._cumulative, 0)
 
     def _make(self, full: str, kind: str, doc: str, labels: list[str], buckets: Any) -> Any:
@@ -208,10 +225,22 @@ class PrometheusStatLogger:
         for field, names in self._cumulative.items():
             value = getattr(stats, field)
             last = self._last_cumulative[field]
-            if value > last:
+            if value > last and names[0] in m:
                 for name in names:
                     m[name].inc(value - last)
                 self._last_cumulative[field] = value
+        self._on_spec_per_pos(stats.spec_accepted_per_pos)
+
+    def _on_spec_per_pos(self, per_pos: list[int]) -> None:
+        """vLLM's ``spec_decode_num_accepted_tokens_per_pos{position=i}`` from the cumulative list."""
+        fam = self.families.get("spec_decode_num_accepted_tokens_per_pos")
+        if fam is None:
+            return
+        for i, value in enumerate(per_pos):
+            last = self._last_per_pos[i] if i < len(self._last_per_pos) else 0
+            if value > last:
+                fam.labels(self.model_name, ENGINE, str(i)).inc(value - last)
+        self._last_per_pos = list(per_pos)
 
     def on_queue_time(self, seconds: float) -> None:
         pass  # observed per finished request (on_finished), as vLLM's
@@ -274,6 +303,7 @@ class LoggingStatLogger:
         self._base_queries = 0
         self._base_hits = 0
         self._last_idle = True
+        self._spec_base = (0, 0)  # (drafts, accepted tokens) at the last line
 
     def hit_rate(self) -> float:
         q = self.stats.prefix_cache_queries - self._base_queries
@@ -300,6 +330,9 @@ class LoggingStatLogger:
                 f"Prefix cache hit rate: {100 * self.hit_rate():.1f}%")
         if self.kv_offload:
             text += f", Host KV tier usage: {100 * s.cpu_kv_cache_usage:.1f}%"
+        drafts = s.spec_num_drafts - self._spec_base[0]
+        if drafts > 0:  # speculative decoding: tokens per verify step over this interval, the bonus included
+            text += f", Mean acceptance length: {1 + (s.spec_num_accepted_tokens - self._spec_base[1]) / drafts:.2f}"
         return text
 
     def emit(self, now: float) -> None:
@@ -311,6 +344,7 @@ class LoggingStatLogger:
         self._last_idle = idle
         self.last_log = now
         self.prompt_tokens = self.generation_tokens = 0
+        self._spec_base = (s.spec_num_drafts, s.spec_num_accepted_tokens)
 
     def on_queue_time(self, seconds: float) -> None:
         pass

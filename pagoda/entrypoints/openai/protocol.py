@@ -308,7 +308,8 @@ class ChatMessageOut(ResponseModel):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
-    reasoning: str | None = None  # with --reasoning-parser (current vLLM's name; older vLLM: reasoning_content)
+    reasoning: str | None = None  # with --reasoning-parser (current vLLM's name)
+    reasoning_content: str | None = None  # the same text under older vLLM's name, for clients that read it
 
 
 class ChatChoice(ResponseModel):

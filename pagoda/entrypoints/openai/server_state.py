@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM
-from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger, cache_config_info
+from pagoda.entrypoints.openai.metrics import (
+    LoggingStatLogger,
+    PrometheusStatLogger,
+    cache_config_info,
+    num_speculative_tokens,
+)
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
@@ -91,7 +96,7 @@ async def load_engine(state: ServerState) -> None:
         names = list(cfg.served_model_name)
         state.served_model_names = names
         state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len, getattr(args, "metrics_prefix", "pagoda"),
-                                             cache_config_info(cfg, engine))
+                                             cache_config_info(cfg, engine), num_speculative_tokens(cfg))
         engine.stat_loggers.append(state.metrics)
         if not getattr(args, "disable_log_stats", False):
             state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))

@@ -224,7 +224,8 @@ class OpenAIServingChat(OpenAIServing):
             return ChatMessageOut(content=echo + text), reason
         m = parser.message(text)
         content = echo + m.content if echo and m.content is not None else (echo or m.content)
-        return (ChatMessageOut(content=content, reasoning=m.reasoning, tool_calls=m.tool_calls),
+        return (ChatMessageOut(content=content, reasoning=m.reasoning, reasoning_content=m.reasoning,
+                               tool_calls=m.tool_calls),
                 finish_reason(plan, bool(m.tool_calls), reason))
 
     @staticmethod

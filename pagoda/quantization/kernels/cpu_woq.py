@@ -35,7 +35,8 @@ So: int4pack for every supported M up to :data:`DEQUANT_MIN_M` rows (it is a GEM
 bf16 at M=1 where bytes dominate, but its cost grows linearly with M, ~3x slower than bf16 AMX at M=32), a
 dequantize-once dense GEMM above (prefill). A dequantize-per-call fallback loses everywhere; int8pack is used
 only where it is exact (per-channel symmetric 8-bit). Known gap: at M=32 no 4-bit path here matches the bf16
-AMX GEMM; keeping bf16 weights would, at 4x the memory.
+AMX GEMM; keeping bf16 weights would, at 4x the memory: a small model keeps such copies for steps of
+:data:`DENSE_MIN_M` rows or more (:func:`pagoda.layers.cpu_linear.pack_int_weight_copies`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,17 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, 
     return [(_pack_nibbles(codes & 15), _scales_zeros(s, 8 * s, dtype)),
             (_pack_nibbles(codes >> 4), _scales_zeros(16 * s, o + 128 * s, dtype))]
 
+
+DENSE_MIN_M = 8
+"""From this many rows an :class:`~pagoda.quantization.int_weight.IntWeight` that has a bf16 oneDNN copy
+(:func:`pagoda.layers.cpu_linear.pack_int_weight_copies`) multiplies by the copy: measured 2026-12-01 on the
+default model's shapes (medians, loaded VM), int4pack vs bf16 prepacked ms: M=1 qkv 0.069 / 0.069, gate_up
+0.159 / 0.219, down 0.093 / 0.098; M=8 qkv 0.144 / 0.079, o 0.105 / 0.073, gate_up 0.423 / 0.389, down
+0.209 / 0.103; M=32 qkv 0.457 / 0.079, gate_up 1.42 / 0.255, down 0.711 / 0.133."""
+
+DENSE_COPY_MAX_BYTES = 1 << 30
+"""The bf16 copies are kept only when all of a model's int-weight linears fit this many bytes of copies
+(a small model on the CPU: the default model's take 212 MB); above it every row count runs the int kernels."""
 
 DEQUANT_MIN_M = 128
 """Above this many rows (prefill) the weight is dequantized once and multiplied by oneDNN's bf16/fp32 GEMM:

@@ -1,0 +1,97 @@
+"""``--speculative-config`` / ``LLM(speculative_config=...)``: vLLM's JSON keys, checked at start-up.
+
+Every key is validated here; an unknown key, a bad value or a method pagoda does not run is a
+``ValueError`` naming the key. The draft model's own checks (vocabulary, context) run when it
+loads (:mod:`pagoda.spec_decode.draft_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
+"""Methods named in the config. ``synthetic`` is pagoda's timing-only proposer (never for real use)."""
+SUPPORTED_METHODS = ("ngram", "draft_model", "synthetic")
+# vLLM's keys that pagoda accepts; others (medusa, tree drafting, ...) are refused by name.
+_KEYS = ("method", "num_speculative_tokens", "model", "prompt_lookup_min", "prompt_lookup_max",
+         "draft_tensor_parallel_size", "quantization", "revision", "max_model_len", "disable_by_batch_size",
+         "enforce_eager")
+DEFAULT_LOOKUP_MIN = 2
+DEFAULT_LOOKUP_MAX = 5
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    method: str
+    num_speculative_tokens: int
+    prompt_lookup_min: int = DEFAULT_LOOKUP_MIN
+    prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
+    model: str | None = None  # the draft model (method draft_model)
+    quantization: str | None = None
+    revision: str | None = None
+    max_model_len: int | None = None  # the draft's context (default: the target's)
+    disable_by_batch_size: int | None = None  # no speculation while more requests than this run
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpeculativeConfig:
+        """Parse and check vLLM's speculative-config object."""
+        if not isinstance(d, dict):
+            raise ValueError(f"speculative_config must be a JSON object, got {type(d).__name__}.")
+        unknown = sorted(set(d) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"speculative_config: unknown key(s) {unknown}; accepted: {list(_KEYS)}.")
+        method = _method(d)
+        k = d.get("num_speculative_tokens")
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"speculative_config.num_speculative_tokens must be a positive integer, got {k!r}.")
+        tp = d.get("draft_tensor_parallel_size", 1)
+        if tp not in (1, None):
+            raise ValueError(f"speculative_config.draft_tensor_parallel_size must be 1, got {tp!r}.")
+        lo, hi = _lookup_range(d)
+        dbs = d.get("disable_by_batch_size")
+        if dbs is not None and (not isinstance(dbs, int) or dbs < 1):
+            raise ValueError(f"speculative_config.disable_by_batch_size must be a positive integer, got {dbs!r}.")
+        mml = d.get("max_model_len")
+        if mml is not None and (not isinstance(mml, int) or mml <= k):
+            raise ValueError(f"speculative_config.max_model_len must be an integer above num_speculative_tokens "
+                             f"({k}), got {mml!r}.")
+        if method == "draft_model" and not d.get("model"):
+            raise ValueError("speculative_config.model: method 'draft_model' needs the draft model's path.")
+        if method not in ("draft_model",) and d.get("model") not in (None, method, f"[{method}]"):
+            raise ValueError(f"speculative_config.model: method {method!r} takes no model, got {d.get('model')!r}.")
+        return cls(method, k, lo, hi, d.get("model") if method == "draft_model" else None,
+                   d.get("quantization"), d.get("revision"), mml, dbs)
+
+
+def _method(d: dict[str, Any]) -> str:
+    method = d.get("method")
+    model = d.get("model")
+    if method is None:  # vLLM: "[ngram]" / "ngram" as the model name, else a draft model
+        if model in ("ngram", "[ngram]"):
+            method = "ngram"
+        elif model:
+            method = "draft_model"
+        else:
+            raise ValueError("speculative_config.method is required (ngram, draft_model, eagle, eagle3).")
+    if method not in SPEC_METHODS:
+        raise ValueError(f"speculative_config.method must be one of {SPEC_METHODS[:4]}, got {method!r}.")
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(f"speculative_config.method: method {method} not supported yet (supported: ngram, "
+                         f"draft_model).")
+    return str(method)
+
+
+def _lookup_range(d: dict[str, Any]) -> tuple[int, int]:
+    lo, hi = d.get("prompt_lookup_min"), d.get("prompt_lookup_max")
+    for key, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"speculative_config.{key} must be a positive integer, got {v!r}.")
+    if lo is None:
+        lo = DEFAULT_LOOKUP_MIN if hi is None else min(DEFAULT_LOOKUP_MIN, hi)
+    if hi is None:
+        hi = max(DEFAULT_LOOKUP_MAX, lo)
+    assert isinstance(lo, int) and isinstance(hi, int)
+    if lo > hi:
+        raise ValueError(f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi}).")
+    return lo, hi

@@ -1,0 +1,109 @@
+"""Which requests speculate, how far, and the proposer that fills ``Request.spec_token_ids``.
+
+A request speculates when it is decoding (every known token but the last computed) and its
+sampling reads nothing that changes from one position to the next on the host: requests with
+repetition / presence / frequency penalties, bad_words, or min_tokens not yet reached decode one
+token per step (their output is the same; they only do not speed up). The number of proposed
+tokens is capped so that the tokens verified never pass ``max_tokens`` (the bonus token counts)
+or the context length, which also keeps every verify within the blocks admission allowed for.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pagoda.core.request import Request, RequestStatus
+from pagoda.spec_decode.config import SpeculativeConfig
+from pagoda.spec_decode.ngram import NgramProposer
+
+
+class Proposer(Protocol):
+    def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
+        """Up to ``ks[i]`` proposed tokens continuing ``reqs[i]``'s known tokens."""
+        ...
+
+
+class NgramBatchProposer:
+    def __init__(self, cfg: SpeculativeConfig) -> None:
+        self.ngram = NgramProposer(cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+
+    def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
+        return [self.ngram.propose_one(r.all_token_ids, k) for r, k in zip(reqs, ks, strict=True)]
+
+
+class SyntheticProposer:
+    """Timing only (``method: synthetic``): proposes ``k`` copies of the last token, so each verify
+    step has the shape of a k-token draft. Outputs stay exact (verification is real); acceptance is
+    whatever the model gives. For measuring verify-step cost, never for speed."""
+
+    def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
+        return [[r.all_token_ids[-1]] * k for r, k in zip(reqs, ks, strict=True)]
+
+
+def can_speculate(r: Request) -> bool:
+    p = r.sampling_params
+    return (
+        r.status == RequestStatus.RUNNING and r.num_output_tokens > 0
+        and r.num_computed_tokens == r.num_tokens - 1
+        and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
+        and not p.bad_words_token_ids and r.num_output_tokens >= (p.min_tokens or 0)
+        and r.grammar is None  # a grammar's mask depends on the position: constrained requests decode one token
+    )
+
+
+class SpecDecoder:
+    """Runs the proposer for the running requests after each step's update."""
+
+    def __init__(self, cfg: SpeculativeConfig, max_model_len: int, proposer: Proposer) -> None:
+        self.cfg = cfg
+        self.max_model_len = max_model_len
+        self.proposer = proposer
+
+    def max_draft(self, r: Request) -> int:
+        """Tokens ``r`` may have proposed now (0: none)."""
+        if not can_speculate(r):
+            return 0
+        return max(0, min(self.cfg.num_speculative_tokens, r.max_tokens - r.num_output_tokens - 1,
+                          self.max_model_len - r.num_tokens))
+
+    def propose(self, running: list[Request]) -> None:
+        """Set ``spec_token_ids`` of every running request (empty for those that do not speculate)."""
+        dbs = self.cfg.disable_by_batch_size
+        reqs, ks = [], []
+        for r in running:
+            r.spec_token_ids = []
+            k = 0 if dbs is not None and len(running) > dbs else self.max_draft(r)
+            if k > 0:
+                reqs.append(r)
+                ks.append(k)
+        retain = getattr(self.proposer, "retain", None)
+        if retain is not None:  # a stateful proposer (draft model) frees what stopped running
+            retain({r.request_id for r in running})
+        if not reqs:
+            return
+        for r, k, toks in zip(reqs, ks, self.proposer.propose(reqs, ks), strict=True):
+            r.spec_token_ids = list(toks[:k])
+
+
+def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg) -> SpecDecoder:
+    """The proposer the config names (a draft model loads here)."""
+    proposer: Proposer
+    if cfg.method == "ngram":
+        proposer = NgramBatchProposer(cfg)
+    elif cfg.method == "synthetic":
+        proposer = SyntheticProposer()
+    elif cfg.method == "draft_model":
+        from pagoda.spec_decode.draft_model import DraftModelProposer
+
+        proposer = DraftModelProposer(cfg, engine_cfg)
+    else:  # SpeculativeConfig.from_dict refuses the others
+        raise ValueError(f"speculative_config.method: method {cfg.method} not supported yet")
+    return SpecDecoder(cfg, engine_cfg.max_model_len, proposer)
+
+
+def check_draft_vocab(spec: SpecDecoder, target_vocab: int) -> None:
+    """A draft model must share the target's vocabulary (start-up error naming the key)."""
+    vocab = getattr(spec.proposer, "vocab_size", None)
+    if vocab is not None and vocab != target_vocab:
+        raise ValueError(f"speculative_config.model: the draft model's vocabulary ({vocab} tokens) differs from the "
+                         f"target's ({target_vocab}); a draft model must share the target's tokenizer.")

@@ -1,0 +1,312 @@
+"""Speculative decoding (n-gram prompt lookup) must change no output (GUIDE section 4).
+
+* Config: unknown keys, k <= 0, unsupported methods (eagle), a bad lookup range, a draft longer
+  than the context: start-up errors naming the key.
+* Scheduler with no model: a verify is one chunk (proposals included), rejected positions are
+  rolled back and never registered in the prefix cache; preemption drops the proposals.
+* Rejection sampler: greedy accepts exactly the argmax prefix; sampled, the emitted tokens follow
+  the target distribution (total variation on a 4-token vocabulary, fixed seed, 40k draws).
+* Engine (tiny Llama, fp32, CPU): greedy tokens and logprobs identical with and without
+  speculation under chunked prefill with a small budget, prefix caching, a KV cache small enough
+  to preempt, and async scheduling; stop strings, stop tokens and max_tokens end where they do
+  without it; a seeded request repeats; n > 1 works; the spec_decode counters advance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from engine_checks import PROMPTS, assert_engine_clean, greedy, token_ids
+
+from pagoda.core.kv_cache_manager import KVCacheManager
+from pagoda.core.request import Request
+from pagoda.core.scheduler import Scheduler
+from pagoda.layers.rejection_sampler import rejection_sample
+from pagoda.sampling_params import SamplingParams
+from pagoda.spec_decode.config import SpeculativeConfig
+from pagoda.spec_decode.ngram import NgramProposer
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize("cfg, key", [
+    ({"method": "ngram", "num_speculative_tokens": 3, "bogus": 1}, "bogus"),
+    ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+    ({"method": "ngram"}, "num_speculative_tokens"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
+     "prompt_lookup_min"),
+    ({"method": "eagle", "num_speculative_tokens": 2, "model": "x"}, "method eagle not supported yet"),
+    ({"method": "eagle3", "num_speculative_tokens": 2}, "method eagle3 not supported yet"),
+    ({"method": "medusa", "num_speculative_tokens": 2}, "method"),
+    ({"method": "draft_model", "num_speculative_tokens": 2}, "model"),
+    ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2}, "draft_tensor_parallel_size"),
+])
+def test_bad_config_names_the_key(cfg, key):
+    with pytest.raises(ValueError, match=key):
+        SpeculativeConfig.from_dict(cfg)
+
+
+def test_config_defaults_and_vllm_spellings():
+    c = SpeculativeConfig.from_dict({"model": "[ngram]", "num_speculative_tokens": 3})
+    assert (c.method, c.prompt_lookup_min, c.prompt_lookup_max) == ("ngram", 2, 5)
+    assert SpeculativeConfig.from_dict({"model": "/d", "num_speculative_tokens": 1}).method == "draft_model"
+
+
+def test_draft_longer_than_context_is_refused(tiny):
+    from pagoda.config import EngineArgs
+
+    args = EngineArgs(str(tiny.path("llama")), max_model_len=8, dtype="float32",
+                      speculative_config={"method": "ngram", "num_speculative_tokens": 8})
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        args.create_config()
+
+
+# ------------------------------------------------------------------ n-gram
+def test_ngram_longest_match_most_recent():
+    p = NgramProposer(1, 3)
+    assert p.propose_one([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 2) == [7, 5]  # the latest earlier "1 2 3"
+    assert p.propose_one([4, 5, 6, 4, 5], 3) == [6, 4, 5]
+    assert p.propose_one([1, 2, 3, 4], 3) == []  # nothing recurs
+    assert NgramProposer(2, 3).propose_one([7, 8, 1, 8], 2) == []  # only a 1-gram recurs: below min
+    assert p.propose_one([3, 1, 2, 3], 5) == [1, 2, 3]  # the continuation runs up to the end
+
+
+# ------------------------------------------------------------- scheduler
+def _req(rid: str, prompt: list[int], max_tokens: int = 20) -> Request:
+    return Request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), {2}, max_tokens)
+
+
+def test_verify_chunk_rollback_and_prefix_registration():
+    kv = KVCacheManager(64, 4, enable_prefix_caching=True)
+    s = Scheduler(kv, 8, 64, 256)
+    r = _req("a", [11, 12, 13, 14, 15, 16])
+    s.add_request(r)
+    out = s.schedule()
+    s.update_from_output(out, {"a": [20]})
+    assert r.num_computed_tokens == 6 and r.num_tokens == 7
+    r.spec_token_ids = [21, 22, 23]
+    out = s.schedule()
+    (x,) = out.scheduled
+    assert (x.start, x.num_new_tokens, x.num_sample_rows, x.spec_token_ids) == (6, 4, 4, [21, 22, 23])
+    assert kv.req_num_hashed["a"] == 1  # 7 known tokens: one full block of 4; no proposal is hashed
+    assert len(kv.get_block_ids("a")) == 3  # room for 10 tokens
+    sampled = {"a": [21, 30]}  # the first proposal accepted, the second rejected (30 instead)
+    s.update_from_output(out, sampled)
+    assert r.all_token_ids[6:] == [20, 21, 30] and r.num_computed_tokens == 8 and r.spec_token_ids == []
+    assert s.spec_stats.num_drafts == 1 and s.spec_stats.num_accepted_tokens == 1
+    assert s.spec_stats.accepted_per_pos == [1, 0, 0]
+    s.check_integrity()
+    # A budget too small for every proposal verifies the first ones only.
+    s.max_num_batched_tokens = 2
+    r.spec_token_ids = [31, 32, 33]
+    (x,) = s.schedule().scheduled
+    assert (x.num_new_tokens, x.spec_token_ids, x.num_sample_rows) == (2, [31], 2)
+
+
+def test_preemption_drops_proposals():
+    kv = KVCacheManager(5, 4)
+    s = Scheduler(kv, 8, 64, 256)
+    a, b = _req("a", list(range(10, 17)), 8), _req("b", list(range(30, 37)), 8)
+    s.add_request(a)
+    s.add_request(b)
+    out = s.schedule()
+    s.update_from_output(out, {"a": [20], "b": [40]})
+    a.spec_token_ids, b.spec_token_ids = [21, 22, 23], [41, 42, 43]
+    out = s.schedule()  # 4 blocks: a takes 3 (11 tokens); b cannot grow and is preempted
+    assert out.preempted_ids == ["b"] and b.spec_token_ids == [] and b.num_computed_tokens == 0
+    s.update_from_output(out, {"a": [99]})
+    assert a.num_computed_tokens == 8
+    s.check_integrity()
+
+
+# ------------------------------------------------------- rejection sampler
+def _row_reqs(n: int, **sp) -> list[Request]:
+    return [Request(f"r{i}", [1], SamplingParams(max_tokens=8, **sp), set(), 8) for i in range(n)]
+
+
+def test_greedy_verify_is_the_argmax_prefix():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11)
+    am = logits.argmax(-1).tolist()
+    reqs = _row_reqs(3, temperature=0.0)
+    drafts = [[am[0], am[1], (am[2] + 1) % 11], [(am[4] + 1) % 11], []]
+    ds = rejection_sample(logits.clone(), reqs, [4, 2, 1], drafts)
+    toks = ds.finish().token_ids
+    assert toks == [am[0], am[1], am[2], -1, am[4], -1, am[6]]
+
+
+def test_rejection_sampling_preserves_the_target_distribution():
+    """Point-mass drafts (n-gram): emitted tokens follow the target's p at each position."""
+    torch.manual_seed(1234)
+    N = 20000
+    p0 = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    p1 = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = torch.stack([p0.log(), p1.log()]).repeat(N, 1)
+    reqs = _row_reqs(N, temperature=1.0)
+    toks = torch.tensor(rejection_sample(logits, reqs, [2] * N, [[1]] * N).finish().token_ids).view(N, 2)
+    first = torch.bincount(toks[:, 0], minlength=4).float() / N
+    assert 0.5 * (first - p0).abs().sum() < 0.015, first
+    acc = toks[:, 0] == 1  # the draft was accepted: the second token is the bonus, drawn from p1
+    second = torch.bincount(toks[acc, 1], minlength=4).float() / acc.sum()
+    assert 0.5 * (second - p1).abs().sum() < 0.03, second
+    assert (toks[~acc, 1] == -1).all()
+    assert abs(acc.float().mean().item() - 0.3) < 0.015  # accepted with probability p0(draft)
+
+
+def test_seeded_rows_repeat():
+    logits = torch.randn(3, 9)
+    outs = []
+    for _ in range(2):
+        (r,) = _row_reqs(1, temperature=1.0, seed=7)
+        outs.append(rejection_sample(logits.clone(), [r], [3], [[1, 2]]).finish().token_ids)
+    assert outs[0] == outs[1]
+
+
+# ------------------------------------------------------------------ engine
+_base: dict[str, list] = {}
+_spec: list = []
+
+
+def _spec_llm(tiny):
+    from pagoda import LLM
+
+    if not _spec:
+        _spec.append(LLM(str(tiny.path("llama")), dtype="float32", speculative_config=NGRAM))
+    return _spec[0]
+
+
+def _baseline(tiny, params_key: str, params):
+    if params_key not in _base:
+        _base[params_key] = tiny.llm("llama").generate(REPEAT, params, use_tqdm=False)
+    return _base[params_key]
+
+
+def _assert_same_greedy(outs, base):
+    assert token_ids(outs) == token_ids(base)
+    for o, b in zip(outs, base, strict=True):
+        assert o.outputs[0].text == b.outputs[0].text
+        for d, e in zip(o.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
+            assert d.keys() == e.keys()
+            for t in d:
+                assert math.isclose(d[t].logprob, e[t].logprob, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"max_num_batched_tokens": 24, "max_num_seqs": 4},  # chunked prompts, verifies cut by the budget
+    {"num_gpu_blocks_override": 14},  # preemption (and recompute) while speculating
+    {"async_scheduling": True},
+], ids=["default", "small-budget", "preempt", "async"])
+def test_greedy_identical_with_ngram(tiny, kwargs):
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    llm = LLM(str(tiny.path("llama")), dtype="float32", speculative_config=NGRAM, **kwargs)
+    outs = llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False)
+    _assert_same_greedy(outs, base)
+    # twice: the second run hits the prefix cache the first one filled (blocks of accepted tokens only)
+    _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
+    st = llm.llm_engine.core.scheduler.spec_stats
+    assert st.num_drafts > 0 and 0 < st.num_accepted_tokens <= st.num_draft_tokens
+    assert_engine_clean(llm)
+
+
+def test_stops_and_lengths_as_without_speculation(tiny):
+    base_llm = tiny.llm("llama")
+    spec = _spec_llm(tiny)
+    ref = base_llm.generate(REPEAT[:1], greedy(40), use_tqdm=False)[0].outputs[0]
+    stop_tok = ref.token_ids[12]
+    stop_str = ref.text[len(ref.text) // 2 : len(ref.text) // 2 + 3]
+    cases = [greedy(7), greedy(40, stop_token_ids=[stop_tok]), greedy(40, stop=[stop_str]),
+             SamplingParams(temperature=0.0, max_tokens=40, stop=[stop_str], include_stop_str_in_output=True),
+             greedy(40, min_tokens=20, stop_token_ids=[stop_tok])]
+    for p in cases:
+        a = base_llm.generate(REPEAT[:1], p, use_tqdm=False)[0].outputs[0]
+        b = spec.generate(REPEAT[:1], p, use_tqdm=False)[0].outputs[0]
+        assert (b.token_ids, b.text, b.finish_reason, b.stop_reason) == \
+            (a.token_ids, a.text, a.finish_reason, a.stop_reason), p
+    assert_engine_clean(spec)
+
+
+def test_sampled_seeded_repeats_and_n(tiny):
+    spec = _spec_llm(tiny)
+    p = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=40, seed=3, ignore_eos=True, logprobs=1)
+    a = spec.generate(REPEAT, p, use_tqdm=False)
+    b = spec.generate(REPEAT, p, use_tqdm=False)
+    assert token_ids(a) == token_ids(b)
+    assert all(len(o.outputs[0].token_ids) == 40 and len(o.outputs[0].logprobs) == 40 for o in a)
+    outs = spec.generate(REPEAT[:2], SamplingParams(n=3, temperature=1.0, max_tokens=30, ignore_eos=True),
+                         use_tqdm=False)
+    assert all(len(o.outputs) == 3 and all(len(c.token_ids) == 30 for c in o.outputs) for o in outs)
+    assert_engine_clean(spec)
+
+
+def test_metrics_and_stats_line():
+    from pagoda.engine.messages import SchedulerStats
+    from pagoda.entrypoints.openai.metrics import LoggingStatLogger, PrometheusStatLogger
+
+    prom = PrometheusStatLogger("m", num_spec_tokens=3, prefix="vllm")
+    lines: list[str] = []
+    log = LoggingStatLogger(interval_s=0.0, log=lambda fmt, s: lines.append(s))
+    st = SchedulerStats(num_running=1, num_generation_tokens=9, spec_num_drafts=4, spec_num_draft_tokens=12,
+                        spec_num_accepted_tokens=6, spec_accepted_per_pos=[4, 2, 0])
+    prom.on_step(st)
+    log.on_step(st)
+    text = prom.render()[0].decode()
+    for line in ('vllm:spec_decode_num_drafts_total{engine="0",model_name="m"} 4.0',
+                 'vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="m"} 12.0',
+                 'vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="m"} 6.0',
+                 'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="1"} 2.0'):
+        assert line in text, line
+    assert "Mean acceptance length: 2.50" in lines[-1]
+    assert "spec_decode" not in PrometheusStatLogger("m").render()[0].decode()  # off: not exported, as vLLM
+
+
+# ------------------------------------------------------------ draft model
+def _other_model(tiny, name: str, vocab_extra: int = 0):
+    """A second tiny Llama with the target's tokenizer (seed 1); ``vocab_extra`` rows more in its vocabulary."""
+    import shutil
+
+    import transformers
+
+    folder = tiny.root / name
+    if not (folder / "config.json").exists():
+        src = tiny.path("llama")
+        folder.mkdir()
+        for f in src.iterdir():
+            if "token" in f.name or f.name == "generation_config.json":
+                shutil.copy(f, folder / f.name)
+        cfg = transformers.LlamaConfig.from_pretrained(src)
+        cfg.vocab_size += vocab_extra
+        torch.manual_seed(1)
+        transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+def test_draft_model_greedy_identical(tiny):
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    for draft, full_accept in ((_other_model(tiny, "draft"), False), (str(tiny.path("llama")), True)):
+        llm = LLM(str(tiny.path("llama")), dtype="float32", max_num_batched_tokens=48,
+                  speculative_config={"model": draft, "num_speculative_tokens": 3})
+        _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
+        st = llm.llm_engine.core.scheduler.spec_stats
+        assert st.num_drafts > 0
+        if full_accept:  # the target as its own draft: every greedy proposal is right
+            assert st.num_accepted_tokens == st.num_draft_tokens
+        assert_engine_clean(llm)
+        assert not llm.llm_engine.core.spec.proposer.shadows  # every shadow freed
+        llm.shutdown()
+
+
+def test_draft_model_with_another_vocabulary_is_refused(tiny):
+    from pagoda import LLM
+
+    with pytest.raises(ValueError, match="speculative_config.model"):
+        LLM(str(tiny.path("llama")), dtype="float32",
+            speculative_config={"model": _other_model(tiny, "draft-vocab", 8), "num_speculative_tokens": 2})
