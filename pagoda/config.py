@@ -234,7 +234,7 @@ class EngineArgs:
                           if self.tokenizer else model_path)
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
-        hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization)
+        hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization, arch)
         quant = resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
 
         device = resolve_device(self.device)

@@ -21,6 +21,7 @@ transformers does), with scales and offsets rounded to the activation dtype.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +41,28 @@ QUANTIZED_LOAD_FORMATS = ("auto", "gguf")
 """``--load-format`` values that run a .gguf model quantized (module docstring)."""
 
 
+logger = logging.getLogger("pagoda")
+
+GGUF_QUANTIZED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
+"""Architectures whose GGUF tensors run quantized (llama.cpp's ``llama`` tensor names and row order, tested);
+a GGUF of another architecture runs its dequantized conversion."""
+
+
 def gguf_model_config(hf_config: dict[str, Any], gguf_file: Path | None, load_format: str,
-                      requested: str | None) -> dict[str, Any]:
+                      requested: str | None, arch: str | None = None) -> dict[str, Any]:
     """``hf_config`` with ``quantization_config = {quant_method: gguf, gguf_file}`` when the model is the
-    conversion of ``gguf_file`` and ``load_format`` runs it quantized; unchanged otherwise. A request for
-    ``gguf`` that cannot be honoured is a ``ValueError`` naming the flag."""
+    conversion of ``gguf_file``, ``load_format`` runs it quantized and ``arch`` is one of
+    :data:`GGUF_QUANTIZED_ARCHS`; unchanged otherwise. A request for ``gguf`` that cannot be honoured is a
+    ``ValueError`` naming the flag."""
     if gguf_file is not None and load_format in QUANTIZED_LOAD_FORMATS:
-        return {**hf_config, "quantization_config": {"quant_method": "gguf", "gguf_file": str(gguf_file)}}
+        if arch is None or arch in GGUF_QUANTIZED_ARCHS:
+            return {**hf_config, "quantization_config": {"quant_method": "gguf", "gguf_file": str(gguf_file)}}
+        if requested == "gguf":
+            raise ValueError(f"--quantization gguf runs {', '.join(GGUF_QUANTIZED_ARCHS)} GGUF files quantized, not "
+                             f"{arch}; drop --quantization to run its dequantized conversion.")
+        logger.info("%s GGUF: running its dequantized conversion (quantized GGUF runs %s).", arch,
+                    ", ".join(GGUF_QUANTIZED_ARCHS))
+        return hf_config
     if requested == "gguf":
         if gguf_file is None:
             raise ValueError("--quantization gguf needs a .gguf model (a .gguf file or a folder holding one).")

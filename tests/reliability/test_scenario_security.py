@@ -55,12 +55,15 @@ def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
                 r = c.request(method, srv.url + path, headers=headers, json={} if method == "POST" else None)
                 if path in ("/health", "/ping"):  # health probes (/ping: SageMaker's) need no key
                     assert r.status_code == 200, (method, path, r.status_code)
+                elif path == "/" and method in ("GET", "HEAD"):  # the chat page: static HTML, no data (it asks
+                    assert r.status_code == 200, (method, path, r.status_code)  # for the key itself)
+                    assert r.headers["content-type"].startswith("text/html")
                 else:
                     assert r.status_code == 401, (method, path, headers, r.status_code)
                     if method != "HEAD":
                         assert r.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
-            if path not in ("/health", "/ping", "/no/such/route") and method == "GET":
+            if path not in ("/health", "/ping", "/", "/no/such/route") and method == "GET":
                 assert c.get(srv.url + path, headers=srv.headers).status_code == 200, path
     record("security_api_key", None, routes=len(routes), requests_checked=checked)
 
