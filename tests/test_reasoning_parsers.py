@@ -31,7 +31,8 @@ def stream_message(parser: ChatOutputParser, text: str, step: int = 1) -> dict:
     cuts = list(range(0, len(text), step)) + [len(text)]
     for k, end in enumerate(cuts):
         d = parser.delta(text[:end], k == len(cuts) - 1)
-        assert set(d) <= {"reasoning", "content", "tool_calls"}
+        assert set(d) <= {"reasoning", "reasoning_content", "content", "tool_calls"}
+        assert d.get("reasoning_content") == d.get("reasoning")  # older vLLM's name carries the same text
         out["reasoning"] += d.get("reasoning", "")
         out["content"] += d.get("content", "")
         for e in d.get("tool_calls", []):

@@ -317,6 +317,7 @@ class LlamaForCausalLM(nn.Module):
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
+        self._head_dense: torch.Tensor | None = None
 
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
@@ -395,6 +396,7 @@ class LlamaForCausalLM(nn.Module):
             head = self.lm_head
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
+        self._head_dense = w if self._lm_packed is not None else None  # for layers/logits.py (no copy: same tensor)
         if w is not None and self._lm_packed is not None and self.shape.tie_word_embeddings:
             logger.info("CPU: oneDNN copy of the tied LM head: +%.1f MiB of memory (the table stays for lookups)",
                         w.numel() * w.element_size() / 2**20)
@@ -404,8 +406,15 @@ class LlamaForCausalLM(nn.Module):
         return n + (self._lm_packed is not None)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in float32 (what the sampler and logprobs use)."""
-        return self.compute_logits_raw(hidden).float()
+        """Logits in float32 (what the sampler and logprobs use); on the CPU's prepacked half-precision head,
+        each row's leading logits are recomputed in float32 (layers/logits.py)."""
+        logits = self.compute_logits_raw(hidden).float()
+        head_dense = getattr(self, "_head_dense", None)  # subclasses that build their own layers may lack it
+        if head_dense is not None and hidden.dtype != torch.float32:
+            from pagoda.layers.logits import refine_top_logits
+
+            refine_top_logits(logits, hidden, head_dense)
+        return logits
 
     # ----------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

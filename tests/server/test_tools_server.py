@@ -193,6 +193,7 @@ def test_reasoning_split_streamed_and_not(reasoning_server, server):
     m = c.chat.completions.create(**body).choices[0].message
     assert plain and "</think>" not in plain
     assert m.model_extra["reasoning"] == plain and m.content is None  # no </think>: all of it is reasoning
+    assert m.model_extra["reasoning_content"] == plain  # older vLLM's name, the same text
     chunks = list(c.chat.completions.create(**body, stream=True))
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == plain

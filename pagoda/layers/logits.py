@@ -1,0 +1,26 @@
+"""Exact float32 values for each row's leading logits on the CPU half-precision path.
+
+The LM head runs in bf16 (oneDNN accumulates in float32 but rounds its output to bf16). Near 20, one bf16
+step is 0.125, so two candidate tokens a few hundredths apart come out tied and the argmax takes the
+lower id: on the default model's "What is the capital of France?" the quantized run tied "The" with "L"
+and answered in French. Recomputing the ``REFINE_TOP_K`` largest logits of each row in float32 (a
+``k x hidden`` dot product per row, from the same weights) removes those ties where they decide the
+greedy token and the reported top logprobs; the rest of the row keeps its bf16 values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REFINE_TOP_K = 8
+
+
+def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                      k: int = REFINE_TOP_K) -> torch.Tensor:
+    """``logits`` [R, V] float32 (in place) with each row's ``k`` largest entries recomputed as
+    ``hidden[r] · weight[v]`` in float32 (``hidden`` [R, H], ``weight`` [V, H], the head's dense table)."""
+    if logits.numel() == 0:
+        return logits
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [R, k]
+    exact = torch.einsum("rh,rkh->rk", hidden.float(), weight[top].float())
+    return logits.scatter_(1, top, exact)
