@@ -19,7 +19,10 @@ def default_server():
 def test_default_model_answers_and_streams_the_same(default_server):
     c = default_server.client()
     assert [m.id for m in c.models.list().data] == ["SmolLM2-135M-Instruct"]
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    # "Answer in one word." keeps the answer off a near-tie: the default model now runs its GGUF quantized (Q4_1),
+    # and for the bare question that model's greedy first token is "L" over "The" by 0.06 nat (llama.cpp on the
+    # same file answers "L'Étoile, la Cité, …" too); with it, "The" leads by 1.5 nat.
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
     r = c.chat.completions.create(model="SmolLM2-135M-Instruct", messages=msgs, max_tokens=24, temperature=0)
     text = r.choices[0].message.content
     assert "Paris" in text

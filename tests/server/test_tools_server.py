@@ -138,7 +138,7 @@ def test_tool_results_round_trip_through_the_template(tool_server):
 def test_auto_parses_nothing_when_the_model_calls_nothing(tool_server):
     c = tool_server.client()
     r = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": "What is the capital of "
-                                                            "France?"}],
+                                                            "France? Answer in one word."}],
                                   tools=[WEATHER], max_tokens=16, temperature=0)
     m = r.choices[0].message
     assert "Paris" in m.content and not m.tool_calls and r.choices[0].finish_reason in ("stop", "length")

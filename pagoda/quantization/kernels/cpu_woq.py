@@ -89,9 +89,13 @@ default model's shapes (medians, loaded VM), int4pack vs bf16 prepacked ms: M=1 
 0.159 / 0.219, down 0.093 / 0.098; M=8 qkv 0.144 / 0.079, o 0.105 / 0.073, gate_up 0.423 / 0.389, down
 0.209 / 0.103; M=32 qkv 0.457 / 0.079, gate_up 1.42 / 0.255, down 0.711 / 0.133."""
 
-DENSE_COPY_MAX_BYTES = 1 << 30
+DENSE_COPY_MAX_BYTES = 0
 """The bf16 copies are kept only when all of a model's int-weight linears fit this many bytes of copies
-(a small model on the CPU: the default model's take 212 MB); above it every row count runs the int kernels."""
+(the default model's take 212 MB). Off (0) by default: a bf16 copy rounds the weights, so a step that crosses
+``DENSE_MIN_M`` rows computed with other weight values than one below it, and outputs came to depend on the
+batch and on prefix-cache hits (the default model's greedy answer to "What is the capital of France?" flipped
+between a full prefill and a cache hit: a 0.009-nat near-tie). Measured gain when on: batch 32 0.29x -> 1.14x
+HF bf16 (benchmarks/RESULTS.md). Making the int kernels fast at 8+ rows is the way to get both."""
 
 DEQUANT_MIN_M = 128
 """Above this many rows (prefill) the weight is dequantized once and multiplied by oneDNN's bf16/fp32 GEMM:
