@@ -16,6 +16,10 @@ from typing import Any
 _NEVER = ("not", "if", "then", "else", "dependentSchemas")
 """Keywords xgrammar ignores wherever they appear."""
 
+_LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'"}
+"""String formats xgrammar's grammar accepts more loosely than JSON Schema validators (found by validating
+outputs with ``jsonschema``)."""
+
 
 def unsupported_feature(schema: Any, path: str = "#") -> str | None:
     """A message naming the first keyword of ``schema`` (at JSON pointer ``path``) the backend would not
@@ -49,6 +53,9 @@ def _own_problem(s: dict[str, Any], path: str) -> str | None:
         other = "format" if "format" in s else "pattern"
         return (f"'{length[0]}' together with '{other}' (at {path}) is not enforced by the xgrammar backend; "
                 f"put the length into the pattern")
+    if s.get("format") in _LOOSE_FORMATS:
+        return (f"'format: {s['format']}' (at {path}) is not enforced as JSON Schema defines it by the xgrammar "
+                f"backend ({_LOOSE_FORMATS[s['format']]}); give a 'pattern' instead")
     if "multipleOf" in s and s.get("type") != "integer":
         return f"'multipleOf' on a non-integer (at {path}) is not enforced by the xgrammar backend"
     return None
