@@ -125,6 +125,9 @@ def test_dummy_weights_run(tiny, method):
 @pytest.fixture(scope="module")
 def qdir(tiny, tmp_path_factory) -> Path:
     """Every variant quantized by GPTQModel, plus its dense reference (module docstring)."""
+    # gptqmodel imports setuptools, whose distutils shim asserts when another test already imported the
+    # standard library's distutils (seen in full-suite runs only); the shim is not needed here.
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     try:
         import gptqmodel  # noqa: F401
     except Exception as exc:  # the --no-deps install lacks a dependency

@@ -114,7 +114,11 @@ def corpus() -> list[tuple[str, str, bytes]]:
     add("top_logprobs over cap", "/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21})
     add("chat_template from the request", "/v1/chat/completions", {**CHAT, "chat_template": "{{ 'x' }}"})
     add("tools", "/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]})
-    add("response_format json", "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}})
+    # response_format is honoured now (structured outputs): what stays bad is an invalid or missing schema
+    add("response_format invalid schema", "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}})
+    add("response_format json_schema without schema", "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "json_schema"}})
     add("chat_template_kwargs wrong type", "/v1/chat/completions", {**CHAT, "chat_template_kwargs": [1]})
     # tokenize / detokenize
     add("tokenize nothing", "/tokenize", {"nothing": 1})
