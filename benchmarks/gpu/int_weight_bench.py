@@ -32,17 +32,9 @@ PEAK_FLOPS = 989e12
 def copy_bandwidth() -> float:
     if SMOKE:
         return 1e10
-    x = torch.empty(2**30 // 2, dtype=torch.bfloat16, device=dev)
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(20):
-        y.copy_(x)
-    e.record()
-    torch.cuda.synchronize()
-    return 2 * x.numel() * 2 / (s.elapsed_time(e) / 20 / 1e3)
+    from bandwidth import device_copy_bandwidth  # benchmarks/gpu/bandwidth.py, beside this script
+
+    return device_copy_bandwidth(2**30 // 2, dev)
 
 
 def make(kind: str, fmt: str):

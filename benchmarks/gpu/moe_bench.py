@@ -54,20 +54,9 @@ BF16 = 2
 
 def copy_bandwidth() -> float:
     """Bytes per second of a device copy, counting read + write."""
-    x = torch.empty(2**30, dtype=torch.bfloat16, device="cuda").uniform_()
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(20):
-        y.copy_(x)
-    e.record()
-    torch.cuda.synchronize()
-    bw = 2 * x.numel() * x.element_size() / (s.elapsed_time(e) / 20 / 1e3)
-    del x, y
-    torch.cuda.empty_cache()
-    return bw
+    from bandwidth import device_copy_bandwidth  # benchmarks/gpu/bandwidth.py, beside this script
+
+    return device_copy_bandwidth(2**30)
 
 
 def model_folder(cfg: dict, name: str) -> Path:
