@@ -4,9 +4,9 @@
 The torch form of the same arithmetic (:func:`pagoda.quantization.w8a8.quantize_fp8`) is eight launches per
 linear (cast, abs, amax, divide, clamp, divide, clamp, cast); at batch 1 those launches cost more than the
 bytes FP8 weights save. This kernel does the whole per-token (or static per-tensor) rule in one pass per row,
-with the reference's exact fp32 arithmetic: ``s = max(absmax / 448, 1e-12)`` (or the static ``input_scale``),
-``q = clamp(x / s, -448, 448)`` with IEEE round-to-nearest divisions (``div_rn``), cast to float8_e4m3fn
-(round to nearest even). Invariant: codes and scales are bit-identical to the torch form.
+with the reference's exact fp32 arithmetic: ``s = max(absmax * (1/448), 1e-12)`` (or the static
+``input_scale``), ``q = clamp(x / s, -448, 448)`` with an IEEE round-to-nearest division (``div_rn``, as
+torch's tensor-by-tensor division), cast to float8_e4m3fn (round to nearest even). Invariant: codes and scales are bit-identical to the torch form.
 
 ``out`` may also be a float32 buffer: then the kernel stores ``clamp(x / s)`` before the cast, which is how the
 CPU test checks it (the interpreter's own float8 cast rounds differently from the hardware's and torch's).
@@ -34,7 +34,7 @@ def _fp8_quant_kernel(x_ptr, q_ptr, s_ptr, static_ptr, K, stride_x, stride_q, FP
             offs = k0 + tl.arange(0, BLOCK)
             x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        s = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), FP8_MAX), MIN_SCALE)
+        s = tl.maximum(tl.max(amax, axis=0) * (1.0 / FP8_MAX), MIN_SCALE)
     for k0 in range(0, K, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         ok = offs < K
