@@ -5,7 +5,8 @@
   to the tool's schema (constrained decoding), streamed deltas reassemble to the non-streamed call, tool
   results round-trip through the chat template, and bad tool definitions are 400s naming the field;
 * the tiny model behind ``--reasoning-parser deepseek_r1``: its output (no ``</think>``) is all
-  reasoning, streamed and not, and constrained output with a reasoning parser is refused.
+  reasoning, streamed and not, and constrained output with a reasoning parser is refused (its ``</think>`` is
+  not one token; tests/server/test_reasoning_structured_server.py covers a model where it is).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def test_reasoning_split_streamed_and_not(reasoning_server, server):
     assert m.model_extra["reasoning"] is None and m.content is None
 
 
-def test_constrained_output_with_a_reasoning_parser_is_refused(reasoning_server):
+def test_constrained_output_with_a_reasoning_parser_needs_a_one_token_end_tag(reasoning_server):
     for extra in ({"tools": [WEATHER], "tool_choice": "required"}, {"response_format": {"type": "json_object"}}):
         r = reasoning_server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, **extra})
         assert r.status_code == 400 and "--reasoning-parser" in r.json()["error"]["message"], r.text
