@@ -35,7 +35,6 @@ QWEN3_LIKE = (
 
 def build_thinking_model(folder: Path) -> Path:
     import transformers
-
     from tiny_models import build_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

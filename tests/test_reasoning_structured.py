@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 import torch
+from reasoning_model import END, REASONING, THINK, build_thinking_model
 
 from pagoda import LLM, SamplingParams
 from pagoda.errors import ValidationError
@@ -25,7 +26,6 @@ from pagoda.structured_output import StructuredOutputsConfig, StructuredOutputsP
 from pagoda.structured_output.backend import allocate_bitmask
 from pagoda.structured_output.manager import RequestGrammar, StructuredOutputManager
 from pagoda.structured_output.params import GrammarKey
-from reasoning_model import END, REASONING, THINK, build_thinking_model
 
 TAGS = ReasoningTokenIds("qwen3", start_id=90, end_id=91, end_token="</think>")
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "city": {"enum": ["Paris", "Rome"]}},
