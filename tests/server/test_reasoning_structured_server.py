@@ -57,3 +57,38 @@ def test_named_tool_after_reasoning(think_server):
     m = c.chat.completions.create(**body).choices[0].message
     assert m.model_extra["reasoning_content"] == REASONING and len(m.tool_calls) == 1
     jsonschema.validate(json.loads(m.tool_calls[0].function.arguments), SCHEMA)
+
+
+FLAT_TOOL = {"type": "function", "name": "where", "parameters": SCHEMA}
+
+
+def test_responses_reasoning_item_then_the_constrained_call(think_server):
+    c = think_server.client()
+    body = {"model": MODEL, "input": "Where?", "max_output_tokens": 80, "temperature": 0, "tools": [FLAT_TOOL],
+            "tool_choice": {"type": "function", "name": "where"}}
+    r = c.responses.create(**body)
+    assert [o.type for o in r.output] == ["reasoning", "function_call"], r.output
+    assert r.output[0].content[0].text == REASONING and r.output[0].content[0].type == "reasoning_text"
+    jsonschema.validate(json.loads(r.output[1].arguments), SCHEMA)
+    events = list(c.responses.create(**body, stream=True))
+    kinds = [e.type for e in events]
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == REASONING
+    assert [e.text for e in events if e.type == "response.reasoning_text.done"] == [REASONING]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert args == r.output[1].arguments
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    assert added == ["reasoning", "function_call"] and kinds.count("response.output_item.done") == 2
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "function_call"]
+    # the earlier output items sent back as input (reasoning items are accepted, not rendered)
+    again = c.responses.create(model=MODEL, max_output_tokens=4, temperature=0, tools=[FLAT_TOOL],
+                               tool_choice="none", input=[
+        {"role": "user", "content": "Where?"}, *[o.model_dump(exclude_none=True) for o in r.output],
+        {"type": "function_call_output", "call_id": r.output[1].call_id, "output": "Paris"}])
+    assert again.status == "incomplete" and again.output[0].type == "reasoning"  # the script thinks again
+
+
+def test_responses_text_with_a_reasoning_parser(think_server):
+    r = think_server.client().responses.create(model=MODEL, input="Where?", max_output_tokens=6, temperature=0)
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert r.output[0].content[0].text == REASONING and r.output[1].content[0].text == "]"

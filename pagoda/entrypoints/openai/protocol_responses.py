@@ -1,7 +1,8 @@
 """Request and response models of ``POST /v1/responses`` (OpenAI's Responses API, the text subset).
 
 What is honoured: ``model``, ``input`` (a string, or a list of messages whose content is a string or
-``input_text`` / ``output_text`` parts, and ``function_call`` / ``function_call_output`` items),
+``input_text`` / ``output_text`` parts, ``function_call`` / ``function_call_output`` items, and earlier
+``reasoning`` items, which are not rendered),
 ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``, ``stream``, ``metadata`` and ``user``
 (echoed back), and function ``tools`` with ``tool_choice`` and ``parallel_tool_calls``
 (:mod:`pagoda.entrypoints.openai.responses_tools`). Every other field OpenAI defines is
@@ -76,7 +77,15 @@ class FunctionCallOutputInput(BaseModel):
     status: str | None = None
 
 
-InputItem = InputMessage | FunctionCallInput | FunctionCallOutputInput
+class ReasoningInput(BaseModel):
+    """An earlier ``reasoning`` output item sent back: accepted and not rendered (chat templates drop
+    earlier turns' thinking too)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["reasoning"]
+
+
+InputItem = InputMessage | FunctionCallInput | FunctionCallOutputInput | ReasoningInput
 
 
 class ResponsesRequest(BaseModel):
@@ -146,6 +155,24 @@ class FunctionCallItem(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A ``reasoning`` output item: the thinking split out by ``--reasoning-parser``."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = ReasoningItem | OutputMessage | FunctionCallItem
+
+
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -174,7 +201,7 @@ class ResponseObject(BaseModel):
     instructions: str | None = None
     max_output_tokens: int | None = None
     model: str
-    output: list[OutputMessage | FunctionCallItem] = Field(default_factory=list)
+    output: list[OutputItem] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})

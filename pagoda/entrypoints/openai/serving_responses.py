@@ -1,9 +1,10 @@
-"""POST /v1/responses: OpenAI's Responses API (text and function tools), on the chat serving path.
+"""POST /v1/responses: OpenAI's Responses API (text, function tools, reasoning), on the chat serving path.
 
 The request becomes a conversation (``instructions`` as the system message, then ``input``), rendered
 by the chat template and sampled with chat's rules (:class:`OpenAIServingChat`); the output is one
-assistant message, or with ``tools`` the message and/or ``function_call`` items
-(:mod:`pagoda.entrypoints.openai.responses_tools`, which also streams them). Text-only streams send
+assistant message, or with ``tools`` or ``--reasoning-parser`` a ``reasoning`` item, the message and/or
+``function_call`` items (:mod:`pagoda.entrypoints.openai.responses_tools`, which also streams them).
+Text-only streams send
 OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
 ``response.created``, ``response.in_progress``, ``response.output_item.added``,
 ``response.content_part.added``, ``response.output_text.delta``…, ``response.output_text.done``,
@@ -28,8 +29,8 @@ from pagoda.engine.async_llm import RequestStream, final_output
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
-    FunctionCallItem,
     InputTokensDetails,
+    OutputItem,
     OutputMessage,
     OutputText,
     ResponseObject,
@@ -38,7 +39,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     unsupported_fields,
 )
 from pagoda.entrypoints.openai.responses_tools import (
-    ResponsesToolStream,
+    ResponsesItemStream,
     Status,
     chat_tool_choice,
     chat_tools,
@@ -52,7 +53,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     to_serving_error,
 )
-from pagoda.entrypoints.openai.tool_calling import constraint, output_parser, plan_tools
+from pagoda.entrypoints.openai.tool_calling import constraint, note_prompt, output_parser, plan_tools
 
 # Chat's names for the fields a Responses request calls otherwise.
 FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input"}
@@ -118,11 +119,9 @@ class OpenAIServingResponses:
             model = chat.model_name(req.model)
             creq = chat_request(req)
             plan = plan_tools(creq, chat.limits.tools)
-            if plan.mode != "none" and chat.limits.tools.reasoning_parser is not None:
-                raise ServingError(400, "tools on /v1/responses are not supported with --reasoning-parser yet (use "
-                                        "/v1/chat/completions).", param="tools")
             chat.check_common(creq, "chat")
             text, ids = chat.render_prompt(creq.messages, True, False, None, None, plan.tools, False)
+            note_prompt(plan, ids, chat.reasoning_tags)
             given = req.max_output_tokens is not None
             params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, None)
             so = constraint(plan)
@@ -132,9 +131,10 @@ class OpenAIServingResponses:
             chat.log_request(rid, text, ids, params)
             stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids}, params)
         resp = self.base_response(req, rid, model)
-        parser = output_parser(creq, chat.limits.tools, plan) if plan.mode != "none" else None
+        # tools or reasoning: output items from chat's parsers; else the text as one message
+        parser = output_parser(creq, chat.limits.tools, plan)
         if req.stream:
-            body = self._stream(resp, stream) if parser is None else self._stream_tools(resp, stream, parser)
+            body = self._stream(resp, stream) if parser is None else self._stream_items(resp, stream, parser)
             return StreamingResponse(body, media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
@@ -142,14 +142,14 @@ class OpenAIServingResponses:
             raise RuntimeError(out.error)
         c = out.outputs[0]
         status = _status(c.finish_reason)
-        items: list[OutputMessage | FunctionCallItem] = (
+        items: list[OutputItem] = (
             [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=c.text)])]
             if parser is None else output_items(parser.message(c.text), status))
         self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens)
         return JSONResponse(resp.model_dump())
 
     @staticmethod
-    def _finish(resp: ResponseObject, items: list[OutputMessage | FunctionCallItem], status: Status,
+    def _finish(resp: ResponseObject, items: list[OutputItem], status: Status,
                 input_tokens: int, output_tokens: int, cached: int) -> None:
         """Fill ``resp`` with its final output and usage."""
         resp.status = status
@@ -159,15 +159,15 @@ class OpenAIServingResponses:
                                    total_tokens=input_tokens + output_tokens,
                                    input_tokens_details=InputTokensDetails(cached_tokens=cached))
 
-    async def _stream_tools(self, resp: ResponseObject, stream: RequestStream,
+    async def _stream_items(self, resp: ResponseObject, stream: RequestStream,
                             parser: ChatOutputParser) -> AsyncIterator[str]:
-        """A stream whose output items come from the tool parser (:class:`ResponsesToolStream`)."""
+        """A stream whose output items come from chat's parsers (:class:`ResponsesItemStream`)."""
         seq = iter(range(1 << 62))
 
         def ev(kind: str, **fields: Any) -> str:
             return event(kind, next(seq), **fields)
 
-        items = ResponsesToolStream(parser, ev)
+        items = ResponsesItemStream(parser, ev)
         try:
             yield ev("response.created", response=resp.model_dump())
             yield ev("response.in_progress", response=resp.model_dump())
