@@ -179,7 +179,8 @@ class EngineArgs:
     (HF modules with pagoda's paged attention; eager, unquantized). `pagoda models` lists what runs how."""
     structured_outputs_config: dict[str, Any] | None = None
     """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
-    xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
+    xgrammar or guidance), disable_any_whitespace (compact JSON only), disable_additional_properties and
+    reasoning_parser (qwen3, deepseek_r1: the grammar applies after </think>; `serve --reasoning-parser` sets it)."""
     tensor_parallel_size: int = field(default=1, metadata={"aliases": ("-tp",)})
     """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
     Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async

@@ -133,7 +133,7 @@ class EngineCore:
             token_type_ids=r.token_type_ids,
         )
         if r.sampling_params.structured_outputs is not None:
-            req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs)
+            req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs, r.prompt_token_ids)
             self._grammar_waiting.append((req, r.fork_of))
             return
         self.scheduler.add_request(req, fork_of=r.fork_of)

@@ -33,7 +33,11 @@ logger = logging.getLogger("pagoda.server")
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
     from pagoda.entrypoints.cli import engine_kwargs
 
-    return EngineArgs(**engine_kwargs(args))
+    kw = engine_kwargs(args)
+    if getattr(args, "reasoning_parser", None):  # vLLM: --reasoning-parser is StructuredOutputsConfig.reasoning_parser
+        kw["structured_outputs_config"] = {**(kw.get("structured_outputs_config") or {}),
+                                           "reasoning_parser": args.reasoning_parser}
+    return EngineArgs(**kw)
 
 
 def limits_from(args: argparse.Namespace) -> ServerLimits:
