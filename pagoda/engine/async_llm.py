@@ -30,6 +30,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -178,6 +179,15 @@ async def final_output(stream: Any) -> RequestOutput:
     return last
 
 
+@dataclass
+class _PendingCall:
+    """A call every replica answers: its future, the answers still missing, and whether all so far succeeded."""
+
+    future: asyncio.Future
+    missing: int
+    success: bool = True
+
+
 class AsyncLLM:
     def __init__(
         self,
@@ -207,9 +217,7 @@ class AsyncLLM:
         self._tasks: list[asyncio.Task] = []
         self._enc = encoder()
         self._dec = output_decoder()
-        # Calls answered by every core (reset_prefix_cache): call id -> [future of the answer, answers missing,
-        # all succeeded so far].
-        self._calls: dict[int, list[Any]] = {}
+        self._calls: dict[int, _PendingCall] = {}  # calls every core answers (reset_prefix_cache), by call id
         self._next_call_id = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -405,7 +413,7 @@ class AsyncLLM:
         call_id = self._next_call_id
         self._next_call_id += 1
         fut = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = [fut, self.cores.size, True]
+        self._calls[call_id] = _PendingCall(fut, self.cores.size)
         try:
             for engine in range(self.cores.size):
                 self._send(ResetPrefixCache(call_id), engine)
@@ -416,17 +424,17 @@ class AsyncLLM:
     def _on_call_answer(self, msg: PrefixCacheReset) -> None:
         """One replica answered ``reset_prefix_cache``; the call returns when all have (True if all succeeded)."""
         call = self._calls.get(msg.call_id)
-        if call is None or call[0].done():
+        if call is None or call.future.done():
             return
-        call[1] -= 1
-        call[2] = call[2] and msg.success
-        if call[1] == 0:
-            call[0].set_result(call[2])
+        call.missing -= 1
+        call.success = call.success and msg.success
+        if call.missing == 0:
+            call.future.set_result(call.success)
 
     def _fail_calls(self, exc: BaseException) -> None:
-        for fut, _, _ in self._calls.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(exc)
         self._calls.clear()
 
     def beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams,

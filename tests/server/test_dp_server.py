@@ -1,7 +1,8 @@
 """`pagoda serve --data-parallel-size 2` on the CPU: two engine-core replicas behind one server.
 
 * concurrent requests through the OpenAI client give DP=1's greedy tokens (top-5 rule) and both
-  replicas serve some of them (the per-replica ``engine`` label of the metrics);
+  replicas serve some of them (the per-replica ``engine`` label of the metrics); a prefix-cache reset
+  reaches both;
 * a request that leaves early is aborted on the replica that runs it (its blocks freed there, the
   other replica untouched);
 * a replica whose process dies is the engine's death: the request in flight ends with an error
@@ -82,6 +83,8 @@ def test_dp2_serves_concurrent_requests_like_dp1_on_both_replicas(dp_server, ser
     text = srv.get("/metrics").text
     assert 'pagoda:num_requests_running{engine="1",model_name="tiny"}' in text
     assert 'engine="2"' not in text
+    r = srv.post("/reset_prefix_cache", {})  # answered by both replicas
+    assert r.status_code == 200 and r.json() == {"success": True}
 
 
 def _running(srv: RemoteServer, engine: str) -> float:
