@@ -68,7 +68,8 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
-    "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend"),
+    "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend", "data_parallel_size",
+                       "data_parallel_size_local"),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -188,6 +189,13 @@ class EngineArgs:
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
     """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
     not supported yet."""
+    data_parallel_size: int = field(default=1, metadata={"aliases": ("-dp",)})
+    """Engine replicas behind one API server (`pagoda serve`), each in its own process with its own KV cache (and,
+    with --tensor-parallel-size, its own ranks: DP x TP devices in all; on CUDA each replica sees its own devices
+    through CUDA_VISIBLE_DEVICES). A new request goes to the least-loaded replica. All replicas run on this machine;
+    the offline LLM runs one."""
+    data_parallel_size_local: int | None = field(default=None, metadata={"aliases": ("-dpl",)})
+    """Replicas on this machine; must equal --data-parallel-size (multi-node data parallelism is not supported)."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -218,6 +226,13 @@ class EngineArgs:
                              f"got {self.tensor_parallel_size}.")
         if self.distributed_executor_backend == "ray":
             raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default).")
+        if self.data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size (--data-parallel-size) must be at least 1, "
+                             f"got {self.data_parallel_size}.")
+        if self.data_parallel_size_local not in (None, self.data_parallel_size):
+            raise ValueError(f"--data-parallel-size-local {self.data_parallel_size_local}: every replica runs on this "
+                             f"machine (multi-node data parallelism is not supported), so it must equal "
+                             f"--data-parallel-size ({self.data_parallel_size}).")
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -266,6 +281,9 @@ class EngineArgs:
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
                               speculative=spec is not None)
+        from pagoda.engine.core_engines import check_data_parallel
+
+        check_data_parallel(self.data_parallel_size, tp, device)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -305,6 +323,7 @@ class EngineArgs:
             pooler=rc.pooler,
             speculative_config=spec,
             tensor_parallel_size=tp,
+            data_parallel_size=self.data_parallel_size,
         )
 
     def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
@@ -385,6 +404,7 @@ class EngineConfig:
     pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
     speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
+    data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
