@@ -77,6 +77,9 @@ class RunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
     # Pooling runner: each finishing request's pooled output (float32, CPU).
     pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    # EAGLE proposers: the step's target hidden states (pagoda.spec_decode.eagle.SpecHidden; device rows that
+    # the next step may overwrite: read before launching it).
+    spec_hidden: Any = None
 
 
 @dataclass
@@ -112,6 +115,7 @@ class ForwardResult:
 
     hidden: torch.Tensor | None
     graph_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    aux: torch.Tensor | None = None  # EAGLE-3: the target's aux hidden states of every row
 
 
 class ModelRunner:
@@ -154,6 +158,9 @@ class ModelRunner:
         # the source of tokens the host does not know yet (async scheduling).
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[str, int] = {}
+        # EAGLE proposers set this (spec_decode/eagle.py): "last" (the final hidden states) or "aux" (EAGLE-3's
+        # aux layers) are handed over with every step's output; the chunk graph, which keeps no rows, is off.
+        self.spec_hidden: str | None = None
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
@@ -315,7 +322,7 @@ class ModelRunner:
             fwd = self._forward_tp(inputs, rows, sched.block_copies)
         if self.pooler is not None:
             return self._pool(inputs, fwd)
-        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
+        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd), spec_hidden=self._spec_rows(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None and not inputs.samples_one_row_each:
@@ -330,6 +337,18 @@ class ModelRunner:
         else:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
+
+    def _spec_rows(self, inputs: StepInputs, fwd: ForwardResult) -> Any:
+        """The step's target hidden states for an EAGLE proposer (None when none is configured)."""
+        if self.spec_hidden is None:
+            return None
+        from pagoda.spec_decode.eagle import SpecHidden
+
+        rows = fwd.aux if self.spec_hidden == "aux" else fwd.hidden
+        if rows is None:
+            raise RuntimeError(f"the forward path kept no {self.spec_hidden} hidden states for the EAGLE proposer")
+        qsl = inputs.query_start_loc
+        return SpecHidden(rows, inputs.req_ids, qsl, [inputs.positions[q] for q in qsl[:-1]])
 
     def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
                     block_copies: list[tuple[int, int]]) -> ForwardResult:
@@ -414,7 +433,7 @@ class ModelRunner:
         if self.graphs is not None and inputs.is_decode_only and self.graphs.can_run(inputs.num_reqs, max_nb):
             return "decode_graph"
         if (
-            self.chunk_graphs is not None and inputs.num_reqs == 1 and not inputs.prompt_logprob_jobs
+            self.chunk_graphs is not None and self.spec_hidden is None and inputs.num_reqs == 1 and not inputs.prompt_logprob_jobs
             and inputs.samples_one_row_each and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
         ):
             return "chunk_graph"
@@ -430,14 +449,15 @@ class ModelRunner:
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
                 idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
                 logits, greedy = logits[idx], greedy[idx]
-            return ForwardResult(hidden, (logits, greedy))
+            return ForwardResult(hidden, (logits, greedy), self.graphs.last_aux(inputs.num_reqs))
         if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
             assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
-        return ForwardResult(self._forward_eager(inputs, rows, fill))
+        hidden = self._forward_eager(inputs, rows, fill)
+        return ForwardResult(hidden, aux=self.model.aux_hidden if self.spec_hidden == "aux" else None)
 
     def _forward_eager(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> torch.Tensor:
         dev = self.device
