@@ -1,10 +1,11 @@
 """EAGLE and EAGLE-3 draft heads for a Llama-family target, in the published checkpoint layouts.
 
 EAGLE-1/2 (``method: eagle``; e.g. yuhuili/EAGLE-LLaMA3-Instruct-8B): ``fc`` (2h -> h, with a bias when
-the checkpoint has ``fc.bias``, as the EAGLE repository trains it by default) over ``cat(embed(token), hidden)``; ``num_hidden_layers`` Llama decoder
-layers ``layers.<i>.*`` of which layer 0 has no ``input_layernorm``; no final norm. The embedding and the
-LM head are the target's (a checkpoint copy of ``embed_tokens.weight`` is shape-checked and unused). The
-hidden input is the target's last-layer output after its final norm.
+the checkpoint has ``fc.bias``, as the EAGLE repository trains it by default) over
+``cat(embed(token), hidden)``; ``num_hidden_layers`` Llama decoder layers ``layers.<i>.*`` of which
+layer 0 has no ``input_layernorm``; no final norm. The embedding and the LM head are the target's (a
+checkpoint copy of ``embed_tokens.weight`` is shape-checked and unused). The hidden input is the
+target's last-layer output after its final norm.
 
 EAGLE-3 (``method: eagle3``; e.g. yuhuili/EAGLE3-LLaMA3.1-Instruct-8B): ``fc`` (3 h_t -> h) over the
 target's residual stream entering three layers (:func:`eagle3_aux_layers`); one decoder layer
@@ -188,12 +189,13 @@ class EagleHead(nn.Module):
         emb = self.embed(ids).to(dt)
         if self.method == "eagle":
             h = self.fc(torch.cat([emb, hidden.to(dt)], dim=-1)).float()
+            layer: Any
             for i, (layer, kv) in enumerate(zip(self.layers, kv_caches, strict=True)):
                 x = h.to(dt) if i == 0 else layer.input_layernorm(h)
                 h = h + layer.self_attn(cos_sin, positions, x, kv, meta, backend)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             return h, h
-        m = self.midlayer
+        m: Any = self.midlayer
         hn = m.hidden_norm(hidden)
         residual = hn.float() if self.norm_before_residual else hidden.float()
         x = torch.cat([m.input_layernorm(emb), hn], dim=-1)

@@ -1,0 +1,150 @@
+"""CUDA graphs for speculative verify steps: ``b`` requests of ``q = k + 1`` query tokens each
+(the last known token and ``k`` proposals), one graph per batch size, static buffers, padded replay.
+
+Why: a verify step run eagerly is bound by its host launches (RESULTS.md, H200, 8B shape: 13.85 ms
+at batch 1 against a 4.73 ms decode-graph step), which cancels what speculation saves.
+
+How: the design of :mod:`pagoda.worker.cuda_graphs`, with ``q`` rows per request. Every request
+has exactly ``q`` rows, so ``query_start_loc = q * arange(b + 1)`` is a constant; a request's
+context length lives on the device (``seq_lens``) and the attention kernels bound their work by
+it. Padding requests have ``q`` rows with ``slot = -1`` (nothing written), position 0,
+``seq_len = q`` and an all-null block table (they read block 0). Host-side values the attention
+backend reads are fixed at capture: ``max_query_len = q``, ``max_seq_len = max_model_len`` (so a
+KV-split choice is the same at every replay), ``is_decode_only = False``. The graph computes the
+logits of every row (each row of a verify is sampled) and their argmax. A step whose requests do
+not all verify exactly ``k`` proposals (a draft cut short, a request without one, a prompt chunk
+in the batch) runs eagerly. ``replays`` counts replays (tests check that verify steps use a graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from pagoda.attention.metadata import AttentionMetadata
+from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
+
+logger = logging.getLogger("pagoda")
+
+MAX_VERIFY_BATCH = 64  # larger verify batches run eagerly (their logits buffer grows as b * q * vocab)
+
+
+def verify_capture_sizes(decode_sizes: list[int]) -> list[int]:
+    return [s for s in decode_sizes if s <= MAX_VERIFY_BATCH]
+
+
+class VerifyGraphs:
+    def __init__(self, model, backend, kv_caches, block_size: int, max_model_len: int, sizes: list[int],
+                 num_query: int, device: torch.device) -> None:
+        self.model = model
+        self.backend = backend
+        self.kv_caches = kv_caches
+        self.sizes = sorted(sizes)
+        self.q = num_query
+        self.max_bs = self.sizes[-1]
+        self.max_blocks = -(-max_model_len // block_size)
+        self.max_model_len = max_model_len
+        n, mb = self.max_bs * self.q, self.max_blocks
+        self.n = n
+        # int64: ids | positions | slots (n rows each); int32: seq_lens (max_bs) | block tables.
+        self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
+        self._i32 = torch.zeros(self.max_bs + self.max_bs * mb, dtype=torch.int32, device=device)
+        self._staging = PinnedStaging(3 * n, self.max_bs + self.max_bs * mb)
+        self.input_ids = self._i64[:n]
+        self.positions = self._i64[n : 2 * n]
+        self.slot_mapping = self._i64[2 * n :]
+        self.seq_lens = self._i32[: self.max_bs]
+        self.block_tables = self._i32[self.max_bs :].view(self.max_bs, mb)
+        self.slot_mapping.fill_(-1)
+        self.seq_lens.fill_(self.q)
+        self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device) * self.q
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.greedy: dict[int, torch.Tensor] = {}
+        self.aux: dict[int, torch.Tensor] = {}
+        self.last_size = 0
+        self.replays = 0
+        self.capture_seconds = 0.0
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            query_start_loc=self.query_start_loc[: b + 1],
+            seq_lens=self.seq_lens[:b],
+            block_tables=self.block_tables[:b],
+            slot_mapping=self.slot_mapping[: b * self.q],
+            max_query_len=self.q,
+            max_seq_len=self.max_model_len,
+            query_lens_cpu=[self.q] * b,
+            seq_lens_cpu=[self.max_model_len] * b,
+            is_decode_only=False,
+            split_kv_len=self.max_model_len,
+        )
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        t0 = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        for b in reversed(self.sizes):
+            t = b * self.q
+            args = (self.input_ids[:t], self.positions[:t], self.kv_caches, self._meta(b), self.backend)
+            for _ in range(2):  # warm-up: triton compiles, allocator settles
+                self.model(*args)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                out = self.model(*args)
+                if getattr(self.model, "aux_hidden_layers", ()):
+                    self.aux[b] = self.model.aux_hidden
+                logits = self.model.compute_logits_raw(out)
+                self.greedy[b] = logits.argmax(dim=-1)
+                self.logits[b] = logits
+            self.graphs[b] = g
+            self.outputs[b] = out
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - t0
+        logger.info("Captured CUDA graphs for verify steps of %d tokens per request, %d batch sizes (1..%d) in %.1f s",
+                    self.q, len(self.sizes), self.max_bs, self.capture_seconds)
+
+    def can_run(self, query_lens: list[int], num_sample_rows: list[int], max_blocks: int) -> bool:
+        """Every request verifies exactly ``q - 1`` proposals (``q`` rows, all sampled), within the sizes."""
+        q = self.q
+        return (0 < len(query_lens) <= self.max_bs and max_blocks <= self.max_blocks
+                and len(num_sample_rows) == len(query_lens)
+                and all(n == q for n in query_lens) and all(n == q for n in num_sample_rows))
+
+    @torch.inference_mode()
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
+            block_rows, fill=None) -> torch.Tensor:
+        """Replay for a verify batch given as host lists (``q`` rows per request, request-major);
+        ``block_rows``: int32 array ``[b, max_blocks]``; ``fill`` as in :meth:`DecodeGraphs.run`."""
+        b = len(seq_lens)
+        size = next(s for s in self.sizes if s >= b)
+        n, mb, q = self.n, self.max_blocks, self.q
+        t64, t32 = self._staging.next()
+        h64, h32 = t64.numpy(), t32.numpy()
+        stage_tokens(h64, n, b * q, size * q, input_ids, positions, slots)
+        nb = self.max_bs
+        h32[:b] = seq_lens
+        h32[b:size] = q
+        bt = h32[nb : nb + size * mb].reshape(size, mb)
+        bt[:b] = block_rows
+        bt[b:] = 0
+        self._i64.copy_(t64, non_blocking=True)
+        self._i32[: nb + size * mb].copy_(t32[: nb + size * mb], non_blocking=True)
+        if fill is not None:
+            fill(self.input_ids)
+        self.graphs[size].replay()
+        self.last_size = size
+        self.replays += 1
+        return self.outputs[size][: b * q]
+
+    def last_logits(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits in the model dtype [rows, V], their argmax [rows]) of the last replay."""
+        return self.logits[self.last_size][:rows], self.greedy[self.last_size][:rows]
+
+    def last_aux(self, rows: int) -> torch.Tensor | None:
+        aux = self.aux.get(self.last_size)
+        return aux[:rows] if aux is not None else None
