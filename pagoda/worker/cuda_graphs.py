@@ -25,9 +25,9 @@ class PinnedStaging:
     in two sets used in turn: a step can be staged while the previous step's async copies may
     still be pending (async scheduling keeps one step in flight, and waits for the one before)."""
 
-    def __init__(self, n64: int, n32: int) -> None:
-        self._sets = [(torch.zeros(n64, dtype=torch.int64, pin_memory=True),
-                       torch.zeros(n32, dtype=torch.int32, pin_memory=True)) for _ in range(2)]
+    def __init__(self, n64: int, n32: int, pin: bool = True) -> None:
+        self._sets = [(torch.zeros(n64, dtype=torch.int64, pin_memory=pin),
+                       torch.zeros(n32, dtype=torch.int32, pin_memory=pin)) for _ in range(2)]
         self._turn = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

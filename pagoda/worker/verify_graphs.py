@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -37,7 +38,9 @@ def verify_capture_sizes(decode_sizes: list[int]) -> list[int]:
 
 class VerifyGraphs:
     def __init__(self, model, backend, kv_caches, block_size: int, max_model_len: int, sizes: list[int],
-                 num_query: int, device: torch.device) -> None:
+                 num_query: int, device: torch.device, use_graphs: bool = True) -> None:
+        """``use_graphs=False`` (CPU tests): "replay" reruns the forward on the static buffers."""
+        self.use_graphs = use_graphs
         self.model = model
         self.backend = backend
         self.kv_caches = kv_caches
@@ -51,7 +54,7 @@ class VerifyGraphs:
         # int64: ids | positions | slots (n rows each); int32: seq_lens (max_bs) | block tables.
         self._i64 = torch.zeros(3 * n, dtype=torch.int64, device=device)
         self._i32 = torch.zeros(self.max_bs + self.max_bs * mb, dtype=torch.int32, device=device)
-        self._staging = PinnedStaging(3 * n, self.max_bs + self.max_bs * mb)
+        self._staging = PinnedStaging(3 * n, self.max_bs + self.max_bs * mb, pin=use_graphs)
         self.input_ids = self._i64[:n]
         self.positions = self._i64[n : 2 * n]
         self.slot_mapping = self._i64[2 * n :]
@@ -60,7 +63,7 @@ class VerifyGraphs:
         self.slot_mapping.fill_(-1)
         self.seq_lens.fill_(self.q)
         self.query_start_loc = torch.arange(self.max_bs + 1, dtype=torch.int32, device=device) * self.q
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, Any] = {}  # torch.cuda.CUDAGraph, or _EagerReplay without graphs
         self.outputs: dict[int, torch.Tensor] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy: dict[int, torch.Tensor] = {}
@@ -83,27 +86,32 @@ class VerifyGraphs:
             split_kv_len=self.max_model_len,
         )
 
+    def _forward(self, b: int) -> None:
+        """The step on the static buffers for ``b`` requests; its outputs (under capture: the graph's) kept."""
+        t = b * self.q
+        out = self.model(self.input_ids[:t], self.positions[:t], self.kv_caches, self._meta(b), self.backend)
+        if getattr(self.model, "aux_hidden_layers", ()):
+            self.aux[b] = self.model.aux_hidden
+        logits = self.model.compute_logits_raw(out)
+        self.outputs[b], self.logits[b], self.greedy[b] = out, logits, logits.argmax(dim=-1)
+
     @torch.inference_mode()
     def capture(self) -> None:
         t0 = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
+        pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         for b in reversed(self.sizes):
-            t = b * self.q
-            args = (self.input_ids[:t], self.positions[:t], self.kv_caches, self._meta(b), self.backend)
+            if not self.use_graphs:
+                self.graphs[b] = _EagerReplay(self, b)
+                continue
             for _ in range(2):  # warm-up: triton compiles, allocator settles
-                self.model(*args)
+                self._forward(b)
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
-                out = self.model(*args)
-                if getattr(self.model, "aux_hidden_layers", ()):
-                    self.aux[b] = self.model.aux_hidden
-                logits = self.model.compute_logits_raw(out)
-                self.greedy[b] = logits.argmax(dim=-1)
-                self.logits[b] = logits
+                self._forward(b)
             self.graphs[b] = g
-            self.outputs[b] = out
-        torch.cuda.synchronize()
+        if self.use_graphs:
+            torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
         logger.info("Captured CUDA graphs for verify steps of %d tokens per request, %d batch sizes (1..%d) in %.1f s",
                     self.q, len(self.sizes), self.max_bs, self.capture_seconds)
@@ -148,3 +156,13 @@ class VerifyGraphs:
     def last_aux(self, rows: int) -> torch.Tensor | None:
         aux = self.aux.get(self.last_size)
         return aux[:rows] if aux is not None else None
+
+
+class _EagerReplay:
+    """Stands in for a CUDA graph where there is none (CPU tests of the padding and buffer layout)."""
+
+    def __init__(self, graphs: VerifyGraphs, b: int) -> None:
+        self.graphs, self.b = graphs, b
+
+    def replay(self) -> None:
+        self.graphs._forward(self.b)
