@@ -10,7 +10,7 @@ proposal, the head's own output hidden state)`` at the next position. Only entri
 states count as computed; the fed-back ones are rewritten next round.
 
 KV cache. The head's K/V lives in its own small paged cache (one layer per head layer, the target's
-block size, model dtype), with a per-request block list from a free list: it never takes blocks from
+block size, model dtype; at most 512 MiB), with a per-request block list from a free list: it never takes blocks from
 the target's cache or its prefix-cache accounting, and the target's CUDA graphs are unchanged. A
 request's entries start at ``offset``, the first position whose target state arrived: after a
 prefix-cache hit the head sees the uncached suffix only (positions keep their rotary angle), which can
@@ -33,7 +33,9 @@ from pagoda.spec_decode.eagle_head import EagleHead, build_head, eagle3_aux_laye
 
 logger = logging.getLogger("pagoda")
 
-_DRAFT_KV_BYTES_CUDA = 512 << 20  # the target sized its cache first; the head's cache takes a fixed budget
+# The target sized its cache first; the head's cache takes at most this (or what full concurrency at
+# max_model_len needs, if less).
+_DRAFT_KV_BYTES = 512 << 20
 
 
 @dataclass
@@ -102,9 +104,7 @@ class EagleProposer:
     def _num_blocks(self, cfg: Any, kv_width: int) -> int:
         per_block = 2 * kv_width * self.block_size * torch.tensor([], dtype=cfg.dtype).element_size()
         full = cfg.max_num_seqs * (-(-(cfg.max_model_len + self.k) // self.block_size)) + 1
-        if cfg.device.type == "cuda":
-            return max(2, min(full, _DRAFT_KV_BYTES_CUDA // per_block))
-        return int(full)
+        return int(max(2, min(full, _DRAFT_KV_BYTES // per_block)))
 
     # ------------------------------------------------------------ state
     def retain(self, request_ids: set[str]) -> None:
