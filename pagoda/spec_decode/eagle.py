@@ -150,9 +150,10 @@ class EagleProposer:
         o, h = self._run([e for _, e, _, _ in live], ids, pos, counts, self.head.combine(rows))
         ends = torch.tensor(counts, device=self.device).cumsum(0) - 1
         toks = self.head.greedy(o[ends]).tolist()
+        h_last = h[ends]  # a copy: the step's rows are not kept alive
         for j, (_, e, _, n) in enumerate(live):
             e.done += n
-            e.first, e.h_last = toks[j], h[ends[j]]
+            e.first, e.h_last = toks[j], h_last[j]
 
     def _grow(self, e: _Entries, num_entries: int) -> bool:
         need = -(-num_entries // self.block_size) - len(e.blocks)
