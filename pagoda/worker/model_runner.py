@@ -443,8 +443,8 @@ class ModelRunner:
         """``"decode_graph"``, ``"verify_graph"``, ``"chunk_graph"`` or ``"eager"``.
 
         Graphs need the block-table cache (``rows``). The decode graph takes a decode-only
-        batch up to its largest size; the verify graph a batch in which every request verifies
-        exactly k proposals and nothing else runs (no prompt logprobs); the chunk graph one request's
+        batch up to its largest size; the verify graph a batch of verifies (up to k proposals each;
+        no prompt chunk, no prompt logprobs, no token still being sampled); the chunk graph one request's
         chunk up to its largest bucket, sampling its last row only, with no prompt logprobs (it
         computes no other logits), and not for an EAGLE proposer (it keeps no hidden rows).
         """
@@ -454,8 +454,8 @@ class ModelRunner:
         if self.graphs is not None and inputs.is_decode_only and self.graphs.can_run(inputs.num_reqs, max_nb):
             return "decode_graph"
         vg = self.verify_graphs
-        if vg is not None and not inputs.prompt_logprob_jobs and vg.can_run(inputs.query_lens, inputs.num_sample_rows,
-                                                                             max_nb):
+        if (vg is not None and not inputs.prompt_logprob_jobs and not inputs.fills and max_nb <= vg.max_blocks
+                and vg.can_run(inputs.query_lens, inputs.num_sample_rows, inputs.seq_lens)):
             return "verify_graph"
         if (
             self.chunk_graphs is not None and self.spec_hidden is None and inputs.num_reqs == 1
@@ -479,10 +479,9 @@ class ModelRunner:
         if path == "verify_graph":
             # Every row of a verify is sampled, in order: the graph's logits rows are the step's logits rows.
             assert self.verify_graphs is not None and self.bt_cache is not None and rows is not None
-            hidden = self.verify_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
-                                            self.bt_cache.table.numpy()[rows], fill)
-            t = len(inputs.input_ids)
-            return ForwardResult(hidden, self.verify_graphs.last_logits(t), self.verify_graphs.last_aux(t))
+            hidden = self.verify_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_lens,
+                                            inputs.seq_lens, self.bt_cache.table.numpy()[rows])
+            return ForwardResult(hidden, self.verify_graphs.last_logits(), self.verify_graphs.last_aux())
         if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
             assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None

@@ -11,9 +11,10 @@ it. Padding requests have ``q`` rows with ``slot = -1`` (nothing written), posit
 ``seq_len = q`` and an all-null block table (they read block 0). Host-side values the attention
 backend reads are fixed at capture: ``max_query_len = q``, ``max_seq_len = max_model_len`` (so a
 KV-split choice is the same at every replay), ``is_decode_only = False``. The graph computes the
-logits of every row (each row of a verify is sampled) and their argmax. A step whose requests do
-not all verify exactly ``k`` proposals (a draft cut short, a request without one, a prompt chunk
-in the batch) runs eagerly. ``replays`` counts replays (tests check that verify steps use a graph).
+logits of every row (each row of a verify is sampled) and their argmax. A request with fewer
+proposals (a draft cut short, none at all) is padded to ``q`` rows (:meth:`VerifyGraphs.run`); a
+step with a prompt chunk, prompt logprobs or a token still being sampled runs eagerly. ``replays``
+counts replays (tests check that verify steps use a graph).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class VerifyGraphs:
         self.sizes = sorted(sizes)
         self.q = num_query
         self.max_bs = self.sizes[-1]
+        self.block_size = block_size
         self.max_blocks = -(-max_model_len // block_size)
         self.max_model_len = max_model_len
         n, mb = self.max_bs * self.q, self.max_blocks
@@ -69,6 +71,8 @@ class VerifyGraphs:
         self.greedy: dict[int, torch.Tensor] = {}
         self.aux: dict[int, torch.Tensor] = {}
         self.last_size = 0
+        self.last_rows = 0
+        self._real: torch.Tensor | None = None  # the last replay's real rows (None: all b * q)
         self.replays = 0
         self.capture_seconds = 0.0
 
@@ -116,21 +120,30 @@ class VerifyGraphs:
         logger.info("Captured CUDA graphs for verify steps of %d tokens per request, %d batch sizes (1..%d) in %.1f s",
                     self.q, len(self.sizes), self.max_bs, self.capture_seconds)
 
-    def can_run(self, query_lens: list[int], num_sample_rows: list[int], max_blocks: int) -> bool:
-        """Every request verifies exactly ``q - 1`` proposals (``q`` rows, all sampled), within the sizes."""
-        q = self.q
-        return (0 < len(query_lens) <= self.max_bs and max_blocks <= self.max_blocks
-                and len(num_sample_rows) == len(query_lens)
-                and all(n == q for n in query_lens) and all(n == q for n in num_sample_rows))
+    def can_run(self, query_lens: list[int], num_sample_rows: list[int], seq_lens: list[int]) -> bool:
+        """A pure verify batch within the sizes: every request samples all its rows (its last known token
+        and its proposals: 1 to ``q`` rows) and its rows padded to ``q`` stay within the block table."""
+        q, cap = self.q, self.max_blocks * self.block_size
+        return (0 < len(query_lens) <= self.max_bs and len(num_sample_rows) == len(query_lens)
+                and num_sample_rows == query_lens and all(0 < n <= q for n in query_lens)
+                and all(s - n + q <= cap for s, n in zip(seq_lens, query_lens, strict=True)))
 
     @torch.inference_mode()
-    def run(self, input_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int],
-            block_rows, fill=None) -> torch.Tensor:
-        """Replay for a verify batch given as host lists (``q`` rows per request, request-major);
-        ``block_rows``: int32 array ``[b, max_blocks]``; ``fill`` as in :meth:`DecodeGraphs.run`."""
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], query_lens: list[int],
+            seq_lens: list[int], block_rows) -> torch.Tensor:
+        """Replay for a verify batch given as host lists (request-major rows, ``query_lens[i] <= q`` each);
+        ``block_rows``: int32 array ``[b, max_blocks]``. A request with fewer than ``q`` rows is padded to
+        ``q`` (token 0, position 0, slot -1) and its length to ``seq_len - rows + q``: its real rows keep
+        their causal context, the padding rows read but never write. Returns the real rows' hidden states."""
         b = len(seq_lens)
         size = next(s for s in self.sizes if s >= b)
         n, mb, q = self.n, self.max_blocks, self.q
+        if all(k == q for k in query_lens):
+            self._real = None
+        else:  # pad each request to q rows
+            input_ids, positions, slots, seq_lens, real = _pad_rows(input_ids, positions, slots, query_lens,
+                                                                    seq_lens, q)
+            self._real = torch.tensor(real, device=self.input_ids.device)
         t64, t32 = self._staging.next()
         h64, h32 = t64.numpy(), t32.numpy()
         stage_tokens(h64, n, b * q, size * q, input_ids, positions, slots)
@@ -142,20 +155,40 @@ class VerifyGraphs:
         bt[b:] = 0
         self._i64.copy_(t64, non_blocking=True)
         self._i32[: nb + size * mb].copy_(t32[: nb + size * mb], non_blocking=True)
-        if fill is not None:
-            fill(self.input_ids)
         self.graphs[size].replay()
         self.last_size = size
+        self.last_rows = b * q
         self.replays += 1
-        return self.outputs[size][: b * q]
+        return self._rows(self.outputs[size])
 
-    def last_logits(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits in the model dtype [rows, V], their argmax [rows]) of the last replay."""
-        return self.logits[self.last_size][:rows], self.greedy[self.last_size][:rows]
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The last replay's real rows of a per-row output."""
+        return t[: self.last_rows] if self._real is None else t.index_select(0, self._real)
 
-    def last_aux(self, rows: int) -> torch.Tensor | None:
+    def last_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits in the model dtype [rows, V], their argmax [rows]) of the last replay's real rows."""
+        return self._rows(self.logits[self.last_size]), self._rows(self.greedy[self.last_size])
+
+    def last_aux(self) -> torch.Tensor | None:
         aux = self.aux.get(self.last_size)
-        return aux[:rows] if aux is not None else None
+        return self._rows(aux) if aux is not None else None
+
+
+def _pad_rows(ids: list[int], pos: list[int], slots: list[int], query_lens: list[int], seq_lens: list[int],
+              q: int) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """Each request's rows padded to ``q``; returns the padded lists, padded lengths and the real rows' indices."""
+    pids: list[int] = []
+    ppos: list[int] = []
+    pslots: list[int] = []
+    real: list[int] = []
+    at = 0
+    for i, k in enumerate(query_lens):
+        pids += ids[at : at + k] + [0] * (q - k)
+        ppos += pos[at : at + k] + [0] * (q - k)
+        pslots += slots[at : at + k] + [-1] * (q - k)
+        real.extend(range(i * q, i * q + k))
+        at += k
+    return pids, ppos, pslots, [s - k + q for s, k in zip(seq_lens, query_lens, strict=True)], real
 
 
 class _EagerReplay:
