@@ -6,6 +6,8 @@
 * The proposer's drafts equal a plain-torch forward of the head (full causal attention, recomputed each
   draft step) on the target hidden states HF transformers gives, fed in two chunks.
 * EAGLE-3 reads the aux layers vLLM picks (2, L // 2, L - 3) of an 8-layer tiny Llama.
+* A head that copies the target's hidden state proposes what the synthetic proposer does: the same
+  acceptance counters, some tokens accepted.
 * Greedy outputs and logprobs identical with and without the head under chunked prefill, preemption,
   async scheduling and prefix-cache hits; n > 1 runs; the spec_decode counters move; entries freed.
 * Bad checkpoints are start-up errors naming the field or tensor.
@@ -220,6 +222,33 @@ def test_greedy_identical_with_eagle(tiny, method, kwargs):
         assert all(len(o.outputs) == 3 and all(len(c.token_ids) == 20 for c in o.outputs) for o in outs)
         assert_engine_clean(llm)
     llm.shutdown()
+
+
+def _copy_head(cfg, w):
+    """An EAGLE-1 head whose output is the target's hidden state itself (fc = [0 | I], attention and MLP
+    outputs zero): its drafts are the target's greedy token at the last entry, i.e. the newest token, k times."""
+    h = cfg["hidden_size"]
+    w["fc.weight"] = torch.cat([torch.zeros(h, h), torch.eye(h)], 1)
+    w["fc.bias"] = torch.zeros(h)
+    w["layers.0.self_attn.o_proj.weight"].zero_()
+    w["layers.0.mlp.down_proj.weight"].zero_()
+
+
+def test_acceptance_counters_of_a_copying_head(tiny):
+    """The copying head proposes what the synthetic proposer proposes (the newest token k times), so both
+    runs accept exactly the same tokens, and the tiny model's repetitions make some accepted."""
+    from pagoda import LLM
+
+    stats = []
+    for spec in ({"method": "eagle", "model": _write_head(tiny, "head-copy", "eagle", _copy_head),
+                  "num_speculative_tokens": 3}, {"method": "synthetic", "num_speculative_tokens": 3}):
+        llm = LLM(str(tiny.path(TARGET)), dtype="float32", speculative_config=spec)
+        llm.generate(REPEAT, greedy(24), use_tqdm=False)
+        st = llm.llm_engine.core.scheduler.spec_stats
+        stats.append((st.num_drafts, st.num_draft_tokens, st.num_accepted_tokens, list(st.accepted_per_pos)))
+        llm.shutdown()
+    assert stats[0] == stats[1]
+    assert stats[0][2] > 0
 
 
 # --------------------------------------------------------------- bad input
