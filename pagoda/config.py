@@ -172,8 +172,9 @@ class EngineArgs:
     speculative_config: dict[str, Any] | None = None
     """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model", "model": path,
-    "num_speculative_tokens": k} (a smaller model with the same vocabulary). Outputs are unchanged (greedy:
-    identical; sampled: the same distribution). Default: off."""
+    "num_speculative_tokens": k} (a smaller model with the same vocabulary), or {"method": "eagle" | "eagle3",
+    "model": path, "num_speculative_tokens": k} (an EAGLE / EAGLE-3 head for a Llama-family target). Outputs are
+    unchanged (greedy: identical; sampled: the same distribution). Default: off."""
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback

@@ -52,6 +52,7 @@ def build_tokenizer(folder: Path):
 
 ARCH_CONFIGS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama8": ("LlamaConfig", "LlamaForCausalLM", {"num_hidden_layers": 8}),  # EAGLE-3's default aux layers: 2, 4, 5
     "llama31": ("LlamaConfig", "LlamaForCausalLM", {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),

@@ -66,6 +66,10 @@ class EngineCore:
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block(),
                      self.runner.kv_dtype)
+        self.spec: SpecDecoder | None = None
+        if cfg.speculative_config is not None:  # before graph capture: an EAGLE-3 head sets the target's aux layers
+            self.spec = make_spec_decoder(cfg.speculative_config, cfg, self.runner)
+            check_draft_vocab(self.spec, self.runner.model.shape.vocab_size)
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
         host_tier = None
         if cfg.kv_offloading_size > 0:
@@ -102,10 +106,6 @@ class EngineCore:
         # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
         self._grammar_waiting: list[tuple[Request, str | None]] = []
         self.pooler = cfg.pooler
-        self.spec: SpecDecoder | None = None
-        if cfg.speculative_config is not None:
-            self.spec = make_spec_decoder(cfg.speculative_config, cfg)
-            check_draft_vocab(self.spec, self.vocab_size)
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
@@ -285,7 +285,7 @@ class EngineCore:
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
         grammar_errors = self._advance_grammars(sched, res.sampled, gone)
         if self.spec is not None:
-            self.spec.propose(self.scheduler.running)
+            self.spec.propose(self.scheduler.running, res.spec_hidden)
         outs = []
         prompt_tokens = 0
         generated = 0

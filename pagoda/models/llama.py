@@ -290,6 +290,10 @@ class LlamaForCausalLM(nn.Module):
     stacked_params = {shard: (fused, i) for fused, shards in packed_modules_mapping.items()
                       for i, shard in enumerate(shards)}
     tp: TPGroup | None = None  # tensor parallelism (set in __init__; subclasses that build their own layers: None)
+    # EAGLE-3 (spec_decode/eagle_head.py): distinct layers whose input residual streams each forward concatenates,
+    # in layer order, into ``aux_hidden`` [T, len * hidden] (under a CUDA graph: that graph's static output).
+    aux_hidden_layers: tuple[int, ...] = ()
+    aux_hidden: torch.Tensor | None = None
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
@@ -357,8 +361,13 @@ class LlamaForCausalLM(nn.Module):
             h = h.float()  # the float32 residual stream (module docstring); norms return the model dtype
         cos_sin = None if self.fused and not self.rope.partial else self.rope.cos_sin(positions)
         residual = None
-        for layer, kv in zip(self.layers, kv_caches, strict=True):
+        aux: list[torch.Tensor] = []  # in layer order, as vLLM concatenates them
+        for i, (layer, kv) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            if i in self.aux_hidden_layers:  # EAGLE-3: the residual stream entering layer i
+                aux.append(h if residual is None else h + residual)
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
+        if aux:
+            self.aux_hidden = torch.cat(aux, dim=-1)
         if residual is None:
             return self.norm(h)
         from pagoda.layers.fused_kernels import fused_add_rms_norm

@@ -6,8 +6,8 @@ small parts:
 1. **prepare inputs** (:func:`pagoda.worker.input_batch.prepare_inputs`): flattened ids,
    positions, slots, per-request lengths and block tables, the logits rows to sample, the
    prompt-logprob jobs and the placeholder fills (pure host work, no request is changed);
-2. **forward** on one of three paths, picked by :meth:`ModelRunner._forward_path`: a decode
-   CUDA graph, a single-request prefill-chunk graph, or eager;
+2. **forward** on one of four paths, picked by :meth:`ModelRunner._forward_path`: a decode
+   CUDA graph, a speculative-verify graph, a single-request prefill-chunk graph, or eager;
 3. **sample** the logits rows (and compute prompt logprobs).
 
 ``execute_async`` launches a step and returns without waiting for the device; its
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
+    from pagoda.worker.verify_graphs import VerifyGraphs
 
 logger = logging.getLogger("pagoda")
 
@@ -77,6 +78,9 @@ class RunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
     # Pooling runner: each finishing request's pooled output (float32, CPU).
     pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    # EAGLE proposers: the step's target hidden states (pagoda.spec_decode.eagle.SpecHidden; device rows that
+    # the next step may overwrite: read before launching it).
+    spec_hidden: Any = None
 
 
 @dataclass
@@ -112,6 +116,7 @@ class ForwardResult:
 
     hidden: torch.Tensor | None
     graph_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    aux: torch.Tensor | None = None  # EAGLE-3: the target's aux hidden states of every row
 
 
 class ModelRunner:
@@ -149,17 +154,22 @@ class ModelRunner:
         self.num_blocks = 0
         self.graphs: DecodeGraphs | None = None
         self.chunk_graphs: ChunkGraphs | None = None
+        self.verify_graphs: VerifyGraphs | None = None
         self.bt_cache: BlockTableCache | None = None
         # The last launched step's sampled tokens (device) and each request's row in them:
         # the source of tokens the host does not know yet (async scheduling).
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[str, int] = {}
+        # EAGLE proposers set this (spec_decode/eagle.py): "last" (the final hidden states) or "aux" (EAGLE-3's
+        # aux layers) are handed over with every step's output; the chunk graph, which keeps no rows, is off.
+        self.spec_hidden: str | None = None
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
         Idempotent; the runner cannot run steps afterwards."""
         self.graphs = None
         self.chunk_graphs = None
+        self.verify_graphs = None
         self.kv_caches = []
         self.host_caches = []
         self.bt_cache = None
@@ -270,15 +280,31 @@ class ModelRunner:
             default_capture_sizes(self.cfg.max_num_seqs), self.device,
         )
         self.graphs.capture()
+        seconds = self.graphs.capture_seconds + self._capture_verify_graphs()
         if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
-            return self.graphs.capture_seconds
+            return seconds
         from pagoda.worker.chunk_graphs import ChunkGraphs
 
         self.chunk_graphs = ChunkGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len, self.device,
         )
         self.chunk_graphs.capture()
-        return self.graphs.capture_seconds + self.chunk_graphs.capture_seconds
+        return seconds + self.chunk_graphs.capture_seconds
+
+    def _capture_verify_graphs(self) -> float:
+        """Speculative decoding: graphs for verify steps of k + 1 tokens per request (worker/verify_graphs.py)."""
+        spec = self.cfg.speculative_config
+        if spec is None or self.graphs is None:
+            return 0.0
+        from pagoda.worker.verify_graphs import VerifyGraphs, verify_capture_sizes
+
+        sizes = verify_capture_sizes(self.graphs.sizes)
+        if not sizes:
+            return 0.0
+        self.verify_graphs = VerifyGraphs(self.model, self.backend, self.kv_caches, self.block_size,
+                                          self.cfg.max_model_len, sizes, spec.num_speculative_tokens + 1, self.device)
+        self.verify_graphs.capture()
+        return self.verify_graphs.capture_seconds
 
     def _apply_kv_transfers(self, sched: SchedulerOutput) -> None:
         """Host-tier stores, fork copies, host-tier loads: in this order, before the forward."""
@@ -315,7 +341,7 @@ class ModelRunner:
             fwd = self._forward_tp(inputs, rows, sched.block_copies)
         if self.pooler is not None:
             return self._pool(inputs, fwd)
-        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
+        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd), spec_hidden=self._spec_rows(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None and not inputs.samples_one_row_each:
@@ -330,6 +356,18 @@ class ModelRunner:
         else:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
+
+    def _spec_rows(self, inputs: StepInputs, fwd: ForwardResult) -> Any:
+        """The step's target hidden states for an EAGLE proposer (None when none is configured)."""
+        if self.spec_hidden is None:
+            return None
+        from pagoda.spec_decode.eagle import SpecHidden
+
+        rows = fwd.aux if self.spec_hidden == "aux" else fwd.hidden
+        if rows is None:
+            raise RuntimeError(f"the forward path kept no {self.spec_hidden} hidden states for the EAGLE proposer")
+        qsl = inputs.query_start_loc
+        return SpecHidden(rows, inputs.req_ids, qsl, [inputs.positions[q] for q in qsl[:-1]])
 
     def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
                     block_copies: list[tuple[int, int]]) -> ForwardResult:
@@ -402,20 +440,27 @@ class ModelRunner:
 
     # ------------------------------------------------------------- forward
     def _forward_path(self, inputs: StepInputs, rows: list[int] | None) -> str:
-        """``"decode_graph"``, ``"chunk_graph"`` or ``"eager"``.
+        """``"decode_graph"``, ``"verify_graph"``, ``"chunk_graph"`` or ``"eager"``.
 
         Graphs need the block-table cache (``rows``). The decode graph takes a decode-only
-        batch up to its largest size; the chunk graph one request's chunk up to its largest
-        bucket, sampling its last row only, with no prompt logprobs (it computes no other logits).
+        batch up to its largest size; the verify graph a batch of verifies (up to k proposals each;
+        no prompt chunk, no prompt logprobs, no token still being sampled); the chunk graph one request's
+        chunk up to its largest bucket, sampling its last row only, with no prompt logprobs (it
+        computes no other logits), and not for an EAGLE proposer (it keeps no hidden rows).
         """
         if rows is None:
             return "eager"
         max_nb = inputs.max_num_blocks(self.block_size)
         if self.graphs is not None and inputs.is_decode_only and self.graphs.can_run(inputs.num_reqs, max_nb):
             return "decode_graph"
+        vg = self.verify_graphs
+        if (vg is not None and not inputs.prompt_logprob_jobs and not inputs.fills and max_nb <= vg.max_blocks
+                and vg.can_run(inputs.query_lens, inputs.num_sample_rows, inputs.seq_lens)):
+            return "verify_graph"
         if (
-            self.chunk_graphs is not None and inputs.num_reqs == 1 and not inputs.prompt_logprob_jobs
-            and inputs.samples_one_row_each and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
+            self.chunk_graphs is not None and self.spec_hidden is None and inputs.num_reqs == 1
+            and not inputs.prompt_logprob_jobs and inputs.samples_one_row_each
+            and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
         ):
             return "chunk_graph"
         return "eager"
@@ -430,14 +475,21 @@ class ModelRunner:
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
                 idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
                 logits, greedy = logits[idx], greedy[idx]
-            return ForwardResult(hidden, (logits, greedy))
+            return ForwardResult(hidden, (logits, greedy), self.graphs.last_aux(inputs.num_reqs))
+        if path == "verify_graph":
+            # Every row of a verify is sampled, in order: the graph's logits rows are the step's logits rows.
+            assert self.verify_graphs is not None and self.bt_cache is not None and rows is not None
+            hidden = self.verify_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_lens,
+                                            inputs.seq_lens, self.bt_cache.table.numpy()[rows])
+            return ForwardResult(hidden, self.verify_graphs.last_logits(), self.verify_graphs.last_aux())
         if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
             assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
-        return ForwardResult(self._forward_eager(inputs, rows, fill))
+        hidden = self._forward_eager(inputs, rows, fill)
+        return ForwardResult(hidden, aux=self.model.aux_hidden if self.spec_hidden == "aux" else None)
 
     def _forward_eager(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> torch.Tensor:
         dev = self.device
@@ -488,8 +540,9 @@ class ModelRunner:
         reqs = inputs.sample_reqs
         if not reqs:
             return None
-        if fwd.graph_logits is not None and all(plain_greedy(r) for r in reqs):
-            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
+        if fwd.graph_logits is not None and inputs.samples_one_row_each and all(plain_greedy(r) for r in reqs):
+            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token); verify rows
+            # go through the rejection sampler below.
             return DeviceSample(fwd.graph_logits[1], [], [])
         if fwd.graph_logits is not None:
             logits = fwd.graph_logits[0].float()
