@@ -99,8 +99,8 @@ def test_rank_that_dies_mid_step_is_reported(tiny, monkeypatch):
         executor = llm.llm_engine.core.runner.executor
         real = MultiprocExecutor.broadcast_step
 
-        def kill_after_send(self, inputs, copies):
-            real(self, inputs, copies)
+        def kill_after_send(self, inputs, copies, *rest):
+            real(self, inputs, copies, *rest)
             self.procs[0].kill()  # the step was sent; rank 0 now meets a dead peer in its first all-reduce
 
         monkeypatch.setattr(MultiprocExecutor, "broadcast_step", kill_after_send)

@@ -336,22 +336,34 @@ class ModelRunner:
         """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
         dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, block_copies)
+        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs))
         try:
             return self._forward(inputs, rows, None)
         except Exception as e:
             self.executor.explain(e)
             raise
 
+    @staticmethod
+    def _logits_calls(inputs: StepInputs) -> list[list[int]]:
+        """The hidden rows of each ``compute_logits`` call this step makes, in order (:meth:`_prompt_logprobs`, then
+        :meth:`_sample` on the eager path, the only one under tensor parallelism): the workers repeat them."""
+        calls = [list(range(job.row, job.row + job.count)) for job in inputs.prompt_logprob_jobs]
+        if inputs.sample_reqs:
+            calls.append(list(inputs.logits_rows))
+        return calls
+
     @torch.inference_mode()
     def execute_forward(self, step: ForwardStep) -> None:
-        """A worker rank's step: rank 0's forward inputs, the same forward; nothing is sampled here."""
+        """A worker rank's step: rank 0's forward inputs, the same forward, and its share of each logits gather
+        rank 0 makes (the vocabulary-parallel LM head); nothing is sampled here."""
         if step.block_copies:
             kv_cache.copy_blocks(self.kv_caches, step.block_copies, self.device)
         inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
                             query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
                             block_tables=step.block_tables)
-        self._forward_eager(inputs, None, None)
+        hidden = self._forward_eager(inputs, None, None)
+        for rows in step.logits_rows:
+            self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
 
     def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""
