@@ -15,10 +15,13 @@ import torch
 from pagoda.quantization.base import QuantizationConfig
 
 TP_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                    "Phi3ForCausalLM")
+                    "Phi3ForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
+                    "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 """Architectures whose layers shard over ranks."""
 
 DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
+
+_SPLIT_SIZES = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
 def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl: str, quantized: bool,
@@ -57,19 +60,20 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
 
     heads = int(hf_config["num_attention_heads"])
     attention_heads(heads, int(hf_config.get("num_key_value_heads") or heads), TPGroup(0, tp))
-    inter = int(hf_config["intermediate_size"])
-    if inter % tp:
-        raise ValueError(f"{flag} does not divide the model's intermediate_size ({inter}).")
+    for key in _SPLIT_SIZES:  # MLPs, experts and shared experts split along their intermediate dim
+        size = int(hf_config.get(key) or 0)
+        if size % tp:
+            raise ValueError(f"{flag} does not divide the model's {key} ({size}).")
 
 
 def build_tp_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                    quant_config: QuantizationConfig | None, tp: Any) -> Any:
     """This rank's shard of the model (``check_tensor_parallel`` has passed)."""
-    from pagoda.models.llama import LlamaForCausalLM
-    from pagoda.models.registry import model_class
+    from pagoda.models.registry import model_class, native_architectures
 
     cls = model_class(arch)
-    if cls is not LlamaForCausalLM:  # a plugin replaced the class: it did not declare sharded layers
+    if f"{cls.__module__}:{cls.__name__}" != native_architectures().get(arch):
+        # a plugin replaced the class: it did not declare sharded layers
         raise ValueError(f"--tensor-parallel-size {tp.world_size}: {arch} is served by {cls.__name__}, which has no "
                          f"tensor-parallel layers.")
     return cls(hf_config, arch, dtype, quant_config, tp=tp)
