@@ -264,7 +264,7 @@ class EngineArgs:
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
-                              speculative=spec is not None)
+                              speculative=spec is not None, quant_config=quant)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
