@@ -95,7 +95,7 @@ def _split_units(qc: QuantizationConfig) -> tuple[int, int, str]:
                 group = w.group_size if w.strategy == "group" and w.actorder != "group" else 1
                 unit_in, unit_out = math.lcm(unit_in, pf, group or 1), math.lcm(unit_out, pf)
         return unit_in, unit_out, "compressed-tensors group_size / packing"
-    raise ValueError(f"--tensor-parallel-size: {qc.describe()} checkpoints do not split over ranks yet; use "
+    raise ValueError(f"--tensor-parallel-size: {qc.name} checkpoints do not split over ranks yet; use "
                      f"--tensor-parallel-size 1.")
 
 
