@@ -291,7 +291,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling and tp == 1,
+            and not pooling,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,

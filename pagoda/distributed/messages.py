@@ -25,6 +25,11 @@ class ForwardStep(msgspec.Struct, tag="step"):
     # Rows of the step's hidden states rank 0 computes logits for, one list per compute_logits call in rank 0's
     # order: the vocabulary-parallel LM head gathers each call's logits (every rank takes part).
     logits_rows: list[list[int]] = []
+    # Async scheduling: (row of input_ids, row of the previous step's sampled tokens) for tokens the host did not
+    # know when the step was scheduled; ``shares_sampled``: rank 0 broadcasts this step's sampled tokens after
+    # sampling (the workers keep them for the next step's ``fills``).
+    fills: list[tuple[int, int]] = []
+    shares_sampled: bool = False
 
 
 class AllocateKV(msgspec.Struct, tag="alloc"):

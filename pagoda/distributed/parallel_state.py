@@ -52,6 +52,12 @@ class TPGroup:
             st.bytes += x.numel() * x.element_size()
         return x
 
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``x`` into every rank's ``x`` (in place, same shape and dtype everywhere); returns ``x``."""
+        if self.world_size > 1:
+            dist.broadcast(x, src=0)
+        return x
+
     def gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Every rank's ``x`` (the same shape on every rank) concatenated along ``dim`` in rank order, on rank 0;
         the other ranks get their own ``x`` back. A collective: every rank calls it, in the same order."""

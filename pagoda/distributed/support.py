@@ -52,9 +52,6 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
                          f"of the two.")
     if kv_offloading:
         raise ValueError(f"{flag}: the host KV tier (--kv-offloading-size) is not sharded yet; drop one of the two.")
-    if async_scheduling:
-        raise ValueError(f"{flag}: --async-scheduling needs the sampled tokens on every rank, which is not "
-                         f"implemented; use --no-async-scheduling.")
     if device.type == "cuda" and tp > torch.cuda.device_count():
         raise ValueError(f"{flag}: only {torch.cuda.device_count()} CUDA device(s) are visible "
                          f"(CUDA_VISIBLE_DEVICES); one rank needs one device.")

@@ -317,6 +317,9 @@ class ModelRunner:
             return self._pool(inputs, fwd)
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
+        if ds is not None and self._shares_sampled(inputs):
+            assert self.tp is not None
+            self.tp.broadcast(ds.tokens)  # the workers' source for the next step's fills
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None and not inputs.samples_one_row_each:
             ds.start_copy()  # a verify: the next step is scheduled after this one completes (no placeholders)
@@ -336,12 +339,16 @@ class ModelRunner:
         """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
         dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs))
+        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs))
         try:
-            return self._forward(inputs, rows, None)
+            return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         except Exception as e:
             self.executor.explain(e)
             raise
+
+    def _shares_sampled(self, inputs: StepInputs) -> bool:
+        """Tensor parallelism with async scheduling: this step's sampled tokens go to the workers."""
+        return self.executor is not None and self.cfg.async_scheduling and bool(inputs.sample_reqs)
 
     @staticmethod
     def _logits_calls(inputs: StepInputs) -> list[list[int]]:
@@ -355,15 +362,20 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_forward(self, step: ForwardStep) -> None:
         """A worker rank's step: rank 0's forward inputs, the same forward, and its share of each logits gather
-        rank 0 makes (the vocabulary-parallel LM head); nothing is sampled here."""
+        rank 0 makes (the vocabulary-parallel LM head); nothing is sampled here. With async scheduling the inputs
+        rank 0 did not know come from rank 0's previous sample, broadcast to the workers (``shares_sampled``)."""
         if step.block_copies:
             kv_cache.copy_blocks(self.kv_caches, step.block_copies, self.device)
         inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
                             query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
                             block_tables=step.block_tables)
-        hidden = self._forward_eager(inputs, None, None)
+        hidden = self._forward_eager(inputs, None, self._placeholder_fill([tuple(f) for f in step.fills]))
         for rows in step.logits_rows:
             self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        if step.shares_sampled:
+            assert self.tp is not None
+            tokens = torch.empty(len(step.logits_rows[-1]), dtype=torch.long, device=self.device)
+            self._prev_tokens = self.tp.broadcast(tokens)
 
     def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""
