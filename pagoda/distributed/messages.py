@@ -30,6 +30,7 @@ class ForwardStep(msgspec.Struct, tag="step"):
     # sampling (the workers keep them for the next step's ``fills``).
     fills: list[tuple[int, int]] = []
     shares_sampled: bool = False
+    graph: bool = False  # rank 0 replays its decode CUDA graph; the worker replays its own (captured together)
 
 
 class AllocateKV(msgspec.Struct, tag="alloc"):

@@ -105,10 +105,11 @@ def check_quantized_split(tp: int, qc: QuantizationConfig, hf_config: dict[str, 
     kv = int(hf_config.get("num_key_value_heads") or heads)
     head_dim = int(hf_config.get("head_dim") or int(hf_config["hidden_size"]) // heads)
     inter = int(hf_config.get("intermediate_size") or 0)
-    ins = {"o_proj input (heads x head_dim)": heads * head_dim // tp, "down_proj input (intermediate_size)": inter // tp}
+    ins = {"o_proj input (heads x head_dim)": heads * head_dim // tp,
+           "down_proj input (intermediate_size)": inter // tp}
     outs = {"q_proj output": heads * head_dim // tp, "k/v_proj output": max(kv // tp, 1) * head_dim,
             "gate/up_proj output": inter // tp}
-    for checks, unit, side in ((ins, unit_in, "input"), (outs, unit_out, "output")):
+    for checks, unit in ((ins, unit_in), (outs, unit_out)):
         for name, size in checks.items():
             if size and size % unit:
                 raise ValueError(f"{flag}: each rank's {name} is {size}, not a multiple of {unit} ({what}: a "

@@ -70,5 +70,5 @@ class VocabParallelEmbedding(Linear):
 class ParallelLMHead(VocabParallelEmbedding):
     """An untied LM head split along the vocabulary: ``forward(hidden)`` is :meth:`lm_head`."""
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -405,7 +405,9 @@ class LlamaForCausalLM(nn.Module):
         if self.shape.tie_word_embeddings:
             if isinstance(self.embed_tokens, QuantizedEmbedding | VocabParallelEmbedding):
                 return self.embed_tokens.lm_head(hidden)
-            return F.linear(hidden, self.embed_tokens.weight)
+            table = self.embed_tokens.weight
+            assert isinstance(table, torch.Tensor)
+            return F.linear(hidden, table)
         return self.lm_head(hidden)
 
     def pack_for_cpu(self, batch_hint: int) -> int:

@@ -14,6 +14,7 @@ IntWeight's ``perm``.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ class PackQuantizedLinearMethod(LinearMethod):
         full_in = getattr(layer, "full_in_features", in_features)
         whole = self.g_idx and full_in != in_features
         groups = (full_in if whole else in_features) // self._group(full_in if whole else in_features)
-        group_dim = {"input_dim": 1} if self.group_size and not whole else {}
+        group_dim: dict[str, Any] = {"input_dim": 1} if self.group_size and not whole else {}
 
         def param(name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None, **attrs) -> None:
             p = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
@@ -72,7 +73,7 @@ class PackQuantizedLinearMethod(LinearMethod):
             layer.register_parameter(name, p)
 
         param("weight_packed", (out_features, -(-in_features // pf)), torch.int32, output_dim=0, input_dim=1)
-        param("weight_scale", (out_features, groups), output_dim=0, **group_dim)
+        param("weight_scale", (out_features, groups), None, output_dim=0, **group_dim)
         param("weight_shape", (2,), torch.int64, output_dim=None, weight_loader=functools.partial(  # the full shape
             _load_weight_shape, sizes=getattr(layer, "full_output_sizes", layer.output_sizes), in_features=full_in))
         if not self.symmetric:

@@ -166,11 +166,12 @@ class GPTQLinearMethod(LinearMethod):
         qzeros = v2_qzeros(param(layer, "qzeros"), c.bits, c.checkpoint_format)
         zeros = unpack_int32(qzeros, c.bits, dim=1).t()  # [N, G]
         scales = param(layer, "scales").t().float()
+        perm: torch.Tensor | None
         if scales.shape[1] > 1 and scales.shape[1] * self.group_size != codes.shape[1]:
             # A row-parallel act-order rank: every group's scales, some of the columns (quantization/act_order.py).
-            codes, groups, perm = regroup_columns(codes, zeros, param(layer, "g_idx"), self.group_size,
-                                                  f"{self.prefix}.g_idx")
-            scales, zeros = scales[:, groups], zeros[:, groups]
+            codes, groups, regrouped = regroup_columns(codes, zeros, param(layer, "g_idx"), self.group_size,
+                                                       f"{self.prefix}.g_idx")
+            scales, zeros, perm = scales[:, groups], zeros[:, groups], regrouped
         else:
             perm = self._act_order_perm(param(layer, "g_idx"), scales.shape[1])
             if perm is not None:

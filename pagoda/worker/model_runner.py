@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pagoda import envs
@@ -259,7 +260,7 @@ class ModelRunner:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
         self.graphs = None
         if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                or self.pooler is not None or self.cfg.tensor_parallel_size > 1):  # TP: eager on every rank
+                or self.pooler is not None):
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -267,10 +268,10 @@ class ModelRunner:
 
         self.graphs = DecodeGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
-            default_capture_sizes(self.cfg.max_num_seqs), self.device,
+            default_capture_sizes(self.cfg.max_num_seqs), self.device, logits_in_graph=self.tp is None,
         )
-        self.graphs.capture()
-        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
+        self.graphs.capture()  # tensor parallelism: every rank captures now, in lockstep (cuda_graphs.py)
+        if not envs.chunk_graphs_enabled() or self.tp is not None:  # A/B switch; TP: chunks run eagerly
             return self.graphs.capture_seconds
         from pagoda.worker.chunk_graphs import ChunkGraphs
 
@@ -339,7 +340,8 @@ class ModelRunner:
         """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
         dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs))
+        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
+                                     self._forward_path(inputs, rows) == "decode_graph")
         try:
             return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         except Exception as e:
@@ -369,7 +371,15 @@ class ModelRunner:
         inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
                             query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
                             block_tables=step.block_tables)
-        hidden = self._forward_eager(inputs, None, self._placeholder_fill([tuple(f) for f in step.fills]))
+        fill = self._placeholder_fill([(d, s) for d, s in step.fills])
+        if step.graph:  # rank 0 replays its decode graph: so does this rank (captured together)
+            assert self.graphs is not None
+            tables = np.zeros((len(step.block_tables), self.graphs.max_blocks), dtype=np.int32)
+            for i, table in enumerate(step.block_tables):
+                tables[i, : len(table)] = table
+            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, tables, fill)
+        else:
+            hidden = self._forward_eager(inputs, None, fill)
         for rows in step.logits_rows:
             self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
         if step.shares_sampled:
@@ -450,6 +460,8 @@ class ModelRunner:
             assert self.graphs is not None and self.bt_cache is not None and rows is not None
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
                                      self.bt_cache.table.numpy()[rows], fill)
+            if not self.graphs.logits_in_graph:  # tensor parallelism: logits eagerly, like the workers
+                return ForwardResult(hidden)
             logits, greedy = self.graphs.last_logits(inputs.num_reqs)
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
                 idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
