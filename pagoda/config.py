@@ -181,9 +181,10 @@ class EngineArgs:
     """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
     xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
     tensor_parallel_size: int = field(default=1, metadata={"aliases": ("-tp",)})
-    """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
-    Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async
-    scheduling; on CPU the ranks use gloo (a correctness path), on CUDA NCCL with rank r on cuda:r."""
+    """Ranks (one process and one device each) that split every layer's heads, MLP or experts, embedding and LM
+    head: the Llama family, Mixtral/Qwen MoE and Gemma 2/3, unquantized, GPTQ, AWQ, compressed-tensors or FP8; it
+    must divide the attention heads, intermediate sizes and quantization groups. On CPU the ranks use gloo (a
+    correctness path), on CUDA NCCL with rank r on cuda:r."""
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
     """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
     not supported yet."""
