@@ -95,7 +95,7 @@ def gptq_awq(tiny, tmp_path_factory) -> Path:
     env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
     script = Path(__file__).parent / "quant_checkpoints.py"
     proc = subprocess.run([sys.executable, str(script), str(tiny.path("llama")), str(out), "gptq-b4-g32-desc-asym",
-                           "awq-g32"], env=env, capture_output=True, text=True, timeout=900)
+                           "awq-g32"], env=env, cwd=out, capture_output=True, text=True, timeout=900)  # its logs/ there
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
