@@ -147,6 +147,63 @@ def test_act_order_regrouping_is_exact():
         torch.testing.assert_close(int_weight_linear(x[:, part], w, None), x[:, part] @ dense[:, part].t())
 
 
+def _row_parallel_sum(method_factory, tensors: dict[str, torch.Tensor], k: int, n: int, x: torch.Tensor):
+    """The unsharded layer's output and the sum of its two row-parallel ranks' partial outputs (no process group:
+    the all-reduce is the sum taken here)."""
+    from pagoda.distributed.parallel_state import TPGroup
+    from pagoda.layers.linear import Linear, process_weights_after_loading
+    from pagoda.layers.parallel_linear import RowParallelLinear
+
+    full = Linear(k, n, linear_method=method_factory())
+    ranks = [RowParallelLinear(k, n, TPGroup(r, 2), linear_method=method_factory()) for r in range(2)]
+    for layer in (full, *ranks):
+        for name, t in tensors.items():
+            layer.load_shard(name, t, None)
+        process_weights_after_loading(layer)
+    half = k // 2  # each rank multiplies its half of the input
+    return Linear.forward(full, x), sum(Linear.forward(r, x[:, i * half:(i + 1) * half]) for i, r in enumerate(ranks))
+
+
+def test_compressed_tensors_act_order_row_parallel():
+    """compressed-tensors pack-quantized, asymmetric, actorder group: each rank regroups its columns."""
+    from pagoda.quantization.compressed_tensors_methods import PackQuantizedLinearMethod
+    from pagoda.quantization.packing import pack_int32
+
+    torch.manual_seed(1)
+    n, k, gs, bits = 16, 64, 16, 4
+    tensors = {
+        "weight_packed": pack_int32(torch.randint(0, 16, (n, k)), bits, dim=1),
+        "weight_scale": torch.rand(n, k // gs) * 0.02 + 0.01,
+        "weight_zero_point": pack_int32(torch.randint(0, 16, (n, k // gs)), bits, dim=0),
+        "weight_g_idx": (torch.randperm(k) % (k // gs)).to(torch.int32),
+        "weight_shape": torch.tensor([n, k]),
+    }
+    full, parts = _row_parallel_sum(lambda: PackQuantizedLinearMethod(bits, gs, False, True, "test"), tensors, k, n,
+                                    torch.randn(3, k))
+    torch.testing.assert_close(parts, full, rtol=1e-5, atol=1e-6)
+
+
+def test_int8_w8a8_row_and_column_parallel():
+    """compressed-tensors int-quantized W8A8: per-channel scales whole on row-parallel ranks, split on column ones."""
+    from pagoda.distributed.parallel_state import TPGroup
+    from pagoda.layers.linear import Linear
+    from pagoda.layers.parallel_linear import ColumnParallelLinear
+    from pagoda.quantization.compressed_tensors_methods import Int8W8A8LinearMethod
+
+    torch.manual_seed(2)
+    n, k = 16, 32
+    tensors = {"weight": torch.randint(-127, 128, (n, k), dtype=torch.int8), "weight_scale": torch.rand(n, 1) * 0.01}
+    x = torch.randn(3, k)
+    full, parts = _row_parallel_sum(Int8W8A8LinearMethod, tensors, k, n, x)
+    # Row-parallel: each rank quantizes its own slice of x per token, so the sum differs by that rounding only.
+    torch.testing.assert_close(parts, full, rtol=0.02, atol=0.02)
+    cols = [ColumnParallelLinear(k, (n,), TPGroup(r, 2), linear_method=Int8W8A8LinearMethod()) for r in range(2)]
+    for c in cols:
+        for name, t in tensors.items():
+            c.load_shard(name, t, None)
+    torch.testing.assert_close(torch.cat([Linear.forward(c, x) for c in cols], dim=-1), full)
+
+
 # --------------------------------------------------------------------------- bad input
 def _qcfg(name: str, qcfg: dict):
     from pagoda.quantization import get_quantization_config_class
