@@ -184,9 +184,10 @@ class EngineArgs:
     xgrammar or guidance), disable_any_whitespace (compact JSON only), disable_additional_properties and
     reasoning_parser (qwen3, deepseek_r1: the grammar applies after </think>; `serve --reasoning-parser` sets it)."""
     tensor_parallel_size: int = field(default=1, metadata={"aliases": ("-tp",)})
-    """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
-    Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async
-    scheduling; on CPU the ranks use gloo (a correctness path), on CUDA NCCL with rank r on cuda:r."""
+    """Ranks (one process and one device each) that split every layer's heads, MLP or experts, embedding and LM
+    head: the Llama family, Mixtral/Qwen MoE and Gemma 2/3, unquantized, GPTQ, AWQ, compressed-tensors or FP8; it
+    must divide the attention heads, intermediate sizes and quantization groups. On CPU the ranks use gloo (a
+    correctness path), on CUDA NCCL with rank r on cuda:r."""
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
     """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
     not supported yet."""
@@ -281,7 +282,7 @@ class EngineArgs:
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
-                              speculative=spec is not None)
+                              speculative=spec is not None, quant_config=quant)
         from pagoda.engine.core_engines import check_data_parallel
 
         check_data_parallel(self.data_parallel_size, tp, device)
@@ -311,7 +312,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling and tp == 1,
+            and not pooling,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,

@@ -160,13 +160,17 @@ class MultiprocExecutor:
         self._send(m.AllocateKV(n))
         return n
 
-    def broadcast_step(self, inputs: StepInputs, block_copies: list[tuple[int, int]]) -> None:
-        """Send the step's forward inputs to every worker (before rank 0 starts its own forward)."""
-        if inputs.fills:
-            raise RuntimeError("tensor parallelism needs every input token on the host (async scheduling is off)")
+    def broadcast_step(self, inputs: StepInputs, block_copies: list[tuple[int, int]],
+                       logits_rows: list[list[int]] | None = None, shares_sampled: bool = False,
+                       graph: bool = False) -> None:
+        """Send the step's forward inputs to every worker (before rank 0 starts its own forward); ``logits_rows``:
+        the rows of each ``compute_logits`` call rank 0 will make, in order; ``shares_sampled``: rank 0 broadcasts
+        the step's sampled tokens (async scheduling: the next step's ``fills`` read them); ``graph``: rank 0 replays
+        its decode CUDA graph (the workers replay theirs)."""
         self.check_alive()
         self._send(m.ForwardStep(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_start_loc,
-                                 inputs.query_lens, inputs.seq_lens, inputs.block_tables, list(block_copies)))
+                                 inputs.query_lens, inputs.seq_lens, inputs.block_tables, list(block_copies),
+                                 logits_rows or [], list(inputs.fills), shares_sampled, graph))
 
     def shutdown(self) -> None:
         self._finalizer()

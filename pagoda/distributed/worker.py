@@ -40,6 +40,7 @@ def serve(conn: Connection, rank: int, world_size: int, init_method: str) -> Non
             runner.execute_forward(msg)
         elif isinstance(msg, m.AllocateKV):
             runner.allocate_kv_cache(msg.num_blocks)
+            runner.maybe_capture_graphs()  # rank 0 captures now too: the captured all-reduces need every rank
         else:
             return
 

@@ -35,6 +35,7 @@ from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.quantized_embedding import QuantizedEmbedding
 from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parameters
+from pagoda.layers.vocab_parallel import VocabParallelEmbedding
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
@@ -299,25 +300,21 @@ class LlamaForCausalLM(nn.Module):
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
         """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
         the method decides per layer, e.g. the LM head usually stays unquantized). ``tp``: this rank's
-        tensor-parallel group: attention heads and MLP split over the ranks; embedding and LM head replicated."""
+        tensor-parallel group: attention heads and MLP split over the ranks, embedding and LM head over the
+        vocabulary (layers/vocab_parallel.py)."""
         super().__init__()
         s = self.model_shape(hf_config, arch)
         self.shape = s
         self.tp = tp if tp is not None and tp.world_size > 1 else None
         rope = RotaryEmbedding(s.head_dim, rope_max_position(hf_config), rope_for(hf_config, arch), dtype)
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
-        emb_method = _method(quant_config, "model.embed_tokens", ("embed_tokens",)) \
-            if quant_config is not None and quant_config.quantizes_embedding() else None
-        self.embed_tokens: nn.Embedding | QuantizedEmbedding = (  # the method may keep the table quantized
-            nn.Embedding(s.vocab_size, s.hidden_size) if emb_method is None
-            else QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method))
+        self.embed_tokens = self.make_embedding(s, quant_config)
         self.layers = nn.ModuleList([
             DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i], self.tp)
             for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
-            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
-                                  linear_method=_method(quant_config, "lm_head", ("lm_head",)))
+            self.lm_head = self.make_lm_head(s, quant_config)
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
@@ -326,6 +323,33 @@ class LlamaForCausalLM(nn.Module):
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
         return LlamaShape.from_hf(hf_config, arch)
+
+    def make_embedding(self, s: LlamaShape, qc: QuantizationConfig | None) -> nn.Module:
+        """The token embedding: split over the vocabulary under tensor parallelism (layers/vocab_parallel.py),
+        kept quantized when the method stores tables (GGUF), else ``nn.Embedding``."""
+        emb_method = _method(qc, "model.embed_tokens", ("embed_tokens",)) \
+            if qc is not None and qc.quantizes_embedding() else None
+        if emb_method is not None:
+            if self.tp is not None:
+                raise ValueError(f"--tensor-parallel-size {self.tp.world_size}: a quantized token embedding "
+                                 f"({qc.describe() if qc else ''}) does not split over ranks; use "
+                                 f"--tensor-parallel-size 1.")
+            return QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method)
+        if self.tp is not None:
+            from pagoda.layers.vocab_parallel import VocabParallelEmbedding
+
+            return VocabParallelEmbedding(s.vocab_size, s.hidden_size, self.tp)
+        return nn.Embedding(s.vocab_size, s.hidden_size)
+
+    def make_lm_head(self, s: LlamaShape, qc: QuantizationConfig | None) -> Linear:
+        """The untied LM head: split over the vocabulary under tensor parallelism when unquantized (a quantized
+        head stays whole on every rank; rank 0 computes the logits)."""
+        method = _method(qc, "lm_head", ("lm_head",))
+        if self.tp is not None and (method is None or type(method) is UnquantizedLinearMethod):
+            from pagoda.layers.vocab_parallel import ParallelLMHead
+
+            return ParallelLMHead(s.vocab_size, s.hidden_size, self.tp)
+        return Linear(s.hidden_size, s.vocab_size, bias=False, linear_method=method)
 
     def make_mlp(self, hf_config: dict[str, Any], s: LlamaShape, idx: int,
                  qc: QuantizationConfig | None) -> nn.Module | None:
@@ -388,9 +412,11 @@ class LlamaForCausalLM(nn.Module):
 
             return packed_linear(hidden, self._lm_packed, None)
         if self.shape.tie_word_embeddings:
-            if isinstance(self.embed_tokens, QuantizedEmbedding):
+            if isinstance(self.embed_tokens, QuantizedEmbedding | VocabParallelEmbedding):
                 return self.embed_tokens.lm_head(hidden)
-            return F.linear(hidden, self.embed_tokens.weight)
+            table = self.embed_tokens.weight
+            assert isinstance(table, torch.Tensor)
+            return F.linear(hidden, table)
         return self.lm_head(hidden)
 
     def pack_for_cpu(self, batch_hint: int) -> int:

@@ -6,6 +6,11 @@ replays the smallest captured size ``>= B``; padding rows have ``slot_mapping = 
 Host-side values the attention backend reads (``max_seq_len``, ``is_decode_only``) are
 fixed at capture: ``max_seq_len = max_model_len``, so a backend's choice of KV splits
 is the same at every replay; kernels bound their work by the device-side ``seq_lens``.
+
+Tensor parallelism: every rank captures the same sizes at the same time (the forward's
+all-reduces are captured into each rank's graph) and replays together; the logits are left
+out of the graph (``logits_in_graph=False``: the vocabulary-parallel head's gather runs
+eagerly after the replay, on every rank).
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ def default_capture_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model, backend, kv_caches, block_size: int, max_model_len: int, sizes: list[int],
-                 device: torch.device) -> None:
+                 device: torch.device, logits_in_graph: bool = True) -> None:
         self.model = model
+        self.logits_in_graph = logits_in_graph
         self.backend = backend
         self.kv_caches = kv_caches
         self.sizes = sorted(sizes)
@@ -118,10 +124,11 @@ class DecodeGraphs:
                 out = self.model(*args)
                 if getattr(self.model, "aux_hidden_layers", ()):
                     self.aux[b] = self.model.aux_hidden
-                # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
-                logits = self.model.compute_logits_raw(out)
-                self.greedy[b] = logits.argmax(dim=-1)
-                self.logits[b] = logits
+                if self.logits_in_graph:
+                    # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
+                    logits = self.model.compute_logits_raw(out)
+                    self.greedy[b] = logits.argmax(dim=-1)
+                    self.logits[b] = logits
             self.graphs[b] = g
             self.outputs[b] = out
         torch.cuda.synchronize()

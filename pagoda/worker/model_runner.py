@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pagoda import envs
@@ -269,7 +270,7 @@ class ModelRunner:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
         self.graphs = None
         if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                or self.pooler is not None or self.cfg.tensor_parallel_size > 1):  # TP: eager on every rank
+                or self.pooler is not None):
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -277,9 +278,11 @@ class ModelRunner:
 
         self.graphs = DecodeGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
-            default_capture_sizes(self.cfg.max_num_seqs), self.device,
+            default_capture_sizes(self.cfg.max_num_seqs), self.device, logits_in_graph=self.tp is None,
         )
-        self.graphs.capture()
+        self.graphs.capture()  # tensor parallelism: every rank captures now, in lockstep (cuda_graphs.py)
+        if self.tp is not None:  # TP: verify steps and prompt chunks run eagerly (only decode graphs are lockstep)
+            return self.graphs.capture_seconds
         seconds = self.graphs.capture_seconds + self._capture_verify_graphs()
         if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
             return seconds
@@ -343,6 +346,9 @@ class ModelRunner:
             return self._pool(inputs, fwd)
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd), spec_hidden=self._spec_rows(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
+        if ds is not None and self._shares_sampled(inputs):
+            assert self.tp is not None
+            self.tp.broadcast(ds.tokens)  # the workers' source for the next step's fills
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None and not inputs.samples_one_row_each:
             ds.start_copy()  # a verify: the next step is scheduled after this one completes (no placeholders)
@@ -374,22 +380,52 @@ class ModelRunner:
         """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
         dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, block_copies)
+        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
+                                     self._forward_path(inputs, rows) == "decode_graph")
         try:
-            return self._forward(inputs, rows, None)
+            return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         except Exception as e:
             self.executor.explain(e)
             raise
 
+    def _shares_sampled(self, inputs: StepInputs) -> bool:
+        """Tensor parallelism with async scheduling: this step's sampled tokens go to the workers."""
+        return self.executor is not None and self.cfg.async_scheduling and bool(inputs.sample_reqs)
+
+    @staticmethod
+    def _logits_calls(inputs: StepInputs) -> list[list[int]]:
+        """The hidden rows of each ``compute_logits`` call this step makes, in order (:meth:`_prompt_logprobs`, then
+        :meth:`_sample` on the eager path, the only one under tensor parallelism): the workers repeat them."""
+        calls = [list(range(job.row, job.row + job.count)) for job in inputs.prompt_logprob_jobs]
+        if inputs.sample_reqs:
+            calls.append(list(inputs.logits_rows))
+        return calls
+
     @torch.inference_mode()
     def execute_forward(self, step: ForwardStep) -> None:
-        """A worker rank's step: rank 0's forward inputs, the same forward; nothing is sampled here."""
+        """A worker rank's step: rank 0's forward inputs, the same forward, and its share of each logits gather
+        rank 0 makes (the vocabulary-parallel LM head); nothing is sampled here. With async scheduling the inputs
+        rank 0 did not know come from rank 0's previous sample, broadcast to the workers (``shares_sampled``)."""
         if step.block_copies:
             kv_cache.copy_blocks(self.kv_caches, step.block_copies, self.device)
         inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
                             query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
                             block_tables=step.block_tables)
-        self._forward_eager(inputs, None, None)
+        fill = self._placeholder_fill([(d, s) for d, s in step.fills])
+        if step.graph:  # rank 0 replays its decode graph: so does this rank (captured together)
+            assert self.graphs is not None
+            tables = np.zeros((len(step.block_tables), self.graphs.max_blocks), dtype=np.int32)
+            for i, table in enumerate(step.block_tables):
+                tables[i, : len(table)] = table
+            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, tables, fill)
+        else:
+            hidden = self._forward_eager(inputs, None, fill)
+        for rows in step.logits_rows:
+            self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        if step.shares_sampled:
+            assert self.tp is not None
+            tokens = torch.empty(len(step.logits_rows[-1]), dtype=torch.long, device=self.device)
+            self._prev_tokens = self.tp.broadcast(tokens)
 
     def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""
@@ -471,6 +507,8 @@ class ModelRunner:
             assert self.graphs is not None and self.bt_cache is not None and rows is not None
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
                                      self.bt_cache.table.numpy()[rows], fill)
+            if not self.graphs.logits_in_graph:  # tensor parallelism: logits eagerly, like the workers
+                return ForwardResult(hidden)
             logits, greedy = self.graphs.last_logits(inputs.num_reqs)
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
                 idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
