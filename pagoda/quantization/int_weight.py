@@ -73,6 +73,7 @@ class IntWeight(nn.Module):
         self.dtype = scales.dtype
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
+        self.batch_invariant = False  # --deterministic: per-row kernels only (pagoda.layers.batch_invariant)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
 
@@ -205,6 +206,10 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     x2 = x.reshape(-1, w.in_features)
     on = x.device.type
     if x2.shape[0] == 0 or w.layout == "plain" or (on == "cuda") != (w.layout == "triton"):
+        if w.batch_invariant:
+            from pagoda.layers.batch_invariant import int_weight_dense
+
+            return int_weight_dense(x, w.dequantize(x.dtype), bias)
         return F.linear(x, w.dequantize(x.dtype), bias)
     if w.layout == "triton":
         from pagoda.quantization.kernels import triton_wna16
@@ -215,9 +220,9 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
         return packed_linear(x2, w.dense_packed, bias).view(*lead, w.out_features)
     if w.layout == "cpu_int8":
         assert w.scales is not None
-        y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1))
+        y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1), per_row=w.batch_invariant)
     else:
-        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size)
+        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size, per_row=w.batch_invariant)
     if bias is not None:
         y = y.add_(bias)
     return y.view(*lead, w.out_features)

@@ -1,0 +1,175 @@
+"""Deterministic (batch-invariant) mode: ``--deterministic`` or ``VLLM_BATCH_INVARIANT=1``.
+
+Invariant: a row's result never depends on the other rows of the step (how many, which requests,
+how a prompt was chunked, whether its prefix came from the cache). Row-wise ops (RMSNorm, rotary,
+SiLU, log-softmax, argmax with the first index on ties) already are; the ops that reduce along a
+dimension whose tiling a kernel may pick per shape are made so here:
+
+* Linears on the CPU: every dense GEMM is called with exactly :data:`ROW_TILE` rows (the step's rows
+  cut into tiles, the last padded with zeros), so oneDNN always runs the same kernel; measured on
+  torch 2.13 (bf16 and fp32, tests/test_deterministic.py checks it): at a fixed M a row's result
+  does not depend on its position in the tile nor on the other rows, while across M it does (fp32 from
+  M=2, bf16 from M=33). Integer-weight layers (``cpu_woq``: int4pack/int8pack) compute each row alone
+  (a GEMV per row, bitwise the same for every M, measured), so they run unpadded, with the dense
+  (bf16 copy / dequantize-once) paths that steps of many rows take otherwise turned off.
+* Linears on CUDA: :func:`pagoda.layers.batch_invariant_matmul.matmul` (Triton, one tile config per
+  weight, no split-K). Quantized GPU kernels (split-K tables) are refused.
+* Attention: :mod:`pagoda.attention.deterministic` on the CPU; on CUDA the unified Triton kernel with one
+  fixed tile config and no KV split (pagoda.attention.triton_backend).
+* Tensor parallelism (the all-reduce order), MoE and the transformers fallback are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROW_TILE = 32
+"""Rows of every dense CPU GEMM in deterministic mode (bf16 oneDNN is M-invariant up to 32 rows; fp32 only
+at a fixed M)."""
+
+FLAG = "--deterministic (VLLM_BATCH_INVARIANT=1)"
+
+
+def check_supported(device: torch.device, tp: int, quantization: str | None, kv_cache_dtype: str) -> None:
+    """Start-up checks that need no weights: raises ``ValueError`` naming the flag."""
+    if tp > 1:
+        raise ValueError(f"{FLAG} needs --tensor-parallel-size 1: the all-reduce of a row-parallel layer sums "
+                         f"ranks in an order pagoda does not fix yet.")
+    if device.type == "cuda" and quantization is not None:
+        raise ValueError(f"{FLAG} is not supported with quantization ({quantization}) on CUDA: the quantized "
+                         f"kernels pick split-K per batch size. Use an unquantized checkpoint or the CPU.")
+    if device.type == "cuda" and kv_cache_dtype != "auto":
+        raise ValueError(f"{FLAG} supports --kv-cache-dtype auto only on CUDA.")
+
+
+def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
+    """``fn(x)`` computed as ``fn`` of ``tile``-row slices (the last zero-padded): every call has the same
+    shape, so each output row depends only on its own input row (given a row-independent kernel)."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    rows = x2.shape[0]
+    if rows == 0:
+        return fn(x)
+    pad = -rows % tile
+    if pad:
+        x2 = torch.cat([x2, x2.new_zeros(pad, k)])
+    outs = [fn(x2[i : i + tile]) for i in range(0, rows + pad, tile)]
+    y = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return y[:rows].reshape(*lead, y.shape[-1])
+
+
+class RowTiled(nn.Module):
+    """Wraps a linear-like module so that it always sees :data:`ROW_TILE` rows."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return row_tiled(self.inner, x)
+
+
+class CudaInvariantLinear(nn.Module):
+    """An unquantized linear computed by the batch-invariant Triton matmul."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pagoda.layers.batch_invariant_matmul import linear
+
+        return linear(x, self.weight, self.bias)
+
+
+def _refuse_unsupported(model: nn.Module) -> None:
+    from pagoda.layers.fused_moe import FusedMoE
+    from pagoda.models.llama import LlamaForCausalLM
+
+    if not isinstance(model, LlamaForCausalLM):
+        raise ValueError(f"{FLAG} supports pagoda's own Llama-family models only, not {type(model).__name__}.")
+    if any(isinstance(m, FusedMoE) for m in model.modules()):
+        raise ValueError(f"{FLAG} does not support mixture-of-experts models yet (the expert sums are not "
+                         f"ordered per row).")
+
+
+def _dense_linear_children(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, child) of every unquantized dense linear (``nn.Linear``, pagoda's ``Linear`` with the
+    unquantized method, the CPU's ``PackedLinear``)."""
+    from pagoda.layers.cpu_linear import PackedLinear
+    from pagoda.layers.linear import Linear, UnquantizedLinearMethod
+
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            dense = isinstance(child, (nn.Linear, PackedLinear)) or (
+                isinstance(child, Linear) and type(child.linear_method) is UnquantizedLinearMethod)
+            if dense and not isinstance(parent, RowTiled):
+                found.append((parent, name, child))
+    return found
+
+
+def _check_quantized(model: nn.Module, device: torch.device) -> None:
+    """Every quantized linear must compute through an :class:`IntWeight` (row-independent CPU kernels)."""
+    from pagoda.layers.linear import Linear, UnquantizedLinearMethod
+    from pagoda.quantization.int_weight import IntWeight
+
+    for name, m in model.named_modules():
+        if isinstance(m, Linear) and type(m.linear_method) is not UnquantizedLinearMethod:
+            if device.type != "cpu" or not any(isinstance(c, IntWeight) for c in m.children()):
+                raise ValueError(f"{FLAG}: layer {name} uses {type(m.linear_method).__name__}, which has no "
+                                 f"batch-invariant kernel on {device.type}.")
+
+
+def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
+    """Switch ``model`` (after loading and CPU prepacking) to batch-invariant linears; returns how many layers
+    were wrapped. Raises ``ValueError`` naming the flag for what cannot be made invariant."""
+    from pagoda.quantization.int_weight import IntWeight
+
+    _refuse_unsupported(model)
+    _check_quantized(model, device)
+    count = 0
+    for parent, name, child in _dense_linear_children(model):
+        if device.type == "cuda":
+            new: nn.Module = CudaInvariantLinear(child.weight, child.bias)
+        else:
+            new = RowTiled(child)
+        setattr(parent, name, new)
+        count += 1
+    for m in model.modules():
+        if isinstance(m, IntWeight):
+            m.batch_invariant = True
+            m.dense_packed = None
+    _wrap_logits(model, device)
+    return count
+
+
+def _wrap_logits(model: Any, device: torch.device) -> None:
+    """The LM head (packed, tied or a plain linear) computed row-invariantly: the instance's
+    ``compute_logits_raw`` is replaced by a tiled (CPU) or Triton (CUDA) version of itself."""
+    raw = model.compute_logits_raw
+    tied = getattr(model.shape, "tie_word_embeddings", False)
+    if device.type == "cuda" and tied and isinstance(getattr(model.embed_tokens, "weight", None), torch.Tensor):
+        from pagoda.layers.batch_invariant_matmul import linear
+
+        weight = model.embed_tokens.weight
+        cap = getattr(model, "final_logit_softcap", None)
+
+        def cuda_head(hidden: torch.Tensor) -> torch.Tensor:
+            logits = linear(hidden, weight, None)
+            return logits if not cap else torch.tanh(logits / cap) * cap
+
+        model.compute_logits_raw = cuda_head
+    elif device.type == "cpu":
+        model.compute_logits_raw = lambda hidden: row_tiled(raw, hidden)
+
+
+def int_weight_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A dequantized weight's product in deterministic mode (fixed-M tiles)."""
+    return row_tiled(lambda t: F.linear(t, weight, bias), x)
