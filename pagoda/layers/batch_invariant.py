@@ -99,30 +99,46 @@ def _refuse_unsupported(model: nn.Module) -> None:
                          f"ordered per row).")
 
 
-def _dense_linear_children(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, name, child) of every unquantized dense linear (``nn.Linear``, pagoda's ``Linear`` with the
-    unquantized method, the CPU's ``PackedLinear``)."""
+def _has_int_weight(m: nn.Module) -> bool:
+    from pagoda.quantization.int_weight import IntWeight
+
+    return any(isinstance(c, IntWeight) for c in m.children())
+
+
+def _plain_dense(m: nn.Module) -> bool:
+    method = getattr(m, "linear_method", None)
+    return bool(getattr(method, "plain_dense_weight", False)) and isinstance(getattr(m, "weight", None), torch.Tensor)
+
+
+def _dense_linear_children(model: nn.Module, device: torch.device) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, child) of every dense linear: ``nn.Linear``, the CPU's ``PackedLinear``, pagoda's ``Linear``
+    with the unquantized method, and on the CPU a quantized ``Linear`` that keeps a dense weight (a GGUF F16
+    tensor: ``F.linear``; a quantized embedding is left alone, its LM-head use is tiled by :func:`_wrap_logits`)."""
     from pagoda.layers.cpu_linear import PackedLinear
     from pagoda.layers.linear import Linear, UnquantizedLinearMethod
+    from pagoda.layers.quantized_embedding import QuantizedEmbedding
 
     found = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            dense = isinstance(child, (nn.Linear, PackedLinear)) or (
-                isinstance(child, Linear) and type(child.linear_method) is UnquantizedLinearMethod)
-            if dense and not isinstance(parent, RowTiled):
+            if isinstance(parent, RowTiled) or isinstance(child, QuantizedEmbedding):
+                continue
+            unquantized = isinstance(child, Linear) and type(child.linear_method) is UnquantizedLinearMethod
+            dense_quant = device.type == "cpu" and isinstance(child, Linear) and not unquantized \
+                and not _has_int_weight(child) and _plain_dense(child)
+            if isinstance(child, (nn.Linear, PackedLinear)) or unquantized or dense_quant:
                 found.append((parent, name, child))
     return found
 
 
 def _check_quantized(model: nn.Module, device: torch.device) -> None:
-    """Every quantized linear must compute through an :class:`IntWeight` (row-independent CPU kernels)."""
+    """Every quantized linear must compute through an :class:`IntWeight` (row-independent CPU kernels) or a
+    dense weight (tiled); anything else is refused."""
     from pagoda.layers.linear import Linear, UnquantizedLinearMethod
-    from pagoda.quantization.int_weight import IntWeight
 
     for name, m in model.named_modules():
         if isinstance(m, Linear) and type(m.linear_method) is not UnquantizedLinearMethod:
-            if device.type != "cpu" or not any(isinstance(c, IntWeight) for c in m.children()):
+            if device.type != "cpu" or not (_has_int_weight(m) or _plain_dense(m)):
                 raise ValueError(f"{FLAG}: layer {name} uses {type(m.linear_method).__name__}, which has no "
                                  f"batch-invariant kernel on {device.type}.")
 
@@ -135,9 +151,9 @@ def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     _refuse_unsupported(model)
     _check_quantized(model, device)
     count = 0
-    for parent, name, child in _dense_linear_children(model):
+    for parent, name, child in _dense_linear_children(model, device):
         if device.type == "cuda":
-            new: nn.Module = CudaInvariantLinear(child.weight, child.bias)
+            new: nn.Module = CudaInvariantLinear(child.weight, child.bias)  # type: ignore[arg-type]
         else:
             new = RowTiled(child)
         setattr(parent, name, new)

@@ -146,7 +146,7 @@ class ModelRunner:
             if not hasattr(self.backend, "batch_invariant"):
                 raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "
                                  f"mode")
-            self.backend.batch_invariant = True  # type: ignore[attr-defined]
+            self.backend.batch_invariant = True
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []
         # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.
