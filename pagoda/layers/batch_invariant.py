@@ -9,7 +9,10 @@ dimension whose tiling a kernel may pick per shape are made so here:
   cut into tiles, the last padded with zeros), so oneDNN always runs the same kernel; measured on
   torch 2.13 (bf16 and fp32, tests/test_deterministic.py checks it): at a fixed M a row's result
   does not depend on its position in the tile nor on the other rows, while across M it does (fp32 from
-  M=2, bf16 from M=33). Integer-weight layers (``cpu_woq``: int4pack/int8pack) compute each row alone
+  M=2, bf16 from M=33). A weight whose kernel is measured at start-up to give the same rows for every M
+  up to the tile (:func:`m_invariant`: bf16 on AVX512/AMX) skips the padding, which at batch 1 would
+  cost a 32-row GEMM for one row (the default model's LM head: 14 -> 28 ms). Integer-weight layers
+  (``cpu_woq``: int4pack/int8pack) compute each row alone
   (a GEMV per row, bitwise the same for every M, measured), so they run unpadded, with the dense
   (bf16 copy / dequantize-once) paths that steps of many rows take otherwise turned off.
 * Linears on CUDA: :func:`pagoda.layers.batch_invariant_matmul.matmul` (Triton, one tile config per
@@ -21,12 +24,15 @@ dimension whose tiling a kernel may pick per shape are made so here:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger("pagoda")
 
 ROW_TILE = 32
 """Rows of every dense CPU GEMM in deterministic mode (bf16 oneDNN is M-invariant up to 32 rows; fp32 only
@@ -47,15 +53,18 @@ def check_supported(device: torch.device, tp: int, quantization: str | None, kv_
         raise ValueError(f"{FLAG} supports --kv-cache-dtype auto only on CUDA.")
 
 
-def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
-    """``fn(x)`` computed as ``fn`` of ``tile``-row slices (the last zero-padded): every call has the same
-    shape, so each output row depends only on its own input row (given a row-independent kernel)."""
+def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = ROW_TILE,
+              pad_last: bool = True) -> torch.Tensor:
+    """``fn(x)`` computed as ``fn`` of ``tile``-row slices, the last zero-padded: every call has the same
+    shape, so each output row depends only on its own input row (given a row-independent kernel).
+    ``pad_last=False`` leaves the last slice short: only for a kernel measured M-invariant up to ``tile``
+    (:func:`m_invariant`)."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     rows = x2.shape[0]
     if rows == 0:
         return fn(x)
-    pad = -rows % tile
+    pad = -rows % tile if pad_last else 0
     if pad:
         x2 = torch.cat([x2, x2.new_zeros(pad, k)])
     outs = [fn(x2[i : i + tile]) for i in range(0, rows + pad, tile)]
@@ -63,15 +72,26 @@ def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return y[:rows].reshape(*lead, y.shape[-1])
 
 
-class RowTiled(nn.Module):
-    """Wraps a linear-like module so that it always sees :data:`ROW_TILE` rows."""
+def m_invariant(fn: Callable[[torch.Tensor], torch.Tensor], k: int, dtype: torch.dtype,
+                tile: int = ROW_TILE) -> bool:
+    """Whether ``fn``'s rows are bitwise the same for every M from 1 to ``tile`` (measured on random rows;
+    bf16 oneDNN on AVX512/AMX is, fp32 is not). Such a kernel needs no padding: a short last tile is free."""
+    x = torch.randn(tile, k, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        alone = torch.cat([fn(x[i : i + 1]) for i in range(tile)])
+        return all(torch.equal(fn(x[:m]), alone[:m]) for m in (2, 3, 5, 8, 13, 16, 17, 24, 31, tile))
 
-    def __init__(self, inner: nn.Module) -> None:
+
+class RowTiled(nn.Module):
+    """Wraps a linear-like module so that it always sees :data:`ROW_TILE` rows (``pad_last=False``: at most)."""
+
+    def __init__(self, inner: nn.Module, pad_last: bool = True) -> None:
         super().__init__()
         self.inner = inner
+        self.pad_last = pad_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return row_tiled(self.inner, x)
+        return row_tiled(self.inner, x, pad_last=self.pad_last)
 
 
 class CudaInvariantLinear(nn.Module):
@@ -143,6 +163,10 @@ def _check_quantized(model: nn.Module, device: torch.device) -> None:
                                  f"batch-invariant kernel on {device.type}.")
 
 
+def _features(m: Any) -> tuple[int, int]:
+    return int(m.in_features), int(m.out_features)
+
+
 def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     """Switch ``model`` (after loading and CPU prepacking) to batch-invariant linears; returns how many layers
     were wrapped. Raises ``ValueError`` naming the flag for what cannot be made invariant."""
@@ -151,13 +175,21 @@ def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     _refuse_unsupported(model)
     _check_quantized(model, device)
     count = 0
+    dtype = next(model.parameters()).dtype
+    probed: dict[tuple[type, int, int], bool] = {}
     for parent, name, child in _dense_linear_children(model, device):
         if device.type == "cuda":
             new: nn.Module = CudaInvariantLinear(child.weight, child.bias)  # type: ignore[arg-type]
         else:
-            new = RowTiled(child)
+            shape = (type(child), *_features(child))
+            if shape not in probed:
+                probed[shape] = m_invariant(child, shape[1], dtype)
+            new = RowTiled(child, pad_last=not probed[shape])
         setattr(parent, name, new)
         count += 1
+    if probed:
+        logger.info("deterministic mode: CPU linears in tiles of %d rows; padded for %d of %d weight shapes "
+                    "(M-dependent kernels)", ROW_TILE, sum(not v for v in probed.values()), len(probed))
     for m in model.modules():
         if isinstance(m, IntWeight):
             m.batch_invariant = True
@@ -183,7 +215,9 @@ def _wrap_logits(model: Any, device: torch.device) -> None:
 
         model.compute_logits_raw = cuda_head
     elif device.type == "cpu":
-        model.compute_logits_raw = lambda hidden: row_tiled(raw, hidden)
+        dtype = next(model.parameters()).dtype
+        pad = not m_invariant(raw, model.shape.hidden_size, dtype)
+        model.compute_logits_raw = lambda hidden: row_tiled(raw, hidden, pad_last=pad)
 
 
 def int_weight_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
