@@ -1,140 +1,162 @@
 """Batch-invariant paged attention for the CPU (``--deterministic``; pagoda.layers.batch_invariant).
 
 Every query row's output is a function of its own query, its request's K/V and its position only: it does
-not depend on the other requests of the step, on how its prompt was chunked, nor on the padding.
+not depend on the other requests of the step, on how its prompt was chunked, nor on padding.
 
-* Work items: ``QUERY_TILE`` consecutive query tokens of one request x the ``G`` query heads of one KV
-  head = ``M = QUERY_TILE * G`` rows (missing tokens are zero rows, fully masked). Every matmul is a
-  ``torch.bmm`` whose per-item shape is fixed for the model (``[M, D] x [D, KEY_BLOCK]`` and
-  ``[M, KEY_BLOCK] x [KEY_BLOCK, D]``): measured on torch 2.13, a bmm item's rows do not depend on the
-  number of items nor on the item's other rows at a fixed shape (tests/test_deterministic.py keeps that
-  checked); across shapes they do, which is why no shape here depends on the step.
-* Keys in blocks of ``KEY_BLOCK`` positions aligned to position 0. Softmax in float32 with the exact
-  maximum over the row's visible keys (a max is order-free); ``exp`` of masked keys is exactly 0, so a
-  block a row cannot see adds exact zeros. Per-block sums (of ``p`` and of ``p V``) are combined by a
-  ``cumsum`` over blocks, a sequential scan in position order, and the last entry read: blocks past the
+* Query rows are the GEMMs' N dimension. A work item is up to ``MAX_COLUMNS`` columns (query token x head
+  of one KV head's group) of one request; per KV head and key block of ``KEY_BLOCK`` positions (aligned to
+  position 0) the scores are ``S^T = K_b Q^T`` (``[KEY_BLOCK, D] x [D, N]``) and the output
+  ``V_b^T P`` (``[D, KEY_BLOCK] x [KEY_BLOCK, N]``); the softmax sums are per-block sums over a
+  contiguous ``KEY_BLOCK`` (a fixed-size inner reduction). Measured on torch 2.13 (tests/test_deterministic.py keeps it checked): at a fixed M and K,
+  a bmm column does not depend on N (for N >= 2 in fp32, any N in bf16) nor on the number of batch items.
+  So items are batched with N padded (to a power of two >= 2), and K/V are gathered once per item.
+* GEMMs in the model dtype, as HF's eager attention (scores rounded to it, ``p`` rounded to it for
+  ``p V``; float32 GEMMs cost about 4x here). K/V are gathered by whole cache blocks.
+* Softmax in float32 with the exact maximum over the row's visible keys (a max is order-free); ``exp`` of
+  masked keys is exactly 0, so a block a row cannot see adds exact zeros. Per-block sums are combined by a
+  ``cumsum`` over blocks (a sequential scan in position order) whose last entry is read: blocks past the
   row's last visible key add exact zeros, so the number of blocks an item was given does not matter.
-* K/V slots past the request's length are zeroed after the gather (stale cache contents are never
-  multiplied, not even by 0, which would turn an inf or NaN into NaN).
+* The cache is allocated zeroed and only ever holds written K/V, so keys past a request's length (and the
+  blocks a padded table points at) are finite: their scores are masked, ``p = 0`` times a finite ``v``
+  adds exact zeros.
+* The step's plan (items, gather indices, masks) is built once per step and shared by every layer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from pagoda.attention.kv_quant import is_fp8, raw
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.attention.torch_ref import gather_heads
 
 KEY_BLOCK = 64
-ROWS_PER_ITEM = 16
-"""Target rows of a work item: ``QUERY_TILE = max(1, ROWS_PER_ITEM // G)`` tokens of ``G`` heads."""
-GROUP_BYTES = 64 << 20
-"""Items are processed in groups whose gathered float32 K/V stay under about this many bytes."""
+MAX_COLUMNS = 2048
+"""Query columns (tokens x heads of a group) of one work item; a longer prefill chunk is several items."""
+GROUP_ELEMS = 24 << 20
+"""Items are batched in groups whose float32 score tensor stays under about this many elements."""
 
 
-def query_tile(group: int) -> int:
-    return max(1, ROWS_PER_ITEM // group)
+@dataclass
+class _Group:
+    rows: torch.Tensor  # [n, ntok] token row of each item token (0 where padding)
+    ok: torch.Tensor  # [n, ntok] bool
+    cblocks: torch.Tensor  # [n, nbc] cache blocks covering positions [0, nblk * KEY_BLOCK)
+    visible: torch.Tensor  # [n, 1, nblk, KEY_BLOCK, ntok * G] bool
+    nblk: int
 
 
-def _items(meta: AttentionMetadata, qt: int) -> list[tuple[int, int, int, int]]:
-    """(request, first query row in the step, first position, tokens) per work item, in step order."""
-    items = []
-    start = 0
+_plan_cache: tuple[object, tuple, list[_Group]] | None = None
+
+
+def _width(tokens: int, group: int) -> int:
+    """Padded tokens of an item: columns ``tokens * group`` rounded up to a power of two >= 2 (fp32 GEMMs
+    take another path at N = 1)."""
+    cols = 1 << (max(2, tokens * group) - 1).bit_length()
+    return -(-cols // group)
+
+
+def _items(meta: AttentionMetadata, group: int) -> list[tuple[int, int, int, int]]:
+    """(request, first query row in the step, first position, tokens) per work item."""
+    per = max(1, MAX_COLUMNS // group)
+    items, start = [], 0
     for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
-        ctx = s_len - q_len
-        for t in range(0, q_len, qt):
-            items.append((i, start + t, ctx + t, min(qt, q_len - t)))
+        for t in range(0, q_len, per):
+            items.append((i, start + t, s_len - q_len + t, min(per, q_len - t)))
         start += q_len
     return items
 
 
-def _gather(cache: torch.Tensor, bt: torch.Tensor, seq_lens: torch.Tensor, nblk: int) -> torch.Tensor:
-    """cache [N, Hkv, bs, D]; bt [n, max_blocks]; -> float32 [n, Hkv, nblk, KEY_BLOCK, D], zero past seq_lens."""
-    N, Hkv, bs, D = cache.shape
-    n = bt.shape[0]
-    pos = torch.arange(nblk * KEY_BLOCK, device=bt.device)
-    col = (pos // bs).clamp(max=bt.shape[1] - 1)
-    blocks = bt.long()[:, col]  # [n, L]
-    heads = torch.arange(Hkv, device=bt.device)
-    idx = (blocks[:, None, :] * Hkv + heads[None, :, None]) * bs + (pos % bs)[None, None, :]  # [n, Hkv, L]
-    flat = raw(cache).view(N * Hkv * bs, D) if is_fp8(cache.dtype) else cache.view(N * Hkv * bs, D)
-    g = flat.index_select(0, idx.reshape(-1))
-    if is_fp8(cache.dtype):
-        g = g.view(cache.dtype)
-    g = g.float().view(n, Hkv, nblk, KEY_BLOCK, D)
-    valid = (pos[None, :] < seq_lens[:, None]).view(n, 1, nblk, KEY_BLOCK, 1)
-    return g.masked_fill_(~valid, 0.0)
+def _plan(meta: AttentionMetadata, group: int, bs: int, window: int | None, dev: torch.device) -> list[_Group]:
+    """Items bucketed by padded width, then cut into groups of bounded size (cached for the step's layers)."""
+    global _plan_cache
+    key = (group, bs, window)
+    if _plan_cache is not None and _plan_cache[0] is meta and _plan_cache[1] == key:
+        return _plan_cache[2]
+    buckets: dict[int, list[tuple[int, int, int, int]]] = {}
+    for it in _items(meta, group):
+        buckets.setdefault(_width(it[3], group), []).append(it)
+    groups = []
+    for ntok, its in sorted(buckets.items()):
+        start = 0
+        while start < len(its):
+            end, nblk = start, 1
+            while end < len(its):
+                need = max(nblk, -(-(its[end][2] + its[end][3]) // KEY_BLOCK))
+                if end > start and (end - start + 1) * need * KEY_BLOCK * ntok * group > GROUP_ELEMS:
+                    break
+                nblk, end = need, end + 1
+            groups.append(_build(meta, its[start:end], ntok, nblk, group, bs, window, dev))
+            start = end
+    _plan_cache = (meta, key, groups)
+    return groups
 
 
-def _attend_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, scale: float,
-                  window: int | None, cap: float | None) -> torch.Tensor:
-    """q [n, Hkv, M, D] f32, k/v [n, Hkv, nb, KB, D] f32, qpos [n, M] (-1: padding row) -> [n, Hkv, M, D]."""
-    n, hkv, m_rows, d = q.shape
-    nb = k.shape[2]
+def _build(meta, items, ntok, nblk, group, bs, window, dev) -> _Group:
+    req = torch.tensor([it[0] for it in items], device=dev)
+    first_row = torch.tensor([it[1] for it in items], device=dev)
+    first_pos = torch.tensor([it[2] for it in items], device=dev)
+    count = torch.tensor([it[3] for it in items], device=dev)
+    j = torch.arange(max(ntok, 1), device=dev)
+    ok = j[None, :] < count[:, None]
+    rows = torch.where(ok, first_row[:, None] + j[None, :], torch.zeros_like(first_row)[:, None])
+    qpos = torch.where(ok, first_pos[:, None] + j[None, :], torch.full_like(rows, -1))
+    qpos = qpos.repeat_interleave(group, dim=1)  # column c = token c // G, head c % G
+    pos = torch.arange(nblk * KEY_BLOCK, device=dev)
+    bt = meta.block_tables[req]
+    cols = torch.arange(-(-nblk * KEY_BLOCK // bs), device=dev).clamp(max=bt.shape[1] - 1)
+    cblocks = bt[:, cols]  # past the table: some block (finite, masked)
+    kpos = pos.view(1, nblk, KEY_BLOCK, 1)
+    colpos = qpos.view(-1, 1, 1, qpos.shape[1])
+    visible = kpos <= colpos
+    if window is not None:
+        visible &= kpos > colpos - window
+    return _Group(rows, ok, cblocks, visible.unsqueeze(1), nblk)
+
+
+def _gather(cache: torch.Tensor, cblocks: torch.Tensor, nblk: int, dtype: torch.dtype) -> torch.Tensor:
+    """cache [N, Hkv, bs, D], whole cache blocks ``cblocks`` [n, nbc] -> [n, Hkv, nblk, KEY_BLOCK, D] in
+    ``dtype`` (an FP8 cache upcast, unscaled)."""
+    g = gather_heads(cache, cblocks, dtype)[:, :, : nblk * KEY_BLOCK]
+    return g.reshape(cblocks.shape[0], cache.shape[1], nblk, KEY_BLOCK, cache.shape[3])
+
+
+def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
+            cap: float | None) -> torch.Tensor:
+    """Outputs [n, ntok, H, D] (float32) of one group. The GEMMs run in the model dtype (as HF's eager
+    attention: scores rounded to it, softmax in float32, ``p`` rounded to it for ``p V``)."""
+    T, H, D = query.shape
+    hkv = k_cache.shape[1]
+    G = H // hkv
+    n, ntok = g.rows.shape
+    ncol, nb, dt = ntok * G, g.nblk, query.dtype
+    q = query[g.rows].masked_fill_(~g.ok[:, :, None, None], 0.0)  # [n, ntok, H, D]
+    qt = q.view(n, ntok, hkv, G, D).permute(0, 2, 4, 1, 3).reshape(n, hkv, 1, D, ncol)
     b = n * hkv * nb
-    qb = q.unsqueeze(2).expand(n, hkv, nb, m_rows, d).reshape(b, m_rows, d)
-    s = torch.bmm(qb, k.reshape(b, KEY_BLOCK, d).transpose(1, 2)).view(n, hkv, nb, m_rows, KEY_BLOCK)
-    s = s * scale
+    qt = qt.expand(n, hkv, nb, D, ncol).reshape(b, D, ncol)
+    k = _gather(k_cache, g.cblocks, nb, dt)
+    s = torch.bmm(k.view(b, KEY_BLOCK, D), qt).view(n, hkv, nb, KEY_BLOCK, ncol).float().mul_(scale)
     if cap is not None:
         s = torch.tanh(s / cap) * cap
-    kpos = torch.arange(nb * KEY_BLOCK, device=q.device).view(1, nb, 1, KEY_BLOCK)
-    rowpos = qpos.view(n, 1, m_rows, 1)
-    visible = kpos <= rowpos
-    if window is not None:
-        visible &= kpos > rowpos - window
-    s = s.masked_fill_(~visible.unsqueeze(1), float("-inf"))
-    mx = s.amax(dim=(2, 4))  # [n, hkv, M]: exact
+    s = s.masked_fill_(~g.visible, float("-inf"))
+    mx = s.amax(dim=(2, 3))  # [n, hkv, ncol]: exact
     mx = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
-    p = torch.exp(s - mx[:, :, None, :, None])
-    l_sum = p.sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, M]
-    pv = torch.bmm(p.view(b, m_rows, KEY_BLOCK), v.reshape(b, KEY_BLOCK, d)).view(n, hkv, nb, m_rows, d)
-    o = pv.cumsum(2)[:, :, -1]
-    return o / torch.where(l_sum == 0, torch.ones_like(l_sum), l_sum).unsqueeze(-1)
+    p = torch.exp(s.sub_(mx[:, :, None, None, :]))
+    den = p.transpose(3, 4).contiguous().sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, ncol]: fixed-size inner sums
+    v = _gather(v_cache, g.cblocks, nb, dt)
+    o = torch.bmm(v.view(b, KEY_BLOCK, D).transpose(1, 2), p.to(dt).view(b, KEY_BLOCK, ncol))
+    o = o.view(n, hkv, nb, D, ncol).float().cumsum(2)[:, :, -1]  # [n, hkv, D, ncol]
+    out = o / torch.where(den == 0, torch.ones_like(den), den).unsqueeze(2)
+    return out.view(n, hkv, D, ntok, G).permute(0, 3, 1, 4, 2).reshape(n, ntok, H, D)
 
 
 def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
               scale: float, window: int | None = None, cap: float | None = None) -> torch.Tensor:
     """query [T, H, D]; caches [N, Hkv, bs, D] (the torch backend's HND layout) -> [T, H, D]."""
-    T, H, D = query.shape
-    hkv = k_cache.shape[1]
-    g = H // hkv
-    qt = query_tile(g)
-    rows = qt * g
+    H = query.shape[1]
     out = torch.zeros_like(query)
-    items = _items(meta, qt)
-    per_item = 2 * hkv * KEY_BLOCK * D * 4
-    start = 0
-    while start < len(items):
-        end, nblk = start, 1
-        while end < len(items):
-            need = max(nblk, -(-(items[end][2] + items[end][3]) // KEY_BLOCK))
-            if end > start and (end - start + 1) * need * per_item > GROUP_BYTES:
-                break
-            nblk, end = need, end + 1
-        _run_group(query, k_cache, v_cache, meta, items[start:end], nblk, qt, rows, scale, window, cap, out)
-        start = end
+    for g in _plan(meta, H // k_cache.shape[1], k_cache.shape[2], window, query.device):
+        o = _attend(g, query, k_cache, v_cache, scale, cap)
+        out[g.rows[g.ok]] = o[g.ok].to(out.dtype)
     return out
-
-
-def _run_group(query, k_cache, v_cache, meta, items, nblk, qt, rows, scale, window, cap, out) -> None:
-    T, H, D = query.shape
-    hkv = k_cache.shape[1]
-    g = H // hkv
-    dev = query.device
-    req = torch.tensor([it[0] for it in items], device=dev)
-    first_row = torch.tensor([it[1] for it in items], device=dev)
-    first_pos = torch.tensor([it[2] for it in items], device=dev)
-    count = torch.tensor([it[3] for it in items], device=dev)
-    j = torch.arange(qt, device=dev)
-    ok = j[None, :] < count[:, None]  # [n, qt]
-    tok = torch.where(ok, first_row[:, None] + j[None, :], torch.zeros_like(ok, dtype=torch.long))
-    qpos = torch.where(ok, first_pos[:, None] + j[None, :], torch.full_like(tok, -1))
-    q = query[tok].float()  # [n, qt, H, D]
-    q = q.masked_fill_(~ok[:, :, None, None], 0.0)
-    q = q.view(-1, qt, hkv, g, D).permute(0, 2, 1, 3, 4).reshape(-1, hkv, rows, D)
-    seq_lens = meta.seq_lens.long()[req]
-    k = _gather(k_cache, meta.block_tables[req], seq_lens, nblk)
-    v = _gather(v_cache, meta.block_tables[req], seq_lens, nblk)
-    o = _attend_group(q, k, v, qpos.repeat_interleave(g, dim=1), scale, window, cap)  # [n, hkv, rows, D]
-    o = o.view(-1, hkv, qt, g, D).permute(0, 2, 1, 3, 4).reshape(-1, qt, H, D)
-    out[tok[ok]] = o[ok].to(out.dtype)
