@@ -7,7 +7,8 @@ not depend on the other requests of the step, on how its prompt was chunked, nor
   of one KV head's group) of one request; per KV head and key block of ``KEY_BLOCK`` positions (aligned to
   position 0) the scores are ``S^T = K_b Q^T`` (``[KEY_BLOCK, D] x [D, N]``) and the output
   ``V_b^T P`` (``[D, KEY_BLOCK] x [KEY_BLOCK, N]``); the softmax sums are per-block sums over a
-  contiguous ``KEY_BLOCK`` (a fixed-size inner reduction). Measured on torch 2.13 (tests/test_deterministic.py keeps it checked): at a fixed M and K,
+  contiguous ``KEY_BLOCK`` (a fixed-size inner reduction).
+  Measured on torch 2.13 (tests/test_deterministic.py keeps it checked): at a fixed M and K,
   a bmm column does not depend on N (for N >= 2 in fp32, any N in bf16) nor on the number of batch items.
   So items are batched with N padded (to a power of two >= 2), and K/V are gathered once per item.
 * GEMMs in the model dtype, as HF's eager attention (scores rounded to it, ``p`` rounded to it for

@@ -24,6 +24,7 @@ dimension whose tiling a kernel may pick per shape are made so here:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -190,12 +191,48 @@ def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     if probed:
         logger.info("deterministic mode: CPU linears in tiles of %d rows; padded for %d of %d weight shapes "
                     "(M-dependent kernels)", ROW_TILE, sum(not v for v in probed.values()), len(probed))
-    for m in model.modules():
-        if isinstance(m, IntWeight):
-            m.batch_invariant = True
-            m.dense_packed = None
+    ints = [m for m in model.modules() if isinstance(m, IntWeight)]
+    for w in ints:
+        w.batch_invariant = True
+        w.dense_packed = None
+    if device.type == "cpu":
+        _dense_int_copies(ints)
     _wrap_logits(model, device)
     return count
+
+
+DENSE_COPY_MAX_BYTES = 1 << 30
+"""CPU integer weights get bf16 oneDNN copies, used for every row, when all copies fit this many bytes; else
+every row runs int4pack/int8pack, a GEMV per row (the default model's 1,792-row prefill: ~20 s instead of
+~0.5 s, while decode steps run at the same speed either way)."""
+
+
+def _dense_int_copies(ints: list[Any]) -> None:
+    """One path for every row of a CPU integer weight: its bf16 copy in tiles of at most ROW_TILE rows (M-invariant,
+    measured) when the copies fit :data:`DENSE_COPY_MAX_BYTES`, else the per-row int kernels."""
+    from pagoda.layers.cpu_linear import pack_weight, packed_linear
+
+    ws = [w for w in ints if w.codes.device.type == "cpu" and w.dtype == torch.bfloat16 and w.layout != "plain"]
+    nbytes = sum(2 * w.in_features * w.out_features for w in ws)
+    if not ws or nbytes > DENSE_COPY_MAX_BYTES:
+        if ws:
+            logger.warning("deterministic mode: %d int-weight linears run the per-row int kernels for every step "
+                           "(bf16 copies would take %.0f MiB > %.0f MiB): prefills are slow", len(ws),
+                           nbytes / 2**20, DENSE_COPY_MAX_BYTES / 2**20)
+        return
+    probed: dict[tuple[int, int], bool] = {}
+    for w in ws:
+        packed = pack_weight(w.dequantize(torch.bfloat16), ROW_TILE)
+        if packed is None:
+            return  # no oneDNN: every weight keeps the per-row int kernels (copies made so far are unused)
+        shape = (w.in_features, w.out_features)
+        if shape not in probed:
+            probed[shape] = m_invariant(functools.partial(packed_linear, packed=packed, bias=None), w.in_features,
+                                        w.dtype)
+        w.dense_packed = packed
+        w.dense_pad = not probed[shape]
+    logger.info("deterministic mode: bf16 oneDNN copies of %d int-weight linears, used for every row (+%.1f MiB)",
+                len(ws), nbytes / 2**20)
 
 
 def _wrap_logits(model: Any, device: torch.device) -> None:
