@@ -60,7 +60,7 @@ def test_gpu_deterministic_invariance_with_graphs(folder):
     assert eager == base, "CUDA graphs vs eager"
 
 
-def test_gpu_deterministic_refuses_quantization_and_tp(folder):
+def test_gpu_deterministic_refuses_quantization(folder):
     from pagoda.config import EngineArgs
 
     with pytest.raises(ValueError, match="--deterministic.*quantization"):
