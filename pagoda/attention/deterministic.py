@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagoda.attention.kv_quant import is_fp8
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_ref import gather_heads
 
@@ -41,9 +42,13 @@ GROUP_ELEMS = 24 << 20
 
 @dataclass
 class _Group:
-    rows: torch.Tensor  # [n, ntok] token row of each item token (0 where padding)
+    rows: torch.Tensor  # [n, ntok] token row of each item token (0 where padding: a real, finite row whose
+    # output column is dropped; columns never mix)
     ok: torch.Tensor  # [n, ntok] bool
     cblocks: torch.Tensor  # [n, nbc] cache blocks covering positions [0, nblk * KEY_BLOCK)
+    head_rows: torch.Tensor  # [n * Hkv * nbc] rows of the cache viewed as [N * Hkv, bs, D]
+    dst: torch.Tensor  # step rows of the item tokens that are real
+    src: torch.Tensor  # their index in the group's [n * ntok] outputs
     visible: torch.Tensor  # [n, 1, nblk, KEY_BLOCK, ntok * G] bool
     nblk: int
 
@@ -69,10 +74,11 @@ def _items(meta: AttentionMetadata, group: int) -> list[tuple[int, int, int, int
     return items
 
 
-def _plan(meta: AttentionMetadata, group: int, bs: int, window: int | None, dev: torch.device) -> list[_Group]:
+def _plan(meta: AttentionMetadata, group: int, hkv: int, bs: int, window: int | None,
+          dev: torch.device) -> list[_Group]:
     """Items bucketed by padded width, then cut into groups of bounded size (cached for the step's layers)."""
     global _plan_cache
-    key = (group, bs, window)
+    key = (group, hkv, bs, window)
     if _plan_cache is not None and _plan_cache[0] is meta and _plan_cache[1] == key:
         return _plan_cache[2]
     buckets: dict[int, list[tuple[int, int, int, int]]] = {}
@@ -88,13 +94,13 @@ def _plan(meta: AttentionMetadata, group: int, bs: int, window: int | None, dev:
                 if end > start and (end - start + 1) * need * KEY_BLOCK * ntok * group > GROUP_ELEMS:
                     break
                 nblk, end = need, end + 1
-            groups.append(_build(meta, its[start:end], ntok, nblk, group, bs, window, dev))
+            groups.append(_build(meta, its[start:end], ntok, nblk, group, hkv, bs, window, dev))
             start = end
     _plan_cache = (meta, key, groups)
     return groups
 
 
-def _build(meta, items, ntok, nblk, group, bs, window, dev) -> _Group:
+def _build(meta, items, ntok, nblk, group, hkv, bs, window, dev) -> _Group:
     req = torch.tensor([it[0] for it in items], device=dev)
     first_row = torch.tensor([it[1] for it in items], device=dev)
     first_pos = torch.tensor([it[2] for it in items], device=dev)
@@ -113,14 +119,22 @@ def _build(meta, items, ntok, nblk, group, bs, window, dev) -> _Group:
     visible = kpos <= colpos
     if window is not None:
         visible &= kpos > colpos - window
-    return _Group(rows, ok, cblocks, visible.unsqueeze(1), nblk)
+    heads = torch.arange(hkv, device=dev)
+    head_rows = (cblocks.long()[:, None, :] * hkv + heads[None, :, None]).reshape(-1)
+    src = ok.reshape(-1).nonzero().squeeze(1)
+    return _Group(rows, ok, cblocks, head_rows, rows.reshape(-1)[src], src, visible.unsqueeze(1), nblk)
 
 
-def _gather(cache: torch.Tensor, cblocks: torch.Tensor, nblk: int, dtype: torch.dtype) -> torch.Tensor:
-    """cache [N, Hkv, bs, D], whole cache blocks ``cblocks`` [n, nbc] -> [n, Hkv, nblk, KEY_BLOCK, D] in
-    ``dtype`` (an FP8 cache upcast, unscaled)."""
-    g = gather_heads(cache, cblocks, dtype)[:, :, : nblk * KEY_BLOCK]
-    return g.reshape(cblocks.shape[0], cache.shape[1], nblk, KEY_BLOCK, cache.shape[3])
+def _gather(cache: torch.Tensor, g: _Group, dtype: torch.dtype) -> torch.Tensor:
+    """cache [N, Hkv, bs, D], the group's whole cache blocks -> [n, Hkv, nblk, KEY_BLOCK, D] in ``dtype`` (an FP8
+    cache upcast, unscaled)."""
+    N, hkv, bs, D = cache.shape
+    n, nbc = g.cblocks.shape
+    if is_fp8(cache.dtype):
+        kv = gather_heads(cache, g.cblocks, dtype)
+    else:
+        kv = cache.view(N * hkv, bs, D).index_select(0, g.head_rows).view(n, hkv, nbc * bs, D)
+    return kv[:, :, : g.nblk * KEY_BLOCK].reshape(n, hkv, g.nblk, KEY_BLOCK, D)
 
 
 def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
@@ -132,11 +146,11 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     G = H // hkv
     n, ntok = g.rows.shape
     ncol, nb, dt = ntok * G, g.nblk, query.dtype
-    q = query[g.rows].masked_fill_(~g.ok[:, :, None, None], 0.0)  # [n, ntok, H, D]
+    q = query[g.rows]  # [n, ntok, H, D]
     qt = q.view(n, ntok, hkv, G, D).permute(0, 2, 4, 1, 3).reshape(n, hkv, 1, D, ncol)
     b = n * hkv * nb
     qt = qt.expand(n, hkv, nb, D, ncol).reshape(b, D, ncol)
-    k = _gather(k_cache, g.cblocks, nb, dt)
+    k = _gather(k_cache, g, dt)
     s = torch.bmm(k.view(b, KEY_BLOCK, D), qt).view(n, hkv, nb, KEY_BLOCK, ncol).float().mul_(scale)
     if cap is not None:
         s = torch.tanh(s / cap) * cap
@@ -145,7 +159,7 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     mx = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
     p = torch.exp(s.sub_(mx[:, :, None, None, :]))
     den = p.transpose(3, 4).contiguous().sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, ncol]: fixed-size inner sums
-    v = _gather(v_cache, g.cblocks, nb, dt)
+    v = _gather(v_cache, g, dt)
     o = torch.bmm(v.view(b, KEY_BLOCK, D).transpose(1, 2), p.to(dt).view(b, KEY_BLOCK, ncol))
     o = o.view(n, hkv, nb, D, ncol).float().cumsum(2)[:, :, -1]  # [n, hkv, D, ncol]
     out = o / torch.where(den == 0, torch.ones_like(den), den).unsqueeze(2)
@@ -157,7 +171,8 @@ def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     """query [T, H, D]; caches [N, Hkv, bs, D] (the torch backend's HND layout) -> [T, H, D]."""
     H = query.shape[1]
     out = torch.zeros_like(query)
-    for g in _plan(meta, H // k_cache.shape[1], k_cache.shape[2], window, query.device):
+    hkv = k_cache.shape[1]
+    for g in _plan(meta, H // hkv, hkv, k_cache.shape[2], window, query.device):
         o = _attend(g, query, k_cache, v_cache, scale, cap)
-        out[g.rows[g.ok]] = o[g.ok].to(out.dtype)
+        out[g.dst] = o.reshape(-1, H, query.shape[2]).index_select(0, g.src).to(out.dtype)
     return out
