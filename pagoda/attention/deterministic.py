@@ -155,14 +155,13 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if cap is not None:
         s = torch.tanh(s / cap) * cap
     s = s.masked_fill_(~g.visible, float("-inf"))
-    mx = s.amax(dim=(2, 3))  # [n, hkv, ncol]: exact
-    mx = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
+    mx = s.amax(dim=(2, 3)).nan_to_num_(neginf=0.0)  # [n, hkv, ncol]: exact; 0 for a padding column
     p = torch.exp(s.sub_(mx[:, :, None, None, :]))
     den = p.transpose(3, 4).contiguous().sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, ncol]: fixed-size inner sums
     v = _gather(v_cache, g, dt)
     o = torch.bmm(v.view(b, KEY_BLOCK, D).transpose(1, 2), p.to(dt).view(b, KEY_BLOCK, ncol))
     o = o.view(n, hkv, nb, D, ncol).float().cumsum(2)[:, :, -1]  # [n, hkv, D, ncol]
-    out = o / torch.where(den == 0, torch.ones_like(den), den).unsqueeze(2)
+    out = o / den.clamp_min_(1e-30).unsqueeze(2)  # a real column has den >= 1 (its max key gives exp(0))
     return out.view(n, hkv, D, ntok, G).permute(0, 3, 1, 4, 2).reshape(n, ntok, H, D)
 
 
