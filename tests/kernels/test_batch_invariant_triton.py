@@ -75,3 +75,29 @@ def test_attention_rows_invariant_to_chunking_and_batch(window):
         out = _attend(q, k_cache, v_cache, [(4, 60), (1, p + 1), (1, 90)], [table[:8], table, table[:12]], 0.3,
                       window)
         assert torch.equal(out[4], whole[p])
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU runs tests/gpu/test_gpu_deterministic.py")
+def test_engine_with_triton_attention_is_batch_invariant(tiny):
+    """The whole engine on the Triton attention backend (interpreter, fp32, tiny Llama) in deterministic
+    mode: a request's tokens and logprobs are the same in a batch, alone, and with prefill chunks of 7."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from engine_checks import PROMPTS, greedy
+
+    from pagoda import LLM
+
+    def key(outs):
+        return [(list(o.outputs[0].token_ids), [sorted((t, lp.logprob) for t, lp in d.items())
+                                                for d in o.outputs[0].logprobs]) for o in outs]
+
+    prompts, sp = PROMPTS[5:9], greedy(max_tokens=6, logprobs=2)
+    kw = dict(dtype="float32", device="cpu", attention_backend="triton", deterministic=True, max_num_seqs=8)
+    llm = LLM(str(tiny.path("llama")), **kw)
+    assert llm.llm_engine.core.runner.backend.batch_invariant
+    base = key(llm.generate(prompts, sp, use_tqdm=False))
+    assert [key(llm.generate([p], sp, use_tqdm=False))[0] for p in prompts] == base
+    chunked = LLM(str(tiny.path("llama")), max_num_batched_tokens=7, **kw)
+    assert key(chunked.generate(prompts, sp, use_tqdm=False)) == base
