@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from pagoda import envs
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
@@ -55,7 +56,7 @@ KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "ModelConfig": ("model", "runner", "convert", "pooler_config",
                     "tokenizer", "tokenizer_mode", "revision", "served_model_name", "dtype",
-                    "max_model_len", "hf_overrides", "seed", "enforce_eager", "generation_config",
+                    "max_model_len", "hf_overrides", "seed", "enforce_eager", "deterministic", "generation_config",
                     "override_generation_config", "max_logprobs", "trust_remote_code", "model_impl"),
     "LoadConfig": ("download_dir", "load_format"),
     "QuantizationConfig": ("quantization",),
@@ -148,6 +149,11 @@ class EngineArgs:
     """Use exactly this many KV blocks (testing / debugging; default: sized from memory)."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
+    deterministic: bool = False
+    """Batch-invariant mode (also VLLM_BATCH_INVARIANT=1): each request's greedy tokens and logprobs are bitwise
+    the same whatever the batch size, the other requests, prefill chunking, prefix-cache hits or preemption; every
+    row-reducing op runs in a fixed order (docs/design.md). Costs throughput; tensor parallelism and quantized
+    GPU kernels are refused with it."""
     async_scheduling: bool | None = None
     """Schedule and prepare step N+1 on the host while the GPU runs step N (default: on for CUDA, off for CPU)."""
     scheduling_policy: str = field(default="fcfs", metadata={"choices": SCHEDULING_POLICIES})
@@ -254,6 +260,7 @@ class EngineArgs:
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization, arch)
         quant = resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
+        deterministic = self.deterministic or envs.batch_invariant()
 
         device = resolve_device(self.device)
         dtype_cfg = hf_config
@@ -276,6 +283,10 @@ class EngineArgs:
                              f"the context (max_model_len {max_model_len}).")
         max_num_seqs, mnbt = self._batch_limits(device, max_model_len, pooling)
         tp = self.tensor_parallel_size
+        if deterministic:
+            from pagoda.layers.batch_invariant import check_supported
+
+            check_supported(device, tp, quant.name if quant is not None else None, self.kv_cache_dtype)
         from pagoda.distributed.support import check_tensor_parallel
 
         check_tensor_parallel(tp, self.distributed_executor_backend, arch=arch, model_impl=model_impl,
@@ -311,6 +322,7 @@ class EngineArgs:
             gpu_memory_utilization=self.gpu_memory_utilization,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
+            deterministic=deterministic,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
             and not pooling,
             scheduling_policy=self.scheduling_policy,
@@ -407,6 +419,7 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
     data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
+    deterministic: bool = False  # batch-invariant kernels (--deterministic or VLLM_BATCH_INVARIANT=1)
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
+    EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("PAGODA_RELIABILITY_FULL", "0", "tests: `1` runs the reliability battery at full length", True),
     EnvVar("PAGODA_RELIABILITY_REPORT", "", "tests: file the reliability battery appends its figures to "
            "(JSON lines)", True),
@@ -96,6 +97,11 @@ def log_stats_interval_s() -> float:
 def chunk_graphs_enabled() -> bool:
     """``PAGODA_CHUNK_GRAPHS``: False when set to ``0`` (prefill-chunk CUDA graphs off)."""
     return _raw("PAGODA_CHUNK_GRAPHS") != "0"
+
+
+def batch_invariant() -> bool:
+    """``VLLM_BATCH_INVARIANT``: True when set to a value other than ``0`` (turns on ``--deterministic``)."""
+    return _raw("VLLM_BATCH_INVARIANT") not in ("", "0")
 
 
 def reliability_full() -> bool:

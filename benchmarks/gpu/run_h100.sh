@@ -2,7 +2,7 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels intweight torchattn breakdown latency spec throughput sync prefix hf moe quant   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels intweight torchattn breakdown latency spec throughput sync prefix hf moe quant det   (default: env tests kernels latency throughput hf)
 # spec: speculative verify-4 step vs decode step, batch 1 and 32 (benchmarks/gpu/spec_verify_bench.sh)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
@@ -80,6 +80,23 @@ if has throughput; then
   log "throughput sharegpt-like 500 (pagoda)"
   timeout 300 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy \
     --dataset sharegpt --num-prompts 500 --max-model-len 4096 --output-json "$OUT/tp_pagoda.json" 2>&1 | grep -E "pagoda\]|digest|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+fi
+
+if has det; then
+  # --deterministic (batch-invariant mode): its GPU tests, then the throughput and batch-1/64 decode cost.
+  log "deterministic mode: tests, then sharegpt-like 300 and latency, off vs on (Llama-3-8B shape, bf16, dummy)"
+  timeout 300 python -m pytest tests/gpu/test_gpu_deterministic.py tests/kernels/test_batch_invariant_triton.py -q -x 2>&1 \
+    | tail -5 | tee -a "$OUT/summary.txt"
+  for det in "" "--deterministic"; do
+    log "throughput ${det:-default}"
+    timeout 200 python -m pagoda.entrypoints.cli --log-level INFO bench throughput --model $M --load-format dummy $det \
+      --dataset sharegpt --num-prompts 300 --max-model-len 4096 --output-json "$OUT/tp_det${det:+_on}.json" 2>&1 \
+      | grep -E "pagoda\]|digest|rror" | tee -a "$OUT/summary.txt"
+    log "latency ${det:-default}"
+    timeout 200 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy $det \
+      --batch-size 1 64 --input-len 512 --output-len 64 --num-iters 1 --max-model-len 4096 2>&1 \
+      | grep -E "^batch|rror" | tee -a "$OUT/summary.txt"
+  done
 fi
 
 if has sync; then

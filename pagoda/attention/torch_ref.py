@@ -50,6 +50,7 @@ def gather_heads(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtyp
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     kv_layout = "HND"
+    batch_invariant = False  # set by the model runner in --deterministic mode (attention/deterministic.py)
 
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping, k_scale=1.0, v_scale=1.0):
         bs = k_cache.shape[2]
@@ -73,6 +74,10 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                  win: int | None, cap: float | None) -> torch.Tensor:
+        if self.batch_invariant:  # --deterministic
+            from pagoda.attention import deterministic
+
+            return deterministic.attention(query, k_cache, v_cache, meta, scale, win, cap)
         if meta.is_decode_only:
             return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, win, cap)
         out = torch.empty_like(query)

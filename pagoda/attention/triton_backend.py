@@ -35,6 +35,7 @@ class TritonAttentionBackend(AttentionBackend):
     """
 
     name = "triton"
+    batch_invariant = False  # --deterministic: one fixed tile config, no KV split (set by the model runner)
 
     def write_kv(
         self,
@@ -50,7 +51,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     def num_splits(self, query: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> int:
         """KV splits this step would use (1 = the unified kernel)."""
-        if not meta.is_decode_only:
+        if not meta.is_decode_only or self.batch_invariant:
             return 1
         tk = _kernels()
         bound = meta.split_kv_len or meta.max_seq_len
@@ -76,6 +77,12 @@ class TritonAttentionBackend(AttentionBackend):
             return tk.split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                 scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale, **win_cap,
+            )
+        if self.batch_invariant:  # every row: the same tiles, KV blocks from position 0, in order
+            return tk.unified_attention(
+                query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                meta.max_query_len, scale, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale,
+                **tk.batch_invariant_tiles(query, k_cache), **win_cap,
             )
         chunk_splits = 1
         if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps

@@ -738,6 +738,16 @@ def unified_attention(
     return _apply_v_scale(out, v_cache, v_scale)
 
 
+def batch_invariant_tiles(query: torch.Tensor, k_cache: torch.Tensor) -> dict[str, int]:
+    """``--deterministic``: the tile sizes of every step (``block_m``, ``block_n``), a function of the
+    model's shape only, so a query row is computed by the same program shape whatever the step holds
+    (KV tiles start at position 0 and run in order; no split)."""
+    block_d = max(16, triton.next_power_of_2(query.shape[-1]))
+    wide = _wide_rows(block_d, query, k_cache)
+    group = query.shape[1] // k_cache.shape[2]
+    return {"block_m": max(64, triton.next_power_of_2(group)), "block_n": 32 if wide else 64}
+
+
 _num_sms_cache: dict[int, int] = {}
 
 

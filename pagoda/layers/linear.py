@@ -40,6 +40,10 @@ def set_weight_attrs(param: torch.Tensor, **attrs: Any) -> None:
 class LinearMethod:
     """How a :class:`Linear` stores its weights and computes its output."""
 
+    plain_dense_weight = False
+    """True when a layer of this method that keeps a ``weight`` parameter computes ``F.linear(x, weight, bias)``
+    with it (no activation quantization): --deterministic may then run it in fixed-size row tiles."""
+
     def create_weights(self, layer: Linear, in_features: int, out_features: int, bias: bool) -> None:
         """Register the layer's parameters (on the current default device and dtype). ``layer.output_sizes``
         gives the fused shards' sizes."""

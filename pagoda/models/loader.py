@@ -94,6 +94,10 @@ def load_model(cfg: EngineConfig, tp: Any = None) -> nn.Module:
     if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
         logger.debug("prepacked %d linear weights for oneDNN", packed)
+    if cfg.deterministic:
+        from pagoda.layers.batch_invariant import make_batch_invariant
+
+        logger.info("deterministic mode: %d batch-invariant dense linears", make_batch_invariant(model, cfg.device))
     logger.info(
         "Loaded %s (%s implementation, %s, %.1fM parameter elements, %s, quantization: %s) in %.2f s; "
         "weights take %.3f GiB",

@@ -178,6 +178,8 @@ class GGUFLinearMethod(LinearMethod):
     """A linear layer (or embedding, see :class:`QuantizedEmbedding`) from GGUF tensors: ``int_weight`` when
     every shard is quantized, else a dense ``weight``."""
 
+    plain_dense_weight = True
+
     def create_weights(self, layer: Linear, in_features: int, out_features: int, bias: bool) -> None:
         qweight = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
         set_weight_attrs(qweight, weight_loader=lambda p, t, shard: self._stash(layer, t, shard))

@@ -73,6 +73,8 @@ class IntWeight(nn.Module):
         self.dtype = scales.dtype
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
+        self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
+        self.dense_pad = True  # --deterministic with a dense copy: pad its last row tile (an M-dependent kernel)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
 
@@ -205,19 +207,29 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     x2 = x.reshape(-1, w.in_features)
     on = x.device.type
     if x2.shape[0] == 0 or w.layout == "plain" or (on == "cuda") != (w.layout == "triton"):
+        if w.batch_invariant:
+            from pagoda.layers.batch_invariant import int_weight_dense
+
+            return int_weight_dense(x, w.dequantize(x.dtype), bias)
         return F.linear(x, w.dequantize(x.dtype), bias)
     if w.layout == "triton":
         from pagoda.quantization.kernels import triton_wna16
         assert w.scales is not None and w.offsets is not None
         y = triton_wna16.wna16_matmul(x2, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias)
         return y.view(*lead, w.out_features)
+    if w.batch_invariant and w.dense_packed is not None:  # --deterministic: the copy for every row
+        from pagoda.layers.batch_invariant import row_tiled
+
+        packed = w.dense_packed
+        y = row_tiled(lambda t: packed_linear(t, packed, bias), x2, pad_last=w.dense_pad)
+        return y.view(*lead, w.out_features)
     if w.dense_packed is not None and x2.shape[0] >= cpu_woq.DENSE_MIN_M and x2.dtype == torch.bfloat16:
         return packed_linear(x2, w.dense_packed, bias).view(*lead, w.out_features)
     if w.layout == "cpu_int8":
         assert w.scales is not None
-        y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1))
+        y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1), per_row=w.batch_invariant)
     else:
-        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size)
+        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size, per_row=w.batch_invariant)
     if bias is not None:
         y = y.add_(bias)
     return y.view(*lead, w.out_features)

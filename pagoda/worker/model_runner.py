@@ -148,6 +148,11 @@ class ModelRunner:
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
+        if cfg.deterministic:
+            if not hasattr(self.backend, "batch_invariant"):
+                raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "
+                                 f"mode")
+            self.backend.batch_invariant = True
         self.block_size = cfg.block_size
         self.kv_caches: kv_cache.KVCaches = []
         # Host KV tier: the same per-layer layout, in (pinned, on CUDA) host memory.

@@ -135,10 +135,12 @@ def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: in
     return w
 
 
-def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int) -> torch.Tensor:
+def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int,
+                per_row: bool = False) -> torch.Tensor:
+    """``per_row``: int4pack for every M (each row computed alone: batch-invariant), never the dense path."""
     x = x.contiguous()
     n, k = parts[0][0].shape[0], x.shape[1]
-    if x.shape[0] > DEQUANT_MIN_M and n % 64 == 0 and _block64_layout():
+    if not per_row and x.shape[0] > DEQUANT_MIN_M and n % 64 == 0 and _block64_layout():
         return torch.mm(x, _dequantized_t(parts, n, k, group_size, x.dtype))
     out = None
     for packed, sz in parts:
@@ -175,7 +177,7 @@ def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, 
     return (codes.to(torch.int16) - 128).to(torch.int8).contiguous(), scales[:, 0].contiguous()
 
 
-def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    if x.shape[0] > DEQUANT_MIN_M:  # a GEMV per row as well: dequantize once for prefill
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    if not per_row and x.shape[0] > DEQUANT_MIN_M:  # a GEMV per row as well: dequantize once for prefill
         return F.linear(x, q.to(x.dtype) * scales.to(x.dtype).unsqueeze(-1))
     return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q, scales.to(x.dtype))
