@@ -68,7 +68,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
-    "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend"),
+    "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend"),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -184,9 +184,14 @@ class EngineArgs:
     """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
     Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async
     scheduling; on CPU the ranks use gloo (a correctness path), on CUDA NCCL with rank r on cuda:r."""
+    pipeline_parallel_size: int = field(default=1, metadata={"aliases": ("-pp",)})
+    """Pipeline stages: the decoder layers split evenly over the stages (VLLM_PP_LAYER_PARTITION overrides), the
+    embedding on the first and the LM head on the last; hidden states go stage to stage, and up to this many steps
+    are in flight. Ranks = tensor x pipeline size; the same models and limits as --tensor-parallel-size."""
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
-    """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
-    not supported yet."""
+    """How the ranks of --tensor-parallel-size x --pipeline-parallel-size run: mp (the default: worker processes on
+    this machine) or ray (Ray actors placed by a placement group over the nodes of a Ray cluster: RAY_ADDRESS or
+    the running one, else a local one)."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -215,8 +220,9 @@ class EngineArgs:
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size (--tensor-parallel-size) must be at least 1, "
                              f"got {self.tensor_parallel_size}.")
-        if self.distributed_executor_backend == "ray":
-            raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default).")
+        if self.pipeline_parallel_size < 1:
+            raise ValueError(f"pipeline_parallel_size (--pipeline-parallel-size) must be at least 1, "
+                             f"got {self.pipeline_parallel_size}.")
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -264,7 +270,7 @@ class EngineArgs:
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
-                              speculative=spec is not None)
+                              speculative=spec is not None, pp=self.pipeline_parallel_size)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -291,7 +297,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling and tp == 1,
+            and not pooling and tp == 1 and self.pipeline_parallel_size == 1,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
@@ -304,6 +310,8 @@ class EngineArgs:
             pooler=rc.pooler,
             speculative_config=spec,
             tensor_parallel_size=tp,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend or "mp",
         )
 
     def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
@@ -384,6 +392,8 @@ class EngineConfig:
     pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
     speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
+    pipeline_parallel_size: int = 1  # stages (this process runs the last one); ranks = tp x pp
+    distributed_executor_backend: str = "mp"  # mp | ray
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,12 +38,13 @@ class TPGroup:
     rank: int
     world_size: int
     stats: CommStats = field(default_factory=CommStats, compare=False)
+    group: Any = field(default=None, compare=False)  # the ranks' subgroup under pipeline parallelism; None: WORLD
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over the ranks, in place; returns ``x``."""
         if self.world_size > 1:
             t0 = time.perf_counter()
-            dist.all_reduce(x)
+            dist.all_reduce(x, group=self.group)
             st = self.stats
             st.seconds += time.perf_counter() - t0
             st.calls += 1
@@ -54,7 +56,7 @@ class TPGroup:
         if self.world_size == 1:
             return x
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        dist.all_gather(parts, x.contiguous())
+        dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
 
@@ -76,6 +78,34 @@ def init_tp_group(rank: int, world_size: int, init_method: str, device: torch.de
                             timeout=timeout)
     logger.debug("rank %d/%d joined the %s group", rank, world_size, backend_for(device))
     return TPGroup(rank, world_size)
+
+
+def init_world(rank: int, world_size: int, device: torch.device, *, init_method: str | None = None,
+               store: Any = None, device_index: int | None = None) -> None:
+    """Join the process group of every rank (tensor x pipeline), through ``init_method`` (a ``file://`` store)
+    or a ``store`` (a TCPStore for ranks on several machines). ``device_index``: this rank's CUDA device
+    (default: ``cuda:rank``; a Ray actor sees its one GPU as ``cuda:0``)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(torch.device("cuda", rank if device_index is None else device_index))
+    timeout = datetime.timedelta(seconds=envs.dist_timeout_s())
+    dist.init_process_group(backend_for(device), init_method=init_method, store=store, rank=rank,
+                            world_size=world_size, timeout=timeout)
+    logger.debug("rank %d/%d joined the %s group", rank, world_size, backend_for(device))
+
+
+def make_tp_group(rank: int, tp_size: int, pp_size: int) -> TPGroup:
+    """This rank's tensor-parallel group. Ranks are laid out as vLLM does (``rank = stage * tp_size + tp_rank``);
+    with one stage the group is WORLD, with several every rank creates every stage's subgroup (in the same order,
+    as ``new_group`` requires) and keeps its own."""
+    if pp_size == 1:
+        return TPGroup(rank, tp_size)
+    mine = None
+    for stage in range(pp_size):
+        ranks = list(range(stage * tp_size, (stage + 1) * tp_size))
+        g = dist.new_group(ranks) if tp_size > 1 else None
+        if rank in ranks:
+            mine = g
+    return TPGroup(rank % tp_size, tp_size, group=mine)
 
 
 def destroy_tp_group() -> None:

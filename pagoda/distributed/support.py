@@ -23,16 +23,17 @@ DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
 
 def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl: str, quantized: bool,
                           pooling: bool, device: torch.device, hf_config: dict[str, Any],
-                          kv_offloading: bool, async_scheduling: bool | None, speculative: bool = False) -> None:
-    """Raise ``ValueError`` naming the flag when ``--tensor-parallel-size tp`` cannot run this engine."""
-    flag = f"--tensor-parallel-size {tp}"
-    if backend == "ray":
-        raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default: one process "
-                         "per rank on this machine).")
-    if tp == 1:
-        return
+                          kv_offloading: bool, async_scheduling: bool | None, speculative: bool = False,
+                          pp: int = 1) -> None:
+    """Raise ``ValueError`` naming the flag when ``--tensor-parallel-size tp`` (x ``--pipeline-parallel-size pp``)
+    cannot run this engine."""
     if tp < 1:
         raise ValueError(f"--tensor-parallel-size must be at least 1, got {tp}.")
+    if backend == "ray":
+        check_ray_installed()
+    if tp * pp == 1:
+        return
+    flag = f"--tensor-parallel-size {tp}" if pp == 1 else f"--tensor-parallel-size {tp} --pipeline-parallel-size {pp}"
     if model_impl != "pagoda" or arch not in TP_ARCHITECTURES:
         raise ValueError(f"{flag}: {arch} ({model_impl} implementation) has no tensor-parallel layers; tensor "
                          f"parallelism covers {', '.join(TP_ARCHITECTURES)}. Use --tensor-parallel-size 1.")
@@ -49,9 +50,13 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
     if async_scheduling:
         raise ValueError(f"{flag}: --async-scheduling needs the sampled tokens on every rank, which is not "
                          f"implemented; use --no-async-scheduling.")
-    if device.type == "cuda" and tp > torch.cuda.device_count():
+    if device.type == "cuda" and backend != "ray" and tp * pp > torch.cuda.device_count():
         raise ValueError(f"{flag}: only {torch.cuda.device_count()} CUDA device(s) are visible "
                          f"(CUDA_VISIBLE_DEVICES); one rank needs one device.")
+    if pp > 1:
+        from pagoda.distributed.pipeline import layer_partition
+
+        layer_partition(int(hf_config["num_hidden_layers"]), pp)  # raises naming the flag or the variable
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.layers.parallel_linear import attention_heads
 
@@ -62,9 +67,17 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
         raise ValueError(f"{flag} does not divide the model's intermediate_size ({inter}).")
 
 
+def check_ray_installed() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError("--distributed-executor-backend ray needs the ray package (pip install 'pagoda[ray]').") \
+            from None
+
+
 def build_tp_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                   quant_config: QuantizationConfig | None, tp: Any) -> Any:
-    """This rank's shard of the model (``check_tensor_parallel`` has passed)."""
+                   quant_config: QuantizationConfig | None, tp: Any, pp: Any = None) -> Any:
+    """This rank's shard of the model (``check_tensor_parallel`` has passed); ``pp``: its pipeline stage."""
     from pagoda.models.llama import LlamaForCausalLM
     from pagoda.models.registry import model_class
 
@@ -72,4 +85,4 @@ def build_tp_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
     if cls is not LlamaForCausalLM:  # a plugin replaced the class: it did not declare sharded layers
         raise ValueError(f"--tensor-parallel-size {tp.world_size}: {arch} is served by {cls.__name__}, which has no "
                          f"tensor-parallel layers.")
-    return cls(hf_config, arch, dtype, quant_config, tp=tp)
+    return cls(hf_config, arch, dtype, quant_config, tp=tp, pp=pp)
