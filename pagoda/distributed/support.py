@@ -33,7 +33,8 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
         check_ray_installed()
     if tp * pp == 1:
         return
-    flag = f"--tensor-parallel-size {tp}" if pp == 1 else f"--tensor-parallel-size {tp} --pipeline-parallel-size {pp}"
+    flag = " ".join(([f"--tensor-parallel-size {tp}"] if tp > 1 else [])
+                    + ([f"--pipeline-parallel-size {pp}"] if pp > 1 else []))
     if model_impl != "pagoda" or arch not in TP_ARCHITECTURES:
         raise ValueError(f"{flag}: {arch} ({model_impl} implementation) has no tensor-parallel layers; tensor "
                          f"parallelism covers {', '.join(TP_ARCHITECTURES)}. Use --tensor-parallel-size 1.")

@@ -3,7 +3,7 @@
 argparse alone would say "unrecognized arguments", which does not tell a vLLM user which feature
 is missing. Every flag here is registered (hidden from ``--help``; listed in ``docs/cli.md``)
 with an action that fails at parse time, before any model loads, unless its value is one that
-changes nothing here (``--pipeline-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
+changes nothing here (``--decode-context-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
 keep argparse's own error.
 """
 
@@ -35,8 +35,8 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
-_PAR = ("pipeline, data, expert and context parallelism are not supported yet (tensor parallelism is: "
-        "--tensor-parallel-size)")
+_PAR = ("data, expert and context parallelism are not supported yet (tensor and pipeline parallelism are: "
+        "--tensor-parallel-size, --pipeline-parallel-size)")
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
 _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
 
@@ -74,7 +74,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # StructuredOutputsConfig
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
-    _u("--pipeline-parallel-size -pp", _PAR, "1"),
     _u("--data-parallel-size -dp", _PAR, "1"),
     _u("--decode-context-parallel-size -dcp", _PAR, "1"),
     _u("--data-parallel-rank -dpn --data-parallel-start-rank -dpr --data-parallel-size-local -dpl "
@@ -82,7 +81,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--data-parallel-hybrid-lb --enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
     _u("--all2all-backend --eplb-config --expert-placement-strategy", _PAR),
     _u("--max-parallel-loading-workers", "weights load in one process"),
-    _u("--ray-workers-use-nsight", "Ray is not used", value=False),
+    _u("--ray-workers-use-nsight", "Ray workers are not profiled with Nsight", value=False),
     _u("--disable-custom-all-reduce", "accepted: pagoda has no custom all-reduce (torch.distributed's is used)",
        ANY_VALUE, value=False),
     _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),
