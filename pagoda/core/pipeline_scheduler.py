@@ -15,12 +15,14 @@ of that step is recomputed later, and a token it sampled is kept (its context wa
 
 from __future__ import annotations
 
+from typing import Any
+
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import ScheduledRequest, Scheduler
 
 
 class PipelineScheduler(Scheduler):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_flight: set[str] = set()  # ids of requests in a launched, not yet updated step
 

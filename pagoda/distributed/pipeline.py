@@ -153,8 +153,8 @@ class PPStage:
         (the hidden state is returned, for nobody). ``local_only``: no transfer, zeros in (memory profiling)."""
         n, hidden = input_ids.shape[0], model.shape.hidden_size
         fused = bool(model.fused)
-        dtype = next(model.parameters()).dtype if fused else torch.float32
-        specs = [((n, hidden), dtype)] * (2 if fused else 1)
+        dtype: torch.dtype = next(model.parameters()).dtype if fused else torch.float32
+        specs: list[tuple[tuple[int, ...], torch.dtype]] = [((n, hidden), dtype)] * (2 if fused else 1)
         if self.is_first:
             h, residual = model.embed(input_ids), None
         elif local_only:
