@@ -1,8 +1,9 @@
 """A tensor-parallel process group: rank, world size and the collectives the sharded layers use.
 
 Backend: NCCL when the ranks run on CUDA (rank ``r`` uses ``cuda:r`` of the devices
-``CUDA_VISIBLE_DEVICES`` leaves visible), gloo on the CPU. The rendezvous is a file store in a private
-temp dir (``file://``): nothing listens on a network port. Every collective has the group's timeout
+``CUDA_VISIBLE_DEVICES`` leaves visible; a Ray actor its one GPU), gloo on the CPU. The rendezvous is a
+file store in a private temp dir (``file://``, the mp executor: nothing listens on a network port) or a TCP
+store the engine core serves (the Ray executor, ranks on several nodes). Every collective has the group's timeout
 (``PAGODA_DIST_TIMEOUT_S``), so a rank that stops answering fails the step instead of hanging it.
 """
 
@@ -67,17 +68,6 @@ def backend_for(device: torch.device) -> str:
 def rank_device(device: torch.device, rank: int) -> torch.device:
     """The device rank ``rank`` computes on: ``cuda:rank`` on CUDA, the CPU otherwise."""
     return torch.device("cuda", rank) if device.type == "cuda" else device
-
-
-def init_tp_group(rank: int, world_size: int, init_method: str, device: torch.device) -> TPGroup:
-    """Join the group (blocks until all ``world_size`` ranks have joined, or the timeout)."""
-    if device.type == "cuda":
-        torch.cuda.set_device(rank_device(device, rank))
-    timeout = datetime.timedelta(seconds=envs.dist_timeout_s())
-    dist.init_process_group(backend_for(device), init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timeout)
-    logger.debug("rank %d/%d joined the %s group", rank, world_size, backend_for(device))
-    return TPGroup(rank, world_size)
 
 
 def init_world(rank: int, world_size: int, device: torch.device, *, init_method: str | None = None,

@@ -35,6 +35,7 @@ from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
+from pagoda.errors import EngineFatalError
 from pagoda.layers.rejection_sampler import rejection_sample
 from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
@@ -343,8 +344,15 @@ class ModelRunner:
 
         def run() -> StepHandle:
             with torch.inference_mode():
-                self._apply_kv_transfers(sched)
-                return self._finish_step(sched, inputs, self._forward_tp(inputs, None, None))
+                try:
+                    self._apply_kv_transfers(sched)
+                    fwd = self._forward_tp(inputs, None, None)
+                except EngineFatalError:
+                    raise
+                except Exception as e:  # the other stages ran this step: a retry would read the wrong tensors
+                    raise EngineFatalError(f"the last pipeline stage failed mid-step, the stages are out of step: "
+                                           f"{type(e).__name__}: {e}") from e
+                return self._finish_step(sched, inputs, fwd)
 
         return StepHandle(RunnerOutput(), [], [], None, deferred=run)
 
