@@ -101,9 +101,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=4, help="per step: the batch splits into micro-batches")
+    ap.add_argument("--transfer-only", action="store_true", help="part 1 only")
     a = ap.parse_args()
     shapes = [(a.batch, a.hidden), (a.batch * a.prompt_len, a.hidden)]
     print(json.dumps({"one_way_transfer_ms": {k: round(v, 3) for k, v in transfer_ms(shapes).items()}}), flush=True)
+    if a.transfer_only:
+        return
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as d:
         model = write_model(Path(d), a.layers, a.hidden)
