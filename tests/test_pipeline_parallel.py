@@ -120,6 +120,29 @@ def test_killed_stage_fails_the_engine_fast(tiny):
         llm.llm_engine.shutdown()
 
 
+def test_stage_that_dies_mid_step_is_reported(tiny, monkeypatch):
+    """Stage 0 killed right after a step was sent: the engine core, waiting for its hidden states (or sending the
+    next step), raises WorkerDied instead of hanging."""
+    from pagoda.distributed.executor import MultiprocExecutor, WorkerDied
+
+    llm = _llm(tiny, pipeline_parallel_size=2)
+    try:
+        real = MultiprocExecutor.broadcast_step
+
+        def kill_after_send(self, inputs, copies):
+            real(self, inputs, copies)
+            self.procs[0].kill()
+
+        monkeypatch.setattr(MultiprocExecutor, "broadcast_step", kill_after_send)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerDied, match=r"pipeline stage 0 of 2, tensor rank 0\) died"):
+            llm.generate(PROMPTS[:3], greedy(max_tokens=4), use_tqdm=False)
+        assert time.monotonic() - t0 < 30
+    finally:
+        monkeypatch.undo()
+        llm.llm_engine.shutdown()
+
+
 @pytest.mark.parametrize("arch,kw,match", [
     ("llama", {"pipeline_parallel_size": 3}, "--pipeline-parallel-size 3: the model has only 2 decoder layers"),
     ("llama", {"pipeline_parallel_size": 0}, "--pipeline-parallel-size. must be at least 1"),

@@ -153,7 +153,8 @@ class PPStage:
         (the hidden state is returned, for nobody). ``local_only``: no transfer, zeros in (memory profiling)."""
         n, hidden = input_ids.shape[0], model.shape.hidden_size
         fused = bool(model.fused)
-        dtype: torch.dtype = next(model.parameters()).dtype if fused else torch.float32
+        # Fused: the model dtype (a norm weight's: a layer's first parameter may be a float32 KV-cache scale).
+        dtype: torch.dtype = model.layers[self.start].input_layernorm.weight.dtype if fused else torch.float32
         specs: list[tuple[tuple[int, ...], torch.dtype]] = [((n, hidden), dtype)] * (2 if fused else 1)
         if self.is_first:
             h, residual = model.embed(input_ids), None
