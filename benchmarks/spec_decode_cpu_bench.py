@@ -9,7 +9,7 @@ computes its prompt. Reports generated tokens / second for each, the ratio, the 
 length, and whether the greedy outputs are identical (else the first diverging position).
 
 Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2]
-       [--speculative-config JSON] [--num-prompts N] [--output-json F]
+       [--speculative-config JSON] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=None)
     ap.add_argument("--speculative-config", default=NGRAM)
     ap.add_argument("--output-json", default=None)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None,
+                    help="per engine, on a GPU (two engines share it: e.g. 0.4)")
     args = ap.parse_args()
 
     from pagoda import LLM, SamplingParams
@@ -39,6 +41,8 @@ def main() -> None:
     convs = [json.loads(line)["messages"] for line in DATA.read_text().splitlines() if line.strip()]
     convs = convs[: args.num_prompts]
     common = dict(model=args.model, dtype=args.dtype, enable_prefix_caching=False, max_model_len=2048)
+    if args.gpu_memory_utilization is not None:
+        common["gpu_memory_utilization"] = args.gpu_memory_utilization
     engines = {"base": LLM(**common), "spec": LLM(**common, speculative_config=json.loads(args.speculative_config))}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     for llm in engines.values():  # warm-up

@@ -2,7 +2,7 @@
 
 Weights are ``[N, K]`` (``float8_e4m3fn`` or ``int8``) with one float32 scale per output channel ``[N]``
 (a per-tensor scale is expanded to channels at load time: exact, no requantization). Activations are
-quantized per call: FP8 by ``absmax / 448`` (per token or per tensor) or a static ``input_scale``; int8 per
+quantized per call: FP8 by ``absmax * (1/448)`` (per token or per tensor) or a static ``input_scale``; int8 per
 token by ``absmax / 127.5`` with round-half-even and clamp to ``[-128, 127]`` — compressed-tensors' own
 arithmetic (``calculate_qparams``: scale = absmax / ((q_max - q_min) / 2)); vLLM's kernels divide by 127,
 a 0.4 % different scale.
@@ -24,6 +24,9 @@ FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 INT8_DIVISOR = 127.5
 """compressed-tensors' symmetric int8 scale divisor ((127 - (-128)) / 2)."""
 _MIN_SCALE = 1e-12
+_INV_FP8_MAX = 1.0 / FP8_MAX
+"""Dynamic FP8 scales are ``absmax * (1/448)``: one rounding that every device and the fused kernel share
+(torch's CUDA ``tensor / scalar`` is itself a multiplication by the reciprocal; its CPU one divides)."""
 
 
 def quantize_fp8(x2: torch.Tensor, input_scale: torch.Tensor | None, per_token: bool
@@ -34,9 +37,9 @@ def quantize_fp8(x2: torch.Tensor, input_scale: torch.Tensor | None, per_token: 
     if input_scale is not None:
         s = input_scale.float().reshape(1, 1)
     elif per_token:
-        s = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+        s = (xf.abs().amax(dim=-1, keepdim=True) * _INV_FP8_MAX).clamp(min=_MIN_SCALE)
     else:
-        s = (xf.abs().amax() / FP8_MAX).clamp(min=_MIN_SCALE).reshape(1, 1)
+        s = (xf.abs().amax() * _INV_FP8_MAX).clamp(min=_MIN_SCALE).reshape(1, 1)
     return (xf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
 
 
@@ -66,12 +69,17 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     """``x @ (weight * weight_scale[:, None]).T (+ bias)`` with FP8-quantized activations (module docstring)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
-    xq, sx = quantize_fp8(x2, input_scale, per_token)
-    if use_scaled_mm:
-        out = torch._scaled_mm(xq, weight.t(), scale_a=sx.expand(x2.shape[0], 1).contiguous(),
-                               scale_b=weight_scale.view(1, n), out_dtype=torch.bfloat16)
+    if use_scaled_mm:  # one fused launch instead of the torch form's eight (same codes and scales)
+        from pagoda.quantization.kernels.triton_fp8_quant import quantize_fp8_rows
+
+        static = input_scale
+        if static is None and not per_token:  # dynamic per-tensor: the torch form's scale, used as static
+            static = (x2.float().abs().amax() * _INV_FP8_MAX).clamp(min=_MIN_SCALE).reshape(1)
+        xq, sx = quantize_fp8_rows(x2, static, FP8_MAX, _MIN_SCALE)
+        out = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.view(1, n), out_dtype=torch.bfloat16)
         out = out.to(x.dtype)
     else:
+        xq, sx = quantize_fp8(x2, input_scale, per_token)
         out = F.linear(xq.float() * sx, weight.float() * weight_scale.view(n, 1)).to(x.dtype)
     if bias is not None:
         out = out + bias
