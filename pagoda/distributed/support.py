@@ -1,9 +1,9 @@
-"""Which engines tensor parallelism covers, checked at start-up (before any process starts), and the
+"""Which engines tensor and pipeline parallelism cover, checked at start-up (before any process starts), and the
 sharded model's construction.
 
 Covered: the dense Llama family of :mod:`pagoda.models.llama` (Llama, Mistral, Qwen2, Qwen3, Phi-3),
-unquantized, generating (not pooling), with the multiprocessing executor. Everything else with
-``--tensor-parallel-size`` above 1 is a start-up error naming what is not covered.
+unquantized, generating (not pooling), with the mp or the ray executor. Everything else with
+``--tensor-parallel-size`` or ``--pipeline-parallel-size`` above 1 is a start-up error naming what is not covered.
 """
 
 from __future__ import annotations
