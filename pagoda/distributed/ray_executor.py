@@ -109,7 +109,7 @@ class _RayWorker:
 class RayExecutor(Executor):
     """Worker ranks as Ray actors; ready when the constructor returns."""
 
-    explain_wait_s = 10.0  # Ray reports an actor's death through its pending calls, after a moment
+    explain_wait_s = 20.0  # Ray reports an actor's death through its pending calls after a moment (longer when busy)
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__(cfg)

@@ -346,13 +346,10 @@ class ModelRunner:
             with torch.inference_mode():
                 try:
                     self._apply_kv_transfers(sched)
-                    fwd = self._forward_tp(inputs, None, None)
-                except EngineFatalError:
-                    raise
                 except Exception as e:  # the other stages ran this step: a retry would read the wrong tensors
                     raise EngineFatalError(f"the last pipeline stage failed mid-step, the stages are out of step: "
                                            f"{type(e).__name__}: {e}") from e
-                return self._finish_step(sched, inputs, fwd)
+                return self._finish_step(sched, inputs, self._forward_tp(inputs, None, None))
 
         return StepHandle(RunnerOutput(), [], [], None, deferred=run)
 
@@ -379,7 +376,9 @@ class ModelRunner:
     def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
                     block_copies: list[tuple[int, int]] | None) -> ForwardResult:
         """The engine core's rank: send the step to the workers (``block_copies`` None: already sent), then run
-        its own shard (a worker that dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
+        its own shard (a worker that dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`). Any
+        failure here is fatal: the other ranks ran (or wait in) this step's collectives, so the ranks are out of
+        step and a next step would combine the wrong tensors."""
         assert self.executor is not None
         if block_copies is not None:
             self.executor.broadcast_step(inputs, block_copies)
@@ -387,7 +386,8 @@ class ModelRunner:
             return self._forward(inputs, rows, None)
         except Exception as e:
             self.executor.explain(e)
-            raise
+            raise EngineFatalError(f"a distributed step failed on the engine core's rank, the ranks are out of step: "
+                                   f"{type(e).__name__}: {e}") from e
 
     @torch.inference_mode()
     def execute_forward(self, step: ForwardStep) -> None:
