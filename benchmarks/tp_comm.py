@@ -1,5 +1,5 @@
 """Per-step communication of tensor parallelism on this machine (CPU, gloo): how much of a step rank 0 spends in
-all-reduce, TP=2 against TP=1 on the same requests.
+all-reduce and in the vocabulary-parallel LM head's logits gather, TP=2 against TP=1 on the same requests.
 
     PYTHONPATH=. python benchmarks/tp_comm.py [--layers 16 --hidden 512 --batch 8 --new 64]
 
@@ -51,15 +51,18 @@ def run(model: Path, tp: int, prompts: list[list[int]], new: int) -> dict[str, f
         return orig()
 
     core.step = counted  # type: ignore[method-assign]
-    c0, s0 = (group.stats.calls, group.stats.seconds) if group else (0, 0.0)
+    st = group.stats if group else None
+    c0, s0, g0, gs0 = (st.calls, st.seconds, st.gather_calls, st.gather_seconds) if st else (0, 0, 0, 0.0)
     t0 = time.perf_counter()
     llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     wall = time.perf_counter() - t0
-    calls, secs = (group.stats.calls - c0, group.stats.seconds - s0) if group else (0, 0.0)
+    calls, secs = (st.calls - c0, st.seconds - s0) if st else (0, 0.0)
+    gcalls, gsecs = (st.gather_calls - g0, st.gather_seconds - gs0) if st else (0, 0.0)
     llm.llm_engine.shutdown()
     return {"tp": tp, "steps": steps0, "wall_s": wall, "step_ms": 1e3 * wall / steps0,
             "allreduce_calls_per_step": calls / steps0, "allreduce_ms_per_step": 1e3 * secs / steps0,
-            "allreduce_share": secs / wall}
+            "allreduce_share": secs / wall, "gather_calls_per_step": gcalls / steps0,
+            "gather_ms_per_step": 1e3 * gsecs / steps0, "comm_share": (secs + gsecs) / wall}
 
 
 def main() -> None:

@@ -68,7 +68,8 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
-    "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend"),
+    "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
+                       "data_parallel_size", "data_parallel_size_local"),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -171,27 +172,38 @@ class EngineArgs:
     speculative_config: dict[str, Any] | None = None
     """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), or {"method": "draft_model", "model": path,
-    "num_speculative_tokens": k} (a smaller model with the same vocabulary). Outputs are unchanged (greedy:
-    identical; sampled: the same distribution). Default: off."""
+    "num_speculative_tokens": k} (a smaller model with the same vocabulary), or {"method": "eagle" | "eagle3",
+    "model": path, "num_speculative_tokens": k} (an EAGLE / EAGLE-3 head for a Llama-family target). Outputs are
+    unchanged (greedy: identical; sampled: the same distribution). Default: off."""
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
     (HF modules with pagoda's paged attention; eager, unquantized). `pagoda models` lists what runs how."""
     structured_outputs_config: dict[str, Any] | None = None
     """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
-    xgrammar or guidance), disable_any_whitespace (compact JSON only) and disable_additional_properties."""
+    xgrammar or guidance), disable_any_whitespace (compact JSON only), disable_additional_properties and
+    reasoning_parser (qwen3, deepseek_r1: the grammar applies after </think>; `serve --reasoning-parser` sets it)."""
     tensor_parallel_size: int = field(default=1, metadata={"aliases": ("-tp",)})
-    """Ranks (one process and one device each) that split every layer's heads and MLP: Llama, Mistral, Qwen2,
-    Qwen3 and Phi-3, unquantized; it must divide the attention heads. Runs eager (no CUDA graphs), without async
-    scheduling; on CPU the ranks use gloo (a correctness path), on CUDA NCCL with rank r on cuda:r."""
+    """Ranks (one process and one device each) that split every layer's heads, MLP or experts, embedding and LM
+    head: the Llama family, Mixtral/Qwen MoE and Gemma 2/3, unquantized, GPTQ, AWQ, compressed-tensors or FP8; it
+    must divide the attention heads, intermediate sizes and quantization groups. On CPU the ranks use gloo (a
+    correctness path), on CUDA NCCL with rank r on cuda:r."""
     pipeline_parallel_size: int = field(default=1, metadata={"aliases": ("-pp",)})
     """Pipeline stages: the decoder layers split evenly over the stages (VLLM_PP_LAYER_PARTITION overrides), the
     embedding on the first and the LM head on the last; hidden states go stage to stage, and up to this many steps
-    are in flight. Ranks = tensor x pipeline size; the same models and limits as --tensor-parallel-size."""
+    are in flight. Ranks = tensor x pipeline size. Covers the dense Llama family, unquantized; runs eager (no CUDA
+    graphs), without async scheduling or speculative decoding."""
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
     """How the ranks of --tensor-parallel-size x --pipeline-parallel-size run: mp (the default: worker processes on
     this machine) or ray (Ray actors placed by a placement group over the nodes of a Ray cluster: RAY_ADDRESS or
     the running one, else a local one)."""
+    data_parallel_size: int = field(default=1, metadata={"aliases": ("-dp",)})
+    """Engine replicas behind one API server (`pagoda serve`), each in its own process with its own KV cache (and,
+    with --tensor-parallel-size / --pipeline-parallel-size, its own ranks: DP x TP x PP devices in all; on CUDA each
+    replica sees its own devices through CUDA_VISIBLE_DEVICES). A new request goes to the least-loaded replica. All
+    replicas run on this machine, with the mp executor; the offline LLM runs one."""
+    data_parallel_size_local: int | None = field(default=None, metadata={"aliases": ("-dpl",)})
+    """Replicas on this machine; must equal --data-parallel-size (multi-node data parallelism is not supported)."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -217,12 +229,26 @@ class EngineArgs:
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
+        self._validate_parallel()
+
+    def _validate_parallel(self) -> None:
+        """The ParallelConfig flags' own checks (the model-dependent ones: ``distributed/support.py``)."""
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size (--tensor-parallel-size) must be at least 1, "
                              f"got {self.tensor_parallel_size}.")
         if self.pipeline_parallel_size < 1:
             raise ValueError(f"pipeline_parallel_size (--pipeline-parallel-size) must be at least 1, "
                              f"got {self.pipeline_parallel_size}.")
+        if self.data_parallel_size < 1:
+            raise ValueError(f"data_parallel_size (--data-parallel-size) must be at least 1, "
+                             f"got {self.data_parallel_size}.")
+        if self.data_parallel_size_local not in (None, self.data_parallel_size):
+            raise ValueError(f"--data-parallel-size-local {self.data_parallel_size_local}: every replica runs on this "
+                             f"machine (multi-node data parallelism is not supported), so it must equal "
+                             f"--data-parallel-size ({self.data_parallel_size}).")
+        if self.data_parallel_size > 1 and self.distributed_executor_backend == "ray":
+            raise ValueError(f"--data-parallel-size {self.data_parallel_size}: replicas run on this machine with the "
+                             f"mp executor; --distributed-executor-backend ray does not combine with it yet.")
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -270,7 +296,10 @@ class EngineArgs:
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
-                              speculative=spec is not None, pp=self.pipeline_parallel_size)
+                              speculative=spec is not None, quant_config=quant, pp=self.pipeline_parallel_size)
+        from pagoda.engine.core_engines import check_data_parallel
+
+        check_data_parallel(self.data_parallel_size, tp, device, self.pipeline_parallel_size)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -297,7 +326,7 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enforce_eager=self.enforce_eager,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling and tp == 1 and self.pipeline_parallel_size == 1,
+            and not pooling and self.pipeline_parallel_size == 1,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
@@ -312,6 +341,7 @@ class EngineArgs:
             tensor_parallel_size=tp,
             pipeline_parallel_size=self.pipeline_parallel_size,
             distributed_executor_backend=self.distributed_executor_backend or "mp",
+            data_parallel_size=self.data_parallel_size,
         )
 
     def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
@@ -394,6 +424,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
     pipeline_parallel_size: int = 1  # stages (this process runs the last one); ranks = tp x pp
     distributed_executor_backend: str = "mp"  # mp | ray
+    data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -102,6 +102,42 @@ def test_tp2_pp2_matches_pp1(tiny):
         llm.llm_engine.shutdown()
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_tp2_pp2_vocab_parallel_head_with_odd_vocab_matches_pp1(tmp_path, tie):
+    """vocab_size 401: the first stage's embedding and the last stage's LM head (tied: the last stage's copy of
+    the embedding) split 201 + 201 rows (one padding row) over their stage's two tensor ranks, the logits gathered
+    on the stage's tensor rank 0 (the engine core). Tokens, logprobs and prompt logprobs equal PP=1's."""
+    from tiny_models import build_tiny_model
+
+    from pagoda import LLM
+
+    folder = build_tiny_model(tmp_path / "odd", "llama", tie=tie, extra_vocab=1)
+    prompts = PROMPTS[2:4] + PROMPTS[8:9]
+    params = greedy(max_tokens=6, logprobs=5, prompt_logprobs=5)
+    one = LLM(str(folder), dtype="float32", **PP_KW)
+    try:
+        ref = one.generate(prompts, params, use_tqdm=False)
+    finally:
+        one.llm_engine.shutdown()
+    llm = LLM(str(folder), dtype="float32", tensor_parallel_size=2, pipeline_parallel_size=2, **PP_KW)
+    try:
+        model = llm.llm_engine.core.runner.model
+        head = model.embed_tokens if tie else model.lm_head
+        assert head.weight.shape[0] == 201  # the engine core's block of the padded vocabulary
+        got = llm.generate(prompts, params, use_tqdm=False)
+        assert_engine_clean(llm)
+    finally:
+        llm.llm_engine.shutdown()
+    assert token_ids(got) == token_ids(ref)
+    for a, b in zip(ref, got, strict=True):
+        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
+            assert set(da) == set(db)
+            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=ATOL) for t in da)
+        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
+            assert set(pa) == set(pb)
+            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=ATOL) for t in pa)
+
+
 def test_killed_stage_fails_the_engine_fast(tiny):
     from pagoda.distributed.executor import WorkerDied
 
@@ -129,8 +165,8 @@ def test_stage_that_dies_mid_step_is_reported(tiny, monkeypatch):
     try:
         real = MultiprocExecutor.broadcast_step
 
-        def kill_after_send(self, inputs, copies):
-            real(self, inputs, copies)
+        def kill_after_send(self, *args):
+            real(self, *args)
             self.procs[0].kill()
 
         monkeypatch.setattr(MultiprocExecutor, "broadcast_step", kill_after_send)
@@ -146,7 +182,8 @@ def test_stage_that_dies_mid_step_is_reported(tiny, monkeypatch):
 @pytest.mark.parametrize("arch,kw,match", [
     ("llama", {"pipeline_parallel_size": 3}, "--pipeline-parallel-size 3: the model has only 2 decoder layers"),
     ("llama", {"pipeline_parallel_size": 0}, "--pipeline-parallel-size. must be at least 1"),
-    ("mixtral", {"pipeline_parallel_size": 2}, "MixtralForCausalLM .* has no tensor-parallel layers"),
+    ("mixtral", {"pipeline_parallel_size": 2}, "MixtralForCausalLM has no pipeline stages yet"),
+    ("gemma2", {"pipeline_parallel_size": 2}, "Gemma2ForCausalLM has no pipeline stages yet"),
     ("llama", {"pipeline_parallel_size": 2, "async_scheduling": True}, "--no-async-scheduling"),
     ("llama", {"pipeline_parallel_size": 2, "speculative_config": {"method": "ngram", "num_speculative_tokens": 2}},
      "--pipeline-parallel-size 2: speculative decoding"),

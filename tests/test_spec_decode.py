@@ -1,6 +1,6 @@
 """Speculative decoding (n-gram prompt lookup) must change no output (GUIDE section 4).
 
-* Config: unknown keys, k <= 0, unsupported methods (eagle), a bad lookup range, a draft longer
+* Config: unknown keys, k <= 0, unknown methods, a head without its checkpoint, a bad lookup range, a draft longer
   than the context: start-up errors naming the key.
 * Scheduler with no model: a verify is one chunk (proposals included), rejected positions are
   rolled back and never registered in the prefix cache; preemption drops the proposals.
@@ -39,8 +39,7 @@ REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
     ({"method": "ngram"}, "num_speculative_tokens"),
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
      "prompt_lookup_min"),
-    ({"method": "eagle", "num_speculative_tokens": 2, "model": "x"}, "method eagle not supported yet"),
-    ({"method": "eagle3", "num_speculative_tokens": 2}, "method eagle3 not supported yet"),
+    ({"method": "eagle3", "num_speculative_tokens": 2}, "model"),  # a head needs its checkpoint
     ({"method": "medusa", "num_speculative_tokens": 2}, "method"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "model"),
     ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2}, "draft_tensor_parallel_size"),

@@ -171,6 +171,8 @@ def test_config_and_params_shapes():
     with pytest.raises(ValueError, match="guidance"):
         StructuredOutputsConfig.from_dict({"backend": "guidance"})
     with pytest.raises(ValueError, match="unsupported key"):
+        StructuredOutputsConfig.from_dict({"enable_in_reasoning": True})
+    with pytest.raises(ValueError, match="reasoning_parser must be one of"):
         StructuredOutputsConfig.from_dict({"reasoning_parser": "x"})
     with pytest.raises(ValidationError, match="ignore_eos"):
         SamplingParams(ignore_eos=True, structured_outputs=StructuredOutputsParams(json_object=True))

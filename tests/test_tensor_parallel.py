@@ -73,6 +73,30 @@ def test_tp_matches_tp1_per_architecture(tiny, arch, tp):
         _close(llm)
 
 
+def test_tp2_with_async_scheduling(tiny, monkeypatch):
+    """Async scheduling: decode inputs the host does not know yet come from rank 0's previous sample, broadcast
+    to the workers; the tokens equal TP=1's."""
+    from pagoda.distributed.executor import MultiprocExecutor
+
+    prompts = PROMPTS[:4]
+    one = tiny.llm("llama", **TP_KW).generate(prompts, greedy(max_tokens=12), use_tqdm=False)
+    filled = []
+    real = MultiprocExecutor.broadcast_step
+
+    def counting(self, inputs, *rest):
+        filled.append(bool(inputs.fills))
+        real(self, inputs, *rest)
+
+    monkeypatch.setattr(MultiprocExecutor, "broadcast_step", counting)
+    llm = _tp_llm(tiny, "llama", 2, async_scheduling=True)
+    try:
+        assert token_ids(llm.generate(prompts, greedy(max_tokens=12), use_tqdm=False)) == token_ids(one)
+        assert_engine_clean(llm)
+    finally:
+        _close(llm)
+    assert sum(filled) >= 8  # most decode steps ran on tokens the host had not seen
+
+
 def test_killed_rank_fails_the_engine_fast(tiny):
     from pagoda.distributed.executor import WorkerDied
 
@@ -99,8 +123,8 @@ def test_rank_that_dies_mid_step_is_reported(tiny, monkeypatch):
         executor = llm.llm_engine.core.runner.executor
         real = MultiprocExecutor.broadcast_step
 
-        def kill_after_send(self, inputs, copies):
-            real(self, inputs, copies)
+        def kill_after_send(self, inputs, copies, *rest):
+            real(self, inputs, copies, *rest)
             self.procs[0].kill()  # the step was sent; rank 0 now meets a dead peer in its first all-reduce
 
         monkeypatch.setattr(MultiprocExecutor, "broadcast_step", kill_after_send)
@@ -115,13 +139,14 @@ def test_rank_that_dies_mid_step_is_reported(tiny, monkeypatch):
 
 @pytest.mark.parametrize("arch,kw,match", [
     ("llama", {"tensor_parallel_size": 3}, "--tensor-parallel-size 3 does not divide the model's 4 attention heads"),
-    ("mixtral", {"tensor_parallel_size": 2}, "MixtralForCausalLM .* has no tensor-parallel layers"),
-    ("gemma2", {"tensor_parallel_size": 2}, "Gemma2ForCausalLM .* has no tensor-parallel layers"),
     ("gpt_neox", {"tensor_parallel_size": 2}, r"GPTNeoXForCausalLM \(transformers implementation\)"),
-    ("llama", {"tensor_parallel_size": 2, "quantization": "fp8"}, "quantized checkpoints do not shard"),
-    ("llama", {"tensor_parallel_size": 2, "async_scheduling": True}, "--no-async-scheduling"),
+    ("llama", {"pipeline_parallel_size": 2, "async_scheduling": True}, "--no-async-scheduling"),
     ("llama", {"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "quantization": "fp8"},
-     "--tensor-parallel-size 2 --pipeline-parallel-size 2: quantized checkpoints do not shard"),
+     "--tensor-parallel-size 2 --pipeline-parallel-size 2: quantized checkpoints are not split into pipeline stages"),
+    ("mixtral", {"pipeline_parallel_size": 2}, "MixtralForCausalLM has no pipeline stages yet"),
+    ("gemma2", {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, "Gemma2ForCausalLM has no pipeline stages"),
+    ("llama", {"data_parallel_size": 2, "distributed_executor_backend": "ray"},
+     "--data-parallel-size 2: .* --distributed-executor-backend ray does not combine"),
     ("llama", {"tensor_parallel_size": 0}, "--tensor-parallel-size. must be at least 1"),
     ("llama", {"tensor_parallel_size": 2, "speculative_config": {"method": "ngram", "num_speculative_tokens": 2}},
      "speculative decoding .* runs on one device"),

@@ -52,6 +52,7 @@ def build_tokenizer(folder: Path):
 
 ARCH_CONFIGS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama8": ("LlamaConfig", "LlamaForCausalLM", {"num_hidden_layers": 8}),  # EAGLE-3's default aux layers: 2, 4, 5
     "llama31": ("LlamaConfig", "LlamaForCausalLM", {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
@@ -103,8 +104,10 @@ ARCH_CONFIGS = {
 }
 
 
-def build_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tie: bool = False) -> Path:
-    """Write a tiny random model of ``arch`` (key of ARCH_CONFIGS) into ``folder``."""
+def build_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tie: bool = False,
+                     extra_vocab: int = 0) -> Path:
+    """Write a tiny random model of ``arch`` (key of ARCH_CONFIGS) into ``folder``; ``extra_vocab``: rows of the
+    embedding past the tokenizer's vocabulary (e.g. an odd vocab_size)."""
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ def build_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, tie: bool
     shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 512}
     cfg = cfg_cls(
-        vocab_size=len(tok),
+        vocab_size=len(tok) + extra_vocab,
         tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

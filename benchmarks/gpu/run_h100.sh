@@ -2,7 +2,8 @@
 # One device call: environment, GPU tests, kernel timings, Llama-3-8B-shape benchmarks
 # (pagoda and the HF transformers peer). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/run_h100.sh [parts...]
-# parts: env tests kernels intweight torchattn breakdown latency throughput sync prefix hf moe quant   (default: env tests kernels latency throughput hf)
+# parts: env tests kernels intweight torchattn breakdown latency spec throughput sync prefix hf moe quant   (default: env tests kernels latency throughput hf)
+# spec: speculative verify-4 step vs decode step, batch 1 and 32 (benchmarks/gpu/spec_verify_bench.sh)
 # sync: latency and throughput again with --no-async-scheduling (the A/B of async scheduling)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
@@ -68,6 +69,11 @@ if has latency; then
   timeout 400 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model $M --load-format dummy \
     --batch-size 1 64 256 --input-len 1024 --output-len 96 --num-iters 1 --max-model-len 4096 --output-json "$OUT/latency.json" 2>&1 \
     | grep -E "^batch|KV cache|Captured|Loaded|rror" | tee -a "$OUT/summary.txt"
+fi
+
+if has spec; then
+  log "speculative decoding: verify-4 step vs decode step (Llama-3-8B shape, bf16, dummy, CUDA graphs)"
+  bash benchmarks/gpu/spec_verify_bench.sh "$OUT/spec" 2>&1 | tee -a "$OUT/summary.txt"
 fi
 
 if has throughput; then

@@ -165,13 +165,21 @@ class Executor:
         self.send(m.AllocateKV(n))
         return n
 
-    def broadcast_step(self, inputs: StepInputs, block_copies: list[tuple[int, int]]) -> None:
-        """Send the step's forward inputs to every worker (before the engine core starts its own forward)."""
-        if inputs.fills:
-            raise RuntimeError("distributed ranks need every input token on the host (async scheduling is off)")
+    def broadcast_step(self, inputs: StepInputs, block_copies: list[tuple[int, int]],
+                       logits_rows: list[list[int]] | None = None, shares_sampled: bool = False,
+                       graph: bool = False) -> None:
+        """Send the step's forward inputs to every worker (before the engine core starts its own forward);
+        ``logits_rows``: the rows of each ``compute_logits`` call the engine core will make, in order (its stage's
+        tensor ranks make the same calls); ``shares_sampled``: the engine core broadcasts the step's sampled tokens
+        (async scheduling: the next step's ``fills`` read them); ``graph``: the engine core replays its decode CUDA
+        graph (the workers replay theirs). Under pipeline parallelism the last two stay off (start-up checks)."""
+        if self.pp_size > 1 and (inputs.fills or shares_sampled or graph):
+            raise RuntimeError("pipeline stages need every input token on the host and run eager (async scheduling "
+                               "and CUDA graphs are off under --pipeline-parallel-size)")
         self.check_alive()
         self.send(m.ForwardStep(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_start_loc,
-                                inputs.query_lens, inputs.seq_lens, inputs.block_tables, list(block_copies)))
+                                inputs.query_lens, inputs.seq_lens, inputs.block_tables, list(block_copies),
+                                logits_rows or [], list(inputs.fills), shares_sampled, graph))
 
     def shutdown(self) -> None:
         raise NotImplementedError

@@ -25,11 +25,14 @@ logger = logging.getLogger("pagoda")
 
 @dataclass
 class CommStats:
-    """Host time spent in all-reduce calls (on CUDA only the launch: NCCL runs asynchronously)."""
+    """Host time spent in all-reduce calls (on CUDA only the launch: NCCL runs asynchronously), and in the
+    LM head's logits gathers (``gather_*``)."""
 
     calls: int = 0
     seconds: float = 0.0
     bytes: int = 0
+    gather_calls: int = 0
+    gather_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,26 @@ class TPGroup:
             st.calls += 1
             st.bytes += x.numel() * x.element_size()
         return x
+
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Group rank 0's ``x`` into every rank's ``x`` (in place, same shape and dtype everywhere); returns ``x``."""
+        if self.world_size > 1:
+            dist.broadcast(x, group=self.group, group_src=0)
+        return x
+
+    def gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's ``x`` (the same shape on every rank) concatenated along ``dim`` in rank order, on group
+        rank 0 (under pipeline parallelism: this stage's subgroup, not the world); the other ranks get their own
+        ``x`` back. A collective: every rank of the group calls it, in the same order."""
+        if self.world_size == 1:
+            return x
+        t0 = time.perf_counter()
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(self.world_size)] if self.rank == 0 else None
+        dist.gather(x, parts, group=self.group, group_dst=0)
+        self.stats.gather_seconds += time.perf_counter() - t0
+        self.stats.gather_calls += 1
+        return torch.cat(parts, dim=dim) if parts is not None else x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Every rank's ``x`` concatenated along ``dim`` in rank order (the same shape on every rank)."""

@@ -58,6 +58,8 @@ class WorkerRank:
             self.runner.execute_forward(msg)
         elif isinstance(msg, m.AllocateKV):
             self.runner.allocate_kv_cache(msg.num_blocks)
+            # The engine core captures now too: the captured all-reduces need every rank (off under PP: eager).
+            self.runner.maybe_capture_graphs()
         else:
             pp = self.runner.pp
             if pp is not None:

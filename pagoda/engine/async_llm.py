@@ -13,18 +13,24 @@ output processor), with the core behind ZMQ (see :mod:`pagoda.engine.core_proc`)
   the request in the core, which frees its KV blocks at once;
 * a watchdog marks the engine dead when the core process exits, and *stuck* while
   requests are pending and the core has sent nothing for ``stuck_timeout_s``.
+
+Data parallelism (``--data-parallel-size N``, :mod:`pagoda.engine.core_engines`): N engine cores,
+each a full replica. A new request goes to the least-loaded one (:class:`pagoda.engine.dp_lb.LoadBalancer`;
+the ``n`` samples of one request stay together, they share prompt blocks), and every later message
+about it (abort, finish) goes to the core that owns it (``_owner``). Stats reach the stat loggers per
+replica (``engine=i``); ``last_stats`` is their sum. Any replica that dies is the engine's death: every
+request in flight fails with :class:`EngineDeadError` and ``/health`` says which replica died.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
-import shutil
-import tempfile
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -32,7 +38,8 @@ import msgspec
 from pagoda import envs
 from pagoda.config import EngineArgs, EngineConfig
 from pagoda.engine import admission
-from pagoda.engine.core_proc import engine_args_to_dict, start_core_process
+from pagoda.engine.core_engines import CoreEngines
+from pagoda.engine.dp_lb import LoadBalancer, sum_stats
 from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import (
     AbortRequests,
@@ -45,7 +52,6 @@ from pagoda.engine.messages import (
     Rejected,
     ResetPrefixCache,
     SchedulerStats,
-    Shutdown,
     StepOutputs,
     encoder,
     output_decoder,
@@ -83,14 +89,15 @@ class EngineNotReadyError(RuntimeError):
 
 
 class StatLogger(Protocol):
-    """What the front end reports (the Prometheus logger in the server implements it)."""
+    """What the front end reports (the Prometheus logger in the server implements it); ``engine``: the
+    data-parallel replica the figure comes from (0 without data parallelism)."""
 
-    def on_step(self, stats: SchedulerStats) -> None: ...
-    def on_queue_time(self, seconds: float) -> None: ...
-    def on_first_token(self, seconds: float) -> None: ...
-    def on_inter_token(self, seconds: float) -> None: ...
-    def on_finished(self, stats: FinishedRequestStats) -> None: ...
-    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None: ...
+    def on_step(self, stats: SchedulerStats, engine: int = 0) -> None: ...
+    def on_queue_time(self, seconds: float, engine: int = 0) -> None: ...
+    def on_first_token(self, seconds: float, engine: int = 0) -> None: ...
+    def on_inter_token(self, seconds: float, engine: int = 0) -> None: ...
+    def on_finished(self, stats: FinishedRequestStats, engine: int = 0) -> None: ...
+    def on_request_finished(self, n: int, max_num_generation_tokens: int, engine: int = 0) -> None: ...
 
 
 class RequestStream:
@@ -172,6 +179,15 @@ async def final_output(stream: Any) -> RequestOutput:
     return last
 
 
+@dataclass
+class _PendingCall:
+    """A call every replica answers: its future, the answers still missing, and whether all so far succeeded."""
+
+    future: asyncio.Future
+    missing: int
+    success: bool = True
+
+
 class AsyncLLM:
     def __init__(
         self,
@@ -191,23 +207,17 @@ class AsyncLLM:
         self.state = "created"  # created | loading | ready | dead | shutdown
         self.dead_reason: str | None = None
         self.stuck = False
-        self.ready_info: Ready | None = None
-        self.proc: Any = None
+        self.ready_info: Ready | None = None  # the replicas' Ready combined (the smallest KV cache)
+        self.cores: CoreEngines | None = None
+        self.balancer = LoadBalancer(max(1, engine_args.data_parallel_size))
+        self._owner: dict[str, int] = {}  # engine request id -> the replica that runs it
         self._streams: dict[str, RequestStream] = {}
         self._last_token_time: dict[str, float] = {}
         self._times: dict[str, ChildTimes] = {}  # per engine request, for the request-level metrics
-        self._last_msg = time.monotonic()
         self._tasks: list[asyncio.Task] = []
-        self._ipc_dir: str | None = None
         self._enc = encoder()
         self._dec = output_decoder()
-        self._in_sock: Any = None
-        self._out_sock: Any = None
-        self._zctx: Any = None
-        self._azctx: Any = None
-        self.last_stats = SchedulerStats()
-        # Calls answered by the core (reset_prefix_cache): call id -> future of the answer.
-        self._calls: dict[int, asyncio.Future] = {}
+        self._calls: dict[int, _PendingCall] = {}  # calls every core answers (reset_prefix_cache), by call id
         self._next_call_id = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -215,65 +225,50 @@ class AsyncLLM:
     def is_ready(self) -> bool:
         return self.state == "ready"
 
-    async def start(self) -> None:
-        """Resolve the model, spawn the core, load the tokenizer, wait until the core is ready."""
-        import zmq
-        import zmq.asyncio
+    @property
+    def proc(self) -> Any:
+        """Replica 0's engine-core process (the only one without data parallelism)."""
+        return self.cores.engines[0].proc if self.cores is not None and self.cores.engines else None
 
+    @property
+    def last_stats(self) -> SchedulerStats:
+        """The latest scheduler stats, summed over the replicas."""
+        if self.cores is None or not self.cores.engines:
+            return SchedulerStats()
+        return sum_stats([e.stats for e in self.cores.engines])
+
+    async def start(self) -> None:
+        """Resolve the model, spawn the core(s), load the tokenizer, wait until every core is ready."""
         self.state = "loading"
         t0 = time.perf_counter()
         cfg = await asyncio.to_thread(self.engine_args.create_config)
         self.cfg = cfg
-        self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")  # mode 0700: only this user can connect
-        atexit.register(shutil.rmtree, self._ipc_dir, True)
-        in_addr = f"ipc://{self._ipc_dir}/input"
-        out_addr = f"ipc://{self._ipc_dir}/output"
-        self._zctx = zmq.Context()
-        self._in_sock = self._zctx.socket(zmq.PUSH)
-        self._in_sock.setsockopt(zmq.SNDHWM, 0)
-        self._in_sock.setsockopt(zmq.LINGER, 0)
-        self._in_sock.bind(in_addr)
-        self._azctx = zmq.asyncio.Context()
-        self._out_sock = self._azctx.socket(zmq.PULL)
-        self._out_sock.setsockopt(zmq.RCVHWM, 0)
-        self._out_sock.setsockopt(zmq.LINGER, 0)
-        self._out_sock.bind(out_addr)
-
-        args = engine_args_to_dict(self.engine_args)
-        # The core resolves the same model folder (already fetched/converted by create_config above).
-        self.proc = start_core_process(args, in_addr, out_addr, self.log_level)
-        tok_task = asyncio.create_task(asyncio.to_thread(load_tokenizer, cfg))
+        # The cores resolve the same model folder (already fetched/converted by create_config above).
+        self.cores = CoreEngines(self.engine_args, cfg, self.log_level)
+        tok_task: asyncio.Task | None = None
         try:
-            ready = await self._wait_ready()
+            self.cores.launch()
+            tok_task = asyncio.create_task(asyncio.to_thread(load_tokenizer, cfg))
+            readies = await self.cores.wait_ready()
             self.tokenizer = await tok_task
         except BaseException:
-            tok_task.cancel()
-            await self._stop_process()
+            if tok_task is not None:
+                tok_task.cancel()
+            await self.cores.stop()
             self.state = "dead"
             raise
+        ready = _combine(readies)
         self.ready_info = ready
         self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer), ready.limits)
         self.output_processor = OutputProcessor(self.tokenizer)
-        self._last_msg = time.monotonic()
-        self._tasks = [asyncio.create_task(self._output_loop()), asyncio.create_task(self._watchdog())]
+        for e in self.cores.engines:
+            e.last_msg = time.monotonic()
+        self._tasks = [*(asyncio.create_task(self._output_loop(i)) for i in range(self.cores.size)),
+                       asyncio.create_task(self._watchdog())]
         self.state = "ready"
-        logger.info("engine ready in %.1f s: %d KV blocks of %d tokens, max_model_len %d",
-                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, ready.limits.max_model_len)
-
-    async def _wait_ready(self) -> Ready:
-        import zmq
-
-        while True:
-            if await self._out_sock.poll(500, zmq.POLLIN):
-                msg = self._dec.decode(await self._out_sock.recv())
-                if isinstance(msg, Ready):
-                    return msg
-                if isinstance(msg, CoreFailed):
-                    raise RuntimeError(f"engine core failed to start: {msg.message}")
-                continue
-            if not self.proc.is_alive():
-                raise RuntimeError(
-                    f"engine core exited with code {self.proc.exitcode} while starting; see the log above")
+        dp = f" x {self.cores.size} data-parallel replicas" if self.cores.size > 1 else ""
+        logger.info("engine ready in %.1f s: %d KV blocks of %d tokens%s, max_model_len %d",
+                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, dp, ready.limits.max_model_len)
 
     async def shutdown(self) -> None:
         if self.state == "shutdown":
@@ -289,34 +284,8 @@ class AsyncLLM:
             s._fail(EngineDeadError("the server is shutting down"))
         self._streams.clear()
         self._fail_calls(EngineDeadError("the server is shutting down"))
-        await self._stop_process()
-
-    async def _stop_process(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            with contextlib.suppress(Exception):
-                self._send(Shutdown())
-            for sig_step in ("wait", "terminate", "kill"):
-                deadline = time.monotonic() + (5.0 if sig_step == "wait" else 2.0)
-                while self.proc.is_alive() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                if not self.proc.is_alive():
-                    break
-                if sig_step == "wait":
-                    logger.warning("engine core did not stop within 5 s of Shutdown; terminating it")
-                    self.proc.terminate()
-                elif sig_step == "terminate":
-                    self.proc.kill()
-            self.proc.join(timeout=1)
-        for sock in (self._in_sock, self._out_sock):
-            if sock is not None:
-                sock.close(linger=0)
-        self._in_sock = self._out_sock = None
-        for ctx in (self._zctx, self._azctx):
-            if ctx is not None:
-                ctx.term()
-        self._zctx = self._azctx = None
-        if self._ipc_dir:
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        if self.cores is not None:
+            await self.cores.stop()
 
     # -------------------------------------------------------------------- health
     def health(self) -> tuple[bool, str]:
@@ -371,9 +340,10 @@ class AsyncLLM:
         self.output_processor.add_request(request_id, text, ids, params)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
         self._streams[request_id] = stream
+        engine = self._dispatch([r.request_id for r in core_reqs])
         try:
             for f in frames:
-                self._send_raw(f)
+                self._send_raw(f, engine)
         except BaseException:
             self.abort(request_id)
             raise
@@ -391,12 +361,32 @@ class AsyncLLM:
         self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
         self._streams[request_id] = stream
+        engine = self._dispatch([core_req.request_id])
         try:
-            self._send_raw(frame)
+            self._send_raw(frame, engine)
         except BaseException:
             self.abort(request_id)
             raise
         return stream
+
+    def _dispatch(self, child_ids: list[str]) -> int:
+        """The replica that will run these engine requests (the samples of one request); records it."""
+        engine = self.balancer.choose()
+        for cid in child_ids:
+            self._owner[cid] = engine
+        return engine
+
+    def _send_by_owner(self, make: Any, child_ids: list[str]) -> None:
+        """Send ``make(ids)`` to each replica that owns some of ``child_ids`` (its ids only)."""
+        groups: dict[int, list[str]] = defaultdict(list)
+        for cid in child_ids:
+            groups[self._owner.get(cid, 0)].append(cid)
+        for engine, ids in groups.items():
+            self._send(make(ids), engine)
+
+    def _forget(self, child_ids: Any) -> None:
+        for cid in child_ids:
+            self._owner.pop(cid, None)
 
     async def encode(self, prompt: PromptType, params: PoolingParams, request_id: str) -> PoolingRequestOutput:
         """One pooling request's output (vLLM's ``AsyncLLM.encode``, awaited); cancelling aborts it."""
@@ -419,20 +409,32 @@ class AsyncLLM:
         cached blocks (those stay until the requests finish).
         """
         self.check_servable()
+        assert self.cores is not None
         call_id = self._next_call_id
         self._next_call_id += 1
         fut = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = fut
+        self._calls[call_id] = _PendingCall(fut, self.cores.size)
         try:
-            self._send(ResetPrefixCache(call_id))
+            for engine in range(self.cores.size):
+                self._send(ResetPrefixCache(call_id), engine)
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._calls.pop(call_id, None)
 
+    def _on_call_answer(self, msg: PrefixCacheReset) -> None:
+        """One replica answered ``reset_prefix_cache``; the call returns when all have (True if all succeeded)."""
+        call = self._calls.get(msg.call_id)
+        if call is None or call.future.done():
+            return
+        call.missing -= 1
+        call.success = call.success and msg.success
+        if call.missing == 0:
+            call.future.set_result(call.success)
+
     def _fail_calls(self, exc: BaseException) -> None:
-        for fut in self._calls.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(exc)
         self._calls.clear()
 
     def beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams,
@@ -460,7 +462,7 @@ class AsyncLLM:
             self._last_token_time.pop(cid, None)
         if child_ids and self.state == "ready":
             with contextlib.suppress(EngineDeadError):
-                self._send(AbortRequests(child_ids))
+                self._send_by_owner(AbortRequests, child_ids)
         if stream is not None:
             unfinished = [c for c in child_ids if c in stream.parent.children
                           and stream.parent.children[c].finish_reason is None]
@@ -470,37 +472,41 @@ class AsyncLLM:
                 self._record_request_finished(stream.parent)
         for cid in child_ids:
             self._times.pop(cid, None)
+        self._forget(child_ids)
         if stream is not None:
             if not stream.finished:
                 stream._fail(RequestAbortedError(f"request {request_id} was aborted"))
 
     # ------------------------------------------------------------------ plumbing
-    def _send(self, msg: Any) -> None:
-        self._send_raw(self._enc.encode(msg))
+    def _send(self, msg: Any, engine: int) -> None:
+        self._send_raw(self._enc.encode(msg), engine)
 
-    def _send_raw(self, frame: bytes) -> None:
+    def _send_raw(self, frame: bytes, engine: int) -> None:
         import zmq
 
-        if self._in_sock is None:
+        if self.cores is None or self.state not in ("loading", "ready"):
             raise EngineDeadError("the engine core is not running")
         try:
-            self._in_sock.send(frame, flags=zmq.NOBLOCK)
+            self.cores.engines[engine].in_sock.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._mark_dead("the engine core stopped accepting messages")
+            self._mark_dead(f"the {self.cores.name(engine)} stopped accepting messages")
             raise EngineDeadError(self.dead_reason) from None
 
-    async def _output_loop(self) -> None:
+    async def _output_loop(self, engine: int) -> None:
+        """Receive and apply replica ``engine``'s messages (one such task per replica)."""
+        assert self.cores is not None
+        core = self.cores.engines[engine]
         while True:
             try:
-                raw = await self._out_sock.recv()
+                raw = await core.out_sock.recv()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 if self.state == "ready":
-                    self._mark_dead(f"lost the engine core's output socket: {e}")
+                    self._mark_dead(f"lost the {self.cores.name(engine)}'s output socket: {e}")
                 return
-            self._last_msg = time.monotonic()
-            if self.stuck:
+            core.last_msg = time.monotonic()
+            if self.stuck and self._most_silent()[1] <= self.stuck_timeout_s:
                 self.stuck = False
                 logger.warning("engine core is making progress again")
             try:
@@ -510,29 +516,31 @@ class AsyncLLM:
                 continue
             try:
                 if isinstance(msg, StepOutputs):
-                    self._on_step(msg)
+                    self._on_step(msg, engine)
                 elif isinstance(msg, Heartbeat):
-                    self._on_stats(msg.stats)
+                    self._on_stats(msg.stats, engine)
                 elif isinstance(msg, Rejected):
                     self._on_rejected(msg)
                 elif isinstance(msg, PrefixCacheReset):
-                    fut = self._calls.get(msg.call_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg.success)
+                    self._on_call_answer(msg)
                 elif isinstance(msg, CoreFailed):
-                    self._mark_dead(msg.message)
+                    dp = self.cores.size > 1
+                    self._mark_dead(f"{self.cores.name(engine)}: {msg.message}" if dp else msg.message)
                     return
             except Exception:  # never let one bad message stop the loop that serves everyone
                 logger.exception("error while handling an engine core message")
 
-    def _on_stats(self, stats: SchedulerStats | None) -> None:
+    def _on_stats(self, stats: SchedulerStats | None, engine: int) -> None:
         if stats is None:
             return
-        self.last_stats = stats
+        assert self.cores is not None
+        self.cores.engines[engine].stats = stats
+        self.balancer.on_stats(engine, stats)
         for sl in self.stat_loggers:
-            sl.on_step(stats)
+            sl.on_step(stats, engine=engine)
 
-    def _on_step(self, msg: StepOutputs) -> None:
+    def _on_step(self, msg: StepOutputs, engine: int) -> None:
+        """One step's outputs from replica ``engine`` (every request in it is that replica's)."""
         op = self.output_processor
         assert op is not None
         for q in msg.scheduled:
@@ -540,8 +548,8 @@ class AsyncLLM:
                 t = self._times.setdefault(q.request_id, ChildTimes())
                 t.queued_s, t.scheduled_at = q.seconds, q.scheduled_at or None
             for sl in self.stat_loggers:
-                sl.on_queue_time(q.seconds)
-        self._on_stats(msg.outputs.stats)
+                sl.on_queue_time(q.seconds, engine=engine)
+        self._on_stats(msg.outputs.stats, engine)
         now = time.time()
         to_stop: list[str] = []
         for o in msg.outputs.outputs:
@@ -552,9 +560,9 @@ class AsyncLLM:
                 last = self._last_token_time.get(o.request_id)
                 if last is not None:
                     for sl in self.stat_loggers:
-                        sl.on_inter_token(now - last)
+                        sl.on_inter_token(now - last, engine=engine)
                 self._last_token_time[o.request_id] = now
-                self._on_child_tokens(o.request_id, op.parents[pid].metrics.arrival_time, now)
+                self._on_child_tokens(o.request_id, op.parents[pid].metrics.arrival_time, now, engine)
             try:
                 results, stop = op.process([o])
             except Exception as e:  # fail this request only
@@ -571,7 +579,7 @@ class AsyncLLM:
             for cid in to_stop:
                 self._last_token_time.pop(cid, None)
             with contextlib.suppress(EngineDeadError):
-                self._send(FinishRequests(to_stop))
+                self._send(FinishRequests(to_stop), engine)
 
     def _deliver(self, res: RequestOutput) -> None:
         stream = self._streams.get(res.request_id)
@@ -587,6 +595,7 @@ class AsyncLLM:
                 self._last_token_time.pop(cid, None)
                 self._times.pop(cid, None)
             self._record_request_finished(stream.parent)
+            self._forget(stream.parent.children)
 
     def _on_rejected(self, msg: Rejected) -> None:
         op = self.output_processor
@@ -601,19 +610,20 @@ class AsyncLLM:
         others = [c for c in child_ids if c != msg.request_id]
         if others:
             with contextlib.suppress(EngineDeadError):
-                self._send(AbortRequests(others))
+                self._send_by_owner(AbortRequests, others)
+        self._forget(child_ids)
         if stream is not None:
             err: Exception = (RuntimeError(msg.message) if msg.internal
                               else ValidationError(msg.message, msg.parameter, code=msg.code))
             stream._fail(err)
 
-    def _on_child_tokens(self, cid: str, arrival: float, now: float) -> None:
+    def _on_child_tokens(self, cid: str, arrival: float, now: float, engine: int) -> None:
         """Token times of engine request ``cid``; its first token reports the time to first token."""
         t = self._times.setdefault(cid, ChildTimes())
         if t.first_token_at is None:
             t.first_token_at = now
             for sl in self.stat_loggers:
-                sl.on_first_token(max(0.0, now - arrival))
+                sl.on_first_token(max(0.0, now - arrival), engine=engine)
         t.last_token_at = now
 
     def _record_finished(self, parent: ParentState, cid: str, reason: str | None) -> None:
@@ -624,14 +634,16 @@ class AsyncLLM:
         stats = finished_stats(self._times.get(cid), time.time(), parent.metrics.arrival_time,
                                reason or child.finish_reason or "abort", len(parent.prompt_token_ids),
                                len(child.token_ids), max_tokens, parent.num_cached_tokens)
+        engine = self._owner.get(cid, 0)
         for sl in self.stat_loggers:
-            sl.on_finished(stats)
+            sl.on_finished(stats, engine=engine)
 
     def _record_request_finished(self, parent: ParentState) -> None:
         """Report a user request (all its ``n`` samples) as finished."""
         longest = max((len(c.token_ids) for c in parent.children.values()), default=0)
+        engine = next((self._owner[c] for c in parent.children if c in self._owner), 0)
         for sl in self.stat_loggers:
-            sl.on_request_finished(parent.params.n, longest)
+            sl.on_request_finished(parent.params.n, longest, engine=engine)
 
     def _mark_dead(self, reason: str) -> None:
         if self.state == "dead":
@@ -645,18 +657,39 @@ class AsyncLLM:
         for s in list(self._streams.values()):
             s._fail(err)
         self._streams.clear()
+        self._owner.clear()
         self._fail_calls(err)
 
+    def _most_silent(self) -> tuple[int, float]:
+        """(replica, seconds since its last message) of the replica silent longest."""
+        assert self.cores is not None
+        now = time.monotonic()
+        e = min(self.cores.engines, key=lambda e: e.last_msg)
+        return e.index, now - e.last_msg
+
     async def _watchdog(self) -> None:
+        """Any replica's process gone: the engine is dead. Requests pending and a replica silent (an idle one sends
+        a heartbeat every second) for ``stuck_timeout_s``: stuck, until it speaks again."""
+        assert self.cores is not None
         while self.state == "ready":
             await asyncio.sleep(WATCHDOG_PERIOD_S)
-            if self.proc is not None and not self.proc.is_alive():
-                self._mark_dead(f"the engine core process exited (exit code {self.proc.exitcode})")
+            dead = self.cores.first_dead()
+            if dead is not None:
+                self._mark_dead(f"the {self.cores.name(dead.index)} process exited (exit code {dead.proc.exitcode})")
                 return
-            silent = time.monotonic() - self._last_msg
+            engine, silent = self._most_silent()
             if self._streams and silent > self.stuck_timeout_s:
                 if not self.stuck:
                     self.stuck = True
-                    logger.error("engine core silent for %.1f s with %d requests pending", silent, len(self._streams))
+                    logger.error("%s silent for %.1f s with %d requests pending", self.cores.name(engine), silent,
+                                 len(self._streams))
             elif self.stuck and not self._streams:
                 self.stuck = False
+
+
+def _combine(readies: list[Ready]) -> Ready:
+    """The replicas' ``Ready`` as one engine's: admission uses the smallest KV cache (a request must fit any
+    replica)."""
+    smallest = min(readies, key=lambda r: r.num_blocks)
+    limits = msgspec.structs.replace(readies[0].limits, kv_cache_tokens=min(r.limits.kv_cache_tokens for r in readies))
+    return msgspec.structs.replace(readies[0], num_blocks=smallest.num_blocks, limits=limits)

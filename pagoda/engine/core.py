@@ -68,6 +68,10 @@ class EngineCore:
         self.runner.allocate_kv_cache(num_blocks)
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block(),
                      self.runner.kv_dtype)
+        self.spec: SpecDecoder | None = None
+        if cfg.speculative_config is not None:  # before graph capture: an EAGLE-3 head sets the target's aux layers
+            self.spec = make_spec_decoder(cfg.speculative_config, cfg, self.runner)
+            check_draft_vocab(self.spec, self.runner.model.shape.vocab_size)
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
         host_tier = None
         if cfg.kv_offloading_size > 0:
@@ -105,10 +109,6 @@ class EngineCore:
         # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
         self._grammar_waiting: list[tuple[Request, str | None]] = []
         self.pooler = cfg.pooler
-        self.spec: SpecDecoder | None = None
-        if cfg.speculative_config is not None:
-            self.spec = make_spec_decoder(cfg.speculative_config, cfg)
-            check_draft_vocab(self.spec, self.vocab_size)
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
         # Pipeline parallelism: launched steps, oldest first (vLLM's batch queue), at most one per stage.
@@ -138,7 +138,7 @@ class EngineCore:
             token_type_ids=r.token_type_ids,
         )
         if r.sampling_params.structured_outputs is not None:
-            req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs)
+            req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs, r.prompt_token_ids)
             self._grammar_waiting.append((req, r.fork_of))
             return
         self.scheduler.add_request(req, fork_of=r.fork_of)
@@ -308,7 +308,7 @@ class EngineCore:
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
         grammar_errors = self._advance_grammars(sched, res.sampled, gone)
         if self.spec is not None:
-            self.spec.propose(self.scheduler.running)
+            self.spec.propose(self.scheduler.running, res.spec_hidden)
         outs = []
         prompt_tokens = 0
         generated = 0

@@ -18,7 +18,9 @@ from pagoda.engine.output_processor import child_id
 from pagoda.errors import ValidationError
 from pagoda.pooling.inputs import GENERATIVE_ONLY, process_pooling
 from pagoda.pooling.params import PoolingParams
+from pagoda.reasoning.token_ids import ReasoningTokenIds, reasoning_token_ids
 from pagoda.sampling_params import BeamSearchParams, SamplingParams, defaults_from_generation_config
+from pagoda.structured_output.params import FIELD as STRUCTURED_FIELD
 from pagoda.structured_output.validate import validate as validate_structured_outputs
 
 PromptType = str | dict[str, Any] | list[int]
@@ -31,6 +33,7 @@ class InputProcessor:
         self.eos_token_ids = eos_token_ids
         self.limits = limits
         self.sampling_defaults = defaults_from_generation_config(cfg.generation_defaults)
+        self._reasoning_tags: ReasoningTokenIds | str | None = None
 
     def default_sampling_params(self) -> SamplingParams:
         """vLLM's ``get_default_sampling_params``: generation-config values over SamplingParams()."""
@@ -73,6 +76,7 @@ class InputProcessor:
             params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
         if params.structured_outputs is not None:  # the spec must build (bounded in time) before anything is queued
             validate_structured_outputs(params.structured_outputs, self.cfg.structured_outputs)
+            self._check_reasoning_tags()
         max_tokens = admission.check_request(ids, params, self.limits)
         params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []
@@ -92,6 +96,18 @@ class InputProcessor:
                 )
             )
         return text, ids, params, core_reqs
+
+    def _check_reasoning_tags(self) -> None:
+        """With a reasoning parser the engine core starts the grammar after the end tag's token id: it must
+        be one token of this tokenizer (as the core finds at start-up)."""
+        name = self.cfg.structured_outputs.reasoning_parser
+        if not name:
+            return
+        if self._reasoning_tags is None:
+            self._reasoning_tags = reasoning_token_ids(name, self.tokenizer)
+        if isinstance(self._reasoning_tags, str):
+            raise ValidationError(f"{{parameter}} with --reasoning-parser is not supported for this model: "
+                                  f"{self._reasoning_tags}.", STRUCTURED_FIELD)
 
     def process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams
                         ) -> tuple[str | None, list[int], EngineCoreRequest]:

@@ -49,6 +49,13 @@ class LLMEngine:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
+        args.validate()
+        if args.data_parallel_size != 1:
+            dp = args.data_parallel_size
+            raise ValueError(f"data_parallel_size={dp} (--data-parallel-size): the offline engine (LLM, pagoda bench "
+                             f"throughput / latency, pagoda chat) runs one engine in this process; serve replicas "
+                             f"with `pagoda serve --data-parallel-size {dp}`, or start one LLM per replica (on GPU "
+                             f"each in its own process with its own CUDA_VISIBLE_DEVICES).")
         return cls(args.create_config())
 
     def next_request_id(self) -> str:

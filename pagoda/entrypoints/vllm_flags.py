@@ -35,8 +35,10 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
-_PAR = ("data, expert and context parallelism are not supported yet (tensor and pipeline parallelism are: "
-        "--tensor-parallel-size, --pipeline-parallel-size)")
+_PAR = ("expert and context parallelism are not supported yet (tensor, pipeline and data parallelism are: "
+        "--tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size)")
+_DP_NODES = ("multi-node data parallelism is not supported: every replica of --data-parallel-size runs on this "
+             "machine behind this server")
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
 _SSL = "only --ssl-keyfile, --ssl-certfile, --ssl-ca-certs and --ssl-cert-reqs are supported"
 
@@ -74,11 +76,13 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # StructuredOutputsConfig
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
-    _u("--data-parallel-size -dp", _PAR, "1"),
     _u("--decode-context-parallel-size -dcp", _PAR, "1"),
-    _u("--data-parallel-rank -dpn --data-parallel-start-rank -dpr --data-parallel-size-local -dpl "
-       "--data-parallel-address -dpa --data-parallel-rpc-port -dpp --data-parallel-backend -dpb", _PAR),
-    _u("--data-parallel-hybrid-lb --enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
+    _u("--data-parallel-start-rank -dpr", _DP_NODES, "0"),
+    _u("--data-parallel-rank -dpn --data-parallel-address -dpa --data-parallel-rpc-port -dpp", _DP_NODES),
+    _u("--data-parallel-backend -dpb", "replicas are processes on this machine (Ray is not used)", "mp"),
+    _u("--data-parallel-hybrid-lb --data-parallel-external-lb", _DP_NODES + " (the server balances its replicas "
+       "itself)", value=False),
+    _u("--enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
     _u("--all2all-backend --eplb-config --expert-placement-strategy", _PAR),
     _u("--max-parallel-loading-workers", "weights load in one process"),
     _u("--ray-workers-use-nsight", "Ray workers are not profiled with Nsight", value=False),
@@ -132,7 +136,9 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--log-config-file", "use --log-level and --uvicorn-log-level", serve=True),
     _u("--enable-force-include-usage "
        "--enable-log-outputs --log-error-stack --tokens-only --enable-per-request-metrics --enable-offline-docs "
-       "--headless --grpc", "not supported", value=False, serve=True),
+       "--grpc", "not supported", value=False, serve=True),
+    _u("--headless", _DP_NODES + " (a headless node runs replicas for another node's server)", value=False,
+       serve=True),
     _u("--uds", "the server listens on TCP only (--host, --port)", serve=True),
     _u("--disable-frontend-multiprocessing", "the engine core always runs in its own process", value=False,
        serve=True),
@@ -145,7 +151,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
        "by --max-request-body-bytes", serve=True),
     _u("--api-server-count -asc", "one API server process", "1", serve=True),
     _u("--data-parallel-supervisor-port --dp-supervisor-probe-interval-s --dp-supervisor-probe-timeout-s "
-       "--dp-supervisor-probe-failure-threshold", _PAR, serve=True),
+       "--dp-supervisor-probe-failure-threshold", "replicas are not restarted: one that dies takes the server down "
+       "(the engine-death path)", serve=True),
     _u("--config", "flags are read from the command line only", serve=True),
     _u("--fingerprint-mode --fingerprint-value", "system_fingerprint is not reported", serve=True),
 )

@@ -9,7 +9,10 @@ one per MLP.
 Sharding happens at load: :meth:`Linear.load_shard` asks :meth:`tp_slice` for this rank's part of
 each checkpoint tensor, found through the parameter's ``output_dim`` / ``input_dim`` attributes
 (``pack_factor`` divides offsets along the output dimension). A fused layer's checkpoint shards are
-each split per rank (``shard_ranges``), so the rank's ``q | k | v`` stay contiguous. Attention heads
+each split per rank (``shard_ranges``), so the rank's ``q | k | v`` stay contiguous. A row-parallel
+layer slices every parameter with an ``input_dim`` (weights, and a quantized format's per-group
+scales and zero points, whose groups then split with the input); the rest (per-channel scales) is
+whole on every rank. Attention heads
 are split whole; when there are fewer KV heads than ranks each rank keeps the one KV head its query
 heads use (:func:`attention_heads`).
 """
@@ -79,8 +82,8 @@ class ColumnParallelLinear(Linear):
 
     def tp_slice(self, name: str, param: torch.Tensor, tensor: torch.Tensor, shard_id: int | None) -> torch.Tensor:
         dim = getattr(param, "output_dim", 0)
-        if dim is None or getattr(param, "shard_indexed", False):
-            return tensor  # the same for every output feature (or one value per shard)
+        if dim is None or getattr(param, "shard_indexed", False) or tensor.numel() == 1:
+            return tensor  # the same for every output feature (or one value per shard, or a per-tensor scale)
         if shard_id is not None:
             ranges = self.shard_ranges[shard_id]
         else:  # the whole fused tensor at once: shift each shard's ranges by the shard's offset

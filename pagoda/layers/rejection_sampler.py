@@ -14,9 +14,11 @@ Rows are the step's sampled logits rows, request after request; a request with `
   from the residual ``max(p_j - q, 0)`` normalised, which is ``p_j`` with ``d_j`` removed; after
   ``k`` acceptances draw the bonus token from ``p_k``. Each emitted token is then distributed
   exactly as ``p`` at its position, the target's distribution.
-* Randomness: a seeded request draws, per verify, ``k + 1`` uniforms and then ``(k + 1) x V``
-  exponentials from its own generator (the draws depend only on the request's own history), the
-  others from the global generator.
+* Randomness: a seeded request draws, per verify, ``k`` uniforms (one per draft) and then
+  ``(k + 1) x V`` exponentials from its own generator (the draws depend only on the request's own
+  history), the others from the global generator. A seeded request without drafts in a verify step
+  thus draws exactly what a plain step's sampler draws (``V`` exponentials), so its tokens do not depend
+  on whether a neighbour speculated.
 
 The result is a :class:`pagoda.layers.sampler.DeviceSample` with one token per row; rows after the
 first rejection hold -1 (not emitted).
@@ -87,7 +89,8 @@ def _draws(probs: torch.Tensor, reqs: list[Request], num_rows: list[int]) -> tup
     for r, n in zip(reqs, num_rows, strict=True):
         g = _generator(r, probs.device)
         if g is not None and not r.sampling_params.sampling_type_greedy:
-            u[row : row + n] = torch.rand(n, device=probs.device, generator=g)
+            if n > 1:  # one uniform per draft; the bonus row's is never read
+                u[row : row + n - 1] = torch.rand(n - 1, device=probs.device, generator=g)
             noise[row : row + n].exponential_(generator=g)
         row += n
     return u, noise

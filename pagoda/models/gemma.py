@@ -20,7 +20,7 @@ unfused elementwise path on CUDA too (the Triton attention kernels still serve i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parame
 from pagoda.models.llama import MLP, Attention, LlamaForCausalLM, LlamaShape
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.quantization.base import QuantizationConfig
+
+if TYPE_CHECKING:
+    from pagoda.distributed.parallel_state import TPGroup
 
 GEMMA_ARCHS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
@@ -73,11 +76,11 @@ def gemma_ropes(cfg: dict[str, Any], arch: str, head_dim: int, dtype: torch.dtyp
 
 class GemmaDecoderLayer(nn.Module):
     def __init__(self, s: LlamaShape, rope: RotaryEmbedding, idx: int, qc: QuantizationConfig | None,
-                 sliding_window: int | None, attn_kwargs: dict[str, Any]) -> None:
+                 sliding_window: int | None, attn_kwargs: dict[str, Any], tp: TPGroup | None = None) -> None:
         super().__init__()
         self.self_attn = Attention(s, rope, idx, qc, f"model.layers.{idx}.self_attn", sliding_window=sliding_window,
-                                   norm_cls=GemmaRMSNorm, **attn_kwargs)
-        self.mlp = MLP(s, qc, f"model.layers.{idx}.mlp")
+                                   norm_cls=GemmaRMSNorm, tp=tp, **attn_kwargs)
+        self.mlp = MLP(s, qc, f"model.layers.{idx}.mlp", tp)
         self.input_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
@@ -95,10 +98,12 @@ class GemmaForCausalLM(LlamaForCausalLM):
     shape properties, CPU prepacking and weight loading."""
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                 quant_config: QuantizationConfig | None = None) -> None:
+                 quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
+        """``tp``: tensor parallelism, split as in :class:`LlamaForCausalLM`."""
         nn.Module.__init__(self)
         s = gemma_shape(hf_config, arch)
         self.shape = s
+        self.tp = tp if tp is not None and tp.world_size > 1 else None
         self.final_logit_softcap: float | None = hf_config.get("final_logit_softcapping") or None
         attn_kwargs: dict[str, Any] = {"scale": float(hf_config.get("query_pre_attn_scalar") or s.head_dim) ** -0.5}
         if arch == "Gemma2ForCausalLM":
@@ -106,18 +111,15 @@ class GemmaForCausalLM(LlamaForCausalLM):
         ropes = gemma_ropes(hf_config, arch, s.head_dim, dtype)
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
         self.layer_ropes = [ropes["full_attention" if w is None else "sliding_attention"] for w in windows]
-        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.embed_tokens = self.make_embedding(s, quant_config)
         # HF multiplies by sqrt(hidden) rounded to the model dtype; a Python float of that value gives the same
         # product and, unlike a tensor made per step, can be captured in a CUDA graph.
         self.embed_scale = float(torch.tensor(s.hidden_size**0.5, dtype=dtype))
-        self.layers = nn.ModuleList([GemmaDecoderLayer(s, self.layer_ropes[i], i, quant_config, windows[i], attn_kwargs)
-                                     for i in range(s.num_layers)])
+        self.layers = nn.ModuleList([GemmaDecoderLayer(s, self.layer_ropes[i], i, quant_config, windows[i], attn_kwargs,
+                                                       self.tp) for i in range(s.num_layers)])
         self.norm: RMSNorm = GemmaRMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
-            from pagoda.models.llama import Linear, _method
-
-            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
-                                  linear_method=_method(quant_config, "lm_head", ("lm_head",)))
+            self.lm_head = self.make_lm_head(s, quant_config)
         self.ropes: list[RotaryEmbedding] = list(dict.fromkeys(ropes.values()))  # one or two distinct tables
         self.rope = self.layer_ropes[0]
         self.fused = False

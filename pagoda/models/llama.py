@@ -35,6 +35,7 @@ from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 from pagoda.layers.norm import RMSNorm
 from pagoda.layers.quantized_embedding import QuantizedEmbedding
 from pagoda.layers.rotary import RotaryEmbedding, rope_max_position, rope_parameters
+from pagoda.layers.vocab_parallel import VocabParallelEmbedding
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
@@ -298,14 +299,19 @@ class LlamaForCausalLM(nn.Module):
                       for i, shard in enumerate(shards)}
     tp: TPGroup | None = None  # tensor parallelism (set in __init__; subclasses that build their own layers: None)
     pp: PPStage | None = None  # pipeline parallelism (likewise)
+    # EAGLE-3 (spec_decode/eagle_head.py): distinct layers whose input residual streams each forward concatenates,
+    # in layer order, into ``aux_hidden`` [T, len * hidden] (under a CUDA graph: that graph's static output).
+    aux_hidden_layers: tuple[int, ...] = ()
+    aux_hidden: torch.Tensor | None = None
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None,
                  pp: PPStage | None = None) -> None:
         """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
         the method decides per layer, e.g. the LM head usually stays unquantized). ``tp``: this rank's
-        tensor-parallel group: attention heads and MLP split over the ranks; embedding and LM head replicated.
-        ``pp``: this rank's pipeline stage: only its decoder layers are built (the others are
+        tensor-parallel group (under pipeline parallelism: this stage's subgroup): attention heads and MLP split
+        over the ranks, embedding and LM head over the vocabulary (layers/vocab_parallel.py). ``pp``: this rank's
+        pipeline stage: only its decoder layers are built (the others are
         :class:`~pagoda.distributed.pipeline.PPMissing`), the embedding on the first, norm and head on the last."""
         super().__init__()
         s = self.model_shape(hf_config, arch)
@@ -313,11 +319,7 @@ class LlamaForCausalLM(nn.Module):
         self.tp = tp if tp is not None and tp.world_size > 1 else None
         rope = RotaryEmbedding(s.head_dim, rope_max_position(hf_config), rope_for(hf_config, arch), dtype)
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
-        emb_method = _method(quant_config, "model.embed_tokens", ("embed_tokens",)) \
-            if quant_config is not None and quant_config.quantizes_embedding() else None
-        self.embed_tokens: nn.Embedding | QuantizedEmbedding = (  # the method may keep the table quantized
-            nn.Embedding(s.vocab_size, s.hidden_size) if emb_method is None
-            else QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method))
+        self.embed_tokens = self.make_embedding(s, quant_config)
         self.pp = pp
         self.layers = nn.ModuleList([
             DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i], self.tp)
@@ -325,8 +327,7 @@ class LlamaForCausalLM(nn.Module):
             for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
-            self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False,
-                                  linear_method=_method(quant_config, "lm_head", ("lm_head",)))
+            self.lm_head = self.make_lm_head(s, quant_config)
         if pp is not None:
             pp.prune(self, s.tie_word_embeddings)
         self.rope = rope
@@ -337,6 +338,33 @@ class LlamaForCausalLM(nn.Module):
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
         return LlamaShape.from_hf(hf_config, arch)
+
+    def make_embedding(self, s: LlamaShape, qc: QuantizationConfig | None) -> nn.Module:
+        """The token embedding: split over the vocabulary under tensor parallelism (layers/vocab_parallel.py),
+        kept quantized when the method stores tables (GGUF), else ``nn.Embedding``."""
+        emb_method = _method(qc, "model.embed_tokens", ("embed_tokens",)) \
+            if qc is not None and qc.quantizes_embedding() else None
+        if emb_method is not None:
+            if self.tp is not None:
+                raise ValueError(f"--tensor-parallel-size {self.tp.world_size}: a quantized token embedding "
+                                 f"({qc.describe() if qc else ''}) does not split over ranks; use "
+                                 f"--tensor-parallel-size 1.")
+            return QuantizedEmbedding(s.vocab_size, s.hidden_size, emb_method)
+        if self.tp is not None:
+            from pagoda.layers.vocab_parallel import VocabParallelEmbedding
+
+            return VocabParallelEmbedding(s.vocab_size, s.hidden_size, self.tp)
+        return nn.Embedding(s.vocab_size, s.hidden_size)
+
+    def make_lm_head(self, s: LlamaShape, qc: QuantizationConfig | None) -> Linear:
+        """The untied LM head: split over the vocabulary under tensor parallelism when unquantized (a quantized
+        head stays whole on every rank; rank 0 computes the logits)."""
+        method = _method(qc, "lm_head", ("lm_head",))
+        if self.tp is not None and (method is None or type(method) is UnquantizedLinearMethod):
+            from pagoda.layers.vocab_parallel import ParallelLMHead
+
+            return ParallelLMHead(s.vocab_size, s.hidden_size, self.tp)
+        return Linear(s.hidden_size, s.vocab_size, bias=False, linear_method=method)
 
     def make_mlp(self, hf_config: dict[str, Any], s: LlamaShape, idx: int,
                  qc: QuantizationConfig | None) -> nn.Module | None:
@@ -383,9 +411,14 @@ class LlamaForCausalLM(nn.Module):
                    backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's decoder layers (all, or its pipeline stage's: ``kv_caches`` holds theirs only)."""
         cos_sin = None if self.fused and not self.rope.partial else self.rope.cos_sin(positions)
-        layers = self.layers if self.pp is None else self.layers[self.pp.start:self.pp.end]
-        for layer, kv in zip(layers, kv_caches, strict=True):
+        start, end = (0, len(self.layers)) if self.pp is None else (self.pp.start, self.pp.end)
+        aux: list[torch.Tensor] = []  # in layer order, as vLLM concatenates them
+        for i, layer, kv in zip(range(start, end), self.layers[start:end], kv_caches, strict=True):
+            if i in self.aux_hidden_layers:  # EAGLE-3 (one stage only: refused under PP): the stream entering i
+                aux.append(h if residual is None else h + residual)
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
+        if aux:
+            self.aux_hidden = torch.cat(aux, dim=-1)
         return h, residual
 
     def final_norm(self, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
@@ -409,9 +442,11 @@ class LlamaForCausalLM(nn.Module):
 
             return packed_linear(hidden, self._lm_packed, None)
         if self.shape.tie_word_embeddings:
-            if isinstance(self.embed_tokens, QuantizedEmbedding):
+            if isinstance(self.embed_tokens, QuantizedEmbedding | VocabParallelEmbedding):
                 return self.embed_tokens.lm_head(hidden)
-            return F.linear(hidden, self.embed_tokens.weight)
+            table = self.embed_tokens.weight
+            assert isinstance(table, torch.Tensor)
+            return F.linear(hidden, table)
         return self.lm_head(hidden)
 
     def pack_for_cpu(self, batch_hint: int) -> int:

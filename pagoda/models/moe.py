@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from pagoda.layers.fused_moe import FusedMoE, RoutingConfig
 from pagoda.layers.linear import Linear
 from pagoda.models.llama import MLP, LlamaForCausalLM, LlamaShape
 from pagoda.quantization.base import QuantizationConfig
+
+if TYPE_CHECKING:
+    from pagoda.distributed.parallel_state import TPGroup
 
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\."
                      r"(?:(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight|(gate_up_proj|down_proj))$")
@@ -44,14 +47,15 @@ def _cfg(cfg: dict[str, Any], key: str, arch: str) -> Any:
 
 class SparseMoeBlock(nn.Module):
     def __init__(self, s: LlamaShape, routing: RoutingConfig, moe_intermediate: int, shared_intermediate: int,
-                 qc: QuantizationConfig | None, prefix: str) -> None:
+                 qc: QuantizationConfig | None, prefix: str, tp: TPGroup | None = None) -> None:
+        """``tp``: experts and shared expert split along their intermediate dim (router replicated)."""
         super().__init__()
         self.gate = Linear(s.hidden_size, routing.num_experts, bias=False)  # the router: never quantized
-        self.experts = FusedMoE(routing, s.hidden_size, moe_intermediate)
+        self.experts = FusedMoE(routing, s.hidden_size, moe_intermediate, tp)
         self.shared_expert: MLP | None = None
         if shared_intermediate:
             self.shared_expert = MLP(dataclasses.replace(s, intermediate_size=shared_intermediate), qc,
-                                     f"{prefix}.shared_expert")
+                                     f"{prefix}.shared_expert", tp)
             self.shared_expert_gate = Linear(s.hidden_size, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,14 +77,14 @@ class _MoeForCausalLM(LlamaForCausalLM):
     checkpoint_block = "mlp"  # the block's name in checkpoints
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                 quant_config: QuantizationConfig | None = None) -> None:
+                 quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
         if quant_config is not None:
             raise ValueError(f"{arch}: quantized MoE checkpoints are not supported yet "
                              f"(quantization: {quant_config.describe()}); use an unquantized checkpoint.")
         if str(hf_config.get("hidden_act", "silu")) not in ("silu", "swish"):
             raise ValueError(f"{arch}: hidden_act {hf_config.get('hidden_act')!r} is not supported for experts (silu)")
         self.arch = arch
-        super().__init__(hf_config, arch, dtype, quant_config)
+        super().__init__(hf_config, arch, dtype, quant_config, tp)
 
     def routing(self, cfg: dict[str, Any]) -> RoutingConfig:
         return RoutingConfig(
@@ -102,7 +106,7 @@ class _MoeForCausalLM(LlamaForCausalLM):
             return None
         inter = int(hf_config.get("moe_intermediate_size") or s.intermediate_size)
         shared = int(_cfg(hf_config, "shared_expert_intermediate_size", self.arch)) if self.has_shared_expert else 0
-        return SparseMoeBlock(s, routing, inter, shared, qc, f"model.layers.{idx}.mlp")
+        return SparseMoeBlock(s, routing, inter, shared, qc, f"model.layers.{idx}.mlp", self.tp)
 
     # ----------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -133,9 +133,11 @@ class AWQLinearMethod(LinearMethod):
                              f"got {out_features}")
         layer.register_parameter("qweight", checkpoint_param((in_features, out_features // pack), torch.int32,
                                                    input_dim=0, output_dim=1, pack_factor=pack))
+        group_dim = {} if self.config.group_size == -1 else {"input_dim": 0}  # groups split with a row-parallel input
         layer.register_parameter("qzeros", checkpoint_param((groups, out_features // pack), torch.int32,
-                                                  output_dim=1, pack_factor=pack))
-        layer.register_parameter("scales", checkpoint_param((groups, out_features), torch.float32, output_dim=1))
+                                                  output_dim=1, pack_factor=pack, **group_dim))
+        layer.register_parameter("scales", checkpoint_param((groups, out_features), torch.float32, output_dim=1,
+                                                  **group_dim))
         if bias:
             layer.register_parameter("bias", checkpoint_param((out_features,), torch.get_default_dtype(), output_dim=0))
         else:

@@ -14,11 +14,13 @@ IntWeight's ``perm``.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import nn
 
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
+from pagoda.quantization.act_order import regroup_columns
 from pagoda.quantization.fp8 import load_channel_scale, tensor
 from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.w8a8 import int8_linear
@@ -58,7 +60,12 @@ class PackQuantizedLinearMethod(LinearMethod):
 
     def create_weights(self, layer: Linear, in_features: int, out_features: int, bias: bool) -> None:
         pf = 32 // self.bits
-        groups = in_features // self._group(in_features)
+        # Row-parallel (tensor parallelism): grouped scales/zeros split with the input, except with act-order,
+        # where every rank keeps every group's (quantization/act_order.py); channel scales are whole.
+        full_in = getattr(layer, "full_in_features", in_features)
+        whole = self.g_idx and full_in != in_features
+        groups = (full_in if whole else in_features) // self._group(full_in if whole else in_features)
+        group_dim: dict[str, Any] = {"input_dim": 1} if self.group_size and not whole else {}
 
         def param(name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None, **attrs) -> None:
             p = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
@@ -66,11 +73,12 @@ class PackQuantizedLinearMethod(LinearMethod):
             layer.register_parameter(name, p)
 
         param("weight_packed", (out_features, -(-in_features // pf)), torch.int32, output_dim=0, input_dim=1)
-        param("weight_scale", (out_features, groups), output_dim=0, input_dim=1)
-        param("weight_shape", (2,), torch.int64, weight_loader=functools.partial(
-            _load_weight_shape, sizes=layer.output_sizes, in_features=in_features))
+        param("weight_scale", (out_features, groups), None, output_dim=0, **group_dim)
+        param("weight_shape", (2,), torch.int64, output_dim=None, weight_loader=functools.partial(  # the full shape
+            _load_weight_shape, sizes=getattr(layer, "full_output_sizes", layer.output_sizes), in_features=full_in))
         if not self.symmetric:
-            param("weight_zero_point", (-(-out_features // pf), groups), torch.int32, output_dim=0, pack_factor=pf)
+            param("weight_zero_point", (-(-out_features // pf), groups), torch.int32, output_dim=0, pack_factor=pf,
+                  **group_dim)
         if self.g_idx:
             param("weight_g_idx", (in_features,), torch.int32, output_dim=None, input_dim=0)
         if bias:
@@ -88,7 +96,11 @@ class PackQuantizedLinearMethod(LinearMethod):
         else:
             zeros = unpack_int32(tensor(layer, "weight_zero_point"), self.bits, out_f, dim=0).to(scales.dtype)
         perm = None
-        if self.g_idx:
+        if self.g_idx and scales.shape[1] > 1 and scales.shape[1] * g != in_f:  # a row-parallel act-order rank
+            codes, groups, perm = regroup_columns(codes, zeros.long(), tensor(layer, "weight_g_idx").detach(), g,
+                                                  f"weight_g_idx of {self.prefix}")
+            scales, zeros = scales[:, groups], zeros[:, groups]
+        elif self.g_idx:
             g_idx = tensor(layer, "weight_g_idx").detach().long()
             if g_idx.min() < 0 or g_idx.max() >= in_f // g or \
                     not torch.all(torch.bincount(g_idx, minlength=in_f // g) == g):

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from pagoda.layers.linear import Linear, LinearMethod
+from pagoda.quantization.act_order import regroup_columns
 from pagoda.quantization.base import QuantizationConfig
 from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.packing import (
@@ -136,15 +137,21 @@ class GPTQLinearMethod(LinearMethod):
     def create_weights(self, layer: Linear, in_features: int, out_features: int, bias: bool) -> None:
         c = self.config
         pack = PACK_BITS // c.bits
-        groups = group_count(in_features, c.group_size, self.prefix)
         if in_features % pack or out_features % pack:
             raise ValueError(f"{self.prefix}: GPTQ {c.bits}-bit needs input and output sizes that are multiples of "
                              f"{pack}, got {in_features}x{out_features}")
+        # Row-parallel (tensor parallelism): the groups split with the input, except with act-order, where
+        # every rank keeps every group's scales and zeros (its columns may belong to any group; see act_order.py).
+        full_in = getattr(layer, "full_in_features", in_features)
+        whole = c.desc_act and full_in != in_features
+        groups = group_count(full_in if whole else in_features, c.group_size, self.prefix)
+        group_dim = {} if whole or c.group_size == -1 else {"input_dim": 0}
         layer.register_parameter("qweight", checkpoint_param((in_features // pack, out_features), torch.int32,
                                                    input_dim=0, output_dim=1))
         layer.register_parameter("qzeros", checkpoint_param((groups, out_features // pack), torch.int32,
-                                                  output_dim=1, pack_factor=pack))
-        layer.register_parameter("scales", checkpoint_param((groups, out_features), torch.float32, output_dim=1))
+                                                  output_dim=1, pack_factor=pack, **group_dim))
+        layer.register_parameter("scales", checkpoint_param((groups, out_features), torch.float32, output_dim=1,
+                                                  **group_dim))
         layer.register_parameter("g_idx", checkpoint_param((in_features,), torch.int32, input_dim=0, output_dim=None))
         if bias:
             layer.register_parameter("bias", checkpoint_param((out_features,), torch.get_default_dtype(), output_dim=0))
@@ -159,9 +166,16 @@ class GPTQLinearMethod(LinearMethod):
         qzeros = v2_qzeros(param(layer, "qzeros"), c.bits, c.checkpoint_format)
         zeros = unpack_int32(qzeros, c.bits, dim=1).t()  # [N, G]
         scales = param(layer, "scales").t().float()
-        perm = self._act_order_perm(param(layer, "g_idx"), scales.shape[1])
-        if perm is not None:
-            codes = codes.index_select(1, perm)
+        perm: torch.Tensor | None
+        if scales.shape[1] > 1 and scales.shape[1] * self.group_size != codes.shape[1]:
+            # A row-parallel act-order rank: every group's scales, some of the columns (quantization/act_order.py).
+            codes, groups, regrouped = regroup_columns(codes, zeros, param(layer, "g_idx"), self.group_size,
+                                                       f"{self.prefix}.g_idx")
+            scales, zeros, perm = scales[:, groups], zeros[:, groups], regrouped
+        else:
+            perm = self._act_order_perm(param(layer, "g_idx"), scales.shape[1])
+            if perm is not None:
+                codes = codes.index_select(1, perm)
         weight = make_int_weight(codes, scales, -zeros.float() * scales, c.bits, self.group_size, self.dtype, perm)
         install_int_weight(layer, weight, _CHECKPOINT_PARAMS)
 

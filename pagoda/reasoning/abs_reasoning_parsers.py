@@ -19,6 +19,9 @@ class ReasoningParser:
 
     def __init__(self, chat_template_kwargs: dict[str, Any] | None = None) -> None:
         self.chat_template_kwargs = chat_template_kwargs or {}
+        # Set by the front end when the prompt's tokens already closed the reasoning
+        # (pagoda.reasoning.token_ids.prompt_ends_reasoning, the rule the engine core applies too).
+        self.prompt_ends_reasoning = False
 
     def split(self, text: str, final: bool) -> tuple[str, str]:
         raise NotImplementedError
@@ -32,7 +35,7 @@ class ReasoningParser:
 class BaseThinkingReasoningParser(ReasoningParser):
     """``<think>`` (optional: chat templates often put it in the prompt) … ``</think>`` then the answer.
     Without ``</think>`` the whole output is reasoning (it was cut short), unless ``thinks_by_default``
-    is false, in which case it is content."""
+    is false or the prompt already ended the reasoning, in which case it is content."""
 
     start_token = "<think>"
     end_token = "</think>"
@@ -54,4 +57,4 @@ class BaseThinkingReasoningParser(ReasoningParser):
         if i >= 0:
             return body[:i], body[i + len(self.end_token):]
         held = body if final else body[:len(body) - partial_tag_overlap(body, self.end_token)]
-        return (held, "") if self.thinks_by_default else ("", held)
+        return (held, "") if self.thinks_by_default and not self.prompt_ends_reasoning else ("", held)

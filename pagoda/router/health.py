@@ -3,7 +3,8 @@
 A replica whose ``/health`` fails (connection error, timeout, non-200) is taken out of rotation; the
 next probe that passes puts it back. Its served models come from ``/v1/models`` and its load from
 ``/metrics``: ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` under
-``vllm:`` or ``pagoda:`` (pagoda's ``--metrics-prefix``), summed over the replica's label sets.
+``vllm:`` or ``pagoda:`` (pagoda's ``--metrics-prefix``). Request counts are summed over the replica's label
+sets (a data-parallel server labels each engine); the KV usage fraction is their mean.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ LOAD_METRICS = {"num_requests_running": "num_running", "num_requests_waiting": "
                 "kv_cache_usage_perc": "kv_usage"}
 """Metric name (without its ``vllm:``/``pagoda:`` prefix) -> Backend field."""
 METRIC_PREFIXES = ("vllm:", "pagoda:")
+MEAN_FIELDS = frozenset({"kv_usage"})
+"""Fractions: averaged over label sets, not summed."""
 
 
 def parse_load(text: str) -> dict[str, float]:
     """Backend field -> value from a Prometheus text exposition (the first prefix that has each metric)."""
     found: dict[str, dict[str, float]] = {p: {} for p in METRIC_PREFIXES}
+    counts: dict[str, dict[str, int]] = {p: {} for p in METRIC_PREFIXES}
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
@@ -43,11 +47,13 @@ def parse_load(text: str) -> dict[str, float]:
                     continue
                 key = LOAD_METRICS[name[len(prefix):]]
                 found[prefix][key] = found[prefix].get(key, 0.0) + value
+                counts[prefix][key] = counts[prefix].get(key, 0) + 1
     out: dict[str, float] = {}
     for key in LOAD_METRICS.values():
         for prefix in METRIC_PREFIXES:
             if key in found[prefix]:
-                out[key] = found[prefix][key]
+                total = found[prefix][key]
+                out[key] = total / counts[prefix][key] if key in MEAN_FIELDS else total
                 break
     return out
 

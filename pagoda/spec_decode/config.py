@@ -12,7 +12,8 @@ from typing import Any
 
 SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
 """Methods named in the config. ``synthetic`` is pagoda's timing-only proposer (never for real use)."""
-SUPPORTED_METHODS = ("ngram", "draft_model", "synthetic")
+SUPPORTED_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
+MODEL_METHODS = ("draft_model", "eagle", "eagle3")  # methods that load ``model`` (a checkpoint folder)
 # vLLM's keys that pagoda accepts; others (medusa, tree drafting, ...) are refused by name.
 _KEYS = ("method", "num_speculative_tokens", "model", "prompt_lookup_min", "prompt_lookup_max",
          "draft_tensor_parallel_size", "quantization", "revision", "max_model_len", "disable_by_batch_size",
@@ -27,7 +28,7 @@ class SpeculativeConfig:
     num_speculative_tokens: int
     prompt_lookup_min: int = DEFAULT_LOOKUP_MIN
     prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
-    model: str | None = None  # the draft model (method draft_model)
+    model: str | None = None  # the draft model (draft_model) or head (eagle, eagle3) checkpoint folder
     quantization: str | None = None
     revision: str | None = None
     max_model_len: int | None = None  # the draft's context (default: the target's)
@@ -56,11 +57,11 @@ class SpeculativeConfig:
         if mml is not None and (not isinstance(mml, int) or mml <= k):
             raise ValueError(f"speculative_config.max_model_len must be an integer above num_speculative_tokens "
                              f"({k}), got {mml!r}.")
-        if method == "draft_model" and not d.get("model"):
-            raise ValueError("speculative_config.model: method 'draft_model' needs the draft model's path.")
-        if method not in ("draft_model",) and d.get("model") not in (None, method, f"[{method}]"):
+        if method in MODEL_METHODS and not d.get("model"):
+            raise ValueError(f"speculative_config.model: method {method!r} needs the draft's checkpoint path.")
+        if method not in MODEL_METHODS and d.get("model") not in (None, method, f"[{method}]"):
             raise ValueError(f"speculative_config.model: method {method!r} takes no model, got {d.get('model')!r}.")
-        return cls(method, k, lo, hi, d.get("model") if method == "draft_model" else None,
+        return cls(method, k, lo, hi, d.get("model") if method in MODEL_METHODS else None,
                    d.get("quantization"), d.get("revision"), mml, dbs)
 
 
@@ -76,9 +77,8 @@ def _method(d: dict[str, Any]) -> str:
             raise ValueError("speculative_config.method is required (ngram, draft_model, eagle, eagle3).")
     if method not in SPEC_METHODS:
         raise ValueError(f"speculative_config.method must be one of {SPEC_METHODS[:4]}, got {method!r}.")
-    if method not in SUPPORTED_METHODS:
-        raise ValueError(f"speculative_config.method: method {method} not supported yet (supported: ngram, "
-                         f"draft_model).")
+    if method not in SUPPORTED_METHODS:  # every named method runs today; kept for methods added to SPEC_METHODS
+        raise ValueError(f"speculative_config.method: method {method} not supported yet.")
     return str(method)
 
 

@@ -10,7 +10,7 @@ or the context length, which also keeps every verify within the blocks admission
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from pagoda.core.request import Request, RequestStatus
 from pagoda.spec_decode.config import SpeculativeConfig
@@ -66,8 +66,9 @@ class SpecDecoder:
         return max(0, min(self.cfg.num_speculative_tokens, r.max_tokens - r.num_output_tokens - 1,
                           self.max_model_len - r.num_tokens))
 
-    def propose(self, running: list[Request]) -> None:
-        """Set ``spec_token_ids`` of every running request (empty for those that do not speculate)."""
+    def propose(self, running: list[Request], spec_hidden: Any = None) -> None:
+        """Set ``spec_token_ids`` of every running request (empty for those that do not speculate).
+        ``spec_hidden``: the completed step's target hidden states (EAGLE heads read them)."""
         dbs = self.cfg.disable_by_batch_size
         reqs, ks = [], []
         for r in running:
@@ -77,16 +78,20 @@ class SpecDecoder:
                 reqs.append(r)
                 ks.append(k)
         retain = getattr(self.proposer, "retain", None)
-        if retain is not None:  # a stateful proposer (draft model) frees what stopped running
+        if retain is not None:  # a stateful proposer (draft model, EAGLE) frees what stopped running
             retain({r.request_id for r in running})
+        observe = getattr(self.proposer, "observe", None)
+        if observe is not None:  # EAGLE: the head catches up on the step's kept positions
+            observe(spec_hidden, {r.request_id: r for r in running})
         if not reqs:
             return
         for r, k, toks in zip(reqs, ks, self.proposer.propose(reqs, ks), strict=True):
             r.spec_token_ids = list(toks[:k])
 
 
-def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg) -> SpecDecoder:
-    """The proposer the config names (a draft model loads here)."""
+def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg, runner: Any = None) -> SpecDecoder:
+    """The proposer the config names (a draft model or an EAGLE head loads here; a head needs the target's
+    ``runner``)."""
     proposer: Proposer
     if cfg.method == "ngram":
         proposer = NgramBatchProposer(cfg)
@@ -96,6 +101,10 @@ def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg) -> SpecDecoder:
         from pagoda.spec_decode.draft_model import DraftModelProposer
 
         proposer = DraftModelProposer(cfg, engine_cfg)
+    elif cfg.method in ("eagle", "eagle3"):
+        from pagoda.spec_decode.eagle import EagleProposer
+
+        proposer = EagleProposer(cfg, engine_cfg, runner)
     else:  # SpeculativeConfig.from_dict refuses the others
         raise ValueError(f"speculative_config.method: method {cfg.method} not supported yet")
     return SpecDecoder(cfg, engine_cfg.max_model_len, proposer)

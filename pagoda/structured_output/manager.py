@@ -13,6 +13,15 @@
   logits row, in the runner's order (requests that sample, in scheduling order, each with its
   ``num_sample_rows``), all-allowed for unconstrained rows; None when no row is constrained.
 
+* Reasoning (``reasoning_parser`` set, i.e. ``--reasoning-parser``): the grammar applies to the answer only,
+  as vLLM's ``should_advance``. A sequence whose prompt did not already close the reasoning
+  (:func:`pagoda.reasoning.token_ids.prompt_ends_reasoning`) starts *reasoning*: its bitmask rows stay
+  all-allowed and its matcher does not move. The kept token equal to the end tag (``</think>``, one token id,
+  resolved from the tokenizer at start-up) ends the reasoning; the matcher starts from its initial state on
+  the tokens after it. The state lives on the sequence's :class:`RequestGrammar`, so it survives preemption
+  (output tokens are kept) and each of n samples has its own. Speculative decoding never drafts for a
+  constrained request, reasoning or not.
+
 The backend (and the tokenizer it needs) is created on the worker thread by the first compile.
 """
 
@@ -27,6 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pagoda.reasoning.token_ids import (
+    ReasoningTokenIds,
+    prompt_ends_reasoning,
+    reasoning_end_index,
+    reasoning_token_ids,
+)
 from pagoda.structured_output.backend import GrammarBackend, Matcher, allocate_bitmask
 from pagoda.structured_output.params import GrammarKey, StructuredOutputsConfig, StructuredOutputsParams
 
@@ -42,12 +57,18 @@ _CACHE_SIZE = 256
 class RequestGrammar:
     """One sequence's grammar: its compile (shared) and, once compiled, its own matcher."""
 
-    def __init__(self, key: GrammarKey, compiled: Future[Any], backend: Any) -> None:
+    def __init__(self, key: GrammarKey, compiled: Future[Any], backend: Any,
+                 reasoning: ReasoningTokenIds | None = None, prompt_token_ids: Sequence[int] = (),
+                 refused: str | None = None) -> None:
         self.key = key
         self._compiled = compiled
         self._backend = backend  # callable -> GrammarBackend (created by the first compile)
         self._matcher: Matcher | None = None
         self.submitted = time.monotonic()
+        self._refused = refused  # why this request cannot be served (checked like a failed compile)
+        self._reasoning = reasoning
+        # False while the output is still reasoning: no bitmask, the matcher does not advance.
+        self.reasoning_ended = reasoning is None or prompt_ends_reasoning(prompt_token_ids, reasoning)
 
     @property
     def compiled(self) -> Future[Any]:
@@ -58,6 +79,8 @@ class RequestGrammar:
 
     def error(self) -> str | None:
         """Why the compile failed (None while compiling or after success)."""
+        if self._refused is not None:
+            return self._refused
         if not self._compiled.done():
             return None if time.monotonic() - self.submitted < COMPILE_TIMEOUT_S else (
                 f"the {self.key.kind} grammar did not compile within {COMPILE_TIMEOUT_S:g} s")
@@ -71,10 +94,19 @@ class RequestGrammar:
         return self._matcher
 
     def accept_tokens(self, tokens: Sequence[int]) -> int:
-        """Advance by ``tokens`` in order; returns how many were accepted (stops at the first refused)."""
+        """Advance by ``tokens`` in order; returns how many were accepted (stops at the first refused).
+        Reasoning tokens (up to and including the end tag) pass without touching the matcher."""
+        skip = 0
+        if not self.reasoning_ended:
+            assert self._reasoning is not None
+            end = reasoning_end_index(tokens, self._reasoning)
+            if end < 0:
+                return len(tokens)
+            self.reasoning_ended = True
+            skip = end + 1
         m = self.matcher
-        for i, t in enumerate(tokens):
-            if not m.accept_token(t):
+        for i in range(skip, len(tokens)):
+            if not m.accept_token(tokens[i]):
                 return i
         return len(tokens)
 
@@ -82,7 +114,11 @@ class RequestGrammar:
         """Rows ``row .. row + len(draft)``: the allowed tokens now and after each draft token
         (a speculative step verifies ``len(draft) + 1`` positions); the matcher ends where it began.
         Filling stops at a draft token the grammar refuses (its later rows stay all-allowed; the
-        verifier rejects that token anyway)."""
+        verifier rejects that token anyway). While reasoning, nothing is filled (all rows stay all-allowed)."""
+        if not self.reasoning_ended:
+            if draft:  # the end tag inside a draft would need the grammar from there on
+                raise ValueError("a constrained request does not speculate while reasoning")
+            return
         m = self.matcher
         accepted = 0
         for i in range(len(draft) + 1):
@@ -96,10 +132,12 @@ class RequestGrammar:
             m.rollback(accepted)
 
     def rollback(self, num_tokens: int) -> None:
+        if not self.reasoning_ended:
+            raise ValueError("cannot roll back a grammar that has not started (the request is still reasoning)")
         self.matcher.rollback(num_tokens)
 
     def is_terminated(self) -> bool:
-        return self.matcher.is_terminated()
+        return self.reasoning_ended and self.matcher.is_terminated()
 
 
 class StructuredOutputManager:
@@ -111,6 +149,12 @@ class StructuredOutputManager:
         self._backend: GrammarBackend | None = None
         self._backend_lock = threading.Lock()
         self._cache: OrderedDict[GrammarKey, Future[Any]] = OrderedDict()
+        # --reasoning-parser: the end tag's token id (or why it has none; constrained requests then fail).
+        self.reasoning: ReasoningTokenIds | str | None = None
+        if self.config.reasoning_parser:
+            from pagoda.engine.tokenizer import load_tokenizer
+
+            self.reasoning = reasoning_token_ids(self.config.reasoning_parser, load_tokenizer(cfg))
 
     def backend(self) -> GrammarBackend:
         with self._backend_lock:
@@ -121,8 +165,9 @@ class StructuredOutputManager:
     def _compile(self, key: GrammarKey) -> Any:
         return self.backend().compile(key)
 
-    def grammar_for(self, params: StructuredOutputsParams) -> RequestGrammar:
-        """Start (or reuse) the compile of ``params``' grammar; never blocks."""
+    def grammar_for(self, params: StructuredOutputsParams, prompt_token_ids: Sequence[int] = ()) -> RequestGrammar:
+        """Start (or reuse) the compile of ``params``' grammar; never blocks. ``prompt_token_ids`` decide
+        whether the output starts reasoning (see the module docstring)."""
         key = GrammarKey.of(params, self.config)
         fut = self._cache.get(key)
         if fut is None or (fut.done() and fut.exception() is not None):
@@ -133,13 +178,16 @@ class StructuredOutputManager:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-        return RequestGrammar(key, fut, self.backend)
+        if isinstance(self.reasoning, str):
+            return RequestGrammar(key, fut, self.backend, refused=f"structured outputs with a reasoning parser: "
+                                                                  f"{self.reasoning}")
+        return RequestGrammar(key, fut, self.backend, self.reasoning, prompt_token_ids)
 
     def grammar_bitmask(self, sched: SchedulerOutput) -> torch.Tensor | None:
         """The step's bitmask rows (see the module docstring), or None when nothing is constrained."""
         sampled = [s for s in sched.scheduled if s.sample]
-        if not any(s.request.grammar is not None for s in sampled):
-            return None
+        if not any(s.request.grammar is not None and s.request.grammar.reasoning_ended for s in sampled):
+            return None  # nothing constrained (or every constrained sequence is still reasoning)
         bitmask = allocate_bitmask(sum(s.num_sample_rows for s in sampled), self.vocab_size)
         row = 0
         for s in sampled:

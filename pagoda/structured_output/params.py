@@ -93,11 +93,13 @@ class StructuredOutputsConfig:
     # flexible-but-bounded whitespace costs ~40x the compile time and far more per-token mask time (docs/design.md).
     disable_any_whitespace: bool = True
     disable_additional_properties: bool = False
+    # vLLM's field (set by --reasoning-parser): the grammar applies to the answer after the reasoning only.
+    reasoning_parser: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> StructuredOutputsConfig:
         d = dict(d or {})
-        known = {"backend", "disable_any_whitespace", "disable_additional_properties"}
+        known = {"backend", "disable_any_whitespace", "disable_additional_properties", "reasoning_parser"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"--structured-outputs-config: unsupported key(s) {unknown}; pagoda honours "
@@ -108,6 +110,12 @@ class StructuredOutputsConfig:
         if cfg.backend == "guidance":
             raise ValueError("--structured-outputs-config: the guidance (llguidance) backend is not implemented in "
                              "pagoda; use backend 'xgrammar' or 'auto' (docs/design.md says why xgrammar).")
+        if cfg.reasoning_parser:
+            from pagoda.reasoning import REASONING_PARSERS
+
+            if cfg.reasoning_parser not in REASONING_PARSERS:
+                raise ValueError(f"--structured-outputs-config: reasoning_parser must be one of "
+                                 f"{sorted(REASONING_PARSERS)}, got {cfg.reasoning_parser!r}.")
         for name in ("disable_any_whitespace", "disable_additional_properties"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ValueError(f"--structured-outputs-config: {name} must be true or false.")

@@ -110,6 +110,11 @@ def apply_env_policy(environ: MutableMapping[str, str] | None = None) -> dict[st
     return added
 
 
+def user_chose_threads() -> bool:
+    """Whether ``OMP_NUM_THREADS`` is the user's (set, and not by :func:`apply_env_policy`)."""
+    return THREADS_KNOB in os.environ and THREADS_KNOB not in _State.added
+
+
 def apply_runtime_policy() -> None:
     """Once per process, when a CPU engine starts: what can still be done with torch loaded.
 
@@ -124,8 +129,7 @@ def apply_runtime_policy() -> None:
     import torch
 
     n = usable_cpus()
-    user_threads = THREADS_KNOB in os.environ and THREADS_KNOB not in _State.added
-    if not user_threads and torch.get_num_threads() > n:
+    if not user_chose_threads() and torch.get_num_threads() > n:
         logger.info("Using %d CPU threads (the CPUs this process may use) instead of %d", n, torch.get_num_threads())
         torch.set_num_threads(n)
     if _State.torch_loaded_first and any(k in _State.added for k in WAIT_KNOBS):

@@ -6,6 +6,11 @@ replays the smallest captured size ``>= B``; padding rows have ``slot_mapping = 
 Host-side values the attention backend reads (``max_seq_len``, ``is_decode_only``) are
 fixed at capture: ``max_seq_len = max_model_len``, so a backend's choice of KV splits
 is the same at every replay; kernels bound their work by the device-side ``seq_lens``.
+
+Tensor parallelism: every rank captures the same sizes at the same time (the forward's
+all-reduces are captured into each rank's graph) and replays together; the logits are left
+out of the graph (``logits_in_graph=False``: the vocabulary-parallel head's gather runs
+eagerly after the replay, on every rank).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ class PinnedStaging:
     in two sets used in turn: a step can be staged while the previous step's async copies may
     still be pending (async scheduling keeps one step in flight, and waits for the one before)."""
 
-    def __init__(self, n64: int, n32: int) -> None:
-        self._sets = [(torch.zeros(n64, dtype=torch.int64, pin_memory=True),
-                       torch.zeros(n32, dtype=torch.int32, pin_memory=True)) for _ in range(2)]
+    def __init__(self, n64: int, n32: int, pin: bool = True) -> None:
+        self._sets = [(torch.zeros(n64, dtype=torch.int64, pin_memory=pin),
+                       torch.zeros(n32, dtype=torch.int32, pin_memory=pin)) for _ in range(2)]
         self._turn = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +63,9 @@ def default_capture_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model, backend, kv_caches, block_size: int, max_model_len: int, sizes: list[int],
-                 device: torch.device) -> None:
+                 device: torch.device, logits_in_graph: bool = True) -> None:
         self.model = model
+        self.logits_in_graph = logits_in_graph
         self.backend = backend
         self.kv_caches = kv_caches
         self.sizes = sorted(sizes)
@@ -85,6 +91,7 @@ class DecodeGraphs:
         self.outputs: dict[int, torch.Tensor] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy: dict[int, torch.Tensor] = {}
+        self.aux: dict[int, torch.Tensor] = {}  # EAGLE-3: the model's aux hidden states (aux_hidden_layers set)
         self.last_size = 0
         self.capture_seconds = 0.0
 
@@ -115,10 +122,13 @@ class DecodeGraphs:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
                 out = self.model(*args)
-                # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
-                logits = self.model.compute_logits_raw(out)
-                self.greedy[b] = logits.argmax(dim=-1)
-                self.logits[b] = logits
+                if getattr(self.model, "aux_hidden_layers", ()):
+                    self.aux[b] = self.model.aux_hidden
+                if self.logits_in_graph:
+                    # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
+                    logits = self.model.compute_logits_raw(out)
+                    self.greedy[b] = logits.argmax(dim=-1)
+                    self.logits[b] = logits
             self.graphs[b] = g
             self.outputs[b] = out
         torch.cuda.synchronize()
@@ -154,6 +164,11 @@ class DecodeGraphs:
         self.graphs[size].replay()
         self.last_size = size
         return self.outputs[size][:b]
+
+    def last_aux(self, b: int) -> torch.Tensor | None:
+        """EAGLE-3's aux hidden states [b, 3 h] of the last replay (None unless the model keeps them)."""
+        aux = self.aux.get(self.last_size)
+        return aux[:b] if aux is not None else None
 
     def last_logits(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits in the model dtype [b, V], their argmax [b]) of the last replay."""

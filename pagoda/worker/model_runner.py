@@ -6,8 +6,8 @@ small parts:
 1. **prepare inputs** (:func:`pagoda.worker.input_batch.prepare_inputs`): flattened ids,
    positions, slots, per-request lengths and block tables, the logits rows to sample, the
    prompt-logprob jobs and the placeholder fills (pure host work, no request is changed);
-2. **forward** on one of three paths, picked by :meth:`ModelRunner._forward_path`: a decode
-   CUDA graph, a single-request prefill-chunk graph, or eager;
+2. **forward** on one of four paths, picked by :meth:`ModelRunner._forward_path`: a decode
+   CUDA graph, a speculative-verify graph, a single-request prefill-chunk graph, or eager;
 3. **sample** the logits rows (and compute prompt logprobs).
 
 ``execute_async`` launches a step and returns without waiting for the device; its
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pagoda import envs
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from pagoda.distributed.pipeline import PPStage
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
+    from pagoda.worker.verify_graphs import VerifyGraphs
 
 logger = logging.getLogger("pagoda")
 
@@ -79,6 +81,9 @@ class RunnerOutput:
     prompt_logprobs: dict[str, PromptLogprobChunk] = field(default_factory=dict)
     # Pooling runner: each finishing request's pooled output (float32, CPU).
     pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+    # EAGLE proposers: the step's target hidden states (pagoda.spec_decode.eagle.SpecHidden; device rows that
+    # the next step may overwrite: read before launching it).
+    spec_hidden: Any = None
 
 
 @dataclass
@@ -120,6 +125,7 @@ class ForwardResult:
 
     hidden: torch.Tensor | None
     graph_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    aux: torch.Tensor | None = None  # EAGLE-3: the target's aux hidden states of every row
 
 
 class ModelRunner:
@@ -158,17 +164,22 @@ class ModelRunner:
         self.num_blocks = 0
         self.graphs: DecodeGraphs | None = None
         self.chunk_graphs: ChunkGraphs | None = None
+        self.verify_graphs: VerifyGraphs | None = None
         self.bt_cache: BlockTableCache | None = None
         # The last launched step's sampled tokens (device) and each request's row in them:
         # the source of tokens the host does not know yet (async scheduling).
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[str, int] = {}
+        # EAGLE proposers set this (spec_decode/eagle.py): "last" (the final hidden states) or "aux" (EAGLE-3's
+        # aux layers) are handed over with every step's output; the chunk graph, which keeps no rows, is off.
+        self.spec_hidden: str | None = None
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
         Idempotent; the runner cannot run steps afterwards."""
         self.graphs = None
         self.chunk_graphs = None
+        self.verify_graphs = None
         self.kv_caches = []
         self.host_caches = []
         self.bt_cache = None
@@ -274,7 +285,7 @@ class ModelRunner:
         self.graphs = None
         if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
                 or self.pooler is not None
-                or self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size > 1):  # eager on every rank
+                or self.cfg.pipeline_parallel_size > 1):  # pipeline stages run eager (no lockstep capture)
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -282,18 +293,36 @@ class ModelRunner:
 
         self.graphs = DecodeGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
-            default_capture_sizes(self.cfg.max_num_seqs), self.device,
+            default_capture_sizes(self.cfg.max_num_seqs), self.device, logits_in_graph=self.tp is None,
         )
-        self.graphs.capture()
-        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
+        self.graphs.capture()  # tensor parallelism: every rank captures now, in lockstep (cuda_graphs.py)
+        if self.tp is not None:  # TP: verify steps and prompt chunks run eagerly (only decode graphs are lockstep)
             return self.graphs.capture_seconds
+        seconds = self.graphs.capture_seconds + self._capture_verify_graphs()
+        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
+            return seconds
         from pagoda.worker.chunk_graphs import ChunkGraphs
 
         self.chunk_graphs = ChunkGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len, self.device,
         )
         self.chunk_graphs.capture()
-        return self.graphs.capture_seconds + self.chunk_graphs.capture_seconds
+        return seconds + self.chunk_graphs.capture_seconds
+
+    def _capture_verify_graphs(self) -> float:
+        """Speculative decoding: graphs for verify steps of k + 1 tokens per request (worker/verify_graphs.py)."""
+        spec = self.cfg.speculative_config
+        if spec is None or self.graphs is None:
+            return 0.0
+        from pagoda.worker.verify_graphs import VerifyGraphs, verify_capture_sizes
+
+        sizes = verify_capture_sizes(self.graphs.sizes)
+        if not sizes:
+            return 0.0
+        self.verify_graphs = VerifyGraphs(self.model, self.backend, self.kv_caches, self.block_size,
+                                          self.cfg.max_model_len, sizes, spec.num_speculative_tokens + 1, self.device)
+        self.verify_graphs.capture()
+        return self.verify_graphs.capture_seconds
 
     def _apply_kv_transfers(self, sched: SchedulerOutput) -> None:
         """Host-tier stores, fork copies, host-tier loads: in this order, before the forward."""
@@ -340,7 +369,7 @@ class ModelRunner:
         if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
             raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, sched.block_copies)
+        self.executor.broadcast_step(inputs, sched.block_copies, self._logits_calls(inputs))  # eager, no fills
 
         def run() -> StepHandle:
             with torch.inference_mode():
@@ -357,8 +386,11 @@ class ModelRunner:
         """Prompt logprobs and sampling of a step whose forward has run (or is queued on the device)."""
         if self.pooler is not None:
             return self._pool(inputs, fwd)
-        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd))
+        out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd), spec_hidden=self._spec_rows(inputs, fwd))
         ds = self._sample(inputs, fwd, sched.grammar_bitmask)
+        if ds is not None and self._shares_sampled(inputs):
+            assert self.tp is not None
+            self.tp.broadcast(ds.tokens)  # the workers' source for the next step's fills
         sample_ids = [r.request_id for r in inputs.sample_reqs]
         if ds is not None and not inputs.samples_one_row_each:
             ds.start_copy()  # a verify: the next step is scheduled after this one completes (no placeholders)
@@ -373,6 +405,18 @@ class ModelRunner:
             self._prev_tokens, self._prev_rows = None, {}
         return StepHandle(out, sample_ids, inputs.num_sample_rows, ds)
 
+    def _spec_rows(self, inputs: StepInputs, fwd: ForwardResult) -> Any:
+        """The step's target hidden states for an EAGLE proposer (None when none is configured)."""
+        if self.spec_hidden is None:
+            return None
+        from pagoda.spec_decode.eagle import SpecHidden
+
+        rows = fwd.aux if self.spec_hidden == "aux" else fwd.hidden
+        if rows is None:
+            raise RuntimeError(f"the forward path kept no {self.spec_hidden} hidden states for the EAGLE proposer")
+        qsl = inputs.query_start_loc
+        return SpecHidden(rows, inputs.req_ids, qsl, [inputs.positions[q] for q in qsl[:-1]])
+
     def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
                     block_copies: list[tuple[int, int]] | None) -> ForwardResult:
         """The engine core's rank: send the step to the workers (``block_copies`` None: already sent), then run
@@ -381,23 +425,56 @@ class ModelRunner:
         step and a next step would combine the wrong tensors."""
         assert self.executor is not None
         if block_copies is not None:
-            self.executor.broadcast_step(inputs, block_copies)
+            graph = self._forward_path(inputs, rows) == "decode_graph"
+            self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
+                                         graph)
         try:
-            return self._forward(inputs, rows, None)
+            return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         except Exception as e:
             self.executor.explain(e)
             raise EngineFatalError(f"a distributed step failed on the engine core's rank, the ranks are out of step: "
                                    f"{type(e).__name__}: {e}") from e
 
+    def _shares_sampled(self, inputs: StepInputs) -> bool:
+        """Tensor parallelism with async scheduling: this step's sampled tokens go to the workers."""
+        return self.executor is not None and self.cfg.async_scheduling and bool(inputs.sample_reqs)
+
+    @staticmethod
+    def _logits_calls(inputs: StepInputs) -> list[list[int]]:
+        """The hidden rows of each ``compute_logits`` call this step makes, in order (:meth:`_prompt_logprobs`, then
+        :meth:`_sample` on the eager path, the only one under tensor parallelism): the workers repeat them."""
+        calls = [list(range(job.row, job.row + job.count)) for job in inputs.prompt_logprob_jobs]
+        if inputs.sample_reqs:
+            calls.append(list(inputs.logits_rows))
+        return calls
+
     @torch.inference_mode()
     def execute_forward(self, step: ForwardStep) -> None:
-        """A worker rank's step: rank 0's forward inputs, the same forward; nothing is sampled here."""
+        """A worker rank's step: rank 0's forward inputs, the same forward, and its share of each logits gather
+        rank 0 makes (the vocabulary-parallel LM head); nothing is sampled here. With async scheduling the inputs
+        rank 0 did not know come from rank 0's previous sample, broadcast to the workers (``shares_sampled``)."""
         if step.block_copies:
             kv_cache.copy_blocks(self.kv_caches, step.block_copies, self.device)
         inputs = StepInputs(input_ids=step.input_ids, positions=step.positions, slots=step.slots,
                             query_start_loc=step.query_start_loc, query_lens=step.query_lens, seq_lens=step.seq_lens,
                             block_tables=step.block_tables)
-        self._forward_eager(inputs, None, None)
+        fill = self._placeholder_fill([(d, s) for d, s in step.fills])
+        if step.graph:  # rank 0 replays its decode graph: so does this rank (captured together)
+            assert self.graphs is not None
+            tables = np.zeros((len(step.block_tables), self.graphs.max_blocks), dtype=np.int32)
+            for i, table in enumerate(step.block_tables):
+                tables[i, : len(table)] = table
+            hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, tables, fill)
+        else:
+            hidden = self._forward_eager(inputs, None, fill)
+        if self.pp is not None and not self.pp.is_last:
+            return  # the head (and its gathers) live on the last stage; the hidden state went on to the next stage
+        for rows in step.logits_rows:
+            self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        if step.shares_sampled:
+            assert self.tp is not None
+            tokens = torch.empty(len(step.logits_rows[-1]), dtype=torch.long, device=self.device)
+            self._prev_tokens = self.tp.broadcast(tokens)
 
     def _pool(self, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Pooling runner: the pooled outputs of the requests whose prompt this step completed."""
@@ -448,20 +525,27 @@ class ModelRunner:
 
     # ------------------------------------------------------------- forward
     def _forward_path(self, inputs: StepInputs, rows: list[int] | None) -> str:
-        """``"decode_graph"``, ``"chunk_graph"`` or ``"eager"``.
+        """``"decode_graph"``, ``"verify_graph"``, ``"chunk_graph"`` or ``"eager"``.
 
         Graphs need the block-table cache (``rows``). The decode graph takes a decode-only
-        batch up to its largest size; the chunk graph one request's chunk up to its largest
-        bucket, sampling its last row only, with no prompt logprobs (it computes no other logits).
+        batch up to its largest size; the verify graph a batch of verifies (up to k proposals each;
+        no prompt chunk, no prompt logprobs, no token still being sampled); the chunk graph one request's
+        chunk up to its largest bucket, sampling its last row only, with no prompt logprobs (it
+        computes no other logits), and not for an EAGLE proposer (it keeps no hidden rows).
         """
         if rows is None:
             return "eager"
         max_nb = inputs.max_num_blocks(self.block_size)
         if self.graphs is not None and inputs.is_decode_only and self.graphs.can_run(inputs.num_reqs, max_nb):
             return "decode_graph"
+        vg = self.verify_graphs
+        if (vg is not None and not inputs.prompt_logprob_jobs and not inputs.fills and max_nb <= vg.max_blocks
+                and vg.can_run(inputs.query_lens, inputs.num_sample_rows, inputs.seq_lens)):
+            return "verify_graph"
         if (
-            self.chunk_graphs is not None and inputs.num_reqs == 1 and not inputs.prompt_logprob_jobs
-            and inputs.samples_one_row_each and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
+            self.chunk_graphs is not None and self.spec_hidden is None and inputs.num_reqs == 1
+            and not inputs.prompt_logprob_jobs and inputs.samples_one_row_each
+            and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
         ):
             return "chunk_graph"
         return "eager"
@@ -472,18 +556,27 @@ class ModelRunner:
             assert self.graphs is not None and self.bt_cache is not None and rows is not None
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,
                                      self.bt_cache.table.numpy()[rows], fill)
+            if not self.graphs.logits_in_graph:  # tensor parallelism: logits eagerly, like the workers
+                return ForwardResult(hidden)
             logits, greedy = self.graphs.last_logits(inputs.num_reqs)
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
                 idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
                 logits, greedy = logits[idx], greedy[idx]
-            return ForwardResult(hidden, (logits, greedy))
+            return ForwardResult(hidden, (logits, greedy), self.graphs.last_aux(inputs.num_reqs))
+        if path == "verify_graph":
+            # Every row of a verify is sampled, in order: the graph's logits rows are the step's logits rows.
+            assert self.verify_graphs is not None and self.bt_cache is not None and rows is not None
+            hidden = self.verify_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_lens,
+                                            inputs.seq_lens, self.bt_cache.table.numpy()[rows])
+            return ForwardResult(hidden, self.verify_graphs.last_logits(), self.verify_graphs.last_aux())
         if path == "chunk_graph":
             # One request's prefill chunk: replayed, logits of its last row computed in the graph.
             assert self.chunk_graphs is not None and self.bt_cache is not None and rows is not None
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
-        return ForwardResult(self._forward_eager(inputs, rows, fill))
+        hidden = self._forward_eager(inputs, rows, fill)
+        return ForwardResult(hidden, aux=self.model.aux_hidden if self.spec_hidden == "aux" else None)
 
     def _forward_eager(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> torch.Tensor:
         dev = self.device
@@ -534,8 +627,9 @@ class ModelRunner:
         reqs = inputs.sample_reqs
         if not reqs:
             return None
-        if fwd.graph_logits is not None and all(plain_greedy(r) for r in reqs):
-            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token).
+        if fwd.graph_logits is not None and inputs.samples_one_row_each and all(plain_greedy(r) for r in reqs):
+            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token); verify rows
+            # go through the rejection sampler below.
             return DeviceSample(fwd.graph_logits[1], [], [])
         if fwd.graph_logits is not None:
             logits = fwd.graph_logits[0].float()

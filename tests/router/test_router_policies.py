@@ -87,6 +87,13 @@ def test_parse_load_reads_both_prefixes():
     assert parse_load("garbage line\n") == {}
 
 
+def test_parse_load_of_a_data_parallel_server_sums_counts_and_averages_kv_usage():
+    text = "".join(f'vllm:num_requests_running{{model_name="m",engine="{e}"}} {r}\n'
+                   f'vllm:kv_cache_usage_perc{{model_name="m",engine="{e}"}} {u}\n'
+                   for e, r, u in ((0, 2.0, 0.5), (1, 3.0, 0.25)))
+    assert parse_load(text) == {"num_running": 5.0, "kv_usage": 0.375}
+
+
 def test_pool_and_url_rules():
     assert normalize_url("10.0.0.1:8000/") == "http://10.0.0.1:8000"
     with pytest.raises(ValueError):

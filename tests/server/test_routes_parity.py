@@ -210,7 +210,7 @@ def test_responses_stream(server):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("tools", [{"type": "function", "name": "f", "parameters": {}}]), ("previous_response_id", "resp_x"),
+    ("tools", [{"type": "web_search"}]), ("previous_response_id", "resp_x"),
     ("store", True), ("reasoning", {"effort": "low"}), ("background", True), ("truncation", "auto"),
     ("include", ["message.output_text.logprobs"]), ("text", {"format": {"type": "json_object"}}),
     ("top_logprobs", 2), ("no_such_field", 1),

@@ -5,7 +5,8 @@
   to the tool's schema (constrained decoding), streamed deltas reassemble to the non-streamed call, tool
   results round-trip through the chat template, and bad tool definitions are 400s naming the field;
 * the tiny model behind ``--reasoning-parser deepseek_r1``: its output (no ``</think>``) is all
-  reasoning, streamed and not, and constrained output with a reasoning parser is refused.
+  reasoning, streamed and not, and constrained output with a reasoning parser is refused (its ``</think>`` is
+  not one token; tests/server/test_reasoning_structured_server.py covers a model where it is).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def test_reasoning_split_streamed_and_not(reasoning_server, server):
     assert m.model_extra["reasoning"] is None and m.content is None
 
 
-def test_constrained_output_with_a_reasoning_parser_is_refused(reasoning_server):
+def test_constrained_output_with_a_reasoning_parser_needs_a_one_token_end_tag(reasoning_server):
     for extra in ({"tools": [WEATHER], "tool_choice": "required"}, {"response_format": {"type": "json_object"}}):
         r = reasoning_server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, **extra})
         assert r.status_code == 400 and "--reasoning-parser" in r.json()["error"]["message"], r.text
@@ -212,3 +213,74 @@ def test_auto_tool_choice_without_the_flags_is_vllms_400(server):
     with pytest.raises(openai.BadRequestError, match="--enable-auto-tool-choice and --tool-call-parser"):
         server.client().chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER],
                                                                       tool_choice="auto", max_tokens=2)
+
+
+# ------------------------------------------------------------------------ tools on /v1/responses (default model)
+FLAT_WEATHER = {"type": "function", **WEATHER["function"], "strict": True}  # the Responses API's flat shape
+
+
+def _response_events(stream):
+    return [(e.type, e) for e in stream]
+
+
+@pytest.mark.default_model
+def test_responses_named_and_required_function_calls(tool_server):
+    c = tool_server.client()
+    for choice in ({"type": "function", "name": "get_weather"}, "required"):
+        r = c.responses.create(model=DEFAULT, input="What is the weather in Paris?", tools=[FLAT_WEATHER],
+                               tool_choice=choice, max_output_tokens=80, temperature=0)
+        calls = [o for o in r.output if o.type == "function_call"]
+        assert r.status == "completed" and len(calls) >= 1, r
+        for fc in calls:
+            assert fc.name == "get_weather" and fc.id.startswith("fc_") and fc.call_id and fc.status == "completed"
+            jsonschema.validate(json.loads(fc.arguments), SCHEMAS["get_weather"])
+        # streamed: OpenAI's events, and the same call
+        events = _response_events(c.responses.create(
+            model=DEFAULT, input="What is the weather in Paris?", tools=[FLAT_WEATHER], tool_choice=choice,
+            max_output_tokens=80, temperature=0, stream=True))
+        kinds = [k for k, _ in events]
+        assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+        assert kinds[-2:] == ["response.output_item.done", "response.completed"]
+        added = [e.item for k, e in events if k == "response.output_item.added"]
+        assert [a.type for a in added] == ["function_call"] * len(calls)
+        args = "".join(e.delta for k, e in events if k == "response.function_call_arguments.delta")
+        done = [e for k, e in events if k == "response.function_call_arguments.done"]
+        assert "".join(d.arguments for d in done) == args == "".join(fc.arguments for fc in calls)
+        final = events[-1][1].response
+        assert [(o.name, o.arguments) for o in final.output] == [(fc.name, fc.arguments) for fc in calls]
+        assert all(o.status == "completed" for o in final.output)
+
+
+@pytest.mark.default_model
+def test_responses_function_call_items_round_trip_like_chat(tool_server):
+    c = tool_server.client()
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                             "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+    chat = c.chat.completions.create(
+        model=DEFAULT, tools=[WEATHER], tool_choice="none", max_tokens=1, temperature=0,
+        messages=[*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"}])
+    items = [{"role": "user", "content": ASK[0]["content"]},
+             {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+              "arguments": call["function"]["arguments"]},
+             {"type": "function_call_output", "call_id": "call_1", "output": "18 C and sunny"}]
+    r = c.responses.create(model=DEFAULT, input=items, tools=[FLAT_WEATHER], tool_choice="none",
+                           max_output_tokens=1, temperature=0)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens  # the same conversation reached the template
+    bare = c.responses.create(model=DEFAULT, input=items[:1], tools=[FLAT_WEATHER], tool_choice="none",
+                              max_output_tokens=1, temperature=0)
+    assert bare.usage.input_tokens < r.usage.input_tokens
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"tools": [{"type": "web_search"}]}, "tools"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools"),
+    ({"tools": [WEATHER]}, "tools"),  # chat's nested shape
+    ({"tools": [FLAT_WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+    ({"tools": [FLAT_WEATHER], "tool_choice": {"type": "web_search"}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+])
+def test_responses_bad_tools_are_400s(server, body, param):
+    r = server.post("/v1/responses", {"model": MODEL, "input": "hi", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text

@@ -3,7 +3,8 @@
 :class:`PrometheusStatLogger` exports vLLM's V1 metrics (the table :data:`VLLM_METRICS`: names,
 types, help texts, buckets and label names as vLLM's ``PrometheusStatLogger``) under the prefix
 chosen by ``--metrics-prefix``: ``pagoda:`` (default) or ``vllm:`` (names exactly as vLLM's, for
-dashboards made for vLLM). Every vLLM series carries ``model_name`` and ``engine="0"``, as vLLM's.
+dashboards made for vLLM). Every vLLM series carries ``model_name`` and ``engine`` (the data-parallel
+replica, ``"0"`` without data parallelism), as vLLM's.
 pagoda's own metrics (:data:`NATIVE_METRICS`: the host KV tier) are always ``pagoda:*``, labelled
 ``model_name``.
 Each server gets its own ``CollectorRegistry`` (several apps can live in one process, as in tests).
@@ -13,7 +14,8 @@ Request-level histograms count engine requests (each of ``n`` samples once, as v
 
 :class:`LoggingStatLogger` logs vLLM's periodic line (throughput, running / waiting
 requests, KV-cache usage, prefix-cache hit rate, and the host KV tier's usage when it is
-on) every ``PAGODA_LOG_STATS_INTERVAL`` seconds (10) while the engine is busy.
+on) every ``PAGODA_LOG_STATS_INTERVAL`` seconds (10) while the engine is busy; with data-parallel
+replicas, one line for all of them (their stats summed, cache usage averaged).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pagoda import envs
+from pagoda.engine.dp_lb import sum_stats
 from pagoda.engine.messages import SchedulerStats
 from pagoda.engine.request_stats import FinishedRequestStats
 
@@ -35,7 +38,6 @@ PREFIXES = ("pagoda", "vllm")
 NATIVE_PREFIX = "pagoda:"
 LOG_STATS_INTERVAL_S = envs.log_stats_interval_s()
 LABELS = ["model_name", "engine"]
-ENGINE = "0"
 
 logger = logging.getLogger("pagoda.server")
 
@@ -153,11 +155,30 @@ def cache_config_info(cfg: Any, engine: Any) -> dict[str, str]:
             "kv_offloading_size": str(cfg.kv_offloading_size or None)}
 
 
+class _EngineSeries:
+    """One replica's labelled series and what it last reported (its counters advance by differences)."""
+
+    def __init__(self, m: dict[str, Any], success: dict[str, Any], waiting_by_reason: dict[str, Any]) -> None:
+        self.m = m
+        self.success = success
+        self.waiting_by_reason = waiting_by_reason
+        self.last_preemptions = 0
+        self.last_cumulative: dict[str, int] = {}
+        self.last_per_pos: list[int] = []
+        self.cpu_cache_usage = 0.0
+
+
 class PrometheusStatLogger:
-    """vLLM's metrics, fed by :class:`pagoda.engine.async_llm.AsyncLLM`'s stat-logger hooks."""
+    """vLLM's metrics, fed by :class:`pagoda.engine.async_llm.AsyncLLM`'s stat-logger hooks.
+
+    With ``num_engines`` data-parallel replicas every vLLM series exists once per replica (``engine="0"``,
+    ``"1"``, ...: as vLLM's, each counts what that replica did, so a sum over ``engine`` is the server's
+    total); pagoda's own series have no ``engine`` label and hold the total (counters) or the mean over
+    replicas (the host-tier usage gauge).
+    """
 
     def __init__(self, model_name: str, max_model_len: int = 4096, prefix: str = "pagoda",
-                 cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0) -> None:
+                 cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0, num_engines: int = 1) -> None:
         if prefix not in PREFIXES:
             raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.registry = CollectorRegistry(auto_describe=True)
@@ -170,22 +191,15 @@ class PrometheusStatLogger:
                 continue  # as vLLM: spec_decode_* exist only with speculative decoding on
             self.families[name] = self._make(self.prefix + name, kind, doc, LABELS + list(extra),
                                              tb if buckets == TOKENS else buckets)
-        self.m = {name: fam.labels(model_name, ENGINE) for name, fam in self.families.items()
-                  if not VLLM_METRICS[name][3]}
+        native = {}
         for name, (kind, doc) in NATIVE_METRICS.items():  # labelled model_name only (not vLLM's)
             self.families[name] = self._make(NATIVE_PREFIX + name, kind, doc, ["model_name"], None)
-            self.m[name] = self.families[name].labels(model_name)
-        for pos in range(num_spec_tokens):  # vLLM creates one series per draft position up front
-            self.families["spec_decode_num_accepted_tokens_per_pos"].labels(model_name, ENGINE, str(pos))
-        self.success = {r: self.families["request_success"].labels(model_name, ENGINE, r) for r in FINISH_REASONS}
-        self.waiting_by_reason = {r: self.families["num_requests_waiting_by_reason"].labels(model_name, ENGINE, r)
-                                  for r in ("capacity", "deferred")}
-        for state, value in SLEEP_STATES.items():
-            self.families["engine_sleep_state"].labels(model_name, ENGINE, state).set(value)
-        info = {"engine": ENGINE, **(cache_config or {})}
-        Gauge(self.prefix + "cache_config_info", VLLM_METRICS["cache_config_info"][1], list(info),
-              registry=self.registry).labels(**info).set(1)
-        self._last_preemptions = 0
+            native[name] = self.families[name].labels(model_name)
+        info_gauge = Gauge(self.prefix + "cache_config_info", VLLM_METRICS["cache_config_info"][1],
+                           ["engine", *(cache_config or {})], registry=self.registry)
+        self.engines = [self._engine_series(str(i), native, num_spec_tokens) for i in range(num_engines)]
+        for i in range(num_engines):
+            info_gauge.labels(engine=str(i), **(cache_config or {})).set(1)
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
         self._cumulative = {"prefix_cache_queries": ("prefix_cache_queries", "gpu_prefix_cache_queries"),
                             "prefix_cache_hits": ("prefix_cache_hits", "gpu_prefix_cache_hits"),
@@ -194,8 +208,25 @@ class PrometheusStatLogger:
                             "spec_num_drafts": ("spec_decode_num_drafts",),
                             "spec_num_draft_tokens": ("spec_decode_num_draft_tokens",),
                             "spec_num_accepted_tokens": ("spec_decode_num_accepted_tokens",)}
-        self._last_per_pos: list[int] = []
-        self._last_cumulative = dict.fromkeys(self._cumulative, 0)
+
+    def _engine_series(self, engine: str, native: dict[str, Any], num_spec_tokens: int) -> _EngineSeries:
+        name_ = self.model_name
+        m = {name: fam.labels(name_, engine) for name, fam in self.families.items()
+             if name in VLLM_METRICS and not VLLM_METRICS[name][3]}
+        m.update(native)
+        for pos in range(num_spec_tokens):  # vLLM creates one series per draft position up front
+            self.families["spec_decode_num_accepted_tokens_per_pos"].labels(name_, engine, str(pos))
+        success = {r: self.families["request_success"].labels(name_, engine, r) for r in FINISH_REASONS}
+        waiting = {r: self.families["num_requests_waiting_by_reason"].labels(name_, engine, r)
+                   for r in ("capacity", "deferred")}
+        for state, value in SLEEP_STATES.items():
+            self.families["engine_sleep_state"].labels(name_, engine, state).set(value)
+        return _EngineSeries(m, success, waiting)
+
+    @property
+    def m(self) -> dict[str, Any]:
+        """Replica 0's series (the only ones without data parallelism)."""
+        return self.engines[0].m
 
     def _make(self, full: str, kind: str, doc: str, labels: list[str], buckets: Any) -> Any:
         if kind == "gauge":
@@ -205,11 +236,12 @@ class PrometheusStatLogger:
         return Histogram(full, doc, labels, buckets=buckets, registry=self.registry)
 
     # ------------------------------------------------------------ StatLogger
-    def on_step(self, stats: SchedulerStats) -> None:
-        m = self.m
+    def on_step(self, stats: SchedulerStats, engine: int = 0) -> None:
+        e = self.engines[engine]
+        m = e.m
         m["num_requests_running"].set(stats.num_running)
         m["num_requests_waiting"].set(stats.num_waiting)
-        self.waiting_by_reason["capacity"].set(stats.num_waiting)  # pagoda defers no request for other reasons
+        e.waiting_by_reason["capacity"].set(stats.num_waiting)  # pagoda defers no request for other reasons
         for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
             m[name].set(stats.kv_cache_usage)
         if stats.num_prompt_tokens:
@@ -218,47 +250,51 @@ class PrometheusStatLogger:
             m["generation_tokens"].inc(stats.num_generation_tokens)
         if stats.num_prompt_tokens or stats.num_generation_tokens:
             m["iteration_tokens_total"].observe(stats.num_prompt_tokens + stats.num_generation_tokens)
-        if stats.num_preemptions > self._last_preemptions:
-            m["num_preemptions"].inc(stats.num_preemptions - self._last_preemptions)
-            self._last_preemptions = stats.num_preemptions
-        m["cpu_cache_usage_perc"].set(stats.cpu_kv_cache_usage)
+        if stats.num_preemptions > e.last_preemptions:
+            m["num_preemptions"].inc(stats.num_preemptions - e.last_preemptions)
+            e.last_preemptions = stats.num_preemptions
+        e.cpu_cache_usage = stats.cpu_kv_cache_usage
+        m["cpu_cache_usage_perc"].set(sum(x.cpu_cache_usage for x in self.engines) / len(self.engines))
         for field, names in self._cumulative.items():
             value = getattr(stats, field)
-            last = self._last_cumulative[field]
+            last = e.last_cumulative.get(field, 0)
             if value > last and names[0] in m:
                 for name in names:
                     m[name].inc(value - last)
-                self._last_cumulative[field] = value
-        self._on_spec_per_pos(stats.spec_accepted_per_pos)
+                e.last_cumulative[field] = value
+        self._on_spec_per_pos(stats.spec_accepted_per_pos, engine)
 
-    def _on_spec_per_pos(self, per_pos: list[int]) -> None:
+    def _on_spec_per_pos(self, per_pos: list[int], engine: int) -> None:
         """vLLM's ``spec_decode_num_accepted_tokens_per_pos{position=i}`` from the cumulative list."""
         fam = self.families.get("spec_decode_num_accepted_tokens_per_pos")
         if fam is None:
             return
+        e = self.engines[engine]
         for i, value in enumerate(per_pos):
-            last = self._last_per_pos[i] if i < len(self._last_per_pos) else 0
+            last = e.last_per_pos[i] if i < len(e.last_per_pos) else 0
             if value > last:
-                fam.labels(self.model_name, ENGINE, str(i)).inc(value - last)
-        self._last_per_pos = list(per_pos)
+                fam.labels(self.model_name, str(engine), str(i)).inc(value - last)
+        e.last_per_pos = list(per_pos)
 
-    def on_queue_time(self, seconds: float) -> None:
+    def on_queue_time(self, seconds: float, engine: int = 0) -> None:
         pass  # observed per finished request (on_finished), as vLLM's
 
-    def on_first_token(self, seconds: float) -> None:
-        self.m["time_to_first_token_seconds"].observe(seconds)
+    def on_first_token(self, seconds: float, engine: int = 0) -> None:
+        self.engines[engine].m["time_to_first_token_seconds"].observe(seconds)
 
-    def on_inter_token(self, seconds: float) -> None:
-        self.m["inter_token_latency_seconds"].observe(seconds)
-        self.m["time_per_output_token_seconds"].observe(seconds)
+    def on_inter_token(self, seconds: float, engine: int = 0) -> None:
+        m = self.engines[engine].m
+        m["inter_token_latency_seconds"].observe(seconds)
+        m["time_per_output_token_seconds"].observe(seconds)
 
-    def on_finished(self, s: FinishedRequestStats) -> None:
-        c = self.success.get(s.finish_reason)
+    def on_finished(self, s: FinishedRequestStats, engine: int = 0) -> None:
+        e = self.engines[engine]
+        c = e.success.get(s.finish_reason)
         if c is None:
-            c = self.success[s.finish_reason] = self.families["request_success"].labels(
-                self.model_name, ENGINE, s.finish_reason)
+            c = e.success[s.finish_reason] = self.families["request_success"].labels(
+                self.model_name, str(engine), s.finish_reason)
         c.inc()
-        m = self.m
+        m = e.m
         for name, value in (("e2e_request_latency_seconds", s.e2e_latency),
                             ("request_queue_time_seconds", s.queued_time),
                             ("request_prefill_time_seconds", s.prefill_time),
@@ -272,9 +308,10 @@ class PrometheusStatLogger:
         if s.max_tokens_param:
             m["request_params_max_tokens"].observe(s.max_tokens_param)
 
-    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None:
-        self.m["request_params_n"].observe(n)
-        self.m["request_max_num_generation_tokens"].observe(max_num_generation_tokens)
+    def on_request_finished(self, n: int, max_num_generation_tokens: int, engine: int = 0) -> None:
+        m = self.engines[engine].m
+        m["request_params_n"].observe(n)
+        m["request_max_num_generation_tokens"].observe(max_num_generation_tokens)
 
     # ------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
@@ -300,6 +337,7 @@ class LoggingStatLogger:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.stats = SchedulerStats()
+        self._per_engine: dict[int, SchedulerStats] = {}
         self._base_queries = 0
         self._base_hits = 0
         self._last_idle = True
@@ -313,10 +351,11 @@ class LoggingStatLogger:
         self._base_queries = self.stats.prefix_cache_queries
         self._base_hits = self.stats.prefix_cache_hits
 
-    def on_step(self, stats: SchedulerStats) -> None:
+    def on_step(self, stats: SchedulerStats, engine: int = 0) -> None:
         self.prompt_tokens += stats.num_prompt_tokens
         self.generation_tokens += stats.num_generation_tokens
-        self.stats = stats
+        self._per_engine[engine] = stats
+        self.stats = sum_stats([self._per_engine[i] for i in sorted(self._per_engine)])
         now = self.clock()
         if now - self.last_log >= self.interval_s:
             self.emit(now)
@@ -346,17 +385,17 @@ class LoggingStatLogger:
         self.prompt_tokens = self.generation_tokens = 0
         self._spec_base = (s.spec_num_drafts, s.spec_num_accepted_tokens)
 
-    def on_queue_time(self, seconds: float) -> None:
+    def on_queue_time(self, seconds: float, engine: int = 0) -> None:
         pass
 
-    def on_first_token(self, seconds: float) -> None:
+    def on_first_token(self, seconds: float, engine: int = 0) -> None:
         pass
 
-    def on_inter_token(self, seconds: float) -> None:
+    def on_inter_token(self, seconds: float, engine: int = 0) -> None:
         pass
 
-    def on_finished(self, stats: FinishedRequestStats) -> None:
+    def on_finished(self, stats: FinishedRequestStats, engine: int = 0) -> None:
         pass
 
-    def on_request_finished(self, n: int, max_num_generation_tokens: int) -> None:
+    def on_request_finished(self, n: int, max_num_generation_tokens: int, engine: int = 0) -> None:
         pass

@@ -1,8 +1,11 @@
 """Request and response models of ``POST /v1/responses`` (OpenAI's Responses API, the text subset).
 
 What is honoured: ``model``, ``input`` (a string, or a list of messages whose content is a string or
-``input_text`` / ``output_text`` parts), ``instructions``, ``max_output_tokens``, ``temperature``,
-``top_p``, ``stream``, ``metadata`` and ``user`` (echoed back). Every other field OpenAI defines is
+``input_text`` / ``output_text`` parts, ``function_call`` / ``function_call_output`` items, and earlier
+``reasoning`` items, which are not rendered),
+``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``, ``stream``, ``metadata`` and ``user``
+(echoed back), and function ``tools`` with ``tool_choice`` and ``parallel_tool_calls``
+(:mod:`pagoda.entrypoints.openai.responses_tools`). Every other field OpenAI defines is
 accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other value, and any
 field OpenAI does not define, is a 400 naming it (:func:`unsupported_fields`).
 """
@@ -16,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 # Fields of OpenAI's request that pagoda does not implement, with the values that mean "not used"
 # (the ones a client may send without asking for the feature). Anything else is refused.
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "auto", "none"),
-    "parallel_tool_calls": (None, True, False),
     "previous_response_id": (None,),
     "conversation": (None,),
     "store": (None, False),  # nothing is stored: no retrieval by id
@@ -54,12 +54,46 @@ class InputMessage(BaseModel):
     status: str | None = None
 
 
+class FunctionCallInput(BaseModel):
+    """An earlier ``function_call`` output item sent back (the assistant's tool call)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputInput(BaseModel):
+    """The result of a tool call (the chat template's ``role: tool`` message)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[InputTextPart]
+    id: str | None = None
+    status: str | None = None
+
+
+class ReasoningInput(BaseModel):
+    """An earlier ``reasoning`` output item sent back: accepted and not rendered (chat templates drop
+    earlier turns' thinking too)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["reasoning"]
+
+
+InputItem = InputMessage | FunctionCallInput | FunctionCallOutputInput | ReasoningInput
+
+
 class ResponsesRequest(BaseModel):
     """Unknown fields are kept (``extra="allow"``) so they can be refused by name, never dropped."""
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    input: str | list[InputMessage]
+    input: str | list[InputItem]
     instructions: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -67,10 +101,10 @@ class ResponsesRequest(BaseModel):
     stream: bool | None = False
     metadata: dict[str, str] | None = None
     user: str | None = None
-    # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None  # function tools in the Responses API's flat shape
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
     previous_response_id: str | None = None
     conversation: Any = None
     store: bool | None = None
@@ -110,6 +144,35 @@ class OutputMessage(BaseModel):
     content: list[OutputText] = Field(default_factory=list)
 
 
+class FunctionCallItem(BaseModel):
+    """A ``function_call`` output item (the model called a tool)."""
+
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """A ``reasoning`` output item: the thinking split out by ``--reasoning-parser``."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = ReasoningItem | OutputMessage | FunctionCallItem
+
+
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -127,7 +190,7 @@ class ResponseUsage(BaseModel):
 
 
 class ResponseObject(BaseModel):
-    """OpenAI's ``response`` object; the unimplemented features read as off (no tools, no storage)."""
+    """OpenAI's ``response`` object; the unimplemented features read as off (no storage)."""
 
     id: str
     object: Literal["response"] = "response"
@@ -138,14 +201,14 @@ class ResponseObject(BaseModel):
     instructions: str | None = None
     max_output_tokens: int | None = None
     model: str
-    output: list[OutputMessage] = Field(default_factory=list)
+    output: list[OutputItem] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
     reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})
     store: bool = False
     temperature: float | None = None
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: str = "auto"
+    tool_choice: Any = "auto"
     tools: list[Any] = Field(default_factory=list)
     top_p: float | None = None
     truncation: str = "disabled"

@@ -33,7 +33,11 @@ logger = logging.getLogger("pagoda.server")
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
     from pagoda.entrypoints.cli import engine_kwargs
 
-    return EngineArgs(**engine_kwargs(args))
+    kw = engine_kwargs(args)
+    if getattr(args, "reasoning_parser", None):  # vLLM: --reasoning-parser is StructuredOutputsConfig.reasoning_parser
+        kw["structured_outputs_config"] = {**(kw.get("structured_outputs_config") or {}),
+                                           "reasoning_parser": args.reasoning_parser}
+    return EngineArgs(**kw)
 
 
 def limits_from(args: argparse.Namespace) -> ServerLimits:
@@ -96,7 +100,8 @@ async def load_engine(state: ServerState) -> None:
         names = list(cfg.served_model_name)
         state.served_model_names = names
         state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len, getattr(args, "metrics_prefix", "pagoda"),
-                                             cache_config_info(cfg, engine), num_speculative_tokens(cfg))
+                                             cache_config_info(cfg, engine), num_speculative_tokens(cfg),
+                                             num_engines=cfg.data_parallel_size)
         engine.stat_loggers.append(state.metrics)
         if not getattr(args, "disable_log_stats", False):
             state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))

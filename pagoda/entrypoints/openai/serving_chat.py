@@ -39,6 +39,7 @@ from pagoda.entrypoints.openai.tool_calling import (
     check_reasoning_request,
     constraint,
     finish_reason,
+    note_prompt,
     output_parser,
     plan_tools,
 )
@@ -163,6 +164,7 @@ class OpenAIServingChat(OpenAIServing):
             req.chat_template_kwargs, plan.tools, bool(req.add_special_tokens),
         )
         ids = self.truncate(ids, req.truncate_prompt_tokens, req.truncation_side)
+        note_prompt(plan, ids, self.reasoning_tags)
         user_max: int | None
         if req.max_completion_tokens is not None:
             user_max, given = req.max_completion_tokens, True

@@ -48,6 +48,7 @@ from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 from pagoda.errors import EngineInvariantError, ValidationError
 from pagoda.outputs import Logprob, RequestOutput
+from pagoda.reasoning.token_ids import ReasoningTokenIds, reasoning_token_ids
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("pagoda.server")
@@ -152,6 +153,16 @@ class OpenAIServing:
     @property
     def tokenizer(self) -> Any:
         return self.engine.get_tokenizer()
+
+    @property
+    def reasoning_tags(self) -> ReasoningTokenIds | str | None:
+        """``--reasoning-parser``'s tags as token ids of this tokenizer (or why not); None without a parser."""
+        name = self.limits.tools.reasoning_parser
+        if name is None:
+            return None
+        if getattr(self, "_reasoning_tags", None) is None:
+            self._reasoning_tags = reasoning_token_ids(name, self.tokenizer)
+        return self._reasoning_tags
 
     # ------------------------------------------------------------------ checks
     def model_name(self, requested: str | None) -> str:

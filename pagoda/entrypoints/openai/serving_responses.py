@@ -1,8 +1,11 @@
-"""POST /v1/responses: OpenAI's Responses API (text in, text out), on the chat serving path.
+"""POST /v1/responses: OpenAI's Responses API (text, function tools, reasoning), on the chat serving path.
 
 The request becomes a conversation (``instructions`` as the system message, then ``input``), rendered
 by the chat template and sampled with chat's rules (:class:`OpenAIServingChat`); the output is one
-assistant message. Streams send OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
+assistant message, or with ``tools`` or ``--reasoning-parser`` a ``reasoning`` item, the message and/or
+``function_call`` items (:mod:`pagoda.entrypoints.openai.responses_tools`, which also streams them).
+Text-only streams send
+OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
 ``response.created``, ``response.in_progress``, ``response.output_item.added``,
 ``response.content_part.added``, ``response.output_text.delta``…, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, ``response.completed`` (as vLLM, also
@@ -17,21 +20,31 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream, final_output
+from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
     InputTokensDetails,
+    OutputItem,
     OutputMessage,
     OutputText,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
     unsupported_fields,
+)
+from pagoda.entrypoints.openai.responses_tools import (
+    ResponsesItemStream,
+    Status,
+    chat_tool_choice,
+    chat_tools,
+    input_messages,
+    output_items,
 )
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_engine import (
@@ -40,6 +53,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     to_serving_error,
 )
+from pagoda.entrypoints.openai.tool_calling import constraint, note_prompt, output_parser, plan_tools
 
 # Chat's names for the fields a Responses request calls otherwise.
 FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input"}
@@ -49,15 +63,20 @@ def event(kind: str, seq: int, **fields: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **fields})}\n\n"
 
 
+def _status(finish_reason: str | None) -> Status:
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
 @contextmanager
-def responses_field_names() -> Iterator[None]:
-    """Errors name the Responses request's fields (``input``, ``max_output_tokens``), not chat's."""
-    with request_field_names(FIELD_NAMES):
+def responses_field_names(req: ResponsesRequest) -> Iterator[None]:
+    """Errors name the Responses request's fields (``input``, ``max_output_tokens``, ``tools``), not chat's."""
+    names = {**FIELD_NAMES, "structured_outputs": "tools"} if req.tools else FIELD_NAMES
+    with request_field_names(names):
         try:
             yield
         except ServingError as e:
-            if e.param in FIELD_NAMES:
-                e.param = FIELD_NAMES[e.param]
+            if e.param in names:
+                e.param = names[e.param]
             raise
 
 
@@ -65,10 +84,16 @@ def to_messages(req: ResponsesRequest) -> list[ChatMessageIn]:
     msgs = [ChatMessageIn(role="system", content=req.instructions)] if req.instructions is not None else []
     if isinstance(req.input, str):
         return [*msgs, ChatMessageIn(role="user", content=req.input)]
-    for m in req.input:
-        text = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
-        msgs.append(ChatMessageIn(role=m.role, content=text))
-    return msgs
+    return msgs + input_messages(req.input)
+
+
+def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat request a Responses request runs as (tools in chat's shape)."""
+    tools = chat_tools(req.tools)
+    return ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
+                                 top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user, tools=tools,
+                                 tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
+                                 parallel_tool_calls=req.parallel_tool_calls)
 
 
 class OpenAIServingResponses:
@@ -90,42 +115,85 @@ class OpenAIServingResponses:
     async def create_response(self, req: ResponsesRequest) -> Any:
         self.check(req)
         chat = self.chat
-        with responses_field_names():
+        with responses_field_names(req):
             model = chat.model_name(req.model)
-            creq = ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
-                                         top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user)
+            creq = chat_request(req)
+            plan = plan_tools(creq, chat.limits.tools)
             chat.check_common(creq, "chat")
-            text, ids = chat.render_prompt(creq.messages, True, False, None, None, None, False)
+            text, ids = chat.render_prompt(creq.messages, True, False, None, None, plan.tools, False)
+            note_prompt(plan, ids, chat.reasoning_tags)
             given = req.max_output_tokens is not None
             params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, None)
+            so = constraint(plan)
+            if so is not None or plan.sampling_overrides:
+                params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
             rid = f"resp_{uuid.uuid4().hex}"
             chat.log_request(rid, text, ids, params)
             stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids}, params)
         resp = self.base_response(req, rid, model)
+        # tools or reasoning: output items from chat's parsers; else the text as one message
+        parser = output_parser(creq, chat.limits.tools, plan)
         if req.stream:
-            return StreamingResponse(self._stream(resp, stream), media_type="text/event-stream",
+            body = self._stream(resp, stream) if parser is None else self._stream_items(resp, stream, parser)
+            return StreamingResponse(body, media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
             raise RuntimeError(out.error)
         c = out.outputs[0]
-        self._finish(resp, f"msg_{uuid.uuid4().hex}", c.text, c.finish_reason, len(out.prompt_token_ids),
-                     len(c.token_ids), out.num_cached_tokens)
+        status = _status(c.finish_reason)
+        items: list[OutputItem] = (
+            [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=c.text)])]
+            if parser is None else output_items(parser.message(c.text), status))
+        self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens)
         return JSONResponse(resp.model_dump())
 
     @staticmethod
-    def _finish(resp: ResponseObject, msg_id: str, text: str, finish_reason: str | None, input_tokens: int,
-                output_tokens: int, cached: int) -> OutputMessage:
-        """Fill ``resp`` with its final output and usage; returns the output message."""
-        status: Literal["completed", "incomplete"] = "incomplete" if finish_reason == "length" else "completed"
-        msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text)])
+    def _finish(resp: ResponseObject, items: list[OutputItem], status: Status,
+                input_tokens: int, output_tokens: int, cached: int) -> None:
+        """Fill ``resp`` with its final output and usage."""
         resp.status = status
         resp.incomplete_details = {"reason": "max_output_tokens"} if status == "incomplete" else None
-        resp.output = [msg]
+        resp.output = items
         resp.usage = ResponseUsage(input_tokens=input_tokens, output_tokens=output_tokens,
                                    total_tokens=input_tokens + output_tokens,
                                    input_tokens_details=InputTokensDetails(cached_tokens=cached))
-        return msg
+
+    async def _stream_items(self, resp: ResponseObject, stream: RequestStream,
+                            parser: ChatOutputParser) -> AsyncIterator[str]:
+        """A stream whose output items come from chat's parsers (:class:`ResponsesItemStream`)."""
+        seq = iter(range(1 << 62))
+
+        def ev(kind: str, **fields: Any) -> str:
+            return event(kind, next(seq), **fields)
+
+        items = ResponsesItemStream(parser, ev)
+        try:
+            yield ev("response.created", response=resp.model_dump())
+            yield ev("response.in_progress", response=resp.model_dump())
+            text, last = "", None
+            async for out in stream:
+                if out.error:
+                    raise RuntimeError(out.error)
+                last = out
+                text += stream.last_deltas[0] if stream.last_deltas else ""
+                for e in items.feed(text, out.finished):
+                    yield e
+            assert last is not None
+            c = last.outputs[0]
+            status = _status(c.finish_reason)
+            for e in items.finish(status):
+                yield e
+            self._finish(resp, items.items, status, len(last.prompt_token_ids), len(c.token_ids),
+                         last.num_cached_tokens)
+            yield ev("response.completed", response=resp.model_dump())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err = to_serving_error(e)
+            yield ev("error", code=err.code or err.type, message=err.message, param=err.param)
+        finally:
+            stream.close()
 
     async def _stream(self, resp: ResponseObject, stream: RequestStream) -> AsyncIterator[str]:
         seq = iter(range(1 << 62))
@@ -148,8 +216,9 @@ class OpenAIServingResponses:
                     yield event("response.output_text.delta", next(seq), **where, delta=delta, logprobs=[])
             assert last is not None
             c = last.outputs[0]
-            msg = self._finish(resp, msg_id, text, c.finish_reason, len(last.prompt_token_ids), len(c.token_ids),
-                               last.num_cached_tokens)
+            status = _status(c.finish_reason)
+            msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text)])
+            self._finish(resp, [msg], status, len(last.prompt_token_ids), len(c.token_ids), last.num_cached_tokens)
             yield event("response.output_text.done", next(seq), **where, text=text, logprobs=[])
             yield event("response.content_part.done", next(seq), **where, part=msg.content[0].model_dump())
             yield event("response.output_item.done", next(seq), output_index=0, item=msg.model_dump())

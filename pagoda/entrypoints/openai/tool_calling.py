@@ -27,6 +27,7 @@ from pagoda.entrypoints.openai.tool_parsers.constrained import (
     required_schema,
 )
 from pagoda.reasoning import get_reasoning_parser
+from pagoda.reasoning.token_ids import ReasoningTokenIds, prompt_ends_reasoning
 
 AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 _NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
@@ -40,6 +41,7 @@ class ToolPlan:
     schema: dict[str, Any] | None = None  # the constraint (required, named)
     max_calls: int | None = None  # 1 without parallel_tool_calls
     sampling_overrides: dict[str, Any] = field(default_factory=dict)
+    prompt_ends_reasoning: bool = False  # the prompt's tokens already closed the reasoning (see note_prompt)
 
 
 def _bad(message: str, param: str = "tools") -> ServingError:
@@ -116,17 +118,19 @@ def plan_tools(req: Any, cfg: ToolServingConfig) -> ToolPlan:
 
 
 def check_reasoning_request(req: Any, cfg: ToolServingConfig, plan: ToolPlan, structured: bool) -> None:
-    """``include_reasoning: false`` needs a reasoning parser; a grammar (constrained tool choice or
-    structured outputs) cannot yet be limited to the answer after the reasoning."""
+    """``include_reasoning: false`` needs a reasoning parser. (A grammar with a reasoning parser applies to the
+    answer after the reasoning: :mod:`pagoda.structured_output.manager`.)"""
     if getattr(req, "include_reasoning", None) is False and cfg.reasoning_parser is None:
         raise _bad("include_reasoning: false needs a server started with --reasoning-parser (without one, the "
                    "reasoning stays in the content).", "include_reasoning")
-    if cfg.reasoning_parser is not None and (plan.schema is not None or structured):
-        raise _bad("Constrained output (tool_choice 'required' or a named function, response_format, "
-                   "structured_outputs) with --reasoning-parser is not supported yet: the grammar would "
-                   "constrain the reasoning too.", "tool_choice" if plan.schema is not None else "response_format")
     if plan.schema is not None and structured:
         raise _bad("You can only either use constraints for structured outputs or tools, not both.", "tool_choice")
+
+
+def note_prompt(plan: ToolPlan, prompt_token_ids: list[int], tags: ReasoningTokenIds | str | None) -> None:
+    """Record whether the prompt already closed the reasoning (the engine core's rule, so the text parser
+    and the grammar agree on where the answer starts)."""
+    plan.prompt_ends_reasoning = isinstance(tags, ReasoningTokenIds) and prompt_ends_reasoning(prompt_token_ids, tags)
 
 
 def output_parser(req: Any, cfg: ToolServingConfig, plan: ToolPlan) -> ChatOutputParser | None:
@@ -134,6 +138,7 @@ def output_parser(req: Any, cfg: ToolServingConfig, plan: ToolPlan) -> ChatOutpu
     reasoning = None
     if cfg.reasoning_parser is not None:
         reasoning = get_reasoning_parser(cfg.reasoning_parser, req.chat_template_kwargs)
+        reasoning.prompt_ends_reasoning = plan.prompt_ends_reasoning
     tools: Any = None
     if plan.mode == "auto":
         assert cfg.tool_call_parser is not None

@@ -6,7 +6,8 @@ linear (cast, abs, amax, divide, clamp, divide, clamp, cast); at batch 1 those l
 bytes FP8 weights save. This kernel does the whole per-token (or static per-tensor) rule in one pass per row,
 with the reference's exact fp32 arithmetic: ``s = max(absmax * (1/448), 1e-12)`` (or the static
 ``input_scale``), ``q = clamp(x / s, -448, 448)`` with an IEEE round-to-nearest division (``div_rn``, as
-torch's tensor-by-tensor division), cast to float8_e4m3fn (round to nearest even). Invariant: codes and scales are bit-identical to the torch form.
+torch's tensor-by-tensor division), cast to float8_e4m3fn (round to nearest even). Invariant: codes and
+scales are bit-identical to the torch form.
 
 ``out`` may also be a float32 buffer: then the kernel stores ``clamp(x / s)`` before the cast, which is how the
 CPU test checks it (the interpreter's own float8 cast rounds differently from the hardware's and torch's).

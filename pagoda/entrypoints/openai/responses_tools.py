@@ -1,0 +1,214 @@
+"""Function tools and reasoning on ``POST /v1/responses``, on chat's machinery (:mod:`.tool_calling`,
+:mod:`.chat_output`).
+
+The Responses API's function tool is flat (``{"type": "function", "name", "description", "parameters",
+"strict"}``) and its named ``tool_choice`` is ``{"type": "function", "name"}``; both are turned into chat's
+nested shape, so ``required`` / named choices are constrained to the schema and ``auto`` uses the server's
+``--tool-call-parser`` exactly as on /v1/chat/completions. Input ``function_call`` items become an assistant
+message with ``tool_calls`` and ``function_call_output`` items a ``role: tool`` message, so they round-trip
+through the chat template. Each call the model makes is a ``function_call`` output item; a stream sends
+OpenAI's ``response.output_item.added``, ``response.function_call_arguments.delta``…,
+``response.function_call_arguments.done`` and ``response.output_item.done`` for it. Hosted tool types
+(``web_search``, ``file_search``, …) are a 400 naming ``tools``. With ``--reasoning-parser`` the thinking is a
+``reasoning`` output item (its text in ``content[0]``, ``reasoning_text``; streamed as
+``response.reasoning_text.delta``… and ``response.reasoning_text.done``), before the answer's items.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pagoda.entrypoints.openai.chat_output import ChatOutputParser, ParsedMessage
+from pagoda.entrypoints.openai.protocol import ChatMessageIn
+from pagoda.entrypoints.openai.protocol_responses import (
+    FunctionCallInput,
+    FunctionCallItem,
+    FunctionCallOutputInput,
+    InputItem,
+    InputMessage,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    ReasoningItem,
+    ReasoningText,
+)
+from pagoda.entrypoints.openai.serving_engine import ServingError
+
+Status = Literal["completed", "incomplete"]
+
+
+def _bad(message: str, param: str = "tools") -> ServingError:
+    return ServingError(400, message, param=param)
+
+
+def chat_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
+    """Responses function tools → chat's ``{"type": "function", "function": {...}}`` (None when there are none)."""
+    if not tools:
+        return None
+    out = []
+    for i, t in enumerate(tools):
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind != "function":
+            raise _bad(f"tools[{i}]: type {kind!r} is not supported by pagoda's /v1/responses; only 'function' "
+                       f"tools are (hosted tools such as web_search or file_search are not).")
+        if "function" in t:
+            raise _bad(f"tools[{i}]: a Responses API function tool is flat ({{\"type\": \"function\", \"name\": "
+                       f"..., \"parameters\": ...}}), not chat's nested 'function' object.")
+        fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def chat_tool_choice(choice: Any, has_tools: bool) -> Any:
+    """Responses ``tool_choice`` → chat's (``none`` / ``auto`` / ``required`` / a named function)."""
+    if choice is None or (not has_tools and choice in ("auto", "none")):
+        return None
+    if choice in ("none", "auto", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and set(choice) <= {"type", "name"}:
+        if not isinstance(choice.get("name"), str):
+            raise _bad("tool_choice {\"type\": \"function\"} needs the function's 'name'.", "tool_choice")
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise _bad(f"tool_choice {choice!r} is not supported: use 'none', 'auto', 'required' or "
+               f"{{\"type\": \"function\", \"name\": ...}}.", "tool_choice")
+
+
+def _text(content: Any) -> str:
+    return content if isinstance(content, str) else "".join(p.text for p in content)
+
+
+def input_messages(items: list[InputItem]) -> list[ChatMessageIn]:
+    """Input items → chat messages (consecutive function calls are one assistant turn's ``tool_calls``)."""
+    msgs: list[ChatMessageIn] = []
+    for it in items:
+        if isinstance(it, FunctionCallInput):
+            call = {"id": it.call_id, "type": "function", "function": {"name": it.name, "arguments": it.arguments}}
+            last = msgs[-1] if msgs else None
+            if last is not None and last.role == "assistant" and isinstance(getattr(last, "tool_calls", None), list):
+                last.tool_calls.append(call)  # type: ignore[attr-defined]
+            else:
+                msgs.append(ChatMessageIn(role="assistant", content=None, tool_calls=[call]))  # type: ignore[call-arg]
+        elif isinstance(it, FunctionCallOutputInput):
+            msgs.append(ChatMessageIn(role="tool", content=_text(it.output), tool_call_id=it.call_id))  # type: ignore[call-arg]
+        elif isinstance(it, InputMessage):
+            msgs.append(ChatMessageIn(role=it.role, content=_text(it.content)))
+    return msgs
+
+
+def _fc_id() -> str:
+    return f"fc_{uuid.uuid4().hex}"
+
+
+def output_items(m: ParsedMessage, status: Status) -> list[OutputItem]:
+    """A parsed answer → its output items: the reasoning, the text (if any) as a message, then one item per call."""
+    items: list[OutputItem] = []
+    if m.reasoning:
+        items.append(ReasoningItem(id=f"rs_{uuid.uuid4().hex}", status=status,
+                                   content=[ReasoningText(text=m.reasoning)]))
+    if m.content:
+        items.append(OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=m.content)]))
+    for c in m.tool_calls:
+        items.append(FunctionCallItem(id=_fc_id(), call_id=c["id"], name=c["function"]["name"],
+                                      arguments=c["function"]["arguments"], status=status))
+    return items
+
+
+class ResponsesItemStream:
+    """The parser's chat deltas → Responses stream events, one output item per reasoning / message / call, in
+    the order they start. ``event(kind, **fields)`` formats one event (it numbers them)."""
+
+    def __init__(self, parser: ChatOutputParser, event: Callable[..., str]) -> None:
+        self.parser = parser
+        self.event = event
+        self.items: list[OutputItem] = []
+        self._reasoning: ReasoningItem | None = None
+        self._msg: OutputMessage | None = None
+        self._calls: dict[int, FunctionCallItem] = {}
+        self._pending: dict[int, tuple[str, str]] = {}  # calls named but without arguments yet: (call id, name)
+
+    def feed(self, text_so_far: str, final: bool) -> list[str]:
+        delta = self.parser.delta(text_so_far, final)
+        out: list[str] = []
+        if delta.get("reasoning"):
+            out += self._reasoning_text(delta["reasoning"])
+        if delta.get("content"):
+            out += self._content(delta["content"])
+        for d in delta.get("tool_calls") or []:
+            out += self._call(d)
+        return out
+
+    def _reasoning_text(self, text: str) -> list[str]:
+        out = []
+        if self._reasoning is None:
+            self._reasoning = ReasoningItem(id=f"rs_{uuid.uuid4().hex}", status="in_progress")
+            self.items.append(self._reasoning)
+            out.append(self.event("response.output_item.added", output_index=len(self.items) - 1,
+                                  item=self._reasoning.model_dump()))
+            self._reasoning.content.append(ReasoningText(text=""))
+        self._reasoning.content[0].text += text
+        out.append(self.event("response.reasoning_text.delta", **self._where(self._reasoning), delta=text))
+        return out
+
+    def _content(self, text: str) -> list[str]:
+        out = []
+        if self._msg is None:
+            self._msg = OutputMessage(id=f"msg_{uuid.uuid4().hex}", status="in_progress")
+            self.items.append(self._msg)
+            out.append(self.event("response.output_item.added", output_index=len(self.items) - 1,
+                                  item=self._msg.model_dump()))
+            self._msg.content.append(OutputText(text=""))
+            out.append(self.event("response.content_part.added", **self._where(self._msg),
+                                  part=OutputText(text="").model_dump()))
+        self._msg.content[0].text += text
+        out.append(self.event("response.output_text.delta", **self._where(self._msg), delta=text, logprobs=[]))
+        return out
+
+    def _call(self, d: dict[str, Any]) -> list[str]:
+        """A call's item starts with its first arguments (a named choice's parser knows the name before the
+        model wrote anything, even while it still thinks: the reasoning item must come first)."""
+        out: list[str] = []
+        if "id" in d:
+            self._pending[d["index"]] = (d["id"], d["function"]["name"])
+        args = d["function"].get("arguments") or ""
+        if not args:
+            return out
+        item = self._calls.get(d["index"])
+        if item is None:
+            out += self._open_call(d["index"])
+            item = self._calls[d["index"]]
+        item.arguments += args
+        out.append(self.event("response.function_call_arguments.delta", item_id=item.id,
+                              output_index=self.items.index(item), delta=args))
+        return out
+
+    def _open_call(self, index: int) -> list[str]:
+        call_id, name = self._pending.pop(index)
+        item = FunctionCallItem(id=_fc_id(), call_id=call_id, name=name, arguments="", status="in_progress")
+        self._calls[index] = item
+        self.items.append(item)
+        return [self.event("response.output_item.added", output_index=len(self.items) - 1, item=item.model_dump())]
+
+    def _where(self, msg: OutputMessage | ReasoningItem) -> dict[str, Any]:
+        return {"item_id": msg.id, "output_index": self.items.index(msg), "content_index": 0}
+
+    def finish(self, status: Status) -> list[str]:
+        """The closing events of every item (their final state), in output order."""
+        out = []
+        for index in sorted(self._pending):  # calls that never got arguments
+            out += self._open_call(index)
+        for i, item in enumerate(self.items):
+            item.status = status
+            if isinstance(item, FunctionCallItem):
+                out.append(self.event("response.function_call_arguments.done", item_id=item.id, output_index=i,
+                                      arguments=item.arguments))
+            elif isinstance(item, ReasoningItem):
+                out.append(self.event("response.reasoning_text.done", **self._where(item), text=item.content[0].text))
+            else:
+                where = self._where(item)
+                out.append(self.event("response.output_text.done", **where, text=item.content[0].text, logprobs=[]))
+                out.append(self.event("response.content_part.done", **where, part=item.content[0].model_dump()))
+            out.append(self.event("response.output_item.done", output_index=i, item=item.model_dump()))
+        return out
+

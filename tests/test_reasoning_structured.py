@@ -1,0 +1,217 @@
+"""Structured outputs with a reasoning parser: the grammar applies to the answer after ``</think>`` only.
+
+* the advance/skip rule on fake tokens (a recording matcher): no bitmask and no matcher moves while
+  reasoning, the end tag's token starts the grammar from its initial state on the next token, a prompt that
+  already closed the reasoning starts constrained;
+* the engine end to end on the scripted thinking model (tests/reasoning_model.py): what it thinks (``}{]``,
+  which no JSON can start with) passes unconstrained, the answer validates against the schema; with
+  n > 1 sampled, async scheduling, forced preemption, prefix caching and ngram speculation.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import jsonschema
+import pytest
+import torch
+from reasoning_model import END, REASONING, THINK, build_thinking_model
+
+from pagoda import LLM, SamplingParams
+from pagoda.errors import ValidationError
+from pagoda.reasoning.token_ids import ReasoningTokenIds, prompt_ends_reasoning, reasoning_token_ids
+from pagoda.structured_output import StructuredOutputsConfig, StructuredOutputsParams
+from pagoda.structured_output.backend import allocate_bitmask
+from pagoda.structured_output.manager import RequestGrammar, StructuredOutputManager
+from pagoda.structured_output.params import GrammarKey
+
+TAGS = ReasoningTokenIds("qwen3", start_id=90, end_id=91, end_token="</think>")
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "city": {"enum": ["Paris", "Rome"]}},
+          "required": ["ok", "city"], "additionalProperties": False}
+
+
+class RecordingMatcher:
+    """Allows only token 7 and records what it was given."""
+
+    def __init__(self) -> None:
+        self.accepted: list[int] = []
+        self.fills = 0
+
+    def accept_token(self, token_id: int) -> bool:
+        self.accepted.append(token_id)
+        return True
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self.fills += 1
+        bitmask[row] = 0
+        bitmask[row, 0] = 1 << 7
+
+    def rollback(self, num_tokens: int) -> None:
+        del self.accepted[len(self.accepted) - num_tokens:]
+
+    def is_terminated(self) -> bool:
+        return False
+
+
+def _grammar(prompt: list[int], tags: ReasoningTokenIds | None = TAGS) -> tuple[RequestGrammar, RecordingMatcher]:
+    fut: Future = Future()
+    fut.set_result("compiled")
+    m = RecordingMatcher()
+    backend = SimpleNamespace(matcher=lambda compiled: m)
+    return RequestGrammar(GrammarKey("json", "{}", False), fut, lambda: backend, tags, prompt), m
+
+
+def test_prompt_rule():
+    assert not prompt_ends_reasoning([1, 2, 3], TAGS)
+    assert not prompt_ends_reasoning([1, 90, 4], TAGS)  # the template opened thinking (DeepSeek-R1)
+    assert prompt_ends_reasoning([1, 90, 5, 91, 6], TAGS)  # ... and closed it (Qwen3, enable_thinking false)
+    assert not prompt_ends_reasoning([91, 2, 90, 3], TAGS)  # an earlier turn's end, then a new start
+    assert not prompt_ends_reasoning([91, 2], ReasoningTokenIds("x", None, 92, "</x>"))
+
+
+def test_skip_then_advance_on_fake_tokens():
+    g, m = _grammar([1, 2, 3])
+    bm = allocate_bitmask(1, 64)
+    for step in ([5], [6, 8]):  # reasoning: nothing filled, nothing accepted
+        g.fill_bitmask(bm, 0)
+        assert (bm == -1).all() and m.fills == 0
+        assert g.accept_tokens(step) == len(step) and m.accepted == []
+        assert not g.reasoning_ended and not g.is_terminated()
+    with pytest.raises(ValueError, match="reasoning"):
+        g.fill_bitmask(bm, 0, draft=[4])  # no speculation while reasoning
+    with pytest.raises(ValueError, match="reasoning"):
+        g.rollback(1)
+    # one step kept the end tag and two answer tokens: only those after the end reach the matcher
+    assert g.accept_tokens([9, 91, 7, 7]) == 4 and g.reasoning_ended and m.accepted == [7, 7]
+    g.fill_bitmask(bm, 0)
+    assert m.fills == 1 and bm[0, 0] == 1 << 7 and (bm[0, 1:] == 0).all()
+    assert g.accept_tokens([91]) == 1 and m.accepted == [7, 7, 91]  # a later end tag is answer text
+
+
+def test_prompt_that_ended_reasoning_starts_constrained():
+    g, m = _grammar([1, 90, 2, 91, 3])
+    bm = allocate_bitmask(1, 64)
+    g.fill_bitmask(bm, 0)
+    assert g.reasoning_ended and m.fills == 1 and bm[0, 0] == 1 << 7
+    g, m = _grammar([1, 90, 2, 91, 3], tags=None)  # no reasoning parser: always constrained
+    assert g.reasoning_ended
+
+
+def test_step_bitmask_is_none_while_every_constrained_row_reasons():
+    mgr = StructuredOutputManager.__new__(StructuredOutputManager)
+    mgr.vocab_size = 64
+    g, _ = _grammar([1])
+    req = SimpleNamespace(grammar=g, request_id="r")
+    sched = SimpleNamespace(scheduled=[SimpleNamespace(sample=True, request=req, num_sample_rows=1)])
+    assert mgr.grammar_bitmask(sched) is None
+    g.accept_tokens([91])
+    bm = mgr.grammar_bitmask(sched)
+    assert bm is not None and bm[0, 0] == 1 << 7
+
+
+# ------------------------------------------------------------------ the engine, end to end
+@pytest.fixture(scope="module")
+def think_dir(tmp_path_factory):
+    return build_thinking_model(tmp_path_factory.mktemp("thinking") / "model")
+
+
+_LLMS: dict[str, LLM] = {}
+
+
+def _llm(path, **kw) -> LLM:
+    key = json.dumps(kw, sort_keys=True)
+    if key not in _LLMS:
+        _LLMS[key] = LLM(str(path), dtype="float32", **{"structured_outputs_config": {"reasoning_parser": "qwen3"},
+                                                         **kw})
+    return _LLMS[key]
+
+
+def _prompt(llm: LLM, **template_kwargs) -> str:
+    return llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "Where?"}], tokenize=False,
+                                                   add_generation_prompt=True, **template_kwargs)
+
+
+def _answer(text: str) -> str:
+    assert text.count(END) >= 1, text
+    return text.split(END, 1)[1]
+
+
+def test_tags_resolve_on_the_thinking_model(think_dir):
+    tok = _llm(think_dir).get_tokenizer()
+    tags = reasoning_token_ids("qwen3", tok)
+    assert isinstance(tags, ReasoningTokenIds) and tags.end_id == tok.convert_tokens_to_ids(END)
+    assert tags.start_id == tok.convert_tokens_to_ids(THINK)
+
+
+def test_reasoning_is_free_and_the_answer_follows_the_schema(think_dir):
+    llm = _llm(think_dir)
+    so = StructuredOutputsParams(json=SCHEMA)
+    free = llm.generate([_prompt(llm)], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0].outputs[0]
+    assert free.text.startswith(THINK + REASONING + END + "]" + END)  # the script, unconstrained
+    out = llm.generate([_prompt(llm)], SamplingParams(temperature=0, max_tokens=80, structured_outputs=so),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.text.startswith(THINK + REASONING + END), out.text  # the thinking was not constrained
+    assert out.finish_reason == "stop"
+    jsonschema.validate(json.loads(_answer(out.text)), SCHEMA)
+    # the template closed the thinking in the prompt: constrained from the first token
+    closed = llm.generate([_prompt(llm, enable_thinking=False)], SamplingParams(
+        temperature=0, max_tokens=80, structured_outputs=so), use_tqdm=False)[0].outputs[0]
+    assert closed.finish_reason == "stop" and closed.text == _answer(out.text)
+    # max_tokens while still thinking: cut short, no answer (finish_reason length)
+    short = llm.generate([_prompt(llm)], SamplingParams(temperature=0, max_tokens=3, structured_outputs=so),
+                         use_tqdm=False)[0].outputs[0]
+    assert short.finish_reason == "length" and short.text == THINK + REASONING[:2]
+
+
+def _check_sampled(outs) -> None:
+    """A finished answer validates; a sample may also stop (EOS) or be cut (length) while still thinking: the
+    grammar never applied, so there is no answer (as vLLM)."""
+    for c in outs:
+        assert c.finish_reason in ("stop", "length")
+        if c.finish_reason == "stop" and END in c.text:
+            jsonschema.validate(json.loads(_answer(c.text)), SCHEMA)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"async_scheduling": True}, {"num_gpu_blocks_override": 24, "block_size": 4},
+    {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1,
+                            "prompt_lookup_max": 2}}])
+def test_n_async_preemption_prefix_cache_and_speculation(think_dir, kwargs):
+    """Each sample has its own reasoning state; the same answers under every engine path (the scripted model's
+    sampled tokens depend only on the seed and the constraint's state)."""
+    llm = _llm(think_dir, **kwargs)
+    so = StructuredOutputsParams(json=SCHEMA)
+    prompts = [_prompt(llm), _prompt(llm, enable_thinking=False), _prompt(llm)]
+    ps = [SamplingParams(temperature=3.0, seed=7, n=4, max_tokens=60, structured_outputs=so),
+          SamplingParams(temperature=0, max_tokens=60, structured_outputs=so),
+          SamplingParams(temperature=0, max_tokens=20)]  # an unconstrained neighbour
+    outs = llm.generate(prompts, ps, use_tqdm=False)
+    _check_sampled(outs[0].outputs)
+    assert sum(c.finish_reason == "stop" and END in c.text for c in outs[0].outputs) >= 2
+    assert len({c.text.split(END, 1)[0] for c in outs[0].outputs}) > 1  # the samples thought differently
+    assert outs[1].outputs[0].finish_reason == "stop" and END not in outs[1].outputs[0].text
+    jsonschema.validate(json.loads(outs[1].outputs[0].text), SCHEMA)
+    again = llm.generate(prompts, ps, use_tqdm=False)  # prefix-cache hits this time
+    base = _llm(think_dir)
+    ref = base.generate(prompts, ps, use_tqdm=False) if kwargs else outs
+    for o, a, r in zip(outs, again, ref, strict=True):
+        assert [c.token_ids for c in o.outputs] == [c.token_ids for c in a.outputs] == [c.token_ids for c in r.outputs]
+    if "num_gpu_blocks_override" in kwargs:
+        assert llm.llm_engine.core.scheduler.num_preemptions_total > 0
+
+
+def test_without_a_single_token_end_tag_constrained_requests_are_refused(tiny):
+    llm = LLM(str(tiny.path("llama")), dtype="float32", structured_outputs_config={"reasoning_parser": "deepseek_r1"})
+    with pytest.raises(ValidationError, match="not a single token") as ei:
+        llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(
+            max_tokens=2, structured_outputs=StructuredOutputsParams(json_object=True)), use_tqdm=False)
+    assert ei.value.parameter == "structured_outputs"
+    assert llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=2), use_tqdm=False)  # others run
+
+
+def test_config_field():
+    assert StructuredOutputsConfig.from_dict({"reasoning_parser": "qwen3"}).reasoning_parser == "qwen3"
+    with pytest.raises(ValueError, match="reasoning_parser must be one of"):
+        StructuredOutputsConfig.from_dict({"reasoning_parser": "nope"})
