@@ -69,8 +69,8 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template",),
     "StructuredOutputsConfig": ("structured_outputs_config",),
-    "ParallelConfig": ("tensor_parallel_size", "distributed_executor_backend", "data_parallel_size",
-                       "data_parallel_size_local"),
+    "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
+                       "data_parallel_size", "data_parallel_size_local"),
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
@@ -194,14 +194,20 @@ class EngineArgs:
     head: the Llama family, Mixtral/Qwen MoE and Gemma 2/3, unquantized, GPTQ, AWQ, compressed-tensors or FP8; it
     must divide the attention heads, intermediate sizes and quantization groups. On CPU the ranks use gloo (a
     correctness path), on CUDA NCCL with rank r on cuda:r."""
+    pipeline_parallel_size: int = field(default=1, metadata={"aliases": ("-pp",)})
+    """Pipeline stages: the decoder layers split evenly over the stages (VLLM_PP_LAYER_PARTITION overrides), the
+    embedding on the first and the LM head on the last; hidden states go stage to stage, and up to this many steps
+    are in flight. Ranks = tensor x pipeline size. Covers the dense Llama family, unquantized; runs eager (no CUDA
+    graphs), without async scheduling or speculative decoding."""
     distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
-    """How the ranks of --tensor-parallel-size run: mp (the default: worker processes on this machine); ray is
-    not supported yet."""
+    """How the ranks of --tensor-parallel-size x --pipeline-parallel-size run: mp (the default: worker processes on
+    this machine) or ray (Ray actors placed by a placement group over the nodes of a Ray cluster: RAY_ADDRESS or
+    the running one, else a local one)."""
     data_parallel_size: int = field(default=1, metadata={"aliases": ("-dp",)})
     """Engine replicas behind one API server (`pagoda serve`), each in its own process with its own KV cache (and,
-    with --tensor-parallel-size, its own ranks: DP x TP devices in all; on CUDA each replica sees its own devices
-    through CUDA_VISIBLE_DEVICES). A new request goes to the least-loaded replica. All replicas run on this machine;
-    the offline LLM runs one."""
+    with --tensor-parallel-size / --pipeline-parallel-size, its own ranks: DP x TP x PP devices in all; on CUDA each
+    replica sees its own devices through CUDA_VISIBLE_DEVICES). A new request goes to the least-loaded replica. All
+    replicas run on this machine, with the mp executor; the offline LLM runs one."""
     data_parallel_size_local: int | None = field(default=None, metadata={"aliases": ("-dpl",)})
     """Replicas on this machine; must equal --data-parallel-size (multi-node data parallelism is not supported)."""
 
@@ -229,11 +235,16 @@ class EngineArgs:
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
+        self._validate_parallel()
+
+    def _validate_parallel(self) -> None:
+        """The ParallelConfig flags' own checks (the model-dependent ones: ``distributed/support.py``)."""
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size (--tensor-parallel-size) must be at least 1, "
                              f"got {self.tensor_parallel_size}.")
-        if self.distributed_executor_backend == "ray":
-            raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default).")
+        if self.pipeline_parallel_size < 1:
+            raise ValueError(f"pipeline_parallel_size (--pipeline-parallel-size) must be at least 1, "
+                             f"got {self.pipeline_parallel_size}.")
         if self.data_parallel_size < 1:
             raise ValueError(f"data_parallel_size (--data-parallel-size) must be at least 1, "
                              f"got {self.data_parallel_size}.")
@@ -241,6 +252,9 @@ class EngineArgs:
             raise ValueError(f"--data-parallel-size-local {self.data_parallel_size_local}: every replica runs on this "
                              f"machine (multi-node data parallelism is not supported), so it must equal "
                              f"--data-parallel-size ({self.data_parallel_size}).")
+        if self.data_parallel_size > 1 and self.distributed_executor_backend == "ray":
+            raise ValueError(f"--data-parallel-size {self.data_parallel_size}: replicas run on this machine with the "
+                             f"mp executor; --distributed-executor-backend ray does not combine with it yet.")
 
     def create_config(self) -> EngineConfig:
         from pagoda.models.model_files import gguf_source, resolve_model
@@ -293,10 +307,10 @@ class EngineArgs:
                               quantized=quant is not None,
                               pooling=pooling, device=device, hf_config=hf_config,
                               kv_offloading=bool(self.kv_offloading_size), async_scheduling=self.async_scheduling,
-                              speculative=spec is not None, quant_config=quant)
+                              speculative=spec is not None, quant_config=quant, pp=self.pipeline_parallel_size)
         from pagoda.engine.core_engines import check_data_parallel
 
-        check_data_parallel(self.data_parallel_size, tp, device)
+        check_data_parallel(self.data_parallel_size, tp, device, self.pipeline_parallel_size)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -324,7 +338,7 @@ class EngineArgs:
             enforce_eager=self.enforce_eager,
             deterministic=deterministic,
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
-            and not pooling,
+            and not pooling and self.pipeline_parallel_size == 1,
             scheduling_policy=self.scheduling_policy,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
@@ -337,6 +351,8 @@ class EngineArgs:
             pooler=rc.pooler,
             speculative_config=spec,
             tensor_parallel_size=tp,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend or "mp",
             data_parallel_size=self.data_parallel_size,
         )
 
@@ -418,6 +434,8 @@ class EngineConfig:
     pooler: ResolvedPooler | None = None  # set iff runner == "pooling"
     speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
+    pipeline_parallel_size: int = 1  # stages (this process runs the last one); ranks = tp x pp
+    distributed_executor_backend: str = "mp"  # mp | ray
     data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
     deterministic: bool = False  # batch-invariant kernels (--deterministic or VLLM_BATCH_INVARIANT=1)
 

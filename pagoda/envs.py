@@ -119,6 +119,17 @@ def reliability_server_args() -> str:
     return _raw("PAGODA_RELIABILITY_SERVER_ARGS")
 
 
+def pp_layer_partition() -> str | None:
+    """vLLM's ``VLLM_PP_LAYER_PARTITION``: decoder layers per pipeline stage, comma-separated (e.g. ``"5,3"``);
+    None when unset (an even split)."""
+    return os.environ.get("VLLM_PP_LAYER_PARTITION") or None
+
+
+def ray_address() -> str | None:
+    """Ray's own ``RAY_ADDRESS``: the cluster ``--distributed-executor-backend ray`` joins; None when unset."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
 def kubernetes_api_server() -> str | None:
     """The in-cluster API server (``KUBERNETES_SERVICE_HOST``/``_PORT``, set in every pod), or None outside one."""
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")

@@ -75,6 +75,9 @@ def test_more_replicas_than_devices_is_a_start_up_error(monkeypatch):
     check_data_parallel(2, 1, torch.device("cuda"))
     with pytest.raises(ValueError, match=r"--data-parallel-size 2 x --tensor-parallel-size 2 needs 4 CUDA devices"):
         check_data_parallel(2, 2, torch.device("cuda"))
+    with pytest.raises(ValueError, match=r"--data-parallel-size 2 x --tensor-parallel-size 1 x "
+                                         r"--pipeline-parallel-size 2 needs 4 CUDA devices"):
+        check_data_parallel(2, 1, torch.device("cuda"), pp=2)
     with pytest.raises(ValueError, match="--data-parallel-size 3 .* only 2 are visible"):
         check_data_parallel(3, 1, torch.device("cuda"))
     with pytest.raises(ValueError, match="--data-parallel-size 2: each replica gets its own devices"):

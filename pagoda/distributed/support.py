@@ -1,10 +1,12 @@
-"""Which engines tensor parallelism covers, checked at start-up (before any process starts), and the
+"""Which engines tensor and pipeline parallelism cover, checked at start-up (before any process starts), and the
 sharded model's construction.
 
-Covered: the Llama family of :mod:`pagoda.models.llama` (Llama, Mistral, Qwen2, Qwen3, Phi-3), the MoE models
-(Mixtral, Qwen2-MoE, Qwen3-MoE) and Gemma 2/3, unquantized or GPTQ / AWQ / compressed-tensors / FP8 (GGUF
-not), generating (not pooling), with the multiprocessing executor. Everything else with
-``--tensor-parallel-size`` above 1 is a start-up error naming what is not covered.
+Covered by tensor parallelism: the Llama family of :mod:`pagoda.models.llama` (Llama, Mistral, Qwen2, Qwen3,
+Phi-3), the MoE models (Mixtral, Qwen2-MoE, Qwen3-MoE) and Gemma 2/3, unquantized or GPTQ / AWQ /
+compressed-tensors / FP8 (GGUF not), generating (not pooling), with the mp or the ray executor. Pipeline
+parallelism (alone or times tensor parallelism) covers the dense Llama family, unquantized, without CUDA graphs or
+async scheduling. Everything else with ``--tensor-parallel-size`` or ``--pipeline-parallel-size`` above 1 is a
+start-up error naming what is not covered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ TP_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
                     "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 """Architectures whose layers shard over ranks."""
 
+PP_ARCHITECTURES = TP_ARCHITECTURES[:5]
+"""Architectures split into pipeline stages: the dense Llama family (MoE and Gemma models: not yet)."""
+
 DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
 
 _SPLIT_SIZES = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
@@ -29,16 +34,17 @@ _SPLIT_SIZES = ("intermediate_size", "moe_intermediate_size", "shared_expert_int
 def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl: str, quantized: bool,
                           pooling: bool, device: torch.device, hf_config: dict[str, Any],
                           kv_offloading: bool, async_scheduling: bool | None, speculative: bool = False,
-                          quant_config: QuantizationConfig | None = None) -> None:
-    """Raise ``ValueError`` naming the flag when ``--tensor-parallel-size tp`` cannot run this engine."""
-    flag = f"--tensor-parallel-size {tp}"
-    if backend == "ray":
-        raise ValueError("--distributed-executor-backend ray is not supported yet; use mp (the default: one process "
-                         "per rank on this machine).")
-    if tp == 1:
-        return
+                          quant_config: QuantizationConfig | None = None, pp: int = 1) -> None:
+    """Raise ``ValueError`` naming the flag when ``--tensor-parallel-size tp`` (x ``--pipeline-parallel-size pp``)
+    cannot run this engine."""
     if tp < 1:
         raise ValueError(f"--tensor-parallel-size must be at least 1, got {tp}.")
+    if backend == "ray":
+        check_ray_installed()
+    if tp * pp == 1:
+        return
+    flag = " ".join(([f"--tensor-parallel-size {tp}"] if tp > 1 else [])
+                    + ([f"--pipeline-parallel-size {pp}"] if pp > 1 else []))
     if model_impl != "pagoda" or arch not in TP_ARCHITECTURES:
         raise ValueError(f"{flag}: {arch} ({model_impl} implementation) has no tensor-parallel layers; tensor "
                          f"parallelism covers {', '.join(TP_ARCHITECTURES)}. Use --tensor-parallel-size 1.")
@@ -52,7 +58,10 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
                          f"of the two.")
     if kv_offloading:
         raise ValueError(f"{flag}: the host KV tier (--kv-offloading-size) is not sharded yet; drop one of the two.")
-    if device.type == "cuda" and tp > torch.cuda.device_count():
+    if pp > 1:
+        check_pipeline_parallel(flag, pp, arch=arch, quantized=quantized, async_scheduling=async_scheduling,
+                                hf_config=hf_config)
+    if device.type == "cuda" and backend != "ray" and tp * pp > torch.cuda.device_count():
         raise ValueError(f"{flag}: only {torch.cuda.device_count()} CUDA device(s) are visible "
                          f"(CUDA_VISIBLE_DEVICES); one rank needs one device.")
     from pagoda.distributed.parallel_state import TPGroup
@@ -66,6 +75,23 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
             raise ValueError(f"{flag} does not divide the model's {key} ({size}).")
     if quant_config is not None:
         check_quantized_split(tp, quant_config, hf_config)
+
+
+def check_pipeline_parallel(flag: str, pp: int, *, arch: str, quantized: bool, async_scheduling: bool | None,
+                            hf_config: dict[str, Any]) -> None:
+    """What ``--pipeline-parallel-size pp`` above 1 adds to the tensor-parallel checks (module docstring)."""
+    if arch not in PP_ARCHITECTURES:
+        raise ValueError(f"{flag}: {arch} has no pipeline stages yet; pipeline parallelism covers "
+                         f"{', '.join(PP_ARCHITECTURES)}. Use --pipeline-parallel-size 1.")
+    if quantized:
+        raise ValueError(f"{flag}: quantized checkpoints are not split into pipeline stages yet; use "
+                         f"--pipeline-parallel-size 1.")
+    if async_scheduling:
+        raise ValueError(f"{flag}: --async-scheduling is not implemented across pipeline stages; use "
+                         f"--no-async-scheduling.")
+    from pagoda.distributed.pipeline import layer_partition
+
+    layer_partition(int(hf_config["num_hidden_layers"]), pp)  # raises naming the flag or the variable
 
 
 def _split_units(qc: QuantizationConfig) -> tuple[int, int, str]:
@@ -117,9 +143,17 @@ def check_quantized_split(tp: int, qc: QuantizationConfig, hf_config: dict[str, 
                                  f"--tensor-parallel-size.")
 
 
+def check_ray_installed() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ValueError("--distributed-executor-backend ray needs the ray package (pip install 'pagoda[ray]').") \
+            from None
+
+
 def build_tp_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                   quant_config: QuantizationConfig | None, tp: Any) -> Any:
-    """This rank's shard of the model (``check_tensor_parallel`` has passed)."""
+                   quant_config: QuantizationConfig | None, tp: Any, pp: Any = None) -> Any:
+    """This rank's shard of the model (``check_tensor_parallel`` has passed); ``pp``: its pipeline stage."""
     from pagoda.models.registry import model_class, native_architectures
 
     cls = model_class(arch)
@@ -127,4 +161,5 @@ def build_tp_model(hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
         # a plugin replaced the class: it did not declare sharded layers
         raise ValueError(f"--tensor-parallel-size {tp.world_size}: {arch} is served by {cls.__name__}, which has no "
                          f"tensor-parallel layers.")
-    return cls(hf_config, arch, dtype, quant_config, tp=tp)
+    extra = {"pp": pp} if pp is not None else {}  # only the dense Llama family takes a stage (PP_ARCHITECTURES)
+    return cls(hf_config, arch, dtype, quant_config, tp=tp, **extra)

@@ -1,9 +1,9 @@
-"""A worker rank (1..N-1) of tensor parallelism: ``python -m pagoda.distributed.worker FD RANK WORLD INIT PPID LVL``.
+"""A worker rank: ``python -m pagoda.distributed.worker FD RANK INIT PPID LVL`` (mp), or a Ray actor's body.
 
-It receives rank 0's resolved config over its socket, joins the group, builds the same
-:class:`~pagoda.worker.model_runner.ModelRunner` (its shard of the model and its share of the KV
-heads), reports :class:`WorkerReady`, allocates what rank 0 says, then runs one forward per
-:class:`ForwardStep` until told to stop. It never samples: rank 0 holds the full logits.
+It receives the engine core's resolved config, joins the group, builds the same
+:class:`~pagoda.worker.model_runner.ModelRunner` (its tensor shard of its pipeline stage's layers, and
+their KV cache), reports :class:`WorkerReady`, allocates what the engine core says, then runs one
+forward per :class:`ForwardStep` until told to stop. It never samples: the engine core holds the logits.
 """
 
 from __future__ import annotations
@@ -13,40 +13,71 @@ import logging
 import os
 import sys
 from multiprocessing.connection import Connection
+from typing import Any
 
 import torch
 
 from pagoda.distributed import messages as m
 from pagoda.distributed.config_codec import decode_config
-from pagoda.distributed.parallel_state import destroy_tp_group, init_tp_group, rank_device
+from pagoda.distributed.parallel_state import destroy_tp_group, init_world, make_tp_group
 
 logger = logging.getLogger("pagoda")
 
 
-def serve(conn: Connection, rank: int, world_size: int, init_method: str) -> None:
-    """Join the group, load, and run steps until :class:`StopWorker` or rank 0's socket closes."""
-    from pagoda.worker.model_runner import ModelRunner
+class WorkerRank:
+    """One rank's runner, driven by the engine core's frames (:meth:`handle`)."""
 
-    cfg = decode_config(conn.recv_bytes())
-    cfg = dataclasses.replace(cfg, device=rank_device(cfg.device, rank))
-    if cfg.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    tp = init_tp_group(rank, world_size, init_method, cfg.device)
-    runner = ModelRunner(cfg, tp=tp)
-    conn.send_bytes(m.encoder.encode(m.WorkerReady(rank, runner.determine_num_blocks())))
-    while True:
-        msg = m.to_worker_decoder.decode(conn.recv_bytes())
-        if isinstance(msg, m.ForwardStep):
-            runner.execute_forward(msg)
-        elif isinstance(msg, m.AllocateKV):
-            runner.allocate_kv_cache(msg.num_blocks)
-            runner.maybe_capture_graphs()  # rank 0 captures now too: the captured all-reduces need every rank
+    def __init__(self, raw_cfg: bytes, rank: int, *, init_method: str | None = None, store: Any = None,
+                 device_index: int | None = None) -> None:
+        from pagoda.worker.model_runner import ModelRunner
+
+        cfg = decode_config(raw_cfg)
+        tp_size, pp_size = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
+        world = tp_size * pp_size
+        if cfg.device.type == "cuda":
+            cfg = dataclasses.replace(cfg, device=torch.device("cuda", rank if device_index is None else device_index))
         else:
-            return
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        self.rank = rank
+        init_world(rank, world, cfg.device, init_method=init_method, store=store, device_index=device_index)
+        tp = make_tp_group(rank, tp_size, pp_size)
+        pp = None
+        if pp_size > 1:
+            from pagoda.distributed.pipeline import PPStage
+
+            pp = PPStage.for_rank(rank, tp_size, pp_size, int(cfg.hf_config["num_hidden_layers"]))
+        self.runner = ModelRunner(cfg, tp=tp, pp=pp)
+
+    def ready(self) -> bytes:
+        return m.encoder.encode(m.WorkerReady(self.rank, self.runner.determine_num_blocks()))
+
+    def handle(self, raw: bytes) -> bool:
+        """Run one frame; False on :class:`StopWorker`."""
+        msg = m.to_worker_decoder.decode(raw)
+        if isinstance(msg, m.ForwardStep):
+            self.runner.execute_forward(msg)
+        elif isinstance(msg, m.AllocateKV):
+            self.runner.allocate_kv_cache(msg.num_blocks)
+            # The engine core captures now too: the captured all-reduces need every rank (off under PP: eager).
+            self.runner.maybe_capture_graphs()
+        else:
+            pp = self.runner.pp
+            if pp is not None:
+                pp.flush()
+            return False
+        return True
+
+
+def serve(conn: Connection, rank: int, init_method: str) -> None:
+    """Join the group, load, and run steps until :class:`StopWorker` or the engine core's socket closes."""
+    worker = WorkerRank(conn.recv_bytes(), rank, init_method=init_method)
+    conn.send_bytes(worker.ready())
+    while worker.handle(conn.recv_bytes()):
+        pass
 
 
 def main(argv: list[str]) -> int:
-    fd, rank, world, init_method, parent_pid, level = argv
+    fd, rank, init_method, parent_pid, level = argv
     logging.basicConfig(level=int(level), format=f"%(levelname)s %(asctime)s %(name)s[rank{rank}]: %(message)s",
                         datefmt="%H:%M:%S")
     from pagoda.engine.core_proc import _set_parent_death_signal
@@ -56,11 +87,11 @@ def main(argv: list[str]) -> int:
         return 0
     conn = Connection(int(fd))
     try:
-        serve(conn, int(rank), int(world), init_method)
-    except EOFError:  # rank 0 is gone
+        serve(conn, int(rank), init_method)
+    except EOFError:  # the engine core is gone
         return 0
     except Exception as e:
-        logger.exception("tensor-parallel rank %s failed", rank)
+        logger.exception("worker rank %s failed", rank)
         try:
             conn.send_bytes(m.encoder.encode(m.WorkerFailed(int(rank), f"{type(e).__name__}: {e}")))
         except OSError:

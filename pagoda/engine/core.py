@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, wait
 
 import torch
@@ -24,6 +25,7 @@ from pagoda.config import EngineConfig
 from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.host_tier import HostKVTier
 from pagoda.core.kv_cache_manager import KVCacheManager
+from pagoda.core.pipeline_scheduler import PipelineScheduler
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
 from pagoda.engine.messages import (
@@ -92,7 +94,8 @@ class EngineCore:
         self.kv = KVCacheManager(
             num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching, host_tier=host_tier
         )
-        scheduler_cls = AsyncScheduler if cfg.async_scheduling else Scheduler
+        scheduler_cls = (PipelineScheduler if cfg.pipeline_parallel_size > 1
+                         else AsyncScheduler if cfg.async_scheduling else Scheduler)
         self.scheduler = scheduler_cls(
             self.kv,
             max_num_seqs=cfg.max_num_seqs,
@@ -108,6 +111,8 @@ class EngineCore:
         self.pooler = cfg.pooler
         # Async scheduling: the launched step whose outputs the next step() returns.
         self._inflight: tuple[SchedulerOutput, StepHandle] | None = None
+        # Pipeline parallelism: launched steps, oldest first (vLLM's batch queue), at most one per stage.
+        self._batch_queue: deque[tuple[SchedulerOutput, StepHandle]] = deque()
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
         self.startup_seconds = time.perf_counter() - t0
 
@@ -169,7 +174,8 @@ class EngineCore:
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self._inflight is not None or bool(self._grammar_waiting)
+        return (self.scheduler.has_unfinished_requests() or self._inflight is not None or bool(self._batch_queue)
+                or bool(self._grammar_waiting))
 
     def step(self) -> EngineCoreOutputs:
         """One engine iteration.
@@ -182,10 +188,13 @@ class EngineCore:
         before the next one is scheduled.
         """
         grammar_failed = self._admit_compiled()
-        out = self._step_sync() if not self.cfg.async_scheduling else self._step_async()
+        if self.cfg.pipeline_parallel_size > 1:
+            out = self._step_with_batch_queue()
+        else:
+            out = self._step_sync() if not self.cfg.async_scheduling else self._step_async()
         if grammar_failed:
             out.outputs = grammar_failed + out.outputs
-        elif self._grammar_waiting and not out.outputs and self._inflight is None:
+        elif self._grammar_waiting and not out.outputs and self._inflight is None and not self._batch_queue:
             self._wait_for_a_grammar()
         return out
 
@@ -203,6 +212,20 @@ class EngineCore:
             if launched is not None:
                 self.num_steps_ahead += 1
         self._inflight = launched
+        return self._merge_outputs(done, failed)
+
+    def _step_with_batch_queue(self) -> EngineCoreOutputs:
+        """Pipeline parallelism: launch a new step while the queue has room (the scheduler leaves out requests
+        already in flight); return at once while the queue fills, else wait for the oldest step and return its
+        outputs. Steps complete in launch order."""
+        failed = None
+        if len(self._batch_queue) < self.cfg.pipeline_parallel_size:
+            launched, failed = self._schedule_and_launch()
+            if launched is not None:
+                self._batch_queue.append(launched)
+                if len(self._batch_queue) < self.cfg.pipeline_parallel_size:
+                    return self._merge_outputs(None, failed)
+        done = self._complete(*self._batch_queue.popleft()) if self._batch_queue else None
         return self._merge_outputs(done, failed)
 
     def _step_sync(self) -> EngineCoreOutputs:
@@ -383,6 +406,7 @@ class EngineCore:
         """Drop the step in flight, the model, KV caches and CUDA graphs, and give the device's
         cached memory back. Idempotent; the core cannot run steps afterwards."""
         self._inflight = None
+        self._batch_queue.clear()
         self.structured.shutdown()
         self.runner.shutdown()
         release_device_memory(self.cfg.device)

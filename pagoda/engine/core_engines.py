@@ -6,10 +6,11 @@ N engine cores, each a full replica (its own model copy, KV cache and scheduler,
 ``i`` talks to the front end over its own socket pair ``input_i`` / ``output_i`` in one private
 0700 temp dir (:mod:`pagoda.engine.core_proc` runs unchanged in each).
 
-Devices (:func:`replica_envs`): on CUDA replica ``i`` sees only its own ``tensor_parallel_size``
-devices through ``CUDA_VISIBLE_DEVICES`` (the i-th run of the ids the server itself sees), so its
-rank r runs on its own ``cuda:r``. On the CPU, unless the user set ``OMP_NUM_THREADS``, the CPUs this
-process may use are split evenly between the replicas (each gets at least one thread).
+Devices (:func:`replica_envs`): on CUDA replica ``i`` sees only its own ``tensor_parallel_size`` x
+``pipeline_parallel_size`` devices through ``CUDA_VISIBLE_DEVICES`` (the i-th run of the ids the server
+itself sees), so its rank r runs on its own ``cuda:r``. On the CPU, unless the user set
+``OMP_NUM_THREADS``, the CPUs this process may use are split evenly between the replicas (each gets at
+least one thread).
 
 Each replica's process is started with ``data_parallel_size`` 1 in its arguments: it is one engine
 and knows nothing of the others; balancing, routing and the summed stats live in the front end.
@@ -39,8 +40,8 @@ logger = logging.getLogger("pagoda")
 DP_FLAG = "--data-parallel-size"
 
 
-def check_data_parallel(dp: int, tp: int, device: torch.device) -> None:
-    """Raise ``ValueError`` naming the flag when ``dp`` replicas of ``tp`` ranks cannot run on ``device``
+def check_data_parallel(dp: int, tp: int, device: torch.device, pp: int = 1) -> None:
+    """Raise ``ValueError`` naming the flag when ``dp`` replicas of ``tp x pp`` ranks cannot run on ``device``
     (``EngineArgs.validate`` has checked ``dp >= 1``)."""
     if dp == 1 or device.type != "cuda":
         return
@@ -48,13 +49,16 @@ def check_data_parallel(dp: int, tp: int, device: torch.device) -> None:
         raise ValueError(f"{DP_FLAG} {dp}: each replica gets its own devices through CUDA_VISIBLE_DEVICES; use "
                          f"--device cuda (or auto), not --device {device}.")
     visible = torch.cuda.device_count()
-    if dp * tp > visible:
-        raise ValueError(f"{DP_FLAG} {dp} x --tensor-parallel-size {tp} needs {dp * tp} CUDA devices; only {visible} "
-                         f"are visible (CUDA_VISIBLE_DEVICES). One replica needs --tensor-parallel-size devices.")
+    if dp * tp * pp > visible:
+        stages = f" x --pipeline-parallel-size {pp}" if pp > 1 else ""
+        raise ValueError(f"{DP_FLAG} {dp} x --tensor-parallel-size {tp}{stages} needs {dp * tp * pp} CUDA devices; "
+                         f"only {visible} are visible (CUDA_VISIBLE_DEVICES). One replica needs --tensor-parallel-size"
+                         f"{stages} devices.")
 
 
 def replica_envs(dp: int, tp: int, device: torch.device) -> list[dict[str, str]]:
-    """Environment added to replica i's process (``check_data_parallel`` has passed)."""
+    """Environment added to replica i's process (``check_data_parallel`` has passed); ``tp``: devices per replica
+    (tensor x pipeline size)."""
     if dp == 1:
         return [{}]
     if device.type == "cuda":
@@ -131,7 +135,7 @@ class CoreEngines:
         self._azctx = zmq.asyncio.Context()
         args = engine_args_to_dict(self.engine_args)
         args["data_parallel_size"] = 1  # each replica is one engine
-        envs = replica_envs(self.size, self.cfg.tensor_parallel_size, self.cfg.device)
+        envs = replica_envs(self.size, self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size, self.cfg.device)
         for i in range(self.size):
             in_addr, out_addr = f"ipc://{self._ipc_dir}/input_{i}", f"ipc://{self._ipc_dir}/output_{i}"
             in_sock = self._zctx.socket(zmq.PUSH)

@@ -3,7 +3,7 @@
 argparse alone would say "unrecognized arguments", which does not tell a vLLM user which feature
 is missing. Every flag here is registered (hidden from ``--help``; listed in ``docs/cli.md``)
 with an action that fails at parse time, before any model loads, unless its value is one that
-changes nothing here (``--pipeline-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
+changes nothing here (``--decode-context-parallel-size 1``). Flags that are neither pagoda's nor vLLM's
 keep argparse's own error.
 """
 
@@ -35,8 +35,8 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 _MM = "multimodal models are not supported"
 _LORA = "LoRA adapters are not supported yet"
-_PAR = ("pipeline, expert and context parallelism are not supported yet (tensor and data parallelism are: "
-        "--tensor-parallel-size, --data-parallel-size)")
+_PAR = ("expert and context parallelism are not supported yet (tensor, pipeline and data parallelism are: "
+        "--tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size)")
 _DP_NODES = ("multi-node data parallelism is not supported: every replica of --data-parallel-size runs on this "
              "machine behind this server")
 _GRAPHS = "pagoda captures its own CUDA graphs and does not use torch.compile (--enforce-eager turns graphs off)"
@@ -76,7 +76,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # StructuredOutputsConfig
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
     # ParallelConfig
-    _u("--pipeline-parallel-size -pp", _PAR, "1"),
     _u("--decode-context-parallel-size -dcp", _PAR, "1"),
     _u("--data-parallel-start-rank -dpr", _DP_NODES, "0"),
     _u("--data-parallel-rank -dpn --data-parallel-address -dpa --data-parallel-rpc-port -dpp", _DP_NODES),
@@ -86,7 +85,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
     _u("--all2all-backend --eplb-config --expert-placement-strategy", _PAR),
     _u("--max-parallel-loading-workers", "weights load in one process"),
-    _u("--ray-workers-use-nsight", "Ray is not used", value=False),
+    _u("--ray-workers-use-nsight", "Ray workers are not profiled with Nsight", value=False),
     _u("--disable-custom-all-reduce", "accepted: pagoda has no custom all-reduce (torch.distributed's is used)",
        ANY_VALUE, value=False),
     _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),

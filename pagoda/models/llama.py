@@ -44,6 +44,7 @@ logger = logging.getLogger("pagoda")
 
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
+    from pagoda.distributed.pipeline import PPStage
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,12 @@ class DecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+def _pp_missing() -> nn.Module:
+    from pagoda.distributed.pipeline import PPMissing
+
+    return PPMissing()
+
+
 class LlamaForCausalLM(nn.Module):
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],
@@ -291,17 +298,21 @@ class LlamaForCausalLM(nn.Module):
     stacked_params = {shard: (fused, i) for fused, shards in packed_modules_mapping.items()
                       for i, shard in enumerate(shards)}
     tp: TPGroup | None = None  # tensor parallelism (set in __init__; subclasses that build their own layers: None)
+    pp: PPStage | None = None  # pipeline parallelism (likewise)
     # EAGLE-3 (spec_decode/eagle_head.py): distinct layers whose input residual streams each forward concatenates,
     # in layer order, into ``aux_hidden`` [T, len * hidden] (under a CUDA graph: that graph's static output).
     aux_hidden_layers: tuple[int, ...] = ()
     aux_hidden: torch.Tensor | None = None
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
-                 quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
+                 quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None,
+                 pp: PPStage | None = None) -> None:
         """``quant_config``: how each linear layer stores and applies its weights (default unquantized;
         the method decides per layer, e.g. the LM head usually stays unquantized). ``tp``: this rank's
-        tensor-parallel group: attention heads and MLP split over the ranks, embedding and LM head over the
-        vocabulary (layers/vocab_parallel.py)."""
+        tensor-parallel group (under pipeline parallelism: this stage's subgroup): attention heads and MLP split
+        over the ranks, embedding and LM head over the vocabulary (layers/vocab_parallel.py). ``pp``: this rank's
+        pipeline stage: only its decoder layers are built (the others are
+        :class:`~pagoda.distributed.pipeline.PPMissing`), the embedding on the first, norm and head on the last."""
         super().__init__()
         s = self.model_shape(hf_config, arch)
         self.shape = s
@@ -309,12 +320,16 @@ class LlamaForCausalLM(nn.Module):
         rope = RotaryEmbedding(s.head_dim, rope_max_position(hf_config), rope_for(hf_config, arch), dtype)
         windows = layer_sliding_windows(hf_config, arch, s.num_layers)
         self.embed_tokens = self.make_embedding(s, quant_config)
+        self.pp = pp
         self.layers = nn.ModuleList([
             DecoderLayer(s, rope, i, quant_config, self.make_mlp(hf_config, s, i, quant_config), windows[i], self.tp)
+            if pp is None or pp.has_layer(i) else _pp_missing()
             for i in range(s.num_layers)])
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         if not s.tie_word_embeddings:
             self.lm_head = self.make_lm_head(s, quant_config)
+        if pp is not None:
+            pp.prune(self, s.tie_word_embeddings)
         self.rope = rope
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
@@ -359,7 +374,8 @@ class LlamaForCausalLM(nn.Module):
     # Shapes the KV cache needs.
     @property
     def num_layers(self) -> int:
-        return self.shape.num_layers
+        """Decoder layers of this rank's KV cache (its stage's, under pipeline parallelism)."""
+        return self.shape.num_layers if self.pp is None else self.pp.end - self.pp.start
 
     @property
     def num_kv_heads(self) -> int:
@@ -380,18 +396,32 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
         backend: AttentionBackend,
     ) -> torch.Tensor:
+        if self.pp is not None:  # this stage's layers, hidden states from / to the neighbouring stages
+            return self.pp.forward(self, input_ids, positions, kv_caches, meta, backend)
+        h, residual = self.run_layers(self.embed(input_ids), None, positions, kv_caches, meta, backend)
+        return self.final_norm(h, residual)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
-        if not self.fused:
-            h = h.float()  # the float32 residual stream (module docstring); norms return the model dtype
+        # The float32 residual stream (module docstring); norms return the model dtype.
+        return h if self.fused else h.float()
+
+    def run_layers(self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                   kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
+                   backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's decoder layers (all, or its pipeline stage's: ``kv_caches`` holds theirs only)."""
         cos_sin = None if self.fused and not self.rope.partial else self.rope.cos_sin(positions)
-        residual = None
+        start, end = (0, len(self.layers)) if self.pp is None else (self.pp.start, self.pp.end)
         aux: list[torch.Tensor] = []  # in layer order, as vLLM concatenates them
-        for i, (layer, kv) in enumerate(zip(self.layers, kv_caches, strict=True)):
-            if i in self.aux_hidden_layers:  # EAGLE-3: the residual stream entering layer i
+        for i, layer, kv in zip(range(start, end), self.layers[start:end], kv_caches, strict=True):
+            if i in self.aux_hidden_layers:  # EAGLE-3 (one stage only: refused under PP): the stream entering i
                 aux.append(h if residual is None else h + residual)
             h, residual = layer(cos_sin, positions, h, residual, kv, meta, backend)
         if aux:
             self.aux_hidden = torch.cat(aux, dim=-1)
+        return h, residual
+
+    def final_norm(self, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if residual is None:
             return self.norm(h)
         from pagoda.layers.fused_kernels import fused_add_rms_norm
@@ -423,8 +453,8 @@ class LlamaForCausalLM(nn.Module):
         """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_int_weight_copies, pack_model_linears, pack_weight
 
-        if self.tp is not None:
-            return 0  # PackedLinear would drop the row-parallel all-reduce
+        if self.tp is not None or self.pp is not None:
+            return 0  # PackedLinear would drop the row-parallel all-reduce; a stage may lack the head
         if self.shape.tie_word_embeddings:  # a quantized table may be kept dense (quantization/gguf.py)
             w: torch.Tensor | None = getattr(self.embed_tokens, "weight", None)
         else:
@@ -455,9 +485,12 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named tensors into our (partly fused) parameters. Returns the keys loaded."""
         tied = self.shape.tie_word_embeddings
-        loaded = load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")),
-                              self.stacked_params)
+        pp = self.pp
+        loaded = load_weights(self, ((n, t) for n, t in weights if not (tied and n == "lm_head.weight")
+                                     and (pp is None or pp.owns_weight(n, tied))), self.stacked_params)
         for i, layer in enumerate(self.layers):
+            if pp is not None and not pp.has_layer(i):
+                continue
             attn: Attention = layer.self_attn  # type: ignore[assignment]  # nn.Module attributes type as Tensor | Module
             attn.finish_kv_scales(f"model.layers.{i}.self_attn")
         return loaded

@@ -50,15 +50,16 @@ def iter_safetensors(files: list[Path]):
                 yield name, f.get_tensor(name)
 
 
-def load_model(cfg: EngineConfig, tp: Any = None) -> nn.Module:
-    """``tp``: this rank's :class:`~pagoda.distributed.parallel_state.TPGroup` (tensor parallelism), or None."""
+def load_model(cfg: EngineConfig, tp: Any = None, pp: Any = None) -> nn.Module:
+    """``tp``: this rank's :class:`~pagoda.distributed.parallel_state.TPGroup` (tensor parallelism), or None;
+    ``pp``: its :class:`~pagoda.distributed.pipeline.PPStage` (pipeline parallelism), or None."""
     t0 = time.perf_counter()
     quant_config = resolve_quantization(cfg.hf_config, cfg.quantization, cfg.load_format)
     with _default_dtype(cfg.dtype), torch.device(cfg.device):
-        if tp is not None and tp.world_size > 1:
+        if (tp is not None and tp.world_size > 1) or pp is not None:
             from pagoda.distributed.support import build_tp_model
 
-            model = build_tp_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, tp)
+            model = build_tp_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, tp, pp)
         else:
             model = build_model(cfg.hf_config, cfg.architecture, cfg.dtype, quant_config, cfg.model_impl,
                                 cfg.trust_remote_code, cfg.model_path,

@@ -36,6 +36,7 @@ from pagoda.attention.backend import default_backend_name, get_backend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
+from pagoda.errors import EngineFatalError
 from pagoda.layers.rejection_sampler import rejection_sample
 from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
 from pagoda.models.loader import load_model
@@ -46,9 +47,10 @@ from pagoda.worker.input_batch import StepInputs, prepare_inputs
 from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
 
 if TYPE_CHECKING:
-    from pagoda.distributed.executor import MultiprocExecutor
+    from pagoda.distributed.executor import Executor
     from pagoda.distributed.messages import ForwardStep
     from pagoda.distributed.parallel_state import TPGroup
+    from pagoda.distributed.pipeline import PPStage
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
     from pagoda.worker.verify_graphs import VerifyGraphs
@@ -92,8 +94,14 @@ class StepHandle:
     sample_ids: list[str]
     num_sample_rows: list[int]  # per request in sample_ids: its rows in the sampled tokens
     device_sample: DeviceSample | None
+    # Pipeline parallelism: the engine core's own stage runs when the result is asked for (the workers' stages
+    # were sent the step at launch), so several steps can be in the pipeline at once.
+    deferred: Callable[[], StepHandle] | None = None
 
     def result(self) -> RunnerOutput:
+        if self.deferred is not None:
+            run, self.deferred = self.deferred, None
+            return run().result()
         ds, self.device_sample = self.device_sample, None
         if ds is not None:
             res = ds.finish()
@@ -121,18 +129,19 @@ class ForwardResult:
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, tp: TPGroup | None = None) -> None:
-        """``tp``: given, this runner is a worker rank of tensor parallelism (pagoda.distributed.worker);
-        otherwise, with ``cfg.tensor_parallel_size > 1``, it is rank 0 and starts the other ranks."""
+    def __init__(self, cfg: EngineConfig, tp: TPGroup | None = None, pp: PPStage | None = None) -> None:
+        """``tp`` (and ``pp``): given, this runner is a worker rank (pagoda.distributed.worker); otherwise, with
+        more than one rank (tensor x pipeline), it is the engine core's rank and starts the others."""
         self.cfg = cfg
         self.device = cfg.device
-        self.executor: MultiprocExecutor | None = None
-        if tp is None and cfg.tensor_parallel_size > 1:
-            from pagoda.distributed.executor import MultiprocExecutor
+        self.executor: Executor | None = None
+        if tp is None and cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1:
+            from pagoda.distributed.executor import make_executor
 
-            self.executor = MultiprocExecutor(cfg)
-            tp = self.executor.tp
+            self.executor = make_executor(cfg)
+            tp, pp = self.executor.tp, self.executor.pp
         self.tp = tp
+        self.pp = pp
         if self.device.type == "cpu":
             from pagoda.worker.cpu_malloc import tune_malloc
 
@@ -144,7 +153,7 @@ class ModelRunner:
         backend_name = cfg.attention_backend or default_backend_name(self.device)
         self.kv_dtype = kv_quant.kv_cache_torch_dtype(cfg.kv_cache_dtype, cfg.dtype)
         kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
-        self.model: Any = load_model(cfg, tp)
+        self.model: Any = load_model(cfg, tp, pp)
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
@@ -256,7 +265,12 @@ class ModelRunner:
             is_decode_only=n == 1,
         )
         with torch.inference_mode():
-            h = self.model(ids, pos, self.kv_caches, meta, self.backend)
+            if self.pp is not None:  # no transfers: this stage's layers on zeros
+                h = self.pp.forward(self.model, ids, pos, self.kv_caches, meta, self.backend, local_only=True)
+                if not self.pp.is_last:
+                    return
+            else:
+                h = self.model(ids, pos, self.kv_caches, meta, self.backend)
             if self.pooler is None:
                 self.model.compute_logits(h[-1:])
 
@@ -275,7 +289,8 @@ class ModelRunner:
         """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
         self.graphs = None
         if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                or self.pooler is not None):
+                or self.pooler is not None
+                or self.cfg.pipeline_parallel_size > 1):  # pipeline stages run eager (no lockstep capture)
             return 0.0
         if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
             return 0.0
@@ -338,6 +353,8 @@ class ModelRunner:
 
         ``epochs``: the KV manager's per-request block-list epochs; given, block tables come
         from the persistent :class:`BlockTableCache` (needed by the CUDA-graph paths)."""
+        if self.pp is not None:
+            return self._launch_pipelined(sched, block_ids)
         self._apply_kv_transfers(sched)
         inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
         if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
@@ -347,6 +364,31 @@ class ModelRunner:
             fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         else:
             fwd = self._forward_tp(inputs, rows, sched.block_copies)
+        return self._finish_step(sched, inputs, fwd)
+
+    def _launch_pipelined(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> StepHandle:
+        """Pipeline parallelism: send the step to every worker now (the first stage starts at once); this
+        rank's own stage (the last: receive, its layers, sample) runs when the handle's result is asked for,
+        in launch order. Block copies wait until then too: an earlier step may still write those blocks here."""
+        inputs = prepare_inputs(sched, block_ids, self.block_size, {})
+        if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
+            raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
+        assert self.executor is not None
+        self.executor.broadcast_step(inputs, sched.block_copies, self._logits_calls(inputs))  # eager, no fills
+
+        def run() -> StepHandle:
+            with torch.inference_mode():
+                try:
+                    self._apply_kv_transfers(sched)
+                except Exception as e:  # the other stages ran this step: a retry would read the wrong tensors
+                    raise EngineFatalError(f"the last pipeline stage failed mid-step, the stages are out of step: "
+                                           f"{type(e).__name__}: {e}") from e
+                return self._finish_step(sched, inputs, self._forward_tp(inputs, None, None))
+
+        return StepHandle(RunnerOutput(), [], [], None, deferred=run)
+
+    def _finish_step(self, sched: SchedulerOutput, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
+        """Prompt logprobs and sampling of a step whose forward has run (or is queued on the device)."""
         if self.pooler is not None:
             return self._pool(inputs, fwd)
         out = RunnerOutput(prompt_logprobs=self._prompt_logprobs(inputs, fwd), spec_hidden=self._spec_rows(inputs, fwd))
@@ -381,17 +423,22 @@ class ModelRunner:
         return SpecHidden(rows, inputs.req_ids, qsl, [inputs.positions[q] for q in qsl[:-1]])
 
     def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
-                    block_copies: list[tuple[int, int]]) -> ForwardResult:
-        """Rank 0 of tensor parallelism: send the step to the workers, then run its own shard (a worker that
-        dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`)."""
+                    block_copies: list[tuple[int, int]] | None) -> ForwardResult:
+        """The engine core's rank: send the step to the workers (``block_copies`` None: already sent), then run
+        its own shard (a worker that dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`). Any
+        failure here is fatal: the other ranks ran (or wait in) this step's collectives, so the ranks are out of
+        step and a next step would combine the wrong tensors."""
         assert self.executor is not None
-        self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
-                                     self._forward_path(inputs, rows) == "decode_graph")
+        if block_copies is not None:
+            graph = self._forward_path(inputs, rows) == "decode_graph"
+            self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
+                                         graph)
         try:
             return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
         except Exception as e:
             self.executor.explain(e)
-            raise
+            raise EngineFatalError(f"a distributed step failed on the engine core's rank, the ranks are out of step: "
+                                   f"{type(e).__name__}: {e}") from e
 
     def _shares_sampled(self, inputs: StepInputs) -> bool:
         """Tensor parallelism with async scheduling: this step's sampled tokens go to the workers."""
@@ -425,6 +472,8 @@ class ModelRunner:
             hidden = self.graphs.run(step.input_ids, step.positions, step.slots, step.seq_lens, tables, fill)
         else:
             hidden = self._forward_eager(inputs, None, fill)
+        if self.pp is not None and not self.pp.is_last:
+            return  # the head (and its gathers) live on the last stage; the hidden state went on to the next stage
         for rows in step.logits_rows:
             self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
         if step.shares_sampled:

@@ -108,13 +108,14 @@ def test_unsupported_vllm_flags_are_named(entry, capsys):
 
 
 def test_default_values_of_vllm_flags_are_accepted_and_unknown_flags_keep_argparse_error(capsys):
-    args = _serve_parser().parse_args(["-tp", "1", "--pipeline-parallel-size", "1", "--kv-cache-dtype", "auto",
-                                       "--no-enable-lora", "some/model"])
-    assert args.model_tag == "some/model" and not hasattr(args, "unsupported_pipeline-parallel-size")
+    args = _serve_parser().parse_args(["-tp", "1", "--decode-context-parallel-size", "1", "--kv-cache-dtype",
+                                       "auto", "--no-enable-lora", "some/model"])
+    assert args.model_tag == "some/model" and not hasattr(args, "unsupported_decode-context-parallel-size")
     with pytest.raises(SystemExit):
-        _serve_parser().parse_args(["-pp", "2"])
-    assert "--pipeline-parallel-size is a vLLM flag" in capsys.readouterr().err
+        _serve_parser().parse_args(["-dcp", "2"])
+    assert "--decode-context-parallel-size is a vLLM flag" in capsys.readouterr().err
     assert _serve_parser().parse_args(["-tp", "2", "some/model"]).tensor_parallel_size == 2  # implemented
+    assert _serve_parser().parse_args(["-pp", "2", "some/model"]).pipeline_parallel_size == 2
     with pytest.raises(SystemExit):
         _serve_parser().parse_args(["--no-such-flag-anywhere"])
     assert "unrecognized arguments: --no-such-flag-anywhere" in capsys.readouterr().err
