@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda.attention.encoder import encoder_attention
+from pagoda.attention.encoder import EncoderPlan, encoder_attention, plan_encoder_attention
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.linear import Linear
 from pagoda.models.weight_loading import load_weights, missing_weights
@@ -65,15 +65,13 @@ class BertLayer(nn.Module):
         self.out = Linear(s.intermediate_size, h, bias=True)
         self.out_norm = nn.LayerNorm(h, eps=s.eps)
         self.num_heads = s.num_heads
-        self.head_dim = h // s.num_heads
+        self.scale = 1.0 / math.sqrt(h // s.num_heads)
         self.act = _act(s.hidden_act)
 
-    def forward(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        T = h.shape[0]
-        q, k, v = self.qkv(h).view(T, 3, self.num_heads, self.head_dim).unbind(1)
-        a = encoder_attention(q, k, v, meta.query_start_loc, meta.query_lens_cpu, 1.0 / math.sqrt(self.head_dim))
-        h = self.attn_norm(h + self.attn_out(a.reshape(T, -1)))
-        return self.out_norm(h + self.out(self.act(self.intermediate(h))))
+    def forward(self, h: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
+        a = encoder_attention(self.qkv(h), plan, self.num_heads, self.scale)
+        h = self.attn_norm(self.attn_out(a).add_(h))
+        return self.out_norm(self.out(self.act(self.intermediate(h))).add_(h))
 
 
 # HF module names -> ours (after the model prefix is dropped).
@@ -135,8 +133,9 @@ class BertModel(nn.Module):
         else:
             h = h + self.token_type_embeddings(token_type_ids)
         h = self.emb_norm(h)
+        plan = plan_encoder_attention(meta.query_lens_cpu, meta.query_start_loc, h.dtype)
         for layer in self.layers:
-            h = layer(h, meta)
+            h = layer(h, plan)
         return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
