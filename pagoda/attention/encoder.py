@@ -1,15 +1,18 @@
-"""Bidirectional (encoder) attention over a step's flattened batch: each sequence attends to all of its own
-tokens and to nothing else, with no KV cache.
+"""Bidirectional (encoder) attention over a step's batch: each sequence attends to all of its own tokens and
+to nothing else, with no KV cache.
 
-Rows of sequence ``i`` are ``query_start_loc[i] : query_start_loc[i + 1]`` (the same layout as
-:mod:`pagoda.attention.metadata`); nothing is padded outside attention. CUDA half precision uses torch's
-``varlen_attn`` (FlashAttention over the packed rows, one launch per layer). Elsewhere an
-:class:`EncoderPlan`, built once per step, sorts the sequences by length and packs them into a few groups of
-similar length; each group is one padded SDPA call whose key mask hides the padding, so a layer costs two
-row gathers (into the padded layout and back) and one SDPA call per group, instead of one call per sequence.
+The step's tokens arrive flattened (rows of sequence ``i`` are ``query_start_loc[i] : query_start_loc[i + 1]``,
+as in :mod:`pagoda.attention.metadata`). CUDA half precision uses torch's ``varlen_attn`` (FlashAttention
+over the packed rows, one launch per layer). Elsewhere an :class:`EncoderPlan`, built once per step, sorts
+the sequences by length and cuts them into a few groups of similar length; the encoder runs the whole step
+in the plan's *grouped layout* (each group ``count x length`` rows, shorter sequences padded), entered with
+one gather of the input ids and left with one gather of the last hidden state, so every layer's attention
+is one SDPA call per group on a view of the qkv rows (no copies), with a key mask where a group is padded.
+Padding costs ``rows / tokens - 1`` extra linear work, kept under ``PAD_WASTE``.
 
-Invariant: padding slots repeat a real row of their own sequence and are masked as keys, so no query row
-sees another sequence or a padding key; padded query rows are computed and then dropped by the gather back.
+Invariants: a padding row repeats the last real row of its sequence (finite values) and is masked as a key,
+so no real row sees padding or another sequence; padding rows are dropped by the gather back. When the
+sequences are already in grouped order with no padding, the grouped layout is the flat one (no gathers).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# A group's padded attention work (members x longest^2) may exceed its real work (sum of length^2) by
-# this factor before a new group starts: fewer, larger calls against a little wasted arithmetic.
-GROUP_WASTE = 1.25
+# A group's rows (members x longest) may exceed its tokens by this factor before a new group starts: fewer,
+# larger attention calls against a little wasted linear work (the padded attention work stays under its square).
+PAD_WASTE = 1.1
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,8 @@ class AttnGroup:
 
 @dataclass(frozen=True)
 class EncoderPlan:
-    """A step's attention layout: ``gather`` [P] maps padded rows to token rows, ``unpad`` [T] token rows to
-    padded rows; both None when the padded layout is the token layout itself (one group, no padding)."""
+    """A step's grouped layout: ``gather`` [P] maps grouped rows to token rows, ``unpad`` [T] token rows to
+    grouped rows; both None when the grouped layout is the flat one."""
 
     groups: tuple[AttnGroup, ...]
     gather: torch.Tensor | None
@@ -44,18 +47,19 @@ class EncoderPlan:
 
 
 def _groups(lens: list[int]) -> list[list[int]]:
-    """Sequence indices, longest first, cut into groups whose padded work stays within ``GROUP_WASTE``."""
+    """Sequence indices, longest first (ties in step order), cut into groups whose rows stay within
+    ``PAD_WASTE`` times their tokens."""
     order = sorted(range(len(lens)), key=lambda i: -lens[i])
     out: list[list[int]] = []
-    work = 0
+    tokens = 0
     for i in order:
         n = lens[i]
-        if out and (len(out[-1]) + 1) * lens[out[-1][0]] ** 2 <= GROUP_WASTE * (work + n * n):
+        if out and (len(out[-1]) + 1) * lens[out[-1][0]] <= PAD_WASTE * (tokens + n):
             out[-1].append(i)
-            work += n * n
+            tokens += n
         else:
             out.append([i])
-            work = n * n
+            tokens = n
     return out
 
 
@@ -95,21 +99,29 @@ def plan_encoder_attention(lens: list[int], query_start_loc: torch.Tensor, dtype
 
 
 def encoder_attention(qkv: torch.Tensor, plan: EncoderPlan, num_heads: int, scale: float) -> torch.Tensor:
-    """qkv: [T, 3 * H * D] (q, then k, then v, heads inside each) -> attention output [T, H * D]."""
-    T, hd = qkv.shape[0], qkv.shape[1] // 3
+    """qkv: [P, 3 * H * D] in the plan's grouped layout (q, then k, then v, heads inside each) -> [P, H * D]."""
+    P, hd = qkv.shape[0], qkv.shape[1] // 3
     d = hd // num_heads
     if plan.varlen is not None:
         from torch.nn.attention.varlen import varlen_attn
 
         cu, m = plan.varlen
-        q, k, v = qkv.view(T, 3, num_heads, d).unbind(1)
-        return varlen_attn(q, k, v, cu, cu, m, m, scale=scale).reshape(T, hd)  # type: ignore[union-attr]
-    x = qkv if plan.gather is None else qkv.index_select(0, plan.gather)
+        q, k, v = qkv.view(P, 3, num_heads, d).unbind(1)
+        return varlen_attn(q, k, v, cu, cu, m, m, scale=scale).reshape(P, hd)  # type: ignore[union-attr]
     outs = []
     for g in plan.groups:
-        rows = x[g.offset : g.offset + g.count * g.length].view(g.count, g.length, 3, num_heads, d)
+        rows = qkv[g.offset : g.offset + g.count * g.length].view(g.count, g.length, 3, num_heads, d)
         q, k, v = (t.transpose(1, 2) for t in rows.unbind(2))  # [G, H, m, D] views
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
         outs.append(o.transpose(1, 2).reshape(g.count * g.length, hd))
-    o = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return o if plan.unpad is None else o.index_select(0, plan.unpad)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def to_grouped(x: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
+    """Flat rows [T, ...] -> the grouped layout [P, ...]."""
+    return x if plan.gather is None else x.index_select(0, plan.gather)
+
+
+def to_flat(x: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
+    """Grouped rows [P, ...] -> the flat layout [T, ...] (padding rows dropped)."""
+    return x if plan.unpad is None else x.index_select(0, plan.unpad)

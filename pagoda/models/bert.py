@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda.attention.encoder import EncoderPlan, encoder_attention, plan_encoder_attention
+from pagoda.attention.encoder import EncoderPlan, encoder_attention, plan_encoder_attention, to_flat, to_grouped
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.linear import Linear
 from pagoda.models.weight_loading import load_weights, missing_weights
@@ -127,16 +127,18 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: Any, meta: AttentionMetadata,
                 backend: Any, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions + self.shape.position_offset)
+        plan = plan_encoder_attention(meta.query_lens_cpu, meta.query_start_loc, self.emb_norm.weight.dtype)
+        input_ids, positions = to_grouped(input_ids, plan), to_grouped(positions, plan)
+        h = self.word_embeddings(input_ids)
+        h += self.position_embeddings(positions + self.shape.position_offset)
         if token_type_ids is None:
-            h = h + self.token_type_embeddings.weight[0]
+            h += self.token_type_embeddings.weight[0]
         else:
-            h = h + self.token_type_embeddings(token_type_ids)
+            h += self.token_type_embeddings(to_grouped(token_type_ids, plan))
         h = self.emb_norm(h)
-        plan = plan_encoder_attention(meta.query_lens_cpu, meta.query_start_loc, h.dtype)
         for layer in self.layers:
             h = layer(h, plan)
-        return h
+        return to_flat(h, plan)  # the step's rows in their flat order (padding dropped)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("an encoder has no language-model head: it serves pooling requests only")
