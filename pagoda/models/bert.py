@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagoda.attention.encoder import EncoderPlan, encoder_attention, plan_encoder_attention, to_flat, to_grouped
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.fused_linear import ACTIVATIONS, linear_act, linear_add
 from pagoda.layers.linear import Linear
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.pooling.config import num_labels
@@ -44,14 +44,10 @@ class BertShape:
     position_offset: int  # RoBERTa / XLM-R: padding_idx + 1
 
 
-def _act(name: str):
-    if name == "gelu":
-        return F.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise ValueError(f"hidden_act {name!r} is not supported by the BERT encoder (gelu, gelu_new, relu)")
+def _act(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {name!r} is not supported by the BERT encoder ({', '.join(ACTIVATIONS)})")
+    return name
 
 
 class BertLayer(nn.Module):
@@ -70,8 +66,8 @@ class BertLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
         a = encoder_attention(self.qkv(h), plan, self.num_heads, self.scale)
-        h = self.attn_norm(self.attn_out(a).add_(h))
-        return self.out_norm(self.out(self.act(self.intermediate(h))).add_(h))
+        h = self.attn_norm(linear_add(a, self.attn_out, h))
+        return self.out_norm(linear_add(linear_act(h, self.intermediate, self.act), self.out, h))
 
 
 # HF module names -> ours (after the model prefix is dropped).
