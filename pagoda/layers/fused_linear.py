@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from pagoda.layers.linear import Linear, UnquantizedLinearMethod
 
 # hidden_act names -> (oneDNN post-op, its algorithm)
-ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-               "relu": ("relu", "")}
+ACTIVATIONS = {"identity": ("none", ""), "gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"),
+               "gelu_pytorch_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
 
 
 def _fusable(x: torch.Tensor, layer: Linear) -> bool:
@@ -28,11 +28,13 @@ def _fusable(x: torch.Tensor, layer: Linear) -> bool:
 
 def _plain_act(y: torch.Tensor, act: str) -> torch.Tensor:
     op, algo = ACTIVATIONS[act]
+    if op == "none":
+        return y
     return F.relu(y) if op == "relu" else F.gelu(y, approximate=algo)
 
 
 def linear_act(x: torch.Tensor, layer: Linear, act: str) -> torch.Tensor:
-    """``act(x Wᵀ + b)``; ``act`` is a key of ``ACTIVATIONS``."""
+    """``act(x Wᵀ + b)``; ``act`` is a key of ``ACTIVATIONS`` (``identity``: the bias only)."""
     if not _fusable(x, layer):
         return _plain_act(layer(x), act)
     op, algo = ACTIVATIONS[act]

@@ -45,7 +45,7 @@ class BertShape:
 
 
 def _act(name: str) -> str:
-    if name not in ACTIVATIONS:
+    if name not in ACTIVATIONS or name == "identity":
         raise ValueError(f"hidden_act {name!r} is not supported by the BERT encoder ({', '.join(ACTIVATIONS)})")
     return name
 
@@ -65,7 +65,7 @@ class BertLayer(nn.Module):
         self.act = _act(s.hidden_act)
 
     def forward(self, h: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
-        a = encoder_attention(self.qkv(h), plan, self.num_heads, self.scale)
+        a = encoder_attention(linear_act(h, self.qkv, "identity"), plan, self.num_heads, self.scale)
         h = self.attn_norm(linear_add(a, self.attn_out, h))
         return self.out_norm(linear_add(linear_act(h, self.intermediate, self.act), self.out, h))
 
