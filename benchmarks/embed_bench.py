@@ -86,6 +86,27 @@ def _interleave(name_a: str, fn_a, name_b: str, fn_b, rounds: int, **info) -> li
     return ratios
 
 
+def _linear_floor(path: str, ntok: int) -> dict:
+    """The linear layers' FLOPs for ``ntok`` tokens over the fp32 matmul rate measured now (2048-row GEMMs of
+    the model's shapes, best of 5): seconds neither side can go below (attention, norms excluded)."""
+    import torch
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    h, i, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    shapes = [(h, 3 * h), (h, h), (h, i), (i, h)]
+    per_tok = 2 * n * sum(a * b for a, b in shapes)
+    ws = [(torch.randn(2048, a), torch.randn(b, a)) for a, b in shapes]
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for x, w in ws:
+            torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - t0)
+    rate = 2 * 2048 * sum(a * b for a, b in shapes) / best
+    return dict(linear_gflop=round(per_tok * ntok / 1e9, 1), matmul_gflops=round(rate / 1e9, 1),
+                linear_floor_s=round(per_tok * ntok / rate, 2))
+
+
 def bench_cpu(args) -> None:
     """Offline pagoda vs sentence-transformers per dtype, interleaved in this process (same thread count);
     then the server vs offline, interleaved. The first dtype is the headline (fp32: both sides' default).
@@ -102,7 +123,8 @@ def bench_cpu(args) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     texts = sentences(tok, args.num)
     ntok = sum(len(tok(t)["input_ids"]) for t in texts)
-    emit(sentences=len(texts), tokens=ntok, threads=torch.get_num_threads(), load1=round(os.getloadavg()[0], 2))
+    emit(sentences=len(texts), tokens=ntok, threads=torch.get_num_threads(), load1=round(os.getloadavg()[0], 2),
+         **_linear_floor(path, ntok))
     offline = {}
     for dtype in args.dtypes.split(","):
         st = SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": getattr(torch, dtype)})
