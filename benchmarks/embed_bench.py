@@ -1,10 +1,12 @@
 """Embedding throughput: pagoda vs sentence-transformers / HF transformers, measured in the same run.
 
 CPU (the issue's figure): all-MiniLM-L6-v2 on 2,000 sentences of 8-256 tokens; pagoda ``LLM.embed``
-(batched by tokens, no padding) vs ``SentenceTransformer.encode`` (batches of 32, padded), then the pagoda
-server's /v1/embeddings (16 concurrent requests) vs offline::
+vs ``SentenceTransformer.encode`` (batches of 32, sorted by length, padded) in the same process, per dtype
+(both sides in that dtype), interleaved ABBA over ``--rounds`` with the same thread count; then the pagoda
+server's /v1/embeddings (16 concurrent requests) vs offline, interleaved the same way. Each round prints wall
+and CPU seconds of both sides and the load; the first line gives the linear-FLOP floor::
 
-    python benchmarks/embed_bench.py cpu [--num 2000] [--smoke]
+    python benchmarks/embed_bench.py cpu [--num 2000] [--rounds 5] [--dtypes float32,bfloat16] [--smoke]
 
 GPU: dummy-weight embedders of a given shape, token-id inputs, pagoda vs HF ``AutoModel`` (bf16, batches of
 32 sorted by length, as sentence-transformers batches) in the same call::
