@@ -1,10 +1,12 @@
 """Embedding throughput: pagoda vs sentence-transformers / HF transformers, measured in the same run.
 
 CPU (the issue's figure): all-MiniLM-L6-v2 on 2,000 sentences of 8-256 tokens; pagoda ``LLM.embed``
-(batched by tokens, no padding) vs ``SentenceTransformer.encode`` (batches of 32, padded), then the pagoda
-server's /v1/embeddings (16 concurrent requests) vs offline::
+vs ``SentenceTransformer.encode`` (batches of 32, sorted by length, padded) in the same process, per dtype
+(both sides in that dtype), interleaved ABBA over ``--rounds`` with the same thread count; then the pagoda
+server's /v1/embeddings (16 concurrent requests) vs offline, interleaved the same way. Each round prints wall
+and CPU seconds of both sides and the load; the first line gives the linear-FLOP floor::
 
-    python benchmarks/embed_bench.py cpu [--num 2000] [--smoke]
+    python benchmarks/embed_bench.py cpu [--num 2000] [--rounds 5] [--dtypes float32,bfloat16] [--smoke]
 
 GPU: dummy-weight embedders of a given shape, token-id inputs, pagoda vs HF ``AutoModel`` (bf16, batches of
 32 sorted by length, as sentence-transformers batches) in the same call::
@@ -18,8 +20,11 @@ Prints one JSON line per measurement (sentences/s, tokens/s) and the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,51 +63,123 @@ def emit(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``fn()``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _interleave(name_a: str, fn_a, name_b: str, fn_b, rounds: int, **info) -> list[float]:
+    """ABBA... rounds of two callables in one process; one JSON line per round (wall and CPU seconds of
+    each, their ratios a/b and the 1-minute load average); returns the wall ratios."""
+    ratios = []
+    for r in range(rounds):
+        first_a = r % 2 == 0
+        res = {}
+        for name, fn in ((name_a, fn_a), (name_b, fn_b)) if first_a else ((name_b, fn_b), (name_a, fn_a)):
+            res[name] = fn()
+        (wa, ca), (wb, cb) = res[name_a], res[name_b]
+        ratios.append(wa / wb)
+        emit(round=r, **info, **{f"{name_a}_s": round(wa, 3), f"{name_a}_cpu_s": round(ca, 3),
+                                 f"{name_b}_s": round(wb, 3), f"{name_b}_cpu_s": round(cb, 3)},
+             wall_ratio=round(wa / wb, 3), cpu_ratio=round(ca / cb, 3) if cb else None,
+             load1=round(os.getloadavg()[0], 2))
+    return ratios
+
+
+def _linear_floor(path: str, ntok: int) -> dict:
+    """The linear layers' FLOPs for ``ntok`` tokens over the fp32 matmul rate measured now (2048-row GEMMs of
+    the model's shapes, best of 5): seconds neither side can go below (attention, norms excluded)."""
+    import torch
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    h, i, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    shapes = [(h, 3 * h), (h, h), (h, i), (i, h)]
+    per_tok = 2 * n * sum(a * b for a, b in shapes)
+    ws = [(torch.randn(2048, a), torch.randn(b, a)) for a, b in shapes]
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for x, w in ws:
+            torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - t0)
+    rate = 2 * 2048 * sum(a * b for a, b in shapes) / best
+    return dict(linear_gflop=round(per_tok * ntok / 1e9, 1), matmul_gflops=round(rate / 1e9, 1),
+                linear_floor_s=round(per_tok * ntok / rate, 2))
+
+
 def bench_cpu(args) -> None:
+    """Offline pagoda vs sentence-transformers per dtype, interleaved in this process (same thread count);
+    then the server vs offline, interleaved. The first dtype is the headline (fp32: both sides' default).
+    pagoda is imported first, so its OpenMP wait policy (pagoda.worker.cpu_threads) holds for both sides."""
+    from pagoda import LLM  # noqa: I001 - before torch: the thread policy applies to the whole process
+
     import torch
     from pooling_models import minilm_path
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from pagoda import LLM
-
+    torch.set_num_threads(args.threads)
     path = str(minilm_path())
     tok = AutoTokenizer.from_pretrained(path)
     texts = sentences(tok, args.num)
     ntok = sum(len(tok(t)["input_ids"]) for t in texts)
-    st = SentenceTransformer(path, device="cpu")
-    st.encode(texts[:64])
-    t0 = time.perf_counter()
-    st.encode(texts, batch_size=32)
-    t_st = time.perf_counter() - t0
-    emit(system="sentence-transformers", sentences=len(texts), tokens=ntok, seconds=t_st, sent_per_s=len(texts) / t_st)
-    ref = st.encode(texts[:200], convert_to_tensor=True)
-    t_pg = 0.0
+    emit(sentences=len(texts), tokens=ntok, threads=torch.get_num_threads(), load1=round(os.getloadavg()[0], 2),
+         **_linear_floor(path, ntok))
+    offline = {}
     for dtype in args.dtypes.split(","):
-        with LLM(path, dtype=dtype) as llm:
-            llm.embed(texts[:64], use_tqdm=False)
-            t0 = time.perf_counter()
-            outs = llm.embed(texts, use_tqdm=False)
-            dt = time.perf_counter() - t0
-        got = torch.tensor([o.outputs.embedding for o in outs[:200]])
-        cos = float(torch.nn.functional.cosine_similarity(got, ref.float(), dim=1).min())
-        emit(system=f"pagoda-offline-{dtype}", sentences=len(texts), tokens=ntok, seconds=dt,
-             sent_per_s=len(texts) / dt, speedup_vs_st=t_st / dt, min_cosine_vs_st=cos)
-        t_pg = t_pg or dt
-    t_srv = bench_server(path, texts, args.dtypes.split(",")[0])
-    emit(system="pagoda-server", sentences=len(texts), seconds=t_srv, sent_per_s=len(texts) / t_srv,
-         server_vs_offline=t_pg / t_srv)
+        st = SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": getattr(torch, dtype)})
+        llm = LLM(path, dtype=dtype)
+        st.encode(texts[:64], batch_size=32)
+        llm.embed(texts[:64], use_tqdm=False)
+        ref = st.encode(texts[:200], batch_size=32, convert_to_tensor=True).float()
+        got = torch.tensor([o.outputs.embedding for o in llm.embed(texts[:200], use_tqdm=False)])
+        cos = float(torch.nn.functional.cosine_similarity(got, ref, dim=1).min())
+        ratios = _interleave("st", lambda st=st: _timed(lambda: st.encode(texts, batch_size=32)),
+                             "pagoda", lambda llm=llm: _timed(lambda: llm.embed(texts, use_tqdm=False)),
+                             args.rounds, dtype=dtype)
+        emit(summary=f"pagoda-offline-{dtype} vs sentence-transformers-{dtype}",
+             median_speedup=statistics.median(ratios), speedups=[round(r, 3) for r in ratios],
+             min_cosine_vs_st=cos, tokens=ntok)
+        offline[dtype] = llm
+        del st
+    dtype = args.dtypes.split(",")[0]
+    llm = offline[dtype]
+    with _server(path, dtype, args.threads) as (url, pid):
+        ratios = _interleave("offline", lambda: _timed(lambda: llm.embed(texts, use_tqdm=False)),
+                             "server", lambda: _server_run(url, pid, texts, args.concurrency, args.encoding_format),
+                             args.rounds, dtype=dtype, encoding_format=args.encoding_format)
+    emit(summary=f"pagoda-server-{dtype} vs offline (throughput ratio)",
+         median_server_over_offline=statistics.median(ratios), ratios=[round(r, 3) for r in ratios],
+         concurrency=args.concurrency, encoding_format=args.encoding_format)
 
 
-def bench_server(path: str, texts: list[str], dtype: str, concurrency: int = 16) -> float:
-    import asyncio
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live descendants, from /proc."""
+    import psutil
 
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+@contextlib.contextmanager
+def _server(path: str, dtype: str, threads: int):
     import httpx
     from server_utils import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pagoda", "serve", path, "--dtype", dtype, "--port", str(port),
-                             "--disable-log-requests", "--disable-log-stats"], cwd=ROOT)
+                             "--disable-log-requests", "--disable-log-stats"], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -112,20 +189,32 @@ def bench_server(path: str, texts: list[str], dtype: str, concurrency: int = 16)
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        chunks = [texts[i::concurrency] for i in range(concurrency)]
-
-        async def run() -> float:
-            async with httpx.AsyncClient(timeout=600) as c:
-                await c.post(f"{url}/v1/embeddings", json={"input": texts[:64]})
-                t0 = time.perf_counter()
-                rs = await asyncio.gather(*(c.post(f"{url}/v1/embeddings", json={"input": ch}) for ch in chunks))
-                dt = time.perf_counter() - t0
-                assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200][:1]
-                return dt
-        return asyncio.run(run())
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _server_run(url: str, pid: int, texts: list[str], concurrency: int, fmt: str) -> tuple[float, float]:
+    """(wall seconds, server-tree CPU seconds) of embedding ``texts`` as ``concurrency`` concurrent requests."""
+    import asyncio
+
+    import httpx
+
+    chunks = [texts[i::concurrency] for i in range(concurrency)]
+
+    async def run() -> tuple[float, float]:
+        async with httpx.AsyncClient(timeout=600) as c:
+            await c.post(f"{url}/v1/embeddings", json={"input": texts[:64], "encoding_format": fmt})
+            c0 = _tree_cpu(pid)
+            t0 = time.perf_counter()
+            rs = await asyncio.gather(*(c.post(f"{url}/v1/embeddings", json={"input": ch, "encoding_format": fmt})
+                                        for ch in chunks))
+            dt = time.perf_counter() - t0
+            assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200][:1]
+            assert sum(len(r.json()["data"]) for r in rs) == len(texts)
+            return dt, _tree_cpu(pid) - c0
+    return asyncio.run(run())
 
 
 def bench_gpu(args) -> None:
@@ -179,12 +268,16 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2000)
     ap.add_argument("--shape", choices=tuple(SHAPES), default="bert-large")
     ap.add_argument("--max-len", type=int, default=512)
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU: pagoda dtypes to run (the first is the "
-                    "server's and the offline baseline of the server ratio); sentence-transformers runs float32")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU: dtypes to run, pagoda and sentence-"
+                    "transformers alike (the first is the headline, the server's and the server ratio's baseline)")
+    ap.add_argument("--rounds", type=int, default=5, help="CPU: interleaved rounds (ABBA...) per comparison")
+    ap.add_argument("--threads", type=int, default=2, help="CPU: torch threads, both sides and the server")
+    ap.add_argument("--concurrency", type=int, default=16, help="CPU: concurrent /v1/embeddings requests")
+    ap.add_argument("--encoding-format", default="float", choices=("float", "base64"))
     ap.add_argument("--smoke", action="store_true", help="a few sentences, to check the command runs")
     args = ap.parse_args()
     if args.smoke:
-        args.num = 40
+        args.num, args.rounds = 40, 1
     (bench_cpu if args.mode == "cpu" else bench_gpu)(args)
 
 

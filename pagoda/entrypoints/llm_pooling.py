@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 
 from pagoda.errors import ValidationError
+from pagoda.pooling.batching import longest_first, pretokenize
 from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
 from pagoda.pooling.outputs import (
     ClassificationRequestOutput,
@@ -42,7 +43,14 @@ class PoolingMixin:
         if self.llm_engine.cfg.pooler is None:
             raise not_pooling_error()
         plist = _as_prompt_list(prompts)
-        return self._run(plist, [params] * len(plist), use_tqdm)
+        eng = self.llm_engine
+        plist = pretokenize(eng.tokenizer, plist, params.truncate_prompt_tokens, eng.cfg.max_model_len)
+        order = longest_first(plist)  # similar lengths share a step (pagoda.pooling.batching)
+        outs = self._run([plist[i] for i in order], [params] * len(plist), use_tqdm)
+        result: list[Any] = [None] * len(outs)
+        for i, o in zip(order, outs, strict=True):
+            result[i] = o
+        return result
 
     def encode(self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True,
                pooling_task: str | None = None, truncate_prompt_tokens: int | None = None

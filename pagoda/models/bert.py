@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pagoda.attention.encoder import encoder_attention
+from pagoda.attention.encoder import EncoderPlan, encoder_attention, plan_encoder_attention, to_flat, to_grouped
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.fused_linear import ACTIVATIONS, linear_act, linear_add
 from pagoda.layers.linear import Linear
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.pooling.config import num_labels
@@ -44,14 +44,10 @@ class BertShape:
     position_offset: int  # RoBERTa / XLM-R: padding_idx + 1
 
 
-def _act(name: str):
-    if name == "gelu":
-        return F.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise ValueError(f"hidden_act {name!r} is not supported by the BERT encoder (gelu, gelu_new, relu)")
+def _act(name: str) -> str:
+    if name not in ACTIVATIONS or name == "identity":
+        raise ValueError(f"hidden_act {name!r} is not supported by the BERT encoder ({', '.join(ACTIVATIONS)})")
+    return name
 
 
 class BertLayer(nn.Module):
@@ -65,15 +61,13 @@ class BertLayer(nn.Module):
         self.out = Linear(s.intermediate_size, h, bias=True)
         self.out_norm = nn.LayerNorm(h, eps=s.eps)
         self.num_heads = s.num_heads
-        self.head_dim = h // s.num_heads
+        self.scale = 1.0 / math.sqrt(h // s.num_heads)
         self.act = _act(s.hidden_act)
 
-    def forward(self, h: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        T = h.shape[0]
-        q, k, v = self.qkv(h).view(T, 3, self.num_heads, self.head_dim).unbind(1)
-        a = encoder_attention(q, k, v, meta.query_start_loc, meta.query_lens_cpu, 1.0 / math.sqrt(self.head_dim))
-        h = self.attn_norm(h + self.attn_out(a.reshape(T, -1)))
-        return self.out_norm(h + self.out(self.act(self.intermediate(h))))
+    def forward(self, h: torch.Tensor, plan: EncoderPlan) -> torch.Tensor:
+        a = encoder_attention(linear_act(h, self.qkv, "identity"), plan, self.num_heads, self.scale)
+        h = self.attn_norm(linear_add(a, self.attn_out, h))
+        return self.out_norm(linear_add(linear_act(h, self.intermediate, self.act), self.out, h))
 
 
 # HF module names -> ours (after the model prefix is dropped).
@@ -129,15 +123,18 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: Any, meta: AttentionMetadata,
                 backend: Any, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions + self.shape.position_offset)
+        plan = plan_encoder_attention(meta.query_lens_cpu, meta.query_start_loc, self.emb_norm.weight.dtype)
+        input_ids, positions = to_grouped(input_ids, plan), to_grouped(positions, plan)
+        h = self.word_embeddings(input_ids)
+        h += self.position_embeddings(positions + self.shape.position_offset)
         if token_type_ids is None:
-            h = h + self.token_type_embeddings.weight[0]
+            h += self.token_type_embeddings.weight[0]
         else:
-            h = h + self.token_type_embeddings(token_type_ids)
+            h += self.token_type_embeddings(to_grouped(token_type_ids, plan))
         h = self.emb_norm(h)
         for layer in self.layers:
-            h = layer(h, meta)
-        return h
+            h = layer(h, plan)
+        return to_flat(h, plan)  # the step's rows in their flat order (padding dropped)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("an encoder has no language-model head: it serves pooling requests only")

@@ -1,4 +1,4 @@
-"""Pooling on the GPU (skipped without CUDA): the varlen encoder attention (bf16) against the per-length SDPA
+"""Pooling on the GPU (skipped without CUDA): the varlen encoder attention (bf16) against the grouped SDPA
 path, and tiny BERT / Llama embedders and a Qwen2 classifier on CUDA (fp32) against the same models on the CPU."""
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from pooling_models import build_pooling_model  # noqa: E402
 TEXTS = ["the quick brown fox", "paris is the capital of france. " * 4, "tokens"]
 
 
-def test_varlen_encoder_attention_matches_per_length_path():
-    from pagoda.attention.encoder import _per_length, encoder_attention
+def test_varlen_encoder_attention_matches_grouped_path():
+    from pagoda.attention.encoder import encoder_attention, plan_encoder_attention, to_flat, to_grouped
 
     torch.manual_seed(0)
     lens = [5, 17, 17, 64, 1]
-    T = sum(lens)
-    q, k, v = (torch.randn(T, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qkv = torch.randn(sum(lens), 3 * 4 * 64, device="cuda", dtype=torch.bfloat16)
     qsl = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
-    got = encoder_attention(q, k, v, qsl, lens, 0.125)
-    ref = _per_length(q.float(), k.float(), v.float(), lens, 0.125)
-    assert torch.allclose(got.float(), ref, atol=2e-2, rtol=2e-2)
+    plan = plan_encoder_attention(lens, qsl, qkv.dtype)
+    assert plan.varlen is not None
+    got = encoder_attention(qkv, plan, 4, 0.125)
+    ref_plan = plan_encoder_attention(lens, qsl.cpu().long(), torch.float32)
+    ref = to_flat(encoder_attention(to_grouped(qkv.float().cpu(), ref_plan), ref_plan, 4, 0.125), ref_plan)
+    assert torch.allclose(got.float().cpu(), ref, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.parametrize("name,kw", [("bert", {}), ("llama", {"convert": "embed"}), ("qwen2-cls", {})])

@@ -38,6 +38,7 @@ from pagoda.entrypoints.openai.protocol_pooling import (
 )
 from pagoda.entrypoints.openai.serving_engine import OpenAIServing, request_field_names
 from pagoda.errors import ValidationError
+from pagoda.pooling.batching import longest_first, pretokenize
 from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
 from pagoda.pooling.outputs import PoolingRequestOutput
 from pagoda.pooling.params import PoolingParams
@@ -78,8 +79,18 @@ class OpenAIServingPooling(OpenAIServing):
 
     async def _run(self, prompts: list[Any], params: PoolingParams, field: str) -> list[PoolingRequestOutput]:
         base = uuid.uuid4().hex
-        with request_field_names({"prompt": field}):
-            streams = [self.engine.add_pooling_request(f"pool-{base}-{i}", p, params) for i, p in enumerate(prompts)]
+        prompts = pretokenize(self.tokenizer, prompts, params.truncate_prompt_tokens, self.engine.max_model_len)
+        order = longest_first(prompts)  # similar lengths share a step (pagoda.pooling.batching)
+        streams: list[Any] = [None] * len(prompts)
+        try:
+            with request_field_names({"prompt": field}):
+                for i in order:
+                    streams[i] = self.engine.add_pooling_request(f"pool-{base}-{i}", prompts[i], params)
+        except Exception:
+            for st in streams:
+                if st is not None:
+                    st.close()
+            raise
         from pagoda.engine.async_llm import final_output
 
         try:
