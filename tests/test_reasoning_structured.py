@@ -59,8 +59,7 @@ def _grammar(prompt: list[int], tags: ReasoningTokenIds | None = TAGS) -> tuple[
     fut: Future = Future()
     fut.set_result("compiled")
     m = RecordingMatcher()
-    backend = SimpleNamespace(matcher=lambda compiled: m,
-                              fill_rows=lambda fills, bm: [f.fill_bitmask(bm, row) for f, row in fills])
+    backend = SimpleNamespace(matcher=lambda compiled: m)
     return RequestGrammar(GrammarKey("json", "{}", False), fut, lambda: backend, tags, prompt), m
 
 

@@ -88,33 +88,6 @@ def test_matcher_fill_accept_rollback(tiny):
     assert g.accept_tokens(tok.encode("x")) == 0
 
 
-def test_threaded_batch_fill_equals_one_fill_per_row(tiny):
-    """The step's fill (xgrammar's threaded batch fill from BATCH_FILL_MIN_ROWS rows) sets exactly the bits of
-    one fill_bitmask call per row, for matchers in different states, rows out of order and gaps left all-allowed."""
-    from pagoda.structured_output.xgrammar_backend import BATCH_FILL_MIN_ROWS
-
-    tok, be = _backend(tiny)
-    V = len(tok)
-    keys = [GrammarKey.of(p, StructuredOutputsConfig()) for p in (
-        StructuredOutputsParams(regex=r"[a-c]{2,6}x"), StructuredOutputsParams(choice=["abc", "abd", "xyz"]),
-        StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}}))]
-    matchers = []
-    for i in range(3 * BATCH_FILL_MIN_ROWS):
-        m = be.matcher(be.compile(keys[i % 3]))
-        prefix = ("ab", "a", '{"a": ')[i % 3][: i // 3]  # different states of each grammar
-        for t in tok.encode(prefix, add_special_tokens=False):
-            m.accept_token(t)
-        matchers.append(m)
-    rows = [2 * i + 1 for i in range(len(matchers))][::-1]
-    batched = allocate_bitmask(2 * len(matchers) + 1, V)
-    be.fill_rows(list(zip(matchers, rows, strict=True)), batched)
-    one_by_one = allocate_bitmask(2 * len(matchers) + 1, V)
-    for m, r in zip(matchers, rows, strict=True):
-        m.fill_bitmask(one_by_one, r)
-    assert torch.equal(batched, one_by_one)
-    assert (batched[0::2] == -1).all()  # rows nobody filled stay all-allowed
-
-
 def test_constrained_greedy_is_argmax_over_allowed(tiny):
     """fp32: each constrained greedy token is the argmax of the raw logits over the grammar's allowed tokens."""
     llm = tiny.llm(ARCH)

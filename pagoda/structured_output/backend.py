@@ -40,11 +40,6 @@ class GrammarBackend(Protocol):
 
     def matcher(self, compiled: Any) -> Matcher: ...
 
-    def fill_rows(self, fills: list[tuple[Matcher, int]], bitmask: torch.Tensor) -> None:
-        """``matcher.fill_bitmask(bitmask, row)`` for each pair (matchers of this backend, distinct rows);
-        the same bits as one call each, possibly on several threads."""
-        ...
-
 
 def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:
     """An all-allowed packed bitmask [rows, ceil(vocab / 32)] (int32, host)."""

@@ -88,10 +88,6 @@ class RequestGrammar:
         return None if e is None else f"the {self.key.kind} grammar failed to compile: {e}"
 
     @property
-    def backend(self) -> GrammarBackend:
-        return self._backend()
-
-    @property
     def matcher(self) -> Matcher:
         if self._matcher is None:
             self._matcher = self._backend().matcher(self._compiled.result())
@@ -193,8 +189,6 @@ class StructuredOutputManager:
         if not any(s.request.grammar is not None and s.request.grammar.reasoning_ended for s in sampled):
             return None  # nothing constrained (or every constrained sequence is still reasoning)
         bitmask = allocate_bitmask(sum(s.num_sample_rows for s in sampled), self.vocab_size)
-        fills: list[tuple[Matcher, int]] = []  # one row each, filled together (the backend may use threads)
-        backend: GrammarBackend | None = None
         row = 0
         for s in sampled:
             g = s.request.grammar
@@ -202,12 +196,8 @@ class StructuredOutputManager:
                 if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
                     raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
                                      f"step here (asked for {s.num_sample_rows})")
-                if g.reasoning_ended and not g.matcher.is_terminated():  # RequestGrammar.fill_bitmask's rule
-                    fills.append((g.matcher, row))
-                    backend = g.backend  # one per engine
+                g.fill_bitmask(bitmask, row)
             row += s.num_sample_rows
-        if backend is not None:
-            backend.fill_rows(fills, bitmask)
         return bitmask
 
     def shutdown(self) -> None:

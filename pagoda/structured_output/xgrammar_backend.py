@@ -18,9 +18,6 @@ from pagoda.structured_output.schema_support import unsupported_feature
 
 MAX_JSON_WHITESPACE = 4
 """Most whitespace characters between two JSON tokens when whitespace is not disabled."""
-BATCH_FILL_MIN_ROWS = 4
-"""From this many rows a step's bitmask is filled by xgrammar's threaded batch fill (one row costs tens of
-microseconds at a 128k vocabulary: at batch 64 the serial fill held the GPU idle for milliseconds)."""
 
 
 def build_grammar(key: GrammarKey) -> Any:
@@ -86,7 +83,6 @@ class XgrammarBackend:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         # pagoda caches compiled grammars itself (manager); xgrammar's compiler threads stay few on small hosts.
         self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
-        self._batch: Any = None  # xgr.BatchGrammarMatcher, made on the first large fill
 
     def compile(self, key: GrammarKey) -> Any:
         return self._compiler.compile_grammar(build_grammar(key))
@@ -95,14 +91,3 @@ class XgrammarBackend:
         import xgrammar as xgr
 
         return _XgrMatcher(xgr.GrammarMatcher(compiled))  # rollback is unbounded in xgrammar >= 0.2
-
-    def fill_rows(self, fills: list[tuple[Any, int]], bitmask: torch.Tensor) -> None:
-        if len(fills) < BATCH_FILL_MIN_ROWS:
-            for m, row in fills:
-                m.fill_bitmask(bitmask, row)
-            return
-        if self._batch is None:
-            import xgrammar as xgr
-
-            self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
-        self._batch.batch_fill_next_token_bitmask([m._m for m, _ in fills], bitmask, [row for _, row in fills])
