@@ -352,9 +352,19 @@ class EngineArgs:
             speculative_config=spec,
             tensor_parallel_size=tp,
             pipeline_parallel_size=self.pipeline_parallel_size,
+            pp_layer_partition=self._pp_layer_partition(hf_config),
             distributed_executor_backend=self.distributed_executor_backend or "mp",
             data_parallel_size=self.data_parallel_size,
         )
+
+    def _pp_layer_partition(self, hf_config: dict[str, Any]) -> list[int] | None:
+        """Decoder layers per pipeline stage, resolved once here (``VLLM_PP_LAYER_PARTITION`` is read in this
+        process only: Ray workers may not share its environment)."""
+        if self.pipeline_parallel_size == 1:
+            return None
+        from pagoda.distributed.pipeline import layer_partition
+
+        return layer_partition(int(hf_config["num_hidden_layers"]), self.pipeline_parallel_size)
 
     def _max_model_len(self, hf_config: dict[str, Any], cap: int | None = None) -> int:
         """--max-model-len, else the model's max_position_embeddings (YaRN: its extended length; or ``cap``: a
@@ -435,6 +445,7 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | None = None
     tensor_parallel_size: int = 1  # ranks of pagoda.distributed (this process is rank 0)
     pipeline_parallel_size: int = 1  # stages (this process runs the last one); ranks = tp x pp
+    pp_layer_partition: list[int] | None = None  # decoder layers per stage (None: no pipeline)
     distributed_executor_backend: str = "mp"  # mp | ray
     data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
     deterministic: bool = False  # batch-invariant kernels (--deterministic or VLLM_BATCH_INVARIANT=1)

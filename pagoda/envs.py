@@ -36,6 +36,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
+    EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
+           "unset: an even split. Read by the engine core only"),
+    EnvVar("RAY_ADDRESS", "", "Ray's own: the cluster `--distributed-executor-backend ray` joins (unset: a "
+           "running local cluster, else a new one)"),
     EnvVar("PAGODA_RELIABILITY_FULL", "0", "tests: `1` runs the reliability battery at full length", True),
     EnvVar("PAGODA_RELIABILITY_REPORT", "", "tests: file the reliability battery appends its figures to "
            "(JSON lines)", True),

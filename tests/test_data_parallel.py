@@ -93,6 +93,17 @@ def test_bad_sizes_name_the_flag():
     EngineArgs(data_parallel_size=2, data_parallel_size_local=2).validate()
 
 
+def test_each_replica_starts_from_valid_single_engine_args():
+    """-dp 2 -dpl 2 is accepted by the front end, and each replica's own arguments validate too."""
+    from pagoda.engine.core_engines import replica_engine_args
+
+    front = EngineArgs(data_parallel_size=2, data_parallel_size_local=2)
+    front.validate()
+    replica = EngineArgs(**replica_engine_args(front))
+    replica.validate()
+    assert (replica.data_parallel_size, replica.data_parallel_size_local) == (1, None)
+
+
 def test_offline_llm_refuses_data_parallelism_before_loading():
     from pagoda import LLM
 

@@ -212,6 +212,23 @@ def test_layer_partition_even_split_and_env_override(monkeypatch):
             layer_partition(8, 2 if bad != "4,4,0" else 3)
 
 
+def test_the_partition_is_resolved_once_into_the_config_the_ranks_receive(tiny, monkeypatch):
+    """Workers (Ray actors on other nodes included) read their layers from the config, not their environment."""
+    from pagoda.config import EngineArgs
+    from pagoda.distributed.config_codec import decode_config, encode_config
+    from pagoda.distributed.pipeline import PPStage
+
+    path = str(tiny.path("llama"))
+    layers = int(EngineArgs(model=path, device="cpu").create_config().hf_config["num_hidden_layers"])
+    monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", f"1,{layers - 1}")
+    cfg = EngineArgs(model=path, device="cpu", pipeline_parallel_size=2).create_config()
+    monkeypatch.delenv("VLLM_PP_LAYER_PARTITION")  # a worker whose environment lacks it
+    sent = decode_config(encode_config(cfg))
+    assert sent.pp_layer_partition == [1, layers - 1]
+    first, last = (PPStage.for_rank(r, 1, sent.pp_layer_partition) for r in (0, 1))
+    assert (first.start, first.end, last.start, last.end) == (0, 1, 1, layers)
+
+
 def test_scheduler_never_puts_a_request_in_two_steps_in_flight():
     """No model: the second step leaves out the first step's requests; a request preempted while in flight is
     not re-admitted before that step's update, which keeps its sampled token."""

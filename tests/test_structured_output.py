@@ -174,6 +174,8 @@ def test_config_and_params_shapes():
         StructuredOutputsConfig.from_dict({"enable_in_reasoning": True})
     with pytest.raises(ValueError, match="reasoning_parser must be one of"):
         StructuredOutputsConfig.from_dict({"reasoning_parser": "x"})
+    with pytest.raises(ValueError, match="reasoning_parser must be one of"):
+        StructuredOutputsConfig.from_dict({"reasoning_parser": ["qwen3"]})
     with pytest.raises(ValidationError, match="ignore_eos"):
         SamplingParams(ignore_eos=True, structured_outputs=StructuredOutputsParams(json_object=True))
     p = SamplingParams(structured_outputs={"json": {"type": "object"}})

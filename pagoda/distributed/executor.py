@@ -107,8 +107,8 @@ class Executor:
         if self.pp_size > 1:
             from pagoda.distributed.pipeline import PPStage
 
-            self.pp = PPStage.for_rank(self.rank, self.tp_size, self.pp_size,
-                                       int(cfg.hf_config["num_hidden_layers"]))
+            assert cfg.pp_layer_partition is not None
+            self.pp = PPStage.for_rank(self.rank, self.tp_size, cfg.pp_layer_partition)
 
     def _device_index(self) -> int | None:
         return None  # cuda:rank

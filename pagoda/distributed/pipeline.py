@@ -78,9 +78,11 @@ class PPStage:
     _pending: list[Any] = field(default_factory=list, repr=False)
 
     @classmethod
-    def for_rank(cls, global_rank: int, tp_size: int, pp_size: int, num_layers: int) -> PPStage:
+    def for_rank(cls, global_rank: int, tp_size: int, parts: list[int]) -> PPStage:
+        """``parts``: layers per stage, resolved once by the engine core (``EngineConfig.pp_layer_partition``)."""
         stage = global_rank // tp_size
-        return cls(stage, pp_size, *get_pp_indices(num_layers, stage, pp_size), tp_size, global_rank % tp_size)
+        start = sum(parts[:stage])
+        return cls(stage, len(parts), start, start + parts[stage], tp_size, global_rank % tp_size)
 
     @property
     def is_first(self) -> bool:

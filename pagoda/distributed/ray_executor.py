@@ -56,6 +56,9 @@ def connect_ray(address: str | None) -> bool:
                 raise ValueError(f"{FLAG}: RAY_ADDRESS=auto but no Ray cluster runs on this machine.") from None
             ray.init(include_dashboard=False, **kw)  # no cluster: a local one
         return True
+    if address.startswith("ray://"):  # Ray Client: this process would not be a node of the cluster
+        raise ValueError(f"{FLAG}: RAY_ADDRESS={address!r} is a Ray Client address; the engine core must run on a "
+                         f"node of the cluster: run pagoda serve on the head node with RAY_ADDRESS=auto or host:port.")
     if address != "local":
         _probe(address)
     ray.init(address=address, **kw)

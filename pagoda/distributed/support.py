@@ -47,12 +47,12 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
                     + ([f"--pipeline-parallel-size {pp}"] if pp > 1 else []))
     if model_impl != "pagoda" or arch not in TP_ARCHITECTURES:
         raise ValueError(f"{flag}: {arch} ({model_impl} implementation) has no tensor-parallel layers; tensor "
-                         f"parallelism covers {', '.join(TP_ARCHITECTURES)}. Use --tensor-parallel-size 1.")
+                         f"parallelism covers {', '.join(TP_ARCHITECTURES)}. Drop {flag}.")
     if quantized and quant_config is None:
-        raise ValueError(f"{flag}: quantized checkpoints need their quantization config to shard; use "
-                         f"--tensor-parallel-size 1.")
+        raise ValueError(f"{flag}: quantized checkpoints need their quantization config to shard; drop "
+                         f"{flag}.")
     if pooling:
-        raise ValueError(f"{flag}: pooling models (--runner pooling) run on one device; use --tensor-parallel-size 1.")
+        raise ValueError(f"{flag}: pooling models (--runner pooling) run on one device; drop {flag}.")
     if speculative:
         raise ValueError(f"{flag}: speculative decoding (--speculative-config) runs on one device for now; drop one "
                          f"of the two.")

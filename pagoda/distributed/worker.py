@@ -45,7 +45,8 @@ class WorkerRank:
         if pp_size > 1:
             from pagoda.distributed.pipeline import PPStage
 
-            pp = PPStage.for_rank(rank, tp_size, pp_size, int(cfg.hf_config["num_hidden_layers"]))
+            assert cfg.pp_layer_partition is not None
+            pp = PPStage.for_rank(rank, tp_size, cfg.pp_layer_partition)
         self.runner = ModelRunner(cfg, tp=tp, pp=pp)
 
     def ready(self) -> bytes:

@@ -88,6 +88,14 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def replica_engine_args(engine_args: EngineArgs) -> dict[str, Any]:
+    """The engine arguments each replica starts from: the front end's, as one engine (no data parallelism)."""
+    args = engine_args_to_dict(engine_args)
+    args["data_parallel_size"] = 1
+    args["data_parallel_size_local"] = None
+    return args
+
+
 @dataclass
 class CoreEngine:
     """One engine-core process and the front end's two sockets to it."""
@@ -133,8 +141,7 @@ class CoreEngines:
         atexit.register(shutil.rmtree, self._ipc_dir, True)
         self._zctx = zmq.Context()
         self._azctx = zmq.asyncio.Context()
-        args = engine_args_to_dict(self.engine_args)
-        args["data_parallel_size"] = 1  # each replica is one engine
+        args = replica_engine_args(self.engine_args)
         envs = replica_envs(self.size, self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size, self.cfg.device)
         for i in range(self.size):
             in_addr, out_addr = f"ipc://{self._ipc_dir}/input_{i}", f"ipc://{self._ipc_dir}/output_{i}"

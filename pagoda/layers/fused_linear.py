@@ -11,6 +11,8 @@ takes the plain path.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -22,8 +24,15 @@ ACTIVATIONS = {"identity": ("none", ""), "gelu": ("gelu", "none"), "gelu_new": (
 
 
 def _fusable(x: torch.Tensor, layer: Linear) -> bool:
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.dim() == 2
-            and isinstance(layer.linear_method, UnquantizedLinearMethod) and torch.backends.mkldnn.is_available())
+    """oneDNN's fused CPU linear serves fp32 anywhere, bf16 only where oneDNN has a bf16 path (AVX-512 / AMX)."""
+    return (x.device.type == "cpu" and x.dim() == 2 and isinstance(layer.linear_method, UnquantizedLinearMethod)
+            and torch.backends.mkldnn.is_available()
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16())))
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _plain_act(y: torch.Tensor, act: str) -> torch.Tensor:

@@ -12,7 +12,6 @@ from typing import Any
 
 SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
 """Methods named in the config. ``synthetic`` is pagoda's timing-only proposer (never for real use)."""
-SUPPORTED_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
 MODEL_METHODS = ("draft_model", "eagle", "eagle3")  # methods that load ``model`` (a checkpoint folder)
 # vLLM's keys that pagoda accepts; others (medusa, tree drafting, ...) are refused by name.
 _KEYS = ("method", "num_speculative_tokens", "model", "prompt_lookup_min", "prompt_lookup_max",
@@ -77,8 +76,6 @@ def _method(d: dict[str, Any]) -> str:
             raise ValueError("speculative_config.method is required (ngram, draft_model, eagle, eagle3).")
     if method not in SPEC_METHODS:
         raise ValueError(f"speculative_config.method must be one of {SPEC_METHODS[:4]}, got {method!r}.")
-    if method not in SUPPORTED_METHODS:  # every named method runs today; kept for methods added to SPEC_METHODS
-        raise ValueError(f"speculative_config.method: method {method} not supported yet.")
     return str(method)
 
 

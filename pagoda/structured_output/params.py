@@ -113,7 +113,7 @@ class StructuredOutputsConfig:
         if cfg.reasoning_parser:
             from pagoda.reasoning import REASONING_PARSERS
 
-            if cfg.reasoning_parser not in REASONING_PARSERS:
+            if not isinstance(cfg.reasoning_parser, str) or cfg.reasoning_parser not in REASONING_PARSERS:
                 raise ValueError(f"--structured-outputs-config: reasoning_parser must be one of "
                                  f"{sorted(REASONING_PARSERS)}, got {cfg.reasoning_parser!r}.")
         for name in ("disable_any_whitespace", "disable_additional_properties"):

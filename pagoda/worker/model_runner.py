@@ -362,9 +362,8 @@ class ModelRunner:
         rows = self._block_table_rows(inputs, epochs)
         if self.executor is None:
             fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
-        else:
-            fwd = self._forward_tp(inputs, rows, sched.block_copies)
-        return self._finish_step(sched, inputs, fwd)
+            return self._finish_step(sched, inputs, fwd)
+        return self._finish_distributed(sched, inputs, self._forward_tp(inputs, rows, sched.block_copies))
 
     def _launch_pipelined(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> StepHandle:
         """Pipeline parallelism: send the step to every worker now (the first stage starts at once); this
@@ -383,9 +382,23 @@ class ModelRunner:
                 except Exception as e:  # the other stages ran this step: a retry would read the wrong tensors
                     raise EngineFatalError(f"the last pipeline stage failed mid-step, the stages are out of step: "
                                            f"{type(e).__name__}: {e}") from e
-                return self._finish_step(sched, inputs, self._forward_tp(inputs, None, None))
+                return self._finish_distributed(sched, inputs, self._forward_tp(inputs, None, None))
 
         return StepHandle(RunnerOutput(), [], [], None, deferred=run)
+
+    def _finish_distributed(self, sched: SchedulerOutput, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
+        """:meth:`_finish_step` on the engine core's rank of a distributed step. Its logits gather and the
+        sampled-token broadcast are collectives the workers run too, so a failure here is fatal, as in
+        :meth:`_forward_tp`: a next step would pair the wrong collectives."""
+        assert self.executor is not None
+        try:
+            return self._finish_step(sched, inputs, fwd)
+        except EngineFatalError:
+            raise
+        except Exception as e:
+            self.executor.explain(e)
+            raise EngineFatalError(f"a distributed step failed on the engine core's rank after its forward, the "
+                                   f"ranks are out of step: {type(e).__name__}: {e}") from e
 
     def _finish_step(self, sched: SchedulerOutput, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Prompt logprobs and sampling of a step whose forward has run (or is queued on the device)."""

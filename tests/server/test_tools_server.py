@@ -265,8 +265,9 @@ def test_responses_function_call_items_round_trip_like_chat(tool_server):
               "arguments": call["function"]["arguments"]},
              {"type": "function_call_output", "call_id": "call_1", "output": "18 C and sunny"}]
     r = c.responses.create(model=DEFAULT, input=items, tools=[FLAT_WEATHER], tool_choice="none",
-                           max_output_tokens=1, temperature=0)
+                           max_output_tokens=1, temperature=0, parallel_tool_calls=False)
     assert r.usage.input_tokens == chat.usage.prompt_tokens  # the same conversation reached the template
+    assert (r.tool_choice, r.parallel_tool_calls, [t.name for t in r.tools]) == ("none", False, ["get_weather"])
     bare = c.responses.create(model=DEFAULT, input=items[:1], tools=[FLAT_WEATHER], tool_choice="none",
                               max_output_tokens=1, temperature=0)
     assert bare.usage.input_tokens < r.usage.input_tokens
@@ -279,6 +280,7 @@ def test_responses_function_call_items_round_trip_like_chat(tool_server):
     ({"tools": [FLAT_WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
     ({"tools": [FLAT_WEATHER], "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "name": "f", "paramters": {"type": "object"}}]}, "tools"),  # a typo: not dropped
 ])
 def test_responses_bad_tools_are_400s(server, body, param):
     r = server.post("/v1/responses", {"model": MODEL, "input": "hi", **body})

@@ -1,4 +1,5 @@
-"""Request and response models of ``POST /v1/responses`` (OpenAI's Responses API, the text subset).
+"""Request and response models of ``POST /v1/responses`` (OpenAI's Responses API: text, function tools and
+reasoning items).
 
 What is honoured: ``model``, ``input`` (a string, or a list of messages whose content is a string or
 ``input_text`` / ``output_text`` parts, ``function_call`` / ``function_call_output`` items, and earlier

@@ -39,6 +39,10 @@ from pagoda.entrypoints.openai.serving_engine import ServingError
 Status = Literal["completed", "incomplete"]
 
 
+_FUNCTION_TOOL_KEYS = frozenset({"type", "name", "description", "parameters", "strict"})
+"""The keys of a Responses API function tool; any other is a 400 (never silently dropped)."""
+
+
 def _bad(message: str, param: str = "tools") -> ServingError:
     return ServingError(400, message, param=param)
 
@@ -56,6 +60,10 @@ def chat_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
         if "function" in t:
             raise _bad(f"tools[{i}]: a Responses API function tool is flat ({{\"type\": \"function\", \"name\": "
                        f"..., \"parameters\": ...}}), not chat's nested 'function' object.")
+        unknown = sorted(set(t) - _FUNCTION_TOOL_KEYS)
+        if unknown:
+            raise _bad(f"tools[{i}].{unknown[0]}: unknown key of a function tool (known: "
+                       f"{', '.join(sorted(_FUNCTION_TOOL_KEYS))}).")
         fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
         out.append({"type": "function", "function": fn})
     return out

@@ -35,8 +35,11 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
 
     kw = engine_kwargs(args)
     if getattr(args, "reasoning_parser", None):  # vLLM: --reasoning-parser is StructuredOutputsConfig.reasoning_parser
-        kw["structured_outputs_config"] = {**(kw.get("structured_outputs_config") or {}),
-                                           "reasoning_parser": args.reasoning_parser}
+        so = dict(kw.get("structured_outputs_config") or {})
+        if so.get("reasoning_parser") not in (None, args.reasoning_parser):
+            raise ValueError(f"--reasoning-parser {args.reasoning_parser} and --structured-outputs-config's "
+                             f"reasoning_parser {so['reasoning_parser']!r} disagree; give one of them.")
+        kw["structured_outputs_config"] = {**so, "reasoning_parser": args.reasoning_parser}
     return EngineArgs(**kw)
 
 

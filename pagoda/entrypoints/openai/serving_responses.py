@@ -103,14 +103,18 @@ class OpenAIServingResponses:
     def check(self, req: ResponsesRequest) -> None:
         bad = unsupported_fields(req)
         if bad:
-            raise ServingError(400, f"{', '.join(bad)}: not supported by pagoda's /v1/responses (it does text in, "
-                                    f"text out; nothing is stored).", param=bad[0], code="unsupported_field")
+            raise ServingError(400, f"{', '.join(bad)}: not supported by pagoda's /v1/responses (it does text, "
+                                    f"function tools and reasoning; nothing is stored).", param=bad[0],
+                              code="unsupported_field")
 
     def base_response(self, req: ResponsesRequest, rid: str, model: str) -> ResponseObject:
         return ResponseObject(id=rid, created_at=self.chat.now(), status="in_progress", model=model,
                               instructions=req.instructions, max_output_tokens=req.max_output_tokens,
                               temperature=req.temperature, top_p=req.top_p, user=req.user,
-                              metadata=req.metadata or {})
+                              metadata=req.metadata or {}, tools=req.tools or [],
+                              tool_choice=req.tool_choice if req.tool_choice is not None else
+                              ("auto" if req.tools else "none"),
+                              parallel_tool_calls=req.parallel_tool_calls is not False)
 
     async def create_response(self, req: ResponsesRequest) -> Any:
         self.check(req)
