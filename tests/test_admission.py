@@ -253,6 +253,7 @@ def test_rejected_becomes_a_validation_error_with_its_parameter():
     eng.output_processor = OutputProcessor(Tok())
     eng._streams = {}
     eng._times = {}  # per-request timing (request_stats), as __init__ sets it
+    eng._owner = {}  # request id -> data-parallel replica, as __init__ sets it
     eng.state = "ready"
     failures: list[BaseException] = []
 
