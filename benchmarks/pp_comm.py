@@ -70,21 +70,11 @@ def run(model: Path, pp: int, prompts: list[list[int]], new: int, seqs: int) -> 
               enable_prefix_caching=False, max_num_seqs=seqs)
     params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:1]], params, use_tqdm=False)  # warm-up
-    core = llm.llm_engine.core
-    stage = core.runner.pp
-    steps = 0
-    orig = core._complete
+    from tp_comm import timed_generate
 
-    def counted(sched, handle):
-        nonlocal steps
-        steps += 1
-        return orig(sched, handle)
-
-    core._complete = counted  # type: ignore[method-assign]
+    stage = llm.llm_engine.core.runner.pp
     s0 = stage.stats.seconds if stage else 0.0
-    t0 = time.perf_counter()
-    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    wall = time.perf_counter() - t0
+    wall, steps = timed_generate(llm, prompts, params, "_complete")
     recv = (stage.stats.seconds - s0) if stage else 0.0
     llm.llm_engine.shutdown()
     return {"pp": pp, "steps": steps, "wall_s": wall, "step_ms": 1e3 * wall / steps,

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -33,6 +34,24 @@ def write_model(folder: Path, layers: int, hidden: int) -> Path:
     return folder
 
 
+def timed_generate(llm: Any, prompts: list[list[int]], params: Any, counted: str) -> tuple[float, int]:
+    """Wall seconds of generating ``prompts`` and how many times the engine core's method ``counted`` ran
+    during it (its steps). Counter snapshots the caller takes just before and read just after cover the same run."""
+    core = llm.llm_engine.core
+    calls = 0
+    orig = getattr(core, counted)
+
+    def count(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return orig(*args)
+
+    setattr(core, counted, count)
+    t0 = time.perf_counter()
+    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return time.perf_counter() - t0, calls
+
+
 def run(model: Path, tp: int, prompts: list[list[int]], new: int) -> dict[str, float]:
     from pagoda import LLM, SamplingParams
 
@@ -40,22 +59,10 @@ def run(model: Path, tp: int, prompts: list[list[int]], new: int) -> dict[str, f
               enable_prefix_caching=False)
     params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:1]], params, use_tqdm=False)  # warm-up
-    core = llm.llm_engine.core
-    group = core.runner.tp
-    steps0 = 0
-    orig = core.step
-
-    def counted():
-        nonlocal steps0
-        steps0 += 1
-        return orig()
-
-    core.step = counted  # type: ignore[method-assign]
+    group = llm.llm_engine.core.runner.tp
     st = group.stats if group else None
     c0, s0, g0, gs0 = (st.calls, st.seconds, st.gather_calls, st.gather_seconds) if st else (0, 0, 0, 0.0)
-    t0 = time.perf_counter()
-    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    wall = time.perf_counter() - t0
+    wall, steps0 = timed_generate(llm, prompts, params, "step")
     calls, secs = (st.calls - c0, st.seconds - s0) if st else (0, 0.0)
     gcalls, gsecs = (st.gather_calls - g0, st.gather_seconds - gs0) if st else (0, 0.0)
     llm.llm_engine.shutdown()

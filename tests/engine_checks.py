@@ -150,3 +150,28 @@ def assert_engine_clean(llm) -> None:
 
 def token_ids(outputs) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outputs]
+
+
+def assert_outputs_close(one, two, atol: float, prompt_keys: str = "ref") -> None:
+    """Two runs of the same prompts (e.g. one rank vs several): equal tokens, sampled-token logprobs with equal
+    key sets and values within ``atol``, prompt logprobs within ``atol`` over ``prompt_keys``: ``"ref"`` every
+    key of ``one`` (``two`` must have it), ``"same"`` equal key sets, ``"common"`` the keys both have."""
+    assert token_ids(two) == token_ids(one)
+    for a, b in zip(one, two, strict=True):
+        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
+            assert set(da) == set(db)
+            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=atol) for t in da)
+        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
+            if prompt_keys == "same":
+                assert set(pa) == set(pb)
+            keys = pa.keys() & pb.keys() if prompt_keys == "common" else pa.keys()
+            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=atol) for t in keys)
+
+
+def assert_follows_hf_top5(tiny, arch: str, outputs, max_new_tokens: int) -> None:
+    """Each output's greedy tokens follow HF on the same tiny model by the top-5 rule (GUIDE §4)."""
+    for b in outputs:
+        ref = tiny.hf_ref(arch, b.prompt_token_ids, max_new_tokens=max_new_tokens)
+        comp = b.outputs[0]
+        compare_top5(comp.token_ids, ref.tokens, [our_top(d) for d in comp.logprobs],
+                     [top_ids(r) for r in ref.step_logprobs], ref.step_logprobs, 1e-3, what=b.prompt[:20])

@@ -4,11 +4,10 @@ fails the engine fast; bad flags fail start-up naming the flag (GUIDE §4: fp32,
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
-from engine_checks import PROMPTS, assert_engine_clean, compare_top5, greedy, our_top, token_ids, top_ids
+from engine_checks import PROMPTS, assert_engine_clean, assert_follows_hf_top5, assert_outputs_close, greedy, token_ids
 
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.pipeline_scheduler import PipelineScheduler
@@ -55,17 +54,8 @@ def test_pp2_matches_pp1_and_hf_with_steps_in_flight(tiny, monkeypatch):
     finally:
         llm.llm_engine.shutdown()
     assert max(in_flight) == 2  # the pipeline held two steps
-    assert token_ids(two) == token_ids(one)
-    for a, b in zip(one, two, strict=True):
-        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            assert set(da) == set(db)
-            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=ATOL) for t in da)
-        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
-            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=ATOL) for t in pa)
-        ref = tiny.hf_ref("llama", b.prompt_token_ids, max_new_tokens=12)
-        comp = b.outputs[0]
-        compare_top5(comp.token_ids, ref.tokens, [our_top(d) for d in comp.logprobs],
-                     [top_ids(r) for r in ref.step_logprobs], ref.step_logprobs, 1e-3, what=b.prompt[:20])
+    assert_outputs_close(one, two, ATOL)
+    assert_follows_hf_top5(tiny, "llama", two, 12)
 
 
 def test_pp2_prefix_caching_and_preemption_match_pp1(tiny):
@@ -128,14 +118,7 @@ def test_tp2_pp2_vocab_parallel_head_with_odd_vocab_matches_pp1(tmp_path, tie):
         assert_engine_clean(llm)
     finally:
         llm.llm_engine.shutdown()
-    assert token_ids(got) == token_ids(ref)
-    for a, b in zip(ref, got, strict=True):
-        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            assert set(da) == set(db)
-            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=ATOL) for t in da)
-        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
-            assert set(pa) == set(pb)
-            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=ATOL) for t in pa)
+    assert_outputs_close(ref, got, ATOL, prompt_keys="same")
 
 
 def test_killed_stage_fails_the_engine_fast(tiny):

@@ -3,20 +3,11 @@ the engine fast, bad flags fail start-up naming the flag (GUIDE §4: TP 1 versus
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
 import torch
-from engine_checks import (
-    PROMPTS,
-    assert_engine_clean,
-    compare_top5,
-    greedy,
-    our_top,
-    token_ids,
-    top_ids,
-)
+from engine_checks import PROMPTS, assert_engine_clean, assert_follows_hf_top5, assert_outputs_close, greedy, token_ids
 
 from pagoda.distributed.parallel_state import TPGroup
 from pagoda.layers.parallel_linear import ColumnParallelLinear, RowParallelLinear, attention_heads
@@ -47,17 +38,8 @@ def test_tp2_matches_tp1_and_hf_with_chunked_prefill(tiny):
         assert_engine_clean(llm)
     finally:
         _close(llm)
-    assert token_ids(two) == token_ids(one)
-    for a, b in zip(one, two, strict=True):
-        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            assert set(da) == set(db)
-            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=ATOL) for t in da)
-        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
-            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=ATOL) for t in pa)
-        ref = tiny.hf_ref("llama", b.prompt_token_ids, max_new_tokens=16)
-        comp = b.outputs[0]
-        compare_top5(comp.token_ids, ref.tokens, [our_top(d) for d in comp.logprobs],
-                     [top_ids(r) for r in ref.step_logprobs], ref.step_logprobs, 1e-3, what=b.prompt[:20])
+    assert_outputs_close(one, two, ATOL)
+    assert_follows_hf_top5(tiny, "llama", two, 16)
 
 
 @pytest.mark.parametrize("arch,tp", [("qwen2", 2), ("qwen3", 2), ("phi3", 2), ("llama", 4)])

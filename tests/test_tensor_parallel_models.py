@@ -9,7 +9,6 @@ One TP=2 engine per model (the ranks' process start dominates); the shared TP=1 
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_checks import PROMPTS, compare_top5, greedy, hf_greedy, our_top, token_ids, top_ids
+from engine_checks import PROMPTS, assert_outputs_close, compare_top5, greedy, hf_greedy, our_top, top_ids
 
 ATOL = 1e-4
 KW = {"max_num_batched_tokens": 48, "max_num_seqs": 8, "device": "cpu", "dtype": "float32"}
@@ -37,13 +36,7 @@ def _generate(folder: Path, tp: int, **kw):
 
 def _assert_tp_equal(one, two) -> None:
     """Same tokens, logprobs and prompt logprobs within ATOL."""
-    assert token_ids(two) == token_ids(one)
-    for a, b in zip(one, two, strict=True):
-        for da, db in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
-            assert set(da) == set(db)
-            assert all(math.isclose(da[t].logprob, db[t].logprob, abs_tol=ATOL) for t in da)
-        for pa, pb in zip(a.prompt_logprobs[1:], b.prompt_logprobs[1:], strict=True):
-            assert all(math.isclose(pa[t].logprob, pb[t].logprob, abs_tol=ATOL) for t in pa.keys() & pb.keys())
+    assert_outputs_close(one, two, ATOL, prompt_keys="common")
 
 
 def _assert_follows_hf(outs, hf_model, near_tie: float = 1e-3) -> None:
