@@ -14,7 +14,6 @@ Measured only: on 2 shared cores PP=2 is a correctness path, not a speed-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -82,14 +81,9 @@ def run(model: Path, pp: int, prompts: list[list[int]], new: int, seqs: int) -> 
 
 
 def main() -> None:
-    from tp_comm import write_model
+    from tp_comm import workload_parser, write_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=16)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new", type=int, default=64)
+    ap = workload_parser()
     ap.add_argument("--max-num-seqs", type=int, default=4, help="per step: the batch splits into micro-batches")
     ap.add_argument("--transfer-only", action="store_true", help="part 1 only")
     a = ap.parse_args()

@@ -72,14 +72,19 @@ def run(model: Path, tp: int, prompts: list[list[int]], new: int) -> dict[str, f
             "gather_ms_per_step": 1e3 * gsecs / steps0, "comm_share": (secs + gsecs) / wall}
 
 
-def main() -> None:
+def workload_parser() -> argparse.ArgumentParser:
+    """The model shape and requests both communication benches take."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = workload_parser().parse_args()
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as d:
         model = write_model(Path(d), a.layers, a.hidden)

@@ -175,3 +175,18 @@ def assert_follows_hf_top5(tiny, arch: str, outputs, max_new_tokens: int) -> Non
         comp = b.outputs[0]
         compare_top5(comp.token_ids, ref.tokens, [our_top(d) for d in comp.logprobs],
                      [top_ids(r) for r in ref.step_logprobs], ref.step_logprobs, 1e-3, what=b.prompt[:20])
+
+
+def assert_start_up_error(model_path, kw: dict, match: str) -> None:
+    """``EngineArgs(model, device="cpu", **kw).create_config()`` refuses with a ValueError matching ``match``,
+    before any weight loads (within seconds)."""
+    import time
+
+    import pytest
+
+    from pagoda.config import EngineArgs
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=match):
+        EngineArgs(model=str(model_path), device="cpu", **kw).create_config()
+    assert time.monotonic() - t0 < 10
