@@ -363,7 +363,7 @@ class ModelRunner:
         if self.executor is None:
             fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
             return self._finish_step(sched, inputs, fwd)
-        return self._finish_distributed(sched, inputs, self._forward_tp(inputs, rows, sched.block_copies))
+        return self._step_distributed(sched, inputs, rows, sched.block_copies)
 
     def _launch_pipelined(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> StepHandle:
         """Pipeline parallelism: send the step to every worker now (the first stage starts at once); this
@@ -382,23 +382,9 @@ class ModelRunner:
                 except Exception as e:  # the other stages ran this step: a retry would read the wrong tensors
                     raise EngineFatalError(f"the last pipeline stage failed mid-step, the stages are out of step: "
                                            f"{type(e).__name__}: {e}") from e
-                return self._finish_distributed(sched, inputs, self._forward_tp(inputs, None, None))
+                return self._step_distributed(sched, inputs, None, None)
 
         return StepHandle(RunnerOutput(), [], [], None, deferred=run)
-
-    def _finish_distributed(self, sched: SchedulerOutput, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
-        """:meth:`_finish_step` on the engine core's rank of a distributed step. Its logits gather and the
-        sampled-token broadcast are collectives the workers run too, so a failure here is fatal, as in
-        :meth:`_forward_tp`: a next step would pair the wrong collectives."""
-        assert self.executor is not None
-        try:
-            return self._finish_step(sched, inputs, fwd)
-        except EngineFatalError:
-            raise
-        except Exception as e:
-            self.executor.explain(e)
-            raise EngineFatalError(f"a distributed step failed on the engine core's rank after its forward, the "
-                                   f"ranks are out of step: {type(e).__name__}: {e}") from e
 
     def _finish_step(self, sched: SchedulerOutput, inputs: StepInputs, fwd: ForwardResult) -> StepHandle:
         """Prompt logprobs and sampling of a step whose forward has run (or is queued on the device)."""
@@ -435,19 +421,22 @@ class ModelRunner:
         qsl = inputs.query_start_loc
         return SpecHidden(rows, inputs.req_ids, qsl, [inputs.positions[q] for q in qsl[:-1]])
 
-    def _forward_tp(self, inputs: StepInputs, rows: list[int] | None,
-                    block_copies: list[tuple[int, int]] | None) -> ForwardResult:
+    def _step_distributed(self, sched: SchedulerOutput, inputs: StepInputs, rows: list[int] | None,
+                          block_copies: list[tuple[int, int]] | None) -> StepHandle:
         """The engine core's rank: send the step to the workers (``block_copies`` None: already sent), then run
-        its own shard (a worker that dies makes this raise :class:`~pagoda.distributed.executor.WorkerDied`). Any
-        failure here is fatal: the other ranks ran (or wait in) this step's collectives, so the ranks are out of
-        step and a next step would combine the wrong tensors."""
+        its own shard, logits and sampling (a worker that dies makes this raise
+        :class:`~pagoda.distributed.executor.WorkerDied`). Any failure after the send is fatal: the other ranks
+        ran (or wait in) this step's collectives (all-reduces, the logits gather, the sampled-token broadcast),
+        so the ranks are out of step and a next step would combine the wrong tensors."""
         assert self.executor is not None
         if block_copies is not None:
             graph = self._forward_path(inputs, rows) == "decode_graph"
             self.executor.broadcast_step(inputs, block_copies, self._logits_calls(inputs), self._shares_sampled(inputs),
                                          graph)
         try:
-            return self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
+            return self._finish_step(sched, inputs, self._forward(inputs, rows, self._placeholder_fill(inputs.fills)))
+        except EngineFatalError:
+            raise
         except Exception as e:
             self.executor.explain(e)
             raise EngineFatalError(f"a distributed step failed on the engine core's rank, the ranks are out of step: "
