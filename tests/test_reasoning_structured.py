@@ -20,6 +20,7 @@ import torch
 from reasoning_model import END, REASONING, THINK, build_thinking_model
 
 from pagoda import LLM, SamplingParams
+from pagoda.core.request import RequestStatus
 from pagoda.errors import ValidationError
 from pagoda.reasoning.token_ids import ReasoningTokenIds, prompt_ends_reasoning, reasoning_token_ids
 from pagoda.structured_output import StructuredOutputsConfig, StructuredOutputsParams
@@ -103,7 +104,7 @@ def test_step_bitmask_is_none_while_every_constrained_row_reasons():
     mgr = StructuredOutputManager.__new__(StructuredOutputManager)
     mgr.vocab_size = 64
     g, _ = _grammar([1])
-    req = SimpleNamespace(grammar=g, request_id="r")
+    req = SimpleNamespace(grammar=g, request_id="r", status=RequestStatus.RUNNING)
     sched = SimpleNamespace(scheduled=[SimpleNamespace(sample=True, request=req, num_sample_rows=1)])
     assert mgr.grammar_bitmask(sched) is None
     g.accept_tokens([91])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -190,3 +191,35 @@ def test_preemption_happened(tiny):
     """The small-cache configuration above really preempts (else it would test nothing)."""
     llm = tiny.llm(ARCH, num_gpu_blocks_override=14, block_size=4)
     assert llm.llm_engine.core.scheduler.num_preemptions_total > 0
+
+
+def test_async_constrained_steps_run_ahead_and_match_sync(tiny):
+    """With async scheduling a constrained request is no longer waited for: step N+1's forward is launched
+    before step N completes, and its bitmask is filled once N's tokens advanced the matchers. The tokens are
+    exactly the synchronous engine's (greedy and seeded sampling), preemption included."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "yy"]},
+                                               "c": {"type": "array", "items": {"type": "boolean"}}},
+              "required": ["a", "b", "c"], "additionalProperties": False}
+    so = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
+    ps = [SamplingParams(temperature=0, max_tokens=40, structured_outputs=so),
+          SamplingParams(temperature=1.0, seed=11, n=2, max_tokens=40, structured_outputs=so),
+          SamplingParams(temperature=0.8, seed=4, max_tokens=12,
+                         structured_outputs=StructuredOutputsParams(regex=r"[a-d]{3,9}z"))]
+    prompts = [{"prompt_token_ids": [3 + i, 7, 9, 11, 2]} for i in range(3)]
+    results = {}
+    for flag in (False, True):
+        llm = tiny.llm(ARCH, async_scheduling=flag, num_gpu_blocks_override=14, block_size=4)
+        core = llm.llm_engine.core
+        with mock.patch.object(core.runner, "forward_async", wraps=core.runner.forward_async) as split:
+            outs = llm.generate(prompts, ps, use_tqdm=False)
+        results[flag] = [[(c.token_ids, c.finish_reason) for c in o.outputs] for o in outs]
+        assert split.call_count > 0, "constrained steps were not split into forward and sampling"
+        assert (core.num_steps_ahead > 0) is flag
+        assert core.scheduler.num_preemptions_total > 0
+        core.check_integrity()
+        for c in outs[0].outputs + outs[1].outputs:
+            if c.finish_reason == "stop":
+                obj = json.loads(c.text)
+                assert set(obj) == {"a", "b", "c"} and obj["b"] in ("x", "yy")
+        assert all(re.fullmatch(r"[a-d]{3,9}z", c.text) or c.finish_reason == "length" for c in outs[2].outputs)
+    assert results[True] == results[False]

@@ -7,8 +7,13 @@ tokenizer and no text: it takes token ids in and gives token ids (and logprobs) 
 Structured outputs (:mod:`pagoda.structured_output`): a constrained request waits here, outside the
 scheduler, until its grammar has compiled on the manager's worker thread (vLLM's ``WAITING_FOR_FSM``);
 each launched step gets its bitmask from the matchers, and ``_complete`` advances them by the kept
-tokens. With async scheduling a constrained request is never run ahead of its last token
-(``needs_host_history``): its next bitmask depends on that token.
+tokens. A step with a constrained request is split (:meth:`ModelRunner.forward_async`): its forward is
+launched first, its bitmask filled while the device runs it, then its sampling queued. With async
+scheduling the forward of step N+1 is launched before step N completes (its placeholders read step N's
+tokens on the device); step N's tokens then advance the matchers, and only then is N+1's bitmask
+filled and its sampling queued, so the bitmask always follows the last token and the device does not
+wait for the host's grammar work. A runner that cannot split a step (tensor or pipeline parallelism)
+completes the step in flight first, as for penalties.
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ from pagoda.spec_decode.metrics import spec_stats_fields
 from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
 from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.worker.kv_cache import log_kv_cache
-from pagoda.worker.model_runner import ModelRunner, PromptLogprobChunk, StepHandle
+from pagoda.worker.model_runner import ModelRunner, PendingSample, PromptLogprobChunk, StepHandle
 
 logger = logging.getLogger("pagoda")
+
+Launched = tuple[SchedulerOutput, StepHandle]  # a step whose device work (forward and sampling) is queued
 
 _IDLE_GRAMMAR_WAIT_S = 0.005
 
@@ -206,13 +213,13 @@ class EngineCore:
 
     def _step_async(self) -> EngineCoreOutputs:
         done = self._finish_inflight_if_host_history_needed()
-        launched, failed = self._schedule_and_launch()
+        launched, failed = self._schedule_and_launch_split()
         if self._inflight is not None:
             done = self._complete(*self._inflight)
             if launched is not None:
                 self.num_steps_ahead += 1
-        self._inflight = launched
-        return self._merge_outputs(done, failed)
+        self._inflight, failed_sampling = self._queue_sampling(launched)  # the matchers are current now
+        return self._merge_outputs(done, failed or failed_sampling)
 
     def _step_with_batch_queue(self) -> EngineCoreOutputs:
         """Pipeline parallelism: launch a new step while the queue has room (the scheduler leaves out requests
@@ -229,29 +236,40 @@ class EngineCore:
         return self._merge_outputs(done, failed)
 
     def _step_sync(self) -> EngineCoreOutputs:
-        sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return EngineCoreOutputs(stats=self.stats())
-        launched = self._launch(sched)
-        if isinstance(launched, EngineCoreOutputs):
-            return launched
-        return self._complete(sched, launched)
+        launched, failed = self._schedule_and_launch()
+        if launched is None:
+            return failed if failed is not None else EngineCoreOutputs(stats=self.stats())
+        return self._complete(*launched)
 
     def _finish_inflight_if_host_history_needed(self) -> EngineCoreOutputs | None:
         """Complete the step in flight now if a request in it samples from its host-side history
         (its next step must see the token): otherwise None."""
         if self._inflight is None or not (self.spec is not None or any(  # speculation: proposals need the tokens
-            s.sample and needs_host_history(s.request) for s in self._inflight[0].scheduled
+            s.sample and (needs_host_history(s.request) or (s.request.grammar is not None and not self._can_defer))
+            for s in self._inflight[0].scheduled
         )):
             return None
         done = self._complete(*self._inflight)
         self._inflight = None
         return done
 
-    def _schedule_and_launch(
-        self,
-    ) -> tuple[tuple[SchedulerOutput, StepHandle] | None, EngineCoreOutputs | None]:
+    @property
+    def _can_defer(self) -> bool:
+        """Whether a constrained step can launch its forward before its bitmask exists (see the module docstring)."""
+        return self.spec is None and self.runner.can_defer_sampling
+
+    def _schedule_and_launch(self) -> tuple[Launched | None, EngineCoreOutputs | None]:
         """Schedule and launch the next step: (the launched step or None, the outputs of a failed launch or None)."""
+        launched, failed = self._schedule_and_launch_split()
+        if failed is not None:
+            return None, failed
+        return self._queue_sampling(launched)
+
+    def _schedule_and_launch_split(
+        self,
+    ) -> tuple[tuple[SchedulerOutput, StepHandle | PendingSample] | None, EngineCoreOutputs | None]:
+        """As :meth:`_schedule_and_launch`, but a split step (see :meth:`_launch`) comes back with its sampling
+        still to queue (:meth:`_queue_sampling`)."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return None, None
@@ -259,6 +277,23 @@ class EngineCore:
         if isinstance(launched, EngineCoreOutputs):
             return None, launched
         return (sched, launched), None
+
+    def _queue_sampling(self, launched: tuple[SchedulerOutput, StepHandle | PendingSample] | None,
+                        ) -> tuple[Launched | None, EngineCoreOutputs | None]:
+        """Queue a split step's sampling: fill its bitmask from the matchers (they hold every earlier token by
+        now) while the device runs its forward. Other steps pass through."""
+        if launched is None:
+            return None, None
+        sched, pending = launched
+        if not isinstance(pending, PendingSample):
+            return (sched, pending), None
+        try:
+            sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
+            return (sched, self.runner.sample_async(pending)), None
+        except EngineFatalError:
+            raise
+        except Exception as e:
+            return None, self._fail(sched, e)
 
     def _merge_outputs(self, done: EngineCoreOutputs | None, failed: EngineCoreOutputs | None) -> EngineCoreOutputs:
         """One step's result: the completed step's outputs (and token counts), then a failed launch's."""
@@ -271,10 +306,13 @@ class EngineCore:
             stats.num_generation_tokens = done.stats.num_generation_tokens
         return EngineCoreOutputs(outs, stats)
 
-    def _launch(self, sched: SchedulerOutput) -> StepHandle | EngineCoreOutputs:
-        """Launch a scheduled step; a failure fails its requests (not the engine) and returns their outputs."""
+    def _launch(self, sched: SchedulerOutput) -> StepHandle | PendingSample | EngineCoreOutputs:
+        """Launch a scheduled step; a failure fails its requests (not the engine) and returns their outputs.
+        A step with a constrained request launches its forward only, when the runner can split it."""
         block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
         try:
+            if self._can_defer and any(s.sample and s.request.grammar is not None for s in sched.scheduled):
+                return self.runner.forward_async(sched, block_ids, self.kv.req_epoch)
             sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
             return self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
         except EngineFatalError:

@@ -65,11 +65,12 @@ def needs_host_history(r: Request) -> bool:
     """Sampling that reads the request's output tokens on the host (penalties, min_tokens, bad_words).
 
     Async scheduling must not run such a request ahead of its last token being known. Structured
-    outputs count: the next step's bitmask comes from the matcher advanced by the last token.
+    outputs are not in it: the engine core fills a step's bitmask after the previous step's tokens
+    advanced the matchers (:mod:`pagoda.engine.core`).
     """
     p = r.sampling_params
     return bool(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens
-                or p.bad_words_token_ids or p.structured_outputs is not None)
+                or p.bad_words_token_ids)
 
 
 # chosen_lp [R], ranks [R], top_v [R, k] and top_i [R, k] (None when no row asks for top tokens), and

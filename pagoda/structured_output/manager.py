@@ -192,7 +192,7 @@ class StructuredOutputManager:
         row = 0
         for s in sampled:
             g = s.request.grammar
-            if g is not None:
+            if g is not None and not s.request.status.finished:  # a finished request's row is dropped
                 if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
                     raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
                                      f"step here (asked for {s.num_sample_rows})")

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pagoda")
 
-__all__ = ["ModelRunner", "RunnerOutput", "StepHandle", "PromptLogprobChunk", "log_kv_cache"]
+__all__ = ["ModelRunner", "PendingSample", "RunnerOutput", "StepHandle", "PromptLogprobChunk", "log_kv_cache"]
 
 LogprobEntry = tuple[float, int, list[int], list[float]]  # (logprob, rank, top ids, top logprobs)
 Fill = Callable[[torch.Tensor], object]
@@ -126,6 +126,16 @@ class ForwardResult:
     hidden: torch.Tensor | None
     graph_logits: tuple[torch.Tensor, torch.Tensor] | None = None
     aux: torch.Tensor | None = None  # EAGLE-3: the target's aux hidden states of every row
+
+
+@dataclass
+class PendingSample:
+    """A step whose forward is queued on the device and whose sampling is not yet (see
+    :meth:`ModelRunner.forward_async`)."""
+
+    sched: SchedulerOutput
+    inputs: StepInputs
+    fwd: ForwardResult
 
 
 class ModelRunner:
@@ -356,14 +366,44 @@ class ModelRunner:
         if self.pp is not None:
             return self._launch_pipelined(sched, block_ids)
         self._apply_kv_transfers(sched)
-        inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
-        if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
-            raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
-        rows = self._block_table_rows(inputs, epochs)
+        inputs, rows = self._prepare(sched, block_ids, epochs)
         if self.executor is None:
             fwd = self._forward(inputs, rows, self._placeholder_fill(inputs.fills))
             return self._finish_step(sched, inputs, fwd)
         return self._step_distributed(sched, inputs, rows, sched.block_copies)
+
+    def _prepare(self, sched: SchedulerOutput, block_ids: dict[str, list[int]],
+                 epochs: dict[str, int] | None) -> tuple[StepInputs, list[int] | None]:
+        """The step's input tensors and its persistent block-table rows (None: tables built per step)."""
+        inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
+        if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
+            raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
+        return inputs, self._block_table_rows(inputs, epochs)
+
+    @property
+    def can_defer_sampling(self) -> bool:
+        """Whether :meth:`forward_async` / :meth:`sample_async` may split a step: one process, generative
+        (a distributed step samples inside the same collective boundary as its forward)."""
+        return self.executor is None and self.pp is None and self.pooler is None
+
+    @torch.inference_mode()
+    def forward_async(
+        self, sched: SchedulerOutput, block_ids: dict[str, list[int]], epochs: dict[str, int] | None = None
+    ) -> PendingSample:
+        """Launch a step's forward only (as :meth:`execute_async`, without the sampling). Its sampling waits
+        for :meth:`sample_async`, so the host can fill the step's grammar bitmask while the device runs the
+        forward. No other step may be launched in between (the next step's inputs read this step's tokens)."""
+        if not self.can_defer_sampling:
+            raise RuntimeError("forward_async needs a single-process generative runner (see can_defer_sampling)")
+        self._apply_kv_transfers(sched)
+        inputs, rows = self._prepare(sched, block_ids, epochs)
+        return PendingSample(sched, inputs, self._forward(inputs, rows, self._placeholder_fill(inputs.fills)))
+
+    @torch.inference_mode()
+    def sample_async(self, pending: PendingSample) -> StepHandle:
+        """Queue the sampling of a step launched by :meth:`forward_async` (its ``sched.grammar_bitmask`` set
+        by now); returns the step's handle, as :meth:`execute_async` does."""
+        return self._finish_step(pending.sched, pending.inputs, pending.fwd)
 
     def _launch_pipelined(self, sched: SchedulerOutput, block_ids: dict[str, list[int]]) -> StepHandle:
         """Pipeline parallelism: send the step to every worker now (the first stage starts at once); this

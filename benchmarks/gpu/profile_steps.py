@@ -1,0 +1,81 @@
+"""Where a whole engine step's time goes: device kernels and host gaps, for any engine configuration.
+
+Unlike ``profile_decode.py`` (graph replays only), this profiles real ``LLMEngine.step()`` calls, so the
+sampler, the rejection sampler, the grammar bitmask and the host work between launches are all in it.
+
+Usage (GPU machine, repository root):
+  python benchmarks/gpu/profile_steps.py MODEL_DIR --batch 1 32 [--engine-args JSON] [--structured]
+
+``--engine-args``: extra EngineArgs as JSON, e.g. '{"speculative_config": {"method": "synthetic",
+"num_speculative_tokens": 4}}'. ``--structured``: every request is constrained by a JSON schema.
+Prints per batch size: wall time per step, device-busy time per step (sum of kernel times), the
+kernels grouped by name (top 16), and the launches per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from pagoda import SamplingParams
+from pagoda.config import EngineArgs
+from pagoda.engine.llm_engine import LLMEngine
+from pagoda.structured_output.params import StructuredOutputsParams
+
+SCHEMA = {"type": "object", "properties": {"story": {"type": "string", "minLength": 4000}}, "required": ["story"]}
+
+
+def _fill(eng: LLMEngine, b: int, tag: str, structured: bool, max_tokens: int) -> list[str]:
+    so = StructuredOutputsParams(json=json.dumps(SCHEMA)) if structured else None
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=False,
+                        structured_outputs=so)
+    ids = [f"{tag}-{i}" for i in range(b)]
+    for i, rid in enumerate(ids):
+        eng.add_request(rid, {"prompt_token_ids": [100 + (i + j) % 500 for j in range(512)]}, sp, final_only=True)
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--engine-args", default="{}")
+    ap.add_argument("--structured", action="store_true")
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    extra = json.loads(a.engine_args)
+    eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", max_model_len=4096, **extra))
+    for b in a.batch:
+        ids = _fill(eng, b, f"b{b}", a.structured, 400)
+        for _ in range(12):  # prefill, then a few decode steps (graphs warm, grammar compiled)
+            eng.step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                eng.step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) / a.steps
+        per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                per[ev.name[:90]][0] += ev.device_time_total
+                per[ev.name[:90]][1] += 1
+        busy = sum(v[0] for v in per.values()) / a.steps / 1000
+        launches = sum(v[1] for v in per.values()) // a.steps
+        print(f"== batch {b}: wall {wall * 1000:.3f} ms/step, device busy {busy:.3f} ms/step "
+              f"({busy / (wall * 1000):.0%}), {launches} kernels/step")
+        for name, (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:16]:
+            print(f"  {t / a.steps / 1000:7.3f} ms  {int(n) // a.steps:4d}x  {name}")
+        eng.abort_request(ids)
+        while eng.has_unfinished_requests():
+            eng.step()
+
+
+if __name__ == "__main__":
+    main()
