@@ -181,7 +181,7 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
         else:
             w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        sb = 1.0
+        sb = tl.full((BLOCK_N,), 1.0, tl.float32)  # unused unless SCALE_MODE == 2
         if SCALE_MODE == 2:
             sb = tl.load(s_ptr + (offs_n // SCALE_BN) * stride_sn + k0 // SCALE_BK, mask=n_ok, other=0.0)
         if USE_DOT or BLOCK_M == 1:
