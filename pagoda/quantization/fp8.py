@@ -160,8 +160,8 @@ class Fp8LinearMethod(LinearMethod):
 
 
 class Fp8BlockLinearMethod(LinearMethod):
-    """Block-wise FP8 (``weight_block_size [bn, bk]``, ``weight_scale_inv [ceil(out/bn), ceil(in/bk)]``):
-    the portable path only — the weight is dequantized to the activation dtype per call (W8A16)."""
+    """Block-wise FP8 (``weight_block_size [bn, bk]``, ``weight_scale_inv [ceil(out/bn), ceil(in/bk)]``), W8A16:
+    small CUDA batches run the FP8 GEMV with the block scales; otherwise the weight is dequantized per call."""
 
     def __init__(self, block: tuple[int, int]) -> None:
         self.block = block
