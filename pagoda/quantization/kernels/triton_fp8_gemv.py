@@ -157,7 +157,7 @@ def _split_k_finish(acc, ws_ptr, lock_ptr, pid_n, pid_k, split_k, offs_n, offs_m
 
 
 @triton.jit
-def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, k_split, split_k, stride_xm,
+def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, k_blocks, split_k, stride_xm,
                      stride_wn, stride_ym, stride_sn, SCALE_MODE: tl.constexpr, SCALE_BN: tl.constexpr,
                      SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, BITS: tl.constexpr, EVEN_K: tl.constexpr,
                      USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
@@ -170,8 +170,8 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
     n_ok = offs_n < N
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     x_rows = x_ptr + tl.minimum(offs_m, M - 1)[:, None] * stride_xm  # padded rows re-read the last real row
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
+    k_lo = pid_k * k_blocks * BLOCK_K  # provably a multiple of BLOCK_K: 16-byte vector loads of the codes
+    k_hi = tl.minimum(k_lo + k_blocks * BLOCK_K, K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # M = 1 on CUDA cores only (dead code otherwise)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -290,8 +290,8 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     w = weight.view(torch.uint8) if decode == "bits" else weight
     scale = scale.float()
     _fp8_gemv_kernel[(tiles, split)](
-        x2, w, scale, bias if bias is not None else y, y, ws, locks, m, n, k, k_split, split, x2.stride(0),
-        weight.stride(0), y.stride(0), scale.stride(0) if mode == _SCALE_BLOCK else 0,
+        x2, w, scale, bias if bias is not None else y, y, ws, locks, m, n, k, k_split // cfg.block_k, split,
+        x2.stride(0), weight.stride(0), y.stride(0), scale.stride(0) if mode == _SCALE_BLOCK else 0,
         SCALE_MODE=mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, BITS=decode == "bits",
         EVEN_K=k % k_split == 0 and k_split % cfg.block_k == 0, USE_DOT=cfg.use_dot, DOT_F32=_interpreting(),
         BLOCK_M=max(16, m_bucket(m)) if cfg.use_dot else m_bucket(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
