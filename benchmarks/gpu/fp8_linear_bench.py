@@ -38,21 +38,22 @@ from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_MAX, quantize_fp8, quantize
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 REPS = 50
 GEMV_MS = (1, 2, 4, 8)
-GEMV_GRID = (
+GEMV_GRID = (  # CUDA cores (fma; prefetch unless "nopf") and tensor cores (dot; Triton-pipelined, num_stages)
     GemvConfig(block_n=8, block_k=512),
     GemvConfig(block_n=16, block_k=512),
-    GemvConfig(block_n=16, block_k=512, num_stages=3),
-    GemvConfig(block_n=32, block_k=256, num_stages=2),
+    GemvConfig(block_n=16, block_k=512, prefetch=False),
+    GemvConfig(block_n=32, block_k=256),
     GemvConfig(block_n=16, block_k=1024, num_warps=8),
     GemvConfig(block_n=4, block_k=1024),
     GemvConfig(block_n=8, block_k=1024),
+    GemvConfig(block_n=8, block_k=1024, prefetch=False),
     GemvConfig(block_n=16, block_k=512, split_k=0),
     GemvConfig(block_n=16, block_k=256, num_stages=2, use_dot=True),
+    GemvConfig(block_n=16, block_k=512, num_stages=3, use_dot=True),
     GemvConfig(block_n=32, block_k=256, num_stages=3, use_dot=True),
     GemvConfig(block_n=32, block_k=256, num_stages=2, split_k=0, use_dot=True),
     GemvConfig(block_n=64, block_k=128, num_stages=3, split_k=0, use_dot=True),
     GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=2, use_dot=True),
-    GemvConfig(block_n=64, block_k=256, num_stages=2, use_dot=True),
 )
 ROTATE_BYTES = 256 * 2**20
 

@@ -1,7 +1,8 @@
-"""The weight-only FP8 GEMV (``kernels/triton_fp8_gemv.py``) against dequantize-then-matmul in float32, run by
+"""The weight-only FP8 GEMV (``kernels/triton_fp8_gemv.py``) against dequantize-then-matmul (float64), run by
 the Triton interpreter on the CPU (on a GPU machine the same tests run compiled): M in {1, 2, 5}, per-channel
 and per-tensor scales, block-wise scales, bias, odd N, K not a multiple of the K block (masking), both FP8
-decodings, CUDA-core and tensor-core forms, split-K (fixed-order sum, counters left at zero)."""
+decodings, CUDA-core (with and without register prefetch) and tensor-core forms, split-K (fixed-order sum,
+counters left at zero)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 CONFIGS = {
     "fma": GemvConfig(block_n=16, block_k=32),
     "fma-split3": GemvConfig(block_n=16, block_k=32, split_k=3),
+    "fma-noprefetch": GemvConfig(block_n=8, block_k=32, prefetch=False),
     "dot": GemvConfig(block_n=16, block_k=32, use_dot=True),
     "dot-split2": GemvConfig(block_n=32, block_k=16, split_k=2, use_dot=True),
 }
@@ -70,13 +72,13 @@ def test_gemv_matches_dequantized_reference(m: int, per_tensor: bool, cfg: str, 
     _check(y, _reference(x, q, s, bias), torch.bfloat16)
 
 
-@pytest.mark.parametrize("k", [96, 100])  # 96: every K step full, the unmasked (vector-load) path
+@pytest.mark.parametrize("k", [96, 100, 192])  # 96, 192: every K step full, the unmasked (vector-load) path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gemv_activation_dtypes_and_even_k(k: int, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(k)
     q, s = _weight(24, k, False, g)
     x = torch.randn(3, k, generator=g).to(dtype)
-    for cfg in (CONFIGS["fma"], CONFIGS["dot-split2"]):  # fp32 activations fall back to CUDA cores (no tf32)
+    for cfg in (CONFIGS["fma"], CONFIGS["fma-split3"], CONFIGS["dot-split2"]):  # fp32: CUDA cores (no tf32)
         _check(fp8_gemv(x.to(DEV), q.to(DEV), s.to(DEV), config=cfg), _reference(x, q, s, None), dtype)
 
 

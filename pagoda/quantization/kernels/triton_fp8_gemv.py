@@ -17,7 +17,9 @@ Kernel (one launch): program ``(pid_n, pid_k)`` owns ``BLOCK_N`` output channels
 along K (16-byte vectors when K is a multiple of 16), decoded, and reduced against the activation rows:
 
 * ``use_dot=False`` (CUDA cores): M = 1 accumulates ``w * x`` element-wise in a ``[BLOCK_N, BLOCK_K]`` float32
-  tile and reduces over K once at the end (``tl.sum``); M > 1 reduces each tile per row.
+  tile and reduces over K once at the end (``tl.sum``); M > 1 reduces each tile per row. ``prefetch``: the next
+  tile's codes are loaded into registers before this tile's arithmetic (twice the bytes in flight; Triton's
+  pipeliner only stages loads that feed ``tl.dot``).
 * ``use_dot=True`` (tensor cores): ``W_tile @ x_tile.T`` with the codes converted to the activation dtype
   (exact: e4m3 fits bf16 and fp16), the token rows padded to 16.
 
@@ -60,10 +62,12 @@ class GemvConfig:
     num_stages: int = 1
     split_k: int = 1
     use_dot: bool = False
+    prefetch: bool = True
 
     def short(self) -> str:
+        pf = "" if self.prefetch or self.use_dot else " nopf"
         return (f"{'dot' if self.use_dot else 'fma'} n{self.block_n} k{self.block_k} w{self.num_warps} "
-                f"s{self.num_stages} split{self.split_k or 'auto'}")
+                f"s{self.num_stages} split{self.split_k or 'auto'}{pf}")
 
 
 GEMV_MAX_M = 8
@@ -121,6 +125,17 @@ def _epilogue(acc, offs_n, offs_m, M, N, s_ptr, b_ptr, y_ptr, stride_ym, SCALE_M
 
 
 @triton.jit
+def _load_codes(w_rows, k0, k_hi, n_ok, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The ``[BLOCK_N, BLOCK_K]`` codes at ``k0`` (zeros past ``k_hi``). ``EVEN_K``: whole tiles only, no mask
+    along K (16-byte vector loads); the caller keeps ``k0`` in bounds."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        return tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+    else:
+        return tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & (offs_k < k_hi)[None, :], other=0.0)
+
+
+@triton.jit
 def _rows_fma(acc, wf, sb, x_ptr, offs_k, k_ok, offs_m, M, stride_xm, BLOCK_SCALE: tl.constexpr,
               EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr):
     """CUDA cores, several rows: ``acc[:, m] += sum_k wf * x[m]`` for each row (one reduction per row and tile;
@@ -160,7 +175,7 @@ def _split_k_finish(acc, ws_ptr, lock_ptr, pid_n, pid_k, split_k, offs_n, offs_m
 def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, k_blocks, split_k, stride_xm,
                      stride_wn, stride_ym, stride_sn, SCALE_MODE: tl.constexpr, SCALE_BN: tl.constexpr,
                      SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, BITS: tl.constexpr, EVEN_K: tl.constexpr,
-                     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
+                     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, PREFETCH: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -174,13 +189,19 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
     k_hi = tl.minimum(k_lo + k_blocks * BLOCK_K, K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # M = 1 on CUDA cores only (dead code otherwise)
+    if PREFETCH:
+        w_next = _load_codes(w_rows, k_lo, k_hi, n_ok, EVEN_K, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_hi
-        if EVEN_K:  # no mask along K: 16-byte vector loads
-            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-        else:
-            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if PREFETCH:  # CUDA cores: the next tile's loads are issued before this tile's arithmetic
+            w = w_next
+            k_next = k0 + BLOCK_K
+            if EVEN_K:  # the last tile re-reads itself (in bounds; from L2) instead of a masked load
+                k_next = tl.minimum(k_next, k_hi - BLOCK_K)
+            w_next = _load_codes(w_rows, k_next, k_hi, n_ok, EVEN_K, BLOCK_K)
+        else:  # (tensor cores: Triton's pipeliner stages the loads itself, num_stages)
+            w = _load_codes(w_rows, k0, k_hi, n_ok, EVEN_K, BLOCK_K)
         sb = tl.full((BLOCK_N,), 1.0, tl.float32)  # unused unless SCALE_MODE == 2
         if SCALE_MODE == 2:
             sb = tl.load(s_ptr + (offs_n // SCALE_BN) * stride_sn + k0 // SCALE_BK, mask=n_ok, other=0.0)
@@ -295,6 +316,5 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
         SCALE_MODE=mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, BITS=decode == "bits",
         EVEN_K=k % k_split == 0 and k_split % cfg.block_k == 0, USE_DOT=cfg.use_dot, DOT_F32=_interpreting(),
         BLOCK_M=max(16, m_bucket(m)) if cfg.use_dot else m_bucket(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SPLIT=split > 1,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SPLIT=split > 1, PREFETCH=cfg.prefetch and not cfg.use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
