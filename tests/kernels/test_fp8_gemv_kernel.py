@@ -125,6 +125,17 @@ def test_bits_decode_equals_native(cfg: str) -> None:
                        fp8_gemv(x, q, s, config=CONFIGS[cfg], decode="native"))
 
 
+def test_gemv_strided_operands() -> None:
+    """A column-major weight view, an expanded (stride-0) per-channel scale and a row-strided input."""
+    g = torch.Generator().manual_seed(5)
+    q, _ = _weight(24, 40, False, g)
+    s = torch.tensor(0.01).expand(24)
+    x = torch.randn(3, 80, generator=g).bfloat16()[:, ::2]
+    q_cm = q.t().contiguous().t()
+    y = fp8_gemv(x.to(DEV), q_cm.to(DEV), s.to(DEV), config=CONFIGS["fma"])
+    _check(y, _reference(x, q, s.contiguous(), None), torch.bfloat16)
+
+
 def test_gemv_rejects_bad_scales() -> None:
     q = torch.zeros(8, 32, dtype=FP8_DTYPE)
     x = torch.zeros(1, 32).bfloat16()

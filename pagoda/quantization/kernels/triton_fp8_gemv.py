@@ -308,8 +308,10 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     split, k_split = _split(cfg, tiles, k, x2.device, sbk if mode == _SCALE_BLOCK else 1)
     ws = torch.empty((split, m, n), device=x2.device, dtype=torch.float32) if split > 1 else y
     locks = _lock_buffer(x2.device, tiles) if split > 1 else y
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
     w = weight.view(torch.uint8) if decode == "bits" else weight
-    scale = scale.float()
+    scale = scale.float().contiguous()
     _fp8_gemv_kernel[(tiles, split)](
         x2, w, scale, bias if bias is not None else y, y, ws, locks, m, n, k, k_split // cfg.block_k, split,
         x2.stride(0), weight.stride(0), y.stride(0), scale.stride(0) if mode == _SCALE_BLOCK else 0,
