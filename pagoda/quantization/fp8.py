@@ -142,10 +142,10 @@ class Fp8LinearMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
-            small = fp8_small_m_gemv(x.reshape(-1, layer.in_features), layer.weight, tensor(layer, "weight_scale"),
-                                     layer.bias)
+            n, k = layer.weight.shape
+            small = fp8_small_m_gemv(x.reshape(-1, k), layer.weight, tensor(layer, "weight_scale"), layer.bias)
             if small is not None:
-                return small.view(*x.shape[:-1], layer.out_features)
+                return small.view(*x.shape[:-1], n)
             w = layer.weight.to(x.dtype) * tensor(layer, "weight_scale").to(x.dtype).view(-1, 1)
             return F.linear(x, w, layer.bias)
         return fp8_linear(x, layer.weight, tensor(layer, "weight_scale"), layer.bias,
