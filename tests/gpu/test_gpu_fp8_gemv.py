@@ -1,7 +1,11 @@
 """GPU weight-only FP8 GEMV (skipped without CUDA): Llama-3-8B linear shapes against dequantize-then-matmul,
-the ``fp8_linear`` small-M dispatch, split-K under a CUDA graph (bitwise reproducible), block-wise scales."""
+the ``fp8_linear`` small-M dispatch, split-K under a CUDA graph (bitwise reproducible), block-wise scales, and an
+FP8 engine whose decode steps run the GEMV (CUDA graphs) against the same engine on the W8A8 path (top-5 rule)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +95,34 @@ def test_block_scales_real_shape(m: int) -> None:
     x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
     scale = s.double().repeat_interleave(128, 0).repeat_interleave(128, 1)
     _close(fp8_gemv(x, q, s, block=block), x.double() @ (q.double() * scale).T)
+
+
+def test_engine_decode_gemv_follows_w8a8_by_top5(tmp_path, monkeypatch):
+    """Online FP8 tiny model: decode steps of 1 and 6 rows run the GEMV (under CUDA graphs); with the rule off
+    (``GEMV_MAX_M = 0``) every step runs W8A8. Greedy tokens agree by the top-5 rule (activation rounding is the
+    only difference)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from engine_checks import PROMPTS, compare_top5, greedy, our_top
+    from tiny_models import build_tiny_model
+
+    from pagoda import LLM
+
+    folder = build_tiny_model(tmp_path / "llama", "llama")
+    batches = (PROMPTS[:1], PROMPTS[:6])
+
+    def run() -> list:
+        llm = LLM(str(folder), device="cuda", dtype="bfloat16", quantization="fp8", kv_cache_memory_bytes=2**24)
+        assert llm.llm_engine.core.runner.graphs is not None, "CUDA graphs should be on"
+        outs = [o for b in batches for o in llm.generate(b, greedy(16, logprobs=5), use_tqdm=False)]
+        llm.shutdown()
+        return outs
+
+    gemv_outs = run()
+    monkeypatch.setattr(gemv, "GEMV_MAX_M", 0)
+    w8a8_outs = run()
+    compared = 0
+    for a, b in zip(gemv_outs, w8a8_outs, strict=True):
+        ca, cb = a.outputs[0], b.outputs[0]
+        compared += compare_top5(ca.token_ids, cb.token_ids, [our_top(d) for d in ca.logprobs],
+                                 [our_top(d) for d in cb.logprobs], what="gemv vs w8a8")
+    assert compared >= 7 * 4
