@@ -6,15 +6,16 @@ with ``weight_scale`` per tensor (``[]``/``[1]``) or per channel (``[out]``/``[o
 (``[out]`` float32, a per-tensor scale repeated over its shard's rows): this keeps each fused shard's own
 scale exactly, so q/k/v and gate/up need no requantization to one shared scale (vLLM requantizes to the max).
 Static ``input_scale`` of fused shards (one per shard, ``shard_indexed``) become their maximum, as in vLLM.
-``weight_block_size`` checkpoints (``weight_scale_inv`` per ``[bn, bk]`` block) run the portable path only:
-the weight is dequantized per call and activations are not quantized (W8A16).
+``weight_block_size`` checkpoints (``weight_scale_inv`` per ``[bn, bk]`` block) are W8A16: small CUDA batches
+run the weight-only FP8 GEMV (block scales applied in-kernel), others dequantize the weight per call.
 
 Online (``--quantization fp8`` on a bf16/fp16/fp32 checkpoint): each linear weight is loaded dense, then
 quantized to float8_e4m3fn with a per-channel scale (row absmax / 448) in ``process_weights_after_loading``;
 activations are quantized dynamically per token. The LM head stays unquantized (as in vLLM).
 
 The product is :func:`~pagoda.quantization.w8a8.fp8_linear`: ``torch._scaled_mm`` on CUDA with compute
-capability >= 8.9, elsewhere the portable path (dequantize to float32 per call, same quantized arithmetic).
+capability >= 8.9, elsewhere the portable path (dequantize to float32 per call, same quantized arithmetic); CUDA
+calls of at most ``GEMV_MAX_M`` rows run the weight-only FP8 GEMV (``kernels/triton_fp8_gemv.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pagoda.quantization.w8a8 import (
     FP8_DTYPE,
     FP8_MAX,
     fp8_linear,
+    fp8_small_m_gemv,
     quantize_weight_fp8_per_channel,
     scaled_mm_supported,
 )
@@ -140,6 +142,10 @@ class Fp8LinearMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
+            n, k = layer.weight.shape
+            small = fp8_small_m_gemv(x.reshape(-1, k), layer.weight, tensor(layer, "weight_scale"), layer.bias)
+            if small is not None:
+                return small.view(*x.shape[:-1], n)
             w = layer.weight.to(x.dtype) * tensor(layer, "weight_scale").to(x.dtype).view(-1, 1)
             return F.linear(x, w, layer.bias)
         return fp8_linear(x, layer.weight, tensor(layer, "weight_scale"), layer.bias,
@@ -154,8 +160,8 @@ class Fp8LinearMethod(LinearMethod):
 
 
 class Fp8BlockLinearMethod(LinearMethod):
-    """Block-wise FP8 (``weight_block_size [bn, bk]``, ``weight_scale_inv [ceil(out/bn), ceil(in/bk)]``):
-    the portable path only — the weight is dequantized to the activation dtype per call (W8A16)."""
+    """Block-wise FP8 (``weight_block_size [bn, bk]``, ``weight_scale_inv [ceil(out/bn), ceil(in/bk)]``), W8A16:
+    small CUDA batches run the FP8 GEMV with the block scales; otherwise the weight is dequantized per call."""
 
     def __init__(self, block: tuple[int, int]) -> None:
         self.block = block
@@ -174,6 +180,10 @@ class Fp8BlockLinearMethod(LinearMethod):
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         bn, bk = self.block
         n, k = layer.weight.shape
+        small = fp8_small_m_gemv(x.reshape(-1, k), layer.weight, tensor(layer, "weight_scale_inv"), layer.bias,
+                                 block=self.block)
+        if small is not None:
+            return small.view(*x.shape[:-1], n)
         s = tensor(layer, "weight_scale_inv").repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
         return F.linear(x, (layer.weight.float() * s).to(x.dtype), layer.bias)
 

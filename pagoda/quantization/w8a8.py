@@ -12,6 +12,11 @@ GPU paths: FP8 through ``torch._scaled_mm`` with row-wise scales (``scale_a`` ``
 ``torch._int_mm`` (exact int32 accumulation; on CUDA M > 16, K and N multiples of 8: M is zero-padded).
 The portable path (CPU, older GPUs, odd shapes) computes the same quantized product by dequantizing both
 operands to float32 per call: the result equals the GPU's up to fp32 accumulation order.
+
+Small batches on CUDA (at most ``triton_fp8_gemv.GEMV_MAX_M`` token rows) take the weight-only FP8 GEMV instead
+(:func:`fp8_small_m_gemv`): the activations are not quantized (a static ``input_scale`` is not used), so those
+steps compute the more exact W8A16 product ``x @ W_dequantized.T``; cuBLASLt's FP8 GEMM is slower than bf16 at
+M = 1 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -64,11 +69,30 @@ def scaled_mm_supported(device: torch.device, k: int, n: int) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def fp8_small_m_gemv(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                     block: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """THE small-batch rule: CUDA inputs of at most ``GEMV_MAX_M`` rows run the weight-only FP8 GEMV
+    (:mod:`pagoda.quantization.kernels.triton_fp8_gemv`: activations not quantized, a static ``input_scale``
+    unused); returns ``None`` when the rule does not apply."""
+    from pagoda.quantization.kernels import triton_fp8_gemv as gemv
+
+    if not x2.is_cuda or x2.shape[0] > gemv.GEMV_MAX_M or x2.shape[0] == 0:
+        return None
+    return gemv.fp8_gemv(x2, weight, weight_scale, bias, block=block)
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
-               input_scale: torch.Tensor | None, per_token: bool, use_scaled_mm: bool) -> torch.Tensor:
-    """``x @ (weight * weight_scale[:, None]).T (+ bias)`` with FP8-quantized activations (module docstring)."""
+               input_scale: torch.Tensor | None, per_token: bool, use_scaled_mm: bool, *,
+               allow_gemv: bool = True) -> torch.Tensor:
+    """``x @ (weight * weight_scale[:, None]).T (+ bias)`` with FP8-quantized activations (module docstring);
+    small CUDA batches take :func:`fp8_small_m_gemv` instead (weight-only: activations, and a static
+    ``input_scale``, are not quantized). ``allow_gemv=False`` keeps one path for every M (batch invariance;
+    ``--deterministic`` refuses quantization on CUDA today, pagoda.layers.batch_invariant)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
+    small = fp8_small_m_gemv(x2, weight, weight_scale, bias) if allow_gemv else None
+    if small is not None:
+        return small.view(*x.shape[:-1], n)
     if use_scaled_mm:  # one fused launch instead of the torch form's eight (same codes and scales)
         from pagoda.quantization.kernels.triton_fp8_quant import quantize_fp8_rows
 

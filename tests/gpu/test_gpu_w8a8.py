@@ -28,8 +28,8 @@ def test_scaled_mm_matches_portable(m, static):
     q, s = quantize_weight_fp8_per_channel(w)
     iscale = x.float().abs().amax() / 448 if static else None
     bias = torch.randn(512, device=dev, generator=g).bfloat16()
-    y = fp8_linear(x, q, s, bias, iscale, True, use_scaled_mm=True)
-    ref = fp8_linear(x.float(), q, s, bias.float(), iscale, True, use_scaled_mm=False)
+    y = fp8_linear(x, q, s, bias, iscale, True, use_scaled_mm=True, allow_gemv=False)  # the W8A8 path at every M
+    ref = fp8_linear(x.float(), q, s, bias.float(), iscale, True, use_scaled_mm=False, allow_gemv=False)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
 
