@@ -126,3 +126,19 @@ def test_tail_starts_after_the_peak():
     assert rep.tail_start([{"num_running": n} for n in (1, 4, 3)]) is None
     assert [rep.bucket(n) for n in (0, 1, 2, 4, 5, 16, 17, 64, 65, 256, 257)] == [
         "none", "1", "2-4", "2-4", "5-16", "5-16", "17-64", "17-64", "65-256", "65-256", ">256"]
+
+
+def test_env_var_attaches_an_appending_timeline_to_a_server_core(tmp_path, monkeypatch):
+    from pagoda.engine import core_proc
+
+    core = SimpleNamespace(step_timeline=None)
+    monkeypatch.delenv("PAGODA_STEP_TIMELINE", raising=False)
+    core_proc._attach_step_timeline(core)
+    assert core.step_timeline is None
+    path = tmp_path / "core.jsonl"
+    path.write_text('{"step": 0, "run": "earlier"}\n')
+    monkeypatch.setenv("PAGODA_STEP_TIMELINE", str(path))
+    core_proc._attach_step_timeline(core)
+    assert core.step_timeline is not None and core.step_timeline.run.startswith("core-")
+    core.step_timeline.close()
+    assert read_timeline(str(path)) == [{"step": 0, "run": "earlier"}]  # appended to, not truncated

@@ -456,9 +456,9 @@ def _print_load(s: dict[str, Any]) -> None:
         (f"Burst chunks (gap < {s['burst_fraction']:g} TPOT):",
          f"{s['burst_chunks']} of {s['token_chunks']} ({num(_pct(s['burst_chunk_share']), '.1f')}%)"),
         ("Chunks of several tokens:", s["multi_token_chunks"]),
-        ("API server CPU per output token (ms):", num(s["api_server_cpu_ms_per_output_token"], ".3f")),
-        ("Engine core CPU per output token (ms):", num(s["engine_core_cpu_ms_per_output_token"], ".3f")),
-        ("API server CPU per request (ms):", num(s["api_server_cpu_ms_per_request"])),
+        ("API server CPU ms per output token:", num(s["api_server_cpu_ms_per_output_token"], ".3f")),
+        ("Engine core CPU ms per output token:", num(s["engine_core_cpu_ms_per_output_token"], ".3f")),
+        ("API server CPU ms per request:", num(s["api_server_cpu_ms_per_request"])),
     ]
     for k, v in rows:
         print(f"{k:<40}{v:>20}")
