@@ -233,3 +233,13 @@ def test_serve_cmd_starts_measures_and_stops_the_server(tmp_path, capsys):
     assert f"pid {pid}" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="exited with 3"):
         _run("http://127.0.0.1:9", tmp_path, "empty", "--serve-cmd", shlex.join([sys.executable, "-c", "exit(3)"]))
+
+
+def test_sharegpt_lengths_are_bench_throughputs():
+    from pagoda.benchmarks.datasets import workload_from_args
+    from pagoda.benchmarks.serve import _sharegpt_lengths
+
+    args = add_bench_serve_args(argparse.ArgumentParser()).parse_args(
+        ["--dataset-name", "sharegpt", "--num-prompts", "40", "--seed", "5"])
+    offline = workload_from_args(argparse.Namespace(dataset="sharegpt", num_prompts=40, seed=5), 128256)
+    assert _sharegpt_lengths(args) == [(len(r.prompt_token_ids), r.output_len) for r in offline]

@@ -104,9 +104,10 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
-    p.add_argument("--dataset-name", default="random", choices=["random", "prefix_repetition"],
-                   help="random: word prompts of --random-input-len tokens; prefix_repetition: shared prefixes "
-                        "(--prefix-repetition-* flags)")
+    p.add_argument("--dataset-name", default="random", choices=["random", "sharegpt", "prefix_repetition"],
+                   help="random: word prompts of --random-input-len tokens; sharegpt: the prompt and output lengths "
+                        "of bench throughput's ShareGPT-like workload (same --seed, same lengths); prefix_repetition: "
+                        "shared prefixes (--prefix-repetition-* flags)")
     p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
     p.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
     p.add_argument("--random-range-ratio", type=float, default=0.0,
@@ -189,11 +190,23 @@ async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tupl
         return max(1, rng.randint(int(n * (1 - r)), int(math.ceil(n * (1 + r)))))
 
     out = []
-    for _ in range(args.num_prompts):
-        n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
+    sharegpt = _sharegpt_lengths(args) if args.dataset_name == "sharegpt" else None
+    for i in range(args.num_prompts):
+        if sharegpt is None:
+            n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
+        else:
+            n_in, n_out = sharegpt[i]
         text, n = await words_text(rng, counter, n_in)
         out.append((text, n, n_out))
     return out
+
+
+def _sharegpt_lengths(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(prompt, output) lengths of ``bench throughput --dataset sharegpt`` with this seed; its token ids are
+    drawn below 1000 for every vocabulary over 1000, so the lengths do not depend on the model."""
+    from pagoda.benchmarks.datasets import sharegpt_like_requests
+
+    return [(len(r.prompt_token_ids), r.output_len) for r in sharegpt_like_requests(args.num_prompts, 2**31, args.seed)]
 
 
 async def make_prefix_repetition_prompts(args: argparse.Namespace, counter: _Counter
