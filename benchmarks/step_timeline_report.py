@@ -7,7 +7,7 @@ For each run label in the file (fields: pagoda/engine/step_timeline.py) it print
 
 * the span (first step's start to last step's end), the time inside ``step()`` calls and the time
   between them (the front end's work: output processing, detokenization, adding requests);
-* time and steps by batch size (the requests of the step a call launched), in buckets 1, 2-4, 5-16,
+* time, steps and mean / median step by batch size (the requests of the step a call launched), in buckets 1, 2-4, 5-16,
   17-64, 65-256, >256 (and "none": calls that only waited for the last step in flight);
 * time in steps with prompt tokens against pure decode steps;
 * the tail: from the first call after the peak of running requests at which fewer than 25 % of that
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections import defaultdict
 from typing import Any
@@ -42,14 +43,19 @@ def _dur(r: dict[str, Any]) -> float:
 
 
 def _group(recs: list[dict[str, Any]], key) -> dict[str, dict[str, float]]:
+    """Per group: steps, seconds, tokens, and the median step in ms (a mean far above it: a few slow steps)."""
     out: dict[str, dict[str, float]] = defaultdict(lambda: {"steps": 0, "seconds": 0.0, "prefill_tokens": 0,
                                                            "decode_tokens": 0, "out_tokens": 0})
+    durs: dict[str, list[float]] = defaultdict(list)
     for r in recs:
         g = out[key(r)]
         g["steps"] += 1
         g["seconds"] += _dur(r)
+        durs[key(r)].append(_dur(r))
         for k in ("prefill_tokens", "decode_tokens", "out_tokens"):
             g[k] += r[k]
+    for name, g in out.items():
+        g["median_ms"] = 1000 * statistics.median(durs[name])
     return dict(out)
 
 
@@ -105,13 +111,13 @@ def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _table(title: str, groups: dict[str, dict[str, float]], total: float) -> list[str]:
-    lines = [f"  {title:<14}{'steps':>8}{'seconds':>10}{'share':>8}{'ms/step':>9}{'prefill tok':>13}"
+    lines = [f"  {title:<14}{'steps':>8}{'seconds':>10}{'share':>8}{'mean ms':>9}{'p50 ms':>8}{'prefill tok':>13}"
              f"{'decode tok':>12}{'out tok/s':>11}"]
     for name, g in groups.items():
         s = g["seconds"]
         lines.append(f"  {name:<14}{g['steps']:>8}{s:>10.3f}{100 * s / total if total else 0:>7.1f}%"
-                     f"{1000 * s / g['steps']:>9.2f}{g['prefill_tokens']:>13}{g['decode_tokens']:>12}"
-                     f"{g['out_tokens'] / s if s else 0:>11.0f}")
+                     f"{1000 * s / g['steps']:>9.2f}{g['median_ms']:>8.2f}{g['prefill_tokens']:>13}"
+                     f"{g['decode_tokens']:>12}{g['out_tokens'] / s if s else 0:>11.0f}")
     return lines
 
 

@@ -151,6 +151,7 @@ def test_chunk_of_several_tokens_adds_one_gap_per_token(fake_server, tmp_path, c
     assert res["ttft_p50_ms"] == pytest.approx(res["median_ttft_ms"])
     # no server pid: no CPU figures, printed as n/a
     assert res["server_pid"] is None and res["api_server_cpu_ms_per_output_token"] is None
+    assert res["client_cpu_share"] >= 0
     out = capsys.readouterr().out
     assert "Streaming under load" in out and "API server CPU ms per output token:                      n/a" in out
     assert res["total_output_tokens"] == 15

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -472,9 +473,12 @@ def _print_load(s: dict[str, Any]) -> None:
         ("API server CPU ms per output token:", num(s["api_server_cpu_ms_per_output_token"], ".3f")),
         ("Engine core CPU ms per output token:", num(s["engine_core_cpu_ms_per_output_token"], ".3f")),
         ("API server CPU ms per request:", num(s["api_server_cpu_ms_per_request"])),
+        ("Load generator CPU share (1 = a core):", num(s["client_cpu_share"])),
     ]
     for k, v in rows:
         print(f"{k:<40}{v:>20}")
+    if (s["client_cpu_share"] or 0) > 0.8:
+        print("warning: the load generator used most of a core: its latencies include its own lag", file=sys.stderr)
 
 
 def _pct(x: float | None) -> float | None:
@@ -552,14 +556,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"warning: POST /reset_prefix_cache answered {r.status_code}", file=sys.stderr)
         cache_before = await prefix_cache_counters(client, base, headers)
         cpu_before = CpuSnapshot.take(args.server_pid) if args.server_pid else None
+        client_cpu = time.process_time()
 
         results, duration = await _run_requests(args, client, url, headers, model, chat, prompts)
+        client_cpu = time.process_time() - client_cpu
         cpu_after = CpuSnapshot.take(args.server_pid) if args.server_pid else None
         cache_after = await prefix_cache_counters(client, base, headers)
 
     summary = summarize(args, results, duration)
     summary.update(load_figures(results, latency_series(results)["itl"], args.burst_fraction))
     summary.update(cpu_report(cpu_before, cpu_after, summary["total_output_tokens"], summary["completed"]))
+    # the load generator's own CPU over the run: near 1 (one core), its clock readings lag the stream
+    summary["client_cpu_share"] = client_cpu / duration if duration else None
     if cache_before is not None and cache_after is not None:
         dq, dh = cache_after[0] - cache_before[0], cache_after[1] - cache_before[1]
         summary["prefix_cache_queries"], summary["prefix_cache_hits"] = dq, dh
@@ -628,6 +636,8 @@ def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.burst_fraction <= 0:
         raise ValueError("--burst-fraction must be positive.")
     server = LaunchedServer(args.serve_cmd, args.serve_log) if args.serve_cmd else None
+    if server is not None:  # a SIGTERM (e.g. from `timeout`) must still stop the server below
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if server is not None:
             ready_s = server.wait_ready(_server(args)[0], args.serve_timeout)
