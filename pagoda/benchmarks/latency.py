@@ -13,6 +13,9 @@ give several tokens per request). For timing the verify step alone, the timing-o
 every step (copies of its last token: verification stays exact, acceptance is whatever the model
 gives, usually none), so the decode-step figures become the cost of a verify-k step: compare them
 with the same command without the config.
+
+``--step-timeline PATH`` records every engine step of the timed iterations (run label ``batch<N>``;
+:mod:`pagoda.engine.step_timeline`).
 """
 
 from __future__ import annotations

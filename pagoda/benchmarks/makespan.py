@@ -22,8 +22,9 @@ on fresh random prompts (none of the workload's tokens, so its prefix-cache hits
 * full-batch prefill rate: prompt tokens per second of a prefill-only run (one output token each) of
   prompts with the workload's first lengths, enough for about four full token budgets.
 
-Only the decode steps scale with the workload; preemptions, chunk boundaries, the host's own work and
-output processing all count against the measured time, never the bound.
+Every prompt token counts as work (a prefix-cache hit is not subtracted: with shared prefixes the
+bound is loose). Preemptions, chunk boundaries, the host's own work and output processing count against
+the measured time, never the bound.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Fields of a line (times from ``time.perf_counter()`` on the host, in seconds):
   ``eager``; ``None`` when none was launched), as ``ModelRunner._forward_path`` chose it;
 * ``wait_s``: time this call blocked waiting for a device result (``StepHandle.result()``: the
   sampled tokens reaching the host). With async scheduling that is the previous step's result, so
-  ``t1 - t0 - wait_s`` is the host's own work (schedule, prepare, launch, update) in the call;
+  ``t1 - t0 - wait_s`` is the host's own work (schedule, prepare, launch, update) in the call (with
+  pipeline parallelism ``result()`` also runs the last stage, so its compute counts as wait);
 * ``out_tokens``: tokens the call returned (with async scheduling, those of the previous step);
 * ``num_running``, ``num_waiting``: the scheduler's queues after the call.
 """
