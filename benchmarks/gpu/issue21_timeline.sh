@@ -44,7 +44,7 @@ if has stream; then
       --serve-cmd "python -m pagoda.entrypoints.cli --log-level INFO serve $M --load-format dummy --port 8021 \
 --max-model-len $MAX_LEN --disable-log-requests --uvicorn-log-level warning" \
       --save-result --result-dir "$OUT" --result-filename "serve_c$c.json" 2>&1 \
-      | grep -vE "^(Mean|Median|P90|Std) " | tail -32 | tee -a "$OUT/summary.txt"
+      | grep -vE "^(Mean|Median|P90|Std) " | tee -a "$OUT/summary.txt"
     python benchmarks/step_timeline_report.py "$OUT/core_steps_c$c.jsonl" 2>&1 | tee -a "$OUT/summary.txt"
   done
 fi
