@@ -35,6 +35,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
+    EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
+           "timeline to (JSON lines, one per step; see `--step-timeline` of `pagoda bench throughput`); unset: "
+           "none is recorded"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
            "unset: an even split. Read by the engine core only"),
@@ -101,6 +104,11 @@ def log_stats_interval_s() -> float:
 def chunk_graphs_enabled() -> bool:
     """``PAGODA_CHUNK_GRAPHS``: False when set to ``0`` (prefill-chunk CUDA graphs off)."""
     return _raw("PAGODA_CHUNK_GRAPHS") != "0"
+
+
+def step_timeline_path() -> str | None:
+    """``PAGODA_STEP_TIMELINE``: the engine-core process's step-timeline file, or None (not recorded)."""
+    return os.environ.get("PAGODA_STEP_TIMELINE") or None
 
 
 def batch_invariant() -> bool:

@@ -12,17 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from pagoda.benchmarks.serve import add_bench_serve_args, run_bench_serve
+from pagoda.benchmarks.serve import RequestResult, add_bench_serve_args, run_bench_serve
+from pagoda.benchmarks.stream_load import burst_chunks, load_figures
 from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_tokens
 
 FIRST_DELAY = 0.05  # seconds the server waits before the first token
@@ -76,6 +80,10 @@ def _app() -> FastAPI:
         mode = "empty" if mode == "nousage" else mode
         return StreamingResponse(_events(mode, chat, int(body["max_tokens"]), continuous),
                                  media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> StreamingResponse:
@@ -134,8 +142,18 @@ def test_tokens_with_empty_text_are_timed_per_token(fake_server, tmp_path, capsy
     assert rows and all(r != "n/a" and float(r) > 0 for r in rows)
 
 
-def test_chunk_of_several_tokens_adds_one_gap_per_token(fake_server, tmp_path):
+def test_chunk_of_several_tokens_adds_one_gap_per_token(fake_server, tmp_path, capsys):
     res = _run(fake_server, tmp_path, "pairs")
+    # chunks of 2, 2, 1 tokens: 2 chunks after the first per request, one of them of several tokens
+    assert res["token_chunks"] == 6 and res["multi_token_chunks"] == 3
+    assert 0 <= res["burst_chunks"] <= res["token_chunks"]
+    assert res["itl_p99_over_p50"] == pytest.approx(res["itl_p99_ms"] / res["itl_p50_ms"])
+    assert res["ttft_p50_ms"] == pytest.approx(res["median_ttft_ms"])
+    # no server pid: no CPU figures, printed as n/a
+    assert res["server_pid"] is None and res["api_server_cpu_ms_per_output_token"] is None
+    assert res["client_cpu_share"] >= 0
+    out = capsys.readouterr().out
+    assert "Streaming under load" in out and "API server CPU ms per output token:                      n/a" in out
     assert res["total_output_tokens"] == 15
     for ttft, itl, e2el in zip(res["ttfts"], res["itls"], res["e2els"], strict=True):
         # chunks of 2, 2, 1 tokens: the first chunk's second token has no gap; then 2 + 1 gaps
@@ -180,3 +198,49 @@ def test_chunk_token_counting_rules():
     tl.add(11.0, 1)
     tl.add(11.6, 3)
     assert tl.ttft == 1.0 and tl.latency == pytest.approx(1.6) and tl.itl == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_burst_chunks_are_measured_against_each_requests_tpot():
+    tl = TokenTimeline(start=0.0)
+    for now, k in ((1.0, 1), (1.1, 1), (1.101, 1), (1.2, 1), (1.201, 2), (1.3, 0)):
+        tl.add(now, k)
+    assert [g for g, _ in tl.chunks] == pytest.approx([0.1, 0.001, 0.099, 0.001])
+    assert [k for _, k in tl.chunks] == [1, 1, 1, 2]
+    r = RequestResult(ok=True, output_tokens=6, ttft=tl.ttft, latency=tl.latency, itl=tl.itl, chunks=tl.chunks)
+    assert r.tpot == pytest.approx(0.201 / 5)
+    # gaps below 0.25 x 40.2 ms: the two 1-ms gaps; a slower request's gaps are not bursts at its own pace
+    assert burst_chunks(tl.chunks, r.tpot, 0.25) == 2 and burst_chunks(tl.chunks, None, 0.25) == 0
+    slow = RequestResult(ok=True, output_tokens=3, ttft=1.0, latency=3.0, itl=[1.0, 1.0], chunks=[(1.0, 1), (1.0, 1)])
+    fig = load_figures([r, slow, RequestResult(ok=False)], r.itl + slow.itl, 0.25)
+    assert fig["token_chunks"] == 6 and fig["burst_chunks"] == 2 and fig["burst_chunk_share"] == pytest.approx(2 / 6)
+    assert fig["multi_token_chunks"] == 1 and fig["ttft_p50_ms"] == pytest.approx(1000.0)
+
+
+def test_serve_cmd_starts_measures_and_stops_the_server(tmp_path, capsys):
+    """--serve-cmd: the bench starts the (fake) server, reads its CPU time, and stops it afterwards; the fake
+    has no engine-core child, so that figure is n/a."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import sys; sys.path.insert(0, {here!r}); import uvicorn, test_bench_serve_timing as t; "
+            f"uvicorn.run(t._app(), host='127.0.0.1', port={port}, log_level='error')")
+    res = _run(f"http://127.0.0.1:{port}", tmp_path, "empty", "--serve-cmd", shlex.join([sys.executable, "-c", code]),
+               "--serve-log", str(tmp_path / "serve.log"))
+    pid = res["server_pid"]
+    assert pid and not Path(f"/proc/{pid}").exists()  # stopped and reaped
+    assert res["completed"] == 3 and res["api_server_cpu_s"] >= 0 and res["engine_core_cpu_s"] is None
+    assert res["api_server_cpu_ms_per_output_token"] == pytest.approx(1000 * res["api_server_cpu_s"] / 15)
+    assert f"pid {pid}" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        _run("http://127.0.0.1:9", tmp_path, "empty", "--serve-cmd", shlex.join([sys.executable, "-c", "exit(3)"]))
+
+
+def test_sharegpt_lengths_are_bench_throughputs():
+    from pagoda.benchmarks.datasets import workload_from_args
+    from pagoda.benchmarks.serve import _sharegpt_lengths
+
+    args = add_bench_serve_args(argparse.ArgumentParser()).parse_args(
+        ["--dataset-name", "sharegpt", "--num-prompts", "40", "--seed", "5"])
+    offline = workload_from_args(argparse.Namespace(dataset="sharegpt", num_prompts=40, seed=5), 128256)
+    assert _sharegpt_lengths(args) == [(len(r.prompt_token_ids), r.output_len) for r in offline]

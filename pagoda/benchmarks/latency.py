@@ -13,14 +13,19 @@ give several tokens per request). For timing the verify step alone, the timing-o
 every step (copies of its last token: verification stays exact, acceptance is whatever the model
 gives, usually none), so the decode-step figures become the cost of a verify-k step: compare them
 with the same command without the config.
+
+``--step-timeline PATH`` records every engine step of the timed iterations (run label ``batch<N>``;
+:mod:`pagoda.engine.step_timeline`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -34,19 +39,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-iters", type=int, default=3, help="timed iterations")
     p.add_argument("--num-iters-warmup", type=int, default=1, help="warm-up iterations")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
+    add_step_timeline_arg(p)
 
 
-def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
-    import random
+def add_step_timeline_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step-timeline", type=str, default=None, metavar="PATH",
+                   help="record every engine step of the timed runs to PATH (JSON lines: batch, tokens, wall times, "
+                        "forward path, host wait; pagoda/engine/step_timeline.py); summarize it with "
+                        "benchmarks/step_timeline_report.py")
 
+
+def timed_steps(engine, prompts: list[list[int]], max_tokens: int, tag: str) -> tuple[float, float, list[float]]:
+    """Run ``prompts`` together (greedy, ``ignore_eos``, ``max_tokens`` each) on an idle engine, timing each
+    ``step()``: (end-to-end seconds, seconds until the last step with prompt tokens returned, durations of
+    the pure decode steps of the whole batch)."""
     from pagoda import SamplingParams
 
-    rng = random.Random(seed)
-    vocab = int(engine.cfg.hf_config["vocab_size"])
-    sp = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True, detokenize=False)
-    for i in range(args.batch_size):
-        ids = [rng.randint(10, min(1000, vocab - 1)) for _ in range(args.input_len)]
-        engine.add_request(f"lat-{seed}-{i}", {"prompt_token_ids": ids}, sp, final_only=True)
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=False)
+    for i, ids in enumerate(prompts):
+        engine.add_request(f"{tag}-{i}", {"prompt_token_ids": ids}, sp, final_only=True)
     t0 = time.perf_counter()
     prefill = None
     steps: list[float] = []
@@ -57,9 +68,35 @@ def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
         stats = engine.last_stats
         if stats.num_prompt_tokens:
             prefill = te - t0  # the outputs of a step with prompt tokens are on the host
-        elif stats.num_generation_tokens >= args.batch_size:
+        elif stats.num_generation_tokens >= len(prompts):
             steps.append(te - ts)  # a pure decode (or verify) step of the whole batch
     return time.perf_counter() - t0, prefill or 0.0, steps
+
+
+def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
+    import random
+
+    rng = random.Random(seed)
+    vocab = int(engine.cfg.hf_config["vocab_size"])
+    prompts = [[rng.randint(10, min(1000, vocab - 1)) for _ in range(args.input_len)] for _ in range(args.batch_size)]
+    return timed_steps(engine, prompts, args.output_len, f"lat-{seed}")
+
+
+@contextlib.contextmanager
+def recording(core, path: str | None, run: str) -> Iterator[None]:
+    """Attach a step timeline appending to ``path`` (run label ``run``) to the engine core for the block;
+    nothing when ``path`` is None."""
+    if path is None:
+        yield
+        return
+    from pagoda.engine.step_timeline import StepTimeline
+
+    core.step_timeline = StepTimeline(path, run=run, append=True)
+    try:
+        yield
+    finally:
+        core.step_timeline.close()
+        core.step_timeline = None
 
 
 def main(args: argparse.Namespace) -> None:
@@ -68,6 +105,8 @@ def main(args: argparse.Namespace) -> None:
     from pagoda.entrypoints.cli import engine_kwargs
 
     engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(args)))
+    if args.step_timeline:
+        open(args.step_timeline, "w").close()  # each batch size appends its timed iterations (run "batch<N>")
     all_res = []
     for bs in args.batch_size:
         all_res.append(_run_batch(engine, args, bs))
@@ -81,11 +120,12 @@ def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
     for i in range(args.num_iters_warmup):
         _one(engine, args, 1000 + i)
     e2e, pre, steps = [], [], []
-    for i in range(args.num_iters):
-        a, b, c = _one(engine, args, i)
-        e2e.append(a)
-        pre.append(b)
-        steps.extend(c)
+    with recording(engine.core, args.step_timeline, f"batch{batch_size}"):
+        for i in range(args.num_iters):
+            a, b, c = _one(engine, args, i)
+            e2e.append(a)
+            pre.append(b)
+            steps.extend(c)
     steps.sort()
     res = {
         "batch_size": args.batch_size,

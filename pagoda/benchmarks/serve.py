@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,7 +50,10 @@ from datetime import datetime
 from typing import Any
 
 from pagoda import envs
+from pagoda.benchmarks.server_process import CpuSnapshot, LaunchedServer, cpu_report
+from pagoda.benchmarks.stream_load import DEFAULT_BURST_FRACTION, load_figures
 from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_text, chunk_tokens, tpot
+from pagoda.benchmarks.stream_timing import percentile as _percentile
 
 WORDS = (
     "the of and to in is was for on are with as his they be at one have this from or had by word but what some "
@@ -82,6 +86,7 @@ class RequestResult:
     ttft: float | None = None
     latency: float | None = None
     itl: list[float] = field(default_factory=list)
+    chunks: list[tuple[float, int]] = field(default_factory=list)  # (gap, tokens) after the first (stream_timing)
     error: str = ""
     text: str = ""
 
@@ -100,9 +105,10 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
-    p.add_argument("--dataset-name", default="random", choices=["random", "prefix_repetition"],
-                   help="random: word prompts of --random-input-len tokens; prefix_repetition: shared prefixes "
-                        "(--prefix-repetition-* flags)")
+    p.add_argument("--dataset-name", default="random", choices=["random", "sharegpt", "prefix_repetition"],
+                   help="random: word prompts of --random-input-len tokens; sharegpt: the prompt and output lengths "
+                        "of bench throughput's ShareGPT-like workload (same --seed, same lengths); prefix_repetition: "
+                        "shared prefixes (--prefix-repetition-* flags)")
     p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
     p.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
     p.add_argument("--random-range-ratio", type=float, default=0.0,
@@ -127,6 +133,19 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="name of this run in the saved result")
     p.add_argument("--reset-prefix-cache", action="store_true",
                    help="POST /reset_prefix_cache before the timed run (a cold prefix cache on every rerun)")
+    p.add_argument("--burst-fraction", type=float, default=DEFAULT_BURST_FRACTION,
+                   help="a chunk arriving less than this fraction of its request's TPOT after the previous one "
+                        "counts as a burst chunk (pagoda/benchmarks/stream_load.py)")
+    g = p.add_argument_group("server process (CPU time per output token)")
+    g.add_argument("--serve-cmd", default=None,
+                   help="start this server command (no shell; e.g. 'pagoda serve MODEL --port 8000') before the "
+                        "run, wait for /health, stop it afterwards, and report its API server's and engine "
+                        "core's CPU time")
+    g.add_argument("--serve-timeout", type=float, default=600.0, help="seconds --serve-cmd may take to be ready")
+    g.add_argument("--serve-log", default=None, help="file for --serve-cmd's output (default: a temporary file)")
+    g.add_argument("--server-pid", type=int, default=None,
+                   help="pid of the API server process of a server on this host that the bench did not start: "
+                        "report its CPU time (and its engine core's)")
     from pagoda.benchmarks.throughput import add_prefix_repetition_args
 
     add_prefix_repetition_args(p)
@@ -172,11 +191,23 @@ async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tupl
         return max(1, rng.randint(int(n * (1 - r)), int(math.ceil(n * (1 + r)))))
 
     out = []
-    for _ in range(args.num_prompts):
-        n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
+    sharegpt = _sharegpt_lengths(args) if args.dataset_name == "sharegpt" else None
+    for i in range(args.num_prompts):
+        if sharegpt is None:
+            n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
+        else:
+            n_in, n_out = sharegpt[i]
         text, n = await words_text(rng, counter, n_in)
         out.append((text, n, n_out))
     return out
+
+
+def _sharegpt_lengths(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(prompt, output) lengths of ``bench throughput --dataset sharegpt`` with this seed; its token ids are
+    drawn below 1000 for every vocabulary over 1000, so the lengths do not depend on the model."""
+    from pagoda.benchmarks.datasets import sharegpt_like_requests
+
+    return [(len(r.prompt_token_ids), r.output_len) for r in sharegpt_like_requests(args.num_prompts, 2**31, args.seed)]
 
 
 async def make_prefix_repetition_prompts(args: argparse.Namespace, counter: _Counter
@@ -261,7 +292,7 @@ async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict
                 if not obj.get("choices") and obj.get("usage"):
                     usage_tokens = obj["usage"].get("completion_tokens", usage_tokens)
                 res.text += chunk_text(obj, chat)
-        res.ttft, res.latency, res.itl = timeline.ttft, timeline.latency, timeline.itl
+        res.ttft, res.latency, res.itl, res.chunks = timeline.ttft, timeline.latency, timeline.itl, timeline.chunks
         res.output_tokens = usage_tokens if usage_tokens is not None else max(timeline.tokens,
                                                                              cursor.completion_tokens)
         res.ok = True
@@ -283,16 +314,6 @@ def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat
     if args.extra_body:
         p.update(args.extra_body)
     return p
-
-
-def _percentile(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100.0
-    f = math.floor(k)
-    c = min(f + 1, len(s) - 1)
-    return s[f] + (s[c] - s[f]) * (k - f)
 
 
 def _ms(x: float | None) -> float | None:
@@ -430,7 +451,38 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
             label = key.replace(f"_{m}_ms", "").replace("_", " ")
             label = {"mean": "Mean", "median": "Median"}.get(label, label.upper() if label.startswith("p") else label)
             print(f"{label + ' ' + m.upper() + ' (ms):':<40}{_fmt_ms(s[key]):>20}")
+    _print_load(s)
     print(line)
+
+
+def _print_load(s: dict[str, Any]) -> None:
+    """The streaming-under-load rows (stream_load.py, server_process.py); "n/a" where not measured."""
+    def num(v: float | None, fmt: str = ".2f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    print(f"{' Streaming under load ':-^60}")
+    rows = [
+        ("TTFT P50 / P99 (ms):", f"{num(s['ttft_p50_ms'])} / {num(s['ttft_p99_ms'])}"),
+        ("TTFT P99 / P50:", num(s["ttft_p99_over_p50"])),
+        ("ITL P50 / P99 (ms):", f"{num(s['itl_p50_ms'])} / {num(s['itl_p99_ms'])}"),
+        ("ITL P99 / P50:", num(s["itl_p99_over_p50"])),
+        ("Median TTFT / median TPOT:", num(s["ttft_p50_over_tpot_p50"])),
+        (f"Burst chunks (gap < {s['burst_fraction']:g} TPOT):",
+         f"{s['burst_chunks']} of {s['token_chunks']} ({num(_pct(s['burst_chunk_share']), '.1f')}%)"),
+        ("Chunks of several tokens:", s["multi_token_chunks"]),
+        ("API server CPU ms per output token:", num(s["api_server_cpu_ms_per_output_token"], ".3f")),
+        ("Engine core CPU ms per output token:", num(s["engine_core_cpu_ms_per_output_token"], ".3f")),
+        ("API server CPU ms per request:", num(s["api_server_cpu_ms_per_request"])),
+        ("Load generator CPU share (1 = a core):", num(s["client_cpu_share"])),
+    ]
+    for k, v in rows:
+        print(f"{k:<40}{v:>20}")
+    if (s["client_cpu_share"] or 0) > 0.8:
+        print("warning: the load generator used most of a core: its latencies include its own lag", file=sys.stderr)
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
 
 
 def _server(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
@@ -503,11 +555,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if r.status_code != 200:
                 print(f"warning: POST /reset_prefix_cache answered {r.status_code}", file=sys.stderr)
         cache_before = await prefix_cache_counters(client, base, headers)
+        cpu_before = CpuSnapshot.take(args.server_pid) if args.server_pid else None
+        client_cpu = time.process_time()
 
         results, duration = await _run_requests(args, client, url, headers, model, chat, prompts)
+        client_cpu = time.process_time() - client_cpu
+        cpu_after = CpuSnapshot.take(args.server_pid) if args.server_pid else None
         cache_after = await prefix_cache_counters(client, base, headers)
 
     summary = summarize(args, results, duration)
+    summary.update(load_figures(results, latency_series(results)["itl"], args.burst_fraction))
+    summary.update(cpu_report(cpu_before, cpu_after, summary["total_output_tokens"], summary["completed"]))
+    # the load generator's own CPU over the run: near 1 (one core), its clock readings lag the stream
+    summary["client_cpu_share"] = client_cpu / duration if duration else None
     if cache_before is not None and cache_after is not None:
         dq, dh = cache_after[0] - cache_before[0], cache_after[1] - cache_before[1]
         summary["prefix_cache_queries"], summary["prefix_cache_hits"] = dq, dh
@@ -544,6 +604,8 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "extra_body": args.extra_body,
         "seed": args.seed,
         "prompt_lengths_exact": prompts_exact,
+        "serve_cmd": args.serve_cmd,
+        "server_pid": args.server_pid,
         **summary,
         "input_lens": [r.prompt_len for r in results],
         "output_lens": [r.output_tokens for r in results],
@@ -569,7 +631,22 @@ def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--request-rate must be positive (or inf).")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError("--max-concurrency must be at least 1.")
-    result = asyncio.run(bench(args))
+    if args.serve_cmd and args.server_pid:
+        raise ValueError("--serve-cmd starts the server whose pid is measured: drop --server-pid.")
+    if args.burst_fraction <= 0:
+        raise ValueError("--burst-fraction must be positive.")
+    server = LaunchedServer(args.serve_cmd, args.serve_log) if args.serve_cmd else None
+    if server is not None:  # a SIGTERM (e.g. from `timeout`) must still stop the server below
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        if server is not None:
+            ready_s = server.wait_ready(_server(args)[0], args.serve_timeout)
+            print(f"server ready in {ready_s:.1f} s (pid {server.pid}, log {server.log_path})")
+            args.server_pid = server.pid
+        result = asyncio.run(bench(args))
+    finally:
+        if server is not None:
+            server.stop()
     if args.save_result:
         name = args.result_filename or f"pagoda-bench-serve-{result['date']}.json"
         path = os.path.join(args.result_dir, name)

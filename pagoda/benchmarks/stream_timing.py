@@ -26,6 +26,7 @@ Token counts per chunk come, in this order of preference, from the cumulative
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,8 @@ class TokenTimeline:
     ttft: float | None = None
     last: float | None = None  # time (since start) of the last token-carrying chunk
     itl: list[float] = field(default_factory=list)
+    # (gap since the previous token-carrying chunk, tokens) of each token-carrying chunk after the first
+    chunks: list[tuple[float, int]] = field(default_factory=list)
 
     def add(self, now: float, k: int) -> None:
         """A chunk that arrived at ``now`` (same clock as ``start``) and carried ``k`` tokens."""
@@ -100,6 +103,7 @@ class TokenTimeline:
             assert self.last is not None
             gap = t - self.last
             self.itl.extend([gap / k] * k)
+            self.chunks.append((gap, k))
         self.last = t
         self.tokens += k
 
@@ -115,3 +119,14 @@ def tpot(ttft: float | None, latency: float | None, output_tokens: int) -> float
     if ttft is None or latency is None or output_tokens < 2 or latency <= ttft:
         return None
     return (latency - ttft) / (output_tokens - 1)
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of ``xs`` with linear interpolation (numpy's default); None when empty."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    f = math.floor(k)
+    c = min(f + 1, len(s) - 1)
+    return s[f] + (s[c] - s[f]) * (k - f)

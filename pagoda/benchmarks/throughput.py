@@ -13,6 +13,12 @@ Every pagoda run also reports the prefix-cache hit rate of the timed workload. W
 first token of a request alone whose prefix is new against one whose prefix is cached
 (``--prefix-ttft-probes``), and ``--compare-no-prefix-caching`` runs the same workload
 again on an engine with prefix caching off, in the same process, and prints the speed-up.
+
+``--makespan-bound`` reports the run's makespan bound (the larger of the longest request's decode
+steps at batch-1 speed and the total work at full-batch speed, measured on the same engine just before
+the timed run: :mod:`pagoda.benchmarks.makespan`) and measured / bound. ``--step-timeline PATH``
+records every engine step of the timed run (:mod:`pagoda.engine.step_timeline`);
+``benchmarks/step_timeline_report.py PATH`` summarizes it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from pagoda.benchmarks.latency import add_step_timeline_arg
     from pagoda.entrypoints.cli import add_engine_args
 
     add_engine_args(p)
@@ -41,6 +48,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-batch-size", type=int, default=None, help="HF generate batch size (default: all)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up iterations (small, untimed)")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
+    p.add_argument("--makespan-bound", action="store_true",
+                   help="measure batch-1 and full-batch speeds on this engine before the timed run and report the "
+                        "run's makespan bound and measured / bound (pagoda/benchmarks/makespan.py)")
+    p.add_argument("--makespan-decode-steps", type=int, default=32,
+                   help="decode steps timed for each speed of --makespan-bound")
+    add_step_timeline_arg(p)
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -97,6 +110,8 @@ def _report(name: str, reqs, seconds: float, hit_rate: float | None = None,
 
 def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -> dict:
     from pagoda import LLM, SamplingParams
+    from pagoda.benchmarks.latency import recording
+    from pagoda.benchmarks.makespan import measure_bound
     from pagoda.entrypoints.cli import engine_kwargs
 
     if llm is None:
@@ -107,14 +122,19 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
         # Warm up on prompts outside the workload, so the prefix cache holds none of it.
         warm = [{"prompt_token_ids": [7 + i] * 24} for i in range(2)]
         llm.generate(warm, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    bound = measure_bound(llm.llm_engine, reqs, args.makespan_decode_steps, args.seed) if args.makespan_bound else None
     kv = llm.llm_engine.core.kv
     q0, h0 = kv.prefix_cache_queries, kv.prefix_cache_hits
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    dt = time.perf_counter() - t0
+    with recording(llm.llm_engine.core, args.step_timeline, name):
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        dt = time.perf_counter() - t0
     assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs, strict=True))
     q = kv.prefix_cache_queries - q0
     res = _report(name, reqs, dt, (kv.prefix_cache_hits - h0) / q if q else 0.0)
+    if bound is not None:
+        res["makespan_bound"] = bound.record(dt)
+        print(bound.describe(dt))
     if args.dataset == "prefix_repetition" and args.prefix_ttft_probes > 0 and kv.enable_prefix_caching:
         res["prefix_ttft"] = prefix_ttft(llm, args)
     return res
@@ -212,6 +232,8 @@ def main(args: argparse.Namespace) -> None:
     if args.save_requests:
         save_requests(args.save_requests, reqs)
     results = []
+    if args.step_timeline:
+        open(args.step_timeline, "w").close()  # each pagoda run appends its timed run (run label: its name)
     if args.backend in ("pagoda", "both"):
         results.append(run_pagoda(args, reqs))
         if args.compare_no_prefix_caching:

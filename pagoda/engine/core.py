@@ -43,13 +43,14 @@ from pagoda.engine.messages import (
     SchedulerStats,
     TokenLogprobs,
 )
+from pagoda.engine.step_timeline import StepTimeline
 from pagoda.errors import EngineFatalError
 from pagoda.layers.sampler import needs_host_history
 from pagoda.spec_decode.metrics import spec_stats_fields
 from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
 from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.worker.kv_cache import log_kv_cache
-from pagoda.worker.model_runner import ModelRunner, PendingSample, PromptLogprobChunk, StepHandle
+from pagoda.worker.model_runner import ModelRunner, PendingSample, PromptLogprobChunk, RunnerOutput, StepHandle
 
 logger = logging.getLogger("pagoda")
 
@@ -121,6 +122,8 @@ class EngineCore:
         # Pipeline parallelism: launched steps, oldest first (vLLM's batch queue), at most one per stage.
         self._batch_queue: deque[tuple[SchedulerOutput, StepHandle]] = deque()
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
+        # Opt-in step timeline (engine/step_timeline.py); None: not recorded, no cost beyond the None tests.
+        self.step_timeline: StepTimeline | None = None
         self.startup_seconds = time.perf_counter() - t0
 
     @property
@@ -194,6 +197,9 @@ class EngineCore:
         their last token on the host to be sampled again (penalties, min_tokens) is finished
         before the next one is scheduled.
         """
+        tl = self.step_timeline
+        if tl is not None:
+            tl.begin()
         grammar_failed = self._admit_compiled()
         if self.cfg.pipeline_parallel_size > 1:
             out = self._step_with_batch_queue()
@@ -203,6 +209,8 @@ class EngineCore:
             out.outputs = grammar_failed + out.outputs
         elif self._grammar_waiting and not out.outputs and self._inflight is None and not self._batch_queue:
             self._wait_for_a_grammar()
+        if tl is not None:
+            tl.end(out)
         return out
 
     def _wait_for_a_grammar(self) -> None:
@@ -310,15 +318,21 @@ class EngineCore:
         """Launch a scheduled step; a failure fails its requests (not the engine) and returns their outputs.
         A step with a constrained request launches its forward only, when the runner can split it."""
         block_ids = {s.request.request_id: self.kv.get_block_ids(s.request.request_id) for s in sched.scheduled}
+        handle: StepHandle | PendingSample
         try:
             if self._can_defer and any(s.sample and s.request.grammar is not None for s in sched.scheduled):
-                return self.runner.forward_async(sched, block_ids, self.kv.req_epoch)
-            sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
-            return self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
+                handle = self.runner.forward_async(sched, block_ids, self.kv.req_epoch)
+            else:
+                sched.grammar_bitmask = self.structured.grammar_bitmask(sched)
+                handle = self.runner.execute_async(sched, block_ids, self.kv.req_epoch)
         except EngineFatalError:
             raise
         except Exception as e:
             return self._fail(sched, e)
+        if self.step_timeline is not None:  # pipeline stages run eager (no graphs are captured)
+            pp = self.cfg.pipeline_parallel_size > 1
+            self.step_timeline.launched(sched, "eager" if pp else self.runner.last_forward_path)
+        return handle
 
     def _fail(self, sched: SchedulerOutput, e: Exception) -> EngineCoreOutputs:
         logger.exception("model step failed")
@@ -335,7 +349,7 @@ class EngineCore:
     def _complete(self, sched: SchedulerOutput, handle: StepHandle) -> EngineCoreOutputs:
         """Wait for a launched step, update the scheduler, and build the step's outputs."""
         try:
-            res = handle.result()
+            res = self._result(handle)
         except EngineFatalError:
             raise
         except Exception as e:  # a failing step fails the requests in it, not the engine
@@ -389,6 +403,17 @@ class EngineCore:
         stats.num_prompt_tokens = prompt_tokens
         stats.num_generation_tokens = generated
         return EngineCoreOutputs(outs, stats)
+
+    def _result(self, handle: StepHandle) -> RunnerOutput:
+        """Wait for a launched step's result; the wait is recorded in the step timeline when one is attached."""
+        tl = self.step_timeline
+        if tl is None:
+            return handle.result()
+        t = time.perf_counter()
+        try:
+            return handle.result()
+        finally:
+            tl.waited(time.perf_counter() - t)
 
     def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, list[int]],
                           gone: set[str]) -> dict[str, str]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from pagoda import envs
 from pagoda.engine.messages import (
     AbortRequests,
     AddRequest,
@@ -124,6 +125,7 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
         from pagoda.engine.core import EngineCore
 
         core = EngineCore(EngineArgs(**engine_args).create_config())
+        _attach_step_timeline(core)
         out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
                                        core.startup_seconds)))
         logger.info("engine core ready (pid %d) in %.1f s", os.getpid(), core.startup_seconds)
@@ -150,6 +152,17 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _attach_step_timeline(core: Any) -> None:
+    """``PAGODA_STEP_TIMELINE``: record this core's steps (appended, labelled with its pid; line-buffered, so
+    the ``os._exit`` at the end loses nothing)."""
+    path = envs.step_timeline_path()
+    if path:
+        from pagoda.engine.step_timeline import StepTimeline
+
+        core.step_timeline = StepTimeline(path, run=f"core-{os.getpid()}", append=True)
+        logger.info("recording the step timeline to %s", path)
 
 
 class _CoreLoop:

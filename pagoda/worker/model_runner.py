@@ -188,6 +188,7 @@ class ModelRunner:
         # EAGLE proposers set this (spec_decode/eagle.py): "last" (the final hidden states) or "aux" (EAGLE-3's
         # aux layers) are handed over with every step's output; the chunk graph, which keeps no rows, is off.
         self.spec_hidden: str | None = None
+        self.last_forward_path = "eager"  # the path of the last forward (_forward_path), for the step timeline
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
@@ -598,7 +599,7 @@ class ModelRunner:
         return "eager"
 
     def _forward(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> ForwardResult:
-        path = self._forward_path(inputs, rows)
+        path = self.last_forward_path = self._forward_path(inputs, rows)
         if path == "decode_graph":
             assert self.graphs is not None and self.bt_cache is not None and rows is not None
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens,

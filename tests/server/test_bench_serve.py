@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 from server_utils import API_KEY
 
 from pagoda.benchmarks.serve import add_bench_serve_args, run_bench_serve
@@ -35,6 +36,20 @@ def test_bench_serve_completions_smoke(server, tmp_path, capsys):
     assert saved["output_throughput"] > 0 and res["model"] == saved["model"]
     out = capsys.readouterr().out
     assert "Output token throughput" in out and "P99 TTFT" in out
+
+
+def test_bench_serve_reads_the_server_processes_cpu_time(server, tmp_path, capsys):
+    """--server-pid: the API server's and its engine core's CPU seconds over the timed run, per output token."""
+    res = run_bench_serve(_args(server, tmp_path, "--max-concurrency", "6", "--server-pid", str(server.proc.pid)))
+    assert res["completed"] == 6 and res["engine_core_processes"] == 1  # found the spawned core
+    api, core = res["api_server_cpu_s"], res["engine_core_cpu_s"]
+    assert api >= 0 and core >= 0
+    assert res["api_server_cpu_ms_per_output_token"] == pytest.approx(1000 * api / 48)
+    assert res["engine_core_cpu_ms_per_output_token"] == pytest.approx(1000 * core / 48)
+    assert res["api_server_cpu_ms_per_request"] == pytest.approx(1000 * api / 6)
+    assert res["token_chunks"] <= 6 * 7 and res["burst_chunks"] <= res["token_chunks"]
+    out = capsys.readouterr().out
+    assert "Engine core CPU ms per output token:" in out and "ITL P99 / P50:" in out
 
 
 def test_bench_serve_chat_with_rate(server, tmp_path):
