@@ -27,13 +27,16 @@ DEV = torch.device("cuda" if ON_GPU else "cpu")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=True):
+def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=True, symmetric=False):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
     b = bias.to(dtype).to(DEV) if bias is not None else None
+    if symmetric:
+        assert torch.equal(o, s * -8)
+        o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
     return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
-                      prefetch=prefetch).cpu()
+                      prefetch=prefetch, symmetric=symmetric).cpu()
 
 
 def check(out, ref, dtype):
@@ -58,7 +61,8 @@ def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
         bias = torch.randn(n) if m in (2, 8) else None
         ref = reference(x.to(dtype), codes, scales, offsets, 4, group, dtype, None,
                         bias.to(dtype) if bias is not None else None)
-        out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split != 2)
+        out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split != 2,
+                  symmetric=sym and m % 2 == 1)  # symmetric weights: both kernels
         assert out.dtype == dtype and out.shape == (m, n)
         check(out, ref, dtype)
 

@@ -36,16 +36,16 @@ import triton.language as tl
 
 
 @triton.jit
-def _nibble(p, ph, magic, j: tl.constexpr):
-    """Nibble ``j`` of the int32 words ``p`` (``ph = p >> 12``) as exact fp32: one LOP3 and one FMA. ``magic``
-    (0x4B000000) is a runtime value so that the LOP3's one immediate holds the mask, not the magic."""
+def _nibble(p, ph, magic, j: tl.constexpr, zero: tl.constexpr):
+    """Nibble ``j`` of the int32 words ``p`` (``ph = p >> 12``) minus ``zero`` as exact fp32: one LOP3 and one
+    FMA. ``magic`` (0x4B000000) is a runtime value so that the LOP3's one immediate holds the mask."""
     E: tl.constexpr = j if j < 5 else j - 3  # the nibble's position in the word it is taken from
     c: tl.constexpr = 1.0 / (1 << (4 * E))
     if j < 5:
         v = (p & (15 << (4 * E))) | magic
     else:
         v = (ph & (15 << (4 * E))) | magic
-    return v.to(tl.float32, bitcast=True) * c - 8388608.0 * c
+    return v.to(tl.float32, bitcast=True) * c - (8388608.0 * c + zero)
 
 
 @triton.jit
@@ -63,12 +63,24 @@ def _load_words(ptrs, n_ok, EVEN_N: tl.constexpr):
 
 
 @triton.jit
-def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr):
+def _load_x(ptrs, m_ok, EVEN_M: tl.constexpr):
+    if EVEN_M:
+        return tl.load(ptrs).to(tl.float32)
+    return tl.load(ptrs, mask=m_ok[:, None, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: tl.constexpr):
+    """Group ``g``'s scales and offsets of the block's columns as ``[1, 1, BLOCK_N]`` fp32 (offsets 0 if ``SYM``)."""
     if EVEN_N:
         s = tl.load(s_ptr + g * N + offs_n)
-        o = tl.load(o_ptr + g * N + offs_n)
     else:
         s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0)
+    if SYM:
+        o = tl.zeros_like(s)
+    elif EVEN_N:
+        o = tl.load(o_ptr + g * N + offs_n)
+    else:
         o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0)
     return s.to(tl.float32)[None, None, :], o.to(tl.float32)[None, None, :]
 
@@ -77,10 +89,11 @@ def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr):
 def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    EVEN_N: tl.constexpr, PREFETCH: tl.constexpr):
+                    EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
-    1]``), so no layout conversion runs inside the K loop."""
+    1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
+    decoded as ``q - 8`` and the offset term (and its sum of x) drops out."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -93,7 +106,6 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     n_ok = offs_n < N
     m_ok = offs_m < M
     x_rows = x_ptr + offs_m[:, None, None] * stride_xm + offs_r[None, :, None]
-    x_ok = m_ok[:, None, None]
     w_cols = qw_ptr + offs_r[None, :, None] * N + offs_n[None, None, :]
     w_ok = n_ok[None, None, :]
     acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
@@ -111,11 +123,16 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
             part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
             xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
             for jj in tl.static_range(JG):
-                xj = tl.load(x_rows + t * PACK_K + (gj * JG + jj) * KP, mask=x_ok, other=0.0).to(tl.float32)
-                part += xj * _nibble(p, ph, magic, gj * JG + jj)
-                xs += xj
-            s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N)
-            acc += part * s + xs * o
+                xj = _load_x(x_rows + t * PACK_K + (gj * JG + jj) * KP, m_ok, EVEN_M)
+                part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
+                if not SYM:
+                    xs += xj
+            s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
+                                 SYM)
+            if SYM:
+                acc += part * s
+            else:
+                acc += part * s + xs * o
     res = tl.sum(acc, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
@@ -126,8 +143,10 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
         if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for i in range(num_splits):
-                total += tl.load(ws + i * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
+                for u in tl.static_range(8):
+                    ok = mask & (tl.full((BLOCK_M, BLOCK_N), i + u, tl.int32) < num_splits)
+                    total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
             tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
             _store_out(total, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
     else:
@@ -135,23 +154,31 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
 
 
 MAGIC = 0x4B000000  # fp32 bits of 2**23
+COUNTERS = 1 << 16
+"""Counters allocated per device up front (Llama-size decode launches use a few thousand)."""
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
-def counters(device: torch.device, n: int) -> torch.Tensor:
-    """The zeroed per-tile counters of ``device`` (at least ``n``), grown when a launch needs more."""
+def counters(device: torch.device, n: int = 0) -> torch.Tensor:
+    """The zeroed per-tile counters of ``device`` (at least ``n``, :data:`COUNTERS` by default), grown when a
+    launch needs more. Never allocated inside a CUDA graph capture (the zero-fill would not run until that
+    graph replays): :class:`~pagoda.quantization.int_weight.IntWeight` allocates them when it is packed."""
     buf = _COUNTERS.get(device)
     if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(4096, triton.next_power_of_2(n)), dtype=torch.int32, device=device)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"w4 gemv: {n} split-K counters needed on {device} while capturing a CUDA graph; "
+                               f"they must be allocated before capture (triton_w4_gemv.counters)")
+        buf = torch.zeros(max(COUNTERS, triton.next_power_of_2(n)), dtype=torch.int32, device=device)
         _COUNTERS[device] = buf
     return buf
 
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: bool = True) -> torch.Tensor:
+            num_stages: int = 1, prefetch: bool = True, symmetric: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
-    (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles."""
+    (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
+    caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -168,5 +195,6 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
-                          PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages)
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, num_warps=num_warps,
+                          num_stages=num_stages)
     return out

@@ -279,8 +279,9 @@ def _interpreting() -> bool:
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
                  bits: int, group_size: int, bias: torch.Tensor | None = None,
-                 config: WNA16Config | None = None) -> torch.Tensor:
-    """``x[M, K] @ W.T`` with W in the packed layout of this module (``scales``/``offsets`` ``[K/G, N]``)."""
+                 config: WNA16Config | None = None, symmetric: bool = False) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with W in the packed layout of this module (``scales``/``offsets`` ``[K/G, N]``);
+    ``symmetric``: ``offsets == -2**(bits-1) * scales`` exactly (the GEMV then skips the offsets)."""
     m, k = x.shape
     n = scales.shape[1]
     if x.stride(1) != 1:
@@ -290,7 +291,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
