@@ -85,7 +85,7 @@ def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: t
     return s.to(tl.float32)[None, None, :], o.to(tl.float32)[None, None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "tiles_per_split", "num_tiles", "num_splits"])  # fewer compiled variants
 def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
