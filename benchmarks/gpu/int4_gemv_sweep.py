@@ -145,7 +145,8 @@ def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
 def step_summary(m: int, res: dict[str, dict]) -> None:
     names = list(res)
     arms = {a: summed(res, names, a) for a in ("bf16", "before", "now", "asym")}
-    best = sum(min(t for r, t in res[n].items() if isinstance(r, Rule) and t is not None) for n in names)
+    best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
+               for n in names)
     parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]
     ratio = f"  (now/bf16 {arms['now'] / arms['bf16']:.2f})" if arms["now"] and arms["bf16"] else ""
     print(f"  M={m} step linears ({LAYERS} layers): " + ", ".join(parts) + ratio)
