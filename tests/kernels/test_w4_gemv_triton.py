@@ -96,3 +96,18 @@ def test_dispatch_uses_the_small_m_table():
     out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
                           offsets.t().contiguous().to(DEV), 4, 32).cpu()
     check(out, reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None), torch.float32)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_int_weight_records_symmetric_for_the_gemv(sym, monkeypatch):
+    """Packing for Triton (forced here on the CPU) records whether offsets are exactly ``-8 * scales`` (what the
+    GEMV's ``symmetric`` path assumes), allocates the split-K counters, and keeps the weight's meaning."""
+    from pagoda.quantization import int_weight
+
+    monkeypatch.setattr(int_weight, "_choose_layout", lambda *a: "triton")
+    codes, scales, offsets = random_weight(4, 32, 16, 64, sym, seed=7)
+    w = int_weight.make_int_weight(codes, scales, offsets, 4, 32, torch.bfloat16)
+    assert w.layout == "triton" and w.symmetric == sym
+    assert gv.counters(codes.device).numel() >= gv.COUNTERS
+    ref = int_weight.IntWeight(codes, scales.bfloat16(), offsets.bfloat16(), 4, 32).dequantize(torch.float32)
+    assert torch.equal(w.dequantize(torch.float32), ref)
