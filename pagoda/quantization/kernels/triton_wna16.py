@@ -250,12 +250,12 @@ def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
 
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
-    kind, bm, bn = rule.kind, rule.block_m, rule.block_n
+    kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
-        if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV's registers
-            bn = min(bn, 32)
+        if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV: 8 rows x 64 columns x 8 warps
+            bn, warps = 64, 8
         bm = min(max(bm, 1), triton.next_power_of_2(m), 8)
         bk = pack_k(k)
     elif kind == "dot":
@@ -265,7 +265,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, bn, bk, split, rule.num_warps, rule.num_stages, rule.dequant, rule.prefetch)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
