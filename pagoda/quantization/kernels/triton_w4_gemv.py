@@ -129,10 +129,9 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     xs += xj
             s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
                                  SYM)
-            if SYM:
-                acc += part * s
-            else:
-                acc += part * s + xs * o
+            acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
+            if not SYM:
+                acc += xs * o
     res = tl.sum(acc, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
