@@ -43,16 +43,16 @@ SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 2, 4) if SMOKE else (1, 2, 4, 8, 16)
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
-GRID = {  # block_m -> (block_n, num_warps, waves, prefetch); block_m = min(M, 8). Each tile shape here compiles
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles); block_m = min(M, 8). Each tile shape here compiles
     # (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per thread
     # (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out).
-    1: ((64, 2, 4, True), (64, 2, 8, True), (64, 2, 2, True), (128, 4, 4, True), (128, 4, 8, True),
-        (32, 1, 8, True), (64, 2, 4, False), (64, 4, 4, True)),
-    2: ((64, 4, 4, True), (32, 2, 4, True), (64, 8, 4, True), (128, 4, 4, True), (64, 4, 8, True),
-        (64, 4, 4, False)),
-    4: ((64, 4, 4, True), (32, 4, 4, True), (64, 8, 4, True), (128, 8, 4, True), (64, 4, 8, True),
-        (64, 4, 4, False)),
-    8: ((64, 8, 4, True), (64, 8, 8, True), (64, 8, 2, True), (64, 8, 4, False)),
+    1: ((64, 2, 4, 1), (64, 2, 8, 1), (64, 2, 2, 1), (128, 4, 4, 1), (128, 4, 8, 1),
+        (32, 1, 8, 1), (64, 2, 4, 2), (64, 2, 4, 0), (64, 4, 4, 1)),
+    2: ((64, 4, 4, 1), (32, 2, 4, 1), (64, 8, 4, 1), (128, 4, 4, 1), (64, 4, 8, 1),
+        (64, 4, 4, 2)),
+    4: ((64, 4, 4, 1), (32, 4, 4, 1), (64, 8, 4, 1), (128, 8, 4, 1), (64, 4, 8, 1),
+        (64, 4, 4, 2)),
+    8: ((64, 8, 4, 1), (64, 8, 8, 1), (64, 8, 2, 1), (64, 8, 4, 0)),
 }
 
 
@@ -89,7 +89,7 @@ def per_linear_us(fn) -> float:
     return graph_time_us(fn, REPS) / COPIES
 
 
-def time_config(w: Weights, x: torch.Tensor, cfg: tw.WNA16Config, label: str, sym: bool = True) -> float | None:
+def time_config(w: Weights, x: torch.Tensor, cfg: tw.WNA16Config, label: str, sym: bool = 1) -> float | None:
     try:
         y = tw.wna16_matmul(x, *w.int4[0], 4, G, config=cfg, symmetric=sym)
     except Exception as exc:  # a config that does not compile here: reported, never chosen
@@ -112,7 +112,7 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         arms["before"] = time_config(w, x, before, "before")
         now = tw.choose_config(m, w.n, w.k, G, sms)
         arms["now"] = time_config(w, x, now, "now")
-        arms["asym"] = time_config(w, x, now, "asym", sym=False)
+        arms["asym"] = time_config(w, x, now, "asym", sym=0)
         for rule in candidates(m):
             arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
         floor = w.floor_bytes / bw * 1e6

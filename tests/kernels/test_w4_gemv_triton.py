@@ -27,7 +27,7 @@ DEV = torch.device("cuda" if ON_GPU else "cpu")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=True, symmetric=False):
+def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
@@ -61,7 +61,7 @@ def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
         bias = torch.randn(n) if m in (2, 8) else None
         ref = reference(x.to(dtype), codes, scales, offsets, 4, group, dtype, None,
                         bias.to(dtype) if bias is not None else None)
-        out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split != 2,
+        out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split % 3,
                   symmetric=sym and m % 2 == 1)  # symmetric weights: both kernels
         assert out.dtype == dtype and out.shape == (m, n)
         check(out, ref, dtype)

@@ -112,8 +112,13 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)
+    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
     for t in range(t_lo, t_hi):
-        if PREFETCH:  # the next tile's words are in flight while this one is computed
+        if PREFETCH == 2:  # the next two tiles' words are in flight while this one is computed
+            p = p_next
+            p_next = p_next2
+            p_next2 = _load_words(w_cols + tl.minimum(t + 2, t_hi - 1) * KP * N, w_ok, EVEN_N)
+        elif PREFETCH == 1:
             p = p_next
             p_next = _load_words(w_cols + tl.minimum(t + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
         else:
@@ -174,10 +179,11 @@ def counters(device: torch.device, n: int = 0) -> torch.Tensor:
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: bool = True, symmetric: bool = False) -> torch.Tensor:
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
-    caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read)."""
+    caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
+    loaded ahead of the one being computed (0, 1 or 2)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k

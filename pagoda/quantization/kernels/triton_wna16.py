@@ -145,7 +145,7 @@ class Rule:
     """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
-    ``prefetch`` (``gemv``): load the next K tile's words before computing the current one."""
+    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2)."""
 
     kind: str
     block_n: int
@@ -156,7 +156,7 @@ class Rule:
     dequant: bool = True
     block_k: int = 128
     min_tiles: int = 2
-    prefetch: bool = True
+    prefetch: int = 1
 
 
 BIG = 1 << 30
@@ -206,7 +206,7 @@ class WNA16Config:
     num_warps: int = 4
     num_stages: int = 3
     dequant: bool = True
-    prefetch: bool = True
+    prefetch: int = 1
 
 
 def pack_k(in_features: int) -> int:
