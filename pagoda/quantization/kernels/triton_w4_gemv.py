@@ -12,7 +12,11 @@ ones per clock):
   ``acc += x * q``), against 2 integer ops + 2 float ops before.
 * The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
   accumulated per (row, word row, column) and reduced over K once at the end (no per-tile cross-thread
-  reduction).
+  reduction). Symmetric weights (``o = -8 s``, GPTQ/AWQ sym) decode ``q - 8`` in the same FMA and skip the
+  offset term.
+* 3D tensors ``[BLOCK_M, P/8, BLOCK_N]`` from the start, x loaded as ``[BLOCK_M, P/8, 1]``: no layout
+  conversion (shared memory, barriers) inside the K loop; the next 1-2 tiles' words are loaded before the
+  current tile is computed (Triton does not pipeline loads that feed no ``tl.dot``).
 * Split-K in one launch: each program writes its fp32 partial to a workspace ``[S, M, N]``, bumps a per-tile
   counter (release/acquire); the program that arrives last sums the S partials in split order (so the result
   does not depend on which program finishes last: bit-reproducible for a given M and config), adds the bias,
