@@ -30,13 +30,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.gpu.bandwidth import device_copy_bandwidth  # noqa: E402
+from benchmarks.gpu.timing import graph_time_us  # noqa: E402
 from pagoda.quantization.kernels import triton_fp8_gemv as gemv  # noqa: E402
 from pagoda.quantization.kernels.triton_fp8_gemv import GemvConfig, fp8_gemv  # noqa: E402
 from pagoda.quantization.kernels.triton_fp8_quant import quantize_fp8_rows  # noqa: E402
 from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_MAX, quantize_fp8, quantize_weight_fp8_per_channel  # noqa: E402
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
-REPS = 50
 GEMV_MS = (1, 2, 4, 8)
 GEMV_GRID = (  # CUDA cores (fma; prefetch unless "nopf") and tensor cores (dot; Triton-pipelined, num_stages)
     GemvConfig(block_n=8, block_k=512),
@@ -58,30 +58,8 @@ GEMV_GRID = (  # CUDA cores (fma; prefetch unless "nopf") and tensor cores (dot;
 ROTATE_BYTES = 256 * 2**20
 
 
-def graph_time_us(fn: Callable[[], object]) -> float:
-    """Mean time of ``fn`` replayed ``REPS`` times inside one CUDA graph."""
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(REPS):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (5 * REPS)
-
-
 def graph_time_cycle_us(fns: Sequence[Callable[[], object]]) -> float:
-    """Mean time per call of ``REPS`` calls inside one CUDA graph, call ``r`` running ``fns[r % len(fns)]``."""
+    """Mean time per call inside one CUDA graph (benchmarks/gpu/timing.py), call ``r`` running ``fns[r % len(fns)]``."""
     return graph_time_us(_Cycle(fns))
 
 

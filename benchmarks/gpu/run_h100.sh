@@ -50,8 +50,10 @@ fi
 
 if has intweight; then
   log "int weights: Triton W4A16/W8A16 vs bf16 linears (Llama-3-8B shape, M=1 and 64) + its tests"
-  timeout 120 python -m pytest tests/kernels/test_int_weight_triton.py -q -x 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
+  timeout 120 python -m pytest tests/kernels/test_int_weight_triton.py tests/kernels/test_w4_gemv_triton.py \
+    tests/gpu/test_gpu_int4_kernels.py -q -x 2>&1 | tail -3 | tee -a "$OUT/summary.txt"
   timeout 200 python benchmarks/gpu/int_weight_bench.py 2>&1 | tail -60 | tee -a "$OUT/summary.txt"
+  timeout 300 python benchmarks/gpu/int4_gemv_sweep.py 2>&1 | tee "$OUT/int4_gemv_sweep.txt" | tail -40 | tee -a "$OUT/summary.txt"
 fi
 
 if has torchattn; then

@@ -75,6 +75,7 @@ class IntWeight(nn.Module):
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
         self.dense_pad = True  # --deterministic with a dense copy: pad its last row tile (an M-dependent kernel)
+        self.symmetric = False  # ``triton`` layout: offsets == -2**(bits-1) * scales exactly (set by finalize)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
 
@@ -136,11 +137,14 @@ class IntWeight(nn.Module):
         codes, (scales, offsets) = self.plain_codes(), self.group_params()
         self._set_plain(codes, scales, offsets)
         self.dense_packed = None
+        self.symmetric = False
         self.layout = _choose_layout(self, codes.device, scales, offsets)
         if self.layout == "triton":
-            from pagoda.quantization.kernels import triton_wna16
+            from pagoda.quantization.kernels import triton_w4_gemv, triton_wna16
             self._set(codes=triton_wna16.pack(codes, self.bits), scales=scales.t().contiguous().t(),
                       offsets=offsets.t().contiguous().t())
+            triton_w4_gemv.counters(codes.device)  # before any CUDA graph capture
+            self.symmetric = bool(torch.equal(offsets, scales * -(2 ** (self.bits - 1))))
         elif self.layout == "cpu_int4":
             parts = cpu_woq.pack_int4(codes, scales, offsets, self.bits, self.dtype)
             hi = parts[1] if len(parts) > 1 else (None, None)
@@ -215,7 +219,8 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     if w.layout == "triton":
         from pagoda.quantization.kernels import triton_wna16
         assert w.scales is not None and w.offsets is not None
-        y = triton_wna16.wna16_matmul(x2, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias)
+        y = triton_wna16.wna16_matmul(x2, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias,
+                                      symmetric=w.symmetric)
         return y.view(*lead, w.out_features)
     if w.batch_invariant and w.dense_packed is not None:  # --deterministic: the copy for every row
         from pagoda.layers.batch_invariant import row_tiled

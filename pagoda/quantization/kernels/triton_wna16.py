@@ -14,18 +14,16 @@ one contiguous slice. N is the fastest axis everywhere (coalesced loads).
 
 Kernels (one packed copy serves both; :data:`INT4_TABLE` picks by M):
 
-* ``gemv`` (small M): no ``tl.dot``. A program owns ``BLOCK_N`` columns, a split-K range of K tiles and a
-  block of up to ``BLOCK_M`` rows; per sub-block it converts the nibbles to fp32 (exponent trick, no
-  int->float convert), and accumulates ``x * q`` into an fp32 ``[BLOCK_M, P/8, BLOCK_N]`` accumulator; the
-  affine map is applied per tile when a group spans the tile (else per sub-block); the K rows are reduced
-  once at the end.
+* ``gemv`` (small M, about 1..8 rows): no ``tl.dot``; :mod:`triton_w4_gemv` (one launch with its split-K
+  reduction, nibbles decoded by one LOP3 + one FMA, the affine map once per group).
 * ``dot`` (M >= 16): 8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per tile, either on the tile
   dequantized to the activation dtype (``dequant``) or on the raw codes with the affine map factored out
   (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0).
 * ``u8`` (5..8 bits): the previous design, ``BLOCK_K`` <= group, factored affine map.
 
-Split-K partials go to an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one small reduce
-kernel (deterministic, no atomics, no zero-fill). fp32 accumulation everywhere.
+Split-K partials of ``dot``/``u8`` go to an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one
+small reduce kernel; ``gemv`` sums them in its own last program per tile. Both sum in split order
+(bit-reproducible for a given M and launch; no zero-fill). fp32 accumulation everywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +36,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.quantization.kernels.triton_w4_gemv import w4_gemv
+
 _MAGIC = 0x4B000000  # fp32 bits of 2**23: (q | _MAGIC) as fp32 == 2**23 + q for 0 <= q < 2**23
 
 
@@ -46,52 +46,6 @@ def _nibbles_f32(p, j: tl.constexpr):
     """Nibble ``j`` of int32 words as exact fp32 (an OR and a subtract instead of an int->float convert)."""
     q = ((p >> (4 * j)) & 0xF) | 0x4B000000
     return q.to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
-def _int4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
-                      tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    KP: tl.constexpr = PACK_K // 8
-    TILE_GROUP: tl.constexpr = GROUP % PACK_K == 0  # one (scale, offset) per column for the whole tile
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = tl.arange(0, KP)
-    n_ok = offs_n < N
-    m_ok = offs_m < M
-    x_rows = x_ptr + offs_m[:, None] * stride_xm + offs_r[None, :]
-    acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
-    for t in range(t_lo, t_hi):
-        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
-        xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for j in tl.static_range(8):
-            k0 = t * PACK_K + j * KP
-            xj = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0).to(tl.float32)
-            q = _nibbles_f32(p, j)
-            if TILE_GROUP:
-                part += xj[:, :, None] * q[None, :, :]
-                xsum += tl.sum(xj, axis=1)
-            else:
-                g = k0 // GROUP
-                s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                acc += xj[:, :, None] * (q * s[None, :] + o[None, :])[None, :, :]
-        if TILE_GROUP:
-            g = (t * PACK_K) // GROUP
-            s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            acc += part * s[None, None, :]
-            acc_o += xsum[:, None] * o[None, :]
-    res = tl.sum(acc, axis=1) + acc_o
-    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out, res.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -190,7 +144,8 @@ def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr,
 class Rule:
     """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
-    ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two)."""
+    ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
+    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2)."""
 
     kind: str
     block_n: int
@@ -201,6 +156,7 @@ class Rule:
     dequant: bool = True
     block_k: int = 128
     min_tiles: int = 2
+    prefetch: int = 1
 
 
 BIG = 1 << 30
@@ -212,6 +168,23 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     256: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
     BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
 }
+SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
+    # benchmarks/gpu/int4_gemv_sweep.py prints this (defaults set by reasoning, not yet measured).
+    "small": {
+        1: Rule('gemv', 64, block_m=1, num_warps=2),
+        2: Rule('gemv', 64, block_m=2),
+        4: Rule('gemv', 64, block_m=4),
+    },
+    "large": {
+        1: Rule('gemv', 64, block_m=1, num_warps=2),
+        2: Rule('gemv', 64, block_m=2),
+        4: Rule('gemv', 64, block_m=4),
+    },
+}
+SMALL_WEIGHT = 1 << 25
+"""A 4-bit weight of at most this many codes (N*K) is shape class ``small`` (Llama-3-8B qkv, o), else ``large``."""
+
+
 U8_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
     16: Rule('u8', 128),
     32: Rule('u8', 64, block_m=64),
@@ -233,6 +206,7 @@ class WNA16Config:
     num_warps: int = 4
     num_stages: int = 3
     dequant: bool = True
+    prefetch: int = 1
 
 
 def pack_k(in_features: int) -> int:
@@ -259,32 +233,44 @@ def num_sms(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
 
 
-def rule_for(m: int, bits: int) -> Rule:
+def shape_class(n: int, k: int) -> str:
+    return "small" if n * k <= SMALL_WEIGHT else "large"
+
+
+def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
+    """The rule for ``m`` rows: :data:`SMALL_M_TABLE` for 4-bit weights up to its largest M, else
+    :data:`INT4_TABLE` / :data:`U8_TABLE`."""
+    if bits <= 4:
+        small = SMALL_M_TABLE.get(shape_class(n, k), {})
+        if small and m <= max(small):
+            return small[min(b for b in small if b >= m)]
     table = INT4_TABLE if bits <= 4 else U8_TABLE
     return table[min(b for b in table if b >= m)]
 
 
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
-    kind, bm = rule.kind, rule.block_m
+    kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
-        bm = min(max(bm, 1), triton.next_power_of_2(m))
+        if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV: 8 rows x 64 columns x 8 warps
+            bn, warps = 64, 8
+        bm = min(max(bm, 1), triton.next_power_of_2(m), 8)
         bk = pack_k(k)
     elif kind == "dot":
         bk = 128
     else:
         bk = min(rule.block_k, max_block_k(group_size))
-    tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, rule.block_n)
+    tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, rule.block_n, bk, split, rule.num_warps, rule.num_stages, rule.dequant)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
-    """The launch :data:`INT4_TABLE` / :data:`U8_TABLE` give for this shape."""
-    return resolve(rule_for(m, bits), m, n, k, group_size, sms)
+    """The launch :func:`rule_for` gives for this shape."""
+    return resolve(rule_for(m, bits, n, k), m, n, k, group_size, sms)
 
 
 def _interpreting() -> bool:
@@ -293,8 +279,9 @@ def _interpreting() -> bool:
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
                  bits: int, group_size: int, bias: torch.Tensor | None = None,
-                 config: WNA16Config | None = None) -> torch.Tensor:
-    """``x[M, K] @ W.T`` with W in the packed layout of this module (``scales``/``offsets`` ``[K/G, N]``)."""
+                 config: WNA16Config | None = None, symmetric: bool = False) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with W in the packed layout of this module (``scales``/``offsets`` ``[K/G, N]``);
+    ``symmetric``: ``offsets == -2**(bits-1) * scales`` exactly (the GEMV then skips the offsets)."""
     m, k = x.shape
     n = scales.shape[1]
     if x.stride(1) != 1:
@@ -302,6 +289,9 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     cfg = config or choose_config(m, n, k, group_size, num_sms(x.device.index), bits)
     if (cfg.kind == "u8") != (bits > 4):
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
+    if cfg.kind == "gemv":
+        return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
@@ -312,11 +302,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     dot_f32 = x.dtype == torch.float32 or _interpreting()
     common = (x, qweight, scales, offsets, out, m, n)
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    if cfg.kind == "gemv":
-        grid3 = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
-        _int4_gemv_kernel[grid3](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
-                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **launch)
-    elif cfg.kind == "dot":
+    if cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,

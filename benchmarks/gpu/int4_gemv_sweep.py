@@ -1,0 +1,210 @@
+"""W4A16 at decode batch sizes (issue 12): the small-M GEMV (pagoda/quantization/kernels/triton_w4_gemv.py)
+against bf16 ``F.linear`` and the kernel main dispatched before it, on the Llama-3-8B linears.
+
+Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; group 128, symmetric
+(offsets = -8 * scales, as ``-q gptq`` dummy weights). For M in 1, 2, 4, 8, 16: bf16 ``F.linear``; ``before`` =
+:data:`INT4_TABLE`'s rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before
+:data:`SMALL_M_TABLE`); ``now`` = what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same
+launch on the asymmetric code path (reads offsets); then each GEMV candidate (block N, warps, split-K waves,
+prefetch), each
+first checked against dequantize + matmul (rejected above 1e-2 relative error). Timing: one CUDA graph of
+``REPS`` rounds over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the
+floor is codes + scales + offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
+
+Prints per (M, shape) microseconds per linear and x floor, per M the 32-layer step of linears, and the
+``SMALL_M_TABLE`` literal (winner per shape class and M bucket, least summed time over the class's shapes):
+paste it over the one in pagoda/quantization/kernels/triton_wna16.py. Runs in about 1-2 minutes on an H200
+(Triton compiles ~35 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py`` (``--smoke``: CPU, Triton
+interpreter, tiny shapes, no timing; checks the script runs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+SMOKE = "--smoke" in sys.argv
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
+from pagoda.quantization.kernels.triton_wna16 import Rule  # noqa: E402
+
+dev = torch.device("cpu" if SMOKE else "cuda")
+DT = torch.float32 if SMOKE else torch.bfloat16
+SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
+    {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+MS = (1, 2, 4) if SMOKE else (1, 2, 4, 8, 16)
+G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles); block_m = min(M, 8). Each tile shape here compiles
+    # (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per thread
+    # (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out).
+    1: ((64, 2, 4, 1), (64, 2, 8, 1), (64, 2, 2, 1), (128, 4, 4, 1), (128, 4, 8, 1),
+        (32, 1, 8, 1), (64, 2, 4, 2), (64, 2, 4, 0), (64, 4, 4, 1)),
+    2: ((64, 4, 4, 1), (32, 2, 4, 1), (64, 8, 4, 1), (128, 4, 4, 1), (64, 4, 8, 1),
+        (64, 4, 4, 2)),
+    4: ((64, 4, 4, 1), (32, 4, 4, 1), (64, 8, 4, 1), (128, 8, 4, 1), (64, 4, 8, 1),
+        (64, 4, 4, 2)),
+    8: ((64, 8, 4, 1), (64, 8, 8, 1), (64, 8, 2, 1), (64, 8, 4, 0)),
+}
+
+
+def candidates(m: int) -> list[Rule]:
+    bm = min(m, 8)
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf) for bn, nw, wv, pf in GRID[bm]]
+
+
+class Weights:
+    """``COPIES`` random 4-bit weights of one shape in the Triton layout, their bf16 twins, one dense check."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.n, self.k = n, k
+        codes = torch.randint(0, 16, (n, k), device=dev, dtype=torch.uint8)
+        s = (torch.rand(n, k // G, device=dev) * 0.01 + 0.001).to(DT)
+        o = s * -8
+        self.dense = (codes.view(n, -1, G).float() * s.float()[..., None] + o.float()[..., None]).view(n, k)
+        packed, st, ot = tw.pack(codes, 4), s.t().contiguous(), o.t().contiguous()
+        self.int4 = [(packed if i == 0 else packed.clone(), st, ot) for i in range(COPIES)]
+        self.bf16 = [self.dense.to(DT) for _ in range(COPIES)]
+        self.floor_bytes = n * k / 2 + 2 * s.numel() * s.element_size()
+
+    def rel_err(self, y: torch.Tensor, x: torch.Tensor) -> float:
+        ref = x.float() @ self.dense.t()
+        return ((y.float() - ref).norm() / ref.norm()).item()
+
+
+def per_linear_us(fn) -> float:
+    fn()
+    if SMOKE:
+        return 1.0
+    from benchmarks.gpu.timing import graph_time_us
+
+    return graph_time_us(fn, REPS) / COPIES
+
+
+def time_config(w: Weights, x: torch.Tensor, cfg: tw.WNA16Config, label: str, sym: bool = 1) -> float | None:
+    try:
+        y = tw.wna16_matmul(x, *w.int4[0], 4, G, config=cfg, symmetric=sym)
+    except Exception as exc:  # a config that does not compile here: reported, never chosen
+        print(f"    {label}: failed ({type(exc).__name__}: {str(exc)[:120]})")
+        return None
+    if w.rel_err(y, x) > 1e-2:
+        print(f"    {label}: WRONG (rel. error {w.rel_err(y, x):.1e}), rejected")
+        return None
+    return per_linear_us(lambda: [tw.wna16_matmul(x, q, s, o, 4, G, config=cfg, symmetric=sym) for q, s, o in w.int4])
+
+
+def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[str, dict]:
+    """Times of every arm on every shape at ``m`` rows: ``{shape: {arm: us}}`` (arms: bf16, before, now, rules)."""
+    res: dict[str, dict] = {}
+    print(f"\nM={m}")
+    for name, w in weights.items():
+        x = torch.randn(m, w.k, device=dev, dtype=DT)
+        before = tw.resolve(tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)], m, w.n, w.k, G, sms)
+        arms: dict = {"bf16": per_linear_us(lambda x=x, w=w: [F.linear(x, d) for d in w.bf16])}
+        arms["before"] = time_config(w, x, before, "before")
+        now = tw.choose_config(m, w.n, w.k, G, sms)
+        arms["now"] = time_config(w, x, now, "now")
+        arms["asym"] = time_config(w, x, now, "asym", sym=0)
+        for rule in candidates(m):
+            arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
+        floor = w.floor_bytes / bw * 1e6
+        ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
+        best = min(ok, key=ok.__getitem__) if ok else None
+        line = f"  {name:8s} floor {floor:6.1f} us  bf16 {arms['bf16']:6.1f}  before {fmt(arms['before'])}" \
+               f"  now {fmt(arms['now'])}  asym {fmt(arms['asym'])}"
+        if best is not None:
+            line += f"  best gemv {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
+        print(line)
+        res[name] = arms
+    return res
+
+
+def fmt(t: float | None) -> str:
+    return "  fail" if t is None else f"{t:6.1f}"
+
+
+def short(rule: Rule) -> str:
+    """A rule as a constructor call with its non-default fields (fits the 120-column limit)."""
+    default = Rule(rule.kind, rule.block_n)
+    rest = [f"{f}={getattr(rule, f)!r}" for f in rule.__dataclass_fields__ if f not in ("kind", "block_n")
+            and getattr(rule, f) != getattr(default, f)]
+    return f"Rule({', '.join([repr(rule.kind), str(rule.block_n)] + rest)})"
+
+
+def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
+    ts = [res[n].get(arm) for n in names]
+    return None if any(t is None for t in ts) else sum(ts)
+
+
+def step_summary(m: int, res: dict[str, dict]) -> None:
+    names = list(res)
+    arms = {a: summed(res, names, a) for a in ("bf16", "before", "now", "asym")}
+    best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
+               for n in names)
+    parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]
+    ratio = f"  (now/bf16 {arms['now'] / arms['bf16']:.2f})" if arms["now"] and arms["bf16"] else ""
+    print(f"  M={m} step linears ({LAYERS} layers): " + ", ".join(parts) + ratio)
+
+
+def fmt_ms(t: float | None) -> str:
+    return "fail" if t is None else f"{t * LAYERS / 1e3:.3f} ms"
+
+
+def class_winners(results: dict[int, dict[str, dict]]) -> dict[str, dict[int, Rule]]:
+    """Per shape class and M: the GEMV rule with the least summed time over the class's shapes, kept only
+    while it beats ``before`` (the dot kernel) on that class."""
+    table: dict[str, dict[int, Rule]] = {"small": {}, "large": {}}
+    for cls in table:
+        names = [n for n, (nn, kk) in SHAPES.items() if tw.shape_class(nn, kk) == cls]
+        for m, res in sorted(results.items()) if names else ():
+            totals = {r: summed(res, names, r) for r in res[names[0]] if isinstance(r, Rule)}
+            valid = {r: t for r, t in totals.items() if t is not None}
+            before = summed(res, names, "before")
+            if not valid or (before is not None and min(valid.values()) >= before):
+                break  # from here on the dot kernel (INT4_TABLE) wins: the table stops below this M
+            table[cls][m] = min(valid, key=valid.__getitem__)
+    return table
+
+
+def table_text(table: dict[str, dict[int, Rule]]) -> str:
+    lines = ["SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE "
+             "up to its last M.", "    # benchmarks/gpu/int4_gemv_sweep.py prints this."]
+    for cls, rules in table.items():
+        lines.append(f"    {cls!r}: {{")
+        lines += [f"        {m}: {short(r)}," for m, r in sorted(rules.items())]
+        lines.append("    },")
+    return "\n".join(lines + ["}"])
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    if SMOKE:
+        bw, name = 1e10, "smoke (CPU interpreter)"
+    else:
+        from benchmarks.gpu.bandwidth import device_copy_bandwidth
+
+        bw, name = device_copy_bandwidth(2**29), torch.cuda.get_device_name()
+    sms = tw.num_sms(dev.index)
+    print(f"{name}  copy bandwidth {bw / 1e9:.0f} GB/s  SMs {sms}  torch {torch.__version__}  triton "
+          f"{triton.__version__}")
+    weights = {n: Weights(nn, kk) for n, (nn, kk) in SHAPES.items()}
+    results = {}
+    for m in MS:
+        results[m] = sweep_m(m, weights, bw, sms)
+        step_summary(m, results[m])
+    print(f"\nsweep took {time.perf_counter() - t0:.0f} s")
+    print("\n===== CHOOSE: paste over SMALL_M_TABLE in pagoda/quantization/kernels/triton_wna16.py =====")
+    print(table_text(class_winners(results)))
+    print("===== END CHOOSE =====")
+
+
+if __name__ == "__main__":
+    main()

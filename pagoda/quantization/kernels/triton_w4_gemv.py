@@ -1,0 +1,209 @@
+"""Small-M (decode) 4-bit weight GEMV: ``y[M, N] = x[M, K] @ W.T`` for M of about 1..8 rows, on the packed
+layout of :mod:`triton_wna16` (int32 ``[K/8, N]``, nibble ``j`` of word row ``t*P/8 + r`` = code of K row
+``t*P + j*P/8 + r``; scales/offsets ``[K/G, N]``), CUDA or ``TRITON_INTERPRET=1``.
+
+Designed for bandwidth at one row, where the issue slots of the SM, not the bytes, were the limit (a decode
+step streams ~32 nibbles per SM per clock; at 1.8-2 GHz an SM issues 128 thread-instructions and 64 integer
+ones per clock):
+
+* Nibble -> exact fp32 in one integer op: ``(word & 0xF << 4e) | 0x4B000000`` is the float ``2**23 + q * 16**e``
+  (e <= 4: the nibble stays in the mantissa), and one FMA ``v * 16**-e - 2**23 * 16**-e`` gives ``q`` exactly.
+  Nibbles 5..7 come from the word shifted once by 12. Per nibble: 1.125 integer ops and 2 FMAs (decode,
+  ``acc += x * q``), against 2 integer ops + 2 float ops before.
+* The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
+  accumulated per (row, word row, column) and reduced over K once at the end (no per-tile cross-thread
+  reduction). Symmetric weights (``o = -8 s``, GPTQ/AWQ sym) decode ``q - 8`` in the same FMA and skip the
+  offset term.
+* 3D tensors ``[BLOCK_M, P/8, BLOCK_N]`` from the start, x loaded as ``[BLOCK_M, P/8, 1]``: no layout
+  conversion (shared memory, barriers) inside the K loop; the next 1-2 tiles' words are loaded before the
+  current tile is computed (Triton does not pipeline loads that feed no ``tl.dot``).
+* Split-K in one launch: each program writes its fp32 partial to a workspace ``[S, M, N]``, bumps a per-tile
+  counter (release/acquire); the program that arrives last sums the S partials in split order (so the result
+  does not depend on which program finishes last: bit-reproducible for a given M and config), adds the bias,
+  casts, stores and re-arms the counter. No zero-fill, no second kernel.
+
+Rounding against the reference (dequantize to the activation dtype, then ``F.linear``): the weights are never
+rounded (the reference rounds ``q*s + o`` to bf16/fp16 once), products ``x*q`` are exact in fp32 and every
+sum is fp32; the order of the sums differs. So outputs match the dequantize reference to fp32 accumulation
+error plus the reference's own weight rounding (relative 2**-9 per weight in bf16).
+
+Counters: one int32 per output tile, in a per-device buffer kept at zero between launches (each launch's last
+program re-arms its tiles). Launches on one device must not overlap in time (pagoda runs the model on one
+stream); a launch that dies half-way would leave counters armed (then the process is lost anyway).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _nibble(p, ph, magic, j: tl.constexpr, zero: tl.constexpr):
+    """Nibble ``j`` of the int32 words ``p`` (``ph = p >> 12``) minus ``zero`` as exact fp32: one LOP3 and one
+    FMA. ``magic`` (0x4B000000) is a runtime value so that the LOP3's one immediate holds the mask."""
+    E: tl.constexpr = j if j < 5 else j - 3  # the nibble's position in the word it is taken from
+    c: tl.constexpr = 1.0 / (1 << (4 * E))
+    if j < 5:
+        v = (p & (15 << (4 * E))) | magic
+    else:
+        v = (ph & (15 << (4 * E))) | magic
+    return v.to(tl.float32, bitcast=True) * c - (8388608.0 * c + zero)
+
+
+@triton.jit
+def _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        res += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_words(ptrs, n_ok, EVEN_N: tl.constexpr):
+    if EVEN_N:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=n_ok, other=0)
+
+
+@triton.jit
+def _load_x(ptrs, m_ok, EVEN_M: tl.constexpr):
+    if EVEN_M:
+        return tl.load(ptrs).to(tl.float32)
+    return tl.load(ptrs, mask=m_ok[:, None, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: tl.constexpr):
+    """Group ``g``'s scales and offsets of the block's columns as ``[1, 1, BLOCK_N]`` fp32 (offsets 0 if ``SYM``)."""
+    if EVEN_N:
+        s = tl.load(s_ptr + g * N + offs_n)
+    else:
+        s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0)
+    if SYM:
+        o = tl.zeros_like(s)
+    elif EVEN_N:
+        o = tl.load(o_ptr + g * N + offs_n)
+    else:
+        o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0)
+    return s.to(tl.float32)[None, None, :], o.to(tl.float32)[None, None, :]
+
+
+@triton.jit(do_not_specialize=["M", "tiles_per_split", "num_tiles", "num_splits"])  # fewer compiled variants
+def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
+                    tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr):
+    """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
+    for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
+    1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
+    decoded as ``q - 8`` and the offset term (and its sum of x) drops out."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    KP: tl.constexpr = PACK_K // 8  # word rows per K tile = K rows per nibble sub-block
+    # sub-blocks sharing one (scale, offset) group in a tile (a sub-block always lies in one group: KP | 16 | G)
+    JG: tl.constexpr = 8 if GROUP % PACK_K == 0 else (GROUP // KP if PACK_K % GROUP == 0 else 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, KP)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    x_rows = x_ptr + offs_m[:, None, None] * stride_xm + offs_r[None, :, None]
+    w_cols = qw_ptr + offs_r[None, :, None] * N + offs_n[None, None, :]
+    w_ok = n_ok[None, None, :]
+    acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)
+    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
+    for t in range(t_lo, t_hi):
+        if PREFETCH == 2:  # the next two tiles' words are in flight while this one is computed
+            p = p_next
+            p_next = p_next2
+            p_next2 = _load_words(w_cols + tl.minimum(t + 2, t_hi - 1) * KP * N, w_ok, EVEN_N)
+        elif PREFETCH == 1:
+            p = p_next
+            p_next = _load_words(w_cols + tl.minimum(t + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
+        else:
+            p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
+        ph = p >> 12
+        for gj in tl.static_range(8 // JG):
+            part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+            xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
+            for jj in tl.static_range(JG):
+                xj = _load_x(x_rows + t * PACK_K + (gj * JG + jj) * KP, m_ok, EVEN_M)
+                part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
+                if not SYM:
+                    xs += xj
+            s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
+                                 SYM)
+            acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
+            if not SYM:
+                acc += xs * o
+    res = tl.sum(acc, axis=1)
+    mask = m_ok[:, None] & n_ok[None, :]
+    if SPLIT:
+        tile = pid_m * tl.num_programs(0) + pid_n
+        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws + pid_k * M * N, res, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
+                for u in tl.static_range(8):
+                    ok = mask & (tl.full((BLOCK_M, BLOCK_N), i + u, tl.int32) < num_splits)
+                    total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
+            tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
+            _store_out(total, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
+    else:
+        _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
+
+
+MAGIC = 0x4B000000  # fp32 bits of 2**23
+COUNTERS = 1 << 16
+"""Counters allocated per device up front (Llama-size decode launches use a few thousand)."""
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def counters(device: torch.device, n: int = 0) -> torch.Tensor:
+    """The zeroed per-tile counters of ``device`` (at least ``n``, :data:`COUNTERS` by default), grown when a
+    launch needs more. Never allocated inside a CUDA graph capture (the zero-fill would not run until that
+    graph replays): :class:`~pagoda.quantization.int_weight.IntWeight` allocates them when it is packed."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"w4 gemv: {n} split-K counters needed on {device} while capturing a CUDA graph; "
+                               f"they must be allocated before capture (triton_w4_gemv.counters)")
+        buf = torch.zeros(max(COUNTERS, triton.next_power_of_2(n)), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
+            bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False) -> torch.Tensor:
+    """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
+    (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
+    caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
+    loaded ahead of the one being computed (0, 1 or 2)."""
+    m, k = x.shape
+    n = scales.shape[1]
+    p = pack_k
+    k_tiles = k // p
+    per_split = triton.cdiv(k_tiles, split_k)
+    split = triton.cdiv(k_tiles, per_split)
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
+    if split > 1:
+        ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
+        cnt = counters(x.device, grid[0] * grid[2])
+    else:
+        ws, cnt = out, out
+    _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
+                          x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
+                          BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, num_warps=num_warps,
+                          num_stages=num_stages)
+    return out

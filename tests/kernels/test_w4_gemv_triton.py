@@ -1,0 +1,113 @@
+"""The small-M 4-bit GEMV (pagoda.quantization.kernels.triton_w4_gemv) against the dequantize reference.
+
+CPU: Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is first imported) at tiny sizes; on a
+GPU the compiled kernel. Reference: :func:`test_int_weight_cpu.reference` (a ``plain`` IntWeight, dequantized
+in fp32, ``F.linear`` in fp32). Tolerance: fp32 1e-5 of the output's max magnitude (the kernel's products
+``x*q`` are exact and its sums fp32, in another order); bf16 2e-2 (bf16 activations and output).
+"""
+
+import os
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from test_int_weight_cpu import random_weight, reference  # noqa: E402
+
+from pagoda.quantization.kernels import triton_w4_gemv as gv  # noqa: E402
+from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
+
+DEV = torch.device("cuda" if ON_GPU else "cpu")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False):
+    k = x.shape[1]
+    qw = tw.pack(codes, 4).to(DEV)
+    s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
+    b = bias.to(dtype).to(DEV) if bias is not None else None
+    if symmetric:
+        assert torch.equal(o, s * -8)
+        o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
+    return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
+                      prefetch=prefetch, symmetric=symmetric).cpu()
+
+
+def check(out, ref, dtype):
+    err = (out.float() - ref).abs().max().item()
+    assert err <= TOL[dtype] * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("group,n,k,sym", [
+    (32, 33, 128, False),   # groups inside a 128-row tile (GGUF Q4 blocks), odd N
+    (64, 40, 256, True),
+    (128, 24, 256, False),  # one group per tile (GPTQ/AWQ)
+    (256, 16, 512, True),   # a group spans two tiles
+    (512, 17, 512, False),  # group -1: one group over the whole K
+    (96, 8, 384, True),     # neither divides the 128-row tile: one group per 16-row sub-block
+    (32, 20, 96, False),    # K % 128 != 0: 32-row tiles (4-row sub-blocks)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
+    codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k)
+    for m, block_m, split in ((1, 1, 1), (2, 2, 3), (3, 4, 2), (8, 8, 1), (3, 2, 4)):
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+        bias = torch.randn(n) if m in (2, 8) else None
+        ref = reference(x.to(dtype), codes, scales, offsets, 4, group, dtype, None,
+                        bias.to(dtype) if bias is not None else None)
+        out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split % 3,
+                  symmetric=sym and m % 2 == 1)  # symmetric weights: both kernels
+        assert out.dtype == dtype and out.shape == (m, n)
+        check(out, ref, dtype)
+
+
+def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
+    """Every split count (also ones not dividing the tile count) gives the unsplit result to fp32 rounding; a
+    repeated call is bitwise equal; the counters are back at zero after each call."""
+    codes, scales, offsets = random_weight(4, 128, 32, 768, False, seed=5)
+    x = torch.randn(2, 768)
+    ref = reference(x, codes, scales, offsets, 4, 128, torch.float32, None, None)
+    for split in (2, 4, 6):
+        first = run(x, codes, scales, offsets, 128, torch.float32, None, 2, 16, split)
+        check(first, ref, torch.float32)
+        assert torch.equal(first, run(x, codes, scales, offsets, 128, torch.float32, None, 2, 16, split))
+        assert int(gv.counters(DEV, 1).abs().sum()) == 0
+
+
+def test_dispatch_uses_the_small_m_table():
+    """Decode rows of a 4-bit weight go to the GEMV with split-K filling the GPU; the shape class picks the
+    table; the kernel behind ``wna16_matmul`` (the IntWeight path) is the GEMV."""
+    for m in (1, 2, 4):
+        for n, k in ((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)):
+            c = tw.choose_config(m, n, k, 128, 132)
+            assert c.kind == "gemv" and c.block_m <= tw.triton.next_power_of_2(m) and c.block_k == 128
+            assert c.split_k > 1 or n * k > tw.SMALL_WEIGHT
+            assert tw.rule_for(m, 4, n, k) is tw.SMALL_M_TABLE[tw.shape_class(n, k)][c.block_m if m != 4 else 4]
+    assert tw.shape_class(6144, 4096) == "small" and tw.shape_class(4096, 14336) == "large"
+    assert tw.choose_config(16, 4096, 4096, 128, 132).kind == "dot"
+    codes, scales, offsets = random_weight(4, 32, 24, 128, True, seed=2)
+    x = torch.randn(1, 128)
+    out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
+                          offsets.t().contiguous().to(DEV), 4, 32).cpu()
+    check(out, reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None), torch.float32)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_int_weight_records_symmetric_for_the_gemv(sym, monkeypatch):
+    """Packing for Triton (forced here on the CPU) records whether offsets are exactly ``-8 * scales`` (what the
+    GEMV's ``symmetric`` path assumes), allocates the split-K counters, and keeps the weight's meaning."""
+    from pagoda.quantization import int_weight
+
+    monkeypatch.setattr(int_weight, "_choose_layout", lambda *a: "triton")
+    codes, scales, offsets = random_weight(4, 32, 16, 64, sym, seed=7)
+    w = int_weight.make_int_weight(codes, scales, offsets, 4, 32, torch.bfloat16)
+    assert w.layout == "triton" and w.symmetric == sym
+    assert gv.counters(codes.device).numel() >= gv.COUNTERS
+    ref = int_weight.IntWeight(codes, scales.bfloat16(), offsets.bfloat16(), 4, 32).dequantize(torch.float32)
+    assert torch.equal(w.dequantize(torch.float32), ref)
