@@ -148,9 +148,11 @@ def test_gemv_rejects_bad_scales() -> None:
 def test_default_rule_and_table() -> None:
     assert gemv.m_bucket(1) == 1 and gemv.m_bucket(3) == 4 and gemv.m_bucket(8) == 8
     cfg = GemvConfig(block_n=8, block_k=1024)
-    gemv.GEMV_TABLE[(2, 4096, 14336)] = cfg
+    gemv.GEMV_TABLE[(2, 1000, 2048)] = cfg  # a shape the measured table does not list
     try:
-        assert gemv.pick_config(2, 4096, 14336) is cfg
-        assert gemv.pick_config(1, 4096, 14336) == gemv.default_config(1, 4096, 14336)
+        assert gemv.pick_config(2, 1000, 2048) is cfg
+        assert gemv.pick_config(1, 1000, 2048) == gemv.default_config(1, 1000, 2048)
     finally:
-        del gemv.GEMV_TABLE[(2, 4096, 14336)]
+        del gemv.GEMV_TABLE[(2, 1000, 2048)]
+    for (m, n, k), listed in gemv.GEMV_TABLE.items():  # the measured entries are what a listed shape gets
+        assert gemv.pick_config(m, n, k) is listed

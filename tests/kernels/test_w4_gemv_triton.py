@@ -83,12 +83,16 @@ def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
 def test_dispatch_uses_the_small_m_table():
     """Decode rows of a 4-bit weight go to the GEMV with split-K filling the GPU; the shape class picks the
     table; the kernel behind ``wna16_matmul`` (the IntWeight path) is the GEMV."""
-    for m in (1, 2, 4):
+    for m in (1, 2, 3, 4):
         for n, k in ((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)):
+            small = tw.SMALL_M_TABLE[tw.shape_class(n, k)]
             c = tw.choose_config(m, n, k, 128, 132)
+            if m > max(small):  # past the class's measured GEMV rows: the dot table
+                assert tw.rule_for(m, 4, n, k) is tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]
+                continue
             assert c.kind == "gemv" and c.block_m <= tw.triton.next_power_of_2(m) and c.block_k == 128
             assert c.split_k > 1 or n * k > tw.SMALL_WEIGHT
-            assert tw.rule_for(m, 4, n, k) is tw.SMALL_M_TABLE[tw.shape_class(n, k)][c.block_m if m != 4 else 4]
+            assert tw.rule_for(m, 4, n, k) is small[min(b for b in small if b >= m)]
     assert tw.shape_class(6144, 4096) == "small" and tw.shape_class(4096, 14336) == "large"
     assert tw.choose_config(16, 4096, 4096, 128, 132).kind == "dot"
     codes, scales, offsets = random_weight(4, 32, 24, 128, True, seed=2)

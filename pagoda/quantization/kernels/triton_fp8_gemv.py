@@ -74,7 +74,29 @@ GEMV_MAX_M = 8
 """``fp8_linear`` routes CUDA calls with at most this many token rows to :func:`fp8_gemv` (one constant; the
 lead sets it from ``benchmarks/gpu/fp8_linear_bench.py``). 0 turns the GEMV off."""
 
-GEMV_TABLE: dict[tuple[int, int, int], GemvConfig] = {}
+# The measured winners (fp8_linear_bench.py, H200, 2026-12-01, session 3 call 3): CUDA-core GEMVs at 1-2 rows,
+# tensor-core tiles from 4 (8 for qkv).
+_FMA_16 = GemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=1, split_k=1, use_dot=False, prefetch=False)
+_FMA_8 = GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1, split_k=1, use_dot=False, prefetch=False)
+_DOT_64 = GemvConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=0, use_dot=True, prefetch=True)
+GEMV_TABLE: dict[tuple[int, int, int], GemvConfig] = {
+    (1, 6144, 4096): _FMA_16,
+    (2, 6144, 4096): _FMA_16,
+    (4, 6144, 4096): _FMA_16,
+    (8, 6144, 4096): _DOT_64,
+    (1, 4096, 4096): _FMA_8,
+    (2, 4096, 4096): _FMA_8,
+    (4, 4096, 4096): _DOT_64,
+    (8, 4096, 4096): _DOT_64,
+    (1, 28672, 4096): _FMA_8,
+    (2, 28672, 4096): _FMA_16,
+    (4, 28672, 4096): _DOT_64,
+    (8, 28672, 4096): _DOT_64,
+    (1, 4096, 14336): _FMA_8,
+    (2, 4096, 14336): _FMA_8,
+    (4, 4096, 14336): _DOT_64,
+    (8, 4096, 14336): _DOT_64,
+}
 """Measured winners: ``(m, n, k) -> config`` (the bench prints lines to paste here). ``m`` is the row count
 rounded up to 1, 2, 4 or 8; shapes not listed use :func:`default_config`."""
 

@@ -169,16 +169,15 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
 }
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
-    # benchmarks/gpu/int4_gemv_sweep.py prints this (defaults set by reasoning, not yet measured).
+    # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H200, 2026-12-01 (session 3, call 3).
     "small": {
-        1: Rule('gemv', 64, block_m=1, num_warps=2),
-        2: Rule('gemv', 64, block_m=2),
-        4: Rule('gemv', 64, block_m=4),
+        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2),
+        2: Rule("gemv", 64, block_m=2, prefetch=2),
+        4: Rule("gemv", 64, block_m=4),
     },
     "large": {
-        1: Rule('gemv', 64, block_m=1, num_warps=2),
-        2: Rule('gemv', 64, block_m=2),
-        4: Rule('gemv', 64, block_m=4),
+        1: Rule("gemv", 32, block_m=1, waves=8, num_warps=1),
+        2: Rule("gemv", 64, block_m=2, num_warps=8),
     },
 }
 SMALL_WEIGHT = 1 << 25
