@@ -27,7 +27,6 @@ from pagoda.structured_output import StructuredOutputsConfig, StructuredOutputsP
 from pagoda.structured_output.backend import allocate_bitmask
 from pagoda.structured_output.manager import RequestGrammar, StructuredOutputManager
 from pagoda.structured_output.params import GrammarKey
-from pagoda.structured_output.row_threads import RowThreads
 
 TAGS = ReasoningTokenIds("qwen3", start_id=90, end_id=91, end_token="</think>")
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "city": {"enum": ["Paris", "Rome"]}},
@@ -104,7 +103,6 @@ def test_prompt_that_ended_reasoning_starts_constrained():
 def test_step_bitmask_is_none_while_every_constrained_row_reasons():
     mgr = StructuredOutputManager.__new__(StructuredOutputManager)
     mgr.vocab_size = 64
-    mgr.rows = RowThreads(1)
     g, _ = _grammar([1])
     req = SimpleNamespace(grammar=g, request_id="r", status=RequestStatus.RUNNING)
     sched = SimpleNamespace(scheduled=[SimpleNamespace(sample=True, request=req, num_sample_rows=1)])

@@ -223,34 +223,3 @@ def test_async_constrained_steps_run_ahead_and_match_sync(tiny):
                 assert set(obj) == {"a", "b", "c"} and obj["b"] in ("x", "yy")
         assert all(re.fullmatch(r"[a-d]{3,9}z", c.text) or c.finish_reason == "length" for c in outs[2].outputs)
     assert results[True] == results[False]
-
-
-def test_row_threads_keep_order_and_match_serial():
-    from pagoda.structured_output.row_threads import RowThreads
-
-    rt = RowThreads(3)
-    items = list(range(50))
-    assert rt.map(lambda x: x * x, items) == [x * x for x in items]
-    assert rt.map(lambda x: -x, items[:5]) == [0, -1, -2, -3, -4]  # few rows: serial
-    rt.shutdown()
-
-
-def test_threaded_grammar_rows_give_the_serial_tokens(tiny):
-    """A batch large enough for the grammar row threads (accept and bitmask fill split over threads) samples
-    exactly what the serial loop samples."""
-    from pagoda.structured_output.row_threads import RowThreads
-
-    schema = {"type": "object", "properties": {"k": {"type": "integer"}, "v": {"enum": ["p", "qq", "rrr"]}},
-              "required": ["k", "v"], "additionalProperties": False}
-    ps = SamplingParams(temperature=1.0, seed=21, n=20, max_tokens=24,
-                        structured_outputs=StructuredOutputsParams(json=schema, disable_any_whitespace=True))
-    prompt = [{"prompt_token_ids": [4, 8, 15, 16, 23]}]
-    results = []
-    for threads in (1, 3):
-        llm = tiny.llm(ARCH, max_num_seqs=32)
-        mgr = llm.llm_engine.core.structured
-        mgr.rows = RowThreads(threads)
-        outs = llm.generate(prompt, ps, use_tqdm=False)[0].outputs
-        results.append([c.token_ids for c in outs])
-        assert (mgr.rows._pool is not None) is (threads > 1)
-    assert results[0] == results[1]

@@ -421,11 +421,13 @@ class EngineCore:
         possible when another rule, e.g. min_tokens, banned every token it allowed) fails the request:
         returns request id -> error."""
         errors: dict[str, str] = {}
-        rows = [(g, sampled.get(s.request.request_id, []), s.request) for s in sched.scheduled
-                if (g := s.request.grammar) is not None and s.sample and s.request.request_id not in gone]
-        taken = self.structured.accept([(g, toks) for g, toks, _ in rows])  # on the grammar row threads
-        for (g, toks, req), n in zip(rows, taken, strict=True):
-            if n < len(toks):
+        for s in sched.scheduled:
+            req = s.request
+            g = req.grammar
+            if g is None or not s.sample or req.request_id in gone:
+                continue
+            toks = sampled.get(req.request_id, [])
+            if g.accept_tokens(toks) < len(toks):
                 errors[req.request_id] = (f"token {toks[-1]} does not fit the {g.key.kind} constraint (another "
                                           f"sampling rule excluded every token the grammar allows)")
                 if not req.status.finished:

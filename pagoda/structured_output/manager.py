@@ -44,7 +44,6 @@ from pagoda.reasoning.token_ids import (
 )
 from pagoda.structured_output.backend import GrammarBackend, Matcher, allocate_bitmask
 from pagoda.structured_output.params import GrammarKey, StructuredOutputsConfig, StructuredOutputsParams
-from pagoda.structured_output.row_threads import RowThreads
 
 if TYPE_CHECKING:
     from pagoda.config import EngineConfig
@@ -150,7 +149,6 @@ class StructuredOutputManager:
         self._backend: GrammarBackend | None = None
         self._backend_lock = threading.Lock()
         self._cache: OrderedDict[GrammarKey, Future[Any]] = OrderedDict()
-        self.rows = RowThreads()  # a step's per-row accept and fill (row_threads.py)
         # --reasoning-parser: the end tag's token id (or why it has none; constrained requests then fail).
         self.reasoning: ReasoningTokenIds | str | None = None
         if self.config.reasoning_parser:
@@ -191,7 +189,6 @@ class StructuredOutputManager:
         if not any(s.request.grammar is not None and s.request.grammar.reasoning_ended for s in sampled):
             return None  # nothing constrained (or every constrained sequence is still reasoning)
         bitmask = allocate_bitmask(sum(s.num_sample_rows for s in sampled), self.vocab_size)
-        fills: list[tuple[RequestGrammar, int]] = []
         row = 0
         for s in sampled:
             g = s.request.grammar
@@ -199,17 +196,11 @@ class StructuredOutputManager:
                 if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
                     raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
                                      f"step here (asked for {s.num_sample_rows})")
-                fills.append((g, row))
+                g.fill_bitmask(bitmask, row)
             row += s.num_sample_rows
-        self.rows.map(lambda f: f[0].fill_bitmask(bitmask, f[1]), fills)
         return bitmask
 
-    def accept(self, kept: list[tuple[RequestGrammar, list[int]]]) -> list[int]:
-        """Advance each grammar by its kept tokens (:meth:`RequestGrammar.accept_tokens`); how many each took."""
-        return self.rows.map(lambda k: k[0].accept_tokens(k[1]), kept)
-
     def shutdown(self) -> None:
-        self.rows.shutdown()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
