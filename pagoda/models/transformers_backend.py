@@ -38,6 +38,7 @@ from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.models import transformers_attention as tattn
 from pagoda.models.transformers_graphs import HostSyncCheck, describe
+from pagoda.models.transformers_norms import fuse_rms_norms
 from pagoda.models.transformers_support import check_supported, hf_classes
 from pagoda.models.transformers_weights import checkpoint_renamer
 from pagoda.quantization.base import QuantizationConfig
@@ -229,9 +230,15 @@ class TransformersForCausalLM(nn.Module):
     def missing_weights(self, loaded: set[str]) -> list[str]:
         return [n for n, _ in self.hf.named_parameters() if n not in loaded]
 
+    def enable_fused_kernels(self) -> None:
+        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py)."""
+        logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=True))
+
     def pack_for_cpu(self, batch_hint: int) -> int:
-        """Prepack bf16 ``nn.Linear`` weights (the LM head included) for oneDNN; see layers/cpu_linear.py."""
+        """bf16 on the CPU: HF's RMSNorm modules as one ``F.rms_norm`` each (models/transformers_norms.py), and
+        prepacked bf16 ``nn.Linear`` weights (the LM head included) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_model_linears
 
+        logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=False))
         self._probe()  # before the LM head is replaced: the probe compares it with the HF forward
         return pack_model_linears(self.hf, batch_hint)
