@@ -5,13 +5,16 @@ positions, slots, sequence lengths, block tables: the :class:`AttentionMetadata`
 them) and replays its kernels after the buffers are refilled in place. ``graph_replay.OpTrace`` does the
 same with the forward's aten ops on the CPU. If the fallback's forward (HF modules + pagoda's attention
 shim) read anything but those buffers' contents on the device, or froze a host-side value at capture, the
-replayed steps would differ from eager steps with fresh metadata. The start-up check
+replayed steps would differ from eager steps with fresh metadata. One test runs pagoda's own DecodeGraphs
+(padding rows included) with that stand-in in place of ``torch.cuda.CUDAGraph``. The start-up check
 (:mod:`pagoda.models.transformers_graphs`) must pass for the tested architectures and fail, turning graphs
 off, for HF's dynamic rope (a branch on ``max(position_ids)`` on the host).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -31,13 +34,14 @@ STEPS = 4
 
 
 class _GraphSafeTorchBackend(TorchAttentionBackend):
-    """The CPU backend's decode path with a K/V write that never looks at the slots on the host (the test
-    writes no padding rows); what the Triton backend does on the GPU."""
+    """The CPU backend's decode path with a K/V write that never looks at the slots on the host (as the Triton
+    backend's on the GPU): padding rows (slot -1) write into the cache's last block, which no request owns."""
 
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping, k_scale=1.0, v_scale=1.0):
-        blk = torch.div(slot_mapping, BLOCK, rounding_mode="floor")
-        k_cache[blk, :, slot_mapping - blk * BLOCK] = key
-        v_cache[blk, :, slot_mapping - blk * BLOCK] = value
+        slots = torch.where(slot_mapping >= 0, slot_mapping, (k_cache.shape[0] - 1) * BLOCK)
+        blk = torch.div(slots, BLOCK, rounding_mode="floor")
+        k_cache[blk, :, slots - blk * BLOCK] = key
+        v_cache[blk, :, slots - blk * BLOCK] = value
 
 
 def _load(path, impl: str = "transformers"):
@@ -54,6 +58,12 @@ def _tables() -> torch.Tensor:
 
 def _slots(tables: torch.Tensor, req: int, positions: torch.Tensor) -> torch.Tensor:
     return tables[req, positions // BLOCK].long() * BLOCK + positions % BLOCK
+
+
+def _caches(model):
+    """Block 0: the null block; then MAX_BLOCKS per request; the last: where padding rows write."""
+    return allocate_kv_caches(model.num_layers, 2 + len(PROMPT_LENS) * MAX_BLOCKS, BLOCK, model.num_kv_heads,
+                              model.head_dim, torch.float32, torch.device("cpu"), "HND")
 
 
 def _prefill(model, caches, tables: torch.Tensor) -> None:
@@ -85,9 +95,8 @@ def _decode_meta(seq_lens, tables, slots, max_seq_len: int, seq_lens_cpu: list[i
 def test_decode_replays_from_static_buffers(tiny, arch):
     model = _load(tiny.path(arch))
     assert model.supports_cuda_graphs, model._graph_problem
-    n_layers, b = model.num_layers, len(PROMPT_LENS)
-    caches = allocate_kv_caches(n_layers, 1 + b * MAX_BLOCKS, BLOCK, model.num_kv_heads, model.head_dim,
-                                torch.float32, torch.device("cpu"), "HND")
+    b = len(PROMPT_LENS)
+    caches = _caches(model)
     tables = _tables()
     _prefill(model, caches, tables)
     eager_caches = [(k.clone(), v.clone()) for k, v in caches]
@@ -146,3 +155,55 @@ def test_dynamic_rope_runs_eager(tiny, tmp_path, caplog):
         assert not model.supports_cuda_graphs
     assert "is_nonzero" in model._graph_problem
     assert any("runs without CUDA graphs" in r.getMessage() for r in caplog.records)
+
+
+class _TraceGraph:
+    """``torch.cuda.CUDAGraph`` on the CPU: capture records the ops (graph_replay.OpTrace), replay re-runs them."""
+
+    def __init__(self) -> None:
+        self.trace = OpTrace()
+
+    def replay(self) -> None:
+        self.trace.replay()
+
+
+@contextlib.contextmanager
+def _capture(graph: _TraceGraph, pool=None):
+    with graph.trace:
+        yield
+
+
+@torch.inference_mode()
+def test_decode_graphs_runner_with_fallback(tiny, monkeypatch):
+    """pagoda's DecodeGraphs (capture per size, pinned staging, padded replay, logits and argmax in the graph)
+    around the fallback, with the CPU stand-in for CUDA graphs: replayed steps of 3 requests (padded to 4)
+    equal eager steps."""
+    from pagoda.worker import cuda_graphs
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _TraceGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(cuda_graphs, "PinnedStaging", functools.partial(cuda_graphs.PinnedStaging, pin=False))
+    model = _load(tiny.path("llama"))
+    caches, tables, b = _caches(model), _tables(), len(PROMPT_LENS)
+    _prefill(model, caches, tables)
+    eager_caches = [(k.clone(), v.clone()) for k, v in caches]
+    graphs = cuda_graphs.DecodeGraphs(model, _GraphSafeTorchBackend(), caches, BLOCK, MAX_LEN, [1, 2, 4],
+                                      torch.device("cpu"))
+    graphs.capture()
+    lens = torch.tensor(PROMPT_LENS)
+    g = torch.Generator().manual_seed(7)
+    for step in range(STEPS):
+        ids = torch.randint(0, model.shape.vocab_size, (b,), generator=g)
+        slots = torch.stack([_slots(tables, i, lens[i : i + 1])[0] for i in range(b)])
+        out = graphs.run(ids.tolist(), lens.tolist(), slots.tolist(), (lens + 1).tolist(), tables.numpy())
+        assert graphs.last_size == 4
+        nb = int((lens.max() + BLOCK) // BLOCK)
+        meta = _decode_meta((lens + 1).int(), tables[:, :nb].clone(), slots, int(lens.max()) + 1, (lens + 1).tolist())
+        want = model(ids, lens.clone(), eager_caches, meta, TorchAttentionBackend())
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+        logits, greedy = graphs.last_logits(b)
+        torch.testing.assert_close(logits.float(), model.compute_logits(want), rtol=1e-5, atol=1e-5)
+        assert torch.equal(greedy, model.compute_logits(want).argmax(-1))
+        lens += 1
