@@ -184,7 +184,7 @@ class EngineArgs:
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})
     """Which implementation runs the model. auto: pagoda's own (or a plugin's) when the architecture has one, else
     the transformers fallback; pagoda (alias vllm): only pagoda's own or a plugin's; transformers: the fallback
-    (HF modules with pagoda's paged attention; eager, unquantized). `pagoda models` lists what runs how."""
+    (HF modules with pagoda's paged attention; unquantized). `pagoda models` lists what runs how."""
     structured_outputs_config: dict[str, Any] | None = None
     """JSON object configuring structured outputs, e.g. '{"backend": "xgrammar"}': backend (auto = xgrammar,
     xgrammar or guidance), disable_any_whitespace (compact JSON only), disable_additional_properties and

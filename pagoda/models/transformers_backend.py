@@ -12,11 +12,20 @@ heads do in their ``forward`` (Cohere's ``logit_scale``, Granite's ``logits_scal
 ``final_logit_softcapping``). At start-up a probe forward of a few tokens (plain causal attention)
 checks that (a) every decoder layer's attention comes through pagoda, (b) our logits equal the HF
 CausalLM's own, and learns the KV-cache shape; any mismatch is a start-up error naming the
-architecture. CUDA graphs are not used (``supports_cuda_graphs = False``): the runner runs it eagerly.
+architecture.
+
+CUDA graphs: the forward reads pagoda's step metadata only through the tensors of the
+:class:`AttentionMetadata` it is given (under graphs, the graph runner's static buffers) and HF's decoder
+code is shape-only Python around device ops (no mask is built for a registered attention function; no
+cache object exists), so the decode, verify and prefill-chunk graphs capture it as they capture a native
+model. The probe checks that (:mod:`pagoda.models.transformers_graphs`: no host synchronisation in a
+1-token and a 4-token forward); a model that fails it (e.g. HF's dynamic rope, which decides on the host)
+runs eagerly, with a log line naming the op (``supports_cuda_graphs`` is then False).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +37,13 @@ from torch import nn
 from pagoda.attention.backend import AttentionBackend
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.models import transformers_attention as tattn
+from pagoda.models.transformers_graphs import HostSyncCheck, describe
+from pagoda.models.transformers_norms import fuse_rms_norms
 from pagoda.models.transformers_support import check_supported, hf_classes
 from pagoda.models.transformers_weights import checkpoint_renamer
 from pagoda.quantization.base import QuantizationConfig
+
+logger = logging.getLogger("pagoda")
 
 _PROBE_TOKENS = 4
 _IGNORED_CHECKPOINT_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
@@ -45,7 +58,6 @@ class TransformersShape:
 
 
 class TransformersForCausalLM(nn.Module):
-    supports_cuda_graphs = False
     supports_quantization = False
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
@@ -75,6 +87,7 @@ class TransformersForCausalLM(nn.Module):
         for m in hf.modules():
             m.__dict__[tattn.STEP_ATTR] = self._step
         self._kv_shape: tuple[int, int, int] | None = None  # (num_layers, num_kv_heads, head_dim), from the probe
+        self._graph_problem: str | None = None  # why CUDA graphs cannot capture the forward (the probe's finding)
 
     @property
     def base(self) -> nn.Module:
@@ -97,6 +110,12 @@ class TransformersForCausalLM(nn.Module):
     @property
     def head_dim(self) -> int:
         return self._probe()[2]
+
+    @property
+    def supports_cuda_graphs(self) -> bool:  # the class attribute reads as True (``pagoda models``: "yes")
+        """Whether the graph runner may capture this model: the probe found no host sync in its forward."""
+        self._probe()
+        return self._graph_problem is None
 
     # --------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -143,12 +162,26 @@ class TransformersForCausalLM(nn.Module):
         pos = torch.arange(n, device=dev)[None]
         step = self._step
         step.probe_shapes, step.layers_called = {}, []
+        check = HostSyncCheck()
         try:
             ref = self.hf(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
-            hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False)[0][0]
+            with check:  # a prefill-chunk-shaped and a decode-shaped forward, as the graph runner captures them
+                hidden = self.base(input_ids=ids, position_ids=pos, use_cache=False)[0][0]
+                self.base(input_ids=ids[:, -1:], position_ids=pos[:, -1:] + n, use_cache=False)
             shapes = dict(step.probe_shapes)
         finally:
             step.probe_shapes = None
+        self._kv_shape = self._check_probe(shapes, self.compute_logits_raw(hidden), ref)
+        self._graph_problem = describe(check.problems)
+        if self._graph_problem is not None:
+            logger.log(logging.WARNING if dev.type == "cuda" else logging.DEBUG,
+                       "%s through the transformers fallback runs without CUDA graphs: %s", self.arch,
+                       self._graph_problem)
+        return self._kv_shape
+
+    def _check_probe(self, shapes: dict[int, tuple[int, int]], ours: torch.Tensor,
+                     ref: torch.Tensor) -> tuple[int, int, int]:
+        """(num_layers, num_kv_heads, head_dim) from the probe's findings, or a ValueError naming the problem."""
         layers = sorted(shapes)
         n_layers = int(getattr(self.hf.config, "num_hidden_layers", len(layers)) or len(layers))
         if not layers or layers != list(range(n_layers)):
@@ -159,14 +192,12 @@ class TransformersForCausalLM(nn.Module):
         if len(set(shapes.values())) != 1:
             raise ValueError(f"{self.arch}: layers differ in KV shape {sorted(set(shapes.values()))}; the paged "
                              f"cache needs one shape for every layer.")
-        ours = self.compute_logits_raw(hidden)
         tol = 1e-3 if ours.dtype == torch.float32 else 3e-2  # HF may round its logits at another point than we do
         if not torch.allclose(ours.float(), ref.float(), rtol=tol, atol=tol):
             raise ValueError(f"{self.arch}: the HF model's forward post-processes logits in a way the transformers "
                              f"fallback does not reproduce; it cannot run this model.")
         heads, head_dim = shapes[0]
-        self._kv_shape = (n_layers, heads, head_dim)
-        return self._kv_shape
+        return n_layers, heads, head_dim
 
     # --------------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -199,9 +230,15 @@ class TransformersForCausalLM(nn.Module):
     def missing_weights(self, loaded: set[str]) -> list[str]:
         return [n for n, _ in self.hf.named_parameters() if n not in loaded]
 
+    def enable_fused_kernels(self) -> None:
+        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py)."""
+        logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=True))
+
     def pack_for_cpu(self, batch_hint: int) -> int:
-        """Prepack bf16 ``nn.Linear`` weights (the LM head included) for oneDNN; see layers/cpu_linear.py."""
+        """bf16 on the CPU: HF's RMSNorm modules as one ``F.rms_norm`` each (models/transformers_norms.py), and
+        prepacked bf16 ``nn.Linear`` weights (the LM head included) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_model_linears
 
+        logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=False))
         self._probe()  # before the LM head is replaced: the probe compares it with the HF forward
         return pack_model_linears(self.hf, batch_hint)
