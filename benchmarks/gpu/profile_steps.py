@@ -4,7 +4,7 @@ Unlike ``profile_decode.py`` (graph replays only), this profiles real ``LLMEngin
 sampler, the rejection sampler, the grammar bitmask and the host work between launches are all in it.
 
 Usage (GPU machine, repository root):
-  python benchmarks/gpu/profile_steps.py MODEL_DIR --batch 1 32 [--engine-args JSON] [--structured]
+  python benchmarks/gpu/profile_steps.py MODEL_DIR --batch 1 32 [--engine-args JSON] [--structured] [--cprofile]
 
 ``--engine-args``: extra EngineArgs as JSON, e.g. '{"speculative_config": {"method": "synthetic",
 "num_speculative_tokens": 4}}'. ``--structured``: every request is constrained by a JSON schema.
@@ -40,6 +40,20 @@ def _fill(eng: LLMEngine, b: int, tag: str, structured: bool, max_tokens: int) -
     return ids
 
 
+def _host_profile(eng: LLMEngine, steps: int) -> None:
+    """cProfile of ``steps`` engine steps: the host functions by own time (what the device may wait for)."""
+    import cProfile
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(steps):
+        eng.step()
+    torch.cuda.synchronize()
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -47,6 +61,7 @@ def main() -> None:
     ap.add_argument("--engine-args", default="{}")
     ap.add_argument("--structured", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cprofile", action="store_true", help="also a host profile (cProfile) of the same steps")
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", max_model_len=4096, **extra))
@@ -55,6 +70,8 @@ def main() -> None:
         for _ in range(12):  # prefill, then a few decode steps (graphs warm, grammar compiled)
             eng.step()
         torch.cuda.synchronize()
+        if a.cprofile:
+            _host_profile(eng, a.steps)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for _ in range(a.steps):
