@@ -38,6 +38,7 @@ from pagoda.layers.sampler import (
     _logprob_tensors,
     apply_logits_processing,
     sampling_probs,
+    to_device,
 )
 
 
@@ -86,7 +87,7 @@ def _stage_rows(num_rows: list[int], drafts: list[list[int]], num_logits_rows: i
         d_list.append(-1)
     if len(d_list) != num_logits_rows:
         raise ValueError(f"{num_logits_rows} rows for drafts of {[len(d) for d in drafts]} tokens")
-    both = torch.tensor(d_list + first, dtype=torch.long).to(device, non_blocking=True)
+    both = to_device(d_list + first, device, torch.long)
     return both[:num_logits_rows], both[num_logits_rows:]
 
 
@@ -105,7 +106,7 @@ def _verify_rows(logits: torch.Tensor, greedy: list[bool], reqs: list[Request], 
     residual = probs.scatter(1, safe_d.unsqueeze(1), 0.0)
     residual = torch.where((d >= 0).unsqueeze(1), residual, probs)
     sampled = (residual / noise).argmax(dim=-1)
-    g = torch.tensor(greedy).to(logits.device, non_blocking=True)
+    g = to_device(greedy, logits.device)
     return torch.where(g, target == d, accept), torch.where(g, target, sampled)
 
 

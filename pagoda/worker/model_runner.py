@@ -38,7 +38,7 @@ from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.errors import EngineFatalError
 from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
-from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
+from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device, to_device
 from pagoda.models.loader import load_model
 from pagoda.pooling.pooler import Pooler
 from pagoda.worker import kv_cache
@@ -567,7 +567,7 @@ class ModelRunner:
                 return ForwardResult(hidden)
             logits, greedy = self.graphs.last_logits(inputs.num_reqs)
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
-                idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
+                idx = to_device(inputs.logits_rows, self.device)  # one row per request: row == request
                 logits, greedy = logits[idx], greedy[idx]
             return ForwardResult(hidden, (logits, greedy), self.graphs.last_aux(inputs.num_reqs))
         if path == "verify_graph":
@@ -648,7 +648,7 @@ class ModelRunner:
             if len(inputs.logits_rows) == fwd.hidden.shape[0]:  # every row samples (pure decode): no gather
                 logits = self.model.compute_logits(fwd.hidden)
             else:
-                logits = self.model.compute_logits(fwd.hidden[torch.tensor(inputs.logits_rows, device=self.device)])
+                logits = self.model.compute_logits(fwd.hidden[to_device(inputs.logits_rows, self.device)])
         if not inputs.samples_one_row_each:  # speculative verify rows
             if plain:
                 return greedy_verify(logits.argmax(dim=-1), inputs.num_sample_rows, inputs.spec_token_ids)
