@@ -162,8 +162,7 @@ def run_once(model: str, b: int, k: int, steps: int, async_scheduling: bool = Fa
 
     extra = {"speculative_config": {"method": "synthetic", "num_speculative_tokens": k}} if k else {}
     eng = LLMEngine.from_engine_args(EngineArgs(model=model, max_model_len=2048, max_num_seqs=max(b, 1),
-                                                async_scheduling=async_scheduling, enable_prefix_caching=False,
-                                                **extra))
+                                                async_scheduling=async_scheduling, **extra))
     # Enough tokens that no request ends within the measured steps, even if every draft is accepted.
     sp = SamplingParams(temperature=0, max_tokens=(steps + 20) * (k + 1), ignore_eos=True, detokenize=False)
     for i in range(b):
