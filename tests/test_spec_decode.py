@@ -231,9 +231,15 @@ def test_greedy_identical_with_ngram(tiny, kwargs):
     assert_engine_clean(llm)
 
 
-def test_stops_and_lengths_as_without_speculation(tiny):
+@pytest.mark.parametrize("async_sched", [False, True], ids=["sync", "async"])
+def test_stops_and_lengths_as_without_speculation(tiny, async_sched):
+    """Async: each step's outputs are built after the next step is launched, so a stop string found by the
+    front end finishes a request whose next verify is already in flight (plain greedy: the argmax path)."""
+    from pagoda import LLM
+
     base_llm = tiny.llm("llama")
-    spec = _spec_llm(tiny)
+    spec = (LLM(str(tiny.path("llama")), dtype="float32", speculative_config=NGRAM, async_scheduling=True)
+            if async_sched else _spec_llm(tiny))
     ref = base_llm.generate(REPEAT[:1], greedy(40), use_tqdm=False)[0].outputs[0]
     stop_tok = ref.token_ids[12]
     stop_str = ref.text[len(ref.text) // 2 : len(ref.text) // 2 + 3]
