@@ -23,7 +23,7 @@ from engine_checks import PROMPTS, assert_engine_clean, greedy, token_ids
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request
 from pagoda.core.scheduler import Scheduler
-from pagoda.layers.rejection_sampler import rejection_sample
+from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
 from pagoda.sampling_params import SamplingParams
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.spec_decode.ngram import NgramProposer
@@ -138,6 +138,23 @@ def test_greedy_verify_is_the_argmax_prefix():
     assert toks == [am[0], am[1], am[2], -1, am[4], -1, am[6]]
 
 
+def test_greedy_fast_path_and_mixed_batches_emit_the_same_prefixes():
+    """greedy_verify (from the argmax alone) gives the rejection sampler's greedy tokens; in a batch mixing
+    greedy and sampled requests, each request's rows stop at its own first rejection."""
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11)
+    am = logits.argmax(-1).tolist()
+    drafts = [[am[0], am[1], (am[2] + 1) % 11], [(am[4] + 1) % 11], []]
+    ref = rejection_sample(logits.clone(), _row_reqs(3, temperature=0.0), [4, 2, 1], drafts).finish().token_ids
+    assert greedy_verify(logits.argmax(-1), [4, 2, 1], drafts).finish().token_ids == ref
+    peaked = torch.full((3, 11), -1e4)
+    peaked[:, 3] = 0.0  # the sampled request's target puts all its mass on token 3
+    mixed = torch.cat([logits[:4], peaked])
+    reqs = _row_reqs(1, temperature=0.0) + _row_reqs(1, temperature=1.0, seed=3)
+    toks = rejection_sample(mixed, reqs, [4, 3], [drafts[0], [3, 5]]).finish().token_ids
+    assert toks == [am[0], am[1], am[2], -1, 3, 3, -1]  # sampled: 3 accepted, 5 rejected, 3 drawn instead
+
+
 def test_rejection_sampling_preserves_the_target_distribution():
     """Point-mass drafts (n-gram): emitted tokens follow the target's p at each position."""
     torch.manual_seed(1234)
@@ -214,9 +231,15 @@ def test_greedy_identical_with_ngram(tiny, kwargs):
     assert_engine_clean(llm)
 
 
-def test_stops_and_lengths_as_without_speculation(tiny):
+@pytest.mark.parametrize("async_sched", [False, True], ids=["sync", "async"])
+def test_stops_and_lengths_as_without_speculation(tiny, async_sched):
+    """Async: each step's outputs are built after the next step is launched, so a stop string found by the
+    front end finishes a request whose next verify is already in flight (plain greedy: the argmax path)."""
+    from pagoda import LLM
+
     base_llm = tiny.llm("llama")
-    spec = _spec_llm(tiny)
+    spec = (LLM(str(tiny.path("llama")), dtype="float32", speculative_config=NGRAM, async_scheduling=True)
+            if async_sched else _spec_llm(tiny))
     ref = base_llm.generate(REPEAT[:1], greedy(40), use_tqdm=False)[0].outputs[0]
     stop_tok = ref.token_ids[12]
     stop_str = ref.text[len(ref.text) // 2 : len(ref.text) // 2 + 3]

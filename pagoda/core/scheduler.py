@@ -408,6 +408,14 @@ class Scheduler:
 
     def _append_tokens(self, req: Request, tokens: list[int]) -> int:
         """Append tokens until one ends the request (then finish it). Returns how many were appended."""
+        n = len(tokens)
+        if (n > 1 and req.num_output_tokens + n < req.max_tokens and req.num_tokens + n < self.max_model_len
+                and req.eos_token_ids.isdisjoint(tokens) and req.stop_token_ids.isdisjoint(tokens)):
+            # A verify's tokens, none of which can end the request: appended at once (what the loop below
+            # would do, without a check per token).
+            req.output_token_ids.extend(tokens)
+            req.all_token_ids.extend(tokens)
+            return n
         was_running = req.status == RequestStatus.RUNNING
         for i, token in enumerate(tokens):
             req.append_output_token(token)

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
 
 import torch
 
@@ -221,6 +222,8 @@ class EngineCore:
 
     def _step_async(self) -> EngineCoreOutputs:
         done = self._finish_inflight_if_host_history_needed()
+        if done is not None and self.spec is not None:  # the next step is launched already
+            return done
         launched, failed = self._schedule_and_launch_split()
         if self._inflight is not None:
             done = self._complete(*self._inflight)
@@ -251,15 +254,26 @@ class EngineCore:
 
     def _finish_inflight_if_host_history_needed(self) -> EngineCoreOutputs | None:
         """Complete the step in flight now if a request in it samples from its host-side history
-        (its next step must see the token): otherwise None."""
-        if self._inflight is None or not (self.spec is not None or any(  # speculation: proposals need the tokens
+        (its next step must see the token): otherwise None.
+
+        Speculating, every step is completed here, before the next is scheduled (the proposals need the
+        accepted tokens): the next step is launched in between the update and the building of the outputs
+        (:meth:`_outputs`), so the device waits only for what the next step's inputs depend on."""
+        if self._inflight is None or not (self.spec is not None or any(
             s.sample and (needs_host_history(s.request) or (s.request.grammar is not None and not self._can_defer))
             for s in self._inflight[0].scheduled
         )):
             return None
-        done = self._complete(*self._inflight)
+        sched, handle = self._inflight
         self._inflight = None
-        return done
+        done = self._update(sched, handle)
+        if isinstance(done, EngineCoreOutputs):
+            return done
+        if self.spec is None:
+            return self._outputs(sched, done)
+        launched, failed = self._schedule_and_launch()
+        self._inflight = launched
+        return self._merge_outputs(self._outputs(sched, done), failed)
 
     @property
     def _can_defer(self) -> bool:
@@ -348,6 +362,12 @@ class EngineCore:
 
     def _complete(self, sched: SchedulerOutput, handle: StepHandle) -> EngineCoreOutputs:
         """Wait for a launched step, update the scheduler, and build the step's outputs."""
+        done = self._update(sched, handle)
+        return done if isinstance(done, EngineCoreOutputs) else self._outputs(sched, done)
+
+    def _update(self, sched: SchedulerOutput, handle: StepHandle) -> _Updated | EngineCoreOutputs:
+        """Wait for a launched step and update the scheduler (and the grammars, and the proposals) from it:
+        everything the next step's scheduling depends on. A failed step: its requests' outputs."""
         try:
             res = self._result(handle)
         except EngineFatalError:
@@ -361,6 +381,12 @@ class EngineCore:
         grammar_errors = self._advance_grammars(sched, res.sampled, gone)
         if self.spec is not None:
             self.spec.propose(self.scheduler.running, res.spec_hidden)
+        return _Updated(res, gone, finished, grammar_errors)
+
+    def _outputs(self, sched: SchedulerOutput, done: _Updated) -> EngineCoreOutputs:
+        """An updated step's outputs. Reads only what a later ``schedule()`` leaves alone (the kept tokens,
+        the finished requests' reasons), so it may run after the next step is launched."""
+        res, gone, finished, grammar_errors = done.res, done.gone, done.finished, done.grammar_errors
         outs = []
         prompt_tokens = 0
         generated = 0
@@ -473,6 +499,16 @@ class EngineCore:
         self.structured.shutdown()
         self.runner.shutdown()
         release_device_memory(self.cfg.device)
+
+
+@dataclass
+class _Updated:
+    """A completed step, the scheduler updated from it, its outputs not built yet (:meth:`EngineCore._outputs`)."""
+
+    res: RunnerOutput
+    gone: set[str]  # requests that ended while the step was in flight: nothing from it counts
+    finished: set[str]  # requests the step finished
+    grammar_errors: dict[str, str]
 
 
 def _prompt_logprobs(c: PromptLogprobChunk) -> PromptLogprobs:

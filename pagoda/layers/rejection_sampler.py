@@ -21,7 +21,10 @@ Rows are the step's sampled logits rows, request after request; a request with `
   on whether a neighbour speculated.
 
 The result is a :class:`pagoda.layers.sampler.DeviceSample` with one token per row; rows after the
-first rejection hold -1 (not emitted).
+first rejection hold -1 (not emitted). Nothing here waits for the device: host lists reach it by
+non-blocking copies and every op has a shape known on the host (a verify step's sampler is launched
+right behind its forward, and the host moves on to the token copy). Plain greedy batches skip the
+logits processing altogether (:func:`greedy_verify`, from the argmax the verify graph already took).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pagoda.layers.sampler import (
     _logprob_tensors,
     apply_logits_processing,
     sampling_probs,
+    to_device,
 )
 
 
@@ -47,12 +51,10 @@ def rejection_sample(logits: torch.Tensor, reqs: list[Request], num_rows: list[i
     want_lp = [r.sampling_params.logprobs is not None for r in row_reqs]
     raw_lp = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
     apply_logits_processing(logits, row_reqs)
-    d_list = [t for d, n in zip(drafts, num_rows, strict=True) for t in (*d, -1) if n == len(d) + 1]
-    if len(d_list) != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} rows for drafts of {[len(d) for d in drafts]} tokens")
-    d = torch.tensor(d_list, dtype=torch.long, device=device)
-    accept, recovered = _verify_rows(logits, row_reqs, reqs, num_rows, d)
-    tokens = _emit(accept, recovered, d, num_rows)
+    d, first = _stage_rows(num_rows, drafts, logits.shape[0], device)
+    greedy = [r.sampling_params.sampling_type_greedy for r in row_reqs]
+    accept, recovered = _verify_rows(logits, greedy, reqs, num_rows, d)
+    tokens = _emit(accept, torch.where(accept, d, recovered), first)
     if raw_lp is None:
         return DeviceSample(tokens, [], [])
     rows = [i for i, w in enumerate(want_lp) if w]
@@ -62,15 +64,41 @@ def rejection_sample(logits: torch.Tensor, reqs: list[Request], num_rows: list[i
     return DeviceSample(tokens, rows, ks, _logprob_tensors(raw_lp, tokens.clamp(min=0), rows, max(ks), chosen))
 
 
-def _verify_rows(logits: torch.Tensor, row_reqs: list[Request], reqs: list[Request], num_rows: list[int],
+def greedy_verify(target: torch.Tensor, num_rows: list[int], drafts: list[list[int]]) -> DeviceSample:
+    """:func:`rejection_sample` for requests that are all plain greedy (nothing processes or reports their
+    logits, :func:`pagoda.layers.sampler.plain_greedy`), from the rows' argmax ``target`` [R] alone: each
+    row emits its argmax while every draft before it in its request matched."""
+    d, first = _stage_rows(num_rows, drafts, target.shape[0], target.device)
+    return DeviceSample(_emit(target == d, target, first), [], [])
+
+
+def _stage_rows(num_rows: list[int], drafts: list[list[int]], num_logits_rows: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, on the device: its draft token (-1 on a request's last, bonus row) and the index of its
+    request's first row. One host-to-device copy that does not wait for the device (the forward may
+    still be running)."""
+    d_list: list[int] = []
+    first: list[int] = []
+    for dr, n in zip(drafts, num_rows, strict=True):
+        if n != len(dr) + 1:
+            break
+        first += [len(d_list)] * n
+        d_list += dr
+        d_list.append(-1)
+    if len(d_list) != num_logits_rows:
+        raise ValueError(f"{num_logits_rows} rows for drafts of {[len(d) for d in drafts]} tokens")
+    both = to_device(d_list + first, device, torch.long)
+    return both[:num_logits_rows], both[num_logits_rows:]
+
+
+def _verify_rows(logits: torch.Tensor, greedy: list[bool], reqs: list[Request], num_rows: list[int],
                  d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: whether its draft token is accepted (bonus rows: False), and the token emitted
     when it is the first row not accepted."""
-    greedy = torch.tensor([r.sampling_params.sampling_type_greedy for r in row_reqs], device=logits.device)
     target = logits.argmax(dim=-1)
-    if bool(greedy.all()):
-        return (target == d) & (d >= 0), target
-    probs = sampling_probs(logits, [r.sampling_params for r in row_reqs])
+    if all(greedy):  # decided on the host: no device synchronisation
+        return target == d, target
+    probs = sampling_probs(logits, [r.sampling_params for r, n in zip(reqs, num_rows, strict=True) for _ in range(n)])
     u, noise = _draws(probs, reqs, num_rows)
     safe_d = d.clamp(min=0)
     p_d = probs.gather(1, safe_d.unsqueeze(1)).squeeze(1)
@@ -78,7 +106,8 @@ def _verify_rows(logits: torch.Tensor, row_reqs: list[Request], reqs: list[Reque
     residual = probs.scatter(1, safe_d.unsqueeze(1), 0.0)
     residual = torch.where((d >= 0).unsqueeze(1), residual, probs)
     sampled = (residual / noise).argmax(dim=-1)
-    return torch.where(greedy, (target == d) & (d >= 0), accept), torch.where(greedy, target, sampled)
+    g = to_device(greedy, logits.device)
+    return torch.where(g, target == d, accept), torch.where(g, target, sampled)
 
 
 def _draws(probs: torch.Tensor, reqs: list[Request], num_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,21 +125,11 @@ def _draws(probs: torch.Tensor, reqs: list[Request], num_rows: list[int]) -> tup
     return u, noise
 
 
-def _emit(accept: torch.Tensor, recovered: torch.Tensor, d: torch.Tensor, num_rows: list[int]) -> torch.Tensor:
-    """Tokens per row: accepted drafts up to the first row not accepted, which gives ``recovered``;
-    -1 after it."""
-    device = accept.device
-    R, N, M = accept.shape[0], len(num_rows), max(num_rows)
-    starts = torch.tensor([0, *num_rows[:-1]], device=device).cumsum(0)
-    col = torch.arange(M, device=device)
-    valid = col.unsqueeze(0) < torch.tensor(num_rows, device=device).unsqueeze(1)  # [N, M]
-    idx = torch.where(valid, starts.unsqueeze(1) + col.unsqueeze(0), torch.zeros((), dtype=torch.long, device=device))
-    acc = accept[idx] & valid
-    all_before = torch.cat([torch.ones(N, 1, dtype=torch.bool, device=device),
-                            acc[:, :-1].to(torch.int8).cumprod(1).bool()], dim=1)
-    emitted = all_before & valid
-    per_row = torch.where(accept, d, recovered)
-    out = torch.full((R,), -1, dtype=torch.long, device=device)
-    flat = idx[emitted]
-    out[flat] = per_row[flat]
-    return out
+def _emit(accept: torch.Tensor, per_row: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Tokens per row: ``per_row`` (the accepted draft, or the token emitted at the first row not accepted)
+    while no earlier row of the same request was rejected, -1 after. ``first``: each row's request's first
+    row. Fixed-shape ops only (no boolean indexing): nothing waits for the device."""
+    rejected = (~accept).to(torch.int32)
+    before = rejected.cumsum(0) - rejected  # rejections in all earlier rows
+    emitted = before == before.index_select(0, first)
+    return torch.where(emitted, per_row, torch.full_like(per_row, -1))

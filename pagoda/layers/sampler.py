@@ -35,6 +35,13 @@ class SampleResult:
     logprobs: list[tuple[float, int, list[int], list[float], list[int] | None] | None]
 
 
+def to_device(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host list as a device tensor without waiting for the device (``torch.tensor(..., device=cuda)``
+    synchronises the stream: the host would stall until the step's forward is done). The list is staged
+    before the call returns, so nothing needs to outlive it."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def _rank(lp_row: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return (lp_row > value.unsqueeze(-1)).sum(-1) + 1
 
@@ -187,9 +194,9 @@ def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
             if banned_words:
                 logits[i, banned_words] = float("-inf")
         if p.logit_bias:
-            ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=device)
+            ids = to_device([t for t in p.logit_bias if 0 <= t < V], device, torch.long)
             if len(ids):
-                vals = torch.tensor([p.logit_bias[t] for t in p.logit_bias if 0 <= t < V], device=device)
+                vals = to_device([p.logit_bias[t] for t in p.logit_bias if 0 <= t < V], device)
                 logits[i].index_add_(0, ids, vals)
         if p.min_tokens and r.num_output_tokens < p.min_tokens:
             banned = [t for t in (r.eos_token_ids | r.stop_token_ids) if 0 <= t < V]
@@ -197,12 +204,12 @@ def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
                 logits[i, banned] = float("-inf")
         # --- 3. penalties
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(r.all_token_ids)), dtype=torch.long, device=device)
+            seen = to_device(sorted(set(r.all_token_ids)), device, torch.long)
             seen = seen[seen < V]
             vals = logits[i, seen]
             logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and r.output_token_ids:
-            out_ids = torch.tensor(r.output_token_ids, dtype=torch.long, device=device)
+            out_ids = to_device(r.output_token_ids, device, torch.long)
             counts = torch.bincount(out_ids, minlength=V)[:V].to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
@@ -222,7 +229,7 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         noise[i].exponential_(generator=_generator(reqs[i], device))
     tokens = (probs / noise).argmax(dim=-1)
     if any(greedy):
-        gmask = torch.tensor(greedy, device=device)
+        gmask = to_device(greedy, device)
         tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
     return tokens
 
@@ -231,12 +238,12 @@ def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     """The distribution step 4 draws from: temperature (1 for greedy rows), min_p, top_k, top_p,
     softmax. [S, V] float32 on the device of ``logits``."""
     device = logits.device
-    temps = torch.tensor([1.0 if p.sampling_type_greedy else p.temperature for p in params], device=device)
+    temps = to_device([1.0 if p.sampling_type_greedy else p.temperature for p in params], device)
     x = logits / temps.unsqueeze(1)
     min_ps = [p.min_p for p in params]
     if any(min_ps):
         probs = torch.softmax(x, dim=-1)
-        thr = probs.max(dim=-1, keepdim=True).values * torch.tensor(min_ps, device=device).unsqueeze(1)
+        thr = probs.max(dim=-1, keepdim=True).values * to_device(min_ps, device).unsqueeze(1)
         x = x.masked_fill(probs < thr, float("-inf"))
     x = _apply_top_k_top_p(x, params)
     return torch.softmax(x, dim=-1)
@@ -252,11 +259,11 @@ def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.T
         return x
     sorted_x, order = x.sort(dim=-1, descending=True)
     ranks = torch.arange(V, device=device).unsqueeze(0)
-    drop = ranks >= torch.tensor(top_ks, device=device).unsqueeze(1)
+    drop = ranks >= to_device(top_ks, device).unsqueeze(1)
     if any(tp < 1.0 for tp in top_ps):
         sp = torch.softmax(sorted_x.masked_fill(drop, float("-inf")), dim=-1)
         before = sp.cumsum(dim=-1) - sp  # mass strictly before each token
-        drop |= before > torch.tensor(top_ps, device=device).unsqueeze(1)
+        drop |= before > to_device(top_ps, device).unsqueeze(1)
     drop[:, 0] = False
     sorted_x = sorted_x.masked_fill(drop, float("-inf"))
     return torch.empty_like(x).scatter_(1, order, sorted_x)
@@ -264,7 +271,7 @@ def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.T
 
 def _keep_only(row: torch.Tensor, allowed: list[int]) -> None:
     """allowed_token_ids: every other token of ``row`` [V] to -inf (ids are in the vocabulary)."""
-    ids = torch.tensor(allowed, dtype=torch.long, device=row.device)
+    ids = to_device(allowed, row.device, torch.long)
     kept = row[ids]
     row.fill_(float("-inf"))
     row[ids] = kept
@@ -289,7 +296,7 @@ def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int]
 
     A row whose ``chosen_ids`` entry is a list (``logprob_token_ids``, then ``k`` is at least
     its length) reports those ids, in their order, in place of its top-k."""
-    idx = torch.tensor(rows, device=raw_lp.device)
+    idx = to_device(rows, raw_lp.device)
     sel = raw_lp[idx]
     chosen = tokens[idx]
     chosen_lp = sel.gather(1, chosen.unsqueeze(1)).squeeze(1)
@@ -304,7 +311,7 @@ def _logprob_tensors(raw_lp: torch.Tensor, tokens: torch.Tensor, rows: list[int]
     for j, ids in enumerate(chosen_ids or []):
         if ids:
             assert top_r is not None
-            t = torch.tensor(ids, dtype=top_i.dtype, device=top_i.device)
+            t = to_device(ids, top_i.device, top_i.dtype)
             top_i[j, : len(ids)] = t
             top_v[j, : len(ids)] = sel[j, t]
             top_r[j, : len(ids)] = _rank(sel[j].unsqueeze(0), sel[j, t])

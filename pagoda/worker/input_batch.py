@@ -99,7 +99,13 @@ def prepare_inputs(
         ids.extend(toks)
         positions.extend(range(start, end))
         blocks = block_ids[rid]
-        slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, end))
+        p = start
+        while p < end:  # one range of slots per block touched (a decode or a verify: usually one)
+            blk = p // bs
+            q = min(end, blk * bs + bs)
+            off = (blocks[blk] - blk) * bs
+            slots.extend(range(p + off, q + off))
+            p = q
         qsl.append(row0 + n)
         b.query_lens.append(n)
         b.seq_lens.append(end)

@@ -37,8 +37,8 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.errors import EngineFatalError
-from pagoda.layers.rejection_sampler import rejection_sample
-from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device
+from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
+from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device, to_device
 from pagoda.models.loader import load_model
 from pagoda.pooling.pooler import Pooler
 from pagoda.worker import kv_cache
@@ -608,7 +608,7 @@ class ModelRunner:
                 return ForwardResult(hidden)
             logits, greedy = self.graphs.last_logits(inputs.num_reqs)
             if len(inputs.logits_rows) != inputs.num_reqs:  # a 1-token prompt chunk that does not sample
-                idx = torch.tensor(inputs.logits_rows, device=self.device)  # one row per request: row == request
+                idx = to_device(inputs.logits_rows, self.device)  # one row per request: row == request
                 logits, greedy = logits[idx], greedy[idx]
             return ForwardResult(hidden, (logits, greedy), self.graphs.last_aux(inputs.num_reqs))
         if path == "verify_graph":
@@ -675,10 +675,13 @@ class ModelRunner:
         reqs = inputs.sample_reqs
         if not reqs:
             return None
-        if fwd.graph_logits is not None and inputs.samples_one_row_each and all(plain_greedy(r) for r in reqs):
-            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token); verify rows
-            # go through the rejection sampler below.
-            return DeviceSample(fwd.graph_logits[1], [], [])
+        plain = grammar_bitmask is None and all(plain_greedy(r) for r in reqs)
+        if fwd.graph_logits is not None and plain:
+            # The graph already took the argmax (bf16 -> fp32 is exact, so it is the same token); a verify
+            # keeps each row's argmax while the drafts before it matched.
+            if inputs.samples_one_row_each:
+                return DeviceSample(fwd.graph_logits[1], [], [])
+            return greedy_verify(fwd.graph_logits[1], inputs.num_sample_rows, inputs.spec_token_ids)
         if fwd.graph_logits is not None:
             logits = fwd.graph_logits[0].float()
         else:
@@ -686,8 +689,10 @@ class ModelRunner:
             if len(inputs.logits_rows) == fwd.hidden.shape[0]:  # every row samples (pure decode): no gather
                 logits = self.model.compute_logits(fwd.hidden)
             else:
-                logits = self.model.compute_logits(fwd.hidden[torch.tensor(inputs.logits_rows, device=self.device)])
+                logits = self.model.compute_logits(fwd.hidden[to_device(inputs.logits_rows, self.device)])
         if not inputs.samples_one_row_each:  # speculative verify rows
+            if plain:
+                return greedy_verify(logits.argmax(dim=-1), inputs.num_sample_rows, inputs.spec_token_ids)
             if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
                 from pagoda.structured_output.bitmask import apply_token_bitmask
 
