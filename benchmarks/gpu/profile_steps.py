@@ -32,8 +32,8 @@ SCHEMA = {"type": "object", "properties": {"story": {"type": "string", "minLengt
 
 def _fill(eng: LLMEngine, b: int, tag: str, structured: bool, max_tokens: int) -> list[str]:
     so = StructuredOutputsParams(json=json.dumps(SCHEMA)) if structured else None
-    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=False,
-                        structured_outputs=so)
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=so is None, detokenize=False,
+                        structured_outputs=so)  # the schema's minLength keeps a constrained output going
     ids = [f"{tag}-{i}" for i in range(b)]
     for i, rid in enumerate(ids):
         eng.add_request(rid, {"prompt_token_ids": [100 + (i + j) % 500 for j in range(512)]}, sp, final_only=True)
@@ -67,7 +67,9 @@ def main() -> None:
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", max_model_len=4096, **extra))
     for b in a.batch:
         ids = _fill(eng, b, f"b{b}", a.structured, 400)
-        for _ in range(12):  # prefill, then a few decode steps (graphs warm, grammar compiled)
+        core = eng.core
+        # Until every request runs and has decoded a few tokens (grammars compiled, prefill done, graphs warm).
+        while len(core.scheduler.running) < b or min(r.num_output_tokens for r in core.scheduler.running) < 4:
             eng.step()
         torch.cuda.synchronize()
         if a.cprofile:
