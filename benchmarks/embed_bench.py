@@ -8,11 +8,20 @@ and CPU seconds of both sides and the load; the first line gives the linear-FLOP
 
     python benchmarks/embed_bench.py cpu [--num 2000] [--rounds 5] [--dtypes float32,bfloat16] [--smoke]
 
-GPU: dummy-weight embedders of a given shape, token-id inputs, pagoda vs HF ``AutoModel`` (bf16, batches of
-32 sorted by length, as sentence-transformers batches) in the same call::
+GPU: dummy-weight embedders of a given shape on random token ids (the same ids on both sides), bf16, pagoda's
+pooling runner (``runner="pooling", convert="embed"``, ``load_format="dummy"``, ``LLM.embed``) vs HF
+transformers (batches of 32 sorted by length, padded, pooled and normalised, as sentence-transformers
+batches) in the same call. The HF model is constructed on the device (no host random init) and freed before
+pagoda starts. Each side: one warm-up run, then ``--rounds`` timed runs (median). Every phase (imports, HF
+build, each run, pagoda start-up) prints its seconds. Nothing is downloaded (a small tokenizer is trained in a
+temporary model folder; token-id prompts never use it)::
 
-    python benchmarks/embed_bench.py gpu --shape bert-large   # BERT-large: 24 x 1024, CLS pooling
-    python benchmarks/embed_bench.py gpu --shape llama-8b     # Llama-3-8B shape, last-token pooling
+    python benchmarks/embed_bench.py gpu --shape bert-large   # BERT-large: 24 x 1024, CLS; 2,000 prompts
+    python benchmarks/embed_bench.py gpu --shape llama-8b     # Llama-3-8B shape, last token; 200 prompts
+    python benchmarks/embed_bench.py gpu --shape llama-8b --smoke --device cpu   # the code path, tiny, on CPU
+
+Token lengths are uniform over 8..``--max-len`` (512). Weights are dummy on both sides with different random
+values: tokens/s does not depend on them.
 
 Prints one JSON line per measurement (sentences/s, tokens/s) and the ratios.
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -34,16 +44,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "server"))
-
-SHAPES = {
-    "bert-large": ("BertModel", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                     intermediate_size=4096, max_position_embeddings=512, vocab_size=30522,
-                                     model_type="bert")),
-    "llama-8b": ("LlamaModel", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                                    num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=8192,
-                                    vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0, model_type="llama",
-                                    torch_dtype="bfloat16")),
-}
 
 
 def sentences(tok, n: int, lo: int = 8, hi: int = 256, seed: int = 0) -> list[str]:
@@ -217,68 +217,212 @@ def _server_run(url: str, pid: int, texts: list[str], concurrency: int, fmt: str
     return asyncio.run(run())
 
 
-def bench_gpu(args) -> None:
+# ---------------------------------------------------------------------------------------------------------------
+# GPU mode: dummy-weight shapes, pagoda vs HF transformers on the same token ids.
+
+SHAPES = {  # name -> (pagoda architecture, HF peer class, pooling, config fields)
+    "bert-large": ("BertModel", "BertModel", "CLS",
+                   dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                        max_position_embeddings=512, vocab_size=30522, model_type="bert")),
+    "llama-8b": ("LlamaForCausalLM", "LlamaModel", "LAST",  # pagoda: --runner pooling --convert embed
+                 dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=14336, max_position_embeddings=8192, vocab_size=128256, rms_norm_eps=1e-5,
+                      rope_theta=500000.0, model_type="llama", tie_word_embeddings=False)),
+}
+GPU_DEFAULT_NUM = {"bert-large": 2000, "llama-8b": 200}
+_SMOKE_FIELDS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     vocab_size=1000)
+"""``--smoke``: the shape cut to these sizes (same architecture and code path), e.g. on the CPU."""
+
+
+def gpu_shape(name: str, smoke: bool = False) -> tuple[str, str, str, dict]:
+    """(pagoda architecture, HF class, pooling, config fields) of shape ``name``; ``smoke`` shrinks it."""
+    arch, hf_cls, pooling, fields = SHAPES[name]
+    if smoke:
+        fields = {**fields, **_SMOKE_FIELDS}
+        if "num_key_value_heads" in fields:
+            fields["num_key_value_heads"] = 2
+    return arch, hf_cls, pooling, fields
+
+
+def token_prompts(num: int, max_len: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """``num`` prompts of random token ids, lengths uniform over [8, max_len] (ids 1000-29999 on the full
+    vocabularies, as before; a tiny vocabulary's upper three quarters otherwise)."""
+    rng = random.Random(seed)
+    lo, hi = min(1000, vocab_size // 4), min(30000, vocab_size)
+    return [[rng.randrange(lo, hi) for _ in range(rng.randint(8, max_len))] for _ in range(num)]
+
+
+def linear_flops_per_token(fields: dict) -> int:
+    """FLOPs of one token through the layers' linears (attention scores, norms and embeddings excluded)."""
+    h, i, n = fields["hidden_size"], fields["intermediate_size"], fields["num_hidden_layers"]
+    kv = fields.get("num_key_value_heads", fields["num_attention_heads"]) * h // fields["num_attention_heads"]
+    mlp = 3 * h * i if fields["model_type"] == "llama" else 2 * h * i  # gated (gate, up, down) vs up, down
+    return 2 * n * (2 * h * h + 2 * h * kv + mlp)
+
+
+def shape_folder(arch: str, fields: dict) -> Path:
+    """A model folder with only config.json and a small tokenizer trained here (token-id prompts never use it;
+    pagoda loads one at start-up): nothing is downloaded, so no PAGODA_CACHE / pip access is needed."""
+    from pooling_models import build_wordpiece_tokenizer
+    from tiny_models import build_tokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix=f"embed-{arch}-"))
+    (folder / "config.json").write_text(json.dumps({**fields, "architectures": [arch], "torch_dtype": "bfloat16"}))
+    (build_wordpiece_tokenizer if fields["model_type"] == "bert" else build_tokenizer)(folder)
+    return folder
+
+
+def build_hf_model(hf_cls: str, fields: dict, device: str):
+    """The HF peer in bf16, constructed directly on ``device`` (``torch.device`` as the default device): its
+    random init runs there, not on the host (8 B parameters on the host take minutes)."""
     import torch
     import transformers
-    from pooling_models import minilm_path
+
+    cfg = transformers.AutoConfig.for_model(**fields)
+    with torch.device(device):
+        model = getattr(transformers, hf_cls)._from_config(cfg, dtype=torch.bfloat16)
+    return model.eval()
+
+
+def hf_embed(model, prompts: list[list[int]], pooling: str, device: str, batch_size: int = 32):
+    """Embeddings the way sentence-transformers computes them: batches of ``batch_size`` sorted by length,
+    right-padded with an attention mask, CLS or last-token pooling, L2-normalised, copied to the host."""
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            lens = [len(prompts[i]) for i in idx]
+            m = max(lens)
+            ids = torch.tensor([prompts[i] + [0] * (m - len(prompts[i])) for i in idx], device=device)
+            mask = torch.tensor([[1] * n + [0] * (m - n) for n in lens], device=device)
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            rows = torch.tensor([0] * len(idx) if pooling == "CLS" else [n - 1 for n in lens], device=device)
+            pooled = hidden[torch.arange(len(idx), device=device), rows]
+            emb = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
+    return out
+
+
+class _Phases:
+    """Prints one JSON line per phase (its seconds and the seconds since start), so a slow phase shows."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.t_start = device, time.perf_counter()
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run(self, phase: str, fn, tokens: int | None = None, **info):
+        """``fn()`` between device syncs; prints its seconds (and tokens/s when ``tokens`` is given)."""
+        self.sync()
+        t0 = time.perf_counter()
+        result = fn()
+        self.sync()
+        dt = time.perf_counter() - t0
+        rate = {} if tokens is None else {"tokens": tokens, "tok_per_s": round(tokens / dt, 1)}
+        emit(phase=phase, seconds=round(dt, 3), elapsed_s=round(time.perf_counter() - self.t_start, 1), **info,
+             **rate)
+        return result, dt
+
+    def rounds(self, system: str, fn, rounds: int, tokens: int) -> tuple[float, list]:
+        """An untimed warm-up over the whole set (kernel compiles, allocator growth), then ``rounds`` timed
+        runs, one line each; returns (the median seconds, the warm-up's result)."""
+        result, _ = self.run(f"{system}_warmup", fn, tokens)
+        return statistics.median(self.run(f"{system}_run", fn, tokens, round=r)[1] for r in range(rounds)), result
+
+
+def _gpu_imports() -> tuple:
+    import torch
+    import transformers
 
     from pagoda import LLM
 
-    arch, shape = SHAPES[args.shape]
-    folder = Path(tempfile.mkdtemp(prefix=f"embed-{args.shape}-"))
-    cfg = {**shape, "architectures": [arch]}
-    (folder / "config.json").write_text(json.dumps(cfg))
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        src = minilm_path() / f
-        (folder / f).write_bytes(src.read_bytes())
-    rng = random.Random(0)
-    prompts = [[rng.randrange(1000, 30000) for _ in range(rng.randint(8, args.max_len))] for _ in range(args.num)]
+    return torch, transformers, LLM
+
+
+def bench_gpu(args) -> None:
+    """HF first (built on the device, timed, freed), then pagoda's pooling runner (``--runner pooling
+    --convert embed``, ``load_format="dummy"``) on the same token ids; both bf16, both dummy weights (different
+    random values on each side: tokens/s does not depend on them)."""
+    import gc
+
+    ph = _Phases(args.device)
+    (torch, transformers, LLM), _ = ph.run("imports", _gpu_imports)
+    emit(torch=torch.__version__, transformers=transformers.__version__,
+         gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None)
+    arch, hf_cls, pooling, fields = gpu_shape(args.shape, args.smoke)
+    folder, _ = ph.run("model_folder", lambda: shape_folder(arch, fields))
+    prompts = token_prompts(args.num, args.max_len, fields["vocab_size"])
     ntok = sum(map(len, prompts))
-    hf_cfg = getattr(transformers, cfg["model_type"].capitalize() + "Config" if cfg["model_type"] != "bert"
-                     else "BertConfig")(**shape)
-    hf = transformers.AutoModel.from_config(hf_cfg, torch_dtype=torch.bfloat16).cuda().eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for b in range(0, len(order), 32):
-            batch = [prompts[i] for i in order[b : b + 32]]
-            m = max(map(len, batch))
-            ids = torch.tensor([p + [0] * (m - len(p)) for p in batch], device="cuda")
-            mask = torch.tensor([[1] * len(p) + [0] * (m - len(p)) for p in batch], device="cuda")
-            hf(input_ids=ids, attention_mask=mask)
-    torch.cuda.synchronize()
-    t_hf = time.perf_counter() - t0
-    emit(system="hf", shape=args.shape, tokens=ntok, seconds=t_hf, tok_per_s=ntok / t_hf)
+    lens = sorted(map(len, prompts))
+    emit(shape=args.shape, smoke=args.smoke, device=args.device, prompts=len(prompts), tokens=ntok,
+         hf_padded_tokens=sum(len(lens[b : b + 32]) * lens[b : b + 32][-1] for b in range(0, len(lens), 32)),
+         max_len=args.max_len, dtype="bfloat16", pooling=pooling, pagoda_arch=arch, hf_class=hf_cls,
+         weights="dummy on both sides (different random values; tokens/s does not depend on them)")
+    hf, _ = ph.run("hf_build", lambda: build_hf_model(hf_cls, fields, args.device))
+    emit(hf_attn_implementation=getattr(hf.config, "_attn_implementation", None),
+         hf_param_device=str(next(hf.parameters()).device))
+    t_hf, hf_out = ph.rounds("hf", functools.partial(hf_embed, hf, prompts, pooling, args.device), args.rounds,
+                             ntok)
     del hf
-    torch.cuda.empty_cache()
-    with LLM(str(folder), load_format="dummy", dtype="bfloat16", runner="pooling",
-             max_model_len=max(args.max_len, 512)) as llm:
-        llm.embed(prompts[:32], use_tqdm=False)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        llm.embed(prompts, use_tqdm=False)
-        t_pg = time.perf_counter() - t0
-    emit(system="pagoda", shape=args.shape, tokens=ntok, seconds=t_pg, tok_per_s=ntok / t_pg, speedup_vs_hf=t_hf / t_pg)
+    gc.collect()
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    llm, _ = ph.run("pagoda_startup", lambda: LLM(
+        str(folder), load_format="dummy", dtype="bfloat16", runner="pooling", convert="embed", device=args.device,
+        max_model_len=max(args.max_len, 512)))
+    with llm:
+        t_pg, pg_out = ph.rounds("pagoda", functools.partial(llm.embed, prompts, use_tqdm=False), args.rounds, ntok)
+    dims = {len(e) for e in hf_out} | {len(o.outputs.embedding) for o in pg_out}
+    if len(hf_out) != len(prompts) or len(pg_out) != len(prompts) or dims != {fields["hidden_size"]}:
+        raise RuntimeError(f"expected {len(prompts)} embeddings of {fields['hidden_size']} per side, got "
+                           f"{len(hf_out)} (HF) and {len(pg_out)} (pagoda) of sizes {sorted(dims)}")
+    flop = linear_flops_per_token(fields) * ntok
+    emit(summary=f"pagoda vs HF transformers, {args.shape} shape (median of {args.rounds} runs)", tokens=ntok,
+         hf_tok_per_s=round(ntok / t_hf, 1), pagoda_tok_per_s=round(ntok / t_pg, 1),
+         speedup_vs_hf=round(t_hf / t_pg, 3), linear_tflop=round(flop / 1e12, 2),
+         hf_linear_tflops=round(flop / t_hf / 1e12, 1), pagoda_linear_tflops=round(flop / t_pg / 1e12, 1),
+         total_s=round(time.perf_counter() - ph.t_start, 1))
 
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("cpu", "gpu"))
-    ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--num", type=int, default=None, help="prompts (default: CPU 2000; GPU "
+                    + ", ".join(f"{k} {v}" for k, v in GPU_DEFAULT_NUM.items()) + ")")
     ap.add_argument("--shape", choices=tuple(SHAPES), default="bert-large")
     ap.add_argument("--max-len", type=int, default=512)
+    ap.add_argument("--device", default="cuda", help="GPU mode: the device of both sides (cpu runs the GPU "
+                    "mode's code path on the host, with --smoke)")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="CPU: dtypes to run, pagoda and sentence-"
                     "transformers alike (the first is the headline, the server's and the server ratio's baseline)")
-    ap.add_argument("--rounds", type=int, default=5, help="CPU: interleaved rounds (ABBA...) per comparison")
+    ap.add_argument("--rounds", type=int, default=None, help="CPU: interleaved rounds (ABBA...) per comparison "
+                    "(default 5); GPU: timed runs per side after one warm-up run (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="CPU: torch threads, both sides and the server")
     ap.add_argument("--concurrency", type=int, default=16, help="CPU: concurrent /v1/embeddings requests")
     ap.add_argument("--encoding-format", default="float", choices=("float", "base64"))
-    ap.add_argument("--smoke", action="store_true", help="a few sentences, to check the command runs")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="a few sentences, to check the command runs (GPU mode: "
+                    "the shape cut to 2 layers of width 64, 16 prompts of 8-48 tokens)")
+    args = ap.parse_args(argv)
+    gpu = args.mode == "gpu"
+    if args.num is None:
+        args.num = GPU_DEFAULT_NUM[args.shape] if gpu else 2000
+    if args.rounds is None:
+        args.rounds = 3 if gpu else 5
     if args.smoke:
-        args.num, args.rounds = 40, 1
-    (bench_cpu if args.mode == "cpu" else bench_gpu)(args)
+        args.num, args.rounds = (16, 1) if gpu else (40, 1)
+        if gpu:
+            args.max_len = min(args.max_len, 48)
+    (bench_gpu if gpu else bench_cpu)(args)
 
 
 if __name__ == "__main__":
