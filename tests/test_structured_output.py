@@ -52,6 +52,47 @@ def test_bitmask_all_allowed_rows_untouched():
     assert not torch.isinf(logits[1]).any() and not torch.isinf(logits[3]).any()
 
 
+def test_bitmask_given_rows_equals_scanned_rows():
+    """The engine passes the constrained rows (no scan): the same result as scanning the bitmask for them."""
+    g = torch.Generator().manual_seed(2)
+    V = 130
+    bm = torch.randint(-(2**31), 2**31 - 1, (5, (V + 31) // 32), dtype=torch.int32, generator=g)
+    bm[0] = -1
+    bm[3] = -1
+    logits = torch.randn(5, V, generator=g)
+    scanned, given = logits.clone(), logits.clone()
+    apply_token_bitmask(scanned, bm)
+    apply_token_bitmask(given, bm, [1, 2, 4])
+    assert torch.equal(scanned, given) and not torch.equal(given, logits)
+    apply_token_bitmask(given, bm, [])  # no constrained row: nothing changes
+    assert torch.equal(scanned, given)
+
+
+def test_xgrammar_fill_writes_every_word(tiny):
+    """The step's bitmask buffer is reused without clearing (step_bitmask.py): a matcher's fill must write its
+    whole row, whatever the row held before, including the padding past the tokenizer's vocabulary."""
+    from transformers import AutoTokenizer
+
+    from pagoda.structured_output.xgrammar_backend import XgrammarBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny.path(ARCH))
+    V = len(tok) + 45  # logits wider than the tokenizer, not a multiple of 32
+    be = XgrammarBackend(tok, V, [tok.eos_token_id])
+    gen = torch.Generator().manual_seed(3)
+    for spec in (StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}}),
+                 StructuredOutputsParams(regex=r"[a-c]{2,6}x")):
+        m = be.matcher(be.compile(GrammarKey.of(spec, StructuredOutputsConfig())))
+        for _ in range(6):
+            clean = allocate_bitmask(2, V)
+            dirty = torch.randint(-(2**31), 2**31 - 1, clean.shape, dtype=torch.int32, generator=gen)
+            m.fill_bitmask(clean, 1)
+            m.fill_bitmask(dirty, 1)
+            assert torch.equal(clean[1], dirty[1])
+            allowed = unpack_bitmask(clean[1:], V)[0].nonzero().flatten().tolist()
+            t = next(t for t in allowed if t != tok.eos_token_id)
+            assert m.accept_token(t)
+
+
 def _backend(tiny):
     from transformers import AutoTokenizer
 
