@@ -103,7 +103,9 @@ def test_prompt_that_ended_reasoning_starts_constrained():
 def _manager(vocab_size: int, max_num_seqs: int = 4) -> StructuredOutputManager:
     cfg = SimpleNamespace(structured_outputs=StructuredOutputsConfig(), device=torch.device("cpu"),
                           pipeline_parallel_size=1, max_num_seqs=max_num_seqs)
-    return StructuredOutputManager(cfg, vocab_size)  # type: ignore[arg-type]
+    mgr = StructuredOutputManager(cfg, vocab_size)  # type: ignore[arg-type]
+    mgr._backend = SimpleNamespace(vocab_size=vocab_size)  # type: ignore[assignment]  # the grammars bring matchers
+    return mgr
 
 
 def test_step_bitmask_is_none_while_every_constrained_row_reasons():

@@ -34,6 +34,9 @@ class Matcher(Protocol):
 
 class GrammarBackend(Protocol):
     name: str
+    # The bitmask's vocabulary: the ids a grammar can allow (the tokenizer's), at most the logits' width; the
+    # bitmask has ceil(vocab_size / 32) words and the logits columns past it are never allowed.
+    vocab_size: int
 
     def compile(self, key: GrammarKey) -> Any:
         """A compiled grammar (raises ValueError on an invalid spec). Thread-safe."""

@@ -30,14 +30,17 @@ def apply_token_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor) -
     logits.masked_fill_(~unpack_bitmask(bitmask.to(logits.device), logits.shape[1]), float("-inf"))
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None) -> None:
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None,
+                        vocab_size: int | None = None) -> None:
     """``logits`` [R, V] (float32) masked in place by ``bitmask`` (host or device; moved to the logits' device).
 
     ``rows``: the constrained rows (ascending) when the caller knows them (the engine's
     :class:`~pagoda.structured_output.step_bitmask.StepBitmask`); every other row must be all-allowed. None: a
-    host bitmask is scanned for them, a device bitmask is applied to every row. Uses xgrammar's kernels (C++ on
-    CPU, Triton/CUDA on GPU) when xgrammar is installed. On the CPU only the constrained rows are masked (O(V)
-    each); on a device every row is (an all-allowed row is left as it is), so no row list is copied to it."""
+    host bitmask is scanned for them, a device bitmask is applied to every row. ``vocab_size``: the grammar's
+    vocabulary (default: the bitmask's width); in a constrained row the logits columns past it are never allowed
+    (a tokenizer smaller than the logits), whatever the bits past it say. Uses xgrammar's kernels (C++ on CPU,
+    Triton/CUDA on GPU) when xgrammar is installed. On the CPU only the constrained rows are masked (O(V) each);
+    on a device every row is (an all-allowed row is left as it is), so no row list is copied to it."""
     if rows is None and bitmask.device.type == "cpu":
         constrained = (bitmask != -1).any(dim=1)
         rows = constrained.nonzero().flatten().tolist()
@@ -45,15 +48,24 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
         return
     if bitmask.device != logits.device:
         bitmask = bitmask.to(logits.device, non_blocking=True)
+    V = logits.shape[1]
+    vocab = min(V, bitmask.shape[1] * 32 if vocab_size is None else vocab_size)
+    every_row = rows is None or len(rows) == logits.shape[0]
+    if vocab < V:  # xgrammar masks only the grammar's columns
+        logits[slice(None) if every_row else _row_index(rows, logits.device), vocab:] = float("-inf")
     try:
         import xgrammar as xgr
     except ImportError:
-        apply_token_bitmask_reference(logits, bitmask)  # all rows: an all-allowed row is left as it is
+        apply_token_bitmask_reference(logits[:, :vocab], bitmask)  # all rows: an all-allowed row is left as it is
         return
-    V = logits.shape[1]
-    width = bitmask.shape[1] * 32
-    every_row = rows is None or len(rows) == logits.shape[0]
-    if width < V:  # xgrammar masks only the bitmask's columns
-        logits[slice(None) if every_row else rows, width:] = float("-inf")
     indices = None if every_row or logits.device.type != "cpu" else rows
-    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=min(V, width), indices=indices)
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab, indices=indices)
+
+
+def _row_index(rows: list[int] | None, device: torch.device) -> list[int] | torch.Tensor:
+    """``rows`` as an index on ``device``; on a GPU copied from pinned memory (a copy from pageable memory would
+    wait for every kernel already queued)."""
+    assert rows is not None
+    if device.type != "cuda":
+        return rows
+    return torch.tensor(rows, dtype=torch.long).pin_memory().to(device, non_blocking=True)

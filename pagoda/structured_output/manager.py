@@ -152,10 +152,7 @@ class StructuredOutputManager:
         self.cfg = cfg
         self.config: StructuredOutputsConfig = cfg.structured_outputs
         self.vocab_size = vocab_size
-        # A step's rows are sampled before the next step's are filled, except with pipeline parallelism (up to
-        # pipeline_parallel_size steps in flight): one slot more than the steps that may hold one.
-        self._bitmasks = BitmaskBuffer(vocab_size, cfg.device, num_slots=max(2, cfg.pipeline_parallel_size + 1),
-                                       initial_rows=cfg.max_num_seqs)
+        self._bitmasks: BitmaskBuffer | None = None  # made with the backend (its vocabulary sets the width)
         self._pool: ThreadPoolExecutor | None = None
         self._backend: GrammarBackend | None = None
         self._backend_lock = threading.Lock()
@@ -200,7 +197,8 @@ class StructuredOutputManager:
         sampled = [s for s in sched.scheduled if s.sample]
         if not any(s.request.grammar is not None and s.request.grammar.reasoning_ended for s in sampled):
             return None
-        bitmask = self._bitmasks.take(sum(s.num_sample_rows for s in sampled))
+        buffer = self._bitmask_buffer()
+        bitmask = buffer.take(sum(s.num_sample_rows for s in sampled))
         filled: list[int] = []
         row = 0
         for s in sampled:
@@ -214,8 +212,17 @@ class StructuredOutputManager:
             row += s.num_sample_rows
         if not filled:
             return None
-        self._bitmasks.reset_rows(bitmask, filled)
-        return StepBitmask(self._bitmasks.to_device(bitmask), filled)
+        buffer.reset_rows(bitmask, filled)
+        return StepBitmask(buffer.to_device(bitmask), filled, buffer.vocab_size)
+
+    def _bitmask_buffer(self) -> BitmaskBuffer:
+        if self._bitmasks is None:
+            # A step's rows are sampled before the next step's are filled, except with pipeline parallelism (up
+            # to pipeline_parallel_size steps in flight): one slot more than the steps that may hold one.
+            cfg = self.cfg
+            self._bitmasks = BitmaskBuffer(self.backend().vocab_size, cfg.device, initial_rows=cfg.max_num_seqs,
+                                           num_slots=max(2, cfg.pipeline_parallel_size + 1))
+        return self._bitmasks
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -224,7 +231,7 @@ class StructuredOutputManager:
 
 
 def create_backend(cfg: EngineConfig, vocab_size: int) -> GrammarBackend:
-    """The configured backend, built for the engine's tokenizer and vocabulary (logits width)."""
+    """The configured backend, built for the engine's tokenizer and ``vocab_size`` (the logits' width)."""
     from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 
     tok = load_tokenizer(cfg)

@@ -24,15 +24,18 @@ import torch
 
 @dataclass
 class StepBitmask:
-    """``data`` [R, ceil(V / 32)] int32 on the sampling device, one row per sampled logits row (runner order);
-    ``rows``: the rows a grammar filled, ascending and never empty (every other row is all-allowed)."""
+    """``data`` [R, ceil(vocab_size / 32)] int32 on the sampling device, one row per sampled logits row (runner
+    order); ``rows``: the rows a grammar filled, ascending and never empty (every other row is all-allowed);
+    ``vocab_size``: the grammar's vocabulary (in a filled row, the logits columns past it are never allowed)."""
 
     data: torch.Tensor
     rows: list[int]
+    vocab_size: int
 
 
 class BitmaskBuffer:
     def __init__(self, vocab_size: int, device: torch.device, num_slots: int = 2, initial_rows: int = 1) -> None:
+        self.vocab_size = vocab_size
         self.width = (vocab_size + 31) // 32
         self.device = device
         self._pin = device.type == "cuda"

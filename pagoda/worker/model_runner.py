@@ -703,11 +703,12 @@ class ModelRunner:
             if plain:
                 return greedy_verify(logits.argmax(dim=-1), inputs.num_sample_rows, inputs.spec_token_ids)
             if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
-                apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows)
+                apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows, grammar_bitmask.vocab_size)
             return rejection_sample(logits, reqs, inputs.num_sample_rows, inputs.spec_token_ids)
         if grammar_bitmask is None:
             return sample_on_device(logits, reqs)
-        apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows)  # step 0 of sample_on_device
+        bm = grammar_bitmask
+        apply_token_bitmask(logits, bm.data, bm.rows, bm.vocab_size)  # step 0 of sample_on_device
         if all(greedy_argmax_only(r) for r in reqs):  # what sample_on_device would do, without its per-row passes
             return DeviceSample(logits.argmax(dim=-1), [], [])
         return sample_on_device(logits, reqs)
