@@ -6,28 +6,32 @@ step time once the device no longer waits for the grammar (issue 14's batch-64 f
 see :mod:`pagoda.engine.core`).
 
 Every part is the calling thread's CPU time (``time.thread_time``: other processes on a shared machine do not
-count; torch runs on this thread only), timed inclusively around the engine's own methods (no code change):
+count; torch runs on this thread only) spent in the engine's own methods (wrapped, no code change), each part
+counting its own time only (a wrapped call inside another is charged to its own part):
 
 * ``schedule`` (``Scheduler.schedule``), ``launch`` (``EngineCore._launch``: prepare inputs, the forward's host
-  work), ``result`` (``StepHandle.result``), ``update`` (``Scheduler.update_from_output``), ``outputs``
-  (``EngineCore._outputs``), ``front end`` (``LLMEngine.step`` less ``EngineCore.step``);
-* ``advance``: ``EngineCore._advance_grammars`` (the matchers accept the kept tokens);
-* ``bitmask``: ``StructuredOutputManager.grammar_bitmask``, of which ``fill`` (the matchers' fills);
-* ``apply``: ``apply_token_bitmask``'s host work (its masking kernel, device work on a GPU, is excluded and shown
-  as ``[apply kernel]``);
-* ``sample rest``: the rest of the sampling launch (``ModelRunner._sample``);
-* ``other``: everything else of ``LLMEngine.step``; ``total host``: all of it.
+  work; unconstrained, also the sampling launch), ``result`` (``StepHandle.result``), ``update``
+  (``Scheduler.update_from_output``), ``outputs`` (``EngineCore._outputs``);
+* ``advance``: ``EngineCore._advance_grammars``, less ``accept`` (``RequestGrammar.accept_tokens``: the matchers
+  accept the kept tokens);
+* ``bitmask``: ``StructuredOutputManager.grammar_bitmask`` (buffer, loop, copy), less ``fill``
+  (``RequestGrammar.fill_bitmask``: the matchers' fills);
+* ``apply``: ``apply_token_bitmask``'s host work; ``sample rest``: the rest of ``ModelRunner._sample``;
+* ``core other``: the rest of ``EngineCore.step`` (split launch, sampling queued, the runner's step bookkeeping);
+  ``front end``: the rest of ``LLMEngine.step``; ``total host``: the sum.
 
-Excluded everywhere (device work on a GPU, where the graph computes the logits and the unconstrained argmax):
-the tiny model's forward, its LM head (``[logits]``, 64 x 128,256 on the CPU) and every ``argmax``
-(``[argmax]``). Not visible on the CPU: the GPU path's ``.float()`` of the graph's logits and the bitmask's
-host-to-device copy (a few kernel launches), and any host synchronisation.
+Excluded (device work on a GPU, where the graph computes the logits and the unconstrained argmax): the tiny
+model's forward, its LM head (``[logits]``, 64 x 128,256 on the CPU), every ``argmax`` (``[argmax]``), and the
+masking itself (``[apply kernel]``: xgrammar's kernel and the -inf of the logits columns past the grammar's
+vocabulary). Not visible on the CPU: the GPU path's ``.float()`` of the graph's logits and the bitmask's
+host-to-device copy (a few kernel launches), and any host synchronisation (a copy from pageable memory waits for
+the forward in flight: the bitmask is pinned, see pagoda/structured_output/step_bitmask.py).
 
 Schemas: ``long`` (the GPU bench's ``{"story": string minLength 4000}``, benchmarks/structured_outputs.py) and
 ``nested`` (an object with nested objects, enums, integers and arrays; :data:`NESTED_SCHEMA`). Each request has
 its own prompt; a step is measured only while every request runs (the script checks it).
 
-Usage (repository root; the default model's tokenizer must be cached, e.g. by ``pagoda download``):
+Usage (repository root; without ``--tokenizer``, the default model's, fetched into pagoda's cache if need be):
     PYTHONPATH=. python benchmarks/structured_host_overhead.py [--batch 64] [--steps 60] [--reps 3]
         [--schemas long nested] [--tokenizer DIR]
 Prints host ms per step per part (the median over ``reps`` interleaved runs) and each arm's ratio to the
@@ -120,6 +124,7 @@ def _instrument(eng, tm: Timers) -> None:
     import xgrammar as xgr
 
     import pagoda.layers.sampler as sampler
+    import pagoda.structured_output.bitmask as bitmask
     import pagoda.structured_output.manager as mgr
     import pagoda.worker.model_runner as mr
 
@@ -139,8 +144,12 @@ def _instrument(eng, tm: Timers) -> None:
     tm.wrap(mr.StepHandle, "result", "result")
     tm.wrap(mgr.RequestGrammar, "fill_bitmask", "fill")
     tm.wrap(mgr.RequestGrammar, "accept_tokens", "accept")
-    tm.wrap(sampler, "apply_token_bitmask", "apply")
+    for mod in (sampler, mr):  # wherever the step's sampling calls it from
+        if hasattr(mod, "apply_token_bitmask"):
+            tm.wrap(mod, "apply_token_bitmask", "apply")
     tm.wrap(xgr, "apply_token_bitmask_inplace", "[apply kernel]")
+    if hasattr(bitmask, "mask_columns_past"):  # logits columns past the grammar's vocabulary
+        tm.wrap(bitmask, "mask_columns_past", "[apply kernel]")
     tm.wrap(torch.Tensor, "argmax", "[argmax]")
 
 
@@ -189,11 +198,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--schemas", nargs="+", default=list(SCHEMAS), choices=list(SCHEMAS))
     ap.add_argument("--tokenizer", default=None, help="a folder with tokenizer.json & co (default: the default "
-                                                      "model's, when cached)")
+                                                      "model's)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = Path(tempfile.mkdtemp(prefix="pagoda-so-host-")) / "config.json"
     cfg.write_text(json.dumps(TINY_CONFIG))
+    if a.tokenizer is None:
+        from pagoda.models.model_files import ensure_default_model
+
+        a.tokenizer = str(ensure_default_model())
     model = shape_model(str(cfg), a.tokenizer)
     arms: dict[str, dict | None] = {"plain": None, **{s: SCHEMAS[s] for s in a.schemas}}
     res: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}

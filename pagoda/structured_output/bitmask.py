@@ -52,7 +52,7 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
     vocab = min(V, bitmask.shape[1] * 32 if vocab_size is None else vocab_size)
     every_row = rows is None or len(rows) == logits.shape[0]
     if vocab < V:  # xgrammar masks only the grammar's columns
-        logits[slice(None) if every_row else _row_index(rows, logits.device), vocab:] = float("-inf")
+        mask_columns_past(logits, vocab, None if every_row else rows)
     try:
         import xgrammar as xgr
     except ImportError:
@@ -62,10 +62,13 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
     xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab, indices=indices)
 
 
-def _row_index(rows: list[int] | None, device: torch.device) -> list[int] | torch.Tensor:
-    """``rows`` as an index on ``device``; on a GPU copied from pinned memory (a copy from pageable memory would
-    wait for every kernel already queued)."""
-    assert rows is not None
-    if device.type != "cuda":
-        return rows
-    return torch.tensor(rows, dtype=torch.long).pin_memory().to(device, non_blocking=True)
+def mask_columns_past(logits: torch.Tensor, vocab: int, rows: list[int] | None) -> None:
+    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the row list is copied from pinned
+    memory (a copy from pageable memory would wait for every kernel already queued)."""
+    if rows is None:
+        logits[:, vocab:] = float("-inf")
+        return
+    idx: list[int] | torch.Tensor = rows
+    if logits.device.type == "cuda":
+        idx = torch.tensor(rows, dtype=torch.long).pin_memory().to(logits.device, non_blocking=True)
+    logits[idx, vocab:] = float("-inf")
