@@ -52,7 +52,8 @@ class BitmaskBuffer:
         self._turn = (i + 1) % len(self._slots)
         ev = self._copied[i]
         if ev is not None:
-            ev.synchronize()  # the slot's last copy to the device (done in steady state)
+            if not ev.query():  # the slot's last copy to the device (done in steady state: no wait, no sync)
+                ev.synchronize()
             self._copied[i] = None
         buf = self._slots[i]
         if buf is None or buf.shape[0] < rows:
