@@ -100,3 +100,22 @@ def test_hf_peer_runs_pagodas_exact_requests_and_is_credited_for_what_it_generat
         assert res["requests_digest"] == pagoda_res["requests_digest"]
         # continuous batching honours each request's own length: exactly what pagoda generated
         assert res["output_tokens"] == res["requested_output_tokens"] == sum(lens)
+
+
+def test_structured_host_overhead_smoke(tmp_path):
+    """benchmarks/structured_host_overhead.py: the unconstrained and the long-schema arm, two measured steps each."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import structured_host_overhead as bench
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(bench.TINY_CONFIG))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    build_tokenizer(tok)
+    model = bench.shape_model(str(cfg), str(tok))
+    for schema in (None, bench.LONG_SCHEMA):
+        parts = bench.run_once(model, 2, 2, schema)
+        assert set(bench.PARTS) <= set(parts) and parts["total host"] > 0
+        assert (parts["fill"] > 0) is (schema is not None)

@@ -100,16 +100,96 @@ def test_prompt_that_ended_reasoning_starts_constrained():
     assert g.reasoning_ended
 
 
+def _manager(vocab_size: int, max_num_seqs: int = 4) -> StructuredOutputManager:
+    cfg = SimpleNamespace(structured_outputs=StructuredOutputsConfig(), device=torch.device("cpu"),
+                          pipeline_parallel_size=1, max_num_seqs=max_num_seqs)
+    mgr = StructuredOutputManager(cfg, vocab_size)  # type: ignore[arg-type]
+    mgr._backend = SimpleNamespace(vocab_size=vocab_size)  # type: ignore[assignment]  # the grammars bring matchers
+    return mgr
+
+
 def test_step_bitmask_is_none_while_every_constrained_row_reasons():
-    mgr = StructuredOutputManager.__new__(StructuredOutputManager)
-    mgr.vocab_size = 64
+    mgr = _manager(64)
     g, _ = _grammar([1])
     req = SimpleNamespace(grammar=g, request_id="r", status=RequestStatus.RUNNING)
     sched = SimpleNamespace(scheduled=[SimpleNamespace(sample=True, request=req, num_sample_rows=1)])
     assert mgr.grammar_bitmask(sched) is None
     g.accept_tokens([91])
     bm = mgr.grammar_bitmask(sched)
-    assert bm is not None and bm[0, 0] == 1 << 7
+    assert bm is not None and bm.data[0, 0] == 1 << 7 and bm.rows == [0]
+
+
+class AllowOne(RecordingMatcher):
+    """Allows only token ``k`` (writes its whole row, as every matcher must)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        bitmask[row] = 0
+        bitmask[row, self.k // 32] = 1 << (self.k % 32)
+
+
+def _fresh_bitmask(sched, vocab_size: int) -> torch.Tensor | None:
+    """The reference: a new all-allowed bitmask, each live constrained row filled by its grammar."""
+    sampled = [s for s in sched.scheduled if s.sample]
+    bm = allocate_bitmask(sum(s.num_sample_rows for s in sampled), vocab_size)
+    row = 0
+    for s in sampled:
+        g = s.request.grammar
+        if g is not None and g.reasoning_ended and not s.request.status.finished:
+            g.matcher.fill_bitmask(bm, row)
+        row += s.num_sample_rows
+    return bm if (bm != -1).any() else None
+
+
+def test_reused_step_bitmask_equals_a_fresh_one():
+    """The manager's reused buffer (two slots, grown past max_num_seqs rows, stale rows from earlier steps) gives
+    each step exactly a freshly allocated bitmask, with batch sizes changing, unconstrained and verify rows,
+    rows still reasoning, a request ending its reasoning, finished requests; ``rows`` lists the filled rows."""
+    V = 100
+    mgr = _manager(V, max_num_seqs=2)
+
+    def req(rid: str, k: int | None, prompt=(1, 91)):
+        if k is None:
+            return SimpleNamespace(grammar=None, request_id=rid, status=RequestStatus.RUNNING)
+        fut: Future = Future()
+        fut.set_result("compiled")
+        backend = SimpleNamespace(matcher=lambda compiled: AllowOne(k))
+        g = RequestGrammar(GrammarKey("json", "{}", False), fut, lambda: backend, TAGS, list(prompt))
+        return SimpleNamespace(grammar=g, request_id=rid, status=RequestStatus.RUNNING)
+
+    a, b, c = req("a", 5), req("b", 40, prompt=(1,)), req("c", 70)
+    u, u2, u3 = req("u", None), req("u2", None), req("u3", None)
+
+    def step(*rows):  # (request, num_sample_rows), or (request, 0): scheduled without sampling
+        return SimpleNamespace(scheduled=[SimpleNamespace(request=r, sample=n > 0, num_sample_rows=max(n, 1))
+                                          for r, n in rows])
+
+    steps = [  # the slots in turn: 0, 1, 0, 1, ...
+        step((a, 1), (u, 1), (b, 1)),  # b reasons; slot 0 grows past max_num_seqs
+        step((b, 1), (a, 1)),
+        step((u, 3), (b, 1), (a, 1), (c, 1)),  # before: b ends its reasoning; slot 0 grows to 6 rows
+        step((c, 1), (u, 0)),
+        step((u, 1), (u2, 1), (a, 1), (b, 1), (u3, 1)),  # before: a finished; row 4 held a's row of step 2
+        step((u, 2), (c, 1), (u2, 1)),  # slot 1 grows: rows of a new, uninitialised buffer
+    ]
+    before = {2: lambda: b.grammar.accept_tokens([91]), 4: lambda: setattr(a, "status", RequestStatus.FINISHED_STOPPED)}
+    filled_any = 0
+    for i, sched in enumerate(steps):
+        if i in before:
+            before[i]()
+        ref = _fresh_bitmask(sched, V)
+        got = mgr.grammar_bitmask(sched)
+        if ref is None:
+            assert got is None, i
+            continue
+        assert got is not None and torch.equal(got.data, ref), i
+        assert got.rows == [r for r in range(ref.shape[0]) if (ref[r] != -1).any()], i
+        filled_any += 1
+    assert filled_any == len(steps)
+    assert mgr.grammar_bitmask(step((b, 0), (u, 1))) is None  # nothing sampled is constrained
 
 
 # ------------------------------------------------------------------ the engine, end to end

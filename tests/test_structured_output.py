@@ -52,6 +52,92 @@ def test_bitmask_all_allowed_rows_untouched():
     assert not torch.isinf(logits[1]).any() and not torch.isinf(logits[3]).any()
 
 
+def test_bitmask_given_rows_equals_scanned_rows():
+    """The engine passes the constrained rows (no scan): the same result as scanning the bitmask for them."""
+    g = torch.Generator().manual_seed(2)
+    V = 130
+    bm = torch.randint(-(2**31), 2**31 - 1, (5, (V + 31) // 32), dtype=torch.int32, generator=g)
+    bm[0] = -1
+    bm[3] = -1
+    logits = torch.randn(5, V, generator=g)
+    scanned, given = logits.clone(), logits.clone()
+    apply_token_bitmask(scanned, bm)
+    apply_token_bitmask(given, bm, [1, 2, 4])
+    assert torch.equal(scanned, given) and not torch.equal(given, logits)
+    apply_token_bitmask(given, bm, [])  # no constrained row: nothing changes
+    assert torch.equal(scanned, given)
+    # A grammar vocabulary narrower than the logits (a tokenizer smaller than the LM head): a constrained row's
+    # columns past it are never allowed, whatever the bits past it say; an unconstrained row is left whole.
+    for narrow, vocab in ((bm[:, :3], None), (bm[:, :3], 90), (bm, 96)):  # 96 or 90 of the 130 columns
+        ref, given = logits.clone(), logits.clone()
+        apply_token_bitmask_reference(ref, narrow[:, :3])
+        if vocab is not None:
+            ref[:, vocab:] = float("-inf")
+        apply_token_bitmask(given, narrow, [1, 2, 4], vocab)
+        assert torch.equal(given[[1, 2, 4]], ref[[1, 2, 4]]) and torch.isinf(given[[1, 2, 4], vocab or 96:]).all()
+        assert torch.equal(given[[0, 3]], logits[[0, 3]])
+
+
+def test_xgrammar_fill_writes_every_word(tiny):
+    """The step's bitmask buffer is reused without clearing (step_bitmask.py): a matcher's fill must write its
+    whole row, whatever the row held before, including the padding past the tokenizer's vocabulary."""
+    from transformers import AutoTokenizer
+
+    from pagoda.structured_output.xgrammar_backend import XgrammarBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny.path(ARCH))
+    assert len(tok) % 32
+    gen = torch.Generator().manual_seed(3)
+    for V in (len(tok), len(tok) + 45):  # the tokenizer's ids (the last word part-used), or padded logits
+        be = XgrammarBackend(tok, V, [tok.eos_token_id])
+        assert be.vocab_size == len(tok)  # a padded width still gives the tokenizer's vocabulary (see the next test)
+        for spec in (StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}}),
+                     StructuredOutputsParams(regex=r"[a-c]{2,6}x")):
+            m = be.matcher(be.compile(GrammarKey.of(spec, StructuredOutputsConfig())))
+            for _ in range(6):
+                clean = allocate_bitmask(2, be.vocab_size)
+                dirty = torch.randint(-(2**31), 2**31 - 1, clean.shape, dtype=torch.int32, generator=gen)
+                m.fill_bitmask(clean, 1)
+                m.fill_bitmask(dirty, 1)
+                assert torch.equal(clean[1], dirty[1])
+                allowed = unpack_bitmask(clean[1:], be.vocab_size)[0].nonzero().flatten().tolist()
+                t = next(t for t in allowed if t != tok.eos_token_id)
+                assert m.accept_token(t)
+
+
+def test_padded_logits_allow_what_xgrammar_allows_at_the_padded_width(tiny):
+    """The grammar's vocabulary is the tokenizer's, not the padded logits width (xgrammar's accept costs time in
+    proportion to the padding ids): after masking, the allowed logits columns are exactly those of xgrammar
+    built at the padded width (which never allows a padding id), state after state."""
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    from pagoda.structured_output.xgrammar_backend import XgrammarBackend, build_grammar
+
+    tok = AutoTokenizer.from_pretrained(tiny.path(ARCH))
+    V = len(tok) + 300
+    be = XgrammarBackend(tok, V, [tok.eos_token_id])
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=V, stop_token_ids=[tok.eos_token_id])
+    padded = xgr.GrammarCompiler(info, cache_enabled=False)
+    for spec in (StructuredOutputsParams(json={"type": "object", "properties": {"s": {"type": "string"}},
+                                               "required": ["s"]}),
+                 StructuredOutputsParams(regex=r"[a-c]{2,6}x")):
+        key = GrammarKey.of(spec, StructuredOutputsConfig())
+        ours, ref = be.matcher(be.compile(key)), xgr.GrammarMatcher(padded.compile_grammar(build_grammar(key)))
+        for _ in range(12):
+            if ref.is_terminated():
+                break
+            bm, ref_bm = allocate_bitmask(1, be.vocab_size), allocate_bitmask(1, V)
+            ours.fill_bitmask(bm, 0)
+            ref.fill_next_token_bitmask(ref_bm, 0)
+            logits, ref_logits = torch.zeros(1, V), torch.zeros(1, V)
+            apply_token_bitmask(logits, bm, [0], be.vocab_size)  # xgrammar may set the last word's spare bits
+            apply_token_bitmask(ref_logits, ref_bm, [0])
+            assert torch.equal(logits, ref_logits)
+            t = int(torch.isfinite(logits[0]).nonzero()[-1])  # the highest allowed id: EOS once complete
+            assert ours.accept_token(t) and ref.accept_token(t)
+
+
 def _backend(tiny):
     from transformers import AutoTokenizer
 

@@ -43,14 +43,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.request_queue import create_request_queue
 from pagoda.errors import EngineInvariantError
 from pagoda.spec_decode.metrics import SpecDecodingStats
+
+if TYPE_CHECKING:
+    from pagoda.structured_output.step_bitmask import StepBitmask
 
 
 @dataclass
@@ -83,8 +85,9 @@ class SchedulerOutput:
     swap_out: list[tuple[int, int]] = field(default_factory=list)
     swap_in: list[tuple[int, int]] = field(default_factory=list)
     # Structured outputs: packed token bitmask [sampled rows, ceil(V / 32)] int32, one row per logits row
-    # the runner samples (in its order); None when no row is constrained. Set by the engine core.
-    grammar_bitmask: torch.Tensor | None = None
+    # the runner samples (in its order), with the rows a grammar filled; None when no row is constrained. Set by
+    # the engine core.
+    grammar_bitmask: StepBitmask | None = None
 
     @property
     def is_empty(self) -> bool:

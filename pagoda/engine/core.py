@@ -259,8 +259,11 @@ class EngineCore:
         Speculating, every step is completed here, before the next is scheduled (the proposals need the
         accepted tokens): the next step is launched in between the update and the building of the outputs
         (:meth:`_outputs`), so the device waits only for what the next step's inputs depend on."""
-        if self._inflight is None or not (self.spec is not None or any(
-            s.sample and (needs_host_history(s.request) or (s.request.grammar is not None and not self._can_defer))
+        if self._inflight is None:
+            return None
+        can_defer = self._can_defer
+        if not (self.spec is not None or any(
+            s.sample and (needs_host_history(s.request) or (s.request.grammar is not None and not can_defer))
             for s in self._inflight[0].scheduled
         )):
             return None

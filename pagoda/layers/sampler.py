@@ -59,12 +59,18 @@ def _generator(req: Request, device: torch.device) -> torch.Generator | None:
 
 def plain_greedy(r: Request) -> bool:
     """Greedy with nothing that changes or reports logits: the argmax is the whole answer."""
+    return r.sampling_params.structured_outputs is None and greedy_argmax_only(r)
+
+
+def greedy_argmax_only(r: Request) -> bool:
+    """Greedy with nothing that changes or reports logits but (possibly) a grammar's bitmask: once it is applied,
+    the argmax is the whole answer (:func:`sample_on_device` does nothing else for such a row)."""
     p = r.sampling_params
     return (
         p.sampling_type_greedy and p.logprobs is None and not p.logit_bias and p.repetition_penalty == 1.0
         and not p.presence_penalty and not p.frequency_penalty
         and p.allowed_token_ids is None and not p.bad_words_token_ids
-        and not (p.min_tokens and r.num_output_tokens < p.min_tokens) and p.structured_outputs is None
+        and not (p.min_tokens and r.num_output_tokens < p.min_tokens)
     )
 
 

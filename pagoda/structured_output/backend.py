@@ -6,10 +6,11 @@ bitmasks are packed int32 rows, ``ceil(vocab / 32)`` words, bit ``t % 32`` of wo
 set when token ``t`` is allowed (the layout xgrammar and llguidance share).
 
 A matcher's state is the output accepted so far. ``fill_bitmask`` writes the allowed next
-tokens; ``accept_token`` advances (False and no change when the token is not allowed);
-``rollback(k)`` undoes the last ``k`` accepted tokens (speculative decoding verifies drafts
-with it); ``is_terminated`` is true once a stop token ended the grammar. Stop tokens (the
-model's EOS) are allowed only where the grammar is complete.
+tokens, every word of its row (the step's buffer is reused without clearing: see
+:mod:`pagoda.structured_output.step_bitmask`); ``accept_token`` advances (False and no change
+when the token is not allowed); ``rollback(k)`` undoes the last ``k`` accepted tokens
+(speculative decoding verifies drafts with it); ``is_terminated`` is true once a stop token
+ended the grammar. Stop tokens (the model's EOS) are allowed only where the grammar is complete.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Matcher(Protocol):
 
 class GrammarBackend(Protocol):
     name: str
+    # The bitmask's vocabulary: the ids a grammar can allow (the tokenizer's), at most the logits' width; the
+    # bitmask has ceil(vocab_size / 32) words and the logits columns past it are never allowed.
+    vocab_size: int
 
     def compile(self, key: GrammarKey) -> Any:
         """A compiled grammar (raises ValueError on an invalid spec). Thread-safe."""

@@ -30,27 +30,45 @@ def apply_token_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor) -
     logits.masked_fill_(~unpack_bitmask(bitmask.to(logits.device), logits.shape[1]), float("-inf"))
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None,
+                        vocab_size: int | None = None) -> None:
     """``logits`` [R, V] (float32) masked in place by ``bitmask`` (host or device; moved to the logits' device).
 
-    Uses xgrammar's kernels (C++ on CPU, Triton/CUDA on GPU) when xgrammar is installed. A host
-    bitmask's all-allowed rows (unconstrained requests) are skipped: masking costs O(V) per row."""
-    indices: list[int] | None = None
-    if bitmask.device.type == "cpu":
+    ``rows``: the constrained rows (ascending) when the caller knows them (the engine's
+    :class:`~pagoda.structured_output.step_bitmask.StepBitmask`); every other row must be all-allowed. None: a
+    host bitmask is scanned for them, a device bitmask is applied to every row. ``vocab_size``: the grammar's
+    vocabulary (default: the bitmask's width); in a constrained row the logits columns past it are never allowed
+    (a tokenizer smaller than the logits), whatever the bits past it say. Uses xgrammar's kernels (C++ on CPU,
+    Triton/CUDA on GPU) when xgrammar is installed. On the CPU only the constrained rows are masked (O(V) each);
+    on a device every row is (an all-allowed row is left as it is), so no row list is copied to it."""
+    if rows is None and bitmask.device.type == "cpu":
         constrained = (bitmask != -1).any(dim=1)
-        if not bool(constrained.any()):
-            return
-        if not bool(constrained.all()):
-            indices = constrained.nonzero().flatten().tolist()
+        rows = constrained.nonzero().flatten().tolist()
+    if rows is not None and not rows:
+        return
     if bitmask.device != logits.device:
         bitmask = bitmask.to(logits.device, non_blocking=True)
+    V = logits.shape[1]
+    vocab = min(V, bitmask.shape[1] * 32 if vocab_size is None else vocab_size)
+    every_row = rows is None or len(rows) == logits.shape[0]
+    if vocab < V:  # xgrammar masks only the grammar's columns
+        mask_columns_past(logits, vocab, None if every_row else rows)
     try:
         import xgrammar as xgr
     except ImportError:
-        apply_token_bitmask_reference(logits, bitmask)  # all rows: an all-allowed row is left as it is
+        apply_token_bitmask_reference(logits[:, :vocab], bitmask)  # all rows: an all-allowed row is left as it is
         return
-    V = logits.shape[1]
-    width = bitmask.shape[1] * 32
-    if width < V:  # xgrammar masks only the bitmask's columns
-        logits[indices if indices is not None else slice(None), width:] = float("-inf")
-    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=min(V, width), indices=indices)
+    indices = None if every_row or logits.device.type != "cpu" else rows
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab, indices=indices)
+
+
+def mask_columns_past(logits: torch.Tensor, vocab: int, rows: list[int] | None) -> None:
+    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the row list is copied from pinned
+    memory (a copy from pageable memory would wait for every kernel already queued)."""
+    if rows is None:
+        logits[:, vocab:] = float("-inf")
+        return
+    idx: list[int] | torch.Tensor = rows
+    if logits.device.type == "cuda":
+        idx = torch.tensor(rows, dtype=torch.long).pin_memory().to(logits.device, non_blocking=True)
+    logits[idx, vocab:] = float("-inf")

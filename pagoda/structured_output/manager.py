@@ -11,7 +11,9 @@
   tokens are kept and only its KV is recomputed.
 * :meth:`StructuredOutputManager.grammar_bitmask` builds a step's bitmask: one row per sampled
   logits row, in the runner's order (requests that sample, in scheduling order, each with its
-  ``num_sample_rows``), all-allowed for unconstrained rows; None when no row is constrained.
+  ``num_sample_rows``), all-allowed for unconstrained rows, with the list of rows a grammar filled
+  (:class:`~pagoda.structured_output.step_bitmask.StepBitmask`, rows in a reused, on a GPU pinned, host buffer
+  sent to the device asynchronously); None when no grammar filled a row.
 
 * Reasoning (``reasoning_parser`` set, i.e. ``--reasoning-parser``): the grammar applies to the answer only,
   as vLLM's ``should_advance``. A sequence whose prompt did not already close the reasoning
@@ -42,8 +44,9 @@ from pagoda.reasoning.token_ids import (
     reasoning_end_index,
     reasoning_token_ids,
 )
-from pagoda.structured_output.backend import GrammarBackend, Matcher, allocate_bitmask
+from pagoda.structured_output.backend import GrammarBackend, Matcher
 from pagoda.structured_output.params import GrammarKey, StructuredOutputsConfig, StructuredOutputsParams
+from pagoda.structured_output.step_bitmask import BitmaskBuffer, StepBitmask
 
 if TYPE_CHECKING:
     from pagoda.config import EngineConfig
@@ -110,26 +113,30 @@ class RequestGrammar:
                 return i
         return len(tokens)
 
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int, draft: Sequence[int] = ()) -> None:
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, draft: Sequence[int] = ()) -> int:
         """Rows ``row .. row + len(draft)``: the allowed tokens now and after each draft token
         (a speculative step verifies ``len(draft) + 1`` positions); the matcher ends where it began.
-        Filling stops at a draft token the grammar refuses (its later rows stay all-allowed; the
-        verifier rejects that token anyway). While reasoning, nothing is filled (all rows stay all-allowed)."""
+        Returns how many rows, from ``row``, were written (each whole); the others are left as they were, for the
+        caller to keep all-allowed. Filling stops at a draft token the grammar refuses (the verifier rejects that
+        token anyway) and at a terminated matcher. While reasoning, nothing is filled."""
         if not self.reasoning_ended:
             if draft:  # the end tag inside a draft would need the grammar from there on
                 raise ValueError("a constrained request does not speculate while reasoning")
-            return
+            return 0
         m = self.matcher
         accepted = 0
+        filled = 0
         for i in range(len(draft) + 1):
             if m.is_terminated():
                 break
             m.fill_bitmask(bitmask, row + i)
+            filled += 1
             if i == len(draft) or not m.accept_token(draft[i]):
                 break
             accepted += 1
         if accepted:
             m.rollback(accepted)
+        return filled
 
     def rollback(self, num_tokens: int) -> None:
         if not self.reasoning_ended:
@@ -145,6 +152,7 @@ class StructuredOutputManager:
         self.cfg = cfg
         self.config: StructuredOutputsConfig = cfg.structured_outputs
         self.vocab_size = vocab_size
+        self._bitmasks: BitmaskBuffer | None = None  # made with the backend (its vocabulary sets the width)
         self._pool: ThreadPoolExecutor | None = None
         self._backend: GrammarBackend | None = None
         self._backend_lock = threading.Lock()
@@ -183,12 +191,15 @@ class StructuredOutputManager:
                                                                   f"{self.reasoning}")
         return RequestGrammar(key, fut, self.backend, self.reasoning, prompt_token_ids)
 
-    def grammar_bitmask(self, sched: SchedulerOutput) -> torch.Tensor | None:
-        """The step's bitmask rows (see the module docstring), or None when nothing is constrained."""
+    def grammar_bitmask(self, sched: SchedulerOutput) -> StepBitmask | None:
+        """The step's bitmask rows (see the module docstring), or None when no grammar fills a row (nothing
+        constrained, or every constrained sequence still reasoning, terminated or finished)."""
         sampled = [s for s in sched.scheduled if s.sample]
         if not any(s.request.grammar is not None and s.request.grammar.reasoning_ended for s in sampled):
-            return None  # nothing constrained (or every constrained sequence is still reasoning)
-        bitmask = allocate_bitmask(sum(s.num_sample_rows for s in sampled), self.vocab_size)
+            return None
+        buffer = self._bitmask_buffer()
+        bitmask = buffer.take(sum(s.num_sample_rows for s in sampled))
+        filled: list[int] = []
         row = 0
         for s in sampled:
             g = s.request.grammar
@@ -196,9 +207,22 @@ class StructuredOutputManager:
                 if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
                     raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
                                      f"step here (asked for {s.num_sample_rows})")
-                g.fill_bitmask(bitmask, row)
+                if g.fill_bitmask(bitmask, row):
+                    filled.append(row)
             row += s.num_sample_rows
-        return bitmask
+        if not filled:
+            return None
+        buffer.reset_rows(bitmask, filled)
+        return StepBitmask(buffer.to_device(bitmask), filled, buffer.vocab_size)
+
+    def _bitmask_buffer(self) -> BitmaskBuffer:
+        if self._bitmasks is None:
+            # A step's rows are sampled before the next step's are filled, except with pipeline parallelism (up
+            # to pipeline_parallel_size steps in flight): one slot more than the steps that may hold one.
+            cfg = self.cfg
+            self._bitmasks = BitmaskBuffer(self.backend().vocab_size, cfg.device, initial_rows=cfg.max_num_seqs,
+                                           num_slots=max(2, cfg.pipeline_parallel_size + 1))
+        return self._bitmasks
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -207,7 +231,7 @@ class StructuredOutputManager:
 
 
 def create_backend(cfg: EngineConfig, vocab_size: int) -> GrammarBackend:
-    """The configured backend, built for the engine's tokenizer and vocabulary (logits width)."""
+    """The configured backend, built for the engine's tokenizer and ``vocab_size`` (the logits' width)."""
     from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 
     tok = load_tokenizer(cfg)

@@ -74,13 +74,27 @@ class _XgrMatcher:
         return bool(self._m.is_terminated())
 
 
+def grammar_vocab_size(tokenizer: Any, logits_width: int, stop_token_ids: list[int]) -> int:
+    """The ids a grammar can allow: the tokenizer's (and the stop tokens'), at most the logits' width.
+
+    The logits columns past it are never allowed (:func:`pagoda.structured_output.bitmask.apply_token_bitmask`
+    masks them), exactly as when xgrammar is given the padded width, which treats each padding id as a special
+    token: that costs every ``accept_token`` time in proportion to the padding (12 us per call for the 79,104
+    padding ids of a 49,152-token tokenizer on 128,256 logits, 0.5 us without)."""
+    ids = max([len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1, *(t + 1 for t in stop_token_ids)])
+    return min(logits_width, ids)
+
+
 class XgrammarBackend:
     name = "xgrammar"
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
+        """``vocab_size``: the logits' width; the bitmask covers :attr:`vocab_size`, the grammar's vocabulary."""
         import xgrammar as xgr
 
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+        self.vocab_size = grammar_vocab_size(tokenizer, vocab_size, stop_token_ids)
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size,
+                                                  stop_token_ids=stop_token_ids)
         # pagoda caches compiled grammars itself (manager); xgrammar's compiler threads stay few on small hosts.
         self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
 

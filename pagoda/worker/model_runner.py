@@ -38,9 +38,17 @@ from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.errors import EngineFatalError
 from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
-from pagoda.layers.sampler import DeviceSample, plain_greedy, prompt_logprobs, sample_on_device, to_device
+from pagoda.layers.sampler import (
+    DeviceSample,
+    greedy_argmax_only,
+    plain_greedy,
+    prompt_logprobs,
+    sample_on_device,
+    to_device,
+)
 from pagoda.models.loader import load_model
 from pagoda.pooling.pooler import Pooler
+from pagoda.structured_output.bitmask import apply_token_bitmask
 from pagoda.worker import kv_cache
 from pagoda.worker.block_table import BlockTableCache
 from pagoda.worker.input_batch import StepInputs, prepare_inputs
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
     from pagoda.distributed.messages import ForwardStep
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.distributed.pipeline import PPStage
+    from pagoda.structured_output.step_bitmask import StepBitmask
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
     from pagoda.worker.verify_graphs import VerifyGraphs
@@ -670,7 +679,7 @@ class ModelRunner:
         return out
 
     def _sample(self, inputs: StepInputs, fwd: ForwardResult,
-                grammar_bitmask: torch.Tensor | None = None) -> DeviceSample | None:
+                grammar_bitmask: StepBitmask | None = None) -> DeviceSample | None:
         """Sample every logits row, without waiting for the device (``grammar_bitmask``: one row per logits row)."""
         reqs = inputs.sample_reqs
         if not reqs:
@@ -694,8 +703,12 @@ class ModelRunner:
             if plain:
                 return greedy_verify(logits.argmax(dim=-1), inputs.num_sample_rows, inputs.spec_token_ids)
             if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
-                from pagoda.structured_output.bitmask import apply_token_bitmask
-
-                apply_token_bitmask(logits, grammar_bitmask)
+                apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows, grammar_bitmask.vocab_size)
             return rejection_sample(logits, reqs, inputs.num_sample_rows, inputs.spec_token_ids)
-        return sample_on_device(logits, reqs, grammar_bitmask)
+        if grammar_bitmask is None:
+            return sample_on_device(logits, reqs)
+        bm = grammar_bitmask
+        apply_token_bitmask(logits, bm.data, bm.rows, bm.vocab_size)  # step 0 of sample_on_device
+        if all(greedy_argmax_only(r) for r in reqs):  # what sample_on_device would do, without its per-row passes
+            return DeviceSample(logits.argmax(dim=-1), [], [])
+        return sample_on_device(logits, reqs)
