@@ -37,9 +37,12 @@ class SampleResult:
 
 def to_device(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A host list as a device tensor without waiting for the device (``torch.tensor(..., device=cuda)``
-    synchronises the stream: the host would stall until the step's forward is done). The list is staged
-    before the call returns, so nothing needs to outlive it."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    synchronises the stream: the host would stall until the step's forward is done). The staging tensor is
+    pinned on CUDA: a copy from pageable memory may wait for the kernels already queued. torch's pinned
+    allocator keeps the block until the copy has run, so nothing needs to outlive the call."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def _rank(lp_row: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
