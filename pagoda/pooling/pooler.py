@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pagoda.layers.sampler import to_device
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.pooling.params import PoolingParams
 
@@ -24,16 +25,16 @@ def pool_sequences(hidden: torch.Tensor, starts: list[int], lens: list[int], pty
     """[B, H] pooled rows: CLS (first row), LAST (last row) or MEAN (the average) of each segment."""
     dev = hidden.device
     if ptype == "CLS":
-        return hidden.index_select(0, torch.tensor(starts, device=dev))
+        return hidden.index_select(0, to_device(starts, dev))
     if ptype == "LAST":
         return hidden.index_select(0, torch.tensor([s + n - 1 for s, n in zip(starts, lens, strict=True)],
                                                    device=dev))
     if ptype == "MEAN":
-        seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+        seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), to_device(lens, dev))
         rows = torch.cat([torch.arange(s, s + n, device=dev) for s, n in zip(starts, lens, strict=True)])
         sums = torch.zeros(len(lens), hidden.shape[1], dtype=torch.float32, device=dev)
         sums.index_add_(0, seg, hidden.index_select(0, rows).float())
-        return sums / torch.tensor(lens, dtype=torch.float32, device=dev).unsqueeze(1)
+        return sums / to_device(lens, dev, torch.float32).unsqueeze(1)
     raise ValueError(f"pooling type {ptype!r} pools no sequence (CLS, MEAN, LAST)")
 
 

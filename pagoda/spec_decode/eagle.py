@@ -28,6 +28,7 @@ import torch
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.core.request import Request
+from pagoda.layers.sampler import to_device
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.spec_decode.eagle_head import EagleHead, build_head, eagle3_aux_layers, read_head_config
 
@@ -148,7 +149,7 @@ class EagleProposer:
         rows = torch.cat([hidden.rows[row0 : row0 + n] for _, _, row0, n in live])
         counts = [n for *_, n in live]
         o, h = self._run([e for _, e, _, _ in live], ids, pos, counts, self.head.combine(rows))
-        ends = torch.tensor(counts, device=self.device).cumsum(0) - 1
+        ends = to_device(counts, self.device).cumsum(0) - 1
         toks = self.head.greedy(o[ends]).tolist()
         h_last = h[ends]  # a copy: the step's rows are not kept alive
         for j, (_, e, _, n) in enumerate(live):
@@ -185,7 +186,7 @@ class EagleProposer:
             if not sel:
                 break
             act = [live[j] for j in sel]
-            idx = torch.tensor(sel, device=self.device)
+            idx = to_device(sel, self.device)
             pos = [reqs[i].num_tokens - 2 + step for i in act]
             o, h2 = self._run([ents[j] for j in sel], [out[i][-1] for i in act], pos, [1] * len(act), h[idx])
             for i, t in zip(act, self.head.greedy(o).tolist(), strict=True):

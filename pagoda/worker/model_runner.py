@@ -527,7 +527,7 @@ class ModelRunner:
         if self.pp is not None and not self.pp.is_last:
             return  # the head (and its gathers) live on the last stage; the hidden state went on to the next stage
         for rows in step.logits_rows:
-            self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+            self.model.compute_logits(hidden[to_device(rows, self.device)])
         if step.shares_sampled:
             assert self.tp is not None
             tokens = torch.empty(len(step.logits_rows[-1]), dtype=torch.long, device=self.device)
@@ -575,9 +575,7 @@ class ModelRunner:
         k = len(fills)
         if all(d == i and s == i for i, (d, s) in enumerate(fills)):
             return lambda ids: ids[:k].copy_(prev[:k])  # steady decode: the same rows in the same order
-        idx = torch.tensor([f[0] for f in fills] + [f[1] for f in fills], dtype=torch.long).to(
-            self.device, non_blocking=True
-        )
+        idx = to_device([f[0] for f in fills] + [f[1] for f in fills], self.device, torch.long)
         return lambda ids: ids.index_copy_(0, idx[:k], prev.index_select(0, idx[k:]))
 
     # ------------------------------------------------------------- forward
@@ -645,10 +643,10 @@ class ModelRunner:
             bt = torch.tensor([t[:max_nb] + [0] * (max_nb - len(t[:max_nb])) for t in inputs.block_tables],
                               dtype=torch.int32)
         meta = AttentionMetadata(
-            query_start_loc=torch.tensor(inputs.query_start_loc, dtype=torch.int32).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(inputs.seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-            block_tables=bt.to(dev, non_blocking=True),
-            slot_mapping=torch.tensor(inputs.slots, dtype=torch.int64).to(dev, non_blocking=True),
+            query_start_loc=to_device(inputs.query_start_loc, dev, torch.int32),
+            seq_lens=to_device(inputs.seq_lens, dev, torch.int32),
+            block_tables=(bt.pin_memory() if dev.type == "cuda" else bt).to(dev, non_blocking=True),
+            slot_mapping=to_device(inputs.slots, dev, torch.int64),
             max_query_len=max(inputs.query_lens),
             max_seq_len=max(inputs.seq_lens),
             query_lens_cpu=inputs.query_lens,
@@ -656,12 +654,12 @@ class ModelRunner:
             is_decode_only=inputs.is_decode_only,
             split_kv_len=self.cfg.max_model_len,
         )
-        ids_t = torch.tensor(inputs.input_ids, dtype=torch.long).to(dev, non_blocking=True)
-        pos_t = torch.tensor(inputs.positions, dtype=torch.long).to(dev, non_blocking=True)
+        ids_t = to_device(inputs.input_ids, dev, torch.long)  # pinned staging: no wait for the step in flight
+        pos_t = to_device(inputs.positions, dev, torch.long)
         if fill is not None:
             fill(ids_t)
         if inputs.token_type_ids is not None and getattr(self.model, "uses_token_type_ids", False):
-            tt = torch.tensor(inputs.token_type_ids, dtype=torch.long).to(dev, non_blocking=True)
+            tt = to_device(inputs.token_type_ids, dev, torch.long)
             return self.model(ids_t, pos_t, self.kv_caches, meta, self.backend, token_type_ids=tt)
         return self.model(ids_t, pos_t, self.kv_caches, meta, self.backend)
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.sampler import to_device
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
 
 logger = logging.getLogger("pagoda")
@@ -143,7 +144,7 @@ class VerifyGraphs:
         else:  # pad each request to q rows
             input_ids, positions, slots, seq_lens, real = _pad_rows(input_ids, positions, slots, query_lens,
                                                                     seq_lens, q)
-            self._real = torch.tensor(real).to(self.input_ids.device, non_blocking=True)  # no device sync
+            self._real = to_device(real, self.input_ids.device)  # pinned staging: no device sync
         t64, t32 = self._staging.next()
         h64, h32 = t64.numpy(), t32.numpy()
         stage_tokens(h64, n, b * q, size * q, input_ids, positions, slots)
