@@ -46,7 +46,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-impl", choices=["generate", "generate_batch"], default="generate",
                    help="HF peer: static generate batches, or generate_batch (continuous batching)")
     p.add_argument("--hf-batch-size", type=int, default=None, help="HF generate batch size (default: all)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up iterations (small, untimed)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed warm-up batches shaped like the workload (JIT compiles out of the timed run)")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
     p.add_argument("--makespan-bound", action="store_true",
                    help="measure batch-1 and full-batch speeds on this engine before the timed run and report the "
@@ -108,6 +109,23 @@ def _report(name: str, reqs, seconds: float, hit_rate: float | None = None,
     return res
 
 
+WARMUP_REQUESTS = 32
+
+
+def _warm_up(llm, reqs) -> None:
+    """One untimed batch shaped like the workload: up to 32 of its prompt lengths (spread over it), submitted
+    together, 8 tokens each, so the kernels a JIT compiles on first use (prefill and mixed batches of these
+    sizes) are compiled before the timed run. Token ids are a pattern outside the workload and the prefix cache
+    is reset afterwards: the timed run finds none of it cached."""
+    from pagoda import SamplingParams
+
+    step = max(1, len(reqs) // WARMUP_REQUESTS)
+    lens = [len(r.prompt_token_ids) for r in reqs[::step][:WARMUP_REQUESTS]]
+    warm = [{"prompt_token_ids": [7 + (i + j) % 13 for j in range(n)]} for i, n in enumerate(lens)]
+    llm.generate(warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    llm.reset_prefix_cache()
+
+
 def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -> dict:
     from pagoda import LLM, SamplingParams
     from pagoda.benchmarks.latency import recording
@@ -118,10 +136,8 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
         llm = LLM(**{**engine_kwargs(args), **engine_overrides})
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
     params = [SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True, detokenize=True) for r in reqs]
-    if args.warmup:
-        # Warm up on prompts outside the workload, so the prefix cache holds none of it.
-        warm = [{"prompt_token_ids": [7 + i] * 24} for i in range(2)]
-        llm.generate(warm, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    for _ in range(args.warmup):
+        _warm_up(llm, reqs)
     bound = measure_bound(llm.llm_engine, reqs, args.makespan_decode_steps, args.seed) if args.makespan_bound else None
     kv = llm.llm_engine.core.kv
     q0, h0 = kv.prefix_cache_queries, kv.prefix_cache_hits
