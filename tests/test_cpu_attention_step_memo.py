@@ -37,6 +37,7 @@ def _direct(query, k_cache, v_cache, meta, scale, window):
 def test_memoized_steps_equal_the_direct_computation():
     gen = torch.Generator().manual_seed(0)
     backend = TorchAttentionBackend()
+    backend.step_memo = True  # as the CPU model runner sets it
     layers = 3
     caches = [(torch.randn(NB, HKV, BS, D, generator=gen).to(torch.bfloat16),
                torch.randn(NB, HKV, BS, D, generator=gen).to(torch.bfloat16)) for _ in range(layers)]

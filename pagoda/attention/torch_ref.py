@@ -59,6 +59,7 @@ class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     kv_layout = "HND"
     batch_invariant = False  # set by the model runner in --deterministic mode (attention/deterministic.py)
+    step_memo = False  # set by the CPU model runner (eager steps, fresh metadata tensors each step): _step_memo
 
     def __init__(self) -> None:
         self._memos: dict[str, tuple[torch.Tensor, dict[tuple, object]]] = {}
@@ -66,9 +67,10 @@ class TorchAttentionBackend(AttentionBackend):
     def _step_memo(self, kind: str, anchor: torch.Tensor) -> dict[tuple, object] | None:
         """Values every layer of a step recomputes alike (write rows, gather rows, the decode mask), kept while
         ``anchor`` (a metadata tensor of the step, built anew each step and never written in place) is the same
-        object; the memo holds the anchor, so a later step's tensor cannot reuse its identity. CPU only (CUDA
-        graphs replay static buffers whose contents change under the same object)."""
-        if anchor.device.type != "cpu":
+        object; the memo holds the anchor, so a later step's tensor cannot reuse its identity. Only when
+        ``step_memo`` is set (the CPU engine, which captures no graphs: a graph, or a CPU stand-in for one, replays
+        static buffers whose contents change under the same object)."""
+        if not self.step_memo or anchor.device.type != "cpu":
             return None
         held = self._memos.get(kind)
         if held is None or held[0] is not anchor:
