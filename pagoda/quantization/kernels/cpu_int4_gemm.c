@@ -15,7 +15,7 @@
  * Layouts (torch's AVX-512 int4pack, N a multiple of 64): packed B is uint8 [N/64][K][32]; byte j of row k of
  * block b holds column 64b + j in its low nibble and 64b + 32 + j in its high nibble. scales_zeros is bf16
  * [K/G][N][2] (scale, zero). A is bf16 [M][K] row-major (lda = K), C is bf16 [M][N].
- * Threads: OpenMP over the 2*N/64 half-blocks (the same libgomp runtime as torch when loaded by it). */
+ * Threads: OpenMP over the 2*N/64 half-blocks, as many as torch uses (the same libgomp runtime as torch). */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,9 +106,10 @@ static void run_rows(const float *A, const float *W, int K, uint16_t *C, int N, 
     }
 }
 
-/* C = A @ dequant(B).T; returns 0, or -1 when the shapes are outside this kernel (caller uses torch's). */
+/* C = A @ dequant(B).T on `threads` OpenMP threads (torch's count, passed by the caller); returns 0, or -1 when the
+ * shapes are outside this kernel (the caller then runs torch's). */
 int pagoda_int4_mm(const uint16_t *A16, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
-                   int M, int N, int K, int G) {
+                   int M, int N, int K, int G, int threads) {
     if (M <= 0 || N % 64 || K % G || G % 16 || K <= 0) return -1;
     float *A = (float *)aligned_alloc(64, ((size_t)M * K * sizeof(float) + 63) / 64 * 64);
     if (!A) return -1;
@@ -121,7 +122,7 @@ int pagoda_int4_mm(const uint16_t *A16, const uint8_t *B, const uint16_t *SZ, ui
     for (; i < total; i++) A[i] = bf16_to_f32(A16[i]);
     const int tasks = (N / 64) * 2;
     int failed = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         float *W = (float *)aligned_alloc(64, (size_t)K * 32 * sizeof(float));
         if (!W) {

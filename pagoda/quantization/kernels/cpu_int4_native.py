@@ -87,7 +87,7 @@ def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctype
         logger.info("CPU: the native int4 kernel is unavailable (%s); torch's int4pack kernel is used", e)
         return None
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
     if not _self_check(fn):
         logger.warning("CPU: the native int4 kernel disagrees with torch's int4pack kernel on this machine; "
                        "torch's is used")
@@ -98,7 +98,8 @@ def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctype
 def _call(fn, x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
     m, k = x.shape
     out = torch.empty(m, packed.shape[0], dtype=x.dtype)
-    rc = fn(x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), m, packed.shape[0], k, group_size)
+    rc = fn(x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), m, packed.shape[0], k, group_size,
+            torch.get_num_threads())
     return out if rc == 0 else None
 
 
