@@ -373,3 +373,16 @@ def test_generation_config_defaults(tiny, tmp_path, base):
     plain = LLM(str(folder), dtype="float32", generation_config="vllm")
     d = plain.get_default_sampling_params()
     assert (d.temperature, d.top_p, d.top_k, d.max_tokens) == (1.0, 1.0, 0, 16)
+
+
+def test_greedy_argmax_is_argmax_with_ties_and_nans():
+    from pagoda.layers.sampler import greedy_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randint(-3, 4, (64, 4099), generator=gen).to(dtype)  # many ties for the maximum
+        x[5, 100] = x[5, 7] = float("nan")  # a NaN is maximal: argmax picks the first
+        x[6, :] = float("-inf")
+        x[7, 3] = float("inf")
+        assert torch.equal(greedy_argmax(x), x.argmax(dim=-1))
+    assert torch.equal(greedy_argmax(x[:0]), x[:0].argmax(dim=-1))

@@ -34,13 +34,21 @@ from pagoda.attention.kv_quant import is_fp8, quantize, raw
 from pagoda.attention.metadata import AttentionMetadata
 
 
-def gather_heads(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def gather_index(block_ids: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Rows ``block * Hkv + head`` of the ``[N * Hkv, bs, D]`` cache view, in ``[B, Hkv, nb]`` order (flat)."""
+    heads = torch.arange(num_kv_heads, device=block_ids.device, dtype=torch.long)
+    return (block_ids.long().unsqueeze(1) * num_kv_heads + heads.view(1, num_kv_heads, 1)).reshape(-1)
+
+
+def gather_heads(cache: torch.Tensor, block_ids: torch.Tensor, dtype: torch.dtype | None = None,
+                 idx: torch.Tensor | None = None) -> torch.Tensor:
     """cache [N, Hkv, bs, D], block_ids [B, nb] -> [B, Hkv, nb*bs, D] (contiguous); an FP8 cache is
-    gathered as bytes and upcast to ``dtype`` (unscaled)."""
+    gathered as bytes and upcast to ``dtype`` (unscaled). ``idx``: :func:`gather_index` of ``block_ids``, when the
+    caller already has it."""
     N, Hkv, bs, D = cache.shape
     B, nb = block_ids.shape
-    heads = torch.arange(Hkv, device=block_ids.device, dtype=torch.long)
-    idx = (block_ids.long().unsqueeze(1) * Hkv + heads.view(1, Hkv, 1)).reshape(-1)
+    if idx is None:
+        idx = gather_index(block_ids, Hkv)
     if not is_fp8(cache.dtype):
         return cache.view(N * Hkv, bs, D).index_select(0, idx).view(B, Hkv, nb * bs, D)
     rows = raw(cache).view(N * Hkv, bs, D).index_select(0, idx).view(cache.dtype)
@@ -51,17 +59,60 @@ class TorchAttentionBackend(AttentionBackend):
     name = "torch"
     kv_layout = "HND"
     batch_invariant = False  # set by the model runner in --deterministic mode (attention/deterministic.py)
+    step_memo = False  # set by the CPU model runner (eager steps, fresh metadata tensors each step): _step_memo
+
+    def __init__(self) -> None:
+        self._memos: dict[str, tuple[torch.Tensor, dict[tuple, object]]] = {}
+
+    def _step_memo(self, kind: str, anchor: torch.Tensor) -> dict[tuple, object] | None:
+        """Values every layer of a step recomputes alike (write rows, gather rows, the decode mask), kept while
+        ``anchor`` (a metadata tensor of the step, built anew each step and never written in place) is the same
+        object; the memo holds the anchor, so a later step's tensor cannot reuse its identity. Only when
+        ``step_memo`` is set (the CPU engine, which captures no graphs: a graph, or a CPU stand-in for one, replays
+        static buffers whose contents change under the same object)."""
+        if not self.step_memo or anchor.device.type != "cpu":
+            return None
+        held = self._memos.get(kind)
+        if held is None or held[0] is not anchor:
+            held = self._memos[kind] = (anchor, {})
+        return held[1]
+
+    def _write_rows(self, slot_mapping: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """CPU: (kept token rows, or None for all, and their flat rows ``(block * Hkv + head) * bs + offset`` of
+        the ``[N * Hkv * bs, D]`` cache view, in ``[T, Hkv]`` order), once per step."""
+        memo = self._step_memo("write", slot_mapping)
+        key = tuple(cache.shape[1:])
+        if memo is not None and key in memo:
+            return memo[key]  # type: ignore[return-value]
+        _, hkv, bs, _ = cache.shape
+        keep = None
+        if bool((slot_mapping < 0).any()):
+            keep = slot_mapping >= 0
+            slot_mapping = slot_mapping[keep]
+        blk = torch.div(slot_mapping, bs, rounding_mode="floor")
+        off = slot_mapping - blk * bs
+        heads = torch.arange(hkv, device=slot_mapping.device)
+        rows = ((blk.unsqueeze(1) * hkv + heads.unsqueeze(0)) * bs + off.unsqueeze(1)).reshape(-1)
+        if memo is not None:
+            memo[key] = (keep, rows)
+        return keep, rows
 
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping, k_scale=1.0, v_scale=1.0):
+        k_new, v_new = quantize(key, k_scale, k_cache.dtype), quantize(value, v_scale, v_cache.dtype)
+        if slot_mapping.device.type == "cpu":  # one row copy per token and head (slots are distinct)
+            keep, rows = self._write_rows(slot_mapping, k_cache)
+            if keep is not None:
+                k_new, v_new = k_new[keep], v_new[keep]
+            d = k_cache.shape[-1]
+            raw(k_cache).view(-1, d).index_copy_(0, rows, raw(k_new).reshape(-1, d))
+            raw(v_cache).view(-1, d).index_copy_(0, rows, raw(v_new).reshape(-1, d))
+            return
         bs = k_cache.shape[2]
-        if slot_mapping.device.type == "cpu" and bool((slot_mapping < 0).any()):
-            keep = slot_mapping >= 0
-            slot_mapping, key, value = slot_mapping[keep], key[keep], value[keep]
         blk = torch.div(slot_mapping, bs, rounding_mode="floor")
         off = slot_mapping - blk * bs
         # [T, Hkv, D] into (block, :, offset); FP8 scattered as bytes
-        raw(k_cache)[blk, :, off] = raw(quantize(key, k_scale, k_cache.dtype))
-        raw(v_cache)[blk, :, off] = raw(quantize(value, v_scale, v_cache.dtype))
+        raw(k_cache)[blk, :, off] = raw(k_new)
+        raw(v_cache)[blk, :, off] = raw(v_new)
 
     def forward(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                 k_scale: float = 1.0, v_scale: float = 1.0, sliding_window: int | None = None,
@@ -90,7 +141,7 @@ class TorchAttentionBackend(AttentionBackend):
             rows = torch.tensor([starts[i] for i in decode_idx], device=query.device)
             idx = torch.tensor(decode_idx, device=query.device)
             o = self._decode(query[rows], k_cache, v_cache, meta.block_tables[idx], meta.seq_lens[idx], scale,
-                             win, cap)
+                             win, cap, memoize=False)
             out[rows] = o
         bs = k_cache.shape[2]
         for i, (q_len, s_len) in enumerate(zip(q_lens, s_lens, strict=True)):
@@ -104,22 +155,40 @@ class TorchAttentionBackend(AttentionBackend):
             out[starts[i] : starts[i] + q_len] = _prefill(q, k, v, scale, win, cap)[0].transpose(0, 1)
         return out
 
-    @staticmethod
-    def _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, window=None, cap=None):
-        """query [B, H, D]; every request has exactly one new token."""
-        B, H, D = query.shape
-        Hkv = k_cache.shape[1]
-        G = H // Hkv
-        k = gather_heads(k_cache, block_tables, query.dtype)  # [B, Hkv, L, D]
-        v = gather_heads(v_cache, block_tables, query.dtype)
-        L = k.shape[2]
-        q = query.view(B, Hkv, G, D)  # a KV head's G query heads act as G query rows of one SDPA call
-        kpos = torch.arange(L, device=query.device)[None, :]
+    def _decode_inputs(self, block_tables, seq_lens, hkv: int, length: int, window: int | None,
+                       dtype: torch.dtype, memoize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gather rows, the bool keep mask [B, L], SDPA's additive mask [B, 1, 1, L] in ``dtype``: 0 kept, -inf
+        hidden, exactly what SDPA makes of the bool mask itself), once per step and window."""
+        memo = self._step_memo("decode", block_tables) if memoize else None
+        key = (hkv, length, window, dtype)
+        held = memo.get(key) if memo is not None else None
+        if held is not None and held[0] is seq_lens:  # type: ignore[index]  # (seq_lens, result)
+            return held[1]  # type: ignore[index]
+        kpos = torch.arange(length, device=seq_lens.device)[None, :]
         keep = kpos < seq_lens[:, None]
         if window is not None:
             keep &= kpos > seq_lens[:, None] - 1 - window
+        zero = torch.zeros((), dtype=dtype, device=keep.device)
+        additive = torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
+        out = (gather_index(block_tables, hkv), keep, additive.view(keep.shape[0], 1, 1, length))
+        if memo is not None:
+            memo[key] = (seq_lens, out)
+        return out
+
+    def _decode(self, query, k_cache, v_cache, block_tables, seq_lens, scale, window=None, cap=None,
+                memoize: bool = True):
+        """query [B, H, D]; every request has exactly one new token. ``memoize``: block_tables is the step's own
+        tensor (not a per-call slice), so the rows and mask may be kept for the step's other layers."""
+        B, H, D = query.shape
+        Hkv = k_cache.shape[1]
+        G = H // Hkv
+        L = block_tables.shape[1] * k_cache.shape[2]
+        idx, keep, additive = self._decode_inputs(block_tables, seq_lens, Hkv, L, window, query.dtype, memoize)
+        k = gather_heads(k_cache, block_tables, query.dtype, idx)  # [B, Hkv, L, D]
+        v = gather_heads(v_cache, block_tables, query.dtype, idx)
+        q = query.view(B, Hkv, G, D)  # a KV head's G query heads act as G query rows of one SDPA call
         if cap is None:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep.view(B, 1, 1, L), scale=scale)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
             return o.reshape(B, H, D)  # [B, Hkv, G, D] -> [B, H, D]
         scores = torch.matmul(q, k.transpose(2, 3)).float() * scale  # [B, Hkv, G, L]; SDPA has no soft-cap
         scores = torch.tanh(scores / cap) * cap

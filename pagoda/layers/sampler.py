@@ -228,7 +228,7 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     params = [r.sampling_params for r in reqs]
     greedy = [p.sampling_type_greedy for p in params]
     if all(greedy):
-        return logits.argmax(dim=-1)
+        return greedy_argmax(logits)
     device = logits.device
     probs = sampling_probs(logits, params)
     noise = torch.empty_like(probs)
@@ -239,8 +239,18 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     tokens = (probs / noise).argmax(dim=-1)
     if any(greedy):
         gmask = to_device(greedy, device)
-        tokens = torch.where(gmask, logits.argmax(dim=-1), tokens)
+        tokens = torch.where(gmask, greedy_argmax(logits), tokens)
     return tokens
+
+
+def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(-1)``, the same indices (the first maximal value of a row; a NaN counts as maximal). On the CPU
+    through ``max(dim)``, which torch documents with the same first-index rule and runs 2-3x faster there
+    (32 x 49152 float32: 0.45 vs 1.1 ms on two threads, 0.77 vs 2.2 ms on one; tests/test_sampling.py checks ties
+    and NaNs against argmax)."""
+    if logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[-1] > 0:
+        return logits.max(dim=-1).indices
+    return logits.argmax(dim=-1)
 
 
 def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

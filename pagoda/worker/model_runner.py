@@ -176,6 +176,8 @@ class ModelRunner:
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
+        if self.device.type == "cpu" and hasattr(self.backend, "step_memo"):  # eager steps only (torch_ref.py)
+            self.backend.step_memo = True
         if cfg.deterministic:
             if not hasattr(self.backend, "batch_invariant"):
                 raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "

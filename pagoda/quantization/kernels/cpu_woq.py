@@ -46,6 +46,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from pagoda.quantization.kernels import cpu_int4_native
+
 INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -146,7 +148,9 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     for packed, sz in parts:
         if sz.dtype != x.dtype:
             sz = sz.to(x.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
+        y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.MIN_ROWS else None
+        if y is None:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
         out = y if out is None else out.add_(y)
     assert out is not None
     return out

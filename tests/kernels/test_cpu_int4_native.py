@@ -1,0 +1,56 @@
+"""The native multi-row int4 CPU kernel (quantization/kernels/cpu_int4_gemm.c) against torch's int4pack kernel:
+bitwise equal outputs (the reference is ``aten::_weight_int4pack_mm_for_cpu`` itself, the kernel the native one
+replaces), at every row count, for 4-bit and two-plane 8-bit weights; and an :class:`IntWeight` row computed
+alone equals the same row inside a 32-row batch (the values do not depend on the batch size)."""
+
+import pytest
+import torch
+
+from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
+from pagoda.quantization.kernels import cpu_int4_native, cpu_woq
+
+pytestmark = pytest.mark.skipif(not cpu_int4_native.available(),
+                                reason="no native int4 kernel here (not x86-64 AVX-512, or no C compiler)")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)
+
+
+@pytest.mark.parametrize("n,k,group", [(64, 64, 32), (192, 256, 64), (128, 384, 128), (320, 96, 32)])
+def test_native_is_bitwise_torch_int4pack(n, k, group):
+    gen = torch.Generator().manual_seed(n + k + group)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.randn(k // group, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
+    for m in (1, 7, 8, 12, 13, 25, 32, 40):
+        x = (torch.randn(m, k, generator=gen) * 3).to(torch.bfloat16)
+        ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
+        out = cpu_int4_native.int4_mm(x, packed, group, sz)
+        assert out is not None
+        assert torch.equal(_bits(out), _bits(ref)), (m, (out.float() - ref.float()).abs().max())
+
+
+def test_native_declines_what_it_does_not_cover():
+    q = torch.randint(0, 16, (48, 64), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # 48 rows: not a 64-column block
+    sz = torch.ones(2, 48, 2, dtype=torch.bfloat16)
+    assert cpu_int4_native.int4_mm(torch.ones(8, 64, dtype=torch.bfloat16), packed, 32, sz) is None
+    assert cpu_int4_native.int4_mm(torch.ones(8, 64), packed, 32, sz.float()) is None  # fp32 activations
+
+
+@pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
+def test_int_weight_rows_do_not_depend_on_the_batch(monkeypatch, bits, sym):
+    gen = torch.Generator().manual_seed(bits)
+    out_f, in_f, group = 192, 128, 32
+    codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(out_f, in_f // group, generator=gen) * 0.05 + 0.01
+    offsets = -(2 ** (bits - 1)) * scales if sym else torch.randn(out_f, in_f // group, generator=gen) * 0.05
+    w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
+    assert w.layout == "cpu_int4"
+    x = torch.randn(32, in_f, generator=gen).to(torch.bfloat16)
+    batch = int_weight_linear(x, w)  # 32 rows: the native kernel
+    single = torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])  # 1 row: torch's kernel
+    assert torch.equal(_bits(batch), _bits(single))
+    monkeypatch.setattr(cpu_int4_native, "MIN_ROWS", 10**9)  # torch's kernel at 32 rows too
+    assert torch.equal(_bits(cpu_woq.int4_matmul(x, w._parts(), group)), _bits(batch))
