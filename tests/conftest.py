@@ -12,11 +12,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors only in Triton's interpreter, chosen when triton is first imported: set it
+    # before any test module is collected (a GPU test module that imports a kernel module is collected first).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
