@@ -39,39 +39,19 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_timers import Timers, clock  # noqa: E402
 
 # The calling thread's CPU time: a shared VM's other processes do not count (torch runs on this thread only).
-_clock = time.thread_time
 
 PARTS = ["schedule", "launch", "prepare_inputs", "block tables", "forward host", "sample launch",
          "finish_step", "block ids+mask", "result",
          "update", "propose", "outputs", "front end", "total host", "critical path"]
-
-
-class Timers:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = defaultdict(float)
-
-    def wrap(self, obj, name: str, label: str) -> None:
-        fn: Callable = getattr(obj, name)
-        t = self.t
-
-        def timed(*a, **kw):
-            t0 = _clock()
-            try:
-                return fn(*a, **kw)
-            finally:
-                t[label] += _clock() - t0
-
-        setattr(obj, name, timed)
 
 
 def _time_critical_path(runner, handle_cls, t: dict[str, float]) -> None:
@@ -83,12 +63,12 @@ def _time_critical_path(runner, handle_cls, t: dict[str, float]) -> None:
 
     def timed_result(self):
         if not since:
-            since.append(_clock())
+            since.append(clock())
         return result(self)
 
     def timed_forward(*a, **kw):
         if since:
-            t["critical path"] += _clock() - since.pop()
+            t["critical path"] += clock() - since.pop()
         return forward(*a, **kw)
 
     handle_cls.result = timed_result
@@ -201,10 +181,10 @@ def staging_ms(model: str, b: int, k: int, n: int = 2000) -> float:
     pos = [600 + i for i in range(b * q)]
     slots = [1000 + i for i in range(b * q)]
     rows = torch.zeros(b, vg.max_blocks, dtype=torch.int32).numpy()
-    t0 = _clock()
+    t0 = clock()
     for _ in range(n):
         vg.run(ids, pos, slots, [q] * b, [605] * b, rows)
-    return (_clock() - t0) * 1000 / n
+    return (clock() - t0) * 1000 / n
 
 
 class _NoReplay:

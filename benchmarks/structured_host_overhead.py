@@ -45,18 +45,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from host_timers import Timers  # noqa: E402
 from structured_outputs import LONG_SCHEMA, shape_model  # noqa: E402
-
-_clock = time.thread_time
 
 NESTED_SCHEMA = {
     "type": "object",
@@ -85,39 +81,6 @@ TINY_CONFIG = {
 
 PARTS = ["schedule", "launch", "result", "update", "advance", "accept", "outputs", "bitmask", "fill", "apply",
          "sample rest", "core other", "front end", "total host", "[apply kernel]", "[argmax]", "[logits]"]
-
-
-class Timers:
-    """Thread-CPU timers around methods, each counting its own (exclusive) time: a wrapped call inside another
-    is charged to its own label only. ``restore`` puts the originals back."""
-
-    def __init__(self) -> None:
-        self.t: dict[str, float] = defaultdict(float)
-        self._saved: list[tuple[object, str, Callable]] = []
-        self._inner: list[float] = []  # per open call: the time of the wrapped calls inside it
-
-    def wrap(self, obj, name: str, label: str) -> None:
-        fn: Callable = getattr(obj, name)
-        t, inner = self.t, self._inner
-
-        def timed(*a, **kw):
-            inner.append(0.0)
-            t0 = _clock()
-            try:
-                return fn(*a, **kw)
-            finally:
-                dt = _clock() - t0
-                t[label] += dt - inner.pop()
-                if inner:
-                    inner[-1] += dt
-
-        self._saved.append((obj, name, fn))
-        setattr(obj, name, timed)
-
-    def restore(self) -> None:
-        for obj, name, fn in reversed(self._saved):
-            setattr(obj, name, fn)
-        self._saved.clear()
 
 
 def _instrument(eng, tm: Timers) -> None:
@@ -177,7 +140,7 @@ def run_once(model: str, batch: int, steps: int, schema: dict | None) -> dict[st
         eng.step()
         if len(eng.core.scheduler.running) == batch and eng.core.num_steps_ahead >= 8:
             break
-    tm = Timers()
+    tm = Timers(exclusive=True)
     _instrument(eng, tm)
     try:
         for _ in range(steps):

@@ -61,11 +61,12 @@ def test_bench_throughput_prefix_repetition_smoke(tmp_path, capsys):
     assert "prefix caching on / off" in text and "[prefix TTFT]" in text and "prefix cache hit rate" in text
 
 
-def _hf_peer_script():
+def load_script(relpath: str):
+    """A script of the repository (``benchmarks/...``) loaded as a module, under a name of its own."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "hf_peer.py"
-    spec = importlib.util.spec_from_file_location("hf_peer_script", path)
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -93,7 +94,7 @@ def test_hf_peer_runs_pagodas_exact_requests_and_is_credited_for_what_it_generat
     assert "pagoda / hf output throughput (same requests, same run)" in capsys.readouterr().out
 
     # the stand-alone peer (benchmarks/gpu/hf_peer.py): the same list from the same flags, or from the file
-    peer = _hf_peer_script()
+    peer = load_script("benchmarks/gpu/hf_peer.py")
     from_flags = peer.main(["--model", m, "--device", "cpu", "--dtype", "float32", *dataset])
     from_file = peer.main(["--model", m, "--device", "cpu", "--dtype", "float32", "--requests", str(saved)])
     for res in (from_flags, from_file):

@@ -4,20 +4,11 @@ constructed on the requested device without host random init."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_bench.py"
-    spec = importlib.util.spec_from_file_location("embed_bench_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from test_bench_smoke import load_script
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def no_minilm(monkeypatch):
 
 @pytest.mark.parametrize("shape", ["bert-large", "llama-8b"])
 def test_embed_bench_gpu_mode_runs_on_cpu(shape, capsys, no_minilm):
-    bench = _bench()
+    bench = load_script("benchmarks/embed_bench.py")
     bench.main(["gpu", "--shape", shape, "--smoke", "--device", "cpu"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     phases = [x["phase"] for x in lines if "phase" in x]
@@ -47,7 +38,7 @@ def test_embed_bench_gpu_mode_runs_on_cpu(shape, capsys, no_minilm):
 
 
 def test_gpu_mode_builds_the_hf_peer_on_the_device_and_needs_no_download(no_minilm):
-    bench = _bench()
+    bench = load_script("benchmarks/embed_bench.py")
     arch, hf_cls, _, fields = bench.gpu_shape("llama-8b")
     assert (arch, hf_cls, fields["hidden_size"], fields["num_hidden_layers"]) == ("LlamaForCausalLM", "LlamaModel",
                                                                                  4096, 32)

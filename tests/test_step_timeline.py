@@ -4,25 +4,16 @@ per step against the workload, time per bucket against the time inside step()); 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_bench_smoke import _model
+from test_bench_smoke import _model, load_script
 
 from pagoda.benchmarks.datasets import load_requests
 from pagoda.engine.step_timeline import read_timeline, step_token_counts
 from pagoda.entrypoints.cli import main
-
-
-def _report_script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "step_timeline_report.py"
-    spec = importlib.util.spec_from_file_location("step_timeline_report", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _throughput(tmp_path: Path, *extra: str) -> tuple[dict, list[dict], list]:
@@ -54,7 +45,7 @@ def test_timeline_accounts_for_every_token_of_the_timed_run(tmp_path, capsys, sc
     else:  # synchronous: each call returns the tokens of the step it launched
         assert all(r["num_reqs"] and r["out_tokens"] <= r["num_reqs"] for r in recs)
 
-    rep = _report_script()
+    rep = load_script("benchmarks/step_timeline_report.py")
     s = rep.summarize(recs)
     for table in ("by_batch", "by_kind", "by_path"):
         assert sum(g["steps"] for g in s[table].values()) == len(recs)
@@ -120,7 +111,7 @@ def test_step_token_counts_rule():
 
 
 def test_tail_starts_after_the_peak():
-    rep = _report_script()
+    rep = load_script("benchmarks/step_timeline_report.py")
     recs = [{"num_running": n} for n in (1, 8, 8, 5, 1, 4, 0)]
     assert rep.tail_start(recs) == 4  # the first below 25 % of 8 after the peak, not the ramp-up at 1
     assert rep.tail_start([{"num_running": n} for n in (1, 4, 3)]) is None
