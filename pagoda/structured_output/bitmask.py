@@ -63,12 +63,14 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
 
 
 def mask_columns_past(logits: torch.Tensor, vocab: int, rows: list[int] | None) -> None:
-    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the row list is copied from pinned
-    memory (a copy from pageable memory would wait for every kernel already queued)."""
+    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the row list goes over by
+    :func:`pagoda.layers.sampler.to_device` (pinned: no wait for the kernels already queued)."""
     if rows is None:
         logits[:, vocab:] = float("-inf")
         return
     idx: list[int] | torch.Tensor = rows
     if logits.device.type == "cuda":
-        idx = torch.tensor(rows, dtype=torch.long).pin_memory().to(logits.device, non_blocking=True)
+        from pagoda.layers.sampler import to_device  # (sampler imports this module)
+
+        idx = to_device(rows, logits.device, torch.long)
     logits[idx, vocab:] = float("-inf")
