@@ -38,6 +38,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
            "timeline to (JSON lines, one per step; see `--step-timeline` of `pagoda bench throughput`); unset: "
            "none is recorded"),
+    EnvVar("PAGODA_LOG_JIT_COMPILES", "0", "`1` logs every Triton kernel compiled in the engine's process (name, "
+           "constexprs, seconds): finds compiles that land in a first request or a timed run"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
            "unset: an even split. Read by the engine core only"),
@@ -109,6 +111,11 @@ def chunk_graphs_enabled() -> bool:
 def step_timeline_path() -> str | None:
     """``PAGODA_STEP_TIMELINE``: the engine-core process's step-timeline file, or None (not recorded)."""
     return os.environ.get("PAGODA_STEP_TIMELINE") or None
+
+
+def log_jit_compiles() -> bool:
+    """``PAGODA_LOG_JIT_COMPILES``: True when set to a value other than ``0``."""
+    return _raw("PAGODA_LOG_JIT_COMPILES") not in ("", "0")
 
 
 def batch_invariant() -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagoda import envs
 from pagoda.config import EngineConfig
 from pagoda.core.async_scheduler import AsyncScheduler
 from pagoda.core.host_tier import HostKVTier
@@ -72,6 +73,12 @@ class EngineCore:
     def __init__(self, cfg: EngineConfig) -> None:
         t0 = time.perf_counter()
         self.cfg = cfg
+        if envs.log_jit_compiles():
+            from pagoda.engine import jit_log
+
+            if not jit_log.install():
+                logger.warning("PAGODA_LOG_JIT_COMPILES: this Triton has no compile hooks (knobs.runtime); nothing "
+                               "will be logged")
         self.runner = ModelRunner(cfg)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.allocate_kv_cache(num_blocks)

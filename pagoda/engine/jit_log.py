@@ -1,0 +1,82 @@
+"""``PAGODA_LOG_JIT_COMPILES=1``: one log line per Triton kernel compiled in this process, with its seconds.
+
+A diagnostic for compiles that land where they cost (a first request, a benchmark's timed run): each line
+names the kernel, its constexprs and how long the compile took (Triton's disk cache makes a repeat compile
+cheap, but it still logs: the line says the kernel was first used at that point). Installed by the engine
+core when the variable is set; a no-op without Triton's ``knobs.runtime`` hooks (Triton < 3.4) or when the
+kernels run under the interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger("pagoda")
+
+_state: dict[str, Any] = {"installed": False, "count": 0, "seconds": 0.0}
+_started: dict[int, float] = {}  # thread id -> start of the compile in flight on that thread
+_lock = threading.Lock()
+
+
+def _constexprs(kwargs: dict[str, Any]) -> str:
+    constants = kwargs.get("constants") or {}
+    items = []
+    for k, v in constants.items():
+        name = k[-1] if isinstance(k, tuple) else k
+        if isinstance(name, str) and name.isupper():  # the kernel's tile sizes and switches, not None args
+            items.append(f"{name}={v}")
+    return ", ".join(items)
+
+
+def _before(*, key: Any = None, **kwargs: Any) -> bool:
+    _started[threading.get_ident()] = time.perf_counter()
+    return False  # a true return would skip the compile
+
+
+def _after(*, key: Any = None, **kwargs: Any) -> bool:
+    t0 = _started.pop(threading.get_ident(), None)
+    dt = 0.0 if t0 is None else time.perf_counter() - t0
+    fn = kwargs.get("fn")
+    name = getattr(getattr(fn, "fn", fn), "__qualname__", "?")
+    with _lock:
+        _state["count"] += 1
+        _state["seconds"] += dt
+        n, total = _state["count"], _state["seconds"]
+    logger.info("Triton JIT compile #%d: %s (%s, num_warps=%s, num_stages=%s) in %.2f s (%.1f s in all)",
+                n, name, _constexprs(kwargs), kwargs.get("num_warps"), kwargs.get("num_stages"), dt, total)
+    return False
+
+
+def install() -> bool:
+    """Chain the two hooks onto Triton's (idempotent); False when this Triton has no hooks."""
+    if _state["installed"]:
+        return True
+    try:
+        from triton import knobs
+    except ImportError:
+        return False
+    rt = getattr(knobs, "runtime", None)
+    if rt is None or not hasattr(rt, "jit_post_compile_hook"):
+        return False
+    prev_before, prev_after = rt.jit_cache_hook, rt.jit_post_compile_hook
+
+    def before(**kw: Any) -> bool:
+        skip = bool(prev_before(**kw)) if prev_before else False
+        return skip or _before(**kw)
+
+    def after(**kw: Any) -> bool:
+        if prev_after:
+            prev_after(**kw)
+        return _after(**kw)
+
+    rt.jit_cache_hook, rt.jit_post_compile_hook = before, after
+    _state["installed"] = True
+    return True
+
+
+def compiles_so_far() -> tuple[int, float]:
+    """(kernels compiled since :func:`install`, their seconds)."""
+    return _state["count"], _state["seconds"]
