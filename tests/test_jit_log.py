@@ -27,18 +27,18 @@ def test_compile_hooks_log_and_chain(fresh_hooks, caplog):
     knobs.runtime.jit_post_compile_hook = lambda **kw: seen.append(kw["key"])
     assert jit_log.install() and jit_log.install()  # idempotent: hooks chained once
 
-    def _my_kernel():  # Triton passes its JITFunction, whose .fn is the Python function
-        pass
-
-    kw = {"key": "k1", "fn": types.SimpleNamespace(fn=_my_kernel), "constants": {("BLOCK_N",): 64, ("x",): None},
-          "num_warps": 4, "num_stages": 3}
+    # Triton's hook arguments: fn is a JitFunctionInfo (module, name, jit_function), compile a dict
+    kw = {"key": "k1", "repr": "_my_kernel[num_warps=4](x: *bf16, BLOCK_N: constexpr=64)",
+          "fn": types.SimpleNamespace(name="_my_kernel"), "is_manual_warmup": False,
+          "already_compiled": False,
+          "compile": {"constants": {("BLOCK_N",): 64, ("x",): None}, "num_warps": 4, "num_stages": 3}}
     with caplog.at_level(logging.INFO, logger="pagoda"):
         assert knobs.runtime.jit_cache_hook(**kw) is False  # never skips the compile
         assert knobs.runtime.jit_post_compile_hook(**kw) is False
     assert seen == ["k1"]
     assert jit_log.compiles_so_far()[0] == 1
     line = caplog.records[-1].getMessage()
-    assert "_my_kernel" in line and "BLOCK_N=64" in line and "num_warps=4" in line and "#1" in line
+    assert "_my_kernel" in line and "BLOCK_N: constexpr=64" in line and "num_warps=4" in line and "#1" in line
 
 
 def test_env_switch(monkeypatch):

@@ -1,9 +1,10 @@
 """``PAGODA_LOG_JIT_COMPILES=1``: one log line per Triton kernel compiled in this process, with its seconds.
 
-A diagnostic for compiles that land where they cost (a first request, a benchmark's timed run): each line
-names the kernel, its constexprs and how long the compile took (Triton's disk cache makes a repeat compile
-cheap, but it still logs: the line says the kernel was first used at that point). Installed by the engine
-core when the variable is set; a no-op without Triton's ``knobs.runtime`` hooks (Triton < 3.4) or when the
+A diagnostic for compiles that land where they cost (a first request, a benchmark's timed run): each
+line names the kernel, its specialisation (Triton's repr: launch options, argument types, constexpr
+values) and how long the compile took. Triton's disk cache makes a repeat compile cheap, but it still
+logs: the line says where the kernel was first used in this process. Installed by the engine core when
+the variable is set; a no-op without Triton's ``knobs.runtime`` hooks (Triton < 3.4) or when the
 kernels run under the interpreter.
 """
 
@@ -19,16 +20,7 @@ logger = logging.getLogger("pagoda")
 _state: dict[str, Any] = {"installed": False, "count": 0, "seconds": 0.0}
 _started: dict[int, float] = {}  # thread id -> start of the compile in flight on that thread
 _lock = threading.Lock()
-
-
-def _constexprs(kwargs: dict[str, Any]) -> str:
-    constants = kwargs.get("constants") or {}
-    items = []
-    for k, v in constants.items():
-        name = k[-1] if isinstance(k, tuple) else k
-        if isinstance(name, str) and name.isupper():  # the kernel's tile sizes and switches, not None args
-            items.append(f"{name}={v}")
-    return ", ".join(items)
+_REPR_CHARS = 600
 
 
 def _before(*, key: Any = None, **kwargs: Any) -> bool:
@@ -36,17 +28,17 @@ def _before(*, key: Any = None, **kwargs: Any) -> bool:
     return False  # a true return would skip the compile
 
 
-def _after(*, key: Any = None, **kwargs: Any) -> bool:
+def _after(*, fn: Any = None, repr: str = "", **kwargs: Any) -> bool:
+    """Triton calls its hooks with ``key``, ``repr`` (name, launch options and the specialised arguments,
+    constexpr values included), ``fn`` (a ``JitFunctionInfo``: ``.name``), ``compile``, ..."""
     t0 = _started.pop(threading.get_ident(), None)
     dt = 0.0 if t0 is None else time.perf_counter() - t0
-    fn = kwargs.get("fn")
-    name = getattr(getattr(fn, "fn", fn), "__qualname__", "?")
+    name = getattr(fn, "name", None) or "?"
     with _lock:
         _state["count"] += 1
         _state["seconds"] += dt
         n, total = _state["count"], _state["seconds"]
-    logger.info("Triton JIT compile #%d: %s (%s, num_warps=%s, num_stages=%s) in %.2f s (%.1f s in all)",
-                n, name, _constexprs(kwargs), kwargs.get("num_warps"), kwargs.get("num_stages"), dt, total)
+    logger.info("Triton JIT compile #%d: %s in %.2f s (%.1f s in all): %s", n, name, dt, total, repr[:_REPR_CHARS])
     return False
 
 

@@ -63,14 +63,19 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[
 
 
 def mask_columns_past(logits: torch.Tensor, vocab: int, rows: list[int] | None) -> None:
-    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the row list goes over by
-    :func:`pagoda.layers.sampler.to_device` (pinned: no wait for the kernels already queued)."""
+    """Columns ``vocab:`` of ``rows`` (None: every row) to -inf. On a GPU the rows go over as a boolean row mask
+    by :func:`pagoda.layers.sampler.to_device` (pinned: no wait for the kernels already queued) and are masked
+    with ``masked_fill_``: assigning through an index tensor (``index_put_``) synchronises the device."""
     if rows is None:
         logits[:, vocab:] = float("-inf")
         return
-    idx: list[int] | torch.Tensor = rows
-    if logits.device.type == "cuda":
-        from pagoda.layers.sampler import to_device  # (sampler imports this module)
+    if logits.device.type != "cuda":
+        logits[rows, vocab:] = float("-inf")
+        return
+    from pagoda.layers.sampler import to_device  # (sampler imports this module)
 
-        idx = to_device(rows, logits.device, torch.long)
-    logits[idx, vocab:] = float("-inf")
+    picked = [False] * logits.shape[0]
+    for r in rows:
+        picked[r] = True
+    mask = to_device(picked, logits.device, torch.bool)
+    logits[:, vocab:].masked_fill_(mask[:, None], float("-inf"))

@@ -40,6 +40,9 @@ def test_llm_loop_returns_gpu_memory(tmp_path, how):
     gc.collect()
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated()
+    # Tensors earlier tests of this process left alive (module caches) pin their allocator segments, so cached
+    # memory may sit beside them before this test starts: the loop must not add to it.
+    baseline_cached = torch.cuda.memory_reserved() - baseline
     num_blocks = []
     for _ in range(3):
         llm = _make_and_use(folder, 0.5)
@@ -51,7 +54,7 @@ def test_llm_loop_returns_gpu_memory(tmp_path, how):
         del llm
         gc.collect()
         assert torch.cuda.memory_allocated() <= baseline + SLACK
-        assert torch.cuda.memory_reserved() <= torch.cuda.memory_allocated() + SLACK
+        assert torch.cuda.memory_reserved() <= torch.cuda.memory_allocated() + max(baseline_cached, 0) + SLACK
     # Every LLM got the same cache: nothing of the previous one was counted as its own use.
     assert max(num_blocks) - min(num_blocks) <= max(num_blocks) // 100
 
