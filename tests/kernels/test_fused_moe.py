@@ -207,3 +207,19 @@ def test_small_path_selection(monkeypatch):
     assert calls.pop() == "grouped"
     monkeypatch.setattr(sm, "SMALL_MOE_ENABLED", False)
     assert sm.small_moe_rules(1) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
+def test_small_sweep_smoke(monkeypatch, capsys):
+    """benchmarks/gpu/moe_small_sweep.py --smoke runs (interpreter, tiny shapes) and prints a table to paste."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_bench_smoke import load_script
+
+    monkeypatch.setattr(sys, "argv", ["moe_small_sweep.py", "--smoke"])
+    load_script("benchmarks/gpu/moe_small_sweep.py").main()
+    out = capsys.readouterr().out
+    assert "[qwen3-30b-a3b] T= 1 (  4 pairs" in out and "[mixtral-8x7b] T= 1: the table runs" in out
+    assert "SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {" in out

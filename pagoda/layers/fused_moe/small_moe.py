@@ -69,7 +69,7 @@ def small_moe_rules(num_pairs: int) -> tuple[MoeGemvRule, MoeGemvRule] | None:
     return SMALL_MOE_TABLE[min(fits)] if fits else None
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])  # one compile for every batch size
 def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt, stride_we, stride_wn, stride_ap,
                          TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p]."""
@@ -105,7 +105,7 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt,
     tl.store(act_ptr + p.to(tl.int64) * stride_ap + offs_n, (s * up).to(dt), mask=n_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, stride_ap, stride_we, stride_wn,
                       stride_ot, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_U: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
