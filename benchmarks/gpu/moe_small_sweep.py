@@ -13,7 +13,7 @@ median of replays, per layer. The floor: the bytes of the distinct experts the r
 Prints per (shape, T) lines, then a ``CHOOSE`` block in the syntax of ``SMALL_MOE_TABLE`` from the Qwen3
 shape (the issue's figure): keys ``T * top_k`` for every T from 1 up to the last one where the small path
 beats the grouped one; above it the grouped path runs. The Mixtral lines then say which path that table
-picks at each T and which one measured faster.
+picks at each T (``small_moe_rules``: not above the expert count either) and which one measured faster.
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/moe_small_sweep.py`` (< 90 s on an H200);
 ``--smoke``: CPU, Triton interpreter, tiny shapes (checks the script runs).
@@ -147,7 +147,7 @@ def sweep_shape(name: str, shape: tuple, bw: float) -> dict[int, dict]:
         grouped_us = per_layer_us(lambda lay, m=t * K: tm.fused_experts(*lay, rules=tm.moe_rules(m)), layers)
         ref = tm.fused_experts(*layers[0], rules=tm.moe_rules(t * K))
         r13, r2, small_us = _search(layers, ref)
-        default = sm.small_moe_rules(t * K)
+        default = sm.small_moe_rules(t * K, E)
         default_us = per_layer_us(lambda lay, r=default: sm.small_fused_experts(*lay, r), layers) if default else None
         note = f"current table {default_us:.1f} us" if default_us else "current table: grouped"
         print(f"[{name}] T={t:2d} ({t * K:3d} pairs, {distinct:5.1f} distinct experts) floor {floor:6.1f} us | "
@@ -175,14 +175,13 @@ def table_text(table: dict[int, tuple[MoeGemvRule, MoeGemvRule]]) -> str:
 
 def check_other(name: str, shape: tuple, res: dict[int, dict], table: dict) -> None:
     """What ``table`` would run for this shape at each T, against the measured faster path."""
-    K = shape[1]
+    E, K = shape[:2]
     weights = make_weights(shape)
     for t, r in sorted(res.items()):
-        fits = [p for p in table if p >= t * K]
-        picked = "small" if fits else "grouped"
+        rules = sm.small_moe_rules(t * K, E, table)
+        picked = "small" if rules else "grouped"
         us = r["grouped"]
-        if fits:
-            rules = table[min(fits)]
+        if rules:
             us = per_layer_us(lambda lay, rr=rules: sm.small_fused_experts(*lay, rr), make_layers(shape, weights, t))
         faster = "small" if r["small"] < r["grouped"] else "grouped"
         print(f"[{name}] T={t:2d}: the table runs {picked} ({us:.1f} us, {us / r['floor']:.2f}x floor); measured "

@@ -86,7 +86,7 @@ def test_fused_and_grouped_experts_match_loop(T, E, K, H, inter):
     weights, ids = select_experts(torch.randn(T, E, device=DEV), RoutingConfig(E, K, True, False))
     ref = loop_reference(x, w13, w2, weights, ids).float()
     torch.testing.assert_close(grouped_experts(x, w13, w2, weights, ids), ref, rtol=1e-4, atol=1e-4)
-    fused = tm.fused_experts(x, w13, w2, weights, ids.to(torch.int32))  # the small path at T * K <= 64
+    fused = tm.fused_experts(x, w13, w2, weights, ids.to(torch.int32))  # the automatic choice
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
     grouped = tm.fused_experts(x, w13, w2, weights, ids.to(torch.int32), rules=tm.moe_rules(T * K))
     torch.testing.assert_close(grouped, ref, rtol=1e-4, atol=1e-4)
@@ -98,7 +98,7 @@ def test_fused_experts_bf16_and_empty():
     w13, w2 = _weights(E, H, inter, 1)
     weights, ids = select_experts(torch.randn(T, E, device=DEV), RoutingConfig(E, K, False, False))
     ref = loop_reference(x, w13.bfloat16(), w2.bfloat16(), weights, ids).float()
-    for rules in (None, tm.moe_rules(T * K)):  # the small path, then the grouped one
+    for rules in (None, tm.moe_rules(T * K)):  # the automatic choice, then the grouped path
         out = tm.fused_experts(x, w13.bfloat16(), w2.bfloat16(), weights, ids.to(torch.int32), rules=rules)
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
@@ -185,17 +185,21 @@ def test_small_path_bf16_matches_loop_and_grouped(T, K, cast):
 
 def test_small_path_selection(monkeypatch):
     """By pair count: the table's launches up to its largest key (the smallest key at or above the count),
-    None (the grouped path) above it or when switched off; fused_experts runs the path so chosen."""
+    None (the grouped path) above it, above the expert count, or when switched off; fused_experts runs the
+    path so chosen."""
     table = {4: SMALL_RULES["even"], 16: SMALL_RULES["tails"]}
     monkeypatch.setattr(sm, "SMALL_MOE_TABLE", table)
-    assert sm.small_moe_rules(1) == sm.small_moe_rules(4) == SMALL_RULES["even"]
-    assert sm.small_moe_rules(5) == sm.small_moe_rules(16) == SMALL_RULES["tails"]
-    assert sm.small_moe_rules(17) is None and sm.small_moe_rules(0) is None
+    assert sm.small_moe_rules(1, 128) == sm.small_moe_rules(4, 128) == SMALL_RULES["even"]
+    assert sm.small_moe_rules(5, 128) == sm.small_moe_rules(16, 128) == SMALL_RULES["tails"]
+    assert sm.small_moe_rules(17, 128) is None and sm.small_moe_rules(0, 128) is None
+    assert sm.small_moe_rules(8, 8) == SMALL_RULES["tails"] and sm.small_moe_rules(9, 8) is None
+    assert sm.small_moe_rules(9, 16, {8: SMALL_RULES["u2"]}) is None
+    assert sm.small_moe_rules(8, 16, {8: SMALL_RULES["u2"]}) == SMALL_RULES["u2"]
     calls = []
     monkeypatch.setattr(tm, "small_fused_experts", lambda *a: calls.append("small") or a[0] * 0)
     align = tm.moe_align_block_size
     monkeypatch.setattr(tm, "moe_align_block_size", lambda *a: calls.append("grouped") or align(*a))
-    E, K, H, inter = 6, 2, 16, 8
+    E, K, H, inter = 20, 2, 16, 8
     w13, w2 = _weights(E, H, inter, 0)
     for T, path in ((1, "small"), (8, "small"), (9, "grouped")):
         weights, ids = _routing(T, E, K, T)
@@ -206,7 +210,7 @@ def test_small_path_selection(monkeypatch):
                      rules=(tm.MoeRule(), tm.MoeRule()))
     assert calls.pop() == "grouped"
     monkeypatch.setattr(sm, "SMALL_MOE_ENABLED", False)
-    assert sm.small_moe_rules(1) is None
+    assert sm.small_moe_rules(1, 128) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")

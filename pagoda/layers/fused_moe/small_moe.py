@@ -58,15 +58,21 @@ SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {  # max pairs -> 
     64: (MoeGemvRule(block_n=8, block_k=512), MoeGemvRule(block_n=4, block_k=256)),
 }
 """``T * top_k`` at most the key (the smallest key at or above it): the small path with these launches; above
-the largest key the grouped path of :mod:`.triton_moe` runs."""
+the largest key (or above the expert count: :func:`small_moe_rules`) the grouped path of :mod:`.triton_moe`."""
 
 
-def small_moe_rules(num_pairs: int) -> tuple[MoeGemvRule, MoeGemvRule] | None:
-    """The small path's launches for ``num_pairs`` (token, expert) pairs, or None for the grouped path."""
-    if not SMALL_MOE_ENABLED or num_pairs == 0:
+def small_moe_rules(num_pairs: int, num_experts: int,
+                    table: dict[int, tuple[MoeGemvRule, MoeGemvRule]] | None = None
+                    ) -> tuple[MoeGemvRule, MoeGemvRule] | None:
+    """The small path's launches for ``num_pairs`` (token, expert) pairs over ``num_experts`` experts from
+    ``table`` (default :data:`SMALL_MOE_TABLE`), or None for the grouped path: above the table's largest key,
+    and with more pairs than experts (then some expert is surely chosen twice, and the GEMVs read its weights
+    once per pair where the grouped GEMM reads them once; Mixtral's 8 experts at batch 8, say)."""
+    table = SMALL_MOE_TABLE if table is None else table
+    if not SMALL_MOE_ENABLED or num_pairs == 0 or num_pairs > num_experts:
         return None
-    fits = [b for b in SMALL_MOE_TABLE if b >= num_pairs]
-    return SMALL_MOE_TABLE[min(fits)] if fits else None
+    fits = [b for b in table if b >= num_pairs]
+    return table[min(fits)] if fits else None
 
 
 @triton.jit(do_not_specialize=["P"])  # one compile for every batch size

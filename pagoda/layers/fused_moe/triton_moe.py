@@ -259,7 +259,7 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
     if T == 0:
         return torch.empty_like(x)
     assert x.is_contiguous() and w13.stride(2) == 1 and w2.stride(2) == 1
-    small = small_rules or (None if rules else small_moe_rules(M))
+    small = small_rules or (None if rules else small_moe_rules(M, E))
     if small is not None:
         return small_fused_experts(x, w13, w2, topk_weights, topk_ids, small)
     bm = _block_m(M, E)
