@@ -7,8 +7,9 @@ and the grouped GEMM computes 16 rows to use one. Here each pair is a matrix-vec
 * :func:`_gate_up_gemv_kernel`, program ``(p, n-tile)`` (pairs vary fastest, so pairs that chose the
   same expert read the same weight rows at about the same time and share them through L2): token
   ``t = p // top_k``, expert ``e = topk_ids[p]`` read on the device; ``gate = x[t] . w13[e, n, :]`` and
-  ``up = x[t] . w13[e, I + n, :]`` for its ``BLOCK_N`` rows (H walked in ``BLOCK_K`` steps, float32
-  sums); stores ``act[p, n] = silu(gate) * up``.
+  ``up = x[t] . w13[e, I + n, :]`` for its ``BLOCK_N`` rows (H walked in ``BLOCK_K`` steps, products
+  accumulated element-wise in a float32 tile and reduced over K once at the end, so no step waits on a
+  cross-warp reduction); stores ``act[p, n] = silu(gate) * up``.
 * :func:`_down_gemv_kernel`, program ``(t, n-tile)``: ``out[t, n] = sum_k topk_w[t, k] *
   (act[t*top_k + k] . w2[e_k, n, :])``, ``BLOCK_U`` choices' weight tiles loaded per step (bytes in
   flight: one program streams ``BLOCK_U x BLOCK_N x BLOCK_K`` weights at once), the choices summed in
@@ -88,8 +89,8 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt,
     gate_rows = w_ptr + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
     up_rows = gate_rows + INTER * stride_wn
     x_row = x_ptr + (p // TOP_K).to(tl.int64) * stride_xt
-    acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K once, after the loop
+    acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -102,11 +103,11 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt,
             g = tl.load(gate_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         xf = xk.to(tl.float32)[None, :]
-        acc_g += tl.sum(g.to(tl.float32) * xf, axis=1)
-        acc_u += tl.sum(u.to(tl.float32) * xf, axis=1)
+        acc_g += g.to(tl.float32) * xf
+        acc_u += u.to(tl.float32) * xf
     dt = act_ptr.dtype.element_ty
-    gate = acc_g.to(dt).to(tl.float32)  # rounded as the grouped path's gate_up output, then silu_and_mul's
-    up = acc_u.to(dt).to(tl.float32)
+    gate = tl.sum(acc_g, axis=1).to(dt).to(tl.float32)  # rounded as the grouped GEMM's output, then as
+    up = tl.sum(acc_u, axis=1).to(dt).to(tl.float32)  # silu_and_mul rounds the SiLU
     s = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
     tl.store(act_ptr + p.to(tl.int64) * stride_ap + offs_n, (s * up).to(dt), mask=n_ok)
 
@@ -131,7 +132,7 @@ def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, str
         rows = w_ptr + e[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
         a_rows = act_ptr + pair.to(tl.int64)[:, None] * stride_ap
         un_ok = u_ok[:, None, None] & n_ok[None, :, None]
-        part = tl.zeros([BLOCK_U, BLOCK_N], dtype=tl.float32)
+        part = tl.zeros([BLOCK_U, BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K after the loop
         for k0 in range(0, INTER, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
@@ -141,8 +142,8 @@ def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, str
                 k_ok = offs_k < INTER
                 a = tl.load(a_rows + offs_k[None, :], mask=u_ok[:, None] & k_ok[None, :], other=0.0)
                 w = tl.load(rows + offs_k[None, None, :], mask=un_ok & k_ok[None, None, :], other=0.0)
-            part += tl.sum(w.to(tl.float32) * a.to(tl.float32)[:, None, :], axis=2)
-        acc += tl.sum(part * wk[:, None], axis=0)
+            part += w.to(tl.float32) * a.to(tl.float32)[:, None, :]
+        acc += tl.sum(tl.sum(part, axis=2) * wk[:, None], axis=0)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
