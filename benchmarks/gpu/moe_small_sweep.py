@@ -207,6 +207,11 @@ def main() -> None:
     print(f"[qwen3-30b-a3b] T=1 experts per layer: small {qwen[1]['small']:.1f} us vs grouped "
           f"{qwen[1]['grouped']:.1f} us; x48 layers {qwen[1]['small'] * 48 / 1e3:.2f} ms vs "
           f"{qwen[1]['grouped'] * 48 / 1e3:.2f} ms (floor {qwen[1]['floor'] * 48 / 1e3:.2f} ms)")
+    k = SHAPES["qwen3-30b-a3b"][1]
+    lost = [t for t in sorted(qwen) if t * k not in table]
+    print(f"[qwen3-30b-a3b] the grouped path wins from T={lost[0]} ({lost[0] * k} pairs)" if lost else
+          f"[qwen3-30b-a3b] the small path wins at every T measured (up to {max(qwen)}): sweep larger T to find "
+          "where the grouped path takes over")
     check_other("mixtral-8x7b", SHAPES["mixtral-8x7b"], results["mixtral-8x7b"], table)
     print(f"\nsweep took {time.perf_counter() - t0:.0f} s")
     print("===== CHOOSE: paste over SMALL_MOE_TABLE in pagoda/layers/fused_moe/small_moe.py =====")
