@@ -45,12 +45,13 @@ DT = torch.float32 if SMOKE else torch.bfloat16
 SHAPES = {"qwen3-30b-a3b": (10, 4, 32, 24, True, 1), "mixtral-8x7b": (4, 2, 32, 48, False, 1)} if SMOKE else \
     {"qwen3-30b-a3b": (128, 8, 2048, 768, True, 4), "mixtral-8x7b": (8, 2, 4096, 14336, False, 2)}
 TS = (1,) if SMOKE else (1, 2, 4, 8, 16)
-GATE_UP = [MoeGemvRule(8, 512), MoeGemvRule(4, 512), MoeGemvRule(16, 256), MoeGemvRule(8, 256),
-           MoeGemvRule(16, 512, num_warps=8), MoeGemvRule(4, 1024), MoeGemvRule(2, 1024)]
-# The float32 accumulator tile is block_u x block_n x block_k (block_u 0: all of top_k); candidates keep it at
-# <= 64 registers a thread for top-8.
-DOWN = [MoeGemvRule(4, 256), MoeGemvRule(8, 256, num_warps=8), MoeGemvRule(2, 512), MoeGemvRule(4, 128),
-        MoeGemvRule(8, 128, num_warps=8), MoeGemvRule(4, 256, block_u=2), MoeGemvRule(4, 1024, block_u=2),
+# The first of each list is SMALL_MOE_TABLE's default (the search starts there). Registers (Triton 3.9, sm_90)
+# bound the programs an SM holds: 64K / (registers x threads).
+GATE_UP = [MoeGemvRule(8, 256), MoeGemvRule(8, 512), MoeGemvRule(4, 512), MoeGemvRule(16, 256),
+           MoeGemvRule(16, 256, num_warps=8), MoeGemvRule(4, 1024), MoeGemvRule(2, 1024)]
+# The float32 accumulator tile is block_u x block_n x block_k (block_u 0: all of top_k).
+DOWN = [MoeGemvRule(4, 128), MoeGemvRule(4, 256), MoeGemvRule(8, 128, num_warps=8), MoeGemvRule(8, 256, num_warps=8),
+        MoeGemvRule(4, 256, block_u=2), MoeGemvRule(8, 256, block_u=2), MoeGemvRule(4, 1024, block_u=2),
         MoeGemvRule(8, 512, num_warps=8, block_u=2)]
 if SMOKE:
     GATE_UP, DOWN = [MoeGemvRule(8, 32), MoeGemvRule(16, 16)], [MoeGemvRule(4, 32), MoeGemvRule(8, 16, block_u=1)]

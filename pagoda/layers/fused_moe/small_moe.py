@@ -51,12 +51,15 @@ SMALL_MOE_ENABLED = True
 """False: :func:`small_moe_rules` always answers None, so every call takes the grouped path (the A/B switch
 of ``benchmarks/gpu/moe_bench.py --small-moe off``; read at call time, so at CUDA-graph capture)."""
 
-# Before measurement (reasoned for an H200, Qwen3-30B-A3B: H 2048, I 768, top-8): gate_up programs of 8 rows
-# x 512 columns (2 tiles of 8 KiB in flight each, 768 programs at batch 1 over 132 SMs); down programs of 4
-# rows with all 8 choices' [4, 256] tiles per step (16 KiB in flight, 512 programs at batch 1).
+# Before measurement (reasoned for an H200, Qwen3-30B-A3B at batch 1: H 2048, I 768, top-8; registers from
+# Triton 3.9's sm_90 build): gate_up programs of 8 rows x 256 columns (79 registers, 6 programs an SM: all 768
+# resident at once, 8 KiB of weights in flight each); down programs of 4 rows with all 8 choices' [4, 128]
+# tiles per step (91 registers, 5 an SM: all 512 resident, 8 KiB in flight each). Both leave ~40 KiB in flight
+# per SM, above bandwidth x latency (~25 KiB), with no second wave. Larger tiles (8 x 512 gate_up: 167
+# registers) fit 3 programs an SM, leaving a partial second wave at batch 1.
 # benchmarks/gpu/moe_small_sweep.py prints a measured table to paste here.
 SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {  # max pairs -> (gate_up rule, down rule)
-    64: (MoeGemvRule(block_n=8, block_k=512), MoeGemvRule(block_n=4, block_k=256)),
+    64: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=4, block_k=128)),
 }
 """``T * top_k`` at most the key (the smallest key at or above it): the small path with these launches; above
 the largest key (or above the expert count: :func:`small_moe_rules`) the grouped path of :mod:`.triton_moe`."""
