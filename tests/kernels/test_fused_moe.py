@@ -183,6 +183,19 @@ def test_small_path_bf16_matches_loop_and_grouped(T, K, cast):
     assert sm.small_fused_experts(x[:0], w13, w2, weights[:0], ids32[:0], SMALL_RULES["tails"]).shape == (0, H)
 
 
+def test_small_path_clamps_expert_ids():
+    """An id past the last expert (fused_topk's answer for a NaN row) reads the last expert, not past w13/w2."""
+    E, K, H, inter = 5, 2, 24, 16
+    x = torch.randn(2, H, device=DEV)
+    w13, w2 = _weights(E, H, inter, 3)
+    weights = torch.full((2, K), 0.5, device=DEV)
+    ids = torch.tensor([[E - 1, 0], [1, E - 1]], dtype=torch.int32, device=DEV)
+    wild = torch.tensor([[E + 123, 0], [1, E]], dtype=torch.int32, device=DEV)
+    rules = SMALL_RULES["tails"]
+    assert torch.equal(sm.small_fused_experts(x, w13, w2, weights, wild, rules),
+                       sm.small_fused_experts(x, w13, w2, weights, ids, rules))
+
+
 def test_small_path_selection(monkeypatch):
     """By pair count: the table's launches up to its largest key (the smallest key at or above the count),
     None (the grouped path) above it, above the expert count, or when switched off; fused_experts runs the

@@ -80,13 +80,14 @@ def small_moe_rules(num_pairs: int, num_experts: int,
 
 
 @triton.jit(do_not_specialize=["P"])  # one compile for every batch size
-def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt, stride_we, stride_wn, stride_ap,
-                         TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_xt, stride_we, stride_wn,
+                         stride_ap, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p]."""
     pid = tl.program_id(0)
     p = pid % P
     pid_n = pid // P
-    e = tl.load(ids_ptr + p).to(tl.int64)
+    e = tl.minimum(tl.load(ids_ptr + p), E - 1).to(tl.int64)  # (a NaN row's id E_PAD: no read past the weights)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < INTER
     gate_rows = w_ptr + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
@@ -116,7 +117,7 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, stride_xt,
 
 
 @triton.jit(do_not_specialize=["T"])
-def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, stride_ap, stride_we, stride_wn,
+def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, E, stride_ap, stride_we, stride_wn,
                       stride_ot, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_U: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[t, n] = sum_k tw[t, k] * (act[t * TOP_K + k] . w[ids[t, k], n]), k in order, float32."""
@@ -130,7 +131,7 @@ def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, str
         offs_u = u0 + tl.arange(0, BLOCK_U)
         u_ok = offs_u < TOP_K
         pair = t * TOP_K + offs_u
-        e = tl.load(ids_ptr + pair, mask=u_ok, other=0).to(tl.int64)
+        e = tl.minimum(tl.load(ids_ptr + pair, mask=u_ok, other=0), E - 1).to(tl.int64)
         wk = tl.load(tw_ptr + pair, mask=u_ok, other=0.0).to(tl.float32)
         rows = w_ptr + e[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
         a_rows = act_ptr + pair.to(tl.int64)[:, None] * stride_ap
@@ -153,7 +154,8 @@ def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, str
 def small_fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
                         topk_ids: torch.Tensor, rules: tuple[MoeGemvRule, MoeGemvRule]) -> torch.Tensor:
     """:func:`~.triton_moe.fused_experts` by the two GEMV kernels (module docstring); ``x`` [T, H] contiguous,
-    ``w13`` [E, 2I, H] and ``w2`` [E, H, I] with the last dim contiguous, ``topk_ids`` [T, K] int32."""
+    ``w13`` [E, 2I, H] and ``w2`` [E, H, I] with the last dim contiguous, ``topk_ids`` [T, K] int32 (an id
+    past ``E - 1``, which the routing kernel gives a NaN row, reads expert ``E - 1``: never past the weights)."""
     T, H = x.shape
     inter = w2.shape[2]
     top_k = topk_ids.shape[1]
@@ -165,13 +167,13 @@ def small_fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, to
     tw = topk_weights.contiguous()
     act = torch.empty(P, inter, dtype=x.dtype, device=x.device)
     _gate_up_gemv_kernel[(P * triton.cdiv(inter, r13.block_n),)](
-        x, w13, ids, act, P, inter, H, x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
+        x, w13, ids, act, P, inter, H, w13.shape[0], x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
         TOP_K=top_k, EVEN_K=H % r13.block_k == 0, BLOCK_N=r13.block_n, BLOCK_K=r13.block_k,
         num_warps=r13.num_warps)
     out = torch.empty_like(x)
     bu = triton.next_power_of_2(min(r2.block_u or top_k, top_k))
     _down_gemv_kernel[(T * triton.cdiv(H, r2.block_n),)](
-        act, w2, ids, tw, out, T, H, inter, act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        act, w2, ids, tw, out, T, H, inter, w2.shape[0], act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         TOP_K=top_k, EVEN_K=inter % r2.block_k == 0, BLOCK_U=bu, BLOCK_N=r2.block_n, BLOCK_K=r2.block_k,
         num_warps=r2.num_warps)
     return out
