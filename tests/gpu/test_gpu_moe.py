@@ -45,17 +45,22 @@ def test_gpu_moe_matches_hf_and_graphs(tmp_path, arch, dtype):
         assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} fp32 sequences token-exact"
 
 
-@pytest.mark.parametrize("T", [1, 3, 8])
-@pytest.mark.parametrize("E,K,H,inter,cast", [(128, 8, 2048, 768, True), (8, 2, 1024, 3584, False)])
+QWEN3_30B_LAYER = (128, 8, 2048, 768, True)
+MIXTRAL_LIKE_LAYER = (8, 2, 1024, 3584, False)  # float32 routing weights; at most 4 tokens: pairs <= experts
+
+
+@pytest.mark.parametrize("T,E,K,H,inter,cast", [(t, *QWEN3_30B_LAYER) for t in (1, 3, 8)]
+                         + [(t, *MIXTRAL_LIKE_LAYER) for t in (1, 4)])
 def test_gpu_small_moe_path_in_graph_matches_grouped(T, E, K, H, inter, cast):
-    """The small-batch path (what fused_experts runs at these pair counts) captured with the routing in a CUDA
-    graph: replays equal the eager call bit for bit, follow new routing written into the static inputs, and
-    agree with the grouped path within bf16 tolerance (Qwen3-30B-A3B's layer, and a Mixtral-like one)."""
+    """The small-batch path captured with the routing in a CUDA graph: replays equal the eager call bit for
+    bit, follow new routing written into the static inputs, and agree with the grouped path within bf16
+    tolerance (Qwen3-30B-A3B's layer, and a Mixtral-like one)."""
     from pagoda.layers.fused_moe import small_moe as sm
     from pagoda.layers.fused_moe import triton_moe as tm
     from pagoda.layers.fused_moe.routing import RoutingConfig
 
-    assert sm.small_moe_rules(T * K) is not None, "the table no longer covers this batch: update the test"
+    # the table's launches where it covers the batch, else the pre-sweep defaults (valid whatever table is pasted)
+    rules = sm.small_moe_rules(T * K, E) or (sm.MoeGemvRule(8, 256), sm.MoeGemvRule(4, 128))
     torch.manual_seed(T)
     bf = {"device": "cuda", "dtype": torch.bfloat16}
     w13, w2 = torch.randn(E, 2 * inter, H, **bf) * 0.02, torch.randn(E, H, inter, **bf) * 0.02
@@ -64,7 +69,7 @@ def test_gpu_small_moe_path_in_graph_matches_grouped(T, E, K, H, inter, cast):
 
     def layer():
         wts, ids = tm.fused_topk(logits, rc)
-        return tm.fused_experts(x, w13, w2, wts, ids)
+        return tm.fused_experts(x, w13, w2, wts, ids, small_rules=rules)
 
     s = torch.cuda.Stream()
     with torch.cuda.stream(s):
