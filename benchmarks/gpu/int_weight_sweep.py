@@ -280,7 +280,9 @@ def sweep_moe(bw: float) -> dict[int, tuple[tm.MoeRule, tm.MoeRule]]:
             print(f"MoE T={t} (BLOCK_M {bm}, {distinct:.1f} distinct experts/layer) {name:7s}: default "
                   f"{base_us:6.1f} us, best {res[pick]:6.1f} us = {res[pick] / floor[which]:4.2f}x floor "
                   f"({floor[which]:.1f} us)  {pick}")
-        default_us = per_call_us(lambda lays=layers: [tm.fused_experts(*lay[:5]) for lay in lays], len(layers))
+        grouped = tm.moe_rules(t * k)  # the grouped path (fused_experts' own choice at T=1 is the small one)
+        default_us = per_call_us(lambda lays=layers, r=grouped: [tm.fused_experts(*lay[:5], rules=r) for lay in lays],
+                                 len(layers))
         rules = (best[0], best[1])
         chosen_us = per_call_us(lambda lays=layers, r=rules: [tm.fused_experts(*lay[:5], rules=r) for lay in lays],
                                 len(layers))

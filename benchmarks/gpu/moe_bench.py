@@ -2,6 +2,7 @@
 Mixtral-8x7B shape that must fit and run. bf16 dummy weights.
 
 Usage (GPU machine, repo root): python benchmarks/gpu/moe_bench.py [--hf-layers N] [--skip-hf] [--skip-mixtral]
+[--small-moe on|off|ab]
 
 Figures (issue 13):
 * Qwen3-30B-A3B shape (48 layers, hidden 2048, 128 experts top-8, moe_intermediate 768, 32/4 heads,
@@ -13,6 +14,10 @@ Figures (issue 13):
 * The peer: HF transformers on the same shape (its default experts implementation, then
   ``grouped_mm`` where it has one), ``--hf-layers`` layers (default all 48), same prompt lengths,
   decode step with its DynamicCache; scaled to 48 layers when fewer are run (printed as such).
+* ``--small-moe``: the fused MoE's small-batch path (pagoda/layers/fused_moe/small_moe.py) ``on`` (pagoda's
+  default: it runs where ``SMALL_MOE_TABLE`` covers the step's pairs), ``off`` (the grouped path at every
+  batch), or ``ab``: on, then the Qwen3 shape again at batch 1 with it off, in the same call (a new engine, so
+  its CUDA graphs are captured with the switch off).
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -233,14 +238,24 @@ def main() -> None:
     ap.add_argument("--hf-layers", type=int, default=48)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-mixtral", action="store_true")
+    ap.add_argument("--small-moe", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
+    from pagoda.layers.fused_moe import small_moe
+
+    small_moe.SMALL_MOE_ENABLED = args.small_moe != "off"
     t0 = time.perf_counter()
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     results: dict = {"copy_bw_gbs": bw / 1e9}
-    results["qwen3_30b_a3b"] = run_pagoda(QWEN3_30B_A3B, model_folder(QWEN3_30B_A3B, "qwen3-30b-a3b-shape"),
-                                          [1, 64], bw, "qwen3-30b-a3b")
+    qwen_folder = model_folder(QWEN3_30B_A3B, "qwen3-30b-a3b-shape")
+    results["qwen3_30b_a3b"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1, 64], bw, "qwen3-30b-a3b")
+    results["small_moe"] = args.small_moe
+    if args.small_moe == "ab":
+        small_moe.SMALL_MOE_ENABLED = False
+        results["qwen3_30b_a3b_small_moe_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw,
+                                                            "qwen3-30b-a3b-small-moe-off")
+        small_moe.SMALL_MOE_ENABLED = True
     if not args.skip_hf:
         results["hf"] = run_hf(QWEN3_30B_A3B, args.hf_layers, [1, 64])
     if not args.skip_mixtral:

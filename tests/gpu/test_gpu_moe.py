@@ -1,4 +1,5 @@
-"""MoE models on the GPU (skipped without CUDA): the fused Triton MoE path, eager and in CUDA graphs.
+"""MoE models on the GPU (skipped without CUDA): the fused Triton MoE path, eager and in CUDA graphs; the
+small-batch path against the grouped one in a CUDA graph.
 
 fp32: greedy tokens equal HF's on the GPU (top-5 rule at a divergence, all but one sequence exact);
 fp32 and bf16: CUDA graphs on and off give identical tokens (the fused path has no host sync).
@@ -42,3 +43,48 @@ def test_gpu_moe_matches_hf_and_graphs(tmp_path, arch, dtype):
             check_top5(ours, theirs, top5)
             exact += ours == theirs
         assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} fp32 sequences token-exact"
+
+
+QWEN3_30B_LAYER = (128, 8, 2048, 768, True)
+MIXTRAL_LIKE_LAYER = (8, 2, 1024, 3584, False)  # float32 routing weights; at most 4 tokens: pairs <= experts
+
+
+@pytest.mark.parametrize("T,E,K,H,inter,cast", [(t, *QWEN3_30B_LAYER) for t in (1, 3, 8)]
+                         + [(t, *MIXTRAL_LIKE_LAYER) for t in (1, 4)])
+def test_gpu_small_moe_path_in_graph_matches_grouped(T, E, K, H, inter, cast):
+    """The small-batch path captured with the routing in a CUDA graph: replays equal the eager call bit for
+    bit, follow new routing written into the static inputs, and agree with the grouped path within bf16
+    tolerance (Qwen3-30B-A3B's layer, and a Mixtral-like one)."""
+    from pagoda.layers.fused_moe import small_moe as sm
+    from pagoda.layers.fused_moe import triton_moe as tm
+    from pagoda.layers.fused_moe.routing import RoutingConfig
+
+    # the table's launches where it covers the batch, else the pre-sweep defaults (valid whatever table is pasted)
+    rules = sm.small_moe_rules(T * K, E) or (sm.MoeGemvRule(8, 256), sm.MoeGemvRule(4, 128))
+    torch.manual_seed(T)
+    bf = {"device": "cuda", "dtype": torch.bfloat16}
+    w13, w2 = torch.randn(E, 2 * inter, H, **bf) * 0.02, torch.randn(E, H, inter, **bf) * 0.02
+    x, logits = torch.randn(T, H, **bf), torch.randn(T, E, **bf)
+    rc = RoutingConfig(E, K, True, cast)
+
+    def layer():
+        wts, ids = tm.fused_topk(logits, rc)
+        return tm.fused_experts(x, w13, w2, wts, ids, small_rules=rules)
+
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        layer()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    for _ in range(2):  # the second pass: new tokens and routing in the static inputs
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = layer()
+        assert torch.equal(out, eager)
+        wts, ids = tm.fused_topk(logits, rc)
+        grouped = tm.fused_experts(x, w13, w2, wts, ids, rules=tm.moe_rules(T * K))
+        torch.testing.assert_close(out.float(), grouped.float(), rtol=2e-2, atol=1e-2)
+        x.copy_(torch.randn(T, H, **bf))
+        logits.copy_(torch.randn(T, E, **bf))

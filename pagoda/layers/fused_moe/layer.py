@@ -8,8 +8,9 @@ as transformers 5 holds them in memory, fused 3-D (``experts.gate_up_proj`` [E, 
 ``w13_weight#<e>.<0|1>`` and ``w2_weight#<e>`` so a missing expert tensor is named at start-up.
 
 ``forward`` takes the router logits: with ``fused`` (CUDA + Triton) the routing, alignment and
-grouped GEMMs run as Triton kernels with no host sync (capturable in CUDA graphs); otherwise
-the grouped PyTorch path runs only the selected experts.
+grouped GEMMs run as Triton kernels with no host sync (capturable in CUDA graphs), or for a few
+(token, expert) pairs the routing and two GEMVs (:mod:`.small_moe`); otherwise the grouped
+PyTorch path runs only the selected experts.
 
 Tensor parallelism (vLLM's TP for fused MoE): every rank keeps every expert, with rows
 ``[rank * I/n, (rank + 1) * I/n)`` of the intermediate dim (of the gate and of the up half of

@@ -7,7 +7,8 @@ experts: program ``(m, n)`` loads the rows of block ``m`` (gathered from the act
 the ``[BLOCK_N, K]`` slice of its expert's weight, and scatters its tile back to the pairs'
 rows. ``gate_up`` is one such launch, ``SiLU(gate) * up`` one elementwise kernel, ``down`` a
 second launch that also multiplies by the routing weight; the ``top_k`` rows of a token are
-summed last.
+summed last. For a few pairs (decode at small batch) :mod:`.small_moe` replaces all of that
+after the routing by two GEMV launches (:func:`fused_experts` picks the path by ``T * top_k``).
 
 Every shape is a function of ``T`` alone (the grids are sized for the worst case and blocks
 past the device-side padded count exit at once), with no host synchronisation: the whole
@@ -26,6 +27,7 @@ import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 from pagoda.layers.fused_moe.routing import RoutingConfig
+from pagoda.layers.fused_moe.small_moe import MoeGemvRule, small_fused_experts, small_moe_rules
 
 _ALIGN_BLOCK = 64  # pairs per one-hot chunk
 _ALIGN_SPAN = 1024  # pairs per counting program
@@ -240,11 +242,14 @@ def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_
 
 
 def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-                  topk_ids: torch.Tensor, rules: tuple[MoeRule, MoeRule] | None = None) -> torch.Tensor:
+                  topk_ids: torch.Tensor, rules: tuple[MoeRule, MoeRule] | None = None,
+                  small_rules: tuple[MoeGemvRule, MoeGemvRule] | None = None) -> torch.Tensor:
     """``sum_k topk_weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e = topk_ids[t, k]``.
 
     ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I]; returns [T, H] in x's dtype.
-    ``rules``: the two GEMMs' launches (default :data:`MOE_TABLE` by ``T * top_k``)."""
+    The path: the small-batch GEMVs of :mod:`.small_moe` with ``small_rules`` when given, else (``rules``
+    not given) when :func:`~.small_moe.small_moe_rules` has a launch for ``T * top_k`` pairs; otherwise
+    the grouped GEMMs with ``rules`` (default :data:`MOE_TABLE` by ``T * top_k``)."""
     from pagoda.layers.fused_kernels import silu_and_mul
 
     T, H = x.shape
@@ -254,6 +259,9 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
     if T == 0:
         return torch.empty_like(x)
     assert x.is_contiguous() and w13.stride(2) == 1 and w2.stride(2) == 1
+    small = small_rules or (None if rules else small_moe_rules(M, E))
+    if small is not None:
+        return small_fused_experts(x, w13, w2, topk_weights, topk_ids, small)
     bm = _block_m(M, E)
     r13, r2 = rules or moe_rules(M)
     sorted_ids, expert_ids, npost = moe_align_block_size(topk_ids, E, bm)
