@@ -31,14 +31,18 @@ def test_compile_hooks_log_and_chain(fresh_hooks, caplog):
     kw = {"key": "k1", "repr": "_my_kernel[num_warps=4](x: *bf16, BLOCK_N: constexpr=64)",
           "fn": types.SimpleNamespace(name="_my_kernel"), "is_manual_warmup": False,
           "already_compiled": False,
-          "compile": {"constants": {("BLOCK_N",): 64, ("x",): None}, "num_warps": 4, "num_stages": 3}}
+          "compile": {"signature": {"x": "*bf16", "n": "i32", "m": "i32", "BLOCK_N": "constexpr"},
+                      "constants": {(3,): 64, (2,): 1}, "configs": [{(0,): [["tt.divisibility", 16]],
+                                                                     (1,): [["tt.divisibility", 16]]}],
+                      "num_warps": 4, "num_stages": 3}}
     with caplog.at_level(logging.INFO, logger="pagoda"):
         assert knobs.runtime.jit_cache_hook(**kw) is False  # never skips the compile
         assert knobs.runtime.jit_post_compile_hook(**kw) is False
     assert seen == ["k1"]
     assert jit_log.compiles_so_far()[0] == 1
     line = caplog.records[-1].getMessage()
-    assert "_my_kernel" in line and "BLOCK_N: constexpr=64" in line and "num_warps=4" in line and "#1" in line
+    assert "_my_kernel" in line and "#1" in line
+    assert "BLOCK_N=64" in line and "m=1" in line and "ints %16: n;" in line and "num_warps=4" in line
 
 
 def test_env_switch(monkeypatch):

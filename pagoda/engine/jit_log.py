@@ -1,11 +1,11 @@
 """``PAGODA_LOG_JIT_COMPILES=1``: one log line per Triton kernel compiled in this process, with its seconds.
 
-A diagnostic for compiles that land where they cost (a first request, a benchmark's timed run): each
-line names the kernel, its specialisation (Triton's repr: launch options, argument types, constexpr
-values) and how long the compile took. Triton's disk cache makes a repeat compile cheap, but it still
-logs: the line says where the kernel was first used in this process. Installed by the engine core when
-the variable is set; a no-op without Triton's ``knobs.runtime`` hooks (Triton < 3.4) or when the
-kernels run under the interpreter.
+A diagnostic for compiles that land where they cost (a first request, a benchmark's timed run):
+each line names the kernel, its specialisation (:func:`describe`: constexpr values, integers
+specialised as multiples of 16, launch options) and how long the compile took. Triton's disk cache
+makes a repeat compile cheap, but it still logs: the line says where the kernel was first used in
+this process. Installed by the engine core when the variable is set; a no-op without Triton's
+``knobs.runtime`` hooks (Triton < 3.4) or when the kernels run under the interpreter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ logger = logging.getLogger("pagoda")
 _state: dict[str, Any] = {"installed": False, "count": 0, "seconds": 0.0}
 _started: dict[int, float] = {}  # thread id -> start of the compile in flight on that thread
 _lock = threading.Lock()
-_REPR_CHARS = 600
+_DESCRIBE_CHARS = 800
 
 
 def _before(*, key: Any = None, **kwargs: Any) -> bool:
@@ -28,9 +28,30 @@ def _before(*, key: Any = None, **kwargs: Any) -> bool:
     return False  # a true return would skip the compile
 
 
-def _after(*, fn: Any = None, repr: str = "", **kwargs: Any) -> bool:
-    """Triton calls its hooks with ``key``, ``repr`` (name, launch options and the specialised arguments,
-    constexpr values included), ``fn`` (a ``JitFunctionInfo``: ``.name``), ``compile``, ..."""
+def describe(info: dict[str, Any]) -> str:
+    """The specialisation of one compile from Triton's ``compile`` hook argument: constexpr and ``== 1`` values
+    by name (``constants``: argument path -> value), the integer arguments specialised as multiples of 16
+    (``configs[0]``: argument path -> attributes), and the launch options."""
+    sig = info.get("signature") or {}
+    names = list(sig)
+
+    def name(path: Any) -> str:
+        i = path[0] if isinstance(path, tuple | list) and path else path
+        return names[i] if isinstance(i, int) and 0 <= i < len(names) else str(path)
+
+    consts = [f"{name(p)}={v}" for p, v in (info.get("constants") or {}).items() if v is not None]
+    configs = info.get("configs") or [{}]
+    div16 = [name(p) for p in (configs[0] or {}) if not str(sig.get(name(p), "*")).startswith("*")]
+    parts = [", ".join(consts)]
+    if div16:
+        parts.append("ints %16: " + ",".join(div16))
+    parts.append(f"num_warps={info.get('num_warps')}, num_stages={info.get('num_stages')}")
+    return "; ".join(parts)
+
+
+def _after(*, fn: Any = None, compile: dict[str, Any] | None = None, **kwargs: Any) -> bool:
+    """Triton calls its hooks with ``key``, ``repr``, ``fn`` (a ``JitFunctionInfo``: ``.name``) and ``compile``
+    (``signature``, ``constants``, ``configs``, launch options, ...)."""
     t0 = _started.pop(threading.get_ident(), None)
     dt = 0.0 if t0 is None else time.perf_counter() - t0
     name = getattr(fn, "name", None) or "?"
@@ -38,7 +59,8 @@ def _after(*, fn: Any = None, repr: str = "", **kwargs: Any) -> bool:
         _state["count"] += 1
         _state["seconds"] += dt
         n, total = _state["count"], _state["seconds"]
-    logger.info("Triton JIT compile #%d: %s in %.2f s (%.1f s in all): %s", n, name, dt, total, repr[:_REPR_CHARS])
+    logger.info("Triton JIT compile #%d: %s in %.2f s (%.1f s in all): %s", n, name, dt, total,
+                describe(compile or {})[:_DESCRIBE_CHARS])
     return False
 
 
