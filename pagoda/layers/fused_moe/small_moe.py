@@ -58,8 +58,14 @@ of ``benchmarks/gpu/moe_bench.py --small-moe off``; read at call time, so at CUD
 # per SM, above bandwidth x latency (~25 KiB), with no second wave. Larger tiles (8 x 512 gate_up: 167
 # registers) fit 3 programs an SM, leaving a partial second wave at batch 1.
 # benchmarks/gpu/moe_small_sweep.py prints a measured table to paste here.
+# Measured: benchmarks/gpu/moe_small_sweep.py on an H200 (session 4, call 3; Qwen3-30B-A3B layer, T = 1..16);
+# the small path beat the grouped one at every T measured (at T = 16 by 1 %).
 SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {  # max pairs -> (gate_up rule, down rule)
-    64: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=4, block_k=128)),
+    8: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=8, block_k=128, num_warps=8)),
+    16: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=4, block_k=256, block_u=2)),
+    32: (MoeGemvRule(block_n=16, block_k=256, num_warps=8), MoeGemvRule(block_n=8, block_k=128, num_warps=8)),
+    64: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=8, block_k=128, num_warps=8)),
+    128: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=8, block_k=128, num_warps=8)),
 }
 """``T * top_k`` at most the key (the smallest key at or above it): the small path with these launches; above
 the largest key (or above the expert count: :func:`small_moe_rules`) the grouped path of :mod:`.triton_moe`."""
