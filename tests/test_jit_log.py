@@ -31,7 +31,7 @@ def test_compile_hooks_log_and_chain(fresh_hooks, caplog):
     kw = {"key": "k1", "repr": "_my_kernel[num_warps=4](x: *bf16, BLOCK_N: constexpr=64)",
           "fn": types.SimpleNamespace(name="_my_kernel"), "is_manual_warmup": False,
           "already_compiled": False,
-          "compile": {"signature": {"x": "*bf16", "n": "i32", "m": "i32", "BLOCK_N": "constexpr"},
+          "compile": {"signature": {"x": "*bf16", "n": "i32", "m": "i32", "BLOCK_N": "constexpr", "y": "*fp32"},
                       "constants": {(3,): 64, (2,): 1}, "configs": [{(0,): [["tt.divisibility", 16]],
                                                                      (1,): [["tt.divisibility", 16]]}],
                       "num_warps": 4, "num_stages": 3}}
@@ -43,6 +43,7 @@ def test_compile_hooks_log_and_chain(fresh_hooks, caplog):
     line = caplog.records[-1].getMessage()
     assert "_my_kernel" in line and "#1" in line
     assert "BLOCK_N=64" in line and "m=1" in line and "ints %16: n;" in line and "num_warps=4" in line
+    assert "pointers not 16-byte aligned: y;" in line
 
 
 def test_env_switch(monkeypatch):

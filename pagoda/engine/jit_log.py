@@ -30,8 +30,8 @@ def _before(*, key: Any = None, **kwargs: Any) -> bool:
 
 def describe(info: dict[str, Any]) -> str:
     """The specialisation of one compile from Triton's ``compile`` hook argument: constexpr and ``== 1`` values
-    by name (``constants``: argument path -> value), the integer arguments specialised as multiples of 16
-    (``configs[0]``: argument path -> attributes), and the launch options."""
+    by name (``constants``: argument path -> value), the integer arguments specialised as multiples of 16 and the
+    pointers that are not 16-byte aligned (``configs[0]``: argument path -> attributes), the launch options."""
     sig = info.get("signature") or {}
     names = list(sig)
 
@@ -41,10 +41,14 @@ def describe(info: dict[str, Any]) -> str:
 
     consts = [f"{name(p)}={v}" for p, v in (info.get("constants") or {}).items() if v is not None]
     configs = info.get("configs") or [{}]
-    div16 = [name(p) for p in (configs[0] or {}) if not str(sig.get(name(p), "*")).startswith("*")]
+    attrs = {name(p) for p in (configs[0] or {})}
+    div16 = [n for n in names if n in attrs and not str(sig[n]).startswith("*")]
+    unaligned = [n for n in names if str(sig[n]).startswith("*") and n not in attrs]
     parts = [", ".join(consts)]
     if div16:
         parts.append("ints %16: " + ",".join(div16))
+    if unaligned:
+        parts.append("pointers not 16-byte aligned: " + ",".join(unaligned))
     parts.append(f"num_warps={info.get('num_warps')}, num_stages={info.get('num_stages')}")
     return "; ".join(parts)
 
