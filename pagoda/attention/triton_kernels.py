@@ -259,13 +259,13 @@ def _find_request(query_start_loc_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr)
     return lo
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_splits"])  # one compile whatever the batch and the split
 def _unified_attention_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
     out_ptr,
-    ws_ptr,  # NUM_SPLITS > 1: fp32 partials, acc [T*H*S, BLOCK_D] then (m, l) [T*H*S, 2] at ml_offset
+    ws_ptr,  # SPLIT: fp32 partials, acc [T*H*S, BLOCK_D] then (m, l) [T*H*S, 2] at ml_offset
     ml_offset,
     query_start_loc_ptr,
     seq_lens_ptr,
@@ -294,7 +294,8 @@ def _unified_attention_kernel(
     BLOCK_SIZE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    num_splits,  # >= 1; a runtime value, so every split count shares one compile
+    SPLIT: tl.constexpr,  # num_splits > 1: partials to ws_ptr, combined by _split_kv_reduce_kernel
     SOFTCAP: tl.constexpr,
 ):
     """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
@@ -339,9 +340,9 @@ def _unified_attention_kernel(
     full_end = ((ctx_len + q_tile_start + 1) // BLOCK_N) * BLOCK_N
     full_end = tl.maximum(tl.minimum(full_end, kv_end), kv_lo)
     win_full = tl.minimum(tl.maximum(win_full, kv_lo), full_end)
-    # This program's share of [kv_lo, kv_end): whole tiles, split ``split`` of NUM_SPLITS; within it the
+    # This program's share of [kv_lo, kv_end): whole tiles, split ``split`` of ``num_splits``; within it the
     # window's edge [s_start, u_start) and the causal tail [u_end, s_end) are masked, the middle is not.
-    tiles_per_split = tl.cdiv(tl.cdiv(kv_end - kv_lo, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(kv_end - kv_lo, BLOCK_N), num_splits)
     s_start = tl.minimum(kv_lo + split * tiles_per_split * BLOCK_N, kv_end)
     s_end = tl.minimum(s_start + tiles_per_split * BLOCK_N, kv_end)
     u_start = tl.minimum(tl.maximum(win_full, s_start), s_end)
@@ -366,8 +367,8 @@ def _unified_attention_kernel(
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
         BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
-    if NUM_SPLITS > 1:  # unnormalised partials, combined per (token, head) by the reduce kernel
-        part = (tok * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
+    if SPLIT:  # unnormalised partials, combined per (token, head) by the reduce kernel
+        part = (tok * num_heads + head) * num_splits + split  # [BLOCK_M]
         tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
         tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
         tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
@@ -381,7 +382,7 @@ def _unified_attention_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _split_kv_decode_kernel(
     q_ptr,
     k_cache_ptr,
@@ -404,7 +405,7 @@ def _split_kv_decode_kernel(
     stride_vcs,
     stride_vch,
     stride_bt,
-    NUM_SPLITS: tl.constexpr,
+    num_splits,  # a runtime value: every split count shares one compile
     G: tl.constexpr,
     BLOCK_M: tl.constexpr,  # >= G
     BLOCK_N: tl.constexpr,
@@ -433,7 +434,7 @@ def _split_kv_decode_kernel(
     q_pos = tl.zeros([BLOCK_M], tl.int32) + (seq_len - 1)
 
     kv_lo, win_full = _window_start(seq_len - 1, seq_len - 1, window, BLOCK_N)
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len - kv_lo, BLOCK_N), num_splits)
     kv_start = tl.minimum(kv_lo + split * tiles_per_split * BLOCK_N, seq_len)
     kv_end = tl.minimum(kv_start + tiles_per_split * BLOCK_N, seq_len)
     u_start = tl.minimum(tl.maximum(win_full, kv_start), kv_end)
@@ -458,13 +459,13 @@ def _split_kv_decode_kernel(
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
         BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
-    part = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
+    part = (seq.to(tl.int64) * num_heads + head) * num_splits + split  # [BLOCK_M]
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
     tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
     tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _split_kv_reduce_kernel(
     out_ptr,
     ws_ptr,
@@ -474,7 +475,7 @@ def _split_kv_reduce_kernel(
     head_dim,
     stride_ot,
     stride_oh,
-    NUM_SPLITS: tl.constexpr,
+    num_splits,  # a runtime value (<= BLOCK_S): every split count up to BLOCK_S shares one compile
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PER_TOKEN: tl.constexpr,  # partials indexed by token (unified) rather than by request (decode)
@@ -488,8 +489,8 @@ def _split_kv_reduce_kernel(
         tok = tl.load(query_start_loc_ptr + idx).to(tl.int64)
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
-    s_ok = s < NUM_SPLITS
-    base = (idx * num_heads + head) * NUM_SPLITS
+    s_ok = s < num_splits
+    base = (idx * num_heads + head) * num_splits
     m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
     l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
     acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
@@ -723,8 +724,8 @@ def unified_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
-        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, NUM_SPLITS=num_splits,
-        SOFTCAP=softcap, num_warps=8 if block_m >= 128 else 4,
+        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, num_splits=num_splits,
+        SPLIT=num_splits > 1, SOFTCAP=softcap, num_warps=8 if block_m >= 128 else 4,
         num_stages=2,
     )
     if num_splits > 1:
@@ -732,7 +733,7 @@ def unified_attention(
         _split_kv_reduce_kernel[(reduce_rows, num_heads)](
             out, workspace, ml_offset, query_start_loc,
             num_heads, head_dim, out.stride(0), out.stride(1),
-            NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=True,
+            num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=True,
             num_warps=1 if num_splits * block_d <= 2048 else 4,
         )
     return _apply_v_scale(out, v_cache, v_scale)
@@ -839,14 +840,14 @@ def split_kv_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
-        NUM_SPLITS=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
         num_warps=4, num_stages=2,
     )
     _split_kv_reduce_kernel[(num_seqs, num_heads)](
         out, workspace, ml_offset, query_start_loc,
         num_heads, head_dim, out.stride(0), out.stride(1),
-        NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
+        num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
         num_warps=1 if num_splits * block_d <= 2048 else 4,
     )
     return _apply_v_scale(out, v_cache, v_scale)
