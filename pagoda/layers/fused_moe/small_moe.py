@@ -51,15 +51,9 @@ SMALL_MOE_ENABLED = True
 """False: :func:`small_moe_rules` always answers None, so every call takes the grouped path (the A/B switch
 of ``benchmarks/gpu/moe_bench.py --small-moe off``; read at call time, so at CUDA-graph capture)."""
 
-# Before measurement (reasoned for an H200, Qwen3-30B-A3B at batch 1: H 2048, I 768, top-8; registers from
-# Triton 3.9's sm_90 build): gate_up programs of 8 rows x 256 columns (79 registers, 6 programs an SM: all 768
-# resident at once, 8 KiB of weights in flight each); down programs of 4 rows with all 8 choices' [4, 128]
-# tiles per step (91 registers, 5 an SM: all 512 resident, 8 KiB in flight each). Both leave ~40 KiB in flight
-# per SM, above bandwidth x latency (~25 KiB), with no second wave. Larger tiles (8 x 512 gate_up: 167
-# registers) fit 3 programs an SM, leaving a partial second wave at batch 1.
-# benchmarks/gpu/moe_small_sweep.py prints a measured table to paste here.
 # Measured: benchmarks/gpu/moe_small_sweep.py on an H200 (session 4, call 3; Qwen3-30B-A3B layer, T = 1..16);
-# the small path beat the grouped one at every T measured (at T = 16 by 1 %).
+# the small path beat the grouped one at every T measured (at T = 16 by 1 %). Re-run the sweep (it prints the
+# table to paste) after changing the kernels; the default before measurement was reasoned from register counts.
 SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {  # max pairs -> (gate_up rule, down rule)
     8: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=8, block_k=128, num_warps=8)),
     16: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=4, block_k=256, block_u=2)),
