@@ -67,7 +67,8 @@ def run(qkv, hq, hk, d, qn, kn, rope, pos, cache_dtype, fused: bool, scales=(1.0
         q, k = qn(q), kn(k)
     caches = (None, None)
     if cache_dtype is not None:
-        bs, nblocks = 4, 3
+        bs = 4
+        nblocks = T // bs + 2
         kc = torch.zeros(nblocks, bs, hk, d, dtype=cache_dtype, device=qkv.device)
         vc = torch.zeros_like(kc)
         slots = torch.randperm(nblocks * bs, generator=torch.Generator().manual_seed(T))[:T].to(qkv.device)
