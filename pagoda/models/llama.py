@@ -42,6 +42,10 @@ from pagoda.quantization.base import QuantizationConfig
 
 logger = logging.getLogger("pagoda")
 
+FUSED_QK_NORM = True
+"""False: Qwen3's q/k norms run as their own modules before the fused rotary kernel (the A/B switch for
+benchmarks; read at call time, so at CUDA-graph capture)."""
+
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.distributed.pipeline import PPStage
@@ -179,7 +183,8 @@ class Attention(nn.Module):
         (one launch instead of three), or ``{}`` where the norm modules must run: not pagoda's plain RMSNorm
         (e.g. Gemma's ``1 + w``), or a weight dtype other than q's (RMSNorm would cast the weight first)."""
         qn, kn = self.q_norm, self.k_norm
-        if type(qn) is not RMSNorm or type(kn) is not RMSNorm or not (q.dtype == qn.weight.dtype == kn.weight.dtype):
+        plain = type(qn) is RMSNorm and type(kn) is RMSNorm
+        if not (FUSED_QK_NORM and plain and q.dtype == qn.weight.dtype == kn.weight.dtype):
             return {}
         return {"q_norm": (qn.weight, qn.eps), "k_norm": (kn.weight, kn.eps)}
 

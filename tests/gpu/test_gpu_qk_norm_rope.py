@@ -62,6 +62,7 @@ def test_gpu_qwen3_fused_norm_same_tokens(tmp_path, monkeypatch):
     from tiny_models import build_tiny_model
 
     from pagoda import LLM
+    from pagoda.models import llama
     from pagoda.models.llama import Attention
 
     folder = build_tiny_model(tmp_path / "qwen3", "qwen3")
@@ -74,8 +75,9 @@ def test_gpu_qwen3_fused_norm_same_tokens(tmp_path, monkeypatch):
         return args
 
     outs = []
+    monkeypatch.setattr(Attention, "_fused_qk_norm_args", counting)
     for fused_norm in (True, False):
-        monkeypatch.setattr(Attention, "_fused_qk_norm_args", counting if fused_norm else lambda self, q: {})
+        monkeypatch.setattr(llama, "FUSED_QK_NORM", fused_norm)
         llm = LLM(str(folder), dtype="bfloat16", device="cuda", kv_cache_memory_bytes=2**26)
         outs.append(llm.generate(PROMPTS, greedy(logprobs=5), use_tqdm=False))
         llm.shutdown()

@@ -117,9 +117,10 @@ def test_fused_qk_norm_close_on_general_inputs(dtype):
         torch.testing.assert_close(a, b, **tol)  # else torch's per-dtype tolerances: about an ulp
 
 
-def test_attention_fuses_only_plain_rmsnorm_of_q_dtype():
+def test_attention_fuses_only_plain_rmsnorm_of_q_dtype(monkeypatch):
     """The model uses the fused norm only for pagoda's RMSNorm with weights in q's dtype; Gemma's (1 + w)
     norm, or a weight of another dtype (which RMSNorm casts first), keep the norm modules."""
+    from pagoda.models import llama
     from pagoda.models.gemma import GemmaRMSNorm
     from pagoda.models.llama import Attention, LlamaShape
 
@@ -133,3 +134,5 @@ def test_attention_fuses_only_plain_rmsnorm_of_q_dtype():
     assert args["q_norm"][0] is attn.q_norm.weight and args["k_norm"] == (attn.k_norm.weight, 1e-6)
     assert attn._fused_qk_norm_args(q.bfloat16()) == {}
     assert Attention(s, rope, 0, norm_cls=GemmaRMSNorm)._fused_qk_norm_args(q) == {}
+    monkeypatch.setattr(llama, "FUSED_QK_NORM", False)  # the benchmarks' A/B switch
+    assert attn._fused_qk_norm_args(q) == {}
