@@ -88,7 +88,8 @@ def _head_halves(base, m, w_ptr, eps, d, dm, HALF: tl.constexpr, QK_NORM: tl.con
     """Both halves of each head row ``[BH, BD]`` in float32. With ``QK_NORM`` each row is RMS-normalised
     first exactly as torch's ``rms_norm`` (what :class:`~pagoda.layers.norm.RMSNorm` runs): float32 sum of
     squares, ``rstd = rsqrt(sum / D + eps)``, ``(x * rstd) * w`` in float32, ONE rounding to the tensor's
-    dtype; the rotation then reads those rounded values, as it reads a stored normalised tensor."""
+    dtype; the rotation then reads those rounded values, as it reads a stored normalised tensor. Only the
+    order of the fp32 sum is the kernel's own (and the mean's division where D is not a power of two)."""
     x1 = tl.load(base, mask=m, other=0.0)
     x2 = tl.load(base + HALF, mask=m, other=0.0)
     if QK_NORM:
