@@ -136,3 +136,38 @@ def test_attention_fuses_only_plain_rmsnorm_of_q_dtype(monkeypatch):
     assert Attention(s, rope, 0, norm_cls=GemmaRMSNorm)._fused_qk_norm_args(q) == {}
     monkeypatch.setattr(llama, "FUSED_QK_NORM", False)  # the benchmarks' A/B switch
     assert attn._fused_qk_norm_args(q) == {}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter check; tests/gpu/ covers CUDA")
+def test_tiny_qwen3_fused_path_normalises_in_the_rotary_kernel(tmp_path, monkeypatch):
+    """A tiny Qwen3 with the fused kernels on takes the fused norm (every layer, every step) and keeps the
+    unfused model's greedy tokens (float32)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import build_tiny_model
+
+    from pagoda import LLM, SamplingParams
+    from pagoda.models.llama import Attention
+
+    calls = {"fused": 0}
+    orig = Attention._fused_qk_norm_args
+
+    def counting(self, q):
+        args = orig(self, q)
+        calls["fused"] += bool(args)
+        return args
+
+    monkeypatch.setattr(Attention, "_fused_qk_norm_args", counting)
+    folder = build_tiny_model(tmp_path / "qwen3", "qwen3")
+    prompts = ["The quick brown fox", "héllo"]
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    llm = LLM(str(folder), dtype="float32", device="cpu", num_gpu_blocks_override=32)
+    base = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
+    assert calls["fused"] == 0  # unfused: the norm modules
+    model = llm.llm_engine.core.runner.model
+    model.enable_fused_kernels()
+    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
+    assert calls["fused"] >= model.shape.num_layers * sp.max_tokens
+    assert fused == base
