@@ -7,7 +7,8 @@
 * ``rotary_inplace``: rotate-half rotary embedding applied to q and k in place, one
   program per token, all heads at once, cos/sin read from the table by position; optionally
   also writes the rotated K and V into the paged cache (FP8 caches quantized by
-  :func:`pagoda.attention.fp8_triton.store_kv`).
+  :func:`pagoda.attention.fp8_triton.store_kv`), and optionally RMS-normalises each q and k
+  head first (Qwen3's q_norm / k_norm, with the arithmetic of :class:`pagoda.layers.norm.RMSNorm`).
 
 Each replaces 3 to 12 PyTorch kernels; under CUDA graphs a decode step of a small batch
 is dominated by such tiny kernels. Tested against the PyTorch path on the CPU in
@@ -83,10 +84,33 @@ def silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def _head_halves(base, m, w_ptr, eps, d, dm, HALF: tl.constexpr, QK_NORM: tl.constexpr):
+    """Both halves of each head row ``[BH, BD]`` in float32. With ``QK_NORM`` each row is RMS-normalised
+    first exactly as torch's ``rms_norm`` (what :class:`~pagoda.layers.norm.RMSNorm` runs): float32 sum of
+    squares, ``rstd = rsqrt(sum / D + eps)``, ``(x * rstd) * w`` in float32, ONE rounding to the tensor's
+    dtype; the rotation then reads those rounded values, as it reads a stored normalised tensor. Only the
+    order of the fp32 sum is the kernel's own (and the mean's division where D is not a power of two)."""
+    x1 = tl.load(base, mask=m, other=0.0)
+    x2 = tl.load(base + HALF, mask=m, other=0.0)
+    if QK_NORM:
+        f1 = x1.to(tl.float32)
+        f2 = x2.to(tl.float32)
+        ss = tl.sum(f1 * f1, axis=1) + tl.sum(f2 * f2, axis=1)
+        rstd = tl.math.rsqrt(ss / (2 * HALF) + eps)[:, None]
+        w1 = tl.load(w_ptr + d, mask=dm, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(w_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)[None, :]
+        x1 = (f1 * rstd * w1).to(x1.dtype)
+        x2 = (f2 * rstd * w2).to(x2.dtype)
+    return x1.to(tl.float32), x2.to(tl.float32)
+
+
+@triton.jit
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
                  v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr, k_scale, v_scale,
+                 qw_ptr, kw_ptr, q_eps, k_eps,
                  HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr,
-                 BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr):
+                 BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr,
+                 QK_NORM: tl.constexpr):
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t)
     d = tl.arange(0, BD)
@@ -97,15 +121,13 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
     # q heads
     m = (h[:, None] < HQ) & dm[None, :]
     base = q_ptr + t * stride_qt + h[:, None] * stride_qh + d[None, :]
-    x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
+    x1, x2 = _head_halves(base, m, qw_ptr, q_eps, d, dm, HALF, QK_NORM)
     tl.store(base, (x1 * cos - x2 * sin).to(q_ptr.dtype.element_ty), mask=m)
     tl.store(base + HALF, (x2 * cos + x1 * sin).to(q_ptr.dtype.element_ty), mask=m)
     # k heads
     m = (h[:, None] < HK) & dm[None, :]
     base = k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :]
-    x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
+    x1, x2 = _head_halves(base, m, kw_ptr, k_eps, d, dm, HALF, QK_NORM)
     k1 = (x1 * cos - x2 * sin).to(k_ptr.dtype.element_ty)
     k2 = (x2 * cos + x1 * sin).to(k_ptr.dtype.element_ty)
     tl.store(base, k1, mask=m)
@@ -124,20 +146,29 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
         store_kv(vc_ptr + dst + HALF, v2, v_scale, wm, FP8)
 
 
+NormArgs = tuple[torch.Tensor, float]  # an RMSNorm's weight [D] and eps
+
+
 def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    positions: torch.Tensor, v: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                    v_cache: torch.Tensor | None = None, slot_mapping: torch.Tensor | None = None,
-                   k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+                   k_scale: float = 1.0, v_scale: float = 1.0, q_norm: NormArgs | None = None,
+                   k_norm: NormArgs | None = None) -> None:
     """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2].
 
     With ``v``, ``k_cache``, ``v_cache`` (contiguous ``[blocks, block_size, Hk, D]``) and
     ``slot_mapping``, also writes the rotated K and V into the cache (the KV-write kernel
     fused in; an FP8 cache stores ``k / k_scale`` and ``v / v_scale``, saturated and rounded).
+
+    With ``q_norm`` and ``k_norm`` (weight ``[D]`` in q's dtype, eps), each q and k head is first
+    RMS-normalised in place of ``RMSNorm(q)`` / ``RMSNorm(k)`` (same rounding points; see ``_head_halves``:
+    the fp32 sum of squares is the one thing whose order is the kernel's own).
     """
     T, HQ, D = q.shape
     HK = k.shape[1]
     half = D // 2
     assert q.stride(2) == 1 and k.stride(2) == 1 and cos.is_contiguous() and sin.is_contiguous()
+    assert (q_norm is None) == (k_norm is None), "q_norm and k_norm go together"
     if T == 0:
         return
     write = k_cache is not None
@@ -146,10 +177,16 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
         assert v is not None and v_cache is not None and slot_mapping is not None and v.stride(2) == 1
         assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape[2:] == (HK, D)
         vv = v
+    qw, q_eps = q_norm if q_norm is not None else (cos, 0.0)
+    kw, k_eps = k_norm if k_norm is not None else (cos, 0.0)
+    if q_norm is not None:
+        for w in (qw, kw):
+            assert w.shape == (D,) and w.is_contiguous() and w.dtype == q.dtype == k.dtype
     _rope_kernel[(T,)](q, k, cos, sin, positions, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                        vv, vv.stride(0), vv.stride(1),
                        k_cache if write else k, v_cache if write else k, slot_mapping if write else positions,
-                       float(k_scale), float(v_scale),
+                       float(k_scale), float(v_scale), qw, kw, float(q_eps), float(k_eps),
                        HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)),
                        BD=triton.next_power_of_2(half), WRITE_KV=write,
-                       FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, num_warps=4)
+                       FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, QK_NORM=q_norm is not None,
+                       num_warps=4)

@@ -42,6 +42,10 @@ from pagoda.quantization.base import QuantizationConfig
 
 logger = logging.getLogger("pagoda")
 
+FUSED_QK_NORM = True
+"""False: Qwen3's q/k norms run as their own modules before the fused rotary kernel (the A/B switch for
+benchmarks; read at call time, so at CUDA-graph capture)."""
+
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.distributed.pipeline import PPStage
@@ -174,6 +178,16 @@ class Attention(nn.Module):
                 raise ValueError(f"Checkpoint tensor '{prefix}.{name}' must be a positive finite scale, got {val}.")
         self.kv_scales = scales
 
+    def _fused_qk_norm_args(self, q: torch.Tensor) -> dict[str, Any]:
+        """``q_norm`` / ``k_norm`` arguments for the fused rotary kernel, which then normalises the heads itself
+        (one launch instead of three), or ``{}`` where the norm modules must run: not pagoda's plain RMSNorm
+        (e.g. Gemma's ``1 + w``), or a weight dtype other than q's (RMSNorm would cast the weight first)."""
+        qn, kn = self.q_norm, self.k_norm
+        plain = type(qn) is RMSNorm and type(kn) is RMSNorm
+        if not (FUSED_QK_NORM and plain and q.dtype == qn.weight.dtype == kn.weight.dtype):
+            return {}
+        return {"q_norm": (qn.weight, qn.eps), "k_norm": (kn.weight, kn.eps)}
+
     def forward(
         self,
         cos_sin: tuple[torch.Tensor, torch.Tensor] | None,
@@ -189,20 +203,23 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, s.head_dim)
         k = k.view(-1, self.num_kv_heads, s.head_dim)
         v = v.view(-1, self.num_kv_heads, s.head_dim)
-        if s.qk_norm:
+        fused_rope = self.fused and not self.rope.partial  # the fused rotary kernel rotates whole heads
+        norm_args = self._fused_qk_norm_args(q) if fused_rope and s.qk_norm else {}
+        if s.qk_norm and not norm_args:
             q = self.q_norm(q)
             k = self.k_norm(k)
         k_cache, v_cache = kv_cache
         ks, vs = self.kv_scales
-        if self.fused and not self.rope.partial:  # the fused rotary kernel rotates whole heads
+        if fused_rope:
             from pagoda.layers.fused_kernels import rotary_inplace
 
             cos, sin = self.rope.cos, self.rope.sin
             if getattr(backend, "kv_layout", "NHD") == "NHD":
-                # Rotary and the KV-cache write in one kernel.
-                rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
+                # (q/k norms,) rotary and the KV-cache write in one kernel.
+                rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping, ks, vs,
+                               **norm_args)
             else:
-                rotary_inplace(q, k, cos, sin, positions)
+                rotary_inplace(q, k, cos, sin, positions, **norm_args)
                 backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
         else:
             assert cos_sin is not None, "the unfused path needs the step's cos/sin"
