@@ -24,6 +24,8 @@ import torch
 
 DATA = Path(__file__).parent / "data" / "input_grounded.jsonl"
 NGRAM = '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
+PREFILL = 10**6
+"""The row-count class of every step of more than 8 rows (prompt chunks)."""
 PARTS = ["int4 linears", "LM head", "attention", "model other", "sample", "propose", "engine other", "step"]
 
 
@@ -54,7 +56,9 @@ class _Clock:
         setattr(obj, name, timed)
 
     def close_step(self) -> None:
-        if self.rows and self.rows <= 8:
+        if self.rows > 8:
+            self.rows = PREFILL
+        if self.rows:
             self.count[self.rows] += 1
             for part, (w, c) in self.step.items():
                 self.sums[self.rows][part][0] += w
@@ -101,7 +105,7 @@ def _report(name: str, clk: _Clock) -> dict[int, dict[str, tuple[float, float]]]
         outer = [model, per.get("LM head", (0.0, 0.0)), per.get("sample", (0.0, 0.0)), per.get("propose", (0.0, 0.0))]
         per["engine other"] = tuple(step[i] - sum(x[i] for x in outer) for i in (0, 1))  # type: ignore[assignment]
         out[rows] = per
-        print(f"{name} steps of {rows} row(s): {n}")
+        print(f"{name} steps of {'> 8' if rows == PREFILL else rows} row(s): {n}")
         for p in PARTS:
             if p in per:
                 print(f"  {p:14s} wall {per[p][0]:7.2f} ms  cpu {per[p][1]:7.2f} ms")
