@@ -43,11 +43,11 @@ def main() -> None:
             got = cpu_int4_native.int4_mm(x, packed, g, sz)
             assert got is not None and torch.equal(ref.view(torch.int16), got.view(torch.int16)), (name, m)
             best = [1e9, 1e9]
+            arms = (torch.ops.aten._weight_int4pack_mm_for_cpu, cpu_int4_native.int4_mm)
             for _ in range(args.reps):
-                for i, fn in enumerate((lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, sz),
-                                        lambda: cpu_int4_native.int4_mm(x, packed, g, sz))):
+                for i, fn in enumerate(arms):
                     t0 = time.perf_counter()
-                    fn()
+                    fn(x, packed, g, sz)
                     best[i] = min(best[i], time.perf_counter() - t0)
             step[m][0] += best[0] * 30e3
             step[m][1] += best[1] * 30e3

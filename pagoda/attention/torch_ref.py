@@ -217,7 +217,7 @@ class TorchAttentionBackend(AttentionBackend):
         L = blocks.shape[1] * k_cache.shape[2]
         memo = self._step_memo("verify", step_req[0])
         key = (step_req[1], Hkv, L, window, query.dtype)
-        held = memo.get(key) if memo is not None else None
+        held: tuple[torch.Tensor, torch.Tensor] | None = memo.get(key) if memo is not None else None  # type: ignore
         if held is None:
             kpos = torch.arange(L, device=query.device)[None, :]
             seq = torch.arange(s_len - Q + 1, s_len + 1, device=query.device)[:, None]  # each row's length
@@ -229,7 +229,7 @@ class TorchAttentionBackend(AttentionBackend):
             held = (gather_index(blocks, Hkv), additive[:, None, :].expand(Q, G, L).reshape(1, 1, Q * G, L))
             if memo is not None:
                 memo[key] = held
-        idx, mask = held  # type: ignore[misc]
+        idx, mask = held
         k = gather_heads(k_cache, blocks, query.dtype, idx)  # [1, Hkv, L, D]
         v = gather_heads(v_cache, blocks, query.dtype, idx)
         q = query.view(Q, Hkv, G, D).permute(1, 0, 2, 3).reshape(1, Hkv, Q * G, D)
