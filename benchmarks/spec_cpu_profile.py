@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).parent / "data" / "input_grounded.jsonl"
-NGRAM = '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
+NGRAM = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
 PREFILL = 10**6
 """The row-count class of every step of more than 8 rows (prompt chunks)."""
 PARTS = ["int4 linears", "LM head", "attention", "model other", "sample", "propose", "engine other", "step"]
