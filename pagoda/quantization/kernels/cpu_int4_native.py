@@ -13,7 +13,7 @@ It is used only after a self-check against the torch kernel on random weights an
 counts, both nibbles, group sizes 32 and 128) returns identical bits; anything else (no compiler, not x86-64
 AVX-512, torch's packing not the AVX-512 block-64 layout, a failed compile, a mismatch) leaves the torch kernel in
 place (logged once). Measured (2-core dev VM, default model's shapes, one thread): 1.7-1.8x faster at 32 rows,
-1.14x at 1 row, 1.3x at 4, 1.6x at 5 (:data:`MIN_ROWS`).
+1.14x at 1 row (hot weights; not inside a step, see :data:`MIN_ROWS`), 1.3x at 4, 1.6x at 5.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ _SOURCE = Path(__file__).with_name("cpu_int4_gemm.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
 
-MIN_ROWS = 1
+MIN_ROWS = 2
 """From this many rows the native kernel runs (bitwise the same values as torch's). Measured 2026-12-01 on the
-default model's shapes (``benchmarks/int4_small_m_bench.py``, 30 layers, min of 100, 2 threads): torch / native ms
-M=1 3.16 / 2.99, M=4 5.75 / 4.80, M=5 10.98 / 6.34, M=8 11.28 / 8.47; one thread M=1 5.56 / 4.88, M=4 10.30 / 7.96."""
+default model's shapes (``benchmarks/int4_small_m_bench.py``, 30 layers, hot weights, min of 100, 2 threads): torch /
+native ms M=1 3.16 / 2.99, M=4 5.75 / 4.80, M=5 10.98 / 6.34, M=8 11.28 / 8.47; but inside a decode step (weights
+streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 1-row step took 8.1 ms with torch's
+kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
 
 def _cache_dir() -> Path:
