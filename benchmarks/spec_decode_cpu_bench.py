@@ -3,9 +3,10 @@
 The workload (``benchmarks/data/input_grounded.jsonl``) asks to repeat, edit or summarise a
 given passage or code block, through the model's chat template. Batch 1: each prompt runs alone,
 greedy, on an engine without speculation and on one with ``--speculative-config`` (n-gram by
-default: k = 4, lookup 2..5, the best of the settings measured in RESULTS.md "session 4"), the two interleaved prompt by prompt and the order swapped every repetition (the
-machine is shared: only the same-run ratio counts). Prefix caching is off on both so every run
-computes its prompt. Reports generated tokens / second for each, the ratio, the mean acceptance
+default: k = 4, lookup 2..5, the best of the settings measured in RESULTS.md "session 4"), the two
+interleaved prompt by prompt and the order swapped every repetition (the machine is shared: only the
+same-run ratio counts). Prefix caching is off on both so every run computes its prompt. Reports generated
+tokens / second for each, the ratio, the mean acceptance
 length, and whether the greedy outputs are identical (else the first diverging position); also the same ratio in
 the process's CPU time (``speedup_cpu_time``: other processes on a shared machine do not count) and each arm's
 CPU time over wall time (how many cores it got).
