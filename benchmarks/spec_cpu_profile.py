@@ -6,7 +6,9 @@ the latter) wrap, without changing the engine: the int-weight linears (by kernel
 backend's forward, the LM head (``compute_logits``), the whole model forward, the runner's ``_sample`` (the
 rejection sampler for a verify), the n-gram ``propose``, and the engine step. Steps are classed by their row
 count (1 = decode, k + 1 = verify; prefills are left out); the two engines run interleaved prompt by prompt.
-Prints ms per step of each class for each part, and what a verify step costs over a decode step.
+Prints ms per step of each class for each part, and what a verify step costs over a decode step. torch is
+imported before pagoda here, so pagoda's OpenMP wait policy (``pagoda/worker/cpu_threads.py``: PASSIVE) does not
+apply and torch's threads spin between ops, unlike in ``spec_decode_cpu_bench.py``: this measures the compute.
 
 Usage (repository root): PYTHONPATH=. python benchmarks/spec_cpu_profile.py [--num-prompts 3] [--max-tokens 96]
     [--speculative-config JSON]
