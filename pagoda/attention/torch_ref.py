@@ -13,7 +13,9 @@ Decode rows (one query token) are batched into one SDPA call: each KV head's gro
 heads is that call's query rows (K/V never repeated), with a length mask. On the 2-core CPU
 (bf16, 9 heads / 3 KV heads of 64, loaded VM) this took 52 us against 394 us for the former
 two matmuls + float softmax at batch 1 (context 100), and 1.1 ms against 2.2 ms at batch 32.
-Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length.
+Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length;
+a request's 2..16 rows (a speculative verify) go through one decode-like SDPA call instead, whose rows are bitwise
+what decode steps give (so greedy outputs do not depend on speculation).
 
 An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the

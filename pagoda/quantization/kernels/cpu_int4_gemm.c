@@ -11,6 +11,8 @@
  * Why faster: torch re-dequantizes the weight for every 4-row block and broadcasts each activation through a
  * shuffle port. Here one task dequantizes a 32-column half of a 64-column packed block once into an fp32 panel
  * [K][32], then runs up to 12 rows at a time over it (24 accumulators; broadcasts and panel reads are loads).
+ * Up to 8 rows (a decode step, a speculative verify) no panel is stored: direct_tile dequantizes each k row in
+ * registers and applies it to all rows at once.
  *
  * Layouts (torch's AVX-512 int4pack, N a multiple of 64): packed B is uint8 [N/64][K][32]; byte j of row k of
  * block b holds column 64b + j in its low nibble and 64b + 32 + j in its high nibble. scales_zeros is bf16
