@@ -3,10 +3,13 @@
 The workload (``benchmarks/data/input_grounded.jsonl``) asks to repeat, edit or summarise a
 given passage or code block, through the model's chat template. Batch 1: each prompt runs alone,
 greedy, on an engine without speculation and on one with ``--speculative-config`` (n-gram by
-default), the two interleaved prompt by prompt and the order swapped every repetition (the
-machine is shared: only the same-run ratio counts). Prefix caching is off on both so every run
-computes its prompt. Reports generated tokens / second for each, the ratio, the mean acceptance
-length, and whether the greedy outputs are identical (else the first diverging position).
+default: k = 4, lookup 2..5, the best of the settings measured in RESULTS.md "session 4"), the two
+interleaved prompt by prompt and the order swapped every repetition (the machine is shared: only the
+same-run ratio counts). Prefix caching is off on both so every run computes its prompt. Reports generated
+tokens / second for each, the ratio, the mean acceptance
+length, and whether the greedy outputs are identical (else the first diverging position); also the same ratio in
+the process's CPU time (``speedup_cpu_time``: other processes on a shared machine do not count) and each arm's
+CPU time over wall time (how many cores it got).
 
 Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2]
        [--speculative-config JSON] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "input_grounded.jsonl"
-NGRAM = '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
+NGRAM = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
 
 
 def main() -> None:
@@ -47,26 +50,38 @@ def main() -> None:
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     for llm in engines.values():  # warm-up
         llm.chat(convs[0], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    st0 = engines["spec"].llm_engine.core.scheduler.spec_stats
+    warm_stats = (st0.num_drafts, st0.num_accepted_tokens)
     secs = dict.fromkeys(engines, 0.0)
+    cpu = dict.fromkeys(engines, 0.0)  # the process's CPU time (all threads; other processes do not count)
     toks = dict.fromkeys(engines, 0)
     outs: dict[str, list[list[int]]] = {k: [] for k in engines}
+    runs = args.reps * len(convs)
     for rep in range(args.reps):
         for conv in convs:
             for name in (("base", "spec") if rep % 2 == 0 else ("spec", "base")):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 o = engines[name].chat(conv, params, use_tqdm=False)[0].outputs[0]
                 secs[name] += time.perf_counter() - t0
+                cpu[name] += time.process_time() - c0
                 toks[name] += len(o.token_ids)
                 if rep == 0:
                     outs[name].append(list(o.token_ids))
     st = engines["spec"].llm_engine.core.scheduler.spec_stats
+    st0_drafts, st0_acc = warm_stats
     diverged = [(i, next((j for j, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), min(len(x), len(y))))
                 for i, (x, y) in enumerate(zip(outs["base"], outs["spec"], strict=True)) if x != y]
     res = {
         "tok_s_base": toks["base"] / secs["base"], "tok_s_spec": toks["spec"] / secs["spec"],
         "speedup": (toks["spec"] / secs["spec"]) / (toks["base"] / secs["base"]),
+        "speedup_cpu_time": (toks["spec"] / cpu["spec"]) / (toks["base"] / cpu["base"]),
+        "cpu_per_wall": {k: cpu[k] / secs[k] for k in engines},
         "mean_acceptance_length": st.mean_acceptance_length,
         "draft_acceptance_rate": st.num_accepted_tokens / max(1, st.num_draft_tokens),
+        # decode steps without speculation over decode steps with it (the first token of each run comes from its
+        # prefill): the speed-up if a verify step cost what a decode step costs and prefills were free
+        "step_ratio": (toks["spec"] - runs) / (toks["spec"] - runs - (st.num_accepted_tokens - st0_acc)),
+        "verify_steps": st.num_drafts - st0_drafts,
         "identical": not diverged, "diverged_at": diverged, "tokens": toks, "prompts": len(convs), "reps": args.reps,
         "speculative_config": json.loads(args.speculative_config),
     }

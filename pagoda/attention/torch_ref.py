@@ -13,7 +13,9 @@ Decode rows (one query token) are batched into one SDPA call: each KV head's gro
 heads is that call's query rows (K/V never repeated), with a length mask. On the 2-core CPU
 (bf16, 9 heads / 3 KV heads of 64, loaded VM) this took 52 us against 394 us for the former
 two matmuls + float softmax at batch 1 (context 100), and 1.1 ms against 2.2 ms at batch 32.
-Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length.
+Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length;
+a request's 2..16 rows (a speculative verify) go through one decode-like SDPA call instead, whose rows are bitwise
+what decode steps give (so greedy outputs do not depend on speculation).
 
 An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
@@ -149,6 +151,11 @@ class TorchAttentionBackend(AttentionBackend):
                 continue
             nb = -(-s_len // bs)
             blocks = meta.block_tables[i : i + 1, :nb]
+            if q_len <= MAX_DECODE_LIKE_QUERY and cap is None:  # a speculative verify: rows as decode rows
+                out[starts[i] : starts[i] + q_len] = self._decode_like(query[starts[i] : starts[i] + q_len], k_cache,
+                                                                       v_cache, blocks, s_len, scale, win,
+                                                                       (meta.block_tables, i))
+                continue
             k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
             v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
             q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
@@ -195,6 +202,46 @@ class TorchAttentionBackend(AttentionBackend):
         scores.masked_fill_(~keep.view(B, 1, 1, L), float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         return torch.matmul(probs, v).reshape(B, H, D)
+
+
+    def _decode_like(self, query, k_cache, v_cache, blocks, s_len: int, scale: float, window: int | None,
+                     step_req: tuple[torch.Tensor, int]) -> torch.Tensor:
+        """One request's few query rows [Q, H, D] (the last Q of ``s_len`` positions: a speculative verify) in one
+        SDPA call laid out as :meth:`_decode`'s (a KV head's query heads of every row as its query rows, an additive
+        length mask per row). Each row's result is bitwise what :meth:`_decode` gives that position alone (the CPU
+        SDPA computes its query rows independently; keys past a row's length are masked to exact zeros;
+        tests/test_attention_verify_rows.py), so greedy tokens do not depend on whether they were speculated.
+        ``step_req``: (the step's block table tensor, the request's index), the key of the rows and mask kept for the
+        step's other layers."""
+        Q, H, D = query.shape
+        Hkv = k_cache.shape[1]
+        G = H // Hkv
+        L = blocks.shape[1] * k_cache.shape[2]
+        memo = self._step_memo("verify", step_req[0])
+        key = (step_req[1], Hkv, L, window, query.dtype)
+        held: tuple[torch.Tensor, torch.Tensor] | None = memo.get(key) if memo is not None else None  # type: ignore
+        if held is None:
+            kpos = torch.arange(L, device=query.device)[None, :]
+            seq = torch.arange(s_len - Q + 1, s_len + 1, device=query.device)[:, None]  # each row's length
+            keep = kpos < seq
+            if window is not None:
+                keep &= kpos > seq - 1 - window
+            zero = torch.zeros((), dtype=query.dtype, device=query.device)
+            additive = torch.where(keep, zero, torch.full((), float("-inf"), dtype=query.dtype, device=keep.device))
+            held = (gather_index(blocks, Hkv), additive[:, None, :].expand(Q, G, L).reshape(1, 1, Q * G, L))
+            if memo is not None:
+                memo[key] = held
+        idx, mask = held
+        k = gather_heads(k_cache, blocks, query.dtype, idx)  # [1, Hkv, L, D]
+        v = gather_heads(v_cache, blocks, query.dtype, idx)
+        q = query.view(Q, Hkv, G, D).permute(1, 0, 2, 3).reshape(1, Hkv, Q * G, D)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return o.view(Hkv, Q, G, D).permute(1, 0, 2, 3).reshape(Q, H, D)
+
+
+MAX_DECODE_LIKE_QUERY = 16
+"""Requests with 2..this many query rows in a step (a speculative verify, a short prefill chunk) are attended like
+decode rows (:meth:`TorchAttentionBackend._decode_like`), longer ones by :func:`_prefill`'s causal SDPA."""
 
 
 def _prefill(q, k, v, scale: float, window: int | None, cap: float | None) -> torch.Tensor:

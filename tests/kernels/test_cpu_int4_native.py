@@ -23,7 +23,7 @@ def test_native_is_bitwise_torch_int4pack(n, k, group):
     q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     sz = (torch.randn(k // group, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
-    for m in (1, 7, 8, 12, 13, 25, 32, 40):
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 25, 32, 40):  # 1..8: in-register path (whole/half blocks)
         x = (torch.randn(m, k, generator=gen) * 3).to(torch.bfloat16)
         ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
         out = cpu_int4_native.int4_mm(x, packed, group, sz)
@@ -49,8 +49,11 @@ def test_int_weight_rows_do_not_depend_on_the_batch(monkeypatch, bits, sym):
     w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
     assert w.layout == "cpu_int4"
     x = torch.randn(32, in_f, generator=gen).to(torch.bfloat16)
-    batch = int_weight_linear(x, w)  # 32 rows: the native kernel
+    batch = int_weight_linear(x, w)  # 32 rows: the native kernel's panel path
     single = torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])  # 1 row: torch's kernel
-    assert torch.equal(_bits(batch), _bits(single))
-    monkeypatch.setattr(cpu_int4_native, "MIN_ROWS", 10**9)  # torch's kernel at 32 rows too
+    verify = torch.cat([int_weight_linear(x[i : i + 4], w) for i in range(0, 32, 4)])  # 4 rows: in-register path
+    assert torch.equal(_bits(batch), _bits(single)) and torch.equal(_bits(verify), _bits(single))
+    monkeypatch.setattr(cpu_int4_native, "MIN_ROWS", 10**9)  # torch's kernel for every row count
     assert torch.equal(_bits(cpu_woq.int4_matmul(x, w._parts(), group)), _bits(batch))
+    monkeypatch.setattr(cpu_int4_native, "MIN_ROWS", 1)  # the native kernel for one row too
+    assert torch.equal(_bits(torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])), _bits(single))

@@ -11,6 +11,8 @@
  * Why faster: torch re-dequantizes the weight for every 4-row block and broadcasts each activation through a
  * shuffle port. Here one task dequantizes a 32-column half of a 64-column packed block once into an fp32 panel
  * [K][32], then runs up to 12 rows at a time over it (24 accumulators; broadcasts and panel reads are loads).
+ * Up to 8 rows (a decode step, a speculative verify) no panel is stored: direct_tile dequantizes each k row in
+ * registers and applies it to all rows at once.
  *
  * Layouts (torch's AVX-512 int4pack, N a multiple of 64): packed B is uint8 [N/64][K][32]; byte j of row k of
  * block b holds column 64b + j in its low nibble and 64b + 32 + j in its high nibble. scales_zeros is bf16
@@ -21,6 +23,8 @@
 #include <stdlib.h>
 
 #define MAX_ROWS 12
+#define SMALL_ROWS 8      /* up to this many rows: direct_tile (no fp32 panel) */
+#define FULL_BLOCK_ROWS 4 /* up to this many rows direct_tile takes whole 64-column blocks, above it halves */
 
 static inline float bf16_to_f32(uint16_t v) {
     union { uint32_t u; float f; } t;
@@ -96,6 +100,78 @@ static inline __attribute__((always_inline)) void rows_tile(const float *A, int 
     }
 }
 
+/* Few rows (a speculative verify, a small batch): no panel. Each k row of the block is dequantized in registers and
+ * used at once by all `rows` rows (one dequantization per weight for all rows). float(q - 8) is read from a 16-entry
+ * table (vpermps uses an index's low 4 bits, so the low nibble needs no mask), then w = fma(q - 8, s, z) as in
+ * dequant_panel: the same values, fewer operations than torch's kernel, activations broadcast from memory.
+ * `part`: 0 = the whole 64-column block (4 vectors: low nibbles of bytes 0-15, 16-31, high nibbles of 0-15, 16-31),
+ * 1 / 2 = only its low / high nibble half (32 columns, 2 vectors; for more rows than registers allow with 4). */
+static inline __attribute__((always_inline)) void direct_tile(const float *A, int lda, const uint8_t *B,
+                                                               const uint16_t *SZ, int N, int K, int G, int blk,
+                                                               uint16_t *C, int ldc, const int rows, const int part) {
+    const uint8_t *Bp = B + (size_t)blk * K * 32;
+    const int nv = part == 0 ? 4 : 2;
+    const int col0 = blk * 64 + (part == 2 ? 32 : 0);
+    const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
+    const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f,
+                                      6.f, 7.f);
+    __m512 acc[SMALL_ROWS][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int kb = 0; kb < K / G; kb++) {
+        __m512 sc[4], zr[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __m512i t = _mm512_loadu_si512((const void *)(SZ + ((size_t)kb * N + col0 + 16 * v) * 2));
+            sc[v] = _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
+            zr[v] = _mm512_castsi512_ps(_mm512_and_si512(t, hi_mask));
+        }
+        for (int k = kb * G; k < (kb + 1) * G; k++) {
+            const uint8_t *row = Bp + (size_t)k * 32;
+            __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)row));
+            __m512i b1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + 16)));
+            __m512i q[4];
+            if (part == 0) {
+                q[0] = b0; q[1] = b1; q[2] = _mm512_srli_epi32(b0, 4); q[3] = _mm512_srli_epi32(b1, 4);
+            } else if (part == 1) {
+                q[0] = b0; q[1] = b1;
+            } else {
+                q[0] = _mm512_srli_epi32(b0, 4); q[1] = _mm512_srli_epi32(b1, 4);
+            }
+            __m512 w[4];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) w[v] = _mm512_fmadd_ps(_mm512_permutexvar_ps(q[v], lut), sc[v], zr[v]);
+#pragma GCC unroll 8
+            for (int r = 0; r < rows; r++) {
+                __m512 a = _mm512_set1_ps(A[(size_t)r * lda + k]);
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc + col0 + 16 * v), f32_to_bf16(acc[r][v]));
+}
+
+#define FULL_CASE(R) case R: direct_tile(A, K, B, SZ, N, K, G, t, C, N, R, 0); break;
+#define HALF_CASE(R) case R: if (t & 1) direct_tile(A, K, B, SZ, N, K, G, t >> 1, C, N, R, 2); \
+                             else direct_tile(A, K, B, SZ, N, K, G, t >> 1, C, N, R, 1); break;
+
+/* Task t of a few-row call: block t (rows <= 4), or half t & 1 of block t >> 1 (5..8 rows). */
+static void run_direct(const float *A, const uint8_t *B, const uint16_t *SZ, int N, int K, int G, int t,
+                       uint16_t *C, int rows) {
+    switch (rows) {
+        FULL_CASE(1) FULL_CASE(2) FULL_CASE(3) FULL_CASE(4)
+        HALF_CASE(5) HALF_CASE(6) HALF_CASE(7) HALF_CASE(8)
+        default: break;
+    }
+}
+
 #define TILE_CASE(R) case R: rows_tile(A, K, W, K, C, N, R); break;
 
 static void run_rows(const float *A, const float *W, int K, uint16_t *C, int N, int rows) {
@@ -122,6 +198,13 @@ int pagoda_int4_mm(const uint16_t *A16, const uint8_t *B, const uint16_t *SZ, ui
     for (; i < total; i++) A[i] = bf16_to_f32(A16[i]);
     const int tasks = (N / 64) * 2;
     int failed = 0;
+    if (M <= SMALL_ROWS) {
+        const int ntasks = M <= FULL_BLOCK_ROWS ? N / 64 : tasks;
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+        for (int t = 0; t < ntasks; t++) run_direct(A, B, SZ, N, K, G, t, C, M);
+        free(A);
+        return 0;
+    }
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         float *W = (float *)aligned_alloc(64, (size_t)K * 32 * sizeof(float));

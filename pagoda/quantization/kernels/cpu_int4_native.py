@@ -2,15 +2,18 @@
 
 torch's AVX-512 int4pack kernel re-dequantizes the weight for every 4-row block and multiplies at about half the
 fp32 FMA rate; ``cpu_int4_gemm.c`` (next to this file) dequantizes each 32-column panel once and runs 12 rows at a
-time at about the full rate, with the same operations in the same order per output element (its header comment
-states the arithmetic), so its output is bitwise the torch kernel's at every batch size. Compiled on first use
+time at about the full rate (9+ rows), or dequantizes in registers with fewer operations and applies each weight
+vector to all rows at once (1..8 rows: a decode step, a speculative verify), with the same operations in the same
+order per output element (its header comment states the arithmetic), so its output is bitwise the torch kernel's at
+every batch size. Compiled on first use
 with the system C compiler into ``$PAGODA_CACHE/kernels/`` (OpenMP from the libgomp torch already loaded) and
 loaded with ctypes.
 
 It is used only after a self-check against the torch kernel on random weights and activations (several row
 counts, both nibbles, group sizes 32 and 128) returns identical bits; anything else (no compiler, not x86-64
 AVX-512, torch's packing not the AVX-512 block-64 layout, a failed compile, a mismatch) leaves the torch kernel in
-place (logged once). Measured (2-core dev VM, default model's shapes, 32 rows, one thread): 1.7-1.8x faster.
+place (logged once). Measured (2-core dev VM, default model's shapes, one thread): 1.7-1.8x faster at 32 rows,
+1.14x at 1 row (hot weights; not inside a step, see :data:`MIN_ROWS`), 1.3x at 4, 1.6x at 5.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ _SOURCE = Path(__file__).with_name("cpu_int4_gemm.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
           "-shared", "-fPIC")
 
-MIN_ROWS = 8
-"""From this many rows the native kernel runs (bitwise the same values; below it torch's GEMV-like kernel, which
-dequantizes in registers, is as fast). Measured 2026-12-01 on the default model's shapes, see RESULTS.md."""
+MIN_ROWS = 2
+"""From this many rows the native kernel runs (bitwise the same values as torch's). Measured 2026-12-01 on the
+default model's shapes (``benchmarks/int4_small_m_bench.py``, 30 layers, hot weights, min of 100, 2 threads): torch /
+native ms M=1 3.16 / 2.99, M=4 5.75 / 4.80, M=5 10.98 / 6.34, M=8 11.28 / 8.47; but inside a decode step (weights
+streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 1-row step took 8.1 ms with torch's
+kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
 
 def _cache_dir() -> Path:
@@ -110,7 +116,7 @@ def _self_check(fn) -> bool:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         sz = (torch.randn(k // g, n, 2, generator=gen) * 0.1).to(torch.bfloat16)
         sz[0, :4, 1] = torch.tensor([0.0, -0.0, 1e-38, 3e4])  # zeros, a denormal-range and a large zero point
-        for m in (1, 5, 12, 13, 30):
+        for m in (1, 2, 3, 4, 5, 8, 12, 13, 30):
             x = (torch.randn(m, k, generator=gen) * 4).to(torch.bfloat16)
             x[0, :2] = torch.tensor([0.0, 1e-39])
             ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, sz)

@@ -103,6 +103,12 @@ DEQUANT_MIN_M = 128
 """Above this many rows (prefill) the weight is dequantized once and multiplied by oneDNN's bf16/fp32 GEMM:
 int4pack's cost grows linearly with M (it is a GEMV per row); measured crossover 64..128 rows."""
 
+DEQUANT_MIN_M_NATIVE = 256
+""":data:`DEQUANT_MIN_M` for 4-bit planes the native kernel (:mod:`cpu_int4_native`, bf16) multiplies: it stays
+ahead of dequantize + GEMM longer. Measured 2026-12-01 (default model's 4 shapes x 30 layers, min of 15, 2 threads):
+native / dequantize + mm ms M=128 94 / 160, M=192 123 / 165, M=256 165 / 167 (a 150-token prompt's prefill went
+0.29 -> ~0.2 s)."""
+
 
 @lru_cache(maxsize=1)
 def _block64_layout() -> bool:
@@ -142,7 +148,9 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     """``per_row``: int4pack for every M (each row computed alone: batch-invariant), never the dense path."""
     x = x.contiguous()
     n, k = parts[0][0].shape[0], x.shape[1]
-    if not per_row and x.shape[0] > DEQUANT_MIN_M and n % 64 == 0 and _block64_layout():
+    native = x.dtype == torch.bfloat16 and cpu_int4_native.available()
+    if not per_row and x.shape[0] > (DEQUANT_MIN_M_NATIVE if native else DEQUANT_MIN_M) and n % 64 == 0 and \
+            _block64_layout():
         return torch.mm(x, _dequantized_t(parts, n, k, group_size, x.dtype))
     out = None
     for packed, sz in parts:
