@@ -203,7 +203,6 @@ class TorchAttentionBackend(AttentionBackend):
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         return torch.matmul(probs, v).reshape(B, H, D)
 
-
     def _decode_like(self, query, k_cache, v_cache, blocks, s_len: int, scale: float, window: int | None,
                      step_req: tuple[torch.Tensor, int]) -> torch.Tensor:
         """One request's few query rows [Q, H, D] (the last Q of ``s_len`` positions: a speculative verify) in one
