@@ -58,24 +58,12 @@ def nbytes(ws) -> int:
 
 
 def graph_ms(fn) -> float:
-    fn()
     if SMOKE:
-        return 1.0
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
         fn()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        s.record()
-        g.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
+        return 1.0
+    from timing import graph_median_ms  # benchmarks/gpu/timing.py, beside this script
+
+    return graph_median_ms(fn, rounds=10, replays=1)
 
 
 def run_all(ws, x, fmt, cfg=None):

@@ -74,25 +74,12 @@ def copy_bandwidth() -> float:
 
 def per_call_us(fn, calls: int) -> float:
     """Median microseconds per call of ``fn`` (which makes ``calls`` calls), replayed as a CUDA graph."""
-    fn()
     if SMOKE:
-        return 1.0
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
         fn()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(7):
-        s.record()
-        for _ in range(3):
-            g.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 3)
-    return sorted(times)[len(times) // 2] * 1e3 / calls
+        return 1.0
+    from timing import graph_median_ms  # benchmarks/gpu/timing.py, beside this script
+
+    return graph_median_ms(fn, rounds=7, replays=3) * 1e3 / calls
 
 
 class Weights:

@@ -72,25 +72,12 @@ def per_layer_us(call, layers) -> float:
     def fn():
         for lay in layers:
             call(lay)
-    fn()  # compiles
     if SMOKE:
+        fn()  # the code path, under the interpreter
         return 1.0
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(9):
-        s.record()
-        for _ in range(5):
-            g.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 5)
-    return statistics.median(times) * 1e3 / len(layers)
+    from timing import graph_median_ms  # benchmarks/gpu/timing.py, beside this script
+
+    return graph_median_ms(fn, rounds=9, replays=5) * 1e3 / len(layers)
 
 
 def make_weights(shape: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
