@@ -171,12 +171,7 @@ class TorchAttentionBackend(AttentionBackend):
         held = memo.get(key) if memo is not None else None
         if held is not None and held[0] is seq_lens:  # type: ignore[index]  # (seq_lens, result)
             return held[1]  # type: ignore[index]
-        kpos = torch.arange(length, device=seq_lens.device)[None, :]
-        keep = kpos < seq_lens[:, None]
-        if window is not None:
-            keep &= kpos > seq_lens[:, None] - 1 - window
-        zero = torch.zeros((), dtype=dtype, device=keep.device)
-        additive = torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
+        keep, additive = _length_masks(seq_lens, length, window, dtype)
         out = (gather_index(block_tables, hkv), keep, additive.view(keep.shape[0], 1, 1, length))
         if memo is not None:
             memo[key] = (seq_lens, out)
@@ -220,13 +215,8 @@ class TorchAttentionBackend(AttentionBackend):
         key = (step_req[1], Hkv, L, window, query.dtype)
         held: tuple[torch.Tensor, torch.Tensor] | None = memo.get(key) if memo is not None else None  # type: ignore
         if held is None:
-            kpos = torch.arange(L, device=query.device)[None, :]
-            seq = torch.arange(s_len - Q + 1, s_len + 1, device=query.device)[:, None]  # each row's length
-            keep = kpos < seq
-            if window is not None:
-                keep &= kpos > seq - 1 - window
-            zero = torch.zeros((), dtype=query.dtype, device=query.device)
-            additive = torch.where(keep, zero, torch.full((), float("-inf"), dtype=query.dtype, device=keep.device))
+            lengths = torch.arange(s_len - Q + 1, s_len + 1, device=query.device)  # each row's keys
+            additive = _length_masks(lengths, L, window, query.dtype)[1]
             held = (gather_index(blocks, Hkv), additive[:, None, :].expand(Q, G, L).reshape(1, 1, Q * G, L))
             if memo is not None:
                 memo[key] = held
@@ -236,6 +226,19 @@ class TorchAttentionBackend(AttentionBackend):
         q = query.view(Q, Hkv, G, D).permute(1, 0, 2, 3).reshape(1, Hkv, Q * G, D)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return o.view(Hkv, Q, G, D).permute(1, 0, 2, 3).reshape(Q, H, D)
+
+
+def _length_masks(lengths: torch.Tensor, length: int, window: int | None, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For query rows that see their first ``lengths[b]`` keys (the last ``window`` of them with a window): the bool
+    keep mask [B, length] and SDPA's additive mask [B, length] in ``dtype`` (0 kept, -inf hidden: exactly what
+    SDPA makes of the bool mask itself)."""
+    kpos = torch.arange(length, device=lengths.device)[None, :]
+    keep = kpos < lengths[:, None]
+    if window is not None:
+        keep &= kpos > lengths[:, None] - 1 - window
+    zero = torch.zeros((), dtype=dtype, device=keep.device)
+    return keep, torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
 
 
 MAX_DECODE_LIKE_QUERY = 16
