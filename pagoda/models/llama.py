@@ -146,6 +146,7 @@ class Attention(nn.Module):
         self.attn_kwargs: dict[str, Any] = {k: v for k, v in (("sliding_window", sliding_window),
                                                               ("logits_soft_cap", logits_soft_cap)) if v}
         self.fused = False
+        self.cpu_native = False  # bf16 on the CPU: rotary by pagoda.layers.cpu_fused (set by enable_cpu_native_kernels)
         # Per-layer FP8 KV-cache scales (pagoda.attention.kv_quant): checkpoint tensors
         # self_attn.k_scale / v_scale when present, else 1.0; read as floats by the kernels.
         self.k_scale: torch.Tensor
@@ -223,7 +224,12 @@ class Attention(nn.Module):
                 backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
         else:
             assert cos_sin is not None, "the unfused path needs the step's cos/sin"
-            q, k = self.rope.rotate(cos_sin, q, k)
+            if self.cpu_native and not self.rope.partial:
+                from pagoda.layers import cpu_fused
+
+                q, k = cpu_fused.rope(q, k, *cos_sin)
+            else:
+                q, k = self.rope.rotate(cos_sin, q, k)
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping, ks, vs)
         o = backend.forward(q, k_cache, v_cache, meta, self.scale, ks, vs, **self.attn_kwargs)
         return self.o_proj(o.reshape(-1, self.q_size))
@@ -280,12 +286,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
         self.fused = False
+        self.cpu_native = False  # bf16 on the CPU: the norms by pagoda.layers.cpu_fused (enable_cpu_native_kernels)
 
     def forward(self, cos_sin, positions, h, residual, kv_cache, meta, backend):
         """Returns (h, residual); the layer's output is their sum (summed lazily when fused).
 
         Unfused, ``h`` is the float32 residual stream and ``residual`` stays None."""
         if not self.fused:
+            if self.cpu_native:  # the same float32 stream, norms in one native call each (the add fused in)
+                from pagoda.layers.cpu_fused import add_rms_norm
+
+                n1, n2 = self.input_layernorm, self.post_attention_layernorm
+                a = self.self_attn(cos_sin, positions, add_rms_norm(h, None, n1.weight, n1.eps)[1], kv_cache, meta,
+                                   backend)
+                h, x = add_rms_norm(h, a, n2.weight, n2.eps)
+                return h + self.mlp(x), None
             h = h + self.self_attn(cos_sin, positions, self.input_layernorm(h), kv_cache, meta, backend)
             return h + self.mlp(self.post_attention_layernorm(h)), None
         from pagoda.layers.fused_kernels import fused_add_rms_norm, rms_norm
@@ -451,6 +466,23 @@ class LlamaForCausalLM(nn.Module):
         for m in self.modules():
             if hasattr(m, "fused"):
                 m.fused = True  # type: ignore[assignment]  # torch types unknown attributes as Tensor | Module
+
+    def enable_cpu_native_kernels(self) -> int:
+        """bf16 on the CPU: layers whose norms are pagoda's plain RMSNorm in bf16 compute them (with the residual
+        add) and the rotary by :mod:`pagoda.layers.cpu_fused` (one call each instead of 7-9 torch ops). Returns
+        how many layers switched (0 when the kernels are unavailable)."""
+        from pagoda.layers import cpu_fused
+
+        if self.fused or not cpu_fused.available():
+            return 0
+        count = 0
+        for layer in self.layers:
+            norms = [getattr(layer, n, None) for n in ("input_layernorm", "post_attention_layernorm")]
+            if isinstance(layer, DecoderLayer) and all(
+                    type(n) is RMSNorm and n.weight.dtype == torch.bfloat16 for n in norms):
+                layer.cpu_native = layer.self_attn.cpu_native = True
+                count += 1
+        return count
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in the model dtype."""

@@ -92,6 +92,8 @@ def load_model(cfg: EngineConfig, tp: Any = None, pp: Any = None) -> nn.Module:
     n = sum(p.numel() for p in model.parameters()) + sum(  # an IntWeight holds one code per weight
         m.in_features * m.out_features for m in model.modules() if isinstance(m, IntWeight))
     weight_bytes = weight_nbytes(model)
+    if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "enable_cpu_native_kernels"):
+        logger.debug("CPU: %d layers use the native norm/rotary kernels", model.enable_cpu_native_kernels())
     if cfg.device.type == "cpu" and cfg.dtype == torch.bfloat16 and hasattr(model, "pack_for_cpu"):
         packed = model.pack_for_cpu(min(cfg.max_num_seqs, 256))
         logger.debug("prepacked %d linear weights for oneDNN", packed)

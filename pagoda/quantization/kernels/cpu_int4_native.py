@@ -19,13 +19,9 @@ place (logged once). Measured (2-core dev VM, default model's shapes, one thread
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
 import platform
-import shutil
 import subprocess
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,32 +41,10 @@ streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 
 kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
 
-def _cache_dir() -> Path:
-    from pagoda import envs
-
-    return Path(os.path.expanduser(envs.cache_root())) / "kernels"
-
-
 def _compile() -> Path | None:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
-    src = _SOURCE.read_bytes()
-    tag = hashlib.sha256(src + " ".join(_FLAGS).encode() + cc.encode()).hexdigest()[:16]
-    out = _cache_dir() / f"cpu_int4_gemm-{tag}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_so = Path(tmp) / out.name
-        res = subprocess.run([cc, *_FLAGS, "-o", str(tmp_so), str(_SOURCE)], capture_output=True, text=True,
-                             timeout=120)
-        if res.returncode != 0:
-            logger.info("CPU: the native int4 kernel did not compile (%s); torch's int4pack kernel is used",
-                        res.stderr.strip().splitlines()[-1:] or res.returncode)
-            return None
-        os.replace(tmp_so, out)  # atomic: concurrent processes each write their own temp file
-    return out
+    from pagoda.native import compile_shared
+
+    return compile_shared(_SOURCE, _FLAGS, "the native int4 kernel")
 
 
 def _eligible() -> bool:

@@ -1,0 +1,56 @@
+"""A/B of the native CPU norm/rotary kernels (pagoda/layers/cpu_fused.py) on the default model.
+
+Two engines in one process, one loaded with ``cpu_fused.ENABLED`` on and one off, take turns on the same prompts
+(greedy, ``--max-tokens`` new tokens, EOS ignored) at each batch size; prints each arm's output tok/s per round,
+the median ratio, and where the arms' greedy tokens first differ (the native norm sums in another order, so
+near-ties may resolve differently).
+
+    PYTHONPATH=. python benchmarks/cpu_fused_ab.py [--rounds 3] [--batch-sizes 1 32] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+PROMPTS = ["Tell me about the sea.", "Write a haiku about autumn leaves.", "What is the capital of France?",
+           "Explain how a bicycle works.", "List three uses of copper.", "Why is the sky blue?",
+           "Describe a busy market.", "How do bees make honey?"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    from pagoda import LLM, SamplingParams
+    from pagoda.layers import cpu_fused
+
+    arms = {}
+    for name, on in (("native", True), ("torch", False)):
+        cpu_fused.ENABLED = on
+        arms[name] = LLM(max_num_seqs=max(args.batch_sizes))
+    sp = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+    for bs in args.batch_sizes:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(bs)]
+        rates: dict[str, list[float]] = {n: [] for n in arms}
+        tokens: dict[str, list[list[int]]] = {}
+        for r in range(args.rounds):
+            for name in (arms if r % 2 == 0 else reversed(list(arms))):
+                t = time.perf_counter()
+                outs = arms[name].generate(prompts, sp, use_tqdm=False)
+                rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))
+                tokens.setdefault(name, [list(o.outputs[0].token_ids) for o in outs])
+        diverged = [next(i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b)
+                    for x, y in zip(tokens["native"], tokens["torch"], strict=True) if x != y]
+        med = {n: statistics.median(v) for n, v in rates.items()}
+        print(f"batch {bs}: " + "  ".join(f"{n} {' '.join(f'{x:.1f}' for x in v)} tok/s" for n, v in rates.items())
+              + f"  native/torch {med['native'] / med['torch']:.3f}x"
+              + f"  greedy outputs: {len(diverged)} of {bs} differ" + (f" (first at tokens {diverged})" if diverged else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Compiling pagoda's small native CPU kernels (C sources beside their Python wrappers).
+
+:func:`compile_shared` builds a C file into a shared library under ``$PAGODA_CACHE/kernels/`` with the system C
+compiler, once per (source, flags, compiler): the file name carries a hash of the three, so an edited kernel
+is rebuilt and concurrent processes never load a half-written file (each compiles to its own temporary name,
+then renames atomically). Callers load the result with ctypes and self-check it against torch before use;
+no compiler, or a failed compile, returns None and the caller keeps its torch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("pagoda")
+
+
+def cache_dir() -> Path:
+    from pagoda import envs
+
+    return Path(os.path.expanduser(envs.cache_root())) / "kernels"
+
+
+def compile_shared(source: Path, flags: tuple[str, ...], what: str) -> Path | None:
+    """The shared library built from ``source`` with ``flags`` (cached), or None (logged at info with
+    ``what``, the kernel's name for the log) when there is no C compiler or the compile fails."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src = source.read_bytes()
+    tag = hashlib.sha256(src + " ".join(flags).encode() + cc.encode()).hexdigest()[:16]
+    out = cache_dir() / f"{source.stem}-{tag}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_so = Path(tmp) / out.name
+        res = subprocess.run([cc, *flags, "-o", str(tmp_so), str(source)], capture_output=True, text=True,
+                             timeout=120)
+        if res.returncode != 0:
+            logger.info("CPU: %s did not compile (%s); torch's ops are used", what,
+                        res.stderr.strip().splitlines()[-1:] or res.returncode)
+            return None
+        os.replace(tmp_so, out)  # atomic: concurrent processes each write their own temp file
+    return out

@@ -1,0 +1,69 @@
+"""The native CPU norm/rotary kernels (pagoda/layers/cpu_fused.c) against torch's ops, and a bf16 model using them."""
+
+import pytest
+import torch
+
+from pagoda.layers import cpu_fused
+from pagoda.layers.norm import RMSNorm
+from pagoda.layers.rotary import _apply
+
+pytestmark = pytest.mark.skipif(not cpu_fused.available(), reason="no C compiler: the torch ops are used")
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+
+
+@pytest.mark.parametrize("rows,d", [(1, 576), (7, 64), (3, 100), (2, 2048), (4, 15)])
+def test_add_rms_norm_against_torch_and_row_independent(rows, d):
+    g = torch.Generator().manual_seed(d)
+    h = torch.randn(rows, d, generator=g) * 2
+    delta = torch.randn(rows, d, generator=g).to(torch.bfloat16)
+    norm = RMSNorm(d, 1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(d, generator=g))
+        summed, out = cpu_fused.add_rms_norm(h, delta, norm.weight, norm.eps)
+        assert torch.equal(summed, h + delta)  # torch's float32 add, bit for bit
+        assert summed.data_ptr() != h.data_ptr()  # the stream entering the layer is left alone
+        ref = norm(h + delta)  # RMSNorm's float32 path, rounded to bf16 once
+        assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+        ulps = _ulps(out, ref)
+        assert int(ulps.max()) <= 1  # only the sum of squares is added in another order
+        assert float((ulps > 0).float().mean()) < 0.05
+        same, alone = cpu_fused.add_rms_norm(summed, None, norm.weight, norm.eps)
+        assert same is summed and torch.equal(alone, out)
+        for r in range(rows):  # each row alone gives the batch's bits
+            assert torch.equal(cpu_fused.add_rms_norm(h[r:r + 1], delta[r:r + 1], norm.weight, norm.eps)[1],
+                               out[r:r + 1])
+
+
+@pytest.mark.parametrize("T,H,Hk,D", [(1, 9, 3, 64), (5, 4, 2, 16), (2, 8, 8, 128)])
+def test_rope_bitwise_torch(T, H, Hk, D):
+    g = torch.Generator().manual_seed(T * H + D)
+    qkv = (torch.randn(T, (H + 2 * Hk) * D, generator=g) * 3).to(torch.bfloat16)
+    q, k, _ = qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+    q, k = q.view(T, H, D), k.view(T, Hk, D)  # strided views into the projection's output, as in the model
+    ang = torch.rand(T, 1, D // 2, generator=g) * 100
+    cos, sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
+    qo, ko = cpu_fused.rope(q, k, cos, sin)
+    assert qo.is_contiguous() and ko.is_contiguous()
+    assert torch.equal(qo, _apply(q, cos, sin)) and torch.equal(ko, _apply(k, cos, sin))
+
+
+def test_bf16_model_uses_the_kernels_and_keeps_its_greedy_tokens(tiny, monkeypatch):
+    """A tiny bf16 Llama on the CPU switches every layer to the native norms/rotary and generates the greedy
+    tokens it generates with torch's ops (its logits are well separated)."""
+    from engine_checks import PROMPTS, greedy
+
+    from pagoda import LLM
+
+    sp = greedy(max_tokens=12)
+    native = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")
+    model = native.llm_engine.core.runner.model
+    assert all(layer.cpu_native and layer.self_attn.cpu_native for layer in model.layers)
+    monkeypatch.setattr(cpu_fused, "ENABLED", False)
+    plain = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")
+    assert not any(layer.cpu_native for layer in plain.llm_engine.core.runner.model.layers)
+    a = [o.outputs[0].token_ids for o in native.generate(PROMPTS[:4], sp, use_tqdm=False)]
+    b = [o.outputs[0].token_ids for o in plain.generate(PROMPTS[:4], sp, use_tqdm=False)]
+    assert a == b
