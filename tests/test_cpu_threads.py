@@ -95,3 +95,71 @@ def test_policy_env_never_overrides():
     env = {"OMP_WAIT_POLICY": "ACTIVE", THREADS_KNOB: "7"}
     assert policy_env(env) == {}
     assert policy_env({}).get("OMP_WAIT_POLICY") == "PASSIVE"
+
+
+PASSIVE_REPORT = "{before}\nimport pagoda\nfrom pagoda.worker.cpu_threads import passive_wait\nprint(passive_wait())"
+
+
+@pytest.mark.parametrize("env,before,expected", [
+    ({}, "", True),  # pagoda's policy, applied before torch loaded
+    ({}, "import torch", False),  # applied too late: the runtime kept its spinning default
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "", False),  # the user's choice
+    ({"OMP_WAIT_POLICY": "passive"}, "import torch", True),  # the user's, read when torch loaded
+])
+def test_passive_wait_says_what_the_runtime_read(env, before, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    clean.update(env, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", PASSIVE_REPORT.format(before=before)], env=clean,
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_one_thread_restores_the_count():
+    import torch
+
+    from pagoda.worker.cpu_threads import one_thread
+
+    n = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: every step runs on one thread anyway")
+def test_small_steps_run_their_forward_on_one_thread(tiny):
+    """With the switch on (the passive policy), a decode step's forward runs on one thread, a prefill of more than
+    SMALL_STEP_MAX_ROWS rows on all of them, and the LM head on all of them; the tokens are the same either way."""
+    import torch
+    from engine_checks import greedy
+
+    from pagoda import LLM
+    from pagoda.worker.cpu_threads import SMALL_STEP_MAX_ROWS
+
+    llm = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu", enable_prefix_caching=False)
+    runner = llm.llm_engine.core.runner
+    model = runner.model
+    seen: list[tuple[str, int, int]] = []
+    forward, logits = model.forward, model.compute_logits
+
+    def spy_forward(ids, *a, **kw):
+        seen.append(("forward", ids.shape[0], torch.get_num_threads()))
+        return forward(ids, *a, **kw)
+
+    def spy_logits(h):
+        seen.append(("logits", h.shape[0], torch.get_num_threads()))
+        return logits(h)
+
+    model.forward, model.compute_logits = spy_forward, spy_logits
+    n = torch.get_num_threads()
+    prompt = " ".join(["word"] * (2 * SMALL_STEP_MAX_ROWS))
+    outs = {}
+    for on in (True, False):
+        runner.small_steps_one_thread = on
+        seen.clear()
+        outs[on] = llm.generate([prompt], greedy(max_tokens=4), use_tqdm=False)[0].outputs[0].token_ids
+        forwards = [(rows, t) for kind, rows, t in seen if kind == "forward"]
+        assert forwards[0][0] > SMALL_STEP_MAX_ROWS and forwards[0][1] == n  # the prefill
+        assert all(t == (1 if on else n) for rows, t in forwards[1:])  # the 1-row decode steps
+        assert all(t == n for kind, _, t in seen if kind == "logits")
+    assert outs[True] == outs[False]

@@ -27,11 +27,12 @@ once instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 logger = logging.getLogger("pagoda")
 
@@ -42,6 +43,14 @@ WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 """Variables by which a user chooses the wait policy; any one of them set turns pagoda's off."""
 
 THREADS_KNOB = "OMP_NUM_THREADS"
+
+SMALL_STEP_MAX_ROWS = 8
+"""Under the passive wait policy a CPU forward of at most this many token rows runs on one thread (the LM head
+and sampling keep every thread): each parallel region would wake a sleeping thread (a futex round trip per op),
+which costs more than the second core gives a small op. Measured 2026-12-02 on the 2-core dev VM, default model,
+``benchmarks/cpu_switch_ab.py --switch one-thread`` (benchmarks/RESULTS.md, "CPU: one thread for small steps"):
+batch 1 1.37x, 4 1.13x, 8 1.05x, 16 0.97x tok/s (32, untouched: 0.97x, the arms' noise). With spinning threads
+(``OMP_WAIT_POLICY=ACTIVE``) two threads stay faster, so the switch applies under the passive policy only."""
 
 
 class _State:
@@ -108,6 +117,31 @@ def apply_env_policy(environ: MutableMapping[str, str] | None = None) -> dict[st
         _State.added = added
         _State.torch_loaded_first = "torch" in sys.modules
     return added
+
+
+def passive_wait() -> bool:
+    """Whether torch's OpenMP threads run under ``OMP_WAIT_POLICY=PASSIVE`` (set before torch loaded: by the user,
+    by this process's :func:`apply_env_policy`, or inherited from a parent that applied it)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE":
+        return False
+    return not (_State.torch_loaded_first and "OMP_WAIT_POLICY" in _State.added)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's intra-op work on the calling thread only, for the block (results are bitwise the same: torch's CPU
+    kernels split work, not sums, across threads)."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def user_chose_threads() -> bool:

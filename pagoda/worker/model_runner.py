@@ -49,7 +49,7 @@ from pagoda.layers.sampler import (
 from pagoda.models.loader import load_model
 from pagoda.pooling.pooler import Pooler
 from pagoda.structured_output.bitmask import apply_token_bitmask
-from pagoda.worker import kv_cache
+from pagoda.worker import cpu_threads, kv_cache
 from pagoda.worker.block_table import BlockTableCache
 from pagoda.worker.input_batch import StepInputs, prepare_inputs
 from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
@@ -178,6 +178,8 @@ class ModelRunner:
         self.backend = get_backend(backend_name)
         if self.device.type == "cpu" and hasattr(self.backend, "step_memo"):  # eager steps only (torch_ref.py)
             self.backend.step_memo = True
+        # Under the passive wait policy a small CPU step runs its forward on one thread (cpu_threads.py).
+        self.small_steps_one_thread = self.device.type == "cpu" and cpu_threads.passive_wait()
         if cfg.deterministic:
             if not hasattr(self.backend, "batch_invariant"):
                 raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "
@@ -632,7 +634,11 @@ class ModelRunner:
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
-        hidden = self._forward_eager(inputs, rows, fill)
+        if self.small_steps_one_thread and len(inputs.input_ids) <= cpu_threads.SMALL_STEP_MAX_ROWS:
+            with cpu_threads.one_thread():
+                hidden = self._forward_eager(inputs, rows, fill)
+        else:
+            hidden = self._forward_eager(inputs, rows, fill)
         return ForwardResult(hidden, aux=self.model.aux_hidden if self.spec_hidden == "aux" else None)
 
     def _forward_eager(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> torch.Tensor:

@@ -1,11 +1,13 @@
-"""A/B of the native CPU norm/rotary kernels (pagoda/layers/cpu_fused.py) on the default model.
+"""A/B of a CPU-path switch on the default model, two engines in one process taking turns on the same prompts.
 
-Two engines in one process, one loaded with ``cpu_fused.ENABLED`` on and one off, take turns on the same prompts
-(greedy, ``--max-tokens`` new tokens, EOS ignored) at each batch size; prints each arm's output tok/s per round,
-the median ratio, and where the arms' greedy tokens first differ (the native norm sums in another order, so
-near-ties may resolve differently).
+``--switch fused``: the native norm/rotary kernels (``pagoda.layers.cpu_fused.ENABLED``, read at load);
+``--switch one-thread``: small steps' forward on one thread under the passive wait policy
+(``ModelRunner.small_steps_one_thread``, pagoda/worker/cpu_threads.py).
+Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
+(arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
-    PYTHONPATH=. python benchmarks/cpu_fused_ab.py [--rounds 3] [--batch-sizes 1 32] [--max-tokens 64]
+    PYTHONPATH=. python benchmarks/cpu_switch_ab.py --switch fused|one-thread [--rounds 3] [--batch-sizes 1 32]
+        [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ PROMPTS = ["Tell me about the sea.", "Write a haiku about autumn leaves.", "What
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--switch", choices=["fused", "one-thread"], required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -30,9 +33,13 @@ def main() -> None:
     from pagoda.layers import cpu_fused
 
     arms = {}
-    for name, on in (("native", True), ("torch", False)):
-        cpu_fused.ENABLED = on
+    for name, on in (("on", True), ("off", False)):
+        cpu_fused.ENABLED = on or args.switch != "fused"
         arms[name] = LLM(max_num_seqs=max(args.batch_sizes))
+        if args.switch == "one-thread":
+            runner = arms[name].llm_engine.core.runner
+            assert runner.small_steps_one_thread or not on, "the passive wait policy is not in effect"
+            runner.small_steps_one_thread = on
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     for bs in args.batch_sizes:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(bs)]
@@ -45,10 +52,10 @@ def main() -> None:
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))
                 tokens.setdefault(name, [list(o.outputs[0].token_ids) for o in outs])
         diverged = [next(i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b)
-                    for x, y in zip(tokens["native"], tokens["torch"], strict=True) if x != y]
+                    for x, y in zip(tokens["on"], tokens["off"], strict=True) if x != y]
         med = {n: statistics.median(v) for n, v in rates.items()}
         print(f"batch {bs}: " + "  ".join(f"{n} {' '.join(f'{x:.1f}' for x in v)} tok/s" for n, v in rates.items())
-              + f"  native/torch {med['native'] / med['torch']:.3f}x"
+              + f"  on/off {med['on'] / med['off']:.3f}x"
               + f"  greedy outputs: {len(diverged)} of {bs} differ" + (f" (first at tokens {diverged})" if diverged else ""))
 
 
