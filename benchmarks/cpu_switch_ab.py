@@ -2,12 +2,13 @@
 
 ``--switch fused``: the native norm/rotary kernels (``pagoda.layers.cpu_fused.ENABLED``, read at load);
 ``--switch one-thread``: small steps' forward on one thread under the passive wait policy
-(``ModelRunner.small_steps_one_thread``, pagoda/worker/cpu_threads.py).
+(``ModelRunner.small_steps_one_thread``, pagoda/worker/cpu_threads.py); ``--switch attention``: decode rows by the
+native paged attention kernel (``TorchAttentionBackend.native_decode``) instead of gather + SDPA.
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
-    PYTHONPATH=. python benchmarks/cpu_switch_ab.py --switch fused|one-thread [--rounds 3] [--batch-sizes 1 32]
-        [--max-tokens 64]
+    PYTHONPATH=. python benchmarks/cpu_switch_ab.py --switch fused|one-thread [--rounds 3]
+        [--batch-sizes 1 32] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> None:
         med = {n: statistics.median(v) for n, v in rates.items()}
         print(f"batch {bs}: " + "  ".join(f"{n} {' '.join(f'{x:.1f}' for x in v)} tok/s" for n, v in rates.items())
               + f"  on/off {med['on'] / med['off']:.3f}x"
-              + f"  greedy outputs: {len(diverged)} of {bs} differ" + (f" (first at tokens {diverged})" if diverged else ""))
+              + f"  greedy outputs: {len(diverged)} of {bs} differ"
+              + (f" (first at tokens {diverged})" if diverged else ""))
 
 
 if __name__ == "__main__":

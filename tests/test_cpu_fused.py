@@ -50,20 +50,28 @@ def test_rope_bitwise_torch(T, H, Hk, D):
     assert torch.equal(qo, _apply(q, cos, sin)) and torch.equal(ko, _apply(k, cos, sin))
 
 
-def test_bf16_model_uses_the_kernels_and_keeps_its_greedy_tokens(tiny, monkeypatch):
-    """A tiny bf16 Llama on the CPU switches every layer to the native norms/rotary and generates the greedy
-    tokens it generates with torch's ops (its logits are well separated)."""
-    from engine_checks import PROMPTS, greedy
+def test_bf16_model_uses_the_kernels_and_follows_hf(tiny, monkeypatch):
+    """A tiny bf16 Llama on the CPU switches every layer's norms and rotary to the native kernels, and its greedy
+    tokens follow HF transformers in bf16 by the top-5 rule (GUIDE §4), as the torch-ops engine's do (the norm sums in
+    another order, so identical tokens are not the standard); the switch off leaves torch's ops everywhere."""
+    from engine_checks import PROMPTS, compare_top5, greedy, our_top, top_ids
 
     from pagoda import LLM
 
-    sp = greedy(max_tokens=12)
+    sp = greedy(max_tokens=12, logprobs=5)
+
+    def assert_follows_hf_bf16(outputs) -> None:  # test_hf_parity's bf16 rule: the top-5 rule against HF in bf16
+        for out in outputs:
+            ref = tiny.hf_ref("llama", out.prompt_token_ids, dtype=torch.bfloat16, max_new_tokens=12)
+            comp = out.outputs[0]
+            compare_top5(comp.token_ids, ref.tokens, [our_top(d) for d in comp.logprobs],
+                         [top_ids(r) for r in ref.step_logprobs], what=out.prompt[:20])
+
     native = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")
-    model = native.llm_engine.core.runner.model
-    assert all(layer.cpu_native and layer.self_attn.cpu_native for layer in model.layers)
+    runner = native.llm_engine.core.runner
+    assert all(layer.cpu_native and layer.self_attn.cpu_native for layer in runner.model.layers)
+    assert_follows_hf_bf16(native.generate(PROMPTS[:4], sp, use_tqdm=False))
     monkeypatch.setattr(cpu_fused, "ENABLED", False)
     plain = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")
     assert not any(layer.cpu_native for layer in plain.llm_engine.core.runner.model.layers)
-    a = [o.outputs[0].token_ids for o in native.generate(PROMPTS[:4], sp, use_tqdm=False)]
-    b = [o.outputs[0].token_ids for o in plain.generate(PROMPTS[:4], sp, use_tqdm=False)]
-    assert a == b
+    assert_follows_hf_bf16(plain.generate(PROMPTS[:4], sp, use_tqdm=False))
