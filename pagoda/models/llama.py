@@ -293,7 +293,7 @@ class DecoderLayer(nn.Module):
 
         Unfused, ``h`` is the float32 residual stream and ``residual`` stays None."""
         if not self.fused:
-            if self.cpu_native:  # the same float32 stream, norms in one native call each (the add fused in)
+            if self.cpu_native and h.dtype == torch.float32:  # the float32 stream; each norm one native call
                 from pagoda.layers.cpu_fused import add_rms_norm
 
                 n1, n2 = self.input_layernorm, self.post_attention_layernorm
