@@ -100,4 +100,8 @@ def test_engine_with_triton_attention_is_batch_invariant(tiny):
     base = key(llm.generate(prompts, sp, use_tqdm=False))
     assert [key(llm.generate([p], sp, use_tqdm=False))[0] for p in prompts] == base
     chunked = LLM(str(tiny.path("llama")), max_num_batched_tokens=7, **kw)
-    assert key(chunked.generate(prompts, sp, use_tqdm=False)) == base
+    got = key(chunked.generate(prompts, sp, use_tqdm=False))
+    if got != base:  # seen once in CI (session 4), not reproduced since: say which engine instance was off
+        third = key(LLM(str(tiny.path("llama")), **kw).generate(prompts, sp, use_tqdm=False))
+        print(f"a third engine (unchunked) matches the first: {third == base}; the chunked one: {third == got}")
+    assert got == base
