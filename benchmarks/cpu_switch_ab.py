@@ -2,8 +2,7 @@
 
 ``--switch fused``: the native norm/rotary kernels (``pagoda.layers.cpu_fused.ENABLED``, read at load);
 ``--switch one-thread``: small steps' forward on one thread under the passive wait policy
-(``ModelRunner.small_steps_one_thread``, pagoda/worker/cpu_threads.py); ``--switch attention``: decode rows by the
-native paged attention kernel (``TorchAttentionBackend.native_decode``) instead of gather + SDPA.
+(``ModelRunner.small_steps_one_thread``, pagoda/worker/cpu_threads.py).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 

@@ -21,6 +21,7 @@ rows each request samples, come decided in the :class:`SchedulerOutput`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -634,10 +635,8 @@ class ModelRunner:
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
-        if self.small_steps_one_thread and len(inputs.input_ids) <= cpu_threads.SMALL_STEP_MAX_ROWS:
-            with cpu_threads.one_thread():
-                hidden = self._forward_eager(inputs, rows, fill)
-        else:
+        small = self.small_steps_one_thread and len(inputs.input_ids) <= cpu_threads.SMALL_STEP_MAX_ROWS
+        with cpu_threads.one_thread() if small else contextlib.nullcontext():
             hidden = self._forward_eager(inputs, rows, fill)
         return ForwardResult(hidden, aux=self.model.aux_hidden if self.spec_hidden == "aux" else None)
 

@@ -41,12 +41,6 @@ streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 
 kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
 
-def _compile() -> Path | None:
-    from pagoda.native import compile_shared
-
-    return compile_shared(_SOURCE, _FLAGS, "the native int4 kernel")
-
-
 def _eligible() -> bool:
     from pagoda.quantization.kernels import cpu_woq
 
@@ -59,7 +53,9 @@ def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctype
     if not _eligible():
         return None
     try:
-        path = _compile()
+        from pagoda.native import compile_shared
+
+        path = compile_shared(_SOURCE, _FLAGS, "the native int4 kernel")
         if path is None:
             return None
         fn = ctypes.CDLL(str(path)).pagoda_int4_mm
