@@ -18,6 +18,8 @@ Figures (issue 13):
   default: it runs where ``SMALL_MOE_TABLE`` covers the step's pairs), ``off`` (the grouped path at every
   batch), or ``ab``: on, then the Qwen3 shape again at batch 1 with it off, in the same call (a new engine, so
   its CUDA graphs are captured with the switch off).
+* ``--fused-qk-norm``: Qwen3's q/k RMSNorm inside the rotary kernel (``pagoda.models.llama.FUSED_QK_NORM``)
+  ``on`` (default), ``off``, or ``ab``: on, then the Qwen3 shape at batch 1 again with it off (a new engine).
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -239,11 +241,14 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-mixtral", action="store_true")
     ap.add_argument("--small-moe", choices=("on", "off", "ab"), default="on")
+    ap.add_argument("--fused-qk-norm", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
     from pagoda.layers.fused_moe import small_moe
+    from pagoda.models import llama
 
     small_moe.SMALL_MOE_ENABLED = args.small_moe != "off"
+    llama.FUSED_QK_NORM = args.fused_qk_norm != "off"
     t0 = time.perf_counter()
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
@@ -256,6 +261,12 @@ def main() -> None:
         results["qwen3_30b_a3b_small_moe_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw,
                                                             "qwen3-30b-a3b-small-moe-off")
         small_moe.SMALL_MOE_ENABLED = True
+    results["fused_qk_norm"] = args.fused_qk_norm
+    if args.fused_qk_norm == "ab":
+        llama.FUSED_QK_NORM = False
+        results["qwen3_30b_a3b_fused_qk_norm_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw,
+                                                                "qwen3-30b-a3b-fused-qk-norm-off")
+        llama.FUSED_QK_NORM = True
     if not args.skip_hf:
         results["hf"] = run_hf(QWEN3_30B_A3B, args.hf_layers, [1, 64])
     if not args.skip_mixtral:
