@@ -20,6 +20,8 @@ Figures (issue 13):
   its CUDA graphs are captured with the switch off).
 * ``--fused-qk-norm``: Qwen3's q/k RMSNorm inside the rotary kernel (``pagoda.models.llama.FUSED_QK_NORM``)
   ``on`` (default), ``off``, or ``ab``: on, then the Qwen3 shape at batch 1 again with it off (a new engine).
+* ``--dense-gemv`` the same for the bf16 GEMV of few-row linears (``pagoda.layers.dense_gemv.ENABLED``), with
+  ``--gemv-table JSON`` (``dense_gemv_sweep.py --json``'s winners) as its table.
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -242,31 +244,35 @@ def main() -> None:
     ap.add_argument("--skip-mixtral", action="store_true")
     ap.add_argument("--small-moe", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--fused-qk-norm", choices=("on", "off", "ab"), default="on")
+    ap.add_argument("--dense-gemv", choices=("on", "off", "ab"), default="on")
+    ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
+    from pagoda.layers import dense_gemv
     from pagoda.layers.fused_moe import small_moe
     from pagoda.models import llama
 
-    small_moe.SMALL_MOE_ENABLED = args.small_moe != "off"
-    llama.FUSED_QK_NORM = args.fused_qk_norm != "off"
+    switches = {"small_moe": (small_moe, "SMALL_MOE_ENABLED"), "fused_qk_norm": (llama, "FUSED_QK_NORM"),
+                "dense_gemv": (dense_gemv, "ENABLED")}
+    for name, (module, attr) in switches.items():
+        setattr(module, attr, getattr(args, name) != "off")
+    if args.gemv_table:
+        from dense_gemv_sweep import table_from_json  # beside this script
+
+        dense_gemv.GEMV_TABLE = table_from_json(args.gemv_table)
     t0 = time.perf_counter()
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
-    results: dict = {"copy_bw_gbs": bw / 1e9}
+    results: dict = {"copy_bw_gbs": bw / 1e9, "dense_gemv_table": len(dense_gemv.GEMV_TABLE)}
     qwen_folder = model_folder(QWEN3_30B_A3B, "qwen3-30b-a3b-shape")
     results["qwen3_30b_a3b"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1, 64], bw, "qwen3-30b-a3b")
-    results["small_moe"] = args.small_moe
-    if args.small_moe == "ab":
-        small_moe.SMALL_MOE_ENABLED = False
-        results["qwen3_30b_a3b_small_moe_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw,
-                                                            "qwen3-30b-a3b-small-moe-off")
-        small_moe.SMALL_MOE_ENABLED = True
-    results["fused_qk_norm"] = args.fused_qk_norm
-    if args.fused_qk_norm == "ab":
-        llama.FUSED_QK_NORM = False
-        results["qwen3_30b_a3b_fused_qk_norm_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw,
-                                                                "qwen3-30b-a3b-fused-qk-norm-off")
-        llama.FUSED_QK_NORM = True
+    for name, (module, attr) in switches.items():  # "ab": batch 1 again with the switch off (a new engine)
+        results[name] = getattr(args, name)
+        if getattr(args, name) == "ab":
+            setattr(module, attr, False)
+            label = "qwen3-30b-a3b-" + name.replace("_", "-") + "-off"
+            results["qwen3_30b_a3b_" + name + "_off"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1], bw, label)
+            setattr(module, attr, True)
     if not args.skip_hf:
         results["hf"] = run_hf(QWEN3_30B_A3B, args.hf_layers, [1, 64])
     if not args.skip_mixtral:

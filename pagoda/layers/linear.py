@@ -77,6 +77,12 @@ class UnquantizedLinearMethod(LinearMethod):
             layer.register_parameter("bias", None)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # a few rows of a measured shape: the GEMV (pagoda.layers.dense_gemv; Triton is optional)
+            from pagoda.layers import dense_gemv
+
+            rule = dense_gemv.gemv_rule(x, layer.weight)
+            if rule is not None:
+                return dense_gemv.dense_gemv(x, layer.weight, layer.bias, rule)
         return F.linear(x, layer.weight, layer.bias)
 
 

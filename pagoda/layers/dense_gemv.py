@@ -1,0 +1,141 @@
+"""bf16/fp16 GEMV for decode steps of a few token rows (CUDA; CPU under ``TRITON_INTERPRET=1``): ``y = x Wᵀ (+ b)``.
+
+Why: at one to a few rows cuBLAS picks tiles that leave most SMs idle on narrow matrices. H200 profile of the
+Qwen3-30B-A3B batch-1 decode step (``benchmarks/RESULTS.md``, session 6): the 2048 → 128 MoE router GEMM ran as
+2 CTAs (5.1 µs for 0.5 MB of weights), the 4096 → 2048 O projection as a split-K GEMM plus a reduce launch
+(8.7 µs for 16.8 MB; 3.9 µs at the copy bandwidth). A GEMV that spreads the weight rows over every SM streams them
+once at close to the copy bandwidth.
+
+Kernel: program ``p`` owns output channels ``[p * BLOCK_N, (p + 1) * BLOCK_N)`` and walks K in ``BLOCK_K`` steps
+(16-byte vector loads along K when ``K % BLOCK_K == 0``). One row: the products accumulate element-wise in a
+float32 ``[BLOCK_N, BLOCK_K]`` tile reduced over K once at the end (no step waits on a cross-warp reduction).
+Several rows (``BLOCK_M`` ≤ :data:`GEMV_MAX_M`): each weight tile is loaded once and reduced against every row.
+The bias is added in float32, then the output is rounded once to x's dtype.
+
+Invariants: deterministic (no atomics; a fixed summation order for a given rule and ``BLOCK_M``); each output row
+depends only on its own input row; padded rows re-read the last real row and are never stored. The launch is a
+function of the shapes only (capturable in CUDA graphs). Numerics: float32 sums in another order than cuBLAS's,
+so outputs differ from ``F.linear`` by float32 rounding (the tests bound it).
+
+Which shapes take it: :data:`GEMV_TABLE`, the measured winners over cuBLAS on an H200
+(``benchmarks/gpu/dense_gemv_sweep.py`` prints the table); every other shape, row count, dtype or device stays on
+``F.linear``. ``--deterministic`` replaces these layers before they run (``pagoda.layers.batch_invariant``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclasses.dataclass(frozen=True)
+class GemvRule:
+    """One launch: ``block_n`` output channels per program, ``block_k`` elements of K per step, ``num_warps``."""
+
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+
+    def short(self) -> str:
+        return f"n{self.block_n} k{self.block_k} w{self.num_warps}"
+
+
+GEMV_MAX_M = 4
+"""The most token rows a call may have to take the GEMV (the table's row buckets are 1, 2 and 4)."""
+
+ENABLED = True
+"""False: :func:`gemv_rule` answers None, so every call runs ``F.linear`` (the A/B switch of the benchmarks; read at
+call time, so at CUDA-graph capture)."""
+
+GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {}
+"""Measured winners over cuBLAS: ``(row bucket, N, K) -> rule`` (the sweep prints lines to paste here). A shape
+missing here runs ``F.linear``."""
+
+
+def m_bucket(m: int) -> int:
+    """Token rows -> the table's row bucket (1, 2 or 4)."""
+    return 1 if m <= 1 else triton.next_power_of_2(m)
+
+
+def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int, int], GemvRule] | None = None
+              ) -> GemvRule | None:
+    """The GEMV's launch for ``F.linear(x, weight)``, or None for ``F.linear`` itself: CUDA, bf16/fp16 x and weight
+    of one dtype, a row-major weight, at most :data:`GEMV_MAX_M` rows, and a ``(rows, N, K)`` in ``table``
+    (default :data:`GEMV_TABLE`)."""
+    table = GEMV_TABLE if table is None else table
+    if not ENABLED or not table or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
+        return None
+    rows = x.numel() // max(1, x.shape[-1])
+    if not 1 <= rows <= GEMV_MAX_M:
+        return None
+    return table.get((m_bucket(rows), weight.shape[0], weight.shape[1]))
+
+
+@triton.jit(do_not_specialize=["M"])
+def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows."""
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    offs_m = tl.arange(0, BLOCK_M)
+    if BLOCK_M == 1:
+        tile = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K once, after the loop
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            if EVEN_K:
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+                xk = tl.load(x_ptr + offs_k)
+            else:
+                k_ok = offs_k < K
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+            tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+        acc = tl.sum(tile, axis=1)[:, None]
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            if EVEN_K:
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+            else:
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            wf = w.to(tl.float32)
+            for m in tl.static_range(BLOCK_M):
+                x_row = x_ptr + tl.minimum(m, M - 1).to(tl.int64) * stride_xm + offs_k
+                xk = tl.load(x_row, mask=k_ok, other=0.0).to(tl.float32)
+                part = tl.sum(wf * xk[None, :], axis=1)
+                acc += tl.where(offs_m[None, :] == m, part[:, None], 0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
+    tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & (offs_m < M)[None, :])
+
+
+def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rule: GemvRule) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` by the GEMV kernel (module docstring). ``x`` [..., K] with at most
+    :data:`GEMV_MAX_M` rows in all; ``weight`` [N, K] with unit stride along K."""
+    K = x.shape[-1]
+    N = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"dense_gemv: x has {K} features, the weight {weight.shape[1]}")
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if not 1 <= M <= GEMV_MAX_M:
+        raise ValueError(f"dense_gemv takes 1..{GEMV_MAX_M} rows, got {M}")
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    _dense_gemv_kernel[(triton.cdiv(N, rule.block_n),)](
+        x2, weight, bias if bias is not None else weight, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0, BLOCK_M=m_bucket(M), BLOCK_N=rule.block_n,
+        BLOCK_K=rule.block_k, num_warps=rule.num_warps)
+    return y.view(*x.shape[:-1], N)

@@ -1,0 +1,120 @@
+"""The bf16/fp16 GEMV of decode steps (pagoda/layers/dense_gemv.py) against a float64 ``x Wᵀ + b``.
+
+On the CPU the kernel runs in Triton's interpreter at tiny sizes; the dispatch rule is checked on any device.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+from pagoda.layers import dense_gemv as dg  # noqa: E402
+from pagoda.layers.linear import Linear  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data(m, n, k, dtype, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(DEV, dtype)
+    w = (torch.randn(n, k, generator=g) * 0.1).to(DEV, dtype)
+    b = torch.randn(n, generator=g).to(DEV, dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("k", [64, 80])  # whole BLOCK_K steps, and a masked tail
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_float64_reference(m, k, bias):
+    x, w, b = _data(m, 40, k, torch.float32, bias, seed=m + k)  # N = 40: a partial last channel tile
+    y = dg.dense_gemv(x, w, b, dg.GemvRule(block_n=16, block_k=32))
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert y.shape == (m, 40) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_rows_are_independent_and_rounded_once():
+    """Each output row depends only on its own input row (row 0 is the same alone and in a batch of 4), and
+    the bf16 result is the float32 sum rounded once (within one bf16 ulp of the float64 product)."""
+    x, w, _ = _data(4, 24, 64, torch.bfloat16, False, seed=7)
+    rule = dg.GemvRule(block_n=8, block_k=32)
+    four = dg.dense_gemv(x, w, None, rule)
+    one = dg.dense_gemv(x[:1], w, None, rule)
+    ref = x.double() @ w.double().T
+    torch.testing.assert_close(four.double(), ref, rtol=2 ** -7, atol=1e-3)
+    torch.testing.assert_close(one[0].double(), ref[0], rtol=2 ** -7, atol=1e-3)
+
+
+def test_leading_dims_and_bad_row_counts():
+    x, w, _ = _data(3, 24, 64, torch.float32, False)
+    y = dg.dense_gemv(x.view(3, 1, 64), w, None, dg.GemvRule(8, 32))
+    assert y.shape == (3, 1, 24)
+    with pytest.raises(ValueError, match="rows"):
+        dg.dense_gemv(torch.zeros(dg.GEMV_MAX_M + 1, 64, device=DEV), w, None, dg.GemvRule(8, 32))
+    with pytest.raises(ValueError, match="features"):
+        dg.dense_gemv(torch.zeros(1, 63, device=DEV), w, None, dg.GemvRule(8, 32))
+
+
+def test_rule_only_for_table_shapes_on_cuda(monkeypatch):
+    """The GEMV runs only where the table has the shape: CUDA, bf16/fp16, a row-major weight, ≤ GEMV_MAX_M rows.
+    Everything else (the CPU, fp32, a shape not measured) stays on F.linear."""
+    table = {(1, 24, 64): dg.GemvRule(8, 32), (4, 24, 64): dg.GemvRule(8, 32)}
+    w = torch.zeros(24, 64, dtype=torch.bfloat16, device=DEV)
+    x1 = torch.zeros(1, 64, dtype=torch.bfloat16, device=DEV)
+    on_cuda = DEV == "cuda"
+    assert (dg.gemv_rule(x1, w, table) is not None) == on_cuda
+    assert dg.gemv_rule(torch.zeros(3, 64, dtype=torch.bfloat16, device=DEV), w, table) == (table[(4, 24, 64)]
+                                                                                             if on_cuda else None)
+    assert dg.gemv_rule(torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV), w, table) is None
+    assert dg.gemv_rule(x1.float(), w.float(), table) is None
+    column_major = torch.zeros(64, 24, dtype=torch.bfloat16, device=DEV).t()
+    assert dg.gemv_rule(x1, column_major, table) is None
+    assert dg.gemv_rule(x1, torch.zeros(32, 64, dtype=torch.bfloat16, device=DEV), table) is None
+    assert dg.gemv_rule(x1, w, {}) is None
+    monkeypatch.setattr(dg, "ENABLED", False)
+    assert dg.gemv_rule(x1, w, table) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GEMV is dispatched on CUDA only")
+def test_linear_takes_the_gemv_for_a_table_shape(monkeypatch):
+    lin = Linear(64, 24, bias=True).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.1)
+        lin.bias.normal_()
+    x = torch.randn(2, 64, device="cuda", dtype=torch.bfloat16)
+    monkeypatch.setattr(dg, "GEMV_TABLE", {(2, 24, 64): dg.GemvRule(8, 32)})
+    calls = []
+    real = dg.dense_gemv
+    monkeypatch.setattr(dg, "dense_gemv", lambda *a: calls.append(1) or real(*a))
+    y = lin(x)
+    assert calls == [1]
+    ref = F.linear(x.double(), lin.weight.double(), lin.bias.double())
+    torch.testing.assert_close(y.double(), ref, rtol=2 ** -7, atol=2e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernel in the CPU interpreter")
+def test_sweep_smoke(monkeypatch, capsys, tmp_path):
+    """benchmarks/gpu/dense_gemv_sweep.py --smoke runs (interpreter, tiny shapes), prints the CHOOSE block and
+    writes JSON that ``table_from_json`` reads back (only GEMV wins over cuBLAS by 3 % become table entries)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_bench_smoke import load_script
+
+    path = tmp_path / "sweep.json"
+    monkeypatch.setattr(sys, "argv", ["dense_gemv_sweep.py", "--smoke", "--json", str(path)])
+    script = load_script("benchmarks/gpu/dense_gemv_sweep.py")
+    script.main()
+    assert "m=1 N=24 K=64: cuBLAS" in capsys.readouterr().out
+    rows = json.loads(path.read_text())
+    assert {(r["m"], r["n"], r["k"]) for r in rows} == {(1, 24, 64), (2, 24, 64), (1, 40, 96), (2, 40, 96)}
+    rows[0].update(cublas_us=10.0, gemv_us=5.0, rule=[8, 32, 4])
+    path.write_text(json.dumps(rows))
+    assert script.table_from_json(str(path)) == {(1, 24, 64): dg.GemvRule(8, 32, 4)}
