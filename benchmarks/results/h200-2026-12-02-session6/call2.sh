@@ -10,7 +10,7 @@ log() { echo "== $* ($(date +%T))" | tee -a $S; }
 log "gemv tests"
 timeout 60 python -m pytest tests/kernels/test_dense_gemv.py -q -rf -p no:cacheprovider 2>&1 | tail -3 | tee -a $S
 log "gemv sweep"
-timeout 200 python benchmarks/gpu/dense_gemv_sweep.py --json $OUT/gemv.json > $OUT/gemv_sweep.txt 2>&1; cat $OUT/gemv_sweep.txt | tee -a $S
+timeout 200 python benchmarks/gpu/dense_gemv_sweep.py --json $OUT/gemv.json 2>&1 | tee -a $S
 log "moe bench, dense gemv on then off (batch 1)"
 timeout 150 python benchmarks/gpu/moe_bench.py --dense-gemv ab --gemv-table $OUT/gemv.json --skip-hf --skip-mixtral \
   --output-json $OUT/moe.json > $OUT/moe_bench.txt 2>&1; grep -E "^\[|copy bandwidth|rror" $OUT/moe_bench.txt | tee -a $S
@@ -19,5 +19,6 @@ log "llama3-8b decode a/b, dense gemv"
 timeout 150 python benchmarks/gpu/decode_ab.py $M --switch dense-gemv --gemv-table $OUT/gemv.json --batch 1 4 --rounds 1 \
   > $OUT/decode_ab.txt 2>&1; grep -E "^\[|copy bandwidth|rror" $OUT/decode_ab.txt | tee -a $S
 log "spec verify"
-timeout 200 bash benchmarks/gpu/spec_verify_bench.sh $OUT/spec 2>&1 | tail -8 | tee -a $S
+timeout 200 bash benchmarks/gpu/spec_verify_bench.sh /tmp/spec 2>&1 | tail -8 | tee -a $S
+cp /tmp/spec/plain.json $OUT/spec_plain.json; cp /tmp/spec/verify4.json $OUT/spec_verify4.json
 log done
