@@ -50,7 +50,27 @@ ENABLED = True
 """False: :func:`gemv_rule` answers None, so every call runs ``F.linear`` (the A/B switch of the benchmarks; read at
 call time, so at CUDA-graph capture)."""
 
-GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {}
+# Measured: benchmarks/gpu/dense_gemv_sweep.py on an H200 (session 6, call 2; cuBLAS -> GEMV per call, weights
+# streamed from HBM): every shape and row count where the GEMV won by >= 3 %. At 2 and 4 rows cuBLAS won on every
+# shape over 1 MB (the per-row reductions of the GEMV cost more than the tile cuBLAS wastes).
+GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
+    (1, 5120, 2048): GemvRule(8, 512, 4),  # 7.9 -> 7.0 us
+    (1, 2048, 4096): GemvRule(2, 1024, 4),  # 8.7 -> 6.5 us
+    (1, 128, 2048): GemvRule(2, 1024, 4),  # 5.1 -> 1.8 us
+    (2, 128, 2048): GemvRule(4, 512, 4),  # 5.1 -> 4.3 us
+    (1, 6144, 4096): GemvRule(2, 1024, 4),  # 16.8 -> 14.6 us
+    (1, 4096, 4096): GemvRule(2, 1024, 4),  # 12.8 -> 11.1 us
+    (1, 28672, 4096): GemvRule(2, 1024, 4),  # 59.6 -> 56.6 us
+    (1, 4096, 14336): GemvRule(4, 512, 4),  # 32.9 -> 31.0 us
+    (1, 24576, 4096): GemvRule(2, 1024, 4),  # 51.4 -> 49.5 us
+    (1, 4096, 12288): GemvRule(8, 512, 8),  # 30.3 -> 27.1 us
+    (1, 960, 576): GemvRule(2, 1024, 4),  # 4.0 -> 2.4 us
+    (1, 576, 576): GemvRule(2, 1024, 4),  # 3.4 -> 2.1 us
+    (2, 576, 576): GemvRule(4, 256, 4),  # 3.5 -> 3.4 us
+    (1, 3072, 576): GemvRule(2, 1024, 4),  # 4.1 -> 3.1 us
+    (1, 576, 1536): GemvRule(2, 1024, 4),  # 5.0 -> 2.9 us
+    (2, 576, 1536): GemvRule(4, 512, 4),  # 5.0 -> 4.8 us
+}
 """Measured winners over cuBLAS: ``(row bucket, N, K) -> rule`` (the sweep prints lines to paste here). A shape
 missing here runs ``F.linear``."""
 
