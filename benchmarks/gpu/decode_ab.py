@@ -7,10 +7,8 @@ CUDA-graph capture; arms alternate ``--rounds`` times. Floor: the weight bytes a
 the input embedding, whose one row per token is negligible, unless tied to the LM head) plus the KV cache read,
 over the copy bandwidth measured here.
 
-Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; ``--gemv-table`` replaces its table with the JSON
-of ``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``), ``fused-reduce``
-(the split-KV decode's combine inside its launch or as a second one:
-``pagoda.attention.triton_kernels.FUSE_DECODE_REDUCE``).
+Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from ``--gemv-table``, the JSON of
+``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``).
 """
 
 from __future__ import annotations
@@ -29,12 +27,10 @@ from moe_bench import PROMPT_LEN, copy_bandwidth, kv_bytes, start_batch, time_gr
 
 
 def switch_target(name: str) -> tuple[object, str]:
-    from pagoda.attention import triton_kernels
     from pagoda.layers import dense_gemv
     from pagoda.models import llama
 
-    return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM"),
-            "fused-reduce": (triton_kernels, "FUSE_DECODE_REDUCE")}[name]
+    return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM")}[name]
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
@@ -74,7 +70,7 @@ def run_arm(model_dir: str, batches: list[int], bw: float, label: str) -> dict[i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--switch", required=True, choices=("dense-gemv", "fused-qk-norm", "fused-reduce"))
+    ap.add_argument("--switch", required=True, choices=("dense-gemv", "fused-qk-norm"))
     ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=2)

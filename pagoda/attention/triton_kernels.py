@@ -853,9 +853,6 @@ def choose_chunk_splits(num_tokens: int, num_seqs: int, num_kv_heads: int, group
     return max(1, min(wanted, by_length, MAX_CHUNK_SPLITS))
 
 
-FUSE_DECODE_REDUCE = True
-"""``split_kv_decode``'s default for ``fuse_reduce`` (the A/B switch of ``benchmarks/gpu/decode_ab.py``; read at
-call time, so at CUDA-graph capture)."""
 DECODE_LOCK_SLOTS = 1 << 14
 """Arrival counters per device for :func:`split_kv_decode`, one per (request, KV head); a decode step splits
 only when ``B * Hkv`` is below the SM count, so this is far more than any split launch needs."""
@@ -896,7 +893,7 @@ def split_kv_decode(
     v_scale: float = 1.0,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
-    fuse_reduce: bool | None = None,
+    fuse_reduce: bool = True,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
     :func:`unified_attention`; the splits cut the window's range only). One launch: the last split of each
@@ -913,8 +910,6 @@ def split_kv_decode(
     num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d = shape
     block_m = max(16, triton.next_power_of_2(group))
     block_s = triton.next_power_of_2(num_splits)
-    if fuse_reduce is None:
-        fuse_reduce = FUSE_DECODE_REDUCE
     if block_n is None:
         block_n = 32 if _wide_rows(block_d, query, k_cache) else 64
     dot_dtype, precision = _dot_config(query.dtype)
