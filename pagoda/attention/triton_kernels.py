@@ -54,23 +54,14 @@ Design
       For small prefill chunks over long cached contexts, whose tiles alone leave SMs
       idle (:func:`choose_chunk_splits`); eager steps only (it allocates a workspace).
 
-``split_kv_decode`` (flash-decoding; every request has q_len 1; ONE launch)
+``split_kv_decode`` + ``split_kv_reduce`` (flash-decoding; every request has q_len 1)
     * Grid ``(B, Hkv, S)``. Request ``i``'s KV range is cut into ``S`` chunks of
       ``cdiv(cdiv(seq_len_i, BLOCK_N), S)`` whole tiles; program ``(i, h, s)`` runs the
       same online-softmax loop over chunk ``s`` for the ``G`` heads of KV head ``h``
       and writes an unnormalised partial ``(m, l, acc)`` to an fp32 workspace
       ``[B, H, S(, D)]`` (an empty chunk writes ``m = -inf, l = 0``).
-    * Combine (:func:`_combine_splits`, the one copy shared with the unified kernel's
-      ``_split_kv_reduce_kernel``): ``M = max_s m_s``, ``w_s = 2^(m_s - M)``,
-      ``out = sum_s w_s acc_s / sum_s w_s l_s``, summed in a fixed order (not arrival order).
-    * No reduce launch: after storing its partial, a program bumps the int32 arrival counter
-      of its ``(i, h)`` (``atomic_add``, acq_rel, after a CTA barrier); the one that sees
-      ``S - 1`` combines the ``S`` partials of its ``G`` heads (loads bypass L1), writes
-      ``out`` and sets the counter back to 0. The counters (:func:`decode_locks`,
-      ``DECODE_LOCK_SLOTS`` int32 per device, zero between launches) are allocated once,
-      before any CUDA-graph capture, as graphs hold their address; split decodes of one
-      device must not overlap on two streams (they share them). ``S = 1`` uses no counter.
-      ``fuse_reduce=False`` keeps the old second launch as a bitwise reference (same warps).
+    * Reduce grid ``(B, H)``: ``M = max_s m_s``, ``w_s = 2^(m_s - M)``,
+      ``out = sum_s w_s acc_s / sum_s w_s l_s``.
     * Split heuristic (:func:`choose_num_splits`): with ``B * Hkv`` programs already
       filling the GPU (``>= num_SMs``), no split. Otherwise aim at ``2 * num_SMs``
       programs, ``S = cdiv(2 * num_SMs, B * Hkv)``, capped so each split keeps at
@@ -83,10 +74,9 @@ block 16, GPU time inside a CUDA graph; peer = torch SDPA on *contiguous* KV, sa
 decode B=1 @1k: split 11.3 us vs SDPA 11.3 us (unified alone: 34 us); B=1 @32k: 55 vs
 50 us; B=64 @2k: unified 139 us vs SDPA 137 us (HBM floor at 4.8 TB/s: 112 us);
 causal prefill 8k tokens: 353 TFLOP/s vs SDPA 574. Host-side launch cost is about
-45 us (unified) / 70 us (split, then two launches; the reduce is now fused into the
-first), mostly Triton's Python launcher: run decode steps under CUDA graphs. The split
-count follows ``max_seq_len``, so a captured graph must be replayed only for steps that
-pick the same count.
+45 us (unified) / 70 us (split, two launches), mostly Triton's Python launcher: run
+decode steps under CUDA graphs. The split count follows ``max_seq_len``, so a
+captured graph must be replayed only for steps that pick the same count.
 
 Limits: head_dim <= 256; q heads a multiple of KV heads; fp32 / fp16 / bf16 (the
 cache may have another float dtype than the query: it is converted on load).
@@ -392,62 +382,13 @@ def _unified_attention_kernel(
         )
 
 
-@triton.jit
-def _combine_splits(out_row_ptr, ws_ptr, ml_offset, base, num_splits, head_dim,
-                    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """THE combine of one (token, head)'s split partials ``base .. base + num_splits - 1`` (the only copy of
-    this arithmetic): ``M = max_s m_s``, ``w_s = 2^(m_s - M)``, ``out = sum_s w_s acc_s / sum_s w_s l_s``,
-    stored as one ``[head_dim]`` row at ``out_row_ptr``. The sums run in an order fixed by ``BLOCK_S`` and the
-    launch's warp layout (not by arrival), so equal ``(BLOCK_S, num_warps)`` give equal bits. Loads bypass L1
-    (``.cg``): the fused decode tail reads partials other programs stored during the same launch."""
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    s_ok = s < num_splits
-    m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0, cache_modifier=".cg")
-    acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0,
-                  cache_modifier=".cg")
-    m_max = tl.max(m, 0)
-    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
-    denom = tl.sum(w * l_sum, 0)
-    denom = tl.where(denom == 0.0, 1.0, denom)
-    out = tl.sum(w[:, None] * acc, 0) / denom
-    tl.store(out_row_ptr + d, out.to(out_row_ptr.dtype.element_ty), mask=d < head_dim)
-
-
-@triton.jit
-def _split_kv_finish(out_ptr, ws_ptr, ml_offset, lock_ptr, seq, kv_head, tok, num_heads, head_dim, stride_ot,
-                     stride_oh, num_splits, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Fused reduce of the decode kernel, run after this program stored its partials: the last of the
-    ``num_splits`` programs of ``(seq, kv_head)`` to arrive (an int32 counter, ``atomic_add`` acq_rel) combines
-    the splits of its ``G`` heads with :func:`_combine_splits`, writes ``out`` and resets the counter to 0 (every
-    launch leaves the counters zero). One split needs no counter."""
-    tl.debug_barrier()  # every thread's partial is stored before the one arrival below
-    lock = lock_ptr + seq * tl.num_programs(1) + kv_head
-    if num_splits > 1:
-        arrived = tl.atomic_add(lock, 1, sem="acq_rel")
-    else:
-        arrived = num_splits - 1
-    if arrived == num_splits - 1:
-        for g in tl.static_range(G):
-            head = kv_head * G + g
-            _combine_splits(out_ptr + tok * stride_ot + head * stride_oh, ws_ptr, ml_offset,
-                            (seq.to(tl.int64) * num_heads + head) * num_splits, num_splits, head_dim,
-                            BLOCK_S, BLOCK_D)
-        if num_splits > 1:
-            tl.atomic_xchg(lock, 0)
-
-
 @triton.jit(do_not_specialize=["num_splits"])
 def _split_kv_decode_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
-    out_ptr,
     ws_ptr,  # fp32 workspace: acc [B*H*S, BLOCK_D], then (m, l) [B*H*S, 2] at ml_offset
     ml_offset,
-    lock_ptr,  # FUSE_REDUCE: int32 arrival counters [B * Hkv], all zero on entry (and on exit)
     query_start_loc_ptr,
     seq_lens_ptr,
     block_tables_ptr,
@@ -457,8 +398,6 @@ def _split_kv_decode_kernel(
     head_dim,
     stride_qt,
     stride_qh,
-    stride_ot,
-    stride_oh,
     stride_kcb,
     stride_kcs,
     stride_kch,
@@ -475,12 +414,7 @@ def _split_kv_decode_kernel(
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
-    BLOCK_S: tl.constexpr,  # next_pow2(num_splits), as for _split_kv_reduce_kernel
-    FUSE_REDUCE: tl.constexpr,  # the last split to arrive combines (_split_kv_finish); else only partials
 ):
-    """One program per (request, KV head, split): the single query row's ``G`` heads over split ``split`` of
-    the (windowed) key range, unmasked whole tiles in the middle; partials to ``ws_ptr``, then (FUSE_REDUCE)
-    the fused combine. Over ~80 lines for the same reason as :func:`_unified_attention_kernel` (the signature)."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -529,9 +463,6 @@ def _split_kv_decode_kernel(
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
     tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
     tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
-    if FUSE_REDUCE:
-        _split_kv_finish(out_ptr, ws_ptr, ml_offset, lock_ptr, seq, kv_head, tok, num_heads, head_dim, stride_ot,
-                         stride_oh, num_splits, G, BLOCK_S, BLOCK_D)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -549,8 +480,6 @@ def _split_kv_reduce_kernel(
     BLOCK_D: tl.constexpr,
     PER_TOKEN: tl.constexpr,  # partials indexed by token (unified) rather than by request (decode)
 ):
-    """One program per (token or request, head): :func:`_combine_splits` of its partials. The unified
-    kernel's split path; for decode only :func:`split_kv_decode`'s ``fuse_reduce=False`` reference path."""
     head = tl.program_id(1)
     if PER_TOKEN:
         tok = tl.program_id(0).to(tl.int64)
@@ -558,8 +487,24 @@ def _split_kv_reduce_kernel(
     else:
         idx = tl.program_id(0).to(tl.int64)
         tok = tl.load(query_start_loc_ptr + idx).to(tl.int64)
-    _combine_splits(out_ptr + tok * stride_ot + head * stride_oh, ws_ptr, ml_offset,
-                    (idx * num_heads + head) * num_splits, num_splits, head_dim, BLOCK_S, BLOCK_D)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s < num_splits
+    base = (idx * num_heads + head) * num_splits
+    m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
+    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
+    acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
+    m_max = tl.max(m, 0)
+    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
+    denom = tl.sum(w * l_sum, 0)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    out = tl.sum(w[:, None] * acc, 0) / denom
+    tl.store(
+        out_ptr + tok * stride_ot + head * stride_oh + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < head_dim,
+    )
 
 
 # --------------------------------------------------------------------------- host side
@@ -853,30 +798,6 @@ def choose_chunk_splits(num_tokens: int, num_seqs: int, num_kv_heads: int, group
     return max(1, min(wanted, by_length, MAX_CHUNK_SPLITS))
 
 
-DECODE_LOCK_SLOTS = 1 << 14
-"""Arrival counters per device for :func:`split_kv_decode`, one per (request, KV head); a decode step splits
-only when ``B * Hkv`` is below the SM count, so this is far more than any split launch needs."""
-_decode_locks: dict[torch.device, torch.Tensor] = {}
-_DECODE_WARPS = 4  # split_kv_decode's launches (its fused reduce runs at this warp count too)
-
-
-def decode_locks(device: torch.device, pairs: int) -> torch.Tensor:
-    """The zeroed int32 arrival counters of ``device`` for a split decode of ``pairs = B * Hkv`` (every launch
-    leaves them zero). Allocated once and kept for the process: captured CUDA graphs hold its address, so it
-    must not be first allocated inside a capture (the zero-fill would not run until the graph replays)."""
-    if pairs > DECODE_LOCK_SLOTS:
-        raise ValueError(f"split_kv_decode: {pairs} (request, KV head) pairs exceed the {DECODE_LOCK_SLOTS} "
-                         f"split arrival counters (DECODE_LOCK_SLOTS); use num_splits=1 or the unified kernel")
-    buf = _decode_locks.get(device)
-    if buf is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"split_kv_decode: its arrival counters on {device} must be allocated before CUDA "
-                               f"graph capture (run one split decode eagerly first, e.g. the warm-up step)")
-        buf = torch.zeros(DECODE_LOCK_SLOTS, dtype=torch.int32, device=device)
-        _decode_locks[device] = buf
-    return buf
-
-
 def split_kv_decode(
     query: torch.Tensor,  # [T, H, D]; request i's single query row is query_start_loc[i]
     k_cache: torch.Tensor,
@@ -893,13 +814,9 @@ def split_kv_decode(
     v_scale: float = 1.0,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
-    fuse_reduce: bool = True,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
-    :func:`unified_attention`; the splits cut the window's range only). One launch: the last split of each
-    (request, KV head) to finish combines the partials (:func:`decode_locks`). ``fuse_reduce=False`` is the
-    reference path (tests, A/B timing): the same partials, then ``_split_kv_reduce_kernel`` as a second launch
-    at the same warp count, which gives the same bits."""
+    :func:`unified_attention`; the splits cut the window's range only)."""
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
     window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
@@ -909,30 +826,28 @@ def split_kv_decode(
         return out
     num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d = shape
     block_m = max(16, triton.next_power_of_2(group))
-    block_s = triton.next_power_of_2(num_splits)
     if block_n is None:
         block_n = 32 if _wide_rows(block_d, query, k_cache) else 64
     dot_dtype, precision = _dot_config(query.dtype)
     num_partials = num_seqs * num_heads * num_splits
     ml_offset = num_partials * block_d
     workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
-    locks = decode_locks(query.device, num_seqs * num_kv_heads) if fuse_reduce and num_splits > 1 else seq_lens
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, out, workspace, ml_offset, locks,
+        query, k_cache, v_cache, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
         _scale_log2(scale, k_cache, k_scale), window, num_heads, head_dim,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
-        BLOCK_S=block_s, FUSE_REDUCE=fuse_reduce, num_warps=_DECODE_WARPS, num_stages=2,
+        num_warps=4, num_stages=2,
     )
-    if not fuse_reduce:
-        _split_kv_reduce_kernel[(num_seqs, num_heads)](
-            out, workspace, ml_offset, query_start_loc,
-            num_heads, head_dim, out.stride(0), out.stride(1),
-            num_splits=num_splits, BLOCK_S=block_s, BLOCK_D=block_d, PER_TOKEN=False, num_warps=_DECODE_WARPS,
-        )
+    _split_kv_reduce_kernel[(num_seqs, num_heads)](
+        out, workspace, ml_offset, query_start_loc,
+        num_heads, head_dim, out.stride(0), out.stride(1),
+        num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
+        num_warps=1 if num_splits * block_d <= 2048 else 4,
+    )
     return _apply_v_scale(out, v_cache, v_scale)

@@ -207,39 +207,6 @@ def test_split_kv_decode(group, num_splits, block_n, block_size):
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize(
-    "group,num_kv_heads,num_splits",
-    [
-        (4, 1, 64),  # MAX_SPLITS over at most 5 tiles: most splits empty (a graph captured for a long context)
-        (3, 2, 7),
-        (2, 2, 1),  # one split: no counter
-    ],
-)
-def test_split_kv_decode_fused_reduce_bitwise(group, num_kv_heads, num_splits):
-    # The last split to arrive combines in the decode launch itself: bitwise what the standalone reduce
-    # kernel makes of the same partials (fuse_reduce=False), the same again on a second call (the
-    # arrival counters were reset), and every counter back at zero.
-    query, k_cache, v_cache, meta = make_batch([(1, 70), (1, 16), (1, 1)], 16, num_kv_heads, 32, group,
-                                               torch.float32, seed=6)
-    scale = 32**-0.5
-
-    def run(fuse_reduce):
-        out = torch.full_like(query, float("nan"))  # every row must be written
-        return run_split(query, k_cache, v_cache, meta, scale, num_splits, block_n=16, out=out,
-                         fuse_reduce=fuse_reduce)
-
-    first, second, two_launches = run(True), run(True), run(False)
-    assert torch.equal(first, two_launches)
-    assert torch.equal(first, second)
-    assert torch.count_nonzero(tk.decode_locks(DEVICE, 0)) == 0
-    torch.testing.assert_close(first, ref_paged_attention(query, k_cache, v_cache, meta, scale), **TOL[torch.float32])
-
-
-def test_decode_locks_limit():
-    with pytest.raises(ValueError, match="DECODE_LOCK_SLOTS"):
-        tk.decode_locks(DEVICE, tk.DECODE_LOCK_SLOTS + 1)
-
-
 def test_split_kv_decode_bf16_head_dim_48():
     query, k_cache, v_cache, meta = make_batch([(1, 200), (1, 33)], 16, 1, 48, 3, torch.bfloat16, seed=5)
     out = run_split(query, k_cache, v_cache, meta, 0.15, 5, block_n=16)
