@@ -4,5 +4,5 @@
 # against a server the bench starts (its start-up phases are in the serve log).
 set -uo pipefail
 export PAGODA_CACHE=$PWD/out/pc
-N=500 LEVELS=64 timeout 440 bash benchmarks/gpu/issue21_timeline.sh makespan stream > /dev/null 2>&1
+N=500 LEVELS=64 timeout 390 bash benchmarks/gpu/issue21_timeline.sh makespan stream > /dev/null 2>&1
 cat $OUT/summary.txt
