@@ -123,7 +123,10 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
 
     state.on_load_failure = fail
     state.on_engine_death = on_engine_death
-    server.run(sockets=[sock] if sock is not None else None)
+    try:
+        server.run(sockets=[sock] if sock is not None else None)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C (SIGINT) after its graceful shutdown: exit as on SIGTERM
+        logger.info("interrupted: the server has shut down")
     message = None
     if state.load_error is not None:
         message = f"error: the model failed to load: {state.load_error}"
