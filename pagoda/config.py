@@ -63,7 +63,8 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "DeviceConfig": ("device",),
     "CacheConfig": ("block_size", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
                     "enable_prefix_caching", "kv_offloading_size", "kv_offloading_backend", "kv_cache_dtype"),
-    "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "scheduling_policy",
+    "SchedulerConfig": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
+                        "long_prefill_token_threshold", "scheduling_policy",
                         "async_scheduling"),
     "AttentionConfig": ("attention_backend",),
     "SpeculativeConfig": ("speculative_config",),
@@ -120,6 +121,10 @@ class EngineArgs:
     """Token budget of one step, prefill chunks + decodes (default: 16384 on GPU, 2048 on CPU)."""
     enable_chunked_prefill: bool = True
     """Split long prompts into chunks that share steps with decodes."""
+    long_prefill_token_threshold: int = 0
+    """Above 0: no request computes more than this many tokens in one step, so a long prompt is prefilled in chunks
+    of this size and the steps it shares with running decodes stay short (lower inter-token latency under load,
+    at some prefill throughput; needs chunked prefill). 0: a prompt takes all the step's token budget it can."""
     enable_prefix_caching: bool = True
     """Automatic prefix caching: reuse the KV blocks of a repeated prompt prefix."""
     kv_offloading_size: float | None = None
@@ -223,6 +228,12 @@ class EngineArgs:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
         if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
             raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError(f"long_prefill_token_threshold must be 0 (off) or positive, got "
+                             f"{self.long_prefill_token_threshold}.")
+        if self.long_prefill_token_threshold > 0 and not self.enable_chunked_prefill:
+            raise ValueError("--long-prefill-token-threshold prefills a prompt in chunks: it needs chunked prefill "
+                             "(drop --no-enable-chunked-prefill, or set the threshold to 0).")
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}.")
         if self.kv_offloading_backend != "native":
@@ -288,6 +299,9 @@ class EngineArgs:
 
         rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path)
         pooling = rc.runner == "pooling"
+        if pooling and self.long_prefill_token_threshold > 0:
+            raise ValueError("--long-prefill-token-threshold applies to generative models; a pooling model "
+                             "(--runner pooling) computes each prompt whole in one step.")
         if pooling and spec is not None:
             raise ValueError("--speculative-config applies to generative models; a pooling model (--runner pooling) "
                              "has no decoding to speculate.")
@@ -340,6 +354,7 @@ class EngineArgs:
             async_scheduling=(device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
             and not pooling and self.pipeline_parallel_size == 1,
             scheduling_policy=self.scheduling_policy,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
             quantization=self.quantization,
             attention_backend=self.attention_backend,
             generation_defaults=self._generation_defaults(model_path),
@@ -436,6 +451,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES (pagoda.attention.kv_quant gives its torch dtype)
     async_scheduling: bool = False  # one step in flight while the next is scheduled
     scheduling_policy: str = "fcfs"  # one of SCHEDULING_POLICIES
+    long_prefill_token_threshold: int = 0  # > 0: at most this many tokens of one request per step
     quantization: str | None = None  # --quantization as given; the checkpoint's own method is read at load
     model_impl: str = "pagoda"  # resolved: "pagoda" (native or plugin class) or "transformers" (the fallback)
     trust_remote_code: bool = False

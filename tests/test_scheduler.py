@@ -449,3 +449,32 @@ def test_kv_manager_allocates_lazily_and_all_or_nothing():
     kv.req_blocks.pop("ghost")  # a table dropped without freeing: a leak
     with pytest.raises(AssertionError):
         kv.check_integrity()
+
+
+def test_long_prefill_token_threshold_caps_each_requests_chunk():
+    """vLLM's --long-prefill-token-threshold: no request computes more than the threshold in one step (a long
+    prompt is prefilled in chunks of it while a running request keeps decoding in the same steps); outputs are
+    unchanged."""
+    s = Scheduler(KVCacheManager(64, 4), 8, 32, 256, long_prefill_token_threshold=8)
+    a = make_req("a", 3, 8)
+    s.add_request(a)
+    step(s)  # a's whole 3-token prompt (under the threshold)
+    b = make_req("b", 20, 2, arrival=1.0)
+    s.add_request(b)
+    steps: list[list[tuple[str, int, int]]] = []
+    run_all(s, on_step=lambda i, out: steps.append([(x.request.request_id, x.start, x.num_new_tokens)
+                                                    for x in out.scheduled]))
+    assert steps[:3] == [[("a", 3, 1), ("b", 0, 8)], [("a", 4, 1), ("b", 8, 8)], [("a", 5, 1), ("b", 16, 4)]]
+    assert max(n for st in steps for _, _, n in st) == 8  # the budget (32) would have taken b whole
+    for r in (a, b):
+        assert r.output_token_ids == expected_tokens(r.prompt_token_ids, r.max_tokens)
+
+
+def test_long_prefill_token_threshold_flag_checks():
+    from pagoda.config import EngineArgs
+
+    EngineArgs(model="m", long_prefill_token_threshold=256).validate()
+    with pytest.raises(ValueError, match="long_prefill_token_threshold must be 0"):
+        EngineArgs(model="m", long_prefill_token_threshold=-1).validate()
+    with pytest.raises(ValueError, match="needs chunked prefill"):
+        EngineArgs(model="m", long_prefill_token_threshold=64, enable_chunked_prefill=False).validate()

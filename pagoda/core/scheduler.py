@@ -103,12 +103,16 @@ class Scheduler:
         max_model_len: int,
         enable_chunked_prefill: bool = True,
         scheduling_policy: str = "fcfs",
+        long_prefill_token_threshold: int = 0,
     ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
+        # > 0: no request computes more than this many tokens in one step (vLLM's rule): a long prompt is
+        # prefilled in chunks of this size, so the steps it shares with running decodes stay short.
+        self.long_prefill_token_threshold = long_prefill_token_threshold
         self.waiting = create_request_queue(scheduling_policy)
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -250,7 +254,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             start, end = self._span(req)
-            num_new = min(end - start, budget)
+            num_new = min(self._capped(end - start), budget)
             if num_new <= 0 or not self._can_extend(req, end):
                 i += 1
                 continue
@@ -280,7 +284,7 @@ class Scheduler:
             # A waiting request holds no blocks: reuse the leading cached ones, if any.
             cached = self.kv.get_computed_blocks(req)
             host = self.kv.get_host_hits(req, len(cached))
-            num_new = req.num_tokens - (len(cached) + len(host)) * self.kv.block_size
+            num_new = self._capped(req.num_tokens - (len(cached) + len(host)) * self.kv.block_size)
             if num_new > budget:
                 if not self.enable_chunked_prefill:
                     break
@@ -300,6 +304,11 @@ class Scheduler:
             out.scheduled.append(self._make(req, num_new))
             budget -= num_new
         return budget
+
+    def _capped(self, num_new: int) -> int:
+        """``num_new`` tokens of one request, at most ``long_prefill_token_threshold`` when that is set."""
+        cap = self.long_prefill_token_threshold
+        return min(num_new, cap) if cap > 0 else num_new
 
     def _make(self, req: Request, num_new: int) -> ScheduledRequest:
         start, end = self._span(req)

@@ -119,6 +119,7 @@ class EngineCore:
             max_model_len=cfg.max_model_len,
             enable_chunked_prefill=cfg.enable_chunked_prefill,
             scheduling_policy=cfg.scheduling_policy,
+            long_prefill_token_threshold=cfg.long_prefill_token_threshold,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
         self.structured = StructuredOutputManager(cfg, self.vocab_size)

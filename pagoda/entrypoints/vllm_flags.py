@@ -112,7 +112,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--show-hidden-metrics-for-version", "no metrics are hidden"),
     # SchedulerConfig
     _u("--max-num-partial-prefills --max-long-partial-prefills", "one partial prefill at a time", "1"),
-    _u("--long-prefill-token-threshold", "long prefills are not scheduled apart", "0"),
     _u("--num-lookahead-slots", "proposed tokens get their slots when scheduled (no lookahead slots)", "0"),
     _u("--scheduler-cls", "the scheduler class cannot be replaced"),
     _u("--disable-chunked-mm-input", _MM, value=False),
