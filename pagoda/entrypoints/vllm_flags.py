@@ -111,7 +111,9 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--otlp-traces-endpoint --collect-detailed-traces", "OpenTelemetry tracing is not supported"),
     _u("--show-hidden-metrics-for-version", "no metrics are hidden"),
     # SchedulerConfig
-    _u("--max-num-partial-prefills --max-long-partial-prefills", "one partial prefill at a time", "1"),
+    _u("--max-num-partial-prefills --max-long-partial-prefills",
+       "the partial prefills of a step are not counted or capped (--long-prefill-token-threshold caps the tokens of "
+       "each)"),
     _u("--num-lookahead-slots", "proposed tokens get their slots when scheduled (no lookahead slots)", "0"),
     _u("--scheduler-cls", "the scheduler class cannot be replaced"),
     _u("--disable-chunked-mm-input", _MM, value=False),
