@@ -236,6 +236,20 @@ def test_serve_cmd_starts_measures_and_stops_the_server(tmp_path, capsys):
         _run("http://127.0.0.1:9", tmp_path, "empty", "--serve-cmd", shlex.join([sys.executable, "-c", "exit(3)"]))
 
 
+def test_serve_cmd_refuses_a_port_already_listening(tmp_path):
+    """A server left on the port (an earlier run's) would answer the health check and be measured: refused before
+    the command starts (its marker file is never written)."""
+    marker = tmp_path / "started"
+    cmd = shlex.join([sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ValueError, match="already listens"):
+            _run(f"http://127.0.0.1:{port}", tmp_path, "empty", "--serve-cmd", cmd)
+    assert not marker.exists()
+
+
 def test_sharegpt_lengths_are_bench_throughputs():
     from pagoda.benchmarks.datasets import workload_from_args
     from pagoda.benchmarks.serve import _sharegpt_lengths

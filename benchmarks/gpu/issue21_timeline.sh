@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 21 items 2 and 3 in one device call (Llama-3-8B shape, bf16, dummy weights). Everything lands in $OUT.
 # Usage on the GPU machine: bash benchmarks/gpu/issue21_timeline.sh [parts...]   (default: makespan stream)
+# Bound its time with N and LEVELS, not an outer `timeout`: that kills this script but not the bench it is running
+# (which goes on, and keeps its server on the port; the next `bench serve --serve-cmd` then refuses the port).
 #   makespan: bench throughput, ShareGPT-like 500 (per-request lengths) and the same totals at uniform lengths,
 #             each with --makespan-bound and --step-timeline, then benchmarks/step_timeline_report.py on each;
 #   stream:   bench serve against a server it starts (--serve-cmd), ShareGPT-like 500, 64 then 256 concurrent

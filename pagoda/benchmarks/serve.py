@@ -635,7 +635,7 @@ def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--serve-cmd starts the server whose pid is measured: drop --server-pid.")
     if args.burst_fraction <= 0:
         raise ValueError("--burst-fraction must be positive.")
-    server = LaunchedServer(args.serve_cmd, args.serve_log) if args.serve_cmd else None
+    server = LaunchedServer(args.serve_cmd, args.serve_log, _server(args)[0]) if args.serve_cmd else None
     if server is not None:  # a SIGTERM (e.g. from `timeout`) must still stop the server below
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:

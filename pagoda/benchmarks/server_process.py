@@ -2,7 +2,9 @@
 processes (Linux ``/proc``).
 
 ``--serve-cmd`` starts the given command line (no shell: its pid is the API server process), waits
-until ``/health`` answers 200, and stops it (SIGINT, then SIGKILL) after the run. ``--server-pid``
+until ``/health`` answers 200, and stops it (SIGINT, then SIGKILL) after the run. It refuses to start when
+something already listens on the bench's port (a server left by an earlier run would answer the health check
+and be measured instead). ``--server-pid``
 names a server on this host that the bench did not start. Either way the bench reads, just before and
 just after the timed run, the CPU seconds (user + system, all threads) of
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _PROC = Path("/proc")
 
@@ -91,13 +95,28 @@ def cpu_report(before: CpuSnapshot | None, after: CpuSnapshot | None, output_tok
     }
 
 
+def port_in_use(base_url: str) -> bool:
+    """Whether a TCP connection to ``base_url``'s host and port succeeds now."""
+    u = urlsplit(base_url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 class LaunchedServer:
     """A server command run for the benchmark; its output goes to ``log_path``."""
 
-    def __init__(self, cmd: str, log_path: str | None = None) -> None:
+    def __init__(self, cmd: str, log_path: str | None = None, base_url: str | None = None) -> None:
+        """``base_url``: where the bench will talk to it; nothing may listen there yet (``ValueError``)."""
         argv = shlex.split(cmd)
         if not argv:
             raise ValueError("--serve-cmd is empty")
+        if base_url is not None and port_in_use(base_url):
+            raise ValueError(f"--serve-cmd: something already listens at {base_url} (a server left by an earlier "
+                             f"run?); stop it or give the bench and the server another --port.")
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="pagoda-bench-serve-", suffix=".log")
             os.close(fd)
