@@ -814,9 +814,12 @@ def split_kv_decode(
     v_scale: float = 1.0,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
-    :func:`unified_attention`; the splits cut the window's range only)."""
+    :func:`unified_attention`; the splits cut the window's range only). ``block_n`` and ``num_warps``: the decode
+    kernel's launch (defaults: 64 keys per tile, 32 for wide rows; 4 warps; ``benchmarks/gpu/decode_attn_sweep.py``
+    times others)."""
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
     window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
@@ -842,7 +845,7 @@ def split_kv_decode(
         block_tables.stride(0),
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     _split_kv_reduce_kernel[(num_seqs, num_heads)](
         out, workspace, ml_offset, query_start_loc,

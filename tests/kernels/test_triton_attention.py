@@ -296,3 +296,18 @@ def test_import_pagoda_backend_without_triton():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
+def test_decode_attn_sweep_smoke(monkeypatch, capsys):
+    """benchmarks/gpu/decode_attn_sweep.py --smoke runs (interpreter, one tiny case) and checks every launch."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_bench_smoke import load_script
+
+    monkeypatch.setattr(sys, "argv", ["decode_attn_sweep.py", "--smoke"])
+    load_script("benchmarks/gpu/decode_attn_sweep.py").main()
+    out = capsys.readouterr().out
+    assert "[tiny] batch 1, context 40, 2 splits" in out and "WRONG" not in out and "n16 w4" in out
