@@ -178,15 +178,11 @@ def assert_follows_hf_top5(tiny, arch: str, outputs, max_new_tokens: int) -> Non
 
 
 def assert_start_up_error(model_path, kw: dict, match: str) -> None:
-    """``EngineArgs(model, device="cpu", **kw).create_config()`` refuses with a ValueError matching ``match``,
-    before any weight loads (within seconds)."""
-    import time
-
+    """``EngineArgs(model, device="cpu", **kw).create_config()`` refuses with a ValueError matching ``match``
+    (at configuration: no engine is built, no weight is loaded)."""
     import pytest
 
     from pagoda.config import EngineArgs
 
-    t0 = time.monotonic()
     with pytest.raises(ValueError, match=match):
         EngineArgs(model=str(model_path), device="cpu", **kw).create_config()
-    assert time.monotonic() - t0 < 10

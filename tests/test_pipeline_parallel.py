@@ -4,8 +4,6 @@ fails the engine fast; bad flags fail start-up naming the flag (GUIDE §4: fp32,
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from engine_checks import (
     PROMPTS,
@@ -129,9 +127,12 @@ def test_tp2_pp2_vocab_parallel_head_with_odd_vocab_matches_pp1(tmp_path, tie):
     assert_outputs_close(ref, got, ATOL, prompt_keys="same")
 
 
-def test_killed_stage_fails_the_engine_fast(tiny):
+def test_killed_stage_fails_the_engine_fast(tiny, monkeypatch):
     from pagoda.distributed.executor import WorkerDied
 
+    # The collectives' timeout at a day: a detection that waited for it would hang (pytest-timeout) instead of
+    # raising, so no wall-clock bound is needed (it would depend on the machine's speed).
+    monkeypatch.setenv("PAGODA_DIST_TIMEOUT_S", "86400")
     llm = _llm(tiny, pipeline_parallel_size=2)
     try:
         llm.generate(PROMPTS[:1], greedy(max_tokens=2), use_tqdm=False)
@@ -139,10 +140,8 @@ def test_killed_stage_fails_the_engine_fast(tiny):
         assert executor.rank == 1 and executor.worker_ranks == [0]  # the engine core runs the last stage
         executor.procs[0].kill()
         executor.procs[0].wait()
-        t0 = time.monotonic()
         with pytest.raises(WorkerDied, match=r"rank 0 of 2 \(pipeline stage 0 of 2, tensor rank 0\) died"):
             llm.generate(PROMPTS[:2], greedy(max_tokens=4), use_tqdm=False)
-        assert time.monotonic() - t0 < 30  # no wait for the collective's timeout
     finally:
         llm.llm_engine.shutdown()
 
@@ -152,6 +151,9 @@ def test_stage_that_dies_mid_step_is_reported(tiny, monkeypatch):
     next step), raises WorkerDied instead of hanging."""
     from pagoda.distributed.executor import MultiprocExecutor, WorkerDied
 
+    # The collectives' timeout at a day: a detection that waited for it would hang (pytest-timeout) instead of
+    # raising, so no wall-clock bound is needed (it would depend on the machine's speed).
+    monkeypatch.setenv("PAGODA_DIST_TIMEOUT_S", "86400")
     llm = _llm(tiny, pipeline_parallel_size=2)
     try:
         real = MultiprocExecutor.broadcast_step
@@ -161,10 +163,8 @@ def test_stage_that_dies_mid_step_is_reported(tiny, monkeypatch):
             self.procs[0].kill()
 
         monkeypatch.setattr(MultiprocExecutor, "broadcast_step", kill_after_send)
-        t0 = time.monotonic()
         with pytest.raises(WorkerDied, match=r"pipeline stage 0 of 2, tensor rank 0\) died"):
             llm.generate(PROMPTS[:3], greedy(max_tokens=4), use_tqdm=False)
-        assert time.monotonic() - t0 < 30
     finally:
         monkeypatch.undo()
         llm.llm_engine.shutdown()

@@ -3,8 +3,6 @@ the engine fast, bad flags fail start-up naming the flag (GUIDE §4: TP 1 versus
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from engine_checks import (
@@ -87,19 +85,20 @@ def test_tp2_with_async_scheduling(tiny, monkeypatch):
     assert sum(filled) >= 8  # most decode steps ran on tokens the host had not seen
 
 
-def test_killed_rank_fails_the_engine_fast(tiny):
+def test_killed_rank_fails_the_engine_fast(tiny, monkeypatch):
     from pagoda.distributed.executor import WorkerDied
 
+    # The collectives' timeout at a day: a detection that waited for it would hang (pytest-timeout) instead of
+    # raising, so no wall-clock bound is needed (it would depend on the machine's speed).
+    monkeypatch.setenv("PAGODA_DIST_TIMEOUT_S", "86400")
     llm = _tp_llm(tiny, "llama", 2)
     try:
         llm.generate(PROMPTS[:1], greedy(max_tokens=2), use_tqdm=False)
         executor = llm.llm_engine.core.runner.executor
         executor.procs[0].kill()
         executor.procs[0].wait()
-        t0 = time.monotonic()
         with pytest.raises(WorkerDied, match=r"tensor-parallel rank 1 of 2 died \(exit code -9\)"):
             llm.generate(PROMPTS[:2], greedy(max_tokens=4), use_tqdm=False)
-        assert time.monotonic() - t0 < 30  # no wait for the collective's timeout
     finally:
         _close(llm)
 
