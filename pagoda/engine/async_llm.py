@@ -267,8 +267,13 @@ class AsyncLLM:
                        asyncio.create_task(self._watchdog())]
         self.state = "ready"
         dp = f" x {self.cores.size} data-parallel replicas" if self.cores.size > 1 else ""
-        logger.info("engine ready in %.1f s: %d KV blocks of %d tokens%s, max_model_len %d",
-                    time.perf_counter() - t0, ready.num_blocks - 1, ready.block_size, dp, ready.limits.max_model_len)
+        from pagoda.engine.core_proc import process_age_s
+
+        age = process_age_s()
+        up = "" if age is None else f" (this process started {age:.1f} s ago)"
+        logger.info("engine ready in %.1f s%s: %d KV blocks of %d tokens%s, max_model_len %d",
+                    time.perf_counter() - t0, up, ready.num_blocks - 1, ready.block_size, dp,
+                    ready.limits.max_model_len)
 
     async def shutdown(self) -> None:
         if self.state == "shutdown":

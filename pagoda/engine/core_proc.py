@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -92,9 +93,21 @@ class _Terminated(Exception):
     pass
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere). At the core's entry point: the
+    interpreter's start, the spawn's unpickling and the module imports it needed."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: str, parent_pid: int,
                     log_level: int = logging.INFO) -> None:
     """Entry point of the engine-core process."""
+    age_at_entry = process_age_s()
     logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s %(name)s[core]: %(message)s",
                         datefmt="%H:%M:%S")
     logger.setLevel(log_level)
@@ -121,14 +134,21 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
     out_sock.connect(output_addr)
     enc = encoder()
     try:
+        t0 = time.perf_counter()
         from pagoda.config import EngineArgs
         from pagoda.engine.core import EngineCore
 
-        core = EngineCore(EngineArgs(**engine_args).create_config())
+        t1 = time.perf_counter()
+        cfg = EngineArgs(**engine_args).create_config()
+        t2 = time.perf_counter()
+        core = EngineCore(cfg)
         _attach_step_timeline(core)
         out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
                                        core.startup_seconds)))
-        logger.info("engine core ready (pid %d) in %.1f s", os.getpid(), core.startup_seconds)
+        started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "
+        logger.info("engine core ready (pid %d) in %.1f s (%simports %.1f s, config %.1f s, engine %.1f s)",
+                    os.getpid(), time.perf_counter() - t0 + (age_at_entry or 0.0), started, t1 - t0, t2 - t1,
+                    core.startup_seconds)
         _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
     except _Terminated:
         logger.info("engine core terminated by signal")
