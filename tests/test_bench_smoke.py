@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from tiny_models import build_tokenizer
@@ -69,6 +70,15 @@ def load_script(relpath: str):
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def run_smoke(monkeypatch, relpath: str, *args: str):
+    """``main()`` of a repository script with ``argv = [its name, "--smoke", *args]`` (set before the script loads:
+    the sweeps read ``--smoke`` at import); returns the loaded module."""
+    monkeypatch.setattr(sys, "argv", [Path(relpath).name, "--smoke", *args])
+    mod = load_script(relpath)
+    mod.main()
     return mod
 
 

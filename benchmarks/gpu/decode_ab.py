@@ -14,7 +14,6 @@ Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from `
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -23,7 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moe_bench import PROMPT_LEN, copy_bandwidth, kv_bytes, start_batch, time_graph_and_steps  # noqa: E402
+from moe_bench import (  # noqa: E402
+    PROMPT_LEN,
+    copy_bandwidth,
+    kv_bytes,
+    release_engine,
+    start_batch,
+    time_graph_and_steps,
+)
 
 
 def switch_target(name: str) -> tuple[object, str]:
@@ -60,10 +66,7 @@ def run_arm(model_dir: str, batches: list[int], bw: float, label: str) -> dict[i
         print(f"[{label}] batch {b}: decode graph {replay:.3f} ms ({replay / floor_ms:.3f}x floor), engine step "
               f"{step:.3f} ms; floor {floor_ms:.3f} ms", flush=True)
         eng.abort_request([f"{label}{b}-{i}" for i in range(b)])
-    eng.shutdown()
-    del eng
-    gc.collect()
-    torch.cuda.empty_cache()
+    release_engine(eng)
     return out
 
 

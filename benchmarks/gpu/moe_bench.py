@@ -183,11 +183,16 @@ def run_pagoda(cfg: dict, folder: Path, batches: list[int], bw: float, label: st
         res[f"batch{b}"] = {"graph_ms": replay, "step_ms": step, "floor_ms": floor_ms, "floor_gb": floor_bytes / 1e9,
                             "distinct_experts_per_layer": distinct / cfg["num_hidden_layers"]}
         eng.abort_request([f"{label}{b}-{i}" for i in range(b)])
+    release_engine(eng)
+    return res
+
+
+def release_engine(eng) -> None:
+    """Shut ``eng`` down and give its GPU memory back before the next engine of the same process starts."""
     eng.shutdown()
     del eng
     gc.collect()
     torch.cuda.empty_cache()
-    return res
 
 
 def hf_decode_ms(model, b: int, steps: int = 6) -> float:

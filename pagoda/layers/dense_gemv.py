@@ -85,13 +85,13 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
     """The GEMV's launch for ``F.linear(x, weight)``, or None for ``F.linear`` itself: CUDA, bf16/fp16 x and weight
     of one dtype, a row-major weight, at most :data:`GEMV_MAX_M` rows, and a ``(rows, N, K)`` in ``table``
     (default :data:`GEMV_TABLE`)."""
+    rows = x.numel() // max(1, x.shape[-1])  # first: an eager prefill step's linears leave here at once
+    if not 1 <= rows <= GEMV_MAX_M:
+        return None
     table = GEMV_TABLE if table is None else table
     if not ENABLED or not table or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
         return None
     if weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
-        return None
-    rows = x.numel() // max(1, x.shape[-1])
-    if not 1 <= rows <= GEMV_MAX_M:
         return None
     return table.get((m_bucket(rows), weight.shape[0], weight.shape[1]))
 

@@ -106,12 +106,10 @@ def test_sweep_smoke(monkeypatch, capsys, tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_bench_smoke import load_script
+    from test_bench_smoke import run_smoke
 
     path = tmp_path / "sweep.json"
-    monkeypatch.setattr(sys, "argv", ["dense_gemv_sweep.py", "--smoke", "--json", str(path)])
-    script = load_script("benchmarks/gpu/dense_gemv_sweep.py")
-    script.main()
+    script = run_smoke(monkeypatch, "benchmarks/gpu/dense_gemv_sweep.py", "--json", str(path))
     assert "m=1 N=24 K=64: cuBLAS" in capsys.readouterr().out
     rows = json.loads(path.read_text())
     assert {(r["m"], r["n"], r["k"]) for r in rows} == {(1, 24, 64), (2, 24, 64), (1, 40, 96), (2, 40, 96)}

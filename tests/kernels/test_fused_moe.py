@@ -233,10 +233,9 @@ def test_small_sweep_smoke(monkeypatch, capsys):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_bench_smoke import load_script
+    from test_bench_smoke import run_smoke
 
-    monkeypatch.setattr(sys, "argv", ["moe_small_sweep.py", "--smoke"])
-    load_script("benchmarks/gpu/moe_small_sweep.py").main()
+    run_smoke(monkeypatch, "benchmarks/gpu/moe_small_sweep.py")
     out = capsys.readouterr().out
     assert "[qwen3-30b-a3b] T= 1 (  4 pairs" in out and "[mixtral-8x7b] T= 1: the table runs" in out
     assert "SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {" in out

@@ -305,9 +305,8 @@ def test_decode_attn_sweep_smoke(monkeypatch, capsys):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_bench_smoke import load_script
+    from test_bench_smoke import run_smoke
 
-    monkeypatch.setattr(sys, "argv", ["decode_attn_sweep.py", "--smoke"])
-    load_script("benchmarks/gpu/decode_attn_sweep.py").main()
+    run_smoke(monkeypatch, "benchmarks/gpu/decode_attn_sweep.py")
     out = capsys.readouterr().out
     assert "[tiny] batch 1, context 40, 2 splits" in out and "WRONG" not in out and "n16 w4" in out
