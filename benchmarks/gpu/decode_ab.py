@@ -8,7 +8,8 @@ the input embedding, whose one row per token is negligible, unless tied to the L
 over the copy bandwidth measured here.
 
 Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from ``--gemv-table``, the JSON of
-``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``).
+``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``), ``short-split-tiles``
+(``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``: 32-key tiles in the split-KV decode kernel on short splits).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from moe_bench import (  # noqa: E402
 
 
 def switch_target(name: str) -> tuple[object, str]:
+    from pagoda.attention import triton_kernels
     from pagoda.layers import dense_gemv
     from pagoda.models import llama
 
-    return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM")}[name]
+    return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM"),
+            "short-split-tiles": (triton_kernels, "SHORT_SPLIT_TILES")}[name]
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
@@ -73,7 +76,7 @@ def run_arm(model_dir: str, batches: list[int], bw: float, label: str) -> dict[i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--switch", required=True, choices=("dense-gemv", "fused-qk-norm"))
+    ap.add_argument("--switch", required=True, choices=("dense-gemv", "fused-qk-norm", "short-split-tiles"))
     ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=2)

@@ -34,6 +34,7 @@ DT = torch.float32 if SMOKE else torch.bfloat16
 SHAPES = {"tiny": (4, 2, 32)} if SMOKE else {"llama3-8b": (32, 8, 128), "qwen3-30b-a3b": (32, 4, 128)}
 CASES = [(1, 40, 64)] if SMOKE else [(b, ctx, bound) for b in (1, 4) for ctx, bound in
                                      ((100, 1024), (1000, 1024), (1000, 4096), (4000, 4096))]
+# (keys per tile, warps); None: 64 (no context bound is passed, so the engine's short-split rule is not applied)
 LAUNCHES = [(None, 4), (32, 4), (64, 8), (32, 8)] if not SMOKE else [(None, 4), (16, 4)]
 LAYERS = 1 if SMOKE else 8
 BLOCK = 16

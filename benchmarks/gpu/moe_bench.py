@@ -22,6 +22,8 @@ Figures (issue 13):
   ``on`` (default), ``off``, or ``ab``: on, then the Qwen3 shape at batch 1 again with it off (a new engine).
 * ``--dense-gemv`` the same for the bf16 GEMV of few-row linears (``pagoda.layers.dense_gemv.ENABLED``), with
   ``--gemv-table JSON`` (``dense_gemv_sweep.py --json``'s winners) as its table.
+* ``--short-split-tiles`` the same for the split-KV decode kernel's 32-key tiles on short splits
+  (``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``).
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -120,17 +122,20 @@ def selected_experts_in_one_eager_step(eng, moe_layers: int) -> int:
         seen.append(int(torch.unique(ids).numel()))
         return w, ids
 
-    # Both graph kinds off: a batch-1 decode step otherwise replays a single-request chunk graph, the spy
-    # never runs and the floor counted 0 experts (the old bug).
+    # Every graph kind off: a decode step otherwise replays a graph (a batch-1 one the single-request chunk graph),
+    # the spy never runs and the floor counted 0 experts (the old bug).
     runner = eng.core.runner
-    graphs, chunk_graphs = runner.graphs, runner.chunk_graphs
-    runner.graphs = runner.chunk_graphs = None
+    kinds = ("graphs", "chunk_graphs", "mixed_graphs", "verify_graphs")
+    saved = {k: getattr(runner, k) for k in kinds}
+    for k in kinds:
+        setattr(runner, k, None)
     triton_moe.fused_topk = spy
     try:
         eng.step()
     finally:
         triton_moe.fused_topk = orig
-        runner.graphs, runner.chunk_graphs = graphs, chunk_graphs
+        for k, v in saved.items():
+            setattr(runner, k, v)
     if len(seen) != moe_layers:
         raise RuntimeError(f"expert count spy saw {len(seen)} MoE layers: the step did not run eagerly")
     return sum(seen)
@@ -250,15 +255,17 @@ def main() -> None:
     ap.add_argument("--small-moe", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--fused-qk-norm", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--dense-gemv", choices=("on", "off", "ab"), default="on")
+    ap.add_argument("--short-split-tiles", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
+    from pagoda.attention import triton_kernels
     from pagoda.layers import dense_gemv
     from pagoda.layers.fused_moe import small_moe
     from pagoda.models import llama
 
     switches = {"small_moe": (small_moe, "SMALL_MOE_ENABLED"), "fused_qk_norm": (llama, "FUSED_QK_NORM"),
-                "dense_gemv": (dense_gemv, "ENABLED")}
+                "dense_gemv": (dense_gemv, "ENABLED"), "short_split_tiles": (triton_kernels, "SHORT_SPLIT_TILES")}
     for name, (module, attr) in switches.items():
         setattr(module, attr, getattr(args, name) != "off")
     if args.gemv_table:

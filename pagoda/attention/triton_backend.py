@@ -76,7 +76,8 @@ class TritonAttentionBackend(AttentionBackend):
         if splits > 1:
             return tk.split_kv_decode(
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale, **win_cap,
+                scale, splits, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale,
+                kv_bound=meta.split_kv_len or meta.max_seq_len, **win_cap,
             )
         if self.batch_invariant:  # every row: the same tiles, KV blocks from position 0, in order
             return tk.unified_attention(

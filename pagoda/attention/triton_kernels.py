@@ -771,6 +771,21 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, sm_cou
     return max(1, min(wanted, by_length, MAX_SPLITS))
 
 
+# A split of at most this many keys (by the bound its count was chosen for) walks 32-key tiles: measured on the
+# H200 (RESULTS.md, session 7, decode_attn_sweep.py), 16 to 64 splits of 64 keys took 6.8-8.7 us per call with
+# 64-key tiles and 5.4-7.1 us with 32 (the real context is usually far below the bound, so most of a 64-key tile is
+# masked); at 241-455 keys per split 32-key tiles lost up to 17 %.
+SMALL_DECODE_SPLIT_KEYS = 128
+SHORT_SPLIT_TILES = True  # False: 64-key tiles whatever the split (the A/B switch of decode_ab.py and moe_bench.py)
+
+
+def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
+    """Keys per tile of the split-KV decode kernel: 32 for wide rows or short splits, else 64."""
+    short = (SHORT_SPLIT_TILES and kv_bound is not None and num_splits > 1
+             and kv_bound <= SMALL_DECODE_SPLIT_KEYS * num_splits)
+    return 32 if wide or short else 64
+
+
 MIN_TOKENS_PER_CHUNK_SPLIT = 256
 MAX_CHUNK_SPLITS = 16
 # Below this context the split saves less GPU time than its second launch costs on the host
@@ -815,11 +830,12 @@ def split_kv_decode(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     num_warps: int = 4,
+    kv_bound: int | None = None,
 ) -> torch.Tensor:
     """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
     :func:`unified_attention`; the splits cut the window's range only). ``block_n`` and ``num_warps``: the decode
-    kernel's launch (defaults: 64 keys per tile, 32 for wide rows; 4 warps; ``benchmarks/gpu/decode_attn_sweep.py``
-    times others)."""
+    kernel's launch (defaults: :func:`decode_block_n` keys per tile given ``kv_bound``, the context bound the split
+    count was chosen for; 4 warps; ``benchmarks/gpu/decode_attn_sweep.py`` times others)."""
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
     window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
@@ -830,7 +846,7 @@ def split_kv_decode(
     num_tokens, num_heads, head_dim, num_seqs, num_kv_heads, group, block_d = shape
     block_m = max(16, triton.next_power_of_2(group))
     if block_n is None:
-        block_n = 32 if _wide_rows(block_d, query, k_cache) else 64
+        block_n = decode_block_n(_wide_rows(block_d, query, k_cache), kv_bound, num_splits)
     dot_dtype, precision = _dot_config(query.dtype)
     num_partials = num_seqs * num_heads * num_splits
     ml_offset = num_partials * block_d

@@ -6,8 +6,9 @@ small parts:
 1. **prepare inputs** (:func:`pagoda.worker.input_batch.prepare_inputs`): flattened ids,
    positions, slots, per-request lengths and block tables, the logits rows to sample, the
    prompt-logprob jobs and the placeholder fills (pure host work, no request is changed);
-2. **forward** on one of four paths, picked by :meth:`ModelRunner._forward_path`: a decode
-   CUDA graph, a speculative-verify graph, a single-request prefill-chunk graph, or eager;
+2. **forward** on one of five paths, picked by :meth:`ModelRunner._forward_path`: a decode
+   CUDA graph, a speculative-verify graph, a single-request prefill-chunk graph, a mixed-step
+   graph (several requests' prompt chunks, with decodes), or eager;
 3. **sample** the logits rows (and compute prompt logprobs).
 
 ``execute_async`` launches a step and returns without waiting for the device; its
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from pagoda.structured_output.step_bitmask import StepBitmask
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
+    from pagoda.worker.mixed_graphs import MixedGraphs
     from pagoda.worker.verify_graphs import VerifyGraphs
 
 logger = logging.getLogger("pagoda")
@@ -193,6 +195,7 @@ class ModelRunner:
         self.num_blocks = 0
         self.graphs: DecodeGraphs | None = None
         self.chunk_graphs: ChunkGraphs | None = None
+        self.mixed_graphs: MixedGraphs | None = None
         self.verify_graphs: VerifyGraphs | None = None
         self.bt_cache: BlockTableCache | None = None
         # The last launched step's sampled tokens (device) and each request's row in them:
@@ -209,6 +212,7 @@ class ModelRunner:
         Idempotent; the runner cannot run steps afterwards."""
         self.graphs = None
         self.chunk_graphs = None
+        self.mixed_graphs = None
         self.verify_graphs = None
         self.kv_caches = []
         self.host_caches = []
@@ -329,15 +333,24 @@ class ModelRunner:
         if self.tp is not None:  # TP: verify steps and prompt chunks run eagerly (only decode graphs are lockstep)
             return self.graphs.capture_seconds
         seconds = self.graphs.capture_seconds + self._capture_verify_graphs()
-        if not envs.chunk_graphs_enabled():  # A/B switch for benchmarks
-            return seconds
-        from pagoda.worker.chunk_graphs import ChunkGraphs
+        if envs.chunk_graphs_enabled():  # A/B switches for benchmarks
+            from pagoda.worker.chunk_graphs import ChunkGraphs
 
-        self.chunk_graphs = ChunkGraphs(
-            self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len, self.device,
-        )
-        self.chunk_graphs.capture()
-        return seconds + self.chunk_graphs.capture_seconds
+            self.chunk_graphs = ChunkGraphs(
+                self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len, self.device,
+            )
+            self.chunk_graphs.capture()
+            seconds += self.chunk_graphs.capture_seconds
+        if envs.mixed_graphs_enabled():
+            from pagoda.worker.mixed_graphs import MixedGraphs
+
+            self.mixed_graphs = MixedGraphs(
+                self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
+                self.cfg.max_num_seqs, self.device,
+            )
+            self.mixed_graphs.capture()
+            seconds += self.mixed_graphs.capture_seconds
+        return seconds
 
     def _capture_verify_graphs(self) -> float:
         """Speculative decoding: graphs for verify steps of k + 1 tokens per request (worker/verify_graphs.py)."""
@@ -585,13 +598,15 @@ class ModelRunner:
 
     # ------------------------------------------------------------- forward
     def _forward_path(self, inputs: StepInputs, rows: list[int] | None) -> str:
-        """``"decode_graph"``, ``"verify_graph"``, ``"chunk_graph"`` or ``"eager"``.
+        """``"decode_graph"``, ``"verify_graph"``, ``"chunk_graph"``, ``"mixed_graph"`` or ``"eager"``.
 
         Graphs need the block-table cache (``rows``). The decode graph takes a decode-only
         batch up to its largest size; the verify graph a batch of verifies (up to k proposals each;
         no prompt chunk, no prompt logprobs, no token still being sampled); the chunk graph one request's
         chunk up to its largest bucket, sampling its last row only, with no prompt logprobs (it
-        computes no other logits), and not for an EAGLE proposer (it keeps no hidden rows).
+        computes no other logits), and not for an EAGLE proposer (it keeps no hidden rows); the mixed graph
+        any other step up to its largest bucket (it returns every row's hidden state; not for an EAGLE-3
+        proposer, which needs the aux layers' rows too).
         """
         if rows is None:
             return "eager"
@@ -608,6 +623,9 @@ class ModelRunner:
             and self.chunk_graphs.can_run(inputs.query_lens[0], max_nb)
         ):
             return "chunk_graph"
+        mg = self.mixed_graphs
+        if mg is not None and self.spec_hidden != "aux" and mg.can_run(len(inputs.input_ids), inputs.num_reqs, max_nb):
+            return "mixed_graph"
         return "eager"
 
     def _forward(self, inputs: StepInputs, rows: list[int] | None, fill: Fill | None) -> ForwardResult:
@@ -635,6 +653,12 @@ class ModelRunner:
             self.chunk_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens[0],
                                   self.bt_cache.table.numpy()[rows[0]], fill)
             return ForwardResult(None, self.chunk_graphs.last_logits())
+        if path == "mixed_graph":
+            # Several requests' rows replayed; their logits are computed eagerly by the sampler, as on the eager path.
+            assert self.mixed_graphs is not None and self.bt_cache is not None and rows is not None
+            hidden = self.mixed_graphs.run(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_lens,
+                                           inputs.seq_lens, self.bt_cache.table.numpy()[rows], fill)
+            return ForwardResult(hidden)
         small = self.small_steps_one_thread and len(inputs.input_ids) <= cpu_threads.SMALL_STEP_MAX_ROWS
         with cpu_threads.one_thread() if small else contextlib.nullcontext():
             hidden = self._forward_eager(inputs, rows, fill)

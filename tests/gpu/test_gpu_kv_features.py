@@ -74,6 +74,36 @@ def test_single_request_chunk_graphs_match_eager(folder):
                 assert abs(de[t].logprob - dg[t].logprob) < 1e-4
 
 
+def test_mixed_step_graphs_match_eager(folder):
+    """Chunked prefill with a small token budget puts several requests' prompt chunks beside running decodes in
+    one step: those steps replay a mixed-step CUDA graph; greedy tokens and logprobs, a seeded sample and prompt
+    logprobs equal the eager run's, fp32."""
+    from pagoda import LLM, SamplingParams
+
+    prompts = [PROMPT[: 20 + 29 * i] for i in range(8)]
+    params = [SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, logprobs=2) for _ in range(6)]
+    params += [SamplingParams(temperature=0.9, seed=7, max_tokens=20, ignore_eos=True),
+               SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, prompt_logprobs=1)]
+    runs = []
+    for eager in (True, False):
+        llm = LLM(str(folder), dtype="float32", device="cuda", enforce_eager=eager, kv_cache_memory_bytes=2**26,
+                  max_num_seqs=8, max_num_batched_tokens=96, enable_prefix_caching=False)
+        runs.append(llm.generate(prompts, params, use_tqdm=False))
+        mg = llm.llm_engine.core.runner.mixed_graphs
+        assert (mg is None) if eager else mg.replays > 0
+        del llm
+        torch.cuda.empty_cache()
+    for e, g in zip(*runs, strict=True):
+        assert e.outputs[0].token_ids == g.outputs[0].token_ids
+        for de, dg in zip(e.outputs[0].logprobs or [], g.outputs[0].logprobs or [], strict=True):
+            for t in de:
+                assert abs(de[t].logprob - dg[t].logprob) < 1e-4
+        for pe, pg in zip(e.prompt_logprobs or [], g.prompt_logprobs or [], strict=True):
+            assert (pe is None) == (pg is None)
+            for t in pe or {}:
+                assert abs(pe[t].logprob - pg[t].logprob) < 1e-4
+
+
 def test_async_scheduling_matches_synchronous_on_gpu(folder):
     """Async scheduling on the GPU (CUDA graphs, the next step's token taken from the previous
     step's device output, pinned staging in turn): the tokens and logprobs of greedy, seeded,

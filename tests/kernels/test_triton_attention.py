@@ -310,3 +310,13 @@ def test_decode_attn_sweep_smoke(monkeypatch, capsys):
     run_smoke(monkeypatch, "benchmarks/gpu/decode_attn_sweep.py")
     out = capsys.readouterr().out
     assert "[tiny] batch 1, context 40, 2 splits" in out and "WRONG" not in out and "n16 w4" in out
+
+
+def test_decode_block_n_rule():
+    """32-key tiles for wide rows, or when the bound the split count was chosen for leaves <= 128 keys per split."""
+    from pagoda.attention.triton_kernels import decode_block_n
+
+    assert decode_block_n(True, None, 1) == 32
+    assert decode_block_n(False, None, 16) == 64  # no bound given: the 64-key default
+    assert decode_block_n(False, 1024, 16) == 32 and decode_block_n(False, 4096, 64) == 32
+    assert decode_block_n(False, 4096, 17) == 64 and decode_block_n(False, 4096, 1) == 64

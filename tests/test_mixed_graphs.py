@@ -1,0 +1,77 @@
+"""Mixed-step graphs (worker/mixed_graphs.py) on the CPU, the forward rerun in place of a CUDA graph replay,
+with the Triton attention backend (interpreted on the CPU, tiny sizes; like a graph, it reads the device-side
+lengths): a step of decodes and prompt chunks of different lengths, padded to a token bucket and to the
+bucket's request count (padding requests with no rows and seq_len 0, padding rows with slot -1), gives the
+same hidden states as an eager forward of the same step and writes the same KV cache (padding writes
+nothing); stale block-table rows of padding requests are never read. The CUDA replay: tests/gpu/test_gpu_kv_features.py.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import (tests/kernels do the same)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from pagoda.attention.backend import get_backend  # noqa: E402
+from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
+from pagoda.worker.kv_cache import allocate_kv_caches  # noqa: E402
+from pagoda.worker.mixed_graphs import MixedGraphs  # noqa: E402
+
+
+def _step(model, bs, query_lens, ctx, blocks, g):
+    rows = sum(query_lens)
+    ids = torch.randint(0, model.shape.vocab_size, (rows,), generator=g).tolist()
+    pos = [p for c, n in zip(ctx, query_lens, strict=True) for p in range(c, c + n)]
+    slots = [blocks[i][p // bs] * bs + p % bs for i, (c, n) in enumerate(zip(ctx, query_lens, strict=True))
+             for p in range(c, c + n)]
+    seq_lens = [c + n for c, n in zip(ctx, query_lens, strict=True)]
+    return ids, pos, slots, seq_lens
+
+
+def test_mixed_step_padding_matches_eager(tiny):
+    """Two decodes and two prompt chunks (4 requests, 11 tokens) in the 16-token bucket of up to 8 requests;
+    then a smaller step (2 requests) on the same bucket, whose stale rows 2..3 must not be read."""
+    runner = tiny.llm("llama").llm_engine.core.runner
+    model, bs, mml = runner.model, runner.block_size, runner.cfg.max_model_len
+    backend = get_backend("triton")
+    g = torch.Generator().manual_seed(0)
+    caches = allocate_kv_caches(model.num_layers, 12, bs, model.num_kv_heads, model.head_dim, torch.float32,
+                                torch.device("cpu"), getattr(backend, "kv_layout", "NHD"))
+    for k, v in caches:  # an arbitrary earlier context
+        k.copy_(torch.randn(k.shape, generator=g))
+        v.copy_(torch.randn(v.shape, generator=g))
+    mg = MixedGraphs(model, backend, caches, bs, mml, 8, torch.device("cpu"), buckets=(8, 16), use_graphs=False)
+    mg.capture()
+    assert mg.requests == {8: 8, 16: 8}
+    assert mg.can_run(11, 4, 2) and not mg.can_run(17, 4, 2) and not mg.can_run(8, 9, 2)
+    assert not mg.can_run(8, 2, mg.max_blocks + 1)
+
+    steps = [([1, 5, 1, 4], [9, 0, 20, 3], [[1, 2], [3, 4], [5, 6], [7, 8]]),
+             ([6, 3], [2, 11], [[9], [10, 11]])]
+    for query_lens, ctx, blocks in steps:
+        ids, pos, slots, seq_lens = _step(model, bs, query_lens, ctx, blocks, g)
+        width = max(len(b) for b in blocks)
+        table = np.zeros((len(blocks), width), dtype=np.int32)
+        for i, b in enumerate(blocks):
+            table[i, : len(b)] = b
+        qsl = np.concatenate([[0], np.cumsum(query_lens)]).tolist()
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+            block_tables=torch.from_numpy(table), slot_mapping=torch.tensor(slots), max_query_len=max(query_lens),
+            max_seq_len=max(seq_lens), query_lens_cpu=query_lens, seq_lens_cpu=seq_lens, is_decode_only=False,
+            split_kv_len=mml)
+        eager_caches = [(k.clone(), v.clone()) for k, v in caches]
+        with torch.inference_mode():
+            ref = model(torch.tensor(ids), torch.tensor(pos), eager_caches, meta, backend)
+        hidden = mg.run(ids, pos, slots, query_lens, seq_lens, table)
+        assert mg.last_bucket == 16 if sum(query_lens) > 8 else mg.last_bucket == 8
+        torch.testing.assert_close(hidden, ref, rtol=1e-5, atol=1e-5)
+        for (k, v), (ek, ev) in zip(caches, eager_caches, strict=True):  # the same K/V written, padding nothing
+            assert torch.equal(k, ek) and torch.equal(v, ev)
+    assert mg.replays == 2
