@@ -35,6 +35,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
+    EnvVar("PAGODA_PRELAUNCH_CORE", "1", "`0`: `pagoda serve` spawns its engine core after its own imports and "
+           "flag parsing, not before them (an A/B switch for the start-up time)"),
+    EnvVar("PAGODA_MIXED_GRAPHS", "1", "`0` turns off the CUDA graphs of mixed steps only (several requests' "
+           "prompt chunks, with decodes; an A/B switch for benchmarks)"),
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
            "timeline to (JSON lines, one per step; see `--step-timeline` of `pagoda bench throughput`); unset: "
            "none is recorded"),
@@ -106,6 +110,16 @@ def log_stats_interval_s() -> float:
 def chunk_graphs_enabled() -> bool:
     """``PAGODA_CHUNK_GRAPHS``: False when set to ``0`` (prefill-chunk CUDA graphs off)."""
     return _raw("PAGODA_CHUNK_GRAPHS") != "0"
+
+
+def prelaunch_core_enabled() -> bool:
+    """``PAGODA_PRELAUNCH_CORE``: False when set to ``0`` (``pagoda serve`` spawns its core after its imports)."""
+    return _raw("PAGODA_PRELAUNCH_CORE") != "0"
+
+
+def mixed_graphs_enabled() -> bool:
+    """``PAGODA_MIXED_GRAPHS``: False when set to ``0`` (mixed-step CUDA graphs off)."""
+    return _raw("PAGODA_MIXED_GRAPHS") != "0"
 
 
 def step_timeline_path() -> str | None:

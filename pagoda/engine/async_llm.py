@@ -57,6 +57,7 @@ from pagoda.engine.messages import (
     output_decoder,
 )
 from pagoda.engine.output_processor import OutputProcessor, ParentState
+from pagoda.engine.prelaunch import PrelaunchedCore
 from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
@@ -195,8 +196,12 @@ class AsyncLLM:
         stat_loggers: list[StatLogger] | None = None,
         stuck_timeout_s: float = DEFAULT_STUCK_TIMEOUT_S,
         log_level: int | None = None,
+        prelaunched: PrelaunchedCore | None = None,
     ) -> None:
+        """``prelaunched``: an engine core ``pagoda serve`` started before its own imports (adopted by
+        :meth:`start` when it fits, else told to exit)."""
         self.engine_args = engine_args
+        self.prelaunched = prelaunched
         self.stat_loggers = list(stat_loggers or [])
         self.stuck_timeout_s = stuck_timeout_s
         self.log_level = log_level if log_level is not None else logging.getLogger("pagoda").getEffectiveLevel()
@@ -241,19 +246,30 @@ class AsyncLLM:
         """Resolve the model, spawn the core(s), load the tokenizer, wait until every core is ready."""
         self.state = "loading"
         t0 = time.perf_counter()
-        cfg = await asyncio.to_thread(self.engine_args.create_config)
+        early, self.prelaunched = self.prelaunched, None
+        try:
+            cfg = await asyncio.to_thread(self.engine_args.create_config)
+        except BaseException:
+            if early is not None:
+                early.discard()
+            raise
         self.cfg = cfg
-        # The cores resolve the same model folder (already fetched/converted by create_config above).
+        # The cores resolve the same model folder (already fetched/converted by create_config above; an early core
+        # waits for its arguments, sent only now).
         self.cores = CoreEngines(self.engine_args, cfg, self.log_level)
         tok_task: asyncio.Task | None = None
         try:
-            self.cores.launch()
-            tok_task = asyncio.create_task(asyncio.to_thread(load_tokenizer, cfg))
+            self.cores.launch(early)
+            t_launch = time.perf_counter()
+            tok_task = asyncio.create_task(asyncio.to_thread(_timed, load_tokenizer, cfg))
             readies = await self.cores.wait_ready()
-            self.tokenizer = await tok_task
+            t_cores = time.perf_counter()
+            self.tokenizer, tok_s = await tok_task
         except BaseException:
             if tok_task is not None:
                 tok_task.cancel()
+            if early is not None:
+                early.discard()  # unless launch() adopted it (then stop() below stops it)
             await self.cores.stop()
             self.state = "dead"
             raise
@@ -271,9 +287,10 @@ class AsyncLLM:
 
         age = process_age_s()
         up = "" if age is None else f" (this process started {age:.1f} s ago)"
-        logger.info("engine ready in %.1f s%s: %d KV blocks of %d tokens%s, max_model_len %d",
+        logger.info("engine ready in %.1f s%s: %d KV blocks of %d tokens%s, max_model_len %d (config %.1f s, then the "
+                    "core ready after %.1f s; the tokenizer, loaded meanwhile, took %.1f s)",
                     time.perf_counter() - t0, up, ready.num_blocks - 1, ready.block_size, dp,
-                    ready.limits.max_model_len)
+                    ready.limits.max_model_len, t_launch - t0, t_cores - t_launch, tok_s)
 
     async def shutdown(self) -> None:
         if self.state == "shutdown":
@@ -690,6 +707,12 @@ class AsyncLLM:
                                  len(self._streams))
             elif self.stuck and not self._streams:
                 self.stuck = False
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    """``(fn(*args), seconds it took)``."""
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
 
 
 def _combine(readies: list[Ready]) -> Ready:

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 
 from pagoda.config import EngineArgs, EngineConfig
-from pagoda.engine.core_proc import engine_args_to_dict, start_core_process
+from pagoda.engine.core_proc import engine_args_to_dict, ipc_addresses, start_core_process
 from pagoda.engine.messages import CoreFailed, Ready, SchedulerStats, Shutdown, encoder, output_decoder
+from pagoda.engine.prelaunch import PrelaunchedCore
 
 logger = logging.getLogger("pagoda")
 
@@ -130,21 +131,29 @@ class CoreEngines:
             return "engine core"
         return f"engine core {index} (data-parallel replica {index} of {self.size})"
 
-    def launch(self) -> None:
-        """Bind every socket pair and spawn every replica (the caller waits with :meth:`wait_ready`)."""
+    def launch(self, prelaunched: PrelaunchedCore | None = None) -> None:
+        """Bind every socket pair and spawn every replica (the caller waits with :meth:`wait_ready`);
+        ``prelaunched``: a core started early (:mod:`pagoda.engine.prelaunch`), adopted as the only replica when
+        it needs no environment of its own, else told to exit."""
         import atexit
 
         import zmq
         import zmq.asyncio
 
-        self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")  # mode 0700: only this user can connect
-        atexit.register(shutil.rmtree, self._ipc_dir, True)
+        envs = replica_envs(self.size, self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size, self.cfg.device)
+        early = prelaunched if prelaunched is not None and self.size == 1 and not envs[0] else None
+        if prelaunched is not None and early is None:
+            prelaunched.discard()
+        if early is not None:
+            self._ipc_dir = early.ipc_dir
+        else:
+            self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")  # mode 0700: only this user can connect
+            atexit.register(shutil.rmtree, self._ipc_dir, True)
         self._zctx = zmq.Context()
         self._azctx = zmq.asyncio.Context()
         args = replica_engine_args(self.engine_args)
-        envs = replica_envs(self.size, self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size, self.cfg.device)
         for i in range(self.size):
-            in_addr, out_addr = f"ipc://{self._ipc_dir}/input_{i}", f"ipc://{self._ipc_dir}/output_{i}"
+            in_addr, out_addr = ipc_addresses(self._ipc_dir, i)
             in_sock = self._zctx.socket(zmq.PUSH)
             in_sock.setsockopt(zmq.SNDHWM, 0)
             in_sock.setsockopt(zmq.LINGER, 0)
@@ -153,8 +162,14 @@ class CoreEngines:
             out_sock.setsockopt(zmq.RCVHWM, 0)
             out_sock.setsockopt(zmq.LINGER, 0)
             out_sock.bind(out_addr)
-            with _environ(envs[i]):
-                proc = start_core_process(args, in_addr, out_addr, self.log_level)
+            if early is not None:
+                proc = early.proc
+                early.give_args(args, self.log_level)
+            else:
+                with _environ(envs[i]):
+                    proc, conn = start_core_process(in_addr, out_addr, self.log_level)
+                conn.send((args, self.log_level))
+                conn.close()
             if envs[i]:
                 logger.info("%s: pid %d, %s", self.name(i), proc.pid, " ".join(f"{k}={v}" for k, v in envs[i].items()))
             self.engines.append(CoreEngine(i, proc, in_sock, out_sock))

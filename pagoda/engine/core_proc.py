@@ -12,9 +12,11 @@ can tell "idle" from "dead or stuck". It exits when told to (``Shutdown``, SIGTE
 when its parent process disappears, or on an unexpected error (after sending
 ``CoreFailed`` with the reason).
 
-The process is started with the ``spawn`` method; its only arguments are builtins (a
-dict of :class:`EngineArgs` fields and socket addresses), and it resolves the config
-itself, so no engine object crosses the process boundary.
+The process is started with the ``spawn`` method and imports its heavy modules (torch, the engine)
+at once; its engine arguments (a dict of :class:`EngineArgs` fields and the log level: builtins) come
+afterwards over a one-way pipe from the front end, and it resolves the config itself, so no engine
+object crosses the process boundary. ``pagoda serve`` starts the core this way before its own imports
+(:mod:`pagoda.engine.prelaunch`), so the two processes' imports overlap.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -57,22 +59,41 @@ HEARTBEAT_S = 1.0
 
 
 # -------------------------------------------------------------------------------- process
-def start_core_process(engine_args: dict[str, Any], input_addr: str, output_addr: str,
-                       log_level: int) -> multiprocessing.process.BaseProcess:
-    """Spawn the engine-core process (the caller must have bound both addresses).
+def ipc_addresses(ipc_dir: str, index: int) -> tuple[str, str]:
+    """(input, output) socket addresses of replica ``index`` in the front end's private ipc dir."""
+    return f"ipc://{ipc_dir}/input_{index}", f"ipc://{ipc_dir}/output_{index}"
+
+
+def start_core_process(input_addr: str, output_addr: str, log_level: int = logging.INFO) -> tuple[Any, Any]:
+    """Spawn the engine-core process; returns ``(process, connection)``. The core connects to both addresses at
+    once (ZMQ queues until the front end binds them) and imports its modules, then waits for
+    ``connection.send((engine_args_dict, log_level))`` (``None``, or the front end going away: it exits quietly).
 
     The child inherits the environment, so ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` set for
     ``pagoda serve`` apply to the core (see "CPU notes" in docs/serving.md).
     """
     ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=run_engine_core,
         name="pagoda-engine-core",
-        args=(engine_args, input_addr, output_addr, os.getpid(), log_level),
+        args=(recv, input_addr, output_addr, os.getpid(), log_level),
         daemon=True,
     )
     proc.start()
-    return proc
+    recv.close()  # the child holds the read end now
+    return proc, send
+
+
+def _receive_engine_args(conn: Any, parent_pid: int) -> tuple[dict[str, Any], int] | None:
+    """The front end's ``(engine_args, log_level)``; None when it sent None, closed the pipe or died."""
+    while os.getppid() == parent_pid:
+        try:
+            if conn.poll(0.5):
+                return conn.recv()
+        except (EOFError, OSError):
+            return None
+    return None
 
 
 def _set_parent_death_signal() -> None:
@@ -104,9 +125,9 @@ def process_age_s() -> float | None:
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: str, parent_pid: int,
+def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pid: int,
                     log_level: int = logging.INFO) -> None:
-    """Entry point of the engine-core process."""
+    """Entry point of the engine-core process (``args_conn``: see :func:`start_core_process`)."""
     age_at_entry = process_age_s()
     logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s %(name)s[core]: %(message)s",
                         datefmt="%H:%M:%S")
@@ -133,24 +154,37 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
     out_sock.setsockopt(zmq.SNDHWM, 0)
     out_sock.connect(output_addr)
     enc = encoder()
+    given = False  # the front end has sent the engine arguments (before that, stopping is silent)
     try:
         t0 = time.perf_counter()
         from pagoda.config import EngineArgs
         from pagoda.engine.core import EngineCore
 
         t1 = time.perf_counter()
-        cfg = EngineArgs(**engine_args).create_config()
+        received = _receive_engine_args(args_conn, parent_pid)
+        args_conn.close()
+        if received is None:  # an early-started core the front end did not use (pagoda.engine.prelaunch)
+            _quiet_exit(in_sock, out_sock, ctx)
+        given = True
+        engine_args, level = received
+        logging.getLogger().setLevel(level)
+        logger.setLevel(level)
         t2 = time.perf_counter()
+        cfg = EngineArgs(**engine_args).create_config()
+        t3 = time.perf_counter()
         core = EngineCore(cfg)
         _attach_step_timeline(core)
         out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
                                        core.startup_seconds)))
         started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "
-        logger.info("engine core ready (pid %d) in %.1f s (%simports %.1f s, config %.1f s, engine %.1f s)",
+        logger.info("engine core ready (pid %d) in %.1f s (%simports %.1f s, waiting for the front end's "
+                    "arguments %.1f s, config %.1f s, engine %.1f s)",
                     os.getpid(), time.perf_counter() - t0 + (age_at_entry or 0.0), started, t1 - t0, t2 - t1,
-                    core.startup_seconds)
+                    t3 - t2, core.startup_seconds)
         _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
     except _Terminated:
+        if not given:
+            _quiet_exit(in_sock, out_sock, ctx)
         logger.info("engine core terminated by signal")
     except Exception as e:
         logger.exception("engine core failed")
@@ -171,6 +205,14 @@ def run_engine_core(engine_args: dict[str, Any], input_addr: str, output_addr: s
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    os._exit(0)
+
+
+def _quiet_exit(in_sock: Any, out_sock: Any, ctx: Any) -> NoReturn:
+    """Exit 0 without a word: a core stopped before it was given its arguments never started an engine."""
+    in_sock.close(linger=0)
+    out_sock.close(linger=0)
+    ctx.term()
     os._exit(0)
 
 

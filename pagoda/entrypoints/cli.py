@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from pagoda import envs
 from pagoda.arg_utils import HelpFormatter
 from pagoda.entrypoints import interactive
 
@@ -135,18 +136,29 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if _command(argv) == "router":  # the full parser builds the engine flags (imports torch): a router needs none
-        parser, sub = _top_parser()
-        _add_router_parser(sub)
-    else:
-        parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    command = _command(argv)
+    early = None
+    if command == "serve" and not {"-h", "--help"} & set(argv) and envs.prelaunch_core_enabled():
+        from pagoda.engine.prelaunch import prelaunch_core  # before the parser's imports (pagoda.engine.prelaunch)
+
+        early = prelaunch_core()
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        if command == "router":  # the full parser builds the engine flags (imports torch): a router needs none
+            parser, sub = _top_parser()
+            _add_router_parser(sub)
+        else:
+            parser = build_parser()
+        args = parser.parse_args(argv)
+        args.prelaunched_core = early
+        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                            format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        try:
+            args.func(args)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+    finally:
+        if early is not None:
+            early.discard()  # not adopted (a flag error, --help of a subcommand, a failed load): it exits unused
 
 
 if __name__ == "__main__":

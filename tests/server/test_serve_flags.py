@@ -340,7 +340,7 @@ def test_idle_server_exits_promptly_on_sigterm(tiny_model_dir, sig):
     assert "Traceback" not in log
     # the engine core's start-up, phase by phase (issue 21 item 1: where the seconds go)
     assert re.search(r"engine core ready \(pid \d+\) in [\d.]+ s \(process start to entry [\d.]+ s, imports [\d.]+ s, "
-                     r"config [\d.]+ s, engine [\d.]+ s\)", log), log
+                     r"waiting for the front end's arguments [\d.]+ s, config [\d.]+ s, engine [\d.]+ s\)", log), log
     assert re.search(r"engine ready in [\d.]+ s \(this process started [\d.]+ s ago\)", log), log
     assert "did not stop within" not in log  # the core stopped on its own, not by SIGTERM after a wait
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

@@ -95,7 +95,8 @@ async def load_engine(state: ServerState) -> None:
     ``on_load_failure``."""
     args = state.args
     try:
-        engine = AsyncLLM(state.engine_args, stuck_timeout_s=args.engine_stuck_timeout)
+        engine = AsyncLLM(state.engine_args, stuck_timeout_s=args.engine_stuck_timeout,
+                          prelaunched=getattr(args, "prelaunched_core", None))
         state.engine = engine
         await engine.start()
         cfg = engine.cfg
