@@ -16,12 +16,9 @@ from pagoda.entrypoints.openai.protocol import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatCompletionStreamResponse,
+    ChatLogprobs,
     ChatMessageIn,
     ChatMessageOut,
-    ChatStreamChoice,
-    UsageInfo,
-    stream_chunk_json,
 )
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -30,9 +27,9 @@ from pagoda.entrypoints.openai.serving_engine import (
     close_streams,
     final_output,
     request_field_names,
-    sse,
     sse_error,
 )
+from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_dict
 from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request, structured_source
 from pagoda.entrypoints.openai.tool_calling import (
     ToolPlan,
@@ -254,8 +251,8 @@ class OpenAIServingChat(OpenAIServing):
         return content or ""
 
     async def _stream(self, req: ChatCompletionRequest, model: str, request_id: str,
-                      stream: RequestStream, plan: ToolPlan) -> AsyncIterator[str]:
-        created = self.now()
+                      stream: RequestStream, plan: ToolPlan) -> AsyncIterator[str | bytes]:
+        chunks = StreamChunks("chat.completion.chunk", request_id, self.now(), model)
         n = stream.n
         parsers = [output_parser(req, self.limits.tools, plan) for _ in range(n)]
         texts = [""] * n
@@ -268,20 +265,12 @@ class OpenAIServingChat(OpenAIServing):
         want_ids = bool(req.return_token_ids)
         pt = len(stream.prompt_token_ids)
         cached_tokens = 0
-
-        def chunk(choice: ChatStreamChoice, completion_tokens: int | None = None, first: bool = False) -> str:
-            c = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice])
-            if want_ids and first:  # vLLM: the prompt's ids in the first chunk only
-                c.prompt_token_ids = list(stream.prompt_token_ids)
-            if continuous:
-                ct = completion_tokens or 0
-                c.usage = UsageInfo(prompt_tokens=pt, completion_tokens=ct, total_tokens=pt + ct)
-            return sse(stream_chunk_json(c))
-
         try:
             echo = self._echo_text(req)
-            for i in range(n):  # the role first, as OpenAI does
-                yield chunk(ChatStreamChoice(index=i, delta={"role": "assistant", "content": echo}), 0, first=i == 0)
+            for i in range(n):  # the role first, as OpenAI does; vLLM: the prompt's ids in the first chunk only
+                yield chunks.event(_choice(i, {"role": "assistant", "content": echo}),
+                                   usage_dict(pt, 0) if continuous else None,
+                                   list(stream.prompt_token_ids) if want_ids and i == 0 else None)
             async for out in stream:
                 if out.error:
                     raise RuntimeError(out.error)
@@ -293,7 +282,7 @@ class OpenAIServingChat(OpenAIServing):
                         continue
                     text = deltas[i] if i < len(deltas) else ""
                     lp = None
-                    new_ids = list(c.token_ids[sent_tokens[i]:])
+                    new_ids = c.token_ids[sent_tokens[i]:]
                     if num_logprobs is not None and new_ids:
                         lp = self.chat_logprobs(new_ids, (c.logprobs or [])[sent_tokens[i]:], num_logprobs, as_ids)
                     sent_tokens[i] = len(c.token_ids)
@@ -304,14 +293,12 @@ class OpenAIServingChat(OpenAIServing):
                                                 lp is not None or bool(want_ids and new_ids), bool(new_ids))
                     if delta is None:
                         continue
-                    yield chunk(ChatStreamChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason,
-                                                 stop_reason=c.stop_reason, token_ids=new_ids if want_ids else None),
-                                len(c.token_ids))
+                    choice = _choice(i, delta, lp, reason, c.stop_reason)
+                    if want_ids:
+                        choice["token_ids"] = new_ids
+                    yield chunks.event(choice, usage_dict(pt, len(c.token_ids)) if continuous else None)
             if include_usage:
-                ct = sum(sent_tokens)
-                usage_chunk = ChatCompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                           usage=self.usage(pt, ct, cached_tokens))
-                yield sse(stream_chunk_json(usage_chunk))
+                yield chunks.event(None, self.usage(pt, sum(sent_tokens), cached_tokens))
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -319,3 +306,10 @@ class OpenAIServingChat(OpenAIServing):
         finally:
             stream.close()
         yield SSE_DONE
+
+
+def _choice(index: int, delta: dict[str, Any], logprobs: ChatLogprobs | None = None, finish_reason: str | None = None,
+            stop_reason: int | str | None = None) -> dict[str, Any]:
+    """A stream chunk's choice as ``ChatStreamChoice`` serializes it (``token_ids`` added only when set)."""
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
+            "stop_reason": stop_reason}

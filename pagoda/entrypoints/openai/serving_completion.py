@@ -16,10 +16,6 @@ from pagoda.entrypoints.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    CompletionStreamChoice,
-    CompletionStreamResponse,
-    UsageInfo,
-    stream_chunk_json,
 )
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -29,9 +25,9 @@ from pagoda.entrypoints.openai.serving_engine import (
     final_output,
     merge_streams,
     request_field_names,
-    sse,
     sse_error,
 )
+from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_dict
 from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.outputs import CompletionOutput, RequestOutput
 
@@ -165,20 +161,20 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ------------------------------------------------------------- streaming
     async def _stream(self, req: CompletionRequest, model: str, request_id: str, prompts: list[_Prompt],
-                      streams: list[RequestStream], n: int) -> AsyncIterator[str]:
-        created = self.now()
+                      streams: list[RequestStream], n: int) -> AsyncIterator[str | bytes]:
+        chunks = StreamChunks("text_completion", request_id, self.now(), model)
         num_choices = len(prompts) * n
         sent_tokens = [0] * num_choices
         text_offset = [0] * num_choices
         echoed = [False] * num_choices
         finished = [False] * num_choices
         started = [False] * num_choices  # a chunk of the choice was sent (the first carries prompt_token_ids)
-        gen_tokens = [0] * num_choices
         cached_tokens = [0] * len(prompts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
         as_ids = self.as_ids(req)
         want_ids = bool(req.return_token_ids)
+        echo, want_logprobs = bool(req.echo), req.logprobs is not None
         try:
             async for pi, out, deltas in merge_streams(streams):
                 if out.error:
@@ -189,39 +185,32 @@ class OpenAIServingCompletion(OpenAIServing):
                     if finished[idx]:
                         continue
                     text = deltas[c.index] if c.index < len(deltas) else ""
-                    echo_prompt = bool(req.echo and not echoed[idx])
+                    echo_prompt = echo and not echoed[idx]
                     if echo_prompt:
                         echoed[idx] = True
                         text = self._prompt_text(prompts[pi]) + text
-                    logprobs, text_offset[idx] = self._delta_logprobs(
-                        req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
-                    new_ids = list(c.token_ids[sent_tokens[idx]:])
-                    first = not started[idx]
-                    sent_tokens[idx] = len(c.token_ids)
-                    gen_tokens[idx] = len(c.token_ids)
+                    logprobs = None
+                    if want_logprobs:
+                        logprobs, text_offset[idx] = self._delta_logprobs(
+                            req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
+                    new_ids = c.token_ids[sent_tokens[idx]:]
+                    num_tokens = sent_tokens[idx] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[idx] = True
-                    if not text and logprobs is None and c.finish_reason is None and not new_ids:
+                    elif not text and logprobs is None and not new_ids:
                         continue  # no new token (as vLLM: every new token gets a chunk, even with its text held back)
+                    choice = {"index": idx, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
+                              "stop_reason": c.stop_reason}
+                    if want_ids:
+                        if not started[idx]:
+                            choice["prompt_token_ids"] = list(out.prompt_token_ids)
+                        choice["token_ids"] = new_ids
                     started[idx] = True
-                    chunk = CompletionStreamResponse(
-                        id=request_id, created=created, model=model,
-                        choices=[CompletionStreamChoice(
-                            index=idx, text=text, logprobs=logprobs, finish_reason=c.finish_reason,
-                            stop_reason=c.stop_reason, token_ids=new_ids if want_ids else None,
-                            prompt_token_ids=list(out.prompt_token_ids) if want_ids and first else None)],
-                    )
-                    if continuous:
-                        pt = len(out.prompt_token_ids)
-                        chunk.usage = UsageInfo(prompt_tokens=pt, completion_tokens=len(c.token_ids),
-                                                total_tokens=pt + len(c.token_ids))
-                    yield sse(stream_chunk_json(chunk))
+                    usage = usage_dict(len(out.prompt_token_ids), num_tokens) if continuous else None
+                    yield chunks.event(choice, usage)
             if include_usage:
                 pt = sum(len(s.prompt_token_ids) for s in streams)
-                ct = sum(gen_tokens)
-                chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                 usage=self.usage(pt, ct, sum(cached_tokens)))
-                yield sse(chunk.model_dump_json())
+                yield chunks.event(None, self.usage(pt, sum(sent_tokens), sum(cached_tokens)))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # after the stream started, errors travel as an event

@@ -1,0 +1,43 @@
+"""SSE events of a streamed completion or chat completion, encoded without a pydantic model per chunk.
+
+A stream sends one chunk per request and engine step, so building and validating a
+``CompletionStreamResponse`` / ``ChatCompletionStreamResponse`` for each one was a large part of the
+API server's CPU per token. Here the per-request constant part (id, object, created, model) is
+encoded once, and each chunk's choice and usage are plain dicts in the models' field order,
+serialized by pydantic-core's own JSON serializer (the one ``model_dump_json`` uses; pydantic models
+inside them, such as logprobs, serialize as themselves). The bytes are exactly those of
+``stream_chunk_json`` on the models (``tests/test_stream_chunks.py`` checks it): the same key order,
+string escapes and float format, ``usage`` null when absent, and the ``return_token_ids`` keys
+(``prompt_token_ids``, ``token_ids``) present only when set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import to_json
+
+_END = b"}\n\n"  # the chunk's closing brace and the SSE event's end
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """``UsageInfo(prompt_tokens, completion_tokens, total)`` as the dict it serializes to (no details)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": None}
+
+
+class StreamChunks:
+    """The ``data: {...}`` events of one streamed response (``object``: "text_completion" or
+    "chat.completion.chunk")."""
+
+    def __init__(self, object_: str, response_id: str, created: int, model: str) -> None:
+        head = {"id": response_id, "object": object_, "created": created, "model": model}
+        self._head = b"data: " + to_json(head)[:-1] + b',"choices":['
+
+    def event(self, choice: dict[str, Any] | None, usage: Any = None,
+              prompt_token_ids: list[int] | None = None) -> bytes:
+        """One chunk with ``choice`` (None: no choice, as the final usage chunk) and ``usage`` (None: null; a
+        dict or a ``UsageInfo``); ``prompt_token_ids``: chat's top-level key, left out when None."""
+        body = self._head if choice is None else self._head + to_json(choice)
+        end = _END if prompt_token_ids is None else b',"prompt_token_ids":' + to_json(prompt_token_ids) + _END
+        return body + b'],"usage":' + (b"null" if usage is None else to_json(usage)) + end
