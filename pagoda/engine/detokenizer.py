@@ -12,9 +12,32 @@ found at O(len(stop)) cost per token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 _SEED_TOKENS = 6
+
+
+def ids_decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[list[int]], str]:
+    """``ids -> tokenizer.decode(ids, skip_special_tokens=..., clean_up_tokenization_spaces=False)``.
+
+    For a transformers fast tokenizer whose ``decode`` / ``_decode`` are transformers' own, that is
+    exactly the Rust tokenizer's ``decode`` (no clean-up asked for), which is called directly: the
+    Python wrapper around it cost more than the decoding itself, twice per streamed token.
+    """
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: the general call
+        TokenizersBackend = None  # noqa: N806
+    cls = type(tokenizer)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (TokenizersBackend is not None and isinstance(tokenizer, TokenizersBackend) and backend is not None
+            and cls.decode is PreTrainedTokenizerBase.decode and cls._decode is TokenizersBackend._decode):
+        rust_decode = backend.decode
+        return lambda ids: rust_decode(ids, skip_special_tokens=skip_special_tokens)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                        clean_up_tokenization_spaces=False)
 
 
 class IncrementalDetokenizer:
@@ -29,6 +52,7 @@ class IncrementalDetokenizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        self._decode = ids_decoder(tokenizer, skip_special_tokens)
         self.stop = list(stop or [])
         self.include_stop = include_stop_str_in_output
         self.max_stop_len = max((len(s) for s in self.stop), default=0)
@@ -41,11 +65,6 @@ class IncrementalDetokenizer:
         self._read_offset = len(seed)
         self.text = ""
         self._streamed = 0  # characters already handed out by ``take_stream_delta``
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=self.skip_special_tokens, clean_up_tokenization_spaces=False
-        )
 
     def add_token(self, token_id: int) -> str | None:
         """Append a token. Returns the stop string if one now appears in the text."""
