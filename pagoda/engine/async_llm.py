@@ -574,16 +574,18 @@ class AsyncLLM:
         self._on_stats(msg.outputs.stats, engine)
         now = time.time()
         to_stop: list[str] = []
+        loggers = self.stat_loggers
+        last_times = self._last_token_time
         for o in msg.outputs.outputs:
             pid = op.child_to_parent.get(o.request_id)
             if pid is None:
                 continue  # aborted meanwhile
             if o.new_token_ids:
-                last = self._last_token_time.get(o.request_id)
+                last = last_times.get(o.request_id)
                 if last is not None:
-                    for sl in self.stat_loggers:
+                    for sl in loggers:
                         sl.on_inter_token(now - last, engine=engine)
-                self._last_token_time[o.request_id] = now
+                last_times[o.request_id] = now
                 self._on_child_tokens(o.request_id, op.parents[pid].metrics.arrival_time, now, engine)
             try:
                 results, stop = op.process([o])
@@ -594,7 +596,8 @@ class AsyncLLM:
                 if stream is not None:
                     stream._fail(RuntimeError(f"internal error while processing the output: {e}"))
                 continue
-            to_stop.extend(stop)
+            if stop:
+                to_stop.extend(stop)
             for res in results:
                 self._deliver(res)
         if to_stop:
@@ -607,8 +610,8 @@ class AsyncLLM:
         stream = self._streams.get(res.request_id)
         if stream is None:
             return
-        children = sorted(stream.parent.children.values(), key=lambda c: c.index)
-        deltas = [c.detok.take_stream_delta(c.finish_reason is not None) if c.detok else "" for c in children]
+        deltas = [c.detok.take_stream_delta(c.finish_reason is not None) if c.detok else ""
+                  for c in stream.parent.children.values()]  # in index order
         stream._put(res, deltas)
         if res.finished:
             self._streams.pop(res.request_id, None)
@@ -641,7 +644,9 @@ class AsyncLLM:
 
     def _on_child_tokens(self, cid: str, arrival: float, now: float, engine: int) -> None:
         """Token times of engine request ``cid``; its first token reports the time to first token."""
-        t = self._times.setdefault(cid, ChildTimes())
+        t = self._times.get(cid)
+        if t is None:
+            t = self._times[cid] = ChildTimes()
         if t.first_token_at is None:
             t.first_token_at = now
             for sl in self.stat_loggers:

@@ -44,6 +44,7 @@ class ParentState:
     num_cached_tokens: int = 0
     pooling: bool = False  # a pooling request: its output is ``pooled``, not tokens
     pooled: PooledData | None = None
+    # ``children`` is in index order (child i is the i-th inserted), so outputs need no sorting.
 
     @property
     def finished(self) -> bool:
@@ -109,35 +110,51 @@ class OutputProcessor:
         to_stop: list[str] = []
         now = time.time()
         for o in outputs:
-            pid = self.child_to_parent.get(o.request_id)
-            if pid is None:
-                continue
-            parent = self.parents[pid]
-            child = parent.children[o.request_id]
-            if child.finish_reason is not None:
-                continue
-            if child.index == 0 and o.num_cached_tokens:
-                parent.num_cached_tokens = o.num_cached_tokens
-            if child.index == 0:
-                self._add_prompt_logprobs(parent, o)
-            if o.pooled is not None:
-                parent.pooled = o.pooled
-            if self._add_tokens(parent, child, o, now) and o.finish_reason is None:
+            parent, stop = self.apply(o, now)
+            if stop:
                 to_stop.append(o.request_id)
-            if child.finish_reason is None and o.finish_reason is not None:
-                child.finish_reason = o.finish_reason
-                child.stop_reason = o.stop_reason
-                child.error = o.error
-            changed[pid] = parent
+            if parent is not None:
+                changed[parent.request_id] = parent
         results = []
-        for pid, parent in changed.items():
-            if parent.final_only and not parent.finished:
-                continue
-            results.append(self._make_output(parent))
-            if parent.finished:
-                parent.metrics.finished_time = now
-                self._drop(pid)
+        for parent in changed.values():
+            res = self.emit(parent, now)
+            if res is not None:
+                results.append(res)
         return results, to_stop
+
+    def apply(self, o: EngineCoreOutput, now: float) -> tuple[ParentState | None, bool]:
+        """Apply one core output: (its parent when it changed, whether the core must stop ``o``'s request)."""
+        pid = self.child_to_parent.get(o.request_id)
+        if pid is None:
+            return None, False
+        parent = self.parents[pid]
+        child = parent.children[o.request_id]
+        if child.finish_reason is not None:
+            return None, False
+        if child.index == 0:
+            if o.num_cached_tokens:
+                parent.num_cached_tokens = o.num_cached_tokens
+            if o.prompt_logprobs is not None:
+                self._add_prompt_logprobs(parent, o)
+        if o.pooled is not None:
+            parent.pooled = o.pooled
+        stop = self._add_tokens(parent, child, o, now) and o.finish_reason is None
+        if child.finish_reason is None and o.finish_reason is not None:
+            child.finish_reason = o.finish_reason
+            child.stop_reason = o.stop_reason
+            child.error = o.error
+        return parent, stop
+
+    def emit(self, parent: ParentState, now: float) -> RequestOutput | None:
+        """The output of a parent that changed (None: it wants only its final one); a finished parent is dropped."""
+        finished = parent.finished
+        if parent.final_only and not finished:
+            return None
+        out = self._make_output(parent, finished)
+        if finished:
+            parent.metrics.finished_time = now
+            self._drop(parent.request_id)
+        return out
 
     def _add_prompt_logprobs(self, parent: ParentState, o: EngineCoreOutput) -> None:
         """Fill the parent's prompt logprobs from a chunk of them in ``o`` (if it carries one)."""
@@ -157,24 +174,42 @@ class OutputProcessor:
         # vLLM, that token stays in token_ids but its text is left out unless
         # include_stop_str_in_output.
         skip_last_text = o.finish_reason == "stop" and not parent.params.include_stop_str_in_output
-        last = len(o.new_token_ids) - 1
-        for k, tok in enumerate(o.new_token_ids):
+        new_ids = o.new_token_ids
+        if not new_ids:
+            return False
+        metrics = parent.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now
+        detok, lps = child.detok, child.logprobs
+        if o.new_logprobs is None or lps is None:
+            if detok is None:
+                child.token_ids.extend(new_ids)
+                return False
+            if len(new_ids) == 1 and not skip_last_text:  # the common decode step: one token, its text
+                child.token_ids.append(new_ids[0])
+                return self._stop_hit(child, detok.add_token(new_ids[0]))
+        last = len(new_ids) - 1
+        for k, tok in enumerate(new_ids):
             child.token_ids.append(tok)
-            if parent.metrics.first_token_time is None:
-                parent.metrics.first_token_time = now
-            parent.metrics.last_token_time = now
-            if o.new_logprobs is not None and child.logprobs is not None:
+            if o.new_logprobs is not None and lps is not None:
                 t = o.new_logprobs[k]
-                child.logprobs.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank, t.top_ranks))
+                lps.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank, t.top_ranks))
                 child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
-            if child.detok is not None and not (skip_last_text and k == last):
-                hit = child.detok.add_token(tok)
-                if hit is not None:
-                    # A stop string wins even when the core finished the request in this same
-                    # step (e.g. by length), as in vLLM; the core is told only if still running.
-                    child.finish_reason, child.stop_reason = "stop", hit
+            if detok is not None and not (skip_last_text and k == last):
+                if self._stop_hit(child, detok.add_token(tok)):
                     return True
         return False
+
+    @staticmethod
+    def _stop_hit(child: ChildState, hit: str | None) -> bool:
+        """A stop string matched: the child is finished here (later tokens of the step are dropped)."""
+        if hit is None:
+            return False
+        # A stop string wins even when the core finished the request in this same
+        # step (e.g. by length), as in vLLM; the core is told only if still running.
+        child.finish_reason, child.stop_reason = "stop", hit
+        return True
 
     def abort(self, request_id: str) -> list[str]:
         """Forget a parent; returns its child ids (for the core to abort)."""
@@ -191,33 +226,21 @@ class OutputProcessor:
             for cid in parent.children:
                 self.child_to_parent.pop(cid, None)
 
-    def _make_output(self, parent: ParentState) -> RequestOutput:
+    def _make_output(self, parent: ParentState, finished: bool) -> RequestOutput:
         if parent.pooling:
             return self._make_pooling_output(parent)  # type: ignore[return-value]
         comps = []
-        for c in sorted(parent.children.values(), key=lambda c: c.index):
-            comps.append(
-                CompletionOutput(
-                    index=c.index,
-                    text=c.detok.text if c.detok else "",
-                    token_ids=list(c.token_ids),
-                    cumulative_logprob=c.cumulative_logprob,
-                    logprobs=list(c.logprobs) if c.logprobs is not None else None,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                )
-            )
-        errors = [c.error for c in parent.children.values() if c.error]
+        error = None
+        for c in parent.children.values():  # in index order
+            comps.append(CompletionOutput(c.index, c.detok.text if c.detok else "", list(c.token_ids),
+                                          c.cumulative_logprob, list(c.logprobs) if c.logprobs is not None else None,
+                                          c.finish_reason, c.stop_reason))
+            if c.error and error is None:
+                error = c.error
         return RequestOutput(
-            request_id=parent.request_id,
-            prompt=parent.prompt,
-            prompt_token_ids=parent.prompt_token_ids,
-            prompt_logprobs=list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
-            outputs=comps,
-            finished=parent.finished,
-            metrics=parent.metrics,
-            error=errors[0] if errors else None,
-            num_cached_tokens=parent.num_cached_tokens,
+            parent.request_id, parent.prompt, parent.prompt_token_ids,
+            list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
+            comps, finished, parent.metrics, parent.num_cached_tokens, error,
         )
 
     @staticmethod
