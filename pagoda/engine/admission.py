@@ -36,9 +36,11 @@ def check_prompt_ids(ids: Sequence[Any], limits: AdmissionLimits, parameter: str
     """A prompt is a non-empty list of in-vocabulary token ids."""
     if not ids:
         raise ValidationError("The prompt is empty; it must hold at least one token.", parameter)
+    V = limits.vocab_size
+    if set(map(type, ids)) == {int} and min(ids) >= 0 and max(ids) < V:
+        return  # the common case, checked at C speed; otherwise the checks below name what is wrong
     if not all(is_token_id(t) for t in ids):
         raise ValidationError("prompt_token_ids must be a list of integers.", parameter)
-    V = limits.vocab_size
     for t in ids:
         if not 0 <= t < V:
             raise ValidationError(f"Token id {t} is out of vocabulary (vocab size {V}).", parameter, value=t)
