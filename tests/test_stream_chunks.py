@@ -25,7 +25,7 @@ from pagoda.entrypoints.openai.protocol import (
 )
 from pagoda.entrypoints.openai.serving_chat import _choice
 from pagoda.entrypoints.openai.serving_engine import sse
-from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_dict
+from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
 
 TEXTS = ["", "hello", ' a "quoted"\\ line\nnext\ttab\r\x00\x01\x1f\x7f', "héllo wörld — 日本語 🙂", "\u2028\u2029"]
 COMPLETION_LOGPROBS = CompletionLogprobs(
@@ -59,7 +59,7 @@ def test_completion_chunks(text: str) -> None:
                                             prompt_token_ids=prompt_ids, token_ids=token_ids)],
             usage=UsageInfo(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=sum(usage))
             if usage else None)
-        assert chunks.event(choice, usage_dict(*usage) if usage else None) == _ref(model)
+        assert chunks.event(choice, usage_json(*usage) if usage else None) == _ref(model)
 
 
 @pytest.mark.parametrize("details", [None, PromptTokenUsageInfo(cached_tokens=16)])
@@ -90,4 +90,4 @@ def test_chat_chunks(text: str) -> None:
             usage=UsageInfo(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=sum(usage))
             if usage else None,
             prompt_token_ids=prompt_ids)
-        assert chunks.event(choice, usage_dict(*usage) if usage else None, prompt_ids) == _ref(model)
+        assert chunks.event(choice, usage_json(*usage) if usage else None, prompt_ids) == _ref(model)

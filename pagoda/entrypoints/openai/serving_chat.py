@@ -29,7 +29,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     sse_error,
 )
-from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_dict
+from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
 from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request, structured_source
 from pagoda.entrypoints.openai.tool_calling import (
     ToolPlan,
@@ -265,12 +265,14 @@ class OpenAIServingChat(OpenAIServing):
         want_ids = bool(req.return_token_ids)
         pt = len(stream.prompt_token_ids)
         cached_tokens = 0
+        events: list[bytes] = []  # one write for all the choices of an output (n > 1)
         try:
             echo = self._echo_text(req)
-            for i in range(n):  # the role first, as OpenAI does; vLLM: the prompt's ids in the first chunk only
-                yield chunks.event(_choice(i, {"role": "assistant", "content": echo}),
-                                   usage_dict(pt, 0) if continuous else None,
-                                   list(stream.prompt_token_ids) if want_ids and i == 0 else None)
+            # the role first, as OpenAI does; vLLM: the prompt's ids in the first chunk only
+            yield b"".join(chunks.event(_choice(i, {"role": "assistant", "content": echo}),
+                                        usage_json(pt, 0) if continuous else None,
+                                        list(stream.prompt_token_ids) if want_ids and i == 0 else None)
+                           for i in range(n))
             async for out in stream:
                 if out.error:
                     raise RuntimeError(out.error)
@@ -296,12 +298,17 @@ class OpenAIServingChat(OpenAIServing):
                     choice = _choice(i, delta, lp, reason, c.stop_reason)
                     if want_ids:
                         choice["token_ids"] = new_ids
-                    yield chunks.event(choice, usage_dict(pt, len(c.token_ids)) if continuous else None)
+                    events.append(chunks.event(choice, usage_json(pt, len(c.token_ids)) if continuous else None))
+                if events:
+                    yield events[0] if len(events) == 1 else b"".join(events)
+                    events.clear()
             if include_usage:
                 yield chunks.event(None, self.usage(pt, sum(sent_tokens), cached_tokens))
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            if events:  # the choices encoded before the error
+                yield b"".join(events)
             yield sse_error(e)
         finally:
             stream.close()

@@ -27,7 +27,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     sse_error,
 )
-from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_dict
+from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
 from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.outputs import CompletionOutput, RequestOutput
 
@@ -175,6 +175,7 @@ class OpenAIServingCompletion(OpenAIServing):
         as_ids = self.as_ids(req)
         want_ids = bool(req.return_token_ids)
         echo, want_logprobs = bool(req.echo), req.logprobs is not None
+        events: list[bytes] = []  # one write for all the choices of an output (n > 1)
         try:
             async for pi, out, deltas in merge_streams(streams):
                 if out.error:
@@ -185,39 +186,52 @@ class OpenAIServingCompletion(OpenAIServing):
                     if finished[idx]:
                         continue
                     text = deltas[c.index] if c.index < len(deltas) else ""
-                    echo_prompt = echo and not echoed[idx]
-                    if echo_prompt:
-                        echoed[idx] = True
-                        text = self._prompt_text(prompts[pi]) + text
                     logprobs = None
-                    if want_logprobs:
-                        logprobs, text_offset[idx] = self._delta_logprobs(
-                            req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
-                    new_ids = c.token_ids[sent_tokens[idx]:]
+                    if echo or want_logprobs:
+                        text, logprobs = self._echo_and_logprobs(req, prompts[pi], out, c, idx, text, sent_tokens,
+                                                                 echoed, text_offset, as_ids)
+                    start = sent_tokens[idx]
                     num_tokens = sent_tokens[idx] = len(c.token_ids)
                     if c.finish_reason is not None:
                         finished[idx] = True
-                    elif not text and logprobs is None and not new_ids:
+                    elif not text and logprobs is None and num_tokens == start:
                         continue  # no new token (as vLLM: every new token gets a chunk, even with its text held back)
                     choice = {"index": idx, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
                               "stop_reason": c.stop_reason}
                     if want_ids:
                         if not started[idx]:
                             choice["prompt_token_ids"] = list(out.prompt_token_ids)
-                        choice["token_ids"] = new_ids
+                        choice["token_ids"] = c.token_ids[start:]
                     started[idx] = True
-                    usage = usage_dict(len(out.prompt_token_ids), num_tokens) if continuous else None
-                    yield chunks.event(choice, usage)
+                    events.append(chunks.event(choice, usage_json(len(out.prompt_token_ids), num_tokens)
+                                               if continuous else None))
+                if events:
+                    yield events[0] if len(events) == 1 else b"".join(events)
+                    events.clear()
             if include_usage:
                 pt = sum(len(s.prompt_token_ids) for s in streams)
                 yield chunks.event(None, self.usage(pt, sum(sent_tokens), sum(cached_tokens)))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # after the stream started, errors travel as an event
+            if events:  # the choices encoded before the error
+                yield b"".join(events)
             yield sse_error(e)
         finally:
             _close_all(streams)
         yield SSE_DONE
+
+    def _echo_and_logprobs(self, req: CompletionRequest, prompt: _Prompt, out: RequestOutput, c: CompletionOutput,
+                           idx: int, text: str, sent_tokens: list[int], echoed: list[bool], text_offset: list[int],
+                           as_ids: bool) -> tuple[str, CompletionLogprobs | None]:
+        """Choice ``idx``'s new text with the prompt before it the first time (``echo``), and its logprobs."""
+        echo_prompt = bool(req.echo) and not echoed[idx]
+        if echo_prompt:
+            echoed[idx] = True
+            text = self._prompt_text(prompt) + text
+        logprobs, text_offset[idx] = self._delta_logprobs(
+            req, out, c, sent_tokens[idx], echo_prompt, text_offset[idx], as_ids)
+        return text, logprobs
 
     def _delta_logprobs(self, req: CompletionRequest, out: RequestOutput, c: CompletionOutput, start: int,
                         echo_prompt: bool, offset: int, as_ids: bool) -> tuple[CompletionLogprobs | None, int]:

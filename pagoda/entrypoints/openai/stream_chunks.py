@@ -20,10 +20,12 @@ from pydantic_core import to_json
 _END = b"}\n\n"  # the chunk's closing brace and the SSE event's end
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """``UsageInfo(prompt_tokens, completion_tokens, total)`` as the dict it serializes to (no details)."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": None}
+_USAGE = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,"prompt_tokens_details":null}'
+
+
+def usage_json(prompt_tokens: int, completion_tokens: int) -> bytes:
+    """``UsageInfo(prompt_tokens, completion_tokens, total)`` (no details) as JSON: a chunk's continuous usage."""
+    return _USAGE % (prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
 
 
 class StreamChunks:
@@ -37,7 +39,12 @@ class StreamChunks:
     def event(self, choice: dict[str, Any] | None, usage: Any = None,
               prompt_token_ids: list[int] | None = None) -> bytes:
         """One chunk with ``choice`` (None: no choice, as the final usage chunk) and ``usage`` (None: null; a
-        dict or a ``UsageInfo``); ``prompt_token_ids``: chat's top-level key, left out when None."""
+        ``UsageInfo``, or its JSON from :func:`usage_json`); ``prompt_token_ids``: chat's top-level key, left out
+        when None."""
         body = self._head if choice is None else self._head + to_json(choice)
         end = _END if prompt_token_ids is None else b',"prompt_token_ids":' + to_json(prompt_token_ids) + _END
-        return body + b'],"usage":' + (b"null" if usage is None else to_json(usage)) + end
+        if usage is None:
+            usage = b"null"
+        elif not isinstance(usage, bytes):
+            usage = to_json(usage)
+        return body + b'],"usage":' + usage + end
