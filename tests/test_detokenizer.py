@@ -168,3 +168,19 @@ def test_stop_strings_ignored_within_min_tokens(tok):
     detok = IncrementalDetokenizer(tok, [], stop=["capital"], min_tokens=first_done - 1)
     feed(detok, ids)
     assert detok.text == "Paris is the "
+
+
+def test_ids_decoder_is_the_tokenizers_decode(tok):
+    """The direct Rust call (taken for this plain fast tokenizer) decodes exactly as ``tokenizer.decode``."""
+    import random
+
+    from pagoda.engine.detokenizer import _is_plain_fast_tokenizer, ids_decoder
+
+    assert _is_plain_fast_tokenizer(type(tok))
+    rng = random.Random(0)
+    size = len(tok)
+    for skip in (True, False):
+        decode = ids_decoder(tok, skip)
+        for _ in range(500):
+            ids = [rng.randrange(size) for _ in range(rng.randrange(0, 9))]
+            assert decode(ids) == tok.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)

@@ -18,6 +18,17 @@ from typing import Any
 _SEED_TOKENS = 6
 
 
+def _is_plain_fast_tokenizer(cls: type) -> bool:
+    """A transformers fast tokenizer whose ``decode`` and ``_decode`` are transformers' own."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: the general call
+        return False
+    return (issubclass(cls, TokenizersBackend) and getattr(cls, "decode", None) is PreTrainedTokenizerBase.decode
+            and getattr(cls, "_decode", None) is TokenizersBackend._decode)
+
+
 def ids_decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[list[int]], str]:
     """``ids -> tokenizer.decode(ids, skip_special_tokens=..., clean_up_tokenization_spaces=False)``.
 
@@ -25,15 +36,8 @@ def ids_decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[list[int
     exactly the Rust tokenizer's ``decode`` (no clean-up asked for), which is called directly: the
     Python wrapper around it cost more than the decoding itself, twice per streamed token.
     """
-    try:
-        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:  # another transformers layout: the general call
-        TokenizersBackend = None  # noqa: N806
-    cls = type(tokenizer)
     backend = getattr(tokenizer, "_tokenizer", None)
-    if (TokenizersBackend is not None and isinstance(tokenizer, TokenizersBackend) and backend is not None
-            and cls.decode is PreTrainedTokenizerBase.decode and cls._decode is TokenizersBackend._decode):
+    if backend is not None and _is_plain_fast_tokenizer(type(tokenizer)):
         rust_decode = backend.decode
         return lambda ids: rust_decode(ids, skip_special_tokens=skip_special_tokens)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
