@@ -17,7 +17,7 @@ def load_tokenizer(cfg: EngineConfig) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path), trust_remote_code=False,
-                                            use_fast=cfg.tokenizer_mode != "slow", **_plain_config(cfg.tokenizer_path))
+                                            use_fast=cfg.tokenizer_mode != "slow")
     except Exception as e:
         raise ValueError(f"Could not load a tokenizer from {cfg.tokenizer_path}: {e}") from e
     if cfg.tokenizer_mode == "slow" and getattr(tok, "is_fast", False):
@@ -27,24 +27,6 @@ def load_tokenizer(cfg: EngineConfig) -> Any:
         p = Path(cfg.chat_template)
         tok.chat_template = p.read_text(encoding="utf-8") if p.exists() else cfg.chat_template
     return tok
-
-
-def _plain_config(folder: Path) -> dict[str, Any]:
-    """``{"config": …}``: the folder's ``config.json`` as a plain ``PreTrainedConfig`` (its ``model_type`` and fields
-    kept), for AutoTokenizer, which otherwise loads it with the model type's own configuration class; in transformers
-    5 importing that class imports ``torch.distributed.tensor`` and more (~0.5 s on the dev VM, seconds of a server's
-    start-up on the GPU machine) for nothing a tokenizer reads. Only where ``tokenizer_config.json`` names the
-    tokenizer class: otherwise AutoTokenizer picks it by the configuration's class, which a plain one does not have
-    (``{}``: AutoTokenizer's own lookup, as without a ``config.json``)."""
-    path = Path(folder) / "config.json"
-    tok_cfg = Path(folder) / "tokenizer_config.json"
-    if not path.is_file() or not tok_cfg.is_file() or not read_json(tok_cfg).get("tokenizer_class"):
-        return {}
-    from transformers import PreTrainedConfig
-
-    config = PreTrainedConfig.from_dict(read_json(path))
-    config._name_or_path = str(folder)  # as AutoConfig.from_pretrained sets it (AutoTokenizer matches it)
-    return {"config": config}
 
 
 def eos_token_ids(cfg: EngineConfig, tokenizer: Any) -> list[int]:
