@@ -214,7 +214,7 @@ def _prompt(tok: Any, rng: random.Random, n_tokens: int) -> str:
     return " ".join(out)
 
 
-async def _one(client: Any, url: str, body: dict[str, Any], stats: dict[str, int]) -> None:
+async def _one(client: Any, url: str, body: dict[str, Any], stats: dict[str, Any]) -> None:
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -234,16 +234,20 @@ async def _one(client: Any, url: str, body: dict[str, Any], stats: dict[str, int
                 stats["tokens"] += obj["usage"]["completion_tokens"]
 
 
-async def _drive(base: str, bodies: list[dict[str, Any]], endpoint: str, concurrency: int) -> dict[str, int]:
+async def _drive(base: str, bodies: list[dict[str, Any]], endpoint: str, concurrency: int) -> dict[str, Any]:
     import httpx
 
-    stats = {"chunks": 0, "tokens": 0, "done": 0}
+    stats: dict[str, Any] = {"chunks": 0, "tokens": 0, "done": 0, "failed": 0, "error": None}
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
         async def go(b: dict[str, Any]) -> None:
             async with sem:
-                await _one(client, endpoint, b, stats)
+                try:
+                    await _one(client, endpoint, b, stats)
+                except Exception as e:  # counted and reported; the figures then cover fewer requests
+                    stats["failed"] += 1
+                    stats["error"] = stats["error"] or f"{type(e).__name__}: {e}"
 
         await asyncio.gather(*(go(b) for b in bodies))
     return stats
@@ -371,10 +375,12 @@ def run_bench(args: argparse.Namespace) -> None:
     finally:
         server_stop(server)
         os.unlink(settings_path)
-    rep = cpu_report(before, after, stats["tokens"], args.num_prompts)
+    rep = cpu_report(before, after, stats["tokens"], args.num_prompts - stats["failed"])
     print(f"endpoint {args.endpoint}, {args.num_prompts} requests x {args.output_len} tokens (n={args.n}, "
           f"logprobs={args.logprobs}), {args.max_concurrency} concurrent, stub step {args.step_ms:g} ms, "
           f"uvicorn http {args.http} loop {args.loop}")
+    if stats["failed"]:
+        print(f"  {stats['failed']} requests failed (first: {stats['error']}); the figures cover the others")
     print(f"  wall {t1 - t0:.2f} s, output tokens {stats['tokens']}, chunks {stats['chunks']} "
           f"({stats['tokens'] / max(1, stats['chunks']):.2f} tokens per chunk), load generator CPU {c1 - c0:.2f} s")
     print(f"  API server CPU {rep['api_server_cpu_s']:.2f} s = {rep['api_server_cpu_s'] / (t1 - t0):.2f} of a core; "
