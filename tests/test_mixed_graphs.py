@@ -18,20 +18,11 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
+from graph_steps import random_kv_caches, step_rows  # noqa: E402
+
 from pagoda.attention.backend import get_backend  # noqa: E402
 from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
-from pagoda.worker.kv_cache import allocate_kv_caches  # noqa: E402
 from pagoda.worker.mixed_graphs import MixedGraphs  # noqa: E402
-
-
-def _step(model, bs, query_lens, ctx, blocks, g):
-    rows = sum(query_lens)
-    ids = torch.randint(0, model.shape.vocab_size, (rows,), generator=g).tolist()
-    pos = [p for c, n in zip(ctx, query_lens, strict=True) for p in range(c, c + n)]
-    slots = [blocks[i][p // bs] * bs + p % bs for i, (c, n) in enumerate(zip(ctx, query_lens, strict=True))
-             for p in range(c, c + n)]
-    seq_lens = [c + n for c, n in zip(ctx, query_lens, strict=True)]
-    return ids, pos, slots, seq_lens
 
 
 def test_mixed_step_padding_matches_eager(tiny):
@@ -41,11 +32,7 @@ def test_mixed_step_padding_matches_eager(tiny):
     model, bs, mml = runner.model, runner.block_size, runner.cfg.max_model_len
     backend = get_backend("triton")
     g = torch.Generator().manual_seed(0)
-    caches = allocate_kv_caches(model.num_layers, 12, bs, model.num_kv_heads, model.head_dim, torch.float32,
-                                torch.device("cpu"), getattr(backend, "kv_layout", "NHD"))
-    for k, v in caches:  # an arbitrary earlier context
-        k.copy_(torch.randn(k.shape, generator=g))
-        v.copy_(torch.randn(v.shape, generator=g))
+    caches = random_kv_caches(model, 12, bs, backend, g)  # an arbitrary earlier context
     mg = MixedGraphs(model, backend, caches, bs, mml, 8, torch.device("cpu"), buckets=(8, 16), use_graphs=False)
     mg.capture()
     assert mg.requests == {8: 8, 16: 8}
@@ -55,7 +42,7 @@ def test_mixed_step_padding_matches_eager(tiny):
     steps = [([1, 5, 1, 4], [9, 0, 20, 3], [[1, 2], [3, 4], [5, 6], [7, 8]]),
              ([6, 3], [2, 11], [[9], [10, 11]])]
     for query_lens, ctx, blocks in steps:
-        ids, pos, slots, seq_lens = _step(model, bs, query_lens, ctx, blocks, g)
+        ids, pos, slots, seq_lens = step_rows(model, bs, query_lens, ctx, blocks, g)
         width = max(len(b) for b in blocks)
         table = np.zeros((len(blocks), width), dtype=np.int32)
         for i, b in enumerate(blocks):

@@ -16,9 +16,10 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
+from graph_steps import random_kv_caches, step_rows  # noqa: E402
+
 from pagoda.attention.backend import get_backend  # noqa: E402
 from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
-from pagoda.worker.kv_cache import allocate_kv_caches  # noqa: E402
 from pagoda.worker.verify_graphs import VerifyGraphs, verify_capture_sizes  # noqa: E402
 
 
@@ -29,18 +30,10 @@ def test_verify_buffers_and_padding_match_eager(tiny, query_lens):
     model, bs, mml = runner.model, runner.block_size, runner.cfg.max_model_len
     backend = get_backend("triton")
     g = torch.Generator().manual_seed(0)
-    caches = allocate_kv_caches(model.num_layers, 8, bs, model.num_kv_heads, model.head_dim, torch.float32,
-                                torch.device("cpu"), getattr(backend, "kv_layout", "NHD"))
-    for k, v in caches:  # an arbitrary earlier context
-        k.copy_(torch.randn(k.shape, generator=g))
-        v.copy_(torch.randn(v.shape, generator=g))
+    caches = random_kv_caches(model, 8, bs, backend, g)  # an arbitrary earlier context
     q, ctx, blocks = 3, [5, 17, 9], [[1, 2], [3, 4], [5, 6]]
     rows = sum(query_lens)
-    ids = torch.randint(0, model.shape.vocab_size, (rows,), generator=g).tolist()
-    pos = [p for c, n in zip(ctx, query_lens, strict=True) for p in range(c, c + n)]
-    slots = [blocks[i][p // bs] * bs + p % bs for i, (c, n) in enumerate(zip(ctx, query_lens, strict=True))
-             for p in range(c, c + n)]
-    seq_lens = [c + n for c, n in zip(ctx, query_lens, strict=True)]
+    ids, pos, slots, seq_lens = step_rows(model, bs, query_lens, ctx, blocks, g)
     table = torch.zeros(3, -(-mml // bs), dtype=torch.int32)
     for i, b in enumerate(blocks):
         table[i, : len(b)] = torch.tensor(b)
