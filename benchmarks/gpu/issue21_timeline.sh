@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 # Overrides for a dry run elsewhere (e.g. a tiny model on the CPU): M, N (requests), LEVELS (concurrent streams),
 # MAX_LEN (--max-model-len), SERVE_FLAGS (more `pagoda serve` flags, e.g. --long-prefill-token-threshold 256), TAG
-# (appended to the stream part's file names).
+# (appended to the stream part's file names), CLIENTS (the bench's --num-client-processes, default 1; 4 for 256 streams).
 M="${M:-/tmp/llama3-8b-shape}"; N="${N:-500}"; LEVELS="${LEVELS:-64 256}"; MAX_LEN="${MAX_LEN:-4096}"
 SERVE_FLAGS="${SERVE_FLAGS:-}"; TAG="${TAG:-}"
 parts="${*:-makespan stream}"
@@ -44,7 +44,7 @@ if has stream; then
     rm -f "$OUT/core_steps_c$c$TAG.jsonl"
     PAGODA_STEP_TIMELINE="$OUT/core_steps_c$c$TAG.jsonl" timeout -k 20 280 "${CLI[@]}" --log-level WARNING bench serve \
       --port 8021 --tokenizer "$M" --dataset-name sharegpt --num-prompts "$N" --max-concurrency "$c" \
-      --ignore-eos --serve-timeout 200 --serve-log "$OUT/serve_c$c$TAG.log" \
+      --ignore-eos --serve-timeout 200 --serve-log "$OUT/serve_c$c$TAG.log" --num-client-processes "${CLIENTS:-1}" \
       --serve-cmd "python -m pagoda.entrypoints.cli --log-level INFO serve $M --load-format dummy --port 8021 \
 --max-model-len $MAX_LEN --disable-log-requests --uvicorn-log-level warning $SERVE_FLAGS" \
       --save-result --result-dir "$OUT" --result-filename "serve_c$c$TAG.json" 2>&1 \

@@ -118,6 +118,9 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="gamma shape of inter-arrival times (1 = Poisson; lower is burstier)")
     p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    p.add_argument("--num-client-processes", type=int, default=1,
+                   help="load-generator processes sharing the requests and --max-concurrency (one Python process "
+                        "parsing many streams lags them and merges their chunks; pagoda/benchmarks/client_pool.py)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrival times")
     p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos so every request runs to max_tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature sent with each request")
@@ -473,12 +476,14 @@ def _print_load(s: dict[str, Any]) -> None:
         ("API server CPU ms per output token:", num(s["api_server_cpu_ms_per_output_token"], ".3f")),
         ("Engine core CPU ms per output token:", num(s["engine_core_cpu_ms_per_output_token"], ".3f")),
         ("API server CPU ms per request:", num(s["api_server_cpu_ms_per_request"])),
-        ("Load generator CPU share (1 = a core):", num(s["client_cpu_share"])),
+        ("Load generator CPU share (1 = a core):", num(s["client_cpu_share"])
+         + (f" (busiest of {s['num_client_processes']})" if s["num_client_processes"] > 1 else "")),
     ]
     for k, v in rows:
         print(f"{k:<40}{v:>20}")
     if (s["client_cpu_share"] or 0) > 0.8:
-        print("warning: the load generator used most of a core: its latencies include its own lag", file=sys.stderr)
+        print("warning: the load generator used most of a core: its latencies include its own lag (more "
+              "--num-client-processes)", file=sys.stderr)
 
 
 def _pct(x: float | None) -> float | None:
@@ -558,16 +563,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = CpuSnapshot.take(args.server_pid) if args.server_pid else None
         client_cpu = time.process_time()
 
-        results, duration = await _run_requests(args, client, url, headers, model, chat, prompts)
-        client_cpu = time.process_time() - client_cpu
+        client_share: float | None
+        if args.num_client_processes > 1:
+            from pagoda.benchmarks.client_pool import run_sharded
+
+            results, duration, client_share = await asyncio.to_thread(run_sharded, args, url, headers, model, chat,
+                                                                      prompts)
+        else:
+            results, duration = await _run_requests(args, client, url, headers, model, chat, prompts)
+            client_share = (time.process_time() - client_cpu) / duration if duration else None
         cpu_after = CpuSnapshot.take(args.server_pid) if args.server_pid else None
         cache_after = await prefix_cache_counters(client, base, headers)
 
     summary = summarize(args, results, duration)
     summary.update(load_figures(results, latency_series(results)["itl"], args.burst_fraction))
     summary.update(cpu_report(cpu_before, cpu_after, summary["total_output_tokens"], summary["completed"]))
-    # the load generator's own CPU over the run: near 1 (one core), its clock readings lag the stream
-    summary["client_cpu_share"] = client_cpu / duration if duration else None
+    # the load generator's own CPU over the run (its busiest process's): near 1 (one core), its clock readings lag
+    summary["client_cpu_share"] = client_share
+    summary["num_client_processes"] = args.num_client_processes
     if cache_before is not None and cache_after is not None:
         dq, dh = cache_after[0] - cache_before[0], cache_after[1] - cache_before[1]
         summary["prefix_cache_queries"], summary["prefix_cache_hits"] = dq, dh
@@ -631,6 +644,10 @@ def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--request-rate must be positive (or inf).")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError("--max-concurrency must be at least 1.")
+    most = min(args.num_prompts, args.max_concurrency or args.num_prompts)
+    if not 1 <= args.num_client_processes <= most:
+        raise ValueError(f"--num-client-processes must be in [1, {most}] (--num-prompts and --max-concurrency bound "
+                         f"it), got {args.num_client_processes}.")
     if args.serve_cmd and args.server_pid:
         raise ValueError("--serve-cmd starts the server whose pid is measured: drop --server-pid.")
     if args.burst_fraction <= 0:

@@ -79,3 +79,32 @@ def test_bench_serve_prefix_repetition(server, tmp_path, capsys):
                                   "--prefix-repetition-num-prefixes", "2", "--prefix-repetition-output-len", "4",
                                   "--reset-prefix-cache"))
     assert again["prefix_cache_hits"] == res["prefix_cache_hits"]
+
+
+def test_bench_serve_over_two_client_processes(server, tmp_path):
+    """--num-client-processes 2: the requests are split over two load-generator processes (concurrency 2 + 1);
+    every request completes and the per-request figures come back in prompt order (the same prompts, the same
+    lengths as a one-process run)."""
+    one = run_bench_serve(_args(server, tmp_path, "--max-concurrency", "3"))
+    two = run_bench_serve(_args(server, tmp_path, "--max-concurrency", "3", "--num-client-processes", "2"))
+    assert two["completed"] == 6 and two["failed"] == 0 and two["total_output_tokens"] == 6 * 8
+    assert two["num_client_processes"] == 2 and two["client_cpu_share"] > 0
+    assert two["input_lens"] == one["input_lens"] and two["output_lens"] == one["output_lens"]
+    assert all(t > 0 for t in two["ttfts"]) and two["duration_s"] > 0
+    for ttft, itl, e2el in zip(two["ttfts"], two["itls"], two["e2els"], strict=True):
+        assert abs(sum(itl) - (e2el - ttft)) < 1e-9
+
+
+@pytest.mark.parametrize("extra", [["--num-client-processes", "7"], ["--max-concurrency", "3",
+                                                                     "--num-client-processes", "4"],
+                                   ["--num-client-processes", "0"]])
+def test_bench_serve_client_processes_bounds(server, tmp_path, extra):
+    with pytest.raises(ValueError, match="--num-client-processes must be in"):
+        run_bench_serve(_args(server, tmp_path, *extra))
+
+
+def test_split_concurrency():
+    from pagoda.benchmarks.client_pool import split_concurrency
+
+    assert split_concurrency(256, 4) == [64] * 4 and split_concurrency(7, 3) == [3, 2, 2]
+    assert split_concurrency(None, 2) == [None, None]
