@@ -53,12 +53,16 @@ def start_stub_core(settings: dict[str, Any]) -> Any:
     """A replacement for ``pagoda.engine.core_proc.start_core_process`` that spawns the stub core."""
     import multiprocessing
 
-    def start(engine_args: dict[str, Any], input_addr: str, output_addr: str, log_level: int) -> Any:
+    readers: list[Any] = []  # the pipes' read ends, kept open: the front end sends the engine arguments there
+
+    def start(input_addr: str, output_addr: str, log_level: int = 0) -> tuple[Any, Any]:
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(target=stub_core_main, name="stub-engine-core",
                            args=(settings, input_addr, output_addr, os.getpid()), daemon=True)
         proc.start()
-        return proc
+        recv, send = ctx.Pipe(duplex=False)
+        readers.append(recv)
+        return proc, send
 
     return start
 

@@ -162,14 +162,19 @@ class CoreEngines:
             out_sock.setsockopt(zmq.RCVHWM, 0)
             out_sock.setsockopt(zmq.LINGER, 0)
             out_sock.bind(out_addr)
-            if early is not None:
-                proc = early.proc
-                early.give_args(args, self.log_level)
-            else:
-                with _environ(envs[i]):
-                    proc, conn = start_core_process(in_addr, out_addr, self.log_level)
-                conn.send((args, self.log_level))
-                conn.close()
+            try:
+                if early is not None:
+                    proc = early.proc
+                    early.give_args(args, self.log_level)
+                else:
+                    with _environ(envs[i]):
+                        proc, conn = start_core_process(in_addr, out_addr, self.log_level)
+                    conn.send((args, self.log_level))
+                    conn.close()
+            except BaseException:  # not yet in self.engines: closed here, or stop()'s ctx.term() would wait on them
+                in_sock.close(linger=0)
+                out_sock.close(linger=0)
+                raise
             if envs[i]:
                 logger.info("%s: pid %d, %s", self.name(i), proc.pid, " ".join(f"{k}={v}" for k, v in envs[i].items()))
             self.engines.append(CoreEngine(i, proc, in_sock, out_sock))
