@@ -108,3 +108,22 @@ def test_split_concurrency():
 
     assert split_concurrency(256, 4) == [64] * 4 and split_concurrency(7, 3) == [3, 2, 2]
     assert split_concurrency(None, 2) == [None, None]
+
+
+def test_api_stream_cost_smoke(tmp_path):
+    """benchmarks/api_stream_cost.py (the API server's CPU per streamed token, against a stub engine core) runs end
+    to end at a tiny size, so its stub cannot drift from the front end's core interface unnoticed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from server_utils import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "benchmarks" / "api_stream_cost.py"), "--num-prompts", "4", "--max-concurrency",
+           "2", "--input-len", "8", "--output-len", "4", "--warmup", "1", "--step-ms", "5", "--port", str(free_port())]
+    out = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "API server CPU ms per output token" in out.stdout and "failed" not in out.stdout.lower(), out.stdout
