@@ -8,21 +8,38 @@ from pathlib import Path
 from typing import Any
 
 from pagoda.config import EngineConfig, read_json
+from pagoda.engine import tokenizer_classes
 
 logger = logging.getLogger("pagoda")
 
 
 def load_tokenizer(cfg: EngineConfig) -> Any:
-    from transformers import AutoTokenizer
+    """The model's tokenizer, as ``AutoTokenizer`` loads it (no remote code); the class it picks for a folder
+    is remembered under ``PAGODA_CACHE`` and imported directly next time (:mod:`pagoda.engine.tokenizer_classes`)."""
+    path, use_fast = cfg.tokenizer_path, cfg.tokenizer_mode != "slow"
+    key = tokenizer_classes.class_key(path, use_fast)
+    tok = None
+    cls = tokenizer_classes.remembered_class(key) if key is not None else None
+    if key is not None and cls is not None:
+        try:
+            tok = cls.from_pretrained(str(path), _from_auto=True)  # what AutoTokenizer passes for a local folder
+        except Exception as e:  # a stale entry: forget it, ask AutoTokenizer below
+            logger.info("the remembered tokenizer class %s failed on %s (%s); asking AutoTokenizer", cls.__name__,
+                        path, e)
+            tokenizer_classes.update(key, None)
+            tok = None
+    if tok is None:
+        from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path), trust_remote_code=False,
-                                            use_fast=cfg.tokenizer_mode != "slow")
-    except Exception as e:
-        raise ValueError(f"Could not load a tokenizer from {cfg.tokenizer_path}: {e}") from e
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=use_fast)
+        except Exception as e:
+            raise ValueError(f"Could not load a tokenizer from {path}: {e}") from e
+        if key is not None:
+            tokenizer_classes.remember(key, tok)
     if cfg.tokenizer_mode == "slow" and getattr(tok, "is_fast", False):
         logger.info("--tokenizer-mode slow: transformers has no Python tokenizer for %s; using the fast one "
-                    "(same tokens)", cfg.tokenizer_path)
+                    "(same tokens)", path)
     if cfg.chat_template:
         p = Path(cfg.chat_template)
         tok.chat_template = p.read_text(encoding="utf-8") if p.exists() else cfg.chat_template
