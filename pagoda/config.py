@@ -13,9 +13,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pagoda import envs
 from pagoda.models.registry import MODEL_IMPLS
@@ -25,17 +23,22 @@ from pagoda.sampling_params import MAX_LOGPROBS
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.structured_output.params import StructuredOutputsConfig
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger("pagoda")
 
+# torch is imported only where a dtype or device is resolved: `pagoda serve` builds its parser and hands the
+# engine core its arguments before it imports torch (docs/design.md, "Start-up").
 _DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "fp16": torch.float16,
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
 }
 DTYPES = ("auto", *_DTYPES)
 """Accepted ``dtype`` values (vLLM's names and their short forms)."""
@@ -481,6 +484,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -500,16 +505,18 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, hf_config: dict[str, Any], device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype != "auto":
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}.")
-        out = _DTYPES[dtype]
+        out: torch.dtype = getattr(torch, _DTYPES[dtype])
         if device.type == "cpu" and out == torch.float16:
             logger.warning("float16 is slow on CPU; using bfloat16.")
             out = torch.bfloat16
         return out
     cfg_dtype = hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"
-    out = _DTYPES.get(str(cfg_dtype).replace("torch.", ""), torch.float32)
+    out = getattr(torch, _DTYPES.get(str(cfg_dtype).replace("torch.", ""), "float32"))
     if device.type == "cpu":
         if out in (torch.float16, torch.bfloat16):
             out = torch.bfloat16 if cpu_supports_bf16() else torch.float32

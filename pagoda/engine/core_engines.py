@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 from pagoda.config import EngineArgs, EngineConfig
-from pagoda.engine.core_proc import engine_args_to_dict, ipc_addresses, start_core_process
+from pagoda.engine.core_proc import ipc_addresses, start_core_process
 from pagoda.engine.messages import CoreFailed, Ready, SchedulerStats, Shutdown, encoder, output_decoder
-from pagoda.engine.prelaunch import PrelaunchedCore
+from pagoda.engine.prelaunch import PrelaunchedCore, replica_engine_args
 
 logger = logging.getLogger("pagoda")
 
@@ -87,14 +87,6 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def replica_engine_args(engine_args: EngineArgs) -> dict[str, Any]:
-    """The engine arguments each replica starts from: the front end's, as one engine (no data parallelism)."""
-    args = engine_args_to_dict(engine_args)
-    args["data_parallel_size"] = 1
-    args["data_parallel_size_local"] = None
-    return args
 
 
 @dataclass
@@ -165,7 +157,7 @@ class CoreEngines:
             try:
                 if early is not None:
                     proc = early.proc
-                    early.give_args(args, self.log_level)
+                    early.adopt(args, self.log_level)
                 else:
                     with _environ(envs[i]):
                         proc, conn = start_core_process(in_addr, out_addr, self.log_level)

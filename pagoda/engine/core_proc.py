@@ -155,6 +155,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     out_sock.connect(output_addr)
     enc = encoder()
     given = False  # the front end has sent the engine arguments (before that, stopping is silent)
+    configured = False  # create_config passed (its errors are the user's, which the front end reports too)
     try:
         t0 = time.perf_counter()
         from pagoda.config import EngineArgs
@@ -171,6 +172,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         logger.setLevel(level)
         t2 = time.perf_counter()
         cfg = EngineArgs(**engine_args).create_config()
+        configured = True
         t3 = time.perf_counter()
         core = EngineCore(cfg)
         _attach_step_timeline(core)
@@ -187,7 +189,11 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
             _quiet_exit(in_sock, out_sock, ctx)
         logger.info("engine core terminated by signal")
     except Exception as e:
-        logger.exception("engine core failed")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a front end that stops us now needs no clean-up from here
+        if configured or not isinstance(e, (ValueError, FileNotFoundError)):
+            logger.exception("engine core failed")
+        else:  # a flag or model-folder error: its message says it all (the front end, given early, says it too)
+            logger.error("engine core failed: %s", e)
         try:
             msg = f"{type(e).__name__}: {e}"
             out_sock.send(enc.encode(CoreFailed(msg)), flags=zmq.NOBLOCK)

@@ -126,6 +126,22 @@ def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", pr
     return _download_from_hub(text, load_format, revision, download_dir)
 
 
+def resolves_in_place(model: str | os.PathLike | None, load_format: str = "auto") -> bool:
+    """Whether :func:`resolve_model` of ``model`` needs no download, conversion or lock (a local folder ready as
+    it is, or the default model already in the cache), so two processes may resolve it at the same time."""
+    if model is None or str(model) in DEFAULT_MODEL_ALIASES:
+        target = default_model_dir()
+        source = gguf_source(target)
+        return _is_complete(target) and (source is None or source.is_file())
+    path = Path(os.fspath(model)).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        return False
+    has_safetensors = any(path.glob("*.safetensors"))
+    if load_format == "gguf" or (load_format == "auto" and not has_safetensors and any(path.glob("*.gguf"))):
+        return False
+    return load_format == "dummy" or has_safetensors
+
+
 # --------------------------------------------------------------------------------------------
 # local folders and hub ids
 # --------------------------------------------------------------------------------------------

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # `pagoda serve` parses its flags before it imports torch (pagoda.engine.prelaunch)
+    import torch
 
-from pagoda.layers.linear import LinearMethod
+    from pagoda.layers.linear import LinearMethod
 
 
 class QuantizationConfig(ABC):

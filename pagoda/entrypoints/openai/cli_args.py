@@ -12,6 +12,7 @@ import socket
 
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, json_list_or_str, parse_size
+from pagoda.config import EngineArgs
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
@@ -137,10 +138,22 @@ def tool_config_from(args: argparse.Namespace) -> ToolServingConfig:
     )
 
 
+def engine_args_from(args: argparse.Namespace) -> EngineArgs:
+    """The engine arguments of ``pagoda serve``'s flags (no torch import: the early core gets them first)."""
+    from pagoda.entrypoints.cli import engine_kwargs
+
+    kw = engine_kwargs(args)
+    if getattr(args, "reasoning_parser", None):  # vLLM: --reasoning-parser is StructuredOutputsConfig.reasoning_parser
+        so = dict(kw.get("structured_outputs_config") or {})
+        if so.get("reasoning_parser") not in (None, args.reasoning_parser):
+            raise ValueError(f"--reasoning-parser {args.reasoning_parser} and --structured-outputs-config's "
+                             f"reasoning_parser {so['reasoning_parser']!r} disagree; give one of them.")
+        kw["structured_outputs_config"] = {**so, "reasoning_parser": args.reasoning_parser}
+    return EngineArgs(**kw)
+
+
 def validate_serve_args(args: argparse.Namespace) -> None:
     """Checks that need no model: run before the port is bound and anything loads."""
-    from pagoda.entrypoints.openai.api_server import engine_args_from
-
     engine_args_from(args).validate()
     if args.max_prompts_per_request < 1:
         raise ValueError("--max-prompts-per-request must be at least 1.")
@@ -175,10 +188,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from pagoda.entrypoints.openai.api_server import run_server
-
     validate_serve_args(args)
     sock = bind_socket(args.host, args.port)
+    early = getattr(args, "prelaunched_core", None)
+    if early is not None:  # before the imports below (torch, FastAPI): the core builds its engine meanwhile
+        from pagoda.engine.prelaunch import hand_over_early
+
+        hand_over_early(early, engine_args_from(args), logging.getLogger("pagoda").getEffectiveLevel())
+    from pagoda.entrypoints.openai.api_server import run_server
+
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("pagoda.server").warning(
             "binding %s: the server is reachable from other machines%s", args.host,

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM
+from pagoda.entrypoints.openai.cli_args import engine_args_from
 from pagoda.entrypoints.openai.metrics import (
     LoggingStatLogger,
     PrometheusStatLogger,
@@ -28,19 +28,6 @@ from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 
 logger = logging.getLogger("pagoda.server")
-
-
-def engine_args_from(args: argparse.Namespace) -> EngineArgs:
-    from pagoda.entrypoints.cli import engine_kwargs
-
-    kw = engine_kwargs(args)
-    if getattr(args, "reasoning_parser", None):  # vLLM: --reasoning-parser is StructuredOutputsConfig.reasoning_parser
-        so = dict(kw.get("structured_outputs_config") or {})
-        if so.get("reasoning_parser") not in (None, args.reasoning_parser):
-            raise ValueError(f"--reasoning-parser {args.reasoning_parser} and --structured-outputs-config's "
-                             f"reasoning_parser {so['reasoning_parser']!r} disagree; give one of them.")
-        kw["structured_outputs_config"] = {**so, "reasoning_parser": args.reasoning_parser}
-    return EngineArgs(**kw)
 
 
 def limits_from(args: argparse.Namespace) -> ServerLimits:
