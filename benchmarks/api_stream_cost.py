@@ -337,9 +337,9 @@ def run_bench(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     from pagoda.benchmarks.server_process import CpuSnapshot, LaunchedServer, cpu_report
-    from pagoda.models.model_files import default_model_dir
+    from pagoda.models.model_files import ensure_default_model
 
-    model = str(default_model_dir())
+    model = str(ensure_default_model())  # fetched on first use, as `pagoda serve` does
     tok = AutoTokenizer.from_pretrained(model)
     cfg = json.loads((Path(model) / "config.json").read_text())
     settings = {"tokens": tok.encode(TEXT * 2, add_special_tokens=False), "step_ms": args.step_ms,
