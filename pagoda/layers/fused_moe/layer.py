@@ -65,10 +65,9 @@ class FusedMoE(nn.Module):
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            from pagoda.layers.fused_moe.triton_moe import fused_experts, fused_topk
+            from pagoda.layers.fused_moe.triton_moe import fused_moe
 
-            weights, ids = fused_topk(router_logits, self.routing)
-            out = fused_experts(x.contiguous(), self.w13_weight, self.w2_weight, weights, ids)
+            out = fused_moe(x.contiguous(), self.w13_weight, self.w2_weight, router_logits, self.routing)
         else:
             weights, ids = select_experts(router_logits, self.routing)
             out = grouped_experts(x, self.w13_weight, self.w2_weight, weights, ids)
