@@ -23,7 +23,8 @@ class EnvVar:
 
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_CACHE", "~/.cache/pagoda",
-           "root of pagoda's cache: the embedded default model and converted GGUF files"),
+           "root of pagoda's cache: the embedded default model, converted GGUF files, compiled CPU kernels and the "
+           "tokenizer class chosen per model folder"),
     EnvVar("PAGODA_API_KEY", "",
            "API key of `pagoda serve` when `--api-key` is not given (and the bearer token `pagoda bench serve` "
            "sends when neither `--api-key` nor `OPENAI_API_KEY` is set)"),
