@@ -23,8 +23,7 @@ Figures (issue 13):
 * ``--dense-gemv`` the same for the bf16 GEMV of few-row linears (``pagoda.layers.dense_gemv.ENABLED``), with
   ``--gemv-table JSON`` (``dense_gemv_sweep.py --json``'s winners) as its table.
 * ``--short-split-tiles`` the same for the split-KV decode kernel's 32-key tiles on short splits
-  (``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``), and ``--fused-routing`` for the small path's
-  in-kernel routing (``pagoda.layers.fused_moe.small_moe.FUSED_ROUTING``).
+  (``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``).
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -113,7 +112,7 @@ def start_batch(eng, tag: str, b: int, max_tokens: int = 400) -> None:
 
 def selected_experts_in_one_eager_step(eng, moe_layers: int) -> int:
     """Sum over layers of the distinct experts the batch's next decode step routes to (eager step)."""
-    from pagoda.layers.fused_moe import small_moe, triton_moe
+    from pagoda.layers.fused_moe import triton_moe
 
     seen: list[int] = []
     orig = triton_moe.fused_topk
@@ -131,12 +130,10 @@ def selected_experts_in_one_eager_step(eng, moe_layers: int) -> int:
     for k in kinds:
         setattr(runner, k, None)
     triton_moe.fused_topk = spy
-    fused_routing, small_moe.FUSED_ROUTING = small_moe.FUSED_ROUTING, False  # the routing kernel runs (spied)
     try:
         eng.step()
     finally:
         triton_moe.fused_topk = orig
-        small_moe.FUSED_ROUTING = fused_routing
         for k, v in saved.items():
             setattr(runner, k, v)
     if len(seen) != moe_layers:
@@ -259,7 +256,6 @@ def main() -> None:
     ap.add_argument("--fused-qk-norm", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--dense-gemv", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--short-split-tiles", choices=("on", "off", "ab"), default="on")
-    ap.add_argument("--fused-routing", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
@@ -269,8 +265,7 @@ def main() -> None:
     from pagoda.models import llama
 
     switches = {"small_moe": (small_moe, "SMALL_MOE_ENABLED"), "fused_qk_norm": (llama, "FUSED_QK_NORM"),
-                "dense_gemv": (dense_gemv, "ENABLED"), "short_split_tiles": (triton_kernels, "SHORT_SPLIT_TILES"),
-                "fused_routing": (small_moe, "FUSED_ROUTING")}
+                "dense_gemv": (dense_gemv, "ENABLED"), "short_split_tiles": (triton_kernels, "SHORT_SPLIT_TILES")}
     for name, (module, attr) in switches.items():
         setattr(module, attr, getattr(args, name) != "off")
     if args.gemv_table:

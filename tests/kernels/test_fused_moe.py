@@ -226,48 +226,6 @@ def test_small_path_selection(monkeypatch):
     assert sm.small_moe_rules(1, 128) is None
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN row, in the interpreter
-@pytest.mark.parametrize("T,E,K,norm,cast,rule", [
-    (1, 10, 8, True, True, "tails"), (3, 12, 4, True, False, "u2"), (2, 7, 1, False, True, "even"),
-    (4, 33, 3, False, False, "tails"),
-])
-def test_routing_inside_the_small_path_is_bitwise_fused_topk_then_small_path(T, E, K, norm, cast, rule):
-    """small_routed_experts (FUSED_ROUTING: the gate/up kernel routes) = fused_topk + small_fused_experts, bit for
-    bit, with the same routing weights and ids left for the down kernel; a NaN logits row reads the last expert
-    in both; fused_moe picks it on the small path and fused_topk + fused_experts when switched off."""
-    H, inter = 40, 24
-    torch.manual_seed(T * 10 + E)
-    x = torch.randn(T, H, device=DEV)
-    w13, w2 = _weights(E, H, inter, E)
-    logits = torch.randn(T, E, device=DEV)
-    if T > 2:
-        logits[1] = float("nan")
-    rc = RoutingConfig(E, K, norm, cast)
-    w_ref, i_ref = tm.fused_topk(logits, rc)
-    ref = sm.small_fused_experts(x, w13, w2, w_ref, i_ref, SMALL_RULES[rule])
-    routed = sm.small_routed_experts(x, w13, w2, logits, rc, SMALL_RULES[rule])
-    assert torch.equal(routed.nan_to_num(7.0), ref.nan_to_num(7.0))
-    assert torch.equal(sm.small_routed_experts(x[:0], w13, w2, logits[:0], rc, SMALL_RULES[rule]), x[:0])
-    if T <= 2:  # without NaN rows: against the loop over experts with select_experts' routing
-        w_sel, i_sel = select_experts(logits, rc)
-        torch.testing.assert_close(routed, loop_reference(x, w13, w2, w_sel, i_sel).float(), rtol=1e-5, atol=1e-5)
-
-
-def test_fused_moe_path_switch(monkeypatch):
-    E, K, H, inter = 20, 2, 16, 8
-    w13, w2 = _weights(E, H, inter, 0)
-    rc = RoutingConfig(E, K, True, False)
-    x, logits = torch.randn(2, H, device=DEV), torch.randn(2, E, device=DEV)
-    calls = []
-    routed, small = sm.small_routed_experts, sm.small_fused_experts
-    monkeypatch.setattr(tm, "small_routed_experts", lambda *a: calls.append("routed") or routed(*a))
-    monkeypatch.setattr(tm, "small_fused_experts", lambda *a: calls.append("small") or small(*a))
-    on = tm.fused_moe(x, w13, w2, logits, rc)
-    monkeypatch.setattr(sm, "FUSED_ROUTING", False)
-    off = tm.fused_moe(x, w13, w2, logits, rc)
-    assert calls == ["routed", "small"] and torch.equal(on, off)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
 def test_small_sweep_smoke(monkeypatch, capsys):
     """benchmarks/gpu/moe_small_sweep.py --smoke runs (interpreter, tiny shapes) and prints a table to paste."""

@@ -65,9 +65,10 @@ class FusedMoE(nn.Module):
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            from pagoda.layers.fused_moe.triton_moe import fused_moe
+            from pagoda.layers.fused_moe.triton_moe import fused_experts, fused_topk
 
-            out = fused_moe(x.contiguous(), self.w13_weight, self.w2_weight, router_logits, self.routing)
+            weights, ids = fused_topk(router_logits, self.routing)
+            out = fused_experts(x.contiguous(), self.w13_weight, self.w2_weight, weights, ids)
         else:
             weights, ids = select_experts(router_logits, self.routing)
             out = grouped_experts(x, self.w13_weight, self.w2_weight, weights, ids)

@@ -15,9 +15,7 @@ and the grouped GEMM computes 16 rows to use one. Here each pair is a matrix-vec
   flight: one program streams ``BLOCK_U x BLOCK_N x BLOCK_K`` weights at once), the choices summed in
   a fixed order in float32 and rounded once.
 
-So a layer is the router GEMM and these two launches, the first also routing (``FUSED_ROUTING``: each
-program recomputes its token's top-k from the router logits, a few hundred bytes from L2, instead of waiting
-for a routing launch; :func:`~.routing_triton.fused_topk` runs first otherwise). Deterministic (no
+So a layer is the router GEMM, :func:`~.triton_moe.fused_topk` and these two launches. Deterministic (no
 atomics; every sum has a fixed order for a given rule), no host synchronisation, every shape a function of
 ``T``: capturable in CUDA graphs like the grouped path.
 
@@ -36,9 +34,6 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.layers.fused_moe.routing import RoutingConfig
-from pagoda.layers.fused_moe.routing_triton import route_row, routing_launch, routing_weights_dtype
-
 
 @dataclass(frozen=True)
 class MoeGemvRule:
@@ -51,11 +46,6 @@ class MoeGemvRule:
     num_warps: int = 4
     block_u: int = 0
 
-
-FUSED_ROUTING = True
-"""True: on the small path the gate/up kernel routes each token itself (:func:`small_routed_experts`), and the
-routing kernel is not launched; False: ``fused_topk`` first (the A/B switch of ``benchmarks/gpu/moe_bench.py
---fused-routing``; read at call time, so at CUDA-graph capture)."""
 
 SMALL_MOE_ENABLED = True
 """False: :func:`small_moe_rules` always answers None, so every call takes the grouped path (the A/B switch
@@ -90,29 +80,14 @@ def small_moe_rules(num_pairs: int, num_experts: int,
 
 
 @triton.jit(do_not_specialize=["P"])  # one compile for every batch size
-def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, logits_ptr, tw_ptr, P, INTER, H, E, stride_xt, stride_we,
-                         stride_wn, stride_ap, stride_l, TOP_K: tl.constexpr, EVEN_K: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr, K_PAD: tl.constexpr,
-                         E_PAD: tl.constexpr, RENORM: tl.constexpr):
-    """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p].
-
-    ``ROUTE``: e is routed here from the router logits of t (:func:`.routing_triton.route_row`, as
-    ``fused_topk`` routes), and the programs of the first n-tile store ``ids[p]`` and ``tw[p]`` for the
-    down kernel."""
+def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_xt, stride_we, stride_wn,
+                         stride_ap, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p]."""
     pid = tl.program_id(0)
     p = pid % P
     pid_n = pid // P
-    if ROUTE:
-        vals, idxs = route_row(logits_ptr, p // TOP_K, stride_l, E, TOP_K, K_PAD, E_PAD, RENORM)
-        kk = tl.arange(0, K_PAD)
-        mine = kk == p % TOP_K
-        e_routed = tl.sum(tl.where(mine, idxs, 0), axis=0)
-        if pid_n == 0:
-            tl.store(ids_ptr + p, e_routed)
-            tl.store(tw_ptr + p, tl.sum(tl.where(mine, vals, 0.0), axis=0).to(tw_ptr.dtype.element_ty))
-        e = tl.minimum(e_routed, E - 1).to(tl.int64)
-    else:
-        e = tl.minimum(tl.load(ids_ptr + p), E - 1).to(tl.int64)  # (a NaN row's id E_PAD: no read past the weights)
+    e = tl.minimum(tl.load(ids_ptr + p), E - 1).to(tl.int64)  # (a NaN row's id E_PAD: no read past the weights)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < INTER
     gate_rows = w_ptr + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
@@ -181,45 +156,24 @@ def small_fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, to
     """:func:`~.triton_moe.fused_experts` by the two GEMV kernels (module docstring); ``x`` [T, H] contiguous,
     ``w13`` [E, 2I, H] and ``w2`` [E, H, I] with the last dim contiguous, ``topk_ids`` [T, K] int32 (an id
     past ``E - 1``, which the routing kernel gives a NaN row, reads expert ``E - 1``: never past the weights)."""
-    if x.shape[0] == 0:
-        return torch.empty_like(x)
-    return _run(x, w13, w2, topk_weights.contiguous(), topk_ids.contiguous(), rules, None, None)
-
-
-def small_routed_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, router_logits: torch.Tensor,
-                         rc: RoutingConfig, rules: tuple[MoeGemvRule, MoeGemvRule]) -> torch.Tensor:
-    """``fused_topk`` then :func:`small_fused_experts`, the routing done inside the gate/up kernel (one launch
-    fewer; bitwise the same result)."""
-    if x.shape[0] == 0:
-        return torch.empty_like(x)
-    T, E = router_logits.shape
-    tw = torch.empty(T, rc.top_k, dtype=routing_weights_dtype(router_logits, rc), device=x.device)
-    ids = torch.empty(T, rc.top_k, dtype=torch.int32, device=x.device)
-    return _run(x, w13, w2, tw, ids, rules, router_logits, rc)
-
-
-def _run(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, tw: torch.Tensor, ids: torch.Tensor,
-         rules: tuple[MoeGemvRule, MoeGemvRule], logits: torch.Tensor | None, rc: RoutingConfig | None
-         ) -> torch.Tensor:
-    """The two launches; with ``logits`` the first routes and fills ``tw`` / ``ids``."""
     T, H = x.shape
     inter = w2.shape[2]
-    top_k = ids.shape[1]
-    E = w13.shape[0]
+    top_k = topk_ids.shape[1]
+    if T == 0:
+        return torch.empty_like(x)
     r13, r2 = rules
     P = T * top_k
+    ids = topk_ids.contiguous()
+    tw = topk_weights.contiguous()
     act = torch.empty(P, inter, dtype=x.dtype, device=x.device)
-    route = routing_launch(rc, E) if rc is not None else {"K_PAD": 1, "E_PAD": 1, "RENORM": False}
     _gate_up_gemv_kernel[(P * triton.cdiv(inter, r13.block_n),)](
-        x, w13, ids, act, logits if logits is not None else x, tw, P, inter, H, E, x.stride(0), w13.stride(0),
-        w13.stride(1), act.stride(0), logits.stride(0) if logits is not None else 0,
+        x, w13, ids, act, P, inter, H, w13.shape[0], x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
         TOP_K=top_k, EVEN_K=H % r13.block_k == 0, BLOCK_N=r13.block_n, BLOCK_K=r13.block_k,
-        ROUTE=logits is not None, K_PAD=route["K_PAD"], E_PAD=route["E_PAD"], RENORM=route["RENORM"],
         num_warps=r13.num_warps)
     out = torch.empty_like(x)
     bu = triton.next_power_of_2(min(r2.block_u or top_k, top_k))
     _down_gemv_kernel[(T * triton.cdiv(H, r2.block_n),)](
-        act, w2, ids, tw, out, T, H, inter, E, act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        act, w2, ids, tw, out, T, H, inter, w2.shape[0], act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         TOP_K=top_k, EVEN_K=inter % r2.block_k == 0, BLOCK_U=bu, BLOCK_N=r2.block_n, BLOCK_K=r2.block_k,
         num_warps=r2.num_warps)
     return out

@@ -26,18 +26,48 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from pagoda.layers.fused_moe import small_moe
 from pagoda.layers.fused_moe.routing import RoutingConfig
-from pagoda.layers.fused_moe.routing_triton import fused_topk
-from pagoda.layers.fused_moe.small_moe import (
-    MoeGemvRule,
-    small_fused_experts,
-    small_moe_rules,
-    small_routed_experts,
-)
+from pagoda.layers.fused_moe.small_moe import MoeGemvRule, small_fused_experts, small_moe_rules
 
 _ALIGN_BLOCK = 64  # pairs per one-hot chunk
 _ALIGN_SPAN = 1024  # pairs per counting program
+
+
+@triton.jit
+def _topk_softmax_kernel(logits_ptr, w_ptr, ids_ptr, stride_l, E, K: tl.constexpr, K_PAD: tl.constexpr,
+                         E_PAD: tl.constexpr, RENORM: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, E_PAD)
+    x = tl.load(logits_ptr + row * stride_l + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
+    p = tl.exp(x - tl.max(x, axis=0))
+    p = p / tl.sum(p, axis=0)
+    p = tl.where(offs < E, p, -1.0)
+    kk = tl.arange(0, K_PAD)
+    vals = tl.zeros([K_PAD], dtype=tl.float32)
+    idxs = tl.zeros([K_PAD], dtype=tl.int32)
+    for k in tl.static_range(K):
+        v = tl.max(p, axis=0)
+        i = tl.min(tl.where(p == v, offs, E_PAD), axis=0)  # the lowest index among equals
+        vals = tl.where(kk == k, v, vals)
+        idxs = tl.where(kk == k, i, idxs)
+        p = tl.where(offs == i, -1.0, p)
+    if RENORM:
+        vals = vals / tl.sum(tl.where(kk < K, vals, 0.0), axis=0)
+    tl.store(w_ptr + row * K + kk, vals.to(w_ptr.dtype.element_ty), mask=kk < K)
+    tl.store(ids_ptr + row * K + kk, idxs, mask=kk < K)
+
+
+def fused_topk(router_logits: torch.Tensor, rc: RoutingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~pagoda.layers.fused_moe.routing.select_experts` in one kernel; ids are int32."""
+    T, E = router_logits.shape
+    wdtype = router_logits.dtype if rc.cast_weights else torch.float32
+    weights = torch.empty(T, rc.top_k, dtype=wdtype, device=router_logits.device)
+    ids = torch.empty(T, rc.top_k, dtype=torch.int32, device=router_logits.device)
+    if T:
+        _topk_softmax_kernel[(T,)](router_logits, weights, ids, router_logits.stride(0), E, K=rc.top_k,
+                                   K_PAD=triton.next_power_of_2(rc.top_k), E_PAD=triton.next_power_of_2(E),
+                                   RENORM=rc.norm_topk_prob, num_warps=1 if E <= 128 else 4)
+    return weights, ids
 
 
 @triton.jit
@@ -209,19 +239,6 @@ def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_
         a, w, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), w.stride(0), w.stride(1),
         w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee,
         BM=bm, BN=bn, BK=rule.block_k, num_warps=rule.num_warps, num_stages=rule.num_stages)
-
-
-def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, router_logits: torch.Tensor,
-              rc: RoutingConfig) -> torch.Tensor:
-    """Routing and experts of one layer: on the small path with ``small_moe.FUSED_ROUTING`` the routing runs
-    inside its first kernel (:func:`~.small_moe.small_routed_experts`), else :func:`fused_topk` then
-    :func:`fused_experts`. Same result either way."""
-    rules = small_moe_rules(x.shape[0] * rc.top_k, w13.shape[0])
-    if rules is not None and small_moe.FUSED_ROUTING:
-        assert x.is_contiguous() and w13.stride(2) == 1 and w2.stride(2) == 1
-        return small_routed_experts(x, w13, w2, router_logits, rc, rules)
-    weights, ids = fused_topk(router_logits, rc)
-    return fused_experts(x, w13, w2, weights, ids)
 
 
 def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
