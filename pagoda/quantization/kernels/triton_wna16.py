@@ -300,7 +300,10 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         out = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
     dot_f32 = x.dtype == torch.float32 or _interpreting()
     common = (x, qweight, scales, offsets, out, m, n)
-    launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    # float32 activations double the x tile in shared memory: the tables' 4-stage 128 x 128 tiles (tuned in
+    # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
+    stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
+    launch = {"num_warps": cfg.num_warps, "num_stages": stages}
     if cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
