@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 
 import httpx
 import pytest
 from router_utils import FakeBackend, RouterThread, router_config
-from server_utils import free_port, wait_for
+from server_utils import wait_for
 
 from pagoda.router.discovery import FileSource, KubernetesSource
 
@@ -124,13 +125,20 @@ def test_5xx_before_any_byte_is_retried(fakes, routers):
 
 def test_refused_backend_is_taken_out_and_put_back(fakes, routers):
     good = fakes("ok")
-    dead_port = free_port()
+    # The dead port stays bound (not listening: connections are refused) until the replica comes up on it, so no
+    # server started meanwhile can be handed it (the router's own free_port() once was, and answered /health).
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hold.bind(("127.0.0.1", 0))
+    dead_port = hold.getsockname()[1]
     dead_url = f"http://127.0.0.1:{dead_port}"
-    r = routers([dead_url, good.url], health_check_interval_s=0.1)
-    for _ in range(4):
-        assert r.post("/v1/completions", COMPLETION).status_code == 200
-    assert r.metric("pagoda:router_backend_healthy", backend=dead_url) == 0
-    assert r.metric("pagoda:router_healthy_backends") == 1
+    try:
+        r = routers([dead_url, good.url], health_check_interval_s=0.1)
+        for _ in range(4):
+            assert r.post("/v1/completions", COMPLETION).status_code == 200
+        assert r.metric("pagoda:router_backend_healthy", backend=dead_url) == 0
+        assert r.metric("pagoda:router_healthy_backends") == 1
+    finally:
+        hold.close()
     back = FakeBackend("ok", port=dead_port)  # a replica comes up on the dead port
     try:
         assert wait_for(lambda: r.metric("pagoda:router_backend_healthy", backend=dead_url) == 1, 20)
