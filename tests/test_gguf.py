@@ -225,6 +225,50 @@ def test_truncated_gguf_fails_naming_the_file(tmp_path, tmp_cache):
         load_model(cfg)
 
 
+def _assert_header_matches_gguf_reader(path: Path) -> None:
+    """pagoda.quantization.gguf_header reads what gguf.GGUFReader reads: every tensor's name, type, dims and bytes,
+    every scalar / string field's value, every array's length (and its items when asked for)."""
+    from pagoda.quantization.gguf_header import read_gguf_header
+
+    reader = gguf.GGUFReader(str(path))
+    arrays = [k for k, f in reader.fields.items() if f.types and f.types[0] == gguf.GGUFValueType.ARRAY]
+    head = read_gguf_header(path, keep_arrays=arrays[:2])
+    assert [t.name for t in head.tensors] == [t.name for t in reader.tensors]
+    for ours, theirs in zip(head.tensors, reader.tensors, strict=True):
+        assert (ours.type_name, list(ours.dims)) == (theirs.tensor_type.name, theirs.shape.tolist()), ours.name
+        assert np.array_equal(head.data(ours), np.asarray(theirs.data).view(np.uint8).reshape(-1)), ours.name
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF."):  # the reader's own header pseudo-fields
+            continue
+        if key in arrays:
+            assert head.array_lengths[key] == len(f.contents()), key
+            if key in arrays[:2]:
+                assert head.metadata[key] == f.contents(), key
+        else:
+            assert head.metadata[key] == f.contents(), key
+
+
+def test_header_reader_matches_gguf_reader(tmp_path):
+    _assert_header_matches_gguf_reader(_tiny_quantized_gguf(tmp_path / "tiny.gguf", False))
+
+
+def test_header_reader_refuses_what_it_cannot_read(tmp_path):
+    from pagoda.quantization.gguf_header import read_gguf_header
+
+    path = _tiny_quantized_gguf(tmp_path / "tiny.gguf", True)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUB" + data[4:])
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        read_gguf_header(bad)
+    bad.write_bytes(data[:4] + (3).to_bytes(4, "big") + data[8:])
+    with pytest.raises(ValueError, match="big-endian"):
+        read_gguf_header(bad)
+    bad.write_bytes(data[:200])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        read_gguf_header(bad)
+
+
 # ------------------------------------------------------------------------------------------
 # the real default model (Q4_1 with Q8_0 embeddings tied to the LM head)
 # ------------------------------------------------------------------------------------------
@@ -239,6 +283,7 @@ def test_default_model_runs_quantized_and_matches_dequantized():
     folder = ensure_default_model(progress=False)
     src = gguf_source(folder)
     assert src is not None and src.is_file()
+    _assert_header_matches_gguf_reader(src)
     # q/k rows un-permuted exactly as transformers' dequantizing conversion did
     from safetensors import safe_open
 

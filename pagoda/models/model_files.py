@@ -745,12 +745,9 @@ def _save_config(config: Any, out: Path) -> None:
 
 
 def _gguf_chat_template(path: Path) -> str | None:
-    from gguf import GGUFReader
+    from pagoda.quantization.gguf_header import read_gguf_header
 
-    field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
-    if field is None:
-        return None
-    value = field.contents()
+    value = read_gguf_header(path).metadata.get("tokenizer.chat_template")
     return value if isinstance(value, str) and value else None
 
 

@@ -15,6 +15,7 @@ Every error names the GGUF tensor.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from pagoda.quantization.gguf_blocks import DENSE_TYPES, FORMATS
+from pagoda.quantization.gguf_header import GGUFHeader, TensorInfo, read_gguf_header
 
 _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
@@ -78,28 +80,22 @@ def rotary_row_order(rows: int, n_head: int) -> torch.Tensor:
     return torch.arange(rows).view(n_head, half, 2).transpose(1, 2).reshape(rows)
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
-
-
-def open_gguf(path: Path) -> Any:
-    """A ``gguf.GGUFReader`` for ``path``; a truncated or corrupt file is a ``ValueError`` naming it."""
-    from gguf import GGUFReader
-
+def open_gguf(path: Path) -> GGUFHeader:
+    """The header of ``path`` (:mod:`.gguf_header`); a truncated or corrupt file is a ``ValueError`` naming it."""
     try:
-        return GGUFReader(str(path))
-    except (ValueError, IndexError, OSError, KeyError) as exc:
+        return read_gguf_header(path)
+    except (IndexError, OSError, KeyError, struct.error) as exc:
         raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {exc}") from exc
 
 
-def _raw(t: Any, path: Path) -> RawTensor:
-    type_name = t.tensor_type.name
-    shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
+def _raw(head: GGUFHeader, t: TensorInfo) -> RawTensor:
+    type_name = t.type_name
+    shape = tuple(int(n) for n in reversed(t.dims))  # GGUF lists dims innermost first
+    path = head.path
     if type_name not in FORMATS and type_name not in DENSE_TYPES:
         raise ValueError(f"GGUF tensor {t.name!r} in {path} has type {type_name}, which pagoda does not support "
                          f"(supported: {', '.join([*FORMATS, *DENSE_TYPES])})")
-    data = np.asarray(t.data)
+    data = head.data(t)
     if type_name in FORMATS:
         fmt = FORMATS[type_name]
         in_f, out = shape[-1], int(np.prod(shape[:-1]))
@@ -107,27 +103,27 @@ def _raw(t: Any, path: Path) -> RawTensor:
         if in_f % fmt.block or data.nbytes != want[0] * want[1]:
             raise ValueError(f"GGUF tensor {t.name!r} in {path}: {data.nbytes} bytes of {type_name} data do not "
                              f"hold shape {list(shape)} (truncated or corrupt file?)")
-        tensor = torch.from_numpy(np.array(data.view(np.uint8).reshape(want)))
+        tensor = torch.from_numpy(np.array(data.reshape(want)))
     else:
         expected = int(np.prod(shape)) * {"F32": 4, "F16": 2, "BF16": 2}[type_name]
         if data.nbytes != expected:
             raise ValueError(f"GGUF tensor {t.name!r} in {path}: {data.nbytes} bytes do not hold {type_name} "
                              f"shape {list(shape)} (truncated or corrupt file?)")
-        tensor = torch.from_numpy(np.array(data).view(np.uint8).reshape(-1))
+        tensor = torch.from_numpy(np.array(data))
     return RawTensor(t.name, type_name, shape, tensor)
 
 
 def iter_gguf_tensors(path: Path, hf_config: dict[str, Any]) -> Iterator[tuple[str, RawTensor]]:
     """``(hf_name, RawTensor)`` for every model tensor of the GGUF file (module docstring)."""
-    reader = open_gguf(path)
-    arch = _field(reader, "general.architecture")
+    head = open_gguf(path)
+    arch = head.metadata.get("general.architecture")
     heads = int(hf_config["num_attention_heads"])
     kv_heads = int(hf_config.get("num_key_value_heads") or heads)
-    for t in reader.tensors:
+    for t in head.tensors:
         name = hf_name(t.name)
         if name is None:
             continue
-        raw = _raw(t, path)
+        raw = _raw(head, t)
         if arch in _PERMUTED_ARCHS and (".attn_q." in t.name or ".attn_k." in t.name):
             n_head = heads if ".attn_q." in t.name else kv_heads
             rows = raw.shape[0]
