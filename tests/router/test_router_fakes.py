@@ -70,11 +70,12 @@ def test_client_that_goes_away_closes_the_upstream_request(fakes, routers):
     b = fakes("gated")
     r = routers([b.url])
     with httpx.stream("POST", r.url + "/v1/completions", json={**COMPLETION, "stream": True}, timeout=60) as s:
-        assert next(s.iter_lines()) == 'data: {"n": 1}'
+        # Keep the line iterator: a discarded one is closed at once, and httpcore then closes the connection, so
+        # the router saw the client leave before the check below (it failed whenever the router was quicker).
+        lines = s.iter_lines()
+        assert next(lines) == 'data: {"n": 1}'
         held = r.state.pool.backends[b.url]
-        assert held.in_flight == 1, (held, b.closed, len(b.posts), r.state.pool.all(),
-                                     r.metric("pagoda:router_stream_errors_total"),
-                                     r.metric("pagoda:router_requests_total"))
+        assert held.in_flight == 1
     # the client hung up before the replica finished: the router lets go of it (the replica sees its
     # connection closed, which is how pagoda serve and vLLM abort a request)
     assert wait_for(lambda: held.in_flight == 0, 20)
