@@ -130,16 +130,23 @@ def resolves_in_place(model: str | os.PathLike | None, load_format: str = "auto"
     """Whether :func:`resolve_model` of ``model`` needs no download, conversion or lock (a local folder ready as
     it is, or the default model already in the cache), so two processes may resolve it at the same time."""
     if model is None or str(model) in DEFAULT_MODEL_ALIASES:
-        target = default_model_dir()
-        source = gguf_source(target)
-        return _is_complete(target) and (source is None or source.is_file())
+        return _default_model_ready(default_model_dir())
     path = Path(os.fspath(model)).expanduser()
-    if not path.is_dir() or not (path / "config.json").is_file():
+    if not path.is_dir() or not (path / "config.json").is_file() or _converts_gguf(path, load_format):
         return False
-    has_safetensors = any(path.glob("*.safetensors"))
-    if load_format == "gguf" or (load_format == "auto" and not has_safetensors and any(path.glob("*.gguf"))):
-        return False
-    return load_format == "dummy" or has_safetensors
+    return load_format == "dummy" or any(path.glob("*.safetensors"))
+
+
+def _converts_gguf(folder: Path, load_format: str) -> bool:
+    """Whether ``folder`` resolves through its .gguf file (``gguf``, or ``auto`` without safetensors)."""
+    return load_format == "gguf" or (load_format == "auto" and not any(folder.glob("*.safetensors"))
+                                     and any(folder.glob("*.gguf")))
+
+
+def _default_model_ready(target: Path) -> bool:
+    """The default model's converted folder is complete and its source GGUF (if it keeps one) is there."""
+    source = gguf_source(target)
+    return _is_complete(target) and (source is None or source.is_file())
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,11 +166,11 @@ def _looks_like_local_path(text: str) -> bool:
 
 
 def _resolve_folder(folder: Path, load_format: str, progress: bool) -> Path:
-    ggufs = sorted(folder.glob("*.gguf"))
     has_safetensors = any(folder.glob("*.safetensors"))
     has_config = (folder / "config.json").is_file()
 
-    if load_format == "gguf" or (load_format == "auto" and not has_safetensors and ggufs):
+    if _converts_gguf(folder, load_format):
+        ggufs = sorted(folder.glob("*.gguf"))
         if len(ggufs) != 1:
             found = ", ".join(p.name for p in ggufs) or "none"
             raise FileNotFoundError(
@@ -336,8 +343,7 @@ def default_model_dir() -> Path:
 def ensure_default_model(progress: bool = True) -> Path:
     """Return the converted default model folder, fetching and converting it on first use."""
     target = default_model_dir()
-    source = gguf_source(target)
-    if _is_complete(target) and (source is None or source.is_file()):
+    if _default_model_ready(target):
         return target
     with _locked(DEFAULT_MODEL, progress):
         if _is_complete(target):  # another process finished it while we waited

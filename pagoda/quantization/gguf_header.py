@@ -55,13 +55,11 @@ class GGUFHeader:
     metadata: dict[str, Any] = field(default_factory=dict)  # scalars and strings; arrays only if asked for
     array_lengths: dict[str, int] = field(default_factory=dict)  # every array's item count
     tensors: list[TensorInfo] = field(default_factory=list)
-    _map: np.memmap | None = None
+    file: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))  # the memory-mapped file
 
     def data(self, t: TensorInfo) -> np.ndarray:
         """The tensor's bytes (uint8, a view of the memory-mapped file)."""
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._map[t.offset:t.offset + t.nbytes]
+        return self.file[t.offset:t.offset + t.nbytes]
 
 
 class _Cursor:
@@ -137,7 +135,7 @@ def read_gguf_header(path: Path, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
     if version not in (2, 3):
         raise ValueError(f"GGUF file {path} has format version {version}; pagoda reads versions 2 and 3")
     n_tensors, n_kv = cur.take("Q"), cur.take("Q")
-    head = GGUFHeader(path, version, _map=mm)
+    head = GGUFHeader(path, version, file=mm)
     for _ in range(n_kv):
         key = cur.string()
         value, length = cur.value(cur.take("I"), key in keep)
