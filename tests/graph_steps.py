@@ -27,3 +27,17 @@ def step_rows(model, block_size: int, query_lens: list[int], ctx: list[int], blo
     slots = [blocks[i][p // block_size] * block_size + p % block_size for i, (c, n) in enumerate(pairs)
              for p in range(c, c + n)]
     return ids, pos, slots, [c + n for c, n in pairs]
+
+
+def assert_same_kv_writes(caches, eager_caches, slots: list[int]) -> None:
+    """The graph path wrote K/V exactly where the eager forward did and nowhere else (padding rows write nothing):
+    every slot the step did not write is bitwise unchanged; the written slots hold the eager values up to the
+    rounding of a GEMM over a padded row count (a CPU BLAS may block M=11 and M=16 differently: 1 ulp seen on AMD
+    EPYC). Caches in the Triton backend's NHD layout: [blocks, block_size, kv_heads, head_dim]."""
+    written = torch.zeros(caches[0][0].shape[0] * caches[0][0].shape[1], dtype=torch.bool)
+    written[torch.tensor([s for s in slots if s >= 0], dtype=torch.long)] = True
+    for (k, v), (ek, ev) in zip(caches, eager_caches, strict=True):
+        for got, want in ((k, ek), (v, ev)):
+            got, want = got.flatten(0, 1), want.flatten(0, 1)
+            assert torch.equal(got[~written], want[~written])
+            torch.testing.assert_close(got[written], want[written], rtol=1e-5, atol=1e-5)
