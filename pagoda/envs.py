@@ -23,8 +23,9 @@ class EnvVar:
 
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_CACHE", "~/.cache/pagoda",
-           "root of pagoda's cache: the embedded default model, converted GGUF files, compiled CPU kernels and the "
-           "tokenizer class chosen per model folder"),
+           "root of pagoda's cache: the embedded default model, converted GGUF files, compiled CPU kernels, the "
+           "tokenizer class chosen per model folder and, per engine config, the Triton kernel variants its start-up "
+           "compiles and its activation peak (`jit_variants/`)"),
     EnvVar("PAGODA_API_KEY", "",
            "API key of `pagoda serve` when `--api-key` is not given (and the bearer token `pagoda bench serve` "
            "sends when neither `--api-key` nor `OPENAI_API_KEY` is set)"),
@@ -45,6 +46,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "none is recorded"),
     EnvVar("PAGODA_LOG_JIT_COMPILES", "0", "`1` logs every Triton kernel compiled in the engine's process (name, "
            "constexprs, seconds): finds compiles that land in a first request or a timed run"),
+    EnvVar("PAGODA_JIT_PRECOMPILE", "1", "`0`: Triton kernels compile one by one at their first launch during "
+           "start-up, not side by side before the CUDA-graph captures (an A/B switch for the start-up time)"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
            "unset: an even split. Read by the engine core only"),
@@ -131,6 +134,11 @@ def step_timeline_path() -> str | None:
 def log_jit_compiles() -> bool:
     """``PAGODA_LOG_JIT_COMPILES``: True when set to a value other than ``0``."""
     return _raw("PAGODA_LOG_JIT_COMPILES") not in ("", "0")
+
+
+def jit_precompile_enabled() -> bool:
+    """``PAGODA_JIT_PRECOMPILE``: False only when set to ``0``."""
+    return _raw("PAGODA_JIT_PRECOMPILE") != "0"
 
 
 def batch_invariant() -> bool:

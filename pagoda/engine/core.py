@@ -81,7 +81,9 @@ class EngineCore:
                                "will be logged")
         self.runner = ModelRunner(cfg)
         num_blocks = self.runner.determine_num_blocks()
+        t_kv = time.perf_counter()
         self.runner.allocate_kv_cache(num_blocks)
+        self.runner.startup_phases["KV allocation"] = time.perf_counter() - t_kv
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block(),
                      self.runner.kv_dtype)
         self.spec: SpecDecoder | None = None
@@ -134,6 +136,10 @@ class EngineCore:
         # Opt-in step timeline (engine/step_timeline.py); None: not recorded, no cost beyond the None tests.
         self.step_timeline: StepTimeline | None = None
         self.startup_seconds = time.perf_counter() - t0
+        phases = self.runner.startup_phases
+        rest = self.startup_seconds - sum(phases.values())
+        logger.info("Engine built in %.1f s: %s, the rest %.1f s", self.startup_seconds,
+                    ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()), rest)
 
     @property
     def num_blocks(self) -> int:

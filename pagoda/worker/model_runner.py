@@ -23,7 +23,9 @@ rows each request samples, come decided in the :class:`SchedulerOutput`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -54,6 +56,7 @@ from pagoda.structured_output.bitmask import apply_token_bitmask
 from pagoda.worker import cpu_threads, kv_cache
 from pagoda.worker.block_table import BlockTableCache
 from pagoda.worker.input_batch import StepInputs, prepare_inputs
+from pagoda.worker.jit_precompile import JitPrecompiler
 from pagoda.worker.kv_cache import CPU_DEFAULT_KV_BYTES, MemorySnapshot, log_kv_cache
 
 if TYPE_CHECKING:
@@ -168,14 +171,25 @@ class ModelRunner:
             from pagoda.worker.cpu_malloc import tune_malloc
 
             tune_malloc()
+        # Seconds of each start-up phase, in order (EngineCore logs them once the engine is ready).
+        self.startup_phases: dict[str, float] = {}
+        t0 = time.perf_counter()
         self.memory_before_load = MemorySnapshot.take() if self.device.type == "cuda" else None
+        if self.device.type == "cuda":
+            self.startup_phases["CUDA"] = time.perf_counter() - t0
+        # Start-up Triton compiles side by side (jit_precompile.py); a known config's variants begin now.
+        self.jit = JitPrecompiler.for_engine(cfg, self.device) if tp is None and pp is None else None
+        if self.jit is not None:
+            self.jit.start_manifest_preload()
         torch.manual_seed(cfg.seed)
         # Any model of pagoda/models: forward(ids, positions, kv_caches, meta, backend), compute_logits,
         # num_layers / num_kv_heads / head_dim / shape.
         backend_name = cfg.attention_backend or default_backend_name(self.device)
         self.kv_dtype = kv_quant.kv_cache_torch_dtype(cfg.kv_cache_dtype, cfg.dtype)
         kv_quant.check_supported(self.kv_dtype, self.device, backend_name)  # before the model loads
+        t0 = time.perf_counter()
         self.model: Any = load_model(cfg, tp, pp)
+        self.startup_phases["weights"] = time.perf_counter() - t0
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
@@ -229,9 +243,11 @@ class ModelRunner:
 
     def determine_num_blocks(self) -> int:
         """KV blocks of the cache; with tensor parallelism, the smallest of every rank's (rank 0 asks the workers)."""
+        t0 = time.perf_counter()
         num = self._local_num_blocks()
         if self.executor is not None:
             num = self.executor.agree_num_blocks(num)
+        self.startup_phases["memory profile"] = time.perf_counter() - t0
         return num
 
     def _local_num_blocks(self) -> int:
@@ -265,15 +281,23 @@ class ModelRunner:
         """KV bytes: this engine's share of the card less its own use and the activation peak
         of a ``max_num_batched_tokens`` forward, measured with a throwaway cache."""
         assert self.memory_before_load is not None
+        if self.jit is not None and self.jit.activation_peak is not None:  # measured by an earlier start
+            logger.info("Activation peak %.2f GiB, as measured by the last start of this config",
+                        self.jit.activation_peak / 2**30)
+            return kv_cache.cuda_kv_budget(self.memory_before_load, self.jit.activation_peak,
+                                           self.cfg.gpu_memory_utilization)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         n = self.cfg.max_num_batched_tokens
         self.allocate_kv_cache(-(-n // self.block_size) + 1)
-        self._dummy_forward(n)
+        with self.jit.dry_pass() if self.jit is not None else contextlib.nullcontext():
+            self._dummy_forward(n)  # dry: only torch's allocations are measured (jit_precompile.py)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
         self.kv_caches = []
+        if self.jit is not None:
+            self.jit.activation_peak = peak
         return kv_cache.cuda_kv_budget(self.memory_before_load, peak, self.cfg.gpu_memory_utilization)
 
     def _dummy_forward(self, n: int) -> None:
@@ -314,15 +338,48 @@ class ModelRunner:
     def allocate_host_cache(self, num_blocks: int) -> None:
         self.host_caches = kv_cache.allocate_host_caches(self.kv_caches, num_blocks, self.device.type == "cuda")
 
+    def _graphs_wanted(self) -> bool:
+        """CUDA graphs are captured: CUDA, the Triton backend, not enforce_eager, a generating model that
+        supports them, no pipeline stages (they run eager: no lockstep capture)."""
+        return not (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
+                    or self.pooler is not None or self.cfg.pipeline_parallel_size > 1
+                    or not getattr(self.model, "supports_cuda_graphs", True))  # e.g. the transformers fallback
+
     def maybe_capture_graphs(self) -> float:
-        """Capture decode CUDA graphs (CUDA, Triton backend, not enforce_eager). Returns seconds."""
-        self.graphs = None
-        if (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                or self.pooler is not None
-                or self.cfg.pipeline_parallel_size > 1):  # pipeline stages run eager (no lockstep capture)
-            return 0.0
-        if not getattr(self.model, "supports_cuda_graphs", True):  # e.g. the transformers fallback: eager only
-            return 0.0
+        """Capture the CUDA graphs (when :meth:`_graphs_wanted`), their Triton kernels compiled side by side
+        first (jit_precompile.py). Returns the capture seconds."""
+        jit, self.jit = self.jit, None
+        wanted = self._graphs_wanted()
+        if jit is not None:
+            t0 = time.perf_counter()
+            try:
+                how = "variants listed by the manifest of this config"
+                if wanted and jit.needs_dry_pass:  # find the captures' kernel variants without compiling them
+                    t_dry = time.perf_counter()
+                    with jit.dry_pass():
+                        self._capture_graphs()
+                    self._drop_graphs()
+                    how = f"variants found by a dry pass of the captures, {time.perf_counter() - t_dry:.1f} s"
+                ok, failed, waited = jit.compile_all()
+                logger.info("Compiled or loaded %d Triton kernel variants on %d threads in %.1f s (%s%s)", ok,
+                            jit.workers, waited, how, f"; {failed} left to their first launch" if failed else "")
+                jit.save_manifest()
+            finally:
+                jit.close()
+            self.startup_phases["Triton precompile"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        seconds = self._capture_graphs() if wanted else 0.0
+        if wanted:
+            self.startup_phases["graph captures"] = time.perf_counter() - t0
+        return seconds
+
+    def _drop_graphs(self) -> None:
+        self.graphs = self.chunk_graphs = self.mixed_graphs = self.verify_graphs = None
+        gc.collect()  # the graphs' memory pool goes back before the real captures
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+    def _capture_graphs(self) -> float:
         from pagoda.worker.cuda_graphs import DecodeGraphs, default_capture_sizes
 
         self.graphs = DecodeGraphs(
