@@ -156,6 +156,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     enc = encoder()
     given = False  # the front end has sent the engine arguments (before that, stopping is silent)
     configured = False  # create_config passed (its errors are the user's, which the front end reports too)
+    from pagoda.engine.early_cuda import EarlyContext
+
+    early_cuda = EarlyContext()  # device 0's CUDA context, made while torch imports
     try:
         t0 = time.perf_counter()
         from pagoda.config import EngineArgs
@@ -172,6 +175,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         logger.setLevel(level)
         t2 = time.perf_counter()
         cfg = EngineArgs(**engine_args).create_config()
+        early_cuda.keep_for(cfg.device)
         configured = True
         t3 = time.perf_counter()
         core = EngineCore(cfg)
