@@ -353,13 +353,18 @@ class ModelRunner:
         if jit is not None:
             t0 = time.perf_counter()
             try:
-                how = "variants listed by the manifest of this config"
+                how = ("variants listed by the manifest of this config" if not jit.needs_dry_pass
+                       else "variants found by the dry memory-profile run")
                 if wanted and jit.needs_dry_pass:  # find the captures' kernel variants without compiling them
                     t_dry = time.perf_counter()
-                    with jit.dry_pass():
-                        self._capture_graphs()
+                    try:
+                        with jit.dry_pass():
+                            self._capture_graphs()
+                        how = f"variants found by a dry pass of the captures, {time.perf_counter() - t_dry:.1f} s"
+                    except Exception as e:  # the real captures below compile what is missing, as before
+                        logger.warning("The dry pass of the CUDA-graph captures failed (%s: %s); their Triton "
+                                       "kernels compile at their first launch", type(e).__name__, e)
                     self._drop_graphs()
-                    how = f"variants found by a dry pass of the captures, {time.perf_counter() - t_dry:.1f} s"
                 ok, failed, waited = jit.compile_all()
                 logger.info("Compiled or loaded %d Triton kernel variants on %d threads in %.1f s (%s%s)", ok,
                             jit.workers, waited, how, f"; {failed} left to their first launch" if failed else "")
