@@ -11,30 +11,14 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"; R="$OUT/startup_jit.txt"
 M="${M:-/tmp/llama3-8b-shape}"; ROUNDS="${1:-2}"; PORT=8031
 [ -f "$M/config.json" ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json "$M" >/dev/null
-start() {  # label precompile pagoda_cache triton_cache [source folder]
-  local label=$1 pre=$2 cache=$3 tcache=$4 src=${5:-.} t0 t1
-  t0=$(date +%s.%N)
-  (cd "$src" && PAGODA_JIT_PRECOMPILE=$pre PAGODA_CACHE=$cache TRITON_CACHE_DIR=$tcache exec python -m \
-    pagoda.entrypoints.cli --log-level INFO serve "$M" --load-format dummy --port $PORT \
-    --max-model-len "${MAX_LEN:-4096}" --disable-log-requests > "$OUT/start_$label.log" 2>&1) &
-  local pid=$!
-  until curl -sf "localhost:$PORT/v1/models" > /dev/null; do
-    sleep 0.05
-    kill -0 $pid 2>/dev/null || { echo "$label: server exited" | tee -a "$R"; return; }
-  done
-  t1=$(date +%s.%N)
-  echo "$label precompile=$pre: $(python -c "print(f'{$t1 - $t0:.2f}')") s shell to ready" | tee -a "$R"
-  grep -E "ready|Captured|Loaded|Compiled or loaded|Engine built" "$OUT/start_$label.log" | grep -v GET \
-    | sed 's/^/    /' >> "$R"
-  kill -INT $pid; wait $pid 2>/dev/null
-}
+. "$(dirname "$0")/startup_lib.sh"
 C=/tmp/sj; rm -rf $C; mkdir -p $C
-start cold_on 1 $C/p1 $C/p1/triton
-start cold_off 0 $C/p0 $C/p0/triton
+start cold_on PAGODA_JIT_PRECOMPILE=1 $C/p1 $C/p1/triton
+start cold_off PAGODA_JIT_PRECOMPILE=0 $C/p0 $C/p0/triton
 cp -r $C/p1 $C/pm && rm -rf $C/pm/triton
-start cold_manifest 1 $C/pm $C/pm/triton
+start cold_manifest PAGODA_JIT_PRECOMPILE=1 $C/pm $C/pm/triton
 for r in $(seq 1 "$ROUNDS"); do
-  start "warm_on_r$r" 1 $C/p1 $C/p1/triton
-  start "warm_off_r$r" 0 $C/p1 $C/p1/triton
-  [ -z "${BASE_SRC:-}" ] || start "warm_base_r$r" 1 $C/p1 $C/p1/triton "$BASE_SRC"
+  start "warm_on_r$r" PAGODA_JIT_PRECOMPILE=1 $C/p1 $C/p1/triton
+  start "warm_off_r$r" PAGODA_JIT_PRECOMPILE=0 $C/p1 $C/p1/triton
+  [ -z "${BASE_SRC:-}" ] || start "warm_base_r$r" PAGODA_JIT_PRECOMPILE=1 $C/p1 $C/p1/triton "$BASE_SRC"
 done

@@ -1,0 +1,22 @@
+# Sourced by benchmarks/gpu/startup_*.sh: `start LABEL "VAR=value ..." PAGODA_CACHE TRITON_CACHE_DIR [SRC]` starts
+# `pagoda serve` of the Llama-3-8B shape ($M, dummy weights) from SRC (default .) with those variables, times the
+# shell to the first 200 of GET /v1/models, appends the figure and the log's start-up lines to $R, and stops it.
+# Needs M, OUT, R and PORT set by the caller.
+start() {
+  local label=$1 vars=$2 cache=$3 tcache=$4 src=${5:-.} t0 t1
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  (cd "$src" && exec env $vars PAGODA_CACHE="$cache" TRITON_CACHE_DIR="$tcache" python -m pagoda.entrypoints.cli \
+    --log-level INFO serve "$M" --load-format dummy --port "$PORT" --max-model-len "${MAX_LEN:-4096}" \
+    --disable-log-requests > "$OUT/start_$label.log" 2>&1) &
+  local pid=$!
+  until curl -sf "localhost:$PORT/v1/models" > /dev/null; do
+    sleep 0.05
+    kill -0 $pid 2>/dev/null || { echo "$label: server exited" | tee -a "$R"; return; }
+  done
+  t1=$(date +%s.%N)
+  echo "$label $vars: $(python -c "print(f'{$t1 - $t0:.2f}')") s shell to ready" | tee -a "$R"
+  grep -E "ready|Captured|Loaded|Compiled or loaded|Engine built" "$OUT/start_$label.log" | grep -v GET \
+    | sed 's/^/    /' >> "$R"
+  kill -INT $pid; wait $pid 2>/dev/null
+}
