@@ -223,3 +223,24 @@ def test_dry_pass_stand_ins_make_repeat_launches_cheap_and_are_taken_out(cache):
     pc.close()
     assert (ok, failed) == (0, 2)
     assert sorted(kernel.preloaded) == ["spec-a", "spec-b"]
+
+
+def test_a_capture_in_a_dry_pass_runs_its_body_once_and_makes_no_graph(cache):
+    from pagoda.worker.graph_capture import capture_graph
+
+    calls = []
+    pc = jp.JitPrecompiler("g" * 32, 0, 1)
+    assert not jp.in_dry_pass()
+    with pc.dry_pass():
+        assert jp.in_dry_pass()
+        seen_elsewhere = []
+        t = threading.Thread(target=lambda: seen_elsewhere.append(jp.in_dry_pass()))
+        t.start()
+        t.join()
+        assert seen_elsewhere == [False]  # only the thread that runs the pass
+        assert capture_graph(lambda: calls.append("body"), None, warm_up=lambda: calls.append("warm")) is None
+    assert calls == ["body"]
+    assert not jp.in_dry_pass()
+    with pytest.raises(RuntimeError), pc.dry_pass():
+        raise RuntimeError("boom")
+    assert not jp.in_dry_pass()

@@ -25,6 +25,7 @@ import torch
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
+from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
 
@@ -78,16 +79,19 @@ class ChunkGraphs:
                 seq_lens_cpu=[self.max_model_len], is_decode_only=False, split_kv_len=self.max_model_len,
             )
             args = (ids, pos, self.kv_caches, meta, self.backend)
-            for _ in range(2):
-                self.model(*args)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+
+            def body(t: int = t, args: tuple = args, last: torch.Tensor = last) -> None:
                 hidden = self.model(*args)
                 logits = self.model.compute_logits_raw(hidden.index_select(0, last.long()))
                 self.greedy[t] = logits.argmax(dim=-1)
                 self.logits[t] = logits
-            self.graphs[t] = g
+
+            def warm_up(args: tuple = args) -> object:
+                return self.model(*args)
+
+            g = capture_graph(body, pool, warm_up)
+            if g is not None:  # None: a dry pass (graph_capture.py)
+                self.graphs[t] = g
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
         logger.info("Captured CUDA graphs for single-request prefill chunks (%s tokens) in %.1f s",

@@ -21,6 +21,7 @@ import time
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
 
@@ -116,11 +117,8 @@ class DecodeGraphs:
         for b in reversed(self.sizes):
             meta = self._meta(b)
             args = (self.input_ids[:b], self.positions[:b], self.kv_caches, meta, self.backend)
-            for _ in range(2):  # warm-up: triton compiles, allocator settles
-                self.model(*args)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+
+            def body(b: int = b, args: tuple = args) -> None:
                 out = self.model(*args)
                 if getattr(self.model, "aux_hidden_layers", ()):
                     self.aux[b] = self.model.aux_hidden
@@ -129,8 +127,14 @@ class DecodeGraphs:
                     logits = self.model.compute_logits_raw(out)
                     self.greedy[b] = logits.argmax(dim=-1)
                     self.logits[b] = logits
-            self.graphs[b] = g
-            self.outputs[b] = out
+                self.outputs[b] = out
+
+            def warm_up(args: tuple = args) -> object:
+                return self.model(*args)
+
+            g = capture_graph(body, pool, warm_up)
+            if g is not None:  # None: a dry pass (graph_capture.py)
+                self.graphs[b] = g
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
         logger.info("Captured CUDA graphs for %d decode batch sizes (1..%d) in %.1f s",

@@ -57,6 +57,13 @@ logger = logging.getLogger("pagoda")
 
 MANIFEST_DIR = "jit_variants"
 _MANIFEST_VERSION = 1
+_dry = threading.local()  # .on: this thread is in a dry pass
+
+
+def in_dry_pass() -> bool:
+    """This thread runs a dry pass: Triton launches are skipped, so a graph capture only runs its body once
+    (pagoda/worker/graph_capture.py)."""
+    return bool(getattr(_dry, "on", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +312,7 @@ class JitPrecompiler:
             return True  # skip: nothing compiles, nothing launches
 
         rt.jit_cache_hook = hook
+        _dry.on = True
         pagoda_log = logging.getLogger("pagoda")
         level = pagoda_log.level
         pagoda_log.setLevel(max(level, logging.WARNING))  # the dry captures' own "Captured ..." lines
@@ -312,6 +320,7 @@ class JitPrecompiler:
             yield
         finally:
             rt.jit_cache_hook = prev
+            _dry.on = False
             pagoda_log.setLevel(level)
             for cache, key in stand_ins:
                 if cache.get(key) is _SKIPPED:  # a preload may have put the real kernel there meanwhile

@@ -35,6 +35,7 @@ import torch
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
+from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
 
@@ -102,13 +103,12 @@ class MixedGraphs:
             if not self.use_graphs:
                 self.graphs[n] = _EagerReplay(self, n)
                 continue
-            for _ in range(2):  # warm-up: triton compiles, allocator settles
+            def body(n: int = n) -> None:
                 self._forward(n)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                self._forward(n)
-            self.graphs[n] = g
+
+            g = capture_graph(body, pool)
+            if g is not None:  # None: a dry pass (graph_capture.py)
+                self.graphs[n] = g
         if self.use_graphs:
             torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0

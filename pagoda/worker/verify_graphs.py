@@ -28,6 +28,7 @@ import torch
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.layers.sampler import to_device
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
+from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
 
@@ -108,13 +109,12 @@ class VerifyGraphs:
             if not self.use_graphs:
                 self.graphs[b] = _EagerReplay(self, b)
                 continue
-            for _ in range(2):  # warm-up: triton compiles, allocator settles
+            def body(b: int = b) -> None:
                 self._forward(b)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                self._forward(b)
-            self.graphs[b] = g
+
+            g = capture_graph(body, pool)
+            if g is not None:  # None: a dry pass (graph_capture.py)
+                self.graphs[b] = g
         if self.use_graphs:
             torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - t0
