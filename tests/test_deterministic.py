@@ -61,13 +61,14 @@ def test_int4pack_is_row_invariant():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_bmm_columns_do_not_depend_on_n(dtype):
-    """What the CPU attention relies on: at a fixed (M, K), a bmm column does not depend on N (>= 2) nor on
-    the number of batch items."""
+    """What the CPU attention relies on: at a fixed (M, K), a bmm column does not depend on N (>= MIN_COLUMNS,
+    the fewest an item has) nor on the number of batch items."""
     g = torch.Generator().manual_seed(2)
     a = torch.randn(6, det_attn.KEY_BLOCK, 16, generator=g).to(dtype)
     b = torch.randn(6, 16, 300, generator=g).to(dtype)
     full = torch.bmm(a, b)
-    for n in (2, 3, 17, 64, 65, 255):
+    low = det_attn.MIN_COLUMNS
+    for n in (low, low + 1, 2 * low, 64, 65, 255):
         for items in (1, 6):
             assert torch.equal(torch.bmm(a[:items], b[:items, :, 1 : n + 1].contiguous()), full[:items, :, 1 : n + 1])
 

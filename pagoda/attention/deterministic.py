@@ -9,8 +9,8 @@ not depend on the other requests of the step, on how its prompt was chunked, nor
   ``V_b^T P`` (``[D, KEY_BLOCK] x [KEY_BLOCK, N]``); the softmax sums are per-block sums over a
   contiguous ``KEY_BLOCK`` (a fixed-size inner reduction).
   Measured on torch 2.13 (tests/test_deterministic.py keeps it checked): at a fixed M and K,
-  a bmm column does not depend on N (for N >= 2 in fp32, any N in bf16) nor on the number of batch items.
-  So items are batched with N padded (to a power of two >= 2), and K/V are gathered once per item.
+  a bmm column does not depend on N (for N >= ``MIN_COLUMNS``) nor on the number of batch items.
+  So items are batched with N padded (to a power of two >= ``MIN_COLUMNS``), and K/V are gathered once per item.
 * GEMMs in the model dtype, as HF's eager attention (scores rounded to it, ``p`` rounded to it for
   ``p V``; float32 GEMMs cost about 4x here). K/V are gathered by whole cache blocks.
 * Softmax in float32 with the exact maximum over the row's visible keys (a max is order-free); ``exp`` of
@@ -56,10 +56,14 @@ class _Group:
 _plan_cache: tuple[object, tuple, list[_Group]] | None = None
 
 
+MIN_COLUMNS = 16
+"""An item's GEMMs have at least this many columns: BLAS libraries take other kernels for a few columns (MKL's
+fp32 GEMM for N < 12 on an AVX-512 AMD EPYC, N = 1 on an Intel machine), whose column values differ."""
+
+
 def _width(tokens: int, group: int) -> int:
-    """Padded tokens of an item: columns ``tokens * group`` rounded up to a power of two >= 2 (fp32 GEMMs
-    take another path at N = 1)."""
-    cols = 1 << (max(2, tokens * group) - 1).bit_length()
+    """Padded tokens of an item: columns ``tokens * group`` rounded up to a power of two >= ``MIN_COLUMNS``."""
+    cols = 1 << (max(MIN_COLUMNS, tokens * group) - 1).bit_length()
     return -(-cols // group)
 
 

@@ -9,9 +9,9 @@ dimension whose tiling a kernel may pick per shape are made so here:
   cut into tiles, the last padded with zeros), so oneDNN always runs the same kernel; measured on
   torch 2.13 (bf16 and fp32, tests/test_deterministic.py checks it): at a fixed M a row's result
   does not depend on its position in the tile nor on the other rows, while across M it does (fp32 from
-  M=2, bf16 from M=33). A weight whose kernel is measured at start-up to give the same rows for every M
-  up to the tile (:func:`m_invariant`: bf16 on AVX512/AMX) skips the padding, which at batch 1 would
-  cost a 32-row GEMM for one row (the default model's LM head: 14 -> 28 ms). Integer-weight layers
+  M=2, bf16 from M=33 on one machine; on an AVX-512-BF16 AMD EPYC some bf16 weights from M=2, others not,
+  so no start-up probe of a shape can vouch for every weight of it: session 9 dropped the probe that let
+  "M-invariant" weights skip the padding). Integer-weight layers
   (``cpu_woq``: int4pack/int8pack) compute each row alone
   (a GEMV per row, bitwise the same for every M, measured), so they run unpadded, with the dense
   (bf16 copy / dequantize-once) paths that steps of many rows take otherwise turned off.
@@ -24,7 +24,6 @@ dimension whose tiling a kernel may pick per shape are made so here:
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -54,18 +53,15 @@ def check_supported(device: torch.device, tp: int, quantization: str | None, kv_
         raise ValueError(f"{FLAG} supports --kv-cache-dtype auto only on CUDA.")
 
 
-def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = ROW_TILE,
-              pad_last: bool = True) -> torch.Tensor:
+def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
     """``fn(x)`` computed as ``fn`` of ``tile``-row slices, the last zero-padded: every call has the same
-    shape, so each output row depends only on its own input row (given a row-independent kernel).
-    ``pad_last=False`` leaves the last slice short: only for a kernel measured M-invariant up to ``tile``
-    (:func:`m_invariant`)."""
+    shape, so each output row depends only on its own input row (given a row-independent kernel)."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     rows = x2.shape[0]
     if rows == 0:
         return fn(x)
-    pad = -rows % tile if pad_last else 0
+    pad = -rows % tile
     if pad:
         x2 = torch.cat([x2, x2.new_zeros(pad, k)])
     outs = [fn(x2[i : i + tile]) for i in range(0, rows + pad, tile)]
@@ -73,26 +69,15 @@ def row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile:
     return y[:rows].reshape(*lead, y.shape[-1])
 
 
-def m_invariant(fn: Callable[[torch.Tensor], torch.Tensor], k: int, dtype: torch.dtype,
-                tile: int = ROW_TILE) -> bool:
-    """Whether ``fn``'s rows are bitwise the same for every M from 1 to ``tile`` (measured on random rows;
-    bf16 oneDNN on AVX512/AMX is, fp32 is not). Such a kernel needs no padding: a short last tile is free."""
-    x = torch.randn(tile, k, generator=torch.Generator().manual_seed(0)).to(dtype)
-    with torch.no_grad():
-        alone = torch.cat([fn(x[i : i + 1]) for i in range(tile)])
-        return all(torch.equal(fn(x[:m]), alone[:m]) for m in (2, 3, 5, 8, 13, 16, 17, 24, 31, tile))
-
-
 class RowTiled(nn.Module):
-    """Wraps a linear-like module so that it always sees :data:`ROW_TILE` rows (``pad_last=False``: at most)."""
+    """Wraps a linear-like module so that it always sees :data:`ROW_TILE` rows."""
 
-    def __init__(self, inner: nn.Module, pad_last: bool = True) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.pad_last = pad_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return row_tiled(self.inner, x, pad_last=self.pad_last)
+        return row_tiled(self.inner, x)
 
 
 class CudaInvariantLinear(nn.Module):
@@ -164,10 +149,6 @@ def _check_quantized(model: nn.Module, device: torch.device) -> None:
                                  f"batch-invariant kernel on {device.type}.")
 
 
-def _features(m: Any) -> tuple[int, int]:
-    return int(m.in_features), int(m.out_features)
-
-
 def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     """Switch ``model`` (after loading and CPU prepacking) to batch-invariant linears; returns how many layers
     were wrapped. Raises ``ValueError`` naming the flag for what cannot be made invariant."""
@@ -176,21 +157,13 @@ def make_batch_invariant(model: nn.Module, device: torch.device) -> int:
     _refuse_unsupported(model)
     _check_quantized(model, device)
     count = 0
-    dtype = next(model.parameters()).dtype
-    probed: dict[tuple[type, int, int], bool] = {}
     for parent, name, child in _dense_linear_children(model, device):
-        if device.type == "cuda":
-            new: nn.Module = CudaInvariantLinear(child.weight, child.bias)  # type: ignore[arg-type]
-        else:
-            shape = (type(child), *_features(child))
-            if shape not in probed:
-                probed[shape] = m_invariant(child, shape[1], dtype)
-            new = RowTiled(child, pad_last=not probed[shape])
+        new: nn.Module = (CudaInvariantLinear(child.weight, child.bias) if device.type == "cuda"  # type: ignore[arg-type]
+                          else RowTiled(child))
         setattr(parent, name, new)
         count += 1
-    if probed:
-        logger.info("deterministic mode: CPU linears in tiles of %d rows; padded for %d of %d weight shapes "
-                    "(M-dependent kernels)", ROW_TILE, sum(not v for v in probed.values()), len(probed))
+    if count and device.type == "cpu":
+        logger.info("deterministic mode: %d CPU linears in tiles of %d rows", count, ROW_TILE)
     ints = [m for m in model.modules() if isinstance(m, IntWeight)]
     for w in ints:
         w.batch_invariant = True
@@ -208,9 +181,9 @@ every row runs int4pack/int8pack, a GEMV per row (the default model's 1,792-row 
 
 
 def _dense_int_copies(ints: list[Any]) -> None:
-    """One path for every row of a CPU integer weight: its bf16 copy in tiles of at most ROW_TILE rows (M-invariant,
-    measured) when the copies fit :data:`DENSE_COPY_MAX_BYTES`, else the per-row int kernels."""
-    from pagoda.layers.cpu_linear import pack_weight, packed_linear
+    """One path for every row of a CPU integer weight: its bf16 copy in tiles of exactly ROW_TILE rows when the
+    copies fit :data:`DENSE_COPY_MAX_BYTES`, else the per-row int kernels."""
+    from pagoda.layers.cpu_linear import pack_weight
 
     ws = [w for w in ints if w.codes.device.type == "cpu" and w.dtype == torch.bfloat16 and w.layout != "plain"]
     nbytes = sum(2 * w.in_features * w.out_features for w in ws)
@@ -220,17 +193,11 @@ def _dense_int_copies(ints: list[Any]) -> None:
                            "(bf16 copies would take %.0f MiB > %.0f MiB): prefills are slow", len(ws),
                            nbytes / 2**20, DENSE_COPY_MAX_BYTES / 2**20)
         return
-    probed: dict[tuple[int, int], bool] = {}
     for w in ws:
         packed = pack_weight(w.dequantize(torch.bfloat16), ROW_TILE)
         if packed is None:
             return  # no oneDNN: every weight keeps the per-row int kernels (copies made so far are unused)
-        shape = (w.in_features, w.out_features)
-        if shape not in probed:
-            probed[shape] = m_invariant(functools.partial(packed_linear, packed=packed, bias=None), w.in_features,
-                                        w.dtype)
         w.dense_packed = packed
-        w.dense_pad = not probed[shape]
     logger.info("deterministic mode: bf16 oneDNN copies of %d int-weight linears, used for every row (+%.1f MiB)",
                 len(ws), nbytes / 2**20)
 
@@ -252,9 +219,7 @@ def _wrap_logits(model: Any, device: torch.device) -> None:
 
         model.compute_logits_raw = cuda_head
     elif device.type == "cpu":
-        dtype = next(model.parameters()).dtype
-        pad = not m_invariant(raw, model.shape.hidden_size, dtype)
-        model.compute_logits_raw = lambda hidden: row_tiled(raw, hidden, pad_last=pad)
+        model.compute_logits_raw = lambda hidden: row_tiled(raw, hidden)
 
 
 def int_weight_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

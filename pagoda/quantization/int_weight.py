@@ -74,7 +74,6 @@ class IntWeight(nn.Module):
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
-        self.dense_pad = True  # --deterministic with a dense copy: pad its last row tile (an M-dependent kernel)
         self.symmetric = False  # ``triton`` layout: offsets == -2**(bits-1) * scales exactly (set by finalize)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
@@ -226,7 +225,7 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
         from pagoda.layers.batch_invariant import row_tiled
 
         packed = w.dense_packed
-        y = row_tiled(lambda t: packed_linear(t, packed, bias), x2, pad_last=w.dense_pad)
+        y = row_tiled(lambda t: packed_linear(t, packed, bias), x2)
         return y.view(*lead, w.out_features)
     if w.dense_packed is not None and x2.shape[0] >= cpu_woq.DENSE_MIN_M and x2.dtype == torch.bfloat16:
         return packed_linear(x2, w.dense_packed, bias).view(*lead, w.out_features)
