@@ -153,8 +153,7 @@ class TorchAttentionBackend(AttentionBackend):
             blocks = meta.block_tables[i : i + 1, :nb]
             if q_len <= MAX_DECODE_LIKE_QUERY and cap is None:  # a speculative verify: rows as decode rows
                 out[starts[i] : starts[i] + q_len] = self._decode_like(query[starts[i] : starts[i] + q_len], k_cache,
-                                                                       v_cache, blocks, s_len, scale, win,
-                                                                       (meta.block_tables, i))
+                                                                       v_cache, blocks, s_len, scale, win)
                 continue
             k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
             v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
@@ -198,34 +197,22 @@ class TorchAttentionBackend(AttentionBackend):
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         return torch.matmul(probs, v).reshape(B, H, D)
 
-    def _decode_like(self, query, k_cache, v_cache, blocks, s_len: int, scale: float, window: int | None,
-                     step_req: tuple[torch.Tensor, int]) -> torch.Tensor:
-        """One request's few query rows [Q, H, D] (the last Q of ``s_len`` positions: a speculative verify) in one
-        SDPA call laid out as :meth:`_decode`'s (a KV head's query heads of every row as its query rows, an additive
-        length mask per row). Each row's result is bitwise what :meth:`_decode` gives that position alone (the CPU
-        SDPA computes its query rows independently; keys past a row's length are masked to exact zeros;
-        tests/test_attention_verify_rows.py), so greedy tokens do not depend on whether they were speculated.
-        ``step_req``: (the step's block table tensor, the request's index), the key of the rows and mask kept for the
-        step's other layers."""
-        Q, H, D = query.shape
-        Hkv = k_cache.shape[1]
-        G = H // Hkv
-        L = blocks.shape[1] * k_cache.shape[2]
-        memo = self._step_memo("verify", step_req[0])
-        key = (step_req[1], Hkv, L, window, query.dtype)
-        held: tuple[torch.Tensor, torch.Tensor] | None = memo.get(key) if memo is not None else None  # type: ignore
-        if held is None:
-            lengths = torch.arange(s_len - Q + 1, s_len + 1, device=query.device)  # each row's keys
-            additive = _length_masks(lengths, L, window, query.dtype)[1]
-            held = (gather_index(blocks, Hkv), additive[:, None, :].expand(Q, G, L).reshape(1, 1, Q * G, L))
-            if memo is not None:
-                memo[key] = held
-        idx, mask = held
-        k = gather_heads(k_cache, blocks, query.dtype, idx)  # [1, Hkv, L, D]
-        v = gather_heads(v_cache, blocks, query.dtype, idx)
-        q = query.view(Q, Hkv, G, D).permute(1, 0, 2, 3).reshape(1, Hkv, Q * G, D)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        return o.view(Hkv, Q, G, D).permute(1, 0, 2, 3).reshape(Q, H, D)
+    def _decode_like(self, query, k_cache, v_cache, blocks, s_len: int, scale: float,
+                     window: int | None) -> torch.Tensor:
+        """One request's few query rows [Q, H, D] (the last Q of ``s_len`` positions: a speculative verify), each
+        computed exactly as a decode step of that position alone computes it: :meth:`_decode` with one request and
+        the blocks its position needs. So greedy tokens do not depend on whether they were speculated
+        (tests/test_attention_verify_rows.py). One SDPA call per row, because the CPU SDPA's arithmetic depends on
+        a call's query rows and key length, masked keys included (an AVX-512-BF16 AMD EPYC gives other bits for a
+        row computed among 12 query rows than among 3, and with 208 keys than with 192)."""
+        q_len, bs = query.shape[0], k_cache.shape[2]
+        outs = []
+        for t in range(q_len):
+            pos_len = s_len - q_len + 1 + t
+            lengths = torch.tensor([pos_len], dtype=torch.int32, device=query.device)
+            outs.append(self._decode(query[t : t + 1], k_cache, v_cache, blocks[:, : -(-pos_len // bs)], lengths,
+                                     scale, window, None, memoize=False))
+        return torch.cat(outs)
 
 
 def _length_masks(lengths: torch.Tensor, length: int, window: int | None, dtype: torch.dtype

@@ -36,7 +36,10 @@ new MutationObserver((recs) => {
 
 @pytest.fixture(scope="module")
 def srv():
-    s = RemoteServer(None, ["--max-model-len", "1024", "--kv-cache-memory-bytes", "256M"],
+    # No prefix caching: the page's answer is compared with the API's to the same question, which would otherwise
+    # reuse the page's cached prompt; in bf16 on the CPU a cache hit may round differently and flip a near-tie
+    # (on an AVX-512-BF16 AMD EPYC: "L'Étoile, ..." against "The capital of France is Paris.").
+    s = RemoteServer(None, ["--max-model-len", "1024", "--kv-cache-memory-bytes", "256M", "--no-enable-prefix-caching"],
                      env={"OMP_NUM_THREADS": "2"}, api_key=API_KEY, wait=False)
     try:
         s.wait_ready(600)  # a loaded shared machine can take minutes to load the model
