@@ -13,7 +13,7 @@ ARMS="cold_on cold_manifest warm_on" timeout 120 bash benchmarks/gpu/startup_jit
 cat $OUT/startup_jit.txt >> $S
 tar czf $OUT/start_logs.tgz -C $OUT $(cd $OUT && ls start_*.log) && rm -f $OUT/start_*.log $OUT/startup_jit.txt
 echo "== GPU tests ($(date +%T))" >> $S
-timeout 250 python -m pytest -q tests/gpu/test_gpu_jit_precompile.py \
+timeout 190 python -m pytest -q tests/gpu/test_gpu_jit_precompile.py \
   "tests/gpu/test_gpu_kv_features.py::test_mixed_step_graphs_match_eager" tests/gpu/test_gpu_spec_verify_graphs.py \
   tests/gpu/test_gpu_parity.py tests/gpu/test_gpu_moe.py tests/gpu/test_gpu_kv_fp8.py tests/gpu/test_gpu_gguf.py \
   tests/gpu/test_gpu_transformers_fallback.py tests/gpu/test_gpu_pooling.py \
