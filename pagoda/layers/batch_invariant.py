@@ -11,10 +11,10 @@ dimension whose tiling a kernel may pick per shape are made so here:
   does not depend on its position in the tile nor on the other rows, while across M it does (fp32 from
   M=2, bf16 from M=33 on one machine; on an AVX-512-BF16 AMD EPYC some bf16 weights from M=2, others not,
   so no start-up probe of a shape can vouch for every weight of it: session 9 dropped the probe that let
-  "M-invariant" weights skip the padding). Integer-weight layers
-  (``cpu_woq``: int4pack/int8pack) compute each row alone
-  (a GEMV per row, bitwise the same for every M, measured), so they run unpadded, with the dense
-  (bf16 copy / dequantize-once) paths that steps of many rows take otherwise turned off.
+  "M-invariant" weights skip the padding). Integer-weight layers (``cpu_woq``) run every row through a
+  bf16 oneDNN copy in those tiles when all copies fit :data:`DENSE_COPY_MAX_BYTES`, else through
+  int4pack/int8pack, which compute each row alone (a GEMV per row, bitwise the same for every M, measured),
+  unpadded; the default paths' switch by row count is off either way.
 * Linears on CUDA: :func:`pagoda.layers.batch_invariant_matmul.matmul` (Triton, one tile config per
   weight, no split-K). Quantized GPU kernels (split-K tables) are refused.
 * Attention: :mod:`pagoda.attention.deterministic` on the CPU; on CUDA the unified Triton kernel with one
