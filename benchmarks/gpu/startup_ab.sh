@@ -7,11 +7,9 @@
 # BASE_SRC=dir (a checkout of an earlier pagoda, e.g. `git archive <rev> pagoda | tar -x -C dir`) adds a warm arm
 # "base" run from that folder with its own defaults, each round: a same-run baseline.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"; R="$OUT/startup.txt"
-M="${M:-/tmp/llama3-8b-shape}"; ROUNDS="${1:-2}"; PORT=8031
-[ -f "$M/config.json" ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json "$M" >/dev/null
+ROUNDS="${1:-2}"
 . "$(dirname "$0")/startup_lib.sh"
+R="$OUT/startup.txt"
 WARM_CACHE=/tmp/pc_warm
 for pl in ${COLD-1 0}; do
   start "cold_$([ "$pl" = 1 ] && echo on || echo off)" "PAGODA_PRELAUNCH_CORE=$pl" "/tmp/pc_cold_$pl" \

@@ -7,11 +7,9 @@
 # Usage on the GPU machine: bash benchmarks/gpu/startup_jit.sh [ROUNDS]   (results in $OUT/startup_jit.txt, logs
 # in $OUT/start_*.log); ARMS="cold_on warm_on ..." runs a subset (cold_on always runs: the others use its caches)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"; R="$OUT/startup_jit.txt"
-M="${M:-/tmp/llama3-8b-shape}"; ROUNDS="${1:-2}"; PORT=8031
-[ -f "$M/config.json" ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json "$M" >/dev/null
+ROUNDS="${1:-2}"
 . "$(dirname "$0")/startup_lib.sh"
+R="$OUT/startup_jit.txt"
 ARMS=" ${ARMS:-cold_on cold_off cold_manifest warm_on warm_off warm_base} "
 want() { [[ "$ARMS" == *" $1 "* ]]; }
 C=/tmp/sj; rm -rf $C; mkdir -p $C

@@ -1,7 +1,11 @@
-# Sourced by benchmarks/gpu/startup_*.sh: `start LABEL "VAR=value ..." PAGODA_CACHE TRITON_CACHE_DIR [SRC]` starts
-# `pagoda serve` of the Llama-3-8B shape ($M, dummy weights) from SRC (default .) with those variables, times the
-# shell to the first 200 of GET /v1/models, appends the figure and the log's start-up lines to $R, and stops it.
-# Needs M, OUT, R and PORT set by the caller.
+# Sourced by benchmarks/gpu/startup_*.sh: sets OUT (default /tmp/out), M (the Llama-3-8B shape, made if missing) and
+# PORT; `start LABEL "VAR=value ..." PAGODA_CACHE TRITON_CACHE_DIR [SRC]` starts `pagoda serve` of $M (dummy weights)
+# from SRC (default .) with those variables, times the shell to the first 200 of GET /v1/models, appends the figure
+# and the log's start-up lines to $R (set by the caller), and stops it.
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+M="${M:-/tmp/llama3-8b-shape}"; PORT="${PORT:-8031}"
+[ -f "$M/config.json" ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json "$M" >/dev/null
 start() {
   local label=$1 vars=$2 cache=$3 tcache=$4 src=${5:-.} t0 t1
   t0=$(date +%s.%N)
