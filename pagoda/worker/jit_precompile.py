@@ -226,7 +226,12 @@ class JitPrecompiler:
 
         index = device.index if device.index is not None else torch.cuda.current_device()
         workers = min(32, os.cpu_count() or 1)
-        return cls(config_key(cfg, torch.cuda.get_device_name(index)), index, workers)
+        try:
+            key = config_key(cfg, torch.cuda.get_device_name(index))
+        except Exception as e:  # a config field that does not serialise: compile at first launch, as before
+            logger.debug("no Triton precompile: the engine config has no manifest key (%s)", e)
+            return None
+        return cls(key, index, workers)
 
     @property
     def needs_dry_pass(self) -> bool:
