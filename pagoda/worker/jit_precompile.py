@@ -185,7 +185,7 @@ def compile_to_disk(kernel: Any, device: int, compile_kw: dict[str, Any]) -> Non
 
 class _Skipped:
     """Put in a kernel's in-memory cache during a dry pass, under the key of a variant already recorded: Triton
-    then finds it without calling the hook again (which serialises the specialisation, ~0.3 ms a launch) and its
+    then finds it without calling the hook again (which serialises the specialisation at every launch) and its
     "launch" does nothing. Removed when the dry pass ends."""
 
     function = None
