@@ -244,3 +244,33 @@ def test_a_capture_in_a_dry_pass_runs_its_body_once_and_makes_no_graph(cache):
     with pytest.raises(RuntimeError), pc.dry_pass():
         raise RuntimeError("boom")
     assert not jp.in_dry_pass()
+
+
+def _kernel_body(x_ptr):
+    pass
+
+
+def test_variants_compiled_before_are_hidden_during_a_dry_pass(cache, monkeypatch):
+    """A variant this process compiled earlier (an earlier engine, a kernel called directly) would be a cache hit in
+    the dry pass and launch for real on the garbage of skipped kernels (seen on the H200: an earlier LLM's MoE
+    kernels then faulted the context). The pass hides such variants and puts them back after."""
+    import sys
+    import types
+
+    from triton.runtime.jit import JITFunction
+
+    kernel = JITFunction(_kernel_body)  # a compiled kernel of a pagoda module (the suite may run interpreted)
+    compiled = {"key-earlier": object()}
+    kernel.device_caches = {0: (compiled, None, None, None, None)}
+    module = types.ModuleType("pagoda._dry_pass_kernels")
+    module.kernel = types.SimpleNamespace(fn=kernel)  # as an autotuner wraps it
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    earlier = compiled["key-earlier"]
+    pc = jp.JitPrecompiler("h" * 32, 0, 1)
+    with pc.dry_pass():
+        assert compiled == {}  # every launch of this kernel now misses: the hook skips it
+        compiled["key-new"] = jp._SKIPPED
+    assert compiled == {"key-earlier": earlier, "key-new": jp._SKIPPED}  # (no stand-in was recorded for key-new)
+    with pytest.raises(RuntimeError), pc.dry_pass():
+        raise RuntimeError("boom")
+    assert compiled["key-earlier"] is earlier  # put back after an error too

@@ -201,6 +201,28 @@ class _Skipped:
 _SKIPPED = _Skipped()
 
 
+def _kernel_caches() -> list[dict[Any, Any]]:
+    """The in-memory kernel caches (one per device) of every ``@triton.jit`` function in pagoda's loaded modules
+    (unwrapping autotuners and heuristics)."""
+    import sys
+
+    from triton.runtime.jit import JITFunction
+
+    out: dict[int, dict[Any, Any]] = {}
+    for name, module in list(sys.modules.items()):
+        if not (name == "pagoda" or name.startswith("pagoda.")) or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            for _ in range(4):  # Autotuner / Heuristics keep the function in .fn
+                if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
+                    break
+                obj = obj.fn
+            if isinstance(obj, JITFunction):
+                for entry in getattr(obj, "device_caches", {}).values():
+                    out[id(entry[0])] = entry[0]
+    return list(out.values())
+
+
 class JitPrecompiler:
     """One engine's start-up compiles: dry-pass recording, the thread pool, the manifest (module docstring)."""
 
@@ -302,7 +324,11 @@ class JitPrecompiler:
     def dry_pass(self) -> Iterator[None]:
         """On this thread, Triton launches are skipped and their variants recorded, each new one starting to
         compile into Triton's disk cache at once (other threads, e.g. the pool's preloads, go through untouched).
-        Restores Triton's previous hook, and takes the :class:`_Skipped` stand-ins out, on exit."""
+        Restores Triton's previous hook, and takes the :class:`_Skipped` stand-ins out, on exit.
+
+        Variants this process compiled before (an earlier engine, a kernel called directly) are taken out of the
+        kernels' in-memory caches for the pass and put back after: a cache hit would launch for real, on the
+        garbage a skipped kernel left (e.g. MoE expert ids from a skipped routing kernel: an illegal address)."""
         from triton import knobs
 
         rt = knobs.runtime
@@ -316,6 +342,9 @@ class JitPrecompiler:
             self._record(kw, stand_ins)
             return True  # skip: nothing compiles, nothing launches
 
+        hidden = [(cache, dict(cache)) for cache in _kernel_caches() if cache]
+        for cache, _ in hidden:
+            cache.clear()
         rt.jit_cache_hook = hook
         _dry.on = True
         pagoda_log = logging.getLogger("pagoda")
@@ -330,6 +359,9 @@ class JitPrecompiler:
             for cache, key in stand_ins:
                 if cache.get(key) is _SKIPPED:  # a preload may have put the real kernel there meanwhile
                     del cache[key]
+            for cache, saved in hidden:
+                for key, kernel in saved.items():
+                    cache.setdefault(key, kernel)
 
     def _record(self, kw: dict[str, Any], stand_ins: list[tuple[dict[Any, Any], Any]] | None = None) -> None:
         info = kw.get("fn")
