@@ -11,6 +11,10 @@ not depend on the other requests of the step, on how its prompt was chunked, nor
   Measured on torch 2.13 (tests/test_deterministic.py keeps it checked): at a fixed M and K,
   a bmm column does not depend on N (for N >= ``MIN_COLUMNS``) nor on the number of batch items.
   So items are batched with N padded (to a power of two >= ``MIN_COLUMNS``), and K/V are gathered once per item.
+  Only the GEMMs see the padding columns: the softmax works on the group's real columns (the first
+  ``real_tok * G``; a decode item has 3 real columns of 18 with 3 query heads per KV head), and ``p`` is padded
+  back with zero columns for the ``p V`` GEMM. Every step after the score GEMM is per column, so a column's
+  value does not depend on how many columns are kept.
 * GEMMs in the model dtype, as HF's eager attention (scores rounded to it, ``p`` rounded to it for
   ``p V``; float32 GEMMs cost about 4x here). K/V are gathered by whole cache blocks.
 * Softmax in float32 with the exact maximum over the row's visible keys (a max is order-free); ``exp`` of
@@ -49,8 +53,9 @@ class _Group:
     head_rows: torch.Tensor  # [n * Hkv * nbc] rows of the cache viewed as [N * Hkv, bs, D]
     dst: torch.Tensor  # step rows of the item tokens that are real
     src: torch.Tensor  # their index in the group's [n * ntok] outputs
-    visible: torch.Tensor  # [n, 1, nblk, KEY_BLOCK, ntok * G] bool
+    visible: torch.Tensor  # [n, 1, nblk, KEY_BLOCK, real_tok * G] bool
     nblk: int
+    real_tok: int  # the most real tokens of an item in the group: its outputs are [n, real_tok, H, D]
 
 
 _plan_cache: tuple[object, tuple, list[_Group]] | None = None
@@ -125,8 +130,11 @@ def _build(meta, items, ntok, nblk, group, hkv, bs, window, dev) -> _Group:
         visible &= kpos > colpos - window
     heads = torch.arange(hkv, device=dev)
     head_rows = (cblocks.long()[:, None, :] * hkv + heads[None, :, None]).reshape(-1)
-    src = ok.reshape(-1).nonzero().squeeze(1)
-    return _Group(rows, ok, cblocks, head_rows, rows.reshape(-1)[src], src, visible.unsqueeze(1), nblk)
+    real_tok = max(it[3] for it in items)
+    src = ok[:, :real_tok].reshape(-1).nonzero().squeeze(1)
+    dst = rows[:, :real_tok].reshape(-1)[src]
+    visible = visible[..., : real_tok * group]
+    return _Group(rows, ok, cblocks, head_rows, dst, src, visible.unsqueeze(1), nblk, real_tok)
 
 
 def _gather(cache: torch.Tensor, g: _Group, dtype: torch.dtype) -> torch.Tensor:
@@ -143,19 +151,22 @@ def _gather(cache: torch.Tensor, g: _Group, dtype: torch.dtype) -> torch.Tensor:
 
 def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
             cap: float | None) -> torch.Tensor:
-    """Outputs [n, ntok, H, D] (float32) of one group. The GEMMs run in the model dtype (as HF's eager
+    """Outputs [n, real_tok, H, D] (float32) of one group. The GEMMs run in the model dtype (as HF's eager
     attention: scores rounded to it, softmax in float32, ``p`` rounded to it for ``p V``)."""
     T, H, D = query.shape
     hkv = k_cache.shape[1]
     G = H // hkv
     n, ntok = g.rows.shape
     ncol, nb, dt = ntok * G, g.nblk, query.dtype
+    rt = g.real_tok
+    rc = rt * G  # real columns: the softmax's; the GEMMs' columns are padded to ncol
     q = query[g.rows]  # [n, ntok, H, D]
     qt = q.view(n, ntok, hkv, G, D).permute(0, 2, 4, 1, 3).reshape(n, hkv, 1, D, ncol)
     b = n * hkv * nb
     qt = qt.expand(n, hkv, nb, D, ncol).reshape(b, D, ncol)
     k = _gather(k_cache, g, dt)
-    s = torch.bmm(k.view(b, KEY_BLOCK, D), qt).view(n, hkv, nb, KEY_BLOCK, ncol).float().mul_(scale)
+    s = torch.bmm(k.view(b, KEY_BLOCK, D), qt).view(n, hkv, nb, KEY_BLOCK, ncol)
+    s = (s if rc == ncol else s[..., :rc].contiguous()).float().mul_(scale)  # (contiguous first: 2x faster here)
     if cap is not None:
         s = torch.tanh(s / cap) * cap
     s = s.masked_fill_(~g.visible, float("-inf"))
@@ -163,10 +174,13 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     p = torch.exp(s.sub_(mx[:, :, None, None, :]))
     den = p.transpose(3, 4).contiguous().sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, ncol]: fixed-size inner sums
     v = _gather(v_cache, g, dt)
-    o = torch.bmm(v.view(b, KEY_BLOCK, D).transpose(1, 2), p.to(dt).view(b, KEY_BLOCK, ncol))
-    o = o.view(n, hkv, nb, D, ncol).float().cumsum(2)[:, :, -1]  # [n, hkv, D, ncol]
+    pp = p.to(dt)
+    if rc < ncol:
+        pp = torch.nn.functional.pad(pp, (0, ncol - rc))  # zero columns: the GEMM's column count stays ncol
+    o = torch.bmm(v.view(b, KEY_BLOCK, D).transpose(1, 2), pp.view(b, KEY_BLOCK, ncol))
+    o = o.view(n, hkv, nb, D, ncol)[..., :rc].float().cumsum(2)[:, :, -1]  # [n, hkv, D, rc]
     out = o / den.clamp_min_(1e-30).unsqueeze(2)  # a real column has den >= 1 (its max key gives exp(0))
-    return out.view(n, hkv, D, ntok, G).permute(0, 3, 1, 4, 2).reshape(n, ntok, H, D)
+    return out.view(n, hkv, D, rt, G).permute(0, 3, 1, 4, 2).reshape(n, rt, H, D)
 
 
 def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
