@@ -160,8 +160,9 @@ class EngineArgs:
     deterministic: bool = False
     """Batch-invariant mode (also VLLM_BATCH_INVARIANT=1): each request's greedy tokens and logprobs are bitwise
     the same whatever the batch size, the other requests, prefill chunking, prefix-cache hits or preemption; every
-    row-reducing op runs in a fixed order (docs/design.md). Costs throughput; tensor parallelism and quantized
-    GPU kernels are refused with it."""
+    row-reducing op runs in a fixed order (docs/design.md). Costs throughput (CPU: 36-40 % at batch 32 and 3x the
+    decode step at batch 1 on an AVX-512 EPYC; benchmarks/RESULTS.md); tensor parallelism and quantized GPU kernels
+    are refused with it."""
     async_scheduling: bool | None = None
     """Schedule and prepare step N+1 on the host while the GPU runs step N (default: on for CUDA, off for CPU)."""
     scheduling_policy: str = field(default="fcfs", metadata={"choices": SCHEDULING_POLICIES})
