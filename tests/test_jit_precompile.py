@@ -275,3 +275,20 @@ def test_variants_compiled_before_are_hidden_during_a_dry_pass(cache, monkeypatc
     with pytest.raises(RuntimeError), pc.dry_pass():
         raise RuntimeError("boom")
     assert compiled["key-earlier"] is earlier  # put back after an error too
+
+
+def test_an_object_whose_attribute_lookup_raises_is_skipped(cache, monkeypatch):
+    """Finding the kernels walks every attribute of pagoda's modules; one whose lookup raises is no kernel."""
+    import sys
+    import types
+
+    class Odd:
+        def __getattr__(self, name):
+            raise RuntimeError(f"no {name} here")
+
+    module = types.ModuleType("pagoda._odd_attributes")
+    module.odd = Odd()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert isinstance(jp._kernel_caches(), list)
+    with jp.JitPrecompiler("o" * 32, 0, 1).dry_pass():
+        pass

@@ -213,10 +213,13 @@ def _kernel_caches() -> list[dict[Any, Any]]:
         if not (name == "pagoda" or name.startswith("pagoda.")) or module is None:
             continue
         for obj in list(vars(module).values()):
-            for _ in range(4):  # Autotuner / Heuristics keep the function in .fn
-                if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
-                    break
-                obj = obj.fn
+            try:
+                for _ in range(4):  # Autotuner / Heuristics keep the function in .fn
+                    if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
+                        break
+                    obj = obj.fn
+            except Exception:  # an object whose attribute lookup raises is no kernel
+                continue
             if isinstance(obj, JITFunction):
                 for entry in getattr(obj, "device_caches", {}).values():
                     out[id(entry[0])] = entry[0]
