@@ -170,7 +170,7 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if cap is not None:
         s = torch.tanh(s / cap) * cap
     s = s.masked_fill_(~g.visible, float("-inf"))
-    mx = s.amax(dim=(2, 3)).nan_to_num_(neginf=0.0)  # [n, hkv, ncol]: exact; 0 for a padding column
+    mx = s.amax(dim=(2, 3)).nan_to_num_(neginf=0.0)  # [n, hkv, rc]: exact; 0 for a padding column
     p = torch.exp(s.sub_(mx[:, :, None, None, :]))
     den = p.transpose(3, 4).contiguous().sum(-1).cumsum(2)[:, :, -1]  # [n, hkv, rc]: fixed-size inner sums
     v = _gather(v_cache, g, dt)

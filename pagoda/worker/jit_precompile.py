@@ -155,9 +155,22 @@ def find_kernel(module: str, qualname: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError):
         return None
-    while not hasattr(obj, "preload") and hasattr(obj, "fn"):  # @triton.heuristics / @triton.autotune wrappers
-        obj = obj.fn
-    return obj if hasattr(obj, "preload") else None
+    return _unwrap_kernel(obj)
+
+
+def _unwrap_kernel(obj: Any) -> Any:
+    """The ``JITFunction`` ``obj`` is or wraps (``@triton.autotune`` / ``@triton.heuristics`` keep it in ``.fn``);
+    None for anything else, including an object whose attribute lookup raises."""
+    try:
+        for _ in range(8):
+            if hasattr(obj, "preload"):
+                return obj
+            if not hasattr(obj, "fn"):
+                return None
+            obj = obj.fn
+    except Exception:
+        return None
+    return None
 
 
 def preload(kernel: Any, spec: str) -> bool:
@@ -213,15 +226,9 @@ def _kernel_caches() -> list[dict[Any, Any]]:
         if not (name == "pagoda" or name.startswith("pagoda.")) or module is None:
             continue
         for obj in list(vars(module).values()):
-            try:
-                for _ in range(4):  # Autotuner / Heuristics keep the function in .fn
-                    if isinstance(obj, JITFunction) or not hasattr(obj, "fn"):
-                        break
-                    obj = obj.fn
-            except Exception:  # an object whose attribute lookup raises is no kernel
-                continue
-            if isinstance(obj, JITFunction):
-                for entry in getattr(obj, "device_caches", {}).values():
+            kernel = _unwrap_kernel(obj)
+            if isinstance(kernel, JITFunction):
+                for entry in getattr(kernel, "device_caches", {}).values():
                     out[id(entry[0])] = entry[0]
     return list(out.values())
 
