@@ -41,6 +41,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "flag parsing, not before them (an A/B switch for the start-up time)"),
     EnvVar("PAGODA_MIXED_GRAPHS", "1", "`0` turns off the CUDA graphs of mixed steps only (several requests' "
            "prompt chunks, with decodes; an A/B switch for benchmarks)"),
+    EnvVar("PAGODA_PDL", "1", "`0`: the decode step's Triton kernels launch plainly, not with programmatic dependent "
+           "launch (Hopper and later; an A/B switch for benchmarks)"),
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
            "timeline to (JSON lines, one per step; see `--step-timeline` of `pagoda bench throughput`); unset: "
            "none is recorded"),
@@ -124,6 +126,11 @@ def prelaunch_core_enabled() -> bool:
 def mixed_graphs_enabled() -> bool:
     """``PAGODA_MIXED_GRAPHS``: False when set to ``0`` (mixed-step CUDA graphs off)."""
     return _raw("PAGODA_MIXED_GRAPHS") != "0"
+
+
+def pdl_enabled() -> bool:
+    """``PAGODA_PDL``: False when set to ``0`` (programmatic dependent launch off)."""
+    return _raw("PAGODA_PDL") != "0"
 
 
 def step_timeline_path() -> str | None:

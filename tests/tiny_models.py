@@ -56,6 +56,9 @@ ARCH_CONFIGS = {
     "llama31": ("LlamaConfig", "LlamaForCausalLM", {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 64}, "rope_theta": 500000.0}),
+    # the default model's layer shapes (SmolLM2-135M), so its one-row linears take the GEMV (pagoda.layers.dense_gemv)
+    "smollm_shape": ("LlamaConfig", "LlamaForCausalLM", {"hidden_size": 576, "intermediate_size": 1536,
+                                                         "num_attention_heads": 9, "num_key_value_heads": 3}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),

@@ -9,7 +9,9 @@ over the copy bandwidth measured here.
 
 Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from ``--gemv-table``, the JSON of
 ``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``), ``short-split-tiles``
-(``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``: 32-key tiles in the split-KV decode kernel on short splits).
+(``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``: 32-key tiles in the split-KV decode kernel on short splits),
+``pdl`` (``pagoda.layers.pdl.ENABLED``: programmatic dependent launch of the decode chain's Triton kernels),
+``argmax`` (``pagoda.layers.argmax.ENABLED``: the greedy argmax by two Triton launches instead of torch's).
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from moe_bench import (  # noqa: E402
     time_graph_and_steps,
 )
 
+SWITCHES = ("dense-gemv", "fused-qk-norm", "short-split-tiles", "pdl", "argmax")
+
 
 def switch_target(name: str) -> tuple[object, str]:
     from pagoda.attention import triton_kernels
-    from pagoda.layers import dense_gemv
+    from pagoda.layers import argmax, dense_gemv, pdl
     from pagoda.models import llama
 
     return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM"),
-            "short-split-tiles": (triton_kernels, "SHORT_SPLIT_TILES")}[name]
+            "short-split-tiles": (triton_kernels, "SHORT_SPLIT_TILES"), "pdl": (pdl, "ENABLED"),
+            "argmax": (argmax, "ENABLED")}[name]
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
@@ -76,7 +81,7 @@ def run_arm(model_dir: str, batches: list[int], bw: float, label: str) -> dict[i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--switch", required=True, choices=("dense-gemv", "fused-qk-norm", "short-split-tiles"))
+    ap.add_argument("--switch", required=True, choices=SWITCHES)
     ap.add_argument("--gemv-table", default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=2)

@@ -101,6 +101,7 @@ from triton.runtime.jit import JITFunction
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
 from pagoda.attention.kv_quant import is_fp8
+from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
 MIN_TOKENS_PER_SPLIT = 64
 MAX_SPLITS = 64
@@ -414,7 +415,10 @@ def _split_kv_decode_kernel(
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -479,7 +483,10 @@ def _split_kv_reduce_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PER_TOKEN: tl.constexpr,  # partials indexed by token (unified) rather than by request (decode)
+    USE_PDL: tl.constexpr,
 ):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
     head = tl.program_id(1)
     if PER_TOKEN:
         tok = tl.program_id(0).to(tl.int64)
@@ -734,7 +741,7 @@ def unified_attention(
             out, workspace, ml_offset, query_start_loc,
             num_heads, head_dim, out.stride(0), out.stride(1),
             num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=True,
-            num_warps=1 if num_splits * block_d <= 2048 else 4,
+            num_warps=1 if num_splits * block_d <= 2048 else 4, USE_PDL=False,
         )
     return _apply_v_scale(out, v_cache, v_scale)
 
@@ -861,12 +868,12 @@ def split_kv_decode(
         block_tables.stride(0),
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
-        num_warps=num_warps, num_stages=2,
+        num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
     _split_kv_reduce_kernel[(num_seqs, num_heads)](
         out, workspace, ml_offset, query_start_loc,
         num_heads, head_dim, out.stride(0), out.stride(1),
         num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
-        num_warps=1 if num_splits * block_d <= 2048 else 4,
+        num_warps=1 if num_splits * block_d <= 2048 else 4, **launch_kwargs(query.device),
     )
     return _apply_v_scale(out, v_cache, v_scale)

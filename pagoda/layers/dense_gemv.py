@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+
 
 @dataclasses.dataclass(frozen=True)
 class GemvRule:
@@ -96,30 +98,50 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
     return table.get((m_bucket(rows), weight.shape[0], weight.shape[1]))
 
 
+@triton.jit
+def _load_x(x_ptr, offs_k, k_ok, EVEN_K: tl.constexpr):
+    """One K tile of an input row."""
+    if EVEN_K:
+        return tl.load(x_ptr + offs_k)
+    return tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+
+
 @triton.jit(do_not_specialize=["M"])
 def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
-    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows."""
+                       BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
+    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows.
+
+    Under PDL a one-row program loads its first weight tile before it waits for the previous kernel (weights are
+    never written during a step; four tiles ahead measured slower, RESULTS.md session 11)."""
+    pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     offs_m = tl.arange(0, BLOCK_M)
     if BLOCK_M == 1:
-        tile = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K once, after the loop
-        for k0 in range(0, K, BLOCK_K):
+        offs_k = tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        if EVEN_K:
+            w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        pdl_wait(USE_PDL)
+        xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
+        tile = w.to(tl.float32) * xk.to(tl.float32)[None, :]  # reduced over K once, after the loop
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
             if EVEN_K:
                 w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-                xk = tl.load(x_ptr + offs_k)
             else:
-                k_ok = offs_k < K
                 w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                xk = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+            xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
             tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(tile, axis=1)[:, None]
     else:
+        pdl_wait(USE_PDL)
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -130,8 +152,8 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
                 w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             wf = w.to(tl.float32)
             for m in tl.static_range(BLOCK_M):
-                x_row = x_ptr + tl.minimum(m, M - 1).to(tl.int64) * stride_xm + offs_k
-                xk = tl.load(x_row, mask=k_ok, other=0.0).to(tl.float32)
+                x_row = x_ptr + tl.minimum(m, M - 1).to(tl.int64) * stride_xm
+                xk = _load_x(x_row, offs_k, k_ok, False).to(tl.float32)
                 part = tl.sum(wf * xk[None, :], axis=1)
                 acc += tl.where(offs_m[None, :] == m, part[:, None], 0.0)
     if HAS_BIAS:
@@ -157,5 +179,5 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     _dense_gemv_kernel[(triton.cdiv(N, rule.block_n),)](
         x2, weight, bias if bias is not None else weight, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0, BLOCK_M=m_bucket(M), BLOCK_N=rule.block_n,
-        BLOCK_K=rule.block_k, num_warps=rule.num_warps)
+        BLOCK_K=rule.block_k, num_warps=rule.num_warps, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)

@@ -10,7 +10,8 @@
   :func:`pagoda.attention.fp8_triton.store_kv`), and optionally RMS-normalises each q and k
   head first (Qwen3's q_norm / k_norm, with the arithmetic of :class:`pagoda.layers.norm.RMSNorm`).
 
-Each replaces 3 to 12 PyTorch kernels; under CUDA graphs a decode step of a small batch
+Each launches with programmatic dependent launch where the GPU has it (:mod:`pagoda.layers.pdl`). Each replaces 3
+to 12 PyTorch kernels; under CUDA graphs a decode step of a small batch
 is dominated by such tiny kernels. Tested against the PyTorch path on the CPU in
 Triton's interpreter mode.
 """
@@ -22,11 +23,14 @@ import triton
 import triton.language as tl
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
+from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
 
 @triton.jit
 def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, N, eps,
-                HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                HAS_RES: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -48,7 +52,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x2)
     n = x2.shape[-1]
     _rms_kernel[(x2.shape[0],)](x2, x2, weight, out, x2.stride(0), x2.stride(0), out.stride(0), n, eps,
-                               HAS_RES=False, BLOCK=triton.next_power_of_2(n), num_warps=4)
+                               HAS_RES=False, BLOCK=triton.next_power_of_2(n), num_warps=4,
+                               **launch_kwargs(x.device))
     return out.view(x.shape)
 
 
@@ -58,12 +63,15 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     n = x.shape[-1]
     out = torch.empty_like(x)
     _rms_kernel[(x.shape[0],)](x, residual, weight, out, x.stride(0), residual.stride(0), out.stride(0), n, eps,
-                              HAS_RES=True, BLOCK=triton.next_power_of_2(n), num_warps=4)
+                              HAS_RES=True, BLOCK=triton.next_power_of_2(n), num_warps=4,
+                              **launch_kwargs(x.device))
     return out, residual
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, N, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, N, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
     row = tl.program_id(0)
     blk = tl.program_id(1)
     cols = blk * BLOCK + tl.arange(0, BLOCK)
@@ -79,7 +87,7 @@ def silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
     out = torch.empty((gu.shape[0], n), dtype=gu.dtype, device=gu.device)
     BLOCK = 1024
     _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, BLOCK))](gu, out, gu.stride(0), out.stride(0), n, BLOCK=BLOCK,
-                                                             num_warps=4)
+                                                             num_warps=4, **launch_kwargs(gu.device))
     return out
 
 
@@ -110,7 +118,9 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
                  qw_ptr, kw_ptr, q_eps, k_eps,
                  HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr,
                  BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr,
-                 QK_NORM: tl.constexpr):
+                 QK_NORM: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t)
     d = tl.arange(0, BD)
@@ -189,4 +199,4 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
                        HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)),
                        BD=triton.next_power_of_2(half), WRITE_KV=write,
                        FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, QK_NORM=q_norm is not None,
-                       num_warps=4)
+                       num_warps=4, **launch_kwargs(q.device))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from pagoda.core.request import Request
+from pagoda.layers.argmax import argmax_rows
 from pagoda.sampling_params import SamplingParams
 from pagoda.structured_output.bitmask import apply_token_bitmask
 
@@ -250,7 +251,7 @@ def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
     and NaNs against argmax)."""
     if logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[-1] > 0:
         return logits.max(dim=-1).indices
-    return logits.argmax(dim=-1)
+    return argmax_rows(logits)
 
 
 def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

@@ -41,6 +41,7 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.config import EngineConfig
 from pagoda.core.scheduler import SchedulerOutput
 from pagoda.errors import EngineFatalError
+from pagoda.layers.argmax import argmax_rows
 from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
 from pagoda.layers.sampler import (
     DeviceSample,
@@ -792,7 +793,7 @@ class ModelRunner:
                 logits = self.model.compute_logits(fwd.hidden[to_device(inputs.logits_rows, self.device)])
         if not inputs.samples_one_row_each:  # speculative verify rows
             if plain:
-                return greedy_verify(logits.argmax(dim=-1), inputs.num_sample_rows, inputs.spec_token_ids)
+                return greedy_verify(argmax_rows(logits), inputs.num_sample_rows, inputs.spec_token_ids)
             if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
                 apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows, grammar_bitmask.vocab_size)
             return rejection_sample(logits, reqs, inputs.num_sample_rows, inputs.spec_token_ids)
@@ -801,5 +802,5 @@ class ModelRunner:
         bm = grammar_bitmask
         apply_token_bitmask(logits, bm.data, bm.rows, bm.vocab_size)  # step 0 of sample_on_device
         if all(greedy_argmax_only(r) for r in reqs):  # what sample_on_device would do, without its per-row passes
-            return DeviceSample(logits.argmax(dim=-1), [], [])
+            return DeviceSample(argmax_rows(logits), [], [])
         return sample_on_device(logits, reqs)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.argmax import argmax_rows
 from pagoda.layers.sampler import to_device
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
 from pagoda.worker.graph_capture import capture_graph
@@ -99,7 +100,7 @@ class VerifyGraphs:
         if getattr(self.model, "aux_hidden_layers", ()):
             self.aux[b] = self.model.aux_hidden
         logits = self.model.compute_logits_raw(out)
-        self.outputs[b], self.logits[b], self.greedy[b] = out, logits, logits.argmax(dim=-1)
+        self.outputs[b], self.logits[b], self.greedy[b] = out, logits, argmax_rows(logits)
 
     @torch.inference_mode()
     def capture(self) -> None:

@@ -46,6 +46,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+
 _SCALE_TENSOR, _SCALE_CHANNEL, _SCALE_BLOCK = 0, 1, 2
 _LOCK_SLOTS = 1 << 16
 _locks: dict[torch.device, torch.Tensor] = {}
@@ -199,7 +201,8 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
                      SCALE_BK: tl.constexpr, HAS_BIAS: tl.constexpr, BITS: tl.constexpr, EVEN_K: tl.constexpr,
                      USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, PREFETCH: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SPLIT: tl.constexpr):
+                     SPLIT: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_launch_dependents(USE_PDL)  # (pagoda.layers.pdl: only the first codes are read before the wait)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -213,6 +216,7 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # M = 1 on CUDA cores only (dead code otherwise)
     if PREFETCH:
         w_next = _load_codes(w_rows, k_lo, k_hi, n_ok, EVEN_K, BLOCK_K)
+    pdl_wait(USE_PDL)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_hi
@@ -340,5 +344,6 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
         SCALE_MODE=mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, BITS=decode == "bits",
         EVEN_K=k % k_split == 0 and k_split % cfg.block_k == 0, USE_DOT=cfg.use_dot, DOT_F32=_interpreting(),
         BLOCK_M=max(16, m_bucket(m)) if cfg.use_dot else m_bucket(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SPLIT=split > 1, PREFETCH=cfg.prefetch and not cfg.use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SPLIT=split > 1, PREFETCH=cfg.prefetch and not cfg.use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch_kwargs(x2.device))
     return y
