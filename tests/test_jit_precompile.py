@@ -151,6 +151,18 @@ def test_config_key_follows_the_config(tiny):
     assert k1 != jp.config_key(dataclasses.replace(cfg, gpu_memory_utilization=0.5), "NVIDIA H200")
 
 
+@pytest.mark.parametrize("env", ["PAGODA_PDL", "PAGODA_MIXED_GRAPHS", "PAGODA_CHUNK_GRAPHS"])
+def test_config_key_follows_the_launch_and_capture_switches(tiny, monkeypatch, env):
+    """PDL is a compile option of every decode kernel, the graph switches change what is captured: a start with
+    another setting must not preload (or skip the profile run by) the other setting's manifest."""
+    from pagoda.config import EngineArgs
+
+    cfg = EngineArgs(model=str(tiny.path("llama")), device="cpu").create_config()
+    k1 = jp.config_key(cfg, "NVIDIA H200")
+    monkeypatch.setenv(env, "0")
+    assert jp.config_key(cfg, "NVIDIA H200") != k1
+
+
 def test_source_fingerprint_follows_pagoda_files(tmp_path, monkeypatch):
     import pagoda
 
@@ -238,7 +250,7 @@ def test_a_capture_in_a_dry_pass_runs_its_body_once_and_makes_no_graph(cache):
         t.start()
         t.join()
         assert seen_elsewhere == [False]  # only the thread that runs the pass
-        assert capture_graph(lambda: calls.append("body"), None, warm_up=lambda: calls.append("warm")) is None
+        assert capture_graph(lambda: calls.append("body"), None) is None
     assert calls == ["body"]
     assert not jp.in_dry_pass()
     with pytest.raises(RuntimeError), pc.dry_pass():

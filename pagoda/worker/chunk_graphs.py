@@ -24,6 +24,7 @@ import time
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.argmax import argmax_rows
 from pagoda.worker.cuda_graphs import PinnedStaging, stage_tokens
 from pagoda.worker.graph_capture import capture_graph
 
@@ -83,13 +84,10 @@ class ChunkGraphs:
             def body(t: int = t, args: tuple = args, last: torch.Tensor = last) -> None:
                 hidden = self.model(*args)
                 logits = self.model.compute_logits_raw(hidden.index_select(0, last.long()))
-                self.greedy[t] = logits.argmax(dim=-1)
+                self.greedy[t] = argmax_rows(logits)
                 self.logits[t] = logits
 
-            def warm_up(args: tuple = args) -> object:
-                return self.model(*args)
-
-            g = capture_graph(body, pool, warm_up)
+            g = capture_graph(body, pool)
             if g is not None:  # None: a dry pass (graph_capture.py)
                 self.graphs[t] = g
         torch.cuda.synchronize()

@@ -21,6 +21,7 @@ import time
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
+from pagoda.layers.argmax import argmax_rows
 from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
@@ -125,14 +126,11 @@ class DecodeGraphs:
                 if self.logits_in_graph:
                     # Logits in the model dtype and their argmax: a greedy batch needs nothing else.
                     logits = self.model.compute_logits_raw(out)
-                    self.greedy[b] = logits.argmax(dim=-1)
+                    self.greedy[b] = argmax_rows(logits)
                     self.logits[b] = logits
                 self.outputs[b] = out
 
-            def warm_up(args: tuple = args) -> object:
-                return self.model(*args)
-
-            g = capture_graph(body, pool, warm_up)
+            g = capture_graph(body, pool)
             if g is not None:  # None: a dry pass (graph_capture.py)
                 self.graphs[b] = g
         torch.cuda.synchronize()

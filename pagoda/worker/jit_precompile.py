@@ -90,16 +90,19 @@ def supported() -> bool:
 
 
 def config_key(cfg: Any, device_name: str) -> str:
-    """The manifest key: every field of the engine config, the card, the library versions and the switches of
-    which graphs are captured. Over-keying only costs a dry pass; a key that missed a change costs only wasted
-    compiles."""
+    """The manifest key: every field of the engine config, the card, the library versions, the switches of
+    which graphs are captured and whether kernels launch with PDL. Over-keying only costs a dry pass; a key that
+    missed a change costs wasted compiles and variants compiled at their first launch."""
     import torch
     import triton
 
     import pagoda
+    from pagoda.layers import pdl
 
     fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else vars(cfg)
-    switches = [envs.chunk_graphs_enabled(), envs.mixed_graphs_enabled(), envs.batch_invariant()]  # what is captured
+    # what is captured, and how every Triton kernel is launched (PDL is a compile option: another variant each)
+    switches = [envs.chunk_graphs_enabled(), envs.mixed_graphs_enabled(), envs.batch_invariant(),
+                pdl.ENABLED and envs.pdl_enabled()]
     blob = json.dumps([_MANIFEST_VERSION, pagoda.__version__, source_fingerprint(), torch.__version__,
                        triton.__version__, device_name, fields, switches], default=str, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
