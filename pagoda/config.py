@@ -160,7 +160,7 @@ class EngineArgs:
     deterministic: bool = False
     """Batch-invariant mode (also VLLM_BATCH_INVARIANT=1): each request's greedy tokens and logprobs are bitwise
     the same whatever the batch size, the other requests, prefill chunking, prefix-cache hits or preemption; every
-    row-reducing op runs in a fixed order (docs/design.md). Costs throughput (CPU: 36-40 % at batch 32 and 3x the
+    row-reducing op runs in a fixed order (docs/design.md). Costs throughput (CPU: about 10 % at batch 32 and 1.8x the
     decode step at batch 1 on an AVX-512 EPYC; benchmarks/RESULTS.md); tensor parallelism and quantized GPU kernels
     are refused with it."""
     async_scheduling: bool | None = None

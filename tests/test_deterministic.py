@@ -7,6 +7,8 @@ breaks them fails loudly, and the attention's values against a plain reference.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,7 +110,15 @@ def _reference(q, k_cache, v_cache, table, s_len, scale, window=None):
 
 
 @pytest.mark.parametrize("window", [None, 5])
-def test_cpu_attention_values_and_invariance(window):
+@pytest.mark.parametrize("native", [True, False])  # the per-row C kernel, and the torch path (FP8 caches, float16)
+def test_cpu_attention_values_and_invariance(window, native, monkeypatch):
+    from pagoda.attention import cpu_det_native
+
+    monkeypatch.setattr(cpu_det_native, "ENABLED", native)
+    if native and shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the torch path is used")
+    if native:
+        assert cpu_det_native._lib() is not None, "the native kernel did not build or failed its self-check"
     g = torch.Generator().manual_seed(3)
     k_cache, v_cache = _cache(g)
     table, s_len = [3, 7, 1, 9, 4, 11, 2], 26  # a request of 26 positions over 7 blocks of 4

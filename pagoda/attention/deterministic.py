@@ -185,7 +185,13 @@ def _attend(g: _Group, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
               scale: float, window: int | None = None, cap: float | None = None) -> torch.Tensor:
-    """query [T, H, D]; caches [N, Hkv, bs, D] (the torch backend's HND layout) -> [T, H, D]."""
+    """query [T, H, D]; caches [N, Hkv, bs, D] (the torch backend's HND layout) -> [T, H, D]. bf16 and float32 run
+    the native per-row kernel where it builds (:mod:`pagoda.attention.cpu_det_native`), everything else this
+    module's batched GEMMs."""
+    from pagoda.attention import cpu_det_native
+
+    if cpu_det_native.eligible(query, k_cache):
+        return cpu_det_native.attention(query, k_cache, v_cache, meta, scale, window, cap)
     H = query.shape[1]
     out = torch.zeros_like(query)
     hkv = k_cache.shape[1]
