@@ -106,7 +106,8 @@ def _call(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     if T == 0:
         return out
     k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
-    req, pos = [], []
+    req: list[int] = []
+    pos: list[int] = []
     for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
         req.extend([i] * q_len)
         pos.extend(range(s_len - q_len, s_len))
