@@ -17,6 +17,9 @@ Protocol, for every kernel that takes a ``USE_PDL`` constexpr (:func:`launch_kwa
   this grid has started (measured the same as signalling after the wait, RESULTS.md session 11). A chain of such
   kernels runs ahead: each launched kernel lets the next launch, as far as the SMs have room for waiting programs.
 
+Not every kernel gains: the 4-bit GEMV (``quantization/kernels/triton_w4_gemv.py``) measured 13 % slower with PDL
+and launches plainly (RESULTS.md session 11).
+
 A kernel launched without the flag is ordered as usual (a stream waits for the whole previous kernel), so mixing
 PDL and plain launches (cuBLAS, torch) is safe: ordering only relaxes between two PDL-aware Triton kernels.
 CUDA-graph capture keeps the relaxation as a programmatic edge (CUDA ≥ 12.3).
