@@ -99,6 +99,26 @@ def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return _call(lib, query, k_cache, v_cache, meta, scale, window, cap)
 
 
+_rows_cache: tuple[AttentionMetadata, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] | None = None
+
+
+def _rows(meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Each query row's request and position (int32), the block tables as int32, the largest position: built once
+    per step (``meta`` is the step's, shared by every layer)."""
+    global _rows_cache
+    if _rows_cache is not None and _rows_cache[0] is meta:
+        return _rows_cache[1]
+    req: list[int] = []
+    pos: list[int] = []
+    for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
+        req.extend([i] * q_len)
+        pos.extend(range(s_len - q_len, s_len))
+    rows = (torch.tensor(req, dtype=torch.int32), torch.tensor(pos, dtype=torch.int32),
+            meta.block_tables.to(torch.int32).contiguous(), max(pos))
+    _rows_cache = (meta, rows)
+    return rows
+
+
 def _call(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
           scale: float, window: int | None, cap: float | None) -> torch.Tensor:
     T, H, D = query.shape
@@ -106,17 +126,10 @@ def _call(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     if T == 0:
         return out
     k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
-    req: list[int] = []
-    pos: list[int] = []
-    for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
-        req.extend([i] * q_len)
-        pos.extend(range(s_len - q_len, s_len))
-    row_req = torch.tensor(req, dtype=torch.int32)
-    row_pos = torch.tensor(pos, dtype=torch.int32)
-    bt = meta.block_tables.to(torch.int32).contiguous()
+    row_req, row_pos, bt, max_pos = _rows(meta)
     rc = lib.pagoda_det_attention(
         query.data_ptr(), query.stride(0), query.stride(1), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1],
-        k_cache.shape[2], bt.data_ptr(), bt.stride(0), row_req.data_ptr(), row_pos.data_ptr(), T, H, D, max(pos),
+        k_cache.shape[2], bt.data_ptr(), bt.stride(0), row_req.data_ptr(), row_pos.data_ptr(), T, H, D, max_pos,
         float(scale), int(window or 0), float(cap or 0.0), int(query.dtype == torch.bfloat16), out.data_ptr())
     if rc != 0:
         raise MemoryError("deterministic attention: the native kernel could not allocate its scratch memory")

@@ -18,21 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_to_f32(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Round to nearest even, NaN kept quiet: c10::BFloat16's conversion. */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 /* rows x d: h float32 [rows, h_stride]; delta bf16 [rows, delta_stride] or NULL; h_out float32 [rows, d] (written
  * only with delta; may be h itself); w bf16 [d]; out bf16 [rows, out_stride]. */

@@ -1,7 +1,8 @@
 """Compiling pagoda's small native CPU kernels (C sources beside their Python wrappers).
 
 :func:`compile_shared` builds a C file into a shared library under ``$PAGODA_CACHE/kernels/`` with the system C
-compiler, once per (source, flags, compiler): the file name carries a hash of the three, so an edited kernel
+compiler, once per (source, flags, compiler): the file name carries a hash of the three (the source's bytes with
+those of the shared headers of this folder, e.g. ``bf16.h``, which sources include), so an edited kernel
 is rebuilt and concurrent processes never load a half-written file (each compiles to its own temporary name,
 then renames atomically). Callers load the result with ctypes and self-check it against torch before use;
 no compiler, or a failed compile, returns None and the caller keeps its torch path.
@@ -32,7 +33,9 @@ def compile_shared(source: Path, flags: tuple[str, ...], what: str) -> Path | No
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    src = source.read_bytes()
+    here = Path(__file__).parent
+    src = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(here.glob("*.h")))  # shared headers too
+    flags = (*flags, "-I", str(here))
     tag = hashlib.sha256(src + " ".join(flags).encode() + cc.encode()).hexdigest()[:16]
     out = cache_dir() / f"{source.stem}-{tag}.so"
     if out.exists():
