@@ -1,7 +1,8 @@
 """One-call GPU sweep of the bf16 GEMV (pagoda/layers/dense_gemv.py) against cuBLAS (``F.linear``) per weight shape.
 
 Shapes: the linears of the Qwen3-30B-A3B shape (qkv, o, router), Llama-3-8B (qkv, o, gate_up, down), Qwen3-8B
-(qkv, gate_up, down) and the default model SmolLM2-135M (qkv, o, gate_up, down), at 1, 2 and 4 token rows, bf16.
+(qkv, gate_up, down) and the default model SmolLM2-135M (qkv, o, gate_up, down),
+at 1, 2, 4 and 8 token rows (8: a batch-1 verify of 4 proposals is 5 rows), bf16, CUDA-core and tensor-core rules.
 Timings: a CUDA graph of one call on each of enough distinct weight copies that L2 holds none of them (as in a
 decode step, where the other layers' weights pass through L2 in between), median of replays, per call; the floor
 is the weight bytes over the copy bandwidth (benchmarks/gpu/bandwidth.py). Every candidate is checked against
@@ -17,6 +18,7 @@ Usage (GPU machine, repo root): ``python benchmarks/gpu/dense_gemv_sweep.py`` (~
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -39,13 +41,22 @@ SHAPES: dict[str, tuple[int, int]] = {"tiny-a": (24, 64), "tiny-b": (40, 96)} if
     "llama3-8b down": (4096, 14336), "qwen3-8b gate_up": (24576, 4096), "qwen3-8b down": (4096, 12288),
     "smollm2 qkv": (960, 576), "smollm2 o": (576, 576), "smollm2 gate_up": (3072, 576), "smollm2 down": (576, 1536),
 }
-ROWS = (1, 2) if SMOKE else (1, 2, 4)
+ROWS = (1, 2) if SMOKE else (1, 2, 4, 8)
 ONE_ROW = [GemvRule(8, 512), GemvRule(4, 512), GemvRule(8, 256), GemvRule(16, 256), GemvRule(2, 1024),
            GemvRule(4, 1024), GemvRule(8, 512, 8), GemvRule(16, 512, 8)]
-MORE_ROWS = [GemvRule(8, 256), GemvRule(4, 256), GemvRule(8, 128), GemvRule(16, 128), GemvRule(4, 512),
-             GemvRule(16, 256, 8)]
+FMA_ROWS = [GemvRule(8, 256), GemvRule(4, 256), GemvRule(8, 128), GemvRule(16, 128), GemvRule(4, 512),
+            GemvRule(16, 256, 8)]
+DOT_ROWS = [GemvRule(16, 128, 4, True, 3), GemvRule(16, 256, 4, True, 3), GemvRule(16, 256, 2, True, 4),
+            GemvRule(32, 128, 4, True, 3), GemvRule(32, 256, 4, True, 3), GemvRule(16, 512, 4, True, 2),
+            GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6)]
 if SMOKE:
-    ONE_ROW, MORE_ROWS = [GemvRule(8, 32), GemvRule(4, 64)], [GemvRule(8, 32)]
+    ONE_ROW, FMA_ROWS, DOT_ROWS = [GemvRule(8, 32), GemvRule(4, 64)], [GemvRule(8, 32)], [GemvRule(16, 32, 4, True, 2)]
+
+
+def candidates(m: int) -> list[GemvRule]:
+    """One row: the element-wise rules; 2 and 4 rows: CUDA-core and tensor-core rules; 8: tensor cores only (the
+    per-row sums lost to cuBLAS from 2 rows on)."""
+    return ONE_ROW if m == 1 else DOT_ROWS if m >= 8 else FMA_ROWS + DOT_ROWS
 L2_FLUSH_BYTES = 256 << 20
 BYTES = 2
 
@@ -72,17 +83,17 @@ def per_call_us(call, weights: list[torch.Tensor]) -> float:
     return graph_median_ms(fn, rounds=9, replays=5) * 1e3 / len(weights)
 
 
-def sweep_shape(n: int, k: int, bw: float) -> list[dict]:
+def sweep_shape(n: int, k: int, bw: float, rows: list[int]) -> list[dict]:
     copies = max(2, min(64, -(-L2_FLUSH_BYTES // (n * k * BYTES))))
     weights = [torch.randn(n, k, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
     floor_us = n * k * BYTES / bw * 1e6
     found = []
-    for m in ROWS:
+    for m in rows:
         x = torch.randn(m, k, device=DEV, dtype=DT)
         ref = F.linear(x, weights[0]).float()
         cublas = per_call_us(lambda w, x=x: F.linear(x, w), weights)
         best: tuple[float, GemvRule] | None = None
-        for rule in ONE_ROW if m == 1 else MORE_ROWS:
+        for rule in candidates(m):
             err = ((dense_gemv(x, weights[0], None, rule).float() - ref).norm() / ref.norm()).item()
             if err > 1e-2:
                 print(f"    m={m} {rule.short()}: WRONG (rel. error {err:.1e})")
@@ -94,7 +105,7 @@ def sweep_shape(n: int, k: int, bw: float) -> list[dict]:
         print(f"  m={m} N={n} K={k}: cuBLAS {cublas:7.2f} us ({cublas / floor_us:4.2f}x floor {floor_us:.2f}), "
               f"GEMV best {best[0]:7.2f} us ({best[0] / floor_us:4.2f}x) {best[1].short()}", flush=True)
         found.append({"m": m, "n": n, "k": k, "cublas_us": cublas, "gemv_us": best[0], "floor_us": floor_us,
-                      "rule": [best[1].block_n, best[1].block_k, best[1].num_warps]})
+                      "rule": list(dataclasses.astuple(best[1]))})
     return found
 
 
@@ -108,18 +119,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="token rows to sweep (1, 2, 4, 8)")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s")
     results = []
     for name, (n, k) in SHAPES.items():
         print(f"== {name}", flush=True)
-        results += sweep_shape(n, k, bw)
+        results += sweep_shape(n, k, bw, args.rows)
     print("CHOOSE (paste into GEMV_TABLE):")
     for r in results:
         if r["gemv_us"] < 0.97 * r["cublas_us"]:
-            bn, bk, nw = r["rule"]
-            print(f"    ({r['m']}, {r['n']}, {r['k']}): GemvRule({bn}, {bk}, {nw}),  "
+            print(f"    ({r['m']}, {r['n']}, {r['k']}): {GemvRule(*r['rule'])!r},  "
                   f"# {r['cublas_us']:.1f} -> {r['gemv_us']:.1f} us")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

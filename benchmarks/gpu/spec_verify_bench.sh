@@ -6,6 +6,8 @@
 # batch 32) and the speed-up the costs predict at acceptance lengths 1.5 / 2.5 / 3.5 tokens per step.
 # Run from the repository root on the GPU machine (about 2 minutes on an H200):
 #   bash benchmarks/gpu/spec_verify_bench.sh [OUT_DIR]
+# PAGODA_CLI replaces the command that runs pagoda (an A/B of GEMV tables: "python
+# benchmarks/gpu/with_gemv_table.py --cuda-cores-only --").
 set -euo pipefail
 OUT=${1:-/tmp/spec_verify}
 mkdir -p "$OUT"
@@ -13,7 +15,8 @@ M=$OUT/llama3-8b-shape
 python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json "$M" >/dev/null
 run() {  # $1: name, rest: extra flags
   local name=$1; shift
-  timeout 170 python -m pagoda.entrypoints.cli --log-level INFO bench latency --model "$M" --load-format dummy \
+  # shellcheck disable=SC2086
+  timeout 170 ${PAGODA_CLI:-python -m pagoda.entrypoints.cli} --log-level INFO bench latency --model "$M" --load-format dummy \
     --batch-size 1 32 --input-len 512 --output-len 32 --max-model-len 2048 --max-num-seqs 32 --output-json "$OUT/$name.json" "$@" 2>&1 \
     | grep -E "^batch|Captured|rror" | tee "$OUT/$name.txt"
 }

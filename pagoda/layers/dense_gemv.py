@@ -9,7 +9,9 @@ once at close to the copy bandwidth.
 Kernel: program ``p`` owns output channels ``[p * BLOCK_N, (p + 1) * BLOCK_N)`` and walks K in ``BLOCK_K`` steps
 (16-byte vector loads along K when ``K % BLOCK_K == 0``). One row: the products accumulate element-wise in a
 float32 ``[BLOCK_N, BLOCK_K]`` tile reduced over K once at the end (no step waits on a cross-warp reduction).
-Several rows (``BLOCK_M`` ≤ :data:`GEMV_MAX_M`): each weight tile is loaded once and reduced against every row.
+Several rows (``BLOCK_M`` ≤ :data:`GEMV_MAX_M`): each weight tile is loaded once and reduced against every row,
+on CUDA cores (a sum per row) or, for a rule with ``use_dot``, on tensor cores: the tile times the rows padded to
+16 (``tl.dot``, fp32 accumulators), with Triton's pipeliner keeping ``num_stages`` weight tiles in flight.
 The bias is added in float32, then the output is rounded once to x's dtype.
 
 Invariants: deterministic (no atomics; a fixed summation order for a given rule and ``BLOCK_M``); each output row
@@ -40,13 +42,19 @@ class GemvRule:
     block_n: int
     block_k: int
     num_warps: int = 4
+    use_dot: bool = False
+    """Tensor cores: each weight tile times the rows padded to 16 (``tl.dot``), Triton's pipeliner staging the
+    weight loads ``num_stages`` deep; False: CUDA-core FMAs (one row: element-wise, several: per-row sums)."""
+    num_stages: int = 1
 
     def short(self) -> str:
-        return f"n{self.block_n} k{self.block_k} w{self.num_warps}"
+        dot = f" dot s{self.num_stages}" if self.use_dot else ""
+        return f"n{self.block_n} k{self.block_k} w{self.num_warps}{dot}"
 
 
-GEMV_MAX_M = 4
-"""The most token rows a call may have to take the GEMV (the table's row buckets are 1, 2 and 4)."""
+GEMV_MAX_M = 8
+"""The most token rows a call may have to take the GEMV (the table's row buckets are 1, 2, 4 and 8; 5 rows are a
+batch-1 verify of 4 speculative tokens)."""
 
 ENABLED = True
 """False: :func:`gemv_rule` answers None, so every call runs ``F.linear`` (the A/B switch of the benchmarks; read at
@@ -78,7 +86,7 @@ missing here runs ``F.linear``."""
 
 
 def m_bucket(m: int) -> int:
-    """Token rows -> the table's row bucket (1, 2 or 4)."""
+    """Token rows -> the table's row bucket (1, 2, 4 or 8)."""
     return 1 if m <= 1 else triton.next_power_of_2(m)
 
 
@@ -109,7 +117,7 @@ def _load_x(x_ptr, offs_k, k_ok, EVEN_K: tl.constexpr):
 @triton.jit(do_not_specialize=["M"])
 def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
+                       BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, USE_PDL: tl.constexpr):
     """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows.
 
     Under PDL a one-row program loads its first weight tile before it waits for the previous kernel (weights are
@@ -140,6 +148,23 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
             xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
             tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(tile, axis=1)[:, None]
+    elif USE_DOT:  # BLOCK_M >= 16: [BLOCK_N, BLOCK_K] @ [BLOCK_K, BLOCK_M] on tensor cores, fp32 accumulators
+        x_rows = x_ptr + tl.minimum(offs_m, M - 1).to(tl.int64)[:, None] * stride_xm
+        pdl_wait(USE_PDL)
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            if EVEN_K:
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+                xk = tl.load(x_rows + offs_k[None, :])
+            else:
+                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+                xk = tl.load(x_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)
+            if DOT_F32:  # fp32 inputs (never tf32); the interpreter, whose bf16 dot is wrong (products fit fp32)
+                acc += tl.dot(w.to(tl.float32), tl.trans(xk.to(tl.float32)), input_precision="ieee")
+            else:
+                acc = tl.dot(w, tl.trans(xk), acc)
     else:
         pdl_wait(USE_PDL)
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -162,6 +187,10 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & (offs_m < M)[None, :])
 
 
+def _interpreting() -> bool:
+    return not isinstance(_dense_gemv_kernel, triton.runtime.jit.JITFunction)
+
+
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rule: GemvRule) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (module docstring). ``x`` [..., K] with at most
     :data:`GEMV_MAX_M` rows in all; ``weight`` [N, K] with unit stride along K."""
@@ -175,9 +204,12 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     M = x2.shape[0]
     if not 1 <= M <= GEMV_MAX_M:
         raise ValueError(f"dense_gemv takes 1..{GEMV_MAX_M} rows, got {M}")
+    use_dot = rule.use_dot
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     _dense_gemv_kernel[(triton.cdiv(N, rule.block_n),)](
         x2, weight, bias if bias is not None else weight, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0, BLOCK_M=m_bucket(M), BLOCK_N=rule.block_n,
-        BLOCK_K=rule.block_k, num_warps=rule.num_warps, **launch_kwargs(x.device))
+        HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
+        BLOCK_M=max(16, m_bucket(M)) if use_dot else m_bucket(M), BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
+        USE_DOT=use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
+        num_stages=rule.num_stages if use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)

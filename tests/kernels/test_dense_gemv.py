@@ -27,12 +27,13 @@ def _data(m, n, k, dtype, bias, seed=0):
     return x, w, b
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("k", [64, 80])  # whole BLOCK_K steps, and a masked tail
 @pytest.mark.parametrize("bias", [False, True])
-def test_gemv_matches_float64_reference(m, k, bias):
+@pytest.mark.parametrize("dot", [False, True], ids=["fma", "dot"])
+def test_gemv_matches_float64_reference(m, k, bias, dot):
     x, w, b = _data(m, 40, k, torch.float32, bias, seed=m + k)  # N = 40: a partial last channel tile
-    y = dg.dense_gemv(x, w, b, dg.GemvRule(block_n=16, block_k=32))
+    y = dg.dense_gemv(x, w, b, dg.GemvRule(block_n=16, block_k=32, use_dot=dot, num_stages=2))
     ref = F.linear(x.double(), w.double(), None if b is None else b.double())
     assert y.shape == (m, 40) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
@@ -48,6 +49,20 @@ def test_bf16_rows_are_independent_and_rounded_once():
     ref = x.double() @ w.double().T
     torch.testing.assert_close(four.double(), ref, rtol=2 ** -7, atol=1e-3)
     torch.testing.assert_close(one[0].double(), ref[0], rtol=2 ** -7, atol=1e-3)
+
+
+def test_tensor_core_rows_are_bitwise_independent():
+    """On the tensor-core path every output row is the same whatever the other rows of the call are (the rows are
+    padded to 16 and the K order is fixed), so a verify's 5 rows give bitwise what 1..8-row calls give."""
+    x, w, b = _data(8, 40, 96, torch.bfloat16, True, seed=3)
+    rule = dg.GemvRule(block_n=16, block_k=32, use_dot=True, num_stages=2)
+    eight = dg.dense_gemv(x, w, b, rule)
+    ref = F.linear(x.double(), w.double(), b.double())
+    torch.testing.assert_close(eight.double(), ref, rtol=2 ** -7, atol=1e-2)
+    for rows in (2, 5):
+        assert torch.equal(dg.dense_gemv(x[:rows], w, b, rule), eight[:rows])
+    other = torch.cat([x[:1], torch.randn(4, 96).to(DEV, torch.bfloat16)])
+    assert torch.equal(dg.dense_gemv(other, w, b, rule)[0], eight[0])
 
 
 def test_leading_dims_and_bad_row_counts():
@@ -70,7 +85,9 @@ def test_rule_only_for_table_shapes_on_cuda(monkeypatch):
     assert (dg.gemv_rule(x1, w, table) is not None) == on_cuda
     assert dg.gemv_rule(torch.zeros(3, 64, dtype=torch.bfloat16, device=DEV), w, table) == (table[(4, 24, 64)]
                                                                                              if on_cuda else None)
-    assert dg.gemv_rule(torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV), w, table) is None
+    assert dg.gemv_rule(torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV), w, table) is None  # bucket 8: absent
+    assert dg.gemv_rule(torch.zeros(dg.GEMV_MAX_M + 1, 64, dtype=torch.bfloat16, device=DEV), w,
+                        {**table, (16, 24, 64): dg.GemvRule(8, 32)}) is None
     assert dg.gemv_rule(x1.float(), w.float(), table) is None
     column_major = torch.zeros(64, 24, dtype=torch.bfloat16, device=DEV).t()
     assert dg.gemv_rule(x1, column_major, table) is None
