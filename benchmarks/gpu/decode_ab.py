@@ -11,7 +11,9 @@ Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from `
 ``dense_gemv_sweep.py --json``), ``fused-qk-norm`` (``pagoda.models.llama.FUSED_QK_NORM``), ``short-split-tiles``
 (``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``: 32-key tiles in the split-KV decode kernel on short splits),
 ``pdl`` (``pagoda.layers.pdl.ENABLED``: programmatic dependent launch of the decode chain's Triton kernels),
-``argmax`` (``pagoda.layers.argmax.ENABLED``: the greedy argmax by two Triton launches instead of torch's).
+``argmax`` (``pagoda.layers.argmax.ENABLED``: the greedy argmax by two Triton launches instead of torch's),
+``gemv-table`` (on: ``GEMV_TABLE`` as in the code; off: the table of ``--gemv-table``, e.g. a previous one written as
+sweep JSON: an A/B of two tables).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from moe_bench import (  # noqa: E402
     time_graph_and_steps,
 )
 
-SWITCHES = ("dense-gemv", "fused-qk-norm", "short-split-tiles", "pdl", "argmax")
+SWITCHES = ("dense-gemv", "fused-qk-norm", "short-split-tiles", "pdl", "argmax", "gemv-table")
 
 
 def switch_target(name: str) -> tuple[object, str]:
@@ -86,19 +88,28 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    from pagoda.layers import dense_gemv
+
+    tables = {True: dense_gemv.GEMV_TABLE, False: dense_gemv.GEMV_TABLE}
     if args.gemv_table:
         from dense_gemv_sweep import table_from_json
 
-        from pagoda.layers import dense_gemv
-
-        dense_gemv.GEMV_TABLE = table_from_json(args.gemv_table)
-    module, attr = switch_target(args.switch)
+        tables = {True: dense_gemv.GEMV_TABLE, False: table_from_json(args.gemv_table)}
+        if args.switch != "gemv-table":
+            tables[True] = tables[False]
+    elif args.switch == "gemv-table":
+        ap.error("--switch gemv-table needs --gemv-table (the table of the off arm)")
+    module, attr = (dense_gemv, "ENABLED") if args.switch == "gemv-table" else switch_target(args.switch)
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     arms: dict[bool, list[dict]] = {True: [], False: []}
     for r in range(args.rounds):
         for on in (True, False):
-            setattr(module, attr, on)
+            if args.switch == "gemv-table":
+                dense_gemv.GEMV_TABLE = tables[on]
+            else:
+                dense_gemv.GEMV_TABLE = tables[True]
+                setattr(module, attr, on)
             arms[on].append(run_arm(args.model, args.batch, bw, f"{args.switch}-{'on' if on else 'off'}-r{r}"))
     setattr(module, attr, True)
     for b in args.batch:

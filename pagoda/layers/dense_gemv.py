@@ -60,26 +60,43 @@ ENABLED = True
 """False: :func:`gemv_rule` answers None, so every call runs ``F.linear`` (the A/B switch of the benchmarks; read at
 call time, so at CUDA-graph capture)."""
 
-# Measured: benchmarks/gpu/dense_gemv_sweep.py on an H200 (session 6, call 2; cuBLAS -> GEMV per call, weights
-# streamed from HBM): every shape and row count where the GEMV won by >= 3 %. At 2 and 4 rows cuBLAS won on every
-# shape over 1 MB (the per-row reductions of the GEMV cost more than the tile cuBLAS wastes).
+# Measured: benchmarks/gpu/dense_gemv_sweep.py on an H200 (session 12, call 1; cuBLAS -> GEMV per call, weights
+# streamed from HBM; benchmarks/results/h200-2026-12-03-session12/call1_sweep.txt): every shape and row count where
+# the GEMV won by >= 3 %. From 2 rows on the tensor-core rules win on the narrow shapes (the router, the default
+# model's linears, the LM head at 8 rows); on the 8B models' layer linears cuBLAS stays ahead at 2..8 rows (its
+# time at 8 rows is its time at 1; the GEMV's tensor-core tiles leave too few programs on N = 4096).
 GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
-    (1, 5120, 2048): GemvRule(8, 512, 4),  # 7.9 -> 7.0 us
-    (1, 2048, 4096): GemvRule(2, 1024, 4),  # 8.7 -> 6.5 us
-    (1, 128, 2048): GemvRule(2, 1024, 4),  # 5.1 -> 1.8 us
-    (2, 128, 2048): GemvRule(4, 512, 4),  # 5.1 -> 4.3 us
-    (1, 6144, 4096): GemvRule(2, 1024, 4),  # 16.8 -> 14.6 us
-    (1, 4096, 4096): GemvRule(2, 1024, 4),  # 12.8 -> 11.1 us
-    (1, 28672, 4096): GemvRule(2, 1024, 4),  # 59.6 -> 56.6 us
-    (1, 4096, 14336): GemvRule(4, 512, 4),  # 32.9 -> 31.0 us
-    (1, 24576, 4096): GemvRule(2, 1024, 4),  # 51.4 -> 49.5 us
-    (1, 4096, 12288): GemvRule(8, 512, 8),  # 30.3 -> 27.1 us
-    (1, 960, 576): GemvRule(2, 1024, 4),  # 4.0 -> 2.4 us
-    (1, 576, 576): GemvRule(2, 1024, 4),  # 3.4 -> 2.1 us
-    (2, 576, 576): GemvRule(4, 256, 4),  # 3.5 -> 3.4 us
-    (1, 3072, 576): GemvRule(2, 1024, 4),  # 4.1 -> 3.1 us
-    (1, 576, 1536): GemvRule(2, 1024, 4),  # 5.0 -> 2.9 us
-    (2, 576, 1536): GemvRule(4, 512, 4),  # 5.0 -> 4.8 us
+    (1, 5120, 2048): GemvRule(4, 512, 4),  # 7.8 -> 6.1 us
+    (1, 2048, 4096): GemvRule(4, 1024, 4),  # 8.8 -> 5.3 us
+    (1, 128, 2048): GemvRule(2, 1024, 4),  # 5.1 -> 1.3 us
+    (2, 128, 2048): GemvRule(16, 256, 2, True, 4),  # 5.1 -> 3.8 us
+    (4, 128, 2048): GemvRule(16, 256, 2, True, 4),  # 5.1 -> 3.7 us
+    (8, 128, 2048): GemvRule(16, 256, 2, True, 4),  # 5.1 -> 3.7 us
+    (1, 6144, 4096): GemvRule(2, 1024, 4),  # 16.0 -> 13.3 us
+    (1, 4096, 4096): GemvRule(4, 1024, 4),  # 12.9 -> 8.7 us
+    (1, 28672, 4096): GemvRule(2, 1024, 4),  # 57.8 -> 55.6 us
+    (1, 4096, 14336): GemvRule(4, 1024, 4),  # 32.0 -> 28.7 us
+    (1, 128256, 4096): GemvRule(16, 256, 4),  # 247.3 -> 236.2 us
+    (8, 128256, 4096): GemvRule(64, 128, 4, True, 4),  # 250.4 -> 242.3 us
+    (1, 24576, 4096): GemvRule(2, 1024, 4),  # 51.1 -> 48.4 us
+    (8, 24576, 4096): GemvRule(64, 128, 4, True, 4),  # 55.5 -> 52.3 us
+    (1, 4096, 12288): GemvRule(4, 1024, 4),  # 30.5 -> 24.9 us
+    (1, 960, 576): GemvRule(2, 1024, 4),  # 4.0 -> 1.4 us
+    (2, 960, 576): GemvRule(16, 128, 1, True, 6),  # 3.8 -> 2.7 us
+    (4, 960, 576): GemvRule(16, 128, 1, True, 6),  # 4.0 -> 2.7 us
+    (8, 960, 576): GemvRule(16, 128, 1, True, 6),  # 3.7 -> 2.7 us
+    (1, 576, 576): GemvRule(2, 1024, 4),  # 3.5 -> 1.1 us
+    (2, 576, 576): GemvRule(64, 128, 4, True, 4),  # 3.4 -> 2.5 us
+    (4, 576, 576): GemvRule(64, 128, 4, True, 4),  # 3.5 -> 2.5 us
+    (8, 576, 576): GemvRule(64, 128, 4, True, 4),  # 3.5 -> 2.5 us
+    (1, 3072, 576): GemvRule(4, 1024, 4),  # 4.1 -> 1.9 us
+    (2, 3072, 576): GemvRule(64, 128, 4, True, 4),  # 4.1 -> 3.6 us
+    (4, 3072, 576): GemvRule(64, 128, 4, True, 4),  # 4.1 -> 3.6 us
+    (8, 3072, 576): GemvRule(64, 128, 4, True, 4),  # 4.1 -> 3.6 us
+    (1, 576, 1536): GemvRule(4, 1024, 4),  # 5.2 -> 2.0 us
+    (2, 576, 1536): GemvRule(16, 256, 2, True, 4),  # 5.0 -> 3.8 us
+    (4, 576, 1536): GemvRule(16, 256, 2, True, 4),  # 5.1 -> 3.7 us
+    (8, 576, 1536): GemvRule(16, 256, 2, True, 4),  # 5.0 -> 3.6 us
 }
 """Measured winners over cuBLAS: ``(row bucket, N, K) -> rule`` (the sweep prints lines to paste here). A shape
 missing here runs ``F.linear``."""

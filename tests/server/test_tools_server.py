@@ -78,12 +78,21 @@ def test_named_tool_call_always_parses_and_streams_the_same(tool_server):
 
 @pytest.mark.default_model
 def test_required_tool_calls_always_parse(tool_server):
+    from concurrent.futures import ThreadPoolExecutor
+
     c = tool_server.client()
+
+    def sampled(seed: int, p: str):
+        return c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": p}],
+                                         tools=[WEATHER, NO_PARAMS], tool_choice="required", max_tokens=120,
+                                         temperature=0.8, seed=seed, parallel_tool_calls=False)
+
     # one call (parallel_tool_calls false) of bounded tools: the grammar leaves no way to run past max_tokens
-    for seed, p in enumerate(["What is the weather in Paris?", "What time is it?", "Say hi", "Paris? Tokyo?"]):
-        r = c.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": p}],
-                                      tools=[WEATHER, NO_PARAMS], tool_choice="required", max_tokens=120,
-                                      temperature=0.8, seed=seed, parallel_tool_calls=False)
+    # (the four requests run at once, in one batch: a grammar per request)
+    prompts = ["What is the weather in Paris?", "What time is it?", "Say hi", "Paris? Tokyo?"]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        replies = list(pool.map(sampled, range(len(prompts)), prompts))
+    for r in replies:
         assert r.choices[0].finish_reason == "tool_calls", r.choices[0].message
         assert len(r.choices[0].message.tool_calls) == 1 and r.choices[0].message.content is None
         check_calls(r.choices[0].message.tool_calls, {"get_weather", "get_time"})
