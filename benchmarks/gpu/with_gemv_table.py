@@ -14,8 +14,24 @@ import sys
 from pathlib import Path
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def merged_table(table_json: str | None, cuda_cores_only: bool) -> dict:
+    """``GEMV_TABLE`` with the sweep's winners from ``table_json`` over it, then (``cuda_cores_only``) without its
+    tensor-core rules."""
+    from pagoda.layers import dense_gemv
+
+    table = dict(dense_gemv.GEMV_TABLE)
+    if table_json:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from dense_gemv_sweep import table_from_json
+
+        table.update(table_from_json(table_json))
+    if cuda_cores_only:
+        table = {key: rule for key, rule in table.items() if not rule.use_dot}
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", default=None)
@@ -23,15 +39,7 @@ def main() -> None:
     args = ap.parse_args(argv[:split])
     from pagoda.layers import dense_gemv
 
-    table = dict(dense_gemv.GEMV_TABLE)
-    if args.table:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from dense_gemv_sweep import table_from_json
-
-        table.update(table_from_json(args.table))
-    if args.cuda_cores_only:
-        table = {key: rule for key, rule in table.items() if not rule.use_dot}
-    dense_gemv.GEMV_TABLE = table
+    table = dense_gemv.GEMV_TABLE = merged_table(args.table, args.cuda_cores_only)
     print(f"GEMV table: {len(table)} entries, {sum(r.use_dot for r in table.values())} on tensor cores", flush=True)
     from pagoda.entrypoints.cli import main as cli_main
 

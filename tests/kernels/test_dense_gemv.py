@@ -133,3 +133,33 @@ def test_sweep_smoke(monkeypatch, capsys, tmp_path):
     rows[0].update(cublas_us=10.0, gemv_us=5.0, rule=[8, 32, 4])
     path.write_text(json.dumps(rows))
     assert script.table_from_json(str(path)) == {(1, 24, 64): dg.GemvRule(8, 32, 4)}
+
+
+def test_with_gemv_table_merges_a_sweep_and_drops_tensor_core_rules(monkeypatch, tmp_path, capsys):
+    """benchmarks/gpu/with_gemv_table.py (the end-to-end A/B of two tables): a sweep's winners replace or add
+    entries, losers do not, ``--cuda-cores-only`` drops every ``use_dot`` rule, and the CLI runs with that table."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_bench_smoke import load_script
+
+    script = load_script("benchmarks/gpu/with_gemv_table.py")
+    monkeypatch.setattr(dg, "GEMV_TABLE", {(1, 24, 64): dg.GemvRule(8, 32),
+                                           (2, 24, 64): dg.GemvRule(16, 32, 4, True, 2)})
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([
+        {"m": 1, "n": 24, "k": 64, "cublas_us": 10.0, "gemv_us": 5.0, "rule": [4, 64, 2, False, 1]},  # replaces
+        {"m": 8, "n": 24, "k": 64, "cublas_us": 10.0, "gemv_us": 5.0, "rule": [16, 32, 4, True, 3]},  # adds
+        {"m": 4, "n": 24, "k": 64, "cublas_us": 10.0, "gemv_us": 9.9, "rule": [8, 32, 4, False, 1]},  # lost: left out
+    ]))
+    assert script.merged_table(str(sweep), False) == {
+        (1, 24, 64): dg.GemvRule(4, 64, 2), (2, 24, 64): dg.GemvRule(16, 32, 4, True, 2),
+        (8, 24, 64): dg.GemvRule(16, 32, 4, True, 3)}
+    assert script.merged_table(str(sweep), True) == {(1, 24, 64): dg.GemvRule(4, 64, 2)}
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--table", str(sweep), "--cuda-cores-only", "--", "bench", "latency", "--help"])
+    assert exc.value.code == 0
+    assert dg.GEMV_TABLE == {(1, 24, 64): dg.GemvRule(4, 64, 2)}
+    assert "GEMV table: 1 entries, 0 on tensor cores" in capsys.readouterr().out
