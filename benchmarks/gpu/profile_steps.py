@@ -41,7 +41,8 @@ def _fill(eng: LLMEngine, b: int, tag: str, structured: bool, max_tokens: int) -
 
 
 def _host_profile(eng: LLMEngine, steps: int) -> None:
-    """cProfile of ``steps`` engine steps: the host functions by own time (what the device may wait for)."""
+    """cProfile of ``steps`` engine steps: the host functions by own time (what the device may wait for), then by
+    cumulative time (which engine phase holds it: update, propose, schedule, launch, outputs)."""
     import cProfile
     import pstats
 
@@ -52,6 +53,7 @@ def _host_profile(eng: LLMEngine, steps: int) -> None:
     torch.cuda.synchronize()
     pr.disable()
     pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+    pstats.Stats(pr).sort_stats("cumulative").print_stats(40)
 
 
 def main() -> None:
