@@ -90,28 +90,33 @@ def main() -> None:
     args = ap.parse_args()
     from pagoda.layers import dense_gemv
 
-    tables = {True: dense_gemv.GEMV_TABLE, False: dense_gemv.GEMV_TABLE}
+    code_table, json_table = dense_gemv.GEMV_TABLE, None
     if args.gemv_table:
         from dense_gemv_sweep import table_from_json
 
-        tables = {True: dense_gemv.GEMV_TABLE, False: table_from_json(args.gemv_table)}
-        if args.switch != "gemv-table":
-            tables[True] = tables[False]
-    elif args.switch == "gemv-table":
+        json_table = table_from_json(args.gemv_table)
+    if args.switch == "gemv-table" and json_table is None:
         ap.error("--switch gemv-table needs --gemv-table (the table of the off arm)")
-    module, attr = (dense_gemv, "ENABLED") if args.switch == "gemv-table" else switch_target(args.switch)
+
+    def set_arm(on: bool) -> None:
+        """gemv-table: the code's table on, --gemv-table's off; another switch: its flag (over --gemv-table's table
+        when given)."""
+        if args.switch == "gemv-table":
+            dense_gemv.GEMV_TABLE = code_table if on else json_table
+            return
+        if json_table is not None:
+            dense_gemv.GEMV_TABLE = json_table
+        module, attr = switch_target(args.switch)
+        setattr(module, attr, on)
+
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     arms: dict[bool, list[dict]] = {True: [], False: []}
     for r in range(args.rounds):
         for on in (True, False):
-            if args.switch == "gemv-table":
-                dense_gemv.GEMV_TABLE = tables[on]
-            else:
-                dense_gemv.GEMV_TABLE = tables[True]
-                setattr(module, attr, on)
+            set_arm(on)
             arms[on].append(run_arm(args.model, args.batch, bw, f"{args.switch}-{'on' if on else 'off'}-r{r}"))
-    setattr(module, attr, True)
+    set_arm(True)
     for b in args.batch:
         on = statistics.median(a[b][0] for a in arms[True])
         off = statistics.median(a[b][0] for a in arms[False])

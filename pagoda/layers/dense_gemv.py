@@ -221,12 +221,11 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     M = x2.shape[0]
     if not 1 <= M <= GEMV_MAX_M:
         raise ValueError(f"dense_gemv takes 1..{GEMV_MAX_M} rows, got {M}")
-    use_dot = rule.use_dot
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     _dense_gemv_kernel[(triton.cdiv(N, rule.block_n),)](
         x2, weight, bias if bias is not None else weight, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
-        BLOCK_M=max(16, m_bucket(M)) if use_dot else m_bucket(M), BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
-        USE_DOT=use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
-        num_stages=rule.num_stages if use_dot else 1, **launch_kwargs(x.device))
+        BLOCK_M=max(16, m_bucket(M)) if rule.use_dot else m_bucket(M), BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
+        USE_DOT=rule.use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
+        num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)
