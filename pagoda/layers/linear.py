@@ -15,6 +15,8 @@ by attributes on the parameter (:func:`set_weight_attrs`), so one loader serves 
   for every shard, e.g. GPTQ's ``g_idx``; all shards must then carry equal values);
 - ``pack_factor``: output features per element along ``output_dim`` (AWQ packs 8 int4 per int32);
 - ``shard_indexed``: the parameter has one row per shard (per-tensor FP8 scales);
+- ``group_shift``: the values are input-group numbers (GPTQ ``g_idx``) and each rank holds this many groups, so a
+  row-parallel rank subtracts ``rank * group_shift`` from the checkpoint's (global) numbers;
 - ``weight_loader``: a callable ``(param, tensor, shard_id)`` that replaces all of the above.
 
 Tensor parallelism slices along the same ``output_dim`` / ``input_dim`` attributes

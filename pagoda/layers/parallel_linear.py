@@ -111,7 +111,9 @@ class RowParallelLinear(Linear):
         if tensor.shape[dim] != local * self.tp.world_size:
             raise ValueError(f"{name}: checkpoint input dimension {tensor.shape[dim]} is not "
                              f"{self.tp.world_size} x {local}")
-        return tensor.narrow(dim, self.tp.rank * local, local)
+        part = tensor.narrow(dim, self.tp.rank * local, local)
+        shift = getattr(param, "group_shift", 0)  # GPTQ g_idx: global group numbers -> this rank's (groups split)
+        return part - self.tp.rank * shift if shift else part
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tp.all_reduce(super().forward(x))

@@ -152,7 +152,10 @@ class GPTQLinearMethod(LinearMethod):
                                                   output_dim=1, pack_factor=pack, **group_dim))
         layer.register_parameter("scales", checkpoint_param((groups, out_features), torch.float32, output_dim=1,
                                                   **group_dim))
-        layer.register_parameter("g_idx", checkpoint_param((in_features,), torch.int32, input_dim=0, output_dim=None))
+        # A rank whose groups split with its input reads global group numbers: tp_slice shifts them by its first.
+        shift = {"group_shift": groups} if group_dim and full_in != in_features else {}
+        layer.register_parameter("g_idx", checkpoint_param((in_features,), torch.int32, input_dim=0, output_dim=None,
+                                                           **shift))
         if bias:
             layer.register_parameter("bias", checkpoint_param((out_features,), torch.get_default_dtype(), output_dim=0))
         else:
