@@ -1,6 +1,7 @@
 """Tensor parallelism beyond the dense Llama (CPU, gloo, fp32, greedy): a tied-embedding Llama whose vocabulary does
 not split evenly (vocabulary-parallel embedding and LM head, padded), GPTQ act-order and AWQ checkpoints written by
-GPTQModel, an FP8 checkpoint, a compressed-tensors asymmetric W4A16 one, Qwen3-MoE and Gemma 2. Each gives TP=2 the
+GPTQModel, an FP8 checkpoint, a compressed-tensors asymmetric W4A16 one, Qwen3-MoE (also with GPTQ experts) and
+Gemma 2. Each gives TP=2 the
 same tokens as TP=1 (logprobs within 1e-4) and follows HF (or the format library's own dequantization) by the top-5
 rule. Bad splits fail at start-up naming the flag.
 
@@ -97,6 +98,14 @@ def gptq_awq(tiny, tmp_path_factory) -> Path:
 def test_gptq_act_order_and_awq(gptq_awq, variant):
     """Act-order: o_proj/down_proj ranks regroup their columns (quantization/act_order.py)."""
     _check(gptq_awq / variant, gptq_awq / f"{variant}-dense")
+
+
+def test_quantized_moe(tiny, tmp_path):
+    """GPTQ 4-bit experts (groups of 8): each rank keeps its gate/up rows and its down inputs' whole groups."""
+    from moe_quant_checkpoints import write_quantized
+
+    qdir, ddir = write_quantized(tiny.path("qwen3moe"), tmp_path, "gptq-b4-g8-sym")
+    _check(qdir, ddir)
 
 
 def test_fp8_checkpoint(tiny, tmp_path):
@@ -211,6 +220,8 @@ def _qcfg(name: str, qcfg: dict):
      r"--tensor-parallel-size 2: each rank's o_proj input .* is 32, not a multiple of 64 \(awq group_size 64"),
     ({"intermediate_size": 96}, ("gptq", {"bits": 4, "group_size": 32}),
      r"--tensor-parallel-size 2: each rank's down_proj input .* is 48, not a multiple of 32"),
+    ({"moe_intermediate_size": 48}, ("gptq", {"bits": 4, "group_size": 32}),
+     r"each rank's down_proj input \(moe_intermediate_size\) is 24, not a multiple of 32"),
     ({}, ("fp8", {"quant_method": "fp8", "weight_block_size": [64, 64]}),
      r"--tensor-parallel-size 2: each rank's o_proj input .* not a multiple of 64 \(fp8 weight_block_size"),
 ])

@@ -24,6 +24,9 @@ Figures (issue 13):
   ``--gemv-table JSON`` (``dense_gemv_sweep.py --json``'s winners) as its table.
 * ``--short-split-tiles`` the same for the split-KV decode kernel's 32-key tiles on short splits
   (``pagoda.attention.triton_kernels.SHORT_SPLIT_TILES``).
+* ``--quantization none fp8 gptq``: the Qwen3 shape once per value (``fp8``: online per-channel FP8 of every
+  linear but the router and LM head, experts W8A16 in the fused MoE kernels; ``gptq``: dummy 4-bit GPTQ with
+  groups of 128). The floor counts each quantized weight's bytes (codes plus scales/offsets).
 * Mixtral-8x7B shape (32 layers, hidden 4096, 8 experts top-2, inter 14336, 32/8 heads): loads on
   one GPU (weights GiB printed) and runs decode steps at batch 1 and 8.
 """
@@ -80,18 +83,24 @@ def model_folder(cfg: dict, name: str) -> Path:
     return out
 
 
-def dense_bytes(cfg: dict) -> int:
-    """Per decode step, whatever the batch: attention (qkv, o) and router weights of every layer, LM head."""
+WEIGHT_BYTES = {"none": 2.0, "fp8": 1.0, "gptq": 0.5 + 2 * 2 / 128}
+"""Bytes per weight of a quantized linear (codes, plus per-group scale and offset in bf16 for GPTQ g128; FP8's
+per-row float32 scale is under 0.3 % and left out)."""
+
+
+def dense_bytes(cfg: dict, quant: str = "none") -> int:
+    """Per decode step, whatever the batch: attention (qkv, o, quantized as ``quant``) and router weights of every
+    layer (bf16), LM head (bf16)."""
     h, d = cfg["hidden_size"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
     experts = cfg.get("num_experts") or cfg["num_local_experts"]
-    per_layer = h * (q + 2 * kv) + q * h + experts * h
-    return BF16 * (cfg["num_hidden_layers"] * per_layer + cfg["vocab_size"] * h)
+    attn = WEIGHT_BYTES[quant] * (h * (q + 2 * kv) + q * h)
+    return int(cfg["num_hidden_layers"] * (attn + BF16 * experts * h) + BF16 * cfg["vocab_size"] * h)
 
 
-def expert_bytes(cfg: dict) -> int:
+def expert_bytes(cfg: dict, quant: str = "none") -> int:
     inter = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
-    return BF16 * 3 * cfg["hidden_size"] * inter
+    return int(WEIGHT_BYTES[quant] * 3 * cfg["hidden_size"] * inter)
 
 
 def kv_bytes(cfg: dict, batch: int, ctx: int) -> int:
@@ -164,13 +173,16 @@ def time_graph_and_steps(eng, b: int) -> tuple[float, float]:
     return replay, (time.perf_counter() - t0) / 20 * 1e3
 
 
-def run_pagoda(cfg: dict, folder: Path, batches: list[int], bw: float, label: str) -> dict:
+def run_pagoda(cfg: dict, folder: Path, batches: list[int], bw: float, label: str, quant: str = "none") -> dict:
     from pagoda.config import EngineArgs
     from pagoda.engine.llm_engine import LLMEngine
     from pagoda.models.loader import weight_nbytes
 
+    t0 = time.perf_counter()
     eng = LLMEngine.from_engine_args(EngineArgs(model=str(folder), load_format="dummy", dtype="bfloat16",
-                                                max_model_len=1024, max_num_seqs=max(batches)))
+                                                max_model_len=1024, max_num_seqs=max(batches),
+                                                quantization=None if quant == "none" else quant))
+    print(f"[{label}] engine start {time.perf_counter() - t0:.1f} s")
     gib = weight_nbytes(eng.core.runner.model) / 2**30
     print(f"[{label}] pagoda: weights {gib:.1f} GiB on one GPU, "
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak allocated")
@@ -180,7 +192,7 @@ def run_pagoda(cfg: dict, folder: Path, batches: list[int], bw: float, label: st
         distinct = selected_experts_in_one_eager_step(eng, cfg["num_hidden_layers"])
         replay, step = time_graph_and_steps(eng, b)
         ctx = PROMPT_LEN + 30
-        floor_bytes = dense_bytes(cfg) + distinct * expert_bytes(cfg) + kv_bytes(cfg, b, ctx)
+        floor_bytes = dense_bytes(cfg, quant) + distinct * expert_bytes(cfg, quant) + kv_bytes(cfg, b, ctx)
         floor_ms = floor_bytes / bw * 1e3
         print(f"[{label}] batch {b}: decode graph {replay:.3f} ms ({replay / floor_ms:.2f}x floor), engine step "
               f"{step:.3f} ms ({step / floor_ms:.2f}x floor); floor {floor_ms:.3f} ms = {floor_bytes / 1e9:.2f} GB "
@@ -257,6 +269,7 @@ def main() -> None:
     ap.add_argument("--dense-gemv", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--short-split-tiles", choices=("on", "off", "ab"), default="on")
     ap.add_argument("--gemv-table", default=None)
+    ap.add_argument("--quantization", nargs="+", choices=tuple(WEIGHT_BYTES), default=["none"])
     ap.add_argument("--output-json", default=None)
     args = ap.parse_args()
     from pagoda.attention import triton_kernels
@@ -277,7 +290,10 @@ def main() -> None:
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
     results: dict = {"copy_bw_gbs": bw / 1e9, "dense_gemv_table": len(dense_gemv.GEMV_TABLE)}
     qwen_folder = model_folder(QWEN3_30B_A3B, "qwen3-30b-a3b-shape")
-    results["qwen3_30b_a3b"] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1, 64], bw, "qwen3-30b-a3b")
+    for quant in args.quantization:
+        suffix = "" if quant == "none" else f"_{quant}"
+        results["qwen3_30b_a3b" + suffix] = run_pagoda(QWEN3_30B_A3B, qwen_folder, [1, 64], bw,
+                                                       "qwen3-30b-a3b" + suffix.replace("_", "-"), quant)
     for name, (module, attr) in switches.items():  # "ab": batch 1 again with the switch off (a new engine)
         results[name] = getattr(args, name)
         if getattr(args, name) == "ab":

@@ -135,6 +135,10 @@ def check_quantized_split(tp: int, qc: QuantizationConfig, hf_config: dict[str, 
            "down_proj input (intermediate_size)": inter // tp}
     outs = {"q_proj output": heads * head_dim // tp, "k/v_proj output": max(kv // tp, 1) * head_dim,
             "gate/up_proj output": inter // tp}
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):  # MoE experts, shared expert
+        size = int(hf_config.get(key) or 0)
+        ins[f"down_proj input ({key})"] = size // tp
+        outs[f"gate/up_proj output ({key})"] = size // tp
     for checks, unit in ((ins, unit_in), (outs, unit_out)):
         for name, size in checks.items():
             if size and size % unit:

@@ -130,6 +130,9 @@ def _init_dummy(model: nn.Module, gen: torch.Generator) -> None:
             if isinstance(module, Linear):
                 module.linear_method.init_dummy(module, gen)
                 continue
+            if hasattr(module, "init_dummy"):  # a module with its own dummy weights (quantized MoE experts)
+                module.init_dummy(gen)
+                continue
             for p_name, p in module.named_parameters(recurse=False):
                 if f"{mod_name}.{p_name}".endswith("norm.weight"):
                     p.fill_(1.0)

@@ -10,7 +10,8 @@ Which layers are sparse (Qwen): layer ``i`` unless ``i`` is in ``mlp_only_layers
 ``(i + 1) % decoder_sparse_step != 0``; the others keep a dense MLP of ``intermediate_size``.
 Mixtral's checkpoints name the block ``block_sparse_moe`` (read here as ``mlp``).
 
-Quantized experts are not supported yet: a quantized MoE checkpoint is refused at start-up.
+Quantized checkpoints: attention and shared experts take the config's linear methods as in Llama; the
+experts read the same formats per expert (layers/fused_moe/quantized.py); the router stays unquantized.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
 
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\."
-                     r"(?:(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight|(gate_up_proj|down_proj))$")
+                     r"(?:(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.(\w+)|(gate_up_proj|down_proj))$")
 
 
 # transformers writes either name (Qwen3MoeConfig 5.x saves num_local_experts; hub Qwen configs say num_experts).
@@ -47,11 +48,15 @@ def _cfg(cfg: dict[str, Any], key: str, arch: str) -> Any:
 
 class SparseMoeBlock(nn.Module):
     def __init__(self, s: LlamaShape, routing: RoutingConfig, moe_intermediate: int, shared_intermediate: int,
-                 qc: QuantizationConfig | None, prefix: str, tp: TPGroup | None = None) -> None:
-        """``tp``: experts and shared expert split along their intermediate dim (router replicated)."""
+                 qc: QuantizationConfig | None, prefix: str, tp: TPGroup | None = None,
+                 expert_prefix: str = "", proj_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+                 ) -> None:
+        """``tp``: experts and shared expert split along their intermediate dim (router replicated);
+        ``expert_prefix`` / ``proj_names``: the experts' checkpoint names (for the quantization config)."""
         super().__init__()
         self.gate = Linear(s.hidden_size, routing.num_experts, bias=False)  # the router: never quantized
-        self.experts = FusedMoE(routing, s.hidden_size, moe_intermediate, tp)
+        self.experts = FusedMoE(routing, s.hidden_size, moe_intermediate, tp, qc, expert_prefix or f"{prefix}.experts",
+                                proj_names)
         self.shared_expert: MLP | None = None
         if shared_intermediate:
             self.shared_expert = MLP(dataclasses.replace(s, intermediate_size=shared_intermediate), qc,
@@ -68,19 +73,15 @@ class SparseMoeBlock(nn.Module):
 class _MoeForCausalLM(LlamaForCausalLM):
     """A Llama-family model whose sparse layers' MLP is a :class:`SparseMoeBlock` (module docstring)."""
 
-    supports_quantization = False  # quantized experts are not implemented: a quantized MoE checkpoint is refused
-
     num_experts_key = "num_experts"
     always_norm_topk = False  # Mixtral renormalises the top-k weights whatever the config says
     cast_weights = True  # Qwen rounds routing weights to the model dtype; Mixtral keeps float32
     has_shared_expert = False
     checkpoint_block = "mlp"  # the block's name in checkpoints
+    expert_names = ("gate_proj", "up_proj", "down_proj")  # the experts' projections' names in checkpoints
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
-        if quant_config is not None:
-            raise ValueError(f"{arch}: quantized MoE checkpoints are not supported yet "
-                             f"(quantization: {quant_config.describe()}); use an unquantized checkpoint.")
         if str(hf_config.get("hidden_act", "silu")) not in ("silu", "swish"):
             raise ValueError(f"{arch}: hidden_act {hf_config.get('hidden_act')!r} is not supported for experts (silu)")
         self.arch = arch
@@ -106,7 +107,8 @@ class _MoeForCausalLM(LlamaForCausalLM):
             return None
         inter = int(hf_config.get("moe_intermediate_size") or s.intermediate_size)
         shared = int(_cfg(hf_config, "shared_expert_intermediate_size", self.arch)) if self.has_shared_expert else 0
-        return SparseMoeBlock(s, routing, inter, shared, qc, f"model.layers.{idx}.mlp", self.tp)
+        return SparseMoeBlock(s, routing, inter, shared, qc, f"model.layers.{idx}.mlp", self.tp,
+                              f"model.layers.{idx}.{self.checkpoint_block}.experts", self.expert_names)
 
     # ----------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -119,18 +121,22 @@ class _MoeForCausalLM(LlamaForCausalLM):
                 if m is None:
                     yield name.replace(".block_sparse_moe.", ".mlp."), tensor
                     continue
-                layer, expert, shard, fused = m.groups()
+                layer, expert, shard, param_name, fused = m.groups()
                 block = self.layers[int(layer)].mlp if int(layer) < len(self.layers) else None
                 if not isinstance(block, SparseMoeBlock):
                     raise ValueError(f"Checkpoint tensor {name!r} has no place in {type(self).__name__} "
                                      f"(layer {layer} is not a sparse MoE layer).")
                 try:
-                    keys = block.experts.load_expert(None if fused else int(expert), shard or fused, tensor)
+                    keys = block.experts.load_expert(None if fused else int(expert), shard or fused, tensor,
+                                                     param_name or "weight")
                 except ValueError as exc:
                     raise ValueError(f"Checkpoint tensor {name!r}: {exc}") from exc
                 loaded.update(f"layers.{layer}.mlp.experts.{k}" for k in keys)
 
         loaded |= super().load_weights(others())
+        for i, layer in enumerate(self.layers):  # quantized experts: convert those whose tensors are all in
+            if isinstance(layer.mlp, SparseMoeBlock) and layer.mlp.experts.quant is not None:
+                loaded.update(f"layers.{i}.mlp.experts.{k}" for k in layer.mlp.experts.quant.finish_loading())
         return loaded
 
     def missing_weights(self, loaded: set[str]) -> list[str]:
@@ -141,6 +147,8 @@ class _MoeForCausalLM(LlamaForCausalLM):
                 for key, what in layer.mlp.experts.expected_keys().items():
                     if f"layers.{i}.mlp.experts.{key}" not in loaded:
                         missing.append(f"model.layers.{i}.{self.checkpoint_block}.{what}")
+                if layer.mlp.experts.quant is not None:  # partly loaded: name the tensors they lack
+                    missing += layer.mlp.experts.quant.pending()
         return missing
 
 
@@ -149,6 +157,7 @@ class MixtralForCausalLM(_MoeForCausalLM):
     always_norm_topk = True
     cast_weights = False
     checkpoint_block = "block_sparse_moe"
+    expert_names = ("w1", "w3", "w2")
 
     def is_sparse(self, cfg: dict[str, Any], idx: int) -> bool:
         return True

@@ -34,6 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
+from pagoda.layers.fused_moe.quantized import MODE_INT4, StackedWeight
+from pagoda.layers.fused_moe.triton_dequant import WeightArgs, dequant, dequant_nibbles, kernel_args
+
 
 @dataclass(frozen=True)
 class MoeGemvRule:
@@ -80,10 +83,13 @@ def small_moe_rules(num_pairs: int, num_experts: int,
 
 
 @triton.jit(do_not_specialize=["P"])  # one compile for every batch size
-def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_xt, stride_we, stride_wn,
-                         stride_ap, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+def _gate_up_gemv_kernel(x_ptr, w_ptr, s_ptr, o_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_xt, stride_we,
+                         stride_wn, stride_se, stride_sn, stride_sk, stride_ap, TOP_K: tl.constexpr,
+                         EVEN_K: tl.constexpr, QUANT: tl.constexpr, SN: tl.constexpr, SK: tl.constexpr,
+                         S_ROW: tl.constexpr, FP8_NATIVE: tl.constexpr, KT: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr):
-    """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p]."""
+    """act[p, n] = silu(x[t] . w[e, n]) * (x[t] . w[e, INTER + n]) with t = p // TOP_K, e = ids[p]; ``QUANT``:
+    the weight's mode (:mod:`.triton_dequant`; 4-bit: ``KT = BLOCK_K / 2`` packed bytes per step)."""
     pid = tl.program_id(0)
     p = pid % P
     pid_n = pid // P
@@ -92,23 +98,55 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_
     n_ok = offs_n < INTER
     gate_rows = w_ptr + e * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
     up_rows = gate_rows + INTER * stride_wn
+    gs_rows = s_ptr + e * stride_se + (offs_n // SN)[:, None] * stride_sn
+    us_rows = s_ptr + e * stride_se + ((offs_n + INTER) // SN)[:, None] * stride_sn
+    go_rows = o_ptr + e * stride_se + (offs_n // SN)[:, None] * stride_sn
+    uo_rows = o_ptr + e * stride_se + ((offs_n + INTER) // SN)[:, None] * stride_sn
     x_row = x_ptr + (p // TOP_K).to(tl.int64) * stride_xt
-    acc_g = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K once, after the loop
-    acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK_N, KT], dtype=tl.float32)  # reduced over K once, after the loop
+    acc_u = tl.zeros([BLOCK_N, KT], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if EVEN_K:
-            xk = tl.load(x_row + offs_k)
-            g = tl.load(gate_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-            u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
+        if QUANT == 2:  # packed 4-bit: byte kb holds inputs 2kb (low nibble) and 2kb + 1
+            kb = k0 // 2 + tl.arange(0, KT)
+            k_ok = kb < H // 2
+            m = n_ok[:, None] & k_ok[None, :]
+            xe = tl.load(x_row + 2 * kb, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            xo = tl.load(x_row + 2 * kb + 1, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            if S_ROW:
+                s_off = (k0 // SK) * stride_sk
+                sm = n_ok[:, None]
+            else:
+                s_off = ((2 * kb) // SK)[None, :] * stride_sk
+                sm = m
+            g_lo, g_hi = dequant_nibbles(tl.load(gate_rows + kb[None, :], mask=m, other=0), gs_rows + s_off,
+                                         go_rows + s_off, sm)
+            u_lo, u_hi = dequant_nibbles(tl.load(up_rows + kb[None, :], mask=m, other=0), us_rows + s_off,
+                                         uo_rows + s_off, sm)
+            acc_g += g_lo * xe + g_hi * xo
+            acc_u += u_lo * xe + u_hi * xo
         else:
-            k_ok = offs_k < H
-            xk = tl.load(x_row + offs_k, mask=k_ok, other=0.0)
-            g = tl.load(gate_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        xf = xk.to(tl.float32)[None, :]
-        acc_g += g.to(tl.float32) * xf
-        acc_u += u.to(tl.float32) * xf
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            if EVEN_K:
+                xk = tl.load(x_row + offs_k)
+                m = n_ok[:, None]
+            else:
+                k_ok = offs_k < H
+                xk = tl.load(x_row + offs_k, mask=k_ok, other=0.0)
+                m = n_ok[:, None] & k_ok[None, :]
+            g = tl.load(gate_rows + offs_k[None, :], mask=m, other=0.0)
+            u = tl.load(up_rows + offs_k[None, :], mask=m, other=0.0)
+            if QUANT != 0:
+                if S_ROW:
+                    s_off = (k0 // SK) * stride_sk
+                    sm = n_ok[:, None]
+                else:
+                    s_off = (offs_k // SK)[None, :] * stride_sk
+                    sm = n_ok[:, None] & (offs_k < H)[None, :]
+                g = dequant(g, gs_rows + s_off, go_rows + s_off, sm, QUANT, FP8_NATIVE)
+                u = dequant(u, us_rows + s_off, uo_rows + s_off, sm, QUANT, FP8_NATIVE)
+            xf = xk.to(tl.float32)[None, :]
+            acc_g += g.to(tl.float32) * xf
+            acc_u += u.to(tl.float32) * xf
     dt = act_ptr.dtype.element_ty
     gate = tl.sum(acc_g, axis=1).to(dt).to(tl.float32)  # rounded as the grouped GEMM's output, then as
     up = tl.sum(acc_u, axis=1).to(dt).to(tl.float32)  # silu_and_mul rounds the SiLU
@@ -117,9 +155,11 @@ def _gate_up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, P, INTER, H, E, stride_
 
 
 @triton.jit(do_not_specialize=["T"])
-def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, E, stride_ap, stride_we, stride_wn,
-                      stride_ot, TOP_K: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_U: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _down_gemv_kernel(act_ptr, w_ptr, s_ptr, o_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, E, stride_ap, stride_we,
+                      stride_wn, stride_se, stride_sn, stride_sk, stride_ot, TOP_K: tl.constexpr, EVEN_K: tl.constexpr,
+                      QUANT: tl.constexpr, SN: tl.constexpr, SK: tl.constexpr, S_ROW: tl.constexpr,
+                      FP8_NATIVE: tl.constexpr, KT: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
     """out[t, n] = sum_k tw[t, k] * (act[t * TOP_K + k] . w[ids[t, k], n]), k in order, float32."""
     pid = tl.program_id(0)
     t = pid % T
@@ -134,30 +174,62 @@ def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, tw_ptr, out_ptr, T, H, INTER, E, 
         e = tl.minimum(tl.load(ids_ptr + pair, mask=u_ok, other=0), E - 1).to(tl.int64)
         wk = tl.load(tw_ptr + pair, mask=u_ok, other=0.0).to(tl.float32)
         rows = w_ptr + e[:, None, None] * stride_we + offs_n.to(tl.int64)[None, :, None] * stride_wn
+        s_rows = s_ptr + e[:, None, None] * stride_se + (offs_n // SN)[None, :, None] * stride_sn
+        o_rows = o_ptr + e[:, None, None] * stride_se + (offs_n // SN)[None, :, None] * stride_sn
         a_rows = act_ptr + pair.to(tl.int64)[:, None] * stride_ap
         un_ok = u_ok[:, None, None] & n_ok[None, :, None]
-        part = tl.zeros([BLOCK_U, BLOCK_N, BLOCK_K], dtype=tl.float32)  # reduced over K after the loop
+        part = tl.zeros([BLOCK_U, BLOCK_N, KT], dtype=tl.float32)  # reduced over K after the loop
         for k0 in range(0, INTER, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            if EVEN_K:
-                a = tl.load(a_rows + offs_k[None, :], mask=u_ok[:, None], other=0.0)
-                w = tl.load(rows + offs_k[None, None, :], mask=un_ok, other=0.0)
+            if QUANT == 2:
+                kb = k0 // 2 + tl.arange(0, KT)
+                k_ok = kb < INTER // 2
+                am = u_ok[:, None] & k_ok[None, :]
+                ae = tl.load(a_rows + (2 * kb)[None, :], mask=am, other=0.0).to(tl.float32)[:, None, :]
+                ao = tl.load(a_rows + (2 * kb + 1)[None, :], mask=am, other=0.0).to(tl.float32)[:, None, :]
+                m = un_ok & k_ok[None, None, :]
+                if S_ROW:
+                    s_off = (k0 // SK) * stride_sk
+                    sm = un_ok
+                else:
+                    s_off = ((2 * kb) // SK)[None, None, :] * stride_sk
+                    sm = m
+                lo, hi = dequant_nibbles(tl.load(rows + kb[None, None, :], mask=m, other=0), s_rows + s_off,
+                                         o_rows + s_off, sm)
+                part += lo * ae + hi * ao
             else:
-                k_ok = offs_k < INTER
-                a = tl.load(a_rows + offs_k[None, :], mask=u_ok[:, None] & k_ok[None, :], other=0.0)
-                w = tl.load(rows + offs_k[None, None, :], mask=un_ok & k_ok[None, None, :], other=0.0)
-            part += w.to(tl.float32) * a.to(tl.float32)[:, None, :]
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                if EVEN_K:
+                    a = tl.load(a_rows + offs_k[None, :], mask=u_ok[:, None], other=0.0)
+                    m = un_ok
+                else:
+                    k_ok = offs_k < INTER
+                    a = tl.load(a_rows + offs_k[None, :], mask=u_ok[:, None] & k_ok[None, :], other=0.0)
+                    m = un_ok & k_ok[None, None, :]
+                w = tl.load(rows + offs_k[None, None, :], mask=m, other=0.0)
+                if QUANT != 0:
+                    if S_ROW:
+                        s_off = (k0 // SK) * stride_sk
+                        sm = un_ok
+                    else:
+                        s_off = (offs_k // SK)[None, None, :] * stride_sk
+                        sm = un_ok & (offs_k < INTER)[None, None, :]
+                    w = dequant(w, s_rows + s_off, o_rows + s_off, sm, QUANT, FP8_NATIVE)
+                part += w.to(tl.float32) * a.to(tl.float32)[:, None, :]
         acc += tl.sum(tl.sum(part, axis=2) * wk[:, None], axis=0)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
-def small_fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+def small_fused_experts(x: torch.Tensor, w13: WeightArgs | torch.Tensor | StackedWeight,
+                        w2: WeightArgs | torch.Tensor | StackedWeight, topk_weights: torch.Tensor,
                         topk_ids: torch.Tensor, rules: tuple[MoeGemvRule, MoeGemvRule]) -> torch.Tensor:
     """:func:`~.triton_moe.fused_experts` by the two GEMV kernels (module docstring); ``x`` [T, H] contiguous,
-    ``w13`` [E, 2I, H] and ``w2`` [E, H, I] with the last dim contiguous, ``topk_ids`` [T, K] int32 (an id
-    past ``E - 1``, which the routing kernel gives a NaN row, reads expert ``E - 1``: never past the weights)."""
+    ``w13`` ([E, 2I, H]) and ``w2`` ([E, H, I]) dense or quantized weights or their launch arguments
+    (:func:`.triton_dequant.kernel_args`; the last dim contiguous), ``topk_ids`` [T, K] int32 (an id past
+    ``E - 1``, which the routing kernel gives a NaN row, reads expert ``E - 1``: never past the weights)."""
+    w13 = w13 if isinstance(w13, WeightArgs) else kernel_args(w13)
+    w2 = w2 if isinstance(w2, WeightArgs) else kernel_args(w2)
     T, H = x.shape
-    inter = w2.shape[2]
+    inter = w2.k
     top_k = topk_ids.shape[1]
     if T == 0:
         return torch.empty_like(x)
@@ -166,14 +238,16 @@ def small_fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, to
     ids = topk_ids.contiguous()
     tw = topk_weights.contiguous()
     act = torch.empty(P, inter, dtype=x.dtype, device=x.device)
+    bk13, bk2 = w13.step_k(r13.block_k, 2), w2.step_k(r2.block_k, 2)
     _gate_up_gemv_kernel[(P * triton.cdiv(inter, r13.block_n),)](
-        x, w13, ids, act, P, inter, H, w13.shape[0], x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOP_K=top_k, EVEN_K=H % r13.block_k == 0, BLOCK_N=r13.block_n, BLOCK_K=r13.block_k,
-        num_warps=r13.num_warps)
+        x, w13.w, w13.s, w13.o, ids, act, P, inter, H, w13.w.shape[0], x.stride(0), *w13.strides_w[:2],
+        *w13.strides_s, act.stride(0), TOP_K=top_k, EVEN_K=H % bk13 == 0, **w13.constexprs(bk13),
+        KT=bk13 // 2 if w13.mode == MODE_INT4 else bk13, BLOCK_N=r13.block_n, BLOCK_K=bk13, num_warps=r13.num_warps)
     out = torch.empty_like(x)
     bu = triton.next_power_of_2(min(r2.block_u or top_k, top_k))
     _down_gemv_kernel[(T * triton.cdiv(H, r2.block_n),)](
-        act, w2, ids, tw, out, T, H, inter, w2.shape[0], act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        TOP_K=top_k, EVEN_K=inter % r2.block_k == 0, BLOCK_U=bu, BLOCK_N=r2.block_n, BLOCK_K=r2.block_k,
+        act, w2.w, w2.s, w2.o, ids, tw, out, T, H, inter, w2.w.shape[0], act.stride(0), *w2.strides_w[:2],
+        *w2.strides_s, out.stride(0), TOP_K=top_k, EVEN_K=inter % bk2 == 0, **w2.constexprs(bk2),
+        KT=bk2 // 2 if w2.mode == MODE_INT4 else bk2, BLOCK_U=bu, BLOCK_N=r2.block_n, BLOCK_K=bk2,
         num_warps=r2.num_warps)
     return out

@@ -26,8 +26,10 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.layers.fused_moe.quantized import MODE_INT4, StackedWeight
 from pagoda.layers.fused_moe.routing import RoutingConfig
 from pagoda.layers.fused_moe.small_moe import MoeGemvRule, small_fused_experts, small_moe_rules
+from pagoda.layers.fused_moe.triton_dequant import WeightArgs, fp8_to_f32, kernel_args
 
 _ALIGN_BLOCK = 64  # pairs per one-hot chunk
 _ALIGN_SPAN = 1024  # pairs per counting program
@@ -161,11 +163,13 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int)
 
 
 @triton.jit
-def _moe_gemm_kernel(a_ptr, w_ptr, c_ptr, topk_w_ptr, sorted_ptr, expert_ids_ptr, npost_ptr, N, K, M,
-                     stride_am, stride_we, stride_wn, stride_wk, stride_cm, GRID_M,
-                     A_DIV: tl.constexpr, MUL_WEIGHT: tl.constexpr, IEEE: tl.constexpr,
+def _moe_gemm_kernel(a_ptr, w_ptr, s_ptr, o_ptr, c_ptr, topk_w_ptr, sorted_ptr, expert_ids_ptr, npost_ptr, N, K, M,
+                     stride_am, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_sk, stride_cm, GRID_M,
+                     A_DIV: tl.constexpr, MUL_WEIGHT: tl.constexpr, IEEE: tl.constexpr, QUANT: tl.constexpr,
+                     SN: tl.constexpr, SK: tl.constexpr, S_ROW: tl.constexpr, FP8_NATIVE: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """c[pair] = a[pair // A_DIV] @ w[expert]ᵀ (× routing weight), for the pairs of block ``m``."""
+    """c[pair] = a[pair // A_DIV] @ w[expert]ᵀ (× routing weight), for the pairs of block ``m``; ``QUANT``: the
+    weight's mode (:mod:`.triton_dequant`), each tile dequantized to float32 and rounded to ``a``'s dtype."""
     pid = tl.program_id(0)
     pid_m = pid % GRID_M
     pid_n = pid // GRID_M
@@ -180,16 +184,60 @@ def _moe_gemm_kernel(a_ptr, w_ptr, c_ptr, topk_w_ptr, sorted_ptr, expert_ids_ptr
     n_mask = offs_n < N
     a_base = a_ptr + row[:, None] * stride_am
     w_base = w_ptr + e * stride_we + offs_n[None, :] * stride_wn
+    s_base = s_ptr + e * stride_se + (offs_n // SN)[None, :] * stride_sn
+    o_base = o_ptr + e * stride_se + (offs_n // SN)[None, :] * stride_sn
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(0, K, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        k_mask = offs_k < K
-        a = tl.load(a_base + offs_k[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_base + offs_k[:, None] * stride_wk, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        if IEEE:  # fp32 weights, or bf16 under the interpreter (numpy has no bf16 matmul)
-            acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        if QUANT == 2:  # 4-bit codes, two per byte: low nibbles meet even inputs, high nibbles odd ones
+            kb = k0 // 2 + tl.arange(0, BK // 2)
+            kb_mask = kb < K // 2
+            am = valid[:, None] & kb_mask[None, :]
+            a_even = tl.load(a_base + (2 * kb)[None, :], mask=am, other=0.0)
+            a_odd = tl.load(a_base + (2 * kb + 1)[None, :], mask=am, other=0.0)
+            wm = kb_mask[:, None] & n_mask[None, :]
+            byte = tl.load(w_base + kb[:, None] * stride_wk, mask=wm, other=0)
+            if S_ROW:
+                s_off = (k0 // SK) * stride_sk
+                s = tl.load(s_base + s_off, mask=n_mask[None, :], other=0.0).to(tl.float32)
+                o = tl.load(o_base + s_off, mask=n_mask[None, :], other=0.0).to(tl.float32)
+            else:
+                s_off = ((2 * kb) // SK)[:, None] * stride_sk
+                s = tl.load(s_base + s_off, mask=wm, other=0.0).to(tl.float32)
+                o = tl.load(o_base + s_off, mask=wm, other=0.0).to(tl.float32)
+            lo = (byte & 15).to(tl.float32) * s + o
+            hi = (byte >> 4).to(tl.float32) * s + o
+            if IEEE:
+                acc += tl.dot(a_even.to(tl.float32), lo, input_precision="ieee")
+                acc += tl.dot(a_odd.to(tl.float32), hi, input_precision="ieee")
+            else:
+                acc += tl.dot(a_even, lo.to(a_even.dtype))
+                acc += tl.dot(a_odd, hi.to(a_odd.dtype))
         else:
-            acc += tl.dot(a, b)
+            offs_k = k0 + tl.arange(0, BK)
+            k_mask = offs_k < K
+            a = tl.load(a_base + offs_k[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
+            wm = k_mask[:, None] & n_mask[None, :]
+            b = tl.load(w_base + offs_k[:, None] * stride_wk, mask=wm, other=0.0)
+            if QUANT != 0:
+                if S_ROW:
+                    s_off = (k0 // SK) * stride_sk
+                    s = tl.load(s_base + s_off, mask=n_mask[None, :], other=0.0).to(tl.float32)
+                else:
+                    s_off = (offs_k // SK)[:, None] * stride_sk
+                    s = tl.load(s_base + s_off, mask=wm, other=0.0).to(tl.float32)
+                if QUANT == 1:
+                    bf = fp8_to_f32(b, FP8_NATIVE) * s
+                else:
+                    if S_ROW:
+                        o = tl.load(o_base + s_off, mask=n_mask[None, :], other=0.0).to(tl.float32)
+                    else:
+                        o = tl.load(o_base + s_off, mask=wm, other=0.0).to(tl.float32)
+                    bf = b.to(tl.float32) * s + o
+                b = bf.to(a.dtype)
+            if IEEE:  # fp32 weights, or bf16 under the interpreter (numpy has no bf16 matmul)
+                acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot(a, b)
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
     c = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
@@ -228,25 +276,27 @@ def moe_rules(num_pairs: int) -> tuple[MoeRule, MoeRule]:
     return MOE_TABLE[min(b for b in MOE_TABLE if b >= num_pairs)]
 
 
-def _moe_gemm(a, w, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_weight: bool, bm: int,
+def _moe_gemm(a, w: WeightArgs, out, topk_w, sorted_ids, expert_ids, npost, a_div: int, mul_weight: bool, bm: int,
               rule: MoeRule) -> None:
     M, N = out.shape
     K = a.shape[1]
     g = expert_ids.numel()
     bn = rule.block_n or (64 if bm < 64 else 128)
+    bk = w.step_k(rule.block_k, 32 if w.mode == MODE_INT4 else 16)  # tl.dot needs K >= 16 (4-bit: bytes)
     ieee = a.dtype == torch.float32 or _interpreting()
     _moe_gemm_kernel[(g * triton.cdiv(N, bn),)](
-        a, w, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), w.stride(0), w.stride(1),
-        w.stride(2), out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee,
-        BM=bm, BN=bn, BK=rule.block_k, num_warps=rule.num_warps, num_stages=rule.num_stages)
+        a, w.w, w.s, w.o, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), *w.strides_w,
+        *w.strides_s, out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee, **w.constexprs(bk),
+        BM=bm, BN=bn, BK=bk, num_warps=rule.num_warps, num_stages=rule.num_stages)
 
 
-def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-                  topk_ids: torch.Tensor, rules: tuple[MoeRule, MoeRule] | None = None,
+def fused_experts(x: torch.Tensor, w13: torch.Tensor | StackedWeight, w2: torch.Tensor | StackedWeight,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor, rules: tuple[MoeRule, MoeRule] | None = None,
                   small_rules: tuple[MoeGemvRule, MoeGemvRule] | None = None) -> torch.Tensor:
     """``sum_k topk_weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t))`` with ``e = topk_ids[t, k]``.
 
-    ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I]; returns [T, H] in x's dtype.
+    ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I] (dense tensors with the last dim
+    contiguous, or quantized :class:`~.quantized.StackedWeight`); returns [T, H] in x's dtype.
     The path: the small-batch GEMVs of :mod:`.small_moe` with ``small_rules`` when given, else (``rules``
     not given) when :func:`~.small_moe.small_moe_rules` has a launch for ``T * top_k`` pairs; otherwise
     the grouped GEMMs with ``rules`` (default :data:`MOE_TABLE` by ``T * top_k``)."""
@@ -258,16 +308,17 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_wei
     M = T * top_k
     if T == 0:
         return torch.empty_like(x)
-    assert x.is_contiguous() and w13.stride(2) == 1 and w2.stride(2) == 1
+    a13, a2 = kernel_args(w13), kernel_args(w2)
+    assert x.is_contiguous() and a13.strides_w[2] == 1 and a2.strides_w[2] == 1
     small = small_rules or (None if rules else small_moe_rules(M, E))
     if small is not None:
-        return small_fused_experts(x, w13, w2, topk_weights, topk_ids, small)
+        return small_fused_experts(x, a13, a2, topk_weights, topk_ids, small)
     bm = _block_m(M, E)
     r13, r2 = rules or moe_rules(M)
     sorted_ids, expert_ids, npost = moe_align_block_size(topk_ids, E, bm)
     gate_up = torch.empty(M, two_i, dtype=x.dtype, device=x.device)
-    _moe_gemm(x, w13, gate_up, topk_weights, sorted_ids, expert_ids, npost, top_k, False, bm, r13)
+    _moe_gemm(x, a13, gate_up, topk_weights, sorted_ids, expert_ids, npost, top_k, False, bm, r13)
     act = silu_and_mul(gate_up)
     down = torch.empty(M, H, dtype=x.dtype, device=x.device)
-    _moe_gemm(act, w2, down, topk_weights, sorted_ids, expert_ids, npost, 1, True, bm, r2)
+    _moe_gemm(act, a2, down, topk_weights, sorted_ids, expert_ids, npost, 1, True, bm, r2)
     return down.view(T, top_k, H).sum(dim=1)
