@@ -131,7 +131,7 @@ class Linear(nn.Module):
                 # Shared by every shard: the first shard loaded (in any order) sets it, the others must agree.
                 seen: set[str] = self.__dict__.setdefault("_shared_params_loaded", set())
                 if param_name in seen:
-                    if not torch.equal(dst, tensor.to(dst.dtype)):
+                    if not torch.equal(dst, tensor.to(dst.device, dst.dtype)):
                         raise ValueError(f"{param_name} differs between the checkpoint modules fused into one "
                                          f"layer (shard {shard_id}); pagoda needs them equal to fuse them.")
                     return

@@ -29,11 +29,12 @@ from pagoda.layers.fused_moe.quantized import MODE_FP8, MODE_PLAIN, StackedWeigh
 @triton.jit
 def fp8_to_f32(q, NATIVE: tl.constexpr):
     """float8_e4m3 codes (or their uint8 bytes when not ``NATIVE``) -> float32 values."""
-    if NATIVE:
-        return q.to(tl.float32)
-    b = q.to(tl.int16)
-    h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
-    return h.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
+    if NATIVE:  # (e4m3 -> fp16 is exact; Triton converts float8 to 16-bit floats only)
+        return q.to(tl.float16).to(tl.float32)
+    else:
+        b = q.to(tl.int16)
+        h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+        return h.to(tl.float16, bitcast=True).to(tl.float32) * 256.0
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,9 @@ def dequant(q, s_ptrs, o_ptrs, mask, QUANT: tl.constexpr, FP8_NATIVE: tl.constex
     s = tl.load(s_ptrs, mask=mask, other=0.0).to(tl.float32)
     if QUANT == 1:
         return fp8_to_f32(q, FP8_NATIVE) * s
-    o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)
-    return q.to(tl.float32) * s + o
+    else:  # (an else, not a fall-through: Triton compiles the code after a constexpr-if's return too)
+        o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)
+        return q.to(tl.float32) * s + o
 
 
 @triton.jit
