@@ -9,7 +9,10 @@ Usage (GPU machine, repository root):
 ``--engine-args``: extra EngineArgs as JSON, e.g. '{"speculative_config": {"method": "synthetic",
 "num_speculative_tokens": 4}}'. ``--structured``: every request is constrained by a JSON schema.
 Prints per batch size: wall time per step, device-busy time per step (sum of kernel times), the
-kernels grouped by name (top 16), and the launches per step.
+kernels grouped by name (top 16), and the launches per step. ``--timeline``: also the device timeline of those
+steps (kernel start/end times): the idle time between consecutive kernels split into short gaps (at most
+``--gap-us``, default 20 µs: launch and dependency latency between back-to-back kernels) and long ones (the
+device waiting for the host), per step.
 """
 
 from __future__ import annotations
@@ -56,6 +59,29 @@ def _host_profile(eng: LLMEngine, steps: int) -> None:
     pstats.Stats(pr).sort_stats("cumulative").print_stats(40)
 
 
+def _timeline(prof, steps: int, gap_us: float) -> None:
+    """Idle time between consecutive kernels on the device (intervals merged), short gaps vs long ones."""
+    spans = sorted((ev.time_range.start, ev.time_range.end) for ev in prof.events()
+                   if ev.device_type == torch.autograd.DeviceType.CUDA and ev.time_range.end > ev.time_range.start)
+    if not spans:
+        return
+    short = long_ = 0.0
+    n_short = n_long = 0
+    end = spans[0][1]
+    for start, stop in spans[1:]:
+        gap = start - end
+        if gap > 0:
+            if gap <= gap_us:
+                short, n_short = short + gap, n_short + 1
+            else:
+                long_, n_long = long_ + gap, n_long + 1
+        end = max(end, stop)
+    total = (end - spans[0][0]) / steps / 1000
+    print(f"  timeline: {total:.3f} ms/step first kernel to last; idle between kernels: short gaps (<= {gap_us:g} "
+          f"us) {short / steps / 1000:.3f} ms/step in {n_short // steps} gaps, long gaps {long_ / steps / 1000:.3f} "
+          f"ms/step in {n_long // steps} gaps")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -64,6 +90,8 @@ def main() -> None:
     ap.add_argument("--structured", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cprofile", action="store_true", help="also a host profile (cProfile) of the same steps")
+    ap.add_argument("--timeline", action="store_true", help="also split the device's idle time (module docstring)")
+    ap.add_argument("--gap-us", type=float, default=20.0)
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", max_model_len=4096, **extra))
@@ -93,6 +121,8 @@ def main() -> None:
               f"({busy / (wall * 1000):.0%}), {launches} kernels/step")
         for name, (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:16]:
             print(f"  {t / a.steps / 1000:7.3f} ms  {int(n) // a.steps:4d}x  {name}")
+        if a.timeline:
+            _timeline(prof, a.steps, a.gap_us)
         eng.abort_request(ids)
         while eng.has_unfinished_requests():
             eng.step()
