@@ -16,7 +16,10 @@ beats the grouped one; above it the grouped path runs. The Mixtral lines then sa
 picks at each T (``small_moe_rules``: not above the expert count either) and which one measured faster.
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/moe_small_sweep.py`` (< 90 s on an H200);
-``--smoke``: CPU, Triton interpreter, tiny shapes (checks the script runs).
+``--smoke``: CPU, Triton interpreter, tiny shapes (checks the script runs). ``--quant fp8`` / ``--quant int4``:
+quantized experts (:mod:`pagoda.layers.fused_moe.quantized`; FP8 codes with per-row scales, or 4-bit codes with
+groups of 128) instead of bf16, the floor counting their bytes; the CHOOSE block is then that mode's table
+(paste it into ``SMALL_MOE_QUANT_TABLES``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if SMOKE:
 
 import torch  # noqa: E402
 
+from pagoda.layers.fused_moe import quantized as qz  # noqa: E402
 from pagoda.layers.fused_moe import small_moe as sm  # noqa: E402
 from pagoda.layers.fused_moe import triton_moe as tm  # noqa: E402
 from pagoda.layers.fused_moe.routing import RoutingConfig  # noqa: E402
@@ -55,7 +59,13 @@ DOWN = [MoeGemvRule(4, 128), MoeGemvRule(4, 256), MoeGemvRule(8, 128, num_warps=
         MoeGemvRule(8, 512, num_warps=8, block_u=2)]
 if SMOKE:
     GATE_UP, DOWN = [MoeGemvRule(8, 32), MoeGemvRule(16, 16)], [MoeGemvRule(4, 32), MoeGemvRule(8, 16, block_u=1)]
-BYTES = 2
+QUANT = sys.argv[sys.argv.index("--quant") + 1] if "--quant" in sys.argv else "none"
+_MODES = {"none": qz.MODE_PLAIN, "fp8": qz.MODE_FP8, "int4": qz.MODE_INT4}
+BYTES = {"none": 2.0, "fp8": 1.0, "int4": 0.5 + 2 * 2 / 128}[QUANT]
+if QUANT != "none" and not SMOKE:  # 1-byte / half-byte codes: longer K steps move as many bytes per load
+    GATE_UP += [MoeGemvRule(8, 1024), MoeGemvRule(16, 512), MoeGemvRule(32, 256, num_warps=8)]
+    DOWN += [MoeGemvRule(8, 1024, num_warps=8, block_u=2), MoeGemvRule(16, 256, num_warps=8),
+             MoeGemvRule(8, 512, num_warps=8)]
 
 
 def copy_bandwidth() -> float:
@@ -80,9 +90,22 @@ def per_layer_us(call, layers) -> float:
     return graph_median_ms(fn, rounds=9, replays=5) * 1e3 / len(layers)
 
 
-def make_weights(shape: tuple) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _stacked(E: int, n: int, k: int) -> qz.StackedWeight:
+    """Random experts in the ``--quant`` form (weights of about ±0.02)."""
+    if QUANT == "fp8":
+        q = (torch.rand(E, n, k, device=DEV) * 2 - 1).mul(448).to(torch.float8_e4m3fn)
+        return qz.StackedWeight(qz.MODE_FP8, q, torch.full((E, n, 1), 0.02 / 448, device=DEV), None, n, k, 1, k, DT)
+    group = min(128, k)
+    q = torch.randint(0, 256, (E, n, k // 2), device=DEV, dtype=torch.uint8)
+    scale = torch.full((E, n, k // group), 0.02 / 8, device=DEV, dtype=DT)
+    return qz.StackedWeight(qz.MODE_INT4, q, scale, scale * -8, n, k, 1, group, DT)
+
+
+def make_weights(shape: tuple) -> list[tuple]:
     """``copies`` distinct layers' (w13, w2)."""
     E, _, H, inter, _, copies = shape
+    if QUANT != "none":
+        return [(_stacked(E, 2 * inter, H), _stacked(E, H, inter)) for _ in range(copies)]
     return [(torch.randn(E, 2 * inter, H, device=DEV, dtype=DT) * 0.02,
              torch.randn(E, H, inter, device=DEV, dtype=DT) * 0.02) for _ in range(copies)]
 
@@ -138,7 +161,7 @@ def sweep_shape(name: str, shape: tuple, bw: float) -> dict[int, dict]:
         grouped_us = per_layer_us(lambda lay, m=t * K: tm.fused_experts(*lay, rules=tm.moe_rules(m)), layers)
         ref = tm.fused_experts(*layers[0], rules=tm.moe_rules(t * K))
         r13, r2, small_us = _search(layers, ref)
-        default = sm.small_moe_rules(t * K, E)
+        default = sm.small_moe_rules(t * K, E, sm.SMALL_MOE_QUANT_TABLES.get(_MODES[QUANT]))
         default_us = per_layer_us(lambda lay, r=default: sm.small_fused_experts(*lay, r), layers) if default else None
         note = f"current table {default_us:.1f} us" if default_us else "current table: grouped"
         print(f"[{name}] T={t:2d} ({t * K:3d} pairs, {distinct:5.1f} distinct experts) floor {floor:6.1f} us | "
@@ -184,7 +207,7 @@ def main() -> None:
     t0 = time.perf_counter()
     bw = copy_bandwidth()
     dev = "smoke (CPU interpreter)" if SMOKE else torch.cuda.get_device_name()
-    print(f"{dev}  copy bandwidth {bw / 1e9:.0f} GB/s  torch {torch.__version__}")
+    print(f"{dev}  copy bandwidth {bw / 1e9:.0f} GB/s  torch {torch.__version__}  experts: {QUANT}")
     results = {}
     for name, shape in SHAPES.items():
         results[name] = sweep_shape(name, shape, bw)

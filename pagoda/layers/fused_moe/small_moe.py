@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.layers.fused_moe.quantized import MODE_INT4, StackedWeight
+from pagoda.layers.fused_moe.quantized import MODE_FP8, MODE_INT4, StackedWeight
 from pagoda.layers.fused_moe.triton_dequant import WeightArgs, dequant, dequant_nibbles, kernel_args
 
 
@@ -66,6 +66,25 @@ SMALL_MOE_TABLE: dict[int, tuple[MoeGemvRule, MoeGemvRule]] = {  # max pairs -> 
 }
 """``T * top_k`` at most the key (the smallest key at or above it): the small path with these launches; above
 the largest key (or above the expert count: :func:`small_moe_rules`) the grouped path of :mod:`.triton_moe`."""
+
+
+# Quantized experts (:mod:`.quantized`): measured the same way (``moe_small_sweep.py --quant fp8|int4``, H200,
+# session 13; FP8 per-row scales, 4-bit groups of 128); a mode without a table uses SMALL_MOE_TABLE.
+SMALL_MOE_QUANT_TABLES: dict[int, dict[int, tuple[MoeGemvRule, MoeGemvRule]]] = {
+    MODE_FP8: {
+        8: (MoeGemvRule(block_n=8, block_k=256), MoeGemvRule(block_n=8, block_k=512, num_warps=8)),
+        16: (MoeGemvRule(block_n=8, block_k=512), MoeGemvRule(block_n=4, block_k=256)),
+        32: (MoeGemvRule(block_n=16, block_k=256), MoeGemvRule(block_n=4, block_k=256)),
+        64: (MoeGemvRule(block_n=16, block_k=256), MoeGemvRule(block_n=4, block_k=256)),
+    },
+    MODE_INT4: {
+        8: (MoeGemvRule(block_n=8, block_k=512), MoeGemvRule(block_n=8, block_k=256, num_warps=8)),
+        16: (MoeGemvRule(block_n=16, block_k=256), MoeGemvRule(block_n=16, block_k=256, num_warps=8)),
+        32: (MoeGemvRule(block_n=16, block_k=256), MoeGemvRule(block_n=16, block_k=256, num_warps=8)),
+        64: (MoeGemvRule(block_n=16, block_k=256), MoeGemvRule(block_n=16, block_k=256, num_warps=8)),
+    },
+}
+"""Per weight mode, the small path's launches and its reach (above the largest key: the grouped path)."""
 
 
 def small_moe_rules(num_pairs: int, num_experts: int,

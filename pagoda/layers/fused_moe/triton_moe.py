@@ -28,7 +28,12 @@ from triton.runtime.jit import JITFunction
 
 from pagoda.layers.fused_moe.quantized import MODE_INT4, StackedWeight
 from pagoda.layers.fused_moe.routing import RoutingConfig
-from pagoda.layers.fused_moe.small_moe import MoeGemvRule, small_fused_experts, small_moe_rules
+from pagoda.layers.fused_moe.small_moe import (
+    SMALL_MOE_QUANT_TABLES,
+    MoeGemvRule,
+    small_fused_experts,
+    small_moe_rules,
+)
 from pagoda.layers.fused_moe.triton_dequant import WeightArgs, fp8_to_f32, kernel_args
 
 _ALIGN_BLOCK = 64  # pairs per one-hot chunk
@@ -298,7 +303,8 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor | StackedWeight, w2: torch.
     ``x`` [T, H]; ``w13`` [E, 2I, H] (gate rows then up rows); ``w2`` [E, H, I] (dense tensors with the last dim
     contiguous, or quantized :class:`~.quantized.StackedWeight`); returns [T, H] in x's dtype.
     The path: the small-batch GEMVs of :mod:`.small_moe` with ``small_rules`` when given, else (``rules``
-    not given) when :func:`~.small_moe.small_moe_rules` has a launch for ``T * top_k`` pairs; otherwise
+    not given) when :func:`~.small_moe.small_moe_rules` has a launch for ``T * top_k`` pairs (quantized experts:
+    their mode's table in ``SMALL_MOE_QUANT_TABLES`` when it has one); otherwise
     the grouped GEMMs with ``rules`` (default :data:`MOE_TABLE` by ``T * top_k``)."""
     from pagoda.layers.fused_kernels import silu_and_mul
 
@@ -310,7 +316,7 @@ def fused_experts(x: torch.Tensor, w13: torch.Tensor | StackedWeight, w2: torch.
         return torch.empty_like(x)
     a13, a2 = kernel_args(w13), kernel_args(w2)
     assert x.is_contiguous() and a13.strides_w[2] == 1 and a2.strides_w[2] == 1
-    small = small_rules or (None if rules else small_moe_rules(M, E))
+    small = small_rules or (None if rules else small_moe_rules(M, E, SMALL_MOE_QUANT_TABLES.get(a13.mode)))
     if small is not None:
         return small_fused_experts(x, a13, a2, topk_weights, topk_ids, small)
     bm = _block_m(M, E)
