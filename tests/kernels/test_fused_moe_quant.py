@@ -68,9 +68,9 @@ FORMS = {
 }
 
 
-@pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("T", [2, 9])
+@pytest.mark.parametrize("form,T", [(f, 2) for f in FORMS] + [("fp8-block", 9), ("int4-g32-g16", 9)])
 def test_quantized_experts_match_loop(form, T):
+    """T = 2: a block of one or two pairs per expert; T = 9: several pairs share an expert's block."""
     E, K, H, inter = 6, 2, 64, 48
     mode, (sn13, sk13), (sn2, sk2) = FORMS[form]
     w13 = _stacked(mode, E, 2 * inter, H, sn13, sk13, 1)
@@ -103,9 +103,10 @@ def test_quantized_experts_bf16():
 
 @pytest.mark.skipif(torch.cuda.is_available(),
                     reason="CPU interpreter check; tests/gpu/test_gpu_moe.py runs the same checkpoints compiled")
-@pytest.mark.parametrize("arch,scheme", [("qwen3moe", "gptq-b4-g16-asym"), ("qwen2moe", "fp8-block16")])
-def test_quantized_checkpoint_fused_equals_unfused(tmp_path, arch, scheme):
-    """A whole quantized MoE model with the Triton MoE path gives the grouped path's tokens."""
+def test_quantized_checkpoint_fused_equals_unfused(tmp_path):
+    """A whole quantized MoE model (block-wise FP8, shared expert too) with the Triton MoE path gives the grouped
+    path's tokens (the 4-bit checkpoints run compiled in tests/gpu/test_gpu_moe.py)."""
+    arch, scheme = "qwen2moe", "fp8-block16"
     import sys
     from pathlib import Path
 
