@@ -21,28 +21,40 @@ from test_gpu_parity import PROMPTS, check_top5, hf_greedy_with_top5  # noqa: E4
 from tiny_models import build_tiny_model  # noqa: E402
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe_dense", "qwen3moe"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gpu_moe_matches_hf_and_graphs(tmp_path, arch, dtype):
+def eager_and_graph_tokens(folder, max_tokens: int, **kw) -> dict[bool, list[list[int]]]:
+    """Greedy tokens of ``PROMPTS`` with ``enforce_eager`` True and False (one engine each, freed after); the MoE
+    layers run the fused path."""
     from pagoda import LLM, SamplingParams
 
-    folder = build_tiny_model(tmp_path / arch, arch)
-    sp = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     outs = {}
     for eager in (True, False):
-        llm = LLM(str(folder), dtype=dtype, device="cuda", enforce_eager=eager, kv_cache_memory_bytes=256 * 2**20)
+        llm = LLM(str(folder), device="cuda", enforce_eager=eager, kv_cache_memory_bytes=256 * 2**20, **kw)
         assert any(getattr(m, "fused", False) for m in llm.llm_engine.core.runner.model.modules())
         outs[eager] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
         del llm
         torch.cuda.empty_cache()
+    return outs
+
+
+def assert_follows_hf(tokens: list[list[int]], ref_folder, max_tokens: int) -> None:
+    """fp32 HF on ``ref_folder``: the top-5 rule at a divergence, all but one sequence token-exact."""
+    ref = hf_greedy_with_top5(ref_folder, PROMPTS, max_tokens, torch.float32)
+    exact = 0
+    for ours, (theirs, top5) in zip(tokens, ref, strict=True):
+        check_top5(ours, theirs, top5)
+        exact += ours == theirs
+    assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} fp32 sequences token-exact"
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe_dense", "qwen3moe"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_moe_matches_hf_and_graphs(tmp_path, arch, dtype):
+    folder = build_tiny_model(tmp_path / arch, arch)
+    outs = eager_and_graph_tokens(folder, 32, dtype=dtype)
     assert outs[True] == outs[False], "CUDA graphs changed the output"
     if dtype == "float32":
-        ref = hf_greedy_with_top5(folder, PROMPTS, 32, torch.float32)
-        exact = 0
-        for ours, (theirs, top5) in zip(outs[True], ref, strict=True):
-            check_top5(ours, theirs, top5)
-            exact += ours == theirs
-        assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} fp32 sequences token-exact"
+        assert_follows_hf(outs[True], folder, 32)
 
 
 QWEN3_30B_LAYER = (128, 8, 2048, 768, True)
@@ -92,41 +104,19 @@ def test_gpu_small_moe_path_in_graph_matches_grouped(T, E, K, H, inter, cast):
 
 @pytest.mark.parametrize("arch,scheme", [("qwen3moe", "gptq-b4-g16-asym"), ("mixtral", "gptq-b8-gall-sym"),
                                          ("qwen2moe", "fp8-block16"), ("qwen3moe", "fp8-tensor-experts")])
-def test_gpu_quantized_moe_matches_cpu_and_graphs(tmp_path, arch, scheme):
+def test_gpu_quantized_moe_matches_hf_and_graphs(tmp_path, arch, scheme):
     """Quantized experts on the GPU (the Triton paths dequantizing in flight), fp32: CUDA graphs on and off give
     the same tokens, which follow HF's on the dequantized checkpoint (top-5 rule, all but one exact)."""
     from moe_quant_checkpoints import write_quantized
 
-    from pagoda import LLM, SamplingParams
-
     qdir, ddir = write_quantized(build_tiny_model(tmp_path / arch, arch), tmp_path / "q", scheme)
-    sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
-    outs = {}
-    for eager in (True, False):
-        llm = LLM(str(qdir), dtype="float32", device="cuda", enforce_eager=eager, kv_cache_memory_bytes=256 * 2**20)
-        outs[eager] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
-        del llm
-        torch.cuda.empty_cache()
+    outs = eager_and_graph_tokens(qdir, 24, dtype="float32")
     assert outs[True] == outs[False], "CUDA graphs changed the output"
-    ref = hf_greedy_with_top5(ddir, PROMPTS, 24, torch.float32)
-    exact = 0
-    for ours, (theirs, top5) in zip(outs[True], ref, strict=True):
-        check_top5(ours, theirs, top5)
-        exact += ours == theirs
-    assert exact >= len(PROMPTS) - 1, f"only {exact}/{len(PROMPTS)} sequences token-exact"
+    assert_follows_hf(outs[True], ddir, 24)
 
 
 def test_gpu_quantized_moe_dummy_bf16_runs_in_graphs(tmp_path):
     """--load-format dummy with online -q fp8 on a bf16 MoE: graphs and eager agree."""
-    from pagoda import LLM, SamplingParams
-
     folder = build_tiny_model(tmp_path / "qwen3moe", "qwen3moe")
-    sp = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    outs = {}
-    for eager in (True, False):
-        llm = LLM(str(folder), dtype="bfloat16", device="cuda", enforce_eager=eager, quantization="fp8",
-                  load_format="dummy", kv_cache_memory_bytes=256 * 2**20)
-        outs[eager] = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, sp, use_tqdm=False)]
-        del llm
-        torch.cuda.empty_cache()
+    outs = eager_and_graph_tokens(folder, 16, dtype="bfloat16", quantization="fp8", load_format="dummy")
     assert outs[True] == outs[False]

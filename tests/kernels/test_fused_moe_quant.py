@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
+from test_fused_moe import loop_reference  # noqa: E402  (float64, token by token, choice by choice)
+
 from pagoda.layers.fused_moe import RoutingConfig, select_experts  # noqa: E402
 from pagoda.layers.fused_moe import small_moe as sm  # noqa: E402
 from pagoda.layers.fused_moe import triton_moe as tm  # noqa: E402
@@ -43,18 +45,6 @@ def _stacked(mode, E, n, k, sn, sk, seed, dtype=torch.float32):
 
 def _dense(w):
     return torch.stack([w.expert(e, torch.float32) for e in range(w.shape[0])])
-
-
-def loop_reference(x, w13, w2, weights, ids):
-    inter = w2.shape[2]
-    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    for t in range(x.shape[0]):
-        for j in range(ids.shape[1]):
-            e = int(ids[t, j])
-            gu = w13[e].double() @ x[t].double()
-            h = torch.nn.functional.silu(gu[:inter]) * gu[inter:]
-            out[t] += float(weights[t, j]) * (w2[e].double() @ h)
-    return out
 
 
 # (mode, w13 (sn, sk), w2 (sn, sk)) with H = 64, inter = 48: per-row FP8 (sk = the whole input), 16x16 blocks,
