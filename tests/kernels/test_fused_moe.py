@@ -116,11 +116,15 @@ def test_tiny_qwen2moe_fused_equals_unfused(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tiny_models import build_tiny_model
 
+    assert_fused_equals_unfused(build_tiny_model(tmp_path / "qwen2moe", "qwen2moe"), max_tokens=6)
+
+
+def assert_fused_equals_unfused(folder, max_tokens: int) -> None:
+    """The model at ``folder`` (fp32, CPU) gives the same greedy tokens before and after enable_fused_kernels()."""
     from pagoda import LLM, SamplingParams
 
-    folder = build_tiny_model(tmp_path / "qwen2moe", "qwen2moe")
     prompts = ["The quick brown fox", "héllo"]
-    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     llm = LLM(str(folder), dtype="float32", device="cpu", num_gpu_blocks_override=32)
     base = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
     llm.llm_engine.core.runner.model.enable_fused_kernels()

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from test_fused_moe import loop_reference  # noqa: E402  (float64, token by token, choice by choice)
+from test_fused_moe import assert_fused_equals_unfused, loop_reference  # noqa: E402
 
 from pagoda.layers.fused_moe import RoutingConfig, select_experts  # noqa: E402
 from pagoda.layers.fused_moe import small_moe as sm  # noqa: E402
@@ -104,13 +104,5 @@ def test_quantized_checkpoint_fused_equals_unfused(tmp_path):
     from moe_quant_checkpoints import write_quantized
     from tiny_models import build_tiny_model
 
-    from pagoda import LLM, SamplingParams
-
     qdir, _ = write_quantized(build_tiny_model(tmp_path / arch, arch), tmp_path / "q", scheme)
-    prompts = ["The quick brown fox", "héllo"]
-    sp = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
-    llm = LLM(str(qdir), dtype="float32", device="cpu", num_gpu_blocks_override=32)
-    base = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
-    llm.llm_engine.core.runner.model.enable_fused_kernels()
-    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
-    assert fused == base
+    assert_fused_equals_unfused(qdir, max_tokens=5)
