@@ -118,7 +118,7 @@ class FusedMoE(nn.Module):
             if expert is None:
                 raise ValueError("fused 3-D expert tensors (gate_up_proj / down_proj) are not read for quantized "
                                  "experts; pagoda reads them per expert (experts.N.gate_proj.qweight ...).")
-            pname, shard = EXPERT_SHARDS[shard_name]
+            _, shard = EXPERT_SHARDS[shard_name]
             proj = "down" if shard is None else ("gate", "up")[shard]
             return self.quant.load(expert, proj, param_name, tensor)
         if param_name != "weight":

@@ -30,7 +30,7 @@ columns of down (:class:`~pagoda.layers.fused_moe.layer.FusedMoE`); a cut must f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,6 +66,8 @@ class StackedWeight:
     sn: int
     sk: int
     dtype: torch.dtype
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What a path derives from these tensors once (the Triton kernels' launch arguments)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -172,6 +174,7 @@ class QuantizedExperts(nn.Module):
         self.device = torch.empty(0).device  # the model's (built under its default device)
         self._staging: dict[tuple[int, str], tuple[Linear, set[str]]] = {}
         self._forms: dict[str, tuple[int, int, int | None]] = {}
+        self._weights: dict[str, StackedWeight] = {}
         for name in ("w13", "w2"):
             for part in ("q", "scale", "offset"):
                 self.register_buffer(f"{name}_{part}", None)
@@ -288,10 +291,14 @@ class QuantizedExperts(nn.Module):
         setattr(self, f"_{name}_geom", (n, k, c.sn, c.sk, c.mode))
 
     def weight(self, name: str) -> StackedWeight:
-        """The stacked ``w13`` or ``w2`` (after loading)."""
-        n, k, sn, sk, mode = getattr(self, f"_{name}_geom")
-        return StackedWeight(mode, getattr(self, f"{name}_q"), getattr(self, f"{name}_scale"),
-                             getattr(self, f"{name}_offset"), n, k, sn, sk, self.dtype)
+        """The stacked ``w13`` or ``w2`` (after loading); built once and kept while its buffers stay the same tensors
+        (a device move replaces them), so a forward reuses it and its kernels' launch arguments."""
+        q, scale, offset = (getattr(self, f"{name}_{p}") for p in ("q", "scale", "offset"))
+        held = self._weights.get(name)
+        if held is None or held.q is not q or held.scale is not scale or held.offset is not offset:
+            n, k, sn, sk, mode = getattr(self, f"_{name}_geom")
+            held = self._weights[name] = StackedWeight(mode, q, scale, offset, n, k, sn, sk, self.dtype)
+        return held
 
     def pending(self) -> list[str]:
         """Staging layers still waiting for tensors, with the tensors they lack (for the missing-weights error)."""

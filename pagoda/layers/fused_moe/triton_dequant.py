@@ -16,6 +16,7 @@ K step) means one scale column per K step, loaded as a row vector instead of gat
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ class WeightArgs:
                 "S_ROW": self.mode != MODE_PLAIN and self.sk % block_k == 0}
 
 
+@functools.cache
 def _fp8_native(device: torch.device) -> bool:
     from triton.runtime.jit import JITFunction
 
@@ -79,6 +81,12 @@ def kernel_args(w: torch.Tensor | StackedWeight) -> WeightArgs:
         E, N, K = w.shape
         return WeightArgs(w, w, w, (w.stride(0), w.stride(1), w.stride(2)), (0, 0, 0), MODE_PLAIN, 1, K, N, K,
                           False)
+    if "launch" not in w.derived:
+        w.derived["launch"] = _stacked_args(w)
+    return w.derived["launch"]
+
+
+def _stacked_args(w: StackedWeight) -> WeightArgs:
     q = w.q
     native = w.mode == MODE_FP8 and _fp8_native(q.device)
     if w.mode == MODE_FP8 and not native:
