@@ -149,7 +149,7 @@ class EngineArgs:
     """Quantization method of the weights (default: the checkpoint's quantization_config, or none). Given for an
     unquantized checkpoint, a method that can quantize at load time (fp8) does so; gptq and awq then give random
     weights of their default layout (4-bit, group 128) with --load-format dummy only. MoE experts are quantized
-    too (weight-only, dequantized in flight), except from GGUF files."""
+    too (weight-only, dequantized in flight), GGUF ones included."""
     kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
     """KV-cache size, e.g. 512M or 4G; on GPU it overrides --gpu-memory-utilization (default: 2G on CPU)."""
     gpu_memory_utilization: float = 0.9

@@ -617,6 +617,7 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
     try:
         bar.set_postfix_str(steps[0])
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        _complete_gguf_config(config, path)
         bar.update(1)
 
         bar.set_postfix_str(steps[1])
@@ -680,6 +681,27 @@ def _save_gguf_tokenizer(path: Path, out: Path, config: Any) -> None:
         tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(out))
     _tidy_tokenizer_config(out, tokenizer, config)
+
+
+_GGUF_CONFIG_KEYS = {
+    "attention.key_length": "head_dim",
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+}
+"""GGUF metadata (``<arch>.<key>``) that transformers' GGUF config reader leaves at the config class's default for some
+architectures (Qwen3's head_dim, the MoE sizes): the defaults fit the published checkpoints, not others."""
+
+
+def _complete_gguf_config(config: Any, path: Path) -> None:
+    """Set the fields of :data:`_GGUF_CONFIG_KEYS` that ``config`` has from ``path``'s metadata, where it holds them."""
+    from pagoda.quantization.gguf_file import open_gguf
+
+    meta = open_gguf(path).metadata
+    arch = meta.get("general.architecture")
+    for key, field_name in _GGUF_CONFIG_KEYS.items():
+        value = meta.get(f"{arch}.{key}")
+        if value is not None and hasattr(config, field_name):
+            setattr(config, field_name, int(value))
 
 
 def _read_gguf_weights(path: Path, meta_model: Any, progress: bool) -> tuple[dict[str, Any], Any]:

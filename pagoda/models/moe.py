@@ -82,9 +82,6 @@ class _MoeForCausalLM(LlamaForCausalLM):
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None) -> None:
-        if quant_config is not None and quant_config.name == "gguf":
-            raise ValueError(f"{arch}: GGUF MoE checkpoints (stacked *_exps tensors) are not supported yet; use a "
-                             f"safetensors checkpoint (unquantized, FP8, GPTQ, AWQ or compressed-tensors).")
         if str(hf_config.get("hidden_act", "silu")) not in ("silu", "swish"):
             raise ValueError(f"{arch}: hidden_act {hf_config.get('hidden_act')!r} is not supported for experts (silu)")
         self.arch = arch

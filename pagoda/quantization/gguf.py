@@ -43,9 +43,24 @@ QUANTIZED_LOAD_FORMATS = ("auto", "gguf")
 
 logger = logging.getLogger("pagoda")
 
-GGUF_QUANTIZED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
-"""Architectures whose GGUF tensors run quantized (llama.cpp's ``llama`` tensor names and row order, tested);
-a GGUF of another architecture runs its dequantized conversion."""
+GGUF_QUANTIZED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                        "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+"""Architectures whose GGUF tensors run quantized (llama.cpp's ``llama`` / ``qwen2`` / ``qwen3`` / ``qwen2moe`` /
+``qwen3moe`` tensor names and row order, tested); a GGUF of another architecture runs its dequantized conversion."""
+
+_MOE_ARCHS = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+
+_DENSE_MODULES = (".mlp.gate.", ".mlp.shared_expert_gate.")
+"""Modules pagoda never quantizes (the MoE routers, models/moe.py): their GGUF tensors load as dense weights."""
+
+
+def _dense_expert_types(gguf_file: Path) -> list[str]:
+    """The types of ``gguf_file``'s stacked expert tensors that are not quantized (F16 / BF16 / F32 experts run the
+    dequantized conversion: the quantized experts' stacked forms hold integer codes only)."""
+    from pagoda.quantization.gguf_file import open_gguf
+
+    return sorted({t.type_name for t in open_gguf(gguf_file).tensors
+                   if "_exps." in t.name and t.type_name not in FORMATS})
 
 
 def gguf_model_config(hf_config: dict[str, Any], gguf_file: Path | None, load_format: str,
@@ -55,6 +70,13 @@ def gguf_model_config(hf_config: dict[str, Any], gguf_file: Path | None, load_fo
     :data:`GGUF_QUANTIZED_ARCHS`; unchanged otherwise. A request for ``gguf`` that cannot be honoured is a
     ``ValueError`` naming the flag."""
     if gguf_file is not None and load_format in QUANTIZED_LOAD_FORMATS:
+        dense = _dense_expert_types(gguf_file) if arch in _MOE_ARCHS else []
+        if dense:
+            if requested == "gguf":
+                raise ValueError(f"--quantization gguf: the experts of {gguf_file.name} are {', '.join(dense)}, not "
+                                 f"quantized; drop --quantization to run its dequantized conversion.")
+            logger.info("%s: its experts are %s; running its dequantized conversion.", gguf_file.name, ", ".join(dense))
+            return hf_config
         if arch is None or arch in GGUF_QUANTIZED_ARCHS:
             return {**hf_config, "quantization_config": {"quant_method": "gguf", "gguf_file": str(gguf_file)}}
         if requested == "gguf":
@@ -100,11 +122,16 @@ class GGUFConfig(QuantizationConfig):
         return True
 
     def checkpoint_weights(self, hf_config: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
-        """The file's tensors under HF names: 1-D ones (norms, biases) dense; matrices as ``<module>.qweight``
-        raw-byte tensors carrying ``gguf_name`` / ``gguf_type`` / ``gguf_shape`` attributes."""
+        """The file's tensors under HF names: 1-D ones (norms, biases) and the MoE routers (:data:`_DENSE_MODULES`,
+        dequantized) dense; matrices as ``<module>.qweight`` raw-byte tensors carrying ``gguf_name`` / ``gguf_type`` /
+        ``gguf_shape`` attributes. A stacked expert tensor counts once in :meth:`describe`."""
         for name, raw in iter_gguf_tensors(self.gguf_file, hf_config):
-            self._types[raw.type_name] += 1
-            if len(raw.shape) == 1 and not raw.quantized:
+            if not raw.name.endswith("]") or raw.name.endswith("[0]"):
+                self._types[raw.type_name] += 1
+            if any(m in name for m in _DENSE_MODULES):
+                w = _dense(raw, torch.device("cpu"))
+                yield name, w.view(1, -1) if w.dim() == 1 else w  # llama.cpp stores the shared-expert gate as [H]
+            elif len(raw.shape) == 1 and not raw.quantized:
                 yield name, decode_dense(raw.type_name, raw.data, raw.shape)
             elif len(raw.shape) == 2 and name.endswith(".weight"):
                 t = raw.data

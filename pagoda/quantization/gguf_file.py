@@ -5,6 +5,10 @@
 - names: ``token_embd`` -> ``model.embed_tokens``, ``blk.N.attn_q`` -> ``model.layers.N.self_attn.q_proj``,
   ``ffn_gate`` -> ``mlp.gate_proj``, ``output_norm`` -> ``model.norm``, ``output`` -> ``lm_head`` (table
   ``_BLOCK_NAMES``); a tensor with no HF place (``rope_freqs``: pagoda computes RoPE from the config) is skipped.
+- mixture of experts (``qwen2moe``, ``qwen3moe``): the router ``ffn_gate_inp`` -> ``mlp.gate``, the shared expert
+  ``ffn_{gate,up,down}_shexp`` and its gate ``ffn_gate_inp_shexp``; the stacked experts ``ffn_{gate,up,down}_exps``
+  (``[E, out, in]``) are yielded one expert at a time as ``mlp.experts.<e>.{gate,up,down}_proj`` (an expert's rows
+  are whole block rows of the stacked data, so the split is exact and copies nothing).
 - rows: llama.cpp's converter interleaves the rotary rows of ``attn_q`` / ``attn_k`` for architecture
   ``llama`` (transformers undoes it in ``LlamaTensorProcessor``); the same row permutation is applied to
   the raw rows here. Quantization blocks run along the input dimension, so permuting rows is exact.
@@ -39,7 +43,14 @@ _BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
+_EXPERT_NAMES = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+"""Stacked expert tensors ``[E, out, in]`` -> the per-expert projection each slice is."""
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _SKIPPED = ("rope_freqs",)
 _PERMUTED_ARCHS = ("llama",)
@@ -62,16 +73,19 @@ class RawTensor:
 
 
 def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face parameter name of a GGUF tensor (``None``: not a model parameter)."""
+    """The Hugging Face parameter name of a GGUF tensor (``None``: not a model parameter); a stacked expert tensor
+    gets ``model.layers.N.mlp.experts.{}.<proj>.<suffix>``, its expert index left as ``{}``."""
     base, _, suffix = gguf_name.rpartition(".")
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
     if m and m.group(2) in _BLOCK_NAMES:
         return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{suffix}"
+    if m and m.group(2) in _EXPERT_NAMES:
+        return f"model.layers.{m.group(1)}.mlp.experts.{{}}.{_EXPERT_NAMES[m.group(2)]}.{suffix}"
     if base in _TOP_NAMES:
         return f"{_TOP_NAMES[base]}.{suffix}"
     if base in _SKIPPED:
         return None
-    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in pagoda's Llama-family model")
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no place in pagoda's Llama / Qwen model")
 
 
 def rotary_row_order(rows: int, n_head: int) -> torch.Tensor:
@@ -130,4 +144,18 @@ def iter_gguf_tensors(path: Path, hf_config: dict[str, Any]) -> Iterator[tuple[s
             if rows % (2 * n_head):
                 raise ValueError(f"GGUF tensor {t.name!r}: {rows} rows do not split into {n_head} rotary heads")
             raw.data = raw.data.view(rows, -1)[rotary_row_order(rows, n_head)].reshape(raw.data.shape)
-        yield name, raw
+        if "{}" in name:
+            yield from _per_expert(name, raw)
+        else:
+            yield name, raw
+
+
+def _per_expert(name: str, raw: RawTensor) -> Iterator[tuple[str, RawTensor]]:
+    """A stacked ``[E, out, in]`` expert tensor as ``E`` tensors ``[out, in]`` (views of its rows)."""
+    if len(raw.shape) != 3:
+        raise ValueError(f"GGUF tensor {raw.name!r} holds experts but has shape {list(raw.shape)} (expected "
+                         f"[experts, out, in])")
+    experts, out = raw.shape[0], raw.shape[1]
+    rows = raw.data.view(experts, out, -1) if raw.quantized else raw.data.view(experts, -1)
+    for e in range(experts):
+        yield name.format(e), RawTensor(f"{raw.name}[{e}]", raw.type_name, raw.shape[1:], rows[e])

@@ -120,3 +120,18 @@ def test_gpu_quantized_moe_dummy_bf16_runs_in_graphs(tmp_path):
     folder = build_tiny_model(tmp_path / "qwen3moe", "qwen3moe")
     outs = eager_and_graph_tokens(folder, 16, dtype="bfloat16", quantization="fp8", load_format="dummy")
     assert outs[True] == outs[False]
+
+
+@pytest.mark.parametrize("case", ["qwen3moe", "qwen2moe"])
+def test_gpu_gguf_moe_matches_hf_and_graphs(tmp_path, monkeypatch, case):
+    """A Qwen MoE GGUF run quantized on the GPU (qwen3moe: Q4_K gate/up, Q6_K down experts; qwen2moe: Q4_0 / Q5_1
+    experts and a shared expert), fp32: graphs on and off agree and follow HF on its dequantized conversion."""
+    from test_gguf_qwen import _write
+
+    from pagoda.models.model_files import resolve_model
+
+    monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
+    path = _write(tmp_path / f"{case}.gguf", case)
+    outs = eager_and_graph_tokens(path, 24, dtype="float32")
+    assert outs[True] == outs[False], "CUDA graphs changed the output"
+    assert_follows_hf(outs[True], resolve_model(str(path)), 24)

@@ -135,6 +135,14 @@ def canonical_of(lin: Linear, what: str, describe: str) -> _Canonical:
                      f"integer-weight experts.")
 
 
+def _form_text(form: tuple[int, int, int | None]) -> str:
+    """A stacked form in words, for errors: ``4-bit codes, groups of 32``."""
+    mode, sn, sk = form
+    if mode == MODE_FP8:
+        return f"fp8, blocks of {sn}x{sk}" if sk else "fp8 per output row"
+    return f"{'4-bit' if mode == MODE_INT4 else '5-8-bit'} codes, {f'groups of {sk}' if sk else 'one group per row'}"
+
+
 def _cut(c: _Canonical, dim: int, start: int, size: int, what: str) -> _Canonical:
     """This rank's rows (``dim`` 0) or input columns (``dim`` 1) of ``c``; the cut must fall on scale blocks."""
     full = c.q.shape[dim]
@@ -249,7 +257,8 @@ class QuantizedExperts(nn.Module):
             self._allocate(name, c, what)
             self._forms[name] = form
         elif self._forms[name] != form:
-            raise ValueError(f"{what}: quantized as {form}, other experts of this layer as {self._forms[name]}; "
+            raise ValueError(f"{what}: quantized as {_form_text(form)}, other experts of this layer (or its "
+                             f"{'up' if proj == 'gate' else 'gate'} projection) as {_form_text(self._forms[name])}; "
                              f"pagoda needs one format per layer's experts.")
         q, scale, offset = (getattr(self, f"{name}_{p}") for p in ("q", "scale", "offset"))
         codes = c.q
