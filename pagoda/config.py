@@ -273,7 +273,7 @@ class EngineArgs:
                              f"mp executor; --distributed-executor-backend ray does not combine with it yet.")
 
     def create_config(self) -> EngineConfig:
-        from pagoda.models.model_files import gguf_source, resolve_model
+        from pagoda.models.model_files import ensure_gguf_weights, gguf_source, resolve_model
         from pagoda.models.registry import resolve_architecture
         from pagoda.plugins import load_general_plugins
         from pagoda.quantization import resolve_quantization
@@ -289,6 +289,8 @@ class EngineArgs:
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization, arch)
+        if self.load_format != "dummy" and "quantization_config" not in hf_config:
+            ensure_gguf_weights(model_path)  # a GGUF file running dequantized: its conversion's weights, once
         quant = resolve_quantization(hf_config, self.quantization, self.load_format)  # fail before any process starts
         deterministic = self.deterministic or envs.batch_invariant()
 

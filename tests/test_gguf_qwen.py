@@ -137,6 +137,7 @@ def test_qwen_gguf_runs_quantized_like_its_dequantized_conversion(tmp_path, tmp_
     from pagoda import LLM
     from pagoda.layers.fused_moe import FusedMoE
     from pagoda.layers.fused_moe.quantized import MODE_INT4, MODE_INT8
+    from pagoda.models.model_files import has_weights, resolve_model
 
     path = _write(tmp_path / f"{case}.gguf", case)
     kw = dict(device="cpu", dtype="float32", max_model_len=128, kv_cache_memory_bytes=1 << 20, enforce_eager=True)
@@ -160,8 +161,11 @@ def test_qwen_gguf_runs_quantized_like_its_dequantized_conversion(tmp_path, tmp_
     sp = greedy(max_tokens=10, logprobs=5)
     quant = quant_llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
     del quant_llm
+    folder = resolve_model(str(path))
+    assert not has_weights(folder), "the quantized run needs no dequantized copy of the weights"
     ref = LLM(model=str(path), load_format="safetensors", **kw).generate(
         [{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    assert has_weights(folder)  # written by the dequantized run, once
     # The same weights in float32: same tokens; logprobs differ only by summation order (the quantized CPU kernels
     # against a dense matmul, logits of a few units here): measured at most 1.0e-4 (qwen2moe), bound 2e-4.
     for q, d in zip(quant, ref, strict=True):

