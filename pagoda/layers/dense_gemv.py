@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import nn
 
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
@@ -229,3 +231,25 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         USE_DOT=rule.use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
         num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)
+
+
+class GemvLinear(nn.Linear):
+    """An ``nn.Linear`` whose calls of a few rows take the GEMV when :func:`gemv_rule` has a rule for them (the
+    transformers fallback's linears, :func:`adopt_linears`); parameters, names and every other call unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rule = gemv_rule(x, self.weight)
+        if rule is not None:
+            return dense_gemv(x, self.weight, self.bias, rule)
+        return F.linear(x, self.weight, self.bias)
+
+
+def adopt_linears(model: nn.Module) -> int:
+    """Turn every plain ``nn.Linear`` of ``model`` into a :class:`GemvLinear` in place (its class only: parameters,
+    hooks and state-dict names stay); returns how many. Subclasses of ``nn.Linear`` are left alone."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = GemvLinear
+            count += 1
+    return count

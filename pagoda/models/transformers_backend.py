@@ -231,8 +231,13 @@ class TransformersForCausalLM(nn.Module):
         return [n for n, _ in self.hf.named_parameters() if n not in loaded]
 
     def enable_fused_kernels(self) -> None:
-        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py)."""
+        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py), and its
+        ``nn.Linear`` modules take pagoda's GEMV for the few-row shapes the native layers take it for
+        (layers/dense_gemv.py, ``GEMV_TABLE``)."""
+        from pagoda.layers.dense_gemv import adopt_linears
+
         logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=True))
+        logger.debug("transformers fallback: %d linears may take the GEMV", adopt_linears(self.hf))
 
     def pack_for_cpu(self, batch_hint: int) -> int:
         """bf16 on the CPU: HF's RMSNorm modules as one ``F.rms_norm`` each (models/transformers_norms.py), and

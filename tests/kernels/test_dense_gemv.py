@@ -163,3 +163,30 @@ def test_with_gemv_table_merges_a_sweep_and_drops_tensor_core_rules(monkeypatch,
     assert exc.value.code == 0
     assert dg.GEMV_TABLE == {(1, 24, 64): dg.GemvRule(4, 64, 2)}
     assert "GEMV table: 1 entries, 0 on tensor cores" in capsys.readouterr().out
+
+
+def test_adopted_linears_take_the_gemv_where_a_rule_exists(monkeypatch):
+    """The transformers fallback's ``nn.Linear`` modules (``adopt_linears``): the class changes, names and parameters
+    stay; a call with a rule runs the GEMV (equal to the float64 reference), a call without one ``F.linear``."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 40), torch.nn.Sequential(torch.nn.Linear(40, 24, bias=False)))
+    model = model.to(DEV, torch.float32)
+    keys = list(model.state_dict())
+    assert dg.adopt_linears(model) == 2 and dg.adopt_linears(model) == 0  # already adopted: left alone
+    assert all(type(m) is dg.GemvLinear for m in (model[0], model[1][0])) and list(model.state_dict()) == keys
+    rule = dg.GemvRule(block_n=16, block_k=32)
+    launched: list[int] = []
+    real = dg.dense_gemv
+
+    def counting(x, w, b, r):
+        launched.append(x.shape[0])
+        return real(x, w, b, r)
+
+    monkeypatch.setattr(dg, "gemv_rule", lambda x, w: rule if x.shape[0] <= 2 else None)  # any device, 1-2 rows
+    monkeypatch.setattr(dg, "dense_gemv", counting)
+    for rows in (2, 5):
+        x = torch.randn(rows, 64, device=DEV)
+        ref = F.linear(F.linear(x.double(), model[0].weight.double(), model[0].bias.double()),
+                       model[1][0].weight.double())
+        torch.testing.assert_close(model(x).double(), ref, rtol=1e-5, atol=1e-5)
+    assert launched == [2, 2]  # both linears of the 2-row call; the 5-row call ran F.linear
