@@ -9,6 +9,8 @@
   also writes the rotated K and V into the paged cache (FP8 caches quantized by
   :func:`pagoda.attention.fp8_triton.store_kv`), and optionally RMS-normalises each q and k
   head first (Qwen3's q_norm / k_norm, with the arithmetic of :class:`pagoda.layers.norm.RMSNorm`).
+* ``rope_cos_sin``: transformers' ``apply_rotary_pos_emb`` (rotate-half, cos/sin given per token) on q and k in
+  one launch, into new tensors (the transformers fallback, :mod:`pagoda.models.transformers_rotary`).
 
 Each launches with programmatic dependent launch where the GPU has it (:mod:`pagoda.layers.pdl`). Each replaces 3
 to 12 PyTorch kernels; under CUDA graphs a decode step of a small batch
@@ -200,3 +202,65 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
                        BD=triton.next_power_of_2(half), WRITE_KV=write,
                        FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, QK_NORM=q_norm is not None,
                        num_warps=4, **launch_kwargs(q.device))
+
+
+@triton.jit
+def _rope_halves(x_ptr, o_ptr, b, t, sx_b, sx_h, sx_t, so_b, so_h, so_t, c1, c2, s1, s2, d, dm,
+                 H: tl.constexpr, HALF: tl.constexpr, BH: tl.constexpr):
+    """One token's heads of ``x`` rotated into ``o``: ``o1 = x1 c1 - x2 s1``, ``o2 = x2 c2 + x1 s2`` in float32."""
+    h = tl.arange(0, BH)
+    m = (h[:, None] < H) & dm[None, :]
+    src = x_ptr + b * sx_b + t * sx_t + h[:, None] * sx_h + d[None, :]
+    x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
+    dst = o_ptr + b * so_b + t * so_t + h[:, None] * so_h + d[None, :]
+    tl.store(dst, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=m)
+    tl.store(dst + HALF, (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _rope_cos_sin_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, T,
+                         sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sqo_b, sqo_h, sqo_t, sko_b, sko_h, sko_t,
+                         sc_b, sc_t, ss_b, ss_t,
+                         HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BH: tl.constexpr,
+                         BD: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
+    pid = tl.program_id(0)
+    b = pid // T
+    t = pid % T
+    d = tl.arange(0, BD)
+    dm = d < HALF
+    cb = cos_ptr + b * sc_b + t * sc_t + d
+    sb = sin_ptr + b * ss_b + t * ss_t + d
+    c1 = tl.load(cb, mask=dm, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(cb + HALF, mask=dm, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(sb, mask=dm, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(sb + HALF, mask=dm, other=0.0).to(tl.float32)[None, :]
+    _rope_halves(q_ptr, qo_ptr, b, t, sq_b, sq_h, sq_t, sqo_b, sqo_h, sqo_t, c1, c2, s1, s2, d, dm, HQ, HALF, BH)
+    _rope_halves(k_ptr, ko_ptr, b, t, sk_b, sk_h, sk_t, sko_b, sko_h, sko_t, c1, c2, s1, s2, d, dm, HK, HALF, BH)
+
+
+def rope_cos_sin(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``apply_rotary_pos_emb`` (rotate-half) in one launch: q ``[B, Hq, T, D]``, k ``[B, Hk, T, D]``
+    (any strides, unit stride along D), cos/sin ``[B, T, D]`` (any values: both halves are read) -> new q and k of
+    q's and k's layout (``empty_like``). Math in float32, one rounding (HF rounds each product and the sum)."""
+    B, HQ, T, D = q.shape
+    HK = k.shape[1]
+    if D % 2 or k.shape[0] != B or k.shape[2:] != (T, D) or cos.shape != (B, T, D) or sin.shape != cos.shape:
+        raise ValueError(f"rope_cos_sin: q {tuple(q.shape)}, k {tuple(k.shape)}, cos {tuple(cos.shape)}, "
+                         f"sin {tuple(sin.shape)} do not fit [B, H, T, D] / [B, T, D]")
+    if min(q.stride(3), k.stride(3), cos.stride(2), sin.stride(2)) != 1:
+        raise ValueError("rope_cos_sin needs unit stride along the head dimension")
+    qo, ko = torch.empty_like(q), torch.empty_like(k)
+    if B * T == 0:
+        return qo, ko
+    half = D // 2
+    _rope_cos_sin_kernel[(B * T,)](
+        q, k, qo, ko, cos, sin, T, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
+        HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)), BD=triton.next_power_of_2(half),
+        num_warps=4, **launch_kwargs(q.device))
+    return qo, ko

@@ -39,6 +39,7 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.models import transformers_attention as tattn
 from pagoda.models.transformers_graphs import HostSyncCheck, describe
 from pagoda.models.transformers_norms import fuse_rms_norms
+from pagoda.models.transformers_rotary import RotaryFusion
 from pagoda.models.transformers_support import check_supported, hf_classes
 from pagoda.models.transformers_weights import checkpoint_renamer
 from pagoda.quantization.base import QuantizationConfig
@@ -88,6 +89,7 @@ class TransformersForCausalLM(nn.Module):
             m.__dict__[tattn.STEP_ATTR] = self._step
         self._kv_shape: tuple[int, int, int] | None = None  # (num_layers, num_kv_heads, head_dim), from the probe
         self._graph_problem: str | None = None  # why CUDA graphs cannot capture the forward (the probe's finding)
+        self._rotary = RotaryFusion.none()  # enable_fused_kernels finds HF's rotary functions to fuse (CUDA)
 
     @property
     def base(self) -> nn.Module:
@@ -124,7 +126,8 @@ class TransformersForCausalLM(nn.Module):
         step = self._step
         step.kv_caches, step.meta, step.backend, step.layers_called = kv_caches, meta, backend, []
         try:
-            out = self.base(input_ids=input_ids[None], position_ids=positions[None], use_cache=False)
+            with self._rotary.active():
+                out = self.base(input_ids=input_ids[None], position_ids=positions[None], use_cache=False)
         finally:
             step.kv_caches, step.meta, step.backend = None, None, None
         if len(step.layers_called) != len(kv_caches):
@@ -231,13 +234,18 @@ class TransformersForCausalLM(nn.Module):
         return [n for n, _ in self.hf.named_parameters() if n not in loaded]
 
     def enable_fused_kernels(self) -> None:
-        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py), and its
-        ``nn.Linear`` modules take pagoda's GEMV for the few-row shapes the native layers take it for
-        (layers/dense_gemv.py, ``GEMV_TABLE``)."""
+        """CUDA with Triton: HF's RMSNorm modules as pagoda's fused kernel (models/transformers_norms.py), gated
+        MLPs as one gate/up matmul and a fused SiLU-and-product (models/transformers_mlp.py), the rotary function
+        as one launch during pagoda's forward (models/transformers_rotary.py), and the remaining ``nn.Linear``
+        modules take pagoda's GEMV for the few-row shapes the native layers take it for (layers/dense_gemv.py)."""
         from pagoda.layers.dense_gemv import adopt_linears
+        from pagoda.models.transformers_mlp import fuse_gated_mlps
 
-        logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=True))
-        logger.debug("transformers fallback: %d linears may take the GEMV", adopt_linears(self.hf))
+        self._probe()  # before anything is swapped: the probe compares this model with the HF forward
+        norms, mlps = fuse_rms_norms(self.hf, triton=True), fuse_gated_mlps(self.hf)
+        self._rotary = RotaryFusion(self.hf)
+        logger.debug("transformers fallback: %d RMSNorms, %d gated MLPs and %d rotary functions fused; %d linears "
+                     "may take the GEMV", norms, mlps, len(self._rotary), adopt_linears(self.hf))
 
     def pack_for_cpu(self, batch_hint: int) -> int:
         """bf16 on the CPU: HF's RMSNorm modules as one ``F.rms_norm`` each (models/transformers_norms.py), and

@@ -100,3 +100,23 @@ def test_rotary_with_kv_write():
     torch.testing.assert_close(q, rq, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kc, kc_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(vc, vc_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hq,hk,d", [(4, 2, 16), (3, 1, 10)])  # a power-of-two half, and a half of 5 (masked)
+def test_rope_cos_sin_matches_hf_rotate_half(hq, hk, d):
+    """transformers' apply_rotary_pos_emb in one launch: q/k laid out as HF's projections leave them ([B, T, H, D]
+    memory seen as [B, H, T, D]); random cos/sin (both halves read); output layout as torch's (empty_like)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = torch.Generator().manual_seed(hq + d)
+    B, T = 2, 5
+    q = torch.randn(B, T, hq, d, generator=g).to(DEV).transpose(1, 2)
+    k = torch.randn(B, T, hk, d, generator=g).to(DEV).transpose(1, 2)
+    cos, sin = (torch.randn(B, T, d, generator=g).to(DEV) for _ in range(2))
+    qo, ko = fk.rope_cos_sin(q, k, cos, sin)
+    q_ref, k_ref = apply_rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double())
+    torch.testing.assert_close(qo.double(), q_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ko.double(), k_ref, rtol=1e-5, atol=1e-5)
+    assert qo.stride() == q.stride() and ko.stride() == k.stride()
+    with pytest.raises(ValueError, match="do not fit"):
+        fk.rope_cos_sin(q, k, cos[:, :-1], sin)
