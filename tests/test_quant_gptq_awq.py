@@ -14,10 +14,7 @@ zero-point offset to explicit words.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,8 +31,7 @@ ATOL = 1e-4  # fp32 logprobs: the same dequantized weights on both sides
 NEAR_TIE = 1e-3
 K = 5
 N_TOKENS = 16
-VARIANTS = ["gptq-b4-g32-desc-asym", "gptq-b8-gall-sym", "gptq-b4-gall-desc-sym", "gptq-b8-g32-asym",
-            "awq-g32", "awq-g64"]
+from conftest import GPTQMODEL_VARIANTS as VARIANTS  # noqa: E402
 
 
 # ----------------------------------------------------------------------- layouts (no library needed)
@@ -123,22 +119,9 @@ def test_dummy_weights_run(tiny, method):
 
 # ----------------------------------------------------------------------- checkpoints by GPTQModel
 @pytest.fixture(scope="module")
-def qdir(tiny, tmp_path_factory) -> Path:
-    """Every variant quantized by GPTQModel, plus its dense reference (module docstring)."""
-    # gptqmodel imports setuptools, whose distutils shim asserts when another test already imported the
-    # standard library's distutils (seen in full-suite runs only); the shim is not needed here.
-    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
-    try:
-        import gptqmodel  # noqa: F401
-    except Exception as exc:  # the --no-deps install lacks a dependency
-        pytest.skip(f"gptqmodel does not import ({exc}); see README 'Tests' for its --no-deps install")
-    out = tmp_path_factory.mktemp("quant")
-    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
-    script = Path(__file__).parent / "quant_checkpoints.py"
-    proc = subprocess.run([sys.executable, str(script), str(tiny.path("llama")), str(out), *VARIANTS],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def qdir(gptq_checkpoints) -> Path:
+    """Every variant quantized by GPTQModel, plus its dense reference (module docstring; tests/conftest.py)."""
+    return gptq_checkpoints
 
 
 _llms: dict[str, object] = {}

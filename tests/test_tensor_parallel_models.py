@@ -10,9 +10,6 @@ One TP=2 engine per model (the ranks' process start dominates); the shared TP=1 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -77,21 +74,10 @@ def test_moe_and_gemma(tiny, arch):
 
 # --------------------------------------------------------------------------- quantized checkpoints
 @pytest.fixture(scope="module")
-def gptq_awq(tiny, tmp_path_factory) -> Path:
+def gptq_awq(gptq_checkpoints) -> Path:
     """GPTQ act-order (4-bit, group 32, asymmetric) and AWQ (group 32) checkpoints written by GPTQModel, with the
-    library's own dequantization as the dense reference (tests/quant_checkpoints.py)."""
-    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
-    try:
-        import gptqmodel  # noqa: F401
-    except Exception as exc:
-        pytest.skip(f"gptqmodel does not import ({exc}); see README 'Tests' for its --no-deps install")
-    out = tmp_path_factory.mktemp("tp_quant")
-    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
-    script = Path(__file__).parent / "quant_checkpoints.py"
-    proc = subprocess.run([sys.executable, str(script), str(tiny.path("llama")), str(out), "gptq-b4-g32-desc-asym",
-                           "awq-g32"], env=env, cwd=out, capture_output=True, text=True, timeout=900)  # its logs/ there
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    library's own dequantization as the dense reference (tests/conftest.py, tests/quant_checkpoints.py)."""
+    return gptq_checkpoints
 
 
 @pytest.mark.parametrize("variant", ["gptq-b4-g32-desc-asym", "awq-g32"])
