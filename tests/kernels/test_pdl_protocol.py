@@ -37,6 +37,8 @@ def _kernels():
         "silu_mul": (fused_kernels._silu_mul_kernel, {"BLOCK": 1024}, {}, False),
         "rope_kv_write": (fused_kernels._rope_kernel, {"HQ": 32, "HK": 8, "HALF": 64, "BH": 32, "BD": 64,
                                                        "WRITE_KV": True, "FP8": 0, "QK_NORM": True}, {}, False),
+        "rope_cos_sin": (fused_kernels._rope_cos_sin_kernel, {"HQ": 32, "HK": 8, "HALF": 64, "BH": 32, "BD": 64}, {},
+                         False),
         "split_kv_decode": (tk._split_kv_decode_kernel, {"G": 4, "BLOCK_M": 16, "BLOCK_N": 32, **bd, "BLOCK_SIZE": 16,
                                                          "DOT_DTYPE": triton.language.bfloat16,
                                                          "DOT_PRECISION": "tf32", "SOFTCAP": 0.0}, {}, False),
@@ -78,7 +80,7 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
     return kernel.asm["ptx"].splitlines()
 
 
-NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "split_kv_decode", "split_kv_reduce", "dense_gemv", "argmax_partial",
+NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv", "argmax_partial",
          "argmax_final", "fp8_gemv"]
 
 
