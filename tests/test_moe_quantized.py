@@ -45,19 +45,30 @@ def checkpoints(tiny, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("arch,scheme", CASES)
-def test_quantized_moe_matches_dequantized_hf(checkpoints, arch, scheme):
+@pytest.mark.parametrize("arch,scheme,stacked", [(a, s, False) for a, s in CASES]
+                         + [(a, s, True) for a, s in CASES if not s.startswith("fp8")])
+def test_quantized_moe_matches_dequantized_hf(checkpoints, arch, scheme, stacked, monkeypatch):
+    """``stacked``: integer experts in the stacked form the CUDA kernels read (the CPU otherwise keeps each
+    expert's IntWeight)."""
     from transformers import AutoModelForCausalLM
 
     from pagoda import LLM
     from pagoda.layers.fused_moe import FusedMoE
+    from pagoda.layers.fused_moe.quantized import QuantizedExperts
+    from pagoda.quantization.int_weight import IntWeight
 
     qdir, ddir = checkpoints(arch, scheme)
+    monkeypatch.setattr(QuantizedExperts, "cpu_per_expert", not stacked)
     llm = LLM(str(qdir), dtype="float32", device="cpu", **CHUNKED)
     experts = [m for m in llm.llm_engine.core.runner.model.modules() if isinstance(m, FusedMoE)]
     assert experts and all(m.quant is not None for m in experts)  # the experts really are held quantized
-    held = experts[0].quant.w13_q.dtype
-    assert held == (torch.float8_e4m3fn if scheme.startswith("fp8") else torch.uint8)
+    if scheme.startswith("fp8"):  # stacked float8 codes
+        assert experts[0].quant.w13_q.dtype == torch.float8_e4m3fn
+    elif stacked:
+        assert experts[0].quant.w13_q.dtype == torch.uint8 and not experts[0].quant.cpu_experts
+    else:  # the CPU form of integer experts: each expert's own IntWeight, in the CPU kernels' layout
+        held = experts[0].quant.cpu_experts
+        assert len(held) == 3 * experts[0].routing.num_experts and all(isinstance(w, IntWeight) for w in held.values())
     outs = llm.generate(MOE_PROMPTS, greedy(max_tokens=NEW, logprobs=K), use_tqdm=False)
     assert_engine_clean(llm)
     hf = AutoModelForCausalLM.from_pretrained(ddir, dtype=torch.float32).eval()

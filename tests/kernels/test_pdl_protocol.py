@@ -80,8 +80,8 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
     return kernel.asm["ptx"].splitlines()
 
 
-NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv", "argmax_partial",
-         "argmax_final", "fp8_gemv"]
+NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv",
+         "argmax_partial", "argmax_final", "fp8_gemv"]
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,19 @@ model dtype, ``act(gate) * up``, the down output times the routing weight, summe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
-def grouped_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+def _expert_linear(w: Any, e: int, x: torch.Tensor) -> torch.Tensor:
+    """``x @ w[e].T``: a quantized form's own kernels when it has them (``linear``), else the dense expert."""
+    linear = getattr(w, "linear", None)
+    return linear(e, x) if linear is not None else F.linear(x, w[e])
+
+
+def grouped_experts(x: torch.Tensor, w13: Any, w2: Any, topk_weights: torch.Tensor,
                     topk_ids: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor] = F.silu) -> torch.Tensor:
     """Same contract as :func:`pagoda.layers.fused_moe.triton_moe.fused_experts`."""
     T, H = x.shape
@@ -30,8 +37,8 @@ def grouped_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_w
         if n == 0:
             continue
         seg = rows[start : start + n]
-        gate, up = F.linear(seg, w13[e]).split(inter, dim=-1)
-        out[start : start + n] = F.linear(act(gate) * up, w2[e])
+        gate, up = _expert_linear(w13, e, seg).split(inter, dim=-1)
+        out[start : start + n] = _expert_linear(w2, e, act(gate) * up)
         start += n
     w = topk_weights.reshape(-1).index_select(0, order)
     weighted = (out * w[:, None]).to(x.dtype)

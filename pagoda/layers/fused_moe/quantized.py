@@ -20,6 +20,11 @@ down ``[E, H, I]``):
   dtype. From every method that builds an :class:`~pagoda.quantization.int_weight.IntWeight` (GPTQ, AWQ,
   compressed-tensors pack-quantized); act-order (a column permutation) is refused.
 
+On the CPU (no tensor-parallel cut) integer experts are not stacked: each (expert, projection) keeps the
+:class:`~pagoda.quantization.int_weight.IntWeight` its staging layer built, in the CPU kernels' layout, and the
+grouped path multiplies by it (:class:`PerExpertWeight`: int4pack / int8 GEMMs instead of dequantizing the
+selected experts on every call).
+
 Experts are weight-only whatever the dense layers do: activations stay in the model dtype (a W8A8 FP8
 checkpoint's experts compute W8A16, more exact; a static ``input_scale`` is not used, as in the FP8 GEMV). A
 method that produces anything else is refused at start-up naming the format.
@@ -90,6 +95,33 @@ class StackedWeight:
         return w.to(dtype or self.dtype)
 
     def __getitem__(self, e: int) -> torch.Tensor:  # the grouped path reads ``w[e]``
+        return self.expert(e)
+
+
+@dataclass
+class PerExpertWeight:
+    """One projection of every expert as per-expert :class:`IntWeight` lists (the CPU form, module docstring):
+    ``parts[e]`` is ``[gate, up]`` (``w13``) or ``[down]`` (``w2``); ``linear(e, x)`` runs their kernels."""
+
+    parts: list[list[IntWeight]]
+    n: int
+    k: int
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.parts), self.n, self.k)
+
+    def linear(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        from pagoda.quantization.int_weight import int_weight_linear
+
+        outs = [int_weight_linear(x, w) for w in self.parts[e]]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def expert(self, e: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.cat([w.dequantize(dtype or self.dtype) for w in self.parts[e]])
+
+    def __getitem__(self, e: int) -> torch.Tensor:
         return self.expert(e)
 
 
@@ -167,6 +199,10 @@ class QuantizedExperts(nn.Module):
     """The quantized weights of one MoE layer's experts (module docstring). ``inter``: this rank's intermediate
     size, starting at ``inter_start`` of the checkpoint's ``full_inter``."""
 
+    cpu_per_expert = True
+    """Integer experts on the CPU keep their own IntWeights (module docstring); False stacks them as on CUDA (the
+    tests' way to check the stacked forms on the CPU)."""
+
     def __init__(self, quant_config: QuantizationConfig, prefix: str, num_experts: int, hidden: int, inter: int,
                  full_inter: int, inter_start: int, proj_names: tuple[str, str, str] = ("gate_proj", "up_proj",
                                                                                           "down_proj")) -> None:
@@ -183,6 +219,9 @@ class QuantizedExperts(nn.Module):
         self._staging: dict[tuple[int, str], tuple[Linear, set[str]]] = {}
         self._forms: dict[str, tuple[int, int, int | None]] = {}
         self._weights: dict[str, StackedWeight] = {}
+        # The CPU form (module docstring): decided by the first converted staging layer; IntWeights by "<e>_<proj>".
+        self._per_expert: bool | None = None
+        self.cpu_experts = nn.ModuleDict()
         for name in ("w13", "w2"):
             for part in ("q", "scale", "offset"):
                 self.register_buffer(f"{name}_{part}", None)
@@ -241,6 +280,19 @@ class QuantizedExperts(nn.Module):
         lin, _ = self._staging.pop((expert, proj))
         lin.linear_method.process_weights_after_loading(lin)
         what = self.name(expert, proj)
+        iw = getattr(lin, "int_weight", None)
+        if self._per_expert is None:
+            self._per_expert = (self.cpu_per_expert and self.device.type == "cpu" and self.inter == self.full_inter
+                                and isinstance(iw, IntWeight))
+        if self._per_expert:
+            if not isinstance(iw, IntWeight):
+                canonical_of(lin, what, self.qc.describe())  # raises naming the format if experts cannot take it
+                raise ValueError(f"{what}: quantized as {self.qc.describe()} while other experts of this layer "
+                                 f"hold integer codes; pagoda needs one format per layer's experts.")
+            if iw.perm is not None:
+                canonical_of(lin, what, self.qc.describe())  # the act-order refusal
+            self.cpu_experts[f"{expert}_{proj}"] = iw
+            return [f"w2_weight#{expert}"] if proj == "down" else [f"w13_weight#{expert}.{PROJECTIONS.index(proj)}"]
         c = canonical_of(lin, what, self.qc.describe())
         if proj == "down":
             c = _cut(c, 1, self.inter_start, self.inter, what)
@@ -257,14 +309,20 @@ class QuantizedExperts(nn.Module):
             self._allocate(name, c, what)
             self._forms[name] = form
         elif self._forms[name] != form:
-            raise ValueError(f"{what}: quantized as {_form_text(form)}, other experts of this layer (or its "
-                             f"{'up' if proj == 'gate' else 'gate'} projection) as {_form_text(self._forms[name])}; "
-                             f"pagoda needs one format per layer's experts.")
+            have = self._forms[name]
+            if {have[0], form[0]} == {MODE_INT4, MODE_INT8} and have[1:] == form[1:]:  # 4-bit and 5-8-bit codes
+                if have[0] == MODE_INT4:
+                    self._widen(name)
+            else:
+                raise ValueError(f"{what}: quantized as {_form_text(form)}, other experts of this layer (or its "
+                                 f"{'up' if proj == 'gate' else 'gate'} projection) as {_form_text(have)}; pagoda "
+                                 f"needs one scale layout per layer's experts.")
         q, scale, offset = (getattr(self, f"{name}_{p}") for p in ("q", "scale", "offset"))
+        mode = self._forms[name][0]  # the stored form's (a 4-bit part of a widened stack is stored one per byte)
         codes = c.q
-        if c.mode == MODE_INT4:
+        if mode == MODE_INT4:
             codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
-        elif c.mode == MODE_INT8:
+        elif mode == MODE_INT8:
             codes = codes.to(torch.uint8)
         rows = slice(None)
         srows = slice(None)
@@ -299,9 +357,25 @@ class QuantizedExperts(nn.Module):
             self.register_buffer(f"{name}_offset", torch.zeros(sshape, dtype=c.offset.dtype, device=dev))
         setattr(self, f"_{name}_geom", (n, k, c.sn, c.sk, c.mode))
 
-    def weight(self, name: str) -> StackedWeight:
+    def _widen(self, name: str) -> None:
+        """Store ``name``'s 4-bit codes one per byte (a layer whose gate and up, or whose experts, mix 4-bit and
+        5-8-bit codes of one group size: a GGUF file with Q4_0 gate and Q8_0 up, say). Values are unchanged."""
+        q = getattr(self, f"{name}_q")
+        n, k, sn, sk, _ = getattr(self, f"_{name}_geom")
+        self.register_buffer(f"{name}_q", torch.stack([q & 15, q >> 4], dim=-1).view(q.shape[0], n, k))
+        setattr(self, f"_{name}_geom", (n, k, sn, sk, MODE_INT8))
+        _, sn_form, sk_form = self._forms[name]
+        self._forms[name] = (MODE_INT8, sn_form, sk_form)
+
+    def weight(self, name: str) -> Any:
         """The stacked ``w13`` or ``w2`` (after loading); built once and kept while its buffers stay the same tensors
-        (a device move replaces them), so a forward reuses it and its kernels' launch arguments."""
+        (a device move replaces them), so a forward reuses it and its kernels' launch arguments. The CPU form: a
+        :class:`PerExpertWeight`."""
+        if self._per_expert:
+            projs = ("down",) if name == "w2" else ("gate", "up")
+            parts = [[self.cpu_experts[f"{e}_{p}"] for p in projs] for e in range(self.num_experts)]
+            n, k = (self.hidden, self.inter) if name == "w2" else (2 * self.inter, self.hidden)
+            return PerExpertWeight(parts, n, k, self.dtype)  # type: ignore[arg-type]
         q, scale, offset = (getattr(self, f"{name}_{p}") for p in ("q", "scale", "offset"))
         held = self._weights.get(name)
         if held is None or held.q is not q or held.scale is not scale or held.offset is not offset:
@@ -326,6 +400,15 @@ class QuantizedExperts(nn.Module):
                 lin.linear_method.init_dummy(lin, generator)
             self._staging[(0, proj)] = (lin, self._needed(lin))
             keys += self._finish(0, proj)
+        if self._per_expert:  # the CPU form: every expert through the method (CPU dummy models are small)
+            for e in range(1, self.num_experts):
+                for proj in PROJECTIONS:
+                    lin, _ = self._stage(e, proj)
+                    with torch.no_grad():
+                        lin.linear_method.init_dummy(lin, generator)
+                    self._staging[(e, proj)] = (lin, self._needed(lin))
+                    keys += self._finish(e, proj)
+            return keys
         for name in ("w13", "w2"):
             w = self.weight(name)
             with torch.no_grad():
@@ -346,4 +429,5 @@ class QuantizedExperts(nn.Module):
         return keys
 
     def extra_repr(self) -> str:
-        return f"{self.qc.describe()}, forms {self._forms}"
+        form = "per-expert CPU int weights" if self._per_expert else f"forms {self._forms}"
+        return f"{self.qc.describe()}, {form}"
