@@ -112,3 +112,17 @@ def test_fallback_with_every_fusion_follows_hf(tiny, arch):
     )
     ours = model.compute_logits(model(ids, torch.arange(n), caches, meta, TorchAttentionBackend()))
     torch.testing.assert_close(ours, hf(input_ids=ids[None]).logits[0].float(), rtol=1e-4, atol=1e-4)
+
+
+def test_partial_rotary_calls_keep_hf_function():
+    """GPT-NeoX's function passes the check (with a whole-head cos it is rotate-half) but rotates only the first
+    ``rotary_pct`` of each head when given a narrower cos: such calls must not reach the kernel (``_fits``)."""
+    from transformers.models.gpt_neox import modeling_gpt_neox
+
+    from pagoda.models.transformers_rotary import _fits
+
+    assert computes_rope(modeling_gpt_neox.apply_rotary_pos_emb)
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
+    assert _fits(q, k, torch.randn(1, 5, 16), torch.randn(1, 5, 16))
+    assert not _fits(q, k, torch.randn(1, 5, 4), torch.randn(1, 5, 4))  # rotary_pct 0.25
+    assert not _fits(q, k[:, :, :3], torch.randn(1, 5, 16), torch.randn(1, 5, 16))

@@ -13,7 +13,8 @@ rotary dims handled inside the function, or anything else fail (b) and keep HF's
 The replacement is scoped: :meth:`RotaryFusion.active` installs the fused functions in their modules only for the
 duration of pagoda's forward (so CUDA graphs capture them) and puts HF's back after, so an HF model run in the same
 process (a test's reference, the start-up probe's comparison) computes with HF's own code. A call the kernel does
-not take (CPU tensors, ``unsqueeze_dim != 1``, a ``position_ids`` argument, unexpected shapes) runs HF's function.
+not take (CPU tensors, ``unsqueeze_dim != 1``, a ``position_ids`` argument, a cos/sin narrower than the head: a
+partial rotary, which GPT-NeoX's function slices itself) runs HF's function.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def computes_rope(fn: Callable[..., Any]) -> bool:
                for a, b in zip(got, want, strict=True))
 
 
+def _fits(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """The kernel's shapes: q ``[B, Hq, T, D]``, k ``[B, Hk, T, D]``, cos and sin ``[B, T, D]`` over the whole head (a
+    narrower cos is a partial rotary, e.g. GPT-NeoX's ``rotary_pct``, which HF's function slices itself)."""
+    if q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or sin.shape != cos.shape:
+        return False
+    B, _, T, D = q.shape
+    return k.shape[0] == B and k.shape[2:] == (T, D) and tuple(cos.shape) == (B, T, D)
+
+
 def _fused(original: Callable[..., Any]) -> Callable[..., Any]:
     """HF's ``original`` with calls the kernel takes sent to :func:`~pagoda.layers.fused_kernels.rope_cos_sin`."""
     names = list(inspect.signature(original).parameters)[4:]  # [position_ids,] unsqueeze_dim
@@ -81,7 +91,7 @@ def _fused(original: Callable[..., Any]) -> Callable[..., Any]:
                              *args: Any, **kwargs: Any) -> Any:
         extra = {**dict(zip(names, args, strict=False)), **kwargs}
         if (extra.get("unsqueeze_dim", 1) == 1 and extra.get("position_ids") is None and q.is_cuda
-                and q.dim() == 4 and k.dim() == 4 and cos.dim() == 3 and q.dtype == k.dtype == cos.dtype == sin.dtype):
+                and _fits(q, k, cos, sin) and q.dtype == k.dtype == cos.dtype == sin.dtype):
             from pagoda.layers.fused_kernels import rope_cos_sin
 
             return rope_cos_sin(q, k, cos, sin)
