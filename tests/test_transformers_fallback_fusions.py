@@ -11,13 +11,11 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from test_transformers_fallback_norms import prompt_logits
 from torch import nn
 
-from pagoda.attention.metadata import AttentionMetadata
-from pagoda.attention.torch_ref import TorchAttentionBackend
 from pagoda.models.transformers_mlp import FusedGatedMLP, fuse_gated_mlps
 from pagoda.models.transformers_rotary import RotaryFusion, computes_rope
-from pagoda.worker.kv_cache import allocate_kv_caches
 
 
 class _GeluMLP(nn.Module):  # Gemma's shape with another activation: must stay
@@ -101,16 +99,7 @@ def test_fallback_with_every_fusion_follows_hf(tiny, arch):
     assert sum(isinstance(m, FusedGatedMLP) for m in model.modules()) == model.num_layers
     assert len(model._rotary) >= 1 and any(isinstance(m, GemvLinear) for m in model.modules())
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    n, block = 12, 4
-    ids = torch.randint(0, model.shape.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
-    caches = allocate_kv_caches(model.num_layers, 1 + n // block, block, model.num_kv_heads, model.head_dim,
-                                torch.float32, torch.device("cpu"), "HND")
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor([0, n], dtype=torch.int32), seq_lens=torch.tensor([n], dtype=torch.int32),
-        block_tables=torch.arange(1, 1 + n // block, dtype=torch.int32)[None], slot_mapping=torch.arange(n) + block,
-        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n],
-    )
-    ours = model.compute_logits(model(ids, torch.arange(n), caches, meta, TorchAttentionBackend()))
+    ids, ours = prompt_logits(model, torch.float32)
     torch.testing.assert_close(ours, hf(input_ids=ids[None]).logits[0].float(), rtol=1e-4, atol=1e-4)
 
 

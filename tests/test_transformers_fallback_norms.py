@@ -13,6 +13,20 @@ from pagoda.models.transformers_norms import FusedRMSNorm, fuse_rms_norms
 from pagoda.worker.kv_cache import allocate_kv_caches
 
 
+def prompt_logits(model, dtype: torch.dtype, n: int = 12, block: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, logits)``: ``n`` random tokens through a loaded fallback ``model`` as one prompt on the CPU (a fresh
+    paged cache of ``block``-token blocks, the torch attention backend)."""
+    ids = torch.randint(0, model.shape.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
+    caches = allocate_kv_caches(model.num_layers, 1 + n // block, block, model.num_kv_heads, model.head_dim,
+                                dtype, torch.device("cpu"), "HND")
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor([0, n], dtype=torch.int32), seq_lens=torch.tensor([n], dtype=torch.int32),
+        block_tables=torch.arange(1, 1 + n // block, dtype=torch.int32)[None], slot_mapping=torch.arange(n) + block,
+        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n],
+    )
+    return ids, model.compute_logits(model(ids, torch.arange(n), caches, meta, TorchAttentionBackend()))
+
+
 def test_only_plain_rms_norms_are_replaced():
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -47,16 +61,7 @@ def test_bf16_cpu_fallback_with_fused_norms_follows_hf(tiny, arch):
     model = load_model(EngineArgs(model=str(path), model_impl="transformers", dtype="bfloat16").create_config())
     assert sum(isinstance(m, FusedRMSNorm) for m in model.modules()) > 0  # bf16 on the CPU: fused
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    n, block = 12, 4
-    ids = torch.randint(0, model.shape.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
-    caches = allocate_kv_caches(model.num_layers, 1 + n // block, block, model.num_kv_heads, model.head_dim,
-                                torch.bfloat16, torch.device("cpu"), "HND")
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor([0, n], dtype=torch.int32), seq_lens=torch.tensor([n], dtype=torch.int32),
-        block_tables=torch.arange(1, 1 + n // block, dtype=torch.int32)[None], slot_mapping=torch.arange(n) + block,
-        max_query_len=n, max_seq_len=n, query_lens_cpu=[n], seq_lens_cpu=[n],
-    )
-    ours = model.compute_logits(model(ids, torch.arange(n), caches, meta, TorchAttentionBackend()))
+    ids, ours = prompt_logits(model, torch.bfloat16)
     want = hf(input_ids=ids[None]).logits[0].float()
     # One bf16 rounding less per norm: logits within bf16 noise of HF's, the same greedy token nearly everywhere.
     assert (ours - want).abs().max() < 0.1 * want.abs().max()
