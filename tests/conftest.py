@@ -91,15 +91,12 @@ def llama_llm(tiny):
     return tiny.llm("llama")
 
 
-GPTQMODEL_VARIANTS = ["gptq-b4-g32-desc-asym", "gptq-b8-gall-sym", "gptq-b4-gall-desc-sym", "gptq-b8-g32-asym",
-                      "awq-g32", "awq-g64"]
-"""The checkpoints GPTQModel writes for the quantization and tensor-parallel tests (tests/quant_checkpoints.py)."""
-
-
 @pytest.fixture(scope="session")
 def gptq_checkpoints(tiny, tmp_path_factory) -> Path:
-    """Every :data:`GPTQMODEL_VARIANTS` checkpoint of the tiny Llama quantized by GPTQModel (in a subprocess, once
-    per session), each with its ``<variant>-dense`` reference: the library's own dequantization."""
+    """Every ``quant_checkpoints.VARIANTS`` checkpoint of the tiny Llama quantized by GPTQModel (in a subprocess,
+    once per session), each with its ``<variant>-dense`` reference: the library's own dequantization."""
+    from quant_checkpoints import VARIANTS
+
     # gptqmodel imports setuptools, whose distutils shim asserts when another test already imported the
     # standard library's distutils (seen in full-suite runs only); the shim is not needed here.
     os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
@@ -110,7 +107,7 @@ def gptq_checkpoints(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quant")
     env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
     script = Path(__file__).parent / "quant_checkpoints.py"
-    proc = subprocess.run([sys.executable, str(script), str(tiny.path("llama")), str(out), *GPTQMODEL_VARIANTS],
+    proc = subprocess.run([sys.executable, str(script), str(tiny.path("llama")), str(out), *VARIANTS],
                           env=env, cwd=out, capture_output=True, text=True, timeout=900)  # its logs/ there
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -21,6 +21,7 @@ import pytest
 import torch
 from engine_checks import PROMPTS, compare_top5, greedy, hf_greedy, our_top, top_ids
 from engine_checks import assert_logprob_dict_close as close
+from quant_checkpoints import VARIANTS as WRITTEN_VARIANTS
 
 from pagoda.quantization import resolve_quantization
 from pagoda.quantization.awq import AWQ_ORDER, AWQConfig, pack_awq, unpack_awq
@@ -31,7 +32,7 @@ ATOL = 1e-4  # fp32 logprobs: the same dequantized weights on both sides
 NEAR_TIE = 1e-3
 K = 5
 N_TOKENS = 16
-from conftest import GPTQMODEL_VARIANTS as VARIANTS  # noqa: E402
+VARIANTS = list(WRITTEN_VARIANTS)  # every checkpoint GPTQModel writes (conftest gptq_checkpoints)
 
 
 # ----------------------------------------------------------------------- layouts (no library needed)
