@@ -218,7 +218,7 @@ class QuantizedExperts(nn.Module):
         self.device = torch.empty(0).device  # the model's (built under its default device)
         self._staging: dict[tuple[int, str], tuple[Linear, set[str]]] = {}
         self._forms: dict[str, tuple[int, int, int | None]] = {}
-        self._weights: dict[str, StackedWeight] = {}
+        self._weights: dict[str, StackedWeight | PerExpertWeight] = {}
         # The CPU form (module docstring): decided by the first converted staging layer; IntWeights by "<e>_<proj>".
         self._per_expert: bool | None = None
         self.cpu_experts = nn.ModuleDict()
@@ -371,14 +371,17 @@ class QuantizedExperts(nn.Module):
         """The stacked ``w13`` or ``w2`` (after loading); built once and kept while its buffers stay the same tensors
         (a device move replaces them), so a forward reuses it and its kernels' launch arguments. The CPU form: a
         :class:`PerExpertWeight`."""
-        if self._per_expert:
-            projs = ("down",) if name == "w2" else ("gate", "up")
-            parts = [[self.cpu_experts[f"{e}_{p}"] for p in projs] for e in range(self.num_experts)]
-            n, k = (self.hidden, self.inter) if name == "w2" else (2 * self.inter, self.hidden)
-            return PerExpertWeight(parts, n, k, self.dtype)  # type: ignore[arg-type]
+        if self._per_expert:  # built once: the IntWeights stay the same modules (a device move is in place)
+            if not isinstance(self._weights.get(name), PerExpertWeight):
+                projs = ("down",) if name == "w2" else ("gate", "up")
+                parts = [[self.cpu_experts[f"{e}_{p}"] for p in projs] for e in range(self.num_experts)]
+                n, k = (self.hidden, self.inter) if name == "w2" else (2 * self.inter, self.hidden)
+                self._weights[name] = PerExpertWeight(parts, n, k, self.dtype)  # type: ignore[arg-type]
+            return self._weights[name]
         q, scale, offset = (getattr(self, f"{name}_{p}") for p in ("q", "scale", "offset"))
         held = self._weights.get(name)
-        if held is None or held.q is not q or held.scale is not scale or held.offset is not offset:
+        same = isinstance(held, StackedWeight) and held.q is q and held.scale is scale and held.offset is offset
+        if not same:
             n, k, sn, sk, mode = getattr(self, f"_{name}_geom")
             held = self._weights[name] = StackedWeight(mode, q, scale, offset, n, k, sn, sk, self.dtype)
         return held
