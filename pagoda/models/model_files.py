@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -619,18 +620,24 @@ def ensure_gguf_weights(folder: Path, progress: bool = True) -> None:
         config = AutoConfig.from_pretrained(str(folder))
         with torch.device("meta"):
             meta_model = AutoModelForCausalLM.from_config(config)
-        tensors, _ = _read_gguf_weights(source, meta_model, progress)
-        _match_parameters(tensors, meta_model, config, source)
         tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=folder))
         try:
-            _save_safetensors(tensors, tmp)
-            del tensors
+            _write_weights(source, meta_model, config, tmp, progress)
             files = sorted(tmp.iterdir(), key=lambda f: f.suffix == ".safetensors")  # the index before the shards
             for f in files:
                 os.chmod(f, 0o644)
                 os.replace(f, folder / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_weights(path: Path, meta_model: Any, config: Any, out: Path, progress: bool) -> Any:
+    """The dequantized weights of ``path`` checked against ``meta_model`` and saved as safetensors in ``out``;
+    returns the dtype holding most of their bytes."""
+    tensors, dtype = _read_gguf_weights(path, meta_model, progress)
+    _match_parameters(tensors, meta_model, config, path)
+    _save_safetensors(tensors, out)
+    return dtype
 
 
 def _gguf_dtype(path: Path) -> Any:
@@ -642,9 +649,7 @@ def _gguf_dtype(path: Path) -> Any:
 
     nbytes = {torch.float32: 0, torch.float16: 0}
     for t in open_gguf(path).tensors:
-        numel = 1
-        for d in t.dims:
-            numel *= int(d)
+        numel = math.prod(int(d) for d in t.dims)
         if t.type_name == "F16":
             nbytes[torch.float16] += 2 * numel
         else:
@@ -688,17 +693,10 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         bar.set_postfix_str(steps[1])
         with torch.device("meta"):
             meta_model = AutoModelForCausalLM.from_config(config)
-        if weights:
-            tensors, dtype = _read_gguf_weights(path, meta_model, progress)
-            _match_parameters(tensors, meta_model, config, path)
-        else:
-            dtype = _gguf_dtype(path)
+        dtype = _write_weights(path, meta_model, config, out, progress) if weights else _gguf_dtype(path)
         bar.update(1)
 
         bar.set_postfix_str(steps[2])
-        if weights:
-            _save_safetensors(tensors, out)
-            del tensors
         config.architectures = [type(meta_model).__name__]
         config.dtype = dtype
         _save_config(config, out)
