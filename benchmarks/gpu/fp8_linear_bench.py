@@ -20,7 +20,9 @@ Usage (GPU machine, repository root): python benchmarks/gpu/fp8_linear_bench.py 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +56,16 @@ GEMV_GRID = (  # CUDA cores (fma; prefetch unless "nopf") and tensor cores (dot;
     GemvConfig(block_n=32, block_k=256, num_stages=2, split_k=0, use_dot=True),
     GemvConfig(block_n=64, block_k=128, num_stages=3, split_k=0, use_dot=True),
     GemvConfig(block_n=32, block_k=512, num_warps=8, num_stages=2, use_dot=True),
+    # session 15: the bf16 GEMV's 1-row winners carried over (2-4 channels a program, 2-4 KB of each row a step,
+    # the first tile read before the PDL wait)
+    GemvConfig(block_n=2, block_k=1024, prefetch=False),
+    GemvConfig(block_n=2, block_k=2048, prefetch=False),
+    GemvConfig(block_n=4, block_k=1024, prefetch=False),
+    GemvConfig(block_n=4, block_k=2048, prefetch=False),
+    GemvConfig(block_n=8, block_k=2048, prefetch=False),
+    GemvConfig(block_n=4, block_k=4096, prefetch=False),
+    GemvConfig(block_n=2, block_k=2048, num_warps=2, prefetch=False),
+    GemvConfig(block_n=4, block_k=2048, num_warps=8, prefetch=False),
 )
 ROTATE_BYTES = 256 * 2**20
 
@@ -101,12 +113,13 @@ def _gemv_one_m(name: str, m: int, ws: list[torch.Tensor], qs: list[tuple[torch.
     return t, grid
 
 
-def _gemv_shape(name: str, k: int, n: int, bw: float, step: dict[str, float], best: dict) -> None:
-    """One linear at every M of :data:`GEMV_MS`, weights cycled over copies (module docstring)."""
+def _gemv_shape(name: str, k: int, n: int, bw: float, step: dict[str, float], best: dict, ms: Sequence[int]
+                ) -> None:
+    """One linear at every M of ``ms``, weights cycled over copies (module docstring)."""
     copies = max(1, min(16, ROTATE_BYTES // (n * k)))  # FP8 bytes; bf16 cycles half as many copies
     ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(max(1, copies // 2))]
     qs = [quantize_weight_fp8_per_channel(ws[i % len(ws)]) for i in range(copies)]
-    for m in GEMV_MS:
+    for m in ms:
         t, grid = _gemv_one_m(name, m, ws, qs, bw)
         cfg_best = min(grid, key=grid.__getitem__)
         t["gemv best"] = grid[cfg_best]
@@ -117,15 +130,16 @@ def _gemv_shape(name: str, k: int, n: int, bw: float, step: dict[str, float], be
               + f" us  best {cfg_best.short()}  | grid: " + " ".join(f"{v:.1f}" for v in grid.values()))
 
 
-def gemv_section(bw: float) -> None:
-    """The weight-only FP8 GEMV against bf16 and fused FP8 at M in :data:`GEMV_MS` (module docstring)."""
+def gemv_section(bw: float, ms: Sequence[int] = GEMV_MS, json_out: str | None = None) -> None:
+    """The weight-only FP8 GEMV against bf16 and fused FP8 at M in ``ms`` (module docstring); ``json_out``: the
+    winners as JSON for ``with_gemv_table.py --fp8-table``."""
     print("grid: " + " | ".join(c.short() for c in GEMV_GRID))
     step: dict[str, float] = {}
     best: dict[tuple[int, int, int], GemvConfig] = {}
     for name, (k, n) in SHAPES.items():
-        _gemv_shape(name, k, n, bw, step, best)
+        _gemv_shape(name, k, n, bw, step, best, ms)
         torch.cuda.empty_cache()
-    for m in GEMV_MS:
+    for m in ms:
         row = {key.split(":", 1)[1]: v for key, v in step.items() if key.startswith(f"{m}:")}
         print(f"M={m} step linears (32 layers): " + "  ".join(f"{key} {v / 1e3:.3f} ms" for key, v in row.items())
               + f"  gemv best/bf16 {row['gemv best'] / row['bf16']:.2f}  default/bf16 "
@@ -133,6 +147,13 @@ def gemv_section(bw: float) -> None:
     print(f"# GEMV_TABLE entries (triton_fp8_gemv.py; GEMV_MAX_M = {gemv.GEMV_MAX_M} now):")
     for key, cfg in best.items():
         print(f"    {key}: {cfg!r},")
+    if json_out:
+        Path(json_out).write_text(json.dumps([[list(key), dataclasses.asdict(cfg)] for key, cfg in best.items()]))
+
+
+def fp8_table_from_json(path: str) -> dict[tuple[int, int, int], GemvConfig]:
+    """The winners written by ``--json``: ``{(m, n, k): GemvConfig}``."""
+    return {(m, n, k): GemvConfig(**cfg) for (m, n, k), cfg in json.loads(Path(path).read_text())}
 
 
 def scaled_mm_section(bw: float) -> None:
@@ -177,13 +198,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gemv-only", action="store_true", help="only the GEMV section (M = 1, 2, 4, 8)")
     ap.add_argument("--no-gemv", action="store_true", help="only the first section (M = 1, 16, 64)")
+    ap.add_argument("--ms", type=int, nargs="+", default=list(GEMV_MS), help="the GEMV section's row counts")
+    ap.add_argument("--json", default=None, help="write the GEMV winners here (for with_gemv_table.py --fp8-table)")
     args = ap.parse_args()
     bw = device_copy_bandwidth(2**29)
     print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s  torch {torch.__version__}")
     if not args.gemv_only:
         scaled_mm_section(bw)
     if not args.no_gemv:
-        gemv_section(bw)
+        gemv_section(bw, args.ms, args.json)
 
 
 if __name__ == "__main__":

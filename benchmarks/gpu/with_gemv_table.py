@@ -1,10 +1,12 @@
-"""Run a ``pagoda`` CLI command in this process with another bf16 GEMV table (an A/B of table entries end to end).
+"""Run a ``pagoda`` CLI command in this process with other GEMV tables (an A/B of table entries end to end).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
-[--cuda-cores-only] -- bench latency --model M ...``. ``--table``: the winners of ``dense_gemv_sweep.py --json``
-replace ``GEMV_TABLE``'s entries of the same ``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every
-tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS. The engine must run in this process (``bench
-latency`` and ``bench throughput`` do; a server's engine core is another process and would not see the table).
+[--cuda-cores-only] [--fp8-table FP8_JSON] -- bench latency --model M ...``. ``--table``: the winners of
+``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same ``(rows, N, K)`` and add new
+ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS;
+``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way.
+The engine must run in this process (``bench latency`` and ``bench throughput`` do; a server's engine core is
+another process and would not see the tables).
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", default=None)
     ap.add_argument("--cuda-cores-only", action="store_true")
+    ap.add_argument("--fp8-table", default=None)
     args = ap.parse_args(argv[:split])
+    if args.fp8_table:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from fp8_linear_bench import fp8_table_from_json
+
+        from pagoda.quantization.kernels import triton_fp8_gemv
+
+        triton_fp8_gemv.GEMV_TABLE.update(fp8_table_from_json(args.fp8_table))
+        print(f"FP8 GEMV table: {len(triton_fp8_gemv.GEMV_TABLE)} entries", flush=True)
     from pagoda.layers import dense_gemv
 
     table = dense_gemv.GEMV_TABLE = merged_table(args.table, args.cuda_cores_only)

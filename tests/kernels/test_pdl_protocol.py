@@ -52,6 +52,12 @@ def _kernels():
                                                         "USE_DOT": False, "DOT_F32": False, "PREFETCH": True,
                                                         "BLOCK_M": 1, "BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": True},
                      {"w_ptr": "*fp8e4nv"}, True),
+        "fp8_gemv_nopf": (triton_fp8_gemv._fp8_gemv_kernel, {"SCALE_MODE": 1, "SCALE_BN": 1, "SCALE_BK": 1,
+                                                             "HAS_BIAS": False, "BITS": False, "EVEN_K": True,
+                                                             "USE_DOT": False, "DOT_F32": False, "PREFETCH": False,
+                                                             "BLOCK_M": 1, "BLOCK_N": 4, "BLOCK_K": 2048,
+                                                             "SPLIT": False},
+                          {"w_ptr": "*fp8e4nv"}, True),
     }
 
 
@@ -81,7 +87,7 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
 
 
 NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv",
-         "argmax_partial", "argmax_final", "fp8_gemv"]
+         "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf"]
 
 
 @pytest.fixture(scope="module")

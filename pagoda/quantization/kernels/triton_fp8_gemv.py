@@ -19,7 +19,8 @@ along K (16-byte vectors when K is a multiple of 16), decoded, and reduced again
 * ``use_dot=False`` (CUDA cores): M = 1 accumulates ``w * x`` element-wise in a ``[BLOCK_N, BLOCK_K]`` float32
   tile and reduces over K once at the end (``tl.sum``); M > 1 reduces each tile per row. ``prefetch``: the next
   tile's codes are loaded into registers before this tile's arithmetic (twice the bytes in flight; Triton's
-  pipeliner only stages loads that feed ``tl.dot``).
+  pipeliner only stages loads that feed ``tl.dot``); without it, one row still reads its first tile before the
+  PDL wait (as the bf16 GEMV, :mod:`pagoda.layers.dense_gemv`).
 * ``use_dot=True`` (tensor cores): ``W_tile @ x_tile.T`` with the codes converted to the activation dtype
   (exact: e4m3 fits bf16 and fp16), the token rows padded to 16.
 
@@ -76,25 +77,30 @@ GEMV_MAX_M = 8
 """``fp8_linear`` routes CUDA calls with at most this many token rows to :func:`fp8_gemv` (one constant; the
 lead sets it from ``benchmarks/gpu/fp8_linear_bench.py``). 0 turns the GEMV off."""
 
-# The measured winners (fp8_linear_bench.py, H200, 2026-12-01, session 3 call 3): CUDA-core GEMVs at 1-2 rows,
-# tensor-core tiles from 4 (8 for qkv).
+# The measured winners (fp8_linear_bench.py, H200): CUDA-core GEMVs at 1-2 rows, tensor-core tiles from 4 (8 for
+# qkv), session 3 call 3 (2026-12-01); one row re-measured in session 15 call 1 (2026-12-03, the first tile read before
+# the PDL wait; benchmarks/results/h200-2026-12-03-session15/call1_fp8_sweep.txt): 2-4 channels a program, as the bf16
+# GEMV's winners.
+_FMA_N2 = GemvConfig(block_n=2, block_k=1024, prefetch=False)  # qkv 10.3 -> 9.1 us (floor 5.9)
+_FMA_N4 = GemvConfig(block_n=4, block_k=1024, prefetch=False)  # o 6.1 -> 5.7 us (4.0), down 17.1 -> 16.1 (13.9)
+_FMA_N4_K4096 = GemvConfig(block_n=4, block_k=4096, prefetch=False)  # gate_up 36.2 -> 29.2 us (27.7)
 _FMA_16 = GemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=1, split_k=1, use_dot=False, prefetch=False)
 _FMA_8 = GemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=1, split_k=1, use_dot=False, prefetch=False)
 _DOT_64 = GemvConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, split_k=0, use_dot=True, prefetch=True)
 GEMV_TABLE: dict[tuple[int, int, int], GemvConfig] = {
-    (1, 6144, 4096): _FMA_16,
+    (1, 6144, 4096): _FMA_N2,
     (2, 6144, 4096): _FMA_16,
     (4, 6144, 4096): _FMA_16,
     (8, 6144, 4096): _DOT_64,
-    (1, 4096, 4096): _FMA_8,
+    (1, 4096, 4096): _FMA_N4,
     (2, 4096, 4096): _FMA_8,
     (4, 4096, 4096): _DOT_64,
     (8, 4096, 4096): _DOT_64,
-    (1, 28672, 4096): _FMA_8,
+    (1, 28672, 4096): _FMA_N4_K4096,
     (2, 28672, 4096): _FMA_16,
     (4, 28672, 4096): _DOT_64,
     (8, 28672, 4096): _DOT_64,
-    (1, 4096, 14336): _FMA_8,
+    (1, 4096, 14336): _FMA_N4,
     (2, 4096, 14336): _FMA_8,
     (4, 4096, 14336): _DOT_64,
     (8, 4096, 14336): _DOT_64,
@@ -178,6 +184,24 @@ def _rows_fma(acc, wf, sb, x_ptr, offs_k, k_ok, offs_m, M, stride_xm, BLOCK_SCAL
 
 
 @triton.jit
+def _one_row_tile(acc2, w, x_rows, k0, k_hi, s_ptr, offs_n, n_ok, stride_sn, SCALE_MODE: tl.constexpr,
+                  SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, BITS: tl.constexpr, EVEN_K: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """CUDA cores, one row: the tile's products ``w * x`` added element-wise to ``acc2 [BLOCK_N, BLOCK_K]`` (reduced
+    over K once, after the loop)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        x = tl.load(x_rows + offs_k[None, :])
+    else:
+        x = tl.load(x_rows + offs_k[None, :], mask=(offs_k < k_hi)[None, :], other=0.0)
+    prod = _decode(w, BITS, tl.float32) * x.to(tl.float32)
+    if SCALE_MODE == 2:
+        sb = tl.load(s_ptr + (offs_n // SCALE_BN) * stride_sn + k0 // SCALE_BK, mask=n_ok, other=0.0)
+        prod = prod * sb[:, None]
+    return acc2 + prod
+
+
+@triton.jit
 def _split_k_finish(acc, ws_ptr, lock_ptr, pid_n, pid_k, split_k, offs_n, offs_m, M, N, s_ptr, b_ptr, y_ptr,
                     stride_ym, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BITS: tl.constexpr):
     """Store this split's partial; the tile's last-arriving program sums all partials in split order (no float
@@ -214,10 +238,19 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
     k_hi = tl.minimum(k_lo + k_blocks * BLOCK_K, K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # M = 1 on CUDA cores only (dead code otherwise)
+    k_start = k_lo
     if PREFETCH:
         w_next = _load_codes(w_rows, k_lo, k_hi, n_ok, EVEN_K, BLOCK_K)
-    pdl_wait(USE_PDL)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
+        pdl_wait(USE_PDL)
+    elif not USE_DOT and BLOCK_M == 1:  # one row, no prefetch: the first tile's codes are read before the wait
+        w_first = _load_codes(w_rows, k_lo, k_hi, n_ok, EVEN_K, BLOCK_K)
+        pdl_wait(USE_PDL)
+        acc2 = _one_row_tile(acc2, w_first, x_rows, k_lo, k_hi, s_ptr, offs_n, n_ok, stride_sn, SCALE_MODE, SCALE_BN,
+                             SCALE_BK, BITS, EVEN_K, BLOCK_K)
+        k_start = k_lo + BLOCK_K
+    else:
+        pdl_wait(USE_PDL)
+    for k0 in range(k_start, k_hi, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_hi
         if PREFETCH:  # CUDA cores: the next tile's loads are issued before this tile's arithmetic
@@ -228,15 +261,18 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
             w_next = _load_codes(w_rows, k_next, k_hi, n_ok, EVEN_K, BLOCK_K)
         else:  # (tensor cores: Triton's pipeliner stages the loads itself, num_stages)
             w = _load_codes(w_rows, k0, k_hi, n_ok, EVEN_K, BLOCK_K)
-        sb = tl.full((BLOCK_N,), 1.0, tl.float32)  # unused unless SCALE_MODE == 2
-        if SCALE_MODE == 2:
-            sb = tl.load(s_ptr + (offs_n // SCALE_BN) * stride_sn + k0 // SCALE_BK, mask=n_ok, other=0.0)
-        if USE_DOT or BLOCK_M == 1:
-            if EVEN_K:
-                x = tl.load(x_rows + offs_k[None, :])
-            else:
-                x = tl.load(x_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)
+        if not USE_DOT and BLOCK_M == 1:
+            acc2 = _one_row_tile(acc2, w, x_rows, k0, k_hi, s_ptr, offs_n, n_ok, stride_sn, SCALE_MODE, SCALE_BN,
+                                 SCALE_BK, BITS, EVEN_K, BLOCK_K)
+        else:
+            sb = tl.full((BLOCK_N,), 1.0, tl.float32)  # unused unless SCALE_MODE == 2
+            if SCALE_MODE == 2:
+                sb = tl.load(s_ptr + (offs_n // SCALE_BN) * stride_sn + k0 // SCALE_BK, mask=n_ok, other=0.0)
             if USE_DOT:
+                if EVEN_K:
+                    x = tl.load(x_rows + offs_k[None, :])
+                else:
+                    x = tl.load(x_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)
                 if DOT_F32:  # the interpreter's bf16 dot is wrong; fp32 is exact here (products fit fp32)
                     part = tl.dot(_decode(w, BITS, tl.float32), tl.trans(x.to(tl.float32)), input_precision="ieee")
                 else:
@@ -245,13 +281,8 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
                     part = part * sb[:, None]
                 acc += part
             else:
-                prod = _decode(w, BITS, tl.float32) * x.to(tl.float32)
-                if SCALE_MODE == 2:
-                    prod = prod * sb[:, None]
-                acc2 += prod
-        else:
-            acc = _rows_fma(acc, _decode(w, BITS, tl.float32), sb, x_ptr, offs_k, k_ok, offs_m, M, stride_xm,
-                            SCALE_MODE == 2, EVEN_K, BLOCK_M)
+                acc = _rows_fma(acc, _decode(w, BITS, tl.float32), sb, x_ptr, offs_k, k_ok, offs_m, M, stride_xm,
+                                SCALE_MODE == 2, EVEN_K, BLOCK_M)
     if not USE_DOT and BLOCK_M == 1:
         acc += tl.sum(acc2, axis=1)[:, None]
     if not SPLIT:
