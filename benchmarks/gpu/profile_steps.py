@@ -29,6 +29,7 @@ from pagoda import SamplingParams
 from pagoda.config import EngineArgs
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.structured_output.params import StructuredOutputsParams
+from pagoda.worker.model_runner import StepHandle
 
 SCHEMA = {"type": "object", "properties": {"story": {"type": "string", "minLength": 4000}}, "required": ["story"]}
 
@@ -57,6 +58,95 @@ def _host_profile(eng: LLMEngine, steps: int) -> None:
     pr.disable()
     pstats.Stats(pr).sort_stats("tottime").print_stats(25)
     pstats.Stats(pr).sort_stats("cumulative").print_stats(40)
+
+
+class _Phases:
+    """Host time per engine phase, by wrapping the phases' methods with wall-clock timers (a few wrappers, unlike
+    cProfile's every call), and the exposed host path of a step that completes before the next is launched: from
+    the previous step's event wait returning to the next CUDA-graph launch (``--phases``)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.ready: float | None = None
+        self.critical: list[float] = []
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, obj: object, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+        total = self.total
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total[label] += time.perf_counter() - t
+
+        self._undo.append((obj, name, obj.__dict__.get(name) if isinstance(obj, type) else None))
+        setattr(obj, name, timed)
+
+    def mark_wait_and_launch(self) -> None:
+        phases = self
+        sync, replay = torch.cuda.Event.synchronize, torch.cuda.CUDAGraph.replay
+
+        def synchronize(ev):
+            t = time.perf_counter()
+            sync(ev)
+            phases.ready = time.perf_counter()
+            phases.total["event wait"] += phases.ready - t
+
+        def launch(g):
+            if phases.ready is not None:
+                phases.critical.append(time.perf_counter() - phases.ready)
+                phases.ready = None
+            replay(g)
+
+        self._undo += [(torch.cuda.Event, "synchronize", sync), (torch.cuda.CUDAGraph, "replay", replay)]
+        torch.cuda.Event.synchronize = synchronize  # type: ignore[method-assign]
+        torch.cuda.CUDAGraph.replay = launch  # type: ignore[method-assign]
+
+    def restore(self) -> None:
+        for obj, name, old in reversed(self._undo):
+            if isinstance(obj, type):
+                setattr(obj, name, old)
+            else:
+                delattr(obj, name)  # the instance attribute shadowed the class's method
+        self._undo.clear()
+
+
+def _host_phases(eng: LLMEngine, steps: int) -> None:
+    """Run ``steps`` engine steps with :class:`_Phases` timers; print µs per step of each phase."""
+    core = eng.core
+    ph = _Phases()
+    for obj, name, label in ((core.scheduler, "update_from_output", "update_from_output"),
+                             (core.scheduler, "schedule", "schedule"),
+                             (core, "_launch", "launch (all)"), (core, "_outputs", "outputs"),
+                             (core.runner, "_prepare", "launch: prepare inputs"),
+                             (core.runner, "_forward", "launch: forward (staging + replay)"),
+                             (core.runner, "_finish_step", "launch: sampler queued"),
+                             (eng.output_processor, "process", "front end")):
+        ph.wrap(obj, name, label)
+    if core.spec is not None:
+        ph.wrap(core.spec, "propose", "propose")
+    ph.wrap(StepHandle, "result", "result (wait + lists)")
+    ph.mark_wait_and_launch()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            eng.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    finally:
+        ph.restore()
+    print(f"  host phases (us per step, wall {wall / steps * 1e6:.0f}):")
+    for label, t in sorted(ph.total.items(), key=lambda kv: -kv[1]):
+        print(f"    {t / steps * 1e6:8.1f}  {label}")
+    if ph.critical:
+        c = sorted(ph.critical)
+        print(f"    event wait returned -> next graph launch: median {c[len(c) // 2] * 1e6:.1f} us, p90 "
+              f"{c[len(c) * 9 // 10] * 1e6:.1f} us over {len(c)} launches (exposed when each step completes before "
+              f"the next is launched: speculative steps)")
 
 
 def _timeline(prof, steps: int, gap_us: float) -> None:
@@ -91,6 +181,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cprofile", action="store_true", help="also a host profile (cProfile) of the same steps")
     ap.add_argument("--timeline", action="store_true", help="also split the device's idle time (module docstring)")
+    ap.add_argument("--phases", action="store_true", help="also host time per engine phase (_Phases)")
     ap.add_argument("--gap-us", type=float, default=20.0)
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
@@ -104,6 +195,8 @@ def main() -> None:
         torch.cuda.synchronize()
         if a.cprofile:
             _host_profile(eng, a.steps)
+        if a.phases:
+            _host_phases(eng, a.steps)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for _ in range(a.steps):
