@@ -96,10 +96,12 @@ class _Phases:
             phases.total["event wait"] += phases.ready - t
 
         def launch(g):
+            t = time.perf_counter()
             if phases.ready is not None:
-                phases.critical.append(time.perf_counter() - phases.ready)
+                phases.critical.append(t - phases.ready)
                 phases.ready = None
             replay(g)
+            phases.total["launch: forward: graph replay() call"] += time.perf_counter() - t
 
         self._undo += [(torch.cuda.Event, "synchronize", sync), (torch.cuda.CUDAGraph, "replay", replay)]
         torch.cuda.Event.synchronize = synchronize  # type: ignore[method-assign]
@@ -185,7 +187,7 @@ def main() -> None:
     ap.add_argument("--gap-us", type=float, default=20.0)
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
-    eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", max_model_len=4096, **extra))
+    eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", **{"max_model_len": 4096, **extra}))
     for b in a.batch:
         ids = _fill(eng, b, f"b{b}", a.structured, 400)
         core = eng.core

@@ -40,6 +40,9 @@ class AttentionMetadata:
     # Context bound a backend uses to choose how to split the KV range (when set, the
     # runner passes max_model_len, so eager and CUDA-graph steps split, and round, alike).
     split_kv_len: int | None = None
+    # The step is recorded in a CUDA graph (the verify graphs): a kernel's second launch costs no host time when
+    # it replays, so a backend may split work for the device alone.
+    in_cuda_graph: bool = False
 
     @property
     def num_seqs(self) -> int:

@@ -31,7 +31,7 @@ class TritonAttentionBackend(AttentionBackend):
     and the batch alone would leave SMs idle (see ``choose_num_splits``); every other
     step — prefill, chunked prefill, mixed, or large decode batches — goes through the
     unified kernel, whose KV range is split too when a small chunk over a long cached
-    context would leave SMs idle (``choose_chunk_splits``, eager steps only).
+    context would leave SMs idle (``choose_chunk_splits``: eager steps and the verify graphs).
     """
 
     name = "triton"
@@ -86,11 +86,12 @@ class TritonAttentionBackend(AttentionBackend):
                 **tk.batch_invariant_tiles(query, k_cache), **win_cap,
             )
         chunk_splits = 1
-        if not meta.is_decode_only:  # eager steps only: CUDA graphs capture decode-only steps
+        if not meta.is_decode_only:  # eager steps, and the verify graphs (their max_seq_len is max_model_len)
             G = query.shape[1] // k_cache.shape[2]
             chunk_splits = tk.choose_chunk_splits(
                 query.shape[0], meta.num_seqs, k_cache.shape[2], G, query.shape[2],
                 meta.max_query_len, meta.max_seq_len, tk.num_sms(query.device),
+                **({"min_context": 0} if meta.in_cuda_graph else {}),
             )
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,

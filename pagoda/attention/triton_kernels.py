@@ -52,7 +52,7 @@ Design
       unmasked part then causal tail, as above) and writes unnormalised partials per
       ``(token, head, split)``; ``_split_kv_reduce_kernel`` (``PER_TOKEN``) combines them.
       For small prefill chunks over long cached contexts, whose tiles alone leave SMs
-      idle (:func:`choose_chunk_splits`); eager steps only (it allocates a workspace).
+      idle (:func:`choose_chunk_splits`); eager steps and the verify graphs.
 
 ``split_kv_decode`` + ``split_kv_reduce`` (flash-decoding; every request has q_len 1)
     * Grid ``(B, Hkv, S)``. Request ``i``'s KV range is cut into ``S`` chunks of
@@ -693,8 +693,8 @@ def unified_attention(
     last request be zeroed; ``block_m``/``block_n`` override the tile heuristic
     (tests use them to force multi-tile paths at tiny sizes). ``num_splits > 1`` cuts
     each tile's KV range into that many parts run by separate programs and combined by
-    a second launch (see :func:`choose_chunk_splits`; not for CUDA-graph capture, as it
-    allocates a workspace).
+    a second launch (see :func:`choose_chunk_splits`; its workspace is allocated per call, so a
+    CUDA graph records it in the graph's pool).
     """
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
@@ -802,18 +802,22 @@ MIN_CONTEXT_FOR_CHUNK_SPLIT = 4096
 
 
 def choose_chunk_splits(num_tokens: int, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
-                        max_query_len: int, max_seq_len: int, sm_count: int) -> int:
-    """KV splits for a unified-kernel launch (prefill chunks): 1 when its query tiles alone fill
-    the GPU; else enough to reach ~2 programs per SM, each split keeping at least
-    MIN_TOKENS_PER_CHUNK_SPLIT keys, and only from MIN_CONTEXT_FOR_CHUNK_SPLIT keys on. E.g. a
-    100-token chunk over 8,000 cached tokens, 8 KV heads of 4 query heads, D=128: 56 programs
-    -> 5 splits (unsplit, each program walks 127 KV tiles while 76 of 132 SMs idle)."""
+                        max_query_len: int, max_seq_len: int, sm_count: int,
+                        min_context: int = MIN_CONTEXT_FOR_CHUNK_SPLIT) -> int:
+    """KV splits for a unified-kernel launch (prefill chunks, verify steps): 1 when its query tiles
+    alone fill the GPU; else enough to reach ~2 programs per SM, each split keeping at least
+    MIN_TOKENS_PER_CHUNK_SPLIT keys, and only from ``min_context`` keys on (the eager rule,
+    MIN_CONTEXT_FOR_CHUNK_SPLIT; 0 for a launch recorded in a CUDA graph, whose second launch
+    costs no host time). E.g. a 100-token chunk over 8,000 cached tokens, 8 KV heads of 4 query
+    heads, D=128: 56 programs -> 5 splits (unsplit, each program walks 127 KV tiles while 76 of
+    132 SMs idle); a batch-1 verify of 5 rows, 8 programs, in a graph for 2,048-token contexts:
+    8 splits."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     max_m = 64 if 64 < block_d <= 128 else 128
     block_m = max(min(max(16, triton.next_power_of_2(group * max(1, max_query_len))), max_m),
                   triton.next_power_of_2(group))
     programs = (num_tokens // max(1, block_m // group) + num_seqs) * num_kv_heads
-    if programs <= 0 or programs >= sm_count or max_seq_len < MIN_CONTEXT_FOR_CHUNK_SPLIT:
+    if programs <= 0 or programs >= sm_count or max_seq_len < min_context:
         return 1
     wanted = triton.cdiv(2 * sm_count, programs)
     by_length = max(1, max_seq_len // MIN_TOKENS_PER_CHUNK_SPLIT)

@@ -91,6 +91,7 @@ class VerifyGraphs:
             seq_lens_cpu=[self.max_model_len] * b,
             is_decode_only=False,
             split_kv_len=self.max_model_len,
+            in_cuda_graph=self.use_graphs,  # KV splits chosen for the device alone (choose_chunk_splits)
         )
 
     def _forward(self, b: int) -> None:

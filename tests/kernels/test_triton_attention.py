@@ -182,6 +182,12 @@ def test_choose_chunk_splits():
     assert tk.choose_chunk_splits(4096, 4, 8, 4, 128, 1024, 1024, 132) == 1  # tiles fill the GPU
     assert tk.choose_chunk_splits(20, 1, 8, 4, 128, 20, 200, 132) == 1  # context too short to split
     assert tk.choose_chunk_splits(16, 1, 1, 1, 64, 16, 1 << 20, 132) == tk.MAX_CHUNK_SPLITS
+    # a batch-1 verify of 5 rows (8 programs) recorded in a CUDA graph for 2,048-token contexts: the eager rule's
+    # minimum context (a second launch's host cost) does not apply; each split still keeps >= 256 keys
+    assert tk.choose_chunk_splits(5, 1, 8, 4, 128, 5, 2048, 132) == 1
+    assert tk.choose_chunk_splits(5, 1, 8, 4, 128, 5, 2048, 132, min_context=0) == 8
+    assert tk.choose_chunk_splits(5, 1, 8, 4, 128, 5, 4096, 132, min_context=0) == 16
+    assert tk.choose_chunk_splits(5, 1, 8, 4, 128, 5, 200, 132, min_context=0) == 1  # < 256 keys: no split
 
 
 def test_zero_length_request_in_batch():
