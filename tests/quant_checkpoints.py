@@ -118,7 +118,15 @@ def write_dense(qdir: Path, ddir: Path) -> None:
     save_file(dense, ddir / "model.safetensors")
 
 
+NO_GPTQMODEL = 3  # the script's exit status when gptqmodel does not import (tests/conftest.py skips then)
+
+
 def main(src: Path, out: Path, names: list[str]) -> None:
+    try:
+        import gptqmodel  # noqa: F401
+    except Exception as exc:  # the --no-deps install lacks a dependency
+        print(" ".join(f"gptqmodel does not import ({type(exc).__name__}: {exc})".split()), file=sys.stderr)
+        sys.exit(NO_GPTQMODEL)
     for name in names:
         quantize(src, out / name, VARIANTS[name])
         write_dense(out / name, out / f"{name}-dense")

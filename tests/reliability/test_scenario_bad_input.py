@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from harness import MODEL, Ledger, assert_recovered, record, take_baseline
+from harness import MODEL, Ledger, assert_recovered, record, start_server, take_baseline
 
 COMPLETION = {"model": MODEL, "prompt": "Paris is", "max_tokens": 3}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -142,8 +142,16 @@ def test_corpus_size():
     assert len(CASES) >= 200, len(CASES)
 
 
-def test_bad_input_corpus(make_server):
-    srv = make_server()
+@pytest.fixture(scope="module")
+def srv(tiny_model_dir):
+    """One server for the module: the corpus and the valid extremes are requests to a running server, and none
+    of them needs a fresh one (the corpus takes its own baseline first and checks that the server recovered)."""
+    s = start_server(tiny_model_dir)
+    yield s
+    s.stop()
+
+
+def test_bad_input_corpus(srv):
     # One valid constrained request first: schema checks run on a small, bounded worker pool
     # (structured_output/validate.py) whose thread starts with its first use; the baseline includes it.
     warm = srv.post("/v1/chat/completions", {**CHAT, "max_tokens": 2, "response_format": {"type": "json_object"}})
@@ -183,9 +191,8 @@ def test_bad_input_corpus(make_server):
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
-def test_valid_extremes_still_work(make_server, path):
+def test_valid_extremes_still_work(srv, path):
     """Huge but valid requests near the caps are served, not refused (the corpus must not over-reject)."""
-    srv = make_server()
     base = ENDPOINTS[path]
     r = srv.post(path, {**base, "stop": [f"s{i}" for i in range(256)], "stop_token_ids": list(range(3, 200)),
                         "seed": -1, "n": 4, "temperature": 1e4, "top_k": -1})

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from harness import API_KEY, MODEL, Ledger, assert_recovered, record, take_baseline
+import pytest
+from harness import API_KEY, MODEL, Ledger, assert_recovered, record, start_server, take_baseline
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pagoda"
 
@@ -31,13 +32,25 @@ def _flat_routes(routes):
         yield from (_flat_routes(inner.routes) if inner is not None else [r])
 
 
-def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
+# the flags that add opt-in routes
+OPT_IN_ROUTES = ("--enable-tokenizer-info-endpoint", "--enable-server-load-tracking")
+
+
+@pytest.fixture(scope="module")
+def default_srv(tiny_model_dir):
+    """A server with the default bind address and the opt-in routes, shared by the API key check and the socket
+    check (neither sends a request that changes the other's subject). No ``--host``: the default."""
+    s = start_server(tiny_model_dir, *OPT_IN_ROUTES)
+    yield s
+    s.stop()
+
+
+def test_api_key_guards_every_route_but_health(default_srv, tiny_model_dir):
     from pagoda.entrypoints.openai.api_server import build_app
 
     # every route the app really has, read from the app itself (docs, schema and future routes included),
     # with the flags that add opt-in routes
-    flags = ("--enable-tokenizer-info-endpoint", "--enable-server-load-tracking")
-    app = build_app(_serve_args(str(tiny_model_dir), *flags))
+    app = build_app(_serve_args(str(tiny_model_dir), *OPT_IN_ROUTES))
     routes = []
     for r in _flat_routes(app.routes):
         for m in sorted(getattr(r, "methods", None) or {"GET"}):
@@ -45,7 +58,7 @@ def test_api_key_guards_every_route_but_health(make_server, tiny_model_dir):
     assert len(routes) >= 10, routes
     assert {"/ping", "/invocations", "/v1/responses", "/server_info", "/tokenizer_info", "/load"} <= {
         p for _, p in routes}, routes
-    srv = make_server(*flags)
+    srv = default_srv
     checked = 0
     with httpx.Client(timeout=10) as c:
         for method, path in routes + [("GET", "/no/such/route"), ("OPTIONS", "/v1/models")]:
@@ -81,9 +94,9 @@ def test_api_key_compared_in_constant_time():
             assert not names & {"self.expected", "given"}, ast.unparse(n)
 
 
-def test_binds_localhost_by_default_and_internal_sockets_are_local(make_server):
+def test_binds_localhost_by_default_and_internal_sockets_are_local(default_srv):
     assert _serve_args().host == "127.0.0.1"
-    srv = make_server()  # RemoteServer passes no --host: the default
+    srv = default_srv  # RemoteServer passes no --host: the default
     server_p = psutil.Process(srv.proc.pid)
     core_p = psutil.Process(srv.core_pid())
     listening = [c for c in server_p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
