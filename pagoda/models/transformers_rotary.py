@@ -44,8 +44,10 @@ def reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 
 def _signature_fits(fn: Callable[..., Any]) -> bool:
+    # transformers >= 5.25 wraps the function in a module (a kernel-hub hook point): its forward is the function
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        params = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
         return False
     names = [p.name for p in params]
