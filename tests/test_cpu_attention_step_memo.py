@@ -4,6 +4,7 @@ K/V with one row copy per token and head: bitwise the same cache contents and ou
 
 import torch
 import torch.nn.functional as F
+from test_attention_verify_rows import _meta as _verify_rows_meta
 
 from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_ref import TorchAttentionBackend, gather_heads
@@ -63,18 +64,6 @@ def test_memoized_steps_equal_the_direct_computation():
             assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (i, meta.seq_lens_cpu)
 
 
-def _verify_meta(q_lens: list[int], seq_lens: list[int], tables: list[list[int]]) -> AttentionMetadata:
-    width = max(len(t) for t in tables)
-    starts = [0]
-    for q in q_lens:
-        starts.append(starts[-1] + q)
-    return AttentionMetadata(
-        query_start_loc=torch.tensor(starts, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-        slot_mapping=torch.full((starts[-1],), -1, dtype=torch.int64), max_query_len=max(q_lens),
-        max_seq_len=max(seq_lens), query_lens_cpu=q_lens, seq_lens_cpu=seq_lens, is_decode_only=False)
-
-
 def test_verify_rows_memoized_equal_unmemoized():
     """A speculative verify's rows (each its own decode-like SDPA call): the step's gather rows and row masks kept
     for all layers give bitwise what computing them per layer gives, across layers, windows and steps."""
@@ -83,8 +72,8 @@ def test_verify_rows_memoized_equal_unmemoized():
     memo.step_memo = True
     caches = [(torch.randn(NB, HKV, BS, D, generator=gen).to(torch.bfloat16),
                torch.randn(NB, HKV, BS, D, generator=gen).to(torch.bfloat16)) for _ in range(3)]
-    steps = [_verify_meta([5, 1, 3], [9, 4, 7], [[1, 2, 3], [4], [5, 6]]),  # two verifies and a decode row
-             _verify_meta([4, 2], [11, 6], [[1, 2, 3], [5, 6]])]
+    steps = [_verify_rows_meta([5, 1, 3], [9, 4, 7], [[1, 2, 3], [4], [5, 6]]),  # two verifies and a decode row
+             _verify_rows_meta([4, 2], [11, 6], [[1, 2, 3], [5, 6]])]
     for meta in steps:
         for i, cache in enumerate(caches):
             query = torch.randn(sum(meta.query_lens_cpu), H, D, generator=gen).to(torch.bfloat16)
