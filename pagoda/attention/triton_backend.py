@@ -91,7 +91,7 @@ class TritonAttentionBackend(AttentionBackend):
             chunk_splits = tk.choose_chunk_splits(
                 query.shape[0], meta.num_seqs, k_cache.shape[2], G, query.shape[2],
                 meta.max_query_len, meta.max_seq_len, tk.num_sms(query.device),
-                **({"min_context": 0} if meta.in_cuda_graph else {}),
+                min_context=0 if meta.in_cuda_graph else tk.MIN_CONTEXT_FOR_CHUNK_SPLIT,
             )
         return tk.unified_attention(
             query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
