@@ -38,6 +38,10 @@ from pagoda import envs  # noqa: E402
 FULL = envs.reliability_full()
 REPORT = envs.reliability_report()
 
+HANG_GUARD_S = 60.0
+"""How long a scenario waits for a state it expects (blocks freed, a server answering) before it calls it a hang.
+A guard against hanging forever, never a speed limit: how long the wait took is recorded as a figure."""
+
 CANARY = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
 
 

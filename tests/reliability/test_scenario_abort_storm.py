@@ -8,6 +8,7 @@ import random
 import time
 
 from harness import (
+    HANG_GUARD_S,
     MODEL,
     Ledger,
     assert_recovered,
@@ -58,9 +59,11 @@ def test_abort_storm(make_server):
 
     asyncio.run(main())
     t0 = time.monotonic()
-    freed = wait_for(lambda: engine_idle(srv) == (0, 0, 0), timeout=2.0, interval=0.02)
+    # Every abort frees its blocks: the engine goes idle. The wait is a hang guard, not a speed limit (the
+    # time it took is recorded as a figure).
+    freed = wait_for(lambda: engine_idle(srv) == (0, 0, 0), timeout=HANG_GUARD_S, interval=0.02)
     freed_s = time.monotonic() - t0
-    assert freed, f"blocks not freed within 2 s: running, waiting, kv usage = {engine_idle(srv)}"
+    assert freed, f"blocks not freed after the storm: running, waiting, kv usage = {engine_idle(srv)}"
     outcomes = ledger.by_outcome()
     assert outcomes.get("abandoned", 0) >= REQUESTS // 2, outcomes
     aborted = srv.metric("pagoda:request_success_total", finished_reason="abort")
