@@ -46,6 +46,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
            "timeline to (JSON lines, one per step; see `--step-timeline` of `pagoda bench throughput`); unset: "
            "none is recorded"),
+    EnvVar("PAGODA_REQUEST_TRACE", "", "file the API server appends one JSON line to per finished engine request: "
+           "its arrival after tokenization, its arrival at the engine core, first scheduling, first and last token "
+           "(wall-clock seconds; `benchmarks/ttft_breakdown.py` joins it with `pagoda bench serve`'s result); "
+           "unset: none is written"),
+    EnvVar("PAGODA_GC_FREEZE", "1", "`0`: the engine core and the API server do not freeze their start-up heap out of "
+           "Python's garbage collection when they are ready (an A/B switch; `pagoda/engine/gc_policy.py`)"),
     EnvVar("PAGODA_LOG_JIT_COMPILES", "0", "`1` logs every Triton kernel compiled in the engine's process (name, "
            "constexprs, seconds): finds compiles that land in a first request or a timed run"),
     EnvVar("PAGODA_JIT_PRECOMPILE", "1", "`0`: Triton kernels compile one by one at their first launch during "
@@ -136,6 +142,16 @@ def pdl_enabled() -> bool:
 def step_timeline_path() -> str | None:
     """``PAGODA_STEP_TIMELINE``: the engine-core process's step-timeline file, or None (not recorded)."""
     return os.environ.get("PAGODA_STEP_TIMELINE") or None
+
+
+def request_trace_path() -> str | None:
+    """``PAGODA_REQUEST_TRACE``: the API server's per-request timing file, or None (not written)."""
+    return os.environ.get("PAGODA_REQUEST_TRACE") or None
+
+
+def gc_freeze_enabled() -> bool:
+    """``PAGODA_GC_FREEZE``: False only when set to ``0``."""
+    return _raw("PAGODA_GC_FREEZE") != "0"
 
 
 def log_jit_compiles() -> bool:

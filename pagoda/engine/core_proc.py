@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from pagoda import envs
+from pagoda.engine.gc_policy import freeze_startup_heap
 from pagoda.engine.messages import (
     AbortRequests,
     AddRequest,
@@ -180,6 +181,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         t3 = time.perf_counter()
         core = EngineCore(cfg)
         _attach_step_timeline(core)
+        freeze_startup_heap("engine core")
         out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
                                        core.startup_seconds)))
         started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "

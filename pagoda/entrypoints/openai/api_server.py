@@ -30,6 +30,7 @@ import prometheus_client
 from fastapi import FastAPI
 
 import pagoda
+from pagoda.engine.gc_policy import freeze_startup_heap
 from pagoda.entrypoints.openai.error_handlers import add_exception_handlers
 from pagoda.entrypoints.openai.middleware import add_middlewares
 from pagoda.entrypoints.openai.routes import routers
@@ -123,6 +124,7 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
 
     state.on_load_failure = fail
     state.on_engine_death = on_engine_death
+    state.on_ready = lambda: freeze_startup_heap("API server")
     try:
         server.run(sockets=[sock] if sock is not None else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C (SIGINT) after its graceful shutdown: exit as on SIGTERM

@@ -64,6 +64,7 @@ class ServerState:
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] | None = None
         self.on_engine_death: Callable[[], None] | None = None  # set by run_server: exit after a delay
+        self.on_ready: Callable[[], None] | None = None  # set by run_server: once serving objects exist
 
     def ready(self) -> ServerState:
         """This state, or a 503 ``ServingError`` saying why the server cannot serve yet (or any more)."""
@@ -104,6 +105,8 @@ async def load_engine(state: ServerState) -> None:
         state.pooling = OpenAIServingPooling(engine, names, state.limits, **common)
         state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
         scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
+        if state.on_ready is not None:
+            state.on_ready()
         logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)
     except asyncio.CancelledError:
         raise
