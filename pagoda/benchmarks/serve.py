@@ -89,6 +89,8 @@ class RequestResult:
     chunks: list[tuple[float, int]] = field(default_factory=list)  # (gap, tokens) after the first (stream_timing)
     error: str = ""
     text: str = ""
+    sent_at: float = 0.0  # wall clock (time.time()) when the request was sent
+    response_id: str = ""  # the response's "id" (the server's request id; joins PAGODA_REQUEST_TRACE lines)
 
     @property
     def tpot(self) -> float | None:
@@ -270,7 +272,7 @@ async def words_text(rng: random.Random, counter: _Counter, n_in: int) -> tuple[
 async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict[str, Any], chat: bool,
                    prompt_len: int) -> RequestResult:
     """Send one streaming request and time its tokens (rules in stream_timing)."""
-    res = RequestResult(prompt_len=prompt_len)
+    res = RequestResult(prompt_len=prompt_len, sent_at=time.time())
     timeline = TokenTimeline(start=time.perf_counter())
     cursor = UsageCursor()
     usage_tokens = None
@@ -291,6 +293,8 @@ async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict
                 if "error" in obj:
                     res.error = str(obj["error"].get("message", obj["error"]))
                     return res
+                if not res.response_id:
+                    res.response_id = str(obj.get("id", ""))
                 timeline.add(now, chunk_tokens(obj, chat, cursor))
                 if not obj.get("choices") and obj.get("usage"):
                     usage_tokens = obj["usage"].get("completion_tokens", usage_tokens)
@@ -627,6 +631,8 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "tpots": [r.tpot for r in results],
         "e2els": [r.latency for r in results],
         "errors": errors,
+        "sent_ats": [r.sent_at for r in results],  # wall clock
+        "response_ids": [r.response_id for r in results],
     }
 
 

@@ -58,7 +58,7 @@ from pagoda.engine.messages import (
 )
 from pagoda.engine.output_processor import OutputProcessor, ParentState
 from pagoda.engine.prelaunch import PrelaunchedCore
-from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, finished_stats
+from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, RequestTrace, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
@@ -219,6 +219,7 @@ class AsyncLLM:
         self._streams: dict[str, RequestStream] = {}
         self._last_token_time: dict[str, float] = {}
         self._times: dict[str, ChildTimes] = {}  # per engine request, for the request-level metrics
+        self._trace = RequestTrace.from_env()  # PAGODA_REQUEST_TRACE: per-request timings (a diagnostic)
         self._tasks: list[asyncio.Task] = []
         self._enc = encoder()
         self._dec = output_decoder()
@@ -664,6 +665,8 @@ class AsyncLLM:
         engine = self._owner.get(cid, 0)
         for sl in self.stat_loggers:
             sl.on_finished(stats, engine=engine)
+        if self._trace is not None:
+            self._trace.write(parent.request_id, cid, parent.metrics.arrival_time, self._times.get(cid), stats)
 
     def _record_request_finished(self, parent: ParentState) -> None:
         """Report a user request (all its ``n`` samples) as finished."""

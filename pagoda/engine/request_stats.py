@@ -11,7 +11,10 @@ a request never scheduled was queued for its whole life.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+from pagoda import envs
 
 
 @dataclass
@@ -64,3 +67,30 @@ def finished_stats(times: ChildTimes | None, now: float, arrival: float, reason:
             decode = max(0.0, t.last_token_at - t.first_token_at)
     return FinishedRequestStats(reason, e2e, num_prompt_tokens, num_generation_tokens,
                                 max_tokens_param, num_cached_tokens, queued, prefill, decode)
+
+
+class RequestTrace:
+    """``PAGODA_REQUEST_TRACE``: one JSON line per finished engine request (``id``: the user request's,
+    ``child``: the engine request's, one per sample), appended by the API server, with its
+    wall-clock times: ``arrival`` (registered by the front end, after tokenization), ``core_arrival`` (added to
+    the engine core), ``scheduled`` (first scheduling), ``first_token`` / ``last_token`` (their step's outputs
+    received by the front end); a time the request never reached is null. A diagnostic of where the time to first
+    token goes (``benchmarks/ttft_breakdown.py``); line-buffered, so a killed server keeps what it wrote."""
+
+    def __init__(self, path: str) -> None:
+        self._f = open(path, "a", buffering=1)  # noqa: SIM115 (lives as long as the server)
+
+    @classmethod
+    def from_env(cls) -> RequestTrace | None:
+        path = envs.request_trace_path()
+        return cls(path) if path else None
+
+    def write(self, request_id: str, child_id: str, arrival: float, times: ChildTimes | None,
+              stats: FinishedRequestStats) -> None:
+        t = times or ChildTimes()
+        core = t.scheduled_at - t.queued_s if t.scheduled_at is not None else None
+        self._f.write(json.dumps({
+            "id": request_id, "child": child_id, "arrival": arrival, "core_arrival": core, "scheduled": t.scheduled_at,
+            "first_token": t.first_token_at, "last_token": t.last_token_at,
+            "prompt_tokens": stats.num_prompt_tokens, "output_tokens": stats.num_generation_tokens,
+            "finish_reason": stats.finish_reason}) + "\n")
