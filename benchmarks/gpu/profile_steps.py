@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import types
 from collections import defaultdict
 
 import torch
@@ -27,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from pagoda import SamplingParams
 from pagoda.config import EngineArgs
+from pagoda.engine.gc_policy import freeze_startup_heap
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.structured_output.params import StructuredOutputsParams
 from pagoda.worker.model_runner import StepHandle
@@ -82,7 +84,8 @@ class _Phases:
             finally:
                 total[label] += time.perf_counter() - t
 
-        self._undo.append((obj, name, obj.__dict__.get(name) if isinstance(obj, type) else None))
+        shared = isinstance(obj, (type, types.ModuleType))  # else an instance: its attribute shadows the class's
+        self._undo.append((obj, name, obj.__dict__.get(name) if shared else None))
         setattr(obj, name, timed)
 
     def mark_wait_and_launch(self) -> None:
@@ -109,17 +112,34 @@ class _Phases:
 
     def restore(self) -> None:
         for obj, name, old in reversed(self._undo):
-            if isinstance(obj, type):
+            if isinstance(obj, (type, types.ModuleType)):
                 setattr(obj, name, old)
             else:
                 delattr(obj, name)  # the instance attribute shadowed the class's method
         self._undo.clear()
 
 
-def _host_phases(eng: LLMEngine, steps: int) -> None:
-    """Run ``steps`` engine steps with :class:`_Phases` timers; print µs per step of each phase."""
+def _resolve(spec: str) -> tuple[object, str]:
+    """``module:attr[.attr...]`` → (the object holding the last attribute, its name)."""
+    import importlib
+
+    mod, _, path = spec.partition(":")
+    obj: object = importlib.import_module(mod)
+    *owners, name = path.split(".")
+    for o in owners:
+        obj = getattr(obj, o)
+    return obj, name
+
+
+def _host_phases(eng: LLMEngine, steps: int, extra: list[str]) -> None:
+    """Run ``steps`` engine steps with :class:`_Phases` timers; print µs per step of each phase. ``extra``:
+    more functions to time, as ``module:Class.method`` or ``module:function`` (a function is timed where the
+    module named holds it: name the module that calls it)."""
     core = eng.core
     ph = _Phases()
+    for spec in extra:
+        obj, name = _resolve(spec)
+        ph.wrap(obj, name, f"[{spec}]")
     for obj, name, label in ((core.scheduler, "update_from_output", "update_from_output"),
                              (core.scheduler, "schedule", "schedule"),
                              (core, "_launch", "launch (all)"), (core, "_outputs", "outputs"),
@@ -184,10 +204,13 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true", help="also a host profile (cProfile) of the same steps")
     ap.add_argument("--timeline", action="store_true", help="also split the device's idle time (module docstring)")
     ap.add_argument("--phases", action="store_true", help="also host time per engine phase (_Phases)")
+    ap.add_argument("--wrap", nargs="*", default=[], help="with --phases: more functions to time, e.g. "
+                    "pagoda.worker.verify_graphs:VerifyGraphs.run or pagoda.worker.model_runner:prepare_inputs")
     ap.add_argument("--gap-us", type=float, default=20.0)
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", **{"max_model_len": 4096, **extra}))
+    freeze_startup_heap("profile_steps")  # as the engine-core process of `pagoda serve` does (PAGODA_GC_FREEZE)
     for b in a.batch:
         ids = _fill(eng, b, f"b{b}", a.structured, 400)
         core = eng.core
@@ -198,7 +221,7 @@ def main() -> None:
         if a.cprofile:
             _host_profile(eng, a.steps)
         if a.phases:
-            _host_phases(eng, a.steps)
+            _host_phases(eng, a.steps, a.wrap)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for _ in range(a.steps):
