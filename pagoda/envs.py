@@ -52,6 +52,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "unset: none is written"),
     EnvVar("PAGODA_GC_FREEZE", "1", "`0`: the engine core and the API server do not freeze their start-up heap out of "
            "Python's garbage collection when they are ready (an A/B switch; `pagoda/engine/gc_policy.py`)"),
+    EnvVar("PAGODA_LAUNCH_PACING", "1", "`0`: a server's engine core launches each step as soon as it can, not as "
+           "late as the step in flight allows (so that new requests join the next step; an A/B switch; "
+           "`pagoda/engine/launch_pacing.py`)"),
     EnvVar("PAGODA_LOG_JIT_COMPILES", "0", "`1` logs every Triton kernel compiled in the engine's process (name, "
            "constexprs, seconds): finds compiles that land in a first request or a timed run"),
     EnvVar("PAGODA_JIT_PRECOMPILE", "1", "`0`: Triton kernels compile one by one at their first launch during "
@@ -152,6 +155,11 @@ def request_trace_path() -> str | None:
 def gc_freeze_enabled() -> bool:
     """``PAGODA_GC_FREEZE``: False only when set to ``0``."""
     return _raw("PAGODA_GC_FREEZE") != "0"
+
+
+def launch_pacing_enabled() -> bool:
+    """``PAGODA_LAUNCH_PACING``: False only when set to ``0``."""
+    return _raw("PAGODA_LAUNCH_PACING") != "0"
 
 
 def log_jit_compiles() -> bool:

@@ -35,6 +35,7 @@ from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.pipeline_scheduler import PipelineScheduler
 from pagoda.core.request import Request, RequestStatus
 from pagoda.core.scheduler import Scheduler, SchedulerOutput
+from pagoda.engine.launch_pacing import LaunchPacer
 from pagoda.engine.messages import (
     AdmissionLimits,
     EngineCoreOutput,
@@ -135,6 +136,12 @@ class EngineCore:
         self.num_steps_ahead = 0  # steps launched while the previous one was still in flight
         # Opt-in step timeline (engine/step_timeline.py); None: not recorded, no cost beyond the None tests.
         self.step_timeline: StepTimeline | None = None
+        # When a server's loop may launch the next step (engine/launch_pacing.py): async scheduling on a GPU,
+        # one stage, no speculation (a speculative step is completed before the next is scheduled anyway).
+        self.pacer: LaunchPacer | None = (
+            LaunchPacer() if (cfg.async_scheduling and cfg.pipeline_parallel_size == 1 and self.spec is None
+                              and cfg.device.type == "cuda" and envs.launch_pacing_enabled()) else None
+        )
         self.startup_seconds = time.perf_counter() - t0
         phases = self.runner.startup_phases
         rest = self.startup_seconds - sum(phases.values())
@@ -215,6 +222,8 @@ class EngineCore:
         tl = self.step_timeline
         if tl is not None:
             tl.begin()
+        if self.pacer is not None:
+            self.pacer.hold_ended(time.perf_counter())
         grammar_failed = self._admit_compiled()
         if self.cfg.pipeline_parallel_size > 1:
             out = self._step_with_batch_queue()
@@ -239,12 +248,22 @@ class EngineCore:
         if done is not None and self.spec is not None:  # the next step is launched already
             return done
         launched, failed = self._schedule_and_launch_split()
+        t_launch = time.perf_counter()
         if self._inflight is not None:
             done = self._complete(*self._inflight)
             if launched is not None:
                 self.num_steps_ahead += 1
         self._inflight, failed_sampling = self._queue_sampling(launched)  # the matchers are current now
+        if self.pacer is not None and self._inflight is not None and launched is not None:
+            self.pacer.launched(self.runner.last_forward_path, launched[0].num_batched_tokens, t_launch)
         return self._merge_outputs(done, failed or failed_sampling)
+
+    def launch_hold_until(self, now: float) -> float | None:
+        """Until when a server's loop may keep admitting requests before its next ``step()`` (None: call it now):
+        the pacer's answer (engine/launch_pacing.py) while a step is in flight and no request is waiting."""
+        if self.pacer is None or self._inflight is None or self.scheduler.num_waiting or self._grammar_waiting:
+            return None
+        return self.pacer.hold_until(now)
 
     def _step_with_batch_queue(self) -> EngineCoreOutputs:
         """Pipeline parallelism: launch a new step while the queue has room (the scheduler leaves out requests
@@ -449,14 +468,22 @@ class EngineCore:
 
     def _result(self, handle: StepHandle) -> RunnerOutput:
         """Wait for a launched step's result; the wait is recorded in the step timeline when one is attached."""
-        tl = self.step_timeline
-        if tl is None:
+        tl, pacer = self.step_timeline, self.pacer
+        if tl is None and pacer is None:
             return handle.result()
         t = time.perf_counter()
         try:
-            return handle.result()
+            res = handle.result()
+        except BaseException:
+            if pacer is not None:
+                pacer.forget()
+            raise
         finally:
-            tl.waited(time.perf_counter() - t)
+            if tl is not None:
+                tl.waited(time.perf_counter() - t)
+        if pacer is not None:  # the step's end: when the wait for the device ended, not after the token lists
+            pacer.completed(handle.done_at if handle.done_at is not None else time.perf_counter())
+        return res
 
     def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, list[int]],
                           gone: set[str]) -> dict[str, str]:

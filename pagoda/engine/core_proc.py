@@ -317,6 +317,18 @@ class _CoreLoop:
                     break
         return changed
 
+    def _hold(self) -> None:
+        """Keep admitting requests until the core's pacer says the next step must be launched
+        (:mod:`pagoda.engine.launch_pacing`); returns at once when there is no hold."""
+        until = self.core.launch_hold_until(time.perf_counter())
+        if until is None:
+            return
+        while self.running:
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            self.drain(int(left * 1000))  # whole milliseconds, then polls without waiting
+
     def queue_times(self, step_start: float) -> list[QueueTime]:
         if not self.unscheduled:
             return []
@@ -349,6 +361,9 @@ class _CoreLoop:
                     logger.warning("API server process is gone; engine core exiting")
                     return
             if self.core.has_unfinished_requests():
+                self._hold()
+                if not self.running:
+                    break
                 step_start = time.monotonic()
                 outs = self.core.step()
                 self.send(StepOutputs(outs, self.queue_times(step_start)))

@@ -17,6 +17,7 @@ Rows are the requests that sample this step, in scheduling order.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,7 @@ class DeviceSample:
     lp_tensors: LogprobTensors | None = None
     host: tuple[torch.Tensor, ...] | None = None  # pinned copies started by start_copy
     event: torch.cuda.Event | None = None
+    done_at: float | None = None  # perf_counter() when the wait for the device ended (None: no wait yet / on CPU)
 
     def start_copy(self) -> None:
         """Start the device -> host copies (pinned, async) and record an event after them."""
@@ -125,6 +127,7 @@ class DeviceSample:
         """Wait for :meth:`start_copy`'s copies; the host tensors in the device tensors' shape."""
         assert self.host is not None and self.event is not None, "start_copy() did not run"
         self.event.synchronize()
+        self.done_at = time.perf_counter()
         if self.lp_tensors is None:
             return self.host[0], None
         copied = iter(self.host[1:])  # start_copy copied the tensors that are not None, in order

@@ -113,6 +113,9 @@ class StepHandle:
     # Pipeline parallelism: the engine core's own stage runs when the result is asked for (the workers' stages
     # were sent the step at launch), so several steps can be in the pipeline at once.
     deferred: Callable[[], StepHandle] | None = None
+    # perf_counter() when result()'s wait for the device ended (the step's end as the host sees it, before the
+    # token lists are built); None before result() or without a device wait
+    done_at: float | None = None
 
     def result(self) -> RunnerOutput:
         if self.deferred is not None:
@@ -121,6 +124,7 @@ class StepHandle:
         ds, self.device_sample = self.device_sample, None
         if ds is not None:
             res = ds.finish()
+            self.done_at = ds.done_at
             row = 0
             for rid, n in zip(self.sample_ids, self.num_sample_rows, strict=True):
                 toks = res.token_ids[row : row + n]
