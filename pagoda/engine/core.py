@@ -467,7 +467,8 @@ class EngineCore:
         return EngineCoreOutputs(outs, stats)
 
     def _result(self, handle: StepHandle) -> RunnerOutput:
-        """Wait for a launched step's result; the wait is recorded in the step timeline when one is attached."""
+        """Wait for a launched step's result; the wait is recorded in the step timeline when one is attached, and
+        the step's end reported to the launch pacer when there is one."""
         tl, pacer = self.step_timeline, self.pacer
         if tl is None and pacer is None:
             return handle.result()

@@ -181,7 +181,6 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         t3 = time.perf_counter()
         core = EngineCore(cfg)
         _attach_step_timeline(core)
-        freeze_startup_heap("engine core")
         out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
                                        core.startup_seconds)))
         started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "
@@ -189,6 +188,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
                     "arguments %.1f s, config %.1f s, engine %.1f s)",
                     os.getpid(), time.perf_counter() - t0 + (age_at_entry or 0.0), started, t1 - t0, t2 - t1,
                     t3 - t2, core.startup_seconds)
+        freeze_startup_heap("engine core")  # after Ready: the front end finishes its own start meanwhile
         _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
     except _Terminated:
         if not given:
