@@ -260,8 +260,11 @@ class EngineCore:
 
     def launch_hold_until(self, now: float) -> float | None:
         """Until when a server's loop may keep admitting requests before its next ``step()`` (None: call it now):
-        the pacer's answer (engine/launch_pacing.py) while a step is in flight and no request is waiting."""
-        if self.pacer is None or self._inflight is None or self.scheduler.num_waiting or self._grammar_waiting:
+        the pacer's answer (engine/launch_pacing.py) while a step is in flight, no request is waiting and a new one
+        could get a seat (a hold helps only a request that can join the next step)."""
+        sched = self.scheduler
+        if (self.pacer is None or self._inflight is None or sched.num_waiting or self._grammar_waiting
+                or len(sched.running) >= sched.max_num_seqs):
             return None
         return self.pacer.hold_until(now)
 
