@@ -8,8 +8,13 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from pagoda.entrypoints.openai.metrics import ITL_BUCKETS, LABELS, PER_TOKEN_HISTOGRAMS, VLLM_METRICS, \
-    PrometheusStatLogger
+from pagoda.entrypoints.openai.metrics import (
+    ITL_BUCKETS,
+    LABELS,
+    PER_TOKEN_HISTOGRAMS,
+    VLLM_METRICS,
+    PrometheusStatLogger,
+)
 
 
 def _family_lines(text: str, full: str) -> list[str]:
