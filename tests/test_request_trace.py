@@ -48,3 +48,12 @@ def test_trace_lines_and_breakdown(tmp_path, monkeypatch):
     expect = {"http_in": 2, "to_core": 1, "queue": 7, "prefill": 20, "out": 2, "sum": 32, "ttft": 32}
     assert got == pytest.approx(expect, abs=1e-6)
     assert _breakdown_module().breakdown(result, lines, skip=1)["ttft"] == []  # the first by send time skipped
+
+    # The core's step() calls ended at .005, .012 (A scheduled in it), .027 (A's prompt step came back) and .040.
+    steps = [{"wall_t1": 100.0 + x} for x in (0.040, 0.005, 0.027, 0.012)]  # any order
+    seg = _breakdown_module().breakdown(result, lines, skip=0, steps=steps)
+    got = {k: seg[k][0] for k in ("in_flight", "prompt_step", "to_front")}
+    assert got == pytest.approx({"in_flight": 2, "prompt_step": 15, "to_front": 3}, abs=1e-6)
+    assert sum(got.values()) == pytest.approx(seg["prefill"][0])
+    # no call ended inside the prefill segment: no split for that request
+    assert _breakdown_module().breakdown(result, lines, skip=0, steps=[{"wall_t1": 100.2}])["in_flight"] == []

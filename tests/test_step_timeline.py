@@ -5,6 +5,7 @@ per step against the workload, time per bucket against the time inside step()); 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,8 @@ def test_timeline_accounts_for_every_token_of_the_timed_run(tmp_path, capsys, sc
     assert all(1 <= r["num_reqs"] <= 4 and r["path"] == "eager" for r in recs if r["num_reqs"])
     assert all(r["t0"] <= r["t1"] and 0 <= r["wait_s"] <= r["t1"] - r["t0"] for r in recs)
     assert all(a["t1"] <= b["t0"] for a, b in zip(recs, recs[1:], strict=False))
+    offsets = [r["wall_t1"] - r["t1"] for r in recs]  # one wall-clock offset for the whole file
+    assert max(offsets) - min(offsets) < 1e-5 and abs(offsets[0] - (time.time() - time.perf_counter())) < 60
     assert max(r["num_running"] for r in recs) == 4 and recs[-1]["num_running"] == 0
     if scheduling == "--async-scheduling":  # the last call launches nothing and returns the last step's tokens
         assert recs[-1]["num_reqs"] == 0 and recs[-1]["path"] is None and recs[-1]["out_tokens"] > 0

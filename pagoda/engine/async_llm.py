@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,6 +45,7 @@ from pagoda.engine.messages import (
     AbortRequests,
     AddRequest,
     CoreFailed,
+    EngineCoreOutput,
     FinishRequests,
     Heartbeat,
     PrefixCacheReset,
@@ -166,6 +167,24 @@ class RequestStream:
         if not self.finished:
             self.finished = True
             self.engine.abort(self.request_id)
+
+
+FIRST_TOKENS_FIRST = True
+"""Apply and deliver a step's first tokens before its other outputs (:func:`first_tokens_first`); False only for
+A/B measurements (``benchmarks/gpu/with_module_values.py``)."""
+
+
+def first_tokens_first(outputs: list[EngineCoreOutput], seen: Container[str]) -> list[EngineCoreOutput]:
+    """A step's outputs in the order the front end applies and delivers them: the first tokens of requests
+    (``request_id`` not in ``seen``, the requests that have had a token) before the rest, each group in the core's
+    order. A stream's consumer wakes in the order of delivery, so at 64-256 streams a new request's first chunk is
+    written before the step's other chunks instead of after a random share of them (issue 21's time to first
+    token); the others' chunks are delayed by only the first tokens' share of the step's work."""
+    firsts: list[EngineCoreOutput] = []
+    rest: list[EngineCoreOutput] = []
+    for o in outputs:
+        (firsts if o.new_token_ids and o.request_id not in seen else rest).append(o)
+    return firsts + rest if firsts and rest else outputs
 
 
 async def final_output(stream: Any) -> RequestOutput:
@@ -577,7 +596,8 @@ class AsyncLLM:
         to_stop: list[str] = []
         loggers = self.stat_loggers
         last_times = self._last_token_time
-        for o in msg.outputs.outputs:
+        outs = msg.outputs.outputs
+        for o in first_tokens_first(outs, last_times) if FIRST_TOKENS_FIRST else outs:
             pid = op.child_to_parent.get(o.request_id)
             if pid is None:
                 continue  # aborted meanwhile

@@ -8,7 +8,8 @@ every ``EngineCore.step()`` call that launched or waited for a step writes one J
 Fields of a line (times from ``time.perf_counter()`` on the host, in seconds):
 
 * ``step``: index of the call among those recorded; ``run``: the label the recorder was given;
-* ``t0``, ``t1``: entry to and exit from ``step()``;
+* ``t0``, ``t1``: entry to and exit from ``step()``; ``wall_t1``: ``t1`` on the wall clock (``time.time()``, from one
+  offset taken when the recorder was made), to join the lines with a server's ``PAGODA_REQUEST_TRACE``;
 * ``num_reqs``, ``prefill_tokens``, ``decode_tokens``: the step launched by this call (0, 0, 0 when it
   launched none, e.g. the call that only drains the last step in flight). A scheduled entry is a
   decode when it starts at or after the end of its prompt and carries one token plus its speculative
@@ -53,6 +54,7 @@ class StepTimeline:
         self.run = run
         self._f: IO[str] | None = open(path, "a" if append else "w", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._n = 0
+        self._wall_offset = time.time() - time.perf_counter()
         self._reset()
 
     def _reset(self) -> None:
@@ -79,7 +81,7 @@ class StepTimeline:
         n, prefill, decode, path = self._launched or (0, 0, 0, None)
         stats = out.stats
         rec: dict[str, Any] = {
-            "step": self._n, "run": self.run, "t0": self._t0, "t1": t1,
+            "step": self._n, "run": self.run, "t0": self._t0, "t1": t1, "wall_t1": t1 + self._wall_offset,
             "num_reqs": n, "prefill_tokens": prefill, "decode_tokens": decode, "path": path,
             "wait_s": self._wait,
             "out_tokens": stats.num_generation_tokens if stats is not None else 0,
