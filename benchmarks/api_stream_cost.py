@@ -323,6 +323,7 @@ def main() -> None:
     p.add_argument("--py-spy", default=None, help="sample the server with py-spy during the timed run into this file "
                    "(collapsed stacks; py-spy must be on PATH)")
     p.add_argument("--port", type=int, default=8033)
+    p.add_argument("--serve-flags", default="", help="more `pagoda serve` flags, e.g. '--stream-interval 4'")
     p.add_argument("--http", default="auto", choices=["auto", "h11", "httptools"], help="uvicorn's HTTP protocol")
     p.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="uvicorn's event loop")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # internal: run as the server
@@ -352,7 +353,7 @@ def run_bench(args: argparse.Namespace) -> None:
     prof += ["--http", args.http, "--loop", args.loop]
     cmd = (f"{sys.executable} {__file__} --serve {settings_path} {' '.join(prof)} --log-level WARNING "
            f"--model {model} --served-model-name bench --port {args.port} --uvicorn-log-level warning "
-           f"--disable-uvicorn-access-log --disable-log-requests --max-num-seqs {args.max_num_seqs}")
+           f"--disable-uvicorn-access-log --disable-log-requests --max-num-seqs {args.max_num_seqs} {args.serve_flags}")
     base = f"http://127.0.0.1:{args.port}"
     server = LaunchedServer(cmd, base_url=base)
     try:

@@ -296,7 +296,7 @@ class AsyncLLM:
         ready = _combine(readies)
         self.ready_info = ready
         self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer), ready.limits)
-        self.output_processor = OutputProcessor(self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer, cfg.stream_interval)
         for e in self.cores.engines:
             e.last_msg = time.monotonic()
         self._tasks = [*(asyncio.create_task(self._output_loop(i)) for i in range(self.cores.size)),

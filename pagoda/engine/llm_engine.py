@@ -30,7 +30,7 @@ class LLMEngine:
         self.core = EngineCore(cfg)
         self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer),
                                               self.core.admission_limits())
-        self.output_processor = OutputProcessor(self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer, cfg.stream_interval)
         self._ids = itertools.count()
         self.last_stats = SchedulerStats()
         self._shut_down = False

@@ -29,6 +29,8 @@ class ChildState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     error: str | None = None
+    sent_tokens: int = 0  # tokens in the parent's last emitted output (kept only when stream_interval > 1)
+    sent_finished: bool = False  # that output carried this child's finish
 
 
 @dataclass
@@ -58,8 +60,12 @@ def child_id(parent_id: str, index: int, n: int) -> str:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, stream_interval: int = 1) -> None:
+        """``stream_interval`` (vLLM's ``--stream-interval``): above 1, a parent's output is emitted only when one of
+        its children has its first token, ``stream_interval`` tokens since the last emitted output, or its finish
+        (and always when the parent finishes); the tokens and text in between are carried by that output."""
         self.tokenizer = tokenizer
+        self.stream_interval = stream_interval
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, str] = {}
 
@@ -150,11 +156,26 @@ class OutputProcessor:
         finished = parent.finished
         if parent.final_only and not finished:
             return None
+        if self.stream_interval > 1:
+            if not finished and not self._due(parent):
+                return None
+            for c in parent.children.values():
+                c.sent_tokens, c.sent_finished = len(c.token_ids), c.finish_reason is not None
         out = self._make_output(parent, finished)
         if finished:
             parent.metrics.finished_time = now
             self._drop(parent.request_id)
         return out
+
+    def _due(self, parent: ParentState) -> bool:
+        """With ``stream_interval`` > 1: a child of ``parent`` has its first token, that many new tokens or its
+        finish since the last emitted output."""
+        for c in parent.children.values():
+            n = len(c.token_ids)
+            if (n and not c.sent_tokens) or n - c.sent_tokens >= self.stream_interval or \
+                    (c.finish_reason is not None and not c.sent_finished):
+                return True
+        return False
 
     def _add_prompt_logprobs(self, parent: ParentState, o: EngineCoreOutput) -> None:
         """Fill the parent's prompt logprobs from a chunk of them in ``o`` (if it carries one)."""

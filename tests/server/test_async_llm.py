@@ -162,3 +162,21 @@ def test_dead_core_fails_pending_requests(engine_args):
             eng.add_request("after", PROMPT, greedy(4))
 
     run(engine_args, body)
+
+
+def test_stream_interval_outputs_first_token_every_n_and_last(tiny_model_dir):
+    """--stream-interval 4: outputs at the first token, then every 4 tokens, then the end (a consumer that falls
+    behind may see fewer, never others); the text deltas add up to the final text."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        args = EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20, stream_interval=4)
+
+        async def body(eng):
+            outs, text = await collect(eng, "si", greedy(18))
+            counts = [len(o.outputs[0].token_ids) for o in outs]
+            assert counts[0] == 1 and counts[-1] == 18 and outs[-1].finished
+            assert all(c % 4 == 1 for c in counts[:-1]), counts
+            assert text == outs[-1].outputs[0].text
+            return counts
+
+        run(args, body)
