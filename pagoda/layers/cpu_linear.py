@@ -68,8 +68,13 @@ def pack_int_weight_copies(model: nn.Module, batch_hint: int) -> tuple[int, int]
         logger.info("CPU: no bf16 copies of the %d int-weight linears (%.0f MiB > the %.0f MiB limit); steps of "
                     "many rows run the int kernels", len(ws), nbytes / 2**20, cpu_woq.DENSE_COPY_MAX_BYTES / 2**20)
         return 0, 0
-    for w in ws:
-        w.dense_packed = pack_weight(w.dequantize(torch.bfloat16), batch_hint)
+    packed = [pack_weight(w.dequantize(torch.bfloat16), batch_hint) for w in ws]
+    if any(p is None for p in packed):  # this oneDNN cannot prepack bf16 weights (e.g. on an AVX2-only CPU)
+        logger.info("CPU: no bf16 copies of the %d int-weight linears (oneDNN cannot prepack bf16 weights here); "
+                    "steps of many rows run the int kernels", len(ws))
+        return 0, 0
+    for w, p in zip(ws, packed, strict=True):
+        w.dense_packed = p
     logger.info("CPU: bf16 oneDNN copies of %d int-weight linears for steps of >= %d rows: +%.1f MiB of memory",
                 len(ws), cpu_woq.DENSE_MIN_M, nbytes / 2**20)
     return len(ws), nbytes
