@@ -112,6 +112,9 @@ class AWQConfig(QuantizationConfig):
                              f"{prefix}; it needs all or none of them quantized.")
         return AWQLinearMethod(self, prefix)
 
+    def weight_only_int(self) -> bool:
+        return True
+
     def describe(self) -> str:
         group = "whole input" if self.group_size == -1 else f"group {self.group_size}"
         text = f"awq (4-bit, {group}, gemm)"

@@ -50,6 +50,12 @@ class QuantizationConfig(ABC):
         folder's safetensors."""
         return None
 
+    def weight_only_int(self) -> bool:
+        """Whether the linears multiply integer weight codes by unquantized activations (an
+        :class:`~pagoda.quantization.int_weight.IntWeight`): on CPU those kernels are fast only with bf16
+        activations (:func:`pagoda.config.resolve_dtype`). Default: no."""
+        return False
+
     def describe(self) -> str:
         """One line for the start-up log."""
         return self.name

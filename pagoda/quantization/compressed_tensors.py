@@ -176,6 +176,9 @@ class CompressedTensorsConfig(QuantizationConfig):
                              f"pagoda fuses them and needs one")
         return schemes[0].make_method(prefix) if schemes[0] is not None else None
 
+    def weight_only_int(self) -> bool:
+        return any(s.format == "pack-quantized" for s in self.schemes)
+
     def describe(self) -> str:
         parts = [f"{s.format} w{s.weights.num_bits}{s.weights.type[0]}"
                  + (f"a{s.input_activations.num_bits}" if s.input_activations else "a16") for s in self.schemes]

@@ -141,6 +141,9 @@ class GGUFConfig(QuantizationConfig):
                 raise ValueError(f"GGUF tensor {raw.name!r} ({raw.type_name}, shape {list(raw.shape)}) has no "
                                  f"place in pagoda's model")
 
+    def weight_only_int(self) -> bool:
+        return True
+
     def describe(self) -> str:
         types = ", ".join(f"{n} x{c}" for n, c in self._types.most_common())  # opening the file again costs seconds
         return f"gguf ({types}) from {self.gguf_file.name}" if types else f"gguf from {self.gguf_file.name}"

@@ -95,6 +95,9 @@ class GPTQConfig(QuantizationConfig):
             return None
         return GPTQLinearMethod(self, prefix)
 
+    def weight_only_int(self) -> bool:
+        return True
+
     def describe(self) -> str:
         group = "whole input" if self.group_size == -1 else f"group {self.group_size}"
         text = (f"gptq ({self.bits}-bit, {group}, {'sym' if self.sym else 'asym'}, "

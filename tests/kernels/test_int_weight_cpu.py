@@ -117,8 +117,9 @@ def test_bad_input_is_a_value_error():
                                                       (4, 32, 48, "cpu_int4"), (8, 128, 64, "cpu_int8")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, dtype):
-    """Above DEQUANT_MIN_M (DEQUANT_MIN_M_NATIVE) rows the packed weight is unpacked once (int4pack: block-64
-    layout, N % 64 == 0) and multiplied by a dense GEMM; N = 48 stays on int4pack. All must match the reference."""
+    """Above DEQUANT_MIN_M (DEQUANT_MIN_M_NATIVE) rows the packed weight is unpacked once (int4pack: a block
+    layout of ``cpu_woq.block_width()`` columns dividing N) and multiplied by a dense GEMM; N = 48 stays on
+    int4pack. All must match the reference."""
     from pagoda.quantization.kernels import cpu_woq
     codes, scales, offsets = random_weight(bits, group, out_f, 128, bits == 8, seed=bits + out_f)
     w = make_int_weight(codes, scales, offsets, bits, group, dtype)
@@ -128,6 +129,24 @@ def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, 
     ref = reference(x, codes, scales, offsets, bits, group, dtype, None, None)
     err = (int_weight_linear(x, w).float() - ref).abs().max().item()
     assert err <= TOL[dtype] * ref.abs().max().item()
+
+
+def test_int4pack_block_layout_is_recognized_and_unpacks_exactly():
+    """torch's int4pack layout is recognized on x86-64 (AVX-512: 64-column blocks, AVX2: 32), so prefill rows take
+    the dequantize-once path there, and unpacking it gives back the codes the dequantize reference uses."""
+    import platform
+
+    from pagoda.quantization.kernels import cpu_woq
+
+    if platform.machine() not in ("x86_64", "AMD64") or not cpu_woq.int4_supported(4, 32, 128):
+        pytest.skip("torch's int4pack layouts are probed on x86-64 only")
+    width = cpu_woq.block_width()
+    assert width in cpu_woq.BLOCK_WIDTHS
+    codes, scales, offsets = random_weight(4, 32, 128, 64, False, seed=11)
+    parts = cpu_woq.pack_int4(codes, scales, offsets, 4, torch.float32)
+    dense_t = cpu_woq._dequantized_t(parts, 128, 64, 32, torch.float32, width)
+    torch.testing.assert_close(dense_t.t(), cpu_woq.dequantize_int4(parts, 64, 32, torch.float32), rtol=1e-6,
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("sym", [True, False])

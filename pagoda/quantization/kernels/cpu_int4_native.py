@@ -45,7 +45,7 @@ def _eligible() -> bool:
     from pagoda.quantization.kernels import cpu_woq
 
     return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and \
-        torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and cpu_woq._block64_layout()
+        torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and cpu_woq.block_width() == 64
 
 
 @lru_cache(maxsize=1)

@@ -110,31 +110,56 @@ native / dequantize + mm ms M=128 94 / 160, M=192 123 / 165, M=256 165 / 167 (a 
 0.29 -> ~0.2 s)."""
 
 
+BLOCK_WIDTHS = (64, 32)
+"""Column-block widths of torch's int4pack layouts that :func:`block_width` recognizes (AVX-512: 64, AVX2: 32)."""
+
+
 @lru_cache(maxsize=1)
-def _block64_layout() -> bool:
-    """Whether int4pack stores each 64-row block as ``[K, 32]`` bytes with row ``j`` in the low and ``j + 32``
-    in the high nibble of byte ``j`` (torch 2.13's AVX512 kernel). Checked on a probe, never assumed."""
+def block_width() -> int:
+    """The width ``B`` of torch's int4pack layout on this CPU, 0 if it is none of :data:`BLOCK_WIDTHS`: each
+    ``B``-column block stored as ``[K, B/2]`` bytes, column ``j`` of the block in the low and ``j + B/2`` in the
+    high nibble of byte ``j`` (torch 2.13: 64 in its AVX-512 kernel, 32 in its AVX2 one). Checked on a probe,
+    never assumed."""
     n, k = 64, 32
-    q = (torch.arange(n * k) % 16).view(n, k).to(torch.int32)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     try:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     except RuntimeError:
-        return False
-    return packed.numel() * 2 == n * k and torch.equal(_unpack_block64(packed, n, k).t(), q.to(torch.uint8))
+        return 0
+    if packed.numel() * 2 != n * k:
+        return 0
+    for width in BLOCK_WIDTHS:
+        if torch.equal(_unpack_blocks(packed, n, k, width).t(), q.to(torch.uint8)):
+            return width
+    return 0
 
 
-def _unpack_block64(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Codes transposed, uint8 ``[K, N]``, from the block-64 layout."""
-    p = packed.view(n // 64, k, 32)
+def _unpack_blocks(packed: torch.Tensor, n: int, k: int, width: int) -> torch.Tensor:
+    """Codes transposed, uint8 ``[K, N]``, from the block layout of :func:`block_width` ``width``."""
+    p = packed.view(n // width, k, width // 2)
     return torch.cat([p & 15, p >> 4], -1).permute(1, 0, 2).reshape(k, n)
 
 
+@lru_cache(maxsize=1)
+def _native_bf16() -> bool:
+    from pagoda.config import cpu_supports_bf16
+
+    return cpu_supports_bf16()
+
+
+def dense_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a dequantize-once GEMM runs in: bf16 activations run in float32 on a CPU without native bf16
+    (AVX2: torch's bf16 GEMM there was ~30x slower than dequantizing to float32; measured 2026-12-04, default
+    model, 16 prompts of 64 tokens, prefill 159 s in bf16 against 4.9 s on int4pack), rounded back once."""
+    return torch.float32 if dtype == torch.bfloat16 and not _native_bf16() else dtype
+
+
 def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
-                   dtype: torch.dtype) -> torch.Tensor:
+                   dtype: torch.dtype, width: int) -> torch.Tensor:
     """``W.T`` ``[K, N]`` in ``dtype``: ``(q - 8) * s + z`` per nibble plane, summed."""
     w = None
     for packed, sz in parts:
-        q = _unpack_block64(packed, n, k).view(k // group_size, group_size, n).to(dtype)
+        q = _unpack_blocks(packed, n, k, width).view(k // group_size, group_size, n).to(dtype)
         s = sz[..., 0].to(dtype).unsqueeze(1)
         z = (sz[..., 1].float() - 8 * sz[..., 0].float()).to(dtype).unsqueeze(1)
         plane = torch.addcmul(z, q, s).view(k, n)
@@ -149,9 +174,10 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     x = x.contiguous()
     n, k = parts[0][0].shape[0], x.shape[1]
     native = x.dtype == torch.bfloat16 and cpu_int4_native.available()
-    if not per_row and x.shape[0] > (DEQUANT_MIN_M_NATIVE if native else DEQUANT_MIN_M) and n % 64 == 0 and \
-            _block64_layout():
-        return torch.mm(x, _dequantized_t(parts, n, k, group_size, x.dtype))
+    width = block_width()
+    if not per_row and x.shape[0] > (DEQUANT_MIN_M_NATIVE if native else DEQUANT_MIN_M) and width and n % width == 0:
+        dt = dense_dtype(x.dtype)
+        return torch.mm(x.to(dt), _dequantized_t(parts, n, k, group_size, dt, width)).to(x.dtype)
     out = None
     for packed, sz in parts:
         if sz.dtype != x.dtype:
@@ -191,5 +217,6 @@ def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, 
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     if not per_row and x.shape[0] > DEQUANT_MIN_M:  # a GEMV per row as well: dequantize once for prefill
-        return F.linear(x, q.to(x.dtype) * scales.to(x.dtype).unsqueeze(-1))
+        dt = dense_dtype(x.dtype)
+        return F.linear(x.to(dt), q.to(dt) * scales.to(dt).unsqueeze(-1)).to(x.dtype)
     return torch.ops.aten._weight_int8pack_mm(x.contiguous(), q, scales.to(x.dtype))
