@@ -117,14 +117,14 @@ def test_bad_input_is_a_value_error():
                                                       (4, 32, 48, "cpu_int4"), (8, 128, 64, "cpu_int8")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_rows_take_the_dequantize_once_path(bits, group, out_f, layout, dtype):
-    """Above DEQUANT_MIN_M (DEQUANT_MIN_M_NATIVE) rows the packed weight is unpacked once (int4pack: a block
-    layout of ``cpu_woq.block_width()`` columns dividing N) and multiplied by a dense GEMM; N = 48 stays on
-    int4pack. All must match the reference."""
+    """Above DEQUANT_MIN_M (DEQUANT_MIN_M_NATIVE, DEQUANT_MIN_M_NATIVE_AVX2) rows the packed weight is unpacked
+    once (int4pack: a block layout of ``cpu_woq.block_width()`` columns dividing N) and multiplied by a dense GEMM;
+    N = 48 stays on int4pack. All must match the reference."""
     from pagoda.quantization.kernels import cpu_woq
     codes, scales, offsets = random_weight(bits, group, out_f, 128, bits == 8, seed=bits + out_f)
     w = make_int_weight(codes, scales, offsets, bits, group, dtype)
     assert w.layout == layout
-    rows = max(cpu_woq.DEQUANT_MIN_M, cpu_woq.DEQUANT_MIN_M_NATIVE) + 1
+    rows = max(cpu_woq.DEQUANT_MIN_M, cpu_woq.DEQUANT_MIN_M_NATIVE, cpu_woq.DEQUANT_MIN_M_NATIVE_AVX2) + 1
     x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
     ref = reference(x, codes, scales, offsets, bits, group, dtype, None, None)
     err = (int_weight_linear(x, w).float() - ref).abs().max().item()

@@ -5,15 +5,18 @@ fp32 FMA rate; ``cpu_int4_gemm.c`` (next to this file) dequantizes each 32-colum
 time at about the full rate (9+ rows), or dequantizes in registers with fewer operations and applies each weight
 vector to all rows at once (1..8 rows: a decode step, a speculative verify), with the same operations in the same
 order per output element (its header comment states the arithmetic), so its output is bitwise the torch kernel's at
-every batch size. Compiled on first use
+every batch size. On a CPU with AVX2 but no AVX-512 torch's kernel has another layout (32-column blocks) and
+another arithmetic (the zero point folded first); ``cpu_int4_gemm_avx2.c`` reproduces that one the same way (16
+columns per task, up to 4 rows in registers, 6-row tiles over an fp32 panel above). Compiled on first use
 with the system C compiler into ``$PAGODA_CACHE/kernels/`` (OpenMP from the libgomp torch already loaded) and
 loaded with ctypes.
 
 It is used only after a self-check against the torch kernel on random weights and activations (several row
 counts, both nibbles, group sizes 32 and 128) returns identical bits; anything else (no compiler, not x86-64
-AVX-512, torch's packing not the AVX-512 block-64 layout, a failed compile, a mismatch) leaves the torch kernel in
-place (logged once). Measured (2-core dev VM, default model's shapes, one thread): 1.7-1.8x faster at 32 rows,
-1.14x at 1 row (hot weights; not inside a step, see :data:`MIN_ROWS`), 1.3x at 4, 1.6x at 5.
+AVX-512 or AVX2, torch's packing neither layout, a failed compile, a mismatch) leaves the torch kernel in
+place (logged once). Measured (2-core dev VM, default model's shapes, one thread): AVX-512: 1.7-1.8x faster at 32
+rows, 1.14x at 1 row (hot weights; not inside a step, see :data:`MIN_ROWS`), 1.3x at 4, 1.6x at 5; AVX2
+(2026-12-04, ``benchmarks/results/cpu-avx2-int4-2026-12-04/``): 2.4x at 32 rows, 1.7x at 4 and 5, 1.27x at 1.
 """
 
 from __future__ import annotations
@@ -29,9 +32,14 @@ import torch
 
 logger = logging.getLogger("pagoda")
 
-_SOURCE = Path(__file__).with_name("cpu_int4_gemm.c")
-_FLAGS = ("-O3", "-ffp-contract=off", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp",
-          "-shared", "-fPIC")
+_COMMON_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
+_VARIANTS = {
+    64: (Path(__file__).with_name("cpu_int4_gemm.c"), ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"),
+         ("AVX512", "AMX")),
+    32: (Path(__file__).with_name("cpu_int4_gemm_avx2.c"), ("-mavx2", "-mfma"), ("AVX2",)),
+}
+"""By torch's int4pack block width (:func:`cpu_woq.block_width`): the C source, its ISA flags, and the CPU
+capabilities (``torch.backends.cpu.get_cpu_capability()``) whose torch kernel that source reproduces bit for bit."""
 
 MIN_ROWS = 2
 """From this many rows the native kernel runs (bitwise the same values as torch's). Measured 2026-12-01 on the
@@ -41,21 +49,26 @@ streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 
 kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
 
-def _eligible() -> bool:
+@lru_cache(maxsize=1)
+def width() -> int:
+    """The int4pack block width the native kernel handles here (64: AVX-512, 32: AVX2), 0 where none does."""
     from pagoda.quantization.kernels import cpu_woq
 
-    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and \
-        torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and cpu_woq.block_width() == 64
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return 0
+    w = cpu_woq.block_width()
+    return w if w in _VARIANTS and torch.backends.cpu.get_cpu_capability() in _VARIANTS[w][2] else 0
 
 
 @lru_cache(maxsize=1)
 def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
-    if not _eligible():
+    if not width():
         return None
+    source, isa, _ = _VARIANTS[width()]
     try:
         from pagoda.native import compile_shared
 
-        path = compile_shared(_SOURCE, _FLAGS, "the native int4 kernel")
+        path = compile_shared(source, (*_COMMON_FLAGS, *isa), "the native int4 kernel")
         if path is None:
             return None
         fn = ctypes.CDLL(str(path)).pagoda_int4_mm
@@ -102,8 +115,9 @@ def available() -> bool:
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
     """``aten::_weight_int4pack_mm_for_cpu(x, packed, group_size, sz)`` bit for bit (bf16 ``x`` contiguous, out
-    features a multiple of 64), or None where this kernel does not apply (the caller runs torch's)."""
-    if x.dtype != torch.bfloat16 or sz.dtype != torch.bfloat16 or packed.shape[0] % 64 or x.device.type != "cpu":
+    features a multiple of :func:`width`), or None where this kernel does not apply (the caller runs torch's)."""
+    if x.dtype != torch.bfloat16 or sz.dtype != torch.bfloat16 or x.device.type != "cpu" or not width() or \
+            packed.shape[0] % width():
         return None
     fn = _kernel()
     if fn is None:

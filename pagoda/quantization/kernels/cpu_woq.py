@@ -109,6 +109,12 @@ ahead of dequantize + GEMM longer. Measured 2026-12-01 (default model's 4 shapes
 native / dequantize + mm ms M=128 94 / 160, M=192 123 / 165, M=256 165 / 167 (a 150-token prompt's prefill went
 0.29 -> ~0.2 s)."""
 
+DEQUANT_MIN_M_NATIVE_AVX2 = 2048
+""":data:`DEQUANT_MIN_M_NATIVE` for the AVX2 native kernel (``cpu_int4_gemm_avx2.c``), whose rival is an fp32 GEMM
+(:func:`dense_dtype`). Measured 2026-12-04 on the AVX2-only dev VM (default model's 4 shapes x 30 layers, min of
+5, 2 threads; ``benchmarks/results/cpu-avx2-int4-2026-12-04/prefill_crossover.txt``): native / dequantize + fp32
+mm ms M=128 229 / 596, M=256 414 / 731, M=512 805 / 1132, M=1024 1543 / 1840: ahead up to ~2k rows."""
+
 
 BLOCK_WIDTHS = (64, 32)
 """Column-block widths of torch's int4pack layouts that :func:`block_width` recognizes (AVX-512: 64, AVX2: 32)."""
@@ -175,7 +181,8 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     n, k = parts[0][0].shape[0], x.shape[1]
     native = x.dtype == torch.bfloat16 and cpu_int4_native.available()
     width = block_width()
-    if not per_row and x.shape[0] > (DEQUANT_MIN_M_NATIVE if native else DEQUANT_MIN_M) and width and n % width == 0:
+    dequant_min_m = (DEQUANT_MIN_M_NATIVE if width == 64 else DEQUANT_MIN_M_NATIVE_AVX2) if native else DEQUANT_MIN_M
+    if not per_row and x.shape[0] > dequant_min_m and width and n % width == 0:
         dt = dense_dtype(x.dtype)
         return torch.mm(x.to(dt), _dequantized_t(parts, n, k, group_size, dt, width)).to(x.dtype)
     out = None
