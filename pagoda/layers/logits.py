@@ -5,7 +5,8 @@ step is 0.125, so two candidate tokens a few hundredths apart come out tied and 
 lower id: on the default model's "What is the capital of France?" the quantized run tied "The" with "L"
 and answered in French. Recomputing the ``REFINE_TOP_K`` largest logits of each row in float32 (a
 ``k x hidden`` dot product per row, from the same weights) removes those ties where they decide the
-greedy token and the reported top logprobs; the rest of the row keeps its bf16 values.
+greedy token and the reported top logprobs; the rest of the row keeps its bf16 values. (On a CPU without native
+bf16 the head is :mod:`pagoda.layers.cpu_bf16_head`, whose logits are float32 already: nothing to refine.)
 """
 
 from __future__ import annotations

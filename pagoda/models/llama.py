@@ -366,6 +366,7 @@ class LlamaForCausalLM(nn.Module):
         self.fused = False
         self._lm_packed: torch.Tensor | None = None
         self._head_dense: torch.Tensor | None = None
+        self._lm_bf16: torch.Tensor | None = None  # the head's bf16 weight for layers/cpu_bf16_head.py
 
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
@@ -485,11 +486,17 @@ class LlamaForCausalLM(nn.Module):
         return count
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model dtype."""
+        """Logits in the model dtype (float32 from the CPU's native bf16 head)."""
         if self._lm_packed is not None:
             from pagoda.layers.cpu_linear import packed_linear
 
             return packed_linear(hidden, self._lm_packed, None)
+        if self._lm_bf16 is not None:
+            from pagoda.layers import cpu_bf16_head
+
+            out = cpu_bf16_head.head(hidden, self._lm_bf16)
+            if out is not None:
+                return out
         if self.shape.tie_word_embeddings:
             if isinstance(self.embed_tokens, QuantizedEmbedding | VocabParallelEmbedding):
                 return self.embed_tokens.lm_head(hidden)
@@ -511,6 +518,12 @@ class LlamaForCausalLM(nn.Module):
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
         self._head_dense = w if self._lm_packed is not None else None  # for layers/logits.py (no copy: same tensor)
+        if w is not None and self._lm_packed is None and w.dtype == torch.bfloat16:
+            from pagoda.layers import cpu_bf16_head
+
+            if cpu_bf16_head.available():  # oneDNN cannot prepack bf16 here (no native bf16): float32 logits
+                self._lm_bf16 = w
+                logger.info("CPU: the LM head runs the native bf16 kernel (float32 accumulation and logits)")
         if w is not None and self._lm_packed is not None and self.shape.tie_word_embeddings:
             logger.info("CPU: oneDNN copy of the tied LM head: +%.1f MiB of memory (the table stays for lookups)",
                         w.numel() * w.element_size() / 2**20)
