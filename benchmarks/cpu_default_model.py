@@ -1,5 +1,6 @@
 """The default model on the CPU, every peer in one run: pagoda quantized (the GGUF's Q4_1/Q8_0 weights),
-pagoda on the dequantized bf16 conversion, llama.cpp on the same .gguf file, HF transformers bf16.
+pagoda on the dequantized bf16 conversion, llama.cpp on the same .gguf file, HF transformers bf16 (and, as
+``hf-fp32``, float32: the faster HF on a CPU without native bf16).
 
 Each backend generates ``--output-len`` greedy tokens (EOS ignored) after the same ``--input-len``-token
 prompts (random ids, fixed seed), at batch 1 and batch 32; a figure is output tokens over the
@@ -16,7 +17,7 @@ left-padded batch (the prompts are all of one length, so no padding).
 Usage (from the repository root)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/cpu_default_model.py [--rounds 3] [--batch-sizes 1 32]
-        [--backends pagoda-q pagoda-bf16 llama.cpp hf] [--output-json FILE]
+        [--backends pagoda-q pagoda-bf16 llama.cpp hf hf-fp32] [--output-json FILE]
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def pagoda_runner(load_format: str) -> Runner:
     return run
 
 
-def hf_runner(folder: Path) -> Runner:
+def hf_runner(folder: Path, dtype: torch.dtype = torch.bfloat16) -> Runner:
     from pagoda.benchmarks.datasets import BenchRequest
     from pagoda.benchmarks.hf_peer import load_hf_model, run_hf_generate
 
-    model = load_hf_model(str(folder), torch.bfloat16, torch.device("cpu"), dummy=False)
+    model = load_hf_model(str(folder), dtype, torch.device("cpu"), dummy=False)
 
     def run(prompts: list[list[int]], new: int) -> float:
         reqs = [BenchRequest(p, new) for p in prompts]
@@ -191,6 +192,7 @@ def main() -> None:
         "pagoda-bf16": lambda: pagoda_runner("safetensors"),
         "llama.cpp": lambda: llama_cpp_runner(gguf, max(args.batch_sizes), args.input_len + args.output_len + 8),
         "hf": lambda: hf_runner(folder),
+        "hf-fp32": lambda: hf_runner(folder, torch.float32),  # the stronger HF peer on a CPU without native bf16
     }
     runners = {name: make[name]() for name in args.backends}
     print(f"model {gguf.name}; torch threads {torch.get_num_threads()}; {args.input_len} in, {args.output_len} out")
@@ -213,7 +215,7 @@ def _report(results: dict[str, dict[int, list[float]]], args: argparse.Namespace
     for b in args.batch_sizes:
         line = ", ".join(f"{n} {med[n][b]:.1f}" for n in med)
         print(f"batch {b}: median output tok/s over {args.rounds} rounds: {line}")
-        for peer in ("llama.cpp", "hf", "pagoda-bf16"):
+        for peer in ("llama.cpp", "hf", "hf-fp32", "pagoda-bf16"):
             if peer in med and "pagoda-q" in med:
                 print(f"  pagoda-q / {peer}: {med['pagoda-q'][b] / med[peer][b]:.2f}x")
     if args.output_json:
