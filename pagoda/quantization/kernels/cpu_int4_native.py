@@ -48,6 +48,17 @@ native ms M=1 3.16 / 2.99, M=4 5.75 / 4.80, M=5 10.98 / 6.34, M=8 11.28 / 8.47; 
 streamed from memory, ``benchmarks/spec_cpu_profile.py``) the int4 linears of a 1-row step took 8.1 ms with torch's
 kernel against 10.8 ms with this one (its per-call ctypes cost), so 1 row stays on torch's; 5 rows: 14.9 -> 13.2 ms."""
 
+MIN_ROWS_AVX2 = 1
+""":data:`MIN_ROWS` for the AVX2 kernel: there torch's 1-row int4pack is compute-bound (~17 ms per 30 layers on one
+thread against ~13 ms native, hot weights), and in-engine A/B runs (one LLM, arms alternating, batch 1, 64 tokens,
+6 rounds each; ``benchmarks/results/cpu-avx2-onethread-2026-12-04/min_rows_ab*.txt``, 2026-12-04) gave 1.12x and
+1.13x tok/s with identical outputs (11 of 12 round pairs favoured the native kernel)."""
+
+
+def min_rows() -> int:
+    """From this many rows :func:`int4_mm` is used for this CPU's kernel (:data:`MIN_ROWS`, :data:`MIN_ROWS_AVX2`)."""
+    return MIN_ROWS_AVX2 if width() == 32 else MIN_ROWS
+
 
 @lru_cache(maxsize=1)
 def width() -> int:

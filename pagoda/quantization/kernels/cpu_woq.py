@@ -189,7 +189,7 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     for packed, sz in parts:
         if sz.dtype != x.dtype:
             sz = sz.to(x.dtype)
-        y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.MIN_ROWS else None
+        y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.min_rows() else None
         if y is None:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
         out = y if out is None else out.add_(y)
