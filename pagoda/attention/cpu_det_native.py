@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,15 +38,10 @@ def _flags() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    from pagoda.native import compile_shared
+    from pagoda.native import load_library
 
-    try:
-        path = compile_shared(_SOURCE, _flags(), "the native deterministic attention kernel")
-        if path is None:
-            return None
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as e:
-        logger.info("CPU: the native deterministic attention is unavailable (%s); its torch path is used", e)
+    lib = load_library(_SOURCE, _flags(), "the native deterministic attention kernel")
+    if lib is None:
         return None
     fn = lib.pagoda_det_attention
     fn.restype = ctypes.c_int

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,16 +31,12 @@ def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctype
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64") or \
             torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512", "AMX"):
         return None
-    try:
-        from pagoda.native import compile_shared
+    from pagoda.native import load_library
 
-        path = compile_shared(_SOURCE, _FLAGS, "the bf16 LM head kernel")
-        if path is None:
-            return None
-        fn = ctypes.CDLL(str(path)).pagoda_bf16_head
-    except (OSError, subprocess.SubprocessError) as e:
-        logger.info("CPU: the bf16 LM head kernel is unavailable (%s); torch's matmul is used", e)
+    lib = load_library(_SOURCE, _FLAGS, "the bf16 LM head kernel")
+    if lib is None:
         return None
+    fn = lib.pagoda_bf16_head
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
     if not _self_check(fn):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,15 +36,10 @@ _I = ctypes.c_int64
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    from pagoda.native import compile_shared
+    from pagoda.native import load_library
 
-    try:
-        path = compile_shared(_SOURCE, _FLAGS, "the fused CPU norm/rotary kernels")
-        if path is None:
-            return None
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as e:
-        logger.info("CPU: the fused norm/rotary kernels are unavailable (%s); torch's ops are used", e)
+    lib = load_library(_SOURCE, _FLAGS, "the fused CPU norm/rotary kernels")
+    if lib is None:
         return None
     lib.pagoda_rms_norm.restype = ctypes.c_int
     lib.pagoda_rms_norm.argtypes = [_P, _I, _P, _I, _P, _P, _P, _I, _I, _I, ctypes.c_float]

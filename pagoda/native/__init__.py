@@ -4,12 +4,13 @@
 compiler, once per (source, flags, compiler): the file name carries a hash of the three (the source's bytes with
 those of the shared headers of this folder, e.g. ``bf16.h``, which sources include), so an edited kernel
 is rebuilt and concurrent processes never load a half-written file (each compiles to its own temporary name,
-then renames atomically). Callers load the result with ctypes and self-check it against torch before use;
-no compiler, or a failed compile, returns None and the caller keeps its torch path.
+then renames atomically). :func:`load_library` also loads it with ctypes; callers self-check it against torch
+before use; no compiler, or a failed compile, returns None and the caller keeps its torch path.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -51,3 +52,14 @@ def compile_shared(source: Path, flags: tuple[str, ...], what: str) -> Path | No
             return None
         os.replace(tmp_so, out)  # atomic: concurrent processes each write their own temp file
     return out
+
+
+def load_library(source: Path, flags: tuple[str, ...], what: str) -> ctypes.CDLL | None:
+    """:func:`compile_shared` then ``ctypes.CDLL``: the loaded library, or None (logged at info with ``what``) when
+    there is no compiler, the compile fails or the library does not load. Callers self-check it before use."""
+    try:
+        path = compile_shared(source, flags, what)
+        return ctypes.CDLL(str(path)) if path is not None else None
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.info("CPU: %s is unavailable (%s); torch's ops are used", what, e)
+        return None

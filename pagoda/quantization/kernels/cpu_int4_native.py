@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,17 +74,13 @@ def width() -> int:
 def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
     if not width():
         return None
-    source, isa, _ = _VARIANTS[width()]
-    try:
-        from pagoda.native import compile_shared
+    from pagoda.native import load_library
 
-        path = compile_shared(source, (*_COMMON_FLAGS, *isa), "the native int4 kernel")
-        if path is None:
-            return None
-        fn = ctypes.CDLL(str(path)).pagoda_int4_mm
-    except (OSError, subprocess.SubprocessError) as e:
-        logger.info("CPU: the native int4 kernel is unavailable (%s); torch's int4pack kernel is used", e)
+    source, isa, _ = _VARIANTS[width()]
+    lib = load_library(source, (*_COMMON_FLAGS, *isa), "the native int4 kernel")
+    if lib is None:
         return None
+    fn = lib.pagoda_int4_mm
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
     if not _self_check(fn):
