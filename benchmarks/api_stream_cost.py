@@ -335,6 +335,9 @@ def main() -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
+    if "--api-server-count" in args.serve_flags or "-asc" in args.serve_flags.split():
+        raise SystemExit("--serve-flags: the stub core serves one API server process; --api-server-count is measured "
+                         "against a real engine core (pagoda bench serve)")
     from transformers import AutoTokenizer
 
     from pagoda.benchmarks.server_process import CpuSnapshot, LaunchedServer, cpu_report

@@ -50,7 +50,7 @@ def test_arguments_go_early_for_a_folder_that_resolves_in_place(tiny, tmp_path):
     early = _early(tmp_path)
     args = EngineArgs(model=str(tiny.path("llama")))
     assert hand_over_early(early, args, 20)
-    assert early.conn.sent == [(replica_engine_args(args), 20)] and early.conn.closed
+    assert early.conn.sent == [(replica_engine_args(args), 20, 1)] and early.conn.closed
     early.adopt(replica_engine_args(args), 20)  # the launch sends nothing twice
     assert len(early.conn.sent) == 1 and early.adopted
     early.discard()  # adopted: the server stops it, not discard

@@ -8,8 +8,9 @@ and be measured instead). ``--server-pid``
 names a server on this host that the bench did not start. Either way the bench reads, just before and
 just after the timed run, the CPU seconds (user + system, all threads) of
 
-* the API server process (the pid), and
-* its engine-core processes: its children started by ``multiprocessing``'s spawn (``spawn_main`` in
+* the API server processes: the pid and, with ``--api-server-count``, its children named ``pagoda-api<N>``
+  (summed), and
+* its engine-core processes: its other children started by ``multiprocessing``'s spawn (``spawn_main`` in
   their command line; one per data-parallel replica, summed),
 
 so their differences are the CPU each spent on the run. Without a pid, or off Linux, there is none.
@@ -43,8 +44,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
-def engine_core_pids(server_pid: int) -> list[int]:
-    """The server's children started by multiprocessing's spawn (its engine cores), in pid order."""
+API_SERVER_NAME_PREFIX = "pagoda-api"
+"""API servers 1.. of ``--api-server-count`` name themselves ``pagoda-api<N>`` (``/proc/<pid>/comm``)."""
+
+
+def _spawned_children(server_pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of the server's children started by multiprocessing's spawn, in pid order."""
     out = []
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
@@ -52,16 +57,17 @@ def engine_core_pids(server_pid: int) -> list[int]:
         try:
             ppid = int(_stat_fields(int(entry.name))[1])
             cmd = (entry / "cmdline").read_bytes()
+            name = (entry / "comm").read_text().strip()
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile, or not ours to read
         if ppid == server_pid and b"spawn_main" in cmd:
-            out.append(int(entry.name))
+            out.append((int(entry.name), name))
     return sorted(out)
 
 
 @dataclass
 class CpuSnapshot:
-    """CPU seconds of the API server and of its engine cores at one moment."""
+    """CPU seconds of the API server(s) and of its engine cores at one moment."""
 
     api_server_s: float
     engine_core_s: float
@@ -69,8 +75,10 @@ class CpuSnapshot:
 
     @classmethod
     def take(cls, server_pid: int) -> CpuSnapshot:
-        cores = engine_core_pids(server_pid)
-        return cls(cpu_seconds(server_pid), sum(cpu_seconds(p) for p in cores), cores)
+        children = _spawned_children(server_pid)
+        cores = [pid for pid, name in children if not name.startswith(API_SERVER_NAME_PREFIX)]
+        apis = [server_pid] + [pid for pid, name in children if name.startswith(API_SERVER_NAME_PREFIX)]
+        return cls(sum(cpu_seconds(p) for p in apis), sum(cpu_seconds(p) for p in cores), cores)
 
 
 def cpu_report(before: CpuSnapshot | None, after: CpuSnapshot | None, output_tokens: int,

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Container
+from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +39,7 @@ from pagoda import envs
 from pagoda.config import EngineArgs, EngineConfig
 from pagoda.engine import admission
 from pagoda.engine.core_engines import CoreEngines
+from pagoda.engine.core_proc import Attach
 from pagoda.engine.dp_lb import LoadBalancer, sum_stats
 from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import (
@@ -216,11 +217,24 @@ class AsyncLLM:
         stuck_timeout_s: float = DEFAULT_STUCK_TIMEOUT_S,
         log_level: int | None = None,
         prelaunched: PrelaunchedCore | None = None,
+        api_server_count: int = 1,
+        attach: Attach | None = None,
+        on_launched: Callable[[str, int], None] | None = None,
     ) -> None:
         """``prelaunched``: an engine core ``pagoda serve`` started before its own imports (adopted by
-        :meth:`start` when it fits, else told to exit)."""
+        :meth:`start` when it fits, else told to exit).
+
+        Several API server processes (``--api-server-count N``): the one that starts the core says ``N`` and is
+        client 0; ``on_launched(ipc_dir, core_pid)`` runs once the core is spawned (to start the others). Each
+        other process passes ``attach`` (:class:`pagoda.engine.core_proc.Attach`) instead and talks to that
+        core as client ``attach.client``. Only client 0 feeds the engine-level stats (``on_step``) to its stat
+        loggers, so they are counted once; every client counts its own requests' figures."""
         self.engine_args = engine_args
         self.prelaunched = prelaunched
+        self.api_server_count = api_server_count
+        self.attach = attach
+        self.client = attach.client if attach is not None else 0
+        self.on_launched = on_launched
         self.stat_loggers = list(stat_loggers or [])
         self.stuck_timeout_s = stuck_timeout_s
         self.log_level = log_level if log_level is not None else logging.getLogger("pagoda").getEffectiveLevel()
@@ -276,11 +290,14 @@ class AsyncLLM:
         self.cfg = cfg
         # The cores resolve the same model folder (already fetched/converted by create_config above; an early core
         # waits for its arguments, sent only now).
-        self.cores = CoreEngines(self.engine_args, cfg, self.log_level)
+        self.cores = CoreEngines(self.engine_args, cfg, self.log_level, self.api_server_count, self.attach)
         tok_task: asyncio.Task | None = None
         try:
             self.cores.launch(early)
             t_launch = time.perf_counter()
+            if self.on_launched is not None and self.attach is None:
+                assert self.cores.ipc_dir is not None
+                self.on_launched(self.cores.ipc_dir, self.cores.engines[0].proc.pid)
             tok_task = asyncio.create_task(asyncio.to_thread(_timed, load_tokenizer, cfg))
             readies = await self.cores.wait_ready()
             t_cores = time.perf_counter()
@@ -376,7 +393,7 @@ class AsyncLLM:
                                         request_id in self.output_processor.parents)
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
         try:  # encode before registering anything, so a failure leaves no state behind
-            frames = [self._enc.encode(AddRequest(r)) for r in core_reqs]
+            frames = [self._enc.encode(AddRequest(r, self.client)) for r in core_reqs]
         except (OverflowError, TypeError, ValueError) as e:
             raise ValidationError(f"The request holds a value the engine cannot carry: {e}") from None
         self.output_processor.add_request(request_id, text, ids, params)
@@ -399,7 +416,7 @@ class AsyncLLM:
         admission.check_request_id_free(request_id, request_id in self._streams or
                                         request_id in self.output_processor.parents)
         text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params)
-        frame = self._enc.encode(AddRequest(core_req))
+        frame = self._enc.encode(AddRequest(core_req, self.client))
         self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
         self._streams[request_id] = stream
@@ -458,7 +475,7 @@ class AsyncLLM:
         self._calls[call_id] = _PendingCall(fut, self.cores.size)
         try:
             for engine in range(self.cores.size):
-                self._send(ResetPrefixCache(call_id), engine)
+                self._send(ResetPrefixCache(call_id, self.client), engine)
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._calls.pop(call_id, None)
@@ -578,6 +595,8 @@ class AsyncLLM:
         assert self.cores is not None
         self.cores.engines[engine].stats = stats
         self.balancer.on_stats(engine, stats)
+        if self.client != 0:  # client 0 reports the engine's figures (each API process gets the same stats)
+            return
         for sl in self.stat_loggers:
             sl.on_step(stats, engine=engine)
 

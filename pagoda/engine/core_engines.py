@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from pagoda.config import EngineArgs, EngineConfig
-from pagoda.engine.core_proc import ipc_addresses, start_core_process
+from pagoda.engine.core_proc import Attach, RemoteCoreProcess, ipc_addresses, start_core_process
 from pagoda.engine.messages import CoreFailed, Ready, SchedulerStats, Shutdown, encoder, output_decoder
 from pagoda.engine.prelaunch import PrelaunchedCore, replica_engine_args
 
@@ -105,10 +105,17 @@ class CoreEngine:
 class CoreEngines:
     """The engine cores of one front end; ``engines[i]`` is data-parallel replica ``i``."""
 
-    def __init__(self, engine_args: EngineArgs, cfg: EngineConfig, log_level: int) -> None:
+    def __init__(self, engine_args: EngineArgs, cfg: EngineConfig, log_level: int, num_clients: int = 1,
+                 attach: Attach | None = None) -> None:
+        """``num_clients``: API server processes the cores will serve (``--api-server-count``; this one is client
+        0 and starts them); ``attach``: this front end is another of those clients (see :class:`Attach`)."""
+        if (num_clients > 1 or attach is not None) and engine_args.data_parallel_size != 1:
+            raise ValueError("--api-server-count above 1 needs --data-parallel-size 1")
         self.engine_args = engine_args
         self.cfg = cfg
         self.log_level = log_level
+        self.num_clients = num_clients
+        self.attach = attach
         self.size = engine_args.data_parallel_size
         self.engines: list[CoreEngine] = []
         self._ipc_dir: str | None = None
@@ -132,6 +139,11 @@ class CoreEngines:
         import zmq
         import zmq.asyncio
 
+        if self.attach is not None:
+            if prelaunched is not None:
+                prelaunched.discard()
+            self._attach(self.attach)
+            return
         envs = replica_envs(self.size, self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size, self.cfg.device)
         early = prelaunched if prelaunched is not None and self.size == 1 and not envs[0] else None
         if prelaunched is not None and early is None:
@@ -146,22 +158,15 @@ class CoreEngines:
         args = replica_engine_args(self.engine_args)
         for i in range(self.size):
             in_addr, out_addr = ipc_addresses(self._ipc_dir, i)
-            in_sock = self._zctx.socket(zmq.PUSH)
-            in_sock.setsockopt(zmq.SNDHWM, 0)
-            in_sock.setsockopt(zmq.LINGER, 0)
-            in_sock.bind(in_addr)
-            out_sock = self._azctx.socket(zmq.PULL)
-            out_sock.setsockopt(zmq.RCVHWM, 0)
-            out_sock.setsockopt(zmq.LINGER, 0)
-            out_sock.bind(out_addr)
+            in_sock, out_sock = self._bind(in_addr, out_addr)
             try:
                 if early is not None:
                     proc = early.proc
-                    early.adopt(args, self.log_level)
+                    early.adopt(args, self.log_level, self.num_clients)
                 else:
                     with _environ(envs[i]):
                         proc, conn = start_core_process(in_addr, out_addr, self.log_level)
-                    conn.send((args, self.log_level))
+                    conn.send((args, self.log_level, self.num_clients))
                     conn.close()
             except BaseException:  # not yet in self.engines: closed here, or stop()'s ctx.term() would wait on them
                 in_sock.close(linger=0)
@@ -170,6 +175,39 @@ class CoreEngines:
             if envs[i]:
                 logger.info("%s: pid %d, %s", self.name(i), proc.pid, " ".join(f"{k}={v}" for k, v in envs[i].items()))
             self.engines.append(CoreEngine(i, proc, in_sock, out_sock))
+
+    @property
+    def ipc_dir(self) -> str | None:
+        return self._ipc_dir
+
+    def _bind(self, in_addr: str, out_addr: str) -> tuple[Any, Any]:
+        """This front end's (PUSH, PULL) sockets to one core, bound at these addresses."""
+        import zmq
+
+        in_sock = self._zctx.socket(zmq.PUSH)
+        in_sock.setsockopt(zmq.SNDHWM, 0)
+        in_sock.setsockopt(zmq.LINGER, 0)
+        in_sock.bind(in_addr)
+        out_sock = self._azctx.socket(zmq.PULL)
+        out_sock.setsockopt(zmq.RCVHWM, 0)
+        out_sock.setsockopt(zmq.LINGER, 0)
+        try:
+            out_sock.bind(out_addr)
+        except BaseException:
+            in_sock.close(linger=0)
+            out_sock.close(linger=0)
+            raise
+        return in_sock, out_sock
+
+    def _attach(self, attach: Attach) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self._ipc_dir = attach.ipc_dir
+        self._zctx = zmq.Context()
+        self._azctx = zmq.asyncio.Context()
+        in_sock, out_sock = self._bind(*ipc_addresses(attach.ipc_dir, 0, attach.client))
+        self.engines.append(CoreEngine(0, RemoteCoreProcess(attach.core_pid), in_sock, out_sock))
 
     async def wait_ready(self) -> list[Ready]:
         """Every replica's ``Ready``; the first that fails to start fails them all."""
@@ -210,7 +248,7 @@ class CoreEngines:
             return
         self._stopped = True
         enc = encoder()
-        live = [e for e in self.engines if e.proc.is_alive()]
+        live = [e for e in self.engines if e.proc.is_alive()] if self.attach is None else []
         for e in live:
             with contextlib.suppress(Exception):
                 e.in_sock.send(enc.encode(Shutdown()), flags=zmq.NOBLOCK)
@@ -238,5 +276,5 @@ class CoreEngines:
             if ctx is not None:
                 ctx.term()
         self._zctx = self._azctx = None
-        if self._ipc_dir:
+        if self._ipc_dir and self.attach is None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)

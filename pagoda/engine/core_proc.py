@@ -21,6 +21,7 @@ object crosses the process boundary. ``pagoda serve`` starts the core this way b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -28,17 +29,21 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import msgspec
 
 from pagoda import envs
+from pagoda.engine.admission import check_request_id_free
 from pagoda.engine.gc_policy import freeze_startup_heap
 from pagoda.engine.messages import (
     AbortRequests,
     AddRequest,
     CoreFailed,
+    EngineCoreOutput,
+    EngineCoreOutputs,
     FinishRequests,
     Heartbeat,
     PrefixCacheReset,
@@ -55,20 +60,70 @@ from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda")
 
+CORE_PROCESS_NAME = "pagoda-core"
+"""The engine-core process's name in ``ps`` / ``top`` (API servers 1.. are ``pagoda-api<N>``)."""
 HEARTBEAT_S = 1.0
 """An idle core sends a heartbeat this often; a busy one sends a message every step."""
 
 
 # -------------------------------------------------------------------------------- process
-def ipc_addresses(ipc_dir: str, index: int) -> tuple[str, str]:
-    """(input, output) socket addresses of replica ``index`` in the front end's private ipc dir."""
-    return f"ipc://{ipc_dir}/input_{index}", f"ipc://{ipc_dir}/output_{index}"
+def ipc_addresses(ipc_dir: str, index: int, client: int = 0) -> tuple[str, str]:
+    """(input, output) socket addresses of replica ``index`` in the front end's private ipc dir; ``client``: the
+    API server process (``--api-server-count``) that binds them (0: the one that started the core)."""
+    return client_addresses(f"ipc://{ipc_dir}/input_{index}", f"ipc://{ipc_dir}/output_{index}", client)
+
+
+def client_addresses(input_addr: str, output_addr: str, client: int) -> tuple[str, str]:
+    """Client ``client``'s (input, output) addresses, from client 0's."""
+    if client == 0:
+        return input_addr, output_addr
+    return f"{input_addr}_c{client}", f"{output_addr}_c{client}"
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Where API server process ``client`` (1.. of ``--api-server-count``) finds the engine core that API server 0
+    started: the ipc dir of its sockets and the core's pid. Such a front end binds its own socket pair
+    (:func:`pagoda.engine.core_proc.client_addresses`), never starts or stops the core, and leaves the ipc dir to
+    API server 0."""
+
+    ipc_dir: str
+    core_pid: int
+    client: int
+
+
+class RemoteCoreProcess:
+    """The part of a ``multiprocessing.Process`` the front end uses, for a core another process started: alive
+    while its pid runs and is not a zombie (a core that died and its parent has not reaped yet)."""
+
+    exitcode = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def is_alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+        except (OSError, IndexError):  # no /proc (not Linux): the pid exists
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+            return True
 
 
 def start_core_process(input_addr: str, output_addr: str, log_level: int = logging.INFO) -> tuple[Any, Any]:
     """Spawn the engine-core process; returns ``(process, connection)``. The core connects to both addresses at
     once (ZMQ queues until the front end binds them) and imports its modules, then waits for
-    ``connection.send((engine_args_dict, log_level))`` (``None``, or the front end going away: it exits quietly).
+    ``connection.send((engine_args_dict, log_level, num_clients))`` (``None``, or the front end going away: it exits
+    quietly). With ``num_clients`` > 1 (``--api-server-count``) it also connects to clients 1.. at
+    :func:`client_addresses`: its input socket takes every client's messages, and each client gets the outputs of
+    the requests it sent (every message else goes to all).
 
     The child inherits the environment, so ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` set for
     ``pagoda serve`` apply to the core (see "CPU notes" in docs/serving.md).
@@ -86,8 +141,8 @@ def start_core_process(input_addr: str, output_addr: str, log_level: int = loggi
     return proc, send
 
 
-def _receive_engine_args(conn: Any, parent_pid: int) -> tuple[dict[str, Any], int] | None:
-    """The front end's ``(engine_args, log_level)``; None when it sent None, closed the pipe or died."""
+def _receive_engine_args(conn: Any, parent_pid: int) -> tuple[dict[str, Any], int, int] | None:
+    """The front end's ``(engine_args, log_level, num_clients)``; None when it sent None, closed the pipe or died."""
     while os.getppid() == parent_pid:
         try:
             if conn.poll(0.5):
@@ -108,6 +163,20 @@ def _set_parent_death_signal() -> None:
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except Exception:  # best effort; the ppid check below still works
+        pass
+
+
+def set_process_name(name: str) -> None:
+    """Linux: the name ``ps`` / ``top`` show (``/proc/self/comm``, at most 15 bytes); best effort elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_NAME = 15
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except Exception:
         pass
 
 
@@ -141,6 +210,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
 
     signal.signal(signal.SIGTERM, on_term)
     _set_parent_death_signal()
+    set_process_name(CORE_PROCESS_NAME)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
 
@@ -154,6 +224,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     out_sock.setsockopt(zmq.LINGER, 2000)
     out_sock.setsockopt(zmq.SNDHWM, 0)
     out_sock.connect(output_addr)
+    out_socks = [out_sock]  # one per API server process (client), in client order
     enc = encoder()
     given = False  # the front end has sent the engine arguments (before that, stopping is silent)
     configured = False  # create_config passed (its errors are the user's, which the front end reports too)
@@ -171,7 +242,15 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         if received is None:  # an early-started core the front end did not use (pagoda.engine.prelaunch)
             _quiet_exit(in_sock, out_sock, ctx)
         given = True
-        engine_args, level = received
+        engine_args, level, num_clients = received
+        for client in range(1, num_clients):
+            extra_in, extra_out = client_addresses(input_addr, output_addr, client)
+            in_sock.connect(extra_in)
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 2000)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.connect(extra_out)
+            out_socks.append(sock)
         logging.getLogger().setLevel(level)
         logger.setLevel(level)
         t2 = time.perf_counter()
@@ -181,15 +260,17 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         t3 = time.perf_counter()
         core = EngineCore(cfg)
         _attach_step_timeline(core)
-        out_sock.send(enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
-                                       core.startup_seconds)))
+        ready = enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
+                                 core.startup_seconds))
+        for sock in out_socks:
+            sock.send(ready)
         started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "
         logger.info("engine core ready (pid %d) in %.1f s (%simports %.1f s, waiting for the front end's "
                     "arguments %.1f s, config %.1f s, engine %.1f s)",
                     os.getpid(), time.perf_counter() - t0 + (age_at_entry or 0.0), started, t1 - t0, t2 - t1,
                     t3 - t2, core.startup_seconds)
         freeze_startup_heap("engine core")  # after Ready: the front end finishes its own start meanwhile
-        _CoreLoop(core, in_sock, out_sock, enc, parent_pid).run()
+        _CoreLoop(core, in_sock, out_socks, enc, parent_pid).run()
     except _Terminated:
         if not given:
             _quiet_exit(in_sock, out_sock, ctx)
@@ -200,24 +281,26 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
             logger.exception("engine core failed")
         else:  # a flag or model-folder error: its message says it all (the front end, given early, says it too)
             logger.error("engine core failed: %s", e)
-        try:
-            msg = f"{type(e).__name__}: {e}"
-            out_sock.send(enc.encode(CoreFailed(msg)), flags=zmq.NOBLOCK)
-        except Exception:
-            pass
-        in_sock.close()
-        out_sock.close()
-        ctx.term()
+        failed = enc.encode(CoreFailed(f"{type(e).__name__}: {e}"))
+        for sock in out_socks:
+            with contextlib.suppress(Exception):
+                sock.send(failed, flags=zmq.NOBLOCK)
+        _close(in_sock, out_socks, ctx)
         sys.exit(1)
-    in_sock.close()
-    out_sock.close()
-    ctx.term()
+    _close(in_sock, out_socks, ctx)
     # Stopped cleanly: skip the interpreter's teardown of torch's module graph (a second or more of CPU,
     # which the API server would wait for on every shutdown); nothing is left to flush but the logs.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _close(in_sock: Any, out_socks: list[Any], ctx: Any) -> None:
+    in_sock.close()
+    for sock in out_socks:
+        sock.close()
+    ctx.term()
 
 
 def _quiet_exit(in_sock: Any, out_sock: Any, ctx: Any) -> NoReturn:
@@ -240,13 +323,23 @@ def _attach_step_timeline(core: Any) -> None:
 
 
 class _CoreLoop:
-    def __init__(self, core: Any, in_sock: Any, out_sock: Any, enc: msgspec.msgpack.Encoder, parent_pid: int) -> None:
+    """The busy loop. With several clients (API server processes, ``--api-server-count``), ``client_of`` maps each
+    request in the core to the client that sent it, from its ``AddRequest`` until its finish, abort or refusal:
+    a step's outputs and queue times go to their requests' clients, every client gets every step's message (empty
+    but for the stats when none of its requests moved, so its watchdog sees the core alive), and heartbeats go
+    to all. A request id already in the core is refused (two processes cannot tell each other which ids they use).
+    """
+
+    def __init__(self, core: Any, in_sock: Any, out_socks: list[Any], enc: msgspec.msgpack.Encoder,
+                 parent_pid: int) -> None:
         import zmq
 
         self.zmq = zmq
         self.core = core
         self.in_sock = in_sock
-        self.out_sock = out_sock
+        self.out_socks = out_socks
+        self.multi = len(out_socks) > 1
+        self.client_of: dict[str, int] = {}
         self.enc = enc
         self.dec = input_decoder()
         self.parent_pid = parent_pid
@@ -256,8 +349,32 @@ class _CoreLoop:
         self.unscheduled: dict[str, float] = {}
         self.running = True
 
-    def send(self, msg: Any) -> None:
-        self.out_sock.send(self.enc.encode(msg))
+    def send(self, msg: Any, client: int = 0) -> None:
+        self.out_socks[client].send(self.enc.encode(msg))
+
+    def broadcast(self, msg: Any) -> None:
+        frame = self.enc.encode(msg)
+        for sock in self.out_socks:
+            sock.send(frame)
+
+    def send_step(self, outs: EngineCoreOutputs, scheduled: list[QueueTime]) -> None:
+        """One step's message: as it is with one client, else split by client (see the class docstring)."""
+        if not self.multi:
+            self.send(StepOutputs(outs, scheduled))
+            return
+        n = len(self.out_socks)
+        client_of = self.client_of
+        per_client: list[list[EngineCoreOutput]] = [[] for _ in range(n)]
+        for o in outs.outputs:
+            per_client[client_of.get(o.request_id, 0)].append(o)
+        queued: list[list[QueueTime]] = [[] for _ in range(n)]
+        for q in scheduled:
+            queued[client_of.get(q.request_id, 0)].append(q)
+        for o in outs.outputs:
+            if o.finish_reason is not None:
+                client_of.pop(o.request_id, None)
+        for client in range(n):
+            self.send(StepOutputs(EngineCoreOutputs(per_client[client], outs.stats), queued[client]), client)
 
     def parent_alive(self) -> bool:
         return os.getppid() == self.parent_pid
@@ -272,22 +389,37 @@ class _CoreLoop:
             return False
         if isinstance(msg, AddRequest):
             r = msg.request
+            client = msg.client if 0 <= msg.client < len(self.out_socks) else 0
+            registered = False  # client_of holds this request (not another client's of the same id)
             try:
+                if self.multi:
+                    check_request_id_free(r.request_id, r.request_id in self.client_of)
+                    self.client_of[r.request_id] = client
+                    registered = True
                 self.core.add_request(r)
                 self.unscheduled[r.request_id] = time.monotonic()
             except ValidationError as e:  # an admission failure only the core could detect
-                self.send(Rejected(r.request_id, str(e), e.parameter, e.code))
+                if registered:
+                    del self.client_of[r.request_id]
+                self.send(Rejected(r.request_id, str(e), e.parameter, e.code), client)
             except Exception as e:  # the request is bad in a way we did not foresee: refuse it only
                 logger.exception("add_request(%s) failed", r.request_id)
-                self.send(Rejected(r.request_id, f"internal error while adding the request: {e}", internal=True))
+                if registered:
+                    del self.client_of[r.request_id]
+                self.send(Rejected(r.request_id, f"internal error while adding the request: {e}", internal=True),
+                          client)
         elif isinstance(msg, AbortRequests):
             self.core.abort_requests(msg.request_ids)
             for rid in msg.request_ids:
                 self.unscheduled.pop(rid, None)
+                self.client_of.pop(rid, None)
         elif isinstance(msg, FinishRequests):
             self.core.finish_requests(msg.request_ids)
+            for rid in msg.request_ids:
+                self.client_of.pop(rid, None)
         elif isinstance(msg, ResetPrefixCache):
-            self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()))
+            client = msg.client if 0 <= msg.client < len(self.out_socks) else 0
+            self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()), client)
         elif isinstance(msg, Shutdown):
             self.running = False
         return True
@@ -297,11 +429,13 @@ class _CoreLoop:
         try:
             msg = msgspec.msgpack.decode(raw)
             rid = msg["request"]["request_id"] if msg.get("type") == "add" else None
+            client = msg.get("client", 0)
         except Exception:
             return
         if isinstance(rid, str):
+            ok = isinstance(client, int) and 0 <= client < len(self.out_socks)
             self.send(Rejected(rid, f"internal error: the engine core could not decode the request: {e}",
-                               internal=True))
+                               internal=True), client if ok else 0)
 
     def drain(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` for input, then apply everything pending."""
@@ -366,11 +500,11 @@ class _CoreLoop:
                     break
                 step_start = time.monotonic()
                 outs = self.core.step()
-                self.send(StepOutputs(outs, self.queue_times(step_start)))
+                self.send_step(outs, self.queue_times(step_start))
                 last_beat = time.monotonic()
             elif changed or now - last_beat >= HEARTBEAT_S:
                 # Idle: report liveness, and fresh stats after aborts freed blocks.
-                self.send(Heartbeat(self.core.stats()))
+                self.broadcast(Heartbeat(self.core.stats()))
                 last_beat = now
                 if changed and not self.core.has_unfinished_requests():
                     try:

@@ -137,6 +137,8 @@ class QueueTime(msgspec.Struct, array_like=True):
 # ---------------------------------------------------------------------- messages in
 class AddRequest(msgspec.Struct, tag="add"):
     request: EngineCoreRequest
+    client: int = 0
+    """The API server process that sent it (``--api-server-count``): the core sends the request's outputs there."""
 
 
 class AbortRequests(msgspec.Struct, tag="abort"):
@@ -153,6 +155,7 @@ class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache"):
     """Drop the prefix cache's unreferenced blocks; answered by ``PrefixCacheReset(call_id)``."""
 
     call_id: int
+    client: int = 0  # the API server process that asks (it gets the answer)
 
 
 class Shutdown(msgspec.Struct, tag="shutdown"):

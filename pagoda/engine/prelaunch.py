@@ -40,26 +40,27 @@ class PrelaunchedCore:
     stopped if it had its arguments already (:meth:`discard`)."""
 
     proc: Any  # multiprocessing process
-    conn: Any  # the pipe's send end, for (engine_args, log_level) or None
+    conn: Any  # the pipe's send end, for (engine_args, log_level, num_clients) or None
     ipc_dir: str
     input_addr: str
     output_addr: str
-    sent: tuple[dict[str, Any], int] | None = None  # the arguments it was given
+    sent: tuple[dict[str, Any], int, int] | None = None  # the arguments it was given
     adopted: bool = False
     discarded: bool = False
 
-    def give_args(self, engine_args: dict[str, Any], log_level: int) -> None:
-        """Send the core its arguments; again with the same ones, nothing (they went early)."""
+    def give_args(self, engine_args: dict[str, Any], log_level: int, num_clients: int = 1) -> None:
+        """Send the core its arguments (``num_clients``: API server processes, ``--api-server-count``); again with
+        the same ones, nothing (they went early)."""
         if self.sent is not None:
-            if self.sent != (engine_args, log_level):
+            if self.sent != (engine_args, log_level, num_clients):
                 raise RuntimeError("the early engine core was given other engine arguments than the server's")
             return
-        self.sent = (engine_args, log_level)
+        self.sent = (engine_args, log_level, num_clients)
         self.conn.send(self.sent)
         self.conn.close()
 
-    def adopt(self, engine_args: dict[str, Any], log_level: int) -> None:
-        self.give_args(engine_args, log_level)
+    def adopt(self, engine_args: dict[str, Any], log_level: int, num_clients: int = 1) -> None:
+        self.give_args(engine_args, log_level, num_clients)
         self.adopted = True
 
     def discard(self) -> None:
@@ -79,7 +80,7 @@ class PrelaunchedCore:
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
-def hand_over_early(early: PrelaunchedCore, engine_args: EngineArgs, log_level: int) -> bool:
+def hand_over_early(early: PrelaunchedCore, engine_args: EngineArgs, log_level: int, num_clients: int = 1) -> bool:
     """Give the early core its arguments now, before the front end's own imports, when nothing the front end
     does before the launch can change what the core finds: one replica, and a model and tokenizer that resolve
     with no download, conversion or lock (:func:`pagoda.models.model_files.resolves_in_place`). Returns whether
@@ -92,7 +93,7 @@ def hand_over_early(early: PrelaunchedCore, engine_args: EngineArgs, log_level: 
         return False
     if engine_args.tokenizer and not resolves_in_place(engine_args.tokenizer, "dummy"):
         return False
-    early.give_args(replica_engine_args(engine_args), log_level)
+    early.give_args(replica_engine_args(engine_args), log_level, num_clients)
     return True
 
 

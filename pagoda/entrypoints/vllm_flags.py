@@ -150,7 +150,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--middleware", "extra ASGI middleware cannot be loaded", serve=True),
     _u("--h11-max-incomplete-event-size --h11-max-header-count", "uvicorn's own limits apply; the body is capped "
        "by --max-request-body-bytes", serve=True),
-    _u("--api-server-count -asc", "one API server process", "1", serve=True),
     _u("--data-parallel-supervisor-port --dp-supervisor-probe-interval-s --dp-supervisor-probe-timeout-s "
        "--dp-supervisor-probe-failure-threshold", "replicas are not restarted: one that dies takes the server down "
        "(the engine-death path)", serve=True),

@@ -112,7 +112,8 @@ class RemoteServer:
         return total
 
     def core_pid(self) -> int:
-        """The engine-core child process (spawned by multiprocessing)."""
+        """The engine-core child process (spawned by multiprocessing; named pagoda-core once it runs)."""
+        found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -123,8 +124,16 @@ class RemoteServer:
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == self.proc.pid and b"spawn_main" in cmd:
-                return int(entry.name)
+                found.append(int(entry.name))
+        named = [pid for pid in found if process_name(pid) == "pagoda-core"]
+        if named or found:
+            return (named or found)[0]
         raise RuntimeError("engine core process not found")
+
+    def children_named(self, name: str) -> list[int]:
+        """The server's child processes called ``name`` (``/proc/PID/comm``)."""
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(c) for c in kids if process_name(int(c)) == name]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -135,6 +144,13 @@ class RemoteServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:

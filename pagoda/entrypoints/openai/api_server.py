@@ -31,6 +31,7 @@ from fastapi import FastAPI
 
 import pagoda
 from pagoda.engine.gc_policy import freeze_startup_heap
+from pagoda.entrypoints.openai.api_servers import ApiServerProcesses
 from pagoda.entrypoints.openai.error_handlers import add_exception_handlers
 from pagoda.entrypoints.openai.middleware import add_middlewares
 from pagoda.entrypoints.openai.routes import routers
@@ -41,21 +42,31 @@ logger = logging.getLogger("pagoda.server")
 __all__ = ["build_app", "engine_args_from", "run_server", "main"]
 
 
-def build_app(args: argparse.Namespace) -> FastAPI:
+def build_app(args: argparse.Namespace, api_servers: ApiServerProcesses | None = None) -> FastAPI:
+    """``api_servers``: API servers 1.. that this one (API server 0) starts and stops (``--api-server-count``)."""
     prometheus_client.disable_created_metrics()
     state = ServerState(args)
+    state.api_servers = api_servers
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(load_engine(state))
-        watcher = asyncio.create_task(watch_engine(state))
+        tasks = []
+        if getattr(args, "attach", None) is not None:  # API server 1..: accept connections only once ready
+            await load_engine(state)
+        else:
+            tasks.append(asyncio.create_task(load_engine(state)))
+        tasks.append(asyncio.create_task(watch_engine(state)))
+        if api_servers is not None:
+            tasks.append(asyncio.create_task(api_servers.watch(lambda why: state.on_api_server_death(why))))
         try:
             yield
         finally:
-            for t in (loader, watcher):
+            for t in tasks:
                 t.cancel()
                 with contextlib.suppress(BaseException):
                     await t
+            if api_servers is not None:  # they drain their own requests before the core stops
+                await api_servers.stop(getattr(args, "shutdown_grace_period", None) or 0.0)
             if state.engine is not None:
                 await state.engine.shutdown()
 
@@ -101,18 +112,23 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
     """
     import uvicorn
 
+    api_servers = ApiServerProcesses.for_server(args, sock)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if api_servers is not None:
+                api_servers.signal_stop()
             super().handle_exit(sig, frame)
             # uvicorn re-raises a caught signal once it has shut down, so the process would die
             # of SIGTERM even after draining every request; a drained SIGTERM is a clean exit (0).
             if sig == signal.SIGTERM and sig in self._captured_signals:
                 self._captured_signals.remove(sig)
 
-    app = build_app(args)
+    app = build_app(args, api_servers)
     state: ServerState = app.state.pagoda
     server = Server(_uvicorn_config(app, args))
     engine_died = False
+    api_server_died: str | None = None
 
     def fail() -> None:
         server.should_exit = True
@@ -122,9 +138,16 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
         engine_died = True
         server.should_exit = True
 
+    def on_api_server_death(reason: str) -> None:
+        nonlocal api_server_died
+        logger.error("%s; the server exits", reason)
+        api_server_died = reason
+        server.should_exit = True
+
     state.on_load_failure = fail
     state.on_engine_death = on_engine_death
-    state.on_ready = lambda: freeze_startup_heap("API server")
+    state.on_api_server_death = on_api_server_death
+    state.on_ready = lambda: _on_ready(args)
     try:
         server.run(sockets=[sock] if sock is not None else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C (SIGINT) after its graceful shutdown: exit as on SIGTERM
@@ -134,7 +157,19 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
         message = f"error: the model failed to load: {state.load_error}"
     elif engine_died:
         message = f"error: the engine core died ({state.engine.dead_reason if state.engine else '?'}); exiting"
+    elif api_server_died is not None:
+        message = f"error: {api_server_died}; exiting"
+    if api_servers is not None:
+        api_servers.clean_up()
     _exit_now(message)
+
+
+def _on_ready(args: argparse.Namespace) -> None:
+    freeze_startup_heap("API server")
+    ready_conn = getattr(args, "ready_conn", None)  # API server 1..: tells API server 0 it serves
+    if ready_conn is not None:
+        ready_conn.send(True)
+        ready_conn.close()
 
 
 def _exit_now(message: str | None) -> None:

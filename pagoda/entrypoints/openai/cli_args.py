@@ -13,6 +13,7 @@ import socket
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, json_list_or_str, parse_size
 from pagoda.config import EngineArgs
+from pagoda.entrypoints.openai.api_servers import check_api_server_count
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
@@ -99,6 +100,10 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--return-tokens-as-token-ids", action="store_true",
                    help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
                         "so tokens that are not valid UTF-8 on their own stay identifiable")
+    g.add_argument("--api-server-count", "-asc", type=int, default=1,
+                   help="API server processes sharing the port and the engine core: HTTP, tokenization, "
+                        "detokenization and streaming spread over them (use 2-4 when one process cannot keep up "
+                        "with hundreds of streams; needs --data-parallel-size 1)")
     g.add_argument("--engine-stuck-timeout", type=float, default=envs.engine_stuck_timeout_s(),
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (default: $PAGODA_ENGINE_STUCK_TIMEOUT_S, else 60)")
@@ -164,6 +169,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
     tool_config_from(args).validate()
+    check_api_server_count(args)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -194,7 +200,8 @@ def run_serve(args: argparse.Namespace) -> None:
     if early is not None:  # before the imports below (torch, FastAPI): the core builds its engine meanwhile
         from pagoda.engine.prelaunch import hand_over_early
 
-        hand_over_early(early, engine_args_from(args), logging.getLogger("pagoda").getEffectiveLevel())
+        hand_over_early(early, engine_args_from(args), logging.getLogger("pagoda").getEffectiveLevel(),
+                        args.api_server_count)
     from pagoda.entrypoints.openai.api_server import run_server
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):

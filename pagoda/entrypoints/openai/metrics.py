@@ -8,6 +8,9 @@ replica, ``"0"`` without data parallelism), as vLLM's.
 pagoda's own metrics (:data:`NATIVE_METRICS`: the host KV tier) are always ``pagoda:*``, labelled
 ``model_name``.
 Each server gets its own ``CollectorRegistry`` (several apps can live in one process, as in tests).
+With several API server processes (``--api-server-count``) the values live in prometheus_client's
+multiprocess files instead (:func:`enable_multiprocess`) and ``/metrics`` sums them over the processes
+(gauges: the largest live value; only API server 0 sets the engine-level ones).
 
 Request-level histograms count engine requests (each of ``n`` samples once, as vLLM);
 ``request_params_n`` and ``request_max_num_generation_tokens`` count user requests.
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
@@ -197,11 +202,55 @@ class _TokenGapsCollector:
             yield fam
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess directory (set by API server 0 for all of them; a private temp dir)."""
+
+
+def enable_multiprocess(create: bool) -> str:
+    """Make this process's metric values live in the shared multiprocess directory; returns it. ``create`` (API
+    server 0): a fresh private directory, even over one the user set (stale files of an earlier run would add
+    their counts), which the others inherit through the environment. Call before any metric of this process
+    exists."""
+    from prometheus_client import values
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if create:
+        if path is not None:
+            logger.info("%s=%s is replaced by a private directory for this server's processes", MULTIPROC_ENV, path)
+        path = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="pagoda-metrics-")
+    elif path is None:
+        raise RuntimeError(f"{MULTIPROC_ENV} is not set: API server 0 sets it for the others")
+    values.ValueClass = values.get_value_class()
+    return path
+
+
+def forget_process(pid: int) -> None:
+    """An API server exited: drop its live gauges (its counters and histograms stay in the sums)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
+class _HistogramPair:
+    """:data:`PER_TOKEN_HISTOGRAMS` as two prometheus_client histograms (multiprocess mode, where they must live
+    in the shared files); the same ``observe`` as :class:`_TokenGaps`."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def observe(self, seconds: float) -> None:
+        self.a.observe(seconds)
+        self.b.observe(seconds)
+
+
 class _EngineSeries:
     """One replica's labelled series and what it last reported (its counters advance by differences)."""
 
-    def __init__(self, m: dict[str, Any], success: dict[str, Any], waiting_by_reason: dict[str, Any]) -> None:
-        self.gaps = _TokenGaps()
+    def __init__(self, m: dict[str, Any], success: dict[str, Any], waiting_by_reason: dict[str, Any],
+                 gaps: _TokenGaps | _HistogramPair | None = None) -> None:
+        self.gaps = gaps if gaps is not None else _TokenGaps()
         self.m = m
         self.success = success
         self.waiting_by_reason = waiting_by_reason
@@ -221,9 +270,12 @@ class PrometheusStatLogger:
     """
 
     def __init__(self, model_name: str, max_model_len: int = 4096, prefix: str = "pagoda",
-                 cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0, num_engines: int = 1) -> None:
+                 cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0, num_engines: int = 1,
+                 multiprocess: bool = False) -> None:
+        """``multiprocess``: several API server processes (:func:`enable_multiprocess` has run in this one)."""
         if prefix not in PREFIXES:
             raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry(auto_describe=True)
         self.prefix = prefix + ":"
         self.model_name = model_name
@@ -232,7 +284,7 @@ class PrometheusStatLogger:
         for name, (kind, doc, buckets, extra) in VLLM_METRICS.items():
             if name == "cache_config_info" or (name.startswith("spec_decode_") and not num_spec_tokens):
                 continue  # as vLLM: spec_decode_* exist only with speculative decoding on
-            if name in PER_TOKEN_HISTOGRAMS:
+            if name in PER_TOKEN_HISTOGRAMS and not multiprocess:
                 continue  # _TokenGapsCollector, below
             self.families[name] = self._make(self.prefix + name, kind, doc, LABELS + list(extra),
                                              tb if buckets == TOKENS else buckets)
@@ -241,9 +293,12 @@ class PrometheusStatLogger:
             self.families[name] = self._make(NATIVE_PREFIX + name, kind, doc, ["model_name"], None)
             native[name] = self.families[name].labels(model_name)
         info_gauge = Gauge(self.prefix + "cache_config_info", VLLM_METRICS["cache_config_info"][1],
-                           ["engine", *(cache_config or {})], registry=self.registry)
+                           ["engine", *(cache_config or {})], registry=self.registry,
+                           multiprocess_mode=self._gauge_mode)
         self.engines = [self._engine_series(str(i), native, num_spec_tokens) for i in range(num_engines)]
-        self.registry.register(_TokenGapsCollector(self.prefix, model_name, [e.gaps for e in self.engines]))
+        if not multiprocess:
+            gaps = [e.gaps for e in self.engines if isinstance(e.gaps, _TokenGaps)]
+            self.registry.register(_TokenGapsCollector(self.prefix, model_name, gaps))
         for i in range(num_engines):
             info_gauge.labels(engine=str(i), **(cache_config or {})).set(1)
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
@@ -267,16 +322,25 @@ class PrometheusStatLogger:
                    for r in ("capacity", "deferred")}
         for state, value in SLEEP_STATES.items():
             self.families["engine_sleep_state"].labels(name_, engine, state).set(value)
-        return _EngineSeries(m, success, waiting)
+        gaps = None
+        if self.multiprocess:
+            gaps = _HistogramPair(*(self.families[n].labels(name_, engine) for n in PER_TOKEN_HISTOGRAMS))
+        return _EngineSeries(m, success, waiting, gaps)
 
     @property
     def m(self) -> dict[str, Any]:
         """Replica 0's series (the only ones without data parallelism)."""
         return self.engines[0].m
 
+    @property
+    def _gauge_mode(self) -> Literal["livemax", "all"]:
+        """Multiprocess: the largest value among live processes (API server 0 sets the engine's gauges, the
+        others keep 0). "all" is prometheus_client's default, unused outside multiprocess mode."""
+        return "livemax" if self.multiprocess else "all"
+
     def _make(self, full: str, kind: str, doc: str, labels: list[str], buckets: Any) -> Any:
         if kind == "gauge":
-            return Gauge(full, doc, labels, registry=self.registry)
+            return Gauge(full, doc, labels, registry=self.registry, multiprocess_mode=self._gauge_mode)
         if kind == "counter":
             return Counter(full, doc, labels, registry=self.registry)
         return Histogram(full, doc, labels, buckets=buckets, registry=self.registry)
@@ -359,6 +423,12 @@ class PrometheusStatLogger:
 
     # ------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # every API server's values, summed
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

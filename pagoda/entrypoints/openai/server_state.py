@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from pagoda.engine.async_llm import AsyncLLM
+from pagoda.entrypoints.openai.api_servers import ApiServerProcesses
 from pagoda.entrypoints.openai.cli_args import engine_args_from
 from pagoda.entrypoints.openai.metrics import (
     LoggingStatLogger,
@@ -65,6 +66,8 @@ class ServerState:
         self.on_load_failure: Callable[[], None] | None = None
         self.on_engine_death: Callable[[], None] | None = None  # set by run_server: exit after a delay
         self.on_ready: Callable[[], None] | None = None  # set by run_server: once serving objects exist
+        self.api_servers: ApiServerProcesses | None = None  # API servers 1.. when this is API server 0 of several
+        self.on_api_server_death: Callable[[str], None] = lambda reason: None  # set by run_server
 
     def ready(self) -> ServerState:
         """This state, or a 503 ``ServingError`` saying why the server cannot serve yet (or any more)."""
@@ -84,7 +87,9 @@ async def load_engine(state: ServerState) -> None:
     args = state.args
     try:
         engine = AsyncLLM(state.engine_args, stuck_timeout_s=args.engine_stuck_timeout,
-                          prelaunched=getattr(args, "prelaunched_core", None))
+                          prelaunched=getattr(args, "prelaunched_core", None),
+                          api_server_count=getattr(args, "api_server_count", 1), attach=getattr(args, "attach", None),
+                          on_launched=state.api_servers.start if state.api_servers is not None else None)
         state.engine = engine
         await engine.start()
         cfg = engine.cfg
@@ -93,9 +98,10 @@ async def load_engine(state: ServerState) -> None:
         state.served_model_names = names
         state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len, getattr(args, "metrics_prefix", "pagoda"),
                                              cache_config_info(cfg, engine), num_speculative_tokens(cfg),
-                                             num_engines=cfg.data_parallel_size)
+                                             num_engines=cfg.data_parallel_size,
+                                             multiprocess=getattr(args, "api_server_count", 1) > 1)
         engine.stat_loggers.append(state.metrics)
-        if not getattr(args, "disable_log_stats", False):
+        if not getattr(args, "disable_log_stats", False) and engine.client == 0:  # client 0 has the engine's stats
             state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))
             engine.stat_loggers.append(state.stats_log)
         common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)

@@ -27,6 +27,9 @@ async def health(request: Request) -> Response:
     ok, reason = state.engine.health()
     if not ok:
         return error_response(503, reason, "service_unavailable")
+    if state.api_servers is not None and not state.api_servers.all_ready():
+        return error_response(503, "The other API server processes are starting.", "service_unavailable", None,
+                              "model_loading")
     return Response(status_code=200)
 
 

@@ -1,0 +1,246 @@
+"""Several API server processes on one engine core (``--api-server-count``).
+
+In process (two :class:`AsyncLLM` front ends, client 0 starting the core and client 1 attached to it, in one event
+loop, so which front end sends what is certain):
+* both serve concurrent greedy requests, with the single front end's tokens (top-5 rule), each getting exactly
+  its own requests' outputs;
+* a request id in flight from one client is refused to the other (a 400 naming ``request_id``), and the first
+  request is unharmed; an abort from client 1 frees its blocks; a prefix-cache reset asked by client 1 is
+  answered to client 1;
+* only client 0 feeds the engine-level stats to its stat loggers (counted once);
+* client 1 shutting down leaves the core serving client 0.
+
+Through ``pagoda serve --api-server-count 2`` (a subprocess): the OpenAI client gets the single-process server's
+greedy tokens; ``/metrics`` sums both processes (every scrape, whichever process answers, counts every request
+once); the flags it cannot honour stop start-up with a message naming them; SIGTERM stops every process (exit 0);
+an API server process that dies takes the server down (exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from server_utils import MODEL, RemoteServer, wait_for
+
+from pagoda.config import EngineArgs
+from pagoda.engine.async_llm import AsyncLLM
+from pagoda.engine.core_proc import Attach
+from pagoda.errors import ValidationError
+from pagoda.sampling_params import SamplingParams
+
+PROMPTS = ["Paris is the capital of", "The quick brown fox", "Large language models generate text",
+           "PagedAttention stores the key value cache", "héllo wörld", "Continuous batching lets new requests"]
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, logprobs=5)
+
+
+async def tokens_and_top5(eng: AsyncLLM, rid: str, prompt: str, n: int = 10) -> tuple[list[int], list[set[int]]]:
+    stream = eng.add_request(rid, prompt, greedy(n))
+    last = None
+    async for out in stream:
+        last = out
+    assert last is not None and last.finished
+    c = last.outputs[0]
+    return list(c.token_ids), [set(d) for d in c.logprobs]
+
+
+def same_greedy(ours: tuple[list[int], list[set[int]]], ref: tuple[list[int], list[set[int]]]) -> None:
+    for i, (a, b) in enumerate(zip(ours[0], ref[0], strict=True)):
+        if a != b:
+            assert a in ref[1][i] and b in ours[1][i], (i, a, b)
+            return
+
+
+class StepCounter:
+    """A stat logger that counts the engine-level reports (``on_step``) and the first tokens it is told of."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.generated = 0
+        self.first_tokens = 0
+
+    def on_step(self, stats, engine=0):
+        self.steps += 1
+        self.generated += stats.num_generation_tokens
+
+    def on_first_token(self, seconds, engine=0):
+        self.first_tokens += 1
+
+    def __getattr__(self, name):  # the other hooks: nothing to record
+        return lambda *a, **k: None
+
+
+@pytest.fixture(scope="module")
+def engine_args(tiny_model_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process (see server_utils)
+        yield EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20)
+
+
+def run_two_clients(engine_args: EngineArgs, body):
+    """Client 0 (starts the core for two clients) and client 1 (attached), both ready; ``body(c0, c1, loggers)``."""
+
+    async def main():
+        launched: asyncio.Future = asyncio.get_running_loop().create_future()
+        loggers = (StepCounter(), StepCounter())
+        c0 = AsyncLLM(engine_args, stat_loggers=[loggers[0]], api_server_count=2,
+                      on_launched=lambda ipc_dir, pid: launched.set_result((ipc_dir, pid)))
+        start0 = asyncio.create_task(c0.start())
+        ipc_dir, pid = await launched
+        c1 = AsyncLLM(engine_args, stat_loggers=[loggers[1]], attach=Attach(ipc_dir, pid, 1))
+        try:
+            await asyncio.gather(start0, c1.start())
+            return await body(c0, c1, loggers)
+        finally:
+            await c1.shutdown()
+            await c0.shutdown()
+
+    return asyncio.run(main())
+
+
+def test_two_clients_share_one_core(engine_args):
+    async def body(c0: AsyncLLM, c1: AsyncLLM, loggers):
+        ref = [await tokens_and_top5(c0, f"ref-{i}", p) for i, p in enumerate(PROMPTS)]
+        steps_before = loggers[0].steps
+        outs = await asyncio.gather(*(tokens_and_top5(c0 if i % 2 else c1, f"r-{i}", p)
+                                      for i, p in enumerate(PROMPTS)))
+        for o, r in zip(outs, ref, strict=True):
+            assert len(o[0]) == 10
+            same_greedy(o, r)
+        # each front end saw its own requests' first tokens only; client 0 alone got the engine's stats
+        assert loggers[1].first_tokens == len(PROMPTS) // 2
+        assert loggers[0].first_tokens == len(PROMPTS) + len(PROMPTS) // 2
+        assert loggers[0].steps > steps_before and loggers[1].steps == 0
+        assert loggers[0].generated == 10 * (2 * len(PROMPTS))
+        assert c1.last_stats.num_running == 0  # client 1 still tracks the core's state
+        assert not c0._streams and not c1._streams
+        assert not c0.output_processor.parents and not c1.output_processor.parents
+
+    run_two_clients(engine_args, body)
+
+
+def test_request_id_in_use_by_the_other_client_is_refused(engine_args):
+    async def body(c0: AsyncLLM, c1: AsyncLLM, loggers):
+        long = c0.add_request("same-id", PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=1500,
+                                                                    ignore_eos=True))
+        first = await long.__anext__()  # running in the core now
+        assert not first.finished
+        with pytest.raises(ValidationError) as e:
+            await tokens_and_top5(c1, "same-id", PROMPTS[1])
+        assert e.value.parameter == "request_id" and "in use" in str(e.value)
+        # client 1 aborts a request of its own: its blocks are freed; client 0's request runs on
+        mine = c1.add_request("mine", PROMPTS[2], SamplingParams(temperature=0.0, max_tokens=1500, ignore_eos=True))
+        await mine.__anext__()
+        mine.close()
+        last = first
+        async for out in long:
+            last = out
+        assert last.finished and len(last.outputs[0].token_ids) == 1500
+        assert await wait_for_idle(c0)
+        assert await c1.reset_prefix_cache() is True  # answered to client 1
+        # the id is free again once its request finished
+        assert len((await tokens_and_top5(c1, "same-id", PROMPTS[1]))[0]) == 10
+
+    run_two_clients(engine_args, body)
+
+
+async def wait_for_idle(eng: AsyncLLM, timeout: float = 60.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        s = eng.last_stats
+        if s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_client_1_leaving_keeps_the_core_serving_client_0(engine_args):
+    async def body(c0: AsyncLLM, c1: AsyncLLM, loggers):
+        assert len((await tokens_and_top5(c1, "a", PROMPTS[0]))[0]) == 10
+        await c1.shutdown()
+        assert c0.proc.is_alive()
+        assert len((await tokens_and_top5(c0, "b", PROMPTS[1]))[0]) == 10
+        assert c0.health() == (True, "")
+
+    run_two_clients(engine_args, body)
+
+
+# ------------------------------------------------------------------------------- pagoda serve
+@pytest.fixture(scope="module")
+def multi_server(tiny_model_dir):
+    srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
+                                             "--api-server-count", "2"])
+    yield srv
+    srv.stop()
+
+
+async def _complete_all(srv: RemoteServer) -> list[dict]:
+    async def one(p: str) -> dict:
+        # one connection per request, so the kernel may hand each to either process
+        async with srv.async_client() as client:
+            r = await client.completions.create(model=MODEL, prompt=p, max_tokens=12, temperature=0, logprobs=5,
+                                                extra_body={"ignore_eos": True})
+        return r.choices[0].logprobs.model_dump()
+
+    return list(await asyncio.gather(*(one(p) for p in PROMPTS * 2)))
+
+
+def test_serve_with_two_api_servers_matches_one(multi_server, server):
+    srv = multi_server
+    before = srv.metric("pagoda:request_success_total")
+    ours = asyncio.run(_complete_all(srv))
+    ref = asyncio.run(_complete_all(server))  # the shared single-process server, same model
+    for o, r in zip(ours, ref, strict=True):
+        assert len(o["tokens"]) == 12
+        for i, (a, b) in enumerate(zip(o["tokens"], r["tokens"], strict=True)):
+            if a != b:
+                assert a in r["top_logprobs"][i] and b in o["top_logprobs"][i], (i, a, b)
+                break
+    # every scrape sums both processes' counts, whichever process answers it
+    for _ in range(6):
+        with httpx.Client() as fresh:  # a new connection each time
+            text = fresh.get(srv.url + "/metrics").text
+        line = next(ln for ln in text.splitlines() if ln.startswith("pagoda:request_success_total{")
+                    and 'finished_reason="length"' in ln)
+        assert float(line.rsplit(" ", 1)[1]) - before == 2 * len(PROMPTS), line
+    assert "pagoda:num_requests_running{" in text and "pagoda:time_to_first_token_seconds_bucket{" in text
+    assert "pagoda:inter_token_latency_seconds_count{" in text
+    assert len(srv.children_named("pagoda-api1")) == 1 and len(srv.children_named("pagoda-core")) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--api-server-count", "0"], "--api-server-count must be at least 1"),
+    (["--api-server-count", "2", "--data-parallel-size", "2"], "needs --data-parallel-size 1"),
+    (["--api-server-count", "2", "--enable-server-load-tracking"], "--enable-server-load-tracking"),
+])
+def test_flags_it_cannot_honour_stop_start_up(tiny_model_dir, flags, message):
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), *flags], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+
+
+def test_sigterm_stops_every_process_and_a_dead_api_server_takes_the_server_down(tiny_model_dir):
+    args = ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M", "--api-server-count", "2"]
+    srv = RemoteServer(str(tiny_model_dir), args)
+    children = srv.children_named("pagoda-api1") + srv.children_named("pagoda-core")
+    assert len(children) == 2
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=60) == 0, srv.log()
+    assert wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in children), timeout=30)
+
+    srv = RemoteServer(str(tiny_model_dir), args)
+    try:
+        (api1,) = srv.children_named("pagoda-api1")
+        os.kill(api1, signal.SIGKILL)
+        assert srv.proc.wait(timeout=60) == 1
+        assert "API server process 1 exited" in srv.log()
+    finally:
+        srv.stop()
