@@ -219,16 +219,18 @@ class AsyncLLM:
         prelaunched: PrelaunchedCore | None = None,
         api_server_count: int = 1,
         attach: Attach | None = None,
-        on_launched: Callable[[str, int], None] | None = None,
+        on_launched: Callable[[str, tuple[int, ...]], None] | None = None,
     ) -> None:
         """``prelaunched``: an engine core ``pagoda serve`` started before its own imports (adopted by
         :meth:`start` when it fits, else told to exit).
 
         Several API server processes (``--api-server-count N``): the one that starts the core says ``N`` and is
-        client 0; ``on_launched(ipc_dir, core_pid)`` runs once the core is spawned (to start the others). Each
-        other process passes ``attach`` (:class:`pagoda.engine.core_proc.Attach`) instead and talks to that
-        core as client ``attach.client``. Only client 0 feeds the engine-level stats (``on_step``) to its stat
-        loggers, so they are counted once; every client counts its own requests' figures."""
+        client 0; ``on_launched(ipc_dir, core_pids)`` runs once the cores are spawned (to start the others). Each
+        other process passes ``attach`` (:class:`pagoda.engine.core_proc.Attach`) instead and talks to those
+        cores as client ``attach.client`` (with data parallelism, balancing its own requests over the replicas
+        from their reported load and its own dispatches). Only client 0 feeds the engine-level stats
+        (``on_step``) to its stat loggers, so they are counted once; every client counts its own requests'
+        figures."""
         self.engine_args = engine_args
         self.prelaunched = prelaunched
         self.api_server_count = api_server_count
@@ -297,7 +299,7 @@ class AsyncLLM:
             t_launch = time.perf_counter()
             if self.on_launched is not None and self.attach is None:
                 assert self.cores.ipc_dir is not None
-                self.on_launched(self.cores.ipc_dir, self.cores.engines[0].proc.pid)
+                self.on_launched(self.cores.ipc_dir, tuple(e.proc.pid for e in self.cores.engines))
             tok_task = asyncio.create_task(asyncio.to_thread(_timed, load_tokenizer, cfg))
             readies = await self.cores.wait_ready()
             t_cores = time.perf_counter()

@@ -109,8 +109,6 @@ class CoreEngines:
                  attach: Attach | None = None) -> None:
         """``num_clients``: API server processes the cores will serve (``--api-server-count``; this one is client
         0 and starts them); ``attach``: this front end is another of those clients (see :class:`Attach`)."""
-        if (num_clients > 1 or attach is not None) and engine_args.data_parallel_size != 1:
-            raise ValueError("--api-server-count above 1 needs --data-parallel-size 1")
         self.engine_args = engine_args
         self.cfg = cfg
         self.log_level = log_level
@@ -206,8 +204,12 @@ class CoreEngines:
         self._ipc_dir = attach.ipc_dir
         self._zctx = zmq.Context()
         self._azctx = zmq.asyncio.Context()
-        in_sock, out_sock = self._bind(*ipc_addresses(attach.ipc_dir, 0, attach.client))
-        self.engines.append(CoreEngine(0, RemoteCoreProcess(attach.core_pid), in_sock, out_sock))
+        if len(attach.core_pids) != self.size:
+            raise ValueError(f"attached to {len(attach.core_pids)} engine cores, expected {self.size} (one per "
+                             f"data-parallel replica)")
+        for i, pid in enumerate(attach.core_pids):
+            in_sock, out_sock = self._bind(*ipc_addresses(attach.ipc_dir, i, attach.client))
+            self.engines.append(CoreEngine(i, RemoteCoreProcess(pid), in_sock, out_sock))
 
     async def wait_ready(self) -> list[Ready]:
         """Every replica's ``Ready``; the first that fails to start fails them all."""

@@ -82,13 +82,13 @@ def client_addresses(input_addr: str, output_addr: str, client: int) -> tuple[st
 
 @dataclass(frozen=True)
 class Attach:
-    """Where API server process ``client`` (1.. of ``--api-server-count``) finds the engine core that API server 0
-    started: the ipc dir of its sockets and the core's pid. Such a front end binds its own socket pair
-    (:func:`pagoda.engine.core_proc.client_addresses`), never starts or stops the core, and leaves the ipc dir to
-    API server 0."""
+    """Where API server process ``client`` (1.. of ``--api-server-count``) finds the engine cores that API server 0
+    started: the ipc dir of their sockets and each core's pid (one per data-parallel replica). Such a front end
+    binds its own socket pair to each (:func:`pagoda.engine.core_proc.client_addresses`), never starts or stops
+    them, and leaves the ipc dir to API server 0."""
 
     ipc_dir: str
-    core_pid: int
+    core_pids: tuple[int, ...]
     client: int
 
 

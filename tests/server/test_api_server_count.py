@@ -3,7 +3,7 @@
 In process (two :class:`AsyncLLM` front ends, client 0 starting the core and client 1 attached to it, in one event
 loop, so which front end sends what is certain):
 * both serve concurrent greedy requests, with the single front end's tokens (top-5 rule), each getting exactly
-  its own requests' outputs;
+  its own requests' outputs; with two data-parallel replicas each client spreads its own requests over both;
 * a request id in flight from one client is refused to the other (a 400 naming ``request_id``), and the first
   request is unharmed; an abort from client 1 frees its blocks; a prefix-cache reset asked by client 1 is
   answered to client 1;
@@ -67,6 +67,7 @@ class StepCounter:
         self.steps = 0
         self.generated = 0
         self.first_tokens = 0
+        self.engines: set[int] = set()  # the replicas whose first tokens it was told of
 
     def on_step(self, stats, engine=0):
         self.steps += 1
@@ -74,6 +75,7 @@ class StepCounter:
 
     def on_first_token(self, seconds, engine=0):
         self.first_tokens += 1
+        self.engines.add(engine)
 
     def __getattr__(self, name):  # the other hooks: nothing to record
         return lambda *a, **k: None
@@ -93,10 +95,10 @@ def run_two_clients(engine_args: EngineArgs, body):
         launched: asyncio.Future = asyncio.get_running_loop().create_future()
         loggers = (StepCounter(), StepCounter())
         c0 = AsyncLLM(engine_args, stat_loggers=[loggers[0]], api_server_count=2,
-                      on_launched=lambda ipc_dir, pid: launched.set_result((ipc_dir, pid)))
+                      on_launched=lambda ipc_dir, pids: launched.set_result((ipc_dir, pids)))
         start0 = asyncio.create_task(c0.start())
-        ipc_dir, pid = await launched
-        c1 = AsyncLLM(engine_args, stat_loggers=[loggers[1]], attach=Attach(ipc_dir, pid, 1))
+        ipc_dir, pids = await launched
+        c1 = AsyncLLM(engine_args, stat_loggers=[loggers[1]], attach=Attach(ipc_dir, pids, 1))
         try:
             await asyncio.gather(start0, c1.start())
             return await body(c0, c1, loggers)
@@ -162,6 +164,26 @@ async def wait_for_idle(eng: AsyncLLM, timeout: float = 60.0) -> bool:
     return False
 
 
+def test_two_clients_on_two_data_parallel_replicas(engine_args):
+    """Each client balances its own requests over both replicas; tokens as the single front end's."""
+    import dataclasses
+
+    dp_args = dataclasses.replace(engine_args, data_parallel_size=2)
+
+    async def body(c0: AsyncLLM, c1: AsyncLLM, loggers):
+        ref = [await tokens_and_top5(c0, f"ref-{i}", p) for i, p in enumerate(PROMPTS)]
+        outs = await asyncio.gather(*(tokens_and_top5(c, f"r-{c.client}-{i}", p)
+                                      for c in (c0, c1) for i, p in enumerate(PROMPTS)))
+        for o, r in zip(outs, ref + ref, strict=True):
+            same_greedy(o, r)
+        assert loggers[1].engines == {0, 1}  # client 1's own requests ran on both replicas
+        assert loggers[0].engines == {0, 1}
+        assert not c0._owner and not c1._owner
+        assert await c1.reset_prefix_cache() is True  # both replicas answer client 1
+
+    run_two_clients(dp_args, body)
+
+
 def test_client_1_leaving_keeps_the_core_serving_client_0(engine_args):
     async def body(c0: AsyncLLM, c1: AsyncLLM, loggers):
         assert len((await tokens_and_top5(c1, "a", PROMPTS[0]))[0]) == 10
@@ -218,7 +240,6 @@ def test_serve_with_two_api_servers_matches_one(multi_server, server):
 
 @pytest.mark.parametrize("flags, message", [
     (["--api-server-count", "0"], "--api-server-count must be at least 1"),
-    (["--api-server-count", "2", "--data-parallel-size", "2"], "needs --data-parallel-size 1"),
     (["--api-server-count", "2", "--enable-server-load-tracking"], "--enable-server-load-tracking"),
 ])
 def test_flags_it_cannot_honour_stop_start_up(tiny_model_dir, flags, message):

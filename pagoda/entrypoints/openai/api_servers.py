@@ -10,9 +10,12 @@ always (telling it there are N clients) and, once the core is spawned, starts AP
 one of the processes waiting in ``accept``). Each talks to the core over its own socket pair
 (:class:`pagoda.engine.core_proc.Attach`); the core sends each request's outputs to the process that sent it.
 
-Rules (checked by :func:`check_api_server_count` before anything loads):
-* ``--data-parallel-size`` must be 1 (each process would balance replicas on its own view of their load);
-* ``--enable-server-load-tracking`` is refused: ``/load`` would count one process's requests only.
+With ``--data-parallel-size M`` every API server talks to all M replicas and balances its own requests over them
+(:class:`pagoda.engine.dp_lb.LoadBalancer`: the load each replica reports with every step, which every API server
+receives, plus the requests this process sent it since that report).
+
+``--enable-server-load-tracking`` is refused (:func:`check_api_server_count`, before anything loads): ``/load``
+would count one process's requests only.
 
 ``/metrics`` answers the same from every process: its counters, histograms and gauges live in
 prometheus_client's multiprocess files (:func:`pagoda.entrypoints.openai.metrics.enable_multiprocess`), summed
@@ -51,9 +54,6 @@ def check_api_server_count(args: argparse.Namespace) -> None:
         raise ValueError(f"{FLAG} must be at least 1, got {n}.")
     if n == 1:
         return
-    if getattr(args, "data_parallel_size", 1) != 1:
-        raise ValueError(f"{FLAG} {n} needs --data-parallel-size 1: each API server would balance the replicas on "
-                         f"its own view of their load.")
     if getattr(args, "enable_server_load_tracking", False):
         raise ValueError(f"{FLAG} {n} cannot serve --enable-server-load-tracking: /load would count the requests of "
                          f"the one process that answers it; drop one of the two flags.")
@@ -93,7 +93,7 @@ class ApiServerProcesses:
         """API server 0, after the others have stopped: remove the metrics directory."""
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
-    def start(self, ipc_dir: str, core_pid: int) -> None:
+    def start(self, ipc_dir: str, core_pids: tuple[int, ...]) -> None:
         """Spawn the others (``pagoda.engine.async_llm.AsyncLLM``'s ``on_launched``: the core is spawned)."""
         if self.procs:
             return
@@ -102,7 +102,7 @@ class ApiServerProcesses:
         for client in range(1, n):
             recv, send = ctx.Pipe(duplex=False)  # a pipe, not an Event: no semaphores left to a resource tracker
             proc = ctx.Process(target=run_api_server_process, name=f"pagoda-api-server-{client}",
-                               args=(self.args, self.sock, Attach(ipc_dir, core_pid, client), os.getpid(), send),
+                               args=(self.args, self.sock, Attach(ipc_dir, core_pids, client), os.getpid(), send),
                                daemon=False)
             proc.start()
             send.close()

@@ -103,7 +103,7 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--api-server-count", "-asc", type=int, default=1,
                    help="API server processes sharing the port and the engine core: HTTP, tokenization, "
                         "detokenization and streaming spread over them (use 2-4 when one process cannot keep up "
-                        "with hundreds of streams; needs --data-parallel-size 1)")
+                        "with hundreds of streams, or one per few data-parallel replicas)")
     g.add_argument("--engine-stuck-timeout", type=float, default=envs.engine_stuck_timeout_s(),
                    help="/health fails when requests are pending and the engine core has sent nothing for this "
                         "many seconds (default: $PAGODA_ENGINE_STUCK_TIMEOUT_S, else 60)")
