@@ -2,6 +2,8 @@
 
 * ``tiny_model_dir``: the tiny random Llama (tests/tiny_models.py) with its context
   stretched to 2048 positions, so a request can run long enough to be interrupted;
+* ``engine_args``: engine arguments of the tiny model for tests that drive ``AsyncLLM`` directly (module scope,
+  ``OMP_NUM_THREADS=1`` for the engine-core processes they spawn);
 * ``server``: the shared server most tests use (API key via PAGODA_API_KEY, two served
   names, small caps so the cap tests are cheap).
 """
@@ -35,3 +37,12 @@ def server(tiny_model_dir):
     )
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def engine_args(tiny_model_dir):
+    from pagoda.config import EngineArgs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process (see server_utils)
+        yield EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20)

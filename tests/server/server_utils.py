@@ -162,3 +162,16 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
     return pred()
 
 
+
+
+async def wait_idle(eng, timeout: float = 5.0) -> bool:
+    """Whether an ``AsyncLLM``'s engine reports no running or waiting request and an empty KV cache within
+    ``timeout`` seconds."""
+    import asyncio
+
+    for _ in range(int(timeout / 0.05)):
+        s = eng.last_stats
+        if s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0:
+            return True
+        await asyncio.sleep(0.05)
+    return False

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_utils import MODEL, RemoteServer, wait_for
+from server_utils import MODEL, RemoteServer, wait_for, wait_idle
 
 from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM
@@ -79,13 +79,6 @@ class StepCounter:
 
     def __getattr__(self, name):  # the other hooks: nothing to record
         return lambda *a, **k: None
-
-
-@pytest.fixture(scope="module")
-def engine_args(tiny_model_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process (see server_utils)
-        yield EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20)
 
 
 def run_two_clients(engine_args: EngineArgs, body):
@@ -147,21 +140,12 @@ def test_request_id_in_use_by_the_other_client_is_refused(engine_args):
         async for out in long:
             last = out
         assert last.finished and len(last.outputs[0].token_ids) == 1500
-        assert await wait_for_idle(c0)
+        assert await wait_idle(c0, timeout=60)
         assert await c1.reset_prefix_cache() is True  # answered to client 1
         # the id is free again once its request finished
         assert len((await tokens_and_top5(c1, "same-id", PROMPTS[1]))[0]) == 10
 
     run_two_clients(engine_args, body)
-
-
-async def wait_for_idle(eng: AsyncLLM, timeout: float = 60.0) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        s = eng.last_stats
-        if s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def test_two_clients_on_two_data_parallel_replicas(engine_args):

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 import pytest
+from server_utils import wait_idle
 
 from pagoda.config import EngineArgs
 from pagoda.engine.async_llm import AsyncLLM, EngineDeadError
@@ -16,13 +17,6 @@ PROMPT = "Paris is the capital of"
 
 def greedy(n: int, **kw) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def engine_args(tiny_model_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process (see server_utils)
-        yield EngineArgs(model=str(tiny_model_dir), kv_cache_memory_bytes=32 * 2**20)
 
 
 def run(engine_args: EngineArgs, body):
@@ -57,15 +51,6 @@ async def collect(eng: AsyncLLM, rid: str, params: SamplingParams, prompt=PROMPT
     finally:
         stream.close()
     return outs, text
-
-
-async def wait_idle(eng: AsyncLLM, timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        s = eng.last_stats
-        if s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def test_generate_slow_consumer_and_deltas(engine_args):
