@@ -113,7 +113,7 @@ def test_the_server_loop_admits_requests_during_a_hold():
     out = ctx.socket(zmq.PUSH)
     try:
         core = FakeCore()
-        loop = _CoreLoop(core, pull, out, msgspec.msgpack.Encoder(), parent_pid=0)
+        loop = _CoreLoop(core, pull, [out], msgspec.msgpack.Encoder(), parent_pid=0)
         core.until = None
         loop._hold()  # no hold: returns at once
         push.send(encoder().encode(AbortRequests(["r1"])))
