@@ -12,7 +12,8 @@ loop, so which front end sends what is certain):
 
 Through ``pagoda serve --api-server-count 2`` (a subprocess): the OpenAI client gets the single-process server's
 greedy tokens; ``/metrics`` sums both processes (every scrape, whichever process answers, counts every request
-once); the flags it cannot honour stop start-up with a message naming them; SIGTERM stops every process (exit 0);
+once); ``pagoda bench serve`` counts both API processes' CPU as the API server's and only the core as the core; the
+flags it cannot honour stop start-up with a message naming them; SIGTERM stops every process (exit 0);
 an API server process that dies takes the server down (exit 1).
 """
 
@@ -221,6 +222,21 @@ def test_serve_with_two_api_servers_matches_one(multi_server, server):
     assert "pagoda:num_requests_running{" in text and "pagoda:time_to_first_token_seconds_bucket{" in text
     assert "pagoda:inter_token_latency_seconds_count{" in text
     assert len(srv.children_named("pagoda-api1")) == 1 and len(srv.children_named("pagoda-core")) == 1
+
+
+def test_bench_cpu_snapshot_counts_every_api_server_and_only_the_core_as_core(multi_server):
+    """``pagoda bench serve``'s CPU reading: the ``pagoda-api<k>`` children are API servers, not engine cores."""
+    from pagoda.benchmarks.server_process import CpuSnapshot, cpu_seconds
+
+    srv = multi_server
+    api1 = srv.children_named("pagoda-api1")
+    core = srv.children_named("pagoda-core")
+    assert len(api1) == 1 and len(core) == 1
+    before = cpu_seconds(srv.proc.pid) + cpu_seconds(api1[0])
+    snap = CpuSnapshot.take(srv.proc.pid)
+    after = cpu_seconds(srv.proc.pid) + cpu_seconds(api1[0])
+    assert snap.engine_core_pids == core
+    assert before <= snap.api_server_s <= after  # both API processes summed (CPU time only grows)
 
 
 @pytest.mark.parametrize("flags, message", [
