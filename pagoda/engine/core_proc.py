@@ -364,15 +364,13 @@ class _CoreLoop:
             return
         n = len(self.out_socks)
         client_of = self.client_of
+        queued: list[list[QueueTime]] = [[] for _ in range(n)]
+        for q in scheduled:  # before the finished are forgotten below
+            queued[client_of.get(q.request_id, 0)].append(q)
         per_client: list[list[EngineCoreOutput]] = [[] for _ in range(n)]
         for o in outs.outputs:
-            per_client[client_of.get(o.request_id, 0)].append(o)
-        queued: list[list[QueueTime]] = [[] for _ in range(n)]
-        for q in scheduled:
-            queued[client_of.get(q.request_id, 0)].append(q)
-        for o in outs.outputs:
-            if o.finish_reason is not None:
-                client_of.pop(o.request_id, None)
+            per_client[client_of.get(o.request_id, 0) if o.finish_reason is None
+                       else client_of.pop(o.request_id, 0)].append(o)
         for client in range(n):
             self.send(StepOutputs(EngineCoreOutputs(per_client[client], outs.stats), queued[client]), client)
 
