@@ -159,3 +159,37 @@ def test_engine_reports_each_launch_and_result_to_its_pacer(tiny):
     assert [[c.token_ids for c in o.outputs] for o in outs] == [[c.token_ids for c in o.outputs] for o in ref]
     assert checked > 10 and sum(len(d) for d in pacer._durations.values()) >= checked - 2
     assert not pacer._inflight and core.launch_hold_until(0.0) is None
+
+
+def test_core_holds_while_a_new_request_could_still_join(tiny):
+    """The engine core asks its pacer for a hold with requests already waiting (they lose nothing: their step starts
+    when the one in flight ends), and not once the waiting prompts or the running requests fill the next step."""
+    from pagoda import LLM, SamplingParams
+    from pagoda.core.request import Request
+
+    llm = LLM(str(tiny.path("llama")), dtype="float32", async_scheduling=True, max_num_seqs=4,
+              max_num_batched_tokens=64)
+    core = llm.llm_engine.core
+    sched = core.scheduler
+
+    class Pacer:
+        def hold_until(self, now: float) -> float:
+            return now + 1.0
+
+    core.pacer = Pacer()  # type: ignore[assignment]
+    assert core.launch_hold_until(5.0) is None  # nothing in flight
+    core._inflight = object()  # type: ignore[assignment]  # a step in flight, as far as the hold rule looks
+    try:
+        assert core.launch_hold_until(5.0) == 6.0
+        params = SamplingParams(max_tokens=4)
+        sched.add_request(Request("w1", list(range(5, 45)), params, {0}, 4))  # 40 of 64 tokens: room left
+        assert sched.num_waiting == 1 and core.launch_hold_until(5.0) == 6.0
+        sched.add_request(Request("w2", list(range(5, 29)), params, {0}, 4))  # 64 of 64: a new one could not join
+        assert core.launch_hold_until(5.0) is None
+        sched.abort_requests(["w2"])
+        assert core.launch_hold_until(5.0) == 6.0
+        for i in range(3):  # 4 of 4 seats
+            sched.add_request(Request(f"s{i}", [5, 6], params, {0}, 4))
+        assert core.launch_hold_until(5.0) is None
+    finally:
+        core._inflight = None

@@ -478,3 +478,45 @@ def test_long_prefill_token_threshold_flag_checks():
         EngineArgs(model="m", long_prefill_token_threshold=-1).validate()
     with pytest.raises(ValueError, match="needs chunked prefill"):
         EngineArgs(model="m", long_prefill_token_threshold=64, enable_chunked_prefill=False).validate()
+
+
+# ------------------------------------------------------------------- launch pacing's admission estimate
+def test_room_for_arrival_counts_seats_and_the_waiting_prompts():
+    s = new_sched(max_num_seqs=4, budget=32)
+    assert s.room_for_arrival()
+    for i in range(2):
+        s.add_request(make_req(f"d{i}", 3, 50, arrival=i))
+    step(s)  # both prompts computed: two running decodes (one token each next step)
+    s.add_request(make_req("w", 29, 5, arrival=5))  # 2 + 29 = 31 of 32 tokens: one left
+    assert s.room_for_arrival()
+    s.add_request(make_req("x", 1, 5, arrival=6))  # the last token taken
+    assert not s.room_for_arrival()
+    s.abort_requests(["x"])
+    assert s.room_for_arrival()
+    s.add_request(make_req("y", 1, 5, arrival=7))  # 2 running + 2 waiting = 4 seats
+    assert not s.room_for_arrival()
+    capped = Scheduler(KVCacheManager(64, 4), 8, 32, 256, long_prefill_token_threshold=8)
+    capped.add_request(make_req("long", 100, 2))  # counts as the 8 tokens its first chunk takes
+    assert capped.room_for_arrival()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_room_for_arrival_agrees_with_the_next_schedule(seed):
+    """With decoding requests running and no prefix cache (the cases the estimate counts exactly), a request that
+    arrives when ``room_for_arrival()`` says yes is scheduled in the next step, and one that arrives when it says no
+    is not."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        s = new_sched(num_blocks=400, max_num_seqs=rng.randint(2, 8), budget=rng.randint(4, 40))
+        for i in range(rng.randint(0, s.max_num_seqs)):
+            s.add_request(make_req(f"r{i}", rng.randint(1, 3), 100, arrival=i))
+        # Every prompt admitted and computed: the running requests only decode from here.
+        while s.waiting or any(r.num_computed_tokens < r.num_prompt_tokens for r in s.running):
+            step(s)
+        for i in range(rng.randint(0, 3)):
+            s.add_request(make_req(f"w{i}", rng.randint(1, 20), 3, arrival=100 + i))
+        room = s.room_for_arrival()
+        new = make_req("new", rng.randint(1, 20), 3, arrival=200)
+        s.add_request(new)
+        out = s.schedule()
+        assert (new in [x.request for x in out.scheduled]) == room

@@ -233,6 +233,22 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running or self.num_pending_forks)
 
+    def room_for_arrival(self) -> bool:
+        """Whether a request arriving now could still be admitted by the next :meth:`schedule`: a seat left after
+        the running and waiting requests, and token budget left after one token per running request and the
+        waiting requests' uncomputed prompts (each capped as :meth:`_capped` caps it). Exact on seats, an estimate
+        on tokens, for launch pacing only (engine/launch_pacing.py): prefix-cache hits of waiting prompts and
+        running requests' prefill chunks are not counted, nor free KV blocks; a wrong answer only moves a hold
+        (timing), never what a step computes."""
+        if len(self.running) + self.num_waiting >= self.max_num_seqs:
+            return False
+        budget = self.max_num_batched_tokens - len(self.running)
+        for req in self.waiting:
+            if budget <= 0:
+                break
+            budget -= self._capped(req.num_tokens - req.num_computed_tokens)
+        return budget > 0
+
     # ------------------------------------------------------------- schedule
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()

@@ -260,11 +260,12 @@ class EngineCore:
 
     def launch_hold_until(self, now: float) -> float | None:
         """Until when a server's loop may keep admitting requests before its next ``step()`` (None: call it now):
-        the pacer's answer (engine/launch_pacing.py) while a step is in flight, no request is waiting and a new one
-        could get a seat (a hold helps only a request that can join the next step)."""
-        sched = self.scheduler
-        if (self.pacer is None or self._inflight is None or sched.num_waiting or self._grammar_waiting
-                or len(sched.running) >= sched.max_num_seqs):
+        the pacer's answer (engine/launch_pacing.py) while a step is in flight, no grammar is compiling and a new
+        request could still join the next step (``Scheduler.room_for_arrival``: a seat and token budget left after
+        the requests already waiting; a hold helps only a request that can join). Requests already waiting lose
+        nothing by a hold: the next step starts on the device when the one in flight ends either way."""
+        if (self.pacer is None or self._inflight is None or self._grammar_waiting
+                or not self.scheduler.room_for_arrival()):
             return None
         return self.pacer.hold_until(now)
 

@@ -11,9 +11,11 @@ then schedules and launches the next one. The prediction is conservative so the 
 host: the step's start (the later of its launch and the previous step's end, both seen on the host) plus the
 *shortest* recent device time of steps of the same kind (forward path and token-count bucket), less the
 longest recent host time from the end of a hold to the launch it leads to, less a margin. A kind without
-enough history, a queue with requests already waiting (they gain nothing from a hold), every seat taken (no
-new request could join; these two are the engine core's checks, ``EngineCore.launch_hold_until``), or a
-prediction less than :data:`MIN_HOLD_S` away: no hold, the step launches at once as before.
+enough history, no room for a new request in the next step (every seat or the token budget already taken by
+the running and waiting requests: the engine core's check, ``EngineCore.launch_hold_until``), or a prediction
+less than :data:`MIN_HOLD_S` away: no hold, the step launches at once as before. Requests already waiting do
+not prevent a hold: their step starts on the device when the one in flight ends, held or not (until session 21
+they did, which at 256 streams left most steps unheld: a request arrived during nearly every step).
 
 Timing only: which step a request joins may change, never what any step computes.
 ``PAGODA_LAUNCH_PACING=0`` turns it off (an A/B switch).
