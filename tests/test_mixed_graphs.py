@@ -61,3 +61,13 @@ def test_mixed_step_padding_matches_eager(tiny):
         torch.testing.assert_close(hidden, ref, rtol=1e-5, atol=1e-5)
         assert_same_kv_writes(caches, eager_caches, slots)  # the same K/V written, padding nothing
     assert mg.replays == 2
+
+
+def test_bucket_set_follows_the_step_budget():
+    from pagoda.worker.mixed_graphs import LARGE_MIXED_BUCKETS, MIXED_BUCKETS, mixed_buckets
+
+    assert mixed_buckets(256) == mixed_buckets(512) == MIXED_BUCKETS  # budgets up to 512: the buckets as before
+    assert mixed_buckets(600) == (*MIXED_BUCKETS, 600)
+    assert mixed_buckets(1024) == (*MIXED_BUCKETS, 768, 1024)
+    assert mixed_buckets(2048) == mixed_buckets(16384) == MIXED_BUCKETS + LARGE_MIXED_BUCKETS
+    assert mixed_buckets(1500) == (*MIXED_BUCKETS, 768, 1024, 1500)

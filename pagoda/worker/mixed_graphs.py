@@ -1,6 +1,6 @@
 """CUDA graphs for mixed steps: prompt chunks of several requests, with or without decodes beside
-them, up to :data:`MIXED_BUCKETS`'s largest token count; one graph per token bucket, static buffers,
-padded replay.
+them, up to the largest token bucket (:func:`mixed_buckets`: 512 tokens, or up to 2,048 with a larger step
+budget); one graph per token bucket, static buffers, padded replay.
 
 Why: at 64 streaming clients a new request's prompt joins the running decodes in one step. Run
 eagerly such a step is bound by its host launches (RESULTS.md, H200, 8B shape: ~400 tokens took
@@ -39,8 +39,22 @@ from pagoda.worker.graph_capture import capture_graph
 
 logger = logging.getLogger("pagoda")
 
-# Steps above 512 tokens run eagerly: their GPU time (~10 ms and more for an 8B model) hides the launches.
 MIXED_BUCKETS = (64, 128, 256, 384, 512)
+"""Token buckets captured whatever the budget."""
+LARGE_MIXED_BUCKETS = (768, 1024, 1536, 2048)
+"""More buckets for budgets above 512 tokens (:func:`mixed_buckets`). Run eagerly, such a step beside 256 decodes
+spent ~19 ms of host time launching (H200, 8B shape, RESULTS.md session 21), as long as its device time, so the
+engine core's loop never held for new requests (launch pacing) and a new request waited for the step in flight.
+Steps above the largest bucket still run eagerly."""
+
+
+def mixed_buckets(max_num_batched_tokens: int) -> tuple[int, ...]:
+    """The buckets for a step budget: :data:`MIXED_BUCKETS`, the large buckets below the budget, and the budget
+    itself when it lies between 512 and the largest large bucket (no bucket larger than any step can be)."""
+    large = [b for b in LARGE_MIXED_BUCKETS if b < max_num_batched_tokens]
+    if MIXED_BUCKETS[-1] < max_num_batched_tokens <= LARGE_MIXED_BUCKETS[-1]:
+        large.append(max_num_batched_tokens)
+    return MIXED_BUCKETS + tuple(large)
 
 
 class MixedGraphs:

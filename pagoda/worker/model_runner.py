@@ -409,11 +409,11 @@ class ModelRunner:
             self.chunk_graphs.capture()
             seconds += self.chunk_graphs.capture_seconds
         if envs.mixed_graphs_enabled():
-            from pagoda.worker.mixed_graphs import MixedGraphs
+            from pagoda.worker.mixed_graphs import MixedGraphs, mixed_buckets
 
             self.mixed_graphs = MixedGraphs(
                 self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
-                self.cfg.max_num_seqs, self.device,
+                self.cfg.max_num_seqs, self.device, buckets=mixed_buckets(self.cfg.max_num_batched_tokens),
             )
             self.mixed_graphs.capture()
             seconds += self.mixed_graphs.capture_seconds

@@ -104,6 +104,43 @@ def test_mixed_step_graphs_match_eager(folder):
                 assert abs(pe[t].logprob - pg[t].logprob) < 1e-4
 
 
+def test_large_mixed_buckets_match_eager(folder):
+    """A step budget above 512 tokens adds the large mixed-step buckets (mixed_graphs.mixed_buckets): steps of
+    several long prompt chunks, alone and beside decodes, replay them; greedy tokens and logprobs equal the eager
+    run's, fp32."""
+    import random
+
+    from pagoda import LLM, SamplingParams
+
+    rng = random.Random(0)
+    prompts = [{"prompt_token_ids": [rng.randrange(5, 300) for _ in range(100 + 33 * i)]} for i in range(8)]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=2)
+    runs, buckets = [], set()
+    for eager in (True, False):
+        llm = LLM(str(folder), dtype="float32", device="cuda", enforce_eager=eager, kv_cache_memory_bytes=2**26,
+                  max_num_seqs=8, max_num_batched_tokens=1024, enable_prefix_caching=False)
+        mg = llm.llm_engine.core.runner.mixed_graphs
+        if mg is not None:
+            assert mg.buckets[-3:] == (512, 768, 1024)
+            run = mg.run
+
+            def recorded(*args, run=run, mg=mg, **kwargs):
+                out = run(*args, **kwargs)
+                buckets.add(mg.last_bucket)
+                return out
+
+            mg.run = recorded
+        runs.append(llm.generate(prompts, params, use_tqdm=False))
+        del llm
+        torch.cuda.empty_cache()
+    assert {768, 1024} <= buckets, buckets
+    for e, g in zip(*runs, strict=True):
+        assert e.outputs[0].token_ids == g.outputs[0].token_ids
+        for de, dg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs, strict=True):
+            for t in de:
+                assert abs(de[t].logprob - dg[t].logprob) < 1e-4
+
+
 def test_async_scheduling_matches_synchronous_on_gpu(folder):
     """Async scheduling on the GPU (CUDA graphs, the next step's token taken from the previous
     step's device output, pinned staging in turn): the tokens and logprobs of greedy, seeded,
