@@ -25,6 +25,8 @@ from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
 from pagoda.worker.mixed_graphs import MixedGraphs  # noqa: E402
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU run (interpreted Triton on CPU tensors); the CUDA "
+                    "replay is tests/gpu/test_gpu_kv_features.py")
 def test_mixed_step_padding_matches_eager(tiny):
     """Two decodes and two prompt chunks (4 requests, 11 tokens) in the 16-token bucket of up to 8 requests;
     then a smaller step (2 requests) on the same bucket, whose stale rows 2..3 must not be read."""

@@ -14,8 +14,8 @@ longest recent host time from the end of a hold to the launch it leads to, less 
 enough history, no room for a new request in the next step (every seat or the token budget already taken by
 the running and waiting requests: the engine core's check, ``EngineCore.launch_hold_until``), or a prediction
 less than :data:`MIN_HOLD_S` away: no hold, the step launches at once as before. Requests already waiting do
-not prevent a hold: their step starts on the device when the one in flight ends, held or not (until session 21
-they did, which at 256 streams left most steps unheld: a request arrived during nearly every step).
+not prevent a hold: their step starts on the device when the one in flight ends, held or not. A hold needs the
+host to have time to spare: steps whose host work is as long as their device time (eager launches) leave none.
 
 Timing only: which step a request joins may change, never what any step computes.
 ``PAGODA_LAUNCH_PACING=0`` turns it off (an A/B switch).
