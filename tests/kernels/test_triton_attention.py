@@ -327,3 +327,21 @@ def test_decode_block_n_rule():
     assert decode_block_n(False, None, 16) == 64  # no bound given: the 64-key default
     assert decode_block_n(False, 1024, 16) == 32 and decode_block_n(False, 4096, 64) == 32
     assert decode_block_n(False, 4096, 17) == 64 and decode_block_n(False, 4096, 1) == 64
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
+def test_fp8_attention_sweep_smoke(monkeypatch, capsys):
+    """benchmarks/gpu/fp8_attention_sweep.py --smoke runs (interpreter, one tiny case): the two FP8 tile widths agree
+    exactly, and the bf16 cache differs from the FP8 one by the cache's rounding only."""
+    import re
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_bench_smoke import run_smoke
+
+    run_smoke(monkeypatch, "benchmarks/gpu/fp8_attention_sweep.py")
+    out = capsys.readouterr().out
+    errs = {m[0]: float(m[1]) for m in re.findall(r"(\S+/\S+/\d+): .*err vs fp8/bf16 (\S+)\)", out)}
+    assert set(errs) == {"fp8/bf16/16", "fp8/bf16/32", "bf16/bf16/16"}, out
+    assert errs["fp8/bf16/16"] == errs["fp8/bf16/32"] == 0.0 and 1e-3 < errs["bf16/bf16/16"] < 0.1

@@ -1,0 +1,104 @@
+"""GPU sweep: the unified attention kernel on decode rows over an FP8 KV cache against a bf16 one (issue 12).
+
+Why: at 256 decode rows the kernel took 6.06 ms per step over an FP8 cache and 5.08 ms over a bf16 cache
+(RESULTS.md, session 21): half the bytes, more time. Which part costs: the byte -> bf16 conversion before each
+``tl.dot`` (``.to(DOT_DTYPE)``), the tile shape, or neither? Cases (cache dtype / query dtype / keys per tile):
+
+* ``bf16/bf16/64``: the bf16 cache, as served (the time to beat);
+* ``fp8/bf16/64``: the FP8 cache as served (e4m3 -> bf16 conversion, bf16 dots);
+* ``fp8/bf16/32`` and ``fp8/bf16/128``: other tile widths;
+* ``fp8/fp16/64``: the query in fp16, so the dots run in fp16 and e4m3 -> fp16 is the hardware's one-instruction
+  conversion (not a serving option: an fp16 query can overflow; a probe of the conversion's cost);
+* ``fp16/fp16/64``: an fp16 cache, the reference for that probe.
+
+Shapes: Llama-3-8B attention (32 query heads, 8 KV heads, head dim 128), block 16, 256 requests of one query row
+each at 540 and 2,000 keys; 8 layers' caches (no L2 reuse between calls), one call per layer timed inside a CUDA graph
+(``timing.graph_median_ms``), per call; each FP8 case checked against ``fp8/bf16/64`` (relative error, reported) and
+the bytes floor printed (K and V bytes read once at the measured copy bandwidth, 4.26 TB/s by default).
+
+Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [--bandwidth-gbs 4260]``;
+``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SMOKE = "--smoke" in sys.argv
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+
+import torch  # noqa: E402
+
+from pagoda.attention import triton_kernels as tk  # noqa: E402
+
+DEV = torch.device("cpu" if SMOKE else "cuda")
+SHAPE = (4, 2, 32) if SMOKE else (32, 8, 128)  # query heads, KV heads, head dim
+CASES = [(2, 40)] if SMOKE else [(256, 540), (256, 2000)]  # (requests, keys)
+LAYERS = 1 if SMOKE else 8
+BLOCK = 16
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+VARIANTS = [("bf16", "bf16", 64), ("fp8", "bf16", 64), ("fp8", "bf16", 32), ("fp8", "bf16", 128),
+            ("fp8", "fp16", 64), ("fp16", "fp16", 64)]
+if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
+    VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16)]
+
+
+def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator) -> dict:
+    nb = -(-ctx // BLOCK)
+    k = torch.randn(b * nb + 1, BLOCK, hkv, d, generator=gen).to(DEV)
+    v = torch.randn(b * nb + 1, BLOCK, hkv, d, generator=gen).to(DEV)
+    return {
+        "k": k, "v": v, "q": torch.randn(b, hq, d, generator=gen).to(DEV),
+        "bt": (torch.randperm(b * nb, generator=gen) + 1).view(b, nb).to(torch.int32).to(DEV),
+        "qsl": torch.arange(b + 1, dtype=torch.int32, device=DEV),
+        "lens": torch.full((b,), ctx, dtype=torch.int32, device=DEV),
+    }
+
+
+def cast(layers: list[dict], cache: str, query: str) -> list[tuple]:
+    return [(lay["q"].to(DTYPES[query]), lay["k"].to(DTYPES[cache]), lay["v"].to(DTYPES[cache]), lay["qsl"],
+             lay["lens"], lay["bt"]) for lay in layers]
+
+
+def run(layers: list[tuple], block_n: int) -> list[torch.Tensor]:
+    return [tk.unified_attention(q, k, v, qsl, lens, bt, 1, q.shape[-1] ** -0.5, num_real_tokens=q.shape[0],
+                                 block_n=block_n) for q, k, v, qsl, lens, bt in layers]
+
+
+def time_us(layers: list[tuple], block_n: int) -> float:
+    if SMOKE:
+        return 1.0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from timing import graph_median_ms  # benchmarks/gpu/timing.py, beside this script
+
+    return graph_median_ms(lambda: run(layers, block_n)) * 1e3 / len(layers)
+
+
+def main() -> None:
+    bw = 4260.0
+    if "--bandwidth-gbs" in sys.argv:
+        bw = float(sys.argv[sys.argv.index("--bandwidth-gbs") + 1])
+    hq, hkv, d = SHAPE
+    gen = torch.Generator().manual_seed(0)
+    for b, ctx in CASES:
+        layers = [make_layer(b, ctx, hq, hkv, d, gen) for _ in range(LAYERS)]
+        ref_case = cast(layers[:1], "fp8", "bf16")
+        ref = run(ref_case, VARIANTS[0][2] if SMOKE else 64)[0].float()
+        cells = []
+        for cache, query, block_n in VARIANTS:
+            case = cast(layers, cache, query)
+            out = run(case[:1], block_n)[0].float()
+            err = ((out - ref).norm() / ref.norm()).item()
+            nbytes = b * ctx * hkv * d * 2 * DTYPES[cache].itemsize
+            floor_us = nbytes / (bw * 1e3)
+            t = time_us(case, block_n)
+            cells.append(f"{cache}/{query}/{block_n}: {t:7.1f} us ({t / floor_us:4.2f}x floor {floor_us:.1f}; "
+                         f"err vs fp8/bf16 {err:.1e})")
+        print(f"batch {b}, {ctx} keys:\n  " + "\n  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
