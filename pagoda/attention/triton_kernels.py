@@ -85,7 +85,10 @@ FP8 KV cache (``float8_e4m3fn`` / ``float8_e5m2``, :mod:`pagoda.attention.kv_qua
 ``write_kv`` quantizes through :func:`pagoda.attention.fp8_triton.store_kv` (``/ scale``,
 saturate, nearest-even); the attention kernels load the byte and upcast it with the same
 ``.to(DOT_DTYPE)`` as any cache dtype, ``k_scale`` folded into ``scale_log2`` on the host and
-``v_scale`` applied to the output (no kernel change on the read side).
+``v_scale`` applied to the output. One difference on the read side: a V tile is converted in
+registers before its dot (``_attend``), because left to the compiler the conversion moves past
+shared memory and the n-major FP8 tile is read back byte by byte (measured on an H200: the FP8
+cache 15 % slower per call without it; RESULTS.md, session 21).
 Under the interpreter bf16 ``tl.dot`` operands are upcast to fp32 (numpy has no
 bf16 matmul); on the GPU they stay bf16.
 """
@@ -240,6 +243,12 @@ def _attend_kv_range(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_ptrs = v_head + block[:, None] * stride_vcb + offset[:, None] * stride_vcs + d[None, :]
         v = tl.load(v_ptrs, mask=pos_ok[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        if v.dtype != DOT_DTYPE:
+            # An FP8 cache: converted here, in registers, so the tile reaches the dot through shared memory as
+            # DOT_DTYPE. A bare .to() is moved past shared memory by the compiler, and an FP8 V tile (n-major, 1
+            # byte) is then read back byte by byte (no ldmatrix.trans for 8-bit); the where (its masked rows are 0
+            # already) keeps the conversion here. The dot sees the same values either way.
+            v = tl.where(pos_ok[:, None], v.to(DOT_DTYPE), 0.0).to(DOT_DTYPE)
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
