@@ -50,7 +50,7 @@ Steps above the largest bucket still run eagerly."""
 
 def mixed_buckets(max_num_batched_tokens: int) -> tuple[int, ...]:
     """The buckets for a step budget: :data:`MIXED_BUCKETS`, the large buckets below the budget, and the budget
-    itself when it lies between 512 and the largest large bucket (no bucket larger than any step can be)."""
+    itself when it lies between 512 and the largest large bucket (no large bucket beyond what a step can hold)."""
     large = [b for b in LARGE_MIXED_BUCKETS if b < max_num_batched_tokens]
     if MIXED_BUCKETS[-1] < max_num_batched_tokens <= LARGE_MIXED_BUCKETS[-1]:
         large.append(max_num_batched_tokens)
