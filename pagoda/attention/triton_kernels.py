@@ -248,7 +248,7 @@ def _attend_kv_range(
             # DOT_DTYPE. A bare .to() is moved past shared memory by the compiler, and an FP8 V tile (n-major, 1
             # byte) is then read back byte by byte (no ldmatrix.trans for 8-bit); the where (its masked rows are 0
             # already) keeps the conversion here. The dot sees the same values either way.
-            v = tl.where(pos_ok[:, None], v.to(DOT_DTYPE), 0.0).to(DOT_DTYPE)
+            v = tl.where(pos_ok[:, None], v.to(DOT_DTYPE), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i

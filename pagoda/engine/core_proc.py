@@ -352,6 +352,10 @@ class _CoreLoop:
     def send(self, msg: Any, client: int = 0) -> None:
         self.out_socks[client].send(self.enc.encode(msg))
 
+    def _client(self, client: object) -> int:
+        """``client`` when it names one of this core's clients, else 0 (a bad index never loses the reply)."""
+        return client if isinstance(client, int) and 0 <= client < len(self.out_socks) else 0
+
     def broadcast(self, msg: Any) -> None:
         frame = self.enc.encode(msg)
         for sock in self.out_socks:
@@ -387,7 +391,7 @@ class _CoreLoop:
             return False
         if isinstance(msg, AddRequest):
             r = msg.request
-            client = msg.client if 0 <= msg.client < len(self.out_socks) else 0
+            client = self._client(msg.client)
             registered = False  # client_of holds this request (not another client's of the same id)
             try:
                 if self.multi:
@@ -416,8 +420,7 @@ class _CoreLoop:
             for rid in msg.request_ids:
                 self.client_of.pop(rid, None)
         elif isinstance(msg, ResetPrefixCache):
-            client = msg.client if 0 <= msg.client < len(self.out_socks) else 0
-            self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()), client)
+            self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()), self._client(msg.client))
         elif isinstance(msg, Shutdown):
             self.running = False
         return True
@@ -431,9 +434,8 @@ class _CoreLoop:
         except Exception:
             return
         if isinstance(rid, str):
-            ok = isinstance(client, int) and 0 <= client < len(self.out_socks)
             self.send(Rejected(rid, f"internal error: the engine core could not decode the request: {e}",
-                               internal=True), client if ok else 0)
+                               internal=True), self._client(client))
 
     def drain(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` for input, then apply everything pending."""
