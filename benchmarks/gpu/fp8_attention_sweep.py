@@ -5,11 +5,17 @@ Why: at 256 decode rows the kernel took 6.06 ms per step over an FP8 cache and 5
 ``tl.dot`` (``.to(DOT_DTYPE)``), the tile shape, or neither? Cases (cache dtype / query dtype / keys per tile):
 
 * ``bf16/bf16/64``: the bf16 cache, as served (the time to beat);
-* ``fp8/bf16/64``: the FP8 cache as served (e4m3 -> bf16 conversion, bf16 dots);
+* ``fp8/bf16/64``: the FP8 cache as served (since session 22: fp16 dots on the bf16 query times 2^-4, ``Q_SCALED``;
+  before, e4m3 -> bf16 conversions and bf16 dots);
 * ``fp8/bf16/32`` and ``fp8/bf16/128``: other tile widths;
-* ``fp8/fp16/64``: the query in fp16, so the dots run in fp16 and e4m3 -> fp16 is the hardware's one-instruction
-  conversion (not a serving option: an fp16 query can overflow; a probe of the conversion's cost);
+* ``fp8/fp16/64``: the query in fp16, so the dots run in fp16 without the 2^-4 scaling (a probe: an fp16 query can
+  overflow);
 * ``fp16/fp16/64``: an fp16 cache, the reference for that probe.
+
+``--probe`` (session 22) adds variants that change how the served kernel is built, by patching the launcher here:
+``+bf16dot`` (the old e4m3 -> bf16 conversions and bf16 dots), ``+nonorm`` (fp16 dots, the bf16 query converted
+without the constant 2^-4 scaling: overflows past 65,504, a probe only), ``+s3`` (3 pipeline stages instead of 2),
+``+w2`` / ``+w8`` (2 / 8 warps instead of 4), ``+r96`` (at most 96 registers a thread).
 
 Shapes: Llama-3-8B attention (32 query heads, 8 KV heads, head dim 128), block 16, 256 requests of one query row
 each at 540 and 2,000 keys; 8 layers' caches (no L2 reuse between calls), one call per layer timed inside a CUDA graph
@@ -17,14 +23,16 @@ each at 540 and 2,000 keys; 8 layers' caches (no L2 reuse between calls), one ca
 the bytes floor printed (K and V bytes read once at the measured copy bandwidth, 4.26 TB/s by default).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [--bandwidth-gbs 4260]
-[--served-only]`` (``--served-only``: the first two cases);
+[--served-only | --probe]`` (``--served-only``: the first two cases);
 ``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -45,6 +53,9 @@ VARIANTS = [("bf16", "bf16", 64), ("fp8", "bf16", 64), ("fp8", "bf16", 32), ("fp
             ("fp8", "fp16", 64), ("fp16", "fp16", 64)]
 if "--served-only" in sys.argv:  # the two caches as served: the FP8 one's time against the bf16 one's
     VARIANTS = VARIANTS[:2]
+if "--probe" in sys.argv:
+    VARIANTS = [*VARIANTS[:2], ("fp8", "bf16+bf16dot", 64), ("fp8", "bf16+nonorm", 64), ("fp8", "bf16", 128),
+                ("fp8", "bf16+s3", 64), ("fp8", "bf16+w8", 64), ("fp8", "bf16+r96", 64), ("fp8", "bf16+r96", 128)]
 if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
     VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16)]
 
@@ -62,8 +73,42 @@ def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator
 
 
 def cast(layers: list[dict], cache: str, query: str) -> list[tuple]:
-    return [(lay["q"].to(DTYPES[query]), lay["k"].to(DTYPES[cache]), lay["v"].to(DTYPES[cache]), lay["qsl"],
+    qt = DTYPES[query.split("+")[0]]
+    return [(lay["q"].to(qt), lay["k"].to(DTYPES[cache]), lay["v"].to(DTYPES[cache]), lay["qsl"],
              lay["lens"], lay["bt"]) for lay in layers]
+
+
+class _Launch:
+    """``kernel[grid](...)`` with some launch options replaced (a probe's ``+s3`` / ``+w2``)."""
+
+    def __init__(self, kernel, **options) -> None:
+        self.kernel, self.options = kernel, options
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+        return lambda *args, **kw: launch(*args, **{**kw, **self.options})
+
+
+@contextlib.contextmanager
+def probe(query: str) -> Iterator[None]:
+    """The served kernel, changed as the query label's ``+…`` says (nothing for a plain label)."""
+    import triton.language as tl
+
+    saved = tk._dot_config, tk._unified_attention_kernel
+    tag = query.partition("+")[2]
+    if tag == "bf16dot":
+        tk._dot_config = lambda *a: (tl.bfloat16, "tf32", False)
+    elif tag == "nonorm":
+        tk._dot_config = lambda *a: (tl.float16, "tf32", False)
+    elif tag in ("s3", "w2", "w8", "r96"):
+        option = {"s3": {"num_stages": 3}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8}, "r96": {"maxnreg": 96}}[tag]
+        tk._unified_attention_kernel = _Launch(saved[1], **option)
+        dot = saved[0](torch.bfloat16, torch.float8_e4m3fn)  # the wrapper hides the JITFunction from _interpreting
+        tk._dot_config = lambda *a: dot
+    try:
+        yield
+    finally:
+        tk._dot_config, tk._unified_attention_kernel = saved
 
 
 def run(layers: list[tuple], block_n: int) -> list[torch.Tensor]:
@@ -80,6 +125,15 @@ def time_us(layers: list[tuple], block_n: int) -> float:
     return graph_median_ms(lambda: run(layers, block_n)) * 1e3 / len(layers)
 
 
+def compiled_kernels() -> set[str]:
+    """Registers, spills and shared memory of each compile of the unified kernel so far (``--probe``)."""
+    try:
+        return {f"regs {k.n_regs}, spills {k.n_spills}, shared {k.metadata.shared} B"
+                for cache in tk._unified_attention_kernel.device_caches.values() for k in cache[0].values()}
+    except Exception as e:  # Triton's cache layout is not an API
+        return {f"(not available: {e!r})"}
+
+
 def main() -> None:
     bw = 4260.0
     if "--bandwidth-gbs" in sys.argv:
@@ -93,13 +147,16 @@ def main() -> None:
         cells = []
         for cache, query, block_n in VARIANTS:
             case = cast(layers, cache, query)
-            out = run(case[:1], block_n)[0].float()
+            seen = compiled_kernels() if "--probe" in sys.argv else set()
+            with probe(query):
+                out = run(case[:1], block_n)[0].float()
+                t = time_us(case, block_n)
+            new = compiled_kernels() - seen if "--probe" in sys.argv else set()
             err = ((out - ref).norm() / ref.norm()).item()
             nbytes = b * ctx * hkv * d * 2 * DTYPES[cache].itemsize
             floor_us = nbytes / (bw * 1e3)
-            t = time_us(case, block_n)
             cells.append(f"{cache}/{query}/{block_n}: {t:7.1f} us ({t / floor_us:4.2f}x floor {floor_us:.1f}; "
-                         f"err vs fp8/bf16 {err:.1e})")
+                         f"err vs fp8/bf16 {err:.1e})" + "".join(f"; new compile: {c}" for c in sorted(new)))
         print(f"batch {b}, {ctx} keys:\n  " + "\n  ".join(cells), flush=True)
 
 

@@ -83,14 +83,17 @@ cache may have another float dtype than the query: it is converted on load).
 
 FP8 KV cache (``float8_e4m3fn`` / ``float8_e5m2``, :mod:`pagoda.attention.kv_quant`):
 ``write_kv`` quantizes through :func:`pagoda.attention.fp8_triton.store_kv` (``/ scale``,
-saturate, nearest-even); the attention kernels load the byte and upcast it with the same
-``.to(DOT_DTYPE)`` as any cache dtype, ``k_scale`` folded into ``scale_log2`` on the host and
-``v_scale`` applied to the output. One difference on the read side: a V tile is converted in
-registers before its dot (``_attend``), because left to the compiler the conversion moves past
-shared memory and the n-major FP8 tile is read back byte by byte (measured on an H200: the FP8
-cache 15 % slower per call without it; RESULTS.md, session 21).
+saturate, nearest-even); the attention kernels load the byte and convert it for dots in fp16 (a
+bf16 or fp16 query; :func:`_dot_config`: e4m3 -> fp16 is one exact conversion per two codes, e4m3 -> bf16 three), a
+bf16 query scaled into fp16's range by a constant (:func:`_query_tile`), ``k_scale`` folded into
+``scale_log2`` on the host and ``v_scale`` applied to the kernel's output. A V tile is converted
+in registers before its dot (``_attend_kv_range``), because left to the compiler the conversion
+moves past shared memory and the n-major FP8 tile is read back byte by byte. Measured on an H200
+at 256 decode rows (RESULTS.md, sessions 21 and 22): 192 -> 141 us per layer at 540 keys, below
+the bf16 cache's 153 us.
+
 Under the interpreter bf16 ``tl.dot`` operands are upcast to fp32 (numpy has no
-bf16 matmul); on the GPU they stay bf16.
+bf16 matmul); on the GPU they stay bf16. The fp16 dots of an FP8 cache run as such in both.
 """
 
 from __future__ import annotations
@@ -197,7 +200,7 @@ def _attend_kv_range(
     stride_vcb,
     stride_vcs,
     stride_vch,
-    scale_log2,
+    scale_log2,  # the scores' multiplier (see _query_tile)
     window,  # sliding window W: keys at pos <= q_pos - W are hidden (a huge value = no window)
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -254,6 +257,30 @@ def _attend_kv_range(
     return acc, m_i, l_i
 
 
+FP16_QUERY_SCALE = tl.constexpr(0.0625)
+"""A bf16 query over an FP8 cache enters fp16 dots as ``q * FP16_QUERY_SCALE`` (2^-4; see :func:`_query_tile`)."""
+
+
+@triton.jit
+def _query_tile(q, scale_log2, DOT_DTYPE: tl.constexpr, Q_SCALED: tl.constexpr, Q_SCALE: tl.constexpr):
+    """The query tile as the dots' operand, and the scores' multiplier.
+
+    ``Q_SCALED`` (a bf16 query over an FP8 cache, dots in fp16; :func:`_dot_config`): the tile is multiplied by
+    ``Q_SCALE`` and the multiplier divided by it. For 2^-4: exact for |q| in [2^-10, 2^20) (a power of two scales
+    without rounding, and fp16 keeps more mantissa bits than bf16), fp16 subnormals below (at most 2^-21 off),
+    saturated at 65504 * 16 above, as the FP8 cache saturates K and V. The factor is a constant on purpose: one taken
+    from the tile's absmax cost 30 registers a thread, a program per SM and ~15 % of the kernel on an H200 (RESULTS.md,
+    session 22).
+    """
+    if Q_SCALED:
+        q_dot = tl.clamp(q.to(tl.float32) * Q_SCALE, -65504.0, 65504.0).to(DOT_DTYPE)
+        mult = scale_log2 / Q_SCALE
+    else:
+        q_dot = q.to(DOT_DTYPE)
+        mult = scale_log2
+    return q_dot, mult
+
+
 @triton.jit
 def _find_request(query_start_loc_ptr, num_seqs, tile_id, BLOCK_Q: tl.constexpr):
     """Largest i in [0, num_seqs) with query_start_loc[i] // BLOCK_Q + i <= tile_id."""
@@ -282,6 +309,7 @@ def _unified_attention_kernel(
     block_tables_ptr,
     scale_log2,
     window,
+    v_scale,  # an FP8 cache's V scale (1.0 otherwise), applied to the normalised output
     num_seqs,
     num_heads,
     head_dim,
@@ -307,6 +335,7 @@ def _unified_attention_kernel(
     num_splits,  # >= 1; a runtime value, so every split count shares one compile
     SPLIT: tl.constexpr,  # num_splits > 1: partials to ws_ptr, combined by _split_kv_reduce_kernel
     SOFTCAP: tl.constexpr,
+    Q_SCALED: tl.constexpr,  # see _query_tile
 ):
     """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
     of one request (times ``G`` heads) over its paged K/V, unmasked whole tiles first.
@@ -334,11 +363,11 @@ def _unified_attention_kernel(
     d = tl.arange(0, BLOCK_D)
     d_mask = d < head_dim
     tok = (q_start + q_idx).to(tl.int64)
-    q = tl.load(
+    q, scale_log2 = _query_tile(tl.load(
         q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
         mask=row_ok[:, None] & d_mask[None, :],
         other=0.0,
-    ).to(DOT_DTYPE)
+    ), scale_log2, DOT_DTYPE, Q_SCALED, FP16_QUERY_SCALE)
     q_pos = ctx_len + q_idx
 
     # Keys visible to some row of this tile: [kv_lo, last query position + 1) (kv_lo > 0 with a window).
@@ -384,7 +413,7 @@ def _unified_attention_kernel(
         tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
     else:
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
+        out = acc / l_safe[:, None] * v_scale
         tl.store(
             out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
             out.to(out_ptr.dtype.element_ty),
@@ -425,6 +454,7 @@ def _split_kv_decode_kernel(
     DOT_PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
     USE_PDL: tl.constexpr,
+    Q_SCALED: tl.constexpr,  # see _query_tile
 ):
     pdl_launch_dependents(USE_PDL)
     pdl_wait(USE_PDL)
@@ -439,11 +469,11 @@ def _split_kv_decode_kernel(
     row_ok = r < G
     d = tl.arange(0, BLOCK_D)
     d_mask = d < head_dim
-    q = tl.load(
+    q, scale_log2 = _query_tile(tl.load(
         q_ptr + tok * stride_qt + head[:, None] * stride_qh + d[None, :],
         mask=row_ok[:, None] & d_mask[None, :],
         other=0.0,
-    ).to(DOT_DTYPE)
+    ), scale_log2, DOT_DTYPE, Q_SCALED, FP16_QUERY_SCALE)
     q_pos = tl.zeros([BLOCK_M], tl.int32) + (seq_len - 1)
 
     kv_lo, win_full = _window_start(seq_len - 1, seq_len - 1, window, BLOCK_N)
@@ -488,6 +518,7 @@ def _split_kv_reduce_kernel(
     head_dim,
     stride_ot,
     stride_oh,
+    v_scale,  # an FP8 cache's V scale (1.0 otherwise), applied to the combined output
     num_splits,  # a runtime value (<= BLOCK_S): every split count up to BLOCK_S shares one compile
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -515,7 +546,7 @@ def _split_kv_reduce_kernel(
     w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
     denom = tl.sum(w * l_sum, 0)
     denom = tl.where(denom == 0.0, 1.0, denom)
-    out = tl.sum(w[:, None] * acc, 0) / denom
+    out = tl.sum(w[:, None] * acc, 0) / denom * v_scale
     tl.store(
         out_ptr + tok * stride_ot + head * stride_oh + d,
         out.to(out_ptr.dtype.element_ty),
@@ -531,15 +562,23 @@ def _interpreting() -> bool:
     return not isinstance(_unified_attention_kernel, JITFunction)
 
 
-def _dot_config(dtype: torch.dtype) -> tuple[tl.dtype, str]:
-    """(operand dtype for tl.dot, input_precision)."""
+def _dot_config(dtype: torch.dtype, cache_dtype: torch.dtype | None = None) -> tuple[tl.dtype, str, bool]:
+    """(operand dtype for tl.dot, input_precision, Q_SCALED) for a query of ``dtype`` over a cache of ``cache_dtype``.
+
+    A bf16 query over an FP8 cache runs its dots in fp16, the query scaled by a constant power of two (``Q_SCALED``,
+    :func:`_query_tile`): e4m3 -> fp16 is one exact conversion instruction per two codes, where e4m3 -> bf16 takes
+    three (through fp16 and fp32); on an H200 that was 13-16 % of the kernel's time (RESULTS.md, session 22). fp16
+    holds every e4m3/e5m2 value, and the softmax weights with more mantissa bits than bf16.
+    """
+    if dtype == torch.bfloat16 and cache_dtype is not None and is_fp8(cache_dtype):
+        return tl.float16, "tf32", True
     if dtype == torch.float32:
-        return tl.float32, "ieee"
+        return tl.float32, "ieee", False
     if dtype == torch.float16:
-        return tl.float16, "tf32"  # input_precision only matters for fp32 operands
+        return tl.float16, "tf32", False  # input_precision only matters for fp32 operands
     if dtype == torch.bfloat16:
         # The interpreter's matmul is numpy, which has no bf16.
-        return (tl.float32, "ieee") if _interpreting() else (tl.bfloat16, "tf32")
+        return (tl.float32, "ieee", False) if _interpreting() else (tl.bfloat16, "tf32", False)
     raise TypeError(f"Triton attention supports {_SUPPORTED_DTYPES}, got {dtype}")
 
 
@@ -568,9 +607,9 @@ def _scale_log2(scale: float, k_cache: torch.Tensor, k_scale: float) -> float:
     return scale * (k_scale if is_fp8(k_cache.dtype) else 1.0) * math.log2(math.e)
 
 
-def _apply_v_scale(out: torch.Tensor, v_cache: torch.Tensor, v_scale: float) -> torch.Tensor:
-    """P (V * v_scale) = (P V) * v_scale: an FP8 cache's v_scale applied to the output."""
-    return out.mul_(v_scale) if is_fp8(v_cache.dtype) and v_scale != 1.0 else out
+def _v_scale(v_cache: torch.Tensor, v_scale: float) -> float:
+    """The kernels' output multiplier: P (V * v_scale) = (P V) * v_scale for an FP8 cache, else 1.0."""
+    return v_scale if is_fp8(v_cache.dtype) else 1.0
 
 
 NO_WINDOW = 1 << 30  # the window value meaning "none" (larger than any context)
@@ -723,7 +762,7 @@ def unified_attention(
     if block_n is None:
         block_n = 32 if wide else 64
     block_q = block_m // group
-    dot_dtype, precision = _dot_config(query.dtype)
+    dot_dtype, precision, q_scaled = _dot_config(query.dtype, k_cache.dtype)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
     if num_splits > 1:
         num_partials = num_tokens * num_heads * num_splits
@@ -734,25 +773,25 @@ def unified_attention(
     _unified_attention_kernel[grid](
         query, k_cache, v_cache, out, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
-        _scale_log2(scale, k_cache, k_scale), window, num_seqs, num_heads, head_dim,
+        _scale_log2(scale, k_cache, k_scale), window, _v_scale(v_cache, v_scale), num_seqs, num_heads, head_dim,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, num_splits=num_splits,
-        SPLIT=num_splits > 1, SOFTCAP=softcap, num_warps=8 if block_m >= 128 else 4,
+        SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, num_warps=8 if block_m >= 128 else 4,
         num_stages=2,
     )
     if num_splits > 1:
         reduce_rows = num_tokens if num_real_tokens is None else num_real_tokens
         _split_kv_reduce_kernel[(reduce_rows, num_heads)](
             out, workspace, ml_offset, query_start_loc,
-            num_heads, head_dim, out.stride(0), out.stride(1),
+            num_heads, head_dim, out.stride(0), out.stride(1), _v_scale(v_cache, v_scale),
             num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=True,
             num_warps=1 if num_splits * block_d <= 2048 else 4, USE_PDL=False,
         )
-    return _apply_v_scale(out, v_cache, v_scale)
+    return out
 
 
 def batch_invariant_tiles(query: torch.Tensor, k_cache: torch.Tensor) -> dict[str, int]:
@@ -867,7 +906,7 @@ def split_kv_decode(
     block_m = max(16, triton.next_power_of_2(group))
     if block_n is None:
         block_n = decode_block_n(_wide_rows(block_d, query, k_cache), kv_bound, num_splits)
-    dot_dtype, precision = _dot_config(query.dtype)
+    dot_dtype, precision, q_scaled = _dot_config(query.dtype, k_cache.dtype)
     num_partials = num_seqs * num_heads * num_splits
     ml_offset = num_partials * block_d
     workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
@@ -880,13 +919,13 @@ def split_kv_decode(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap,
+        BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
         num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
     _split_kv_reduce_kernel[(num_seqs, num_heads)](
         out, workspace, ml_offset, query_start_loc,
-        num_heads, head_dim, out.stride(0), out.stride(1),
+        num_heads, head_dim, out.stride(0), out.stride(1), _v_scale(v_cache, v_scale),
         num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
         num_warps=1 if num_splits * block_d <= 2048 else 4, **launch_kwargs(query.device),
     )
-    return _apply_v_scale(out, v_cache, v_scale)
+    return out

@@ -90,6 +90,39 @@ def test_unified_and_split_read_fp8_with_scales(fp8):
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=1e-2)
 
 
+def _run_fp8(query, k_cache, v_cache, meta, scale, split):
+    """split 0: the split-KV decode kernel (2 splits); else the unified kernel with that many splits."""
+    kw = {"k_scale": 0.05, "v_scale": 0.2, "block_n": 16}
+    if split == 0:
+        return run_split(query, k_cache, v_cache, meta, scale, 2, **kw)
+    return run_unified(query, k_cache, v_cache, meta, scale, block_m=16, num_splits=split, **kw)
+
+
+@pytest.mark.parametrize("fp8", FP8)
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_bf16_query_over_fp8_runs_fp16_dots_on_a_scaled_query(fp8, split):
+    """A bf16 query over an FP8 cache: fp16 dots on ``q * 2^-4`` (``_query_tile``), the scores scaled back.
+
+    Values against the fp32 reference on the same bf16 query and dequantized cache: at |q| ~ 1, at |q| ~ 1e5 (past
+    fp16's 65,504 unless scaled), and beyond 2^20 saturated at 65504 * 16 (finite; the reference on the clamped
+    query), with the softmax scale divided to match; padding rows stay 0."""
+    assert tk._dot_config(torch.bfloat16, fp8)[::2] == (tk.tl.float16, True)
+    assert tk._dot_config(torch.bfloat16, torch.bfloat16)[2] is False
+    assert tk._dot_config(torch.float16, fp8) == (tk.tl.float16, "tf32", False)
+    reqs = [(1, 33), (1, 17), (1, 1)] if split == 0 else MIXED
+    query, k_hi, v_hi, meta = make_batch(reqs, 8, 2, 32, 2, torch.bfloat16, seed=7, pad_tokens=2)
+    k_cache, v_cache = kv_quant.quantize(k_hi, 0.05, fp8), kv_quant.quantize(v_hi, 0.2, fp8)
+    n = sum(meta.query_lens_cpu)
+    limit = 65504.0 * 16
+    for shift in (0, 16, 24):  # |q| up to ~4, ~2.6e5, ~6.7e7
+        q = query * 2.0**shift
+        out = _run_fp8(q, k_cache, v_cache, meta, 32**-0.5 * 2.0**-shift, split)
+        assert torch.isfinite(out).all() and not out[n:].any()
+        ref = ref_paged_attention(q.float().clamp(-limit, limit), k_cache, v_cache, meta, 32**-0.5 * 2.0**-shift,
+                                  k_scale=0.05, v_scale=0.2)
+        torch.testing.assert_close(out[:n].float(), ref[:n], rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("fp8", FP8)
 def test_scales_are_ignored_by_a_model_dtype_cache(fp8):
     query, k_cache, v_cache, meta = make_batch(MIXED[:3], 8, 1, 16, 2, torch.float32, seed=4)

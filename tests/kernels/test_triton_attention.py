@@ -332,7 +332,8 @@ def test_decode_block_n_rule():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
 def test_fp8_attention_sweep_smoke(monkeypatch, capsys):
     """benchmarks/gpu/fp8_attention_sweep.py --smoke runs (interpreter, one tiny case): the two FP8 tile widths agree
-    exactly, and the bf16 cache differs from the FP8 one by the cache's rounding only."""
+    up to the softmax weights' fp16 rounding (each tile rounds its own), and the bf16 cache differs from the FP8 one by
+    the cache's rounding."""
     import re
     import sys
     from pathlib import Path
@@ -344,4 +345,4 @@ def test_fp8_attention_sweep_smoke(monkeypatch, capsys):
     out = capsys.readouterr().out
     errs = {m[0]: float(m[1]) for m in re.findall(r"(\S+/\S+/\d+): .*err vs fp8/bf16 (\S+)\)", out)}
     assert set(errs) == {"fp8/bf16/16", "fp8/bf16/32", "bf16/bf16/16"}, out
-    assert errs["fp8/bf16/16"] == errs["fp8/bf16/32"] == 0.0 and 1e-3 < errs["bf16/bf16/16"] < 0.1
+    assert errs["fp8/bf16/16"] == 0.0 and errs["fp8/bf16/32"] < 1e-3 and 1e-3 < errs["bf16/bf16/16"] < 0.1
