@@ -1,4 +1,4 @@
-"""CPU torch attention: a request's few query rows in one step (a speculative verify) give, row by row, bitwise what
+"""CPU attention: a request's few query rows in one step (a speculative verify) give, row by row, bitwise what
 a decode step gives that position alone (the same cache), with and without a sliding window, next to a decode
 request and a long prefill chunk in the same step, and with the step memo on (several layers). This is what keeps
 greedy outputs identical with speculation on and off."""
@@ -26,9 +26,17 @@ def _meta(q_lens: list[int], seq_lens: list[int], tables: list[list[int]]) -> At
         is_decode_only=all(q == 1 for q in q_lens))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "torch-sdpa"])
 @pytest.mark.parametrize("window", [None, 37])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_verify_rows_equal_decode_rows(window, dtype):
+def test_verify_rows_equal_decode_rows(window, dtype, native, monkeypatch):
+    """Both CPU paths: the native decode kernel (where it builds) and SDPA."""
+    from pagoda.attention import cpu_decode_native
+
+    if native and not cpu_decode_native.eligible(torch.zeros(1, H, D, dtype=dtype),
+                                                 torch.zeros(1, HKV, BS, D, dtype=dtype), None):
+        pytest.skip("the native decode attention kernel is not available here (no C compiler)")
+    monkeypatch.setattr(cpu_decode_native, "ENABLED", native)
     gen = torch.Generator().manual_seed(0)
     k_cache = torch.randn(NB, HKV, BS, D, generator=gen).to(dtype)
     v_cache = torch.randn(NB, HKV, BS, D, generator=gen).to(dtype)

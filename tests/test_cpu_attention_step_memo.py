@@ -2,6 +2,7 @@
 K/V with one row copy per token and head: bitwise the same cache contents and outputs as the direct computation
 (``index_put`` at (block, :, offset); SDPA with the boolean length/window mask), across layers and steps."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_attention_verify_rows import _meta as _verify_rows_meta
@@ -10,6 +11,15 @@ from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_ref import TorchAttentionBackend, gather_heads
 
 NB, HKV, BS, D, H = 12, 2, 4, 16, 6
+
+
+@pytest.fixture(autouse=True)
+def _torch_path(monkeypatch):
+    """These tests are about the SDPA path's memo; the native decode kernel (its own tests:
+    tests/test_cpu_decode_native.py) would take the decode rows."""
+    from pagoda.attention import cpu_decode_native
+
+    monkeypatch.setattr(cpu_decode_native, "ENABLED", False)
 
 
 def _meta(seq_lens: list[int], tables: list[list[int]], slots: list[int]) -> AttentionMetadata:

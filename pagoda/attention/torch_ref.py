@@ -21,6 +21,11 @@ An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the q
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
 softmax scale and ``v_scale`` multiplies the output, the same arithmetic as scaling K and V.
 
+Where the native kernel builds (:mod:`pagoda.attention.cpu_decode_native`: bf16/float32 caches of the query's
+dtype, no soft-cap), decode rows and requests of at most ``MAX_DECODE_LIKE_QUERY`` rows go to it instead
+(:meth:`TorchAttentionBackend._forward_native`): it reads the paged cache in place and computes each row the same
+way whatever the step holds; the SDPA paths below stay for the rest and behind ``cpu_decode_native.ENABLED``.
+
 A layer's sliding window is one more mask term (keys at positions ``<= p - W`` hidden; the cache
 still holds them); a logit soft-cap (``c * tanh(s / c)``, Gemma 2) makes prefill compute its scores
 explicitly, as SDPA has no soft-cap.
@@ -131,6 +136,10 @@ class TorchAttentionBackend(AttentionBackend):
             from pagoda.attention import deterministic
 
             return deterministic.attention(query, k_cache, v_cache, meta, scale, win, cap)
+        from pagoda.attention import cpu_decode_native
+
+        if cpu_decode_native.eligible(query, k_cache, cap):
+            return self._forward_native(query, k_cache, v_cache, meta, scale, win)
         if meta.is_decode_only:
             return self._decode(query, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, win, cap)
         out = torch.empty_like(query)
@@ -161,6 +170,44 @@ class TorchAttentionBackend(AttentionBackend):
             v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
             q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
             out[starts[i] : starts[i] + q_len] = _prefill(q, k, v, scale, win, cap)[0].transpose(0, 1)
+        return out
+
+    def _forward_native(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                        win: int | None) -> torch.Tensor:
+        """The step's decode rows and requests of at most ``MAX_DECODE_LIKE_QUERY`` rows by the native kernel
+        (:mod:`pagoda.attention.cpu_decode_native`: the paged cache read in place, each row as a decode step computes
+        it), longer requests by :func:`_prefill`."""
+        from pagoda.attention import cpu_decode_native
+
+        memo = self._step_memo("native", meta.block_tables)
+        held = memo.get(("rows",)) if memo is not None else None
+        if held is None:
+            r, rq, ps, mp = cpu_decode_native.decode_rows(meta, MAX_DECODE_LIKE_QUERY)
+            held = (r, torch.tensor(r, dtype=torch.long), rq, ps, mp)
+            if memo is not None:
+                memo[("rows",)] = held
+        rows: list[int] = held[0]  # type: ignore[index]
+        rows_t: torch.Tensor = held[1]  # type: ignore[index]
+        req: torch.Tensor = held[2]  # type: ignore[index]
+        pos: torch.Tensor = held[3]  # type: ignore[index]
+        max_pos: int = held[4]  # type: ignore[index]
+        if len(rows) == query.shape[0]:
+            return cpu_decode_native.attention(query, k_cache, v_cache, meta.block_tables, req, pos, max_pos, scale,
+                                               win)
+        out = torch.empty_like(query)
+        if rows:
+            out[rows_t] = cpu_decode_native.attention(query[rows_t], k_cache, v_cache, meta.block_tables, req, pos,
+                                                      max_pos, scale, win)
+        bs = k_cache.shape[2]
+        start = 0
+        for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
+            if q_len > MAX_DECODE_LIKE_QUERY:
+                blocks = meta.block_tables[i : i + 1, : -(-s_len // bs)]
+                k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
+                v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
+                q = query[start : start + q_len].transpose(0, 1).unsqueeze(0)
+                out[start : start + q_len] = _prefill(q, k, v, scale, win, None)[0].transpose(0, 1)
+            start += q_len
         return out
 
     def _decode_inputs(self, block_tables, seq_lens, hkv: int, length: int, window: int | None,

@@ -1,0 +1,237 @@
+/* Paged attention for a CPU step's decode rows and its requests' few-row runs (a speculative verify, a short
+ * prefill chunk), read straight from the paged cache (pagoda/attention/cpu_decode_native.py).
+ *
+ * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head), i.e. R = rows * G
+ * (row, query head) pairs that share the KV head's keys. Each K and V row is converted to float32 once per item and
+ * used by every pair; each pair's arithmetic is its own and the same whatever else the item holds: scores
+ * q . k_j (float32, one vectorized reduction over head_dim) for its positions lo..pos, the maximum, exp(s - max), their
+ * sum, then sum_j p_j v_j in position order, divided by the sum, rounded once to the output dtype. So a row's output
+ * depends on its query, its request's K/V and its position only (not on the batch, the other rows of the run, or
+ * threads): a verify row gets the bits a decode step of that position gets.
+ *
+ * exp is a polynomial (Cephes' expf: |rel err| < 2e-7 on [-87, 0]) so that the loop over positions vectorizes
+ * (with -fno-trapping-math, which changes no result).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define MAX_GROUP_ROWS 16
+
+/* exp(x) for x in [-87.3, 0] (below: exp(-87.3)); Cody-Waite reduction, Cephes' polynomial on [-ln2/2, ln2/2]. */
+static inline float exp_neg(float x) {
+    if (x < -87.3f) x = -87.3f;
+    float n = floorf(x * 1.44269504f + 0.5f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691e-4f;
+    p = p * r + 1.3981999e-3f;
+    p = p * r + 8.3334519e-3f;
+    p = p * r + 4.1665795e-2f;
+    p = p * r + 1.6666665e-1f;
+    p = p * r + 5.0000001e-1f;
+    p = p * (r * r) + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } two_n = {.i = ((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+#define CHUNK 16
+
+/* Sum of x[0..n) in 16 lanes by index (lane i % 16), the lanes added pairwise: the same order for the same n, wherever
+ * x lies. */
+static inline float lane_sum(const float *x, int64_t n) {
+    float part[CHUNK] = {0};
+    int64_t j = 0;
+    for (; j + CHUNK <= n; j += CHUNK)
+        for (int c = 0; c < CHUNK; c++) part[c] += x[j + c];
+    for (int c = 0; j + c < n; c++) part[c] += x[j + c];
+    for (int w = CHUNK / 2; w > 0; w /= 2)
+        for (int c = 0; c < w; c++) part[c] += part[c + w];
+    return part[0];
+}
+
+/* q . k over n elements: element d in lane d % 16, the lanes added pairwise. */
+static inline float lane_dot(const float *q, const float *k, int64_t n) {
+    float part[CHUNK] = {0};
+    int64_t d = 0;
+    for (; d + CHUNK <= n; d += CHUNK)
+        for (int c = 0; c < CHUNK; c++) part[c] += q[d + c] * k[d + c];
+    for (int c = 0; d + c < n; c++) part[c] += q[d + c] * k[d + c];
+    for (int w = CHUNK / 2; w > 0; w /= 2)
+        for (int c = 0; c < w; c++) part[c] += part[c + w];
+    return part[0];
+}
+
+/* The largest of x[0..n) (exact in any order; in 16 lanes so that it vectorizes). */
+static inline float lane_max(const float *x, int64_t n) {
+    float part[CHUNK];
+    for (int c = 0; c < CHUNK; c++) part[c] = -INFINITY;
+    int64_t j = 0;
+    for (; j + CHUNK <= n; j += CHUNK)
+        for (int c = 0; c < CHUNK; c++) part[c] = x[j + c] > part[c] ? x[j + c] : part[c];
+    for (int c = 0; j + c < n; c++) part[c] = x[j + c] > part[c] ? x[j + c] : part[c];
+    float m = part[0];
+    for (int c = 1; c < CHUNK; c++) m = part[c] > m ? part[c] : m;
+    return m;
+}
+
+static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
+                         int is_bf16, int64_t kvh, int64_t G, int64_t hkv, int64_t bs, const int32_t *table,
+                         const int32_t *row_pos, int64_t t0, int64_t n, int64_t window, int64_t D, float scale,
+                         float *scores, float *qf, float *acc, float *kv_buf, float *den, int64_t *lo, int64_t *hi,
+                         void *out) {
+    int64_t R = n * G, first = INT64_MAX, last = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t pos = row_pos[t0 + i];
+        int64_t l = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+        for (int64_t g = 0; g < G; g++) {
+            int64_t r = i * G + g, h = kvh * G + g;
+            lo[r] = l;
+            hi[r] = pos;
+            for (int64_t d = 0; d < D; d++)
+                qf[r * D + d] = is_bf16 ? bf16_to_f32(((const uint16_t *)q)[(t0 + i) * q_st + h * q_sh + d])
+                                        : ((const float *)q)[(t0 + i) * q_st + h * q_sh + d];
+        }
+        if (l < first) first = l;
+        if (pos > last) last = pos;
+    }
+    /* Scores: each a dot product over head_dim in 16 lanes (element d in lane d % 16), the lanes added pairwise, so
+     * the same whatever else the item holds. */
+    int64_t span = last - first + 1;
+    float *krow = kv_buf;
+    for (int64_t j = first, base = 0, next = first; j <= last; j++) {
+        if (j == next) {  /* a new cache block: one table lookup */
+            base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
+            next = (j / bs + 1) * bs;
+        }
+        int64_t off = (base + j) * D;
+        const float *k;
+        if (is_bf16) {
+            const uint16_t *kb = (const uint16_t *)k_cache + off;
+            for (int64_t d = 0; d < D; d++) krow[d] = bf16_to_f32(kb[d]);
+            k = krow;
+        } else {
+            k = (const float *)k_cache + off;
+        }
+#if defined(__AVX512F__)
+        if (D % CHUNK == 0) {  /* lane_dot's arithmetic, four rows at a time in registers */
+            for (int64_t r0 = 0; r0 < R; r0 += 4) {
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                const float *q0 = qf + r0 * D, *q1 = q0 + (r0 + 1 < R) * D, *q2 = q0 + 2 * (r0 + 2 < R) * D,
+                            *q3 = q0 + 3 * (r0 + 3 < R) * D;
+                for (int64_t d = 0; d < D; d += CHUNK) {
+                    __m512 kv = _mm512_loadu_ps(k + d);
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), kv, a0);
+                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q1 + d), kv, a1);
+                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q2 + d), kv, a2);
+                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q3 + d), kv, a3);
+                }
+                float dots[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
+                                 _mm512_reduce_add_ps(a3)};
+                for (int64_t i = 0; i < 4 && r0 + i < R; i++)
+                    if (j >= lo[r0 + i] && j <= hi[r0 + i]) scores[(r0 + i) * span + (j - first)] = dots[i] * scale;
+            }
+            continue;
+        }
+#endif
+        for (int64_t r = 0; r < R; r++) {
+            if (j < lo[r] || j > hi[r]) continue;
+            scores[r * span + (j - first)] = lane_dot(qf + r * D, k, D) * scale;
+        }
+    }
+    for (int64_t r = 0; r < R; r++) {
+        float *s = scores + r * span + (lo[r] - first);
+        int64_t len = hi[r] - lo[r] + 1;
+        float m = lane_max(s, len);
+        for (int64_t j = 0; j < len; j++) s[j] = exp_neg(s[j] - m);
+        den[r] = lane_sum(s, len);
+        for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
+    }
+    float *vrow = kv_buf;
+    for (int64_t j = first, base = 0, next = first; j <= last; j++) {
+        if (j == next) {  /* a new cache block: one table lookup */
+            base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
+            next = (j / bs + 1) * bs;
+        }
+        int64_t off = (base + j) * D;
+        const float *v;
+        if (is_bf16) {
+            const uint16_t *vb = (const uint16_t *)v_cache + off;
+            for (int64_t d = 0; d < D; d++) vrow[d] = bf16_to_f32(vb[d]);
+            v = vrow;
+        } else {
+            v = (const float *)v_cache + off;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            if (j < lo[r] || j > hi[r]) continue;
+            float p = scores[r * span + (j - first)];
+            float *ar = acc + r * D;
+            for (int64_t d = 0; d < D; d++) ar[d] += p * v[d];
+        }
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t g = 0; g < G; g++) {
+            int64_t r = i * G + g, o = ((t0 + i) * (hkv * G) + kvh * G + g) * D;
+            float inv = 1.0f / den[r];
+            for (int64_t d = 0; d < D; d++) {
+                float x = acc[r * D + d] * inv;
+                if (is_bf16)
+                    ((uint16_t *)out)[o + d] = f32_to_bf16(x);
+                else
+                    ((float *)out)[o + d] = x;
+            }
+        }
+}
+
+/* q [T, H, D] (row stride q_st, head stride q_sh, elements); caches [N, hkv, bs, D] contiguous; block_tables int32
+ * [B, bt_stride]; row_req / row_pos int32 [T]: each row's request and position (a request's rows consecutive);
+ * window 0: none; threads: OpenMP threads (torch's count, passed by the caller: a step that torch runs on one thread
+ * runs this on one too); out [T, H, D] contiguous. Returns 0, or -1 when scratch memory could not be allocated. */
+int pagoda_decode_attention(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
+                            int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
+                            const int32_t *row_req, const int32_t *row_pos, int64_t T, int64_t H, int64_t D,
+                            int64_t max_pos, float scale, int64_t window, int is_bf16, int threads, void *out) {
+    int64_t G = H / hkv;
+    int64_t *run_start = malloc(sizeof(int64_t) * (size_t)(T + 1));
+    if (run_start == NULL) return -1;
+    int64_t runs = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (t == 0 || row_req[t] != row_req[t - 1] || t - run_start[runs - 1] == MAX_GROUP_ROWS) run_start[runs++] = t;
+    run_start[runs] = T;
+    int64_t rmax = MAX_GROUP_ROWS * G;
+    int failed = 0;
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+        float *scores = malloc(sizeof(float) * (size_t)(rmax * (max_pos + 1)));
+        float *buf = malloc(sizeof(float) * (size_t)(2 * rmax * D + D + rmax));
+        int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(2 * rmax));
+        if (scores == NULL || buf == NULL || bounds == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < runs * hkv; item++) {
+            if (scores == NULL || buf == NULL || bounds == NULL) continue;
+            int64_t run = item / hkv, kvh = item % hkv, t0 = run_start[run];
+            float *qf = buf, *acc = buf + rmax * D, *kv_buf = buf + 2 * rmax * D, *den = kv_buf + D;
+            attend_group(q, q_st, q_sh, k_cache, v_cache, is_bf16, kvh, G, hkv, bs,
+                         block_tables + (int64_t)row_req[t0] * bt_stride, row_pos, t0, run_start[run + 1] - t0,
+                         window, D, scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, out);
+        }
+        free(scores);
+        free(buf);
+        free(bounds);
+    }
+    free(run_start);
+    return failed ? -1 : 0;
+}
