@@ -5,10 +5,10 @@ the cases it leaves to SDPA (a soft-cap, an FP8 cache)."""
 
 import pytest
 import torch
+from test_attention_verify_rows import _meta
 
 from pagoda.attention import cpu_decode_native
 from pagoda.attention.kv_quant import quantize
-from pagoda.attention.metadata import AttentionMetadata
 from pagoda.attention.torch_ref import TorchAttentionBackend
 
 NB, HKV, BS, D, H = 48, 3, 16, 64, 9
@@ -16,18 +16,6 @@ NB, HKV, BS, D, H = 48, 3, 16, 64, 9
 pytestmark = pytest.mark.skipif(
     not cpu_decode_native.eligible(torch.zeros(1, H, D), torch.zeros(1, HKV, BS, D), None),
     reason="the native decode attention kernel is not available here (no C compiler)")
-
-
-def _meta(q_lens: list[int], seq_lens: list[int], tables: list[list[int]]) -> AttentionMetadata:
-    width = max(len(t) for t in tables)
-    starts = [0]
-    for q in q_lens:
-        starts.append(starts[-1] + q)
-    return AttentionMetadata(
-        query_start_loc=torch.tensor(starts, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-        slot_mapping=torch.zeros(starts[-1], dtype=torch.int64), max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-        query_lens_cpu=q_lens, seq_lens_cpu=seq_lens, is_decode_only=all(q == 1 for q in q_lens))
 
 
 def _reference(query, k_cache, v_cache, meta, scale, window):

@@ -85,6 +85,22 @@ static inline float lane_max(const float *x, int64_t n) {
     return m;
 }
 
+/* Position j's K or V row of KV head kvh as float32: the cache's own row (float32 caches) or `buf` converted from
+ * bf16. *base / *next carry the current cache block between calls for increasing j (one table lookup a block;
+ * start with *next = -1). */
+static inline const float *cache_row(const void *cache, int is_bf16, const int32_t *table, int64_t j, int64_t bs,
+                                     int64_t hkv, int64_t kvh, int64_t D, int64_t *base, int64_t *next, float *buf) {
+    if (j >= *next) {
+        *base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
+        *next = (j / bs + 1) * bs;
+    }
+    int64_t off = (*base + j) * D;
+    if (!is_bf16) return (const float *)cache + off;
+    const uint16_t *b = (const uint16_t *)cache + off;
+    for (int64_t d = 0; d < D; d++) buf[d] = bf16_to_f32(b[d]);
+    return buf;
+}
+
 static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
                          int is_bf16, int64_t kvh, int64_t G, int64_t hkv, int64_t bs, const int32_t *table,
                          const int32_t *row_pos, int64_t t0, int64_t n, int64_t window, int64_t D, float scale,
@@ -108,21 +124,9 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
     /* Scores: each a dot product over head_dim in 16 lanes (element d in lane d % 16), the lanes added pairwise, so
      * the same whatever else the item holds. */
     int64_t span = last - first + 1;
-    float *krow = kv_buf;
-    for (int64_t j = first, base = 0, next = first; j <= last; j++) {
-        if (j == next) {  /* a new cache block: one table lookup */
-            base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
-            next = (j / bs + 1) * bs;
-        }
-        int64_t off = (base + j) * D;
-        const float *k;
-        if (is_bf16) {
-            const uint16_t *kb = (const uint16_t *)k_cache + off;
-            for (int64_t d = 0; d < D; d++) krow[d] = bf16_to_f32(kb[d]);
-            k = krow;
-        } else {
-            k = (const float *)k_cache + off;
-        }
+    int64_t base = 0, next = -1;
+    for (int64_t j = first; j <= last; j++) {
+        const float *k = cache_row(k_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
 #if defined(__AVX512F__)
         if (D % CHUNK == 0) {  /* lane_dot's arithmetic, four rows at a time in registers */
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
@@ -157,21 +161,9 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
         den[r] = lane_sum(s, len);
         for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
     }
-    float *vrow = kv_buf;
-    for (int64_t j = first, base = 0, next = first; j <= last; j++) {
-        if (j == next) {  /* a new cache block: one table lookup */
-            base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
-            next = (j / bs + 1) * bs;
-        }
-        int64_t off = (base + j) * D;
-        const float *v;
-        if (is_bf16) {
-            const uint16_t *vb = (const uint16_t *)v_cache + off;
-            for (int64_t d = 0; d < D; d++) vrow[d] = bf16_to_f32(vb[d]);
-            v = vrow;
-        } else {
-            v = (const float *)v_cache + off;
-        }
+    next = -1;
+    for (int64_t j = first; j <= last; j++) {
+        const float *v = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
         for (int64_t r = 0; r < R; r++) {
             if (j < lo[r] || j > hi[r]) continue;
             float p = scores[r * span + (j - first)];

@@ -10,15 +10,12 @@ and used only after a self-check against a float64 reference on random rows.
 from __future__ import annotations
 
 import ctypes
-import logging
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
-
-logger = logging.getLogger("pagoda")
 
 _SOURCE = Path(__file__).with_name("cpu_det_attention.c")
 ENABLED = True
@@ -30,28 +27,18 @@ _I = ctypes.c_int64
 
 
 def _flags() -> tuple[str, ...]:
-    cap = torch.backends.cpu.get_cpu_capability()
-    isa = ("-mavx512f", "-mavx2", "-mfma") if cap in ("AVX512", "AMX") else ("-mavx2", "-mfma") if cap == "AVX2" \
-        else ()
-    return ("-O3", "-ffp-contract=off", "-fno-math-errno", *isa, "-fopenmp", "-shared", "-fPIC")
+    from pagoda.native import isa_flags
+
+    return ("-O3", "-ffp-contract=off", "-fno-math-errno", *isa_flags(), "-fopenmp", "-shared", "-fPIC")
 
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    from pagoda.native import load_library
+    from pagoda.native import load_checked
 
-    lib = load_library(_SOURCE, _flags(), "the native deterministic attention kernel")
-    if lib is None:
-        return None
-    fn = lib.pagoda_det_attention
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_float, _I, ctypes.c_float,
-                   ctypes.c_int, _P]
-    if not _self_check(lib):
-        logger.warning("CPU: the native deterministic attention disagrees with a float64 reference on this machine; "
-                       "its torch path is used")
-        return None
-    return lib
+    return load_checked(_SOURCE, _flags(), "the native deterministic attention kernel", "pagoda_det_attention",
+                        [_P, _I, _I, _P, _P, _I, _I, _P, _I, _P, _P, _I, _I, _I, _I, ctypes.c_float, _I,
+                         ctypes.c_float, ctypes.c_int, _P], _self_check)
 
 
 def _self_check(lib: ctypes.CDLL) -> bool:

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger("pagoda")
@@ -63,3 +64,29 @@ def load_library(source: Path, flags: tuple[str, ...], what: str) -> ctypes.CDLL
     except (OSError, subprocess.SubprocessError) as e:
         logger.info("CPU: %s is unavailable (%s); torch's ops are used", what, e)
         return None
+
+
+def isa_flags() -> tuple[str, ...]:
+    """The compiler's ISA flags for torch's CPU capability here (AVX-512 / AVX2 with FMA; none elsewhere)."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap in ("AVX512", "AMX"):
+        return ("-mavx512f", "-mavx2", "-mfma")
+    return ("-mavx2", "-mfma") if cap == "AVX2" else ()
+
+
+def load_checked(source: Path, flags: tuple[str, ...], what: str, symbol: str, argtypes: list,
+                 self_check: Callable[[ctypes.CDLL], bool]) -> ctypes.CDLL | None:
+    """:func:`load_library`, ``symbol``'s signature (an int return and ``argtypes``), then ``self_check(lib)``: the
+    library, or None (a warning names ``what`` when the check fails, and its caller keeps its torch path)."""
+    lib = load_library(source, flags, what)
+    if lib is None:
+        return None
+    fn = getattr(lib, symbol)
+    fn.restype = ctypes.c_int
+    fn.argtypes = argtypes
+    if not self_check(lib):
+        logger.warning("CPU: %s disagrees with a float64 reference on this machine; its torch path is used", what)
+        return None
+    return lib
