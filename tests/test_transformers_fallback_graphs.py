@@ -33,6 +33,16 @@ PROMPT_LENS = [5, 11, 3]  # three requests decoding together, at different conte
 STEPS = 4
 
 
+@pytest.fixture(autouse=True)
+def _aten_attention(monkeypatch):
+    """The stand-in records aten ops: attention by the torch backend's SDPA path, not the native CPU decode kernel (a
+    ctypes call reading the step's host-side lists, which no graph records; the CPU engine captures no graphs, and on
+    a GPU the Triton backend runs)."""
+    from pagoda.attention import cpu_decode_native
+
+    monkeypatch.setattr(cpu_decode_native, "ENABLED", False)
+
+
 class _GraphSafeTorchBackend(TorchAttentionBackend):
     """The CPU backend's decode path with a K/V write that never looks at the slots on the host (as the Triton
     backend's on the GPU): padding rows (slot -1) write into the cache's last block, which no request owns."""
