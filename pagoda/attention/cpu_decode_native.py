@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -83,15 +84,22 @@ def eligible(query: torch.Tensor, k_cache: torch.Tensor, cap: float | None) -> b
             and _lib() is not None)
 
 
+class DecodeRows(NamedTuple):
+    """The step's rows this kernel takes (:func:`decode_rows`), made once per step."""
+
+    rows: torch.Tensor  # int64 [T']: their indices in the step's query
+    req: torch.Tensor  # int32 [T']: each row's request (a row of the block tables)
+    pos: torch.Tensor  # int32 [T']: each row's position
+    max_pos: int
+
+
 def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-              row_req: torch.Tensor, row_pos: torch.Tensor, max_pos: int, scale: float,
-              window: int | None) -> torch.Tensor:
-    """query [T, H, D] (a request's rows consecutive); caches [N, Hkv, bs, D] contiguous, of query's dtype;
-    ``block_tables`` int32 [B, *] (unit last stride); ``row_req`` / ``row_pos`` int32 [T]: each row's request (a row
-    of ``block_tables``) and position; ``max_pos`` their largest position -> [T, H, D]."""
+              sel: DecodeRows, scale: float, window: int | None) -> torch.Tensor:
+    """query [T', H, D]: the rows of ``sel`` (a request's rows consecutive); caches [N, Hkv, bs, D] contiguous, of
+    query's dtype; ``block_tables`` int32 [B, *] (unit last stride) -> [T', H, D]."""
     lib = _lib()
     assert lib is not None
-    return _launch(lib, query, k_cache, v_cache, block_tables, row_req, row_pos, max_pos, scale, window)
+    return _launch(lib, query, k_cache, v_cache, block_tables, sel.req, sel.pos, sel.max_pos, scale, window)
 
 
 def _launch(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -113,10 +121,9 @@ def _launch(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cach
     return out
 
 
-def decode_rows(meta: AttentionMetadata, max_rows: int) -> tuple[list[int], torch.Tensor, torch.Tensor, int]:
-    """The step's rows this kernel takes: every row of each request with at most ``max_rows`` query rows (decode
-    rows, speculative verifies, short chunks). Returns (row indices, their requests int32, positions int32, the
-    largest position); empty when there is none."""
+def decode_rows(meta: AttentionMetadata, max_rows: int) -> DecodeRows:
+    """Every row of each request with at most ``max_rows`` query rows (decode rows, speculative verifies, short
+    chunks), in step order."""
     rows: list[int] = []
     req: list[int] = []
     pos: list[int] = []
@@ -127,5 +134,5 @@ def decode_rows(meta: AttentionMetadata, max_rows: int) -> tuple[list[int], torc
             req.extend([i] * q_len)
             pos.extend(range(s_len - q_len, s_len))
         start += q_len
-    return (rows, torch.tensor(req, dtype=torch.int32), torch.tensor(pos, dtype=torch.int32),
-            max(pos) if pos else 0)
+    return DecodeRows(torch.tensor(rows, dtype=torch.long), torch.tensor(req, dtype=torch.int32),
+                      torch.tensor(pos, dtype=torch.int32), max(pos) if pos else 0)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagoda.attention import cpu_decode_native
 from pagoda.attention.backend import AttentionBackend, register_backend
 from pagoda.attention.kv_quant import is_fp8, quantize, raw
 from pagoda.attention.metadata import AttentionMetadata
@@ -136,8 +137,6 @@ class TorchAttentionBackend(AttentionBackend):
             from pagoda.attention import deterministic
 
             return deterministic.attention(query, k_cache, v_cache, meta, scale, win, cap)
-        from pagoda.attention import cpu_decode_native
-
         if cpu_decode_native.eligible(query, k_cache, cap):
             return self._forward_native(query, k_cache, v_cache, meta, scale, win)
         if meta.is_decode_only:
@@ -166,47 +165,34 @@ class TorchAttentionBackend(AttentionBackend):
                                                                        v_cache, blocks, s_len, scale, win,
                                                                        memo, i)
                 continue
-            k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
-            v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
-            q = query[starts[i] : starts[i] + q_len].transpose(0, 1).unsqueeze(0)
-            out[starts[i] : starts[i] + q_len] = _prefill(q, k, v, scale, win, cap)[0].transpose(0, 1)
+            out[starts[i] : starts[i] + q_len] = _prefill_request(query[starts[i] : starts[i] + q_len], k_cache,
+                                                                  v_cache, blocks, s_len, scale, win, cap)
         return out
 
     def _forward_native(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                         win: int | None) -> torch.Tensor:
         """The step's decode rows and requests of at most ``MAX_DECODE_LIKE_QUERY`` rows by the native kernel
         (:mod:`pagoda.attention.cpu_decode_native`: the paged cache read in place, each row as a decode step computes
-        it), longer requests by :func:`_prefill`."""
-        from pagoda.attention import cpu_decode_native
-
+        it), longer requests by :func:`_prefill_request`."""
         memo = self._step_memo("native", meta.block_tables)
-        held = memo.get(("rows",)) if memo is not None else None
-        if held is None:
-            r, rq, ps, mp = cpu_decode_native.decode_rows(meta, MAX_DECODE_LIKE_QUERY)
-            held = (r, torch.tensor(r, dtype=torch.long), rq, ps, mp)
+        sel = memo.get(("rows",)) if memo is not None else None
+        if not isinstance(sel, cpu_decode_native.DecodeRows):
+            sel = cpu_decode_native.decode_rows(meta, MAX_DECODE_LIKE_QUERY)
             if memo is not None:
-                memo[("rows",)] = held
-        rows: list[int] = held[0]  # type: ignore[index]
-        rows_t: torch.Tensor = held[1]  # type: ignore[index]
-        req: torch.Tensor = held[2]  # type: ignore[index]
-        pos: torch.Tensor = held[3]  # type: ignore[index]
-        max_pos: int = held[4]  # type: ignore[index]
-        if len(rows) == query.shape[0]:
-            return cpu_decode_native.attention(query, k_cache, v_cache, meta.block_tables, req, pos, max_pos, scale,
-                                               win)
+                memo[("rows",)] = sel
+        if len(sel.rows) == query.shape[0]:
+            return cpu_decode_native.attention(query, k_cache, v_cache, meta.block_tables, sel, scale, win)
         out = torch.empty_like(query)
-        if rows:
-            out[rows_t] = cpu_decode_native.attention(query[rows_t], k_cache, v_cache, meta.block_tables, req, pos,
-                                                      max_pos, scale, win)
+        if len(sel.rows):
+            out[sel.rows] = cpu_decode_native.attention(query[sel.rows], k_cache, v_cache, meta.block_tables, sel,
+                                                        scale, win)
         bs = k_cache.shape[2]
         start = 0
         for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
             if q_len > MAX_DECODE_LIKE_QUERY:
                 blocks = meta.block_tables[i : i + 1, : -(-s_len // bs)]
-                k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
-                v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
-                q = query[start : start + q_len].transpose(0, 1).unsqueeze(0)
-                out[start : start + q_len] = _prefill(q, k, v, scale, win, None)[0].transpose(0, 1)
+                out[start : start + q_len] = _prefill_request(query[start : start + q_len], k_cache, v_cache, blocks,
+                                                              s_len, scale, win, None)
             start += q_len
         return out
 
@@ -302,6 +288,15 @@ def _length_masks(lengths: torch.Tensor, length: int, window: int | None, dtype:
 MAX_DECODE_LIKE_QUERY = 16
 """Requests with 2..this many query rows in a step (a speculative verify, a short prefill chunk) are attended like
 decode rows (:meth:`TorchAttentionBackend._decode_like`), longer ones by :func:`_prefill`'s causal SDPA."""
+
+
+def _prefill_request(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor,
+                     s_len: int, scale: float, window: int | None, cap: float | None) -> torch.Tensor:
+    """One request's chunk ``query`` [Q, H, D] (its last Q of ``s_len`` positions) over its ``blocks`` [1, nb]: K/V
+    gathered, then :func:`_prefill`."""
+    k = gather_heads(k_cache, blocks, query.dtype)[:, :, :s_len]
+    v = gather_heads(v_cache, blocks, query.dtype)[:, :, :s_len]
+    return _prefill(query.transpose(0, 1).unsqueeze(0), k, v, scale, window, cap)[0].transpose(0, 1)
 
 
 def _prefill(q, k, v, scale: float, window: int | None, cap: float | None) -> torch.Tensor:

@@ -262,19 +262,19 @@ FP16_QUERY_SCALE = tl.constexpr(0.0625)
 
 
 @triton.jit
-def _query_tile(q, scale_log2, DOT_DTYPE: tl.constexpr, Q_SCALED: tl.constexpr, Q_SCALE: tl.constexpr):
+def _query_tile(q, scale_log2, DOT_DTYPE: tl.constexpr, Q_SCALED: tl.constexpr):
     """The query tile as the dots' operand, and the scores' multiplier.
 
     ``Q_SCALED`` (a bf16 query over an FP8 cache, dots in fp16; :func:`_dot_config`): the tile is multiplied by
-    ``Q_SCALE`` and the multiplier divided by it. For 2^-4: exact for |q| in [2^-10, 2^20) (a power of two scales
-    without rounding, and fp16 keeps more mantissa bits than bf16), fp16 subnormals below (at most 2^-21 off),
-    saturated at 65504 * 16 above, as the FP8 cache saturates K and V. The factor is a constant on purpose: one taken
-    from the tile's absmax cost 30 registers a thread, a program per SM and ~15 % of the kernel on an H200 (RESULTS.md,
-    session 22).
+    :data:`FP16_QUERY_SCALE` and the multiplier divided by it. For 2^-4: exact for |q| in [2^-10, 2^20) (a power
+    of two scales without rounding, and fp16 keeps more mantissa bits than bf16), fp16 subnormals below (at most
+    2^-21 off), saturated at 65504 * 16 above, as the FP8 cache saturates K and V. The factor is a constant on
+    purpose: one taken from the tile's absmax cost 30 registers a thread, a program per SM and ~15 % of the kernel on
+    an H200 (RESULTS.md, session 22).
     """
     if Q_SCALED:
-        q_dot = tl.clamp(q.to(tl.float32) * Q_SCALE, -65504.0, 65504.0).to(DOT_DTYPE)
-        mult = scale_log2 / Q_SCALE
+        q_dot = tl.clamp(q.to(tl.float32) * FP16_QUERY_SCALE, -65504.0, 65504.0).to(DOT_DTYPE)
+        mult = scale_log2 / FP16_QUERY_SCALE
     else:
         q_dot = q.to(DOT_DTYPE)
         mult = scale_log2
@@ -367,7 +367,7 @@ def _unified_attention_kernel(
         q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
         mask=row_ok[:, None] & d_mask[None, :],
         other=0.0,
-    ), scale_log2, DOT_DTYPE, Q_SCALED, FP16_QUERY_SCALE)
+    ), scale_log2, DOT_DTYPE, Q_SCALED)
     q_pos = ctx_len + q_idx
 
     # Keys visible to some row of this tile: [kv_lo, last query position + 1) (kv_lo > 0 with a window).
@@ -473,7 +473,7 @@ def _split_kv_decode_kernel(
         q_ptr + tok * stride_qt + head[:, None] * stride_qh + d[None, :],
         mask=row_ok[:, None] & d_mask[None, :],
         other=0.0,
-    ), scale_log2, DOT_DTYPE, Q_SCALED, FP16_QUERY_SCALE)
+    ), scale_log2, DOT_DTYPE, Q_SCALED)
     q_pos = tl.zeros([BLOCK_M], tl.int32) + (seq_len - 1)
 
     kv_lo, win_full = _window_start(seq_len - 1, seq_len - 1, window, BLOCK_N)
