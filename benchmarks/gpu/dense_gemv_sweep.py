@@ -1,8 +1,9 @@
 """One-call GPU sweep of the bf16 GEMV (pagoda/layers/dense_gemv.py) against cuBLAS (``F.linear``) per weight shape.
 
 Shapes: the linears of the Qwen3-30B-A3B shape (qkv, o, router), Llama-3-8B (qkv, o, gate_up, down, LM head),
-Qwen3-8B (qkv, gate_up, down) and the default model SmolLM2-135M (qkv, o, gate_up, down), at 1, 2, 4 and 8 token
-rows (8: a batch-1 verify of 4 proposals is 5 rows), bf16, CUDA-core and tensor-core rules.
+Qwen3-8B (qkv, gate_up, down) and the default model SmolLM2-135M (qkv, o, gate_up, down), at 1, 2, 4, 5 and 8
+token rows (5: a batch-1 verify of 4 proposals; ``--rows``, ``--shapes`` narrow it), bf16, CUDA-core and
+tensor-core rules.
 Timings: a CUDA graph of one call on each of enough distinct weight copies that L2 holds none of them (as in a
 decode step, where the other layers' weights pass through L2 in between), median of replays, per call; the floor
 is the weight bytes over the copy bandwidth (benchmarks/gpu/bandwidth.py). Every candidate is checked against
@@ -42,11 +43,13 @@ SHAPES: dict[str, tuple[int, int]] = {"tiny-a": (24, 64), "tiny-b": (40, 96)} if
     "qwen3-8b gate_up": (24576, 4096), "qwen3-8b down": (4096, 12288),
     "smollm2 qkv": (960, 576), "smollm2 o": (576, 576), "smollm2 gate_up": (3072, 576), "smollm2 down": (576, 1536),
 }
-ROWS = (1, 2) if SMOKE else (1, 2, 4, 8)
+ROWS = (1, 2) if SMOKE else (1, 2, 4, 5, 8)
 ONE_ROW = [GemvRule(8, 512), GemvRule(4, 512), GemvRule(8, 256), GemvRule(16, 256), GemvRule(2, 1024),
            GemvRule(4, 1024), GemvRule(8, 512, 8), GemvRule(16, 512, 8)]
-FMA_ROWS = [GemvRule(8, 256), GemvRule(4, 256), GemvRule(8, 128), GemvRule(16, 128), GemvRule(4, 512),
-            GemvRule(16, 256, 8)]
+FMA_ROWS = [GemvRule(4, 512, 2), GemvRule(8, 512, 2), GemvRule(8, 256, 1), GemvRule(4, 256, 1), GemvRule(2, 1024, 4),
+            GemvRule(4, 1024, 4), GemvRule(8, 1024, 4)]
+"""CUDA-core rules for 2..8 rows: ``block_k / 8 == 32 * num_warps`` (every thread on its own 16 bytes of K, its
+channels in registers: no cross-thread work in the K loop, checked in the compiled code, RESULTS.md session 23)."""
 DOT_ROWS = [GemvRule(16, 128, 4, True, 3), GemvRule(16, 256, 4, True, 3), GemvRule(16, 256, 2, True, 4),
             GemvRule(32, 128, 4, True, 3), GemvRule(32, 256, 4, True, 3), GemvRule(16, 512, 4, True, 2),
             GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6)]
@@ -55,9 +58,10 @@ if SMOKE:
 
 
 def candidates(m: int) -> list[GemvRule]:
-    """One row: the element-wise rules; 2 and 4 rows: CUDA-core and tensor-core rules; 8: tensor cores only (the
-    per-row sums lost to cuBLAS from 2 rows on)."""
-    return ONE_ROW if m == 1 else DOT_ROWS if m >= 8 else FMA_ROWS + DOT_ROWS
+    """One row: the element-wise rules; 2..8 rows: CUDA-core and tensor-core rules."""
+    return ONE_ROW if m == 1 else FMA_ROWS + DOT_ROWS
+
+
 L2_FLUSH_BYTES = 256 << 20
 BYTES = 2
 
@@ -120,12 +124,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="token rows to sweep (1, 2, 4, 8)")
+    ap.add_argument("--rows", type=int, nargs="+", default=list(ROWS),
+                    help="token rows to sweep (1, 2, 4, 5, 8: the table's row buckets, and 5 for a batch-1 verify)")
+    ap.add_argument("--shapes", nargs="+", default=None, help="only the shapes whose name contains one of these")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s")
     results = []
     for name, (n, k) in SHAPES.items():
+        if args.shapes and not any(part in name for part in args.shapes):
+            continue
         print(f"== {name}", flush=True)
         results += sweep_shape(n, k, bw, args.rows)
     print("CHOOSE (paste into GEMV_TABLE):")

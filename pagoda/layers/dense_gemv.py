@@ -9,13 +9,16 @@ once at close to the copy bandwidth.
 Kernel: program ``p`` owns output channels ``[p * BLOCK_N, (p + 1) * BLOCK_N)`` and walks K in ``BLOCK_K`` steps
 (16-byte vector loads along K when ``K % BLOCK_K == 0``). One row: the products accumulate element-wise in a
 float32 ``[BLOCK_N, BLOCK_K]`` tile reduced over K once at the end (no step waits on a cross-warp reduction).
-Several rows (``BLOCK_M`` ≤ :data:`GEMV_MAX_M`): each weight tile is loaded once and reduced against every row,
-on CUDA cores (a sum per row) or, for a rule with ``use_dot``, on tensor cores: the tile times the rows padded to
-16 (``tl.dot``, fp32 accumulators), with Triton's pipeliner keeping ``num_stages`` weight tiles in flight.
-The bias is added in float32, then the output is rounded once to x's dtype.
+Several rows (at most :data:`GEMV_MAX_M`): each weight tile is loaded once and used for every row, on CUDA cores
+(``_dense_gemv_rows_kernel``: the row count is a compile-time constant, so 5 rows cost 5 rows of FMAs; each thread
+sums its 16 contiguous bytes' products per row into one float32 partial, one accumulator per row, the next weight
+tile loading while this one is used; partials are reduced across threads once at the end) or, for a rule with
+``use_dot``, on tensor cores: the tile times the rows padded to 16 (``tl.dot``, fp32 accumulators), with Triton's
+pipeliner keeping ``num_stages`` weight tiles in flight. The bias is added in float32, then the output is rounded
+once to x's dtype.
 
-Invariants: deterministic (no atomics; a fixed summation order for a given rule and ``BLOCK_M``); each output row
-depends only on its own input row; padded rows re-read the last real row and are never stored. The launch is a
+Invariants: deterministic (no atomics; a fixed summation order for a given rule); each output row depends only on
+its own input row; padded rows (tensor cores) re-read the last real row and are never stored. The launch is a
 function of the shapes only (capturable in CUDA graphs). Numerics: float32 sums in another order than cuBLAS's,
 so outputs differ from ``F.linear`` by float32 rounding (the tests bound it).
 
@@ -55,8 +58,8 @@ class GemvRule:
 
 
 GEMV_MAX_M = 8
-"""The most token rows a call may have to take the GEMV (the table's row buckets are 1, 2, 4 and 8; 5 rows are a
-batch-1 verify of 4 speculative tokens)."""
+"""The most token rows a call may have to take the GEMV (the table's row buckets are 1, 2, 4 and 8; a table entry
+may also name an exact row count, such as 5: a batch-1 verify of 4 speculative tokens)."""
 
 ENABLED = True
 """False: :func:`gemv_rule` answers None, so every call runs ``F.linear`` (the A/B switch of the benchmarks; read at
@@ -100,8 +103,8 @@ GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
     (4, 576, 1536): GemvRule(16, 256, 2, True, 4),  # 5.1 -> 3.7 us
     (8, 576, 1536): GemvRule(16, 256, 2, True, 4),  # 5.0 -> 3.6 us
 }
-"""Measured winners over cuBLAS: ``(row bucket, N, K) -> rule`` (the sweep prints lines to paste here). A shape
-missing here runs ``F.linear``."""
+"""Measured winners over cuBLAS: ``(rows, N, K) -> rule``, rows an exact count or a row bucket (:func:`gemv_rule`
+tries the exact count first; the sweep prints lines to paste here). A shape missing here runs ``F.linear``."""
 
 
 def m_bucket(m: int) -> int:
@@ -113,7 +116,8 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
               ) -> GemvRule | None:
     """The GEMV's launch for ``F.linear(x, weight)``, or None for ``F.linear`` itself: CUDA, bf16/fp16 x and weight
     of one dtype, a row-major weight, at most :data:`GEMV_MAX_M` rows, and a ``(rows, N, K)`` in ``table``
-    (default :data:`GEMV_TABLE`)."""
+    (default :data:`GEMV_TABLE`): the exact row count's entry where there is one (5: a batch-1 verify of 4
+    proposals), else its row bucket's."""
     rows = x.numel() // max(1, x.shape[-1])  # first: an eager prefill step's linears leave here at once
     if not 1 <= rows <= GEMV_MAX_M:
         return None
@@ -122,7 +126,8 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
         return None
     if weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
         return None
-    return table.get((m_bucket(rows), weight.shape[0], weight.shape[1]))
+    n, k = weight.shape
+    return table.get((rows, n, k)) or table.get((m_bucket(rows), n, k))
 
 
 @triton.jit
@@ -167,7 +172,7 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
             xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
             tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(tile, axis=1)[:, None]
-    elif USE_DOT:  # BLOCK_M >= 16: [BLOCK_N, BLOCK_K] @ [BLOCK_K, BLOCK_M] on tensor cores, fp32 accumulators
+    else:  # USE_DOT, BLOCK_M >= 16: [BLOCK_N, BLOCK_K] @ [BLOCK_K, BLOCK_M] on tensor cores, fp32 accumulators
         x_rows = x_ptr + tl.minimum(offs_m, M - 1).to(tl.int64)[:, None] * stride_xm
         pdl_wait(USE_PDL)
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -184,26 +189,101 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
                 acc += tl.dot(w.to(tl.float32), tl.trans(xk.to(tl.float32)), input_precision="ieee")
             else:
                 acc = tl.dot(w, tl.trans(xk), acc)
-    else:
-        pdl_wait(USE_PDL)
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            if EVEN_K:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-            else:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            wf = w.to(tl.float32)
-            for m in tl.static_range(BLOCK_M):
-                x_row = x_ptr + tl.minimum(m, M - 1).to(tl.int64) * stride_xm
-                xk = _load_x(x_row, offs_k, k_ok, False).to(tl.float32)
-                part = tl.sum(wf * xk[None, :], axis=1)
-                acc += tl.where(offs_m[None, :] == m, part[:, None], 0.0)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
+def _load_w3(rows, k0, offs_k, n_ok, K, EVEN_K: tl.constexpr):
+    """A ``[BLOCK_K / VEC, BLOCK_N, VEC]`` weight tile at K offset ``k0`` (zeros past K or past the last channel)."""
+    if EVEN_K:
+        return tl.load(rows + (k0 + offs_k), mask=n_ok[None, :, None], other=0.0)
+    return tl.load(rows + (k0 + offs_k), mask=n_ok[None, :, None] & (k0 + offs_k < K), other=0.0)
+
+
+@triton.jit
+def _row_part(wf, x_ptr, m: tl.constexpr, stride_xm, k0, offs_k, K, EVEN_K: tl.constexpr):
+    """Row ``m``'s products with the float32 tile ``wf``, summed over each thread's ``VEC`` contiguous elements:
+    ``[BLOCK_K / VEC, BLOCK_N]`` (no cross-thread work; x is loaded as ``[BLOCK_K / VEC, 1, VEC]``, converted once
+    for all of the thread's channels)."""
+    ptrs = x_ptr + m * stride_xm + (k0 + offs_k)
+    if EVEN_K:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=k0 + offs_k < K, other=0.0)
+    return tl.sum(wf * x.to(tl.float32), axis=2)
+
+
+@triton.jit
+def _store_row(acc, b_ptr, y_ptr, m: tl.constexpr, stride_ym, offs_n, n_ok, HAS_BIAS: tl.constexpr):
+    res = tl.sum(acc, axis=0)
+    if HAS_BIAS:
+        res += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs_n, res.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _dense_gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                            HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, USE_PDL: tl.constexpr):
+    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for ``ROWS`` (2..8) rows on CUDA cores: each weight tile is
+    loaded once (the next one while this one is used) and multiplied with every row; each thread sums its ``VEC``
+    contiguous products per row and channel into one float32 partial (``ROWS`` accumulators of ``[BLOCK_K / VEC,
+    BLOCK_N]``), reduced across threads once at the end. Tiles are ``[BLOCK_K / VEC, BLOCK_N, VEC]`` (K pieces
+    first), so that Triton lays the threads along K and a thread's channels share its x values. Rows never meet:
+    a row's sum order is fixed by the rule alone."""
+    pdl_launch_dependents(USE_PDL)
+    pid = tl.program_id(0)
+    KV: tl.constexpr = BLOCK_K // VEC
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rows = w_ptr + offs_n.to(tl.int64)[None, :, None] * stride_wn
+    offs_k = tl.arange(0, KV)[:, None, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    a0 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a1 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a2 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a3 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a4 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a5 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a6 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    a7 = tl.zeros([KV, BLOCK_N], dtype=tl.float32)
+    w_next = _load_w3(rows, 0, offs_k, n_ok, K, EVEN_K)  # weights only: read before the wait
+    pdl_wait(USE_PDL)
+    for k0 in range(0, K, BLOCK_K):
+        wf = w_next.to(tl.float32)
+        # the next tile (the last one again at the end: an L1 hit, never past K)
+        k_next = tl.minimum(k0 + BLOCK_K, K - BLOCK_K) if EVEN_K else k0 + BLOCK_K
+        w_next = _load_w3(rows, k_next, offs_k, n_ok, K, EVEN_K)
+        a0 += _row_part(wf, x_ptr, 0, stride_xm, k0, offs_k, K, EVEN_K)
+        a1 += _row_part(wf, x_ptr, 1, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 2:
+            a2 += _row_part(wf, x_ptr, 2, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 3:
+            a3 += _row_part(wf, x_ptr, 3, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 4:
+            a4 += _row_part(wf, x_ptr, 4, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 5:
+            a5 += _row_part(wf, x_ptr, 5, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 6:
+            a6 += _row_part(wf, x_ptr, 6, stride_xm, k0, offs_k, K, EVEN_K)
+        if ROWS > 7:
+            a7 += _row_part(wf, x_ptr, 7, stride_xm, k0, offs_k, K, EVEN_K)
+    _store_row(a0, b_ptr, y_ptr, 0, stride_ym, offs_n, n_ok, HAS_BIAS)
+    _store_row(a1, b_ptr, y_ptr, 1, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 2:
+        _store_row(a2, b_ptr, y_ptr, 2, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 3:
+        _store_row(a3, b_ptr, y_ptr, 3, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 4:
+        _store_row(a4, b_ptr, y_ptr, 4, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 5:
+        _store_row(a5, b_ptr, y_ptr, 5, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 6:
+        _store_row(a6, b_ptr, y_ptr, 6, stride_ym, offs_n, n_ok, HAS_BIAS)
+    if ROWS > 7:
+        _store_row(a7, b_ptr, y_ptr, 7, stride_ym, offs_n, n_ok, HAS_BIAS)
 
 
 def _interpreting() -> bool:
@@ -224,12 +304,20 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if not 1 <= M <= GEMV_MAX_M:
         raise ValueError(f"dense_gemv takes 1..{GEMV_MAX_M} rows, got {M}")
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    _dense_gemv_kernel[(triton.cdiv(N, rule.block_n),)](
-        x2, weight, bias if bias is not None else weight, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
-        BLOCK_M=max(16, m_bucket(M)) if rule.use_dot else m_bucket(M), BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
-        USE_DOT=rule.use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
-        num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
+    grid = (triton.cdiv(N, rule.block_n),)
+    bias_arg = bias if bias is not None else weight
+    if M > 1 and not rule.use_dot:
+        _dense_gemv_rows_kernel[grid](
+            x2, weight, bias_arg, y, N, K, x2.stride(0), weight.stride(0), y.stride(0), HAS_BIAS=bias is not None,
+            EVEN_K=K % rule.block_k == 0, ROWS=M, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
+            VEC=min(rule.block_k, 16 // x2.element_size()), num_warps=rule.num_warps, **launch_kwargs(x.device))
+    else:
+        _dense_gemv_kernel[grid](
+            x2, weight, bias_arg, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
+            HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
+            BLOCK_M=max(16, m_bucket(M)) if rule.use_dot else 1, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
+            USE_DOT=rule.use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
+            num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)
 
 

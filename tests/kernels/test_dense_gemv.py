@@ -27,7 +27,7 @@ def _data(m, n, k, dtype, bias, seed=0):
     return x, w, b
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("k", [64, 80])  # whole BLOCK_K steps, and a masked tail
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dot", [False, True], ids=["fma", "dot"])
@@ -51,11 +51,13 @@ def test_bf16_rows_are_independent_and_rounded_once():
     torch.testing.assert_close(one[0].double(), ref[0], rtol=2 ** -7, atol=1e-3)
 
 
-def test_tensor_core_rows_are_bitwise_independent():
-    """On the tensor-core path every output row is the same whatever the other rows of the call are (the rows are
-    padded to 16 and the K order is fixed), so a verify's 5 rows give bitwise what 1..8-row calls give."""
+@pytest.mark.parametrize("dot", [False, True], ids=["fma", "dot"])
+def test_several_rows_are_bitwise_independent(dot):
+    """On both several-row paths every output row is the same whatever the other rows of the call are (tensor
+    cores: the rows are padded to 16; CUDA cores: one accumulator per row; the K order is fixed by the rule), so a
+    verify's 5 rows give bitwise what 2..8-row calls give."""
     x, w, b = _data(8, 40, 96, torch.bfloat16, True, seed=3)
-    rule = dg.GemvRule(block_n=16, block_k=32, use_dot=True, num_stages=2)
+    rule = dg.GemvRule(block_n=16, block_k=32, use_dot=dot, num_stages=2)
     eight = dg.dense_gemv(x, w, b, rule)
     ref = F.linear(x.double(), w.double(), b.double())
     torch.testing.assert_close(eight.double(), ref, rtol=2 ** -7, atol=1e-2)
@@ -77,7 +79,8 @@ def test_leading_dims_and_bad_row_counts():
 
 def test_rule_only_for_table_shapes_on_cuda(monkeypatch):
     """The GEMV runs only where the table has the shape: CUDA, bf16/fp16, a row-major weight, ≤ GEMV_MAX_M rows.
-    Everything else (the CPU, fp32, a shape not measured) stays on F.linear."""
+    An entry for the exact row count wins over the row bucket's. Everything else (the CPU, fp32, a shape not
+    measured) stays on F.linear."""
     table = {(1, 24, 64): dg.GemvRule(8, 32), (4, 24, 64): dg.GemvRule(8, 32)}
     w = torch.zeros(24, 64, dtype=torch.bfloat16, device=DEV)
     x1 = torch.zeros(1, 64, dtype=torch.bfloat16, device=DEV)
@@ -85,7 +88,11 @@ def test_rule_only_for_table_shapes_on_cuda(monkeypatch):
     assert (dg.gemv_rule(x1, w, table) is not None) == on_cuda
     assert dg.gemv_rule(torch.zeros(3, 64, dtype=torch.bfloat16, device=DEV), w, table) == (table[(4, 24, 64)]
                                                                                              if on_cuda else None)
-    assert dg.gemv_rule(torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV), w, table) is None  # bucket 8: absent
+    x5 = torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV)
+    assert dg.gemv_rule(x5, w, table) is None  # bucket 8: absent
+    exact = dg.GemvRule(4, 32)
+    assert dg.gemv_rule(x5, w, {**table, (5, 24, 64): exact}) == (exact if on_cuda else None)  # the exact count
+    assert dg.gemv_rule(x5, w, {(5, 24, 64): exact, (8, 24, 64): dg.GemvRule(8, 32)}) == (exact if on_cuda else None)
     assert dg.gemv_rule(torch.zeros(dg.GEMV_MAX_M + 1, 64, dtype=torch.bfloat16, device=DEV), w,
                         {**table, (16, 24, 64): dg.GemvRule(8, 32)}) is None
     assert dg.gemv_rule(x1.float(), w.float(), table) is None

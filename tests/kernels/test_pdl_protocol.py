@@ -46,6 +46,8 @@ def _kernels():
         "split_kv_reduce": (tk._split_kv_reduce_kernel, {"BLOCK_S": 32, **bd, "PER_TOKEN": False}, {}, False),
         "dense_gemv": (dense_gemv._dense_gemv_kernel, {"HAS_BIAS": False, "EVEN_K": True, "BLOCK_M": 1,
                                                        "BLOCK_N": 2, "BLOCK_K": 1024}, {}, True),
+        "dense_gemv_rows": (dense_gemv._dense_gemv_rows_kernel, {"HAS_BIAS": False, "EVEN_K": True, "ROWS": 5,
+                                                                 "BLOCK_N": 8, "BLOCK_K": 512, "VEC": 8}, {}, True),
         "argmax_partial": (argmax_triton._argmax_partial_kernel, {"BLOCK": 4096}, {}, False),
         "argmax_final": (argmax_triton._argmax_final_kernel, {"BLOCK_P": 32}, {}, False),
         "fp8_gemv": (triton_fp8_gemv._fp8_gemv_kernel, {"SCALE_MODE": 1, "SCALE_BN": 1, "SCALE_BK": 1,
@@ -88,7 +90,7 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
 
 
 NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv",
-         "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf"]
+         "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf"]
 
 
 @pytest.fixture(scope="module")
