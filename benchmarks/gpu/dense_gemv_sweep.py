@@ -52,7 +52,8 @@ FMA_ROWS = [GemvRule(4, 512, 2), GemvRule(8, 512, 2), GemvRule(8, 256, 1), GemvR
 channels in registers: no cross-thread work in the K loop, checked in the compiled code, RESULTS.md session 23)."""
 DOT_ROWS = [GemvRule(16, 128, 4, True, 3), GemvRule(16, 256, 4, True, 3), GemvRule(16, 256, 2, True, 4),
             GemvRule(32, 128, 4, True, 3), GemvRule(32, 256, 4, True, 3), GemvRule(16, 512, 4, True, 2),
-            GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6)]
+            GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6), GemvRule(16, 256, 4, True, 4),
+            GemvRule(32, 128, 4, True, 4), GemvRule(32, 256, 4, True, 4)]
 if SMOKE:
     ONE_ROW, FMA_ROWS, DOT_ROWS = [GemvRule(8, 32), GemvRule(4, 64)], [GemvRule(8, 32)], [GemvRule(16, 32, 4, True, 2)]
 

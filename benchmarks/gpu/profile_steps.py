@@ -9,7 +9,8 @@ Usage (GPU machine, repository root):
 ``--engine-args``: extra EngineArgs as JSON, e.g. '{"speculative_config": {"method": "synthetic",
 "num_speculative_tokens": 4}}'. ``--structured``: every request is constrained by a JSON schema.
 Prints per batch size: wall time per step, device-busy time per step (sum of kernel times), the
-kernels grouped by name (top 16), and the launches per step. ``--timeline``: also the device timeline of those
+kernels grouped by name (top 16), and the launches per step (``--by-grid``: also by launch grid, which tells the
+linear shapes of a GEMV apart). ``--timeline``: also the device timeline of those
 steps (kernel start/end times): the idle time between consecutive kernels split into short gaps (at most
 ``--gap-us``, default 20 µs: launch and dependency latency between back-to-back kernels) and long ones (the
 device waiting for the host), per step.
@@ -22,6 +23,7 @@ import json
 import time
 import types
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -194,6 +196,26 @@ def _timeline(prof, steps: int, gap_us: float) -> None:
           f"ms/step in {n_long // steps} gaps")
 
 
+def _by_grid(prof, steps: int) -> None:
+    """Kernels grouped by name and launch grid (from the trace's kernel records): which linear shape a GEMV launch
+    served, each launch's mean time. Under programmatic dependent launch a kernel's time includes its wait for the
+    previous one, so run with ``PAGODA_PDL=0`` for each kernel's own time."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        trace = json.loads(Path(f.name).read_text())
+    per: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for ev in trace.get("traceEvents", []):
+        if ev.get("cat") == "kernel":
+            key = (ev["name"][:60], str(ev.get("args", {}).get("grid")))
+            per[key][0] += ev.get("dur", 0.0)
+            per[key][1] += 1
+    print("  by grid (µs per launch, launches per step):")
+    for (name, grid), (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:24]:
+        print(f"    {t / n:8.2f} us  {int(n) // steps:4d}x  grid {grid:16s} {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -207,6 +229,7 @@ def main() -> None:
     ap.add_argument("--wrap", nargs="*", default=[], help="with --phases: more functions to time, e.g. "
                     "pagoda.worker.verify_graphs:VerifyGraphs.run or pagoda.worker.model_runner:prepare_inputs")
     ap.add_argument("--gap-us", type=float, default=20.0)
+    ap.add_argument("--by-grid", action="store_true", help="also kernels by launch grid (_by_grid; PAGODA_PDL=0)")
     a = ap.parse_args()
     extra = json.loads(a.engine_args)
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", **{"max_model_len": 4096, **extra}))
@@ -241,6 +264,8 @@ def main() -> None:
             print(f"  {t / a.steps / 1000:7.3f} ms  {int(n) // a.steps:4d}x  {name}")
         if a.timeline:
             _timeline(prof, a.steps, a.gap_us)
+        if a.by_grid:
+            _by_grid(prof, a.steps)
         eng.abort_request(ids)
         while eng.has_unfinished_requests():
             eng.step()

@@ -18,7 +18,7 @@ pipeliner keeping ``num_stages`` weight tiles in flight. The bias is added in fl
 once to x's dtype.
 
 Invariants: deterministic (no atomics; a fixed summation order for a given rule); each output row depends only on
-its own input row; padded rows (tensor cores) re-read the last real row and are never stored. The launch is a
+its own input row; padded rows (tensor cores) are masked zeros, never read or stored. The launch is a
 function of the shapes only (capturable in CUDA graphs). Numerics: float32 sums in another order than cuBLAS's,
 so outputs differ from ``F.linear`` by float32 rounding (the tests bound it).
 
@@ -173,7 +173,8 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
             tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(tile, axis=1)[:, None]
     else:  # USE_DOT, BLOCK_M >= 16: [BLOCK_N, BLOCK_K] @ [BLOCK_K, BLOCK_M] on tensor cores, fp32 accumulators
-        x_rows = x_ptr + tl.minimum(offs_m, M - 1).to(tl.int64)[:, None] * stride_xm
+        x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+        m_ok = (offs_m < M)[:, None]  # padded rows are masked: zeros, never read from memory
         pdl_wait(USE_PDL)
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -181,10 +182,10 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
             k_ok = offs_k < K
             if EVEN_K:
                 w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-                xk = tl.load(x_rows + offs_k[None, :])
+                xk = tl.load(x_rows + offs_k[None, :], mask=m_ok, other=0.0)
             else:
                 w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                xk = tl.load(x_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)
+                xk = tl.load(x_rows + offs_k[None, :], mask=m_ok & k_ok[None, :], other=0.0)
             if DOT_F32:  # fp32 inputs (never tf32); the interpreter, whose bf16 dot is wrong (products fit fp32)
                 acc += tl.dot(w.to(tl.float32), tl.trans(xk.to(tl.float32)), input_precision="ieee")
             else:
