@@ -107,6 +107,7 @@ from triton.runtime.jit import JITFunction
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
 from pagoda.attention.kv_quant import is_fp8
+from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
 MIN_TOKENS_PER_SPLIT = 64
@@ -455,7 +456,18 @@ def _split_kv_decode_kernel(
     SOFTCAP: tl.constexpr,
     USE_PDL: tl.constexpr,
     Q_SCALED: tl.constexpr,  # see _query_tile
+    out_ptr,  # FUSED: the output [T, H, D], written by the last split of each (request, KV head)
+    cnt_ptr,  # FUSED: arrival counters, one per (request, KV head), zero between launches
+    stride_ot,
+    stride_oh,
+    v_scale,
+    FUSED: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # FUSED: >= num_splits
 ):
+    """Split ``split`` of request ``seq``'s keys for the ``G`` query heads of ``kv_head``: its partial (acc, m, l)
+    into the workspace. ``FUSED``: the split that arrives last for its (request, KV head) then combines all the
+    partials of those heads (:func:`_combine_splits`, what the reduce kernel does) and re-arms the counter, so
+    the step has one launch fewer per layer."""
     pdl_launch_dependents(USE_PDL)
     pdl_wait(USE_PDL)
     seq = tl.program_id(0)
@@ -506,6 +518,46 @@ def _split_kv_decode_kernel(
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
     tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
     tl.store(ws_ptr + ml_offset + 2 * part + 1, l_i, mask=row_ok)
+    if FUSED:
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        counter = cnt_ptr + seq * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split: combine, in split order
+            for g in tl.static_range(G):
+                _combine_splits(out_ptr, ws_ptr, ml_offset, seq.to(tl.int64), tok, kv_head * G + g, num_heads,
+                                head_dim, stride_ot, stride_oh, v_scale, num_splits, BLOCK_S, BLOCK_D, True)
+            tl.store(counter, 0)  # re-armed for the next launch
+
+
+@triton.jit
+def _combine_splits(out_ptr, ws_ptr, ml_offset, idx, tok, head, num_heads, head_dim, stride_ot, stride_oh, v_scale,
+                    num_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CG: tl.constexpr):
+    """Head ``head`` of partial row ``idx`` (output token ``tok``): its ``num_splits`` partials (acc, m, l) weighed
+    by ``exp2(m - max m)`` and summed in split order (empty splits weigh 0), divided by the weighed ``l`` sum, times
+    ``v_scale``. ``CG``: read the partials from L2 (``.cg``): other programs of this launch wrote them."""
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok = s < num_splits
+    base = (idx * num_heads + head) * num_splits
+    if CG:
+        m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+        l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0, cache_modifier=".cg")
+        acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0,
+                      cache_modifier=".cg")
+    else:
+        m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
+        l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
+        acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
+    m_max = tl.max(m, 0)
+    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
+    denom = tl.sum(w * l_sum, 0)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    out = tl.sum(w[:, None] * acc, 0) / denom * v_scale
+    tl.store(
+        out_ptr + tok * stride_ot + head * stride_oh + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < head_dim,
+    )
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -534,24 +586,8 @@ def _split_kv_reduce_kernel(
     else:
         idx = tl.program_id(0).to(tl.int64)
         tok = tl.load(query_start_loc_ptr + idx).to(tl.int64)
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    s_ok = s < num_splits
-    base = (idx * num_heads + head) * num_splits
-    m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
-    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
-    acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
-    m_max = tl.max(m, 0)
-    m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
-    denom = tl.sum(w * l_sum, 0)
-    denom = tl.where(denom == 0.0, 1.0, denom)
-    out = tl.sum(w[:, None] * acc, 0) / denom * v_scale
-    tl.store(
-        out_ptr + tok * stride_ot + head * stride_oh + d,
-        out.to(out_ptr.dtype.element_ty),
-        mask=d < head_dim,
-    )
+    _combine_splits(out_ptr, ws_ptr, ml_offset, idx, tok, head, num_heads, head_dim, stride_ot, stride_oh, v_scale,
+                    num_splits, BLOCK_S, BLOCK_D, False)
 
 
 # --------------------------------------------------------------------------- host side
@@ -832,6 +868,9 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, sm_cou
 # masked); at 241-455 keys per split 32-key tiles lost up to 17 %.
 SMALL_DECODE_SPLIT_KEYS = 128
 SHORT_SPLIT_TILES = True  # False: 64-key tiles whatever the split (the A/B switch of decode_ab.py and moe_bench.py)
+FUSED_SPLIT_COMBINE = True
+"""True: :func:`split_kv_decode`'s last split of each (request, KV head) combines the partials itself (one launch
+per layer fewer); False: a second kernel does (the A/B switch of ``decode_ab.py``). Read at launch."""
 
 
 def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
@@ -910,6 +949,8 @@ def split_kv_decode(
     num_partials = num_seqs * num_heads * num_splits
     ml_offset = num_partials * block_d
     workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
+    fused = FUSED_SPLIT_COMBINE
+    counters = arrival_counters(query.device, num_seqs * num_kv_heads) if fused else workspace
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, workspace, ml_offset,
         query_start_loc, seq_lens, block_tables,
@@ -920,12 +961,15 @@ def split_kv_decode(
         block_tables.stride(0),
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
+        out_ptr=out, cnt_ptr=counters, stride_ot=out.stride(0), stride_oh=out.stride(1),
+        v_scale=_v_scale(v_cache, v_scale), FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),
         num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
-    _split_kv_reduce_kernel[(num_seqs, num_heads)](
-        out, workspace, ml_offset, query_start_loc,
-        num_heads, head_dim, out.stride(0), out.stride(1), _v_scale(v_cache, v_scale),
-        num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
-        num_warps=1 if num_splits * block_d <= 2048 else 4, **launch_kwargs(query.device),
-    )
+    if not fused:
+        _split_kv_reduce_kernel[(num_seqs, num_heads)](
+            out, workspace, ml_offset, query_start_loc,
+            num_heads, head_dim, out.stride(0), out.stride(1), _v_scale(v_cache, v_scale),
+            num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
+            num_warps=1 if num_splits * block_d <= 2048 else 4, **launch_kwargs(query.device),
+        )
     return out

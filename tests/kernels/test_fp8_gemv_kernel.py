@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
+from pagoda.layers.arrival_counters import arrival_counters  # noqa: E402
 from pagoda.quantization.kernels import triton_fp8_gemv as gemv  # noqa: E402
 from pagoda.quantization.kernels.triton_fp8_gemv import GemvConfig, fp8_gemv  # noqa: E402
 from pagoda.quantization.w8a8 import FP8_DTYPE, quantize_weight_fp8_per_channel  # noqa: E402
@@ -108,7 +109,7 @@ def test_gemv_deterministic_and_row_independent() -> None:
         assert torch.equal(y, fp8_gemv(x, q, s, config=cfg))
         perm = torch.tensor([3, 0, 4, 1, 2], device=DEV)
         assert torch.equal(fp8_gemv(x[perm], q, s, config=cfg), y[perm])
-        assert int(gemv._locks[x.device].abs().sum()) == 0
+        assert int(arrival_counters(x.device).abs().sum()) == 0
 
 
 @pytest.mark.parametrize("cfg", ["fma", "dot-split2"])

@@ -21,7 +21,7 @@ import pytest
 triton = pytest.importorskip("triton")
 
 INT_POINTERS = {"pos_ptr", "slot_ptr", "query_start_loc_ptr", "seq_lens_ptr", "block_tables_ptr", "idx_ptr",
-                "nan_ptr", "lock_ptr"}
+                "nan_ptr", "lock_ptr", "cnt_ptr"}
 FLOAT_POINTERS = {"ws_ptr", "val_ptr", "s_ptr"}
 FLOATS = {"eps", "q_eps", "k_eps", "k_scale", "v_scale", "scale_log2"}
 
@@ -41,7 +41,8 @@ def _kernels():
                          False),
         "split_kv_decode": (tk._split_kv_decode_kernel, {"G": 4, "BLOCK_M": 16, "BLOCK_N": 32, **bd, "BLOCK_SIZE": 16,
                                                          "DOT_DTYPE": triton.language.bfloat16,
-                                                         "DOT_PRECISION": "tf32", "SOFTCAP": 0.0, "Q_SCALED": False},
+                                                         "DOT_PRECISION": "tf32", "SOFTCAP": 0.0, "Q_SCALED": False,
+                                                         "FUSED": True, "BLOCK_S": 8},
                             {}, False),
         "split_kv_reduce": (tk._split_kv_reduce_kernel, {"BLOCK_S": 32, **bd, "PER_TOKEN": False}, {}, False),
         "dense_gemv": (dense_gemv._dense_gemv_kernel, {"HAS_BIAS": False, "EVEN_K": True, "BLOCK_M": 1,

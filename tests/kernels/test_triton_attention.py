@@ -205,13 +205,23 @@ def test_zero_length_request_in_batch():
         (4, 1, 64, 16),  # degenerate single split
     ],
 )
-def test_split_kv_decode(group, num_splits, block_n, block_size):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-combine", "reduce-kernel"])
+def test_split_kv_decode(group, num_splits, block_n, block_size, fused, monkeypatch):
+    """Both ways of combining the splits (the last split of each request and KV head, or a second kernel) against
+    the reference; the fused way leaves its arrival counters at zero."""
+    monkeypatch.setattr(tk, "FUSED_SPLIT_COMBINE", fused)
     reqs = [(1, 300), (1, 257), (1, 64), (1, 1), (1, 129)]
     query, k_cache, v_cache, meta = make_batch(reqs, block_size, 2, 64, group, torch.float32, seed=4)
     scale = 64**-0.5
     out = run_split(query, k_cache, v_cache, meta, scale, num_splits, block_n=block_n)
     ref = ref_paged_attention(query, k_cache, v_cache, meta, scale)
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    if fused:
+        from pagoda.layers.arrival_counters import arrival_counters
+
+        assert int(arrival_counters(query.device).abs().sum()) == 0
+        again = run_split(query, k_cache, v_cache, meta, scale, num_splits, block_n=block_n)
+        assert torch.equal(again, out)  # the combine sums in split order, whichever split arrives last
 
 
 def test_split_kv_decode_bf16_head_dim_48():

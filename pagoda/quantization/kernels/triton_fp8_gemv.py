@@ -47,11 +47,10 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
 _SCALE_TENSOR, _SCALE_CHANNEL, _SCALE_BLOCK = 0, 1, 2
-_LOCK_SLOTS = 1 << 16
-_locks: dict[torch.device, torch.Tensor] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,16 +295,6 @@ def _interpreting() -> bool:
     return not isinstance(_fp8_gemv_kernel, JITFunction)
 
 
-def _lock_buffer(device: torch.device, tiles: int) -> torch.Tensor:
-    """The zeroed arrival counters of ``device`` (one per N tile; every launch leaves them zero again).
-    Allocated once and kept for the process: captured CUDA graphs hold its address."""
-    if tiles > _LOCK_SLOTS:
-        raise ValueError(f"fp8_gemv: {tiles} output tiles exceed the {_LOCK_SLOTS} split-K counters")
-    if device not in _locks:
-        _locks[device] = torch.zeros(_LOCK_SLOTS, dtype=torch.int32, device=device)
-    return _locks[device]
-
-
 def _split(cfg: GemvConfig, tiles: int, k: int, device: torch.device, scale_bk: int) -> tuple[int, int]:
     """(split count, K per split): ``cfg.split_k`` or, for 0, enough splits for one program per SM,
     each split a multiple of ``block_k`` (and of the scale block along K)."""
@@ -364,7 +353,7 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     tiles = triton.cdiv(n, cfg.block_n)
     split, k_split = _split(cfg, tiles, k, x2.device, sbk if mode == _SCALE_BLOCK else 1)
     ws = torch.empty((split, m, n), device=x2.device, dtype=torch.float32) if split > 1 else y
-    locks = _lock_buffer(x2.device, tiles) if split > 1 else y
+    locks = arrival_counters(x2.device, tiles) if split > 1 else y
     if weight.stride(1) != 1:
         weight = weight.contiguous()
     w = weight.view(torch.uint8) if decode == "bits" else weight

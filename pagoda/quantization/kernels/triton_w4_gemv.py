@@ -27,9 +27,10 @@ rounded (the reference rounds ``q*s + o`` to bf16/fp16 once), products ``x*q`` a
 sum is fp32; the order of the sums differs. So outputs match the dequantize reference to fp32 accumulation
 error plus the reference's own weight rounding (relative 2**-9 per weight in bf16).
 
-Counters: one int32 per output tile, in a per-device buffer kept at zero between launches (each launch's last
-program re-arms its tiles). Launches on one device must not overlap in time (pagoda runs the model on one
-stream); a launch that dies half-way would leave counters armed (then the process is lost anyway).
+Counters: one int32 per output tile, in the per-device buffer of :mod:`pagoda.layers.arrival_counters` (kept at
+zero between launches: each launch's last program re-arms its tiles). Launches on one device must not overlap in
+time (pagoda runs the model on one stream); a launch that dies half-way would leave counters armed (then the
+process is lost anyway).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from pagoda.layers.arrival_counters import arrival_counters
 
 
 @triton.jit
@@ -162,23 +165,12 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
 
 
 MAGIC = 0x4B000000  # fp32 bits of 2**23
-COUNTERS = 1 << 16
-"""Counters allocated per device up front (Llama-size decode launches use a few thousand)."""
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
 def counters(device: torch.device, n: int = 0) -> torch.Tensor:
-    """The zeroed per-tile counters of ``device`` (at least ``n``, :data:`COUNTERS` by default), grown when a
-    launch needs more. Never allocated inside a CUDA graph capture (the zero-fill would not run until that
-    graph replays): :class:`~pagoda.quantization.int_weight.IntWeight` allocates them when it is packed."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"w4 gemv: {n} split-K counters needed on {device} while capturing a CUDA graph; "
-                               f"they must be allocated before capture (triton_w4_gemv.counters)")
-        buf = torch.zeros(max(COUNTERS, triton.next_power_of_2(n)), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
+    """The shared zeroed arrival counters of ``device`` (:func:`pagoda.layers.arrival_counters.arrival_counters`):
+    :class:`~pagoda.quantization.int_weight.IntWeight` asks for them when it is packed, before any capture."""
+    return arrival_counters(device, n)
 
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
