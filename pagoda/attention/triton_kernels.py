@@ -868,9 +868,12 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, sm_cou
 # masked); at 241-455 keys per split 32-key tiles lost up to 17 %.
 SMALL_DECODE_SPLIT_KEYS = 128
 SHORT_SPLIT_TILES = True  # False: 64-key tiles whatever the split (the A/B switch of decode_ab.py and moe_bench.py)
-FUSED_SPLIT_COMBINE = True
+FUSED_SPLIT_COMBINE = False
 """True: :func:`split_kv_decode`'s last split of each (request, KV head) combines the partials itself (one launch
-per layer fewer); False: a second kernel does (the A/B switch of ``decode_ab.py``). Read at launch."""
+per layer fewer); False: a second kernel does. Off until it has run on a GPU: written in session 23 and tested in
+the CPU interpreter (which runs programs one after another, so it cannot show an ordering fault), but no GPU was
+lent after it was written (RESULTS.md, session 23). To measure: ``decode_ab.py MODEL --switch fused-split-combine``
+and ``tests/kernels/test_triton_attention.py`` on the GPU. Read at launch."""
 
 
 def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
