@@ -105,7 +105,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                          int is_bf16, int64_t kvh, int64_t G, int64_t hkv, int64_t bs, const int32_t *table,
                          const int32_t *row_pos, int64_t t0, int64_t n, int64_t window, int64_t D, float scale,
                          float *scores, float *qf, float *acc, float *kv_buf, float *den, int64_t *lo, int64_t *hi,
-                         void *out) {
+                         float *v_rows, const float **v_ptr, void *out) {
     int64_t R = n * G, first = INT64_MAX, last = -1;
     for (int64_t i = 0; i < n; i++) {
         int64_t pos = row_pos[t0 + i];
@@ -162,13 +162,51 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
         for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
     }
     next = -1;
-    for (int64_t j = first; j <= last; j++) {
-        const float *v = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
-        for (int64_t r = 0; r < R; r++) {
-            if (j < lo[r] || j > hi[r]) continue;
-            float p = scores[r * span + (j - first)];
-            float *ar = acc + r * D;
-            for (int64_t d = 0; d < D; d++) ar[d] += p * v[d];
+#if defined(__AVX512F__)
+    if (D == 4 * CHUNK) {
+        /* The same sums (acc += p_j v_j, an FMA per element, positions in order) with four pairs' accumulators held
+         * in registers across the positions instead of loaded and stored for every one; each V row converted once
+         * for all the pairs (into v_rows). */
+        for (int64_t j = first; j <= last; j++)
+            v_ptr[j - first] = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next,
+                                         v_rows + (j - first) * D);
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            int64_t nr = R - r0 < 4 ? R - r0 : 4, jlo = lo[r0], jhi = hi[r0];
+            for (int64_t i = 1; i < nr; i++) {
+                if (lo[r0 + i] < jlo) jlo = lo[r0 + i];
+                if (hi[r0 + i] > jhi) jhi = hi[r0 + i];
+            }
+            __m512 c[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int e = 0; e < 4; e++) c[i][e] = _mm512_setzero_ps();
+            for (int64_t j = jlo; j <= jhi; j++) {
+                const float *v = v_ptr[j - first];
+                __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + CHUNK), v2 = _mm512_loadu_ps(v + 2 * CHUNK),
+                       v3 = _mm512_loadu_ps(v + 3 * CHUNK);
+                for (int i = 0; i < 4; i++) {
+                    int64_t r = r0 + i;
+                    if (i >= nr || j < lo[r] || j > hi[r]) continue;
+                    __m512 p = _mm512_set1_ps(scores[r * span + (j - first)]);
+                    c[i][0] = _mm512_fmadd_ps(p, v0, c[i][0]);
+                    c[i][1] = _mm512_fmadd_ps(p, v1, c[i][1]);
+                    c[i][2] = _mm512_fmadd_ps(p, v2, c[i][2]);
+                    c[i][3] = _mm512_fmadd_ps(p, v3, c[i][3]);
+                }
+            }
+            for (int64_t i = 0; i < nr; i++)
+                for (int e = 0; e < 4; e++) _mm512_storeu_ps(acc + (r0 + i) * D + e * CHUNK, c[i][e]);
+        }
+    } else
+#endif
+    {
+        for (int64_t j = first; j <= last; j++) {
+            const float *v = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
+            for (int64_t r = 0; r < R; r++) {
+                if (j < lo[r] || j > hi[r]) continue;
+                float p = scores[r * span + (j - first)];
+                float *ar = acc + r * D;
+                for (int64_t d = 0; d < D; d++) ar[d] += p * v[d];
+            }
         }
     }
     for (int64_t i = 0; i < n; i++)
@@ -207,22 +245,27 @@ int pagoda_decode_attention(const void *q, int64_t q_st, int64_t q_sh, const voi
         float *scores = malloc(sizeof(float) * (size_t)(rmax * (max_pos + 1)));
         float *buf = malloc(sizeof(float) * (size_t)(2 * rmax * D + D + rmax));
         int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(2 * rmax));
-        if (scores == NULL || buf == NULL || bounds == NULL) {
+        float *v_rows = malloc(sizeof(float) * (size_t)((max_pos + 1) * D));
+        const float **v_ptr = malloc(sizeof(float *) * (size_t)(max_pos + 1));
+        int ok = scores != NULL && buf != NULL && bounds != NULL && v_rows != NULL && v_ptr != NULL;
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < runs * hkv; item++) {
-            if (scores == NULL || buf == NULL || bounds == NULL) continue;
+            if (!ok) continue;
             int64_t run = item / hkv, kvh = item % hkv, t0 = run_start[run];
             float *qf = buf, *acc = buf + rmax * D, *kv_buf = buf + 2 * rmax * D, *den = kv_buf + D;
             attend_group(q, q_st, q_sh, k_cache, v_cache, is_bf16, kvh, G, hkv, bs,
                          block_tables + (int64_t)row_req[t0] * bt_stride, row_pos, t0, run_start[run + 1] - t0,
-                         window, D, scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, out);
+                         window, D, scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, v_rows, v_ptr, out);
         }
         free(scores);
         free(buf);
         free(bounds);
+        free(v_rows);
+        free(v_ptr);
     }
     free(run_start);
     return failed ? -1 : 0;
