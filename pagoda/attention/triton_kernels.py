@@ -524,29 +524,25 @@ def _split_kv_decode_kernel(
         if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:  # the last split: combine, in split order
             for g in tl.static_range(G):
                 _combine_splits(out_ptr, ws_ptr, ml_offset, seq.to(tl.int64), tok, kv_head * G + g, num_heads,
-                                head_dim, stride_ot, stride_oh, v_scale, num_splits, BLOCK_S, BLOCK_D, True)
+                                head_dim, stride_ot, stride_oh, v_scale, num_splits, BLOCK_S, BLOCK_D, ".cg")
             tl.store(counter, 0)  # re-armed for the next launch
 
 
 @triton.jit
 def _combine_splits(out_ptr, ws_ptr, ml_offset, idx, tok, head, num_heads, head_dim, stride_ot, stride_oh, v_scale,
-                    num_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CG: tl.constexpr):
+                    num_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, CACHE: tl.constexpr):
     """Head ``head`` of partial row ``idx`` (output token ``tok``): its ``num_splits`` partials (acc, m, l) weighed
     by ``exp2(m - max m)`` and summed in split order (empty splits weigh 0), divided by the weighed ``l`` sum, times
-    ``v_scale``. ``CG``: read the partials from L2 (``.cg``): other programs of this launch wrote them."""
+    ``v_scale``. ``CACHE``: the partials' load cache modifier (``".cg"``, from L2, where other programs of the same
+    launch wrote them; ``""`` otherwise)."""
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     s_ok = s < num_splits
     base = (idx * num_heads + head) * num_splits
-    if CG:
-        m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-        l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0, cache_modifier=".cg")
-        acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0,
-                      cache_modifier=".cg")
-    else:
-        m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"))
-        l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0)
-        acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
+    m = tl.load(ws_ptr + ml_offset + 2 * (base + s), mask=s_ok, other=float("-inf"), cache_modifier=CACHE)
+    l_sum = tl.load(ws_ptr + ml_offset + 2 * (base + s) + 1, mask=s_ok, other=0.0, cache_modifier=CACHE)
+    acc = tl.load(ws_ptr + (base + s)[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0,
+                  cache_modifier=CACHE)
     m_max = tl.max(m, 0)
     m_ref = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_ref)  # empty splits (m = -inf) weigh 0
@@ -587,7 +583,7 @@ def _split_kv_reduce_kernel(
         idx = tl.program_id(0).to(tl.int64)
         tok = tl.load(query_start_loc_ptr + idx).to(tl.int64)
     _combine_splits(out_ptr, ws_ptr, ml_offset, idx, tok, head, num_heads, head_dim, stride_ot, stride_oh, v_scale,
-                    num_splits, BLOCK_S, BLOCK_D, False)
+                    num_splits, BLOCK_S, BLOCK_D, "")
 
 
 # --------------------------------------------------------------------------- host side
@@ -953,6 +949,7 @@ def split_kv_decode(
     ml_offset = num_partials * block_d
     workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
     fused = FUSED_SPLIT_COMBINE
+    vs = _v_scale(v_cache, v_scale)
     counters = arrival_counters(query.device, num_seqs * num_kv_heads) if fused else workspace
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, k_cache, v_cache, workspace, ml_offset,
@@ -965,13 +962,13 @@ def split_kv_decode(
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
         out_ptr=out, cnt_ptr=counters, stride_ot=out.stride(0), stride_oh=out.stride(1),
-        v_scale=_v_scale(v_cache, v_scale), FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),
+        v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),
         num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
     if not fused:
         _split_kv_reduce_kernel[(num_seqs, num_heads)](
             out, workspace, ml_offset, query_start_loc,
-            num_heads, head_dim, out.stride(0), out.stride(1), _v_scale(v_cache, v_scale),
+            num_heads, head_dim, out.stride(0), out.stride(1), vs,
             num_splits=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, PER_TOKEN=False,
             num_warps=1 if num_splits * block_d <= 2048 else 4, **launch_kwargs(query.device),
         )

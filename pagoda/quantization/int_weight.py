@@ -139,10 +139,11 @@ class IntWeight(nn.Module):
         self.symmetric = False
         self.layout = _choose_layout(self, codes.device, scales, offsets)
         if self.layout == "triton":
-            from pagoda.quantization.kernels import triton_w4_gemv, triton_wna16
+            from pagoda.layers.arrival_counters import arrival_counters
+            from pagoda.quantization.kernels import triton_wna16
             self._set(codes=triton_wna16.pack(codes, self.bits), scales=scales.t().contiguous().t(),
                       offsets=offsets.t().contiguous().t())
-            triton_w4_gemv.counters(codes.device)  # before any CUDA graph capture
+            arrival_counters(codes.device)  # the split-K GEMV's, before any CUDA graph capture
             self.symmetric = bool(torch.equal(offsets, scales * -(2 ** (self.bits - 1))))
         elif self.layout == "cpu_int4":
             parts = cpu_woq.pack_int4(codes, scales, offsets, self.bits, self.dtype)

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 from test_int_weight_cpu import random_weight, reference  # noqa: E402
 
+from pagoda.layers.arrival_counters import arrival_counters  # noqa: E402
 from pagoda.quantization.kernels import triton_w4_gemv as gv  # noqa: E402
 from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
         first = run(x, codes, scales, offsets, 128, torch.float32, None, 2, 16, split)
         check(first, ref, torch.float32)
         assert torch.equal(first, run(x, codes, scales, offsets, 128, torch.float32, None, 2, 16, split))
-        assert int(gv.counters(DEV, 1).abs().sum()) == 0
+        assert int(arrival_counters(DEV, 1).abs().sum()) == 0
 
 
 def test_dispatch_uses_the_small_m_table():

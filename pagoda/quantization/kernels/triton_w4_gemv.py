@@ -167,12 +167,6 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
 MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 
-def counters(device: torch.device, n: int = 0) -> torch.Tensor:
-    """The shared zeroed arrival counters of ``device`` (:func:`pagoda.layers.arrival_counters.arrival_counters`):
-    :class:`~pagoda.quantization.int_weight.IntWeight` asks for them when it is packed, before any capture."""
-    return arrival_counters(device, n)
-
-
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
             num_stages: int = 1, prefetch: int = 1, symmetric: bool = False) -> torch.Tensor:
@@ -190,7 +184,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
-        cnt = counters(x.device, grid[0] * grid[2])
+        cnt = arrival_counters(x.device, grid[0] * grid[2])
     else:
         ws, cnt = out, out
     _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
