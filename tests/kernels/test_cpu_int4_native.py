@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
-from pagoda.quantization.kernels import cpu_int4_native, cpu_woq
+from pagoda.quantization.kernels import cpu_int4_dot, cpu_int4_native, cpu_woq
 
 pytestmark = pytest.mark.skipif(not cpu_int4_native.available(),
                                 reason="no native int4 kernel here (not x86-64 AVX-512, or no C compiler)")
@@ -43,6 +43,7 @@ def test_native_declines_what_it_does_not_cover():
 
 @pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
 def test_int_weight_rows_do_not_depend_on_the_batch(monkeypatch, bits, sym):
+    monkeypatch.setattr(cpu_int4_dot, "ENABLED", False)  # this kernel's arithmetic (test_cpu_int4_dot.py: the other)
     gen = torch.Generator().manual_seed(bits)
     out_f, in_f, group = 192, 128, 32
     codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)

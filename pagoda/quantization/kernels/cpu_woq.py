@@ -46,7 +46,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from pagoda.quantization.kernels import cpu_int4_native
+from pagoda.quantization.kernels import cpu_int4_dot, cpu_int4_native
 
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -176,10 +176,13 @@ def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: in
 
 def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int,
                 per_row: bool = False) -> torch.Tensor:
-    """``per_row``: int4pack for every M (each row computed alone: batch-invariant), never the dense path."""
+    """``x @ W.T`` for int4pack planes: up to the dequantize-once dense path, by :mod:`cpu_int4_dot` at every row
+    count where it is available (else :mod:`cpu_int4_native` / torch's int4pack, the same bits); ``per_row``: never
+    the dense path (each row computed alone: batch-invariant)."""
     x = x.contiguous()
     n, k = parts[0][0].shape[0], x.shape[1]
-    native = x.dtype == torch.bfloat16 and cpu_int4_native.available()
+    dot = x.dtype == torch.bfloat16 and cpu_int4_dot.available()
+    native = dot or (x.dtype == torch.bfloat16 and cpu_int4_native.available())
     width = block_width()
     dequant_min_m = (DEQUANT_MIN_M_NATIVE if width == 64 else DEQUANT_MIN_M_NATIVE_AVX2) if native else DEQUANT_MIN_M
     if not per_row and x.shape[0] > dequant_min_m and width and n % width == 0:
@@ -189,7 +192,11 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     for packed, sz in parts:
         if sz.dtype != x.dtype:
             sz = sz.to(x.dtype)
-        y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.min_rows() else None
+        if dot:  # every row count (its rows do not depend on the batch); None only for this weight's shape
+            y = cpu_int4_dot.int4_dot_mm(x, packed, group_size, sz)
+        else:
+            y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.min_rows() \
+                else None
         if y is None:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
         out = y if out is None else out.add_(y)

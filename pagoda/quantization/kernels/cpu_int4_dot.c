@@ -1,0 +1,190 @@
+/* Int4 weight-only matmul for x86 AVX-512 with the BF16 extension, by bf16 dot products (vdpbf16ps).
+ *
+ * Same inputs as torch's aten::_weight_int4pack_mm_for_cpu (its AVX-512 int4pack layout and bf16 scales_zeros),
+ * another arithmetic. torch's kernel dequantizes every weight, w = fma(q - 8, scale, zero), and runs one fp32 FMA per
+ * weight and row. Here the weight is factored per group g of G k's,
+ *     sum_k a[k] w[k][n] = sum_g ( scale_g[n] * S_g + zero_g[n] * X_g ),
+ *     S_g = sum_{k in g} a[k] (q[k][n] - 8)   (bf16 x small-integer products: exact in fp32),
+ *     X_g = sum_{k in g} a[k],
+ * so a weight costs one lane of one vdpbf16ps per row (32 products an instruction, against 16 for an FMA) and its
+ * dequantization is one vpermw table lookup of (q - 8) as bf16, shared by all rows. For every output element:
+ *     X_g     = fp32 sum of a[k] over the group, k ascending (pagoda_int4_dot_mm computes it once per row)
+ *     S       = 0;  for each k pair (k, k+1) of g, ascending:  S = vdpbf16ps(S, (a[k], a[k+1]), (q-8 of k, k+1))
+ *     acc     = fma(scale_g, S, acc);  acc = fma(zero_g, X_g, acc)      (acc = 0 before group 0; groups ascending)
+ *     c[m][n] = bf16(acc), round to nearest even (NaN -> 0xffff), as torch's kernel rounds
+ * No step depends on M or on the other rows: every row gets the same bits alone or in any batch, at every row count
+ * this kernel runs (a speculative verify's rows equal decode rows; deterministic mode holds).
+ *
+ * Layouts (torch's AVX-512 int4pack, N a multiple of 64): packed B is uint8 [N/64][K][32]; byte j of row k of
+ * block b holds column 64b + j in its low nibble and 64b + 32 + j in its high nibble. scales_zeros is bf16
+ * [K/G][N][2] (scale, zero). A is bf16 [M][K] row-major, C is bf16 [M][N]. K and G even.
+ *
+ * A k pair of a block is four vectors of 16 lanes, each lane a column's (q[k] - 8, q[k+1] - 8) bf16 pair: rows k and
+ * k+1 interleaved bytewise (vpunpck{l,h}bw, within 128-bit lanes) and widened to words give lanes in column order
+ * 0-7, 16-23 (`lo`) and 8-15, 24-31 (`hi`) of each nibble half. Scales and outputs are permuted the same way (PERM_*).
+ * Threads: OpenMP over column tasks (a 64-column block for up to FULL_BLOCK_ROWS rows, a 32-column half above). */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define TILE_ROWS 8       /* rows per pass over a task's weights */
+#define FULL_BLOCK_ROWS 7 /* up to this many rows a task is a whole 64-column block, above it a half */
+
+/* torch's cvtfp32_bf16 (AVX-512): round to nearest even by integer add, NaN -> 0xffff. */
+static inline __m256i f32_to_bf16(__m512 a) {
+    __m512i x = _mm512_castps_si512(a);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i t = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)), x);
+    t = _mm512_srli_epi32(t, 16);
+    __mmask16 ordered = _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q);
+    t = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xffff), t);
+    return _mm512_cvtepi32_epi16(t);
+}
+
+static inline float bf16_to_f32(uint16_t v) {
+    union { uint32_t u; float f; } t;
+    t.u = (uint32_t)v << 16;
+    return t.f;
+}
+
+/* Lane i of a `lo` vector is column LO_COL(i) of its 32-column half, of a `hi` vector HI_COL(i). */
+#define PERM_LO _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+#define PERM_HI _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+
+/* One task: columns of block `blk` (`part` 0: all 64, 1: the low-nibble half, 2: the high-nibble half) for rows
+ * [0, rows) of A, rows <= TILE_ROWS. X: [rows][K/G] group sums. Vector v of a part: v = 2 * half + (0: lo, 1: hi). */
+static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, int lda, const float *X,
+                                                            const uint8_t *B, const uint16_t *SZ, int N, int K, int G,
+                                                            int blk, uint16_t *C, int ldc, const int rows,
+                                                            const int part) {
+    const uint8_t *Bp = B + (size_t)blk * K * 32;
+    const int nv = part == 0 ? 4 : 2;
+    const int half0 = part == 2 ? 1 : 0;
+    const int groups = K / G;
+    /* bf16 bits of (i & 15) - 8 for index i < 32 (vpermw reads an index's low 5 bits). */
+    const __m512i lut = _mm512_set_epi16(
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100,
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100);
+    const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
+    /* The running sums live in memory (L1): touched once a group, they leave the registers to S. */
+    float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) _mm512_store_ps(accm[r][v], _mm512_setzero_ps());
+    for (int g = 0; g < groups; g++) {
+        __m512 S[TILE_ROWS][4];
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) S[r][v] = _mm512_setzero_ps();
+        for (int k = g * G; k < (g + 1) * G; k += 2) {
+            const uint8_t *row = Bp + (size_t)k * 32;
+            __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
+            __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
+            __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
+            __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
+            __m512i w[4];
+            if (part != 2) {
+                w[0] = _mm512_permutexvar_epi16(wlo, lut);
+                w[1] = _mm512_permutexvar_epi16(whi, lut);
+            }
+            if (part != 1) {
+                w[part == 0 ? 2 : 0] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut);
+                w[part == 0 ? 3 : 1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut);
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < rows; r++) {
+                __m512i a = _mm512_set1_epi32(*(const int32_t *)(A + (size_t)r * lda + k));
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++)
+                    S[r][v] = _mm512_dpbf16_ps(S[r][v], (__m512bh)a, (__m512bh)w[v]);
+            }
+        }
+        const uint16_t *sz = SZ + ((size_t)g * N + blk * 64) * 2;
+        __m512 sc[4], zr[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            const int half = half0 + (v >> 1);
+            __m512i t0 = _mm512_loadu_si512((const void *)(sz + half * 64));      /* (s, z) of columns 0..15 */
+            __m512i t1 = _mm512_loadu_si512((const void *)(sz + half * 64 + 32)); /* columns 16..31 */
+            __m512i t = _mm512_permutex2var_epi32(t0, (v & 1) ? PERM_HI : PERM_LO, t1);
+            sc[v] = _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
+            zr[v] = _mm512_castsi512_ps(_mm512_and_si512(t, hi_mask));
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++) {
+            const __m512 xg = _mm512_set1_ps(X[(size_t)r * groups + g]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                __m512 a = _mm512_fmadd_ps(sc[v], S[r][v], _mm512_load_ps(accm[r][v]));
+                _mm512_store_ps(accm[r][v], _mm512_fmadd_ps(zr[v], xg, a));
+            }
+        }
+    }
+    /* Lanes back to column order: lane i of the (lo, hi) pair's 32 outputs -> column PERM(i). */
+    const __m512i to_cols0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    const __m512i to_cols1 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 2
+        for (int h = 0; h < nv / 2; h++) {
+            uint16_t *c = C + (size_t)r * ldc + blk * 64 + (half0 + h) * 32;
+            __m512 lo = _mm512_load_ps(accm[r][2 * h]), hi = _mm512_load_ps(accm[r][2 * h + 1]);
+            _mm256_storeu_si256((__m256i *)c, f32_to_bf16(_mm512_permutex2var_ps(lo, to_cols0, hi)));
+            _mm256_storeu_si256((__m256i *)(c + 16), f32_to_bf16(_mm512_permutex2var_ps(lo, to_cols1, hi)));
+        }
+}
+
+#define TILE_CASE(R) case R: if (part == 0) dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 0); \
+                             else if (part == 1) dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 1); \
+                             else dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 2); break;
+
+/* `rows` (<= TILE_ROWS) rows of A against block `blk`'s columns of `part` (0: all, 1 / 2: a nibble half). */
+static void run_tile(const uint16_t *A, const float *X, const uint8_t *B, const uint16_t *SZ, int N, int K, int G,
+                     int blk, int part, uint16_t *C, int rows) {
+    switch (rows) {
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
+        default: break;
+    }
+}
+
+/* Group sums X[m][g] = sum of A[m][k] over k in g, k ascending, in fp32. */
+static void group_sums(const uint16_t *A, int M, int K, int G, float *X) {
+    const int groups = K / G;
+    for (int m = 0; m < M; m++)
+        for (int g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int k = g * G; k < (g + 1) * G; k++) s += bf16_to_f32(A[(size_t)m * K + k]);
+            X[(size_t)m * groups + g] = s;
+        }
+}
+
+/* C = A @ dequant(B).T by the arithmetic above on `threads` OpenMP threads; returns 0, or -1 when the shapes are
+ * outside this kernel (N % 64, K % G, odd G) or memory is short. */
+int pagoda_int4_dot_mm(const uint16_t *A, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
+                       int M, int N, int K, int G, int threads) {
+    if (M <= 0 || N <= 0 || N % 64 || G <= 0 || G % 2 || K <= 0 || K % G) return -1;
+    float *X = (float *)malloc((size_t)M * (K / G) * sizeof(float));
+    if (!X) return -1;
+    group_sums(A, M, K, G, X);
+    const int nthreads = threads > 0 ? threads : 1;
+    /* One parallel region a call. Up to FULL_BLOCK_ROWS rows a task is a 64-column block, else a 32-column half
+     * that runs its rows TILE_ROWS at a time (its weights then come from L1/L2 after the first pass). */
+    const int full = M <= FULL_BLOCK_ROWS;
+    const int ntasks = full ? N / 64 : N / 32;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int t = 0; t < ntasks; t++) {
+        const int blk = full ? t : t >> 1, part = full ? 0 : 1 + (t & 1);
+        for (int m = 0; m < M; m += TILE_ROWS) {
+            const int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
+            run_tile(A + (size_t)m * K, X + (size_t)m * (K / G), B, SZ, N, K, G, blk, part, C + (size_t)m * N, rows);
+        }
+    }
+    free(X);
+    return 0;
+}

@@ -1,0 +1,131 @@
+"""Int4 weight-only matmul by bf16 dot products (``cpu_int4_dot.c``, AVX-512 with the BF16 extension).
+
+Reads torch's AVX-512 int4pack layout (what :mod:`cpu_woq` packs) with bf16 activations, like
+``aten::_weight_int4pack_mm_for_cpu``, but computes each group's ``sum a[k] (q - 8)`` with ``vdpbf16ps`` (exact
+bf16 x small-integer products, fp32 sums) and applies the group's scale and zero point once per group
+(``scale * S + zero * sum a``), where torch's kernel dequantizes every weight and runs one fp32 FMA per weight and
+row. So a weight costs half the instructions per row, and the dequantization is one table lookup shared by all rows:
+measured on the 2-core AVX-512 dev VM, one thread, the default model's four linears x 30 layers
+(``benchmarks/RESULTS.md``, session 24): 1 row 6.4 -> 3.5 ms, 5 rows 16.0 -> 7.7 ms, 32 rows 70 -> 39 ms.
+
+The values are not torch's int4pack bits (another rounding order, as accurate: both are within a bf16 rounding of
+the exact product). What the engine relies on holds by construction and is checked at load: a row's result does
+not depend on the other rows or their number, so a speculative verify's rows equal decode rows and deterministic
+mode holds, as long as one kernel serves every row count: :func:`cpu_woq.int4_matmul` runs this one for every row
+count up to its dequantize-once prefill path whenever :func:`available`.
+
+Used after a self-check (against a float64 reference within a bf16 rounding, and each row alone against the same
+row in a batch, bitwise) on CPUs whose ``cpuid`` reports AVX512-BF16 and whose torch uses the 64-column int4pack
+layout; anything else keeps :mod:`cpu_int4_native` (torch's arithmetic, bitwise). ``ENABLED = False`` is the A/B
+switch (read at every call: flip it only between runs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("cpu_int4_dot.c")
+_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
+          "-mavx512dq", "-mavx512bf16", "-mfma")
+ENABLED = True
+"""False: 4-bit planes run :mod:`cpu_int4_native` / torch's int4pack arithmetic (the A/B switch)."""
+
+_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
+
+
+def _cpu_has_bf16_dot() -> bool:
+    """``cpuid`` says AVX512-BF16 (with the AVX-512 subsets the kernel uses): the instruction will not fault."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                     "").split()
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"))
+
+
+@lru_cache(maxsize=1)
+def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+    from pagoda.quantization.kernels import cpu_int4_native
+
+    if cpu_int4_native.width() != 64 or not _cpu_has_bf16_dot():
+        return None
+    from pagoda.native import load_checked
+
+    lib = load_checked(_SOURCE, _FLAGS, "the bf16-dot int4 kernel", "pagoda_int4_dot_mm", _ARGS,
+                       lambda lib: _self_check(lib.pagoda_int4_dot_mm))
+    return None if lib is None else lib.pagoda_int4_dot_mm
+
+
+def _call(fn, x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
+    m, k = x.shape
+    out = torch.empty(m, packed.shape[0], dtype=torch.bfloat16)
+    rc = fn(x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), m, packed.shape[0], k, group_size,
+            torch.get_num_threads())
+    return out if rc == 0 else None
+
+
+def _codes(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The [n, k] codes of an int4pack weight, as float64 (decoded by torch's own kernel on identity rows)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    ones = torch.stack([torch.ones(k // group_size, n), torch.full((k // group_size, n), 8.0)], -1)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(torch.eye(k), packed, group_size, ones.contiguous()).t().double()
+
+
+def reference(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor,
+              magnitude: bool = False) -> torch.Tensor:
+    """The exact ``x @ W.T`` in float64; ``magnitude``: ``|x| @ |W|.T`` instead (the scale of rounding errors)."""
+    q = _codes(packed, group_size) - 8
+    s, z = sz[..., 0].double().t()[..., None], sz[..., 1].double().t()[..., None]  # [n, groups, 1]
+    n, k = q.shape
+    if magnitude:
+        x, q, s, z = x.abs(), q.abs(), s.abs(), z.abs()
+    w = q.view(n, -1, group_size) * s + z
+    return x.double() @ w.view(n, k).t()
+
+
+def _self_check(fn) -> bool:
+    gen = torch.Generator().manual_seed(4321)
+    for n, k, g in ((128, 256, 32), (192, 128, 128), (64, 64, 64), (320, 96, 32)):
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        if tuple(packed.shape) != (n, k // 2):  # not the layout this kernel reads
+            return False
+        sz = (torch.randn(k // g, n, 2, generator=gen) * 0.1).to(torch.bfloat16)
+        x = (torch.randn(13, k, generator=gen) * 4).to(torch.bfloat16)
+        got = _call(fn, x, packed, g, sz)
+        if got is None:
+            return False
+        ref = reference(x, packed, g, sz)
+        # within a bf16 rounding of the exact value, plus fp32 summation error
+        tol = ref.abs() * 2.0**-8 + reference(x, packed, g, sz, magnitude=True) * 2.0**-18
+        if not bool(((got.double() - ref).abs() <= tol).all()):
+            return False
+        for m in (1, 2, 3, 4, 5, 7, 8, 9, 13):  # each row alone = the same row among m (every tile shape)
+            part = _call(fn, x[:m], packed, g, sz)
+            alone = [_call(fn, x[i : i + 1], packed, g, sz) for i in range(m)]
+            if part is None or any(a is None for a in alone) or \
+                    not torch.equal(part.view(torch.int16), got[:m].view(torch.int16)) or \
+                    not torch.equal(torch.cat(alone).view(torch.int16), part.view(torch.int16)):  # type: ignore[arg-type]
+                return False
+    return True
+
+
+def available() -> bool:
+    return ENABLED and _kernel() is not None
+
+
+def int4_dot_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
+    """``x @ W.T`` for a torch int4pack weight (64-column layout) by this kernel's arithmetic (bf16 ``x`` and
+    ``sz``), or None where it does not apply (wrong dtypes or shapes: the caller runs another kernel for every row
+    count of that weight, never for some rows only)."""
+    if x.dtype != torch.bfloat16 or sz.dtype != torch.bfloat16 or x.device.type != "cpu" or packed.shape[0] % 64 \
+            or group_size % 2:
+        return None
+    fn = _kernel()
+    if fn is None:
+        return None
+    return _call(fn, x.contiguous(), packed.contiguous(), group_size, sz.contiguous())

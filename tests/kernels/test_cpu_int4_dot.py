@@ -1,0 +1,67 @@
+"""The bf16-dot int4 CPU kernel (quantization/kernels/cpu_int4_dot.c; AVX-512 with BF16 only): its values against
+the exact product (float64) within a bf16 rounding, at every tile shape (1..8 rows whole or half 64-column blocks,
+8-row passes above); a row's bits do not depend on the other rows (alone, in a verify-sized call, in a 32-row
+batch: through :func:`int_weight_linear`, 4-bit and two-plane 8-bit); and what it declines."""
+
+import pytest
+import torch
+
+from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
+from pagoda.quantization.kernels import cpu_int4_dot
+
+pytestmark = pytest.mark.skipif(not cpu_int4_dot.available(),
+                                reason="no bf16-dot int4 kernel here (needs x86-64 AVX512-BF16 and a C compiler)")
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)
+
+
+@pytest.mark.parametrize("n,k,group", [(64, 64, 32), (192, 256, 64), (128, 384, 128), (320, 96, 32), (960, 576, 32)])
+def test_values_within_a_bf16_rounding_of_the_exact_product(n, k, group):
+    gen = torch.Generator().manual_seed(n + k + group)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.randn(k // group, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
+    x = (torch.randn(40, k, generator=gen) * 3).to(torch.bfloat16)
+    ref = cpu_int4_dot.reference(x, packed, group, sz)
+    tol = ref.abs() * 2.0**-8 + cpu_int4_dot.reference(x, packed, group, sz, magnitude=True) * 2.0**-18
+    full = cpu_int4_dot.int4_dot_mm(x, packed, group, sz)
+    assert full is not None
+    assert bool(((full.double() - ref).abs() <= tol).all()), ((full.double() - ref).abs() - tol).max()
+    # torch's int4pack kernel is as far from the exact value (another rounding order, not other weights)
+    torch_out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
+    assert bool(((torch_out.double() - ref).abs() <= tol).all())
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 17, 25, 32):
+        out = cpu_int4_dot.int4_dot_mm(x[:m], packed, group, sz)
+        assert out is not None and torch.equal(_bits(out), _bits(full[:m])), m
+
+
+@pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
+def test_int_weight_rows_do_not_depend_on_the_batch(bits, sym):
+    gen = torch.Generator().manual_seed(bits + 10)
+    out_f, in_f, group = 192, 128, 32
+    codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(out_f, in_f // group, generator=gen) * 0.05 + 0.01
+    offsets = -(2 ** (bits - 1)) * scales if sym else torch.randn(out_f, in_f // group, generator=gen) * 0.05
+    w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
+    assert w.layout == "cpu_int4"
+    x = torch.randn(32, in_f, generator=gen).to(torch.bfloat16)
+    batch = int_weight_linear(x, w)
+    single = torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])
+    verify = torch.cat([int_weight_linear(x[i : i + 5], w) for i in range(0, 30, 5)] + [int_weight_linear(x[30:], w)])
+    assert torch.equal(_bits(batch), _bits(single)) and torch.equal(_bits(verify), _bits(single))
+    ref = x.double() @ w.dequantize(torch.float64).t()
+    assert (batch.double() - ref).abs().max() <= 2.0**-7 * ref.abs().max()
+
+
+def test_declines_what_it_does_not_cover():
+    q = torch.randint(0, 16, (48, 64), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # 48 rows: not a whole 64-column block
+    sz = torch.ones(2, 48, 2, dtype=torch.bfloat16)
+    assert cpu_int4_dot.int4_dot_mm(torch.ones(8, 64, dtype=torch.bfloat16), packed, 32, sz) is None
+    q = torch.randint(0, 16, (64, 64), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = torch.ones(2, 64, 2, dtype=torch.bfloat16)
+    assert cpu_int4_dot.int4_dot_mm(torch.ones(8, 64), packed, 32, sz) is None  # float32 activations
+    assert cpu_int4_dot.int4_dot_mm(torch.ones(8, 64, dtype=torch.bfloat16), packed, 32, sz.float()) is None
