@@ -7,12 +7,14 @@
 (``pagoda.attention.cpu_det_native.ENABLED``, read at each call) or by the torch path;
 ``--switch deterministic``: ``--deterministic`` against the default mode (the cost of the mode);
 ``--switch decode-native``: the default mode's decode rows and few-row runs by the native kernel
-(``pagoda.attention.cpu_decode_native.ENABLED``, read at each call) or by gathers + SDPA.
+(``pagoda.attention.cpu_decode_native.ENABLED``, read at each call) or by gathers + SDPA;
+``--switch int4-dot``: 4-bit linears by the bf16-dot kernel (``pagoda.quantization.kernels.cpu_int4_dot.ENABLED``,
+read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_int4_native`` / torch's kernel).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
-    PYTHONPATH=. python benchmarks/cpu_switch_ab.py --switch fused|one-thread|det-native|deterministic|decode-native
-        [--rounds 3]
+    PYTHONPATH=. python benchmarks/cpu_switch_ab.py
+        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64]
 """
 
@@ -29,8 +31,8 @@ PROMPTS = ["Tell me about the sea.", "Write a haiku about autumn leaves.", "What
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--switch", choices=["fused", "one-thread", "det-native", "deterministic", "decode-native"],
-                    required=True)
+    ap.add_argument("--switch", required=True,
+                    choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -39,6 +41,7 @@ def main() -> None:
     from pagoda import LLM, SamplingParams
     from pagoda.attention import cpu_decode_native, cpu_det_native
     from pagoda.layers import cpu_fused
+    from pagoda.quantization.kernels import cpu_int4_dot
 
     arms = {}
     for name, on in (("on", True), ("off", False)):
@@ -58,6 +61,7 @@ def main() -> None:
             for name in (arms if r % 2 == 0 else reversed(list(arms))):
                 cpu_det_native.ENABLED = name == "on" or args.switch != "det-native"
                 cpu_decode_native.ENABLED = name == "on" or args.switch != "decode-native"
+                cpu_int4_dot.ENABLED = name == "on" or args.switch != "int4-dot"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

@@ -26,6 +26,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define TILE_ROWS 8       /* rows per pass over a task's weights */
 #define FULL_BLOCK_ROWS 7 /* up to this many rows a task is a whole 64-column block, above it a half */
@@ -99,7 +100,9 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             }
 #pragma GCC unroll 8
             for (int r = 0; r < rows; r++) {
-                __m512i a = _mm512_set1_epi32(*(const int32_t *)(A + (size_t)r * lda + k));
+                int32_t pair; /* (a[k], a[k+1]) as one dword, low word first */
+                memcpy(&pair, A + (size_t)r * lda + k, sizeof pair);
+                __m512i a = _mm512_set1_epi32(pair);
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     S[r][v] = _mm512_dpbf16_ps(S[r][v], (__m512bh)a, (__m512bh)w[v]);
