@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagoda.layers.cpu_linear import packed_linear
-from pagoda.quantization.kernels import cpu_woq
+from pagoda.quantization.kernels import cpu_int4_dot, cpu_woq
 
 Layout = str
 """Storage layout of an :class:`IntWeight` (see its docstring): ``plain``, ``triton``, ``cpu_int4``, ``cpu_int8``."""
@@ -74,6 +74,7 @@ class IntWeight(nn.Module):
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
+        self.bound_call: cpu_int4_dot.BoundCall | None = None  # the small-step fast path (set by finalize)
         self.symmetric = False  # ``triton`` layout: offsets == -2**(bits-1) * scales exactly (set by finalize)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
         self.register_buffer("perm", perm)
@@ -137,6 +138,7 @@ class IntWeight(nn.Module):
         self._set_plain(codes, scales, offsets)
         self.dense_packed = None
         self.symmetric = False
+        self.bound_call = None
         self.layout = _choose_layout(self, codes.device, scales, offsets)
         if self.layout == "triton":
             from pagoda.layers.arrival_counters import arrival_counters
@@ -149,6 +151,8 @@ class IntWeight(nn.Module):
             parts = cpu_woq.pack_int4(codes, scales, offsets, self.bits, self.dtype)
             hi = parts[1] if len(parts) > 1 else (None, None)
             self._set(codes=parts[0][0], scales_zeros=parts[0][1], codes_hi=hi[0], scales_zeros_hi=hi[1])
+            if len(parts) == 1 and self.perm is None:
+                self.bound_call = cpu_int4_dot.bind(parts[0][0], parts[0][1], self.in_features, self.group_size)
         elif self.layout == "cpu_int8":
             q8, _ = cpu_woq.pack_int8(codes, scales)
             self._set(codes=q8, scales=scales, offsets=offsets)
@@ -205,6 +209,10 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     """``x @ W.T (+ bias)`` for a canonical weight, by the kernel of ``w.layout`` (dequantize + ``F.linear``
     for ``plain`` or a layout that does not match ``x``'s device); on the CPU from ``cpu_woq.DENSE_MIN_M`` rows
     by the weight's bf16 oneDNN copy when it has one."""
+    bound = w.bound_call
+    if bound is not None and bias is None and w.dense_packed is None and bound.takes(x) and \
+            (x.shape[0] <= cpu_woq.DEQUANT_MIN_M_NATIVE or w.batch_invariant):
+        return bound(x)  # what the general path below computes for these rows, without its Python
     if w.perm is not None:
         x = x.index_select(-1, w.perm)
     lead = x.shape[:-1]

@@ -65,3 +65,25 @@ def test_declines_what_it_does_not_cover():
     sz = torch.ones(2, 64, 2, dtype=torch.bfloat16)
     assert cpu_int4_dot.int4_dot_mm(torch.ones(8, 64), packed, 32, sz) is None  # float32 activations
     assert cpu_int4_dot.int4_dot_mm(torch.ones(8, 64, dtype=torch.bfloat16), packed, 32, sz.float()) is None
+
+
+def test_bound_call_computes_what_the_general_path_does(monkeypatch):
+    """A 4-bit weight gets a :class:`BoundCall` (the small-step fast path of ``int_weight_linear``); its outputs are
+    the general path's bits at every row count it takes; two-plane 8-bit weights, 3-d inputs and a bias take the
+    general path."""
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 16, (192, 128), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(192, 4, generator=gen) * 0.05 + 0.01
+    w = make_int_weight(codes, scales, torch.randn(192, 4, generator=gen) * 0.05, 4, 32, torch.bfloat16)
+    assert w.bound_call is not None
+    x = torch.randn(40, 128, generator=gen).to(torch.bfloat16)
+    for m in (1, 5, 8, 9, 40):
+        fast = int_weight_linear(x[:m], w)
+        monkeypatch.setattr(cpu_int4_dot, "BOUND_CALLS", False)
+        general = int_weight_linear(x[:m], w)
+        monkeypatch.setattr(cpu_int4_dot, "BOUND_CALLS", True)
+        assert torch.equal(_bits(fast), _bits(general)), m
+    assert not w.bound_call.takes(x.view(4, 10, 128)) and not w.bound_call.takes(x.float())
+    assert not w.bound_call.takes(x[:, :64]) and not w.bound_call.takes(x[:0])
+    w8 = make_int_weight(codes * 16 + codes, scales, -128 * scales, 8, 32, torch.bfloat16)
+    assert w8.layout == "cpu_int4" and w8.bound_call is None  # two nibble planes: the general path sums them

@@ -33,6 +33,9 @@ _FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f
           "-mavx512dq", "-mavx512bf16", "-mfma")
 ENABLED = True
 """False: 4-bit planes run :mod:`cpu_int4_native` / torch's int4pack arithmetic (the A/B switch)."""
+BOUND_CALLS = True
+"""False: every call goes through :func:`cpu_woq.int4_matmul`'s checks, never a :class:`BoundCall` (the A/B switch of
+the per-call Python cost; the values are the same)."""
 
 _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
 
@@ -116,6 +119,43 @@ def _self_check(fn) -> bool:
 
 def available() -> bool:
     return ENABLED and _kernel() is not None
+
+
+class BoundCall:
+    """One 4-bit weight's kernel call with its pointers and sizes bound: a linear of a decode step in ~3 µs of Python
+    where :func:`~pagoda.quantization.int_weight.int_weight_linear`'s general path takes ~12 (120 such calls a step
+    for the default model). Holds references to the packed tensors, so the pointers stay valid; the same kernel and
+    values as the general path (which the caller takes whenever :meth:`takes` says no)."""
+
+    __slots__ = ("_fn", "_packed", "_sz", "_ptrs", "_n", "_k", "_g")
+
+    def __init__(self, fn, packed: torch.Tensor, sz: torch.Tensor, in_features: int, group_size: int) -> None:
+        self._fn, self._packed, self._sz = fn, packed, sz
+        self._ptrs = (packed.data_ptr(), sz.data_ptr())
+        self._n, self._k, self._g = packed.shape[0], in_features, group_size
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """``x`` is what the bound call computes: contiguous bf16 rows of this weight's width, at least one."""
+        return ENABLED and BOUND_CALLS and x.dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] > 0 and \
+            x.shape[1] == self._k and x.is_contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        out = torch.empty(m, self._n, dtype=torch.bfloat16)
+        if self._fn(x.data_ptr(), *self._ptrs, out.data_ptr(), m, self._n, self._k, self._g,
+                    torch.get_num_threads()) != 0:
+            raise RuntimeError("the bf16-dot int4 kernel refused a call it had accepted at load (out of memory?)")
+        return out
+
+
+def bind(packed: torch.Tensor, sz: torch.Tensor, in_features: int, group_size: int) -> BoundCall | None:
+    """A :class:`BoundCall` for one int4pack plane with bf16 scales on the CPU, or None where this kernel does not
+    serve it (then every row count of the weight takes another kernel or the general path)."""
+    if packed.device.type != "cpu" or sz.dtype != torch.bfloat16 or packed.shape[0] % 64 or group_size % 2 or \
+            not packed.is_contiguous() or not sz.is_contiguous():
+        return None
+    fn = _kernel()
+    return None if fn is None else BoundCall(fn, packed, sz, in_features, group_size)
 
 
 def int4_dot_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
