@@ -9,12 +9,14 @@
 ``--switch decode-native``: the default mode's decode rows and few-row runs by the native kernel
 (``pagoda.attention.cpu_decode_native.ENABLED``, read at each call) or by gathers + SDPA;
 ``--switch int4-dot``: 4-bit linears by the bf16-dot kernel (``pagoda.quantization.kernels.cpu_int4_dot.ENABLED``,
-read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_int4_native`` / torch's kernel).
+read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_int4_native`` / torch's kernel);
+``--switch bound-calls``: that kernel called through each weight's bound call or through the general path
+(``cpu_int4_dot.BOUND_CALLS``, read at each call; the same values).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
-        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot [--rounds 3]
+        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64]
 """
 
@@ -32,7 +34,8 @@ PROMPTS = ["Tell me about the sea.", "Write a haiku about autumn leaves.", "What
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
-                    choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot"])
+                    choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
+                             "bound-calls"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -62,6 +65,7 @@ def main() -> None:
                 cpu_det_native.ENABLED = name == "on" or args.switch != "det-native"
                 cpu_decode_native.ENABLED = name == "on" or args.switch != "decode-native"
                 cpu_int4_dot.ENABLED = name == "on" or args.switch != "int4-dot"
+                cpu_int4_dot.BOUND_CALLS = name == "on" or args.switch != "bound-calls"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))
