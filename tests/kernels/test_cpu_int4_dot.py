@@ -3,6 +3,8 @@ the exact product (float64) within a bf16 rounding, at every tile shape (1..8 ro
 8-row passes above); a row's bits do not depend on the other rows (alone, in a verify-sized call, in a 32-row
 batch: through :func:`int_weight_linear`, 4-bit and two-plane 8-bit); and what it declines."""
 
+import copy
+
 import pytest
 import torch
 
@@ -85,5 +87,8 @@ def test_bound_call_computes_what_the_general_path_does(monkeypatch):
         assert torch.equal(_bits(fast), _bits(general)), m
     assert not w.bound_call.takes(x.view(4, 10, 128)) and not w.bound_call.takes(x.float())
     assert not w.bound_call.takes(x[:, :64]) and not w.bound_call.takes(x[:0])
+    copied = copy.deepcopy(w)  # re-bound to the copy's tensors (a ctypes pointer cannot be copied)
+    assert copied.bound_call is not None
+    assert torch.equal(_bits(int_weight_linear(x, copied)), _bits(int_weight_linear(x, w)))
     w8 = make_int_weight(codes * 16 + codes, scales, -128 * scales, 8, 32, torch.bfloat16)
     assert w8.layout == "cpu_int4" and w8.bound_call is None  # two nibble planes: the general path sums them
