@@ -28,25 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
+#include "bf16_avx512.h"
+
 #define TILE_ROWS 8       /* rows per pass over a task's weights */
 #define FULL_BLOCK_ROWS 7 /* up to this many rows a task is a whole 64-column block, above it a half */
-
-/* torch's cvtfp32_bf16 (AVX-512): round to nearest even by integer add, NaN -> 0xffff. */
-static inline __m256i f32_to_bf16(__m512 a) {
-    __m512i x = _mm512_castps_si512(a);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    __m512i t = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)), x);
-    t = _mm512_srli_epi32(t, 16);
-    __mmask16 ordered = _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q);
-    t = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xffff), t);
-    return _mm512_cvtepi32_epi16(t);
-}
-
-static inline float bf16_to_f32(uint16_t v) {
-    union { uint32_t u; float f; } t;
-    t.u = (uint32_t)v << 16;
-    return t.f;
-}
 
 /* Lane i of a `lo` vector is column LO_COL(i) of its 32-column half, of a `hi` vector HI_COL(i). */
 #define PERM_LO _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
@@ -129,17 +115,16 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             }
         }
     }
-    /* Lanes back to column order: lane i of the (lo, hi) pair's 32 outputs -> column PERM(i). */
-    const __m512i to_cols0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    const __m512i to_cols1 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    /* Lanes back to column order: columns 0-15 are lanes 0-7 of lo and of hi (indices PERM_LO of the pair),
+     * columns 16-31 their lanes 8-15 (PERM_HI). */
 #pragma GCC unroll 8
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 2
         for (int h = 0; h < nv / 2; h++) {
             uint16_t *c = C + (size_t)r * ldc + blk * 64 + (half0 + h) * 32;
             __m512 lo = _mm512_load_ps(accm[r][2 * h]), hi = _mm512_load_ps(accm[r][2 * h + 1]);
-            _mm256_storeu_si256((__m256i *)c, f32_to_bf16(_mm512_permutex2var_ps(lo, to_cols0, hi)));
-            _mm256_storeu_si256((__m256i *)(c + 16), f32_to_bf16(_mm512_permutex2var_ps(lo, to_cols1, hi)));
+            _mm256_storeu_si256((__m256i *)c, f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_LO, hi)));
+            _mm256_storeu_si256((__m256i *)(c + 16), f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_HI, hi)));
         }
 }
 

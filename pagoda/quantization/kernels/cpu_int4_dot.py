@@ -71,17 +71,12 @@ def _call(fn, x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.
     return out if rc == 0 else None
 
 
-def _codes(packed: torch.Tensor, group_size: int) -> torch.Tensor:
-    """The [n, k] codes of an int4pack weight, as float64 (decoded by torch's own kernel on identity rows)."""
-    n, k = packed.shape[0], packed.shape[1] * 2
-    ones = torch.stack([torch.ones(k // group_size, n), torch.full((k // group_size, n), 8.0)], -1)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(torch.eye(k), packed, group_size, ones.contiguous()).t().double()
-
-
 def reference(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor,
               magnitude: bool = False) -> torch.Tensor:
     """The exact ``x @ W.T`` in float64; ``magnitude``: ``|x| @ |W|.T`` instead (the scale of rounding errors)."""
-    q = _codes(packed, group_size) - 8
+    from pagoda.quantization.kernels.cpu_woq import unpack_int4
+
+    q = unpack_int4([(packed, sz)], x.shape[1], group_size).double() - 8
     s, z = sz[..., 0].double().t()[..., None], sz[..., 1].double().t()[..., None]  # [n, groups, 1]
     n, k = q.shape
     if magnitude:

@@ -22,26 +22,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16.h"
+#include "bf16_avx512.h"
+
 #define MAX_ROWS 12
 #define SMALL_ROWS 8      /* up to this many rows: direct_tile (no fp32 panel) */
 #define FULL_BLOCK_ROWS 4 /* up to this many rows direct_tile takes whole 64-column blocks, above it halves */
-
-static inline float bf16_to_f32(uint16_t v) {
-    union { uint32_t u; float f; } t;
-    t.u = (uint32_t)v << 16;
-    return t.f;
-}
-
-/* torch's cvtfp32_bf16 (AVX-512, no BF16 ISA): round to nearest even by integer add, NaN -> 0xffff. */
-static inline __m256i f32_to_bf16(__m512 a) {
-    __m512i x = _mm512_castps_si512(a);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    __m512i t = _mm512_add_epi32(_mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)), x);
-    t = _mm512_srli_epi32(t, 16);
-    __mmask16 ordered = _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q);
-    t = _mm512_mask_blend_epi32(ordered, _mm512_set1_epi32(0xffff), t);
-    return _mm512_cvtepi32_epi16(t);
-}
 
 /* W[k][0..31] = fma(q - 8, s, z) for the columns of one nibble (half) of block `blk`. */
 static void dequant_panel(const uint8_t *B, const uint16_t *SZ, int N, int K, int G, int blk, int half, float *W) {
@@ -95,8 +81,8 @@ static inline __attribute__((always_inline)) void rows_tile(const float *A, int 
     }
 #pragma GCC unroll 12
     for (int r = 0; r < rows; r++) {
-        _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc), f32_to_bf16(acc[r][0]));
-        _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc + 16), f32_to_bf16(acc[r][1]));
+        _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc), f32x16_to_bf16(acc[r][0]));
+        _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc + 16), f32x16_to_bf16(acc[r][1]));
     }
 }
 
@@ -155,7 +141,7 @@ static inline __attribute__((always_inline)) void direct_tile(const float *A, in
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
-            _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc + col0 + 16 * v), f32_to_bf16(acc[r][v]));
+            _mm256_storeu_si256((__m256i *)(C + (size_t)r * ldc + col0 + 16 * v), f32x16_to_bf16(acc[r][v]));
 }
 
 #define FULL_CASE(R) case R: direct_tile(A, K, B, SZ, N, K, G, t, C, N, R, 0); break;

@@ -174,6 +174,14 @@ def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: in
     return w
 
 
+def takes_dense_gemm(rows: int, n: int, per_row: bool, native: bool) -> bool:
+    """Whether :func:`int4_matmul` multiplies ``rows`` rows by a dequantize-once dense GEMM (prefill) rather than
+    an int4 kernel (``native``: a native int4 kernel serves these bf16 rows; ``n``: out features)."""
+    width = block_width()
+    dequant_min_m = (DEQUANT_MIN_M_NATIVE if width == 64 else DEQUANT_MIN_M_NATIVE_AVX2) if native else DEQUANT_MIN_M
+    return not per_row and rows > dequant_min_m and bool(width) and n % width == 0
+
+
 def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int,
                 per_row: bool = False) -> torch.Tensor:
     """``x @ W.T`` for int4pack planes: up to the dequantize-once dense path, by :mod:`cpu_int4_dot` at every row
@@ -183,11 +191,9 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     n, k = parts[0][0].shape[0], x.shape[1]
     dot = x.dtype == torch.bfloat16 and cpu_int4_dot.available()
     native = dot or (x.dtype == torch.bfloat16 and cpu_int4_native.available())
-    width = block_width()
-    dequant_min_m = (DEQUANT_MIN_M_NATIVE if width == 64 else DEQUANT_MIN_M_NATIVE_AVX2) if native else DEQUANT_MIN_M
-    if not per_row and x.shape[0] > dequant_min_m and width and n % width == 0:
+    if takes_dense_gemm(x.shape[0], n, per_row, native):
         dt = dense_dtype(x.dtype)
-        return torch.mm(x.to(dt), _dequantized_t(parts, n, k, group_size, dt, width)).to(x.dtype)
+        return torch.mm(x.to(dt), _dequantized_t(parts, n, k, group_size, dt, block_width())).to(x.dtype)
     out = None
     for packed, sz in parts:
         if sz.dtype != x.dtype:
