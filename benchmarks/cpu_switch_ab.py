@@ -11,12 +11,15 @@
 ``--switch int4-dot``: 4-bit linears by the bf16-dot kernel (``pagoda.quantization.kernels.cpu_int4_dot.ENABLED``,
 read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_int4_native`` / torch's kernel);
 ``--switch bound-calls``: that kernel called through each weight's bound call or through the general path
-(``cpu_int4_dot.BOUND_CALLS``, read at each call; the same values).
+(``cpu_int4_dot.BOUND_CALLS``, read at each call; the same values);
+``--switch decoder-stack``: a small step's layers in one native call or from Python
+(``pagoda.models.cpu_decoder_stack.ENABLED``, read at each step; the same values).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
-        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls [--rounds 3]
+        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack
+        [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64]
 """
 
@@ -35,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls"])
+                             "bound-calls", "decoder-stack"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -44,6 +47,7 @@ def main() -> None:
     from pagoda import LLM, SamplingParams
     from pagoda.attention import cpu_decode_native, cpu_det_native
     from pagoda.layers import cpu_fused
+    from pagoda.models import cpu_decoder_stack
     from pagoda.quantization.kernels import cpu_int4_dot
 
     arms = {}
@@ -66,6 +70,7 @@ def main() -> None:
                 cpu_decode_native.ENABLED = name == "on" or args.switch != "decode-native"
                 cpu_int4_dot.ENABLED = name == "on" or args.switch != "int4-dot"
                 cpu_int4_dot.BOUND_CALLS = name == "on" or args.switch != "bound-calls"
+                cpu_decoder_stack.ENABLED = name == "on" or args.switch != "decoder-stack"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

@@ -1,4 +1,5 @@
-"""The native CPU norm/rotary kernels (pagoda/layers/cpu_fused.c) against torch's ops, and a bf16 model using them."""
+"""The native CPU norm/rotary/silu kernels (pagoda/layers/cpu_fused.c) against torch's ops, and a bf16 model using
+them."""
 
 import pytest
 import torch
@@ -50,6 +51,22 @@ def test_rope_bitwise_torch(T, H, Hk, D):
     assert torch.equal(qo, _apply(q, cos, sin)) and torch.equal(ko, _apply(k, cos, sin))
 
 
+@pytest.mark.parametrize("rows,inter", [(1, 1536), (6, 40), (3, 7)])
+def test_silu_mul_against_torch_and_row_independent(rows, inter):
+    g = torch.Generator().manual_seed(rows + inter)
+    gu = (torch.randn(rows, 2 * inter + 3, generator=g) * 4).to(torch.bfloat16)[:, : 2 * inter]  # strided rows
+    gu[0, :4] = torch.tensor([-100.0, 100.0, float("inf"), float("nan")])  # saturated exp, inf, NaN
+    out = cpu_fused.silu_mul(gu, inter)
+    ref = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert torch.equal(out.isnan(), ref.isnan())
+    ulps = _ulps(out.nan_to_num(), ref.nan_to_num())
+    assert int(ulps.max()) <= 1  # only exp differs from torch's (SLEEF), by at most an ulp before two roundings
+    assert float((ulps > 0).float().mean()) < 0.01
+    for r in range(rows):
+        assert torch.equal(cpu_fused.silu_mul(gu[r : r + 1], inter).nan_to_num(), out[r : r + 1].nan_to_num())
+
+
 def test_bf16_model_uses_the_kernels_and_follows_hf(tiny, monkeypatch):
     """A tiny bf16 Llama on the CPU switches every layer's norms and rotary to the native kernels, and its greedy
     tokens follow HF transformers in bf16 by the top-5 rule (GUIDE §4), as the torch-ops engine's do (the norm sums in
@@ -69,7 +86,8 @@ def test_bf16_model_uses_the_kernels_and_follows_hf(tiny, monkeypatch):
 
     native = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")
     runner = native.llm_engine.core.runner
-    assert all(layer.cpu_native and layer.self_attn.cpu_native for layer in runner.model.layers)
+    assert all(layer.cpu_native and layer.self_attn.cpu_native and layer.mlp.cpu_native
+               for layer in runner.model.layers)
     assert_follows_hf_bf16(native.generate(PROMPTS[:4], sp, use_tqdm=False))
     monkeypatch.setattr(cpu_fused, "ENABLED", False)
     plain = LLM(str(tiny.path("llama")), dtype="bfloat16", device="cpu")

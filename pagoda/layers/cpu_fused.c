@@ -11,6 +11,9 @@
  * pagoda_rope: rotate-half rotary embedding in bf16 with torch's roundings, operation for operation
  *   (x1*c, x2*s, their difference; x2*c, x1*s, their sum: each rounded to bf16), so its output is bitwise
  *   pagoda.layers.rotary's torch path.
+ * pagoda_silu_mul: bf16(float(bf16(g / (1 + exp(-g)))) * float(u)), torch's `F.silu(g) * u` in bf16 with its two
+ *   roundings, but exp is this file's own (exp_f32 below, within ~2 ulp of the true value), not torch's SLEEF: a
+ *   result may differ from torch's by an ulp where the two exps round silu to different sides of a bf16 tie.
  *
  * Compile with -ffp-contract=off: a fused multiply-add would skip the roundings above.
  */
@@ -19,6 +22,31 @@
 #include <string.h>
 
 #include "bf16.h"
+
+/* exp(x) in float32 from +, -, *, compares and exponent bits only (so every machine and vector width computes the
+ * same bits; -ffp-contract=off keeps the products rounded): x = n ln2 + r, |r| <= ln2/2, n by the 1.5 * 2^23
+ * rounding trick, r by Cody-Waite with ln2 split in two, exp(r) by Cephes' degree-7 polynomial, 2^n from the
+ * exponent field (as 2 * 2^(n-1), so n = 128 stays finite). x > 88.72 gives +inf and x < -86.5 gives 0 (the
+ * float32 results below 2.7e-38 flushed: silu only adds exp(-g) to 1). */
+static inline float exp_f32(float x) {
+    const float hi = 88.72283935546875f, lo = -86.5f;
+    float xc = x > hi ? hi : (x < lo ? lo : x);
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 126) << 23; /* 2^(n - 1), n in [-125, 128] */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    float e = (p * 2.0f) * scale;
+    e = x > hi ? INFINITY : e;
+    return x < lo ? 0.0f : e;
+}
 
 /* rows x d: h float32 [rows, h_stride]; delta bf16 [rows, delta_stride] or NULL; h_out float32 [rows, d] (written
  * only with delta; may be h itself); w bf16 [d]; out bf16 [rows, out_stride]. */
@@ -78,5 +106,21 @@ int pagoda_rope(const uint16_t *q, int64_t q_stride, int64_t q_heads, const uint
                 int64_t tokens, int64_t head_dim) {
     rope_one(q, q_stride, q_heads, cs, sn, q_out, tokens, head_dim);
     rope_one(k, k_stride, k_heads, cs, sn, k_out, tokens, head_dim);
+    return 0;
+}
+
+/* rows x inter: gu bf16 [rows, gu_stride] holding the gate in columns [0, inter) and the up projection in
+ * [inter, 2 inter); out bf16 [rows, out_stride]. */
+int pagoda_silu_mul(const uint16_t *gu, int64_t gu_stride, uint16_t *out, int64_t out_stride, int64_t rows,
+                    int64_t inter) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *g = gu + r * gu_stride, *u = g + inter;
+        uint16_t *o = out + r * out_stride;
+        for (int64_t j = 0; j < inter; j++) {
+            float x = bf16_to_f32(g[j]);
+            float s = bf16_to_f32(f32_to_bf16(x / (1.0f + exp_f32(-x))));
+            o[j] = f32_to_bf16(s * bf16_to_f32(u[j]));
+        }
+    }
     return 0;
 }

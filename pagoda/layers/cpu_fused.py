@@ -9,6 +9,8 @@ one ctypes call (a few µs). Used by :mod:`pagoda.models.llama` for bf16 models 
 * :func:`rope` is bitwise torch's rotary path (the same bf16 roundings, operation for operation).
 * :func:`add_rms_norm` rounds like torch's RMSNorm but sums the squares in another order, so a row's rstd
   may differ from torch's by an ulp; every row is computed alike at every batch size (row-independent).
+* :func:`silu_mul` is ``F.silu(g) * u`` in bf16 with torch's two roundings and its own exp (within an ulp of the
+  true value), so a result may differ from torch's by a bf16 ulp at a rounding tie of silu.
 
 Like the native int4 kernel, the library is compiled on first use (``pagoda.native``) and used only after a
 self-check against torch on random rows; no compiler or a mismatch leaves torch's ops in place (logged once).
@@ -26,7 +28,6 @@ import torch
 logger = logging.getLogger("pagoda")
 
 _SOURCE = Path(__file__).with_name("cpu_fused.c")
-_FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
 ENABLED = True
 """False: bf16 models on the CPU use torch's ops for norms and rotary (the A/B switch; read at model load)."""
 
@@ -34,17 +35,26 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
+def _flags() -> tuple[str, ...]:
+    """The vector width is free (no result depends on it: no FMA contraction, IEEE operations only)."""
+    from pagoda.native import isa_flags
+
+    return ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", *isa_flags(), "-shared", "-fPIC")
+
+
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
     from pagoda.native import load_library
 
-    lib = load_library(_SOURCE, _FLAGS, "the fused CPU norm/rotary kernels")
+    lib = load_library(_SOURCE, _flags(), "the fused CPU norm/rotary kernels")
     if lib is None:
         return None
     lib.pagoda_rms_norm.restype = ctypes.c_int
     lib.pagoda_rms_norm.argtypes = [_P, _I, _P, _I, _P, _P, _P, _I, _I, _I, ctypes.c_float]
     lib.pagoda_rope.restype = ctypes.c_int
     lib.pagoda_rope.argtypes = [_P, _I, _I, _P, _I, _I, _P, _P, _P, _P, _I, _I]
+    lib.pagoda_silu_mul.restype = ctypes.c_int
+    lib.pagoda_silu_mul.argtypes = [_P, _I, _P, _I, _I, _I]
     if not _self_check(lib):
         logger.warning("CPU: the fused norm/rotary kernels disagree with torch on this machine; torch's ops are used")
         return None
@@ -103,6 +113,16 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return q_out, k_out
 
 
+def silu_mul(gu: torch.Tensor, inter: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """``F.silu(gu[:, :inter]) * gu[:, inter:2 inter]`` for bf16 rows [T, >= 2 inter] (unit last stride): a new
+    bf16 [T, inter] (module docstring for its rounding)."""
+    fn = (lib or _lib()).pagoda_silu_mul  # type: ignore[union-attr]
+    gu = _rows(gu)
+    out = torch.empty((gu.shape[0], inter), dtype=_BF16)
+    fn(gu.data_ptr(), gu.stride(0), out.data_ptr(), inter, gu.shape[0], inter)
+    return out
+
+
 def _torch_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.nn.functional.rms_norm(h, (h.shape[-1],), weight.float(), eps).to(torch.bfloat16)
 
@@ -132,5 +152,13 @@ def _self_check(lib: ctypes.CDLL) -> bool:
         cos, sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
         qo, ko = rope(q, k, cos, sin, lib)
         if not (torch.equal(qo, _apply(q, cos, sin)) and torch.equal(ko, _apply(k, cos, sin))):
+            return False
+    for rows, inter in ((1, 1536), (3, 40), (2, 7)):  # silu * up: within a bf16 ulp of torch's, nearly always equal
+        gu = (torch.randn(rows, 2 * inter, generator=gen) * 4).to(torch.bfloat16)
+        got = silu_mul(gu, inter, lib)
+        ref = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+        ulps = (got.view(torch.int16).int() - ref.view(torch.int16).int()).abs()
+        if int(ulps.max()) > 1 or float((ulps > 0).float().mean()) > 0.02 or \
+                not torch.equal(torch.cat([silu_mul(gu[i : i + 1], inter, lib) for i in range(rows)]), got):
             return False
     return True

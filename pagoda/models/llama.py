@@ -260,8 +260,10 @@ class MLP(nn.Module):
             self.down_proj = Linear(inter, s.hidden_size, bias=False, linear_method=down_method)
         self.inter = inter  # this rank's
         self.act = _act(s.hidden_act)
+        self.silu = s.hidden_act in ("silu", "swish")
 
         self.fused = False
+        self.cpu_native = False  # bf16 SiLU on the CPU: silu * up by layers/cpu_fused (enable_cpu_native_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up_proj(x)
@@ -269,6 +271,10 @@ class MLP(nn.Module):
             from pagoda.layers.fused_kernels import silu_and_mul
 
             return self.down_proj(silu_and_mul(gu))
+        if self.cpu_native:
+            from pagoda.layers.cpu_fused import silu_mul
+
+            return self.down_proj(silu_mul(gu, self.inter))
         g, u = gu.split(self.inter, dim=-1)
         return self.down_proj(self.act(g) * u)
 
@@ -335,6 +341,8 @@ class LlamaForCausalLM(nn.Module):
     # in layer order, into ``aux_hidden`` [T, len * hidden] (under a CUDA graph: that graph's static output).
     aux_hidden_layers: tuple[int, ...] = ()
     aux_hidden: torch.Tensor | None = None
+    # models/cpu_decoder_stack.py: False until the first CPU step binds it, None where the model does not qualify.
+    _cpu_stack: Any = False
 
     def __init__(self, hf_config: dict[str, Any], arch: str, dtype: torch.dtype,
                  quant_config: QuantizationConfig | None = None, tp: TPGroup | None = None,
@@ -443,6 +451,16 @@ class LlamaForCausalLM(nn.Module):
                    kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
                    backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's decoder layers (all, or its pipeline stage's: ``kv_caches`` holds theirs only)."""
+        if self._cpu_stack is not None and residual is None and not self.aux_hidden_layers and \
+                h.device.type == "cpu":  # a small CPU step: every layer in one native call where it applies
+            from pagoda.models import cpu_decoder_stack
+
+            if self._cpu_stack is False:
+                self._cpu_stack = cpu_decoder_stack.bind(self)
+            if self._cpu_stack is not None:
+                out = self._cpu_stack.run(h, positions, kv_caches, meta, backend)
+                if out is not None:
+                    return out, None
         cos_sin = None if self.fused and not self.rope.partial else self.rope.cos_sin(positions)
         start, end = (0, len(self.layers)) if self.pp is None else (self.pp.start, self.pp.end)
         aux: list[torch.Tensor] = []  # in layer order, as vLLM concatenates them
@@ -470,8 +488,8 @@ class LlamaForCausalLM(nn.Module):
 
     def enable_cpu_native_kernels(self) -> int:
         """bf16 on the CPU: layers whose norms are pagoda's plain RMSNorm in bf16 compute them (with the residual
-        add) and the rotary by :mod:`pagoda.layers.cpu_fused` (one call each instead of 7-9 torch ops). Returns
-        how many layers switched (0 when the kernels are unavailable)."""
+        add), the rotary and (a dense SiLU MLP's) silu * up by :mod:`pagoda.layers.cpu_fused` (one call each instead
+        of 2-9 torch ops). Returns how many layers switched (0 when the kernels are unavailable)."""
         from pagoda.layers import cpu_fused
 
         if self.fused or not cpu_fused.available():
@@ -482,6 +500,8 @@ class LlamaForCausalLM(nn.Module):
             if isinstance(layer, DecoderLayer) and all(
                     type(n) is RMSNorm and n.weight.dtype == torch.bfloat16 for n in norms):
                 layer.cpu_native = layer.self_attn.cpu_native = True
+                if type(layer.mlp) is MLP and layer.mlp.silu:
+                    layer.mlp.cpu_native = True
                 count += 1
         return count
 

@@ -12,12 +12,11 @@ static inline float bf16_to_f32(uint16_t v) {
     return f;
 }
 
-/* Round to nearest even, NaN kept quiet: c10::BFloat16's conversion. */
+/* Round to nearest even, NaN kept quiet: c10::BFloat16's conversion (branch-free, so loops of it vectorize). */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : rounded) >> 16);
 }
 #endif

@@ -1,0 +1,108 @@
+"""The native decoder stack (pagoda/models/cpu_decoder_stack.c): a small CPU step's layers in one call give bitwise
+the Python path's hidden states (tokens and logprobs of decode steps, several requests' rows, n-gram verify rows),
+it binds to the model that qualifies, and it declines what it does not cover."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from engine_checks import greedy
+from test_gguf import _tiny_quantized_gguf
+
+from pagoda.layers import cpu_fused
+from pagoda.models import cpu_decoder_stack
+from pagoda.quantization.kernels import cpu_int4_dot
+
+pytestmark = pytest.mark.skipif(not (cpu_int4_dot.available() and cpu_fused.available()),
+                                reason="no bf16-dot int4 kernel here (needs x86-64 AVX512-BF16 and a C compiler)")
+
+ALL_4BIT = {k: "Q4_1" for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")} | {
+    "attn_q": "Q4_0", "ffn_down": "Q4_0", "token_embd": "Q8_0"}
+PROMPTS = [[1, 40, 60, 70, 80, 90, 100, 40, 60, 70], [5, 6, 7, 8], [9, 9, 9, 9, 9, 9]]
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+
+
+@pytest.fixture
+def gguf_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
+    return _tiny_quantized_gguf(tmp_path / "tiny.gguf", True, ALL_4BIT)
+
+
+def _llm(path, **kw):
+    from pagoda import LLM
+
+    return LLM(model=str(path), device="cpu", dtype="bfloat16", max_model_len=128, kv_cache_memory_bytes=1 << 20,
+               **kw)
+
+
+def _outputs(llm, batch: int) -> list:
+    sp = greedy(max_tokens=24, logprobs=5)
+    outs = []
+    for i in range(0, len(PROMPTS), batch):
+        outs += llm.generate([{"prompt_token_ids": p} for p in PROMPTS[i : i + batch]], sp, use_tqdm=False)
+    return [(o.outputs[0].token_ids, [sorted((t, e.logprob) for t, e in d.items()) for d in o.outputs[0].logprobs])
+            for o in outs]
+
+
+@pytest.mark.parametrize("spec", [None, NGRAM], ids=["decode", "ngram"])
+def test_bitwise_the_python_path(gguf_path, monkeypatch, spec):
+    llm = _llm(gguf_path, **({"speculative_config": spec} if spec else {}))
+    model = llm.llm_engine.core.runner.model
+    seen = _record(monkeypatch)
+    native = {b: _outputs(llm, b) for b in (1, 3)}
+    assert isinstance(model._cpu_stack, cpu_decoder_stack.DecoderStack)
+    taken = [rows for rows, ok in seen if ok]
+    assert 1 in taken and max(taken) > 1  # decode rows, and several rows in one step
+    if spec:
+        assert llm.llm_engine.core.scheduler.spec_stats.num_draft_tokens > 0  # verify rows ran through the stack
+    monkeypatch.setattr(cpu_decoder_stack, "ENABLED", False)
+    seen.clear()
+    python = {b: _outputs(llm, b) for b in (1, 3)}
+    assert seen and not any(ok for _, ok in seen)  # the switch sends every step to the Python path
+    assert native == python  # tokens and logprobs, bit for bit, alone and batched
+
+
+def _record(monkeypatch) -> list[tuple[int, bool]]:
+    """(rows, taken) of every step offered to the stack from now on."""
+    seen: list[tuple[int, bool]] = []
+    run = cpu_decoder_stack.DecoderStack.run
+
+    def recording(self, h, *args):
+        out = run(self, h, *args)
+        seen.append((h.shape[0], out is not None))
+        return out
+
+    monkeypatch.setattr(cpu_decoder_stack.DecoderStack, "run", recording)
+    return seen
+
+
+def test_declines_what_it_does_not_cover(tmp_path, gguf_path, monkeypatch):
+    from test_gguf import LAYER_TYPES
+
+    mixed = _llm(_tiny_quantized_gguf(tmp_path / "mixed.gguf", True, LAYER_TYPES))  # 5- and 8-bit linears
+    mixed.generate([{"prompt_token_ids": PROMPTS[0]}], greedy(max_tokens=2), use_tqdm=False)
+    assert mixed.llm_engine.core.runner.model._cpu_stack is None
+    det = _llm(gguf_path, deterministic=True)  # --deterministic: per-row linears, another attention kernel
+    det.generate([{"prompt_token_ids": PROMPTS[1]}], greedy(max_tokens=3), use_tqdm=False)
+    assert det.llm_engine.core.runner.model._cpu_stack is None
+    llm = _llm(gguf_path)
+    seen = _record(monkeypatch)
+    llm.generate([{"prompt_token_ids": PROMPTS[1]}], greedy(max_tokens=3), use_tqdm=False)
+    model = llm.llm_engine.core.runner.model
+    assert isinstance(model._cpu_stack, cpu_decoder_stack.DecoderStack) and (1, True) in seen
+    # a copied model binds again, to its own tensors (raw pointers are not copied)
+    assert copy.deepcopy(model._cpu_stack) is False
+    seen.clear()  # an A/B switch of a kernel the stack calls sends the steps to the Python path
+    monkeypatch.setattr(cpu_int4_dot, "BOUND_CALLS", False)
+    llm.generate([{"prompt_token_ids": PROMPTS[1]}], greedy(max_tokens=3), use_tqdm=False)
+    assert seen and not any(taken for _, taken in seen)
+
+
+def test_a_long_prompt_chunk_runs_the_python_path(gguf_path, monkeypatch):
+    llm = _llm(gguf_path)
+    seen = _record(monkeypatch)
+    prompt = list(range(3, 40))  # 37 rows: more than a decode-like request
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(max_tokens=4), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
+    assert (37, False) in seen and (1, True) in seen
