@@ -9,7 +9,7 @@
  * depends on its query, its request's K/V and its position only (not on the batch, the other rows of the run, or
  * threads): a verify row gets the bits a decode step of that position gets.
  *
- * exp is a polynomial (Cephes' expf: |rel err| < 2e-7 on [-87, 0]) so that the loop over positions vectorizes
+ * exp is a polynomial (native/exp_f32.h: within an ulp of the true value) so that the loop over positions vectorizes
  * (with -fno-trapping-math, which changes no result).
  */
 #include <math.h>
@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "exp_f32.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -25,25 +26,6 @@
 
 #define MAX_GROUP_ROWS 16
 
-/* exp(x) for x in [-87.3, 0] (below: exp(-87.3)); Cody-Waite reduction, Cephes' polynomial on [-ln2/2, ln2/2]. */
-static inline float exp_neg(float x) {
-    if (x < -87.3f) x = -87.3f;
-    float n = floorf(x * 1.44269504f + 0.5f);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.9875691e-4f;
-    p = p * r + 1.3981999e-3f;
-    p = p * r + 8.3334519e-3f;
-    p = p * r + 4.1665795e-2f;
-    p = p * r + 1.6666665e-1f;
-    p = p * r + 5.0000001e-1f;
-    p = p * (r * r) + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } two_n = {.i = ((int32_t)n + 127) << 23};
-    return p * two_n.f;
-}
 
 #define CHUNK 16
 
@@ -157,7 +139,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
         float *s = scores + r * span + (lo[r] - first);
         int64_t len = hi[r] - lo[r] + 1;
         float m = lane_max(s, len);
-        for (int64_t j = 0; j < len; j++) s[j] = exp_neg(s[j] - m);
+        for (int64_t j = 0; j < len; j++) s[j] = exp_f32(s[j] - m);
         den[r] = lane_sum(s, len);
         for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
     }

@@ -12,7 +12,7 @@
  *   (x1*c, x2*s, their difference; x2*c, x1*s, their sum: each rounded to bf16), so its output is bitwise
  *   pagoda.layers.rotary's torch path.
  * pagoda_silu_mul: bf16(float(bf16(g / (1 + exp(-g)))) * float(u)), torch's `F.silu(g) * u` in bf16 with its two
- *   roundings, but exp is this file's own (exp_f32 below, within ~2 ulp of the true value), not torch's SLEEF: a
+ *   roundings, but exp is pagoda's own (native/exp_f32.h, within an ulp of the true value), not torch's SLEEF: a
  *   result may differ from torch's by an ulp where the two exps round silu to different sides of a bf16 tie.
  *
  * Compile with -ffp-contract=off: a fused multiply-add would skip the roundings above.
@@ -22,31 +22,8 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "exp_f32.h"
 
-/* exp(x) in float32 from +, -, *, compares and exponent bits only (so every machine and vector width computes the
- * same bits; -ffp-contract=off keeps the products rounded): x = n ln2 + r, |r| <= ln2/2, n by the 1.5 * 2^23
- * rounding trick, r by Cody-Waite with ln2 split in two, exp(r) by Cephes' degree-7 polynomial, 2^n from the
- * exponent field (as 2 * 2^(n-1), so n = 128 stays finite). x > 88.72 gives +inf and x < -86.5 gives 0 (the
- * float32 results below 2.7e-38 flushed: silu only adds exp(-g) to 1). */
-static inline float exp_f32(float x) {
-    const float hi = 88.72283935546875f, lo = -86.5f;
-    float xc = x > hi ? hi : (x < lo ? lo : x);
-    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 126) << 23; /* 2^(n - 1), n in [-125, 128] */
-    float scale;
-    memcpy(&scale, &bits, 4);
-    float e = (p * 2.0f) * scale;
-    e = x > hi ? INFINITY : e;
-    return x < lo ? 0.0f : e;
-}
 
 /* rows x d: h float32 [rows, h_stride]; delta bf16 [rows, delta_stride] or NULL; h_out float32 [rows, d] (written
  * only with delta; may be h itself); w bf16 [d]; out bf16 [rows, out_stride]. */
