@@ -5,8 +5,8 @@ torch dispatch between its kernels: ~150 µs a layer of module calls, views, spl
 index copies and a dozen ctypes calls. The kernels themselves were already native (cpu_fused's norms, rotary and
 silu * up, cpu_int4_dot's 4-bit matmuls, the native decode attention). :class:`DecoderStack` hands the same kernels,
 as function pointers, to a C loop over the layers, with the same arguments in the same order, so a step's hidden
-states are bitwise those of :meth:`pagoda.models.llama.LlamaForCausalLM.run_layers` (tested: every row count it
-takes, decode and verify rows, every layer's KV-cache rows).
+states are bitwise those of :meth:`pagoda.models.llama.LlamaForCausalLM.run_layers` (tested: tokens and
+logprobs of decode steps, of steps holding several requests' rows, and of n-gram verify rows).
 
 It takes a step when every part would run those kernels on the Python path: a bf16 Llama-family model on one
 device (no tensor or pipeline parallelism, no EAGLE-3 layer outputs), every layer a plain :class:`DecoderLayer`
@@ -73,9 +73,9 @@ def _addr(fn: Any) -> int:
     return ctypes.cast(fn, ctypes.c_void_p).value or 0
 
 
-def _int4(linear: torch.nn.Module) -> _Int4 | None:
+def _int4(linear: torch.nn.Module, keep: list[Any]) -> _Int4 | None:
     """``linear``'s bound 4-bit call as the C struct, when the Python path would run exactly that call for every
-    row count this module takes (see the module docstring)."""
+    row count this module takes (see the module docstring); the call joins ``keep`` (its tensors stay alive)."""
     from pagoda.quantization.awq import AWQLinearMethod
     from pagoda.quantization.compressed_tensors_methods import PackQuantizedLinearMethod
     from pagoda.quantization.gguf import GGUFLinearMethod
@@ -90,17 +90,19 @@ def _int4(linear: torch.nn.Module) -> _Int4 | None:
     bound = w.bound_call
     if bound is None or w.dense_packed is not None or w.perm is not None or w.batch_invariant:
         return None
+    keep.append(bound)
     packed, sz = bound._packed, bound._sz  # noqa: SLF001  # the call's own tensors: one source of the pointers
     return _Int4(packed.data_ptr(), sz.data_ptr(), bound._n, bound._k, bound._g)  # noqa: SLF001
 
 
 class DecoderStack:
-    """The C structs describing one model's layers (pointers into its tensors, which it keeps referenced), bound
-    to one set of KV caches at a time."""
+    """The C structs describing one model's layers (pointers into its tensors, which it keeps referenced, so a
+    model moved or re-packed after its first step cannot leave them dangling), bound to one set of KV caches at a
+    time."""
 
-    def __init__(self, model: LlamaForCausalLM, s: LlamaShape, rope: RotaryEmbedding, layers: list[_Layer],
-                 fns: tuple[int, ...]) -> None:
-        self._model = model  # keeps the weights the structs point into alive
+    def __init__(self, s: LlamaShape, rope: RotaryEmbedding, layers: list[_Layer], fns: tuple[int, ...],
+                 keep: list[Any]) -> None:
+        self._keep = keep  # the tensors (and bound calls) the structs point into: alive while this is
         self._layers = (_Layer * len(layers))(*layers)
         self._stack = _Stack(*fns, ctypes.addressof(self._layers), rope.cos.data_ptr(), rope.sin.data_ptr(),
                              len(layers), s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
@@ -186,6 +188,7 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
     lib = cpu_fused._lib()  # noqa: SLF001
     assert lib is not None
     layers: list[_Layer] = []
+    keep: list[Any] = [rope.cos, rope.sin]
     for layer in list(model.layers):
         if type(layer) is not DecoderLayer or not layer.cpu_native or type(layer.mlp) is not MLP or \
                 not layer.mlp.cpu_native:
@@ -194,12 +197,14 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
         if attn_mod.attn_kwargs.get("logits_soft_cap") or attn_mod.num_heads != s.num_heads or \
                 layer.mlp.inter != s.intermediate_size:
             return None
-        parts = [_int4(m) for m in (attn_mod.qkv_proj, attn_mod.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+        parts = [_int4(m, keep) for m in (attn_mod.qkv_proj, attn_mod.o_proj, layer.mlp.gate_up_proj,
+                                          layer.mlp.down_proj)]
         if any(p is None for p in parts):
             return None
         n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+        keep += [n1.weight, n2.weight]
         layers.append(_Layer(n1.weight.data_ptr(), n2.weight.data_ptr(), *parts, None, None, n1.eps, n2.eps,
                              attn_mod.scale, int(attn_mod.attn_kwargs.get("sliding_window") or 0)))
     fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul), _addr(int4),
            _addr(attn.pagoda_decode_attention))
-    return DecoderStack(model, s, rope, layers, fns)
+    return DecoderStack(s, rope, layers, fns, keep)

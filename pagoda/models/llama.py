@@ -271,7 +271,7 @@ class MLP(nn.Module):
             from pagoda.layers.fused_kernels import silu_and_mul
 
             return self.down_proj(silu_and_mul(gu))
-        if self.cpu_native:
+        if self.cpu_native and gu.dtype == torch.bfloat16:
             from pagoda.layers.cpu_fused import silu_mul
 
             return self.down_proj(silu_mul(gu, self.inter))
