@@ -26,6 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pagoda.attention import cpu_decode_native
+from pagoda.attention.torch_ref import MAX_DECODE_LIKE_QUERY, TorchAttentionBackend
+from pagoda.layers import cpu_fused
+from pagoda.quantization.kernels import cpu_int4_dot
+
 if TYPE_CHECKING:
     from pagoda.attention.metadata import AttentionMetadata
     from pagoda.layers.rotary import RotaryEmbedding
@@ -132,11 +137,6 @@ class DecoderStack:
             meta: AttentionMetadata, backend: Any) -> torch.Tensor | None:
         """The hidden states after every layer (float32, a new tensor), or None where this step is not one it
         takes (then the caller runs the layers from Python)."""
-        from pagoda.attention import cpu_decode_native
-        from pagoda.attention.torch_ref import MAX_DECODE_LIKE_QUERY, TorchAttentionBackend
-        from pagoda.layers import cpu_fused
-        from pagoda.quantization.kernels import cpu_int4_dot
-
         T = h.shape[0]
         if not (ENABLED and cpu_int4_dot.ENABLED and cpu_int4_dot.BOUND_CALLS and cpu_decode_native.ENABLED
                 and cpu_fused.ENABLED) or not 0 < T <= MAX_ROWS or h.dtype != torch.float32 or \
@@ -170,10 +170,7 @@ def _unbound() -> bool:
 def bind(model: LlamaForCausalLM) -> DecoderStack | None:
     """A :class:`DecoderStack` for ``model`` (a :class:`~pagoda.models.llama.LlamaForCausalLM` after loading), or
     None where some layer would not run the native kernels on the Python path (module docstring)."""
-    from pagoda.attention import cpu_decode_native
-    from pagoda.layers import cpu_fused
     from pagoda.models.llama import MLP, DecoderLayer
-    from pagoda.quantization.kernels import cpu_int4_dot
 
     s = getattr(model, "shape", None)
     rope = getattr(model, "rope", None)

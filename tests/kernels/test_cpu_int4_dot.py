@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from test_int_weight_cpu import random_weight
 
 from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.kernels import cpu_int4_dot
@@ -41,14 +42,11 @@ def test_values_within_a_bf16_rounding_of_the_exact_product(n, k, group):
 
 @pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
 def test_int_weight_rows_do_not_depend_on_the_batch(bits, sym):
-    gen = torch.Generator().manual_seed(bits + 10)
     out_f, in_f, group = 192, 128, 32
-    codes = torch.randint(0, 2**bits, (out_f, in_f), generator=gen, dtype=torch.uint8)
-    scales = torch.rand(out_f, in_f // group, generator=gen) * 0.05 + 0.01
-    offsets = -(2 ** (bits - 1)) * scales if sym else torch.randn(out_f, in_f // group, generator=gen) * 0.05
+    codes, scales, offsets = random_weight(bits, group, out_f, in_f, sym, seed=bits + 10)
     w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
     assert w.layout == "cpu_int4"
-    x = torch.randn(32, in_f, generator=gen).to(torch.bfloat16)
+    x = torch.randn(32, in_f, generator=torch.Generator().manual_seed(bits + 11)).to(torch.bfloat16)
     batch = int_weight_linear(x, w)
     single = torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])
     verify = torch.cat([int_weight_linear(x[i : i + 5], w) for i in range(0, 30, 5)] + [int_weight_linear(x[30:], w)])
