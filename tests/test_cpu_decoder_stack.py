@@ -45,8 +45,12 @@ def _outputs(llm, batch: int) -> list:
             for o in outs]
 
 
+@pytest.mark.parametrize("threads", [0, 1, 3], ids=["team", "alone", "team3"])
 @pytest.mark.parametrize("spec", [None, NGRAM], ids=["decode", "ngram"])
-def test_bitwise_the_python_path(gguf_path, monkeypatch, spec):
+def test_bitwise_the_python_path(gguf_path, monkeypatch, spec, threads):
+    """The stack's own threads (0: the engine's count, 2 on CI; 3: more threads than cores) split each matmul's
+    column blocks and the attention's items between them: the same bits as one thread and as the Python path."""
+    monkeypatch.setattr(cpu_decoder_stack, "THREADS", threads)
     llm = _llm(gguf_path, **({"speculative_config": spec} if spec else {}))
     model = llm.llm_engine.core.runner.model
     seen = _record(monkeypatch)

@@ -205,6 +205,50 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
         }
 }
 
+/* One thread's scratch for the items of a call (pagoda_decode_attention_item): bytes, and where each part lies. */
+static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
+
+int64_t pagoda_decode_attention_scratch(int64_t H, int64_t hkv, int64_t D, int64_t max_pos) {
+    int64_t rmax = MAX_GROUP_ROWS * (H / hkv), p = max_pos + 1;
+    return align64(4 * rmax * p) + align64(4 * (2 * rmax * D + D + rmax)) + align64(8 * 2 * rmax) +
+           align64(4 * p * D) + align64((int64_t)sizeof(float *) * p);
+}
+
+/* The call's runs of rows: run_start[0..runs] (T + 1 entries), a request's rows cut every MAX_GROUP_ROWS; returns
+ * runs. Its items are (run, KV head) pairs: runs * hkv of them. */
+int64_t pagoda_decode_attention_runs(const int32_t *row_req, int64_t T, int64_t *run_start) {
+    int64_t runs = 0;
+    for (int64_t t = 0; t < T; t++)
+        if (t == 0 || row_req[t] != row_req[t - 1] || t - run_start[runs - 1] == MAX_GROUP_ROWS) run_start[runs++] = t;
+    run_start[runs] = T;
+    return runs;
+}
+
+/* Item `item` (run item / hkv, KV head item % hkv) of a call, on one thread with its own scratch (64-byte aligned,
+ * pagoda_decode_attention_scratch bytes). Items write disjoint parts of out; any split of them over threads gives
+ * the same bits. */
+void pagoda_decode_attention_item(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
+                                  int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
+                                  const int32_t *row_req, const int32_t *row_pos, const int64_t *run_start,
+                                  int64_t item, int64_t H, int64_t D, int64_t max_pos, float scale, int64_t window,
+                                  int is_bf16, void *scratch, void *out) {
+    int64_t G = H / hkv, rmax = MAX_GROUP_ROWS * G, p = max_pos + 1;
+    char *at = scratch;
+    float *scores = (float *)at;
+    at += align64(4 * rmax * p);
+    float *qf = (float *)at, *acc = qf + rmax * D, *kv_buf = acc + rmax * D, *den = kv_buf + D;
+    at += align64(4 * (2 * rmax * D + D + rmax));
+    int64_t *bounds = (int64_t *)at;
+    at += align64(8 * 2 * rmax);
+    float *v_rows = (float *)at;
+    at += align64(4 * p * D);
+    const float **v_ptr = (const float **)at;
+    int64_t run = item / hkv, kvh = item % hkv, t0 = run_start[run];
+    attend_group(q, q_st, q_sh, k_cache, v_cache, is_bf16, kvh, G, hkv, bs,
+                 block_tables + (int64_t)row_req[t0] * bt_stride, row_pos, t0, run_start[run + 1] - t0, window, D,
+                 scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, v_rows, v_ptr, out);
+}
+
 /* q [T, H, D] (row stride q_st, head stride q_sh, elements); caches [N, hkv, bs, D] contiguous; block_tables int32
  * [B, bt_stride]; row_req / row_pos int32 [T]: each row's request and position (a request's rows consecutive);
  * window 0: none; threads: OpenMP threads (torch's count, passed by the caller: a step that torch runs on one thread
@@ -213,41 +257,26 @@ int pagoda_decode_attention(const void *q, int64_t q_st, int64_t q_sh, const voi
                             int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
                             const int32_t *row_req, const int32_t *row_pos, int64_t T, int64_t H, int64_t D,
                             int64_t max_pos, float scale, int64_t window, int is_bf16, int threads, void *out) {
-    int64_t G = H / hkv;
     int64_t *run_start = malloc(sizeof(int64_t) * (size_t)(T + 1));
     if (run_start == NULL) return -1;
-    int64_t runs = 0;
-    for (int64_t t = 0; t < T; t++)
-        if (t == 0 || row_req[t] != row_req[t - 1] || t - run_start[runs - 1] == MAX_GROUP_ROWS) run_start[runs++] = t;
-    run_start[runs] = T;
-    int64_t rmax = MAX_GROUP_ROWS * G;
+    int64_t runs = pagoda_decode_attention_runs(row_req, T, run_start);
+    size_t bytes = (size_t)pagoda_decode_attention_scratch(H, hkv, D, max_pos);
     int failed = 0;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
-        float *scores = malloc(sizeof(float) * (size_t)(rmax * (max_pos + 1)));
-        float *buf = malloc(sizeof(float) * (size_t)(2 * rmax * D + D + rmax));
-        int64_t *bounds = malloc(sizeof(int64_t) * (size_t)(2 * rmax));
-        float *v_rows = malloc(sizeof(float) * (size_t)((max_pos + 1) * D));
-        const float **v_ptr = malloc(sizeof(float *) * (size_t)(max_pos + 1));
-        int ok = scores != NULL && buf != NULL && bounds != NULL && v_rows != NULL && v_ptr != NULL;
-        if (!ok) {
+        void *scratch = aligned_alloc(64, bytes);
+        if (scratch == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < runs * hkv; item++) {
-            if (!ok) continue;
-            int64_t run = item / hkv, kvh = item % hkv, t0 = run_start[run];
-            float *qf = buf, *acc = buf + rmax * D, *kv_buf = buf + 2 * rmax * D, *den = kv_buf + D;
-            attend_group(q, q_st, q_sh, k_cache, v_cache, is_bf16, kvh, G, hkv, bs,
-                         block_tables + (int64_t)row_req[t0] * bt_stride, row_pos, t0, run_start[run + 1] - t0,
-                         window, D, scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, v_rows, v_ptr, out);
+            if (scratch == NULL) continue;
+            pagoda_decode_attention_item(q, q_st, q_sh, k_cache, v_cache, hkv, bs, block_tables, bt_stride, row_req,
+                                         row_pos, run_start, item, H, D, max_pos, scale, window, is_bf16, scratch,
+                                         out);
         }
-        free(scores);
-        free(buf);
-        free(bounds);
-        free(v_rows);
-        free(v_ptr);
+        free(scratch);
     }
     free(run_start);
     return failed ? -1 : 0;

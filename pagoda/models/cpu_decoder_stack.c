@@ -28,12 +28,16 @@ typedef int (*rope_fn)(const uint16_t *q, int64_t q_stride, int64_t q_heads, con
                        int64_t tokens, int64_t head_dim);
 typedef int (*silu_mul_fn)(const uint16_t *gu, int64_t gu_stride, uint16_t *out, int64_t out_stride, int64_t rows,
                            int64_t inter);
-typedef int (*int4_fn)(const uint16_t *a, const uint8_t *b, const uint16_t *sz, uint16_t *c, int m, int n, int k,
-                       int g, int threads);
-typedef int (*attn_fn)(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
-                       int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride, const int32_t *row_req,
-                       const int32_t *row_pos, int64_t T, int64_t H, int64_t D, int64_t max_pos, float scale,
-                       int64_t window, int is_bf16, int threads, void *out);
+typedef void (*int4_sums_fn)(const uint16_t *a, int m, int k, int g, float *x);
+typedef void (*int4_block_fn)(const uint16_t *a, const float *x, const uint8_t *b, const uint16_t *sz, uint16_t *c,
+                              int m, int n, int k, int g, int blk);
+typedef int64_t (*attn_scratch_fn)(int64_t H, int64_t hkv, int64_t D, int64_t max_pos);
+typedef int64_t (*attn_runs_fn)(const int32_t *row_req, int64_t T, int64_t *run_start);
+typedef void (*attn_item_fn)(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
+                             int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
+                             const int32_t *row_req, const int32_t *row_pos, const int64_t *run_start, int64_t item,
+                             int64_t H, int64_t D, int64_t max_pos, float scale, int64_t window, int is_bf16,
+                             void *scratch, void *out);
 
 /* A 4-bit weight as cpu_int4_dot reads it: int4pack codes, bf16 scales_zeros, out x in features, group size. */
 typedef struct {
@@ -54,17 +58,209 @@ typedef struct {
     norm_fn norm;
     rope_fn rope;
     silu_mul_fn silu_mul;
-    int4_fn mm;
-    attn_fn attn;
+    int4_sums_fn mm_sums;
+    int4_block_fn mm_block;
+    attn_scratch_fn attn_scratch;
+    attn_runs_fn attn_runs;
+    attn_item_fn attn_item;
     const pg_layer *layers;
     const uint16_t *cos, *sin; /* bf16 [rope_rows][D / 2] */
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, block_size, rope_rows;
 } pg_stack;
 
+/* ---- The team: this file's own worker threads (see cpu_decoder_stack.py, "Threads").
+ *
+ * A parallel phase (a matmul's column blocks, the attention's items) is published as (job, n items); the calling
+ * thread and the workers claim items from one atomic word, gen << 40 | n << 20 | next, by compare-and-swap, so a
+ * claim succeeds only for an unclaimed item of the current job: a worker that arrives late (still waking up, or
+ * descheduled) finds nothing left and the caller has run the items itself. The caller waits for the items claimed
+ * by others to finish (a count of finished items), then publishes the next job. Which thread runs an item changes no
+ * bit: items write disjoint outputs by the same arithmetic.
+ *
+ * Workers spin between the phases of a call (a few µs of single-thread work: norms, rotary, residual adds) and sleep
+ * on a futex between calls (the engine's Python runs then): one wake-up per step, not one per kernel as OpenMP's
+ * passive wait policy costs. A spinning worker yields every few thousand polls, so a busy machine is not held. */
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MAX_WORKERS 63
+#define FIELD_BITS 20 /* n and next: at most 2^20 - 1 items a job */
+#define FIELD_MASK ((UINT64_C(1) << FIELD_BITS) - 1)
+
+typedef void (*item_fn)(void *ctx, int64_t item, int thread);
+
+static struct {
+    _Atomic uint64_t word;       /* gen << 40 | n << 20 | next */
+    _Atomic(item_fn) fn;         /* the current job (valid for a claim that succeeded) */
+    _Atomic(void *) ctx;
+    _Atomic int64_t finished;    /* items of the current job finished by workers */
+    _Atomic uint32_t wake;       /* futex word, bumped when a call begins */
+    _Atomic int active;          /* a call is running: workers spin */
+    _Atomic int allowed;         /* workers 1..allowed-1 take items */
+    int started;                 /* workers created (ids 1..started) */
+    pthread_mutex_t lock;        /* serializes calls (one team) and worker creation */
+} team = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claims and runs items of job generation `gen` until none is left; returns how many this thread ran. */
+static int64_t run_items(uint64_t gen, int thread) {
+    int64_t ran = 0;
+    uint64_t v = atomic_load_explicit(&team.word, memory_order_acquire);
+    for (;;) {
+        if (v >> 40 != gen) return ran;
+        uint64_t n = (v >> FIELD_BITS) & FIELD_MASK, next = v & FIELD_MASK;
+        if (next >= n) return ran;
+        /* Guided: a 1/threads share of what is left (fewer claims on the shared line, the tail in small pieces). */
+        const uint64_t threads = (uint64_t)atomic_load_explicit(&team.allowed, memory_order_relaxed);
+        const uint64_t take = (n - next + threads - 1) / threads;
+        if (!atomic_compare_exchange_weak_explicit(&team.word, &v, v + take, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* v reloaded */
+        /* The items are ours and the job is not finished: its fields stay as published until we finish them. */
+        item_fn fn = atomic_load_explicit(&team.fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&team.ctx, memory_order_relaxed);
+        for (uint64_t i = next; i < next + take; i++) fn(ctx, (int64_t)i, thread);
+        ran += (int64_t)take;
+        v = atomic_load_explicit(&team.word, memory_order_acquire);
+    }
+}
+
+static void *worker_main(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    for (;;) {
+        uint32_t seen = atomic_load_explicit(&team.wake, memory_order_acquire);
+        if (!atomic_load_explicit(&team.active, memory_order_acquire) ||
+            id >= atomic_load_explicit(&team.allowed, memory_order_relaxed)) {
+            syscall(SYS_futex, &team.wake, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+            continue;
+        }
+        unsigned polls = 0;
+        while (atomic_load_explicit(&team.active, memory_order_relaxed) &&
+               id < atomic_load_explicit(&team.allowed, memory_order_relaxed)) {
+            uint64_t v = atomic_load_explicit(&team.word, memory_order_acquire);
+            int64_t ran = run_items(v >> 40, id);
+            if (ran) {
+                atomic_fetch_add_explicit(&team.finished, ran, memory_order_release);
+                polls = 0;
+            } else if (++polls % 4096 == 0) {
+                sched_yield();
+            } else {
+                cpu_relax();
+            }
+        }
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) { /* the threads did not survive a fork: create them again when needed */
+    team.started = 0;
+    atomic_store(&team.active, 0);
+    pthread_mutex_init(&team.lock, NULL);
+}
+
+/* A call begins on `threads` threads (the caller and threads - 1 workers); returns the count it got. */
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+static int team_begin(int threads) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handler);
+    if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
+    while (team.started < threads - 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)(team.started + 1)) != 0) break;
+        pthread_detach(t);
+        team.started++;
+    }
+    if (threads > team.started + 1) threads = team.started + 1;
+    atomic_store_explicit(&team.allowed, threads, memory_order_relaxed);
+    if (threads > 1) {
+        atomic_store_explicit(&team.active, 1, memory_order_release);
+        atomic_fetch_add_explicit(&team.wake, 1, memory_order_release);
+        syscall(SYS_futex, &team.wake, FUTEX_WAKE_PRIVATE, MAX_WORKERS, NULL, NULL, 0);
+    }
+    return threads;
+}
+
+static void team_end(void) { atomic_store_explicit(&team.active, 0, memory_order_release); }
+
+/* Runs fn(ctx, i, thread) for i in [0, n) on the team (thread 0: the caller); returns when all have finished. */
+static void team_run(int threads, item_fn fn, void *ctx, int64_t n) {
+    if (threads <= 1 || n <= 1) {
+        for (int64_t i = 0; i < n; i++) fn(ctx, i, 0);
+        return;
+    }
+    static uint64_t gen = 0;
+    gen = (gen + 1) & ((UINT64_C(1) << 24) - 1);
+    atomic_store_explicit(&team.finished, 0, memory_order_relaxed);
+    atomic_store_explicit(&team.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&team.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&team.word, gen << 40 | (uint64_t)n << FIELD_BITS, memory_order_release);
+    int64_t mine = run_items(gen, 0);
+    while (atomic_load_explicit(&team.finished, memory_order_acquire) < n - mine) cpu_relax();
+}
+
+/* ---- The parallel phases. */
+
+typedef struct { /* one 4-bit matmul: C = A @ W.T */
+    const pg_stack *s;
+    const uint16_t *a;
+    const float *x; /* group sums of a */
+    const pg_int4 *w;
+    uint16_t *c;
+    int m;
+} mm_job;
+
+static void mm_item(void *ctx, int64_t blk, int thread) {
+    (void)thread;
+    const mm_job *j = ctx;
+    j->s->mm_block(j->a, j->x, j->w->codes, j->w->scales_zeros, j->c, j->m, (int)j->w->n, (int)j->w->k,
+                   (int)j->w->group, (int)blk);
+}
+
+/* The matmul as cpu_int4_dot's pagoda_int4_dot_mm computes it (group sums, then its column blocks); x: scratch of
+ * m * k / group floats. Returns -1 for shapes that function refuses. */
+static int mm(const pg_stack *s, int threads, const uint16_t *a, const pg_int4 *w, uint16_t *c, int64_t m, float *x) {
+    if (w->n % 64 || w->group <= 0 || w->group % 2 || w->k % w->group) return -1;
+    s->mm_sums(a, (int)m, (int)w->k, (int)w->group, x);
+    mm_job j = {s, a, x, w, c, (int)m};
+    team_run(threads, mm_item, &j, w->n / 64);
+    return 0;
+}
+
+typedef struct { /* one layer's attention */
+    const pg_stack *s;
+    const pg_layer *L;
+    const uint16_t *q;
+    uint16_t *o;
+    const int32_t *block_tables, *row_req, *row_pos;
+    const int64_t *run_start;
+    int64_t bt_stride, max_pos;
+    char *scratch; /* one part of scratch_bytes per thread */
+    int64_t scratch_bytes;
+} attn_job;
+
+static void attn_item(void *ctx, int64_t item, int thread) {
+    const attn_job *j = ctx;
+    const pg_stack *s = j->s;
+    s->attn_item(j->q, s->heads * s->head_dim, s->head_dim, j->L->k_cache, j->L->v_cache, s->kv_heads, s->block_size,
+                 j->block_tables, j->bt_stride, j->row_req, j->row_pos, j->run_start, item, s->heads, s->head_dim,
+                 j->max_pos, (float)j->L->scale, j->L->window, 1, j->scratch + thread * j->scratch_bytes, j->o);
+}
+
 /* Runs every layer on h (float32 [T][hidden], in place). positions, slots: int64 [T] (slot < 0: no cache write);
  * block_tables int32 [B][bt_stride]; row_req, row_pos: each row's request and position (the attention kernel's
- * inputs); threads: the kernels' thread count. Returns 0; -1 when scratch memory is short, -2 for a position
- * outside the rotary table, or a kernel's nonzero return (h is then partly updated). */
+ * inputs); threads: how many threads run the parallel phases (the caller and threads - 1 of this file's workers).
+ * Returns 0; -1 when scratch memory is short or a shape is outside the 4-bit kernel, -2 for a position outside the
+ * rotary table (h is then untouched). */
 int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *positions, const int64_t *slots,
                          const int32_t *block_tables, int64_t bt_stride, const int32_t *row_req,
                          const int32_t *row_pos, int64_t max_pos, int threads) {
@@ -72,14 +268,29 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     const int64_t half = D / 2, qkv_n = (H + 2 * Hk) * D;
     for (int64_t t = 0; t < T; t++)
         if (positions[t] < 0 || positions[t] >= s->rope_rows) return -2;
+    pthread_mutex_lock(&team.lock);
+    threads = team_begin(threads > 0 ? threads : 1);
     /* bf16 scratch: x [T][d], qkv [T][qkv_n], q [T][H][D], k [T][Hk][D], cos / sin [T][half], o [T][H][D],
-     * a [T][d], gu [T][2I], act [T][I]; float32 h2 [T][d]. */
+     * a [T][d], gu [T][2I], act [T][I]; float32 h2 [T][d], group sums [T][max k / 2]; the attention's runs
+     * [T + 1] and its per-thread scratch. */
     const int64_t n16 = T * (d + qkv_n + H * D + Hk * D + 2 * half + H * D + d + 2 * I + I);
-    uint16_t *buf = malloc((size_t)n16 * 2 + (size_t)T * d * 4 + 64);
-    if (buf == NULL) return -1;
-    uint16_t *x = buf, *qkv = x + T * d, *q = qkv + T * qkv_n, *k = q + T * H * D, *cs = k + T * Hk * D,
+    const int64_t kmax = d > I ? (d > H * D ? d : H * D) : (I > H * D ? I : H * D),
+                  attn_bytes = s->attn_scratch(H, Hk, D, max_pos);
+    const size_t f32_at = ((size_t)n16 * 2 + 63) & ~(size_t)63, sums_at = f32_at + (size_t)T * d * 4,
+                 runs_at = sums_at + (((size_t)T * (kmax / 2 + 1) * 4 + 63) & ~(size_t)63),
+                 attn_at = runs_at + (((size_t)(T + 1) * 8 + 63) & ~(size_t)63),
+                 total = attn_at + (size_t)threads * (size_t)attn_bytes;
+    char *buf = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    if (buf == NULL) {
+        team_end();
+        pthread_mutex_unlock(&team.lock);
+        return -1;
+    }
+    uint16_t *x = (uint16_t *)buf, *qkv = x + T * d, *q = qkv + T * qkv_n, *k = q + T * H * D, *cs = k + T * Hk * D,
              *sn = cs + T * half, *o = sn + T * half, *a = o + T * H * D, *gu = a + T * d, *act = gu + T * 2 * I;
-    float *h2 = (float *)(((uintptr_t)(act + T * I) + 63) & ~(uintptr_t)63);
+    float *h2 = (float *)(buf + f32_at), *sums = (float *)(buf + sums_at);
+    int64_t *run_start = (int64_t *)(buf + runs_at);
+    const int64_t items = s->attn_runs(row_req, T, run_start) * Hk;
     for (int64_t t = 0; t < T; t++) { /* the rotary table's rows of this step's positions (cos_sin's gather) */
         memcpy(cs + t * half, s->cos + positions[t] * half, (size_t)half * 2);
         memcpy(sn + t * half, s->sin + positions[t] * half, (size_t)half * 2);
@@ -88,8 +299,7 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     for (int64_t l = 0; l < s->num_layers && rc == 0; l++) {
         const pg_layer *L = &s->layers[l];
         rc |= s->norm(h, d, NULL, 0, NULL, L->norm1, x, d, T, d, (float)L->eps1);
-        rc |= s->mm(x, L->qkv.codes, L->qkv.scales_zeros, qkv, (int)T, (int)L->qkv.n, (int)L->qkv.k,
-                    (int)L->qkv.group, threads);
+        rc |= mm(s, threads, x, &L->qkv, qkv, T, sums);
         rc |= s->rope(qkv, qkv_n, H, qkv + H * D, qkv_n, Hk, cs, sn, q, k, T, D);
         for (int64_t t = 0; t < T; t++) { /* write_kv: each (token, head) row to its slot */
             if (slots[t] < 0) continue;
@@ -100,18 +310,18 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
                 memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
             }
         }
-        rc |= s->attn(q, H * D, D, L->k_cache, L->v_cache, Hk, bs, block_tables, bt_stride, row_req, row_pos, T, H,
-                      D, max_pos, (float)L->scale, L->window, 1, threads, o);
-        rc |= s->mm(o, L->o.codes, L->o.scales_zeros, a, (int)T, (int)L->o.n, (int)L->o.k, (int)L->o.group,
-                    threads);
+        attn_job aj = {s, L, q, o, block_tables, row_req, row_pos, run_start, bt_stride, max_pos, buf + attn_at,
+                       attn_bytes};
+        team_run(threads, attn_item, &aj, items);
+        rc |= mm(s, threads, o, &L->o, a, T, sums);
         rc |= s->norm(h, d, a, d, h2, L->norm2, x, d, T, d, (float)L->eps2);
-        rc |= s->mm(x, L->gate_up.codes, L->gate_up.scales_zeros, gu, (int)T, (int)L->gate_up.n,
-                    (int)L->gate_up.k, (int)L->gate_up.group, threads);
+        rc |= mm(s, threads, x, &L->gate_up, gu, T, sums);
         rc |= s->silu_mul(gu, 2 * I, act, I, T, I);
-        rc |= s->mm(act, L->down.codes, L->down.scales_zeros, a, (int)T, (int)L->down.n, (int)L->down.k,
-                    (int)L->down.group, threads);
+        rc |= mm(s, threads, act, &L->down, a, T, sums);
         for (int64_t i = 0; i < T * d; i++) h[i] = h2[i] + bf16_to_f32(a[i]);
     }
+    team_end();
+    pthread_mutex_unlock(&team.lock);
     free(buf);
     return rc;
 }

@@ -15,6 +15,14 @@ with the CPU-native norms, no q/k norms, full rotary, dense SiLU MLP, 4-bit line
 permutation), a bf16 KV cache, no logit soft-cap; and per step: at most :data:`MAX_ROWS` rows, every request at
 most ``MAX_DECODE_LIKE_QUERY`` rows (the native attention's rows), outside ``--deterministic``. Anything else runs
 the Python path. ``ENABLED = False`` is the A/B switch (read at every step).
+
+Threads. The call splits each 4-bit matmul's 64-column blocks and the attention's (rows, KV head) items over a team
+of its own: the calling thread and :data:`THREADS` - 1 worker threads (default: torch's intra-op count), which spin
+between the call's phases and sleep between calls. Under the passive OpenMP wait policy a small step runs torch on
+one thread (``cpu_threads.SMALL_STEP_MAX_ROWS``), since waking a sleeping OpenMP thread for each of a step's ~150
+kernels costs more than the second core gives; the team wakes once a step, so the second core streams weights too
+(default model, 2-core dev VM: the batch-1 stack call 3.8 -> 2.6 ms). Items claim disjoint outputs and compute them
+by the same arithmetic, so the bits do not depend on the split (tested against one thread and the Python path).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pagoda.attention import cpu_decode_native
 from pagoda.attention.torch_ref import MAX_DECODE_LIKE_QUERY, TorchAttentionBackend
 from pagoda.layers import cpu_fused
 from pagoda.quantization.kernels import cpu_int4_dot
+from pagoda.worker import cpu_threads
 
 if TYPE_CHECKING:
     from pagoda.attention.metadata import AttentionMetadata
@@ -40,6 +49,10 @@ _SOURCE = Path(__file__).with_name("cpu_decoder_stack.c")
 ENABLED = True
 """False: every step runs the layers from Python (the A/B switch of ``benchmarks/cpu_switch_ab.py --switch
 decoder-stack``; read at every step)."""
+THREADS = 0
+"""The stack's threads (its caller and ``THREADS - 1`` workers of its own); 0: torch's intra-op count outside the
+one-thread block of small steps (:func:`pagoda.worker.cpu_threads.outer_threads`). 1 is the A/B switch of the team
+(``benchmarks/cpu_switch_ab.py --switch stack-team``)."""
 MAX_ROWS = 64
 """Steps of more rows run the Python path (the per-layer Python is then a small share of the step)."""
 
@@ -56,16 +69,17 @@ class _Layer(ctypes.Structure):
 
 
 class _Stack(ctypes.Structure):
-    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm", _P), ("attn", _P), ("layers", _P), ("cos", _P),
-                ("sin", _P), ("num_layers", _I), ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I),
-                ("inter", _I), ("block_size", _I), ("rope_rows", _I)]
+    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_sums", _P), ("mm_block", _P), ("attn_scratch", _P),
+                ("attn_runs", _P), ("attn_item", _P), ("layers", _P), ("cos", _P), ("sin", _P), ("num_layers", _I),
+                ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("inter", _I), ("block_size", _I),
+                ("rope_rows", _I)]
 
 
 @lru_cache(maxsize=1)
 def _fn() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
     from pagoda.native import load_library
 
-    lib = load_library(_SOURCE, ("-O2", "-shared", "-fPIC"), "the native decoder stack")
+    lib = load_library(_SOURCE, ("-O2", "-pthread", "-shared", "-fPIC"), "the native decoder stack")
     if lib is None:
         return None
     fn = lib.pagoda_decoder_stack
@@ -155,7 +169,7 @@ class DecoderStack:
             slots = slots.to(torch.int64).contiguous()
         rc = _fn()(ctypes.addressof(self._stack), out.data_ptr(), T, pos.data_ptr(), slots.data_ptr(),  # type: ignore[misc]
                    bt.data_ptr(), bt.stride(0), sel.req.data_ptr(), sel.pos.data_ptr(), sel.max_pos,
-                   torch.get_num_threads())
+                   THREADS or cpu_threads.outer_threads())
         if rc == -2:
             return None  # a position past the rotary table: the Python path raises its error
         if rc != 0:
@@ -179,7 +193,7 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
             s.qk_norm or rope.cos.dtype != torch.bfloat16 or not rope.cos.is_contiguous() or \
             not rope.sin.is_contiguous():
         return None
-    fn, int4, attn = _fn(), cpu_int4_dot._kernel(), cpu_decode_native._lib()  # noqa: SLF001
+    fn, int4, attn = _fn(), cpu_int4_dot.library(), cpu_decode_native._lib()  # noqa: SLF001
     if fn is None or int4 is None or attn is None or not cpu_fused.available():
         return None
     lib = cpu_fused._lib()  # noqa: SLF001
@@ -202,6 +216,8 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
         keep += [n1.weight, n2.weight]
         layers.append(_Layer(n1.weight.data_ptr(), n2.weight.data_ptr(), *parts, None, None, n1.eps, n2.eps,
                              attn_mod.scale, int(attn_mod.attn_kwargs.get("sliding_window") or 0)))
-    fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul), _addr(int4),
-           _addr(attn.pagoda_decode_attention))
+    fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul),
+           _addr(int4.pagoda_int4_group_sums), _addr(int4.pagoda_int4_dot_block),
+           _addr(attn.pagoda_decode_attention_scratch), _addr(attn.pagoda_decode_attention_runs),
+           _addr(attn.pagoda_decode_attention_item))
     return DecoderStack(s, rope, layers, fns, keep)

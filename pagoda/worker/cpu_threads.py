@@ -59,6 +59,7 @@ class _State:
     added: dict[str, str] = {}
     torch_loaded_first = False
     runtime_done = False
+    outer_threads = 0  # inside one_thread(): torch's count outside it
 
 
 def usable_cpus() -> int:
@@ -138,10 +139,20 @@ def one_thread() -> Iterator[None]:
         yield
         return
     torch.set_num_threads(1)
+    _State.outer_threads = n
     try:
         yield
     finally:
+        _State.outer_threads = 0
         torch.set_num_threads(n)
+
+
+def outer_threads() -> int:
+    """torch's intra-op thread count, outside any :func:`one_thread` block (inside one, the count it set aside):
+    the threads of work that waits for no sleeping OpenMP thread, such as the native decoder stack's own team."""
+    import torch
+
+    return _State.outer_threads or torch.get_num_threads()
 
 
 def user_chose_threads() -> bool:

@@ -141,8 +141,19 @@ static void run_tile(const uint16_t *A, const float *X, const uint8_t *B, const 
     }
 }
 
-/* Group sums X[m][g] = sum of A[m][k] over k in g, k ascending, in fp32. */
-static void group_sums(const uint16_t *A, int M, int K, int G, float *X) {
+/* All M rows against block `blk`'s columns of `part`, TILE_ROWS rows at a time (after the first pass the block's
+ * weights come from L1/L2). */
+static void run_part(const uint16_t *A, const float *X, const uint8_t *B, const uint16_t *SZ, uint16_t *C, int M,
+                     int N, int K, int G, int blk, int part) {
+    for (int m = 0; m < M; m += TILE_ROWS) {
+        const int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
+        run_tile(A + (size_t)m * K, X + (size_t)m * (K / G), B, SZ, N, K, G, blk, part, C + (size_t)m * N, rows);
+    }
+}
+
+/* Group sums X[m][g] = sum of A[m][k] over k in g, k ascending, in fp32 (exported for callers that run the
+ * blocks themselves: pagoda_int4_dot_block). */
+void pagoda_int4_group_sums(const uint16_t *A, int M, int K, int G, float *X) {
     const int groups = K / G;
     for (int m = 0; m < M; m++)
         for (int g = 0; g < groups; g++) {
@@ -152,6 +163,16 @@ static void group_sums(const uint16_t *A, int M, int K, int G, float *X) {
         }
 }
 
+/* Columns [64 blk, 64 blk + 64) of C for all M rows, X from pagoda_int4_group_sums: the tiles pagoda_int4_dot_mm
+ * runs for them (a whole block up to FULL_BLOCK_ROWS rows, else its two halves one after the other), so a caller
+ * that splits the N / 64 blocks over its own threads gets pagoda_int4_dot_mm's bits. Shapes as that function
+ * checks them. */
+void pagoda_int4_dot_block(const uint16_t *A, const float *X, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
+                           int M, int N, int K, int G, int blk) {
+    const int full = M <= FULL_BLOCK_ROWS;
+    for (int part = full ? 0 : 1; part <= (full ? 0 : 2); part++) run_part(A, X, B, SZ, C, M, N, K, G, blk, part);
+}
+
 /* C = A @ dequant(B).T by the arithmetic above on `threads` OpenMP threads; returns 0, or -1 when the shapes are
  * outside this kernel (N % 64, K % G, odd G) or memory is short. */
 int pagoda_int4_dot_mm(const uint16_t *A, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
@@ -159,7 +180,7 @@ int pagoda_int4_dot_mm(const uint16_t *A, const uint8_t *B, const uint16_t *SZ, 
     if (M <= 0 || N <= 0 || N % 64 || G <= 0 || G % 2 || K <= 0 || K % G) return -1;
     float *X = (float *)malloc((size_t)M * (K / G) * sizeof(float));
     if (!X) return -1;
-    group_sums(A, M, K, G, X);
+    pagoda_int4_group_sums(A, M, K, G, X);
     const int nthreads = threads > 0 ? threads : 1;
     /* One parallel region a call. Up to FULL_BLOCK_ROWS rows a task is a 64-column block, else a 32-column half
      * that runs its rows TILE_ROWS at a time (its weights then come from L1/L2 after the first pass). */
@@ -167,11 +188,7 @@ int pagoda_int4_dot_mm(const uint16_t *A, const uint8_t *B, const uint16_t *SZ, 
     const int ntasks = full ? N / 64 : N / 32;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int t = 0; t < ntasks; t++) {
-        const int blk = full ? t : t >> 1, part = full ? 0 : 1 + (t & 1);
-        for (int m = 0; m < M; m += TILE_ROWS) {
-            const int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
-            run_tile(A + (size_t)m * K, X + (size_t)m * (K / G), B, SZ, N, K, G, blk, part, C + (size_t)m * N, rows);
-        }
+        run_part(A, X, B, SZ, C, M, N, K, G, full ? t : t >> 1, full ? 0 : 1 + (t & 1));
     }
     free(X);
     return 0;

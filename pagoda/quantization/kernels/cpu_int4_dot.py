@@ -51,15 +51,22 @@ def _cpu_has_bf16_dot() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel after its self-check (``pagoda_int4_dot_mm``; ``pagoda_int4_group_sums`` and
+    ``pagoda_int4_dot_block`` for callers that run the column blocks on their own threads), or None where it does
+    not serve this machine."""
     from pagoda.quantization.kernels import cpu_int4_native
 
     if cpu_int4_native.width() != 64 or not _cpu_has_bf16_dot():
         return None
     from pagoda.native import load_checked
 
-    lib = load_checked(_SOURCE, _FLAGS, "the bf16-dot int4 kernel", "pagoda_int4_dot_mm", _ARGS,
-                       lambda lib: _self_check(lib.pagoda_int4_dot_mm))
+    return load_checked(_SOURCE, _FLAGS, "the bf16-dot int4 kernel", "pagoda_int4_dot_mm", _ARGS,
+                        lambda lib: _self_check(lib.pagoda_int4_dot_mm))
+
+
+def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+    lib = library()
     return None if lib is None else lib.pagoda_int4_dot_mm
 
 
