@@ -14,10 +14,17 @@ through ``Llama.generate(top_k=1)``, batch 32 through the low-level batch API (o
 step with one token of each of the 32 sequences, a unified KV cache). HF: ``model.generate`` on a static
 left-padded batch (the prompts are all of one length, so no padding).
 
+One OpenMP policy for all: llama.cpp's CPU backend computes with the system libgomp, which pagoda's native kernels
+load too, and the wait policy is read once per process. Under ``OMP_WAIT_POLICY=PASSIVE`` (pagoda's default,
+docs/design.md "CPU threads") llama.cpp's per-operation thread hand-offs sleep and wake: its batch 1 measured 38 tok/s
+against 130 without it (2026-12-05, benchmarks/RESULTS.md, session 26). So run the bench twice, with and without
+the variable, and credit each backend with its better run.
+
 Usage (from the repository root)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/cpu_default_model.py [--rounds 3] [--batch-sizes 1 32]
         [--backends pagoda-q pagoda-bf16 llama.cpp hf hf-fp32] [--output-json FILE]
+    python benchmarks/cpu_default_model.py ...          # the same without the variable (llama.cpp's own setting)
 """
 
 from __future__ import annotations
