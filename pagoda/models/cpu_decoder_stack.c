@@ -256,6 +256,8 @@ static void attn_item(void *ctx, int64_t item, int thread) {
                  j->max_pos, (float)j->L->scale, j->L->window, 1, j->scratch + thread * j->scratch_bytes, j->o);
 }
 
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
+
 /* Runs every layer on h (float32 [T][hidden], in place). positions, slots: int64 [T] (slot < 0: no cache write);
  * block_tables int32 [B][bt_stride]; row_req, row_pos: each row's request and position (the attention kernel's
  * inputs); threads: how many threads run the parallel phases (the caller and threads - 1 of this file's workers).
@@ -276,11 +278,11 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     const int64_t n16 = T * (d + qkv_n + H * D + Hk * D + 2 * half + H * D + d + 2 * I + I);
     const int64_t kmax = d > I ? (d > H * D ? d : H * D) : (I > H * D ? I : H * D),
                   attn_bytes = s->attn_scratch(H, Hk, D, max_pos);
-    const size_t f32_at = ((size_t)n16 * 2 + 63) & ~(size_t)63, sums_at = f32_at + (size_t)T * d * 4,
-                 runs_at = sums_at + (((size_t)T * (kmax / 2 + 1) * 4 + 63) & ~(size_t)63),
-                 attn_at = runs_at + (((size_t)(T + 1) * 8 + 63) & ~(size_t)63),
+    const size_t f32_at = up64((size_t)n16 * 2), sums_at = f32_at + up64((size_t)T * d * 4),
+                 runs_at = sums_at + up64((size_t)T * (kmax / 2 + 1) * 4),
+                 attn_at = runs_at + up64((size_t)(T + 1) * 8),
                  total = attn_at + (size_t)threads * (size_t)attn_bytes;
-    char *buf = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    char *buf = aligned_alloc(64, up64(total));
     if (buf == NULL) {
         team_end();
         pthread_mutex_unlock(&team.lock);
