@@ -375,6 +375,7 @@ class LlamaForCausalLM(nn.Module):
         self._lm_packed: torch.Tensor | None = None
         self._head_dense: torch.Tensor | None = None
         self._lm_bf16: torch.Tensor | None = None  # the head's bf16 weight for layers/cpu_bf16_head.py
+        self.final_norm_native = False  # bf16 on the CPU: the final norm by layers/cpu_fused (enable_cpu_native_kernels)
 
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
@@ -474,6 +475,10 @@ class LlamaForCausalLM(nn.Module):
 
     def final_norm(self, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         if residual is None:
+            if self.final_norm_native and h.dtype == torch.float32:  # the layers' native norm (one call)
+                from pagoda.layers.cpu_fused import add_rms_norm
+
+                return add_rms_norm(h, None, self.norm.weight, self.norm.eps)[1]
             return self.norm(h)
         from pagoda.layers.fused_kernels import fused_add_rms_norm
 
@@ -494,6 +499,8 @@ class LlamaForCausalLM(nn.Module):
 
         if self.fused or not cpu_fused.available():
             return 0
+        norm = getattr(self, "norm", None)  # a pipeline stage without the last layer has none
+        self.final_norm_native = type(norm) is RMSNorm and norm.weight.dtype == torch.bfloat16
         count = 0
         for layer in self.layers:
             norms = [getattr(layer, n, None) for n in ("input_layernorm", "post_attention_layernorm")]
