@@ -375,7 +375,7 @@ class LlamaForCausalLM(nn.Module):
         self._lm_packed: torch.Tensor | None = None
         self._head_dense: torch.Tensor | None = None
         self._lm_bf16: torch.Tensor | None = None  # the head's bf16 weight for layers/cpu_bf16_head.py
-        self.final_norm_native = False  # bf16 on the CPU: the final norm by layers/cpu_fused (enable_cpu_native_kernels)
+        self.final_norm_native = False  # bf16 CPU: the final norm by layers/cpu_fused (enable_cpu_native_kernels)
 
     @staticmethod
     def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
