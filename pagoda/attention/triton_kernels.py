@@ -866,10 +866,11 @@ SMALL_DECODE_SPLIT_KEYS = 128
 SHORT_SPLIT_TILES = True  # False: 64-key tiles whatever the split (the A/B switch of decode_ab.py and moe_bench.py)
 FUSED_SPLIT_COMBINE = False
 """True: :func:`split_kv_decode`'s last split of each (request, KV head) combines the partials itself (one launch
-per layer fewer); False: a second kernel does. Off until it has run on a GPU: written in session 23 and tested in
-the CPU interpreter (which runs programs one after another, so it cannot show an ordering fault), but no GPU was
-lent after it was written (RESULTS.md, session 23). To measure: ``decode_ab.py MODEL --switch fused-split-combine``
-and ``tests/kernels/test_triton_attention.py`` on the GPU. Read at launch."""
+per layer fewer); False: a second kernel does. Off: measured slower on an H200 (session 26, ``decode_ab.py MODEL
+--switch fused-split-combine``, Llama-3-8B shape: the batch-1 decode graph 4.185 against 3.961 ms, batch 4 4.770
+against 4.571; RESULTS.md), where one launch fewer per layer was predicted to save 0.03-0.06 ms: the last program's
+serial combine costs more than the reduce kernel it replaces. Correct on the GPU
+(``tests/kernels/test_triton_attention.py`` passed there both ways). Read at launch."""
 
 
 def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
