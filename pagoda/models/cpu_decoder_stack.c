@@ -167,9 +167,9 @@ static void after_fork_child(void) { /* the threads did not survive a fork: crea
     pthread_mutex_init(&team.lock, NULL);
 }
 
-/* A call begins on `threads` threads (the caller and threads - 1 workers); returns the count it got. */
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
+/* A call begins on `threads` threads (the caller and threads - 1 workers); returns the count it got. */
 static int team_begin(int threads) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, register_fork_handler);
