@@ -15,13 +15,15 @@ read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_in
 ``--switch decoder-stack``: a small step's layers in one native call or from Python
 (``pagoda.models.cpu_decoder_stack.ENABLED``, read at each step; the same values);
 ``--switch stack-team``: that call's matmuls and attention split over its own threads or run on one
-(``cpu_decoder_stack.THREADS`` 0 or 1, read at each step; the same values).
+(``cpu_decoder_stack.THREADS`` 0 or 1, read at each step; the same values);
+``--switch head-dot``: the LM head of up to 8 rows by the bf16-dot kernel, float32 logits, or by oneDNN's bf16 head
+with the leading logits refined (``pagoda.layers.cpu_head_dot.ENABLED``, read at each call; AVX512-BF16 CPUs).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
         --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack|
-            stack-team
+            stack-team|head-dot
         [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64]
 """
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls", "decoder-stack", "stack-team"])
+                             "bound-calls", "decoder-stack", "stack-team", "head-dot"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -49,7 +51,7 @@ def main() -> None:
 
     from pagoda import LLM, SamplingParams
     from pagoda.attention import cpu_decode_native, cpu_det_native
-    from pagoda.layers import cpu_fused
+    from pagoda.layers import cpu_fused, cpu_head_dot
     from pagoda.models import cpu_decoder_stack
     from pagoda.quantization.kernels import cpu_int4_dot
 
@@ -75,6 +77,7 @@ def main() -> None:
                 cpu_int4_dot.BOUND_CALLS = name == "on" or args.switch != "bound-calls"
                 cpu_decoder_stack.ENABLED = name == "on" or args.switch != "decoder-stack"
                 cpu_decoder_stack.THREADS = 1 if name == "off" and args.switch == "stack-team" else 0
+                cpu_head_dot.ENABLED = name == "on" or args.switch != "head-dot"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

@@ -6,7 +6,8 @@ lower id: on the default model's "What is the capital of France?" the quantized 
 and answered in French. Recomputing the ``REFINE_TOP_K`` largest logits of each row in float32 (a
 ``k x hidden`` dot product per row, from the same weights) removes those ties where they decide the
 greedy token and the reported top logprobs; the rest of the row keeps its bf16 values. (On a CPU without native
-bf16 the head is :mod:`pagoda.layers.cpu_bf16_head`, whose logits are float32 already: nothing to refine.)
+bf16 the head is :mod:`pagoda.layers.cpu_bf16_head`, and on one with AVX512-BF16 a step of up to 8 rows runs
+:mod:`pagoda.layers.cpu_head_dot`: float32 logits already, nothing to refine.)
 """
 
 from __future__ import annotations
@@ -17,11 +18,23 @@ REFINE_TOP_K = 8
 
 
 def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
-                      k: int = REFINE_TOP_K) -> torch.Tensor:
+                      k: int = REFINE_TOP_K, softcap: float | None = None) -> torch.Tensor:
     """``logits`` [R, V] float32 (in place) with each row's ``k`` largest entries recomputed as
-    ``hidden[r] · weight[v]`` in float32 (``hidden`` [R, H], ``weight`` [V, H], the head's dense table)."""
+    ``hidden[r] · weight[v]`` in float32 (``hidden`` [R, H], ``weight`` [V, H], the head's dense table), then
+    soft-capped as ``softcap * tanh(x / softcap)`` when ``softcap`` is set (the model's final logit soft-cap, which
+    the bf16 logits went through). The dot products are :mod:`pagoda.layers.cpu_head_dot`'s where it applies (the
+    bits that kernel gives the same entries of a few-row batch), torch's otherwise."""
     if logits.numel() == 0:
         return logits
     top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [R, k]
-    exact = torch.einsum("rh,rkh->rk", hidden.float(), weight[top].float())
+    from pagoda.layers import cpu_head_dot
+
+    rows = torch.arange(top.shape[0]).repeat_interleave(top.shape[1])
+    exact = cpu_head_dot.entries(hidden, weight, rows, top.reshape(-1)) if logits.device.type == "cpu" else None
+    if exact is not None:
+        exact = exact.view_as(top)
+    else:
+        exact = torch.einsum("rh,rkh->rk", hidden.float(), weight[top].float())
+    if softcap:
+        exact = torch.tanh(exact / softcap) * softcap
     return logits.scatter_(1, top, exact)

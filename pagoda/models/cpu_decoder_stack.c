@@ -208,6 +208,17 @@ static void team_run(int threads, item_fn fn, void *ctx, int64_t n) {
     while (atomic_load_explicit(&team.finished, memory_order_acquire) < n - mine) cpu_relax();
 }
 
+/* Runs fn(ctx, i, thread) for i in [0, n) on the team, the caller and threads - 1 workers (one call's worth: the
+ * team wakes, runs the items, sleeps again): for native work outside the decoder stack with the same item contract
+ * (disjoint outputs, the bits independent of the thread), e.g. the LM head (pagoda/layers/cpu_head_dot.c). */
+void pagoda_team_run(item_fn fn, void *ctx, int64_t n, int threads) {
+    pthread_mutex_lock(&team.lock);
+    threads = team_begin(threads > 0 ? threads : 1);
+    team_run(threads, fn, ctx, n);
+    team_end();
+    pthread_mutex_unlock(&team.lock);
+}
+
 /* ---- The parallel phases. */
 
 typedef struct { /* one 4-bit matmul: C = A @ W.T */

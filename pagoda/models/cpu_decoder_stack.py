@@ -76,16 +76,33 @@ class _Stack(ctypes.Structure):
 
 
 @lru_cache(maxsize=1)
-def _fn() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+def _lib() -> ctypes.CDLL | None:
     from pagoda.native import load_library
 
     lib = load_library(_SOURCE, ("-O2", "-pthread", "-shared", "-fPIC"), "the native decoder stack")
     if lib is None:
         return None
-    fn = lib.pagoda_decoder_stack
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _P, _I, _P, _P, _P, _I, _P, _P, _I, ctypes.c_int]
-    return fn
+    lib.pagoda_decoder_stack.restype = ctypes.c_int
+    lib.pagoda_decoder_stack.argtypes = [_P, _P, _I, _P, _P, _P, _I, _P, _P, _I, ctypes.c_int]
+    lib.pagoda_team_run.restype = None
+    lib.pagoda_team_run.argtypes = [_P, _P, _I, ctypes.c_int]
+    return lib
+
+
+def _fn() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
+    lib = _lib()
+    return None if lib is None else lib.pagoda_decoder_stack
+
+
+def team_run(fn: int, ctx: int, n: int) -> bool:
+    """Runs the native item function at address ``fn`` (C: ``void fn(void *ctx, int64_t item, int thread)``) for
+    items ``0 .. n-1`` on this module's thread team (:data:`THREADS`); returns False, having run nothing, where the
+    library is unavailable. The items must write disjoint outputs whose bits do not depend on the thread."""
+    lib = _lib()
+    if lib is None:
+        return False
+    lib.pagoda_team_run(fn, ctx, n, THREADS or cpu_threads.outer_threads())
+    return True
 
 
 def _addr(fn: Any) -> int:

@@ -126,6 +126,7 @@ class GemmaForCausalLM(LlamaForCausalLM):
         self._lm_packed: torch.Tensor | None = None
         self._head_dense: torch.Tensor | None = None
         self._lm_bf16: torch.Tensor | None = None
+        self._lm_dot: torch.Tensor | None = None
 
     def forward(self, input_ids, positions, kv_caches, meta, backend) -> torch.Tensor:
         h = self.embed_tokens(input_ids) * self.embed_scale

@@ -375,6 +375,7 @@ class LlamaForCausalLM(nn.Module):
         self._lm_packed: torch.Tensor | None = None
         self._head_dense: torch.Tensor | None = None
         self._lm_bf16: torch.Tensor | None = None  # the head's bf16 weight for layers/cpu_bf16_head.py
+        self._lm_dot: torch.Tensor | None = None  # the head's bf16 weight for layers/cpu_head_dot.py (few rows)
         self.final_norm_native = False  # bf16 CPU: the final norm by layers/cpu_fused (enable_cpu_native_kernels)
 
     @staticmethod
@@ -513,7 +514,13 @@ class LlamaForCausalLM(nn.Module):
         return count
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model dtype (float32 from the CPU's native bf16 head)."""
+        """Logits in the model dtype (float32 from the CPU's native bf16 heads)."""
+        if self._lm_dot is not None:
+            from pagoda.layers import cpu_head_dot
+
+            out = cpu_head_dot.head(hidden, self._lm_dot)
+            if out is not None:
+                return out
         if self._lm_packed is not None:
             from pagoda.layers.cpu_linear import packed_linear
 
@@ -545,6 +552,13 @@ class LlamaForCausalLM(nn.Module):
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
         self._head_dense = w if self._lm_packed is not None else None  # for layers/logits.py (no copy: same tensor)
+        if w is not None and w.dtype == torch.bfloat16 and w.is_contiguous():
+            from pagoda.layers import cpu_head_dot
+
+            if cpu_head_dot.available():
+                self._lm_dot = w
+                logger.info("CPU: the LM head runs the bf16-dot kernel up to %d rows (float32 logits)",
+                            cpu_head_dot.MAX_ROWS)
         if w is not None and self._lm_packed is None and w.dtype == torch.bfloat16:
             from pagoda.layers import cpu_bf16_head
 
@@ -560,14 +574,15 @@ class LlamaForCausalLM(nn.Module):
         return n + (self._lm_packed is not None)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in float32 (what the sampler and logprobs use); on the CPU's prepacked half-precision head,
-        each row's leading logits are recomputed in float32 (layers/logits.py)."""
-        logits = self.compute_logits_raw(hidden).float()
+        """Logits in float32 (what the sampler and logprobs use); where the head's output is half precision (the
+        CPU's prepacked head), each row's leading logits are recomputed in float32 (layers/logits.py)."""
+        raw = self.compute_logits_raw(hidden)
+        logits = raw.float()
         head_dense = getattr(self, "_head_dense", None)  # subclasses that build their own layers may lack it
-        if head_dense is not None and hidden.dtype != torch.float32:
+        if head_dense is not None and raw.dtype != torch.float32:
             from pagoda.layers.logits import refine_top_logits
 
-            refine_top_logits(logits, hidden, head_dense)
+            refine_top_logits(logits, hidden, head_dense, softcap=getattr(self, "final_logit_softcap", None))
         return logits
 
     # ----------------------------------------------------------- weights

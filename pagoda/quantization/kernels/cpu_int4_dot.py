@@ -40,7 +40,7 @@ the per-call Python cost; the values are the same)."""
 _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
 
 
-def _cpu_has_bf16_dot() -> bool:
+def cpu_has_bf16_dot() -> bool:
     """``cpuid`` says AVX512-BF16 (with the AVX-512 subsets the kernel uses): the instruction will not fault."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
@@ -57,7 +57,7 @@ def library() -> ctypes.CDLL | None:
     not serve this machine."""
     from pagoda.quantization.kernels import cpu_int4_native
 
-    if cpu_int4_native.width() != 64 or not _cpu_has_bf16_dot():
+    if cpu_int4_native.width() != 64 or not cpu_has_bf16_dot():
         return None
     from pagoda.native import load_checked
 
