@@ -385,4 +385,13 @@ def test_greedy_argmax_is_argmax_with_ties_and_nans():
         x[6, :] = float("-inf")
         x[7, 3] = float("inf")
         assert torch.equal(greedy_argmax(x), x.argmax(dim=-1))
+        assert torch.equal(greedy_argmax(x[:, 10:2000]), x[:, 10:2000].argmax(dim=-1))  # rows strided in memory
     assert torch.equal(greedy_argmax(x[:0]), x[:0].argmax(dim=-1))
+
+
+def test_the_native_cpu_argmax_serves_avx512_cpus():
+    from pagoda.layers import argmax
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        pytest.skip("the native argmax is AVX-512 code")
+    assert argmax._cpu_lib() is not None  # compiled and agreed with torch.argmax in its self-check

@@ -248,12 +248,8 @@ def sample_tokens(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
 
 
 def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(-1)``, the same indices (the first maximal value of a row; a NaN counts as maximal). On the CPU
-    through ``max(dim)``, which torch documents with the same first-index rule and runs 2-3x faster there
-    (32 x 49152 float32: 0.45 vs 1.1 ms on two threads, 0.77 vs 2.2 ms on one; tests/test_sampling.py checks ties
-    and NaNs against argmax)."""
-    if logits.device.type == "cpu" and logits.dim() == 2 and logits.shape[-1] > 0:
-        return logits.max(dim=-1).indices
+    """``logits.argmax(-1)``, the same indices (the first maximal value of a row; a NaN counts as maximal), by
+    :func:`pagoda.layers.argmax.argmax_rows` (tests/test_sampling.py checks ties and NaNs against argmax)."""
     return argmax_rows(logits)
 
 

@@ -144,13 +144,17 @@ class DecoderStack:
                              len(layers), s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
                              s.intermediate_size, 0, rope.cos.shape[0])
         self._kv_key: tuple[int, ...] = ()
+        self._kv_list: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __reduce__(self):  # a copied or pickled model binds again, to its own tensors (pointers cannot be copied)
         return _unbound, ()
 
     def _bind_kv(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        if kv_caches is self._kv_list:  # the list bound last (held, so not another list at its address): the
+            return True                 # runner allocates a new list for new caches, never edits one (~50 µs a step)
         key = tuple(t.data_ptr() for kv in kv_caches for t in kv)
         if key == self._kv_key:
+            self._kv_list = kv_caches
             return True
         k0 = kv_caches[0][0]
         if len(kv_caches) != len(self._layers) or any(
@@ -161,7 +165,7 @@ class DecoderStack:
         for layer, (k, v) in zip(self._layers, kv_caches, strict=True):
             layer.k_cache, layer.v_cache = k.data_ptr(), v.data_ptr()
         self._stack.block_size = k0.shape[2]
-        self._kv_key = key
+        self._kv_key, self._kv_list = key, kv_caches
         return True
 
     def run(self, h: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],

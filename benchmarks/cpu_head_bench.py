@@ -1,0 +1,73 @@
+"""The CPU LM head at a few rows: :mod:`pagoda.layers.cpu_head_dot` (float32 logits, on the decoder stack's thread
+team) against oneDNN's prepacked bf16 matmul plus the float32 refinement of each row's 8 leading logits (the head it
+replaces up to ``cpu_head_dot.MAX_ROWS`` rows), on a bf16 weight of the default model's head shape (49152 x 576,
+random values). Before each timed call a 64 MiB buffer is rewritten, as a decode step's layers flush the caches
+before the head runs. Prints the median ms of each at each row count, the max error against float64 and whether
+each row alone gives the same bits as in the batch.
+
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/cpu_head_bench.py [--rows 1 2 4 5 8 16 32] [--reps 15]
+        [--vocab 49152 --hidden 576]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 5, 8, 16, 32])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--hidden", type=int, default=576)
+    args = ap.parse_args()
+
+    from pagoda.layers import cpu_head_dot
+    from pagoda.layers.cpu_linear import pack_weight, packed_linear
+    from pagoda.layers.logits import refine_top_logits
+
+    if not cpu_head_dot.available():
+        raise SystemExit("cpu_head_dot is not available here (needs AVX512-BF16 and a C compiler)")
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(args.vocab, args.hidden, generator=g) * 0.05).bfloat16()
+    packed = pack_weight(w, 1)
+    flush = torch.empty(64 * 2**20 // 4)
+    saved_max = cpu_head_dot.MAX_ROWS
+    cpu_head_dot.MAX_ROWS = max(args.rows)  # time the kernel above its threshold too
+
+    def ours(x: torch.Tensor) -> torch.Tensor:
+        out = cpu_head_dot.head(x, w)
+        assert out is not None
+        return out
+
+    def onednn(x: torch.Tensor) -> torch.Tensor:
+        logits = (packed_linear(x, packed, None) if packed is not None else x @ w.t()).float()
+        return refine_top_logits(logits, x, w)
+
+    print(f"torch threads {torch.get_num_threads()}, head {args.vocab} x {args.hidden} bf16, "
+          f"oneDNN prepacked: {packed is not None}")
+    for m in args.rows:
+        x = torch.randn(m, args.hidden, generator=g).bfloat16()
+        got = ours(x)
+        err = (got.double() - x.double() @ w.double().t()).abs().max().item()
+        alone = all(torch.equal(ours(x[i : i + 1])[0], got[i]) for i in range(m))
+        med = {}
+        for name, fn in (("bf16-dot", ours), ("oneDNN+refine", onednn)):
+            ts = []
+            for _ in range(args.reps):
+                flush.add_(1.0)
+                t = time.perf_counter()
+                fn(x)
+                ts.append(time.perf_counter() - t)
+            med[name] = sorted(ts)[len(ts) // 2] * 1e3
+        print(f"rows {m:3d}: bf16-dot {med['bf16-dot']:.3f} ms  oneDNN+refine {med['oneDNN+refine']:.3f} ms  "
+              f"ratio {med['bf16-dot'] / med['oneDNN+refine']:.2f}  max err {err:.1e}  rows alone bitwise {alone}",
+              flush=True)
+    cpu_head_dot.MAX_ROWS = saved_max
+
+
+if __name__ == "__main__":
+    main()
