@@ -6,7 +6,7 @@ before the head runs. Prints the median ms of each at each row count, the max er
 each row alone gives the same bits as in the batch.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/cpu_head_bench.py [--rows 1 2 4 5 8 16 32] [--reps 15]
-        [--vocab 49152 --hidden 576]
+        [--vocab 49152 --hidden 576] [--batch-hint 256]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--hidden", type=int, default=576)
+    ap.add_argument("--batch-hint", type=int, default=256,
+                    help="oneDNN's packing hint (the engine passes min(max_num_seqs, 256); serve's default: 256)")
     args = ap.parse_args()
 
     from pagoda.layers import cpu_head_dot
@@ -33,7 +35,7 @@ def main() -> None:
         raise SystemExit("cpu_head_dot is not available here (needs AVX512-BF16 and a C compiler)")
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(args.vocab, args.hidden, generator=g) * 0.05).bfloat16()
-    packed = pack_weight(w, 1)
+    packed = pack_weight(w, args.batch_hint)
     flush = torch.empty(64 * 2**20 // 4)
     saved_max = cpu_head_dot.MAX_ROWS
     cpu_head_dot.MAX_ROWS = max(args.rows)  # time the kernel above its threshold too
@@ -48,7 +50,7 @@ def main() -> None:
         return refine_top_logits(logits, x, w)
 
     print(f"torch threads {torch.get_num_threads()}, head {args.vocab} x {args.hidden} bf16, "
-          f"oneDNN prepacked: {packed is not None}")
+          f"oneDNN prepacked (batch hint {args.batch_hint}): {packed is not None}")
     for m in args.rows:
         x = torch.randn(m, args.hidden, generator=g).bfloat16()
         got = ours(x)

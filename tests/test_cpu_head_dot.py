@@ -33,6 +33,9 @@ def test_matches_float64_and_rows_do_not_depend_on_the_batch(monkeypatch, k, thr
     for m in range(1, x.shape[0] + 1):  # every batch size up to MAX_ROWS: the same bits per row
         assert torch.equal(cpu_head_dot.head(x[:m], w), got[:m])
     assert torch.equal(cpu_head_dot.head(x[3:4], w)[0], got[3])
+    alone = cpu_head_dot._run(cpu_head_dot._lib(), x, w, team=False)  # the calling thread only
+    assert alone is not None and torch.equal(alone, got)
+    assert torch.equal(cpu_head_dot.head(x.t().contiguous().t(), w), got)  # non-contiguous hidden rows are copied
 
 
 def test_entries_are_the_heads_bits_and_refinement_uses_them():
@@ -64,7 +67,8 @@ def test_declines_what_it_does_not_cover(monkeypatch):
     x, w = _weights(50, 64, cpu_head_dot.MAX_ROWS + 1)
     assert cpu_head_dot.head(x, w) is None  # above MAX_ROWS: the caller's oneDNN head
     assert cpu_head_dot.head(x[:2].float(), w) is None
-    assert cpu_head_dot.head(x[:2], w[:, :32]) is None
+    assert cpu_head_dot.head(x[:2], w[:, :32]) is None  # another width
+    assert cpu_head_dot.head(x[:2, :32], w[:, :32]) is None  # a non-contiguous weight
     monkeypatch.setattr(cpu_head_dot, "ENABLED", False)
     assert cpu_head_dot.head(x[:2], w) is None
 

@@ -386,6 +386,9 @@ def test_greedy_argmax_is_argmax_with_ties_and_nans():
         x[7, 3] = float("inf")
         assert torch.equal(greedy_argmax(x), x.argmax(dim=-1))
         assert torch.equal(greedy_argmax(x[:, 10:2000]), x[:, 10:2000].argmax(dim=-1))  # rows strided in memory
+    v = torch.randn(1000, generator=gen)
+    for odd in (v.reshape(1000, 1).t(), v[None].expand(3, 1000), v[None, ::2]):  # overlapping or strided rows
+        assert torch.equal(greedy_argmax(odd), odd.argmax(dim=-1))
     assert torch.equal(greedy_argmax(x[:0]), x[:0].argmax(dim=-1))
 
 

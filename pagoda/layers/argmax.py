@@ -20,7 +20,8 @@ import torch
 _SOURCE = Path(__file__).with_name("cpu_argmax.c")
 
 ENABLED = True
-"""False: :func:`argmax_rows` is ``torch.argmax`` (the A/B switch of the benchmarks; read at call time)."""
+"""False: :func:`argmax_rows` is torch's (``max(dim)`` on the CPU, ``argmax`` elsewhere: the A/B switch of the
+benchmarks; read at call time)."""
 
 
 def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -32,7 +33,8 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
             from pagoda.layers.argmax_triton import argmax_triton
 
             return argmax_triton(logits)
-        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        if logits.device.type == "cpu" and logits.dtype == torch.float32 and (
+                logits.shape[0] == 1 or logits.stride(0) >= logits.shape[1]):  # rows that do not overlap
             lib = _cpu_lib()
             if lib is not None:
                 return _cpu_argmax(lib, logits)
@@ -44,8 +46,8 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
 
 def _cpu_argmax(lib: ctypes.CDLL, logits: torch.Tensor) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.int64)
-    if lib.pagoda_argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], logits.stride(0),
-                              out.data_ptr()) != 0:
+    stride = logits.stride(0) if logits.shape[0] > 1 else logits.shape[1]
+    if lib.pagoda_argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], stride, out.data_ptr()) != 0:
         raise RuntimeError(f"native argmax refused logits of shape {tuple(logits.shape)}")
     return out
 

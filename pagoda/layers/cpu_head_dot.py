@@ -5,7 +5,9 @@ weight one vocabulary row after another on the native decoder stack's thread tea
 (:func:`pagoda.models.cpu_decoder_stack.team_run`) and returns float32 logits, nothing rounded to bf16. Above that,
 oneDNN's prepacked bf16 matmul stays the head (its tiles win there) and this kernel supplies the exact values of each
 row's leading logits (:func:`entries`, used by :mod:`pagoda.layers.logits`), the same bits as :func:`head` gives them,
-so the greedy token and the reported top logprobs do not depend on which side of :data:`MAX_ROWS` a row falls.
+so a row's greedy token and its 8 leading logits do not depend on which side of :data:`MAX_ROWS` it falls. Its
+log-probabilities do, at the 1e-4 level (the normalizer sums the whole row: float32 logits here, bf16 ones with 8
+refined above), and so do sampled tokens at such margins; ``--deterministic`` runs every row through one path.
 
 Measured on the 2-core AVX-512-BF16 dev VM, the default model's 49152 x 576 head after a cache flush, two threads
 (RESULTS.md, session 27): 1 row 1.57 ms against oneDNN + refinement 2.37 ms, 4 rows 2.02 / 2.35, 8 rows 2.55 / 3.03,
@@ -60,16 +62,18 @@ def available() -> bool:
     return _lib() is not None
 
 
-def _run(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, team: bool) -> torch.Tensor:
+def _run(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, team: bool) -> torch.Tensor | None:
+    """The logits, on the thread team (``team``; None where it is unavailable: the caller's multi-threaded head is
+    then faster than this kernel on one thread) or on the calling thread."""
     out = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     job = _Job(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], ITEM_ROWS)
-    items = -(-w.shape[0] // ITEM_ROWS)
     if team:
         from pagoda.models import cpu_decoder_stack  # the team's owner (one set of worker threads a process)
 
-        if cpu_decoder_stack.team_run(ctypes.cast(lib.pagoda_head_item, ctypes.c_void_p).value or 0,
-                                      ctypes.addressof(job), items):
-            return out
+        items = -(-w.shape[0] // ITEM_ROWS)
+        ran = cpu_decoder_stack.team_run(ctypes.cast(lib.pagoda_head_item, ctypes.c_void_p).value or 0,
+                                         ctypes.addressof(job), items)
+        return out if ran else None
     lib.pagoda_head_dot(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], ITEM_ROWS)
     return out
 
@@ -88,11 +92,13 @@ def _self_check(lib: ctypes.CDLL) -> bool:
         w = (torch.randn(n, k, generator=gen) * 0.1).to(torch.bfloat16)
         x = (torch.randn(11, k, generator=gen) * 3).to(torch.bfloat16)
         got = _run(lib, x, w, team=False)
+        assert got is not None
         ref = x.double() @ w.double().t()
         tol = (x.double().abs() @ w.double().abs().t()) * 2.0**-20 + 1e-30
         if not bool(((got.double() - ref).abs() <= tol).all()):
             return False
-        if not all(torch.equal(_run(lib, x[i : i + 1], w, team=False)[0], got[i]) for i in range(x.shape[0])):
+        alone = (_run(lib, x[i : i + 1], w, team=False) for i in range(x.shape[0]))
+        if not all(a is not None and torch.equal(a[0], got[i]) for i, a in enumerate(alone)):
             return False
         rows = torch.randint(0, x.shape[0], (40,), generator=gen)
         cols = torch.randint(0, n, (40,), generator=gen)

@@ -210,13 +210,17 @@ static void team_run(int threads, item_fn fn, void *ctx, int64_t n) {
 
 /* Runs fn(ctx, i, thread) for i in [0, n) on the team, the caller and threads - 1 workers (one call's worth: the
  * team wakes, runs the items, sleeps again): for native work outside the decoder stack with the same item contract
- * (disjoint outputs, the bits independent of the thread), e.g. the LM head (pagoda/layers/cpu_head_dot.c). */
-void pagoda_team_run(item_fn fn, void *ctx, int64_t n, int threads) {
+ * (disjoint outputs, the bits independent of the thread), e.g. the LM head (pagoda/layers/cpu_head_dot.c). An item
+ * must not call back into the team (its lock is not recursive). Returns 0, or -1 (nothing run) for n outside
+ * [0, 2^20). */
+int pagoda_team_run(item_fn fn, void *ctx, int64_t n, int threads) {
+    if (n < 0 || n > (int64_t)FIELD_MASK) return -1;
     pthread_mutex_lock(&team.lock);
     threads = team_begin(threads > 0 ? threads : 1);
     team_run(threads, fn, ctx, n);
     team_end();
     pthread_mutex_unlock(&team.lock);
+    return 0;
 }
 
 /* ---- The parallel phases. */

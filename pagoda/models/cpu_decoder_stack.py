@@ -84,7 +84,7 @@ def _lib() -> ctypes.CDLL | None:
         return None
     lib.pagoda_decoder_stack.restype = ctypes.c_int
     lib.pagoda_decoder_stack.argtypes = [_P, _P, _I, _P, _P, _P, _I, _P, _P, _I, ctypes.c_int]
-    lib.pagoda_team_run.restype = None
+    lib.pagoda_team_run.restype = ctypes.c_int
     lib.pagoda_team_run.argtypes = [_P, _P, _I, ctypes.c_int]
     return lib
 
@@ -96,12 +96,14 @@ def _fn() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' p
 
 def team_run(fn: int, ctx: int, n: int) -> bool:
     """Runs the native item function at address ``fn`` (C: ``void fn(void *ctx, int64_t item, int thread)``) for
-    items ``0 .. n-1`` on this module's thread team (:data:`THREADS`); returns False, having run nothing, where the
-    library is unavailable. The items must write disjoint outputs whose bits do not depend on the thread."""
+    items ``0 .. n-1`` (n < 2**20) on this module's thread team (:data:`THREADS`); returns False, having run nothing,
+    where the library is unavailable. The items must write disjoint outputs whose bits do not depend on the thread,
+    and must not call back into the team."""
     lib = _lib()
     if lib is None:
         return False
-    lib.pagoda_team_run(fn, ctx, n, THREADS or cpu_threads.outer_threads())
+    if lib.pagoda_team_run(fn, ctx, n, THREADS or cpu_threads.outer_threads()) != 0:
+        raise ValueError(f"CPU thread team: {n} work items, outside [0, 2**20)")
     return True
 
 
