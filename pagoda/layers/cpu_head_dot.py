@@ -10,8 +10,8 @@ log-probabilities do, at the 1e-4 level (the normalizer sums the whole row: floa
 refined above), and so do sampled tokens at such margins; ``--deterministic`` runs every row through one path.
 
 Measured on the 2-core AVX-512-BF16 dev VM, the default model's 49152 x 576 head after a cache flush, two threads
-(RESULTS.md, session 27): 1 row 1.57 ms against oneDNN + refinement 2.37 ms, 4 rows 2.02 / 2.35, 8 rows 2.55 / 3.03,
-16 rows 4.91 / 4.04. Used after a self-check (a float64 reference within float32 summation error; rows alone ==
+(RESULTS.md, session 27): 1 row 1.71 ms against oneDNN + refinement 2.89 ms, 4 rows 2.21 / 2.45, 8 rows 2.70 / 2.89,
+16 rows 5.22 / 4.62 (on a 16-core Xeon: 0.56 / 1.37 ms at 1 row). Used after a self-check (a float64 reference within float32 summation error; rows alone ==
 rows in a batch, bitwise; :func:`entries` == :func:`head`) on CPUs whose ``cpuid`` reports AVX512-BF16.
 ``ENABLED = False`` is the A/B switch (read at every call).
 """
