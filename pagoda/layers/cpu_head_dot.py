@@ -11,8 +11,9 @@ refined above), and so do sampled tokens at such margins; ``--deterministic`` ru
 
 Measured on the 2-core AVX-512-BF16 dev VM, the default model's 49152 x 576 head after a cache flush, two threads
 (RESULTS.md, session 27): 1 row 1.71 ms against oneDNN + refinement 2.89 ms, 4 rows 2.21 / 2.45, 8 rows 2.70 / 2.89,
-16 rows 5.22 / 4.62 (on a 16-core Xeon: 0.56 / 1.37 ms at 1 row). Used after a self-check (a float64 reference within float32 summation error; rows alone ==
-rows in a batch, bitwise; :func:`entries` == :func:`head`) on CPUs whose ``cpuid`` reports AVX512-BF16.
+16 rows 5.22 / 4.62 (on a 16-core Xeon: 0.56 / 1.37 ms at 1 row). Used after a self-check (a float64 reference within
+float32 summation error; rows alone == rows in a batch, bitwise; :func:`entries` == :func:`head`) on CPUs whose
+``cpuid`` reports AVX512-BF16.
 ``ENABLED = False`` is the A/B switch (read at every call).
 """
 
