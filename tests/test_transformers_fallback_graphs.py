@@ -188,8 +188,12 @@ def test_decode_graphs_runner_with_fallback(tiny, monkeypatch):
     """pagoda's DecodeGraphs (capture per size, pinned staging, padded replay, logits and argmax in the graph)
     around the fallback, with the CPU stand-in for CUDA graphs: replayed steps of 3 requests (padded to 4)
     equal eager steps."""
+    from pagoda.layers import argmax
     from pagoda.worker import cuda_graphs
 
+    # The stand-in records torch ops; the CPU's native argmax is a ctypes call it cannot replay (a real graph is CUDA's
+    # and takes the Triton argmax), so the captured argmax here is torch's.
+    monkeypatch.setattr(argmax, "ENABLED", False)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _TraceGraph)
     monkeypatch.setattr(torch.cuda, "graph", _capture)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
