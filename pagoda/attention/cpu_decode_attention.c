@@ -13,7 +13,10 @@
  * q and K rows (scores_bf16: exact products, the CPU's pair sums; no float32 copy of K), and an item of at most 4
  * pairs converts its V rows in registers instead of into a buffer (the same values). Which path a machine takes is
  * fixed per CPU, so every property above holds on it. Session 27, 1000 positions, one row of the default model's 9
- * heads on one thread: 79 -> 66 us (V in registers) -> 52 us (bf16 scores).
+ * heads on one thread: 79 -> 66 us (V in registers) -> 52 us (bf16 scores), caches warm. In a decode step the caches
+ * are cold (the layers' weights went through them) and the rows, 16-token blocks wherever the block table puts them,
+ * were waited for one by one: each loop prefetches the row PG_AHEAD positions ahead (and the first ones before it
+ * starts): cold, 205 -> 118 us; a 1,000-token prompt's decode step 7.9-8.6 -> 6.9-7.1 ms (RESULTS.md).
  *
  * exp is a polynomial (native/exp_f32.h: within an ulp of the true value) so that the loop over positions vectorizes
  * (with -fno-trapping-math, which changes no result).
@@ -99,6 +102,24 @@ static inline const uint16_t *cache_row_bf16(const void *cache, const int32_t *t
     return (const uint16_t *)cache + (*base + j) * D;
 }
 
+#ifndef PG_AHEAD
+#define PG_AHEAD 32
+#endif
+/* Prefetch position j's row of KV head kvh (esize-byte elements): the rows of a request's 16-token blocks lie wherever
+ * its block table says, so the hardware prefetcher does not follow them; a step's layers have just flushed the caches,
+ * and a long context's attention then waited on memory for every row (RESULTS.md, session 27). */
+static inline void prefetch_row(const void *cache, int64_t esize, const int32_t *table, int64_t j, int64_t bs,
+                                int64_t hkv, int64_t kvh, int64_t D) {
+    const char *p = (const char *)cache + ((((int64_t)table[j / bs] * hkv + kvh) * bs + j % bs) * D) * esize;
+    for (int64_t b = 0; b < D * esize; b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
+/* prefetch_row for positions lo .. min(lo + PG_AHEAD, hi + 1) - 1: the rows before a loop's own prefetches start. */
+static inline void prefetch_first(const void *cache, int64_t esize, const int32_t *table, int64_t lo, int64_t hi,
+                                  int64_t bs, int64_t hkv, int64_t kvh, int64_t D) {
+    for (int64_t j = lo; j < lo + PG_AHEAD && j <= hi; j++) prefetch_row(cache, esize, table, j, bs, hkv, kvh, D);
+}
+
 #if defined(__AVX512F__) && defined(__GNUC__)
 /* Whether this CPU has AVX512-BF16 (vdpbf16ps), asked once. */
 static int cpu_has_bf16_dot(void) {
@@ -118,8 +139,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void scores_bf16(
     int64_t D, int64_t R, const int64_t *lo, const int64_t *hi, int64_t first, int64_t last, int64_t span,
     float scale, float *scores) {
     int64_t base = 0, next = -1;
+    prefetch_first(k_cache, 2, table, first, last, bs, hkv, kvh, D);
     for (int64_t j = first; j <= last; j++) {
         const uint16_t *k = cache_row_bf16(k_cache, table, j, bs, hkv, kvh, D, &base, &next);
+        if (j + PG_AHEAD <= last) prefetch_row(k_cache, 2, table, j + PG_AHEAD, bs, hkv, kvh, D);
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             const uint16_t *q0 = q_rows[r0], *q1 = q_rows[r0 + 1 < R ? r0 + 1 : r0],
@@ -172,8 +195,11 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
 #else
     const int bf16_scores = 0;
 #endif
+    const int64_t esize = is_bf16 ? 2 : 4;
+    if (!bf16_scores) prefetch_first(k_cache, esize, table, first, last, bs, hkv, kvh, D);
     for (int64_t j = first; j <= last && !bf16_scores; j++) {
         const float *k = cache_row(k_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
+        if (j + PG_AHEAD <= last) prefetch_row(k_cache, esize, table, j + PG_AHEAD, bs, hkv, kvh, D);
 #if defined(__AVX512F__)
         if (D % CHUNK == 0) {  /* lane_dot's arithmetic, four rows at a time in registers */
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
@@ -200,6 +226,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
             scores[r * span + (j - first)] = lane_dot(qf + r * D, k, D) * scale;
         }
     }
+    prefetch_first(v_cache, esize, table, first, last, bs, hkv, kvh, D); /* arriving during the softmax */
     for (int64_t r = 0; r < R; r++) {
         float *s = scores + r * span + (lo[r] - first);
         int64_t len = hi[r] - lo[r] + 1;
@@ -215,9 +242,11 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
          * in registers across the positions instead of loaded and stored for every one; each V row converted once
          * for all the pairs (into v_rows). */
         const int inline_v = is_bf16 && R <= 4; /* one pass over the positions: convert V in registers, no copy */
-        for (int64_t j = first; j <= last && !inline_v; j++)
+        for (int64_t j = first; j <= last && !inline_v; j++) {
+            if (j + PG_AHEAD <= last) prefetch_row(v_cache, esize, table, j + PG_AHEAD, bs, hkv, kvh, D);
             v_ptr[j - first] = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next,
                                          v_rows + (j - first) * D);
+        }
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
             int64_t nr = R - r0 < 4 ? R - r0 : 4, jlo = lo[r0], jhi = hi[r0];
             for (int64_t i = 1; i < nr; i++) {
@@ -231,6 +260,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                 __m512 v0, v1, v2, v3;
                 if (inline_v) { /* bf16 -> float32 is a 16-bit shift: the values cache_row would have stored */
                     const uint16_t *b = cache_row_bf16(v_cache, table, j, bs, hkv, kvh, D, &base, &next);
+                    if (j + PG_AHEAD <= jhi) prefetch_row(v_cache, 2, table, j + PG_AHEAD, bs, hkv, kvh, D);
 #define PG_BF16X16(P) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(P))), 16))
                     v0 = PG_BF16X16(b);
                     v1 = PG_BF16X16(b + CHUNK);
@@ -262,6 +292,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
     {
         for (int64_t j = first; j <= last; j++) {
             const float *v = cache_row(v_cache, is_bf16, table, j, bs, hkv, kvh, D, &base, &next, kv_buf);
+            if (j + PG_AHEAD <= last) prefetch_row(v_cache, esize, table, j + PG_AHEAD, bs, hkv, kvh, D);
             for (int64_t r = 0; r < R; r++) {
                 if (j < lo[r] || j > hi[r]) continue;
                 float p = scores[r * span + (j - first)];
