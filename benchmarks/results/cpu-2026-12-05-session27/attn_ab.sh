@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The native decode attention before (4cbcd3d) and after session 27's bf16 scores / V in registers: one call of the
-# default model's shape (one decode row, 9 query heads over 3 KV heads of 64, bf16 cache) on one thread at 100, 300 and
-# 1000 positions, median of 300 calls; then 120 random shapes compared (bitwise / max difference).
+# The native decode attention before (4cbcd3d) and after session 27's bf16 scores, V in registers and KV-row prefetch:
+# one call of the default model's shape (one decode row, 9 query heads over 3 KV heads of 64, bf16 cache) on one thread
+# at 100, 300 and 1000 positions, warm (the cache's blocks in order, reused call after call; median of 300) and cold (the
+# blocks scattered over a 4,096-block cache, a 64 MiB buffer rewritten before each call; median of 60); then 120 random
+# shapes compared (bitwise / max difference).
 # Usage (repository root): bash benchmarks/results/cpu-2026-12-05-session27/attn_ab.sh
 set -euo pipefail
 D=$(mktemp -d)
@@ -22,22 +24,27 @@ for n in ("old", "new"):
     lib.pagoda_decode_attention.argtypes = [P, I, I, P, P, I, I, P, I, P, P, I, I, I, I, ctypes.c_float, I,
                                             ctypes.c_int, ctypes.c_int, P]
     libs[n] = lib
-for ctx in (100, 300, 1000):
-    nb = ctx // 16 + 2
-    kc, vc = torch.randn(nb, 3, 16, 64).bfloat16(), torch.randn(nb, 3, 16, 64).bfloat16()
-    bt = torch.arange(nb, dtype=torch.int32)[None]
-    q = torch.randn(1, 9, 64).bfloat16()
-    rr, rp = torch.zeros(1, dtype=torch.int32), torch.tensor([ctx - 1], dtype=torch.int32)
-    med = {}
-    for r in range(2):
-        for n, lib in libs.items():
-            ts = []
-            for _ in range(300):
-                t = time.perf_counter()
-                N._launch(lib, q, kc, vc, bt, rr, rp, ctx - 1, 0.125, None)
-                ts.append(time.perf_counter() - t)
-            med.setdefault(n, []).append(sorted(ts)[150] * 1e6)
-    print(f"{ctx:5d} positions: old {min(med['old']):.1f} us, new {min(med['new']):.1f} us", flush=True)
+flush = torch.empty(64 * 2**20 // 4)
+for cold in (False, True):
+    for ctx in (100, 300, 1000):
+        nb = 4096 if cold else ctx // 16 + 2  # cold: the blocks scattered over a large cache, caches flushed first
+        kc, vc = torch.randn(nb, 3, 16, 64).bfloat16(), torch.randn(nb, 3, 16, 64).bfloat16()
+        bt = (torch.randperm(nb)[: ctx // 16 + 1] if cold else torch.arange(nb)).to(torch.int32)[None]
+        q = torch.randn(1, 9, 64).bfloat16()
+        rr, rp = torch.zeros(1, dtype=torch.int32), torch.tensor([ctx - 1], dtype=torch.int32)
+        med = {}
+        for r in range(2):
+            for n, lib in libs.items():
+                ts = []
+                for _ in range(60 if cold else 300):
+                    if cold:
+                        flush.add_(1.0)
+                    t = time.perf_counter()
+                    N._launch(lib, q, kc, vc, bt, rr, rp, ctx - 1, 0.125, None)
+                    ts.append(time.perf_counter() - t)
+                med.setdefault(n, []).append(sorted(ts)[len(ts) // 2] * 1e6)
+        print(f"{'cold' if cold else 'warm'} {ctx:5d} positions: old {min(med['old']):.1f} us, "
+              f"new {min(med['new']):.1f} us", flush=True)
 random.seed(0); torch.manual_seed(0)
 same = worst = cases = 0
 for trial in range(60):
