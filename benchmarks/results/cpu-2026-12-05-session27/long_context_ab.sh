@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Batch-1 decode with a long prompt (1,000 random token ids, 128 greedy new tokens, EOS ignored), the default model:
+# Batch-1 decode with a long prompt (PROMPT_LEN random token ids, default 1,000; 128 greedy new tokens, EOS ignored),
+# the default model, ROUNDS rounds (default 2):
 # 4cbcd3d (session 27 before the attention change) against the working tree, each in its own process (a git worktree
-# for the old code), alternating, 2 rounds; the decode steps' median (engine steps timed as cpu_floor_ratio.py does).
+# for the old code), alternating; the decode steps' median (engine steps timed as cpu_floor_ratio.py does).
 # Usage (repository root): bash benchmarks/results/cpu-2026-12-05-session27/long_context_ab.sh
 set -euo pipefail
 OLD=$(mktemp -d)/old
@@ -18,7 +19,7 @@ step = core.step
 def timed():
     t = time.perf_counter(); out = step(); times.append(time.perf_counter() - t); return out
 core.step = timed
-ids = torch.randint(100, 40000, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+ids = torch.randint(100, 40000, (int(sys.argv[2]),), generator=torch.Generator().manual_seed(0)).tolist()
 sp = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
 llm.generate([{"prompt_token_ids": ids[:16]}], SamplingParams(max_tokens=4, temperature=0), use_tqdm=False)
 times.clear()
@@ -28,7 +29,7 @@ import pagoda
 print(f"{sys.argv[1]} ({pagoda.__file__}): decode step median {statistics.median(dec) * 1e3:.2f} ms over {len(dec)} steps, "
       f"first tokens {list(out[0].outputs[0].token_ids[:8])}", flush=True)
 PY
-for r in 1 2; do
-  (cd "$OLD" && OMP_WAIT_POLICY=PASSIVE PYTHONPATH="$OLD" python "$OLD/../run.py" old 2>&1 | grep decode)
-  OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python "$OLD/../run.py" new 2>&1 | grep decode
+for r in $(seq "${ROUNDS:-2}"); do
+  (cd "$OLD" && OMP_WAIT_POLICY=PASSIVE PYTHONPATH="$OLD" python "$OLD/../run.py" old "${PROMPT_LEN:-1000}" 2>&1 | grep decode)
+  OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python "$OLD/../run.py" new "${PROMPT_LEN:-1000}" 2>&1 | grep decode
 done
