@@ -3,11 +3,11 @@
  *
  * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head), i.e. R = rows * G
  * (row, query head) pairs that share the KV head's keys. Each K and V row is read (converted to float32 where needed)
- * once per item and used by every pair; each pair's arithmetic is its own and the same whatever else the item holds: scores
- * q . k_j (float32, one vectorized reduction over head_dim) for its positions lo..pos, the maximum, exp(s - max), their
- * sum, then sum_j p_j v_j in position order, divided by the sum, rounded once to the output dtype. So a row's output
- * depends on its query, its request's K/V and its position only (not on the batch, the other rows of the run, or
- * threads): a verify row gets the bits a decode step of that position gets.
+ * once per item and used by every pair; each pair's arithmetic is its own and the same whatever else the item holds:
+ * scores q . k_j (float32, one vectorized reduction over head_dim) for its positions lo..pos, the maximum,
+ * exp(s - max), their sum, then sum_j p_j v_j in position order, divided by the sum, rounded once to the output dtype.
+ * So a row's output depends on its query, its request's K/V and its position only (not on the batch, the other rows
+ * of the run, or threads): a verify row gets the bits a decode step of that position gets.
  *
  * A bf16 cache on an AVX512-BF16 CPU (head_dim a multiple of 32) takes the scores by vdpbf16ps straight from the bf16
  * q and K rows (scores_bf16: exact products, the CPU's pair sums; no float32 copy of K), and an item of at most 4
@@ -261,7 +261,8 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                 if (inline_v) { /* bf16 -> float32 is a 16-bit shift: the values cache_row would have stored */
                     const uint16_t *b = cache_row_bf16(v_cache, table, j, bs, hkv, kvh, D, &base, &next);
                     if (j + PG_AHEAD <= jhi) prefetch_row(v_cache, 2, table, j + PG_AHEAD, bs, hkv, kvh, D);
-#define PG_BF16X16(P) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(P))), 16))
+#define PG_BF16X16(P) \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(P))), 16))
                     v0 = PG_BF16X16(b);
                     v1 = PG_BF16X16(b + CHUNK);
                     v2 = PG_BF16X16(b + 2 * CHUNK);
