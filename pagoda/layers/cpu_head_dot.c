@@ -15,8 +15,8 @@
  * vdpbf16ps is the CPU's own bf16 pair product-sum (denormals flushed); the sums are float32, 4 independent chains
  * per row so the dot products' latency overlaps.
  *
- * Work items: blocks of HEAD_ROWS vocabulary rows; pagoda_head_item has the team signature of cpu_decoder_stack.c
- * (pagoda_team_run), pagoda_head_dot runs the items on the calling thread. */
+ * Work items: blocks of `rows` vocabulary rows (cpu_head_dot.ITEM_ROWS); pagoda_head_item has the team signature of
+ * cpu_decoder_stack.c (pagoda_team_run), pagoda_head_dot runs the items on the calling thread. */
 #include <immintrin.h>
 #include <stdint.h>
 
