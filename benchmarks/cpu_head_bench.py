@@ -17,7 +17,7 @@ import time
 import torch
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 5, 8, 16, 32])
     ap.add_argument("--reps", type=int, default=15)
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=576)
     ap.add_argument("--batch-hint", type=int, default=256,
                     help="oneDNN's packing hint (the engine passes min(max_num_seqs, 256); serve's default: 256)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from pagoda.layers import cpu_head_dot
     from pagoda.layers.cpu_linear import pack_weight, packed_linear
