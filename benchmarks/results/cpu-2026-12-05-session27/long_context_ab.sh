@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Batch-1 decode with a long prompt (PROMPT_LEN random token ids, default 1,000; 128 greedy new tokens, EOS ignored),
 # the default model, ROUNDS rounds (default 2):
-# 4cbcd3d (session 27 before the attention change) against the working tree, each in its own process (a git worktree
+# OLD_REV (default 4cbcd3d: session 27 before the attention change) against the working tree, each in its own process (a git worktree
 # for the old code), alternating; the decode steps' median (engine steps timed as cpu_floor_ratio.py does).
 # Usage (repository root): bash benchmarks/results/cpu-2026-12-05-session27/long_context_ab.sh
 set -euo pipefail
 OLD=$(mktemp -d)/old
-git worktree add -q --detach "$OLD" 4cbcd3d
+git worktree add -q --detach "$OLD" "${OLD_REV:-4cbcd3d}"
 trap 'git worktree remove --force "$OLD"' EXIT
 cat > "$OLD/../run.py" <<'PY'
 import statistics, sys, time
