@@ -4,7 +4,7 @@ by ``cpu_argmax.c`` (float32 rows), elsewhere torch.
 Why: torch's ``argmax(-1)`` over one 128k-wide row runs as one reduction kernel that leaves most SMs idle (36 µs of
 a 4.97 ms Llama-3-8B batch-1 decode step on an H200, RESULTS.md session 3), where the 256 KB it reads take ~0.1 µs
 at the memory bandwidth. On the CPU, torch's ``max(dim)`` (2-3x faster than its ``argmax`` there) took ~44 µs for
-one 49152-wide row and 0.7 ms for 32 (2-core dev VM), the native kernel 4.7 µs and 0.1 ms (RESULTS.md, session 27).
+one 49152-wide row and 0.7 ms for 32 (2-core dev VM), the native kernel 6 µs and 0.1 ms (RESULTS.md, session 27).
 
 Invariant: the same index as ``torch.argmax(logits, -1)``: the first maximal value of a row, where a NaN counts
 as larger than any number (the first NaN wins)."""
