@@ -76,16 +76,27 @@ static inline float lane_max(const float *x, int64_t n) {
     return m;
 }
 
-/* Position j's K or V row of KV head kvh as float32: the cache's own row (float32 caches) or `buf` converted from
- * bf16. *base / *next carry the current cache block between calls for increasing j (one table lookup a block;
+/* Position j's row of KV head kvh: its index in the cache's [blocks][hkv][bs] rows, by the block table. */
+static inline int64_t block_row(const int32_t *table, int64_t j, int64_t bs, int64_t hkv, int64_t kvh) {
+    return ((int64_t)table[j / bs] * hkv + kvh) * bs + j % bs;
+}
+
+/* block_row for increasing j: *base / *next carry the current cache block between calls (one table lookup a block;
  * start with *next = -1). */
-static inline const float *cache_row(const void *cache, int is_bf16, const int32_t *table, int64_t j, int64_t bs,
-                                     int64_t hkv, int64_t kvh, int64_t D, int64_t *base, int64_t *next, float *buf) {
+static inline int64_t cached_row(const int32_t *table, int64_t j, int64_t bs, int64_t hkv, int64_t kvh, int64_t *base,
+                                 int64_t *next) {
     if (j >= *next) {
-        *base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
+        *base = block_row(table, j, bs, hkv, kvh) - j;
         *next = (j / bs + 1) * bs;
     }
-    int64_t off = (*base + j) * D;
+    return *base + j;
+}
+
+/* Position j's K or V row of KV head kvh as float32: the cache's own row (float32 caches) or `buf` converted from
+ * bf16 (cached_row's lookup). */
+static inline const float *cache_row(const void *cache, int is_bf16, const int32_t *table, int64_t j, int64_t bs,
+                                     int64_t hkv, int64_t kvh, int64_t D, int64_t *base, int64_t *next, float *buf) {
+    int64_t off = cached_row(table, j, bs, hkv, kvh, base, next) * D;
     if (!is_bf16) return (const float *)cache + off;
     const uint16_t *b = (const uint16_t *)cache + off;
     for (int64_t d = 0; d < D; d++) buf[d] = bf16_to_f32(b[d]);
@@ -95,11 +106,7 @@ static inline const float *cache_row(const void *cache, int is_bf16, const int32
 /* Position j's row of KV head kvh in a bf16 cache, unconverted (cache_row's lookup). */
 static inline const uint16_t *cache_row_bf16(const void *cache, const int32_t *table, int64_t j, int64_t bs,
                                              int64_t hkv, int64_t kvh, int64_t D, int64_t *base, int64_t *next) {
-    if (j >= *next) {
-        *base = ((int64_t)table[j / bs] * hkv + kvh) * bs - j / bs * bs;
-        *next = (j / bs + 1) * bs;
-    }
-    return (const uint16_t *)cache + (*base + j) * D;
+    return (const uint16_t *)cache + cached_row(table, j, bs, hkv, kvh, base, next) * D;
 }
 
 #ifndef PG_AHEAD
@@ -110,7 +117,7 @@ static inline const uint16_t *cache_row_bf16(const void *cache, const int32_t *t
  * and a long context's attention then waited on memory for every row (RESULTS.md, session 27). */
 static inline void prefetch_row(const void *cache, int64_t esize, const int32_t *table, int64_t j, int64_t bs,
                                 int64_t hkv, int64_t kvh, int64_t D) {
-    const char *p = (const char *)cache + ((((int64_t)table[j / bs] * hkv + kvh) * bs + j % bs) * D) * esize;
+    const char *p = (const char *)cache + block_row(table, j, bs, hkv, kvh) * D * esize;
     for (int64_t b = 0; b < D * esize; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 

@@ -72,11 +72,15 @@ def _run(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, team: bool) -> torc
         from pagoda.models import cpu_decoder_stack  # the team's owner (one set of worker threads a process)
 
         items = -(-w.shape[0] // ITEM_ROWS)
-        ran = cpu_decoder_stack.team_run(ctypes.cast(lib.pagoda_head_item, ctypes.c_void_p).value or 0,
-                                         ctypes.addressof(job), items)
+        ran = cpu_decoder_stack.team_run(_item_address(lib), ctypes.addressof(job), items)
         return out if ran else None
     lib.pagoda_head_dot(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], ITEM_ROWS)
     return out
+
+
+@lru_cache(maxsize=1)
+def _item_address(lib: ctypes.CDLL) -> int:
+    return ctypes.cast(lib.pagoda_head_item, ctypes.c_void_p).value or 0
 
 
 def _entries(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, rows: torch.Tensor,
