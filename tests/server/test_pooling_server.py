@@ -93,7 +93,10 @@ def test_cross_encoder_score_and_rerank(models):
         with LLM(str(models["bert-cross"]), dtype="float32") as llm:
             ref = [o.outputs.score for o in llm.score("capital of france", docs, use_tqdm=False)]
         s = srv.post("/score", {"text_1": "capital of france", "text_2": docs}).json()
-        assert [round(d["score"], 5) for d in s["data"]] == [round(x, 5) for x in ref]
+        # the server may batch the three pairs otherwise than LLM.score does (arrival timing), and oneDNN's float32
+        # rows change in their last bits with the batch (docs/design.md, deterministic mode): equal to 1e-5, not by
+        # rounding both to 5 decimals, which flips when a value sits on a rounding boundary (a CI run, session 27)
+        assert [d["score"] for d in s["data"]] == pytest.approx(ref, abs=1e-5, rel=0)
         rr = srv.post("/v1/rerank", {"query": "capital of france", "documents": [{"text": d} for d in docs]}).json()
         assert [r["index"] for r in rr["results"]] == sorted(range(3), key=lambda i: -ref[i])
         assert rr["results"][0]["document"]["text"] == docs[rr["results"][0]["index"]]
