@@ -6,7 +6,8 @@ Each round: (1) the read bandwidth, ``benchmarks/cpu/read_bandwidth.c`` (a 512 M
 thread count, best of 7 passes); (2) one greedy request of ``--max-tokens`` tokens (EOS ignored) through ``LLM``,
 every engine step timed; the decode steps' median is the step time (the prompt's step and the first decode step
 left out). The floor is the bytes a decode step must read, the model's 4-bit linears (codes and scales) and its LM
-head's weight, over that round's bandwidth; the attention's KV reads (a few hundred KB) and the embedding row are
+head's weight (the tied Q8_0 table's codes and scales where the Q8_0 head runs, else the bf16 weight), over that
+round's bandwidth; the attention's KV reads (a few hundred KB) and the embedding row are
 left out. Prints each round and the median ratio.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/cpu_floor_ratio.py [--rounds 3] [--max-tokens 256]
@@ -39,18 +40,22 @@ def read_bandwidth_fn():
     return fn
 
 
-def decode_bytes(model: torch.nn.Module) -> int:
-    """What a batch-1 decode step reads of the weights: every int-weight buffer (codes, scales) and the LM head."""
+def decode_bytes(model: torch.nn.Module) -> tuple[int, str]:
+    """What a batch-1 decode step reads of the weights: every int-weight buffer (codes, scales) and the LM head (the
+    Q8_0 table's codes and scales where that head runs, else its bf16 weight); and which head that is."""
     from pagoda.quantization.int_weight import IntWeight
 
     total = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, IntWeight)
                 for b in m.buffers(recurse=False) if b is not None and b.dim() > 0 and b.dtype != torch.int64)
+    q8 = getattr(model, "_lm_q8", None)
+    if q8 is not None:
+        return total + q8.nbytes, "Q8_0 LM head"
     head = getattr(model, "_lm_dot", None)
     if head is None:
         head = getattr(model, "_head_dense", None)
     if head is None:
         raise SystemExit("the model has no dense CPU head to count (not the default model on a bf16 CPU path?)")
-    return total + head.numel() * head.element_size()
+    return total + head.numel() * head.element_size(), "bf16 LM head"
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> float:
     llm = LLM(args.model, max_num_seqs=8) if args.model else LLM(max_num_seqs=8)
     core = llm.llm_engine.core
     model = core.runner.model
-    nbytes = decode_bytes(model)
+    nbytes, head_kind = decode_bytes(model)
     threads = torch.get_num_threads()
     times: list[float] = []
     step = core.step
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> float:
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     prompt = [{"prompt_token_ids": [1, 40, 60, 70, 80, 90]}] if args.model else ["Tell me about the sea."]
     llm.generate(prompt, SamplingParams(max_tokens=8, temperature=0), use_tqdm=False)  # warm-up
-    print(f"decode bytes {nbytes / 1e6:.1f} MB a step, {threads} threads")
+    print(f"decode bytes {nbytes / 1e6:.1f} MB a step ({head_kind}), {threads} threads")
     ratios = []
     for r in range(args.rounds):
         gbs = bw_fn(args.bandwidth_mib << 20, threads, 7)

@@ -17,13 +17,16 @@ read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_in
 ``--switch stack-team``: that call's matmuls and attention split over its own threads or run on one
 (``cpu_decoder_stack.THREADS`` 0 or 1, read at each step; the same values);
 ``--switch head-dot``: the LM head of up to 8 rows by the bf16-dot kernel, float32 logits, or by oneDNN's bf16 head
-with the leading logits refined (``pagoda.layers.cpu_head_dot.ENABLED``, read at each call; AVX512-BF16 CPUs).
+with the leading logits refined (``pagoda.layers.cpu_head_dot.ENABLED``, read at each call; AVX512-BF16 CPUs);
+``--switch head-q8``: the LM head of up to 8 rows from the Q8_0 table's codes, or from its bf16 copy by the heads
+above (``pagoda.layers.cpu_head_q8.ENABLED``, read at each call; AVX-512 VNNI CPUs; the logits differ: exact
+weights against bf16-rounded ones, so greedy tokens may part where two candidates are close).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
         --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack|
-            stack-team|head-dot
+            stack-team|head-dot|head-q8
         [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64]
 """
@@ -43,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls", "decoder-stack", "stack-team", "head-dot"])
+                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -51,7 +54,7 @@ def main() -> None:
 
     from pagoda import LLM, SamplingParams
     from pagoda.attention import cpu_decode_native, cpu_det_native
-    from pagoda.layers import cpu_fused, cpu_head_dot
+    from pagoda.layers import cpu_fused, cpu_head_dot, cpu_head_q8
     from pagoda.models import cpu_decoder_stack
     from pagoda.quantization.kernels import cpu_int4_dot
 
@@ -78,6 +81,7 @@ def main() -> None:
                 cpu_decoder_stack.ENABLED = name == "on" or args.switch != "decoder-stack"
                 cpu_decoder_stack.THREADS = 1 if name == "off" and args.switch == "stack-team" else 0
                 cpu_head_dot.ENABLED = name == "on" or args.switch != "head-dot"
+                cpu_head_q8.ENABLED = name == "on" or args.switch != "head-q8"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

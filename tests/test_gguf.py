@@ -179,7 +179,10 @@ def test_tiny_gguf_runs_quantized_like_its_dequantized_conversion(tmp_path, tmp_
 
 def test_tied_8bit_table_is_kept_dense_in_bf16_on_the_cpu(tmp_path, tmp_cache):
     """A tied Q8_0 embedding in bf16 on the CPU is stored dense (quantization/gguf.py, ``_dense_table``): exactly
-    the dequantized conversion's table, used for lookups and (oneDNN-prepacked) as the LM head."""
+    the dequantized conversion's table, used for lookups and (oneDNN-prepacked) as the LM head of larger batches. A
+    few rows' head reads the table's Q8_0 codes where that kernel runs (tests/test_cpu_head_q8.py), else the same
+    heads as the conversion's."""
+    from pagoda.layers import cpu_head_q8
     from pagoda.models.loader import load_model
 
     path = _tiny_quantized_gguf(tmp_path / "tiny.gguf", True)
@@ -187,8 +190,12 @@ def test_tied_8bit_table_is_kept_dense_in_bf16_on_the_cpu(tmp_path, tmp_cache):
     dense = load_model(_config(path, dtype="bfloat16", load_format="safetensors"))
     assert not hasattr(quant.embed_tokens, "int_weight") and quant.embed_tokens.weight.dtype == torch.bfloat16
     assert torch.equal(quant.embed_tokens.weight, dense.embed_tokens.weight)
-    h = torch.randn(3, quant.embed_tokens.in_features).to(torch.bfloat16)
-    torch.testing.assert_close(quant.compute_logits(h), dense.compute_logits(h), rtol=0, atol=0)
+    h = torch.randn(12, quant.embed_tokens.in_features).to(torch.bfloat16)
+    assert torch.equal(quant.compute_logits_raw(h), dense.compute_logits_raw(h))  # above 8 rows: the bf16 table
+    if cpu_head_q8.available():
+        assert dense._lm_q8 is None and torch.equal(quant.compute_logits(h[:3]), quant._lm_q8.head(h[:3]))
+    else:
+        torch.testing.assert_close(quant.compute_logits(h[:3]), dense.compute_logits(h[:3]), rtol=0, atol=0)
     assert quant.layers[0].mlp.gate_up_proj.int_weight.bits == 4  # the other matrices stay quantized
 
 

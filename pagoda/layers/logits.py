@@ -7,18 +7,24 @@ and answered in French. Recomputing the ``REFINE_TOP_K`` largest logits of each 
 ``k x hidden`` dot product per row, from the same weights) removes those ties where they decide the
 greedy token and the reported top logprobs; the rest of the row keeps its bf16 values. (On a CPU without native
 bf16 the head is :mod:`pagoda.layers.cpu_bf16_head`, and on one with AVX512-BF16 a step of up to 8 rows runs
-:mod:`pagoda.layers.cpu_head_dot`: float32 logits already, nothing to refine.)
+:mod:`pagoda.layers.cpu_head_dot`, or :mod:`pagoda.layers.cpu_head_q8` for a Q8_0 GGUF table: float32 logits
+already, nothing to refine.)
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from pagoda.layers.cpu_head_q8 import Q8Head
 
 REFINE_TOP_K = 8
 
 
 def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
-                      k: int = REFINE_TOP_K, softcap: float | None = None) -> torch.Tensor:
+                      k: int = REFINE_TOP_K, softcap: float | None = None, q8: Q8Head | None = None) -> torch.Tensor:
     """``logits`` [R, V] float32 (in place) with each row's ``k`` largest entries recomputed as
     ``hidden[r] · weight[v]`` in float32 (``hidden`` [R, H], ``weight`` [V, H], the head's dense table), then
     soft-capped as ``softcap * tanh(x / softcap)`` when ``softcap`` is set (the model's final logit soft-cap, which
@@ -30,7 +36,11 @@ def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.
     from pagoda.layers import cpu_head_dot
 
     rows = torch.arange(top.shape[0]).repeat_interleave(top.shape[1])
-    exact = cpu_head_dot.entries(hidden, weight, rows, top.reshape(-1)) if logits.device.type == "cpu" else None
+    exact = None
+    if logits.device.type == "cpu":
+        exact = q8.entries(hidden, rows, top.reshape(-1)) if q8 is not None else None
+        if exact is None:
+            exact = cpu_head_dot.entries(hidden, weight, rows, top.reshape(-1))
     if exact is not None:
         exact = exact.view_as(top)
     else:

@@ -49,6 +49,7 @@ benchmarks; read at call time, so at CUDA-graph capture)."""
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.distributed.pipeline import PPStage
+    from pagoda.layers.cpu_head_q8 import Q8Head
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,8 @@ class LlamaForCausalLM(nn.Module):
     # in layer order, into ``aux_hidden`` [T, len * hidden] (under a CUDA graph: that graph's static output).
     aux_hidden_layers: tuple[int, ...] = ()
     aux_hidden: torch.Tensor | None = None
+    # The tied Q8_0 table's codes for layers/cpu_head_q8.py (few rows; set by pack_for_cpu; subclasses inherit None).
+    _lm_q8: Q8Head | None = None
     # models/cpu_decoder_stack.py: False until the first CPU step binds it, None where the model does not qualify.
     _cpu_stack: Any = False
 
@@ -514,7 +517,11 @@ class LlamaForCausalLM(nn.Module):
         return count
 
     def compute_logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model dtype (float32 from the CPU's native bf16 heads)."""
+        """Logits in the model dtype (float32 from the CPU's native heads)."""
+        if self._lm_q8 is not None:
+            out = self._lm_q8.head(hidden)
+            if out is not None:
+                return out
         if self._lm_dot is not None:
             from pagoda.layers import cpu_head_dot
 
@@ -552,6 +559,13 @@ class LlamaForCausalLM(nn.Module):
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
         self._head_dense = w if self._lm_packed is not None else None  # for layers/logits.py (no copy: same tensor)
+        q8 = vars(self.embed_tokens).pop("q8_head", None)  # the table's codes (quantization/gguf.py), head if tied
+        if q8 is not None and self.shape.tie_word_embeddings:
+            from pagoda.layers import cpu_head_q8
+
+            self._lm_q8 = q8
+            logger.info("CPU: the LM head runs the Q8_0 table's codes up to %d rows (+%.1f MiB of memory, float32 "
+                        "logits)", cpu_head_q8.MAX_ROWS, q8.nbytes / 2**20)
         if w is not None and w.dtype == torch.bfloat16 and w.is_contiguous():
             from pagoda.layers import cpu_head_dot
 
@@ -582,7 +596,8 @@ class LlamaForCausalLM(nn.Module):
         if head_dense is not None and raw.dtype != torch.float32:
             from pagoda.layers.logits import refine_top_logits
 
-            refine_top_logits(logits, hidden, head_dense, softcap=getattr(self, "final_logit_softcap", None))
+            refine_top_logits(logits, hidden, head_dense, softcap=getattr(self, "final_logit_softcap", None),
+                              q8=self._lm_q8)
         return logits
 
     # ----------------------------------------------------------- weights

@@ -66,6 +66,17 @@ def load_library(source: Path, flags: tuple[str, ...], what: str) -> ctypes.CDLL
         return None
 
 
+def cpu_has(*flags: str) -> bool:
+    """``cpuid`` reports every one of ``flags`` (``/proc/cpuinfo``'s names, e.g. ``avx512_bf16``): instructions of
+    those extensions will not fault here. False where the file cannot be read."""
+    try:
+        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    have = set(line.split())
+    return all(f in have for f in flags)
+
+
 def isa_flags() -> tuple[str, ...]:
     """The compiler's ISA flags for torch's CPU capability here (AVX-512 / AVX2 with FMA; none elsewhere)."""
     import torch

@@ -247,8 +247,25 @@ class GGUFLinearMethod(LinearMethod):
             else:  # a dense shard (or a table kept dense, see _dense_table): the whole layer runs dense
                 w = torch.cat([_dense(r, device) for r in raws]).to(dtype)
                 layer.register_parameter("weight", nn.Parameter(w, requires_grad=False))
+                if hasattr(layer, "lm_head") and dtype == torch.bfloat16:
+                    self._keep_q8_codes(layer, raws)
         except ValueError as exc:
             raise ValueError(f"GGUF tensor(s) {[r.name for r in raws]}: {exc}") from exc
+
+    @staticmethod
+    def _keep_q8_codes(layer: Linear, raws: list[RawTensor]) -> None:
+        """A Q8_0 table kept dense in bf16 on the CPU also keeps its codes (``q8_head``) for the few-row LM head of
+        :mod:`pagoda.layers.cpu_head_q8`: a decode step then reads 36 bytes per 32 weights, not 64, and computes
+        with the file's exact values. The model's ``pack_for_cpu`` takes it where its head is this table (tied
+        embeddings) and drops it otherwise."""
+        if len(raws) != 1 or raws[0].type_name != "Q8_0" or raws[0].data.device.type != "cpu":
+            return
+        from pagoda.layers import cpu_head_q8
+
+        if not cpu_head_q8.available():
+            return
+        codes, scales, _, _ = decode_blocks("Q8_0", raws[0].data, raws[0].shape[1])
+        vars(layer)["q8_head"] = cpu_head_q8.Q8Head.pack((codes.to(torch.int16) - 128).to(torch.int8), scales)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         w = getattr(layer, "int_weight", None)

@@ -42,12 +42,9 @@ _ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
 
 def cpu_has_bf16_dot() -> bool:
     """``cpuid`` says AVX512-BF16 (with the AVX-512 subsets the kernel uses): the instruction will not fault."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
-                     "").split()
-    except OSError:
-        return False
-    return all(f in flags for f in ("avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"))
+    from pagoda.native import cpu_has
+
+    return cpu_has("avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")
 
 
 @lru_cache(maxsize=1)
