@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from test_gguf import LAYER_TYPES, _config, _tiny_quantized_gguf, tmp_cache  # noqa: F401 (a fixture)
+from test_gguf import LAYER_TYPES, _config, _tiny_quantized_gguf
 
 from pagoda.layers import cpu_head_q8
 from pagoda.layers.cpu_head_q8 import Q8Head
@@ -18,6 +18,11 @@ from pagoda.models import cpu_decoder_stack
 
 pytestmark = pytest.mark.skipif(not cpu_head_q8.available(),
                                 reason="no Q8_0 LM head here (needs x86-64 AVX-512 with VNNI and a C compiler)")
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
 
 
 def _head(n: int, k: int, seed: int = 0) -> Q8Head:
