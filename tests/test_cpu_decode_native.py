@@ -1,7 +1,8 @@
 """The native CPU kernel for decode rows and few-row runs (pagoda/attention/cpu_decode_attention.c), through the torch
 backend: values against a float64 dense causal softmax (decode rows, speculative verifies, a short chunk and a long
-prefill chunk in one step; windows; bf16 and float32), each row independent of the rest of the step (bitwise), and
-the cases it leaves to SDPA (a soft-cap, an FP8 cache)."""
+prefill chunk in one step; windows; bf16 and float32), each row independent of the rest of the step (bitwise), the
+same past 256 positions where the kernel merges position chunks (and verify rows there equal decode rows), and the
+cases it leaves to SDPA (a soft-cap, an FP8 cache)."""
 
 import pytest
 import torch
@@ -79,3 +80,50 @@ def test_soft_cap_and_fp8_caches_keep_the_sdpa_path():
     assert not cpu_decode_native.eligible(q, cache, 30.0)
     assert not cpu_decode_native.eligible(q, quantize(cache, 1.0, torch.float8_e4m3fn), None)
     assert not cpu_decode_native.eligible(q.half(), cache.half(), None)
+
+
+def _long_step(gen, dtype):
+    """Rows past POS_CHUNK (256) positions: a decode row at 700 (three chunks), a 5-row verify at 510..514 (across
+    the boundary at 512), a short decode row (one chunk: written directly), a 16-row chunk at 250..265."""
+    nb = 110
+    k_cache = torch.randn(nb, HKV, BS, D, generator=gen).to(dtype)
+    v_cache = torch.randn(nb, HKV, BS, D, generator=gen).to(dtype)
+    order = torch.randperm(nb, generator=gen).tolist()
+    sizes = [44, 33, 2, 17]
+    tables, at = [], 0
+    for n in sizes:
+        tables.append(order[at:at + n])
+        at += n
+    meta = _meta([1, 5, 1, 16], [701, 515, 30, 266], tables)
+    query = torch.randn(23, H, D, generator=gen).to(dtype)
+    return query, k_cache, v_cache, meta
+
+
+@pytest.mark.parametrize("window", [None, 300])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_position_chunks_against_a_float64_softmax(window, dtype):
+    gen = torch.Generator().manual_seed(2)
+    query, k_cache, v_cache, meta = _long_step(gen, dtype)
+    out = TorchAttentionBackend().forward(query, k_cache, v_cache, meta, 0.125, sliding_window=window)
+    ref = _reference(query, k_cache, v_cache, meta, 0.125, window)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(out.double(), ref, **tol)
+
+
+def test_position_chunks_keep_rows_independent_and_verify_rows_equal_decode_rows():
+    """Past 256 positions a row's output is its position chunks merged; it still depends on its own query, K/V and
+    position only: alone or in the step, as a verify row or as a decode row at that position; and a short row in a
+    step of several chunks gets the bits of a step of one chunk."""
+    gen = torch.Generator().manual_seed(3)
+    query, k_cache, v_cache, meta = _long_step(gen, torch.bfloat16)
+    backend = TorchAttentionBackend()
+    out = backend.forward(query, k_cache, v_cache, meta, 0.125)
+    tables = meta.block_tables.tolist()
+    for first, (q_len, s_len, req) in ((0, (1, 701, 0)), (1, (5, 515, 1)), (6, (1, 30, 2)), (7, (16, 266, 3))):
+        alone = _meta([q_len], [s_len], [tables[req][: -(-s_len // BS)]])
+        assert torch.equal(backend.forward(query[first:first + q_len], k_cache, v_cache, alone, 0.125),
+                           out[first:first + q_len])
+    for i in range(5):  # the verify's rows at positions 510..514, each as a decode row
+        s_len = 511 + i
+        row = _meta([1], [s_len], [tables[1][: -(-s_len // BS)]])
+        assert torch.equal(backend.forward(query[1 + i:2 + i], k_cache, v_cache, row, 0.125), out[1 + i:2 + i])

@@ -110,3 +110,31 @@ def test_a_long_prompt_chunk_runs_the_python_path(gguf_path, monkeypatch):
     out = llm.generate([{"prompt_token_ids": prompt}], greedy(max_tokens=4), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
     assert (37, False) in seen and (1, True) in seen
+
+
+@pytest.mark.parametrize("spec", [None, NGRAM], ids=["decode", "ngram"])
+def test_past_256_positions_bitwise_the_python_path(tmp_path, monkeypatch, spec):
+    """Rows past the attention's first position chunk (cpu_decode_attention.c, POS_CHUNK): the stack's chunk items
+    and their merge on its team give the Python path's bits (tokens and logprobs), decode rows and verify rows."""
+    from pagoda import LLM
+
+    monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
+    path = _tiny_quantized_gguf(tmp_path / "long.gguf", True, ALL_4BIT, context=512)
+    llm = LLM(model=str(path), device="cpu", dtype="bfloat16", max_model_len=512, kv_cache_memory_bytes=4 << 20,
+              enable_prefix_caching=False,  # the second run recomputes the prompts as the first did
+              **({"speculative_config": spec} if spec else {}))
+    seen = _record(monkeypatch)
+    prompts = [[5 + (i * 7) % 90 for i in range(300)], [3, 4, 5] * 90]  # the second repeats: n-gram drafts
+    sp = greedy(max_tokens=12, logprobs=5)
+
+    def run() -> list:
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        return [(o.outputs[0].token_ids, [sorted((t, e.logprob) for t, e in d.items()) for d in o.outputs[0].logprobs])
+                for o in outs]
+
+    native = run()
+    assert any(ok for _, ok in seen)
+    if spec:
+        assert llm.llm_engine.core.scheduler.spec_stats.num_draft_tokens > 0  # verify rows past 256 ran too
+    monkeypatch.setattr(cpu_decoder_stack, "ENABLED", False)
+    assert run() == native

@@ -75,11 +75,11 @@ LAYER_TYPES = {  # one type per tensor kind, so the model mixes them (fused qkv 
 }
 
 
-def _tiny_quantized_gguf(path: Path, tie: bool, types: dict[str, str] = LAYER_TYPES) -> Path:
+def _tiny_quantized_gguf(path: Path, tie: bool, types: dict[str, str] = LAYER_TYPES, context: int = 128) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=len(_vocab()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
                       rms_norm_eps=1e-6, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
@@ -88,7 +88,7 @@ def _tiny_quantized_gguf(path: Path, tie: bool, types: dict[str, str] = LAYER_TY
             p.normal_(1.0 if "norm" in name else 0.0, 0.1 if "norm" in name else 0.3)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(2)
-    w.add_context_length(128)
+    w.add_context_length(context)
     w.add_embedding_length(64)
     w.add_feed_forward_length(128)
     w.add_head_count(2)

@@ -1,8 +1,9 @@
 /* Paged attention for a CPU step's decode rows and its requests' few-row runs (a speculative verify, a short
  * prefill chunk), read straight from the paged cache (pagoda/attention/cpu_decode_native.py).
  *
- * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head), i.e. R = rows * G
- * (row, query head) pairs that share the KV head's keys. Each K and V row is read (converted to float32 where needed)
+ * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head, a chunk of POS_CHUNK
+ * positions where the call reaches that far), i.e. R = rows * G (row, query head) pairs that share the KV head's
+ * keys; a pair's chunks are merged in chunk order afterwards (pagoda_decode_attention_combine). Each K and V row is read (converted to float32 where needed)
  * once per item and used by every pair; each pair's arithmetic is its own and the same whatever else the item holds:
  * scores q . k_j (float32, one vectorized reduction over head_dim) for its positions lo..pos, the maximum,
  * exp(s - max), their sum, then sum_j p_j v_j in position order, divided by the sum, rounded once to the output dtype.
@@ -34,6 +35,16 @@
 #endif
 
 #define MAX_GROUP_ROWS 16
+
+/* Positions per chunk of a call whose rows reach position POS_CHUNK or beyond: an item is then (run, KV head, chunk c
+ * of positions [c * POS_CHUNK, (c + 1) * POS_CHUNK)), and each pair's chunks are merged afterwards
+ * (pagoda_decode_attention_combine). A batch-1 decode has one run and 3 KV heads (the default model): 3 items on two
+ * threads left one idle a third of the time; 1,000 positions make 12 items. The chunks are fixed by position, not by
+ * the call, so a row's bits still depend on its own query, K/V and position only; a call whose rows all lie below
+ * POS_CHUNK has one chunk, and its items write the outputs directly, as before chunks existed (the same bits). */
+#ifndef POS_CHUNK
+#define POS_CHUNK 256
+#endif
 
 
 #define CHUNK 16
@@ -170,15 +181,27 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void scores_bf16(
 }
 #endif
 
+/* Partial (m, l, acc[D]) of a pair's chunk c, pagoda_decode_attention_combine's input: float32 [T][H][nch][D + 2]. */
+static inline float *partial_at(float *partials, int64_t t, int64_t h, int64_t H, int64_t nch, int64_t c, int64_t D) {
+    return partials + ((t * H + h) * nch + c) * (D + 2);
+}
+
+/* The run's rows t0 .. t0 + n - 1 against KV head kvh over chunk c's positions (all of them when nch == 1). With
+ * nch == 1 the outputs are written; else each pair's partial: m its scores' maximum, l = sum exp(s - m), acc =
+ * sum exp(s - m) v (m = -inf, l = 0 where the pair has no position in the chunk). */
 static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
                          int is_bf16, int64_t kvh, int64_t G, int64_t hkv, int64_t bs, const int32_t *table,
                          const int32_t *row_pos, int64_t t0, int64_t n, int64_t window, int64_t D, float scale,
-                         float *scores, float *qf, float *acc, float *kv_buf, float *den, int64_t *lo, int64_t *hi,
-                         float *v_rows, const float **v_ptr, const uint16_t **q_rows, void *out) {
+                         int64_t c, int64_t nch, float *partials,
+                         float *scores, float *qf, float *acc, float *kv_buf, float *den, float *mx, int64_t *lo,
+                         int64_t *hi, float *v_rows, const float **v_ptr, const uint16_t **q_rows, void *out) {
     int64_t R = n * G, first = INT64_MAX, last = -1;
+    const int64_t c_lo = nch == 1 ? 0 : c * POS_CHUNK, c_hi = nch == 1 ? INT64_MAX : c_lo + POS_CHUNK - 1;
     for (int64_t i = 0; i < n; i++) {
         int64_t pos = row_pos[t0 + i];
         int64_t l = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+        if (l < c_lo) l = c_lo;
+        if (pos > c_hi) pos = c_hi;
         for (int64_t g = 0; g < G; g++) {
             int64_t r = i * G + g, h = kvh * G + g;
             lo[r] = l;
@@ -188,8 +211,17 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                 qf[r * D + d] = is_bf16 ? bf16_to_f32(((const uint16_t *)q)[(t0 + i) * q_st + h * q_sh + d])
                                         : ((const float *)q)[(t0 + i) * q_st + h * q_sh + d];
         }
+        if (l > pos) continue; /* no position of this row in the chunk */
         if (l < first) first = l;
         if (pos > last) last = pos;
+    }
+    if (last < first) { /* only when nch > 1: a row's first chunk always holds its position */
+        for (int64_t r = 0; r < R; r++) {
+            float *p = partial_at(partials, t0 + r / G, kvh * G + r % G, hkv * G, nch, c, D);
+            p[0] = -INFINITY;
+            for (int64_t d = 1; d < D + 2; d++) p[d] = 0.0f;
+        }
+        return;
     }
     /* Scores: each a dot product over head_dim in 16 lanes (element d in lane d % 16), the lanes added pairwise, so
      * the same whatever else the item holds. */
@@ -235,12 +267,18 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
     }
     prefetch_first(v_cache, esize, table, first, last, bs, hkv, kvh, D); /* arriving during the softmax */
     for (int64_t r = 0; r < R; r++) {
+        for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
+        if (lo[r] > hi[r]) { /* no position in this chunk */
+            mx[r] = -INFINITY;
+            den[r] = 0.0f;
+            continue;
+        }
         float *s = scores + r * span + (lo[r] - first);
         int64_t len = hi[r] - lo[r] + 1;
         float m = lane_max(s, len);
         for (int64_t j = 0; j < len; j++) s[j] = exp_f32(s[j] - m);
+        mx[r] = m;
         den[r] = lane_sum(s, len);
-        for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.0f;
     }
     next = -1;
 #if defined(__AVX512F__)
@@ -255,8 +293,9 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                                          v_rows + (j - first) * D);
         }
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
-            int64_t nr = R - r0 < 4 ? R - r0 : 4, jlo = lo[r0], jhi = hi[r0];
-            for (int64_t i = 1; i < nr; i++) {
+            int64_t nr = R - r0 < 4 ? R - r0 : 4, jlo = INT64_MAX, jhi = -1;
+            for (int64_t i = 0; i < nr; i++) { /* the pairs' positions (a pair may have none in this chunk) */
+                if (lo[r0 + i] > hi[r0 + i]) continue;
                 if (lo[r0 + i] < jlo) jlo = lo[r0 + i];
                 if (hi[r0 + i] > jhi) jhi = hi[r0 + i];
             }
@@ -309,6 +348,15 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
             }
         }
     }
+    if (nch > 1) {
+        for (int64_t r = 0; r < R; r++) {
+            float *p = partial_at(partials, t0 + r / G, kvh * G + r % G, hkv * G, nch, c, D);
+            p[0] = mx[r];
+            p[1] = den[r];
+            memcpy(p + 2, acc + r * D, (size_t)D * sizeof(float));
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; i++)
         for (int64_t g = 0; g < G; g++) {
             int64_t r = i * G + g, o = ((t0 + i) * (hkv * G) + kvh * G + g) * D;
@@ -328,12 +376,21 @@ static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
 
 int64_t pagoda_decode_attention_scratch(int64_t H, int64_t hkv, int64_t D, int64_t max_pos) {
     int64_t rmax = MAX_GROUP_ROWS * (H / hkv), p = max_pos + 1;
-    return align64(4 * rmax * p) + align64(4 * (2 * rmax * D + D + rmax)) + align64(8 * 2 * rmax) +
+    return align64(4 * rmax * p) + align64(4 * (2 * rmax * D + D + 2 * rmax)) + align64(8 * 2 * rmax) +
            align64(4 * p * D) + align64((int64_t)sizeof(float *) * p) + align64((int64_t)sizeof(void *) * rmax);
 }
 
+/* Position chunks of a call whose rows' largest position is max_pos (1 below POS_CHUNK). */
+int64_t pagoda_decode_attention_chunks(int64_t max_pos) { return max_pos / POS_CHUNK + 1; }
+
+/* The partials a call of T rows needs when it has several chunks: bytes (0 for one chunk). */
+int64_t pagoda_decode_attention_partials(int64_t T, int64_t H, int64_t D, int64_t max_pos) {
+    int64_t nch = pagoda_decode_attention_chunks(max_pos);
+    return nch == 1 ? 0 : T * H * nch * (D + 2) * (int64_t)sizeof(float);
+}
+
 /* The call's runs of rows: run_start[0..runs] (T + 1 entries), a request's rows cut every MAX_GROUP_ROWS; returns
- * runs. Its items are (run, KV head) pairs: runs * hkv of them. */
+ * runs. Its items are (run, KV head, chunk) triples: runs * hkv * pagoda_decode_attention_chunks(max_pos). */
 int64_t pagoda_decode_attention_runs(const int32_t *row_req, int64_t T, int64_t *run_start) {
     int64_t runs = 0;
     for (int64_t t = 0; t < T; t++)
@@ -342,20 +399,21 @@ int64_t pagoda_decode_attention_runs(const int32_t *row_req, int64_t T, int64_t 
     return runs;
 }
 
-/* Item `item` (run item / hkv, KV head item % hkv) of a call, on one thread with its own scratch (64-byte aligned,
- * pagoda_decode_attention_scratch bytes). Items write disjoint parts of out; any split of them over threads gives
- * the same bits. */
+/* Item `item` ((run * hkv + KV head) * chunks + chunk) of a call, on one thread with its own scratch (64-byte
+ * aligned, pagoda_decode_attention_scratch bytes); `partials` (pagoda_decode_attention_partials bytes, shared) when
+ * the call has several chunks. Items write disjoint parts of out (or of partials); any split of them over threads
+ * gives the same bits. */
 void pagoda_decode_attention_item(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
                                   int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
                                   const int32_t *row_req, const int32_t *row_pos, const int64_t *run_start,
                                   int64_t item, int64_t H, int64_t D, int64_t max_pos, float scale, int64_t window,
-                                  int is_bf16, void *scratch, void *out) {
-    int64_t G = H / hkv, rmax = MAX_GROUP_ROWS * G, p = max_pos + 1;
+                                  int is_bf16, void *scratch, float *partials, void *out) {
+    int64_t G = H / hkv, rmax = MAX_GROUP_ROWS * G, p = max_pos + 1, nch = pagoda_decode_attention_chunks(max_pos);
     char *at = scratch;
     float *scores = (float *)at;
     at += align64(4 * rmax * p);
-    float *qf = (float *)at, *acc = qf + rmax * D, *kv_buf = acc + rmax * D, *den = kv_buf + D;
-    at += align64(4 * (2 * rmax * D + D + rmax));
+    float *qf = (float *)at, *acc = qf + rmax * D, *kv_buf = acc + rmax * D, *den = kv_buf + D, *mx = den + rmax;
+    at += align64(4 * (2 * rmax * D + D + 2 * rmax));
     int64_t *bounds = (int64_t *)at;
     at += align64(8 * 2 * rmax);
     float *v_rows = (float *)at;
@@ -363,23 +421,63 @@ void pagoda_decode_attention_item(const void *q, int64_t q_st, int64_t q_sh, con
     const float **v_ptr = (const float **)at;
     at += align64((int64_t)sizeof(float *) * p);
     const uint16_t **q_rows = (const uint16_t **)at;
-    int64_t run = item / hkv, kvh = item % hkv, t0 = run_start[run];
+    int64_t c = item % nch, run = item / nch / hkv, kvh = item / nch % hkv, t0 = run_start[run];
     attend_group(q, q_st, q_sh, k_cache, v_cache, is_bf16, kvh, G, hkv, bs,
                  block_tables + (int64_t)row_req[t0] * bt_stride, row_pos, t0, run_start[run + 1] - t0, window, D,
-                 scale, scores, qf, acc, kv_buf, den, bounds, bounds + rmax, v_rows, v_ptr, q_rows, out);
+                 scale, c, nch, partials, scores, qf, acc, kv_buf, den, mx, bounds, bounds + rmax, v_rows, v_ptr,
+                 q_rows, out);
+}
+
+/* The outputs of (row, head) pairs [p_lo, p_hi) (pair = row * H + head) of a call with nch > 1 chunks, from the
+ * partials: chunks ascending, M the largest m of the chunks holding positions, f_c = exp(m_c - M) (1 for the
+ * chunk that holds M), L = sum f_c l_c, out = (sum f_c acc_c) * (1 / L), rounded once to the output dtype. A pair
+ * whose positions lie in one chunk gets acc / l, the one-chunk result. */
+void pagoda_decode_attention_combine(const float *partials, int64_t p_lo, int64_t p_hi, int64_t D, int64_t nch,
+                                     int is_bf16, void *out) {
+    float a[512];
+    for (int64_t pair = p_lo; pair < p_hi; pair++) {
+        const float *base = partials + pair * nch * (D + 2);
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t c = 0; c < nch; c++)
+            if (base[c * (D + 2) + 1] > 0.0f && base[c * (D + 2)] > m) m = base[c * (D + 2)];
+        for (int64_t d = 0; d < D; d++) a[d] = 0.0f;
+        for (int64_t c = 0; c < nch; c++) {
+            const float *pc = base + c * (D + 2);
+            if (!(pc[1] > 0.0f)) continue;
+            const float f = pc[0] == m ? 1.0f : exp_f32(pc[0] - m);
+            l += f * pc[1];
+            for (int64_t d = 0; d < D; d++) a[d] += f * pc[2 + d];
+        }
+        const float inv = 1.0f / l;
+        for (int64_t d = 0; d < D; d++) {
+            float x = a[d] * inv;
+            if (is_bf16)
+                ((uint16_t *)out)[pair * D + d] = f32_to_bf16(x);
+            else
+                ((float *)out)[pair * D + d] = x;
+        }
+    }
 }
 
 /* q [T, H, D] (row stride q_st, head stride q_sh, elements); caches [N, hkv, bs, D] contiguous; block_tables int32
  * [B, bt_stride]; row_req / row_pos int32 [T]: each row's request and position (a request's rows consecutive);
  * window 0: none; threads: OpenMP threads (torch's count, passed by the caller: a step that torch runs on one thread
- * runs this on one too); out [T, H, D] contiguous. Returns 0, or -1 when scratch memory could not be allocated. */
+ * runs this on one too); out [T, H, D] contiguous. Returns 0, or -1 when scratch memory could not be allocated, -2
+ * for a head_dim above 512. */
 int pagoda_decode_attention(const void *q, int64_t q_st, int64_t q_sh, const void *k_cache, const void *v_cache,
                             int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
                             const int32_t *row_req, const int32_t *row_pos, int64_t T, int64_t H, int64_t D,
                             int64_t max_pos, float scale, int64_t window, int is_bf16, int threads, void *out) {
+    if (D > 512) return -2;
     int64_t *run_start = malloc(sizeof(int64_t) * (size_t)(T + 1));
     if (run_start == NULL) return -1;
     int64_t runs = pagoda_decode_attention_runs(row_req, T, run_start);
+    const int64_t nch = pagoda_decode_attention_chunks(max_pos);
+    float *partials = NULL;
+    if (nch > 1 && (partials = malloc((size_t)pagoda_decode_attention_partials(T, H, D, max_pos))) == NULL) {
+        free(run_start);
+        return -1;
+    }
     size_t bytes = (size_t)pagoda_decode_attention_scratch(H, hkv, D, max_pos);
     int failed = 0;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
@@ -390,14 +488,20 @@ int pagoda_decode_attention(const void *q, int64_t q_st, int64_t q_sh, const voi
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < runs * hkv; item++) {
+        for (int64_t item = 0; item < runs * hkv * nch; item++) {
             if (scratch == NULL) continue;
             pagoda_decode_attention_item(q, q_st, q_sh, k_cache, v_cache, hkv, bs, block_tables, bt_stride, row_req,
                                          row_pos, run_start, item, H, D, max_pos, scale, window, is_bf16, scratch,
-                                         out);
+                                         partials, out);
         }
         free(scratch);
+        if (nch > 1) {
+#pragma omp for schedule(static)
+            for (int64_t pair = 0; pair < T * H; pair++)
+                pagoda_decode_attention_combine(partials, pair, pair + 1, D, nch, is_bf16, out);
+        }
     }
+    free(partials);
     free(run_start);
     return failed ? -1 : 0;
 }

@@ -25,6 +25,9 @@ ENABLED = True
 """False: the torch path (the A/B switch of ``benchmarks/cpu_switch_ab.py --switch decode-native``; read at call
 time)."""
 
+MAX_HEAD_DIM = 512
+"""The kernel's largest head_dim (its merge of position chunks keeps one head's sums on the stack)."""
+
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
@@ -47,8 +50,35 @@ def _lib() -> ctypes.CDLL | None:
 def _self_check(lib: ctypes.CDLL) -> bool:
     """Three requests (a 5-row run over scattered blocks, a decode row, a 19-row run cut in two groups) in bf16 and
     float32, with and without a window, head dims 24 and 64 (the kernel's generic and register-blocked sums), against
-    a float64 dense causal softmax: within the bf16 output rounding (2e-2) and 1e-5."""
-    return all(_check_head_dim(lib, d) for d in (24, 64))
+    a float64 dense causal softmax: within the bf16 output rounding (2e-2) and 1e-5; then a 3-row run past position
+    512 (three position chunks merged), with and without a window that starts in another chunk."""
+    return all(_check_head_dim(lib, d) for d in (24, 64)) and _check_chunks(lib)
+
+
+def _check_chunks(lib: ctypes.CDLL) -> bool:
+    g = torch.Generator().manual_seed(1)
+    bs, d, s_len = 16, 64, 601
+    blocks = torch.randperm(40, generator=g)[: -(-s_len // bs)].tolist()
+    k64 = torch.randn(40, 1, bs, d, generator=g, dtype=torch.float64)
+    v64 = torch.randn(40, 1, bs, d, generator=g, dtype=torch.float64)
+    q64 = torch.randn(3, 3, d, generator=g, dtype=torch.float64)
+    bt = torch.tensor([blocks], dtype=torch.int32)
+    kk = torch.cat([k64[b] for b in blocks], dim=1)[:, :s_len].repeat_interleave(3, 0)
+    vv = torch.cat([v64[b] for b in blocks], dim=1)[:, :s_len].repeat_interleave(3, 0)
+    qpos = torch.arange(s_len - 3, s_len)[:, None]
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
+        for window in (None, 300):
+            out = _launch(lib, q64.to(dtype), k64.to(dtype), v64.to(dtype), bt, torch.zeros(3, dtype=torch.int32),
+                          qpos[:, 0].to(torch.int32), s_len - 1, 0.2, window).double()
+            s = torch.einsum("qhd,hkd->hqk", q64.to(dtype).double(), kk.to(dtype).double()) * 0.2
+            vis = torch.arange(s_len)[None, :] <= qpos
+            if window is not None:
+                vis &= torch.arange(s_len)[None, :] > qpos - window
+            ref = torch.einsum("hqk,hkd->qhd", torch.softmax(s.masked_fill(~vis, float("-inf")), -1),
+                               vv.to(dtype).double())
+            if not (out - ref).abs().max().item() < tol:
+                return False
+    return True
 
 
 def _check_head_dim(lib: ctypes.CDLL, d: int) -> bool:
@@ -84,8 +114,8 @@ def _check_head_dim(lib: ctypes.CDLL, d: int) -> bool:
 
 def eligible(query: torch.Tensor, k_cache: torch.Tensor, cap: float | None) -> bool:
     return (ENABLED and cap is None and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float32)
-            and k_cache.dtype == query.dtype and query.stride(-1) == 1 and k_cache.is_contiguous()
-            and _lib() is not None)
+            and query.shape[-1] <= MAX_HEAD_DIM and k_cache.dtype == query.dtype and query.stride(-1) == 1
+            and k_cache.is_contiguous() and _lib() is not None)
 
 
 class DecodeRows(NamedTuple):
@@ -120,7 +150,7 @@ def _launch(lib: ctypes.CDLL, query: torch.Tensor, k_cache: torch.Tensor, v_cach
         query.data_ptr(), query.stride(0), query.stride(1), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1],
         k_cache.shape[2], bt.data_ptr(), bt.stride(0), row_req.data_ptr(), row_pos.data_ptr(), T, H, D, max_pos,
         float(scale), int(window or 0), int(query.dtype == torch.bfloat16), torch.get_num_threads(), out.data_ptr())
-    if rc != 0:
+    if rc != 0:  # -2 (head_dim) is excluded by eligible()
         raise MemoryError("decode attention: the native kernel could not allocate its scratch memory")
     return out
 

@@ -37,7 +37,11 @@ typedef void (*attn_item_fn)(const void *q, int64_t q_st, int64_t q_sh, const vo
                              int64_t hkv, int64_t bs, const int32_t *block_tables, int64_t bt_stride,
                              const int32_t *row_req, const int32_t *row_pos, const int64_t *run_start, int64_t item,
                              int64_t H, int64_t D, int64_t max_pos, float scale, int64_t window, int is_bf16,
-                             void *scratch, void *out);
+                             void *scratch, float *partials, void *out);
+typedef int64_t (*attn_chunks_fn)(int64_t max_pos);
+typedef int64_t (*attn_partials_fn)(int64_t T, int64_t H, int64_t D, int64_t max_pos);
+typedef void (*attn_combine_fn)(const float *partials, int64_t p_lo, int64_t p_hi, int64_t D, int64_t nch,
+                                int is_bf16, void *out);
 
 /* A 4-bit weight as cpu_int4_dot reads it: int4pack codes, bf16 scales_zeros, out x in features, group size. */
 typedef struct {
@@ -63,6 +67,9 @@ typedef struct {
     attn_scratch_fn attn_scratch;
     attn_runs_fn attn_runs;
     attn_item_fn attn_item;
+    attn_chunks_fn attn_chunks;
+    attn_partials_fn attn_partials;
+    attn_combine_fn attn_combine;
     const pg_layer *layers;
     const uint16_t *cos, *sin; /* bf16 [rope_rows][D / 2] */
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, block_size, rope_rows;
@@ -258,9 +265,10 @@ typedef struct { /* one layer's attention */
     uint16_t *o;
     const int32_t *block_tables, *row_req, *row_pos;
     const int64_t *run_start;
-    int64_t bt_stride, max_pos;
+    int64_t bt_stride, max_pos, chunks;
     char *scratch; /* one part of scratch_bytes per thread */
     int64_t scratch_bytes;
+    float *partials; /* the position chunks' partials (chunks > 1) */
 } attn_job;
 
 static void attn_item(void *ctx, int64_t item, int thread) {
@@ -268,7 +276,16 @@ static void attn_item(void *ctx, int64_t item, int thread) {
     const pg_stack *s = j->s;
     s->attn_item(j->q, s->heads * s->head_dim, s->head_dim, j->L->k_cache, j->L->v_cache, s->kv_heads, s->block_size,
                  j->block_tables, j->bt_stride, j->row_req, j->row_pos, j->run_start, item, s->heads, s->head_dim,
-                 j->max_pos, (float)j->L->scale, j->L->window, 1, j->scratch + thread * j->scratch_bytes, j->o);
+                 j->max_pos, (float)j->L->scale, j->L->window, 1, j->scratch + thread * j->scratch_bytes, j->partials,
+                 j->o);
+}
+
+/* Item t: row t's heads from the chunks' partials. */
+static void combine_item(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    const attn_job *j = ctx;
+    const pg_stack *s = j->s;
+    s->attn_combine(j->partials, t * s->heads, (t + 1) * s->heads, s->head_dim, j->chunks, 1, j->o);
 }
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -289,13 +306,14 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     threads = team_begin(threads > 0 ? threads : 1);
     /* bf16 scratch: x [T][d], qkv [T][qkv_n], q [T][H][D], k [T][Hk][D], cos / sin [T][half], o [T][H][D],
      * a [T][d], gu [T][2I], act [T][I]; float32 h2 [T][d], group sums [T][max k / 2]; the attention's runs
-     * [T + 1] and its per-thread scratch. */
+     * [T + 1], its position chunks' partials and its per-thread scratch. */
     const int64_t n16 = T * (d + qkv_n + H * D + Hk * D + 2 * half + H * D + d + 2 * I + I);
     const int64_t kmax = d > I ? (d > H * D ? d : H * D) : (I > H * D ? I : H * D),
-                  attn_bytes = s->attn_scratch(H, Hk, D, max_pos);
+                  attn_bytes = s->attn_scratch(H, Hk, D, max_pos), chunks = s->attn_chunks(max_pos);
     const size_t f32_at = up64((size_t)n16 * 2), sums_at = f32_at + up64((size_t)T * d * 4),
                  runs_at = sums_at + up64((size_t)T * (kmax / 2 + 1) * 4),
-                 attn_at = runs_at + up64((size_t)(T + 1) * 8),
+                 partials_at = runs_at + up64((size_t)(T + 1) * 8),
+                 attn_at = partials_at + up64((size_t)s->attn_partials(T, H, D, max_pos)),
                  total = attn_at + (size_t)threads * (size_t)attn_bytes;
     char *buf = aligned_alloc(64, up64(total));
     if (buf == NULL) {
@@ -307,7 +325,7 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
              *sn = cs + T * half, *o = sn + T * half, *a = o + T * H * D, *gu = a + T * d, *act = gu + T * 2 * I;
     float *h2 = (float *)(buf + f32_at), *sums = (float *)(buf + sums_at);
     int64_t *run_start = (int64_t *)(buf + runs_at);
-    const int64_t items = s->attn_runs(row_req, T, run_start) * Hk;
+    const int64_t items = s->attn_runs(row_req, T, run_start) * Hk * chunks;
     for (int64_t t = 0; t < T; t++) { /* the rotary table's rows of this step's positions (cos_sin's gather) */
         memcpy(cs + t * half, s->cos + positions[t] * half, (size_t)half * 2);
         memcpy(sn + t * half, s->sin + positions[t] * half, (size_t)half * 2);
@@ -327,9 +345,10 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
                 memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
             }
         }
-        attn_job aj = {s, L, q, o, block_tables, row_req, row_pos, run_start, bt_stride, max_pos, buf + attn_at,
-                       attn_bytes};
+        attn_job aj = {s, L, q, o, block_tables, row_req, row_pos, run_start, bt_stride, max_pos, chunks,
+                       buf + attn_at, attn_bytes, (float *)(buf + partials_at)};
         team_run(threads, attn_item, &aj, items);
+        if (chunks > 1) team_run(threads, combine_item, &aj, T);
         rc |= mm(s, threads, o, &L->o, a, T, sums);
         rc |= s->norm(h, d, a, d, h2, L->norm2, x, d, T, d, (float)L->eps2);
         rc |= mm(s, threads, x, &L->gate_up, gu, T, sums);

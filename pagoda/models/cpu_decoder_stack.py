@@ -70,7 +70,8 @@ class _Layer(ctypes.Structure):
 
 class _Stack(ctypes.Structure):
     _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_sums", _P), ("mm_block", _P), ("attn_scratch", _P),
-                ("attn_runs", _P), ("attn_item", _P), ("layers", _P), ("cos", _P), ("sin", _P), ("num_layers", _I),
+                ("attn_runs", _P), ("attn_item", _P), ("attn_chunks", _P), ("attn_partials", _P),
+                ("attn_combine", _P), ("layers", _P), ("cos", _P), ("sin", _P), ("num_layers", _I),
                 ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("inter", _I), ("block_size", _I),
                 ("rope_rows", _I)]
 
@@ -214,7 +215,7 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
     if s is None or rope is None or getattr(model, "tp", None) is not None or getattr(model, "pp", None) is not None \
             or getattr(model, "fused", True) or getattr(model, "aux_hidden_layers", ()) or rope.partial or \
             s.qk_norm or rope.cos.dtype != torch.bfloat16 or not rope.cos.is_contiguous() or \
-            not rope.sin.is_contiguous():
+            not rope.sin.is_contiguous() or s.head_dim > cpu_decode_native.MAX_HEAD_DIM:
         return None
     fn, int4, attn = _fn(), cpu_int4_dot.library(), cpu_decode_native._lib()  # noqa: SLF001
     if fn is None or int4 is None or attn is None or not cpu_fused.available():
@@ -242,5 +243,6 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
     fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul),
            _addr(int4.pagoda_int4_group_sums), _addr(int4.pagoda_int4_dot_block),
            _addr(attn.pagoda_decode_attention_scratch), _addr(attn.pagoda_decode_attention_runs),
-           _addr(attn.pagoda_decode_attention_item))
+           _addr(attn.pagoda_decode_attention_item), _addr(attn.pagoda_decode_attention_chunks),
+           _addr(attn.pagoda_decode_attention_partials), _addr(attn.pagoda_decode_attention_combine))
     return DecoderStack(s, rope, layers, fns, keep)
