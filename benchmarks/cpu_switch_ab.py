@@ -20,15 +20,18 @@ read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_in
 with the leading logits refined (``pagoda.layers.cpu_head_dot.ENABLED``, read at each call; AVX512-BF16 CPUs);
 ``--switch head-q8``: the LM head of up to 8 rows from the Q8_0 table's codes, or from its bf16 copy by the heads
 above (``pagoda.layers.cpu_head_q8.ENABLED``, read at each call; AVX-512 VNNI CPUs; the logits differ: exact
-weights against bf16-rounded ones, so greedy tokens may part where two candidates are close).
+weights against bf16-rounded ones, so greedy tokens may part where two candidates are close);
+``--switch pos-chunk``: the decode attention's items split by chunks of 256 positions, or not
+(``pagoda.attention.cpu_decode_native.set_pos_chunk``; meaningful with ``--prompt-len`` of several hundred tokens and
+more; the bits of rows past 256 positions differ between the arms).
 Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints each arm's output tok/s per round
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
         --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack|
-            stack-team|head-dot|head-q8
+            stack-team|head-dot|head-q8|pos-chunk
         [--rounds 3]
-        [--batch-sizes 1 32] [--max-tokens 64]
+        [--batch-sizes 1 32] [--max-tokens 64] [--prompt-len N (random token ids instead of the short prompts)]
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8"])
+                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8", "pos-chunk"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=0, help="prompts of this many random token ids (0: short text)")
     args = ap.parse_args()
+
+    import torch
 
     from pagoda import LLM, SamplingParams
     from pagoda.attention import cpu_decode_native, cpu_det_native
@@ -69,7 +75,9 @@ def main() -> None:
             runner.small_steps_one_thread = on
     sp = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     for bs in args.batch_sizes:
-        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(bs)]
+        gen = torch.Generator().manual_seed(0)
+        prompts = [{"prompt_token_ids": torch.randint(100, 40000, (args.prompt_len,), generator=gen).tolist()}
+                   for _ in range(bs)] if args.prompt_len else [PROMPTS[i % len(PROMPTS)] for i in range(bs)]
         rates: dict[str, list[float]] = {n: [] for n in arms}
         tokens: dict[str, list[list[int]]] = {}
         for r in range(args.rounds):
@@ -82,6 +90,7 @@ def main() -> None:
                 cpu_decoder_stack.THREADS = 1 if name == "off" and args.switch == "stack-team" else 0
                 cpu_head_dot.ENABLED = name == "on" or args.switch != "head-dot"
                 cpu_head_q8.ENABLED = name == "on" or args.switch != "head-q8"
+                cpu_decode_native.set_pos_chunk(256 if args.switch == "pos-chunk" and name == "on" else 0)
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

@@ -1,8 +1,8 @@
 """The native CPU kernel for decode rows and few-row runs (pagoda/attention/cpu_decode_attention.c), through the torch
 backend: values against a float64 dense causal softmax (decode rows, speculative verifies, a short chunk and a long
 prefill chunk in one step; windows; bf16 and float32), each row independent of the rest of the step (bitwise), the
-same past 256 positions where the kernel merges position chunks (and verify rows there equal decode rows), and the
-cases it leaves to SDPA (a soft-cap, an FP8 cache)."""
+same with position chunks of 256 (``set_pos_chunk``, off by default), whose merges must keep it (and verify rows
+there equal decode rows), and the cases it leaves to SDPA (a soft-cap, an FP8 cache)."""
 
 import pytest
 import torch
@@ -82,8 +82,15 @@ def test_soft_cap_and_fp8_caches_keep_the_sdpa_path():
     assert not cpu_decode_native.eligible(q.half(), cache.half(), None)
 
 
+@pytest.fixture
+def chunks256():
+    cpu_decode_native.set_pos_chunk(256)
+    yield
+    cpu_decode_native.set_pos_chunk(0)
+
+
 def _long_step(gen, dtype):
-    """Rows past POS_CHUNK (256) positions: a decode row at 700 (three chunks), a 5-row verify at 510..514 (across
+    """Rows past 256 positions: a decode row at 700 (three chunks), a 5-row verify at 510..514 (across
     the boundary at 512), a short decode row (one chunk: written directly), a 16-row chunk at 250..265."""
     nb = 110
     k_cache = torch.randn(nb, HKV, BS, D, generator=gen).to(dtype)
@@ -101,7 +108,7 @@ def _long_step(gen, dtype):
 
 @pytest.mark.parametrize("window", [None, 300])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_position_chunks_against_a_float64_softmax(window, dtype):
+def test_position_chunks_against_a_float64_softmax(chunks256, window, dtype):
     gen = torch.Generator().manual_seed(2)
     query, k_cache, v_cache, meta = _long_step(gen, dtype)
     out = TorchAttentionBackend().forward(query, k_cache, v_cache, meta, 0.125, sliding_window=window)
@@ -110,10 +117,10 @@ def test_position_chunks_against_a_float64_softmax(window, dtype):
     torch.testing.assert_close(out.double(), ref, **tol)
 
 
-def test_position_chunks_keep_rows_independent_and_verify_rows_equal_decode_rows():
-    """Past 256 positions a row's output is its position chunks merged; it still depends on its own query, K/V and
-    position only: alone or in the step, as a verify row or as a decode row at that position; and a short row in a
-    step of several chunks gets the bits of a step of one chunk."""
+def test_position_chunks_keep_rows_independent_and_verify_rows_equal_decode_rows(chunks256):
+    """Past 256 positions a row's output is its position chunks merged (chunks on); it still depends on its own
+    query, K/V and position only: alone or in the step, as a verify row or as a decode row at that position; and a
+    short row in a step of several chunks gets the bits of a step of one chunk."""
     gen = torch.Generator().manual_seed(3)
     query, k_cache, v_cache, meta = _long_step(gen, torch.bfloat16)
     backend = TorchAttentionBackend()

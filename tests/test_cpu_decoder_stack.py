@@ -112,11 +112,24 @@ def test_a_long_prompt_chunk_runs_the_python_path(gguf_path, monkeypatch):
     assert (37, False) in seen and (1, True) in seen
 
 
+@pytest.fixture
+def pos_chunk():
+    """Sets the attention's position chunk for a test (cpu_decode_native.set_pos_chunk), back to 0 after it."""
+    from pagoda.attention import cpu_decode_native
+
+    yield cpu_decode_native.set_pos_chunk
+    cpu_decode_native.set_pos_chunk(0)
+
+
+@pytest.mark.parametrize("chunk", [0, 256], ids=["whole", "chunks"])
 @pytest.mark.parametrize("spec", [None, NGRAM], ids=["decode", "ngram"])
-def test_past_256_positions_bitwise_the_python_path(tmp_path, monkeypatch, spec):
-    """Rows past the attention's first position chunk (cpu_decode_attention.c, POS_CHUNK): the stack's chunk items
-    and their merge on its team give the Python path's bits (tokens and logprobs), decode rows and verify rows."""
+def test_past_256_positions_bitwise_the_python_path(tmp_path, monkeypatch, spec, chunk, pos_chunk):
+    """Rows past 256 positions, with the attention's position chunks (cpu_decode_native.set_pos_chunk) off and on:
+    the stack's items (and their merge on its team) give the Python path's bits (tokens and logprobs), decode rows and
+    verify rows."""
     from pagoda import LLM
+
+    pos_chunk(chunk)
 
     monkeypatch.setenv("PAGODA_CACHE", str(tmp_path / "cache"))
     path = _tiny_quantized_gguf(tmp_path / "long.gguf", True, ALL_4BIT, context=512)

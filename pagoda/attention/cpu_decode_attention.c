@@ -1,8 +1,8 @@
 /* Paged attention for a CPU step's decode rows and its requests' few-row runs (a speculative verify, a short
  * prefill chunk), read straight from the paged cache (pagoda/attention/cpu_decode_native.py).
  *
- * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head, a chunk of POS_CHUNK
- * positions where the call reaches that far), i.e. R = rows * G (row, query head) pairs that share the KV head's
+ * Work item: (a run of at most MAX_GROUP_ROWS consecutive query rows of one request, a KV head, and where chunks are
+ * on and the call reaches that far, a chunk of positions), i.e. R = rows * G (row, query head) pairs that share the KV head's
  * keys; a pair's chunks are merged in chunk order afterwards (pagoda_decode_attention_combine). Each K and V row is read (converted to float32 where needed)
  * once per item and used by every pair; each pair's arithmetic is its own and the same whatever else the item holds:
  * scores q . k_j (float32, one vectorized reduction over head_dim) for its positions lo..pos, the maximum,
@@ -36,15 +36,18 @@
 
 #define MAX_GROUP_ROWS 16
 
-/* Positions per chunk of a call whose rows reach position POS_CHUNK or beyond: an item is then (run, KV head, chunk c
- * of positions [c * POS_CHUNK, (c + 1) * POS_CHUNK)), and each pair's chunks are merged afterwards
- * (pagoda_decode_attention_combine). A batch-1 decode has one run and 3 KV heads (the default model): 3 items on two
- * threads left one idle a third of the time; 1,000 positions make 12 items. The chunks are fixed by position, not by
- * the call, so a row's bits still depend on its own query, K/V and position only; a call whose rows all lie below
- * POS_CHUNK has one chunk, and its items write the outputs directly, as before chunks existed (the same bits). */
-#ifndef POS_CHUNK
-#define POS_CHUNK 256
-#endif
+/* Positions per chunk (0: none, the default) of a call whose rows reach that position: an item is then (run, KV
+ * head, chunk c of positions [c * pos_chunk, (c + 1) * pos_chunk)), and each pair's chunks are merged afterwards
+ * (pagoda_decode_attention_combine). The aim: a batch-1 decode has one run and, for the default model, 3 KV heads:
+ * 3 items for however many threads; at 1,000 positions and chunks of 256, 12. The chunks are fixed by position, not
+ * by the call, so a row's bits still depend on its own query, K/V and position only; a call whose rows all lie below
+ * pos_chunk has one chunk, and its items write the outputs directly (the same bits as without chunks). Set once per
+ * process (pagoda_decode_attention_set_chunk, before any call: the bits of rows past it depend on it). Off by
+ * default: on the 2-vCPU dev VM chunks of 256 cost ~10 % at 3,000 positions on one thread and gained nothing on two
+ * (RESULTS.md, session 28); not measured yet on a many-core CPU, where the idle threads are. */
+static int64_t pos_chunk = 0;
+
+void pagoda_decode_attention_set_chunk(int64_t positions) { pos_chunk = positions > 0 ? positions : 0; }
 
 
 #define CHUNK 16
@@ -196,7 +199,7 @@ static void attend_group(const void *q, int64_t q_st, int64_t q_sh, const void *
                          float *scores, float *qf, float *acc, float *kv_buf, float *den, float *mx, int64_t *lo,
                          int64_t *hi, float *v_rows, const float **v_ptr, const uint16_t **q_rows, void *out) {
     int64_t R = n * G, first = INT64_MAX, last = -1;
-    const int64_t c_lo = nch == 1 ? 0 : c * POS_CHUNK, c_hi = nch == 1 ? INT64_MAX : c_lo + POS_CHUNK - 1;
+    const int64_t c_lo = nch == 1 ? 0 : c * pos_chunk, c_hi = nch == 1 ? INT64_MAX : c_lo + pos_chunk - 1;
     for (int64_t i = 0; i < n; i++) {
         int64_t pos = row_pos[t0 + i];
         int64_t l = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
@@ -380,8 +383,8 @@ int64_t pagoda_decode_attention_scratch(int64_t H, int64_t hkv, int64_t D, int64
            align64(4 * p * D) + align64((int64_t)sizeof(float *) * p) + align64((int64_t)sizeof(void *) * rmax);
 }
 
-/* Position chunks of a call whose rows' largest position is max_pos (1 below POS_CHUNK). */
-int64_t pagoda_decode_attention_chunks(int64_t max_pos) { return max_pos / POS_CHUNK + 1; }
+/* Position chunks of a call whose rows' largest position is max_pos (1 without chunks or below pos_chunk). */
+int64_t pagoda_decode_attention_chunks(int64_t max_pos) { return pos_chunk ? max_pos / pos_chunk + 1 : 1; }
 
 /* The partials a call of T rows needs when it has several chunks: bytes (0 for one chunk). */
 int64_t pagoda_decode_attention_partials(int64_t T, int64_t H, int64_t D, int64_t max_pos) {

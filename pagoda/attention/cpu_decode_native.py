@@ -25,6 +25,12 @@ ENABLED = True
 """False: the torch path (the A/B switch of ``benchmarks/cpu_switch_ab.py --switch decode-native``; read at call
 time)."""
 
+POS_CHUNK = 0
+"""Positions per chunk of the kernel's work items past that position (0: none). Off: on the 2-vCPU dev VM chunks of
+256 cost ~10 % at 3,000 positions and gained nothing (RESULTS.md, session 28); meant for many-core CPUs, where a
+batch-1 decode otherwise has one item per KV head. Applied by :func:`set_pos_chunk` (once per process, before the
+first step: a long row's bits depend on it)."""
+
 MAX_HEAD_DIM = 512
 """The kernel's largest head_dim (its merge of position chunks keeps one head's sums on the stack)."""
 
@@ -48,11 +54,24 @@ def _lib() -> ctypes.CDLL | None:
 
 
 def _self_check(lib: ctypes.CDLL) -> bool:
+    lib.pagoda_decode_attention_set_chunk.argtypes = [_I]
+    lib.pagoda_decode_attention_set_chunk.restype = None
+    try:
+        return _checks(lib)
+    finally:
+        lib.pagoda_decode_attention_set_chunk(POS_CHUNK)
+
+
+def _checks(lib: ctypes.CDLL) -> bool:
     """Three requests (a 5-row run over scattered blocks, a decode row, a 19-row run cut in two groups) in bf16 and
     float32, with and without a window, head dims 24 and 64 (the kernel's generic and register-blocked sums), against
     a float64 dense causal softmax: within the bf16 output rounding (2e-2) and 1e-5; then a 3-row run past position
-    512 (three position chunks merged), with and without a window that starts in another chunk."""
-    return all(_check_head_dim(lib, d) for d in (24, 64)) and _check_chunks(lib)
+    512 in chunks of 256 (three merged), with and without a window that starts in another chunk."""
+    lib.pagoda_decode_attention_set_chunk(0)
+    if not all(_check_head_dim(lib, d) for d in (24, 64)):
+        return False
+    lib.pagoda_decode_attention_set_chunk(256)
+    return _check_chunks(lib)
 
 
 def _check_chunks(lib: ctypes.CDLL) -> bool:
@@ -110,6 +129,15 @@ def _check_head_dim(lib: ctypes.CDLL, d: int) -> bool:
                 if not (out[first:first + n] - ref).abs().max().item() < tol:
                     return False
     return True
+
+
+def set_pos_chunk(positions: int) -> None:
+    """Sets :data:`POS_CHUNK` and the kernel's chunk (the decoder stack's calls share the library)."""
+    global POS_CHUNK
+    POS_CHUNK = max(int(positions), 0)
+    lib = _lib()
+    if lib is not None:
+        lib.pagoda_decode_attention_set_chunk(ctypes.c_int64(POS_CHUNK))
 
 
 def eligible(query: torch.Tensor, k_cache: torch.Tensor, cap: float | None) -> bool:
