@@ -16,7 +16,7 @@ import torch
 from engine_checks import compare_top5, greedy, our_top
 from test_model_files import SPECIALS, _llama_cpp_permute, _vocab
 
-from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks
+from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, q8_0_codes
 
 gguf = pytest.importorskip("gguf")
 
@@ -45,6 +45,17 @@ def test_blocks_match_gguf_dequantize(type_name):
     raw = _random_blocks(type_name, rows=6, in_f=512)
     ref = torch.from_numpy(gguf.dequantize(raw, qtype).astype(np.float32))
     assert torch.equal(_dequant(type_name, raw, 512), ref)
+
+
+def test_q8_0_codes_are_the_files_signed_codes_and_scales():
+    """``q8_0_codes`` (the CPU's Q8_0 LM head reads them) gives ``gguf.dequantize``'s values as codes * scales."""
+    raw = _random_blocks("Q8_0", rows=5, in_f=256)
+    codes, scales = q8_0_codes(torch.from_numpy(raw), 256)
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float32 and tuple(scales.shape) == (5, 8)
+    ref = torch.from_numpy(gguf.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).astype(np.float32))
+    assert torch.equal((codes.float().view(5, 8, 32) * scales.unsqueeze(-1)).view(5, 256), ref)
+    with pytest.raises(ValueError, match="does not hold rows of 128 weights"):
+        q8_0_codes(torch.from_numpy(raw), 128)
 
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])

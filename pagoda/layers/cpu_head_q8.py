@@ -88,7 +88,9 @@ class Q8Head:
                              f"{list(scales.shape)}")
         n, k = codes.shape
         pad = -n % 16
-        q = F.pad(codes, (0, 0, 0, pad)).view(-1, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
+        # k pairs moved as int16 (little-endian: the pair's bytes keep their order)
+        q = F.pad(codes, (0, 0, 0, pad)).view(torch.int16).view(-1, 16, k // 2).transpose(1, 2).contiguous() \
+            .view(torch.int8).view(-1, k // 2, 16, 2)
         d = F.pad(scales.float(), (0, 0, 0, pad)).view(-1, 16, k // GROUP).permute(0, 2, 1).contiguous()
         return Q8Head(q, d, n)
 

@@ -28,8 +28,10 @@ def refine_top_logits(logits: torch.Tensor, hidden: torch.Tensor, weight: torch.
     """``logits`` [R, V] float32 (in place) with each row's ``k`` largest entries recomputed as
     ``hidden[r] · weight[v]`` in float32 (``hidden`` [R, H], ``weight`` [V, H], the head's dense table), then
     soft-capped as ``softcap * tanh(x / softcap)`` when ``softcap`` is set (the model's final logit soft-cap, which
-    the bf16 logits went through). The dot products are :mod:`pagoda.layers.cpu_head_dot`'s where it applies (the
-    bits that kernel gives the same entries of a few-row batch), torch's otherwise."""
+    the bf16 logits went through). The dot products are those of the few-row head of the same table, the bits it
+    gives the same entries in a batch of up to 8 rows: ``q8``'s (:mod:`pagoda.layers.cpu_head_q8`, the table's
+    Q8_0 codes) where it is given and applies, else :mod:`pagoda.layers.cpu_head_dot`'s where it applies, else
+    torch's."""
     if logits.numel() == 0:
         return logits
     top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # [R, k]

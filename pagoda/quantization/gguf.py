@@ -33,7 +33,7 @@ from torch import nn
 
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.base import QuantizationConfig
-from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, decode_dense
+from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, decode_dense, q8_0_codes
 from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
 from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
 
@@ -264,8 +264,7 @@ class GGUFLinearMethod(LinearMethod):
 
         if not cpu_head_q8.available():
             return
-        codes, scales, _, _ = decode_blocks("Q8_0", raws[0].data, raws[0].shape[1])
-        vars(layer)["q8_head"] = cpu_head_q8.Q8Head.pack((codes.to(torch.int16) - 128).to(torch.int8), scales)
+        vars(layer)["q8_head"] = cpu_head_q8.Q8Head.pack(*q8_0_codes(raws[0].data, raws[0].shape[1]))
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         w = getattr(layer, "int_weight", None)

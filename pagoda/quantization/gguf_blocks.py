@@ -147,6 +147,17 @@ def decode_blocks(type_name: str, raw: torch.Tensor, in_features: int
     return codes.reshape(out, in_features), scales.reshape(out, -1), offsets.reshape(out, -1), fmt
 
 
+def q8_0_codes(raw: torch.Tensor, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw Q8_0 rows -> ``(codes [out, in] int8, scales [out, in / 32] float32)``, the weight ``codes * scales``
+    (what :func:`decode_blocks` gives as unsigned codes with an offset, here as the file stores them)."""
+    fmt = FORMATS["Q8_0"]
+    if in_features % fmt.block or raw.dim() != 2 or raw.shape[1] != in_features // fmt.block * fmt.type_size:
+        raise ValueError(f"Q8_0 data of shape {tuple(raw.shape)} does not hold rows of {in_features} weights")
+    b = raw.reshape(raw.shape[0], in_features // fmt.block, fmt.type_size)
+    return b[..., 2:].contiguous().view(torch.int8).reshape(raw.shape[0], in_features), \
+        _f16(b[..., 0:2]).reshape(raw.shape[0], -1)
+
+
 def decode_dense(type_name: str, raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Raw bytes of an F32 / F16 / BF16 tensor -> that tensor with ``shape``."""
     dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[type_name]
