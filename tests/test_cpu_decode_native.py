@@ -134,3 +134,20 @@ def test_position_chunks_keep_rows_independent_and_verify_rows_equal_decode_rows
         s_len = 511 + i
         row = _meta([1], [s_len], [tables[1][: -(-s_len // BS)]])
         assert torch.equal(backend.forward(query[1 + i:2 + i], k_cache, v_cache, row, 0.125), out[1 + i:2 + i])
+
+
+@pytest.mark.parametrize("chunk", [0, 256])
+def test_a_nan_in_the_cache_reaches_the_output_with_or_without_chunks(chunk):
+    """A NaN key in the first chunk makes the row's output NaN whether or not the kernel merges position chunks (the
+    merge once skipped a chunk whose sum was NaN and returned a finite, wrong value)."""
+    gen = torch.Generator().manual_seed(4)
+    query, k_cache, v_cache, meta = _long_step(gen, torch.float32)
+    table = meta.block_tables.tolist()[0]
+    k_cache[table[0], 0, 5] = float("nan")  # position 5 of the first request, KV head 0
+    cpu_decode_native.set_pos_chunk(chunk)
+    try:
+        out = TorchAttentionBackend().forward(query, k_cache, v_cache, meta, 0.125)
+    finally:
+        cpu_decode_native.set_pos_chunk(0)
+    assert bool(out[0, : H // HKV].isnan().all())  # the heads of KV head 0
+    assert not bool(out[0, H // HKV:].isnan().any())  # the other KV heads' heads

@@ -104,6 +104,23 @@ def test_entries_are_the_heads_bits_and_refinement_uses_them():
     assert torch.equal(out.gather(1, top), few.gather(1, top))
 
 
+def test_entries_refuse_indices_out_of_range():
+    w, x = _head(40, 64, seed=7), _hidden(3, 64, seed=8)
+    for rows, cols in (([0, 3], [1, 2]), ([0, 1], [1, 40]), ([-1], [0]), ([0], [-2])):
+        with pytest.raises(ValueError, match="indices must lie in"):
+            w.entries(x, torch.tensor(rows), torch.tensor(cols))
+
+
+def test_without_the_thread_team_the_head_runs_on_this_thread(monkeypatch):
+    """The rows of larger batches are refined with the head's bits, so a few rows never fall back to another
+    head: where the team cannot run, the kernel runs on the calling thread (the same bits)."""
+    w, x = _head(300, 576, seed=9), _hidden(3, 576, seed=10)
+    want = w.head(x)
+    monkeypatch.setattr(cpu_decoder_stack, "team_run", lambda fn, ctx, n: False)
+    got = w.head(x)
+    assert got is not None and torch.equal(got, want)
+
+
 def test_declines_what_it_does_not_cover(monkeypatch):
     w = _head(50, 64)
     x = _hidden(cpu_head_q8.MAX_ROWS + 1, 64)
@@ -140,7 +157,7 @@ def test_an_untied_or_4bit_table_keeps_no_codes(tmp_path, tmp_cache):
     from pagoda.models.loader import load_model
 
     untied = load_model(_config(_tiny_quantized_gguf(tmp_path / "untied.gguf", False), dtype="bfloat16"))
-    assert untied._lm_q8 is None and getattr(untied.embed_tokens, "q8_head", None) is None  # not kept for lookups
+    assert untied._lm_q8 is None and "q8_source" not in vars(untied.embed_tokens)  # not kept for lookups
     q4 = _tiny_quantized_gguf(tmp_path / "q4.gguf", True, {**LAYER_TYPES, "token_embd": "Q4_0"})
     model = load_model(_config(q4, dtype="bfloat16"))
-    assert model._lm_q8 is None and getattr(model.embed_tokens, "q8_head", None) is None
+    assert model._lm_q8 is None and "q8_source" not in vars(model.embed_tokens)

@@ -432,8 +432,8 @@ void pagoda_decode_attention_item(const void *q, int64_t q_st, int64_t q_sh, con
 }
 
 /* The outputs of (row, head) pairs [p_lo, p_hi) (pair = row * H + head) of a call with nch > 1 chunks, from the
- * partials: chunks ascending, M the largest m of the chunks holding positions, f_c = exp(m_c - M) (1 for the
- * chunk that holds M), L = sum f_c l_c, out = (sum f_c acc_c) * (1 / L), rounded once to the output dtype. A pair
+ * partials: chunks ascending, M the largest m of the chunks holding positions (l != 0), f_c = exp(m_c - M) (1 for
+ * the chunk that holds M), L = sum f_c l_c, out = (sum f_c acc_c) * (1 / L), rounded once to the output dtype. A pair
  * whose positions lie in one chunk gets acc / l, the one-chunk result. */
 void pagoda_decode_attention_combine(const float *partials, int64_t p_lo, int64_t p_hi, int64_t D, int64_t nch,
                                      int is_bf16, void *out) {
@@ -441,12 +441,14 @@ void pagoda_decode_attention_combine(const float *partials, int64_t p_lo, int64_
     for (int64_t pair = p_lo; pair < p_hi; pair++) {
         const float *base = partials + pair * nch * (D + 2);
         float m = -INFINITY, l = 0.0f;
+        /* a chunk without positions has l == 0 exactly (one with positions has l >= 1, or NaN, which must reach the
+         * output as it does without chunks) */
         for (int64_t c = 0; c < nch; c++)
-            if (base[c * (D + 2) + 1] > 0.0f && base[c * (D + 2)] > m) m = base[c * (D + 2)];
+            if (base[c * (D + 2) + 1] != 0.0f && base[c * (D + 2)] > m) m = base[c * (D + 2)];
         for (int64_t d = 0; d < D; d++) a[d] = 0.0f;
         for (int64_t c = 0; c < nch; c++) {
             const float *pc = base + c * (D + 2);
-            if (!(pc[1] > 0.0f)) continue;
+            if (pc[1] == 0.0f) continue;
             const float f = pc[0] == m ? 1.0f : exp_f32(pc[0] - m);
             l += f * pc[1];
             for (int64_t d = 0; d < D; d++) a[d] += f * pc[2 + d];

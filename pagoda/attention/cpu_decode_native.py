@@ -26,10 +26,11 @@ ENABLED = True
 time)."""
 
 POS_CHUNK = 0
-"""Positions per chunk of the kernel's work items past that position (0: none). Off: on the 2-vCPU dev VM chunks of
-256 cost ~10 % at 3,000 positions and gained nothing (RESULTS.md, session 28); meant for many-core CPUs, where a
-batch-1 decode otherwise has one item per KV head. Applied by :func:`set_pos_chunk` (once per process, before the
-first step: a long row's bits depend on it)."""
+"""Positions per chunk of the kernel's work items past that position (0: none), as :func:`set_pos_chunk` last set
+it (assigning this name changes nothing). Off: on the 2-vCPU dev VM chunks of 256 cost ~10 % at 3,000 positions and
+gained nothing (RESULTS.md, session 28); meant for many-core CPUs, where a batch-1 decode otherwise has one item per
+KV head. Set it once per process, before the first step: a long row's bits depend on it (the tests and the A/B
+switch change it between runs on purpose)."""
 
 MAX_HEAD_DIM = 512
 """The kernel's largest head_dim (its merge of position chunks keeps one head's sums on the stack)."""

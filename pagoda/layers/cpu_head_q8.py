@@ -11,7 +11,10 @@ arithmetic); logits come out float32.
 Takes over from :mod:`pagoda.layers.cpu_head_dot` (the bf16 copy) where both apply, and supplies the leading logits'
 exact values above :data:`MAX_ROWS` rows (:func:`Q8Head.entries`, used by :mod:`pagoda.layers.logits`), the same
 bits as :func:`Q8Head.head` gives them, so a row's greedy token and leading logits do not depend on the side of
-:data:`MAX_ROWS` it falls. Used after a self-check against a float64 reference on CPUs with AVX-512 F and BW.
+:data:`MAX_ROWS` it falls (unless the bf16 head above it leaves the true leader out of its 8 leading logits: 8 other
+candidates within that head's error of it). The model uses it only where oneDNN's bf16 head serves the larger batches
+(without it one bf16 head serves all). Used after a self-check against a float64 reference on CPUs with AVX-512 (F,
+BW, VL, DQ), VNNI and FMA.
 ``ENABLED = False`` is the A/B switch (read at every call).
 """
 
@@ -118,18 +121,27 @@ class Q8Head:
         if not ENABLED or not 0 < x.shape[0] <= MAX_ROWS or not self._applies(x):
             return None
         lib = _lib()
-        return None if lib is None else _run(lib, self, x.contiguous(), team=True)
+        if lib is None:
+            return None
+        out = _run(lib, self, x.contiguous(), team=True)
+        # without the team, on this thread: the rows of larger batches are refined with these bits (entries)
+        return out if out is not None else _run(lib, self, x.contiguous(), team=False)
 
     def entries(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
         """float32 ``x[rows[i]] · W[cols[i]]`` for int64 index vectors, the same bits as :meth:`head` gives those
-        entries; None where this kernel does not apply."""
+        entries; None where this kernel does not apply. ``ValueError`` for an index out of range."""
         if not ENABLED or not self._applies(x) or x.shape[0] == 0:
             return None
         lib = _lib()
         if lib is None:
             return None
-        return _entries(lib, self, x.contiguous(), rows.to(torch.int64).contiguous(),
-                        cols.to(torch.int64).contiguous())
+        rows, cols = rows.to(torch.int64).contiguous(), cols.to(torch.int64).contiguous()
+        if rows.shape != cols.shape or rows.dim() != 1 or (rows.numel() and (
+                int(rows.min()) < 0 or int(rows.max()) >= x.shape[0] or int(cols.min()) < 0
+                or int(cols.max()) >= self.n)):
+            raise ValueError(f"Q8_0 head entries: row indices must lie in [0, {x.shape[0]}) and column indices in "
+                             f"[0, {self.n}), as two 1-d tensors of one length")
+        return _entries(lib, self, x.contiguous(), rows, cols)
 
 
 def _prepare(lib: ctypes.CDLL, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -549,18 +549,25 @@ class LlamaForCausalLM(nn.Module):
     def pack_for_cpu(self, batch_hint: int) -> int:
         """Prepack bf16 linear weights (and the LM head) for oneDNN; see layers/cpu_linear.py."""
         from pagoda.layers.cpu_linear import pack_int_weight_copies, pack_model_linears, pack_weight
+        from pagoda.quantization.gguf import take_q8_head
 
+        tied = self.shape.tie_word_embeddings
+        embed = getattr(self, "embed_tokens", None)  # a pipeline stage may lack it
         if self.tp is not None or self.pp is not None:
+            if embed is not None:
+                take_q8_head(embed, build=False)
             return 0  # PackedLinear would drop the row-parallel all-reduce; a stage may lack the head
-        if self.shape.tie_word_embeddings:  # a quantized table may be kept dense (quantization/gguf.py)
+        if tied:  # a quantized table may be kept dense (quantization/gguf.py)
             w: torch.Tensor | None = getattr(self.embed_tokens, "weight", None)
         else:
             head = self.lm_head
             w = head.weight if type(head.linear_method) is UnquantizedLinearMethod else None
         self._lm_packed = pack_weight(w, batch_hint) if w is not None else None
         self._head_dense = w if self._lm_packed is not None else None  # for layers/logits.py (no copy: same tensor)
-        q8 = vars(self.embed_tokens).pop("q8_head", None)  # the table's codes (quantization/gguf.py), head if tied
-        if q8 is not None and self.shape.tie_word_embeddings:
+        # A tied Q8_0 table's codes (quantization/gguf.py) for a few rows' head, where larger batches run oneDNN's
+        # bf16 head and refine its leading logits with the same codes (without oneDNN: one bf16 head for all).
+        q8 = take_q8_head(self.embed_tokens, build=tied and self._lm_packed is not None)
+        if q8 is not None:
             from pagoda.layers import cpu_head_q8
 
             self._lm_q8 = q8

@@ -49,7 +49,9 @@ class LlamaForEmbedding(LlamaForCausalLM):
 
     def pack_for_cpu(self, batch_hint: int) -> int:
         from pagoda.layers.cpu_linear import pack_model_linears
+        from pagoda.quantization.gguf import take_q8_head
 
+        take_q8_head(self.embed_tokens, build=False)  # no LM head here
         return pack_model_linears(self.layers, batch_hint)
 
 

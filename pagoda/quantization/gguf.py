@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from pagoda.quantization.base import QuantizationConfig
 from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, decode_dense, q8_0_codes
 from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
 from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
+
+if TYPE_CHECKING:
+    from pagoda.layers.cpu_head_q8 import Q8Head
 
 QUANTIZED_LOAD_FORMATS = ("auto", "gguf")
 """``--load-format`` values that run a .gguf model quantized (module docstring)."""
@@ -254,17 +257,15 @@ class GGUFLinearMethod(LinearMethod):
 
     @staticmethod
     def _keep_q8_codes(layer: Linear, raws: list[RawTensor]) -> None:
-        """A Q8_0 table kept dense in bf16 on the CPU also keeps its codes (``q8_head``) for the few-row LM head of
-        :mod:`pagoda.layers.cpu_head_q8`: a decode step then reads 36 bytes per 32 weights, not 64, and computes
-        with the file's exact values. The model's ``pack_for_cpu`` takes it where its head is this table (tied
-        embeddings) and drops it otherwise."""
+        """A Q8_0 table kept dense in bf16 on the CPU also keeps its raw blocks (``q8_source``, the file's bytes) for
+        the few-row LM head of :mod:`pagoda.layers.cpu_head_q8`; :func:`take_q8_head` builds that head from them
+        where the model's head is this table (tied embeddings), and every ``pack_for_cpu`` takes them away."""
         if len(raws) != 1 or raws[0].type_name != "Q8_0" or raws[0].data.device.type != "cpu":
             return
         from pagoda.layers import cpu_head_q8
 
-        if not cpu_head_q8.available():
-            return
-        vars(layer)["q8_head"] = cpu_head_q8.Q8Head.pack(*q8_0_codes(raws[0].data, raws[0].shape[1]))
+        if cpu_head_q8.available():
+            vars(layer)["q8_source"] = raws[0]
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         w = getattr(layer, "int_weight", None)
@@ -291,6 +292,18 @@ class GGUFLinearMethod(LinearMethod):
             return
         scales, offsets = w.group_params()
         layer.lookup_weight = IntWeight(w.plain_codes(), scales, offsets, w.bits, w.group_size, w.perm)
+
+
+def take_q8_head(layer: nn.Module, build: bool) -> Q8Head | None:
+    """Removes a table's raw Q8_0 blocks (``GGUFLinearMethod._keep_q8_codes``) and, if ``build``, returns the
+    :class:`~pagoda.layers.cpu_head_q8.Q8Head` made of them (the file's signed codes and scales); None where the
+    layer kept none."""
+    raw: RawTensor | None = vars(layer).pop("q8_source", None)
+    if raw is None or not build:
+        return None
+    from pagoda.layers.cpu_head_q8 import Q8Head
+
+    return Q8Head.pack(*q8_0_codes(raw.data, raw.shape[1]))
 
 
 def dequantize_rows(w: IntWeight, ids: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 # the default model, ROUNDS rounds (default 2):
 # OLD_REV (default 26dd6a8: session 28 before the position chunks) against the working tree, each in its own process (a git worktree
 # for the old code), alternating; the decode steps' median (engine steps timed as cpu_floor_ratio.py does).
-# Usage (repository root): bash benchmarks/results/cpu-2026-12-05-session27/long_context_ab.sh
+# Usage (repository root): PROMPT_LEN=1000 ROUNDS=2 bash benchmarks/results/cpu-2026-12-05-session28/long_context_ab.sh
+# (session 28 ran it at f114391, chunks on by default then; since 5c0f6e7 they are off unless set_pos_chunk is called)
 set -euo pipefail
 OLD=$(mktemp -d)/old
 git worktree add -q --detach "$OLD" "${OLD_REV:-26dd6a8}"
