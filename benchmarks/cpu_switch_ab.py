@@ -21,8 +21,6 @@ with the leading logits refined (``pagoda.layers.cpu_head_dot.ENABLED``, read at
 ``--switch head-q8``: the LM head of up to 8 rows from the Q8_0 table's codes, or from its bf16 copy by the heads
 above (``pagoda.layers.cpu_head_q8.ENABLED``, read at each call; AVX-512 VNNI CPUs; the logits differ: exact
 weights against bf16-rounded ones, so greedy tokens may part where two candidates are close);
-``--switch whole-step``: a small step's embedding rows, layers and final norm in one native call, or the layers
-alone with the embedding and the final norm from Python (``cpu_decoder_stack.WHOLE_MODEL``; the same values);
 ``--switch pos-chunk``: the decode attention's items split by chunks of 256 positions, or not
 (``pagoda.attention.cpu_decode_native.set_pos_chunk``; meaningful with ``--prompt-len`` of several hundred tokens and
 more; the bits of rows past 256 positions differ between the arms).
@@ -31,7 +29,7 @@ Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints eac
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
         --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack|
-            stack-team|head-dot|head-q8|whole-step|pos-chunk
+            stack-team|head-dot|head-q8|pos-chunk
         [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64] [--prompt-len N (random token ids instead of the short prompts)]
 """
@@ -51,8 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8", "whole-step",
-                             "pos-chunk"])
+                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8", "pos-chunk"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -94,7 +91,6 @@ def main() -> None:
                 cpu_head_dot.ENABLED = name == "on" or args.switch != "head-dot"
                 cpu_head_q8.ENABLED = name == "on" or args.switch != "head-q8"
                 cpu_decode_native.set_pos_chunk(256 if args.switch == "pos-chunk" and name == "on" else 0)
-                cpu_decoder_stack.WHOLE_MODEL = name == "on" or args.switch != "whole-step"
                 t = time.perf_counter()
                 outs = arms[name].generate(prompts, sp, use_tqdm=False)
                 rates[name].append(bs * args.max_tokens / (time.perf_counter() - t))

@@ -68,24 +68,16 @@ def test_bitwise_the_python_path(gguf_path, monkeypatch, spec, threads):
 
 
 def _record(monkeypatch) -> list[tuple[int, bool]]:
-    """(rows, taken) of every step offered to the stack from now on: whole-model calls (``run_model``, the default
-    model's path) and layer-stack calls (``run``, where the model's step does not qualify for the whole call)."""
+    """(rows, taken) of every step offered to the stack from now on."""
     seen: list[tuple[int, bool]] = []
-    run, run_model = cpu_decoder_stack.DecoderStack.run, cpu_decoder_stack.DecoderStack.run_model
+    run = cpu_decoder_stack.DecoderStack.run
 
     def recording(self, h, *args):
         out = run(self, h, *args)
         seen.append((h.shape[0], out is not None))
         return out
 
-    def recording_model(self, ids, *args):
-        out = run_model(self, ids, *args)
-        if out is not None:  # else the step goes on to run_layers, which offers it to run
-            seen.append((ids.shape[0], True))
-        return out
-
     monkeypatch.setattr(cpu_decoder_stack.DecoderStack, "run", recording)
-    monkeypatch.setattr(cpu_decoder_stack.DecoderStack, "run_model", recording_model)
     return seen
 
 
@@ -159,22 +151,3 @@ def test_past_256_positions_bitwise_the_python_path(tmp_path, monkeypatch, spec,
         assert llm.llm_engine.core.scheduler.spec_stats.num_draft_tokens > 0  # verify rows past 256 ran too
     monkeypatch.setattr(cpu_decoder_stack, "ENABLED", False)
     assert run() == native
-
-
-def test_decode_steps_run_embedding_layers_and_final_norm_in_one_call(gguf_path, monkeypatch):
-    """A decode step of a model with a dense bf16 table goes through ``run_model`` (the embedding rows and the final
-    norm inside the native call); ``run`` (the layers alone) is left for steps that call it from run_layers."""
-    llm = _llm(gguf_path)
-    calls = {"run": 0, "run_model": 0}
-    for name in calls:
-        fn = getattr(cpu_decoder_stack.DecoderStack, name)
-
-        def counting(self, *args, _fn=fn, _name=name):
-            out = _fn(self, *args)
-            calls[_name] += out is not None
-            return out
-
-        monkeypatch.setattr(cpu_decoder_stack.DecoderStack, name, counting)
-    out = llm.generate([{"prompt_token_ids": PROMPTS[1]}], greedy(max_tokens=5), use_tqdm=False)
-    assert len(out[0].outputs[0].token_ids) == 5
-    assert calls["run_model"] >= 4 and calls["run"] == 0

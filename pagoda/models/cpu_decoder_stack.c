@@ -361,25 +361,3 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     free(buf);
     return rc;
 }
-
-/* The whole model's small step: rows ids[t] of the bf16 embedding table [vocab][hidden] as the float32 residual
- * stream h [T][hidden] (bf16 -> float32, the Python path's embedding and .float()), pagoda_decoder_stack on it, then
- * the final norm (the layers' norm function, weight final_w, no residual) into out bf16 [T][hidden]: the calls the
- * Python path makes between the embedding and the LM head, in one, so that their torch dispatch, which runs with
- * cold caches after a step's weights went through them, is gone. Returns pagoda_decoder_stack's code (h is then
- * unspecified), or -3 for a token id outside the table. */
-int pagoda_decoder_model(const pg_stack *s, const int64_t *ids, const uint16_t *table, int64_t vocab,
-                         const uint16_t *final_w, double final_eps, float *h, uint16_t *out, int64_t T,
-                         const int64_t *positions, const int64_t *slots, const int32_t *block_tables,
-                         int64_t bt_stride, const int32_t *row_req, const int32_t *row_pos, int64_t max_pos,
-                         int threads) {
-    const int64_t d = s->hidden;
-    for (int64_t t = 0; t < T; t++)
-        if (ids[t] < 0 || ids[t] >= vocab) return -3;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t k = 0; k < d; k++) h[t * d + k] = bf16_to_f32(table[ids[t] * d + k]);
-    int rc = pagoda_decoder_stack(s, h, T, positions, slots, block_tables, bt_stride, row_req, row_pos, max_pos,
-                                  threads);
-    if (rc != 0) return rc;
-    return s->norm(h, d, NULL, 0, NULL, final_w, out, d, T, d, (float)final_eps) == 0 ? 0 : -1;
-}

@@ -53,9 +53,6 @@ THREADS = 0
 """The stack's threads (its caller and ``THREADS - 1`` workers of its own); 0: torch's intra-op count outside the
 one-thread block of small steps (:func:`pagoda.worker.cpu_threads.outer_threads`). 1 is the A/B switch of the team
 (``benchmarks/cpu_switch_ab.py --switch stack-team``)."""
-WHOLE_MODEL = True
-"""False: steps call :meth:`DecoderStack.run` (the layers only) from ``run_layers``, the embedding and the final norm
-from Python, never :meth:`DecoderStack.run_model` (the A/B switch; read at each step; the same values)."""
 MAX_ROWS = 64
 """Steps of more rows run the Python path (the per-layer Python is then a small share of the step)."""
 
@@ -88,8 +85,6 @@ def _lib() -> ctypes.CDLL | None:
         return None
     lib.pagoda_decoder_stack.restype = ctypes.c_int
     lib.pagoda_decoder_stack.argtypes = [_P, _P, _I, _P, _P, _P, _I, _P, _P, _I, ctypes.c_int]
-    lib.pagoda_decoder_model.restype = ctypes.c_int
-    lib.pagoda_decoder_model.argtypes = [_P, _P, _P, _I, _P, _D, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, ctypes.c_int]
     lib.pagoda_team_run.restype = ctypes.c_int
     lib.pagoda_team_run.argtypes = [_P, _P, _I, ctypes.c_int]
     return lib
@@ -176,12 +171,13 @@ class DecoderStack:
         self._kv_key, self._kv_list = key, kv_caches
         return True
 
-    def _step_args(self, T: int, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                   meta: AttentionMetadata, backend: Any) -> tuple[Any, ...] | None:
-        """The C call's arguments after the hidden states (positions .. threads), or None where this step is not one
-        the stack takes."""
+    def run(self, h: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+            meta: AttentionMetadata, backend: Any) -> torch.Tensor | None:
+        """The hidden states after every layer (float32, a new tensor), or None where this step is not one it
+        takes (then the caller runs the layers from Python)."""
+        T = h.shape[0]
         if not (ENABLED and cpu_int4_dot.ENABLED and cpu_int4_dot.BOUND_CALLS and cpu_decode_native.ENABLED
-                and cpu_fused.ENABLED) or not 0 < T <= MAX_ROWS or \
+                and cpu_fused.ENABLED) or not 0 < T <= MAX_ROWS or h.dtype != torch.float32 or \
                 type(backend) is not TorchAttentionBackend or backend.batch_invariant or \
                 max(meta.query_lens_cpu) > MAX_DECODE_LIKE_QUERY or not self._bind_kv(kv_caches):
             return None
@@ -189,56 +185,20 @@ class DecoderStack:
         bt = meta.block_tables
         if bt.dtype != torch.int32 or bt.stride(-1) != 1:
             bt = bt.to(torch.int32).contiguous()
+        out = h.contiguous().clone()
         pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() else \
             positions.to(torch.int64).contiguous()
         slots = meta.slot_mapping
         if slots.dtype != torch.int64 or not slots.is_contiguous():
             slots = slots.to(torch.int64).contiguous()
-        keep = (bt, pos, slots, sel)  # alive until the call returns (the caller holds the tuple)
-        return (T, pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), bt.stride(0), sel.req.data_ptr(),
-                sel.pos.data_ptr(), sel.max_pos, THREADS or cpu_threads.outer_threads(), keep)
-
-    @staticmethod
-    def _check(rc: int) -> bool:
-        if rc in (-2, -3):
-            return False  # a position past the rotary table / a token id outside the table: the Python path raises
+        rc = _fn()(ctypes.addressof(self._stack), out.data_ptr(), T, pos.data_ptr(), slots.data_ptr(),  # type: ignore[misc]
+                   bt.data_ptr(), bt.stride(0), sel.req.data_ptr(), sel.pos.data_ptr(), sel.max_pos,
+                   THREADS or cpu_threads.outer_threads())
+        if rc == -2:
+            return None  # a position past the rotary table: the Python path raises its error
         if rc != 0:
             raise MemoryError(f"CPU decoder stack: a kernel failed (code {rc}; out of memory?)")
-        return True
-
-    def run(self, h: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-            meta: AttentionMetadata, backend: Any) -> torch.Tensor | None:
-        """The hidden states after every layer (float32, a new tensor), or None where this step is not one it
-        takes (then the caller runs the layers from Python)."""
-        args = self._step_args(h.shape[0], positions, kv_caches, meta, backend) if h.dtype == torch.float32 else None
-        if args is None:
-            return None
-        out = h.contiguous().clone()
-        rc = _fn()(ctypes.addressof(self._stack), out.data_ptr(), *args[:-1])  # type: ignore[misc]
-        return out if self._check(rc) else None
-
-    def run_model(self, ids: torch.Tensor, table: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                  positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                  meta: AttentionMetadata, backend: Any) -> torch.Tensor | None:
-        """The final-normed hidden states (bf16 [T, hidden], a new tensor) of token ``ids`` (int64): the embedding
-        rows of ``table`` (bf16 [vocab, hidden], contiguous) as float32, every layer, the final RMSNorm
-        (``norm_weight`` bf16 [hidden], ``eps``), all in one native call, bitwise the Python path's
-        ``final_norm(run_layers(embed(ids)))``; or None where this step is not one it takes."""
-        d = self._stack.hidden
-        if not WHOLE_MODEL or ids.dtype != torch.int64 or ids.dim() != 1 or table.dtype != torch.bfloat16 or \
-                table.dim() != 2 or table.shape[1] != d or not table.is_contiguous() or \
-                norm_weight.dtype != torch.bfloat16 or norm_weight.shape != (d,) or not norm_weight.is_contiguous():
-            return None
-        args = self._step_args(ids.shape[0], positions, kv_caches, meta, backend)
-        if args is None:
-            return None
-        ids = ids.contiguous()
-        h = torch.empty(ids.shape[0], d, dtype=torch.float32)
-        out = torch.empty(ids.shape[0], d, dtype=torch.bfloat16)
-        rc = _lib().pagoda_decoder_model(  # type: ignore[union-attr]
-            ctypes.addressof(self._stack), ids.data_ptr(), table.data_ptr(), table.shape[0], norm_weight.data_ptr(),
-            eps, h.data_ptr(), out.data_ptr(), *args[:-1])
-        return out if self._check(rc) else None
+        return out
 
 
 def _unbound() -> bool:

@@ -444,36 +444,8 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         if self.pp is not None:  # this stage's layers, hidden states from / to the neighbouring stages
             return self.pp.forward(self, input_ids, positions, kv_caches, meta, backend)
-        out = self._native_step(input_ids, positions, kv_caches, meta, backend)
-        if out is not None:
-            return out
         h, residual = self.run_layers(self.embed(input_ids), None, positions, kv_caches, meta, backend)
         return self.final_norm(h, residual)
-
-    def _native_step(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                     kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
-                     backend: AttentionBackend) -> torch.Tensor | None:
-        """A small CPU step from the token ids to the final norm in one native call
-        (:meth:`~pagoda.models.cpu_decoder_stack.DecoderStack.run_model`), bitwise ``final_norm(run_layers(embed))``
-        below, where the embedding is a plain lookup of a dense bf16 table and the final norm the layers' native
-        one; None otherwise (and wherever the stack declines the step)."""
-        if self._cpu_stack is None or self.aux_hidden_layers or not self.final_norm_native or self.fused or \
-                input_ids.device.type != "cpu":
-            return None
-        emb = self.embed_tokens
-        plain = type(emb) is nn.Embedding or (type(emb) is QuantizedEmbedding and not hasattr(emb, "int_weight")
-                                               and not hasattr(emb, "lookup_weight"))
-        table = getattr(emb, "weight", None)
-        if not plain or not isinstance(table, torch.Tensor):
-            return None
-        if self._cpu_stack is False:
-            from pagoda.models import cpu_decoder_stack
-
-            self._cpu_stack = cpu_decoder_stack.bind(self)
-            if self._cpu_stack is None:
-                return None
-        return self._cpu_stack.run_model(input_ids.reshape(-1), table, self.norm.weight, self.norm.eps, positions,
-                                         kv_caches, meta, backend)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
