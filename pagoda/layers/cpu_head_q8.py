@@ -121,11 +121,7 @@ class Q8Head:
         if not ENABLED or not 0 < x.shape[0] <= MAX_ROWS or not self._applies(x):
             return None
         lib = _lib()
-        if lib is None:
-            return None
-        out = _run(lib, self, x.contiguous(), team=True)
-        # without the team, on this thread: the rows of larger batches are refined with these bits (entries)
-        return out if out is not None else _run(lib, self, x.contiguous(), team=False)
+        return None if lib is None else _run(lib, self, x.contiguous(), team=True)
 
     def entries(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
         """float32 ``x[rows[i]] · W[cols[i]]`` for int64 index vectors, the same bits as :meth:`head` gives those
@@ -152,8 +148,9 @@ def _prepare(lib: ctypes.CDLL, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return xi, s
 
 
-def _run(lib: ctypes.CDLL, w: Q8Head, x: torch.Tensor, team: bool) -> torch.Tensor | None:
-    """The logits, on the thread team (``team``; None where it is unavailable) or on the calling thread."""
+def _run(lib: ctypes.CDLL, w: Q8Head, x: torch.Tensor, team: bool) -> torch.Tensor:
+    """The logits, on the thread team (``team``) or on the calling thread: also where the team is unavailable, since
+    the rows of larger batches are refined with these bits (:meth:`Q8Head.entries`), never another head's."""
     xi, s = _prepare(lib, x)
     n, k = w.n, w.k
     out = torch.empty(x.shape[0], n, dtype=torch.float32)
@@ -162,8 +159,8 @@ def _run(lib: ctypes.CDLL, w: Q8Head, x: torch.Tensor, team: bool) -> torch.Tens
 
         job = _Job(xi.data_ptr(), s.data_ptr(), w.codes.data_ptr(), w.scales.data_ptr(), out.data_ptr(),
                    x.shape[0], n, k, ITEM_ROWS)
-        ran = cpu_decoder_stack.team_run(_item_address(lib), ctypes.addressof(job), -(-n // ITEM_ROWS))
-        return out if ran else None
+        if cpu_decoder_stack.team_run(_item_address(lib), ctypes.addressof(job), -(-n // ITEM_ROWS)):
+            return out
     lib.pagoda_q8_head(xi.data_ptr(), s.data_ptr(), w.codes.data_ptr(), w.scales.data_ptr(), out.data_ptr(),
                        x.shape[0], n, k, ITEM_ROWS)
     return out
@@ -200,12 +197,11 @@ def _self_check(lib: ctypes.CDLL) -> bool:
         x = (torch.randn(11, k, generator=gen) * torch.exp2(torch.randint(-6, 6, (11, 1), generator=gen))).to(
             torch.bfloat16)
         got = _run(lib, w, x, team=False)
-        assert got is not None
         ref = x.double() @ w.dense().double().t()
         if not bool(((got.double() - ref).abs() <= error_bound(w, x) + 1e-30).all()):
             return False
         alone = (_run(lib, w, x[i : i + 1], team=False) for i in range(x.shape[0]))
-        if not all(a is not None and torch.equal(a[0], got[i]) for i, a in enumerate(alone)):
+        if not all(torch.equal(a[0], got[i]) for i, a in enumerate(alone)):
             return False
         rows = torch.randint(0, x.shape[0], (40,), generator=gen)
         cols = torch.randint(0, n, (40,), generator=gen)

@@ -69,13 +69,18 @@ def _bits_le(raw: torch.Tensor, n: int) -> torch.Tensor:
     return ((raw.unsqueeze(-1) >> shifts) & 1).reshape(*raw.shape[:-1], n)
 
 
+def _q8_0_signed(b: torch.Tensor) -> torch.Tensor:
+    """Q8_0 blocks ``[rows, nb, 34]`` -> their int8 codes ``[rows, nb, 32]`` (the f16 scale is bytes 0-1)."""
+    return b[..., 2:].contiguous().view(torch.int8)
+
+
 def _simple(fmt: BlockFormat, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 blocks ``[rows, nb, type_size]`` -> codes, scales, offsets."""
     d = _f16(b[..., 0:2])
     has_min = fmt.name.endswith("_1")
     pos = 4 if has_min else 2
     if fmt.name == "Q8_0":
-        codes = (b[..., 2:].view(torch.int8).to(torch.int16) + 128).to(torch.uint8)
+        codes = (_q8_0_signed(b).to(torch.int16) + 128).to(torch.uint8)
         return codes, d, -128.0 * d
     if fmt.bits == 5:
         high = _bits_le(b[..., pos:pos + 4], 32) << 4
@@ -154,8 +159,7 @@ def q8_0_codes(raw: torch.Tensor, in_features: int) -> tuple[torch.Tensor, torch
     if in_features % fmt.block or raw.dim() != 2 or raw.shape[1] != in_features // fmt.block * fmt.type_size:
         raise ValueError(f"Q8_0 data of shape {tuple(raw.shape)} does not hold rows of {in_features} weights")
     b = raw.reshape(raw.shape[0], in_features // fmt.block, fmt.type_size)
-    return b[..., 2:].contiguous().view(torch.int8).reshape(raw.shape[0], in_features), \
-        _f16(b[..., 0:2]).reshape(raw.shape[0], -1)
+    return _q8_0_signed(b).reshape(raw.shape[0], in_features), _f16(b[..., 0:2]).reshape(raw.shape[0], -1)
 
 
 def decode_dense(type_name: str, raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
