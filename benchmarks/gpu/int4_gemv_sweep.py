@@ -14,15 +14,18 @@ floor is codes + scales + offsets read once at the measured copy bandwidth (benc
 Prints per (M, shape) microseconds per linear and x floor, per M the 32-layer step of linears, and the
 ``SMALL_M_TABLE`` literal (winner per shape class and M bucket, least summed time over the class's shapes):
 paste it over the one in pagoda/quantization/kernels/triton_wna16.py. Runs in about 1-2 minutes on an H200
-(Triton compiles ~35 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py`` (``--smoke``: CPU, Triton
+(Triton compiles ~45 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py [--json PATH]`` (``--json``: the
+winners as JSON for ``with_gemv_table.py --w4-table``; ``--smoke``: CPU, Triton
 interpreter, tiny shapes, no timing; checks the script runs).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -43,22 +46,25 @@ SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 2, 4) if SMOKE else (1, 2, 4, 8, 16)
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
-GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles); block_m = min(M, 8). Each tile shape here compiles
-    # (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per thread
-    # (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out).
-    1: ((64, 2, 4, 1), (64, 2, 8, 1), (64, 2, 2, 1), (128, 4, 4, 1), (128, 4, 8, 1),
-        (32, 1, 8, 1), (64, 2, 4, 2), (64, 2, 4, 0), (64, 4, 4, 1)),
-    2: ((64, 4, 4, 1), (32, 2, 4, 1), (64, 8, 4, 1), (128, 4, 4, 1), (64, 4, 8, 1),
-        (64, 4, 4, 2)),
-    4: ((64, 4, 4, 1), (32, 4, 4, 1), (64, 8, 4, 1), (128, 8, 4, 1), (64, 4, 8, 1),
-        (64, 4, 4, 2)),
-    8: ((64, 8, 4, 1), (64, 8, 8, 1), (64, 8, 2, 1), (64, 8, 4, 0)),
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode); block_m = min(M, 8). Each tile shape here
+    # compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per
+    # thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). Decode 0/1/2: triton_w4_gemv.
+    1: ((64, 2, 4, 1, 0), (64, 2, 8, 1, 0), (32, 1, 8, 1, 0), (64, 2, 4, 2, 0), (128, 4, 8, 1, 0),
+        (32, 1, 8, 1, 1), (64, 2, 8, 1, 1),
+        (64, 2, 4, 1, 2), (64, 2, 8, 1, 2), (32, 1, 8, 1, 2), (32, 1, 16, 1, 2), (64, 2, 16, 1, 2), (32, 1, 4, 1, 2),
+        (64, 2, 8, 2, 2), (32, 1, 8, 2, 2), (128, 4, 8, 1, 2)),
+    2: ((64, 4, 4, 1, 0), (32, 2, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 2, 0),
+        (64, 4, 4, 1, 2), (32, 2, 4, 1, 2), (64, 8, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 4, 2, 2), (32, 2, 8, 1, 2)),
+    4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0),
+        (64, 4, 4, 1, 2), (32, 4, 4, 1, 2), (64, 8, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 4, 2, 2)),
+    8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 2), (64, 8, 8, 1, 2), (64, 8, 2, 1, 2)),
 }
 
 
 def candidates(m: int) -> list[Rule]:
     bm = min(m, 8)
-    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf) for bn, nw, wv, pf in GRID[bm]]
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, decode=dc)
+            for bn, nw, wv, pf, dc in GRID[bm]]
 
 
 class Weights:
@@ -115,6 +121,7 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         arms["asym"] = time_config(w, x, now, "asym", sym=0)
         for rule in candidates(m):
             arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
+            print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
         floor = w.floor_bytes / bw * 1e6
         ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
         best = min(ok, key=ok.__getitem__) if ok else None
@@ -202,8 +209,20 @@ def main() -> None:
         step_summary(m, results[m])
     print(f"\nsweep took {time.perf_counter() - t0:.0f} s")
     print("\n===== CHOOSE: paste over SMALL_M_TABLE in pagoda/quantization/kernels/triton_wna16.py =====")
-    print(table_text(class_winners(results)))
+    winners = class_winners(results)
+    print(table_text(winners))
     print("===== END CHOOSE =====")
+    if "--json" in sys.argv:
+        path = Path(sys.argv[sys.argv.index("--json") + 1])
+        table = {cls: {str(m): asdict(r) for m, r in rules.items()} for cls, rules in winners.items()}
+        path.write_text(json.dumps(table))
+        print(f"winners written to {path} (benchmarks/gpu/with_gemv_table.py --w4-table reads them)")
+
+
+def w4_table_from_json(path: str) -> dict[str, dict[int, Rule]]:
+    """The ``SMALL_M_TABLE`` that a ``--json`` run chose."""
+    raw = json.loads(Path(path).read_text())
+    return {cls: {int(m): Rule(**fields) for m, fields in rules.items()} for cls, rules in raw.items()}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Run a ``pagoda`` CLI command in this process with other GEMV tables (an A/B of table entries end to end).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
-[--cuda-cores-only] [--fp8-table FP8_JSON] -- bench latency --model M ...``. ``--table``: the winners of
-``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same ``(rows, N, K)`` and add new
-ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS;
-``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way.
+[--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] -- bench latency --model M ...``. ``--table``: the
+winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same ``(rows, N, K)`` and
+add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS;
+``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way;
+``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit ``SMALL_M_TABLE``.
 The engine must run in this process (``bench latency`` and ``bench throughput`` do; a server's engine core is
 another process and would not see the tables).
 """
@@ -39,7 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--table", default=None)
     ap.add_argument("--cuda-cores-only", action="store_true")
     ap.add_argument("--fp8-table", default=None)
+    ap.add_argument("--w4-table", default=None)
     args = ap.parse_args(argv[:split])
+    if args.w4_table:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from int4_gemv_sweep import w4_table_from_json
+
+        from pagoda.quantization.kernels import triton_wna16
+
+        triton_wna16.SMALL_M_TABLE = w4_table_from_json(args.w4_table)
+        print(f"4-bit GEMV table: {triton_wna16.SMALL_M_TABLE}", flush=True)
     if args.fp8_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from fp8_linear_bench import fp8_table_from_json

@@ -28,7 +28,7 @@ DEV = torch.device("cuda" if ON_GPU else "cpu")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False):
+def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False, decode=0):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
@@ -37,7 +37,7 @@ def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, 
         assert torch.equal(o, s * -8)
         o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
     return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
-                      prefetch=prefetch, symmetric=symmetric).cpu()
+                      prefetch=prefetch, symmetric=symmetric, decode=decode).cpu()
 
 
 def check(out, ref, dtype):
@@ -55,7 +55,8 @@ def check(out, ref, dtype):
     (32, 20, 96, False),    # K % 128 != 0: 32-row tiles (4-row sub-blocks)
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
+@pytest.mark.parametrize("decode", [0, 1, 2])
+def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype, decode):
     codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k)
     for m, block_m, split in ((1, 1, 1), (2, 2, 3), (3, 4, 2), (8, 8, 1), (3, 2, 4)):
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
@@ -63,7 +64,7 @@ def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
         ref = reference(x.to(dtype), codes, scales, offsets, 4, group, dtype, None,
                         bias.to(dtype) if bias is not None else None)
         out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split % 3,
-                  symmetric=sym and m % 2 == 1)  # symmetric weights: both kernels
+                  symmetric=sym and m % 2 == 1, decode=decode)  # symmetric weights: both kernels
         assert out.dtype == dtype and out.shape == (m, n)
         check(out, ref, dtype)
 
@@ -118,3 +119,17 @@ def test_int_weight_records_symmetric_for_the_gemv(sym, monkeypatch):
     assert arrival_counters._BUFFERS[codes.device].numel() >= arrival_counters.SLOTS
     ref = int_weight.IntWeight(codes, scales.bfloat16(), offsets.bfloat16(), 4, 32).dequantize(torch.float32)
     assert torch.equal(w.dequantize(torch.float32), ref)
+
+
+@pytest.mark.parametrize("decode", [0, 1, 2])
+def test_non_finite_or_huge_x_never_gives_a_finite_wrong_output(decode):
+    """An inf or NaN in ``x`` makes its row's outputs non-finite (as the reference's), and ``|x| >= 2**72`` (where
+    decodes 1 and 2 lift x past fp32) gives inf/NaN, never a finite wrong value; other rows keep their values."""
+    codes, scales, offsets = random_weight(4, 32, 16, 128, False, seed=7)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(3))
+    x[0, 5], x[1, 70], x[2, 127] = float("inf"), float("nan"), 2.0**80
+    out = run(x, codes, scales, offsets, 32, torch.float32, None, 4, 16, 2, decode=decode)
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
+    assert not out[:2].isfinite().any()
+    assert not out[2].isfinite().any() or torch.allclose(out[2], ref[2], rtol=1e-5)
+    check(out[3:], ref[3:], torch.float32)

@@ -10,6 +10,18 @@ ones per clock):
   (e <= 4: the nibble stays in the mantissa), and one FMA ``v * 16**-e - 2**23 * 16**-e`` gives ``q`` exactly.
   Nibbles 5..7 come from the word shifted once by 12. Per nibble: 1.125 integer ops and 2 FMAs (decode,
   ``acc += x * q``), against 2 integer ops + 2 float ops before.
+* Decodes 1 and 2 (``decode=``; session 29): a nibble masked in place (``word & 0xF << 4e``, one AND, no OR)
+  *is* the fp32 denormal ``q * 2**(4e - 149)``, exactly; multiplied by ``x`` lifted by ``2**(56 - 4e)`` (exact,
+  a power of two) every product is ``x * q * 2**-93`` whatever the nibble's position, so one accumulator takes
+  them all and the group's scale absorbs ``2**93``. The decode FMA per nibble is gone, but the offset term (also
+  ``-8 s`` for symmetric weights) now needs the sum of x per group. Decode 1 converts, lifts and sums x in every
+  thread that holds it (4 columns share it: ~1 op per nibble); decode 2 does it once per program in a prologue:
+  the program's K range of x, lifted, to an fp32 scratch ``[M, K]`` and the sums per group sub-range to
+  ``[M, K / CH]``, then a barrier, and the loop loads x ready (programs of one K split write identical bits).
+  SASS (Triton 3.9 here, sm_90, symmetric, group 128): the K loop per 128 nibbles per thread at M = 1 is 514
+  instructions (decode 0), 473 (1), 357 (2); M = 2: 411 / 423 / 295; M = 4: 582 / 681 / 484. Products stay exact
+  (normal for ``|x q| > 2**-33``; smaller ones are flushed toward zero, an absolute error below ``2**-126`` each);
+  ``|x| >= 2**72`` overflows to inf (a NaN/inf output, never a finite wrong one), as do inf and NaN inputs.
 * The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
   accumulated per (row, word row, column) and reduced over K once at the end (no per-tile cross-thread
   reduction). Symmetric weights (``o = -8 s``, GPTQ/AWQ sym) decode ``q - 8`` in the same FMA and skip the
@@ -56,6 +68,29 @@ def _nibble(p, ph, magic, j: tl.constexpr, zero: tl.constexpr):
 
 
 @triton.jit
+def _lift(j: tl.constexpr):
+    """``2**(56 - 4e)`` for nibble ``j`` (:func:`_nibble_denormal`)."""
+    E: tl.constexpr = j if j < 5 else j - 3
+    LIFT: tl.constexpr = 1.0 * (1 << (56 - 4 * E))
+    return LIFT
+
+
+@triton.jit
+def _nibble_denormal(p, ph, j: tl.constexpr):
+    """Nibble ``j`` of the words ``p`` (``ph = p >> 12``) as the fp32 denormal ``q * 2**(4e - 149)``: one AND (the
+    nibble lies in the mantissa and the exponent field stays zero), exact. The kernel multiplies it by ``x`` lifted
+    by ``2**(56 - 4e)``, so that every product is ``x * q * 2**-93``: exact, and normal (not flushed) for ``|x * q|``
+    above ``2**-33``; ``x`` overflows to inf (a NaN/inf output, never a finite wrong one) only above ``2**72``."""
+    E: tl.constexpr = j if j < 5 else j - 3
+    if j < 5:
+        v = p & (15 << (4 * E))
+    else:
+        v = ph & (15 << (4 * E))
+    return v.to(tl.float32, bitcast=True)
+
+
+
+@triton.jit
 def _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         res += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
@@ -92,11 +127,61 @@ def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: t
     return s.to(tl.float32)[None, None, :], o.to(tl.float32)[None, None, :]
 
 
+@triton.jit
+def _sub_range(p, ph, magic, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
+               BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr,
+               DECODE: tl.constexpr):
+    """Sub-blocks ``[gj * JG, (gj + 1) * JG)`` of a tile (one group's share): ``part`` = sum of x times the decoded
+    nibbles per (row, word row, column) and ``xs`` = sum of x per (row, word row) where the offset term needs it
+    (``x_at``: the tile's x, or decode 2's lifted copy)."""
+    part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+    xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
+    for jj in tl.static_range(JG):
+        xj = _load_x(x_at + (gj * JG + jj) * KP, m_ok, EVEN_M)
+        if DECODE == 2:
+            part += xj * _nibble_denormal(p, ph, gj * JG + jj)
+        elif DECODE == 1:
+            part += (xj * _lift(gj * JG + jj)) * _nibble_denormal(p, ph, gj * JG + jj)
+            xs += xj
+        else:
+            part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
+            if not SYM:
+                xs += xj
+    return part, xs
+
+
+@triton.jit
+def _lift_x(x_ptr, xl_ptr, xg_ptr, offs_m, m_ok, stride_xm, t_lo, t_hi, num_tiles, PACK_K: tl.constexpr,
+            BLOCK_M: tl.constexpr, CH: tl.constexpr):
+    """Decode 2's prologue: the program's K tiles of ``x`` in fp32, each row lifted by its nibble's ``2**(56 - 4e)``
+    (:func:`_nibble_denormal`) to ``xl`` ``[M, K]``, and the sums of ``x`` over each ``CH``-row sub-range to ``xg``
+    ``[M, K / CH]``, then a barrier so the program's loop reads them back (from L1/L2) instead of converting and
+    lifting each x again in every thread that holds its column. Programs of the same K split write the same bits to
+    the same places, so which write lands last does not matter."""
+    KP: tl.constexpr = PACK_K // 8
+    NCH: tl.constexpr = PACK_K // CH
+    offs_k = tl.arange(0, PACK_K)
+    jk = offs_k // KP
+    ek = tl.where(jk < 5, jk, jk - 3)
+    lift = ((183 - 4 * ek) << 23).to(tl.float32, bitcast=True)  # exponent field 127 + 56 - 4e
+    row_ok = m_ok[:, None]
+    for t in range(t_lo, t_hi):
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + t * PACK_K + offs_k[None, :], mask=row_ok,
+                     other=0.0).to(tl.float32)
+        tl.store(xl_ptr + offs_m[:, None] * (num_tiles * PACK_K) + t * PACK_K + offs_k[None, :], xt * lift[None, :],
+                 mask=row_ok)
+        sums = tl.sum(tl.reshape(xt, (BLOCK_M, NCH, CH)), axis=2)
+        tl.store(xg_ptr + offs_m[:, None] * (num_tiles * NCH) + t * NCH + tl.arange(0, NCH)[None, :], sums,
+                 mask=row_ok)
+    tl.debug_barrier()
+
+
 @triton.jit(do_not_specialize=["M", "tiles_per_split", "num_tiles", "num_splits"])  # fewer compiled variants
-def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
+def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, xl_ptr, xg_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr):
+                    EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
+                    DECODE: tl.constexpr = 0):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -118,6 +203,16 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    CH: tl.constexpr = JG * KP  # K rows of one (group, tile) sub-range
+    NCH: tl.constexpr = PACK_K // CH
+    if DECODE == 2:
+        _lift_x(x_ptr, xl_ptr, xg_ptr, offs_m, m_ok, stride_xm, t_lo, t_hi, num_tiles, PACK_K, BLOCK_M, CH)
+        xl_rows = xl_ptr + offs_m[:, None, None] * (num_tiles * PACK_K) + offs_r[None, :, None]
+        xg_rows = xg_ptr + offs_m[:, None, None] * (num_tiles * NCH) + tl.zeros((1, 1, 1), dtype=tl.int32)
+    else:
+        xl_rows = x_rows
+        xg_rows = x_rows
+    acc_o = tl.zeros((BLOCK_M, 1, BLOCK_N), dtype=tl.float32)
     p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)
     p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
     for t in range(t_lo, t_hi):
@@ -131,20 +226,26 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         else:
             p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
         ph = p >> 12
+        x_at = (xl_rows if DECODE == 2 else x_rows) + t * PACK_K
         for gj in tl.static_range(8 // JG):
-            part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
-            xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
-            for jj in tl.static_range(JG):
-                xj = _load_x(x_rows + t * PACK_K + (gj * JG + jj) * KP, m_ok, EVEN_M)
-                part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
-                if not SYM:
-                    xs += xj
+            part, xs = _sub_range(p, ph, magic, x_at, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M, SYM, DECODE)
             s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
                                  SYM)
-            acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
-            if not SYM:
-                acc += xs * o
+            if DECODE == 0:
+                acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
+                if not SYM:
+                    acc += xs * o
+            else:  # part = sum x q 2**-93; the offset (-8 s if symmetric) times the sub-range's sum of x
+                RAISE: tl.constexpr = 1.0 * (1 << 62) * (1 << 31)  # 2**93
+                acc += part * (s * RAISE)
+                o_eff = s * -8.0 if SYM else o
+                if DECODE == 2:  # once per column: the sums were precomputed
+                    acc_o += _load_x(xg_rows + t * NCH + gj, m_ok, EVEN_M) * o_eff
+                else:
+                    acc += xs * o_eff
     res = tl.sum(acc, axis=1)
+    if DECODE == 2:
+        res += tl.sum(acc_o, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
@@ -169,11 +270,14 @@ MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False) -> torch.Tensor:
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, decode: int = 0) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
-    loaded ahead of the one being computed (0, 1 or 2)."""
+    loaded ahead of the one being computed (0, 1 or 2); ``decode``: 0 = the fp32 magic-number decode (a LOP3 and
+    an FMA per nibble), 1 = nibbles as fp32 denormals times x lifted per nibble position (one AND per nibble; each
+    thread converts and lifts its own x), 2 = as 1, with each program's x lifted once into an fp32 scratch copy
+    and the sums of x per group sub-range precomputed (module docstring)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -182,14 +286,20 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     split = triton.cdiv(k_tiles, per_split)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
+    if decode == 2:
+        ch = p if group_size % p == 0 else (group_size if p % group_size == 0 else p // 8)  # the kernel's CH
+        xl = torch.empty((m, k), device=x.device, dtype=torch.float32)
+        xg = torch.empty((m, k // ch), device=x.device, dtype=torch.float32)
+    else:
+        xl = xg = x
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
         cnt = arrival_counters(x.device, grid[0] * grid[2])
     else:
         ws, cnt = out, out
-    _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
+    _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, xl, xg, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
-                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, num_warps=num_warps,
-                          num_stages=num_stages)
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, DECODE=decode,
+                          num_warps=num_warps, num_stages=num_stages)
     return out

@@ -145,7 +145,8 @@ class Rule:
     """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
-    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2)."""
+    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``
+    (``gemv``): how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`)."""
 
     kind: str
     block_n: int
@@ -157,6 +158,7 @@ class Rule:
     block_k: int = 128
     min_tiles: int = 2
     prefetch: int = 1
+    decode: int = 0
 
 
 BIG = 1 << 30
@@ -206,6 +208,7 @@ class WNA16Config:
     num_stages: int = 3
     dequant: bool = True
     prefetch: int = 1
+    decode: int = 0
 
 
 def pack_k(in_features: int) -> int:
@@ -264,7 +267,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.decode)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -290,7 +293,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.decode)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
