@@ -55,7 +55,7 @@ def check(out, ref, dtype):
     (32, 20, 96, False),    # K % 128 != 0: 32-row tiles (4-row sub-blocks)
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("decode", [0, 1, 2])
+@pytest.mark.parametrize("decode", [0, 1, 2], ids=["decode0", "decode1", "decode2"])
 def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype, decode):
     codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k)
     for m, block_m, split in ((1, 1, 1), (2, 2, 3), (3, 4, 2), (8, 8, 1), (3, 2, 4)):
@@ -121,7 +121,7 @@ def test_int_weight_records_symmetric_for_the_gemv(sym, monkeypatch):
     assert torch.equal(w.dequantize(torch.float32), ref)
 
 
-@pytest.mark.parametrize("decode", [0, 1, 2])
+@pytest.mark.parametrize("decode", [0, 1, 2], ids=["decode0", "decode1", "decode2"])
 def test_non_finite_or_huge_x_never_gives_a_finite_wrong_output(decode):
     """An inf or NaN in ``x`` makes its row's outputs non-finite (as the reference's), and ``|x| >= 2**72`` (where
     decodes 1 and 2 lift x past fp32) gives inf/NaN, never a finite wrong value; other rows keep their values."""

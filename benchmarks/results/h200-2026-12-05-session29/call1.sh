@@ -8,7 +8,7 @@ python -m pip install -q --no-index --find-links wheels --target /tmp/site fasta
   pyzmq prometheus_client openai psutil httpx aiohttp pytest-timeout 2>&1 | tail -2
 export PYTHONPATH="$PWD:/tmp/site"
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm --format=csv,noheader | tee $OUT/call1_summary.txt
-timeout 150 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_w4_gemv_triton.py \
+timeout 170 python -m pytest -q -x -p no:cacheprovider -k "decode2 or not decode" tests/kernels/test_w4_gemv_triton.py \
   tests/gpu/test_gpu_int4_kernels.py > $OUT/call1_tests.txt 2>&1; echo "tests rc=$?" | tee -a $OUT/call1_summary.txt
 tail -3 $OUT/call1_tests.txt | tee -a $OUT/call1_summary.txt
 timeout 400 python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4.json > $OUT/call1_sweep.txt 2>&1

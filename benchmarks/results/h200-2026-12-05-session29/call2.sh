@@ -4,7 +4,8 @@
 # included), then where the W4A16 batch-1 step goes by kernel with those winners (no PDL: each kernel's own time).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-W4_JSON=${1:-benchmarks/results/h200-2026-12-05-session29/w4.json}
+W4_JSON=${1:-/tmp/w4.json}
+[ -f "$W4_JSON" ] || W4_JSON=benchmarks/results/h200-2026-12-05-session29/w4.json  # a fresh machine: the copy from call 1
 python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn uvloop httptools msgspec \
   pyzmq prometheus_client openai psutil httpx aiohttp 2>&1 | tail -2
 export PYTHONPATH="$PWD:/tmp/site"
