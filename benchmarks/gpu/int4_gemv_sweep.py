@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -44,7 +44,7 @@ dev = torch.device("cpu" if SMOKE else "cuda")
 DT = torch.float32 if SMOKE else torch.bfloat16
 SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-MS = (1, 2, 4) if SMOKE else (1, 2, 4, 8, 16)
+MS = (1, 2, 4, 16) if SMOKE else (1, 2, 4, 8, 16, 64)
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
 GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode); block_m = min(M, 8). Each tile shape here
     # compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per
@@ -116,16 +116,19 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         before = tw.resolve(tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)], m, w.n, w.k, G, sms)
         arms: dict = {"bf16": per_linear_us(lambda x=x, w=w: [F.linear(x, d) for d in w.bf16])}
         arms["before"] = time_config(w, x, before, "before")
+        if before.kind == "dot" and before.dequant:  # the same launch, one tl.dot per K tile (decode 1)
+            arms["tile"] = time_config(w, x, replace(before, decode=1), "tile")
         now = tw.choose_config(m, w.n, w.k, G, sms)
         arms["now"] = time_config(w, x, now, "now")
         arms["asym"] = time_config(w, x, now, "asym", sym=0)
-        for rule in candidates(m):
+        for rule in candidates(m) if m <= max(GRID) * 2 else ():
             arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
             print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
         floor = w.floor_bytes / bw * 1e6
         ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
         best = min(ok, key=ok.__getitem__) if ok else None
         line = f"  {name:8s} floor {floor:6.1f} us  bf16 {arms['bf16']:6.1f}  before {fmt(arms['before'])}" \
+               f"  tile {fmt(arms.get('tile'))}" \
                f"  now {fmt(arms['now'])}  asym {fmt(arms['asym'])}"
         if best is not None:
             line += f"  best gemv {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
@@ -153,7 +156,7 @@ def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
 
 def step_summary(m: int, res: dict[str, dict]) -> None:
     names = list(res)
-    arms = {a: summed(res, names, a) for a in ("bf16", "before", "now", "asym")}
+    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "now", "asym")}
     best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
                for n in names)
     parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]

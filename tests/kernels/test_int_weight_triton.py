@@ -68,18 +68,19 @@ def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype
         assert err <= TOL[dtype] * ref.abs().max().item(), (m, err)
 
 
-@pytest.mark.parametrize("kind,bm,split_k,dequant,group", [
-    ("gemv", 1, 1, True, 128), ("gemv", 4, 3, True, 32), ("gemv", 2, 2, True, 256),
-    ("dot", 16, 1, True, 128), ("dot", 16, 3, False, 32), ("dot", 16, 2, True, 64),
+@pytest.mark.parametrize("kind,bm,split_k,dequant,group,decode", [
+    ("gemv", 1, 1, True, 128, 0), ("gemv", 4, 3, True, 32, 2), ("gemv", 2, 2, True, 256, 1),
+    ("dot", 16, 1, True, 128, 0), ("dot", 16, 3, False, 32, 0), ("dot", 16, 2, True, 64, 0),
+    ("dot", 16, 1, True, 128, 1), ("dot", 16, 3, True, 32, 1), ("dot", 16, 2, True, 256, 1),
 ])
-def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group):
-    """Both 4-bit kernels, every K tile in exactly one split (also when the split does not divide the tile
-    count), groups inside one tile (32, 64), equal to it (128) and spanning tiles (256); M not a multiple of
-    the row block."""
+def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group, decode):
+    """Both 4-bit kernels (each decode), every K tile in exactly one split (also when the split does not divide
+    the tile count), groups inside one tile (32, 64), equal to it (128) and spanning tiles (256); M not a
+    multiple of the row block."""
     codes, scales, offsets = random_weight(4, group, 64, 768, False, seed=9)
     x = torch.randn(5, 768)
     ref = reference(x, codes, scales, offsets, 4, group, torch.float32, None, None)
-    cfg = tw.WNA16Config(kind, bm, 32, tw.pack_k(768), split_k, dequant=dequant)
+    cfg = tw.WNA16Config(kind, bm, 32, tw.pack_k(768), split_k, dequant=dequant, decode=decode)
     out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
                           offsets.t().contiguous().to(DEV), 4, group, config=cfg).cpu()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -93,6 +93,47 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
 
 
 @triton.jit
+def _int4_dot_tile_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                          tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    """As :func:`_int4_dot_kernel` (``DEQUANT``), but a K tile's 8 nibble sub-blocks are decoded together as one
+    ``[8, P/8, BLOCK_N]`` tensor (the words broadcast along a new leading axis and shifted by ``4 j``), reshaped to
+    the ``[P, BLOCK_N]`` operand (row ``j * P/8 + r``: the layout's own order) and fed to one ``tl.dot`` per tile,
+    instead of 8 dots of 16 rows, each with its own operand staging and barrier."""
+    pid_mn = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid_mn // num_n
+    pid_n = pid_mn % num_n
+    KP: tl.constexpr = PACK_K // 8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, KP)
+    offs_k = tl.arange(0, PACK_K)
+    jj = tl.arange(0, 8)[:, None, None]
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    for t in range(t_lo, t_hi):
+        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + t * PACK_K + offs_k[None, :], mask=m_ok[:, None],
+                    other=0.0)
+        g = (t * PACK_K + jj * KP) // GROUP
+        s = tl.load(s_ptr + g * N + offs_n[None, None, :], mask=n_ok[None, None, :], other=0.0).to(tl.float32)
+        o = tl.load(o_ptr + g * N + offs_n[None, None, :], mask=n_ok[None, None, :], other=0.0).to(tl.float32)
+        q = (((p[None, :, :] >> (4 * jj)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        w = tl.reshape(q * s + o, (PACK_K, BLOCK_N))
+        if DOT_F32:
+            acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc)
+    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
                tiles_per_split, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
@@ -145,8 +186,9 @@ class Rule:
     """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
-    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``
-    (``gemv``): how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`)."""
+    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``:
+    for ``gemv`` how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`), for ``dot`` (with ``dequant``) 1 =
+    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block."""
 
     kind: str
     block_n: int
@@ -307,7 +349,12 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
     stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
     launch = {"num_warps": cfg.num_warps, "num_stages": stages}
-    if cfg.kind == "dot":
+    if cfg.kind == "dot" and cfg.decode == 1 and cfg.dequant:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _int4_dot_tile_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
+                                    PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
+                                    **launch)
+    elif cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
