@@ -2,13 +2,13 @@
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
 [--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] [--w4-dot-tile] -- bench latency --model M ...``.
-``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same ``(rows, N, K)`` and
-add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS;
-``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way;
-``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit ``SMALL_M_TABLE``;
-``--w4-dot-tile``: the ``INT4_TABLE``'s dequantizing ``dot`` rules run one ``tl.dot`` per K tile (``decode=1``).
-The engine must run in this process (``bench latency`` and ``bench throughput`` do; a server's engine core is
-another process and would not see the tables).
+``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same
+``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so
+those shapes run cuBLAS; ``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's
+table entries the same way; ``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit
+``SMALL_M_TABLE``; ``--w4-dot-tile``: the ``INT4_TABLE``'s dequantizing ``dot`` rules run one ``tl.dot`` per K
+tile (``decode=1``). The engine must run in this process (``bench latency`` and ``bench throughput`` do; a
+server's engine core is another process and would not see the tables).
 """
 
 from __future__ import annotations
