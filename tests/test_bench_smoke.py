@@ -130,3 +130,23 @@ def test_structured_host_overhead_smoke(tmp_path):
         parts = bench.run_once(model, 2, 2, schema)
         assert set(bench.PARTS) <= set(parts) and parts["total host"] > 0
         assert (parts["fill"] > 0) is (schema is not None)
+
+
+def test_int4_gemv_sweep_smoke_writes_a_table_the_tools_read_back(tmp_path):
+    """``benchmarks/gpu/int4_gemv_sweep.py --smoke --json`` (CPU, Triton's interpreter) runs every arm, decodes 0-2
+    and the dot kernel's tile variant included, and its JSON gives back the SMALL_M_TABLE it printed."""
+    import os
+    import subprocess
+
+    out = tmp_path / "w4.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "benchmarks/gpu/int4_gemv_sweep.py", "--smoke", "--json", str(out)],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "tile" in run.stdout and "decode=2" in run.stdout and "WRONG" not in run.stdout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+    from int4_gemv_sweep import table_text, w4_table_from_json
+
+    table = w4_table_from_json(str(out))
+    assert set(table) == {"small", "large"}
+    assert table_text(table) in run.stdout
