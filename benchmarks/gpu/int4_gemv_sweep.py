@@ -14,7 +14,7 @@ floor is codes + scales + offsets read once at the measured copy bandwidth (benc
 Prints per (M, shape) microseconds per linear and x floor, per M the 32-layer step of linears, and the
 ``SMALL_M_TABLE`` literal (winner per shape class and M bucket, least summed time over the class's shapes):
 paste it over the one in pagoda/quantization/kernels/triton_wna16.py. Runs in about 1-2 minutes on an H200
-(Triton compiles ~45 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py [--json PATH]`` (``--json``: the
+(Triton compiles ~50 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py [--json PATH]`` (``--json``: the
 winners as JSON for ``with_gemv_table.py --w4-table``; ``--smoke``: CPU, Triton
 interpreter, tiny shapes, no timing; checks the script runs).
 """
@@ -46,25 +46,30 @@ SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 2, 4, 16) if SMOKE else (1, 2, 4, 8, 16, 64)
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
-GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode); block_m = min(M, 8). Each tile shape here
-    # compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per
-    # thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). Decode 0/1/2: triton_w4_gemv.
-    1: ((64, 2, 4, 1, 0), (64, 2, 8, 1, 0), (32, 1, 8, 1, 0), (64, 2, 4, 2, 0), (128, 4, 8, 1, 0),
-        (32, 1, 8, 1, 1), (64, 2, 8, 1, 1),
-        (64, 2, 4, 1, 2), (64, 2, 8, 1, 2), (32, 1, 8, 1, 2), (32, 1, 16, 1, 2), (64, 2, 16, 1, 2), (32, 1, 4, 1, 2),
-        (64, 2, 8, 2, 2), (32, 1, 8, 2, 2), (128, 4, 8, 1, 2)),
-    2: ((64, 4, 4, 1, 0), (32, 2, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 2, 0),
-        (64, 4, 4, 1, 2), (32, 2, 4, 1, 2), (64, 8, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 4, 2, 2), (32, 2, 8, 1, 2)),
-    4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0),
-        (64, 4, 4, 1, 2), (32, 4, 4, 1, 2), (64, 8, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 4, 2, 2)),
-    8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 2), (64, 8, 8, 1, 2), (64, 8, 2, 1, 2)),
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode, pdl); block_m = min(M, 8). Each tile shape
+    # here compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words
+    # per thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). Decode 0/1/2:
+    # triton_w4_gemv; pdl: programmatic dependent launch (the graph's back-to-back launches of one linear overlap).
+    1: ((64, 2, 4, 1, 0, 0), (64, 2, 8, 1, 0, 0), (32, 1, 8, 1, 0, 0), (64, 2, 4, 2, 0, 0), (128, 4, 8, 1, 0, 0),
+        (32, 1, 8, 1, 1, 0), (64, 2, 8, 1, 1, 0),
+        (64, 2, 4, 1, 2, 0), (64, 2, 8, 1, 2, 0), (32, 1, 8, 1, 2, 0), (32, 1, 16, 1, 2, 0), (64, 2, 16, 1, 2, 0),
+        (32, 1, 4, 1, 2, 0), (64, 2, 8, 2, 2, 0), (32, 1, 8, 2, 2, 0), (128, 4, 8, 1, 2, 0),
+        (32, 1, 8, 1, 0, 1), (64, 2, 8, 1, 0, 1), (32, 1, 8, 1, 2, 1), (64, 2, 8, 1, 2, 1), (64, 2, 4, 1, 2, 1)),
+    2: ((64, 4, 4, 1, 0, 0), (32, 2, 4, 1, 0, 0), (64, 8, 4, 1, 0, 0), (64, 4, 4, 2, 0, 0),
+        (64, 4, 4, 1, 2, 0), (32, 2, 4, 1, 2, 0), (64, 8, 4, 1, 2, 0), (64, 4, 8, 1, 2, 0), (64, 4, 4, 2, 2, 0),
+        (32, 2, 8, 1, 2, 0), (64, 4, 4, 1, 2, 1), (64, 8, 4, 1, 2, 1)),
+    4: ((64, 4, 4, 1, 0, 0), (32, 4, 4, 1, 0, 0), (64, 8, 4, 1, 0, 0),
+        (64, 4, 4, 1, 2, 0), (32, 4, 4, 1, 2, 0), (64, 8, 4, 1, 2, 0), (64, 4, 8, 1, 2, 0), (64, 4, 4, 2, 2, 0),
+        (64, 4, 4, 1, 2, 1)),
+    8: ((64, 8, 4, 1, 0, 0), (64, 8, 8, 1, 0, 0), (64, 8, 4, 1, 2, 0), (64, 8, 8, 1, 2, 0), (64, 8, 2, 1, 2, 0),
+        (64, 8, 4, 1, 2, 1)),
 }
 
 
 def candidates(m: int) -> list[Rule]:
     bm = min(m, 8)
-    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, decode=dc)
-            for bn, nw, wv, pf, dc in GRID[bm]]
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, decode=dc, pdl=bool(pd))
+            for bn, nw, wv, pf, dc, pd in GRID[bm]]
 
 
 class Weights:

@@ -29,7 +29,7 @@ FLOATS = {"eps", "q_eps", "k_eps", "k_scale", "v_scale", "scale_log2"}
 def _kernels():
     from pagoda.attention import triton_kernels as tk
     from pagoda.layers import argmax_triton, dense_gemv, fused_kernels
-    from pagoda.quantization.kernels import triton_fp8_gemv
+    from pagoda.quantization.kernels import triton_fp8_gemv, triton_w4_gemv
 
     bd = {"BLOCK_D": 128}
     return {
@@ -62,6 +62,10 @@ def _kernels():
                                                              "BLOCK_M": 1, "BLOCK_N": 4, "BLOCK_K": 2048,
                                                              "SPLIT": False},
                           {"w_ptr": "*fp8e4nv"}, True),
+        "w4_gemv": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1, "BLOCK_N": 32,
+                                                     "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True, "EVEN_M": True,
+                                                     "SYM": True, "PREFETCH": 1, "DECODE": 2},
+                    {"qw_ptr": "*i32", "xl_ptr": "*fp32", "xg_ptr": "*fp32", "magic": "i32"}, True),
     }
 
 
@@ -91,7 +95,7 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
 
 
 NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv",
-         "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf"]
+         "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf", "w4_gemv"]
 
 
 @pytest.fixture(scope="module")

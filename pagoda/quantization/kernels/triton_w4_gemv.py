@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from pagoda.layers.arrival_counters import arrival_counters
+from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 
 
 @triton.jit
@@ -181,11 +182,12 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
-                    DECODE: tl.constexpr = 0):
+                    DECODE: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
     decoded as ``q - 8`` and the offset term (and its sum of x) drops out."""
+    pdl_launch_dependents(USE_PDL)  # (pagoda.layers.pdl: only the first tiles' words are read before the wait)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -205,6 +207,9 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     CH: tl.constexpr = JG * KP  # K rows of one (group, tile) sub-range
     NCH: tl.constexpr = PACK_K // CH
+    p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)  # weights: may load before the PDL wait
+    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
+    pdl_wait(USE_PDL)
     if DECODE == 2:
         _lift_x(x_ptr, xl_ptr, xg_ptr, offs_m, m_ok, stride_xm, t_lo, t_hi, num_tiles, PACK_K, BLOCK_M, CH)
         xl_rows = xl_ptr + offs_m[:, None, None] * (num_tiles * PACK_K) + offs_r[None, :, None]
@@ -213,8 +218,6 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         xl_rows = x_rows
         xg_rows = x_rows
     acc_o = tl.zeros((BLOCK_M, 1, BLOCK_N), dtype=tl.float32)
-    p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)
-    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
     for t in range(t_lo, t_hi):
         if PREFETCH == 2:  # the next two tiles' words are in flight while this one is computed
             p = p_next
@@ -270,14 +273,17 @@ MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, decode: int = 0) -> torch.Tensor:
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, decode: int = 0,
+            pdl: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
     loaded ahead of the one being computed (0, 1 or 2); ``decode``: 0 = the fp32 magic-number decode (a LOP3 and
     an FMA per nibble), 1 = nibbles as fp32 denormals times x lifted per nibble position (one AND per nibble; each
     thread converts and lifts its own x), 2 = as 1, with each program's x lifted once into an fp32 scratch copy
-    and the sums of x per group sub-range precomputed (module docstring)."""
+    and the sums of x per group sub-range precomputed (module docstring); ``pdl``: launch with programmatic
+    dependent launch where :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the
+    wait; RESULTS.md session 11 measured decode 0 slower with it, so rules choose it per measurement)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -301,5 +307,6 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
                           EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, DECODE=decode,
-                          num_warps=num_warps, num_stages=num_stages)
+                          num_warps=num_warps, num_stages=num_stages,
+                          **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out

@@ -188,7 +188,8 @@ class Rule:
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
     ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``:
     for ``gemv`` how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`), for ``dot`` (with ``dequant``) 1 =
-    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block."""
+    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block; ``pdl``
+    (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`)."""
 
     kind: str
     block_n: int
@@ -201,6 +202,7 @@ class Rule:
     min_tiles: int = 2
     prefetch: int = 1
     decode: int = 0
+    pdl: bool = False
 
 
 BIG = 1 << 30
@@ -251,6 +253,7 @@ class WNA16Config:
     dequant: bool = True
     prefetch: int = 1
     decode: int = 0
+    pdl: bool = False
 
 
 def pack_k(in_features: int) -> int:
@@ -309,7 +312,8 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.decode)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.decode,
+                       rule.pdl)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -335,7 +339,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.decode)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.decode, cfg.pdl)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
