@@ -13,10 +13,10 @@ floor is codes + scales + offsets read once at the measured copy bandwidth (benc
 
 Prints per (M, shape) microseconds per linear and x floor, per M the 32-layer step of linears, and the
 ``SMALL_M_TABLE`` literal (winner per shape class and M bucket, least summed time over the class's shapes):
-paste it over the one in pagoda/quantization/kernels/triton_wna16.py. Runs in about 1-2 minutes on an H200
-(Triton compiles ~50 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py [--json PATH]`` (``--json``: the
-winners as JSON for ``with_gemv_table.py --w4-table``; ``--smoke``: CPU, Triton
-interpreter, tiny shapes, no timing; checks the script runs).
+paste it over the one in pagoda/quantization/kernels/triton_wna16.py. Runs in about 2-4 minutes on an H200
+(Triton compiles ~50 variants). Usage: ``python benchmarks/gpu/int4_gemv_sweep.py [--json PATH] [--ms M ...]``
+(``--json``: the winners as JSON for ``with_gemv_table.py --w4-table``; ``--ms``: only these row counts, last on
+the line; ``--smoke``: CPU, Triton interpreter, tiny shapes, no timing; checks the script runs).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ DT = torch.float32 if SMOKE else torch.bfloat16
 SHAPES = {"qkv": (96, 256), "down": (64, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 2, 4, 16) if SMOKE else (1, 2, 4, 8, 16, 64)
+if "--ms" in sys.argv:  # a subset of the row counts, e.g. --ms 1 2 4 16 64
+    MS = tuple(int(a) for a in sys.argv[sys.argv.index("--ms") + 1:] if a.isdigit())
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
 GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode, pdl); block_m = min(M, 8). Each tile shape
     # here compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words
