@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 29, call 2 (if a machine is lent again): the W4A16 batch-1 step by kernel with call 1's winners (no PDL
+# Session 29, call 2 (if a machine is lent again): the 4-bit kernels' GPU tests (decode 2, the dot tile), the W4A16 batch-1 step by kernel with call 1's winners (no PDL
 # in the profile: each kernel's own time), a second W4A16 A/B round (committed table vs winners), then session 28's
 # Xeon plan (CPU only) and issue 17's verify-4 step cost.
 set -uo pipefail
@@ -10,6 +10,9 @@ python -m pip install -q --no-index --find-links wheels --target /tmp/site fasta
   pyzmq prometheus_client openai psutil httpx aiohttp 2>&1 | tail -2
 export PYTHONPATH="$PWD:/tmp/site"
 S=$OUT/call2_summary.txt
+timeout 120 python -m pytest -q -x -p no:cacheprovider -k "decode2 or explicit" tests/kernels/test_w4_gemv_triton.py \
+  tests/kernels/test_int_weight_triton.py > $OUT/call2_tests.txt 2>&1; echo "tests rc=$?" | tee -a $S
+tail -2 $OUT/call2_tests.txt | tee -a $S
 M=/tmp/llama3-8b-shape
 [ -d $M ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json $M >/dev/null
 PAGODA_PDL=0 timeout 100 python benchmarks/gpu/profile_steps.py $M --batch 1 --steps 20 --by-grid \
