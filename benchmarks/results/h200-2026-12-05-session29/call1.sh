@@ -1,9 +1,10 @@
 #!/bin/bash
-# Session 29, call 1 (one call must do the essentials: starts were scarce): (1) int4_gemv_sweep.py (each candidate
-# checked against dequantize + matmul first: a flushed denormal decode would fail there): decodes 0/1/2 and PDL candidates of the small-M GEMV, the dot kernel with one tl.dot per
-# K tile ("tile") beside its rule at M = 16 and 64 (winners to $OUT/w4.json and /tmp/w4.json); (3) issue 12's
-# batch-1 / batch-64 decode steps (Llama-3-8B shape, dummy weights): bf16, W4A16 (GPTQ layout) with the committed
-# tables, and W4A16 with the sweep's winners plus the dot kernel's tile variant.
+# Session 29, call 1 (one call must do the essentials: starts were scarce): (1) int4_gemv_sweep.py, each candidate
+# checked against dequantize + matmul first (a flushed denormal decode would fail there): decodes 0/1/2 and PDL
+# candidates of the small-M GEMV, the dot kernel with one tl.dot per K tile ("tile") beside its rule at M = 16 and
+# 64 (winners to $OUT/w4.json and /tmp/w4.json); (2) issue 12's batch-1 / batch-64 decode steps (Llama-3-8B shape,
+# dummy weights): bf16, W4A16 (GPTQ layout) with the sweep's winners plus the dot kernel's tile variant, and W4A16
+# with the committed tables.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn uvloop httptools msgspec \
