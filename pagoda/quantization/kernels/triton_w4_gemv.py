@@ -18,8 +18,9 @@ ones per clock):
   thread that holds it (4 columns share it: ~1 op per nibble); decode 2 does it once per program in a prologue:
   the program's K range of x, lifted, to an fp32 scratch ``[M, K]`` and the sums per group sub-range to
   ``[M, K / CH]``, then a barrier, and the loop loads x ready (programs of one K split write identical bits).
-  SASS (Triton 3.9 here, sm_90, symmetric, group 128): the K loop per 128 nibbles per thread at M = 1 is 514
-  instructions (decode 0), 473 (1), 357 (2); M = 2: 411 / 423 / 295; M = 4: 582 / 681 / 484. Products stay exact
+  SASS (``benchmarks/gpu/w4_sass_count.py``: Triton 3.9, sm_90, symmetric, group 128): the K loop per 128 nibbles
+  per thread at M = 1 is 514 instructions (decode 0), 473 (1), 356 (2); M = 2: 411 / 423 / 294; M = 4: 582 / 681 /
+  487. Products stay exact
   (normal for ``|x q| > 2**-33``; smaller ones are flushed toward zero, an absolute error below ``2**-126`` each);
   ``|x| >= 2**72`` overflows to inf (a NaN/inf output, never a finite wrong one), as do inf and NaN inputs.
 * The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
@@ -41,8 +42,9 @@ error plus the reference's own weight rounding (relative 2**-9 per weight in bf1
 
 Counters: one int32 per output tile, in the per-device buffer of :mod:`pagoda.layers.arrival_counters` (kept at
 zero between launches: each launch's last program re-arms its tiles). Launches on one device must not overlap in
-time (pagoda runs the model on one stream); a launch that dies half-way would leave counters armed (then the
-process is lost anyway).
+time (pagoda runs the model on one stream; under PDL a launch starts early but touches counters, the workspace and
+decode 2's scratch only after its wait); a launch that dies half-way would leave counters armed (then the process
+is lost anyway).
 """
 
 from __future__ import annotations
@@ -88,7 +90,6 @@ def _nibble_denormal(p, ph, j: tl.constexpr):
     else:
         v = ph & (15 << (4 * E))
     return v.to(tl.float32, bitcast=True)
-
 
 
 @triton.jit
@@ -229,7 +230,7 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         else:
             p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
         ph = p >> 12
-        x_at = (xl_rows if DECODE == 2 else x_rows) + t * PACK_K
+        x_at = xl_rows + t * PACK_K  # decode 2: the lifted copy; else x itself
         for gj in tl.static_range(8 // JG):
             part, xs = _sub_range(p, ph, magic, x_at, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M, SYM, DECODE)
             s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
