@@ -140,8 +140,9 @@ def test_int4_gemv_sweep_smoke_writes_a_table_the_tools_read_back(tmp_path):
 
     out = tmp_path / "w4.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    run = subprocess.run([sys.executable, "benchmarks/gpu/int4_gemv_sweep.py", "--smoke", "--json", str(out)],
-                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "benchmarks/gpu/int4_gemv_sweep.py", "--smoke", "--json", str(out), "--ms", "1", "16"]
+    run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                         timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "tile" in run.stdout and "decode=2" in run.stdout and "WRONG" not in run.stdout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
