@@ -4,8 +4,15 @@
 # candidates of the small-M GEMV, the dot kernel with one tl.dot per K tile ("tile") beside its rule at M = 16 and
 # 64 (winners to $OUT/w4.json and /tmp/w4.json); (2) issue 12's batch-1 / batch-64 decode steps (Llama-3-8B shape,
 # dummy weights): bf16, W4A16 (GPTQ layout) with the sweep's winners plus the dot kernel's tile variant, and W4A16
-# with the committed tables.
+# with the committed tables. Usage: bash call1.sh [full|short|min] (short: M 1, 2, 4, 64 and no committed-table latency
+# run; min: M 1 and 2, the same latency runs as short; for a nearly spent device budget).
 set -uo pipefail
+MODE=${1:-full}
+case $MODE in
+  full) MS="1 2 4 16 64"; SWEEP_S=250 ;;
+  short) MS="1 2 4 64"; SWEEP_S=200 ;;
+  *) MS="1 2"; SWEEP_S=150 ;;
+esac
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn uvloop httptools msgspec \
   pyzmq prometheus_client openai psutil httpx aiohttp pytest-timeout 2>&1 | tail -2
@@ -14,7 +21,8 @@ S=$OUT/call1_summary.txt
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm --format=csv,noheader | tee $S
 M=/tmp/llama3-8b-shape
 python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json $M >/dev/null &
-timeout 250 python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4.json --ms 1 2 4 16 64 > $OUT/call1_sweep.txt 2>&1
+# shellcheck disable=SC2086
+timeout $SWEEP_S python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4.json --ms $MS > $OUT/call1_sweep.txt 2>&1
 echo "sweep rc=$?" | tee -a $S
 cp $OUT/w4.json /tmp/w4.json 2>/dev/null
 grep -E "bandwidth|^M=|floor|step linears|sweep took" $OUT/call1_sweep.txt | tee -a $S
@@ -33,4 +41,4 @@ T=100 run bf16 $CLI $LAT
 [ -f /tmp/w4.json ] && T=80 run gptq_sweep_tile python benchmarks/gpu/with_gemv_table.py --w4-table /tmp/w4.json \
   --w4-dot-tile -- --log-level WARNING $LAT --quantization gptq
 # shellcheck disable=SC2086
-T=70 run gptq_table $CLI $LAT --quantization gptq
+[ "$MODE" = full ] && T=70 run gptq_table $CLI $LAT --quantization gptq

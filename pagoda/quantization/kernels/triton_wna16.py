@@ -49,17 +49,21 @@ def _nibbles_f32(p, j: tl.constexpr):
 
 
 @triton.jit
+def _dot_tile(N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's output rows and columns (grid axis 0: m-major over ``BLOCK_M x BLOCK_N`` tiles) and K split."""
+    pid_mn = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (pid_mn // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid_mn % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, tl.program_id(1)
+
+
+@triton.jit
 def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
                      tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr):
-    pid_mn = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid_mn // num_n
-    pid_n = pid_mn % num_n
+    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
     KP: tl.constexpr = PACK_K // 8
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, KP)
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -100,14 +104,8 @@ def _int4_dot_tile_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm,
     ``[8, P/8, BLOCK_N]`` tensor (the words broadcast along a new leading axis and shifted by ``4 j``), reshaped to
     the ``[P, BLOCK_N]`` operand (row ``j * P/8 + r``: the layout's own order) and fed to one ``tl.dot`` per tile,
     instead of 8 dots of 16 rows, each with its own operand staging and barrier."""
-    pid_mn = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid_mn // num_n
-    pid_n = pid_mn % num_n
+    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
     KP: tl.constexpr = PACK_K // 8
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, KP)
     offs_k = tl.arange(0, PACK_K)
     jj = tl.arange(0, 8)[:, None, None]
