@@ -128,3 +128,13 @@ def test_cpu_packed_weight_moved_to_gpu_is_repacked():
     ref = reference(x, codes, scales, offsets, 4, 32, torch.bfloat16, None, None)
     out = int_weight_linear(x.to(DEV), w).cpu()
     assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()
+
+
+@pytest.mark.parametrize("rule", [
+    tw.Rule("dot", 64, decode=1, dequant=False), tw.Rule("dot", 64, decode=2), tw.Rule("u8", 64, decode=1),
+    tw.Rule("dot", 64, pdl=True), tw.Rule("gemv", 64, decode=3),
+])
+def test_a_rule_no_kernel_runs_is_refused(rule):
+    """A table rule whose decode / PDL switch its kernel does not have is an error, never silently ignored."""
+    with pytest.raises(ValueError, match="no kernel runs"):
+        tw.resolve(rule, 4, 64, 256, 32, 4)

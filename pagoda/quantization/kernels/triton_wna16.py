@@ -296,6 +296,10 @@ def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
+    runs = {"gemv": rule.decode in (0, 1, 2), "dot": rule.decode == 0 or (rule.decode == 1 and rule.dequant),
+            "u8": rule.decode == 0}
+    if not runs.get(kind, False) or (rule.pdl and kind != "gemv"):
+        raise ValueError(f"wna16: no kernel runs {rule} (decode {rule.decode}, pdl {rule.pdl} for {kind!r})")
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
