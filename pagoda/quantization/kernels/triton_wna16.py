@@ -28,7 +28,7 @@ small reduce kernel; ``gemv`` sums them in its own last program per tile. Both s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -305,6 +305,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     if kind == "gemv":
         if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV: 8 rows x 64 columns x 8 warps
             bn, warps = 64, 8
+            rule = replace(rule, decode=0)  # the dot rule's decode means something else
         bm = min(max(bm, 1), triton.next_power_of_2(m), 8)
         bk = pack_k(k)
     elif kind == "dot":
