@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel  # noqa: E402
+from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel, sub_range_rows  # noqa: E402
 from pagoda.quantization.kernels.triton_wna16 import _int4_dot_kernel, _int4_dot_tile_kernel  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -91,8 +91,8 @@ def main() -> None:
     for bm, bn, nw in gemv:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
         for dec in (0, 2) if quick else (0, 1, 2):
-            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=True, HAS_BIAS=False, EVEN_N=True,
-                     EVEN_M=True, SYM=True, PREFETCH=1, DECODE=dec, USE_PDL=False)
+            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, CH=sub_range_rows(128, 128), SPLIT=True,
+                     HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, DECODE=dec, USE_PDL=False)
             body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
             print(f"  M={bm} {bn} cols x {nw} warps, decode {dec}: {len(body)} ({len(body) / (8 * words * bm):.2f} "
                   f"per nibble and row)  {usage}  {histogram(body)}")
