@@ -48,6 +48,30 @@ def test_triton_int4_kernels_bf16(kind, m):
         assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max(), (kind, m, dequant)
 
 
+@pytest.mark.parametrize("m,block_m,block_n,warps", [(16, 16, 64, 4), (64, 64, 128, 4), (100, 128, 128, 8)])
+def test_triton_int4_dot_decodes_agree(m, block_m, block_n, warps):
+    """The dot kernel's decodes 1 (one dot per K tile) and 2 (weights as wgmma's register operand) dequantize to
+    the same bf16 weights as decode 0: within a few bf16 ulps of it (only the summation order differs), at tiles
+    the tables use (split-K included)."""
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    codes, scales, offsets, _, _ = _case(384, 2048, 128, False)
+    from test_int_weight_cpu import reference
+
+    x = torch.randn(m, 2048).bfloat16()
+    ref = reference(x, codes, scales, offsets, 4, 128, torch.bfloat16, None, None)
+    args = (tw.pack(codes, 4).cuda(), scales.t().contiguous().bfloat16().cuda(),
+            offsets.t().contiguous().bfloat16().cuda(), 4, 128)
+    outs = {}
+    for decode in (0, 1, 2):
+        for split in (1, 3):
+            cfg = tw.WNA16Config("dot", block_m, block_n, 128, split, warps, decode=decode)
+            outs[decode, split] = tw.wna16_matmul(x.cuda(), *args, config=cfg).float().cpu()
+            assert (outs[decode, split] - ref).abs().max() <= 2e-2 * ref.abs().max(), (decode, split)
+    for key, out in outs.items():
+        torch.testing.assert_close(out, outs[0, 1], rtol=2e-2, atol=2e-2 * ref.abs().max().item(), msg=str(key))
+
+
 @pytest.mark.parametrize("m,sym", [(1, True), (1, False), (2, True), (3, False), (4, True)])
 def test_w4_gemv_llama_shapes_graph_replay_bitwise(m, sym):
     """The small-M GEMV through the dispatcher (split-K counters re-armed by each launch's last program): in a

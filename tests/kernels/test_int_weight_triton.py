@@ -72,11 +72,13 @@ def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype
     ("gemv", 1, 1, True, 128, 0), ("gemv", 4, 3, True, 32, 2), ("gemv", 2, 2, True, 256, 1),
     ("dot", 16, 1, True, 128, 0), ("dot", 16, 3, False, 32, 0), ("dot", 16, 2, True, 64, 0),
     ("dot", 16, 1, True, 128, 1), ("dot", 16, 3, True, 32, 1), ("dot", 16, 2, True, 256, 1),
+    ("dot", 16, 1, True, 128, 2), ("dot", 16, 3, True, 32, 2), ("dot", 16, 2, True, 256, 2),
+    ("dot", 32, 1, True, 64, 2),
 ])
 def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group, decode):
-    """Both 4-bit kernels (each decode), every K tile in exactly one split (also when the split does not divide
-    the tile count), groups inside one tile (32, 64), equal to it (128) and spanning tiles (256); M not a
-    multiple of the row block."""
+    """Both 4-bit kernels (each decode; the dot's 2 puts the weights on the left), every K tile in exactly one
+    split (also when the split does not divide the tile count), groups inside one tile (32, 64), equal to it
+    (128) and spanning tiles (256); M not a multiple of the row block."""
     codes, scales, offsets = random_weight(4, group, 64, 768, False, seed=9)
     x = torch.randn(5, 768)
     ref = reference(x, codes, scales, offsets, 4, group, torch.float32, None, None)
@@ -131,7 +133,8 @@ def test_cpu_packed_weight_moved_to_gpu_is_repacked():
 
 
 @pytest.mark.parametrize("rule", [
-    tw.Rule("dot", 64, decode=1, dequant=False), tw.Rule("dot", 64, decode=2), tw.Rule("u8", 64, decode=1),
+    tw.Rule("dot", 64, decode=1, dequant=False), tw.Rule("dot", 64, decode=2, dequant=False),
+    tw.Rule("dot", 64, decode=3), tw.Rule("u8", 64, decode=1),
     tw.Rule("dot", 64, pdl=True), tw.Rule("gemv", 64, decode=3),
 ])
 def test_a_rule_no_kernel_runs_is_refused(rule):

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from pagoda.quantization.kernels.triton_w4_gemv import w4_gemv
+from pagoda.quantization.kernels.triton_w4_gemv import _nibble, w4_gemv
 
 _MAGIC = 0x4B000000  # fp32 bits of 2**23: (q | _MAGIC) as fp32 == 2**23 + q for 0 <= q < 2**23
 
@@ -132,6 +132,45 @@ def _int4_dot_tile_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm,
 
 
 @triton.jit
+def _int4_dot_wt_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                        tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
+    """As :func:`_int4_dot_kernel` (``DEQUANT``), transposed: ``out.T [BLOCK_N, BLOCK_M] += W_j [BLOCK_N, P/8] @
+    x_j.T`` per nibble sub-block ``j``, so the dequantized weights are the *left* operand, which Hopper's wgmma reads
+    from registers (Triton decodes them in the operand's own register layout); only ``x`` is staged through shared
+    memory. (Compiled on the CPU for sm_90, ``benchmarks/gpu/w4_sass_count.py``: wgmma with a register A operand.)
+    Nibbles decode in place (a LOP3 and an exact FFMA to ``q``; the three top nibbles from ``p >> 12``), then one
+    FFMA ``q * s + o`` and the cast: the same bf16 weights as the other dot kernels, bit for bit."""
+    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
+    KP: tl.constexpr = PACK_K // 8
+    offs_r = tl.arange(0, KP)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    for t in range(t_lo, t_hi):
+        p = tl.load(qw_ptr + (t * KP + offs_r)[None, :] * N + offs_n[:, None], mask=n_ok[:, None], other=0)
+        ph = p >> 12
+        if GROUP % PACK_K == 0:  # one group for the whole tile: its scales and offsets once
+            s = tl.load(s_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        for j in tl.static_range(8):
+            k0 = t * PACK_K + j * KP
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k0 + offs_r[:, None], mask=m_ok[None, :], other=0.0)
+            if GROUP % PACK_K != 0:
+                s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            w = _nibble(p, ph, magic, j, 0) * s[:, None] + o[:, None]
+            if DOT_F32:
+                acc += tl.dot(w, xt.to(tl.float32), input_precision="ieee")
+            else:
+                acc = tl.dot(w.to(x_ptr.dtype.element_ty), xt, acc)
+    out = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[None, :] & n_ok[:, None])
+
+
+@triton.jit
 def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
                tiles_per_split, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
@@ -186,7 +225,8 @@ class Rule:
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
     ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``:
     for ``gemv`` how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`), for ``dot`` (with ``dequant``) 1 =
-    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block; ``pdl``
+    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block, 2 = the weights
+    as the left (register) operand of each dot (:func:`_int4_dot_wt_kernel`); ``pdl``
     (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`)."""
 
     kind: str
@@ -296,7 +336,7 @@ def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
-    runs = {"gemv": rule.decode in (0, 1, 2), "dot": rule.decode == 0 or (rule.decode == 1 and rule.dequant),
+    runs = {"gemv": rule.decode in (0, 1, 2), "dot": rule.decode == 0 or (rule.decode in (1, 2) and rule.dequant),
             "u8": rule.decode == 0}
     if not runs.get(kind, False) or (rule.pdl and kind != "gemv"):
         raise ValueError(f"wna16: no kernel runs {rule} (decode {rule.decode}, pdl {rule.pdl} for {kind!r})")
@@ -356,7 +396,12 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
     stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
     launch = {"num_warps": cfg.num_warps, "num_stages": stages}
-    if cfg.kind == "dot" and cfg.decode == 1 and cfg.dequant:
+    if cfg.kind == "dot" and cfg.decode == 2 and cfg.dequant:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _int4_dot_wt_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, _MAGIC, GROUP=group_size,
+                                  PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
+                                  **launch)
+    elif cfg.kind == "dot" and cfg.decode == 1 and cfg.dequant:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_tile_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
                                     PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
