@@ -93,6 +93,13 @@ class Weights:
         return ((y.float() - ref).norm() / ref.norm()).item()
 
 
+WT_RULES = {  # M -> decode-2 dot tiles tried beside INT4_TABLE's rule (BLOCK_N is wgmma's M: 64 a warpgroup)
+    16: (Rule("dot", 128, block_m=16, decode=2), Rule("dot", 64, block_m=16, waves=8, decode=2)),
+    64: (Rule("dot", 64, block_m=64, decode=2), Rule("dot", 128, block_m=64, waves=2, decode=2),
+         Rule("dot", 256, block_m=64, num_warps=8, decode=2)),
+}
+
+
 def per_linear_us(fn) -> float:
     fn()
     if SMOKE:
@@ -125,6 +132,10 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         arms["before"] = time_config(w, x, before, "before")
         if before.kind == "dot" and before.dequant:  # the same launch, one tl.dot per K tile (decode 1)
             arms["tile"] = time_config(w, x, replace(before, decode=1), "tile")
+            arms["wt"] = time_config(w, x, replace(before, decode=2), "wt")  # weights as the register operand
+            for rule in WT_RULES.get(m, ()):  # other tiles of decode 2 (the rule's M range: INT4_TABLE's keys)
+                arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
+                print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
         now = tw.choose_config(m, w.n, w.k, G, sms)
         arms["now"] = time_config(w, x, now, "now")
         arms["asym"] = time_config(w, x, now, "asym", sym=0)
@@ -135,10 +146,10 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
         best = min(ok, key=ok.__getitem__) if ok else None
         line = f"  {name:8s} floor {floor:6.1f} us  bf16 {arms['bf16']:6.1f}  before {fmt(arms['before'])}" \
-               f"  tile {fmt(arms.get('tile'))}" \
+               f"  tile {fmt(arms.get('tile'))}  wt {fmt(arms.get('wt'))}" \
                f"  now {fmt(arms['now'])}  asym {fmt(arms['asym'])}"
         if best is not None:
-            line += f"  best gemv {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
+            line += f"  best rule {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
         print(line)
         res[name] = arms
     return res
@@ -163,7 +174,7 @@ def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
 
 def step_summary(m: int, res: dict[str, dict]) -> None:
     names = list(res)
-    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "now", "asym")}
+    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "wt", "now", "asym")}
     best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
                for n in names)
     parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]
@@ -175,20 +186,44 @@ def fmt_ms(t: float | None) -> str:
     return "fail" if t is None else f"{t * LAYERS / 1e3:.3f} ms"
 
 
+def dot_arms(m: int, res: dict[str, dict], names: list[str]) -> dict[Rule, float]:
+    """The dot kernel's measured launches at ``m`` rows, summed over ``names``: INT4_TABLE's rule (``before``),
+    its decodes 1 (``tile``) and 2 (``wt``), and :data:`WT_RULES`; as rules for INT4_TABLE."""
+    rule = tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]
+    arms = {rule: summed(res, names, "before"), replace(rule, decode=1): summed(res, names, "tile"),
+            replace(rule, decode=2): summed(res, names, "wt")}
+    arms.update({r: summed(res, names, r) for r in WT_RULES.get(m, ())})
+    return {r: t for r, t in arms.items() if t is not None and r.kind == "dot"}
+
+
 def class_winners(results: dict[int, dict[str, dict]]) -> dict[str, dict[int, Rule]]:
     """Per shape class and M: the GEMV rule with the least summed time over the class's shapes, kept only
-    while it beats ``before`` (the dot kernel) on that class."""
+    while it beats every measured launch of the dot kernel on that class."""
     table: dict[str, dict[int, Rule]] = {"small": {}, "large": {}}
     for cls in table:
         names = [n for n, (nn, kk) in SHAPES.items() if tw.shape_class(nn, kk) == cls]
         for m, res in sorted(results.items()) if names else ():
-            totals = {r: summed(res, names, r) for r in res[names[0]] if isinstance(r, Rule)}
+            totals = {r: summed(res, names, r) for r in res[names[0]] if isinstance(r, Rule) and r.kind == "gemv"}
             valid = {r: t for r, t in totals.items() if t is not None}
-            before = summed(res, names, "before")
-            if not valid or (before is not None and min(valid.values()) >= before):
+            dots = dot_arms(m, res, names)
+            if not valid or (dots and min(valid.values()) >= min(dots.values())):
                 break  # from here on the dot kernel (INT4_TABLE) wins: the table stops below this M
             table[cls][m] = min(valid, key=valid.__getitem__)
     return table
+
+
+def dot_winners(results: dict[int, dict[str, dict]]) -> dict[int, Rule]:
+    """Per INT4_TABLE key covering a measured M (all shapes summed): the fastest dot launch, where it is not the
+    table's own rule."""
+    out: dict[int, Rule] = {}
+    for m, res in sorted(results.items()):
+        key = min(b for b in tw.INT4_TABLE if b >= m)
+        dots = dot_arms(m, res, list(res))
+        if dots and key not in out:
+            best = min(dots, key=dots.__getitem__)
+            if best != tw.INT4_TABLE[key]:
+                out[key] = best
+    return out
 
 
 def table_text(table: dict[str, dict[int, Rule]]) -> str:
@@ -217,22 +252,40 @@ def main() -> None:
     for m in MS:
         results[m] = sweep_m(m, weights, bw, sms)
         step_summary(m, results[m])
+        if "--json" in sys.argv:  # after every M: a run cut short by a time limit still leaves its winners so far
+            write_json(Path(sys.argv[sys.argv.index("--json") + 1]), results)
     print(f"\nsweep took {time.perf_counter() - t0:.0f} s")
     print("\n===== CHOOSE: paste over SMALL_M_TABLE in pagoda/quantization/kernels/triton_wna16.py =====")
-    winners = class_winners(results)
-    print(table_text(winners))
+    print(table_text(class_winners(results)))
+    dots = dot_winners(results)
+    print("INT4_TABLE entries to change (max M -> rule):" if dots else "INT4_TABLE: its rules won where measured")
+    for key, rule in dots.items():
+        print(f"    {key}: {short(rule)},")
     print("===== END CHOOSE =====")
     if "--json" in sys.argv:
-        path = Path(sys.argv[sys.argv.index("--json") + 1])
-        table = {cls: {str(m): asdict(r) for m, r in rules.items()} for cls, rules in winners.items()}
-        path.write_text(json.dumps(table))
-        print(f"winners written to {path} (benchmarks/gpu/with_gemv_table.py --w4-table reads them)")
+        print(f"winners written to {sys.argv[sys.argv.index('--json') + 1]} (benchmarks/gpu/with_gemv_table.py "
+              "--w4-table reads them)")
+
+
+def write_json(path: Path, results: dict[int, dict[str, dict]]) -> None:
+    """The winners of the Ms measured so far: ``SMALL_M_TABLE`` per shape class and ``int4_table`` entries."""
+    table: dict[str, dict] = {cls: {str(m): asdict(r) for m, r in rules.items()}
+                              for cls, rules in class_winners(results).items()}
+    table["int4_table"] = {str(key): asdict(r) for key, r in dot_winners(results).items()}
+    path.write_text(json.dumps(table))
 
 
 def w4_table_from_json(path: str) -> dict[str, dict[int, Rule]]:
     """The ``SMALL_M_TABLE`` that a ``--json`` run chose."""
     raw = json.loads(Path(path).read_text())
-    return {cls: {int(m): Rule(**fields) for m, fields in rules.items()} for cls, rules in raw.items()}
+    return {cls: {int(m): Rule(**fields) for m, fields in rules.items()} for cls, rules in raw.items()
+            if cls != "int4_table"}
+
+
+def int4_table_from_json(path: str) -> dict[int, Rule]:
+    """The ``INT4_TABLE`` entries that a ``--json`` run would change (max M -> the fastest dot launch)."""
+    raw = json.loads(Path(path).read_text()).get("int4_table", {})
+    return {int(key): Rule(**fields) for key, fields in raw.items()}
 
 
 if __name__ == "__main__":

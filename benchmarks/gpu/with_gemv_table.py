@@ -6,7 +6,8 @@ Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--ta
 ``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so
 those shapes run cuBLAS; ``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's
 table entries the same way; ``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit
-``SMALL_M_TABLE``; ``--w4-dot-tile``: the ``INT4_TABLE``'s dequantizing ``dot`` rules run one ``tl.dot`` per K
+``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose (faster dot launches); ``--w4-dot-tile``: the
+``INT4_TABLE``'s dequantizing ``dot`` rules run one ``tl.dot`` per K
 tile (``decode=1``). The engine must run in this process (``bench latency`` and ``bench throughput`` do; a
 server's engine core is another process and would not see the tables).
 """
@@ -54,12 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"4-bit dot rules with one tl.dot per K tile: {tw.INT4_TABLE}", flush=True)
     if args.w4_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from int4_gemv_sweep import w4_table_from_json
+        from int4_gemv_sweep import int4_table_from_json, w4_table_from_json
 
         from pagoda.quantization.kernels import triton_wna16
 
         triton_wna16.SMALL_M_TABLE = w4_table_from_json(args.w4_table)
-        print(f"4-bit GEMV table: {triton_wna16.SMALL_M_TABLE}", flush=True)
+        triton_wna16.INT4_TABLE = {**triton_wna16.INT4_TABLE, **int4_table_from_json(args.w4_table)}
+        print(f"4-bit GEMV table: {triton_wna16.SMALL_M_TABLE}\n4-bit dot table: {triton_wna16.INT4_TABLE}",
+              flush=True)
     if args.fp8_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from fp8_linear_bench import fp8_table_from_json
