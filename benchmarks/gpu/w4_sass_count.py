@@ -2,7 +2,8 @@
 
 Why: the small-M GEMV ran at ~2.2x its bytes floor with about half the SM's issue slots used, so the instructions
 each nibble costs bound its speed (RESULTS.md, session 29). This compiles :func:`triton_w4_gemv._w4_gemv_kernel`
-(decodes 0/1/2) and the ``dot`` kernels (one ``tl.dot`` per 16-row sub-block, or per K tile) for ``cuda:90`` with
+(decodes 0/1/2) and the ``dot`` kernels (one ``tl.dot`` per 16-row sub-block, per K tile, or per sub-block with the
+weights as the left operand) for ``cuda:90`` with
 Triton's own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of the longest loop
 (the K loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
 
@@ -30,7 +31,11 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel, sub_range_rows  # noqa: E402
-from pagoda.quantization.kernels.triton_wna16 import _int4_dot_kernel, _int4_dot_tile_kernel  # noqa: E402
+from pagoda.quantization.kernels.triton_wna16 import (  # noqa: E402
+    _int4_dot_kernel,
+    _int4_dot_tile_kernel,
+    _int4_dot_wt_kernel,
+)
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 ALIGNED = {"N", "stride_xm", "stride_om", "stride_os"}  # ints Triton specializes as multiples of 16 on the GPU
@@ -101,7 +106,8 @@ def main() -> None:
     print("4-bit dot kernel (group 128): K-loop instructions per thread per 128-row K tile")
     for bm, bn, nw in ((16, 64, 4), (64, 128, 4), (128, 128, 8)):
         nibbles = 16 * bn * 8 // (32 * nw)
-        for name, fn, extra in (("8 dots", _int4_dot_kernel, {"DEQUANT": True}), ("1 dot", _int4_dot_tile_kernel, {})):
+        for name, fn, extra in (("8 dots", _int4_dot_kernel, {"DEQUANT": True}), ("1 dot", _int4_dot_tile_kernel, {}),
+                                ("weights left", _int4_dot_wt_kernel, {})):
             c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False, **extra)
             body, usage = k_loop(compile_sm90(fn, c, nw))
             print(f"  M tile {bm} x {bn} cols x {nw} warps, {name}: {len(body)} ({len(body) / nibbles:.2f} per "
