@@ -36,16 +36,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from pagoda.quantization.kernels.triton_w4_gemv import _nibble, w4_gemv
-
-_MAGIC = 0x4B000000  # fp32 bits of 2**23: (q | _MAGIC) as fp32 == 2**23 + q for 0 <= q < 2**23
-
-
-@triton.jit
-def _nibbles_f32(p, j: tl.constexpr):
-    """Nibble ``j`` of int32 words as exact fp32 (an OR and a subtract instead of an int->float convert)."""
-    q = ((p >> (4 * j)) & 0xF) | 0x4B000000
-    return q.to(tl.float32, bitcast=True) - 8388608.0
+from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
 
 
 @triton.jit
@@ -60,8 +51,11 @@ def _dot_tile(N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
-                     tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                     tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr):
+    """8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per K tile (module docstring). Nibbles decode in place
+    (:func:`triton_w4_gemv._nibble`: a LOP3 and an exact FFMA, ``magic`` a runtime value so the LOP3 keeps the mask
+    as its immediate); a group spanning the tile has its scales and offsets loaded once per tile."""
     offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
     KP: tl.constexpr = PACK_K // 8
     offs_r = tl.arange(0, KP)
@@ -73,13 +67,17 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     for t in range(t_lo, t_hi):
         p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        ph = p >> 12
+        if GROUP % PACK_K == 0:  # one group for the whole tile
+            s = tl.load(s_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
         for j in tl.static_range(8):
             k0 = t * PACK_K + j * KP
             x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
-            g = k0 // GROUP
-            s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            q = _nibbles_f32(p, j)
+            if GROUP % PACK_K != 0:
+                s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            q = _nibble(p, ph, magic, j, 0)
             if DEQUANT:
                 w = q * s[None, :] + o[None, :]
                 if DOT_F32:
@@ -398,7 +396,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     launch = {"num_warps": cfg.num_warps, "num_stages": stages}
     if cfg.kind == "dot" and cfg.decode == 2 and cfg.dequant:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _int4_dot_wt_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, _MAGIC, GROUP=group_size,
+        _int4_dot_wt_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                   PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
                                   **launch)
     elif cfg.kind == "dot" and cfg.decode == 1 and cfg.dequant:
@@ -408,7 +406,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
                                     **launch)
     elif cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
+        _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                                DEQUANT=cfg.dequant, DOT_F32=dot_f32, **launch)
     else:
