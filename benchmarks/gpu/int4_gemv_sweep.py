@@ -288,5 +288,13 @@ def int4_table_from_json(path: str) -> dict[int, Rule]:
     return {int(key): Rule(**fields) for key, fields in raw.items()}
 
 
+def apply_json_tables(path: str) -> str:
+    """Install a ``--json`` run's winners in this process: ``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it
+    chose (for ``with_gemv_table.py`` and ``profile_steps.py``); returns a line describing both tables."""
+    tw.SMALL_M_TABLE = w4_table_from_json(path)
+    tw.INT4_TABLE = {**tw.INT4_TABLE, **int4_table_from_json(path)}
+    return f"4-bit GEMV table: {tw.SMALL_M_TABLE}\n4-bit dot table: {tw.INT4_TABLE}"
+
+
 if __name__ == "__main__":
     main()

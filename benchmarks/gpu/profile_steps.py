@@ -231,15 +231,13 @@ def main() -> None:
                     "pagoda.worker.verify_graphs:VerifyGraphs.run or pagoda.worker.model_runner:prepare_inputs")
     ap.add_argument("--gap-us", type=float, default=20.0)
     ap.add_argument("--by-grid", action="store_true", help="also kernels by launch grid (_by_grid; PAGODA_PDL=0)")
-    ap.add_argument("--w4-table", default=None, help="the 4-bit SMALL_M_TABLE from int4_gemv_sweep.py --json")
+    ap.add_argument("--w4-table", default=None, help="the 4-bit tables from int4_gemv_sweep.py --json")
     a = ap.parse_args()
     if a.w4_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from int4_gemv_sweep import w4_table_from_json
+        from int4_gemv_sweep import apply_json_tables
 
-        from pagoda.quantization.kernels import triton_wna16
-
-        triton_wna16.SMALL_M_TABLE = w4_table_from_json(a.w4_table)
+        print(apply_json_tables(a.w4_table), flush=True)
     extra = json.loads(a.engine_args)
     eng = LLMEngine.from_engine_args(EngineArgs(model=a.model, load_format="dummy", **{"max_model_len": 4096, **extra}))
     freeze_startup_heap("profile_steps")  # as the engine-core process of `pagoda serve` does (PAGODA_GC_FREEZE)

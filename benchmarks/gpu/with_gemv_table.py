@@ -55,14 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"4-bit dot rules with one tl.dot per K tile: {tw.INT4_TABLE}", flush=True)
     if args.w4_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from int4_gemv_sweep import int4_table_from_json, w4_table_from_json
+        from int4_gemv_sweep import apply_json_tables
 
-        from pagoda.quantization.kernels import triton_wna16
-
-        triton_wna16.SMALL_M_TABLE = w4_table_from_json(args.w4_table)
-        triton_wna16.INT4_TABLE = {**triton_wna16.INT4_TABLE, **int4_table_from_json(args.w4_table)}
-        print(f"4-bit GEMV table: {triton_wna16.SMALL_M_TABLE}\n4-bit dot table: {triton_wna16.INT4_TABLE}",
-              flush=True)
+        print(apply_json_tables(args.w4_table), flush=True)
     if args.fp8_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from fp8_linear_bench import fp8_table_from_json
