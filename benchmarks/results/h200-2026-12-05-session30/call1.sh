@@ -14,7 +14,7 @@ case $MODE in
 esac
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn uvloop httptools msgspec \
-  pyzmq prometheus_client openai psutil httpx aiohttp pytest-timeout 2>&1 | tail -2
+  pyzmq prometheus_client openai psutil httpx aiohttp 2>&1 | tail -2
 export PYTHONPATH="$PWD:/tmp/site"
 S=$OUT/call1_summary.txt
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.sm --format=csv,noheader | tee $S
