@@ -251,14 +251,14 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
 }
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
-    # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H200, 2026-12-01 (session 3, call 3).
+    # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: decode 0
+    # with PDL at one row; at 3-4 rows the dot kernel now ties the GEMV). The batch-1 step 3.13 -> 2.98 ms there.
     "small": {
-        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2),
+        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
         2: Rule("gemv", 64, block_m=2, prefetch=2),
-        4: Rule("gemv", 64, block_m=4),
     },
     "large": {
-        1: Rule("gemv", 32, block_m=1, waves=8, num_warps=1),
+        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
         2: Rule("gemv", 64, block_m=2, num_warps=8),
     },
 }
