@@ -134,17 +134,17 @@ def test_structured_host_overhead_smoke(tmp_path):
 
 def test_int4_gemv_sweep_smoke_writes_a_table_the_tools_read_back(tmp_path):
     """``benchmarks/gpu/int4_gemv_sweep.py --smoke --json`` (CPU, Triton's interpreter) runs every arm, decodes 0-2
-    and the dot kernel's decodes 1 and 2 included, and its JSON gives back the tables it printed."""
+    and the dot kernel's decodes 1 and 2 and the dense path included, and its JSON gives back the tables it printed."""
     import os
     import subprocess
 
     out = tmp_path / "w4.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "benchmarks/gpu/int4_gemv_sweep.py", "--smoke", "--json", str(out), "--ms", "1", "16"]
+    cmd = [sys.executable, "benchmarks/gpu/int4_gemv_sweep.py", "--smoke", "--json", str(out), "--ms", "1", "16", "64"]
     run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "tile" in run.stdout and " wt " in run.stdout and "decode=2" in run.stdout and "WRONG" not in run.stdout
+    assert all(arm in run.stdout for arm in ("tile", " wt ", " deq ", "decode=2")) and "WRONG" not in run.stdout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
     from int4_gemv_sweep import int4_table_from_json, short, table_text, w4_table_from_json
 
@@ -152,4 +152,4 @@ def test_int4_gemv_sweep_smoke_writes_a_table_the_tools_read_back(tmp_path):
     assert set(table) == {"small", "large"}
     assert table_text(table) in run.stdout
     for key, rule in int4_table_from_json(str(out)).items():  # (timings are fake here: any dot launch may win)
-        assert rule.kind == "dot" and f"    {key}: {short(rule)}," in run.stdout
+        assert rule.kind in ("dot", "deq") and f"    {key}: {short(rule)}," in run.stdout

@@ -5,8 +5,9 @@ Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; 
 (offsets = -8 * scales, as ``-q gptq`` dummy weights). For M in 1, 2, 4, 8, 16: bf16 ``F.linear``; ``before`` =
 :data:`INT4_TABLE`'s rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before
 :data:`SMALL_M_TABLE`); ``now`` = what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same
-launch on the asymmetric code path (reads offsets); then each GEMV candidate (block N, warps, split-K waves,
-prefetch), each
+launch on the asymmetric code path (reads offsets); up to M = 64 the dot kernel's decodes 1 (``tile``) and 2
+(``wt``, and :data:`WT_RULES`), from M = 64 on ``deq`` (the weights dequantized to a dense copy, then
+``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch), each
 first checked against dequantize + matmul (rejected above 1e-2 relative error). Timing: one CUDA graph of
 ``REPS`` rounds over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the
 floor is codes + scales + offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
@@ -100,6 +101,9 @@ WT_RULES = {  # M -> decode-2 dot tiles tried beside INT4_TABLE's rule (BLOCK_N 
 }
 
 
+DEQ_RULE = Rule("deq", 128)  # from M = 64 on: the weights dequantized to a dense copy, then torch.matmul
+
+
 def per_linear_us(fn) -> float:
     fn()
     if SMOKE:
@@ -130,12 +134,14 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         before = tw.resolve(tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)], m, w.n, w.k, G, sms)
         arms: dict = {"bf16": per_linear_us(lambda x=x, w=w: [F.linear(x, d) for d in w.bf16])}
         arms["before"] = time_config(w, x, before, "before")
-        if before.kind == "dot" and before.dequant:  # the same launch, one tl.dot per K tile (decode 1)
+        if before.kind == "dot" and before.dequant and m <= 64:  # the same launch, one tl.dot per K tile (decode 1)
             arms["tile"] = time_config(w, x, replace(before, decode=1), "tile")
             arms["wt"] = time_config(w, x, replace(before, decode=2), "wt")  # weights as the register operand
             for rule in WT_RULES.get(m, ()):  # other tiles of decode 2 (the rule's M range: INT4_TABLE's keys)
                 arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
                 print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
+        if m >= 64:  # the dense copy + torch.matmul (Rule('deq'): its dequantization is part of the time)
+            arms["deq"] = time_config(w, x, tw.resolve(DEQ_RULE, m, w.n, w.k, G, sms), "deq")
         now = tw.choose_config(m, w.n, w.k, G, sms)
         arms["now"] = time_config(w, x, now, "now")
         arms["asym"] = time_config(w, x, now, "asym", sym=0)
@@ -146,7 +152,7 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
         best = min(ok, key=ok.__getitem__) if ok else None
         line = f"  {name:8s} floor {floor:6.1f} us  bf16 {arms['bf16']:6.1f}  before {fmt(arms['before'])}" \
-               f"  tile {fmt(arms.get('tile'))}  wt {fmt(arms.get('wt'))}" \
+               f"  tile {fmt(arms.get('tile'))}  wt {fmt(arms.get('wt'))}  deq {fmt(arms.get('deq'))}" \
                f"  now {fmt(arms['now'])}  asym {fmt(arms['asym'])}"
         if best is not None:
             line += f"  best rule {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
@@ -174,7 +180,7 @@ def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
 
 def step_summary(m: int, res: dict[str, dict]) -> None:
     names = list(res)
-    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "wt", "now", "asym")}
+    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "wt", "deq", "now", "asym")}
     best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
                for n in names)
     parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]
@@ -188,12 +194,13 @@ def fmt_ms(t: float | None) -> str:
 
 def dot_arms(m: int, res: dict[str, dict], names: list[str]) -> dict[Rule, float]:
     """The dot kernel's measured launches at ``m`` rows, summed over ``names``: INT4_TABLE's rule (``before``),
-    its decodes 1 (``tile``) and 2 (``wt``), and :data:`WT_RULES`; as rules for INT4_TABLE."""
+    its decodes 1 (``tile``) and 2 (``wt``), :data:`WT_RULES` and :data:`DEQ_RULE`; as rules for INT4_TABLE."""
     rule = tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]
     arms = {rule: summed(res, names, "before"), replace(rule, decode=1): summed(res, names, "tile"),
             replace(rule, decode=2): summed(res, names, "wt")}
     arms.update({r: summed(res, names, r) for r in WT_RULES.get(m, ())})
-    return {r: t for r, t in arms.items() if t is not None and r.kind == "dot"}
+    arms[DEQ_RULE] = summed(res, names, "deq")
+    return {r: t for r, t in arms.items() if t is not None and r.kind in ("dot", "deq")}
 
 
 def class_winners(results: dict[int, dict[str, dict]]) -> dict[str, dict[int, Rule]]:
@@ -272,6 +279,7 @@ def write_json(path: Path, results: dict[int, dict[str, dict]]) -> None:
     table: dict[str, dict] = {cls: {str(m): asdict(r) for m, r in rules.items()}
                               for cls, rules in class_winners(results).items()}
     table["int4_table"] = {str(key): asdict(r) for key, r in dot_winners(results).items()}
+    table["ms"] = sorted(results)
     path.write_text(json.dumps(table))
 
 
@@ -279,7 +287,7 @@ def w4_table_from_json(path: str) -> dict[str, dict[int, Rule]]:
     """The ``SMALL_M_TABLE`` that a ``--json`` run chose."""
     raw = json.loads(Path(path).read_text())
     return {cls: {int(m): Rule(**fields) for m, fields in rules.items()} for cls, rules in raw.items()
-            if cls != "int4_table"}
+            if cls not in ("int4_table", "ms")}
 
 
 def int4_table_from_json(path: str) -> dict[int, Rule]:
@@ -289,9 +297,11 @@ def int4_table_from_json(path: str) -> dict[int, Rule]:
 
 
 def apply_json_tables(path: str) -> str:
-    """Install a ``--json`` run's winners in this process: ``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it
-    chose (for ``with_gemv_table.py`` and ``profile_steps.py``); returns a line describing both tables."""
-    tw.SMALL_M_TABLE = w4_table_from_json(path)
+    """Install a ``--json`` run's winners in this process: ``SMALL_M_TABLE`` (when the run measured one row: a run
+    of large M only leaves it alone) and the ``INT4_TABLE`` entries it chose (for ``with_gemv_table.py`` and
+    ``profile_steps.py``); returns a line describing both tables."""
+    if 1 in json.loads(Path(path).read_text()).get("ms", [1]):
+        tw.SMALL_M_TABLE = w4_table_from_json(path)
     tw.INT4_TABLE = {**tw.INT4_TABLE, **int4_table_from_json(path)}
     return f"4-bit GEMV table: {tw.SMALL_M_TABLE}\n4-bit dot table: {tw.INT4_TABLE}"
 

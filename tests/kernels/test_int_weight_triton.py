@@ -88,6 +88,33 @@ def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, g
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bits,group,in_f", [(4, 32, 768), (4, 128, 256), (4, 256, 512), (4, 32, 96), (8, 32, 64),
+                                             (5, 16, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deq_kind_dequantizes_exactly_then_matmuls(bits, group, in_f, dtype):
+    """``Rule('deq')`` (large M): the dense copy holds ``q * s + o`` rounded once to the activation dtype, for every
+    code and K tile (4-bit K tiles of 128 and of 32 rows, 8-bit and 5-bit codes); the product matches the
+    reference; a bias is added; the rule resolves to one launch with no split."""
+    codes, scales, offsets = random_weight(bits, group, 40, in_f, False, seed=in_f + bits)
+    qw = tw.pack(codes, bits).to(DEV)
+    s, o = scales.t().contiguous().to(dtype).to(DEV), offsets.t().contiguous().to(dtype).to(DEV)
+    dense = tw.dequantize(qw, s, o, bits, group, dtype).cpu()
+    g = torch.arange(in_f) // group
+    want = (codes.float() * s.cpu().float().t()[:, g] + o.cpu().float().t()[:, g]).to(dtype)
+    assert dense.shape == (in_f, 40)
+    if ON_GPU or dtype == torch.float32:
+        assert torch.equal(dense, want.t())
+    else:  # Triton's interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest): one ulp at most
+        assert ((dense.float() - want.t().float()).abs() <= want.t().float().abs() * 2**-7).all()
+    cfg = tw.resolve(tw.Rule("deq", 64), 300, 40, in_f, group, 4)
+    assert (cfg.kind, cfg.split_k) == ("deq", 1)
+    x = torch.randn(6, in_f).to(dtype)
+    bias = torch.randn(40).to(dtype)
+    out = tw.wna16_matmul(x.to(DEV), qw, s, o, bits, group, bias.to(DEV), config=cfg).cpu()
+    ref = reference(x, codes, scales.to(dtype), offsets.to(dtype), bits, group, dtype, None, bias)
+    assert (out.float() - ref).abs().max() <= TOL[dtype] * ref.abs().max()
+
+
 def test_int4_layout_is_sub_block_interleaved():
     """Nibble j of word (t*P/8 + r, n) holds the code of row t*P + j*P/8 + r (P = pack_k(K))."""
     k, n = 256, 3

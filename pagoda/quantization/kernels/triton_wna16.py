@@ -203,6 +203,50 @@ def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_
 
 
 @triton.jit
+def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BITS4: tl.constexpr):
+    """Program (n block, K tile): the weights ``W.T[k, n] = q * s + o`` of ``BLOCK_K`` K rows (4-bit: the layout's
+    K tile, its 8 nibble sub-blocks in turn; 5..8 bits: a tile inside one group) to ``w [K, N]``, in ``w``'s dtype:
+    the values the ``dot`` kernels feed their tensor cores (fp32 ``q * s + o``, rounded once)."""
+    pid_n = tl.program_id(0)
+    t = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    if BITS4:
+        KP: tl.constexpr = BLOCK_K // 8
+        offs_r = tl.arange(0, KP)
+        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        ph = p >> 12
+        for j in tl.static_range(8):
+            k0 = t * BLOCK_K + j * KP
+            s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
+            tl.store(w_ptr + (k0 + offs_r)[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty),
+                     mask=n_ok[None, :])
+    else:
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        q = tl.load(qw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+        s = tl.load(s_ptr + (t * BLOCK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        o = tl.load(o_ptr + (t * BLOCK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        w = q.to(tl.float32) * s[None, :] + o[None, :]
+        tl.store(w_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty), mask=n_ok[None, :])
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int, group_size: int,
+               dtype: torch.dtype, block_n: int = 128, num_warps: int = 4) -> torch.Tensor:
+    """The layout's weights as a dense ``W.T [K, N]`` in ``dtype`` (one launch; reads each code once)."""
+    n = scales.shape[1]
+    k = qweight.shape[0] * (8 if bits <= 4 else 1)
+    bk = pack_k(k) if bits <= 4 else max_block_k(group_size)
+    w = torch.empty((k, n), device=qweight.device, dtype=dtype)
+    _dequant_kernel[(triton.cdiv(n, block_n), k // bk)](qweight, scales, offsets, w, n, MAGIC, GROUP=group_size,
+                                                       BLOCK_K=bk, BLOCK_N=block_n, BITS4=bits <= 4,
+                                                       num_warps=num_warps)
+    return w
+
+
+@triton.jit
 def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BLOCK: tl.constexpr):
     """out = sum over splits of the fp32 workspace (+ bias), cast: one launch instead of sum, add, cast."""
@@ -218,7 +262,9 @@ def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr,
 
 @dataclass(frozen=True)
 class Rule:
-    """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits), tiles, and
+    """How to run one M range: kernel ``kind`` (``gemv``/``dot`` for 4-bit, ``u8`` for 5..8 bits, ``deq`` for both:
+    the weights dequantized by :func:`dequantize` into a transient dense copy, then one ``torch.matmul``: for
+    large M, where the dot kernels' in-loop dequantization, repeated per M tile, costs more), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
     ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``:
@@ -335,7 +381,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
     runs = {"gemv": rule.decode in (0, 1, 2), "dot": rule.decode == 0 or (rule.decode in (1, 2) and rule.dequant),
-            "u8": rule.decode == 0}
+            "u8": rule.decode == 0, "deq": rule.decode == 0}
     if not runs.get(kind, False) or (rule.pdl and kind != "gemv"):
         raise ValueError(f"wna16: no kernel runs {rule} (decode {rule.decode}, pdl {rule.pdl} for {kind!r})")
     if kind in ("gemv", "dot") and pack_k(k) < 128:
@@ -348,6 +394,8 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
         bk = pack_k(k)
     elif kind == "dot":
         bk = 128
+    elif kind == "deq":  # (block_k is the dequantizing kernel's K tile; one launch, no split)
+        return WNA16Config(kind, bm, bn, 0, 1, warps)
     else:
         bk = min(rule.block_k, max_block_k(group_size))
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
@@ -376,8 +424,11 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     if x.stride(1) != 1:
         x = x.contiguous()
     cfg = config or choose_config(m, n, k, group_size, num_sms(x.device.index), bits)
-    if (cfg.kind == "u8") != (bits > 4):
+    if cfg.kind != "deq" and (cfg.kind == "u8") != (bits > 4):
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
+    if cfg.kind == "deq":
+        out = x @ dequantize(qweight, scales, offsets, bits, group_size, x.dtype, cfg.block_n, cfg.num_warps)
+        return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
                        cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.decode, cfg.pdl)
