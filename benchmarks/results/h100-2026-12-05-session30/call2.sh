@@ -12,9 +12,9 @@ S=$OUT/call2_summary.txt
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee $S
 M=/tmp/llama3-8b-shape
 python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json $M >/dev/null &
-timeout 60 python -m pytest -q -p no:cacheprovider tests/kernels/test_int_weight_triton.py -k "deq or explicit" \
+timeout 45 python -m pytest -q -p no:cacheprovider tests/kernels/test_int_weight_triton.py -k "deq or explicit" \
   > $OUT/call2_tests.txt 2>&1; echo "tests: $(tail -1 $OUT/call2_tests.txt)" | tee -a $S
-timeout 130 python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4big.json --ms 64 256 1024 4096 \
+timeout 110 python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4big.json --ms 64 256 1024 4096 \
   > $OUT/call2_sweep.txt 2>&1
 echo "sweep rc=$?" | tee -a $S
 grep -E "floor|step linears|sweep took" $OUT/call2_sweep.txt | tee -a $S
@@ -23,7 +23,7 @@ wait
 LAT="bench latency --model $M --load-format dummy --batch-size 1 64 --input-len 512 --output-len 32"
 run() {  # name, command...
   local name=$1; shift
-  timeout 75 "$@" > $OUT/call2_lat_$name.txt 2>&1
+  timeout 70 "$@" > $OUT/call2_lat_$name.txt 2>&1
   echo "latency $name: $(grep -E '^batch' $OUT/call2_lat_$name.txt | tr '\n' ' ')" | tee -a $S
 }
 CLI="python -m pagoda.entrypoints.cli --log-level WARNING"
