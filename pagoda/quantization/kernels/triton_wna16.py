@@ -293,8 +293,10 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     4: Rule('dot', 64),
     16: Rule('dot', 64),
     64: Rule('dot', 128, block_m=64),
-    256: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
-    BIG: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
+    # 65+ rows: the dense copy + torch.matmul. int4_gemv_sweep.py on an H100, session 30 (2026-12-05): the step's
+    # linears at 256 rows 20.5 -> 12.8 ms, 1,024 rows 62.1 -> 25.2 ms, 4,096 rows 240.6 -> 87.8 ms (bf16 79.7).
+    256: Rule('deq', 128),
+    BIG: Rule('deq', 128),
 }
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
     # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: decode 0
