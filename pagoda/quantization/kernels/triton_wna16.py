@@ -293,8 +293,11 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     4: Rule('dot', 64),
     16: Rule('dot', 64),
     64: Rule('dot', 128, block_m=64),
-    # 65+ rows: the dense copy + torch.matmul. int4_gemv_sweep.py on an H100, session 30 (2026-12-05): the step's
-    # linears at 256 rows 20.5 -> 12.8 ms, 1,024 rows 62.1 -> 25.2 ms, 4,096 rows 240.6 -> 87.8 ms (bf16 79.7).
+    # 129+ rows: the dense copy + torch.matmul. int4_gemv_sweep.py on an H100, session 30 (2026-12-05): the step's
+    # linears at 64 rows 6.3 (dot) vs 11.5 ms (deq), 256 rows 20.5 -> 12.8 ms, 1,024 rows 62.1 -> 25.2, 4,096 rows
+    # 240.6 -> 87.8 (bf16 79.7). 65-128 rows were not measured: the dot's time grows with M and the copy's hardly,
+    # so the two lines cross near 128 rows (interpolated).
+    128: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
     256: Rule('deq', 128),
     BIG: Rule('deq', 128),
 }
