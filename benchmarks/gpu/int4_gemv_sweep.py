@@ -5,9 +5,8 @@ Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; 
 (offsets = -8 * scales, as ``-q gptq`` dummy weights). For M in 1, 2, 4, 8, 16: bf16 ``F.linear``; ``before`` =
 :data:`INT4_TABLE`'s rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before
 :data:`SMALL_M_TABLE`); ``now`` = what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same
-launch on the asymmetric code path (reads offsets); up to M = 64 the dot kernel's decodes 1 (``tile``) and 2
-(``wt``, and :data:`WT_RULES`), from M = 64 on ``deq`` (the weights dequantized to a dense copy, then
-``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch), each
+launch on the asymmetric code path (reads offsets); from M = 64 on ``deq`` (the weights dequantized to a dense
+copy, then ``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch, PDL), each
 first checked against dequantize + matmul (rejected above 1e-2 relative error). Timing: one CUDA graph of
 ``REPS`` rounds over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the
 floor is codes + scales + offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
@@ -26,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -49,30 +48,22 @@ MS = (1, 2, 4, 16) if SMOKE else (1, 2, 4, 8, 16, 64)
 if "--ms" in sys.argv:  # a subset of the row counts, e.g. --ms 1 2 4 16 64
     MS = tuple(int(a) for a in sys.argv[sys.argv.index("--ms") + 1:] if a.isdigit())
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
-GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, decode, pdl); block_m = min(M, 8). Each tile shape
-    # here compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words
-    # per thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). Decode 0/1/2:
-    # triton_w4_gemv; pdl: programmatic dependent launch (the graph's back-to-back launches of one linear overlap).
-    1: ((64, 2, 4, 1, 0, 0), (64, 2, 8, 1, 0, 0), (32, 1, 8, 1, 0, 0), (64, 2, 4, 2, 0, 0), (128, 4, 8, 1, 0, 0),
-        (32, 1, 8, 1, 1, 0), (64, 2, 8, 1, 1, 0),
-        (64, 2, 4, 1, 2, 0), (64, 2, 8, 1, 2, 0), (32, 1, 8, 1, 2, 0), (32, 1, 16, 1, 2, 0), (64, 2, 16, 1, 2, 0),
-        (32, 1, 4, 1, 2, 0), (64, 2, 8, 2, 2, 0), (32, 1, 8, 2, 2, 0), (128, 4, 8, 1, 2, 0),
-        (32, 1, 8, 1, 0, 1), (64, 2, 8, 1, 0, 1), (32, 1, 8, 1, 2, 1), (64, 2, 8, 1, 2, 1), (64, 2, 4, 1, 2, 1)),
-    2: ((64, 4, 4, 1, 0, 0), (32, 2, 4, 1, 0, 0), (64, 8, 4, 1, 0, 0), (64, 4, 4, 2, 0, 0),
-        (64, 4, 4, 1, 2, 0), (32, 2, 4, 1, 2, 0), (64, 8, 4, 1, 2, 0), (64, 4, 8, 1, 2, 0), (64, 4, 4, 2, 2, 0),
-        (32, 2, 8, 1, 2, 0), (64, 4, 4, 1, 2, 1), (64, 8, 4, 1, 2, 1)),
-    4: ((64, 4, 4, 1, 0, 0), (32, 4, 4, 1, 0, 0), (64, 8, 4, 1, 0, 0),
-        (64, 4, 4, 1, 2, 0), (32, 4, 4, 1, 2, 0), (64, 8, 4, 1, 2, 0), (64, 4, 8, 1, 2, 0), (64, 4, 4, 2, 2, 0),
-        (64, 4, 4, 1, 2, 1)),
-    8: ((64, 8, 4, 1, 0, 0), (64, 8, 8, 1, 0, 0), (64, 8, 4, 1, 2, 0), (64, 8, 8, 1, 2, 0), (64, 8, 2, 1, 2, 0),
-        (64, 8, 4, 1, 2, 1)),
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m = min(M, 8). Each tile shape here
+    # compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per
+    # thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). pdl: programmatic dependent
+    # launch (the graph's back-to-back launches of one linear overlap; it won at one row on an H100, session 30).
+    1: ((64, 2, 4, 1, 0), (64, 2, 8, 1, 0), (32, 1, 8, 1, 0), (64, 2, 4, 2, 0), (128, 4, 8, 1, 0),
+        (32, 1, 8, 1, 1), (64, 2, 8, 1, 1), (64, 2, 4, 1, 1), (64, 2, 8, 2, 1)),
+    2: ((64, 4, 4, 1, 0), (32, 2, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 2, 0), (64, 4, 4, 2, 1), (64, 8, 4, 1, 1)),
+    4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 1, 1)),
+    8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 1)),
 }
 
 
 def candidates(m: int) -> list[Rule]:
     bm = min(m, 8)
-    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, decode=dc, pdl=bool(pd))
-            for bn, nw, wv, pf, dc, pd in GRID[bm]]
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, pdl=bool(pd))
+            for bn, nw, wv, pf, pd in GRID[bm]]
 
 
 class Weights:
@@ -92,13 +83,6 @@ class Weights:
     def rel_err(self, y: torch.Tensor, x: torch.Tensor) -> float:
         ref = x.float() @ self.dense.t()
         return ((y.float() - ref).norm() / ref.norm()).item()
-
-
-WT_RULES = {  # M -> decode-2 dot tiles tried beside INT4_TABLE's rule (BLOCK_N is wgmma's M: 64 a warpgroup)
-    16: (Rule("dot", 128, block_m=16, decode=2), Rule("dot", 64, block_m=16, waves=8, decode=2)),
-    64: (Rule("dot", 64, block_m=64, decode=2), Rule("dot", 128, block_m=64, waves=2, decode=2),
-         Rule("dot", 256, block_m=64, num_warps=8, decode=2)),
-}
 
 
 DEQ_RULE = Rule("deq", 128)  # from M = 64 on: the weights dequantized to a dense copy, then torch.matmul
@@ -134,12 +118,6 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         before = tw.resolve(tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)], m, w.n, w.k, G, sms)
         arms: dict = {"bf16": per_linear_us(lambda x=x, w=w: [F.linear(x, d) for d in w.bf16])}
         arms["before"] = time_config(w, x, before, "before")
-        if before.kind == "dot" and before.dequant and m <= 64:  # the same launch, one tl.dot per K tile (decode 1)
-            arms["tile"] = time_config(w, x, replace(before, decode=1), "tile")
-            arms["wt"] = time_config(w, x, replace(before, decode=2), "wt")  # weights as the register operand
-            for rule in WT_RULES.get(m, ()):  # other tiles of decode 2 (the rule's M range: INT4_TABLE's keys)
-                arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
-                print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
         if m >= 64:  # the dense copy + torch.matmul (Rule('deq'): its dequantization is part of the time)
             arms["deq"] = time_config(w, x, tw.resolve(DEQ_RULE, m, w.n, w.k, G, sms), "deq")
         now = tw.choose_config(m, w.n, w.k, G, sms)
@@ -152,7 +130,7 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
         best = min(ok, key=ok.__getitem__) if ok else None
         line = f"  {name:8s} floor {floor:6.1f} us  bf16 {arms['bf16']:6.1f}  before {fmt(arms['before'])}" \
-               f"  tile {fmt(arms.get('tile'))}  wt {fmt(arms.get('wt'))}  deq {fmt(arms.get('deq'))}" \
+               f"  deq {fmt(arms.get('deq'))}" \
                f"  now {fmt(arms['now'])}  asym {fmt(arms['asym'])}"
         if best is not None:
             line += f"  best rule {ok[best]:6.1f} us = {ok[best] / floor:4.2f}x floor  {short(best)}"
@@ -180,7 +158,7 @@ def summed(res: dict[str, dict], names: list[str], arm) -> float | None:
 
 def step_summary(m: int, res: dict[str, dict]) -> None:
     names = list(res)
-    arms = {a: summed(res, names, a) for a in ("bf16", "before", "tile", "wt", "deq", "now", "asym")}
+    arms = {a: summed(res, names, a) for a in ("bf16", "before", "deq", "now", "asym")}
     best = sum(min((t for r, t in res[n].items() if isinstance(r, Rule) and t is not None), default=float("nan"))
                for n in names)
     parts = [f"{a} {fmt_ms(t)}" for a, t in arms.items()] + [f"best-per-shape {fmt_ms(best)}"]
@@ -193,13 +171,10 @@ def fmt_ms(t: float | None) -> str:
 
 
 def dot_arms(m: int, res: dict[str, dict], names: list[str]) -> dict[Rule, float]:
-    """The dot kernel's measured launches at ``m`` rows, summed over ``names``: INT4_TABLE's rule (``before``),
-    its decodes 1 (``tile``) and 2 (``wt``), :data:`WT_RULES` and :data:`DEQ_RULE`; as rules for INT4_TABLE."""
-    rule = tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]
-    arms = {rule: summed(res, names, "before"), replace(rule, decode=1): summed(res, names, "tile"),
-            replace(rule, decode=2): summed(res, names, "wt")}
-    arms.update({r: summed(res, names, r) for r in WT_RULES.get(m, ())})
-    arms[DEQ_RULE] = summed(res, names, "deq")
+    """INT4_TABLE's launches measured at ``m`` rows, summed over ``names``: the table's own rule (``before``) and,
+    from 64 rows, :data:`DEQ_RULE`; as rules for INT4_TABLE."""
+    arms = {tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]: summed(res, names, "before"),
+            DEQ_RULE: summed(res, names, "deq")}
     return {r: t for r, t in arms.items() if t is not None and r.kind in ("dot", "deq")}
 
 

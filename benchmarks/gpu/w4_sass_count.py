@@ -1,14 +1,13 @@
 """Instructions per nibble in the 4-bit kernels' K loops, read from the sm_90 SASS that Triton compiles here (no GPU).
 
-Why: the small-M GEMV ran at ~2.2x its bytes floor with about half the SM's issue slots used, so the instructions
-each nibble costs bound its speed (RESULTS.md, session 29). This compiles :func:`triton_w4_gemv._w4_gemv_kernel`
-(decodes 0/1/2) and the ``dot`` kernels (one ``tl.dot`` per 16-row sub-block, per K tile, or per sub-block with the
-weights as the left operand) for ``cuda:90`` with
-Triton's own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of the longest loop
-(the K loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
+Why: the instructions each nibble costs bound the 4-bit kernels where the bytes do not (RESULTS.md, sessions 29 and
+30; session 30 also found that fewer K-loop instructions do not promise a faster launch: the GPU decides). This
+compiles :func:`triton_w4_gemv._w4_gemv_kernel` and the dequantizing ``dot`` kernel for ``cuda:90`` with Triton's
+own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of the longest loop (the K
+loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
 
-Usage: ``python benchmarks/gpu/w4_sass_count.py [--quick]`` (``--quick``: one GEMV config, decodes 0 and 2: what
-the CI smoke test runs). Group 128, symmetric, K tile 128, the shapes' N divisible by 16 (as on the GPU, where
+Usage: ``python benchmarks/gpu/w4_sass_count.py [--quick]`` (``--quick``: the one-row GEMV and the 64 x 128 dot
+tile: what the CI test runs). Group 128, symmetric, K tile 128, the shapes' N divisible by 16 (as on the GPU, where
 Triton specializes it).
 """
 
@@ -31,16 +30,11 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel, sub_range_rows  # noqa: E402
-from pagoda.quantization.kernels.triton_wna16 import (  # noqa: E402
-    _int4_dot_kernel,
-    _int4_dot_tile_kernel,
-    _int4_dot_wt_kernel,
-)
+from pagoda.quantization.kernels.triton_wna16 import _int4_dot_kernel  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 ALIGNED = {"N", "stride_xm", "stride_om", "stride_os"}  # ints Triton specializes as multiples of 16 on the GPU
-TYPES = {"qw_ptr": "*i32", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "xl_ptr": "*fp32", "xg_ptr": "*fp32",
-         "magic": "i32"}
+TYPES = {"qw_ptr": "*i32", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "magic": "i32"}
 
 
 def compile_sm90(fn, constexprs: dict, num_warps: int):
@@ -95,23 +89,18 @@ def main() -> None:
     print("4-bit GEMV (group 128, symmetric): K-loop instructions per thread per 128-row K tile")
     for bm, bn, nw in gemv:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
-        for dec in (0, 2) if quick else (0, 1, 2):
-            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, CH=sub_range_rows(128, 128), SPLIT=True,
-                     HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, DECODE=dec, USE_PDL=False)
-            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
-            print(f"  M={bm} {bn} cols x {nw} warps, decode {dec}: {len(body)} ({len(body) / (8 * words * bm):.2f} "
-                  f"per nibble and row)  {usage}  {histogram(body)}")
-    if quick:
-        return
-    print("4-bit dot kernel (group 128): K-loop instructions per thread per 128-row K tile")
-    for bm, bn, nw in ((16, 64, 4), (64, 128, 4), (128, 128, 8)):
+        c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, CH=sub_range_rows(128, 128), SPLIT=True,
+                 HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, USE_PDL=False)
+        body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
+        print(f"  M={bm} {bn} cols x {nw} warps: {len(body)} ({len(body) / (8 * words * bm):.2f} per nibble and "
+              f"row)  {usage}  {histogram(body)}")
+    print("4-bit dot kernel (group 128, dequantizing): K-loop instructions per thread per 128-row K tile")
+    for bm, bn, nw in [(64, 128, 4)] if quick else [(16, 64, 4), (64, 128, 4), (128, 128, 8)]:
         nibbles = 16 * bn * 8 // (32 * nw)
-        for name, fn, extra in (("8 dots", _int4_dot_kernel, {"DEQUANT": True}), ("1 dot", _int4_dot_tile_kernel, {}),
-                                ("weights left", _int4_dot_wt_kernel, {})):
-            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DOT_F32=False, **extra)
-            body, usage = k_loop(compile_sm90(fn, c, nw))
-            print(f"  M tile {bm} x {bn} cols x {nw} warps, {name}: {len(body)} ({len(body) / nibbles:.2f} per "
-                  f"nibble)  {usage}  {histogram(body)}")
+        c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DEQUANT=True, DOT_F32=False)
+        body, usage = k_loop(compile_sm90(_int4_dot_kernel, c, nw))
+        print(f"  M tile {bm} x {bn} cols x {nw} warps: {len(body)} ({len(body) / nibbles:.2f} per nibble)  {usage}  "
+              f"{histogram(body)}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
 """Run a ``pagoda`` CLI command in this process with other GEMV tables (an A/B of table entries end to end).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
-[--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] [--w4-dot-tile] -- bench latency --model M ...``.
+[--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] -- bench latency --model M ...``.
 ``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same
 ``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so
 those shapes run cuBLAS; ``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's
 table entries the same way; ``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit
-``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose (faster dot launches); ``--w4-dot-tile``: the
-``INT4_TABLE``'s dequantizing ``dot`` rules run one ``tl.dot`` per K
-tile (``decode=1``). The engine must run in this process (``bench latency`` and ``bench throughput`` do; a
-server's engine core is another process and would not see the tables).
+``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose. The engine must run in this process (``bench latency``
+and ``bench throughput`` do; a server's engine core is another process and would not see the tables).
 """
 
 from __future__ import annotations
@@ -43,16 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cuda-cores-only", action="store_true")
     ap.add_argument("--fp8-table", default=None)
     ap.add_argument("--w4-table", default=None)
-    ap.add_argument("--w4-dot-tile", action="store_true")
     args = ap.parse_args(argv[:split])
-    if args.w4_dot_tile:
-        from dataclasses import replace
-
-        from pagoda.quantization.kernels import triton_wna16 as tw
-
-        tw.INT4_TABLE = {m: replace(r, decode=1) if r.kind == "dot" and r.dequant else r
-                         for m, r in tw.INT4_TABLE.items()}
-        print(f"4-bit dot rules with one tl.dot per K tile: {tw.INT4_TABLE}", flush=True)
     if args.w4_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from int4_gemv_sweep import apply_json_tables

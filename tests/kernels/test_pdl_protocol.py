@@ -64,8 +64,8 @@ def _kernels():
                           {"w_ptr": "*fp8e4nv"}, True),
         "w4_gemv": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1, "BLOCK_N": 32,
                                                      "CH": 128, "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True,
-                                                     "EVEN_M": True, "SYM": True, "PREFETCH": 1, "DECODE": 2},
-                    {"qw_ptr": "*i32", "xl_ptr": "*fp32", "xg_ptr": "*fp32", "magic": "i32"}, True),
+                                                     "EVEN_M": True, "SYM": True, "PREFETCH": 1},
+                    {"qw_ptr": "*i32", "magic": "i32"}, True),
     }
 
 

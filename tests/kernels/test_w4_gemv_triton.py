@@ -28,7 +28,7 @@ DEV = torch.device("cuda" if ON_GPU else "cpu")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False, decode=0):
+def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
@@ -37,7 +37,7 @@ def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, 
         assert torch.equal(o, s * -8)
         o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
     return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
-                      prefetch=prefetch, symmetric=symmetric, decode=decode).cpu()
+                      prefetch=prefetch, symmetric=symmetric).cpu()
 
 
 def check(out, ref, dtype):
@@ -55,8 +55,7 @@ def check(out, ref, dtype):
     (32, 20, 96, False),    # K % 128 != 0: 32-row tiles (4-row sub-blocks)
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("decode", [0, 1, 2], ids=["decode0", "decode1", "decode2"])
-def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype, decode):
+def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
     codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k)
     for m, block_m, split in ((1, 1, 1), (2, 2, 3), (3, 4, 2), (8, 8, 1), (3, 2, 4)):
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
@@ -64,7 +63,7 @@ def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype, decode):
         ref = reference(x.to(dtype), codes, scales, offsets, 4, group, dtype, None,
                         bias.to(dtype) if bias is not None else None)
         out = run(x, codes, scales, offsets, group, dtype, bias, block_m, 16, split, prefetch=split % 3,
-                  symmetric=sym and m % 2 == 1, decode=decode)  # symmetric weights: both kernels
+                  symmetric=sym and m % 2 == 1)  # symmetric weights: both kernels
         assert out.dtype == dtype and out.shape == (m, n)
         check(out, ref, dtype)
 
@@ -121,24 +120,24 @@ def test_int_weight_records_symmetric_for_the_gemv(sym, monkeypatch):
     assert torch.equal(w.dequantize(torch.float32), ref)
 
 
-@pytest.mark.parametrize("decode", [0, 1, 2], ids=["decode0", "decode1", "decode2"])
-def test_non_finite_or_huge_x_never_gives_a_finite_wrong_output(decode):
-    """An inf or NaN in ``x`` makes its row's outputs non-finite (as the reference's), and ``|x| >= 2**72`` (where
-    decodes 1 and 2 lift x past fp32) gives inf/NaN, never a finite wrong value; other rows keep their values."""
+def test_non_finite_x_gives_non_finite_rows_and_huge_x_stays_exact():
+    """An inf or NaN in ``x`` makes its row's outputs non-finite (as the reference's); a huge finite ``x`` (2**80)
+    is computed as the reference does; other rows keep their values."""
     codes, scales, offsets = random_weight(4, 32, 16, 128, False, seed=7)
     x = torch.randn(4, 128, generator=torch.Generator().manual_seed(3))
     x[0, 5], x[1, 70], x[2, 127] = float("inf"), float("nan"), 2.0**80
-    out = run(x, codes, scales, offsets, 32, torch.float32, None, 4, 16, 2, decode=decode)
+    out = run(x, codes, scales, offsets, 32, torch.float32, None, 4, 16, 2)
     ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
     assert not out[:2].isfinite().any()
-    assert not out[2].isfinite().any() or torch.allclose(out[2], ref[2], rtol=1e-5)
+    torch.testing.assert_close(out[2], ref[2], rtol=1e-5, atol=0)
     check(out[3:], ref[3:], torch.float32)
 
 
-def test_w4_sass_count_decode2_costs_fewer_instructions_per_nibble():
-    """``benchmarks/gpu/w4_sass_count.py --quick`` (sm_90 SASS compiled here, no GPU): the GEMV's decode 2 K loop
-    issues at least a fifth fewer instructions per nibble than decode 0 (514 -> 356 with Triton 3.9), with no local
-    memory: the reason it exists."""
+def test_w4_sass_count_keeps_the_4bit_loops_lean():
+    """``benchmarks/gpu/w4_sass_count.py --quick`` (sm_90 SASS compiled here, no GPU): the GEMV's K loop at one row
+    and the dot kernel's at a 64 x 128 tile issue at most 4.2 and 6.5 instructions per nibble (514 / 128 = 4.02 and
+    730 / 128 = 5.70 with Triton 3.9; the dot kernel took 1,081 before session 30 loaded a tile's scales once and
+    took the GEMV's decode), with no local memory."""
     import re
     import subprocess
     import sys
@@ -149,7 +148,8 @@ def test_w4_sass_count_decode2_costs_fewer_instructions_per_nibble():
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "benchmarks/gpu/w4_sass_count.py", "--quick"], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600, check=True).stdout
-    counts = {int(d): float(c) for d, c in re.findall(r"decode (\d): \d+ \(([\d.]+) per nibble", out)}
-    assert set(counts) == {0, 2}, out
-    assert counts[2] <= 0.8 * counts[0], out
+    gemv = re.findall(r"M=1 .*: \d+ \(([\d.]+) per nibble", out)
+    dot = re.findall(r"M tile 64 x 128 .*: \d+ \(([\d.]+) per nibble", out)
+    assert len(gemv) == 1 and float(gemv[0]) <= 4.2, out
+    assert len(dot) == 1 and float(dot[0]) <= 6.5, out
     assert re.findall(r"LOCAL:(\d+)", out) == ["0", "0"], out

@@ -10,19 +10,10 @@ ones per clock):
   (e <= 4: the nibble stays in the mantissa), and one FMA ``v * 16**-e - 2**23 * 16**-e`` gives ``q`` exactly.
   Nibbles 5..7 come from the word shifted once by 12. Per nibble: 1.125 integer ops and 2 FMAs (decode,
   ``acc += x * q``), against 2 integer ops + 2 float ops before.
-* Decodes 1 and 2 (``decode=``; session 29): a nibble masked in place (``word & 0xF << 4e``, one AND, no OR)
-  *is* the fp32 denormal ``q * 2**(4e - 149)``, exactly; multiplied by ``x`` lifted by ``2**(56 - 4e)`` (exact,
-  a power of two) every product is ``x * q * 2**-93`` whatever the nibble's position, so one accumulator takes
-  them all and the group's scale absorbs ``2**93``. The decode FMA per nibble is gone, but the offset term (also
-  ``-8 s`` for symmetric weights) now needs the sum of x per group. Decode 1 converts, lifts and sums x in every
-  thread that holds it (4 columns share it: ~1 op per nibble); decode 2 does it once per program in a prologue:
-  the program's K range of x, lifted, to an fp32 scratch ``[M, K]`` and the sums per group sub-range to
-  ``[M, K / CH]``, then a barrier, and the loop loads x ready (programs of one K split write identical bits).
-  SASS (``benchmarks/gpu/w4_sass_count.py``: Triton 3.9, sm_90, symmetric, group 128): the K loop per 128 nibbles
-  per thread at M = 1 is 514 instructions (decode 0), 473 (1), 356 (2); M = 2: 411 / 423 / 294; M = 4: 582 / 681 /
-  487. Products stay exact
-  (normal for ``|x q| > 2**-33``; smaller ones are flushed toward zero, an absolute error below ``2**-126`` each);
-  ``|x| >= 2**72`` overflows to inf (a NaN/inf output, never a finite wrong one), as do inf and NaN inputs.
+* (Session 29 also tried nibbles masked in place as fp32 denormals times x lifted per nibble position, one AND
+  + one FMA per nibble, with x lifted once per program into an fp32 scratch: 31 % fewer K-loop instructions in the
+  SASS, but 1.5-5x slower on an H100 (the prologue's scratch writes and barrier; RESULTS.md, session 30), so it
+  was removed.)
 * The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
   accumulated per (row, word row, column) and reduced over K once at the end (no per-tile cross-thread
   reduction). Symmetric weights (``o = -8 s``, GPTQ/AWQ sym) decode ``q - 8`` in the same FMA and skip the
@@ -42,8 +33,8 @@ error plus the reference's own weight rounding (relative 2**-9 per weight in bf1
 
 Counters: one int32 per output tile, in the per-device buffer of :mod:`pagoda.layers.arrival_counters` (kept at
 zero between launches: each launch's last program re-arms its tiles). Launches on one device must not overlap in
-time (pagoda runs the model on one stream; under PDL a launch starts early but touches counters, the workspace and
-decode 2's scratch only after its wait); a launch that dies half-way would leave counters armed (then the process
+time (pagoda runs the model on one stream; under PDL a launch starts early but touches counters and the workspace
+only after its wait); a launch that dies half-way would leave counters armed (then the process
 is lost anyway).
 """
 
@@ -68,28 +59,6 @@ def _nibble(p, ph, magic, j: tl.constexpr, zero: tl.constexpr):
     else:
         v = (ph & (15 << (4 * E))) | magic
     return v.to(tl.float32, bitcast=True) * c - (8388608.0 * c + zero)
-
-
-@triton.jit
-def _lift(j: tl.constexpr):
-    """``2**(56 - 4e)`` for nibble ``j`` (:func:`_nibble_denormal`)."""
-    E: tl.constexpr = j if j < 5 else j - 3
-    LIFT: tl.constexpr = 1.0 * (1 << (56 - 4 * E))
-    return LIFT
-
-
-@triton.jit
-def _nibble_denormal(p, ph, j: tl.constexpr):
-    """Nibble ``j`` of the words ``p`` (``ph = p >> 12``) as the fp32 denormal ``q * 2**(4e - 149)``: one AND (the
-    nibble lies in the mantissa and the exponent field stays zero), exact. The kernel multiplies it by ``x`` lifted
-    by ``2**(56 - 4e)``, so that every product is ``x * q * 2**-93``: exact, and normal (not flushed) for ``|x * q|``
-    above ``2**-33``; ``x`` overflows to inf (a NaN/inf output, never a finite wrong one) only above ``2**72``."""
-    E: tl.constexpr = j if j < 5 else j - 3
-    if j < 5:
-        v = p & (15 << (4 * E))
-    else:
-        v = ph & (15 << (4 * E))
-    return v.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -131,59 +100,25 @@ def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: t
 
 @triton.jit
 def _sub_range(p, ph, magic, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
-               BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr,
-               DECODE: tl.constexpr):
+               BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr):
     """Sub-blocks ``[gj * JG, (gj + 1) * JG)`` of a tile (one group's share): ``part`` = sum of x times the decoded
-    nibbles per (row, word row, column) and ``xs`` = sum of x per (row, word row) where the offset term needs it
-    (``x_at``: the tile's x, or decode 2's lifted copy)."""
+    nibbles per (row, word row, column) and ``xs`` = sum of x per (row, word row) where the offset term needs it."""
     part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
     xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
     for jj in tl.static_range(JG):
         xj = _load_x(x_at + (gj * JG + jj) * KP, m_ok, EVEN_M)
-        if DECODE == 2:
-            part += xj * _nibble_denormal(p, ph, gj * JG + jj)
-        elif DECODE == 1:
-            part += (xj * _lift(gj * JG + jj)) * _nibble_denormal(p, ph, gj * JG + jj)
+        part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
+        if not SYM:
             xs += xj
-        else:
-            part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
-            if not SYM:
-                xs += xj
     return part, xs
 
 
-@triton.jit
-def _lift_x(x_ptr, xl_ptr, xg_ptr, offs_m, m_ok, stride_xm, t_lo, t_hi, num_tiles, PACK_K: tl.constexpr,
-            BLOCK_M: tl.constexpr, CH: tl.constexpr):
-    """Decode 2's prologue: the program's K tiles of ``x`` in fp32, each row lifted by its nibble's ``2**(56 - 4e)``
-    (:func:`_nibble_denormal`) to ``xl`` ``[M, K]``, and the sums of ``x`` over each ``CH``-row sub-range to ``xg``
-    ``[M, K / CH]``, then a barrier so the program's loop reads them back (from L1/L2) instead of converting and
-    lifting each x again in every thread that holds its column. Programs of the same K split write the same bits to
-    the same places, so which write lands last does not matter."""
-    KP: tl.constexpr = PACK_K // 8
-    NCH: tl.constexpr = PACK_K // CH
-    offs_k = tl.arange(0, PACK_K)
-    jk = offs_k // KP
-    ek = tl.where(jk < 5, jk, jk - 3)
-    lift = ((183 - 4 * ek) << 23).to(tl.float32, bitcast=True)  # exponent field 127 + 56 - 4e
-    row_ok = m_ok[:, None]
-    for t in range(t_lo, t_hi):
-        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + t * PACK_K + offs_k[None, :], mask=row_ok,
-                     other=0.0).to(tl.float32)
-        tl.store(xl_ptr + offs_m[:, None] * (num_tiles * PACK_K) + t * PACK_K + offs_k[None, :], xt * lift[None, :],
-                 mask=row_ok)
-        sums = tl.sum(tl.reshape(xt, (BLOCK_M, NCH, CH)), axis=2)
-        tl.store(xg_ptr + offs_m[:, None] * (num_tiles * NCH) + t * NCH + tl.arange(0, NCH)[None, :], sums,
-                 mask=row_ok)
-    tl.debug_barrier()
-
-
 @triton.jit(do_not_specialize=["M", "tiles_per_split", "num_tiles", "num_splits"])  # fewer compiled variants
-def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, xl_ptr, xg_ptr, M, N, stride_xm,
+def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     CH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr,
-                    PREFETCH: tl.constexpr, DECODE: tl.constexpr, USE_PDL: tl.constexpr):
+                    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -205,18 +140,9 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
-    NCH: tl.constexpr = PACK_K // CH
     p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)  # weights: may load before the PDL wait
     p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
     pdl_wait(USE_PDL)
-    if DECODE == 2:
-        _lift_x(x_ptr, xl_ptr, xg_ptr, offs_m, m_ok, stride_xm, t_lo, t_hi, num_tiles, PACK_K, BLOCK_M, CH)
-        xl_rows = xl_ptr + offs_m[:, None, None] * (num_tiles * PACK_K) + offs_r[None, :, None]
-        xg_rows = xg_ptr + offs_m[:, None, None] * (num_tiles * NCH) + tl.zeros((1, 1, 1), dtype=tl.int32)
-    else:
-        xl_rows = x_rows
-        xg_rows = x_rows
-    acc_o = tl.zeros((BLOCK_M, 1, BLOCK_N), dtype=tl.float32)
     for t in range(t_lo, t_hi):
         if PREFETCH == 2:  # the next two tiles' words are in flight while this one is computed
             p = p_next
@@ -228,26 +154,14 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         else:
             p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
         ph = p >> 12
-        x_at = xl_rows + t * PACK_K  # decode 2: the lifted copy; else x itself
         for gj in tl.static_range(8 // JG):
-            part, xs = _sub_range(p, ph, magic, x_at, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M, SYM, DECODE)
+            part, xs = _sub_range(p, ph, magic, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M, SYM)
             s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
                                  SYM)
-            if DECODE == 0:
-                acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
-                if not SYM:
-                    acc += xs * o
-            else:  # part = sum x q 2**-93; the offset (-8 s if symmetric) times the sub-range's sum of x
-                RAISE: tl.constexpr = 1.0 * (1 << 62) * (1 << 31)  # 2**93
-                acc += part * (s * RAISE)
-                o_eff = s * -8.0 if SYM else o
-                if DECODE == 2:  # once per column: the sums were precomputed
-                    acc_o += _load_x(xg_rows + t * NCH + gj, m_ok, EVEN_M) * o_eff
-                else:
-                    acc += xs * o_eff
+            acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
+            if not SYM:
+                acc += xs * o
     res = tl.sum(acc, axis=1)
-    if DECODE == 2:
-        res += tl.sum(acc_o, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
@@ -281,17 +195,13 @@ def sub_range_rows(group_size: int, pack_k: int) -> int:
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, decode: int = 0,
-            pdl: bool = False) -> torch.Tensor:
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
-    loaded ahead of the one being computed (0, 1 or 2); ``decode``: 0 = the fp32 magic-number decode (a LOP3 and
-    an FMA per nibble), 1 = nibbles as fp32 denormals times x lifted per nibble position (one AND per nibble; each
-    thread converts and lifts its own x), 2 = as 1, with each program's x lifted once into an fp32 scratch copy
-    and the sums of x per group sub-range precomputed (module docstring); ``pdl``: launch with programmatic
-    dependent launch where :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the
-    wait; RESULTS.md session 11 measured decode 0 slower with it, so rules choose it per measurement)."""
+    loaded ahead of the one being computed (0, 1 or 2); ``pdl``: launch with programmatic dependent launch where
+    :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
+    measurement: slower in session 11, faster at one row in session 30)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -300,21 +210,15 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     split = triton.cdiv(k_tiles, per_split)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
-    ch = sub_range_rows(group_size, p)
-    if decode == 2:
-        xl = torch.empty((m, k), device=x.device, dtype=torch.float32)
-        xg = torch.empty((m, k // ch), device=x.device, dtype=torch.float32)
-    else:
-        xl = xg = x
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
         cnt = arrival_counters(x.device, grid[0] * grid[2])
     else:
         ws, cnt = out, out
-    _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, xl, xg, m, n,
+    _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
-                          BLOCK_N=block_n, CH=ch, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
-                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, DECODE=decode,
-                          num_warps=num_warps, num_stages=num_stages,
+                          BLOCK_N=block_n, CH=sub_range_rows(group_size, p), SPLIT=split > 1,
+                          HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_M=m % block_m == 0, SYM=symmetric,
+                          PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out

@@ -12,7 +12,7 @@ So shift ``j`` of a loaded ``[P/8, BLOCK_N]`` word tile is the contiguous K sub-
 inside one group as ``G % (P/8) == 0``): no reshape or layout conversion, and the matching activations are
 one contiguous slice. N is the fastest axis everywhere (coalesced loads).
 
-Kernels (one packed copy serves both; :data:`INT4_TABLE` picks by M):
+Kernels (one packed copy serves all; :data:`SMALL_M_TABLE` and :data:`INT4_TABLE` pick by M):
 
 * ``gemv`` (small M, about 1..8 rows): no ``tl.dot``; :mod:`triton_w4_gemv` (one launch with its split-K
   reduction, nibbles decoded by one LOP3 + one FMA, the affine map once per group).
@@ -20,6 +20,9 @@ Kernels (one packed copy serves both; :data:`INT4_TABLE` picks by M):
   dequantized to the activation dtype (``dequant``) or on the raw codes with the affine map factored out
   (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0).
 * ``u8`` (5..8 bits): the previous design, ``BLOCK_K`` <= group, factored affine map.
+* ``deq`` (large M, any width): :func:`dequantize` writes the weights to a transient dense copy in the activation
+  dtype (one launch), then ``torch.matmul``: the dot kernels dequantize every tile once per M block, which from a
+  few hundred rows costs more than 2.5 bytes per weight of extra traffic.
 
 Split-K partials of ``dot``/``u8`` go to an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one
 small reduce kernel; ``gemv`` sums them in its own last program per tile. Both sum in split order
@@ -28,7 +31,7 @@ small reduce kernel; ``gemv`` sums them in its own last program per tile. Both s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -92,80 +95,6 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
                 acc += part * s[None, :] + tl.sum(x.to(tl.float32), axis=1)[:, None] * o[None, :]
     out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit
-def _int4_dot_tile_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
-                          tiles_per_split, num_tiles, GROUP: tl.constexpr, PACK_K: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
-    """As :func:`_int4_dot_kernel` (``DEQUANT``), but a K tile's 8 nibble sub-blocks are decoded together as one
-    ``[8, P/8, BLOCK_N]`` tensor (the words broadcast along a new leading axis and shifted by ``4 j``), reshaped to
-    the ``[P, BLOCK_N]`` operand (row ``j * P/8 + r``: the layout's own order) and fed to one ``tl.dot`` per tile,
-    instead of 8 dots of 16 rows, each with its own operand staging and barrier."""
-    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
-    KP: tl.constexpr = PACK_K // 8
-    offs_r = tl.arange(0, KP)
-    offs_k = tl.arange(0, PACK_K)
-    jj = tl.arange(0, 8)[:, None, None]
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
-    for t in range(t_lo, t_hi):
-        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + t * PACK_K + offs_k[None, :], mask=m_ok[:, None],
-                    other=0.0)
-        g = (t * PACK_K + jj * KP) // GROUP
-        s = tl.load(s_ptr + g * N + offs_n[None, None, :], mask=n_ok[None, None, :], other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + g * N + offs_n[None, None, :], mask=n_ok[None, None, :], other=0.0).to(tl.float32)
-        q = (((p[None, :, :] >> (4 * jj)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-        w = tl.reshape(q * s + o, (PACK_K, BLOCK_N))
-        if DOT_F32:
-            acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc)
-    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit
-def _int4_dot_wt_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
-                        tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr):
-    """As :func:`_int4_dot_kernel` (``DEQUANT``), transposed: ``out.T [BLOCK_N, BLOCK_M] += W_j [BLOCK_N, P/8] @
-    x_j.T`` per nibble sub-block ``j``, so the dequantized weights are the *left* operand, which Hopper's wgmma reads
-    from registers (Triton decodes them in the operand's own register layout); only ``x`` is staged through shared
-    memory. (Compiled on the CPU for sm_90, ``benchmarks/gpu/w4_sass_count.py``: wgmma with a register A operand.)
-    Nibbles decode in place (a LOP3 and an exact FFMA to ``q``; the three top nibbles from ``p >> 12``), then one
-    FFMA ``q * s + o`` and the cast: the same bf16 weights as the other dot kernels, bit for bit."""
-    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
-    KP: tl.constexpr = PACK_K // 8
-    offs_r = tl.arange(0, KP)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    t_lo = pid_k * tiles_per_split
-    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
-    for t in range(t_lo, t_hi):
-        p = tl.load(qw_ptr + (t * KP + offs_r)[None, :] * N + offs_n[:, None], mask=n_ok[:, None], other=0)
-        ph = p >> 12
-        if GROUP % PACK_K == 0:  # one group for the whole tile: its scales and offsets once
-            s = tl.load(s_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        for j in tl.static_range(8):
-            k0 = t * PACK_K + j * KP
-            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + k0 + offs_r[:, None], mask=m_ok[None, :], other=0.0)
-            if GROUP % PACK_K != 0:
-                s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            w = _nibble(p, ph, magic, j, 0) * s[:, None] + o[:, None]
-            if DOT_F32:
-                acc += tl.dot(w, xt.to(tl.float32), input_precision="ieee")
-            else:
-                acc = tl.dot(w.to(x_ptr.dtype.element_ty), xt, acc)
-    out = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[None, :] & n_ok[:, None])
 
 
 @triton.jit
@@ -267,10 +196,7 @@ class Rule:
     large M, where the dot kernels' in-loop dequantization, repeated per M tile, costs more), tiles, and
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
-    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``decode``:
-    for ``gemv`` how nibbles become floats (:func:`triton_w4_gemv.w4_gemv`), for ``dot`` (with ``dequant``) 1 =
-    one ``tl.dot`` per K tile (:func:`_int4_dot_tile_kernel`) instead of one per 16-row sub-block, 2 = the weights
-    as the left (register) operand of each dot (:func:`_int4_dot_wt_kernel`); ``pdl``
+    ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``pdl``
     (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`)."""
 
     kind: str
@@ -283,7 +209,6 @@ class Rule:
     block_k: int = 128
     min_tiles: int = 2
     prefetch: int = 1
-    decode: int = 0
     pdl: bool = False
 
 
@@ -302,8 +227,8 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int
     BIG: Rule('deq', 128),
 }
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
-    # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: decode 0
-    # with PDL at one row; at 3-4 rows the dot kernel now ties the GEMV). The batch-1 step 3.13 -> 2.98 ms there.
+    # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: PDL at
+    # one row; at 3-4 rows the dot kernel now ties the GEMV). The batch-1 step 3.13 -> 2.98 ms there.
     "small": {
         1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
         2: Rule("gemv", 64, block_m=2, prefetch=2),
@@ -339,7 +264,6 @@ class WNA16Config:
     num_stages: int = 3
     dequant: bool = True
     prefetch: int = 1
-    decode: int = 0
     pdl: bool = False
 
 
@@ -385,16 +309,13 @@ def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
-    runs = {"gemv": rule.decode in (0, 1, 2), "dot": rule.decode == 0 or (rule.decode in (1, 2) and rule.dequant),
-            "u8": rule.decode == 0, "deq": rule.decode == 0}
-    if not runs.get(kind, False) or (rule.pdl and kind != "gemv"):
-        raise ValueError(f"wna16: no kernel runs {rule} (decode {rule.decode}, pdl {rule.pdl} for {kind!r})")
+    if kind not in ("gemv", "dot", "u8", "deq") or (rule.pdl and kind != "gemv"):
+        raise ValueError(f"wna16: no kernel runs {rule} (pdl {rule.pdl} for {kind!r})")
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
         if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV: 8 rows x 64 columns x 8 warps
             bn, warps = 64, 8
-            rule = replace(rule, decode=0)  # the dot rule's decode means something else
         bm = min(max(bm, 1), triton.next_power_of_2(m), 8)
         bk = pack_k(k)
     elif kind == "dot":
@@ -406,8 +327,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.decode,
-                       rule.pdl)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -436,7 +356,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.decode, cfg.pdl)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
@@ -450,17 +370,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
     stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
     launch = {"num_warps": cfg.num_warps, "num_stages": stages}
-    if cfg.kind == "dot" and cfg.decode == 2 and cfg.dequant:
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _int4_dot_wt_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
-                                  PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
-                                  **launch)
-    elif cfg.kind == "dot" and cfg.decode == 1 and cfg.dequant:
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _int4_dot_tile_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, GROUP=group_size,
-                                    PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
-                                    **launch)
-    elif cfg.kind == "dot":
+    if cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
