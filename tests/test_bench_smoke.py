@@ -153,3 +153,18 @@ def test_int4_gemv_sweep_smoke_writes_a_table_the_tools_read_back(tmp_path):
     assert table_text(table) in run.stdout
     for key, rule in int4_table_from_json(str(out)).items():  # (timings are fake here: any dot launch may win)
         assert rule.kind in ("dot", "deq") and f"    {key}: {short(rule)}," in run.stdout
+
+
+def test_int_weight_sweep_smoke_runs_every_part():
+    """``benchmarks/gpu/int_weight_sweep.py --smoke`` (CPU, Triton's interpreter): the W4A16 and W8A16 passes and
+    the fused-MoE pass run to their CHOOSE blocks (the MoE pass once broke when its GEMM took launch arguments)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "benchmarks/gpu/int_weight_sweep.py", "--smoke"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "WRONG" not in run.stdout
+    for block in ("INT4_TABLE: dict", "U8_TABLE: dict", "MOE_TABLE: dict", "===== END CHOOSE ====="):
+        assert block in run.stdout, block

@@ -2,11 +2,12 @@
 
 Measures, on Llama-3-8B linear shapes (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336) at
 M in {1, 4, 16, 64, 256}: bf16 ``F.linear`` (reference), torch's tinygemm ``_weight_int4pack_mm`` (group 128),
-and a handful of :class:`~pagoda.quantization.kernels.triton_wna16.Rule` candidates per M (GEMV and
-``tl.dot`` kernels); each candidate is first checked against dequantize + matmul (rejected above 1e-2
-relative error). Each timing is a CUDA graph of one call on each of ``COPIES`` distinct weights (so L2 holds
-none of them), median of replays. Then a W8A16 pass, and the fused-MoE GEMMs of a Qwen3-30B-A3B layer
-(E=128, top-8, H=2048, I=768) at batch 1 and 64 against the bytes of the experts actually selected.
+and a handful of :class:`~pagoda.quantization.kernels.triton_wna16.Rule` candidates per M (GEMV and ``tl.dot``
+kernels; from 64 rows also the dense copy, ``deq``); each candidate is first checked against dequantize + matmul
+(rejected above 1e-2 relative error). Each timing is a CUDA graph of one call on each of ``COPIES`` distinct
+weights (so L2 holds none of them), median of replays. Then a W8A16 pass, and the fused-MoE GEMMs of a
+Qwen3-30B-A3B layer (E=128, top-8, H=2048, I=768) at batch 1 and 64 against the bytes of the experts actually
+selected.
 
 Prints per-shape tables, then ``CHOOSE`` blocks in the exact syntax of ``INT4_TABLE`` / ``U8_TABLE``
 (pagoda/quantization/kernels/triton_wna16.py) and ``MOE_TABLE`` (pagoda/layers/fused_moe/triton_moe.py):
@@ -29,6 +30,7 @@ import triton  # noqa: E402
 
 from pagoda.layers.fused_moe import triton_moe as tm  # noqa: E402
 from pagoda.layers.fused_moe.routing import RoutingConfig  # noqa: E402
+from pagoda.layers.fused_moe.triton_dequant import kernel_args  # noqa: E402
 from pagoda.quantization.kernels import tinygemm  # noqa: E402
 from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
 from pagoda.quantization.kernels.triton_wna16 import Rule  # noqa: E402
@@ -55,13 +57,18 @@ def int4_candidates(m: int) -> list[Rule]:
     bms = {16: (16,), 64: (32, 64), 256: (64, 128)}.get(m, (16,))
     c = [Rule("dot", bn, block_m=bm, waves=wv, num_stages=st, dequant=dq, num_warps=8 if bm == 128 else 4)
          for bm in bms for bn in (64, 128) for wv in WAVES[m > 64] for st, dq in ((3, True), (4, True), (3, False))]
-    return c + ([Rule("gemv", 64, block_m=8, waves=4)] if m == 16 else [])
+    return c + ([Rule("gemv", 64, block_m=8, waves=4)] if m == 16 else []) + deq_candidates(m)
 
 
 def u8_candidates(m: int) -> list[Rule]:
     bm = 16 if m <= 16 else 64
     return [Rule("u8", bn, block_m=bm, waves=wv, block_k=bk, num_warps=8 if bm == 128 else 4)
-            for bn in (64, 128) for wv in (1, 4) for bk in (64, 128)]
+            for bn in (64, 128) for wv in (1, 4) for bk in (64, 128)] + deq_candidates(m)
+
+
+def deq_candidates(m: int) -> list[Rule]:
+    """From 64 rows: the dense copy + torch.matmul (``Rule('deq')``; won for 4-bit from 256 rows, session 30)."""
+    return [Rule("deq", 128)] if m >= 64 else []
 
 
 def copy_bandwidth() -> float:
@@ -238,9 +245,9 @@ def moe_gemm_us(layers, bm: int, which: int, rule: tm.MoeRule) -> tuple[float, t
     def fn():
         for (x, w13, w2, wts, _, sid, eid, npost, act), out in zip(layers, outs, strict=True):
             if which == 0:
-                tm._moe_gemm(x, w13, out, wts, sid, eid, npost, k, False, bm, rule)
+                tm._moe_gemm(x, kernel_args(w13), out, wts, sid, eid, npost, k, False, bm, rule)
             else:
-                tm._moe_gemm(act, w2, out, wts, sid, eid, npost, 1, True, bm, rule)
+                tm._moe_gemm(act, kernel_args(w2), out, wts, sid, eid, npost, 1, True, bm, rule)
     return per_call_us(fn, len(layers)), outs[0].clone()
 
 
