@@ -168,3 +168,18 @@ def test_int_weight_sweep_smoke_runs_every_part():
     assert "WRONG" not in run.stdout
     for block in ("INT4_TABLE: dict", "U8_TABLE: dict", "MOE_TABLE: dict", "===== END CHOOSE ====="):
         assert block in run.stdout, block
+
+
+def test_int_weight_bench_smoke_prints_every_step_line():
+    """``benchmarks/gpu/int_weight_bench.py --smoke`` (CPU, Triton's interpreter) runs and prints the bf16, W4A16
+    and W8A16 step lines at M = 1 and 64."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "benchmarks/gpu/int_weight_bench.py", "--smoke"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for m in (1, 64):
+        for kind in ("bf16", "w4a16", "w8a16"):
+            assert f"M={m} step linears {kind}" in run.stdout, (m, kind)
