@@ -213,7 +213,7 @@ class Rule:
 
 
 BIG = 1 << 30
-INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
+INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule; int_weight_sweep.py and int4_gemv_sweep.py measure them.
     1: Rule('dot', 64),
     4: Rule('dot', 64),
     16: Rule('dot', 64),
