@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel, sub_range_rows  # noqa: E402
+from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel  # noqa: E402
 from pagoda.quantization.kernels.triton_wna16 import _int4_dot_kernel  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -89,7 +89,7 @@ def main() -> None:
     print("4-bit GEMV (group 128, symmetric): K-loop instructions per thread per 128-row K tile")
     for bm, bn, nw in gemv:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
-        c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, CH=sub_range_rows(128, 128), SPLIT=True,
+        c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=True,
                  HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, USE_PDL=False)
         body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
         print(f"  M={bm} {bn} cols x {nw} warps: {len(body)} ({len(body) / (8 * words * bm):.2f} per nibble and "

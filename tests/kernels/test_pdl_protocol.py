@@ -63,7 +63,7 @@ def _kernels():
                                                              "SPLIT": False},
                           {"w_ptr": "*fp8e4nv"}, True),
         "w4_gemv": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1, "BLOCK_N": 32,
-                                                     "CH": 128, "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True,
+                                                     "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True,
                                                      "EVEN_M": True, "SYM": True, "PREFETCH": 1},
                     {"qw_ptr": "*i32", "magic": "i32"}, True),
     }

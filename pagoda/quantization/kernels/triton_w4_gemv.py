@@ -117,8 +117,8 @@ def _sub_range(p, ph, magic, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr
 def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    CH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr,
-                    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
+                    EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
+                    USE_PDL: tl.constexpr):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -128,7 +128,8 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     KP: tl.constexpr = PACK_K // 8  # word rows per K tile = K rows per nibble sub-block
-    JG: tl.constexpr = CH // KP  # sub-blocks sharing one (scale, offset) group in a tile (sub_range_rows)
+    # sub-blocks sharing one (scale, offset) group in a tile (a sub-block always lies in one group: KP | 16 | G)
+    JG: tl.constexpr = 8 if GROUP % PACK_K == 0 else (GROUP // KP if PACK_K % GROUP == 0 else 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, KP)
@@ -184,15 +185,6 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
 MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 
-def sub_range_rows(group_size: int, pack_k: int) -> int:
-    """K rows of one (group, K tile) sub-range: the rows of a tile that share one (scale, offset) group, a
-    multiple of the tile's nibble sub-block ``pack_k / 8`` (a sub-block always lies in one group, since
-    ``pack_k / 8`` divides 16 and 16 divides every group size)."""
-    if group_size % pack_k == 0:
-        return pack_k
-    return group_size if pack_k % group_size == 0 else pack_k // 8
-
-
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
             num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False) -> torch.Tensor:
@@ -217,8 +209,8 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
         ws, cnt = out, out
     _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
-                          BLOCK_N=block_n, CH=sub_range_rows(group_size, p), SPLIT=split > 1,
-                          HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0, EVEN_M=m % block_m == 0, SYM=symmetric,
-                          PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages,
+                          BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, num_warps=num_warps,
+                          num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out

@@ -53,6 +53,14 @@ def _dot_tile(N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _scale_offset(s_ptr, o_ptr, g, N, offs_n, n_ok):
+    """Group ``g``'s scales and offsets of the columns ``offs_n`` as fp32 ``[BLOCK_N]`` (0 past ``N``)."""
+    s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    return s, o
+
+
+@triton.jit
 def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
                      tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr):
@@ -72,14 +80,12 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
         p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
         ph = p >> 12
         if GROUP % PACK_K == 0:  # one group for the whole tile
-            s = tl.load(s_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + (t * PACK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            s, o = _scale_offset(s_ptr, o_ptr, t * PACK_K // GROUP, N, offs_n, n_ok)
         for j in tl.static_range(8):
             k0 = t * PACK_K + j * KP
             x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
             if GROUP % PACK_K != 0:
-                s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-                o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok)
             q = _nibble(p, ph, magic, j, 0)
             if DEQUANT:
                 w = q * s[None, :] + o[None, :]
@@ -118,9 +124,7 @@ def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         q = tl.load(qw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        g = k0 // GROUP
-        s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok)
         if DOT_F32:
             part = tl.dot(x.to(tl.float32), q.to(tl.float32), input_precision="ieee")
         else:
@@ -146,18 +150,19 @@ def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, 
         offs_r = tl.arange(0, KP)
         p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
         ph = p >> 12
+        if GROUP % BLOCK_K == 0:  # one group for the whole tile
+            s, o = _scale_offset(s_ptr, o_ptr, t * BLOCK_K // GROUP, N, offs_n, n_ok)
         for j in tl.static_range(8):
             k0 = t * BLOCK_K + j * KP
-            s = tl.load(s_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + (k0 // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            if GROUP % BLOCK_K != 0:
+                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok)
             w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
             tl.store(w_ptr + (k0 + offs_r)[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty),
                      mask=n_ok[None, :])
     else:
         offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
         q = tl.load(qw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        s = tl.load(s_ptr + (t * BLOCK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + (t * BLOCK_K // GROUP) * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        s, o = _scale_offset(s_ptr, o_ptr, t * BLOCK_K // GROUP, N, offs_n, n_ok)
         w = q.to(tl.float32) * s[None, :] + o[None, :]
         tl.store(w_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty), mask=n_ok[None, :])
 
