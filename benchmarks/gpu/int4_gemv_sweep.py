@@ -21,6 +21,7 @@ the line; ``--smoke``: CPU, Triton interpreter, tiny shapes, no timing; checks t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -58,6 +59,22 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m
     4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 1, 1)),
     8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 1)),
 }
+
+
+DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule (each also timed with paired=False)
+    16: (),
+    64: (Rule("dot", 256, block_m=64, num_warps=8), Rule("dot", 128, block_m=64, num_stages=4),
+         Rule("dot", 64, block_m=64)),
+    128: (Rule("dot", 128, block_m=64), Rule("dot", 256, block_m=128, waves=1, num_warps=8)),
+    256: (),
+}
+
+
+def dot_candidates(m: int) -> list[Rule]:
+    """From 16 rows: the table's dot rule and DOT_GRID's, each with the paired decode and without (the fp32 one)."""
+    key = min((b for b in tw.INT4_TABLE if b >= m), default=None)
+    rules = [r for r in (tw.INT4_TABLE.get(key), *DOT_GRID.get(key or 0, ())) if r is not None and r.kind == "dot"]
+    return [dataclasses.replace(r, paired=p) for r in rules for p in (True, False)] if m >= 16 else []
 
 
 def candidates(m: int) -> list[Rule]:
@@ -123,7 +140,7 @@ def sweep_m(m: int, weights: dict[str, Weights], bw: float, sms: int) -> dict[st
         now = tw.choose_config(m, w.n, w.k, G, sms)
         arms["now"] = time_config(w, x, now, "now")
         arms["asym"] = time_config(w, x, now, "asym", sym=0)
-        for rule in candidates(m) if m <= max(GRID) * 2 else ():
+        for rule in [*(candidates(m) if m <= max(GRID) * 2 else ()), *dot_candidates(m)]:
             arms[rule] = time_config(w, x, tw.resolve(rule, m, w.n, w.k, G, sms), str(rule))
             print(f"    {name:8s} {fmt(arms[rule])} us  {short(rule)}")
         floor = w.floor_bytes / bw * 1e6
@@ -175,6 +192,7 @@ def dot_arms(m: int, res: dict[str, dict], names: list[str]) -> dict[Rule, float
     from 64 rows, :data:`DEQ_RULE`; as rules for INT4_TABLE."""
     arms = {tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]: summed(res, names, "before"),
             DEQ_RULE: summed(res, names, "deq")}
+    arms.update({r: summed(res, names, r) for r in res[names[0]] if isinstance(r, Rule) and r.kind == "dot"})
     return {r: t for r, t in arms.items() if t is not None and r.kind in ("dot", "deq")}
 
 

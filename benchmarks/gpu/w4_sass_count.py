@@ -2,7 +2,7 @@
 
 Why: the instructions each nibble costs bound the 4-bit kernels where the bytes do not (RESULTS.md, sessions 29 and
 30; session 30 also found that fewer K-loop instructions do not promise a faster launch: the GPU decides). This
-compiles :func:`triton_w4_gemv._w4_gemv_kernel` and the dequantizing ``dot`` kernel for ``cuda:90`` with Triton's
+compiles :func:`triton_w4_gemv._w4_gemv_kernel` and the dequantizing ``dot`` kernel (fp32 and paired decode) for ``cuda:90`` with Triton's
 own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of the longest loop (the K
 loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
 
@@ -94,13 +94,15 @@ def main() -> None:
         body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
         print(f"  M={bm} {bn} cols x {nw} warps: {len(body)} ({len(body) / (8 * words * bm):.2f} per nibble and "
               f"row)  {usage}  {histogram(body)}")
-    print("4-bit dot kernel (group 128, dequantizing): K-loop instructions per thread per 128-row K tile")
+    print("4-bit dot kernel (group 128, dequantizing in fp32 / paired in bf16x2): K-loop instructions per thread per "
+          "128-row K tile")
     for bm, bn, nw in [(64, 128, 4)] if quick else [(16, 64, 4), (64, 128, 4), (128, 128, 8)]:
         nibbles = 16 * bn * 8 // (32 * nw)
-        c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DEQUANT=True, DOT_F32=False)
-        body, usage = k_loop(compile_sm90(_int4_dot_kernel, c, nw))
-        print(f"  M tile {bm} x {bn} cols x {nw} warps: {len(body)} ({len(body) / nibbles:.2f} per nibble)  {usage}  "
-              f"{histogram(body)}")
+        for paired in (False, True):
+            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DEQUANT=True, DOT_F32=False, PAIRED=paired)
+            body, usage = k_loop(compile_sm90(_int4_dot_kernel, c, nw))
+            print(f"  M tile {bm} x {bn} cols x {nw} warps, {'paired' if paired else 'fp32'}: {len(body)} "
+                  f"({len(body) / nibbles:.2f} per nibble)  {usage}  {histogram(body)}")
 
 
 if __name__ == "__main__":

@@ -41,11 +41,35 @@ def test_triton_int4_kernels_bf16(kind, m):
 
     x = torch.randn(m, 2048).bfloat16()
     ref = reference(x, codes, scales, offsets, 4, 128, torch.bfloat16, None, None)
-    for dequant in (True, False):
-        cfg = tw.WNA16Config(kind, min(m, 4) if kind == "gemv" else 16, 64, 128, 4, dequant=dequant)
+    for dequant, paired in ((True, True), (True, False), (False, True)):
+        cfg = tw.WNA16Config(kind, min(m, 4) if kind == "gemv" else 16, 64, 128, 4, dequant=dequant, paired=paired)
         out = tw.wna16_matmul(x.cuda(), tw.pack(codes, 4).cuda(), scales.t().contiguous().bfloat16().cuda(),
                               offsets.t().contiguous().bfloat16().cuda(), 4, 128, config=cfg).cpu()
-        assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max(), (kind, m, dequant)
+        assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max(), (kind, m, dequant, paired)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("group,n", [(128, 384), (32, 200)])
+def test_paired_decode_is_the_weights_rounded_once(dtype, group, n):
+    """:mod:`triton_pair_decode` (inline PTX, two weights a register) gives ``q * s + o`` rounded once to the 16-bit
+    dtype, bit for bit, in the dense copy and in the fp32 path alike (the data keep ``q * s + o`` exact in fp32, so
+    both round the same value once); the ``dot`` kernel, paired or not, then agrees to accumulation order."""
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    codes, scales, offsets = _case(n, 1024, group, False)[:3]
+    s, o = scales.to(dtype), offsets.to(dtype)
+    exact = codes.double().view(n, -1, group) * s.double()[..., None] + o.double()[..., None]
+    assert torch.equal(exact.float().double(), exact)  # the precondition: exact in fp32
+    want = exact.float().to(dtype).view(n, -1).t()
+    args = (tw.pack(codes, 4).cuda(), s.t().contiguous().cuda(), o.t().contiguous().cuda(), 4, group)
+    for paired in (True, False):
+        got = tw.dequantize(*args, dtype, paired=paired).cpu()
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (paired, (got != want).sum())
+    x = torch.randn(64, 1024, dtype=dtype).cuda()
+    outs = [tw.wna16_matmul(x, *args, config=tw.WNA16Config("dot", 64, 128, 128, 1, paired=p)).float()
+            for p in (True, False)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(outs[0], x.float() @ want.cuda().float(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("m", [16, 300])

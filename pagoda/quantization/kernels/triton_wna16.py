@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from pagoda.quantization.kernels.triton_pair_decode import pair_decode
 from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
 
 
@@ -53,17 +54,21 @@ def _dot_tile(N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _scale_offset(s_ptr, o_ptr, g, N, offs_n, n_ok):
-    """Group ``g``'s scales and offsets of the columns ``offs_n`` as fp32 ``[BLOCK_N]`` (0 past ``N``)."""
-    s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+def _scale_offset(s_ptr, o_ptr, g, N, offs_n, n_ok, NATIVE: tl.constexpr = False):
+    """Group ``g``'s scales and offsets of the columns ``offs_n`` as ``[BLOCK_N]`` (0 past ``N``): fp32, or in
+    their stored dtype if ``NATIVE``."""
+    s = tl.load(s_ptr + g * N + offs_n, mask=n_ok, other=0.0)
+    o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0)
+    if not NATIVE:
+        s, o = s.to(tl.float32), o.to(tl.float32)
     return s, o
 
 
 @triton.jit
 def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
                      tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr,
+                     PAIRED: tl.constexpr = False):
     """8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per K tile (module docstring). Nibbles decode in place
     (:func:`triton_w4_gemv._nibble`: a LOP3 and an exact FFMA, ``magic`` a runtime value so the LOP3 keeps the mask
     as its immediate); a group spanning the tile has its scales and offsets loaded once per tile."""
@@ -78,22 +83,25 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     for t in range(t_lo, t_hi):
         p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        ph = p >> 12
+        ph = p >> (4 if PAIRED else 12)
         if GROUP % PACK_K == 0:  # one group for the whole tile
-            s, o = _scale_offset(s_ptr, o_ptr, t * PACK_K // GROUP, N, offs_n, n_ok)
+            s, o = _scale_offset(s_ptr, o_ptr, t * PACK_K // GROUP, N, offs_n, n_ok, PAIRED)
         for j in tl.static_range(8):
             k0 = t * PACK_K + j * KP
             x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
             if GROUP % PACK_K != 0:
-                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok)
-            q = _nibble(p, ph, magic, j, 0)
-            if DEQUANT:
+                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
+            if PAIRED:  # DEQUANT in the activation dtype, two weights per register (triton_pair_decode)
+                acc = tl.dot(x, pair_decode(p, ph, s[None, :], o[None, :], j), acc)
+            elif DEQUANT:
+                q = _nibble(p, ph, magic, j, 0)
                 w = q * s[None, :] + o[None, :]
                 if DOT_F32:
                     acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
                 else:
                     acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc)
             else:
+                q = _nibble(p, ph, magic, j, 0)
                 if DOT_F32:
                     part = tl.dot(x.to(tl.float32), q, input_precision="ieee")
                 else:
@@ -137,7 +145,7 @@ def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_
 
 @triton.jit
 def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BITS4: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BITS4: tl.constexpr, PAIRED: tl.constexpr = False):
     """Program (n block, K tile): the weights ``W.T[k, n] = q * s + o`` of ``BLOCK_K`` K rows (4-bit: the layout's
     K tile, its 8 nibble sub-blocks in turn; 5..8 bits: a tile inside one group) to ``w [K, N]``, in ``w``'s dtype:
     the values the ``dot`` kernels feed their tensor cores (fp32 ``q * s + o``, rounded once)."""
@@ -149,14 +157,17 @@ def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, 
         KP: tl.constexpr = BLOCK_K // 8
         offs_r = tl.arange(0, KP)
         p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        ph = p >> 12
+        ph = p >> (4 if PAIRED else 12)
         if GROUP % BLOCK_K == 0:  # one group for the whole tile
-            s, o = _scale_offset(s_ptr, o_ptr, t * BLOCK_K // GROUP, N, offs_n, n_ok)
+            s, o = _scale_offset(s_ptr, o_ptr, t * BLOCK_K // GROUP, N, offs_n, n_ok, PAIRED)
         for j in tl.static_range(8):
             k0 = t * BLOCK_K + j * KP
             if GROUP % BLOCK_K != 0:
-                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok)
-            w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
+                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
+            if PAIRED:
+                w = pair_decode(p, ph, s[None, :], o[None, :], j)
+            else:
+                w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
             tl.store(w_ptr + (k0 + offs_r)[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty),
                      mask=n_ok[None, :])
     else:
@@ -168,14 +179,16 @@ def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, 
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int, group_size: int,
-               dtype: torch.dtype, block_n: int = 128, num_warps: int = 4) -> torch.Tensor:
-    """The layout's weights as a dense ``W.T [K, N]`` in ``dtype`` (one launch; reads each code once)."""
+               dtype: torch.dtype, block_n: int = 128, num_warps: int = 4, paired: bool = True) -> torch.Tensor:
+    """The layout's weights as a dense ``W.T [K, N]`` in ``dtype`` (one launch; reads each code once). 4-bit codes
+    decode as the ``dot`` kernel does for the same ``paired`` (:class:`Rule`): the same weights."""
     n = scales.shape[1]
     k = qweight.shape[0] * (8 if bits <= 4 else 1)
     bk = pack_k(k) if bits <= 4 else max_block_k(group_size)
     w = torch.empty((k, n), device=qweight.device, dtype=dtype)
     _dequant_kernel[(triton.cdiv(n, block_n), k // bk)](qweight, scales, offsets, w, n, MAGIC, GROUP=group_size,
                                                        BLOCK_K=bk, BLOCK_N=block_n, BITS4=bits <= 4,
+                                                       PAIRED=bits <= 4 and _paired(paired, dtype, scales),
                                                        num_warps=num_warps)
     return w
 
@@ -202,7 +215,9 @@ class Rule:
     ``waves``: split-K is raised until the grid has about ``waves`` programs per SM (never below
     ``min_tiles`` K tiles per split). ``block_m`` for ``gemv`` is a cap (M is padded to a power of two);
     ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``pdl``
-    (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`)."""
+    (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`); ``paired`` (``dot`` with
+    ``dequant``, ``deq``): on CUDA with bf16/fp16 activations decode two weights per register
+    (:mod:`triton_pair_decode`) instead of through fp32."""
 
     kind: str
     block_n: int
@@ -215,6 +230,7 @@ class Rule:
     min_tiles: int = 2
     prefetch: int = 1
     pdl: bool = False
+    paired: bool = True
 
 
 BIG = 1 << 30
@@ -270,6 +286,7 @@ class WNA16Config:
     dequant: bool = True
     prefetch: int = 1
     pdl: bool = False
+    paired: bool = True
 
 
 def pack_k(in_features: int) -> int:
@@ -326,13 +343,14 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     elif kind == "dot":
         bk = 128
     elif kind == "deq":  # (block_k is the dequantizing kernel's K tile; one launch, no split)
-        return WNA16Config(kind, bm, bn, 0, 1, warps)
+        return WNA16Config(kind, bm, bn, 0, 1, warps, paired=rule.paired)
     else:
         bk = min(rule.block_k, max_block_k(group_size))
     tiles_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
-    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl)
+    return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl,
+                       rule.paired)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -342,6 +360,13 @@ def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int =
 
 def _interpreting() -> bool:
     return not isinstance(_int4_dot_kernel, JITFunction)
+
+
+def _paired(wanted: bool, dtype: torch.dtype, scales: torch.Tensor) -> bool:
+    """Whether a 4-bit dequantization to ``dtype`` runs :mod:`triton_pair_decode` (inline PTX: compiled CUDA,
+    16-bit floats, the scales and offsets in that dtype)."""
+    return wanted and dtype in (torch.bfloat16, torch.float16) and scales.dtype == dtype and scales.is_cuda \
+        and not _interpreting()
 
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
@@ -357,7 +382,8 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     if cfg.kind != "deq" and (cfg.kind == "u8") != (bits > 4):
         raise ValueError(f"wna16: kernel {cfg.kind!r} does not take {bits}-bit codes")
     if cfg.kind == "deq":
-        out = x @ dequantize(qweight, scales, offsets, bits, group_size, x.dtype, cfg.block_n, cfg.num_warps)
+        out = x @ dequantize(qweight, scales, offsets, bits, group_size, x.dtype, cfg.block_n, cfg.num_warps,
+                             cfg.paired)
         return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
@@ -379,7 +405,8 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                               DEQUANT=cfg.dequant, DOT_F32=dot_f32, **launch)
+                               DEQUANT=cfg.dequant, DOT_F32=dot_f32,
+                               PAIRED=cfg.dequant and _paired(cfg.paired, x.dtype, scales), **launch)
     else:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _u8_kernel[grid](*common, k, x.stride(0), n, m * n, per_split, GROUP=group_size, BLOCK_M=cfg.block_m,
