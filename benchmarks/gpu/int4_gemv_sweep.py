@@ -61,20 +61,26 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m
 }
 
 
-DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule (each also timed with paired=False)
-    16: (),
-    64: (Rule("dot", 256, block_m=64, num_warps=8), Rule("dot", 128, block_m=64, num_stages=4),
-         Rule("dot", 64, block_m=64)),
-    128: (Rule("dot", 128, block_m=64), Rule("dot", 256, block_m=128, waves=1, num_warps=8)),
-    256: (),
+DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. At 64+ rows split-K's fp32 workspace
+    # ([split, M, N], written then summed by a second launch) costs more bytes than the weights: fewer waves.
+    4: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8)),
+    16: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=2)),
+    64: (Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
+         Rule("dot", 64, block_m=64, waves=1), Rule("dot", 64, block_m=64, waves=2),
+         Rule("dot", 128, block_m=64, num_warps=8, waves=1), Rule("dot", 128, block_m=64, num_warps=8, waves=2),
+         Rule("dot", 256, block_m=64, num_warps=8, waves=1)),
+    128: (Rule("dot", 256, block_m=128, waves=1, num_warps=8), Rule("dot", 256, block_m=128, waves=2, num_warps=8),
+          Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
+          Rule("dot", 128, block_m=128, waves=2, num_warps=8)),
 }
 
 
 def dot_candidates(m: int) -> list[Rule]:
-    """From 16 rows: the table's dot rule and DOT_GRID's, each with the paired decode and without (the fp32 one)."""
-    key = min((b for b in tw.INT4_TABLE if b >= m), default=None)
-    rules = [r for r in (tw.INT4_TABLE.get(key), *DOT_GRID.get(key or 0, ())) if r is not None and r.kind == "dot"]
-    return [dataclasses.replace(r, paired=p) for r in rules for p in (True, False)] if m >= 16 else []
+    """From 3 rows: the table's dot rule with the paired decode and without (the fp32 one), then DOT_GRID's (paired)."""
+    key = min(b for b in tw.INT4_TABLE if b >= m)
+    table = tw.INT4_TABLE[key]
+    own = [dataclasses.replace(table, paired=p) for p in (True, False)] if table.kind == "dot" else []
+    return own + [r for r in DOT_GRID.get(key, ()) if r not in own] if m >= 3 else []
 
 
 def candidates(m: int) -> list[Rule]:
