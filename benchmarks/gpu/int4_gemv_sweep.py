@@ -68,7 +68,8 @@ DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. A
     64: (Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
          Rule("dot", 64, block_m=64, waves=1), Rule("dot", 64, block_m=64, waves=2),
          Rule("dot", 128, block_m=64, num_warps=8, waves=1), Rule("dot", 128, block_m=64, num_warps=8, waves=2),
-         Rule("dot", 256, block_m=64, num_warps=8, waves=1)),
+         Rule("dot", 256, block_m=64, num_warps=8, waves=1), Rule("dot", 64, block_m=32, waves=2),
+         Rule("dot", 128, block_m=32, waves=2)),
     128: (Rule("dot", 256, block_m=128, waves=1, num_warps=8), Rule("dot", 256, block_m=128, waves=2, num_warps=8),
           Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
           Rule("dot", 128, block_m=128, waves=2, num_warps=8)),
@@ -286,7 +287,7 @@ def w4_table_from_json(path: str) -> dict[str, dict[int, Rule]]:
     """The ``SMALL_M_TABLE`` that a ``--json`` run chose."""
     raw = json.loads(Path(path).read_text())
     return {cls: {int(m): Rule(**fields) for m, fields in rules.items()} for cls, rules in raw.items()
-            if cls not in ("int4_table", "ms")}
+            if cls not in ("int4_table", "ms", "int4_shapes")}
 
 
 def int4_table_from_json(path: str) -> dict[int, Rule]:
@@ -299,10 +300,15 @@ def apply_json_tables(path: str) -> str:
     """Install a ``--json`` run's winners in this process: ``SMALL_M_TABLE`` (when the run measured one row: a run
     of large M only leaves it alone) and the ``INT4_TABLE`` entries it chose (for ``with_gemv_table.py`` and
     ``profile_steps.py``); returns a line describing both tables."""
-    if 1 in json.loads(Path(path).read_text()).get("ms", [1]):
+    raw = json.loads(Path(path).read_text())
+    if 1 in raw.get("ms", [1]):
         tw.SMALL_M_TABLE = w4_table_from_json(path)
     tw.INT4_TABLE = {**tw.INT4_TABLE, **int4_table_from_json(path)}
-    return f"4-bit GEMV table: {tw.SMALL_M_TABLE}\n4-bit dot table: {tw.INT4_TABLE}"
+    if "int4_shapes" in raw:  # "key,n,k" -> rule: replaces INT4_SHAPE_TABLE ({} clears it: an A/B without it)
+        tw.INT4_SHAPE_TABLE = {tuple(int(v) for v in key.split(",")): Rule(**fields)  # type: ignore[misc]
+                               for key, fields in raw["int4_shapes"].items()}
+    return f"4-bit GEMV table: {tw.SMALL_M_TABLE}\n4-bit dot table: {tw.INT4_TABLE}\n4-bit shape table: " \
+           f"{tw.INT4_SHAPE_TABLE}"
 
 
 if __name__ == "__main__":

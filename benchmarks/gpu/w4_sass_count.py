@@ -2,9 +2,9 @@
 
 Why: the instructions each nibble costs bound the 4-bit kernels where the bytes do not (RESULTS.md, sessions 29 and
 30; session 30 also found that fewer K-loop instructions do not promise a faster launch: the GPU decides). This
-compiles :func:`triton_w4_gemv._w4_gemv_kernel` and the dequantizing ``dot`` kernel (fp32 and paired decode) for ``cuda:90`` with Triton's
-own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of the longest loop (the K
-loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
+compiles :func:`triton_w4_gemv._w4_gemv_kernel` and the dequantizing ``dot`` kernel (fp32 and paired decode) for
+``cuda:90`` with Triton's own ``ptxas``, disassembles the cubin with its ``nvdisasm`` and counts the instructions of
+the longest loop (the K loop), with an opcode histogram and the registers / spills ``cuobjdump`` reports.
 
 Usage: ``python benchmarks/gpu/w4_sass_count.py [--quick]`` (``--quick``: the one-row GEMV and the 64 x 128 dot
 tile: what the CI test runs). Group 128, symmetric, K tile 128, the shapes' N divisible by 16 (as on the GPU, where

@@ -81,6 +81,22 @@ def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
         assert int(arrival_counters(DEV, 1).abs().sum()) == 0
 
 
+def test_shape_table_refines_the_dot_table_for_its_shapes_only():
+    """``INT4_SHAPE_TABLE`` (keyed by INT4_TABLE's M bucket, N, K) wins for its shapes at every M of the bucket; other
+    shapes and other buckets keep INT4_TABLE's rule; 5..8-bit weights never read it."""
+    assert tw.INT4_SHAPE_TABLE
+    keys = sorted(tw.INT4_TABLE)
+    for (key, n, k), rule in tw.INT4_SHAPE_TABLE.items():
+        assert key in tw.INT4_TABLE and rule.kind in ("dot", "deq")
+        lo = keys[keys.index(key) - 1] + 1
+        for m in (lo, key):
+            assert tw.rule_for(m, 4, n, k) is rule
+            assert tw.rule_for(m, 4, n + 64, k) is tw.INT4_TABLE[key]
+            assert tw.rule_for(m, 8, n, k) is tw.U8_TABLE[min(b for b in tw.U8_TABLE if b >= m)]
+        assert tw.rule_for(key + 1, 4, n, k) is tw.INT4_SHAPE_TABLE.get(
+            (keys[keys.index(key) + 1], n, k), tw.INT4_TABLE[keys[keys.index(key) + 1]])
+
+
 def test_dispatch_uses_the_small_m_table():
     """Decode rows of a 4-bit weight go to the GEMV with split-K filling the GPU; the shape class picks the
     table; the kernel behind ``wna16_matmul`` (the IntWeight path) is the GEMV."""

@@ -243,20 +243,32 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule; int_weight_sweep.p
     # linears at 64 rows 6.3 (dot) vs 11.5 ms (deq), 256 rows 20.5 -> 12.8 ms, 1,024 rows 62.1 -> 25.2, 4,096 rows
     # 240.6 -> 87.8 (bf16 79.7). 65-128 rows were not measured: the dot's time grows with M and the copy's hardly,
     # so the two lines cross near 128 rows (interpolated).
-    128: Rule('dot', 128, block_m=128, waves=1, num_warps=8, num_stages=4),
+    # 65-128 rows: the best single rule of int4_gemv_sweep.py at 128 rows on an H100, session 31 (the step's linears
+    # 11.2 -> 9.6 ms with the paired decode; the dense copy 12.0); INT4_SHAPE_TABLE refines two shapes.
+    128: Rule('dot', 256, block_m=128, waves=1, num_warps=8),
     256: Rule('deq', 128),
     BIG: Rule('deq', 128),
 }
+INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K) -> rule, before INT4_TABLE's.
+    # int4_gemv_sweep.py, H100, session 31 (paired decode), the Llama-3-8B linears. At 64+ rows the dot's split-K
+    # writes an fp32 workspace [split, M, N] that a second launch sums: for the 4,096- and 6,144-wide outputs fewer
+    # splits (waves=2) pay, for gate_up (224 column tiles) they leave SMs idle. Step linears at 64 rows 5.74 -> 5.33
+    # ms (bf16 5.41), at 128 rows 9.6 -> 8.9 ms.
+    (64, 6144, 4096): Rule('dot', 128, block_m=64, waves=2),  # qkv 27.5 -> 24.1 us
+    (64, 4096, 4096): Rule('dot', 128, block_m=64, waves=2),  # o 23.8 -> 18.1 us
+    (64, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 47.5 -> 44.0 us
+    (128, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 93.3 -> 72.4 us
+}
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
     # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: PDL at
-    # one row; at 3-4 rows the dot kernel now ties the GEMV). The batch-1 step 3.13 -> 2.98 ms there.
+    # one row; the batch-1 step 3.13 -> 2.98 ms there). Session 31: with the paired decode the dot kernel beats the
+    # GEMV at 2 rows (step linears 2.82 -> 2.36 ms), so the table stops at 1. (At one row the sweep has the dot
+    # tie the GEMV on the large shapes, but the engine's batch-1 step took 3.12 ms with it against 2.99: kept.)
     "small": {
         1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
-        2: Rule("gemv", 64, block_m=2, prefetch=2),
     },
     "large": {
         1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
-        2: Rule("gemv", 64, block_m=2, num_warps=8),
     },
 }
 SMALL_WEIGHT = 1 << 25
@@ -319,13 +331,14 @@ def shape_class(n: int, k: int) -> str:
 
 def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
     """The rule for ``m`` rows: :data:`SMALL_M_TABLE` for 4-bit weights up to its largest M, else
-    :data:`INT4_TABLE` / :data:`U8_TABLE`."""
+    :data:`INT4_SHAPE_TABLE` for this ``(M bucket, N, K)``, else :data:`INT4_TABLE` / :data:`U8_TABLE`."""
     if bits <= 4:
         small = SMALL_M_TABLE.get(shape_class(n, k), {})
         if small and m <= max(small):
             return small[min(b for b in small if b >= m)]
     table = INT4_TABLE if bits <= 4 else U8_TABLE
-    return table[min(b for b in table if b >= m)]
+    key = min(b for b in table if b >= m)
+    return INT4_SHAPE_TABLE.get((key, n, k), table[key]) if bits <= 4 else table[key]
 
 
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
