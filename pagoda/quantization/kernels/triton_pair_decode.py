@@ -2,8 +2,9 @@
 
 The ``dot`` kernels of :mod:`triton_wna16` feed tensor cores a weight tile in the activation dtype. Decoding it in
 fp32 costs per weight a LOP3 + FFMA (the exact nibble of :func:`triton_w4_gemv._nibble`), an FFMA ``q * s + o`` and
-half a pack to 16 bits: ~3.5 issue slots, and at 64+ rows those kernels are bound by issue, not bytes (RESULTS.md,
-sessions 29-31). Here two weights of adjacent columns share one 32-bit register through the whole chain:
+half a pack to 16 bits: ~3.5 issue slots, which bound the kernel where the weights go to ``mma.sync`` from registers
+(16-row tiles: -27 % per linear on an H100, RESULTS.md session 31; at 64+ rows wgmma's shared-memory operand path
+bounds it instead, -3 %). Here two weights of adjacent columns share one 32-bit register through the whole chain:
 
 * ``prmt``: byte ``b`` of each column's word into the two halves of one register (nibble ``2b`` in the low 4 bits of
   each half; odd nibbles come from the word shifted right by 4 once per word);

@@ -71,9 +71,10 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_pt
                      tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr,
                      SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PAIRED: tl.constexpr = False):
-    """8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per K tile (module docstring). Nibbles decode in place
+    """8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per K tile (module docstring). ``PAIRED``: the weights
+    decode two per register in the activation dtype (:mod:`triton_pair_decode`); else nibbles decode in place to fp32
     (:func:`triton_w4_gemv._nibble`: a LOP3 and an exact FFMA, ``magic`` a runtime value so the LOP3 keeps the mask
-    as its immediate); a group spanning the tile has its scales and offsets loaded once per tile."""
+    as its immediate). A group spanning the tile has its scales and offsets loaded once per tile."""
     offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
     KP: tl.constexpr = PACK_K // 8
     offs_r = tl.arange(0, KP)
@@ -161,7 +162,7 @@ def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, 
                     BLOCK_N: tl.constexpr, BITS4: tl.constexpr, PAIRED: tl.constexpr = False):
     """Program (n block, K tile): the weights ``W.T[k, n] = q * s + o`` of ``BLOCK_K`` K rows (4-bit: the layout's
     K tile, its 8 nibble sub-blocks in turn; 5..8 bits: a tile inside one group) to ``w [K, N]``, in ``w``'s dtype:
-    the values the ``dot`` kernels feed their tensor cores (fp32 ``q * s + o``, rounded once)."""
+    the values the ``dot`` kernels feed their tensor cores (``q * s + o`` rounded once: from fp32, or paired)."""
     pid_n = tl.program_id(0)
     t = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -243,16 +244,16 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule; int_weight_sweep.p
     # 240.6 -> 87.8 (bf16 79.7). 65-128 rows were not measured: the dot's time grows with M and the copy's hardly,
     # so the two lines cross near 128 rows (interpolated).
     # 65-128 rows: the best single rule of int4_gemv_sweep.py at 128 rows on an H100, session 31 (the step's linears
-    # 11.2 -> 9.6 ms with the paired decode; the dense copy 12.0); INT4_SHAPE_TABLE refines two shapes.
+    # 11.1 -> 9.5 ms with the paired decode; the dense copy 12.0); INT4_SHAPE_TABLE refines one shape.
     128: Rule('dot', 256, block_m=128, waves=1, num_warps=8),
     256: Rule('deq', 128),
     BIG: Rule('deq', 128),
 }
 INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K) -> rule, before INT4_TABLE's.
     # int4_gemv_sweep.py, H100, session 31 (paired decode), the Llama-3-8B linears. At 64+ rows the dot's split-K
-    # writes an fp32 workspace [split, M, N] that a second launch sums: for the 4,096- and 6,144-wide outputs fewer
-    # splits (waves=2) pay, for gate_up (224 column tiles) they leave SMs idle. Step linears at 64 rows 5.74 -> 5.33
-    # ms (bf16 5.41), at 128 rows 9.6 -> 8.9 ms.
+    # writes an fp32 workspace [split, M, N] and reads it back to sum it: for the 4,096- and 6,144-wide outputs fewer
+    # splits (waves=2) pay, for gate_up (224 column tiles) they leave SMs idle. Step linears at 64 rows 5.81 -> 5.35
+    # ms (bf16 5.41), at 128 rows 9.52 -> 8.98 ms (call 4).
     (64, 6144, 4096): Rule('dot', 128, block_m=64, waves=2),  # qkv 27.5 -> 24.1 us
     (64, 4096, 4096): Rule('dot', 128, block_m=64, waves=2),  # o 23.8 -> 18.1 us
     (64, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 47.5 -> 44.0 us
