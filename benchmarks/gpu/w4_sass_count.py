@@ -33,7 +33,7 @@ from pagoda.quantization.kernels.triton_w4_gemv import _w4_gemv_kernel  # noqa: 
 from pagoda.quantization.kernels.triton_wna16 import _int4_dot_kernel  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-ALIGNED = {"N", "stride_xm"}  # ints Triton specializes as multiples of 16 on the GPU
+ALIGNED = {"N", "stride_xm", "stride_om", "stride_os"}  # ints Triton specializes as multiples of 16 on the GPU
 TYPES = {"qw_ptr": "*i32", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "magic": "i32"}
 
 
@@ -99,8 +99,7 @@ def main() -> None:
     for bm, bn, nw in [(64, 128, 4)] if quick else [(16, 64, 4), (64, 128, 4), (128, 128, 8)]:
         nibbles = 16 * bn * 8 // (32 * nw)
         for paired in (False, True):
-            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DEQUANT=True, DOT_F32=False, PAIRED=paired,
-                     SPLIT=False, HAS_BIAS=False)
+            c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, DEQUANT=True, DOT_F32=False, PAIRED=paired)
             body, usage = k_loop(compile_sm90(_int4_dot_kernel, c, nw))
             print(f"  M tile {bm} x {bn} cols x {nw} warps, {'paired' if paired else 'fp32'}: {len(body)} "
                   f"({len(body) / nibbles:.2f} per nibble)  {usage}  {histogram(body)}")

@@ -69,27 +69,6 @@ def _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS: tl.conste
 
 
 @triton.jit
-def splitk_finish(res, ws_ptr, cnt_ptr, tile, pid_k, num_splits, b_ptr, out_ptr, offs_m, offs_n, mask, M, N,
-                  HAS_BIAS: tl.constexpr):
-    """Split-K in one launch: write this program's fp32 partial ``res`` (``[BLOCK_M, BLOCK_N]`` of output tile
-    ``tile``) to the workspace ``[S, M, N]``, bump the tile's arrival counter (release/acquire); the program that
-    arrives last sums the ``num_splits`` partials in split order (bit-reproducible whichever finishes last), adds
-    the bias, casts, stores ``out [M, N]`` and re-arms the counter (module docstring, "Counters")."""
-    ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-    tl.store(ws + pid_k * M * N, res, mask=mask)
-    tl.debug_barrier()  # every thread's partial is written before the release below
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
-    if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
-        total = tl.zeros_like(res)
-        for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
-            for u in tl.static_range(8):
-                ok = mask & (tl.full(res.shape, i + u, tl.int32) < num_splits)
-                total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
-        tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
-        _store_out(total, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
-
-
-@triton.jit
 def _load_words(ptrs, n_ok, EVEN_N: tl.constexpr):
     if EVEN_N:
         return tl.load(ptrs)
@@ -186,8 +165,19 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     res = tl.sum(acc, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
-        splitk_finish(res, ws_ptr, cnt_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, num_splits, b_ptr, out_ptr,
-                      offs_m, offs_n, mask, M, N, HAS_BIAS)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws + pid_k * M * N, res, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the release below
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
+                for u in tl.static_range(8):
+                    ok = mask & (tl.full((BLOCK_M, BLOCK_N), i + u, tl.int32) < num_splits)
+                    total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
+            tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
+            _store_out(total, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
     else:
         _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
 

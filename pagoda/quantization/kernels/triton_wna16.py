@@ -24,10 +24,11 @@ Kernels (one packed copy serves all; :data:`SMALL_M_TABLE` and :data:`INT4_TABLE
   dtype (one launch), then ``torch.matmul``: the dot kernels dequantize every tile once per M block, which from a
   few hundred rows costs more than 2.5 bytes per weight of extra traffic.
 
-Split-K partials of every kernel go to an fp32 workspace ``[SPLIT_K, M, N]``; the last program of each output tile
-to arrive sums them in split order (+ bias, cast; :func:`triton_w4_gemv.splitk_finish`): one launch, bit-reproducible
-for a given M and launch, no zero-fill. (Until session 31 ``dot``/``u8`` summed them in a second launch.) fp32
-accumulation everywhere.
+Split-K partials of ``dot``/``u8`` go to an fp32 workspace ``[SPLIT_K, M, N]`` summed (+ bias, cast) by one
+small reduce kernel; ``gemv`` sums them in its own last program per tile. Both sum in split order
+(bit-reproducible for a given M and launch; no zero-fill). fp32 accumulation everywhere. (The GEMV's in-launch sum
+for ``dot`` was measured in session 31: batch-64 W4A16 step 8.15 -> 9.51 ms on an H100, the last program of a 64-row
+tile summing up to 9 partials alone; reverted.)
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.quantization.kernels.triton_pair_decode import pair_decode
-from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, _store_out, splitk_finish, w4_gemv
+from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
 
 
 @triton.jit
@@ -67,10 +67,10 @@ def _scale_offset(s_ptr, o_ptr, g, N, offs_n, n_ok, NATIVE: tl.constexpr = False
 
 
 @triton.jit
-def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
-                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                     tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr,
-                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PAIRED: tl.constexpr = False):
+                     PAIRED: tl.constexpr = False):
     """8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per K tile (module docstring). ``PAIRED``: the weights
     decode two per register in the activation dtype (:mod:`triton_pair_decode`); else nibbles decode in place to fp32
     (:func:`triton_w4_gemv._nibble`: a LOP3 and an exact FFMA, ``magic`` a runtime value so the LOP3 keeps the mask
@@ -110,26 +110,14 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_pt
                 else:
                     part = tl.dot(x, q.to(x_ptr.dtype.element_ty))
                 acc += part * s[None, :] + tl.sum(x.to(tl.float32), axis=1)[:, None] * o[None, :]
-    _finish(acc, ws_ptr, cnt_ptr, pid_k, num_splits, b_ptr, out_ptr, offs_m, offs_n, m_ok, n_ok, M, N, SPLIT, HAS_BIAS)
+    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _finish(acc, ws_ptr, cnt_ptr, pid_k, num_splits, b_ptr, out_ptr, offs_m, offs_n, m_ok, n_ok, M, N,
-            SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The ``dot``/``u8`` programs' epilogue: the output tile (+ bias) stored, or split-K's in-launch sum
-    (:func:`triton_w4_gemv.splitk_finish`; tile = grid axis 0)."""
-    mask = m_ok[:, None] & n_ok[None, :]
-    if SPLIT:
-        splitk_finish(acc, ws_ptr, cnt_ptr, tl.program_id(0), pid_k, num_splits, b_ptr, out_ptr, offs_m, offs_n,
-                      mask, M, N, HAS_BIAS)
-    else:
-        _store_out(acc, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
-
-
-@triton.jit
-def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm,
-               tiles_per_split, num_splits, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, K, stride_xm, stride_om, stride_os,
+               tiles_per_split, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """5..8-bit codes, uint8 ``[K, N]``; ``BLOCK_K`` divides the group: one scale/offset per tile column."""
     pid_mn = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -154,7 +142,8 @@ def _u8_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, 
             part = tl.dot(x, q.to(x_ptr.dtype.element_ty))
         xsum = tl.sum(x.to(tl.float32), axis=1)
         acc += part * s[None, :] + xsum[:, None] * o[None, :]
-    _finish(acc, ws_ptr, cnt_ptr, pid_k, num_splits, b_ptr, out_ptr, offs_m, offs_n, m_ok, n_ok, M, N, SPLIT, HAS_BIAS)
+    out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -205,6 +194,20 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tenso
                                                        PAIRED=bits <= 4 and _paired(paired, dtype, scales),
                                                        num_warps=num_warps)
     return w
+
+
+@triton.jit
+def _splitk_reduce_kernel(ws_ptr, bias_ptr, out_ptr, MN, N, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """out = sum over splits of the fp32 workspace (+ bias), cast: one launch instead of sum, add, cast."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in tl.static_range(SPLIT):
+        acc += tl.load(ws_ptr + i * MN + offs, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @dataclass(frozen=True)
@@ -404,27 +407,33 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-    if split > 1:  # partials in an fp32 workspace, summed by each tile's last program (triton_w4_gemv.splitk_finish)
-        ws, cnt = torch.empty((split, m, n), device=x.device, dtype=torch.float32), arrival_counters(x.device, grid[0])
+    if split == 1:
+        out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     else:
-        ws, cnt = out, out
+        out = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
     dot_f32 = x.dtype == torch.float32 or _interpreting()
-    common = (x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n)
+    common = (x, qweight, scales, offsets, out, m, n)
     # float32 activations double the x tile in shared memory: the tables' 4-stage 128 x 128 tiles (tuned in
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
     stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
-    launch = {"num_warps": cfg.num_warps, "num_stages": stages, "SPLIT": split > 1, "HAS_BIAS": bias is not None}
+    launch = {"num_warps": cfg.num_warps, "num_stages": stages}
     if cfg.kind == "dot":
-        _int4_dot_kernel[grid](*common, x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size,
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                                DEQUANT=cfg.dequant, DOT_F32=dot_f32,
                                PAIRED=cfg.dequant and _paired(cfg.paired, x.dtype, scales), **launch)
     else:
-        _u8_kernel[grid](*common, k, x.stride(0), per_split, split, GROUP=group_size, BLOCK_M=cfg.block_m,
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _u8_kernel[grid](*common, k, x.stride(0), n, m * n, per_split, GROUP=group_size, BLOCK_M=cfg.block_m,
                          BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=dot_f32, **launch)
-    return out
+    if split == 1:
+        return out if bias is None else out.add_(bias)
+    res = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    block = 1024
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](out, bias if bias is not None else out, res, m * n, n,
+                                                       SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block)
+    return res
 
 
 _SHIFTS = (4 * torch.arange(8, dtype=torch.int64)).view(1, 8, 1, 1)
