@@ -6,8 +6,11 @@ Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; 
 :data:`INT4_TABLE`'s rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before
 :data:`SMALL_M_TABLE`); ``now`` = what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same
 launch on the asymmetric code path (reads offsets); from M = 64 on ``deq`` (the weights dequantized to a dense
-copy, then ``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch, PDL), each
-first checked against dequantize + matmul (rejected above 1e-2 relative error). Timing: one CUDA graph of
+copy, then ``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch, PDL) up to 16
+rows and, from 3 rows, the table's ``dot`` rule with the paired decode and in fp32 (``Rule.paired``) plus
+``DOT_GRID``'s candidates, each first checked against dequantize + matmul (rejected above 1e-2 relative error).
+``now`` includes :data:`INT4_SHAPE_TABLE`; the printed ``INT4_TABLE`` changes are the best single rule per M
+bucket (a per-shape winner goes to ``INT4_SHAPE_TABLE`` by hand, from the per-shape lines). Timing: one CUDA graph of
 ``REPS`` rounds over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the
 floor is codes + scales + offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
 
