@@ -11,8 +11,9 @@ selected.
 
 Prints per-shape tables, then ``CHOOSE`` blocks in the exact syntax of ``INT4_TABLE`` / ``U8_TABLE``
 (pagoda/quantization/kernels/triton_wna16.py) and ``MOE_TABLE`` (pagoda/layers/fused_moe/triton_moe.py):
-paste them over those definitions. Usage: ``python benchmarks/gpu/int_weight_sweep.py`` (~1-2 min on an
-H200); ``--smoke``: CPU, Triton interpreter, tiny shapes (checks the script runs).
+paste them over those definitions. Usage: ``python benchmarks/gpu/int_weight_sweep.py [--only int4|u8|moe]
+[--ms M ...]`` (~1-2 min on an H200; ``--only``: one pass; ``--ms``: these row counts); ``--smoke``: CPU, Triton
+interpreter, tiny shapes (checks the script runs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ DT = torch.float32 if SMOKE else torch.bfloat16
 SHAPES = {"qkv": (384, 256), "down": (256, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 4, 16) if SMOKE else (1, 4, 16, 64, 256)
+if "--ms" in sys.argv:  # these row counts only, e.g. --only u8 --ms 256 1024 (last on the line)
+    MS = tuple(int(a) for a in sys.argv[sys.argv.index("--ms") + 1:] if a.isdigit())
+ONLY = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None  # int4, u8 or moe
 COPIES = 1 if SMOKE else 8
 LAYERS = 32
 G = 128
@@ -151,7 +155,7 @@ def sweep_bits(bits: int, bw: float) -> dict[int, Rule]:
     """Per M: every candidate on every shape; the rule with the least summed time over the shapes wins."""
     weights = {name: Weights(n, k, bits) for name, (n, k) in SHAPES.items()}
     chosen: dict[int, Rule] = {}
-    ms = MS if bits == 4 else tuple(m for m in MS if m in (1, 16, 64, 256))
+    ms = MS if bits == 4 or "--ms" in sys.argv else tuple(m for m in MS if m in (1, 16, 64, 256))
     for m in ms:
         cands = int4_candidates(m) if bits == 4 else u8_candidates(m)
         totals = {r: 0.0 for r in cands}
@@ -204,6 +208,8 @@ def short(rule) -> str:
 def table_text(name: str, chosen: dict[int, Rule], keys: tuple[int, ...]) -> str:
     """``chosen`` by measured M -> the table literal, each key taking the rule of the smallest measured M
     at or above it (the last measured M also serves ``BIG``)."""
+    if not chosen:
+        return f"{name}: not measured in this run"
     lines = [f"{name}: dict[int, Rule] = {{  # max M (inclusive) -> rule. \
 " "benchmarks/gpu/int_weight_sweep.py prints this."]
     measured = sorted(chosen)
@@ -301,9 +307,9 @@ def main() -> None:
     bw = copy_bandwidth()
     name = "smoke (CPU interpreter)" if SMOKE else torch.cuda.get_device_name()
     print(f"{name}  copy bandwidth {bw / 1e9:.0f} GB/s  torch {torch.__version__}  triton {triton.__version__}")
-    int4 = sweep_bits(4, bw)
-    u8 = sweep_bits(8, bw)
-    moe = sweep_moe(bw)
+    int4 = sweep_bits(4, bw) if ONLY in (None, "int4") else {}
+    u8 = sweep_bits(8, bw) if ONLY in (None, "u8") else {}
+    moe = sweep_moe(bw) if ONLY in (None, "moe") else {}
     print(f"\nsweep took {time.perf_counter() - t0:.0f} s")
     print("\n===== CHOOSE: paste over INT4_TABLE and U8_TABLE in pagoda/quantization/kernels/triton_wna16.py =====")
     print(table_text("INT4_TABLE", int4, (1, 4, 16, 64, 256, tw.BIG)))
