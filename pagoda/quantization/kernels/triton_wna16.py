@@ -12,12 +12,14 @@ So shift ``j`` of a loaded ``[P/8, BLOCK_N]`` word tile is the contiguous K sub-
 inside one group as ``G % (P/8) == 0``): no reshape or layout conversion, and the matching activations are
 one contiguous slice. N is the fastest axis everywhere (coalesced loads).
 
-Kernels (one packed copy serves all; :data:`SMALL_M_TABLE` and :data:`INT4_TABLE` pick by M):
+Kernels (one packed copy serves all; :data:`SMALL_M_TABLE`, :data:`INT4_SHAPE_TABLE` and :data:`INT4_TABLE` pick
+by M and shape):
 
-* ``gemv`` (small M, about 1..8 rows): no ``tl.dot``; :mod:`triton_w4_gemv` (one launch with its split-K
-  reduction, nibbles decoded by one LOP3 + one FMA, the affine map once per group).
-* ``dot`` (M >= 16): 8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per tile, either on the tile
-  dequantized to the activation dtype (``dequant``) or on the raw codes with the affine map factored out
+* ``gemv`` (small M; the tables use it at one row): no ``tl.dot``; :mod:`triton_w4_gemv` (one launch with its
+  split-K reduction, nibbles decoded by one LOP3 + one FMA, the affine map once per group).
+* ``dot`` (2+ rows, 16-row tiles and up): 8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per tile, either on
+  the tile dequantized to the activation dtype (``dequant``; two weights per register on CUDA in bf16/fp16,
+  :mod:`triton_pair_decode`) or on the raw codes with the affine map factored out
   (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0).
 * ``u8`` (5..8 bits): the previous design, ``BLOCK_K`` <= group, factored affine map.
 * ``deq`` (large M, any width): :func:`dequantize` writes the weights to a transient dense copy in the activation
