@@ -1,18 +1,18 @@
 """W4A16 at decode batch sizes (issue 12): the small-M GEMV (pagoda/quantization/kernels/triton_w4_gemv.py)
 against bf16 ``F.linear`` and the kernel main dispatched before it, on the Llama-3-8B linears.
 
-Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; group 128, symmetric
-(offsets = -8 * scales, as ``-q gptq`` dummy weights). For M in 1, 2, 4, 8, 16: bf16 ``F.linear``; ``before`` =
-:data:`INT4_TABLE`'s rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before
-:data:`SMALL_M_TABLE`); ``now`` = what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same
-launch on the asymmetric code path (reads offsets); from M = 64 on ``deq`` (the weights dequantized to a dense
-copy, then ``torch.matmul``); then each GEMV candidate (block N, warps, split-K waves, prefetch, PDL) up to 16
-rows and, from 3 rows, the table's ``dot`` rule with the paired decode and in fp32 (``Rule.paired``) plus
-``DOT_GRID``'s candidates, each first checked against dequantize + matmul (rejected above 1e-2 relative error).
-``now`` includes :data:`INT4_SHAPE_TABLE`; the printed ``INT4_TABLE`` changes are the best single rule per M
-bucket (a per-shape winner goes to ``INT4_SHAPE_TABLE`` by hand, from the per-shape lines). Timing: one CUDA graph of
-``REPS`` rounds over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the
-floor is codes + scales + offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
+Shapes (N, K): qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336; group 128, symmetric (offsets = -8 *
+scales, as ``-q gptq`` dummy weights). For M in 1, 2, 4, 8, 16: bf16 ``F.linear``; ``before`` = :data:`INT4_TABLE`'s
+rule alone (the ``dot`` kernel + split-K reduce launch that ``-q gptq`` ran before :data:`SMALL_M_TABLE`); ``now`` =
+what ``choose_config`` dispatches today (symmetric GEMV); ``asym`` = the same launch on the asymmetric code path
+(reads offsets); from M = 64 on ``deq`` (the weights dequantized to a dense copy, then ``torch.matmul``); then each
+GEMV candidate (block N, warps, split-K waves, prefetch, PDL) up to 16 rows and, from 3 rows, the table's ``dot``
+rule with its decode switched (``Rule.paired``; ``before`` times the rule as it is) plus ``DOT_GRID``'s candidates,
+each first checked against dequantize + matmul (rejected above 1e-2 relative error). ``now`` includes
+:data:`INT4_SHAPE_TABLE`; the printed ``INT4_TABLE`` changes are the best single rule per M bucket (a per-shape
+winner goes to ``INT4_SHAPE_TABLE`` by hand, from the per-shape lines). Timing: one CUDA graph of ``REPS`` rounds
+over ``COPIES`` distinct weights (more bytes than L2 holds), benchmarks/gpu/timing.py; the floor is codes + scales +
+offsets read once at the measured copy bandwidth (benchmarks/gpu/bandwidth.py).
 
 Prints per (M, shape) microseconds per linear and x floor, per M the 32-layer step of linears, and the
 ``SMALL_M_TABLE`` literal (winner per shape class and M bucket, least summed time over the class's shapes):
@@ -80,11 +80,12 @@ DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. A
 
 
 def dot_candidates(m: int) -> list[Rule]:
-    """From 3 rows: the table's dot rule with the paired decode and without (the fp32 one), then DOT_GRID's (paired)."""
+    """From 3 rows: the table's dot rule with the fp32 decode (the arm ``before`` times it as the table has it,
+    paired), then DOT_GRID's (paired)."""
     key = min(b for b in tw.INT4_TABLE if b >= m)
     table = tw.INT4_TABLE[key]
-    own = [dataclasses.replace(table, paired=p) for p in (True, False)] if table.kind == "dot" else []
-    return own + [r for r in DOT_GRID.get(key, ()) if r not in own] if m >= 3 else []
+    own = [dataclasses.replace(table, paired=not table.paired)] if table.kind == "dot" else []
+    return own + [r for r in DOT_GRID.get(key, ()) if r != table] if m >= 3 else []
 
 
 def candidates(m: int) -> list[Rule]:
@@ -308,7 +309,7 @@ def apply_json_tables(path: str) -> str:
         tw.SMALL_M_TABLE = w4_table_from_json(path)
     tw.INT4_TABLE = {**tw.INT4_TABLE, **int4_table_from_json(path)}
     if "int4_shapes" in raw:  # "key,n,k" -> rule: replaces INT4_SHAPE_TABLE ({} clears it: an A/B without it)
-        tw.INT4_SHAPE_TABLE = {tuple(int(v) for v in key.split(",")): Rule(**fields)  # type: ignore[misc]
+        tw.INT4_SHAPE_TABLE = {tuple(int(v) for v in key.split(",")): Rule(**fields)
                                for key, fields in raw["int4_shapes"].items()}
     return f"4-bit GEMV table: {tw.SMALL_M_TABLE}\n4-bit dot table: {tw.INT4_TABLE}\n4-bit shape table: " \
            f"{tw.INT4_SHAPE_TABLE}"

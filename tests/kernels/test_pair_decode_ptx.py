@@ -69,13 +69,15 @@ def test_pair_decode_ptx_decodes_every_nibble_of_the_layout(dtype):
     s = (torch.rand(n, generator=gen) * 0.05 + 0.01).to(dtype)
     o = (torch.randn(n, generator=gen) * 0.05).to(dtype)
     for j in range(8):
-        asm = pd._asm(j // 2, dtype == torch.float16)
+        asm = pd._asm(dtype == torch.float16)
+        sel = pd.SEL0 + pd.SEL_STEP * (j // 2)  # pair_decode's selector operand ($5; $6 its unused twin)
         for r in range(16):
             for c in (0, 2):  # column pairs (c, c + 1): adjacent elements of a thread's registers
                 w = [int(words[r, c + i]) & M32 for i in (0, 1)]
                 if j % 2:
                     w = [(x >> 4) | (0xF0000000 if x >> 31 else 0) for x in w]  # p >> 4, arithmetic, as in Triton
-                got = _halves(run_ptx(asm, [w[0], w[1], _pack(s[c:c + 2]), _pack(o[c:c + 2])], dtype), dtype)
+                args = [w[0], w[1], _pack(s[c:c + 2]), _pack(o[c:c + 2]), sel, sel]
+                got = _halves(run_ptx(asm, args, dtype), dtype)
                 q = codes[c:c + 2, j * 16 + r].double()
                 want = (q * s[c:c + 2].double() + o[c:c + 2].double()).float().to(dtype)
                 assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (j, r, c, got, want)

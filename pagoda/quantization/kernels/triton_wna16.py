@@ -69,6 +69,26 @@ def _scale_offset(s_ptr, o_ptr, g, N, offs_n, n_ok, NATIVE: tl.constexpr = False
 
 
 @triton.jit
+def _words(qw_ptr, t, offs_r, offs_n, n_ok, N, KP: tl.constexpr, PAIRED: tl.constexpr):
+    """K tile ``t``'s int32 words ``[KP, BLOCK_N]`` (``KP = P/8``; 0 past ``N``) and the shifted copy that
+    :func:`_weights` takes (``>> 4``: the paired decode's odd nibbles; ``>> 12``: the fp32 decode's nibbles 5..7)."""
+    p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
+    return p, p >> (4 if PAIRED else 12)
+
+
+@triton.jit
+def _weights(p, ph, s, o, magic, j: tl.constexpr, PAIRED: tl.constexpr):
+    """Nibble ``j``'s weights ``q * s + o`` of a word tile (``p, ph`` from :func:`_words`; ``s, o`` ``[BLOCK_N]``
+    from :func:`_scale_offset` with ``NATIVE = PAIRED``): in the 16-bit dtype two per register
+    (:mod:`triton_pair_decode`), else fp32 (:func:`triton_w4_gemv._nibble`)."""
+    if PAIRED:
+        w = pair_decode(p, ph, s[None, :], o[None, :], j)
+    else:
+        w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
+    return w
+
+
+@triton.jit
 def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
                      tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEQUANT: tl.constexpr, DOT_F32: tl.constexpr,
@@ -87,8 +107,7 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     for t in range(t_lo, t_hi):
-        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        ph = p >> (4 if PAIRED else 12)
+        p, ph = _words(qw_ptr, t, offs_r, offs_n, n_ok, N, KP, PAIRED)
         if GROUP % PACK_K == 0:  # one group for the whole tile
             s, o = _scale_offset(s_ptr, o_ptr, t * PACK_K // GROUP, N, offs_n, n_ok, PAIRED)
         for j in tl.static_range(8):
@@ -96,11 +115,8 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
             x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
             if GROUP % PACK_K != 0:
                 s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
-            if PAIRED:  # DEQUANT in the activation dtype, two weights per register (triton_pair_decode)
-                acc = tl.dot(x, pair_decode(p, ph, s[None, :], o[None, :], j), acc)
-            elif DEQUANT:
-                q = _nibble(p, ph, magic, j, 0)
-                w = q * s[None, :] + o[None, :]
+            if DEQUANT:
+                w = _weights(p, ph, s, o, magic, j, PAIRED)  # (PAIRED: already the activation dtype)
                 if DOT_F32:
                     acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
                 else:
@@ -161,18 +177,14 @@ def _dequant_kernel(qw_ptr, s_ptr, o_ptr, w_ptr, N, magic, GROUP: tl.constexpr, 
     if BITS4:
         KP: tl.constexpr = BLOCK_K // 8
         offs_r = tl.arange(0, KP)
-        p = tl.load(qw_ptr + (t * KP + offs_r)[:, None] * N + offs_n[None, :], mask=n_ok[None, :], other=0)
-        ph = p >> (4 if PAIRED else 12)
+        p, ph = _words(qw_ptr, t, offs_r, offs_n, n_ok, N, KP, PAIRED)
         if GROUP % BLOCK_K == 0:  # one group for the whole tile
             s, o = _scale_offset(s_ptr, o_ptr, t * BLOCK_K // GROUP, N, offs_n, n_ok, PAIRED)
         for j in tl.static_range(8):
             k0 = t * BLOCK_K + j * KP
             if GROUP % BLOCK_K != 0:
                 s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
-            if PAIRED:
-                w = pair_decode(p, ph, s[None, :], o[None, :], j)
-            else:
-                w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
+            w = _weights(p, ph, s, o, magic, j, PAIRED)
             tl.store(w_ptr + (k0 + offs_r)[:, None] * N + offs_n[None, :], w.to(w_ptr.dtype.element_ty),
                      mask=n_ok[None, :])
     else:
