@@ -4,6 +4,10 @@
   fp32 mean of squares, the scale and the weight multiply in one pass (HF's arithmetic:
   the sum rounded to the model dtype, the normalised row rounded before the weight).
 * ``silu_and_mul``: ``silu(gate) * up`` over the fused gate/up projection output.
+* With ``fp8=True`` the norms and ``silu_and_mul`` return their rows quantized per token
+  (:class:`~pagoda.quantization.w8a8.Fp8Rows`) for an FP8 linear that takes them: one launch instead of two,
+  the rows written as one-byte codes; the codes are those the separate quantization kernel gives on the rows
+  these kernels otherwise return (same rounding to the model dtype first).
 * ``rotary_inplace``: rotate-half rotary embedding applied to q and k in place, one
   program per token, all heads at once, cos/sin read from the table by position; optionally
   also writes the rotated K and V into the paged cache (FP8 caches quantized by
@@ -20,17 +24,27 @@ Triton's interpreter mode.
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 import triton
 import triton.language as tl
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+from pagoda.quantization.kernels.triton_fp8_quant import fp8_codes, fp8_row_scale
+from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX, Fp8Rows
+
+_FP8_RULE = {"FP8_MAX": FP8_MAX, "MIN_SCALE": _MIN_SCALE}
+"""The per-token FP8 rule's constants (w8a8's, as every quantizer of activations uses)."""
 
 
 @triton.jit
-def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, N, eps,
-                HAS_RES: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, stride_x, stride_r, stride_o, N, eps,
+                HAS_RES: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr, MIN_SCALE: tl.constexpr,
+                BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    """``FP8``: the normalised row (rounded to x's dtype, as stored otherwise) is quantized per token into
+    ``out_ptr`` (codes) and ``s_ptr`` (its float32 scale) by the FP8 rule of ``triton_fp8_quant``."""
     pdl_launch_dependents(USE_PDL)
     pdl_wait(USE_PDL)
     row = tl.program_id(0)
@@ -45,29 +59,65 @@ def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, N,
     var = tl.sum(xf * xf, axis=0) / N
     y = (xf * tl.math.rsqrt(var + eps)).to(x_ptr.dtype.element_ty)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
-    out = (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * stride_o + cols, out, mask=mask)
+    if FP8:
+        of = (w.to(tl.float32) * y.to(tl.float32)).to(x_ptr.dtype.element_ty).to(tl.float32)
+        s = fp8_row_scale(of, FP8_MAX, MIN_SCALE)
+        tl.store(out_ptr + row * stride_o + cols, fp8_codes(of, s, FP8_MAX).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(s_ptr + row, s)
+    else:
+        out = (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + row * stride_o + cols, out, mask=mask)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _interpreting() -> bool:
+    return not isinstance(_rms_kernel, triton.runtime.jit.JITFunction)
+
+
+def _fp8_out(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffers of :class:`Fp8Rows` for ``x2``'s rows: codes and scales. Under the interpreter (CPU tests) the codes
+    buffer is float32 (the kernel stores ``clamp(x / s)`` before the cast) and :func:`_fp8_rows` casts it with torch:
+    the interpreter's own float8 cast is not the hardware's (round to nearest even)."""
+    m, k = x2.shape
+    return (torch.empty((m, k), dtype=torch.float32 if _interpreting() else FP8_DTYPE, device=x2.device),
+            torch.empty((m, 1), dtype=torch.float32, device=x2.device))
+
+
+def _fp8_rows(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> Fp8Rows:
+    return Fp8Rows(codes if codes.dtype == FP8_DTYPE else codes.to(FP8_DTYPE), scales, dtype)
+
+
+@overload
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool) -> torch.Tensor | Fp8Rows: ...
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool = False) -> torch.Tensor | Fp8Rows:
+    """rms_norm(x) * weight; ``fp8``: the same rows quantized per token for an FP8 linear (2-D ``x`` only)."""
     x2 = x.reshape(-1, x.shape[-1])
-    out = torch.empty_like(x2)
+    out, scales = _fp8_out(x2) if fp8 else (torch.empty_like(x2), x2)
     n = x2.shape[-1]
-    _rms_kernel[(x2.shape[0],)](x2, x2, weight, out, x2.stride(0), x2.stride(0), out.stride(0), n, eps,
-                               HAS_RES=False, BLOCK=triton.next_power_of_2(n), num_warps=4,
+    _rms_kernel[(x2.shape[0],)](x2, x2, weight, out, scales, x2.stride(0), x2.stride(0), out.stride(0), n, eps,
+                               HAS_RES=False, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n), num_warps=4,
                                **launch_kwargs(x.device))
-    return out.view(x.shape)
+    return _fp8_rows(out, scales, x.dtype) if fp8 else out.view(x.shape)
 
 
-def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
-    """residual <- x + residual (in place); returns rms_norm(residual) * weight."""
+@overload
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       fp8: Literal[False] = False) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       fp8: bool) -> tuple[torch.Tensor | Fp8Rows, torch.Tensor]: ...
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       fp8: bool = False) -> tuple[torch.Tensor | Fp8Rows, torch.Tensor]:
+    """residual <- x + residual (in place); returns (rms_norm(residual) * weight, residual), the first as
+    :class:`Fp8Rows` when ``fp8`` (x ``[T, hidden]``)."""
     assert x.is_contiguous() and residual.is_contiguous()
     n = x.shape[-1]
-    out = torch.empty_like(x)
-    _rms_kernel[(x.shape[0],)](x, residual, weight, out, x.stride(0), residual.stride(0), out.stride(0), n, eps,
-                              HAS_RES=True, BLOCK=triton.next_power_of_2(n), num_warps=4,
+    out, scales = _fp8_out(x) if fp8 else (torch.empty_like(x), x)
+    _rms_kernel[(x.shape[0],)](x, residual, weight, out, scales, x.stride(0), residual.stride(0), out.stride(0), n,
+                              eps, HAS_RES=True, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n), num_warps=4,
                               **launch_kwargs(x.device))
-    return out, residual
+    return (_fp8_rows(out, scales, x.dtype) if fp8 else out), residual
 
 
 @triton.jit
@@ -84,8 +134,41 @@ def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, N, BLOCK: tl.constexp
     tl.store(out_ptr + row * stride_o + cols, (s * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def _silu_mul_fp8_kernel(gu_ptr, q_ptr, s_ptr, stride_gu, stride_q, N, FP8_MAX: tl.constexpr,
+                         MIN_SCALE: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    """:func:`_silu_mul_kernel`'s row (rounded to the input dtype) quantized per token: one program per row."""
+    pdl_launch_dependents(USE_PDL)
+    pdl_wait(USE_PDL)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    dt = gu_ptr.dtype.element_ty
+    g = tl.load(gu_ptr + row * stride_gu + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * stride_gu + N + cols, mask=mask, other=0.0).to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    of = (silu * u).to(dt).to(tl.float32)
+    s = fp8_row_scale(of, FP8_MAX, MIN_SCALE)
+    tl.store(q_ptr + row * stride_q + cols, fp8_codes(of, s, FP8_MAX).to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + row, s)
+
+
+@overload
+def silu_and_mul(gu: torch.Tensor, fp8: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def silu_and_mul(gu: torch.Tensor, fp8: bool) -> torch.Tensor | Fp8Rows: ...
+def silu_and_mul(gu: torch.Tensor, fp8: bool = False) -> torch.Tensor | Fp8Rows:
+    """``silu(gate) * up`` of ``gu`` ``[T, 2 * N]``; ``fp8``: the same rows quantized per token for an FP8 linear
+    (one program a row, the whole row in registers)."""
     n = gu.shape[-1] // 2
+    if fp8:
+        codes, scales = _fp8_out(gu[:, :n])
+        block = triton.next_power_of_2(n)
+        _silu_mul_fp8_kernel[(gu.shape[0],)](gu, codes, scales, gu.stride(0), codes.stride(0), n, **_FP8_RULE,
+                                             BLOCK=block,
+                                             num_warps=16 if block >= 8192 else 8 if block >= 2048 else 4,
+                                             **launch_kwargs(gu.device))
+        return _fp8_rows(codes, scales, gu.dtype)
     out = torch.empty((gu.shape[0], n), dtype=gu.dtype, device=gu.device)
     BLOCK = 1024
     _silu_mul_kernel[(gu.shape[0], triton.cdiv(n, BLOCK))](gu, out, gu.stride(0), out.stride(0), n, BLOCK=BLOCK,

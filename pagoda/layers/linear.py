@@ -57,6 +57,11 @@ class LinearMethod:
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def takes_fp8_rows(self, layer: Linear) -> bool:
+        """Whether :meth:`apply` also takes :class:`~pagoda.quantization.w8a8.Fp8Rows` (rows its producer already
+        quantized per token) wherever :func:`~pagoda.quantization.w8a8.fp8_rows_wanted` holds; default: no."""
+        return False
+
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         """Fill the parameters with random values of the right kind (``--load-format dummy``): floating ones
         uniform in ±0.02; a quantized method overrides this to give valid codes, scales and indices."""
@@ -111,6 +116,10 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_method.apply(self, x)
+
+    def takes_fp8_rows(self) -> bool:
+        """See :meth:`LinearMethod.takes_fp8_rows`."""
+        return self.linear_method.takes_fp8_rows(self)
 
     def load_shard(self, param_name: str, tensor: torch.Tensor, shard_id: int | None) -> None:
         """Copy checkpoint ``tensor`` into parameter ``param_name`` (shard ``shard_id`` of a fused layer, or

@@ -39,12 +39,19 @@ from pagoda.layers.vocab_parallel import VocabParallelEmbedding
 from pagoda.models.sliding_window import layer_sliding_windows
 from pagoda.models.weight_loading import load_weights, missing_weights
 from pagoda.quantization.base import QuantizationConfig
+from pagoda.quantization.w8a8 import fp8_rows_wanted
 
 logger = logging.getLogger("pagoda")
 
 FUSED_QK_NORM = True
 """False: Qwen3's q/k norms run as their own modules before the fused rotary kernel (the A/B switch for
 benchmarks; read at call time, so at CUDA-graph capture)."""
+
+FP8_ROWS = True
+"""Fused layers whose next linear takes per-token FP8 activations (``--quantization fp8`` and FP8 checkpoints with
+dynamic activations, on ``torch._scaled_mm``) get them quantized by the norm or SiLU·mul kernel itself
+(:class:`~pagoda.quantization.w8a8.Fp8Rows`): one launch instead of two for the QKV, gate/up and down projections'
+inputs. False: the linears quantize their inputs themselves (the A/B switch; read by ``enable_fused_kernels``)."""
 
 if TYPE_CHECKING:
     from pagoda.distributed.parallel_state import TPGroup
@@ -264,6 +271,7 @@ class MLP(nn.Module):
         self.silu = s.hidden_act in ("silu", "swish")
 
         self.fused = False
+        self.fp8_rows_down = False  # fused: silu_and_mul quantizes down_proj's FP8 rows itself (FP8_ROWS)
         self.cpu_native = False  # bf16 SiLU on the CPU: silu * up by layers/cpu_fused (enable_cpu_native_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,7 +279,7 @@ class MLP(nn.Module):
         if self.fused:
             from pagoda.layers.fused_kernels import silu_and_mul
 
-            return self.down_proj(silu_and_mul(gu))
+            return self.down_proj(silu_and_mul(gu, self.fp8_rows_down and fp8_rows_wanted(gu.shape[0])))
         if self.cpu_native and gu.dtype == torch.bfloat16:
             from pagoda.layers.cpu_fused import silu_mul
 
@@ -293,6 +301,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
         self.fused = False
+        # fused: the norms quantize qkv_proj's / gate_up_proj's FP8 rows themselves (FP8_ROWS, enable_fused_kernels)
+        self.fp8_rows_attn = False
+        self.fp8_rows_mlp = False
         self.cpu_native = False  # bf16 on the CPU: the norms by pagoda.layers.cpu_fused (enable_cpu_native_kernels)
 
     def forward(self, cos_sin, positions, h, residual, kv_cache, meta, backend):
@@ -312,14 +323,16 @@ class DecoderLayer(nn.Module):
             return h + self.mlp(self.post_attention_layernorm(h)), None
         from pagoda.layers.fused_kernels import fused_add_rms_norm, rms_norm
 
+        fp8 = fp8_rows_wanted(h.shape[0])
         if residual is None:
             residual = h
-            x = rms_norm(h, self.input_layernorm.weight, self.input_layernorm.eps)
+            x = rms_norm(h, self.input_layernorm.weight, self.input_layernorm.eps, self.fp8_rows_attn and fp8)
         else:
-            x, residual = fused_add_rms_norm(h, residual, self.input_layernorm.weight, self.input_layernorm.eps)
+            x, residual = fused_add_rms_norm(h, residual, self.input_layernorm.weight, self.input_layernorm.eps,
+                                             self.fp8_rows_attn and fp8)
         h = self.self_attn(cos_sin, positions, x, kv_cache, meta, backend)
         x, residual = fused_add_rms_norm(h, residual, self.post_attention_layernorm.weight,
-                                         self.post_attention_layernorm.eps)
+                                         self.post_attention_layernorm.eps, self.fp8_rows_mlp and fp8)
         return self.mlp(x), residual
 
 
@@ -489,11 +502,22 @@ class LlamaForCausalLM(nn.Module):
         return fused_add_rms_norm(h, residual, self.norm.weight, self.norm.eps)[0]
 
     def enable_fused_kernels(self) -> None:
-        """Use the Triton elementwise kernels (CUDA): fused add+RMSNorm, SiLU-mul, rotary."""
+        """Use the Triton elementwise kernels (CUDA): fused add+RMSNorm, SiLU-mul, rotary; with :data:`FP8_ROWS`,
+        each norm or SiLU·mul whose only consumer is an FP8 linear that takes them quantizes its rows for it."""
         self.fused = True
         for m in self.modules():
             if hasattr(m, "fused"):
                 m.fused = True  # type: ignore[assignment]  # torch types unknown attributes as Tensor | Module
+        if not FP8_ROWS:
+            return
+        for layer in self.layers:
+            if not isinstance(layer, DecoderLayer):
+                continue
+            attn, mlp = layer.self_attn, layer.mlp
+            layer.fp8_rows_attn = type(attn) is Attention and attn.qkv_proj.takes_fp8_rows()
+            if type(mlp) is MLP:
+                layer.fp8_rows_mlp = mlp.gate_up_proj.takes_fp8_rows()
+                mlp.fp8_rows_down = mlp.silu and mlp.down_proj.takes_fp8_rows()
 
     def enable_cpu_native_kernels(self) -> int:
         """bf16 on the CPU: layers whose norms are pagoda's plain RMSNorm in bf16 compute them (with the residual

@@ -32,7 +32,9 @@ from pagoda.quantization.base import QuantizationConfig
 from pagoda.quantization.w8a8 import (
     FP8_DTYPE,
     FP8_MAX,
+    Fp8Rows,
     fp8_linear,
+    fp8_rows_linear,
     fp8_small_m_gemv,
     quantize_weight_fp8_per_channel,
     scaled_mm_supported,
@@ -140,7 +142,14 @@ class Fp8LinearMethod(LinearMethod):
         layer.use_scaled_mm = self.act is not None and scaled_mm_supported(  # type: ignore[assignment]
             layer.weight.device, layer.in_features, layer.out_features)
 
-    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    def takes_fp8_rows(self, layer: Linear) -> bool:
+        """Dynamic per-token activations on ``torch._scaled_mm``: a fused norm or SiLU·mul may quantize them."""
+        return self.act == "token" and bool(getattr(layer, "use_scaled_mm", False))
+
+    def apply(self, layer: Linear, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        if isinstance(x, Fp8Rows):
+            return fp8_rows_linear(x, layer.weight, tensor(layer, "weight_scale"), layer.bias,
+                                   tensor(layer, "use_scaled_mm"))
         if self.act is None:
             n, k = layer.weight.shape
             small = fp8_small_m_gemv(x.reshape(-1, k), layer.weight, tensor(layer, "weight_scale"), layer.bias)

@@ -21,6 +21,8 @@ M = 1 (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,29 @@ _MIN_SCALE = 1e-12
 _INV_FP8_MAX = 1.0 / FP8_MAX
 """Dynamic FP8 scales are ``absmax * (1/448)``: one rounding that every device and the fused kernel share
 (torch's CUDA ``tensor / scalar`` is itself a multiplication by the reciprocal; its CPU one divides)."""
+
+
+class Fp8Rows(NamedTuple):
+    """Activation rows already quantized per token for an FP8 linear: what a fused norm or SiLU·mul kernel returns
+    when its consumer asked for it (:func:`fp8_rows_wanted`). Invariant: ``codes`` and ``scales`` are bit for bit
+    what :func:`~pagoda.quantization.kernels.triton_fp8_quant.quantize_fp8_rows` gives on the ``dtype`` rows the
+    producer would otherwise have returned, so the product does not depend on which path quantized them."""
+
+    codes: torch.Tensor
+    """``[M, K]`` float8_e4m3fn."""
+    scales: torch.Tensor
+    """``[M, 1]`` float32."""
+    dtype: torch.dtype
+    """The rows' dtype before quantization: the linear's output dtype."""
+
+
+def fp8_rows_wanted(rows: int) -> bool:
+    """Whether a CUDA FP8 linear (dynamic per-token activations, ``torch._scaled_mm``) of ``rows`` token rows
+    quantizes its input at all: at most ``triton_fp8_gemv.GEMV_MAX_M`` rows take the weight-only GEMV instead
+    (:func:`fp8_small_m_gemv`). A producer hands :class:`Fp8Rows` to such a linear only where this holds."""
+    from pagoda.quantization.kernels import triton_fp8_gemv as gemv
+
+    return rows > gemv.GEMV_MAX_M
 
 
 def quantize_fp8(x2: torch.Tensor, input_scale: torch.Tensor | None, per_token: bool
@@ -76,7 +101,7 @@ def fp8_small_m_gemv(x2: torch.Tensor, weight: torch.Tensor, weight_scale: torch
     unused); returns ``None`` when the rule does not apply."""
     from pagoda.quantization.kernels import triton_fp8_gemv as gemv
 
-    if not x2.is_cuda or x2.shape[0] > gemv.GEMV_MAX_M or x2.shape[0] == 0:
+    if not x2.is_cuda or fp8_rows_wanted(x2.shape[0]) or x2.shape[0] == 0:
         return None
     return gemv.fp8_gemv(x2, weight, weight_scale, bias, block=block)
 
@@ -108,6 +133,18 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if bias is not None:
         out = out + bias
     return out.view(*x.shape[:-1], n)
+
+
+def fp8_rows_linear(rows: Fp8Rows, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                    use_scaled_mm: bool) -> torch.Tensor:
+    """:func:`fp8_linear`'s product on rows quantized by their producer: ``[M, N]`` in ``rows.dtype``."""
+    n = weight.shape[0]
+    if use_scaled_mm:
+        out = torch._scaled_mm(rows.codes, weight.t(), scale_a=rows.scales, scale_b=weight_scale.view(1, n),
+                               out_dtype=torch.bfloat16).to(rows.dtype)
+    else:
+        out = F.linear(rows.codes.float() * rows.scales, weight.float() * weight_scale.view(n, 1)).to(rows.dtype)
+    return out if bias is None else out + bias
 
 
 def int_mm_supported(device: torch.device, k: int, n: int) -> bool:

@@ -20,7 +20,7 @@ from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX, quantize_fp
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("k", [40, 128, 4096 + 72])
+@pytest.mark.parametrize("k", [40, 128, 4096 + 72, 16384 + 40])  # the last: two passes over the row
 @pytest.mark.parametrize("static", [False, True])
 def test_fused_quant_equals_torch_form(k: int, static: bool) -> None:
     g = torch.Generator().manual_seed(k)

@@ -120,3 +120,83 @@ def test_rope_cos_sin_matches_hf_rotate_half(hq, hk, d):
     assert qo.stride() == q.stride() and ko.stride() == k.stride()
     with pytest.raises(ValueError, match="do not fit"):
         fk.rope_cos_sin(q, k, cos[:, :-1], sin)
+
+
+def _separate_fp8(rows: torch.Tensor):
+    """The per-token FP8 codes and scales of the separate quantization kernel (float8 cast by torch)."""
+    from pagoda.quantization.kernels.triton_fp8_quant import quantize_fp8_rows
+    from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX
+
+    q, s = quantize_fp8_rows(rows, None, FP8_MAX, _MIN_SCALE, out_dtype=torch.float32 if DEV == "cpu" else FP8_DTYPE)
+    return q.to(FP8_DTYPE).view(torch.uint8), s
+
+
+@pytest.mark.parametrize("n", [64, 576, 4096 + 8])
+def test_norms_quantize_their_rows_like_the_separate_kernel(n):
+    """fp8=True: the norm's rows quantized per token equal the separate kernel's on the rows it returns otherwise,
+    bit for bit (codes and scales); an all-zero row takes the minimum scale."""
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(5, n, generator=g) * torch.logspace(-2, 2, 5)[:, None]).to(torch.bfloat16).to(DEV)
+    r = torch.randn(5, n, generator=g).to(torch.bfloat16).to(DEV)
+    x[3], r[3] = 0, 0
+    w = torch.randn(n, generator=g).to(torch.bfloat16).to(DEV)
+    rows = fk.rms_norm(x, w, 1e-6, True)
+    q_ref, s_ref = _separate_fp8(fk.rms_norm(x, w, 1e-6))
+    assert rows.dtype == torch.bfloat16 and rows.codes.shape == (5, n)
+    assert torch.equal(rows.codes.view(torch.uint8), q_ref) and torch.equal(rows.scales, s_ref)
+    res = r.clone()
+    rows, res_out = fk.fused_add_rms_norm(x.clone(), res, w, 1e-6, True)
+    plain, res_ref = fk.fused_add_rms_norm(x.clone(), r.clone(), w, 1e-6)
+    q_ref, s_ref = _separate_fp8(plain)
+    assert torch.equal(res_out, res_ref)
+    assert torch.equal(rows.codes.view(torch.uint8), q_ref) and torch.equal(rows.scales, s_ref)
+
+
+@pytest.mark.parametrize("n", [40, 1100, 14336])
+def test_silu_and_mul_quantizes_its_rows_like_the_separate_kernel(n):
+    g = torch.Generator().manual_seed(n)
+    gu = (torch.randn(3, 2 * n, generator=g) * 3).to(torch.bfloat16).to(DEV)
+    gu[1] = 0
+    rows = fk.silu_and_mul(gu, True)
+    q_ref, s_ref = _separate_fp8(fk.silu_and_mul(gu))
+    assert torch.equal(rows.codes.view(torch.uint8), q_ref) and torch.equal(rows.scales, s_ref)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="CPU interpreter check; tests/gpu/test_gpu_w8a8.py runs it on scaled_mm")
+def test_fp8_model_with_rows_quantized_by_the_norms_equals_linears_quantizing(tmp_path, monkeypatch):
+    """A tiny FP8 llama, fused: the norms and SiLU·mul quantizing the FP8 linears' rows (forced on the CPU, whose
+    FP8 linears otherwise quantize their own input) gives the same greedy tokens and logprobs, bit for bit, as
+    the linears quantizing the same rows themselves; and the Fp8Rows path really ran."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import build_tiny_model
+
+    from pagoda import LLM, SamplingParams
+    from pagoda.models import llama
+    from pagoda.quantization import fp8, w8a8
+
+    folder = build_tiny_model(tmp_path / "llama", "llama")
+    prompts = ["The quick brown fox jumps over", "Paris is the capital of", "héllo"]
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    llm = LLM(str(folder), dtype="float32", device="cpu", quantization="fp8", num_gpu_blocks_override=64)
+    model = llm.llm_engine.core.runner.model
+    monkeypatch.setattr(fp8.Fp8LinearMethod, "takes_fp8_rows", lambda self, layer: self.act == "token")
+    monkeypatch.setattr(llama, "fp8_rows_wanted", lambda rows: True)
+    calls = []
+    real = fp8.fp8_rows_linear
+    monkeypatch.setattr(fp8, "fp8_rows_linear", lambda *a: calls.append(1) or real(*a))
+
+    def run():
+        outs = llm.generate(prompts, sp, use_tqdm=False)
+        return [(o.outputs[0].token_ids, [sorted(d.items()) for d in o.outputs[0].logprobs]) for o in outs]
+
+    monkeypatch.setattr(llama, "FP8_ROWS", False)
+    model.enable_fused_kernels()
+    base = run()
+    assert not calls
+    monkeypatch.setattr(llama, "FP8_ROWS", True)
+    model.enable_fused_kernels()
+    assert all(layer.fp8_rows_attn and layer.fp8_rows_mlp and layer.mlp.fp8_rows_down for layer in model.layers)
+    assert run() == base
+    assert calls
+    assert w8a8.fp8_rows_wanted(9) and not w8a8.fp8_rows_wanted(8)
