@@ -295,8 +295,11 @@ SMALL_WEIGHT = 1 << 25
 U8_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule. benchmarks/gpu/int_weight_sweep.py prints this.
     16: Rule('u8', 128),
     32: Rule('u8', 64, block_m=64),
-    64: Rule('u8', 64, block_m=64),
-    BIG: Rule('u8', 64, block_m=64),
+    64: Rule('u8', 64, block_m=64),  # session 32 (H100): 8B step linears 5.76 ms
+    128: Rule('u8', 64, block_m=64),  # not measured: the u8 rule kept where it ran before
+    # session 32 (H100, `int_weight_sweep.py --only u8 --ms 64 256 1024`): from 256 rows the dense copy beats u8
+    # on all four 8B linears (step linears 13.9 ms at 256 rows, 26.4 at 1,024), as it did for 4-bit
+    BIG: Rule('deq', 128),
 }
 
 
