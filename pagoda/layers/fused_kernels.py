@@ -38,6 +38,17 @@ from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX, Fp8Rows
 _FP8_RULE = {"FP8_MAX": FP8_MAX, "MIN_SCALE": _MIN_SCALE}
 """The per-token FP8 rule's constants (w8a8's, as every quantizer of activations uses)."""
 
+FP8_ROW_ELEMS = {"norm": 32, "silu": 32}
+"""Elements of a row each thread holds in the kernels that hold a whole row (one program a row): the norms (with or
+without FP8 rows: one width for both, since the sum of squares' order follows ``num_warps`` and the FP8 rows must
+be those of the plain norm's output) and SiLU·mul with FP8 rows. ``num_warps`` is the row's power-of-two width over
+32 times this, within 4..32 (``benchmarks/gpu/fp8_rows_sweep.py`` times the choices)."""
+
+
+def fp8_row_warps(kind: str, block: int) -> int:
+    """``num_warps`` of a ``kind`` ("norm" / "silu") program over a row of ``block`` (a power of two) elements."""
+    return max(4, min(32, block // (32 * FP8_ROW_ELEMS[kind])))
+
 
 @triton.jit
 def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, stride_x, stride_r, stride_o, N, eps,
@@ -96,7 +107,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fp8: bool = Fals
     out, scales = _fp8_out(x2) if fp8 else (torch.empty_like(x2), x2)
     n = x2.shape[-1]
     _rms_kernel[(x2.shape[0],)](x2, x2, weight, out, scales, x2.stride(0), x2.stride(0), out.stride(0), n, eps,
-                               HAS_RES=False, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n), num_warps=4,
+                               HAS_RES=False, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n),
+                               num_warps=fp8_row_warps("norm", triton.next_power_of_2(n)),
                                **launch_kwargs(x.device))
     return _fp8_rows(out, scales, x.dtype) if fp8 else out.view(x.shape)
 
@@ -115,7 +127,8 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
     n = x.shape[-1]
     out, scales = _fp8_out(x) if fp8 else (torch.empty_like(x), x)
     _rms_kernel[(x.shape[0],)](x, residual, weight, out, scales, x.stride(0), residual.stride(0), out.stride(0), n,
-                              eps, HAS_RES=True, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n), num_warps=4,
+                              eps, HAS_RES=True, FP8=fp8, **_FP8_RULE, BLOCK=triton.next_power_of_2(n),
+                              num_warps=fp8_row_warps("norm", triton.next_power_of_2(n)),
                               **launch_kwargs(x.device))
     return (_fp8_rows(out, scales, x.dtype) if fp8 else out), residual
 
@@ -166,7 +179,7 @@ def silu_and_mul(gu: torch.Tensor, fp8: bool = False) -> torch.Tensor | Fp8Rows:
         block = triton.next_power_of_2(n)
         _silu_mul_fp8_kernel[(gu.shape[0],)](gu, codes, scales, gu.stride(0), codes.stride(0), n, **_FP8_RULE,
                                              BLOCK=block,
-                                             num_warps=16 if block >= 8192 else 8 if block >= 2048 else 4,
+                                             num_warps=fp8_row_warps("silu", block),
                                              **launch_kwargs(gu.device))
         return _fp8_rows(codes, scales, gu.dtype)
     out = torch.empty((gu.shape[0], n), dtype=gu.dtype, device=gu.device)
