@@ -64,7 +64,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), flush=True)
     best = {m: sweep(m, args.hidden, args.inter) for m in args.rows}
     mid = args.rows[len(args.rows) // 2]
-    print(f"BEST pagoda.layers.fused_kernels.FP8_ROW_ELEMS={best[mid]!r}".replace(" ", ""), flush=True)
+    print("BEST pagoda.layers.fused_kernels.FP8_ROW_ELEMS=" + repr(best[mid]).replace(" ", ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         if static is None and not per_token:  # dynamic per-tensor: the torch form's scale, used as static
             static = (x2.float().abs().amax() * _INV_FP8_MAX).clamp(min=_MIN_SCALE).reshape(1)
         xq, sx = quantize_fp8_rows(x2, static, FP8_MAX, _MIN_SCALE)
-        out = torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.view(1, n), out_dtype=torch.bfloat16)
-        out = out.to(x.dtype)
+        out = scaled_fp8_mm(xq, sx, weight, weight_scale).to(x.dtype)
     else:
         xq, sx = quantize_fp8(x2, input_scale, per_token)
         out = F.linear(xq.float() * sx, weight.float() * weight_scale.view(n, 1)).to(x.dtype)
@@ -135,13 +134,26 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     return out.view(*x.shape[:-1], n)
 
 
+def scaled_fp8_mm(xq: torch.Tensor, sx: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
+                  ) -> torch.Tensor:
+    """THE CUDA W8A8 FP8 product, bf16 ``[M, N]``: the Triton GEMM where its table has the shape
+    (:mod:`pagoda.quantization.kernels.triton_fp8_gemm`: tiles that fill the GPU at a few hundred rows), else
+    ``torch._scaled_mm`` with row-wise scales."""
+    from pagoda.quantization.kernels import triton_fp8_gemm
+
+    n, k = weight.shape
+    rule = triton_fp8_gemm.fp8_gemm_rule(xq.shape[0], n, k)
+    if rule is not None:
+        return triton_fp8_gemm.fp8_gemm(xq, sx, weight, weight_scale, None, torch.bfloat16, rule)
+    return torch._scaled_mm(xq, weight.t(), scale_a=sx, scale_b=weight_scale.view(1, n), out_dtype=torch.bfloat16)
+
+
 def fp8_rows_linear(rows: Fp8Rows, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
                     use_scaled_mm: bool) -> torch.Tensor:
     """:func:`fp8_linear`'s product on rows quantized by their producer: ``[M, N]`` in ``rows.dtype``."""
     n = weight.shape[0]
     if use_scaled_mm:
-        out = torch._scaled_mm(rows.codes, weight.t(), scale_a=rows.scales, scale_b=weight_scale.view(1, n),
-                               out_dtype=torch.bfloat16).to(rows.dtype)
+        out = scaled_fp8_mm(rows.codes, rows.scales, weight, weight_scale).to(rows.dtype)
     else:
         out = F.linear(rows.codes.float() * rows.scales, weight.float() * weight_scale.view(n, 1)).to(rows.dtype)
     return out if bias is None else out + bias
