@@ -1,6 +1,6 @@
 #!/bin/bash
 # Shared set-up of this session's device calls (sourced): packages from the carried wheels, the 8B-shape model,
-# and `step NAME TIMEOUT CMD...`, which runs CMD under TIMEOUT unless the call's 580 s would be passed.
+# and `step NAME TIMEOUT CMD...`, which runs CMD under TIMEOUT unless the call's CAP (580) s would be passed.
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 T0=$(date +%s)
 [ -d /tmp/site/fastapi ] || python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn \
@@ -14,7 +14,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 step() {
   local name=$1 limit=$2; shift 2
   local now; now=$(date +%s)
-  if (( now - T0 + limit > 580 )); then echo "SKIPPED $name (at $((now - T0)) s)" | tee -a $S; return; fi
+  if (( now - T0 + limit > ${CAP:-580} )); then echo "SKIPPED $name (at $((now - T0)) s)" | tee -a $S; return; fi
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
   echo "$name rc=$? at $(( $(date +%s) - T0 )) s" >> $S
 }
