@@ -38,11 +38,13 @@ from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX, Fp8Rows
 _FP8_RULE = {"FP8_MAX": FP8_MAX, "MIN_SCALE": _MIN_SCALE}
 """The per-token FP8 rule's constants (w8a8's, as every quantizer of activations uses)."""
 
-FP8_ROW_ELEMS = {"norm": 32, "silu": 32}
+FP8_ROW_ELEMS = {"norm": 64, "silu": 32}
 """Elements of a row each thread holds in the kernels that hold a whole row (one program a row): the norms (with or
 without FP8 rows: one width for both, since the sum of squares' order follows ``num_warps`` and the FP8 rows must
 be those of the plain norm's output) and SiLU·mul with FP8 rows. ``num_warps`` is the row's power-of-two width over
-32 times this, within 4..32 (``benchmarks/gpu/fp8_rows_sweep.py`` times the choices)."""
+32 times this, within 4..32 (``benchmarks/gpu/fp8_rows_sweep.py`` times the choices). The norms' 64 keeps their
+4 warps up to 8,192 wide rows, as before the FP8 rows; 16 warps were faster alone on an H100 but not end to end
+(benchmarks/RESULTS.md, session 32)."""
 
 
 def fp8_row_warps(kind: str, block: int) -> int:
