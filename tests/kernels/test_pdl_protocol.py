@@ -32,9 +32,13 @@ def _kernels():
     from pagoda.quantization.kernels import triton_fp8_gemv, triton_w4_gemv
 
     bd = {"BLOCK_D": 128}
+    fp8 = {"FP8_MAX": 448.0, "MIN_SCALE": 1e-12}
     return {
-        "rms_norm": (fused_kernels._rms_kernel, {"HAS_RES": True, "BLOCK": 4096}, {}, False),
+        "rms_norm": (fused_kernels._rms_kernel, {"HAS_RES": True, "FP8": False, **fp8, "BLOCK": 4096}, {}, False),
+        "rms_norm_fp8": (fused_kernels._rms_kernel, {"HAS_RES": True, "FP8": True, **fp8, "BLOCK": 4096},
+                         {"out_ptr": "*fp8e4nv"}, False),
         "silu_mul": (fused_kernels._silu_mul_kernel, {"BLOCK": 1024}, {}, False),
+        "silu_mul_fp8": (fused_kernels._silu_mul_fp8_kernel, {**fp8, "BLOCK": 16384}, {"q_ptr": "*fp8e4nv"}, False),
         "rope_kv_write": (fused_kernels._rope_kernel, {"HQ": 32, "HK": 8, "HALF": 64, "BH": 32, "BD": 64,
                                                        "WRITE_KV": True, "FP8": 0, "QK_NORM": True}, {}, False),
         "rope_cos_sin": (fused_kernels._rope_cos_sin_kernel, {"HQ": 32, "HK": 8, "HALF": 64, "BH": 32, "BD": 64}, {},
@@ -94,8 +98,9 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
     return kernel.asm["ptx"].splitlines()
 
 
-NAMES = ["rms_norm", "silu_mul", "rope_kv_write", "rope_cos_sin", "split_kv_decode", "split_kv_reduce", "dense_gemv",
-         "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv", "fp8_gemv_nopf", "w4_gemv"]
+NAMES = ["rms_norm", "rms_norm_fp8", "silu_mul", "silu_mul_fp8", "rope_kv_write", "rope_cos_sin", "split_kv_decode",
+         "split_kv_reduce", "dense_gemv", "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv",
+         "fp8_gemv_nopf", "w4_gemv"]
 
 
 @pytest.fixture(scope="module")
