@@ -323,7 +323,7 @@ class DecoderLayer(nn.Module):
             return h + self.mlp(self.post_attention_layernorm(h)), None
         from pagoda.layers.fused_kernels import fused_add_rms_norm, rms_norm
 
-        fp8 = fp8_rows_wanted(h.shape[0])
+        fp8 = (self.fp8_rows_attn or self.fp8_rows_mlp) and fp8_rows_wanted(h.shape[0])
         if residual is None:
             residual = h
             x = rms_norm(h, self.input_layernorm.weight, self.input_layernorm.eps, self.fp8_rows_attn and fp8)
