@@ -103,7 +103,7 @@ def probe(query: str) -> Iterator[None]:
     elif tag in ("s3", "w2", "w8", "r96"):
         option = {"s3": {"num_stages": 3}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8}, "r96": {"maxnreg": 96}}[tag]
         tk._unified_attention_kernel = _Launch(saved[1], **option)
-        dot = saved[0](torch.bfloat16, torch.float8_e4m3fn)  # the wrapper hides the JITFunction from _interpreting
+        dot = saved[0](torch.bfloat16, torch.float8_e4m3fn)  # the wrapper hides the JITFunction from interpreted()
         tk._dot_config = lambda *a: dot
     try:
         yield

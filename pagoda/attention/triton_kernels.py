@@ -103,12 +103,12 @@ import math
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
 from pagoda.attention.kv_quant import is_fp8
 from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+from pagoda.layers.triton_mode import interpreted
 
 MIN_TOKENS_PER_SPLIT = 64
 MAX_SPLITS = 64
@@ -589,11 +589,6 @@ def _split_kv_reduce_kernel(
 # --------------------------------------------------------------------------- host side
 
 
-def _interpreting() -> bool:
-    # Decided when the kernels were decorated (TRITON_INTERPRET at import time), not now.
-    return not isinstance(_unified_attention_kernel, JITFunction)
-
-
 def _dot_config(dtype: torch.dtype, cache_dtype: torch.dtype | None = None) -> tuple[tl.dtype, str, bool]:
     """(operand dtype for tl.dot, input_precision, Q_SCALED) for a query of ``dtype`` over a cache of ``cache_dtype``.
 
@@ -610,7 +605,7 @@ def _dot_config(dtype: torch.dtype, cache_dtype: torch.dtype | None = None) -> t
         return tl.float16, "tf32", False  # input_precision only matters for fp32 operands
     if dtype == torch.bfloat16:
         # The interpreter's matmul is numpy, which has no bf16.
-        return (tl.float32, "ieee", False) if _interpreting() else (tl.bfloat16, "tf32", False)
+        return (tl.float32, "ieee", False) if interpreted(_unified_attention_kernel) else (tl.bfloat16, "tf32", False)
     raise TypeError(f"Triton attention supports {_SUPPORTED_DTYPES}, got {dtype}")
 
 

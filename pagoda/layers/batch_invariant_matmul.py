@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagoda.layers.triton_mode import interpreted
+
 
 @triton.jit
 def _matmul_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
@@ -40,10 +42,6 @@ def _matmul_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, st
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _interpreting() -> bool:
-    return not isinstance(_matmul_kernel, triton.runtime.jit.JITFunction)
-
-
 def config_for(n: int, k: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): from the weight's (N, K) and dtype only (never from M).
     Without split-K a decode step has only ``N / BLOCK_N`` programs, so narrow layers get narrow tiles
@@ -66,7 +64,7 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if m == 0:
         return y
     bm, bn, bk, warps = config or config_for(n, k, x.dtype)
-    if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _interpreting()):
+    if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreted(_matmul_kernel)):
         dot_dtype, precision = tl.float32, "ieee"  # no TF32; numpy has no bf16 matmul
     else:
         dot_dtype, precision = (tl.bfloat16 if x.dtype == torch.bfloat16 else tl.float16), "tf32"

@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import nn
 
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+from pagoda.layers.triton_mode import interpreted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,10 +288,6 @@ def _dense_gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_
         _store_row(a7, b_ptr, y_ptr, 7, stride_ym, offs_n, n_ok, HAS_BIAS)
 
 
-def _interpreting() -> bool:
-    return not isinstance(_dense_gemv_kernel, triton.runtime.jit.JITFunction)
-
-
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rule: GemvRule) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (module docstring). ``x`` [..., K] with at most
     :data:`GEMV_MAX_M` rows in all; ``weight`` [N, K] with unit stride along K."""
@@ -317,7 +314,8 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             x2, weight, bias_arg, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
             HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
             BLOCK_M=max(16, m_bucket(M)) if rule.use_dot else 1, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
-            USE_DOT=rule.use_dot, DOT_F32=_interpreting() or x2.dtype == torch.float32, num_warps=rule.num_warps,
+            USE_DOT=rule.use_dot, DOT_F32=interpreted(_dense_gemv_kernel) or x2.dtype == torch.float32,
+            num_warps=rule.num_warps,
             num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)
 

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from pagoda.attention.fp8_triton import fp8_code, store_kv
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+from pagoda.layers.triton_mode import interpreted
 from pagoda.quantization.kernels.triton_fp8_quant import fp8_codes, fp8_row_scale
 from pagoda.quantization.w8a8 import _MIN_SCALE, FP8_DTYPE, FP8_MAX, Fp8Rows
 
@@ -82,16 +83,12 @@ def _rms_kernel(x_ptr, res_ptr, w_ptr, out_ptr, s_ptr, stride_x, stride_r, strid
         tl.store(out_ptr + row * stride_o + cols, out, mask=mask)
 
 
-def _interpreting() -> bool:
-    return not isinstance(_rms_kernel, triton.runtime.jit.JITFunction)
-
-
 def _fp8_out(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Buffers of :class:`Fp8Rows` for ``x2``'s rows: codes and scales. Under the interpreter (CPU tests) the codes
     buffer is float32 (the kernel stores ``clamp(x / s)`` before the cast) and :func:`_fp8_rows` casts it with torch:
     the interpreter's own float8 cast is not the hardware's (round to nearest even)."""
     m, k = x2.shape
-    return (torch.empty((m, k), dtype=torch.float32 if _interpreting() else FP8_DTYPE, device=x2.device),
+    return (torch.empty((m, k), dtype=torch.float32 if interpreted(_rms_kernel) else FP8_DTYPE, device=x2.device),
             torch.empty((m, 1), dtype=torch.float32, device=x2.device))
 
 

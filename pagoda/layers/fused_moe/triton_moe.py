@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
 from pagoda.layers.fused_moe.quantized import MODE_INT4, StackedWeight
 from pagoda.layers.fused_moe.routing import RoutingConfig
@@ -35,6 +34,7 @@ from pagoda.layers.fused_moe.small_moe import (
     small_moe_rules,
 )
 from pagoda.layers.fused_moe.triton_dequant import WeightArgs, fp8_to_f32, kernel_args
+from pagoda.layers.triton_mode import interpreted
 
 _ALIGN_BLOCK = 64  # pairs per one-hot chunk
 _ALIGN_SPAN = 1024  # pairs per counting program
@@ -249,11 +249,6 @@ def _moe_gemm_kernel(a_ptr, w_ptr, s_ptr, o_ptr, c_ptr, topk_w_ptr, sorted_ptr, 
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
 
 
-def _interpreting() -> bool:
-    # Decided when the kernels were decorated (TRITON_INTERPRET at import time).
-    return not isinstance(_moe_gemm_kernel, JITFunction)
-
-
 def _block_m(num_pairs: int, num_experts: int) -> int:
     per_expert = num_pairs / num_experts
     return 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
@@ -288,7 +283,7 @@ def _moe_gemm(a, w: WeightArgs, out, topk_w, sorted_ids, expert_ids, npost, a_di
     g = expert_ids.numel()
     bn = rule.block_n or (64 if bm < 64 else 128)
     bk = w.step_k(rule.block_k, 32 if w.mode == MODE_INT4 else 16)  # tl.dot needs K >= 16 (4-bit: bytes)
-    ieee = a.dtype == torch.float32 or _interpreting()
+    ieee = a.dtype == torch.float32 or interpreted(_moe_gemm_kernel)
     _moe_gemm_kernel[(g * triton.cdiv(N, bn),)](
         a, w.w, w.s, w.o, out, topk_w, sorted_ids, expert_ids, npost, N, K, M, a.stride(0), *w.strides_w,
         *w.strides_s, out.stride(0), g, A_DIV=a_div, MUL_WEIGHT=mul_weight, IEEE=ieee, **w.constexprs(bk),

@@ -45,10 +45,10 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
 from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
+from pagoda.layers.triton_mode import interpreted
 
 _SCALE_TENSOR, _SCALE_CHANNEL, _SCALE_BLOCK = 0, 1, 2
 
@@ -291,10 +291,6 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, 
                         stride_ym, SCALE_MODE, HAS_BIAS, BITS)
 
 
-def _interpreting() -> bool:
-    return not isinstance(_fp8_gemv_kernel, JITFunction)
-
-
 def _split(cfg: GemvConfig, tiles: int, k: int, device: torch.device, scale_bk: int) -> tuple[int, int]:
     """(split count, K per split): ``cfg.split_k`` or, for 0, enough splits for one program per SM,
     each split a multiple of ``block_k`` (and of the scale block along K)."""
@@ -362,7 +358,8 @@ def fp8_gemv(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
         x2, w, scale, bias if bias is not None else y, y, ws, locks, m, n, k, k_split // cfg.block_k, split,
         x2.stride(0), weight.stride(0), y.stride(0), scale.stride(0) if mode == _SCALE_BLOCK else 0,
         SCALE_MODE=mode, SCALE_BN=sbn, SCALE_BK=sbk, HAS_BIAS=bias is not None, BITS=decode == "bits",
-        EVEN_K=k % k_split == 0 and k_split % cfg.block_k == 0, USE_DOT=cfg.use_dot, DOT_F32=_interpreting(),
+        EVEN_K=k % k_split == 0 and k_split % cfg.block_k == 0, USE_DOT=cfg.use_dot,
+        DOT_F32=interpreted(_fp8_gemv_kernel),
         BLOCK_M=max(16, m_bucket(m)) if cfg.use_dot else m_bucket(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT=split > 1, PREFETCH=cfg.prefetch and not cfg.use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_kwargs(x2.device))

@@ -41,8 +41,8 @@ from functools import lru_cache
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
+from pagoda.layers.triton_mode import interpreted
 from pagoda.quantization.kernels.triton_pair_decode import pair_decode
 from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
 
@@ -391,15 +391,11 @@ def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int =
     return resolve(rule_for(m, bits, n, k), m, n, k, group_size, sms)
 
 
-def _interpreting() -> bool:
-    return not isinstance(_int4_dot_kernel, JITFunction)
-
-
 def _paired(wanted: bool, dtype: torch.dtype, scales: torch.Tensor) -> bool:
     """Whether a 4-bit dequantization to ``dtype`` runs :mod:`triton_pair_decode` (inline PTX: compiled CUDA,
     16-bit floats, the scales and offsets in that dtype)."""
     return wanted and dtype in (torch.bfloat16, torch.float16) and scales.dtype == dtype and scales.is_cuda \
-        and not _interpreting()
+        and not interpreted(_int4_dot_kernel)
 
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
@@ -428,7 +424,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     else:
         out = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
-    dot_f32 = x.dtype == torch.float32 or _interpreting()
+    dot_f32 = x.dtype == torch.float32 or interpreted(_int4_dot_kernel)
     common = (x, qweight, scales, offsets, out, m, n)
     # float32 activations double the x tile in shared memory: the tables' 4-stage 128 x 128 tiles (tuned in
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
