@@ -23,7 +23,8 @@ each at 540 and 2,000 keys; 8 layers' caches (no L2 reuse between calls), one ca
 the bytes floor printed (K and V bytes read once at the measured copy bandwidth, 4.26 TB/s by default).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [--bandwidth-gbs 4260]
-[--served-only | --probe]`` (``--served-only``: the first two cases);
+[--served-only | --probe | --layouts]`` (``--served-only``: the first two cases; ``--layouts``: the caches stored
+head-major per block, ``@hm``, and with V key-major too, ``@vt``, each against its served layout);
 ``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
 """
 
@@ -56,8 +57,12 @@ if "--served-only" in sys.argv:  # the two caches as served: the FP8 one's time 
 if "--probe" in sys.argv:
     VARIANTS = [*VARIANTS[:2], ("fp8", "bf16+bf16dot", 64), ("fp8", "bf16+nonorm", 64), ("fp8", "bf16", 128),
                 ("fp8", "bf16+s3", 64), ("fp8", "bf16+w8", 64), ("fp8", "bf16+r96", 64), ("fp8", "bf16+r96", 128)]
+if "--layouts" in sys.argv:  # the cache's memory layout (session 33): ``@hm`` head-major, ``@vt`` plus V key-major
+    VARIANTS = [("bf16", "bf16", 64), ("bf16@hm", "bf16", 64), ("fp8", "bf16", 64), ("fp8@hm", "bf16", 64),
+                ("fp8@vt", "bf16", 64), ("fp8@vt", "bf16", 32), ("fp8@vt", "bf16", 128), ("bf16@vt", "bf16", 64)]
 if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
-    VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16)]
+    VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16), ("fp8@hm", "bf16", 16),
+                ("fp8@vt", "bf16", 16), ("bf16@vt", "bf16", 32)]
 
 
 def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator) -> dict:
@@ -72,10 +77,23 @@ def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator
     }
 
 
+def laid_out(x: torch.Tensor, layout: str, is_v: bool) -> torch.Tensor:
+    """``x`` ([blocks, block, heads, dim]) stored as ``layout`` says, the same logical tensor: "" as is, "hm" each
+    block head-major ([blocks, heads, block, dim] in memory), "vt" head-major with V key-major ([blocks, heads, dim,
+    block]: ``triton_kernels.v_key_major``)."""
+    if layout == "hm" or (layout == "vt" and not is_v):
+        return x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    if layout == "vt":
+        return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    return x
+
+
 def cast(layers: list[dict], cache: str, query: str) -> list[tuple]:
     qt = DTYPES[query.split("+")[0]]
-    return [(lay["q"].to(qt), lay["k"].to(DTYPES[cache]), lay["v"].to(DTYPES[cache]), lay["qsl"],
-             lay["lens"], lay["bt"]) for lay in layers]
+    dtype, _, layout = cache.partition("@")
+    ct = DTYPES[dtype]
+    return [(lay["q"].to(qt), laid_out(lay["k"].to(ct), layout, False), laid_out(lay["v"].to(ct), layout, True),
+             lay["qsl"], lay["lens"], lay["bt"]) for lay in layers]
 
 
 class _Launch:
@@ -153,7 +171,7 @@ def main() -> None:
                 t = time_us(case, block_n)
             new = compiled_kernels() - seen if "--probe" in sys.argv else set()
             err = ((out - ref).norm() / ref.norm()).item()
-            nbytes = b * ctx * hkv * d * 2 * DTYPES[cache].itemsize
+            nbytes = b * ctx * hkv * d * 2 * DTYPES[cache.partition("@")[0]].itemsize
             floor_us = nbytes / (bw * 1e3)
             cells.append(f"{cache}/{query}/{block_n}: {t:7.1f} us ({t / floor_us:4.2f}x floor {floor_us:.1f}; "
                          f"err vs fp8/bf16 {err:.1e})" + "".join(f"; new compile: {c}" for c in sorted(new)))

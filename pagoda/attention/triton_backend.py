@@ -24,6 +24,10 @@ def _kernels():
     return triton_kernels
 
 
+KV_LAYOUT = "NHD"
+"""The caches' memory layout (:data:`pagoda.worker.kv_cache.KV_LAYOUTS`); read when the caches are allocated."""
+
+
 class TritonAttentionBackend(AttentionBackend):
     """Paged attention with Triton kernels.
 
@@ -35,6 +39,11 @@ class TritonAttentionBackend(AttentionBackend):
     """
 
     name = "triton"
+
+    @property
+    def kv_layout(self) -> str:
+        return KV_LAYOUT
+
     batch_invariant = False  # --deterministic: one fixed tile config, no KV split (set by the model runner)
 
     def write_kv(

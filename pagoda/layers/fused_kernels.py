@@ -213,7 +213,8 @@ def _head_halves(base, m, w_ptr, eps, d, dm, HALF: tl.constexpr, QK_NORM: tl.con
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
                  v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr, k_scale, v_scale,
                  qw_ptr, kw_ptr, q_eps, k_eps,
-                 HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr,
+                 skb, sks, skh, svb, svs, svh, svd,  # the caches' strides (block, slot, head; V's head_dim)
+                 HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                  BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr,
                  QK_NORM: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_launch_dependents(USE_PDL)
@@ -241,16 +242,19 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
     tl.store(base + HALF, k2, mask=m)
     if WRITE_KV:
         # Also write this token's K (rotated) and V into its paged-cache slot (negative: skip).
-        slot = tl.load(slot_ptr + t)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
         wm = m & ((tl.zeros([BH, BD], dtype=tl.int64) + slot) >= 0)
-        dst = slot.to(tl.int64) * (HK * 2 * HALF) + h[:, None] * (2 * HALF) + d[None, :]
+        block = slot // BLOCK_SIZE
+        offset = slot % BLOCK_SIZE
+        dst = block * skb + offset * sks + h[:, None] * skh + d[None, :]
         store_kv(kc_ptr + dst, k1, k_scale, wm, FP8)
         store_kv(kc_ptr + dst + HALF, k2, k_scale, wm, FP8)
         vb = v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :]
         v1 = tl.load(vb, mask=m, other=0.0)
         v2 = tl.load(vb + HALF, mask=m, other=0.0)
-        store_kv(vc_ptr + dst, v1, v_scale, wm, FP8)
-        store_kv(vc_ptr + dst + HALF, v2, v_scale, wm, FP8)
+        vdst = vc_ptr + block * svb + offset * svs + h[:, None] * svh + d[None, :] * svd
+        store_kv(vdst, v1, v_scale, wm, FP8)
+        store_kv(vdst + HALF * svd, v2, v_scale, wm, FP8)
 
 
 NormArgs = tuple[torch.Tensor, float]  # an RMSNorm's weight [D] and eps
@@ -263,7 +267,8 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
                    k_norm: NormArgs | None = None) -> None:
     """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2].
 
-    With ``v``, ``k_cache``, ``v_cache`` (contiguous ``[blocks, block_size, Hk, D]``) and
+    With ``v``, ``k_cache``, ``v_cache`` (``[blocks, block_size, Hk, D]``, K with a unit stride on D, V with a unit
+    stride on D or key-major: :func:`pagoda.attention.triton_kernels.v_key_major`) and
     ``slot_mapping``, also writes the rotated K and V into the cache (the KV-write kernel
     fused in; an FP8 cache stores ``k / k_scale`` and ``v / v_scale``, saturated and rounded).
 
@@ -282,8 +287,12 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     vv = k  # placeholders for the kernel's unused KV-write arguments
     if k_cache is not None:
         assert v is not None and v_cache is not None and slot_mapping is not None and v.stride(2) == 1
-        assert k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.shape[2:] == (HK, D)
+        assert k_cache.stride(3) == 1 and v_cache.shape == k_cache.shape and k_cache.shape[2:] == (HK, D)
+        assert v_cache.stride(3) in (1, v_cache.shape[1])
         vv = v
+    kst = k_cache.stride()[:3] if k_cache is not None else (0, 0, 0)
+    vst = v_cache.stride() if v_cache is not None else (0, 0, 0, 1)
+    block_size = k_cache.shape[1] if k_cache is not None else 1
     qw, q_eps = q_norm if q_norm is not None else (cos, 0.0)
     kw, k_eps = k_norm if k_norm is not None else (cos, 0.0)
     if q_norm is not None:
@@ -292,8 +301,8 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     _rope_kernel[(T,)](q, k, cos, sin, positions, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                        vv, vv.stride(0), vv.stride(1),
                        k_cache if write else k, v_cache if write else k, slot_mapping if write else positions,
-                       float(k_scale), float(v_scale), qw, kw, float(q_eps), float(k_eps),
-                       HQ=HQ, HK=HK, HALF=half, BH=triton.next_power_of_2(max(HQ, HK)),
+                       float(k_scale), float(v_scale), qw, kw, float(q_eps), float(k_eps), *kst, *vst,
+                       HQ=HQ, HK=HK, HALF=half, BLOCK_SIZE=block_size, BH=triton.next_power_of_2(max(HQ, HK)),
                        BD=triton.next_power_of_2(half), WRITE_KV=write,
                        FP8=fp8_code(k_cache.dtype) if k_cache is not None else 0, QK_NORM=q_norm is not None,
                        num_warps=4, **launch_kwargs(q.device))

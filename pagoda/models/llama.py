@@ -223,8 +223,8 @@ class Attention(nn.Module):
             from pagoda.layers.fused_kernels import rotary_inplace
 
             cos, sin = self.rope.cos, self.rope.sin
-            if getattr(backend, "kv_layout", "NHD") == "NHD":
-                # (q/k norms,) rotary and the KV-cache write in one kernel.
+            if getattr(backend, "kv_layout", "NHD") != "HND":
+                # (q/k norms,) rotary and the KV-cache write in one kernel (any NHD-shaped layout: it takes strides).
                 rotary_inplace(q, k, cos, sin, positions, v, k_cache, v_cache, meta.slot_mapping, ks, vs,
                                **norm_args)
             else:

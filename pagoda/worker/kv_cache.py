@@ -2,7 +2,8 @@
 
 Layout per layer: ``(k_cache, v_cache)``, each ``[num_blocks, block_size, num_kv_heads,
 head_dim]`` (``HND`` backends: heads before tokens), in the KV-cache dtype (the model dtype, or one byte per
-element for ``--kv-cache-dtype fp8``: see :mod:`pagoda.attention.kv_quant`). The host tier has
+element for ``--kv-cache-dtype fp8``: see :mod:`pagoda.attention.kv_quant`). How the bytes lie is the
+backend's ``kv_layout`` (:data:`KV_LAYOUTS`); the block is always the outermost dimension. The host tier has
 the same layout and dtype in (pinned, on CUDA) host memory; block transfers copy bytes.
 
 Sizing on CUDA is per engine, as vLLM's ``gpu_memory_utilization``: the KV cache gets
@@ -38,29 +39,55 @@ def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_di
     return 2 * num_layers * block_size * num_kv_heads * head_dim * elt
 
 
+KV_LAYOUTS = ("NHD", "HND", "NHD_BY_HEAD", "NHD_BY_HEAD_VT")
+"""How one layer's caches lie in memory (a backend's ``kv_layout``):
+
+* ``NHD``: ``[blocks, block_size, heads, dim]`` tensors, contiguous;
+* ``HND``: ``[blocks, heads, block_size, dim]`` tensors (the torch backend's shape);
+* ``NHD_BY_HEAD``: the ``NHD`` shape, as a view of ``[blocks, heads, block_size, dim]`` memory: one head's keys of
+  a block are ``block_size * dim`` contiguous elements (a kernel program reads whole runs, not rows of ``dim``);
+* ``NHD_BY_HEAD_VT``: K as ``NHD_BY_HEAD``; V the ``NHD`` shape as a view of ``[blocks, heads, dim, block_size]``
+  memory, key-major (:func:`pagoda.attention.triton_kernels.v_key_major`: the order an 8-bit V tile needs as
+  the P·V operand).
+"""
+
+
+def _zeros(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+           device: torch.device, layout: str, is_v: bool) -> torch.Tensor:
+    if layout not in KV_LAYOUTS:
+        raise ValueError(f"unknown KV cache layout {layout!r}; one of {KV_LAYOUTS}")
+    if layout == "NHD":
+        return torch.zeros((num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device)
+    if layout == "NHD_BY_HEAD_VT" and is_v:
+        mem = torch.zeros((num_blocks, num_kv_heads, head_dim, block_size), dtype=dtype, device=device)
+        return mem.permute(0, 3, 1, 2)
+    mem = torch.zeros((num_blocks, num_kv_heads, block_size, head_dim), dtype=dtype, device=device)
+    return mem if layout == "HND" else mem.permute(0, 2, 1, 3)
+
+
 def allocate_kv_caches(
     num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
     device: torch.device, layout: str = "NHD",
 ) -> KVCaches:
-    if layout == "HND":
-        shape = (num_blocks, num_kv_heads, block_size, head_dim)
-    else:
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    return [
-        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-        for _ in range(num_layers)
-    ]
+    dims = (num_blocks, block_size, num_kv_heads, head_dim, dtype, device, layout)
+    return [(_zeros(*dims, is_v=False), _zeros(*dims, is_v=True)) for _ in range(num_layers)]
+
+
+def _like(x: torch.Tensor, num_blocks: int, pin: bool) -> torch.Tensor:
+    """Zeros with ``x``'s strides (so its memory order) and ``num_blocks`` blocks, in host memory."""
+    return torch.empty_strided((num_blocks, *x.shape[1:]), x.stride(), dtype=x.dtype, pin_memory=pin).zero_()
 
 
 def allocate_host_caches(kv_caches: KVCaches, num_blocks: int, pin: bool) -> KVCaches:
     """Host copies of the device layout with ``num_blocks`` blocks per layer."""
-    return [
-        (
-            torch.zeros((num_blocks, *k.shape[1:]), dtype=k.dtype, pin_memory=pin),
-            torch.zeros((num_blocks, *v.shape[1:]), dtype=v.dtype, pin_memory=pin),
-        )
-        for k, v in kv_caches
-    ]
+    return [(_like(k, num_blocks, pin), _like(v, num_blocks, pin)) for k, v in kv_caches]
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as raw bytes in memory order (contiguous; the block dimension first), for block copies."""
+    strides = x.stride()
+    order = sorted(range(x.dim()), key=lambda i: -strides[i])
+    return raw(x).permute(*order)
 
 
 @torch.inference_mode()
@@ -69,8 +96,8 @@ def swap_out(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, 
     dev = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     host = torch.tensor([p[1] for p in pairs], dtype=torch.long)
     for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
-        raw(hk).index_copy_(0, host, raw(k).index_select(0, dev).cpu())
-        raw(hv).index_copy_(0, host, raw(v).index_select(0, dev).cpu())
+        _blocks(hk).index_copy_(0, host, _blocks(k).index_select(0, dev).cpu())
+        _blocks(hv).index_copy_(0, host, _blocks(v).index_select(0, dev).cpu())
 
 
 @torch.inference_mode()
@@ -79,8 +106,8 @@ def swap_in(kv_caches: KVCaches, host_caches: KVCaches, pairs: list[tuple[int, i
     host = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     dev = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     for (k, v), (hk, hv) in zip(kv_caches, host_caches, strict=True):
-        raw(k).index_copy_(0, dev, raw(hk).index_select(0, host).to(device, non_blocking=True))
-        raw(v).index_copy_(0, dev, raw(hv).index_select(0, host).to(device, non_blocking=True))
+        _blocks(k).index_copy_(0, dev, _blocks(hk).index_select(0, host).to(device, non_blocking=True))
+        _blocks(v).index_copy_(0, dev, _blocks(hv).index_select(0, host).to(device, non_blocking=True))
 
 
 @torch.inference_mode()
@@ -89,8 +116,8 @@ def copy_blocks(kv_caches: KVCaches, pairs: list[tuple[int, int]], device: torch
     src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     for k, v in kv_caches:
-        raw(k).index_copy_(0, dst, raw(k).index_select(0, src))
-        raw(v).index_copy_(0, dst, raw(v).index_select(0, src))
+        _blocks(k).index_copy_(0, dst, _blocks(k).index_select(0, src))
+        _blocks(v).index_copy_(0, dst, _blocks(v).index_select(0, src))
 
 
 @dataclass(frozen=True)
