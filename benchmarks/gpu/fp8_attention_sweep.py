@@ -59,7 +59,9 @@ if "--probe" in sys.argv:
                 ("fp8", "bf16+s3", 64), ("fp8", "bf16+w8", 64), ("fp8", "bf16+r96", 64), ("fp8", "bf16+r96", 128)]
 if "--layouts" in sys.argv:  # the cache's memory layout (session 33): ``@hm`` head-major, ``@vt`` plus V key-major
     VARIANTS = [("bf16", "bf16", 64), ("bf16@hm", "bf16", 64), ("fp8", "bf16", 64), ("fp8@hm", "bf16", 64),
-                ("fp8@vt", "bf16", 64), ("fp8@vt", "bf16", 32), ("fp8@vt", "bf16", 128), ("bf16@vt", "bf16", 64)]
+                ("fp8@vt", "bf16", 64), ("fp8@vt", "bf16+r128", 64), ("fp8@vt", "bf16+w8", 64), ("fp8@vt", "bf16", 32),
+                ("fp8@vt", "bf16", 128), ("bf16@vt", "bf16", 64)]
+PROBING = ("--probe" in sys.argv or "--layouts" in sys.argv) and not SMOKE  # report each new compile's resources
 if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
     VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16), ("fp8@hm", "bf16", 16),
                 ("fp8@vt", "bf16", 16), ("bf16@vt", "bf16", 32)]
@@ -118,8 +120,9 @@ def probe(query: str) -> Iterator[None]:
         tk._dot_config = lambda *a: (tl.bfloat16, "tf32", False)
     elif tag == "nonorm":
         tk._dot_config = lambda *a: (tl.float16, "tf32", False)
-    elif tag in ("s3", "w2", "w8", "r96"):
-        option = {"s3": {"num_stages": 3}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8}, "r96": {"maxnreg": 96}}[tag]
+    elif tag in ("s3", "w2", "w8", "r96", "r128"):
+        option = {"s3": {"num_stages": 3}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8}, "r96": {"maxnreg": 96},
+                  "r128": {"maxnreg": 128}}[tag]
         tk._unified_attention_kernel = _Launch(saved[1], **option)
         dot = saved[0](torch.bfloat16, torch.float8_e4m3fn)  # the wrapper hides the JITFunction from interpreted()
         tk._dot_config = lambda *a: dot
@@ -165,11 +168,11 @@ def main() -> None:
         cells = []
         for cache, query, block_n in VARIANTS:
             case = cast(layers, cache, query)
-            seen = compiled_kernels() if "--probe" in sys.argv else set()
+            seen = compiled_kernels() if PROBING else set()
             with probe(query):
                 out = run(case[:1], block_n)[0].float()
                 t = time_us(case, block_n)
-            new = compiled_kernels() - seen if "--probe" in sys.argv else set()
+            new = compiled_kernels() - seen if PROBING else set()
             err = ((out - ref).norm() / ref.norm()).item()
             nbytes = b * ctx * hkv * d * 2 * DTYPES[cache.partition("@")[0]].itemsize
             floor_us = nbytes / (bw * 1e3)

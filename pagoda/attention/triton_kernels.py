@@ -227,7 +227,11 @@ def _attend_kv_range(
         pos = start + offs_n
         if MASKED:
             pos_ok = pos < kv_end
-            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+            if V_T:  # whole blocks: every key of a block gets the block's entry (so V_T's constancy hint holds)
+                blk_ok = (pos // BLOCK_SIZE) * BLOCK_SIZE < kv_end
+            else:
+                blk_ok = pos_ok
+            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=blk_ok, other=0).to(tl.int64)
         else:
             pos_ok = offs_n < BLOCK_N  # all true
             block = tl.load(bt_row_ptr + pos // BLOCK_SIZE).to(tl.int64)

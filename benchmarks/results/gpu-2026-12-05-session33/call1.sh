@@ -6,7 +6,7 @@
 set -uo pipefail
 export CAP=560
 source benchmarks/results/gpu-2026-12-05-session33/lib.sh
-step layouts 150 python benchmarks/gpu/fp8_attention_sweep.py --bandwidth-gbs 3000 --layouts
+step layouts 200 python benchmarks/gpu/fp8_attention_sweep.py --bandwidth-gbs 3000 --layouts
 cat $OUT/layouts.txt | tee -a $S
 step tests 150 python -m pytest -q -x tests/kernels/test_kv_layouts.py tests/kernels/test_kv_fp8_kernels.py \
   tests/kernels/test_pdl_protocol.py
