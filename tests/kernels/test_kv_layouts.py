@@ -144,3 +144,47 @@ def test_block_transfers_in_every_layout(layout):
             c, o = kv_quant.raw(c), kv_quant.raw(o)
             assert torch.equal(c[0], o[4]) and torch.equal(c[3], o[1]) and torch.equal(c[5], o[4])
             assert torch.equal(c[1], o[1]) and torch.equal(c[2], o[2])
+
+
+@pytest.mark.skipif(ON_GPU, reason="a CPU run of the model (interpreted Triton); tests/gpu/test_gpu_kv_fp8.py runs "
+                    "the engine in each layout on a GPU")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_model_step_same_in_every_layout(tiny, layout):
+    """A tiny Llama's mixed step (prompt chunks and decodes over an earlier context) on the Triton backend: the same
+    hidden states, and the same K/V written, whatever the caches' layout (the first layer's bit for bit; later
+    layers' inputs carry the attention's fp32 rounding, which a key-major V tile's dot may order otherwise)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from graph_steps import random_kv_caches, step_rows
+
+    from pagoda.attention.backend import get_backend
+    from pagoda.attention.metadata import AttentionMetadata
+
+    runner = tiny.llm("llama").llm_engine.core.runner
+    model, bs = runner.model, runner.block_size
+    backend = get_backend("triton")
+    g = torch.Generator().manual_seed(0)
+    caches = random_kv_caches(model, 12, bs, backend, g)
+    laid = [(laid_out(k, layout, False), laid_out(v, layout, True)) for k, v in caches]
+    query_lens, ctx, blocks = [1, 5, 1, 4], [9, 0, 20, 3], [[1, 2], [3, 4], [5, 6], [7, 8]]
+    ids, pos, slots, seq_lens = step_rows(model, bs, query_lens, ctx, blocks, g)
+    table = np.zeros((4, 2), dtype=np.int32)
+    for i, b in enumerate(blocks):
+        table[i, : len(b)] = b
+    qsl = np.concatenate([[0], np.cumsum(query_lens)]).tolist()
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        block_tables=torch.from_numpy(table), slot_mapping=torch.tensor(slots), max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens), query_lens_cpu=query_lens, seq_lens_cpu=seq_lens, is_decode_only=False)
+    with torch.inference_mode():
+        ref = model(torch.tensor(ids), torch.tensor(pos), caches, meta, backend)
+        out = model(torch.tensor(ids), torch.tensor(pos), laid, meta, backend)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(laid[0][0], caches[0][0]) and torch.equal(laid[0][1], caches[0][1])
+    for (k, v), (lk, lv) in zip(caches, laid, strict=True):
+        torch.testing.assert_close(lk, k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lv, v, rtol=1e-5, atol=1e-5)
