@@ -163,6 +163,26 @@ def test_config_key_follows_the_launch_and_capture_switches(tiny, monkeypatch, e
     assert jp.config_key(cfg, "NVIDIA H200") != k1
 
 
+def test_module_switches_get_their_own_manifest(tiny, monkeypatch):
+    """benchmarks/gpu/with_module_values.py's switches join the key: an A/B run neither preloads nor overwrites the
+    other side's manifest (session 33: a switched run compiled its own attention variants inside the timed run)."""
+    import sys
+    from pathlib import Path
+
+    from pagoda.config import EngineArgs
+
+    cfg = EngineArgs(model=str(tiny.path("llama")), device="cpu").create_config()
+    k1 = jp.config_key(cfg, "NVIDIA H200")
+    monkeypatch.setattr(jp, "KEY_EXTRAS", [])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+    import with_module_values
+
+    monkeypatch.setattr(sys, "argv", ["x"])  # restored after the test; the script sets it for --script runs
+    with_module_values.main(["pagoda.worker.jit_precompile.MANIFEST_DIR=" + repr(jp.MANIFEST_DIR), "--", "--script",
+                             str(Path(__file__).resolve().parent / "graph_steps.py")])
+    assert jp.KEY_EXTRAS and jp.config_key(cfg, "NVIDIA H200") != k1
+
+
 def test_source_fingerprint_follows_pagoda_files(tmp_path, monkeypatch):
     import pagoda
 

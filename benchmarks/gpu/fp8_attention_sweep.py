@@ -23,8 +23,9 @@ each at 540 and 2,000 keys; 8 layers' caches (no L2 reuse between calls), one ca
 the bytes floor printed (K and V bytes read once at the measured copy bandwidth, 4.26 TB/s by default).
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [--bandwidth-gbs 4260]
-[--served-only | --probe | --layouts]`` (``--served-only``: the first two cases; ``--layouts``: the caches stored
-head-major per block, ``@hm``, and with V key-major too, ``@vt``, each against its served layout);
+[--served-only | --probe | --layouts | --warps]`` (``--served-only``: the first two cases; ``--layouts``: the caches
+stored head-major per block, ``@hm``, against the served layout (session 33's call 1 also ran a key-major V, since
+removed: RESULTS.md); ``--warps``: programs of 1 and 2 warps against the served 4);
 ``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
 """
 
@@ -57,14 +58,17 @@ if "--served-only" in sys.argv:  # the two caches as served: the FP8 one's time 
 if "--probe" in sys.argv:
     VARIANTS = [*VARIANTS[:2], ("fp8", "bf16+bf16dot", 64), ("fp8", "bf16+nonorm", 64), ("fp8", "bf16", 128),
                 ("fp8", "bf16+s3", 64), ("fp8", "bf16+w8", 64), ("fp8", "bf16+r96", 64), ("fp8", "bf16+r96", 128)]
-if "--layouts" in sys.argv:  # the cache's memory layout (session 33): ``@hm`` head-major, ``@vt`` plus V key-major
+if "--warps" in sys.argv:  # fewer warps a program (session 33): fewer cross-warp softmax reductions, more programs
+    VARIANTS = [("bf16", "bf16", 64), ("bf16", "bf16+w2", 64), ("bf16", "bf16+w1", 64), ("fp8", "bf16", 64),
+                ("fp8", "bf16+w2", 64), ("fp8", "bf16+w1", 64), ("fp8@hm", "bf16+w2", 64), ("fp8", "bf16+w2", 32),
+                ("fp8", "bf16+w1", 32)]
+if "--layouts" in sys.argv:  # the cache's memory layout (session 33): ``@hm`` head-major blocks
     VARIANTS = [("bf16", "bf16", 64), ("bf16@hm", "bf16", 64), ("fp8", "bf16", 64), ("fp8@hm", "bf16", 64),
-                ("fp8@vt", "bf16", 64), ("fp8@vt", "bf16+r128", 64), ("fp8@vt", "bf16+w8", 64), ("fp8@vt", "bf16", 32),
-                ("fp8@vt", "bf16", 128), ("bf16@vt", "bf16", 64)]
-PROBING = ("--probe" in sys.argv or "--layouts" in sys.argv) and not SMOKE  # report each new compile's resources
+                ("fp8@hm", "bf16", 32), ("fp8@hm", "bf16", 128)]
+PROBING = any(f in sys.argv for f in ("--probe", "--layouts", "--warps")) and not SMOKE  # report compiles
 if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
     VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16), ("fp8@hm", "bf16", 16),
-                ("fp8@vt", "bf16", 16), ("bf16@vt", "bf16", 32)]
+                ("bf16@hm", "bf16", 32)]
 
 
 def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator) -> dict:
@@ -79,14 +83,11 @@ def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator
     }
 
 
-def laid_out(x: torch.Tensor, layout: str, is_v: bool) -> torch.Tensor:
+def laid_out(x: torch.Tensor, layout: str) -> torch.Tensor:
     """``x`` ([blocks, block, heads, dim]) stored as ``layout`` says, the same logical tensor: "" as is, "hm" each
-    block head-major ([blocks, heads, block, dim] in memory), "vt" head-major with V key-major ([blocks, heads, dim,
-    block]: ``triton_kernels.v_key_major``)."""
-    if layout == "hm" or (layout == "vt" and not is_v):
+    block head-major ([blocks, heads, block, dim] in memory: ``kv_cache``'s ``NHD_BY_HEAD``)."""
+    if layout == "hm":
         return x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
-    if layout == "vt":
-        return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     return x
 
 
@@ -94,7 +95,7 @@ def cast(layers: list[dict], cache: str, query: str) -> list[tuple]:
     qt = DTYPES[query.split("+")[0]]
     dtype, _, layout = cache.partition("@")
     ct = DTYPES[dtype]
-    return [(lay["q"].to(qt), laid_out(lay["k"].to(ct), layout, False), laid_out(lay["v"].to(ct), layout, True),
+    return [(lay["q"].to(qt), laid_out(lay["k"].to(ct), layout), laid_out(lay["v"].to(ct), layout),
              lay["qsl"], lay["lens"], lay["bt"]) for lay in layers]
 
 
@@ -110,7 +111,7 @@ class _Launch:
 
 
 @contextlib.contextmanager
-def probe(query: str) -> Iterator[None]:
+def probe(query: str, cache: str = "fp8") -> Iterator[None]:
     """The served kernel, changed as the query label's ``+…`` says (nothing for a plain label)."""
     import triton.language as tl
 
@@ -120,11 +121,12 @@ def probe(query: str) -> Iterator[None]:
         tk._dot_config = lambda *a: (tl.bfloat16, "tf32", False)
     elif tag == "nonorm":
         tk._dot_config = lambda *a: (tl.float16, "tf32", False)
-    elif tag in ("s3", "w2", "w8", "r96", "r128"):
-        option = {"s3": {"num_stages": 3}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8}, "r96": {"maxnreg": 96},
-                  "r128": {"maxnreg": 128}}[tag]
+    elif tag in ("s3", "w1", "w2", "w8", "r96", "r128"):
+        option = {"s3": {"num_stages": 3}, "w1": {"num_warps": 1}, "w2": {"num_warps": 2}, "w8": {"num_warps": 8},
+                  "r96": {"maxnreg": 96}, "r128": {"maxnreg": 128}}[tag]
         tk._unified_attention_kernel = _Launch(saved[1], **option)
-        dot = saved[0](torch.bfloat16, torch.float8_e4m3fn)  # the wrapper hides the JITFunction from interpreted()
+        # the wrapper hides the JITFunction from interpreted(): the dot config of the served kernel, computed here
+        dot = saved[0](DTYPES[query.split("+")[0]], DTYPES[cache.partition("@")[0]])
         tk._dot_config = lambda *a: dot
     try:
         yield
@@ -169,7 +171,7 @@ def main() -> None:
         for cache, query, block_n in VARIANTS:
             case = cast(layers, cache, query)
             seen = compiled_kernels() if PROBING else set()
-            with probe(query):
+            with probe(query, cache):
                 out = run(case[:1], block_n)[0].float()
                 t = time_us(case, block_n)
             new = compiled_kernels() - seen if PROBING else set()

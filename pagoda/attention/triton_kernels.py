@@ -140,7 +140,6 @@ def _write_kv_kernel(
     stride_vcb,
     stride_vcs,
     stride_vch,
-    stride_vcd,  # 1, or block_size for a key-major V cache (v_key_major)
     k_scale,
     v_scale,
     BLOCK_SIZE: tl.constexpr,
@@ -160,7 +159,7 @@ def _write_kv_kernel(
     k = tl.load(key_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
     v = tl.load(value_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
     kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + h[:, None] * stride_kch + d[None, :]
-    vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + h[:, None] * stride_vch + d[None, :] * stride_vcd
+    vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + h[:, None] * stride_vch + d[None, :]
     store_kv(kc, k, k_scale, mask, FP8)
     store_kv(vc, v, v_scale, mask, FP8)
 
@@ -211,7 +210,6 @@ def _attend_kv_range(
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,  # logit soft-cap times log2(e) (0.0 = off): s -> C * tanh(s / C) in the log2 domain
-    V_T: tl.constexpr = False,
 ):
     """Online-softmax accumulate over KV positions [kv_start, kv_end) of one KV head.
 
@@ -227,11 +225,7 @@ def _attend_kv_range(
         pos = start + offs_n
         if MASKED:
             pos_ok = pos < kv_end
-            if V_T:  # whole blocks: every key of a block gets the block's entry (so V_T's constancy hint holds)
-                blk_ok = (pos // BLOCK_SIZE) * BLOCK_SIZE < kv_end
-            else:
-                blk_ok = pos_ok
-            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=blk_ok, other=0).to(tl.int64)
+            block = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
         else:
             pos_ok = offs_n < BLOCK_N  # all true
             block = tl.load(bt_row_ptr + pos // BLOCK_SIZE).to(tl.int64)
@@ -251,16 +245,9 @@ def _attend_kv_range(
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if V_T:  # key-contiguous V (see :func:`v_key_major`): loaded as [BLOCK_D, BLOCK_N], K-major for the dot
-            # Non-empty ranges start on a tile boundary, so the offsets in a block come from the arange alone and
-            # the compiler sees runs of BLOCK_SIZE contiguous keys.
-            blk = tl.max_constancy(block, [BLOCK_SIZE])  # one block table entry per BLOCK_SIZE keys
-            vt_ptrs = v_head + blk[None, :] * stride_vcb + (offs_n % BLOCK_SIZE)[None, :] + d[:, None] * BLOCK_SIZE
-            v = tl.trans(tl.load(vt_ptrs, mask=d_mask[:, None] & pos_ok[None, :], other=0.0))
-        else:
-            v_ptrs = v_head + block[:, None] * stride_vcb + offset[:, None] * stride_vcs + d[None, :]
-            v = tl.load(v_ptrs, mask=pos_ok[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        if v.dtype != DOT_DTYPE and not V_T:
+        v_ptrs = v_head + block[:, None] * stride_vcb + offset[:, None] * stride_vcs + d[None, :]
+        v = tl.load(v_ptrs, mask=pos_ok[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        if v.dtype != DOT_DTYPE:
             # An FP8 cache: converted here, in registers, so the tile reaches the dot through shared memory as
             # DOT_DTYPE. A bare .to() is moved past shared memory by the compiler, and an FP8 V tile (n-major, 1
             # byte) is then read back byte by byte (no ldmatrix.trans for 8-bit); the where (its masked rows are 0
@@ -350,7 +337,6 @@ def _unified_attention_kernel(
     SPLIT: tl.constexpr,  # num_splits > 1: partials to ws_ptr, combined by _split_kv_reduce_kernel
     SOFTCAP: tl.constexpr,
     Q_SCALED: tl.constexpr,  # see _query_tile
-    V_T: tl.constexpr = False,
 ):
     """One program per (query tile, KV head, split): causal attention of ``BLOCK_Q`` query tokens
     of one request (times ``G`` heads) over its paged K/V, unmasked whole tiles first.
@@ -409,17 +395,17 @@ def _unified_attention_kernel(
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, s_start, u_start, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, u_start, u_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, u_end, s_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     if SPLIT:  # unnormalised partials, combined per (token, head) by the reduce kernel
         part = (tok * num_heads + head) * num_splits + split  # [BLOCK_M]
@@ -477,7 +463,6 @@ def _split_kv_decode_kernel(
     v_scale,
     FUSED: tl.constexpr,
     BLOCK_S: tl.constexpr,  # FUSED: >= num_splits
-    V_T: tl.constexpr = False,
 ):
     """Split ``split`` of request ``seq``'s keys for the ``G`` query heads of ``kv_head``: its partial (acc, m, l)
     into the workspace. ``FUSED``: the split that arrives last for its (request, KV head) then combines all the
@@ -517,17 +502,17 @@ def _split_kv_decode_kernel(
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, kv_start, u_start, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, u_start, full_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, False, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, full_end, kv_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP, V_T,
+        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     part = (seq.to(tl.int64) * num_heads + head) * num_splits + split  # [BLOCK_M]
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
@@ -624,22 +609,14 @@ def _dot_config(dtype: torch.dtype, cache_dtype: torch.dtype | None = None) -> t
     raise TypeError(f"Triton attention supports {_SUPPORTED_DTYPES}, got {dtype}")
 
 
-def v_key_major(v_cache: torch.Tensor) -> bool:
-    """Whether ``v_cache`` (logically ``[num_blocks, block_size, Hkv, D]``) stores each block's head as ``[D,
-    block_size]``: key stride 1, ``head_dim`` stride ``block_size`` (see :mod:`pagoda.worker.kv_cache`). The
-    attention kernels then load V tiles key-contiguous (``V_T``), the operand order an 8-bit tile needs."""
-    s = v_cache.stride()
-    return v_cache.dim() == 4 and v_cache.shape[1] > 1 and s[1] == 1 and s[3] == v_cache.shape[1]
-
-
 def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(
             f"k_cache/v_cache must both be [num_blocks, block_size, Hkv, D]; got "
             f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
         )
-    if k_cache.stride(-1) != 1 or (v_cache.stride(-1) != 1 and not v_key_major(v_cache)):
-        raise ValueError("k_cache/v_cache need a unit stride on head_dim (or v_cache key-major, see v_key_major)")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("k_cache/v_cache need a unit stride on head_dim")
     if k_cache.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {k_cache.shape[-1]} > {MAX_HEAD_DIM} is not supported")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -709,7 +686,7 @@ def write_kv(
         num_kv_heads, head_dim,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         float(k_scale), float(v_scale),
         BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8_code(k_cache.dtype),
         num_warps=4 if block_h * block_d >= 1024 else 1,
@@ -830,8 +807,8 @@ def unified_attention(
         block_tables.stride(0),
         G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, num_splits=num_splits,
-        SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, V_T=v_key_major(v_cache),
-        num_warps=8 if block_m >= 128 else 4, num_stages=2,
+        SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, num_warps=8 if block_m >= 128 else 4,
+        num_stages=2,
     )
     if num_splits > 1:
         reduce_rows = num_tokens if num_real_tokens is None else num_real_tokens
@@ -981,7 +958,7 @@ def split_kv_decode(
         num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
         out_ptr=out, cnt_ptr=counters, stride_ot=out.stride(0), stride_oh=out.stride(1),
-        v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits), V_T=v_key_major(v_cache),
+        v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),
         num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
     if not fused:

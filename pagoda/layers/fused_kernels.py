@@ -213,7 +213,7 @@ def _head_halves(base, m, w_ptr, eps, d, dm, HALF: tl.constexpr, QK_NORM: tl.con
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
                  v_ptr, stride_vt, stride_vh, kc_ptr, vc_ptr, slot_ptr, k_scale, v_scale,
                  qw_ptr, kw_ptr, q_eps, k_eps,
-                 skb, sks, skh, svb, svs, svh, svd,  # the caches' strides (block, slot, head; V's head_dim)
+                 skb, sks, skh, svb, svs, svh,  # the caches' strides (block, slot, head; head_dim's is 1)
                  HQ: tl.constexpr, HK: tl.constexpr, HALF: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                  BH: tl.constexpr, BD: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr,
                  QK_NORM: tl.constexpr, USE_PDL: tl.constexpr):
@@ -252,9 +252,9 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, stride_qt, stride_qh, 
         vb = v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :]
         v1 = tl.load(vb, mask=m, other=0.0)
         v2 = tl.load(vb + HALF, mask=m, other=0.0)
-        vdst = vc_ptr + block * svb + offset * svs + h[:, None] * svh + d[None, :] * svd
+        vdst = vc_ptr + block * svb + offset * svs + h[:, None] * svh + d[None, :]
         store_kv(vdst, v1, v_scale, wm, FP8)
-        store_kv(vdst + HALF * svd, v2, v_scale, wm, FP8)
+        store_kv(vdst + HALF, v2, v_scale, wm, FP8)
 
 
 NormArgs = tuple[torch.Tensor, float]  # an RMSNorm's weight [D] and eps
@@ -267,8 +267,8 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
                    k_norm: NormArgs | None = None) -> None:
     """q [T, Hq, D], k [T, Hk, D] (last dim contiguous); cos/sin tables [max_pos, D/2].
 
-    With ``v``, ``k_cache``, ``v_cache`` (``[blocks, block_size, Hk, D]``, K with a unit stride on D, V with a unit
-    stride on D or key-major: :func:`pagoda.attention.triton_kernels.v_key_major`) and
+    With ``v``, ``k_cache``, ``v_cache`` (``[blocks, block_size, Hk, D]`` with a unit stride on D: any of the
+    NHD-shaped layouts of :data:`pagoda.worker.kv_cache.KV_LAYOUTS`) and
     ``slot_mapping``, also writes the rotated K and V into the cache (the KV-write kernel
     fused in; an FP8 cache stores ``k / k_scale`` and ``v / v_scale``, saturated and rounded).
 
@@ -287,11 +287,11 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     vv = k  # placeholders for the kernel's unused KV-write arguments
     if k_cache is not None:
         assert v is not None and v_cache is not None and slot_mapping is not None and v.stride(2) == 1
-        assert k_cache.stride(3) == 1 and v_cache.shape == k_cache.shape and k_cache.shape[2:] == (HK, D)
-        assert v_cache.stride(3) in (1, v_cache.shape[1])
+        assert k_cache.stride(3) == v_cache.stride(3) == 1 and v_cache.shape == k_cache.shape
+        assert k_cache.shape[2:] == (HK, D)
         vv = v
     kst = k_cache.stride()[:3] if k_cache is not None else (0, 0, 0)
-    vst = v_cache.stride() if v_cache is not None else (0, 0, 0, 1)
+    vst = v_cache.stride()[:3] if v_cache is not None else (0, 0, 0)
     block_size = k_cache.shape[1] if k_cache is not None else 1
     qw, q_eps = q_norm if q_norm is not None else (cos, 0.0)
     kw, k_eps = k_norm if k_norm is not None else (cos, 0.0)

@@ -89,6 +89,11 @@ def supported() -> bool:
     return rt is not None and hasattr(rt, "jit_cache_hook") and hasattr(JITFunction, "preload")
 
 
+KEY_EXTRAS: list[str] = []
+"""More text for the manifest key: what a process changed beyond the config (``benchmarks/gpu/with_module_values.py``
+puts its ``MODULE.NAME=VALUE`` switches here, so an A/B run neither uses nor overwrites the other side's manifest)."""
+
+
 def config_key(cfg: Any, device_name: str) -> str:
     """The manifest key: every field of the engine config, the card, the library versions, the switches of
     which graphs are captured and whether kernels launch with PDL. Over-keying only costs a dry pass; a key that
@@ -104,7 +109,7 @@ def config_key(cfg: Any, device_name: str) -> str:
     switches = [envs.chunk_graphs_enabled(), envs.mixed_graphs_enabled(), envs.batch_invariant(),
                 pdl.ENABLED and envs.pdl_enabled()]
     blob = json.dumps([_MANIFEST_VERSION, pagoda.__version__, source_fingerprint(), torch.__version__,
-                       triton.__version__, device_name, fields, switches], default=str, sort_keys=True)
+                       triton.__version__, device_name, fields, switches, KEY_EXTRAS], default=str, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

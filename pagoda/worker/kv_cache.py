@@ -39,28 +39,22 @@ def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_di
     return 2 * num_layers * block_size * num_kv_heads * head_dim * elt
 
 
-KV_LAYOUTS = ("NHD", "HND", "NHD_BY_HEAD", "NHD_BY_HEAD_VT")
+KV_LAYOUTS = ("NHD", "HND", "NHD_BY_HEAD")
 """How one layer's caches lie in memory (a backend's ``kv_layout``):
 
 * ``NHD``: ``[blocks, block_size, heads, dim]`` tensors, contiguous;
 * ``HND``: ``[blocks, heads, block_size, dim]`` tensors (the torch backend's shape);
 * ``NHD_BY_HEAD``: the ``NHD`` shape, as a view of ``[blocks, heads, block_size, dim]`` memory: one head's keys of
-  a block are ``block_size * dim`` contiguous elements (a kernel program reads whole runs, not rows of ``dim``);
-* ``NHD_BY_HEAD_VT``: K as ``NHD_BY_HEAD``; V the ``NHD`` shape as a view of ``[blocks, heads, dim, block_size]``
-  memory, key-major (:func:`pagoda.attention.triton_kernels.v_key_major`: the order an 8-bit V tile needs as
-  the P·V operand).
+  a block are ``block_size * dim`` contiguous elements (a kernel program reads whole runs, not rows of ``dim``).
 """
 
 
 def _zeros(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-           device: torch.device, layout: str, is_v: bool) -> torch.Tensor:
+           device: torch.device, layout: str) -> torch.Tensor:
     if layout not in KV_LAYOUTS:
         raise ValueError(f"unknown KV cache layout {layout!r}; one of {KV_LAYOUTS}")
     if layout == "NHD":
         return torch.zeros((num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device)
-    if layout == "NHD_BY_HEAD_VT" and is_v:
-        mem = torch.zeros((num_blocks, num_kv_heads, head_dim, block_size), dtype=dtype, device=device)
-        return mem.permute(0, 3, 1, 2)
     mem = torch.zeros((num_blocks, num_kv_heads, block_size, head_dim), dtype=dtype, device=device)
     return mem if layout == "HND" else mem.permute(0, 2, 1, 3)
 
@@ -70,7 +64,7 @@ def allocate_kv_caches(
     device: torch.device, layout: str = "NHD",
 ) -> KVCaches:
     dims = (num_blocks, block_size, num_kv_heads, head_dim, dtype, device, layout)
-    return [(_zeros(*dims, is_v=False), _zeros(*dims, is_v=True)) for _ in range(num_layers)]
+    return [(_zeros(*dims), _zeros(*dims)) for _ in range(num_layers)]
 
 
 def _like(x: torch.Tensor, num_blocks: int, pin: bool) -> torch.Tensor:
