@@ -639,11 +639,6 @@ def _v_scale(v_cache: torch.Tensor, v_scale: float) -> float:
     return v_scale if is_fp8(v_cache.dtype) else 1.0
 
 
-FP8_ROW_TILES: tuple[int, int] | None = (32, 2)
-"""(keys per tile, warps) of the unified kernel's 16-row tiles over an FP8 cache (decode rows, small chunks; None:
-64 keys and 4 warps as over any other cache). Measured on an H100 (RESULTS.md, session 33, ``fp8_attention_sweep.py
---warps``): 256 decode rows over 540 keys 145.6 -> 139.8 us a layer (64 keys on 2 warps: 161.7, on 1 warp: 192.1)."""
-
 NO_WINDOW = 1 << 30  # the window value meaning "none" (larger than any context)
 
 
@@ -791,11 +786,8 @@ def unified_attention(
         max_m = 64 if (64 < block_d <= 128 or wide) else 128
         block_m = min(max(16, triton.next_power_of_2(group * max(1, max_query_len))), max_m)
     block_m = max(block_m, triton.next_power_of_2(group))
-    num_warps = 8 if block_m >= 128 else 4
     if block_n is None:
         block_n = 32 if wide else 64
-        if FP8_ROW_TILES is not None and block_m == 16 and is_fp8(k_cache.dtype):
-            block_n, num_warps = FP8_ROW_TILES
     block_q = block_m // group
     dot_dtype, precision, q_scaled = _dot_config(query.dtype, k_cache.dtype)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
@@ -815,7 +807,8 @@ def unified_attention(
         block_tables.stride(0),
         G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, num_splits=num_splits,
-        SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, num_warps=num_warps, num_stages=2,
+        SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, num_warps=8 if block_m >= 128 else 4,
+        num_stages=2,
     )
     if num_splits > 1:
         reduce_rows = num_tokens if num_real_tokens is None else num_real_tokens

@@ -198,19 +198,3 @@ def test_block_bytes_halve_for_fp8():
     bf16 = kv_cache.bytes_per_block(2, 16, 2, 64, torch.bfloat16)
     assert kv_cache.bytes_per_block(2, 16, 2, 64, torch.float8_e4m3fn) * 2 == bf16
     assert kv_cache.bytes_per_block(2, 16, 2, 64, torch.float8_e5m2) * 2 == bf16
-
-
-def test_fp8_row_tiles_rule(monkeypatch):
-    """16-row tiles over an FP8 cache walk FP8_ROW_TILES' keys per tile (32, on 2 warps); other caches, larger
-    tiles and explicit widths keep theirs: the same outputs as the explicit widths, bit for bit."""
-    reqs = [(1, 70), (1, 33), (2, 17)]
-    query, k_hi, v_hi, meta = make_batch(reqs, 8, 2, 32, 2, torch.bfloat16, seed=9)
-    kc, vc = kv_quant.quantize(k_hi, 0.05, torch.float8_e4m3fn), kv_quant.quantize(v_hi, 0.2, torch.float8_e4m3fn)
-    kw = {"k_scale": 0.05, "v_scale": 0.2}
-    assert tk.FP8_ROW_TILES == (32, 2)
-    served = run_unified(query, kc, vc, meta, 0.2, **kw)
-    assert torch.equal(served, run_unified(query, kc, vc, meta, 0.2, block_n=32, **kw))
-    assert not torch.equal(served, run_unified(query, kc, vc, meta, 0.2, block_n=64, **kw))  # P rounds per tile
-    monkeypatch.setattr(tk, "FP8_ROW_TILES", None)
-    assert torch.equal(run_unified(query, kc, vc, meta, 0.2, **kw),
-                       run_unified(query, kc, vc, meta, 0.2, block_n=64, **kw))
