@@ -25,8 +25,8 @@ the bytes floor printed (K and V bytes read once at the measured copy bandwidth,
 Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [--bandwidth-gbs 4260]
 [--served-only | --probe | --layouts | --warps]`` (``--served-only``: the first two cases; ``--layouts``: the caches
 stored head-major per block, ``@hm``, against the served layout (session 33's call 1 also ran a key-major V, since
-removed: RESULTS.md); ``--warps``: programs of 1 and 2 warps against the served 4); ``--keys 512,540,...``: those context lengths instead of 540 and
-2,000;
+removed: RESULTS.md); ``--warps``: programs of 1 and 2 warps against the served 4); ``--keys 512,540,...``: those
+context lengths instead of 540 and 2,000;
 ``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
 """
 
@@ -49,7 +49,7 @@ from pagoda.attention import triton_kernels as tk  # noqa: E402
 DEV = torch.device("cpu" if SMOKE else "cuda")
 SHAPE = (4, 2, 32) if SMOKE else (32, 8, 128)  # query heads, KV heads, head dim
 CASES = [(2, 40)] if SMOKE else [(256, 540), (256, 2000)]  # (requests, keys)
-if "--keys" in sys.argv and not SMOKE:  # other lengths, e.g. ``--keys 512,540``: a whole last tile against a partial one
+if "--keys" in sys.argv and not SMOKE:  # other lengths, e.g. ``--keys 512,540``: whole last tiles against a partial
     CASES = [(256, int(k)) for k in sys.argv[sys.argv.index("--keys") + 1].split(",")]
 LAYERS = 1 if SMOKE else 8
 BLOCK = 16
