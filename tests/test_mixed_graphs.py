@@ -13,15 +13,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import (tests/kernels do the same)
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from graph_steps import assert_same_kv_writes, random_kv_caches, step_rows  # noqa: E402
+from graph_steps import assert_same_kv_writes, random_kv_caches, step_rows, step_table_and_meta  # noqa: E402
 
 from pagoda.attention.backend import get_backend  # noqa: E402
-from pagoda.attention.metadata import AttentionMetadata  # noqa: E402
 from pagoda.worker.mixed_graphs import MixedGraphs  # noqa: E402
 
 
@@ -45,16 +43,7 @@ def test_mixed_step_padding_matches_eager(tiny):
              ([6, 3], [2, 11], [[9], [10, 11]])]
     for query_lens, ctx, blocks in steps:
         ids, pos, slots, seq_lens = step_rows(model, bs, query_lens, ctx, blocks, g)
-        width = max(len(b) for b in blocks)
-        table = np.zeros((len(blocks), width), dtype=np.int32)
-        for i, b in enumerate(blocks):
-            table[i, : len(b)] = b
-        qsl = np.concatenate([[0], np.cumsum(query_lens)]).tolist()
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            block_tables=torch.from_numpy(table), slot_mapping=torch.tensor(slots), max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens), query_lens_cpu=query_lens, seq_lens_cpu=seq_lens, is_decode_only=False,
-            split_kv_len=mml)
+        table, meta = step_table_and_meta(query_lens, seq_lens, blocks, slots, split_kv_len=mml)
         eager_caches = [(k.clone(), v.clone()) for k, v in caches]
         with torch.inference_mode():
             ref = model(torch.tensor(ids), torch.tensor(pos), eager_caches, meta, backend)

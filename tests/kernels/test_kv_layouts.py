@@ -150,13 +150,10 @@ def test_model_step_same_in_every_layout(tiny, layout):
     import sys
     from pathlib import Path
 
-    import numpy as np
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from graph_steps import random_kv_caches, step_rows
+    from graph_steps import random_kv_caches, step_rows, step_table_and_meta
 
     from pagoda.attention.backend import get_backend
-    from pagoda.attention.metadata import AttentionMetadata
 
     runner = tiny.llm("llama").llm_engine.core.runner
     model, bs = runner.model, runner.block_size
@@ -166,14 +163,7 @@ def test_model_step_same_in_every_layout(tiny, layout):
     laid = [(laid_out(k, layout), laid_out(v, layout)) for k, v in caches]
     query_lens, ctx, blocks = [1, 5, 1, 4], [9, 0, 20, 3], [[1, 2], [3, 4], [5, 6], [7, 8]]
     ids, pos, slots, seq_lens = step_rows(model, bs, query_lens, ctx, blocks, g)
-    table = np.zeros((4, 2), dtype=np.int32)
-    for i, b in enumerate(blocks):
-        table[i, : len(b)] = b
-    qsl = np.concatenate([[0], np.cumsum(query_lens)]).tolist()
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-        block_tables=torch.from_numpy(table), slot_mapping=torch.tensor(slots), max_query_len=max(query_lens),
-        max_seq_len=max(seq_lens), query_lens_cpu=query_lens, seq_lens_cpu=seq_lens, is_decode_only=False)
+    _, meta = step_table_and_meta(query_lens, seq_lens, blocks, slots)
     with torch.inference_mode():
         ref = model(torch.tensor(ids), torch.tensor(pos), caches, meta, backend)
         out = model(torch.tensor(ids), torch.tensor(pos), laid, meta, backend)

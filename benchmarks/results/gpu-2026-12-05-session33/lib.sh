@@ -1,24 +1,4 @@
 #!/bin/bash
-# Shared set-up of session 33's device calls (sourced): packages from the carried wheels, the 8B-shape model,
-# and `step NAME TIMEOUT CMD...`, which runs CMD under TIMEOUT unless the call's CAP (580) s would be passed.
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-T0=$(date +%s)
-[ -d /tmp/site/fastapi ] || python -m pip install -q --no-index --find-links wheels --target /tmp/site fastapi uvicorn \
-  uvloop httptools msgspec pyzmq prometheus_client openai psutil httpx aiohttp pytest-timeout 2>&1 | tail -2
-export PYTHONPATH="$PWD:/tmp/site:$PWD/benchmarks/gpu"
-M=/tmp/llama3-8b-shape
-[ -f $M/config.json ] || python benchmarks/gpu/make_shape_model.py benchmarks/gpu/llama3_8b_shape.json $M >/dev/null 2>&1
-S=$OUT/summary.txt
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee -a $S
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a $S
-step() {
-  local name=$1 limit=$2; shift 2
-  local now; now=$(date +%s)
-  if (( now - T0 + limit > ${CAP:-580} )); then echo "SKIPPED $name (at $((now - T0)) s)" | tee -a $S; return; fi
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  echo "$name rc=$? at $(( $(date +%s) - T0 )) s" >> $S
-}
-CLI="python -m pagoda.entrypoints.cli --log-level WARNING"
-WMV="python benchmarks/gpu/with_module_values.py"
-TP="bench throughput --model $M --load-format dummy --dataset sharegpt --num-prompts 300"
-LAT="bench latency --model $M --load-format dummy --batch-size 1 2 64 --input-len 512 --output-len 32"
+# Shared set-up of session 33's device calls (sourced): session 32's, unchanged (packages from the carried wheels,
+# the 8B-shape model, `step NAME TIMEOUT CMD...` under the call's CAP).
+source benchmarks/results/gpu-2026-12-05-session32/lib.sh
