@@ -329,6 +329,7 @@ def _unified_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,  # query tokens per tile; BLOCK_Q * G <= BLOCK_M
     BLOCK_N: tl.constexpr,
+    TAIL_N: tl.constexpr,  # keys per tile of the causal tail (<= BLOCK_N; see TAIL_TILE_KEYS)
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -405,7 +406,7 @@ def _unified_attention_kernel(
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, u_end, s_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
+        BLOCK_SIZE, TAIL_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     if SPLIT:  # unnormalised partials, combined per (token, head) by the reduce kernel
         part = (tok * num_heads + head) * num_splits + split  # [BLOCK_M]
@@ -449,6 +450,7 @@ def _split_kv_decode_kernel(
     G: tl.constexpr,
     BLOCK_M: tl.constexpr,  # >= G
     BLOCK_N: tl.constexpr,
+    TAIL_N: tl.constexpr,  # keys per tile of the last partial tile (<= BLOCK_N; see TAIL_TILE_KEYS)
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
@@ -512,7 +514,7 @@ def _split_kv_decode_kernel(
     acc, m_i, l_i = _attend_kv_range(
         q, acc, m_i, l_i, full_end, kv_end, q_pos, bt_row, k_cache_ptr, v_cache_ptr, kv_head, head_dim,
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
-        BLOCK_SIZE, BLOCK_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
+        BLOCK_SIZE, TAIL_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
     part = (seq.to(tl.int64) * num_heads + head) * num_splits + split  # [BLOCK_M]
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
@@ -637,6 +639,25 @@ def _scale_log2(scale: float, k_cache: torch.Tensor, k_scale: float) -> float:
 def _v_scale(v_cache: torch.Tensor, v_scale: float) -> float:
     """The kernels' output multiplier: P (V * v_scale) = (P V) * v_scale for an FP8 cache, else 1.0."""
     return v_scale if is_fp8(v_cache.dtype) else 1.0
+
+
+TAIL_TILE_KEYS: int | None = None
+"""Keys per tile of a 16-row tile's causal tail (decode rows, small chunks): the last partial KV tile of a request
+walked in tiles of this many keys instead of one tile of ``block_n`` (None: off, as measured so far). Why: a partial
+tile costs a whole one (RESULTS.md, session 33: 8 keys past 512 cost what 64 do), and an H200 sweep ran 32-key tiles
+at ~half a 64-key tile's time (session 22), so a 28-key tail in two 16-key tiles should cost ~half its tile. Off until
+an end-to-end A/B (``benchmarks/results/gpu-2026-12-05-session33/next_tail.sh``) says so: session 33's sweep win of
+another tile rule did not carry over to throughput. Compiled for sm_90 on the CPU (Triton 3.6, 16-row decode tile over
+an FP8 cache): 32 keys keep the kernel's 115-116 registers, 16 keys take it to 143 (3 programs an SM instead of 4).
+Read at launch."""
+
+
+def tail_keys(block_m: int, block_n: int) -> int:
+    """Keys per tile of the causal tail: :data:`TAIL_TILE_KEYS` for 16-row tiles (at most ``block_n``), else
+    ``block_n``. A function of the launch's tile shape only, so ``--deterministic`` rows stay batch-invariant."""
+    if TAIL_TILE_KEYS is None or block_m != 16:
+        return block_n
+    return max(16, min(TAIL_TILE_KEYS, block_n))
 
 
 NO_WINDOW = 1 << 30  # the window value meaning "none" (larger than any context)
@@ -805,7 +826,7 @@ def unified_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
-        G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        G=group, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, TAIL_N=tail_keys(block_m, block_n), BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, num_splits=num_splits,
         SPLIT=num_splits > 1, SOFTCAP=softcap, Q_SCALED=q_scaled, num_warps=8 if block_m >= 128 else 4,
         num_stages=2,
@@ -955,7 +976,8 @@ def split_kv_decode(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
-        num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_splits=num_splits, G=group, BLOCK_M=block_m, BLOCK_N=block_n, TAIL_N=tail_keys(block_m, block_n),
+        BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
         out_ptr=out, cnt_ptr=counters, stride_ot=out.stride(0), stride_oh=out.stride(1),
         v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),

@@ -339,6 +339,35 @@ def test_decode_block_n_rule():
     assert decode_block_n(False, 4096, 17) == 64 and decode_block_n(False, 4096, 1) == 64
 
 
+def test_tail_keys_rule(monkeypatch):
+    """TAIL_TILE_KEYS (off by default): 16-row tiles walk their causal tail in that many keys, at most block_n and at
+    least 16; larger tiles keep block_n."""
+    assert tk.TAIL_TILE_KEYS is None and tk.tail_keys(16, 64) == 64
+    monkeypatch.setattr(tk, "TAIL_TILE_KEYS", 16)
+    assert tk.tail_keys(16, 64) == 16 and tk.tail_keys(16, 32) == 16 and tk.tail_keys(64, 64) == 64
+    monkeypatch.setattr(tk, "TAIL_TILE_KEYS", 128)
+    assert tk.tail_keys(16, 64) == 64
+
+
+@pytest.mark.parametrize("window", [None, 13])
+def test_tail_tiles_match_the_reference(monkeypatch, window):
+    """With TAIL_TILE_KEYS = 16, the unified kernel's 16-row tiles (decodes, small chunks, a window) and the split-KV
+    decode kernel (partial last tiles of 1-63 keys, splits whose last tile is partial) against the oracle."""
+    monkeypatch.setattr(tk, "TAIL_TILE_KEYS", 16)
+    reqs = [(1, 70), (1, 64), (1, 1), (2, 33), (4, 100), (1, 127)]
+    query, k_cache, v_cache, meta = make_batch(reqs, 16, 2, 32, 4, torch.float32, seed=21, pad_tokens=1)
+    ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.25, sliding_window=window)
+    for kw in ({}, {"num_splits": 2}):
+        out = run_unified(query, k_cache, v_cache, meta, 0.25, block_m=16, sliding_window=window, **kw)
+        torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    decodes = [(1, 70), (1, 64), (1, 1), (1, 127), (1, 200)]
+    query, k_cache, v_cache, meta = make_batch(decodes, 16, 2, 32, 4, torch.float32, seed=22)
+    ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.25, sliding_window=window)
+    for splits in (1, 3):
+        out = run_split(query, k_cache, v_cache, meta, 0.25, splits, block_n=64, sliding_window=window)
+        torch.testing.assert_close(out, ref, **TOL[torch.float32])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the --smoke mode runs the kernels in the CPU interpreter")
 def test_fp8_attention_sweep_smoke(monkeypatch, capsys):
     """benchmarks/gpu/fp8_attention_sweep.py --smoke runs (interpreter, one tiny case): the two FP8 tile widths agree
