@@ -11,7 +11,11 @@ length, and whether the greedy outputs are identical (else the first diverging p
 the process's CPU time (``speedup_cpu_time``: other processes on a shared machine do not count) and each arm's
 CPU time over wall time (how many cores it got).
 
-Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2]
+``--structured``: the JSON workload instead (``benchmarks/data/input_grounded_json.jsonl``): each prompt asks
+for the facts of a passage as a JSON object and carries its schema, sent as ``structured_outputs`` (the
+answers are constrained on both engines; every one that finished is checked against its schema).
+
+Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2] [--structured]
        [--speculative-config JSON] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]
 """
 
@@ -23,10 +27,11 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data" / "input_grounded.jsonl"
+DATA_JSON = Path(__file__).parent / "data" / "input_grounded_json.jsonl"
 NGRAM = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 5}'
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default="auto")
@@ -34,39 +39,47 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--num-prompts", type=int, default=None)
     ap.add_argument("--speculative-config", default=NGRAM)
+    ap.add_argument("--structured", action="store_true", help="the JSON workload, each answer constrained")
     ap.add_argument("--output-json", default=None)
     ap.add_argument("--gpu-memory-utilization", type=float, default=None,
                     help="per engine, on a GPU (two engines share it: e.g. 0.4)")
-    args = ap.parse_args()
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    args = ap.parse_args(argv)
 
     from pagoda import LLM, SamplingParams
+    from pagoda.structured_output import StructuredOutputsParams
 
-    convs = [json.loads(line)["messages"] for line in DATA.read_text().splitlines() if line.strip()]
-    convs = convs[: args.num_prompts]
-    common = dict(model=args.model, dtype=args.dtype, enable_prefix_caching=False, max_model_len=2048)
+    rows = [json.loads(line) for line in (DATA_JSON if args.structured else DATA).read_text().splitlines()
+            if line.strip()][: args.num_prompts]
+    convs = [r["messages"] for r in rows]
+    params = [SamplingParams(temperature=0.0, max_tokens=args.max_tokens, structured_outputs=(
+        StructuredOutputsParams(json=json.dumps(r["schema"])) if args.structured else None)) for r in rows]
+    common = dict(model=args.model, dtype=args.dtype, enable_prefix_caching=False, max_model_len=args.max_model_len)
     if args.gpu_memory_utilization is not None:
         common["gpu_memory_utilization"] = args.gpu_memory_utilization
     engines = {"base": LLM(**common), "spec": LLM(**common, speculative_config=json.loads(args.speculative_config))}
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    for llm in engines.values():  # warm-up
-        llm.chat(convs[0], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    for llm in engines.values():  # warm-up (compiles the first schema and builds the grammar tables)
+        llm.chat(convs[0], params[0], use_tqdm=False)
     st0 = engines["spec"].llm_engine.core.scheduler.spec_stats
     warm_stats = (st0.num_drafts, st0.num_accepted_tokens)
     secs = dict.fromkeys(engines, 0.0)
     cpu = dict.fromkeys(engines, 0.0)  # the process's CPU time (all threads; other processes do not count)
     toks = dict.fromkeys(engines, 0)
     outs: dict[str, list[list[int]]] = {k: [] for k in engines}
+    invalid: list[int] = []  # structured: answers that finished but do not fit their schema
     runs = args.reps * len(convs)
     for rep in range(args.reps):
-        for conv in convs:
+        for i, (conv, p) in enumerate(zip(convs, params, strict=True)):
             for name in (("base", "spec") if rep % 2 == 0 else ("spec", "base")):
                 t0, c0 = time.perf_counter(), time.process_time()
-                o = engines[name].chat(conv, params, use_tqdm=False)[0].outputs[0]
+                o = engines[name].chat(conv, p, use_tqdm=False)[0].outputs[0]
                 secs[name] += time.perf_counter() - t0
                 cpu[name] += time.process_time() - c0
                 toks[name] += len(o.token_ids)
                 if rep == 0:
                     outs[name].append(list(o.token_ids))
+                    if args.structured and o.finish_reason == "stop" and not _fits(o.text, rows[i]["schema"]):
+                        invalid.append(i)
     st = engines["spec"].llm_engine.core.scheduler.spec_stats
     st0_drafts, st0_acc = warm_stats
     diverged = [(i, next((j for j, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), min(len(x), len(y))))
@@ -83,11 +96,23 @@ def main() -> None:
         "step_ratio": (toks["spec"] - runs) / (toks["spec"] - runs - (st.num_accepted_tokens - st0_acc)),
         "verify_steps": st.num_drafts - st0_drafts,
         "identical": not diverged, "diverged_at": diverged, "tokens": toks, "prompts": len(convs), "reps": args.reps,
+        "workload": DATA_JSON.name if args.structured else DATA.name, "invalid_answers": invalid,
         "speculative_config": json.loads(args.speculative_config),
     }
     print(json.dumps(res, indent=2))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _fits(text: str, schema: dict) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Smoke runs of the CPU benchmark scripts of sessions 27-28 (so they cannot rot): ``benchmarks/cpu_head_bench.py`` on a
-small head and ``benchmarks/cpu_floor_ratio.py`` on a tiny 4-bit GGUF model; they print what they measure and the
+"""Smoke runs of CPU benchmark scripts (so they cannot rot): ``benchmarks/cpu_head_bench.py`` on a
+small head, ``benchmarks/cpu_floor_ratio.py`` on a tiny 4-bit GGUF model and ``benchmarks/spec_decode_cpu_bench.py
+--structured`` on the tiny model; they print what they measure and the
 head bench checks the kernel against float64 and rows alone against rows in a batch."""
 
 from __future__ import annotations
@@ -30,3 +31,13 @@ def test_cpu_floor_ratio_smoke(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert ratio > 0 and "read bandwidth" in out and "decode step median" in out
     assert ("Q8_0 LM head" if cpu_head_q8.available() else "bf16 LM head") in out  # the tied Q8_0 table's head
+
+
+def test_spec_decode_bench_structured_smoke(tiny):
+    """The JSON workload of ``benchmarks/spec_decode_cpu_bench.py --structured`` on the tiny model: constrained
+    answers, the same with and without speculation, and verify steps ran."""
+    res = load_script("benchmarks/spec_decode_cpu_bench.py").main([
+        "--model", str(tiny.path("llama")), "--dtype", "float32", "--structured", "--reps", "1", "--num-prompts", "2",
+        "--max-tokens", "24", "--max-model-len", "512"])
+    assert res["identical"] and res["invalid_answers"] == [] and res["verify_steps"] > 0
+    assert res["workload"] == "input_grounded_json.jsonl"

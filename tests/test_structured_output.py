@@ -175,6 +175,42 @@ def test_matcher_fill_accept_rollback(tiny):
     assert g.accept_tokens(tok.encode("x")) == 0
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "maxLength": 6},
+    {"type": "string", "minLength": 2},
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 6}}, "required": ["a"]},
+    {"type": "structural_tag", "format": {"type": "tag", "begin": "<f>", "end": "</f>", "content": {
+        "type": "json_schema",
+        "json_schema": {"type": "object", "properties": {"a": {"type": "string", "maxLength": 6}}, "required": ["a"]},
+    }}},
+])
+def test_bounded_strings_refuse_raw_control_characters(tiny, schema):
+    """xgrammar 0.2.9 writes a length-bounded string's characters as [^"\\\r\n], which lets a raw TAB (or any
+    U+0000-U+001F but CR/LF) into the answer: no JSON parser accepts that. pagoda narrows the rule; the bound
+    still holds."""
+    tok, be = _backend(tiny)
+    if schema["type"] == "structural_tag":  # a tag's JSON schema, in xgrammar's structural-tag format
+        so = StructuredOutputsParams(structural_tag=json.dumps(schema))
+        head, tail = '<f>{"a": "', '"}</f>'
+    else:
+        so = StructuredOutputsParams(json=json.dumps(schema))
+        head = '{"a": "' if schema["type"] == "object" else '"'
+        tail = '"}' if schema["type"] == "object" else '"'
+    compiled = be.compile(GrammarKey.of(so, StructuredOutputsConfig()))
+
+    def fits(text: str) -> bool:
+        m = be.matcher(compiled)
+        return all(m.accept_token(t) for t in tok.encode(text)) and m.accept_token(tok.eos_token_id)
+
+    assert fits(head + "abc" + tail)
+    for ch in ("\t", "\x01", "\x1f"):
+        assert not fits(head + "a" + ch + "b" + tail), repr(ch)
+    if "maxLength" in json.dumps(schema):
+        assert fits(head + "abcdef" + tail) and not fits(head + "abcdefg" + tail)
+    else:
+        assert not fits(head + "a" + tail)
+
+
 def test_constrained_greedy_is_argmax_over_allowed(tiny):
     """fp32: each constrained greedy token is the argmax of the raw logits over the grammar's allowed tokens."""
     llm = tiny.llm(ARCH)

@@ -6,6 +6,14 @@ repetition / presence / frequency penalties, bad_words, or min_tokens not yet re
 token per step (their output is the same; they only do not speed up). The number of proposed
 tokens is capped so that the tokens verified never pass ``max_tokens`` (the bonus token counts)
 or the context length, which also keeps every verify within the blocks admission allowed for.
+
+Constrained requests (structured outputs) speculate once their grammar applies (a reasoning request after
+its end tag): a proposal is cut before its first token the grammar refuses (that token and every one after it
+would be rejected anyway; :meth:`RequestGrammar.valid_prefix`), and the step's bitmask has a row for each
+verified position, filled by walking the matcher through the drafts
+(:meth:`~pagoda.structured_output.manager.RequestGrammar.fill_bitmask`), so every emitted token is the one the
+constrained sampler would give without speculation. A terminated grammar (only a stop token is left) proposes
+nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +32,19 @@ class Proposer(Protocol):
 
 
 class NgramBatchProposer:
+    """Prompt lookup; for a constrained request the text its grammar forces next comes first (a strict JSON
+    schema's keys and punctuation: :meth:`RequestGrammar.forced_tokens`), then the lookup continues after it."""
+
     def __init__(self, cfg: SpeculativeConfig) -> None:
         self.ngram = NgramProposer(cfg.prompt_lookup_min, cfg.prompt_lookup_max)
 
     def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
-        return [self.ngram.propose_one(r.all_token_ids, k) for r, k in zip(reqs, ks, strict=True)]
+        out = []
+        for r, k in zip(reqs, ks, strict=True):
+            forced = r.grammar.forced_tokens(k) if r.grammar is not None else []
+            out.append(forced + self.ngram.propose_one(r.all_token_ids + forced if forced else r.all_token_ids,
+                                                       k - len(forced)))
+        return out
 
 
 class SyntheticProposer:
@@ -47,7 +63,7 @@ def can_speculate(r: Request) -> bool:
         and r.num_computed_tokens == r.num_tokens - 1
         and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
         and not p.bad_words_token_ids and r.num_output_tokens >= (p.min_tokens or 0)
-        and r.grammar is None  # a grammar's mask depends on the position: constrained requests decode one token
+        and (r.grammar is None or r.grammar.reasoning_ended)  # while reasoning the end tag may not be drafted
     )
 
 
@@ -86,7 +102,10 @@ class SpecDecoder:
         if not reqs:
             return
         for r, k, toks in zip(reqs, ks, self.proposer.propose(reqs, ks), strict=True):
-            r.spec_token_ids = list(toks[:k])
+            draft = list(toks[:k])
+            if r.grammar is not None and draft:
+                del draft[r.grammar.valid_prefix(draft):]
+            r.spec_token_ids = draft
 
 
 def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg, runner: Any = None) -> SpecDecoder:

@@ -10,7 +10,10 @@ tokens, every word of its row (the step's buffer is reused without clearing: see
 :mod:`pagoda.structured_output.step_bitmask`); ``accept_token`` advances (False and no change
 when the token is not allowed); ``rollback(k)`` undoes the last ``k`` accepted tokens
 (speculative decoding verifies drafts with it); ``is_terminated`` is true once a stop token
-ended the grammar. Stop tokens (the model's EOS) are allowed only where the grammar is complete.
+ended the grammar; ``jump_forward_string`` is the text every continuation starts with (a JSON key and its
+punctuation in a strict schema; empty when the grammar leaves a choice), which the n-gram proposer drafts
+as tokens (``GrammarBackend.encode``). Stop tokens (the model's EOS) are allowed only where the grammar is
+complete.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Matcher(Protocol):
 
     def is_terminated(self) -> bool: ...
 
+    def jump_forward_string(self) -> str: ...
+
 
 class GrammarBackend(Protocol):
     name: str
@@ -43,6 +48,10 @@ class GrammarBackend(Protocol):
         ...
 
     def matcher(self, compiled: Any) -> Matcher: ...
+
+    def encode(self, text: str) -> list[int]:
+        """``text``'s token ids (no special tokens added)."""
+        ...
 
 
 def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:

@@ -21,8 +21,11 @@
   all-allowed and its matcher does not move. The kept token equal to the end tag (``</think>``, one token id,
   resolved from the tokenizer at start-up) ends the reasoning; the matcher starts from its initial state on
   the tokens after it. The state lives on the sequence's :class:`RequestGrammar`, so it survives preemption
-  (output tokens are kept) and each of n samples has its own. Speculative decoding never drafts for a
-  constrained request, reasoning or not.
+  (output tokens are kept) and each of n samples has its own. Speculative decoding drafts for a constrained
+  request only once its reasoning has ended (the end tag is never inside a draft).
+* Speculative decoding: a verify's ``1 + k`` rows are filled for the positions after each of its ``k`` proposals
+  (:meth:`RequestGrammar.fill_bitmask` walks the matcher through them and back), so a row masks exactly what the
+  non-speculative step at that position would.
 
 The backend (and the tokenizer it needs) is created on the worker thread by the first compile.
 """
@@ -138,6 +141,33 @@ class RequestGrammar:
             m.rollback(accepted)
         return filled
 
+    def valid_prefix(self, draft: Sequence[int]) -> int:
+        """How many of ``draft``'s first tokens the grammar allows in order (a proposal is cut there: the verifier
+        would reject the first refused token and everything after it); the matcher ends where it began."""
+        if not self.reasoning_ended:
+            raise ValueError("a constrained request does not speculate while reasoning")
+        m = self.matcher
+        n = 0
+        for t in draft:
+            if not m.accept_token(t):
+                break
+            n += 1
+        if n:
+            m.rollback(n)
+        return n
+
+    def forced_tokens(self, k: int) -> list[int]:
+        """Up to ``k`` tokens spelling the text the grammar forces next (its jump-forward string, tokenized on its
+        own), cut where the grammar refuses one; empty while reasoning or where the grammar leaves a choice. A
+        draft, not a decision: the model may spell the same text in other tokens, which the verifier then keeps."""
+        if k <= 0 or not self.reasoning_ended:
+            return []
+        text = self.matcher.jump_forward_string()
+        if not text:
+            return []
+        toks = self._backend().encode(text)[:k]
+        return toks[: self.valid_prefix(toks)]
+
     def rollback(self, num_tokens: int) -> None:
         if not self.reasoning_ended:
             raise ValueError("cannot roll back a grammar that has not started (the request is still reasoning)")
@@ -204,11 +234,11 @@ class StructuredOutputManager:
         for s in sampled:
             g = s.request.grammar
             if g is not None and not s.request.status.finished:  # a finished request's row is dropped
-                if s.num_sample_rows != 1:  # a verifier must pass its drafts to RequestGrammar.fill_bitmask
-                    raise ValueError(f"request {s.request.request_id}: structured outputs sample one row per "
-                                     f"step here (asked for {s.num_sample_rows})")
-                if g.fill_bitmask(bitmask, row):
-                    filled.append(row)
+                if s.num_sample_rows != 1 + len(s.spec_token_ids):
+                    raise ValueError(f"request {s.request.request_id}: {s.num_sample_rows} sampled rows for "
+                                     f"{len(s.spec_token_ids)} proposals; a constrained row needs its draft")
+                # a verify: one row per position, after each draft token (rows past a refused one stay open)
+                filled.extend(range(row, row + g.fill_bitmask(bitmask, row, s.spec_token_ids)))
             row += s.num_sample_rows
         if not filled:
             return None

@@ -8,6 +8,7 @@ most :data:`MAX_JSON_WHITESPACE` characters in a row, so a model cannot loop on 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import torch
@@ -33,16 +34,36 @@ def build_grammar(key: GrammarKey) -> Any:
             schema = json.dumps(_no_additional_properties(json.loads(schema)))
         ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
                               if key.any_whitespace else {"any_whitespace": False})
-        return xgr.Grammar.from_json_schema(schema, **ws)  # strict_mode (as vLLM): no unlisted properties
+        # strict_mode (as vLLM): no unlisted properties
+        return _no_raw_control_characters(xgr.Grammar.from_json_schema(schema, **ws))
     if key.kind == "regex":
         return xgr.Grammar.from_regex(key.spec)
     if key.kind == "choice":
         return xgr.Grammar.from_ebnf(choice_ebnf(json.loads(key.spec)))
     if key.kind == "grammar":
         return xgr.Grammar.from_ebnf(key.spec) if is_ebnf(key.spec) else xgr.Grammar.from_lark(key.spec)
-    if key.kind == "structural_tag":
-        return xgr.Grammar.from_structural_tag(key.spec)
+    if key.kind == "structural_tag":  # its JSON schemas are converted as above
+        return _no_raw_control_characters(xgr.Grammar.from_structural_tag(key.spec))
     raise ValueError(f"unknown constraint kind {key.kind!r}")
+
+
+_LOOSE_CHARACTER_RULE = re.compile(r'^(\w*characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\)\)$', re.MULTILINE)
+"""A rule xgrammar (0.2.9; its issue #800) writes for one character of a ``minLength``/``maxLength``-bounded string
+(``name_characters ::= (([^\"\\\r\n]))``): it lets the raw control characters U+0000-U+001F other than CR and
+LF into a JSON string, which no JSON parser accepts (a bounded field could end in an unparseable answer)."""
+_JSON_STRING_CHARACTER = r'[^\0-\x1f\"\\\r\n]'
+"""The character class of xgrammar's own unbounded JSON strings (``basic_string_sub``), in its printed form."""
+
+
+def _no_raw_control_characters(grammar: Any) -> Any:
+    """``grammar`` with every loose bounded-string character rule (:data:`_LOOSE_CHARACTER_RULE`) narrowed to
+    :data:`_JSON_STRING_CHARACTER`, re-read from its printed form (which xgrammar reads back unchanged); the
+    grammar itself when it has none (an xgrammar that fixed the rule)."""
+    import xgrammar as xgr
+
+    text = str(grammar)
+    fixed, n = _LOOSE_CHARACTER_RULE.subn(lambda m: f"{m.group(1)} ::= (({_JSON_STRING_CHARACTER}))", text)
+    return xgr.Grammar.from_ebnf(fixed) if n else grammar
 
 
 def _no_additional_properties(schema: Any) -> Any:
@@ -73,6 +94,9 @@ class _XgrMatcher:
     def is_terminated(self) -> bool:
         return bool(self._m.is_terminated())
 
+    def jump_forward_string(self) -> str:
+        return str(self._m.find_jump_forward_string())
+
 
 def grammar_vocab_size(tokenizer: Any, logits_width: int, stop_token_ids: list[int]) -> int:
     """The ids a grammar can allow: the tokenizer's (and the stop tokens'), at most the logits' width.
@@ -92,6 +116,7 @@ class XgrammarBackend:
         """``vocab_size``: the logits' width; the bitmask covers :attr:`vocab_size`, the grammar's vocabulary."""
         import xgrammar as xgr
 
+        self._tokenizer = tokenizer
         self.vocab_size = grammar_vocab_size(tokenizer, vocab_size, stop_token_ids)
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size,
                                                   stop_token_ids=stop_token_ids)
@@ -100,6 +125,9 @@ class XgrammarBackend:
 
     def compile(self, key: GrammarKey) -> Any:
         return self._compiler.compile_grammar(build_grammar(key))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def matcher(self, compiled: Any) -> _XgrMatcher:
         import xgrammar as xgr

@@ -54,3 +54,22 @@ def test_verify_steps_replay_a_graph_and_change_no_token(tiny, method):
     assert runner.verify_graphs.replays > 0  # n-gram drafts vary in length: their rows are padded to k + 1
     assert llm.llm_engine.core.scheduler.spec_stats.num_drafts > 0
     llm.shutdown()
+
+
+def test_constrained_verify_steps_in_a_graph_change_no_token(tiny):
+    """Structured outputs with n-gram speculation on the GPU: the verify graph's rows take the grammar's per-position
+    bitmask rows (sent by a pinned, non-blocking copy) and the greedy answers are those without speculation."""
+    from test_spec_structured import NGRAM, PROMPTS, _params
+
+    from pagoda import LLM
+
+    kw = {"dtype": "float32", "device": "cuda", "kv_cache_memory_bytes": 256 * 2**20}
+    base_llm = LLM(str(tiny.path("llama")), **kw)
+    base = base_llm.generate(PROMPTS, _params(), use_tqdm=False)
+    base_llm.shutdown()
+    llm = LLM(str(tiny.path("llama")), speculative_config=NGRAM, **kw)
+    runner = llm.llm_engine.core.runner
+    _same(llm.generate(PROMPTS, _params(), use_tqdm=False), base)
+    assert runner.verify_graphs is not None and runner.verify_graphs.replays > 0
+    assert llm.llm_engine.core.scheduler.spec_stats.num_drafts > 0
+    llm.shutdown()
