@@ -4,7 +4,8 @@
 * Greedy: tokens and logprobs identical with and without speculation for regex, JSON-schema and choice
   constraints next to an unconstrained request, under a small token budget (verifies cut short), preemption and
   async scheduling; and the constrained requests did verify proposals (the counters moved while only
-  constrained requests ran).
+  constrained requests ran). The same with a draft model and an EAGLE-3 head, which propose without the grammar.
+* The n-gram proposer drafts the text a strict schema forces (keys, punctuation) before its prompt lookup.
 * Sampled: a seeded constrained request repeats and stays inside its grammar; over many samples the choices
   come out as often as without speculation (total variation within the sampling noise).
 """
@@ -168,3 +169,23 @@ def test_constrained_sampling_follows_the_target(tiny):
     tv = 0.5 * sum(abs(with_spec[k] - without[k]) for k in CHOICES) / n
     assert tv < 0.1, (with_spec, without)
     assert_engine_clean(spec)
+
+
+@pytest.mark.parametrize("method", ["draft_model", "eagle3"])
+def test_constrained_greedy_identical_with_model_drafters(tiny, method):
+    """A draft model and an EAGLE-3 head propose without the grammar: their drafts are cut at the first refused
+    token, and their own state (shadow requests, the head's entries) follows the tokens kept."""
+    from test_spec_decode import _other_model
+    from test_spec_eagle import TARGET, _spec
+
+    if method == "eagle3":
+        target, spec = TARGET, _spec(tiny, "eagle3")
+    else:
+        target, spec = "llama", {"model": _other_model(tiny, "draft"), "num_speculative_tokens": 3}
+    base = tiny.llm(target).generate(PROMPTS, _params(), use_tqdm=False)
+    llm = LLM(str(tiny.path(target)), dtype="float32", speculative_config=spec)
+    _same(llm.generate(PROMPTS[:3], _params()[:3], use_tqdm=False), base[:3])  # constrained requests alone
+    assert llm.llm_engine.core.scheduler.spec_stats.num_drafts > 0
+    _same(llm.generate(PROMPTS, _params(), use_tqdm=False), base)  # with an unconstrained neighbour
+    assert_engine_clean(llm)
+    llm.shutdown()
