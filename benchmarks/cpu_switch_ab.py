@@ -10,6 +10,8 @@
 (``pagoda.attention.cpu_decode_native.ENABLED``, read at each call) or by gathers + SDPA;
 ``--switch int4-dot``: 4-bit linears by the bf16-dot kernel (``pagoda.quantization.kernels.cpu_int4_dot.ENABLED``,
 read at each call; AVX512-BF16 CPUs) or by torch's int4pack arithmetic (``cpu_int4_native`` / torch's kernel);
+``--switch int4-amx``: those 4-bit linears by the kernel's AMX build or its vdpbf16ps build
+(``cpu_int4_dot.AMX``, bound when an engine loads and read at each general-path call; AMX-BF16 CPUs; the bits differ);
 ``--switch bound-calls``: that kernel called through each weight's bound call or through the general path
 (``cpu_int4_dot.BOUND_CALLS``, read at each call; the same values);
 ``--switch decoder-stack``: a small step's layers in one native call or from Python
@@ -28,8 +30,8 @@ Greedy, ``--max-tokens`` new tokens, EOS ignored, at each batch size; prints eac
 (arms alternate which goes first), the ratio of medians, and where the arms' greedy tokens first differ.
 
     PYTHONPATH=. python benchmarks/cpu_switch_ab.py
-        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|bound-calls|decoder-stack|
-            stack-team|head-dot|head-q8|pos-chunk
+        --switch fused|one-thread|det-native|deterministic|decode-native|int4-dot|int4-amx|bound-calls|
+            decoder-stack|stack-team|head-dot|head-q8|pos-chunk
         [--rounds 3]
         [--batch-sizes 1 32] [--max-tokens 64] [--prompt-len N (random token ids instead of the short prompts)]
 """
@@ -49,7 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--switch", required=True,
                     choices=["fused", "one-thread", "det-native", "deterministic", "decode-native", "int4-dot",
-                             "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8", "pos-chunk"])
+                             "int4-amx", "bound-calls", "decoder-stack", "stack-team", "head-dot", "head-q8",
+                             "pos-chunk"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -67,6 +70,7 @@ def main() -> None:
     arms = {}
     for name, on in (("on", True), ("off", False)):
         cpu_fused.ENABLED = on or args.switch != "fused"
+        cpu_int4_dot.AMX = on or args.switch != "int4-amx"
         det = args.switch == "det-native" or (args.switch == "deterministic" and on)
         arms[name] = LLM(max_num_seqs=max(args.batch_sizes), deterministic=det)
         if args.switch == "one-thread":
@@ -86,6 +90,7 @@ def main() -> None:
                 cpu_decode_native.ENABLED = name == "on" or args.switch != "decode-native"
                 cpu_int4_dot.ENABLED = name == "on" or args.switch != "int4-dot"
                 cpu_int4_dot.BOUND_CALLS = name == "on" or args.switch != "bound-calls"
+                cpu_int4_dot.AMX = name == "on" or args.switch != "int4-amx"
                 cpu_decoder_stack.ENABLED = name == "on" or args.switch != "decoder-stack"
                 cpu_decoder_stack.THREADS = 1 if name == "off" and args.switch == "stack-team" else 0
                 cpu_head_dot.ENABLED = name == "on" or args.switch != "head-dot"

@@ -41,6 +41,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "flag parsing, not before them (an A/B switch for the start-up time)"),
     EnvVar("PAGODA_MIXED_GRAPHS", "1", "`0` turns off the CUDA graphs of mixed steps only (several requests' "
            "prompt chunks, with decodes; an A/B switch for benchmarks)"),
+    EnvVar("PAGODA_CPU_AMX", "1", "`0`: the CPU's 4-bit linears run the AVX-512 bf16-dot kernel even where the CPU has "
+           "AMX tiles (AMX is faster from two rows a step, ~8 % slower at one; see benchmarks/RESULTS.md session 34)"),
     EnvVar("PAGODA_PDL", "1", "`0`: the decode step's Triton kernels launch plainly, not with programmatic dependent "
            "launch (Hopper and later; an A/B switch for benchmarks)"),
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "
@@ -135,6 +137,11 @@ def prelaunch_core_enabled() -> bool:
 def mixed_graphs_enabled() -> bool:
     """``PAGODA_MIXED_GRAPHS``: False when set to ``0`` (mixed-step CUDA graphs off)."""
     return _raw("PAGODA_MIXED_GRAPHS") != "0"
+
+
+def cpu_amx_enabled() -> bool:
+    """``PAGODA_CPU_AMX``: False when set to ``0`` (the 4-bit CPU kernel's AMX build is not used)."""
+    return _raw("PAGODA_CPU_AMX") != "0"
 
 
 def pdl_enabled() -> bool:

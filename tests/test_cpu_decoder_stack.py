@@ -151,3 +151,22 @@ def test_past_256_positions_bitwise_the_python_path(tmp_path, monkeypatch, spec,
         assert llm.llm_engine.core.scheduler.spec_stats.num_draft_tokens > 0  # verify rows past 256 ran too
     monkeypatch.setattr(cpu_decoder_stack, "ENABLED", False)
     assert run() == native
+
+
+@pytest.mark.parametrize("spec", [None, NGRAM], ids=["decode", "ngram"])
+def test_one_row_matmuls_and_speculation(gguf_path, spec):
+    """One-row steps run cpu_int4_dot.one_row_library's build (the vdpbf16ps one on AMX CPUs), except in an engine that
+    speculates: there every 4-bit weight runs one build at every row count, so its verify rows equal its decode rows."""
+    from pagoda.quantization.int_weight import IntWeight
+
+    llm = _llm(gguf_path, **({"speculative_config": spec} if spec else {}))
+    llm.generate([{"prompt_token_ids": PROMPTS[0]}], greedy(max_tokens=4), use_tqdm=False)
+    model = llm.llm_engine.core.runner.model
+    stack = model._cpu_stack
+    assert isinstance(stack, cpu_decoder_stack.DecoderStack)
+    ints = [m for m in model.modules() if isinstance(m, IntWeight)]
+    assert ints and all(w.one_kernel == (spec is not None) for w in ints)
+    lib, one = cpu_int4_dot.library(), cpu_int4_dot.one_row_library()
+    addr = cpu_decoder_stack._addr  # noqa: SLF001
+    assert stack._stack.mm_block == addr(lib.pagoda_int4_dot_block)  # noqa: SLF001
+    assert stack._stack.mm_block1 == addr((lib if spec else one).pagoda_int4_dot_block)  # noqa: SLF001

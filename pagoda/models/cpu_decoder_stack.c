@@ -64,6 +64,7 @@ typedef struct {
     silu_mul_fn silu_mul;
     int4_sums_fn mm_sums;
     int4_block_fn mm_block;
+    int4_block_fn mm_block1; /* one-row matmuls (cpu_int4_dot.one_row_library: where AMX serves several rows) */
     attn_scratch_fn attn_scratch;
     attn_runs_fn attn_runs;
     attn_item_fn attn_item;
@@ -244,8 +245,8 @@ typedef struct { /* one 4-bit matmul: C = A @ W.T */
 static void mm_item(void *ctx, int64_t blk, int thread) {
     (void)thread;
     const mm_job *j = ctx;
-    j->s->mm_block(j->a, j->x, j->w->codes, j->w->scales_zeros, j->c, j->m, (int)j->w->n, (int)j->w->k,
-                   (int)j->w->group, (int)blk);
+    (j->m == 1 ? j->s->mm_block1 : j->s->mm_block)(j->a, j->x, j->w->codes, j->w->scales_zeros, j->c, j->m,
+                                                   (int)j->w->n, (int)j->w->k, (int)j->w->group, (int)blk);
 }
 
 /* The matmul as cpu_int4_dot's pagoda_int4_dot_mm computes it (group sums, then its column blocks); x: scratch of

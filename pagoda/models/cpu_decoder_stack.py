@@ -69,7 +69,8 @@ class _Layer(ctypes.Structure):
 
 
 class _Stack(ctypes.Structure):
-    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_sums", _P), ("mm_block", _P), ("attn_scratch", _P),
+    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_sums", _P), ("mm_block", _P), ("mm_block1", _P),
+                ("attn_scratch", _P),
                 ("attn_runs", _P), ("attn_item", _P), ("attn_chunks", _P), ("attn_partials", _P),
                 ("attn_combine", _P), ("layers", _P), ("cos", _P), ("sin", _P), ("num_layers", _I),
                 ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("inter", _I), ("block_size", _I),
@@ -240,8 +241,15 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
         keep += [n1.weight, n2.weight]
         layers.append(_Layer(n1.weight.data_ptr(), n2.weight.data_ptr(), *parts, None, None, n1.eps, n2.eps,
                              attn_mod.scale, int(attn_mod.attn_kwargs.get("sliding_window") or 0)))
+    # One-row matmuls: cpu_int4_dot.one_row_library's build, unless a weight must run one build at every row count
+    # (speculative decoding: verify rows = decode rows)
+    from pagoda.quantization.int_weight import IntWeight
+
+    one_kernel = any(isinstance(m, IntWeight) and m.one_kernel for m in model.modules())
+    int4_1 = int4 if one_kernel else cpu_int4_dot.one_row_library()
+    assert int4_1 is not None
     fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul),
-           _addr(int4.pagoda_int4_group_sums), _addr(int4.pagoda_int4_dot_block),
+           _addr(int4.pagoda_int4_group_sums), _addr(int4.pagoda_int4_dot_block), _addr(int4_1.pagoda_int4_dot_block),
            _addr(attn.pagoda_decode_attention_scratch), _addr(attn.pagoda_decode_attention_runs),
            _addr(attn.pagoda_decode_attention_item), _addr(attn.pagoda_decode_attention_chunks),
            _addr(attn.pagoda_decode_attention_partials), _addr(attn.pagoda_decode_attention_combine))

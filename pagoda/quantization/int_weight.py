@@ -74,6 +74,9 @@ class IntWeight(nn.Module):
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
+        # Speculative decoding (set by the model runner): one CPU kernel build for every row count, so a verify's rows
+        # equal decode rows (cpu_int4_dot.one_row_library)
+        self.one_kernel = False
         self.bound_call: cpu_int4_dot.BoundCall | None = None  # the small-step fast path (set by finalize)
         self.symmetric = False  # ``triton`` layout: offsets == -2**(bits-1) * scales exactly (set by finalize)
         self._set_plain(codes.to(torch.uint8).contiguous(), scales.contiguous(), offsets.contiguous())
@@ -212,7 +215,7 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     bound = w.bound_call
     if bound is not None and bias is None and w.dense_packed is None and bound.takes(x) and \
             not cpu_woq.takes_dense_gemm(x.shape[0], w.out_features, w.batch_invariant, True):
-        return bound(x)  # what the general path below computes for these rows, without its Python
+        return bound(x, w.batch_invariant or w.one_kernel)  # what the general path below computes, without its Python
     if w.perm is not None:
         x = x.index_select(-1, w.perm)
     lead = x.shape[:-1]
@@ -242,7 +245,7 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
         assert w.scales is not None
         y = cpu_woq.int8_matmul(x2, w.codes, w.scales.view(-1), per_row=w.batch_invariant)
     else:
-        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size, per_row=w.batch_invariant)
+        y = cpu_woq.int4_matmul(x2, w._parts(), w.group_size, per_row=w.batch_invariant, one_kernel=w.one_kernel)
     if bias is not None:
         y = y.add_(bias)
     return y.view(*lead, w.out_features)

@@ -202,6 +202,14 @@ class ModelRunner:
             self.backend.step_memo = True
         # Under the passive wait policy a small CPU step runs its forward on one thread (cpu_threads.py).
         self.small_steps_one_thread = self.device.type == "cpu" and cpu_threads.passive_wait()
+        if cfg.speculative_config is not None and self.device.type == "cpu":
+            # A verify's rows must equal its decode rows bit for bit: one 4-bit kernel build for every row count
+            # (cpu_int4_dot.one_row_library; before the first forward binds the decoder stack).
+            from pagoda.quantization.int_weight import IntWeight
+
+            for m in self.model.modules():
+                if isinstance(m, IntWeight):
+                    m.one_kernel = True
         if cfg.deterministic:
             if not hasattr(self.backend, "batch_invariant"):
                 raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "

@@ -1,4 +1,5 @@
-"""The bf16-dot int4 CPU kernel (quantization/kernels/cpu_int4_dot.c; AVX-512 with BF16 only): its values against
+"""The bf16-dot int4 CPU kernel (quantization/kernels/cpu_int4_dot.c; AVX-512 with BF16 only; its vdpbf16ps build and,
+on AMX-BF16 CPUs, its AMX build, every test on each): its values against
 the exact product (float64) within a bf16 rounding, at every tile shape (1..8 rows whole or half 64-column blocks,
 8-row passes above); a row's bits do not depend on the other rows (alone, in a verify-sized call, in a 32-row
 batch: through :func:`int_weight_linear`, 4-bit and two-plane 8-bit); and what it declines."""
@@ -14,6 +15,18 @@ from pagoda.quantization.kernels import cpu_int4_dot
 
 pytestmark = pytest.mark.skipif(not cpu_int4_dot.available(),
                                 reason="no bf16-dot int4 kernel here (needs x86-64 AVX512-BF16 and a C compiler)")
+
+
+@pytest.fixture(autouse=True, params=["vdpbf16ps", "amx"])
+def build(request, monkeypatch):
+    """Every test on each build this CPU runs: the vdpbf16ps one, and the AMX one where the CPU has AMX-BF16."""
+    amx = request.param == "amx"
+    if amx and cpu_int4_dot._amx_library() is None:  # noqa: SLF001
+        pytest.skip("no AMX-BF16 here (or the AMX build did not compile / pass its self-check)")
+    monkeypatch.setattr(cpu_int4_dot, "AMX", amx)
+    lib = cpu_int4_dot.library()
+    assert lib is not None and (lib is cpu_int4_dot._amx_library()) == amx  # noqa: SLF001
+    return request.param
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -35,9 +48,11 @@ def test_values_within_a_bf16_rounding_of_the_exact_product(n, k, group):
     # torch's int4pack kernel is as far from the exact value (another rounding order, not other weights)
     torch_out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz)
     assert bool(((torch_out.double() - ref).abs() <= tol).all())
-    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 17, 25, 32):
-        out = cpu_int4_dot.int4_dot_mm(x[:m], packed, group, sz)
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 17, 25, 32):  # one build at every row count: rows alone = in a batch
+        out = cpu_int4_dot.int4_dot_mm(x[:m], packed, group, sz, one_kernel=True)
         assert out is not None and torch.equal(_bits(out), _bits(full[:m])), m
+    one = cpu_int4_dot.int4_dot_mm(x[:1], packed, group, sz)  # a one-row call's own build: within the same bound
+    assert one is not None and bool(((one.double() - ref[:1]).abs() <= tol[:1]).all())
 
 
 @pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
@@ -46,6 +61,7 @@ def test_int_weight_rows_do_not_depend_on_the_batch(bits, sym):
     codes, scales, offsets = random_weight(bits, group, out_f, in_f, sym, seed=bits + 10)
     w = make_int_weight(codes, scales, offsets, bits, group, torch.bfloat16)
     assert w.layout == "cpu_int4"
+    w.one_kernel = True  # what speculative decoding sets (and --deterministic's per_row implies): one build
     x = torch.randn(32, in_f, generator=torch.Generator().manual_seed(bits + 11)).to(torch.bfloat16)
     batch = int_weight_linear(x, w)
     single = torch.cat([int_weight_linear(x[i : i + 1], w) for i in range(32)])
@@ -90,3 +106,16 @@ def test_bound_call_computes_what_the_general_path_does(monkeypatch):
     assert torch.equal(_bits(int_weight_linear(x, copied)), _bits(int_weight_linear(x, w)))
     w8 = make_int_weight(codes * 16 + codes, scales, -128 * scales, 8, 32, torch.bfloat16)
     assert w8.layout == "cpu_int4" and w8.bound_call is None  # two nibble planes: the general path sums them
+
+
+def test_one_row_calls_take_the_one_row_build(build):
+    """Where the AMX build serves several rows, a one-row call takes the vdpbf16ps build (the AMX tiles' stores and
+    loads cost more than they save for one row), unless the weight needs one build at every row count."""
+    codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    w = make_int_weight(codes, torch.full((128, 2), 0.01), torch.zeros(128, 2), 4, 32, torch.bfloat16)
+    bound = w.bound_call
+    assert bound is not None
+    plain, amx = cpu_int4_dot._plain_library(), cpu_int4_dot._amx_library()  # noqa: SLF001
+    assert cpu_int4_dot.one_row_library() is plain
+    assert bound._fn1 is plain.pagoda_int4_dot_mm  # noqa: SLF001
+    assert bound._fn is (amx if build == "amx" else plain).pagoda_int4_dot_mm  # noqa: SLF001

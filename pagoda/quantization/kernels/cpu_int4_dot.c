@@ -31,12 +31,51 @@
 #include "bf16.h"
 #include "bf16_avx512.h"
 
+#ifdef PAGODA_INT4_AMX
+/* The AMX build (-DPAGODA_INT4_AMX, CPUs with AMX-BF16). For groups of a multiple of 32 k's, a group's S for up to
+ * 16 rows is one tile product (tdpbf16ps) per 32 k's and 16 columns, instead of one vdpbf16ps per row, k pair and 16
+ * columns: the weights are decoded as below and stored as four B tiles (one per vector v: 16 k pairs x 16 lanes of
+ * bf16 pairs, tdpbf16ps's pair layout), A's rows are the A tile, and the C tiles' sums are stored and applied as in
+ * the other build. The tile product adds its pairs in the hardware's own order, so the bits differ from the vdpbf16ps
+ * build's; as there, no step depends on M or the other rows (a row alone = the row in any batch). Measured on an AMX
+ * Xeon (RESULTS.md, session 34): 2-4x faster from 5 rows, ~5-10 % slower at one (the tiles' stores and loads). */
+#include <sys/syscall.h>
+#include <unistd.h>
+#define TILE_ROWS 16                     /* rows per AMX tile */
+#define FULL_BLOCK_ROWS (1 << 30)        /* a task is always a whole 64-column block */
+#else
 #define TILE_ROWS 8       /* rows per pass over a task's weights */
 #define FULL_BLOCK_ROWS 7 /* up to this many rows a task is a whole 64-column block, above it a half */
+#endif
 
 /* Lane i of a `lo` vector is column LO_COL(i) of its 32-column half, of a `hi` vector HI_COL(i). */
 #define PERM_LO _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
 #define PERM_HI _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+
+#ifdef PAGODA_INT4_AMX
+/* Tiles: 0 = A (`rows` x 32 bf16), 1-3 = B (16 k pairs x 16 columns' bf16 pairs), 4-7 = C (`rows` x 16 fp32). Tile
+ * state is per thread: every task loads its configuration and releases the tiles when done. */
+static inline void amx_config(int rows) {
+    struct {
+        uint8_t palette_id, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } __attribute__((packed, aligned(64))) cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = (t >= 1 && t <= 3) ? 16 : (uint8_t)rows;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* Linux hands AMX's tile state to a process only on request (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+ * returns 0 once granted (process-wide), else the error. */
+int pagoda_int4_amx_init(void) {
+    return (int)syscall(SYS_arch_prctl, 0x1023, 18);
+}
+#endif
 
 /* One task: columns of block `blk` (`part` 0: all 64, 1: the low-nibble half, 2: the high-nibble half) for rows
  * [0, rows) of A, rows <= TILE_ROWS. X: [rows][K/G] group sums. Vector v of a part: v = 2 * half + (0: lo, 1: hi). */
@@ -67,6 +106,13 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
      * lines N * 4 bytes apart, 18-odd streams beside the codes' one that the hardware prefetcher does not follow
      * (the default model's linears, two threads: 1 row -3-4 %, 5 rows -12 %; RESULTS.md session 27). */
     const char *next_sz = blk + 1 < N / 64 ? (const char *)(SZ + (size_t)(blk + 1) * 128) : NULL;
+#ifdef PAGODA_INT4_AMX
+    const int amx = part == 0 && G % 32 == 0;
+    /* B tiles (16 k pairs x 16 lanes of bf16 pairs, one per vector v) and the C tiles' sums, in L1. */
+    uint16_t bbuf[4][16][32] __attribute__((aligned(64)));
+    float sbuf[4][TILE_ROWS][16] __attribute__((aligned(64)));
+    if (amx) amx_config(rows);
+#endif
     for (int g = 0; g < groups; g++) {
         if (next_sz) {
             const char *p = next_sz + (size_t)g * N * 4;
@@ -76,6 +122,43 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             _mm_prefetch(p + 192, _MM_HINT_T1);
         }
         __m512 S[TILE_ROWS][4];
+#ifdef PAGODA_INT4_AMX
+        if (amx) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+            for (int k0 = g * G; k0 < (g + 1) * G; k0 += 32) {
+                for (int kp = 0; kp < 16; kp++) {
+                    const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
+                    __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
+                    __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
+                    __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
+                    __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
+                    _mm512_store_si512((void *)bbuf[0][kp], _mm512_permutexvar_epi16(wlo, lut));
+                    _mm512_store_si512((void *)bbuf[1][kp], _mm512_permutexvar_epi16(whi, lut));
+                    _mm512_store_si512((void *)bbuf[2][kp], _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut));
+                    _mm512_store_si512((void *)bbuf[3][kp], _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
+                }
+                _tile_loadd(0, A + k0, lda * 2);
+                _tile_loadd(1, bbuf[0], 64);
+                _tile_loadd(2, bbuf[1], 64);
+                _tile_loadd(3, bbuf[2], 64);
+                _tile_dpbf16ps(4, 0, 1);
+                _tile_dpbf16ps(5, 0, 2);
+                _tile_dpbf16ps(6, 0, 3);
+                _tile_loadd(1, bbuf[3], 64);
+                _tile_dpbf16ps(7, 0, 1);
+            }
+            _tile_stored(4, sbuf[0], 64);
+            _tile_stored(5, sbuf[1], 64);
+            _tile_stored(6, sbuf[2], 64);
+            _tile_stored(7, sbuf[3], 64);
+            for (int r = 0; r < rows; r++)
+                for (int v = 0; v < 4; v++) S[r][v] = _mm512_load_ps(sbuf[v][r]);
+        } else
+#endif
+        {
 #pragma GCC unroll 8
         for (int r = 0; r < rows; r++)
 #pragma GCC unroll 4
@@ -105,6 +188,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
                     S[r][v] = _mm512_dpbf16_ps(S[r][v], (__m512bh)a, (__m512bh)w[v]);
             }
         }
+        }
         const uint16_t *sz = SZ + ((size_t)g * N + blk * 64) * 2;
         __m512 sc[4], zr[4];
 #pragma GCC unroll 4
@@ -126,6 +210,9 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             }
         }
     }
+#ifdef PAGODA_INT4_AMX
+    if (amx) _tile_release();
+#endif
     /* Lanes back to column order: columns 0-15 are lanes 0-7 of lo and of hi (indices PERM_LO of the pair),
      * columns 16-31 their lanes 8-15 (PERM_HI). */
 #pragma GCC unroll 8
@@ -148,6 +235,10 @@ static void run_tile(const uint16_t *A, const float *X, const uint8_t *B, const 
                      int blk, int part, uint16_t *C, int rows) {
     switch (rows) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
+#ifdef PAGODA_INT4_AMX
+        TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14) TILE_CASE(15)
+        TILE_CASE(16)
+#endif
         default: break;
     }
 }

@@ -18,6 +18,13 @@ Used after a self-check (against a float64 reference within a bf16 rounding, and
 row in a batch, bitwise) on CPUs whose ``cpuid`` reports AVX512-BF16 and whose torch uses the 64-column int4pack
 layout; anything else keeps :mod:`cpu_int4_native` (torch's arithmetic, bitwise). ``ENABLED = False`` is the A/B
 switch (read at every call: flip it only between runs).
+
+On CPUs with AMX-BF16 the same source is also built with ``-DPAGODA_INT4_AMX`` (:data:`AMX`, ``PAGODA_CPU_AMX``): a
+group's sums for up to 16 rows are tile products, the rest as above. It serves calls of two rows and more; one-row
+calls keep the vdpbf16ps build (:func:`one_row_library`: AMX was 0.91-0.92x at batch 1), unless the caller needs
+one build at every row count (``one_kernel``: speculative decoding, ``--deterministic``), for the two builds' bits
+can differ. Measured on the 2-core AMX Xeon dev VM (``benchmarks/RESULTS.md``, session 34): the default model's
+decode 1.40x at batch 2, 2.14-2.16x at 4-32; a 5-row verify's linears ~2x.
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ from pathlib import Path
 
 import torch
 
+from pagoda import envs
+
 _SOURCE = Path(__file__).with_name("cpu_int4_dot.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
           "-mavx512dq", "-mavx512bf16", "-mfma")
+_AMX_FLAGS = (*_FLAGS, "-DPAGODA_INT4_AMX", "-mamx-tile", "-mamx-bf16")
 ENABLED = True
 """False: 4-bit planes run :mod:`cpu_int4_native` / torch's int4pack arithmetic (the A/B switch)."""
+AMX = envs.cpu_amx_enabled()
+"""False: the vdpbf16ps build even where the CPU has AMX (``PAGODA_CPU_AMX=0``; the A/B switch, read by
+:func:`library`)."""
 BOUND_CALLS = True
 """False: every call goes through :func:`cpu_woq.int4_matmul`'s checks, never a :class:`BoundCall` (the A/B switch of
 the per-call Python cost; the values are the same)."""
@@ -47,11 +60,26 @@ def cpu_has_bf16_dot() -> bool:
     return cpu_has("avx512_bf16", "avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")
 
 
-@lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The compiled kernel after its self-check (``pagoda_int4_dot_mm``; ``pagoda_int4_group_sums`` and
     ``pagoda_int4_dot_block`` for callers that run the column blocks on their own threads), or None where it does
-    not serve this machine."""
+    not serve this machine: the AMX build where the CPU has AMX-BF16 (and :data:`AMX`), else the vdpbf16ps one.
+    Engines bind it at load (the decoder stack, each weight's :class:`BoundCall`); flip :data:`AMX` only between
+    engine loads."""
+    return (_amx_library() if AMX else None) or _plain_library()
+
+
+def one_row_library() -> ctypes.CDLL | None:
+    """The build for one-row calls: the vdpbf16ps one where :func:`library` is the AMX build (a tile product pays
+    its stores and loads for one row: measured ~8 % slower at batch 1), else :func:`library` itself. A caller whose
+    rows must not depend on their number (``one_kernel``: speculative decoding's verify rows = its decode rows,
+    ``--deterministic``) runs :func:`library` at every row count instead."""
+    lib = library()
+    return _plain_library() if lib is not None and lib is _amx_library() else lib
+
+
+@lru_cache(maxsize=1)
+def _plain_library() -> ctypes.CDLL | None:
     from pagoda.quantization.kernels import cpu_int4_native
 
     if cpu_int4_native.width() != 64 or not cpu_has_bf16_dot():
@@ -62,8 +90,31 @@ def library() -> ctypes.CDLL | None:
                         lambda lib: _self_check(lib.pagoda_int4_dot_mm))
 
 
-def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
-    lib = library()
+def cpu_has_amx() -> bool:
+    """``cpuid`` says AMX tiles with bf16 products (besides :func:`cpu_has_bf16_dot`'s extensions)."""
+    from pagoda.native import cpu_has
+
+    return cpu_has_bf16_dot() and cpu_has("amx_tile", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def _amx_library() -> ctypes.CDLL | None:
+    """The AMX build, after the kernel asked Linux for the tile state and passed the same self-check."""
+    from pagoda.quantization.kernels import cpu_int4_native
+
+    if cpu_int4_native.width() != 64 or not cpu_has_amx():
+        return None
+    from pagoda.native import load_checked
+
+    def check(lib: ctypes.CDLL) -> bool:
+        return lib.pagoda_int4_amx_init() == 0 and _self_check(lib.pagoda_int4_dot_mm)
+
+    return load_checked(_SOURCE, _AMX_FLAGS, "the AMX int4 kernel", "pagoda_int4_dot_mm", _ARGS, check)
+
+
+def _kernel(rows: int = 2, one_kernel: bool = False) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """``pagoda_int4_dot_mm`` of the build that serves ``rows`` rows (:func:`one_row_library`)."""
+    lib = library() if rows > 1 or one_kernel else one_row_library()
     return None if lib is None else lib.pagoda_int4_dot_mm
 
 
@@ -126,10 +177,11 @@ class BoundCall:
     of the default model). Holds references to the packed tensors, so the pointers stay valid; the same kernel and
     values as the general path (which the caller takes whenever :meth:`takes` says no)."""
 
-    __slots__ = ("_fn", "_packed", "_sz", "_ptrs", "_n", "_k", "_g")
+    __slots__ = ("_fn", "_fn1", "_packed", "_sz", "_ptrs", "_n", "_k", "_g")
 
-    def __init__(self, fn, packed: torch.Tensor, sz: torch.Tensor, in_features: int, group_size: int) -> None:
-        self._fn, self._packed, self._sz = fn, packed, sz
+    def __init__(self, fn, fn1, packed: torch.Tensor, sz: torch.Tensor, in_features: int, group_size: int) -> None:
+        """``fn``: the kernel of several rows, ``fn1``: of one row (:func:`one_row_library`)."""
+        self._fn, self._fn1, self._packed, self._sz = fn, fn1, packed, sz
         self._ptrs = (packed.data_ptr(), sz.data_ptr())
         self._n, self._k, self._g = packed.shape[0], in_features, group_size
 
@@ -141,11 +193,12 @@ class BoundCall:
         return ENABLED and BOUND_CALLS and x.dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] > 0 and \
             x.shape[1] == self._k and x.is_contiguous()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, one_kernel: bool = False) -> torch.Tensor:
+        """``one_kernel``: the several-row kernel for one row too (:func:`one_row_library`)."""
         m = x.shape[0]
         out = torch.empty(m, self._n, dtype=torch.bfloat16)
-        if self._fn(x.data_ptr(), *self._ptrs, out.data_ptr(), m, self._n, self._k, self._g,
-                    torch.get_num_threads()) != 0:
+        fn = self._fn1 if m == 1 and not one_kernel else self._fn
+        if fn(x.data_ptr(), *self._ptrs, out.data_ptr(), m, self._n, self._k, self._g, torch.get_num_threads()) != 0:
             raise RuntimeError("the bf16-dot int4 kernel refused a call it had accepted at load (out of memory?)")
         return out
 
@@ -156,18 +209,20 @@ def bind(packed: torch.Tensor, sz: torch.Tensor, in_features: int, group_size: i
     if packed.device.type != "cpu" or sz.dtype != torch.bfloat16 or packed.shape[0] % 64 or group_size % 2 or \
             not packed.is_contiguous() or not sz.is_contiguous():
         return None
-    fn = _kernel()
-    return None if fn is None else BoundCall(fn, packed, sz, in_features, group_size)
+    fn, fn1 = _kernel(), _kernel(1)
+    return None if fn is None or fn1 is None else BoundCall(fn, fn1, packed, sz, in_features, group_size)
 
 
-def int4_dot_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor | None:
+def int4_dot_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor,
+                one_kernel: bool = False) -> torch.Tensor | None:
     """``x @ W.T`` for a torch int4pack weight (64-column layout) by this kernel's arithmetic (bf16 ``x`` and
     ``sz``), or None where it does not apply (wrong dtypes or shapes: the caller runs another kernel for every row
-    count of that weight, never for some rows only)."""
+    count of that weight, never for some rows only). ``one_kernel``: one build for every row count
+    (:func:`one_row_library`)."""
     if x.dtype != torch.bfloat16 or sz.dtype != torch.bfloat16 or x.device.type != "cpu" or packed.shape[0] % 64 \
             or group_size % 2:
         return None
-    fn = _kernel()
+    fn = _kernel(x.shape[0], one_kernel)
     if fn is None:
         return None
     return _call(fn, x.contiguous(), packed.contiguous(), group_size, sz.contiguous())

@@ -183,10 +183,11 @@ def takes_dense_gemm(rows: int, n: int, per_row: bool, native: bool) -> bool:
 
 
 def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], group_size: int,
-                per_row: bool = False) -> torch.Tensor:
+                per_row: bool = False, one_kernel: bool = False) -> torch.Tensor:
     """``x @ W.T`` for int4pack planes: up to the dequantize-once dense path, by :mod:`cpu_int4_dot` at every row
     count where it is available (else :mod:`cpu_int4_native` / torch's int4pack, the same bits); ``per_row``: never
-    the dense path (each row computed alone: batch-invariant)."""
+    the dense path (each row computed alone: batch-invariant); ``per_row`` or ``one_kernel``: one build of
+    :mod:`cpu_int4_dot` for one row too (:func:`cpu_int4_dot.one_row_library`)."""
     x = x.contiguous()
     n, k = parts[0][0].shape[0], x.shape[1]
     dot = x.dtype == torch.bfloat16 and cpu_int4_dot.available()
@@ -199,7 +200,7 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
         if sz.dtype != x.dtype:
             sz = sz.to(x.dtype)
         if dot:  # every row count (its rows do not depend on the batch); None only for this weight's shape
-            y = cpu_int4_dot.int4_dot_mm(x, packed, group_size, sz)
+            y = cpu_int4_dot.int4_dot_mm(x, packed, group_size, sz, one_kernel=per_row or one_kernel)
         else:
             y = cpu_int4_native.int4_mm(x, packed, group_size, sz) if x.shape[0] >= cpu_int4_native.min_rows() \
                 else None
