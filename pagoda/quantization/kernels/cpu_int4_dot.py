@@ -30,12 +30,15 @@ decode 1.40x at batch 2, 2.14-2.16x at 4-32; a 5-row verify's linears ~2x.
 from __future__ import annotations
 
 import ctypes
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from pagoda import envs
+
+logger = logging.getLogger("pagoda")
 
 _SOURCE = Path(__file__).with_name("cpu_int4_dot.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
@@ -104,12 +107,16 @@ def _amx_library() -> ctypes.CDLL | None:
 
     if cpu_int4_native.width() != 64 or not cpu_has_amx():
         return None
-    from pagoda.native import load_checked
+    from pagoda.native import load_checked, load_library
 
-    def check(lib: ctypes.CDLL) -> bool:
-        return lib.pagoda_int4_amx_init() == 0 and _self_check(lib.pagoda_int4_dot_mm)
-
-    return load_checked(_SOURCE, _AMX_FLAGS, "the AMX int4 kernel", "pagoda_int4_dot_mm", _ARGS, check)
+    lib = load_library(_SOURCE, _AMX_FLAGS, "the AMX int4 kernel")
+    if lib is None:
+        return None
+    if lib.pagoda_int4_amx_init() != 0:  # an older kernel, or a sandbox that refuses arch_prctl
+        logger.info("CPU: Linux did not grant AMX's tile state; the 4-bit kernel stays on vdpbf16ps")
+        return None
+    return load_checked(_SOURCE, _AMX_FLAGS, "the AMX int4 kernel", "pagoda_int4_dot_mm", _ARGS,
+                        lambda lib: _self_check(lib.pagoda_int4_dot_mm))
 
 
 def _kernel(rows: int = 2, one_kernel: bool = False) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
