@@ -31,8 +31,8 @@
 #include "bf16.h"
 #include "bf16_avx512.h"
 
-#ifdef PAGODA_INT4_AMX
-/* The AMX build (-DPAGODA_INT4_AMX, CPUs with AMX-BF16). For groups of a multiple of 32 k's, a group's S for up to
+#ifdef INT4_DOT_AMX
+/* The AMX build (-DINT4_DOT_AMX, CPUs with AMX-BF16). For groups of a multiple of 32 k's, a group's S for up to
  * 16 rows is one tile product (tdpbf16ps) per 32 k's and 16 columns, instead of one vdpbf16ps per row, k pair and 16
  * columns: the weights are decoded as below and stored as four B tiles (one per vector v: 16 k pairs x 16 lanes of
  * bf16 pairs, tdpbf16ps's pair layout), A's rows are the A tile, and the C tiles' sums are stored and applied as in
@@ -52,7 +52,7 @@
 #define PERM_LO _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
 #define PERM_HI _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
 
-#ifdef PAGODA_INT4_AMX
+#ifdef INT4_DOT_AMX
 /* Tiles: 0 = A (`rows` x 32 bf16), 1-3 = B (16 k pairs x 16 columns' bf16 pairs), 4-7 = C (`rows` x 16 fp32). Tile
  * state is per thread: every task loads its configuration and releases the tiles when done. */
 static inline void amx_config(int rows) {
@@ -106,7 +106,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
      * lines N * 4 bytes apart, 18-odd streams beside the codes' one that the hardware prefetcher does not follow
      * (the default model's linears, two threads: 1 row -3-4 %, 5 rows -12 %; RESULTS.md session 27). */
     const char *next_sz = blk + 1 < N / 64 ? (const char *)(SZ + (size_t)(blk + 1) * 128) : NULL;
-#ifdef PAGODA_INT4_AMX
+#ifdef INT4_DOT_AMX
     const int amx = part == 0 && G % 32 == 0;
     /* B tiles (16 k pairs x 16 lanes of bf16 pairs, one per vector v) and the C tiles' sums, in L1. */
     uint16_t bbuf[4][16][32] __attribute__((aligned(64)));
@@ -122,7 +122,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             _mm_prefetch(p + 192, _MM_HINT_T1);
         }
         __m512 S[TILE_ROWS][4];
-#ifdef PAGODA_INT4_AMX
+#ifdef INT4_DOT_AMX
         if (amx) {
             _tile_zero(4);
             _tile_zero(5);
@@ -210,7 +210,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             }
         }
     }
-#ifdef PAGODA_INT4_AMX
+#ifdef INT4_DOT_AMX
     if (amx) _tile_release();
 #endif
     /* Lanes back to column order: columns 0-15 are lanes 0-7 of lo and of hi (indices PERM_LO of the pair),
@@ -235,7 +235,7 @@ static void run_tile(const uint16_t *A, const float *X, const uint8_t *B, const 
                      int blk, int part, uint16_t *C, int rows) {
     switch (rows) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
-#ifdef PAGODA_INT4_AMX
+#ifdef INT4_DOT_AMX
         TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12) TILE_CASE(13) TILE_CASE(14) TILE_CASE(15)
         TILE_CASE(16)
 #endif

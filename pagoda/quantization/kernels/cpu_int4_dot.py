@@ -19,7 +19,7 @@ row in a batch, bitwise) on CPUs whose ``cpuid`` reports AVX512-BF16 and whose t
 layout; anything else keeps :mod:`cpu_int4_native` (torch's arithmetic, bitwise). ``ENABLED = False`` is the A/B
 switch (read at every call: flip it only between runs).
 
-On CPUs with AMX-BF16 the same source is also built with ``-DPAGODA_INT4_AMX`` (:data:`AMX`, ``PAGODA_CPU_AMX``): a
+On CPUs with AMX-BF16 the same source is also built with ``-DINT4_DOT_AMX`` (:data:`AMX`, ``PAGODA_CPU_AMX``): a
 group's sums for up to 16 rows are tile products, the rest as above. It serves calls of two rows and more; one-row
 calls keep the vdpbf16ps build (:func:`one_row_library`: AMX was 0.91-0.92x at batch 1), unless the caller needs
 one build at every row count (``one_kernel``: speculative decoding, ``--deterministic``), for the two builds' bits
@@ -43,7 +43,7 @@ logger = logging.getLogger("pagoda")
 _SOURCE = Path(__file__).with_name("cpu_int4_dot.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
           "-mavx512dq", "-mavx512bf16", "-mfma")
-_AMX_FLAGS = (*_FLAGS, "-DPAGODA_INT4_AMX", "-mamx-tile", "-mamx-bf16")
+_AMX_FLAGS = (*_FLAGS, "-DINT4_DOT_AMX", "-mamx-tile", "-mamx-bf16")
 ENABLED = True
 """False: 4-bit planes run :mod:`cpu_int4_native` / torch's int4pack arithmetic (the A/B switch)."""
 AMX = envs.cpu_amx_enabled()
@@ -155,7 +155,7 @@ def _self_check(fn) -> bool:
         if tuple(packed.shape) != (n, k // 2):  # not the layout this kernel reads
             return False
         sz = (torch.randn(k // g, n, 2, generator=gen) * 0.1).to(torch.bfloat16)
-        x = (torch.randn(13, k, generator=gen) * 4).to(torch.bfloat16)
+        x = (torch.randn(20, k, generator=gen) * 4).to(torch.bfloat16)  # above 16 rows: the AMX build's predecode
         got = _call(fn, x, packed, g, sz)
         if got is None:
             return False
@@ -164,7 +164,7 @@ def _self_check(fn) -> bool:
         tol = ref.abs() * 2.0**-8 + reference(x, packed, g, sz, magnitude=True) * 2.0**-18
         if not bool(((got.double() - ref).abs() <= tol).all()):
             return False
-        for m in (1, 2, 3, 4, 5, 7, 8, 9, 13):  # each row alone = the same row among m (every tile shape)
+        for m in (1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 20):  # each row alone = the same row among m (every tile shape)
             part = _call(fn, x[:m], packed, g, sz)
             alone = [_call(fn, x[i : i + 1], packed, g, sz) for i in range(m)]
             if part is None or any(a is None for a in alone) or \
