@@ -643,11 +643,10 @@ def _v_scale(v_cache: torch.Tensor, v_scale: float) -> float:
 
 TAIL_TILE_KEYS: int | None = None
 """Keys per tile of a 16-row tile's causal tail (decode rows, small chunks): the last partial KV tile of a request
-walked in tiles of this many keys instead of one tile of ``block_n`` (None: off, as measured so far). Why: a partial
-tile costs a whole one (RESULTS.md, session 33: 8 keys past 512 cost what 64 do), and an H200 sweep ran 32-key tiles
-at ~half a 64-key tile's time (session 22), so a 28-key tail in two 16-key tiles should cost ~half its tile. Off until
-an end-to-end A/B (``benchmarks/results/gpu-2026-12-05-session33/next_tail.sh``) says so: session 33's sweep win of
-another tile rule did not carry over to throughput. Compiled for sm_90 on the CPU (Triton 3.6, 16-row decode tile over
+walked in tiles of this many keys instead of one tile of ``block_n`` (None: off). Why: a partial tile costs a whole
+one (RESULTS.md, session 33: 8 keys past 512 cost what 64 do). Measured on an H100 (RESULTS.md, session 34): 32-key
+tails ~4 us faster a layer at 520-540 keys of an FP8 cache, 16-key ones slower; ShareGPT-like throughput +0.1-0.2 %
+(noise): kept off. Compiled for sm_90 on the CPU (Triton 3.6, 16-row decode tile over
 an FP8 cache): 32 keys keep the kernel's 115-116 registers, 16 keys take it to 143 (3 programs an SM instead of 4).
 Read at launch."""
 
