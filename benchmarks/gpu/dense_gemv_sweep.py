@@ -54,13 +54,20 @@ DOT_ROWS = [GemvRule(16, 128, 4, True, 3), GemvRule(16, 256, 4, True, 3), GemvRu
             GemvRule(32, 128, 4, True, 3), GemvRule(32, 256, 4, True, 3), GemvRule(16, 512, 4, True, 2),
             GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6), GemvRule(16, 256, 4, True, 4),
             GemvRule(32, 128, 4, True, 4), GemvRule(32, 256, 4, True, 4)]
+SPLIT_ROWS = [GemvRule(64, 128, 4, True, 4, 2), GemvRule(64, 128, 4, True, 4, 4), GemvRule(64, 128, 4, True, 4, 8),
+              GemvRule(32, 128, 4, True, 4, 2), GemvRule(32, 128, 4, True, 4, 4), GemvRule(32, 256, 4, True, 3, 2),
+              GemvRule(32, 256, 4, True, 3, 4), GemvRule(64, 256, 4, True, 3, 4), GemvRule(128, 128, 8, True, 3, 4),
+              GemvRule(16, 256, 4, True, 3, 2), GemvRule(16, 256, 4, True, 4, 4)]
+"""Tensor-core rules with K in slices (``split_k``): more programs on the narrow 8B linears (N = 4096: 64 tiles of
+64 channels for 132 SMs)."""
 if SMOKE:
     ONE_ROW, FMA_ROWS, DOT_ROWS = [GemvRule(8, 32), GemvRule(4, 64)], [GemvRule(8, 32)], [GemvRule(16, 32, 4, True, 2)]
+    SPLIT_ROWS = [GemvRule(16, 32, 4, True, 2, 2)]
 
 
 def candidates(m: int) -> list[GemvRule]:
-    """One row: the element-wise rules; 2..8 rows: CUDA-core and tensor-core rules."""
-    return ONE_ROW if m == 1 else FMA_ROWS + DOT_ROWS
+    """One row: the element-wise rules; 2..8 rows: CUDA-core and tensor-core rules, whole K and in slices."""
+    return ONE_ROW if m == 1 else FMA_ROWS + DOT_ROWS + SPLIT_ROWS
 
 
 L2_FLUSH_BYTES = 256 << 20

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from pagoda.layers.arrival_counters import arrival_counters
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 from pagoda.layers.triton_mode import interpreted
 
@@ -52,10 +53,14 @@ class GemvRule:
     """Tensor cores: each weight tile times the rows padded to 16 (``tl.dot``), Triton's pipeliner staging the
     weight loads ``num_stages`` deep; False: CUDA-core FMAs (one row: element-wise, several: per-row sums)."""
     num_stages: int = 1
+    split_k: int = 1
+    """Tensor cores only: K cut into this many slices, one program each (``[split, M, N]`` float32 partials, summed
+    in slice order by the tile's last-arriving program): more programs where ``N / block_n`` alone leaves SMs idle."""
 
     def short(self) -> str:
         dot = f" dot s{self.num_stages}" if self.use_dot else ""
-        return f"n{self.block_n} k{self.block_k} w{self.num_warps}{dot}"
+        split = f" split{self.split_k}" if self.split_k > 1 else ""
+        return f"n{self.block_n} k{self.block_k} w{self.num_warps}{dot}{split}"
 
 
 GEMV_MAX_M = 8
@@ -139,14 +144,34 @@ def _load_x(x_ptr, offs_k, k_ok, EVEN_K: tl.constexpr):
     return tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
 
 
-@triton.jit(do_not_specialize=["M"])
-def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                       HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, USE_PDL: tl.constexpr):
-    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows.
+@triton.jit
+def _dot_tile(w, xk, acc, DOT_F32: tl.constexpr):
+    """``acc + w @ xk.T`` on tensor cores (fp32 accumulators; ``DOT_F32``: fp32 inputs, never tf32 — the
+    interpreter, whose bf16 dot is wrong, and fp32 weights)."""
+    if DOT_F32:
+        return acc + tl.dot(w.to(tl.float32), tl.trans(xk.to(tl.float32)), input_precision="ieee")
+    return tl.dot(w, tl.trans(xk), acc)
 
-    Under PDL a one-row program loads its first weight tile before it waits for the previous kernel (weights are
-    never written during a step; four tiles ahead measured slower, RESULTS.md session 11)."""
+
+@triton.jit
+def _load_rows_tile(ptrs, offs_k, k_hi, row_ok, EVEN_K: tl.constexpr):
+    """A ``[rows, BLOCK_K]`` tile at ``offs_k`` (zeros where ``row_ok`` is false or past ``k_hi``)."""
+    if EVEN_K:
+        return tl.load(ptrs + offs_k[None, :], mask=row_ok, other=0.0)
+    return tl.load(ptrs + offs_k[None, :], mask=row_ok & (offs_k < k_hi)[None, :], other=0.0)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, k_blocks, split_k, stride_xm, stride_wn,
+                       stride_ym, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_F32: tl.constexpr,
+                       SPLIT: tl.constexpr, USE_PDL: tl.constexpr):
+    """``y[m, n] = sum_k x[m, k] * w[n, k] (+ b[n])`` for this program's ``BLOCK_N`` channels and all ``M`` rows
+    (tensor cores with ``SPLIT``: over K slice ``program_id(1)`` of ``k_blocks`` tiles; the tile's last-arriving
+    program sums the slices' partials in slice order, adds the bias and stores).
+
+    Under PDL a program loads its first weight tile before it waits for the previous kernel (weights are never
+    written during a step; four tiles ahead measured slower at one row, RESULTS.md session 11)."""
     pdl_launch_dependents(USE_PDL)
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -156,45 +181,52 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn
     if BLOCK_M == 1:
         offs_k = tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        if EVEN_K:
-            w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-        else:
-            w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        w = _load_rows_tile(rows, offs_k, K, n_ok[:, None], EVEN_K)
         pdl_wait(USE_PDL)
         xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
         tile = w.to(tl.float32) * xk.to(tl.float32)[None, :]  # reduced over K once, after the loop
         for k0 in range(BLOCK_K, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_ok = offs_k < K
-            if EVEN_K:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-            else:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            w = _load_rows_tile(rows, offs_k, K, n_ok[:, None], EVEN_K)
             xk = _load_x(x_ptr, offs_k, k_ok, EVEN_K)
             tile += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(tile, axis=1)[:, None]
     else:  # USE_DOT, BLOCK_M >= 16: [BLOCK_N, BLOCK_K] @ [BLOCK_K, BLOCK_M] on tensor cores, fp32 accumulators
         x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
         m_ok = (offs_m < M)[:, None]  # padded rows are masked: zeros, never read from memory
+        k_lo = tl.program_id(1) * k_blocks * BLOCK_K
+        k_hi = tl.minimum(k_lo + k_blocks * BLOCK_K, K)
+        offs_k = k_lo + tl.arange(0, BLOCK_K)
+        w = _load_rows_tile(rows, offs_k, k_hi, n_ok[:, None], EVEN_K)  # before the wait: weights only
         pdl_wait(USE_PDL)
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        xk = _load_rows_tile(x_rows, offs_k, k_hi, m_ok, EVEN_K)
+        acc = _dot_tile(w, xk, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), DOT_F32)
+        for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            if EVEN_K:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None], other=0.0)
-                xk = tl.load(x_rows + offs_k[None, :], mask=m_ok, other=0.0)
-            else:
-                w = tl.load(rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                xk = tl.load(x_rows + offs_k[None, :], mask=m_ok & k_ok[None, :], other=0.0)
-            if DOT_F32:  # fp32 inputs (never tf32); the interpreter, whose bf16 dot is wrong (products fit fp32)
-                acc += tl.dot(w.to(tl.float32), tl.trans(xk.to(tl.float32)), input_precision="ieee")
-            else:
-                acc = tl.dot(w, tl.trans(xk), acc)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
-    tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_ok[:, None] & (offs_m < M)[None, :])
+            w = _load_rows_tile(rows, offs_k, k_hi, n_ok[:, None], EVEN_K)
+            xk = _load_rows_tile(x_rows, offs_k, k_hi, m_ok, EVEN_K)
+            acc = _dot_tile(w, xk, acc, DOT_F32)
+    keep = n_ok[:, None] & (offs_m < M)[None, :]
+    if SPLIT:
+        at = offs_m[None, :] * N + offs_n[:, None]
+        tl.store(ws_ptr + tl.program_id(1) * M * N + at, acc, mask=keep)
+        tl.debug_barrier()  # every thread's partial is stored before the one arrival below
+        arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel")
+        if arrived == split_k - 1:
+            total = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            for s in range(split_k):
+                total += tl.load(ws_ptr + s * M * N + at, mask=keep, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+            ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
+            tl.store(ptrs, total.to(y_ptr.dtype.element_ty), mask=keep)
+            tl.atomic_xchg(lock_ptr + pid, 0)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
+        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=keep)
 
 
 @triton.jit
@@ -288,6 +320,14 @@ def _dense_gemv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_
         _store_row(a7, b_ptr, y_ptr, 7, stride_ym, offs_n, n_ok, HAS_BIAS)
 
 
+def _split(rule: GemvRule, k: int) -> tuple[int, int]:
+    """(slices, K per slice) of a tensor-core rule: ``rule.split_k`` slices of whole ``block_k`` tiles (fewer when K
+    has fewer tiles; the last slice may be shorter)."""
+    tiles = -(-k // rule.block_k)
+    per = -(-tiles // max(1, rule.split_k))
+    return -(-tiles // per), per * rule.block_k
+
+
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rule: GemvRule) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (module docstring). ``x`` [..., K] with at most
     :data:`GEMV_MAX_M` rows in all; ``weight`` [N, K] with unit stride along K."""
@@ -310,12 +350,16 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             EVEN_K=K % rule.block_k == 0, ROWS=M, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
             VEC=min(rule.block_k, 16 // x2.element_size()), num_warps=rule.num_warps, **launch_kwargs(x.device))
     else:
-        _dense_gemv_kernel[grid](
-            x2, weight, bias_arg, y, M, N, K, x2.stride(0), weight.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, EVEN_K=K % rule.block_k == 0,
+        split, k_split = _split(rule, K) if rule.use_dot else (1, K)
+        ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if split > 1 else y
+        locks = arrival_counters(x.device, grid[0]) if split > 1 else y
+        _dense_gemv_kernel[(grid[0], split)](
+            x2, weight, bias_arg, y, ws, locks, M, N, K, k_split // rule.block_k, split, x2.stride(0),
+            weight.stride(0), y.stride(0), HAS_BIAS=bias is not None,
+            EVEN_K=K % rule.block_k == 0 and K % k_split == 0,
             BLOCK_M=max(16, m_bucket(M)) if rule.use_dot else 1, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
             USE_DOT=rule.use_dot, DOT_F32=interpreted(_dense_gemv_kernel) or x2.dtype == torch.float32,
-            num_warps=rule.num_warps,
+            SPLIT=split > 1, num_warps=rule.num_warps,
             num_stages=rule.num_stages if rule.use_dot else 1, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], N)
 
