@@ -10,8 +10,12 @@ Prints ms per step of each class for each part, and what a verify step costs ove
 imported before pagoda here, so pagoda's OpenMP wait policy (``pagoda/worker/cpu_threads.py``: PASSIVE) does not
 apply and torch's threads spin between ops, unlike in ``spec_decode_cpu_bench.py``: this measures the compute.
 
+``--phases``: the native decoder stack is built with its phase clocks (``cpu_decoder_stack.PHASE_CLOCKS``) and the
+report adds, per step class, the wall microseconds of each phase summed over the layers (norms, each 4-bit matmul,
+rotary + KV write, attention, SiLU*up, residual adds).
+
 Usage (repository root): PYTHONPATH=. python benchmarks/spec_cpu_profile.py [--num-prompts 3] [--max-tokens 96]
-    [--speculative-config JSON]
+    [--speculative-config JSON] [--phases]
 """
 
 from __future__ import annotations
@@ -114,12 +118,53 @@ def _report(name: str, clk: _Clock) -> dict[int, dict[str, tuple[float, float]]]
     return out
 
 
+class _Phases:
+    """The decoder stack's phase clocks (µs summed over layers) per (engine, step rows)."""
+
+    def __init__(self) -> None:
+        from pagoda.models import cpu_decoder_stack as cds
+
+        self.cds = cds
+        self.engine = ""
+        self.sums: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.count: dict[tuple[str, int], int] = defaultdict(int)
+        run = cds.DecoderStack.run
+        me = self
+
+        def timed(stack, h, *a, **kw):
+            cds.phase_ns(reset=True)
+            out = run(stack, h, *a, **kw)
+            got = cds.phase_ns(reset=True)
+            if out is not None and got is not None:
+                key = (me.engine, h.shape[0])
+                me.count[key] += 1
+                for phase, ns in got.items():
+                    me.sums[key][phase] += ns / 1e3
+
+        cds.DecoderStack.run = timed  # type: ignore[method-assign]
+
+    def report(self) -> None:
+        keys = sorted(k for k in self.count if k[1] <= 8)
+        heads = " | ".join(f"{e or 'warm-up'} {r} row(s)" for e, r in keys)
+        print(f"decoder stack phases, us per step (summed over layers): {heads}")
+        for phase in [*self.cds.PHASES, "all"]:
+            vals = [sum(self.sums[k].values()) if phase == "all" else self.sums[k][phase] for k in keys]
+            print(f"  {phase:10s} " + " | ".join(f"{v / self.count[k]:9.1f}" for v, k in zip(vals, keys, strict=True)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--num-prompts", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--speculative-config", default=NGRAM)
+    ap.add_argument("--phases", action="store_true", help="the decoder stack's phase clocks (module docstring)")
     args = ap.parse_args()
+    phases = None
+    if args.phases:
+        from pagoda.models import cpu_decoder_stack
+
+        cpu_decoder_stack.PHASE_CLOCKS = True
+        phases = _Phases()
     from pagoda import LLM, SamplingParams
 
     convs = [json.loads(line)["messages"] for line in DATA.read_text().splitlines() if line.strip()]
@@ -133,6 +178,8 @@ def main() -> None:
         _instrument(llm, clocks[name])
     for i, c in enumerate(convs):
         for name in (("base", "spec") if i % 2 == 0 else ("spec", "base")):
+            if phases is not None:
+                phases.engine = name
             llms[name].chat(c, params, use_tqdm=False)
     base = _report("base", clocks["base"]).get(1, {})
     spec = _report("spec", clocks["spec"])
@@ -143,6 +190,8 @@ def main() -> None:
             b, s = base.get(p), spec[k1].get(p)
             if b and s and b[0] > 0:
                 print(f"  {p:14s} {s[0] / b[0]:5.2f}x  {s[1] / max(b[1], 1e-9):5.2f}x   (+{s[0] - b[0]:.2f} ms wall)")
+    if phases is not None:
+        phases.report()
 
 
 if __name__ == "__main__":

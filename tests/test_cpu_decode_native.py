@@ -136,6 +136,23 @@ def test_position_chunks_keep_rows_independent_and_verify_rows_equal_decode_rows
         assert torch.equal(backend.forward(query[1 + i:2 + i], k_cache, v_cache, row, 0.125), out[1 + i:2 + i])
 
 
+@pytest.mark.parametrize("window", [None, 37, 300])
+def test_verify_rows_equal_decode_rows_whatever_the_score_blocks(window):
+    """The bf16 scores go 16 positions at a time from the item's first position (the rest one at a time), so a
+    verify row's positions fall into other blocks than the same row's as a decode row wherever the run's rows
+    start at different positions (a window): the bits must not depend on it."""
+    gen = torch.Generator().manual_seed(4)
+    query, k_cache, v_cache, meta = _long_step(gen, torch.bfloat16)
+    backend = TorchAttentionBackend()
+    out = backend.forward(query, k_cache, v_cache, meta, 0.125, sliding_window=window)
+    tables = meta.block_tables.tolist()
+    for i in range(5):  # the verify's rows at positions 510..514, each as a decode row
+        s_len = 511 + i
+        row = _meta([1], [s_len], [tables[1][: -(-s_len // BS)]])
+        assert torch.equal(backend.forward(query[1 + i:2 + i], k_cache, v_cache, row, 0.125, sliding_window=window),
+                           out[1 + i:2 + i])
+
+
 @pytest.mark.parametrize("chunk", [0, 256])
 def test_a_nan_in_the_cache_reaches_the_output_with_or_without_chunks(chunk):
     """A NaN key in the first chunk makes the row's output NaN whether or not the kernel merges position chunks (the

@@ -291,6 +291,24 @@ static void combine_item(void *ctx, int64_t t, int thread) {
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* Phase clocks for benchmarks/cpu_stack_phases.py: built with -DPAGODA_STACK_PROFILE, each phase of each layer adds
+ * its wall nanoseconds to pagoda_stack_phase_ns[phase] (zeroed by the caller); the default build has none of it. */
+#ifdef PAGODA_STACK_PROFILE
+#include <time.h>
+#define PHASES 10 /* norm1, qkv, rope + kv write, attention, o, norm2, gate_up, silu * up, down, residual */
+int64_t pagoda_stack_phase_ns[PHASES];
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+#define PHASE_START int64_t phase_t0 = now_ns(), phase_t1;
+#define PHASE(i) (phase_t1 = now_ns(), pagoda_stack_phase_ns[i] += phase_t1 - phase_t0, phase_t0 = phase_t1)
+#else
+#define PHASE_START
+#define PHASE(i) ((void)0)
+#endif
+
 /* Runs every layer on h (float32 [T][hidden], in place). positions, slots: int64 [T] (slot < 0: no cache write);
  * block_tables int32 [B][bt_stride]; row_req, row_pos: each row's request and position (the attention kernel's
  * inputs); threads: how many threads run the parallel phases (the caller and threads - 1 of this file's workers).
@@ -334,8 +352,11 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     int rc = 0;
     for (int64_t l = 0; l < s->num_layers && rc == 0; l++) {
         const pg_layer *L = &s->layers[l];
+        PHASE_START
         rc |= s->norm(h, d, NULL, 0, NULL, L->norm1, x, d, T, d, (float)L->eps1);
+        PHASE(0);
         rc |= mm(s, threads, x, &L->qkv, qkv, T, sums);
+        PHASE(1);
         rc |= s->rope(qkv, qkv_n, H, qkv + H * D, qkv_n, Hk, cs, sn, q, k, T, D);
         for (int64_t t = 0; t < T; t++) { /* write_kv: each (token, head) row to its slot */
             if (slots[t] < 0) continue;
@@ -346,16 +367,24 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
                 memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
             }
         }
+        PHASE(2);
         attn_job aj = {s, L, q, o, block_tables, row_req, row_pos, run_start, bt_stride, max_pos, chunks,
                        buf + attn_at, attn_bytes, (float *)(buf + partials_at)};
         team_run(threads, attn_item, &aj, items);
         if (chunks > 1) team_run(threads, combine_item, &aj, T);
+        PHASE(3);
         rc |= mm(s, threads, o, &L->o, a, T, sums);
+        PHASE(4);
         rc |= s->norm(h, d, a, d, h2, L->norm2, x, d, T, d, (float)L->eps2);
+        PHASE(5);
         rc |= mm(s, threads, x, &L->gate_up, gu, T, sums);
+        PHASE(6);
         rc |= s->silu_mul(gu, 2 * I, act, I, T, I);
+        PHASE(7);
         rc |= mm(s, threads, act, &L->down, a, T, sums);
+        PHASE(8);
         for (int64_t i = 0; i < T * d; i++) h[i] = h2[i] + bf16_to_f32(a[i]);
+        PHASE(9);
     }
     team_end();
     pthread_mutex_unlock(&team.lock);

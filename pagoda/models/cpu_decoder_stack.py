@@ -55,6 +55,10 @@ one-thread block of small steps (:func:`pagoda.worker.cpu_threads.outer_threads`
 (``benchmarks/cpu_switch_ab.py --switch stack-team``)."""
 MAX_ROWS = 64
 """Steps of more rows run the Python path (the per-layer Python is then a small share of the step)."""
+PHASE_CLOCKS = False
+"""True before the library's first use: build it with per-phase wall clocks (``-DPAGODA_STACK_PROFILE``;
+:func:`phase_ns`), for ``benchmarks/cpu_stack_phases.py``."""
+PHASES = ("norm1", "qkv", "rope+kv", "attention", "o", "norm2", "gate_up", "silu*up", "down", "residual")
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
@@ -81,7 +85,8 @@ class _Stack(ctypes.Structure):
 def _lib() -> ctypes.CDLL | None:
     from pagoda.native import load_library
 
-    lib = load_library(_SOURCE, ("-O2", "-pthread", "-shared", "-fPIC"), "the native decoder stack")
+    flags = ("-O2", "-pthread", "-shared", "-fPIC") + (("-DPAGODA_STACK_PROFILE",) if PHASE_CLOCKS else ())
+    lib = load_library(_SOURCE, flags, "the native decoder stack")
     if lib is None:
         return None
     lib.pagoda_decoder_stack.restype = ctypes.c_int
@@ -89,6 +94,19 @@ def _lib() -> ctypes.CDLL | None:
     lib.pagoda_team_run.restype = ctypes.c_int
     lib.pagoda_team_run.argtypes = [_P, _P, _I, ctypes.c_int]
     return lib
+
+
+def phase_ns(reset: bool = True) -> dict[str, int] | None:
+    """Wall nanoseconds per phase summed over every layer of every call since the last reset (None unless the
+    library was built with :data:`PHASE_CLOCKS`); ``reset`` zeroes them."""
+    lib = _lib()
+    if lib is None or not PHASE_CLOCKS:
+        return None
+    arr = (ctypes.c_int64 * len(PHASES)).in_dll(lib, "pagoda_stack_phase_ns")
+    out = dict(zip(PHASES, list(arr), strict=True))
+    if reset:
+        ctypes.memset(arr, 0, ctypes.sizeof(arr))
+    return out
 
 
 def _fn() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]  # ctypes' private base class
