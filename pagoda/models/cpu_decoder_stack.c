@@ -291,9 +291,10 @@ static void combine_item(void *ctx, int64_t t, int thread) {
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* Phase clocks for benchmarks/cpu_stack_phases.py: built with -DPAGODA_STACK_PROFILE, each phase of each layer adds
- * its wall nanoseconds to pagoda_stack_phase_ns[phase] (zeroed by the caller); the default build has none of it. */
-#ifdef PAGODA_STACK_PROFILE
+/* Phase clocks for benchmarks/spec_cpu_profile.py --phases: built with -DSTACK_PHASE_CLOCKS, each phase of each
+ * layer adds its wall nanoseconds to pagoda_stack_phase_ns[phase] (zeroed by the caller); the default build has none
+ * of it. */
+#ifdef STACK_PHASE_CLOCKS
 #include <time.h>
 #define PHASES 10 /* norm1, qkv, rope + kv write, attention, o, norm2, gate_up, silu * up, down, residual */
 int64_t pagoda_stack_phase_ns[PHASES];

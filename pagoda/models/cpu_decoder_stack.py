@@ -56,7 +56,7 @@ one-thread block of small steps (:func:`pagoda.worker.cpu_threads.outer_threads`
 MAX_ROWS = 64
 """Steps of more rows run the Python path (the per-layer Python is then a small share of the step)."""
 PHASE_CLOCKS = False
-"""True before the library's first use: build it with per-phase wall clocks (``-DPAGODA_STACK_PROFILE``;
+"""True before the library's first use: build it with per-phase wall clocks (``-DSTACK_PHASE_CLOCKS``;
 :func:`phase_ns`), for ``benchmarks/cpu_stack_phases.py``."""
 PHASES = ("norm1", "qkv", "rope+kv", "attention", "o", "norm2", "gate_up", "silu*up", "down", "residual")
 
@@ -85,7 +85,7 @@ class _Stack(ctypes.Structure):
 def _lib() -> ctypes.CDLL | None:
     from pagoda.native import load_library
 
-    flags = ("-O2", "-pthread", "-shared", "-fPIC") + (("-DPAGODA_STACK_PROFILE",) if PHASE_CLOCKS else ())
+    flags = ("-O2", "-pthread", "-shared", "-fPIC") + (("-DSTACK_PHASE_CLOCKS",) if PHASE_CLOCKS else ())
     lib = load_library(_SOURCE, flags, "the native decoder stack")
     if lib is None:
         return None
