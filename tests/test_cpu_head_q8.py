@@ -90,6 +90,23 @@ def test_hidden_rows_with_outliers_zeros_and_infinities():
     assert bool(((got[4].double() - exact).abs() <= exact.abs() * 2.0**-18 + 1e-300).all())
 
 
+def test_logits_scaled_into_subnormals_round_as_ldexpf_does():
+    """The last step, acc * 2**-s, is a vector scalef in the head and ldexpf in :meth:`Q8Head.entries`: the same
+    correctly rounded value, subnormal and zero results included (hidden rows near bf16's smallest values)."""
+    w, k = _head(80, 128, seed=6), 128
+    x = _hidden(3, k, seed=7)
+    x[0] *= 2.0**-128  # logits 2**-132 .. 2**-122: across float32's smallest normal
+    x[1] *= 2.0**-131
+    x[2] *= 2.0**-138  # results that round to zero
+    got = w.head(x)
+    assert got is not None
+    tiny = (got != 0) & (got.abs() < 2.0**-126)
+    assert bool(tiny[0].any()) and bool((got[0].abs() >= 2.0**-126).any()) and bool(tiny[1].any())
+    rows = torch.arange(3).repeat_interleave(80)
+    cols = torch.arange(80).repeat(3)
+    assert torch.equal(w.entries(x, rows, cols), got[rows, cols])
+
+
 def test_entries_are_the_heads_bits_and_refinement_uses_them():
     w, x = _head(700, 576, seed=4), _hidden(12, 576, seed=5)
     few = torch.cat([w.head(x[i : i + 4]) for i in range(0, 12, 4)])
