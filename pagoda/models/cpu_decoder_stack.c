@@ -291,6 +291,48 @@ static void combine_item(void *ctx, int64_t t, int thread) {
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* The per-row phases of a step of several rows worth a team call (rotary + the KV write, SiLU * up: ~4 and ~10 us a
+ * layer at 5 rows), one item a row: each kernel called for one row with that row's pointers, which is the arithmetic
+ * of the whole-step call (both treat rows independently), so the bits do not change. The norms and the residual add
+ * (~2 us a layer at 5 rows) stay on the caller: on the team they measured slower (RESULTS.md, session 35). */
+enum { ROW_ROPE_KV, ROW_SILU };
+
+typedef struct {
+    const pg_stack *s;
+    const pg_layer *L;
+    int phase;
+    uint16_t *qkv, *q, *k, *gu, *act;
+    const uint16_t *cs, *sn;
+    const int64_t *slots;
+    _Atomic int failed; /* a kernel returned nonzero (items set it; read after the phase) */
+} row_job;
+
+static void row_item(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    row_job *j = ctx;
+    const pg_stack *s = j->s;
+    const pg_layer *L = j->L;
+    const int64_t H = s->heads, Hk = s->kv_heads, D = s->head_dim, I = s->inter, bs = s->block_size;
+    const int64_t qkv_n = (H + 2 * Hk) * D, half = D / 2;
+    int rc = 0;
+    if (j->phase == ROW_ROPE_KV) {
+        const uint16_t *row = j->qkv + t * qkv_n;
+        rc = s->rope(row, qkv_n, H, row + H * D, qkv_n, Hk, j->cs + t * half, j->sn + t * half, j->q + t * H * D,
+                     j->k + t * Hk * D, 1, D);
+        if (j->slots[t] >= 0) { /* write_kv: this token's heads to its slot */
+            const int64_t blk = j->slots[t] / bs, off = j->slots[t] % bs;
+            for (int64_t h = 0; h < Hk; h++) {
+                const int64_t at = ((blk * Hk + h) * bs + off) * D;
+                memcpy(L->k_cache + at, j->k + (t * Hk + h) * D, (size_t)D * 2);
+                memcpy(L->v_cache + at, row + (H + Hk + h) * D, (size_t)D * 2);
+            }
+        }
+    } else { /* ROW_SILU */
+        rc = s->silu_mul(j->gu + t * 2 * I, 2 * I, j->act + t * I, I, 1, I);
+    }
+    if (rc != 0) atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
+}
+
 /* Phase clocks for benchmarks/spec_cpu_profile.py --phases: built with -DSTACK_PHASE_CLOCKS, each phase of each
  * layer adds its wall nanoseconds to pagoda_stack_phase_ns[phase] (zeroed by the caller); the default build has none
  * of it. */
@@ -353,19 +395,27 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     int rc = 0;
     for (int64_t l = 0; l < s->num_layers && rc == 0; l++) {
         const pg_layer *L = &s->layers[l];
+        /* a step of several rows runs its per-row phases on the team (row_item); one row runs them here */
+        const int rows_on_team = T > 1 && threads > 1;
+        row_job rj = {s, L, 0, qkv, q, k, gu, act, cs, sn, slots, 0};
         PHASE_START
         rc |= s->norm(h, d, NULL, 0, NULL, L->norm1, x, d, T, d, (float)L->eps1);
         PHASE(0);
         rc |= mm(s, threads, x, &L->qkv, qkv, T, sums);
         PHASE(1);
-        rc |= s->rope(qkv, qkv_n, H, qkv + H * D, qkv_n, Hk, cs, sn, q, k, T, D);
-        for (int64_t t = 0; t < T; t++) { /* write_kv: each (token, head) row to its slot */
-            if (slots[t] < 0) continue;
-            const int64_t blk = slots[t] / bs, off = slots[t] % bs;
-            for (int64_t j = 0; j < Hk; j++) {
-                const int64_t row = ((blk * Hk + j) * bs + off) * D;
-                memcpy(L->k_cache + row, k + (t * Hk + j) * D, (size_t)D * 2);
-                memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
+        if (rows_on_team) {
+            rj.phase = ROW_ROPE_KV;
+            team_run(threads, row_item, &rj, T);
+        } else {
+            rc |= s->rope(qkv, qkv_n, H, qkv + H * D, qkv_n, Hk, cs, sn, q, k, T, D);
+            for (int64_t t = 0; t < T; t++) { /* write_kv: each (token, head) row to its slot */
+                if (slots[t] < 0) continue;
+                const int64_t blk = slots[t] / bs, off = slots[t] % bs;
+                for (int64_t j = 0; j < Hk; j++) {
+                    const int64_t row = ((blk * Hk + j) * bs + off) * D;
+                    memcpy(L->k_cache + row, k + (t * Hk + j) * D, (size_t)D * 2);
+                    memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
+                }
             }
         }
         PHASE(2);
@@ -380,12 +430,18 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
         PHASE(5);
         rc |= mm(s, threads, x, &L->gate_up, gu, T, sums);
         PHASE(6);
-        rc |= s->silu_mul(gu, 2 * I, act, I, T, I);
+        if (rows_on_team) {
+            rj.phase = ROW_SILU;
+            team_run(threads, row_item, &rj, T);
+        } else {
+            rc |= s->silu_mul(gu, 2 * I, act, I, T, I);
+        }
         PHASE(7);
         rc |= mm(s, threads, act, &L->down, a, T, sums);
         PHASE(8);
         for (int64_t i = 0; i < T * d; i++) h[i] = h2[i] + bf16_to_f32(a[i]);
         PHASE(9);
+        rc |= atomic_load_explicit(&rj.failed, memory_order_relaxed);
     }
     team_end();
     pthread_mutex_unlock(&team.lock);
