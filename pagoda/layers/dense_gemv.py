@@ -91,6 +91,10 @@ GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
     (8, 128256, 4096): GemvRule(64, 128, 4, True, 4),  # 250.4 -> 242.3 us
     (1, 24576, 4096): GemvRule(2, 1024, 4),  # 51.1 -> 48.4 us
     (8, 24576, 4096): GemvRule(64, 128, 4, True, 4),  # 55.5 -> 52.3 us
+    # 5 rows (a batch-1 verify of 4 proposals), H200 session 35 (results/gpu-2026-12-05-session35/call1_sweep5.txt):
+    # tensor cores with the first weight tile read before the PDL wait, o in 4 K slices; qkv and down stay on cuBLAS
+    (5, 4096, 4096): GemvRule(64, 128, 4, True, 4, 4),  # 12.6 -> 11.6 us
+    (5, 28672, 4096): GemvRule(64, 128, 4, True, 4),  # 62.5 -> 58.1 us
     (1, 4096, 12288): GemvRule(4, 1024, 4),  # 30.5 -> 24.9 us
     (1, 960, 576): GemvRule(2, 1024, 4),  # 4.0 -> 1.4 us
     (2, 960, 576): GemvRule(16, 128, 1, True, 6),  # 3.8 -> 2.7 us
