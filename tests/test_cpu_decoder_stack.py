@@ -170,3 +170,20 @@ def test_one_row_matmuls_and_speculation(gguf_path, spec):
     addr = cpu_decoder_stack._addr  # noqa: SLF001
     assert stack._stack.mm_block == addr(lib.pagoda_int4_dot_block)  # noqa: SLF001
     assert stack._stack.mm_block1 == addr((lib if spec else one).pagoda_int4_dot_block)  # noqa: SLF001
+
+
+def test_the_phase_clock_build_compiles_and_reads_back(monkeypatch):
+    """``PHASE_CLOCKS`` (``benchmarks/spec_cpu_profile.py --phases``) builds the library with per-phase clocks;
+    :func:`phase_ns` reads and zeroes them (the default build has none: None)."""
+    from pagoda.models import cpu_decoder_stack as cds
+
+    if cds._lib() is None:  # noqa: SLF001
+        pytest.skip("no C compiler")
+    assert cds.phase_ns() is None
+    monkeypatch.setattr(cds, "PHASE_CLOCKS", True)
+    cds._lib.cache_clear()  # noqa: SLF001
+    try:
+        assert cds.phase_ns() == dict.fromkeys(cds.PHASES, 0)
+    finally:
+        monkeypatch.setattr(cds, "PHASE_CLOCKS", False)
+        cds._lib.cache_clear()  # noqa: SLF001

@@ -395,7 +395,7 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     int rc = 0;
     for (int64_t l = 0; l < s->num_layers && rc == 0; l++) {
         const pg_layer *L = &s->layers[l];
-        /* a step of several rows runs its per-row phases on the team (row_item); one row runs them here */
+        /* a step of several rows runs rotary + KV write and SiLU * up on the team (row_item), one row here */
         const int rows_on_team = T > 1 && threads > 1;
         row_job rj = {s, L, 0, qkv, q, k, gu, act, cs, sn, slots, 0};
         PHASE_START

@@ -57,7 +57,7 @@ MAX_ROWS = 64
 """Steps of more rows run the Python path (the per-layer Python is then a small share of the step)."""
 PHASE_CLOCKS = False
 """True before the library's first use: build it with per-phase wall clocks (``-DSTACK_PHASE_CLOCKS``;
-:func:`phase_ns`), for ``benchmarks/cpu_stack_phases.py``."""
+:func:`phase_ns`), for ``benchmarks/spec_cpu_profile.py --phases``."""
 PHASES = ("norm1", "qkv", "rope+kv", "attention", "o", "norm2", "gate_up", "silu*up", "down", "residual")
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
