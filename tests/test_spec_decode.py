@@ -74,6 +74,36 @@ def test_ngram_longest_match_most_recent():
     assert p.propose_one([3, 1, 2, 3], 5) == [1, 2, 3]  # the continuation runs up to the end
 
 
+def _window_scan(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:
+    """The definition, written as a scan of every window for each n (the proposer's first implementation)."""
+    L = len(tokens)
+    if k <= 0 or L < min_n + 1:
+        return []
+    for n in range(min(max_n, L - 1), min_n - 1, -1):
+        hits = [s for s in range(L - n) if tokens[s:s + n] == tokens[L - n:]]
+        if hits:
+            return tokens[hits[-1] + n: hits[-1] + n + k]
+    return []
+
+
+@pytest.mark.parametrize("min_n,max_n", [(1, 1), (1, 3), (2, 5), (3, 8), (2, 2)])
+def test_ngram_search_equals_the_window_scan(min_n, max_n):
+    """The candidate-end search gives what scanning every window gives, on random token lists with small
+    vocabularies (many partial matches, overlapping repeats, matches at the very start)."""
+    import random
+
+    rng = random.Random(min_n * 100 + max_n)
+    p = NgramProposer(min_n, max_n)
+    for _ in range(400):
+        vocab = rng.choice([2, 3, 5, 50])
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(0, 40))]
+        if tokens and rng.random() < 0.3:  # a copied span at the end
+            a = rng.randrange(len(tokens))
+            tokens += tokens[a:a + rng.randrange(1, 8)]
+        k = rng.randrange(0, 6)
+        assert p.propose_one(tokens, k) == _window_scan(tokens, k, min_n, max_n), (tokens, k)
+
+
 # ------------------------------------------------------------- scheduler
 def _req(rid: str, prompt: list[int], max_tokens: int = 20) -> Request:
     return Request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), {2}, max_tokens)
