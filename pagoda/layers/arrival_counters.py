@@ -7,12 +7,15 @@ zeroed int32 buffer per device, shared by every such kernel; each launch leaves 
 touches them only after its programmatic-dependent-launch wait (if it has one), so launches on one stream never
 see each other's counts (the previous launch has completed). Captured CUDA graphs hold the buffer's address: it is
 never allocated during a capture (:func:`arrival_counters` raises) and a buffer outgrown later is kept alive.
+:func:`split_k_total` is the protocol's Triton side for a split-K tile (the bf16 and FP8 GEMVs; the 4-bit GEMV keeps
+its own copy, whose sum issues 8 loads a round).
 """
 
 from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 SLOTS = 1 << 16
 """Counters allocated per device up front (Llama-size decode launches use a few thousand)."""
@@ -33,3 +36,22 @@ def arrival_counters(device: torch.device, n: int = 0) -> torch.Tensor:
         buf = torch.zeros(max(SLOTS, triton.next_power_of_2(max(n, 1))), dtype=torch.int32, device=device)
         _BUFFERS[device] = buf
     return buf
+
+
+@triton.jit
+def split_k_total(acc, ws_ptr, lock_ptr, tile, part, parts, at, keep, stride):
+    """The protocol above for one tile of a split-K launch: store this program's float32 partial ``acc`` (slice
+    ``part`` of ``parts``) at ``ws_ptr + part * stride + at`` (``keep``: the elements that exist) and arrive on
+    counter ``tile``. Returns ``(last, total)``: ``last`` where this program arrived last (it has re-armed the
+    counter), with ``total`` the partials summed in slice order ``0 .. parts-1`` (no float atomics: the same bits
+    whatever the arrival order); zeros elsewhere. The caller finishes the tile where ``last``."""
+    tl.store(ws_ptr + part * stride + at, acc, mask=keep)
+    tl.debug_barrier()  # every thread's partial is stored before the one arrival below
+    arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
+    last = arrived == parts - 1
+    total = tl.zeros(acc.shape, dtype=tl.float32)
+    if last:
+        for s in range(parts):
+            total += tl.load(ws_ptr + s * stride + at, mask=keep, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(lock_ptr + tile, 0)  # re-armed for the next launch (the others have arrived)
+    return last, total

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from pagoda.layers.arrival_counters import arrival_counters
+from pagoda.layers.arrival_counters import arrival_counters, split_k_total
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 from pagoda.layers.triton_mode import interpreted
 
@@ -214,23 +214,20 @@ def _dense_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, lock_ptr, M, N, K, k_
     keep = n_ok[:, None] & (offs_m < M)[None, :]
     if SPLIT:
         at = offs_m[None, :] * N + offs_n[:, None]
-        tl.store(ws_ptr + tl.program_id(1) * M * N + at, acc, mask=keep)
-        tl.debug_barrier()  # every thread's partial is stored before the one arrival below
-        arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel")
-        if arrived == split_k - 1:
-            total = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            for s in range(split_k):
-                total += tl.load(ws_ptr + s * M * N + at, mask=keep, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-            ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
-            tl.store(ptrs, total.to(y_ptr.dtype.element_ty), mask=keep)
-            tl.atomic_xchg(lock_ptr + pid, 0)
+        last, total = split_k_total(acc, ws_ptr, lock_ptr, pid, tl.program_id(1), split_k, at, keep, M * N)
+        if last:
+            _finish_tile(total, b_ptr, y_ptr, offs_n, offs_m, n_ok, keep, stride_ym, HAS_BIAS)
     else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-        ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
-        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=keep)
+        _finish_tile(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, keep, stride_ym, HAS_BIAS)
+
+
+@triton.jit
+def _finish_tile(acc, b_ptr, y_ptr, offs_n, offs_m, n_ok, keep, stride_ym, HAS_BIAS: tl.constexpr):
+    """``acc`` (float32 ``[BLOCK_N, BLOCK_M]``) plus the bias, rounded once to y's dtype and stored."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    ptrs = y_ptr + offs_m.to(tl.int64)[None, :] * stride_ym + offs_n[:, None]
+    tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=keep)
 
 
 @triton.jit

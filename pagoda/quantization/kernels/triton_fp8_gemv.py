@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagoda.layers.arrival_counters import arrival_counters
+from pagoda.layers.arrival_counters import arrival_counters, split_k_total
 from pagoda.layers.pdl import launch_kwargs, pdl_launch_dependents, pdl_wait
 from pagoda.layers.triton_mode import interpreted
 
@@ -203,19 +203,13 @@ def _one_row_tile(acc2, w, x_rows, k0, k_hi, s_ptr, offs_n, n_ok, stride_sn, SCA
 @triton.jit
 def _split_k_finish(acc, ws_ptr, lock_ptr, pid_n, pid_k, split_k, offs_n, offs_m, M, N, s_ptr, b_ptr, y_ptr,
                     stride_ym, SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BITS: tl.constexpr):
-    """Store this split's partial; the tile's last-arriving program sums all partials in split order (no float
-    atomics: the result does not depend on arrival order), finishes the tile and resets its counter."""
+    """Store this split's partial; the tile's last-arriving program sums all partials in split order and finishes
+    the tile (:func:`pagoda.layers.arrival_counters.split_k_total`)."""
     keep = (offs_n < N)[:, None] & (offs_m < M)[None, :]
     at = offs_m[None, :] * N + offs_n[:, None]
-    tl.store(ws_ptr + pid_k * M * N + at, acc, mask=keep)
-    tl.debug_barrier()  # every thread's partial is stored before the one arrival below
-    arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
-    if arrived == split_k - 1:
-        total = tl.zeros(acc.shape, dtype=tl.float32)
-        for s in range(split_k):
-            total += tl.load(ws_ptr + s * M * N + at, mask=keep, other=0.0, cache_modifier=".cg")
+    last, total = split_k_total(acc, ws_ptr, lock_ptr, pid_n, pid_k, split_k, at, keep, M * N)
+    if last:
         _epilogue(total, offs_n, offs_m, M, N, s_ptr, b_ptr, y_ptr, stride_ym, SCALE_MODE, HAS_BIAS, BITS)
-        tl.atomic_xchg(lock_ptr + pid_n, 0)
 
 
 @triton.jit
