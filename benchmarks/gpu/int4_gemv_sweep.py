@@ -57,7 +57,13 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m
     # thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). pdl: programmatic dependent
     # launch (the graph's back-to-back launches of one linear overlap; it won at one row on an H100, session 30).
     1: ((64, 2, 4, 1, 0), (64, 2, 8, 1, 0), (32, 1, 8, 1, 0), (64, 2, 4, 2, 0), (128, 4, 8, 1, 0),
-        (32, 1, 8, 1, 1), (64, 2, 8, 1, 1), (64, 2, 4, 1, 1), (64, 2, 8, 2, 1)),
+        (32, 1, 8, 1, 1), (64, 2, 8, 1, 1), (64, 2, 4, 1, 1), (64, 2, 8, 2, 1),
+        # session 36 (for the H200, where one row streams ~40 % more bytes per clock than on an H100): more
+        # columns per thread (x converted once for more words), more warps in flight, more waves
+        (128, 2, 8, 1, 1), (128, 4, 8, 1, 1), (64, 4, 8, 2, 1), (64, 2, 16, 1, 1), (32, 1, 16, 1, 1),
+        (128, 4, 8, 2, 1), (256, 4, 8, 1, 1),
+        # the lift decode (one LOP3 + one FFMA a nibble: Rule.lift)
+        (64, 2, 8, 1, 1, 1), (64, 2, 8, 2, 1, 1), (64, 4, 8, 1, 1, 1), (128, 4, 8, 1, 1, 1), (32, 1, 8, 1, 1, 1)),
     2: ((64, 4, 4, 1, 0), (32, 2, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 2, 0), (64, 4, 4, 2, 1), (64, 8, 4, 1, 1)),
     4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 1, 1)),
     8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 1)),
@@ -66,6 +72,8 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m
 
 DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. At 64+ rows split-K's fp32 workspace
     # ([split, M, N], written then summed by a second launch) costs more bytes than the weights: fewer waves.
+    # One row (session 36): the tensor cores take the multiply-adds off the issue slots the GEMV's FMAs fill.
+    1: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=4), Rule("dot", 32, waves=8)),
     4: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8)),
     16: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=2)),
     64: (Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
@@ -80,18 +88,18 @@ DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. A
 
 
 def dot_candidates(m: int) -> list[Rule]:
-    """From 3 rows: the table's dot rule with the fp32 decode (the arm ``before`` times it as the table has it,
-    paired), then DOT_GRID's (paired)."""
+    """From 3 rows (and at the rows DOT_GRID names): the table's dot rule with the fp32 decode (the arm ``before``
+    times it as the table has it, paired), then DOT_GRID's (paired)."""
     key = min(b for b in tw.INT4_TABLE if b >= m)
     table = tw.INT4_TABLE[key]
     own = [dataclasses.replace(table, paired=not table.paired)] if table.kind == "dot" else []
-    return own + [r for r in DOT_GRID.get(key, ()) if r != table] if m >= 3 else []
+    return own + [r for r in DOT_GRID.get(key, ()) if r != table] if m >= 3 or m in DOT_GRID else []
 
 
 def candidates(m: int) -> list[Rule]:
     bm = min(m, 8)
-    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, pdl=bool(pd))
-            for bn, nw, wv, pf, pd in GRID[bm]]
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, pdl=bool(pd), lift=bool(lift[0]))
+            for bn, nw, wv, pf, pd, *lift in ((*g, 0) for g in GRID[bm])]
 
 
 class Weights:

@@ -85,15 +85,17 @@ def histogram(body: list[str], top: int = 8) -> str:
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    gemv = [(1, 32, 1)] if quick else [(1, 32, 1), (1, 64, 2), (2, 64, 4), (4, 64, 4), (8, 64, 8)]
+    gemv = [(1, 32, 1)] if quick else [(1, 32, 1), (1, 64, 2), (1, 128, 2), (1, 128, 4), (1, 256, 4), (1, 256, 8),
+                                       (2, 64, 4), (4, 64, 4), (8, 64, 8)]
     print("4-bit GEMV (group 128, symmetric): K-loop instructions per thread per 128-row K tile")
     for bm, bn, nw in gemv:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
         c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=True,
                  HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, USE_PDL=False)
-        body, usage = k_loop(compile_sm90(_w4_gemv_kernel, c, nw))
-        print(f"  M={bm} {bn} cols x {nw} warps: {len(body)} ({len(body) / (8 * words * bm):.2f} per nibble and "
-              f"row)  {usage}  {histogram(body)}")
+        for lift in (False, True):
+            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift), nw))
+            print(f"  M={bm} {bn} cols x {nw} warps{', lift' if lift else ''}: {len(body)} "
+                  f"({len(body) / (8 * words * bm):.2f} per nibble and row)  {usage}  {histogram(body)}")
     print("4-bit dot kernel (group 128, dequantizing in fp32 / paired in bf16x2): K-loop instructions per thread per "
           "128-row K tile")
     for bm, bn, nw in [(64, 128, 4)] if quick else [(16, 64, 4), (64, 128, 4), (128, 128, 8)]:

@@ -113,12 +113,51 @@ def _sub_range(p, ph, magic, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr
     return part, xs
 
 
+LIFT = tl.constexpr(90)
+"""``lift`` decode: x is scaled by ``2**(LIFT - 4e)`` and the nibbles read as denormals ``q * 2**(4e - 149)``, so
+each product is ``x * q * 2**(LIFT - 149)``, exact in float32 while ``2**-67 <= |x q|`` and ``|x| < 2**38`` (the
+scaled x overflows from there: its row's outputs become inf). Smaller products fall into the float32 denormals,
+each off by at most 2**-90 absolute (unscaled), so a row of x entirely below ~2**-60 loses its relative accuracy
+(activations that small carry no signal in a bf16 model; the plain decode has no such limits)."""
+
+
+@triton.jit
+def _denormal(p, ph, j: tl.constexpr):
+    """Nibble ``j`` of ``p`` (``ph = p >> 12``) masked in place and read as a float32: the denormal
+    ``q * 2**(4e - 149)``, ``e`` its position in the word it is taken from (one LOP3; +0.0 for q = 0)."""
+    E: tl.constexpr = j if j < 5 else j - 3
+    if j < 5:
+        return (p & (15 << (4 * E))).to(tl.float32, bitcast=True)
+    return (ph & (15 << (4 * E))).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _lift(j: tl.constexpr):
+    """The factor x takes for nibble ``j``: ``2**(LIFT - 4e)``."""
+    E: tl.constexpr = j if j < 5 else j - 3
+    return 2.0 ** (LIFT - 4 * E)
+
+
+@triton.jit
+def _sub_range_lift(p, ph, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
+                    BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr):
+    """:func:`_sub_range` by the ``lift`` decode: per nibble one LOP3 and one FFMA into ``part`` (scaled by
+    ``2**(LIFT - 149)``); ``xs`` = the plain sum of x (the offset term: ``-8 s`` for symmetric weights)."""
+    part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+    xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
+    for jj in tl.static_range(JG):
+        xj = _load_x(x_at + (gj * JG + jj) * KP, m_ok, EVEN_M)
+        part += (xj * _lift(gj * JG + jj)) * _denormal(p, ph, gj * JG + jj)
+        xs += xj
+    return part, xs
+
+
 @triton.jit(do_not_specialize=["M", "tiles_per_split", "num_tiles", "num_splits"])  # fewer compiled variants
 def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, stride_xm,
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
-                    USE_PDL: tl.constexpr):
+                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -156,12 +195,23 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
             p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
         ph = p >> 12
         for gj in tl.static_range(8 // JG):
-            part, xs = _sub_range(p, ph, magic, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M, SYM)
+            if LIFT_X:
+                part, xs = _sub_range_lift(p, ph, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M)
+            else:
+                part, xs = _sub_range(p, ph, magic, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M,
+                                      SYM)
             s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
                                  SYM)
-            acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
-            if not SYM:
-                acc += xs * o
+            if LIFT_X:
+                acc += part * (s * (2.0 ** (149 - LIFT)))
+                if SYM:
+                    acc += xs * (s * -8.0)
+                else:
+                    acc += xs * o
+            else:
+                acc += part * s  # two FMAs per word and group (one expression would be FMUL + FFMA + FADD)
+                if not SYM:
+                    acc += xs * o
     res = tl.sum(acc, axis=1)
     mask = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
@@ -187,13 +237,15 @@ MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
-            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False) -> torch.Tensor:
+            num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False,
+            lift: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
     loaded ahead of the one being computed (0, 1 or 2); ``pdl``: launch with programmatic dependent launch where
     :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
-    measurement: slower in session 11, faster at one row in session 30)."""
+    measurement: slower in session 11, faster at one row in session 30); ``lift``: the :data:`LIFT` decode (x must
+    stay under ``2**53`` in magnitude, else its row overflows to inf)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -210,7 +262,8 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
-                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, num_warps=num_warps,
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift,
+                          num_warps=num_warps,
                           num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out

@@ -234,7 +234,9 @@ class Rule:
     ``prefetch`` (``gemv``): how many K tiles of words are loaded ahead of the one computed (0..2); ``pdl``
     (``gemv``): launch with programmatic dependent launch (:mod:`pagoda.layers.pdl`); ``paired`` (``dot`` with
     ``dequant``, ``deq``): on CUDA with bf16/fp16 activations decode two weights per register
-    (:mod:`triton_pair_decode`) instead of through fp32."""
+    (:mod:`triton_pair_decode`) instead of through fp32; ``lift`` (``gemv``): the nibbles read in place as float32
+    denormals against x scaled per nibble position (:data:`triton_w4_gemv.LIFT`: one LOP3 and one FFMA a nibble,
+    ``|x| < 2**53``)."""
 
     kind: str
     block_n: int
@@ -248,6 +250,7 @@ class Rule:
     prefetch: int = 1
     pdl: bool = False
     paired: bool = True
+    lift: bool = False
 
 
 BIG = 1 << 30
@@ -319,6 +322,7 @@ class WNA16Config:
     prefetch: int = 1
     pdl: bool = False
     paired: bool = True
+    lift: bool = False
 
 
 def pack_k(in_features: int) -> int:
@@ -383,7 +387,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
     return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl,
-                       rule.paired)
+                       rule.paired, rule.lift and kind == "gemv")
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -416,7 +420,7 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl, cfg.lift)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
