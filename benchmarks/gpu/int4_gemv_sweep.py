@@ -62,8 +62,11 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m
         # columns per thread (x converted once for more words), more warps in flight, more waves
         (128, 2, 8, 1, 1), (128, 4, 8, 1, 1), (64, 4, 8, 2, 1), (64, 2, 16, 1, 1), (32, 1, 16, 1, 1),
         (128, 4, 8, 2, 1), (256, 4, 8, 1, 1),
-        # the lift decode (one LOP3 + one FFMA a nibble: Rule.lift)
-        (64, 2, 8, 1, 1, 1), (64, 2, 8, 2, 1, 1), (64, 4, 8, 1, 1, 1), (128, 4, 8, 1, 1, 1), (32, 1, 8, 1, 1, 1)),
+        # the lift decode (one LOP3 + one FFMA a nibble: Rule.lift), then with 2 or 4 column blocks a thread
+        (64, 2, 8, 1, 1, 1), (64, 2, 8, 2, 1, 1), (64, 4, 8, 1, 1, 1), (128, 4, 8, 1, 1, 1), (32, 1, 8, 1, 1, 1),
+        (64, 2, 8, 1, 1, 1, 2), (128, 2, 8, 1, 1, 1, 2), (128, 4, 8, 1, 1, 1, 2), (128, 4, 8, 1, 1, 1, 4),
+        (256, 4, 8, 1, 1, 1, 4), (128, 2, 8, 1, 1, 1, 4), (256, 8, 8, 1, 1, 1, 4), (128, 4, 4, 1, 1, 1, 4),
+        (128, 4, 16, 1, 1, 1, 4), (128, 4, 8, 2, 1, 1, 4)),
     2: ((64, 4, 4, 1, 0), (32, 2, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 2, 0), (64, 4, 4, 2, 1), (64, 8, 4, 1, 1)),
     4: ((64, 4, 4, 1, 0), (32, 4, 4, 1, 0), (64, 8, 4, 1, 0), (64, 4, 4, 1, 1)),
     8: ((64, 8, 4, 1, 0), (64, 8, 8, 1, 0), (64, 8, 4, 1, 1)),
@@ -98,8 +101,8 @@ def dot_candidates(m: int) -> list[Rule]:
 
 def candidates(m: int) -> list[Rule]:
     bm = min(m, 8)
-    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, pdl=bool(pd), lift=bool(lift[0]))
-            for bn, nw, wv, pf, pd, *lift in ((*g, 0) for g in GRID[bm])]
+    return [Rule("gemv", bn, block_m=bm, num_warps=nw, waves=wv, prefetch=pf, pdl=bool(pd), lift=bool(lift),
+                 halves=halves) for bn, nw, wv, pf, pd, lift, halves in ((*g, *(0, 1)[len(g) - 5:]) for g in GRID[bm])]
 
 
 class Weights:

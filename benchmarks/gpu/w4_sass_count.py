@@ -92,9 +92,12 @@ def main() -> None:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
         c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=True,
                  HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, USE_PDL=False)
-        for lift in (False, True):
-            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift), nw))
-            print(f"  M={bm} {bn} cols x {nw} warps{', lift' if lift else ''}: {len(body)} "
+        for lift, halves in ((False, 1), (True, 1), (True, 2), (True, 4)) if bm == 1 else ((False, 1), (True, 1)):
+            if halves > 1 and quick:
+                continue
+            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift, HALVES=halves), nw))
+            print(f"  M={bm} {bn} cols x {nw} warps{', lift' if lift else ''}"
+                  f"{f', {halves} halves' if halves > 1 else ''}: {len(body)} "
                   f"({len(body) / (8 * words * bm):.2f} per nibble and row)  {usage}  {histogram(body)}")
     print("4-bit dot kernel (group 128, dequantizing in fp32 / paired in bf16x2): K-loop instructions per thread per "
           "128-row K tile")

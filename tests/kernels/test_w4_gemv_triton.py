@@ -29,7 +29,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False,
-        lift=False):
+        lift=False, halves=1):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
@@ -38,7 +38,7 @@ def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, 
         assert torch.equal(o, s * -8)
         o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
     return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
-                      prefetch=prefetch, symmetric=symmetric, lift=lift).cpu()
+                      prefetch=prefetch, symmetric=symmetric, lift=lift, halves=halves).cpu()
 
 
 def check(out, ref, dtype):
@@ -68,6 +68,24 @@ def test_w4_gemv_matches_dequantize_reference(group, n, k, sym, dtype):
                       symmetric=sym and m % 2 == 1, lift=lift)  # symmetric weights: both kernels
             assert out.dtype == dtype and out.shape == (m, n)
             check(out, ref, dtype)
+
+
+@pytest.mark.parametrize("group,n,k,sym", [(32, 33, 128, False), (128, 40, 256, True), (96, 8, 384, True),
+                                            (32, 20, 96, False)])
+@pytest.mark.parametrize("halves", [2, 4])
+def test_column_halves_match_the_reference(group, n, k, sym, halves):
+    """``halves`` > 1 (one row a program, its columns in ``halves`` blocks sharing x): rows of several launches
+    (masked columns, split-K, bias, both decodes) match the dequantize reference; block_m > 1 is refused."""
+    codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k + halves)
+    for m, block_n, split, lift in ((1, 16, 1, True), (3, 32, 2, True), (2, 64, 3, False)):
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + halves))
+        bias = torch.randn(n) if m == 3 else None
+        ref = reference(x, codes, scales, offsets, 4, group, torch.float32, None, bias)
+        out = run(x, codes, scales, offsets, group, torch.float32, bias, 1, block_n, split, symmetric=sym,
+                  lift=lift, halves=halves)
+        check(out, ref, torch.float32)
+    with pytest.raises(ValueError, match="halves"):
+        run(x, codes, scales, offsets, group, torch.float32, None, 2, 32, 1, halves=halves)
 
 
 def test_lift_decode_keeps_small_zero_and_large_x_exact_enough():

@@ -62,10 +62,11 @@ def _nibble(p, ph, magic, j: tl.constexpr, zero: tl.constexpr):
 
 
 @triton.jit
-def _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS: tl.constexpr):
+def _store_out(res, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS: tl.constexpr):
+    """Store ``res`` at rows ``om`` and columns ``on`` (2D index tensors broadcasting to ``res``'s shape)."""
     if HAS_BIAS:
-        res += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], res.to(out_ptr.dtype.element_ty), mask=mask)
+        res += tl.load(b_ptr + on, mask=on < N, other=0.0).to(tl.float32)
+    tl.store(out_ptr + om * N + on, res.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -78,13 +79,16 @@ def _load_words(ptrs, n_ok, EVEN_N: tl.constexpr):
 @triton.jit
 def _load_x(ptrs, m_ok, EVEN_M: tl.constexpr):
     if EVEN_M:
-        return tl.load(ptrs).to(tl.float32)
-    return tl.load(ptrs, mask=m_ok[:, None, None], other=0.0).to(tl.float32)
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=m_ok[:, None, None], other=0.0)
+    return x.to(tl.float32)
 
 
 @triton.jit
 def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: tl.constexpr):
-    """Group ``g``'s scales and offsets of the block's columns as ``[1, 1, BLOCK_N]`` fp32 (offsets 0 if ``SYM``)."""
+    """Group ``g``'s scales and offsets of the block's columns ``offs_n`` (2D ``[A, B]``) as ``[A, 1, B]`` fp32
+    (offsets 0 if ``SYM``)."""
     if EVEN_N:
         s = tl.load(s_ptr + g * N + offs_n)
     else:
@@ -95,16 +99,17 @@ def _group_params(s_ptr, o_ptr, g, N, offs_n, n_ok, EVEN_N: tl.constexpr, SYM: t
         o = tl.load(o_ptr + g * N + offs_n)
     else:
         o = tl.load(o_ptr + g * N + offs_n, mask=n_ok, other=0.0)
-    return s.to(tl.float32)[None, None, :], o.to(tl.float32)[None, None, :]
+    return s.to(tl.float32)[:, None, :], o.to(tl.float32)[:, None, :]
 
 
 @triton.jit
 def _sub_range(p, ph, magic, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
-               BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr):
+               BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr,
+               XA: tl.constexpr):
     """Sub-blocks ``[gj * JG, (gj + 1) * JG)`` of a tile (one group's share): ``part`` = sum of x times the decoded
     nibbles per (row, word row, column) and ``xs`` = sum of x per (row, word row) where the offset term needs it."""
     part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
-    xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
+    xs = tl.zeros((XA, KP, 1), dtype=tl.float32)
     for jj in tl.static_range(JG):
         xj = _load_x(x_at + (gj * JG + jj) * KP, m_ok, EVEN_M)
         part += xj * _nibble(p, ph, magic, gj * JG + jj, 8 if SYM else 0)
@@ -140,11 +145,11 @@ def _lift(j: tl.constexpr):
 
 @triton.jit
 def _sub_range_lift(p, ph, x_at, m_ok, gj: tl.constexpr, BLOCK_M: tl.constexpr, KP: tl.constexpr,
-                    BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr):
+                    BLOCK_N: tl.constexpr, JG: tl.constexpr, EVEN_M: tl.constexpr, XA: tl.constexpr):
     """:func:`_sub_range` by the ``lift`` decode: per nibble one LOP3 and one FFMA into ``part`` (scaled by
     ``2**(LIFT - 149)``); ``xs`` = the plain sum of x (the offset term: ``-8 s`` for symmetric weights)."""
     part = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
-    xs = tl.zeros((BLOCK_M, KP, 1), dtype=tl.float32)
+    xs = tl.zeros((XA, KP, 1), dtype=tl.float32)
     for jj in tl.static_range(JG):
         xj = _load_x(x_at + (gj * JG + jj) * KP, m_ok, EVEN_M)
         part += (xj * _lift(gj * JG + jj)) * _denormal(p, ph, gj * JG + jj)
@@ -157,11 +162,14 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
-                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False):
+                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
-    decoded as ``q - 8`` and the offset term (and its sum of x) drops out."""
+    decoded as ``q - 8`` and the offset term (and its sum of x) drops out. ``HALVES`` > 1 (one row a program,
+    ``BLOCK_M`` 1): the first dimension holds ``HALVES`` column blocks of ``BLOCK_N / HALVES`` instead of rows, so
+    every thread holds ``HALVES`` times the columns for the same x (Triton gives that dimension no threads): x is
+    loaded, converted and summed once for them all."""
     pdl_launch_dependents(USE_PDL)  # (pagoda.layers.pdl: only the first tiles' words are read before the wait)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -169,15 +177,26 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     KP: tl.constexpr = PACK_K // 8  # word rows per K tile = K rows per nibble sub-block
     # sub-blocks sharing one (scale, offset) group in a tile (a sub-block always lies in one group: KP | 16 | G)
     JG: tl.constexpr = 8 if GROUP % PACK_K == 0 else (GROUP // KP if PACK_K % GROUP == 0 else 1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, KP)
-    n_ok = offs_n < N
-    m_ok = offs_m < M
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm + offs_r[None, :, None]
-    w_cols = qw_ptr + offs_r[None, :, None] * N + offs_n[None, None, :]
-    w_ok = n_ok[None, None, :]
-    acc = tl.zeros((BLOCK_M, KP, BLOCK_N), dtype=tl.float32)
+    BA: tl.constexpr = HALVES if HALVES > 1 else BLOCK_M  # the tensors' first dimension,
+    BN: tl.constexpr = BLOCK_N // HALVES  # their last,
+    XA: tl.constexpr = 1 if HALVES > 1 else BLOCK_M  # and x's first
+    if HALVES > 1:  # [HALVES, BN]: column blocks in the first dimension, one row
+        offs_a = tl.arange(0, HALVES)
+        on = pid_n * BLOCK_N + offs_a[:, None] * BN + tl.arange(0, BN)[None, :]
+        om = pid_m + 0 * offs_a[:, None]
+        m_ok = om < M
+        x_rows = x_ptr + pid_m * stride_xm + offs_r[None, :, None]
+    else:  # [BLOCK_M, BLOCK_N]: rows by columns
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        on = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        om = offs_m[:, None]
+        m_ok = offs_m < M
+        x_rows = x_ptr + offs_m[:, None, None] * stride_xm + offs_r[None, :, None]
+    n_ok = on < N
+    w_cols = qw_ptr + offs_r[None, :, None] * N + on[:, None, :]
+    w_ok = n_ok[:, None, :]
+    acc = tl.zeros((BA, KP, BN), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
     p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)  # weights: may load before the PDL wait
@@ -196,12 +215,10 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         ph = p >> 12
         for gj in tl.static_range(8 // JG):
             if LIFT_X:
-                part, xs = _sub_range_lift(p, ph, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M)
+                part, xs = _sub_range_lift(p, ph, x_rows + t * PACK_K, m_ok, gj, BA, KP, BN, JG, EVEN_M, XA)
             else:
-                part, xs = _sub_range(p, ph, magic, x_rows + t * PACK_K, m_ok, gj, BLOCK_M, KP, BLOCK_N, JG, EVEN_M,
-                                      SYM)
-            s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, offs_n, n_ok, EVEN_N,
-                                 SYM)
+                part, xs = _sub_range(p, ph, magic, x_rows + t * PACK_K, m_ok, gj, BA, KP, BN, JG, EVEN_M, SYM, XA)
+            s, o = _group_params(s_ptr, o_ptr, (t * PACK_K + gj * JG * KP) // GROUP, N, on, n_ok, EVEN_N, SYM)
             if LIFT_X:
                 acc += part * (s * (2.0 ** (149 - LIFT)))
                 if SYM:
@@ -213,23 +230,23 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                 if not SYM:
                     acc += xs * o
     res = tl.sum(acc, axis=1)
-    mask = m_ok[:, None] & n_ok[None, :]
+    mask = (om < M) & n_ok
     if SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
-        ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        ws = ws_ptr + om * N + on
         tl.store(ws + pid_k * M * N, res, mask=mask)
         tl.debug_barrier()  # every thread's partial is written before the release below
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
         if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            total = tl.zeros((BA, BN), dtype=tl.float32)
             for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
                 for u in tl.static_range(8):
-                    ok = mask & (tl.full((BLOCK_M, BLOCK_N), i + u, tl.int32) < num_splits)
+                    ok = mask & (tl.full((BA, BN), i + u, tl.int32) < num_splits)
                     total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
             tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
-            _store_out(total, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
+            _store_out(total, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS)
     else:
-        _store_out(res, b_ptr, out_ptr, offs_m, offs_n, mask, N, HAS_BIAS)
+        _store_out(res, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS)
 
 
 MAGIC = 0x4B000000  # fp32 bits of 2**23
@@ -238,14 +255,15 @@ MAGIC = 0x4B000000  # fp32 bits of 2**23
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
             num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False,
-            lift: bool = False) -> torch.Tensor:
+            lift: bool = False, halves: int = 1) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
     loaded ahead of the one being computed (0, 1 or 2); ``pdl``: launch with programmatic dependent launch where
     :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
     measurement: slower in session 11, faster at one row in session 30); ``lift``: the :data:`LIFT` decode (x must
-    stay under ``2**53`` in magnitude, else its row overflows to inf)."""
+    stay under ``2**38`` in magnitude, else its row overflows to inf); ``halves``: > 1 runs one row a program with
+    ``block_n`` split into that many column blocks (``block_m`` must be 1)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -253,6 +271,9 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     per_split = triton.cdiv(k_tiles, split_k)
     split = triton.cdiv(k_tiles, per_split)
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if halves > 1 and (block_m != 1 or block_n % halves):
+        raise ValueError(f"w4_gemv: halves={halves} needs block_m 1 and block_n a multiple of it (got {block_m}, "
+                         f"{block_n})")
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
@@ -262,7 +283,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     _w4_gemv_kernel[grid](x, qweight, scales, offsets, bias if bias is not None else out, out, ws, cnt, m, n,
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
-                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift,
+                          EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift, HALVES=halves,
                           num_warps=num_warps,
                           num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))

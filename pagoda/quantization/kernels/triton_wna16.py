@@ -236,7 +236,8 @@ class Rule:
     ``dequant``, ``deq``): on CUDA with bf16/fp16 activations decode two weights per register
     (:mod:`triton_pair_decode`) instead of through fp32; ``lift`` (``gemv``): the nibbles read in place as float32
     denormals against x scaled per nibble position (:data:`triton_w4_gemv.LIFT`: one LOP3 and one FFMA a nibble,
-    ``|x| < 2**53``)."""
+    ``|x| < 2**38``); ``halves`` (``gemv``, one row a program): ``block_n`` in that many column blocks per thread
+    (x loaded and converted once for them all)."""
 
     kind: str
     block_n: int
@@ -251,6 +252,7 @@ class Rule:
     pdl: bool = False
     paired: bool = True
     lift: bool = False
+    halves: int = 1
 
 
 BIG = 1 << 30
@@ -323,6 +325,7 @@ class WNA16Config:
     pdl: bool = False
     paired: bool = True
     lift: bool = False
+    halves: int = 1
 
 
 def pack_k(in_features: int) -> int:
@@ -375,7 +378,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     if kind == "gemv":
         if rule.kind != "gemv":  # a dot rule's tiles would not fit the GEMV: 8 rows x 64 columns x 8 warps
             bn, warps = 64, 8
-        bm = min(max(bm, 1), triton.next_power_of_2(m), 8)
+        bm = 1 if rule.halves > 1 else min(max(bm, 1), triton.next_power_of_2(m), 8)
         bk = pack_k(k)
     elif kind == "dot":
         bk = 128
@@ -387,7 +390,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
     return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl,
-                       rule.paired, rule.lift and kind == "gemv")
+                       rule.paired, rule.lift and kind == "gemv", rule.halves if kind == "gemv" else 1)
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -420,7 +423,8 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
-                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl, cfg.lift)
+                       cfg.split_k, cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl, cfg.lift,
+                       cfg.halves)
     k_tiles = k // cfg.block_k
     per_split = triton.cdiv(k_tiles, cfg.split_k)
     split = triton.cdiv(k_tiles, per_split)
