@@ -92,7 +92,8 @@ def main() -> None:
         words = 16 * bn // (32 * nw)  # int32 words per thread per K tile
         c = dict(GROUP=128, PACK_K=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT=True,
                  HAS_BIAS=False, EVEN_N=True, EVEN_M=True, SYM=True, PREFETCH=1, USE_PDL=False)
-        for lift, halves in ((False, 1), (True, 1), (True, 2), (True, 4)) if bm == 1 else ((False, 1), (True, 1)):
+        one_row = ((False, 1), (True, 1), (False, 4), (True, 2), (True, 4))  # (lift decode, column blocks)
+        for lift, halves in one_row if bm == 1 else ((False, 1), (True, 1)):
             if halves > 1 and quick:
                 continue
             body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift, HALVES=halves), nw))
