@@ -119,25 +119,33 @@ def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
         assert int(arrival_counters(DEV, 1).abs().sum()) == 0
 
 
-def test_shape_table_refines_the_dot_table_for_its_shapes_only():
+def test_shape_table_refines_the_other_tables_for_its_shapes_only():
     """``INT4_SHAPE_TABLE`` (keyed by INT4_TABLE's M bucket, N, K) wins for its shapes at every M of the bucket; other
-    shapes and other buckets keep INT4_TABLE's rule; 5..8-bit weights never read it."""
+    shapes and other buckets keep the rule of SMALL_M_TABLE (its rows) or INT4_TABLE; 5..8-bit weights never read
+    it."""
     assert tw.INT4_SHAPE_TABLE
     keys = sorted(tw.INT4_TABLE)
+
+    def without_shapes(m, n, k):
+        small = tw.SMALL_M_TABLE.get(tw.shape_class(n, k), {})
+        if small and m <= max(small):
+            return small[min(b for b in small if b >= m)]
+        return tw.INT4_TABLE[min(b for b in keys if b >= m)]
+
     for (key, n, k), rule in tw.INT4_SHAPE_TABLE.items():
-        assert key in tw.INT4_TABLE and rule.kind in ("dot", "deq")
-        lo = keys[keys.index(key) - 1] + 1
-        for m in (lo, key):
+        assert key in tw.INT4_TABLE and rule.kind in ("gemv", "dot", "deq")
+        i = keys.index(key)
+        for m in (keys[i - 1] + 1 if i else 1, key):
             assert tw.rule_for(m, 4, n, k) is rule
-            assert tw.rule_for(m, 4, n + 64, k) is tw.INT4_TABLE[key]
+            assert tw.rule_for(m, 4, n + 64, k) is without_shapes(m, n + 64, k)
             assert tw.rule_for(m, 8, n, k) is tw.U8_TABLE[min(b for b in tw.U8_TABLE if b >= m)]
-        assert tw.rule_for(key + 1, 4, n, k) is tw.INT4_SHAPE_TABLE.get(
-            (keys[keys.index(key) + 1], n, k), tw.INT4_TABLE[keys[keys.index(key) + 1]])
+        assert tw.rule_for(key + 1, 4, n, k) is tw.INT4_SHAPE_TABLE.get((keys[i + 1], n, k),
+                                                                        without_shapes(key + 1, n, k))
 
 
 def test_dispatch_uses_the_small_m_table():
-    """Decode rows of a 4-bit weight go to the GEMV with split-K filling the GPU; the shape class picks the
-    table; the kernel behind ``wna16_matmul`` (the IntWeight path) is the GEMV."""
+    """Decode rows of a 4-bit weight go to the GEMV with split-K filling the GPU; a shape's own entry, else the
+    shape class, picks the rule; the kernel behind ``wna16_matmul`` (the IntWeight path) is the GEMV."""
     for m in (1, 2, 3, 4):
         for n, k in ((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)):
             small = tw.SMALL_M_TABLE[tw.shape_class(n, k)]
@@ -147,7 +155,8 @@ def test_dispatch_uses_the_small_m_table():
                 continue
             assert c.kind == "gemv" and c.block_m <= tw.triton.next_power_of_2(m) and c.block_k == 128
             assert c.split_k > 1 or n * k > tw.SMALL_WEIGHT
-            assert tw.rule_for(m, 4, n, k) is small[min(b for b in small if b >= m)]
+            shaped = tw.INT4_SHAPE_TABLE.get((min(b for b in tw.INT4_TABLE if b >= m), n, k))
+            assert tw.rule_for(m, 4, n, k) is (shaped or small[min(b for b in small if b >= m)])
     assert tw.shape_class(6144, 4096) == "small" and tw.shape_class(4096, 14336) == "large"
     assert tw.choose_config(16, 4096, 4096, 128, 132).kind == "dot"
     codes, scales, offsets = random_weight(4, 32, 24, 128, True, seed=2)

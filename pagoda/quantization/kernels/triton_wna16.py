@@ -271,7 +271,7 @@ INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule; int_weight_sweep.p
     256: Rule('deq', 128),
     BIG: Rule('deq', 128),
 }
-INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K) -> rule, before INT4_TABLE's.
+INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K) -> rule, before the other tables.
     # int4_gemv_sweep.py, H100, session 31 (paired decode), the Llama-3-8B linears. At 64+ rows the dot's split-K
     # writes an fp32 workspace [split, M, N] and reads it back to sum it: for the 4,096- and 6,144-wide outputs fewer
     # splits (waves=2) pay, for gate_up (224 column tiles) they leave SMs idle. Step linears at 64 rows 5.81 -> 5.35
@@ -280,17 +280,23 @@ INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K)
     (64, 4096, 4096): Rule('dot', 128, block_m=64, waves=2),  # o 23.8 -> 18.1 us
     (64, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 47.5 -> 44.0 us
     (128, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 93.3 -> 72.4 us
+    # One row, session 36 (H100, int4_gemv_sweep.py, call 1): gate_up by two column blocks a thread (34.2 -> 30.1
+    # us), down by the lift decode (16.6 -> 14.6 us).
+    (1, 28672, 4096): Rule("gemv", 128, block_m=1, waves=8, num_warps=4, pdl=True, halves=2),
+    (1, 4096, 14336): Rule("gemv", 64, block_m=1, waves=8, num_warps=2, prefetch=2, pdl=True, lift=True),
 }
 SMALL_M_TABLE: dict[str, dict[int, Rule]] = {  # shape class -> max M -> rule; before INT4_TABLE up to its last M.
     # benchmarks/gpu/int4_gemv_sweep.py prints this; measured on an H100, 2026-12-05 (session 30, call 1: PDL at
     # one row; the batch-1 step 3.13 -> 2.98 ms there). Session 31: with the paired decode the dot kernel beats the
-    # GEMV at 2 rows (step linears 2.82 -> 2.36 ms), so the table stops at 1. (At one row the sweep has the dot
-    # tie the GEMV on the large shapes, but the engine's batch-1 step took 3.12 ms with it against 2.99: kept.)
+    # GEMV at 2 rows (step linears 2.82 -> 2.36 ms), so the table stops at 1. Session 36 (H100): the lift decode
+    # with two tiles of words in flight for the small class, two in flight for the large; with INT4_SHAPE_TABLE's
+    # one-row entries the batch-1 W4A16 step 3.00 -> 2.77 ms (three alternating rounds, results/gpu-2026-12-06-
+    # session36/call2_*).
     "small": {
-        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
+        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, prefetch=2, pdl=True, lift=True),
     },
     "large": {
-        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, pdl=True),
+        1: Rule("gemv", 64, block_m=1, waves=8, num_warps=2, prefetch=2, pdl=True),
     },
 }
 SMALL_WEIGHT = 1 << 25
@@ -357,15 +363,18 @@ def shape_class(n: int, k: int) -> str:
 
 
 def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
-    """The rule for ``m`` rows: :data:`SMALL_M_TABLE` for 4-bit weights up to its largest M, else
-    :data:`INT4_SHAPE_TABLE` for this ``(M bucket, N, K)``, else :data:`INT4_TABLE` / :data:`U8_TABLE`."""
-    if bits <= 4:
-        small = SMALL_M_TABLE.get(shape_class(n, k), {})
-        if small and m <= max(small):
-            return small[min(b for b in small if b >= m)]
+    """The rule for ``m`` rows of 4-bit weights: :data:`INT4_SHAPE_TABLE` for this ``(M bucket, N, K)``, else
+    :data:`SMALL_M_TABLE` up to its largest M, else :data:`INT4_TABLE`; 5-8 bits: :data:`U8_TABLE`."""
     table = INT4_TABLE if bits <= 4 else U8_TABLE
     key = min(b for b in table if b >= m)
-    return INT4_SHAPE_TABLE.get((key, n, k), table[key]) if bits <= 4 else table[key]
+    if bits > 4:
+        return table[key]
+    if (key, n, k) in INT4_SHAPE_TABLE:
+        return INT4_SHAPE_TABLE[key, n, k]
+    small = SMALL_M_TABLE.get(shape_class(n, k), {})
+    if small and m <= max(small):
+        return small[min(b for b in small if b >= m)]
+    return table[key]
 
 
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
