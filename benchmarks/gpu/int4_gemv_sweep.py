@@ -285,6 +285,9 @@ def main() -> None:
     print("INT4_TABLE entries to change (max M -> rule):" if dots else "INT4_TABLE: its rules won where measured")
     for key, rule in dots.items():
         print(f"    {key}: {short(rule)},")
+    print("INT4_SHAPE_TABLE with this run's per-shape winners (3 % or more under the dispatched rule):")
+    for (key, n, k), rule in shape_winners(results).items():
+        print(f"    ({key}, {n}, {k}): {short(rule)},")
     print("===== END CHOOSE =====")
     if "--json" in sys.argv:
         print(f"winners written to {sys.argv[sys.argv.index('--json') + 1]} (benchmarks/gpu/with_gemv_table.py "
@@ -297,7 +300,26 @@ def write_json(path: Path, results: dict[int, dict[str, dict]]) -> None:
                               for cls, rules in class_winners(results).items()}
     table["int4_table"] = {str(key): asdict(r) for key, r in dot_winners(results).items()}
     table["ms"] = sorted(results)
+    table["int4_shapes"] = {f"{key},{n},{k}": asdict(r) for (key, n, k), r in shape_winners(results).items()}
     path.write_text(json.dumps(table))
+
+
+def shape_winners(results: dict[int, dict[str, dict]], margin: float = 0.97) -> dict[tuple[int, int, int], Rule]:
+    """``INT4_SHAPE_TABLE`` with, per measured M and shape, the fastest rule where it runs under ``margin`` times
+    the rule dispatched today (``now``); the first M measured in an INT4_TABLE bucket speaks for it."""
+    table = dict(tw.INT4_SHAPE_TABLE)
+    seen: set[int] = set()
+    for m, res in sorted(results.items()):
+        key = min(b for b in tw.INT4_TABLE if b >= m)
+        if key in seen:
+            continue
+        seen.add(key)
+        for name, arms in res.items():
+            n, k = SHAPES[name]
+            ok = {r: t for r, t in arms.items() if isinstance(r, Rule) and t is not None}
+            if ok and arms.get("now") and min(ok.values()) < margin * arms["now"]:
+                table[key, n, k] = min(ok, key=ok.__getitem__)
+    return table
 
 
 def w4_table_from_json(path: str) -> dict[str, dict[int, Rule]]:
