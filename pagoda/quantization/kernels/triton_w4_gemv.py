@@ -13,7 +13,10 @@ ones per clock):
 * (Session 29 also tried nibbles masked in place as fp32 denormals times x lifted per nibble position, one AND
   + one FMA per nibble, with x lifted once per program into an fp32 scratch: 31 % fewer K-loop instructions in the
   SASS, but 1.5-5x slower on an H100 (the prologue's scratch writes and barrier; RESULTS.md, session 30), so it
-  was removed.)
+  was removed.) Session 36's ``lift`` decode (:data:`LIFT`) keeps that idea without the scratch: x is scaled by
+  ``2**(LIFT - 4e)`` as it is loaded (one constant per nibble position, so one FMUL per x value, shared by the
+  thread's columns), the nibble is read in place as a float32 denormal, and one FFMA accumulates: one LOP3 + one
+  FFMA a nibble. ``HALVES`` (one row a program) gives each thread 2 or 4 column blocks for the same x values.
 * The affine map once per group and column: ``sum_k x_k (q_k s + o) = s * sum_k x_k q_k + o * sum_k x_k``,
   accumulated per (row, word row, column) and reduced over K once at the end (no per-tile cross-thread
   reduction). Symmetric weights (``o = -8 s``, GPTQ/AWQ sym) decode ``q - 8`` in the same FMA and skip the
