@@ -70,8 +70,14 @@ def _kernels():
                           {"w_ptr": "*fp8e4nv"}, True),
         "w4_gemv": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1, "BLOCK_N": 32,
                                                      "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True,
-                                                     "EVEN_M": True, "SYM": True, "PREFETCH": 1},
+                                                     "EVEN_M": True, "SYM": True, "PREFETCH": 1, "LIFT_X": False,
+                                                     "HALVES": 1},
                     {"qw_ptr": "*i32", "magic": "i32"}, True),
+        "w4_gemv_lift_halves": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1,
+                                                                 "BLOCK_N": 64, "SPLIT": True, "HAS_BIAS": False,
+                                                                 "EVEN_N": True, "EVEN_M": True, "SYM": True,
+                                                                 "PREFETCH": 2, "LIFT_X": True, "HALVES": 2},
+                                {"qw_ptr": "*i32", "magic": "i32"}, True),
     }
 
 
@@ -102,7 +108,7 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
 
 NAMES = ["rms_norm", "rms_norm_fp8", "silu_mul", "silu_mul_fp8", "rope_kv_write", "rope_cos_sin", "split_kv_decode",
          "split_kv_reduce", "dense_gemv", "dense_gemv_rows", "argmax_partial", "argmax_final", "fp8_gemv",
-         "fp8_gemv_nopf", "w4_gemv"]
+         "fp8_gemv_nopf", "w4_gemv", "w4_gemv_lift_halves"]
 
 
 @pytest.fixture(scope="module")
