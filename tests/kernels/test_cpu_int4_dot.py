@@ -55,6 +55,28 @@ def test_values_within_a_bf16_rounding_of_the_exact_product(n, k, group):
     assert one is not None and bool(((one.double() - ref[:1]).abs() <= tol[:1]).all())
 
 
+@pytest.mark.parametrize("group", [32, 128])
+def test_prefill_rows_are_the_rows_alone(group):
+    """Many rows in one call (from 48 rows the AMX build decodes a block's weights once for all their 16-row tiles,
+    the last tile overlapping the one before): every row has the bits it has alone and in a 16-row call, at row
+    counts on both sides of that threshold and with every kind of last tile."""
+    n, k = 192, 256
+    gen = torch.Generator().manual_seed(group)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.randn(k // group, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
+    x = (torch.randn(530, k, generator=gen) * 3).to(torch.bfloat16)
+    alone = torch.cat([cpu_int4_dot.int4_dot_mm(x[i : i + 1], packed, group, sz, one_kernel=True) for i in range(530)])
+    sixteen = torch.cat([cpu_int4_dot.int4_dot_mm(x[i : i + 16], packed, group, sz) for i in range(0, 530, 16)])
+    assert torch.equal(_bits(sixteen), _bits(alone))
+    for m in (17, 31, 33, 47, 48, 49, 130, 256, 257, 530):
+        out = cpu_int4_dot.int4_dot_mm(x[:m], packed, group, sz)
+        assert out is not None and torch.equal(_bits(out), _bits(alone[:m])), m
+    ref = cpu_int4_dot.reference(x, packed, group, sz)
+    tol = ref.abs() * 2.0**-8 + cpu_int4_dot.reference(x, packed, group, sz, magnitude=True) * 2.0**-18
+    assert bool(((alone.double() - ref).abs() <= tol).all())
+
+
 @pytest.mark.parametrize("bits,sym", [(4, False), (8, True)])
 def test_int_weight_rows_do_not_depend_on_the_batch(bits, sym):
     out_f, in_f, group = 192, 128, 32

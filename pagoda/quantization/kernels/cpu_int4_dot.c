@@ -67,6 +67,9 @@ static inline void amx_config(int rows) {
         cfg.colsb[t] = 64;
         cfg.rows[t] = (t >= 1 && t <= 3) ? 16 : (uint8_t)rows;
     }
+    /* GCC does not see ldtilecfg read the whole struct: without this barrier it dropped the colsb / rows stores
+     * once inlined into dot_rows_amx (every tile then unconfigured: SIGILL at the first tile instruction). */
+    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
     _tile_loadconfig(&cfg);
 }
 
@@ -226,6 +229,123 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
         }
 }
 
+#ifdef INT4_DOT_AMX
+
+/* From this many rows a block's weights are decoded once (dot_rows_amx) rather than once per 16-row tile. Measured
+ * on the AMX dev VM (the default model's four linears x 30 layers, 2 threads, alternating runs; RESULTS.md, session
+ * 36): 32 rows +8-20 % (the panel's trip through L2 costs more than a second decode in L1), 48 rows -3 %, 64 -6 %,
+ * 96 -10 %, 130 -8 %. */
+#define PANEL_MIN_ROWS 48
+
+/* Per-thread scratch of dot_rows_amx: a block's decoded B tiles (kept across calls; grown, never freed). */
+static __thread uint16_t *amx_panel;
+static __thread size_t amx_panel_words;
+
+static uint16_t *panel_words(size_t n) {
+    if (n > amx_panel_words) {
+        free(amx_panel);
+        amx_panel = (uint16_t *)aligned_alloc(64, n * sizeof(uint16_t));
+        amx_panel_words = amx_panel ? n : 0;
+    }
+    return amx_panel;
+}
+
+/* Rows [0, M) of A (M >= PANEL_MIN_ROWS) against block `blk`'s 64 columns, G % 32 == 0: dot_tile's AMX arithmetic for every
+ * row, but the block's weights decoded once into B tiles (K / 32 steps of 4 KB, from L2 after) for all of the rows'
+ * 16-row tiles instead of once per tile (prefill and large batches decoded them M / 16 times). The last tile starts
+ * at M - 16 (overlapping the one before: those rows are computed twice, the same bits). Every row's arithmetic is
+ * dot_tile's (per group: C tiles from zero over its 32-k steps, then the two FMAs), so a row gets the same bits
+ * whatever M. Returns 0, or -1 when scratch memory is short (nothing written). */
+static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_t *B, const uint16_t *SZ, int N,
+                        int K, int G, int blk, uint16_t *C, int ldc, const int M) {
+    const uint8_t *Bp = B + (size_t)blk * K * 32;
+    const int groups = K / G;
+    uint16_t *panel = panel_words((size_t)K / 32 * 4 * 16 * 32);
+    if (!panel) return -1;
+    const __m512i lut = _mm512_set_epi16(
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100,
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100);
+    const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
+    for (int k0 = 0; k0 < K; k0 += 32) { /* step k0 / 32: four B tiles of 16 k pairs x 32 words */
+        uint16_t *bt = panel + (size_t)(k0 / 32) * 4 * 16 * 32;
+        for (int kp = 0; kp < 16; kp++) {
+            const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
+            __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
+            __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
+            __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
+            __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
+            _mm512_store_si512((void *)(bt + (0 * 16 + kp) * 32), _mm512_permutexvar_epi16(wlo, lut));
+            _mm512_store_si512((void *)(bt + (1 * 16 + kp) * 32), _mm512_permutexvar_epi16(whi, lut));
+            _mm512_store_si512((void *)(bt + (2 * 16 + kp) * 32),
+                               _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut));
+            _mm512_store_si512((void *)(bt + (3 * 16 + kp) * 32),
+                               _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
+        }
+    }
+    /* the (scale, zero) pairs of the block's columns per group, in lane order (PERM_*) */
+    float sbuf[4][TILE_ROWS][16] __attribute__((aligned(64)));
+    float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
+    amx_config(TILE_ROWS);
+    const int tiles = (M + TILE_ROWS - 1) / TILE_ROWS;
+    for (int t = 0; t < tiles; t++) {
+        const int m0 = t == tiles - 1 ? M - TILE_ROWS : t * TILE_ROWS;
+        for (int r = 0; r < TILE_ROWS; r++)
+            for (int v = 0; v < 4; v++) _mm512_store_ps(accm[r][v], _mm512_setzero_ps());
+        for (int g = 0; g < groups; g++) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+            for (int k0 = g * G; k0 < (g + 1) * G; k0 += 32) {
+                const uint16_t *bt = panel + (size_t)(k0 / 32) * 4 * 16 * 32;
+                _tile_loadd(0, A + (size_t)m0 * lda + k0, lda * 2);
+                _tile_loadd(1, bt, 64);
+                _tile_loadd(2, bt + 16 * 32, 64);
+                _tile_loadd(3, bt + 2 * 16 * 32, 64);
+                _tile_dpbf16ps(4, 0, 1);
+                _tile_dpbf16ps(5, 0, 2);
+                _tile_dpbf16ps(6, 0, 3);
+                _tile_loadd(1, bt + 3 * 16 * 32, 64);
+                _tile_dpbf16ps(7, 0, 1);
+            }
+            _tile_stored(4, sbuf[0], 64);
+            _tile_stored(5, sbuf[1], 64);
+            _tile_stored(6, sbuf[2], 64);
+            _tile_stored(7, sbuf[3], 64);
+            const uint16_t *sz = SZ + ((size_t)g * N + blk * 64) * 2;
+            __m512 sc[4], zr[4];
+            for (int v = 0; v < 4; v++) {
+                __m512i t0 = _mm512_loadu_si512((const void *)(sz + (v >> 1) * 64));
+                __m512i t1 = _mm512_loadu_si512((const void *)(sz + (v >> 1) * 64 + 32));
+                __m512i tt = _mm512_permutex2var_epi32(t0, (v & 1) ? PERM_HI : PERM_LO, t1);
+                sc[v] = _mm512_castsi512_ps(_mm512_slli_epi32(tt, 16));
+                zr[v] = _mm512_castsi512_ps(_mm512_and_si512(tt, hi_mask));
+            }
+            for (int r = 0; r < TILE_ROWS; r++) {
+                const __m512 xg = _mm512_set1_ps(X[(size_t)(m0 + r) * groups + g]);
+                for (int v = 0; v < 4; v++) {
+                    __m512 a = _mm512_fmadd_ps(sc[v], _mm512_load_ps(sbuf[v][r]), _mm512_load_ps(accm[r][v]));
+                    _mm512_store_ps(accm[r][v], _mm512_fmadd_ps(zr[v], xg, a));
+                }
+            }
+        }
+        for (int r = 0; r < TILE_ROWS; r++)
+            for (int h = 0; h < 2; h++) {
+                uint16_t *c = C + (size_t)(m0 + r) * ldc + blk * 64 + h * 32;
+                __m512 lo = _mm512_load_ps(accm[r][2 * h]), hi = _mm512_load_ps(accm[r][2 * h + 1]);
+                _mm256_storeu_si256((__m256i *)c, f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_LO, hi)));
+                _mm256_storeu_si256((__m256i *)(c + 16), f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_HI, hi)));
+            }
+    }
+    _tile_release();
+    return 0;
+}
+#endif
+
 #define TILE_CASE(R) case R: if (part == 0) dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 0); \
                              else if (part == 1) dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 1); \
                              else dot_tile(A, K, X, B, SZ, N, K, G, blk, C, N, R, 2); break;
@@ -247,6 +367,11 @@ static void run_tile(const uint16_t *A, const float *X, const uint8_t *B, const 
  * weights come from L1/L2). */
 static void run_part(const uint16_t *A, const float *X, const uint8_t *B, const uint16_t *SZ, uint16_t *C, int M,
                      int N, int K, int G, int blk, int part) {
+#ifdef INT4_DOT_AMX
+    if (part == 0 && G % 32 == 0 && M >= PANEL_MIN_ROWS &&
+        dot_rows_amx(A, K, X, B, SZ, N, K, G, blk, C, N, M) == 0)
+        return; /* else (no scratch) the 16-row tiles below */
+#endif
     for (int m = 0; m < M; m += TILE_ROWS) {
         const int rows = M - m < TILE_ROWS ? M - m : TILE_ROWS;
         run_tile(A + (size_t)m * K, X + (size_t)m * (K / G), B, SZ, N, K, G, blk, part, C + (size_t)m * N, rows);

@@ -155,7 +155,7 @@ def _self_check(fn) -> bool:
         if tuple(packed.shape) != (n, k // 2):  # not the layout this kernel reads
             return False
         sz = (torch.randn(k // g, n, 2, generator=gen) * 0.1).to(torch.bfloat16)
-        x = (torch.randn(20, k, generator=gen) * 4).to(torch.bfloat16)  # above 16 rows: the AMX build's predecode
+        x = (torch.randn(50, k, generator=gen) * 4).to(torch.bfloat16)  # from 48 rows the AMX build's panel path
         got = _call(fn, x, packed, g, sz)
         if got is None:
             return False
@@ -164,7 +164,7 @@ def _self_check(fn) -> bool:
         tol = ref.abs() * 2.0**-8 + reference(x, packed, g, sz, magnitude=True) * 2.0**-18
         if not bool(((got.double() - ref).abs() <= tol).all()):
             return False
-        for m in (1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 20):  # each row alone = the same row among m (every tile shape)
+        for m in (1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 20, 50):  # each row alone = the same row among m (every path)
             part = _call(fn, x[:m], packed, g, sz)
             alone = [_call(fn, x[i : i + 1], packed, g, sz) for i in range(m)]
             if part is None or any(a is None for a in alone) or \
