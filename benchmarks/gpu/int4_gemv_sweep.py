@@ -52,10 +52,11 @@ MS = (1, 2, 4, 16) if SMOKE else (1, 2, 4, 8, 16, 64)
 if "--ms" in sys.argv:  # a subset of the row counts, e.g. --ms 1 2 4 16 64
     MS = tuple(int(a) for a in sys.argv[sys.argv.index("--ms") + 1:] if a.isdigit())
 G, LAYERS, COPIES, REPS = 128, 32, (1 if SMOKE else 8), 10
-GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl); block_m = min(M, 8). Each tile shape here
-    # compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16 words per
-    # thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). pdl: programmatic dependent
-    # launch (the graph's back-to-back launches of one linear overlap; it won at one row on an H100, session 30).
+GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl[, lift, halves]); block_m = min(M, 8). Each tile
+    # shape here compiles (Triton 3.6, sm_90) without a shared-memory layout conversion in its K loop and with <= 16
+    # words per thread (e.g. block_m 4 or 8 with 32 columns x 2 warps does convert: left out). pdl: programmatic
+    # dependent launch (the graph's back-to-back launches of one linear overlap; it won at one row on an H100, session
+    # 30); lift and halves: Rule's fields of those names (default off, 1).
     1: ((64, 2, 4, 1, 0), (64, 2, 8, 1, 0), (32, 1, 8, 1, 0), (64, 2, 4, 2, 0), (128, 4, 8, 1, 0),
         (32, 1, 8, 1, 1), (64, 2, 8, 1, 1), (64, 2, 4, 1, 1), (64, 2, 8, 2, 1),
         # session 36 (for the H200, where one row streams ~40 % more bytes per clock than on an H100): more
