@@ -250,8 +250,8 @@ static uint16_t *panel_words(size_t n) {
     return amx_panel;
 }
 
-/* Rows [0, M) of A (M >= PANEL_MIN_ROWS) against block `blk`'s 64 columns, G % 32 == 0: dot_tile's AMX arithmetic for every
- * row, but the block's weights decoded once into B tiles (K / 32 steps of 4 KB, from L2 after) for all of the rows'
+/* Rows [0, M) of A (M >= PANEL_MIN_ROWS) against block `blk`'s 64 columns, G % 32 == 0: dot_tile's AMX arithmetic
+ * for every row, but the block's weights decoded once into B tiles (K / 32 steps of 4 KB, from L2 after) for all of the rows'
  * 16-row tiles instead of once per tile (prefill and large batches decoded them M / 16 times). The last tile starts
  * at M - 16 (overlapping the one before: those rows are computed twice, the same bits). Every row's arithmetic is
  * dot_tile's (per group: C tiles from zero over its 32-k steps, then the two FMAs), so a row gets the same bits
@@ -286,7 +286,7 @@ static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_
                                _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
         }
     }
-    /* the (scale, zero) pairs of the block's columns per group, in lane order (PERM_*) */
+    /* a tile's C sums of one group (as dot_tile's sbuf) and its rows' running sums */
     float sbuf[4][TILE_ROWS][16] __attribute__((aligned(64)));
     float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
     amx_config(TILE_ROWS);
