@@ -80,6 +80,35 @@ int pagoda_int4_amx_init(void) {
 }
 #endif
 
+/* bf16 bits of (i & 15) - 8 for index i < 32 (vpermw reads an index's low 5 bits). */
+static inline __m512i nibble_lut(void) {
+    return _mm512_set_epi16(
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100,
+        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
+        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
+        (short)0xc100);
+}
+
+#ifdef INT4_DOT_AMX
+/* The 32 k's from k0 of a block (`Bp`) as four B tiles at `bt` (tile v: 16 k pairs x 32 words, rows 64 bytes):
+ * vector v of a k pair, as the vdpbf16ps build decodes it, is row kp of tile v. */
+static inline void decode_b_tiles(const uint8_t *Bp, int k0, uint16_t *bt, __m512i lut) {
+    for (int kp = 0; kp < 16; kp++) {
+        const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
+        __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
+        __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
+        __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
+        __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
+        _mm512_store_si512((void *)(bt + (0 * 16 + kp) * 32), _mm512_permutexvar_epi16(wlo, lut));
+        _mm512_store_si512((void *)(bt + (1 * 16 + kp) * 32), _mm512_permutexvar_epi16(whi, lut));
+        _mm512_store_si512((void *)(bt + (2 * 16 + kp) * 32), _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut));
+        _mm512_store_si512((void *)(bt + (3 * 16 + kp) * 32), _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
+    }
+}
+#endif
+
 /* One task: columns of block `blk` (`part` 0: all 64, 1: the low-nibble half, 2: the high-nibble half) for rows
  * [0, rows) of A, rows <= TILE_ROWS. X: [rows][K/G] group sums. Vector v of a part: v = 2 * half + (0: lo, 1: hi). */
 static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, int lda, const float *X,
@@ -90,14 +119,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
     const int nv = part == 0 ? 4 : 2;
     const int half0 = part == 2 ? 1 : 0;
     const int groups = K / G;
-    /* bf16 bits of (i & 15) - 8 for index i < 32 (vpermw reads an index's low 5 bits). */
-    const __m512i lut = _mm512_set_epi16(
-        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
-        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
-        (short)0xc100,
-        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
-        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
-        (short)0xc100);
+    const __m512i lut = nibble_lut();
     const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
     /* The running sums live in memory (L1): touched once a group, they leave the registers to S. */
     float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
@@ -132,17 +154,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             _tile_zero(6);
             _tile_zero(7);
             for (int k0 = g * G; k0 < (g + 1) * G; k0 += 32) {
-                for (int kp = 0; kp < 16; kp++) {
-                    const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
-                    __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
-                    __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
-                    __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
-                    __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
-                    _mm512_store_si512((void *)bbuf[0][kp], _mm512_permutexvar_epi16(wlo, lut));
-                    _mm512_store_si512((void *)bbuf[1][kp], _mm512_permutexvar_epi16(whi, lut));
-                    _mm512_store_si512((void *)bbuf[2][kp], _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut));
-                    _mm512_store_si512((void *)bbuf[3][kp], _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
-                }
+                decode_b_tiles(Bp, k0, &bbuf[0][0][0], lut);
                 _tile_loadd(0, A + k0, lda * 2);
                 _tile_loadd(1, bbuf[0], 64);
                 _tile_loadd(2, bbuf[1], 64);
@@ -251,8 +263,9 @@ static uint16_t *panel_words(size_t n) {
 }
 
 /* Rows [0, M) of A (M >= PANEL_MIN_ROWS) against block `blk`'s 64 columns, G % 32 == 0: dot_tile's AMX arithmetic
- * for every row, but the block's weights decoded once into B tiles (K / 32 steps of 4 KB, from L2 after) for all of the rows'
- * 16-row tiles instead of once per tile (prefill and large batches decoded them M / 16 times). The last tile starts
+ * for every row, but the block's weights decoded once into B tiles (K / 32 steps of 4 KB, from L2 after) for all of
+ * the rows' 16-row tiles instead of once per tile (prefill and large batches decoded them M / 16 times). The last
+ * tile starts
  * at M - 16 (overlapping the one before: those rows are computed twice, the same bits). Every row's arithmetic is
  * dot_tile's (per group: C tiles from zero over its 32-k steps, then the two FMAs), so a row gets the same bits
  * whatever M. Returns 0, or -1 when scratch memory is short (nothing written). */
@@ -262,30 +275,9 @@ static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_
     const int groups = K / G;
     uint16_t *panel = panel_words((size_t)K / 32 * 4 * 16 * 32);
     if (!panel) return -1;
-    const __m512i lut = _mm512_set_epi16(
-        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
-        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
-        (short)0xc100,
-        0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000,
-        (short)0xbf80, (short)0xc000, (short)0xc040, (short)0xc080, (short)0xc0a0, (short)0xc0c0, (short)0xc0e0,
-        (short)0xc100);
+    const __m512i lut = nibble_lut();
     const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
-    for (int k0 = 0; k0 < K; k0 += 32) { /* step k0 / 32: four B tiles of 16 k pairs x 32 words */
-        uint16_t *bt = panel + (size_t)(k0 / 32) * 4 * 16 * 32;
-        for (int kp = 0; kp < 16; kp++) {
-            const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
-            __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
-            __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
-            __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
-            __m512i whi = _mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(r0, r1));
-            _mm512_store_si512((void *)(bt + (0 * 16 + kp) * 32), _mm512_permutexvar_epi16(wlo, lut));
-            _mm512_store_si512((void *)(bt + (1 * 16 + kp) * 32), _mm512_permutexvar_epi16(whi, lut));
-            _mm512_store_si512((void *)(bt + (2 * 16 + kp) * 32),
-                               _mm512_permutexvar_epi16(_mm512_srli_epi16(wlo, 4), lut));
-            _mm512_store_si512((void *)(bt + (3 * 16 + kp) * 32),
-                               _mm512_permutexvar_epi16(_mm512_srli_epi16(whi, 4), lut));
-        }
-    }
+    for (int k0 = 0; k0 < K; k0 += 32) decode_b_tiles(Bp, k0, panel + (size_t)(k0 / 32) * 4 * 16 * 32, lut);
     /* a tile's C sums of one group (as dot_tile's sbuf) and its rows' running sums */
     float sbuf[4][TILE_ROWS][16] __attribute__((aligned(64)));
     float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
