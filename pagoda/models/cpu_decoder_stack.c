@@ -333,6 +333,16 @@ static void row_item(void *ctx, int64_t t, int thread) {
     if (rc != 0) atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
 }
 
+/* Phase `phase` of every row of the step: one team item a row for several rows on several threads, else row by row
+ * here (the same calls, so the same bits). */
+static void each_row(row_job *j, int phase, int threads, int64_t T) {
+    j->phase = phase;
+    if (T > 1 && threads > 1)
+        team_run(threads, row_item, j, T);
+    else
+        for (int64_t t = 0; t < T; t++) row_item(j, t, 0);
+}
+
 /* Phase clocks for benchmarks/spec_cpu_profile.py --phases: built with -DSTACK_PHASE_CLOCKS, each phase of each
  * layer adds its wall nanoseconds to pagoda_stack_phase_ns[phase] (zeroed by the caller); the default build has none
  * of it. */
@@ -360,7 +370,7 @@ static int64_t now_ns(void) {
 int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *positions, const int64_t *slots,
                          const int32_t *block_tables, int64_t bt_stride, const int32_t *row_req,
                          const int32_t *row_pos, int64_t max_pos, int threads) {
-    const int64_t d = s->hidden, H = s->heads, Hk = s->kv_heads, D = s->head_dim, I = s->inter, bs = s->block_size;
+    const int64_t d = s->hidden, H = s->heads, Hk = s->kv_heads, D = s->head_dim, I = s->inter;
     const int64_t half = D / 2, qkv_n = (H + 2 * Hk) * D;
     for (int64_t t = 0; t < T; t++)
         if (positions[t] < 0 || positions[t] >= s->rope_rows) return -2;
@@ -395,29 +405,13 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
     int rc = 0;
     for (int64_t l = 0; l < s->num_layers && rc == 0; l++) {
         const pg_layer *L = &s->layers[l];
-        /* a step of several rows runs rotary + KV write and SiLU * up on the team (row_item), one row here */
-        const int rows_on_team = T > 1 && threads > 1;
-        row_job rj = {s, L, 0, qkv, q, k, gu, act, cs, sn, slots, 0};
+        row_job rj = {s, L, 0, qkv, q, k, gu, act, cs, sn, slots, 0}; /* rotary + KV write, SiLU * up: each_row */
         PHASE_START
         rc |= s->norm(h, d, NULL, 0, NULL, L->norm1, x, d, T, d, (float)L->eps1);
         PHASE(0);
         rc |= mm(s, threads, x, &L->qkv, qkv, T, sums);
         PHASE(1);
-        if (rows_on_team) {
-            rj.phase = ROW_ROPE_KV;
-            team_run(threads, row_item, &rj, T);
-        } else {
-            rc |= s->rope(qkv, qkv_n, H, qkv + H * D, qkv_n, Hk, cs, sn, q, k, T, D);
-            for (int64_t t = 0; t < T; t++) { /* write_kv: each (token, head) row to its slot */
-                if (slots[t] < 0) continue;
-                const int64_t blk = slots[t] / bs, off = slots[t] % bs;
-                for (int64_t j = 0; j < Hk; j++) {
-                    const int64_t row = ((blk * Hk + j) * bs + off) * D;
-                    memcpy(L->k_cache + row, k + (t * Hk + j) * D, (size_t)D * 2);
-                    memcpy(L->v_cache + row, qkv + t * qkv_n + (H + Hk + j) * D, (size_t)D * 2);
-                }
-            }
-        }
+        each_row(&rj, ROW_ROPE_KV, threads, T);
         PHASE(2);
         attn_job aj = {s, L, q, o, block_tables, row_req, row_pos, run_start, bt_stride, max_pos, chunks,
                        buf + attn_at, attn_bytes, (float *)(buf + partials_at)};
@@ -430,12 +424,7 @@ int pagoda_decoder_stack(const pg_stack *s, float *h, int64_t T, const int64_t *
         PHASE(5);
         rc |= mm(s, threads, x, &L->gate_up, gu, T, sums);
         PHASE(6);
-        if (rows_on_team) {
-            rj.phase = ROW_SILU;
-            team_run(threads, row_item, &rj, T);
-        } else {
-            rc |= s->silu_mul(gu, 2 * I, act, I, T, I);
-        }
+        each_row(&rj, ROW_SILU, threads, T);
         PHASE(7);
         rc |= mm(s, threads, act, &L->down, a, T, sums);
         PHASE(8);

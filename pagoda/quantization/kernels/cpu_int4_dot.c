@@ -91,6 +91,23 @@ static inline __m512i nibble_lut(void) {
         (short)0xc100);
 }
 
+/* Vector v's (scale, zero) of one group for the columns of half `half` of a block (`sz`: the block's (s, z) pairs of
+ * that group), in the lane order of a `lo` (v even) or `hi` (v odd) vector, as float32. */
+static inline void scale_zero(const uint16_t *sz, int half, int v, __m512 *sc, __m512 *zr) {
+    __m512i t0 = _mm512_loadu_si512((const void *)(sz + half * 64));      /* (s, z) of columns 0..15 */
+    __m512i t1 = _mm512_loadu_si512((const void *)(sz + half * 64 + 32)); /* columns 16..31 */
+    __m512i t = _mm512_permutex2var_epi32(t0, (v & 1) ? PERM_HI : PERM_LO, t1);
+    *sc = _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
+    *zr = _mm512_castsi512_ps(_mm512_and_si512(t, _mm512_set1_epi32(0xffff0000)));
+}
+
+/* A 32-column half's outputs at `c` from its `lo` / `hi` running sums, rounded to bf16: columns 0-15 are lanes 0-7 of
+ * lo and of hi (indices PERM_LO of the pair), columns 16-31 their lanes 8-15 (PERM_HI). */
+static inline void store_half(uint16_t *c, __m512 lo, __m512 hi) {
+    _mm256_storeu_si256((__m256i *)c, f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_LO, hi)));
+    _mm256_storeu_si256((__m256i *)(c + 16), f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_HI, hi)));
+}
+
 #ifdef INT4_DOT_AMX
 /* The 32 k's from k0 of a block (`Bp`) as four B tiles at `bt` (tile v: 16 k pairs x 32 words, rows 64 bytes):
  * vector v of a k pair, as the vdpbf16ps build decodes it, is row kp of tile v. */
@@ -120,7 +137,6 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
     const int half0 = part == 2 ? 1 : 0;
     const int groups = K / G;
     const __m512i lut = nibble_lut();
-    const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
     /* The running sums live in memory (L1): touched once a group, they leave the registers to S. */
     float accm[TILE_ROWS][4][16] __attribute__((aligned(64)));
 #pragma GCC unroll 8
@@ -207,14 +223,7 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
         const uint16_t *sz = SZ + ((size_t)g * N + blk * 64) * 2;
         __m512 sc[4], zr[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) {
-            const int half = half0 + (v >> 1);
-            __m512i t0 = _mm512_loadu_si512((const void *)(sz + half * 64));      /* (s, z) of columns 0..15 */
-            __m512i t1 = _mm512_loadu_si512((const void *)(sz + half * 64 + 32)); /* columns 16..31 */
-            __m512i t = _mm512_permutex2var_epi32(t0, (v & 1) ? PERM_HI : PERM_LO, t1);
-            sc[v] = _mm512_castsi512_ps(_mm512_slli_epi32(t, 16));
-            zr[v] = _mm512_castsi512_ps(_mm512_and_si512(t, hi_mask));
-        }
+        for (int v = 0; v < nv; v++) scale_zero(sz, half0 + (v >> 1), v, &sc[v], &zr[v]);
 #pragma GCC unroll 8
         for (int r = 0; r < rows; r++) {
             const __m512 xg = _mm512_set1_ps(X[(size_t)r * groups + g]);
@@ -228,17 +237,12 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
 #ifdef INT4_DOT_AMX
     if (amx) _tile_release();
 #endif
-    /* Lanes back to column order: columns 0-15 are lanes 0-7 of lo and of hi (indices PERM_LO of the pair),
-     * columns 16-31 their lanes 8-15 (PERM_HI). */
 #pragma GCC unroll 8
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 2
-        for (int h = 0; h < nv / 2; h++) {
-            uint16_t *c = C + (size_t)r * ldc + blk * 64 + (half0 + h) * 32;
-            __m512 lo = _mm512_load_ps(accm[r][2 * h]), hi = _mm512_load_ps(accm[r][2 * h + 1]);
-            _mm256_storeu_si256((__m256i *)c, f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_LO, hi)));
-            _mm256_storeu_si256((__m256i *)(c + 16), f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_HI, hi)));
-        }
+        for (int h = 0; h < nv / 2; h++)
+            store_half(C + (size_t)r * ldc + blk * 64 + (half0 + h) * 32, _mm512_load_ps(accm[r][2 * h]),
+                       _mm512_load_ps(accm[r][2 * h + 1]));
 }
 
 #ifdef INT4_DOT_AMX
@@ -276,7 +280,6 @@ static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_
     uint16_t *panel = panel_words((size_t)K / 32 * 4 * 16 * 32);
     if (!panel) return -1;
     const __m512i lut = nibble_lut();
-    const __m512i hi_mask = _mm512_set1_epi32(0xffff0000);
     for (int k0 = 0; k0 < K; k0 += 32) decode_b_tiles(Bp, k0, panel + (size_t)(k0 / 32) * 4 * 16 * 32, lut);
     /* a tile's C sums of one group (as dot_tile's sbuf) and its rows' running sums */
     float sbuf[4][TILE_ROWS][16] __attribute__((aligned(64)));
@@ -310,13 +313,7 @@ static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_
             _tile_stored(7, sbuf[3], 64);
             const uint16_t *sz = SZ + ((size_t)g * N + blk * 64) * 2;
             __m512 sc[4], zr[4];
-            for (int v = 0; v < 4; v++) {
-                __m512i t0 = _mm512_loadu_si512((const void *)(sz + (v >> 1) * 64));
-                __m512i t1 = _mm512_loadu_si512((const void *)(sz + (v >> 1) * 64 + 32));
-                __m512i tt = _mm512_permutex2var_epi32(t0, (v & 1) ? PERM_HI : PERM_LO, t1);
-                sc[v] = _mm512_castsi512_ps(_mm512_slli_epi32(tt, 16));
-                zr[v] = _mm512_castsi512_ps(_mm512_and_si512(tt, hi_mask));
-            }
+            for (int v = 0; v < 4; v++) scale_zero(sz, v >> 1, v, &sc[v], &zr[v]);
             for (int r = 0; r < TILE_ROWS; r++) {
                 const __m512 xg = _mm512_set1_ps(X[(size_t)(m0 + r) * groups + g]);
                 for (int v = 0; v < 4; v++) {
@@ -326,12 +323,9 @@ static int dot_rows_amx(const uint16_t *A, int lda, const float *X, const uint8_
             }
         }
         for (int r = 0; r < TILE_ROWS; r++)
-            for (int h = 0; h < 2; h++) {
-                uint16_t *c = C + (size_t)(m0 + r) * ldc + blk * 64 + h * 32;
-                __m512 lo = _mm512_load_ps(accm[r][2 * h]), hi = _mm512_load_ps(accm[r][2 * h + 1]);
-                _mm256_storeu_si256((__m256i *)c, f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_LO, hi)));
-                _mm256_storeu_si256((__m256i *)(c + 16), f32x16_to_bf16(_mm512_permutex2var_ps(lo, PERM_HI, hi)));
-            }
+            for (int h = 0; h < 2; h++)
+                store_half(C + (size_t)(m0 + r) * ldc + blk * 64 + h * 32, _mm512_load_ps(accm[r][2 * h]),
+                           _mm512_load_ps(accm[r][2 * h + 1]));
     }
     _tile_release();
     return 0;

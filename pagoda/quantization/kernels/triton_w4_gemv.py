@@ -273,10 +273,10 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     k_tiles = k // p
     per_split = triton.cdiv(k_tiles, split_k)
     split = triton.cdiv(k_tiles, per_split)
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if halves > 1 and (block_m != 1 or block_n % halves):
         raise ValueError(f"w4_gemv: halves={halves} needs block_m 1 and block_n a multiple of it (got {block_m}, "
                          f"{block_n})")
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
