@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pagoda.attention.metadata import AttentionMetadata
-from pagoda.attention.torch_ref import MAX_DECODE_LIKE_QUERY, TorchAttentionBackend
+from pagoda.attention.torch_ref import TorchAttentionBackend
 
 NB, HKV, BS, D, H = 40, 3, 16, 64, 9
 
@@ -43,7 +43,9 @@ def test_verify_rows_equal_decode_rows(window, dtype, native, monkeypatch):
     verify_table, other_table, long_table = list(range(1, 14)), [20, 21], list(range(25, 35))
     backend = TorchAttentionBackend()
     backend.step_memo = True
-    for s_len, q_len in ((200, 4), (193, 4), (17, 2), (208, 6), (130, MAX_DECODE_LIKE_QUERY)):
+    # the default limit, then an engine speculating 24 tokens (the model runner raises the limit to k + 1)
+    for limit, s_len, q_len in ((16, 200, 4), (16, 193, 4), (16, 17, 2), (16, 208, 6), (16, 130, 16), (25, 190, 25)):
+        backend.decode_like_rows = limit
         # one step: a decode request, the verify request (q_len rows ending at s_len), a long prefill chunk
         meta = _meta([1, q_len, 40], [30, s_len, 150], [other_table, verify_table[: -(-s_len // BS)], long_table])
         query = torch.randn(1 + q_len + 40, H, D, generator=gen).to(dtype)

@@ -14,15 +14,16 @@ heads is that call's query rows (K/V never repeated), with a length mask. On the
 (bf16, 9 heads / 3 KV heads of 64, loaded VM) this took 52 us against 394 us for the former
 two matmuls + float softmax at batch 1 (context 100), and 1.1 ms against 2.2 ms at batch 32.
 Prefill chunks are attended one request at a time with SDPA and a causal mask offset by the request's cached length;
-a request's 2..16 rows (a speculative verify) go through one decode-like SDPA call instead, whose rows are bitwise
-what decode steps give (so greedy outputs do not depend on speculation).
+a request's 2..``decode_like_rows`` rows (a speculative verify: 16, or k + 1 when the engine speculates k tokens)
+go through one decode-like SDPA call instead, whose rows are bitwise what decode steps give (so greedy outputs do
+not depend on speculation).
 
 An FP8 cache (``--kv-cache-dtype fp8``) is gathered as bytes and upcast to the query dtype per
 step (exact: every FP8 value is representable in bf16/fp16/fp32); ``k_scale`` is folded into the
 softmax scale and ``v_scale`` multiplies the output, the same arithmetic as scaling K and V.
 
 Where the native kernel builds (:mod:`pagoda.attention.cpu_decode_native`: bf16/float32 caches of the query's
-dtype, no soft-cap), decode rows and requests of at most ``MAX_DECODE_LIKE_QUERY`` rows go to it instead
+dtype, no soft-cap), decode rows and requests of at most ``decode_like_rows`` rows go to it instead
 (:meth:`TorchAttentionBackend._forward_native`): it reads the paged cache in place and computes each row the same
 way whatever the step holds; the SDPA paths below stay for the rest and behind ``cpu_decode_native.ENABLED``.
 
@@ -68,6 +69,10 @@ class TorchAttentionBackend(AttentionBackend):
     kv_layout = "HND"
     batch_invariant = False  # set by the model runner in --deterministic mode (attention/deterministic.py)
     step_memo = False  # set by the CPU model runner (eager steps, fresh metadata tensors each step): _step_memo
+    decode_like_rows = 16
+    """A request's query rows up to which a step attends them as decode rows (bitwise what decode steps give); above,
+    a causal SDPA over the chunk. The model runner raises it to a verify's k + 1 rows when the engine speculates k
+    tokens: a verify of more rows than this would take other bits than decoding, and greedy tokens could change."""
 
     def __init__(self) -> None:
         self._memos: dict[str, tuple[torch.Tensor, dict[tuple, object]]] = {}
@@ -159,7 +164,7 @@ class TorchAttentionBackend(AttentionBackend):
                 continue
             nb = -(-s_len // bs)
             blocks = meta.block_tables[i : i + 1, :nb]
-            if q_len <= MAX_DECODE_LIKE_QUERY and cap is None:  # a speculative verify: rows as decode rows
+            if q_len <= self.decode_like_rows and cap is None:  # a speculative verify: rows as decode rows
                 memo = self._step_memo("verify", meta.block_tables)
                 out[starts[i] : starts[i] + q_len] = self._decode_like(query[starts[i] : starts[i] + q_len], k_cache,
                                                                        v_cache, blocks, s_len, scale, win,
@@ -171,13 +176,13 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _forward_native(self, query, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                         win: int | None) -> torch.Tensor:
-        """The step's decode rows and requests of at most ``MAX_DECODE_LIKE_QUERY`` rows by the native kernel
+        """The step's decode rows and requests of at most ``decode_like_rows`` rows by the native kernel
         (:mod:`pagoda.attention.cpu_decode_native`: the paged cache read in place, each row as a decode step computes
         it), longer requests by :func:`_prefill_request`."""
         memo = self._step_memo("native", meta.block_tables)
         sel = memo.get(("rows",)) if memo is not None else None
         if not isinstance(sel, cpu_decode_native.DecodeRows):
-            sel = cpu_decode_native.decode_rows(meta, MAX_DECODE_LIKE_QUERY)
+            sel = cpu_decode_native.decode_rows(meta, self.decode_like_rows)
             if memo is not None:
                 memo[("rows",)] = sel
         if len(sel.rows) == query.shape[0]:
@@ -189,7 +194,7 @@ class TorchAttentionBackend(AttentionBackend):
         bs = k_cache.shape[2]
         start = 0
         for i, (q_len, s_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
-            if q_len > MAX_DECODE_LIKE_QUERY:
+            if q_len > self.decode_like_rows:
                 blocks = meta.block_tables[i : i + 1, : -(-s_len // bs)]
                 out[start : start + q_len] = _prefill_request(query[start : start + q_len], k_cache, v_cache, blocks,
                                                               s_len, scale, win, None)
@@ -283,11 +288,6 @@ def _length_masks(lengths: torch.Tensor, length: int, window: int | None, dtype:
         keep &= kpos > lengths[:, None] - 1 - window
     zero = torch.zeros((), dtype=dtype, device=keep.device)
     return keep, torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
-
-
-MAX_DECODE_LIKE_QUERY = 16
-"""Requests with 2..this many query rows in a step (a speculative verify, a short prefill chunk) are attended like
-decode rows (:meth:`TorchAttentionBackend._decode_like`), longer ones by :func:`_prefill`'s causal SDPA."""
 
 
 def _prefill_request(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor,

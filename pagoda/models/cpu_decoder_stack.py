@@ -13,8 +13,8 @@ device (no tensor or pipeline parallelism, no EAGLE-3 layer outputs), every laye
 with the CPU-native norms, no q/k norms, full rotary, dense SiLU MLP, 4-bit linears served by
 :mod:`~pagoda.quantization.kernels.cpu_int4_dot`'s bound calls (single plane, no bias, no dense copy, no input
 permutation), a bf16 KV cache, no logit soft-cap; and per step: at most :data:`MAX_ROWS` rows, every request at
-most ``MAX_DECODE_LIKE_QUERY`` rows (the native attention's rows), outside ``--deterministic``. Anything else runs
-the Python path. ``ENABLED = False`` is the A/B switch (read at every step).
+most ``TorchAttentionBackend.decode_like_rows`` rows (the native attention's rows), outside ``--deterministic``.
+Anything else runs the Python path. ``ENABLED = False`` is the A/B switch (read at every step).
 
 Threads. The call splits each 4-bit matmul's 64-column blocks and the attention's (rows, KV head) items over a team
 of its own: the calling thread and :data:`THREADS` - 1 worker threads (default: torch's intra-op count), which spin
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pagoda.attention import cpu_decode_native
-from pagoda.attention.torch_ref import MAX_DECODE_LIKE_QUERY, TorchAttentionBackend
+from pagoda.attention.torch_ref import TorchAttentionBackend
 from pagoda.layers import cpu_fused
 from pagoda.quantization.kernels import cpu_int4_dot
 from pagoda.worker import cpu_threads
@@ -198,9 +198,9 @@ class DecoderStack:
         if not (ENABLED and cpu_int4_dot.ENABLED and cpu_int4_dot.BOUND_CALLS and cpu_decode_native.ENABLED
                 and cpu_fused.ENABLED) or not 0 < T <= MAX_ROWS or h.dtype != torch.float32 or \
                 type(backend) is not TorchAttentionBackend or backend.batch_invariant or \
-                max(meta.query_lens_cpu) > MAX_DECODE_LIKE_QUERY or not self._bind_kv(kv_caches):
+                max(meta.query_lens_cpu) > backend.decode_like_rows or not self._bind_kv(kv_caches):
             return None
-        sel = cpu_decode_native.decode_rows(meta, MAX_DECODE_LIKE_QUERY)
+        sel = cpu_decode_native.decode_rows(meta, backend.decode_like_rows)
         bt = meta.block_tables
         if bt.dtype != torch.int32 or bt.stride(-1) != 1:
             bt = bt.to(torch.int32).contiguous()

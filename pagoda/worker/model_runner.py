@@ -203,8 +203,12 @@ class ModelRunner:
         # Under the passive wait policy a small CPU step runs its forward on one thread (cpu_threads.py).
         self.small_steps_one_thread = self.device.type == "cpu" and cpu_threads.passive_wait()
         if cfg.speculative_config is not None and self.device.type == "cpu":
-            # A verify's rows must equal its decode rows bit for bit: one 4-bit kernel build for every row count
-            # (cpu_int4_dot.one_row_library; before the first forward binds the decoder stack).
+            # A verify's rows must equal its decode rows bit for bit: attended as decode rows however many it has,
+            # and one 4-bit kernel build for every row count (cpu_int4_dot.one_row_library; before the first forward
+            # binds the decoder stack).
+            if hasattr(self.backend, "decode_like_rows"):
+                self.backend.decode_like_rows = max(self.backend.decode_like_rows,
+                                                    cfg.speculative_config.num_speculative_tokens + 1)
             from pagoda.quantization.int_weight import IntWeight
 
             for m in self.model.modules():
