@@ -15,8 +15,14 @@ CPU time over wall time (how many cores it got).
 for the facts of a passage as a JSON object and carries its schema, sent as ``structured_outputs`` (the
 answers are constrained on both engines; every one that finished is checked against its schema).
 
+``--speculative-config`` given several times: one speculating engine per config, all interleaved with the base
+in the same run (the order reversed every repetition); the first config's figures are the top-level keys, every
+config's are under ``arms``. For example n-gram against suffix decoding:
+``--speculative-config '{"method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_min": 2, "prompt_lookup_max":
+5}' --speculative-config '{"method": "suffix", "num_speculative_tokens": 24, "suffix_decoding_max_spec_factor": 2}'``.
+
 Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2] [--structured]
-       [--speculative-config JSON] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]
+       [--speculative-config JSON ...] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--num-prompts", type=int, default=None)
-    ap.add_argument("--speculative-config", default=NGRAM)
+    ap.add_argument("--speculative-config", action="append", default=None,
+                    help=f"a speculating engine's config (repeatable; default {NGRAM})")
     ap.add_argument("--structured", action="store_true", help="the JSON workload, each answer constrained")
     ap.add_argument("--output-json", default=None)
     ap.add_argument("--gpu-memory-utilization", type=float, default=None,
@@ -57,20 +64,23 @@ def main(argv: list[str] | None = None) -> dict:
     common = dict(model=args.model, dtype=args.dtype, enable_prefix_caching=False, max_model_len=args.max_model_len)
     if args.gpu_memory_utilization is not None:
         common["gpu_memory_utilization"] = args.gpu_memory_utilization
-    engines = {"base": LLM(**common), "spec": LLM(**common, speculative_config=json.loads(args.speculative_config))}
+    configs = [json.loads(c) for c in (args.speculative_config or [NGRAM])]
+    arms = [f"spec{i}" if i else "spec" for i in range(len(configs))]
+    engines = {"base": LLM(**common)}
+    engines.update({a: LLM(**common, speculative_config=c) for a, c in zip(arms, configs, strict=True)})
     for llm in engines.values():  # warm-up (compiles the first schema and builds the grammar tables)
         llm.chat(convs[0], params[0], use_tqdm=False)
-    st0 = engines["spec"].llm_engine.core.scheduler.spec_stats
-    warm_stats = (st0.num_drafts, st0.num_accepted_tokens)
+    warm_stats = {a: _spec_counts(engines[a]) for a in arms}
     secs = dict.fromkeys(engines, 0.0)
     cpu = dict.fromkeys(engines, 0.0)  # the process's CPU time (all threads; other processes do not count)
     toks = dict.fromkeys(engines, 0)
     outs: dict[str, list[list[int]]] = {k: [] for k in engines}
     invalid: list[int] = []  # structured: answers that finished but do not fit their schema
     runs = args.reps * len(convs)
+    order = list(engines)
     for rep in range(args.reps):
         for i, (conv, p) in enumerate(zip(convs, params, strict=True)):
-            for name in (("base", "spec") if rep % 2 == 0 else ("spec", "base")):
+            for name in (order if rep % 2 == 0 else order[::-1]):
                 t0, c0 = time.perf_counter(), time.process_time()
                 o = engines[name].chat(conv, p, use_tqdm=False)[0].outputs[0]
                 secs[name] += time.perf_counter() - t0
@@ -80,29 +90,41 @@ def main(argv: list[str] | None = None) -> dict:
                     outs[name].append(list(o.token_ids))
                     if args.structured and o.finish_reason == "stop" and not _fits(o.text, rows[i]["schema"]):
                         invalid.append(i)
-    st = engines["spec"].llm_engine.core.scheduler.spec_stats
-    st0_drafts, st0_acc = warm_stats
-    diverged = [(i, next((j for j, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), min(len(x), len(y))))
-                for i, (x, y) in enumerate(zip(outs["base"], outs["spec"], strict=True)) if x != y]
+
+    def arm(a: str, cfg: dict) -> dict:
+        st = engines[a].llm_engine.core.scheduler.spec_stats
+        drafts0, acc0 = warm_stats[a]
+        diverged = [(i, next((j for j, (u, v) in enumerate(zip(x, y, strict=False)) if u != v), min(len(x), len(y))))
+                    for i, (x, y) in enumerate(zip(outs["base"], outs[a], strict=True)) if x != y]
+        return {
+            "tok_s_spec": toks[a] / secs[a], "speedup": (toks[a] / secs[a]) / (toks["base"] / secs["base"]),
+            "speedup_cpu_time": (toks[a] / cpu[a]) / (toks["base"] / cpu["base"]),
+            "mean_acceptance_length": st.mean_acceptance_length,
+            "draft_acceptance_rate": st.num_accepted_tokens / max(1, st.num_draft_tokens),
+            # decode steps without speculation over decode steps with it (the first token of each run comes from
+            # its prefill): the speed-up if a verify step cost what a decode step costs and prefills were free
+            "step_ratio": (toks[a] - runs) / (toks[a] - runs - (st.num_accepted_tokens - acc0)),
+            "verify_steps": st.num_drafts - drafts0,
+            "identical": not diverged, "diverged_at": diverged, "speculative_config": cfg,
+        }
+
+    per_arm = [arm(a, c) for a, c in zip(arms, configs, strict=True)]
     res = {
-        "tok_s_base": toks["base"] / secs["base"], "tok_s_spec": toks["spec"] / secs["spec"],
-        "speedup": (toks["spec"] / secs["spec"]) / (toks["base"] / secs["base"]),
-        "speedup_cpu_time": (toks["spec"] / cpu["spec"]) / (toks["base"] / cpu["base"]),
+        "tok_s_base": toks["base"] / secs["base"], **per_arm[0],
         "cpu_per_wall": {k: cpu[k] / secs[k] for k in engines},
-        "mean_acceptance_length": st.mean_acceptance_length,
-        "draft_acceptance_rate": st.num_accepted_tokens / max(1, st.num_draft_tokens),
-        # decode steps without speculation over decode steps with it (the first token of each run comes from its
-        # prefill): the speed-up if a verify step cost what a decode step costs and prefills were free
-        "step_ratio": (toks["spec"] - runs) / (toks["spec"] - runs - (st.num_accepted_tokens - st0_acc)),
-        "verify_steps": st.num_drafts - st0_drafts,
-        "identical": not diverged, "diverged_at": diverged, "tokens": toks, "prompts": len(convs), "reps": args.reps,
+        "tokens": toks, "prompts": len(convs), "reps": args.reps,
         "workload": DATA_JSON.name if args.structured else DATA.name, "invalid_answers": invalid,
-        "speculative_config": json.loads(args.speculative_config),
+        "arms": per_arm,
     }
     print(json.dumps(res, indent=2))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(res, indent=2))
     return res
+
+
+def _spec_counts(llm) -> tuple[int, int]:
+    st = llm.llm_engine.core.scheduler.spec_stats
+    return st.num_drafts, st.num_accepted_tokens
 
 
 def _fits(text: str, schema: dict) -> bool:

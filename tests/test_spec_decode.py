@@ -27,8 +27,10 @@ from pagoda.layers.rejection_sampler import greedy_verify, rejection_sample
 from pagoda.sampling_params import SamplingParams
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.spec_decode.ngram import NgramProposer
+from pagoda.spec_decode.suffix import SuffixProposer
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+SUFFIX = {"method": "suffix", "num_speculative_tokens": 6, "suffix_decoding_max_spec_factor": 2.0}
 REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
 
 
@@ -43,6 +45,13 @@ REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
     ({"method": "medusa", "num_speculative_tokens": 2}, "method"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "model"),
     ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2}, "draft_tensor_parallel_size"),
+    ({"method": "suffix", "suffix_decoding_max_cached_requests": 10000}, "suffix_decoding_max_cached_requests"),
+    ({"method": "suffix", "suffix_decoding_max_tree_depth": 0}, "suffix_decoding_max_tree_depth"),
+    ({"method": "suffix", "suffix_decoding_max_spec_factor": 0}, "suffix_decoding_max_spec_factor"),
+    ({"method": "suffix", "suffix_decoding_min_token_prob": 1.5}, "suffix_decoding_min_token_prob"),
+    ({"method": "suffix", "num_speculative_tokens": -1}, "num_speculative_tokens"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "suffix_decoding_max_tree_depth": 8},
+     "suffix_decoding_max_tree_depth"),  # a suffix key on another method
 ])
 def test_bad_config_names_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
@@ -53,6 +62,9 @@ def test_config_defaults_and_vllm_spellings():
     c = SpeculativeConfig.from_dict({"model": "[ngram]", "num_speculative_tokens": 3})
     assert (c.method, c.prompt_lookup_min, c.prompt_lookup_max) == ("ngram", 2, 5)
     assert SpeculativeConfig.from_dict({"model": "/d", "num_speculative_tokens": 1}).method == "draft_model"
+    c = SpeculativeConfig.from_dict({"method": "suffix", "suffix_decoding_max_cached_requests": 0})
+    assert (c.num_speculative_tokens, c.suffix_max_depth, c.suffix_max_spec_factor, c.suffix_min_token_prob) == \
+        (24, 24, 1.0, 0.1)  # vLLM's defaults; the draft cap defaults to the depth
 
 
 def test_draft_longer_than_context_is_refused(tiny):
@@ -102,6 +114,76 @@ def test_ngram_search_equals_the_window_scan(min_n, max_n):
             tokens += tokens[a:a + rng.randrange(1, 8)]
         k = rng.randrange(0, 6)
         assert p.propose_one(tokens, k) == _window_scan(tokens, k, min_n, max_n), (tokens, k)
+
+
+# ------------------------------------------------------------- suffix decoding
+def test_suffix_follows_the_most_frequent_continuation_as_far_as_the_match_earns():
+    p = SuffixProposer(max_depth=24, max_spec_factor=1.0, min_token_prob=0.1)
+    # "5 6" recurs (n = 2): at most 2 tokens; 7 follows twice, 8 once -> 7 (p 2/3), then 9 after both 7s (p 2/3);
+    # at factor 2 (4 tokens) a tie, 5 or 4 (the most recent: 4, p 1/3), then the one occurrence left
+    assert p.propose_one([5, 6, 7, 9, 5, 6, 8, 1, 5, 6, 7, 9, 4, 5, 6], 8) == [7, 9]
+    assert SuffixProposer(24, 2.0, 0.1).propose_one([5, 6, 7, 9, 5, 6, 8, 1, 5, 6, 7, 9, 4, 5, 6], 8) == [7, 9, 4, 5]
+    assert p.propose_one([1, 2, 3], 4) == []  # the last token never occurred before
+    assert p.propose_one([3, 1, 2, 3], 5) == [1]  # a 1-token match earns one token at factor 1
+    # a tie (1 once, 2 once after "3"): the most recent occurrence's token
+    assert p.propose_one([3, 1, 3, 2, 3], 1) == [2]
+    # the running product of shares stops the draft: 2 (a tie with 1, 2/4), then 6 (a tie with 5, 1/2): 0.25 < 0.3
+    toks = [3, 1, 7, 3, 1, 8, 3, 2, 5, 3, 2, 6, 3]
+    assert SuffixProposer(24, 4.0, 0.3).propose_one(toks, 4) == [2]
+    assert SuffixProposer(24, 4.0, 0.2).propose_one(toks, 4) == [2, 6, 3]  # then one occurrence: copied to the end
+    assert SuffixProposer(24, 0.5, 0.1).propose_one([3, 1, 2, 3], 5) == []  # 0.5 x 1 rounds down to no draft
+
+
+def _suffix_reference(tokens: list[int], k: int, depth: int, factor: float, min_prob: float) -> list[int]:
+    """The definition, by counting every occurrence directly (pagoda.spec_decode.suffix's docstring)."""
+    L = len(tokens)
+    if k <= 0 or L < 2:
+        return []
+    best, occ = 0, []
+    for e in range(L - 1):  # e: where an earlier copy of the suffix ends
+        n = 0
+        while n < min(depth, e + 1) and tokens[e - n] == tokens[L - 1 - n]:
+            n += 1
+        if n and n > best:
+            best, occ = n, [e]
+        elif n and n == best:
+            occ.append(e)
+    if not best:
+        return []
+    cap = min(k, int(factor * best + 1e-9))
+    out: list[int] = []
+    prob = 1.0
+    while len(out) < cap:
+        conts = [(e, tokens[e + 1 + len(out)]) for e in occ if e + 1 + len(out) < L]
+        if not conts:
+            break
+        counts: dict[int, int] = {}
+        for _, t in conts:
+            counts[t] = counts.get(t, 0) + 1
+        top = max(counts.values())
+        prob *= top / len(conts)
+        if prob < min_prob:
+            break
+        tok = [t for _, t in conts if counts[t] == top][-1]  # the most recent occurrence among the tied
+        out.append(tok)
+        occ = [e for e, t in conts if t == tok]
+    return out
+
+
+@pytest.mark.parametrize("depth,factor,min_prob", [(24, 1.0, 0.1), (3, 2.0, 0.1), (24, 1.5, 0.4), (8, 0.5, 0.0)])
+def test_suffix_equals_the_direct_count(depth, factor, min_prob):
+    import random
+
+    rng = random.Random(depth * 7 + int(factor * 10))
+    p = SuffixProposer(depth, factor, min_prob)
+    for _ in range(400):
+        vocab = rng.choice([2, 3, 5, 50])
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(0, 40))]
+        if tokens and rng.random() < 0.3:
+            a = rng.randrange(len(tokens))
+            tokens += tokens[a:a + rng.randrange(1, 8)]
+        k = rng.randrange(0, 12)
+        assert p.propose_one(tokens, k) == _suffix_reference(tokens, k, depth, factor, min_prob), (tokens, k)
 
 
 # ------------------------------------------------------------- scheduler
@@ -258,6 +340,34 @@ def test_greedy_identical_with_ngram(tiny, kwargs):
     _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
     st = llm.llm_engine.core.scheduler.spec_stats
     assert st.num_drafts > 0 and 0 < st.num_accepted_tokens <= st.num_draft_tokens
+    assert_engine_clean(llm)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_gpu_blocks_override": 14, "async_scheduling": True}],
+                         ids=["default", "preempt-async"])
+def test_greedy_identical_with_suffix(tiny, kwargs):
+    """Suffix decoding's drafts vary in length step to step (long after a long match): the same tokens and
+    logprobs as without speculation."""
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    llm = LLM(str(tiny.path("llama")), dtype="float32", speculative_config=SUFFIX, **kwargs)
+    _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
+    st = llm.llm_engine.core.scheduler.spec_stats
+    assert st.num_drafts > 0 and 0 < st.num_accepted_tokens <= st.num_draft_tokens
+    assert_engine_clean(llm)
+
+
+def test_drafts_longer_than_16_are_attended_as_decode_rows(tiny):
+    """A verify of k + 1 > 16 rows is still attended row by row as decoding attends (found with suffix decoding at
+    k = 24 on the default model: the 25-row verifies went through the prefill SDPA and a greedy token changed)."""
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    cfg = {"method": "ngram", "num_speculative_tokens": 20, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+    llm = LLM(str(tiny.path("llama")), dtype="float32", speculative_config=cfg)
+    assert llm.llm_engine.core.runner.backend.decode_like_rows == 21
+    _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
     assert_engine_clean(llm)
 
 

@@ -10,13 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SPEC_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "synthetic")
+SPEC_METHODS = ("ngram", "suffix", "draft_model", "eagle", "eagle3", "synthetic")
 """Methods named in the config. ``synthetic`` is pagoda's timing-only proposer (never for real use)."""
 MODEL_METHODS = ("draft_model", "eagle", "eagle3")  # methods that load ``model`` (a checkpoint folder)
+# Suffix decoding's keys and vLLM's defaults (pagoda.spec_decode.suffix); the global tree of earlier requests'
+# outputs is not built, so max_cached_requests must be 0.
+SUFFIX_KEYS = ("suffix_decoding_max_tree_depth", "suffix_decoding_max_spec_factor", "suffix_decoding_min_token_prob",
+               "suffix_decoding_max_cached_requests")
+DEFAULT_SUFFIX_DEPTH = 24
+DEFAULT_SUFFIX_SPEC_FACTOR = 1.0
+DEFAULT_SUFFIX_MIN_TOKEN_PROB = 0.1
 # vLLM's keys that pagoda accepts; others (medusa, tree drafting, ...) are refused by name.
 _KEYS = ("method", "num_speculative_tokens", "model", "prompt_lookup_min", "prompt_lookup_max",
          "draft_tensor_parallel_size", "quantization", "revision", "max_model_len", "disable_by_batch_size",
-         "enforce_eager")
+         "enforce_eager", *SUFFIX_KEYS)
 DEFAULT_LOOKUP_MIN = 2
 DEFAULT_LOOKUP_MAX = 5
 
@@ -32,6 +39,9 @@ class SpeculativeConfig:
     revision: str | None = None
     max_model_len: int | None = None  # the draft's context (default: the target's)
     disable_by_batch_size: int | None = None  # no speculation while more requests than this run
+    suffix_max_depth: int = DEFAULT_SUFFIX_DEPTH  # suffix: the longest match looked for
+    suffix_max_spec_factor: float = DEFAULT_SUFFIX_SPEC_FACTOR  # suffix: draft <= factor x match length
+    suffix_min_token_prob: float = DEFAULT_SUFFIX_MIN_TOKEN_PROB  # suffix: a draft stops below this probability
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpeculativeConfig:
@@ -42,7 +52,10 @@ class SpeculativeConfig:
         if unknown:
             raise ValueError(f"speculative_config: unknown key(s) {unknown}; accepted: {list(_KEYS)}.")
         method = _method(d)
+        suffix = _suffix_settings(d, method)
         k = d.get("num_speculative_tokens")
+        if k is None and method == "suffix":  # vLLM: a suffix draft's length is adaptive; this is its cap
+            k = suffix[0]
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"speculative_config.num_speculative_tokens must be a positive integer, got {k!r}.")
         tp = d.get("draft_tensor_parallel_size", 1)
@@ -61,7 +74,7 @@ class SpeculativeConfig:
         if method not in MODEL_METHODS and d.get("model") not in (None, method, f"[{method}]"):
             raise ValueError(f"speculative_config.model: method {method!r} takes no model, got {d.get('model')!r}.")
         return cls(method, k, lo, hi, d.get("model") if method in MODEL_METHODS else None,
-                   d.get("quantization"), d.get("revision"), mml, dbs)
+                   d.get("quantization"), d.get("revision"), mml, dbs, *suffix)
 
 
 def _method(d: dict[str, Any]) -> str:
@@ -73,10 +86,36 @@ def _method(d: dict[str, Any]) -> str:
         elif model:
             method = "draft_model"
         else:
-            raise ValueError("speculative_config.method is required (ngram, draft_model, eagle, eagle3).")
+            raise ValueError(f"speculative_config.method is required ({', '.join(SPEC_METHODS[:5])}).")
     if method not in SPEC_METHODS:
-        raise ValueError(f"speculative_config.method must be one of {SPEC_METHODS[:4]}, got {method!r}.")
+        raise ValueError(f"speculative_config.method must be one of {SPEC_METHODS[:5]}, got {method!r}.")
     return str(method)
+
+
+def _suffix_settings(d: dict[str, Any], method: str) -> tuple[int, float, float]:
+    """(max tree depth, max spec factor, min token prob) of ``method: suffix``; its keys are refused elsewhere."""
+    given = [key for key in SUFFIX_KEYS if key in d]
+    if method != "suffix":
+        if given:
+            raise ValueError(f"speculative_config.{given[0]} applies to method 'suffix' only (method is {method!r}).")
+        return DEFAULT_SUFFIX_DEPTH, DEFAULT_SUFFIX_SPEC_FACTOR, DEFAULT_SUFFIX_MIN_TOKEN_PROB
+    depth = d.get("suffix_decoding_max_tree_depth", DEFAULT_SUFFIX_DEPTH)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"speculative_config.suffix_decoding_max_tree_depth must be a positive integer, got "
+                         f"{depth!r}.")
+    factor = d.get("suffix_decoding_max_spec_factor", DEFAULT_SUFFIX_SPEC_FACTOR)
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or not 0 < factor < float("inf"):
+        raise ValueError(f"speculative_config.suffix_decoding_max_spec_factor must be a positive number, got "
+                         f"{factor!r}.")
+    prob = d.get("suffix_decoding_min_token_prob", DEFAULT_SUFFIX_MIN_TOKEN_PROB)
+    if not isinstance(prob, int | float) or isinstance(prob, bool) or not 0 <= prob <= 1:
+        raise ValueError(f"speculative_config.suffix_decoding_min_token_prob must be a number in [0, 1], got {prob!r}.")
+    cached = d.get("suffix_decoding_max_cached_requests", 0)
+    if cached != 0 or isinstance(cached, bool):
+        raise ValueError(f"speculative_config.suffix_decoding_max_cached_requests: pagoda's suffix decoding matches "
+                         f"each request's own prompt and output only (no global tree of earlier requests); set it "
+                         f"to 0 or leave it out, got {cached!r}.")
+    return depth, float(factor), float(prob)
 
 
 def _lookup_range(d: dict[str, Any]) -> tuple[int, int]:

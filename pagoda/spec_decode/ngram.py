@@ -5,15 +5,33 @@ request (prompt + output) are searched for earlier in the same tokens; at the lo
 matches, the tokens that followed the most recent earlier match are proposed (up to ``k``). Pure
 host work over numpy arrays; no model, no state between steps.
 
-Search: the earlier positions holding the last token are the only places a match can end; each
-one's match length (up to ``prompt_lookup_max``) is extended backwards over those candidates alone,
-a few vectorized compares of a short array instead of one scan of every window per ``n`` (it runs on
-the critical path between two verify steps). ``tests/test_spec_decode.py`` checks it against that scan.
+Search (:func:`suffix_matches`, shared with suffix decoding): the earlier positions holding the last token
+are the only places a match can end; each one's match length (up to the longest asked for) is extended
+backwards over those candidates alone, a few vectorized compares of a short array instead of one scan of
+every window per ``n`` (it runs on the critical path between two verify steps). ``tests/test_spec_decode.py``
+checks it against that scan.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def suffix_matches(arr: np.ndarray, max_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the end of ``arr`` recurs earlier: ``(ends, lengths)``, ``ends`` every position ``e <= len - 2``
+    with ``arr[e] == arr[-1]`` (ascending) and ``lengths[i]`` how many tokens up to ``ends[i]`` equal the
+    last ones, capped at ``max_n``. Empty arrays when the last token does not occur earlier."""
+    L = len(arr)
+    ends = np.flatnonzero(arr[: L - 1] == arr[L - 1]) if L >= 2 else np.zeros(0, dtype=np.int64)
+    length = np.ones(len(ends), dtype=np.int64)
+    alive = np.ones(len(ends), dtype=bool)
+    for i in range(1, min(max_n, L - 1)):
+        alive &= ends >= i
+        if not alive.any():
+            break
+        alive[alive] = arr[ends[alive] - i] == arr[L - 1 - i]
+        length += alive
+    return ends, length
 
 
 class NgramProposer:
@@ -27,19 +45,9 @@ class NgramProposer:
         if k <= 0 or L < self.min_n + 1:
             return []
         arr = np.asarray(tokens, dtype=np.int64)
-        max_n = min(self.max_n, L - 1)
-        # ends: earlier positions e (e <= L - 2) where a match of the suffix can end (arr[e] == the last token)
-        ends = np.flatnonzero(arr[: L - 1] == arr[L - 1])
+        ends, length = suffix_matches(arr, self.max_n)
         if not len(ends):
             return []
-        length = np.ones(len(ends), dtype=np.int64)  # each end's match length, capped at max_n
-        alive = np.ones(len(ends), dtype=bool)
-        for i in range(1, max_n):
-            alive &= ends >= i
-            if not alive.any():
-                break
-            alive[alive] = arr[ends[alive] - i] == arr[L - 1 - i]
-            length += alive
         n = int(length.max())
         if n < self.min_n:
             return []

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pagoda.core.request import Request, RequestStatus
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.spec_decode.ngram import NgramProposer
+from pagoda.spec_decode.suffix import SuffixProposer
 
 
 class Proposer(Protocol):
@@ -31,19 +32,26 @@ class Proposer(Protocol):
         ...
 
 
-class NgramBatchProposer:
-    """Prompt lookup; for a constrained request the text its grammar forces next comes first (a strict JSON
-    schema's keys and punctuation: :meth:`RequestGrammar.forced_tokens`), then the lookup continues after it."""
+class Lookup(Protocol):
+    def propose_one(self, tokens: list[int], k: int) -> list[int]:
+        """Up to ``k`` tokens continuing ``tokens``, from ``tokens`` alone."""
+        ...
 
-    def __init__(self, cfg: SpeculativeConfig) -> None:
-        self.ngram = NgramProposer(cfg.prompt_lookup_min, cfg.prompt_lookup_max)
+
+class LookupBatchProposer:
+    """A model-free proposer over each request's own tokens (n-gram prompt lookup or suffix decoding); for a
+    constrained request the text its grammar forces next comes first (a strict JSON schema's keys and
+    punctuation: :meth:`RequestGrammar.forced_tokens`), then the lookup continues after it."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self.lookup = lookup
 
     def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
         out = []
         for r, k in zip(reqs, ks, strict=True):
             forced = r.grammar.forced_tokens(k) if r.grammar is not None else []
-            out.append(forced + self.ngram.propose_one(r.all_token_ids + forced if forced else r.all_token_ids,
-                                                       k - len(forced)))
+            out.append(forced + self.lookup.propose_one(r.all_token_ids + forced if forced else r.all_token_ids,
+                                                        k - len(forced)))
         return out
 
 
@@ -113,7 +121,10 @@ def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg, runner: Any = None) ->
     ``runner``)."""
     proposer: Proposer
     if cfg.method == "ngram":
-        proposer = NgramBatchProposer(cfg)
+        proposer = LookupBatchProposer(NgramProposer(cfg.prompt_lookup_min, cfg.prompt_lookup_max))
+    elif cfg.method == "suffix":
+        proposer = LookupBatchProposer(SuffixProposer(cfg.suffix_max_depth, cfg.suffix_max_spec_factor,
+                                                      cfg.suffix_min_token_prob))
     elif cfg.method == "synthetic":
         proposer = SyntheticProposer()
     elif cfg.method == "draft_model":

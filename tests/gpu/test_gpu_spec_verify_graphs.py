@@ -3,7 +3,8 @@
 Tiny Llama, fp32, Triton backend, graphs on: greedy tokens and logprobs are identical with and without
 speculation (the timing-only synthetic proposer, which always proposes k tokens, and an EAGLE-3 head,
 whose aux hidden states come out of the decode and verify graphs), and verify steps replay a graph
-(``VerifyGraphs.replays`` grows); n-gram speculation too (drafts of varying length, padded in the graph).
+(``VerifyGraphs.replays`` grows); n-gram and suffix speculation too (drafts of varying length, padded in the
+graph).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _same(outs, base) -> None:
             assert all(math.isclose(d[t].logprob, e[t].logprob, abs_tol=1e-3) for t in d)
 
 
-@pytest.mark.parametrize("method", ["synthetic", "ngram", "eagle3"])
+@pytest.mark.parametrize("method", ["synthetic", "ngram", "suffix", "eagle3"])
 def test_verify_steps_replay_a_graph_and_change_no_token(tiny, method):
     from test_spec_eagle import TARGET, _spec
 
@@ -51,7 +52,7 @@ def test_verify_steps_replay_a_graph_and_change_no_token(tiny, method):
     assert runner.graphs is not None and runner.verify_graphs is not None and runner.verify_graphs.q == 4
     _same(llm.generate(PROMPTS_SPEC, p, use_tqdm=False), base)
     _same(llm.generate(PROMPTS_SPEC[:1], p, use_tqdm=False), base[:1])  # batch 1 too
-    assert runner.verify_graphs.replays > 0  # n-gram drafts vary in length: their rows are padded to k + 1
+    assert runner.verify_graphs.replays > 0  # n-gram / suffix drafts vary in length: rows padded to k + 1
     assert llm.llm_engine.core.scheduler.spec_stats.num_drafts > 0
     llm.shutdown()
 
