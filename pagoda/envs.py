@@ -42,8 +42,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_MIXED_GRAPHS", "1", "`0` turns off the CUDA graphs of mixed steps only (several requests' "
            "prompt chunks, with decodes; an A/B switch for benchmarks)"),
     EnvVar("PAGODA_CPU_AMX", "1", "`0`: the CPU's 4-bit linears never use AMX tiles (by default, where the CPU has "
-           "them, calls of two rows and more do, and every call in an engine that speculates: benchmarks/RESULTS.md "
-           "session 34)"),
+           "them, calls of two rows and more do: benchmarks/RESULTS.md session 34)"),
     EnvVar("PAGODA_PDL", "1", "`0`: the decode step's Triton kernels launch plainly, not with programmatic dependent "
            "launch (Hopper and later; an A/B switch for benchmarks)"),
     EnvVar("PAGODA_STEP_TIMELINE", "", "file the engine-core process of `pagoda serve` appends its step "

@@ -28,7 +28,7 @@ typedef int (*rope_fn)(const uint16_t *q, int64_t q_stride, int64_t q_heads, con
                        int64_t tokens, int64_t head_dim);
 typedef int (*silu_mul_fn)(const uint16_t *gu, int64_t gu_stride, uint16_t *out, int64_t out_stride, int64_t rows,
                            int64_t inter);
-typedef void (*int4_sums_fn)(const uint16_t *a, int m, int k, int g, float *x);
+typedef void (*int4_prep_fn)(const uint16_t *a, int m, int k, int g, uint16_t *aq, float *x);
 typedef void (*int4_block_fn)(const uint16_t *a, const float *x, const uint8_t *b, const uint16_t *sz, uint16_t *c,
                               int m, int n, int k, int g, int blk);
 typedef int64_t (*attn_scratch_fn)(int64_t H, int64_t hkv, int64_t D, int64_t max_pos);
@@ -62,7 +62,7 @@ typedef struct {
     norm_fn norm;
     rope_fn rope;
     silu_mul_fn silu_mul;
-    int4_sums_fn mm_sums;
+    int4_prep_fn mm_prep;
     int4_block_fn mm_block;
     int4_block_fn mm_block1; /* one-row matmuls (cpu_int4_dot.one_row_library: where AMX serves several rows) */
     attn_scratch_fn attn_scratch;
@@ -249,11 +249,12 @@ static void mm_item(void *ctx, int64_t blk, int thread) {
                                                    (int)j->w->n, (int)j->w->k, (int)j->w->group, (int)blk);
 }
 
-/* The matmul as cpu_int4_dot's pagoda_int4_dot_mm computes it (group sums, then its column blocks); x: scratch of
+/* The matmul as cpu_int4_dot's pagoda_int4_dot_mm computes it (the rows on their groups' grids and the group sums,
+ * then its column blocks); a: this step's scratch, rounded in place (no later phase reads it); x: scratch of
  * m * k / group floats. Returns -1 for shapes that function refuses. */
-static int mm(const pg_stack *s, int threads, const uint16_t *a, const pg_int4 *w, uint16_t *c, int64_t m, float *x) {
+static int mm(const pg_stack *s, int threads, uint16_t *a, const pg_int4 *w, uint16_t *c, int64_t m, float *x) {
     if (w->n % 64 || w->group <= 0 || w->group % 2 || w->k % w->group) return -1;
-    s->mm_sums(a, (int)m, (int)w->k, (int)w->group, x);
+    s->mm_prep(a, (int)m, (int)w->k, (int)w->group, a, x);
     mm_job j = {s, a, x, w, c, (int)m};
     team_run(threads, mm_item, &j, w->n / 64);
     return 0;

@@ -73,7 +73,7 @@ class _Layer(ctypes.Structure):
 
 
 class _Stack(ctypes.Structure):
-    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_sums", _P), ("mm_block", _P), ("mm_block1", _P),
+    _fields_ = [("norm", _P), ("rope", _P), ("silu_mul", _P), ("mm_prep", _P), ("mm_block", _P), ("mm_block1", _P),
                 ("attn_scratch", _P),
                 ("attn_runs", _P), ("attn_item", _P), ("attn_chunks", _P), ("attn_partials", _P),
                 ("attn_combine", _P), ("layers", _P), ("cos", _P), ("sin", _P), ("num_layers", _I),
@@ -267,7 +267,7 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
     int4_1 = int4 if one_kernel else cpu_int4_dot.one_row_library()
     assert int4_1 is not None
     fns = (_addr(lib.pagoda_rms_norm), _addr(lib.pagoda_rope), _addr(lib.pagoda_silu_mul),
-           _addr(int4.pagoda_int4_group_sums), _addr(int4.pagoda_int4_dot_block), _addr(int4_1.pagoda_int4_dot_block),
+           _addr(int4.pagoda_int4_prepare_rows), _addr(int4.pagoda_int4_dot_block), _addr(int4_1.pagoda_int4_dot_block),
            _addr(attn.pagoda_decode_attention_scratch), _addr(attn.pagoda_decode_attention_runs),
            _addr(attn.pagoda_decode_attention_item), _addr(attn.pagoda_decode_attention_chunks),
            _addr(attn.pagoda_decode_attention_partials), _addr(attn.pagoda_decode_attention_combine))

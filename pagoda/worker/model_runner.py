@@ -204,16 +204,17 @@ class ModelRunner:
         self.small_steps_one_thread = self.device.type == "cpu" and cpu_threads.passive_wait()
         if cfg.speculative_config is not None and self.device.type == "cpu":
             # A verify's rows must equal its decode rows bit for bit: attended as decode rows however many it has,
-            # and one 4-bit kernel build for every row count (cpu_int4_dot.one_row_library; before the first forward
-            # binds the decoder stack).
+            # and, for a 4-bit weight whose kernel builds can disagree, one build for every row count
+            # (cpu_int4_dot.one_kernel_needed; before the first forward binds the decoder stack).
             if hasattr(self.backend, "decode_like_rows"):
                 self.backend.decode_like_rows = max(self.backend.decode_like_rows,
                                                     cfg.speculative_config.num_speculative_tokens + 1)
             from pagoda.quantization.int_weight import IntWeight
+            from pagoda.quantization.kernels import cpu_int4_dot
 
             for m in self.model.modules():
                 if isinstance(m, IntWeight):
-                    m.one_kernel = True
+                    m.one_kernel = cpu_int4_dot.one_kernel_needed(m.group_size)
         if cfg.deterministic:
             if not hasattr(self.backend, "batch_invariant"):
                 raise ValueError(f"--deterministic: the attention backend {backend_name!r} has no batch-invariant "

@@ -141,3 +141,53 @@ def test_one_row_calls_take_the_one_row_build(build):
     assert cpu_int4_dot.one_row_library() is plain
     assert bound._fn1 is plain.pagoda_int4_dot_mm  # noqa: SLF001
     assert bound._fn is (amx if build == "amx" else plain).pagoda_int4_dot_mm  # noqa: SLF001
+
+
+def test_grid_round_moves_only_small_elements_and_not_far():
+    """grid_round (the C kernel's first step, mirrored): every element >= 2^(e + 8 - b) for the group's largest in
+    [2^e, 2^(e+1)) stays as it is; the others move by at most half a step, 2^(e - b); tiny groups become zeros, inf
+    or NaN groups and groups above the grid's limit are left alone."""
+    gen = torch.Generator().manual_seed(11)
+    for group in (32, 128, 256):
+        b = cpu_int4_dot.grid_bits(group)
+        x = (torch.randn(8, 4 * group, generator=gen) * torch.exp(torch.randn(8, 4 * group, generator=gen) * 5))
+        x = x.to(torch.bfloat16)
+        r = cpu_int4_dot.grid_round(x, group)
+        g, rg = x.double().view(8, 4, group), r.double().view(8, 4, group)
+        amax = g.abs().amax(-1, keepdim=True)
+        e = torch.floor(torch.log2(amax))
+        keep = g.abs() >= torch.exp2(e + 8 - b)
+        assert torch.equal(rg[keep], g[keep])
+        assert bool(((rg - g).abs() <= torch.exp2(e - b)).all())
+        assert torch.equal(r.to(torch.float32).to(torch.bfloat16), r)  # every value is a bf16
+    tiny = torch.full((1, 32), 2.0**-110).to(torch.bfloat16)
+    assert torch.equal(cpu_int4_dot.grid_round(tiny, 32), torch.zeros_like(tiny))
+    odd = torch.ones(1, 64, dtype=torch.bfloat16)
+    odd[0, 3] = float("inf")
+    odd[0, 40] = 3e-5
+    assert torch.equal(cpu_int4_dot.grid_round(odd, 32)[0, :32], odd[0, :32])  # inf: left alone
+    assert cpu_int4_dot.grid_round(odd, 32)[0, 40] != odd[0, 40]  # 3e-5 next to 1.0: moved to the grid
+    wide = torch.exp(torch.randn(1, 512, generator=gen) * 5).to(torch.bfloat16)
+    assert torch.equal(cpu_int4_dot.grid_round(wide, 512), wide)  # a group above the grid's limit: left alone
+
+
+@pytest.mark.parametrize("group", [32, 128, 256])
+def test_the_two_builds_give_the_same_bits(group):
+    """On grid-rounded rows a group's sum is exact in fp32 in any order: the AMX build's tile products and the
+    vdpbf16ps build's pairs agree bit for bit at every row count, so a one-row call may take either (a speculating
+    engine's decode rows on vdpbf16ps, its verify rows on AMX, as a non-speculating engine's)."""
+    amx, plain = cpu_int4_dot._amx_library(), cpu_int4_dot._plain_library()  # noqa: SLF001
+    if amx is None or plain is None:
+        pytest.skip("one build only here: nothing to compare")
+    assert cpu_int4_dot.builds_agree() and not cpu_int4_dot.one_kernel_needed(group)
+    assert cpu_int4_dot.one_kernel_needed(512)  # above the grid's limit the builds may differ
+    gen = torch.Generator().manual_seed(group)
+    n, k = 192, 4 * group
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = (torch.randn(k // group, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
+    x = (torch.randn(60, k, generator=gen) * torch.exp(torch.randn(60, k, generator=gen) * 4)).to(torch.bfloat16)
+    for m in (1, 3, 5, 8, 9, 16, 17, 33, 60):
+        a = cpu_int4_dot._call(amx.pagoda_int4_dot_mm, x[:m], packed, group, sz)  # noqa: SLF001
+        p = cpu_int4_dot._call(plain.pagoda_int4_dot_mm, x[:m], packed, group, sz)  # noqa: SLF001
+        assert a is not None and p is not None and torch.equal(_bits(a), _bits(p)), m

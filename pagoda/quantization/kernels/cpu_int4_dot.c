@@ -15,6 +15,19 @@
  * No step depends on M or on the other rows: every row gets the same bits alone or in any batch, at every row count
  * this kernel runs (a speculative verify's rows equal decode rows; deterministic mode holds).
  *
+ * Activations on the group grid (groups of at most GRID_MAX_GROUP k's; pagoda_int4_prepare_rows). Before the dots each
+ * row's group is rounded to a grid of step 2^s, s = e + 1 - b, for its largest |a| in [2^e, 2^(e+1)) and b =
+ * grid_bits(G), the most with G * 8 * (2^b - 1) < 2^24: every a' is then an integer multiple of the step below 2^b
+ * steps, every product a' (q - 8) and every partial sum of a group's products a multiple below 2^24 steps, so S is
+ * the exact sum in fp32 whatever the order of its additions. The vdpbf16ps build (pairs in k order) and the AMX
+ * build (the tile product's own order, which is not the SDM's sequential one: RESULTS.md, session 37) then give the
+ * same bits, and a one-row call may use either. bf16 keeps 8 significant bits, so every a >= 2^(e + 8 - b) is a
+ * multiple already and unchanged (G = 32: within 8 binades of the largest); smaller ones move by at most half a step,
+ * 2^(e - b) (G = 32: b = 16, G = 128: b = 14; below the bf16 rounding of the group's largest element). A group whose
+ * largest |a| is below 2^-100 becomes zeros (its steps would be subnormal); one holding inf or NaN is left as it is.
+ * X_g is the sum of the rounded group (exact too). Larger groups (per-channel weights) are left unrounded: there
+ * the two builds' bits can differ, and callers that need one answer at every row count run one build.
+ *
  * Layouts (torch's AVX-512 int4pack, N a multiple of 64): packed B is uint8 [N/64][K][32]; byte j of row k of
  * block b holds column 64b + j in its low nibble and 64b + 32 + j in its high nibble. scales_zeros is bf16
  * [K/G][N][2] (scale, zero). A is bf16 [M][K] row-major, C is bf16 [M][N]. K and G even.
@@ -364,22 +377,101 @@ static void run_part(const uint16_t *A, const float *X, const uint8_t *B, const 
     }
 }
 
-/* Group sums X[m][g] = sum of A[m][k] over k in g, k ascending, in fp32 (exported for callers that run the
- * blocks themselves: pagoda_int4_dot_block). */
-void pagoda_int4_group_sums(const uint16_t *A, int M, int K, int G, float *X) {
-    const int groups = K / G;
+#define GRID_MAX_GROUP 256 /* groups up to this size are rounded to their grid (the header) */
+
+/* b of the header: the most bits with G * 8 * (2^b - 1) < 2^24 (at most 16). */
+static int grid_bits(int G) {
+    int b = 0;
+    while (b < 16 && (double)G * 8.0 * (double)((1u << (b + 1)) - 1) < 16777216.0) b++;
+    return b;
+}
+
+/* 2^i for -126 <= i <= 127. */
+static inline float pow2f(int i) {
+    const uint32_t u = (uint32_t)(i + 127) << 23;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* One group of G k's of a row onto its grid (the header), a -> o (o may be a); returns the rounded group's sum. */
+static float grid_group(const uint16_t *a, uint16_t *o, int G, int b) {
+    uint16_t mx = 0; /* the largest |a|: bf16 magnitudes order as unsigned integers, inf and NaN above all */
+    for (int k = 0; k < G; k++) {
+        const uint16_t v = a[k] & 0x7fff;
+        mx = v > mx ? v : mx;
+    }
+    const int e = (mx >> 7) - 127; /* |a| < 2^(e+1); for a subnormal maximum, below the zero threshold anyway */
+    if (mx >= 0x7f80) {            /* inf or NaN: as it is, summed in k order */
+        float s = 0.0f;
+        for (int k = 0; k < G; k++) {
+            o[k] = a[k];
+            s += bf16_to_f32(a[k]);
+        }
+        return s;
+    }
+    if (e < -100) {
+        memset(o, 0, (size_t)G * 2);
+        return 0.0f;
+    }
+    const int sh = e + 1 - b; /* the step is 2^sh, -115 <= sh <= 127: both powers are normal floats */
+    const float step = pow2f(sh), inv = pow2f(-sh);
+    if (G % 16 == 0) {
+        const __m512 vs = _mm512_set1_ps(step), vi = _mm512_set1_ps(inv);
+        __m512 sum = _mm512_setzero_ps();
+        for (int k = 0; k < G; k += 16) {
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(a + k));
+            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            const __m512 r = _mm512_mul_ps(
+                _mm512_roundscale_ps(_mm512_mul_ps(v, vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vs);
+            /* r is a bf16 value (the header): its high half is exact */
+            const __m512i hi = _mm512_srli_epi32(_mm512_castps_si512(r), 16);
+            _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(hi));
+            sum = _mm512_add_ps(sum, r);
+        }
+        return _mm512_reduce_add_ps(sum); /* exact in any order */
+    }
+    float s = 0.0f;
+    for (int k = 0; k < G; k++) {
+        const __m128 t = _mm_set_ss(bf16_to_f32(a[k]) * inv);
+        const float r = _mm_cvtss_f32(_mm_round_ss(t, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)) * step;
+        uint32_t u;
+        memcpy(&u, &r, 4);
+        o[k] = (uint16_t)(u >> 16);
+        s += r;
+    }
+    return s;
+}
+
+/* GRID_MAX_GROUP, for the callers that decide whether the builds agree at a group size. */
+int pagoda_int4_grid_max_group(void) { return GRID_MAX_GROUP; }
+
+/* The rows as the dots read them and their group sums: Aq[m] = A[m] on its groups' grids (the header; Aq may be A),
+ * X[m][g] = the sum of Aq[m]'s group g in fp32 (for groups above GRID_MAX_GROUP: A unchanged, summed in k order).
+ * Exported for callers that run the blocks themselves (pagoda_int4_dot_block). */
+void pagoda_int4_prepare_rows(const uint16_t *A, int M, int K, int G, uint16_t *Aq, float *X) {
+    const int groups = K / G, b = grid_bits(G);
     for (int m = 0; m < M; m++)
         for (int g = 0; g < groups; g++) {
+            const uint16_t *a = A + (size_t)m * K + (size_t)g * G;
+            uint16_t *o = Aq + (size_t)m * K + (size_t)g * G;
+            if (G <= GRID_MAX_GROUP) {
+                X[(size_t)m * groups + g] = grid_group(a, o, G, b);
+                continue;
+            }
             float s = 0.0f;
-            for (int k = g * G; k < (g + 1) * G; k++) s += bf16_to_f32(A[(size_t)m * K + k]);
+            for (int k = 0; k < G; k++) {
+                o[k] = a[k];
+                s += bf16_to_f32(a[k]);
+            }
             X[(size_t)m * groups + g] = s;
         }
 }
 
-/* Columns [64 blk, 64 blk + 64) of C for all M rows, X from pagoda_int4_group_sums: the tiles pagoda_int4_dot_mm
- * runs for them (a whole block up to FULL_BLOCK_ROWS rows, else its two halves one after the other), so a caller
- * that splits the N / 64 blocks over its own threads gets pagoda_int4_dot_mm's bits. Shapes as that function
- * checks them. */
+/* Columns [64 blk, 64 blk + 64) of C for all M rows, A and X from pagoda_int4_prepare_rows: the tiles
+ * pagoda_int4_dot_mm runs for them (a whole block up to FULL_BLOCK_ROWS rows, else its two halves one after the
+ * other), so a caller that splits the N / 64 blocks over its own threads gets pagoda_int4_dot_mm's bits. Shapes as
+ * that function checks them. */
 void pagoda_int4_dot_block(const uint16_t *A, const float *X, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
                            int M, int N, int K, int G, int blk) {
     const int full = M <= FULL_BLOCK_ROWS;
@@ -391,9 +483,11 @@ void pagoda_int4_dot_block(const uint16_t *A, const float *X, const uint8_t *B, 
 int pagoda_int4_dot_mm(const uint16_t *A, const uint8_t *B, const uint16_t *SZ, uint16_t *C,
                        int M, int N, int K, int G, int threads) {
     if (M <= 0 || N <= 0 || N % 64 || G <= 0 || G % 2 || K <= 0 || K % G) return -1;
-    float *X = (float *)malloc((size_t)M * (K / G) * sizeof(float));
+    float *X = (float *)malloc((size_t)M * (K / G) * sizeof(float) + (size_t)M * K * 2);
     if (!X) return -1;
-    pagoda_int4_group_sums(A, M, K, G, X);
+    uint16_t *Aq = (uint16_t *)(X + (size_t)M * (K / G));
+    pagoda_int4_prepare_rows(A, M, K, G, Aq, X);
+    A = Aq;
     const int nthreads = threads > 0 ? threads : 1;
     /* One parallel region a call. Up to FULL_BLOCK_ROWS rows a task is a 64-column block, else a 32-column half
      * that runs its rows TILE_ROWS at a time (its weights then come from L1/L2 after the first pass). */

@@ -21,10 +21,18 @@ switch (read at every call: flip it only between runs).
 
 On CPUs with AMX-BF16 the same source is also built with ``-DINT4_DOT_AMX`` (:data:`AMX`, ``PAGODA_CPU_AMX``): a
 group's sums for up to 16 rows are tile products, the rest as above. It serves calls of two rows and more; one-row
-calls keep the vdpbf16ps build (:func:`one_row_library`: AMX was 0.91-0.92x at batch 1), unless the caller needs
-one build at every row count (``one_kernel``: speculative decoding, ``--deterministic``), for the two builds' bits
-can differ. Measured on the 2-core AMX Xeon dev VM (``benchmarks/RESULTS.md``, session 34): the default model's
-decode 1.40x at batch 2, 2.14-2.16x at 4-32; a 5-row verify's linears ~2x.
+calls keep the vdpbf16ps build (:func:`one_row_library`: AMX was 0.91-0.92x at batch 1). Measured on the 2-core AMX
+Xeon dev VM (``benchmarks/RESULTS.md``, session 34): the default model's decode 1.40x at batch 2, 2.14-2.16x at 4-32;
+a 5-row verify's linears ~2x.
+
+The two builds give the same bits (session 37): the kernel first rounds each row's group of k's to a grid fine enough
+to leave every element within 8 binades of the group's largest unchanged (:func:`grid_round`; the C file's header),
+on which a group's sum of bf16 x small-integer products is exact in fp32 whatever the order of its additions, so the
+tile product's order and ``vdpbf16ps``'s agree. :func:`builds_agree` checks it at load. Only where it does not hold
+(groups above the grid's limit, per-channel weights, or a failed check) does a caller that needs one answer at every
+row count run one build for all (``one_kernel``: :func:`one_kernel_needed`; ``--deterministic``'s ``per_row``).
+Before that rounding a speculating engine had to run AMX for its one-row steps too (~13 % slower decodes), and its
+greedy tokens still differed from a non-speculating engine's at near-ties (9 of 20 essay prompts within 160 tokens).
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ def cpu_has_bf16_dot() -> bool:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel after its self-check (``pagoda_int4_dot_mm``; ``pagoda_int4_group_sums`` and
+    """The compiled kernel after its self-check (``pagoda_int4_dot_mm``; ``pagoda_int4_prepare_rows`` and
     ``pagoda_int4_dot_block`` for callers that run the column blocks on their own threads), or None where it does
     not serve this machine: the AMX build where the CPU has AMX-BF16 (and :data:`AMX`), else the vdpbf16ps one.
     Engines bind it at load (the decoder stack, each weight's :class:`BoundCall`); flip :data:`AMX` only between
@@ -133,11 +141,43 @@ def _call(fn, x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.
     return out if rc == 0 else None
 
 
+GRID_MAX_GROUP = 256
+"""Groups up to this many k's are rounded to their grid (``cpu_int4_dot.c``'s ``GRID_MAX_GROUP``, which
+:func:`_builds_agree_check` reads back from the library)."""
+
+
+def grid_bits(group_size: int) -> int:
+    """The grid's bits for a group size: the most (at most 16) with ``G * 8 * (2^b - 1) < 2^24``."""
+    b = 0
+    while b < 16 and group_size * 8 * (2 ** (b + 1) - 1) < 2**24:
+        b += 1
+    return b
+
+
+def grid_round(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """bf16 rows ``x`` [M, K] as the kernel's dots read them (``cpu_int4_dot.c``, "Activations on the group grid"):
+    each group of ``group_size`` k's rounded, half to even, to multiples of ``2^(e + 1 - b)`` for its largest ``|a|``
+    in ``[2^e, 2^(e+1))``; a group whose largest ``|a|`` is below ``2^-100`` zeroed, one with inf or NaN unchanged;
+    groups above :data:`GRID_MAX_GROUP` unchanged."""
+    if group_size > GRID_MAX_GROUP:
+        return x
+    m, k = x.shape
+    g = x.double().view(m, k // group_size, group_size)
+    amax = g.abs().amax(-1, keepdim=True)
+    _, e = torch.frexp(amax)  # amax = f * 2^e, f in [0.5, 1): amax in [2^(e-1), 2^e)
+    step = torch.ldexp(torch.ones_like(amax), (e - grid_bits(group_size)).to(torch.int32))
+    out = torch.where(amax < 2.0**-100, torch.zeros_like(g), torch.round(g / step) * step)
+    out = torch.where(torch.isfinite(amax), out, g)
+    return out.view(m, k).to(x.dtype)
+
+
 def reference(x: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor,
               magnitude: bool = False) -> torch.Tensor:
-    """The exact ``x @ W.T`` in float64; ``magnitude``: ``|x| @ |W|.T`` instead (the scale of rounding errors)."""
+    """The exact ``x' @ W.T`` in float64 for ``x' = grid_round(x)`` (what the kernel's dots read); ``magnitude``:
+    ``|x'| @ |W|.T`` instead (the scale of rounding errors)."""
     from pagoda.quantization.kernels.cpu_woq import unpack_int4
 
+    x = grid_round(x, group_size)
     q = unpack_int4([(packed, sz)], x.shape[1], group_size).double() - 8
     s, z = sz[..., 0].double().t()[..., None], sz[..., 1].double().t()[..., None]  # [n, groups, 1]
     n, k = q.shape
@@ -172,6 +212,45 @@ def _self_check(fn) -> bool:
                     not torch.equal(torch.cat(alone).view(torch.int16), part.view(torch.int16)):  # type: ignore[arg-type]
                 return False
     return True
+
+
+@lru_cache(maxsize=1)
+def builds_agree() -> bool:
+    """Whether every row gets the same bits from the AMX build as from the vdpbf16ps build at groups up to
+    :data:`GRID_MAX_GROUP` (checked once: random rows and weights, groups 32 / 128 / 256, 1-20 and 50 rows); True
+    where only one build serves this machine."""
+    amx, plain = (_amx_library() if AMX else None), _plain_library()
+    if amx is None or plain is None:
+        return True
+    ok = _builds_agree_check(amx, plain)
+    if not ok:
+        logger.warning("CPU: the AMX and vdpbf16ps builds of the 4-bit kernel disagree on grid-rounded rows; a "
+                       "speculating engine runs the AMX build for every row count")
+    return ok
+
+
+def _builds_agree_check(amx: ctypes.CDLL, plain: ctypes.CDLL) -> bool:
+    if amx.pagoda_int4_grid_max_group() != GRID_MAX_GROUP or plain.pagoda_int4_grid_max_group() != GRID_MAX_GROUP:
+        return False
+    gen = torch.Generator().manual_seed(97)
+    for n, k, g in ((128, 512, 32), (64, 512, 128), (64, 512, 256)):
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        sz = (torch.randn(k // g, n, 2, generator=gen) * 0.1).to(torch.bfloat16)
+        # rows with a wide spread of magnitudes in each group (small elements move on the grid)
+        x = (torch.randn(50, k, generator=gen) * torch.exp(torch.randn(50, k, generator=gen) * 4)).to(torch.bfloat16)
+        for m in (1, 2, 5, 9, 16, 20, 50):
+            a, b = _call(amx.pagoda_int4_dot_mm, x[:m], packed, g, sz), _call(plain.pagoda_int4_dot_mm, x[:m], packed,
+                                                                             g, sz)
+            if a is None or b is None or not torch.equal(a.view(torch.int16), b.view(torch.int16)):
+                return False
+    return True
+
+
+def one_kernel_needed(group_size: int) -> bool:
+    """Whether a weight of this group size must run one build at every row count for its rows not to depend on
+    their number (speculative decoding's verify rows = decode rows): only where the builds can disagree."""
+    return group_size > GRID_MAX_GROUP or not builds_agree()
 
 
 def available() -> bool:
