@@ -53,6 +53,7 @@ REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
     ({"method": "suffix", "num_speculative_tokens": -1}, "num_speculative_tokens"),
     ({"method": "ngram", "num_speculative_tokens": 2, "suffix_decoding_max_tree_depth": 8},
      "suffix_decoding_max_tree_depth"),  # a suffix key on another method
+    ({"method": "suffix", "prompt_lookup_max": 4}, "prompt_lookup_max"),  # an n-gram key on another method
 ])
 def test_bad_config_names_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):

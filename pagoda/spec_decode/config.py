@@ -62,6 +62,10 @@ class SpeculativeConfig:
         if tp not in (1, None):
             raise ValueError(f"speculative_config.draft_tensor_parallel_size must be 1, got {tp!r}.")
         lo, hi = _lookup_range(d)
+        lookup_given = [key for key in ("prompt_lookup_min", "prompt_lookup_max") if d.get(key) is not None]
+        if lookup_given and method != "ngram":
+            raise ValueError(f"speculative_config.{lookup_given[0]} applies to method 'ngram' only (method is "
+                             f"{method!r}).")
         dbs = d.get("disable_by_batch_size")
         if dbs is not None and (not isinstance(dbs, int) or dbs < 1):
             raise ValueError(f"speculative_config.disable_by_batch_size must be a positive integer, got {dbs!r}.")
