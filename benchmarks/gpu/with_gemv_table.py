@@ -2,12 +2,13 @@
 
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
 [--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] -- bench latency --model M ...``.
-``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries of the same
-``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every tensor-core rule (``use_dot``) is dropped, so
-those shapes run cuBLAS; ``--fp8-table``: the winners of ``fp8_linear_bench.py --json`` replace the FP8 GEMV's
-table entries the same way; ``--w4-table``: the winners of ``int4_gemv_sweep.py --json`` replace the 4-bit
-``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose. The engine must run in this process (``bench latency``
-and ``bench throughput`` do; a server's engine core is another process and would not see the tables).
+``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries (and this
+card's ``DEVICE_GEMV_TABLE`` ones) of the same ``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every
+tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS; ``--fp8-table``: the winners of
+``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way; ``--w4-table``: the winners of
+``int4_gemv_sweep.py --json`` replace the 4-bit ``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose. The
+engine must run in this process (``bench latency`` and ``bench throughput`` do; a server's engine core is another
+process and would not see the tables).
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from pathlib import Path
 
 
 def merged_table(table_json: str | None, cuda_cores_only: bool) -> dict:
-    """``GEMV_TABLE`` with the sweep's winners from ``table_json`` over it, then (``cuda_cores_only``) without its
-    tensor-core rules."""
+    """``GEMV_TABLE`` with this card's own ``DEVICE_GEMV_TABLE`` entries and then the sweep's winners from
+    ``table_json`` over it, then (``cuda_cores_only``) without its tensor-core rules. The caller sets the result as
+    ``GEMV_TABLE`` and empties ``DEVICE_GEMV_TABLE``, so the sweep's winners are what runs."""
+    import torch
+
     from pagoda.layers import dense_gemv
 
     table = dict(dense_gemv.GEMV_TABLE)
+    if torch.cuda.is_available():
+        table.update(dense_gemv.device_rules(torch.cuda.get_device_name()))
     if table_json:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from dense_gemv_sweep import table_from_json
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     from pagoda.layers import dense_gemv
 
     table = dense_gemv.GEMV_TABLE = merged_table(args.table, args.cuda_cores_only)
+    dense_gemv.DEVICE_GEMV_TABLE = {}  # folded into the table above
     print(f"GEMV table: {len(table)} entries, {sum(r.use_dot for r in table.values())} on tensor cores", flush=True)
     from pagoda.entrypoints.cli import main as cli_main
 

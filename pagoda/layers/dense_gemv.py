@@ -23,8 +23,9 @@ function of the shapes only (capturable in CUDA graphs). Numerics: float32 sums 
 so outputs differ from ``F.linear`` by float32 rounding (the tests bound it).
 
 Which shapes take it: :data:`GEMV_TABLE`, the measured winners over cuBLAS on an H200
-(``benchmarks/gpu/dense_gemv_sweep.py`` prints the table); every other shape, row count, dtype or device stays on
-``F.linear``. ``--deterministic`` replaces these layers before they run (``pagoda.layers.batch_invariant``).
+(``benchmarks/gpu/dense_gemv_sweep.py`` prints the table), and a card's own winners where they differ
+(:data:`DEVICE_GEMV_TABLE`, by device name); every other shape, row count, dtype or device stays on ``F.linear``.
+``--deterministic`` replaces these layers before they run (``pagoda.layers.batch_invariant``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
 """Measured winners over cuBLAS: ``(rows, N, K) -> rule``, rows an exact count or a row bucket (:func:`gemv_rule`
 tries the exact count first; the sweep prints lines to paste here). A shape missing here runs ``F.linear``."""
 
+DEVICE_GEMV_TABLE: dict[str, dict[tuple[int, int, int], GemvRule]] = {
+    # H100 80GB HBM3, session 37 (results/gpu-2026-12-06-session37/call3_sweep5.txt): the 5-row qkv on tensor cores
+    # 20.6 -> 19.5 us there, where on an H200 it lost to cuBLAS by 3 % (session 35); verify-4 step 6.18 -> 6.12 ms
+    "H100": {(5, 6144, 4096): GemvRule(64, 128, 4, True, 4)},
+}
+"""One card's own winners, ranked before :data:`GEMV_TABLE`'s: keyed by a word of ``torch.cuda.get_device_name``
+(``"H100"`` in ``"NVIDIA H100 80GB HBM3"``), for shapes whose winner differs between cards."""
+
+_device_names: dict[int, str] = {}
+
+
+def device_rules(name: str) -> dict[tuple[int, int, int], GemvRule]:
+    """:data:`DEVICE_GEMV_TABLE`'s entries for a device of this name (empty when none names it)."""
+    words = name.split()
+    return next((rules for word, rules in DEVICE_GEMV_TABLE.items() if word in words), {})
+
 
 def m_bucket(m: int) -> int:
     """Token rows -> the table's row bucket (1, 2, 4 or 8)."""
@@ -126,18 +143,26 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
               ) -> GemvRule | None:
     """The GEMV's launch for ``F.linear(x, weight)``, or None for ``F.linear`` itself: CUDA, bf16/fp16 x and weight
     of one dtype, a row-major weight, at most :data:`GEMV_MAX_M` rows, and a ``(rows, N, K)`` in ``table``
-    (default :data:`GEMV_TABLE`): the exact row count's entry where there is one (5: a batch-1 verify of 4
-    proposals), else its row bucket's."""
+    (default :data:`GEMV_TABLE`, after this card's own entries in :data:`DEVICE_GEMV_TABLE`): the exact row count's
+    entry where there is one (5: a batch-1 verify of 4 proposals), else its row bucket's."""
     rows = x.numel() // max(1, x.shape[-1])  # first: an eager prefill step's linears leave here at once
     if not 1 <= rows <= GEMV_MAX_M:
         return None
-    table = GEMV_TABLE if table is None else table
+    own: dict[tuple[int, int, int], GemvRule] = {}
+    if table is None:
+        table = GEMV_TABLE
+        if x.is_cuda:
+            index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+            name = _device_names.get(index)
+            if name is None:
+                name = _device_names[index] = torch.cuda.get_device_name(index)
+            own = device_rules(name)
     if not ENABLED or not table or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
         return None
     if weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
         return None
     n, k = weight.shape
-    return table.get((rows, n, k)) or table.get((m_bucket(rows), n, k))
+    return own.get((rows, n, k)) or table.get((rows, n, k)) or table.get((m_bucket(rows), n, k))
 
 
 @triton.jit

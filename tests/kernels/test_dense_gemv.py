@@ -123,6 +123,26 @@ def test_rule_only_for_table_shapes_on_cuda(monkeypatch):
     assert dg.gemv_rule(x1, w, table) is None
 
 
+def test_a_cards_own_entries_rank_first(monkeypatch):
+    """DEVICE_GEMV_TABLE: a card named by a word of its device name (an H100, not an H200) takes its own entry before
+    GEMV_TABLE's; on CUDA the default lookup reads the device's name once."""
+    assert dg.device_rules("NVIDIA H100 80GB HBM3") is dg.DEVICE_GEMV_TABLE["H100"]
+    assert dg.device_rules("NVIDIA H200") == {} and dg.device_rules("") == {}
+    own = dg.GemvRule(16, 64)
+    monkeypatch.setattr(dg, "DEVICE_GEMV_TABLE", {"TESTCARD": {(5, 24, 64): own}})
+    monkeypatch.setattr(dg, "GEMV_TABLE", {(5, 24, 64): dg.GemvRule(8, 32), (1, 24, 64): dg.GemvRule(8, 32)})
+    monkeypatch.setattr(dg, "_device_names", {})
+    w = torch.zeros(24, 64, dtype=torch.bfloat16, device=DEV)
+    x5 = torch.zeros(5, 64, dtype=torch.bfloat16, device=DEV)
+    if DEV != "cuda":
+        assert dg.gemv_rule(x5, w) is None  # the CPU: F.linear, whatever the tables hold
+        return
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA TESTCARD 1GB")
+    assert dg.gemv_rule(x5, w) == own
+    assert dg.gemv_rule(x5, w, dg.GEMV_TABLE) == dg.GEMV_TABLE[(5, 24, 64)]  # an explicit table: no card entries
+    assert dg.gemv_rule(torch.zeros(1, 64, dtype=torch.bfloat16, device=DEV), w) == dg.GEMV_TABLE[(1, 24, 64)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GEMV is dispatched on CUDA only")
 def test_linear_takes_the_gemv_for_a_table_shape(monkeypatch):
     lin = Linear(64, 24, bias=True).to("cuda", torch.bfloat16)
@@ -174,6 +194,8 @@ def test_with_gemv_table_merges_a_sweep_and_drops_tensor_core_rules(monkeypatch,
     script = load_script("benchmarks/gpu/with_gemv_table.py")
     monkeypatch.setattr(dg, "GEMV_TABLE", {(1, 24, 64): dg.GemvRule(8, 32),
                                            (2, 24, 64): dg.GemvRule(16, 32, 4, True, 2)})
+    # this card's own entries fold in under the sweep's winners (none for the card named here)
+    monkeypatch.setattr(dg, "DEVICE_GEMV_TABLE", {"TESTCARD": {(2, 24, 64): dg.GemvRule(4, 64, 2)}})
     sweep = tmp_path / "sweep.json"
     sweep.write_text(json.dumps([
         {"m": 1, "n": 24, "k": 64, "cublas_us": 10.0, "gemv_us": 5.0, "rule": [4, 64, 2, False, 1]},  # replaces
@@ -187,7 +209,7 @@ def test_with_gemv_table_merges_a_sweep_and_drops_tensor_core_rules(monkeypatch,
     with pytest.raises(SystemExit) as exc:
         script.main(["--table", str(sweep), "--cuda-cores-only", "--", "bench", "latency", "--help"])
     assert exc.value.code == 0
-    assert dg.GEMV_TABLE == {(1, 24, 64): dg.GemvRule(4, 64, 2)}
+    assert dg.GEMV_TABLE == {(1, 24, 64): dg.GemvRule(4, 64, 2)} and dg.DEVICE_GEMV_TABLE == {}
     assert "GEMV table: 1 entries, 0 on tensor cores" in capsys.readouterr().out
 
 
