@@ -20,20 +20,17 @@ import numpy as np
 def suffix_matches(arr: np.ndarray, max_n: int) -> tuple[np.ndarray, np.ndarray]:
     """Where the end of ``arr`` recurs earlier: ``(ends, lengths)``, ``ends`` every position ``e <= len - 2``
     with ``arr[e] == arr[-1]`` (ascending) and ``lengths[i]`` how many tokens up to ``ends[i]`` equal the
-    last ones, capped at ``max_n``. Empty arrays when the last token does not occur earlier."""
+    last ones, capped at ``max_n``. Empty arrays when the last token does not occur earlier. One gather of
+    ``len(ends) x max_n`` tokens and a running product, however long the matches run."""
     L = len(arr)
     ends = np.flatnonzero(arr[: L - 1] == arr[L - 1]) if L >= 2 else np.zeros(0, dtype=np.int64)
-    length = np.ones(len(ends), dtype=np.int64)
-    alive = np.ones(len(ends), dtype=bool)
-    for i in range(1, min(max_n, L - 1)):
-        alive &= ends >= i
-        if not alive.any():
-            break
-        alive[alive] = arr[ends[alive] - i] == arr[L - 1 - i]
-        length += alive
-    return ends, length
-
-
+    depth = min(max_n, L - 1)
+    if not len(ends) or depth <= 1:
+        return ends, np.ones(len(ends), dtype=np.int64)
+    offs = np.arange(depth)
+    idx = ends[:, None] - offs  # [ends, depth]: the tokens before each end, nearest first
+    same = (arr[np.maximum(idx, 0)] == arr[L - 1 - offs]) & (idx >= 0)
+    return ends, np.cumprod(same, axis=1).sum(axis=1)  # the leading run of equal tokens (the first always equal)
 class NgramProposer:
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n = min_n

@@ -59,6 +59,10 @@ class SuffixProposer:
                 out += arr[s : s + cap - len(out)].tolist()
                 break
             toks = arr[nexts]
+            if (toks == toks[0]).all():  # every occurrence continues alike: its share is 1
+                out.append(int(toks[0]))
+                nexts = nexts + 1
+                continue
             vals, inv, counts = np.unique(toks, return_inverse=True, return_counts=True)
             top = int(counts.max())
             prob *= top / len(nexts)
