@@ -214,12 +214,16 @@ def _self_check(fn) -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
 def builds_agree() -> bool:
     """Whether every row gets the same bits from the AMX build as from the vdpbf16ps build at groups up to
     :data:`GRID_MAX_GROUP` (checked once: random rows and weights, groups 32 / 128 / 256, 1-20 and 50 rows); True
-    where only one build serves this machine."""
-    amx, plain = (_amx_library() if AMX else None), _plain_library()
+    where only one build serves this machine (or :data:`AMX` is off)."""
+    return _builds_agree(AMX)
+
+
+@lru_cache(maxsize=2)
+def _builds_agree(amx_on: bool) -> bool:
+    amx, plain = (_amx_library() if amx_on else None), _plain_library()
     if amx is None or plain is None:
         return True
     ok = _builds_agree_check(amx, plain)
