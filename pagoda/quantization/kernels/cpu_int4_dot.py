@@ -26,7 +26,8 @@ Xeon dev VM (``benchmarks/RESULTS.md``, session 34): the default model's decode 
 a 5-row verify's linears ~2x.
 
 The two builds give the same bits (session 37): the kernel first rounds each row's group of k's to a grid fine enough
-to leave every element within 8 binades of the group's largest unchanged (:func:`grid_round`; the C file's header),
+to leave every element within ``b - 8`` binades of the group's largest unchanged (8 at groups of 32, 6 at 128:
+:func:`grid_bits`, :func:`grid_round`; the C file's header),
 on which a group's sum of bf16 x small-integer products is exact in fp32 whatever the order of its additions, so the
 tile product's order and ``vdpbf16ps``'s agree. :func:`builds_agree` checks it at load. Only where it does not hold
 (groups above the grid's limit, per-channel weights, or a failed check) does a caller that needs one answer at every
