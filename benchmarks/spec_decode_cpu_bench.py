@@ -19,7 +19,9 @@ answers are constrained on both engines; every one that finished is checked agai
 in the same run (the order reversed every repetition); the first config's figures are the top-level keys, every
 config's are under ``arms``. For example n-gram against suffix decoding:
 ``--speculative-config '{"method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_min": 2, "prompt_lookup_max":
-5}' --speculative-config '{"method": "suffix", "num_speculative_tokens": 24, "suffix_decoding_max_spec_factor": 2}'``.
+5}' --speculative-config '{"method": "suffix", "num_speculative_tokens": 8, "suffix_decoding_max_spec_factor": 2,
+"suffix_decoding_max_cached_requests": 0}'``: with earlier requests' outputs kept (suffix decoding's default) the
+repetitions' second pass would draft each answer from the first's, so the input-grounded figure sets 0.
 
 Usage: python benchmarks/spec_decode_cpu_bench.py [--model M] [--max-tokens 128] [--reps 2] [--structured]
        [--speculative-config JSON ...] [--num-prompts N] [--output-json F] [--gpu-memory-utilization 0.4]

@@ -195,8 +195,9 @@ class EngineArgs:
     speculative_config: dict[str, Any] | None = None
     """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
     "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), {"method": "suffix", "num_speculative_tokens":
-    k} (suffix decoding: the most frequent continuation of the longest earlier match, a draft as long as the match
-    earns; suffix_decoding_max_tree_depth, _max_spec_factor, _min_token_prob), or {"method": "draft_model", "model":
+    k} (suffix decoding: the most frequent continuation of the longest earlier match in the request or in earlier
+    requests' outputs, a draft as long as the match earns; suffix_decoding_max_tree_depth, _max_spec_factor,
+    _min_token_prob, _max_cached_requests), or {"method": "draft_model", "model":
     path, "num_speculative_tokens": k} (a smaller model with the same vocabulary), or {"method": "eagle" | "eagle3",
     "model": path, "num_speculative_tokens": k} (an EAGLE / EAGLE-3 head for a Llama-family target). Outputs are
     unchanged (greedy: identical; sampled: the same distribution). Default: off."""

@@ -31,7 +31,8 @@ from pagoda.spec_decode.ngram import NgramProposer
 from pagoda.spec_decode.suffix import SuffixProposer
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
-SUFFIX = {"method": "suffix", "num_speculative_tokens": 6, "suffix_decoding_max_spec_factor": 2.0}
+SUFFIX = {"method": "suffix", "num_speculative_tokens": 6, "suffix_decoding_max_spec_factor": 2.0,
+          "suffix_decoding_max_cached_requests": 0}
 REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
 
 
@@ -46,7 +47,7 @@ REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
     ({"method": "medusa", "num_speculative_tokens": 2}, "method"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "model"),
     ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2}, "draft_tensor_parallel_size"),
-    ({"method": "suffix", "suffix_decoding_max_cached_requests": 10000}, "suffix_decoding_max_cached_requests"),
+    ({"method": "suffix", "suffix_decoding_max_cached_requests": -1}, "suffix_decoding_max_cached_requests"),
     ({"method": "suffix", "suffix_decoding_max_tree_depth": 0}, "suffix_decoding_max_tree_depth"),
     ({"method": "suffix", "suffix_decoding_max_spec_factor": 0}, "suffix_decoding_max_spec_factor"),
     ({"method": "suffix", "suffix_decoding_min_token_prob": 1.5}, "suffix_decoding_min_token_prob"),
@@ -64,9 +65,9 @@ def test_config_defaults_and_vllm_spellings():
     c = SpeculativeConfig.from_dict({"model": "[ngram]", "num_speculative_tokens": 3})
     assert (c.method, c.prompt_lookup_min, c.prompt_lookup_max) == ("ngram", 2, 5)
     assert SpeculativeConfig.from_dict({"model": "/d", "num_speculative_tokens": 1}).method == "draft_model"
-    c = SpeculativeConfig.from_dict({"method": "suffix", "suffix_decoding_max_cached_requests": 0})
-    assert (c.num_speculative_tokens, c.suffix_max_depth, c.suffix_max_spec_factor, c.suffix_min_token_prob) == \
-        (24, 24, 1.0, 0.1)  # vLLM's defaults; the draft cap defaults to the depth
+    c = SpeculativeConfig.from_dict({"method": "suffix"})
+    assert (c.num_speculative_tokens, c.suffix_max_depth, c.suffix_max_spec_factor, c.suffix_min_token_prob,
+            c.suffix_max_cached_requests) == (24, 24, 1.0, 0.1, 10000)  # vLLM's; the draft cap defaults to the depth
 
 
 def test_draft_longer_than_context_is_refused(tiny):
@@ -170,6 +171,29 @@ def _suffix_reference(tokens: list[int], k: int, depth: int, factor: float, min_
         out.append(tok)
         occ = [e for e, t in conts if t == tok]
     return out
+
+
+def test_suffix_corpus_drafts_from_earlier_outputs_and_drops_the_oldest():
+    """SuffixCorpus: a finished request's output continues a later request whose own tokens do not hold the match;
+    the better-scored source proposes; past max_requests the oldest output stops being a source (and the buffer is
+    compacted without changing what is kept)."""
+    from pagoda.spec_decode.suffix import SuffixCorpus
+
+    corpus = SuffixCorpus(max_requests=2)
+    corpus.add([7, 8, 9, 10, 11, 12])
+    p = SuffixProposer(24, 2.0, 0.1, corpus)
+    assert p.propose_one([1, 2, 7, 8], 4) == [9, 10, 11, 12]  # "7 8" (n = 2) from the corpus: up to 4 tokens
+    assert SuffixProposer(24, 2.0, 0.1).propose_one([1, 2, 7, 8], 4) == []  # without it: nothing recurs
+    assert p.propose_one([5, 6, 5, 6, 8], 3) == [9, 10]  # one token of match: 2 tokens at factor 2
+    # the request's own repetition scores higher than the corpus's one-token match
+    assert p.propose_one([8, 3, 4, 8, 3, 4, 8], 4) == [3, 4, 8]  # (up to its end: score 3, the corpus 2)
+    corpus.add([20, 21, 22])
+    corpus.add([30, 31, 32])  # the first output is dropped
+    assert corpus.num_requests == 2 and p.propose_one([1, 2, 7, 8], 4) == []
+    assert p.propose_one([30, 31], 2) == [32]  # a continuation stops at the separator
+    for i in range(3000):  # enough outputs that the dropped half is compacted away
+        corpus.add([40 + i % 7, 50, 60])
+    assert corpus.floor < 4096 and p.propose_one([46, 50], 2) == [60]
 
 
 @pytest.mark.parametrize("depth,factor,min_prob", [(24, 1.0, 0.1), (3, 2.0, 0.1), (24, 1.5, 0.4), (8, 0.5, 0.0)])
@@ -342,6 +366,26 @@ def test_greedy_identical_with_ngram(tiny, kwargs):
     _assert_same_greedy(llm.generate(REPEAT, greedy(48, logprobs=2), use_tqdm=False), base)
     st = llm.llm_engine.core.scheduler.spec_stats
     assert st.num_drafts > 0 and 0 < st.num_accepted_tokens <= st.num_draft_tokens
+    assert_engine_clean(llm)
+
+
+def test_suffix_corpus_takes_finished_outputs(tiny):
+    """With earlier requests' outputs kept (vLLM's default, 10,000), a repeated request drafts its whole answer from
+    the first one's output: far more tokens accepted than the first time, the same greedy tokens."""
+    from pagoda import LLM
+
+    base = _baseline(tiny, "greedy", greedy(48, logprobs=2))
+    llm = LLM(str(tiny.path("llama")), dtype="float32",
+              speculative_config={"method": "suffix", "num_speculative_tokens": 8})
+    first = llm.generate(REPEAT[1:4], greedy(48, logprobs=2), use_tqdm=False)
+    st = llm.llm_engine.core.scheduler.spec_stats
+    accepted_first = st.num_accepted_tokens
+    corpus = llm.llm_engine.core.spec.proposer.corpus
+    assert corpus.num_requests == 3
+    again = llm.generate(REPEAT[1:4], greedy(48, logprobs=2), use_tqdm=False)
+    _assert_same_greedy(first, base[1:4])
+    _assert_same_greedy(again, base[1:4])
+    assert st.num_accepted_tokens - accepted_first > max(2 * accepted_first, 60)
     assert_engine_clean(llm)
 
 

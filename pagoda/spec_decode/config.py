@@ -13,13 +13,13 @@ from typing import Any
 SPEC_METHODS = ("ngram", "suffix", "draft_model", "eagle", "eagle3", "synthetic")
 """Methods named in the config. ``synthetic`` is pagoda's timing-only proposer (never for real use)."""
 MODEL_METHODS = ("draft_model", "eagle", "eagle3")  # methods that load ``model`` (a checkpoint folder)
-# Suffix decoding's keys and vLLM's defaults (pagoda.spec_decode.suffix); the global tree of earlier requests'
-# outputs is not built, so max_cached_requests must be 0.
+# Suffix decoding's keys and vLLM's defaults (pagoda.spec_decode.suffix).
 SUFFIX_KEYS = ("suffix_decoding_max_tree_depth", "suffix_decoding_max_spec_factor", "suffix_decoding_min_token_prob",
                "suffix_decoding_max_cached_requests")
 DEFAULT_SUFFIX_DEPTH = 24
 DEFAULT_SUFFIX_SPEC_FACTOR = 1.0
 DEFAULT_SUFFIX_MIN_TOKEN_PROB = 0.1
+DEFAULT_SUFFIX_CACHED_REQUESTS = 10000
 # vLLM's keys that pagoda accepts; others (medusa, tree drafting, ...) are refused by name.
 _KEYS = ("method", "num_speculative_tokens", "model", "prompt_lookup_min", "prompt_lookup_max",
          "draft_tensor_parallel_size", "quantization", "revision", "max_model_len", "disable_by_batch_size",
@@ -42,6 +42,7 @@ class SpeculativeConfig:
     suffix_max_depth: int = DEFAULT_SUFFIX_DEPTH  # suffix: the longest match looked for
     suffix_max_spec_factor: float = DEFAULT_SUFFIX_SPEC_FACTOR  # suffix: draft <= factor x match length
     suffix_min_token_prob: float = DEFAULT_SUFFIX_MIN_TOKEN_PROB  # suffix: a draft stops below this probability
+    suffix_max_cached_requests: int = DEFAULT_SUFFIX_CACHED_REQUESTS  # suffix: finished outputs kept (0: none)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpeculativeConfig:
@@ -54,7 +55,7 @@ class SpeculativeConfig:
         method = _method(d)
         suffix = _suffix_settings(d, method)
         k = d.get("num_speculative_tokens")
-        if k is None and method == "suffix":  # vLLM: a suffix draft's length is adaptive; this is its cap
+        if k is None and method == "suffix":  # a suffix draft's length is adaptive: this is its cap
             k = suffix[0]
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"speculative_config.num_speculative_tokens must be a positive integer, got {k!r}.")
@@ -96,13 +97,15 @@ def _method(d: dict[str, Any]) -> str:
     return str(method)
 
 
-def _suffix_settings(d: dict[str, Any], method: str) -> tuple[int, float, float]:
-    """(max tree depth, max spec factor, min token prob) of ``method: suffix``; its keys are refused elsewhere."""
+def _suffix_settings(d: dict[str, Any], method: str) -> tuple[int, float, float, int]:
+    """(max tree depth, max spec factor, min token prob, max cached requests) of ``method: suffix``; its keys are
+    refused elsewhere."""
     given = [key for key in SUFFIX_KEYS if key in d]
     if method != "suffix":
         if given:
             raise ValueError(f"speculative_config.{given[0]} applies to method 'suffix' only (method is {method!r}).")
-        return DEFAULT_SUFFIX_DEPTH, DEFAULT_SUFFIX_SPEC_FACTOR, DEFAULT_SUFFIX_MIN_TOKEN_PROB
+        return (DEFAULT_SUFFIX_DEPTH, DEFAULT_SUFFIX_SPEC_FACTOR, DEFAULT_SUFFIX_MIN_TOKEN_PROB,
+                DEFAULT_SUFFIX_CACHED_REQUESTS)
     depth = d.get("suffix_decoding_max_tree_depth", DEFAULT_SUFFIX_DEPTH)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"speculative_config.suffix_decoding_max_tree_depth must be a positive integer, got "
@@ -114,12 +117,11 @@ def _suffix_settings(d: dict[str, Any], method: str) -> tuple[int, float, float]
     prob = d.get("suffix_decoding_min_token_prob", DEFAULT_SUFFIX_MIN_TOKEN_PROB)
     if not isinstance(prob, int | float) or isinstance(prob, bool) or not 0 <= prob <= 1:
         raise ValueError(f"speculative_config.suffix_decoding_min_token_prob must be a number in [0, 1], got {prob!r}.")
-    cached = d.get("suffix_decoding_max_cached_requests", 0)
-    if cached != 0 or isinstance(cached, bool):
-        raise ValueError(f"speculative_config.suffix_decoding_max_cached_requests: pagoda's suffix decoding matches "
-                         f"each request's own prompt and output only (no global tree of earlier requests); set it "
-                         f"to 0 or leave it out, got {cached!r}.")
-    return depth, float(factor), float(prob)
+    cached = d.get("suffix_decoding_max_cached_requests", DEFAULT_SUFFIX_CACHED_REQUESTS)
+    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+        raise ValueError(f"speculative_config.suffix_decoding_max_cached_requests must be an integer >= 0 (0: no "
+                         f"earlier requests' outputs), got {cached!r}.")
+    return depth, float(factor), float(prob), cached
 
 
 def _lookup_range(d: dict[str, Any]) -> tuple[int, int]:

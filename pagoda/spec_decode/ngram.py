@@ -17,20 +17,29 @@ from __future__ import annotations
 import numpy as np
 
 
+def match_lengths(hay: np.ndarray, ends: np.ndarray, tail: np.ndarray, lo: int = 0) -> np.ndarray:
+    """For each position ``e`` of ``ends`` (where ``hay[e] == tail[0]``), how many of ``hay[e], hay[e - 1], ...``
+    equal ``tail[0], tail[1], ...`` (``tail``: the last tokens of a request, nearest first), not reaching below
+    ``lo``. One gather of ``len(ends) x len(tail)`` tokens and the first mismatch of each, however long the matches
+    run."""
+    offs = np.arange(len(tail))
+    idx = ends[:, None] - offs
+    same = (hay[np.maximum(idx, lo)] == tail) & (idx >= lo)
+    return np.where(same.all(axis=1), len(tail), same.argmin(axis=1))  # the leading run of equal tokens
+
+
 def suffix_matches(arr: np.ndarray, max_n: int) -> tuple[np.ndarray, np.ndarray]:
     """Where the end of ``arr`` recurs earlier: ``(ends, lengths)``, ``ends`` every position ``e <= len - 2``
     with ``arr[e] == arr[-1]`` (ascending) and ``lengths[i]`` how many tokens up to ``ends[i]`` equal the
-    last ones, capped at ``max_n``. Empty arrays when the last token does not occur earlier. One gather of
-    ``len(ends) x max_n`` tokens and a running product, however long the matches run."""
+    last ones, capped at ``max_n`` (:func:`match_lengths`). Empty arrays when the last token does not occur earlier."""
     L = len(arr)
     ends = np.flatnonzero(arr[: L - 1] == arr[L - 1]) if L >= 2 else np.zeros(0, dtype=np.int64)
     depth = min(max_n, L - 1)
     if not len(ends) or depth <= 1:
         return ends, np.ones(len(ends), dtype=np.int64)
-    offs = np.arange(depth)
-    idx = ends[:, None] - offs  # [ends, depth]: the tokens before each end, nearest first
-    same = (arr[np.maximum(idx, 0)] == arr[L - 1 - offs]) & (idx >= 0)
-    return ends, np.cumprod(same, axis=1).sum(axis=1)  # the leading run of equal tokens (the first always equal)
+    return ends, match_lengths(arr, ends, arr[L - 1 - np.arange(depth)])
+
+
 class NgramProposer:
     def __init__(self, min_n: int, max_n: int) -> None:
         self.min_n = min_n

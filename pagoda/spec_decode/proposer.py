@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from pagoda.core.request import Request, RequestStatus
 from pagoda.spec_decode.config import SpeculativeConfig
 from pagoda.spec_decode.ngram import NgramProposer
-from pagoda.spec_decode.suffix import SuffixProposer
+from pagoda.spec_decode.suffix import SuffixCorpus, SuffixProposer
 
 
 class Proposer(Protocol):
@@ -53,6 +53,31 @@ class LookupBatchProposer:
             out.append(forced + self.lookup.propose_one(r.all_token_ids + forced if forced else r.all_token_ids,
                                                         k - len(forced)))
         return out
+
+
+class SuffixBatchProposer(LookupBatchProposer):
+    """Suffix decoding: :class:`LookupBatchProposer` over :class:`SuffixProposer`, whose corpus takes the output of
+    every request it proposed for once that request has finished (found at :meth:`retain`, each step)."""
+
+    def __init__(self, cfg: SpeculativeConfig) -> None:
+        self.corpus = SuffixCorpus(cfg.suffix_max_cached_requests)
+        super().__init__(SuffixProposer(cfg.suffix_max_depth, cfg.suffix_max_spec_factor, cfg.suffix_min_token_prob,
+                                        self.corpus if cfg.suffix_max_cached_requests > 0 else None))
+        self._seen: dict[str, Request] = {}
+
+    def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
+        for r in reqs:
+            self._seen[r.request_id] = r
+        return super().propose(reqs, ks)
+
+    def retain(self, running_ids: set[str]) -> None:
+        """Requests seen before that no longer run: a finished one's output joins the corpus (a preempted one is
+        kept in view until it runs again or finishes)."""
+        for rid in [rid for rid in self._seen if rid not in running_ids]:
+            r = self._seen[rid]
+            if r.status.finished:
+                self.corpus.add(list(r.output_token_ids))
+                del self._seen[rid]
 
 
 class SyntheticProposer:
@@ -123,8 +148,7 @@ def make_spec_decoder(cfg: SpeculativeConfig, engine_cfg, runner: Any = None) ->
     if cfg.method == "ngram":
         proposer = LookupBatchProposer(NgramProposer(cfg.prompt_lookup_min, cfg.prompt_lookup_max))
     elif cfg.method == "suffix":
-        proposer = LookupBatchProposer(SuffixProposer(cfg.suffix_max_depth, cfg.suffix_max_spec_factor,
-                                                      cfg.suffix_min_token_prob))
+        proposer = SuffixBatchProposer(cfg)
     elif cfg.method == "synthetic":
         proposer = SyntheticProposer()
     elif cfg.method == "draft_model":

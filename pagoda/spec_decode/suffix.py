@@ -2,74 +2,180 @@
 match earns.
 
 The idea is Suffix Decoding's (Oliaro et al., arXiv 2411.04975; vLLM's ``method: "suffix"``), written here over
-the request's own tokens (prompt + output) without a suffix tree:
+token buffers rather than suffix trees. Two sources, as there: the request's own tokens (prompt + output), and the
+outputs of earlier finished requests (:class:`SuffixCorpus`, ``suffix_decoding_max_cached_requests`` of them, the
+oldest dropped first; 0: none). From each source:
 
-1. The longest suffix of the request's tokens that occurred earlier in them, up to ``max_depth`` tokens
-   (:func:`~pagoda.spec_decode.ngram.suffix_matches`): its length ``n`` and every earlier occurrence.
+1. The longest suffix of the request's tokens that occurs in the source, up to ``max_depth`` tokens
+   (:func:`~pagoda.spec_decode.ngram.match_lengths`): its length ``n`` and every occurrence of that length.
 2. At most ``min(k, floor(max_spec_factor * n))`` tokens are proposed: a long match earns a long draft, a
    one-token match a short one.
 3. The draft follows the occurrences' continuations token by token: the token that most of them continue with
    (a tie: the one of the most recent occurrence), keeping only the occurrences that agree. Each token's
    estimated probability is its share of the occurrences that still continue; their running product must stay
-   at or above ``min_token_prob``, else the draft stops before that token.
+   at or above ``min_token_prob``, else the draft stops before that token. A draft's score is the sum of the
+   running products (its expected accepted length); the source with the higher score proposes (a tie: the
+   request's own).
 
-Differences from vLLM with Arctic Inference, by design: pagoda keeps no global tree of earlier requests'
-outputs (``suffix_decoding_max_cached_requests`` must be 0: :mod:`pagoda.spec_decode.config`), and the match
-indexes positions rather than a depth-limited tree, so ``max_depth`` bounds the match alone and a draft after a
-long match is not cut to ``max_depth - n`` tokens (``num_speculative_tokens`` caps it).
+Differences from Arctic Inference's trees, by design: the match indexes positions, so ``max_depth`` bounds the match
+alone and a draft after a long match is not cut to ``max_depth - n`` tokens (``num_speculative_tokens`` caps it);
+the corpus looks up at most :data:`SuffixCorpus.MAX_CANDIDATES` most recent occurrences of the last token.
 
-Pure host work over numpy arrays, no state between steps; deterministic for given tokens.
-``tests/test_spec_decode.py`` checks it against a direct count over every occurrence.
+Host work over numpy arrays, deterministic for given tokens and corpus. ``tests/test_spec_decode.py`` checks the
+request's own drafts against a direct count over every occurrence.
 """
 
 from __future__ import annotations
 
+from array import array
+from collections import deque
+
 import numpy as np
 
-from pagoda.spec_decode.ngram import suffix_matches
+from pagoda.spec_decode.ngram import match_lengths, suffix_matches
+
+
+def _walk(hay: np.ndarray, nexts: np.ndarray, cap: int, min_prob: float) -> tuple[list[int], float]:
+    """The draft along the continuations in ``hay`` that start at ``nexts`` (ascending; a continuation ends at a
+    negative separator or the end of ``hay``): (tokens, expected accepted length). Step 3 of the module docstring."""
+    out: list[int] = []
+    prob, score, L = 1.0, 0.0, len(hay)
+    while len(out) < cap:
+        nexts = nexts[nexts < L]  # occurrences whose continuation is known
+        toks = hay[nexts]
+        if len(toks) and toks.min() < 0:
+            nexts, toks = nexts[toks >= 0], toks[toks >= 0]
+        if not len(nexts):
+            break
+        if len(nexts) == 1:  # one occurrence left: its share stays 1, copy the rest of the cap
+            s = int(nexts[0])
+            seg = hay[s : s + cap - len(out)]
+            stop = np.flatnonzero(seg < 0)
+            seg = seg[: stop[0]] if len(stop) else seg
+            out += seg.tolist()
+            score += prob * len(seg)
+            break
+        if (toks == toks[0]).all():  # every occurrence continues alike: its share is 1
+            out.append(int(toks[0]))
+            score += prob
+            nexts = nexts + 1
+            continue
+        vals, inv, counts = np.unique(toks, return_inverse=True, return_counts=True)
+        top = int(counts.max())
+        prob *= top / len(nexts)
+        if prob < min_prob:
+            break
+        best = int(inv[np.flatnonzero(counts[inv] == top)[-1]])  # a tie: the most recent occurrence's token
+        tok = int(vals[best])
+        out.append(tok)
+        score += prob
+        nexts = nexts[toks == tok] + 1
+    return out, score
+
+
+class SuffixCorpus:
+    """Outputs of finished requests, the global source of suffix decoding: at most ``max_requests`` (the oldest
+    dropped first), in one int32 buffer, each followed by a -1 separator, with each token's positions indexed.
+    Dropped outputs stay in the buffer below :attr:`floor` until the buffer is compacted (when they fill half)."""
+
+    MAX_CANDIDATES = 256
+    """Occurrences of a request's last token looked at, the most recent first (bounds a step's work on common
+    tokens)."""
+
+    def __init__(self, max_requests: int) -> None:
+        self.max_requests = max_requests
+        self._buf = np.full(4096, -1, dtype=np.int32)
+        self._len = 0
+        self._spans: deque[tuple[int, int]] = deque()  # each kept output's [start, end) in the buffer
+        self._index: dict[int, array] = {}  # token -> its positions in the buffer, ascending
+
+    @property
+    def floor(self) -> int:
+        """The first position of the oldest kept output (earlier positions are dropped outputs)."""
+        return self._spans[0][0] if self._spans else self._len
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._spans)
+
+    def add(self, tokens: list[int]) -> None:
+        """Keep a finished request's output tokens (dropping the oldest outputs past ``max_requests``)."""
+        if self.max_requests <= 0 or not tokens:
+            return
+        self._append(tokens)
+        while len(self._spans) > self.max_requests:
+            self._spans.popleft()
+        if self.floor > max(4096, self._len // 2):
+            self._compact()
+
+    def _append(self, tokens: list[int]) -> None:
+        n, start = len(tokens), self._len
+        if start + n + 1 > len(self._buf):
+            grown = np.full(max(2 * len(self._buf), start + n + 1), -1, dtype=np.int32)
+            grown[:start] = self._buf[:start]
+            self._buf = grown
+        self._buf[start : start + n] = tokens
+        self._buf[start + n] = -1
+        for i, t in enumerate(tokens):
+            pos = self._index.get(t)
+            if pos is None:
+                pos = self._index[t] = array("i")
+            pos.append(start + i)
+        self._spans.append((start, start + n))
+        self._len = start + n + 1
+
+    def _compact(self) -> None:
+        kept = [self._buf[a:b].tolist() for a, b in self._spans]
+        self._buf = np.full(4096, -1, dtype=np.int32)
+        self._len = 0
+        self._spans.clear()
+        self._index.clear()
+        for tokens in kept:
+            self._append(tokens)
+
+    def draft(self, tail: np.ndarray, k: int, max_spec_factor: float, min_prob: float) -> tuple[list[int], float]:
+        """The corpus's draft for a request whose last tokens are ``tail`` (nearest first): (tokens, score)."""
+        pos = self._index.get(int(tail[0]))
+        if pos is None:
+            return [], 0.0
+        ends = np.frombuffer(pos, dtype=np.int32)[-self.MAX_CANDIDATES:].astype(np.int64)
+        floor = self.floor
+        ends = ends[ends >= floor]
+        if not len(ends):
+            return [], 0.0
+        length = match_lengths(self._buf[: self._len], ends, tail, floor)
+        n = int(length.max())
+        cap = min(k, int(max_spec_factor * n + 1e-9))
+        return _walk(self._buf[: self._len], ends[length >= n] + 1, cap, min_prob)
 
 
 class SuffixProposer:
-    def __init__(self, max_depth: int, max_spec_factor: float, min_token_prob: float) -> None:
+    def __init__(self, max_depth: int, max_spec_factor: float, min_token_prob: float,
+                 corpus: SuffixCorpus | None = None) -> None:
         self.max_depth = max_depth
         self.max_spec_factor = max_spec_factor
         self.min_token_prob = min_token_prob
+        self.corpus = corpus
 
     def propose_one(self, tokens: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens continuing ``tokens`` (empty when the last token never occurred before, or the
-        match earns no draft)."""
+        """Up to ``k`` tokens continuing ``tokens``: the better-scored of the request's own draft and the corpus's
+        (empty when neither source holds the last token, or the match earns no draft)."""
         L = len(tokens)
-        if k <= 0 or L < 2:
+        if k <= 0 or L < 1:
             return []
         arr = np.asarray(tokens, dtype=np.int64)
+        own, score = self._own(arr, k)
+        if self.corpus is not None and self.corpus.num_requests:
+            tail = arr[L - 1 - np.arange(min(self.max_depth, L))]
+            other, other_score = self.corpus.draft(tail, k, self.max_spec_factor, self.min_token_prob)
+            if other_score > score:
+                return other
+        return own
+
+    def _own(self, arr: np.ndarray, k: int) -> tuple[list[int], float]:
         ends, length = suffix_matches(arr, self.max_depth)
         if not len(ends):
-            return []
+            return [], 0.0
         n = int(length.max())
         cap = min(k, int(self.max_spec_factor * n + 1e-9))  # floor, without 2.3 * 10 -> 22
-        nexts = ends[length >= n] + 1  # where each occurrence's continuation starts (ascending: oldest first)
-        out: list[int] = []
-        prob = 1.0
-        while len(out) < cap:
-            nexts = nexts[nexts < L]  # occurrences whose continuation is known
-            if not len(nexts):
-                break
-            if len(nexts) == 1:  # one occurrence left: its share stays 1, copy the rest of the cap
-                s = int(nexts[0])
-                out += arr[s : s + cap - len(out)].tolist()
-                break
-            toks = arr[nexts]
-            if (toks == toks[0]).all():  # every occurrence continues alike: its share is 1
-                out.append(int(toks[0]))
-                nexts = nexts + 1
-                continue
-            vals, inv, counts = np.unique(toks, return_inverse=True, return_counts=True)
-            top = int(counts.max())
-            prob *= top / len(nexts)
-            if prob < self.min_token_prob:
-                break
-            best = int(inv[np.flatnonzero(counts[inv] == top)[-1]])  # a tie: the most recent occurrence's token
-            tok = int(vals[best])
-            out.append(tok)
-            nexts = nexts[toks == tok] + 1
-        return out
+        return _walk(arr, ends[length >= n] + 1, cap, self.min_token_prob)  # continuations, oldest first
