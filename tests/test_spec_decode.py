@@ -194,6 +194,11 @@ def test_suffix_corpus_drafts_from_earlier_outputs_and_drops_the_oldest():
     for i in range(3000):  # enough outputs that the dropped half is compacted away
         corpus.add([40 + i % 7, 50, 60])
     assert corpus.floor < 4096 and p.propose_one([46, 50], 2) == [60]
+    small = SuffixCorpus(max_requests=100)
+    small.MAX_TOKENS = 10  # the token bound drops outputs too
+    small.add([1, 2, 3, 4, 5, 6])
+    small.add([7, 8, 9, 10, 11])
+    assert small.num_requests == 1 and SuffixProposer(24, 2.0, 0.1, small).propose_one([1, 2], 2) == []
 
 
 @pytest.mark.parametrize("depth,factor,min_prob", [(24, 1.0, 0.1), (3, 2.0, 0.1), (24, 1.5, 0.4), (8, 0.5, 0.0)])

@@ -74,19 +74,24 @@ def _walk(hay: np.ndarray, nexts: np.ndarray, cap: int, min_prob: float) -> tupl
 
 
 class SuffixCorpus:
-    """Outputs of finished requests, the global source of suffix decoding: at most ``max_requests`` (the oldest
-    dropped first), in one int32 buffer, each followed by a -1 separator, with each token's positions indexed.
-    Dropped outputs stay in the buffer below :attr:`floor` until the buffer is compacted (when they fill half)."""
+    """Outputs of finished requests, the global source of suffix decoding: at most ``max_requests`` and
+    :data:`MAX_TOKENS` tokens (the oldest dropped first), in one int32 buffer, each followed by a -1 separator, with
+    each token's positions indexed. Dropped outputs stay in the buffer below :attr:`floor` until the buffer is
+    compacted (when they fill half)."""
 
     MAX_CANDIDATES = 256
     """Occurrences of a request's last token looked at, the most recent first (bounds a step's work on common
     tokens)."""
+    MAX_TOKENS = 1 << 21
+    """Tokens kept at most, whatever ``max_requests`` allows (oldest outputs dropped first): ~16 MB of buffer and
+    index."""
 
     def __init__(self, max_requests: int) -> None:
         self.max_requests = max_requests
         self._buf = np.full(4096, -1, dtype=np.int32)
         self._len = 0
         self._spans: deque[tuple[int, int]] = deque()  # each kept output's [start, end) in the buffer
+        self._kept = 0  # tokens in the kept outputs
         self._index: dict[int, array] = {}  # token -> its positions in the buffer, ascending
 
     @property
@@ -102,9 +107,10 @@ class SuffixCorpus:
         """Keep a finished request's output tokens (dropping the oldest outputs past ``max_requests``)."""
         if self.max_requests <= 0 or not tokens:
             return
-        self._append(tokens)
-        while len(self._spans) > self.max_requests:
-            self._spans.popleft()
+        self._append(tokens[-self.MAX_TOKENS:])
+        while len(self._spans) > self.max_requests or self._kept > self.MAX_TOKENS:
+            a, b = self._spans.popleft()
+            self._kept -= b - a
         if self.floor > max(4096, self._len // 2):
             self._compact()
 
@@ -122,6 +128,7 @@ class SuffixCorpus:
                 pos = self._index[t] = array("i")
             pos.append(start + i)
         self._spans.append((start, start + n))
+        self._kept += n
         self._len = start + n + 1
 
     def _compact(self) -> None:
@@ -129,6 +136,7 @@ class SuffixCorpus:
         self._buf = np.full(4096, -1, dtype=np.int32)
         self._len = 0
         self._spans.clear()
+        self._kept = 0
         self._index.clear()
         for tokens in kept:
             self._append(tokens)
