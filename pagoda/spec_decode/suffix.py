@@ -104,7 +104,8 @@ class SuffixCorpus:
         return len(self._spans)
 
     def add(self, tokens: list[int]) -> None:
-        """Keep a finished request's output tokens (dropping the oldest outputs past ``max_requests``)."""
+        """Keep a finished request's output tokens (dropping the oldest outputs past ``max_requests`` or
+        :data:`MAX_TOKENS`)."""
         if self.max_requests <= 0 or not tokens:
             return
         self._append(tokens[-self.MAX_TOKENS:])
