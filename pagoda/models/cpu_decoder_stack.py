@@ -260,7 +260,7 @@ def bind(model: LlamaForCausalLM) -> DecoderStack | None:
         layers.append(_Layer(n1.weight.data_ptr(), n2.weight.data_ptr(), *parts, None, None, n1.eps, n2.eps,
                              attn_mod.scale, int(attn_mod.attn_kwargs.get("sliding_window") or 0)))
     # One-row matmuls: cpu_int4_dot.one_row_library's build, unless a weight must run one build at every row count
-    # (speculative decoding: verify rows = decode rows)
+    # (speculative decoding where the builds can disagree: cpu_int4_dot.one_kernel_needed)
     from pagoda.quantization.int_weight import IntWeight
 
     one_kernel = any(isinstance(m, IntWeight) and m.one_kernel for m in model.modules())

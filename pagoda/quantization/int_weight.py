@@ -74,8 +74,8 @@ class IntWeight(nn.Module):
         self.layout: Layout = "plain"
         self.dense_packed: torch.Tensor | None = None  # optional bf16 oneDNN copy (cpu_linear.pack_int_weight_copies)
         self.batch_invariant = False  # --deterministic: one path for every row (pagoda.layers.batch_invariant)
-        # Speculative decoding (set by the model runner): one CPU kernel build for every row count, so a verify's rows
-        # equal decode rows (cpu_int4_dot.one_row_library)
+        # Speculative decoding (set by the model runner where the CPU kernel's builds can disagree: groups above
+        # cpu_int4_dot.GRID_MAX_GROUP): one build for every row count, so a verify's rows equal decode rows
         self.one_kernel = False
         self.bound_call: cpu_int4_dot.BoundCall | None = None  # the small-step fast path (set by finalize)
         self.symmetric = False  # ``triton`` layout: offsets == -2**(bits-1) * scales exactly (set by finalize)
