@@ -148,21 +148,24 @@ def gemv_rule(x: torch.Tensor, weight: torch.Tensor, table: dict[tuple[int, int,
     rows = x.numel() // max(1, x.shape[-1])  # first: an eager prefill step's linears leave here at once
     if not 1 <= rows <= GEMV_MAX_M:
         return None
-    own: dict[tuple[int, int, int], GemvRule] = {}
-    if table is None:
-        table = GEMV_TABLE
-        if x.is_cuda:
-            index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-            name = _device_names.get(index)
-            if name is None:
-                name = _device_names[index] = torch.cuda.get_device_name(index)
-            own = device_rules(name)
+    card = table is None  # the default tables: this card's own entries rank first
+    table = GEMV_TABLE if table is None else table
     if not ENABLED or not table or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
         return None
     if weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1:
         return None
     n, k = weight.shape
-    return own.get((rows, n, k)) or table.get((rows, n, k)) or table.get((m_bucket(rows), n, k))
+    rule = _card_rules(x.device).get((rows, n, k)) if card and DEVICE_GEMV_TABLE else None
+    return rule or table.get((rows, n, k)) or table.get((m_bucket(rows), n, k))
+
+
+def _card_rules(device: torch.device) -> dict[tuple[int, int, int], GemvRule]:
+    """:func:`device_rules` of a CUDA device (its name read once per device index)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = _device_names.get(index)
+    if name is None:
+        name = _device_names[index] = torch.cuda.get_device_name(index)
+    return device_rules(name)
 
 
 @triton.jit

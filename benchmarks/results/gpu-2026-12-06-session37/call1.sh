@@ -10,21 +10,7 @@ step tests 170 python -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_spec_v
   tests/test_spec_decode.py -k "suffix or verify_steps or drafts_longer or greedy_identical"
 echo "tests: $(tail -1 $OUT/tests.txt)" | tee -a $S
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-  step sweep 150 python benchmarks/gpu/int4_gemv_sweep.py --json $OUT/w4.json --ms 1 64
-  grep -E "step linears|floor|took" $OUT/sweep.txt | tee -a $S
-  sed -n '/CHOOSE/,/END CHOOSE/p' $OUT/sweep.txt >> $S
-  for q in none gptq; do
-    extra=""; [ $q = none ] || extra="--quantization $q"
-    # shellcheck disable=SC2086
-    step lat_$q 60 $CLI $LAT $extra
-    echo "latency $q: $(grep -E '^batch' $OUT/lat_$q.txt | sed 's/, in 512.*median/ median/; s/ (p90.*//' | tr '\n' ' ')" | tee -a $S
-  done
-  if [ -f $OUT/w4.json ]; then
-    # shellcheck disable=SC2086
-    step lat_gptq_winners 60 python benchmarks/gpu/with_gemv_table.py --w4-table $OUT/w4.json -- --log-level WARNING \
-      $LAT --quantization gptq
-    echo "latency gptq winners: $(grep -E '^batch' $OUT/lat_gptq_winners.txt | sed 's/, in 512.*median/ median/; s/ (p90.*//' | tr '\n' ' ')" | tee -a $S
-  fi
+  bash benchmarks/results/gpu-2026-12-06-session36/call3.sh  # its 4-bit tests, sweep and latency A/B (call2.sh too)
 else
   step spec_verify 200 bash benchmarks/gpu/spec_verify_bench.sh /tmp/sv
   grep -E "^batch [0-9]+: decode" $OUT/spec_verify.txt | tee -a $S

@@ -245,8 +245,8 @@ def _builds_agree_check(amx: ctypes.CDLL, plain: ctypes.CDLL) -> bool:
         # rows with a wide spread of magnitudes in each group (small elements move on the grid)
         x = (torch.randn(50, k, generator=gen) * torch.exp(torch.randn(50, k, generator=gen) * 4)).to(torch.bfloat16)
         for m in (1, 2, 5, 9, 16, 20, 50):
-            a, b = _call(amx.pagoda_int4_dot_mm, x[:m], packed, g, sz), _call(plain.pagoda_int4_dot_mm, x[:m], packed,
-                                                                             g, sz)
+            a = _call(amx.pagoda_int4_dot_mm, x[:m], packed, g, sz)
+            b = _call(plain.pagoda_int4_dot_mm, x[:m], packed, g, sz)
             if a is None or b is None or not torch.equal(a.view(torch.int16), b.view(torch.int16)):
                 return False
     return True
