@@ -53,7 +53,12 @@ channels in registers: no cross-thread work in the K loop, checked in the compil
 DOT_ROWS = [GemvRule(16, 128, 4, True, 3), GemvRule(16, 256, 4, True, 3), GemvRule(16, 256, 2, True, 4),
             GemvRule(32, 128, 4, True, 3), GemvRule(32, 256, 4, True, 3), GemvRule(16, 512, 4, True, 2),
             GemvRule(64, 128, 4, True, 4), GemvRule(16, 128, 1, True, 6), GemvRule(16, 256, 4, True, 4),
-            GemvRule(32, 128, 4, True, 4), GemvRule(32, 256, 4, True, 4)]
+            GemvRule(32, 128, 4, True, 4), GemvRule(32, 256, 4, True, 4),
+            # session 38: fewer programs a weight (one resident wave: 28,672 / 128 = 224 on 132 SMs) and deeper
+            # pipelines, for the 5-row verify that ran ~6 % behind the one-row GEMV on the same weights
+            GemvRule(128, 128, 4, True, 4), GemvRule(128, 128, 8, True, 4), GemvRule(128, 64, 4, True, 6),
+            GemvRule(64, 128, 4, True, 6), GemvRule(64, 128, 8, True, 4), GemvRule(64, 256, 4, True, 4),
+            GemvRule(64, 64, 4, True, 8), GemvRule(32, 128, 4, True, 6)]
 SPLIT_ROWS = [GemvRule(64, 128, 4, True, 4, 2), GemvRule(64, 128, 4, True, 4, 4), GemvRule(64, 128, 4, True, 4, 8),
               GemvRule(32, 128, 4, True, 4, 2), GemvRule(32, 128, 4, True, 4, 4), GemvRule(32, 256, 4, True, 3, 2),
               GemvRule(32, 256, 4, True, 3, 4), GemvRule(64, 256, 4, True, 3, 4), GemvRule(128, 128, 8, True, 3, 4),

@@ -6,8 +6,8 @@
 # batch 32) and the speed-up the costs predict at acceptance lengths 1.5 / 2.5 / 3.5 tokens per step.
 # Run from the repository root on the GPU machine (about 2 minutes on an H200):
 #   bash benchmarks/gpu/spec_verify_bench.sh [OUT_DIR]
-# PAGODA_CLI replaces the command that runs pagoda (an A/B of GEMV tables: "python
-# benchmarks/gpu/with_gemv_table.py --cuda-cores-only --").
+# BATCHES (default "1 32") narrows the batch sizes. PAGODA_CLI replaces the command that runs pagoda (an A/B of
+# GEMV tables: "python benchmarks/gpu/with_gemv_table.py --cuda-cores-only --").
 set -euo pipefail
 OUT=${1:-/tmp/spec_verify}
 mkdir -p "$OUT"
@@ -17,7 +17,7 @@ run() {  # $1: name, rest: extra flags
   local name=$1; shift
   # shellcheck disable=SC2086
   timeout 170 ${PAGODA_CLI:-python -m pagoda.entrypoints.cli} --log-level INFO bench latency --model "$M" --load-format dummy \
-    --batch-size 1 32 --input-len 512 --output-len 32 --max-model-len 2048 --max-num-seqs 32 --output-json "$OUT/$name.json" "$@" 2>&1 \
+    --batch-size ${BATCHES:-1 32} --input-len 512 --output-len 32 --max-model-len 2048 --max-num-seqs 32 --output-json "$OUT/$name.json" "$@" 2>&1 \
     | grep -E "^batch|Captured|rror" | tee "$OUT/$name.txt"
 }
 run plain
@@ -25,8 +25,10 @@ run verify4 --speculative-config '{"method": "synthetic", "num_speculative_token
 python - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-plain, spec = (json.load(open(f"{out}/{n}.json")) for n in ("plain", "verify4"))
-for p, s, target in zip(plain, spec, (1.15, 1.3)):
+plain, spec = ((lambda r: r if isinstance(r, list) else [r])(json.load(open(f"{out}/{n}.json")))
+               for n in ("plain", "verify4"))  # one batch size: one record
+for p, s in zip(plain, spec, strict=True):
+    target = 1.15 if p["batch_size"] == 1 else 1.3
     d, v = p["decode_step_ms_median"], s["decode_step_ms_median"]
     pred = ", ".join(f"{a}: {a * d / v:.2f}x" for a in (1.5, 2.5, 3.5))
     print(f"batch {p['batch_size']}: decode step {d:.2f} ms, verify-4 step {v:.2f} ms = {v / d:.2f}x "

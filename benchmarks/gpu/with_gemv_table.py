@@ -3,7 +3,9 @@
 Usage (GPU machine, repo root): ``python benchmarks/gpu/with_gemv_table.py [--table SWEEP_JSON]
 [--cuda-cores-only] [--fp8-table FP8_JSON] [--w4-table W4_JSON] -- bench latency --model M ...``.
 ``--table``: the winners of ``dense_gemv_sweep.py --json`` replace the bf16 ``GEMV_TABLE``'s entries (and this
-card's ``DEVICE_GEMV_TABLE`` ones) of the same ``(rows, N, K)`` and add new ones; ``--cuda-cores-only``: then every
+card's ``DEVICE_GEMV_TABLE`` ones) of the same ``(rows, N, K)`` and add new ones; ``--entry ROWS,N,K=RULE``
+(repeatable, ``RULE`` as ``GemvRule``'s fields, e.g. ``5,4096,14336=64,128,4,1,4,4``): one entry set by hand over
+all of that (a shape whose sweep was a tie); ``--cuda-cores-only``: then every
 tensor-core rule (``use_dot``) is dropped, so those shapes run cuBLAS; ``--fp8-table``: the winners of
 ``fp8_linear_bench.py --json`` replace the FP8 GEMV's table entries the same way; ``--w4-table``: the winners of
 ``int4_gemv_sweep.py --json`` replace the 4-bit ``SMALL_M_TABLE`` and the ``INT4_TABLE`` entries it chose. The
@@ -18,7 +20,17 @@ import sys
 from pathlib import Path
 
 
-def merged_table(table_json: str | None, cuda_cores_only: bool) -> dict:
+def parse_entry(text: str) -> tuple[tuple[int, int, int], object]:
+    """``ROWS,N,K=BLOCK_N,BLOCK_K,WARPS,USE_DOT,STAGES,SPLIT`` -> a table key and its ``GemvRule``."""
+    from pagoda.layers.dense_gemv import GemvRule
+
+    key, _, rule = text.partition("=")
+    m, n, k = (int(v) for v in key.split(","))
+    bn, bk, w, dot, stages, split = (int(v) for v in rule.split(","))
+    return (m, n, k), GemvRule(bn, bk, w, bool(dot), stages, split)
+
+
+def merged_table(table_json: str | None, cuda_cores_only: bool, entries: list[str] | None = None) -> dict:
     """``GEMV_TABLE`` with this card's own ``DEVICE_GEMV_TABLE`` entries and then the sweep's winners from
     ``table_json`` over it, then (``cuda_cores_only``) without its tensor-core rules. The caller sets the result as
     ``GEMV_TABLE`` and empties ``DEVICE_GEMV_TABLE``, so the sweep's winners are what runs."""
@@ -34,6 +46,7 @@ def merged_table(table_json: str | None, cuda_cores_only: bool) -> dict:
         from dense_gemv_sweep import table_from_json
 
         table.update(table_from_json(table_json))
+    table.update(parse_entry(e) for e in entries or [])
     if cuda_cores_only:
         table = {key: rule for key, rule in table.items() if not rule.use_dot}
     return table
@@ -47,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cuda-cores-only", action="store_true")
     ap.add_argument("--fp8-table", default=None)
     ap.add_argument("--w4-table", default=None)
+    ap.add_argument("--entry", action="append", default=[])
     args = ap.parse_args(argv[:split])
     if args.w4_table:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"FP8 GEMV table: {len(triton_fp8_gemv.GEMV_TABLE)} entries", flush=True)
     from pagoda.layers import dense_gemv
 
-    table = dense_gemv.GEMV_TABLE = merged_table(args.table, args.cuda_cores_only)
+    table = dense_gemv.GEMV_TABLE = merged_table(args.table, args.cuda_cores_only, args.entry)
     dense_gemv.DEVICE_GEMV_TABLE = {}  # folded into the table above
     print(f"GEMV table: {len(table)} entries, {sum(r.use_dot for r in table.values())} on tensor cores", flush=True)
     from pagoda.entrypoints.cli import main as cli_main

@@ -118,9 +118,12 @@ GEMV_TABLE: dict[tuple[int, int, int], GemvRule] = {
 tries the exact count first; the sweep prints lines to paste here). A shape missing here runs ``F.linear``."""
 
 DEVICE_GEMV_TABLE: dict[str, dict[tuple[int, int, int], GemvRule]] = {
-    # H100 80GB HBM3, session 37 (results/gpu-2026-12-06-session37/call3_sweep5.txt): the 5-row qkv on tensor cores
-    # 20.6 -> 19.5 us there, where on an H200 it lost to cuBLAS by 3 % (session 35); verify-4 step 6.18 -> 6.12 ms
-    "H100": {(5, 6144, 4096): GemvRule(64, 128, 4, True, 4)},
+    # H100 80GB HBM3, session 38 (results/gpu-2026-12-06-session38/call4_sweep5.txt; session 37's qkv entry before
+    # it): the 5-row qkv, o and LM head on 256-deep K tiles, each the best of the 5-row candidates there (cuBLAS:
+    # qkv 20.8 -> 19.9 us, o 15.9 -> 13.6 (the split-4 rule before), head 372.9 -> 342.9); on an H200 cuBLAS won the
+    # 5-row qkv by 3 % (session 35). Verify-4 step at batch 1, alternating: 6.21 / 6.18 -> 6.15 / 6.16 ms
+    "H100": {(5, 6144, 4096): GemvRule(64, 256, 4, True, 4), (5, 4096, 4096): GemvRule(64, 256, 4, True, 4),
+             (5, 128256, 4096): GemvRule(64, 256, 4, True, 4)},
 }
 """One card's own winners, ranked before :data:`GEMV_TABLE`'s: keyed by a word of ``torch.cuda.get_device_name``
 (``"H100"`` in ``"NVIDIA H100 80GB HBM3"``), for shapes whose winner differs between cards."""

@@ -206,6 +206,9 @@ def test_with_gemv_table_merges_a_sweep_and_drops_tensor_core_rules(monkeypatch,
         (1, 24, 64): dg.GemvRule(4, 64, 2), (2, 24, 64): dg.GemvRule(16, 32, 4, True, 2),
         (8, 24, 64): dg.GemvRule(16, 32, 4, True, 3)}
     assert script.merged_table(str(sweep), True) == {(1, 24, 64): dg.GemvRule(4, 64, 2)}
+    # an entry set by hand wins over the sweep (a shape whose sweep was a tie)
+    assert script.merged_table(str(sweep), False, ["8,24,64=64,128,4,1,4,2"])[(8, 24, 64)] == dg.GemvRule(
+        64, 128, 4, True, 4, 2)
     with pytest.raises(SystemExit) as exc:
         script.main(["--table", str(sweep), "--cuda-cores-only", "--", "bench", "latency", "--help"])
     assert exc.value.code == 0
