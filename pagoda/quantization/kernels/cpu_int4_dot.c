@@ -61,6 +61,10 @@
 #define FULL_BLOCK_ROWS 7 /* up to this many rows a task is a whole 64-column block, above it a half */
 #endif
 
+#ifndef CODE_PREFETCH
+#define CODE_PREFETCH 4096
+#endif
+
 /* Lane i of a `lo` vector is column LO_COL(i) of its 32-column half, of a `hi` vector HI_COL(i). */
 #define PERM_LO _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
 #define PERM_HI _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
@@ -127,6 +131,9 @@ static inline void store_half(uint16_t *c, __m512 lo, __m512 hi) {
 static inline void decode_b_tiles(const uint8_t *Bp, int k0, uint16_t *bt, __m512i lut) {
     for (int kp = 0; kp < 16; kp++) {
         const uint8_t *row = Bp + (size_t)(k0 + 2 * kp) * 32;
+#if CODE_PREFETCH > 0
+        _mm_prefetch((const char *)row + CODE_PREFETCH, _MM_HINT_T0);
+#endif
         __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
         __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
         __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
@@ -209,6 +216,9 @@ static inline __attribute__((always_inline)) void dot_tile(const uint16_t *A, in
             for (int v = 0; v < nv; v++) S[r][v] = _mm512_setzero_ps();
         for (int k = g * G; k < (g + 1) * G; k += 2) {
             const uint8_t *row = Bp + (size_t)k * 32;
+#if CODE_PREFETCH > 0
+            _mm_prefetch((const char *)row + CODE_PREFETCH, _MM_HINT_T0);
+#endif
             __m256i r0 = _mm256_loadu_si256((const __m256i *)row);
             __m256i r1 = _mm256_loadu_si256((const __m256i *)(row + 32));
             __m512i wlo = _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(r0, r1));
