@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from engine_checks import PROMPTS, assert_engine_clean, greedy, token_ids
@@ -55,6 +56,16 @@ REPEAT = [" ".join(["one two three four five six seven"] * 5), *PROMPTS[:6]]
     ({"method": "ngram", "num_speculative_tokens": 2, "suffix_decoding_max_tree_depth": 8},
      "suffix_decoding_max_tree_depth"),  # a suffix key on another method
     ({"method": "suffix", "prompt_lookup_max": 4}, "prompt_lookup_max"),  # an n-gram key on another method
+    # bools and other types where a number or a string belongs; keys that would be ignored
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": True}, "disable_by_batch_size"),
+    ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": True}, "draft_tensor_parallel_size"),
+    ({"model": "d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1.0}, "draft_tensor_parallel_size"),
+    ({"model": "d", "num_speculative_tokens": 2, "max_model_len": True}, "max_model_len"),
+    ({"model": "d", "num_speculative_tokens": 2, "quantization": 5}, "quantization"),
+    ({"model": "d", "num_speculative_tokens": 2, "revision": ["x"]}, "revision"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "revision": "main"}, "revision"),
+    ({"model": "d", "num_speculative_tokens": 2, "enforce_eager": False}, "enforce_eager"),
+    ({"model": "d", "num_speculative_tokens": 2, "enforce_eager": "yes please"}, "enforce_eager"),
 ])
 def test_bad_config_names_the_key(cfg, key):
     with pytest.raises(ValueError, match=key):
@@ -191,14 +202,46 @@ def test_suffix_corpus_drafts_from_earlier_outputs_and_drops_the_oldest():
     corpus.add([30, 31, 32])  # the first output is dropped
     assert corpus.num_requests == 2 and p.propose_one([1, 2, 7, 8], 4) == []
     assert p.propose_one([30, 31], 2) == [32]  # a continuation stops at the separator
-    for i in range(3000):  # enough outputs that the dropped half is compacted away
+    for i in range(3000):  # enough outputs that the dropped ones are re-based out of the buffer many times
         corpus.add([40 + i % 7, 50, 60])
-    assert corpus.floor < 4096 and p.propose_one([46, 50], 2) == [60]
+    assert corpus.held < 8192 and corpus.indexed == 6 and p.propose_one([46, 50], 2) == [60]
     small = SuffixCorpus(max_requests=100)
     small.MAX_TOKENS = 10  # the token bound drops outputs too
     small.add([1, 2, 3, 4, 5, 6])
     small.add([7, 8, 9, 10, 11])
     assert small.num_requests == 1 and SuffixProposer(24, 2.0, 0.1, small).propose_one([1, 2], 2) == []
+
+
+@pytest.mark.parametrize("short_output", [2048, 4], ids=["token-by-token", "by-distinct-token"])
+def test_suffix_corpus_after_drops_drafts_as_a_corpus_of_the_kept_outputs_alone(monkeypatch, short_output):
+    """Dropping outputs (by count and by tokens) and re-basing the buffer change nothing a draft sees: after every
+    add the corpus drafts what a fresh corpus of just the kept outputs drafts, and its index holds only their
+    tokens (outputs indexed either way)."""
+    import random
+
+    from pagoda.spec_decode import suffix
+    from pagoda.spec_decode.suffix import SuffixCorpus
+
+    monkeypatch.setattr(suffix, "_SHORT_OUTPUT", short_output)
+
+    rng = random.Random(5)
+    corpus = SuffixCorpus(max_requests=6)
+    corpus.MAX_TOKENS = 120
+    kept: list[list[int]] = []
+    for step in range(700):
+        out = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
+        corpus.add(out)
+        kept.append(out[-corpus.MAX_TOKENS:])
+        while len(kept) > 6 or sum(map(len, kept)) > 120:
+            kept.pop(0)
+        assert corpus.num_requests == len(kept) and corpus.indexed == sum(map(len, kept))
+        fresh = SuffixCorpus(max_requests=100)
+        for o in kept:
+            fresh.add(o)
+        for _ in range(3):
+            tail = np.asarray([rng.randrange(6) for _ in range(rng.randrange(1, 10))], dtype=np.int64)
+            assert corpus.draft(tail, 6, 2.0, 0.2) == fresh.draft(tail, 6, 2.0, 0.2), step
+    assert corpus.held < 4096 + 130  # re-based: the buffer does not grow with the outputs ever added
 
 
 @pytest.mark.parametrize("depth,factor,min_prob", [(24, 1.0, 0.1), (3, 2.0, 0.1), (24, 1.5, 0.4), (8, 0.5, 0.0)])
@@ -391,6 +434,29 @@ def test_suffix_corpus_takes_finished_outputs(tiny):
     _assert_same_greedy(first, base[1:4])
     _assert_same_greedy(again, base[1:4])
     assert st.num_accepted_tokens - accepted_first > max(2 * accepted_first, 60)
+    assert_engine_clean(llm)
+
+
+def test_suffix_corpus_keeps_every_finished_output_but_salted_or_seeded_sampled_ones(tiny):
+    """Every request that ran feeds the corpus once finished, one that never speculated too (a penalty), except a
+    salted one (its tenant's text stays its own, as its prefix-cache blocks do) and a seeded sampled one; and a seeded
+    sampled request drafts from its own text alone, so its tokens do not depend on what other requests left in the
+    corpus (the rejection sampler's draws depend on the drafts)."""
+    from pagoda import LLM, SamplingParams
+
+    llm = LLM(str(tiny.path("llama")), dtype="float32",
+              speculative_config={"method": "suffix", "num_speculative_tokens": 8})
+    seeded = SamplingParams(temperature=0.8, seed=1234, max_tokens=32)
+    first = llm.generate([REPEAT[0]], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    corpus = llm.llm_engine.core.spec.proposer.corpus
+    assert corpus.num_requests == 0  # a seeded sampled output stays out
+    llm.generate([REPEAT[1]], greedy(16, presence_penalty=0.5), use_tqdm=False)  # never speculates
+    assert corpus.num_requests == 1
+    llm.generate([{"prompt": REPEAT[2], "cache_salt": "tenant-a"}], greedy(16), use_tqdm=False)
+    assert corpus.num_requests == 1  # a salted output stays out
+    llm.generate(REPEAT[:4], greedy(48), use_tqdm=False)  # the seeded prompt's own continuation among them
+    assert corpus.num_requests == 5
+    assert llm.generate([REPEAT[0]], seeded, use_tqdm=False)[0].outputs[0].token_ids == first
     assert_engine_clean(llm)
 
 

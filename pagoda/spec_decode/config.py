@@ -59,8 +59,8 @@ class SpeculativeConfig:
             k = suffix[0]
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"speculative_config.num_speculative_tokens must be a positive integer, got {k!r}.")
-        tp = d.get("draft_tensor_parallel_size", 1)
-        if tp not in (1, None):
+        tp = d.get("draft_tensor_parallel_size")
+        if tp is not None and (type(tp) is not int or tp != 1):
             raise ValueError(f"speculative_config.draft_tensor_parallel_size must be 1, got {tp!r}.")
         lo, hi = _lookup_range(d)
         lookup_given = [key for key in ("prompt_lookup_min", "prompt_lookup_max") if d.get(key) is not None]
@@ -68,18 +68,37 @@ class SpeculativeConfig:
             raise ValueError(f"speculative_config.{lookup_given[0]} applies to method 'ngram' only (method is "
                              f"{method!r}).")
         dbs = d.get("disable_by_batch_size")
-        if dbs is not None and (not isinstance(dbs, int) or dbs < 1):
+        if dbs is not None and (type(dbs) is not int or dbs < 1):
             raise ValueError(f"speculative_config.disable_by_batch_size must be a positive integer, got {dbs!r}.")
         mml = d.get("max_model_len")
-        if mml is not None and (not isinstance(mml, int) or mml <= k):
+        if mml is not None and (type(mml) is not int or mml <= k):
             raise ValueError(f"speculative_config.max_model_len must be an integer above num_speculative_tokens "
                              f"({k}), got {mml!r}.")
         if method in MODEL_METHODS and not d.get("model"):
             raise ValueError(f"speculative_config.model: method {method!r} needs the draft's checkpoint path.")
         if method not in MODEL_METHODS and d.get("model") not in (None, method, f"[{method}]"):
             raise ValueError(f"speculative_config.model: method {method!r} takes no model, got {d.get('model')!r}.")
+        _check_draft_loading(d, method)
         return cls(method, k, lo, hi, d.get("model") if method in MODEL_METHODS else None,
                    d.get("quantization"), d.get("revision"), mml, dbs, *suffix)
+
+
+def _check_draft_loading(d: dict[str, Any], method: str) -> None:
+    """``quantization`` / ``revision`` (strings, for a method that loads a checkpoint) and ``enforce_eager`` (drafts
+    and heads run eagerly: only true, or absent, describes what runs)."""
+    for key in ("quantization", "revision"):
+        v = d.get(key)
+        if v is None:
+            continue
+        if method not in MODEL_METHODS:
+            raise ValueError(f"speculative_config.{key} applies to a draft model or head (method {method!r} loads "
+                             f"none).")
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"speculative_config.{key} must be a string, got {v!r}.")
+    eager = d.get("enforce_eager")
+    if eager is not None and eager is not True:
+        raise ValueError(f"speculative_config.enforce_eager: drafts run eagerly in pagoda (their own CUDA graphs are "
+                         f"not built); leave it out or set true, got {eager!r}.")
 
 
 def _method(d: dict[str, Any]) -> str:

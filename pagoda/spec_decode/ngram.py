@@ -45,8 +45,9 @@ class NgramProposer:
         self.min_n = min_n
         self.max_n = max_n
 
-    def propose_one(self, tokens: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens continuing ``tokens`` (empty when no n-gram in range recurs)."""
+    def propose_one(self, tokens: list[int], k: int, shared: bool = True) -> list[int]:
+        """Up to ``k`` tokens continuing ``tokens`` (empty when no n-gram in range recurs; ``tokens`` are the only
+        source, whatever ``shared``)."""
         L = len(tokens)
         if k <= 0 or L < self.min_n + 1:
             return []

@@ -33,8 +33,9 @@ class Proposer(Protocol):
 
 
 class Lookup(Protocol):
-    def propose_one(self, tokens: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens continuing ``tokens``, from ``tokens`` alone."""
+    def propose_one(self, tokens: list[int], k: int, shared: bool = True) -> list[int]:
+        """Up to ``k`` tokens continuing ``tokens`` (``shared``: other requests' text may be drawn on too, where the
+        lookup keeps any)."""
         ...
 
 
@@ -51,13 +52,23 @@ class LookupBatchProposer:
         for r, k in zip(reqs, ks, strict=True):
             forced = r.grammar.forced_tokens(k) if r.grammar is not None else []
             out.append(forced + self.lookup.propose_one(r.all_token_ids + forced if forced else r.all_token_ids,
-                                                        k - len(forced)))
+                                                        k - len(forced), shares_text(r)))
         return out
+
+
+def shares_text(r: Request) -> bool:
+    """Whether ``r`` may draft from other requests' outputs (and its own output may serve theirs): not with a
+    ``cache_salt`` (its tenant's text stays its own, as its prefix-cache blocks do: acceptance rates and timings would
+    tell one tenant about another's outputs), and not for a seeded sampled request, whose tokens must follow from its
+    seed and its own text alone (the rejection sampler's draws depend on the drafts; greedy tokens do not)."""
+    p = r.sampling_params
+    return r.cache_salt is None and (p.seed is None or p.sampling_type_greedy)
 
 
 class SuffixBatchProposer(LookupBatchProposer):
     """Suffix decoding: :class:`LookupBatchProposer` over :class:`SuffixProposer`, whose corpus takes the output of
-    every request it proposed for once that request has finished (found at :meth:`retain`, each step)."""
+    every request that ran, speculating or not (:meth:`track`, each step), once it has finished without an error
+    (found at :meth:`retain`); requests that do not :func:`shares_text` neither draw on the corpus nor feed it."""
 
     def __init__(self, cfg: SpeculativeConfig) -> None:
         self.corpus = SuffixCorpus(cfg.suffix_max_cached_requests)
@@ -65,10 +76,11 @@ class SuffixBatchProposer(LookupBatchProposer):
                                         self.corpus if cfg.suffix_max_cached_requests > 0 else None))
         self._seen: dict[str, Request] = {}
 
-    def propose(self, reqs: list[Request], ks: list[int]) -> list[list[int]]:
-        for r in reqs:
-            self._seen[r.request_id] = r
-        return super().propose(reqs, ks)
+    def track(self, running: list[Request]) -> None:
+        """The step's running requests: each is kept in view until it finishes."""
+        if self.corpus.max_requests > 0:
+            for r in running:
+                self._seen[r.request_id] = r
 
     def retain(self, running_ids: set[str]) -> None:
         """Requests seen before that no longer run: a finished one's output joins the corpus (a preempted one is
@@ -76,7 +88,8 @@ class SuffixBatchProposer(LookupBatchProposer):
         for rid in [rid for rid in self._seen if rid not in running_ids]:
             r = self._seen[rid]
             if r.status.finished:
-                self.corpus.add(list(r.output_token_ids))
+                if r.status != RequestStatus.FINISHED_ERROR and shares_text(r):
+                    self.corpus.add(list(r.output_token_ids))
                 del self._seen[rid]
 
 
@@ -126,6 +139,9 @@ class SpecDecoder:
             if k > 0:
                 reqs.append(r)
                 ks.append(k)
+        track = getattr(self.proposer, "track", None)
+        if track is not None:  # suffix decoding: every running request's output may join its corpus
+            track(running)
         retain = getattr(self.proposer, "retain", None)
         if retain is not None:  # a stateful proposer (draft model, EAGLE) frees what stopped running
             retain({r.request_id for r in running})

@@ -73,89 +73,139 @@ def _walk(hay: np.ndarray, nexts: np.ndarray, cap: int, min_prob: float) -> tupl
     return out, score
 
 
+_SHORT_OUTPUT = 2048
+"""Outputs up to this many tokens are indexed token by token, longer ones a distinct token at a time."""
+
+
 class SuffixCorpus:
     """Outputs of finished requests, the global source of suffix decoding: at most ``max_requests`` and
-    :data:`MAX_TOKENS` tokens (the oldest dropped first), in one int32 buffer, each followed by a -1 separator, with
-    each token's positions indexed. Dropped outputs stay in the buffer below :attr:`floor` until the buffer is
-    compacted (when they fill half)."""
+    :data:`MAX_TOKENS` tokens (the oldest dropped first), each followed by a -1 separator, with each token's
+    positions indexed.
+
+    Positions are absolute (they count every token ever added), so nothing in the index moves when old outputs go:
+    dropping an output trims only its own tokens' position lists (a prefix of each, the oldest positions), and the
+    buffer keeps the positions from :attr:`_base` on, re-based by one copy of what is kept when dropped outputs fill
+    half of it. Work per added output is proportional to that output and the one it drops, never to the corpus
+    (a rebuild of a 2M-token index in Python took ~0.7 s, a step's pause)."""
 
     MAX_CANDIDATES = 256
     """Occurrences of a request's last token looked at, the most recent first (bounds a step's work on common
     tokens)."""
     MAX_TOKENS = 1 << 21
-    """Tokens kept at most, whatever ``max_requests`` allows (oldest outputs dropped first): ~16 MB of buffer and
-    index."""
+    """Tokens kept at most, whatever ``max_requests`` allows (oldest outputs dropped first): at most ~16 MB of index
+    (8-byte positions) and ~16 MB of buffer (kept and not yet re-based positions)."""
 
     def __init__(self, max_requests: int) -> None:
         self.max_requests = max_requests
-        self._buf = np.full(4096, -1, dtype=np.int32)
-        self._len = 0
-        self._spans: deque[tuple[int, int]] = deque()  # each kept output's [start, end) in the buffer
+        self._buf = np.full(4096, -1, dtype=np.int32)  # positions [_base, _end) of the corpus
+        self._base = 0
+        self._end = 0
+        self._spans: deque[tuple[int, int]] = deque()  # each kept output's [start, end) (absolute)
         self._kept = 0  # tokens in the kept outputs
-        self._index: dict[int, array] = {}  # token -> its positions in the buffer, ascending
+        self._index: dict[int, array] = {}  # token -> its kept positions (absolute, ascending)
 
     @property
     def floor(self) -> int:
-        """The first position of the oldest kept output (earlier positions are dropped outputs)."""
-        return self._spans[0][0] if self._spans else self._len
+        """The first position of the oldest kept output (absolute; earlier positions are dropped)."""
+        return self._spans[0][0] if self._spans else self._end
 
     @property
     def num_requests(self) -> int:
         return len(self._spans)
+
+    @property
+    def held(self) -> int:
+        """Positions the buffer holds (the kept outputs, and dropped ones not yet re-based away)."""
+        return self._end - self._base
+
+    @property
+    def indexed(self) -> int:
+        """Positions in the index (the kept outputs' tokens: dropped outputs leave none)."""
+        return sum(len(lst) for lst in self._index.values())
 
     def add(self, tokens: list[int]) -> None:
         """Keep a finished request's output tokens (dropping the oldest outputs past ``max_requests`` or
         :data:`MAX_TOKENS`)."""
         if self.max_requests <= 0 or not tokens:
             return
-        self._append(tokens[-self.MAX_TOKENS:])
+        self._append(np.asarray(tokens[-self.MAX_TOKENS:], dtype=np.int32))
         while len(self._spans) > self.max_requests or self._kept > self.MAX_TOKENS:
-            a, b = self._spans.popleft()
-            self._kept -= b - a
-        if self.floor > max(4096, self._len // 2):
-            self._compact()
+            self._drop_oldest()
+        if self.floor - self._base > max(4096, (self._end - self._base) // 2):
+            self._rebase()
 
-    def _append(self, tokens: list[int]) -> None:
-        n, start = len(tokens), self._len
-        if start + n + 1 > len(self._buf):
-            grown = np.full(max(2 * len(self._buf), start + n + 1), -1, dtype=np.int32)
-            grown[:start] = self._buf[:start]
-            self._buf = grown
-        self._buf[start : start + n] = tokens
-        self._buf[start + n] = -1
-        for i, t in enumerate(tokens):
-            pos = self._index.get(t)
-            if pos is None:
-                pos = self._index[t] = array("i")
-            pos.append(start + i)
+    def _append(self, tokens: np.ndarray) -> None:
+        n, start = len(tokens), self._end
+        if start - self._base + n + 1 > len(self._buf):
+            if self.floor > self._base:  # the dropped outputs go before the buffer grows
+                self._rebase()
+            at = start - self._base
+            if at + n + 1 > len(self._buf):
+                grown = np.full(max(2 * len(self._buf), at + n + 1), -1, dtype=np.int32)
+                grown[:at] = self._buf[:at]
+                self._buf = grown
+        at = start - self._base
+        self._buf[at : at + n] = tokens
+        self._buf[at + n] = -1
+        index = self._index
+        if n <= _SHORT_OUTPUT:  # one dict lookup a token: the cheapest in Python for a few hundred
+            for p, t in enumerate(tokens.tolist(), start):
+                lst = index.get(t)
+                if lst is None:
+                    lst = index[t] = array("q")
+                lst.append(p)
+        else:  # a long output: one pass a distinct token
+            order = np.argsort(tokens, kind="stable")  # each token's positions, ascending
+            toks = tokens[order]
+            firsts = np.flatnonzero(np.r_[True, toks[1:] != toks[:-1]])
+            pos = (order + start).astype(np.int64)
+            for a, b in zip(firsts.tolist(), [*firsts[1:].tolist(), n], strict=True):
+                t = int(toks[a])
+                lst = index.get(t)
+                if lst is None:
+                    lst = index[t] = array("q")
+                lst.frombytes(pos[a:b].tobytes())
         self._spans.append((start, start + n))
         self._kept += n
-        self._len = start + n + 1
+        self._end = start + n + 1
 
-    def _compact(self) -> None:
-        kept = [self._buf[a:b].tolist() for a, b in self._spans]
-        self._buf = np.full(4096, -1, dtype=np.int32)
-        self._len = 0
-        self._spans.clear()
-        self._kept = 0
-        self._index.clear()
-        for tokens in kept:
-            self._append(tokens)
+    def _drop_oldest(self) -> None:
+        """The oldest output stops being a source: each of its tokens' lists loses its first entries, one for each
+        time the token occurs in it (the oldest kept positions of every list are that output's)."""
+        a, b = self._spans.popleft()
+        self._kept -= b - a
+        index = self._index
+        toks, counts = np.unique(self._buf[a - self._base : b - self._base], return_counts=True)
+        for t, c in zip(toks.tolist(), counts.tolist(), strict=True):
+            lst = index[t]
+            if c == len(lst):
+                del index[t]
+            else:
+                del lst[:c]
+
+    def _rebase(self) -> None:
+        """The buffer from the floor on (positions and the index unchanged)."""
+        floor = self.floor
+        kept = self._buf[floor - self._base : self._end - self._base]
+        self._buf = np.full(max(4096, 2 * len(kept)), -1, dtype=np.int32)
+        self._buf[: len(kept)] = kept
+        self._base = floor
 
     def draft(self, tail: np.ndarray, k: int, max_spec_factor: float, min_prob: float) -> tuple[list[int], float]:
         """The corpus's draft for a request whose last tokens are ``tail`` (nearest first): (tokens, score)."""
         pos = self._index.get(int(tail[0]))
         if pos is None:
             return [], 0.0
-        ends = np.frombuffer(pos, dtype=np.int32)[-self.MAX_CANDIDATES:].astype(np.int64)
-        floor = self.floor
-        ends = ends[ends >= floor]
+        floor, base = self.floor, self._base
+        ends = np.frombuffer(pos, dtype=np.int64)[-self.MAX_CANDIDATES:]
+        ends = ends[ends >= floor] - base
         if not len(ends):
             return [], 0.0
-        length = match_lengths(self._buf[: self._len], ends, tail, floor)
+        hay = self._buf[: self._end - base]
+        length = match_lengths(hay, ends, tail, floor - base)
         n = int(length.max())
         cap = min(k, int(max_spec_factor * n + 1e-9))
-        return _walk(self._buf[: self._len], ends[length >= n] + 1, cap, min_prob)
+        return _walk(hay, ends[length >= n] + 1, cap, min_prob)
 
 
 class SuffixProposer:
@@ -166,15 +216,16 @@ class SuffixProposer:
         self.min_token_prob = min_token_prob
         self.corpus = corpus
 
-    def propose_one(self, tokens: list[int], k: int) -> list[int]:
+    def propose_one(self, tokens: list[int], k: int, shared: bool = True) -> list[int]:
         """Up to ``k`` tokens continuing ``tokens``: the better-scored of the request's own draft and the corpus's
-        (empty when neither source holds the last token, or the match earns no draft)."""
+        (empty when neither source holds the last token, or the match earns no draft; ``shared`` False: the
+        request's own draft alone)."""
         L = len(tokens)
         if k <= 0 or L < 1:
             return []
         arr = np.asarray(tokens, dtype=np.int64)
         own, score = self._own(arr, k)
-        if self.corpus is not None and self.corpus.num_requests:
+        if shared and self.corpus is not None and self.corpus.num_requests:
             tail = arr[L - 1 - np.arange(min(self.max_depth, L))]
             other, other_score = self.corpus.draft(tail, k, self.max_spec_factor, self.min_token_prob)
             if other_score > score:
