@@ -251,11 +251,20 @@ def test_sampling_fields_accepted(server):
     assert r.usage.completion_tokens == 3
 
 
-def test_unknown_fields_ignored(server):
-    r = server.post("/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 2, "no_such_field": 1,
+def test_unknown_fields_are_a_400_naming_them(server):
+    """A field no table knows (a typo: max_token) would otherwise run as if it had not been sent: a 400 naming it, as
+    OpenAI answers; the platform's harmless extras (metadata) pass with a log line."""
+    r = server.post("/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 2, "max_token": 1,
                                         "another": {"x": 1}})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "another" and "another" in err["message"] and "max_token" in err["message"]
+    r = server.post("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 2, "enable_thinking": False})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "enable_thinking", r.text
+    r = server.post("/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 2, "metadata": {"k": "v"}})
     assert r.status_code == 200, r.text
-    assert "ignored" in server.log() and "no_such_field" in server.log()
+    assert "ignored" in server.log() and "metadata" in server.log()
 
 
 def test_tokenize_detokenize_roundtrip(server):

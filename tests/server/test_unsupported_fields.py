@@ -78,14 +78,18 @@ def test_priority_needs_the_priority_policy(server):
     assert err["param"] == "priority" and "scheduling-policy priority" in err["message"], err
 
 
-def test_harmless_extras_are_accepted(server):
-    extras = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto",
-              "parallel_tool_calls": True, "prompt_cache_key": "k", "no_such_field_anywhere": 1}
-    # parallel_tool_calls is honoured by chat (tool_calling.py) and harmless elsewhere
-    assert set(extras) - {"no_such_field_anywhere", "parallel_tool_calls"} <= set(IGNORED)
+def test_harmless_extras_are_accepted_and_unknown_ones_refused(server):
+    extras = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "prompt_cache_key": "k"}
+    assert set(extras) <= set(IGNORED)
     for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
         r = server.post(path, {**base, **extras})
         assert r.status_code == 200, r.text
+    # parallel_tool_calls is honoured by chat (tool_calling.py); completions has no tools, so it is unknown there
+    assert server.post("/v1/chat/completions", {**CHAT, "parallel_tool_calls": True}).status_code == 200
+    for path, base in (("/v1/completions", {**COMPLETION, "parallel_tool_calls": True}),
+                       ("/v1/chat/completions", {**CHAT, "no_such_field_anywhere": 1})):
+        r = server.post(path, base)
+        assert r.status_code == 400 and "Unrecognized request field" in r.json()["error"]["message"], r.text
 
 
 @pytest.mark.parametrize("path,body,param,code", [
@@ -114,3 +118,19 @@ def test_admission_errors_carry_the_param(server, path, body, param, code):
     assert err["param"] == param and err["code"] == code, err
     if param == "top_logprobs":  # vLLM's words
         assert err["message"] == "Requested sample logprobs of 6, which is greater than max allowed: 5", err
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"use_beam_search": True, "n": 2, "top_p": 0.5}, "top_p"),
+    ({"use_beam_search": True, "n": 2, "seed": 3}, "seed"),
+    ({"use_beam_search": True, "n": 2, "temperature": 0.7}, "temperature"),
+    ({"length_penalty": 2.0}, "length_penalty"),
+    ({"early_stopping": True}, "early_stopping"),
+])
+def test_fields_beam_search_cannot_honour_or_that_need_it_are_400(server, body, param):
+    """Beam search draws nothing (a sampling field would change nothing); its own fields change nothing without it."""
+    r = server.post("/v1/completions", {**COMPLETION, **body})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    ok = server.post("/v1/completions", {**COMPLETION, "use_beam_search": True, "n": 2, "temperature": 0,
+                                         "length_penalty": 1.5, "early_stopping": True})
+    assert ok.status_code == 200, ok.text

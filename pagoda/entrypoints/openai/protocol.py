@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pagoda.entrypoints.openai.request_fields import UNSUPPORTED
+from pagoda.entrypoints.openai.request_fields import IGNORED, UNSUPPORTED
 from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda.server")
@@ -24,11 +24,13 @@ logger = logging.getLogger("pagoda.server")
 
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+    _unknown_is_error: ClassVar[bool] = False  # completions and chat: an unknown field is a 400 (request_fields)
 
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> OpenAIBaseModel:
         extra = self.model_extra
-        ignored = sorted(k for k in extra or () if k not in UNSUPPORTED)  # unsupported ones are a 400 later
+        # unsupported fields are a 400 later, and on completions and chat unknown ones too
+        ignored = sorted(k for k in extra or () if k in IGNORED or not (k in UNSUPPORTED or self._unknown_is_error))
         if ignored:
             logger.warning("The following fields were present in the request but ignored: %s", ignored)
         return self
@@ -85,6 +87,8 @@ class UsageInfo(ResponseModel):
 
 class SamplingFields(OpenAIBaseModel):
     """Sampling fields shared by completions and chat (OpenAI's, then vLLM's extras)."""
+
+    _unknown_is_error: ClassVar[bool] = True
 
     model: str | None = None
     n: int | None = 1

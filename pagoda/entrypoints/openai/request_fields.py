@@ -10,8 +10,11 @@ one of three classes:
   pagoda does not implement. A request that sets one to anything but its neutral value is a 400
   naming the field (``"<field> is not supported ..."``), never a 200 with the constraint dropped.
 
-Fields in none of these (unknown to vLLM too) are ignored with a warning, as vLLM does.
-Beam search cannot honour some sampling fields; :data:`BEAM_UNSUPPORTED` lists them.
+A field in none of these (unknown to vLLM too: a typo such as ``max_token``, or another server's extension) is a
+400 naming it, as OpenAI's own API answers ("Unrecognized request argument"), where vLLM only logs a warning: a
+request whose field was dropped would run as if it had not been sent. Beam search cannot honour some sampling
+fields (:data:`BEAM_UNSUPPORTED`), and a request without it sets beam search's own fields in vain
+(:data:`BEAM_ONLY`).
 """
 
 from __future__ import annotations
@@ -113,13 +116,25 @@ BEAM_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0),
     "prompt_logprobs": (None,), "allowed_token_ids": (None,), "bad_words": (None, []),
     "logprob_token_ids": (None,), "priority": (None, 0),
+    # sampling: beam search draws nothing (its ranking reads the raw logprobs, as vLLM's does)
+    "temperature": (None, 0, 0.0, 1, 1.0), "top_p": (None, 1, 1.0), "top_k": (None, 0, -1), "min_p": (None, 0, 0.0),
+    "seed": (None,),
 }
 """Fields beam search cannot honour (it ranks raw logprobs and stops only at EOS or max_tokens),
 with their neutral values."""
 
+BEAM_ONLY: dict[str, tuple[Any, ...]] = {"length_penalty": (None, 1, 1.0), "early_stopping": (None, False)}
+"""Beam search's own fields, with their neutral values: set otherwise without ``use_beam_search``, a 400."""
+
 
 def check_request_fields(req: Any, endpoint: str) -> None:
-    """Refuse a request that sets an unsupported field (or one beam search cannot honour)."""
+    """Refuse a request that sets an unsupported or unknown field (or one beam search cannot honour, or one of beam
+    search's own without it)."""
+    unknown = sorted(k for k in getattr(req, "model_extra", None) or () if k not in UNSUPPORTED and k not in IGNORED)
+    if unknown:
+        raise ValidationError(f"Unrecognized request field(s) {unknown}: pagoda implements no such field on this "
+                              f"endpoint (docs/serving.md lists the fields); remove it or check its spelling.",
+                              unknown[0])
     for name, rule in UNSUPPORTED.items():
         if endpoint not in rule.endpoints:
             continue
@@ -130,3 +145,7 @@ def check_request_fields(req: Any, endpoint: str) -> None:
         for name, neutral in BEAM_UNSUPPORTED.items():
             if getattr(req, name, None) not in neutral:
                 raise ValidationError(f"{name} is not supported with use_beam_search.", name)
+    else:
+        for name, neutral in BEAM_ONLY.items():
+            if getattr(req, name, None) not in neutral:
+                raise ValidationError(f"{name} applies to beam search only (set use_beam_search).", name)
