@@ -158,7 +158,8 @@ class EngineArgs:
     weights of their default layout (4-bit, group 128) with --load-format dummy only. MoE experts are quantized
     too (weight-only, dequantized in flight), GGUF ones included."""
     kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
-    """KV-cache size, e.g. 512M or 4G; on GPU it overrides --gpu-memory-utilization (default: 2G on CPU)."""
+    """KV-cache size, e.g. 512M or 4G (binary units; a lowercase one, 4g, is decimal, as in vLLM); on GPU it
+    overrides --gpu-memory-utilization (default: 2G on CPU)."""
     gpu_memory_utilization: float = 0.9
     """Fraction of GPU memory the engine may use (weights, activations, KV cache)."""
     num_gpu_blocks_override: int | None = None
@@ -183,7 +184,8 @@ class EngineArgs:
     one."""
     override_generation_config: dict[str, Any] | None = None
     """JSON object merged over the generation-config sampling defaults (with --generation-config vllm too), e.g.
-    '{"temperature": 0.5, "max_new_tokens": 64}'."""
+    '{"temperature": 0.5, "max_new_tokens": 64}'; keys: temperature, top_p, top_k, min_p, repetition_penalty,
+    max_new_tokens (another key is a start-up error)."""
     max_logprobs: int = MAX_LOGPROBS
     """Largest logprobs / top_logprobs / prompt_logprobs a request may ask for; -1: no cap (the whole vocabulary,
     which a request asks for with -1)."""
@@ -237,8 +239,10 @@ class EngineArgs:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
-        if self.max_num_seqs is not None and self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}.")
+        for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):  # None: the default
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (leave it out for the default), got {value}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
         if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
@@ -431,13 +435,24 @@ class EngineArgs:
 
     def _generation_defaults(self, model_path: Path) -> dict[str, Any]:
         """Sampling defaults: the model's generation_config.json (per --generation-config), then the overrides."""
+        from pagoda.sampling_params import GENERATION_CONFIG_KEYS
+
         gen_defaults: dict[str, Any] = {}
         if self.generation_config != "vllm":
             gen_dir = model_path if self.generation_config == "auto" else Path(self.generation_config)
             gen_file = gen_dir / "generation_config.json"
             if gen_file.exists():
                 gen_defaults = read_json(gen_file)
-        return {**gen_defaults, **(self.override_generation_config or {})}
+            elif self.generation_config != "auto":
+                raise ValueError(f"--generation-config {self.generation_config}: no generation_config.json there "
+                                 f"(a folder holding one, 'auto' for the model's, or 'vllm' for none).")
+        override = self.override_generation_config or {}
+        unknown = sorted(set(override) - set(GENERATION_CONFIG_KEYS))
+        if unknown:
+            hint = " (max_new_tokens sets max_tokens)" if "max_tokens" in unknown else ""
+            raise ValueError(f"--override-generation-config: {unknown} set no sampling default; the keys read are "
+                             f"{sorted(GENERATION_CONFIG_KEYS)}{hint}.")
+        return {**gen_defaults, **override}
 
 
 @dataclass(frozen=True)

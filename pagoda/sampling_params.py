@@ -283,18 +283,22 @@ class BeamSearchParams:
                 raise _bad(name, f"must be a boolean, got {getattr(self, name)!r}.")
 
 
+GENERATION_CONFIG_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+"""``generation_config.json``'s keys that set sampling defaults (vLLM's), and the ``SamplingParams`` field each
+sets: what ``--override-generation-config`` may name."""
+
+
 def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     """The sampling defaults vLLM takes from ``generation_config.json``."""
     out: dict[str, Any] = {}
-    mapping = {
-        "temperature": "temperature",
-        "top_p": "top_p",
-        "top_k": "top_k",
-        "min_p": "min_p",
-        "repetition_penalty": "repetition_penalty",
-        "max_new_tokens": "max_tokens",
-    }
-    for src, dst in mapping.items():
+    for src, dst in GENERATION_CONFIG_KEYS.items():
         if gen_cfg.get(src) is not None:
             out[dst] = gen_cfg[src]
     if "top_k" in out and out["top_k"] in (None, -1):
@@ -302,4 +306,4 @@ def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config"]
+__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config", "GENERATION_CONFIG_KEYS"]

@@ -41,9 +41,20 @@ def load_tokenizer(cfg: EngineConfig) -> Any:
         logger.info("--tokenizer-mode slow: transformers has no Python tokenizer for %s; using the fast one "
                     "(same tokens)", path)
     if cfg.chat_template:
-        p = Path(cfg.chat_template)
-        tok.chat_template = p.read_text(encoding="utf-8") if p.exists() else cfg.chat_template
+        tok.chat_template = read_chat_template(cfg.chat_template)
     return tok
+
+
+def read_chat_template(value: str) -> str:
+    """``--chat-template``: a file's text, or the template itself. A value with no ``{``, ``}`` or newline is a path
+    (vLLM's rule): one that cannot be read is a start-up error, never a template that prints its own path."""
+    p = Path(value)
+    if p.is_file():
+        return p.read_text(encoding="utf-8")
+    if not any(c in value for c in "{}\n"):
+        raise ValueError(f"--chat-template {value!r} looks like a file path, but there is no such file; pass a "
+                         f"readable template file or the template text itself.")
+    return value
 
 
 def eos_token_ids(cfg: EngineConfig, tokenizer: Any) -> list[int]:
@@ -100,7 +111,7 @@ def apply_chat_template(
                 if not isinstance(part, dict) or part.get("type") != "text":
                     raise ValueError("only text content parts are supported.")
                 texts.append(str(part.get("text", "")))
-            content = "".join(texts)
+            content = "\n".join(texts)  # as vLLM joins text parts
         msgs.append(_tool_call_arguments_as_objects({**m, "content": content if content is not None else ""}))
     template = chat_template or tokenizer.chat_template
     if not template:

@@ -103,12 +103,17 @@ def test_chat_basic_and_content_parts(server):
     prompt = server.post("/detokenize", {"tokens": tok["tokens"]}).json()["prompt"]
     assert prompt == ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hi<|im_end|>\n"
                       "<|im_start|>assistant\n")
-    # content as a list of text parts renders the same prompt
+    # content as a list of text parts renders the parts joined by newlines, as vLLM joins them
     parts = [{"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
-             {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi"}]}]
+             {"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hi"}]}]
+    joined = [msgs[0], {"role": "user", "content": "Say\nhi"}]
+    assert server.post("/tokenize", {"messages": parts}).json()["tokens"] == \
+        server.post("/tokenize", {"messages": joined}).json()["tokens"]
     r2 = c.chat.completions.create(model=MODEL, messages=parts, max_tokens=6, temperature=0,
                                    extra_body={"ignore_eos": True})
-    assert r2.choices[0].message.content == r.choices[0].message.content
+    r3 = c.chat.completions.create(model=MODEL, messages=joined, max_tokens=6, temperature=0,
+                                   extra_body={"ignore_eos": True})
+    assert r2.choices[0].message.content == r3.choices[0].message.content
     # add_generation_prompt=False drops the assistant header
     tok2 = server.post("/tokenize", {"messages": msgs, "add_generation_prompt": False}).json()
     assert tok2["count"] < tok["count"]

@@ -134,3 +134,17 @@ def test_fields_beam_search_cannot_honour_or_that_need_it_are_400(server, body, 
     ok = server.post("/v1/completions", {**COMPLETION, "use_beam_search": True, "n": 2, "temperature": 0,
                                          "length_penalty": 1.5, "early_stopping": True})
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"response_format": {"type": "json_object", "schema": {"type": "object"}}}, "response_format"),
+    ({"chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"),
+    ({"chat_template_kwargs": {"documents": [{"text": "x"}]}}, "chat_template_kwargs"),
+])
+def test_keys_that_would_be_dropped_are_400(server, extra, param):
+    """A schema in another server's response_format dialect, or chat_template_kwargs for what the request's own
+    fields set: a 400 naming the field, not a 200 with the key dropped."""
+    r = server.post("/v1/chat/completions", {**CHAT, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    ok = server.post("/v1/chat/completions", {**CHAT, "chat_template_kwargs": {"enable_thinking": False}})
+    assert ok.status_code == 200, ok.text

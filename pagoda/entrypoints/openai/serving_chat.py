@@ -106,7 +106,11 @@ class OpenAIServingChat(OpenAIServing):
             raise ServingError(400, "continue_final_message and add_generation_prompt cannot both be true.",
                                param="continue_final_message")
         conv = [m.model_dump(exclude_none=True) for m in messages]
-        kwargs = {k: v for k, v in (chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
+        reserved = sorted(set(chat_template_kwargs or ()) & _RESERVED_TEMPLATE_KWARGS)
+        if reserved:  # they would be dropped: the request's own fields set them (add_generation_prompt, tools, ...)
+            raise ServingError(400, f"chat_template_kwargs may not set {reserved}: use the request's own field of that "
+                                    f"name where there is one.", param="chat_template_kwargs")
+        kwargs = dict(chat_template_kwargs or {})
         if continue_final:
             kwargs["continue_final_message"] = True
         if tools:

@@ -24,6 +24,11 @@ def _response_format(rf: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(rf, dict):
         raise ValidationError("response_format must be an object with a 'type'.", "response_format")
+    extra = sorted(set(rf) - {"type", "json_schema"})
+    if extra:  # e.g. {"type": "json_object", "schema": ...} (another server's dialect): the schema would be dropped
+        raise ValidationError(f"response_format takes 'type' and 'json_schema' only, got {extra}; a schema goes in "
+                              f"{{'type': 'json_schema', 'json_schema': {{'name': ..., 'schema': ...}}}}.",
+                              "response_format")
     kind = rf.get("type", "text")
     if kind == "text":
         return None

@@ -1,0 +1,48 @@
+"""Flags whose value could be taken as something else than the user meant: each is read as vLLM reads it or
+refused at start-up, never silently turned into another setting."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pagoda.arg_utils import parse_size
+from pagoda.config import EngineArgs
+from pagoda.engine.tokenizer import read_chat_template
+
+
+def test_a_chat_template_path_that_does_not_exist_is_an_error_not_the_template(tmp_path):
+    f = tmp_path / "t.jinja"
+    f.write_text("{{ messages[0]['content'] }}")
+    assert read_chat_template(str(f)) == "{{ messages[0]['content'] }}"
+    assert read_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}").startswith("{%")
+    with pytest.raises(ValueError, match="looks like a file path"):
+        read_chat_template("./examples/tool_chat_template_llama3.1_json.jinja")
+
+
+def test_generation_config_overrides_name_only_keys_that_are_read(tmp_path):
+    (tmp_path / "generation_config.json").write_text('{"temperature": 0.6, "bos_token_id": 1}')
+    args = EngineArgs(override_generation_config={"top_p": 0.5})
+    assert args._generation_defaults(tmp_path) == {"temperature": 0.6, "bos_token_id": 1, "top_p": 0.5}
+    with pytest.raises(ValueError, match=r"max_new_tokens sets max_tokens"):
+        EngineArgs(override_generation_config={"max_tokens": 5})._generation_defaults(tmp_path)
+    with pytest.raises(ValueError, match=r"\['presence_penalty'\]"):
+        EngineArgs(override_generation_config={"presence_penalty": 1.5})._generation_defaults(tmp_path)
+    with pytest.raises(ValueError, match="no generation_config.json"):
+        EngineArgs(generation_config=str(tmp_path / "missing"))._generation_defaults(tmp_path)
+    assert EngineArgs(generation_config="vllm")._generation_defaults(tmp_path) == {}
+
+
+def test_sizes_read_as_vllm_reads_them():
+    assert parse_size("4g") == 4 * 10**9 and parse_size("1.5k") == 1500  # a lowercase unit alone: decimal
+    assert parse_size("4G") == 4 * 2**30 and parse_size("1.5K") == 1536 and parse_size("2GiB") == 2 * 2**30
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("4x")
+
+
+@pytest.mark.parametrize("name", ["max_model_len", "max_num_batched_tokens", "max_num_seqs"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_lengths_below_one_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+        EngineArgs(**{name: value}).validate()
