@@ -112,8 +112,8 @@ def field_kwargs(f: dataclasses.Field, tp: Any, help_text: str) -> dict[str, Any
     base = _strip_optional(tp)
     origin = get_origin(base)
     meta = f.metadata
-    if base is bool:
-        kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+    if base is bool:  # --flag and --no-flag, as vLLM's boolean flags
+        kw["action"] = argparse.BooleanOptionalAction
     elif meta.get("size"):
         kw["type"] = parse_size
     elif origin is Literal:

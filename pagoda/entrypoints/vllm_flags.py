@@ -75,6 +75,9 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--pt-load-map-location", "PyTorch .bin/.pt checkpoints are not loaded (safetensors or GGUF only)"),
     # StructuredOutputsConfig
     _u("--guided-decoding-backend", "vLLM's old flag; pass --structured-outputs-config '{\"backend\": ...}'"),
+    _u("--guided-decoding-disable-fallback --guided-decoding-disable-any-whitespace "
+       "--guided-decoding-disable-additional-properties",
+       "vLLM's old flags; pass --structured-outputs-config '{\"disable_any_whitespace\": true, ...}'", value=False),
     # ParallelConfig
     _u("--decode-context-parallel-size -dcp", _PAR, "1"),
     _u("--data-parallel-start-rank -dpr", _DP_NODES, "0"),
@@ -83,7 +86,9 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--data-parallel-hybrid-lb --data-parallel-external-lb", _DP_NODES + " (the server balances its replicas "
        "itself)", value=False),
     _u("--enable-expert-parallel --enable-dbo --enable-eplb", _PAR, value=False),
-    _u("--all2all-backend --eplb-config --expert-placement-strategy", _PAR),
+    _u("--all2all-backend --eplb-config --expert-placement-strategy --dbo-decode-token-threshold "
+       "--dbo-prefill-token-threshold --eplb-window-size --eplb-step-interval --num-redundant-experts", _PAR),
+    _u("--eplb-log-balancedness", _PAR, value=False),
     _u("--max-parallel-loading-workers", "weights load in one process"),
     _u("--ray-workers-use-nsight", "Ray workers are not profiled with Nsight", value=False),
     _u("--disable-custom-all-reduce", "accepted: pagoda has no custom all-reduce (torch.distributed's is used)",
@@ -101,10 +106,10 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--limit-mm-per-prompt --media-io-kwargs --mm-processor-kwargs --mm-processor-cache-gb "
        "--mm-processor-cache-type --mm-shm-cache-max-object-size-mb --mm-encoder-tp-mode "
        "--mm-encoder-attn-backend --video-pruning-rate", _MM),
-    _u("--enable-mm-embeds --interleave-mm-strings --skip-mm-profiling --disable-mm-preprocessor-cache", _MM,
-       value=False),
+    _u("--enable-mm-embeds --interleave-mm-strings --skip-mm-profiling --disable-mm-preprocessor-cache "
+       "--enable-multimodal-encoder-data-parallel", _MM, value=False),
     # LoRAConfig
-    _u("--enable-lora --fully-sharded-loras", _LORA, value=False, neg=True),
+    _u("--enable-lora --fully-sharded-loras --enable-lora-bias", _LORA, value=False, neg=True),
     _u("--max-loras --max-lora-rank --lora-extra-vocab-size --lora-dtype --max-cpu-loras --default-mm-loras",
        _LORA),
     # ObservabilityConfig

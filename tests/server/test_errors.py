@@ -171,3 +171,24 @@ def test_openai_client_raises_typed_errors(server):
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     assert c.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_several_api_keys_each_open_the_routes():
+    """--api-key repeated (vLLM takes several keys): any of them is accepted, nothing else."""
+    import argparse
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from pagoda.entrypoints.openai.cli_args import add_serve_args
+    from pagoda.entrypoints.openai.middleware import ApiKeyMiddleware
+
+    args = add_serve_args(argparse.ArgumentParser()).parse_args(["--api-key", "k1", "--api-key", "k2"])
+    assert args.api_key == ["k1", "k2"]
+    app = Starlette(routes=[Route("/v1/models", lambda r: PlainTextResponse("ok"))])
+    client = TestClient(ApiKeyMiddleware(app, args.api_key))
+    for key, code in (("k1", 200), ("k2", 200), ("k3", 401), ("k1k2", 401)):
+        assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == code, key
+    assert client.get("/v1/models").status_code == 401

@@ -39,9 +39,9 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it on every interface")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
-    g.add_argument("--api-key", default=None,
+    g.add_argument("--api-key", action="append", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health, /ping and the chat page at / "
-                        "(default: $PAGODA_API_KEY, else no key)")
+                        "(repeat the flag for several keys: any of them; default: $PAGODA_API_KEY, else no key)")
     g.add_argument("--root-path", default=None,
                    help="path prefix under which a proxy serves the app, which the proxy strips before forwarding "
                         "(ASGI root_path: used in the OpenAPI schema and docs; default: none)")
@@ -75,10 +75,11 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
                    help="allow requests to carry their own chat_template")
     g.add_argument("--max-prompts-per-request", type=int, default=64,
                    help="largest list of prompts one /v1/completions request may carry")
-    g.add_argument("--disable-log-requests", action="store_true",
-                   help="do not log each request's prompt and sampling parameters")
     g.add_argument("--enable-log-requests", dest="disable_log_requests", action="store_false",
-                   help="log each request's prompt and sampling parameters")
+                   help="log each request's prompt and sampling parameters (off by default, as in vLLM: prompts "
+                        "are users' data)")
+    g.add_argument("--disable-log-requests", action="store_true", default=True,
+                   help="do not log requests (the default; vLLM's older flag, kept for scripts that pass it)")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="characters / token ids of each prompt shown in request logs (default: all)")
     g.add_argument("--disable-log-stats", action="store_true",

@@ -45,11 +45,13 @@ def route_path(scope: Scope) -> str:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token check on every route but ``UNAUTHENTICATED_PATHS`` (constant-time comparison)."""
+    """Bearer-token check on every route but ``UNAUTHENTICATED_PATHS``: any of the keys (vLLM's ``--api-key`` takes
+    several), each compared in constant time (every key is compared, whichever matches)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | list[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        keys = [api_key] if isinstance(api_key, str) else list(api_key)
+        self.expected = [f"Bearer {k}".encode() for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_path(scope) in UNAUTHENTICATED_PATHS:
@@ -59,7 +61,8 @@ class ApiKeyMiddleware:
             if k == b"authorization":
                 given = v
                 break
-        if not secrets.compare_digest(given, self.expected):
+        matched = [secrets.compare_digest(given, key) for key in self.expected]  # no early exit
+        if not any(matched):
             msg = "Missing API key." if not given else "Incorrect API key provided."
             return await send_json(send, 401, error_body(401, msg, "invalid_request_error", None, "invalid_api_key"),
                                    [(b"www-authenticate", b"Bearer")])
@@ -172,9 +175,9 @@ def add_middlewares(app: FastAPI, args: argparse.Namespace) -> None:
     if getattr(args, "enable_server_load_tracking", False):  # innermost: refused requests are not counted
         app.add_middleware(ServerLoadMiddleware, counter=app.state.pagoda)
     app.add_middleware(BodyLimitMiddleware, limit=args.max_request_body_bytes)
-    api_key = args.api_key or envs.api_key()
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    api_keys = args.api_key or ([envs.api_key()] if envs.api_key() else [])
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_keys)
     if getattr(args, "allowed_origins", None):
         app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_methods=args.allowed_methods,
                            allow_headers=args.allowed_headers, allow_credentials=args.allow_credentials)
