@@ -591,3 +591,25 @@ def test_draft_model_with_another_vocabulary_is_refused(tiny):
     with pytest.raises(ValueError, match="speculative_config.model"):
         LLM(str(tiny.path("llama")), dtype="float32",
             speculative_config={"model": _other_model(tiny, "draft-vocab", 8), "num_speculative_tokens": 2})
+
+
+def test_lookup_keeps_each_requests_tokens_as_an_array_between_steps():
+    """The batch proposer extends a request's token array by the new tokens only: every step proposes what a fresh
+    proposer over the whole list proposes, for a request that keeps running and for a new request under a reused id."""
+    import random
+
+    from pagoda.spec_decode.proposer import LookupBatchProposer
+
+    rng = random.Random(11)
+    kept = LookupBatchProposer(NgramProposer(1, 4))
+    req = Request("r", [rng.randrange(5) for _ in range(10)], SamplingParams(temperature=0, max_tokens=999), set(),
+                  999)
+    for step in range(300):
+        req.all_token_ids.extend(rng.randrange(5) for _ in range(rng.randrange(1, 4)))
+        if step % 97 == 96:  # the id reused by another request
+            req = Request("r", [rng.randrange(5) for _ in range(rng.randrange(1, 30))],
+                          SamplingParams(temperature=0, max_tokens=999), set(), 999)
+        fresh = LookupBatchProposer(NgramProposer(1, 4))
+        assert kept.propose([req], [4]) == fresh.propose([req], [4]), step
+    kept.retain(set())
+    assert not kept._arrays

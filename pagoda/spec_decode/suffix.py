@@ -7,7 +7,7 @@ outputs of earlier finished requests (:class:`SuffixCorpus`, ``suffix_decoding_m
 oldest dropped first; 0: none). From each source:
 
 1. The longest suffix of the request's tokens that occurs in the source, up to ``max_depth`` tokens
-   (:func:`~pagoda.spec_decode.ngram.match_lengths`): its length ``n`` and every occurrence of that length.
+   (:func:`~pagoda.spec_decode.ngram.longest_matches`): its length ``n`` and every occurrence of that length.
 2. At most ``min(k, floor(max_spec_factor * n))`` tokens are proposed: a long match earns a long draft, a
    one-token match a short one.
 3. The draft follows the occurrences' continuations token by token: the token that most of them continue with
@@ -32,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from pagoda.spec_decode.ngram import match_lengths, suffix_matches
+from pagoda.spec_decode.ngram import longest_matches, suffix_matches
 
 
 def _walk(hay: np.ndarray, nexts: np.ndarray, cap: int, min_prob: float) -> tuple[list[int], float]:
@@ -202,10 +202,9 @@ class SuffixCorpus:
         if not len(ends):
             return [], 0.0
         hay = self._buf[: self._end - base]
-        length = match_lengths(hay, ends, tail, floor - base)
-        n = int(length.max())
+        n, at = longest_matches(hay, ends, tail, floor - base)
         cap = min(k, int(max_spec_factor * n + 1e-9))
-        return _walk(hay, ends[length >= n] + 1, cap, min_prob)
+        return _walk(hay, at + 1, cap, min_prob)
 
 
 class SuffixProposer:
@@ -216,7 +215,7 @@ class SuffixProposer:
         self.min_token_prob = min_token_prob
         self.corpus = corpus
 
-    def propose_one(self, tokens: list[int], k: int, shared: bool = True) -> list[int]:
+    def propose_one(self, tokens: list[int] | np.ndarray, k: int, shared: bool = True) -> list[int]:
         """Up to ``k`` tokens continuing ``tokens``: the better-scored of the request's own draft and the corpus's
         (empty when neither source holds the last token, or the match earns no draft; ``shared`` False: the
         request's own draft alone)."""
@@ -233,9 +232,8 @@ class SuffixProposer:
         return own
 
     def _own(self, arr: np.ndarray, k: int) -> tuple[list[int], float]:
-        ends, length = suffix_matches(arr, self.max_depth)
+        n, ends = suffix_matches(arr, self.max_depth)
         if not len(ends):
             return [], 0.0
-        n = int(length.max())
         cap = min(k, int(self.max_spec_factor * n + 1e-9))  # floor, without 2.3 * 10 -> 22
-        return _walk(arr, ends[length >= n] + 1, cap, self.min_token_prob)  # continuations, oldest first
+        return _walk(arr, ends + 1, cap, self.min_token_prob)  # continuations, oldest first
