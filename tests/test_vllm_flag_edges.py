@@ -46,3 +46,12 @@ def test_sizes_read_as_vllm_reads_them():
 def test_lengths_below_one_are_refused(name, value):
     with pytest.raises(ValueError, match=f"{name} must be at least 1"):
         EngineArgs(**{name: value}).validate()
+
+
+def test_llm_takes_vllms_disable_log_stats_and_refuses_what_it_cannot_do(tiny):
+    from pagoda import LLM
+
+    with pytest.raises(ValueError, match="logs no periodic stats"):
+        LLM(str(tiny.path("llama")), dtype="float32", disable_log_stats=False)
+    llm = LLM(str(tiny.path("llama")), dtype="float32", disable_log_stats=True)  # vLLM scripts pass it
+    assert llm.generate(["hi"], use_tqdm=False)[0].outputs

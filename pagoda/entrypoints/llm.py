@@ -45,8 +45,12 @@ class LLM(PoolingMixin):
         kv_cache_memory_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
         enforce_eager: bool = False,
+        disable_log_stats: bool = True,
         **kwargs: Any,
     ) -> None:
+        if disable_log_stats is not True:  # vLLM's LLM takes it (True by default); pagoda's logs no periodic stats
+            raise ValueError("LLM(disable_log_stats=False): the offline LLM logs no periodic stats line; serve the "
+                             "model (pagoda serve) for the stats log and /metrics.")
         args = EngineArgs(
             model=model,
             tokenizer=tokenizer,
