@@ -29,12 +29,14 @@ _SIZE_UNITS = (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10))
 
 
 def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5GiB', '64K' or a plain byte count -> bytes; a lowercase unit alone is decimal ('4g' =
-    4 * 10**9, '1.5k' = 1500), as vLLM's ``human_readable_int`` reads it, an uppercase one binary ('4G' = 4 * 2**30)."""
+    """'2G', '512M', '1.5GiB', '64K' or a plain byte count -> bytes; a lowercase unit is decimal ('4g' or '4gb' =
+    4 * 10**9, '1.5k' = 1500), as vLLM's ``human_readable_int`` reads it, an uppercase one or '...iB' binary ('4G' =
+    4 * 2**30, '4gib' too)."""
     raw = text.strip()
-    if raw and raw[-1] in "kmgt":
+    unit = raw.removesuffix("b")  # '4gb' as '4g'; '4gib' stays binary below
+    if unit and unit[-1] in "kmgt":
         try:
-            return int(float(raw[:-1]) * 1000 ** ("kmgt".index(raw[-1]) + 1))
+            return int(float(unit[:-1]) * 1000 ** ("kmgt".index(unit[-1]) + 1))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a size: {text!r} (use a byte count or e.g. 512M, 2G)") from None
     t = raw.upper().removesuffix("IB").removesuffix("B")

@@ -19,6 +19,25 @@ def test_a_chat_template_path_that_does_not_exist_is_an_error_not_the_template(t
     assert read_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}").startswith("{%")
     with pytest.raises(ValueError, match="looks like a file path"):
         read_chat_template("./examples/tool_chat_template_llama3.1_json.jinja")
+    long = "{% for m in messages %}" + "x" * 300 + "{{ m.content }}{% endfor %}"  # no valid file name either
+    assert read_chat_template(long) == long
+
+
+def test_an_empty_api_key_is_no_key(monkeypatch):
+    """``--api-key "$KEY"`` with the variable unset gives no key (then $PAGODA_API_KEY), as in vLLM: never a key
+    nobody can send."""
+    import argparse as ap
+
+    from pagoda.entrypoints.openai.cli_args import add_serve_args
+    from pagoda.entrypoints.openai.middleware import server_api_keys
+
+    parser = add_serve_args(ap.ArgumentParser())
+    monkeypatch.delenv("PAGODA_API_KEY", raising=False)
+    assert server_api_keys(parser.parse_args(["--api-key", ""])) == []
+    assert server_api_keys(parser.parse_args(["--api-key", "a", "--api-key", "b"])) == ["a", "b"]
+    monkeypatch.setenv("PAGODA_API_KEY", "env-key")
+    assert server_api_keys(parser.parse_args([])) == ["env-key"]
+    assert server_api_keys(parser.parse_args(["--api-key", ""])) == []  # given, though empty: not the env's
 
 
 def test_generation_config_overrides_name_only_keys_that_are_read(tmp_path):

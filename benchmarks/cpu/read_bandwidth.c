@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <xmmintrin.h>
 
 #define PREFETCH_BYTES 4096
 
@@ -31,7 +30,7 @@ double pagoda_read_bandwidth(int64_t bytes, int threads, int reps) {
             const double t0 = now();
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
             for (int64_t i = 0; i < n; i += 8) {
-                if (pf) _mm_prefetch((const char *)(buf + i) + PREFETCH_BYTES, _MM_HINT_T0);
+                if (pf) __builtin_prefetch((const char *)(buf + i) + PREFETCH_BYTES, 0, 3);
                 total += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] +
                          buf[i + 7];
             }

@@ -48,13 +48,13 @@ def load_tokenizer(cfg: EngineConfig) -> Any:
 def read_chat_template(value: str) -> str:
     """``--chat-template``: a file's text, or the template itself. A value with no ``{``, ``}`` or newline is a path
     (vLLM's rule): one that cannot be read is a start-up error, never a template that prints its own path."""
-    p = Path(value)
-    if p.is_file():
-        return p.read_text(encoding="utf-8")
-    if not any(c in value for c in "{}\n"):
-        raise ValueError(f"--chat-template {value!r} looks like a file path, but there is no such file; pass a "
-                         f"readable template file or the template text itself.")
-    return value
+    if any(c in value for c in "{}\n"):  # template text (a long one is no valid path name either)
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--chat-template {value!r} looks like a file path, but it could not be read ({e}); pass a "
+                         f"readable template file or the template text itself.") from e
 
 
 def eos_token_ids(cfg: EngineConfig, tokenizer: Any) -> list[int]:

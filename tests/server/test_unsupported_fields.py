@@ -84,9 +84,12 @@ def test_harmless_extras_are_accepted_and_unknown_ones_refused(server):
     for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
         r = server.post(path, {**base, **extras})
         assert r.status_code == 200, r.text
-    # parallel_tool_calls is honoured by chat (tool_calling.py); completions has no tools, so it is unknown there
+    # parallel_tool_calls is honoured by chat (tool_calling.py); completions has no tools, so it is unknown there,
+    # as is every field that belongs to the other endpoint
     assert server.post("/v1/chat/completions", {**CHAT, "parallel_tool_calls": True}).status_code == 200
     for path, base in (("/v1/completions", {**COMPLETION, "parallel_tool_calls": True}),
+                       ("/v1/completions", {**COMPLETION, "reasoning_effort": "high"}),
+                       ("/v1/chat/completions", {**CHAT, "suffix": "}"}),
                        ("/v1/chat/completions", {**CHAT, "no_such_field_anywhere": 1})):
         r = server.post(path, base)
         assert r.status_code == 400 and "Unrecognized request field" in r.json()["error"]["message"], r.text

@@ -204,9 +204,10 @@ def run_serve(args: argparse.Namespace) -> None:
         hand_over_early(early, engine_args_from(args), logging.getLogger("pagoda").getEffectiveLevel(),
                         args.api_server_count)
     from pagoda.entrypoints.openai.api_server import run_server
+    from pagoda.entrypoints.openai.middleware import server_api_keys
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("pagoda.server").warning(
             "binding %s: the server is reachable from other machines%s", args.host,
-            "" if (args.api_key or envs.api_key()) else " (consider --api-key)")
+            "" if server_api_keys(args) else " (consider --api-key)")
     run_server(args, sock)

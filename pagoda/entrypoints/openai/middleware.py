@@ -170,12 +170,18 @@ class ServerLoadMiddleware:
             self.counter.server_load -= 1
 
 
+def server_api_keys(args: argparse.Namespace) -> list[str]:
+    """The keys ``--api-key`` (repeated) gives, else ``$PAGODA_API_KEY``; empty values dropped (``--api-key "$KEY"``
+    with the variable unset means no key given, as in vLLM, not a key nobody can send)."""
+    return [k for k in (args.api_key or [envs.api_key()]) if k]
+
+
 def add_middlewares(app: FastAPI, args: argparse.Namespace) -> None:
     """Install the middleware ``args`` asks for. Middleware added last runs first."""
     if getattr(args, "enable_server_load_tracking", False):  # innermost: refused requests are not counted
         app.add_middleware(ServerLoadMiddleware, counter=app.state.pagoda)
     app.add_middleware(BodyLimitMiddleware, limit=args.max_request_body_bytes)
-    api_keys = args.api_key or ([envs.api_key()] if envs.api_key() else [])
+    api_keys = server_api_keys(args)
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, api_key=api_keys)
     if getattr(args, "allowed_origins", None):

@@ -10,9 +10,10 @@ one of three classes:
   pagoda does not implement. A request that sets one to anything but its neutral value is a 400
   naming the field (``"<field> is not supported ..."``), never a 200 with the constraint dropped.
 
-A field in none of these (unknown to vLLM too: a typo such as ``max_token``, or another server's extension) is a
-400 naming it, as OpenAI's own API answers ("Unrecognized request argument"), where vLLM only logs a warning: a
-request whose field was dropped would run as if it had not been sent. Beam search cannot honour some sampling
+A field in none of these (unknown to vLLM too: a typo such as ``max_token``, or another server's extension), or
+the other endpoint's field set to something (``suffix`` on chat), is a 400 naming it, as OpenAI's own API answers
+("Unrecognized request argument"), where vLLM only logs a warning: a request whose field was dropped would run as
+if it had not been sent. A null value asks for nothing and passes. Beam search cannot honour some sampling
 fields (:data:`BEAM_UNSUPPORTED`), and a request without it sets beam search's own fields in vain
 (:data:`BEAM_ONLY`).
 """
@@ -127,10 +128,19 @@ BEAM_ONLY: dict[str, tuple[Any, ...]] = {"length_penalty": (None, 1, 1.0), "earl
 """Beam search's own fields, with their neutral values: set otherwise without ``use_beam_search``, a 400."""
 
 
+def _unknown(name: str, value: Any, req: Any, endpoint: str) -> bool:
+    """An extra field that asks for something no table knows here: not a harmless extra, not null, and either in no
+    table or another endpoint's unsupported field set to more than its neutral value."""
+    if name in IGNORED or value is None:
+        return False
+    rule = UNSUPPORTED.get(name)
+    return rule is None or (endpoint not in rule.endpoints and not rule.neutral(value, req))
+
+
 def check_request_fields(req: Any, endpoint: str) -> None:
     """Refuse a request that sets an unsupported or unknown field (or one beam search cannot honour, or one of beam
     search's own without it)."""
-    unknown = sorted(k for k in getattr(req, "model_extra", None) or () if k not in UNSUPPORTED and k not in IGNORED)
+    unknown = sorted(k for k, v in (getattr(req, "model_extra", None) or {}).items() if _unknown(k, v, req, endpoint))
     if unknown:
         raise ValidationError(f"Unrecognized request field(s) {unknown}: pagoda implements no such field on this "
                               f"endpoint (docs/serving.md lists the fields); remove it or check its spelling.",
