@@ -49,6 +49,24 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use a byte count or e.g. 512M, 2G)") from None
 
 
+def parse_count(text: str) -> int:
+    """A token count as vLLM's ``human_readable_int`` reads it: '32768', '32k' (32,000), '32K' (32,768), '25.6k'
+    (25,600), '1M' (2**20), '1m' (10**6)."""
+    raw = text.strip()
+    try:
+        if raw and raw[-1] in "kmgtKMGT":
+            num = float(raw[:-1])
+            unit = raw[-1]
+            value = num * (1000 ** ("kmgt".index(unit) + 1) if unit.islower() else 1024 ** ("KMGT".index(unit) + 1))
+            if value != int(value):
+                raise ValueError
+            return int(value)
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (an integer, or e.g. 32k = 32000, 32K = 32768)") \
+            from None
+
+
 def format_size(n: int) -> str:
     """The largest unit that divides ``n`` exactly: 2**31 -> '2G', 8 * 2**20 -> '8M'."""
     for unit, mult in _SIZE_UNITS:
@@ -118,6 +136,8 @@ def field_kwargs(f: dataclasses.Field, tp: Any, help_text: str) -> dict[str, Any
         kw["action"] = argparse.BooleanOptionalAction
     elif meta.get("size"):
         kw["type"] = parse_size
+    elif meta.get("count"):
+        kw["type"] = parse_count
     elif origin is Literal:
         kw["choices"] = get_args(base)
         kw["type"] = type(kw["choices"][0])

@@ -112,8 +112,8 @@ class EngineArgs:
     """Weights/activations dtype. auto: the config's dtype; on CPU a half-precision one runs as bf16 where the CPU
     has native bf16 (AVX512-BF16/AMX) or the linears are 4/8-bit weight-only, else as fp32; fp32 runs as bf16 on
     GPU."""
-    max_model_len: int | None = None
-    """Maximum context length, prompt + output (default: the model's max_position_embeddings)."""
+    max_model_len: int | None = field(default=None, metadata={"count": True})
+    """Maximum context length, prompt + output, e.g. 8192 or 32k (default: the model's max_position_embeddings)."""
     hf_overrides: dict[str, Any] | None = None
     """JSON object merged into the model's config.json (nested objects key by key), e.g.
     '{"max_position_embeddings": 1024}'."""
@@ -122,8 +122,8 @@ class EngineArgs:
     max_num_seqs: int | None = None
     """Maximum number of requests running in one step (default: 1024 on GPU, as vLLM on H100-class cards; 256 on
     CPU)."""
-    max_num_batched_tokens: int | None = None
-    """Token budget of one step, prefill chunks + decodes (default: 16384 on GPU, 2048 on CPU)."""
+    max_num_batched_tokens: int | None = field(default=None, metadata={"count": True})
+    """Token budget of one step, prefill chunks + decodes, e.g. 8192 or 8K (default: 16384 on GPU, 2048 on CPU)."""
     enable_chunked_prefill: bool = True
     """Split long prompts into chunks that share steps with decodes."""
     long_prefill_token_threshold: int = 0

@@ -74,3 +74,16 @@ def test_llm_takes_vllms_disable_log_stats_and_refuses_what_it_cannot_do(tiny):
         LLM(str(tiny.path("llama")), dtype="float32", disable_log_stats=False)
     llm = LLM(str(tiny.path("llama")), dtype="float32", disable_log_stats=True)  # vLLM scripts pass it
     assert llm.generate(["hi"], use_tqdm=False)[0].outputs
+
+
+def test_token_counts_read_as_vllm_reads_them():
+    from pagoda.arg_utils import parse_count
+    from pagoda.entrypoints.cli import build_parser
+
+    assert parse_count("32k") == 32000 and parse_count("32K") == 32768 and parse_count("25.6k") == 25600
+    assert parse_count("4096") == 4096
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_count("1.5")
+    args = build_parser().parse_args(["serve", "--max-model-len", "32k", "--max-num-batched-tokens", "8K",
+                                      "--swap-space", "16"])  # vLLM V1 keeps --swap-space for a memory check only
+    assert args.max_model_len == 32000 and args.max_num_batched_tokens == 8192

@@ -95,7 +95,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
        ANY_VALUE, value=False),
     _u("--worker-cls --worker-extension-cls", "the worker class cannot be replaced"),
     # CacheConfig
-    _u("--swap-space", "preempted requests are recomputed or kept in the host KV tier (--kv-offloading-size)"),
+    _u("--swap-space", "accepted: preempted requests are recomputed or kept in the host KV tier "
+       "(--kv-offloading-size), as vLLM V1 recomputes them (it keeps the flag for a memory check only)", ANY_VALUE),
     _u("--prefix-caching-hash-algo", "prefix-cache block hashes use pagoda's own hash"),
     _u("--cpu-offload-gb", "weights are not offloaded to the host", "0"),
     _u("--calculate-kv-scales", "fp8 KV scales come from the checkpoint (k_scale/v_scale, default 1.0); they are "
