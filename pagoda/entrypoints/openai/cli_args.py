@@ -35,6 +35,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _switch(g: argparse._ArgumentGroup, flag: str, help: str) -> None:
+    """An off-by-default switch with its ``--no-`` form, as vLLM's boolean flags (the help without argparse's own
+    default note)."""
+    action = g.add_argument(flag, action=argparse.BooleanOptionalAction, default=False, help=help)
+    action.help = help
+
+
 def _add_http_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it on every interface")
@@ -57,22 +64,22 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
                    help="CORS: allowed methods, with --allowed-origins")
     g.add_argument("--allowed-headers", type=json_list_or_str, default=["*"],
                    help="CORS: allowed request headers, with --allowed-origins")
-    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials (cookies, auth headers)")
-    g.add_argument("--enable-request-id-headers", action="store_true",
-                   help="answer every request with an X-Request-Id header: the request's own, else a new one")
-    g.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc or /openapi.json")
+    _switch(g, "--allow-credentials", help="CORS: allow credentials (cookies, auth headers)")
+    _switch(g, "--enable-request-id-headers",
+               help="answer every request with an X-Request-Id header: the request's own, else a new one")
+    _switch(g, "--disable-fastapi-docs", help="no /docs, /redoc or /openapi.json")
     g.add_argument("--max-request-body-bytes", type=parse_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                    help="largest request body accepted, e.g. 8M")
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"], help="uvicorn's log level")
-    g.add_argument("--disable-uvicorn-access-log", action="store_true", help="no access-log line per HTTP request")
+    _switch(g, "--disable-uvicorn-access-log", help="no access-log line per HTTP request")
 
 
 def _add_server_args(g: argparse._ArgumentGroup) -> None:
     from pagoda.entrypoints.openai.metrics import PREFIXES
 
-    g.add_argument("--trust-request-chat-template", action="store_true",
-                   help="allow requests to carry their own chat_template")
+    _switch(g, "--trust-request-chat-template",
+               help="allow requests to carry their own chat_template")
     g.add_argument("--max-prompts-per-request", type=int, default=64,
                    help="largest list of prompts one /v1/completions request may carry")
     g.add_argument("--enable-log-requests", dest="disable_log_requests", action="store_false",
@@ -82,25 +89,25 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
                    help="do not log requests (the default; vLLM's older flag, kept for scripts that pass it)")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="characters / token ids of each prompt shown in request logs (default: all)")
-    g.add_argument("--disable-log-stats", action="store_true",
-                   help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
-                        "every $PAGODA_LOG_STATS_INTERVAL seconds)")
+    _switch(g, "--disable-log-stats",
+               help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
+                    "every $PAGODA_LOG_STATS_INTERVAL seconds)")
     g.add_argument("--metrics-prefix", choices=list(PREFIXES), default="pagoda",
                    help="name prefix of the vLLM metrics on /metrics: 'vllm' gives vLLM's names exactly "
                         "(vllm:num_requests_running, ...) for dashboards made for vLLM; pagoda's own metrics "
                         "stay pagoda:*")
-    g.add_argument("--enable-prompt-tokens-details", action="store_true",
-                   help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
-                        "cache) in responses")
-    g.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
-                   help="serve GET /tokenizer_info (the tokenizer's configuration and chat template; 404 without "
-                        "this flag)")
-    g.add_argument("--enable-server-load-tracking", action="store_true",
-                   help="count the generation requests in flight and serve the count at GET /load as "
-                        "{\"server_load\": N} (404 without this flag)")
-    g.add_argument("--return-tokens-as-token-ids", action="store_true",
-                   help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
-                        "so tokens that are not valid UTF-8 on their own stay identifiable")
+    _switch(g, "--enable-prompt-tokens-details",
+               help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
+                    "cache) in responses")
+    _switch(g, "--enable-tokenizer-info-endpoint",
+               help="serve GET /tokenizer_info (the tokenizer's configuration and chat template; 404 without "
+                    "this flag)")
+    _switch(g, "--enable-server-load-tracking",
+               help="count the generation requests in flight and serve the count at GET /load as "
+                    "{\"server_load\": N} (404 without this flag)")
+    _switch(g, "--return-tokens-as-token-ids",
+               help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
+                    "so tokens that are not valid UTF-8 on their own stay identifiable")
     g.add_argument("--api-server-count", "-asc", type=int, default=1,
                    help="API server processes sharing the port and the engine core: HTTP, tokenization, "
                         "detokenization and streaming spread over them (use 2-4 when one process cannot keep up "
@@ -121,15 +128,15 @@ def _add_tool_args(g: argparse._ArgumentGroup) -> None:
     from pagoda.entrypoints.openai.tool_parsers import TOOL_PARSERS
     from pagoda.reasoning import REASONING_PARSERS
 
-    g.add_argument("--enable-auto-tool-choice", action="store_true",
-                   help="honour tool_choice 'auto' (the default when a request has tools): the model's own "
-                        "tool-call format is parsed into tool_calls by --tool-call-parser")
+    _switch(g, "--enable-auto-tool-choice",
+               help="honour tool_choice 'auto' (the default when a request has tools): the model's own "
+                    "tool-call format is parsed into tool_calls by --tool-call-parser")
     g.add_argument("--tool-call-parser", choices=list(TOOL_PARSERS), default=None,
                    help="the model's tool-call format: hermes (Qwen2.5/Qwen3, Hermes: <tool_call>{json}</tool_call>), "
                         "llama3_json (Llama 3.1/3.2: <|python_tag|> / bare JSON), mistral ([TOOL_CALLS]), "
                         "pythonic ([f(a=1)])")
-    g.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
-                   help="with tool_choice 'none', do not show the tools to the chat template")
+    _switch(g, "--exclude-tools-when-tool-choice-none",
+               help="with tool_choice 'none', do not show the tools to the chat template")
     g.add_argument("--reasoning-parser", choices=list(REASONING_PARSERS), default=None,
                    help="split the model's thinking (<think>...</think>) into the message's 'reasoning' field: "
                         "qwen3, deepseek_r1")
