@@ -196,13 +196,10 @@ class SuffixCorpus:
         pos = self._index.get(int(tail[0]))
         if pos is None:
             return [], 0.0
-        floor, base = self.floor, self._base
-        ends = np.frombuffer(pos, dtype=np.int64)[-self.MAX_CANDIDATES:]
-        ends = ends[ends >= floor] - base
-        if not len(ends):
-            return [], 0.0
+        base = self._base
+        ends = np.frombuffer(pos, dtype=np.int64)[-self.MAX_CANDIDATES:] - base  # kept positions only (_drop_oldest)
         hay = self._buf[: self._end - base]
-        n, at = longest_matches(hay, ends, tail, floor - base)
+        n, at = longest_matches(hay, ends, tail, self.floor - base)
         cap = min(k, int(max_spec_factor * n + 1e-9))
         return _walk(hay, at + 1, cap, min_prob)
 

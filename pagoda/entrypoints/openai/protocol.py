@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pagoda.entrypoints.openai.request_fields import IGNORED, UNSUPPORTED
+from pagoda.entrypoints.openai.request_fields import logged_as_ignored
 from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda.server")
@@ -28,9 +28,7 @@ class OpenAIBaseModel(BaseModel):
 
     @model_validator(mode="after")
     def _log_unknown_fields(self) -> OpenAIBaseModel:
-        extra = self.model_extra
-        # unsupported fields are a 400 later, and on completions and chat unknown ones too
-        ignored = sorted(k for k in extra or () if k in IGNORED or not (k in UNSUPPORTED or self._unknown_is_error))
+        ignored = logged_as_ignored(self.model_extra or {}, self._unknown_is_error)
         if ignored:
             logger.warning("The following fields were present in the request but ignored: %s", ignored)
         return self

@@ -128,6 +128,12 @@ BEAM_ONLY: dict[str, tuple[Any, ...]] = {"length_penalty": (None, 1, 1.0), "earl
 """Beam search's own fields, with their neutral values: set otherwise without ``use_beam_search``, a 400."""
 
 
+def logged_as_ignored(extra: dict[str, Any], unknown_is_error: bool) -> list[str]:
+    """The extra fields a request model logs as ignored: the harmless ones, and where an unknown field is no error
+    (routes other than completions and chat) the unknown ones too; unsupported fields are a 400 either way."""
+    return sorted(k for k in extra if k in IGNORED or not (k in UNSUPPORTED or unknown_is_error))
+
+
 def _unknown(name: str, value: Any, req: Any, endpoint: str) -> bool:
     """An extra field that asks for something no table knows here: not a harmless extra, not null, and either in no
     table or another endpoint's unsupported field set to more than its neutral value."""
