@@ -46,7 +46,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from pagoda.quantization.kernels import cpu_int4_dot, cpu_int4_native
+from pagoda.quantization.kernels import cpu_int4_dequant, cpu_int4_dot, cpu_int4_native
 
 INT4_GROUPS = (32, 64, 128, 256)
 
@@ -107,7 +107,9 @@ DEQUANT_MIN_M_NATIVE = 256
 """:data:`DEQUANT_MIN_M` for 4-bit planes the native kernel (:mod:`cpu_int4_native`, bf16) multiplies: it stays
 ahead of dequantize + GEMM longer. Measured 2026-12-01 (default model's 4 shapes x 30 layers, min of 15, 2 threads):
 native / dequantize + mm ms M=128 94 / 160, M=192 123 / 165, M=256 165 / 167 (a 150-token prompt's prefill went
-0.29 -> ~0.2 s)."""
+0.29 -> ~0.2 s). Re-measured 2026-12-06 on the AMX dev VM with the native dequantization (:mod:`cpu_int4_dequant`)
+against the AMX int4 kernel (``benchmarks/results/cpu-2026-12-06-session39/prefill_linears.txt``, two runs): the
+crossover lies between 128 and 384 rows; 256 kept."""
 
 DEQUANT_MIN_M_NATIVE_AVX2 = 2048
 """:data:`DEQUANT_MIN_M_NATIVE` for the AVX2 native kernel (``cpu_int4_gemm_avx2.c``), whose rival is an fp32 GEMM
@@ -162,7 +164,18 @@ def dense_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
                    dtype: torch.dtype, width: int) -> torch.Tensor:
-    """``W.T`` ``[K, N]`` in ``dtype``: ``(q - 8) * s + z`` per nibble plane, summed."""
+    """``W.T`` ``[K, N]`` in ``dtype``: ``(q - 8) * s + z`` per nibble plane, summed: by the native pass of
+    :mod:`cpu_int4_dequant` where it applies (the same bits), else :func:`_dequantized_t_torch`."""
+    if width == 64:
+        w = cpu_int4_dequant.dequantized_t(parts, n, k, group_size, dtype)
+        if w is not None:
+            return w
+    return _dequantized_t_torch(parts, n, k, group_size, dtype, width)
+
+
+def _dequantized_t_torch(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
+                         dtype: torch.dtype, width: int) -> torch.Tensor:
+    """:func:`_dequantized_t` by torch's ops (the reference the native pass is checked against)."""
     w = None
     for packed, sz in parts:
         q = _unpack_blocks(packed, n, k, width).view(k // group_size, group_size, n).to(dtype)
