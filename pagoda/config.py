@@ -80,6 +80,15 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
 ``EngineArgs`` field in exactly one group; a test checks it)."""
 
 
+_SIMPLE_TYPES: dict[str, tuple[type, bool]] = {
+    **{name: (kind, False) for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str))},
+    **{f"{name}|None": (kind, True) for name, kind in (("bool", bool), ("int", int), ("float", float),
+                                                       ("str", str))},
+}
+"""EngineArgs annotations (spaces removed) that :meth:`EngineArgs._check_types` checks, with their type and
+whether None is allowed."""
+
+
 @dataclass
 class EngineArgs:
     model: str | None = None
@@ -235,6 +244,7 @@ class EngineArgs:
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
+        self._check_types()
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
         if self.block_size not in BLOCK_SIZES:
@@ -268,6 +278,27 @@ class EngineArgs:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
         self._validate_parallel()
+
+    def _check_types(self) -> None:
+        """Every field declared as a plain bool / int / float / str (or one of those or None) holds that type: a
+        string where a switch belongs (``enable_prefix_caching="no"``) would otherwise count as true, and one where
+        a number belongs fail later with a TypeError that names nothing (``LLM(...)`` passes values unparsed)."""
+        import dataclasses
+
+        for f in dataclasses.fields(self):
+            want = _SIMPLE_TYPES.get(str(f.type).replace(" ", ""))
+            if want is None:
+                continue
+            kind, optional = want
+            value = getattr(self, f.name)
+            if value is None and optional:
+                continue
+            ok = isinstance(value, bool) if kind is bool else (
+                isinstance(value, kind) and not isinstance(value, bool)
+                or (kind is float and isinstance(value, int) and not isinstance(value, bool)))
+            if not ok:
+                shown = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[kind]
+                raise ValueError(f"{f.name} must be {shown}{' or None' if optional else ''}, got {value!r}.")
 
     def _validate_parallel(self) -> None:
         """The ParallelConfig flags' own checks (the model-dependent ones: ``distributed/support.py``)."""

@@ -4,8 +4,10 @@
 core as is (in process) or as msgpack (``AddRequest`` over ZMQ), and decoding it runs the same
 checks as constructing it. Invariants after ``__post_init__``: every field is in its allowed
 range, ``stop`` is a list of non-empty strings, ``stop_token_ids`` a list of ints, ``top_k`` is
-0 when disabled (-1 is accepted and normalised), and ``temperature == 0`` means greedy. A
-field out of range raises :class:`pagoda.errors.ValidationError` naming the field.
+0 when disabled (-1 is accepted and normalised), ``seed`` -1 is no seed and ``logprobs`` /
+``prompt_logprobs`` True is 1 (vLLM's normalisations), and ``temperature == 0`` means greedy. A
+field out of range or of the wrong type raises :class:`pagoda.errors.ValidationError` naming the
+field; so does a combination that would be ignored (stop strings without ``detokenize``).
 
 ``allowed_token_ids`` is None or a non-empty list; ``bad_words`` a list of distinct non-empty
 strings, which the front end (it has the tokenizer) turns into ``bad_words_token_ids``
@@ -92,6 +94,9 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     # once the output ends with the rest (vLLM's ``_bad_words_token_ids``).
     bad_words_token_ids: list[list[int]] | None = None
     logprob_token_ids: list[int] | None = None
+    # Keep only the prompt's last k tokens (-1: the context length), vLLM's left truncation; applied by the
+    # front end when it tokenizes (the server's own field, with truncation_side, is applied there).
+    truncate_prompt_tokens: int | None = None
     # Grammar-constrained decoding (pagoda.structured_output): JSON schema, any JSON, regex, choice, grammar.
     structured_outputs: StructuredOutputsParams | None = None
 
@@ -118,13 +123,12 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     # ------------------------------------------------------------- validation
     def _normalise(self) -> None:
-        if self.stop is None:
-            self.stop = []
-        elif isinstance(self.stop, str):
-            self.stop = [self.stop]
-        else:
-            self.stop = list(self.stop)
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.seed == -1 and not isinstance(self.seed, bool):  # vLLM: -1 is no seed
+            self.seed = None
+        for name in ("logprobs", "prompt_logprobs"):  # vLLM: True asks for the sampled token's logprob alone
+            if getattr(self, name) is True:
+                setattr(self, name, 1)
+        self._normalise_stops()
         if isinstance(self.top_k, (int, float)) and not isinstance(self.top_k, bool) and self.top_k == -1:
             self.top_k = 0
         if self.logit_bias:
@@ -143,7 +147,22 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             if self.logprob_token_ids and self.logprobs is None:
                 self.logprobs = len(self.logprob_token_ids)  # vLLM's num_logprobs
 
+    def _normalise_stops(self) -> None:
+        """``stop`` a list of strings, ``stop_token_ids`` a list (their elements are checked by _verify_stops)."""
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif isinstance(self.stop, (list, tuple)):
+            self.stop = list(self.stop)
+        else:
+            raise _bad("stop", f"must be a string or a list of strings, got {self.stop!r}.")
+        if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, (list, tuple)):
+            raise _bad("stop_token_ids", f"must be a list of integer token ids, got {self.stop_token_ids!r}.")
+        self.stop_token_ids = list(self.stop_token_ids or [])
+
     def _verify(self) -> None:
+        self._verify_output_fields()
         _in_range("n", self.n, 1, MAX_N, f"[1, {MAX_N}]", integer=True)
         for name in ("presence_penalty", "frequency_penalty"):
             _in_range(name, getattr(self, name), -2.0, 2.0, "[-2, 2]")
@@ -182,6 +201,25 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.structured_outputs is not None and self.ignore_eos:
             raise _bad("ignore_eos", "cannot be combined with structured_outputs: the grammar ends the output with "
                                      "EOS once it is complete.")
+
+    def _verify_output_fields(self) -> None:
+        """The switches' types, truncate_prompt_tokens, what needs the output's text, and what the detokenizer
+        does not implement."""
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, f"must be a boolean, got {getattr(self, name)!r}.")
+        if self.truncate_prompt_tokens is not None:  # its upper bound is the context length (admission)
+            _num("truncate_prompt_tokens", self.truncate_prompt_tokens, True)
+            if self.truncate_prompt_tokens < 1 and self.truncate_prompt_tokens != -1:
+                raise _bad("truncate_prompt_tokens", f"must be -1 (the context length) or at least 1, got "
+                                                     f"{self.truncate_prompt_tokens}.")
+        if not self.detokenize and self.stop:  # vLLM's rule: stop strings are matched in the text
+            raise _bad("detokenize", "must be true when stop strings are given (they are matched in the text); "
+                                     "use stop_token_ids to stop without text.")
+        if not self.spaces_between_special_tokens and not self.skip_special_tokens:
+            raise _bad("spaces_between_special_tokens", "false is not implemented with skip_special_tokens=False "
+                                                        "(special tokens kept in the text are joined as the "
+                                                        "tokenizer decodes them).")
 
     def _verify_token_sets(self) -> None:
         """allowed_token_ids, bad_words and logprob_token_ids (their vocabulary bounds are admission's)."""
@@ -241,6 +279,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             if getattr(self, name) != default and getattr(self, name) not in ([], None)
         ]
         return f"SamplingParams({', '.join(keep)})"
+
+
+_BOOL_FIELDS = ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+                "include_stop_str_in_output")
 
 
 @dataclass

@@ -448,7 +448,8 @@ class EngineCore:
                     pooled.numpy().astype("<f4").tobytes(), list(pooled.shape))))
                 continue
             toks = res.sampled[rid]
-            if req.num_output_tokens <= len(toks):  # this step gave the first output: it ended the prompt
+            first = req.num_output_tokens <= len(toks)  # this step gave the first output: it ended the prompt
+            if first:
                 prompt_tokens += s.num_new_tokens
             generated += len(toks)
             lps = res.logprobs.get(rid)
@@ -463,6 +464,7 @@ class EngineCore:
                     stop_reason=req.stop_reason if rid in finished else None,
                     num_cached_tokens=max(0, req.num_cached_tokens),
                     error=grammar_errors.get(rid),
+                    first_scheduled_time=_wall_time(req.first_scheduled_time) if first else None,
                 )
             )
         stats = self.stats()
@@ -562,3 +564,8 @@ class _Updated:
 
 def _prompt_logprobs(c: PromptLogprobChunk) -> PromptLogprobs:
     return PromptLogprobs(c.start_index, c.logprobs, c.ranks, c.top_ids, c.top_logprobs)
+
+
+def _wall_time(monotonic_t: float | None) -> float | None:
+    """A ``time.monotonic()`` instant of this process as ``time.time()`` (RequestMetrics' clock)."""
+    return None if monotonic_t is None else time.time() - (time.monotonic() - monotonic_t)

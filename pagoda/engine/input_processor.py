@@ -24,6 +24,8 @@ from pagoda.structured_output.params import FIELD as STRUCTURED_FIELD
 from pagoda.structured_output.validate import validate as validate_structured_outputs
 
 PromptType = str | dict[str, Any] | list[int]
+PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt"})
+"""The keys a prompt dict may hold (vLLM's TextPrompt / TokensPrompt without multimodal inputs)."""
 
 
 class InputProcessor:
@@ -44,17 +46,21 @@ class InputProcessor:
         if isinstance(prompt, str):
             return prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
         if isinstance(prompt, dict):
+            if "prompt_token_ids" not in prompt and "prompt" not in prompt:
+                raise ValidationError("A prompt dict needs 'prompt' or 'prompt_token_ids'.", "prompt")
+            unknown = sorted(str(k) for k in prompt if k not in PROMPT_KEYS)
+            if unknown:  # e.g. multi_modal_data: never dropped in silence
+                raise ValidationError(f"Prompt key(s) {unknown} are not supported (pagoda runs text prompts; a "
+                                      f"prompt dict takes {sorted(PROMPT_KEYS)}).", "prompt")
             if "prompt_token_ids" in prompt:
                 ids = prompt["prompt_token_ids"]
                 if not isinstance(ids, (list, tuple)):
                     raise ValidationError("prompt_token_ids must be a list of integers.", "prompt")
                 return prompt.get("prompt"), list(ids)
-            if "prompt" in prompt:
-                text = prompt["prompt"]
-                if not isinstance(text, str):
-                    raise ValidationError("prompt must be a string.", "prompt")
-                return text, self.tokenizer.encode(text, add_special_tokens=True)
-            raise ValidationError("A prompt dict needs 'prompt' or 'prompt_token_ids'.", "prompt")
+            text = prompt["prompt"]
+            if not isinstance(text, str):
+                raise ValidationError("prompt must be a string.", "prompt")
+            return text, self.tokenizer.encode(text, add_special_tokens=True)
         if isinstance(prompt, list) and all(admission.is_token_id(t) for t in prompt):
             return None, list(prompt)
         raise ValidationError(f"Unsupported prompt type {type(prompt).__name__}; use a string, token ids or a dict.",
@@ -72,6 +78,11 @@ class InputProcessor:
         admission.check_priority(priority, self.cfg.scheduling_policy)
         if params is None:
             params = self.default_sampling_params()
+        if params.truncate_prompt_tokens is not None:  # vLLM's left truncation: the last k tokens
+            keep = params.truncate_prompt_tokens
+            keep = self.limits.max_model_len if keep == -1 else keep
+            admission.check_truncate_prompt_tokens(keep, self.limits)
+            ids = ids[-keep:]
         if params.bad_words and params.bad_words_token_ids is None:  # a copy: the caller's params stay as given
             params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
         if params.structured_outputs is not None:  # the spec must build (bounded in time) before anything is queued

@@ -96,6 +96,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     num_cached_tokens: int = 0
     error: str | None = None
     pooled: PooledData | None = None  # a finished pooling request's output
+    first_scheduled_time: float | None = None  # wall clock (time.time()); on a request's first sampled output
 
 
 class SchedulerStats(msgspec.Struct):

@@ -137,6 +137,8 @@ class OutputProcessor:
         child = parent.children[o.request_id]
         if child.finish_reason is not None:
             return None, False
+        if o.first_scheduled_time is not None and parent.metrics.first_scheduled_time is None:
+            parent.metrics.first_scheduled_time = o.first_scheduled_time
         if child.index == 0:
             if o.num_cached_tokens:
                 parent.num_cached_tokens = o.num_cached_tokens

@@ -9,6 +9,7 @@ from typing import Any
 
 from pagoda.beam_search import BeamSearchOutput
 from pagoda.config import EngineArgs
+from pagoda.engine.chat_template_args import template_kwargs
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
@@ -117,7 +118,14 @@ class LLM(PoolingMixin):
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(plist)
         else:
-            params = list(sampling_params)
+            given: Any = sampling_params
+            params = list(given) if isinstance(given, (list, tuple)) else [given]
+            wrong = next((p for p in params if not isinstance(p, SamplingParams)), None)
+            if wrong is not None:
+                hint = " (pooling: LLM.encode / embed / classify / score)" if isinstance(wrong, PoolingParams) \
+                    else ""
+                raise ValidationError(f"sampling_params must be a SamplingParams or a list of them, got "
+                                      f"{type(wrong).__name__}{hint}.", "sampling_params")
             if len(params) != len(plist):
                 raise ValidationError(
                     f"Got {len(params)} sampling params for {len(plist)} prompts; pass one or one per prompt.",
@@ -135,22 +143,40 @@ class LLM(PoolingMixin):
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        chat_template_content_format: str = "auto",
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate.
-        ``tools`` (OpenAI function tools) are shown to the template, as vLLM's ``LLM.chat``; the output is text."""
+        ``tools`` (OpenAI function tools) are shown to the template, as vLLM's ``LLM.chat``; the output is text.
+        ``continue_final_message``: the last (assistant) message is left open for the model to continue (needs
+        ``add_generation_prompt=False``); ``chat_template_kwargs``: extra template variables (e.g.
+        ``{"enable_thinking": False}``), as the server's field of that name. ``chat_template_content_format``
+        takes vLLM's "auto" / "string" (text parts are joined either way); ``mm_processor_kwargs`` only None."""
+        if chat_template_content_format not in ("auto", "string"):
+            raise ValidationError(f"chat_template_content_format={chat_template_content_format!r}: only 'auto' "
+                                  f"and 'string' are supported (text parts are joined into one string).",
+                                  "chat_template_content_format")
+        if mm_processor_kwargs is not None:
+            raise ValidationError("mm_processor_kwargs is not supported: pagoda runs text models.",
+                                  "mm_processor_kwargs")
         if messages and isinstance(messages[0], dict):
             convs = [messages]
         else:
             convs = list(messages)  # type: ignore[arg-type]
-        prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools)
+        prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools,
+                                                      continue_final_message, chat_template_kwargs)
                                      for conv in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def chat_prompt(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = True,
-                    chat_template: str | None = None, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                    chat_template: str | None = None, tools: list[dict[str, Any]] | None = None,
+                    continue_final_message: bool = False,
+                    chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """One conversation through the chat template, as a prompt dict (text and token ids)."""
         tok = self.get_tokenizer()
-        kwargs = {"tools": tools} if tools else {}
+        kwargs = template_kwargs(chat_template_kwargs, tools, continue_final_message, add_generation_prompt)
         text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template, **kwargs)
         # The template already holds BOS where the model wants it.
         return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
