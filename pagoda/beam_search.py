@@ -46,7 +46,7 @@ class BeamSearchSequence:
     """One returned beam (vLLM's fields, plus ``score``)."""
 
     tokens: list[int]  # the prompt followed by the generated tokens (a final EOS included), as in vLLM
-    logprobs: list[dict[int, Logprob]]  # one dict per generated token: the step's top candidates
+    logprobs: list[dict[int, Logprob]]  # one dict per generated token: the chosen one, then the step's top by rank
     cum_logprob: float = 0.0
     text: str | None = None
     finish_reason: str | None = None  # "stop" (EOS) or "length"
@@ -71,9 +71,21 @@ def candidates_per_step(beam_width: int, num_eos: int) -> int:
     return max(2, 1 + num_eos) * beam_width
 
 
-def step_sampling_params(num_logprobs: int) -> SamplingParams:
-    """The one-token request each live beam submits per step."""
-    return SamplingParams(temperature=0.0, max_tokens=1, logprobs=num_logprobs, ignore_eos=True, detokenize=False)
+def step_sampling_params(num_logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
+    """The one-token request each live beam submits per step (the first step may also ask for the
+    prompt's logprobs: its prompt is the original one)."""
+    return SamplingParams(temperature=0.0, max_tokens=1, logprobs=num_logprobs, ignore_eos=True, detokenize=False,
+                          prompt_logprobs=prompt_logprobs)
+
+
+def chosen_first(token: int, d: dict[int, Logprob], num: int | None = None) -> dict[int, Logprob]:
+    """A step's candidates as a sampled token's logprobs are: the chosen ``token`` first, then the others by
+    rank; with ``num``, only those among the ``num`` best (the sampled path's ``logprobs=num``: the chosen
+    token and the top ``num``, the chosen one not twice)."""
+    ranked = sorted(d.items(), key=lambda kv: -kv[1].logprob)  # stable: ties keep the engine's order
+    if num is not None:
+        ranked = ranked[:num]
+    return {token: d[token], **{t: v for t, v in ranked if t != token}}
 
 
 @dataclass
@@ -99,6 +111,9 @@ class BeamSearchInstance:
         self.finished: list[tuple[float, _Beam]] = []  # (score, beam), best first, at most beam_width
         self.num_generated = 0
         self.done = False
+        # the prompt's logprobs (as a sampled request's ``prompt_logprobs``), when the driver asked the first step
+        # for them (the server's ``echo`` with ``logprobs``)
+        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     def pending(self) -> list[list[int]]:
         """The full token sequence of every live beam (empty once done)."""
@@ -131,7 +146,7 @@ class BeamSearchInstance:
 
         def extend(c: tuple[float, int, int, dict[int, Logprob]]) -> _Beam:
             parent = self.beams[c[1]]
-            return _Beam(parent.tokens + [c[2]], parent.logprobs + [c[3]], c[0])
+            return _Beam(parent.tokens + [c[2]], parent.logprobs + [chosen_first(c[2], c[3])], c[0])
 
         hits = [at_max or c[2] in self.eos for c in cands]
         full = len(self.finished) == width
@@ -176,13 +191,17 @@ class BeamSearchInstance:
         return out
 
     def request_output(self, request_id: str, tokenizer: Any, skip_special_tokens: bool = True,
-                       arrival_time: float | None = None) -> RequestOutput:
+                       arrival_time: float | None = None, num_logprobs: int | None = None) -> RequestOutput:
         """The server's view: choices hold generated tokens only; a final EOS is left out of the text
-        (and out of ``token_ids`` unless ``include_stop_str_in_output``), as vLLM's server does."""
+        (and out of ``token_ids`` unless ``include_stop_str_in_output``), as vLLM's server does.
+        ``num_logprobs`` (the client's ``logprobs``) cuts each token's logprobs to what a sampled request
+        with that many would carry: the chosen token, then the top ``num_logprobs`` by rank."""
         outs = []
         for i, s in enumerate(self.sequences()):
             gen = s.tokens[len(self.prompt_token_ids):]
             lps = s.logprobs
+            if num_logprobs is not None:
+                lps = [chosen_first(t, d, num_logprobs) for t, d in zip(gen, lps, strict=True)]
             shown = gen
             if s.finish_reason == "stop":
                 shown = gen[:-1]
@@ -193,7 +212,8 @@ class BeamSearchInstance:
                                          logprobs=lps, finish_reason=s.finish_reason, stop_reason=s.stop_reason))
         now = time.time()
         return RequestOutput(
-            request_id=request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids, prompt_logprobs=None,
+            request_id=request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
+            prompt_logprobs=self.prompt_logprobs,
             outputs=outs, finished=True,
             metrics=RequestMetrics(arrival_time=arrival_time or now, finished_time=now),
         )
@@ -230,14 +250,19 @@ class BeamSearchStream:
     """A beam-search request inside the API server, shaped like :class:`RequestStream` for the
     serving code: iterating it runs the search and yields one final ``RequestOutput``
     (``last_deltas`` then holds each choice's whole text); ``close()`` aborts the step in flight.
+    ``logprobs`` is the client's count (each token's logprobs are cut to it); ``prompt_logprobs`` asks the
+    first step (whose prompt is the original one) for the prompt's logprobs, computed as for a sampled request.
     """
 
     def __init__(self, engine: Any, request_id: str, instance: BeamSearchInstance,
-                 skip_special_tokens: bool = True, logprobs: int | None = None) -> None:
+                 skip_special_tokens: bool = True, logprobs: int | None = None,
+                 prompt_logprobs: int | None = None) -> None:
         self.engine = engine
         self.request_id = request_id
         self.instance = instance
         self.skip_special_tokens = skip_special_tokens
+        self.logprobs = logprobs
+        self.prompt_logprobs = prompt_logprobs
         self.num_logprobs = max(instance.k, logprobs or 0)  # a client's top_logprobs may ask for more than K
         self.n = instance.params.beam_width
         self.prompt_token_ids = instance.prompt_token_ids
@@ -265,10 +290,10 @@ class BeamSearchStream:
         from pagoda.engine.async_llm import final_output  # server-only module (msgspec, zmq)
 
         inst = self.instance
-        sp = step_sampling_params(self.num_logprobs)
         step = 0
         while not inst.done:
             streams = []
+            sp = step_sampling_params(self.num_logprobs, self.prompt_logprobs if step == 0 else None)
             try:
                 for i, prompt in enumerate(inst.pending_prompts()):
                     streams.append(self.engine.add_request(f"{self.request_id}-beam{step}-{i}", prompt, sp))
@@ -286,10 +311,12 @@ class BeamSearchStream:
                 if not c.logprobs:
                     raise RuntimeError(f"beam search step returned no logprobs ({c.finish_reason})")
                 lps.append(c.logprobs[0])
+            if step == 0 and self.prompt_logprobs is not None:
+                inst.prompt_logprobs = finals[0].prompt_logprobs
             inst.advance(lps)
             step += 1
         return inst.request_output(self.request_id, self.engine.get_tokenizer(), self.skip_special_tokens,
-                                   self._arrival)
+                                   self._arrival, self.logprobs)
 
     def close(self) -> None:
         self.finished = True

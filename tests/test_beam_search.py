@@ -242,3 +242,28 @@ def test_instance_rules_with_fake_logprobs():
     assert [len(c.logprobs) for c in out.outputs] == [1, 2]
     inst.params = BeamSearchParams(beam_width=2, max_tokens=5, include_stop_str_in_output=True)
     assert [c.token_ids for c in inst.request_output("r", Tok()).outputs] == [[5, EOS], [5, 3, EOS]]
+
+
+def test_step_logprobs_put_the_chosen_token_first():
+    """Each token's logprobs are shaped as a sampled token's: the chosen token first, then the others by rank;
+    the server's view cuts them to the client's count as ``logprobs=N`` does (the chosen token plus the top N)."""
+    from pagoda.beam_search import BeamSearchInstance
+
+    inst = BeamSearchInstance([1], BeamSearchParams(beam_width=2, max_tokens=2, ignore_eos=True), [])
+    inst.advance([_lp({5: -0.1, 6: -0.5, 7: -1.0, 8: -2.0})])
+    inst.advance([_lp({3: -0.1, 4: -0.2, 2: -3.0, 9: -4.0}), _lp({3: -2.0, 4: -2.5, 2: -3.0, 9: -6.0})])
+    seqs = inst.sequences()
+    assert [s.tokens for s in seqs] == [[1, 5, 3], [1, 5, 4]]
+    assert list(seqs[1].logprobs[1]) == [4, 3, 2, 9]  # chosen 4 (rank 2) first, then ranks 1, 3, 4
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return ",".join(map(str, ids))
+
+    out = inst.request_output("r", Tok(), num_logprobs=0)
+    assert [[list(d) for d in c.logprobs] for c in out.outputs] == [[[5], [3]], [[5], [4]]]
+    out = inst.request_output("r", Tok(), num_logprobs=1)  # rank 1 chosen: itself; rank 2 chosen: + rank 1
+    assert [[list(d) for d in c.logprobs] for c in out.outputs] == [[[5], [3]], [[5], [4, 3]]]
+    out = inst.request_output("r", Tok(), num_logprobs=2)
+    assert [list(d) for d in out.outputs[1].logprobs] == [[5, 6], [4, 3]]
+    assert out.outputs[1].logprobs[1][4].rank == 2 and out.prompt_logprobs is None

@@ -9,6 +9,7 @@ rule *and* as a near-tie of HF's own distribution), prompt logprobs and sample l
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -138,6 +139,28 @@ def test_chat_matches_hf(tiny):
     outs = llm.chat([conv, conv[1:]], greedy(max_tokens=4), use_tqdm=False)
     assert len(outs) == 2 and outs[0].outputs[0].token_ids == ref.tokens[:4]
     assert_engine_clean(llm)
+
+
+def test_chat_content_parts(tiny):
+    """``chat`` reads content parts as the server does (vLLM's rules): text and refusal parts are their text,
+    joined by newlines; a part without its text, or of another type, is a ValidationError naming messages."""
+    from pagoda.errors import ValidationError
+
+    llm = tiny.llm("qwen2")
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "no\nnever"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+             {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"},
+                                               {"type": "text", "text": "never"}]}]
+    assert llm.chat_prompt(parts) == llm.chat_prompt(plain)
+    for bad, where in (([{"type": "text"}], "messages[0].content[0].text"),
+                       ([{"type": "text", "text": "a"}, {"type": "refusal"}], "messages[0].content[1].refusal"),
+                       ([{"type": "image_url", "image_url": {"url": "x"}}], "messages[0].content[0]")):
+        with pytest.raises(ValidationError, match=re.escape(where)) as e:
+            llm.chat([{"role": "user", "content": bad}], greedy(max_tokens=1), use_tqdm=False)
+        assert e.value.parameter == "messages"
+    with pytest.raises(ValidationError, match="at least one message") as e:
+        llm.chat_prompt([])
+    assert e.value.parameter == "messages"
 
 
 def test_top5_rule_helper():

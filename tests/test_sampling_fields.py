@@ -95,6 +95,7 @@ def test_logprob_token_ids_reports_those_ids(llm):
     (dict(allowed_token_ids=[]), "allowed_token_ids"),
     (dict(allowed_token_ids=[10**9]), "allowed_token_ids"),
     (dict(bad_words=[""]), "bad_words"),
+    (dict(bad_words=["ok", "\ud800"]), "bad_words"),  # a lone surrogate: no text (not the tokenizer's TypeError)
     (dict(logprob_token_ids=[1, 2], logprobs=1), "logprob_token_ids"),
     (dict(logprob_token_ids=[10**9]), "logprob_token_ids"),
     (dict(logprob_token_ids=list(range(129))), "logprob_token_ids"),

@@ -88,6 +88,16 @@ def check_in_vocab(parameter: str, ids: Iterable[int], limits: AdmissionLimits) 
                               f"Vocabulary size: {V}.", parameter)
 
 
+def check_unicode(text: str, parameter: str) -> None:
+    """Text to tokenize is valid Unicode: JSON can carry lone surrogates ("\\ud800"), on which the tokenizer
+    fails with a TypeError (a 500 on the server, a puzzle offline)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValidationError(f"{parameter} is not valid Unicode text: {e.reason} at position {e.start}.",
+                              parameter) from None
+
+
 def bad_words_token_ids(bad_words: Sequence[str], tokenizer: Any) -> list[list[int]]:
     """vLLM's ``update_from_tokenizer``: each bad word as token ids, alone and after a space.
 
@@ -97,6 +107,7 @@ def bad_words_token_ids(bad_words: Sequence[str], tokenizer: Any) -> list[list[i
     """
     out: list[list[int]] = []
     for word in bad_words:
+        check_unicode(word, "bad_words")
         plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
         if not plain:
             raise ValidationError("bad_words entries must tokenize to at least one token.", "bad_words")

@@ -499,19 +499,22 @@ class AsyncLLM:
         self._calls.clear()
 
     def beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams,
-                    skip_special_tokens: bool = True, logprobs: int | None = None) -> BeamSearchStream:
+                    skip_special_tokens: bool = True, logprobs: int | None = None,
+                    prompt_logprobs: int | None = None) -> BeamSearchStream:
         """Admit a beam search (raises ``ValidationError``, nothing queued) and return its stream.
 
         Iterating the stream runs the search (one engine request per live beam and step, see
         :mod:`pagoda.beam_search`) and yields one final ``RequestOutput`` with
-        ``beam_width`` choices, best first; ``close()`` aborts the step in flight.
+        ``beam_width`` choices, best first; ``close()`` aborts the step in flight. ``logprobs``: each
+        token's logprobs as a sampled request with that many has them; ``prompt_logprobs``: the output
+        carries the prompt's logprobs too (the completions endpoint's ``echo`` with ``logprobs``).
         """
         from pagoda.beam_search import BeamSearchStream
 
         self.check_servable()
         assert self.input_processor is not None
         inst = self.input_processor.beam_search(prompt, params, logprobs)
-        return BeamSearchStream(self, request_id, inst, skip_special_tokens, logprobs)
+        return BeamSearchStream(self, request_id, inst, skip_special_tokens, logprobs, prompt_logprobs)
 
     def abort(self, request_id: str) -> None:
         """Abort a request (idempotent); its KV blocks are freed by the core."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from pagoda.config import EngineConfig, read_json
 from pagoda.engine import tokenizer_classes
+from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda")
 
@@ -91,6 +92,29 @@ def _tool_call_arguments_as_objects(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "tool_calls": out}
 
 
+TEXT_PART_FIELDS = {"text": "text", "refusal": "refusal"}
+"""Content part types read as text, and the field holding it (vLLM's chat_utils reads a refusal part as its
+``refusal`` text; the openai types require the field)."""
+
+
+def content_parts_text(parts: list[Any], where: str = "content") -> str:
+    """OpenAI content parts as one text: ``text`` and ``refusal`` parts, joined by newlines as vLLM joins them.
+    Any other part, or one without its text, is a :class:`ValidationError` naming it (``where``: its path)."""
+    texts = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        field = TEXT_PART_FIELDS.get(kind) if isinstance(kind, str) else None
+        if field is None:
+            raise ValidationError(f"{where}[{j}]: only text and refusal content parts are supported, got type "
+                                  f"{kind!r}.", "messages")
+        value = part.get(field)
+        if not isinstance(value, str):
+            raise ValidationError(f"{where}[{j}].{field} is required: a {kind!r} content part needs its "
+                                  f"{field!r} string.", "messages")
+        texts.append(value)
+    return "\n".join(texts)
+
+
 def apply_chat_template(
     tokenizer: Any,
     conversation: list[dict[str, Any]],
@@ -99,19 +123,14 @@ def apply_chat_template(
     **kwargs: Any,
 ) -> str:
     if not conversation:
-        raise ValueError("messages must hold at least one message.")
+        raise ValidationError("messages must hold at least one message.", "messages")
     msgs = []
-    for m in conversation:
+    for i, m in enumerate(conversation):
         if not isinstance(m, dict) or "role" not in m:
-            raise ValueError("each message must be an object with 'role' and 'content'.")
+            raise ValidationError(f"messages[{i}] must be an object with 'role' and 'content'.", "messages")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise ValueError("only text content parts are supported.")
-                texts.append(str(part.get("text", "")))
-            content = "\n".join(texts)  # as vLLM joins text parts
+            content = content_parts_text(content, f"messages[{i}].content")
         msgs.append(_tool_call_arguments_as_objects({**m, "content": content if content is not None else ""}))
     template = chat_template or tokenizer.chat_template
     if not template:

@@ -114,3 +114,67 @@ def test_beam_search_errors(server):
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     # the server still serves afterwards
     assert server.post("/v1/completions", {**base, "n": 2}).status_code == 200
+
+
+def _close(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, abs_tol=1e-3))
+
+
+def assert_same_logprobs(got: dict, want: dict) -> None:
+    """Completions logprobs equal up to fp32 rounding (prefix caching and batch shape may differ)."""
+    assert got["tokens"] == want["tokens"] and got["text_offset"] == want["text_offset"], (got, want)
+    assert all(_close(a, b) for a, b in zip(got["token_logprobs"], want["token_logprobs"], strict=True)), (got, want)
+    for a, b in zip(got["top_logprobs"], want["top_logprobs"], strict=True):
+        assert (a is None) == (b is None), (got, want)
+        if a is not None:
+            assert list(a) == list(b) and all(_close(a[k], b[k]) for k in a), (a, b)
+
+
+def test_completion_beam_search_echo_logprobs_cover_the_prompt(server):
+    """echo + logprobs under beam search: the prompt part is the sampled path's (first token null, the text
+    offsets from 0), then the generated tokens; one beam is greedy search, so the whole object equals greedy's."""
+    base = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3, "echo": True, "logprobs": 1, "ignore_eos": True}
+    greedy = server.post("/v1/completions", {**base, "temperature": 0})
+    beam = server.post("/v1/completions", {**base, "use_beam_search": True, "n": 1})
+    assert greedy.status_code == beam.status_code == 200, (greedy.text, beam.text)
+    g, b = greedy.json()["choices"][0], beam.json()["choices"][0]
+    assert b["text"] == g["text"] and b["text"].startswith(PROMPT)
+    lp = b["logprobs"]
+    n_prompt = len(lp["tokens"]) - 3
+    assert n_prompt > 0 and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert "".join(lp["tokens"][:n_prompt]) == PROMPT and lp["text_offset"][n_prompt] == len(PROMPT)
+    assert_same_logprobs(lp, g["logprobs"])
+    # streamed, the beams arrive in one burst with the same logprobs
+    events = sse_events(server.post("/v1/completions", {**base, "use_beam_search": True, "n": 1, "stream": True}))
+    streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in events[:-1]:
+        for ch in e["choices"]:
+            for f in streamed:
+                streamed[f] += (ch["logprobs"] or {}).get(f, [])
+    assert_same_logprobs(streamed, g["logprobs"])
+
+
+def test_beam_search_top_logprobs_start_with_the_chosen_token(server):
+    """As for sampled tokens: the chosen token first in top_logprobs, then the others by rank (N + 1 at most)."""
+    base = {"model": MODEL, "prompt": PROMPT, "max_tokens": 6, "use_beam_search": True, "n": 2, "ignore_eos": True}
+    for num in (0, 2):
+        r = server.post("/v1/completions", {**base, "logprobs": num})
+        assert r.status_code == 200, r.text
+        for ch in r.json()["choices"]:
+            lp = ch["logprobs"]
+            for tok, tlp, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):
+                assert next(iter(top)) == tok and math.isclose(top[tok], tlp), (tok, top)
+                assert len(top) <= num + 1 and (num == 0) == (len(top) == 1), top
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    r = server.post("/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 6, "n": 2,
+                                             "use_beam_search": True, "ignore_eos": True, "logprobs": True,
+                                             "top_logprobs": 1})
+    assert r.status_code == 200, r.text
+    for ch in r.json()["choices"]:
+        for t in ch["logprobs"]["content"]:
+            assert [x["token"] for x in t["top_logprobs"]] == [t["token"]], t
+    # One beam is greedy search: its logprobs are the greedy request's, top entries included.
+    one = {**base, "n": 1, "logprobs": 2}
+    g = server.post("/v1/completions", {**one, "use_beam_search": False, "temperature": 0}).json()["choices"][0]
+    b = server.post("/v1/completions", one).json()["choices"][0]
+    assert_same_logprobs(b["logprobs"], g["logprobs"])

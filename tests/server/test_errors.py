@@ -98,6 +98,24 @@ def test_chat_errors(server, body, status, needles):
     good_request_works(server)
 
 
+@pytest.mark.parametrize("path,body,param,needles", [
+    ("/v1/completions", b"", "prompt", ["body is empty", "prompt"]),
+    ("/v1/chat/completions", b"", "messages", ["body is empty", "messages"]),
+    ("/v1/chat/completions", {**GOOD_CHAT, "messages": []}, "messages", ["at least one message"]),
+    ("/v1/chat/completions", {**GOOD_CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages", ["messages[0].content[0].text is required"]),
+    ("/v1/chat/completions", {**GOOD_CHAT, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "refusal"}]}]},
+     "messages", ["messages[1].content[0].refusal is required"]),
+    ("/tokenize", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text"}]}]},
+     "messages", ["messages[0].content[1].text"]),
+])
+def test_errors_name_the_field(server, path, body, param, needles):
+    """param names the request field where one is known (an empty body: the first required field)."""
+    check_error(server.post(path, body), 400, *needles, param=param)
+    good_request_works(server)
+
+
 def test_streaming_request_validation_is_400_before_the_stream(server):
     r = server.post("/v1/chat/completions", {**GOOD_CHAT, "stream": True, "temperature": -3})
     check_error(r, 400, "temperature")

@@ -114,6 +114,16 @@ def test_chat_basic_and_content_parts(server):
     r3 = c.chat.completions.create(model=MODEL, messages=joined, max_tokens=6, temperature=0,
                                    extra_body={"ignore_eos": True})
     assert r2.choices[0].message.content == r3.choices[0].message.content
+    # a refusal part (the openai types allow it in assistant content) reads as its refusal text, as in vLLM
+    refused = [*joined, {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."},
+                                                          {"type": "text", "text": "Sorry."}]}]
+    as_text = [*joined, {"role": "assistant", "content": "No.\nSorry."}]
+    assert server.post("/tokenize", {"messages": refused}).json()["tokens"] == \
+        server.post("/tokenize", {"messages": as_text}).json()["tokens"]
+    r4 = server.post("/v1/chat/completions", {"model": MODEL, "messages": refused, "max_tokens": 2, "echo": True,
+                                              "add_generation_prompt": False, "continue_final_message": True})
+    assert r4.status_code == 200, r4.text
+    assert r4.json()["choices"][0]["message"]["content"].startswith("No.\nSorry."), r4.text
     # add_generation_prompt=False drops the assistant header
     tok2 = server.post("/tokenize", {"messages": msgs, "add_generation_prompt": False}).json()
     assert tok2["count"] < tok["count"]

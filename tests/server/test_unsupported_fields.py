@@ -4,6 +4,8 @@ The table is pagoda/entrypoints/openai/request_fields.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from server_utils import MODEL
 
@@ -69,6 +71,12 @@ def test_sampling_token_fields_are_honoured(server):
     assert len(top) >= 2
     r = server.post("/v1/completions", {**COMPLETION, "allowed_token_ids": [10**9]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "allowed_token_ids", r.text
+    # a lone surrogate is no text to tokenize: a 400 naming bad_words, as for every other text field
+    for path, base in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
+        r = server.post(path, json.dumps({**base, "bad_words": ["ok", "\ud800"]}))
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "bad_words" and "not valid Unicode" in err["message"], err
 
 
 def test_priority_needs_the_priority_policy(server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagoda.entrypoints.openai.serving_engine import error_response, serving_error_response
@@ -19,6 +20,11 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
         detail = (errs[0].get("ctx") or {}).get("error", "")
         return error_response(400, f"The request body is not valid JSON: {detail}".rstrip(": "),
                               "invalid_request_error")
+    if errs and errs[0].get("type") == "missing" and tuple(errs[0].get("loc", ())) == ("body",):
+        required = _required_fields(request)
+        msg = "The request body is empty; send a JSON object"
+        msg += f" with the required field(s): {', '.join(required)}." if required else "."
+        return error_response(400, msg, "invalid_request_error", required[0] if required else None)
     parts = []
     param = None
     for e in errs[:MAX_LISTED_ERRORS]:
@@ -31,6 +37,15 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
     if len(errs) > MAX_LISTED_ERRORS:
         msg += f" (and {len(errs) - MAX_LISTED_ERRORS} more errors)"
     return error_response(400, msg, "invalid_request_error", param)
+
+
+def _required_fields(request: Request) -> list[str]:
+    """The required fields of the route's request body model (none known: empty)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or name for name, f in model.model_fields.items() if f.is_required()]
+    return []
 
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -240,8 +240,12 @@ class CompletionStreamResponse(ResponseModel):
 
 # ------------------------------------------------------------------------------- chat
 class ContentPart(OpenAIBaseModel):
+    """A content part: ``text`` (its ``text``) or ``refusal`` (its ``refusal``, vLLM reads it as text); a missing
+    text or another type is a 400 when the messages are rendered (``engine.tokenizer.content_parts_text``)."""
+
     type: str
     text: str | None = None
+    refusal: str | None = None
 
 
 class ChatMessageIn(OpenAIBaseModel):

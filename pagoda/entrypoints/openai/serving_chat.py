@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream
-from pagoda.engine.tokenizer import apply_chat_template
+from pagoda.engine.chat_template_args import template_kwargs
+from pagoda.engine.tokenizer import apply_chat_template, content_parts_text
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.protocol import (
     ChatChoice,
@@ -40,15 +41,6 @@ from pagoda.entrypoints.openai.tool_calling import (
     output_parser,
     plan_tools,
 )
-
-# Arguments of transformers' apply_chat_template that a client must not override through
-# chat_template_kwargs (they would change what the call returns, not what the template sees).
-_RESERVED_TEMPLATE_KWARGS = {
-    "conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
-    "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
-    "return_assistant_tokens_mask", "tokenizer_kwargs",
-}
-
 
 # Chat templates render in transformers' jinja2 ImmutableSandboxedEnvironment (no attribute
 # escapes, no mutation of inputs). On top of it, each rendering runs in its own thread with a
@@ -102,19 +94,8 @@ class OpenAIServingChat(OpenAIServing):
         if chat_template is not None and not self.limits.trust_request_chat_template:
             raise ServingError(400, "chat_template in a request is not allowed by this server "
                                "(start it with --trust-request-chat-template).", param="chat_template")
-        if continue_final and add_generation_prompt:
-            raise ServingError(400, "continue_final_message and add_generation_prompt cannot both be true.",
-                               param="continue_final_message")
         conv = [m.model_dump(exclude_none=True) for m in messages]
-        reserved = sorted(set(chat_template_kwargs or ()) & _RESERVED_TEMPLATE_KWARGS)
-        if reserved:  # they would be dropped: the request's own fields set them (add_generation_prompt, tools, ...)
-            raise ServingError(400, f"chat_template_kwargs may not set {reserved}: use the request's own field of that "
-                                    f"name where there is one.", param="chat_template_kwargs")
-        kwargs = dict(chat_template_kwargs or {})
-        if continue_final:
-            kwargs["continue_final_message"] = True
-        if tools:
-            kwargs["tools"] = tools
+        kwargs = template_kwargs(chat_template_kwargs, tools, continue_final, add_generation_prompt)
         try:
             text = render_limited(apply_chat_template, self.tokenizer, conv, add_generation_prompt, chat_template,
                                   **kwargs)
@@ -250,8 +231,8 @@ class OpenAIServingChat(OpenAIServing):
         if not req.echo or not req.messages or req.messages[-1].role != "assistant":
             return ""
         content = req.messages[-1].content
-        if isinstance(content, list):
-            return "".join(p.text or "" for p in content if p.type == "text")
+        if isinstance(content, list):  # as the template got it (vLLM echoes the parsed content)
+            return content_parts_text([p.model_dump(exclude_none=True) for p in content])
         return content or ""
 
     async def _stream(self, req: ChatCompletionRequest, model: str, request_id: str,

@@ -90,7 +90,7 @@ class OpenAIServingCompletion(OpenAIServing):
                                                       "max_tokens" in req.model_fields_set, 16)
                     self.log_request(rid, p.text, p.ids, bparams)  # type: ignore[arg-type]
                     prompt = {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}
-                    streams.append(self.start_beam_search(rid, prompt, bparams, req, req.logprobs))
+                    streams.append(self.start_beam_search(rid, prompt, bparams, req, req.logprobs, prompt_lp))
                     continue
                 params = self.sampling_params(
                     req, len(p.ids), req.max_tokens, "max_tokens" in req.model_fields_set, 16, req.logprobs,

@@ -239,10 +239,11 @@ class OpenAIServing:
         )
 
     def start_beam_search(self, request_id: str, prompt: dict[str, Any], params: BeamSearchParams,
-                          req: SamplingFields, logprobs: int | None) -> Any:
+                          req: SamplingFields, logprobs: int | None, prompt_logprobs: int | None = None) -> Any:
         """The engine's beam-search stream (shaped like a RequestStream: one final output)."""
         return self.engine.beam_search(request_id, prompt, params,
-                                       skip_special_tokens=req.skip_special_tokens is not False, logprobs=logprobs)
+                                       skip_special_tokens=req.skip_special_tokens is not False, logprobs=logprobs,
+                                       prompt_logprobs=prompt_logprobs)
 
     # --------------------------------------------------------------- prompts
     def encode(self, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:
