@@ -138,3 +138,18 @@ def test_chat_continue_final_message_and_template_kwargs(llm):
     with pytest.raises(ValidationError, match="chat_template_content_format"):
         llm.chat(conv[:1], greedy(max_tokens=1), chat_template_content_format="openai", use_tqdm=False)
     assert_engine_clean(llm)
+
+
+def test_detokenize_false_leaves_every_text_out(llm):
+    """``detokenize=False``: no output text and no ``decoded_token`` in the logprobs (vLLM), the same token ids
+    and logprob values as with it."""
+    on = llm.generate("Hello there", greedy(max_tokens=4, logprobs=2, prompt_logprobs=1), use_tqdm=False)[0]
+    off = llm.generate("Hello there", greedy(max_tokens=4, logprobs=2, prompt_logprobs=1, detokenize=False),
+                       use_tqdm=False)[0]
+    assert off.outputs[0].token_ids == on.outputs[0].token_ids and off.outputs[0].text == ""
+    for d_on, d_off in zip(on.outputs[0].logprobs, off.outputs[0].logprobs, strict=True):
+        assert list(d_on) == list(d_off) and all(v.decoded_token is None for v in d_off.values())
+        assert [v.logprob for v in d_on.values()] == [v.logprob for v in d_off.values()]
+        assert any(v.decoded_token for v in d_on.values())
+    assert off.prompt_logprobs is not None
+    assert all(v.decoded_token is None for d in off.prompt_logprobs[1:] for v in d.values())

@@ -100,14 +100,16 @@ class OutputProcessor:
 
     def _lp_dict(
         self, ids: list[int], lps: list[float], chosen: int, chosen_lp: float, rank: int,
-        ranks: list[int] | None = None,
+        ranks: list[int] | None = None, detokenize: bool = True,
     ) -> dict[int, Logprob]:
-        """The chosen token and the top entries; ``ranks`` None means the top list is the top-k (1, 2, ...)."""
-        d = {chosen: Logprob(chosen_lp, rank, decode_token(self.tokenizer, chosen))}
+        """The chosen token and the top entries; ``ranks`` None means the top list is the top-k (1, 2, ...);
+        without ``detokenize`` no entry has its text (``decoded_token`` None, as vLLM)."""
+        tok = self.tokenizer if detokenize else None
+        d = {chosen: Logprob(chosen_lp, rank, decode_token(tok, chosen) if tok is not None else None)}
         top_ranks = ranks if ranks is not None else range(1, len(ids) + 1)
         for r, t, v in zip(top_ranks, ids, lps, strict=True):
             if t not in d:
-                d[t] = Logprob(v, r, decode_token(self.tokenizer, t))
+                d[t] = Logprob(v, r, decode_token(tok, t) if tok is not None else None)
         return d
 
     def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
@@ -186,7 +188,8 @@ class OutputProcessor:
             return
         for j, (lp, rk, ti, tv) in enumerate(zip(p.logprobs, p.ranks, p.top_ids, p.top_logprobs, strict=True)):
             pos = p.start_index + j
-            parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk)
+            parent.prompt_logprobs[pos] = self._lp_dict(ti, tv, parent.prompt_token_ids[pos], lp, rk,
+                                                        detokenize=parent.params.detokenize)
 
     def _add_tokens(self, parent: ParentState, child: ChildState, o: EngineCoreOutput, now: float) -> bool:
         """Append ``o``'s new tokens (text, logprobs) to ``child``; True when a stop string ended it.
@@ -217,7 +220,8 @@ class OutputProcessor:
             child.token_ids.append(tok)
             if o.new_logprobs is not None and lps is not None:
                 t = o.new_logprobs[k]
-                lps.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank, t.top_ranks))
+                lps.append(self._lp_dict(t.top_ids, t.top_logprobs, tok, t.logprob, t.rank, t.top_ranks,
+                                         parent.params.detokenize))
                 child.cumulative_logprob = (child.cumulative_logprob or 0.0) + t.logprob
             if detok is not None and not (skip_last_text and k == last):
                 if self._stop_hit(child, detok.add_token(tok)):
