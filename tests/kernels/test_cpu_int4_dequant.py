@@ -72,3 +72,46 @@ def test_prefill_rows_on_the_native_dequantization_match_the_int4_kernel_rows():
     scale = ref.abs().max().item()
     assert (dense.double() - ref).abs().max().item() <= 2e-2 * scale
     assert (few.double() - ref).abs().max().item() <= 2e-2 * scale
+
+
+def _amx_expected() -> bool:
+    from pagoda.quantization.kernels import cpu_int4_dot
+
+    return _native_expected() and cpu_int4_dot.AMX and cpu_int4_dot.cpu_has_amx()
+
+
+@pytest.mark.parametrize("n,k,group,rows", [(128, 576, 32, 16), (192, 576, 32, 17), (64, 1536, 128, 100),
+                                            (256, 288 * 2, 64, 300)])
+def test_amx_dense_gemm_against_float64(n, k, group, rows):
+    """The AMX dense GEMM multiplies by torch's dense values: within a bf16 rounding of the float64 product (plus
+    float32 sums), every row the same bits whatever the other rows (the first 16 alone, the rest shifted)."""
+    parts = _planes(n, k, group, 1, seed=n + k + rows)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+    got = cpu_int4_dequant.dense_matmul(x, parts, n, k, group)
+    if not _amx_expected():
+        assert got is None and not cpu_int4_dequant.amx_dense_available()
+        pytest.skip("the AMX dense GEMM serves CPUs with AMX-BF16")
+    assert got is not None and got.dtype == torch.bfloat16 and got.shape == (rows, n)
+    w = cpu_woq._dequantized_t_torch(parts, n, k, group, torch.bfloat16, 64).double()
+    ref = x.double() @ w
+    bound = 2.0**-8 * ref.abs() + 1e-5 * (x.double().abs() @ w.abs())
+    assert bool(((got.double() - ref).abs() <= bound).all())
+    first = cpu_int4_dequant.dense_matmul(x[:16].contiguous(), parts, n, k, group)
+    assert first is not None and torch.equal(first.view(torch.int16), got[:16].view(torch.int16))
+    if rows > 20:
+        tail = cpu_int4_dequant.dense_matmul(x[3:].contiguous(), parts, n, k, group)
+        assert tail is not None and torch.equal(tail.view(torch.int16), got[3:].view(torch.int16))
+
+
+def test_amx_dense_gemm_declines_what_it_does_not_cover():
+    parts = _planes(64, 64, 32, 1, seed=4)
+    x = torch.randn(32, 64).to(torch.bfloat16)
+    assert cpu_int4_dequant.dense_matmul(x[:15], parts, 64, 64, 32) is None  # under one row tile
+    assert cpu_int4_dequant.dense_matmul(x.float(), parts, 64, 64, 32) is None
+    assert cpu_int4_dequant.dense_matmul(x, _planes(64, 64, 32, 2, seed=4), 64, 64, 32) is None  # 5-8 bits
+    try:
+        cpu_int4_dequant.AMX_GEMM = False
+        assert cpu_int4_dequant.dense_matmul(x, parts, 64, 64, 32) is None
+        assert not cpu_woq.takes_dense_gemm(cpu_woq.DEQUANT_MIN_M_AMX + 1, 64, False, True, True)  # back to 256
+    finally:
+        cpu_int4_dequant.AMX_GEMM = True
