@@ -214,7 +214,7 @@ def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None =
     by the weight's bf16 oneDNN copy when it has one."""
     bound = w.bound_call
     if bound is not None and bias is None and w.dense_packed is None and bound.takes(x) and \
-            not cpu_woq.takes_dense_gemm(x.shape[0], w.out_features, w.batch_invariant, True, True):
+            not cpu_woq.takes_dense_gemm(x.shape[0], w.out_features, w.batch_invariant, True):
         return bound(x, w.batch_invariant or w.one_kernel)  # what the general path below computes, without its Python
     if w.perm is not None:
         x = x.index_select(-1, w.perm)

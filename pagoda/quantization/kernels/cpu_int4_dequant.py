@@ -24,15 +24,8 @@ _SOURCE = Path(__file__).with_name("cpu_int4_dequant.c")
 _FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
           "-mavx512dq", "-mavx2")
 _ARGS = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 6
-_AMX_SOURCE = Path(__file__).with_name("cpu_int4_dense_amx.c")
-_AMX_FLAGS = (*_FLAGS, "-mavx512bf16", "-mamx-tile", "-mamx-bf16")
-_AMX_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
 ENABLED = True
 """False: the dense weight comes from torch's ops (the A/B switch)."""
-AMX_GEMM = True
-"""False: :func:`dense_matmul` declines (the prefill GEMM is oneDNN's on the written-out weight; the A/B switch)."""
-AMX_MIN_ROWS = 16
-""":func:`dense_matmul` serves calls of at least this many rows (one AMX tile of rows)."""
 
 
 def dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,
@@ -48,79 +41,6 @@ def dequantized_t(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int
     if lib is None:
         return None
     return _run(lib, parts, n, k, group_size, dtype)
-
-
-def dense_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int,
-                 group_size: int) -> torch.Tensor | None:
-    """``x @ W.T`` (bf16) for a one-plane 4-bit weight by ``cpu_int4_dense_amx.c``: the same dense values as the
-    oneDNN path multiplies by (:func:`dequantized_t`), each 64-column block dequantized once into AMX tiles, no
-    written-out weight; another summation order than oneDNN's (each row's result independent of the other rows and
-    of their number). None where it does not apply (no AMX, a 5-8 bit weight, fewer than :data:`AMX_MIN_ROWS` rows,
-    other dtypes or shapes): the caller runs the oneDNN path."""
-    if not (ENABLED and AMX_GEMM) or len(parts) != 1 or x.dtype != torch.bfloat16 or x.dim() != 2 \
-            or x.shape[0] < AMX_MIN_ROWS or x.shape[1] != k or n % 64 or k % 32 or k % group_size or group_size % 2:
-        return None
-    packed, sz = parts[0]
-    if sz.dtype != torch.bfloat16 or packed.numel() * 2 != n * k:
-        return None
-    lib = _amx_library()
-    if lib is None:
-        return None
-    return _amx_call(lib, x, packed, sz, n, k, group_size)
-
-
-def amx_dense_available() -> bool:
-    """:func:`dense_matmul` serves here (an AMX CPU where the kernel compiled and passed its check, switches on)."""
-    return ENABLED and AMX_GEMM and _amx_library() is not None
-
-
-def _amx_call(lib: ctypes.CDLL, x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, k: int,
-              group_size: int) -> torch.Tensor:
-    x, packed, sz = x.contiguous(), packed.contiguous(), sz.contiguous()
-    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-    if lib.pagoda_int4_dense_amx_mm(x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), x.shape[0], n,
-                                    k, group_size, torch.get_num_threads()) != 0:
-        raise RuntimeError(f"the AMX dense 4-bit GEMM refused a [{x.shape[0]}, {k}] x [{n}, {k}] call")
-    return out
-
-
-@lru_cache(maxsize=1)
-def _amx_library() -> ctypes.CDLL | None:
-    """``cpu_int4_dense_amx.c`` compiled where the CPU has AMX-BF16 (and ``PAGODA_CPU_AMX`` allows it), Linux granted
-    the tile state, and it passed :func:`_amx_agrees`; else None."""
-    from pagoda.native import load_checked, load_library
-    from pagoda.quantization.kernels import cpu_int4_dot, cpu_woq
-
-    if not cpu_int4_dot.AMX or cpu_woq.block_width() != 64 or not cpu_int4_dot.cpu_has_amx():
-        return None
-    lib = load_library(_AMX_SOURCE, _AMX_FLAGS, "the AMX dense 4-bit GEMM")
-    if lib is None or lib.pagoda_int4_dense_amx_init() != 0:
-        return None
-    return load_checked(_AMX_SOURCE, _AMX_FLAGS, "the AMX dense 4-bit GEMM", "pagoda_int4_dense_amx_mm",
-                        _AMX_ARGS, _amx_agrees)
-
-
-def _amx_agrees(lib: ctypes.CDLL) -> bool:
-    """Within a bf16 rounding (plus float32 sums) of a float64 product by torch's dense values, and each row's bits
-    independent of the other rows and their number (17 rows against their first 16)."""
-    from pagoda.quantization.kernels import cpu_woq
-
-    g = torch.Generator().manual_seed(6)
-    for n, k, group in ((128, 256, 32), (192, 512, 128)):
-        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        sz = (torch.randn(k // group, n, 2, generator=g) * 0.05).to(torch.bfloat16)
-        x = torch.randn(17, k, generator=g).to(torch.bfloat16)
-        got = _amx_call(lib, x, packed, sz, n, k, group)
-        w = cpu_woq._dequantized_t_torch([(packed, sz)], n, k, group, torch.bfloat16, 64).double()
-        ref = x.double() @ w
-        bound = 2.0**-8 * ref.abs() + 1e-5 * (x.double().abs() @ w.abs())
-        if not bool(((got.double() - ref).abs() <= bound).all()):
-            return False
-        if not torch.equal(_amx_call(lib, x[:16], packed, sz, n, k, group).view(torch.int16),
-                           got[:16].view(torch.int16)):
-            return False
-    return True
 
 
 def _run(lib: ctypes.CDLL, parts: list[tuple[torch.Tensor, torch.Tensor]], n: int, k: int, group_size: int,

@@ -111,13 +111,6 @@ native / dequantize + mm ms M=128 94 / 160, M=192 123 / 165, M=256 165 / 167 (a 
 against the AMX int4 kernel (``benchmarks/results/cpu-2026-12-06-session39/prefill_linears.txt``, two runs): the
 crossover lies between 128 and 384 rows; 256 kept."""
 
-DEQUANT_MIN_M_AMX = 96
-""":data:`DEQUANT_MIN_M_NATIVE` for one-plane (<= 4-bit) weights where the AMX dense GEMM serves
-(:func:`cpu_int4_dequant.dense_matmul`, bf16 rows, an AMX CPU): it has no fixed cost of a written-out weight, so it
-overtakes the int4 kernel earlier. Measured 2026-12-06 on the AMX dev VM (the default model's 120 linears, ms, int4
-kernel / AMX dense; ``benchmarks/results/cpu-2026-12-06-session39/prefill_linears.txt``): M=64 32.9 / 41.2, M=128
-54.2 / 39.3, M=256 103.6 / 71.3, M=512 203.6 / 120.6 (oneDNN on the written-out weight 97.6)."""
-
 DEQUANT_MIN_M_NATIVE_AVX2 = 2048
 """:data:`DEQUANT_MIN_M_NATIVE` for the AVX2 native kernel (``cpu_int4_gemm_avx2.c``), whose rival is an fp32 GEMM
 (:func:`dense_dtype`). Measured 2026-12-04 on the AVX2-only dev VM (default model's 4 shapes x 30 layers, min of
@@ -194,14 +187,11 @@ def _dequantized_t_torch(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int,
     return w
 
 
-def takes_dense_gemm(rows: int, n: int, per_row: bool, native: bool, one_plane: bool = False) -> bool:
+def takes_dense_gemm(rows: int, n: int, per_row: bool, native: bool) -> bool:
     """Whether :func:`int4_matmul` multiplies ``rows`` rows by a dequantize-once dense GEMM (prefill) rather than
-    an int4 kernel (``native``: a native int4 kernel serves these bf16 rows; ``n``: out features; ``one_plane``: a
-    weight of at most 4 bits, which the AMX dense GEMM serves where there is one)."""
+    an int4 kernel (``native``: a native int4 kernel serves these bf16 rows; ``n``: out features)."""
     width = block_width()
     dequant_min_m = (DEQUANT_MIN_M_NATIVE if width == 64 else DEQUANT_MIN_M_NATIVE_AVX2) if native else DEQUANT_MIN_M
-    if native and one_plane and width == 64 and cpu_int4_dequant.amx_dense_available():
-        dequant_min_m = DEQUANT_MIN_M_AMX
     return not per_row and rows > dequant_min_m and bool(width) and n % width == 0
 
 
@@ -215,10 +205,7 @@ def int4_matmul(x: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]],
     n, k = parts[0][0].shape[0], x.shape[1]
     dot = x.dtype == torch.bfloat16 and cpu_int4_dot.available()
     native = dot or (x.dtype == torch.bfloat16 and cpu_int4_native.available())
-    if takes_dense_gemm(x.shape[0], n, per_row, native, len(parts) == 1):
-        y = cpu_int4_dequant.dense_matmul(x, parts, n, k, group_size)  # AMX: no written-out weight
-        if y is not None:
-            return y
+    if takes_dense_gemm(x.shape[0], n, per_row, native):
         dt = dense_dtype(x.dtype)
         return torch.mm(x.to(dt), _dequantized_t(parts, n, k, group_size, dt, block_width())).to(x.dtype)
     out = None
