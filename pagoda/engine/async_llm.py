@@ -96,6 +96,7 @@ class StatLogger(Protocol):
     data-parallel replica the figure comes from (0 without data parallelism)."""
 
     def on_step(self, stats: SchedulerStats, engine: int = 0) -> None: ...
+    def on_tokens(self, prompt_tokens: int, generation_tokens: int, engine: int = 0) -> None: ...
     def on_queue_time(self, seconds: float, engine: int = 0) -> None: ...
     def on_first_token(self, seconds: float, engine: int = 0) -> None: ...
     def on_inter_token(self, seconds: float, engine: int = 0) -> None: ...
@@ -609,12 +610,7 @@ class AsyncLLM:
         """One step's outputs from replica ``engine`` (every request in it is that replica's)."""
         op = self.output_processor
         assert op is not None
-        for q in msg.scheduled:
-            if q.request_id in op.child_to_parent:
-                t = self._times.setdefault(q.request_id, ChildTimes())
-                t.queued_s, t.scheduled_at = q.seconds, q.scheduled_at or None
-            for sl in self.stat_loggers:
-                sl.on_queue_time(q.seconds, engine=engine)
+        self._on_scheduled(msg, engine)
         self._on_stats(msg.outputs.stats, engine)
         now = time.time()
         to_stop: list[str] = []
@@ -645,11 +641,26 @@ class AsyncLLM:
                 to_stop.extend(stop)
             for res in results:
                 self._deliver(res)
+        prompt_tokens, generation_tokens = op.take_token_counts()  # every API process: its own requests
+        if prompt_tokens or generation_tokens:
+            for sl in loggers:
+                sl.on_tokens(prompt_tokens, generation_tokens, engine=engine)
         if to_stop:
             for cid in to_stop:
                 self._last_token_time.pop(cid, None)
             with contextlib.suppress(EngineDeadError):
                 self._send(FinishRequests(to_stop), engine)
+
+    def _on_scheduled(self, msg: StepOutputs, engine: int) -> None:
+        """The step's newly scheduled requests: their queue times."""
+        op = self.output_processor
+        assert op is not None
+        for q in msg.scheduled:
+            if q.request_id in op.child_to_parent:
+                t = self._times.setdefault(q.request_id, ChildTimes())
+                t.queued_s, t.scheduled_at = q.seconds, q.scheduled_at or None
+            for sl in self.stat_loggers:
+                sl.on_queue_time(q.seconds, engine=engine)
 
     def _deliver(self, res: RequestOutput) -> None:
         stream = self._streams.get(res.request_id)

@@ -68,6 +68,17 @@ class OutputProcessor:
         self.stream_interval = stream_interval
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, str] = {}
+        # Since the last take_token_counts(): vLLM's prompt_tokens (the whole prompt of each request that got its
+        # first token or its pooled output, cached tokens included) and generation_tokens (tokens added to the
+        # outputs, i.e. what usage counts: none past a stop string, none for a request already finished)
+        self._prompt_tokens = 0
+        self._generation_tokens = 0
+
+    def take_token_counts(self) -> tuple[int, int]:
+        """(prompt tokens, generation tokens) counted since the last call (the counters' increments)."""
+        out = (self._prompt_tokens, self._generation_tokens)
+        self._prompt_tokens = self._generation_tokens = 0
+        return out
 
     def add_request(
         self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
@@ -148,7 +159,14 @@ class OutputProcessor:
                 self._add_prompt_logprobs(parent, o)
         if o.pooled is not None:
             parent.pooled = o.pooled
+            self._prompt_tokens += len(parent.prompt_token_ids)
+        before = len(child.token_ids)
         stop = self._add_tokens(parent, child, o, now) and o.finish_reason is None
+        added = len(child.token_ids) - before
+        if added:
+            self._generation_tokens += added
+            if before == 0:
+                self._prompt_tokens += len(parent.prompt_token_ids)
         if child.finish_reason is None and o.finish_reason is not None:
             child.finish_reason = o.finish_reason
             child.stop_reason = o.stop_reason

@@ -85,7 +85,7 @@ def test_values_agree_with_requests(prefixed_server):
     assert _value(f, p + "request_success", p + "request_success_total", finished_reason="length") == 4
     assert _value(f, p + "generation_tokens", p + "generation_tokens_total") == gen_tokens
     prompt_total = _value(f, p + "prompt_tokens", p + "prompt_tokens_total")
-    assert prompt_total >= len(PROMPT_A) + len(PROMPT_B) + len(PROMPT_C)
+    assert prompt_total == 2 * len(PROMPT_A) + len(PROMPT_B) + len(PROMPT_C)  # each of n=2's requests: vLLM's
     it = p + "iteration_tokens_total"
     assert _value(f, it, it + "_sum") == prompt_total + gen_tokens
 
@@ -119,3 +119,32 @@ def test_values_agree_with_requests(prefixed_server):
         _value(f, p + "gpu_cache_usage_perc", p + "gpu_cache_usage_perc")
     assert _value(f, p + "prefix_cache_queries", p + "prefix_cache_queries_total") == \
         _value(f, p + "gpu_prefix_cache_queries", p + "gpu_prefix_cache_queries_total")
+
+
+def test_token_counters_count_what_usage_counts(prefixed_server):
+    """vLLM's counters (vllm/v1/metrics/stats.py): a prompt served from the prefix cache counts whole, and a token the
+    engine generated after a stop string ended the request (the step already in flight) is not counted: both
+    counters move by exactly what the responses' usage says."""
+    prefix, srv = prefixed_server
+    p = prefix + ":"
+    client = srv.client()
+
+    def totals() -> tuple[float, float]:
+        f = _families(srv)
+        return (_value(f, p + "prompt_tokens", p + "prompt_tokens_total"),
+                _value(f, p + "generation_tokens", p + "generation_tokens_total"))
+
+    prompt = list(range(40, 80))  # 40 tokens: whole blocks in the prefix cache after the first request
+    start = totals()
+    first, again = (client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+                    for _ in range(2))  # the second one's prompt mostly from the prefix cache
+    text = first.choices[0].text
+    stop = next((text[i:i + 2] for i in range(1, len(text) - 2) if text.find(text[i:i + 2]) == i
+                 and text[i:i + 2].strip()), None)
+    assert stop is not None, text
+    cut = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < first.usage.completion_tokens
+    usages = [first.usage, again.usage, cut.usage]
+    want = (start[0] + sum(u.prompt_tokens for u in usages), start[1] + sum(u.completion_tokens for u in usages))
+    assert wait_for(lambda: totals() == want, 10), (totals(), want)
+

@@ -354,12 +354,6 @@ class PrometheusStatLogger:
         e.waiting_by_reason["capacity"].set(stats.num_waiting)  # pagoda defers no request for other reasons
         for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
             m[name].set(stats.kv_cache_usage)
-        if stats.num_prompt_tokens:
-            m["prompt_tokens"].inc(stats.num_prompt_tokens)
-        if stats.num_generation_tokens:
-            m["generation_tokens"].inc(stats.num_generation_tokens)
-        if stats.num_prompt_tokens or stats.num_generation_tokens:
-            m["iteration_tokens_total"].observe(stats.num_prompt_tokens + stats.num_generation_tokens)
         if stats.num_preemptions > e.last_preemptions:
             m["num_preemptions"].inc(stats.num_preemptions - e.last_preemptions)
             e.last_preemptions = stats.num_preemptions
@@ -373,6 +367,17 @@ class PrometheusStatLogger:
                     m[name].inc(value - last)
                 e.last_cumulative[field] = value
         self._on_spec_per_pos(stats.spec_accepted_per_pos, engine)
+
+    def on_tokens(self, prompt_tokens: int, generation_tokens: int, engine: int = 0) -> None:
+        """vLLM's prompt / generation token counters and iteration_tokens_total, from the outputs of one engine step
+        that the front end accepted: a request's whole prompt once (cached tokens included), its output tokens as
+        usage counts them (none past a stop string)."""
+        m = self.engines[engine].m
+        if prompt_tokens:
+            m["prompt_tokens"].inc(prompt_tokens)
+        if generation_tokens:
+            m["generation_tokens"].inc(generation_tokens)
+        m["iteration_tokens_total"].observe(prompt_tokens + generation_tokens)  # one engine step's (vLLM's sum)
 
     def _on_spec_per_pos(self, per_pos: list[int], engine: int) -> None:
         """vLLM's ``spec_decode_num_accepted_tokens_per_pos{position=i}`` from the cumulative list."""
@@ -498,6 +503,9 @@ class LoggingStatLogger:
         self.last_log = now
         self.prompt_tokens = self.generation_tokens = 0
         self._spec_base = (s.spec_num_drafts, s.spec_num_accepted_tokens)
+
+    def on_tokens(self, prompt_tokens: int, generation_tokens: int, engine: int = 0) -> None:
+        pass  # the line reports the engine's computed tokens (on_step)
 
     def on_queue_time(self, seconds: float, engine: int = 0) -> None:
         pass
