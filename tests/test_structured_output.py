@@ -273,8 +273,15 @@ def test_constraints_hold_with_n_async_and_preemption(tiny, kwargs):
     {"json": {"type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.5}}}},
     {"json": {"allOf": [{"type": "integer"}, {"minimum": 5}]}},
     {"json": {"type": "string", "format": "ipv4"}},  # xgrammar allows leading zeros JSON Schema's ipv4 forbids
+    # found by validating served outputs (session 39): [1, 2, 2], an array without the element, {"p": 2, "p": 1}
+    {"json": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}},
+    {"json": {"type": "array", "items": {"type": "integer"}, "contains": {"const": 7}}},
+    {"json": {"type": "object", "propertyNames": {"enum": ["p", "q"]}, "minProperties": 2}},
+    {"json": {"type": "object", "patternProperties": {"^x_": {"type": "integer"}}, "maxProperties": 1}},
+    {"json": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 1}},
 ])
 def test_bad_specs_refused_before_queueing(tiny, spec):
+    """A spec that cannot build, or uses a keyword xgrammar would not enforce, is refused before queueing."""
     llm = tiny.llm(ARCH)
     with pytest.raises(ValidationError) as ei:
         llm.generate([{"prompt_token_ids": [1, 2]}],
@@ -345,3 +352,14 @@ def test_async_constrained_steps_run_ahead_and_match_sync(tiny):
                 assert set(obj) == {"a", "b", "c"} and obj["b"] in ("x", "yy")
         assert all(re.fullmatch(r"[a-d]{3,9}z", c.text) or c.finish_reason == "length" for c in outs[2].outputs)
     assert results[True] == results[False]
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": {"type": "integer"}, "uniqueItems": False},  # no constraint: kept
+    {"type": "object", "propertyNames": {"enum": ["p", "q"]}},  # no count: a repeated key parses to a valid object
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False, "minProperties": 1},
+])
+def test_keywords_kept_where_the_grammar_enforces_them(schema):
+    from pagoda.structured_output.schema_support import unsupported_feature
+
+    assert unsupported_feature(schema) is None

@@ -1,10 +1,14 @@
 """JSON-schema keywords the xgrammar backend would not enforce: refused by name, never silently dropped.
 
 xgrammar 0.2 converts most of JSON Schema into its grammar (types, enum/const, ranges, integer
-``multipleOf``, string length/pattern/format, array item counts/``uniqueItems``/``contains``,
-object property counts/``propertyNames``/``patternProperties``/``dependentRequired``, ``anyOf``,
-``$ref``), but it accepts some keywords without enforcing them, so an output could break the
-schema. :func:`unsupported_feature` names the first such use; admission turns it into a 400.
+``multipleOf``, string length/pattern/format, array item counts, object property counts,
+``propertyNames``/``patternProperties``/``dependentRequired``, ``anyOf``, ``$ref``), but it accepts
+some keywords without enforcing them, so an output could break the schema. :func:`unsupported_feature`
+names the first such use; admission turns it into a 400. Found by validating outputs with ``jsonschema``
+(session 39's black-box pass): ``uniqueItems: true`` gave ``[1, 2, 2]``, ``contains`` an array without the
+element, and an object whose keys come from ``propertyNames`` / ``patternProperties`` /
+``additionalProperties`` repeated a key (``{"p": 2, "p": 1}``), which breaks ``minProperties`` /
+``maxProperties`` once parsed.
 ``oneOf`` is compiled as ``anyOf`` (its branches are taken to be exclusive, as discriminated
 unions are); docs/serving.md says so.
 """
@@ -13,8 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-_NEVER = ("not", "if", "then", "else", "dependentSchemas")
+_NEVER = ("not", "if", "then", "else", "dependentSchemas", "contains", "minContains", "maxContains")
 """Keywords xgrammar ignores wherever they appear."""
+
+_OPEN_KEYS = ("patternProperties", "propertyNames", "additionalProperties")
+"""Object keywords under which the grammar may write a key twice (it does not track the keys it wrote)."""
 
 _LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'"}
 """String formats xgrammar's grammar accepts more loosely than JSON Schema validators (found by validating
@@ -58,4 +65,11 @@ def _own_problem(s: dict[str, Any], path: str) -> str | None:
                 f"backend ({_LOOSE_FORMATS[s['format']]}); give a 'pattern' instead")
     if "multipleOf" in s and s.get("type") != "integer":
         return f"'multipleOf' on a non-integer (at {path}) is not enforced by the xgrammar backend"
+    if s.get("uniqueItems") is True:
+        return f"'uniqueItems' (at {path}) is not enforced by the xgrammar backend"
+    counts = [k for k in ("minProperties", "maxProperties") if k in s]
+    open_keys = [k for k in _OPEN_KEYS if k in s and s[k] is not False]
+    if counts and open_keys:
+        return (f"'{counts[0]}' together with '{open_keys[0]}' (at {path}) is not enforced by the xgrammar backend "
+                f"(it may write a key twice); list the properties instead")
     return None
