@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagoda.pooling.inputs import truncation
+
 
 def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_len: int) -> list[Any]:
     """``prompts`` with each plain-text prompt replaced by its tokenized dict; other prompts unchanged."""
@@ -19,10 +21,11 @@ def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_le
     if len(idx) < 2 or not getattr(tokenizer, "is_fast", False):
         return prompts
     texts = [prompts[i] for i in idx]
-    if truncate is None:
+    k = truncation(truncate, max_len)
+    if k is None:
         enc = tokenizer(texts, add_special_tokens=True)
     else:
-        enc = tokenizer(texts, truncation=True, max_length=max_len if truncate == -1 else truncate)
+        enc = tokenizer(texts, truncation=True, max_length=k)
     out = list(prompts)
     for i, text, ids in zip(idx, texts, enc["input_ids"], strict=True):
         out[i] = {"prompt": text, "prompt_token_ids": list(ids)}

@@ -32,12 +32,24 @@ def not_pooling_error() -> ValidationError:
                            code="wrong_runner")
 
 
+def truncation(truncate: int | None, max_len: int) -> int | None:
+    """The tokens ``truncate_prompt_tokens`` keeps (-1: the context length); above the context length a
+    ValidationError in vLLM's words (it would keep more than any input may have)."""
+    if truncate is None:
+        return None
+    if truncate > max_len:
+        raise ValidationError(f"truncate_prompt_tokens value ({truncate}) is greater than max_model_len ({max_len}). "
+                              f"Please, select a smaller truncation size.", "truncate_prompt_tokens")
+    return max_len if truncate == -1 else truncate
+
+
 def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None,
                   max_len: int) -> dict[str, Any]:
     """A cross-encoder's input: the pair tokenized together (with segment ids when the tokenizer has them)."""
     kw: dict[str, Any] = {}
-    if truncate is not None:
-        kw = {"truncation": True, "max_length": max_len if truncate == -1 else truncate}
+    k = truncation(truncate, max_len)
+    if k is not None:
+        kw = {"truncation": True, "max_length": k}
     enc = tokenizer(text_1, text_2, **kw)
     out: dict[str, Any] = {"prompt_token_ids": list(enc["input_ids"])}
     if "token_type_ids" in enc:
@@ -47,7 +59,7 @@ def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None
 
 def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
               ) -> tuple[str | None, list[int], list[int] | None]:
-    k = None if truncate is None else (max_len if truncate == -1 else truncate)
+    k = truncation(truncate, max_len)
     if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
         ids, tt = prompt["prompt_token_ids"], prompt.get("token_type_ids")
         if not isinstance(ids, (list, tuple)) or not all(admission.is_token_id(t) for t in ids):

@@ -82,6 +82,11 @@ def test_bad_input_is_400_naming_the_field(embed_server, path, body, param):
 def test_truncate_prompt_tokens(embed_server):
     r = embed_server.post("/v1/embeddings", {"input": "fox " * 100, "truncate_prompt_tokens": 16})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 16
+    # above the context length (32 here): vLLM's 400, for one input, a batch (tokenized together) and token ids
+    for body in ({"input": "fox"}, {"input": ["fox", "dog"]}, {"input": [5, 6, 7]}):
+        r = embed_server.post("/v1/embeddings", {**body, "truncate_prompt_tokens": 33})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens", r.text
+        assert "greater than max_model_len (32)" in r.json()["error"]["message"]
 
 
 def test_cross_encoder_score_and_rerank(models):
