@@ -331,8 +331,7 @@ class EngineArgs:
         load_general_plugins()
         rev, ddir = self.revision, self.download_dir
         model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
-        tokenizer_path = (resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
-                          if self.tokenizer else model_path)
+        tokenizer_path = self._tokenizer_path(rev, ddir) if self.tokenizer else model_path
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization, arch)
@@ -453,13 +452,29 @@ class EngineArgs:
             )
         return max_model_len
 
+    def _tokenizer_path(self, rev: str | None, ddir: str | None) -> Path:
+        """``--tokenizer``'s folder; its errors name the flag (not the model)."""
+        from pagoda.models.model_files import resolve_model
+
+        try:
+            return resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--tokenizer {self.tokenizer}: {e}".replace("model path", "path")) from None
+
     def _batch_limits(self, device: torch.device, max_model_len: int, pooling: bool = False) -> tuple[int, int]:
         """(max_num_seqs, max_num_batched_tokens): the flags, else per-device defaults that fit a step
         (a pooling model computes each prompt whole: its budget is at least max_model_len)."""
         max_num_seqs = self.max_num_seqs or (1024 if device.type == "cuda" else 256)
         mnbt = self.max_num_batched_tokens or (16384 if device.type == "cuda" else 2048)
         if (pooling or not self.enable_chunked_prefill) and mnbt < max_model_len:
-            mnbt = max_model_len  # without chunking, a whole prompt must fit in one step
+            if self.max_num_batched_tokens is not None:  # the user's value: refused, never changed (vLLM's rule)
+                why = "a pooling model computes each prompt in one step" if pooling else \
+                    "without chunked prefill a prompt is computed in one step"
+                raise ValueError(f"--max-num-batched-tokens ({mnbt}) is smaller than --max-model-len "
+                                 f"({max_model_len}): {why}, so longer prompts could never run. Raise "
+                                 f"--max-num-batched-tokens, lower --max-model-len"
+                                 f"{'' if pooling else ', or drop --no-enable-chunked-prefill'}.")
+            mnbt = max_model_len  # the default budget: a whole prompt must fit in one step
         if mnbt < max_num_seqs and self.max_num_batched_tokens is None:
             mnbt = max_num_seqs
         return max_num_seqs, mnbt

@@ -8,6 +8,7 @@ Q8_0) is checked by the ``default_model`` tests.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,19 @@ def test_truncated_gguf_fails_naming_the_file(tmp_path, tmp_cache):
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(ValueError, match=r"truncated or corrupt"):
         load_model(cfg)
+
+
+def test_truncated_gguf_given_as_the_model_fails_naming_the_file(tmp_path, tmp_cache):
+    """A truncated file named as the model (converted on first use): the error names the file and the tensor past
+    its end, before transformers' reader runs (it raised a bare numpy reshape error)."""
+    from pagoda.models.model_files import resolve_model
+
+    path = _tiny_quantized_gguf(tmp_path / "tiny.gguf", True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"GGUF file {re.escape(str(path))}: tensor '.*' lies past the end of the "
+                                         r"file \(truncated or corrupt\?\)"):
+        resolve_model(path)
 
 
 def _assert_header_matches_gguf_reader(path: Path) -> None:

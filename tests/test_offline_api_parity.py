@@ -153,3 +153,22 @@ def test_detokenize_false_leaves_every_text_out(llm):
         assert any(v.decoded_token for v in d_on.values())
     assert off.prompt_logprobs is not None
     assert all(v.decoded_token is None for d in off.prompt_logprobs[1:] for v in d.values())
+
+
+def test_an_explicit_step_budget_below_the_context_is_refused_not_raised():
+    """vLLM's rule: without chunked prefill (or for a pooling model) a --max-num-batched-tokens under
+    --max-model-len is a start-up error; only the default budget is raised to the context length."""
+    import torch
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--max-num-batched-tokens \(100\) is smaller than --max-model-len \(1024\)"):
+        EngineArgs(max_num_batched_tokens=100, enable_chunked_prefill=False)._batch_limits(cpu, 1024)
+    with pytest.raises(ValueError, match="pooling model"):
+        EngineArgs(max_num_batched_tokens=100)._batch_limits(cpu, 1024, pooling=True)
+    assert EngineArgs(enable_chunked_prefill=False)._batch_limits(cpu, 4096) == (256, 4096)
+    assert EngineArgs(max_num_batched_tokens=100)._batch_limits(cpu, 1024) == (256, 100)  # chunked: fine
+
+
+def test_a_missing_tokenizer_path_names_the_flag(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^--tokenizer .*nope: path does not exist"):
+        EngineArgs(tokenizer=str(tmp_path / "nope"), load_format="dummy").create_config()

@@ -582,6 +582,9 @@ def convert_gguf_cached(path: Path, progress: bool = True) -> Path:
     target = cache_dir() / "gguf" / key
     if _is_complete(target):
         return target
+    from pagoda.quantization.gguf_file import open_gguf
+
+    open_gguf(path)  # a truncated or corrupt file is a ValueError naming it here, not a numpy error from transformers
     with _locked(f"gguf-{key}", progress):
         if _is_complete(target):
             return target
