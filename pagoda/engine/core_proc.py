@@ -277,10 +277,12 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         logger.info("engine core terminated by signal")
     except Exception as e:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a front end that stops us now needs no clean-up from here
-        if configured or not isinstance(e, (ValueError, FileNotFoundError)):
+        if not isinstance(e, (ValueError, FileNotFoundError)):
             logger.exception("engine core failed")
-        else:  # a flag or model-folder error: its message says it all (the front end, given early, says it too)
+        else:  # a flag, model-folder or capacity error: its message says it all (the front end says it too)
             logger.error("engine core failed: %s", e)
+            if configured:  # raised while building the engine: the traceback too, for --log-level DEBUG
+                logger.debug("engine core failure", exc_info=True)
         failed = enc.encode(CoreFailed(f"{type(e).__name__}: {e}"))
         for sock in out_socks:
             with contextlib.suppress(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_utils import MODEL, RemoteServer, wait_for
+from server_utils import MODEL, RemoteServer, free_port, wait_for
 
 LONG = {"model": MODEL, "prompt": "Continuous batching lets", "max_tokens": 1900, "temperature": 0,
         "ignore_eos": True, "stream": True}
@@ -134,3 +134,17 @@ def test_serve_help_lists_vllm_flags():
                  "--api-key", "--chat-template", "--generation-config", "--seed", "--load-format", "--enforce-eager",
                  "--max-logprobs", "--disable-log-requests", "--uvicorn-log-level"]:
         assert flag in out, flag
+
+
+def test_an_engine_that_cannot_start_is_one_clear_error(tiny_model_dir):
+    """A start-up error raised while the engine is built (here: a KV cache budget under two blocks) ends `pagoda
+    serve` at once with the message naming the flag: no traceback, and no "exits in N s" line (that delay is for
+    an engine that dies while serving)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--port", str(free_port()),
+                        "--kv-cache-memory-bytes", "1K"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1
+    assert "--kv-cache-memory-bytes" in r.stderr and "fewer than 2 blocks" in r.stderr
+    assert "Traceback" not in r.stderr and "exits in" not in r.stderr

@@ -131,6 +131,8 @@ async def watch_engine(state: ServerState) -> None:
         await asyncio.sleep(0.2)
     if delay is None or delay < 0 or state.on_engine_death is None:
         return
+    if state.completion is None and state.pooling is None:
+        return  # it died while starting: the load failure's own path reports it and ends the server at once
     logger.error("engine core is dead; the server exits in %g s", delay)
     await asyncio.sleep(delay)
     state.on_engine_death()
