@@ -50,7 +50,8 @@ def test_sampling_params_keep_what_they_honour():
 
 
 @pytest.mark.parametrize("kwargs,field", [
-    ({"seed": None}, "seed"),
+    ({"seed": None}, "seed"),  # EngineArgs' own; LLM(seed=None) is vLLM V1's default seed, 0 (below)
+    ({"seed": "1"}, "seed"),
     ({"max_model_len": "big"}, "max_model_len"),
     ({"enable_prefix_caching": "no"}, "enable_prefix_caching"),  # a truthy string would keep it on
     ({"gpu_memory_utilization": "0.5"}, "gpu_memory_utilization"),
@@ -172,3 +173,12 @@ def test_an_explicit_step_budget_below_the_context_is_refused_not_raised():
 def test_a_missing_tokenizer_path_names_the_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^--tokenizer .*nope: path does not exist"):
         EngineArgs(tokenizer=str(tmp_path / "nope"), load_format="dummy").create_config()
+
+
+def test_llm_seed_none_is_vllms_default_seed(tiny):
+    """vLLM V1's LLM takes seed=None and runs with seed 0: the same engine seed as LLM() here."""
+    from pagoda import LLM
+
+    with LLM(str(tiny.path("qwen2")), dtype="float32", max_model_len=64, seed=None) as llm:
+        assert llm.llm_engine.cfg.seed == 0
+

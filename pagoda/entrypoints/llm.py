@@ -40,7 +40,7 @@ class LLM(PoolingMixin):
         max_num_batched_tokens: int | None = None,
         enable_chunked_prefill: bool = True,
         enable_prefix_caching: bool = True,
-        seed: int = 0,
+        seed: int | None = 0,
         load_format: str = "auto",
         device: str = "auto",
         kv_cache_memory_bytes: int | None = None,
@@ -62,7 +62,7 @@ class LLM(PoolingMixin):
             max_num_batched_tokens=max_num_batched_tokens,
             enable_chunked_prefill=enable_chunked_prefill,
             enable_prefix_caching=enable_prefix_caching,
-            seed=seed,
+            seed=0 if seed is None else seed,  # vLLM V1's LLM(seed=None): the default seed, 0
             load_format=load_format,
             device=device,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
