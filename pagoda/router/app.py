@@ -3,7 +3,12 @@
 Routes: ``/health`` (200 while at least one backend is in rotation, else 503; no key needed),
 ``/metrics``, ``/v1/models`` (merged over the healthy replicas, one card per id), ``/v1/models/{id}``, and
 the proxied OpenAI routes :data:`PROXIED_PATHS`. A request naming a ``model`` that no healthy replica
-serves is a 404 (``model_not_found``), as pagoda serve answers it.
+serves is a 404 (``model_not_found``), as pagoda serve answers it. Every error, the framework's own (an unknown
+route, a wrong method) included, has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, as
+pagoda serve answers it.
+
+Replicas whose model list the router cannot read (they answer its own ``/v1/models`` with 401/403) are asked
+with the client's own headers when a client lists the models, so a client holding their key sees their models.
 """
 
 from __future__ import annotations
@@ -15,21 +20,25 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pagoda.router.backends import BackendPool
+from pagoda.router.backends import Backend, BackendPool
 from pagoda.router.discovery import DiscoveryError, FileSource
 from pagoda.router.health import HealthChecker
-from pagoda.router.metrics import RouterMetrics
+from pagoda.router.metrics import CLIENT_GONE, RouterMetrics
 from pagoda.router.policies import RequestInfo, RoutingPolicy
-from pagoda.router.proxy import Proxy, ProxyConfig, error_body, error_response
+from pagoda.router.proxy import Proxy, ProxyConfig, error_body, error_response, model_not_found, relayed
 
 logger = logging.getLogger("pagoda.router")
 
@@ -59,17 +68,22 @@ class RouterConfig:
 
 
 class ApiKeyMiddleware:
-    """``Authorization: Bearer KEY`` on every route but /health (constant-time comparison)."""
+    """``Authorization: Bearer KEY`` on every route but /health (constant-time comparison); ``on_reject(path,
+    t0)`` is told of each 401."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, on_reject: Callable[[str, float], None] | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNAUTHENTICATED_PATHS:
             return await self.app(scope, receive, send)
+        t0 = time.monotonic()
         given = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
         if not secrets.compare_digest(given, self.expected):
+            if self.on_reject:
+                self.on_reject(scope["path"], t0)
             msg = "Missing API key." if not given else "Incorrect API key provided."
             resp = JSONResponse(error_body(401, msg, "invalid_api_key"), status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -169,9 +183,57 @@ def build_app(cfg: RouterConfig) -> FastAPI:
     app = FastAPI(title="pagoda router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = state
     _add_routes(app, state)
+    _add_exception_handlers(app)
     if cfg.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key)
+        def rejected(path: str, t0: float) -> None:
+            if path in PROXIED_PATHS:  # (other paths unlabelled: any path would make a series)
+                state.metrics.done(None, path, "401", t0)
+
+        app.add_middleware(ApiKeyMiddleware, api_key=cfg.api_key, on_reject=rejected)
     return app
+
+
+# The framework's errors in OpenAI's shape, as pagoda serve's ``pagoda.entrypoints.openai.error_handlers`` answers
+# them (mirrored: importing that module loads the engine).
+MAX_LISTED_ERRORS = 5
+
+
+def _framework_error(status: int, message: str, param: str | None) -> dict[str, Any]:
+    body = error_body(status, message, param=param)
+    body["error"]["code"] = None  # as the server's (the router's own errors name theirs)
+    return body
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404 for an unknown route, 405 for a wrong method: the server's body (and the ``Allow`` header of a 405)."""
+    msg = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+    return JSONResponse(_framework_error(exc.status_code, msg, None), status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    parts, param = [], None
+    for e in errs[:MAX_LISTED_ERRORS]:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        param = param or (loc[0] if loc else None)
+        where = ".".join(loc)
+        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    msg = "; ".join(parts) or "Invalid request."
+    if len(errs) > MAX_LISTED_ERRORS:
+        msg += f" (and {len(errs) - MAX_LISTED_ERRORS} more errors)"
+    return JSONResponse(_framework_error(400, msg, param), status_code=400)
+
+
+async def on_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("internal error while answering %s", request.url.path, exc_info=exc)
+    return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}", "internal_error")
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, on_error)
 
 
 def _add_routes(app: FastAPI, state: RouterState) -> None:
@@ -186,15 +248,12 @@ def _add_routes(app: FastAPI, state: RouterState) -> None:
         return Response(data, media_type=ctype)
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": state.pool.merged_models()})
+    async def models(request: Request) -> Response:
+        return await _list_models(state, request)
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> JSONResponse:
-        card = next((c for c in state.pool.merged_models() if c.get("id") == model_id), None)
-        if card is None:
-            return error_response(404, f"The model `{model_id}` does not exist.", "model_not_found")
-        return JSONResponse(card)
+    async def model(model_id: str, request: Request) -> Response:
+        return await _get_model(state, request, model_id)
 
     async def proxied(request: Request) -> Response:
         return await _proxy(state, request)
@@ -203,11 +262,70 @@ def _add_routes(app: FastAPI, state: RouterState) -> None:
         app.add_api_route(path, proxied, methods=["POST"])
 
 
+async def _list_models(state: RouterState, request: Request) -> Response:
+    """The union of the replicas' lists: the router's own copies, and the answers to the client's own request of
+    the replicas whose lists it cannot read."""
+    unknown = state.pool.unknown_lists()
+    if not unknown:
+        return JSONResponse({"object": "list", "data": state.pool.merged_models()})
+    answers = await _ask(state, request, "/v1/models", unknown)
+    cards = {b.url: b.model_cards for b in state.pool.healthy() if b.models_known}
+    denied: httpx.Response | None = None
+    for b, r in answers:
+        data = _json(r).get("data") if r.status_code == 200 else None
+        if isinstance(data, list):
+            cards[b.url] = [c for c in data if isinstance(c, dict) and "id" in c]
+        elif r.status_code in (401, 403) and denied is None:
+            denied = r
+    merged: dict[str, dict[str, Any]] = {}
+    for url in sorted(cards):
+        for card in cards[url]:
+            merged.setdefault(str(card.get("id")), card)
+    if not merged and denied is not None:  # the client may not list them either: the replica's own 401
+        return relayed(denied)
+    return JSONResponse({"object": "list", "data": list(merged.values())})
+
+
+async def _get_model(state: RouterState, request: Request, model_id: str) -> Response:
+    """One card of the union (a replica's own 401/403 to a client that may not read an unknown list)."""
+    card = next((c for c in state.pool.merged_models() if c.get("id") == model_id), None)
+    if card is not None:
+        return JSONResponse(card)
+    unknown = state.pool.unknown_lists()
+    answers = await _ask(state, request, "/v1/models/" + quote(model_id, safe="/"), unknown) if unknown else []
+    for _, r in answers:
+        if r.status_code == 200:
+            return relayed(r)
+    denied = next((r for _, r in answers if r.status_code in (401, 403)), None)
+    return relayed(denied) if denied is not None else model_not_found(model_id)
+
+
+async def _ask(state: RouterState, request: Request, path: str,
+               backends: list[Backend]) -> list[tuple[Backend, httpx.Response]]:
+    """``GET path`` on ``backends`` with the client's own headers (and so its key), within --health-check-timeout."""
+    assert state.proxy is not None
+    headers = state.proxy.upstream_headers(request.headers.items(), request.client.host if request.client else None)
+    return await state.proxy.ask(path, headers, backends, state.cfg.health_check_timeout_s)
+
+
+def _json(r: httpx.Response) -> dict[str, Any]:
+    try:
+        out = r.json()
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 async def _proxy(state: RouterState, request: Request) -> Response:
     t0 = time.monotonic()
     path = request.url.path
-    body = await read_body(request, state.cfg.max_request_body_bytes)
+    try:
+        body = await read_body(request, state.cfg.max_request_body_bytes)
+    except ClientDisconnect:
+        state.metrics.done(None, path, CLIENT_GONE, t0)
+        return Response(status_code=499)
     if body is None:
+        state.metrics.done(None, path, "400", t0)
         return error_response(400, f"The request body is larger than the router's limit of "
                                    f"{state.cfg.max_request_body_bytes} bytes (--max-request-body-bytes).",
                               "request_too_large")
@@ -218,8 +336,9 @@ async def _proxy(state: RouterState, request: Request) -> Response:
     parsed = parsed if isinstance(parsed, dict) else {}
     model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
     if model is not None and state.pool.healthy() and not state.pool.known_model(model):
-        return error_response(404, f"The model `{model}` does not exist.", "model_not_found")
+        state.metrics.done(None, path, "404", t0)
+        return model_not_found(model)
     info = RequestInfo(path, {k.lower(): v for k, v in request.headers.items()}, parsed)
     assert state.proxy is not None
     headers = state.proxy.upstream_headers(request.headers.items(), request.client.host if request.client else None)
-    return await state.proxy.forward("POST", path, body, headers, info, model, t0)
+    return await state.proxy.forward("POST", path, body, headers, info, model, t0, request.receive)

@@ -1,9 +1,11 @@
 """Replicas as the router sees them, and the pool that holds them.
 
 Invariants: a backend URL has no trailing slash and appears once in the pool; a backend is routed to
-only while ``healthy``; ``models`` is the set of ids its ``/v1/models`` last listed (empty until the
-first successful probe, which then means "serves anything", so a replica is usable before its model
-list is known); ``in_flight`` counts the requests the router has open on it right now.
+only while ``healthy``; ``models`` is the set of ids its ``/v1/models`` last listed, meaningful only
+while ``models_known`` (before the first successful probe, and while the replica refuses the router's
+own request with 401/403, its list is *unknown*: it may serve any model, and a request routed to it on
+that chance falls through to the next such replica when it answers 404 ``model_not_found``);
+``in_flight`` counts the requests the router has open on it right now.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class Backend:
     healthy: bool = True
     """Routed to only while True. Starts True so a router serves before its first probe."""
     models: set[str] = field(default_factory=set)
+    models_known: bool = False
+    """Whether ``models`` is the replica's list (False: not read yet, or the replica refused the router)."""
+    denied: set[str] = field(default_factory=set)
+    """The router's own probe paths (``/v1/models``, ``/metrics``) the replica answers 401/403 right now: the
+    router needs ``--backend-api-key``."""
     model_cards: list[dict[str, Any]] = field(default_factory=list)
     """The ``data`` entries of the replica's last ``/v1/models`` answer (merged by the router's own)."""
     num_running: float = 0.0
@@ -41,7 +48,11 @@ class Backend:
     last_error: str | None = None
 
     def serves(self, model: str | None) -> bool:
-        return model is None or not self.models or model in self.models
+        """Whether the replica may serve ``model`` (None: any; an unknown model list: maybe)."""
+        return model is None or not self.models_known or model in self.models
+
+    def known_to_serve(self, model: str) -> bool:
+        return self.models_known and model in self.models
 
     @property
     def load(self) -> float:
@@ -76,18 +87,27 @@ class BackendPool:
         return [b for b in self.backends.values() if b.healthy]
 
     def candidates(self, model: str | None, exclude: set[str] = frozenset()) -> list[Backend]:  # type: ignore[assignment]
-        """Healthy backends that serve ``model`` (None: any), sorted by URL, less ``exclude``."""
-        return sorted((b for b in self.backends.values()
-                       if b.healthy and b.url not in exclude and b.serves(model)), key=lambda b: b.url)
+        """Healthy backends for ``model``, sorted by URL, less ``exclude``: any when ``model`` is None; else those
+        known to serve it, or, only when no healthy backend is known to, those whose model list is unknown (the
+        tier is chosen before ``exclude``, so retries never leave the known servers for guesses)."""
+        healthy = sorted(self.healthy(), key=lambda b: b.url)
+        if model is not None:
+            known = [b for b in healthy if b.known_to_serve(model)]
+            healthy = known or [b for b in healthy if not b.models_known]
+        return [b for b in healthy if b.url not in exclude]
 
     def known_model(self, model: str) -> bool:
-        """Whether some healthy backend serves ``model`` (or has not listed its models yet)."""
+        """Whether some healthy backend serves ``model`` (or may: its model list is unknown)."""
         return any(b.serves(model) for b in self.healthy())
 
+    def unknown_lists(self) -> list[Backend]:
+        """Healthy backends whose model list the router does not know, sorted by URL."""
+        return sorted((b for b in self.healthy() if not b.models_known), key=lambda b: b.url)
+
     def merged_models(self) -> list[dict[str, Any]]:
-        """The union of the healthy backends' ``/v1/models`` cards, one per id, in first-seen order."""
+        """The union of the healthy backends' known ``/v1/models`` cards, one per id, in first-seen order."""
         out: dict[str, dict[str, Any]] = {}
         for b in sorted(self.healthy(), key=lambda b: b.url):
-            for card in b.model_cards:
+            for card in b.model_cards if b.models_known else ():
                 out.setdefault(str(card.get("id")), card)
         return list(out.values())

@@ -5,6 +5,10 @@ next probe that passes puts it back. Its served models come from ``/v1/models`` 
 ``/metrics``: ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` under
 ``vllm:`` or ``pagoda:`` (pagoda's ``--metrics-prefix``). Request counts are summed over the replica's label
 sets (a data-parallel server labels each engine); the KV usage fraction is their mean.
+
+A replica that answers the router's own ``/v1/models`` or ``/metrics`` with 401/403 (it has an API key and the
+router sends none, or the wrong one) is logged once, naming ``--backend-api-key``; its model list becomes
+*unknown* (see :mod:`pagoda.router.backends`) and its load is then only the router's own open requests on it.
 """
 
 from __future__ import annotations
@@ -94,21 +98,39 @@ class HealthChecker:
                 self.on_change(b, ok)
         b.last_error = why
 
+    def _denied(self, b: Backend, path: str, status: int) -> None:
+        if not b.denied:
+            how = "a wrong key" if self.headers else "no key"
+            logger.warning("backend %s answers the router's own %s with %d: the router sends it %s; give the "
+                           "router the replicas' key with --backend-api-key (until then its model list is unknown "
+                           "and its load is only the router's own requests on it)", b.url, path, status, how)
+        b.denied.add(path)
+
     async def _refresh_models(self, b: Backend) -> None:
         try:
             r = await self.client.get(b.url + "/v1/models", headers=self.headers)
+            if r.status_code in (401, 403):
+                self._denied(b, "/v1/models", r.status_code)
+                b.models_known, b.models, b.model_cards = False, set(), []
+                return
             data = r.json().get("data") if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
             return
         if isinstance(data, list):
+            b.denied.discard("/v1/models")
             b.model_cards = [c for c in data if isinstance(c, dict) and "id" in c]
             b.models = {str(c["id"]) for c in b.model_cards}
+            b.models_known = True
 
     async def refresh_load(self, b: Backend) -> None:
         try:
             r = await self.client.get(b.url + "/metrics", headers=self.headers)
         except httpx.HTTPError:
             return
-        if r.status_code == 200:
+        if r.status_code in (401, 403):
+            self._denied(b, "/metrics", r.status_code)
+            b.num_running = b.num_waiting = b.kv_usage = 0.0  # stale numbers would steer leastloaded
+        elif r.status_code == 200:
+            b.denied.discard("/metrics")
             for key, value in parse_load(r.text).items():
                 setattr(b, key, value)

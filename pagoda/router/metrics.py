@@ -1,16 +1,20 @@
 """The router's own Prometheus metrics (``/metrics`` of ``pagoda router``), all ``pagoda:router_*``.
 
 * ``pagoda:router_requests_total{backend, path, status}`` — requests answered, by the backend that
-  answered (``none`` when no backend could: a 4xx/5xx from the router itself) and the HTTP status;
+  answered (``none`` when no backend could: a 4xx/5xx from the router itself) and the HTTP status (``499``: the
+  client left before its answer);
 * ``pagoda:router_request_latency_seconds{path}`` — from the request's arrival to its last byte;
 * ``pagoda:router_retries_total{backend}`` — attempts that failed before the first byte and were retried;
 * ``pagoda:router_stream_errors_total{backend}`` — responses that broke after their first byte;
 * ``pagoda:router_backend_healthy{backend}`` (1/0), ``pagoda:router_healthy_backends``,
   ``pagoda:router_backend_in_flight{backend}``, ``pagoda:router_backend_load{backend}`` (queue depth as
-  routed on).
+  routed on), ``pagoda:router_backend_unauthorized{backend}`` (1 while the backend answers the router's own
+  ``/v1/models`` or ``/metrics`` scrape with 401/403: the router needs ``--backend-api-key``).
 """
 
 from __future__ import annotations
+
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -21,6 +25,8 @@ PREFIX = "pagoda:router_"
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0]
 NO_BACKEND = "none"
+CLIENT_GONE = "499"
+"""The status of a request whose client left before its answer (nginx's "client closed request")."""
 
 
 class RouterMetrics:
@@ -42,10 +48,18 @@ class RouterMetrics:
                                ["backend"], registry=r)
         self.load = Gauge(PREFIX + "backend_load", "The backend's queue depth as the router sees it "
                           "(running + waiting).", ["backend"], registry=r)
+        self.unauthorized = Gauge(PREFIX + "backend_unauthorized", "1 while the backend answers the router's own "
+                                  "/v1/models or /metrics with 401/403 (give the router --backend-api-key).",
+                                  ["backend"], registry=r)
+
+    def done(self, backend: str | None, path: str, status: str, t0: float) -> None:
+        """One request answered (``backend`` None: by the router itself), ``t0`` its arrival (monotonic)."""
+        self.requests.labels(backend or NO_BACKEND, path, status).inc()
+        self.latency.labels(path).observe(time.monotonic() - t0)
 
     def render(self, pool: BackendPool) -> tuple[bytes, str]:
         """Refresh the per-backend gauges from the pool, then the exposition."""
-        for fam in (self.backend_healthy, self.in_flight, self.load):
+        for fam in (self.backend_healthy, self.in_flight, self.load, self.unauthorized):
             fam.clear()
         for b in pool.all():
             self.retries.labels(b.url)  # a zero series from the start, not only after the first retry
@@ -53,5 +67,6 @@ class RouterMetrics:
             self.backend_healthy.labels(b.url).set(1 if b.healthy else 0)
             self.in_flight.labels(b.url).set(b.in_flight)
             self.load.labels(b.url).set(b.load)
+            self.unauthorized.labels(b.url).set(1 if b.denied else 0)
         self.healthy_backends.set(len(pool.healthy()))
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -13,23 +13,31 @@ Rules (the invariants the tests check):
   is buffered or re-encoded); if the replica breaks off a server-sent-event stream, the client gets a
   final error event (``data: {"error": ...}`` then ``data: [DONE]``; on ``/v1/responses`` an
   ``event: error``) instead of a silent cut;
-* a client that goes away closes the upstream connection, which aborts the request on the replica.
+* a client that goes away closes the upstream connection, which aborts the request on the replica:
+  while the answer is awaited (a non-streamed answer comes in one piece when it is complete) the
+  client's connection is watched and the attempt cancelled when it closes (status ``499`` in the
+  router's metrics); during a relayed stream Starlette notices it;
+* a request naming a ``model`` goes to the replicas known to serve it; only when none is known, to the
+  replicas whose model list is unknown (they refuse the router's own ``/v1/models``): one of those that
+  answers 404 ``model_not_found`` (or 401/403) is skipped for the next, without counting as a retry, and
+  the client gets a 404 only when every one of them said so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive
 
 from pagoda.router.backends import Backend, BackendPool
-from pagoda.router.metrics import NO_BACKEND, RouterMetrics
+from pagoda.router.metrics import CLIENT_GONE, RouterMetrics
 from pagoda.router.policies import RequestInfo, RoutingPolicy
 
 logger = logging.getLogger("pagoda.router")
@@ -53,16 +61,45 @@ def _is_whole(resp: httpx.Response) -> bool:
             and length.isdigit() and int(length) <= WHOLE_LIMIT)
 
 
-def error_body(status: int, message: str, code: str | int | None = None, type_: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape, as pagoda serve answers."""
+def error_body(status: int, message: str, code: str | int | None = None, type_: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, as pagoda serve answers (``pagoda.entrypoints.openai.serving_engine.error_body``)."""
+    # A message may quote the request (a model name); a lone surrogate from its JSON would break the rendering.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type_ or ("invalid_request_error" if status < 500 else
-                                                               "server_error"), "param": None,
+                                                               "server_error"), "param": param,
                       "code": code if code is not None else status}}
 
 
 def error_response(status: int, message: str, code: str | int | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code, param=param), status_code=status, headers=headers)
+
+
+def model_not_found(model: str) -> JSONResponse:
+    """pagoda serve's own answer to a model it does not serve."""
+    return error_response(404, f"The model `{model}` does not exist.", "model_not_found", param="model")
+
+
+def relayed(resp: httpx.Response, content: bytes | None = None) -> Response:
+    """A replica's whole answer as the router's (framing headers dropped)."""
+    headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
+    return Response(resp.content if content is None else content, status_code=resp.status_code, headers=headers)
+
+
+def error_code(content: bytes) -> Any:
+    """``error.code`` of an OpenAI error body (None if it is not one)."""
+    try:
+        err = json.loads(content).get("error")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return err.get("code") if isinstance(err, dict) else None
+
+
+async def client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (the request body must have been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def stream_error_event(path: str, message: str) -> bytes:
@@ -70,6 +107,12 @@ def stream_error_event(path: str, message: str) -> bytes:
         event = {"type": "error", "code": "backend_error", "message": message, "param": None}
         return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
     return f"data: {json.dumps(error_body(502, message, 'backend_error'))}\n\ndata: [DONE]\n\n".encode()
+
+
+@dataclass
+class _Attempt:
+    backend: Backend | None = None
+    """The backend the current attempt went to (the one a client that leaves was waiting on)."""
 
 
 @dataclass
@@ -101,53 +144,102 @@ class Proxy:
         return out
 
     def _done(self, b: Backend | None, path: str, status: str, t0: float) -> None:
-        self.metrics.requests.labels(b.url if b else NO_BACKEND, path, status).inc()
-        self.metrics.latency.labels(path).observe(time.monotonic() - t0)
+        self.metrics.done(b.url if b else None, path, status, t0)
 
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str], info: RequestInfo,
-                      model: str | None, t0: float) -> Response:
+                      model: str | None, t0: float, receive: Receive | None = None) -> Response:
+        """The request's answer from a replica. With ``receive`` (the client's ASGI channel, the body already read
+        from it), a client that disconnects before the answer cancels the attempt, which closes the upstream
+        connection (the replica then aborts the request): 499, counted with the backend that had it."""
+        at = _Attempt()
+        if receive is None:
+            return await self._forward(method, path, body, headers, info, model, t0, at)
+        work = asyncio.ensure_future(self._forward(method, path, body, headers, info, model, t0, at))
+        watcher = asyncio.ensure_future(client_gone(receive))
+        try:
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            watcher.cancel()
+            raise
+        if work not in done and watcher.exception() is not None:  # the channel failed: no news of the client
+            logger.warning("cannot watch the client of %s: %r", path, watcher.exception())
+            return await work
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+        if not work.cancelled():  # it was done (or finished while being cancelled): its answer stands
+            return work.result()
+        self._done(at.backend, path, CLIENT_GONE, t0)
+        logger.info("client left before the answer to %s; request on %s closed", path,
+                    at.backend.url if at.backend else "no backend")
+        return Response(status_code=499)
+
+    async def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str], info: RequestInfo,
+                       model: str | None, t0: float, at: _Attempt) -> Response:
         tried: set[str] = set()
         failed: Response | None = None  # what the last failed attempt would answer
-        for _ in range(self.config.max_retries + 1):
+        refused: tuple[Response, Backend] | None = None  # a replica of unknown models that does not serve this one
+        failures = 0
+        last_failed: str | None = None
+        while failures <= self.config.max_retries:
             candidates = self.pool.candidates(model, tried)
             if not candidates:
                 break
             b = self.policy.choose(candidates, info)
-            if tried:
-                self.metrics.retries.labels(sorted(tried)[-1]).inc()
+            if last_failed is not None:
+                self.metrics.retries.labels(last_failed).inc()
+                last_failed = None
             tried.add(b.url)
+            at.backend = b
+            guess = model is not None and not b.models_known
             b.in_flight += 1
+            kept = False  # the relayed stream takes over the in-flight count
             try:
-                req = self.client.build_request(method, b.url + path, content=body, headers=headers)
-                resp = await self.client.send(req, stream=True)
-            except httpx.ConnectError as e:  # before TimeoutException: ConnectTimeout is both
-                b.in_flight -= 1
-                self._refused(b, e)
-                failed = error_response(502, "the backend refused the connection", "backend_error")
-                continue
-            except httpx.ConnectTimeout as e:
-                b.in_flight -= 1
-                self._refused(b, e)
-                failed = error_response(502, "the backend did not accept the connection in time",
-                                        "backend_error")
-                continue
-            except _RETRYABLE as e:
-                b.in_flight -= 1
-                failed = error_response(502, f"the backend sent no valid HTTP response ({type(e).__name__})",
-                                        "backend_error")
-                continue
-            except httpx.TimeoutException:
-                b.in_flight -= 1
-                self._done(b, path, "504", t0)
-                return error_response(504, "the backend did not answer within the router's --request-timeout",
-                                      "backend_timeout")
-            if resp.status_code >= 500:
-                failed = await self._read_whole(resp, b)
-                continue
-            if _is_whole(resp):
-                return await self._whole(resp, b, path, t0)
-            return self._relay(resp, b, path, t0)
-        return self._give_up(path, t0, failed, model)
+                try:
+                    req = self.client.build_request(method, b.url + path, content=body, headers=headers)
+                    resp = await self.client.send(req, stream=True)
+                except httpx.ConnectError as e:  # before TimeoutException: ConnectTimeout is both
+                    self._refused(b, e)
+                    failed = error_response(502, "the backend refused the connection", "backend_error")
+                    failures, last_failed = failures + 1, b.url
+                    continue
+                except httpx.ConnectTimeout as e:
+                    self._refused(b, e)
+                    failed = error_response(502, "the backend did not accept the connection in time",
+                                            "backend_error")
+                    failures, last_failed = failures + 1, b.url
+                    continue
+                except _RETRYABLE as e:
+                    failed = error_response(502, f"the backend sent no valid HTTP response ({type(e).__name__})",
+                                            "backend_error")
+                    failures, last_failed = failures + 1, b.url
+                    continue
+                except httpx.TimeoutException:
+                    self._done(b, path, "504", t0)
+                    return error_response(504, "the backend did not answer within the router's --request-timeout",
+                                          "backend_timeout")
+                if resp.status_code >= 500:
+                    failed = await self._read_whole(resp)
+                    failures, last_failed = failures + 1, b.url
+                    continue
+                if guess and resp.status_code in (401, 403, 404):
+                    answer = await self._read_whole(resp)
+                    if resp.status_code != 404 or error_code(bytes(answer.body)) == "model_not_found":
+                        if refused is None or (refused[0].status_code == 404 and resp.status_code != 404):
+                            refused = (answer, b)  # an authorization failure says more than "not here"
+                        continue
+                    self._done(b, path, "404", t0)
+                    return answer
+                if _is_whole(resp):
+                    return await self._whole(resp, b, path, t0)
+                kept = True
+                return self._relay(resp, b, path, t0)
+            finally:
+                if not kept:
+                    b.in_flight -= 1
+        return self._give_up(path, t0, failed, refused, model)
 
     def _refused(self, b: Backend, e: Exception) -> None:
         if b.healthy:
@@ -155,20 +247,23 @@ class Proxy:
         b.healthy = False
         b.last_error = repr(e)
 
-    async def _read_whole(self, resp: httpx.Response, b: Backend) -> Response:
+    async def _read_whole(self, resp: httpx.Response) -> Response:
         try:
             content = await resp.aread()
         except httpx.HTTPError:
             content = json.dumps(error_body(resp.status_code, f"the backend answered {resp.status_code}")).encode()
         finally:
-            b.in_flight -= 1
             await resp.aclose()
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
-        return Response(content, status_code=resp.status_code, headers=headers)
+        return relayed(resp, content)
 
-    def _give_up(self, path: str, t0: float, failed: Response | None, model: str | None) -> Response:
-        """Every allowed attempt failed before its first byte: the last failure's answer (a replica's 5xx, or
-        a 502 naming what went wrong); no candidate at all: 503."""
+    def _give_up(self, path: str, t0: float, failed: Response | None, refused: tuple[Response, Backend] | None,
+                 model: str | None) -> Response:
+        """No attempt gave an answer to relay: a replica's refusal to authorize the client, else the last failure's
+        answer (a replica's 5xx, or a 502 naming what went wrong), else the 404 of a model that every replica of
+        unknown models said it does not serve; no candidate at all: 503."""
+        if refused is not None and (failed is None or refused[0].status_code != 404):
+            self._done(refused[1], path, str(refused[0].status_code), t0)
+            return refused[0]
         if failed is not None:
             self._done(None, path, str(failed.status_code), t0)
             return failed
@@ -187,11 +282,22 @@ class Proxy:
             self._done(b, path, "502", t0)
             return error_response(502, f"the backend broke off its answer ({type(e).__name__})", "backend_error")
         finally:
-            b.in_flight -= 1
             await resp.aclose()
         self._done(b, path, str(resp.status_code), t0)
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
-        return Response(content, status_code=resp.status_code, headers=headers)
+        return relayed(resp, content)
+
+    async def ask(self, path: str, headers: dict[str, str], backends: list[Backend],
+                  timeout: float) -> list[tuple[Backend, httpx.Response]]:
+        """``GET path`` on each of ``backends`` at once, with the client's own headers (the router cannot read
+        their model lists itself); the answers, in the order of ``backends`` (one that fails is left out)."""
+        async def one(b: Backend) -> tuple[Backend, httpx.Response] | None:
+            try:
+                return b, await self.client.get(b.url + path, headers=headers, timeout=timeout)
+            except httpx.HTTPError as e:
+                logger.info("backend %s: GET %s failed: %r", b.url, path, e)
+                return None
+
+        return [a for a in await asyncio.gather(*(one(b) for b in backends)) if a is not None]
 
     def _relay(self, resp: httpx.Response, b: Backend, path: str, t0: float) -> StreamingResponse:
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}

@@ -1,9 +1,11 @@
 """Helpers for the router tests: fake replicas that misbehave on purpose, and a router run in-process.
 
-* :class:`FakeBackend` — a minimal HTTP/1.1 server in its own thread: ``/health``, ``/v1/models`` and
-  ``/metrics`` answer like a replica; POSTs answer according to ``mode`` (``ok``, ``hang``, ``garbage``,
-  ``midstream`` (one SSE event, then the connection is cut), ``gated`` (one SSE event, the rest only after
-  ``gate`` is set), ``error500``);
+* :class:`FakeBackend` — a minimal HTTP/1.1 server in its own thread: ``/health``, ``/v1/models``,
+  ``/v1/models/{id}`` and ``/metrics`` answer like a replica (with ``api_key``, every route but ``/health``
+  wants it, as ``pagoda serve --api-key``); a POST naming another ``model`` is a 404 ``model_not_found``;
+  other POSTs answer according to ``mode`` (``ok``, ``hang``, ``garbage``, ``midstream`` (one SSE event, then
+  the connection is cut), ``gated`` (one SSE event, the rest only after ``gate`` is set), ``held`` (a plain
+  answer, only after ``gate`` is set), ``error500``);
 * :class:`RouterThread` — ``pagoda.router.app.build_app`` under uvicorn in a thread, on a free port.
 """
 
@@ -28,13 +30,16 @@ from pagoda.router.app import RouterConfig, build_app  # noqa: E402
 
 class FakeBackend:
     def __init__(self, mode: str = "ok", model: str = "fake", running: float = 0, waiting: float = 0,
-                 port: int | None = None) -> None:
+                 port: int | None = None, api_key: str | None = None) -> None:
         self.mode = mode
         self.model = model
+        self.api_key = api_key
+        self.gets: list[tuple[str, str | None]] = []
+        """(path, Authorization) of every GET but /health"""
         self.running, self.waiting = running, waiting
         self.posts: list[tuple[str, dict]] = []
         self.closed = 0
-        """gated streams whose client (the router) hung up before the gate opened"""
+        """gated or held answers whose client (the router) hung up before the gate opened"""
         self.gate = threading.Event()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,14 +87,32 @@ class FakeBackend:
         return (f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
                 f"connection: close\r\n\r\n").encode() + body
 
+    @staticmethod
+    def _error(status: int, message: str, code: str, param: str | None = None) -> bytes:
+        return FakeBackend._response(status, json.dumps({"error": {
+            "message": message, "type": "invalid_request_error", "param": param, "code": code}}).encode())
+
+    def _card(self) -> dict:
+        return {"id": self.model, "object": "model", "owned_by": "fake"}
+
     async def _answer(self, method: str, path: str, headers: dict, body: bytes, reader: asyncio.StreamReader,
                       w: asyncio.StreamWriter) -> None:
+        if method == "GET" and path != "/health":
+            self.gets.append((path, headers.get("authorization")))
+        if self.api_key and path != "/health" and headers.get("authorization") != f"Bearer {self.api_key}":
+            w.write(self._error(401, "Incorrect API key provided.", "invalid_api_key"))
+            await w.drain()
+            return
         if method == "GET":
             if path == "/health":
                 w.write(self._response(200, b""))
             elif path == "/v1/models":
-                w.write(self._response(200, json.dumps({"object": "list", "data": [
-                    {"id": self.model, "object": "model", "owned_by": "fake"}]}).encode()))
+                w.write(self._response(200, json.dumps({"object": "list", "data": [self._card()]}).encode()))
+            elif path.startswith("/v1/models/"):
+                if path.removeprefix("/v1/models/") == self.model:
+                    w.write(self._response(200, json.dumps(self._card()).encode()))
+                else:
+                    w.write(self._error(404, f"The model `{path[11:]}` does not exist.", "model_not_found", "model"))
             elif path == "/metrics":
                 text = (f'vllm:num_requests_running{{model_name="{self.model}",engine="0"}} {self.running}\n'
                         f'vllm:num_requests_waiting{{model_name="{self.model}",engine="0"}} {self.waiting}\n'
@@ -99,7 +122,12 @@ class FakeBackend:
                 w.write(self._response(404, b"{}"))
             await w.drain()
             return
-        self.posts.append((path, {**json.loads(body or b"{}"), "_auth": headers.get("authorization")}))
+        parsed = json.loads(body or b"{}")
+        self.posts.append((path, {**parsed, "_auth": headers.get("authorization")}))
+        if parsed.get("model", self.model) != self.model:
+            w.write(self._error(404, f"The model `{parsed['model']}` does not exist.", "model_not_found", "model"))
+            await w.drain()
+            return
         await self._post(reader, w)
 
     async def _post(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -108,6 +136,13 @@ class FakeBackend:
             await asyncio.sleep(3600)
         elif mode == "garbage":
             w.write(b"this is not HTTP at all\r\n\r\n")
+        elif mode == "held":
+            while not self.gate.is_set():
+                if w.transport.is_closing() or reader.at_eof():  # the router hung up
+                    self.closed += 1
+                    return
+                await asyncio.sleep(0.01)
+            w.write(self._response(200, json.dumps({"ok": True, "port": self.port}).encode()))
         elif mode == "error500":
             w.write(self._response(500, json.dumps({"error": {"message": "boom", "code": 500}}).encode()))
         elif mode in ("midstream", "gated"):

@@ -269,3 +269,46 @@ def test_router_discovers_replicas_from_kubernetes(fakes, routers, tmp_path):
     r = routers([], sources=[src])
     ports = {r.post("/v1/completions", COMPLETION).json()["port"] for _ in range(4)}
     assert ports == {a.port, b.port}
+
+
+def test_client_that_drops_a_non_streamed_request_closes_the_upstream_request(fakes, routers):
+    # The replica answers a non-streamed request only once it is complete; a client that gives up before then
+    # must close the router's request to the replica (which is how the replica learns to abort it).
+    b = fakes("held")
+    r = routers([b.url])
+    held = r.state.pool.backends[b.url]
+    with pytest.raises(httpx.ReadTimeout):
+        r.post("/v1/completions", COMPLETION, timeout=0.5)
+    assert wait_for(lambda: b.closed == 1, 10)
+    assert wait_for(lambda: held.in_flight == 0, 10)
+    assert r.metric("pagoda:router_requests_total", backend=b.url, path="/v1/completions", status="499") == 1
+    b.gate.set()
+    assert r.post("/v1/completions", COMPLETION).json() == {"ok": True, "port": b.port}
+
+
+def test_answers_of_the_router_itself_are_counted(fakes, routers):
+    b = fakes("ok")
+    r = routers([b.url], max_request_body_bytes=1024, api_key="router-key")
+    auth = {"Authorization": "Bearer router-key"}
+    missing = r.post("/v1/completions", {**COMPLETION, "model": "nope"}, headers=auth)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"message": "The model `nope` does not exist.",  # pagoda serve's own answer
+                                        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+    big = r.post("/v1/completions", {**COMPLETION, "prompt": "x" * 2000}, headers=auth)
+    assert big.status_code == 400 and big.json()["error"]["code"] == "request_too_large"
+    assert r.post("/v1/chat/completions", COMPLETION).status_code == 401
+    assert b.posts == []
+    for status, path in (("404", "/v1/completions"), ("400", "/v1/completions"), ("401", "/v1/chat/completions")):
+        assert r.metric("pagoda:router_requests_total", backend="none", path=path, status=status) == 1, status
+    assert r.metric("pagoda:router_request_latency_seconds_count", path="/v1/completions") == 2
+    assert r.metric("pagoda:router_request_latency_seconds_count", path="/v1/chat/completions") == 1
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(fakes, routers):
+    r = routers([fakes("ok").url])
+    for resp, status, message in ((httpx.post(r.url + "/score", json={}), 404, "Not Found"),
+                                  (httpx.post(r.url + "/reset_prefix_cache"), 404, "Not Found"),
+                                  (httpx.get(r.url + "/v1/completions"), 405, "Method Not Allowed")):
+        assert resp.status_code == status
+        assert resp.json() == {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                         "code": None}}

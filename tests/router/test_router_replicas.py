@@ -4,12 +4,13 @@ answers (plain and streamed) equal to the replica's own."""
 
 from __future__ import annotations
 
+import http.client
 import json
 
 import httpx
 import pytest
 from router_utils import RouterThread, router_config
-from server_utils import API_KEY
+from server_utils import API_KEY, wait_for
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 GREEDY = {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
@@ -118,3 +119,55 @@ def test_model_field_routes_across_served_names(replicas, make_router):
     assert {n: after[n] - before[n] for n in "ac"} == {"a": 3, "c": 3}
     missing = r.post("/v1/completions", {"model": "nope", "prompt": "x"}, headers=AUTH)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert missing.json() == replicas["a"].post("/v1/completions", {"model": "nope", "prompt": "x"}).json()
+
+
+def test_router_errors_equal_the_replicas_own(replicas, make_router):
+    r = make_router(["a"])
+    for method, path in (("GET", "/v1/nothing"), ("POST", "/v1/nothing"), ("GET", "/v1/completions"),
+                         ("GET", "/v1/models/nope")):
+        mine = httpx.request(method, r.url + path, headers=AUTH, timeout=30)
+        theirs = httpx.request(method, replicas["a"].url + path, headers=AUTH, timeout=30)
+        assert (mine.status_code, mine.json()) == (theirs.status_code, theirs.json()), path
+
+
+def test_router_without_a_key_in_front_of_replicas_with_one(replicas):
+    """The router has no key (no --api-key, no --backend-api-key); the clients send the replicas' key."""
+    r = RouterThread(router_config([replicas["a"].url, replicas["c"].url]))
+    try:
+        assert r.metric("pagoda:router_backend_unauthorized", backend=replicas["a"].url) == 1
+        ids = sorted(m["id"] for m in httpx.get(r.url + "/v1/models", headers=AUTH, timeout=30).json()["data"])
+        assert ids == ["tiny", "tiny-b"]
+        assert httpx.get(r.url + "/v1/models/tiny-b", headers=AUTH, timeout=30).json()["id"] == "tiny-b"
+        for i in range(4):  # never a 404 from the replica that serves the other model
+            assert complete(r, f"keyless router {i}", model="tiny-b").json()["model"] == "tiny-b"
+            assert complete(r, f"keyless router {i}").json()["model"] == "tiny"
+        assert httpx.get(r.url + "/v1/models", timeout=30).status_code == 401
+    finally:
+        r.stop()
+
+
+def test_client_that_drops_a_non_streamed_request_has_it_aborted(replicas, make_router):
+    """As tests/server/test_concurrency's test of the same name, through the router: the client hangs up while
+    the replica's own metrics show its request mid-generation; the replica aborts it."""
+    c = replicas["c"]
+    r = make_router(["c"])
+    aborted_before = c.metric("pagoda:request_success_total", finished_reason="abort")
+    generated_before = c.metric("pagoda:generation_tokens_total")
+    body = json.dumps({"model": "tiny-b", "prompt": "hi", "max_tokens": 1500, "temperature": 0, "ignore_eos": True})
+    conn = http.client.HTTPConnection("127.0.0.1", r.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json", **AUTH})
+
+    def mid_generation() -> bool:
+        generated = c.metric("pagoda:generation_tokens_total") - generated_before
+        return c.metric("pagoda:num_requests_running") == 1 and 0 < generated < 800
+
+    try:
+        assert wait_for(mid_generation, timeout=60, interval=0.001), "the request was never seen mid-generation"
+    finally:
+        conn.close()
+    assert wait_for(lambda: c.metric("pagoda:request_success_total", finished_reason="abort")
+                    == aborted_before + 1, timeout=10)
+    assert wait_for(lambda: c.metric("pagoda:num_requests_running") == 0, timeout=10)
+    assert c.metric("pagoda:generation_tokens_total") - generated_before < 1500
+    assert wait_for(lambda: r.metric("pagoda:router_requests_total", backend=c.url, status="499") == 1, 10)
