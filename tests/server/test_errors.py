@@ -152,7 +152,9 @@ def test_body_size_cap(server):
 
 def test_unknown_route_and_method(server):
     check_error(server.get("/v1/nothing"), 404)
-    check_error(server.get("/v1/completions"), 405)
+    r = server.get("/v1/completions")
+    check_error(r, 405)
+    assert r.headers.get("allow") == "POST"  # as Starlette's own 405 says (RFC 9110)
     check_error(server.get("/v1/models/unknown-model"), 404, "unknown-model")
 
 

@@ -50,7 +50,10 @@ def _required_fields(request: Request) -> list[str]:
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     msg = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-    return error_response(exc.status_code, msg, None, None, None)
+    resp = error_response(exc.status_code, msg, None, None, None)
+    for k, v in (exc.headers or {}).items():  # a 405's Allow, as Starlette's own answer has it
+        resp.headers[k] = v
+    return resp
 
 
 async def on_error(request: Request, exc: Exception) -> JSONResponse:
