@@ -1,4 +1,5 @@
-"""Command-line flags generated from a config dataclass, and the help formatter every command uses.
+"""Command-line flags generated from a config dataclass, the help formatter every command uses, and the checks
+that several commands share (argparse types for counts and ratios, ``--port``, binding ``--host``/``--port``).
 
 One source for each flag: the dataclass field gives the name (``max_num_seqs`` ->
 ``--max-num-seqs``), the type (``int``, ``float``, ``str``, ``bool``, ``X | None``,
@@ -9,8 +10,9 @@ and shows the default the same way; ``{"choices": (...)}`` when the choices are 
 defined elsewhere.
 
 :class:`HelpFormatter` states each flag's default exactly once: it appends ``(default: X)``
-unless the help already states its default ('(default ...' or 'default: ...'), or the default is
-unset (None) or off (False), where the help says what happens instead.
+unless the help already states its default ('default: ...' or 'X (default)'), or the default is
+unset (None) or off (False), where the help says what happens instead. A default inside the text of
+something else ('a scale (default 1.0)') is not the flag's: the flag's is still appended.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import inspect
 import json
+import re
+import socket
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
 
 _SIZE_UNITS = (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10))
@@ -73,6 +79,69 @@ def format_size(n: int) -> str:
         if n and n % mult == 0:
             return f"{n // mult}{unit}"
     return str(n)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` ('argument --batch-size: must be at least 1, got 0')."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def range_ratio(text: str) -> float:
+    """An argparse ``type``: a length range ratio r in [0, 1), lengths drawn from [len*(1-r), len*(1+r)] (vLLM's
+    random dataset requires the same)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def check_port(port: int, flag: str = "--port") -> None:
+    """A TCP port to listen on: [1, 65535] (0 would be any free port, which no one could find)."""
+    if not 0 < port < 65536:
+        raise ValueError(f"{flag} must be in [1, 65535], got {port}.")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket of ``--host``/``--port``, bound now (``serve`` before the model loads, ``router`` before
+    uvicorn starts), so a bad address or a busy port fails at once with a one-line error naming the flag."""
+    check_port(port)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"cannot resolve --host {host} to an address to bind ({e.strerror}); change --host."
+                         ) from None
+    family, _, _, _, addr = infos[0]
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise ValueError(f"cannot bind {host}:{port} ({e.strerror}); change --host.") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on {host} is already in use (another server?); choose another with "
+                             f"--port, or stop the process that holds it.") from None
+        raise ValueError(f"cannot bind {host}:{port} ({e.strerror}); change --host or --port.") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -186,14 +255,20 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{h} (default: {format_default(action).replace('%', '%%')})"
 
 
+_STATES_DEFAULT = re.compile(r"\bdefault:|\(default\)", re.IGNORECASE)
+
+
 def states_default(help_text: str) -> bool:
-    """True when a help text already gives its default, as '(default: ...)' or '..., default: ...'."""
-    low = help_text.lower()
-    return "(default" in low or "default:" in low
+    """True when a help text already gives the flag's default: '(default: ...)', '...; default: ...' or
+    'X (default): ...'. '(default 1.0)' does not count: that is how a help gives the default of something else
+    (--kv-cache-dtype's k/v scale), not the flag's."""
+    return bool(_STATES_DEFAULT.search(help_text))
 
 
 def format_default(action: argparse.Action) -> str:
     d = action.default
+    if isinstance(action, argparse._StoreFalseAction):  # --enable-x storing disable_x=False: off unless given
+        return "off" if d else "on"
     if action.type is parse_size and isinstance(d, int):
         return format_size(d)
     if isinstance(d, bool):

@@ -153,7 +153,7 @@ class EngineArgs:
     """Host-tier implementation (pagoda's own block pool)."""
     kv_cache_dtype: str = field(default="auto", metadata={"choices": KV_CACHE_DTYPES})
     """KV-cache storage dtype. auto: the model dtype; fp8 (= fp8_e4m3) or fp8_e5m2: one byte per element, about
-    twice the KV blocks, with the per-layer k_scale/v_scale of the checkpoint (default 1.0)."""
+    twice the KV blocks, with the per-layer k_scale/v_scale of the checkpoint (1.0 where it has none)."""
     seed: int = 0
     """Seed for unseeded sampling and dummy weights."""
     load_format: str = field(default="auto", metadata={"choices": LOAD_FORMATS})

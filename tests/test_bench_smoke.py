@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_models import build_tokenizer
 
 from pagoda.entrypoints.cli import main
@@ -40,6 +41,61 @@ def test_bench_throughput_and_latency_smoke(tmp_path, capsys):
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert all(r["decode_step_ms_median"] > 0 for r in rows)
     assert "decode step median" in capsys.readouterr().out
+
+
+def test_bench_latency_output_len_1_is_a_prefill_only_run(tmp_path, capsys):
+    """vLLM runs --output-len 1: the prefill gives the only token, there is no decode step to time."""
+    m = str(_model(tmp_path))
+    lat = tmp_path / "lat.json"
+    main(["--log-level", "WARNING", "bench", "latency", "--model", m, "--load-format", "dummy", "--batch-size", "1",
+          "--input-len", "8", "--output-len", "1", "--num-iters", "1", "--num-iters-warmup", "0",
+          "--max-model-len", "256", "--output-json", str(lat)])
+    res = json.loads(lat.read_text())
+    assert res["output_len"] == 1 and res["e2e_s_median"] > 0 and res["prefill_s_median"] > 0
+    assert res["decode_step_ms_median"] is None and res["decode_step_ms_p90"] is None
+    out = capsys.readouterr().out
+    assert "no decode step (output length 1" in out and "decode step median" not in out
+
+
+def _flag_error(argv: list[str], capsys) -> str:
+    """The parser's error for ``argv`` (exit status 2, before any model loads)."""
+    from pagoda.entrypoints.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bench_length_and_count_flags_are_flag_errors(capsys):
+    import argparse
+
+    from pagoda.benchmarks.datasets import workload_from_args
+
+    cases = [
+        (["latency", "--batch-size", "0"], "bench latency: error: argument --batch-size: must be at least 1, got 0"),
+        (["latency", "--batch-size", "2", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["latency", "--num-iters", "0"], "argument --num-iters: must be at least 1, got 0"),
+        (["latency", "--num-iters-warmup", "-1"], "argument --num-iters-warmup: must be at least 0, got -1"),
+        (["latency", "--output-len", "0"], "argument --output-len: must be at least 1, got 0"),
+        (["latency", "--input-len", "0"], "argument --input-len: must be at least 1, got 0"),
+        (["throughput", "--output-len", "0"], "bench throughput: error: argument --output-len: must be at least 1, "
+                                              "got 0"),
+        (["throughput", "--input-len", "0"], "argument --input-len: must be at least 1, got 0"),
+        (["throughput", "--num-prompts", "0"], "argument --num-prompts: must be at least 1, got 0"),
+        (["throughput", "--range-ratio", "2"], "argument --range-ratio: must be in [0, 1), got 2"),
+        (["throughput", "--range-ratio", "1"], "argument --range-ratio: must be in [0, 1), got 1"),
+        (["throughput", "--range-ratio", "-0.1"], "argument --range-ratio: must be in [0, 1), got -0.1"),
+        (["throughput", "--output-len", "x"], "argument --output-len: not an integer: 'x'"),
+    ]
+    for argv, message in cases:
+        assert message in _flag_error(["bench", *argv], capsys), argv
+    # the request list's builder, used without the parser (benchmarks/gpu/hf_peer.py), refuses them too
+    base = dict(dataset="random", num_prompts=2, input_len=8, output_len=4, range_ratio=0.0, seed=0)
+    assert [len(r.prompt_token_ids) for r in workload_from_args(argparse.Namespace(**base), 1000)] == [8, 8]
+    for bad, message in ((dict(range_ratio=2.0), "--range-ratio must be in"), (dict(output_len=0), "--output-len")):
+        with pytest.raises(ValueError, match=message):
+            workload_from_args(argparse.Namespace(**{**base, **bad}), 1000)
 
 
 def test_bench_throughput_prefix_repetition_smoke(tmp_path, capsys):

@@ -192,3 +192,4 @@ def test_models_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert out == models_table()
     assert "| `LlamaForCausalLM` | pagoda" in out and "| transformers fallback | yes | yes | yes | no |" in out
+    assert "| `XLMRobertaForSequenceClassification` | pagoda `bert.BertForSequenceClassification` | classify |" in out

@@ -87,3 +87,40 @@ def test_token_counts_read_as_vllm_reads_them():
     args = build_parser().parse_args(["serve", "--max-model-len", "32k", "--max-num-batched-tokens", "8K",
                                       "--swap-space", "16"])  # vLLM V1 keeps --swap-space for a memory check only
     assert args.max_model_len == 32000 and args.max_num_batched_tokens == 8192
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    """``vllm --version`` / ``-v``: the installed package's version, no command needed."""
+    from importlib.metadata import version
+
+    from pagoda.entrypoints.cli import main
+
+    for flag in ("--version", "-v"):
+        with pytest.raises(SystemExit) as e:
+            main([flag])
+        assert e.value.code == 0
+        assert capsys.readouterr().out.strip() == version("pagoda")
+
+
+def test_log_level_is_one_of_loggings_levels(capsys):
+    from pagoda.entrypoints.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as e:  # it used to run silently at INFO
+        parser.parse_args(["--log-level", "FOO", "generate", "hi"])
+    assert e.value.code == 2
+    assert "argument --log-level: invalid choice: 'FOO'" in capsys.readouterr().err
+    assert parser.parse_args(["--log-level", "warning", "models"]).log_level == "WARNING"
+
+
+def test_ctrl_c_before_a_command_handles_it_exits_130_without_a_traceback(monkeypatch):
+    """E.g. Ctrl-C during `pagoda serve`'s imports and start-up, before uvicorn handles it."""
+    from pagoda.entrypoints import cli
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_models", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["models"])
+    assert e.value.code == 130

@@ -94,9 +94,14 @@ def workload_from_args(args: argparse.Namespace, vocab_size: int) -> list[BenchR
             args.num_prompts, args.prefix_repetition_prefix_len, args.prefix_repetition_suffix_len,
             args.prefix_repetition_num_prefixes, args.prefix_repetition_output_len, vocab_size, args.seed)
     r = args.range_ratio
+    if not 0.0 <= r < 1.0:  # vLLM's random dataset: lengths within len*(1-r) .. len*(1+r), never clamped to 1
+        raise ValueError(f"--range-ratio must be in [0, 1), got {r}.")
+    for flag, n in (("--input-len", args.input_len), ("--output-len", args.output_len)):
+        if n < 1:
+            raise ValueError(f"{flag} must be at least 1, got {n}.")
 
     def span(n: int) -> tuple[int, int]:
-        return max(1, int(n * (1 - r))), max(1, int(n * (1 + r)))
+        return max(1, int(n * (1 - r))), int(n * (1 + r))
 
     return random_requests(args.num_prompts, span(args.input_len), span(args.output_len), vocab_size, args.seed)
 

@@ -5,7 +5,8 @@ step with prompt tokens are on the host), and the median / p90 latency of the pu
 steps (every request decoding one token, no prefill chunk in the step), each ``step()``
 call timed on its own: it returns once a step's sampled tokens are on the host, so with
 async scheduling (where a call launches step N and returns step N-1's tokens) it is the
-time between two tokens of the batch.
+time between two tokens of the batch. ``--output-len 1`` (as vLLM runs it) is a prefill-only run: there is no
+decode step to time, and the run says so (the decode-step figures are None).
 
 With ``--speculative-config`` every such step verifies the proposals of each request (and may
 give several tokens per request). For timing the verify step alone, the timing-only method
@@ -29,15 +30,17 @@ from collections.abc import Iterator
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from pagoda.arg_utils import non_negative_int, positive_int
     from pagoda.entrypoints.cli import add_engine_args
 
     add_engine_args(p)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1],
+    p.add_argument("--batch-size", type=positive_int, nargs="+", default=[1],
                    help="requests in the batch (several values: one run each, same engine)")
-    p.add_argument("--input-len", type=int, default=32, help="prompt tokens per request")
-    p.add_argument("--output-len", type=int, default=128, help="new tokens per request")
-    p.add_argument("--num-iters", type=int, default=3, help="timed iterations")
-    p.add_argument("--num-iters-warmup", type=int, default=1, help="warm-up iterations")
+    p.add_argument("--input-len", type=positive_int, default=32, help="prompt tokens per request")
+    p.add_argument("--output-len", type=positive_int, default=128,
+                   help="new tokens per request (1: prefill only, no decode step to time)")
+    p.add_argument("--num-iters", type=positive_int, default=3, help="timed iterations")
+    p.add_argument("--num-iters-warmup", type=non_negative_int, default=1, help="warm-up iterations")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
     add_step_timeline_arg(p)
 
@@ -140,9 +143,15 @@ def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
         "graph_capture_s": engine.core.graph_capture_seconds,
         "device": str(engine.cfg.device),
     }
+    if steps:
+        decode = (f"decode step median {res['decode_step_ms_median']:.2f} ms "
+                  f"(p90 {res['decode_step_ms_p90']:.2f} ms)")
+    elif args.output_len == 1:
+        decode = "no decode step (output length 1: the prefill gives the only token)"
+    else:
+        decode = "no pure decode step of the whole batch to time"
     print(
         f"batch {args.batch_size}, in {args.input_len}, out {args.output_len}: e2e {res['e2e_s_median']:.3f} s, "
-        f"prefill {res['prefill_s_median'] * 1000:.1f} ms, decode step median {res['decode_step_ms_median']:.2f} ms "
-        f"(p90 {res['decode_step_ms_p90']:.2f} ms), {res['output_tokens_per_s']:.1f} output tok/s"
+        f"prefill {res['prefill_s_median'] * 1000:.1f} ms, {decode}, {res['output_tokens_per_s']:.1f} output tok/s"
     )
     return res

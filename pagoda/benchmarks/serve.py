@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 from pagoda import envs
+from pagoda.arg_utils import positive_int, range_ratio
 from pagoda.benchmarks.server_process import CpuSnapshot, LaunchedServer, cpu_report
 from pagoda.benchmarks.stream_load import DEFAULT_BURST_FRACTION, load_figures
 from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_text, chunk_tokens, tpot
@@ -112,9 +113,9 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "of bench throughput's ShareGPT-like workload (same --seed, same lengths); prefix_repetition: "
                         "shared prefixes (--prefix-repetition-* flags)")
     p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
-    p.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
-    p.add_argument("--random-range-ratio", type=float, default=0.0,
-                   help="lengths drawn uniformly from [len*(1-r), len*(1+r)]")
+    p.add_argument("--random-output-len", type=positive_int, default=128, help="max_tokens per request")
+    p.add_argument("--random-range-ratio", type=range_ratio, default=0.0,
+                   help="lengths drawn uniformly from [len*(1-r), len*(1+r)], r in [0, 1)")
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="requests per second (Poisson arrivals); inf sends them all at once")
     p.add_argument("--burstiness", type=float, default=1.0,
@@ -529,6 +530,28 @@ async def _run_requests(args: argparse.Namespace, client: Any, url: str, headers
     return list(results), time.perf_counter() - start
 
 
+async def _server_model(client: Any, base: str, headers: dict[str, str], model: str | None) -> str:
+    """``model``, else the first of the server's GET /v1/models; that request also checks the server is there: one
+    line naming the URL (and the flags that set it) when nothing answers, not a connection traceback."""
+    import httpx
+
+    try:
+        r = await client.get(f"{base}/v1/models", headers=headers)
+    except httpx.TransportError as e:
+        raise RuntimeError(f"cannot reach {base} ({type(e).__name__}: {e or 'no answer'}): is the server running? "
+                           f"Set its address with --base-url or --host/--port.") from None
+    if model is not None:
+        return model
+    if r.status_code != 200:
+        raise RuntimeError(f"GET {base}/v1/models answered {r.status_code}: {r.text[:200]!r}"
+                           + (" (set the key with --api-key)" if r.status_code == 401 else "")
+                           + "; name the model with --model to skip this request.")
+    try:
+        return str(r.json()["data"][0]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise RuntimeError(f"GET {base}/v1/models listed no model ({r.text[:200]!r}); name it with --model.") from None
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -538,11 +561,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
     async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=limit + 4,
                                                                       max_keepalive_connections=limit + 4)) as client:
-        model = args.model
-        if model is None:
-            r = await client.get(f"{base}/v1/models", headers=headers)
-            r.raise_for_status()
-            model = r.json()["data"][0]["id"]
+        model = await _server_model(client, base, headers, args.model)
         counter = _Counter(args, client, base, headers, model)
         prefix_ids: list[int] | None = None
         if args.dataset_name == "prefix_repetition":

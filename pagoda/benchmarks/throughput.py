@@ -60,12 +60,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """The flags that define the request list (``datasets.workload_from_args``); ``--seed`` comes
     with the engine flags here and with the peer script's own."""
+    from pagoda.arg_utils import positive_int, range_ratio
+
     p.add_argument("--dataset", "--dataset-name", dest="dataset", choices=["random", "sharegpt", "prefix_repetition"],
                    default="random", help="workload shape")
-    p.add_argument("--num-prompts", type=int, default=32, help="number of requests")
-    p.add_argument("--input-len", type=int, default=56, help="prompt length (random dataset)")
-    p.add_argument("--output-len", type=int, default=128, help="output length (random dataset)")
-    p.add_argument("--range-ratio", type=float, default=0.0, help="lengths drawn from [len*(1-r), len*(1+r)]")
+    p.add_argument("--num-prompts", type=positive_int, default=32, help="number of requests")
+    p.add_argument("--input-len", type=positive_int, default=56, help="prompt length (random dataset)")
+    p.add_argument("--output-len", type=positive_int, default=128, help="output length (random dataset)")
+    p.add_argument("--range-ratio", type=range_ratio, default=0.0,
+                   help="lengths drawn from [len*(1-r), len*(1+r)], r in [0, 1) (random dataset)")
     add_prefix_repetition_args(p)
 
 

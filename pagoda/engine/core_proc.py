@@ -272,6 +272,8 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         freeze_startup_heap("engine core")  # after Ready: the front end finishes its own start meanwhile
         _CoreLoop(core, in_sock, out_socks, enc, parent_pid).run()
     except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (multiprocessing's exit handler, the
+        # parent-death signal) must not raise again inside the clean-up below
         if not given:
             _quiet_exit(in_sock, out_sock, ctx)
         logger.info("engine core terminated by signal")

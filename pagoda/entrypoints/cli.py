@@ -122,8 +122,25 @@ def _add_router_parser(sub: Any) -> None:
 def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="pagoda", description="pagoda: LLM inference and serving engine",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument("-v", "--version", action="version", version=package_version())
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="logging level (case-insensitive)")
     return parser, parser.add_subparsers(dest="command", required=True)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def package_version() -> str:
+    """The installed package's version (``pagoda --version``, as ``vllm --version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pagoda")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from pagoda import __version__
+
+        return __version__
 
 
 def _command(argv: list[str]) -> str | None:
@@ -135,7 +152,13 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it (e.g. serve's imports and start-up): no traceback
+        sys.exit(130)
+
+
+def _main(argv: list[str]) -> None:
     command = _command(argv)
     early = None
     if command == "serve" and not {"-h", "--help"} & set(argv) and envs.prelaunch_core_enabled():
@@ -150,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             parser = build_parser()
         args = parser.parse_args(argv)
         args.prelaunched_core = early
-        logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        logging.basicConfig(level=getattr(logging, args.log_level),
                             format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         try:
             args.func(args)

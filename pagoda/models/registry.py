@@ -62,6 +62,18 @@ _DECODER_POOLING = ("LlamaForSequenceClassification", "MistralForSequenceClassif
 _MOE = ("MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
 
+def pooling_architectures() -> list[tuple[str, str, str]]:
+    """(architecture, implementing class, default task) of every pooling-only architecture, for the support table;
+    the class is the one :func:`_build_pooling_model` builds for the default ``--convert auto``."""
+    out = []
+    for arch in (*_ENCODERS, *_DECODER_POOLING):
+        kind, _ = default_pooling(arch, "auto")
+        module, embed = ("bert", "BertModel") if arch in _ENCODERS else ("llama_pooling", "LlamaForEmbedding")
+        classify = "BertForSequenceClassification" if arch in _ENCODERS else "LlamaForSequenceClassification"
+        out.append((arch, f"{module}.{embed if kind == 'embed' else classify}", kind))
+    return out
+
+
 def is_pooling_architecture(arch: str) -> bool:
     """True for architectures that only pool (encoders, sequence classifiers, base decoder models)."""
     return arch in _ENCODERS or arch in _DECODER_POOLING

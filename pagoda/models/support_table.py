@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from pagoda.models.registry import MODEL_FEATURES, ModelRegistry, model_class, model_supports, native_architectures
+from pagoda.models.registry import (
+    MODEL_FEATURES,
+    ModelRegistry,
+    model_class,
+    model_supports,
+    native_architectures,
+    pooling_architectures,
+)
 from pagoda.models.transformers_support import TESTED_FALLBACK_ARCHS
 
 FALLBACK_ROW = "any other `*ForCausalLM` / `*LMHeadModel` transformers can build"
@@ -27,4 +34,8 @@ def models_table() -> str:
         rows.append(_row(f"`{arch}`", impl, cls))
     rows.append(_row(FALLBACK_ROW, "transformers fallback", TransformersForCausalLM))
     tested = ", ".join(f"`{a}`" for a in TESTED_FALLBACK_ARCHS)
-    return "\n".join(rows) + f"\n\nTested through the transformers fallback (parity with HF `generate`): {tested}.\n"
+    pooling = ["| Pooling architecture (`--runner pooling`) | Implementation | Default task |", "|---|---|---|"]
+    pooling += [f"| `{arch}` | pagoda `{cls}` | {kind} |" for arch, cls, kind in pooling_architectures()]
+    return ("\n".join(rows) + f"\n\nTested through the transformers fallback (parity with HF `generate`): {tested}.\n"
+            + "\nPooling models (embeddings, classification, scoring; a generative architecture too with `--convert "
+            "embed`):\n\n" + "\n".join(pooling) + "\n")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from pagoda import envs
-from pagoda.arg_utils import HelpFormatter, parse_size
+from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, parse_size
 from pagoda.router.policies import ROUTING_LOGICS
 
 logger = logging.getLogger("pagoda.router")
@@ -84,6 +85,7 @@ def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept laz
 
     if not (args.backend or args.backends_file or args.k8s_service):
         raise ValueError("pagoda router needs backends: --backend URL (repeatable), --backends-file or --k8s-service")
+    check_port(args.port)
     if args.routing_logic != "session" and args.session_key:
         logger.warning("--session-key is used by --routing-logic session only")
     if args.max_retries < 0:
@@ -114,7 +116,16 @@ def run_router(args: argparse.Namespace) -> None:
     from pagoda.router.app import build_app
 
     cfg = router_config(args)
+    sock = bind_socket(args.host, args.port)  # a bad --host / busy --port: a one-line error, as serve's
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per proxied request otherwise
     app = build_app(cfg)
     logger.info("pagoda router on http://%s:%d, routing logic %s", args.host, args.port, args.routing_logic)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level, access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.uvicorn_log_level, access_log=False))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown (as uvicorn.run swallows it)
+        pass
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(3)  # uvicorn.run's status when start-up failed

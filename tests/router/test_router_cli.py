@@ -42,6 +42,27 @@ def test_no_backend_is_a_startup_error():
         build_parser().parse_args(["router", "--backend", "x:1", "--routing-logic", "kvaware"])
 
 
+def test_bad_port_or_host_is_a_startup_error():
+    """The same [1, 65535] check as serve's (it used to log port 70000 and listen on 4464), and an address that does
+    not resolve is named as --host's, before uvicorn starts."""
+    from pagoda.router.cli_args import router_config, run_router
+
+    for port in ("70000", "-1", "0"):
+        args = build_parser().parse_args(["router", "--backend", "http://127.0.0.1:9", "--port", port])
+        with pytest.raises(ValueError, match=rf"--port must be in \[1, 65535\], got {port}\."):
+            router_config(args)
+    args = build_parser().parse_args(["router", "--backend", "http://127.0.0.1:9", "--host", "no.such.host.invalid",
+                                      "--port", str(free_port())])
+    with pytest.raises(ValueError, match=r"cannot resolve --host no.such.host.invalid .*; change --host\."):
+        run_router(args)
+    for extra in (["--port", "70000"], ["--host", "999.1.1.1"]):
+        r = subprocess.run([sys.executable, "-m", "pagoda", "router", "--backend", "http://127.0.0.1:9", *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("error: ") and extra[0] in r.stderr
+        assert "pagoda router on" not in r.stderr  # refused before it said where it listens
+
+
 def test_cli_router_rereads_backends_file_on_sighup(tmp_path):
     a, b = FakeBackend("ok"), FakeBackend("ok")
     path = tmp_path / "backends.json"
@@ -74,8 +95,9 @@ def _up(url: str) -> bool:
 
 def test_router_command_does_not_import_torch():
     # A router host (or image) needs no torch: `pagoda router` builds only its own parser.
-    code = ("import sys, uvicorn; uvicorn.run = lambda *a, **k: None; from pagoda.entrypoints.cli import main; "
-            "main(['--log-level', 'WARNING', 'router', '--backend', 'http://127.0.0.1:9']); "
+    code = ("import sys, uvicorn; uvicorn.Server.run = lambda self, sockets=None: setattr(self, 'started', True); "
+            "from pagoda.entrypoints.cli import main; main(['--log-level', 'WARNING', 'router', '--backend', "
+            f"'http://127.0.0.1:9', '--port', '{free_port()}']); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -103,6 +103,31 @@ def test_bench_serve_client_processes_bounds(server, tmp_path, extra):
         run_bench_serve(_args(server, tmp_path, *extra))
 
 
+def test_bench_serve_without_a_server_is_a_one_line_error(capsys):
+    from server_utils import free_port
+
+    from pagoda.entrypoints.cli import main
+
+    port = free_port()  # nothing listens there
+    for extra in ([], ["--model", "m"]):  # with --model too: the same check, not a failed test request
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "serve", "--port", str(port), "--num-prompts", "2", *extra])
+        msg = str(e.value.code)
+        assert msg.startswith(f"error: cannot reach http://127.0.0.1:{port} (ConnectError") and "\n" not in msg, msg
+        assert "--base-url or --host/--port" in msg
+
+
+def test_bench_serve_length_flags(capsys):
+    p = add_bench_serve_args(argparse.ArgumentParser(prog="pagoda bench serve"))
+    for argv, message in ((["--random-range-ratio", "1"], "argument --random-range-ratio: must be in [0, 1), got 1"),
+                          (["--random-range-ratio", "-0.5"], "must be in [0, 1), got -0.5"),
+                          (["--random-output-len", "0"], "argument --random-output-len: must be at least 1, got 0")):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert p.parse_args(["--random-range-ratio", "0.5"]).random_range_ratio == 0.5
+
+
 def test_split_concurrency():
     from pagoda.benchmarks.client_pool import split_concurrency
 

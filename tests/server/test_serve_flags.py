@@ -77,13 +77,25 @@ def test_help_states_every_default_once():
             if not a.option_strings or a.help == argparse.SUPPRESS:
                 continue
             text = fmt._expand_help(a)
-            assert text.lower().count("default:") + text.lower().count("(default ") <= 1, (name, text)
+            low = text.lower()
+            assert low.count("default:") + low.count("(default ") <= 1, (name, text)
             if a.default not in (None, False, argparse.SUPPRESS, []):
                 assert states_default(text), (name, a.option_strings, text)
     serve = _serve_parser().format_help()
     assert "Seed for unseeded sampling and dummy weights. (default: 0)" in " ".join(serve.split())
     assert "(default: the model's max_position_embeddings)" in " ".join(serve.split())
     assert "largest request body accepted, e.g. 8M (default: 8M)" in " ".join(serve.split())
+    # a default stated inside the text about something else is not the flag's: the flag's is still shown
+    assert "k_scale/v_scale of the checkpoint (1.0 where it has none). (default: auto)" in " ".join(serve.split())
+    assert not states_default("the scale (default 1.0)") and states_default("x (default: 1)")
+    assert states_default("1 (default): every token") and states_default("Default: off.")
+    # requests are not logged by default: --enable-log-requests is off, --disable-log-requests on
+    flat = " ".join(serve.split())
+    enable = flat.split("--enable-log-requests log", 1)[1].split(" --disable-log-requests do not", 1)[0]
+    assert enable.endswith("(default: off)") and "default: on" not in enable, enable
+    assert flat.split("--disable-log-requests do not", 1)[1].split(" --max-log-len", 1)[0].endswith("(default: on)")
+    assert _serve_parser().parse_args([]).disable_log_requests is True
+    assert _serve_parser().parse_args(["--enable-log-requests"]).disable_log_requests is False
     # `pagoda bench latency|throughput --help` print these parsers' help (the CLI builds them with build_parser;
     # read in-process, not from two ~4 s subprocesses; the bench commands themselves run in test_bench_smoke.py)
     bench = " ".join(parsers["pagoda bench latency"].format_help().split())
@@ -324,6 +336,81 @@ def test_busy_port_names_the_flag_before_loading(tiny_model_dir):
     assert r.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in r.stderr and "--port" in r.stderr
     assert "engine core" not in r.stderr and "KV cache" not in r.stderr  # nothing was loaded
+
+
+def test_bad_host_and_port_are_one_line_errors(tiny_model_dir):
+    from pagoda.arg_utils import bind_socket, check_port
+
+    for port in (0, -1, 65536, 70000):
+        with pytest.raises(ValueError, match=rf"--port must be in \[1, 65535\], got {port}\."):
+            check_port(port)
+    for host in ("999.1.1.1", "no.such.host.invalid"):  # getaddrinfo's socket.gaierror, named as the flag's
+        with pytest.raises(ValueError, match=rf"cannot resolve --host {host} .*; change --host\."):
+            bind_socket(host, 8130)
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--host", "no.such.host.invalid",
+                        "--port", "8130"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "error: cannot resolve --host no.such.host.invalid" in r.stderr
+    assert "engine core" not in r.stderr and "KV cache" not in r.stderr  # nothing was loaded
+
+
+def _ssl_args(**kw: str | None) -> argparse.Namespace:
+    return _serve_parser().parse_args([x for k, v in kw.items() if v for x in (f"--{k.replace('_', '-')}", v)])
+
+
+def test_tls_files_are_checked_before_anything_loads(tiny_model_dir, tmp_path):
+    from pagoda.entrypoints.openai.cli_args import check_ssl_files, validate_serve_args
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    key, cert = _self_signed_cert(tmp_path / "a")
+    other_key, other_cert = _self_signed_cert(tmp_path / "b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    check_ssl_files(_ssl_args(ssl_keyfile=str(key), ssl_certfile=str(cert), ssl_ca_certs=str(other_cert)))  # good
+    cases = [
+        (dict(ssl_keyfile="/nonexist.key", ssl_certfile="/nonexist.crt"), "--ssl-keyfile /nonexist.key: no such file"),
+        (dict(ssl_keyfile=str(key), ssl_certfile="/nonexist.crt"), "--ssl-certfile /nonexist.crt: no such file"),
+        (dict(ssl_keyfile=str(key), ssl_certfile=str(garbage)), f"--ssl-certfile {garbage}: not a PEM certificate"),
+        (dict(ssl_keyfile=str(garbage), ssl_certfile=str(cert)),
+         f"--ssl-keyfile {garbage}: not the PEM private key of --ssl-certfile {cert}"),
+        (dict(ssl_keyfile=str(other_key), ssl_certfile=str(cert)),
+         f"--ssl-keyfile {other_key}: not the PEM private key of --ssl-certfile {cert} \\(KEY_VALUES_MISMATCH"),
+        (dict(ssl_keyfile=str(key), ssl_certfile=str(cert), ssl_ca_certs=str(tmp_path)),
+         f"--ssl-ca-certs {tmp_path}: not a file"),
+        (dict(ssl_keyfile=str(key), ssl_certfile=str(cert), ssl_ca_certs=str(garbage)),
+         f"--ssl-ca-certs {garbage}: not PEM CA certificates"),
+        (dict(ssl_certfile=str(cert)), "--ssl-keyfile and --ssl-certfile go together"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            validate_serve_args(_ssl_args(**kw))
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--ssl-keyfile", str(garbage),
+                        "--ssl-certfile", str(cert)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: --ssl-keyfile {garbage}: not the PEM private key" in r.stderr
+    assert "engine core" not in r.stderr and "KV cache" not in r.stderr  # refused before anything loaded
+
+
+def test_ctrl_c_during_start_up_exits_without_a_traceback(tiny_model_dir):
+    """Ctrl-C before uvicorn runs (here: while the parser is built and the server imports): status 130, no
+    KeyboardInterrupt traceback. PAGODA_PRELAUNCH_CORE=0: no engine core is started yet, so only the front end's
+    own handling is tested (a core stopped mid-build is the engine's: pagoda/engine/core_proc.py)."""
+    import os
+
+    from server_utils import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PAGODA_PRELAUNCH_CORE": "0"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    # 130 from our handler; -SIGINT (which a shell also shows as 130) when CPython re-raises a Ctrl-C that hit
+    # an exec()'d string (dataclasses, namedtuple) even after it was handled; 0 had it started serving already
+    assert proc.returncode in (130, -signal.SIGINT, 0), out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -6,12 +6,12 @@ Each server flag is defined here once; its default is shown by :class:`pagoda.ar
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import socket
+import os
+import ssl
 
 from pagoda import envs
-from pagoda.arg_utils import HelpFormatter, json_list_or_str, parse_size
+from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, json_list_or_str, parse_size
 from pagoda.config import EngineArgs
 from pagoda.entrypoints.openai.api_servers import check_api_server_count
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
@@ -83,10 +83,11 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-prompts-per-request", type=int, default=64,
                    help="largest list of prompts one /v1/completions request may carry")
     g.add_argument("--enable-log-requests", dest="disable_log_requests", action="store_false",
-                   help="log each request's prompt and sampling parameters (off by default, as in vLLM: prompts "
-                        "are users' data)")
+                   help="log each request's prompt and sampling parameters (as in vLLM, requests are not logged "
+                        "without it: prompts are users' data)")
     g.add_argument("--disable-log-requests", action="store_true", default=True,
-                   help="do not log requests (the default; vLLM's older flag, kept for scripts that pass it)")
+                   help="do not log requests, as without --enable-log-requests (vLLM's older flag, kept for scripts "
+                        "that pass it)")
     g.add_argument("--max-log-len", type=int, default=None,
                    help="characters / token ids of each prompt shown in request logs (default: all)")
     _switch(g, "--disable-log-stats",
@@ -172,33 +173,44 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         raise ValueError("--max-prompts-per-request must be at least 1.")
     if args.max_request_body_bytes < 1024:
         raise ValueError("--max-request-body-bytes must be at least 1K.")
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in [1, 65535], got {args.port}.")
-    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
-        raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    check_port(args.port)
+    check_ssl_files(args)
     tool_config_from(args).validate()
     check_api_server_count(args)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket now, before the model loads, so a busy port fails in a second and says
-    which flag to change."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise ValueError(f"port {port} on {host} is already in use (another server?); choose another with "
-                             f"--port, or stop the process that holds it.") from None
-        if e.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-            raise ValueError(f"cannot bind {host}:{port} ({e.strerror}); change --host or --port.") from None
-        raise
-    sock.set_inheritable(True)
-    return sock
+def check_ssl_files(args: argparse.Namespace) -> None:
+    """--ssl-keyfile / --ssl-certfile / --ssl-ca-certs: present, readable and loadable, checked before anything
+    loads (uvicorn would find out only once the model is up, without naming the flag)."""
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    given = [(flag, path) for flag, path in (("--ssl-keyfile", args.ssl_keyfile), ("--ssl-certfile", args.ssl_certfile),
+                                             ("--ssl-ca-certs", args.ssl_ca_certs)) if path]
+    for flag, path in given:
+        if not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: {'not a file' if os.path.exists(path) else 'no such file'}.")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{flag} {path}: not readable.")
+    if args.ssl_certfile:
+        try:  # the certificate alone first, so a bad one is named as such
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=args.ssl_certfile)
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"--ssl-certfile {args.ssl_certfile}: not a PEM certificate ({_ssl_reason(e)}).") from None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"--ssl-keyfile {args.ssl_keyfile}: not the PEM private key of --ssl-certfile "
+                             f"{args.ssl_certfile} ({_ssl_reason(e)}).") from None
+    if args.ssl_ca_certs:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=args.ssl_ca_certs)
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"--ssl-ca-certs {args.ssl_ca_certs}: not PEM CA certificates ({_ssl_reason(e)})."
+                             ) from None
+
+
+def _ssl_reason(e: OSError) -> str:
+    return str(getattr(e, "reason", None) or e.strerror or e)
 
 
 def run_serve(args: argparse.Namespace) -> None:
