@@ -126,6 +126,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except socket.gaierror as e:
         raise ValueError(f"cannot resolve --host {host} to an address to bind ({e.strerror}); change --host."
                          ) from None
+    if ":" not in host:  # as uvicorn binds a name: IPv4 (a "localhost" listed as ::1 first would miss 127.0.0.1)
+        infos = sorted(infos, key=lambda i: i[0] != socket.AF_INET)
     family, _, _, _, addr = infos[0]
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)

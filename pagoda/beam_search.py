@@ -74,8 +74,8 @@ def candidates_per_step(beam_width: int, num_eos: int) -> int:
 def step_sampling_params(num_logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
     """The one-token request each live beam submits per step (the first step may also ask for the
     prompt's logprobs: its prompt is the original one)."""
-    return SamplingParams(temperature=0.0, max_tokens=1, logprobs=num_logprobs, ignore_eos=True, detokenize=False,
-                          prompt_logprobs=prompt_logprobs)
+    return SamplingParams(temperature=0.0, max_tokens=1, logprobs=num_logprobs, ignore_eos=True,
+                          prompt_logprobs=prompt_logprobs)  # detokenized: the logprobs carry decoded_token (vLLM)
 
 
 def chosen_first(token: int, d: dict[int, Logprob], num: int | None = None) -> dict[int, Logprob]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -78,6 +79,28 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """``--help`` groups of the engine flags, named and filled as vLLM groups its ``serve`` flags (every
 ``EngineArgs`` field in exactly one group; a test checks it)."""
+
+
+def _as_simple(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str) where vLLM's lax parsing takes it, else None: a bool only as
+    itself; an int from any integral number or a whole-valued float; a float from any real; a str from a path."""
+    import numbers
+
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return int(value) if isinstance(value, float) and value.is_integer() else None
+    if kind is float:
+        return value if isinstance(value, (int, float)) else float(value) if isinstance(value, numbers.Real) else None
+    if isinstance(value, str):
+        return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else None
 
 
 _SIMPLE_TYPES: dict[str, tuple[type, bool]] = {
@@ -280,9 +303,11 @@ class EngineArgs:
         self._validate_parallel()
 
     def _check_types(self) -> None:
-        """Every field declared as a plain bool / int / float / str (or one of those or None) holds that type: a
-        string where a switch belongs (``enable_prefix_caching="no"``) would otherwise count as true, and one where
-        a number belongs fail later with a TypeError that names nothing (``LLM(...)`` passes values unparsed)."""
+        """Every field declared as a plain bool / int / float / str (or one of those or None) holds that type, after
+        the conversions vLLM's lax parsing makes (a path for a string, a numpy or whole-valued float for an integer,
+        any real for a float): a string where a switch belongs (``enable_prefix_caching="no"``) would otherwise count
+        as true, and one where a number belongs fail later with a TypeError that names nothing (``LLM(...)`` passes
+        values unparsed)."""
         import dataclasses
 
         for f in dataclasses.fields(self):
@@ -293,12 +318,12 @@ class EngineArgs:
             value = getattr(self, f.name)
             if value is None and optional:
                 continue
-            ok = isinstance(value, bool) if kind is bool else (
-                isinstance(value, kind) and not isinstance(value, bool)
-                or (kind is float and isinstance(value, int) and not isinstance(value, bool)))
-            if not ok:
+            converted = _as_simple(value, kind)
+            if converted is None:
                 shown = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[kind]
                 raise ValueError(f"{f.name} must be {shown}{' or None' if optional else ''}, got {value!r}.")
+            if converted is not value:
+                setattr(self, f.name, converted)
 
     def _validate_parallel(self) -> None:
         """The ParallelConfig flags' own checks (the model-dependent ones: ``distributed/support.py``)."""

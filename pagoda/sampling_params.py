@@ -153,11 +153,11 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.stop = []
         elif isinstance(self.stop, str):
             self.stop = [self.stop]
-        elif isinstance(self.stop, (list, tuple)):
+        elif _is_sequence_like(self.stop):
             self.stop = list(self.stop)
         else:
             raise _bad("stop", f"must be a string or a list of strings, got {self.stop!r}.")
-        if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, (list, tuple)):
+        if self.stop_token_ids is not None and not _is_sequence_like(self.stop_token_ids):
             raise _bad("stop_token_ids", f"must be a list of integer token ids, got {self.stop_token_ids!r}.")
         self.stop_token_ids = list(self.stop_token_ids or [])
 
@@ -279,6 +279,14 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             if getattr(self, name) != default and getattr(self, name) not in ([], None)
         ]
         return f"SamplingParams({', '.join(keep)})"
+
+
+def _is_sequence_like(x: Any) -> bool:
+    """A list, tuple, set or other iterable of items (as vLLM's ``list(...)`` takes them), but not a string, bytes or
+    a mapping (whose ``list()`` would be its characters or keys)."""
+    from collections.abc import Iterable, Mapping
+
+    return isinstance(x, Iterable) and not isinstance(x, (str, bytes, Mapping))
 
 
 _BOOL_FIELDS = ("ignore_eos", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",

@@ -183,6 +183,18 @@ def test_beam_search_reuses_prefix_cache(tiny):
     assert_engine_clean(llm)
 
 
+def test_beam_logprobs_carry_their_text(tiny):
+    """Each returned token's logprob entries have their decoded_token, as vLLM's beam search gives them."""
+    llm = tiny.llm("llama")
+    tok = llm.get_tokenizer()
+    out = llm.beam_search(PROMPTS[0], BeamSearchParams(beam_width=2, max_tokens=4, ignore_eos=True))[0]
+    for seq in out.sequences:
+        for d in seq.logprobs:
+            assert all(v.decoded_token == tok.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                       for t, v in d.items())
+    assert_engine_clean(llm)
+
+
 def test_beam_search_validation(tiny):
     llm = tiny.llm("llama")
     with pytest.raises(ValueError, match="max_logprobs=20"):  # 2 x 11 candidates > 20 logprobs

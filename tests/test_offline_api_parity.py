@@ -46,6 +46,8 @@ def test_sampling_params_keep_what_they_honour():
     SamplingParams(detokenize=False, stop_token_ids=[3])  # stops without text
     SamplingParams(skip_special_tokens=True, spaces_between_special_tokens=False)  # nothing to space
     assert SamplingParams(stop=("a", "b")).stop == ["a", "b"]
+    assert SamplingParams(stop={"a"}).stop == ["a"] and sorted(SamplingParams(stop_token_ids={2, 3}).stop_token_ids) \
+        == [2, 3]  # any iterable, as vLLM's list(...)
     assert SamplingParams(truncate_prompt_tokens=-1).truncate_prompt_tokens == -1
 
 
@@ -182,3 +184,19 @@ def test_llm_seed_none_is_vllms_default_seed(tiny):
     with LLM(str(tiny.path("qwen2")), dtype="float32", max_model_len=64, seed=None) as llm:
         assert llm.llm_engine.cfg.seed == 0
 
+
+
+def test_engine_args_take_vllms_lax_values():
+    """What vLLM's lax parsing takes is converted, not refused: a path for a string, a numpy integer or a
+    whole-valued float for an integer, a numpy float for a float."""
+    from pathlib import Path
+
+    import numpy as np
+
+    a = EngineArgs(model=Path("/tmp/m"), seed=np.int64(3), kv_cache_memory_bytes=4e9,
+                   gpu_memory_utilization=np.float32(0.5))
+    a._check_types()
+    assert (a.model, a.seed, a.kv_cache_memory_bytes) == ("/tmp/m", 3, 4_000_000_000)
+    assert type(a.seed) is int and type(a.gpu_memory_utilization) is float
+    with pytest.raises(ValueError, match="kv_cache_memory_bytes must be an integer"):
+        EngineArgs(kv_cache_memory_bytes=4.5)._check_types()

@@ -358,6 +358,10 @@ def test_async_constrained_steps_run_ahead_and_match_sync(tiny):
     {"type": "array", "items": {"type": "integer"}, "uniqueItems": False},  # no constraint: kept
     {"type": "object", "propertyNames": {"enum": ["p", "q"]}},  # no count: a repeated key parses to a valid object
     {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False, "minProperties": 1},
+    # names in a properties / $defs map are not keywords: a field may be called "contains", "not" or "if"
+    {"type": "object", "properties": {"contains": {"type": "string"}, "not": {"type": "integer"},
+                                      "if": {"type": "boolean"}}},
+    {"$defs": {"contains": {"type": "string"}}, "$ref": "#/$defs/contains"},
 ])
 def test_keywords_kept_where_the_grammar_enforces_them(schema):
     from pagoda.structured_output.schema_support import unsupported_feature

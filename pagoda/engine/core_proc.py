@@ -228,6 +228,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     enc = encoder()
     given = False  # the front end has sent the engine arguments (before that, stopping is silent)
     configured = False  # create_config passed (its errors are the user's, which the front end reports too)
+    serving = False  # Ready sent: a failure from here on is a bug or a fault, reported with its traceback
     from pagoda.engine.early_cuda import EarlyContext
 
     early_cuda = EarlyContext()  # device 0's CUDA context, made while torch imports
@@ -264,6 +265,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
                                  core.startup_seconds))
         for sock in out_socks:
             sock.send(ready)
+        serving = True
         started = "" if age_at_entry is None else f"process start to entry {age_at_entry:.1f} s, "
         logger.info("engine core ready (pid %d) in %.1f s (%simports %.1f s, waiting for the front end's "
                     "arguments %.1f s, config %.1f s, engine %.1f s)",
@@ -279,9 +281,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         logger.info("engine core terminated by signal")
     except Exception as e:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a front end that stops us now needs no clean-up from here
-        if not isinstance(e, (ValueError, FileNotFoundError)):
+        if serving or not isinstance(e, (ValueError, FileNotFoundError)):
             logger.exception("engine core failed")
-        else:  # a flag, model-folder or capacity error: its message says it all (the front end says it too)
+        else:  # a start-up flag, model-folder or capacity error: its message says it all (the front end says it too)
             logger.error("engine core failed: %s", e)
             if configured:  # raised while building the engine: the traceback too, for --log-level DEBUG
                 logger.debug("engine core failure", exc_info=True)

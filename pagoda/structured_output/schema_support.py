@@ -20,6 +20,9 @@ from typing import Any
 _NEVER = ("not", "if", "then", "else", "dependentSchemas", "contains", "minContains", "maxContains")
 """Keywords xgrammar ignores wherever they appear."""
 
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+"""Keywords whose value maps names (not keywords) to schemas."""
+
 _OPEN_KEYS = ("patternProperties", "propertyNames", "additionalProperties")
 """Object keywords under which the grammar may write a key twice (it does not track the keys it wrote)."""
 
@@ -43,6 +46,11 @@ def unsupported_feature(schema: Any, path: str = "#") -> str | None:
         return msg
     for k, v in schema.items():
         if k in ("enum", "const", "examples", "default"):  # values, not schemas
+            continue
+        if k in _SCHEMA_MAPS and isinstance(v, dict):  # names -> schemas: a property may be called "contains"
+            for name, sub in v.items():
+                if (msg := unsupported_feature(sub, f"{path}/{k}/{name}")) is not None:
+                    return msg
             continue
         if isinstance(v, dict | list) and (msg := unsupported_feature(v, f"{path}/{k}")) is not None:
             return msg

@@ -68,6 +68,8 @@ class StepCounter:
         self.steps = 0
         self.generated = 0
         self.first_tokens = 0
+        self.counted_prompt = 0  # the token counters' increments (every API process counts its own requests)
+        self.counted_generation = 0
         self.engines: set[int] = set()  # the replicas whose first tokens it was told of
 
     def on_step(self, stats, engine=0):
@@ -77,6 +79,10 @@ class StepCounter:
     def on_first_token(self, seconds, engine=0):
         self.first_tokens += 1
         self.engines.add(engine)
+
+    def on_tokens(self, prompt_tokens, generation_tokens, engine=0):
+        self.counted_prompt += prompt_tokens
+        self.counted_generation += generation_tokens
 
     def __getattr__(self, name):  # the other hooks: nothing to record
         return lambda *a, **k: None
@@ -119,6 +125,11 @@ def test_two_clients_share_one_core(engine_args):
         assert loggers[0].first_tokens == len(PROMPTS) + len(PROMPTS) // 2
         assert loggers[0].steps > steps_before and loggers[1].steps == 0
         assert loggers[0].generated == 10 * (2 * len(PROMPTS))
+        # the token counters: each process its own requests' tokens, the two summing to every request's
+        assert loggers[1].counted_generation == 10 * (len(PROMPTS) // 2)
+        assert loggers[0].counted_generation + loggers[1].counted_generation == 10 * (2 * len(PROMPTS))
+        n_prompt = sum(len(c0.input_processor.tokenize_prompt(p)[1]) for p in PROMPTS)
+        assert loggers[0].counted_prompt + loggers[1].counted_prompt == 2 * n_prompt
         assert not c0._streams and not c1._streams
         assert not c0.output_processor.parents and not c1.output_processor.parents
 
