@@ -109,6 +109,25 @@ def stream_error_event(path: str, message: str) -> bytes:
     return f"data: {json.dumps(error_body(502, message, 'backend_error'))}\n\ndata: [DONE]\n\n".encode()
 
 
+class RelayedStream(StreamingResponse):
+    """A relayed stream whose clean-up also runs when the response ends before its body generator ever started:
+    Starlette cancels the response of a client that left, and a generator cancelled before its first step never
+    runs its ``finally`` (the backend's in-flight count, the metrics, closing the upstream response).
+    ``started[0]`` is set by the generator on entry; ``abandoned`` runs otherwise, once."""
+
+    def __init__(self, content: AsyncIterator[bytes], started: list[bool], abandoned: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._started, self._abandoned = started, abandoned
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._started[0]:
+                self._started[0] = True
+                await self._abandoned()
+
+
 @dataclass
 class _Attempt:
     backend: Backend | None = None
@@ -302,11 +321,19 @@ class Proxy:
     def _relay(self, resp: httpx.Response, b: Backend, path: str, t0: float) -> StreamingResponse:
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
-        return StreamingResponse(self._chunks(resp, b, path, t0, is_sse), status_code=resp.status_code,
-                                 headers=headers)
+        started = [False]
+
+        async def abandoned() -> None:  # the client left before the first chunk: _chunks' clean-up never ran
+            b.in_flight -= 1
+            self._done(b, path, CLIENT_GONE, t0)
+            await resp.aclose()
+
+        return RelayedStream(self._chunks(resp, b, path, t0, is_sse, started), started, abandoned,
+                             status_code=resp.status_code, headers=headers)
 
     async def _chunks(self, resp: httpx.Response, b: Backend, path: str, t0: float,
-                      is_sse: bool) -> AsyncIterator[bytes]:
+                      is_sse: bool, started: list[bool]) -> AsyncIterator[bytes]:
+        started[0] = True  # from here on the finally below does the clean-up
         status = str(resp.status_code)
         tail = b"\n\n"
         try:

@@ -312,3 +312,48 @@ def test_unknown_routes_and_methods_answer_in_openai_shape(fakes, routers):
         assert resp.status_code == status
         assert resp.json() == {"error": {"message": message, "type": "invalid_request_error", "param": None,
                                          "code": None}}
+
+
+def test_a_stream_abandoned_before_its_first_chunk_still_cleans_up():
+    """Starlette may end a relayed stream's response before its body generator ever starts (the client left at that
+    moment); a generator cancelled before its first step never runs its finally, so RelayedStream runs the clean-up
+    (in-flight count, metrics, closing the upstream response) itself, once. A stream whose generator ran is left to
+    the generator's own clean-up."""
+    from starlette.requests import ClientDisconnect
+
+    from pagoda.router.proxy import RelayedStream
+
+    def make(calls: list[str]) -> tuple[RelayedStream, list[bool]]:
+        started = [False]
+
+        async def gen():
+            started[0] = True
+            yield b"data: x\n\n"
+
+        async def abandoned() -> None:
+            calls.append("abandoned")
+
+        return RelayedStream(gen(), started, abandoned, media_type="text/event-stream"), started
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def gone(message):  # the client's connection is gone before the response starts
+        raise OSError("client gone")
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    calls: list[str] = []
+    resp, started = make(calls)
+    with pytest.raises(ClientDisconnect):  # Starlette's word for a send that failed
+        asyncio.run(resp(scope, receive, gone))
+    assert calls == ["abandoned"] and started == [True]
+
+    sent: list[dict] = []
+
+    async def keep(message):
+        sent.append(message)
+
+    calls = []
+    resp, started = make(calls)
+    asyncio.run(resp(scope, receive, keep))
+    assert calls == [] and started == [True] and any(m.get("body") == b"data: x\n\n" for m in sent)
