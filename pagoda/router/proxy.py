@@ -36,6 +36,7 @@ import httpx
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
 
+from pagoda.client_disconnect import unless_client_leaves
 from pagoda.router.backends import Backend, BackendPool
 from pagoda.router.metrics import CLIENT_GONE, RouterMetrics
 from pagoda.router.policies import RequestInfo, RoutingPolicy
@@ -94,12 +95,6 @@ def error_code(content: bytes) -> Any:
     except (ValueError, UnicodeDecodeError, AttributeError):
         return None
     return err.get("code") if isinstance(err, dict) else None
-
-
-async def client_gone(receive: Receive) -> None:
-    """Returns when the client disconnects (the request body must have been read already)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def stream_error_event(path: str, message: str) -> bytes:
@@ -173,23 +168,11 @@ class Proxy:
         at = _Attempt()
         if receive is None:
             return await self._forward(method, path, body, headers, info, model, t0, at)
-        work = asyncio.ensure_future(self._forward(method, path, body, headers, info, model, t0, at))
-        watcher = asyncio.ensure_future(client_gone(receive))
-        try:
-            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            watcher.cancel()
-            raise
-        if work not in done and watcher.exception() is not None:  # the channel failed: no news of the client
-            logger.warning("cannot watch the client of %s: %r", path, watcher.exception())
-            return await work
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-        if not work.cancelled():  # it was done (or finished while being cancelled): its answer stands
-            return work.result()
+        finished, answer = await unless_client_leaves(
+            self._forward(method, path, body, headers, info, model, t0, at), receive, path)
+        if finished:
+            assert answer is not None
+            return answer
         self._done(at.backend, path, CLIENT_GONE, t0)
         logger.info("client left before the answer to %s; request on %s closed", path,
                     at.backend.url if at.backend else "no backend")

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 import pytest  # noqa: E402
+from router_utils import FakeBackend, RouterThread, router_config  # noqa: E402
 from server_utils import API_KEY, RemoteServer  # noqa: E402
 from tiny_models import build_long_context_model  # noqa: E402
 
@@ -41,3 +42,31 @@ def replicas(router_model_dir):
     finally:
         for s in servers.values():
             s.stop()
+
+
+# Fake replicas and in-process routers, made per test and stopped after it (test_router_fakes.py,
+# test_router_backend_keys.py).
+@pytest.fixture
+def fakes():
+    made: list[FakeBackend] = []
+
+    def make(*args, **kw) -> FakeBackend:
+        made.append(FakeBackend(*args, **kw))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.stop()
+
+
+@pytest.fixture
+def routers():
+    made: list[RouterThread] = []
+
+    def make(urls, *args, **kw) -> RouterThread:
+        made.append(RouterThread(router_config(urls, *args, **kw)))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.stop()

@@ -9,38 +9,11 @@ from __future__ import annotations
 import logging
 
 import httpx
-import pytest
-from router_utils import FakeBackend, RouterThread, router_config
+from router_utils import RouterThread
 from server_utils import wait_for
 
 KEY = "sk-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-def fakes():
-    made: list[FakeBackend] = []
-
-    def make(*args, **kw) -> FakeBackend:
-        made.append(FakeBackend(*args, **kw))
-        return made[-1]
-
-    yield make
-    for f in made:
-        f.stop()
-
-
-@pytest.fixture
-def routers():
-    made: list[RouterThread] = []
-
-    def make(urls, *args, **kw) -> RouterThread:
-        made.append(RouterThread(router_config(urls, *args, **kw)))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.stop()
 
 
 def complete(r: RouterThread, model: str, headers: dict | None = None) -> httpx.Response:

@@ -11,38 +11,12 @@ import socket
 
 import httpx
 import pytest
-from router_utils import FakeBackend, RouterThread, router_config
+from router_utils import FakeBackend, RouterThread
 from server_utils import wait_for
 
 from pagoda.router.discovery import FileSource, KubernetesSource
 
 COMPLETION = {"model": "fake", "prompt": "hi", "max_tokens": 2}
-
-
-@pytest.fixture
-def fakes():
-    made: list[FakeBackend] = []
-
-    def make(*args, **kw) -> FakeBackend:
-        made.append(FakeBackend(*args, **kw))
-        return made[-1]
-
-    yield make
-    for f in made:
-        f.stop()
-
-
-@pytest.fixture
-def routers():
-    made: list[RouterThread] = []
-
-    def make(urls, *args, **kw) -> RouterThread:
-        made.append(RouterThread(router_config(urls, *args, **kw)))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.stop()
 
 
 def sse_lines(router: RouterThread, body: dict, on_first=None) -> list[str]:

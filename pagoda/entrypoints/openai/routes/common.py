@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from pagoda.client_disconnect import unless_client_leaves
 from pagoda.entrypoints.openai.server_state import ServerState
 from pagoda.entrypoints.openai.serving_engine import serving_error_response
 
@@ -46,26 +45,9 @@ async def generate(raw: Request, stream: bool | None,
 async def with_disconnect_abort(request: Request, work: Awaitable[Response]) -> Response:
     """Run a non-streaming handler; if the client disconnects first, cancel it (which aborts its
     requests in the engine and frees their KV blocks)."""
-    task = asyncio.ensure_future(work)
-
-    async def wait_disconnect() -> None:
-        while True:
-            msg = await request.receive()
-            if msg["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(wait_disconnect())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    finished, res = await unless_client_leaves(work, request.receive)
+    if finished:
+        assert res is not None
+        return res
     logger.info("client disconnected; request aborted")
     return Response(status_code=499)
