@@ -41,6 +41,11 @@ def test_context_length_names_prompt_or_max_tokens():
     big_cache = msgspec.structs.replace(LIMITS, kv_cache_tokens=1000)
     assert admission.check_length(10, None, big_cache) == 54  # up to the context length
     assert admission.check_length(10, 5, LIMITS) == 5
+    # The offline LLM's cap (vLLM's): cut to the context, the prompt itself still checked.
+    assert admission.check_length(10, 60, big_cache, cap_to_context=True) == 54
+    assert admission.check_length(10, 5, big_cache, cap_to_context=True) == 5
+    e = refused(admission.check_length, 64, 5, big_cache, cap_to_context=True)
+    assert e.parameter == "prompt" and e.code == "context_length_exceeded"
 
 
 def test_kv_capacity_and_token_budget():
@@ -141,7 +146,6 @@ def llm(tiny):
     ({"prompt_token_ids": ["a"]}, greedy(), "prompt"),
     ({"text": "x"}, greedy(), "prompt"),
     (PROMPTS[-1], greedy(), "prompt"),  # 275 tokens > 64
-    (PROMPTS[7], greedy(max_tokens=60), "max_tokens"),
     (PROMPTS[1], greedy(logprobs=4), "logprobs"),
     (PROMPTS[1], greedy(prompt_logprobs=4), "prompt_logprobs"),
     (PROMPTS[1], greedy(logit_bias={400: 1.0}), "logit_bias"),

@@ -50,10 +50,20 @@ def test_prompt_longer_than_max_model_len(tiny, llm):
     with pytest.raises(ValueError, match="maximum context length is 64 tokens") as e:
         llm.generate(long_prompt, greedy(), use_tqdm=False)
     assert "275 in the prompt" in str(e.value)
-    # The prompt alone fits but prompt + max_tokens does not.
-    with pytest.raises(ValueError, match="maximum context length is 64 tokens") as e:
-        llm.generate(PROMPTS[7], greedy(max_tokens=40), use_tqdm=False)
-    assert "in the completion" in str(e.value)
+    serves_normally(tiny, llm)
+
+
+def test_max_tokens_past_the_context_ends_at_the_context_offline(tiny, llm):
+    """vLLM's offline ``LLM`` runs a request whose prompt fits but whose ``max_tokens`` does not up to
+    the context length and ends it with ``finish_reason="length"`` (its scheduler's ``check_stop``);
+    the server refuses the same request (tests/server/test_errors.py)."""
+    ids = llm.get_tokenizer().encode(PROMPTS[7])
+    fits = 64 - len(ids)
+    assert 0 < fits < 40
+    out = llm.generate(PROMPTS[7], greedy(max_tokens=40), use_tqdm=False)[0]
+    assert out.outputs[0].finish_reason == "length"
+    assert len(out.outputs[0].token_ids) == fits
+    assert out.outputs[0].token_ids == tiny.hf_ref("llama", out.prompt_token_ids, max_new_tokens=fits).tokens
     serves_normally(tiny, llm)
 
 

@@ -118,15 +118,19 @@ def bad_words_token_ids(bad_words: Sequence[str], tokenizer: Any) -> list[list[i
     return out
 
 
-def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimits) -> int:
+def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimits,
+                 cap_to_context: bool = False) -> int:
     """Context length, whole-KV-cache capacity and token budget; returns the resolved ``max_tokens``.
 
     ``max_tokens=None`` means "up to the context length". The parameter named is ``prompt``
     when the prompt alone (plus one generated token) is too long, else ``max_tokens``.
+    With ``cap_to_context`` (the offline ``LLM``, as vLLM's: its scheduler ends a request
+    at the context length with ``finish_reason="length"``) a ``max_tokens`` past the
+    context is cut to what fits instead of refused; the server refuses it, as vLLM's does.
     """
     L = limits.max_model_len
-    if max_tokens is None:
-        max_tokens = max(1, L - prompt_len)
+    if max_tokens is None or (cap_to_context and prompt_len + 1 <= L):
+        max_tokens = max(1, L - prompt_len) if max_tokens is None else min(max_tokens, L - prompt_len)
     total = prompt_len + max_tokens
     param = "prompt" if prompt_len + 1 > L else "max_tokens"
     if total > L:
@@ -150,11 +154,12 @@ def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimit
     return max_tokens
 
 
-def check_request(ids: Sequence[Any], params: SamplingParams, limits: AdmissionLimits) -> int:
-    """Every check of a sampling request; returns its resolved ``max_tokens``."""
+def check_request(ids: Sequence[Any], params: SamplingParams, limits: AdmissionLimits,
+                  cap_to_context: bool = False) -> int:
+    """Every check of a sampling request; returns its resolved ``max_tokens`` (see :func:`check_length`)."""
     check_prompt_ids(ids, limits)
     check_sampling(params, limits)
-    return check_length(len(ids), params.max_tokens, limits)
+    return check_length(len(ids), params.max_tokens, limits, cap_to_context)
 
 
 def resolve_all_logprobs(params: SamplingParams, limits: AdmissionLimits) -> SamplingParams:

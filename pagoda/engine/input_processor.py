@@ -29,8 +29,12 @@ PROMPT_KEYS = frozenset({"prompt", "prompt_token_ids", "cache_salt"})
 
 
 class InputProcessor:
-    def __init__(self, cfg: EngineConfig, tokenizer: Any, eos_token_ids: list[int], limits: AdmissionLimits) -> None:
+    def __init__(self, cfg: EngineConfig, tokenizer: Any, eos_token_ids: list[int], limits: AdmissionLimits,
+                 cap_to_context: bool = False) -> None:
+        """``cap_to_context``: a ``max_tokens`` past the context is cut to fit (the offline ``LLM``, as
+        vLLM's), not refused (the server, as vLLM's); see :func:`admission.check_length`."""
         self.cfg = cfg
+        self.cap_to_context = cap_to_context
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.limits = limits
@@ -88,7 +92,7 @@ class InputProcessor:
         if params.structured_outputs is not None:  # the spec must build (bounded in time) before anything is queued
             validate_structured_outputs(params.structured_outputs, self.cfg.structured_outputs)
             self._check_reasoning_tags()
-        max_tokens = admission.check_request(ids, params, self.limits)
+        max_tokens = admission.check_request(ids, params, self.limits, self.cap_to_context)
         params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []
         now = time.time()

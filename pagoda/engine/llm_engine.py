@@ -29,7 +29,7 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(cfg)
         self.core = EngineCore(cfg)
         self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer),
-                                              self.core.admission_limits())
+                                              self.core.admission_limits(), cap_to_context=True)
         self.output_processor = OutputProcessor(self.tokenizer, cfg.stream_interval)
         self._ids = itertools.count()
         self.last_stats = SchedulerStats()
