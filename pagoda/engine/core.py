@@ -81,16 +81,19 @@ class EngineCore:
                 logger.warning("PAGODA_LOG_JIT_COMPILES: this Triton has no compile hooks (knobs.runtime); nothing "
                                "will be logged")
         self.runner = ModelRunner(cfg)
+        self.spec: SpecDecoder | None = None
+        if cfg.speculative_config is not None:
+            # Before the target's KV sizing, so that a draft model's or head's weights and KV cache count as this
+            # engine's own use inside its gpu_memory_utilization share (the target's cache takes what is left),
+            # and before graph capture: an EAGLE-3 head sets the target's aux layers.
+            self.spec = make_spec_decoder(cfg.speculative_config, cfg, self.runner)
+            check_draft_vocab(self.spec, self.runner.model.shape.vocab_size)
         num_blocks = self.runner.determine_num_blocks()
         t_kv = time.perf_counter()
         self.runner.allocate_kv_cache(num_blocks)
         self.runner.startup_phases["KV allocation"] = time.perf_counter() - t_kv
         log_kv_cache(num_blocks, cfg.block_size, cfg.max_model_len, self.runner.bytes_per_block(),
                      self.runner.kv_dtype)
-        self.spec: SpecDecoder | None = None
-        if cfg.speculative_config is not None:  # before graph capture: an EAGLE-3 head sets the target's aux layers
-            self.spec = make_spec_decoder(cfg.speculative_config, cfg, self.runner)
-            check_draft_vocab(self.spec, self.runner.model.shape.vocab_size)
         self.graph_capture_seconds = self.runner.maybe_capture_graphs()
         host_tier = None
         if cfg.kv_offloading_size > 0:
