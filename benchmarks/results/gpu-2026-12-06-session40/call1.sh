@@ -15,6 +15,6 @@ fi
 source benchmarks/results/gpu-2026-12-06-session38/lib.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee -a $S
 # shellcheck disable=SC2086
-step tests $LIM python -m pytest -q -p no:cacheprovider $TESTS
-echo "tests: $(tail -1 $OUT/tests.txt)" | tee -a $S
+step spec_tests $LIM python -m pytest -q -p no:cacheprovider $TESTS
+echo "spec tests: $(tail -1 $OUT/spec_tests.txt)" | tee -a $S
 exit 0
