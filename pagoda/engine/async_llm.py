@@ -411,14 +411,15 @@ class AsyncLLM:
             raise
         return stream
 
-    def add_pooling_request(self, request_id: str, prompt: PromptType, params: PoolingParams) -> RequestStream:
+    def add_pooling_request(self, request_id: str, prompt: PromptType, params: PoolingParams,
+                            priority: int = 0) -> RequestStream:
         """Tokenize, admit and queue a pooling request (``--runner pooling``); its stream yields one final
         ``PoolingRequestOutput``. Raises ``ValidationError`` (nothing queued) if invalid."""
         self.check_servable()
         assert self.input_processor is not None and self.output_processor is not None
         admission.check_request_id_free(request_id, request_id in self._streams or
                                         request_id in self.output_processor.parents)
-        text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params)
+        text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params, priority)
         frame = self._enc.encode(AddRequest(core_req, self.client))
         self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)

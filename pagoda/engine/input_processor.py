@@ -124,10 +124,11 @@ class InputProcessor:
             raise ValidationError(f"{{parameter}} with --reasoning-parser is not supported for this model: "
                                   f"{self._reasoning_tags}.", STRUCTURED_FIELD)
 
-    def process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams
+    def process_pooling(self, request_id: str, prompt: PromptType, params: PoolingParams, priority: int = 0
                         ) -> tuple[str | None, list[int], EngineCoreRequest]:
         """Tokenize and admit a pooling request (see :mod:`pagoda.pooling.inputs`)."""
-        return process_pooling(request_id, prompt, params, self.cfg.pooler, self.tokenizer, self.limits)
+        return process_pooling(request_id, prompt, params, self.cfg.pooler, self.tokenizer, self.limits, priority,
+                               self.cfg.scheduling_policy)
 
     def beam_search(self, prompt: PromptType, params: BeamSearchParams,
                     logprobs: int | None = None) -> BeamSearchInstance:

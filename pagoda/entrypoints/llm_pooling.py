@@ -115,16 +115,18 @@ class PoolingMixin:
         return out
 
 
-def score_pairs(data_1: str | Sequence[str], data_2: str | Sequence[str]) -> list[tuple[str, str]]:
-    """vLLM's pairing: 1 x N, or N x N element-wise."""
+def score_pairs(data_1: str | Sequence[str], data_2: str | Sequence[str],
+                names: tuple[str, str] = ("data_1", "data_2")) -> list[tuple[str, str]]:
+    """vLLM's pairing: 1 x N, or N x N element-wise; errors name the sides as the caller calls them (``names``:
+    ``LLM.score``'s data_1 / data_2, the server's text_1 / text_2)."""
     a = [data_1] if isinstance(data_1, str) else list(data_1)
     b = [data_2] if isinstance(data_2, str) else list(data_2)
     if not a or not b:
-        raise ValidationError("score needs at least one text on each side.", "data_1" if not a else "data_2")
+        raise ValidationError("score needs at least one text on each side.", names[0] if not a else names[1])
     if len(a) == 1:
         a = a * len(b)
     if len(a) != len(b):
-        raise ValidationError(f"score pairs 1 x N or N x N texts, got {len(a)} x {len(b)}.", "data_2")
+        raise ValidationError(f"score pairs 1 x N or N x N texts, got {len(a)} x {len(b)}.", names[1])
     return list(zip(a, b, strict=True))
 
 

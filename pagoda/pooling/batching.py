@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pagoda.pooling.inputs import truncation
+from pagoda.pooling.inputs import check_text, truncation
 
 
 def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_len: int) -> list[Any]:
@@ -20,7 +20,7 @@ def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_le
     idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
     if len(idx) < 2 or not getattr(tokenizer, "is_fast", False):
         return prompts
-    texts = [prompts[i] for i in idx]
+    texts = [check_text(prompts[i]) for i in idx]
     k = truncation(truncate, max_len)
     if k is None:
         enc = tokenizer(texts, add_special_tokens=True)

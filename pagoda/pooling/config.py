@@ -123,6 +123,13 @@ _TASKS = {
 }
 
 
+def supported_tasks(kind: str, labels: int) -> tuple[str, ...]:
+    """The pooling tasks a model of ``kind`` serves; a classifier scores pairs (cross-encoder) only with one label,
+    as vLLM enables its score API only for ``num_labels == 1``."""
+    tasks = _TASKS[kind]
+    return tuple(t for t in tasks if t != "score") if kind == "classify" and labels != 1 else tasks
+
+
 def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, default_type: str,
                    user: PoolerConfig | None) -> ResolvedPooler:
     st_type, st_norm = _sentence_transformers(model_path)
@@ -137,10 +144,10 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
     if user.dimensions is not None:
         ResolvedPooler("embed", ptype, matryoshka=matryoshka, hidden_size=hidden).check_dimensions(user.dimensions)
     normalize = user.normalize if user.normalize is not None else (st_norm or st_type is None)
+    labels = num_labels(hf_config) if kind != "embed" else 0
     return ResolvedPooler(
         kind=kind, pooling_type=ptype, normalize=bool(normalize),
         use_activation=True if user.use_activation is None else bool(user.use_activation),
-        default_dimensions=user.dimensions, matryoshka=matryoshka,
-        num_labels=num_labels(hf_config) if kind != "embed" else 0,
-        hidden_size=hidden, supported_tasks=_TASKS[kind],
+        default_dimensions=user.dimensions, matryoshka=matryoshka, num_labels=labels,
+        hidden_size=hidden, supported_tasks=supported_tasks(kind, labels),
     )

@@ -2,7 +2,8 @@
 engine's pooler, and build the core request (a prompt-only request: ``max_tokens`` 0, no sampling).
 
 Checks, each a :class:`ValidationError` naming the field: the engine is a pooling engine (else
-``model``), the task is one the model serves (``task``), ``dimensions`` is one it supports, the prompt
+``model``), the task is one the model serves (``task``), the task takes the output fields set (``normalize``,
+``dimensions``, ``use_activation``), ``dimensions`` is one it supports, the prompt
 is not empty and fits ``max_model_len`` unless truncated (``prompt``, ``context_length_exceeded``),
 token ids are in the vocabulary.
 """
@@ -32,6 +33,24 @@ def not_pooling_error() -> ValidationError:
                            code="wrong_runner")
 
 
+def check_text(text: str, field: str = "prompt") -> str:
+    """``text``, checked to be Unicode the tokenizer can take (:func:`admission.check_unicode`, naming ``field``)."""
+    admission.check_unicode(text, field)
+    return text
+
+
+def check_task(pooler: ResolvedPooler, task: str) -> None:
+    """``task`` is one the engine's pooler serves; else a ValidationError naming ``task`` (for ``score`` on a
+    classifier of several labels, vLLM's reason: a cross-encoder score is one logit)."""
+    if task in pooler.supported_tasks:
+        return
+    if task == "score" and pooler.kind == "classify":
+        raise ValidationError(f"Score API is only enabled for num_labels == 1 (this classifier has {pooler.num_labels} "
+                              f"labels; use classify for its probabilities).", "task", code="unsupported_task")
+    raise ValidationError(f"task {task!r} is not served by this {pooler.kind} model (it serves "
+                          f"{list(pooler.supported_tasks)}).", "task", code="unsupported_task")
+
+
 def truncation(truncate: int | None, max_len: int) -> int | None:
     """The tokens ``truncate_prompt_tokens`` keeps (-1: the context length); above the context length a
     ValidationError in vLLM's words (it would keep more than any input may have)."""
@@ -50,7 +69,7 @@ def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None
     k = truncation(truncate, max_len)
     if k is not None:
         kw = {"truncation": True, "max_length": k}
-    enc = tokenizer(text_1, text_2, **kw)
+    enc = tokenizer(check_text(text_1), check_text(text_2), **kw)
     out: dict[str, Any] = {"prompt_token_ids": list(enc["input_ids"])}
     if "token_type_ids" in enc:
         out["token_type_ids"] = list(enc["token_type_ids"])
@@ -77,6 +96,7 @@ def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
     if not isinstance(prompt, str):
         raise ValidationError("A prompt must be a string, a list of token ids or a dict with 'prompt' or "
                               "'prompt_token_ids'.", "prompt")
+    check_text(prompt)
     if k is None:
         return prompt, list(tokenizer.encode(prompt, add_special_tokens=True)), None
     enc = tokenizer(prompt, truncation=True, max_length=k)  # text: the tokenizer truncates, keeping [SEP]
@@ -84,14 +104,15 @@ def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
 
 
 def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler: ResolvedPooler | None,
-                    tokenizer: Any, limits: AdmissionLimits
+                    tokenizer: Any, limits: AdmissionLimits, priority: int = 0, scheduling_policy: str = "fcfs"
                     ) -> tuple[str | None, list[int], EngineCoreRequest]:
-    """Tokenize and admit one pooling request; returns (text, token ids, the core request)."""
+    """Tokenize and admit one pooling request; returns (text, token ids, the core request). ``priority`` is
+    queued as a generation request's is (non-zero only under ``--scheduling-policy priority``)."""
     if pooler is None:
         raise not_pooling_error()
-    if params.task not in pooler.supported_tasks:
-        raise ValidationError(f"task {params.task!r} is not served by this {pooler.kind} model (it serves "
-                              f"{list(pooler.supported_tasks)}).", "task", code="unsupported_task")
+    admission.check_priority(priority, scheduling_policy)
+    check_task(pooler, params.task)
+    params.check_task_parameters()
     pooler.check_dimensions(params.dimensions)
     text, ids, tt = _tokenize(tokenizer, prompt, params.truncate_prompt_tokens, limits.max_model_len)
     if not ids:
@@ -106,5 +127,5 @@ def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler:
                               f"({limits.kv_cache_tokens}).", "prompt")
     admission.check_prompt_ids(ids, limits)
     req = EngineCoreRequest(request_id, ids, _NO_SAMPLING, [], 0, time.time(), pooling_params=params,
-                            token_type_ids=tt)
+                            token_type_ids=tt, priority=priority)
     return text, ids, req

@@ -10,7 +10,8 @@
 
 Invariant after ``__post_init__``: ``task`` is one of :data:`POOLING_TASKS`; ``dimensions`` is None or
 positive; ``truncate_prompt_tokens`` is None, -1 (the model's maximum) or positive. Whether the model
-supports the task and the dimensions is checked at admission against the engine's pooler.
+supports the task and the dimensions, and whether the task takes the fields set (:data:`TASK_PARAMETERS`,
+:meth:`PoolingParams.check_task_parameters`), are checked at admission, where the task is final.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from pagoda.errors import ValidationError
 
 PoolingTask = Literal["embed", "classify", "score", "token_embed", "token_classify"]
 POOLING_TASKS: tuple[str, ...] = get_args(PoolingTask)
+
+TASK_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "embed": ("dimensions", "normalize"),
+    "token_embed": ("dimensions", "normalize"),
+    "classify": ("use_activation",),
+    "score": ("use_activation",),
+    "token_classify": ("use_activation",),
+}
+"""The output fields each task honours (vLLM's ``PoolingParams.valid_parameters``); another one set is refused."""
 
 
 class PoolingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -41,6 +51,16 @@ class PoolingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if t is not None and (isinstance(t, bool) or not (t == -1 or t >= 1)):
             raise ValidationError(f"truncate_prompt_tokens must be -1 or a positive integer, got {t!r}.",
                                   "truncate_prompt_tokens")
+
+    def check_task_parameters(self) -> None:
+        """Refuse an output field ``task`` does not honour (normalize on classify, use_activation on embed, ...), in
+        vLLM's words, naming the first such field."""
+        valid = TASK_PARAMETERS[self.task]
+        bad = [k for k in ("dimensions", "normalize", "use_activation") if getattr(self, k) is not None
+               and k not in valid]
+        if bad:
+            raise ValidationError(f"Task {self.task} only supports {list(valid)} parameters, does not support "
+                                  f"{bad} parameters.", bad[0])
 
     def clone(self, **changes: object) -> PoolingParams:
         return msgspec.structs.replace(self, **changes)

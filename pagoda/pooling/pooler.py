@@ -4,9 +4,10 @@
 Input: hidden states ``[T, H]`` of the step's flattened tokens and, per pooling request, its row range
 (``query_start_loc``; a pooling request is always computed whole in one step, so its rows are its whole
 prompt). Sequence pooling is vectorised over the step: CLS / LAST gather one row per request, MEAN sums
-segments with one ``index_add_``. Then, per request's task: ``embed`` cuts to ``dimensions`` and
-L2-normalises (when asked); ``classify`` / ``score`` run the model's classifier head (``model.classify``)
-and softmax (several labels) or sigmoid (one); ``token_*`` keep every row. Outputs are float32 on the CPU.
+segments with one ``index_add_``. Then, per request's task: ``embed`` (and ``token_embed``, per token) cuts to
+``dimensions`` and L2-normalises (when asked); ``classify`` / ``score`` run the model's classifier head
+(``model.classify``) and softmax (several labels) or sigmoid (one); ``token_*`` keep every row. Outputs are
+float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -70,23 +71,23 @@ class Pooler:
         if self.cfg.kind == "embed":
             pooled = pooled.float()
             for j, p in enumerate(params):
-                v = pooled[j]
-                dims = p.dimensions or self.cfg.default_dimensions
-                if dims is not None:
-                    v = v[:dims]
-                if (p.normalize if p.normalize is not None else self.cfg.normalize):
-                    v = F.normalize(v, p=2, dim=-1)
-                out[idx[j]] = v
+                out[idx[j]] = self._embed_head(pooled[j], p)
             return
         logits = self.model.classify(pooled).float()
         for j, p in enumerate(params):
             act = p.use_activation if p.use_activation is not None else self.cfg.use_activation
             out[idx[j]] = _activation(logits[j]) if act else logits[j]
 
+    def _embed_head(self, v: torch.Tensor, p: PoolingParams) -> torch.Tensor:
+        """An embedding ([H], or [T, H] per token): cut to ``dimensions`` (the request's, else the pooler's), then
+        L2-normalised along the last axis when asked (the request's ``normalize``, else the pooler's)."""
+        dims = p.dimensions or self.cfg.default_dimensions
+        if dims is not None:
+            v = v[..., :dims]
+        return F.normalize(v, p=2, dim=-1) if (p.normalize if p.normalize is not None else self.cfg.normalize) else v
+
     def _token_head(self, rows: torch.Tensor, p: PoolingParams) -> torch.Tensor:
         if p.task == "token_embed":
-            v = rows.float()
-            return F.normalize(v, p=2, dim=-1) if (p.normalize if p.normalize is not None else
-                                                   self.cfg.normalize) else v
+            return self._embed_head(rows.float(), p)
         logits = self.model.classify(rows).float()
         return _activation(logits) if p.use_activation else logits  # reward scores are raw unless asked

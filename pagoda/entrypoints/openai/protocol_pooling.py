@@ -27,7 +27,7 @@ class EmbeddingRequest(_PoolingFields):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     normalize: bool | None = None
-    add_special_tokens: bool = True
+    add_special_tokens: bool | None = None  # None: True for input, False for messages (vLLM's defaults)
     chat_template: str | None = None
 
 

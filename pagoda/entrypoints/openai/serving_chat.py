@@ -11,8 +11,9 @@ from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream
 from pagoda.engine.chat_template_args import template_kwargs
-from pagoda.engine.tokenizer import apply_chat_template, content_parts_text
+from pagoda.engine.tokenizer import content_parts_text
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser
+from pagoda.entrypoints.openai.chat_render import render_chat
 from pagoda.entrypoints.openai.protocol import (
     ChatChoice,
     ChatCompletionRequest,
@@ -42,70 +43,21 @@ from pagoda.entrypoints.openai.tool_calling import (
     plan_tools,
 )
 
+
 # Chat templates render in transformers' jinja2 ImmutableSandboxedEnvironment (no attribute
 # escapes, no mutation of inputs). On top of it, each rendering runs in its own thread with a
 # time limit (a runaway loop is interrupted by an exception raised in that thread) and its
 # output has a size limit, so a hostile template (--trust-request-chat-template) cannot stall
 # the server or fill its memory with a prompt that could never fit anyway.
-CHAT_TEMPLATE_TIMEOUT_S = 1.0
-CHAT_TEMPLATE_MAX_CHARS = 4 * 2**20
-
-
-class _TemplateTimeout(Exception):
-    pass
-
-
-def render_limited(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a worker thread, interrupted after CHAT_TEMPLATE_TIMEOUT_S."""
-    import ctypes
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=work, name="chat-template", daemon=True)
-    t.start()
-    t.join(CHAT_TEMPLATE_TIMEOUT_S)
-    if t.is_alive():
-        assert t.ident is not None  # set once the thread started
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(_TemplateTimeout))
-        t.join(1.0)
-        raise ServingError(400, f"The chat template took longer than {CHAT_TEMPLATE_TIMEOUT_S:g} s to render.",
-                           param="chat_template", code="chat_template_timeout")
-    if "error" in box:
-        raise box["error"]
-    result = box.get("result")
-    if isinstance(result, str) and len(result) > CHAT_TEMPLATE_MAX_CHARS:
-        raise ServingError(400, f"The chat template rendered more than {CHAT_TEMPLATE_MAX_CHARS} characters.",
-                           param="chat_template", code="chat_template_too_large")
-    return result
-
-
 class OpenAIServingChat(OpenAIServing):
     def render_prompt(self, messages: list[ChatMessageIn], add_generation_prompt: bool, continue_final: bool,
                       chat_template: str | None, chat_template_kwargs: dict[str, Any] | None,
                       tools: list[dict[str, Any]] | None, add_special_tokens: bool) -> tuple[str, list[int]]:
         """Chat template → (prompt text, token ids). Raises ValueError/ServingError for bad input."""
-        if chat_template is not None and not self.limits.trust_request_chat_template:
-            raise ServingError(400, "chat_template in a request is not allowed by this server "
-                               "(start it with --trust-request-chat-template).", param="chat_template")
         conv = [m.model_dump(exclude_none=True) for m in messages]
         kwargs = template_kwargs(chat_template_kwargs, tools, continue_final, add_generation_prompt)
-        try:
-            text = render_limited(apply_chat_template, self.tokenizer, conv, add_generation_prompt, chat_template,
-                                  **kwargs)
-        except (ValueError, ServingError):
-            raise
-        except Exception as e:  # template errors (jinja) are the request's fault
-            raise ServingError(400, f"Could not apply the chat template: {type(e).__name__}: {e}",
-                               param="messages") from e
-        if not isinstance(text, str):
-            raise ServingError(400, "The chat template did not produce text.", param="messages")
+        text = render_chat(self.tokenizer, conv, add_generation_prompt, chat_template,
+                           self.limits.trust_request_chat_template, **kwargs)
         return text, self.encode(text, add_special_tokens, param="messages")
 
     @staticmethod

@@ -3,8 +3,11 @@
 
 Each input of a request becomes one engine pooling request (all submitted at once, so the scheduler
 batches them by tokens); the response keeps input order. A generative model answers 400 naming the
-runner (the input processor refuses the request); unknown request fields are a 400 naming them.
-Scores: a classifier model scores pairs as a cross-encoder; an embedding model by cosine similarity.
+runner (the input processor refuses the request); unknown request fields are a 400 naming them, and so is a
+field the route cannot honour (a non-zero ``priority``: pooling requests are served first come, first served).
+An input's error names the request field it came from (``input``, ``text_1`` / ``text_2``, ``query`` /
+``documents``). Scores: a classifier model of one label scores pairs as a cross-encoder; an embedding model by
+cosine similarity.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 import torch.nn.functional as F
 from fastapi.responses import JSONResponse
 
-from pagoda.engine.tokenizer import apply_chat_template
 from pagoda.entrypoints.llm_pooling import score_pairs
+from pagoda.entrypoints.openai.chat_render import render_chat
 from pagoda.entrypoints.openai.protocol_pooling import (
     ClassificationData,
     ClassificationRequest,
@@ -39,7 +42,7 @@ from pagoda.entrypoints.openai.protocol_pooling import (
 from pagoda.entrypoints.openai.serving_engine import OpenAIServing, request_field_names
 from pagoda.errors import ValidationError
 from pagoda.pooling.batching import longest_first, pretokenize
-from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
+from pagoda.pooling.inputs import check_text, not_pooling_error, tokenize_pair
 from pagoda.pooling.outputs import PoolingRequestOutput
 from pagoda.pooling.params import PoolingParams
 
@@ -53,8 +56,18 @@ def _refuse_unknown(req: Any) -> None:
         raise ValidationError(f"Unknown or unsupported field(s) for this endpoint: {extra}.", extra[0])
 
 
+def _encoded(v: Any, encoding_format: str) -> list[Any] | str:
+    """A pooled tensor as the response carries it: nested floats, or for ``base64`` its float32 values (row-major,
+    little-endian, as OpenAI and vLLM encode them) in base64."""
+    v = v.float()
+    if encoding_format == "base64":
+        return base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
+    return v.tolist()
+
+
 def _inputs(value: Any, field: str) -> list[Any]:
-    """A request's input as a list of prompts (text or token ids); empty is a 400 naming ``field``."""
+    """A request's input as a list of prompts (text or token ids); empty, or text that is not Unicode, is a 400
+    naming ``field``."""
     if value is None or value == "" or value == []:
         raise ValidationError(f"{field} is empty.", field)
     if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
@@ -66,6 +79,8 @@ def _inputs(value: Any, field: str) -> list[Any]:
     for x in items:
         if x == "" or x == []:
             raise ValidationError(f"{field} holds an empty input.", field)
+        if isinstance(x, str):
+            check_text(x, field)
     return items
 
 
@@ -77,15 +92,19 @@ class OpenAIServingPooling(OpenAIServing):
             raise not_pooling_error()
         return p
 
-    async def _run(self, prompts: list[Any], params: PoolingParams, field: str) -> list[PoolingRequestOutput]:
+    async def _run(self, prompts: list[Any], params: PoolingParams, field: str | list[str], priority: int = 0
+                   ) -> list[PoolingRequestOutput]:
+        """Outputs of ``prompts`` in order, queued at ``priority``; an input's error names ``field`` (or
+        ``field[i]``, per prompt)."""
         base = uuid.uuid4().hex
+        fields = [field] * len(prompts) if isinstance(field, str) else field
         prompts = pretokenize(self.tokenizer, prompts, params.truncate_prompt_tokens, self.engine.max_model_len)
         order = longest_first(prompts)  # similar lengths share a step (pagoda.pooling.batching)
         streams: list[Any] = [None] * len(prompts)
         try:
-            with request_field_names({"prompt": field}):
-                for i in order:
-                    streams[i] = self.engine.add_pooling_request(f"pool-{base}-{i}", prompts[i], params)
+            for i in order:
+                with request_field_names({"prompt": fields[i]}):
+                    streams[i] = self.engine.add_pooling_request(f"pool-{base}-{i}", prompts[i], params, priority)
         except Exception:
             for st in streams:
                 if st is not None:
@@ -105,18 +124,28 @@ class OpenAIServingPooling(OpenAIServing):
         return PoolingUsage(prompt_tokens=n, total_tokens=n)
 
     def _params(self, req: Any, task: str, **extra: Any) -> PoolingParams:
+        """The request's pooling parameters (its ``priority`` goes to :meth:`_run`)."""
         with request_field_names({}):
             return PoolingParams(task=task, truncate_prompt_tokens=req.truncate_prompt_tokens, **extra)
 
+    def _chat_text(self, req: EmbeddingRequest) -> str:
+        """``messages`` through the chat template (no generation prompt), with the chat route's rules
+        (:mod:`pagoda.entrypoints.openai.chat_render`)."""
+        assert req.messages is not None  # the caller's branch
+        return render_chat(self.tokenizer, req.messages, False, req.chat_template,
+                           self.limits.trust_request_chat_template)
+
     def _embed_prompts(self, req: EmbeddingRequest) -> list[Any]:
+        """The prompts of ``input`` or ``messages``; ``add_special_tokens`` defaults to True for ``input`` and to
+        False for ``messages`` (the template writes them), as vLLM's completion- and chat-style requests do."""
         if req.messages is not None:
             if req.input is not None:
                 raise ValidationError("Give either input or messages, not both.", "messages")
-            text = apply_chat_template(self.tokenizer, req.messages, False, req.chat_template)
-            return [{"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}]
+            text = self._chat_text(req)
+            return [{"prompt": text, "prompt_token_ids": self.encode(text, bool(req.add_special_tokens), "messages")}]
         items = _inputs(req.input, "input")
-        if not req.add_special_tokens:
-            items = [{"prompt": x, "prompt_token_ids": self.tokenizer.encode(x, add_special_tokens=False)}
+        if req.add_special_tokens is False:
+            items = [{"prompt": x, "prompt_token_ids": self.encode(x, False, "input")}
                      if isinstance(x, str) else x for x in items]
         return items
 
@@ -125,13 +154,9 @@ class OpenAIServingPooling(OpenAIServing):
         model = self.model_name(req.model)
         self.pooler  # noqa: B018 - a generative model: 400 naming the runner
         params = self._params(req, "embed", dimensions=req.dimensions, normalize=req.normalize)
-        outs = await self._run(self._embed_prompts(req), params, "input")
-        data = []
-        for i, o in enumerate(outs):
-            v = o.outputs.data.float()
-            emb: list[float] | str = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
-                                      if req.encoding_format == "base64" else v.tolist())
-            data.append(EmbeddingData(index=i, embedding=emb))
+        outs = await self._run(self._embed_prompts(req), params, "input", req.priority)
+        data = [EmbeddingData(index=i, embedding=_encoded(o.outputs.data, req.encoding_format))
+                for i, o in enumerate(outs)]
         return _json(ListResponse(id=f"embd-{uuid.uuid4().hex}", model=model, data=data, usage=self._usage(outs)))
 
     async def create_pooling(self, req: PoolingRequest) -> JSONResponse:
@@ -142,15 +167,16 @@ class OpenAIServingPooling(OpenAIServing):
             task = self.pooler.supported_tasks[0]
         params = self._params(req, task, dimensions=req.dimensions, normalize=req.normalize,
                               use_activation=req.use_activation)
-        outs = await self._run(self._embed_prompts(req), params, "input")
-        data = [PoolingData(index=i, data=o.outputs.data.tolist()) for i, o in enumerate(outs)]
+        outs = await self._run(self._embed_prompts(req), params, "input", req.priority)
+        data = [PoolingData(index=i, data=_encoded(o.outputs.data, req.encoding_format)) for i, o in enumerate(outs)]
         return _json(ListResponse(id=f"pool-{uuid.uuid4().hex}", model=model, data=data, usage=self._usage(outs)))
 
     async def create_classify(self, req: ClassificationRequest) -> JSONResponse:
         _refuse_unknown(req)
         model = self.model_name(req.model)
         outs = await self._run(_inputs(req.input, "input"), self._params(req, "classify",
-                                                                         use_activation=req.use_activation), "input")
+                                                                         use_activation=req.use_activation), "input",
+                               req.priority)
         labels = self.engine.cfg.hf_config.get("id2label") or {}  # type: ignore[union-attr]
         data = []
         for i, o in enumerate(outs):
@@ -160,17 +186,21 @@ class OpenAIServingPooling(OpenAIServing):
         return _json(ListResponse(id=f"classify-{uuid.uuid4().hex}", model=model, data=data,
                                   usage=self._usage(outs)))
 
-    async def _scores(self, pairs: list[tuple[str, str]], req: Any) -> tuple[list[float], int]:
-        """(score per pair, prompt tokens)."""
+    async def _scores(self, pairs: list[tuple[str, str]], req: Any, names: tuple[str, str]
+                      ) -> tuple[list[float], int]:
+        """(score per pair, prompt tokens); an input's error names its side's field (``names``)."""
         if self.pooler.kind == "embed":
-            texts = sorted({t for p in pairs for t in p})
-            outs = await self._run(texts, self._params(req, "embed"), "text_1")
+            side = {b: names[1] for _, b in pairs} | {a: names[0] for a, _ in pairs}  # each distinct text once
+            texts = list(side)
+            outs = await self._run(texts, self._params(req, "embed", use_activation=req.use_activation),
+                                   [side[t] for t in texts], req.priority)
             emb = {t: o.outputs.data for t, o in zip(texts, outs, strict=True)}
             scores = [float(F.cosine_similarity(emb[a], emb[b], dim=0)) for a, b in pairs]
             return scores, sum(len(o.prompt_token_ids) for o in outs)
+        params = self._params(req, "score", use_activation=req.use_activation)
         mml = self.engine.max_model_len
         prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml) for a, b in pairs]
-        outs = await self._run(prompts, self._params(req, "score", use_activation=req.use_activation), "text_2")
+        outs = await self._run(prompts, params, names[1], req.priority)
         scores = [float(o.outputs.data.reshape(-1)[-1]) for o in outs]
         return scores, sum(len(o.prompt_token_ids) for o in outs)
 
@@ -180,8 +210,8 @@ class OpenAIServingPooling(OpenAIServing):
         for name in ("text_1", "text_2"):
             _inputs(getattr(req, name), name)
         assert req.text_1 is not None and req.text_2 is not None
-        pairs = score_pairs(req.text_1, req.text_2)
-        scores, n = await self._scores(pairs, req)
+        pairs = score_pairs(req.text_1, req.text_2, ("text_1", "text_2"))
+        scores, n = await self._scores(pairs, req, ("text_1", "text_2"))
         data = [ScoreData(index=i, score=s) for i, s in enumerate(scores)]
         return _json(ListResponse(id=f"score-{uuid.uuid4().hex}", model=model, data=data,
                                   usage=PoolingUsage(prompt_tokens=n, total_tokens=n)))
@@ -194,10 +224,13 @@ class OpenAIServingPooling(OpenAIServing):
         docs = [d if isinstance(d, str) else d.get("text") for d in _inputs(req.documents, "documents")]
         if not all(isinstance(d, str) and d for d in docs):
             raise ValidationError("Each document must be a non-empty string or an object with 'text'.", "documents")
-        if req.top_n is not None and req.top_n < 1:
-            raise ValidationError("top_n must be at least 1.", "top_n")
-        scores, n = await self._scores([(req.query, d) for d in docs], req)
-        order = sorted(range(len(docs)), key=lambda i: -scores[i])[: req.top_n or len(docs)]
+        check_text(req.query, "query")
+        for d in docs:
+            check_text(d, "documents")
+        if req.top_n is not None and req.top_n < 0:
+            raise ValidationError("top_n must be 0 (all documents) or positive.", "top_n")
+        scores, n = await self._scores([(req.query, d) for d in docs], req, ("query", "documents"))
+        order = sorted(range(len(docs)), key=lambda i: -scores[i])[: req.top_n or len(docs)]  # 0: all (vLLM)
         results = [RerankResult(index=i, relevance_score=scores[i],
                                 document=RerankDocument(text=docs[i]) if req.return_documents else None)
                    for i in order]
