@@ -3,7 +3,9 @@
 
 The reasoning parser (if any) splits the text first; the tool parser (if any) reads the content part.
 Both are prefix-monotone pure functions of the text so far, so a stream sends exactly the differences,
-and a well-formed output streams to the same message the non-streamed request returns.
+and a well-formed output streams to the same message the non-streamed request returns. So does an output cut
+at ``max_tokens`` while a call was being written, when the engine's finish reason is passed (``length``): the
+calls so far, the last one's arguments unfinished, and no content made of the call's own text.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class ParsedMessage:
     content: str | None
     reasoning: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    calls_complete: bool = True  # False: cut at max_tokens inside the last call (its arguments are a prefix)
 
 
 class ChatOutputParser:
@@ -38,21 +41,24 @@ class ChatOutputParser:
     def _split(self, text: str, final: bool) -> tuple[str, str]:
         return self.reasoning.split(text, final) if self.reasoning is not None else ("", text)
 
-    def message(self, text: str) -> ParsedMessage:
+    def message(self, text: str, finish_reason: str | None = None) -> ParsedMessage:
+        """The finished output's message; ``finish_reason``: the engine's (``length``: cut at max_tokens)."""
         reasoning, content = self._split(text, True)
         out = ParsedMessage(content)
         if self.reasoning is not None:  # vLLM: empty parts are null once a reasoning parser splits
             out.content = content or None
             out.reasoning = (reasoning or None) if self.include_reasoning else None
         if self.tools is not None:
-            info = self.tools.extract_tool_calls(content)
+            info = self.tools.extract_tool_calls(content, cut=finish_reason == "length")
             if info.tools_called:
                 out.tool_calls = info.tool_calls[:self.max_calls]
                 out.content = info.content
+                out.calls_complete = info.complete
         return out
 
-    def delta(self, text: str, final: bool) -> dict[str, Any]:
-        """The whole text so far → what is new: a delta with any of ``reasoning``, ``content``, ``tool_calls``."""
+    def delta(self, text: str, final: bool, finish_reason: str | None = None) -> dict[str, Any]:
+        """The whole text so far → what is new: a delta with any of ``reasoning``, ``content``, ``tool_calls``
+        (``finish_reason``: the engine's, at the end)."""
         reasoning, content = self._split(text, final)
         delta: dict[str, Any] = {}
         if reasoning.startswith(self._sent_reasoning) and len(reasoning) > len(self._sent_reasoning):
@@ -60,7 +66,7 @@ class ChatOutputParser:
                 delta["reasoning"] = delta["reasoning_content"] = reasoning[len(self._sent_reasoning):]
             self._sent_reasoning = reasoning
         if self._stream is not None:
-            new, calls = self._stream.update(content, final)
+            new, calls = self._stream.update(content, final, cut=final and finish_reason == "length")
             if self.max_calls is not None:
                 calls = [c for c in calls if c["index"] < self.max_calls]
             if calls:
@@ -76,4 +82,5 @@ class ChatOutputParser:
 
     @property
     def tools_called(self) -> bool:
+        """The stream sent calls, all of them finished (``finish_reason: tool_calls`` may be reported)."""
         return self._stream is not None and self._stream.called

@@ -136,8 +136,9 @@ class ResponsesItemStream:
         self._calls: dict[int, FunctionCallItem] = {}
         self._pending: dict[int, tuple[str, str]] = {}  # calls named but without arguments yet: (call id, name)
 
-    def feed(self, text_so_far: str, final: bool) -> list[str]:
-        delta = self.parser.delta(text_so_far, final)
+    def feed(self, text_so_far: str, final: bool, finish_reason: str | None = None) -> list[str]:
+        """The events for the output so far (``finish_reason``: the engine's, at the end)."""
+        delta = self.parser.delta(text_so_far, final, finish_reason)
         out: list[str] = []
         if delta.get("reasoning"):
             out += self._reasoning_text(delta["reasoning"])

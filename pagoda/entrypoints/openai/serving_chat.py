@@ -28,6 +28,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     ServingError,
     close_streams,
     final_output,
+    output_error,
     request_field_names,
     sse_error,
 )
@@ -129,7 +130,7 @@ class OpenAIServingChat(OpenAIServing):
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
-            raise RuntimeError(out.error)
+            raise output_error(out)
         as_ids = self.as_ids(req)
         echo = self._echo_text(req)
         num = self.num_logprobs(logprobs)
@@ -158,11 +159,11 @@ class OpenAIServingChat(OpenAIServing):
         parser = output_parser(req, self.limits.tools, plan)
         if parser is None:
             return ChatMessageOut(content=echo + text), reason
-        m = parser.message(text)
+        m = parser.message(text, reason)
         content = echo + m.content if echo and m.content is not None else (echo or m.content)
         return (ChatMessageOut(content=content, reasoning=m.reasoning, reasoning_content=m.reasoning,
                                tool_calls=m.tool_calls),
-                finish_reason(plan, bool(m.tool_calls), reason))
+                finish_reason(plan, bool(m.tool_calls) and m.calls_complete, reason))
 
     @staticmethod
     def _delta(parser: ChatOutputParser | None, plan: ToolPlan, text_so_far: str, new_text: str, reason: str | None,
@@ -170,7 +171,7 @@ class OpenAIServingChat(OpenAIServing):
         """A stream chunk's delta and finish reason; None: no chunk for this step (``extras``: it carries
         logprobs or token ids anyway)."""
         if parser is not None:  # reasoning / tool calls: the parser decides what is new
-            delta = parser.delta(text_so_far, reason is not None)
+            delta = parser.delta(text_so_far, reason is not None, reason)
             reason = finish_reason(plan, parser.tools_called, reason)
             return (delta if delta or extras or reason is not None else None), reason
         if not new_text and not extras and reason is None and not new_tokens:  # as vLLM: a token, a chunk
@@ -212,7 +213,7 @@ class OpenAIServingChat(OpenAIServing):
                            for i in range(n))
             async for out in stream:
                 if out.error:
-                    raise RuntimeError(out.error)
+                    raise output_error(out)
                 cached_tokens = out.num_cached_tokens
                 deltas = stream.last_deltas
                 for c in out.outputs:

@@ -50,6 +50,7 @@ from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_engine import (
     ServingError,
     close_streams,
+    output_error,
     request_field_names,
     to_serving_error,
 )
@@ -143,12 +144,12 @@ class OpenAIServingResponses:
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
-            raise RuntimeError(out.error)
+            raise output_error(out)
         c = out.outputs[0]
         status = _status(c.finish_reason)
         items: list[OutputItem] = (
             [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=c.text)])]
-            if parser is None else output_items(parser.message(c.text), status))
+            if parser is None else output_items(parser.message(c.text, c.finish_reason), status))
         self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens)
         return JSONResponse(resp.model_dump())
 
@@ -178,10 +179,10 @@ class OpenAIServingResponses:
             text, last = "", None
             async for out in stream:
                 if out.error:
-                    raise RuntimeError(out.error)
+                    raise output_error(out)
                 last = out
                 text += stream.last_deltas[0] if stream.last_deltas else ""
-                for e in items.feed(text, out.finished):
+                for e in items.feed(text, out.finished, out.outputs[0].finish_reason):
                     yield e
             assert last is not None
             c = last.outputs[0]
@@ -212,7 +213,7 @@ class OpenAIServingResponses:
             text, last = "", None
             async for out in stream:
                 if out.error:
-                    raise RuntimeError(out.error)
+                    raise output_error(out)
                 last = out
                 delta = stream.last_deltas[0] if stream.last_deltas else ""
                 if delta:

@@ -17,6 +17,9 @@ from pagoda.structured_output.params import FIELD, StructuredOutputsParams
 
 _GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
 _BACKEND_NAMES = ("auto", "xgrammar")
+_JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict", "json_schema"})
+"""OpenAI's ``response_format.json_schema`` keys (``json_schema``: vLLM's name for ``schema``). The schema is
+always enforced, so ``strict: false`` is honoured by giving more than asked."""
 
 
 def _response_format(rf: Any) -> dict[str, Any] | None:
@@ -36,6 +39,13 @@ def _response_format(rf: Any) -> dict[str, Any] | None:
         return {"json_object": True}
     if kind == "json_schema":
         js = rf.get("json_schema")
+        unknown = sorted(set(js) - _JSON_SCHEMA_KEYS) if isinstance(js, dict) else []
+        if unknown:  # e.g. a misspelt "strict": dropped, the request would run as if it had not been sent
+            raise ValidationError(f"response_format.json_schema takes {sorted(_JSON_SCHEMA_KEYS - {'json_schema'})}"
+                                  f", got unknown key(s) {unknown}.", "response_format")
+        if isinstance(js, dict) and js.get("strict") is not None and not isinstance(js["strict"], bool):
+            raise ValidationError(f"response_format.json_schema.strict must be a boolean, got {js['strict']!r}.",
+                                  "response_format")
         schema = js.get("schema", js.get("json_schema")) if isinstance(js, dict) else None
         if not isinstance(schema, (dict, str)):
             raise ValidationError("response_format of type 'json_schema' needs json_schema.schema (a JSON schema "

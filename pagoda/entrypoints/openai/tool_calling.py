@@ -74,6 +74,12 @@ def check_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
 
 
 def _named(choice: dict[str, Any], tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tool a ``{"type": "function", "function": {"name": N}}`` choice names (``type`` may be left out, as
+    vLLM's default; another type, e.g. OpenAI's ``allowed_tools`` or ``custom``, is a 400, never read as N)."""
+    kind = choice.get("type", "function")
+    if kind != "function":
+        raise _bad(f"Invalid value for `type` in `tool_choice`: {kind!r}; only named function choices are "
+                   f"supported. {_NAMED_USAGE}", "tool_choice")
     fn = choice.get("function")
     if not isinstance(fn, dict):
         raise _bad(f"Invalid value for `function`: `{fn}` in `tool_choice`! {_NAMED_USAGE}", "tool_choice")

@@ -10,6 +10,11 @@ arguments. Text that might still become a tool-call marker is held back until it
 ``parse(t, True)`` on output that is not well-formed returns the whole text as content and no calls
 (never an exception): a malformed tool call reaches the client as text. A stream cannot take back what
 it sent, so for malformed output the streamed calls may differ from the non-streamed answer.
+
+The end of an output is read by :meth:`ToolParser.parse_end`: an output cut while a call was being written
+(``finish_reason: length``), and in a stream any output whose calls were already sent, keeps the prefix view
+``parse(t, False)`` -- the content before the calls and the calls so far, the last one unfinished -- so the
+call's text is never sent again as content, and a cut output streams to exactly its non-streamed message.
 """
 
 from __future__ import annotations
@@ -48,11 +53,13 @@ class Scan:
 
 @dataclass
 class ExtractedToolCallInformation:
-    """vLLM's name: the non-streamed result."""
+    """vLLM's name: the non-streamed result. ``complete``: every call was finished (False only for an output
+    cut while writing one, whose last call's arguments are a prefix)."""
 
     tools_called: bool
     tool_calls: list[dict[str, Any]]
     content: str | None
+    complete: bool = True
 
 
 def make_tool_call_id() -> str:
@@ -109,15 +116,28 @@ class ToolParser:
     def scan_into(self, text: str, final: bool, acc: Scan) -> None:
         raise NotImplementedError
 
-    def extract_tool_calls(self, model_output: str) -> ExtractedToolCallInformation:
-        """The finished output → tool calls and the content around them (never raises)."""
+    def parse_end(self, text: str, keep_partial: bool = False) -> ParseResult:
+        """The whole output: ``parse(text, True)``; with ``keep_partial`` (the output was cut, or a stream
+        already sent calls), output that is not well-formed but whose prefix view holds a named call keeps
+        that view (see the module doc) instead of becoming the whole text as content."""
+        r = self.parse(text, True)
+        if r.calls or not keep_partial:
+            return r
+        partial = self.parse(text, False)
+        return partial if partial.calls and partial.calls[0].name is not None else r
+
+    def extract_tool_calls(self, model_output: str, cut: bool = False) -> ExtractedToolCallInformation:
+        """The finished output → tool calls and the content around them (never raises). ``cut``: generation
+        stopped at ``max_tokens``, so an unfinished last call is returned as far as it got."""
         try:
-            r = self.parse(model_output, True)
+            r = self.parse_end(model_output, cut)
         except Exception:  # a parser bug must not turn a generated answer into a 500
             logger.exception("%s tool parser failed; returning the text as content", self.name)
             return ExtractedToolCallInformation(False, [], model_output)
-        calls = [tool_call(c.name, c.arguments) for c in r.calls if c.name is not None]
-        return ExtractedToolCallInformation(bool(calls), calls, r.content if (r.content or not calls) else None)
+        named = [c for c in r.calls if c.name is not None]
+        calls = [tool_call(c.name, c.arguments) for c in named if c.name is not None]
+        return ExtractedToolCallInformation(bool(calls), calls, r.content if (r.content or not calls) else None,
+                                            all(c.done for c in named))
 
 
 class ToolCallStream:
@@ -128,14 +148,18 @@ class ToolCallStream:
         self.content = ""
         self.sent: list[tuple[str, str]] = []  # per call: (id, arguments sent)
         self.broken = False
+        self.unfinished = False  # the output ended inside a call (its arguments are a prefix)
 
-    def update(self, text: str, final: bool) -> tuple[str, list[dict[str, Any]]]:
-        """The whole output so far → (new content, tool_calls delta entries)."""
+    def update(self, text: str, final: bool, cut: bool = False) -> tuple[str, list[dict[str, Any]]]:
+        """The whole output so far → (new content, tool_calls delta entries). ``cut``: the output ended at
+        ``max_tokens``. Once calls were sent, the end keeps the prefix view (never the whole text as content)."""
         try:
-            r = self.parser.parse(text, final)
+            r = self.parser.parse_end(text, cut or bool(self.sent)) if final else self.parser.parse(text, False)
         except Exception:
             logger.exception("%s tool parser failed while streaming", self.parser.name)
-            r = ParseResult(text if final else "", [])
+            r = ParseResult(text if final and not self.sent else "", [])
+        if final:
+            self.unfinished = any(not c.done for c in r.calls if c.name is not None)
         new_content = ""
         if r.content.startswith(self.content):
             new_content = r.content[len(self.content):]
@@ -164,4 +188,5 @@ class ToolCallStream:
 
     @property
     def called(self) -> bool:
-        return bool(self.sent)
+        """Calls were sent and, at the end, every one of them was finished (what ``tool_calls`` means)."""
+        return bool(self.sent) and not self.unfinished
