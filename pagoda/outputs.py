@@ -53,6 +53,7 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
     error: str | None = field(default=None)
+    error_param: str | None = field(default=None)  # set when the error is the request's fault: the field to blame
 
     def __repr__(self) -> str:
         return (

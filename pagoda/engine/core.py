@@ -52,6 +52,7 @@ from pagoda.layers.sampler import needs_host_history
 from pagoda.spec_decode.metrics import spec_stats_fields
 from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
 from pagoda.structured_output.manager import StructuredOutputManager
+from pagoda.structured_output.params import FIELD as STRUCTURED_FIELD
 from pagoda.worker.kv_cache import log_kv_cache
 from pagoda.worker.model_runner import ModelRunner, PendingSample, PromptLogprobChunk, RunnerOutput, StepHandle
 
@@ -187,7 +188,8 @@ class EngineCore:
             assert req.grammar is not None
             err = req.grammar.error()
             if err is not None:
-                failed.append(EngineCoreOutput(req.request_id, [], finish_reason="error", error=err))
+                failed.append(EngineCoreOutput(req.request_id, [], finish_reason="error", error=err,
+                                               error_param=STRUCTURED_FIELD))
             elif req.grammar.ready():
                 self.scheduler.add_request(req, fork_of=fork_of)
             else:
@@ -466,7 +468,8 @@ class EngineCore:
                         req.status.finish_reason if rid in finished else None),
                     stop_reason=req.stop_reason if rid in finished else None,
                     num_cached_tokens=max(0, req.num_cached_tokens),
-                    error=grammar_errors.get(rid),
+                    error=grammar_errors[rid][0] if rid in grammar_errors else None,
+                    error_param=grammar_errors[rid][1] if rid in grammar_errors else None,
                     first_scheduled_time=_wall_time(req.first_scheduled_time) if first else None,
                 )
             )
@@ -496,11 +499,11 @@ class EngineCore:
         return res
 
     def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, list[int]],
-                          gone: set[str]) -> dict[str, str]:
+                          gone: set[str]) -> dict[str, tuple[str, str]]:
         """Advance each constrained request's matcher by its kept tokens. A token the grammar refuses (only
-        possible when another rule, e.g. min_tokens, banned every token it allowed) fails the request:
-        returns request id -> error."""
-        errors: dict[str, str] = {}
+        possible when another rule, e.g. min_tokens, banned every token it allowed) fails the request, as its
+        own fault: returns request id -> (error, the request field to blame, :func:`_conflicting_rule`)."""
+        errors: dict[str, tuple[str, str]] = {}
         for s in sched.scheduled:
             req = s.request
             g = req.grammar
@@ -508,8 +511,10 @@ class EngineCore:
                 continue
             toks = sampled.get(req.request_id, [])
             if g.accept_tokens(toks) < len(toks):
-                errors[req.request_id] = (f"token {toks[-1]} does not fit the {g.key.kind} constraint (another "
-                                          f"sampling rule excluded every token the grammar allows)")
+                rule = _conflicting_rule(req)
+                errors[req.request_id] = (f"{rule} excluded every token the {g.key.kind} constraint allows at output "
+                                          f"token {req.num_output_tokens} (token {toks[-1]} was drawn); the two "
+                                          f"cannot both hold: relax {rule} or the constraint.", rule)
                 if not req.status.finished:
                     self.scheduler.abort_requests([req.request_id], RequestStatus.FINISHED_ERROR)
                 req.status = RequestStatus.FINISHED_ERROR
@@ -562,7 +567,20 @@ class _Updated:
     res: RunnerOutput
     gone: set[str]  # requests that ended while the step was in flight: nothing from it counts
     finished: set[str]  # requests the step finished
-    grammar_errors: dict[str, str]
+    grammar_errors: dict[str, tuple[str, str]]  # request id -> (error, the request field to blame)
+
+
+def _conflicting_rule(req: Request) -> str:
+    """The sampling field that can ban tokens a grammar needs, named for a constrained request whose every allowed
+    token was banned: ``min_tokens`` while it holds (it bans the stop tokens), else the first of the token filters
+    the request sets, else the constraint itself."""
+    p = req.sampling_params
+    if p.min_tokens and req.num_output_tokens <= p.min_tokens:
+        return "min_tokens"
+    for name in ("allowed_token_ids", "bad_words", "logit_bias"):
+        if getattr(p, name, None):
+            return name
+    return STRUCTURED_FIELD
 
 
 def _prompt_logprobs(c: PromptLogprobChunk) -> PromptLogprobs:

@@ -95,6 +95,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     error: str | None = None
+    error_param: str | None = None  # the error is the request's fault: the field that caused it (a 400, not a 500)
     pooled: PooledData | None = None  # a finished pooling request's output
     first_scheduled_time: float | None = None  # wall clock (time.time()); on a request's first sampled output
 

@@ -29,6 +29,7 @@ class ChildState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     error: str | None = None
+    error_param: str | None = None  # see EngineCoreOutput.error_param
     sent_tokens: int = 0  # tokens in the parent's last emitted output (kept only when stream_interval > 1)
     sent_finished: bool = False  # that output carried this child's finish
 
@@ -171,6 +172,7 @@ class OutputProcessor:
             child.finish_reason = o.finish_reason
             child.stop_reason = o.stop_reason
             child.error = o.error
+            child.error_param = o.error_param
         return parent, stop
 
     def emit(self, parent: ParentState, now: float) -> RequestOutput | None:
@@ -275,17 +277,17 @@ class OutputProcessor:
         if parent.pooling:
             return self._make_pooling_output(parent)  # type: ignore[return-value]
         comps = []
-        error = None
+        error = error_param = None
         for c in parent.children.values():  # in index order
             comps.append(CompletionOutput(c.index, c.detok.text if c.detok else "", list(c.token_ids),
                                           c.cumulative_logprob, list(c.logprobs) if c.logprobs is not None else None,
                                           c.finish_reason, c.stop_reason))
             if c.error and error is None:
-                error = c.error
+                error, error_param = c.error, c.error_param
         return RequestOutput(
             parent.request_id, parent.prompt, parent.prompt_token_ids,
             list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
-            comps, finished, parent.metrics, parent.num_cached_tokens, error,
+            comps, finished, parent.metrics, parent.num_cached_tokens, error, error_param,
         )
 
     @staticmethod

@@ -83,3 +83,23 @@ def test_bad_constraints_are_400_naming_the_field(server, body, param):
         r = server.post(path, {**base, **body})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param, r.json()
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"min_tokens": 6}, "min_tokens"),  # bans the end the choice needs after "a"
+    ({"allowed_token_ids": [7]}, "allowed_token_ids"),  # bans every token that starts "a"
+])
+def test_a_rule_that_bans_every_token_the_constraint_allows_is_a_400_naming_it(server, extra, param):
+    """Another sampling rule can leave a constrained request no token: the request's fault, a 400 naming the rule
+    (streamed: the error event names it), never a 500; the server serves on."""
+    body = {"guided_choice": ["a"], "max_tokens": 8, **extra}
+    for path, base in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        r = server.post(path, {**base, **body})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == param and param in err["message"] and "choice" in err["message"], err
+        r = server.post(path, {**base, **body, "stream": True})
+        events = [json.loads(x[6:]) for x in r.text.splitlines() if x.startswith("data: {")]
+        assert events[-1]["error"]["param"] == param, events[-1]
+    ok = server.post("/v1/completions", {**COMPLETION, "guided_choice": ["a", "b"]})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"] in ("a", "b")

@@ -24,6 +24,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     close_streams,
     final_output,
     merge_streams,
+    output_error,
     request_field_names,
     sse_error,
 )
@@ -130,7 +131,7 @@ class OpenAIServingCompletion(OpenAIServing):
         as_ids = self.as_ids(req)
         for pi, (p, out) in enumerate(zip(prompts, finals, strict=True)):
             if out.error:
-                raise RuntimeError(out.error)
+                raise output_error(out)
             prompt_tokens += len(out.prompt_token_ids)
             for c in out.outputs:
                 completion_tokens += len(c.token_ids)
@@ -179,7 +180,7 @@ class OpenAIServingCompletion(OpenAIServing):
         try:
             async for pi, out, deltas in merge_streams(streams):
                 if out.error:
-                    raise RuntimeError(out.error)
+                    raise output_error(out)
                 cached_tokens[pi] = out.num_cached_tokens
                 for c in out.outputs:
                     idx = pi * n + c.index

@@ -114,6 +114,15 @@ def to_serving_error(exc: BaseException) -> ServingError:
                         "internal_error")
 
 
+def output_error(out: Any) -> Exception:
+    """The exception a failed engine output (``out.error``) raises while serving: a ValidationError naming the
+    field when the request caused it (``error_param``, e.g. ``min_tokens`` against a grammar: a 400), else a
+    RuntimeError (a 500)."""
+    if getattr(out, "error_param", None):
+        return ValidationError(out.error, out.error_param)
+    return RuntimeError(out.error)
+
+
 @contextmanager
 def request_field_names(names: Mapping[str, str]) -> Iterator[None]:
     """Name a refused field as the endpoint's request calls it (chat's ``top_logprobs`` is the
