@@ -166,6 +166,8 @@ BAD_TOOLS = [
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"tools": [{**WEATHER, "function": {**WEATHER["function"], "strict": True}}],
+      "response_format": {"type": "json_object"}}, "tool_choice"),  # strict tools under auto are a constraint too
 ]
 
 
@@ -174,6 +176,21 @@ BAD_TOOLS = [
 def test_bad_tool_requests_are_400s_naming_the_field(tool_server, extra, param):
     r = tool_server.post("/v1/chat/completions", {"model": DEFAULT, "messages": ASK, "max_tokens": 2, **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.default_model
+def test_strict_tools_under_auto_are_served(tool_server):
+    """``strict: true`` under auto runs with the hermes structural tag (tests/test_strict_tools_auto.py holds the
+    grammar to the schemas); any call made is valid for its tool."""
+    strict = {**WEATHER, "function": {**WEATHER["function"], "strict": True}}
+    for stream in (False, True):
+        r = tool_server.post("/v1/chat/completions", {"model": DEFAULT, "messages": ASK, "tools": [strict],
+                                                      "max_tokens": 24, "temperature": 0, "stream": stream})
+        assert r.status_code == 200, r.text
+    c = tool_server.client()
+    r = c.chat.completions.create(model=DEFAULT, messages=ASK, tools=[strict], max_tokens=40, temperature=0)
+    if r.choices[0].message.tool_calls:
+        check_calls(r.choices[0].message.tool_calls, {"get_weather"})
 
 
 @pytest.mark.default_model

@@ -78,7 +78,9 @@ class OpenAIServingChat(OpenAIServing):
         """What chat calls the engine's fields (see ``request_field_names``)."""
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
                  "structured_outputs": structured_source(req)}
-        if req.tool_choice == "required" or isinstance(req.tool_choice, dict):  # the tools' schema is the constraint
+        if req.tool_choice == "required" or isinstance(req.tool_choice, dict) or any(
+                isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("strict") is True
+                for t in req.tools or ()):  # the tools' schemas are the constraint
             names["structured_outputs"] = "tools"
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"
@@ -107,7 +109,7 @@ class OpenAIServingChat(OpenAIServing):
             user_max, given = req.max_tokens, req.max_tokens is not None
         request_id = self.new_id("chatcmpl", req.request_id)
         stream: Any
-        if req.use_beam_search and plan.schema is not None:
+        if req.use_beam_search and (plan.schema is not None or plan.structural_tag is not None):
             raise ServingError(400, f"tool_choice {plan.mode!r} (constrained decoding) is not supported with "
                                f"use_beam_search.", param="tool_choice")
         if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst

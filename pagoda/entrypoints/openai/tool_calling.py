@@ -6,13 +6,16 @@ constrained (:class:`ToolPlan`), and builds each choice's :class:`ChatOutputPars
 
 * ``none``: the tools are only shown to the chat template (not with
   ``--exclude-tools-when-tool-choice-none``); the output is text.
-* ``auto``: needs ``--enable-auto-tool-choice --tool-call-parser NAME``; the model's own format is parsed.
+* ``auto``: needs ``--enable-auto-tool-choice --tool-call-parser NAME``; the model's own format is parsed. With
+  a tool sent ``strict: true`` the format is also a structural tag (:meth:`ToolParser.strict_tags`): text stays
+  free, every call's arguments are held to its tool's schema; a parser without that form refuses strict tools.
 * ``required`` / ``{"type": "function", "function": {"name": ...}}``: generation is constrained to a JSON
   schema (structured outputs) -- a list of calls, or the named function's arguments.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,7 @@ class ToolPlan:
     tools: list[dict[str, Any]] | None = None  # what the chat template is given
     function_name: str | None = None  # named
     schema: dict[str, Any] | None = None  # the constraint (required, named)
+    structural_tag: str | None = None  # the constraint of strict tools under auto (xgrammar's structural tag JSON)
     max_calls: int | None = None  # 1 without parallel_tool_calls
     sampling_overrides: dict[str, Any] = field(default_factory=dict)
     prompt_ends_reasoning: bool = False  # the prompt's tokens already closed the reasoning (see note_prompt)
@@ -115,8 +119,17 @@ def plan_tools(req: Any, cfg: ToolServingConfig) -> ToolPlan:
         if not (cfg.enable_auto_tool_choice and cfg.tool_call_parser):
             raise _bad(AUTO_NEEDS_FLAGS, "tool_choice")
         plan.mode = "auto"
-        if get_tool_parser(cfg.tool_call_parser).special_tokens_in_output:
+        parser = get_tool_parser(cfg.tool_call_parser)
+        if parser.special_tokens_in_output:
             plan.sampling_overrides["skip_special_tokens"] = False
+        if any(t["function"].get("strict") is True for t in tools):
+            tag = parser.strict_tags(tools, max_calls == 1)
+            if tag is None:
+                raise _bad(f"Tools with `strict: true` under tool_choice \"auto\" are enforced with "
+                           f"--tool-call-parser hermes; the {cfg.tool_call_parser} parser cannot hold its calls to the "
+                           f"schemas. Send `strict: false`, or tool_choice \"required\" / a named tool (always held "
+                           f"to the schema).")
+            plan.structural_tag = json.dumps(tag)
     else:
         raise _bad(f"Invalid value for `tool_choice`: {choice}! Only named tools, \"none\", \"auto\" or "
                    f"\"required\" are supported.", "tool_choice")
@@ -129,7 +142,7 @@ def check_reasoning_request(req: Any, cfg: ToolServingConfig, plan: ToolPlan, st
     if getattr(req, "include_reasoning", None) is False and cfg.reasoning_parser is None:
         raise _bad("include_reasoning: false needs a server started with --reasoning-parser (without one, the "
                    "reasoning stays in the content).", "include_reasoning")
-    if plan.schema is not None and structured:
+    if (plan.schema is not None or plan.structural_tag is not None) and structured:
         raise _bad("You can only either use constraints for structured outputs or tools, not both.", "tool_choice")
 
 
@@ -162,7 +175,7 @@ def output_parser(req: Any, cfg: ToolServingConfig, plan: ToolPlan) -> ChatOutpu
 def constraint(plan: ToolPlan) -> Any:
     """The structured-outputs constraint of a required / named tool choice (vLLM's
     ``StructuredOutputsParams(json=schema)``, without free whitespace), or None."""
-    if plan.schema is None:
+    if plan.schema is None and plan.structural_tag is None:
         return None
     try:
         from pagoda.structured_output.params import StructuredOutputsParams
@@ -170,6 +183,8 @@ def constraint(plan: ToolPlan) -> Any:
         raise _bad(f"tool_choice {'required' if plan.mode == 'required' else 'naming a function'} is not "
                    f"supported yet: it needs structured outputs (grammar-constrained decoding).",
                    "tool_choice") from None
+    if plan.structural_tag is not None:
+        return StructuredOutputsParams(structural_tag=plan.structural_tag)
     # compact JSON: a small model left free to add whitespace can fill max_tokens with it (GUIDE §8)
     return StructuredOutputsParams(json=plan.schema, disable_any_whitespace=True)
 

@@ -116,6 +116,13 @@ class ToolParser:
     def scan_into(self, text: str, final: bool, acc: Scan) -> None:
         raise NotImplementedError
 
+    def strict_tags(self, tools: list[dict[str, Any]], one_call: bool) -> dict[str, Any] | None:
+        """The format as an xgrammar structural tag that holds every call to its tool's schema (for tools sent
+        with ``strict: true`` under ``tool_choice: "auto"``): text stays free, a call's marker starts a tag whose
+        arguments follow the tool's ``parameters`` (a non-strict tool's: any object); ``one_call``: generation ends
+        after the first call. None: this format has no such form (strict tools are then refused)."""
+        return None
+
     def parse_end(self, text: str, keep_partial: bool = False) -> ParseResult:
         """The whole output: ``parse(text, True)``; with ``keep_partial`` (the output was cut, or a stream
         already sent calls), output that is not well-formed but whose prefix view holds a named call keeps

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import (
     ParsedCall,
     Scan,
@@ -17,6 +20,20 @@ class Hermes2ProToolParser(ToolParser):
     name = "hermes"
     start_tag = "<tool_call>"
     end_tag = "</tool_call>"
+
+    def strict_tags(self, tools: list[dict[str, Any]], one_call: bool) -> dict[str, Any] | None:
+        """Each call as the Hermes / Qwen templates write it, ``<tool_call>\n{"name": N, "arguments": A}\n
+        </tool_call>``, A held to N's schema when N is strict (see :meth:`ToolParser.strict_tags`)."""
+        tags = []
+        for tool in tools:
+            fn = tool["function"]
+            schema = (fn.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
+                      ) if fn.get("strict") is True else {"type": "object"}
+            tags.append({"type": "tag", "begin": f'{self.start_tag}\n{{"name": {json.dumps(fn["name"])}, "arguments": ',
+                         "content": {"type": "json_schema", "json_schema": schema}, "end": f"}}\n{self.end_tag}"})
+        return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [self.start_tag],
+                                                     "tags": tags, "at_least_one": False,
+                                                     "stop_after_first": one_call}}
 
     def scan_into(self, text: str, final: bool, acc: Scan) -> None:
         pos = 0
