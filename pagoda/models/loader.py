@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 from pagoda.config import EngineConfig
 from pagoda.layers.linear import Linear, process_weights_after_loading
 from pagoda.models.registry import build_model
+from pagoda.models.weight_loading import check_scale_values
 from pagoda.quantization import resolve_quantization
 from pagoda.quantization.int_weight import IntWeight
 
@@ -32,22 +34,51 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of ``folder``: those its ``model.safetensors.index.json`` names, else every
+    ``*.safetensors``. An unreadable index, or one naming a file that is not there, is a ``ValueError``
+    naming it."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        with open(index, encoding="utf-8") as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index} is not a safetensors index (a JSON object with a 'weight_map' of tensor -> "
+                             f"file): {type(exc).__name__}: {exc}") from exc
+        lost = [n for n in names if not (folder / n).is_file()]
+        if lost:
+            raise ValueError(f"{index} names weight file(s) missing from {folder}: {lost[:4]} (incomplete download?)")
         return [folder / n for n in names]
     files = sorted(folder.glob("*.safetensors"))
     return files
 
 
 def iter_safetensors(files: list[Path]):
-    from safetensors import safe_open
+    """``(name, tensor)`` of every tensor in ``files``; a truncated or corrupt file is a ``ValueError`` naming
+    it (safetensors' own error names neither the file nor the tensor)."""
+    from safetensors import SafetensorError, safe_open
 
     for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                names = list(f.keys())
+                for name in names:
+                    try:
+                        tensor = f.get_tensor(name)
+                    except (SafetensorError, RuntimeError, OSError) as exc:
+                        raise ValueError(f"{path}: tensor {name!r} cannot be read ({exc}); the file is truncated "
+                                         f"or corrupt.") from exc
+                    yield name, tensor
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({exc}); it is truncated or corrupt: "
+                             f"download or convert it again.") from exc
+
+
+def checked_weights(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``weights`` with every quantization scale checked as it passes (:func:`check_scale_values`)."""
+    for name, tensor in weights:
+        check_scale_values(name, tensor)
+        yield name, tensor
 
 
 def load_model(cfg: EngineConfig, tp: Any = None, pp: Any = None) -> nn.Module:
@@ -77,7 +108,7 @@ def load_model(cfg: EngineConfig, tp: Any = None, pp: Any = None) -> nn.Module:
                     f"pass a .gguf file, or use --load-format dummy for random weights."
                 )
             weights = iter_safetensors(files)
-        loaded = model.load_weights(weights)
+        loaded = model.load_weights(checked_weights(weights))
         missing = model.missing_weights(loaded)
         if missing:
             raise ValueError(f"Checkpoint in {cfg.model_path} lacks weights: {sorted(missing)[:8]} …")

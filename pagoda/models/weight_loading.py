@@ -6,6 +6,11 @@ owning module and, for a :class:`~pagoda.layers.linear.Linear`, to its ``load_sh
 knows how a quantization method lays out its parameters). Loaded keys are
 ``<param>`` or ``<param>#<shard>``; :func:`missing_weights` compares them with what the model
 needs, so a checkpoint missing a tensor (or one shard of a fused layer) fails at start-up.
+
+Corrupt tensors fail at start-up too, naming the tensor: a dtype that cannot hold what its parameter
+holds (:func:`dtype_mismatch`, checked here for every tensor routed to a parameter) and a quantization
+scale that is not a finite float (:func:`check_scale_values`, which the loader applies to every
+checkpoint tensor, MoE experts included).
 """
 
 from __future__ import annotations
@@ -20,6 +25,48 @@ from pagoda.layers.linear import Linear
 # Other spellings of an attention layer's FP8 KV-cache scales (compressed-tensors' kv_cache_scheme
 # writes k_proj/v_proj output scales) -> the model's ``self_attn.k_scale`` / ``v_scale``.
 _KV_SCALE_ALIASES = ((".k_proj.output_scale", ".k_scale"), (".v_proj.output_scale", ".v_scale"))
+
+SCALE_NAMES = ("scales", "weight_scale", "weight_scale_inv", "input_scale")
+"""Last name components of quantization scales (GPTQ/AWQ ``scales``; FP8 and compressed-tensors ``weight_scale``,
+block FP8 ``weight_scale_inv``; static activation scales). The KV-cache scales are checked where the attention
+layer reads them (``finish_kv_scales`` in :mod:`pagoda.models.llama`)."""
+DIVIDING_SCALES = ("input_scale",)
+"""Scales that activations are divided by: they must also be positive."""
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
+
+
+def check_scale_values(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming checkpoint tensor ``name`` when it is a quantization scale (:data:`SCALE_NAMES`)
+    that is not floating point, holds NaN or inf, or (:data:`DIVIDING_SCALES`) is not positive. A NaN scale makes
+    every logit NaN: the engine would answer token 0 forever."""
+    leaf = name.rpartition(".")[2]
+    if leaf not in SCALE_NAMES:
+        return
+    if not tensor.dtype.is_floating_point:
+        raise ValueError(f"Checkpoint tensor {name!r} is a quantization scale stored as {tensor.dtype}; expected "
+                         f"floating point (corrupt checkpoint?)")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"Checkpoint tensor {name!r} holds NaN or infinite values (corrupt checkpoint?)")
+    if leaf in DIVIDING_SCALES and tensor.numel() and not bool((tensor > 0).all()):
+        raise ValueError(f"Checkpoint tensor {name!r} must be a positive finite scale, got {float(tensor.min())} "
+                         f"(corrupt checkpoint?)")
+
+
+def dtype_mismatch(param: torch.Tensor, tensor: torch.Tensor) -> str | None:
+    """Why checkpoint ``tensor`` cannot be copied into ``param`` without changing what it means, or ``None``.
+
+    A copy converts the dtype, which is exact between float widths (the checkpoint's bf16 into an fp32 model) and
+    between integer widths that hold the values (int64 ``g_idx`` into int32), but not from floats into integer
+    codes, from integers into float weights, into or out of an FP8 format (a bf16 weight copied into an
+    ``float8_e4m3fn`` parameter loses its scale; ``e5m2`` is not ``e4m3``), or between int8 and uint8 (signed
+    codes are not unsigned ones). Those are refused."""
+    p, t = param.dtype, tensor.dtype
+    if p == t:
+        return None
+    one_byte_int = p.itemsize == 1 and not p.is_floating_point and p != torch.bool
+    if p in _FP8_DTYPES or t in _FP8_DTYPES or p.is_floating_point != t.is_floating_point or one_byte_int:
+        return f"dtype {t} where the model holds {p}"
+    return None
 
 
 def _route(name: str, stacked: Mapping[str, tuple[str, int]]) -> tuple[str, int | None]:
@@ -51,8 +98,12 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
             module = model.get_submodule(module_name)
         except AttributeError:
             module = None
-        if module is None or not isinstance(getattr(module, param_name, None), torch.Tensor):
+        param = getattr(module, param_name, None) if module is not None else None
+        if not isinstance(param, torch.Tensor):
             raise ValueError(f"Checkpoint tensor {raw_name!r} has no place in {type(model).__name__}.")
+        wrong_dtype = dtype_mismatch(param, tensor)
+        if wrong_dtype is not None:
+            raise ValueError(f"Checkpoint tensor {raw_name!r}: {wrong_dtype} (corrupt checkpoint?)")
         try:
             if isinstance(module, Linear):
                 module.load_shard(param_name, tensor, shard)

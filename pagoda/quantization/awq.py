@@ -78,7 +78,7 @@ class AWQConfig(QuantizationConfig):
         if not qcfg:
             return cls(128, from_defaults=True)
         bits = qcfg.get("bits", qcfg.get("w_bit"))
-        if bits != BITS:
+        if type(bits) is not int or bits != BITS:
             raise ValueError(f"AWQ quantization_config.bits={bits!r} is not supported; pagoda runs 4-bit AWQ.")
         version = str(qcfg.get("version", "gemm")).lower()
         if version != "gemm":
@@ -87,7 +87,7 @@ class AWQConfig(QuantizationConfig):
         if not isinstance(qcfg.get("zero_point", True), bool):
             raise ValueError(f"AWQ quantization_config.zero_point must be true or false, got {qcfg['zero_point']!r}")
         group_size = qcfg.get("group_size", qcfg.get("q_group_size", 128))
-        if not isinstance(group_size, int) or not (group_size == -1 or group_size > 0):
+        if type(group_size) is not int or not (group_size == -1 or group_size > 0):
             raise ValueError(f"AWQ quantization_config.group_size={group_size!r} must be -1 or a positive integer.")
         skip = qcfg.get("modules_to_not_convert") or []
         if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):

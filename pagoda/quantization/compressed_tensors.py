@@ -42,20 +42,28 @@ class QuantArgs:
     where: str
 
     @staticmethod
-    def parse(d: dict[str, Any] | None, where: str) -> QuantArgs | None:
+    def parse(d: Any, where: str) -> QuantArgs | None:
+        """The arguments at ``where``; a value of the wrong type is a ``ValueError`` naming its field (a string
+        ``"false"`` is not read as true, a ``group_size`` is a positive integer)."""
         if d is None:
             return None
+        if not isinstance(d, dict):
+            raise ValueError(f"compressed-tensors {where} must be an object, got {d!r}")
         for key in ("block_structure",):
             if d.get(key) is not None:
                 raise ValueError(f"compressed-tensors {where}.{key}={d[key]!r} is not supported")
         sd = d.get("scale_dtype")
         if sd is not None and not any(t in str(sd) for t in ("float32", "float16", "bfloat16")):
             raise ValueError(f"compressed-tensors {where}.scale_dtype={sd!r} is not supported")
-        dyn = d.get("dynamic", False)
-        if dyn not in (True, False):
-            raise ValueError(f"compressed-tensors {where}.dynamic={dyn!r} is not supported")
-        return QuantArgs(int(d.get("num_bits", 8)), str(d.get("type", "int")), bool(d.get("symmetric", True)),
-                         str(d.get("strategy", "tensor")), d.get("group_size"), bool(dyn), d.get("actorder"), where)
+        group_size = d.get("group_size")
+        if group_size is not None and (type(group_size) is not int or group_size < 1):
+            raise ValueError(f"compressed-tensors {where}.group_size={group_size!r} must be a positive integer")
+        actorder = d.get("actorder")
+        if isinstance(actorder, bool):  # compressed-tensors reads true as "group", false as none
+            actorder = "group" if actorder else None
+        return QuantArgs(_typed(d, "num_bits", 8, int, where), _typed(d, "type", "int", str, where),
+                         _typed(d, "symmetric", True, bool, where), _typed(d, "strategy", "tensor", str, where),
+                         group_size, _typed(d, "dynamic", False, bool, where), actorder, where)
 
     def refuse(self, field: str) -> ValueError:
         return ValueError(f"compressed-tensors {self.where}.{field}={getattr(self, field)!r} is not supported "
@@ -65,6 +73,23 @@ class QuantArgs:
         for field, values in allowed.items():
             if getattr(self, field) not in values:
                 raise self.refuse(field)
+
+
+def _typed(d: dict[str, Any], key: str, default: Any, kind: type, where: str) -> Any:
+    """``d[key]`` (``default`` when absent), which must be of ``kind`` exactly (a bool is not an int)."""
+    v = d.get(key, default)
+    if type(v) is not kind:
+        raise ValueError(f"compressed-tensors {where}.{key}={v!r} must be {'an' if kind is int else 'a'} "
+                         f"{ {int: 'integer', str: 'string', bool: 'boolean (true / false)'}[kind] }")
+    return v
+
+
+def _names(qcfg: dict[str, Any], key: str, where: str) -> list[str]:
+    """A list of module names or ``re:`` patterns (``ignore``, ``targets``)."""
+    v = qcfg.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
+        raise ValueError(f"compressed-tensors {where}{key} must be a list of module names, got {v!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,8 @@ class Scheme:
 
 def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) -> Scheme:
     where = f"config_groups.{name}"
+    if not isinstance(group, dict):
+        raise ValueError(f"compressed-tensors {where} must be an object, got {group!r}")
     fmt = group.get("format") or default_format
     if fmt not in _FORMATS:
         raise ValueError(f"compressed-tensors {where}.format={fmt!r} is not supported ({', '.join(_FORMATS)})")
@@ -121,7 +148,7 @@ def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) 
         if a is not None:
             a.require(type=("float",), num_bits=(8,), symmetric=(True,))
             a.require(strategy=("token", "tensor") if a.dynamic else ("tensor",))
-    return Scheme(name, tuple(group.get("targets") or ()), str(fmt), w, a)
+    return Scheme(name, tuple(_names(group, "targets", where + ".")), str(fmt), w, a)
 
 
 def _matches(name: str, target: str) -> bool:
@@ -153,10 +180,13 @@ class CompressedTensorsConfig(QuantizationConfig):
             raise ValueError(f"compressed-tensors quantization_status={status!r} is not supported (compressed)")
         fmt = qcfg.get("format")
         groups = qcfg.get("config_groups") or {}
+        if not isinstance(groups, dict):
+            raise ValueError(f"compressed-tensors quantization_config.config_groups must be an object of named "
+                             f"groups, got {groups!r}")
         if not groups:
             raise ValueError("compressed-tensors quantization_config.config_groups is empty")
         schemes = [_parse_scheme(name, g, None if fmt == "mixed-precision" else fmt) for name, g in groups.items()]
-        return cls(schemes, list(qcfg.get("ignore") or []))
+        return cls(schemes, _names(qcfg, "ignore", "quantization_config."))
 
     def _scheme_for(self, name: str) -> Scheme | None:
         if any(_matches(name, t) and t != "Linear" for t in self.ignore):

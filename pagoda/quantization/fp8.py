@@ -233,11 +233,20 @@ class Fp8Config(QuantizationConfig):
             raise ValueError(f"fp8 quantization_config fmt {qcfg['fmt']!r} is not supported (e4m3)")
         block = qcfg.get("weight_block_size")
         if block is not None:
-            if len(block) != 2 or scheme != "dynamic":
+            if not isinstance(block, list | tuple) or len(block) != 2 or \
+                    not all(type(b) is int and b > 0 for b in block):
+                raise ValueError(f"fp8 quantization_config weight_block_size={block!r} must be two positive "
+                                 f"integers [block_n, block_k]")
+            if scheme != "dynamic":
                 raise ValueError(f"fp8 weight_block_size {block} with activation_scheme {scheme!r} is not "
                                  f"supported (two sizes, dynamic activations)")
-            block = (int(block[0]), int(block[1]))
-        ignored = list(qcfg.get("ignored_layers") or []) + list(qcfg.get("modules_to_not_convert") or [])
+            block = (block[0], block[1])
+        ignored: list[str] = []
+        for key in ("ignored_layers", "modules_to_not_convert"):
+            names = qcfg.get(key) or []
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"fp8 quantization_config {key} must be a list of module names, got {names!r}")
+            ignored += names
         return cls(True, scheme, block, ignored)
 
     def _is_ignored(self, names: list[str]) -> bool:

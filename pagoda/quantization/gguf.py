@@ -33,7 +33,7 @@ from torch import nn
 
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.base import QuantizationConfig
-from pagoda.quantization.gguf_blocks import FORMATS, decode_blocks, decode_dense, q8_0_codes
+from pagoda.quantization.gguf_blocks import FORMATS, BlockFormat, decode_blocks, decode_dense, q8_0_codes
 from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
 from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
 
@@ -156,12 +156,19 @@ def _raw_of(t: torch.Tensor) -> RawTensor:
     return RawTensor(t.gguf_name, t.gguf_type, t.gguf_shape, t)  # type: ignore[attr-defined]
 
 
+def _decode(raw: RawTensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BlockFormat]:
+    """:func:`decode_blocks` of one quantized tensor on ``device``; its errors name the GGUF tensor."""
+    try:
+        return decode_blocks(raw.type_name, raw.data.to(device), raw.shape[1])
+    except ValueError as exc:
+        raise ValueError(f"GGUF tensor {raw.name!r}: {exc}") from exc
+
+
 def _dense(raw: RawTensor, device: torch.device) -> torch.Tensor:
     """The float32 value of one tensor (``gguf.dequantize``'s)."""
-    data = raw.data.to(device)
     if not raw.quantized:
-        return decode_dense(raw.type_name, data, raw.shape).float()
-    codes, scales, offsets, fmt = decode_blocks(raw.type_name, data, raw.shape[1])
+        return decode_dense(raw.type_name, raw.data.to(device), raw.shape).float()
+    codes, scales, offsets, fmt = _decode(raw, device)
     q = codes.view(codes.shape[0], -1, fmt.group).float()
     return (q * scales.unsqueeze(-1) + offsets.unsqueeze(-1)).reshape(raw.shape)
 
@@ -169,7 +176,7 @@ def _dense(raw: RawTensor, device: torch.device) -> torch.Tensor:
 def _int_weight(raws: list[RawTensor], device: torch.device, dtype: torch.dtype) -> IntWeight:
     """One canonical weight for the (fused) shards: rows stacked, the finest group and widest codes of all
     shards (coarser groups repeat their scales, so values are unchanged)."""
-    parts = [decode_blocks(r.type_name, r.data.to(device), r.shape[1]) for r in raws]
+    parts = [_decode(r, device) for r in raws]
     group = min(p[3].group for p in parts)
     bits = max(p[3].bits for p in parts)
 
@@ -253,6 +260,8 @@ class GGUFLinearMethod(LinearMethod):
                 if hasattr(layer, "lm_head") and dtype == torch.bfloat16:
                     self._keep_q8_codes(layer, raws)
         except ValueError as exc:
+            if str(exc).startswith("GGUF tensor "):  # names its tensor already
+                raise
             raise ValueError(f"GGUF tensor(s) {[r.name for r in raws]}: {exc}") from exc
 
     @staticmethod

@@ -131,8 +131,9 @@ def _q6k(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def decode_blocks(type_name: str, raw: torch.Tensor, in_features: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BlockFormat]:
     """Raw rows ``[out, in / block * type_size]`` (uint8) of a quantized type -> ``(codes [out, in] uint8,
-    scales [out, in / group] float32, offsets like scales, format)``. ``ValueError`` on an unsupported type
-    or a byte count that does not fit ``in_features``."""
+    scales [out, in / group] float32, offsets like scales, format)``. ``ValueError`` on an unsupported type,
+    a byte count that does not fit ``in_features``, or a block whose f16 scale is NaN or infinite (a corrupt
+    file: every logit would be NaN)."""
     fmt = FORMATS.get(type_name)
     if fmt is None:
         raise ValueError(f"GGUF type {type_name} is not supported (supported: "
@@ -149,7 +150,11 @@ def decode_blocks(type_name: str, raw: torch.Tensor, in_features: int
     else:
         codes, scales, offsets = _simple(fmt, b)
         scales, offsets = scales.unsqueeze(-1), offsets.unsqueeze(-1)
-    return codes.reshape(out, in_features), scales.reshape(out, -1), offsets.reshape(out, -1), fmt
+    scales, offsets = scales.reshape(out, -1), offsets.reshape(out, -1)
+    if not (bool(torch.isfinite(scales).all()) and bool(torch.isfinite(offsets).all())):
+        bad = int((~torch.isfinite(scales) | ~torch.isfinite(offsets)).any(-1).nonzero()[0, 0])
+        raise ValueError(f"{type_name} data holds a NaN or infinite block scale (row {bad}; corrupt file?)")
+    return codes.reshape(out, in_features), scales, offsets, fmt
 
 
 def q8_0_codes(raw: torch.Tensor, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,8 @@ Format (GGUF v2/v3, little-endian): magic ``GGUF``, version u32, tensor count u6
 metadata entry a string key, a u32 value type and the value (an array: item type u32, count u64, items); each
 tensor a string name, u32 dims, u64 sizes (innermost first), u32 ggml type, u64 offset from the data start,
 which is the end of the header rounded up to ``general.alignment`` (default 32). A truncated or corrupt header
-is a ``ValueError`` naming the file; a big-endian file is refused by name (its dense tensors would need swapping).
+is a ``ValueError`` naming the file (and the tensor, for a type id gguf does not know or rows that are not whole
+blocks of their type); a big-endian file is refused by name (its dense tensors would need swapping).
 """
 
 from __future__ import annotations
@@ -148,13 +149,23 @@ def read_gguf_header(path: Path, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
         name = cur.string()
         dims = tuple(cur.take("Q") for _ in range(cur.take("I")))
         infos.append((name, dims, cur.take("I"), cur.take("Q")))
-    align = int(head.metadata.get("general.alignment", 32))
+    align = head.metadata.get("general.alignment", 32)
+    if type(align) is not int or align < 1:
+        raise ValueError(f"GGUF file {path}: general.alignment is {align!r}, not a positive integer (corrupt?)")
     start = (cur.pos + align - 1) // align * align
     for name, dims, type_id, offset in infos:
         try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
-        except (ValueError, KeyError):
-            block, type_size = 1, 0  # an unknown type: iter_gguf_tensors names it
+            qtype = GGMLQuantizationType(type_id)
+        except ValueError:  # gguf's reader (and transformers' conversion) would fail on it without naming it
+            raise ValueError(f"GGUF file {path}: tensor {name!r} has ggml type id {type_id}, which is not a GGUF "
+                             f"type (corrupt file, or a type newer than the installed gguf package)") from None
+        try:
+            block, type_size = GGML_QUANT_SIZES[qtype]
+        except KeyError:
+            block, type_size = 1, 0  # a type without a size: iter_gguf_tensors names it
+        if dims and dims[0] % block:
+            raise ValueError(f"GGUF file {path}: tensor {name!r} has rows of {dims[0]} values, not whole "
+                             f"{qtype.name} blocks of {block} (corrupt file?)")
         n = int(np.prod(dims, dtype=np.int64)) if dims else 1
         nbytes = n // block * type_size
         if start + offset + nbytes > len(mm):

@@ -71,10 +71,10 @@ class GPTQConfig(QuantizationConfig):
         if not qcfg:
             return cls(**DEFAULTS, from_defaults=True)
         bits = qcfg.get("bits")
-        if bits not in SUPPORTED_BITS:
+        if type(bits) is not int or bits not in SUPPORTED_BITS:  # 4.0 would pass `in`; true is not a width
             raise ValueError(f"GPTQ quantization_config.bits={bits!r} is not supported; pagoda runs bits 4 and 8.")
         group_size = qcfg.get("group_size", 128)
-        if not isinstance(group_size, int) or not (group_size == -1 or group_size > 0):
+        if type(group_size) is not int or not (group_size == -1 or group_size > 0):
             raise ValueError(f"GPTQ quantization_config.group_size={group_size!r} must be -1 or a positive integer.")
         fmt = str(qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq").lower()
         if fmt not in FORMATS:

@@ -71,6 +71,9 @@ class SpeculativeConfig:
         if dbs is not None and (type(dbs) is not int or dbs < 1):
             raise ValueError(f"speculative_config.disable_by_batch_size must be a positive integer, got {dbs!r}.")
         mml = d.get("max_model_len")
+        if mml is not None and method != "draft_model":
+            raise ValueError(f"speculative_config.max_model_len applies to method 'draft_model' only (the draft "
+                             f"model's context); method {method!r} drafts over the target's whole context.")
         if mml is not None and (type(mml) is not int or mml <= k):
             raise ValueError(f"speculative_config.max_model_len must be an integer above num_speculative_tokens "
                              f"({k}), got {mml!r}.")
@@ -84,8 +87,9 @@ class SpeculativeConfig:
 
 
 def _check_draft_loading(d: dict[str, Any], method: str) -> None:
-    """``quantization`` / ``revision`` (strings, for a method that loads a checkpoint) and ``enforce_eager`` (drafts
-    and heads run eagerly: only true, or absent, describes what runs)."""
+    """``quantization`` / ``revision`` (strings, for ``draft_model``: an EAGLE head is read unquantized from a local
+    folder, so neither applies to it) and ``enforce_eager`` (drafts and heads run eagerly: only true, or absent,
+    describes what runs)."""
     for key in ("quantization", "revision"):
         v = d.get(key)
         if v is None:
@@ -93,6 +97,9 @@ def _check_draft_loading(d: dict[str, Any], method: str) -> None:
         if method not in MODEL_METHODS:
             raise ValueError(f"speculative_config.{key} applies to a draft model or head (method {method!r} loads "
                              f"none).")
+        if method != "draft_model":
+            raise ValueError(f"speculative_config.{key} applies to method 'draft_model' only: pagoda reads an "
+                             f"{method.upper()} head unquantized from a local folder (method is {method!r}).")
         if not isinstance(v, str) or not v:
             raise ValueError(f"speculative_config.{key} must be a string, got {v!r}.")
     eager = d.get("enforce_eager")

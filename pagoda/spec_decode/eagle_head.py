@@ -45,36 +45,77 @@ def eagle3_aux_layers(head_cfg: dict[str, Any], num_target_layers: int) -> tuple
     for 0): ``eagle_aux_hidden_state_layer_ids`` when the head's config.json names them (top level or in
     ``eagle_config``, as vLLM reads them), else vLLM's default (2, L // 2, L - 3)."""
     key = "eagle_aux_hidden_state_layer_ids"
-    ids = head_cfg.get(key) or (head_cfg.get("eagle_config") or {}).get(key)
-    layers = tuple(int(i) for i in ids) if ids else (2, num_target_layers // 2, num_target_layers - 3)
+    eagle_config = head_cfg.get("eagle_config") or {}
+    ids = head_cfg.get(key) or (eagle_config.get(key) if isinstance(eagle_config, dict) else None)
+    if ids and (not isinstance(ids, list) or not all(type(i) is int for i in ids)):
+        raise ValueError(f"{KEY}: config.json {key} must be a list of target layer indices, got {ids!r}.")
+    layers = tuple(ids) if ids else (2, num_target_layers // 2, num_target_layers - 3)
     if len(set(layers)) != 3 or not all(0 <= i < num_target_layers for i in layers):
         raise ValueError(f"{KEY}: EAGLE-3 reads three distinct target layers; {layers} are not three of the "
                          f"target's {num_target_layers} layers (config.json {key}).")
     return tuple(sorted(layers))  # concatenated in layer order, as vLLM does
 
 
+_HEAD_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+"""config.json fields a head must give (positive integers); the others have Llama's defaults."""
+
+
 def read_head_config(path: str) -> dict[str, Any]:
+    """The head's config.json as a dict; a missing or unreadable one is a ``ValueError`` naming the key and file."""
     f = Path(path) / "config.json"
     if not f.is_file():
         raise ValueError(f"{KEY}: no config.json in {path!r} (an EAGLE head checkpoint folder).")
-    return dict(json.loads(f.read_text()))
+    try:
+        cfg = json.loads(f.read_text())
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{KEY}: {f} is not valid JSON ({e}).") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{KEY}: {f} must hold a JSON object, got {type(cfg).__name__}.")
+    return cfg
+
+
+def head_shape(cfg: dict[str, Any]) -> LlamaShape:
+    """The head's layer shape; a field of :data:`_HEAD_SHAPE_FIELDS` missing or not a positive integer is a
+    ``ValueError`` naming it."""
+    for field in _HEAD_SHAPE_FIELDS:
+        v = cfg.get(field)
+        if type(v) is not int or v < 1:
+            raise ValueError(f"{KEY}: the head's config.json {field} is {v!r}; expected a positive integer.")
+    try:
+        return LlamaShape.from_hf({"attention_bias": False, **cfg}, "LlamaForCausalLM")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{KEY}: the head's config.json does not describe a Llama layer ({e}).") from e
 
 
 def head_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """The head's tensors: ``*.safetensors`` files, else ``pytorch_model*.bin`` (read with weights_only)."""
+    """The head's tensors: ``*.safetensors`` files, else ``pytorch_model*.bin`` (read with weights_only). A
+    truncated or corrupt file is a ``ValueError`` naming the key and the file."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     folder = Path(path)
     st = sorted(folder.glob("*.safetensors"))
     if st:
         from safetensors.torch import load_file
 
         for f in st:
-            yield from load_file(str(f)).items()
+            try:
+                tensors = load_file(str(f))
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{KEY}: {f} is not a readable safetensors file ({e}); it is truncated or "
+                                 f"corrupt.") from e
+            yield from tensors.items()
         return
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if not bins:
         raise ValueError(f"{KEY}: no *.safetensors or pytorch_model*.bin weights in {path!r}.")
     for f in bins:
-        yield from torch.load(str(f), map_location="cpu", weights_only=True).items()
+        try:
+            state = torch.load(str(f), map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"{KEY}: {f} cannot be read ({e}); it is truncated or corrupt.") from e
+        yield from state.items()
 
 
 def _check(cfg: dict[str, Any], field: str, value: int, target: int, what: str) -> None:
@@ -91,7 +132,7 @@ class EagleHead(nn.Module):
         super().__init__()
         self.method = method
         ts = target.shape
-        s = LlamaShape.from_hf({"attention_bias": False, **cfg}, "LlamaForCausalLM")
+        s = head_shape(cfg)
         self.shape = s
         _check(cfg, "vocab_size", s.vocab_size, ts.vocab_size, "vocabulary size")
         if method == "eagle":
