@@ -5,7 +5,7 @@
 # speculative tests. On an H200 first issue 12's never-tuned 4-bit one-row tables (session 36's call 3).
 set -uo pipefail
 TESTS="tests/test_spec_decode.py tests/test_spec_eagle.py tests/gpu/test_gpu_spec_verify_graphs.py
-  tests/gpu/test_gpu_spec_no_sync.py tests/test_bad_input.py"
+  tests/gpu/test_gpu_spec_no_sync.py tests/test_bad_input.py tests/gpu/test_gpu_parity.py tests/test_strict_tools_auto.py"
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
   bash benchmarks/results/gpu-2026-12-06-session36/call3.sh
   export CAP=170; LIM=160
