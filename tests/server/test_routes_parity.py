@@ -212,7 +212,7 @@ def test_responses_stream(server):
 @pytest.mark.parametrize("field,value", [
     ("tools", [{"type": "web_search"}]), ("previous_response_id", "resp_x"),
     ("store", True), ("reasoning", {"effort": "low"}), ("background", True), ("truncation", "auto"),
-    ("include", ["message.output_text.logprobs"]), ("text", {"format": {"type": "json_object"}}),
+    ("include", ["message.output_text.logprobs"]), ("text", {"format": {"type": "yaml"}}),
     ("top_logprobs", 2), ("no_such_field", 1),
 ])
 def test_responses_refuses_what_it_does_not_implement(server, field, value):
@@ -220,6 +220,33 @@ def test_responses_refuses_what_it_does_not_implement(server, field, value):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == field and field in err["message"]
+
+
+def test_responses_text_format_constrains_the_answer(server):
+    """``text.format`` json_schema (the Responses API's flat shape) and json_object run as chat's response_format:
+    the answer parses and follows the schema, or is a prefix of such JSON when cut at max_output_tokens."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    client = server.client()
+    for fmt in ({"type": "json_schema", "name": "answer", "schema": schema, "strict": True}, {"type": "json_object"}):
+        r = client.responses.create(model=MODEL, input="hi", max_output_tokens=40, temperature=0,
+                                    text={"format": fmt})
+        assert r.text.format.type == fmt["type"]
+        if r.status == "completed":
+            obj = json.loads(r.output_text)
+            assert isinstance(obj, dict) and (fmt["type"] == "json_object" or set(obj) == {"ok"})
+        else:
+            assert r.output_text.startswith("{")
+    bad = server.post("/v1/responses", {"model": MODEL, "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": {"type": "nope"}}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text", bad.text
+    bad = server.post("/v1/responses", {"model": MODEL, "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": schema, "strcit": True}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text", bad.text
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    both = server.post("/v1/responses", {"model": MODEL, "input": "hi", "tools": [tool], "tool_choice": "required",
+                                         "text": {"format": {"type": "json_object"}}})
+    assert both.status_code == 400 and "not both" in both.json()["error"]["message"], both.text
 
 
 def test_responses_refusals_through_the_client(server):

@@ -26,7 +26,6 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "background": (None, False),
     "reasoning": (None,),
     "include": (None, []),
-    "text": (None, {"format": {"type": "text"}}),
     "truncation": (None, "disabled"),
     "top_logprobs": (None, 0),
     "max_tool_calls": (None,),
@@ -128,6 +127,34 @@ def unsupported_fields(req: ResponsesRequest) -> list[str]:
     out = sorted(req.model_extra or ())
     out += [k for k, ok in NEUTRAL_VALUES.items() if getattr(req, k) not in ok]
     return out
+
+
+_TEXT_FORMAT_KEYS = {"text": {"type"}, "json_object": {"type"},
+                     "json_schema": {"type", "name", "schema", "strict", "description"}}
+
+
+def response_format(text: Any) -> dict[str, Any] | None:
+    """``text.format`` as chat's ``response_format`` (OpenAI's Responses API flattens the json_schema one:
+    ``{"type": "json_schema", "name", "schema", "strict", "description"}``); None for plain text. Another shape
+    is a ``ValueError`` (a 400 naming ``text``)."""
+    if text is None:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) and set(text) <= {"format", "verbosity"} else None
+    if not isinstance(fmt, dict) or fmt.get("type") not in _TEXT_FORMAT_KEYS:
+        raise ValueError(f"text must be {{\"format\": {{\"type\": \"text\" | \"json_object\" | \"json_schema\"}}}}"
+                         f", got {text!r}.")
+    kind = fmt["type"]
+    extra = sorted(set(fmt) - _TEXT_FORMAT_KEYS[kind])
+    if extra:
+        raise ValueError(f"text.format of type {kind!r} takes {sorted(_TEXT_FORMAT_KEYS[kind])}, got unknown "
+                         f"key(s) {extra}.")
+    if isinstance(text, dict) and text.get("verbosity") not in (None, "medium"):
+        raise ValueError(f"text.verbosity {text['verbosity']!r} is not supported (a model setting of OpenAI's).")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
 
 
 class OutputText(BaseModel):

@@ -36,6 +36,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    response_format,
     unsupported_fields,
 )
 from pagoda.entrypoints.openai.responses_tools import (
@@ -54,10 +55,16 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     to_serving_error,
 )
-from pagoda.entrypoints.openai.tool_calling import constraint, note_prompt, output_parser, plan_tools
+from pagoda.entrypoints.openai.tool_calling import (
+    check_reasoning_request,
+    constraint,
+    note_prompt,
+    output_parser,
+    plan_tools,
+)
 
 # Chat's names for the fields a Responses request calls otherwise.
-FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input"}
+FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input", "response_format": "text"}
 
 
 def event(kind: str, seq: int, **fields: Any) -> str:
@@ -71,7 +78,7 @@ def _status(finish_reason: str | None) -> Status:
 @contextmanager
 def responses_field_names(req: ResponsesRequest) -> Iterator[None]:
     """Errors name the Responses request's fields (``input``, ``max_output_tokens``, ``tools``), not chat's."""
-    names = {**FIELD_NAMES, "structured_outputs": "tools"} if req.tools else FIELD_NAMES
+    names = {**FIELD_NAMES, "structured_outputs": "tools" if req.tools else "text"}
     with request_field_names(names):
         try:
             yield
@@ -89,12 +96,17 @@ def to_messages(req: ResponsesRequest) -> list[ChatMessageIn]:
 
 
 def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat request a Responses request runs as (tools in chat's shape)."""
+    """The chat request a Responses request runs as (tools in chat's shape, ``text.format`` as
+    ``response_format``)."""
     tools = chat_tools(req.tools)
+    try:
+        rf = response_format(req.text)
+    except ValueError as e:
+        raise ServingError(400, str(e), param="text") from None
     return ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
                                  top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user, tools=tools,
                                  tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
-                                 parallel_tool_calls=req.parallel_tool_calls)
+                                 parallel_tool_calls=req.parallel_tool_calls, response_format=rf)
 
 
 class OpenAIServingResponses:
@@ -115,7 +127,8 @@ class OpenAIServingResponses:
                               metadata=req.metadata or {}, tools=req.tools or [],
                               tool_choice=req.tool_choice if req.tool_choice is not None else
                               ("auto" if req.tools else "none"),
-                              parallel_tool_calls=req.parallel_tool_calls is not False)
+                              parallel_tool_calls=req.parallel_tool_calls is not False,
+                              **({"text": req.text} if req.text is not None else {}))
 
     async def create_response(self, req: ResponsesRequest) -> Any:
         self.check(req)
@@ -124,6 +137,7 @@ class OpenAIServingResponses:
             model = chat.model_name(req.model)
             creq = chat_request(req)
             plan = plan_tools(creq, chat.limits.tools)
+            check_reasoning_request(creq, chat.limits.tools, plan, creq.response_format is not None)
             chat.check_common(creq, "chat")
             text, ids = chat.render_prompt(creq.messages, True, False, None, None, plan.tools, False)
             note_prompt(plan, ids, chat.reasoning_tags)
