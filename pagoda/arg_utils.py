@@ -118,8 +118,9 @@ def check_port(port: int, flag: str = "--port") -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket of ``--host``/``--port``, bound now (``serve`` before the model loads, ``router`` before
-    uvicorn starts), so a bad address or a busy port fails at once with a one-line error naming the flag."""
+    """The listening socket of ``--host``/``--port``, bound and listening now (``serve`` before the model loads,
+    ``router`` before uvicorn starts), so a bad address or a busy port fails at once with a one-line error naming
+    the flag, and no other process can take the port while the model loads."""
     check_port(port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -142,6 +143,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
             raise ValueError(f"port {port} on {host} is already in use (another server?); choose another with "
                              f"--port, or stop the process that holds it.") from None
         raise ValueError(f"cannot bind {host}:{port} ({e.strerror}); change --host or --port.") from None
+    # Listen now: a bound SO_REUSEADDR socket that does not listen yet lets another process bind the same port
+    # meanwhile, and the later listen() of one of them fails inside uvicorn, which then "serves" on nothing.
+    # (Connections made before uvicorn starts wait in the backlog.)
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 

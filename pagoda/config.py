@@ -232,7 +232,8 @@ class EngineArgs:
     k} (suffix decoding: the most frequent continuation of the longest earlier match in the request or in earlier
     requests' outputs, a draft as long as the match earns; suffix_decoding_max_tree_depth, _max_spec_factor,
     _min_token_prob, _max_cached_requests), or {"method": "draft_model", "model":
-    path, "num_speculative_tokens": k} (a smaller model with the same vocabulary), or {"method": "eagle" | "eagle3",
+    path, "num_speculative_tokens": k} (a smaller model with the same vocabulary; its own quantization, revision
+    and max_model_len keys apply to it only), or {"method": "eagle" | "eagle3",
     "model": path, "num_speculative_tokens": k} (an EAGLE / EAGLE-3 head for a Llama-family target). Outputs are
     unchanged (greedy: identical; sampled: the same distribution). Default: off."""
     model_impl: str = field(default="auto", metadata={"choices": MODEL_IMPLS})

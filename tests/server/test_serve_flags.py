@@ -354,6 +354,22 @@ def test_bad_host_and_port_are_one_line_errors(tiny_model_dir):
     assert "engine core" not in r.stderr and "KV cache" not in r.stderr  # nothing was loaded
 
 
+def test_the_bound_port_is_claimed_while_the_model_loads():
+    """``bind_socket`` listens at once: with SO_REUSEADDR a bound socket that is not listening yet lets a second
+    server bind the same port while the first loads its model, and one of them then "serves" on nothing."""
+    from server_utils import free_port
+
+    from pagoda.arg_utils import bind_socket
+
+    port = free_port()
+    first = bind_socket("127.0.0.1", port)
+    try:
+        with pytest.raises(ValueError, match=f"port {port} on 127.0.0.1 is already in use"):
+            bind_socket("127.0.0.1", port)
+    finally:
+        first.close()
+
+
 def _ssl_args(**kw: str | None) -> argparse.Namespace:
     return _serve_parser().parse_args([x for k, v in kw.items() if v for x in (f"--{k.replace('_', '-')}", v)])
 
