@@ -228,7 +228,9 @@ class EngineArgs:
     transformers fallback. Without it such a model is refused; pagoda never runs remote code otherwise."""
     speculative_config: dict[str, Any] | None = None
     """Speculative decoding, vLLM's JSON object: {"method": "ngram", "num_speculative_tokens": k,
-    "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup), {"method": "suffix", "num_speculative_tokens":
+    "prompt_lookup_min": 2, "prompt_lookup_max": 5} (prompt lookup; these two are pagoda's defaults, the ones its
+    CPU benchmarks were tuned with; vLLM's are 5 and 5: give both to match vLLM),
+    {"method": "suffix", "num_speculative_tokens":
     k} (suffix decoding: the most frequent continuation of the longest earlier match in the request or in earlier
     requests' outputs, a draft as long as the match earns; suffix_decoding_max_tree_depth, _max_spec_factor,
     _min_token_prob, _max_cached_requests), or {"method": "draft_model", "model":
