@@ -204,11 +204,15 @@ class EngineCore:
     def abort_requests(self, request_ids: list[str]) -> None:
         self._drop_grammar_waiting(request_ids)
         self.scheduler.abort_requests(request_ids)
+        if self.spec is not None:
+            self.spec.release(self.scheduler.running)
 
     def finish_requests(self, request_ids: list[str]) -> None:
         """Finish requests the front end stopped (stop strings)."""
         self._drop_grammar_waiting(request_ids)
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+        if self.spec is not None:
+            self.spec.release(self.scheduler.running)
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished_requests() or self._inflight is not None or bool(self._batch_queue)

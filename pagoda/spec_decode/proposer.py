@@ -158,6 +158,14 @@ class SpecDecoder:
         return max(0, min(self.cfg.num_speculative_tokens, r.max_tokens - r.num_output_tokens - 1,
                           self.max_model_len - r.num_tokens))
 
+    def release(self, running: list[Request]) -> None:
+        """A stateful proposer (draft model, EAGLE head, suffix corpus) lets go of requests no longer running: after
+        each step's update, and as soon as the front end stops or aborts a request (between steps, so an idle
+        engine holds no draft KV of finished requests)."""
+        retain = getattr(self.proposer, "retain", None)
+        if retain is not None:
+            retain({r.request_id for r in running})
+
     def propose(self, running: list[Request], spec_hidden: Any = None) -> None:
         """Set ``spec_token_ids`` of every running request (empty for those that do not speculate).
         ``spec_hidden``: the completed step's target hidden states (EAGLE heads read them)."""
@@ -172,9 +180,7 @@ class SpecDecoder:
         track = getattr(self.proposer, "track", None)
         if track is not None:  # suffix decoding: every running request's output may join its corpus
             track(running)
-        retain = getattr(self.proposer, "retain", None)
-        if retain is not None:  # a stateful proposer (draft model, EAGLE) frees what stopped running
-            retain({r.request_id for r in running})
+        self.release(running)
         observe = getattr(self.proposer, "observe", None)
         if observe is not None:  # EAGLE: the head catches up on the step's kept positions
             observe(spec_hidden, {r.request_id: r for r in running})
