@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pagoda import envs
+from pagoda.distributed.support import DISTRIBUTED_EXECUTOR_BACKENDS
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
@@ -256,7 +257,7 @@ class EngineArgs:
     embedding on the first and the LM head on the last; hidden states go stage to stage, and up to this many steps
     are in flight. Ranks = tensor x pipeline size. Covers the dense Llama family, unquantized; runs eager (no CUDA
     graphs), without async scheduling or speculative decoding."""
-    distributed_executor_backend: str | None = field(default=None, metadata={"choices": ("mp", "ray")})
+    distributed_executor_backend: str | None = field(default=None, metadata={"choices": DISTRIBUTED_EXECUTOR_BACKENDS})
     """How the ranks of --tensor-parallel-size x --pipeline-parallel-size run: mp (the default: worker processes on
     this machine) or ray (Ray actors placed by a placement group over the nodes of a Ray cluster: RAY_ADDRESS or
     the running one, else a local one)."""

@@ -12,7 +12,8 @@ torch.distributed (collectives within a stage, send/recv between stages).
 Failure: before each step the executor checks that every worker still runs; a worker that dies during a
 step breaks the collective (gloo: its sockets close; NCCL: the group's timeout), and the engine core turns
 that into :class:`WorkerDied` with the worker's own error when it sent one.
-Workers exit on :class:`StopWorker`, when the engine's connection closes, or when their parent dies.
+Workers exit on :class:`StopWorker`, when the engine's connection closes, or when their parent process is gone
+(:func:`pagoda.distributed.worker.watch_parent`; not when the thread that started them ends).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
     cannot run this engine."""
     if tp < 1:
         raise ValueError(f"--tensor-parallel-size must be at least 1, got {tp}.")
+    check_executor_backend(backend)
     if backend == "ray":
         check_ray_installed()
     if tp * pp == 1:
@@ -51,6 +52,8 @@ def check_tensor_parallel(tp: int, backend: str | None, *, arch: str, model_impl
     if quantized and quant_config is None:
         raise ValueError(f"{flag}: quantized checkpoints need their quantization config to shard; drop "
                          f"{flag}.")
+    if quant_config is not None and tp > 1:
+        _split_units(quant_config)  # a format that does not shard at all is named before any size check
     if pooling:
         raise ValueError(f"{flag}: pooling models (--runner pooling) run on one device; drop {flag}.")
     if speculative:
@@ -145,6 +148,15 @@ def check_quantized_split(tp: int, qc: QuantizationConfig, hf_config: dict[str, 
                 raise ValueError(f"{flag}: each rank's {name} is {size}, not a multiple of {unit} ({what}: a "
                                  f"quantization group or packed word would be cut). Use a smaller "
                                  f"--tensor-parallel-size.")
+
+
+def check_executor_backend(backend: str | None) -> None:
+    """Raise naming the flag unless ``backend`` is one of :data:`DISTRIBUTED_EXECUTOR_BACKENDS` (or None: mp).
+    ``LLM(distributed_executor_backend=...)`` passes the value unparsed, so the CLI's choices do not guard it; an
+    unknown value (vLLM's ``uni`` / ``external_launcher`` included) would otherwise run the mp executor silently."""
+    if backend is not None and backend not in DISTRIBUTED_EXECUTOR_BACKENDS:
+        raise ValueError(f"--distributed-executor-backend must be one of {', '.join(DISTRIBUTED_EXECUTOR_BACKENDS)} "
+                         f"(or left out: mp), got {backend!r}.")
 
 
 def check_ray_installed() -> None:

@@ -12,6 +12,8 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,6 +24,16 @@ from pagoda.distributed.config_codec import decode_config
 from pagoda.distributed.parallel_state import destroy_tp_group, init_world, make_tp_group
 
 logger = logging.getLogger("pagoda")
+
+
+def cpu_threads_per_rank(world: int) -> int:
+    """A CPU worker's torch threads: its share of the CPUs this process may use (affinity mask, cgroup quota:
+    ``cpu_threads.usable_cpus``), never more than it already has (``OMP_NUM_THREADS`` from the user, a
+    data-parallel replica's split or Ray's per-actor CPUs), and at least one. ``os.cpu_count()`` would count the
+    host's CPUs, not the container's."""
+    from pagoda.worker.cpu_threads import usable_cpus
+
+    return max(1, min(torch.get_num_threads(), usable_cpus() // world))
 
 
 class WorkerRank:
@@ -37,7 +49,7 @@ class WorkerRank:
         if cfg.device.type == "cuda":
             cfg = dataclasses.replace(cfg, device=torch.device("cuda", rank if device_index is None else device_index))
         else:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+            torch.set_num_threads(cpu_threads_per_rank(world))
         self.rank = rank
         init_world(rank, world, cfg.device, init_method=init_method, store=store, device_index=device_index)
         tp = make_tp_group(rank, tp_size, pp_size)
@@ -77,15 +89,37 @@ def serve(conn: Connection, rank: int, init_method: str) -> None:
         pass
 
 
+PARENT_POLL_S = 0.5
+"""How often a worker checks that the process that started it still runs."""
+
+
+def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """A daemon thread that ends this process (exit 0) once ``parent_pid`` is no longer its parent.
+
+    Not ``PR_SET_PDEATHSIG``: the kernel sends that signal when the parent *thread* that started the worker exits,
+    so an ``LLM(tensor_parallel_size=N)`` built in a thread that then ends (a thread pool, a web framework's start-up
+    hook) would lose its workers while the engine lives. The ppid changes only when the whole process is gone (also
+    when a fork of the parent still holds the engine's socket, which would keep ``recv`` from ever seeing EOF)."""
+
+    def run() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        logger.warning("the engine process (pid %d) is gone; worker exiting", parent_pid)
+        logging.shutdown()
+        os._exit(0)  # the main thread may be blocked in a collective with the dead rank
+
+    t = threading.Thread(target=run, name="pagoda-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: list[str]) -> int:
     fd, rank, init_method, parent_pid, level = argv
     logging.basicConfig(level=int(level), format=f"%(levelname)s %(asctime)s %(name)s[rank{rank}]: %(message)s",
                         datefmt="%H:%M:%S")
-    from pagoda.engine.core_proc import _set_parent_death_signal
-
-    _set_parent_death_signal()
-    if os.getppid() != int(parent_pid):
+    if os.getppid() != int(parent_pid):  # the engine process died before this one ran
         return 0
+    watch_parent(int(parent_pid))
     conn = Connection(int(fd))
     try:
         serve(conn, int(rank), init_method)

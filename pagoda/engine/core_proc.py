@@ -273,6 +273,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
                     t3 - t2, core.startup_seconds)
         freeze_startup_heap("engine core")  # after Ready: the front end finishes its own start meanwhile
         _CoreLoop(core, in_sock, out_socks, enc, parent_pid).run()
+        executor = core.runner.executor
+        if executor is not None:  # stopped cleanly: stop the ranks (Ray: its own processes too) before os._exit
+            executor.shutdown()
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (multiprocessing's exit handler, the
         # parent-death signal) must not raise again inside the clean-up below
@@ -509,7 +512,11 @@ class _CoreLoop:
                 self.send_step(outs, self.queue_times(step_start))
                 last_beat = time.monotonic()
             elif changed or now - last_beat >= HEARTBEAT_S:
-                # Idle: report liveness, and fresh stats after aborts freed blocks.
+                # Idle: report liveness (a tensor- or pipeline-parallel rank that died meanwhile raises WorkerDied:
+                # the core fails now and /health says so, not at the next request), and fresh stats after aborts.
+                executor = self.core.runner.executor
+                if executor is not None:
+                    executor.check_alive()
                 self.broadcast(Heartbeat(self.core.stats()))
                 last_beat = now
                 if changed and not self.core.has_unfinished_requests():

@@ -3,7 +3,8 @@
 A ``required`` / named tool choice cut while the call is written: the stream sends the call's deltas, then
 finishes with ``length`` and no ``content`` (it used to send the whole raw JSON again as content after the
 partial call deltas); what it sent, and what the non-streamed answer returns, is the cut output's prefix view,
-which the reference parser reads from the text of the same tokens. The Responses API gives the same function_call item streamed and not.
+which the reference parser reads from the text of the same tokens. The Responses API gives the same function_call
+item streamed and not.
 """
 
 from __future__ import annotations
