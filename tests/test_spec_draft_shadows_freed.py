@@ -19,7 +19,10 @@ def _draft_llm(tiny):
     from pagoda import LLM
 
     path = str(tiny.path("llama"))
-    return LLM(path, dtype="float32", speculative_config={"model": path, "num_speculative_tokens": 2})
+    # Synchronous steps (the GPU's default keeps one step in flight, which would end the request in a step):
+    # the point is what happens between steps.
+    return LLM(path, dtype="float32", async_scheduling=False,
+               speculative_config={"model": path, "num_speculative_tokens": 2})
 
 
 def test_stop_string_frees_the_draft_shadow(tiny):
