@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pagoda import envs
-from pagoda.distributed.support import DISTRIBUTED_EXECUTOR_BACKENDS
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
@@ -54,6 +53,9 @@ TOKENIZER_MODES: tuple[str, ...] = get_args(TokenizerMode)
 BLOCK_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 SchedulingPolicy = Literal["fcfs", "priority"]
 SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
+DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
+"""``--distributed-executor-backend``'s values (left out: mp); checked again for ``LLM(...)`` in
+:func:`pagoda.distributed.support.check_executor_backend`."""
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pagoda.config import DISTRIBUTED_EXECUTOR_BACKENDS
 from pagoda.quantization.base import QuantizationConfig
 
 TP_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
@@ -26,7 +27,6 @@ TP_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
 PP_ARCHITECTURES = TP_ARCHITECTURES[:5]
 """Architectures split into pipeline stages: the dense Llama family (MoE and Gemma models: not yet)."""
 
-DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
 
 _SPLIT_SIZES = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
 
