@@ -129,8 +129,10 @@ def check_length(prompt_len: int, max_tokens: int | None, limits: AdmissionLimit
     context is cut to what fits instead of refused; the server refuses it, as vLLM's does.
     """
     L = limits.max_model_len
-    if max_tokens is None or (cap_to_context and prompt_len + 1 <= L):
-        max_tokens = max(1, L - prompt_len) if max_tokens is None else min(max_tokens, L - prompt_len)
+    if max_tokens is None:
+        max_tokens = max(1, L - prompt_len)
+    elif cap_to_context and prompt_len < L:
+        max_tokens = min(max_tokens, L - prompt_len)
     total = prompt_len + max_tokens
     param = "prompt" if prompt_len + 1 > L else "max_tokens"
     if total > L:

@@ -4,6 +4,11 @@ that renders messages: chat completions, chat-style embeddings).
 Rules: a request's own ``chat_template`` needs ``--trust-request-chat-template``; rendering runs in a worker
 thread, interrupted after :data:`CHAT_TEMPLATE_TIMEOUT_S`, and its text is capped at
 :data:`CHAT_TEMPLATE_MAX_CHARS`; a template error (jinja) is the request's fault, a 400 naming ``messages``.
+
+Templates render in transformers' jinja2 ImmutableSandboxedEnvironment (no attribute escapes, no mutation of
+inputs); the time limit (a runaway loop is interrupted by an exception raised in its thread) and the size limit
+keep a hostile template (--trust-request-chat-template) from stalling the server or filling its memory with a
+prompt that could never fit anyway.
 """
 
 from __future__ import annotations

@@ -43,13 +43,9 @@ from pagoda.entrypoints.openai.tool_calling import (
     output_parser,
     plan_tools,
 )
+from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import is_strict
 
 
-# Chat templates render in transformers' jinja2 ImmutableSandboxedEnvironment (no attribute
-# escapes, no mutation of inputs). On top of it, each rendering runs in its own thread with a
-# time limit (a runaway loop is interrupted by an exception raised in that thread) and its
-# output has a size limit, so a hostile template (--trust-request-chat-template) cannot stall
-# the server or fill its memory with a prompt that could never fit anyway.
 class OpenAIServingChat(OpenAIServing):
     def render_prompt(self, messages: list[ChatMessageIn], add_generation_prompt: bool, continue_final: bool,
                       chat_template: str | None, chat_template_kwargs: dict[str, Any] | None,
@@ -79,8 +75,7 @@ class OpenAIServingChat(OpenAIServing):
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
                  "structured_outputs": structured_source(req)}
         if req.tool_choice == "required" or isinstance(req.tool_choice, dict) or any(
-                isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("strict") is True
-                for t in req.tools or ()):  # the tools' schemas are the constraint
+                is_strict(t) for t in req.tools or ()):  # the tools' schemas are the constraint
             names["structured_outputs"] = "tools"
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"

@@ -114,12 +114,12 @@ def to_serving_error(exc: BaseException) -> ServingError:
                         "internal_error")
 
 
-def output_error(out: Any) -> Exception:
+def output_error(out: RequestOutput) -> Exception:
     """The exception a failed engine output (``out.error``) raises while serving: a ValidationError naming the
     field when the request caused it (``error_param``, e.g. ``min_tokens`` against a grammar: a 400), else a
     RuntimeError (a 500)."""
-    if getattr(out, "error_param", None):
-        return ValidationError(out.error, out.error_param)
+    if out.error_param:
+        return ValidationError(str(out.error), out.error_param)
     return RuntimeError(out.error)
 
 

@@ -23,6 +23,7 @@ from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.serving_engine import ServingError
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 from pagoda.entrypoints.openai.tool_parsers import get_tool_parser
+from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import is_strict
 from pagoda.entrypoints.openai.tool_parsers.constrained import (
     NamedToolParser,
     RequiredToolParser,
@@ -122,7 +123,7 @@ def plan_tools(req: Any, cfg: ToolServingConfig) -> ToolPlan:
         parser = get_tool_parser(cfg.tool_call_parser)
         if parser.special_tokens_in_output:
             plan.sampling_overrides["skip_special_tokens"] = False
-        if any(t["function"].get("strict") is True for t in tools):
+        if any(is_strict(t) for t in tools):
             tag = parser.strict_tags(tools, max_calls == 1)
             if tag is None:
                 raise _bad(f"Tools with `strict: true` under tool_choice \"auto\" are enforced with "

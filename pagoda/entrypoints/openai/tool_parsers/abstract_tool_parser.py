@@ -62,6 +62,12 @@ class ExtractedToolCallInformation:
     complete: bool = True
 
 
+def is_strict(tool: Any) -> bool:
+    """A chat-shaped tool sent with ``"strict": true`` (its calls' arguments must follow its ``parameters``)."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(fn, dict) and fn.get("strict") is True
+
+
 def make_tool_call_id() -> str:
     """vLLM's tool-call ids: ``chatcmpl-tool-`` and 32 hex digits."""
     return f"chatcmpl-tool-{uuid.uuid4().hex}"

@@ -10,6 +10,7 @@ from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import (
     ParsedCall,
     Scan,
     ToolParser,
+    is_strict,
     partial_tag_overlap,
 )
 from pagoda.entrypoints.openai.tool_parsers.json_calls import call_from_object, scan_object
@@ -28,7 +29,7 @@ class Hermes2ProToolParser(ToolParser):
         for tool in tools:
             fn = tool["function"]
             schema = (fn.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
-                      ) if fn.get("strict") is True else {"type": "object"}
+                      ) if is_strict(tool) else {"type": "object"}
             tags.append({"type": "tag", "begin": f'{self.start_tag}\n{{"name": {json.dumps(fn["name"])}, "arguments": ',
                          "content": {"type": "json_schema", "json_schema": schema}, "end": f"}}\n{self.end_tag}"})
         return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [self.start_tag],
