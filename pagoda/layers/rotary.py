@@ -50,7 +50,8 @@ def rope_parameters(hf_config: dict[str, Any], layer_type: str | None = None,
             params["original_max_position_embeddings"] = hf_config["original_max_position_embeddings"]
         params.setdefault("original_max_position_embeddings", params["max_position_embeddings"])
     if check and params["rope_type"] not in ROPE_TYPES:
-        raise ValueError(f"rope type {params['rope_type']!r} is not supported (supported: {', '.join(ROPE_TYPES)}).")
+        raise ValueError(f"config.json rope_scaling / rope_parameters: rope type {params['rope_type']!r} is not "
+                         f"supported by pagoda's native models (supported: {', '.join(ROPE_TYPES)}).")
     return params
 
 

@@ -53,8 +53,7 @@ def gemma_shape(cfg: dict[str, Any], arch: str) -> LlamaShape:
     s = LlamaShape.from_hf(cfg, arch)
     act = str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh")
     return LlamaShape(**{**s.__dict__, "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", True)),
-                         "qk_norm": arch == "Gemma3ForCausalLM", "hidden_act": act,
-                         "qkv_bias": bool(cfg.get("attention_bias", False))})
+                         "qk_norm": arch == "Gemma3ForCausalLM", "hidden_act": act})
 
 
 def gemma_ropes(cfg: dict[str, Any], arch: str, head_dim: int, dtype: torch.dtype) -> dict[str, RotaryEmbedding]:

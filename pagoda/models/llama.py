@@ -1,7 +1,8 @@
 """The Llama family in one module: Llama (incl. 3.1 rope scaling), Mistral, Qwen2 (qkv bias),
 Qwen3 (q/k RMSNorm) and Phi-3/3.5/4-mini (checkpoints with qkv_proj/gate_up_proj already fused,
 longrope, partial rotary). Differences are config flags, not subclasses. Sliding-window layers
-(Mistral, Qwen2 with use_sliding_window, Phi-3) follow :mod:`pagoda.models.sliding_window`.
+(Mistral, Qwen2 with use_sliding_window, Phi-3) follow :mod:`pagoda.models.sliding_window`; which
+projections carry biases (``attention_bias``, ``mlp_bias``, Qwen2's fixed q/k/v bias) :func:`linear_biases`.
 
 Layout: q/k/v are fused into ``qkv_proj`` and gate/up into ``gate_up_proj`` (one matmul
 each); ``load_weights`` maps HF checkpoint names onto them (``packed_modules_mapping``).
@@ -75,11 +76,14 @@ class LlamaShape:
     qk_norm: bool
     hidden_act: str
     fused_checkpoint: bool = False  # the checkpoint stores qkv_proj / gate_up_proj whole (Phi-3)
+    o_bias: bool = False  # o_proj has a bias (Llama, Qwen3, Gemma with attention_bias)
+    mlp_bias: bool = False  # gate/up/down projections have biases (Llama's mlp_bias)
 
     @staticmethod
     def from_hf(cfg: dict[str, Any], arch: str) -> LlamaShape:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
+        qkv_bias, o_bias, mlp_bias = linear_biases(cfg, arch)
         return LlamaShape(
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
@@ -91,11 +95,36 @@ class LlamaShape:
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             max_position=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", False)) or arch == "Qwen2ForCausalLM",
+            qkv_bias=qkv_bias,
             qk_norm=arch == "Qwen3ForCausalLM",
             hidden_act=str(cfg.get("hidden_act", "silu")),
             fused_checkpoint=arch == "Phi3ForCausalLM",
+            o_bias=o_bias,
+            mlp_bias=mlp_bias,
         )
+
+
+_FIXED_BIASES: dict[str, tuple[bool, bool, bool]] = {
+    "Qwen2ForCausalLM": (True, False, False),
+    "MistralForCausalLM": (False, False, False),
+    "MixtralForCausalLM": (False, False, False),
+    "Phi3ForCausalLM": (False, False, False),
+}
+"""Architectures whose HF modeling fixes the biases whatever config.json says: (q/k/v, o_proj, MLP)."""
+
+
+def linear_biases(cfg: dict[str, Any], arch: str) -> tuple[bool, bool, bool]:
+    """Which projections carry a bias, as the architecture's HF modeling decides: ``(qkv, o_proj, mlp)``.
+
+    Fixed per architecture in :data:`_FIXED_BIASES`; Qwen2-MoE reads ``qkv_bias`` (default True; o_proj never);
+    every other (Llama, Qwen3, Qwen3-MoE, Gemma 2/3) reads ``attention_bias`` for q/k/v *and* o_proj, and Llama
+    alone reads ``mlp_bias`` for gate/up/down."""
+    if arch in _FIXED_BIASES:
+        return _FIXED_BIASES[arch]
+    if arch == "Qwen2MoeForCausalLM":
+        return bool(cfg.get("qkv_bias", True)), False, False
+    attn = bool(cfg.get("attention_bias", False))
+    return attn, attn, arch == "LlamaForCausalLM" and bool(cfg.get("mlp_bias", False))
 
 
 def _method(qc: QuantizationConfig | None, prefix: str, shard_names: tuple[str, ...]):
@@ -107,7 +136,9 @@ def _act(name: str):
         return F.silu
     if name in ("gelu", "gelu_pytorch_tanh"):
         return lambda x: F.gelu(x, approximate="tanh" if name.endswith("tanh") else "none")
-    raise ValueError(f"activation {name!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
+    raise ValueError(f"config.json activation (hidden_act / hidden_activation) {name!r} is not supported by pagoda's "
+                     f"native models (supported: silu, swish, gelu, gelu_pytorch_tanh); --model-impl transformers runs "
+                     f"HF's own modules.")
 
 
 def rope_for(hf_config: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -142,7 +173,7 @@ class Attention(nn.Module):
             q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
             self.qkv_proj = Linear(s.hidden_size, q_size + 2 * kv_size, bias=s.qkv_bias, linear_method=qkv_method,
                                    output_sizes=None if s.fused_checkpoint else (q_size, kv_size, kv_size))
-            self.o_proj = Linear(q_size, s.hidden_size, bias=False, linear_method=o_method)
+            self.o_proj = Linear(q_size, s.hidden_size, bias=s.o_bias, linear_method=o_method)
         self.q_size = self.num_heads * s.head_dim
         self.kv_size = self.num_kv_heads * s.head_dim
         if s.qk_norm:
@@ -176,7 +207,7 @@ class Attention(nn.Module):
         else:
             sizes, ranges = (q_full, kv_full, kv_full), ((q_r,), (kv_r,), (kv_r,))
         qkv = pl.ColumnParallelLinear(s.hidden_size, sizes, tp, s.qkv_bias, qkv_method, ranges, f"{prefix}.qkv_proj")
-        o = pl.RowParallelLinear(q_full, s.hidden_size, tp, False, o_method, f"{prefix}.o_proj")
+        o = pl.RowParallelLinear(q_full, s.hidden_size, tp, s.o_bias, o_method, f"{prefix}.o_proj")
         return qkv, o
 
     def finish_kv_scales(self, prefix: str) -> None:
@@ -258,14 +289,15 @@ class MLP(nn.Module):
             (r,) = pl.even_ranges(inter, tp, f"{prefix} intermediate_size")
             sizes, ranges = ((2 * inter,), ((r, (inter + r[0], r[1])),)) if s.fused_checkpoint \
                 else ((inter, inter), ((r,), (r,)))
-            self.gate_up_proj = pl.ColumnParallelLinear(s.hidden_size, sizes, tp, False, gu_method, ranges,
+            self.gate_up_proj = pl.ColumnParallelLinear(s.hidden_size, sizes, tp, s.mlp_bias, gu_method, ranges,
                                                         f"{prefix}.gate_up_proj")
-            self.down_proj = pl.RowParallelLinear(inter, s.hidden_size, tp, False, down_method, f"{prefix}.down_proj")
+            self.down_proj = pl.RowParallelLinear(inter, s.hidden_size, tp, s.mlp_bias, down_method,
+                                                  f"{prefix}.down_proj")
             inter = r[1]
         else:
-            self.gate_up_proj = Linear(s.hidden_size, 2 * inter, bias=False, linear_method=gu_method,
+            self.gate_up_proj = Linear(s.hidden_size, 2 * inter, bias=s.mlp_bias, linear_method=gu_method,
                                        output_sizes=None if s.fused_checkpoint else (inter,) * 2)
-            self.down_proj = Linear(inter, s.hidden_size, bias=False, linear_method=down_method)
+            self.down_proj = Linear(inter, s.hidden_size, bias=s.mlp_bias, linear_method=down_method)
         self.inter = inter  # this rank's
         self.act = _act(s.hidden_act)
         self.silu = s.hidden_act in ("silu", "swish")
@@ -276,7 +308,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up_proj(x)
-        if self.fused:
+        if self.fused and self.silu:  # the fused kernel computes SiLU only; GELU MLPs take the torch ops below
             from pagoda.layers.fused_kernels import silu_and_mul
 
             return self.down_proj(silu_and_mul(gu, self.fp8_rows_down and fp8_rows_wanted(gu.shape[0])))

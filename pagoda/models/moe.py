@@ -164,12 +164,7 @@ class MixtralForCausalLM(_MoeForCausalLM):
 
 
 class Qwen2MoeForCausalLM(_MoeForCausalLM):
-    has_shared_expert = True
-
-    @staticmethod
-    def model_shape(hf_config: dict[str, Any], arch: str) -> LlamaShape:
-        s = LlamaShape.from_hf(hf_config, arch)
-        return dataclasses.replace(s, qkv_bias=bool(hf_config.get("qkv_bias", True)))
+    has_shared_expert = True  # q/k/v biases per config.json qkv_bias: models/llama.py linear_biases
 
 
 class Qwen3MoeForCausalLM(_MoeForCausalLM):

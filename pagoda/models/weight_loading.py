@@ -100,7 +100,9 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
             module = None
         param = getattr(module, param_name, None) if module is not None else None
         if not isinstance(param, torch.Tensor):
-            raise ValueError(f"Checkpoint tensor {raw_name!r} has no place in {type(model).__name__}.")
+            hint = (" (a bias this architecture's HF modeling does not have, or that config.json's attention_bias / "
+                    "mlp_bias / qkv_bias leaves off)" if raw_name.endswith(".bias") else "")
+            raise ValueError(f"Checkpoint tensor {raw_name!r} has no place in {type(model).__name__}{hint}.")
         wrong_dtype = dtype_mismatch(param, tensor)
         if wrong_dtype is not None:
             raise ValueError(f"Checkpoint tensor {raw_name!r}: {wrong_dtype} (corrupt checkpoint?)")
