@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import msgspec
@@ -40,6 +41,14 @@ MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's bound on logprob_token_ids
 MAX_BAD_WORDS = 128  # bad_words entries (each becomes one or two token sequences)
 
 _GREEDY_EPS = 1e-5
+
+
+class RequestOutputKind(Enum):
+    """vLLM's ``SamplingParams.output_kind``: what the engine's outputs of a running request carry."""
+
+    CUMULATIVE = 0  # every output holds the whole output so far
+    DELTA = 1  # not implemented (refused): outputs are cumulative; AsyncLLM's RequestStream.last_deltas has the text
+    FINAL_ONLY = 2  # one output, when the request finishes (what LLM.generate always asks for)
 
 
 def _bad(name: str, rule: str) -> ValidationError:
@@ -87,6 +96,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
@@ -213,6 +223,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             if self.truncate_prompt_tokens < 1 and self.truncate_prompt_tokens != -1:
                 raise _bad("truncate_prompt_tokens", f"must be -1 (the context length) or at least 1, got "
                                                      f"{self.truncate_prompt_tokens}.")
+        self._verify_output_kind()
         if not self.detokenize and self.stop:  # vLLM's rule: stop strings are matched in the text
             raise _bad("detokenize", "must be true when stop strings are given (they are matched in the text); "
                                      "use stop_token_ids to stop without text.")
@@ -220,6 +231,23 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise _bad("spaces_between_special_tokens", "false is not implemented with skip_special_tokens=False "
                                                         "(special tokens kept in the text are joined as the "
                                                         "tokenizer decodes them).")
+
+    def _verify_output_kind(self) -> None:
+        """A RequestOutputKind (its value or name is taken for it); DELTA is refused, not served as cumulative."""
+        kind = self.output_kind
+        if not isinstance(kind, RequestOutputKind):
+            try:
+                if isinstance(kind, bool):
+                    raise TypeError
+                kind = RequestOutputKind[kind] if isinstance(kind, str) else RequestOutputKind(kind)
+            except (KeyError, ValueError, TypeError):
+                raise _bad("output_kind", f"must be a RequestOutputKind (CUMULATIVE, DELTA or FINAL_ONLY), got "
+                                          f"{kind!r}.") from None
+            self.output_kind = kind
+        if kind is RequestOutputKind.DELTA:
+            raise _bad("output_kind", "DELTA is not supported: outputs are CUMULATIVE (the text and tokens so far) "
+                                      "or FINAL_ONLY; AsyncLLM's RequestStream.last_deltas holds each output's new "
+                                      "text.")
 
     def _verify_token_sets(self) -> None:
         """allowed_token_ids, bad_words and logprob_token_ids (their vocabulary bounds are admission's)."""
@@ -356,4 +384,5 @@ def defaults_from_generation_config(gen_cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SamplingParams", "BeamSearchParams", "defaults_from_generation_config", "GENERATION_CONFIG_KEYS"]
+__all__ = ["SamplingParams", "BeamSearchParams", "RequestOutputKind", "defaults_from_generation_config",
+           "GENERATION_CONFIG_KEYS"]

@@ -5,9 +5,9 @@ newest token) and emitting only the difference, holding it back while it ends in
 incomplete UTF-8 sequence (U+FFFD). The window is seeded with the prompt's last
 tokens so tokenizers that drop a leading space at the start of a text keep it.
 
-Stop strings are searched only in the region the new text can touch (new text plus
-``max_stop_len - 1`` characters before it), so strings spanning token boundaries are
-found at O(len(stop)) cost per token.
+Each stop string is searched only where it would end in the new text (from ``len(stop) - 1``
+characters before it), so strings spanning token boundaries are found at O(len(stop)) cost
+per token, and one completed within ``min_tokens`` never counts later (vLLM's rule).
 """
 
 from __future__ import annotations
@@ -85,10 +85,9 @@ class IncrementalDetokenizer:
         self.text += delta
         if not self.stop or self._num_tokens <= self.min_tokens:
             return None
-        region_start = max(0, before - self.max_stop_len + 1)
         best: tuple[int, str] | None = None
-        for s in self.stop:
-            idx = self.text.find(s, region_start)
+        for s in self.stop:  # a match ends in the new text (vLLM's rule: one within min_tokens never counts)
+            idx = self.text.find(s, max(0, before - len(s) + 1))
             if idx != -1 and (best is None or idx < best[0]):
                 best = (idx, s)
         if best is None:
@@ -97,11 +96,23 @@ class IncrementalDetokenizer:
         self.text = self.text[: idx + len(s)] if self.include_stop else self.text[:idx]
         return s
 
-    def take_stream_delta(self, finished: bool) -> str:
-        """Text not yet streamed. While running, holds back a tail that may begin a stop string."""
+    def _shown_end(self, finished: bool) -> int:
+        """Where the text that may be shown ends: all of it once finished; while running, short of the last
+        ``max_stop_len - 1`` characters when stop strings are left out of the output (they may begin one, and
+        would be cut when it completes). A later stop string starts at or past this point, so what was shown
+        is always a prefix of the final text (vLLM's ``stop_buffer_length``)."""
         end = len(self.text)
         if not finished and self.stop and not self.include_stop:
-            end = max(self._streamed, end - (self.max_stop_len - 1))
+            end = max(0, end - (self.max_stop_len - 1))
+        return end
+
+    def shown_text(self, finished: bool) -> str:
+        """The text a cumulative output carries (vLLM's ``get_next_output_text(finished, delta=False)``)."""
+        return self.text[: self._shown_end(finished)]
+
+    def take_stream_delta(self, finished: bool) -> str:
+        """Text not yet streamed. While running, holds back a tail that may begin a stop string."""
+        end = max(self._streamed, self._shown_end(finished))
         delta = self.text[self._streamed : end]
         self._streamed = end
         return delta

@@ -16,7 +16,7 @@ from pagoda.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagoda.engine.messages import EngineCoreOutput, PooledData
 from pagoda.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pagoda.pooling.outputs import PoolingOutput, PoolingRequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import RequestOutputKind, SamplingParams
 
 
 @dataclass
@@ -85,7 +85,9 @@ class OutputProcessor:
         self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
         final_only: bool = False, pooling: bool = False,
     ) -> list[str]:
-        """Track a request. ``final_only`` (vLLM's FINAL_ONLY output kind): no RequestOutput until it finishes."""
+        """Track a request. ``final_only`` (or ``params.output_kind`` FINAL_ONLY): no RequestOutput until it
+        finishes."""
+        final_only = final_only or params.output_kind is RequestOutputKind.FINAL_ONLY
         children = {}
         for i in range(params.n):
             cid = child_id(request_id, i, params.n)
@@ -279,7 +281,8 @@ class OutputProcessor:
         comps = []
         error = error_param = None
         for c in parent.children.values():  # in index order
-            comps.append(CompletionOutput(c.index, c.detok.text if c.detok else "", list(c.token_ids),
+            text = c.detok.shown_text(c.finish_reason is not None) if c.detok else ""
+            comps.append(CompletionOutput(c.index, text, list(c.token_ids),
                                           c.cumulative_logprob, list(c.logprobs) if c.logprobs is not None else None,
                                           c.finish_reason, c.stop_reason))
             if c.error and error is None:

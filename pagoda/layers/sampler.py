@@ -269,7 +269,8 @@ def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
 
 
 def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """Mask (to -inf) the tokens outside each row's top_k and top_p; the best token always stays."""
+    """Mask (to -inf) the tokens outside each row's top_k and top_p, as HF's ``TopKLogitsWarper`` then
+    ``TopPLogitsWarper`` (and vLLM's sampler) do; the best token always stays."""
     V = x.shape[1]
     device = x.device
     top_ks = [p.top_k if 0 < p.top_k < V else V for p in params]
@@ -277,12 +278,15 @@ def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.T
     if not (any(k < V for k in top_ks) or any(tp < 1.0 for tp in top_ps)):
         return x
     sorted_x, order = x.sort(dim=-1, descending=True)
-    ranks = torch.arange(V, device=device).unsqueeze(0)
-    drop = ranks >= to_device(top_ks, device).unsqueeze(1)
+    # Below the k-th largest value (tokens tied with it stay: HF's and vLLM's rule)
+    kth = sorted_x.gather(1, to_device([k - 1 for k in top_ks], device, torch.long).unsqueeze(1))
+    drop = sorted_x < kth
     if any(tp < 1.0 for tp in top_ps):
+        # HF's and vLLM's rule: a token goes when it and the less likely ones hold at most 1 - top_p (summed
+        # from the least likely up, as theirs: of two equally likely tokens at top_p=0.5, one stays).
         sp = torch.softmax(sorted_x.masked_fill(drop, float("-inf")), dim=-1)
-        before = sp.cumsum(dim=-1) - sp  # mass strictly before each token
-        drop |= before > to_device(top_ps, device).unsqueeze(1)
+        tail = sp.flip(-1).cumsum(dim=-1).flip(-1)
+        drop |= tail <= to_device([1.0 - tp for tp in top_ps], device).unsqueeze(1)
     drop[:, 0] = False
     sorted_x = sorted_x.masked_fill(drop, float("-inf"))
     return torch.empty_like(x).scatter_(1, order, sorted_x)
