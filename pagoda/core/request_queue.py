@@ -19,6 +19,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 from pagoda.core.request import Request
 
@@ -105,42 +106,68 @@ def priority_key(r: Request) -> tuple[int, float]:
 
 
 class PriorityRequestQueue(RequestQueue):
-    """A heap of ``(priority, arrival_time, insertion number, request)``."""
+    """A heap of ``[priority, arrival_time, insertion number, request]`` entries.
+
+    Removal is lazy (O(1)): the entry's request becomes None and the entry is dropped when it reaches
+    the top, so aborting many queued requests one by one stays linear. Invariants: a request is queued
+    at most once; ``_entries`` maps each queued request to its live heap entry; the heap holds at most
+    ``2 * len(self) + 16`` entries (it is rebuilt without the dead ones beyond that).
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, float, int, Request]] = []
+        self._heap: list[list[Any]] = []
+        self._entries: dict[Request, list[Any]] = {}
         self._count = itertools.count()
 
     def add_request(self, request: Request) -> None:
-        heapq.heappush(self._heap, (*priority_key(request), next(self._count), request))
+        entry: list[Any] = [*priority_key(request), next(self._count), request]
+        self._entries[request] = entry
+        heapq.heappush(self._heap, entry)
 
     def prepend_request(self, request: Request) -> None:
         self.add_request(request)  # no front in a priority queue: its key places it
 
+    def _drop_dead_top(self) -> None:
+        while self._heap and self._heap[0][3] is None:
+            heapq.heappop(self._heap)
+
     def peek_request(self) -> Request:
+        self._drop_dead_top()
         if not self._heap:
             raise IndexError("peek from an empty queue")
-        return self._heap[0][3]
+        request: Request = self._heap[0][3]
+        return request
 
     def pop_request(self) -> Request:
+        self._drop_dead_top()
         if not self._heap:
             raise IndexError("pop from an empty queue")
-        return heapq.heappop(self._heap)[3]
+        request: Request = heapq.heappop(self._heap)[3]
+        del self._entries[request]
+        return request
 
     def remove_request(self, request: Request) -> None:
-        for i, entry in enumerate(self._heap):
-            if entry[3] is request:
-                self._heap[i] = self._heap[-1]
-                self._heap.pop()
-                heapq.heapify(self._heap)
-                return
-        raise ValueError(f"request {request.request_id!r} is not queued")
+        entry = self._entries.pop(request, None)
+        if entry is None:
+            raise ValueError(f"request {request.request_id!r} is not queued")
+        entry[3] = None
+        if len(self._heap) > 2 * len(self._entries) + 16:  # mostly dead entries: rebuild
+            self._heap = [e for e in self._heap if e[3] is not None]
+            heapq.heapify(self._heap)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._entries)
 
     def __iter__(self) -> Iterator[Request]:
-        return (entry[3] for entry in sorted(self._heap, key=lambda e: e[:3]))
+        """In admission order, lazily (a reader that stops early pays for what it read, plus a copy)."""
+        heap = list(self._heap)
+        while heap:
+            request = heapq.heappop(heap)[3]
+            if request is not None:
+                yield request
+
+    def __contains__(self, request: object) -> bool:
+        return isinstance(request, Request) and request in self._entries
 
     def order_running(self, running: list[Request]) -> None:
         running.sort(key=priority_key)  # stable: equal keys keep their order

@@ -78,10 +78,12 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted_ids: list[str] = field(default_factory=list)
     num_batched_tokens: int = 0
-    # (src, dst) KV blocks to copy before the forward runs (copy-on-write of forks).
+    # KV transfers the runner makes before the forward, in this order: the host tier's (device block, host block)
+    # stores of evicted blocks, the (src, dst) copies of forks' partial blocks (copy-on-write), the host tier's
+    # (host, device) loads. Each reads its source before a later one could overwrite it: a store reads a block
+    # that a copy or a load may reuse as its destination; a copy reads a block freed since (its leader finished)
+    # that a load may reuse.
     block_copies: list[tuple[int, int]] = field(default_factory=list)
-    # Host KV tier, run before the copies and the forward, in this order:
-    # (device block, host block) stores of evicted blocks, then (host, device) loads.
     swap_out: list[tuple[int, int]] = field(default_factory=list)
     swap_in: list[tuple[int, int]] = field(default_factory=list)
     # Structured outputs: packed token bitmask [sampled rows, ceil(V / 32)] int32, one row per logits row
@@ -117,9 +119,10 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions_total = 0
-        # Parallel sampling: leader id -> forks waiting for its prompt; copies not yet run.
+        # Parallel sampling: leader id -> forks waiting for its prompt, each such fork's id -> its leader's id
+        # (kept together: a fork is in one iff it is in the other); copies not yet run.
         self.forks: dict[str, list[Request]] = {}
-        self.num_pending_forks = 0
+        self.fork_leader: dict[str, str] = {}
         self.pending_copies: list[tuple[int, int]] = []
         self.spec_stats = SpecDecodingStats()
 
@@ -156,7 +159,7 @@ class Scheduler:
             and leader.all_token_ids[: leader.num_prompt_tokens] == request.prompt_token_ids
         ):
             self.forks.setdefault(leader.request_id, []).append(request)
-            self.num_pending_forks += 1
+            self.fork_leader[request.request_id] = leader.request_id
             return
         self.waiting.add_request(request)
 
@@ -165,7 +168,8 @@ class Scheduler:
         forks = self.forks.pop(leader.request_id, None)
         if not forks:
             return
-        self.num_pending_forks -= len(forks)
+        for f in forks:
+            del self.fork_leader[f.request_id]
         P = leader.num_prompt_tokens
         can_share = leader.request_id in self.kv.req_blocks and leader.num_computed_tokens >= P
         now = time.monotonic()
@@ -207,20 +211,26 @@ class Scheduler:
         return done
 
     def _drop_pending_fork(self, req: Request) -> bool:
-        for lid, forks in self.forks.items():
-            if req in forks:
-                forks.remove(req)
-                self.num_pending_forks -= 1
-                if not forks:
-                    del self.forks[lid]
-                return True
-        return False
+        """Remove ``req`` from its leader's pending forks; False when it is not a pending fork."""
+        lid = self.fork_leader.pop(req.request_id, None)
+        if lid is None:
+            return False
+        forks = self.forks[lid]
+        forks.remove(req)
+        if not forks:
+            del self.forks[lid]
+        return True
 
     def _finish(self, req: Request) -> None:
         if req.request_id in self.forks:  # ended before its prompt was computed
             self._release_forks(req)
         self.kv.free(req)
         self.requests.pop(req.request_id, None)
+
+    @property
+    def num_pending_forks(self) -> int:
+        """Forks waiting for their leader's prompt (they are in neither queue)."""
+        return len(self.fork_leader)
 
     @property
     def num_unfinished(self) -> int:
@@ -461,5 +471,8 @@ class Scheduler:
 
     def check_integrity(self) -> None:
         self.kv.check_integrity()
+        pending = {f.request_id: lid for lid, forks in self.forks.items() for f in forks}
+        if pending != self.fork_leader or any(not forks for forks in self.forks.values()):
+            raise AssertionError(f"pending forks {pending} disagree with their leader map {self.fork_leader}")
         if not self.has_unfinished_requests() and self.kv.pool.num_used_blocks != 0:
             raise AssertionError(f"idle engine holds {self.kv.pool.num_used_blocks} blocks")
