@@ -56,6 +56,9 @@ SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
 DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
 """``--distributed-executor-backend``'s values (left out: mp); checked again for ``LLM(...)`` in
 :func:`pagoda.distributed.support.check_executor_backend`."""
+MIN_KV_BLOCKS = 2
+"""Fewest KV blocks a cache can have: block 0 is the null block that pads block tables
+(:class:`pagoda.core.block_pool.BlockPool` refuses fewer)."""
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
 
@@ -136,7 +139,8 @@ class EngineArgs:
     """auto / hf: the fast (Rust) tokenizer; slow: transformers' Python tokenizer where the model has one (else
     the fast one, which gives the same tokens, and a log line says so)."""
     revision: str | None = None
-    """Hub revision (branch, tag or commit) of a hub model id (default: the repository's main branch)."""
+    """Hub revision (branch, tag or commit) of a hub model id or --tokenizer id (default: the repository's main
+    branch); refused when neither is a hub id."""
     download_dir: str | None = None
     """Folder that hub downloads go to and are read from, in the Hugging Face cache layout (default: the
     Hugging Face cache, $HF_HOME)."""
@@ -146,7 +150,7 @@ class EngineArgs:
     dtype: str = field(default="auto", metadata={"choices": DTYPES})
     """Weights/activations dtype. auto: the config's dtype; on CPU a half-precision one runs as bf16 where the CPU
     has native bf16 (AVX512-BF16/AMX) or the linears are 4/8-bit weight-only, else as fp32; fp32 runs as bf16 on
-    GPU."""
+    GPU. float16 runs as bfloat16 on CPU (a log line says so)."""
     max_model_len: int | None = field(default=None, metadata={"count": True})
     """Maximum context length, prompt + output, e.g. 8192 or 32k (default: the model's max_position_embeddings)."""
     hf_overrides: dict[str, Any] | None = None
@@ -198,7 +202,8 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9
     """Fraction of GPU memory the engine may use (weights, activations, KV cache)."""
     num_gpu_blocks_override: int | None = None
-    """Use exactly this many KV blocks (testing / debugging; default: sized from memory)."""
+    """Use exactly this many KV blocks, at least 2 (block 0 pads block tables); testing / debugging (default: sized
+    from memory)."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
     deterministic: bool = False
@@ -213,7 +218,8 @@ class EngineArgs:
     """fcfs: requests are served in arrival order; priority: by each request's priority (lower first, ties by
     arrival), and a preemption takes the running request with the largest (priority, arrival)."""
     attention_backend: str | None = field(default=None, metadata={"choices": ATTENTION_BACKENDS})
-    """Attention implementation (default: triton on CUDA, torch elsewhere)."""
+    """Attention implementation (default: triton on CUDA, torch elsewhere); triton needs CUDA (or, for testing,
+    Triton's interpreter: TRITON_INTERPRET=1)."""
     generation_config: str = "auto"
     """auto: sampling defaults from the model's generation_config.json; vllm: ignore it; or a folder holding
     one."""
@@ -276,16 +282,10 @@ class EngineArgs:
         self._check_types()
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}.")
-        if self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
         for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):  # None: the default
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (leave it out for the default), got {value}.")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
-        if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
-            raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}.")
         if self.long_prefill_token_threshold < 0:
@@ -296,17 +296,46 @@ class EngineArgs:
                              "(drop --no-enable-chunked-prefill, or set the threshold to 0).")
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}.")
-        if self.kv_offloading_backend != "native":
-            raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
         if self.max_logprobs < -1:
             raise ValueError(f"max_logprobs must be -1 (no cap) or at least 0, got {self.max_logprobs}.")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype (--kv-cache-dtype) must be one of {KV_CACHE_DTYPES}, "
-                             f"got {self.kv_cache_dtype!r}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
+        self._validate_cache()
+        self._check_revision()
         self._validate_parallel()
+        envs.check()
+
+    def _validate_cache(self) -> None:
+        """The CacheConfig flags' own checks."""
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be a power of two in [1, 128], got {self.block_size}.")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < MIN_KV_BLOCKS:
+            raise ValueError(f"num_gpu_blocks_override (--num-gpu-blocks-override) must be at least {MIN_KV_BLOCKS} "
+                             f"(block 0 pads block tables), got {self.num_gpu_blocks_override}; leave it out to size "
+                             f"the KV cache from memory.")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
+        if self.kv_offloading_size is not None and not self.kv_offloading_size >= 0:
+            raise ValueError(f"kv_offloading_size must be a non-negative number of GiB, got {self.kv_offloading_size}.")
+        if self.kv_offloading_backend != "native":
+            raise ValueError(f"kv_offloading_backend must be 'native', got {self.kv_offloading_backend!r}.")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype (--kv-cache-dtype) must be one of {KV_CACHE_DTYPES}, "
+                             f"got {self.kv_cache_dtype!r}.")
+
+    def _check_revision(self) -> None:
+        """``--revision`` selects a snapshot of a hub repository: refused when neither the model nor
+        ``--tokenizer`` is a hub id (a local folder or file, the embedded default), where it would select nothing."""
+        if self.revision is None or _is_hub_id(self.model) or _is_hub_id(self.tokenizer):
+            return
+        from pagoda.models.model_files import DEFAULT_MODEL_ALIASES
+
+        local = self.model is not None and str(self.model) not in DEFAULT_MODEL_ALIASES
+        what = f"{self.model!r}, a local path," if local else "the embedded default model"
+        raise ValueError(f"--revision {self.revision}: {what} has no hub revisions to choose from (--revision applies "
+                         f"to a hub model id): pass the hub id, or drop --revision and give a folder holding that "
+                         f"revision.")
 
     def _check_types(self) -> None:
         """Every field declared as a plain bool / int / float / str (or one of those or None) holds that type, after
@@ -389,6 +418,13 @@ class EngineArgs:
         if pooling and spec is not None:
             raise ValueError("--speculative-config applies to generative models; a pooling model (--runner pooling) "
                              "has no decoding to speculate.")
+        if pooling and self.async_scheduling:
+            raise ValueError("--async-scheduling applies to generative models; a pooling model (--runner pooling) "
+                             "computes each prompt whole in one step, with no next step to prepare. Drop the flag.")
+        if pooling and self.kv_offloading_size:
+            raise ValueError("--kv-offloading-size applies to generative models; a pooling model (--runner pooling) "
+                             "keeps no prefix cache for a host tier to extend. Drop the flag.")
+        self._check_attention_backend(device)
         max_model_len = self._max_model_len(hf_config, rc.max_len_cap)
         if spec is not None and spec.num_speculative_tokens >= max_model_len:
             raise ValueError(f"speculative_config.num_speculative_tokens={spec.num_speculative_tokens} does not fit "
@@ -456,6 +492,14 @@ class EngineArgs:
             distributed_executor_backend=self.distributed_executor_backend or "mp",
             data_parallel_size=self.data_parallel_size,
         )
+
+    def _check_attention_backend(self, device: torch.device) -> None:
+        """``--attention-backend triton`` compiles its kernels for CUDA; elsewhere only Triton's interpreter
+        (``TRITON_INTERPRET=1``, the CPU tests' setting) runs them."""
+        if self.attention_backend == "triton" and device.type != "cuda" and not envs.triton_interpreter():
+            raise ValueError(f"--attention-backend triton runs on CUDA; on {device.type} use --attention-backend "
+                             f"torch (the default there), or set TRITON_INTERPRET=1 to run the Triton kernels in "
+                             f"Triton's interpreter (slow; for testing).")
 
     def _pp_layer_partition(self, hf_config: dict[str, Any]) -> list[int] | None:
         """Decoder layers per pipeline stage, resolved once here (``VLLM_PP_LAYER_PARTITION`` is read in this
@@ -578,6 +622,14 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"  # mp | ray
     data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
     deterministic: bool = False  # batch-invariant kernels (--deterministic or VLLM_BATCH_INVARIANT=1)
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` (a model or tokenizer argument) names a Hugging Face Hub repository: not None, not the
+    embedded default, not an existing local path (one that does not exist is refused when it is resolved)."""
+    from pagoda.models.model_files import DEFAULT_MODEL_ALIASES
+
+    return name is not None and str(name) not in DEFAULT_MODEL_ALIASES and not Path(name).expanduser().exists()
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -81,11 +81,33 @@ def _raw(name: str) -> str:
 
 
 def _float(name: str) -> float:
+    """A positive number of seconds (every float variable here is a duration or an interval)."""
     text = _raw(name)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"environment variable {name} must be a number, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"environment variable {name} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+_TRUE = frozenset({"true", "yes", "on"})
+_FALSE = frozenset({"false", "no", "off"})
+
+
+def _switch(name: str) -> bool:
+    """An on/off variable: an integer as vLLM reads its switches (``bool(int(value))``: 0 off, any other on), or
+    true/false, yes/no, on/off in any case; anything else is an error naming the variable (so ``false`` never reads
+    as on)."""
+    text = _raw(name).strip()
+    try:
+        return bool(int(text))
+    except ValueError:
+        pass
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(f"environment variable {name} must be 0 or 1 (or true / false), got {text!r}")
 
 
 def cache_root() -> str:
@@ -126,27 +148,27 @@ def log_stats_interval_s() -> float:
 
 def chunk_graphs_enabled() -> bool:
     """``PAGODA_CHUNK_GRAPHS``: False when set to ``0`` (prefill-chunk CUDA graphs off)."""
-    return _raw("PAGODA_CHUNK_GRAPHS") != "0"
+    return _switch("PAGODA_CHUNK_GRAPHS")
 
 
 def prelaunch_core_enabled() -> bool:
     """``PAGODA_PRELAUNCH_CORE``: False when set to ``0`` (``pagoda serve`` spawns its core after its imports)."""
-    return _raw("PAGODA_PRELAUNCH_CORE") != "0"
+    return _switch("PAGODA_PRELAUNCH_CORE")
 
 
 def mixed_graphs_enabled() -> bool:
     """``PAGODA_MIXED_GRAPHS``: False when set to ``0`` (mixed-step CUDA graphs off)."""
-    return _raw("PAGODA_MIXED_GRAPHS") != "0"
+    return _switch("PAGODA_MIXED_GRAPHS")
 
 
 def cpu_amx_enabled() -> bool:
     """``PAGODA_CPU_AMX``: False when set to ``0`` (the 4-bit CPU kernel's AMX build is not used)."""
-    return _raw("PAGODA_CPU_AMX") != "0"
+    return _switch("PAGODA_CPU_AMX")
 
 
 def pdl_enabled() -> bool:
     """``PAGODA_PDL``: False when set to ``0`` (programmatic dependent launch off)."""
-    return _raw("PAGODA_PDL") != "0"
+    return _switch("PAGODA_PDL")
 
 
 def step_timeline_path() -> str | None:
@@ -161,32 +183,32 @@ def request_trace_path() -> str | None:
 
 def gc_freeze_enabled() -> bool:
     """``PAGODA_GC_FREEZE``: False only when set to ``0``."""
-    return _raw("PAGODA_GC_FREEZE") != "0"
+    return _switch("PAGODA_GC_FREEZE")
 
 
 def launch_pacing_enabled() -> bool:
     """``PAGODA_LAUNCH_PACING``: False only when set to ``0``."""
-    return _raw("PAGODA_LAUNCH_PACING") != "0"
+    return _switch("PAGODA_LAUNCH_PACING")
 
 
 def log_jit_compiles() -> bool:
     """``PAGODA_LOG_JIT_COMPILES``: True when set to a value other than ``0``."""
-    return _raw("PAGODA_LOG_JIT_COMPILES") not in ("", "0")
+    return _switch("PAGODA_LOG_JIT_COMPILES")
 
 
 def jit_precompile_enabled() -> bool:
     """``PAGODA_JIT_PRECOMPILE``: False only when set to ``0``."""
-    return _raw("PAGODA_JIT_PRECOMPILE") != "0"
+    return _switch("PAGODA_JIT_PRECOMPILE")
 
 
 def batch_invariant() -> bool:
     """``VLLM_BATCH_INVARIANT``: True when set to a value other than ``0`` (turns on ``--deterministic``)."""
-    return _raw("VLLM_BATCH_INVARIANT") not in ("", "0")
+    return _switch("VLLM_BATCH_INVARIANT")
 
 
 def reliability_full() -> bool:
     """``PAGODA_RELIABILITY_FULL`` (tests): run the reliability battery at full length."""
-    return _raw("PAGODA_RELIABILITY_FULL") not in ("", "0")
+    return _switch("PAGODA_RELIABILITY_FULL")
 
 
 def reliability_report() -> str | None:
@@ -208,6 +230,21 @@ def pp_layer_partition() -> str | None:
 def ray_address() -> str | None:
     """Ray's own ``RAY_ADDRESS``: the cluster ``--distributed-executor-backend ray`` joins; None when unset."""
     return os.environ.get("RAY_ADDRESS") or None
+
+
+def triton_interpreter() -> bool:
+    """Triton's own ``TRITON_INTERPRET``: its kernels run in its interpreter (on CPU tensors) when set to other than
+    ``0``, as Triton reads it."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check() -> None:
+    """Read every typed variable of :data:`ENV_VARS` once, so a malformed value (``VLLM_BATCH_INVARIANT=false`` is
+    off, ``=maybe`` an error) stops start-up with its name rather than failing, or reading wrong, mid-run."""
+    for read in (hub_timeout_s, engine_stuck_timeout_s, dist_timeout_s, log_stats_interval_s, chunk_graphs_enabled,
+                 prelaunch_core_enabled, mixed_graphs_enabled, cpu_amx_enabled, pdl_enabled, gc_freeze_enabled,
+                 launch_pacing_enabled, log_jit_compiles, jit_precompile_enabled, batch_invariant):
+        read()
 
 
 def kubernetes_api_server() -> str | None:

@@ -11,12 +11,14 @@ import os
 import ssl
 
 from pagoda import envs
-from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, json_list_or_str, parse_size
+from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, json_list_or_str, non_negative_int, parse_size
 from pagoda.config import EngineArgs
 from pagoda.entrypoints.openai.api_servers import check_api_server_count
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
+CORS_ANY = ["*"]
+"""Default of --allowed-methods and --allowed-headers: every one, once --allowed-origins turns CORS on."""
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -54,17 +56,20 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
                         "(ASGI root_path: used in the OpenAPI schema and docs; default: none)")
     g.add_argument("--ssl-keyfile", default=None, help="TLS private key file (with --ssl-certfile: serve HTTPS)")
     g.add_argument("--ssl-certfile", default=None, help="TLS certificate file (with --ssl-keyfile: serve HTTPS)")
-    g.add_argument("--ssl-ca-certs", default=None, help="CA certificates to verify client certificates with")
-    g.add_argument("--ssl-cert-reqs", type=int, default=0,
-                   help="client certificates: 0 not asked, 1 optional, 2 required (Python's ssl.CERT_*)")
+    g.add_argument("--ssl-ca-certs", default=None,
+                   help="CA certificates to verify client certificates with (with --ssl-certfile)")
+    g.add_argument("--ssl-cert-reqs", type=int, default=0, choices=(0, 1, 2),
+                   help="client certificates: 0 not asked, 1 optional, 2 required (Python's ssl.CERT_*; with "
+                        "--ssl-certfile, and 1 or 2 with --ssl-ca-certs to verify them)")
     g.add_argument("--allowed-origins", type=json_list_or_str, default=None,
                    help="CORS: origins browsers may call from, a JSON list or one origin, e.g. "
                         "'[\"https://app.example\"]' (default: no CORS headers; vLLM allows every origin)")
-    g.add_argument("--allowed-methods", type=json_list_or_str, default=["*"],
-                   help="CORS: allowed methods, with --allowed-origins")
-    g.add_argument("--allowed-headers", type=json_list_or_str, default=["*"],
-                   help="CORS: allowed request headers, with --allowed-origins")
-    _switch(g, "--allow-credentials", help="CORS: allow credentials (cookies, auth headers)")
+    g.add_argument("--allowed-methods", type=json_list_or_str, default=CORS_ANY,
+                   help="CORS: allowed methods (needs --allowed-origins)")
+    g.add_argument("--allowed-headers", type=json_list_or_str, default=CORS_ANY,
+                   help="CORS: allowed request headers (needs --allowed-origins)")
+    _switch(g, "--allow-credentials",
+            help="CORS: allow credentials, cookies and auth headers (needs --allowed-origins)")
     _switch(g, "--enable-request-id-headers",
                help="answer every request with an X-Request-Id header: the request's own, else a new one")
     _switch(g, "--disable-fastapi-docs", help="no /docs, /redoc or /openapi.json")
@@ -88,7 +93,7 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--disable-log-requests", action="store_true", default=True,
                    help="do not log requests, as without --enable-log-requests (vLLM's older flag, kept for scripts "
                         "that pass it)")
-    g.add_argument("--max-log-len", type=int, default=None,
+    g.add_argument("--max-log-len", type=non_negative_int, default=None,
                    help="characters / token ids of each prompt shown in request logs (default: all)")
     _switch(g, "--disable-log-stats",
                help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
@@ -175,15 +180,53 @@ def validate_serve_args(args: argparse.Namespace) -> None:
         raise ValueError("--max-request-body-bytes must be at least 1K.")
     check_port(args.port)
     check_ssl_files(args)
+    check_cors(args)
+    check_durations(args)
     tool_config_from(args).validate()
     check_api_server_count(args)
 
 
+def check_cors(args: argparse.Namespace) -> None:
+    """--allowed-methods, --allowed-headers and --allow-credentials shape the CORS headers that --allowed-origins
+    turns on; without it there are none (unlike vLLM, which allows every origin by default), so one given alone
+    would change nothing."""
+    if args.allowed_origins:
+        return
+    given = [flag for flag, on in (("--allowed-methods", args.allowed_methods != CORS_ANY),
+                                   ("--allowed-headers", args.allowed_headers != CORS_ANY),
+                                   ("--allow-credentials", args.allow_credentials)) if on]
+    if given:
+        raise ValueError(f"CORS is off without --allowed-origins (pagoda, unlike vLLM, allows no origin unless "
+                         f"named), so {' and '.join(given)} would change nothing: add --allowed-origins with the "
+                         f"origins browsers call from, e.g. '[\"https://app.example\"]' ('*' for any).")
+
+
+def check_durations(args: argparse.Namespace) -> None:
+    """The server's time limits: a stuck timeout above 0 (at 0 /health would fail whenever a request waits), a
+    grace period of 0 or more (its help's 'at most this many seconds')."""
+    if not args.engine_stuck_timeout > 0:
+        raise ValueError(f"--engine-stuck-timeout must be above 0 seconds, got {args.engine_stuck_timeout:g}.")
+    if not args.shutdown_grace_period >= 0:
+        raise ValueError(f"--shutdown-grace-period must be 0 or more seconds (0: in-flight requests are cut off at "
+                         f"once), got {args.shutdown_grace_period:g}.")
+
+
 def check_ssl_files(args: argparse.Namespace) -> None:
     """--ssl-keyfile / --ssl-certfile / --ssl-ca-certs: present, readable and loadable, checked before anything
-    loads (uvicorn would find out only once the model is up, without naming the flag)."""
+    loads (uvicorn would find out only once the model is up, without naming the flag). --ssl-ca-certs and
+    --ssl-cert-reqs configure TLS: without --ssl-certfile the server speaks plain HTTP and they would do nothing."""
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
         raise ValueError("--ssl-keyfile and --ssl-certfile go together.")
+    if not args.ssl_certfile:
+        tls_only = [flag for flag, on in (("--ssl-ca-certs", args.ssl_ca_certs), ("--ssl-cert-reqs",
+                                                                               args.ssl_cert_reqs)) if on]
+        if tls_only:
+            raise ValueError(f"TLS is off without --ssl-keyfile and --ssl-certfile (the server speaks plain HTTP), so "
+                             f"{' and '.join(tls_only)} would ask for no client certificate: add them.")
+    elif args.ssl_cert_reqs and not args.ssl_ca_certs:
+        raise ValueError(f"--ssl-cert-reqs {args.ssl_cert_reqs} asks for client certificates, which are verified "
+                         f"against --ssl-ca-certs: add it (the CA certificates that sign your clients' "
+                         f"certificates).")
     given = [(flag, path) for flag, path in (("--ssl-keyfile", args.ssl_keyfile), ("--ssl-certfile", args.ssl_certfile),
                                              ("--ssl-ca-certs", args.ssl_ca_certs)) if path]
     for flag, path in given:
