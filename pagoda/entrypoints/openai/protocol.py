@@ -68,8 +68,24 @@ class ModelList(ResponseModel):
 
 # ----------------------------------------------------------------------------- shared
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool | None = False
+    """vLLM's: ``include_usage`` defaults to true once ``stream_options`` is sent (so ``{"continuous_usage_stats":
+    true}`` alone gets usage); ``continuous_usage_stats`` only with it. An unknown key (a typo such as
+    ``include_usag``) is a 400 naming ``stream_options``, as unknown top-level fields are; so is OpenAI's
+    ``include_obfuscation: true`` (no chunk carries obfuscation padding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = True
     continuous_usage_stats: bool | None = False
+    include_obfuscation: bool | None = None
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("include_obfuscation is not supported by pagoda: stream chunks carry no obfuscation "
+                             "padding; omit it or send false.")
+        return v
 
 
 class PromptTokenUsageInfo(ResponseModel):

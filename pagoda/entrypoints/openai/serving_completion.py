@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -40,6 +40,35 @@ EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
 class _Prompt:
     text: str | None
     ids: list[int]
+
+
+def _max_tokens(req: CompletionRequest) -> tuple[int | None, bool, int | None]:
+    """(the engine's max_tokens, whether the request gave it, the default otherwise), as vLLM: absent, 16 (or the
+    generation config's max_new_tokens); ``null``, the room left in the context (capped by that max_new_tokens);
+    0 with ``echo``, the prompt alone (:func:`echo_only`: the engine draws one token that no choice shows)."""
+    given = "max_tokens" in req.model_fields_set
+    if echo_only(req):
+        return 1, True, None
+    return req.max_tokens, given, None if given and req.max_tokens is None else 16
+
+
+def echo_only(req: CompletionRequest) -> bool:
+    """``echo`` with ``max_tokens: 0`` (OpenAI's and vLLM's way to score a text): the choices hold the prompt and,
+    with ``logprobs``, its logprobs; nothing generated is shown or counted in ``usage.completion_tokens``."""
+    return bool(req.echo) and req.max_tokens == 0
+
+
+def _shown(c: CompletionOutput) -> CompletionOutput:
+    """What an :func:`echo_only` choice shows of the engine's output: no token, and once it ends ``length``."""
+    return replace(c, text="", token_ids=[], cumulative_logprob=None, logprobs=None if c.logprobs is None else [],
+                   finish_reason=None if c.finish_reason is None else "length", stop_reason=None)
+
+
+def _view(c: CompletionOutput, deltas: list[str], hide: bool) -> tuple[CompletionOutput, str]:
+    """A streamed choice and its new text as the client sees them (``hide``: :func:`echo_only`'s view)."""
+    if hide:
+        return _shown(c), ""
+    return c, deltas[c.index] if c.index < len(deltas) else ""
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -83,20 +112,18 @@ class OpenAIServingCompletion(OpenAIServing):
         prompt_lp = req.prompt_logprobs
         if req.echo and req.logprobs is not None:
             prompt_lp = -1 if prompt_lp == -1 else max(req.logprobs, prompt_lp or 0)
+        max_tokens, given, default_max = _max_tokens(req)
         try:
             for i, p in enumerate(prompts):
                 rid = f"{request_id}-{i}"
                 if req.use_beam_search:  # one final output with n beams; a stream gets it in one burst
-                    bparams = self.beam_search_params(req, len(p.ids), req.max_tokens,
-                                                      "max_tokens" in req.model_fields_set, 16)
+                    bparams = self.beam_search_params(req, len(p.ids), max_tokens, given, default_max)
                     self.log_request(rid, p.text, p.ids, bparams)  # type: ignore[arg-type]
                     prompt = {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}
                     streams.append(self.start_beam_search(rid, prompt, bparams, req, req.logprobs, prompt_lp))
                     continue
-                params = self.sampling_params(
-                    req, len(p.ids), req.max_tokens, "max_tokens" in req.model_fields_set, 16, req.logprobs,
-                    prompt_lp,
-                )
+                params = self.sampling_params(req, len(p.ids), max_tokens, given, default_max, req.logprobs,
+                                              prompt_lp)
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(
                     rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params,
@@ -129,11 +156,14 @@ class OpenAIServingCompletion(OpenAIServing):
         choices = []
         prompt_tokens = completion_tokens = 0
         as_ids = self.as_ids(req)
+        hide = echo_only(req)
         for pi, (p, out) in enumerate(zip(prompts, finals, strict=True)):
             if out.error:
                 raise output_error(out)
             prompt_tokens += len(out.prompt_token_ids)
             for c in out.outputs:
+                if hide:
+                    c = _shown(c)
                 completion_tokens += len(c.token_ids)
                 text = c.text
                 logprobs = None
@@ -175,7 +205,7 @@ class OpenAIServingCompletion(OpenAIServing):
         continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
         as_ids = self.as_ids(req)
         want_ids = bool(req.return_token_ids)
-        echo, want_logprobs = bool(req.echo), req.logprobs is not None
+        echo, want_logprobs, hide = bool(req.echo), req.logprobs is not None, echo_only(req)
         events: list[bytes] = []  # one write for all the choices of an output (n > 1)
         try:
             async for pi, out, deltas in merge_streams(streams):
@@ -186,7 +216,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     idx = pi * n + c.index
                     if finished[idx]:
                         continue
-                    text = deltas[c.index] if c.index < len(deltas) else ""
+                    c, text = _view(c, deltas, hide)
                     logprobs = None
                     if echo or want_logprobs:
                         text, logprobs = self._echo_and_logprobs(req, prompts[pi], out, c, idx, text, sent_tokens,

@@ -10,10 +10,20 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pagoda.client_disconnect import unless_client_leaves
+from pagoda.entrypoints.openai.protocol import SamplingFields
 from pagoda.entrypoints.openai.server_state import ServerState
 from pagoda.entrypoints.openai.serving_engine import serving_error_response
 
 logger = logging.getLogger("pagoda.server")
+
+
+def take_header_request_id(raw: Request, body: SamplingFields) -> None:
+    """vLLM's rule for completions and chat: a non-empty ``X-Request-Id`` header is the request's id, over the
+    body's ``request_id`` (the response's ``id`` is ``cmpl-<id>`` / ``chatcmpl-<id>``, and the log names it), so a
+    gateway's id follows the request through the server."""
+    rid = raw.headers.get("x-request-id")
+    if rid:
+        body.request_id = rid
 
 
 def server_state(request: Request) -> ServerState:
