@@ -124,3 +124,17 @@ def test_ctrl_c_before_a_command_handles_it_exits_130_without_a_traceback(monkey
     with pytest.raises(SystemExit) as e:
         cli.main(["models"])
     assert e.value.code == 130
+
+
+def test_logprobs_mode_accepts_what_the_sampler_reports(capsys):
+    """The sampler reports the model's raw log-probabilities (vLLM's default, raw_logprobs): that mode is taken, and
+    processed_logprobs (which pagoda used to accept while reporting raw ones) is refused naming the flag."""
+    from pagoda.entrypoints.cli import build_parser
+
+    parser = build_parser()
+    parser.parse_args(["serve", "--logprobs-mode", "raw_logprobs", "some/model"])
+    for mode in ("processed_logprobs", "processed_logits", "raw_logits"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["serve", "--logprobs-mode", mode, "some/model"])
+        assert e.value.code == 2
+        assert "--logprobs-mode is a vLLM flag that pagoda does not support" in capsys.readouterr().err

@@ -52,8 +52,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--tokenizer-revision", "the tokenizer comes from the model's revision (--revision) or --tokenizer"),
     _u("--rope-scaling", "set it through --hf-overrides '{\"rope_scaling\": {...}}'"),
     _u("--rope-theta", "set it through --hf-overrides '{\"rope_theta\": ...}'"),
-    _u("--logprobs-mode", "logprobs are always those of the processed distribution (vLLM's processed_logprobs)",
-       "processed_logprobs"),
+    _u("--logprobs-mode", "logprobs are always the model's raw log-probabilities, before temperature, penalties and "
+       "top-k/top-p (vLLM's default, raw_logprobs)", "raw_logprobs"),
     _u("--disable-sliding-window", "sliding-window layers always attend through their window (a mask; KV blocks stay "
        "full-attention)", value=False),
     _u("--disable-cascade-attn", "accepted: pagoda has no cascade attention", ANY_VALUE, value=False),
