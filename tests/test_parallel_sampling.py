@@ -159,3 +159,18 @@ def test_greedy_n_with_prefix_caching_and_preemption(tiny):
     for g, b in zip(got, base, strict=True):
         assert [c.token_ids for c in g.outputs] == [b.outputs[0].token_ids] * 3
     assert_engine_clean(llm)
+
+
+@pytest.mark.parametrize(("seed", "child_seeds"), [(-2, [-2, 2**64 - 1, 0]), (2**64 - 1, [2**64 - 1, 0, 1])])
+def test_child_seeds_at_the_ends_of_the_seed_range_stay_seeds(tiny, seed, child_seeds):
+    """Child i draws with seed + i kept a 64-bit seed: -1 (vLLM's "no seed") is never a child's seed, and a seed at the
+    top of the range does not fail its children."""
+    llm = tiny.llm("llama", enable_prefix_caching=False)
+    T = dict(temperature=1.0, max_tokens=8, ignore_eos=True)
+    (grouped,) = llm.generate([PROMPTS[0]], SamplingParams(n=len(child_seeds), seed=seed, **T), use_tqdm=False)
+    separate = llm.generate([PROMPTS[0]] * len(child_seeds), [SamplingParams(seed=s, **T) for s in child_seeds],
+                            use_tqdm=False)
+    assert [c.token_ids for c in grouped.outputs] == [s.outputs[0].token_ids for s in separate]
+    again = llm.generate([PROMPTS[0]], SamplingParams(n=len(child_seeds), seed=seed, **T), use_tqdm=False)[0]
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in grouped.outputs]  # every child seeded
+    assert_engine_clean(llm)

@@ -100,8 +100,9 @@ class InputProcessor:
             child_params = params
             if params.n > 1:
                 changes: dict[str, Any] = {"n": 1}
-                if params.seed is not None:
-                    changes["seed"] = params.seed + i
+                if params.seed is not None:  # child i draws with seed + i, kept a 64-bit seed (never -1, "no seed")
+                    changes["seed"] = params.seed + i if i == 0 or 0 <= params.seed + i < 2**64 \
+                        else (params.seed + i) % 2**64
                 child_params = params.clone(**changes)
             core_reqs.append(
                 EngineCoreRequest(
