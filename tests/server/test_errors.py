@@ -163,7 +163,8 @@ def test_unknown_route_and_method(server):
                                          ("/detokenize", "POST"), ("/metrics", "GET"), ("/version", "GET"),
                                          ("/docs", "GET"), ("/openapi.json", "GET")])
 def test_api_key_required(server, path, method):
-    body = GOOD_CHAT if "chat" in path else GOOD if "completions" in path else {"prompt": "x", "tokens": [1]}
+    body = GOOD_CHAT if "chat" in path else GOOD if "completions" in path else {"tokens": [1]} if "detok" in path \
+        else {"prompt": "x"}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
                     {"Authorization": f"Bearer {API_KEY}x"}):
         r = httpx.request(method, server.url + path, headers=headers, json=body if method == "POST" else None,

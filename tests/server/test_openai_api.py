@@ -288,6 +288,21 @@ def test_tokenize_detokenize_roundtrip(server):
     assert server.post("/detokenize", {"model": MODEL, "tokens": t["tokens"]}).json()["prompt"] == PROMPT
 
 
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/detokenize", {"tokens": [1, 2], "skip_special_tokens": False}, "skip_special_tokens"),
+    ("/tokenize", {"prompt": "x", "add_generation_prompt": True}, "add_generation_prompt"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "x"}], "mm_processor_kwargs": {"a": 1}},
+     "mm_processor_kwargs"),
+])
+def test_tokenize_routes_refuse_fields_they_do_not_read(server, path, body, field):
+    """A field /tokenize or /detokenize would not read is a 400 naming it, not a result computed without it
+    (vLLM logs and ignores it)."""
+    r = server.post(path, {"model": MODEL, **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field
+    assert server.post(path, {"model": MODEL, **{k: v for k, v in body.items() if k != field}}).status_code == 200
+
+
 def test_metrics_names(server):
     greedy_text(server.client(), PROMPT, 4)
     names = {k.split("{", 1)[0] for k in server.metrics()}

@@ -393,6 +393,7 @@ def stream_chunk_json(chunk: CompletionStreamResponse | ChatCompletionStreamResp
 
 # --------------------------------------------------------------------------- tokenize
 class TokenizeCompletionRequest(OpenAIBaseModel):
+    _unknown_is_error: ClassVar[bool] = True  # a field these routes do not read is a 400, not ignored
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
@@ -400,6 +401,7 @@ class TokenizeCompletionRequest(OpenAIBaseModel):
 
 
 class TokenizeChatRequest(OpenAIBaseModel):
+    _unknown_is_error: ClassVar[bool] = True  # a field these routes do not read is a 400, not ignored
     model: str | None = None
     messages: list[ChatMessageIn]
     add_generation_prompt: bool = True
@@ -419,6 +421,7 @@ class TokenizeResponse(ResponseModel):
 
 
 class DetokenizeRequest(OpenAIBaseModel):
+    _unknown_is_error: ClassVar[bool] = True  # a field these routes do not read is a 400, not ignored
     model: str | None = None
     tokens: list[int]
 

@@ -13,6 +13,7 @@ from pagoda.entrypoints.openai.protocol import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
+from pagoda.entrypoints.openai.request_fields import check_request_fields
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_engine import OpenAIServing, ServingError
 from pagoda.entrypoints.openai.tool_calling import check_tools
@@ -40,6 +41,7 @@ class OpenAIServingTokenization(OpenAIServing):
             req: Any = (TokenizeChatRequest if "messages" in body else TokenizeCompletionRequest).model_validate(body)
         except ValidationError as e:
             raise validation_error(e) from None
+        check_request_fields(req, "tokenize")
         self.model_name(req.model)
         if isinstance(req, TokenizeChatRequest):
             _, ids = self.chat.render_prompt(req.messages, req.add_generation_prompt, req.continue_final_message,
@@ -52,6 +54,7 @@ class OpenAIServingTokenization(OpenAIServing):
                                 token_strs=strs)
 
     def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        check_request_fields(req, "detokenize")
         self.model_name(req.model)
         V = self.engine.vocab_size
         for t in req.tokens:
