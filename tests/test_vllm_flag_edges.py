@@ -138,3 +138,22 @@ def test_logprobs_mode_accepts_what_the_sampler_reports(capsys):
             parser.parse_args(["serve", "--logprobs-mode", mode, "some/model"])
         assert e.value.code == 2
         assert "--logprobs-mode is a vLLM flag that pagoda does not support" in capsys.readouterr().err
+
+
+def test_llm_takes_vllms_no_op_keywords_and_refuses_the_rest_naming_them(tiny):
+    """A vLLM engine keyword pagoda does not support: its default (or any value of a no-op flag) is taken, another
+    value is a ValueError giving the reason before anything loads, and a keyword neither knows stays a TypeError."""
+    from pagoda import LLM
+
+    for kwargs, reason in (({"enable_lora": True}, "LoRA adapters are not supported"),
+                           ({"cpu_offload_gb": 4}, "weights are not offloaded"),
+                           ({"logprobs_mode": "processed_logprobs"}, "logprobs are always the model.s raw"),
+                           ({"compilation_config": {"level": 3}}, "pagoda captures its own CUDA graphs")):
+        (key,) = kwargs
+        with pytest.raises(ValueError, match=f"vLLM's {key} is not supported by pagoda: {reason}"):
+            LLM("/no/such/model", **kwargs)  # refused before the model is looked for
+    with pytest.raises(TypeError, match="no_such_keyword"):
+        LLM("/no/such/model", no_such_keyword=1)
+    llm = LLM(str(tiny.path("llama")), dtype="float32", swap_space=4, cpu_offload_gb=0, enable_lora=False,
+              tokenizer_revision=None, logprobs_mode="raw_logprobs", disable_custom_all_reduce=True)
+    assert llm.generate(["hi"], use_tqdm=False)[0].outputs

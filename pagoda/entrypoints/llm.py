@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
 from pagoda.entrypoints.llm_pooling import PoolingMixin
+from pagoda.entrypoints.vllm_flags import check_llm_kwargs
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.params import PoolingParams
@@ -52,6 +54,7 @@ class LLM(PoolingMixin):
         if disable_log_stats is not True:  # vLLM's LLM takes it (True by default); pagoda's logs no periodic stats
             raise ValueError("LLM(disable_log_stats=False): the offline LLM logs no periodic stats line; serve the "
                              "model (pagoda serve) for the stats log and /metrics.")
+        kwargs = check_llm_kwargs(kwargs, {f.name for f in dataclasses.fields(EngineArgs)})
         args = EngineArgs(
             model=model,
             tokenizer=tokenizer,

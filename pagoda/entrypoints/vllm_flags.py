@@ -208,6 +208,27 @@ def add_unsupported_args(parser: argparse.ArgumentParser, serve: bool) -> None:
                 parser.add_argument(f"--no-{long[2:]}", action=_Accept, dest=f"unsupported_no_{long[2:]}")
 
 
+def check_llm_kwargs(kwargs: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """``LLM(**kwargs)`` for keywords that are not engine arguments (``fields``): a vLLM engine argument in the table
+    with a value that changes nothing here (its default, or any value of a no-op flag) is dropped; with any other
+    value it is a ValueError giving the table's reason. Keywords in neither are left for :class:`EngineArgs` to
+    refuse (a TypeError naming them)."""
+    by_key = {f[2:].replace("-", "_"): e for e in UNSUPPORTED if not e.serve_only
+              for f in e.flags if f.startswith("--")}
+    kept = {}
+    for key, value in kwargs.items():
+        e = by_key.get(key)
+        if key in fields or e is None:
+            kept[key] = value
+            continue
+        no_op = value is None or ANY_VALUE in e.accepted or (value is False if not e.takes_value or e.negatable
+                                                             else str(value) in e.accepted)
+        if not no_op:
+            hint = f" (accepted value: {', '.join(e.accepted)})" if e.accepted and ANY_VALUE not in e.accepted else ""
+            raise ValueError(f"LLM({key}={value!r}): vLLM's {key} is not supported by pagoda: {e.reason}{hint}.")
+    return kept
+
+
 def markdown_table() -> str:
     """The table of ``docs/cli.md`` (a test keeps the two equal)."""
     rows = ["| vLLM flag | accepted when | why not |", "| --- | --- | --- |"]
