@@ -190,7 +190,7 @@ class EngineArgs:
     """Weights format. auto: safetensors, or a .gguf model kept quantized (as gguf); safetensors with a .gguf model:
     its dequantized conversion; dummy: random weights of the configured shape."""
     device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
+    """auto, cpu or cuda (cuda:0); another GPU: CUDA_VISIBLE_DEVICES."""
     quantization: str | None = field(default=None, metadata={"choices": QUANTIZATION_METHODS, "aliases": ("-q",)})
     """Quantization method of the weights (default: the checkpoint's quantization_config, or none). Given for an
     unquantized checkpoint, a method that can quantize at load time (fp8) does so; gptq and awq then give random
@@ -652,9 +652,14 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    resolved = torch.device(device)
+    if resolved.index:  # the engine's threads and ranks compute on the current device / cuda:<rank>, not on N
+        raise ValueError(f"--device {device}: pagoda runs on the first visible GPU (and tensor / pipeline ranks on "
+                         f"the next ones); choose the GPUs with CUDA_VISIBLE_DEVICES={resolved.index} and --device "
+                         f"cuda, as with vLLM.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA GPU is visible; use --device cpu.")
-    return torch.device(device)
+    return resolved
 
 
 def cpu_supports_bf16() -> bool:

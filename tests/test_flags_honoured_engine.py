@@ -61,6 +61,17 @@ def test_triton_attention_on_cpu_needs_the_interpreter(tiny, monkeypatch):
     assert EngineArgs(**args).create_config().attention_backend == "triton"
 
 
+# ---------------------------------------------------------------------------------------------- --device
+@pytest.mark.parametrize("device", ["cuda:1", "cuda:3"])
+def test_a_gpu_other_than_the_first_is_chosen_with_cuda_visible_devices(tiny, device):
+    """``--device cuda:N`` (N > 0) used to be taken while the engine's memory profile, streams and graphs ran on the
+    current device (cuda:0) and tensor-parallel ranks on cuda:<rank>; it is refused naming CUDA_VISIBLE_DEVICES
+    (checked before whether a GPU is visible, so this machine's CPU says it too)."""
+    n = device.split(":")[1]
+    with pytest.raises(ValueError, match=rf"--device {device}: .*CUDA_VISIBLE_DEVICES={n} and --device cuda"):
+        EngineArgs(model=str(tiny.path("llama")), device=device).create_config()
+
+
 # ----------------------------------------------------------------------------------- pooling models' flags
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
