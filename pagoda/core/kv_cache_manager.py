@@ -58,9 +58,13 @@ class KVCacheManager:
         self._epoch = 0
         # Per request: how many of its leading blocks are registered in the prefix cache.
         self.req_num_hashed: dict[str, int] = {}
-        # Prefix-cache counters, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits).
+        # Prefix-cache counters, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits): one lookup per
+        # admission of a request never preempted; a preempted request's re-admissions count apart (vLLM's
+        # preempted_queries / preempted_hits, which /metrics does not export either).
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
+        self.preempted_prefix_cache_queries = 0
+        self.preempted_prefix_cache_hits = 0
         # Blocks shared by reference between the samples of n > 1 requests (see fork).
         self.num_forked_blocks = 0
 

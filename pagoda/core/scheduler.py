@@ -317,7 +317,10 @@ class Scheduler:
                 num_new = budget
             if not self.kv.allocate_slots(req, num_new, cached, host):
                 break
-            if self.kv.enable_prefix_caching:
+            if self.kv.enable_prefix_caching and req.num_preemptions:  # a re-admission: vLLM keeps it apart
+                self.kv.preempted_prefix_cache_queries += req.num_tokens
+                self.kv.preempted_prefix_cache_hits += req.num_computed_tokens
+            elif self.kv.enable_prefix_caching:
                 self.kv.prefix_cache_queries += req.num_tokens
                 self.kv.prefix_cache_hits += req.num_computed_tokens
             if req.num_cached_tokens < 0:
