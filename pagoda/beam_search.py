@@ -219,17 +219,22 @@ class BeamSearchInstance:
         )
 
 
+def check_concurrency_limit(concurrency_limit: int | None) -> int | None:
+    """``concurrency_limit`` as given, when it is None (every prompt at once) or an integer of at least 1."""
+    if concurrency_limit is not None and (
+            isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int) or concurrency_limit < 1):
+        raise ValidationError(f"concurrency_limit must be an integer of at least 1 (or None: every prompt at once), "
+                              f"got {concurrency_limit!r}.", "concurrency_limit")
+    return concurrency_limit
+
+
 def run_beam_search(instances: list[BeamSearchInstance],
                     step: Callable[[list[dict[str, Any]], int], list[dict[int, Logprob]]],
                     concurrency_limit: int | None = None) -> None:
     """Drive ``instances`` to the end; ``step(prompts, k)`` runs one engine step for every prompt
     (see :meth:`BeamSearchInstance.pending_prompts`) and returns each one's top-``k`` next-token
     logprobs. ``concurrency_limit`` prompts at a time (None: all of them; else an integer of at least 1)."""
-    if concurrency_limit is not None and (
-            isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int) or concurrency_limit < 1):
-        raise ValidationError(f"concurrency_limit must be an integer of at least 1 (or None: every prompt at once), "
-                              f"got {concurrency_limit!r}.", "concurrency_limit")
-    limit = concurrency_limit or len(instances)
+    limit = check_concurrency_limit(concurrency_limit) or len(instances)
     for start in range(0, len(instances), limit):
         group = instances[start:start + limit]
         while True:

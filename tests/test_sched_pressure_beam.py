@@ -21,9 +21,11 @@ BEAM_PROMPTS = [PROMPTS[6], PROMPTS[7], PROMPTS[2]]
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_beam_search_concurrency_limit_must_be_a_positive_integer(tiny, bad):
     llm = tiny.llm("llama")
-    with pytest.raises(ValueError, match="concurrency_limit") as e:
-        llm.beam_search(BEAM_PROMPTS, BeamSearchParams(beam_width=2, max_tokens=3), concurrency_limit=bad)
-    assert e.value.parameter == "concurrency_limit"
+    for use_tqdm in (False, True):  # the progress bar's step count read it before it was checked
+        with pytest.raises(ValueError, match="concurrency_limit") as e:
+            llm.beam_search(BEAM_PROMPTS, BeamSearchParams(beam_width=2, max_tokens=3), concurrency_limit=bad,
+                            use_tqdm=use_tqdm)
+        assert e.value.parameter == "concurrency_limit"
     assert_engine_clean(llm)  # refused before any step ran
 
 

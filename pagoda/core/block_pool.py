@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+from pagoda.config import MIN_KV_BLOCKS
+
 
 class NoFreeBlocksError(RuntimeError):
     pass
@@ -26,8 +28,8 @@ class NoFreeBlocksError(RuntimeError):
 
 class BlockPool:
     def __init__(self, num_blocks: int) -> None:
-        if num_blocks < 2:
-            raise ValueError(f"A KV cache needs at least 2 blocks, got {num_blocks}.")
+        if num_blocks < MIN_KV_BLOCKS:
+            raise ValueError(f"A KV cache needs at least {MIN_KV_BLOCKS} blocks, got {num_blocks}.")
         self.num_blocks = num_blocks
         self.ref_cnt = [0] * num_blocks
         # OrderedDict as an O(1) doubly linked list: pop from the front (least recently

@@ -149,8 +149,8 @@ def stream_text(engine: Any, prompt: Any, params: SamplingParams,
 
     ``engine`` is an :class:`~pagoda.engine.llm_engine.LLMEngine` running nothing else. When
     ``should_stop()`` turns true, or the consumer closes the generator, the request is aborted
-    and the generator ends. Without stop strings a request's text only grows, so each delta
-    is the part past what was yielded before.
+    and the generator ends. A request's shown text only grows (text a stop string may still take back is
+    held back until it cannot be), so each delta is the part past what was yielded before.
     """
     rid = engine.next_request_id()
     engine.add_request(rid, prompt, params)

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from pagoda.beam_search import BeamSearchOutput
+from pagoda.beam_search import BeamSearchOutput, check_concurrency_limit
 from pagoda.config import EngineArgs
 from pagoda.engine.chat_template_args import template_kwargs
 from pagoda.engine.input_processor import PromptType
@@ -208,7 +208,7 @@ class LLM(PoolingMixin):
         if use_tqdm:
             from tqdm.auto import tqdm
 
-            groups = -(-len(instances) // (concurrency_limit or len(instances)))
+            groups = -(-len(instances) // (check_concurrency_limit(concurrency_limit) or len(instances)))
             bar = tqdm(total=params.max_tokens * groups, desc="Beam search (step upper bound)", unit="step",
                        dynamic_ncols=True)
 

@@ -78,7 +78,7 @@ class Variant:
 
 def supported() -> bool:
     """Triton with compile hooks and ``preload``, kernels not under the interpreter, the switch on."""
-    if not envs.jit_precompile_enabled() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if not envs.jit_precompile_enabled() or envs.triton_interpreter():
         return False
     try:
         from triton import knobs
