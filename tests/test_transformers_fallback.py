@@ -97,6 +97,15 @@ def test_refuses_what_it_cannot_run(tiny, tmp_path):
     window = _variant(tiny, tmp_path, "mistral", sliding_window=64)
     with pytest.raises(ValueError, match=r"sliding-window attention \(config sliding_window=64"):
         LLM(window, dtype="float32", model_impl="transformers")
+    # A window as long as max_position_embeddings but shorter than the context YaRN extends it to (it used to pass
+    # the check, and the window was then not applied)
+    max_pos = json.loads((tiny.path("mistral") / "config.json").read_text())["max_position_embeddings"]
+    yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": max_pos, "rope_theta": 10000.0}
+    shutil.rmtree(window)
+    window = _variant(tiny, tmp_path, "mistral", sliding_window=max_pos, rope_scaling=yarn, rope_parameters=yarn)
+    with pytest.raises(ValueError, match=rf"sliding_window={max_pos}, narrower than the model's longest context, "
+                                         rf"{2 * max_pos} positions"):
+        LLM(window, dtype="float32", model_impl="transformers")
 
 
 REMOTE_CODE = '''

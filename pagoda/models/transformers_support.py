@@ -95,8 +95,17 @@ def _window_is_narrower(config: Any) -> int | None:
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and "sliding_attention" not in layer_types:
         return None
-    max_pos = getattr(config, "max_position_embeddings", None)
-    return int(window) if max_pos is None or int(window) < int(max_pos) else None
+    if getattr(config, "max_position_embeddings", None) is None:
+        return int(window)
+    return int(window) if int(window) < longest_context(config) else None
+
+
+def longest_context(config: Any) -> int:
+    """The longest context the engine may run the model at (YaRN extends max_position_embeddings): a window
+    shorter than it changes the output somewhere."""
+    from pagoda.layers.rotary import rope_max_position
+
+    return rope_max_position(config.to_dict())
 
 
 def check_supported(config: Any, model_cls: Any, arch: str) -> None:
@@ -116,9 +125,9 @@ def check_supported(config: Any, model_cls: Any, arch: str) -> None:
     window = _window_is_narrower(config)
     if window is not None:
         raise ValueError(
-            f"{arch} uses sliding-window attention (config sliding_window={window}, narrower than "
-            f"max_position_embeddings={getattr(config, 'max_position_embeddings', None)}), which the transformers "
-            f"fallback's attention does not implement."
+            f"{arch} uses sliding-window attention (config sliding_window={window}, narrower than the model's "
+            f"longest context, {longest_context(config)} positions), which the transformers fallback's attention "
+            f"does not implement."
         )
     cap = getattr(config, "attn_logit_softcapping", None)
     if cap:
