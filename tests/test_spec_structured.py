@@ -189,3 +189,20 @@ def test_constrained_greedy_identical_with_model_drafters(tiny, method):
     _same(llm.generate(PROMPTS, _params(), use_tqdm=False), base)  # with an unconstrained neighbour
     assert_engine_clean(llm)
     llm.shutdown()
+
+
+def test_offline_request_ending_in_an_error_raises_naming_the_field(tiny):
+    """A constrained request whose sampling rule leaves it no token (``min_tokens`` before the only choice's end) is
+    the server's 400 naming ``min_tokens``; offline it raises that ValidationError (it used to come back as an empty
+    output with finish_reason "error"), and the engine is left clean for the next call."""
+    from pagoda.errors import ValidationError
+
+    llm = tiny.llm("llama")
+    bad = SamplingParams(max_tokens=8, min_tokens=6, structured_outputs=StructuredOutputsParams(choice=["a"]))
+    with pytest.raises(ValidationError, match="min_tokens excluded every token") as e:
+        llm.generate(["pick", "pick"], [SamplingParams(max_tokens=4), bad], use_tqdm=False)
+    assert e.value.parameter == "min_tokens" and str(e.value).startswith("prompt 1: ")
+    assert_engine_clean(llm)
+    ok = llm.generate(["pick"], SamplingParams(max_tokens=8, structured_outputs=StructuredOutputsParams(choice=["a"])),
+                      use_tqdm=False)[0]
+    assert ok.outputs[0].text == "a"

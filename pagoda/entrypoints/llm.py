@@ -24,6 +24,20 @@ from pagoda.sampling_params import BeamSearchParams, SamplingParams
 logger = logging.getLogger("pagoda")
 
 
+def _raise_failed(results: Sequence[Any]) -> None:
+    """A request that ended in an error raises, as vLLM's offline LLM does, instead of coming back as an empty
+    output whose finish_reason says "error": a ValidationError naming the field when the request caused it (e.g.
+    ``min_tokens`` against a grammar), else a RuntimeError with the engine's message."""
+    for i, out in enumerate(results):
+        error = getattr(out, "error", None)
+        if not error:
+            continue
+        param = getattr(out, "error_param", None)
+        if param:
+            raise ValidationError(f"prompt {i}: {error}", param)
+        raise RuntimeError(f"prompt {i} failed in the engine: {error} (the engine's log has the traceback).")
+
+
 class LLM(PoolingMixin):
     """Generate text from a model with a paged KV cache and continuous batching.
 
@@ -260,6 +274,7 @@ class LLM(PoolingMixin):
         finally:
             if bar:
                 bar.close()
+        _raise_failed(results)
         return results
 
 
