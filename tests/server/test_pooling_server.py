@@ -61,6 +61,20 @@ def test_cosine_score_rerank_and_pooling(embed_server):
         embed_server.post("/v1/embeddings", {"input": "tokens"}).json()["data"][0]["embedding"]), atol=1e-6)
 
 
+def test_invocations_dispatches_pooling_bodies(embed_server):
+    """SageMaker's /invocations sends a pooling-shaped body to its route (vLLM's dispatch), which answers exactly as
+    when called directly, errors included."""
+    for path, body in (("/v1/embeddings", {"input": ["the fox", "tokens"]}),
+                       ("/v1/score", {"text_1": "the fox", "text_2": ["the quick brown fox", "tokens"]}),
+                       ("/v1/rerank", {"query": "the fox", "documents": ["tokens", "the quick brown fox"]}),
+                       ("/v1/embeddings", {"input": "fox", "dimensions": 7})):
+        via, direct = embed_server.post("/invocations", body), embed_server.post(path, body)
+        assert via.status_code == direct.status_code, (path, via.text, direct.text)
+        strip = ("id", "created")
+        assert {k: v for k, v in via.json().items() if k not in strip} == \
+            {k: v for k, v in direct.json().items() if k not in strip}, path
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/embeddings", {"input": ""}, "input"),
     ("/v1/embeddings", {"input": []}, "input"),

@@ -2,9 +2,9 @@
 
 ``/invocations`` picks the endpoint by the body's shape, as vLLM does: ``messages`` is a chat
 completion, ``prompt`` a completion; the request then goes through that route unchanged (same
-validation, same errors, streaming included). A pooling-shaped body (``input``: embeddings;
-``text_1``/``text_2``: score; ``query``/``documents``: rerank) is a 400 naming it: pagoda has no
-pooling models yet.
+validation, same errors, streaming included); a pooling-shaped one goes to the pooling route it asks
+for: ``input`` embeddings, ``text_1``/``text_2`` score, ``query``/``documents`` rerank (each answers for
+itself when the model does not serve that task).
 """
 
 from __future__ import annotations
@@ -17,14 +17,17 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
-from pagoda.entrypoints.openai.routes import admin, chat, completions
+from pagoda.entrypoints.openai.protocol_pooling import EmbeddingRequest, RerankRequest, ScoreRequest
+from pagoda.entrypoints.openai.routes import admin, chat, completions, pooling
 from pagoda.entrypoints.openai.serving_engine import error_response
 
 router = APIRouter()
 
-# Body keys of vLLM's pooling requests, and what they ask for.
-_POOLING_KEYS = (("input", "embeddings (`input`)"), ("text_1", "score (`text_1`/`text_2`)"),
-                 ("query", "rerank (`query`/`documents`)"), ("documents", "rerank (`query`/`documents`)"))
+# Body keys of vLLM's pooling requests, the request each asks for, and its route.
+_POOLING_KEYS: tuple[tuple[str, type[BaseModel], Any], ...] = (
+    ("input", EmbeddingRequest, pooling.create_embedding), ("text_1", ScoreRequest, pooling.create_score),
+    ("text_2", ScoreRequest, pooling.create_score), ("query", RerankRequest, pooling.create_rerank),
+    ("documents", RerankRequest, pooling.create_rerank))
 
 
 @router.get("/ping", response_class=Response)
@@ -51,9 +54,9 @@ async def invocations(raw: Request) -> Response:
         return await chat.create_chat_completion(_validated(ChatCompletionRequest, body), raw)
     if isinstance(body, dict) and "prompt" in body:
         return await completions.create_completion(_validated(CompletionRequest, body), raw)
-    expected = "Expected one of: ChatCompletionRequest (`messages`), CompletionRequest (`prompt`)."
-    for key, what in _POOLING_KEYS:
+    for key, model, route in _POOLING_KEYS:
         if isinstance(body, dict) and key in body:
-            return error_response(400, f"/invocations: {what} requests are not supported by this server (it "
-                                       f"serves no pooling model). {expected}", "invalid_request_error", key)
+            return await route(_validated(model, body), raw)
+    expected = ("Expected one of: ChatCompletionRequest (`messages`), CompletionRequest (`prompt`), EmbeddingRequest "
+                "(`input`), ScoreRequest (`text_1`/`text_2`), RerankRequest (`query`/`documents`).")
     return error_response(400, f"Cannot find suitable handler for request. {expected}", "invalid_request_error")
