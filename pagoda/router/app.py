@@ -1,11 +1,11 @@
 """The router's ASGI app: routes, API key, body cap, and the background refresh of the backend pool.
 
-Routes: ``/health`` (200 while at least one backend is in rotation, else 503; no key needed),
-``/metrics``, ``/v1/models`` (merged over the healthy replicas, one card per id), ``/v1/models/{id}``, and
-the proxied OpenAI routes :data:`PROXIED_PATHS`. A request naming a ``model`` that no healthy replica
-serves is a 404 (``model_not_found``), as pagoda serve answers it. Every error, the framework's own (an unknown
-route, a wrong method) included, has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``, as
-pagoda serve answers it.
+Routes: ``/health`` (200 while at least one backend is in rotation, else 503; no key needed), ``/metrics``,
+``/version`` (the router's own pagoda version, as a replica answers it), ``/v1/models`` (merged over the healthy
+replicas, one card per id), ``/v1/models/{id}``, and the proxied routes :data:`PROXIED_PATHS`. A request naming a
+``model`` that no healthy replica serves is a 404 (``model_not_found``), as pagoda serve answers it. Every error,
+the framework's own (an unknown route, a wrong method) included, has OpenAI's shape ``{"error": {"message", "type",
+"param", "code"}}``, as pagoda serve answers it.
 
 Replicas whose model list the router cannot read (they answer its own ``/v1/models`` with 401/403) are asked
 with the client's own headers when a client lists the models, so a client holding their key sees their models.
@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+import pagoda
 from pagoda.router.backends import Backend, BackendPool
 from pagoda.router.discovery import DiscoveryError, FileSource
 from pagoda.router.health import HealthChecker
@@ -43,7 +44,9 @@ from pagoda.router.proxy import Proxy, ProxyConfig, error_body, error_response, 
 logger = logging.getLogger("pagoda.router")
 
 PROXIED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/tokenize",
-                 "/detokenize")
+                 "/detokenize", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+"""Every POST route of ``pagoda serve`` that answers one request on its own (the generation, pooling and tokenizer
+routes: a client of the router reaches each as it reaches a replica)."""
 UNAUTHENTICATED_PATHS = frozenset({"/health"})
 DRAIN_LIMIT = 64 * 2**20
 """A body over the cap is read and dropped up to this many more bytes before the 400 (answering while the
@@ -241,6 +244,10 @@ def _add_routes(app: FastAPI, state: RouterState) -> None:
     async def health() -> Response:
         n = len(state.pool.healthy())
         return Response(status_code=200 if n else 503)
+
+    @app.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": pagoda.__version__})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -2,7 +2,7 @@
 
 * ``pagoda:router_requests_total{backend, path, status}`` — requests answered, by the backend that
   answered (``none`` when no backend could: a 4xx/5xx from the router itself) and the HTTP status (``499``: the
-  client left before its answer);
+  client left before the answer's last byte, mid-stream included; ``stream_error``: the replica broke off);
 * ``pagoda:router_request_latency_seconds{path}`` — from the request's arrival to its last byte;
 * ``pagoda:router_retries_total{backend}`` — attempts that failed before the first byte and were retried;
 * ``pagoda:router_stream_errors_total{backend}`` — responses that broke after their first byte;
@@ -26,7 +26,8 @@ LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    120.0, 300.0, 600.0]
 NO_BACKEND = "none"
 CLIENT_GONE = "499"
-"""The status of a request whose client left before its answer (nginx's "client closed request")."""
+"""The status of a request whose client left before the last byte of its answer (nginx's "client closed
+request")."""
 
 
 class RouterMetrics:

@@ -15,8 +15,9 @@ Rules (the invariants the tests check):
   ``event: error``) instead of a silent cut;
 * a client that goes away closes the upstream connection, which aborts the request on the replica:
   while the answer is awaited (a non-streamed answer comes in one piece when it is complete) the
-  client's connection is watched and the attempt cancelled when it closes (status ``499`` in the
-  router's metrics); during a relayed stream Starlette notices it;
+  client's connection is watched and the attempt cancelled when it closes; during a relayed stream
+  Starlette notices it. Either way the request is counted with status ``499`` in the router's metrics
+  (a stream is the replica's status only once its last byte went out);
 * a request naming a ``model`` goes to the replicas known to serve it; only when none is known, to the
   replicas whose model list is unknown (they refuse the router's own ``/v1/models``): one of those that
   answers 404 ``model_not_found`` (or 401/403) is skipped for the next, without counting as a retry, and
@@ -317,13 +318,18 @@ class Proxy:
     async def _chunks(self, resp: httpx.Response, b: Backend, path: str, t0: float,
                       is_sse: bool, started: list[bool]) -> AsyncIterator[bytes]:
         started[0] = True  # from here on the finally below does the clean-up
-        status = str(resp.status_code)
+        # A client that leaves before the replica's last byte (or, of an event stream, its ``data: [DONE]``: a client
+        # may hang up on it) went out is a 499.
+        status = CLIENT_GONE
         tail = b"\n\n"
         try:
             async for chunk in resp.aiter_raw():
                 if chunk:
                     tail = chunk[-2:]
                     yield chunk
+                    if is_sse and chunk.endswith(b"data: [DONE]\n\n"):
+                        status = str(resp.status_code)
+            status = str(resp.status_code)
         except httpx.HTTPError as e:
             status = "stream_error"
             self.metrics.stream_errors.labels(b.url).inc()

@@ -280,7 +280,7 @@ def test_answers_of_the_router_itself_are_counted(fakes, routers):
 
 def test_unknown_routes_and_methods_answer_in_openai_shape(fakes, routers):
     r = routers([fakes("ok").url])
-    for resp, status, message in ((httpx.post(r.url + "/score", json={}), 404, "Not Found"),
+    for resp, status, message in ((httpx.post(r.url + "/v1/audio/transcriptions", json={}), 404, "Not Found"),
                                   (httpx.post(r.url + "/reset_prefix_cache"), 404, "Not Found"),
                                   (httpx.get(r.url + "/v1/completions"), 405, "Method Not Allowed")):
         assert resp.status_code == status
