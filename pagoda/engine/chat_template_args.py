@@ -4,6 +4,13 @@
 transformers' ``apply_chat_template`` itself, or that the request's own fields set (``tools``,
 ``add_generation_prompt``, ``continue_final_message``, ...), are refused: they would be dropped or would change
 what the call returns rather than what the template sees.
+
+An assistant message's ``reasoning`` (current vLLM's name for the thinking a client sends back) also reaches
+the template as ``reasoning_content``, the name chat templates read (Qwen3's renders it inside ``<think>`` for
+the turns after the last user message), as vLLM passes it: without it the thinking would be dropped from the
+prompt (recent transformers releases alias it themselves; transformers 5.0 does not). A ``reasoning_content``
+the message sets itself is kept. :func:`template_messages` does it, called by
+:func:`pagoda.engine.tokenizer.apply_chat_template` (every route, and ``LLM.chat``).
 """
 
 from __future__ import annotations
@@ -39,3 +46,15 @@ def template_kwargs(chat_template_kwargs: dict[str, Any] | None, tools: list[dic
     if tools:
         kwargs["tools"] = tools
     return kwargs
+
+
+def template_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as the chat template gets it: an assistant message's ``reasoning`` copied to
+    ``reasoning_content`` where that is unset (see the module docstring); the input is not modified."""
+    out = []
+    for m in conversation:
+        if (isinstance(m, dict) and m.get("role") == "assistant" and m.get("reasoning") is not None
+                and m.get("reasoning_content") is None):
+            m = {**m, "reasoning_content": m["reasoning"]}
+        out.append(m)
+    return out

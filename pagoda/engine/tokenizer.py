@@ -9,6 +9,7 @@ from typing import Any
 
 from pagoda.config import EngineConfig, read_json
 from pagoda.engine import tokenizer_classes
+from pagoda.engine.chat_template_args import template_messages
 from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda")
@@ -138,5 +139,6 @@ def apply_chat_template(
             "The model has no chat template; pass one with --chat-template (or chat_template=...)."
         )
     return tokenizer.apply_chat_template(
-        msgs, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template, **kwargs
+        template_messages(msgs), tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template,
+        **kwargs
     )

@@ -34,8 +34,13 @@ class ReasoningParser:
 
 class BaseThinkingReasoningParser(ReasoningParser):
     """``<think>`` (optional: chat templates often put it in the prompt) … ``</think>`` then the answer.
-    Without ``</think>`` the whole output is reasoning (it was cut short), unless ``thinks_by_default``
-    is false or the prompt already ended the reasoning, in which case it is content."""
+
+    Whether the output starts inside the reasoning: yes when it opens with ``<think>`` itself (whatever the
+    prompt said: a conversation's earlier turn may have left ``</think>`` as the prompt's last tag, and the
+    model thinks anew), else unless the reasoning is *closed* (``thinks_by_default`` false, or the prompt
+    already ended the reasoning). Inside the reasoning, the text up to ``</think>`` is reasoning and the
+    rest content; without ``</think>`` all of it is reasoning (it was cut short). Closed, all of it is
+    content, a stray ``</think>`` included (it could not be split off a stream already sent as content)."""
 
     start_token = "<think>"
     end_token = "</think>"
@@ -51,10 +56,11 @@ class BaseThinkingReasoningParser(ReasoningParser):
             body = head[len(self.start_token):]
         elif not final and self.start_token.startswith(head):
             return "", ""  # nothing yet, or maybe the start tag: wait
+        elif not self.thinks_by_default or self.prompt_ends_reasoning:
+            return "", text
         else:
             body = text
         i = body.find(self.end_token)
         if i >= 0:
             return body[:i], body[i + len(self.end_token):]
-        held = body if final else body[:len(body) - partial_tag_overlap(body, self.end_token)]
-        return (held, "") if self.thinks_by_default and not self.prompt_ends_reasoning else ("", held)
+        return (body if final else body[:len(body) - partial_tag_overlap(body, self.end_token)]), ""
