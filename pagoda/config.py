@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pagoda import envs
+from pagoda.engine.chat_content_format import CONTENT_FORMATS
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
@@ -78,7 +79,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
                         "async_scheduling", "stream_interval"),
     "AttentionConfig": ("attention_backend",),
     "SpeculativeConfig": ("speculative_config",),
-    "Frontend": ("chat_template",),
+    "Frontend": ("chat_template", "chat_template_content_format"),
     "StructuredOutputsConfig": ("structured_outputs_config",),
     "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
                        "data_parallel_size", "data_parallel_size_local"),
@@ -232,6 +233,10 @@ class EngineArgs:
     which a request asks for with -1)."""
     chat_template: str | None = None
     """A Jinja chat template (file path or the template itself) replacing the model's (default: the model's)."""
+    chat_template_content_format: str = field(default="auto", metadata={"choices": CONTENT_FORMATS})
+    """How a message's content reaches the chat template: string (its text), openai (a list of {"type": "text",
+    "text": ...} parts), auto (openai when the template loops over a message's content, else string; vLLM's
+    rule)."""
     trust_remote_code: bool = False
     """Allow a model whose config.json names remote code (auto_map) to execute that code from its folder, in the
     transformers fallback. Without it such a model is refused; pagoda never runs remote code otherwise."""
@@ -298,6 +303,9 @@ class EngineArgs:
             raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {self.scheduling_policy!r}.")
         if self.max_logprobs < -1:
             raise ValueError(f"max_logprobs must be -1 (no cap) or at least 0, got {self.max_logprobs}.")
+        if self.chat_template_content_format not in CONTENT_FORMATS:
+            raise ValueError(f"chat_template_content_format (--chat-template-content-format) must be one of "
+                             f"{CONTENT_FORMATS}, got {self.chat_template_content_format!r}.")
         if self.tokenizer_mode not in TOKENIZER_MODES:
             raise ValueError(f"tokenizer_mode must be one of {TOKENIZER_MODES}, got {self.tokenizer_mode!r}.")
         StructuredOutputsConfig.from_dict(self.structured_outputs_config)
@@ -481,6 +489,7 @@ class EngineArgs:
             generation_defaults=self._generation_defaults(model_path),
             max_logprobs=self.max_logprobs,
             chat_template=self.chat_template,
+            chat_template_content_format=self.chat_template_content_format,
             tokenizer_mode=self.tokenizer_mode,
             structured_outputs=StructuredOutputsConfig.from_dict(self.structured_outputs_config),
             runner=rc.runner,
@@ -601,6 +610,7 @@ class EngineConfig:
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     max_logprobs: int = MAX_LOGPROBS
     chat_template: str | None = None
+    chat_template_content_format: str = "auto"
     tokenizer_mode: str = "auto"
     enable_prefix_caching: bool = True
     kv_offloading_size: float = 0.0  # GiB of host-memory KV tier; 0 = off

@@ -9,6 +9,7 @@ from typing import Any
 
 from pagoda.config import EngineConfig, read_json
 from pagoda.engine import tokenizer_classes
+from pagoda.engine.chat_content_format import as_text_parts, resolve_content_format
 from pagoda.engine.chat_template_args import template_messages
 from pagoda.errors import ValidationError
 
@@ -121,23 +122,30 @@ def apply_chat_template(
     conversation: list[dict[str, Any]],
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
+    content_format: str = "auto",
     **kwargs: Any,
 ) -> str:
+    """The conversation's prompt text; ``content_format`` is how each message's content reaches the template
+    (:mod:`pagoda.engine.chat_content_format`)."""
     if not conversation:
         raise ValidationError("messages must hold at least one message.", "messages")
-    msgs = []
-    for i, m in enumerate(conversation):
-        if not isinstance(m, dict) or "role" not in m:
-            raise ValidationError(f"messages[{i}] must be an object with 'role' and 'content'.", "messages")
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts
-            content = content_parts_text(content, f"messages[{i}].content")
-        msgs.append(_tool_call_arguments_as_objects({**m, "content": content if content is not None else ""}))
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ValueError(
             "The model has no chat template; pass one with --chat-template (or chat_template=...)."
         )
+    parts = resolve_content_format(content_format, template) == "openai"
+    msgs = []
+    for i, m in enumerate(conversation):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ValidationError(f"messages[{i}] must be an object with 'role' and 'content'.", "messages")
+        content = m.get("content")
+        texts = [content] if isinstance(content, str) else []
+        if isinstance(content, list):  # OpenAI content parts
+            content = content_parts_text(content, f"messages[{i}].content")
+            texts = [p.get(TEXT_PART_FIELDS[p["type"]]) for p in m["content"]]
+        shown: Any = as_text_parts(texts) if parts else (content if content is not None else "")
+        msgs.append(_tool_call_arguments_as_objects({**m, "content": shown}))
     return tokenizer.apply_chat_template(
         template_messages(msgs), tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template,
         **kwargs

@@ -10,6 +10,7 @@ from typing import Any
 
 from pagoda.beam_search import BeamSearchOutput, check_concurrency_limit
 from pagoda.config import EngineArgs
+from pagoda.engine.chat_content_format import CONTENT_FORMATS
 from pagoda.engine.chat_template_args import template_kwargs
 from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
@@ -162,7 +163,7 @@ class LLM(PoolingMixin):
         tools: list[dict[str, Any]] | None = None,
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
-        chat_template_content_format: str = "auto",
+        chat_template_content_format: str | None = None,
         mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate.
@@ -170,11 +171,12 @@ class LLM(PoolingMixin):
         ``continue_final_message``: the last (assistant) message is left open for the model to continue (needs
         ``add_generation_prompt=False``); ``chat_template_kwargs``: extra template variables (e.g.
         ``{"enable_thinking": False}``), as the server's field of that name. ``chat_template_content_format``
-        takes vLLM's "auto" / "string" (text parts are joined either way); ``mm_processor_kwargs`` only None."""
-        if chat_template_content_format not in ("auto", "string"):
-            raise ValidationError(f"chat_template_content_format={chat_template_content_format!r}: only 'auto' "
-                                  f"and 'string' are supported (text parts are joined into one string).",
-                                  "chat_template_content_format")
+        (auto, string or openai; default: the engine's ``chat_template_content_format``): how message content
+        reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` only None."""
+        content_format = chat_template_content_format or self.llm_engine.cfg.chat_template_content_format
+        if content_format not in CONTENT_FORMATS:
+            raise ValidationError(f"chat_template_content_format={content_format!r}: must be one of "
+                                  f"{CONTENT_FORMATS}.", "chat_template_content_format")
         if mm_processor_kwargs is not None:
             raise ValidationError("mm_processor_kwargs is not supported: pagoda runs text models.",
                                   "mm_processor_kwargs")
@@ -183,18 +185,20 @@ class LLM(PoolingMixin):
         else:
             convs = list(messages)  # type: ignore[arg-type]
         prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools,
-                                                      continue_final_message, chat_template_kwargs)
+                                                      continue_final_message, chat_template_kwargs, content_format)
                                      for conv in convs]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def chat_prompt(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = True,
                     chat_template: str | None = None, tools: list[dict[str, Any]] | None = None,
                     continue_final_message: bool = False,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                    chat_template_kwargs: dict[str, Any] | None = None,
+                    content_format: str | None = None) -> dict[str, Any]:
         """One conversation through the chat template, as a prompt dict (text and token ids)."""
         tok = self.get_tokenizer()
         kwargs = template_kwargs(chat_template_kwargs, tools, continue_final_message, add_generation_prompt)
-        text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template, **kwargs)
+        text = apply_chat_template(tok, conversation, add_generation_prompt, chat_template,
+                                   content_format or self.llm_engine.cfg.chat_template_content_format, **kwargs)
         # The template already holds BOS where the model wants it.
         return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
 

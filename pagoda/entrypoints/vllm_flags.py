@@ -134,7 +134,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--aggregate-engine-logging", "there is one engine", ANY_VALUE, value=False),
     # the OpenAI-compatible frontend (serve only)
     _u("--lora-modules", _LORA, serve=True),
-    _u("--chat-template-content-format", "message content is rendered as text", "auto", "string", serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
     _u("--response-role", "the generated message's role is always 'assistant'", "assistant", serve=True),
     _u("--tool-parser-plugin", "tool-parser plugins are not loaded; --tool-call-parser names a built-in parser",

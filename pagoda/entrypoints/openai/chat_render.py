@@ -58,14 +58,15 @@ def render_limited(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def render_chat(tokenizer: Any, conversation: list[dict[str, Any]], add_generation_prompt: bool,
-                chat_template: str | None, trust_request_chat_template: bool, **kwargs: Any) -> str:
+                chat_template: str | None, trust_request_chat_template: bool, content_format: str = "auto",
+                **kwargs: Any) -> str:
     """The conversation's prompt text under the rules above; raises ValueError / ServingError (400s)."""
     if chat_template is not None and not trust_request_chat_template:
         raise ServingError(400, "chat_template in a request is not allowed by this server "
                            "(start it with --trust-request-chat-template).", param="chat_template")
     try:
         text = render_limited(apply_chat_template, tokenizer, conversation, add_generation_prompt, chat_template,
-                              **kwargs)
+                              content_format, **kwargs)
     except (ValueError, ServingError):
         raise
     except Exception as e:  # template errors (jinja) are the request's fault

@@ -38,6 +38,7 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
         max_prompts_per_request=args.max_prompts_per_request,
         max_request_body_bytes=args.max_request_body_bytes,
         trust_request_chat_template=args.trust_request_chat_template,
+        chat_template_content_format=getattr(args, "chat_template_content_format", "auto"),
         enable_prompt_tokens_details=getattr(args, "enable_prompt_tokens_details", False),
         return_tokens_as_token_ids=getattr(args, "return_tokens_as_token_ids", False),
         tools=tool_config_from(args),

@@ -54,7 +54,7 @@ class OpenAIServingChat(OpenAIServing):
         conv = [m.model_dump(exclude_none=True) for m in messages]
         kwargs = template_kwargs(chat_template_kwargs, tools, continue_final, add_generation_prompt)
         text = render_chat(self.tokenizer, conv, add_generation_prompt, chat_template,
-                           self.limits.trust_request_chat_template, **kwargs)
+                           self.limits.trust_request_chat_template, self.limits.chat_template_content_format, **kwargs)
         return text, self.encode(text, add_special_tokens, param="messages")
 
     @staticmethod

@@ -63,6 +63,7 @@ class ServerLimits:
     max_prompts_per_request: int = 64
     max_request_body_bytes: int = 8 * 2**20
     trust_request_chat_template: bool = False
+    chat_template_content_format: str = "auto"  # --chat-template-content-format (pagoda.engine.chat_content_format)
     enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
     return_tokens_as_token_ids: bool = False  # --return-tokens-as-token-ids: the requests' default
     tools: ToolServingConfig = field(default_factory=ToolServingConfig)  # tool-call and reasoning parsers

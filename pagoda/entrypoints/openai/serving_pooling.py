@@ -133,7 +133,7 @@ class OpenAIServingPooling(OpenAIServing):
         (:mod:`pagoda.entrypoints.openai.chat_render`)."""
         assert req.messages is not None  # the caller's branch
         return render_chat(self.tokenizer, req.messages, False, req.chat_template,
-                           self.limits.trust_request_chat_template)
+                           self.limits.trust_request_chat_template, self.limits.chat_template_content_format)
 
     def _embed_prompts(self, req: EmbeddingRequest) -> list[Any]:
         """The prompts of ``input`` or ``messages``; ``add_special_tokens`` defaults to True for ``input`` and to
