@@ -8,7 +8,7 @@ apply_env_policy()
 
 from pagoda.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: E402
 from pagoda.pooling.params import PoolingParams  # noqa: E402
-from pagoda.sampling_params import BeamSearchParams, SamplingParams  # noqa: E402
+from pagoda.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -19,10 +19,14 @@ def __getattr__(name: str):
         from pagoda.entrypoints.llm import LLM
 
         return LLM
-    if name == "EngineArgs":
+    if name in ("EngineArgs", "AsyncEngineArgs"):  # vLLM's AsyncEngineArgs: the same arguments here
         from pagoda.config import EngineArgs
 
         return EngineArgs
+    if name in ("AsyncLLM", "AsyncLLMEngine"):  # vLLM's AsyncLLMEngine is its AsyncLLM
+        from pagoda.engine.async_llm import AsyncLLM
+
+        return AsyncLLM
     if name == "LLMEngine":
         from pagoda.engine.llm_engine import LLMEngine
 
@@ -47,5 +51,5 @@ _POOLING_OUTPUTS = ("PoolingRequestOutput", "EmbeddingRequestOutput", "Classific
 
 
 __all__ = ["LLM", "SamplingParams", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "RequestOutput",
-           "CompletionOutput", "Logprob", "EngineArgs", "LLMEngine", "ModelRegistry", "PoolingParams",
-           *_POOLING_OUTPUTS]
+           "RequestOutputKind", "CompletionOutput", "Logprob", "EngineArgs", "AsyncEngineArgs", "LLMEngine", "AsyncLLM",
+           "AsyncLLMEngine", "ModelRegistry", "PoolingParams", *_POOLING_OUTPUTS]

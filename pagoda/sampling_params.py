@@ -47,7 +47,7 @@ class RequestOutputKind(Enum):
     """vLLM's ``SamplingParams.output_kind``: what the engine's outputs of a running request carry."""
 
     CUMULATIVE = 0  # every output holds the whole output so far
-    DELTA = 1  # not implemented (refused): outputs are cumulative; AsyncLLM's RequestStream.last_deltas has the text
+    DELTA = 1  # each output holds only what is new since the previous one (LLMEngine.step, AsyncLLM.generate)
     FINAL_ONLY = 2  # one output, when the request finishes (what LLM.generate always asks for)
 
 
@@ -233,7 +233,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
                                                         "tokenizer decodes them).")
 
     def _verify_output_kind(self) -> None:
-        """A RequestOutputKind (its value or name is taken for it); DELTA is refused, not served as cumulative."""
+        """A RequestOutputKind (its value or name is taken for it)."""
         kind = self.output_kind
         if not isinstance(kind, RequestOutputKind):
             try:
@@ -244,10 +244,6 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
                 raise _bad("output_kind", f"must be a RequestOutputKind (CUMULATIVE, DELTA or FINAL_ONLY), got "
                                           f"{kind!r}.") from None
             self.output_kind = kind
-        if kind is RequestOutputKind.DELTA:
-            raise _bad("output_kind", "DELTA is not supported: outputs are CUMULATIVE (the text and tokens so far) "
-                                      "or FINAL_ONLY; AsyncLLM's RequestStream.last_deltas holds each output's new "
-                                      "text.")
 
     def _verify_token_sets(self) -> None:
         """allowed_token_ids, bad_words and logprob_token_ids (their vocabulary bounds are admission's)."""

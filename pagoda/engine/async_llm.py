@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,11 +54,12 @@ from pagoda.engine.messages import (
     Rejected,
     ResetPrefixCache,
     SchedulerStats,
+    Shutdown,
     StepOutputs,
     encoder,
     output_decoder,
 )
-from pagoda.engine.output_processor import OutputProcessor, ParentState
+from pagoda.engine.output_processor import OutputProcessor, ParentState, merge_delta
 from pagoda.engine.prelaunch import PrelaunchedCore
 from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, RequestTrace, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
@@ -91,6 +92,17 @@ class EngineNotReadyError(RuntimeError):
     """The model is still loading."""
 
 
+class _Done:
+    """What a call that has already done its work returns, so that it may also be awaited (vLLM's ``abort`` and
+    ``shutdown`` are awaited or called plainly): awaiting it returns None at once."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_DONE = _Done()
+
+
 class StatLogger(Protocol):
     """What the front end reports (the Prometheus logger in the server implements it); ``engine``: the
     data-parallel replica the figure comes from (0 without data parallelism)."""
@@ -105,7 +117,9 @@ class StatLogger(Protocol):
 
 
 class RequestStream:
-    """Async iterator over one request's cumulative outputs (latest state wins).
+    """Async iterator over one request's outputs: with CUMULATIVE outputs the latest state wins (a slow consumer
+    skips the states in between); DELTA outputs not yet taken are merged into one (:func:`merge_delta`), so a
+    consumer's deltas always add up to the whole output.
 
     After each ``__anext__``, ``last_deltas[i]`` holds the text of completion ``i`` that
     became safe to stream since the previous item (a tail that may begin a stop string is
@@ -128,6 +142,8 @@ class RequestStream:
 
     # ------------------------------------------------------------- producer side
     def _put(self, out: RequestOutput, deltas: list[str]) -> None:
+        if self._latest is not None and self.parent.delta:
+            out = merge_delta(self._latest, out)
         self._latest = out
         for i, d in enumerate(deltas):
             if d:
@@ -261,6 +277,33 @@ class AsyncLLM:
         self._dec = output_decoder()
         self._calls: dict[int, _PendingCall] = {}  # calls every core answers (reset_prefix_cache), by call id
         self._next_call_id = 0
+        self._starting: asyncio.Future | None = None  # start() run for generate() / encode() (_ensure_started)
+        self._stopping: Awaitable[None] | None = None  # what shutdown() returned
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> AsyncLLM:
+        """vLLM's constructor: checks the arguments, resolves the configuration and loads the tokenizer now (their
+        errors raise here). The engine core starts at once when called in a running event loop, else on the first
+        ``generate()`` / ``encode()``; ``await engine.start()`` waits for it explicitly."""
+        engine_args.validate()
+        eng = cls(engine_args)
+        eng.cfg = engine_args.create_config()
+        eng.tokenizer = load_tokenizer(eng.cfg)
+        with contextlib.suppress(RuntimeError):  # no running loop: started by the first generate() / encode()
+            asyncio.get_running_loop()
+            eng._starting = asyncio.ensure_future(eng._start())
+            # its failure is raised to whoever awaits the start (generate(), start()), not logged as unretrieved
+            eng._starting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return eng
+
+    async def _ensure_started(self) -> None:
+        """Start an engine nobody started (``from_engine_args``, or ``generate()`` on a new ``AsyncLLM``), once:
+        concurrent callers wait for the same start and all see its failure. An engine being started by a direct
+        ``start()`` call (the server's) is left alone (its requests get ``EngineNotReadyError``)."""
+        if self._starting is None and self.state == "created":
+            self._starting = asyncio.ensure_future(self._start())
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -280,15 +323,25 @@ class AsyncLLM:
         return sum_stats([e.stats for e in self.cores.engines])
 
     async def start(self) -> None:
-        """Resolve the model, spawn the core(s), load the tokenizer, wait until every core is ready."""
+        """Resolve the model, spawn the core(s), load the tokenizer, wait until every core is ready. When a start
+        is under way already (``from_engine_args``, ``generate()``), waits for that one; no-op once ready."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+        elif self.state != "ready":
+            await self._start()
+
+    async def _start(self) -> None:
+        if self.state == "shutdown":  # shut down before a deferred start ran
+            raise EngineDeadError(self.health()[1])
         self.state = "loading"
         t0 = time.perf_counter()
         early, self.prelaunched = self.prelaunched, None
         try:
-            cfg = await asyncio.to_thread(self.engine_args.create_config)
-        except BaseException:
+            cfg = self.cfg if self.cfg is not None else await asyncio.to_thread(self.engine_args.create_config)
+        except BaseException as exc:
             if early is not None:
                 early.discard()
+            self.state, self.dead_reason = "dead", f"the engine failed to start: {exc}"
             raise
         self.cfg = cfg
         # The cores resolve the same model folder (already fetched/converted by create_config above; an early core
@@ -301,18 +354,25 @@ class AsyncLLM:
             if self.on_launched is not None and self.attach is None:
                 assert self.cores.ipc_dir is not None
                 self.on_launched(self.cores.ipc_dir, tuple(e.proc.pid for e in self.cores.engines))
-            tok_task = asyncio.create_task(asyncio.to_thread(_timed, load_tokenizer, cfg))
+            if self.tokenizer is None:  # (from_engine_args loaded it already)
+                tok_task = asyncio.create_task(asyncio.to_thread(_timed, load_tokenizer, cfg))
             readies = await self.cores.wait_ready()
             t_cores = time.perf_counter()
-            self.tokenizer, tok_s = await tok_task
-        except BaseException:
+            tok_s = 0.0
+            if tok_task is not None:
+                self.tokenizer, tok_s = await tok_task
+        except BaseException as exc:
             if tok_task is not None:
                 tok_task.cancel()
             if early is not None:
                 early.discard()  # unless launch() adopted it (then stop() below stops it)
             await self.cores.stop()
-            self.state = "dead"
+            if self.state != "shutdown":
+                self.state, self.dead_reason = "dead", f"the engine failed to start: {exc}"
             raise
+        if self.state == "shutdown":  # shutdown() was called while it started
+            await self.cores.stop()
+            raise EngineDeadError(self.health()[1])
         ready = _combine(readies)
         self.ready_info = ready
         self.input_processor = InputProcessor(cfg, self.tokenizer, eos_token_ids(cfg, self.tokenizer), ready.limits)
@@ -332,22 +392,75 @@ class AsyncLLM:
                     time.perf_counter() - t0, up, ready.num_blocks - 1, ready.block_size, dp,
                     ready.limits.max_model_len, t_launch - t0, t_cores - t_launch, tok_s)
 
-    async def shutdown(self) -> None:
-        if self.state == "shutdown":
-            return
+    def shutdown(self) -> Awaitable[None]:
+        """Fail the requests in flight (``EngineDeadError``), stop the output tasks and the engine core process(es);
+        the engine refuses work afterwards. Idempotent. Called plainly (vLLM's ``engine.shutdown()``) it takes
+        effect at once: the cores are told to exit now and, in a running event loop, a task finishes the rest
+        (without one, it is finished before returning); awaiting the result waits until the cores have exited."""
+        if self._stopping is not None:
+            return self._stopping
         self.state = "shutdown"
-        for t in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        err = EngineDeadError("the engine is shutting down")
+        for s in list(self._streams.values()):
+            s._fail(err)
+        self._streams.clear()
+        self._fail_calls(err)
+        self._tell_cores_to_exit()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop: the output tasks ended with theirs
+            asyncio.run(self._stop_cores([]))
+            self._stopping = _DONE
+        else:
+            self._stopping = asyncio.ensure_future(self._stop_cores(tasks))
+        return self._stopping
+
+    def _tell_cores_to_exit(self) -> None:
+        """Send the cores this front end started ``Shutdown`` now, so they exit even if nothing waits for them."""
+        import zmq
+
+        if self.cores is None or self.attach is not None:
+            return
+        frame = self._enc.encode(Shutdown())
+        for e in self.cores.engines:
+            with contextlib.suppress(Exception):
+                e.in_sock.send(frame, flags=zmq.NOBLOCK)
+
+    async def _stop_cores(self, tasks: list[asyncio.Task]) -> None:
+        """The rest of ``shutdown()``: wait for the cancelled output tasks, then for the cores to exit."""
+        for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        self._tasks = []
-        for s in list(self._streams.values()):
-            s._fail(EngineDeadError("the server is shutting down"))
-        self._streams.clear()
-        self._fail_calls(EngineDeadError("the server is shutting down"))
         if self.cores is not None:
             await self.cores.stop()
+
+    # ------------------------------------------------------- vLLM's engine-client state
+    @property
+    def is_running(self) -> bool:
+        """Neither dead nor shut down (vLLM's ``is_running``; True before the engine has started)."""
+        return self.state in ("created", "loading", "ready")
+
+    @property
+    def errored(self) -> bool:
+        """The engine died or was shut down: it serves nothing more (vLLM's ``errored``)."""
+        return not self.is_running
+
+    @property
+    def is_stopped(self) -> bool:
+        return self.errored
+
+    @property
+    def dead_error(self) -> BaseException:
+        """The error a request gets once ``errored`` (vLLM's ``dead_error``)."""
+        return EngineDeadError(self.health()[1] if self.errored else "The engine is not dead.")
+
+    async def check_health(self) -> None:
+        """Raise ``dead_error`` when ``errored`` (vLLM's ``check_health``; :meth:`health` also tells stuck)."""
+        if self.errored:
+            raise self.dead_error
 
     # -------------------------------------------------------------------- health
     def health(self) -> tuple[bool, str]:
@@ -357,7 +470,7 @@ class AsyncLLM:
         if self.state == "dead":
             return False, f"The engine core is dead: {self.dead_reason}"
         if self.state == "shutdown":
-            return False, "The server is shutting down."
+            return False, "The engine was shut down (the server is stopping, or AsyncLLM.shutdown() was called)."
         if self.stuck:
             return False, (f"The engine core has made no progress for more than {self.stuck_timeout_s:g} s "
                            f"with requests pending.")
@@ -371,6 +484,10 @@ class AsyncLLM:
 
     # ------------------------------------------------------------------ requests
     def get_tokenizer(self) -> Any:
+        """The tokenizer (raises ``EngineNotReadyError`` before ``start()`` has loaded it)."""
+        if self.tokenizer is None:
+            raise EngineNotReadyError("The tokenizer is not loaded yet: await engine.start() first (or build the "
+                                      "engine with AsyncLLM.from_engine_args).")
         return self.tokenizer
 
     @property
@@ -451,14 +568,25 @@ class AsyncLLM:
         for cid in child_ids:
             self._owner.pop(cid, None)
 
-    async def encode(self, prompt: PromptType, params: PoolingParams, request_id: str) -> PoolingRequestOutput:
-        """One pooling request's output (vLLM's ``AsyncLLM.encode``, awaited); cancelling aborts it."""
-        return await final_output(self.add_pooling_request(request_id, prompt, params))  # type: ignore[return-value]
+    async def encode(self, prompt: PromptType, pooling_params: PoolingParams, request_id: str, *, priority: int = 0
+                     ) -> AsyncIterator[PoolingRequestOutput]:
+        """vLLM's ``AsyncLLM.encode``: an async generator of the pooling request's output (one, final); leaving it
+        early (break, cancellation) aborts the request. Starts the engine if nobody did."""
+        await self._ensure_started()
+        stream = self.add_pooling_request(request_id, prompt, pooling_params, priority)
+        try:
+            async for out in stream:
+                yield out  # type: ignore[misc]  # a pooling request's stream yields PoolingRequestOutput
+        finally:
+            stream.close()
 
-    async def generate(self, prompt: PromptType, params: SamplingParams | None, request_id: str
-                       ) -> AsyncIterator[RequestOutput]:
-        """Cumulative outputs of one request; leaving the loop early aborts it."""
-        stream = self.add_request(request_id, prompt, params)
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str, *,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """vLLM's ``AsyncLLM.generate``: the request's outputs as ``sampling_params.output_kind`` says (CUMULATIVE,
+        DELTA or FINAL_ONLY); leaving the loop early (break, cancellation) aborts it and frees its KV blocks.
+        Starts the engine if nobody did."""
+        await self._ensure_started()
+        stream = self.add_request(request_id, prompt, sampling_params, priority)
         try:
             async for out in stream:
                 yield out
@@ -518,8 +646,14 @@ class AsyncLLM:
         inst = self.input_processor.beam_search(prompt, params, logprobs)
         return BeamSearchStream(self, request_id, inst, skip_special_tokens, logprobs, prompt_logprobs)
 
-    def abort(self, request_id: str) -> None:
-        """Abort a request (idempotent); its KV blocks are freed by the core."""
+    def abort(self, request_id: str | Iterable[str]) -> Awaitable[None]:
+        """Abort requests (idempotent; unknown and finished ids are ignored); the core frees their KV blocks. Done
+        when it returns; the result may be awaited (vLLM's ``await engine.abort(request_id)``)."""
+        for rid in [request_id] if isinstance(request_id, str) else list(request_id):
+            self._abort_one(rid)
+        return _DONE
+
+    def _abort_one(self, request_id: str) -> None:
         stream = self._streams.pop(request_id, None)
         if self.output_processor is None:
             return

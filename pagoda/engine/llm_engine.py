@@ -45,7 +45,8 @@ class LLMEngine:
 
     def _check_open(self) -> None:
         if self._shut_down:
-            raise RuntimeError("This engine was shut down (LLM.shutdown()); create a new LLM.")
+            raise RuntimeError("This engine was shut down (LLM.shutdown() / LLMEngine.shutdown()); create a new "
+                               "LLM or LLMEngine.")
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
@@ -62,13 +63,14 @@ class LLMEngine:
         return str(next(self._ids))
 
     def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None,
+        self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None, *,
         final_only: bool = False, priority: int = 0,
     ) -> None:
         """Validate and queue a request. Raises ``ValidationError`` (nothing queued) if invalid.
 
-        ``final_only``: ``step()`` reports the request only once, when it finishes. ``priority``:
-        lower is served first under ``--scheduling-policy priority`` (must be 0 under fcfs).
+        ``step()`` reports it as ``params.output_kind`` says (CUMULATIVE, DELTA or FINAL_ONLY). ``final_only``:
+        only once, when it finishes, whatever the kind. ``priority``: lower is served first under
+        ``--scheduling-policy priority`` (must be 0 under fcfs).
         """
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
@@ -111,6 +113,10 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished() or self.core.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        """User requests added and not yet finished nor aborted (vLLM's; a request with ``n > 1`` counts once)."""
+        return len(self.output_processor.parents)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer

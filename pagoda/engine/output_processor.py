@@ -2,6 +2,11 @@
 
 A user request with ``n > 1`` is fanned out into child requests ``"{i}_{id}"``; the
 parent's output gathers them and is finished when every child is.
+
+``SamplingParams.output_kind`` (vLLM's): CUMULATIVE outputs carry every child's text, tokens and logprobs so far;
+DELTA outputs carry what is new since the parent's previous output (only the children with something new, the
+prompt logprobs once), so the deltas of a request's outputs concatenate to its cumulative output (see
+:func:`merge_delta`); FINAL_ONLY gives one cumulative output, when the request finishes.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ class ChildState:
     stop_reason: int | str | None = None
     error: str | None = None
     error_param: str | None = None  # see EngineCoreOutput.error_param
-    sent_tokens: int = 0  # tokens in the parent's last emitted output (kept only when stream_interval > 1)
-    sent_finished: bool = False  # that output carried this child's finish
+    # What the parent's emitted outputs carried so far (kept when stream_interval > 1 or for DELTA outputs):
+    sent_tokens: int = 0  # tokens (and logprobs)
+    sent_text: int = 0  # characters of the shown text
+    sent_finished: bool = False  # this child's finish
 
 
 @dataclass
@@ -47,6 +54,8 @@ class ParentState:
     num_cached_tokens: int = 0
     pooling: bool = False  # a pooling request: its output is ``pooled``, not tokens
     pooled: PooledData | None = None
+    delta: bool = False  # output_kind DELTA: each output carries only what is new since the previous one
+    sent_prompt_logprobs: bool = False  # (DELTA) an emitted output carried the prompt logprobs
     # ``children`` is in index order (child i is the i-th inserted), so outputs need no sorting.
 
     @property
@@ -86,8 +95,10 @@ class OutputProcessor:
         final_only: bool = False, pooling: bool = False,
     ) -> list[str]:
         """Track a request. ``final_only`` (or ``params.output_kind`` FINAL_ONLY): no RequestOutput until it
-        finishes."""
+        finishes, and that one cumulative (``final_only`` wins over DELTA, as vLLM's ``LLM.generate``);
+        ``params.output_kind`` DELTA: outputs carry only what is new (see the module's docstring)."""
         final_only = final_only or params.output_kind is RequestOutputKind.FINAL_ONLY
+        delta = not final_only and not pooling and params.output_kind is RequestOutputKind.DELTA
         children = {}
         for i in range(params.n):
             cid = child_id(request_id, i, params.n)
@@ -108,7 +119,7 @@ class OutputProcessor:
             plp = [None] * max(len(prompt_ids), 1)
         self.parents[request_id] = ParentState(
             request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only,
-            pooling=pooling,
+            pooling=pooling, delta=delta,
         )
         return list(children)
 
@@ -178,16 +189,20 @@ class OutputProcessor:
         return parent, stop
 
     def emit(self, parent: ParentState, now: float) -> RequestOutput | None:
-        """The output of a parent that changed (None: it wants only its final one); a finished parent is dropped."""
+        """The output of a parent that changed (None: it wants only its final one, it is not due under
+        ``stream_interval``, or it is DELTA and nothing new can be shown); a finished parent is dropped."""
         finished = parent.finished
         if parent.final_only and not finished:
             return None
-        if self.stream_interval > 1:
-            if not finished and not self._due(parent):
-                return None
+        if self.stream_interval > 1 and not finished and not self._due(parent):
+            return None
+        if parent.delta:
+            out: RequestOutput | None = self._make_delta_output(parent, finished)
+        else:
+            out = self._make_output(parent, finished)
+        if self.stream_interval > 1 or parent.delta:
             for c in parent.children.values():
                 c.sent_tokens, c.sent_finished = len(c.token_ids), c.finish_reason is not None
-        out = self._make_output(parent, finished)
         if finished:
             parent.metrics.finished_time = now
             self._drop(parent.request_id)
@@ -294,6 +309,36 @@ class OutputProcessor:
         )
 
     @staticmethod
+    def _make_delta_output(parent: ParentState, finished: bool) -> RequestOutput | None:
+        """A DELTA output (vLLM's): for each child with new tokens or its finish since the previous output, those
+        tokens, their logprobs and the text that became showable (``cumulative_logprob`` stays cumulative); the
+        prompt logprobs ride on the first output. None when no child has anything new. Advances ``sent_text``
+        (the caller advances ``sent_tokens`` / ``sent_finished``)."""
+        comps = []
+        error = error_param = None
+        for c in parent.children.values():  # in index order
+            done = c.finish_reason is not None
+            if len(c.token_ids) == c.sent_tokens and (not done or c.sent_finished):
+                continue
+            text = ""
+            if c.detok is not None:
+                shown = c.detok.shown_text(done)
+                text = shown[c.sent_text:]
+                c.sent_text = max(c.sent_text, len(shown))
+            lps = c.logprobs[c.sent_tokens:] if c.logprobs is not None else None
+            comps.append(CompletionOutput(c.index, text, c.token_ids[c.sent_tokens:], c.cumulative_logprob, lps,
+                                          c.finish_reason, c.stop_reason))
+            if c.error and error is None:
+                error, error_param = c.error, c.error_param
+        if not comps:
+            return None
+        plp = None
+        if parent.prompt_logprobs is not None and not parent.sent_prompt_logprobs:
+            plp, parent.sent_prompt_logprobs = list(parent.prompt_logprobs), True
+        return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids, plp, comps, finished,
+                             parent.metrics, parent.num_cached_tokens, error, error_param)
+
+    @staticmethod
     def _make_pooling_output(parent: ParentState) -> PoolingRequestOutput:
         child = next(iter(parent.children.values()))
         data = torch.empty(0)
@@ -304,3 +349,28 @@ class OutputProcessor:
 
     def has_unfinished(self) -> bool:
         return bool(self.parents)
+
+
+def merge_delta(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """Two consecutive DELTA outputs of one request as one (vLLM's ``RequestOutput.add(aggregate=True)``): each
+    completion's text, tokens and logprobs concatenated, the later one's finish and ``cumulative_logprob``; the
+    completions in index order. ``first`` is updated and returned (it must not have been handed out)."""
+    by_index = {c.index: c for c in first.outputs}
+    for nc in later.outputs:
+        c = by_index.get(nc.index)
+        if c is None:
+            by_index[nc.index] = nc
+            continue
+        c.text += nc.text
+        c.token_ids = [*c.token_ids, *nc.token_ids]
+        if nc.logprobs is not None:
+            c.logprobs = [*(c.logprobs or []), *nc.logprobs]
+        c.cumulative_logprob, c.finish_reason, c.stop_reason = nc.cumulative_logprob, nc.finish_reason, nc.stop_reason
+    first.outputs = [by_index[i] for i in sorted(by_index)]
+    if first.prompt_logprobs is None:
+        first.prompt_logprobs = later.prompt_logprobs
+    first.finished = first.finished or later.finished
+    first.metrics, first.num_cached_tokens = later.metrics, later.num_cached_tokens
+    if first.error is None:
+        first.error, first.error_param = later.error, later.error_param
+    return first

@@ -1,0 +1,145 @@
+"""vLLM's ``AsyncLLM`` API as its examples use it (``examples/offline_inference/async_llm_streaming.py``):
+``AsyncLLM.from_engine_args``, ``generate(prompt=, sampling_params=, request_id=)`` with DELTA outputs,
+``await abort()``, ``is_running`` / ``errored``, a plain ``shutdown()`` (not awaited) that stops the engine core,
+and leaving a generator early aborting its request."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
+
+from server_utils import wait_idle  # noqa: E402
+
+from pagoda import AsyncEngineArgs, AsyncLLM, RequestOutputKind, SamplingParams  # noqa: E402
+from pagoda.engine.async_llm import EngineDeadError  # noqa: E402
+
+PROMPT = "The future of artificial intelligence is"
+
+
+@pytest.fixture(scope="module")
+def engine_args(tiny):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by the engine-core process
+        yield AsyncEngineArgs(model=str(tiny.path("llama")), kv_cache_memory_bytes=32 * 2**20)
+
+
+class FinishLog:
+    """A stat logger that keeps the finish reason of every finished engine request."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def on_finished(self, stats, engine: int = 0) -> None:
+        self.reasons.append(stats.finish_reason)
+
+    def __getattr__(self, name):  # the other StatLogger hooks: ignored
+        return lambda *a, **k: None
+
+
+async def _joined(engine: AsyncLLM, params: SamplingParams, rid: str, pause: bool = False):
+    """(per index: concatenated token ids and text of the DELTA outputs, the outputs); ``pause``: read nothing
+    after the first output until the engine is idle (the rest is merged into one output)."""
+    acc: dict[int, tuple[list[int], str]] = {}
+    outs = []
+    async for out in engine.generate(request_id=rid, prompt=PROMPT, sampling_params=params):
+        outs.append(out)
+        for c in out.outputs:
+            ids, text = acc.get(c.index, ([], ""))
+            acc[c.index] = (ids + c.token_ids, text + c.text)
+        if pause and len(outs) == 1:
+            assert await wait_idle(engine, timeout=120)
+    return acc, outs
+
+
+def test_vllm_streaming_example(engine_args):
+    async def main():
+        log = FinishLog()
+        before = set(multiprocessing.active_children())
+        engine = AsyncLLM.from_engine_args(engine_args)
+        engine.stat_loggers.append(log)
+        assert engine.get_tokenizer() is not None and engine.is_running and not engine.errored
+        await engine.start()  # waits for the start from_engine_args began; launches no second core
+        assert engine.is_ready and len(set(multiprocessing.active_children()) - before) == 1
+        for n in (1, 2):
+            kw = dict(n=n, max_tokens=12, temperature=0.8, top_p=0.95, seed=42, ignore_eos=True)
+            cum = [o async for o in engine.generate(PROMPT, SamplingParams(**kw), f"cum{n}")][-1]
+            acc, outs = await _joined(engine, SamplingParams(output_kind=RequestOutputKind.DELTA, **kw), f"d{n}")
+            assert outs[-1].finished and len(outs) > 1
+            assert acc == {c.index: (c.token_ids, c.text) for c in cum.outputs}
+            # a consumer that falls behind gets the missed deltas merged, never loses them
+            slow, outs = await _joined(engine, SamplingParams(output_kind=RequestOutputKind.DELTA, **kw),
+                                       f"slow{n}", pause=True)
+            assert len(outs) <= 2 and slow == acc
+        await engine.abort("unknown")  # vLLM's abort is awaited
+        await engine.abort(["cum1", "d2"])  # finished ids: nothing to do
+
+        # leaving the loop early (break, cancellation) aborts the request and frees its KV blocks
+        async for _ in engine.generate(PROMPT, SamplingParams(max_tokens=400, ignore_eos=True), "brk"):
+            break
+        assert await wait_idle(engine, timeout=60) and log.reasons[-1] == "abort"
+
+        async def consume():
+            async for _ in engine.generate(PROMPT, SamplingParams(max_tokens=400, ignore_eos=True), "cancel"):
+                pass
+
+        task = asyncio.create_task(consume())
+        while not engine.output_processor.parents:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await wait_idle(engine, timeout=60) and log.reasons[-1] == "abort"
+
+        procs = [e.proc for e in engine.cores.engines]
+        engine.shutdown()  # as vLLM's example: not awaited, and still stops the engine
+        assert engine.errored and not engine.is_running
+        with pytest.raises(EngineDeadError, match="shut down"):
+            async for _ in engine.generate(PROMPT, SamplingParams(max_tokens=2), "late"):
+                pass
+        await engine.shutdown()  # a second call (awaited): waits for the cores to exit
+        return procs
+
+    procs = asyncio.run(main())
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_from_engine_args_outside_a_loop_and_shutdown_from_sync_code(engine_args):
+    engine = AsyncLLM.from_engine_args(engine_args)  # no running loop: the first generate() starts the core
+
+    async def main():
+        return [o async for o in engine.generate(PROMPT, SamplingParams(max_tokens=5, ignore_eos=True), "a")][-1]
+
+    out = asyncio.run(main())
+    assert out.finished and len(out.outputs[0].token_ids) == 5
+    procs = [e.proc for e in engine.cores.engines]
+    engine.shutdown()
+    assert not any(p.is_alive() for p in procs) and engine.errored
+    engine.shutdown()  # idempotent
+
+
+def test_encode_is_an_async_generator(engine_args, tiny):
+    """vLLM's ``encode(prompt, pooling_params, request_id)`` is iterated (``async for``) for the pooled output;
+    its embedding is the offline ``LLM.embed`` one on the same model."""
+    from dataclasses import replace
+
+    from pagoda import PoolingParams
+
+    want = tiny.llm("llama", runner="pooling").embed("Hello world", use_tqdm=False)[0].outputs.embedding
+
+    async def main():
+        engine = AsyncLLM.from_engine_args(replace(engine_args, runner="pooling"))
+        try:
+            return [o async for o in engine.encode(prompt="Hello world", pooling_params=PoolingParams(task="embed"),
+                                                   request_id="e")]
+        finally:
+            await engine.shutdown()
+
+    outs = asyncio.run(main())
+    assert len(outs) == 1 and outs[0].finished
+    assert outs[0].outputs.data.tolist() == pytest.approx(want, abs=1e-5)
