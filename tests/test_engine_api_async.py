@@ -143,3 +143,55 @@ def test_encode_is_an_async_generator(engine_args, tiny):
     outs = asyncio.run(main())
     assert len(outs) == 1 and outs[0].finished
     assert outs[0].outputs.data.tolist() == pytest.approx(want, abs=1e-5)
+
+
+class ReasonLog(FinishLog):
+    """Also keeps each finished engine request's (finish reason, max_tokens observed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, int | None]] = []
+
+    def on_finished(self, stats, engine: int = 0) -> None:
+        super().on_finished(stats, engine)
+        self.seen.append((stats.finish_reason, stats.max_tokens_param))
+
+
+def test_abort_after_one_sample_ended_reports_that_sample_as_it_ended(engine_args):
+    """n=2 where sample 0 stops on a token sample 1 never draws: aborting once sample 0 has ended reports it with
+    its own reason ("stop") and sample 1 as "abort" (vLLM reports each sample when it ends); before, the ended sample
+    was never reported."""
+    async def main():
+        engine = AsyncLLM.from_engine_args(engine_args)
+        await engine.start()
+        log = ReasonLog()
+        engine.stat_loggers.append(log)
+        kw = dict(n=2, temperature=1.0, ignore_eos=True)
+        for seed in range(20):  # a seed whose sample 0 draws a token sample 1 never draws
+            probe = [o async for o in engine.generate(PROMPT, SamplingParams(max_tokens=64, seed=seed, **kw),
+                                                        f"probe{seed}")][-1]
+            a, b = probe.outputs[0].token_ids, probe.outputs[1].token_ids
+            only_a = [t for t in a[:12] if t not in b]
+            if only_a:
+                break
+        else:
+            pytest.fail("no seed separated the two samples")
+        params = SamplingParams(max_tokens=64, seed=seed, stop_token_ids=[only_a[0]], **kw)
+        log.seen.clear()
+        async for out in engine.generate(PROMPT, params, "split"):
+            if out.outputs[0].finish_reason is not None:
+                assert out.outputs[1].finish_reason is None  # sample 1 runs to 64 tokens
+                await engine.abort("split")
+                break
+        assert sorted(r for r, _ in log.seen) == ["abort", "stop"]
+        assert all(m == 64 for _, m in log.seen)
+        engine.shutdown()  # not awaited: the loop ends with its clean-up task cut short
+        return engine
+
+    engine = asyncio.run(main())
+    # The cut-short clean-up still closed the sockets and their ZMQ contexts (left to the garbage collector, a
+    # context with open sockets blocks the process in term() forever) and ended the core.
+    assert engine.cores._zctx is None and engine.cores._azctx is None
+    for e in engine.cores.engines:
+        e.proc.join(timeout=10)
+        assert not e.proc.is_alive()

@@ -431,11 +431,15 @@ class AsyncLLM:
 
     async def _stop_cores(self, tasks: list[asyncio.Task]) -> None:
         """The rest of ``shutdown()``: wait for the cancelled output tasks, then for the cores to exit."""
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        if self.cores is not None:
-            await self.cores.stop()
+        try:
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            if self.cores is not None:
+                await self.cores.stop()
+        finally:  # cut short (shutdown() not awaited and its loop ended): the sockets must not outlive the engine
+            if self.cores is not None:
+                self.cores.release()
 
     # ------------------------------------------------------- vLLM's engine-client state
     @property
@@ -663,12 +667,13 @@ class AsyncLLM:
         if child_ids and self.state == "ready":
             with contextlib.suppress(EngineDeadError):
                 self._send_by_owner(AbortRequests, child_ids)
-        if stream is not None:
-            unfinished = [c for c in child_ids if c in stream.parent.children
-                          and stream.parent.children[c].finish_reason is None]
-            for cid in unfinished:
-                self._record_finished(stream.parent, cid, "abort")
-            if unfinished:
+        if stream is not None:  # a live stream: none of its samples was reported yet (a finished parent's stream
+            # is gone), so each is, as vLLM reports a sample when it ends: its own reason if it ended, else abort
+            ended = [c for c in child_ids if c in stream.parent.children]
+            for cid in ended:
+                self._record_finished(stream.parent, cid, None if stream.parent.children[cid].finish_reason
+                                      else "abort")
+            if ended:
                 self._record_request_finished(stream.parent)
         for cid in child_ids:
             self._times.pop(cid, None)
@@ -848,7 +853,9 @@ class AsyncLLM:
         """Report engine request ``cid`` of ``parent`` as finished (``reason`` None: its own)."""
         child = parent.children[cid]
         p = parent.params
-        max_tokens = p.max_tokens if p.max_tokens is not None else self.max_model_len - len(parent.prompt_token_ids)
+        # a pooling request has no max_tokens (its SamplingParams is internal): vLLM does not observe one
+        max_tokens = None if parent.pooling else \
+            p.max_tokens if p.max_tokens is not None else self.max_model_len - len(parent.prompt_token_ids)
         stats = finished_stats(self._times.get(cid), time.time(), parent.metrics.arrival_time,
                                reason or child.finish_reason or "abort", len(parent.prompt_token_ids),
                                len(child.token_ids), max_tokens, parent.num_cached_tokens)

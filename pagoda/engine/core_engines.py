@@ -271,6 +271,18 @@ class CoreEngines:
                     e.proc.kill()
         for e in live:
             e.proc.join(timeout=1)
+        self.release()
+
+    def release(self) -> None:
+        """Close the sockets and terminate the ZMQ contexts now (idempotent), without waiting for the replicas:
+        what :meth:`stop` ends with, and what a stop cut short (its task cancelled when an event loop ended) must
+        still do. A context left to the garbage collector with open sockets blocks in ``term()`` forever; a replica
+        still running is terminated (it was sent ``Shutdown`` first)."""
+        self._stopped = True
+        if self.attach is None:
+            for e in self.engines:
+                if e.proc.is_alive():
+                    e.proc.terminate()
         for e in self.engines:
             e.in_sock.close(linger=0)
             e.out_sock.close(linger=0)

@@ -127,3 +127,12 @@ def test_generative_model_refuses_pooling_routes(server):
     r = server.post("/v1/embeddings", {"input": "hello"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
     assert "runner" in r.json()["error"]["message"]
+
+
+def test_pooling_requests_observe_no_max_tokens(embed_server):
+    """A pooling request has no max_tokens (its engine request's SamplingParams is internal): as vLLM, it is not
+    observed in request_params_max_tokens (it was, as 1), while the request itself is counted."""
+    before = embed_server.metric("pagoda:request_success_total")
+    assert embed_server.post("/v1/embeddings", {"input": ["the fox", "tokens"]}).status_code == 200
+    assert embed_server.metric("pagoda:request_success_total") == before + 2
+    assert embed_server.metric("pagoda:request_params_max_tokens_count") == 0
