@@ -147,12 +147,17 @@ def test_gelu_mlp_with_fused_kernels(models):
         llm.shutdown()
 
 
-def test_unsupported_activation_names_the_key(models, tmp_path):
-    dst = tmp_path / "relu"
-    shutil.copytree(models("llama_gelu"), dst)
+def _variant(src, dst, **changes):
+    """A copy of model folder ``src`` at ``dst`` with config.json fields changed."""
+    shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["hidden_act"] = "relu"
+    cfg.update(changes)
     (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_unsupported_activation_names_the_key(models, tmp_path):
+    dst = _variant(models("llama_gelu"), tmp_path / "relu", hidden_act="relu")
     with pytest.raises(ValueError, match=r"hidden_act.*'relu' is not supported"):
         LLM(str(dst), dtype="float32")
 
@@ -187,10 +192,6 @@ def test_biases_under_tensor_parallelism(models):
 
 def test_bias_tensor_the_config_leaves_off_is_a_startup_error(models, tmp_path):
     """A checkpoint holding biases its config.json turns off is refused naming the tensor and the keys."""
-    dst = tmp_path / "biases_off"
-    shutil.copytree(models("llama_biases"), dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(attention_bias=False, mlp_bias=False)
-    (dst / "config.json").write_text(json.dumps(cfg))
+    dst = _variant(models("llama_biases"), tmp_path / "biases_off", attention_bias=False, mlp_bias=False)
     with pytest.raises(ValueError, match=r"tensor 'model\.layers\.0\..*\.bias' has no place.*attention_bias"):
         LLM(str(dst), dtype="float32")
