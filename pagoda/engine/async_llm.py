@@ -669,11 +669,11 @@ class AsyncLLM:
                 self._send_by_owner(AbortRequests, child_ids)
         if stream is not None:  # a live stream: none of its samples was reported yet (a finished parent's stream
             # is gone), so each is, as vLLM reports a sample when it ends: its own reason if it ended, else abort
-            ended = [c for c in child_ids if c in stream.parent.children]
-            for cid in ended:
+            samples = [c for c in child_ids if c in stream.parent.children]
+            for cid in samples:
                 self._record_finished(stream.parent, cid, None if stream.parent.children[cid].finish_reason
                                       else "abort")
-            if ended:
+            if samples:
                 self._record_request_finished(stream.parent)
         for cid in child_ids:
             self._times.pop(cid, None)

@@ -100,8 +100,13 @@ TEXT_PART_FIELDS = {"text": "text", "refusal": "refusal"}
 
 
 def content_parts_text(parts: list[Any], where: str = "content") -> str:
-    """OpenAI content parts as one text: ``text`` and ``refusal`` parts, joined by newlines as vLLM joins them.
-    Any other part, or one without its text, is a :class:`ValidationError` naming it (``where``: its path)."""
+    """OpenAI content parts as one text: :func:`content_part_texts` joined by newlines, as vLLM joins them."""
+    return "\n".join(content_part_texts(parts, where))
+
+
+def content_part_texts(parts: list[Any], where: str = "content") -> list[str]:
+    """The texts of OpenAI content parts: ``text`` and ``refusal`` parts. Any other part, or one without its text,
+    is a :class:`ValidationError` naming it (``where``: its path)."""
     texts = []
     for j, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -114,7 +119,7 @@ def content_parts_text(parts: list[Any], where: str = "content") -> str:
             raise ValidationError(f"{where}[{j}].{field} is required: a {kind!r} content part needs its "
                                   f"{field!r} string.", "messages")
         texts.append(value)
-    return "\n".join(texts)
+    return texts
 
 
 def apply_chat_template(
@@ -140,11 +145,13 @@ def apply_chat_template(
         if not isinstance(m, dict) or "role" not in m:
             raise ValidationError(f"messages[{i}] must be an object with 'role' and 'content'.", "messages")
         content = m.get("content")
-        texts = [content] if isinstance(content, str) else []
-        if isinstance(content, list):  # OpenAI content parts
-            content = content_parts_text(content, f"messages[{i}].content")
-            texts = [p.get(TEXT_PART_FIELDS[p["type"]]) for p in m["content"]]
-        shown: Any = as_text_parts(texts) if parts else (content if content is not None else "")
+        texts = content_part_texts(content, f"messages[{i}].content") if isinstance(content, list) else \
+            [content] if isinstance(content, str) else []
+        shown: Any = content if content is not None else ""
+        if parts:
+            shown = as_text_parts(texts)
+        elif isinstance(content, list):  # OpenAI content parts, joined as vLLM joins them
+            shown = "\n".join(texts)
         msgs.append(_tool_call_arguments_as_objects({**m, "content": shown}))
     return tokenizer.apply_chat_template(
         template_messages(msgs), tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template,
