@@ -65,6 +65,7 @@ class Request:
         priority: int = 0,
         pooling_params: PoolingParams | None = None,
         token_type_ids: list[int] | None = None,
+        secondary_eos_token_ids: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -72,6 +73,9 @@ class Request:
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.sampling_params = sampling_params
         self.eos_token_ids = set() if sampling_params.ignore_eos else set(eos_token_ids)
+        # The EOS ids (generation_config's extra ones, not the tokenizer's own) that end with themselves as
+        # ``stop_reason``, as vLLM reports them (it files them under stop_token_ids).
+        self.secondary_eos_token_ids = frozenset(secondary_eos_token_ids or ())
         self.stop_token_ids = set(sampling_params.stop_token_ids or [])
         self.max_tokens = max_tokens
         self.num_computed_tokens = 0
@@ -132,6 +136,8 @@ class Request:
         if n_out >= self.sampling_params.min_tokens:
             if last in self.eos_token_ids:
                 self.status = RequestStatus.FINISHED_STOPPED
+                if last in self.secondary_eos_token_ids:
+                    self.stop_reason = last
                 return True
             if last in self.stop_token_ids:
                 self.status = RequestStatus.FINISHED_STOPPED

@@ -171,7 +171,7 @@ class EngineCore:
         req = Request(
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt, priority=r.priority, pooling_params=r.pooling_params,
-            token_type_ids=r.token_type_ids,
+            token_type_ids=r.token_type_ids, secondary_eos_token_ids=r.secondary_eos_token_ids,
         )
         if r.sampling_params.structured_outputs is not None:
             req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs, r.prompt_token_ids)

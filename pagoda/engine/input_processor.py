@@ -37,6 +37,8 @@ class InputProcessor:
         self.cap_to_context = cap_to_context
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
+        primary = getattr(tokenizer, "eos_token_id", None)  # vLLM's primary EOS; the others report a stop_reason
+        self.secondary_eos_token_ids = [t for t in eos_token_ids if primary is None or t != int(primary)] or None
         self.limits = limits
         self.sampling_defaults = defaults_from_generation_config(cfg.generation_defaults)
         self._reasoning_tags: ReasoningTokenIds | str | None = None
@@ -109,6 +111,7 @@ class InputProcessor:
                     child_id(request_id, i, params.n), ids, child_params, self.eos_token_ids, max_tokens, now,
                     cache_salt=cache_salt, priority=priority,
                     fork_of=child_id(request_id, 0, params.n) if i > 0 else None,
+                    secondary_eos_token_ids=self.secondary_eos_token_ids,
                 )
             )
         return text, ids, params, core_reqs

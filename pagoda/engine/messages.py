@@ -56,6 +56,9 @@ class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
     # A pooling request (``--runner pooling``; ``max_tokens`` is 0): what to pool, and BERT segment ids.
     pooling_params: PoolingParams | None = None
     token_type_ids: list[int] | None = None
+    # The ids of ``eos_token_ids`` other than the tokenizer's own (generation_config's extra EOS ids): ending on one
+    # reports it as ``stop_reason``, as vLLM does (it files them under stop_token_ids); the primary EOS reports none.
+    secondary_eos_token_ids: list[int] | None = None
 
 
 class PooledData(msgspec.Struct, array_like=True):
