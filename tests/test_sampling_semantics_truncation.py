@@ -87,3 +87,14 @@ def test_a_row_is_truncated_the_same_in_any_batch():
     batched = sampling_probs(x.clone(), rows)
     for i, p in enumerate(rows):
         assert torch.equal(batched[i], sampling_probs(x[i:i + 1].clone(), [p])[0]), i
+
+
+def test_top_p_cut_inside_a_tie_keeps_the_lowest_ids():
+    """Ten equally likely tokens at scattered ids and top_p=0.35: four stay (the tail rule), and they are the four
+    lowest ids, whatever order the ids come in, so every device keeps the same set (a stable sort's order)."""
+    ids = [390, 3, 77, 250, 12, 301, 41, 199, 5, 160]
+    x = torch.full((1, V), -30.0)
+    x[0, ids] = 4.0
+    kept = _kept(x, top_p=0.35).nonzero().flatten().tolist()
+    assert kept == sorted(ids)[:4]
+    assert int(_hf_kept(x, top_p=0.35).sum()) == 4  # the same count as HF's warper

@@ -270,14 +270,18 @@ def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
 
 def _apply_top_k_top_p(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Mask (to -inf) the tokens outside each row's top_k and top_p, as HF's ``TopKLogitsWarper`` then
-    ``TopPLogitsWarper`` (and vLLM's sampler) do; the best token always stays."""
+    ``TopPLogitsWarper`` (and vLLM's sampler) do; the best token always stays.
+
+    Where top_p's cut falls inside a run of equal logits, the lower token ids stay: the sort is stable, so the
+    kept set is the same on every device (an unstable CUDA sort orders ties its own way, and HF's and vLLM's
+    rule leaves that order to the sort)."""
     V = x.shape[1]
     device = x.device
     top_ks = [p.top_k if 0 < p.top_k < V else V for p in params]
     top_ps = [p.top_p for p in params]
     if not (any(k < V for k in top_ks) or any(tp < 1.0 for tp in top_ps)):
         return x
-    sorted_x, order = x.sort(dim=-1, descending=True)
+    sorted_x, order = x.sort(dim=-1, descending=True, stable=True)
     # Below the k-th largest value (tokens tied with it stay: HF's and vLLM's rule)
     kth = sorted_x.gather(1, to_device([k - 1 for k in top_ks], device, torch.long).unsqueeze(1))
     drop = sorted_x < kth
