@@ -195,3 +195,42 @@ def test_abort_after_one_sample_ended_reports_that_sample_as_it_ended(engine_arg
     for e in engine.cores.engines:
         e.proc.join(timeout=10)
         assert not e.proc.is_alive()
+
+
+def test_abort_by_another_caller_ends_the_stream_with_an_abort_output(engine_args):
+    """A request aborted by someone other than its consumer ends its ``generate()`` with a final output whose
+    unfinished samples carry finish_reason "abort" (vLLM's output processor puts that output in the queue), in
+    the request's output kind; it used to raise RequestAbortedError in the consumer."""
+    async def consume(engine: AsyncLLM, rid: str, kind: RequestOutputKind, first: asyncio.Event):
+        outs = []
+        params = SamplingParams(max_tokens=200, n=2, temperature=1.0, seed=1, ignore_eos=True, output_kind=kind)
+        async for out in engine.generate(PROMPT, params, rid):
+            outs.append(out)
+            first.set()
+        return outs
+
+    async def main():
+        engine = AsyncLLM.from_engine_args(engine_args)
+        await engine.start()
+        try:
+            results = {}
+            for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
+                first = asyncio.Event()
+                task = asyncio.create_task(consume(engine, f"victim-{kind.name}", kind, first))
+                await first.wait()
+                await engine.abort(f"victim-{kind.name}")
+                results[kind] = await asyncio.wait_for(task, 60)
+            assert await wait_idle(engine, timeout=60)
+            return results
+        finally:
+            engine.shutdown()
+
+    results = asyncio.run(main())
+    cum = results[RequestOutputKind.CUMULATIVE]
+    final = cum[-1]
+    assert final.finished and [c.finish_reason for c in final.outputs] == ["abort", "abort"]
+    assert all(len(c.token_ids) < 200 for c in final.outputs)
+    delta = results[RequestOutputKind.DELTA]
+    assert delta[-1].finished and {c.finish_reason for c in delta[-1].outputs} == {"abort"}
+    lengths = [len([t for o in delta for c in o.outputs if c.index == i for t in c.token_ids]) for i in range(2)]
+    assert 0 < sum(lengths) and max(lengths) < 200  # cut short; the first output carried a token

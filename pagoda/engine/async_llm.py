@@ -678,9 +678,14 @@ class AsyncLLM:
         for cid in child_ids:
             self._times.pop(cid, None)
         self._forget(child_ids)
-        if stream is not None:
-            if not stream.finished:
+        if stream is not None and not stream.finished:
+            # aborted by someone other than its consumer: the stream ends with a final "abort" output, as vLLM's
+            final = self.output_processor.aborted_output(stream.parent)
+            if final is None:
                 stream._fail(RequestAbortedError(f"request {request_id} was aborted"))
+            else:
+                stream._put(final, [c.detok.take_stream_delta(True) if c.detok else ""
+                                    for c in stream.parent.children.values()])
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any, engine: int) -> None:

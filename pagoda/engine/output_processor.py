@@ -284,6 +284,17 @@ class OutputProcessor:
         self._drop(request_id)
         return ids
 
+    def aborted_output(self, parent: ParentState) -> RequestOutput | None:
+        """The final output of a parent aborted while its consumer still waits (vLLM's final "abort" output):
+        each child not yet finished ends with ``finish_reason`` "abort" and no new token; shaped as the parent's
+        outputs are (cumulative, DELTA or FINAL_ONLY). None for a DELTA parent with nothing left to report."""
+        for c in parent.children.values():
+            if c.finish_reason is None:
+                c.finish_reason = "abort"
+        if parent.delta:
+            return self._make_delta_output(parent, True)
+        return self._make_output(parent, True)
+
     def _drop(self, pid: str) -> None:
         parent = self.parents.pop(pid, None)
         if parent:
