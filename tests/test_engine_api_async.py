@@ -234,3 +234,24 @@ def test_abort_by_another_caller_ends_the_stream_with_an_abort_output(engine_arg
     assert delta[-1].finished and {c.finish_reason for c in delta[-1].outputs} == {"abort"}
     lengths = [len([t for o in delta for c in o.outputs if c.index == i for t in c.token_ids]) for i in range(2)]
     assert 0 < sum(lengths) and max(lengths) < 200  # cut short; the first output carried a token
+
+
+def test_generate_takes_lora_request_none_and_refuses_an_adapter(engine_args):
+    from pagoda.errors import ValidationError
+
+    async def main():
+        engine = AsyncLLM.from_engine_args(engine_args)
+        await engine.start()
+        try:
+            params = SamplingParams(max_tokens=2, temperature=0)
+            outs = [o async for o in engine.generate(PROMPT, params, "base", lora_request=None)]
+            assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 2
+            with pytest.raises(ValidationError, match="LoRA") as e:
+                async for _ in engine.generate(PROMPT, params, "adapter", lora_request=object()):
+                    pass
+            assert e.value.parameter == "lora_request"
+            assert await wait_idle(engine, timeout=60)
+        finally:
+            engine.shutdown()
+
+    asyncio.run(main())

@@ -585,10 +585,13 @@ class AsyncLLM:
             stream.close()
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str, *,
-                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+                       priority: int = 0, lora_request: Any = None) -> AsyncIterator[RequestOutput]:
         """vLLM's ``AsyncLLM.generate``: the request's outputs as ``sampling_params.output_kind`` says (CUMULATIVE,
         DELTA or FINAL_ONLY); leaving the loop early (break, cancellation) aborts it and frees its KV blocks.
-        Starts the engine if nobody did."""
+        Starts the engine if nobody did. ``lora_request``: only None (no adapter)."""
+        from pagoda.entrypoints.vllm_flags import check_no_lora
+
+        check_no_lora(lora_request)
         await self._ensure_started()
         stream = self.add_request(request_id, prompt, sampling_params, priority)
         try:

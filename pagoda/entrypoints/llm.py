@@ -16,7 +16,7 @@ from pagoda.engine.input_processor import PromptType
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.tokenizer import apply_chat_template
 from pagoda.entrypoints.llm_pooling import PoolingMixin
-from pagoda.entrypoints.vllm_flags import check_llm_kwargs
+from pagoda.entrypoints.vllm_flags import check_llm_kwargs, check_no_lora
 from pagoda.errors import ValidationError
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.params import PoolingParams
@@ -123,13 +123,15 @@ class LLM(PoolingMixin):
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
+        lora_request: Any = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt; results come back in input order.
 
         ``priority``: one per prompt, lower served first (needs ``scheduling_policy="priority"``).
         Invalid input raises ``pagoda.errors.ValidationError`` (a ``ValueError`` naming the
-        field) before any request is queued.
+        field) before any request is queued. ``lora_request``: vLLM's keyword; only None (no adapter).
         """
+        check_no_lora(lora_request)
         plist = _as_prompt_list(prompts)
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
@@ -165,6 +167,7 @@ class LLM(PoolingMixin):
         chat_template_kwargs: dict[str, Any] | None = None,
         chat_template_content_format: str | None = None,
         mm_processor_kwargs: dict[str, Any] | None = None,
+        lora_request: Any = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate.
         ``tools`` (OpenAI function tools) are shown to the template, as vLLM's ``LLM.chat``; the output is text.
@@ -172,7 +175,9 @@ class LLM(PoolingMixin):
         ``add_generation_prompt=False``); ``chat_template_kwargs``: extra template variables (e.g.
         ``{"enable_thinking": False}``), as the server's field of that name. ``chat_template_content_format``
         (auto, string or openai; default: the engine's ``chat_template_content_format``): how message content
-        reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` only None."""
+        reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` and
+        ``lora_request`` only None."""
+        check_no_lora(lora_request)
         content_format = chat_template_content_format or self.llm_engine.cfg.chat_template_content_format
         if content_format not in CONTENT_FORMATS:
             raise ValidationError(f"chat_template_content_format={content_format!r}: must be one of "

@@ -13,6 +13,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from pagoda.errors import ValidationError
+
 ANY_VALUE = "*"
 
 
@@ -239,3 +241,10 @@ def markdown_table() -> str:
             ok = ", ".join(f"`{a}`" for a in e.accepted) or "never"
         rows.append(f"| {flags}{' (serve)' if e.serve_only else ''} | {ok} | {e.reason} |")
     return "\n".join(rows)
+
+
+def check_no_lora(lora_request: object) -> None:
+    """vLLM's ``lora_request`` keyword (of ``LLM.generate`` / ``chat`` / ``AsyncLLM.generate``): None is accepted
+    (the base model, what a vLLM script without adapters passes); an adapter is refused, naming the keyword."""
+    if lora_request is not None:
+        raise ValidationError(f"lora_request: {_LORA}; pass lora_request=None (the base model).", "lora_request")
