@@ -64,14 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         import zmq  # noqa: F401
 
         from pagoda.entrypoints.openai.cli_args import add_serve_args, run_serve
+        from pagoda.entrypoints.run_batch import add_run_batch_args, cmd_run_batch
     except ImportError as e:  # server dependencies missing (e.g. a GPU box with only torch)
-        s = sub.add_parser("serve", help=f"OpenAI-compatible HTTP server (unavailable: {e})",
-                           formatter_class=HelpFormatter)
-        s.set_defaults(func=lambda a, e=e: sys.exit(f"pagoda serve needs the server dependencies: {e}"))
+        for name in ("serve", "run-batch"):
+            s = sub.add_parser(name, help=f"unavailable: {e}", formatter_class=HelpFormatter)
+            s.set_defaults(func=lambda a, e=e, name=name: sys.exit(f"pagoda {name} needs the server dependencies: "
+                                                                    f"{e}"))
     else:
         s = sub.add_parser("serve", help="OpenAI-compatible HTTP server", formatter_class=HelpFormatter)
         add_serve_args(s)
         s.set_defaults(func=run_serve)
+        rb = sub.add_parser("run-batch", help="run a file of OpenAI batch requests offline (vLLM's run-batch)",
+                            formatter_class=HelpFormatter)
+        add_run_batch_args(rb)
+        rb.set_defaults(func=cmd_run_batch)
 
     m = sub.add_parser("models", help="list the architectures pagoda runs, how, and with which features",
                        formatter_class=HelpFormatter)

@@ -33,7 +33,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_engine_args(parser, positional_model=True, serve=True)
     _add_http_args(parser.add_argument_group("HTTP"))
     _add_server_args(parser.add_argument_group("server"))
-    _add_tool_args(parser.add_argument_group("tool calling and reasoning"))
+    add_tool_args(parser.add_argument_group("tool calling and reasoning"))
     return parser
 
 
@@ -80,9 +80,8 @@ def _add_http_args(g: argparse._ArgumentGroup) -> None:
     _switch(g, "--disable-uvicorn-access-log", help="no access-log line per HTTP request")
 
 
-def _add_server_args(g: argparse._ArgumentGroup) -> None:
-    from pagoda.entrypoints.openai.metrics import PREFIXES
-
+def add_request_args(g: argparse._ArgumentGroup) -> None:
+    """How requests are read, logged and answered: the flags ``pagoda serve`` and ``pagoda run-batch`` share."""
     _switch(g, "--trust-request-chat-template",
                help="allow requests to carry their own chat_template")
     g.add_argument("--max-prompts-per-request", type=int, default=64,
@@ -98,22 +97,28 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     _switch(g, "--disable-log-stats",
                help="no periodic stats log line (throughput, requests, KV-cache usage, prefix-cache hit rate; "
                     "every $PAGODA_LOG_STATS_INTERVAL seconds)")
+    _switch(g, "--enable-prompt-tokens-details",
+               help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
+                    "cache) in responses")
+    _switch(g, "--return-tokens-as-token-ids",
+               help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
+                    "so tokens that are not valid UTF-8 on their own stay identifiable")
+
+
+def _add_server_args(g: argparse._ArgumentGroup) -> None:
+    from pagoda.entrypoints.openai.metrics import PREFIXES
+
+    add_request_args(g)
     g.add_argument("--metrics-prefix", choices=list(PREFIXES), default="pagoda",
                    help="name prefix of the vLLM metrics on /metrics: 'vllm' gives vLLM's names exactly "
                         "(vllm:num_requests_running, ...) for dashboards made for vLLM; pagoda's own metrics "
                         "stay pagoda:*")
-    _switch(g, "--enable-prompt-tokens-details",
-               help="report usage.prompt_tokens_details.cached_tokens (prompt tokens served from the prefix "
-                    "cache) in responses")
     _switch(g, "--enable-tokenizer-info-endpoint",
                help="serve GET /tokenizer_info (the tokenizer's configuration and chat template; 404 without "
                     "this flag)")
     _switch(g, "--enable-server-load-tracking",
                help="count the generation requests in flight and serve the count at GET /load as "
                     "{\"server_load\": N} (404 without this flag)")
-    _switch(g, "--return-tokens-as-token-ids",
-               help="show tokens in logprobs as 'token_id:N' (as a request's return_tokens_as_token_ids does), "
-                    "so tokens that are not valid UTF-8 on their own stay identifiable")
     g.add_argument("--api-server-count", "-asc", type=int, default=1,
                    help="API server processes sharing the port and the engine core: HTTP, tokenization, "
                         "detokenization and streaming spread over them (use 2-4 when one process cannot keep up "
@@ -130,7 +135,7 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
                         "server; a negative value keeps the server up, answering 503")
 
 
-def _add_tool_args(g: argparse._ArgumentGroup) -> None:
+def add_tool_args(g: argparse._ArgumentGroup) -> None:
     from pagoda.entrypoints.openai.tool_parsers import TOOL_PARSERS
     from pagoda.reasoning import REASONING_PARSERS
 
@@ -173,17 +178,22 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
 
 def validate_serve_args(args: argparse.Namespace) -> None:
     """Checks that need no model: run before the port is bound and anything loads."""
-    engine_args_from(args).validate()
-    if args.max_prompts_per_request < 1:
-        raise ValueError("--max-prompts-per-request must be at least 1.")
+    validate_request_args(args)
     if args.max_request_body_bytes < 1024:
         raise ValueError("--max-request-body-bytes must be at least 1K.")
     check_port(args.port)
     check_ssl_files(args)
     check_cors(args)
     check_durations(args)
-    tool_config_from(args).validate()
     check_api_server_count(args)
+
+
+def validate_request_args(args: argparse.Namespace) -> None:
+    """The checks of the engine flags and of :func:`add_request_args`' and the tool flags (serve and run-batch)."""
+    engine_args_from(args).validate()
+    if args.max_prompts_per_request < 1:
+        raise ValueError("--max-prompts-per-request must be at least 1.")
+    tool_config_from(args).validate()
 
 
 def check_cors(args: argparse.Namespace) -> None:

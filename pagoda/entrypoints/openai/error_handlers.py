@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,6 +28,13 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
         msg = "The request body is empty; send a JSON object"
         msg += f" with the required field(s): {', '.join(required)}." if required else "."
         return error_response(400, msg, "invalid_request_error", required[0] if required else None)
+    msg, param = validation_message(errs)
+    return error_response(400, msg, "invalid_request_error", param)
+
+
+def validation_message(errs: Sequence[Any]) -> tuple[str, str | None]:
+    """A body's schema errors (pydantic's ``errors()``) as one message naming each offending field (the first
+    ``MAX_LISTED_ERRORS``), and the first field (the error's ``param``)."""
     parts = []
     param = None
     for e in errs[:MAX_LISTED_ERRORS]:
@@ -36,7 +46,7 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
     msg = "; ".join(parts) or "Invalid request."
     if len(errs) > MAX_LISTED_ERRORS:
         msg += f" (and {len(errs) - MAX_LISTED_ERRORS} more errors)"
-    return error_response(400, msg, "invalid_request_error", param)
+    return msg, param
 
 
 def _required_fields(request: Request) -> list[str]:

@@ -111,10 +111,11 @@ async def load_engine(state: ServerState) -> None:
         state.completion = OpenAIServingCompletion(engine, names, state.limits, **common)
         state.pooling = OpenAIServingPooling(engine, names, state.limits, **common)
         state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
-        scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
         if state.on_ready is not None:
             state.on_ready()
-        logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)
+        if getattr(args, "port", None) is not None:  # an HTTP server (``pagoda run-batch`` has no port)
+            scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
+            logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)
     except asyncio.CancelledError:
         raise
     except Exception as e:
