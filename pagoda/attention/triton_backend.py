@@ -34,8 +34,9 @@ class TritonAttentionBackend(AttentionBackend):
     """Paged attention with Triton kernels.
 
     ``forward`` uses the split-KV (flash-decoding) kernels when the step is decode-only
-    and the batch alone would leave SMs idle (see ``choose_num_splits``); every other
-    step — prefill, chunked prefill, mixed, or large decode batches — goes through the
+    and the batch alone would leave SMs idle (see ``choose_num_splits``), and the same kernel with one split for
+    larger decode batches (``UNSPLIT_DECODE_KERNEL``); every other
+    step — prefill, chunked prefill, mixed — goes through the
     unified kernel, whose KV range is split too when a small chunk over a long cached
     context would leave SMs idle (``choose_chunk_splits``: eager steps and the verify graphs).
     """
@@ -95,6 +96,11 @@ class TritonAttentionBackend(AttentionBackend):
                 query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                 meta.max_query_len, scale, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale,
                 **tk.batch_invariant_tiles(query, k_cache), **win_cap,
+            )
+        if meta.is_decode_only and tk.UNSPLIT_DECODE_KERNEL:  # a large decode batch: a program per request
+            return tk.split_kv_decode(
+                query, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                scale, 1, num_real_tokens=num_real_tokens, k_scale=k_scale, v_scale=v_scale, **win_cap,
             )
         chunk_splits = 1
         if not meta.is_decode_only:  # eager steps, and the verify graphs (their max_seq_len is max_model_len)

@@ -465,11 +465,14 @@ def _split_kv_decode_kernel(
     v_scale,
     FUSED: tl.constexpr,
     BLOCK_S: tl.constexpr,  # FUSED: >= num_splits
+    DIRECT: tl.constexpr = False,  # one split: the normalised output straight to out_ptr (no workspace, no reduce)
 ):
     """Split ``split`` of request ``seq``'s keys for the ``G`` query heads of ``kv_head``: its partial (acc, m, l)
     into the workspace. ``FUSED``: the split that arrives last for its (request, KV head) then combines all the
     partials of those heads (:func:`_combine_splits`, what the reduce kernel does) and re-arms the counter, so
-    the step has one launch fewer per layer."""
+    the step has one launch fewer per layer. ``DIRECT`` (``num_splits`` 1): the program's result is the output,
+    stored as the unified kernel stores it (a large decode batch: one program a request and KV head, found by its
+    grid index where the unified kernel searches the request of each query tile)."""
     pdl_launch_dependents(USE_PDL)
     pdl_wait(USE_PDL)
     seq = tl.program_id(0)
@@ -516,6 +519,12 @@ def _split_kv_decode_kernel(
         stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, scale_log2, window,
         BLOCK_SIZE, TAIL_N, BLOCK_D, True, DOT_DTYPE, DOT_PRECISION, SOFTCAP,
     )
+    if DIRECT:
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None] * v_scale
+        tl.store(out_ptr + tok * stride_ot + head[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & d_mask[None, :])
+        return
     part = (seq.to(tl.int64) * num_heads + head) * num_splits + split  # [BLOCK_M]
     tl.store(ws_ptr + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
     tl.store(ws_ptr + ml_offset + 2 * part, m_i, mask=row_ok)
@@ -895,6 +904,12 @@ def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
     return 32 if wide or short else 64
 
 
+UNSPLIT_DECODE_KERNEL = True
+"""A decode-only step with no KV split runs :func:`split_kv_decode` with one split (a program per request and KV
+head, from its grid index) instead of the unified kernel (whose programs each search their request among the
+step's and, at one query row a request, leave a fifth of the query tiles empty). False: the unified kernel (the
+A/B switch; read at launch)."""
+
 MIN_TOKENS_PER_CHUNK_SPLIT = 256
 MAX_CHUNK_SPLITS = 16
 # Below this context the split saves less GPU time than its second launch costs on the host
@@ -948,7 +963,8 @@ def split_kv_decode(
     """Flash-decoding: every request must have exactly one query token (window and soft-cap as in
     :func:`unified_attention`; the splits cut the window's range only). ``block_n`` and ``num_warps``: the decode
     kernel's launch (defaults: :func:`decode_block_n` keys per tile given ``kv_bound``, the context bound the split
-    count was chosen for; 4 warps; ``benchmarks/gpu/decode_attn_sweep.py`` times others)."""
+    count was chosen for; 4 warps; ``benchmarks/gpu/decode_attn_sweep.py`` times others). ``num_splits`` 1: one
+    launch, each program storing its output (the backend's large decode batches, :data:`UNSPLIT_DECODE_KERNEL`)."""
     if not 1 <= num_splits <= 1024:
         raise ValueError(f"num_splits must be in [1, 1024], got {num_splits}")
     window, softcap = _window_and_cap(sliding_window, logits_soft_cap)
@@ -961,10 +977,12 @@ def split_kv_decode(
     if block_n is None:
         block_n = decode_block_n(_wide_rows(block_d, query, k_cache), kv_bound, num_splits)
     dot_dtype, precision, q_scaled = _dot_config(query.dtype, k_cache.dtype)
-    num_partials = num_seqs * num_heads * num_splits
+    direct = num_splits == 1
+    num_partials = 0 if direct else num_seqs * num_heads * num_splits
     ml_offset = num_partials * block_d
-    workspace = torch.empty(num_partials * (block_d + 2), dtype=torch.float32, device=query.device)
-    fused = FUSED_SPLIT_COMBINE
+    workspace = out if direct else torch.empty(num_partials * (block_d + 2), dtype=torch.float32,
+                                               device=query.device)
+    fused = FUSED_SPLIT_COMBINE and not direct
     vs = _v_scale(v_cache, v_scale)
     counters = arrival_counters(query.device, num_seqs * num_kv_heads) if fused else workspace
     _split_kv_decode_kernel[(num_seqs, num_kv_heads, num_splits)](
@@ -979,10 +997,10 @@ def split_kv_decode(
         BLOCK_D=block_d,
         BLOCK_SIZE=k_cache.shape[1], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, SOFTCAP=softcap, Q_SCALED=q_scaled,
         out_ptr=out, cnt_ptr=counters, stride_ot=out.stride(0), stride_oh=out.stride(1),
-        v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits),
+        v_scale=vs, FUSED=fused, BLOCK_S=triton.next_power_of_2(num_splits), DIRECT=direct,
         num_warps=num_warps, num_stages=2, **launch_kwargs(query.device),
     )
-    if not fused:
+    if not fused and not direct:
         _split_kv_reduce_kernel[(num_seqs, num_heads)](
             out, workspace, ml_offset, query_start_loc,
             num_heads, head_dim, out.stride(0), out.stride(1), vs,

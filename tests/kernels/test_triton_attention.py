@@ -276,6 +276,25 @@ def test_backend_write_then_forward(reqs):
     assert torch.all(out[sum(meta.query_lens_cpu) :] == 0)  # padding rows
 
 
+@pytest.mark.parametrize("unsplit", [True, False], ids=["decode-kernel", "unified-kernel"])
+def test_large_decode_batch_without_split(unsplit, monkeypatch):
+    """A decode batch whose programs fill the GPU takes no split: the decode kernel with one split (each program
+    storing its own output) or, switched off, the unified kernel; both equal the reference, padding rows stay 0."""
+    monkeypatch.setattr(tk, "UNSPLIT_DECODE_KERNEL", unsplit)
+    backend = get_backend("triton")
+    reqs = [(1, 1 + (7 * i) % 45) for i in range(70)]  # 70 requests x 2 KV heads >= 132 programs: no split
+    query, k_cache, v_cache, meta = make_batch(reqs, 16, 2, 32, 2, torch.float32, seed=9, pad_tokens=2)
+    assert meta.is_decode_only and backend.num_splits(query, k_cache, meta) == 1
+    calls = []
+    real_split = tk.split_kv_decode
+    monkeypatch.setattr(tk, "split_kv_decode", lambda *a, **k: calls.append(a[7]) or real_split(*a, **k))
+    out = backend.forward(query, k_cache, v_cache, meta, 0.25)
+    assert calls == ([1] if unsplit else [])  # the kernel that ran: one split of the decode kernel, or unified
+    ref = ref_paged_attention(query, k_cache, v_cache, meta, 0.25)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    assert torch.all(out[len(reqs):] == 0)
+
+
 def test_choose_num_splits():
     # batch-1 decode at 1k context on an H100 (132 SMs), 8 KV heads -> 128 programs
     assert tk.choose_num_splits(1, 8, 1024, 132) == 16
