@@ -25,10 +25,22 @@ if TYPE_CHECKING:
     from pagoda.engine.llm_engine import LLMEngine
 
 
-def _params(p: PoolingParams | None, task: str, **fields: Any) -> PoolingParams:
-    base = p if p is not None else PoolingParams(task=task)
+ParamsArg = PoolingParams | Sequence[PoolingParams] | None
+
+
+def _params(p: ParamsArg, task: str, n: int, **fields: Any) -> list[PoolingParams]:
+    """One PoolingParams per prompt (``n``) for ``task``, as vLLM takes them: None (the defaults), one for every
+    prompt, or a sequence of one per prompt; each set to another task is refused
+    (:meth:`PoolingParams.with_task`). ``fields`` set (not None) override each one's."""
+    if p is None or isinstance(p, PoolingParams):
+        given = [p or PoolingParams()] * n
+    else:
+        given = list(p)
+        if len(given) != n or not all(isinstance(x, PoolingParams) for x in given):
+            raise ValidationError(f"pooling_params must be one PoolingParams or a sequence of one per prompt "
+                                  f"({n}), got {len(given)} item(s).", "pooling_params")
     changes = {k: v for k, v in fields.items() if v is not None}
-    return base.clone(task=task, **changes)
+    return [x.with_task(task).clone(**changes) for x in given]
 
 
 class PoolingMixin:
@@ -37,52 +49,55 @@ class PoolingMixin:
     def _run(self, prompts: Any, params: Any, use_tqdm: bool, priority: Any = None) -> list[Any]:
         raise NotImplementedError
 
-    def _pool(self, prompts: Any, params: PoolingParams, use_tqdm: bool) -> list[PoolingRequestOutput]:
+    def _pool(self, prompts: Any, params: ParamsArg, task: str, use_tqdm: bool, truncate_prompt_tokens: int | None
+              ) -> list[PoolingRequestOutput]:
+        """``prompts`` run for ``task`` with their :func:`_params`; results in input order."""
         from pagoda.entrypoints.llm import _as_prompt_list
 
         if self.llm_engine.cfg.pooler is None:
             raise not_pooling_error()
         plist = _as_prompt_list(prompts)
+        plist_params = _params(params, task, len(plist), truncate_prompt_tokens=truncate_prompt_tokens)
         eng = self.llm_engine
-        plist = pretokenize(eng.tokenizer, plist, params.truncate_prompt_tokens, eng.cfg.max_model_len)
+        truncs = {x.truncate_prompt_tokens for x in plist_params}
+        if len(truncs) == 1:  # texts tokenized in one batch call when they truncate alike (else one by one)
+            plist = pretokenize(eng.tokenizer, plist, truncs.pop(), eng.cfg.max_model_len)
         order = longest_first(plist)  # similar lengths share a step (pagoda.pooling.batching)
-        outs = self._run([plist[i] for i in order], [params] * len(plist), use_tqdm)
+        outs = self._run([plist[i] for i in order], [plist_params[i] for i in order], use_tqdm)
         result: list[Any] = [None] * len(outs)
         for i, o in zip(order, outs, strict=True):
             result[i] = o
         return result
 
-    def encode(self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True,
+    def encode(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
                pooling_task: str | None = None, truncate_prompt_tokens: int | None = None
                ) -> list[PoolingRequestOutput]:
-        """Raw pooled tensors (``pooling_task``: embed, classify, score, token_embed, token_classify; default:
-        the model's first task)."""
+        """Raw pooled tensors (``pooling_task``: embed, classify, score, token_embed, token_classify; default: the
+        task the pooling params set, else the model's first task)."""
         pooler = self.llm_engine.cfg.pooler
         if pooler is None:
             raise not_pooling_error()
-        task = pooling_task or (pooling_params.task if pooling_params else pooler.supported_tasks[0])
-        return self._pool(prompts, _params(pooling_params, task, truncate_prompt_tokens=truncate_prompt_tokens),
-                          use_tqdm)
+        first = pooling_params if isinstance(pooling_params, PoolingParams) or pooling_params is None \
+            else next(iter(pooling_params), None)
+        task = pooling_task or (first.task if first is not None else None) or pooler.supported_tasks[0]
+        return self._pool(prompts, pooling_params, task, use_tqdm, truncate_prompt_tokens)
 
-    def embed(self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True,
+    def embed(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
               truncate_prompt_tokens: int | None = None) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (pooled, ``dimensions``-cut and normalised per the model's pooler)."""
-        outs = self._pool(prompts, _params(pooling_params, "embed", truncate_prompt_tokens=truncate_prompt_tokens),
-                          use_tqdm)
+        outs = self._pool(prompts, pooling_params, "embed", use_tqdm, truncate_prompt_tokens)
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
 
-    def classify(self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True,
+    def classify(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
                  truncate_prompt_tokens: int | None = None) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (softmax; sigmoid for a one-label head)."""
-        outs = self._pool(prompts, _params(pooling_params, "classify",
-                                           truncate_prompt_tokens=truncate_prompt_tokens), use_tqdm)
+        outs = self._pool(prompts, pooling_params, "classify", use_tqdm, truncate_prompt_tokens)
         return [ClassificationRequestOutput.from_base(o) for o in outs]
 
-    def reward(self, prompts: Any, pooling_params: PoolingParams | None = None, use_tqdm: bool = True,
+    def reward(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
                truncate_prompt_tokens: int | None = None) -> list[PoolingRequestOutput]:
         """Per-token reward-head outputs ([T, num_labels]) per prompt."""
-        return self._pool(prompts, _params(pooling_params, "token_classify",
-                                           truncate_prompt_tokens=truncate_prompt_tokens), use_tqdm)
+        return self._pool(prompts, pooling_params, "token_classify", use_tqdm, truncate_prompt_tokens)
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], use_tqdm: bool = True,
               pooling_params: PoolingParams | None = None, truncate_prompt_tokens: int | None = None
@@ -98,14 +113,13 @@ class PoolingMixin:
         tok = self.llm_engine.tokenizer
         prompts = [tokenize_pair(tok, a, b, truncate_prompt_tokens, self.llm_engine.cfg.max_model_len)
                    for a, b in pairs]
-        outs = self._pool(prompts, _params(pooling_params, "score", truncate_prompt_tokens=truncate_prompt_tokens),
-                          use_tqdm)
+        outs = self._pool(prompts, pooling_params, "score", use_tqdm, truncate_prompt_tokens)
         return [ScoringRequestOutput.from_base(o) for o in outs]
 
     def _cosine_scores(self, pairs: list[tuple[str, str]], p: PoolingParams | None, truncate: int | None,
                        use_tqdm: bool) -> list[ScoringRequestOutput]:
         texts = [t for pair in pairs for t in pair]
-        embs = self._pool(texts, _params(p, "embed", truncate_prompt_tokens=truncate), use_tqdm)
+        embs = self._pool(texts, p, "embed", use_tqdm, truncate)
         out = []
         for i in range(len(pairs)):
             a, b = embs[2 * i], embs[2 * i + 1]
@@ -117,10 +131,15 @@ class PoolingMixin:
 
 def score_pairs(data_1: str | Sequence[str], data_2: str | Sequence[str],
                 names: tuple[str, str] = ("data_1", "data_2")) -> list[tuple[str, str]]:
-    """vLLM's pairing: 1 x N, or N x N element-wise; errors name the sides as the caller calls them (``names``:
-    ``LLM.score``'s data_1 / data_2, the server's text_1 / text_2)."""
+    """vLLM's pairing of texts: 1 x N, or N x N element-wise; errors name the sides as the caller calls them
+    (``names``: ``LLM.score``'s data_1 / data_2, the server's text_1 / text_2)."""
     a = [data_1] if isinstance(data_1, str) else list(data_1)
     b = [data_2] if isinstance(data_2, str) else list(data_2)
+    for side, name in ((a, names[0]), (b, names[1])):
+        bad = next((x for x in side if not isinstance(x, str)), None)
+        if bad is not None:  # token ids would otherwise be read as several prompts, or crash the tokenizer
+            raise ValidationError(f"{name} must be a text or a list of texts; got an item of type "
+                                  f"{type(bad).__name__}.", name)
     if not a or not b:
         raise ValidationError("score needs at least one text on each side.", names[0] if not a else names[1])
     if len(a) == 1:

@@ -2,7 +2,8 @@
 
 Sources, later ones winning: the model family's defaults (BERT-style encoders: CLS; decoders: LAST),
 sentence-transformers' files in the model folder (``modules.json`` naming a ``Pooling`` module whose
-``config.json`` gives the pooling mode, and a ``Normalize`` module turning normalisation on), then
+``config.json`` gives the pooling mode, ``Dense`` projections applied after it, and a ``Normalize`` module turning
+normalisation on; any other module is a start-up error), then
 ``--pooler-config``. ``dimensions`` the model accepts come from ``config.json``'s
 ``matryoshka_dimensions`` / ``is_matryoshka`` (as vLLM reads them); otherwise only its full width.
 """
@@ -18,11 +19,33 @@ PoolingType = Literal["CLS", "MEAN", "LAST", "ALL"]
 POOLING_TYPES: tuple[str, ...] = get_args(PoolingType)
 PoolingKind = Literal["embed", "classify", "reward"]
 
-_ST_MODES = {  # sentence-transformers' 1_Pooling/config.json flag -> pooling type
-    "pooling_mode_cls_token": "CLS",
-    "pooling_mode_mean_tokens": "MEAN",
-    "pooling_mode_lasttoken": "LAST",
+_ST_MODES = {"cls": "CLS", "mean": "MEAN", "lasttoken": "LAST"}
+"""sentence-transformers' pooling modes pagoda pools, by its names (its 1_Pooling/config.json)."""
+_ST_LEGACY_MODES = {  # sentence-transformers < 6: one boolean per mode
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
 }
+ST_ACTIVATIONS = ("torch.nn.modules.activation.Tanh", "torch.nn.modules.linear.Identity",
+                  "torch.nn.modules.activation.ReLU", "torch.nn.modules.activation.GELU",
+                  "torch.nn.modules.activation.Sigmoid", "torch.nn.modules.activation.SiLU")
+"""The ``activation_function`` values of a sentence-transformers ``Dense`` module the pooler applies."""
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers ``Dense`` module (``modules.json``): ``activation(W x + b)`` on each embedding, after
+    pooling and before ``dimensions`` and normalisation (as vLLM's projector). ``weights``: its safetensors or
+    PyTorch file (tensors ``linear.weight`` [out, in], ``linear.bias``)."""
+
+    weights: str
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # one of ST_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,12 @@ class PoolerConfig:
         pt = d.get("pooling_type")
         if pt is not None and str(pt).upper() not in POOLING_TYPES:
             raise ValueError(f"--pooler-config: pooling_type must be one of {POOLING_TYPES}, got {pt!r}.")
+        for k in ("normalize", "use_activation"):  # "false" as a string would read as true
+            if d.get(k) is not None and not isinstance(d[k], bool):
+                raise ValueError(f"--pooler-config: {k} must be true or false, got {d[k]!r}.")
+        dims = d.get("dimensions")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+            raise ValueError(f"--pooler-config: dimensions must be a positive integer, got {dims!r}.")
         return PoolerConfig(str(pt).upper() if pt is not None else None, d.get("normalize"), d.get("dimensions"),
                             d.get("use_activation"))
 
@@ -59,8 +88,9 @@ class ResolvedPooler:
     default_dimensions: int | None = None
     matryoshka: tuple[int, ...] | bool = False  # True: any width up to the hidden size
     num_labels: int = 0
-    hidden_size: int = 0
+    hidden_size: int = 0  # an embedding's full width: the model's hidden size, or the last Dense layer's output
     supported_tasks: tuple[str, ...] = field(default=())
+    dense: tuple[DenseLayer, ...] = ()  # sentence-transformers Dense layers, applied to embeddings in order
 
     def check_dimensions(self, dims: int | None) -> None:
         from pagoda.errors import ValidationError
@@ -78,27 +108,68 @@ class ResolvedPooler:
                                   "dimensions")
 
 
-def _sentence_transformers(model_path: Path) -> tuple[str | None, bool]:
-    """(pooling type, normalize module present) from sentence-transformers' modules.json, if any."""
+def _st_pooling(cfg_file: Path) -> str:
+    """The pooling type of a sentence-transformers ``Pooling`` module: its ``pooling_mode`` (sentence-transformers
+    6: a name or a list) or legacy ``pooling_mode_*`` flags; none set is its default, mean. A mode pagoda does not
+    pool (max, weightedmean, several concatenated, prompt tokens left out) is a start-up error naming it."""
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
+    mode = cfg.get("pooling_mode")
+    if mode is not None:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:
+        modes = [k.removeprefix("pooling_mode_") if k not in _ST_LEGACY_MODES else _ST_LEGACY_MODES[k]
+                 for k, v in cfg.items() if k.startswith("pooling_mode_") and v] or ["mean"]
+    if len(modes) != 1 or modes[0] not in _ST_MODES:
+        raise ValueError(f"{cfg_file}: pooling mode {modes} is not supported (pagoda pools one of "
+                         f"{sorted(_ST_MODES)}).")
+    if cfg.get("include_prompt") is False:
+        raise ValueError(f"{cfg_file}: include_prompt false (prompt tokens left out of the pooling) is not "
+                         f"supported; pagoda pools every token of the input.")
+    return _ST_MODES[modes[0]]
+
+
+def _st_dense(folder: Path) -> DenseLayer:
+    """A ``Dense`` module's layer from its folder (config.json and weights); what pagoda cannot apply is a start-up
+    error naming the file."""
+    cfg_file = folder / "config.json"
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
+    act = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh"))  # sentence-transformers' default
+    if act not in ST_ACTIVATIONS:
+        raise ValueError(f"{cfg_file}: activation_function {act!r} is not supported (pagoda applies "
+                         f"{', '.join(a.rsplit('.', 1)[1] for a in ST_ACTIVATIONS)}).")
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).exists()), None)
+    if weights is None or "in_features" not in cfg or "out_features" not in cfg:
+        raise ValueError(f"{folder}: a sentence-transformers Dense module needs config.json's in_features / "
+                         f"out_features and model.safetensors (or pytorch_model.bin).")
+    return DenseLayer(str(weights), int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg.get("bias", True)),
+                      act)
+
+
+def _sentence_transformers(model_path: Path) -> tuple[str | None, bool, tuple[DenseLayer, ...]]:
+    """(pooling type, normalize module present, Dense layers in order) from sentence-transformers' modules.json, if
+    any. Modules pagoda runs: the Transformer, Pooling, Dense and a last Normalize; any other module (or a Normalize
+    before a Dense) is a start-up error naming it, since leaving it out would change every embedding."""
     modules_file = model_path / "modules.json"
     if not modules_file.exists():
-        return None, False
+        return None, False, ()
     modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    pooling, normalize = None, False
+    pooling, normalize, dense = None, False, []
     for m in modules:
-        kind = str(m.get("type", ""))
-        if kind.endswith("Normalize"):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        folder = model_path / str(m.get("path", ""))
+        if normalize:
+            raise ValueError(f"{modules_file}: module {m.get('type')!r} after Normalize is not supported "
+                             f"(pagoda normalises last).")
+        if kind == "Normalize":
             normalize = True
-        elif kind.endswith("Pooling"):
-            cfg_file = model_path / str(m.get("path", "")) / "config.json"
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.exists() else {}
-            on = [t for k, t in _ST_MODES.items() if cfg.get(k)]
-            other = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v and k not in _ST_MODES]
-            if other or len(on) > 1:
-                raise ValueError(f"{cfg_file}: pooling mode(s) {other or on} are not supported "
-                                 f"(pagoda pools one of CLS, MEAN, LAST)")
-            pooling = on[0] if on else None
-    return pooling, normalize
+        elif kind == "Pooling":
+            pooling = _st_pooling(folder / "config.json")
+        elif kind == "Dense" and pooling is not None:
+            dense.append(_st_dense(folder))
+        elif kind != "Transformer" or pooling is not None:
+            raise ValueError(f"{modules_file}: sentence-transformers module {m.get('type')!r} is not supported "
+                             f"(pagoda runs Transformer, Pooling, Dense, Normalize).")
+    return pooling, normalize, tuple(dense)
 
 
 def sentence_transformers_max_len(model_path: Path) -> int | None:
@@ -116,8 +187,15 @@ def num_labels(hf_config: dict[str, Any]) -> int:
     return len(hf_config.get("id2label") or {}) or int(hf_config.get("num_labels") or 2)
 
 
-_TASKS = {
-    "embed": ("embed", "token_embed", "score"),
+def label_names(hf_config: dict[str, Any]) -> list[str]:
+    """The classifier's label per output index: ``id2label``'s, else transformers' default ``LABEL_<i>`` (which
+    ``save_pretrained`` leaves out of config.json for two labels, as it does ``num_labels``)."""
+    id2label = {str(k): str(v) for k, v in (hf_config.get("id2label") or {}).items()}
+    return [id2label.get(str(i), f"LABEL_{i}") for i in range(num_labels(hf_config))]
+
+
+_TASKS = {  # an embedding model's score API runs "embed" (cosine of the embeddings): "score" is a cross-encoder's
+    "embed": ("embed", "token_embed"),
     "classify": ("classify", "score", "token_classify"),
     "reward": ("token_classify",),
 }
@@ -132,12 +210,19 @@ def supported_tasks(kind: str, labels: int) -> tuple[str, ...]:
 
 def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, default_type: str,
                    user: PoolerConfig | None) -> ResolvedPooler:
-    st_type, st_norm = _sentence_transformers(model_path)
+    st_type, st_norm, dense = _sentence_transformers(model_path)
     user = user or PoolerConfig()
     ptype = user.pooling_type or st_type or default_type
     if kind == "reward" and user.pooling_type is None:
         ptype = "ALL"
     hidden = int(hf_config.get("hidden_size") or 0)
+    if kind != "embed":
+        dense = ()  # a classifier's head is the model's own; sentence-transformers' Dense is for embeddings
+    for layer in dense:
+        if layer.in_features != hidden:
+            raise ValueError(f"{layer.weights}: the Dense layer takes {layer.in_features} features, the embedding "
+                             f"before it has {hidden}.")
+        hidden = layer.out_features
     mdims = hf_config.get("matryoshka_dimensions")
     matryoshka: tuple[int, ...] | bool = (tuple(int(d) for d in mdims) if mdims
                                           else bool(hf_config.get("is_matryoshka", False)))
@@ -149,5 +234,5 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
         kind=kind, pooling_type=ptype, normalize=bool(normalize),
         use_activation=True if user.use_activation is None else bool(user.use_activation),
         default_dimensions=user.dimensions, matryoshka=matryoshka, num_labels=labels,
-        hidden_size=hidden, supported_tasks=supported_tasks(kind, labels),
+        hidden_size=hidden, supported_tasks=supported_tasks(kind, labels), dense=dense,
     )

@@ -41,9 +41,14 @@ def check_text(text: str, field: str = "prompt") -> str:
 
 def check_task(pooler: ResolvedPooler, task: str) -> None:
     """``task`` is one the engine's pooler serves; else a ValidationError naming ``task`` (for ``score`` on a
-    classifier of several labels, vLLM's reason: a cross-encoder score is one logit)."""
+    classifier of several labels, vLLM's reason: a cross-encoder score is one logit; on an embedding model, where
+    its scores come from: the embed task's cosine)."""
     if task in pooler.supported_tasks:
         return
+    if task == "score" and pooler.kind == "embed":
+        raise ValidationError("task 'score' is a cross-encoder's (a classifier of one label); this embedding model "
+                              "scores pairs by the cosine of their embeddings: use LLM.score or /score.", "task",
+                              code="unsupported_task")
     if task == "score" and pooler.kind == "classify":
         raise ValidationError(f"Score API is only enabled for num_labels == 1 (this classifier has {pooler.num_labels} "
                               f"labels; use classify for its probabilities).", "task", code="unsupported_task")
@@ -60,6 +65,18 @@ def truncation(truncate: int | None, max_len: int) -> int | None:
         raise ValidationError(f"truncate_prompt_tokens value ({truncate}) is greater than max_model_len ({max_len}). "
                               f"Please, select a smaller truncation size.", "truncate_prompt_tokens")
     return max_len if truncate == -1 else truncate
+
+
+def tokenize_text(tokenizer: Any, text: str, truncate: int | None, max_len: int, add_special_tokens: bool = True,
+                  field: str = "prompt") -> list[int]:
+    """``text``'s token ids (Unicode checked, naming ``field``). With ``truncate_prompt_tokens`` the tokenizer cuts
+    the text to k tokens, keeping its first ones and the special tokens it adds (``[SEP]``), as vLLM's pooling
+    tokenizer does, whether or not special tokens are added."""
+    check_text(text, field)
+    k = truncation(truncate, max_len)
+    if k is None:
+        return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return list(tokenizer(text, add_special_tokens=add_special_tokens, truncation=True, max_length=k)["input_ids"])
 
 
 def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None,
@@ -96,21 +113,21 @@ def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
     if not isinstance(prompt, str):
         raise ValidationError("A prompt must be a string, a list of token ids or a dict with 'prompt' or "
                               "'prompt_token_ids'.", "prompt")
-    check_text(prompt)
-    if k is None:
-        return prompt, list(tokenizer.encode(prompt, add_special_tokens=True)), None
-    enc = tokenizer(prompt, truncation=True, max_length=k)  # text: the tokenizer truncates, keeping [SEP]
-    return prompt, list(enc["input_ids"]), None
+    return prompt, tokenize_text(tokenizer, prompt, truncate, max_len), None
 
 
 def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler: ResolvedPooler | None,
                     tokenizer: Any, limits: AdmissionLimits, priority: int = 0, scheduling_policy: str = "fcfs"
                     ) -> tuple[str | None, list[int], EngineCoreRequest]:
-    """Tokenize and admit one pooling request; returns (text, token ids, the core request). ``priority`` is
-    queued as a generation request's is (non-zero only under ``--scheduling-policy priority``)."""
+    """Tokenize and admit one pooling request; returns (text, token ids, the core request, whose params have their
+    task set: an unset one is the model's first). ``priority`` is queued as a generation request's is (non-zero
+    only under ``--scheduling-policy priority``)."""
     if pooler is None:
         raise not_pooling_error()
     admission.check_priority(priority, scheduling_policy)
+    if params.task is None:  # vLLM's default task: the model's own (its first)
+        params = params.with_task(pooler.supported_tasks[0])
+    assert params.task is not None  # for mypy: set just above
     check_task(pooler, params.task)
     params.check_task_parameters()
     pooler.check_dimensions(params.dimensions)

@@ -4,21 +4,22 @@
 Input: hidden states ``[T, H]`` of the step's flattened tokens and, per pooling request, its row range
 (``query_start_loc``; a pooling request is always computed whole in one step, so its rows are its whole
 prompt). Sequence pooling is vectorised over the step: CLS / LAST gather one row per request, MEAN sums
-segments with one ``index_add_``. Then, per request's task: ``embed`` (and ``token_embed``, per token) cuts to
-``dimensions`` and L2-normalises (when asked); ``classify`` / ``score`` run the model's classifier head
-(``model.classify``) and softmax (several labels) or sigmoid (one); ``token_*`` keep every row. Outputs are
-float32 on the CPU.
+segments with one ``index_add_``. Then, per request's task: ``embed`` (and ``token_embed``, per token) runs the
+sentence-transformers Dense layers (as vLLM's projector), cuts to ``dimensions`` and L2-normalises (when asked);
+``classify`` / ``score`` run the model's classifier head (``model.classify``) and softmax (several labels) or
+sigmoid (one); ``token_*`` keep every row. Outputs are float32 on the CPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pagoda.layers.sampler import to_device
-from pagoda.pooling.config import ResolvedPooler
+from pagoda.pooling.config import DenseLayer, ResolvedPooler
 from pagoda.pooling.params import PoolingParams
 
 
@@ -39,6 +40,46 @@ def pool_sequences(hidden: torch.Tensor, starts: list[int], lens: list[int], pty
     raise ValueError(f"pooling type {ptype!r} pools no sequence (CLS, MEAN, LAST)")
 
 
+_DENSE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "torch.nn.modules.activation.Tanh": torch.tanh, "torch.nn.modules.linear.Identity": lambda x: x,
+    "torch.nn.modules.activation.ReLU": F.relu, "torch.nn.modules.activation.GELU": F.gelu,
+    "torch.nn.modules.activation.Sigmoid": torch.sigmoid, "torch.nn.modules.activation.SiLU": F.silu,
+}  # keyed by pagoda.pooling.config.ST_ACTIVATIONS
+
+
+class Projector:
+    """sentence-transformers' ``Dense`` layers (:class:`DenseLayer`) in float32, applied along the last axis; the
+    weights are read at start-up (a file that does not hold them as its config.json says is a start-up error) and
+    moved to the hidden states' device on first use."""
+
+    def __init__(self, layers: tuple[DenseLayer, ...]) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor | None, Callable[[torch.Tensor], torch.Tensor]]] = []
+        for layer in layers:
+            sd = _read_weights(layer.weights)
+            w, b = sd.get("linear.weight"), sd.get("linear.bias")
+            if w is None or tuple(w.shape) != (layer.out_features, layer.in_features) or (layer.bias and b is None):
+                raise ValueError(f"{layer.weights}: expected linear.weight of shape [{layer.out_features}, "
+                                 f"{layer.in_features}]{' and linear.bias' if layer.bias else ''}.")
+            self.layers.append((w.float(), b.float() if layer.bias and b is not None else None,
+                                _DENSE_ACTIVATIONS[layer.activation]))
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.layers and self.layers[0][0].device != v.device:
+            self.layers = [(w.to(v.device), b.to(v.device) if b is not None else None, act)
+                           for w, b, act in self.layers]
+        for w, b, act in self.layers:
+            v = act(F.linear(v.float(), w, b))
+        return v
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _activation(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
 
@@ -47,16 +88,17 @@ class Pooler:
     def __init__(self, cfg: ResolvedPooler, model: Any) -> None:
         self.cfg = cfg
         self.model = model
+        self.projector = Projector(cfg.dense)
 
     def __call__(self, hidden: torch.Tensor, starts: list[int], lens: list[int],
                  params: list[PoolingParams]) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(params)
-        seq = [i for i, p in enumerate(params) if not p.task.startswith("token_")]
+        seq = [i for i, p in enumerate(params) if not p.per_token]
         if seq:
             pooled = self._pool(hidden, [starts[i] for i in seq], [lens[i] for i in seq])
             self._heads(pooled, [params[i] for i in seq], seq, out)
         for i, p in enumerate(params):
-            if p.task.startswith("token_"):
+            if p.per_token:
                 rows = hidden[starts[i] : starts[i] + lens[i]]
                 out[i] = self._token_head(rows, p)
         return [o.float().cpu() for o in out if o is not None]
@@ -79,8 +121,10 @@ class Pooler:
             out[idx[j]] = _activation(logits[j]) if act else logits[j]
 
     def _embed_head(self, v: torch.Tensor, p: PoolingParams) -> torch.Tensor:
-        """An embedding ([H], or [T, H] per token): cut to ``dimensions`` (the request's, else the pooler's), then
-        L2-normalised along the last axis when asked (the request's ``normalize``, else the pooler's)."""
+        """An embedding ([H], or [T, H] per token): through the sentence-transformers Dense layers (if any), cut to
+        ``dimensions`` (the request's, else the pooler's), then L2-normalised along the last axis when asked (the
+        request's ``normalize``, else the pooler's)."""
+        v = self.projector(v)
         dims = p.dimensions or self.cfg.default_dimensions
         if dims is not None:
             v = v[..., :dims]

@@ -9,6 +9,7 @@ budget of at least ``max_model_len`` (so every admissible prompt fits one step).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ class RunnerChoice:
     max_len_cap: int | None  # sentence-transformers' max_seq_length / the encoder's position table
 
 
-def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | None, arch: str,
+def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | PoolerConfig | None, arch: str,
                    hf_config: dict[str, Any], model_path: Path) -> RunnerChoice:
     from pagoda.models.registry import default_pooling, is_pooling_architecture
 
@@ -46,6 +47,11 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | No
             raise ValueError("--pooler-config applies to pooling models only (--runner pooling).")
         return RunnerChoice("generate", None, None)
     kind, default_type = default_pooling(arch, convert)
+    if isinstance(pooler_config, PoolerConfig):  # LLM(pooler_config=PoolerConfig(...)), as vLLM's offline docs write
+        pooler_config = {k: v for k, v in dataclasses.asdict(pooler_config).items() if v is not None}
+    elif pooler_config is not None and not isinstance(pooler_config, dict):
+        raise ValueError(f"--pooler-config must be a JSON object (or a PoolerConfig), got "
+                         f"{type(pooler_config).__name__}.")
     user = PoolerConfig.from_dict(pooler_config) if pooler_config else None
     pooler = resolve_pooler(model_path, hf_config, kind, default_type, user)
     cap = sentence_transformers_max_len(model_path)

@@ -41,9 +41,21 @@ class ClassificationRequest(_PoolingFields):
     use_activation: bool | None = None
 
 
+ScoreSide = str | list[str] | None
+
+SCORE_FIELD_PAIRS: tuple[tuple[str, str], ...] = (("text_1", "text_2"), ("queries", "documents"),
+                                                  ("queries", "items"), ("data_1", "data_2"))
+"""vLLM's spellings of a /score request's two sides; a request uses exactly one pair."""
+
+
 class ScoreRequest(_PoolingFields):
-    text_1: str | list[str] | None = None
-    text_2: str | list[str] | None = None
+    text_1: ScoreSide = None
+    text_2: ScoreSide = None
+    queries: ScoreSide = None
+    documents: ScoreSide = None
+    items: ScoreSide = None
+    data_1: ScoreSide = None
+    data_2: ScoreSide = None
     use_activation: bool | None = None
 
 
@@ -106,6 +118,7 @@ class RerankResult(ResponseModel):
 
 
 class RerankUsage(ResponseModel):
+    prompt_tokens: int
     total_tokens: int
 
 

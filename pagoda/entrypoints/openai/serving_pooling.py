@@ -5,9 +5,10 @@ Each input of a request becomes one engine pooling request (all submitted at onc
 batches them by tokens); the response keeps input order. A generative model answers 400 naming the
 runner (the input processor refuses the request); unknown request fields are a 400 naming them, and so is a
 field the route cannot honour (a non-zero ``priority``: pooling requests are served first come, first served).
-An input's error names the request field it came from (``input``, ``text_1`` / ``text_2``, ``query`` /
-``documents``). Scores: a classifier model of one label scores pairs as a cross-encoder; an embedding model by
-cosine similarity.
+An input's error names the request field it came from (``input``, ``text_1`` / ``text_2`` or /score's other
+spellings of its sides, vLLM's ``queries`` / ``documents``, ``queries`` / ``items``, ``data_1`` / ``data_2``;
+``query`` / ``documents``). Scores: a classifier model of one label scores pairs as a cross-encoder; an embedding
+model by cosine similarity.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pagoda.entrypoints.llm_pooling import score_pairs
 from pagoda.entrypoints.openai.chat_render import render_chat
 from pagoda.entrypoints.openai.protocol_pooling import (
+    SCORE_FIELD_PAIRS,
     ClassificationData,
     ClassificationRequest,
     EmbeddingData,
@@ -42,7 +44,8 @@ from pagoda.entrypoints.openai.protocol_pooling import (
 from pagoda.entrypoints.openai.serving_engine import OpenAIServing, request_field_names
 from pagoda.errors import ValidationError
 from pagoda.pooling.batching import longest_first, pretokenize
-from pagoda.pooling.inputs import check_text, not_pooling_error, tokenize_pair
+from pagoda.pooling.config import label_names
+from pagoda.pooling.inputs import check_text, not_pooling_error, tokenize_pair, tokenize_text
 from pagoda.pooling.outputs import PoolingRequestOutput
 from pagoda.pooling.params import PoolingParams
 
@@ -142,12 +145,19 @@ class OpenAIServingPooling(OpenAIServing):
             if req.input is not None:
                 raise ValidationError("Give either input or messages, not both.", "messages")
             text = self._chat_text(req)
-            return [{"prompt": text, "prompt_token_ids": self.encode(text, bool(req.add_special_tokens), "messages")}]
+            return [{"prompt": text, "prompt_token_ids": self._tokens(text, req, bool(req.add_special_tokens),
+                                                                      "messages")}]
         items = _inputs(req.input, "input")
         if req.add_special_tokens is False:
-            items = [{"prompt": x, "prompt_token_ids": self.encode(x, False, "input")}
+            items = [{"prompt": x, "prompt_token_ids": self._tokens(x, req, False, "input")}
                      if isinstance(x, str) else x for x in items]
         return items
+
+    def _tokens(self, text: str, req: EmbeddingRequest, add_special_tokens: bool, field: str) -> list[int]:
+        """``text`` tokenized as a text input is (:func:`pagoda.pooling.inputs.tokenize_text`: truncated to the
+        first ``truncate_prompt_tokens``), with or without special tokens."""
+        return tokenize_text(self.tokenizer, text, req.truncate_prompt_tokens, self.engine.max_model_len,
+                             add_special_tokens, field)
 
     async def create_embedding(self, req: EmbeddingRequest) -> JSONResponse:
         _refuse_unknown(req)
@@ -177,12 +187,12 @@ class OpenAIServingPooling(OpenAIServing):
         outs = await self._run(_inputs(req.input, "input"), self._params(req, "classify",
                                                                          use_activation=req.use_activation), "input",
                                req.priority)
-        labels = self.engine.cfg.hf_config.get("id2label") or {}  # type: ignore[union-attr]
+        labels = label_names(self.engine.cfg.hf_config)  # type: ignore[union-attr]
         data = []
         for i, o in enumerate(outs):
             probs = o.outputs.data.tolist()
             best = max(range(len(probs)), key=probs.__getitem__)
-            data.append(ClassificationData(index=i, label=labels.get(str(best)), probs=probs, num_classes=len(probs)))
+            data.append(ClassificationData(index=i, label=labels[best], probs=probs, num_classes=len(probs)))
         return _json(ListResponse(id=f"classify-{uuid.uuid4().hex}", model=model, data=data,
                                   usage=self._usage(outs)))
 
@@ -207,11 +217,11 @@ class OpenAIServingPooling(OpenAIServing):
     async def create_score(self, req: ScoreRequest) -> JSONResponse:
         _refuse_unknown(req)
         model = self.model_name(req.model)
-        for name in ("text_1", "text_2"):
+        names = _score_fields(req)
+        for name in names:
             _inputs(getattr(req, name), name)
-        assert req.text_1 is not None and req.text_2 is not None
-        pairs = score_pairs(req.text_1, req.text_2, ("text_1", "text_2"))
-        scores, n = await self._scores(pairs, req, ("text_1", "text_2"))
+        pairs = score_pairs(getattr(req, names[0]), getattr(req, names[1]), names)
+        scores, n = await self._scores(pairs, req, names)
         data = [ScoreData(index=i, score=s) for i, s in enumerate(scores)]
         return _json(ListResponse(id=f"score-{uuid.uuid4().hex}", model=model, data=data,
                                   usage=PoolingUsage(prompt_tokens=n, total_tokens=n)))
@@ -234,8 +244,22 @@ class OpenAIServingPooling(OpenAIServing):
         results = [RerankResult(index=i, relevance_score=scores[i],
                                 document=RerankDocument(text=docs[i]) if req.return_documents else None)
                    for i in order]
-        return _json(RerankResponse(id=f"rerank-{uuid.uuid4().hex}", model=model, usage=RerankUsage(total_tokens=n),
-                                    results=results))
+        return _json(RerankResponse(id=f"rerank-{uuid.uuid4().hex}", model=model,
+                                    usage=RerankUsage(prompt_tokens=n, total_tokens=n), results=results))
+
+
+def _score_fields(req: ScoreRequest) -> tuple[str, str]:
+    """The two fields a /score request gives its sides in: the first of vLLM's :data:`SCORE_FIELD_PAIRS` holding
+    every side field set (none set: text_1 / text_2, then refused as empty); fields of two spellings mixed are a
+    400 naming the first one outside the first field's pair."""
+    given = [f for f in dict.fromkeys(x for pair in SCORE_FIELD_PAIRS for x in pair) if getattr(req, f) is not None]
+    pair = next((p for p in SCORE_FIELD_PAIRS if set(given) <= set(p)), None)
+    if pair is not None:
+        return pair
+    first = next(p for p in SCORE_FIELD_PAIRS if given[0] in p)
+    spellings = ", ".join(f"{a} / {b}" for a, b in SCORE_FIELD_PAIRS)
+    raise ValidationError(f"/score takes its two sides as one of {spellings}; got {given}.",
+                          next(f for f in given if f not in first))
 
 
 def _json(resp: Any) -> JSONResponse:
