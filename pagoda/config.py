@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from pagoda import envs
 from pagoda.engine.chat_content_format import CONTENT_FORMATS
 from pagoda.models.registry import MODEL_IMPLS
+from pagoda.pooling.config import PoolerConfig as PoolerConfig  # re-exported: vLLM users import it from here
 from pagoda.pooling.config import ResolvedPooler
 from pagoda.quantization import QUANTIZATION_METHODS
 from pagoda.sampling_params import MAX_LOGPROBS

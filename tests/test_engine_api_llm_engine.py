@@ -115,3 +115,32 @@ def test_delta_with_stream_interval_carries_every_token_once(tiny):
     sizes = [len(c.token_ids) for o in delta for c in o.outputs]
     assert max(sizes) == 3 and len(delta) < 10  # coalesced: up to 3 tokens a completion, fewer outputs than tokens
     assert_engine_clean(llm)
+
+
+def test_pooling_request_priority_is_checked_as_a_generation_ones(tmp_path):
+    """``add_request(..., PoolingParams, priority=1)`` under fcfs is refused naming ``priority`` (it used to be
+    dropped), and a pooling request runs under ``--scheduling-policy priority`` with its priority."""
+    from pooling_models import build_pooling_model
+
+    from pagoda import LLM
+    from pagoda.errors import ValidationError
+    from pagoda.pooling.params import PoolingParams
+
+    model = str(build_pooling_model(tmp_path / "bert", "bert"))
+    for policy in ("fcfs", "priority"):
+        llm = LLM(model, runner="pooling", dtype="float32", max_model_len=64, scheduling_policy=policy)
+        try:
+            eng = llm.llm_engine
+            if policy == "fcfs":
+                with pytest.raises(ValidationError) as e:
+                    eng.add_request("p", "hello world", PoolingParams(task="embed"), priority=1)
+                assert e.value.parameter == "priority"
+                assert not eng.has_unfinished_requests()
+            else:
+                eng.add_request("p", "hello world", PoolingParams(task="embed"), priority=1)
+                outs = []
+                while eng.has_unfinished_requests():
+                    outs.extend(eng.step())
+                assert outs[-1].finished and outs[-1].outputs.data.numel() > 0
+        finally:
+            llm.shutdown()

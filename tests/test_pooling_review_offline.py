@@ -162,7 +162,7 @@ def test_pooler_config_values_are_typed(bert, cfg, named):
 
 def test_pooler_config_object(bert):
     """vLLM's offline form ``LLM(..., pooler_config=PoolerConfig(...))`` (it raised TypeError: not iterable)."""
-    from pagoda.pooling.config import PoolerConfig
+    from pagoda.config import PoolerConfig  # where vLLM users import it from
 
     with LLM(str(bert), dtype="float32", pooler_config=PoolerConfig(pooling_type="MEAN", normalize=False)) as llm:
         pooler = llm.llm_engine.cfg.pooler

@@ -75,7 +75,7 @@ class LLMEngine:
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
         if isinstance(params, PoolingParams):
-            text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params)
+            text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params, priority)
             self.core.add_request(core_req)
             self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, final_only,
                                               pooling=True)

@@ -67,6 +67,8 @@ def test_invocations_dispatches_pooling_bodies(embed_server):
     for path, body in (("/v1/embeddings", {"input": ["the fox", "tokens"]}),
                        ("/v1/score", {"text_1": "the fox", "text_2": ["the quick brown fox", "tokens"]}),
                        ("/v1/rerank", {"query": "the fox", "documents": ["tokens", "the quick brown fox"]}),
+                       ("/v1/score", {"queries": "the fox", "documents": ["the quick brown fox", "tokens"]}),
+                       ("/v1/score", {"data_1": "the fox", "data_2": "tokens"}),
                        ("/v1/embeddings", {"input": "fox", "dimensions": 7})):
         via, direct = embed_server.post("/invocations", body), embed_server.post(path, body)
         assert via.status_code == direct.status_code, (path, via.text, direct.text)

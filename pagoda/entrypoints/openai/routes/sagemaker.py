@@ -3,8 +3,9 @@
 ``/invocations`` picks the endpoint by the body's shape, as vLLM does: ``messages`` is a chat
 completion, ``prompt`` a completion; the request then goes through that route unchanged (same
 validation, same errors, streaming included); a pooling-shaped one goes to the pooling route it asks
-for: ``input`` embeddings, ``text_1``/``text_2`` score, ``query``/``documents`` rerank (each answers for
-itself when the model does not serve that task).
+for: ``input`` embeddings, ``text_1``/``text_2`` (or vLLM's other spellings of a score's sides: ``queries``,
+``items``, ``data_1``/``data_2``) score, ``query``/``documents`` rerank (each answers for itself when the model
+does not serve that task).
 """
 
 from __future__ import annotations
@@ -17,17 +18,24 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
-from pagoda.entrypoints.openai.protocol_pooling import EmbeddingRequest, RerankRequest, ScoreRequest
+from pagoda.entrypoints.openai.protocol_pooling import (
+    SCORE_FIELD_PAIRS,
+    EmbeddingRequest,
+    RerankRequest,
+    ScoreRequest,
+)
 from pagoda.entrypoints.openai.routes import admin, chat, completions, pooling
 from pagoda.entrypoints.openai.serving_engine import error_response
 
 router = APIRouter()
 
-# Body keys of vLLM's pooling requests, the request each asks for, and its route.
+# Body keys of vLLM's pooling requests, the request each asks for, and its route, in the order they are tried: a
+# score request's every spelling of its sides (SCORE_FIELD_PAIRS: ``queries`` with ``documents`` is a score) before
+# rerank's ``query`` / ``documents``.
 _POOLING_KEYS: tuple[tuple[str, type[BaseModel], Any], ...] = (
-    ("input", EmbeddingRequest, pooling.create_embedding), ("text_1", ScoreRequest, pooling.create_score),
-    ("text_2", ScoreRequest, pooling.create_score), ("query", RerankRequest, pooling.create_rerank),
-    ("documents", RerankRequest, pooling.create_rerank))
+    ("input", EmbeddingRequest, pooling.create_embedding),
+    *((key, ScoreRequest, pooling.create_score) for pair in SCORE_FIELD_PAIRS for key in pair if key != "documents"),
+    ("query", RerankRequest, pooling.create_rerank), ("documents", RerankRequest, pooling.create_rerank))
 
 
 @router.get("/ping", response_class=Response)
