@@ -5,17 +5,23 @@ What is honoured: ``model``, ``input`` (a string, or a list of messages whose co
 ``input_text`` / ``output_text`` parts, ``function_call`` / ``function_call_output`` items, and earlier
 ``reasoning`` items, which are not rendered),
 ``instructions``, ``max_output_tokens``, ``temperature``, ``top_p``, ``stream``, ``metadata`` and ``user``
-(echoed back), and function ``tools`` with ``tool_choice`` and ``parallel_tool_calls``
-(:mod:`pagoda.entrypoints.openai.responses_tools`). Every other field OpenAI defines is
-accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other value, and any
-field OpenAI does not define, is a 400 naming it (:func:`unsupported_fields`).
+(echoed back), function ``tools`` with ``tool_choice`` and ``parallel_tool_calls``
+(:mod:`pagoda.entrypoints.openai.responses_tools`), and vLLM's extra fields of this route (``seed``,
+``top_k``, ``stop``, ``repetition_penalty``, ``ignore_eos``, ``skip_special_tokens``,
+``include_stop_str_in_output``, ``logit_bias``, ``priority``, ``cache_salt``), as chat honours them. Every
+other field OpenAI defines is accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other
+value, and any field OpenAI does not define, is a 400 naming it (:func:`unsupported_fields`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic_core import PydanticCustomError
+
+from pagoda.entrypoints.openai.protocol import SamplingFields
+from pagoda.entrypoints.openai.request_fields import default_verbosity
 
 # Fields of OpenAI's request that pagoda does not implement, with the values that mean "not used"
 # (the ones a client may send without asking for the feature). Anything else is refused.
@@ -31,7 +37,7 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "max_tool_calls": (None,),
     "prompt": (None,),
     "service_tier": (None, "auto", "default"),
-    "stream_options": (None,),
+    "stream_options": (None, {}, {"include_obfuscation": False}),  # no obfuscation padding is sent
     "prompt_cache_key": (None,),
     "safety_identifier": (None,),
 }
@@ -83,9 +89,59 @@ class ReasoningInput(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     type: Literal["reasoning"]
+    status: str | None = None
 
 
-InputItem = InputMessage | FunctionCallInput | FunctionCallOutputInput | ReasoningInput
+_PART_TYPES = ("input_text", "output_text")
+"""Content part types an input message may hold (text; images, files and audio are refused by name)."""
+
+
+def _item_type(item: Any) -> Any:
+    """An input item's ``type`` (OpenAI's easy input message has none: a message)."""
+    return item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", None)
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")] | Annotated[FunctionCallInput, Tag("function_call")]
+    | Annotated[FunctionCallOutputInput, Tag("function_call_output")] | Annotated[ReasoningInput, Tag("reasoning")],
+    Discriminator(_item_type)]
+"""One input item, chosen by its ``type`` (so an error names the item's own field, not every union member)."""
+
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+"""The tags of :data:`InputItem` (any other ``type`` is refused by name before the union is tried)."""
+
+
+def _without_nulls(value: Any) -> Any:
+    """A JSON object without its null-valued keys (a null asks for nothing: an SDK object dumped whole sends its
+    unset fields as nulls)."""
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
+def check_input_items(items: list[Any]) -> list[Any]:
+    """Input items with their null-valued keys dropped; an item or content part of a kind pagoda does not read
+    (``item_reference``, ``input_image``, ``input_file``, ...) is an error naming where it is and what is read."""
+    out = []
+    for i, item in enumerate(items):
+        item = _without_nulls(item)
+        kind = _item_type(item)
+        if kind not in _ITEM_TYPES:
+            raise PydanticCustomError("unsupported_input_item", "{msg}", {"msg": (
+                f"item {i}: type {kind!r} is not supported by pagoda's /v1/responses (it reads "
+                f"{', '.join(_ITEM_TYPES)}).")})
+        for key in ("content", "output"):
+            parts = item.get(key) if isinstance(item, dict) and kind != "reasoning" else None
+            if not isinstance(parts, list):
+                continue
+            parts = [_without_nulls(p) for p in parts]
+            for j, part in enumerate(parts):
+                ptype = part.get("type") if isinstance(part, dict) else None
+                if ptype not in _PART_TYPES:
+                    raise PydanticCustomError("unsupported_content_part", "{msg}", {"msg": (
+                        f"item {i}, {key}[{j}]: content part type {ptype!r} is not supported by pagoda's "
+                        f"/v1/responses (text only: {', '.join(_PART_TYPES)}).")})
+            item = {**item, key: parts}
+        out.append(item)
+    return out
 
 
 class ResponsesRequest(BaseModel):
@@ -93,7 +149,8 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    input: str | list[InputItem]
+    input: Annotated[Annotated[str, Tag("text")] | Annotated[list[InputItem], Tag("items")],
+                     Discriminator(lambda v: "text" if isinstance(v, str) else "items")]
     instructions: str | None = None
     max_output_tokens: int | None = None
     temperature: float | None = None
@@ -104,6 +161,17 @@ class ResponsesRequest(BaseModel):
     tools: list[Any] | None = None  # function tools in the Responses API's flat shape
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    # vLLM's extra fields of a Responses request (its ResponsesRequest), honoured as on chat
+    seed: int | None = None
+    top_k: int | None = None
+    stop: str | list[str] | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    logit_bias: dict[str, float] | None = None
+    priority: int | None = None
+    cache_salt: str | None = None
     # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
     previous_response_id: str | None = None
     conversation: Any = None
@@ -121,6 +189,16 @@ class ResponsesRequest(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
 
+    @field_validator("cache_salt")
+    @classmethod
+    def _non_empty_cache_salt(cls, v: str | None) -> str | None:
+        return SamplingFields._non_empty_cache_salt(v)  # chat's rule and words
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _check_items(cls, v: Any) -> Any:
+        return check_input_items(v) if isinstance(v, list) else v
+
 
 def unsupported_fields(req: ResponsesRequest) -> list[str]:
     """Fields set to something pagoda does not do: unknown ones, then known ones off their neutral value."""
@@ -135,11 +213,14 @@ _TEXT_FORMAT_KEYS = {"text": {"type"}, "json_object": {"type"},
 
 def response_format(text: Any) -> dict[str, Any] | None:
     """``text.format`` as chat's ``response_format`` (OpenAI's Responses API flattens the json_schema one:
-    ``{"type": "json_schema", "name", "schema", "strict", "description"}``); None for plain text. Another shape
+    ``{"type": "json_schema", "name", "schema", "strict", "description"}``); None for plain text (also when
+    ``format`` is absent or null, OpenAI's default). Another shape
     is a ``ValueError`` (a 400 naming ``text``)."""
     if text is None:
         return None
-    fmt = text.get("format") if isinstance(text, dict) and set(text) <= {"format", "verbosity"} else None
+    fmt = None
+    if isinstance(text, dict) and set(text) <= {"format", "verbosity"}:
+        fmt = text.get("format") or {"type": "text"}
     if not isinstance(fmt, dict) or fmt.get("type") not in _TEXT_FORMAT_KEYS:
         raise ValueError(f"text must be {{\"format\": {{\"type\": \"text\" | \"json_object\" | \"json_schema\"}}}}"
                          f", got {text!r}.")
@@ -148,8 +229,9 @@ def response_format(text: Any) -> dict[str, Any] | None:
     if extra:
         raise ValueError(f"text.format of type {kind!r} takes {sorted(_TEXT_FORMAT_KEYS[kind])}, got unknown "
                          f"key(s) {extra}.")
-    if isinstance(text, dict) and text.get("verbosity") not in (None, "medium"):
-        raise ValueError(f"text.verbosity {text['verbosity']!r} is not supported (a model setting of OpenAI's).")
+    if isinstance(text, dict) and not default_verbosity(text.get("verbosity")):
+        raise ValueError(f"text.verbosity {text['verbosity']!r} is not supported (a model setting of OpenAI's; "
+                         f"only its default, medium).")
     if kind == "text":
         return None
     if kind == "json_object":

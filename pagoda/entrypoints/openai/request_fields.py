@@ -62,6 +62,11 @@ def _text_only(v: Any, req: Any) -> bool:
     return unset(v) or v == ["text"]
 
 
+def default_verbosity(v: Any, req: Any = None) -> bool:
+    """``verbosity`` (chat) / ``text.verbosity`` (Responses) asks for nothing new: unset or OpenAI's default."""
+    return v is None or v == "medium"
+
+
 def _spaces_between(v: Any, req: Any) -> bool:  # only shows when special tokens are kept in the text
     return v is None or v is True or getattr(req, "skip_special_tokens", None) is not False
 
@@ -96,7 +101,8 @@ UNSUPPORTED: dict[str, Unsupported] = {
     "web_search_options": Unsupported("web search is not implemented", _absent, endpoints=("chat",)),
     "mm_processor_kwargs": Unsupported("there is no multimodal processor (image and audio content parts are "
                                        "refused)"),
-    "verbosity": Unsupported("verbosity control is not implemented", endpoints=("chat",)),
+    "verbosity": Unsupported("verbosity control is not implemented (only OpenAI's default, medium)",
+                             default_verbosity, endpoints=("chat",)),
 }
 """Fields that would change the output and are not implemented: a 400 unless neutral."""
 

@@ -21,16 +21,18 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser, ParsedMessage
-from pagoda.entrypoints.openai.protocol import ChatMessageIn
+from pagoda.entrypoints.openai.protocol import ChatMessageIn, ContentPart
 from pagoda.entrypoints.openai.protocol_responses import (
     FunctionCallInput,
     FunctionCallItem,
     FunctionCallOutputInput,
     InputItem,
     InputMessage,
+    InputTextPart,
     OutputItem,
     OutputMessage,
     OutputText,
+    ReasoningInput,
     ReasoningItem,
     ReasoningText,
 )
@@ -83,8 +85,26 @@ def chat_tool_choice(choice: Any, has_tools: bool) -> Any:
                f"{{\"type\": \"function\", \"name\": ...}}.", "tool_choice")
 
 
-def _text(content: Any) -> str:
-    return content if isinstance(content, str) else "".join(p.text for p in content)
+def _content(content: str | list[InputTextPart]) -> str | list[ContentPart]:
+    """Input content as chat's: a string, or its text parts as chat's ``text`` parts (so they are joined, or
+    handed to the template, by chat's rule: ``--chat-template-content-format``)."""
+    return content if isinstance(content, str) else [ContentPart(type="text", text=p.text) for p in content]
+
+
+_PARTIAL = ("in_progress", "incomplete")
+"""The statuses of an earlier output item that was cut off (vLLM continues such a final message)."""
+
+
+def continues_final_message(items: str | list[InputItem]) -> bool:
+    """Whether the input ends with an assistant message cut off earlier (``status`` ``in_progress`` or
+    ``incomplete``): the answer continues it (chat's ``continue_final_message``, no generation prompt), as vLLM
+    does. A final cut-off ``reasoning`` item cannot be continued (reasoning items are not rendered): a 400."""
+    last = items[-1] if isinstance(items, list) and items else None
+    if isinstance(last, ReasoningInput) and last.status in _PARTIAL:
+        raise _bad(f"input[{len(items) - 1}]: a reasoning item with status {last.status!r} cannot be continued "
+                   f"(earlier reasoning is not rendered); send it completed, or end the input with the assistant "
+                   f"message to continue.", "input")
+    return isinstance(last, InputMessage) and last.role == "assistant" and last.status in _PARTIAL
 
 
 def input_messages(items: list[InputItem]) -> list[ChatMessageIn]:
@@ -99,9 +119,9 @@ def input_messages(items: list[InputItem]) -> list[ChatMessageIn]:
             else:
                 msgs.append(ChatMessageIn(role="assistant", content=None, tool_calls=[call]))  # type: ignore[call-arg]
         elif isinstance(it, FunctionCallOutputInput):
-            msgs.append(ChatMessageIn(role="tool", content=_text(it.output), tool_call_id=it.call_id))  # type: ignore[call-arg]
+            msgs.append(ChatMessageIn(role="tool", content=_content(it.output), tool_call_id=it.call_id))  # type: ignore[call-arg]
         elif isinstance(it, InputMessage):
-            msgs.append(ChatMessageIn(role=it.role, content=_text(it.content)))
+            msgs.append(ChatMessageIn(role=it.role, content=_content(it.content)))
     return msgs
 
 

@@ -1,8 +1,9 @@
 """POST /v1/responses: OpenAI's Responses API (text, function tools, reasoning), on the chat serving path.
 
 The request becomes a conversation (``instructions`` as the system message, then ``input``), rendered
-by the chat template and sampled with chat's rules (:class:`OpenAIServingChat`); the output is one
-assistant message, or with ``tools`` or ``--reasoning-parser`` a ``reasoning`` item, the message and/or
+by the chat template (an input ending with a cut-off assistant message, ``status`` ``in_progress`` or
+``incomplete``, is continued, as vLLM does) and sampled with chat's rules (:class:`OpenAIServingChat`); the
+output is one assistant message, or with ``tools`` or ``--reasoning-parser`` a ``reasoning`` item, the message and/or
 ``function_call`` items (:mod:`pagoda.entrypoints.openai.responses_tools`, which also streams them).
 Text-only streams send
 OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
@@ -44,6 +45,7 @@ from pagoda.entrypoints.openai.responses_tools import (
     Status,
     chat_tool_choice,
     chat_tools,
+    continues_final_message,
     input_messages,
     output_items,
 )
@@ -63,6 +65,10 @@ from pagoda.entrypoints.openai.tool_calling import (
     plan_tools,
 )
 
+VLLM_EXTRA_FIELDS = ("seed", "top_k", "stop", "repetition_penalty", "ignore_eos", "skip_special_tokens",
+                     "include_stop_str_in_output", "logit_bias", "priority", "cache_salt")
+"""vLLM's extra fields of a Responses request: passed to the chat request as they are (same names, same rules)."""
+
 # Chat's names for the fields a Responses request calls otherwise.
 FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input", "response_format": "text"}
 
@@ -73,6 +79,11 @@ def event(kind: str, seq: int, **fields: Any) -> str:
 
 def _status(finish_reason: str | None) -> Status:
     return "incomplete" if finish_reason == "length" else "completed"
+
+
+def _text_config(text: Any) -> Any:
+    """The request's ``text`` as the response echoes it: ``format`` absent or null reads as plain text."""
+    return {**text, "format": text.get("format") or {"type": "text"}} if isinstance(text, dict) else text
 
 
 @contextmanager
@@ -103,10 +114,11 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         rf = response_format(req.text)
     except ValueError as e:
         raise ServingError(400, str(e), param="text") from None
+    extras = {k: getattr(req, k) for k in VLLM_EXTRA_FIELDS}
     return ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
                                  top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user, tools=tools,
                                  tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
-                                 parallel_tool_calls=req.parallel_tool_calls, response_format=rf)
+                                 parallel_tool_calls=req.parallel_tool_calls, response_format=rf, **extras)
 
 
 class OpenAIServingResponses:
@@ -128,7 +140,7 @@ class OpenAIServingResponses:
                               tool_choice=req.tool_choice if req.tool_choice is not None else
                               ("auto" if req.tools else "none"),
                               parallel_tool_calls=req.parallel_tool_calls is not False,
-                              **({"text": req.text} if req.text is not None else {}))
+                              **({"text": _text_config(req.text)} if req.text is not None else {}))
 
     async def create_response(self, req: ResponsesRequest) -> Any:
         self.check(req)
@@ -139,7 +151,8 @@ class OpenAIServingResponses:
             plan = plan_tools(creq, chat.limits.tools)
             check_reasoning_request(creq, chat.limits.tools, plan, creq.response_format is not None)
             chat.check_common(creq, "chat")
-            text, ids = chat.render_prompt(creq.messages, True, False, None, None, plan.tools, False)
+            cont = continues_final_message(req.input)
+            text, ids = chat.render_prompt(creq.messages, not cont, cont, None, None, plan.tools, False)
             note_prompt(plan, ids, chat.reasoning_tags)
             given = req.max_output_tokens is not None
             params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, None)
@@ -148,7 +161,8 @@ class OpenAIServingResponses:
                 params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
             rid = f"resp_{uuid.uuid4().hex}"
             chat.log_request(rid, text, ids, params)
-            stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids}, params)
+            stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids,
+                                                   "cache_salt": creq.cache_salt}, params, priority=creq.priority or 0)
         resp = self.base_response(req, rid, model)
         # tools or reasoning: output items from chat's parsers; else the text as one message
         parser = output_parser(creq, chat.limits.tools, plan)
