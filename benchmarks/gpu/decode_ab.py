@@ -13,7 +13,9 @@ Switches: ``dense-gemv`` (``pagoda.layers.dense_gemv.ENABLED``; its table from `
 ``pdl`` (``pagoda.layers.pdl.ENABLED``: programmatic dependent launch of the decode chain's Triton kernels),
 ``argmax`` (``pagoda.layers.argmax.ENABLED``: the greedy argmax by two Triton launches instead of torch's),
 ``fused-split-combine`` (``pagoda.attention.triton_kernels.FUSED_SPLIT_COMBINE``: the split-KV decode's last split
-combines the partials, instead of a second kernel),
+combines the partials, instead of a second kernel), ``unsplit-decode``
+(``pagoda.attention.triton_kernels.UNSPLIT_DECODE_KERNEL``: large decode batches on the decode kernel with one split
+instead of the unified kernel),
 ``gemv-table`` (on: ``GEMV_TABLE`` as in the code; off: the table of ``--gemv-table``, e.g. a previous one written as
 sweep JSON: an A/B of two tables).
 """
@@ -38,7 +40,8 @@ from moe_bench import (  # noqa: E402
     time_graph_and_steps,
 )
 
-SWITCHES = ("dense-gemv", "fused-qk-norm", "short-split-tiles", "pdl", "argmax", "gemv-table", "fused-split-combine")
+SWITCHES = ("dense-gemv", "fused-qk-norm", "short-split-tiles", "pdl", "argmax", "gemv-table", "fused-split-combine",
+            "unsplit-decode")
 
 
 def switch_target(name: str) -> tuple[object, str]:
@@ -48,7 +51,8 @@ def switch_target(name: str) -> tuple[object, str]:
 
     return {"dense-gemv": (dense_gemv, "ENABLED"), "fused-qk-norm": (llama, "FUSED_QK_NORM"),
             "short-split-tiles": (triton_kernels, "SHORT_SPLIT_TILES"), "pdl": (pdl, "ENABLED"),
-            "argmax": (argmax, "ENABLED"), "fused-split-combine": (triton_kernels, "FUSED_SPLIT_COMBINE")}[name]
+            "argmax": (argmax, "ENABLED"), "fused-split-combine": (triton_kernels, "FUSED_SPLIT_COMBINE"),
+            "unsplit-decode": (triton_kernels, "UNSPLIT_DECODE_KERNEL")}[name]
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:

@@ -26,7 +26,8 @@ Usage (GPU machine, repo root): ``python benchmarks/gpu/fp8_attention_sweep.py [
 [--served-only | --probe | --layouts | --warps]`` (``--served-only``: the first two cases; ``--layouts``: the caches
 stored head-major per block, ``@hm``, against the served layout (session 33's call 1 also ran a key-major V, since
 removed: RESULTS.md); ``--warps``: programs of 1 and 2 warps against the served 4); ``--keys 512,540,...``: those
-context lengths instead of 540 and 2,000;
+context lengths instead of 540 and 2,000; ``--decode-kernel``: each cache through the unified kernel and through
+the decode kernel with one split (session 42's ``UNSPLIT_DECODE_KERNEL``);
 ``--smoke``: CPU, Triton interpreter, one tiny case (checks the script runs).
 """
 
@@ -58,6 +59,9 @@ VARIANTS = [("bf16", "bf16", 64), ("fp8", "bf16", 64), ("fp8", "bf16", 32), ("fp
             ("fp8", "fp16", 64), ("fp16", "fp16", 64)]
 if "--served-only" in sys.argv:  # the two caches as served: the FP8 one's time against the bf16 one's
     VARIANTS = VARIANTS[:2]
+if "--decode-kernel" in sys.argv:  # session 42: the unified kernel against the decode kernel with one split (a
+    # negative tile width: ``split_kv_decode(num_splits=1)``, ``UNSPLIT_DECODE_KERNEL``), both caches
+    VARIANTS = [("bf16", "bf16", 64), ("bf16", "bf16", -64), ("fp8", "bf16", 64), ("fp8", "bf16", -64)]
 if "--probe" in sys.argv:
     VARIANTS = [*VARIANTS[:2], ("fp8", "bf16+bf16dot", 64), ("fp8", "bf16+nonorm", 64), ("fp8", "bf16", 128),
                 ("fp8", "bf16+s3", 64), ("fp8", "bf16+w8", 64), ("fp8", "bf16+r96", 64), ("fp8", "bf16+r96", 128)]
@@ -71,7 +75,7 @@ if "--layouts" in sys.argv:  # the cache's memory layout (session 33): ``@hm`` h
 PROBING = any(f in sys.argv for f in ("--probe", "--layouts", "--warps")) and not SMOKE  # report compiles
 if SMOKE:  # the interpreter runs bf16 queries in fp32 anyway; keep it to one conversion path and two tile widths
     VARIANTS = [("fp8", "bf16", 16), ("fp8", "bf16", 32), ("bf16", "bf16", 16), ("fp8@hm", "bf16", 16),
-                ("bf16@hm", "bf16", 32)]
+                ("bf16@hm", "bf16", 32), ("fp8", "bf16", -16)]
 
 
 def make_layer(b: int, ctx: int, hq: int, hkv: int, d: int, gen: torch.Generator) -> dict:
@@ -138,6 +142,11 @@ def probe(query: str, cache: str = "fp8") -> Iterator[None]:
 
 
 def run(layers: list[tuple], block_n: int) -> list[torch.Tensor]:
+    """Each layer's attention: the unified kernel with ``block_n``-key tiles, or (``block_n`` < 0) the decode kernel
+    with one split and ``-block_n``-key tiles."""
+    if block_n < 0:
+        return [tk.split_kv_decode(q, k, v, qsl, lens, bt, q.shape[-1] ** -0.5, 1, num_real_tokens=q.shape[0],
+                                   block_n=-block_n) for q, k, v, qsl, lens, bt in layers]
     return [tk.unified_attention(q, k, v, qsl, lens, bt, 1, q.shape[-1] ** -0.5, num_real_tokens=q.shape[0],
                                  block_n=block_n) for q, k, v, qsl, lens, bt in layers]
 
@@ -181,7 +190,8 @@ def main() -> None:
             err = ((out - ref).norm() / ref.norm()).item()
             nbytes = b * ctx * hkv * d * 2 * DTYPES[cache.partition("@")[0]].itemsize
             floor_us = nbytes / (bw * 1e3)
-            cells.append(f"{cache}/{query}/{block_n}: {t:7.1f} us ({t / floor_us:4.2f}x floor {floor_us:.1f}; "
+            kernel = f"decode1/{-block_n}" if block_n < 0 else str(block_n)
+            cells.append(f"{cache}/{query}/{kernel}: {t:7.1f} us ({t / floor_us:4.2f}x floor {floor_us:.1f}; "
                          f"err vs fp8/bf16 {err:.1e})" + "".join(f"; new compile: {c}" for c in sorted(new)))
         print(f"batch {b}, {ctx} keys:\n  " + "\n  ".join(cells), flush=True)
 
