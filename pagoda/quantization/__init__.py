@@ -64,6 +64,9 @@ def resolve_quantization(hf_config: dict[str, Any], requested: str | None,
         )
     name = found or requested
     assert name is not None
+    if found is not None and found not in _METHODS:
+        raise ValueError(f"config.json's quantization_config.quant_method {found!r} is not supported by pagoda "
+                         f"(supported: {', '.join(QUANTIZATION_METHODS)}).")
     cls = get_quantization_config_class(name)
     if found is None and cls.checkpoint_only and load_format not in (None, "dummy"):
         raise ValueError(f"--quantization {name} needs a checkpoint quantized with {name} (config.json has no "

@@ -13,7 +13,10 @@ from field ``AWQ_REVERSE_ORDER[c]`` (the inverse permutation, ``[0, 4, 1, 5, 2, 
 ``W[n, k] = scales[g, n] * (q[k, n] - z[g, n])`` with ``g = k // group_size`` (zeros stored as is).
 ``zero_point`` is accepted either way: the GEMM layout always stores ``qzeros`` (GPTQModel writes
 ``zero_point: false`` with zeros of 8) and, as in vLLM and the library's ``dequantize_gemm``, they are
-used as stored.
+used as stored. Refused at start-up, naming the key: a layout other than ``gemm`` in any of ``version`` /
+``format`` / ``checkpoint_format`` (GPTQModel's ``gemv`` / ``gemv_fast`` / ``llm-awq`` checkpoints carry it in all
+three), transformers' ``backend: llm-awq`` packing, ``desc_act`` true, and the keys
+:func:`~pagoda.quantization.packing.refuse_unhonoured_keys` names (``rotation``, ``activation``, ``dynamic``, ...).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.packing import (
     PACK_BITS,
     checkpoint_param,
+    fused_layer_quantized,
     group_count,
     install_int_weight,
     int_weight_of,
     pack_int32,
     param,
+    refuse_unhonoured_keys,
     unpack_int32,
 )
 
@@ -43,6 +48,8 @@ AWQ_REVERSE_ORDER = tuple(AWQ_ORDER.index(c) for c in range(8))
 """Column ``c`` of a word's 8 lives in field ``AWQ_REVERSE_ORDER[c]``."""
 
 BITS = 4
+LAYOUT_KEYS = ("version", "format", "checkpoint_format")
+"""Where AWQ writers name the layout: AutoAWQ / transformers ``version``; GPTQModel all three (the same value)."""
 _CHECKPOINT_PARAMS = ("qweight", "qzeros", "scales")
 
 
@@ -80,10 +87,19 @@ class AWQConfig(QuantizationConfig):
         bits = qcfg.get("bits", qcfg.get("w_bit"))
         if type(bits) is not int or bits != BITS:
             raise ValueError(f"AWQ quantization_config.bits={bits!r} is not supported; pagoda runs 4-bit AWQ.")
-        version = str(qcfg.get("version", "gemm")).lower()
-        if version != "gemm":
-            raise ValueError(f"AWQ quantization_config.version={version!r} is not supported; pagoda reads the "
-                             "'gemm' layout.")
+        for key in LAYOUT_KEYS:
+            layout = str(qcfg.get(key) or "gemm").lower()
+            if layout != "gemm":
+                raise ValueError(f"AWQ quantization_config.{key}={layout!r} is not supported; pagoda reads the "
+                                 "'gemm' layout.")
+        backend = str(qcfg.get("backend") or "autoawq").lower()
+        if backend != "autoawq":
+            raise ValueError(f"AWQ quantization_config.backend={backend!r} (its packing) is not supported; pagoda "
+                             "reads AutoAWQ's.")
+        if qcfg.get("desc_act", False) is not False:
+            raise ValueError(f"AWQ quantization_config.desc_act={qcfg['desc_act']!r} (act-order) is not supported; "
+                             "pagoda runs AWQ with desc_act false.")
+        refuse_unhonoured_keys(qcfg, "AWQ")
         if not isinstance(qcfg.get("zero_point", True), bool):
             raise ValueError(f"AWQ quantization_config.zero_point must be true or false, got {qcfg['zero_point']!r}")
         group_size = qcfg.get("group_size", qcfg.get("q_group_size", 128))
@@ -100,16 +116,9 @@ class AWQConfig(QuantizationConfig):
     def get_linear_method(self, prefix: str, shard_names: tuple[str, ...] = ()) -> LinearMethod | None:
         """``None`` for the LM head and for modules in ``modules_to_not_convert`` (matched as substrings of the
         checkpoint module names, as vLLM does); a fused layer whose shards disagree is an error."""
-        if prefix == "lm_head":
+        if prefix == "lm_head" or not fused_layer_quantized(prefix, shard_names, lambda n: not self._skipped(n),
+                                                             "AWQ modules_to_not_convert"):
             return None
-        parent = prefix.rpartition(".")[0]
-        names = [f"{parent}.{s}" if parent else s for s in shard_names] or [prefix]
-        skipped = [self._skipped(n) for n in names]
-        if all(skipped):
-            return None
-        if any(skipped):
-            raise ValueError(f"AWQ modules_to_not_convert covers only some of {names}, which pagoda fuses into "
-                             f"{prefix}; it needs all or none of them quantized.")
         return AWQLinearMethod(self, prefix)
 
     def weight_only_int(self) -> bool:

@@ -41,7 +41,16 @@ from pagoda.quantization.w8a8 import (
 )
 
 _KNOWN_KEYS = {"quant_method", "activation_scheme", "weight_block_size", "ignored_layers",
-               "modules_to_not_convert", "fmt", "is_checkpoint_fp8_serialized"}
+               "modules_to_not_convert", "fmt", "is_checkpoint_fp8_serialized", *(
+                   "dequantize", "scale_fmt", "expert_dtype", "modules_to_convert")}
+_HONOURED_VALUES: dict[str, tuple[Any, ...]] = {
+    "dequantize": (False,), "scale_fmt": ("float", "ue8m0"), "expert_dtype": ("fp8",),
+    "modules_to_convert": (None, []),
+}
+"""transformers' ``FineGrainedFP8Config`` keys (its ``save_pretrained`` writes them all) and the values pagoda runs:
+``ue8m0`` weight scales (powers of two, as float32 or ``float8_e8m0fnu``) load exactly; the block method does
+not quantize activations, so the ``ue8m0`` activation-scale rounding does not apply. ``dequantize: true`` (a
+loading option), FP4 experts and extra converted modules (embeddings) are refused."""
 
 
 def tensor(layer: nn.Module, name: str) -> Any:
@@ -172,11 +181,17 @@ class Fp8BlockLinearMethod(LinearMethod):
     """Block-wise FP8 (``weight_block_size [bn, bk]``, ``weight_scale_inv [ceil(out/bn), ceil(in/bk)]``), W8A16:
     small CUDA batches run the FP8 GEMV with the block scales; otherwise the weight is dequantized per call."""
 
-    def __init__(self, block: tuple[int, int]) -> None:
+    def __init__(self, block: tuple[int, int], prefix: str = "") -> None:
         self.block = block
+        self.prefix = prefix
 
     def create_weights(self, layer: Linear, in_features: int, out_features: int, bias: bool) -> None:
         bn, bk = self.block
+        sizes = list(layer.output_sizes)
+        if len(sizes) > 1 and any(n % bn for n in sizes):  # each shard's scale rows must start a block row
+            raise ValueError(f"{self.prefix}: fp8 weight_block_size {list(self.block)} needs the output sizes of the "
+                             f"modules fused into this layer, {sizes}, to be multiples of block_n {bn} (as vLLM "
+                             f"does); this checkpoint's blocks do not line up with pagoda's fused layer.")
         weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE), requires_grad=False)
         set_weight_attrs(weight, output_dim=0, input_dim=1)
         layer.register_parameter("weight", weight)
@@ -229,6 +244,10 @@ class Fp8Config(QuantizationConfig):
         if scheme not in ("dynamic", "static"):
             raise ValueError(f"fp8 quantization_config activation_scheme {scheme!r} is not supported "
                              f"(dynamic, static)")
+        for key, allowed in _HONOURED_VALUES.items():
+            if key in qcfg and qcfg[key] not in allowed:
+                raise ValueError(f"fp8 quantization_config {key}={qcfg[key]!r} is not supported by pagoda (it runs "
+                                 f"{' or '.join(repr(v) for v in allowed)})")
         if str(qcfg.get("fmt", "e4m3")) != "e4m3":
             raise ValueError(f"fp8 quantization_config fmt {qcfg['fmt']!r} is not supported (e4m3)")
         block = qcfg.get("weight_block_size")
@@ -260,7 +279,7 @@ class Fp8Config(QuantizationConfig):
         if prefix == "lm_head" or self._is_ignored(unfused_names(prefix, shard_names)):
             return None
         if self.block is not None:
-            return Fp8BlockLinearMethod(self.block)
+            return Fp8BlockLinearMethod(self.block, prefix)
         return Fp8LinearMethod("static" if self.activation_scheme == "static" else "token", self.serialized)
 
     def describe(self) -> str:

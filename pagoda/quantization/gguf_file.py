@@ -108,7 +108,8 @@ def _raw(head: GGUFHeader, t: TensorInfo) -> RawTensor:
     path = head.path
     if type_name not in FORMATS and type_name not in DENSE_TYPES:
         raise ValueError(f"GGUF tensor {t.name!r} in {path} has type {type_name}, which pagoda does not support "
-                         f"(supported: {', '.join([*FORMATS, *DENSE_TYPES])})")
+                         f"quantized (supported: {', '.join([*FORMATS, *DENSE_TYPES])}); --load-format safetensors "
+                         f"runs the file's dequantized conversion instead (float weights: more memory).")
     data = head.data(t)
     if type_name in FORMATS:
         fmt = FORMATS[type_name]

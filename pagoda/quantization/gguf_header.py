@@ -10,8 +10,9 @@ Format (GGUF v2/v3, little-endian): magic ``GGUF``, version u32, tensor count u6
 metadata entry a string key, a u32 value type and the value (an array: item type u32, count u64, items); each
 tensor a string name, u32 dims, u64 sizes (innermost first), u32 ggml type, u64 offset from the data start,
 which is the end of the header rounded up to ``general.alignment`` (default 32). A truncated or corrupt header
-is a ``ValueError`` naming the file (and the tensor, for a type id gguf does not know or rows that are not whole
-blocks of their type); a big-endian file is refused by name (its dense tensors would need swapping).
+is a ``ValueError`` naming the file (and the tensor, for a type id gguf does not know, rows that are not whole
+blocks of their type, data past the end of the file, an offset off the alignment or tensors that overlap); a
+big-endian file is refused by name (its dense tensors would need swapping).
 """
 
 from __future__ import annotations
@@ -118,8 +119,6 @@ class _Cursor:
 
 def read_gguf_header(path: Path, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
     """Metadata and tensor table of ``path`` (module docstring); ``keep_arrays``: array keys to decode."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     path = Path(path)
     keep = set(keep_arrays)
     try:
@@ -153,22 +152,38 @@ def read_gguf_header(path: Path, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
     if type(align) is not int or align < 1:
         raise ValueError(f"GGUF file {path}: general.alignment is {align!r}, not a positive integer (corrupt?)")
     start = (cur.pos + align - 1) // align * align
-    for name, dims, type_id, offset in infos:
-        try:
-            qtype = GGMLQuantizationType(type_id)
-        except ValueError:  # gguf's reader (and transformers' conversion) would fail on it without naming it
-            raise ValueError(f"GGUF file {path}: tensor {name!r} has ggml type id {type_id}, which is not a GGUF "
-                             f"type (corrupt file, or a type newer than the installed gguf package)") from None
-        try:
-            block, type_size = GGML_QUANT_SIZES[qtype]
-        except KeyError:
-            block, type_size = 1, 0  # a type without a size: iter_gguf_tensors names it
-        if dims and dims[0] % block:
-            raise ValueError(f"GGUF file {path}: tensor {name!r} has rows of {dims[0]} values, not whole "
-                             f"{qtype.name} blocks of {block} (corrupt file?)")
-        n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-        nbytes = n // block * type_size
-        if start + offset + nbytes > len(mm):
-            raise ValueError(f"GGUF file {path}: tensor {name!r} lies past the end of the file (truncated or corrupt?)")
-        head.tensors.append(TensorInfo(name, dims, type_id, start + offset, nbytes))
+    head.tensors = [_tensor_info(path, info, start, align, len(mm)) for info in infos]
+    by_offset = sorted(head.tensors, key=lambda t: t.offset)
+    for a, b in zip(by_offset, by_offset[1:], strict=False):
+        if b.offset < a.offset + a.nbytes:  # llama.cpp lays them out one after another
+            raise ValueError(f"GGUF file {path}: tensors {a.name!r} and {b.name!r} overlap (corrupt file?)")
     return head
+
+
+def _tensor_info(path: Path, info: tuple[str, tuple[int, ...], int, int], start: int, align: int,
+                 file_size: int) -> TensorInfo:
+    """One entry of the tensor table, its data at ``start + offset``; ``ValueError`` naming the tensor for a type
+    id gguf does not know, rows that are not whole blocks, data past the end or off the alignment."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    name, dims, type_id, offset = info
+    try:
+        qtype = GGMLQuantizationType(type_id)
+    except ValueError:  # gguf's reader (and transformers' conversion) would fail on it without naming it
+        raise ValueError(f"GGUF file {path}: tensor {name!r} has ggml type id {type_id}, which is not a GGUF "
+                         f"type (corrupt file, or a type newer than the installed gguf package)") from None
+    try:
+        block, type_size = GGML_QUANT_SIZES[qtype]
+    except KeyError:
+        block, type_size = 1, 0  # a type without a size: iter_gguf_tensors names it
+    if dims and dims[0] % block:
+        raise ValueError(f"GGUF file {path}: tensor {name!r} has rows of {dims[0]} values, not whole "
+                         f"{qtype.name} blocks of {block} (corrupt file?)")
+    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    nbytes = n // block * type_size
+    if start + offset + nbytes > file_size:
+        raise ValueError(f"GGUF file {path}: tensor {name!r} lies past the end of the file (truncated or corrupt?)")
+    if offset % align:
+        raise ValueError(f"GGUF file {path}: tensor {name!r} starts at data offset {offset}, not a multiple of "
+                         f"general.alignment {align} (corrupt file?)")
+    return TensorInfo(name, dims, type_id, start + offset, nbytes)

@@ -29,11 +29,13 @@ from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
 from pagoda.quantization.packing import (
     PACK_BITS,
     checkpoint_param,
+    fused_layer_quantized,
     group_count,
     install_int_weight,
     int_weight_of,
     pack_int32,
     param,
+    refuse_unhonoured_keys,
     unpack_int32,
 )
 
@@ -62,6 +64,9 @@ class GPTQConfig(QuantizationConfig):
     sym: bool
     checkpoint_format: str = "gptq"
     from_defaults: bool = False
+    quantized_modules: tuple[str, ...] = ()
+    """``modules_in_block_to_quantize``, flattened: a linear is GPTQ when one of them is a substring of its
+    checkpoint name (as vLLM matches them), else it loads dense; empty: every linear but the LM head."""
 
     name: ClassVar[str] = "gptq"
     checkpoint_only: ClassVar[bool] = True
@@ -76,22 +81,19 @@ class GPTQConfig(QuantizationConfig):
         group_size = qcfg.get("group_size", 128)
         if type(group_size) is not int or not (group_size == -1 or group_size > 0):
             raise ValueError(f"GPTQ quantization_config.group_size={group_size!r} must be -1 or a positive integer.")
-        fmt = str(qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq").lower()
+        fmt = str(qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq").lower()  # as transformers reads it
         if fmt not in FORMATS:
             raise ValueError(f"GPTQ quantization_config.checkpoint_format={fmt!r} is not supported; pagoda reads "
                              f"{', '.join(FORMATS)}.")
-        if qcfg.get("dynamic"):
-            raise ValueError("GPTQ quantization_config.dynamic (per-module overrides) is not supported by pagoda.")
-        if _flag(qcfg, "lm_head", False):
-            raise ValueError("GPTQ quantization_config.lm_head=true (a quantized LM head) is not supported by pagoda.")
-        pack_dtype = str(qcfg.get("pack_dtype", "int32")).removeprefix("torch.")
-        if pack_dtype != "int32":
-            raise ValueError(f"GPTQ quantization_config.pack_dtype={pack_dtype!r} is not supported; pagoda reads "
-                             "int32.")
-        return cls(bits, group_size, _flag(qcfg, "desc_act", False), _flag(qcfg, "sym", True), fmt)
+        refuse_unhonoured_keys(qcfg, "GPTQ")
+        return cls(bits, group_size, _flag(qcfg, "desc_act", False), _flag(qcfg, "sym", True), fmt,
+                   quantized_modules=_module_names(qcfg.get("modules_in_block_to_quantize")))
 
     def get_linear_method(self, prefix: str, shard_names: tuple[str, ...] = ()) -> LinearMethod | None:
-        if prefix == "lm_head":
+        """``None`` for the LM head and for layers ``quantized_modules`` leaves out (fused shards must agree)."""
+        if prefix == "lm_head" or (self.quantized_modules and not fused_layer_quantized(
+                prefix, shard_names, lambda n: any(m in n for m in self.quantized_modules),
+                "GPTQ modules_in_block_to_quantize")):
             return None
         return GPTQLinearMethod(self, prefix)
 
@@ -102,7 +104,21 @@ class GPTQConfig(QuantizationConfig):
         group = "whole input" if self.group_size == -1 else f"group {self.group_size}"
         text = (f"gptq ({self.bits}-bit, {group}, {'sym' if self.sym else 'asym'}, "
                 f"desc_act {'on' if self.desc_act else 'off'}, {self.checkpoint_format})")
+        if self.quantized_modules:
+            text += f", modules matching {list(self.quantized_modules)}"
         return text + (" with defaults (no quantization_config)" if self.from_defaults else "")
+
+
+def _module_names(v: Any) -> tuple[str, ...]:
+    """``modules_in_block_to_quantize`` (transformers: lists of module names, one list per sequential step; a flat
+    list is read too) as one tuple; ``None`` / empty: every module."""
+    if v is None:
+        return ()
+    flat = [n for x in v for n in (x if isinstance(x, list) else [x])] if isinstance(v, list) else None
+    if flat is None or not all(isinstance(n, str) and n for n in flat):
+        raise ValueError(f"GPTQ quantization_config.modules_in_block_to_quantize must be lists of module names, got "
+                         f"{v!r}")
+    return tuple(flat)
 
 
 def _v1_word_offset(bits: int) -> int:
@@ -157,8 +173,13 @@ class GPTQLinearMethod(LinearMethod):
                                                   **group_dim))
         # A rank whose groups split with its input reads global group numbers: tp_slice shifts them by its first.
         shift = {"group_shift": groups} if group_dim and full_in != in_features else {}
-        layer.register_parameter("g_idx", checkpoint_param((in_features,), torch.int32, input_dim=0, output_dim=None,
-                                                           **shift))
+        # Without act-order a checkpoint may lack g_idx (older GPTQ-for-LLaMa writers; transformers and vLLM load
+        # it): it then keeps this trivial one. With act-order it is required.
+        g_idx = checkpoint_param((in_features,), torch.int32, input_dim=0, output_dim=None, required=c.desc_act,
+                                 **shift)
+        g_idx.copy_(torch.arange(in_features, dtype=torch.int32) // (in_features if c.group_size == -1
+                                                                      else c.group_size))
+        layer.register_parameter("g_idx", g_idx)
         if bias:
             layer.register_parameter("bias", checkpoint_param((out_features,), torch.get_default_dtype(), output_dim=0))
         else:

@@ -1,4 +1,5 @@
-"""Bit-packing shared by the GPTQ and AWQ readers, and the step that installs their canonical weight.
+"""Bit-packing shared by the GPTQ and AWQ readers, the step that installs their canonical weight, and the
+``quantization_config`` keys both refuse (:func:`refuse_unhonoured_keys`).
 
 Both formats pack ``32 // bits`` codes per int32 word, the first code in the lowest bits; they
 differ in which dimension is packed (GPTQ ``qweight``: the input dim; ``qzeros`` and every AWQ
@@ -7,16 +8,56 @@ tensor: the output dim) and AWQ interleaves the 8 codes of a word (see ``awq.py`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from pagoda.layers.linear import Linear, set_weight_attrs
+from pagoda.quantization.fp8 import unfused_names
 from pagoda.quantization.int_weight import IntWeight
 
 PACK_BITS = 32
 """Bits of one packed word (int32, the only ``pack_dtype`` pagoda reads)."""
+
+
+def refuse_unhonoured_keys(qcfg: dict[str, Any], method: str) -> None:
+    """Raise ``ValueError`` naming the key for a GPTQ / AWQ ``quantization_config`` setting that changes the math
+    and that pagoda does not run: GPTQModel's per-module ``dynamic`` overrides, a quantized ``lm_head``, a
+    ``pack_dtype`` other than int32, a ``rotation`` (QuaRot / SpinQuant: an online Hadamard transform of
+    ``down_proj``'s input at inference) and a W4A ``activation`` stream (FP8 / NVFP4 activations). GPTQModel
+    writes every one of these keys for both methods (``null`` / false / int32 when unused)."""
+    if qcfg.get("dynamic"):
+        raise ValueError(f"{method} quantization_config.dynamic (per-module overrides) is not supported by pagoda.")
+    lm_head = qcfg.get("lm_head", False)
+    if not isinstance(lm_head, bool):
+        raise ValueError(f"{method} quantization_config.lm_head must be true or false, got {lm_head!r}")
+    if lm_head:
+        raise ValueError(f"{method} quantization_config.lm_head=true (a quantized LM head) is not supported by "
+                         "pagoda.")
+    pack_dtype = str(qcfg.get("pack_dtype", "int32")).removeprefix("torch.")
+    if pack_dtype != "int32":
+        raise ValueError(f"{method} quantization_config.pack_dtype={pack_dtype!r} is not supported; pagoda reads "
+                         "int32.")
+    for key, what in (("rotation", "an online Hadamard rotation of the activations"),
+                      ("activation", "quantized activations (W4A)")):
+        if qcfg.get(key) not in (None, False, "", {}):
+            raise ValueError(f"{method} quantization_config.{key}={qcfg[key]!r} ({what}) is not supported by pagoda; "
+                             f"it runs {method} weights with unquantized, unrotated activations only.")
+
+
+def fused_layer_quantized(prefix: str, shard_names: tuple[str, ...], quantized: Callable[[str], bool],
+                          rule: str) -> bool:
+    """Whether the layer at ``prefix`` is quantized, by ``quantized`` of each checkpoint module fused into it
+    (``shard_names``; the layer itself when none). The modules of one fused layer must agree: a ``ValueError``
+    naming ``rule`` (the config key that decides) otherwise."""
+    names = unfused_names(prefix, shard_names)
+    flags = [quantized(n) for n in names]
+    if any(flags) and not all(flags):
+        raise ValueError(f"{rule} covers only some of {names}, which pagoda fuses into {prefix}; it needs all or "
+                         f"none of them quantized.")
+    return all(flags)
 
 
 def unpack_int32(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
