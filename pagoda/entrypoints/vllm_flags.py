@@ -118,6 +118,11 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # ObservabilityConfig
     _u("--otlp-traces-endpoint --collect-detailed-traces", "OpenTelemetry tracing is not supported"),
     _u("--show-hidden-metrics-for-version", "no metrics are hidden"),
+    _u("--kv-cache-metrics --cudagraph-metrics --enable-mfu-metrics --enable-logging-iteration-details "
+       "--enable-layerwise-nvtx-tracing", "this metric / trace is not collected (/metrics lists what is)",
+       value=False),
+    _u("--kv-cache-metrics-sample", "KV-cache residency metrics are not collected"),
+    _u("--enable-mm-processor-stats", _MM, value=False),
     # SchedulerConfig
     _u("--max-num-partial-prefills --max-long-partial-prefills",
        "the partial prefills of a step are not counted or capped (--long-prefill-token-threshold caps the tokens of "
