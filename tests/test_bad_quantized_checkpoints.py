@@ -312,5 +312,5 @@ def test_serve_exits_with_one_line_naming_the_tensor(ckpts, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and f"'{DOWN}.scales' holds NaN or infinite values" in last, last
+    assert last.startswith("error: ") and f"'{DOWN}.scales' holds NaN or infinite values" in last, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

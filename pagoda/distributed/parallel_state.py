@@ -100,10 +100,25 @@ def init_world(rank: int, world_size: int, device: torch.device, *, init_method:
     (default: ``cuda:rank``; a Ray actor sees its one GPU as ``cuda:0``)."""
     if device.type == "cuda":
         torch.cuda.set_device(torch.device("cuda", rank if device_index is None else device_index))
+    restart_group_names()
     timeout = datetime.timedelta(seconds=envs.dist_timeout_s())
     dist.init_process_group(backend_for(device), init_method=init_method, store=store, rank=rank,
                             world_size=world_size, timeout=timeout)
     logger.debug("rank %d/%d joined the %s group", rank, world_size, backend_for(device))
+
+
+def restart_group_names() -> None:
+    """Name this process's next WORLD group as a fresh interpreter's (the workers') is named.
+
+    torch names WORLD after a process-wide counter that each ``init_process_group`` raises and only a
+    ``destroy_process_group`` of WORLD resets. A rendezvous that never completed (a rank died before joining: the
+    engine failed at start-up) leaves it raised, so the next engine in this process would rendezvous under another
+    name than its new workers and every rank would wait for the others' keys until ``PAGODA_DIST_TIMEOUT_S``.
+    Invariant kept: with no group in this process, the counter is 0, as after a clean destroy."""
+    if not dist.is_initialized():
+        from torch.distributed import distributed_c10d
+
+        distributed_c10d._world.group_count = 0
 
 
 def make_tp_group(rank: int, tp_size: int, pp_size: int) -> TPGroup:

@@ -121,6 +121,7 @@ class CoreEngines:
         self._azctx: Any = None
         self._dec = output_decoder()
         self._stopped = False
+        self._discarded: Any = None  # a prelaunched core told to exit (a replica needs its own environment)
 
     def name(self, index: int) -> str:
         """How messages name replica ``index`` (unchanged wording without data parallelism)."""
@@ -146,6 +147,7 @@ class CoreEngines:
         early = prelaunched if prelaunched is not None and self.size == 1 and not envs[0] else None
         if prelaunched is not None and early is None:
             prelaunched.discard()
+            self._discarded = prelaunched.proc
         if early is not None:
             self._ipc_dir = early.ipc_dir
         else:
@@ -221,22 +223,33 @@ class CoreEngines:
                 t.cancel()
         for e, r in zip(self.engines, readies, strict=True):
             e.ready = r
+        self._reap_discarded()
         return list(readies)
+
+    def _reap_discarded(self) -> None:
+        """Reap the discarded prelaunched core (it exits as soon as it reads that it is not needed, long before the
+        replicas are ready): no ``<defunct>`` child stays for the server's lifetime. Never blocks."""
+        if self._discarded is not None and not self._discarded.is_alive():  # is_alive() reaps an exited child
+            self._discarded = None
 
     async def _wait_one(self, e: CoreEngine) -> Ready:
         import zmq
 
+        dead = False
         while True:
-            if await e.out_sock.poll(500, zmq.POLLIN):
+            if await e.out_sock.poll(500 if not dead else 1000, zmq.POLLIN):
                 msg = self._dec.decode(await e.out_sock.recv())
                 if isinstance(msg, Ready):
                     return msg
                 if isinstance(msg, CoreFailed):
                     raise RuntimeError(f"{self.name(e.index)} failed to start: {msg.message}")
                 continue
-            if not e.proc.is_alive():
+            if dead:
                 raise RuntimeError(f"{self.name(e.index)} exited with code {e.proc.exitcode} while starting; see the "
                                    f"log above")
+            # A core that failed sends CoreFailed (its reason) and exits: the exit may be seen before the message
+            # is read, so look once more before reporting only the exit code.
+            dead = not e.proc.is_alive()
 
     def first_dead(self) -> CoreEngine | None:
         """A replica whose process has exited, if any."""

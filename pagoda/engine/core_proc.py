@@ -293,6 +293,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         failed = enc.encode(CoreFailed(f"{type(e).__name__}: {e}"))
         for sock in out_socks:
             with contextlib.suppress(Exception):
+                # A prelaunched core can fail before its front end has bound the output socket (``serve`` still
+                # importing): wait for it to take the reason, else the front end sees only an exit code.
+                sock.setsockopt(zmq.LINGER, STARTUP_FAILURE_LINGER_MS if not serving else 2000)
                 sock.send(failed, flags=zmq.NOBLOCK)
         _close(in_sock, out_socks, ctx)
         sys.exit(1)
@@ -303,6 +306,10 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+STARTUP_FAILURE_LINGER_MS = 30_000
+"""How long a core that failed while starting waits for its front end to read why (``CoreFailed``) before exiting."""
 
 
 def _close(in_sock: Any, out_socks: list[Any], ctx: Any) -> None:
