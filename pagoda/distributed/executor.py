@@ -76,6 +76,7 @@ class Executor:
         self.ready: dict[int, int] = {}  # rank -> its KV-block count (WorkerReady)
         self.tp: TPGroup | None = None
         self.pp: Any = None  # PPStage under pipeline parallelism
+        self.out_of_step: str | None = None  # why the ranks are out of step (abandon_step); None: in step
 
     def who(self, rank: int) -> str:
         if self.pp_size == 1:
@@ -124,8 +125,18 @@ class Executor:
     def _send(self, raw: bytes) -> None:
         raise NotImplementedError
 
+    def abandon_step(self, why: str) -> None:
+        """The engine core left a step it had sent (an exception it does not turn into :class:`WorkerDied`, such as
+        a ``KeyboardInterrupt``): the workers are still in that step's collectives or transfers, so a next step
+        would pair its tensors with theirs (wrong numbers, a hang until the timeout, or gloo aborting the process).
+        Every later :meth:`check_alive` (each step's first call) raises instead."""
+        self.out_of_step = why
+
     def check_alive(self) -> None:
-        """Raise :class:`WorkerDied` when a worker has exited or reported a failure."""
+        """Raise :class:`WorkerDied` when a worker has exited or reported a failure, or a step was abandoned."""
+        if self.out_of_step is not None:
+            raise WorkerDied(f"the ranks are out of step: {self.out_of_step}; the engine cannot continue: shut it "
+                             f"down and build a new one.")
         dead = self._dead()
         self._poll()
         if not dead and not self.errors:

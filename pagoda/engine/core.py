@@ -73,6 +73,17 @@ def release_device_memory(device) -> None:
 
 class EngineCore:
     def __init__(self, cfg: EngineConfig) -> None:
+        """A core that fails to build shuts its runner down (its distributed ranks with it: the failure's
+        traceback may keep the half-built core alive, and one process holds one distributed engine)."""
+        try:
+            self._build(cfg)
+        except BaseException:
+            runner = getattr(self, "runner", None)
+            if runner is not None:
+                runner.shutdown()
+            raise
+
+    def _build(self, cfg: EngineConfig) -> None:
         t0 = time.perf_counter()
         self.cfg = cfg
         if envs.log_jit_compiles():

@@ -161,7 +161,18 @@ class PendingSample:
 class ModelRunner:
     def __init__(self, cfg: EngineConfig, tp: TPGroup | None = None, pp: PPStage | None = None) -> None:
         """``tp`` (and ``pp``): given, this runner is a worker rank (pagoda.distributed.worker); otherwise, with
-        more than one rank (tensor x pipeline), it is the engine core's rank and starts the others."""
+        more than one rank (tensor x pipeline), it is the engine core's rank and starts the others. A runner that
+        fails to build stops the ranks it started (the failure's traceback may keep it alive, and one process holds
+        one distributed engine)."""
+        try:
+            self._build(cfg, tp, pp)
+        except BaseException:
+            executor = getattr(self, "executor", None)
+            if executor is not None:
+                executor.shutdown()
+            raise
+
+    def _build(self, cfg: EngineConfig, tp: TPGroup | None, pp: PPStage | None) -> None:
         self.cfg = cfg
         self.device = cfg.device
         self.executor: Executor | None = None
@@ -589,6 +600,9 @@ class ModelRunner:
             self.executor.explain(e)
             raise EngineFatalError(f"a distributed step failed on the engine core's rank, the ranks are out of step: "
                                    f"{type(e).__name__}: {e}") from e
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: passed on; the workers are mid-step
+            self.executor.abandon_step(f"a step was interrupted ({type(e).__name__}) after the workers got it")
+            raise
 
     def _shares_sampled(self, inputs: StepInputs) -> bool:
         """Tensor parallelism with async scheduling: this step's sampled tokens go to the workers."""
