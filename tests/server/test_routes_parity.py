@@ -211,7 +211,7 @@ def test_responses_stream(server):
 @pytest.mark.parametrize("field,value", [
     ("tools", [{"type": "web_search"}]), ("previous_response_id", "resp_x"),
     ("store", True), ("reasoning", {"effort": "low"}), ("background", True), ("truncation", "auto"),
-    ("include", ["message.output_text.logprobs"]), ("text", {"format": {"type": "yaml"}}),
+    ("include", ["reasoning.encrypted_content"]), ("text", {"format": {"type": "yaml"}}),
     ("top_logprobs", 2), ("no_such_field", 1),
 ])
 def test_responses_refuses_what_it_does_not_implement(server, field, value):

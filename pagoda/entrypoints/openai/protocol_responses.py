@@ -8,9 +8,11 @@ What is honoured: ``model``, ``input`` (a string, or a list of messages whose co
 (echoed back), function ``tools`` with ``tool_choice`` and ``parallel_tool_calls``
 (:mod:`pagoda.entrypoints.openai.responses_tools`), and vLLM's extra fields of this route (``seed``,
 ``top_k``, ``stop``, ``repetition_penalty``, ``ignore_eos``, ``skip_special_tokens``,
-``include_stop_str_in_output``, ``logit_bias``, ``priority``, ``cache_salt``), as chat honours them. Every
-other field OpenAI defines is accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other
-value, and any field OpenAI does not define, is a 400 naming it (:func:`unsupported_fields`).
+``include_stop_str_in_output``, ``logit_bias``, ``priority``, ``cache_salt``), as chat honours them, and
+``include: ["message.output_text.logprobs"]`` with ``top_logprobs`` (:func:`wants_logprobs`). OpenAI's platform
+hints (:data:`IGNORED_HINTS`) are accepted and logged as ignored, as on chat. Every other field OpenAI defines is
+accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other value, and any field OpenAI does
+not define, is a 400 naming it (:func:`unsupported_fields`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from pydantic_core import PydanticCustomError
 
 from pagoda.entrypoints.openai.protocol import SamplingFields
-from pagoda.entrypoints.openai.request_fields import default_verbosity
+from pagoda.entrypoints.openai.request_fields import IGNORED, default_verbosity
+from pagoda.errors import ValidationError
 
 # Fields of OpenAI's request that pagoda does not implement, with the values that mean "not used"
 # (the ones a client may send without asking for the feature). Anything else is refused.
@@ -31,16 +34,34 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
     "store": (None, False),  # nothing is stored: no retrieval by id
     "background": (None, False),
     "reasoning": (None,),
-    "include": (None, []),
     "truncation": (None, "disabled"),
-    "top_logprobs": (None, 0),
     "max_tool_calls": (None,),
     "prompt": (None,),
-    "service_tier": (None, "auto", "default"),
     "stream_options": (None, {}, {"include_obfuscation": False}),  # no obfuscation padding is sent
-    "prompt_cache_key": (None,),
-    "safety_identifier": (None,),
 }
+
+IGNORED_HINTS = ("service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+                 "prompt_cache_options")
+"""OpenAI's platform hints that a Responses request may carry: accepted and logged as ignored, as chat does
+(``request_fields.IGNORED`` says why each changes no output; ``check_ignored_values`` checks OpenAI's values)."""
+assert set(IGNORED_HINTS) <= set(IGNORED)
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+"""The one ``include`` value pagoda serves: each output text's token logprobs (``top_logprobs`` alternatives)."""
+
+
+def wants_logprobs(req: ResponsesRequest) -> bool:
+    """Whether the answer carries logprobs (``include`` names them, as vLLM reads it). Another ``include`` value, or
+    ``top_logprobs`` without the include (vLLM drops it), is a ``ValidationError`` (a 400) naming the field."""
+    other = sorted(str(x) for x in req.include or () if x != LOGPROBS_INCLUDE)
+    if other:
+        raise ValidationError(f"include {other} is not supported by pagoda's /v1/responses (only "
+                              f"{LOGPROBS_INCLUDE!r}: nothing is stored, there are no hosted tools).", "include")
+    want = LOGPROBS_INCLUDE in (req.include or ())
+    if req.top_logprobs and not want:
+        raise ValidationError(f"top_logprobs needs include: [{LOGPROBS_INCLUDE!r}] (without it no logprobs are "
+                              f"returned).", "top_logprobs")
+    return want
 
 
 class InputTextPart(BaseModel):
@@ -172,22 +193,20 @@ class ResponsesRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     priority: int | None = None
     cache_salt: str | None = None
+    # logprobs: include names LOGPROBS_INCLUDE, top_logprobs the alternatives per token (wants_logprobs)
+    include: list[Any] | None = None
+    top_logprobs: int | None = None
     # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
     previous_response_id: str | None = None
     conversation: Any = None
     store: bool | None = None
     background: bool | None = None
     reasoning: Any = None
-    include: list[Any] | None = None
     text: Any = None
     truncation: str | None = None
-    top_logprobs: int | None = None
     max_tool_calls: int | None = None
     prompt: Any = None
-    service_tier: str | None = None
     stream_options: Any = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
 
     @field_validator("cache_salt")
     @classmethod
@@ -202,9 +221,14 @@ class ResponsesRequest(BaseModel):
 
 def unsupported_fields(req: ResponsesRequest) -> list[str]:
     """Fields set to something pagoda does not do: unknown ones, then known ones off their neutral value."""
-    out = sorted(req.model_extra or ())
+    out = sorted(k for k in req.model_extra or () if k not in IGNORED_HINTS)
     out += [k for k, ok in NEUTRAL_VALUES.items() if getattr(req, k) not in ok]
     return out
+
+
+def ignored_hints(req: ResponsesRequest) -> dict[str, Any]:
+    """The platform hints the request sets (:data:`IGNORED_HINTS`; a null asks for nothing)."""
+    return {k: v for k, v in (req.model_extra or {}).items() if k in IGNORED_HINTS and v is not None}
 
 
 _TEXT_FORMAT_KEYS = {"text": {"type"}, "json_object": {"type"},
@@ -322,6 +346,7 @@ class ResponseObject(BaseModel):
     tools: list[Any] = Field(default_factory=list)
     top_p: float | None = None
     truncation: str = "disabled"
+    top_logprobs: int | None = None
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)

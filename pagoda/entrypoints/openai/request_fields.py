@@ -113,10 +113,29 @@ IGNORED: dict[str, str] = {
     "service_tier": "there is one tier",
     "safety_identifier": "an end-user id for the platform's abuse monitoring",
     "prompt_cache_key": "a routing hint for the platform's cache; pagoda's prefix cache needs none",
+    "prompt_cache_retention": "a lifetime for the platform's cache; pagoda's prefix cache keeps blocks while memory "
+                              "allows",
+    "prompt_cache_options": "breakpoints and lifetime for the platform's cache; pagoda's prefix cache needs none",
     "prediction": "predicted outputs only speed up generation, they do not change it",
     "media_io_kwargs": "no multimodal processor (image and audio content parts are refused)",
 }
 """Harmless extras: accepted, logged as ignored."""
+
+IGNORED_VALUES: dict[str, tuple[str, ...]] = {
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast"),
+    "prompt_cache_retention": ("in_memory", "24h"),
+}
+"""The values OpenAI documents for the ignored fields that have a fixed set (another value is a 400 there too)."""
+
+
+def check_ignored_values(extra: dict[str, Any]) -> None:
+    """Refuse an ignored field (:data:`IGNORED_VALUES`) set to a value OpenAI does not define (null passes)."""
+    for name, allowed in IGNORED_VALUES.items():
+        value = extra.get(name)
+        if value is not None and value not in allowed:
+            raise ValidationError(f"{name} must be one of {list(allowed)} (OpenAI's values; pagoda accepts and "
+                                  f"ignores it), got {value!r}.", name)
+
 
 BEAM_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "stop": (None, [], ""), "stop_token_ids": (None, []), "logit_bias": (None, {}), "min_tokens": (None, 0),
@@ -152,11 +171,13 @@ def _unknown(name: str, value: Any, req: Any, endpoint: str) -> bool:
 def check_request_fields(req: Any, endpoint: str) -> None:
     """Refuse a request that sets an unsupported or unknown field (or one beam search cannot honour, or one of beam
     search's own without it)."""
-    unknown = sorted(k for k, v in (getattr(req, "model_extra", None) or {}).items() if _unknown(k, v, req, endpoint))
+    extra = getattr(req, "model_extra", None) or {}
+    unknown = sorted(k for k, v in extra.items() if _unknown(k, v, req, endpoint))
     if unknown:
         raise ValidationError(f"Unrecognized request field(s) {unknown}: pagoda implements no such field on this "
                               f"endpoint (docs/serving.md lists the fields); remove it or check its spelling.",
                               unknown[0])
+    check_ignored_values(extra)
     for name, rule in UNSUPPORTED.items():
         if endpoint not in rule.endpoints:
             continue

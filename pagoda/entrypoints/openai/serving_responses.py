@@ -11,15 +11,19 @@ OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
 ``response.content_part.added``, ``response.output_text.delta``…, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, ``response.completed`` (as vLLM, also
 when the answer was cut at ``max_output_tokens``: ``status`` then says ``incomplete``); an error
-mid-stream is an ``error`` event and ends the stream. Nothing is stored.
+mid-stream is an ``error`` event and ends the stream. Nothing is stored. With ``include:
+["message.output_text.logprobs"]`` the output text carries chat's logprobs of its tokens (``top_logprobs``
+alternatives each), and each ``response.output_text.delta`` those of its tokens, which concatenate to the
+``response.output_text.done`` event's (OpenAI's event shape: no ``bytes``); not with tools or a reasoning parser.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +34,7 @@ from pagoda.engine.async_llm import RequestStream, final_output
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
+    LOGPROBS_INCLUDE,
     InputTokensDetails,
     OutputItem,
     OutputMessage,
@@ -37,9 +42,12 @@ from pagoda.entrypoints.openai.protocol_responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    ignored_hints,
     response_format,
     unsupported_fields,
+    wants_logprobs,
 )
+from pagoda.entrypoints.openai.request_fields import check_ignored_values
 from pagoda.entrypoints.openai.responses_tools import (
     ResponsesItemStream,
     Status,
@@ -65,12 +73,18 @@ from pagoda.entrypoints.openai.tool_calling import (
     plan_tools,
 )
 
+logger = logging.getLogger("pagoda.server")
+
+TokenLogprobs = Callable[[list[int], list[Any]], list[dict[str, Any]]]
+"""(token ids, their engine logprobs) -> the output text's logprobs entries (chat's, as dicts)."""
+
 VLLM_EXTRA_FIELDS = ("seed", "top_k", "stop", "repetition_penalty", "ignore_eos", "skip_special_tokens",
                      "include_stop_str_in_output", "logit_bias", "priority", "cache_salt")
 """vLLM's extra fields of a Responses request: passed to the chat request as they are (same names, same rules)."""
 
 # Chat's names for the fields a Responses request calls otherwise.
-FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input", "response_format": "text"}
+FIELD_NAMES = {"max_tokens": "max_output_tokens", "messages": "input", "prompt": "input", "response_format": "text",
+               "logprobs": "top_logprobs"}
 
 
 def event(kind: str, seq: int, **fields: Any) -> str:
@@ -84,6 +98,14 @@ def _status(finish_reason: str | None) -> Status:
 def _text_config(text: Any) -> Any:
     """The request's ``text`` as the response echoes it: ``format`` absent or null reads as plain text."""
     return {**text, "format": text.get("format") or {"type": "text"}} if isinstance(text, dict) else text
+
+
+def event_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output text logprobs as a text event carries them (OpenAI's event type: token, logprob, top_logprobs; no
+    ``bytes``)."""
+    return [{"token": t["token"], "logprob": t["logprob"],
+             "top_logprobs": [{"token": x["token"], "logprob": x["logprob"]} for x in t["top_logprobs"]]}
+            for t in entries]
 
 
 @contextmanager
@@ -118,7 +140,8 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     return ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
                                  top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user, tools=tools,
                                  tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
-                                 parallel_tool_calls=req.parallel_tool_calls, response_format=rf, **extras)
+                                 parallel_tool_calls=req.parallel_tool_calls, response_format=rf,
+                                 logprobs=wants_logprobs(req), top_logprobs=req.top_logprobs, **extras)
 
 
 class OpenAIServingResponses:
@@ -131,6 +154,10 @@ class OpenAIServingResponses:
             raise ServingError(400, f"{', '.join(bad)}: not supported by pagoda's /v1/responses (it does text, "
                                     f"function tools and reasoning; nothing is stored).", param=bad[0],
                               code="unsupported_field")
+        hints = ignored_hints(req)
+        check_ignored_values(hints)
+        if hints:  # chat's log line for its ignored fields
+            logger.warning("The following fields were present in the request but ignored: %s", sorted(hints))
 
     def base_response(self, req: ResponsesRequest, rid: str, model: str) -> ResponseObject:
         return ResponseObject(id=rid, created_at=self.chat.now(), status="in_progress", model=model,
@@ -140,6 +167,7 @@ class OpenAIServingResponses:
                               tool_choice=req.tool_choice if req.tool_choice is not None else
                               ("auto" if req.tools else "none"),
                               parallel_tool_calls=req.parallel_tool_calls is not False,
+                              top_logprobs=req.top_logprobs,
                               **({"text": _text_config(req.text)} if req.text is not None else {}))
 
     async def create_response(self, req: ResponsesRequest) -> Any:
@@ -154,8 +182,14 @@ class OpenAIServingResponses:
             cont = continues_final_message(req.input)
             text, ids = chat.render_prompt(creq.messages, not cont, cont, None, None, plan.tools, False)
             note_prompt(plan, ids, chat.reasoning_tags)
+            # tools or reasoning: output items from chat's parsers; else the text as one message
+            parser = output_parser(creq, chat.limits.tools, plan)
+            logprobs = chat._logprobs(creq)  # chat's checks and setting (-1: the whole vocabulary)
+            if logprobs is not None and parser is not None:
+                raise ServingError(400, f"include {LOGPROBS_INCLUDE!r} is not supported with tools or a reasoning "
+                                   f"parser (the output is split into items; ask without them).", param="include")
             given = req.max_output_tokens is not None
-            params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, None)
+            params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, logprobs)
             so = constraint(plan)
             if so is not None or plan.sampling_overrides:
                 params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
@@ -164,10 +198,17 @@ class OpenAIServingResponses:
             stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids,
                                                    "cache_salt": creq.cache_salt}, params, priority=creq.priority or 0)
         resp = self.base_response(req, rid, model)
-        # tools or reasoning: output items from chat's parsers; else the text as one message
-        parser = output_parser(creq, chat.limits.tools, plan)
+        num, as_ids = chat.num_logprobs(logprobs), chat.as_ids(creq)
+
+        def token_logprobs(token_ids: list[int], lps: list[Any]) -> list[dict[str, Any]]:
+            """The tokens' logprobs as chat reports them ([] when not asked for)."""
+            if num is None or not token_ids:
+                return []
+            return [t.model_dump() for t in chat.chat_logprobs(token_ids, lps, num, as_ids).content or ()]
+
         if req.stream:
-            body = self._stream(resp, stream) if parser is None else self._stream_items(resp, stream, parser)
+            body = self._stream(resp, stream, token_logprobs) if parser is None else \
+                self._stream_items(resp, stream, parser)
             return StreamingResponse(body, media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
@@ -176,7 +217,8 @@ class OpenAIServingResponses:
         c = out.outputs[0]
         status = _status(c.finish_reason)
         items: list[OutputItem] = (
-            [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=c.text)])]
+            [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[
+                OutputText(text=c.text, logprobs=token_logprobs(list(c.token_ids), c.logprobs or []))])]
             if parser is None else output_items(parser.message(c.text, c.finish_reason), status))
         self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens)
         return JSONResponse(resp.model_dump())
@@ -228,7 +270,10 @@ class OpenAIServingResponses:
         finally:
             stream.close()
 
-    async def _stream(self, resp: ResponseObject, stream: RequestStream) -> AsyncIterator[str]:
+    async def _stream(self, resp: ResponseObject, stream: RequestStream,
+                      token_logprobs: TokenLogprobs) -> AsyncIterator[str]:
+        """A text-only stream; with logprobs asked for, each delta event carries those of its tokens and the done
+        event all of them (:func:`event_logprobs`'s shape), the final output text all of them with ``bytes``."""
         seq = iter(range(1 << 62))
         msg_id = f"msg_{uuid.uuid4().hex}"
         where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
@@ -238,21 +283,26 @@ class OpenAIServingResponses:
             item = OutputMessage(id=msg_id, status="in_progress")
             yield event("response.output_item.added", next(seq), output_index=0, item=item.model_dump())
             yield event("response.content_part.added", next(seq), **where, part=OutputText(text="").model_dump())
-            text, last = "", None
+            text, last, sent = "", None, 0  # sent: the tokens whose logprobs went out
             async for out in stream:
                 if out.error:
                     raise output_error(out)
                 last = out
+                c = out.outputs[0]
                 delta = stream.last_deltas[0] if stream.last_deltas else ""
-                if delta:
+                lps = token_logprobs(list(c.token_ids[sent:]), (c.logprobs or [])[sent:])
+                sent = len(c.token_ids)
+                if delta or lps:
                     text += delta
-                    yield event("response.output_text.delta", next(seq), **where, delta=delta, logprobs=[])
+                    yield event("response.output_text.delta", next(seq), **where, delta=delta,
+                                logprobs=event_logprobs(lps))
             assert last is not None
             c = last.outputs[0]
             status = _status(c.finish_reason)
-            msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text)])
+            all_lps = token_logprobs(list(c.token_ids), c.logprobs or [])
+            msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text, logprobs=all_lps)])
             self._finish(resp, [msg], status, len(last.prompt_token_ids), len(c.token_ids), last.num_cached_tokens)
-            yield event("response.output_text.done", next(seq), **where, text=text, logprobs=[])
+            yield event("response.output_text.done", next(seq), **where, text=text, logprobs=event_logprobs(all_lps))
             yield event("response.content_part.done", next(seq), **where, part=msg.content[0].model_dump())
             yield event("response.output_item.done", next(seq), output_index=0, item=msg.model_dump())
             yield event("response.completed", next(seq), response=resp.model_dump())

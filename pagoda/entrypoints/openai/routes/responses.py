@@ -1,4 +1,5 @@
-"""POST /v1/responses (OpenAI's Responses API: text in, text out; see :mod:`..serving_responses`)."""
+"""POST /v1/responses (OpenAI's Responses API: text, function tools, reasoning and logprobs; see
+:mod:`..serving_responses`)."""
 
 from __future__ import annotations
 
