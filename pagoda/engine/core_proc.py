@@ -299,6 +299,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
                 sock.send(failed, flags=zmq.NOBLOCK)
         _close(in_sock, out_socks, ctx)
         sys.exit(1)
+    # Stopped cleanly: a SIGTERM now (multiprocessing's exit handler in a front end that did not wait for us) must
+    # not raise _Terminated inside the close below, which would print a traceback for a clean stop.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _close(in_sock, out_socks, ctx)
     # Stopped cleanly: skip the interpreter's teardown of torch's module graph (a second or more of CPU,
     # which the API server would wait for on every shutdown); nothing is left to flush but the logs.
