@@ -109,11 +109,18 @@ def _check_draft_loading(d: dict[str, Any], method: str) -> None:
 
 
 def _method(d: dict[str, Any]) -> str:
+    """``method``, or vLLM's guess from ``model`` when it is left out: ``"[ngram]"`` / ``"ngram"``, an EAGLE head
+    by its name (``eagle-`` in it: ``eagle``; ``eagle3``: ``eagle3``, as vLLM's auto-detection reads the published
+    heads' names, e.g. yuhuili/EAGLE-LLaMA3-Instruct-8B, yuhuili/EAGLE3-LLaMA3.1-Instruct-8B), else a draft model."""
     method = d.get("method")
     model = d.get("model")
-    if method is None:  # vLLM: "[ngram]" / "ngram" as the model name, else a draft model
+    if method is None:
         if model in ("ngram", "[ngram]"):
             method = "ngram"
+        elif isinstance(model, str) and "eagle-" in model.lower():
+            method = "eagle"
+        elif isinstance(model, str) and "eagle3" in model.lower():
+            method = "eagle3"
         elif model:
             method = "draft_model"
         else:
