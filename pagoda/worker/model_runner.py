@@ -825,7 +825,7 @@ class ModelRunner:
         if not inputs.samples_one_row_each:  # speculative verify rows
             if plain:
                 return greedy_verify(argmax_rows(logits), inputs.num_sample_rows, inputs.spec_token_ids)
-            if grammar_bitmask is not None:  # constrained requests never speculate (one row each); others: all-ones
+            if grammar_bitmask is not None:  # a mask row per verified position; others all-ones
                 apply_token_bitmask(logits, grammar_bitmask.data, grammar_bitmask.rows, grammar_bitmask.vocab_size)
             return rejection_sample(logits, reqs, inputs.num_sample_rows, inputs.spec_token_ids)
         if grammar_bitmask is None:
