@@ -167,3 +167,32 @@ def test_pooler_config_object(bert):
     with LLM(str(bert), dtype="float32", pooler_config=PoolerConfig(pooling_type="MEAN", normalize=False)) as llm:
         pooler = llm.llm_engine.cfg.pooler
         assert pooler is not None and pooler.pooling_type == "MEAN" and pooler.normalize is False
+
+
+def test_do_lower_case_lowercases_texts_as_sentence_transformers(bert, tmp_path):
+    """sentence_bert_config.json's ``do_lower_case`` (a cased tokenizer's model trained on lowercased text):
+    sentence-transformers lowercases each text before tokenizing, as vLLM does; it used to be ignored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _st_save(bert, tmp_path / "st", False)
+    folder = tmp_path / "st"
+    tok_file = folder / "tokenizer.json"
+    tok = json.loads(tok_file.read_text())
+    tok["normalizer"]["lowercase"] = False  # a cased tokenizer: upper-case words become [UNK]
+    tok_file.write_text(json.dumps(tok))
+    cfg_file = folder / "sentence_bert_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    texts = ["The Quick BROWN Fox", "PARIS is the Capital"]
+    got = {}
+    for lower in (False, True):
+        cfg_file.write_text(json.dumps({**cfg, "do_lower_case": lower}))
+        from sentence_transformers import SentenceTransformer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_tensor=True)
+        with LLM(str(folder), dtype="float32") as llm:
+            got[lower] = [torch.tensor(o.outputs.embedding) for o in llm.embed(texts, use_tqdm=False)]
+        for e, r in zip(got[lower], ref, strict=True):
+            assert torch.allclose(e, r.float(), atol=1e-5), lower
+    assert not torch.allclose(got[False][0], got[True][0], atol=1e-3)  # the flag changed what was embedded

@@ -61,7 +61,8 @@ class PoolingMixin:
         eng = self.llm_engine
         truncs = {x.truncate_prompt_tokens for x in plist_params}
         if len(truncs) == 1:  # texts tokenized in one batch call when they truncate alike (else one by one)
-            plist = pretokenize(eng.tokenizer, plist, truncs.pop(), eng.cfg.max_model_len)
+            plist = pretokenize(eng.tokenizer, plist, truncs.pop(), eng.cfg.max_model_len,
+                                eng.cfg.pooler is not None and eng.cfg.pooler.lowercase)
         order = longest_first(plist)  # similar lengths share a step (pagoda.pooling.batching)
         outs = self._run([plist[i] for i in order], [plist_params[i] for i in order], use_tqdm)
         result: list[Any] = [None] * len(outs)

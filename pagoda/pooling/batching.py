@@ -15,17 +15,20 @@ from typing import Any
 from pagoda.pooling.inputs import check_text, truncation
 
 
-def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_len: int) -> list[Any]:
-    """``prompts`` with each plain-text prompt replaced by its tokenized dict; other prompts unchanged."""
+def pretokenize(tokenizer: Any, prompts: list[Any], truncate: int | None, max_len: int,
+                lowercase: bool = False) -> list[Any]:
+    """``prompts`` with each plain-text prompt replaced by its tokenized dict (the ids
+    :func:`pagoda.pooling.inputs.tokenize_text` gives, in one batch call); other prompts unchanged."""
     idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
     if len(idx) < 2 or not getattr(tokenizer, "is_fast", False):
         return prompts
     texts = [check_text(prompts[i]) for i in idx]
     k = truncation(truncate, max_len)
+    seen = [t.lower() for t in texts] if lowercase else texts
     if k is None:
-        enc = tokenizer(texts, add_special_tokens=True)
+        enc = tokenizer(seen, add_special_tokens=True)
     else:
-        enc = tokenizer(texts, truncation=True, max_length=k)
+        enc = tokenizer(seen, truncation=True, max_length=k)
     out = list(prompts)
     for i, text, ids in zip(idx, texts, enc["input_ids"], strict=True):
         out[i] = {"prompt": text, "prompt_token_ids": list(ids)}

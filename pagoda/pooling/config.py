@@ -91,6 +91,7 @@ class ResolvedPooler:
     hidden_size: int = 0  # an embedding's full width: the model's hidden size, or the last Dense layer's output
     supported_tasks: tuple[str, ...] = field(default=())
     dense: tuple[DenseLayer, ...] = ()  # sentence-transformers Dense layers, applied to embeddings in order
+    lowercase: bool = False  # sentence_bert_config.json's do_lower_case: text inputs are lowercased before tokenizing
 
     def check_dimensions(self, dims: int | None) -> None:
         from pagoda.errors import ValidationError
@@ -172,12 +173,14 @@ def _sentence_transformers(model_path: Path) -> tuple[str | None, bool, tuple[De
     return pooling, normalize, tuple(dense)
 
 
+def _sentence_bert_config(model_path: Path) -> dict[str, Any]:
+    f = model_path / "sentence_bert_config.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
+
+
 def sentence_transformers_max_len(model_path: Path) -> int | None:
     """``max_seq_length`` of sentence_bert_config.json (sentence-transformers truncates there)."""
-    f = model_path / "sentence_bert_config.json"
-    if not f.exists():
-        return None
-    v = json.loads(f.read_text(encoding="utf-8")).get("max_seq_length")
+    v = _sentence_bert_config(model_path).get("max_seq_length")
     return int(v) if v else None
 
 
@@ -235,4 +238,6 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
         use_activation=True if user.use_activation is None else bool(user.use_activation),
         default_dimensions=user.dimensions, matryoshka=matryoshka, num_labels=labels,
         hidden_size=hidden, supported_tasks=supported_tasks(kind, labels), dense=dense,
+        # sentence-transformers lowercases an embedding model's texts with it (vLLM too); a classifier's is its own
+        lowercase=kind == "embed" and bool(_sentence_bert_config(model_path).get("do_lower_case", False)),
     )

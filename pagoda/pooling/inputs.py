@@ -68,11 +68,14 @@ def truncation(truncate: int | None, max_len: int) -> int | None:
 
 
 def tokenize_text(tokenizer: Any, text: str, truncate: int | None, max_len: int, add_special_tokens: bool = True,
-                  field: str = "prompt") -> list[int]:
+                  field: str = "prompt", lowercase: bool = False) -> list[int]:
     """``text``'s token ids (Unicode checked, naming ``field``). With ``truncate_prompt_tokens`` the tokenizer cuts
     the text to k tokens, keeping its first ones and the special tokens it adds (``[SEP]``), as vLLM's pooling
-    tokenizer does, whether or not special tokens are added."""
+    tokenizer does, whether or not special tokens are added. ``lowercase``: the pooler's ``lowercase``
+    (sentence_bert_config.json's ``do_lower_case``), applied first, as sentence-transformers and vLLM do."""
     check_text(text, field)
+    if lowercase:
+        text = text.lower()
     k = truncation(truncate, max_len)
     if k is None:
         return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -93,7 +96,7 @@ def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None
     return out
 
 
-def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
+def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int, lowercase: bool = False
               ) -> tuple[str | None, list[int], list[int] | None]:
     k = truncation(truncate, max_len)
     if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
@@ -113,7 +116,7 @@ def _tokenize(tokenizer: Any, prompt: Any, truncate: int | None, max_len: int
     if not isinstance(prompt, str):
         raise ValidationError("A prompt must be a string, a list of token ids or a dict with 'prompt' or "
                               "'prompt_token_ids'.", "prompt")
-    return prompt, tokenize_text(tokenizer, prompt, truncate, max_len), None
+    return prompt, tokenize_text(tokenizer, prompt, truncate, max_len, lowercase=lowercase), None
 
 
 def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler: ResolvedPooler | None,
@@ -131,7 +134,7 @@ def process_pooling(request_id: str, prompt: Any, params: PoolingParams, pooler:
     check_task(pooler, params.task)
     params.check_task_parameters()
     pooler.check_dimensions(params.dimensions)
-    text, ids, tt = _tokenize(tokenizer, prompt, params.truncate_prompt_tokens, limits.max_model_len)
+    text, ids, tt = _tokenize(tokenizer, prompt, params.truncate_prompt_tokens, limits.max_model_len, pooler.lowercase)
     if not ids:
         raise ValidationError("The input is empty (no tokens).", "prompt")
     if len(ids) > limits.max_model_len:

@@ -157,7 +157,7 @@ class OpenAIServingPooling(OpenAIServing):
         """``text`` tokenized as a text input is (:func:`pagoda.pooling.inputs.tokenize_text`: truncated to the
         first ``truncate_prompt_tokens``), with or without special tokens."""
         return tokenize_text(self.tokenizer, text, req.truncate_prompt_tokens, self.engine.max_model_len,
-                             add_special_tokens, field)
+                             add_special_tokens, field, self.pooler.lowercase)
 
     async def create_embedding(self, req: EmbeddingRequest) -> JSONResponse:
         _refuse_unknown(req)
