@@ -34,8 +34,8 @@ class TritonAttentionBackend(AttentionBackend):
     """Paged attention with Triton kernels.
 
     ``forward`` uses the split-KV (flash-decoding) kernels when the step is decode-only
-    and the batch alone would leave SMs idle (see ``choose_num_splits``), and the same kernel with one split for
-    larger decode batches (``UNSPLIT_DECODE_KERNEL``); every other
+    and the batch alone would leave SMs idle (see ``choose_num_splits``), and, with ``UNSPLIT_DECODE_KERNEL`` on
+    (off by default until measured), the same kernel with one split for larger decode batches; every other
     step — prefill, chunked prefill, mixed — goes through the
     unified kernel, whose KV range is split too when a small chunk over a long cached
     context would leave SMs idle (``choose_chunk_splits``: eager steps and the verify graphs).
