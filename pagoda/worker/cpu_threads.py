@@ -50,7 +50,8 @@ and sampling keep every thread): each parallel region would wake a sleeping thre
 which costs more than the second core gives a small op. Measured 2026-12-02 on the 2-core dev VM, default model,
 ``benchmarks/cpu_switch_ab.py --switch one-thread`` (benchmarks/RESULTS.md, "CPU: one thread for small steps"):
 batch 1 1.37x, 4 1.13x, 8 1.05x, 16 0.97x tok/s (32, untouched: 0.97x, the arms' noise). With spinning threads
-(``OMP_WAIT_POLICY=ACTIVE``) two threads stay faster, so the switch applies under the passive policy only."""
+(``OMP_WAIT_POLICY=ACTIVE``) two threads stay faster, so the switch applies under the passive policy only, and never
+under ``--deterministic`` (:func:`small_steps_one_thread`)."""
 
 
 class _State:
@@ -145,6 +146,15 @@ def one_thread() -> Iterator[None]:
     finally:
         _State.outer_threads = 0
         torch.set_num_threads(n)
+
+
+def small_steps_one_thread(device_type: str, deterministic: bool) -> bool:
+    """Whether a forward of at most :data:`SMALL_STEP_MAX_ROWS` rows runs in :func:`one_thread`: on the CPU, under the
+    passive wait policy, outside ``--deterministic``. Invariant kept: under ``--deterministic`` every step runs on the
+    same thread count, so a row's bits cannot depend on how many rows its step has. The mode's dense GEMMs (oneDNN
+    bf16, in 32-row tiles) split some sums by thread count (measured on the default model: 1 vs 16 threads gave other
+    bits for o_proj / down_proj tiles), while the default path's int4 kernels do not (1-40 rows, 1-16 threads)."""
+    return device_type == "cpu" and not deterministic and passive_wait()
 
 
 def outer_threads() -> int:

@@ -212,7 +212,7 @@ class ModelRunner:
         if self.device.type == "cpu" and hasattr(self.backend, "step_memo"):  # eager steps only (torch_ref.py)
             self.backend.step_memo = True
         # Under the passive wait policy a small CPU step runs its forward on one thread (cpu_threads.py).
-        self.small_steps_one_thread = self.device.type == "cpu" and cpu_threads.passive_wait()
+        self.small_steps_one_thread = cpu_threads.small_steps_one_thread(self.device.type, cfg.deterministic)
         if cfg.speculative_config is not None and self.device.type == "cpu":
             # A verify's rows must equal its decode rows bit for bit: attended as decode rows however many it has,
             # and, for a 4-bit weight whose kernel builds can disagree, one build for every row count
