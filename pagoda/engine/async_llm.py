@@ -781,9 +781,9 @@ class AsyncLLM:
             except Exception as e:  # fail this request only
                 logger.exception("output processing failed for request %s", pid)
                 stream = self._streams.get(pid)
-                self.abort(pid)
-                if stream is not None:
+                if stream is not None:  # failed first: the abort below then ends nothing more (no "abort" output)
                     stream._fail(RuntimeError(f"internal error while processing the output: {e}"))
+                self.abort(pid)
                 continue
             if stop:
                 to_stop.extend(stop)
