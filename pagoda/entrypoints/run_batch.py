@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ MAX_LISTED_LINES = 5
 """Faults of the input file named in its error (the count of the rest follows)."""
 
 
+@functools.cache
 def _routes() -> dict[str, tuple[type[BaseModel], Callable[[Any, Any], Awaitable[Any]]]]:
     """URL -> (its request model, the serving call on the ready ``ServerState``): the server's own routes."""
     from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
@@ -49,6 +51,7 @@ def _routes() -> dict[str, tuple[type[BaseModel], Callable[[Any, Any], Awaitable
     }
 
 
+@functools.cache
 def supported_urls() -> tuple[str, ...]:
     """The URLs a batch line may name."""
     return tuple(_routes())

@@ -283,15 +283,17 @@ class OpenAIServingResponses:
             item = OutputMessage(id=msg_id, status="in_progress")
             yield event("response.output_item.added", next(seq), output_index=0, item=item.model_dump())
             yield event("response.content_part.added", next(seq), **where, part=OutputText(text="").model_dump())
-            text, last, sent = "", None, 0  # sent: the tokens whose logprobs went out
+            text, last = "", None
+            all_lps: list[dict[str, Any]] = []  # the logprobs sent so far, one entry a token
             async for out in stream:
                 if out.error:
                     raise output_error(out)
                 last = out
                 c = out.outputs[0]
                 delta = stream.last_deltas[0] if stream.last_deltas else ""
+                sent = len(all_lps)  # the tokens whose logprobs went out (none when not asked for)
                 lps = token_logprobs(list(c.token_ids[sent:]), (c.logprobs or [])[sent:])
-                sent = len(c.token_ids)
+                all_lps += lps
                 if delta or lps:
                     text += delta
                     yield event("response.output_text.delta", next(seq), **where, delta=delta,
@@ -299,7 +301,6 @@ class OpenAIServingResponses:
             assert last is not None
             c = last.outputs[0]
             status = _status(c.finish_reason)
-            all_lps = token_logprobs(list(c.token_ids), c.logprobs or [])
             msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text, logprobs=all_lps)])
             self._finish(resp, [msg], status, len(last.prompt_token_ids), len(c.token_ids), last.num_cached_tokens)
             yield event("response.output_text.done", next(seq), **where, text=text, logprobs=event_logprobs(all_lps))
