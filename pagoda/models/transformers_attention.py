@@ -30,8 +30,10 @@ from pagoda.attention.metadata import AttentionMetadata
 
 ATTN_IMPLEMENTATION = "pagoda"
 STEP_ATTR = "_pagoda_step"
-# Keyword arguments some models pass that change the attention math; pagoda's backends implement none of them.
-_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+# Keyword arguments some models pass that change the attention math (name -> what it is); pagoda's backends implement
+# none of them.
+_UNSUPPORTED_KWARGS = {"softcap": "attention logit soft-capping", "s_aux": "attention sinks",
+                       "sinks": "attention sinks"}
 
 
 @dataclass
@@ -63,15 +65,20 @@ def pagoda_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature. ``attention_mask`` is ignored: the metadata says which
-    keys each query sees (transformers builds no mask for a registered custom implementation)."""
+    keys each query sees (transformers builds no mask for a registered custom implementation), always causally,
+    so a non-causal module (``is_causal`` False) and the arguments in :data:`_UNSUPPORTED_KWARGS` are errors."""
     step: StepContext | None = getattr(module, STEP_ATTR, None)
     layer = getattr(module, "layer_idx", None)
     if step is None or layer is None:
         raise RuntimeError(f"{type(module).__name__} called pagoda attention without a pagoda step or a layer_idx")
-    for name in _UNSUPPORTED_KWARGS:
+    for name, what in _UNSUPPORTED_KWARGS.items():
         if kwargs.get(name) is not None:
-            raise RuntimeError(f"{type(module).__name__} asks for attention {name}={kwargs[name]!r}, which pagoda's "
-                               f"attention backends do not implement")
+            raise RuntimeError(f"{type(module).__name__} asks for {what} ({name}={_describe(kwargs[name])}), which "
+                               f"pagoda's attention backends do not implement")
+    causal = kwargs.get("is_causal")
+    if (getattr(module, "is_causal", True) if causal is None else causal) is False:
+        raise RuntimeError(f"{type(module).__name__} attends bidirectionally (is_causal=False; e.g. a config's "
+                           f"use_bidirectional_attention); pagoda's attention backends are causal only")
     if query.shape[0] != 1:
         raise RuntimeError(f"pagoda attention expects the flattened batch as one sequence, got {tuple(query.shape)}")
     q = query[0].transpose(0, 1).contiguous()
@@ -80,6 +87,13 @@ def pagoda_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     scale = float(scaling) if scaling is not None else q.shape[-1] ** -0.5
     out = step.attend(int(layer), q, k, v, scale)
     return out.unsqueeze(0), None
+
+
+def _describe(value: Any) -> str:
+    """A short form of an attention argument for an error message (a tensor by its shape, not its values)."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value)
 
 
 def register() -> None:

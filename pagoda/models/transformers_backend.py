@@ -81,6 +81,7 @@ class TransformersForCausalLM(nn.Module):
             hf.tie_weights()
         self.arch = arch
         self.hf = hf
+        self.__dict__["_base"] = _decoder_stack(hf, arch)  # a submodule of hf: not registered a second time
         self.shape = TransformersShape(int(config.vocab_size), int(getattr(config, "hidden_size", 0) or 0))
         if hf.get_output_embeddings() is None:
             raise ValueError(f"{arch} has no output embeddings (LM head); it is not a generative LM.")
@@ -94,7 +95,8 @@ class TransformersForCausalLM(nn.Module):
     @property
     def base(self) -> nn.Module:
         """The HF base model (decoder stack without the LM head)."""
-        return self.hf.base_model
+        base: nn.Module = self.__dict__["_base"]
+        return base
 
     @property
     def lm_head(self) -> nn.Module:
@@ -204,9 +206,10 @@ class TransformersForCausalLM(nn.Module):
 
     # --------------------------------------------------------------- weights
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy HF-named tensors into the HF model's parameters (names with or without the base-model prefix).
-        Returns the parameter names loaded."""
-        params = dict(self.hf.named_parameters())
+        """Copy HF-named tensors into the HF model's parameters and persistent buffers (the state transformers'
+        own loading fills, e.g. Apertus' xIELU ``act_fn.beta``; names with or without the base-model prefix).
+        Returns the names loaded."""
+        params: dict[str, torch.Tensor] = {**_persistent_buffers(self.hf), **dict(self.hf.named_parameters())}
         rename = checkpoint_renamer(self.hf, params)
         loaded: set[str] = set()
         for name, tensor in weights:
@@ -255,3 +258,28 @@ class TransformersForCausalLM(nn.Module):
         logger.debug("transformers fallback: %d RMSNorms fused", fuse_rms_norms(self.hf, triton=False))
         self._probe()  # before the LM head is replaced: the probe compares it with the HF forward
         return pack_model_linears(self.hf, batch_hint)
+
+
+def _decoder_stack(hf: nn.Module, arch: str) -> nn.Module:
+    """The decoder stack of the HF CausalLM ``hf`` (its hidden states feed the LM head): ``base_model``, or its
+    ``model`` attribute where ``base_model_prefix`` names no attribute (Llama 4's text model: ``base_model`` is then
+    the CausalLM itself)."""
+    base = hf.base_model
+    if isinstance(base, nn.Module) and base is not hf:
+        return base
+    inner = getattr(hf, "model", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    raise ValueError(f"{arch}: the transformers fallback cannot find the decoder stack under the LM head "
+                     f"(base_model_prefix {getattr(hf, 'base_model_prefix', '')!r} names no attribute and there is no "
+                     f"'model' attribute).")
+
+
+def _persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers that ``state_dict`` (so a checkpoint) holds, by their full names."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, m in module.named_modules():
+        for name, buf in m._buffers.items():
+            if buf is not None and name not in m._non_persistent_buffers_set:
+                out[f"{prefix}.{name}" if prefix else name] = buf
+    return out

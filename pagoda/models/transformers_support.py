@@ -4,7 +4,8 @@ checks that refuse (at start-up, naming the cause) what pagoda's paged attention
 Refused: architectures that are not decoder LMs (``*ForCausalLM`` / ``*LMHeadModel``), that transformers
 does not know (unless the config's ``auto_map`` names remote code and ``--trust-remote-code`` was given),
 encoder-decoders, models whose attention does not go through transformers' attention-function registry
-(e.g. Falcon, BLOOM, MPT: ALiBi), sliding-window attention narrower than the model's context, and
+(e.g. Falcon, BLOOM, MPT: ALiBi), sliding-window attention narrower than the model's context, layer types
+other than full and sliding attention (e.g. Llama 4's chunked attention, linear-attention or Mamba layers), and
 attention logit soft-capping.
 """
 
@@ -20,6 +21,8 @@ TESTED_FALLBACK_ARCHS = (
 )
 """Architectures tests/test_transformers_fallback.py checks against HF ``generate`` (listed by ``pagoda models``)."""
 _REMOTE_KEY = "AutoModelForCausalLM"
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+"""config ``layer_types`` entries the fallback runs (a sliding window only as wide as the context: checked apart)."""
 
 
 def _is_lm_arch(arch: str) -> bool:
@@ -122,6 +125,15 @@ def check_supported(config: Any, model_cls: Any, arch: str) -> None:
     if getattr(config, "alibi", False):
         raise ValueError(f"{arch} uses ALiBi position biases (config alibi=true), which pagoda's attention "
                          f"backends do not implement.")
+    layer_types = getattr(config, "layer_types", None) or []
+    other = sorted({str(t) for t in layer_types} - set(_LAYER_TYPES))
+    if other:
+        raise ValueError(f"{arch} has layers of type {', '.join(other)} (config layer_types), which the transformers "
+                         f"fallback does not run (it runs {' and '.join(_LAYER_TYPES)} layers only).")
+    chunk = getattr(config, "attention_chunk_size", None)
+    if chunk:
+        raise ValueError(f"{arch} uses chunked attention (config attention_chunk_size={chunk}), which the "
+                         f"transformers fallback's attention does not implement.")
     window = _window_is_narrower(config)
     if window is not None:
         raise ValueError(
