@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pagoda.beam_search import BeamSearchOutput, check_concurrency_limit
@@ -25,18 +25,50 @@ from pagoda.sampling_params import BeamSearchParams, SamplingParams
 logger = logging.getLogger("pagoda")
 
 
-def _raise_failed(results: Sequence[Any]) -> None:
+ProgressArg = bool | Callable[..., Any]
+"""vLLM's ``use_tqdm``: True (a tqdm bar), False (none) or a callable that makes the bar (e.g.
+``functools.partial(tqdm, leave=False)``), called with tqdm's keyword arguments."""
+
+
+def progress_bar(use_tqdm: ProgressArg, **kwargs: Any) -> Any:
+    """The progress bar ``use_tqdm`` asks for (None for none): a callable is called with ``kwargs`` (vLLM's
+    ``tqdm_func``), True makes a ``tqdm.auto`` bar."""
+    if callable(use_tqdm):
+        return use_tqdm(**kwargs)
+    if not use_tqdm:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
+
+
+def check_lora_requests(lora_request: Any, num_prompts: int) -> None:
+    """vLLM's ``lora_request``: one for every prompt or a list of one per prompt; None (the base model) is the only
+    value taken (:func:`check_no_lora`), so a list must hold only None, one per prompt."""
+    if isinstance(lora_request, (list, tuple)):
+        if len(lora_request) != num_prompts:
+            raise ValidationError(f"Got {len(lora_request)} lora requests for {num_prompts} prompts; pass one or "
+                                  f"one per prompt.", "lora_request")
+        for r in lora_request:
+            check_no_lora(r)
+    else:
+        check_no_lora(lora_request)
+
+
+def _raise_failed(results: Sequence[Any], positions: Sequence[int]) -> None:
     """A request that ended in an error raises, as vLLM's offline LLM does, instead of coming back as an empty
     output whose finish_reason says "error": a ValidationError naming the field when the request caused it (e.g.
-    ``min_tokens`` against a grammar), else a RuntimeError with the engine's message."""
+    ``min_tokens`` against a grammar), else a RuntimeError with the engine's message. ``positions[i]``: the
+    caller's index of ``results[i]``'s prompt, which the message names."""
     for i, out in enumerate(results):
         error = getattr(out, "error", None)
         if not error:
             continue
         param = getattr(out, "error_param", None)
         if param:
-            raise ValidationError(f"prompt {i}: {error}", param)
-        raise RuntimeError(f"prompt {i} failed in the engine: {error} (the engine's log has the traceback).")
+            raise ValidationError(f"prompt {positions[i]}: {error}", param)
+        raise RuntimeError(f"prompt {positions[i]} failed in the engine: {error} (the engine's log has the "
+                           f"traceback).")
 
 
 class LLM(PoolingMixin):
@@ -67,8 +99,9 @@ class LLM(PoolingMixin):
         **kwargs: Any,
     ) -> None:
         if disable_log_stats is not True:  # vLLM's LLM takes it (True by default); pagoda's logs no periodic stats
-            raise ValueError("LLM(disable_log_stats=False): the offline LLM logs no periodic stats line; serve the "
-                             "model (pagoda serve) for the stats log and /metrics.")
+            raise ValueError(f"LLM(disable_log_stats={disable_log_stats!r}): the offline LLM logs no periodic stats "
+                             f"line (only True is taken); serve the model (pagoda serve) for the stats log and "
+                             f"/metrics.")
         kwargs = check_llm_kwargs(kwargs, {f.name for f in dataclasses.fields(EngineArgs)})
         args = EngineArgs(
             model=model,
@@ -121,7 +154,7 @@ class LLM(PoolingMixin):
         self,
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: ProgressArg = True,
         priority: Sequence[int] | None = None,
         lora_request: Any = None,
     ) -> list[RequestOutput]:
@@ -129,10 +162,11 @@ class LLM(PoolingMixin):
 
         ``priority``: one per prompt, lower served first (needs ``scheduling_policy="priority"``).
         Invalid input raises ``pagoda.errors.ValidationError`` (a ``ValueError`` naming the
-        field) before any request is queued. ``lora_request``: vLLM's keyword; only None (no adapter).
+        field) before any request is queued. ``lora_request``: vLLM's keyword; only None (no adapter),
+        or a list of None, one per prompt. ``use_tqdm``: see :data:`ProgressArg`.
         """
-        check_no_lora(lora_request)
         plist = _as_prompt_list(prompts)
+        check_lora_requests(lora_request, len(plist))
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
@@ -159,15 +193,15 @@ class LLM(PoolingMixin):
         self,
         messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        use_tqdm: bool = True,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
-        chat_template_content_format: str | None = None,
-        mm_processor_kwargs: dict[str, Any] | None = None,
+        use_tqdm: ProgressArg = True,
         lora_request: Any = None,
+        chat_template: str | None = None,
+        chat_template_content_format: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate.
         ``tools`` (OpenAI function tools) are shown to the template, as vLLM's ``LLM.chat``; the output is text.
@@ -176,8 +210,7 @@ class LLM(PoolingMixin):
         ``{"enable_thinking": False}``), as the server's field of that name. ``chat_template_content_format``
         (auto, string or openai; default: the engine's ``chat_template_content_format``): how message content
         reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` and
-        ``lora_request`` only None."""
-        check_no_lora(lora_request)
+        ``lora_request`` only None. The parameters are in vLLM's order, so positional calls mean the same."""
         content_format = chat_template_content_format or self.llm_engine.cfg.chat_template_content_format
         if content_format not in CONTENT_FORMATS:
             raise ValidationError(f"chat_template_content_format={content_format!r}: must be one of "
@@ -189,6 +222,7 @@ class LLM(PoolingMixin):
             convs = [messages]
         else:
             convs = list(messages)  # type: ignore[arg-type]
+        check_lora_requests(lora_request, len(convs))
         prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools,
                                                       continue_final_message, chat_template_kwargs, content_format)
                                      for conv in convs]
@@ -211,7 +245,8 @@ class LLM(PoolingMixin):
         self,
         prompts: PromptType | Sequence[PromptType],
         params: BeamSearchParams,
-        use_tqdm: bool = False,
+        lora_request: Any = None,
+        use_tqdm: ProgressArg = False,
         concurrency_limit: int | None = None,
     ) -> list[BeamSearchOutput]:
         """Beam search (vLLM's ``LLM.beam_search``), ranked as HF ``generate(num_beams=…)``.
@@ -220,54 +255,64 @@ class LLM(PoolingMixin):
         ``beam_width`` sequences best first; a sequence's ``tokens`` include the prompt and
         its ``text`` decodes them all, as in vLLM. Each step runs one engine request per live
         beam (see :mod:`pagoda.beam_search`); ``concurrency_limit`` bounds the prompts
-        searched at once. Invalid input raises ``ValueError`` before anything runs.
+        searched at once; ``lora_request`` (vLLM's keyword, in vLLM's place) only None. Invalid input raises
+        ``ValueError`` before anything runs.
         """
         from pagoda.beam_search import run_beam_search, step_sampling_params
 
+        if not isinstance(params, BeamSearchParams):
+            hint = " (beam search is not a SamplingParams option)" if isinstance(params, SamplingParams) else ""
+            raise ValidationError(f"params must be a BeamSearchParams(beam_width=..., max_tokens=...), got "
+                                  f"{type(params).__name__}{hint}.", "params")
+        plist = _as_prompt_list(prompts)
+        check_lora_requests(lora_request, len(plist))
         tok = self.get_tokenizer()
-        instances = [self.llm_engine.input_processor.beam_search(p, params) for p in _as_prompt_list(prompts)]
+        instances = [self.llm_engine.input_processor.beam_search(p, params) for p in plist]
 
-        bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm
-
-            groups = -(-len(instances) // (check_concurrency_limit(concurrency_limit) or len(instances)))
-            bar = tqdm(total=params.max_tokens * groups, desc="Beam search (step upper bound)", unit="step",
-                       dynamic_ncols=True)
+        groups = -(-len(instances) // (check_concurrency_limit(concurrency_limit) or len(instances)))
+        bar = progress_bar(use_tqdm, total=params.max_tokens * groups, desc="Beam search (step upper bound)",
+                           unit="step", dynamic_ncols=True)
 
         def step(batch: list[dict], k: int):
             outs = self._run(batch, [step_sampling_params(k)] * len(batch), False)
-            if bar:
+            if bar is not None:
                 bar.update(1)
             return [o.outputs[0].logprobs[0] for o in outs]
 
         try:
             run_beam_search(instances, step, concurrency_limit)
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
         decode = lambda ids: tok.decode(ids)  # noqa: E731 - the whole sequence, special tokens kept (vLLM)
         return [BeamSearchOutput(inst.sequences(decode)) for inst in instances]
 
-    def _run(self, prompts: Sequence[PromptType], params: Sequence[SamplingParams | PoolingParams], use_tqdm: bool,
-             priority: Sequence[int] | None = None) -> list[Any]:
+    def _run(self, prompts: Sequence[PromptType], params: Sequence[SamplingParams | PoolingParams],
+             use_tqdm: ProgressArg, priority: Sequence[int] | None = None,
+             positions: Sequence[int] | None = None) -> list[Any]:
+        """Run every prompt to the end; results in the order given. Nothing stays queued when it raises. A prompt
+        refused (of several) or failed is named by ``positions[i]``, the caller's index of ``prompts[i]`` (default
+        ``i``), so the user can find it in a large batch."""
         eng = self.llm_engine
+        pos = list(positions) if positions is not None else list(range(len(prompts)))
         ids: list[str] = []
         try:
             for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
                 rid = eng.next_request_id()
                 eng.add_request(rid, p, sp, final_only=True, priority=priority[i] if priority is not None else 0)
                 ids.append(rid)
+        except ValidationError as e:
+            eng.abort_request(ids)
+            if len(prompts) == 1:
+                raise
+            raise ValidationError(f"prompt {pos[len(ids)]}: {e.template}", e.parameter, code=e.code,
+                                  value=e.value) from e
         except Exception:
             eng.abort_request(ids)
             raise
         order = {rid: i for i, rid in enumerate(ids)}
         results: list[RequestOutput | None] = [None] * len(ids)
-        bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+        bar = progress_bar(use_tqdm, total=len(ids), desc="Processed prompts", dynamic_ncols=True)
         try:
             remaining = len(ids)
             while remaining:
@@ -275,15 +320,15 @@ class LLM(PoolingMixin):
                     if out.finished and out.request_id in order:
                         results[order[out.request_id]] = out
                         remaining -= 1
-                        if bar:
+                        if bar is not None:
                             bar.update(1)
         except BaseException:
             eng.abort_request([rid for rid, i in order.items() if results[i] is None])
             raise
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
-        _raise_failed(results)
+        _raise_failed(results, pos)
         return results
 
 

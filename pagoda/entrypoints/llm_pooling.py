@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 
+from pagoda.entrypoints.vllm_flags import check_no_lora
 from pagoda.errors import ValidationError
 from pagoda.pooling.batching import longest_first, pretokenize
 from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
@@ -23,6 +24,7 @@ from pagoda.pooling.params import PoolingParams
 
 if TYPE_CHECKING:
     from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.entrypoints.llm import ProgressArg
 
 
 ParamsArg = PoolingParams | Sequence[PoolingParams] | None
@@ -46,17 +48,20 @@ def _params(p: ParamsArg, task: str, n: int, **fields: Any) -> list[PoolingParam
 class PoolingMixin:
     llm_engine: LLMEngine
 
-    def _run(self, prompts: Any, params: Any, use_tqdm: bool, priority: Any = None) -> list[Any]:
+    def _run(self, prompts: Any, params: Any, use_tqdm: ProgressArg, priority: Any = None,
+             positions: Any = None) -> list[Any]:
         raise NotImplementedError
 
-    def _pool(self, prompts: Any, params: ParamsArg, task: str, use_tqdm: bool, truncate_prompt_tokens: int | None
-              ) -> list[PoolingRequestOutput]:
-        """``prompts`` run for ``task`` with their :func:`_params`; results in input order."""
-        from pagoda.entrypoints.llm import _as_prompt_list
+    def _pool(self, prompts: Any, params: ParamsArg, task: str, use_tqdm: ProgressArg,
+              truncate_prompt_tokens: int | None, lora_request: Any = None) -> list[PoolingRequestOutput]:
+        """``prompts`` run for ``task`` with their :func:`_params`; results in input order. ``lora_request``: vLLM's
+        keyword, only None (or a list of None, one per prompt)."""
+        from pagoda.entrypoints.llm import _as_prompt_list, check_lora_requests
 
         if self.llm_engine.cfg.pooler is None:
             raise not_pooling_error()
         plist = _as_prompt_list(prompts)
+        check_lora_requests(lora_request, len(plist))
         plist_params = _params(params, task, len(plist), truncate_prompt_tokens=truncate_prompt_tokens)
         eng = self.llm_engine
         truncs = {x.truncate_prompt_tokens for x in plist_params}
@@ -64,14 +69,14 @@ class PoolingMixin:
             plist = pretokenize(eng.tokenizer, plist, truncs.pop(), eng.cfg.max_model_len,
                                 eng.cfg.pooler is not None and eng.cfg.pooler.lowercase)
         order = longest_first(plist)  # similar lengths share a step (pagoda.pooling.batching)
-        outs = self._run([plist[i] for i in order], [plist_params[i] for i in order], use_tqdm)
+        outs = self._run([plist[i] for i in order], [plist_params[i] for i in order], use_tqdm, positions=order)
         result: list[Any] = [None] * len(outs)
         for i, o in zip(order, outs, strict=True):
             result[i] = o
         return result
 
-    def encode(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
-               pooling_task: str | None = None, truncate_prompt_tokens: int | None = None
+    def encode(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
+               pooling_task: str | None = None, truncate_prompt_tokens: int | None = None, lora_request: Any = None
                ) -> list[PoolingRequestOutput]:
         """Raw pooled tensors (``pooling_task``: embed, classify, score, token_embed, token_classify; default: the
         task the pooling params set, else the model's first task)."""
@@ -81,33 +86,36 @@ class PoolingMixin:
         first = pooling_params if isinstance(pooling_params, PoolingParams) or pooling_params is None \
             else next(iter(pooling_params), None)
         task = pooling_task or (first.task if first is not None else None) or pooler.supported_tasks[0]
-        return self._pool(prompts, pooling_params, task, use_tqdm, truncate_prompt_tokens)
+        return self._pool(prompts, pooling_params, task, use_tqdm, truncate_prompt_tokens, lora_request)
 
-    def embed(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
-              truncate_prompt_tokens: int | None = None) -> list[EmbeddingRequestOutput]:
+    def embed(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
+              truncate_prompt_tokens: int | None = None, lora_request: Any = None) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (pooled, ``dimensions``-cut and normalised per the model's pooler)."""
-        outs = self._pool(prompts, pooling_params, "embed", use_tqdm, truncate_prompt_tokens)
+        outs = self._pool(prompts, pooling_params, "embed", use_tqdm, truncate_prompt_tokens, lora_request)
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
 
-    def classify(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
-                 truncate_prompt_tokens: int | None = None) -> list[ClassificationRequestOutput]:
+    def classify(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
+                 truncate_prompt_tokens: int | None = None, lora_request: Any = None
+                 ) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (softmax; sigmoid for a one-label head)."""
-        outs = self._pool(prompts, pooling_params, "classify", use_tqdm, truncate_prompt_tokens)
+        outs = self._pool(prompts, pooling_params, "classify", use_tqdm, truncate_prompt_tokens, lora_request)
         return [ClassificationRequestOutput.from_base(o) for o in outs]
 
-    def reward(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: bool = True,
-               truncate_prompt_tokens: int | None = None) -> list[PoolingRequestOutput]:
+    def reward(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
+               truncate_prompt_tokens: int | None = None, lora_request: Any = None) -> list[PoolingRequestOutput]:
         """Per-token reward-head outputs ([T, num_labels]) per prompt."""
-        return self._pool(prompts, pooling_params, "token_classify", use_tqdm, truncate_prompt_tokens)
+        return self._pool(prompts, pooling_params, "token_classify", use_tqdm, truncate_prompt_tokens, lora_request)
 
-    def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], use_tqdm: bool = True,
-              pooling_params: PoolingParams | None = None, truncate_prompt_tokens: int | None = None
-              ) -> list[ScoringRequestOutput]:
+    def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], use_tqdm: ProgressArg = True,
+              pooling_params: PoolingParams | None = None, truncate_prompt_tokens: int | None = None,
+              lora_request: Any = None) -> list[ScoringRequestOutput]:
         """Scores of text pairs: one ``data_1`` against each ``data_2``, or pairwise for equal-length lists. A
-        classifier scores each pair as a cross-encoder; an embedding model by cosine similarity."""
+        classifier scores each pair as a cross-encoder; an embedding model by cosine similarity.
+        ``lora_request``: only None."""
         pooler = self.llm_engine.cfg.pooler
         if pooler is None:
             raise not_pooling_error()
+        check_no_lora(lora_request)
         pairs = score_pairs(data_1, data_2)
         if pooler.kind == "embed":
             return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm)
@@ -118,7 +126,7 @@ class PoolingMixin:
         return [ScoringRequestOutput.from_base(o) for o in outs]
 
     def _cosine_scores(self, pairs: list[tuple[str, str]], p: PoolingParams | None, truncate: int | None,
-                       use_tqdm: bool) -> list[ScoringRequestOutput]:
+                       use_tqdm: ProgressArg) -> list[ScoringRequestOutput]:
         texts = [t for pair in pairs for t in pair]
         embs = self._pool(texts, p, "embed", use_tqdm, truncate)
         out = []
