@@ -142,7 +142,8 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     # the OpenAI-compatible frontend (serve only)
     _u("--lora-modules", _LORA, serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
-    _u("--response-role", "the generated message's role is always 'assistant'", "assistant", serve=True),
+    _u("--response-role", "the answer's role is 'assistant' when the generation prompt is added (else the last "
+       "message's)", "assistant", serve=True),
     _u("--tool-parser-plugin", "tool-parser plugins are not loaded; --tool-call-parser names a built-in parser",
        serve=True),
     _u("--tool-server", "built-in tools (MCP / demo tool servers) are not supported", serve=True),

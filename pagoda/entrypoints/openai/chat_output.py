@@ -10,11 +10,14 @@ calls so far, the last one's arguments unfinished, and no content made of the ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda.entrypoints.openai.tool_parsers import ToolCallStream, ToolParser
 from pagoda.reasoning import ReasoningParser
+from pagoda.reasoning.abs_reasoning_parsers import BaseThinkingReasoningParser
+from pagoda.reasoning.token_ids import ReasoningTokenIds
 
 
 @dataclass
@@ -84,3 +87,44 @@ class ChatOutputParser:
     def tools_called(self) -> bool:
         """The stream sent calls, all of them finished (``finish_reason: tool_calls`` may be reported)."""
         return self._stream is not None and self._stream.called
+
+
+@dataclass(frozen=True)
+class TokenSplit:
+    """Where a thinking output's tokens go: ``token_ids[reasoning_start:reasoning_end]`` are the reasoning's (its
+    tags excluded), ``token_ids[content_start:]`` the answer's."""
+
+    reasoning_start: int
+    reasoning_end: int
+    content_start: int
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.reasoning_end - self.reasoning_start
+
+
+def token_split(reasoning: ReasoningParser, text: str, token_ids: Sequence[int],
+                tags: ReasoningTokenIds | str | None) -> TokenSplit | None:
+    """The reasoning parser's split of ``text`` (:meth:`BaseThinkingReasoningParser.split`) on the output's
+    ``token_ids``, with the tags as single tokens (``tags``, the engine core's). None when it cannot be exact: the
+    tags are not single tokens of this tokenizer, or the text holds a tag the ids do not (a tag spelled in pieces,
+    or dropped by ``skip_special_tokens``), so the text's split point is not a token boundary known here.
+
+    Inside the reasoning (the output opens ``<think>``, or the parser thinks by default and the prompt did not
+    close it) the reasoning runs to the first ``</think>`` (to the end without one), the answer after it;
+    otherwise every token is the answer's (vLLM's ``count_reasoning_tokens`` counts the same tokens)."""
+    if not isinstance(reasoning, BaseThinkingReasoningParser) or not isinstance(tags, ReasoningTokenIds):
+        return None
+    ids = list(token_ids)
+    if text.lstrip().startswith(reasoning.start_token):
+        if tags.start_id is None or text.count(reasoning.start_token) != ids.count(tags.start_id):
+            return None
+        start = ids.index(tags.start_id) + 1
+    elif not reasoning.thinks_by_default or reasoning.prompt_ends_reasoning:
+        return TokenSplit(0, 0, 0)
+    else:
+        start = 0
+    if text.count(reasoning.end_token) != ids.count(tags.end_id):
+        return None
+    end = ids.index(tags.end_id, start) if tags.end_id in ids[start:] else len(ids)
+    return TokenSplit(start, end, min(end + 1, len(ids)))

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pagoda.entrypoints.openai.request_fields import logged_as_ignored
 from pagoda.errors import ValidationError
@@ -51,7 +60,26 @@ class ErrorResponse(ResponseModel):
 
 
 # ----------------------------------------------------------------------------- models
+class ModelPermission(ResponseModel):
+    """vLLM's (OpenAI's former) permission object: one per model card, with vLLM's values."""
+
+    id: str = Field(default_factory=lambda: f"modelperm-{uuid.uuid4().hex}")
+    object: Literal["model_permission"] = "model_permission"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
 class ModelCard(ResponseModel):
+    """vLLM's card: OpenAI's model object plus ``root``, ``parent``, ``max_model_len`` and ``permission``."""
+
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -59,6 +87,7 @@ class ModelCard(ResponseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
 class ModelList(ResponseModel):
@@ -92,11 +121,26 @@ class PromptTokenUsageInfo(ResponseModel):
     cached_tokens: int | None = None
 
 
+class CompletionTokenUsageInfo(ResponseModel):
+    reasoning_tokens: int = 0
+
+
 class UsageInfo(ResponseModel):
+    """``completion_tokens_details`` is vLLM's with ``--reasoning-parser`` on chat (the tokens of the reasoning);
+    left out of the JSON when unset, so every other usage reads as before."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokenUsageInfo | None = None  # with --enable-prompt-tokens-details
+    completion_tokens_details: CompletionTokenUsageInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if self.completion_tokens_details is None:
+            out.pop("completion_tokens_details", None)
+        return out
 
 
 class SamplingFields(OpenAIBaseModel):

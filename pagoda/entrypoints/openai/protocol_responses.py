@@ -312,7 +312,10 @@ class InputTokensDetails(BaseModel):
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
+    """``reasoning_tokens``: the reasoning's tokens under ``--reasoning-parser`` (0 without one); null only when
+    they cannot be counted exactly (the reasoning tags are not single tokens of this tokenizer)."""
+
+    reasoning_tokens: int | None = 0
 
 
 class ResponseUsage(BaseModel):

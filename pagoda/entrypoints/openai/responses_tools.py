@@ -129,14 +129,24 @@ def _fc_id() -> str:
     return f"fc_{uuid.uuid4().hex}"
 
 
-def output_items(m: ParsedMessage, status: Status) -> list[OutputItem]:
-    """A parsed answer → its output items: the reasoning, the text (if any) as a message, then one item per call."""
+def event_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output text logprobs as a text event carries them (OpenAI's event type: token, logprob, top_logprobs; no
+    ``bytes``)."""
+    return [{"token": t["token"], "logprob": t["logprob"],
+             "top_logprobs": [{"token": x["token"], "logprob": x["logprob"]} for x in t["top_logprobs"]]}
+            for t in entries]
+
+
+def output_items(m: ParsedMessage, status: Status, logprobs: list[dict[str, Any]] | None = None) -> list[OutputItem]:
+    """A parsed answer → its output items: the reasoning, the text (if any) as a message (``logprobs``: its
+    tokens'), then one item per call."""
     items: list[OutputItem] = []
     if m.reasoning:
         items.append(ReasoningItem(id=f"rs_{uuid.uuid4().hex}", status=status,
                                    content=[ReasoningText(text=m.reasoning)]))
     if m.content:
-        items.append(OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[OutputText(text=m.content)]))
+        items.append(OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status,
+                                   content=[OutputText(text=m.content, logprobs=logprobs or [])]))
     for c in m.tool_calls:
         items.append(FunctionCallItem(id=_fc_id(), call_id=c["id"], name=c["function"]["name"],
                                       arguments=c["function"]["arguments"], status=status))
@@ -145,11 +155,15 @@ def output_items(m: ParsedMessage, status: Status) -> list[OutputItem]:
 
 class ResponsesItemStream:
     """The parser's chat deltas → Responses stream events, one output item per reasoning / message / call, in
-    the order they start. ``event(kind, **fields)`` formats one event (it numbers them)."""
+    the order they start. ``event(kind, **fields)`` formats one event (it numbers them). ``content_logprobs``
+    (logprobs asked for): the answer's token logprobs not yet sent, taken with each text delta (the deltas'
+    concatenate to the done event's and the output text's)."""
 
-    def __init__(self, parser: ChatOutputParser, event: Callable[..., str]) -> None:
+    def __init__(self, parser: ChatOutputParser, event: Callable[..., str],
+                 content_logprobs: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.parser = parser
         self.event = event
+        self.content_logprobs = content_logprobs
         self.items: list[OutputItem] = []
         self._reasoning: ReasoningItem | None = None
         self._msg: OutputMessage | None = None
@@ -191,8 +205,15 @@ class ResponsesItemStream:
             out.append(self.event("response.content_part.added", **self._where(self._msg),
                                   part=OutputText(text="").model_dump()))
         self._msg.content[0].text += text
-        out.append(self.event("response.output_text.delta", **self._where(self._msg), delta=text, logprobs=[]))
+        out.append(self._text_delta(self._msg, text))
         return out
+
+    def _text_delta(self, msg: OutputMessage, text: str, lps: list[dict[str, Any]] | None = None) -> str:
+        """A text delta event; ``lps``: its tokens' logprobs (by default those not yet sent)."""
+        if lps is None:
+            lps = self.content_logprobs() if self.content_logprobs is not None else []
+        msg.content[0].logprobs += lps
+        return self.event("response.output_text.delta", **self._where(msg), delta=text, logprobs=event_logprobs(lps))
 
     def _call(self, d: dict[str, Any]) -> list[str]:
         """A call's item starts with its first arguments (a named choice's parser knows the name before the
@@ -236,7 +257,11 @@ class ResponsesItemStream:
                 out.append(self.event("response.reasoning_text.done", **self._where(item), text=item.content[0].text))
             else:
                 where = self._where(item)
-                out.append(self.event("response.output_text.done", **where, text=item.content[0].text, logprobs=[]))
+                lps = self.content_logprobs() if self.content_logprobs is not None else []
+                if lps:  # the answer's last tokens, whose text came earlier (or was empty)
+                    out.append(self._text_delta(item, "", lps))
+                out.append(self.event("response.output_text.done", **where, text=item.content[0].text,
+                                      logprobs=event_logprobs(item.content[0].logprobs)))
                 out.append(self.event("response.content_part.done", **where, part=item.content[0].model_dump()))
             out.append(self.event("response.output_item.done", output_index=i, item=item.model_dump()))
         return out

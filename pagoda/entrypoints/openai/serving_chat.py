@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from pagoda.engine.async_llm import RequestStream
 from pagoda.engine.chat_template_args import template_kwargs
 from pagoda.engine.tokenizer import content_parts_text
-from pagoda.entrypoints.openai.chat_output import ChatOutputParser
+from pagoda.entrypoints.openai.chat_output import ChatOutputParser, token_split
 from pagoda.entrypoints.openai.chat_render import render_chat
 from pagoda.entrypoints.openai.protocol import (
     ChatChoice,
@@ -21,6 +21,8 @@ from pagoda.entrypoints.openai.protocol import (
     ChatLogprobs,
     ChatMessageIn,
     ChatMessageOut,
+    CompletionTokenUsageInfo,
+    UsageInfo,
 )
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -130,13 +132,18 @@ class OpenAIServingChat(OpenAIServing):
             raise output_error(out)
         as_ids = self.as_ids(req)
         echo = self._echo_text(req)
+        role = self.response_role(req)
         num = self.num_logprobs(logprobs)
         choices = []
+        parsers: list[ChatOutputParser | None] = []
         for c in out.outputs:
             lp = None
             if num is not None:
                 lp = self.chat_logprobs(c.token_ids, c.logprobs or [], num, as_ids)
-            message, reason = self._message(req, plan, echo, c.text, c.finish_reason)
+            parser = output_parser(req, self.limits.tools, plan)
+            parsers.append(parser)
+            message, reason = self._message(parser, plan, echo, c.text, c.finish_reason)
+            message.role = role
             choices.append(ChatChoice(index=c.index, message=message, logprobs=lp,
                                       finish_reason=reason, stop_reason=c.stop_reason,
                                       token_ids=list(c.token_ids) if req.return_token_ids else None))
@@ -144,16 +151,34 @@ class OpenAIServingChat(OpenAIServing):
         ct = sum(len(c.token_ids) for c in out.outputs)
         resp = ChatCompletionResponse(
             id=request_id, created=self.now(), model=model, choices=choices,
-            usage=self.usage(pt, ct, out.num_cached_tokens),
+            usage=self._with_reasoning(self.usage(pt, ct, out.num_cached_tokens), parsers,
+                                       [c.text for c in out.outputs], [c.token_ids for c in out.outputs]),
             prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
             prompt_token_ids=list(out.prompt_token_ids) if req.return_token_ids else None,
         )
         return JSONResponse(resp.model_dump())
 
-    def _message(self, req: ChatCompletionRequest, plan: ToolPlan, echo: str, text: str,
+    def _with_reasoning(self, usage: UsageInfo, parsers: list[ChatOutputParser | None], texts: list[str],
+                        token_ids: list[Any]) -> UsageInfo:
+        """``usage`` with vLLM's ``completion_tokens_details.reasoning_tokens`` when ``--reasoning-parser`` is on:
+        the reasoning's tokens of every choice (:func:`token_split`); left out when they cannot be counted exactly
+        (the reasoning tags are not single tokens of this tokenizer)."""
+        if self.limits.tools.reasoning_parser is None:
+            return usage
+        total = 0
+        for parser, text, ids in zip(parsers, texts, token_ids, strict=True):
+            split = token_split(parser.reasoning, text, ids, self.reasoning_tags) \
+                if parser is not None and parser.reasoning is not None else None
+            if split is None:
+                return usage
+            total += split.reasoning_tokens
+        usage.completion_tokens_details = CompletionTokenUsageInfo(reasoning_tokens=total)
+        return usage
+
+    @staticmethod
+    def _message(parser: ChatOutputParser | None, plan: ToolPlan, echo: str, text: str,
                  reason: str | None) -> tuple[ChatMessageOut, str | None]:
         """One choice's message (reasoning and tool calls parsed out) and finish reason."""
-        parser = output_parser(req, self.limits.tools, plan)
         if parser is None:
             return ChatMessageOut(content=echo + text), reason
         m = parser.message(text, reason)
@@ -176,14 +201,45 @@ class OpenAIServingChat(OpenAIServing):
         return ({"content": new_text} if new_text or reason is None else {}), reason
 
     @staticmethod
-    def _echo_text(req: ChatCompletionRequest) -> str:
-        """vLLM's chat ``echo``: repeat the last message's content when it is the assistant's."""
-        if not req.echo or not req.messages or req.messages[-1].role != "assistant":
+    def response_role(req: ChatCompletionRequest) -> str:
+        """The answer's role (vLLM's ``get_chat_request_role``): ``assistant`` when the template adds the generation
+        prompt, else the last message's role (the model continues that message, whoever wrote it)."""
+        if req.add_generation_prompt or not req.messages:
+            return "assistant"
+        return req.messages[-1].role
+
+    @classmethod
+    def _echo_text(cls, req: ChatCompletionRequest) -> str:
+        """vLLM's chat ``echo``: repeat the last message's content when its role is the answer's role
+        (:meth:`response_role`)."""
+        if not req.echo or not req.messages or req.messages[-1].role != cls.response_role(req):
             return ""
         content = req.messages[-1].content
         if isinstance(content, list):  # as the template got it (vLLM echoes the parsed content)
             return content_parts_text([p.model_dump(exclude_none=True) for p in content])
         return content or ""
+
+    def _chunk_usage(self, prompt_tokens: int, parser: ChatOutputParser | None, text: str,
+                     token_ids: Any) -> bytes | UsageInfo:
+        """A choice's continuous usage so far (with its reasoning tokens under ``--reasoning-parser``)."""
+        done = len(token_ids)
+        if self.limits.tools.reasoning_parser is None:
+            return usage_json(prompt_tokens, done)
+        return self._with_reasoning(UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done,
+                                              total_tokens=prompt_tokens + done), [parser], [text], [token_ids])
+
+    def _opening(self, req: ChatCompletionRequest, chunks: StreamChunks, n: int, prompt_ids: list[int] | None,
+                 usage: Callable[[int], Any] | None) -> list[bytes]:
+        """A stream's first events: each choice's role (:meth:`response_role`; the prompt's ids, when asked for, in
+        the very first chunk only), then the echo (if any) in chunks of its own, as vLLM sends them."""
+        out = [b"".join(chunks.event(_choice(i, {"role": self.response_role(req), "content": ""}),
+                                     usage(i) if usage else None, prompt_ids if i == 0 else None)
+                        for i in range(n))]
+        echo = self._echo_text(req)
+        if echo:
+            out.append(b"".join(chunks.event(_choice(i, {"content": echo}), usage(i) if usage else None)
+                                for i in range(n)))
+        return out
 
     async def _stream(self, req: ChatCompletionRequest, model: str, request_id: str,
                       stream: RequestStream, plan: ToolPlan) -> AsyncIterator[str | bytes]:
@@ -191,6 +247,7 @@ class OpenAIServingChat(OpenAIServing):
         n = stream.n
         parsers = [output_parser(req, self.limits.tools, plan) for _ in range(n)]
         texts = [""] * n
+        ids_so_far: list[Any] = [()] * n
         sent_tokens = [0] * n
         finished = [False] * n
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -201,13 +258,11 @@ class OpenAIServingChat(OpenAIServing):
         pt = len(stream.prompt_token_ids)
         cached_tokens = 0
         events: list[bytes] = []  # one write for all the choices of an output (n > 1)
+
         try:
-            echo = self._echo_text(req)
-            # the role first, as OpenAI does; vLLM: the prompt's ids in the first chunk only
-            yield b"".join(chunks.event(_choice(i, {"role": "assistant", "content": echo}),
-                                        usage_json(pt, 0) if continuous else None,
-                                        list(stream.prompt_token_ids) if want_ids and i == 0 else None)
-                           for i in range(n))
+            for opening in self._opening(req, chunks, n, list(stream.prompt_token_ids) if want_ids else None,
+                                         (lambda i: self._chunk_usage(pt, parsers[i], "", ())) if continuous else None):
+                yield opening
             async for out in stream:
                 if out.error:
                     raise output_error(out)
@@ -226,6 +281,7 @@ class OpenAIServingChat(OpenAIServing):
                     if c.finish_reason is not None:
                         finished[i] = True
                     texts[i] += text
+                    ids_so_far[i] = c.token_ids
                     delta, reason = self._delta(parsers[i], plan, texts[i], text, c.finish_reason,
                                                 lp is not None or bool(want_ids and new_ids), bool(new_ids))
                     if delta is None:
@@ -233,12 +289,14 @@ class OpenAIServingChat(OpenAIServing):
                     choice = _choice(i, delta, lp, reason, c.stop_reason)
                     if want_ids:
                         choice["token_ids"] = new_ids
-                    events.append(chunks.event(choice, usage_json(pt, len(c.token_ids)) if continuous else None))
+                    events.append(chunks.event(choice, self._chunk_usage(pt, parsers[i], texts[i], c.token_ids)
+                                               if continuous else None))
                 if events:
                     yield events[0] if len(events) == 1 else b"".join(events)
                     events.clear()
             if include_usage:
-                yield chunks.event(None, self.usage(pt, sum(sent_tokens), cached_tokens))
+                yield chunks.event(None, self._with_reasoning(self.usage(pt, sum(sent_tokens), cached_tokens),
+                                                              list(parsers), texts, ids_so_far))
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -14,7 +14,10 @@ when the answer was cut at ``max_output_tokens``: ``status`` then says ``incompl
 mid-stream is an ``error`` event and ends the stream. Nothing is stored. With ``include:
 ["message.output_text.logprobs"]`` the output text carries chat's logprobs of its tokens (``top_logprobs``
 alternatives each), and each ``response.output_text.delta`` those of its tokens, which concatenate to the
-``response.output_text.done`` event's (OpenAI's event shape: no ``bytes``); not with tools or a reasoning parser.
+``response.output_text.done`` event's (OpenAI's event shape: no ``bytes``). With ``--reasoning-parser`` they are
+the answer's tokens only (those after the reasoning's end tag, :func:`token_split`; the reasoning's are not the
+output text's); not with a tool parser's items (the calls' text is cut out of the answer, so no token range is it).
+Usage's ``output_tokens_details.reasoning_tokens`` counts the reasoning's tokens (as vLLM).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream, final_output
-from pagoda.entrypoints.openai.chat_output import ChatOutputParser
+from pagoda.entrypoints.openai.chat_output import ChatOutputParser, TokenSplit, token_split
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
     LOGPROBS_INCLUDE,
@@ -39,6 +42,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     OutputItem,
     OutputMessage,
     OutputText,
+    OutputTokensDetails,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
@@ -54,6 +58,7 @@ from pagoda.entrypoints.openai.responses_tools import (
     chat_tool_choice,
     chat_tools,
     continues_final_message,
+    event_logprobs,
     input_messages,
     output_items,
 )
@@ -72,6 +77,7 @@ from pagoda.entrypoints.openai.tool_calling import (
     output_parser,
     plan_tools,
 )
+from pagoda.reasoning.token_ids import ReasoningTokenIds
 
 logger = logging.getLogger("pagoda.server")
 
@@ -98,14 +104,6 @@ def _status(finish_reason: str | None) -> Status:
 def _text_config(text: Any) -> Any:
     """The request's ``text`` as the response echoes it: ``format`` absent or null reads as plain text."""
     return {**text, "format": text.get("format") or {"type": "text"}} if isinstance(text, dict) else text
-
-
-def event_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Output text logprobs as a text event carries them (OpenAI's event type: token, logprob, top_logprobs; no
-    ``bytes``)."""
-    return [{"token": t["token"], "logprob": t["logprob"],
-             "top_logprobs": [{"token": x["token"], "logprob": x["logprob"]} for x in t["top_logprobs"]]}
-            for t in entries]
 
 
 @contextmanager
@@ -142,6 +140,53 @@ def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
                                  tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
                                  parallel_tool_calls=req.parallel_tool_calls, response_format=rf,
                                  logprobs=wants_logprobs(req), top_logprobs=req.top_logprobs, **extras)
+
+
+class AnswerTokens:
+    """A parsed output's tokens as they come (:meth:`update`): how many are the reasoning's, and the answer's
+    logprobs not yet taken (:meth:`take`; ``token_logprobs`` None: not asked for). The split is the reasoning
+    parser's on the tokens (:func:`token_split`); the answer is every token after the reasoning's end tag. Once the
+    output is finished, a split that cannot be exact (the text holds a reasoning tag its tokens do not) fails the
+    request rather than give the reasoning's logprobs as the answer's."""
+
+    def __init__(self, parser: ChatOutputParser, tags: Any, token_logprobs: TokenLogprobs | None) -> None:
+        self.parser = parser
+        self.tags = tags
+        self.token_logprobs = token_logprobs
+        self.text = ""
+        self.ids: list[int] = []
+        self.lps: list[Any] = []
+        self.sent = 0  # the answer's tokens whose logprobs were taken
+        self.finished = False
+
+    def update(self, text: str, token_ids: Any, logprobs: list[Any], finished: bool) -> None:
+        self.text, self.ids, self.lps, self.finished = text, list(token_ids), logprobs, finished
+
+    def _split(self) -> TokenSplit | None:
+        if self.parser.reasoning is None:
+            return TokenSplit(0, 0, 0)  # no reasoning parser: every token is the answer's
+        return token_split(self.parser.reasoning, self.text, self.ids, self.tags)
+
+    def reasoning_tokens(self) -> int | None:
+        """The reasoning's tokens (vLLM's ``output_tokens_details.reasoning_tokens``); None when not exact."""
+        split = self._split()
+        return split.reasoning_tokens if split is not None else None
+
+    def take(self) -> list[dict[str, Any]]:
+        """The logprobs of the answer's tokens since the last call ([] while the split is undecided)."""
+        if self.token_logprobs is None:
+            return []
+        split = self._split()
+        if split is None:
+            if self.finished:
+                raise ServingError(500, f"the answer's logprobs cannot be told from the reasoning's: the output's "
+                                   f"text holds a reasoning tag that is not one of its tokens (include "
+                                   f"{LOGPROBS_INCLUDE!r}).", type_="server_error", param="include")
+            return []
+        start = split.content_start + self.sent
+        new = self.ids[start:]
+        self.sent += len(new)
+        return self.token_logprobs(new, self.lps[start:])
 
 
 class OpenAIServingResponses:
@@ -186,8 +231,7 @@ class OpenAIServingResponses:
             parser = output_parser(creq, chat.limits.tools, plan)
             logprobs = chat._logprobs(creq)  # chat's checks and setting (-1: the whole vocabulary)
             if logprobs is not None and parser is not None:
-                raise ServingError(400, f"include {LOGPROBS_INCLUDE!r} is not supported with tools or a reasoning "
-                                   f"parser (the output is split into items; ask without them).", param="include")
+                self._check_logprobs_split(parser)
             given = req.max_output_tokens is not None
             params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, logprobs)
             so = constraint(plan)
@@ -208,7 +252,8 @@ class OpenAIServingResponses:
 
         if req.stream:
             body = self._stream(resp, stream, token_logprobs) if parser is None else \
-                self._stream_items(resp, stream, parser)
+                self._stream_items(resp, stream, parser, AnswerTokens(parser, chat.reasoning_tags,
+                                                                      token_logprobs if num is not None else None))
             return StreamingResponse(body, media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
@@ -216,33 +261,54 @@ class OpenAIServingResponses:
             raise output_error(out)
         c = out.outputs[0]
         status = _status(c.finish_reason)
-        items: list[OutputItem] = (
-            [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[
+        reasoning_tokens: int | None = 0
+        if parser is None:
+            items: list[OutputItem] = [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[
                 OutputText(text=c.text, logprobs=token_logprobs(list(c.token_ids), c.logprobs or []))])]
-            if parser is None else output_items(parser.message(c.text, c.finish_reason), status))
-        self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens)
+        else:
+            answer = AnswerTokens(parser, chat.reasoning_tags, token_logprobs if num is not None else None)
+            answer.update(c.text, c.token_ids, c.logprobs or [], True)
+            reasoning_tokens = answer.reasoning_tokens()
+            message = parser.message(c.text, c.finish_reason)
+            items = output_items(message, status, answer.take() if message.content else None)
+        self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens,
+                     reasoning_tokens)
         return JSONResponse(resp.model_dump())
+
+    def _check_logprobs_split(self, parser: ChatOutputParser) -> None:
+        """Logprobs beside parsed items need the answer's tokens told apart exactly (:class:`AnswerTokens`)."""
+        if parser.tools is not None:
+            raise ServingError(400, f"include {LOGPROBS_INCLUDE!r} is not supported with tools (a tool parser cuts "
+                               f"the calls' text out of the answer, so no range of tokens is the output text); ask "
+                               f"without tools or with tool_choice 'none'.", param="include")
+        tags = self.chat.reasoning_tags
+        if not isinstance(tags, ReasoningTokenIds):
+            raise ServingError(400, f"include {LOGPROBS_INCLUDE!r} is not supported with this server's "
+                               f"--reasoning-parser: {tags}, so the answer's tokens cannot be told from the "
+                               f"reasoning's.", param="include")
 
     @staticmethod
     def _finish(resp: ResponseObject, items: list[OutputItem], status: Status,
-                input_tokens: int, output_tokens: int, cached: int) -> None:
+                input_tokens: int, output_tokens: int, cached: int, reasoning_tokens: int | None = 0) -> None:
         """Fill ``resp`` with its final output and usage."""
         resp.status = status
         resp.incomplete_details = {"reason": "max_output_tokens"} if status == "incomplete" else None
         resp.output = items
         resp.usage = ResponseUsage(input_tokens=input_tokens, output_tokens=output_tokens,
                                    total_tokens=input_tokens + output_tokens,
-                                   input_tokens_details=InputTokensDetails(cached_tokens=cached))
+                                   input_tokens_details=InputTokensDetails(cached_tokens=cached),
+                                   output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens))
 
     async def _stream_items(self, resp: ResponseObject, stream: RequestStream,
-                            parser: ChatOutputParser) -> AsyncIterator[str]:
-        """A stream whose output items come from chat's parsers (:class:`ResponsesItemStream`)."""
+                            parser: ChatOutputParser, answer: AnswerTokens) -> AsyncIterator[str]:
+        """A stream whose output items come from chat's parsers (:class:`ResponsesItemStream`), the answer's
+        logprobs (when asked for) from ``answer``."""
         seq = iter(range(1 << 62))
 
         def ev(kind: str, **fields: Any) -> str:
             return event(kind, next(seq), **fields)
 
-        items = ResponsesItemStream(parser, ev)
+        items = ResponsesItemStream(parser, ev, answer.take if answer.token_logprobs is not None else None)
         try:
             yield ev("response.created", response=resp.model_dump())
             yield ev("response.in_progress", response=resp.model_dump())
@@ -252,15 +318,17 @@ class OpenAIServingResponses:
                     raise output_error(out)
                 last = out
                 text += stream.last_deltas[0] if stream.last_deltas else ""
+                answer.update(text, out.outputs[0].token_ids, out.outputs[0].logprobs or [], out.finished)
                 for e in items.feed(text, out.finished, out.outputs[0].finish_reason):
                     yield e
             assert last is not None
             c = last.outputs[0]
             status = _status(c.finish_reason)
+            reasoning_tokens = answer.reasoning_tokens()
             for e in items.finish(status):
                 yield e
             self._finish(resp, items.items, status, len(last.prompt_token_ids), len(c.token_ids),
-                         last.num_cached_tokens)
+                         last.num_cached_tokens, reasoning_tokens)
             yield ev("response.completed", response=resp.model_dump())
         except asyncio.CancelledError:
             raise
