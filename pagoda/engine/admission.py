@@ -200,8 +200,9 @@ def check_priority(priority: Any, policy: str) -> None:
     if not is_token_id(priority):
         raise ValidationError(f"priority must be an integer, got {priority!r}.", "priority")
     if priority != 0 and policy != "priority":
-        raise ValidationError("Got priority != 0 but the scheduling policy is not 'priority' "
-                              "(start the server with --scheduling-policy priority).", "priority", value=priority)
+        raise ValidationError("Got priority != 0 but the scheduling policy is not 'priority' (start the server "
+                              "with --scheduling-policy priority, or LLM(scheduling_policy='priority') offline).",
+                              "priority", value=priority)
 
 
 def check_request_id_free(request_id: str, in_use: bool) -> None:

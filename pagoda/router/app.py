@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import pagoda
+from pagoda.entrypoints.api_keys import ApiKeys
 from pagoda.router.backends import Backend, BackendPool
 from pagoda.router.discovery import DiscoveryError, FileSource
 from pagoda.router.health import HealthChecker
@@ -71,12 +71,12 @@ class RouterConfig:
 
 
 class ApiKeyMiddleware:
-    """``Authorization: Bearer KEY`` on every route but /health (constant-time comparison); ``on_reject(path,
-    t0)`` is told of each 401."""
+    """``Authorization: Bearer KEY`` (:class:`ApiKeys`: any case of the scheme, constant-time comparison) on every
+    route but /health; ``on_reject(path, t0)`` is told of each 401."""
 
     def __init__(self, app: ASGIApp, api_key: str, on_reject: Callable[[str, float], None] | None = None) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.keys = ApiKeys(api_key)
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,7 +84,7 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         t0 = time.monotonic()
         given = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
-        if not secrets.compare_digest(given, self.expected):
+        if not self.keys.accepts(given):
             if self.on_reject:
                 self.on_reject(scope["path"], t0)
             msg = "Missing API key." if not given else "Incorrect API key provided."

@@ -137,6 +137,9 @@ def test_api_key_checked_and_passed_on(fakes, routers):
     assert b.posts == []
     ok = r.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer router-key"})
     assert ok.status_code == 200 and b.posts[-1][1]["_auth"] == "Bearer backend-key"
+    for header in ("bearer router-key", "BEARER  router-key"):  # the scheme in any case (RFC 9110, as vLLM)
+        assert r.post("/v1/completions", COMPLETION, headers={"Authorization": header}).status_code == 200, header
+    assert r.post("/v1/completions", COMPLETION, headers={"Authorization": "Basic router-key"}).status_code == 401
     same = routers([b.url], api_key="router-key")  # no --backend-api-key: the client's key goes on
     assert same.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer router-key"}).status_code == 200
     assert b.posts[-1][1]["_auth"] == "Bearer router-key"

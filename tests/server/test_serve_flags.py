@@ -241,9 +241,13 @@ def test_request_id_headers(flags_server):
 def test_fastapi_docs_disabled(flags_server):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert flags_server.get(path).status_code == 404, path
-    # --root-path: the proxy strips the prefix; /health still needs no key under it
+    # --root-path: a request comes without the prefix (a proxy stripped it) or with it (none did), as in vLLM;
+    # /health needs no key either way
     assert flags_server.get("/v1/models").json()["data"][0]["id"] == MODEL
+    assert flags_server.get("/api/v1/models").json()["data"][0]["id"] == MODEL
     assert httpx.get(flags_server.url + "/health").status_code == 200
+    assert httpx.get(flags_server.url + "/api/health").status_code == 200
+    assert httpx.get(flags_server.url + "/api/v1/models").status_code == 401
 
 
 def test_cors(flags_server):

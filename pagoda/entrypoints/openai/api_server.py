@@ -74,6 +74,9 @@ def build_app(args: argparse.Namespace, api_servers: ApiServerProcesses | None =
     if getattr(args, "disable_fastapi_docs", False):
         docs = {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title="pagoda OpenAI-compatible server", version=pagoda.__version__, lifespan=lifespan, **docs)
+    # vLLM's rule: the app (not uvicorn) holds the prefix, so a request comes with it or without it (a proxy that
+    # strips it, or none); uvicorn's root_path would prepend it again to a request that already has it
+    app.root_path = getattr(args, "root_path", None) or ""
     app.state.pagoda = state
     add_middlewares(app, args)
     add_exception_handlers(app)
@@ -95,7 +98,6 @@ def _uvicorn_config(app: FastAPI, args: argparse.Namespace) -> Any:
         timeout_keep_alive=5,
         # in-flight requests (streams included) finish within this, then are cut off
         timeout_graceful_shutdown=grace if grace is not None and grace >= 0 else None,
-        root_path=getattr(args, "root_path", None) or "",  # requests come with or without the prefix
         ssl_keyfile=getattr(args, "ssl_keyfile", None),
         ssl_certfile=getattr(args, "ssl_certfile", None),
         ssl_ca_certs=getattr(args, "ssl_ca_certs", None),

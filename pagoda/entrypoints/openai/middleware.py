@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import uuid
 from typing import Any
 
@@ -18,15 +17,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pagoda import envs
+from pagoda.entrypoints.api_keys import ApiKeys
 from pagoda.entrypoints.openai.serving_engine import error_body
 
 # Health probes answer without the key: load balancers and SageMaker (/ping) send none; nor does a browser
 # opening the chat page (/), static HTML with no data whose own API calls carry the key. (vLLM checks the
 # key on /v1/* only; pagoda checks it everywhere else too.)
 UNAUTHENTICATED_PATHS = frozenset({"/health", "/ping", "/"})
-# The routes whose requests occupy the engine: what --enable-server-load-tracking counts (vLLM's list,
-# less the pooling routes pagoda does not have).
-LOAD_TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations"})
+
+
+def load_tracked_paths() -> frozenset[str]:
+    """The routes whose requests occupy the engine, what --enable-server-load-tracking counts (vLLM's list): every
+    POST route of the completion, chat, Responses and pooling routers, and SageMaker's /invocations (which
+    dispatches to them). Read from the routers themselves, so a new route there is counted."""
+    from fastapi.routing import APIRoute
+
+    from pagoda.entrypoints.openai.routes import chat, completions, pooling, responses
+
+    paths = {r.path for m in (completions, chat, responses, pooling) for r in m.router.routes
+             if isinstance(r, APIRoute) and "POST" in (r.methods or ())}
+    return frozenset({*paths, "/invocations"})
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any],
@@ -45,24 +55,17 @@ def route_path(scope: Scope) -> str:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token check on every route but ``UNAUTHENTICATED_PATHS``: any of the keys (vLLM's ``--api-key`` takes
-    several), each compared in constant time (every key is compared, whichever matches)."""
+    """Bearer-token check (:class:`ApiKeys`) on every route but ``UNAUTHENTICATED_PATHS``."""
 
     def __init__(self, app: ASGIApp, api_key: str | list[str]) -> None:
         self.app = app
-        keys = [api_key] if isinstance(api_key, str) else list(api_key)
-        self.expected = [f"Bearer {k}".encode() for k in keys]
+        self.keys = ApiKeys(api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_path(scope) in UNAUTHENTICATED_PATHS:
             return await self.app(scope, receive, send)
-        given = b""
-        for k, v in scope.get("headers", ()):
-            if k == b"authorization":
-                given = v
-                break
-        matched = [secrets.compare_digest(given, key) for key in self.expected]  # no early exit
-        if not any(matched):
+        given = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+        if not self.keys.accepts(given):
             msg = "Missing API key." if not given else "Incorrect API key provided."
             return await send_json(send, 401, error_body(401, msg, "invalid_request_error", None, "invalid_api_key"),
                                    [(b"www-authenticate", b"Bearer")])
@@ -152,16 +155,17 @@ class RequestIdMiddleware:
 
 
 class ServerLoadMiddleware:
-    """--enable-server-load-tracking: ``counter.server_load`` is the number of requests to
-    ``LOAD_TRACKED_PATHS`` being served, from the route's start to the response's last byte (a stream's
+    """--enable-server-load-tracking: ``counter.server_load`` is the number of POST requests to ``paths`` (default:
+    :func:`load_tracked_paths`) being served, from the route's start to the response's last byte (a stream's
     included), whatever the outcome."""
 
-    def __init__(self, app: ASGIApp, counter: Any) -> None:
+    def __init__(self, app: ASGIApp, counter: Any, paths: frozenset[str] | None = None) -> None:
         self.app = app
         self.counter = counter
+        self.paths = load_tracked_paths() if paths is None else paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in LOAD_TRACKED_PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in self.paths:
             return await self.app(scope, receive, send)
         self.counter.server_load += 1
         try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 import pagoda
 from pagoda.entrypoints.openai.protocol import VersionResponse
 from pagoda.entrypoints.openai.routes.common import guarded, ready, server_state
-from pagoda.entrypoints.openai.serving_engine import error_response
+from pagoda.entrypoints.openai.serving_engine import ServingError, error_response
 
 logger = logging.getLogger("pagoda.server")
 router = APIRouter()
@@ -48,10 +48,21 @@ async def metrics(request: Request) -> Response:
 
 
 @router.post("/reset_prefix_cache")
-async def reset_prefix_cache(request: Request) -> Response:
+async def reset_prefix_cache(request: Request, reset_running_requests: bool = Query(False),
+                             reset_external: bool = Query(False)) -> Response:
     """vLLM's route: forget the prefix cache (e.g. between benchmark runs). 200 with
-    ``{"success": false}`` when running requests still hold cached blocks."""
+    ``{"success": false}`` when running requests still hold cached blocks. vLLM's query options are read:
+    ``reset_running_requests=true`` (preempt the running requests first) and ``reset_external=true`` (a KV
+    connector's cache) are a 400 naming the option, since pagoda does neither; false is the default."""
     async def run() -> Response:
+        for name, value, why in (
+                ("reset_running_requests", reset_running_requests,
+                 "pagoda does not preempt running requests to reset the cache; their blocks stay cached and the "
+                 "answer is {\"success\": false} while they run"),
+                ("reset_external", reset_external, "pagoda has no KV connector, so no external prefix cache")):
+            if value:
+                raise ServingError(400, f"{name}=true is not supported: {why}. Omit it or send false.",
+                                   param=name)
         s = ready(request)
         assert s.engine is not None
         logger.info("Resetting prefix cache...")
