@@ -194,10 +194,12 @@ class EngineArgs:
     device: str = "auto"
     """auto, cpu or cuda (cuda:0); another GPU: CUDA_VISIBLE_DEVICES."""
     quantization: str | None = field(default=None, metadata={"choices": QUANTIZATION_METHODS, "aliases": ("-q",)})
-    """Quantization method of the weights (default: the checkpoint's quantization_config, or none). Given for an
-    unquantized checkpoint, a method that can quantize at load time (fp8) does so; gptq and awq then give random
-    weights of their default layout (4-bit, group 128) with --load-format dummy only. MoE experts are quantized
-    too (weight-only, dequantized in flight), GGUF ones included."""
+    """Quantization method of the weights (default: the checkpoint's quantization_config or compression_config,
+    else its quantize_config.json / quant_config.json, or none). Given for an unquantized checkpoint, a method that can
+    quantize at load time (fp8) does so; gptq and awq then give random weights of their default layout (4-bit,
+    group 128) with --load-format dummy only. vLLM's kernel names gptq_marlin / gptq_bitblas and awq_marlin /
+    cpu_awq read the gptq and awq checkpoints, run with pagoda's own kernels. MoE experts are quantized too
+    (weight-only, dequantized in flight), GGUF ones included."""
     kv_cache_memory_bytes: int | None = field(default=None, metadata={"size": True})
     """KV-cache size, e.g. 512M or 4G (binary units; a lowercase one, 4g, is decimal, as in vLLM); on GPU it
     overrides --gpu-memory-utilization (default: 2G on CPU)."""
@@ -392,7 +394,7 @@ class EngineArgs:
         from pagoda.models.model_files import ensure_gguf_weights, gguf_source, resolve_model
         from pagoda.models.registry import resolve_architecture
         from pagoda.plugins import load_general_plugins
-        from pagoda.quantization import resolve_quantization
+        from pagoda.quantization import resolve_quantization, with_legacy_quant_config
         from pagoda.quantization.gguf import gguf_model_config
 
         self.validate()
@@ -402,6 +404,7 @@ class EngineArgs:
         model_path = resolve_model(self.model, load_format=self.load_format, revision=rev, download_dir=ddir)
         tokenizer_path = self._tokenizer_path(rev, ddir) if self.tokenizer else model_path
         hf_config = merge_overrides(read_json(model_path / "config.json"), self.hf_overrides or {})
+        hf_config = with_legacy_quant_config(hf_config, model_path, self.quantization)  # compression_config, AutoGPTQ
         arch, model_impl = resolve_architecture(hf_config, self.model_impl, self.trust_remote_code)
         hf_config = gguf_model_config(hf_config, gguf_source(model_path), self.load_format, self.quantization, arch)
         if self.load_format != "dummy" and "quantization_config" not in hf_config:

@@ -82,6 +82,14 @@ def _route(name: str, stacked: Mapping[str, tuple[str, int]]) -> tuple[str, int 
     return name, None
 
 
+def zero_bias_of_bias_free_layer(module: nn.Module | None, param_name: str, tensor: torch.Tensor) -> bool:
+    """Whether checkpoint ``tensor``, named ``<module>.<param_name>``, is an all-zero ``bias`` of a layer built
+    without one (``module.bias is None``): GPTQ-for-LLaMa writes such a bias for every linear. Adding zero changes
+    nothing, so it is skipped (vLLM skips every bias its layer lacks); a nonzero one stays an error."""
+    return (param_name == "bias" and module is not None and hasattr(module, "bias") and module.bias is None
+            and tensor.is_floating_point() and not bool(tensor.any()))
+
+
 def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                  stacked: Mapping[str, tuple[str, int]], prefix: str = "model.",
                  skip: tuple[str, ...] = ("rotary_emb.inv_freq",)) -> set[str]:
@@ -100,8 +108,10 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
             module = None
         param = getattr(module, param_name, None) if module is not None else None
         if not isinstance(param, torch.Tensor):
-            hint = (" (a bias this architecture's HF modeling does not have, or that config.json's attention_bias / "
-                    "mlp_bias / qkv_bias leaves off)" if raw_name.endswith(".bias") else "")
+            if zero_bias_of_bias_free_layer(module, param_name, tensor):
+                continue
+            hint = (" (a nonzero bias this architecture's HF modeling does not have, or that config.json's "
+                    "attention_bias / mlp_bias / qkv_bias leaves off)" if raw_name.endswith(".bias") else "")
             raise ValueError(f"Checkpoint tensor {raw_name!r} has no place in {type(model).__name__}{hint}.")
         wrong_dtype = dtype_mismatch(param, tensor)
         if wrong_dtype is not None:

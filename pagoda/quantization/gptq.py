@@ -85,6 +85,9 @@ class GPTQConfig(QuantizationConfig):
         if fmt not in FORMATS:
             raise ValueError(f"GPTQ quantization_config.checkpoint_format={fmt!r} is not supported; pagoda reads "
                              f"{', '.join(FORMATS)}.")
+        if qcfg.get("is_marlin_format"):  # AutoGPTQ's older spelling of checkpoint_format marlin
+            raise ValueError(f"GPTQ quantization_config.is_marlin_format={qcfg['is_marlin_format']!r} (AutoGPTQ's "
+                             f"Marlin layout) is not supported; pagoda reads {', '.join(FORMATS)}.")
         refuse_unhonoured_keys(qcfg, "GPTQ")
         return cls(bits, group_size, _flag(qcfg, "desc_act", False), _flag(qcfg, "sym", True), fmt,
                    quantized_modules=_module_names(qcfg.get("modules_in_block_to_quantize")))
