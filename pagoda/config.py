@@ -294,6 +294,8 @@ class EngineArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (leave it out for the default), got {value}.")
+        if not -(2**63) <= self.seed < 2**64:  # torch.manual_seed's range (every generator pagoda seeds)
+            raise ValueError(f"seed (--seed) must be in [-2**63, 2**64), got {self.seed}.")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}.")
         if self.long_prefill_token_threshold < 0:

@@ -34,6 +34,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60", "default of `--engine-stuck-timeout`"),
     EnvVar("PAGODA_DIST_TIMEOUT_S", "120", "seconds a tensor-parallel collective (and the ranks' start-up "
            "rendezvous) may wait for the other ranks before the engine fails"),
+    EnvVar("PAGODA_DP_RANK", "0", "set by `pagoda serve --data-parallel-size N` in replica i's processes (`i`), not "
+           "by hand: replica i seeds its unseeded sampling with `--seed` + i, so the replicas draw differently"),
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
     EnvVar("PAGODA_CHUNK_GRAPHS", "1", "`0` turns off the CUDA graphs of single-request prefill chunks only "
            "(an A/B switch for benchmarks; `--enforce-eager` turns off every graph)"),
@@ -141,6 +143,14 @@ def dist_timeout_s() -> float:
     return _float("PAGODA_DIST_TIMEOUT_S")
 
 
+def dp_rank() -> int:
+    """``PAGODA_DP_RANK``: this process's data-parallel replica (0 without data parallelism)."""
+    text = _raw("PAGODA_DP_RANK").strip()
+    if not text.isdigit():
+        raise ValueError(f"environment variable PAGODA_DP_RANK must be a replica index (0, 1, ...), got {text!r}")
+    return int(text)
+
+
 def log_stats_interval_s() -> float:
     """``PAGODA_LOG_STATS_INTERVAL``: seconds between periodic stats log lines."""
     return _float("PAGODA_LOG_STATS_INTERVAL")
@@ -241,9 +251,9 @@ def triton_interpreter() -> bool:
 def check() -> None:
     """Read every typed variable of :data:`ENV_VARS` once, so a malformed value (``VLLM_BATCH_INVARIANT=false`` is
     off, ``=maybe`` an error) stops start-up with its name rather than failing, or reading wrong, mid-run."""
-    for read in (hub_timeout_s, engine_stuck_timeout_s, dist_timeout_s, log_stats_interval_s, chunk_graphs_enabled,
-                 prelaunch_core_enabled, mixed_graphs_enabled, cpu_amx_enabled, pdl_enabled, gc_freeze_enabled,
-                 launch_pacing_enabled, log_jit_compiles, jit_precompile_enabled, batch_invariant):
+    for read in (hub_timeout_s, engine_stuck_timeout_s, dist_timeout_s, dp_rank, log_stats_interval_s,
+                 chunk_graphs_enabled, prelaunch_core_enabled, mixed_graphs_enabled, cpu_amx_enabled, pdl_enabled,
+                 gc_freeze_enabled, launch_pacing_enabled, log_jit_compiles, jit_precompile_enabled, batch_invariant):
         read()
 
 

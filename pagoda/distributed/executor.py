@@ -11,7 +11,9 @@ torch.distributed (collectives within a stage, send/recv between stages).
 
 Failure: before each step the executor checks that every worker still runs; a worker that dies during a
 step breaks the collective (gloo: its sockets close; NCCL: the group's timeout), and the engine core turns
-that into :class:`WorkerDied` with the worker's own error when it sent one.
+that into :class:`WorkerDied` with the worker's own error when it sent one. A rank that is stuck, not dead (a hung
+device, a paused or starved process), makes the others' collectives time out after ``PAGODA_DIST_TIMEOUT_S``:
+that :class:`WorkerDied` names the step, the limit, the ranks that stayed silent and the variable that raises it.
 Workers exit on :class:`StopWorker`, when the engine's connection closes, or when their parent process is gone
 (:func:`pagoda.distributed.worker.watch_parent`; not when the thread that started them ends).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +53,12 @@ class WorkerDied(EngineFatalError):
     """A worker rank exited or failed; the engine cannot continue."""
 
 
+def is_timeout(error: BaseException | str) -> bool:
+    """Whether a distributed error is torch.distributed's timeout (gloo: "Timed out waiting 4000ms", the
+    rendezvous store: "... timeout ...", NCCL's watchdog: "... before timing out"), not a peer's death."""
+    return re.search(r"tim(ed|ing)[ _]?out|timeout", str(error), re.IGNORECASE) is not None
+
+
 def driver_rank(tp_size: int, pp_size: int) -> int:
     """The engine core's global rank: tensor rank 0 of the last stage (``rank = stage * tp_size + tp_rank``)."""
     return (pp_size - 1) * tp_size
@@ -77,6 +86,7 @@ class Executor:
         self.tp: TPGroup | None = None
         self.pp: Any = None  # PPStage under pipeline parallelism
         self.out_of_step: str | None = None  # why the ranks are out of step (abandon_step); None: in step
+        self.steps = 0  # distributed steps sent (broadcast_step): the number a timeout names
 
     def who(self, rank: int) -> str:
         if self.pp_size == 1:
@@ -104,7 +114,13 @@ class Executor:
             t.join(_POLL_S)
             self.check_alive()
         if "error" in box:
-            raise RuntimeError(f"distributed rendezvous failed: {box['error']}") from box["error"]
+            e = box["error"]
+            if is_timeout(e):
+                raise RuntimeError(f"distributed rendezvous timed out: the {self.world_size} ranks did not all join "
+                                   f"within PAGODA_DIST_TIMEOUT_S={envs.dist_timeout_s():g} s (no worker exited; one "
+                                   f"is stuck or starting slowly). Set PAGODA_DIST_TIMEOUT_S higher (seconds) if "
+                                   f"start-up is that slow here. ({type(e).__name__}: {e})") from e
+            raise RuntimeError(f"distributed rendezvous failed: {e}") from e
         self.tp = box["tp"]
         if self.pp_size > 1:
             from pagoda.distributed.pipeline import PPStage
@@ -132,31 +148,61 @@ class Executor:
         Every later :meth:`check_alive` (each step's first call) raises instead."""
         self.out_of_step = why
 
-    def check_alive(self) -> None:
-        """Raise :class:`WorkerDied` when a worker has exited or reported a failure, or a step was abandoned."""
+    def check_alive(self, *, blame_timeouts: bool = True) -> None:
+        """Raise :class:`WorkerDied` when a worker has exited or reported a failure, or a step was abandoned.
+        ``blame_timeouts`` False: a worker whose failure was a timeout (it waited for the same stuck rank as the
+        engine core) is not the cause."""
         if self.out_of_step is not None:
             raise WorkerDied(f"the ranks are out of step: {self.out_of_step}; the engine cannot continue: shut it "
                              f"down and build a new one.")
         dead = self._dead()
         self._poll()
-        if not dead and not self.errors:
+        timed_out = set() if blame_timeouts else self._timed_out()
+        dead = [(rank, how) for rank, how in dead if rank not in timed_out]
+        errors = {rank: why for rank, why in self.errors.items() if rank not in timed_out}
+        if not dead and not errors:
             return
-        rank, how = dead[0] if dead else (min(self.errors), "failed")
-        why = self.errors.get(rank)
-        raise WorkerDied(f"{self.who(rank)} {how}" + (f": {why}" if why else "") + "; the engine cannot continue.")
+        rank, how = dead[0] if dead else (min(errors), "failed")
+        why = errors.get(rank)
+        waited = (f" (it waited PAGODA_DIST_TIMEOUT_S={envs.dist_timeout_s():g} s in a collective: another rank, "
+                  f"possibly the engine core's, was stuck or slower than that; set PAGODA_DIST_TIMEOUT_S higher, in "
+                  f"seconds, if steps this slow are expected)" if why and is_timeout(why) else "")
+        raise WorkerDied(f"{self.who(rank)} {how}" + (f": {why}" if why else "") + waited
+                         + "; the engine cannot continue.")
+
+    def _timed_out(self) -> set[int]:
+        """Workers that reported a timeout of their own."""
+        return {rank for rank, why in self.errors.items() if is_timeout(why)}
 
     def explain(self, exc: BaseException) -> None:
         """After ``exc`` broke a step: if a worker is the cause, raise :class:`WorkerDied` from it (waiting a little
-        for the worker's exit to become visible)."""
+        for the worker's exit to become visible); if ``exc`` is a timeout and no worker died, raise
+        :class:`WorkerDied` saying so (:meth:`_timeout_message`)."""
+        timeout = is_timeout(exc)
         deadline = time.monotonic() + self.explain_wait_s
         while True:
             try:
-                self.check_alive()
+                self.check_alive(blame_timeouts=not timeout)
             except WorkerDied as died:
                 raise died from exc
             if time.monotonic() > deadline:
-                return
+                break
             time.sleep(_POLL_S)
+        if timeout:
+            raise WorkerDied(self._timeout_message(exc)) from exc
+
+    def _timeout_message(self, exc: BaseException) -> str:
+        """A step's collective timed out and no worker died: which step, after how long, the ranks that neither
+        timed out themselves nor exited (the stuck ones, as far as the engine core can tell), and the variable."""
+        timed_out = self._timed_out()
+        silent = [rank for rank in self.worker_ranks if rank not in timed_out]
+        stuck = (f"still running without answering: {', '.join(self.who(r) for r in silent)}" if silent
+                 else "every worker rank timed out as well")
+        return (f"distributed step {self.steps} timed out: the engine core's rank ({self.who(self.rank)}) waited "
+                f"PAGODA_DIST_TIMEOUT_S={envs.dist_timeout_s():g} s for the other ranks ({stuck}). Nothing else "
+                f"failed, so a rank is stuck (a hung device, a paused or starved process) or the step is slower than "
+                f"the limit; set PAGODA_DIST_TIMEOUT_S higher (seconds) if steps this slow are expected. The engine "
+                f"cannot continue. ({type(exc).__name__}: {exc})")
 
     # ------------------------------------------------------------------ messages
     def send(self, msg: m.ToWorker) -> None:
@@ -189,6 +235,7 @@ class Executor:
             raise RuntimeError("pipeline stages need every input token on the host and run eager (async scheduling "
                                "and CUDA graphs are off under --pipeline-parallel-size)")
         self.check_alive()
+        self.steps += 1
         self.send(m.ForwardStep(inputs.input_ids, inputs.positions, inputs.slots, inputs.query_start_loc,
                                 inputs.query_lens, inputs.seq_lens, inputs.block_tables, list(block_copies),
                                 logits_rows or [], list(inputs.fills), shares_sampled, graph))
@@ -206,17 +253,21 @@ class MultiprocExecutor(Executor):
         init_method = f"file://{self._dir}/rendezvous"
         self.procs: list[subprocess.Popen] = []  # in the order of worker_ranks
         self.conns: list[Connection] = []
-        for rank in self.worker_ranks:
-            ours, theirs = socket.socketpair()
-            cmd = [sys.executable, "-m", "pagoda.distributed.worker", str(theirs.fileno()), str(rank),
-                   init_method, str(os.getpid()), str(logger.getEffectiveLevel())]
-            self.procs.append(subprocess.Popen(cmd, pass_fds=[theirs.fileno()]))
-            theirs.close()
-            conn = Connection(ours.detach())
-            conn.send_bytes(self.raw_cfg)
-            self.conns.append(conn)
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns, self._dir)
-        self._join(cfg, init_method=init_method)
+        try:
+            for rank in self.worker_ranks:
+                ours, theirs = socket.socketpair()
+                cmd = [sys.executable, "-m", "pagoda.distributed.worker", str(theirs.fileno()), str(rank),
+                       init_method, str(os.getpid()), str(logger.getEffectiveLevel())]
+                self.procs.append(subprocess.Popen(cmd, pass_fds=[theirs.fileno()]))
+                theirs.close()
+                conn = Connection(ours.detach())
+                self.conns.append(conn)
+                conn.send_bytes(self.raw_cfg)
+            self._join(cfg, init_method=init_method)
+        except BaseException:  # stop the workers now: the traceback keeps this half-built executor reachable
+            self._finalizer()
+            raise
         logger.info("distributed: %d ranks (tensor %d x pipeline %d, %s, mp), worker pids %s", self.world_size,
                     self.tp_size, self.pp_size, "nccl" if cfg.device.type == "cuda" else "gloo",
                     [p.pid for p in self.procs])

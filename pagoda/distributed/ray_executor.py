@@ -131,6 +131,16 @@ class RayExecutor(Executor):
         self._pending: list[tuple[int, Any, bool]] = []  # (rank, ObjectRef, is the start call)
         self._dead_ranks: dict[int, str] = {}
         self._finalizer = weakref.finalize(self, _stop, self.actors, self.pg, self._own_ray)
+        try:
+            self._start_actors(cfg, ray)
+        except BaseException:  # stop the actors now: the traceback keeps this half-built executor reachable
+            self._finalizer()
+            raise
+        logger.info("distributed: %d ranks (tensor %d x pipeline %d, %s, ray) on %d node(s)", self.world_size,
+                    self.tp_size, self.pp_size, "nccl" if self.cuda else "gloo", len(set(self.node_ids.values())))
+
+    def _start_actors(self, cfg: EngineConfig, ray: Any) -> None:
+        """Start every worker actor and join the group with them."""
         self._gpu = self._reserve_driver_bundle(ray)
         host = ray.util.get_node_ip_address()
         store = dist.TCPStore(host, 0, self.world_size, is_master=True, wait_for_workers=False,
@@ -150,8 +160,6 @@ class RayExecutor(Executor):
             self._pending.append((rank, actor.start.remote(self.raw_cfg, rank, host, store.port, self.world_size,
                                                            self.cuda), True))
         self._join(cfg, store=store)
-        logger.info("distributed: %d ranks (tensor %d x pipeline %d, %s, ray) on %d node(s)", self.world_size,
-                    self.tp_size, self.pp_size, "nccl" if self.cuda else "gloo", len(set(self.node_ids.values())))
 
     def _placement_group(self, ray: Any) -> Any:
         from ray.util.placement_group import placement_group, remove_placement_group

@@ -74,6 +74,14 @@ def replica_envs(dp: int, tp: int, device: torch.device) -> list[dict[str, str]]
     return [{THREADS_KNOB: str(max(1, usable_cpus() // dp))} for _ in range(dp)]
 
 
+def replica_rank_env(dp: int, index: int) -> dict[str, str]:
+    """Environment naming replica ``index`` to its processes (none without data parallelism). Its model runner seeds
+    the global RNG, which unseeded sampling draws from, with ``--seed + index``: identical concurrent unseeded
+    requests on two replicas would otherwise draw the same noise. Dummy weights (their own generator) and a
+    request's own ``seed`` (its own generator) stay the same on every replica."""
+    return {"PAGODA_DP_RANK": str(index)} if dp > 1 else {}
+
+
 @contextlib.contextmanager
 def _environ(extra: dict[str, str]) -> Iterator[None]:
     """``os.environ`` with ``extra`` while a child process is spawned (it copies the environment then)."""
@@ -164,7 +172,7 @@ class CoreEngines:
                     proc = early.proc
                     early.adopt(args, self.log_level, self.num_clients)
                 else:
-                    with _environ(envs[i]):
+                    with _environ({**envs[i], **replica_rank_env(self.size, i)}):
                         proc, conn = start_core_process(in_addr, out_addr, self.log_level)
                     conn.send((args, self.log_level, self.num_clients))
                     conn.close()

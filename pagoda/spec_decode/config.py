@@ -158,14 +158,18 @@ def _suffix_settings(d: dict[str, Any], method: str) -> tuple[int, float, float,
 
 
 def _lookup_range(d: dict[str, Any]) -> tuple[int, int]:
+    """(prompt_lookup_min, prompt_lookup_max). vLLM's rule when one is given: the other equals it (only max=4 looks
+    for 4-grams alone); when neither is given, pagoda's defaults (2, 5; vLLM's are 5, 5)."""
     lo, hi = d.get("prompt_lookup_min"), d.get("prompt_lookup_max")
     for key, v in (("prompt_lookup_min", lo), ("prompt_lookup_max", hi)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"speculative_config.{key} must be a positive integer, got {v!r}.")
-    if lo is None:
-        lo = DEFAULT_LOOKUP_MIN if hi is None else min(DEFAULT_LOOKUP_MIN, hi)
-    if hi is None:
-        hi = max(DEFAULT_LOOKUP_MAX, lo)
+    if lo is None and hi is None:
+        lo, hi = DEFAULT_LOOKUP_MIN, DEFAULT_LOOKUP_MAX
+    elif lo is None:
+        lo = hi
+    elif hi is None:
+        hi = lo
     assert isinstance(lo, int) and isinstance(hi, int)
     if lo > hi:
         raise ValueError(f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi}).")

@@ -197,7 +197,7 @@ class ModelRunner:
         self.jit = JitPrecompiler.for_engine(cfg, self.device) if tp is None and pp is None else None
         if self.jit is not None:
             self.jit.start_manifest_preload()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed((cfg.seed + envs.dp_rank()) % 2**64)  # + replica index: each replica draws its own noise
         # Any model of pagoda/models: forward(ids, positions, kv_caches, meta, backend), compute_logits,
         # num_layers / num_kv_heads / head_dim / shape.
         backend_name = cfg.attention_backend or default_backend_name(self.device)
