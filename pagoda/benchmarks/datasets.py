@@ -85,25 +85,46 @@ def prefix_repetition_requests(num: int, prefix_len: int, suffix_len: int, num_p
     return out
 
 
+DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN = 56, 128  # the random dataset's lengths when no flag gives them
+
+
 def workload_from_args(args: argparse.Namespace, vocab_size: int) -> list[BenchRequest]:
-    """The request list of ``pagoda bench throughput`` for its dataset flags (``add_dataset_args``)."""
+    """The request list of ``pagoda bench throughput`` for its dataset flags (``add_dataset_args``).
+
+    ``--input-len`` and ``--range-ratio`` (None when not given) shape the random dataset only: with another
+    dataset they are refused, never ignored. ``--output-len`` replaces the output lengths of every dataset
+    (vLLM's rule)."""
+    in_len, out_len = getattr(args, "input_len", None), getattr(args, "output_len", None)
+    r = getattr(args, "range_ratio", None)
+    if getattr(args, "dataset_path", None) is not None:
+        raise ValueError(f"--dataset-path {args.dataset_path}: pagoda's benchmarks read no dataset file; "
+                         f"--dataset random, sharegpt (a synthetic ShareGPT-shaped workload) and prefix_repetition "
+                         f"are generated with --seed.")
+    if args.dataset != "random":
+        for flag, value in (("--input-len", in_len), ("--range-ratio", r)):
+            if value is not None:
+                raise ValueError(f"{flag} shapes the random dataset only; --dataset {args.dataset} has its own "
+                                 f"prompt lengths (drop {flag}).")
     if args.dataset == "sharegpt":
-        return sharegpt_like_requests(args.num_prompts, vocab_size, args.seed)
+        reqs = sharegpt_like_requests(args.num_prompts, vocab_size, args.seed)
+        return reqs if out_len is None else [BenchRequest(q.prompt_token_ids, out_len) for q in reqs]
     if args.dataset == "prefix_repetition":
         return prefix_repetition_requests(
             args.num_prompts, args.prefix_repetition_prefix_len, args.prefix_repetition_suffix_len,
-            args.prefix_repetition_num_prefixes, args.prefix_repetition_output_len, vocab_size, args.seed)
-    r = args.range_ratio
+            args.prefix_repetition_num_prefixes, out_len or args.prefix_repetition_output_len, vocab_size, args.seed)
+    r = 0.0 if r is None else r
+    in_len = DEFAULT_INPUT_LEN if in_len is None else in_len
+    out_len = DEFAULT_OUTPUT_LEN if out_len is None else out_len
     if not 0.0 <= r < 1.0:  # vLLM's random dataset: lengths within len*(1-r) .. len*(1+r), never clamped to 1
         raise ValueError(f"--range-ratio must be in [0, 1), got {r}.")
-    for flag, n in (("--input-len", args.input_len), ("--output-len", args.output_len)):
+    for flag, n in (("--input-len", in_len), ("--output-len", out_len)):
         if n < 1:
             raise ValueError(f"{flag} must be at least 1, got {n}.")
 
     def span(n: int) -> tuple[int, int]:
         return max(1, int(n * (1 - r))), int(n * (1 + r))
 
-    return random_requests(args.num_prompts, span(args.input_len), span(args.output_len), vocab_size, args.seed)
+    return random_requests(args.num_prompts, span(in_len), span(out_len), vocab_size, args.seed)
 
 
 def _as_json(reqs: list[BenchRequest]) -> list[dict]:

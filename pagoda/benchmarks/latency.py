@@ -118,6 +118,19 @@ def main(args: argparse.Namespace) -> None:
             json.dump(all_res if len(all_res) > 1 else all_res[0], f, indent=2)
 
 
+VLLM_PERCENTILES = (10, 25, 50, 75, 90, 99)  # the percentiles vLLM's bench latency reports
+
+
+def vllm_latency_keys(e2e: list[float]) -> dict:
+    """vLLM's ``bench latency --output-json`` figures of the timed iterations' end-to-end seconds: mean,
+    population std, the list, and percentiles 10..99 (linear interpolation, numpy's default)."""
+    from pagoda.benchmarks.stream_timing import percentile
+
+    mean = statistics.fmean(e2e)
+    return {"avg_latency": mean, "std_latency": statistics.pstdev(e2e), "latencies": list(e2e),
+            "percentiles": {str(q): percentile(e2e, q) for q in VLLM_PERCENTILES}}
+
+
 def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
     args = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
     for i in range(args.num_iters_warmup):
@@ -142,6 +155,7 @@ def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
         "startup_s": engine.core.startup_seconds,
         "graph_capture_s": engine.core.graph_capture_seconds,
         "device": str(engine.cfg.device),
+        **vllm_latency_keys(e2e),
     }
     if steps:
         decode = (f"decode step median {res['decode_step_ms_median']:.2f} ms "
@@ -151,7 +165,8 @@ def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
     else:
         decode = "no pure decode step of the whole batch to time"
     print(
-        f"batch {args.batch_size}, in {args.input_len}, out {args.output_len}: e2e {res['e2e_s_median']:.3f} s, "
+        f"batch {args.batch_size}, in {args.input_len}, out {args.output_len}: e2e {res['e2e_s_median']:.3f} s "
+        f"(avg {res['avg_latency']:.3f} s), "
         f"prefill {res['prefill_s_median'] * 1000:.1f} ms, {decode}, {res['output_tokens_per_s']:.1f} output tok/s"
     )
     return res

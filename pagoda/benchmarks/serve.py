@@ -10,8 +10,10 @@ or all at once under ``--max-concurrency``, and reports vLLM's serving metrics:
 * E2EL  time to the last token;
 
 as mean / median / chosen percentiles (default p50, p90, p99), plus request, output-token
-and total-token throughput. ``--save-result`` writes everything (per-request figures
-included) as JSON.
+and total-token throughput, and with ``--goodput`` vLLM's request goodput (``meets_slos``).
+``--save-result`` writes everything (per-request figures included) as JSON, under vLLM's keys
+where vLLM has the figure. vLLM's ``--backend``, ``--input-len`` and ``--output-len`` stand for
+pagoda's flags (``resolve_args``); ``--dataset-path`` is refused (every dataset is generated).
 
 Prompts are made of words drawn from a fixed list with ``--seed``; when the server has
 ``/tokenize`` (pagoda, vLLM) or ``--tokenizer`` names a local tokenizer, each prompt is
@@ -98,13 +100,96 @@ class RequestResult:
         return tpot(self.ttft, self.latency, self.output_tokens)
 
 
+METRICS = ("ttft", "tpot", "itl", "e2el")  # the latency metrics --percentile-metrics may name
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")  # the per-request metrics --goodput may bound (vLLM's)
+# vLLM's --backend names of the two OpenAI APIs this benchmark drives, and the endpoint each one means
+BACKEND_ENDPOINTS = {"vllm": "/v1/completions", "openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}
+
+
+def burstiness(text: str) -> float:
+    """``--burstiness``: a gamma shape > 0 (``inf``: constant intervals), as vLLM requires."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive (1 = Poisson), got {text}")
+    return value
+
+
+def percentile_metrics(text: str) -> str:
+    """``--percentile-metrics``: a comma-separated, non-empty subset of ``METRICS`` (normalized)."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(unknown) or repr(text)}: "
+                                         f"choose from {', '.join(METRICS)}")
+    return ",".join(names)
+
+
+def metric_percentiles(text: str) -> str:
+    """``--metric-percentiles``: comma-separated numbers, each in [0, 100] (normalized)."""
+    out = []
+    for part in [x.strip() for x in text.split(",") if x.strip()]:
+        try:
+            q = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part!r}") from None
+        if not 0 <= q <= 100:
+            raise argparse.ArgumentTypeError(f"a percentile must be in [0, 100], got {part}")
+        out.append(part)
+    if not out:
+        raise argparse.ArgumentTypeError(f"no percentile in {text!r}")
+    return ",".join(out)
+
+
+def goodput_slo(text: str) -> tuple[str, float]:
+    """One ``--goodput`` objective, ``KEY:VALUE`` with KEY in ``GOODPUT_METRICS`` and VALUE >= 0 ms."""
+    key, sep, value = text.partition(":")
+    try:
+        ms = float(value) if sep else float("nan")
+    except ValueError:
+        ms = float("nan")
+    if key not in GOODPUT_METRICS or not ms >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY:VALUE with KEY one of {', '.join(GOODPUT_METRICS)} "
+                                         f"and VALUE a non-negative number of milliseconds (e.g. ttft:500)")
+    return key, ms
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    """vLLM's flags that stand for others, resolved in place, and the combinations refused (ValueError naming the
+    flags): ``--backend`` -> ``--endpoint``; ``--input-len`` / ``--output-len`` -> the dataset's lengths."""
+    if args.dataset_path is not None:
+        raise ValueError(f"--dataset-path {args.dataset_path}: pagoda bench serve reads no dataset file; its "
+                         f"--dataset-name random, sharegpt (a synthetic ShareGPT-shaped workload) and "
+                         f"prefix_repetition are generated with --seed.")
+    if args.backend is not None:
+        wanted = BACKEND_ENDPOINTS[args.backend]
+        if args.endpoint is not None and args.endpoint != wanted:
+            raise ValueError(f"--backend {args.backend} sends to {wanted}, not --endpoint {args.endpoint}: drop one "
+                             f"of them or make them agree (openai-chat for /v1/chat/completions).")
+        args.endpoint = wanted
+    elif args.endpoint is None:
+        args.endpoint = "/v1/completions"
+    if args.input_len is not None:
+        if args.dataset_name != "random":
+            raise ValueError(f"--input-len shapes the random dataset only; --dataset-name {args.dataset_name} has "
+                             f"its own prompt lengths (drop --input-len).")
+        args.random_input_len = args.input_len
+    if args.output_len is not None:
+        args.random_output_len = args.prefix_repetition_output_len = args.output_len
+
+
 def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.description = "Online serving benchmark against an OpenAI-compatible server (streaming)."
     p.add_argument("--base-url", default=None, help="server URL, e.g. http://127.0.0.1:8000 (overrides --host/--port)")
     p.add_argument("--host", default="127.0.0.1", help="server host")
     p.add_argument("--port", type=int, default=8000, help="server port")
-    p.add_argument("--endpoint", default="/v1/completions", choices=["/v1/completions", "/v1/chat/completions"],
-                   help="API to exercise")
+    p.add_argument("--backend", default=None, choices=sorted(BACKEND_ENDPOINTS),
+                   help="vLLM's name of the API: vllm or openai (/v1/completions), openai-chat (/v1/chat/completions); "
+                        "it must agree with --endpoint when both are given")
+    p.add_argument("--endpoint", default=None, choices=["/v1/completions", "/v1/chat/completions"],
+                   help="API to exercise (default: --backend's, else /v1/completions)")
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
@@ -112,14 +197,22 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="random: word prompts of --random-input-len tokens; sharegpt: the prompt and output lengths "
                         "of bench throughput's ShareGPT-like workload (same --seed, same lengths); prefix_repetition: "
                         "shared prefixes (--prefix-repetition-* flags)")
-    p.add_argument("--random-input-len", type=int, default=56, help="prompt tokens per request")
+    p.add_argument("--random-input-len", type=positive_int, default=56, help="prompt tokens per request")
     p.add_argument("--random-output-len", type=positive_int, default=128, help="max_tokens per request")
+    p.add_argument("--input-len", type=positive_int, default=None,
+                   help="vLLM's general input length: sets --random-input-len (random dataset only)")
+    p.add_argument("--output-len", type=positive_int, default=None,
+                   help="vLLM's general output length: sets --random-output-len and --prefix-repetition-output-len, "
+                        "and replaces the sharegpt dataset's output lengths")
+    p.add_argument("--dataset-path", default=None,
+                   help="refused: pagoda's datasets are synthetic (vLLM reads a ShareGPT or custom file here)")
     p.add_argument("--random-range-ratio", type=range_ratio, default=0.0,
                    help="lengths drawn uniformly from [len*(1-r), len*(1+r)], r in [0, 1)")
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="requests per second (Poisson arrivals); inf sends them all at once")
-    p.add_argument("--burstiness", type=float, default=1.0,
-                   help="gamma shape of inter-arrival times (1 = Poisson; lower is burstier)")
+    p.add_argument("--burstiness", type=burstiness, default=1.0,
+                   help="gamma shape of inter-arrival times, > 0 (1 = Poisson; lower is burstier; inf: constant "
+                        "intervals of 1 / --request-rate)")
     p.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
     p.add_argument("--num-client-processes", type=int, default=1,
                    help="load-generator processes sharing the requests and --max-concurrency (one Python process "
@@ -130,8 +223,13 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--extra-body", default=None,
                    help='JSON object merged into every request, e.g. \'{"logit_bias": {"2": -100}}\'')
     p.add_argument("--tokenizer", default=None, help="local tokenizer for exact prompt lengths (default: /tokenize)")
-    p.add_argument("--percentile-metrics", default="ttft,tpot,itl,e2el", help="metrics to report percentiles of")
-    p.add_argument("--metric-percentiles", default="50,90,99", help="percentiles to report")
+    p.add_argument("--percentile-metrics", type=percentile_metrics, default="ttft,tpot,itl,e2el",
+                   help="comma-separated metrics to report (of ttft, tpot, itl, e2el)")
+    p.add_argument("--metric-percentiles", type=metric_percentiles, default="50,90,99",
+                   help="comma-separated percentiles to report, each in [0, 100]")
+    p.add_argument("--goodput", type=goodput_slo, nargs="+", default=None, metavar="KEY:VALUE",
+                   help="service level objectives in ms (ttft, tpot, e2el), e.g. ttft:500 tpot:50: reports "
+                        "request_goodput, the requests/s that met every one (vLLM's definition)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is failed")
     p.add_argument("--save-result", action="store_true", help="write the result as JSON")
     p.add_argument("--result-dir", default=".", help="folder for --save-result")
@@ -203,6 +301,7 @@ async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tupl
             n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
         else:
             n_in, n_out = sharegpt[i]
+            n_out = getattr(args, "output_len", None) or n_out  # vLLM: --output-len replaces the dataset's
         text, n = await words_text(rng, counter, n_in)
         out.append((text, n, n_out))
     return out
@@ -339,6 +438,17 @@ def latency_series(results: list[RequestResult]) -> dict[str, list[float]]:
     }
 
 
+def meets_slos(r: RequestResult, slos: dict[str, float]) -> bool:
+    """Whether the successful request ``r`` met every objective (ms) of ``slos``, as vLLM's goodput counts:
+    TTFT and E2EL at most their bound; TPOT (latency - TTFT) / (output tokens - 1), 0 for one token. A request
+    that received no token has no TTFT and meets no objective."""
+    if r.ttft is None or r.latency is None:
+        return False
+    tpot_s = (r.latency - r.ttft) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
+    values = {"ttft": r.ttft, "tpot": tpot_s, "e2el": r.latency}
+    return all(values[k] <= ms / 1000 for k, ms in slos.items())
+
+
 def summarize(args: argparse.Namespace, results: list[RequestResult], duration: float) -> dict[str, Any]:
     """Throughput over the successful requests; mean / median / std / percentiles of each latency
     metric in ms (None where no request has that metric)."""
@@ -354,12 +464,16 @@ def summarize(args: argparse.Namespace, results: list[RequestResult], duration: 
         # left out of the latencies they cannot have, never counted as zero
         "requests_without_tokens": sum(1 for r in ok if r.ttft is None),
         "requests_in_one_chunk": sum(1 for r in ok if r.ttft is not None and r.output_tokens > 1 and r.tpot is None),
+        "duration": duration,  # vLLM's key
         "duration_s": duration,
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
         "request_throughput": len(ok) / duration if duration else 0.0,
         "output_throughput": total_out / duration if duration else 0.0,
         "total_token_throughput": (total_in + total_out) / duration if duration else 0.0,
+        # vLLM's: the requests that met every --goodput objective, per second (None without --goodput)
+        "request_goodput": (sum(1 for r in ok if meets_slos(r, dict(args.goodput))) / duration if duration else 0.0)
+        if args.goodput else None,
     }
     for m in wanted:
         xs = series.get(m, [])
@@ -434,6 +548,7 @@ def print_summary(args: argparse.Namespace, s: dict[str, Any], prompts_exact: bo
         ("Total input tokens:", f"{s['total_input_tokens']}{'' if prompts_exact else ' (estimated)'}"),
         ("Total generated tokens:", s["total_output_tokens"]),
         ("Request throughput (req/s):", f"{s['request_throughput']:.2f}"),
+        *([("Request goodput (req/s):", f"{s['request_goodput']:.2f}")] if s["request_goodput"] is not None else []),
         ("Output token throughput (tok/s):", f"{s['output_throughput']:.2f}"),
         ("Total token throughput (tok/s):", f"{s['total_token_throughput']:.2f}"),
     ]
@@ -524,10 +639,17 @@ async def _run_requests(args: argparse.Namespace, client: Any, url: str, headers
     for i, (text, n_in, n_out) in enumerate(prompts):
         tasks.append(asyncio.create_task(limited(text, n_in, n_out)))
         if math.isfinite(args.request_rate) and i + 1 < len(prompts):
-            theta = 1.0 / (args.request_rate * args.burstiness)
-            await asyncio.sleep(rng.gammavariate(args.burstiness, theta))
+            await asyncio.sleep(arrival_gap(rng, args.request_rate, args.burstiness))
     results = await asyncio.gather(*tasks)
     return list(results), time.perf_counter() - start
+
+
+def arrival_gap(rng: random.Random, rate: float, shape: float) -> float:
+    """Seconds before the next request at ``rate`` req/s: gamma with shape ``shape`` and mean 1 / rate (1: Poisson),
+    constant 1 / rate when ``shape`` is inf (vLLM's rule)."""
+    if math.isinf(shape):
+        return 1.0 / rate
+    return rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
 async def _server_model(client: Any, base: str, headers: dict[str, str], model: str | None) -> str:
@@ -614,18 +736,21 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     errors = [r.error for r in results if not r.ok]
     if errors:
         print(f"first errors: {errors[:3]}", file=sys.stderr)
-    return _result_record(args, base, model, counter.exact, prefix_ids is not None, summary, results, errors)
+    return _result_record(args, base, model, counter.exact, prefix_ids is not None, summary, results)
 
 
 def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exact: bool, prefix_repetition: bool,
-                   summary: dict[str, Any], results: list[RequestResult], errors: list[str]) -> dict[str, Any]:
+                   summary: dict[str, Any], results: list[RequestResult]) -> dict[str, Any]:
     """The saved result: the run's settings, the summary, and the per-request figures (vLLM's keys)."""
     return {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "label": args.label,
         "base_url": base,
         "endpoint": args.endpoint,
+        "backend": args.backend or ("openai-chat" if args.endpoint.endswith("chat/completions") else "openai"),
         "model": model,
+        "model_id": model,  # vLLM's key
+        "tokenizer_id": args.tokenizer,
         "num_prompts": args.num_prompts,
         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
         "burstiness": args.burstiness,
@@ -639,6 +764,7 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "ignore_eos": args.ignore_eos,
         "extra_body": args.extra_body,
         "seed": args.seed,
+        "goodput": dict(args.goodput) if args.goodput else None,
         "prompt_lengths_exact": prompts_exact,
         "serve_cmd": args.serve_cmd,
         "server_pid": args.server_pid,
@@ -649,13 +775,19 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "itls": [r.itl for r in results],
         "tpots": [r.tpot for r in results],
         "e2els": [r.latency for r in results],
-        "errors": errors,
+        "latencies": [r.latency for r in results],  # vLLM's key (= e2els)
+        "generated_texts": [r.text for r in results],
+        "errors": [r.error for r in results],  # per request, as vLLM's ("" for a successful one)
         "sent_ats": [r.sent_at for r in results],  # wall clock
         "response_ids": [r.response_id for r in results],
     }
 
 
 def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
+    resolve_args(args)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request around the report
     if isinstance(args.extra_body, str):
         try:
             args.extra_body = json.loads(args.extra_body)

@@ -42,7 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-ttft-probes", type=int, default=3,
                    help="prefix_repetition: requests timed alone with a new prefix, then again with the same prefix "
                         "and a new suffix (TTFT uncached vs cached); 0 skips")
-    p.add_argument("--backend", choices=["pagoda", "hf", "both"], default="pagoda", help="engine(s) to run")
+    p.add_argument("--backend", choices=["pagoda", "vllm", "hf", "both"], default="pagoda",
+                   help="engine(s) to run (vllm: vLLM's name of this engine, = pagoda)")
     p.add_argument("--hf-impl", choices=["generate", "generate_batch"], default="generate",
                    help="HF peer: static generate batches, or generate_batch (continuous batching)")
     p.add_argument("--hf-batch-size", type=int, default=None, help="HF generate batch size (default: all)")
@@ -61,14 +62,27 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """The flags that define the request list (``datasets.workload_from_args``); ``--seed`` comes
     with the engine flags here and with the peer script's own."""
     from pagoda.arg_utils import positive_int, range_ratio
+    from pagoda.benchmarks.datasets import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN
 
     p.add_argument("--dataset", "--dataset-name", dest="dataset", choices=["random", "sharegpt", "prefix_repetition"],
                    default="random", help="workload shape")
+    p.add_argument("--dataset-path", default=None,
+                   help="refused: pagoda's datasets are synthetic (vLLM reads a ShareGPT or custom file here)")
     p.add_argument("--num-prompts", type=positive_int, default=32, help="number of requests")
-    p.add_argument("--input-len", type=positive_int, default=56, help="prompt length (random dataset)")
-    p.add_argument("--output-len", type=positive_int, default=128, help="output length (random dataset)")
-    p.add_argument("--range-ratio", type=range_ratio, default=0.0,
-                   help="lengths drawn from [len*(1-r), len*(1+r)], r in [0, 1) (random dataset)")
+    # default None: a length given for a dataset that has its own is refused or overrides it (workload_from_args)
+    p.add_argument("--input-len", type=positive_int, default=None,
+                   help=f"prompt length (random dataset; default {DEFAULT_INPUT_LEN})")
+    p.add_argument("--random-input-len", dest="input_len", type=positive_int, default=None,
+                   help="vLLM's name of --input-len")
+    p.add_argument("--output-len", type=positive_int, default=None,
+                   help=f"output length (random dataset, default {DEFAULT_OUTPUT_LEN}; with sharegpt or "
+                        "prefix_repetition it replaces the dataset's output lengths, as vLLM's)")
+    p.add_argument("--random-output-len", dest="output_len", type=positive_int, default=None,
+                   help="vLLM's name of --output-len")
+    p.add_argument("--range-ratio", type=range_ratio, default=None,
+                   help="lengths drawn from [len*(1-r), len*(1+r)], r in [0, 1) (random dataset; default 0)")
+    p.add_argument("--random-range-ratio", dest="range_ratio", type=range_ratio, default=None,
+                   help="vLLM's name of --range-ratio")
     add_prefix_repetition_args(p)
 
 
@@ -245,6 +259,8 @@ def main(args: argparse.Namespace) -> None:
     from pagoda.benchmarks.datasets import requests_digest, save_requests, workload_from_args
     from pagoda.config import EngineArgs
 
+    if args.backend == "vllm":  # vLLM's name of the engine under test
+        args.backend = "pagoda"
     cfg_probe = EngineArgs(model=args.model, load_format=args.load_format).create_config()
     reqs = workload_from_args(args, int(cfg_probe.hf_config["vocab_size"]))
     print(f"{len(reqs)} requests, digest {requests_digest(reqs)}")
@@ -273,4 +289,13 @@ def main(args: argparse.Namespace) -> None:
         print(f"pagoda / hf output throughput (same requests, same run): {ratio:.2f}x")
     if args.output_json:
         with open(args.output_json, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "results": results}, f, indent=2)
+            json.dump({**vllm_keys(results[0]), "args": {k: v for k, v in vars(args).items() if k != "func"},
+                       "results": results}, f, indent=2)
+
+
+def vllm_keys(res: dict) -> dict:
+    """vLLM's ``bench throughput --output-json`` figures of one run (``_report``'s record): elapsed seconds,
+    requests, prompt + output tokens, and the two rates."""
+    total = res["prompt_tokens"] + res["output_tokens"]
+    return {"elapsed_time": res["seconds"], "num_requests": res["requests"], "total_num_tokens": total,
+            "requests_per_second": res["requests_per_s"], "tokens_per_second": res["total_tokens_per_s"]}
