@@ -55,6 +55,9 @@ logger = logging.getLogger("pagoda.server")
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM reports this instead
 
+STREAM_PROMPT_LOGPROBS = "`prompt_logprobs` are not available when `stream=True`."
+"""vLLM's words for ``prompt_logprobs`` (> 0 or -1) asked of a streamed completion or chat completion."""
+
 
 @dataclass
 class ServerLimits:
@@ -191,6 +194,9 @@ class OpenAIServing:
         structured_outputs_from_request(req)  # a malformed or conflicting constraint is a 400 before any work
         if req.stream_options is not None and not req.stream:
             raise ServingError(400, "stream_options can only be set when stream is true.", param="stream_options")
+        if req.stream and req.prompt_logprobs is not None and (req.prompt_logprobs > 0 or req.prompt_logprobs == -1):
+            # a stream's chunks have no prompt_logprobs field: refused as vLLM does, never dropped
+            raise ServingError(400, STREAM_PROMPT_LOGPROBS, param="prompt_logprobs")
 
     def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
         """Usage; with --enable-prompt-tokens-details also the prompt tokens served from the prefix cache."""
