@@ -40,9 +40,9 @@ class PipelineScheduler(Scheduler):
 
     def _advance(self, s: ScheduledRequest) -> bool:
         req = s.request
-        self.in_flight.discard(req.request_id)
-        if req.status.finished:
+        if req.status.finished:  # _finish dropped its mark: one under its id now is a new request's (id reused)
             return False
+        self.in_flight.discard(req.request_id)
         if req.status == RequestStatus.RUNNING:
             return super()._advance(s)
         return s.sample  # preempted after launch: a prompt chunk is recomputed, a sampled token kept
