@@ -120,8 +120,8 @@ class PoolingMixin:
         if pooler.kind == "embed":
             return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm)
         tok = self.llm_engine.tokenizer
-        prompts = [tokenize_pair(tok, a, b, truncate_prompt_tokens, self.llm_engine.cfg.max_model_len)
-                   for a, b in pairs]
+        prompts = [tokenize_pair(tok, a, b, truncate_prompt_tokens, self.llm_engine.cfg.max_model_len,
+                                 pooler.lowercase) for a, b in pairs]
         outs = self._pool(prompts, pooling_params, "score", use_tqdm, truncate_prompt_tokens)
         return [ScoringRequestOutput.from_base(o) for o in outs]
 

@@ -5,7 +5,9 @@ sentence-transformers' files in the model folder (``modules.json`` naming a ``Po
 ``config.json`` gives the pooling mode, ``Dense`` projections applied after it, and a ``Normalize`` module turning
 normalisation on; any other module is a start-up error), then
 ``--pooler-config``. ``dimensions`` the model accepts come from ``config.json``'s
-``matryoshka_dimensions`` / ``is_matryoshka`` (as vLLM reads them); otherwise only its full width.
+``matryoshka_dimensions`` / ``is_matryoshka`` (as vLLM reads them); otherwise only its full width. A classifier's
+activations (what ``use_activation`` applies) follow vLLM: classify from ``problem_type``, a cross-encoder's score
+from its sentence-transformers ``activation_fn``.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class ResolvedPooler:
     supported_tasks: tuple[str, ...] = field(default=())
     dense: tuple[DenseLayer, ...] = ()  # sentence-transformers Dense layers, applied to embeddings in order
     lowercase: bool = False  # sentence_bert_config.json's do_lower_case: text inputs are lowercased before tokenizing
+    classify_activation: str = "classify"  # a key of ACTIVATIONS: what use_activation applies to classify logits
+    score_activation: str = "classify"  # ... and to a cross-encoder's score logits
 
     def check_dimensions(self, dims: int | None) -> None:
         from pagoda.errors import ValidationError
@@ -173,6 +177,66 @@ def _sentence_transformers(model_path: Path) -> tuple[str | None, bool, tuple[De
     return pooling, normalize, tuple(dense)
 
 
+ACTIVATIONS = ("classify", "sigmoid", "identity", "tanh", "relu", "gelu", "silu")
+"""What ``use_activation`` applies to a classifier's logits (vLLM's pooler activations): ``classify`` is sigmoid for
+one label and softmax over several (vLLM's ``PoolerClassify``); ``sigmoid`` is per label (multi-label)."""
+
+_TORCH_ACTIVATIONS = {  # a cross-encoder's configured activation (sentence-transformers' name) -> ours
+    "torch.nn.modules.activation.Sigmoid": "classify", "torch.nn.modules.activation.Softmax": "classify",
+    "torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
+    "torch.nn.modules.activation.SiLU": "silu",
+}
+_PROBLEM_TYPES = {"regression": "identity", "single_label_classification": "classify",
+                  "multi_label_classification": "sigmoid"}
+
+
+def classify_activation(hf_config: dict[str, Any]) -> str:
+    """The classify task's activation, from config.json's ``problem_type`` as transformers' loss reads it (vLLM's
+    rule): regression -> identity, multi-label -> per-label sigmoid, else (single-label, unset) ``classify``."""
+    pt = hf_config.get("problem_type")
+    if pt is not None and pt not in _PROBLEM_TYPES:
+        raise ValueError(f"config.json: problem_type {pt!r} is not supported (one of {sorted(_PROBLEM_TYPES)}).")
+    return _PROBLEM_TYPES[pt] if pt is not None else "classify"
+
+
+def score_activation(model_path: Path, hf_config: dict[str, Any]) -> str:
+    """A cross-encoder's score activation, where sentence-transformers' CrossEncoder finds it:
+    config_sentence_transformers.json's ``activation_fn`` (sentence-transformers 6, a folder with modules.json), else
+    config.json's ``sentence_transformers.activation_fn`` (v4+), else ``sbert_ce_default_activation_function``
+    (older; vLLM reads these two); none: ``classify`` (sigmoid for one label). One pagoda cannot apply is a start-up
+    error naming it."""
+    f = model_path / "config_sentence_transformers.json"
+    st_folder = f.exists() and (model_path / "modules.json").exists()  # sentence-transformers reads it only then
+    name = json.loads(f.read_text(encoding="utf-8")).get("activation_fn") if st_folder else None
+    where = f.name
+    if name is None:
+        where = "config.json"
+        name = ((hf_config.get("sentence_transformers") or {}).get("activation_fn")
+                or hf_config.get("sbert_ce_default_activation_function"))
+    if name is None:
+        return "classify"
+    if name not in _TORCH_ACTIVATIONS:
+        raise ValueError(f"{where}: the cross-encoder activation_fn {name!r} is not supported (pagoda applies "
+                         f"{', '.join(sorted(a.rsplit('.', 1)[1] for a in _TORCH_ACTIVATIONS))}).")
+    return _TORCH_ACTIVATIONS[name]
+
+
+_FROM_TOKEN_KEYS = ("classifier_from_token", "method", "is_original_qwen3_reranker")
+
+
+def check_no_from_token_classifier(hf_config: dict[str, Any]) -> None:
+    """vLLM's "LLM as reranker" conversion (a classifier built from LM-head rows of ``classifier_from_token``, e.g.
+    Qwen3-Reranker's yes/no) is not implemented: its keys are a start-up error naming them, not a missing
+    ``score`` weight."""
+    keys = [k for k in _FROM_TOKEN_KEYS if hf_config.get(k)]
+    if keys:
+        raise ValueError(f"config.json / --hf-overrides: {keys} (a classifier converted from LM-head token rows, "
+                         f"vLLM's Qwen3-Reranker / bge-reranker-v2-gemma recipe) is not supported; use a "
+                         f"checkpoint converted to *ForSequenceClassification with a score weight (e.g. "
+                         f"tomaarsen/Qwen3-Reranker-0.6B-seq-cls).")
+
+
 def _sentence_bert_config(model_path: Path) -> dict[str, Any]:
     f = model_path / "sentence_bert_config.json"
     return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
@@ -233,11 +297,15 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
         ResolvedPooler("embed", ptype, matryoshka=matryoshka, hidden_size=hidden).check_dimensions(user.dimensions)
     normalize = user.normalize if user.normalize is not None else (st_norm or st_type is None)
     labels = num_labels(hf_config) if kind != "embed" else 0
+    if kind != "embed":
+        check_no_from_token_classifier(hf_config)
     return ResolvedPooler(
         kind=kind, pooling_type=ptype, normalize=bool(normalize),
         use_activation=True if user.use_activation is None else bool(user.use_activation),
         default_dimensions=user.dimensions, matryoshka=matryoshka, num_labels=labels,
         hidden_size=hidden, supported_tasks=supported_tasks(kind, labels), dense=dense,
-        # sentence-transformers lowercases an embedding model's texts with it (vLLM too); a classifier's is its own
-        lowercase=kind == "embed" and bool(_sentence_bert_config(model_path).get("do_lower_case", False)),
+        # sentence-transformers (SentenceTransformer and CrossEncoder) and vLLM lowercase every text input with it
+        lowercase=bool(_sentence_bert_config(model_path).get("do_lower_case", False)),
+        classify_activation=classify_activation(hf_config) if kind != "embed" else "classify",
+        score_activation=score_activation(model_path, hf_config) if kind == "classify" and labels == 1 else "classify",
     )

@@ -83,13 +83,18 @@ def tokenize_text(tokenizer: Any, text: str, truncate: int | None, max_len: int,
 
 
 def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None,
-                  max_len: int) -> dict[str, Any]:
-    """A cross-encoder's input: the pair tokenized together (with segment ids when the tokenizer has them)."""
+                  max_len: int, lowercase: bool = False) -> dict[str, Any]:
+    """A cross-encoder's input: the pair tokenized together (with segment ids when the tokenizer has them).
+    ``lowercase``: the pooler's (sentence_bert_config.json's ``do_lower_case``), applied to both texts as
+    sentence-transformers' CrossEncoder and vLLM do."""
     kw: dict[str, Any] = {}
     k = truncation(truncate, max_len)
     if k is not None:
         kw = {"truncation": True, "max_length": k}
-    enc = tokenizer(check_text(text_1), check_text(text_2), **kw)
+    text_1, text_2 = check_text(text_1), check_text(text_2)
+    if lowercase:
+        text_1, text_2 = text_1.lower(), text_2.lower()
+    enc = tokenizer(text_1, text_2, **kw)
     out: dict[str, Any] = {"prompt_token_ids": list(enc["input_ids"])}
     if "token_type_ids" in enc:
         out["token_type_ids"] = list(enc["token_type_ids"])

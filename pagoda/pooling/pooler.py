@@ -6,8 +6,9 @@ Input: hidden states ``[T, H]`` of the step's flattened tokens and, per pooling 
 prompt). Sequence pooling is vectorised over the step: CLS / LAST gather one row per request, MEAN sums
 segments with one ``index_add_``. Then, per request's task: ``embed`` (and ``token_embed``, per token) runs the
 sentence-transformers Dense layers (as vLLM's projector), cuts to ``dimensions`` and L2-normalises (when asked);
-``classify`` / ``score`` run the model's classifier head (``model.classify``) and softmax (several labels) or
-sigmoid (one); ``token_*`` keep every row. Outputs are float32 on the CPU.
+``classify`` / ``score`` run the model's classifier head (``model.classify``) and the pooler's activation for the
+task (by default softmax over several labels, sigmoid for one; :mod:`pagoda.pooling.config`); ``token_*`` keep every
+row. Outputs are float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -80,8 +81,16 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _activation(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "classify": lambda x: torch.sigmoid(x) if x.shape[-1] == 1 else torch.softmax(x, dim=-1),
+    "sigmoid": torch.sigmoid, "identity": lambda x: x, "tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu,
+    "silu": F.silu,
+}  # keyed by pagoda.pooling.config.ACTIVATIONS
+
+
+def _activation(logits: torch.Tensor, name: str = "classify") -> torch.Tensor:
+    """``logits`` [..., num_labels] through the activation ``name`` (a key of ``ACTIVATIONS``)."""
+    return _ACTIVATIONS[name](logits)
 
 
 class Pooler:
@@ -118,7 +127,8 @@ class Pooler:
         logits = self.model.classify(pooled).float()
         for j, p in enumerate(params):
             act = p.use_activation if p.use_activation is not None else self.cfg.use_activation
-            out[idx[j]] = _activation(logits[j]) if act else logits[j]
+            name = self.cfg.score_activation if p.task == "score" else self.cfg.classify_activation
+            out[idx[j]] = _activation(logits[j], name) if act else logits[j]
 
     def _embed_head(self, v: torch.Tensor, p: PoolingParams) -> torch.Tensor:
         """An embedding ([H], or [T, H] per token): through the sentence-transformers Dense layers (if any), cut to

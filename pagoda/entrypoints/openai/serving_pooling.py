@@ -209,7 +209,8 @@ class OpenAIServingPooling(OpenAIServing):
             return scores, sum(len(o.prompt_token_ids) for o in outs)
         params = self._params(req, "score", use_activation=req.use_activation)
         mml = self.engine.max_model_len
-        prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml) for a, b in pairs]
+        prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml, self.pooler.lowercase)
+                   for a, b in pairs]
         outs = await self._run(prompts, params, names[1], req.priority)
         scores = [float(o.outputs.data.reshape(-1)[-1]) for o in outs]
         return scores, sum(len(o.prompt_token_ids) for o in outs)
