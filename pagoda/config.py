@@ -543,11 +543,12 @@ class EngineArgs:
         return max_model_len
 
     def _tokenizer_path(self, rev: str | None, ddir: str | None) -> Path:
-        """``--tokenizer``'s folder; its errors name the flag (not the model)."""
-        from pagoda.models.model_files import resolve_model
+        """``--tokenizer``'s folder (called only when it is given); its errors name the flag (not the model)."""
+        from pagoda.models.model_files import resolve_tokenizer
 
+        assert self.tokenizer is not None
         try:
-            return resolve_model(self.tokenizer, load_format="dummy", revision=rev, download_dir=ddir)
+            return resolve_tokenizer(self.tokenizer, revision=rev, download_dir=ddir)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"--tokenizer {self.tokenizer}: {e}".replace("model path", "path")) from None
 

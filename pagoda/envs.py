@@ -29,6 +29,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PAGODA_API_KEY", "",
            "API key of `pagoda serve` when `--api-key` is not given (and the bearer token `pagoda bench serve` "
            "sends when neither `--api-key` nor `OPENAI_API_KEY` is set)"),
+    EnvVar("VLLM_API_KEY", "", "vLLM's name for `PAGODA_API_KEY`, read when that is unset (`pagoda serve` and "
+           "`pagoda router` then need the key, as vLLM's server does)"),
     EnvVar("PAGODA_HUB_TIMEOUT", "10", "seconds the Hugging Face Hub probe may take before a hub id is "
            "treated as unreachable"),
     EnvVar("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60", "default of `--engine-stuck-timeout`"),
@@ -124,8 +126,9 @@ def server_info_vars() -> dict[str, str]:
 
 
 def api_key() -> str | None:
-    """``PAGODA_API_KEY``: the server's API key when ``--api-key`` is not given; None when unset."""
-    return os.environ.get("PAGODA_API_KEY") or None
+    """``PAGODA_API_KEY`` (else vLLM's ``VLLM_API_KEY``): the server's API key when ``--api-key`` is not given; None
+    when both are unset."""
+    return os.environ.get("PAGODA_API_KEY") or os.environ.get("VLLM_API_KEY") or None
 
 
 def hub_timeout_s() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -38,7 +39,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from pagoda.config import EngineArgs
 
     kw = {f.name: getattr(args, f.name) for f in fields(EngineArgs) if hasattr(args, f.name)}
-    kw["model"] = getattr(args, "model_tag", None) or args.model
+    tag = getattr(args, "model_tag", None)
+    if tag is not None and args.model is not None and tag != args.model:  # vLLM refuses a second model too
+        raise ValueError(f"the model is given twice, as MODEL ({tag}) and as --model ({args.model}); give it once "
+                         f"(`pagoda serve MODEL` or `pagoda serve --model MODEL`).")
+    kw["model"] = tag or args.model
     return kw
 
 
@@ -157,6 +162,47 @@ def _command(argv: list[str]) -> str | None:
     return argv[i] if i < len(argv) else None
 
 
+def normalize_flag_names(argv: list[str]) -> list[str]:
+    """vLLM's spelling of long flags: ``--max_model_len 8`` and ``--max_model_len=8`` are ``--max-model-len``
+    (underscores in the name, never in a ``=VALUE``, read as dashes). Arguments after a bare ``--`` stay as given."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+VLLM_ENV_HINTS = {
+    "VLLM_LOGGING_LEVEL": "use pagoda --log-level LEVEL",
+    "VLLM_ATTENTION_BACKEND": "use --attention-backend",
+    "VLLM_CPU_KVCACHE_SPACE": "use --kv-cache-memory-bytes, e.g. 4G",
+    "VLLM_USE_MODELSCOPE": "hub ids are read from the Hugging Face Hub only",
+    "VLLM_HOST_IP": "use --host",
+    "VLLM_PORT": "use --port",
+}
+"""What to use instead of the vLLM variables a vLLM user most often has set (``VLLM_*`` ones pagoda reads are in
+:data:`pagoda.envs.ENV_VARS`)."""
+
+
+def check_vllm_env(args: argparse.Namespace) -> None:
+    """vLLM's environment variables: those pagoda does not read are named in one warning (with what to use
+    instead, where there is something), so none is ignored silently (``VLLM_API_KEY`` is read, as vLLM does:
+    :func:`pagoda.envs.api_key`)."""
+    from pagoda.envs import ENV_VARS
+
+    read = {v.name for v in ENV_VARS}
+    unread = sorted(k for k, v in os.environ.items() if k.startswith("VLLM_") and k not in read and v)
+    if unread:
+        logging.getLogger("pagoda").warning(
+            "pagoda does not read these vLLM environment variables: %s (docs/cli.md, \"Environment variables\", "
+            "lists the ones it reads)", "; ".join(f"{k} ({VLLM_ENV_HINTS[k]})" if k in VLLM_ENV_HINTS else k
+                                                   for k in unread))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(sys.argv[1:] if argv is None else argv)
@@ -165,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
+    argv = normalize_flag_names(argv)
     command = _command(argv)
     early = None
     if command == "serve" and not {"-h", "--help"} & set(argv) and envs.prelaunch_core_enabled():
@@ -182,6 +229,8 @@ def _main(argv: list[str]) -> None:
         logging.basicConfig(level=getattr(logging, args.log_level),
                             format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         try:
+            if command not in ("models", "bench") or getattr(args, "bench_command", None) in ("throughput", "latency"):
+                check_vllm_env(args)  # commands that run an engine or a server
             args.func(args)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             sys.exit(f"error: {e}")

@@ -129,6 +129,36 @@ def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", pr
     return _download_from_hub(text, load_format, revision, download_dir)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+"""Files of which one marks a folder as a tokenizer that ``AutoTokenizer.from_pretrained`` can read."""
+
+
+def resolve_tokenizer(tokenizer: str | os.PathLike, revision: str | None = None,
+                      download_dir: str | None = None) -> Path:
+    """Return a local folder for ``--tokenizer``, as vLLM takes it: a folder holding a tokenizer (one of
+    :data:`TOKENIZER_FILES`; no config.json or weights needed), a .gguf file or a model folder (as
+    :func:`resolve_model` with ``load_format="dummy"``), or a hub id (its tokenizer files, no weights).
+
+    Raises ``FileNotFoundError`` for a local folder with no tokenizer, else as :func:`resolve_model`.
+    """
+    path = Path(os.fspath(tokenizer)).expanduser()
+    if path.is_dir():
+        return _tokenizer_folder(path)
+    if path.is_file() or _looks_like_local_path(os.fspath(tokenizer)) or str(tokenizer) in DEFAULT_MODEL_ALIASES:
+        return resolve_model(tokenizer, load_format="dummy", progress=False)
+    return _download_from_hub(os.fspath(tokenizer), "dummy", revision, download_dir, tokenizer=True)
+
+
+def _tokenizer_folder(folder: Path) -> Path:
+    """``folder`` when it holds a tokenizer (or a single .gguf file, whose conversion holds one)."""
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return folder
+    if not (folder / "config.json").is_file() and len(list(folder.glob("*.gguf"))) == 1:
+        return _resolve_folder(folder, "gguf", progress=False)
+    raise FileNotFoundError(f"no tokenizer in {folder}: a tokenizer folder holds one of {', '.join(TOKENIZER_FILES)} "
+                            f"(or a single .gguf file)")
+
+
 def resolves_in_place(model: str | os.PathLike | None, load_format: str = "auto") -> bool:
     """Whether :func:`resolve_model` of ``model`` needs no download, conversion or lock (a local folder ready as
     it is, or the default model already in the cache), so two processes may resolve it at the same time."""
@@ -197,8 +227,9 @@ def _resolve_folder(folder: Path, load_format: str, progress: bool) -> Path:
 
 
 def _download_from_hub(repo_id: str, load_format: str, revision: str | None = None,
-                       download_dir: str | None = None) -> Path:
-    """Download ``repo_id`` with huggingface_hub, failing fast (seconds) when there is no network."""
+                       download_dir: str | None = None, tokenizer: bool = False) -> Path:
+    """Download ``repo_id`` with huggingface_hub, failing fast (seconds) when there is no network; ``tokenizer``:
+    only a tokenizer is needed (no config.json)."""
     try:
         import huggingface_hub
         from huggingface_hub import errors as hf_errors
@@ -212,10 +243,17 @@ def _download_from_hub(repo_id: str, load_format: str, revision: str | None = No
         if hasattr(hf_errors, name)
     )
 
-    def fail(exc: BaseException | None) -> RuntimeError:
+    def fail(exc: BaseException | None, offline: bool) -> RuntimeError:
         msg = HUB_ERROR.format(model=repo_id, default=DEFAULT_MODEL)
         if exc is not None:
-            msg += f" Cause: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            msg += f" Cause: {type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}."
+        if offline:  # where it was looked for, and why it was not downloaded
+            where = download_dir or huggingface_hub.constants.HF_HUB_CACHE
+            why = ("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so nothing is downloaded: unset it to download, "
+                   "or pass --download-dir with the folder it was downloaded to" if _hub_offline()
+                   else "the hub did not answer, so only the cache was read")
+            msg += (f" It is not in the Hugging Face cache at {where}"
+                    f"{f' at revision {revision}' if revision else ''}; {why}.")
         return RuntimeError(msg)
 
     probe_error: BaseException | None = None
@@ -245,7 +283,9 @@ def _download_from_hub(repo_id: str, load_format: str, revision: str | None = No
             etag_timeout=HUB_PROBE_TIMEOUT_S,
         )
     except Exception as exc:  # offline and not in the local hub cache, or the download broke
-        raise fail(probe_error or exc) from exc
+        raise fail(probe_error or (None if not online else exc), offline=not online) from exc
+    if tokenizer:
+        return _tokenizer_folder(Path(folder))
     return _resolve_folder(Path(folder), "dummy" if load_format == "dummy" else "safetensors", False)
 
 
@@ -895,4 +935,5 @@ __all__ = [
     "has_weights",
     "ensure_default_model",
     "resolve_model",
+    "resolve_tokenizer",
 ]

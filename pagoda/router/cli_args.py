@@ -8,6 +8,7 @@ import sys
 
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, parse_size
+from pagoda.entrypoints.url_host import url_host
 from pagoda.router.policies import ROUTING_LOGICS
 
 logger = logging.getLogger("pagoda.router")
@@ -119,7 +120,8 @@ def run_router(args: argparse.Namespace) -> None:
     sock = bind_socket(args.host, args.port)  # a bad --host / busy --port: a one-line error, as serve's
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per proxied request otherwise
     app = build_app(cfg)
-    logger.info("pagoda router on http://%s:%d, routing logic %s", args.host, args.port, args.routing_logic)
+    logger.info("pagoda router on http://%s:%d, routing logic %s", url_host(args.host), args.port,
+                args.routing_logic)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.uvicorn_log_level, access_log=False))
     try:
         server.run(sockets=[sock])

@@ -27,6 +27,7 @@ from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
 from pagoda.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
+from pagoda.entrypoints.url_host import url_host
 
 logger = logging.getLogger("pagoda.server")
 
@@ -115,7 +116,7 @@ async def load_engine(state: ServerState) -> None:
             state.on_ready()
         if getattr(args, "port", None) is not None:  # an HTTP server (``pagoda run-batch`` has no port)
             scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
-            logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, args.host, args.port)
+            logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, url_host(args.host), args.port)
     except asyncio.CancelledError:
         raise
     except Exception as e:
