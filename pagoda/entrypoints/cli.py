@@ -11,6 +11,7 @@ from typing import Any
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter
 from pagoda.entrypoints import interactive
+from pagoda.entrypoints.config_file import expand_config_file
 
 
 def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, serve: bool = False) -> None:
@@ -18,6 +19,7 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, 
     field's docstring as help), plus the vLLM flags pagoda refuses by name (:mod:`pagoda.entrypoints.vllm_flags`)."""
     from pagoda.arg_utils import add_dataclass_args
     from pagoda.config import ENGINE_ARG_GROUPS, EngineArgs
+    from pagoda.entrypoints.config_file import add_config_args
     from pagoda.entrypoints.vllm_flags import add_unsupported_args
 
     if positional_model:
@@ -25,6 +27,7 @@ def add_engine_args(p: argparse.ArgumentParser, positional_model: bool = False, 
                        help="the model, as --model (default: the embedded SmolLM2-135M-Instruct)")
     for title, names in ENGINE_ARG_GROUPS.items():  # vLLM's help groups
         add_dataclass_args(p.add_argument_group(title), EngineArgs, only=frozenset(names))
+    add_config_args(p)
     add_unsupported_args(p, serve=serve)
 
 
@@ -43,7 +46,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if tag is not None and args.model is not None and tag != args.model:  # vLLM refuses a second model too
         raise ValueError(f"the model is given twice, as MODEL ({tag}) and as --model ({args.model}); give it once "
                          f"(`pagoda serve MODEL` or `pagoda serve --model MODEL`).")
-    kw["model"] = tag or args.model
+    kw["model"] = tag or args.model or getattr(args, "model_from_config", None)  # the command line wins over --config
     return kw
 
 
@@ -224,6 +227,10 @@ def _main(argv: list[str]) -> None:
             _add_router_parser(sub)
         else:
             parser = build_parser()
+        try:
+            argv = expand_config_file(argv, parser)  # vLLM's --config FILE.yaml
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         args = parser.parse_args(argv)
         args.prelaunched_core = early
         logging.basicConfig(level=getattr(logging, args.log_level),

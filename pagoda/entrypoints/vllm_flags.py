@@ -166,7 +166,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--data-parallel-supervisor-port --dp-supervisor-probe-interval-s --dp-supervisor-probe-timeout-s "
        "--dp-supervisor-probe-failure-threshold", "replicas are not restarted: one that dies takes the server down "
        "(the engine-death path)", serve=True),
-    _u("--config", "flags are read from the command line only", serve=True),
     _u("--fingerprint-mode --fingerprint-value", "system_fingerprint is not reported", serve=True),
 )
 
