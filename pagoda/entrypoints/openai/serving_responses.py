@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -154,13 +154,14 @@ class AnswerTokens:
         self.tags = tags
         self.token_logprobs = token_logprobs
         self.text = ""
-        self.ids: list[int] = []
+        self.ids: Sequence[int] = ()
         self.lps: list[Any] = []
         self.sent = 0  # the answer's tokens whose logprobs were taken
         self.finished = False
 
-    def update(self, text: str, token_ids: Any, logprobs: list[Any], finished: bool) -> None:
-        self.text, self.ids, self.lps, self.finished = text, list(token_ids), logprobs, finished
+    def update(self, text: str, token_ids: Sequence[int], logprobs: list[Any], finished: bool) -> None:
+        """The output so far (``token_ids`` kept as given, not copied: this runs at every step of a stream)."""
+        self.text, self.ids, self.lps, self.finished = text, token_ids, logprobs, finished
 
     def _split(self) -> TokenSplit | None:
         if self.parser.reasoning is None:
@@ -184,7 +185,7 @@ class AnswerTokens:
                                    f"{LOGPROBS_INCLUDE!r}).", type_="server_error", param="include")
             return []
         start = split.content_start + self.sent
-        new = self.ids[start:]
+        new = list(self.ids[start:])
         self.sent += len(new)
         return self.token_logprobs(new, self.lps[start:])
 
