@@ -424,7 +424,8 @@ class EngineArgs:
 
         from pagoda.pooling.setup import resolve_runner
 
-        rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path)
+        rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path, tokenizer_path)
+        hf_config = rc.hf_config  # a classifier from LM-head token rows: its labels and token ids (pooling/config.py)
         pooling = rc.runner == "pooling"
         if pooling and self.long_prefill_token_threshold > 0:
             raise ValueError("--long-prefill-token-threshold applies to generative models; a pooling model "

@@ -12,6 +12,7 @@ from its sentence-transformers ``activation_fn``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -96,6 +97,8 @@ class ResolvedPooler:
     lowercase: bool = False  # sentence_bert_config.json's do_lower_case: text inputs are lowercased before tokenizing
     classify_activation: str = "classify"  # a key of ACTIVATIONS: what use_activation applies to classify logits
     score_activation: str = "classify"  # ... and to a cross-encoder's score logits
+    use_sep_token: bool = True  # a score pair: tokenized as a text pair (True) or as text_1 + text_2 (use_sep_token())
+    from_token: FromTokenClassifier | None = None  # a classifier built from LM-head token rows, if it is one
 
     def check_dimensions(self, dims: int | None) -> None:
         from pagoda.errors import ValidationError
@@ -222,19 +225,122 @@ def score_activation(model_path: Path, hf_config: dict[str, Any]) -> str:
     return _TORCH_ACTIVATIONS[name]
 
 
-_FROM_TOKEN_KEYS = ("classifier_from_token", "method", "is_original_qwen3_reranker")
+FROM_TOKEN_KEYS = ("classifier_from_token", "method", "is_original_qwen3_reranker")
+"""config.json / ``--hf-overrides`` keys of vLLM's "LLM as classifier" conversion (:class:`FromTokenClassifier`)."""
+FROM_TOKEN_METHODS = ("from_2_way_softmax", "no_post_processing")
+FROM_TOKEN_ARCHS = ("LlamaForSequenceClassification", "MistralForSequenceClassification",
+                    "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification")
+"""The architectures whose pooling class (``models/llama_pooling.py``) builds the classifier from LM-head rows."""
+FROM_TOKEN_IDS_KEY = "classifier_from_token_ids"
+"""Where :func:`with_from_token_labels` writes the tokens' resolved ids into the engine's hf_config (pagoda's own
+key, read by the model when it loads the LM-head rows; set only by start-up, never by the user)."""
 
 
-def check_no_from_token_classifier(hf_config: dict[str, Any]) -> None:
-    """vLLM's "LLM as reranker" conversion (a classifier built from LM-head rows of ``classifier_from_token``, e.g.
-    Qwen3-Reranker's yes/no) is not implemented: its keys are a start-up error naming them, not a missing
-    ``score`` weight."""
-    keys = [k for k in _FROM_TOKEN_KEYS if hf_config.get(k)]
-    if keys:
-        raise ValueError(f"config.json / --hf-overrides: {keys} (a classifier converted from LM-head token rows, "
-                         f"vLLM's Qwen3-Reranker / bge-reranker-v2-gemma recipe) is not supported; use a "
-                         f"checkpoint converted to *ForSequenceClassification with a score weight (e.g. "
-                         f"tomaarsen/Qwen3-Reranker-0.6B-seq-cls).")
+@dataclass(frozen=True)
+class FromTokenClassifier:
+    """vLLM's conversion of a causal LM into a classifier from its LM-head rows (``as_seq_cls_model``):
+    ``from_2_way_softmax`` (two tokens ``[false, true]``, Qwen3-Reranker's ``["no", "yes"]``) is one label whose
+    row is ``lm_head[true] - lm_head[false]``, so its sigmoid is ``softmax([logit_false, logit_true])[1]``;
+    ``no_post_processing`` is one label per token, its row ``lm_head[token]`` (bge-reranker-v2-gemma's ``["Yes"]``).
+    ``token_ids``: each token's id in the vocabulary (resolved at start-up; empty until then)."""
+
+    tokens: tuple[str, ...]
+    method: str  # one of FROM_TOKEN_METHODS
+    token_ids: tuple[int, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.method == "from_2_way_softmax" else len(self.tokens)
+
+
+def from_token_classifier(hf_config: dict[str, Any], arch: str, kind: str | None) -> FromTokenClassifier | None:
+    """The model's :class:`FromTokenClassifier`, or None when none of :data:`FROM_TOKEN_KEYS` is set. vLLM's rules:
+    ``is_original_qwen3_reranker`` (Qwen3 only) means ``method: from_2_way_softmax``; ``classifier_from_token`` needs
+    a ``method`` and vice versa; ``from_2_way_softmax`` takes exactly two tokens. ``kind``: the pooling kind the
+    model runs as (None: a generative model). Anything else is a start-up error naming the key (or the
+    architecture, for one that is not a Llama-family ``*ForSequenceClassification`` run as a classifier)."""
+    keys = [k for k in FROM_TOKEN_KEYS if hf_config.get(k) not in (None, False)]
+    if not keys:
+        return None
+    where = f"config.json / --hf-overrides {keys}"
+    if kind != "classify" or arch not in FROM_TOKEN_ARCHS:
+        ran = "a generative model" if kind is None else f"--convert {kind}" if kind != "classify" else arch
+        raise ValueError(f"{where}: a classifier converted from LM-head token rows (vLLM's Qwen3-Reranker / "
+                         f"bge-reranker-v2-gemma recipe) runs on {', '.join(FROM_TOKEN_ARCHS)} as a classifier "
+                         f"(--runner pooling); not on {arch} ({ran}). Set \"architectures\" to the checkpoint's "
+                         f"*ForSequenceClassification in --hf-overrides, or use a converted checkpoint with a score "
+                         f"weight.")
+    raw = hf_config.get("classifier_from_token")
+    if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(t, str) and t for t in raw):
+        raise ValueError(f"{where}: classifier_from_token must be a non-empty list of token strings (e.g. "
+                         f"[\"no\", \"yes\"]), got {raw!r}.")
+    tokens = tuple(raw)
+    method = hf_config.get("method")
+    if hf_config.get("is_original_qwen3_reranker") not in (None, False):
+        if arch != "Qwen3ForSequenceClassification":
+            raise ValueError(f"{where}: is_original_qwen3_reranker is for Qwen3ForSequenceClassification (as in vLLM); "
+                             f"for {arch} set \"method\": \"from_2_way_softmax\" instead.")
+        if method not in (None, "from_2_way_softmax"):
+            raise ValueError(f"{where}: is_original_qwen3_reranker means method from_2_way_softmax; got method "
+                             f"{method!r}.")
+        method = "from_2_way_softmax"
+    if method not in FROM_TOKEN_METHODS:
+        raise ValueError(f"{where}: method must be one of {FROM_TOKEN_METHODS} (how the token rows become the "
+                         f"classifier), got {method!r}.")
+    if method == "from_2_way_softmax" and len(tokens) != 2:
+        raise ValueError(f"{where}: method from_2_way_softmax takes exactly two tokens [false, true] in "
+                         f"classifier_from_token, got {list(tokens)}.")
+    return FromTokenClassifier(tokens, str(method))
+
+
+def check_no_resolved_ids(hf_config: dict[str, Any]) -> None:
+    """The checkpoint's config (and ``--hf-overrides``) must not set :data:`FROM_TOKEN_IDS_KEY`: start-up alone
+    writes it."""
+    if FROM_TOKEN_IDS_KEY in hf_config:
+        raise ValueError(f"config.json / --hf-overrides: {FROM_TOKEN_IDS_KEY!r} is pagoda's own (the resolved ids of "
+                         f"classifier_from_token); set classifier_from_token instead.")
+
+
+def resolve_token_ids(spec: FromTokenClassifier, tokenizer_path: Path) -> FromTokenClassifier:
+    """``spec`` with each token's id in the tokenizer's vocabulary (vLLM's ``convert_tokens_to_ids``: a vocabulary
+    entry, e.g. ``"yes"``, not text to tokenize). A token that is not one entry of the vocabulary is a start-up
+    error naming it."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_path), trust_remote_code=False)
+    except Exception as e:
+        raise ValueError(f"classifier_from_token: could not load the tokenizer from {tokenizer_path} to look up "
+                         f"{list(spec.tokens)}: {e}") from e
+    vocab = tok.get_vocab()
+    missing = [t for t in spec.tokens if t not in vocab]
+    if missing:
+        hint = [tok.convert_ids_to_tokens(tok.encode(t, add_special_tokens=False)) for t in missing]
+        raise ValueError(f"classifier_from_token: {missing} is not a single token in the vocabulary of "
+                         f"{tokenizer_path} (it tokenizes as {hint}); give vocabulary entries (as vLLM's "
+                         f"convert_tokens_to_ids reads them).")
+    return dataclasses.replace(spec, token_ids=tuple(int(vocab[t]) for t in spec.tokens))
+
+
+def with_from_token_labels(hf_config: dict[str, Any], spec: FromTokenClassifier) -> dict[str, Any]:
+    """``hf_config`` as the converted classifier has it (vLLM sets ``num_labels`` alike): ``num_labels`` and
+    transformers' default ``id2label`` for them, and the tokens' ids under :data:`FROM_TOKEN_IDS_KEY`."""
+    n = spec.num_labels
+    return {**hf_config, "num_labels": n, "id2label": {str(i): f"LABEL_{i}" for i in range(n)},
+            FROM_TOKEN_IDS_KEY: list(spec.token_ids)}
+
+
+def use_sep_token(hf_config: dict[str, Any], from_token: bool) -> bool:
+    """Whether a score pair is tokenized as a text pair (with the tokenizer's separator) rather than as the two
+    texts concatenated: config.json's ``use_sep_token`` (or its deprecated ``use_pad_token``), else vLLM's default,
+    true for a cross-encoder and false for a classifier converted from LM-head token rows."""
+    for k in ("use_pad_token", "use_sep_token"):
+        v = hf_config.get(k)
+        if v is not None:
+            if not isinstance(v, bool):
+                raise ValueError(f"config.json / --hf-overrides: {k} must be true or false, got {v!r}.")
+            return v
+    return not from_token
 
 
 def _sentence_bert_config(model_path: Path) -> dict[str, Any]:
@@ -276,7 +382,9 @@ def supported_tasks(kind: str, labels: int) -> tuple[str, ...]:
 
 
 def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, default_type: str,
-                   user: PoolerConfig | None) -> ResolvedPooler:
+                   user: PoolerConfig | None, from_token: FromTokenClassifier | None = None) -> ResolvedPooler:
+    """The pooler of a model of ``kind``; ``hf_config`` is the engine's (a ``from_token`` classifier's already has
+    its labels, :func:`with_from_token_labels`)."""
     st_type, st_norm, dense = _sentence_transformers(model_path)
     user = user or PoolerConfig()
     ptype = user.pooling_type or st_type or default_type
@@ -297,8 +405,6 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
         ResolvedPooler("embed", ptype, matryoshka=matryoshka, hidden_size=hidden).check_dimensions(user.dimensions)
     normalize = user.normalize if user.normalize is not None else (st_norm or st_type is None)
     labels = num_labels(hf_config) if kind != "embed" else 0
-    if kind != "embed":
-        check_no_from_token_classifier(hf_config)
     return ResolvedPooler(
         kind=kind, pooling_type=ptype, normalize=bool(normalize),
         use_activation=True if user.use_activation is None else bool(user.use_activation),
@@ -308,4 +414,5 @@ def resolve_pooler(model_path: Path, hf_config: dict[str, Any], kind: str, defau
         lowercase=bool(_sentence_bert_config(model_path).get("do_lower_case", False)),
         classify_activation=classify_activation(hf_config) if kind != "embed" else "classify",
         score_activation=score_activation(model_path, hf_config) if kind == "classify" and labels == 1 else "classify",
+        use_sep_token=use_sep_token(hf_config, from_token is not None), from_token=from_token,
     )

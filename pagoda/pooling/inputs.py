@@ -82,11 +82,30 @@ def tokenize_text(tokenizer: Any, text: str, truncate: int | None, max_len: int,
     return list(tokenizer(text, add_special_tokens=add_special_tokens, truncation=True, max_length=k)["input_ids"])
 
 
+def render_score_template(tokenizer: Any, template: str, text_1: str, text_2: str) -> str:
+    """A score pair through a score template (vLLM's: the chat template given with ``--chat-template`` or
+    ``LLM.score(chat_template=...)``), rendered over the messages ``[{"role": "query", "content": text_1},
+    {"role": "document", "content": text_2}]`` with no generation prompt. A template that fails to render is a
+    ValidationError naming ``chat_template``."""
+    messages = [{"role": "query", "content": text_1}, {"role": "document", "content": text_2}]
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=False)
+    except Exception as e:  # jinja2's errors: a template that does not take query / document messages
+        raise ValidationError(f"The score template could not render the query / document pair: {e}",
+                              "chat_template") from e
+    return str(text)
+
+
 def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None,
-                  max_len: int, lowercase: bool = False) -> dict[str, Any]:
-    """A cross-encoder's input: the pair tokenized together (with segment ids when the tokenizer has them).
-    ``lowercase``: the pooler's (sentence_bert_config.json's ``do_lower_case``), applied to both texts as
-    sentence-transformers' CrossEncoder and vLLM do."""
+                  max_len: int, lowercase: bool = False, *, use_sep_token: bool = True,
+                  chat_template: str | None = None) -> dict[str, Any]:
+    """A cross-encoder's input, as vLLM builds it: with ``chat_template`` (a score template) the pair rendered by
+    :func:`render_score_template` and tokenized as one text; else, with ``use_sep_token`` (the pooler's; a
+    cross-encoder's default), the pair tokenized together (with segment ids when the tokenizer has them); else
+    (an LLM converted into a classifier) ``text_1 + text_2`` tokenized as one text. ``lowercase``: the pooler's
+    (sentence_bert_config.json's ``do_lower_case``), applied to both texts as sentence-transformers' CrossEncoder
+    and vLLM do."""
     kw: dict[str, Any] = {}
     k = truncation(truncate, max_len)
     if k is not None:
@@ -94,7 +113,12 @@ def tokenize_pair(tokenizer: Any, text_1: str, text_2: str, truncate: int | None
     text_1, text_2 = check_text(text_1), check_text(text_2)
     if lowercase:
         text_1, text_2 = text_1.lower(), text_2.lower()
-    enc = tokenizer(text_1, text_2, **kw)
+    if chat_template is not None:
+        enc = tokenizer(render_score_template(tokenizer, chat_template, text_1, text_2), **kw)
+    elif use_sep_token:
+        enc = tokenizer(text_1, text_2, **kw)
+    else:
+        enc = tokenizer(text_1 + text_2, **kw)
     out: dict[str, Any] = {"prompt_token_ids": list(enc["input_ids"])}
     if "token_type_ids" in enc:
         out["token_type_ids"] = list(enc["token_type_ids"])

@@ -4,7 +4,9 @@
 base ``*Model`` decoders) or any model given ``--convert embed|classify|reward`` as a pooling model, and
 everything else as a generative one. A pooling engine computes each prompt whole in one step and keeps
 nothing afterwards, so it runs with chunked prefill, prefix caching and async scheduling off and a token
-budget of at least ``max_model_len`` (so every admissible prompt fits one step).
+budget of at least ``max_model_len`` (so every admissible prompt fits one step). A classifier converted from
+LM-head token rows (``classifier_from_token``, :class:`pagoda.pooling.config.FromTokenClassifier`) is checked and its
+tokens looked up in the vocabulary here, and its labels and token ids written into the hf_config returned.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pagoda.pooling.config import PoolerConfig, ResolvedPooler, resolve_pooler, sentence_transformers_max_len
+from pagoda.pooling.config import (
+    PoolerConfig,
+    ResolvedPooler,
+    check_no_resolved_ids,
+    from_token_classifier,
+    resolve_pooler,
+    resolve_token_ids,
+    sentence_transformers_max_len,
+    with_from_token_labels,
+)
 
 RUNNERS = ("auto", "generate", "pooling")
 CONVERTS = ("auto", "none", "embed", "classify", "reward")
@@ -25,16 +36,20 @@ class RunnerChoice:
     runner: str  # generate | pooling
     pooler: ResolvedPooler | None
     max_len_cap: int | None  # sentence-transformers' max_seq_length / the encoder's position table
+    hf_config: dict[str, Any]  # the engine's: the given one, with a from-token classifier's labels and token ids
 
 
 def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | PoolerConfig | None, arch: str,
-                   hf_config: dict[str, Any], model_path: Path) -> RunnerChoice:
+                   hf_config: dict[str, Any], model_path: Path, tokenizer_path: Path | None = None) -> RunnerChoice:
+    """The runner and pooler. ``tokenizer_path`` (default: the model's folder) looks up ``classifier_from_token``'s
+    ids; the returned ``hf_config`` is the one the engine (and the model) must use."""
     from pagoda.models.registry import default_pooling, is_pooling_architecture
 
     if runner not in RUNNERS:
         raise ValueError(f"--runner must be one of {RUNNERS}, got {runner!r}.")
     if convert not in CONVERTS:
         raise ValueError(f"--convert must be one of {CONVERTS}, got {convert!r}.")
+    check_no_resolved_ids(hf_config)
     pooling_arch = is_pooling_architecture(arch)
     wants_pooling = convert in ("embed", "classify", "reward")
     if runner == "auto":
@@ -45,7 +60,8 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | Po
                              f"use --runner pooling (or auto).")
         if pooler_config:
             raise ValueError("--pooler-config applies to pooling models only (--runner pooling).")
-        return RunnerChoice("generate", None, None)
+        from_token_classifier(hf_config, arch, None)  # its keys are a classifier's: refused here, by name
+        return RunnerChoice("generate", None, None, hf_config)
     kind, default_type = default_pooling(arch, convert)
     if isinstance(pooler_config, PoolerConfig):  # LLM(pooler_config=PoolerConfig(...)), as vLLM's offline docs write
         pooler_config = {k: v for k, v in dataclasses.asdict(pooler_config).items() if v is not None}
@@ -53,9 +69,13 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | Po
         raise ValueError(f"--pooler-config must be a JSON object (or a PoolerConfig), got "
                          f"{type(pooler_config).__name__}.")
     user = PoolerConfig.from_dict(pooler_config) if pooler_config else None
-    pooler = resolve_pooler(model_path, hf_config, kind, default_type, user)
+    from_token = from_token_classifier(hf_config, arch, kind)
+    if from_token is not None:
+        from_token = resolve_token_ids(from_token, tokenizer_path or model_path)
+        hf_config = with_from_token_labels(hf_config, from_token)
+    pooler = resolve_pooler(model_path, hf_config, kind, default_type, user, from_token)
     cap = sentence_transformers_max_len(model_path)
     if arch.startswith(("Roberta", "XLMRoberta")):  # positions start at padding_idx + 1
         table = int(hf_config.get("max_position_embeddings", 514)) - int(hf_config.get("pad_token_id", 1)) - 1
         cap = min(cap, table) if cap else table
-    return RunnerChoice("pooling", pooler, cap)
+    return RunnerChoice("pooling", pooler, cap, hf_config)

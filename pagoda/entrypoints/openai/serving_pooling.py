@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import uuid
 from typing import Any
 
 import torch.nn.functional as F
 from fastapi.responses import JSONResponse
 
+from pagoda.engine.tokenizer import read_chat_template
 from pagoda.entrypoints.llm_pooling import score_pairs
 from pagoda.entrypoints.openai.chat_render import render_chat
 from pagoda.entrypoints.openai.protocol_pooling import (
@@ -94,6 +96,13 @@ class OpenAIServingPooling(OpenAIServing):
         if p is None:
             raise not_pooling_error()
         return p
+
+    @functools.cached_property
+    def score_template(self) -> str | None:
+        """``--chat-template``'s text when given: a score pair is rendered through it (as a ``query`` and a
+        ``document`` message) and tokenized as one text, as vLLM does for rerankers such as Qwen3-Reranker."""
+        value = self.engine.cfg.chat_template if self.engine.cfg is not None else None
+        return read_chat_template(value) if value else None
 
     async def _run(self, prompts: list[Any], params: PoolingParams, field: str | list[str], priority: int = 0
                    ) -> list[PoolingRequestOutput]:
@@ -209,7 +218,9 @@ class OpenAIServingPooling(OpenAIServing):
             return scores, sum(len(o.prompt_token_ids) for o in outs)
         params = self._params(req, "score", use_activation=req.use_activation)
         mml = self.engine.max_model_len
-        prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml, self.pooler.lowercase)
+        pooler = self.pooler
+        prompts = [tokenize_pair(self.tokenizer, a, b, req.truncate_prompt_tokens, mml, pooler.lowercase,
+                                 use_sep_token=pooler.use_sep_token, chat_template=self.score_template)
                    for a, b in pairs]
         outs = await self._run(prompts, params, names[1], req.priority)
         scores = [float(o.outputs.data.reshape(-1)[-1]) for o in outs]
