@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVING = (ROOT / "docs" / "serving.md").read_text()
 README = (ROOT / "README.md").read_text()
 
-FLAG = re.compile(r"(?<![\w-])(--(?:\[no-\])?[a-z0-9][a-z0-9-]*[a-z0-9]|-[a-z]{1,3})(?![\w-])")
+FLAG = re.compile(r"(?<![\w-])(--(?:\[no-\])?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?|-[a-z]{1,3})(?![\w-])")
 
 
 def section(text: str, heading: str) -> str:

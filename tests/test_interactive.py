@@ -148,8 +148,8 @@ def test_chat_command_reads_stdin(tiny):
     """End to end: the console command, driven through stdin, prints the streamed answer."""
     model = str(tiny.path("llama"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pagoda", "--log-level", "WARNING", "chat", "--model", model, "--dtype", "float32",
-         "--temperature", "1", "--sampling-seed", "1", "--max-tokens", "6"],
+        [sys.executable, "-m", "pagoda", "--log-level", "WARNING", "chat", "--local", "--model", model, "--dtype",
+         "float32", "--temperature", "1", "--sampling-seed", "1", "--max-tokens", "6"],
         input="Hello\n\n", capture_output=True, text=True, cwd=REPO, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )

@@ -43,8 +43,9 @@ def run_sharded(args: argparse.Namespace, url: str, headers: dict[str, str], mod
     procs, conns = [], []
     for i, conc in enumerate(split_concurrency(args.max_concurrency, k)):
         recv, send = ctx.Pipe(duplex=False)
-        shard = prompts[i::k]
-        p = ctx.Process(target=_shard_main, args=(plain, i, conc, url, headers, model, chat, shard, start_at, send),
+        shard, indices = prompts[i::k], list(range(len(prompts)))[i::k]
+        p = ctx.Process(target=_shard_main, args=(plain, i, conc, url, headers, model, chat, shard, indices, start_at,
+                                                  send),
                         name=f"pagoda-bench-client-{i}", daemon=True)
         p.start()
         send.close()
@@ -70,26 +71,28 @@ def run_sharded(args: argparse.Namespace, url: str, headers: dict[str, str], mod
 
 
 def _shard_main(args: argparse.Namespace, index: int, concurrency: int | None, url: str, headers: dict[str, str],
-                model: str, chat: bool, prompts: list[tuple[str, int, int]], start_at: float, conn: Any) -> None:
+                model: str, chat: bool, prompts: list[tuple[str, int, int]], indices: list[int], start_at: float,
+                conn: Any) -> None:
     args.max_concurrency = concurrency
     args.request_rate = args.request_rate / args.num_client_processes
     args.seed = args.seed + 1000 * (index + 1)  # its own arrival times (the prompts are already drawn)
-    results, cpu = asyncio.run(_shard(args, url, headers, model, chat, prompts, start_at))
+    results, cpu = asyncio.run(_shard(args, url, headers, model, chat, prompts, indices, start_at))
     conn.send(json.dumps({"results": [dataclasses.asdict(r) for r in results], "cpu": cpu, "end": time.time()}))
     conn.close()
 
 
 async def _shard(args: argparse.Namespace, url: str, headers: dict[str, str], model: str, chat: bool,
-                 prompts: list[tuple[str, int, int]], start_at: float) -> tuple[list[Any], float]:
+                 prompts: list[tuple[str, int, int]], indices: list[int], start_at: float) -> tuple[list[Any], float]:
     import httpx
 
     from pagoda.benchmarks.serve import _run_requests
 
     limit = args.max_concurrency or len(prompts)
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=limit + 4,
-                                                                      max_keepalive_connections=limit + 4)) as client:
+    async with httpx.AsyncClient(timeout=timeout, verify=not args.insecure,
+                                 limits=httpx.Limits(max_connections=limit + 4,
+                                                     max_keepalive_connections=limit + 4)) as client:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu = time.process_time()
-        results, _ = await _run_requests(args, client, url, headers, model, chat, prompts)
+        results, _ = await _run_requests(args, client, url, headers, model, chat, prompts, indices)
         return results, time.process_time() - cpu

@@ -17,6 +17,12 @@ with the same command without the config.
 
 ``--step-timeline PATH`` records every engine step of the timed iterations (run label ``batch<N>``;
 :mod:`pagoda.engine.step_timeline`).
+
+vLLM's ``vllm bench latency`` defaults (batch 8, input 32, output 128, 10 warm-up and 30 timed iterations, ``--n 1``,
+prefix caching off, outputs detokenized unless ``--disable-detokenize``) are this command's. The requests run
+greedy (vLLM samples at temperature 1): the same tokens on every run, so two runs, or two engines, time the same
+work (a sampling step costs the same either way on pagoda's sampler). vLLM's flags this command does not honour
+are refused by name (:data:`pagoda.benchmarks.vllm_bench_flags.LATENCY`).
 """
 
 from __future__ import annotations
@@ -31,18 +37,25 @@ from collections.abc import Iterator
 
 def add_args(p: argparse.ArgumentParser) -> None:
     from pagoda.arg_utils import non_negative_int, positive_int
+    from pagoda.benchmarks.vllm_bench_flags import LATENCY, add_refused_args
     from pagoda.entrypoints.cli import add_engine_args
 
     add_engine_args(p)
-    p.add_argument("--batch-size", type=positive_int, nargs="+", default=[1],
+    # vLLM: prefix caching skews the latency of repeated prompts, so bench latency runs without it by default
+    p.set_defaults(enable_prefix_caching=False)
+    p.add_argument("--batch-size", type=positive_int, nargs="+", default=[8],
                    help="requests in the batch (several values: one run each, same engine)")
     p.add_argument("--input-len", type=positive_int, default=32, help="prompt tokens per request")
     p.add_argument("--output-len", type=positive_int, default=128,
                    help="new tokens per request (1: prefill only, no decode step to time)")
-    p.add_argument("--num-iters", type=positive_int, default=3, help="timed iterations")
-    p.add_argument("--num-iters-warmup", type=non_negative_int, default=1, help="warm-up iterations")
+    p.add_argument("--n", type=positive_int, default=1, help="sequences generated per prompt")
+    p.add_argument("--num-iters", type=positive_int, default=30, help="timed iterations")
+    p.add_argument("--num-iters-warmup", type=non_negative_int, default=10, help="warm-up iterations")
+    p.add_argument("--disable-detokenize", action="store_true",
+                   help="do not detokenize the outputs (detokenization left out of the timings)")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
     add_step_timeline_arg(p)
+    add_refused_args(p, LATENCY)
 
 
 def add_step_timeline_arg(p: argparse.ArgumentParser) -> None:
@@ -52,13 +65,14 @@ def add_step_timeline_arg(p: argparse.ArgumentParser) -> None:
                         "benchmarks/step_timeline_report.py")
 
 
-def timed_steps(engine, prompts: list[list[int]], max_tokens: int, tag: str) -> tuple[float, float, list[float]]:
-    """Run ``prompts`` together (greedy, ``ignore_eos``, ``max_tokens`` each) on an idle engine, timing each
-    ``step()``: (end-to-end seconds, seconds until the last step with prompt tokens returned, durations of
-    the pure decode steps of the whole batch)."""
+def timed_steps(engine, prompts: list[list[int]], max_tokens: int, tag: str, n: int = 1,
+                detokenize: bool = False) -> tuple[float, float, list[float]]:
+    """Run ``prompts`` together (greedy, ``ignore_eos``, ``max_tokens`` each, ``n`` sequences each) on an idle
+    engine, timing each ``step()``: (end-to-end seconds, seconds until the last step with prompt tokens returned,
+    durations of the pure decode steps of the whole batch)."""
     from pagoda import SamplingParams
 
-    sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=False)
+    sp = SamplingParams(n=n, temperature=0, max_tokens=max_tokens, ignore_eos=True, detokenize=detokenize)
     for i, ids in enumerate(prompts):
         engine.add_request(f"{tag}-{i}", {"prompt_token_ids": ids}, sp, final_only=True)
     t0 = time.perf_counter()
@@ -82,7 +96,7 @@ def _one(engine, args, seed: int) -> tuple[float, float, list[float]]:
     rng = random.Random(seed)
     vocab = int(engine.cfg.hf_config["vocab_size"])
     prompts = [[rng.randint(10, min(1000, vocab - 1)) for _ in range(args.input_len)] for _ in range(args.batch_size)]
-    return timed_steps(engine, prompts, args.output_len, f"lat-{seed}")
+    return timed_steps(engine, prompts, args.output_len, f"lat-{seed}", args.n, not args.disable_detokenize)
 
 
 @contextlib.contextmanager
@@ -147,11 +161,12 @@ def _run_batch(engine, args: argparse.Namespace, batch_size: int) -> dict:
         "batch_size": args.batch_size,
         "input_len": args.input_len,
         "output_len": args.output_len,
+        "n": args.n,
         "e2e_s_median": statistics.median(e2e),
         "prefill_s_median": statistics.median(pre),
         "decode_step_ms_median": 1000 * statistics.median(steps) if steps else None,
         "decode_step_ms_p90": 1000 * steps[int(0.9 * (len(steps) - 1))] if steps else None,
-        "output_tokens_per_s": args.batch_size * args.output_len / statistics.median(e2e),
+        "output_tokens_per_s": args.batch_size * args.n * args.output_len / statistics.median(e2e),
         "startup_s": engine.core.startup_seconds,
         "graph_capture_s": engine.core.graph_capture_seconds,
         "device": str(engine.cfg.device),

@@ -13,7 +13,11 @@ as mean / median / chosen percentiles (default p50, p90, p99), plus request, out
 and total-token throughput, and with ``--goodput`` vLLM's request goodput (``meets_slos``).
 ``--save-result`` writes everything (per-request figures included) as JSON, under vLLM's keys
 where vLLM has the figure. vLLM's ``--backend``, ``--input-len`` and ``--output-len`` stand for
-pagoda's flags (``resolve_args``); ``--dataset-path`` is refused (every dataset is generated).
+pagoda's flags (``resolve_args``); ``--dataset-path`` is refused (every dataset is generated). Every other flag of
+vLLM's ``bench serve`` is honoured with vLLM's meaning (``--header``, ``--served-model-name``, the sampling flags,
+``--num-warmups``, ``--ready-check-timeout-sec``, ``--metadata``, ``--append-result``, ...) or refused by name
+(:data:`pagoda.benchmarks.vllm_bench_flags.SERVE`). As in vLLM, the random dataset sends ``ignore_eos``
+(``--no-ignore-eos`` turns it off) and each request carries ``X-Request-Id: <--request-id-prefix><index>``.
 
 Prompts are made of words drawn from a fixed list with ``--seed``; when the server has
 ``/tokenize`` (pagoda, vLLM) or ``--tokenizer`` names a local tokenizer, each prompt is
@@ -47,12 +51,13 @@ import random
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pagoda import envs
-from pagoda.arg_utils import positive_int, range_ratio
+from pagoda.arg_utils import non_negative_int, positive_int, range_ratio
 from pagoda.benchmarks.server_process import CpuSnapshot, LaunchedServer, cpu_report
 from pagoda.benchmarks.stream_load import DEFAULT_BURST_FRACTION, load_figures
 from pagoda.benchmarks.stream_timing import TokenTimeline, UsageCursor, chunk_text, chunk_tokens, tpot
@@ -100,6 +105,8 @@ class RequestResult:
         return tpot(self.ttft, self.latency, self.output_tokens)
 
 
+SAMPLING_FLAGS = ("top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
+"""vLLM's sampling flags of bench serve, sent as request fields of the same names when given."""
 METRICS = ("ttft", "tpot", "itl", "e2el")  # the latency metrics --percentile-metrics may name
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")  # the per-request metrics --goodput may bound (vLLM's)
 # vLLM's --backend names of the two OpenAI APIs this benchmark drives, and the endpoint each one means
@@ -156,9 +163,22 @@ def goodput_slo(text: str) -> tuple[str, float]:
     return key, ms
 
 
+def key_values(flag: str, items: list[str] | None) -> dict[str, str]:
+    """vLLM's ``KEY=VALUE`` list flags (``--header``, ``--metadata``) as a dict; ValueError naming the flag and item
+    for one without ``=``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: give KEY=VALUE, e.g. {flag} x-version=1")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def resolve_args(args: argparse.Namespace) -> None:
     """vLLM's flags that stand for others, resolved in place, and the combinations refused (ValueError naming the
-    flags): ``--backend`` -> ``--endpoint``; ``--input-len`` / ``--output-len`` -> the dataset's lengths."""
+    flags): ``--backend`` -> ``--endpoint``; ``--input-len`` / ``--output-len`` -> the dataset's lengths; a
+    dataset's own flag with another dataset; ``--ignore-eos`` left unset -> on for the random dataset (vLLM's)."""
     if args.dataset_path is not None:
         raise ValueError(f"--dataset-path {args.dataset_path}: pagoda bench serve reads no dataset file; its "
                          f"--dataset-name random, sharegpt (a synthetic ShareGPT-shaped workload) and "
@@ -171,13 +191,22 @@ def resolve_args(args: argparse.Namespace) -> None:
         args.endpoint = wanted
     elif args.endpoint is None:
         args.endpoint = "/v1/completions"
+    for flag, given, dataset in (("--input-len", args.input_len is not None, "random"),
+                                 ("--random-prefix-len", args.random_prefix_len > 0, "random"),
+                                 ("--sharegpt-output-len", args.sharegpt_output_len is not None, "sharegpt")):
+        if given and args.dataset_name != dataset:
+            raise ValueError(f"{flag} shapes the {dataset} dataset only; --dataset-name {args.dataset_name} has its "
+                             f"own prompts and lengths (drop {flag}).")
     if args.input_len is not None:
-        if args.dataset_name != "random":
-            raise ValueError(f"--input-len shapes the random dataset only; --dataset-name {args.dataset_name} has "
-                             f"its own prompt lengths (drop --input-len).")
         args.random_input_len = args.input_len
     if args.output_len is not None:
-        args.random_output_len = args.prefix_repetition_output_len = args.output_len
+        args.random_output_len = args.prefix_repetition_output_len = args.sharegpt_output_len = args.output_len
+    if args.ignore_eos is None:  # vLLM: the random dataset runs every request to its output length
+        args.ignore_eos = args.dataset_name == "random"
+    if args.skip_tokenizer_init and args.tokenizer:
+        raise ValueError(f"--skip-tokenizer-init loads no tokenizer: drop it or --tokenizer {args.tokenizer}.")
+    args.header = key_values("--header", args.header)
+    args.metadata = key_values("--metadata", args.metadata)
 
 
 def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -191,6 +220,13 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None, choices=["/v1/completions", "/v1/chat/completions"],
                    help="API to exercise (default: --backend's, else /v1/completions)")
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the name sent in requests when it differs from --model (vLLM's; default: --model)")
+    p.add_argument("--header", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="headers sent with every request (they override the API key's Authorization)")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    p.add_argument("--ready-check-timeout-sec", type=int, default=0,
+                   help="wait up to this many seconds for the server to answer GET /v1/models (default 0: no wait)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
     p.add_argument("--dataset-name", default="random", choices=["random", "sharegpt", "prefix_repetition"],
@@ -208,6 +244,13 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="refused: pagoda's datasets are synthetic (vLLM reads a ShareGPT or custom file here)")
     p.add_argument("--random-range-ratio", type=range_ratio, default=0.0,
                    help="lengths drawn uniformly from [len*(1-r), len*(1+r)], r in [0, 1)")
+    p.add_argument("--random-prefix-len", type=non_negative_int, default=0,
+                   help="random dataset: tokens of one fixed prefix before every prompt (the prompt is the prefix "
+                        "plus --random-input-len tokens, as vLLM's)")
+    p.add_argument("--sharegpt-output-len", type=positive_int, default=None,
+                   help="sharegpt dataset: every request's output length (default: the dataset's)")
+    p.add_argument("--disable-shuffle", action="store_true",
+                   help="prefix_repetition: requests in prefix order, not shuffled (the other datasets are unshuffled)")
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="requests per second (Poisson arrivals); inf sends them all at once")
     p.add_argument("--burstiness", type=burstiness, default=1.0,
@@ -218,8 +261,25 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="load-generator processes sharing the requests and --max-concurrency (one Python process "
                         "parsing many streams lags them and merges their chunks; pagoda/benchmarks/client_pool.py)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrival times")
-    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos so every request runs to max_tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature sent with each request")
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
+                   help="send ignore_eos so every request runs to max_tokens (default: on for the random dataset, as "
+                        "vLLM's; --no-ignore-eos for a server that refuses the field)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature sent with each request (default 0, greedy; vLLM's now leaves it to the "
+                        "server)")
+    for flag, kind, what in (("--top-p", float, "top_p"), ("--top-k", int, "top_k"), ("--min-p", float, "min_p"),
+                             ("--frequency-penalty", float, "frequency_penalty"),
+                             ("--presence-penalty", float, "presence_penalty"),
+                             ("--repetition-penalty", float, "repetition_penalty")):
+        p.add_argument(flag, type=kind, default=None, help=f"{what} sent with each request (default: not sent)")
+    p.add_argument("--logprobs", type=int, default=None,
+                   help="logprobs per token asked for (chat: top_logprobs; default: none)")
+    p.add_argument("--request-id-prefix", default=f"bench-{uuid.uuid4().hex[:8]}-",
+                   help="each request's X-Request-Id is this prefix plus its index (default: bench-<random>-)")
+    p.add_argument("--num-warmups", type=non_negative_int, default=0,
+                   help="untimed warm-up requests after the test request (the workload's first prompts)")
+    p.add_argument("--skip-tokenizer-init", action="store_true",
+                   help="load no local tokenizer (the default unless --tokenizer: prompts are counted with /tokenize)")
     p.add_argument("--extra-body", default=None,
                    help='JSON object merged into every request, e.g. \'{"logit_bias": {"2": -100}}\'')
     p.add_argument("--tokenizer", default=None, help="local tokenizer for exact prompt lengths (default: /tokenize)")
@@ -232,8 +292,13 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "request_goodput, the requests/s that met every one (vLLM's definition)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request is failed")
     p.add_argument("--save-result", action="store_true", help="write the result as JSON")
+    p.add_argument("--append-result", action="store_true",
+                   help="append the result to the file as one more JSON document (implies --save-result)")
     p.add_argument("--result-dir", default=".", help="folder for --save-result")
-    p.add_argument("--result-filename", default=None, help="file name for --save-result")
+    p.add_argument("--result-filename", default=None,
+                   help="file name for --save-result (default, vLLM's: LABEL-RATEqps[-concurrencyN]-MODEL-DATE.json)")
+    p.add_argument("--metadata", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="pairs saved as keys of the result")
     p.add_argument("--label", default=None, help="name of this run in the saved result")
     p.add_argument("--reset-prefix-cache", action="store_true",
                    help="POST /reset_prefix_cache before the timed run (a cold prefix cache on every rerun)")
@@ -251,8 +316,10 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="pid of the API server process of a server on this host that the bench did not start: "
                         "report its CPU time (and its engine core's)")
     from pagoda.benchmarks.throughput import add_prefix_repetition_args
+    from pagoda.benchmarks.vllm_bench_flags import SERVE, add_refused_args
 
     add_prefix_repetition_args(p)
+    add_refused_args(p, SERVE)
     return p
 
 
@@ -296,13 +363,18 @@ async def make_prompts(args: argparse.Namespace, counter: _Counter) -> list[tupl
 
     out = []
     sharegpt = _sharegpt_lengths(args) if args.dataset_name == "sharegpt" else None
+    prefix_len = getattr(args, "random_prefix_len", 0)
+    prefix = await words_text(rng, counter, prefix_len) if prefix_len else None  # vLLM: one prefix for all
     for i in range(args.num_prompts):
         if sharegpt is None:
             n_in, n_out = draw(args.random_input_len), draw(args.random_output_len)
         else:
             n_in, n_out = sharegpt[i]
-            n_out = getattr(args, "output_len", None) or n_out  # vLLM: --output-len replaces the dataset's
+            n_out = getattr(args, "sharegpt_output_len", None) or n_out  # vLLM: it replaces the dataset's
         text, n = await words_text(rng, counter, n_in)
+        if prefix is not None:
+            text = prefix[0] + " " + text
+            n = await counter.count(text) or prefix[1] + n
         out.append((text, n, n_out))
     return out
 
@@ -335,7 +407,8 @@ async def make_prefix_repetition_prompts(args: argparse.Namespace, counter: _Cou
             text = ptext + " " + stext
             n = await counter.count(text) or pn + sn
         out.append(((text, n, n_out), i % num_prefixes))
-    rng.shuffle(out)
+    if not getattr(args, "disable_shuffle", False):
+        rng.shuffle(out)
     return [p for p, _ in out], [pid for _, pid in out]
 
 
@@ -418,6 +491,11 @@ def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat
         p["prompt"] = prompt
     if args.ignore_eos:
         p["ignore_eos"] = True
+    for k in SAMPLING_FLAGS:
+        if getattr(args, k, None) is not None:
+            p[k] = getattr(args, k)
+    if getattr(args, "logprobs", None) is not None:
+        p.update({"logprobs": True, "top_logprobs": args.logprobs} if chat else {"logprobs": args.logprobs})
     if args.extra_body:
         p.update(args.extra_body)
     return p
@@ -617,27 +695,32 @@ def _server(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         base = base[:-3]
     key = args.api_key or os.environ.get("OPENAI_API_KEY") or envs.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(getattr(args, "header", None) or {})  # vLLM: --header overrides the backend's own headers
     return base, headers
 
 
 async def _run_requests(args: argparse.Namespace, client: Any, url: str, headers: dict[str, str], model: str,
-                        chat: bool, prompts: list[tuple[str, int, int]]) -> tuple[list[RequestResult], float]:
+                        chat: bool, prompts: list[tuple[str, int, int]],
+                        indices: list[int] | None = None) -> tuple[list[RequestResult], float]:
     """Send every prompt at the request rate (gamma arrivals, ``--burstiness``), at most
-    ``--max-concurrency`` at a time; returns the results in prompt order and the wall time."""
+    ``--max-concurrency`` at a time; returns the results in prompt order and the wall time. ``indices``: each
+    prompt's index in the whole workload (its X-Request-Id; default: its position here)."""
     rng = random.Random(args.seed + 1)
     sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+    indices = indices if indices is not None else list(range(len(prompts)))
 
-    async def limited(text: str, n_in: int, n_out: int) -> RequestResult:
+    async def limited(index: int, text: str, n_in: int, n_out: int) -> RequestResult:
         payload = _payload(args, model, text, n_out, chat)
+        h = {**headers, "X-Request-Id": f"{args.request_id_prefix}{index}"} if args.request_id_prefix else headers
         if sem is None:
-            return await send_one(client, url, headers, payload, chat, n_in)
+            return await send_one(client, url, h, payload, chat, n_in)
         async with sem:
-            return await send_one(client, url, headers, payload, chat, n_in)
+            return await send_one(client, url, h, payload, chat, n_in)
 
     start = time.perf_counter()
     tasks = []
     for i, (text, n_in, n_out) in enumerate(prompts):
-        tasks.append(asyncio.create_task(limited(text, n_in, n_out)))
+        tasks.append(asyncio.create_task(limited(indices[i], text, n_in, n_out)))
         if math.isfinite(args.request_rate) and i + 1 < len(prompts):
             await asyncio.sleep(arrival_gap(rng, args.request_rate, args.burstiness))
     results = await asyncio.gather(*tasks)
@@ -652,16 +735,27 @@ def arrival_gap(rng: random.Random, rate: float, shape: float) -> float:
     return rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
-async def _server_model(client: Any, base: str, headers: dict[str, str], model: str | None) -> str:
-    """``model``, else the first of the server's GET /v1/models; that request also checks the server is there: one
-    line naming the URL (and the flags that set it) when nothing answers, not a connection traceback."""
+async def _server_model(client: Any, base: str, headers: dict[str, str], model: str | None,
+                        ready_timeout: float = 0.0) -> str:
+    """``model``, else the first of the server's GET /v1/models; that request also checks the server is there (for
+    up to ``ready_timeout`` s, vLLM's ``--ready-check-timeout-sec``): one line naming the URL (and the flags that set
+    it) when nothing answers, not a connection traceback."""
     import httpx
 
-    try:
-        r = await client.get(f"{base}/v1/models", headers=headers)
-    except httpx.TransportError as e:
-        raise RuntimeError(f"cannot reach {base} ({type(e).__name__}: {e or 'no answer'}): is the server running? "
-                           f"Set its address with --base-url or --host/--port.") from None
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            r = await client.get(f"{base}/v1/models", headers=headers)
+            if r.status_code != 503 or time.monotonic() >= deadline:  # 503: still starting
+                break
+        except httpx.TransportError as e:
+            if time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                continue
+            waited = f" within --ready-check-timeout-sec {ready_timeout:g}" if ready_timeout else ""
+            raise RuntimeError(f"cannot reach {base}{waited} ({type(e).__name__}: {e or 'no answer'}): is the server "
+                               f"running? Set its address with --base-url or --host/--port.") from None
+        await asyncio.sleep(0.5)
     if model is not None:
         return model
     if r.status_code != 200:
@@ -681,9 +775,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     chat = args.endpoint.endswith("chat/completions")
     limit = args.max_concurrency or args.num_prompts
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=limit + 4,
-                                                                      max_keepalive_connections=limit + 4)) as client:
-        model = await _server_model(client, base, headers, args.model)
+    async with httpx.AsyncClient(timeout=timeout, verify=not args.insecure,
+                                 limits=httpx.Limits(max_connections=limit + 4,
+                                                     max_keepalive_connections=limit + 4)) as client:
+        model_id = await _server_model(client, base, headers, args.model, args.ready_check_timeout_sec)
+        model = args.served_model_name or model_id  # vLLM: the name in requests, when it is not --model
         counter = _Counter(args, client, base, headers, model)
         prefix_ids: list[int] | None = None
         if args.dataset_name == "prefix_repetition":
@@ -700,6 +796,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                chat, warm_n)
         if not first.ok:
             raise RuntimeError(f"the test request failed: {first.error}")
+        if args.num_warmups:
+            sem = asyncio.Semaphore(args.max_concurrency or args.num_warmups)
+
+            async def warm(text: str, n_in: int, n_out: int) -> RequestResult:
+                async with sem:
+                    return await send_one(client, url, headers, _payload(args, model, text, n_out, chat), chat, n_in)
+
+            await asyncio.gather(*(warm(*prompts[i % len(prompts)]) for i in range(args.num_warmups)))
         if args.reset_prefix_cache:
             r = await client.post(f"{base}/reset_prefix_cache", headers=headers)
             if r.status_code != 200:
@@ -736,12 +840,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     errors = [r.error for r in results if not r.ok]
     if errors:
         print(f"first errors: {errors[:3]}", file=sys.stderr)
-    return _result_record(args, base, model, counter.exact, prefix_ids is not None, summary, results)
+    return _result_record(args, base, model, counter.exact, prefix_ids is not None, summary, results, model_id)
 
 
 def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exact: bool, prefix_repetition: bool,
-                   summary: dict[str, Any], results: list[RequestResult]) -> dict[str, Any]:
-    """The saved result: the run's settings, the summary, and the per-request figures (vLLM's keys)."""
+                   summary: dict[str, Any], results: list[RequestResult], model_id: str | None = None
+                   ) -> dict[str, Any]:
+    """The saved result: the run's settings, the summary, and the per-request figures (vLLM's keys), then the
+    ``--metadata`` pairs (as vLLM, keys of the result)."""
     return {
         "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
         "label": args.label,
@@ -749,7 +855,7 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "endpoint": args.endpoint,
         "backend": args.backend or ("openai-chat" if args.endpoint.endswith("chat/completions") else "openai"),
         "model": model,
-        "model_id": model,  # vLLM's key
+        "model_id": model_id or model,  # vLLM's key: --model, else the first listed model
         "tokenizer_id": args.tokenizer,
         "num_prompts": args.num_prompts,
         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
@@ -780,6 +886,7 @@ def _result_record(args: argparse.Namespace, base: str, model: str, prompts_exac
         "errors": [r.error for r in results],  # per request, as vLLM's ("" for a successful one)
         "sent_ats": [r.sent_at for r in results],  # wall clock
         "response_ids": [r.response_id for r in results],
+        **(args.metadata or {}),
     }
 
 
@@ -821,14 +928,23 @@ def run_bench_serve(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
-    if args.save_result:
-        name = args.result_filename or f"pagoda-bench-serve-{result['date']}.json"
-        path = os.path.join(args.result_dir, name)
+    if args.save_result or args.append_result:
+        path = os.path.join(args.result_dir, args.result_filename or default_result_filename(args, result))
         os.makedirs(args.result_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        print(f"result saved to {path}")
+        with open(path, "a+" if args.append_result else "w", encoding="utf-8") as f:
+            if args.append_result and f.tell() != 0:
+                f.write("\n")  # vLLM's: one JSON document after another
+            json.dump(result, f, indent=None if args.append_result else 2)
+        print(f"result {'appended' if args.append_result else 'saved'} to {path}")
     return result
+
+
+def default_result_filename(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """vLLM's name of a saved result: ``LABEL-RATEqps[-concurrencyN]-MODEL-DATE.json``, LABEL being ``--label``,
+    else the backend (``openai`` or ``openai-chat``), MODEL the model id's last path part."""
+    concurrency = f"-concurrency{args.max_concurrency}" if args.max_concurrency is not None else ""
+    label = args.label or result["backend"]
+    return f"{label}-{args.request_rate}qps{concurrency}-{result['model_id'].split('/')[-1]}-{result['date']}.json"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,16 +46,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="engine(s) to run (vllm: vLLM's name of this engine, = pagoda)")
     p.add_argument("--hf-impl", choices=["generate", "generate_batch"], default="generate",
                    help="HF peer: static generate batches, or generate_batch (continuous batching)")
-    p.add_argument("--hf-batch-size", type=int, default=None, help="HF generate batch size (default: all)")
+    p.add_argument("--hf-batch-size", "--hf-max-batch-size", dest="hf_batch_size", type=int, default=None,
+                   help="HF generate batch size (default: all; --hf-max-batch-size is vLLM's name)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed warm-up batches shaped like the workload (JIT compiles out of the timed run)")
     p.add_argument("--output-json", type=str, default=None, help="write results to this JSON file")
+    p.add_argument("--disable-detokenize", action="store_true",
+                   help="do not detokenize pagoda's outputs (detokenization left out of the timed run)")
     p.add_argument("--makespan-bound", action="store_true",
                    help="measure batch-1 and full-batch speeds on this engine before the timed run and report the "
                         "run's makespan bound and measured / bound (pagoda/benchmarks/makespan.py)")
     p.add_argument("--makespan-decode-steps", type=int, default=32,
                    help="decode steps timed for each speed of --makespan-bound")
     add_step_timeline_arg(p)
+    from pagoda.benchmarks.vllm_bench_flags import THROUGHPUT, add_refused_args
+
+    add_refused_args(p, THROUGHPUT)
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -152,7 +158,8 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
     if llm is None:
         llm = LLM(**{**engine_kwargs(args), **engine_overrides})
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
-    params = [SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True, detokenize=True) for r in reqs]
+    params = [SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True,
+                             detokenize=not getattr(args, "disable_detokenize", False)) for r in reqs]
     for _ in range(args.warmup):
         _warm_up(llm, reqs)
     bound = measure_bound(llm.llm_engine, reqs, args.makespan_decode_steps, args.seed) if args.makespan_bound else None

@@ -1,4 +1,4 @@
-"""The ``pagoda`` command: generate, chat, serve, router, models, bench {throughput, latency, serve}."""
+"""The ``pagoda`` command: generate, chat, complete, serve, router, models, bench {throughput, latency, serve}."""
 
 from __future__ import annotations
 
@@ -59,11 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     interactive.add_generate_args(g)
     g.set_defaults(func=interactive.cmd_generate)
 
-    c = sub.add_parser("chat", help="interactive chat with the model's chat template, streamed",
-                       formatter_class=HelpFormatter, description=interactive.CHAT_DESCRIPTION)
+    c = sub.add_parser("chat", help="chat with a running server's model (vLLM's vllm chat), or --local with a "
+                                    "model in this process, streamed",
+                       formatter_class=HelpFormatter, description=interactive.CHAT_DESCRIPTION,
+                       conflict_handler="resolve")  # -q is vLLM chat's --quick here (--quantization keeps its name)
     add_engine_args(c)
     interactive.add_chat_args(c)
     c.set_defaults(func=interactive.cmd_chat)
+    co = sub.add_parser("complete", help="complete prompts with a running server's model (vLLM's vllm complete), "
+                                         "streamed", formatter_class=HelpFormatter,
+                        description=interactive.COMPLETE_DESCRIPTION)
+    interactive.add_complete_args(co)
+    co.set_defaults(func=interactive.cmd_complete)
 
     try:
         import fastapi  # noqa: F401  (server-only dependencies)
