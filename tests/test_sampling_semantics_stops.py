@@ -3,8 +3,8 @@
 The reference, token by token: the text so far is the full decode less a trailing partial character; once more
 than ``min_tokens`` tokens are out, the first step whose new text completes a stop string (a match that ends in
 the new characters) ends the output there, cut before the match (or after it with
-``include_stop_str_in_output``); the earliest match wins. Every text shown while running is a prefix of the final
-text.
+``include_stop_str_in_output``); the match that ends first wins (at a tie, the first listed). Every text shown
+while running is a prefix of the final text.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _reference(tok, out: list[int], stops: list[str], include: bool, min_tokens:
         if j > min_tokens:
             found = [(i, s) for s in stops if (i := text.find(s, max(0, len(prev) - len(s) + 1))) != -1]
             if found:
-                i, s = min(found, key=lambda f: f[0])  # the earliest; at a tie, the first listed
+                i, s = min(found, key=lambda f: f[0] + len(f[1]))  # the one that ends first; at a tie, the first listed
                 return (text[: i + len(s)] if include else text[:i]), s
         prev = text
     return _clean(tok, out), None

@@ -181,6 +181,9 @@ class OutputProcessor:
             self._generation_tokens += added
             if before == 0:
                 self._prompt_tokens += len(parent.prompt_token_ids)
+        if child.finish_reason is None and o.finish_reason is not None and child.detok is not None:
+            # text held back for an incomplete character is the output's too; a stop string it completes wins
+            self._stop_hit(child, child.detok.finish())
         if child.finish_reason is None and o.finish_reason is not None:
             child.finish_reason = o.finish_reason
             child.stop_reason = o.stop_reason
