@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pagoda.entrypoints.cli import build_parser, check_vllm_env, engine_kwargs, main, normalize_flag_names
+from pagoda.entrypoints.cli import build_parser, check_vllm_env, engine_kwargs, main, normalize_flag_names, runs_engine
 from pagoda.models.model_files import TOKENIZER_FILES, resolve_model, resolve_tokenizer
 
 
@@ -92,6 +92,16 @@ def test_unread_vllm_variables_are_named(no_prelaunch, monkeypatch, caplog):
     msg = record.getMessage()
     assert "VLLM_LOGGING_LEVEL (use pagoda --log-level LEVEL)" in msg and "VLLM_SOMETHING_NEW" in msg
     assert "VLLM_BATCH_INVARIANT" not in msg
+
+
+def test_vllm_variables_are_checked_only_where_an_engine_runs():
+    """A client of a server (``chat`` without ``--local``, ``complete``, ``bench serve``) runs no engine here, so
+    the vLLM variables of the shell it runs in are none of its business; the engine commands check them."""
+    p = build_parser()
+    cases = {("chat",): False, ("chat", "--local"): True, ("complete",): False, ("generate",): True,
+             ("models",): False, ("bench", "serve"): False, ("bench", "latency"): True, ("serve",): True}
+    for argv, want in cases.items():
+        assert runs_engine(argv[0], p.parse_args(list(argv))) is want, argv
 
 
 # ------------------------------------------------------------------------------ hub ids

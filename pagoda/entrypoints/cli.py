@@ -198,6 +198,14 @@ VLLM_ENV_HINTS = {
 :data:`pagoda.envs.ENV_VARS`)."""
 
 
+def runs_engine(command: str, args: argparse.Namespace) -> bool:
+    """Whether ``command`` runs an engine or a server here (the commands whose vLLM variables matter): not
+    ``models``, ``complete``, ``chat`` without ``--local`` (clients of a server) or ``bench serve``."""
+    if command in ("models", "complete") or (command == "chat" and not getattr(args, "local", False)):
+        return False
+    return command != "bench" or getattr(args, "bench_command", None) in ("throughput", "latency")
+
+
 def check_vllm_env(args: argparse.Namespace) -> None:
     """vLLM's environment variables: those pagoda does not read are named in one warning (with what to use
     instead, where there is something), so none is ignored silently (``VLLM_API_KEY`` is read, as vLLM does:
@@ -243,8 +251,8 @@ def _main(argv: list[str]) -> None:
         logging.basicConfig(level=getattr(logging, args.log_level),
                             format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         try:
-            if command not in ("models", "bench") or getattr(args, "bench_command", None) in ("throughput", "latency"):
-                check_vllm_env(args)  # commands that run an engine or a server
+            if runs_engine(command, args):
+                check_vllm_env(args)
             args.func(args)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             sys.exit(f"error: {e}")
