@@ -38,6 +38,15 @@ def test_model_given_twice_differently_is_refused(no_prelaunch, capsys):
     assert "given twice" in str(info.value.code) and str(info.value.code).startswith("error: ")
 
 
+def test_serve_of_a_missing_model_path_is_one_line_before_the_server_starts(no_prelaunch, tmp_path):
+    """vLLM refuses a missing local model before anything starts; so does pagoda's serve (before, uvicorn's start-up
+    lines came first, then the load failed): a path that does not exist, given as MODEL or --model."""
+    for argv in (["serve", str(tmp_path / "missing")], ["serve", "--model", "./no/such/folder"]):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--port", "1"])
+        assert str(info.value.code).startswith("error: model path does not exist:"), info.value.code
+
+
 def test_model_given_twice_is_one_line_without_traceback(tmp_path):
     env = {**os.environ, "PAGODA_PRELAUNCH_CORE": "0"}
     res = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tmp_path), "--model", "org/other"],

@@ -187,6 +187,16 @@ def _default_model_ready(target: Path) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def check_local_path_exists(model: str | None) -> None:
+    """``FileNotFoundError`` for a ``--model`` that names a local path (not a hub id) that does not exist: the
+    check :func:`resolve_model` makes, run before a server binds its port (so the error comes first)."""
+    if model is None or str(model) in DEFAULT_MODEL_ALIASES:
+        return
+    text = str(model)
+    if _looks_like_local_path(text) and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"model path does not exist: {Path(text).expanduser()}")
+
+
 def _looks_like_local_path(text: str) -> bool:
     if text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or text in (".", ".."):
         return True

@@ -179,6 +179,9 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
 def validate_serve_args(args: argparse.Namespace) -> None:
     """Checks that need no model: run before the port is bound and anything loads."""
     validate_request_args(args)
+    from pagoda.models.model_files import check_local_path_exists
+
+    check_local_path_exists(engine_args_from(args).model)  # before the port is bound and the server logs
     if args.max_request_body_bytes < 1024:
         raise ValueError("--max-request-body-bytes must be at least 1K.")
     check_port(args.port)
