@@ -198,7 +198,7 @@ VLLM_ENV_HINTS = {
 :data:`pagoda.envs.ENV_VARS`)."""
 
 
-def runs_engine(command: str, args: argparse.Namespace) -> bool:
+def runs_engine(command: str | None, args: argparse.Namespace) -> bool:
     """Whether ``command`` runs an engine or a server here (the commands whose vLLM variables matter): not
     ``models``, ``complete``, ``chat`` without ``--local`` (clients of a server) or ``bench serve``."""
     if command in ("models", "complete") or (command == "chat" and not getattr(args, "local", False)):
