@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pagoda import envs
 from pagoda.engine.chat_content_format import CONTENT_FORMATS
+from pagoda.lora.config import LORA_DTYPES, LoRAConfig, check_lora_supported, lora_config
 from pagoda.models.registry import MODEL_IMPLS
 from pagoda.pooling.config import PoolerConfig as PoolerConfig  # re-exported: vLLM users import it from here
 from pagoda.pooling.config import ResolvedPooler
@@ -82,6 +83,7 @@ ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
     "SpeculativeConfig": ("speculative_config",),
     "Frontend": ("chat_template", "chat_template_content_format"),
     "StructuredOutputsConfig": ("structured_outputs_config",),
+    "LoRAConfig": ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_dtype"),
     "ParallelConfig": ("tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
                        "data_parallel_size", "data_parallel_size_local"),
 }
@@ -284,6 +286,20 @@ class EngineArgs:
     replicas run on this machine, with the mp executor; the offline LLM runs one."""
     data_parallel_size_local: int | None = field(default=None, metadata={"aliases": ("-dpl",)})
     """Replicas on this machine; must equal --data-parallel-size (multi-node data parallelism is not supported)."""
+    enable_lora: bool = False
+    """Apply LoRA adapters (PEFT folders) per request, as vLLM: LLM.generate(..., lora_request=LoRARequest(name, id,
+    path)). Native Llama, Mistral, Qwen2 and Qwen3 models on one device, adapters on q/k/v/o/gate/up/down; runs eager
+    (no CUDA graphs, no native CPU decoder stack); not with speculative decoding, --deterministic or pooling
+    (docs/models.md, "LoRA adapters")."""
+    max_loras: int = 1
+    """LoRA adapters one step may use (device slots); requests of further adapters wait for a slot."""
+    max_lora_rank: int = 16
+    """The largest LoRA rank an adapter may have (the slots are padded to it); a larger one is refused."""
+    max_cpu_loras: int | None = None
+    """LoRA adapters kept loaded in host memory, least recently used dropped first (default: --max-loras); at least
+    --max-loras."""
+    lora_dtype: str = field(default="auto", metadata={"choices": LORA_DTYPES})
+    """The LoRA weights' dtype (auto: the model's)."""
 
     def validate(self) -> None:
         """Checks that need no model files (the CLI runs them before anything loads)."""
@@ -460,6 +476,11 @@ class EngineArgs:
         from pagoda.engine.core_engines import check_data_parallel
 
         check_data_parallel(self.data_parallel_size, tp, device, self.pipeline_parallel_size)
+        lora = lora_config(self.enable_lora, self.max_loras, self.max_lora_rank, self.max_cpu_loras, self.lora_dtype,
+                           dtype)
+        if lora is not None:
+            check_lora_supported(arch, model_impl, pooling=pooling, tp=tp, pp=self.pipeline_parallel_size,
+                                 speculative=spec is not None, deterministic=deterministic)
         return EngineConfig(
             model=self.model,
             model_path=model_path,
@@ -507,6 +528,7 @@ class EngineArgs:
             pp_layer_partition=self._pp_layer_partition(hf_config),
             distributed_executor_backend=self.distributed_executor_backend or "mp",
             data_parallel_size=self.data_parallel_size,
+            lora=lora,
         )
 
     def _check_attention_backend(self, device: torch.device) -> None:
@@ -640,6 +662,7 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"  # mp | ray
     data_parallel_size: int = 1  # engine replicas of the front end (pagoda.engine.core_engines); 1 in each replica
     deterministic: bool = False  # batch-invariant kernels (--deterministic or VLLM_BATCH_INVARIANT=1)
+    lora: LoRAConfig | None = None  # --enable-lora's limits (None: off)
 
 
 def _is_hub_id(name: str | None) -> bool:

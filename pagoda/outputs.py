@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pagoda.lora.request import LoRARequest
 
 
 @dataclass
@@ -54,6 +58,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     error: str | None = field(default=None)
     error_param: str | None = field(default=None)  # set when the error is the request's fault: the field to blame
+    lora_request: LoRARequest | None = None  # the LoRARequest it ran with (vLLM's field; None: the base model)
 
     def __repr__(self) -> str:
         return (

@@ -70,10 +70,10 @@ def test_missing_file_and_missing_name(parser, tmp_path):
 
 
 def test_a_refused_vllm_flag_in_the_file_is_refused_by_name(tmp_path, capsys):
-    cfg = write(tmp_path, "enable-lora: true\n")
+    cfg = write(tmp_path, "fully-sharded-loras: true\n")
     with pytest.raises(SystemExit):
         main(["serve", "--config", cfg])
-    assert "--enable-lora" in capsys.readouterr().err
+    assert "--fully-sharded-loras" in capsys.readouterr().err
 
 
 def test_the_cli_reports_a_bad_file_as_one_error_line(tmp_path):

@@ -83,14 +83,17 @@ def test_generate_refuses_what_is_not_sampling_params(llm):
 
 def test_lora_request_none_is_the_base_model_and_an_adapter_is_refused(llm):
     """vLLM scripts pass ``lora_request=None`` (the base model): accepted, the same tokens as without it; an
-    adapter is a ValidationError naming the keyword (pagoda has no LoRA), not a TypeError or a silent base run."""
+    adapter on an engine started without ``enable_lora`` is a ValidationError naming the keyword and the flag, not a
+    TypeError or a silent base run (tests/test_lora.py runs adapters)."""
     base = llm.generate("hi", greedy(max_tokens=3), use_tqdm=False)[0].outputs[0].token_ids
     assert llm.generate("hi", greedy(max_tokens=3), use_tqdm=False, lora_request=None)[0].outputs[0].token_ids == base
-    adapter = object()  # what a vLLM LoRARequest would be here
+    from pagoda.lora.request import LoRARequest
+
+    adapter = LoRARequest("sql", 1, "/no/such/adapter")
     for call in (lambda: llm.generate("hi", greedy(max_tokens=3), use_tqdm=False, lora_request=adapter),
                  lambda: llm.chat([{"role": "user", "content": "hi"}], greedy(max_tokens=3), use_tqdm=False,
                                   lora_request=adapter)):
-        with pytest.raises(ValidationError, match="LoRA") as e:
+        with pytest.raises(ValidationError, match="enable.lora") as e:
             call()
         assert e.value.parameter == "lora_request"
     assert_engine_clean(llm)

@@ -145,7 +145,7 @@ def test_llm_takes_vllms_no_op_keywords_and_refuses_the_rest_naming_them(tiny):
     value is a ValueError giving the reason before anything loads, and a keyword neither knows stays a TypeError."""
     from pagoda import LLM
 
-    for kwargs, reason in (({"enable_lora": True}, "LoRA adapters are not supported"),
+    for kwargs, reason in (({"fully_sharded_loras": True}, "LoRA adapters run on one device"),
                            ({"cpu_offload_gb": 4}, "weights are not offloaded"),
                            ({"logprobs_mode": "processed_logprobs"}, "logprobs are always the model.s raw"),
                            ({"compilation_config": {"level": 3}}, "pagoda captures its own CUDA graphs")):
@@ -154,6 +154,6 @@ def test_llm_takes_vllms_no_op_keywords_and_refuses_the_rest_naming_them(tiny):
             LLM("/no/such/model", **kwargs)  # refused before the model is looked for
     with pytest.raises(TypeError, match="no_such_keyword"):
         LLM("/no/such/model", no_such_keyword=1)
-    llm = LLM(str(tiny.path("llama")), dtype="float32", swap_space=4, cpu_offload_gb=0, enable_lora=False,
+    llm = LLM(str(tiny.path("llama")), dtype="float32", swap_space=4, cpu_offload_gb=0, fully_sharded_loras=False,
               tokenizer_revision=None, logprobs_mode="raw_logprobs", disable_custom_all_reduce=True)
     assert llm.generate(["hi"], use_tqdm=False)[0].outputs

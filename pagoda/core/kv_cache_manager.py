@@ -5,8 +5,8 @@ Invariant: a request holding ``n`` blocks can store ``n * block_size`` tokens an
 
 Automatic prefix caching (``enable_prefix_caching``): block ``i`` of a request, once
 full and computed, is registered under ``H_i = sha256(H_{i-1} | extra_i | tokens_i)``
-where ``extra_0`` is the request's ``cache_salt`` (later blocks inherit it through the
-chain). At admission (:meth:`get_computed_blocks`) the longest run of leading full
+where ``extra_0`` is the request's ``cache_salt`` and LoRA adapter id (later blocks inherit them
+through the chain). At admission (:meth:`get_computed_blocks`) the longest run of leading full
 blocks found in the pool -- confirmed by the stored token ids -- is reused by reference;
 the last prompt token is never served from the cache, so the step that admits a request
 always computes at least one token and samples from it.
@@ -83,12 +83,25 @@ class KVCacheManager:
         return hashes
 
     @staticmethod
-    def _extra(request: Request, i: int) -> str | None:
-        return request.cache_salt if i == 0 else None
+    def _extra(request: Request, i: int) -> str | tuple[str | None, int] | None:
+        """Block ``i``'s extra key: on the first block the ``cache_salt`` and, for a LoRA request, its adapter id
+        (``(salt, id)``), so that no block is shared across salts or adapters (later blocks inherit both through
+        the chain); None elsewhere."""
+        if i:
+            return None
+        if request.adapter_id is None:
+            return request.cache_salt
+        return request.cache_salt, request.adapter_id
 
     def _extra_bytes(self, request: Request, i: int) -> bytes:
-        salt = self._extra(request, i)
-        return b"\x00" if salt is None else b"\x01" + salt.encode("utf-8") + b"\x00"
+        extra = self._extra(request, i)
+        if extra is None:
+            return b"\x00"
+        if isinstance(extra, str):
+            return b"\x01" + extra.encode("utf-8") + b"\x00"
+        salt, adapter = extra
+        return (b"\x02" + (b"\x00" if salt is None else b"\x01" + salt.encode("utf-8") + b"\x00")
+                + str(adapter).encode("ascii") + b"\x00")
 
     def _key(self, request: Request, i: int) -> tuple:
         bs = self.block_size

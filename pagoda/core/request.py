@@ -99,8 +99,8 @@ class Request:
         # Prompt positions whose logprobs a scheduled step already reports (position 0 has none),
         # so a preempted and recomputed request does not report them twice. Set by the scheduler.
         self.prompt_logprobs_next = 1
-        # The adapter (e.g. LoRA) this request runs with; None: the base model. No adapter is
-        # supported yet: the model runner refuses a step that names one.
+        # The LoRA adapter this request runs with (its lora_int_id, set by the engine core once the adapter is
+        # loaded); None: the base model. Part of the first block's prefix-cache key.
         self.adapter_id: int | None = None
         # A pooling request (--runner pooling): computed whole in one step, then finished with a pooled
         # output instead of a sampled token. ``token_type_ids``: BERT segment ids (a text pair), or None.

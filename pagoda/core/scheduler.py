@@ -106,7 +106,10 @@ class Scheduler:
         enable_chunked_prefill: bool = True,
         scheduling_policy: str = "fcfs",
         long_prefill_token_threshold: int = 0,
+        max_loras: int | None = None,
     ) -> None:
+        """``max_loras``: distinct LoRA adapters the running requests may use at once (None: LoRA is off; see
+        :meth:`_lora_blocked`)."""
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -125,6 +128,7 @@ class Scheduler:
         self.fork_leader: dict[str, str] = {}
         self.pending_copies: list[tuple[int, int]] = []
         self.spec_stats = SpecDecodingStats()
+        self.max_loras = max_loras
 
     # ------------------------------------------------------------ admission
     def add_request(self, request: Request, fork_of: str | None = None) -> None:
@@ -301,10 +305,36 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
         """Admit waiting requests in the policy's order while budget, seats and blocks allow. Returns the
-        budget left."""
+        budget left. A request whose LoRA adapter cannot join the running ones (:meth:`_lora_blocked`) is passed
+        over this step, keeping its place in the queue."""
         now = time.monotonic()
+        skipped: list[Request] = []
+        try:
+            return self._admit_waiting(out, budget, now, skipped)
+        finally:
+            for r in reversed(skipped):  # back in front, in their order (priority: placed by their key)
+                self.waiting.prepend_request(r)
+
+    def _lora_blocked(self, req: Request, skipped: list[Request]) -> bool:
+        """Whether waiting ``req`` must wait for a LoRA slot: its adapter is not one the running requests use and
+        those already use ``max_loras`` adapters; or an adapter request before it in the queue was passed over for
+        that reason (first come, first served among adapter requests: none waits forever while later ones of a
+        running adapter keep arriving). Base-model requests are never blocked. Invariant kept: the running requests
+        use at most ``max_loras`` adapters, so every step's batch fits the device slots."""
+        aid = req.adapter_id
+        if aid is None or self.max_loras is None:
+            return False
+        if any(r.adapter_id is not None for r in skipped):
+            return True
+        running = {r.adapter_id for r in self.running if r.adapter_id is not None}
+        return aid not in running and len(running) >= self.max_loras
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int, now: float, skipped: list[Request]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting.peek_request()
+            if self._lora_blocked(req, skipped):
+                skipped.append(self.waiting.pop_request())
+                continue
             if not self._can_admit(req):
                 break
             # A waiting request holds no blocks: reuse the leading cached ones, if any.

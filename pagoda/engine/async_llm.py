@@ -64,6 +64,7 @@ from pagoda.engine.prelaunch import PrelaunchedCore
 from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, RequestTrace, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.outputs import PoolingRequestOutput
 from pagoda.pooling.params import PoolingParams
@@ -509,18 +510,19 @@ class AsyncLLM:
         return self.input_processor.default_sampling_params()
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    priority: int = 0) -> RequestStream:
-        """Tokenize, admit and queue a request. Raises ``ValidationError`` (nothing queued) if invalid."""
+                    priority: int = 0, lora_request: LoRARequest | None = None) -> RequestStream:
+        """Tokenize, admit and queue a request. Raises ``ValidationError`` (nothing queued) if invalid; a bad
+        ``lora_request`` adapter (which the core reads) ends the stream with that error instead."""
         self.check_servable()
         assert self.input_processor is not None and self.output_processor is not None
         admission.check_request_id_free(request_id, request_id in self._streams or
                                         request_id in self.output_processor.parents)
-        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority, lora_request)
         try:  # encode before registering anything, so a failure leaves no state behind
             frames = [self._enc.encode(AddRequest(r, self.client)) for r in core_reqs]
         except (OverflowError, TypeError, ValueError) as e:
             raise ValidationError(f"The request holds a value the engine cannot carry: {e}") from None
-        self.output_processor.add_request(request_id, text, ids, params)
+        self.output_processor.add_request(request_id, text, ids, params, lora_request=lora_request)
         stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
         self._streams[request_id] = stream
         engine = self._dispatch([r.request_id for r in core_reqs])
@@ -585,15 +587,13 @@ class AsyncLLM:
             stream.close()
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str, *,
-                       priority: int = 0, lora_request: Any = None) -> AsyncIterator[RequestOutput]:
+                       priority: int = 0, lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
         """vLLM's ``AsyncLLM.generate``: the request's outputs as ``sampling_params.output_kind`` says (CUMULATIVE,
         DELTA or FINAL_ONLY); leaving the loop early (break, cancellation) aborts it and frees its KV blocks.
-        Starts the engine if nobody did. ``lora_request``: only None (no adapter)."""
-        from pagoda.entrypoints.vllm_flags import check_no_lora
-
-        check_no_lora(lora_request)
+        Starts the engine if nobody did. ``lora_request``: the LoRA adapter to run with (needs an engine started
+        with ``enable_lora``; None: the base model)."""
         await self._ensure_started()
-        stream = self.add_request(request_id, prompt, sampling_params, priority)
+        stream = self.add_request(request_id, prompt, sampling_params, priority, lora_request)
         try:
             async for out in stream:
                 yield out

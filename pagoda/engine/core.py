@@ -47,7 +47,7 @@ from pagoda.engine.messages import (
     TokenLogprobs,
 )
 from pagoda.engine.step_timeline import StepTimeline
-from pagoda.errors import EngineFatalError
+from pagoda.errors import EngineFatalError, ValidationError
 from pagoda.layers.sampler import needs_host_history
 from pagoda.spec_decode.metrics import spec_stats_fields
 from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
@@ -138,6 +138,7 @@ class EngineCore:
             enable_chunked_prefill=cfg.enable_chunked_prefill,
             scheduling_policy=cfg.scheduling_policy,
             long_prefill_token_threshold=cfg.long_prefill_token_threshold,
+            max_loras=cfg.lora.max_loras if cfg.lora is not None else None,
         )
         self.vocab_size = self.runner.model.shape.vocab_size
         self.structured = StructuredOutputManager(cfg, self.vocab_size)
@@ -178,12 +179,24 @@ class EngineCore:
         )
 
     def add_request(self, r: EngineCoreRequest) -> None:
-        """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`)."""
+        """Queue a request the front end admitted (see :mod:`pagoda.engine.admission`). Its LoRA adapter is read
+        and checked here (once; the runner's manager caches it): a bad one raises ``ValidationError`` naming
+        ``lora_request``, and nothing is queued."""
         req = Request(
             r.request_id, r.prompt_token_ids, r.sampling_params, set(r.eos_token_ids), r.max_tokens, r.arrival_time,
             cache_salt=r.cache_salt, priority=r.priority, pooling_params=r.pooling_params,
             token_type_ids=r.token_type_ids, secondary_eos_token_ids=r.secondary_eos_token_ids,
         )
+        if r.lora_request is not None:
+            lora = self.runner.lora
+            if lora is None:
+                raise ValidationError("lora_request: this engine was started without LoRA; start it with "
+                                      "enable_lora=True (--enable-lora).", "lora_request")
+            try:
+                lora.add_adapter(r.lora_request)
+            except ValueError as e:
+                raise ValidationError(str(e), "lora_request") from None
+            req.adapter_id = r.lora_request.lora_int_id
         if r.sampling_params.structured_outputs is not None:
             req.grammar = self.structured.grammar_for(r.sampling_params.structured_outputs, r.prompt_token_ids)
             self._grammar_waiting.append((req, r.fork_of))

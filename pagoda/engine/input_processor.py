@@ -16,6 +16,7 @@ from pagoda.engine import admission
 from pagoda.engine.messages import AdmissionLimits, EngineCoreRequest
 from pagoda.engine.output_processor import child_id
 from pagoda.errors import ValidationError
+from pagoda.lora.request import LoRARequest, check_lora_request
 from pagoda.pooling.inputs import GENERATIVE_ONLY, process_pooling
 from pagoda.pooling.params import PoolingParams
 from pagoda.reasoning.token_ids import ReasoningTokenIds, reasoning_token_ids
@@ -73,11 +74,14 @@ class InputProcessor:
                               "prompt")
 
     def process(
-        self, request_id: str, prompt: PromptType, params: SamplingParams | None, priority: int = 0
+        self, request_id: str, prompt: PromptType, params: SamplingParams | None, priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> tuple[str | None, list[int], SamplingParams, list[EngineCoreRequest]]:
-        """Tokenize and admit a request; returns (text, ids, params, one core request per sample)."""
+        """Tokenize and admit a request; returns (text, ids, params, one core request per sample). ``lora_request``:
+        its adapter (checked here as a value; the core reads and checks the adapter itself)."""
         if self.cfg.runner == "pooling":
             raise ValidationError(GENERATIVE_ONLY, "model", code="wrong_runner")
+        lora_request = check_lora_request(lora_request, self.cfg.lora is not None)
         text, ids = self.tokenize_prompt(prompt)
         cache_salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
         admission.check_cache_salt(cache_salt)
@@ -111,7 +115,7 @@ class InputProcessor:
                     child_id(request_id, i, params.n), ids, child_params, self.eos_token_ids, max_tokens, now,
                     cache_salt=cache_salt, priority=priority,
                     fork_of=child_id(request_id, 0, params.n) if i > 0 else None,
-                    secondary_eos_token_ids=self.secondary_eos_token_ids,
+                    secondary_eos_token_ids=self.secondary_eos_token_ids, lora_request=lora_request,
                 )
             )
         return text, ids, params, core_reqs

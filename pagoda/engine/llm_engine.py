@@ -13,6 +13,8 @@ from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import SchedulerStats
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
+from pagoda.errors import ValidationError
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
@@ -64,23 +66,27 @@ class LLMEngine:
 
     def add_request(
         self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None, *,
-        final_only: bool = False, priority: int = 0,
+        final_only: bool = False, priority: int = 0, lora_request: LoRARequest | None = None,
     ) -> None:
         """Validate and queue a request. Raises ``ValidationError`` (nothing queued) if invalid.
 
         ``step()`` reports it as ``params.output_kind`` says (CUMULATIVE, DELTA or FINAL_ONLY). ``final_only``:
         only once, when it finishes, whatever the kind. ``priority``: lower is served first under
-        ``--scheduling-policy priority`` (must be 0 under fcfs).
+        ``--scheduling-policy priority`` (must be 0 under fcfs). ``lora_request``: the LoRA adapter to run with
+        (an engine started with ``enable_lora``); a bad adapter raises ``ValidationError`` naming ``lora_request``.
         """
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)
         if isinstance(params, PoolingParams):
+            if lora_request is not None:
+                raise ValidationError("lora_request: pooling requests take no LoRA adapter; pass None.",
+                                      "lora_request")
             text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params, priority)
             self.core.add_request(core_req)
             self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, final_only,
                                               pooling=True)
             return
-        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority)
+        text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority, lora_request)
         added: list[str] = []
         try:
             for r in core_reqs:
@@ -89,7 +95,7 @@ class LLMEngine:
         except Exception:
             self.core.abort_requests(added)
             raise
-        self.output_processor.add_request(request_id, text, ids, params, final_only)
+        self.output_processor.add_request(request_id, text, ids, params, final_only, lora_request=lora_request)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         if isinstance(request_ids, str):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import msgspec
 
+from pagoda.lora.request import LoRARequest
 from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
@@ -59,6 +60,8 @@ class EngineCoreRequest(msgspec.Struct, omit_defaults=True):
     # The ids of ``eos_token_ids`` other than the tokenizer's own (generation_config's extra EOS ids): ending on one
     # reports it as ``stop_reason``, as vLLM does (it files them under stop_token_ids); the primary EOS reports none.
     secondary_eos_token_ids: list[int] | None = None
+    # The LoRA adapter the request runs with (None: the base model); the core loads and checks it when added.
+    lora_request: LoRARequest | None = None
 
 
 class PooledData(msgspec.Struct, array_like=True):

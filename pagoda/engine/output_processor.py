@@ -56,6 +56,7 @@ class ParentState:
     pooled: PooledData | None = None
     delta: bool = False  # output_kind DELTA: each output carries only what is new since the previous one
     sent_prompt_logprobs: bool = False  # (DELTA) an emitted output carried the prompt logprobs
+    lora_request: Any = None  # the request's LoRARequest (None: the base model), reported on its outputs
     # ``children`` is in index order (child i is the i-th inserted), so outputs need no sorting.
 
     @property
@@ -92,7 +93,7 @@ class OutputProcessor:
 
     def add_request(
         self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-        final_only: bool = False, pooling: bool = False,
+        final_only: bool = False, pooling: bool = False, lora_request: Any = None,
     ) -> list[str]:
         """Track a request. ``final_only`` (or ``params.output_kind`` FINAL_ONLY): no RequestOutput until it
         finishes, and that one cumulative (``final_only`` wins over DELTA, as vLLM's ``LLM.generate``);
@@ -119,7 +120,7 @@ class OutputProcessor:
             plp = [None] * max(len(prompt_ids), 1)
         self.parents[request_id] = ParentState(
             request_id, prompt, list(prompt_ids), params, children, plp, RequestMetrics(time.time()), final_only,
-            pooling=pooling, delta=delta,
+            pooling=pooling, delta=delta, lora_request=lora_request,
         )
         return list(children)
 
@@ -319,7 +320,7 @@ class OutputProcessor:
         return RequestOutput(
             parent.request_id, parent.prompt, parent.prompt_token_ids,
             list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
-            comps, finished, parent.metrics, parent.num_cached_tokens, error, error_param,
+            comps, finished, parent.metrics, parent.num_cached_tokens, error, error_param, parent.lora_request,
         )
 
     @staticmethod
@@ -350,7 +351,7 @@ class OutputProcessor:
         if parent.prompt_logprobs is not None and not parent.sent_prompt_logprobs:
             plp, parent.sent_prompt_logprobs = list(parent.prompt_logprobs), True
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids, plp, comps, finished,
-                             parent.metrics, parent.num_cached_tokens, error, error_param)
+                             parent.metrics, parent.num_cached_tokens, error, error_param, parent.lora_request)
 
     @staticmethod
     def _make_pooling_output(parent: ParentState) -> PoolingRequestOutput:

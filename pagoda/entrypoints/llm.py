@@ -42,17 +42,21 @@ def progress_bar(use_tqdm: ProgressArg, **kwargs: Any) -> Any:
     return tqdm(**kwargs)
 
 
-def check_lora_requests(lora_request: Any, num_prompts: int) -> None:
-    """vLLM's ``lora_request``: one for every prompt or a list of one per prompt; None (the base model) is the only
-    value taken (:func:`check_no_lora`), so a list must hold only None, one per prompt."""
+def check_lora_requests(lora_request: Any, num_prompts: int, no_adapter: str | None = None) -> list[Any]:
+    """vLLM's ``lora_request``: one for every prompt or a list of one per prompt (None: the base model); returns one
+    per prompt. Each value is checked when its request is added (:func:`pagoda.lora.request.check_lora_request`).
+    ``no_adapter``: the method takes no adapter (e.g. "pooling"): only None is taken, the message says why."""
     if isinstance(lora_request, (list, tuple)):
         if len(lora_request) != num_prompts:
             raise ValidationError(f"Got {len(lora_request)} lora requests for {num_prompts} prompts; pass one or "
                                   f"one per prompt.", "lora_request")
-        for r in lora_request:
-            check_no_lora(r)
+        loras = list(lora_request)
     else:
-        check_no_lora(lora_request)
+        loras = [lora_request] * num_prompts
+    if no_adapter is not None:
+        for r in loras:
+            check_no_lora(r, no_adapter)
+    return loras
 
 
 def _raise_failed(results: Sequence[Any], positions: Sequence[int]) -> None:
@@ -162,11 +166,12 @@ class LLM(PoolingMixin):
 
         ``priority``: one per prompt, lower served first (needs ``scheduling_policy="priority"``).
         Invalid input raises ``pagoda.errors.ValidationError`` (a ``ValueError`` naming the
-        field) before any request is queued. ``lora_request``: vLLM's keyword; only None (no adapter),
-        or a list of None, one per prompt. ``use_tqdm``: see :data:`ProgressArg`.
+        field) before any request is queued. ``lora_request``: the LoRA adapter (a
+        :class:`~pagoda.lora.request.LoRARequest`, on an engine started with ``enable_lora=True``) for every prompt,
+        or a list of one per prompt (None: the base model). ``use_tqdm``: see :data:`ProgressArg`.
         """
         plist = _as_prompt_list(prompts)
-        check_lora_requests(lora_request, len(plist))
+        loras = check_lora_requests(lora_request, len(plist))
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
@@ -187,7 +192,7 @@ class LLM(PoolingMixin):
         if priority is not None and len(priority) != len(plist):
             raise ValidationError(f"Got {len(priority)} priorities for {len(plist)} prompts; pass one per prompt.",
                                   "priority")
-        return self._run(plist, params, use_tqdm, priority)
+        return self._run(plist, params, use_tqdm, priority, loras=loras)
 
     def chat(
         self,
@@ -209,8 +214,9 @@ class LLM(PoolingMixin):
         ``add_generation_prompt=False``); ``chat_template_kwargs``: extra template variables (e.g.
         ``{"enable_thinking": False}``), as the server's field of that name. ``chat_template_content_format``
         (auto, string or openai; default: the engine's ``chat_template_content_format``): how message content
-        reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` and
-        ``lora_request`` only None. The parameters are in vLLM's order, so positional calls mean the same."""
+        reaches the template (:mod:`pagoda.engine.chat_content_format`); ``mm_processor_kwargs`` only None;
+        ``lora_request`` as :meth:`generate`'s. The parameters are in vLLM's order, so positional calls mean the
+        same."""
         content_format = chat_template_content_format or self.llm_engine.cfg.chat_template_content_format
         if content_format not in CONTENT_FORMATS:
             raise ValidationError(f"chat_template_content_format={content_format!r}: must be one of "
@@ -222,11 +228,11 @@ class LLM(PoolingMixin):
             convs = [messages]
         else:
             convs = list(messages)  # type: ignore[arg-type]
-        check_lora_requests(lora_request, len(convs))
+        loras = check_lora_requests(lora_request, len(convs))
         prompts: list[PromptType] = [self.chat_prompt(conv, add_generation_prompt, chat_template, tools,
                                                       continue_final_message, chat_template_kwargs, content_format)
                                      for conv in convs]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request=loras)
 
     def chat_prompt(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = True,
                     chat_template: str | None = None, tools: list[dict[str, Any]] | None = None,
@@ -255,7 +261,8 @@ class LLM(PoolingMixin):
         ``beam_width`` sequences best first; a sequence's ``tokens`` include the prompt and
         its ``text`` decodes them all, as in vLLM. Each step runs one engine request per live
         beam (see :mod:`pagoda.beam_search`); ``concurrency_limit`` bounds the prompts
-        searched at once; ``lora_request`` (vLLM's keyword, in vLLM's place) only None. Invalid input raises
+        searched at once; ``lora_request`` (vLLM's keyword, in vLLM's place) only None (beam search takes no LoRA
+        adapter yet). Invalid input raises
         ``ValueError`` before anything runs.
         """
         from pagoda.beam_search import run_beam_search, step_sampling_params
@@ -265,7 +272,7 @@ class LLM(PoolingMixin):
             raise ValidationError(f"params must be a BeamSearchParams(beam_width=..., max_tokens=...), got "
                                   f"{type(params).__name__}{hint}.", "params")
         plist = _as_prompt_list(prompts)
-        check_lora_requests(lora_request, len(plist))
+        check_lora_requests(lora_request, len(plist), "beam search")
         tok = self.get_tokenizer()
         instances = [self.llm_engine.input_processor.beam_search(p, params) for p in plist]
 
@@ -289,7 +296,7 @@ class LLM(PoolingMixin):
 
     def _run(self, prompts: Sequence[PromptType], params: Sequence[SamplingParams | PoolingParams],
              use_tqdm: ProgressArg, priority: Sequence[int] | None = None,
-             positions: Sequence[int] | None = None) -> list[Any]:
+             positions: Sequence[int] | None = None, loras: Sequence[Any] | None = None) -> list[Any]:
         """Run every prompt to the end; results in the order given. Nothing stays queued when it raises. A prompt
         refused (of several) or failed is named by ``positions[i]``, the caller's index of ``prompts[i]`` (default
         ``i``), so the user can find it in a large batch."""
@@ -299,7 +306,8 @@ class LLM(PoolingMixin):
         try:
             for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
                 rid = eng.next_request_id()
-                eng.add_request(rid, p, sp, final_only=True, priority=priority[i] if priority is not None else 0)
+                eng.add_request(rid, p, sp, final_only=True, priority=priority[i] if priority is not None else 0,
+                                lora_request=loras[i] if loras is not None else None)
                 ids.append(rid)
         except ValidationError as e:
             eng.abort_request(ids)

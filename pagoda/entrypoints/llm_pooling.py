@@ -61,7 +61,7 @@ class PoolingMixin:
         if self.llm_engine.cfg.pooler is None:
             raise not_pooling_error()
         plist = _as_prompt_list(prompts)
-        check_lora_requests(lora_request, len(plist))
+        check_lora_requests(lora_request, len(plist), "pooling (a pooling model)")
         plist_params = _params(params, task, len(plist), truncate_prompt_tokens=truncate_prompt_tokens)
         eng = self.llm_engine
         truncs = {x.truncate_prompt_tokens for x in plist_params}
@@ -115,7 +115,7 @@ class PoolingMixin:
         pooler = self.llm_engine.cfg.pooler
         if pooler is None:
             raise not_pooling_error()
-        check_no_lora(lora_request)
+        check_no_lora(lora_request, "pooling (a pooling model)")
         pairs = score_pairs(data_1, data_2)
         if pooler.kind == "embed":
             return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm)

@@ -36,7 +36,8 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 
 _MM = "multimodal models are not supported"
-_LORA = "LoRA adapters are not supported yet"
+_LORA_SERVE = ("the HTTP server does not serve LoRA adapters yet (the offline LLM does: LLM(enable_lora=True) and "
+               "generate(..., lora_request=LoRARequest(...)))")
 _PAR = ("expert and context parallelism are not supported yet (tensor, pipeline and data parallelism are: "
         "--tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size)")
 _DP_NODES = ("multi-node data parallelism is not supported: every replica of --data-parallel-size runs on this "
@@ -112,9 +113,12 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--enable-mm-embeds --interleave-mm-strings --skip-mm-profiling --disable-mm-preprocessor-cache "
        "--enable-multimodal-encoder-data-parallel", _MM, value=False),
     # LoRAConfig
-    _u("--enable-lora --fully-sharded-loras --enable-lora-bias", _LORA, value=False, neg=True),
-    _u("--max-loras --max-lora-rank --lora-extra-vocab-size --lora-dtype --max-cpu-loras --default-mm-loras",
-       _LORA),
+    _u("--fully-sharded-loras", "LoRA adapters run on one device (no tensor parallelism with --enable-lora)",
+       value=False, neg=True),
+    _u("--enable-lora-bias", "LoRA adapters with biases are not supported (PEFT's bias='none' only)", value=False,
+       neg=True),
+    _u("--lora-extra-vocab-size", "LoRA adapters cannot extend the vocabulary (vLLM removed the flag too)"),
+    _u("--default-mm-loras", _MM),
     # ObservabilityConfig
     _u("--otlp-traces-endpoint --collect-detailed-traces", "OpenTelemetry tracing is not supported"),
     _u("--show-hidden-metrics-for-version", "no metrics are hidden"),
@@ -140,7 +144,7 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--additional-config", "there are no platform plugins"),
     _u("--aggregate-engine-logging", "there is one engine", ANY_VALUE, value=False),
     # the OpenAI-compatible frontend (serve only)
-    _u("--lora-modules", _LORA, serve=True),
+    _u("--lora-modules", _LORA_SERVE, serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
     _u("--response-role", "the answer's role is 'assistant' when the generation prompt is added (else the last "
        "message's)", "assistant", serve=True),
@@ -248,8 +252,9 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def check_no_lora(lora_request: object) -> None:
-    """vLLM's ``lora_request`` keyword (of ``LLM.generate`` / ``chat`` / ``AsyncLLM.generate``): None is accepted
-    (the base model, what a vLLM script without adapters passes); an adapter is refused, naming the keyword."""
+def check_no_lora(lora_request: object, what: str) -> None:
+    """vLLM's ``lora_request`` keyword on a method that takes no adapter (``what``: pooling, beam search): None is
+    accepted (the base model, what a vLLM script without adapters passes); an adapter is refused, naming the keyword."""
     if lora_request is not None:
-        raise ValidationError(f"lora_request: {_LORA}; pass lora_request=None (the base model).", "lora_request")
+        raise ValidationError(f"lora_request: {what} takes no LoRA adapter in pagoda; pass lora_request=None (the "
+                              f"base model).", "lora_request")

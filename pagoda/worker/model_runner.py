@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from pagoda.distributed.messages import ForwardStep
     from pagoda.distributed.parallel_state import TPGroup
     from pagoda.distributed.pipeline import PPStage
+    from pagoda.lora.manager import LoRAManager
     from pagoda.structured_output.step_bitmask import StepBitmask
     from pagoda.worker.chunk_graphs import ChunkGraphs
     from pagoda.worker.cuda_graphs import DecodeGraphs
@@ -206,6 +207,7 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.model: Any = load_model(cfg, tp, pp)
         self.startup_phases["weights"] = time.perf_counter() - t0
+        self.lora: LoRAManager | None = self._attach_lora() if cfg.lora is not None else None
         kv_quant.log_scales(self.model, self.kv_dtype)
         self.pooler: Pooler | None = Pooler(cfg.pooler, self.model) if cfg.pooler is not None else None
         self.backend = get_backend(backend_name)
@@ -249,6 +251,26 @@ class ModelRunner:
         # aux layers) are handed over with every step's output; the chunk graph, which keeps no rows, is off.
         self.spec_hidden: str | None = None
         self.last_forward_path = "eager"  # the path of the last forward (_forward_path), for the step timeline
+
+    def _attach_lora(self) -> LoRAManager:
+        """``--enable-lora``: slot buffers and hooks on the model's target linears (pagoda/lora/manager.py). The
+        paths that skip the linear modules are switched off: the native CPU decoder stack, the FP8 rows that norms
+        quantize for the next linear, CUDA graphs (:meth:`_graphs_wanted`)."""
+        from pagoda.lora.manager import LoRAManager
+        from pagoda.models.llama import DecoderLayer, LlamaForCausalLM
+
+        assert self.cfg.lora is not None
+        model = self.model
+        if type(model) is not LlamaForCausalLM:  # create_config refuses other architectures first
+            raise ValueError(f"--enable-lora: {type(model).__name__} takes no LoRA adapters in pagoda.")
+        model._cpu_stack = None
+        for layer in model.layers:
+            if isinstance(layer, DecoderLayer):
+                layer.fp8_rows_attn = layer.fp8_rows_mlp = False
+                layer.mlp.fp8_rows_down = False  # type: ignore[assignment]  # nn.Module attributes: Tensor | Module
+        paths = "CUDA graphs are" if self.device.type == "cuda" else "the native CPU decoder stack is"
+        logger.info("--enable-lora: %s off, steps run eager so each request's adapter applies", paths)
+        return LoRAManager(model, self.cfg.lora, self.device)
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
@@ -368,9 +390,11 @@ class ModelRunner:
         self.host_caches = kv_cache.allocate_host_caches(self.kv_caches, num_blocks, self.device.type == "cuda")
 
     def _graphs_wanted(self) -> bool:
-        """CUDA graphs are captured: CUDA, the Triton backend, not enforce_eager, a generating model that
-        supports them, no pipeline stages (they run eager: no lockstep capture)."""
+        """CUDA graphs are captured: CUDA, the Triton backend, not enforce_eager, no LoRA (the adapters' rows change
+        every step), a generating model that supports them, no pipeline stages (they run eager: no lockstep
+        capture)."""
         return not (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
+                    or self.lora is not None
                     or self.pooler is not None or self.cfg.pipeline_parallel_size > 1
                     or not getattr(self.model, "supports_cuda_graphs", True))  # e.g. the transformers fallback
 
@@ -495,8 +519,10 @@ class ModelRunner:
                  epochs: dict[str, int] | None) -> tuple[StepInputs, list[int] | None]:
         """The step's input tensors and its persistent block-table rows (None: tables built per step)."""
         inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
-        if inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
-            raise ValueError("per-request adapters (LoRA) are not supported by this model runner")
+        if self.lora is not None:  # the step's adapters into their slots, their rows into the hooks
+            self.lora.set_batch(inputs.adapter_ids, inputs.query_lens)
+        elif inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
+            raise ValueError("a step names a LoRA adapter but this engine was started without --enable-lora")
         return inputs, self._block_table_rows(inputs, epochs)
 
     @property

@@ -1,0 +1,149 @@
+"""The engine's adapters: checked and loaded when a request names them, placed in device slots per step.
+
+* :meth:`LoRAManager.add_adapter` (the engine core, when a request is added): the adapter is read and checked
+  (:mod:`pagoda.lora.peft`) unless it is in the host cache; a bad one raises ``ValueError`` and fails that request
+  only. The host cache keeps ``max_cpu_loras`` adapters, least recently used dropped first; one dropped is read
+  again from its folder when a step needs it.
+* ``lora_int_id`` names one adapter folder for the engine's life (the prefix cache keys blocks by the id): the same
+  id with another ``lora_path`` is refused.
+* :meth:`LoRAManager.set_batch` (the model runner, once per step): the step's adapters (at most ``max_loras``: the
+  scheduler's invariant) get device slots, a slot holding none of them taken over least recently used first, and
+  each adapter's rows go to the hooks (:class:`~pagoda.lora.layers.LoRABatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from pagoda.lora.config import LoRAConfig
+from pagoda.lora.layers import LoRABatch, LoRASlots
+from pagoda.lora.peft import LoRAWeights, ModelShape, load_adapter
+from pagoda.lora.request import LoRARequest
+
+logger = logging.getLogger("pagoda")
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+class LoRAManager:
+    def __init__(self, model: Any, cfg: LoRAConfig, device: torch.device) -> None:
+        """Attach slot buffers and hooks to every target linear of ``model`` (a native Llama-family model)."""
+        self.cfg = cfg
+        self.device = device
+        self.batch = LoRABatch()
+        s = model.shape
+        q, kv, inter, hid = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size, s.hidden_size
+        self.shape = ModelShape(s.num_layers, {"q_proj": (hid, q), "k_proj": (hid, kv), "v_proj": (hid, kv),
+                                               "o_proj": (q, hid), "gate_proj": (hid, inter), "up_proj": (hid, inter),
+                                               "down_proj": (inter, hid)})
+        targets = (("self_attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")), ("self_attn", "o_proj", ("o_proj",)),
+                   ("mlp", "gate_up_proj", ("gate_proj", "up_proj")), ("mlp", "down_proj", ("down_proj",)))
+        self.layers: list[list[LoRASlots]] = []
+        for layer in model.layers:
+            slots = []
+            for parent, attr, names in targets:
+                module = getattr(getattr(layer, parent), attr)
+                dims = [self.shape.dims[n] for n in names]
+                ls = LoRASlots(names, dims[0][0], tuple(d[1] for d in dims), cfg.max_loras, cfg.max_lora_rank,
+                               cfg.dtype, device, self.batch)
+                module.register_forward_hook(ls)
+                slots.append(ls)
+            self.layers.append(slots)
+        self._cpu: OrderedDict[int, LoRAWeights] = OrderedDict()  # the host cache, least recently used first
+        self._known: dict[int, LoRARequest] = {}  # id -> the request that first loaded it (its folder)
+        self._slot_ids: list[int | None] = [None] * cfg.max_loras
+        self._slot_used: list[int] = [0] * cfg.max_loras  # step number of each slot's last use
+        self._step = 0
+        nbytes = sum(ls.a.numel() * ls.a.element_size() + ls.b.numel() * ls.b.element_size()
+                     for slots in self.layers for ls in slots)
+        logger.info("LoRA: %d adapter slots of rank %d (%.1f MiB of %s memory, %s), %d kept loaded in host memory",
+                    cfg.max_loras, cfg.max_lora_rank, nbytes / 2**20, device.type, str(cfg.dtype).replace("torch.", ""),
+                    cfg.max_cpu_loras)
+
+    # ------------------------------------------------------------ adapters
+    def add_adapter(self, req: LoRARequest) -> None:
+        """Check and load ``req``'s adapter unless it is cached (then mark it recently used). Raises ``ValueError``
+        naming the adapter and the problem."""
+        known = self._known.get(req.lora_int_id)
+        if known is not None and _real(known.lora_path) != _real(req.lora_path):
+            raise ValueError(f"LoRA adapter {req.lora_name!r}: lora_int_id {req.lora_int_id} already names adapter "
+                             f"{known.lora_name!r} from {known.lora_path}; one id names one adapter for the engine's "
+                             f"life (its prefix-cache entries are keyed by the id): give this adapter its own "
+                             f"lora_int_id.")
+        if req.lora_int_id in self._cpu:
+            self._cpu.move_to_end(req.lora_int_id)
+            return
+        self._cache(load_adapter(req, self.shape, self.cfg.max_lora_rank, self.cfg.dtype))
+
+    def _cache(self, w: LoRAWeights) -> LoRAWeights:
+        rid = w.request.lora_int_id
+        if rid not in self._known:
+            self._known[rid] = w.request
+            logger.info("LoRA: loaded adapter %r (lora_int_id %d, %d modules, %.1f MiB) from %s", w.request.lora_name,
+                        rid, len(w.modules), w.nbytes / 2**20, w.request.lora_path)
+        self._cpu[rid] = w
+        self._cpu.move_to_end(rid)
+        while len(self._cpu) > self.cfg.max_cpu_loras:
+            self._cpu.popitem(last=False)
+        return w
+
+    def _weights(self, adapter_id: int) -> LoRAWeights:
+        w = self._cpu.get(adapter_id)
+        if w is not None:
+            self._cpu.move_to_end(adapter_id)
+            return w
+        req = self._known.get(adapter_id)
+        if req is None:
+            raise RuntimeError(f"a step names LoRA adapter id {adapter_id}, which no request added")
+        return self._cache(load_adapter(req, self.shape, self.cfg.max_lora_rank, self.cfg.dtype))
+
+    def loaded_ids(self) -> list[int]:
+        """Ids of the adapters in the host cache, least recently used first."""
+        return list(self._cpu)
+
+    # ------------------------------------------------------------- a step
+    def set_batch(self, adapter_ids: list[int | None], query_lens: list[int]) -> None:
+        """The step's adapters into slots and their rows into the hooks: request ``i`` owns the next
+        ``query_lens[i]`` rows and runs with ``adapter_ids[i]`` (None: the base model)."""
+        self._step += 1
+        rows: dict[int, list[int]] = {}
+        row = 0
+        for aid, n in zip(adapter_ids, query_lens, strict=True):
+            if aid is not None:
+                rows.setdefault(aid, []).extend(range(row, row + n))
+            row += n
+        if len(rows) > self.cfg.max_loras:
+            raise RuntimeError(f"a step uses {len(rows)} LoRA adapters, over max_loras {self.cfg.max_loras}")
+        groups: list[tuple[int, torch.Tensor | None]] = []
+        for aid, r in rows.items():
+            slot = self._slot_for(aid, rows)
+            idx = None if len(r) == row else torch.tensor(r, dtype=torch.long).to(self.device, non_blocking=True)
+            groups.append((slot, idx))
+        self.batch.groups = groups
+
+    def clear_batch(self) -> None:
+        self.batch.groups = []
+
+    def _slot_for(self, adapter_id: int, step_ids: dict[int, list[int]]) -> int:
+        """A device slot holding ``adapter_id``: its own, else a free one, else the least recently used one that
+        holds no adapter of this step (written now)."""
+        ids = self._slot_ids
+        if adapter_id in ids:
+            slot = ids.index(adapter_id)
+        else:
+            free = [i for i, a in enumerate(ids) if a is None or a not in step_ids]
+            slot = min(free, key=lambda i: (ids[i] is not None, self._slot_used[i]))
+            w = self._weights(adapter_id)
+            for layer_idx, slots in enumerate(self.layers):
+                for ls in slots:
+                    ls.set_slot(slot, {n: w.modules[(layer_idx, n)] for n in ls.names if (layer_idx, n) in w.modules})
+            ids[slot] = adapter_id
+        self._slot_used[slot] = self._step
+        return slot
