@@ -149,6 +149,9 @@ def test_score_task_on_an_embedding_model_is_refused(matryoshka):
             llm.encode(TEXTS[0], params, pooling_task="score", use_tqdm=False)
         assert e.value.parameter == "task"
     assert llm.score(TEXTS[0], [TEXTS[0]], use_tqdm=False)[0].outputs.score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValidationError, match="cosine") as e:  # a score template shapes a cross-encoder's input only
+        llm.score(TEXTS[0], [TEXTS[1]], use_tqdm=False, chat_template="{{ messages[0].content }}")
+    assert e.value.parameter == "chat_template"
 
 
 @pytest.mark.parametrize("cfg,named", [({"normalize": "false"}, "normalize"), ({"use_activation": 0}, "use_activation"),

@@ -148,6 +148,11 @@ def test_templated_pair_matches_the_reference(tiny, tok, reranker):
                         chat_template=SCORE_TEMPLATE)["prompt_token_ids"]
     (out,) = reranker.encode([{"prompt_token_ids": ids}], pooling_task="score", use_tqdm=False)
     assert float(out.outputs.data.reshape(-1)[0]) == pytest.approx(_ref_p(tiny, "qwen3", tok, ids), abs=1e-5)
+    # LLM.score(..., chat_template=...) as vLLM's: the pair is rendered through it
+    (scored,) = reranker.score("the capital of France", ["Paris is the capital"], use_tqdm=False,
+                               chat_template=SCORE_TEMPLATE)
+    assert scored.prompt_token_ids == ids
+    assert scored.outputs.score == pytest.approx(_ref_p(tiny, "qwen3", tok, ids), abs=1e-5)
 
 
 def test_startup_errors_name_the_problem(qwen3, tiny):

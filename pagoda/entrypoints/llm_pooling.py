@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 
+from pagoda.engine.tokenizer import read_chat_template
 from pagoda.entrypoints.vllm_flags import check_no_lora
 from pagoda.errors import ValidationError
 from pagoda.pooling.batching import longest_first, pretokenize
@@ -108,20 +109,28 @@ class PoolingMixin:
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], use_tqdm: ProgressArg = True,
               pooling_params: PoolingParams | None = None, truncate_prompt_tokens: int | None = None,
-              lora_request: Any = None) -> list[ScoringRequestOutput]:
+              lora_request: Any = None, chat_template: str | None = None) -> list[ScoringRequestOutput]:
         """Scores of text pairs: one ``data_1`` against each ``data_2``, or pairwise for equal-length lists. A
         classifier scores each pair as a cross-encoder; an embedding model by cosine similarity.
-        ``lora_request``: only None."""
+        ``lora_request``: only None. ``chat_template`` (vLLM's; a template's text or a file): a cross-encoder's score
+        template, each pair rendered through it as a ``query`` and a ``document`` message and tokenized as one text
+        (Qwen3-Reranker); an embedding model refuses it."""
         pooler = self.llm_engine.cfg.pooler
         if pooler is None:
             raise not_pooling_error()
         check_no_lora(lora_request, "pooling (a pooling model)")
         pairs = score_pairs(data_1, data_2)
         if pooler.kind == "embed":
+            if chat_template is not None:
+                raise ValidationError("chat_template is a cross-encoder's score template; an embedding model scores "
+                                      "by cosine similarity of the two texts' embeddings, which it does not shape.",
+                                      "chat_template")
             return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm)
         tok = self.llm_engine.tokenizer
+        template = read_chat_template(chat_template) if chat_template is not None else None
         prompts = [tokenize_pair(tok, a, b, truncate_prompt_tokens, self.llm_engine.cfg.max_model_len,
-                                 pooler.lowercase) for a, b in pairs]
+                                 pooler.lowercase, use_sep_token=pooler.use_sep_token, chat_template=template)
+                   for a, b in pairs]
         outs = self._pool(prompts, pooling_params, "score", use_tqdm, truncate_prompt_tokens)
         return [ScoringRequestOutput.from_base(o) for o in outs]
 
