@@ -35,7 +35,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     ``forward`` uses the split-KV (flash-decoding) kernels when the step is decode-only
     and the batch alone would leave SMs idle (see ``choose_num_splits``), and, with ``UNSPLIT_DECODE_KERNEL`` on
-    (off by default until measured), the same kernel with one split for larger decode batches; every other
+    (on by default since session 44), the same kernel with one split for larger decode batches; every other
     step — prefill, chunked prefill, mixed — goes through the
     unified kernel, whose KV range is split too when a small chunk over a long cached
     context would leave SMs idle (``choose_chunk_splits``: eager steps and the verify graphs).

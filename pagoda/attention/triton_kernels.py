@@ -904,12 +904,13 @@ def decode_block_n(wide: bool, kv_bound: int | None, num_splits: int) -> int:
     return 32 if wide or short else 64
 
 
-UNSPLIT_DECODE_KERNEL = False
+UNSPLIT_DECODE_KERNEL = True
 """True: a decode-only step with no KV split runs :func:`split_kv_decode` with one split (a program per request and
 KV head, from its grid index) instead of the unified kernel (whose programs each search their request among the
-step's and, at one query row a request, leave a fifth of the query tiles empty). Off until measured on a GPU
-(written in session 42, correct in the CPU interpreter's tests; no GPU was lent that session): the A/B switch of
-``decode_ab.py --switch unsplit-decode`` and ``fp8_attention_sweep.py --decode-kernel``. Read at launch."""
+step's and, at one query row a request, leave a fifth of the query tiles empty). On since session 44's H100 A/B
+(benchmarks/RESULTS.md): the batch-256 decode graph 3.1 % faster, batch 64 1.5 %. False: the unified kernel (the
+A/B switch of ``decode_ab.py --switch unsplit-decode`` and ``fp8_attention_sweep.py --decode-kernel``). Read at
+launch."""
 
 MIN_TOKENS_PER_CHUNK_SPLIT = 256
 MAX_CHUNK_SPLITS = 16
