@@ -226,7 +226,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="headers sent with every request (they override the API key's Authorization)")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
     p.add_argument("--ready-check-timeout-sec", type=int, default=0,
-                   help="wait up to this many seconds for the server to answer GET /v1/models (default 0: no wait)")
+                   help="wait up to this many seconds for the server to answer GET /v1/models (0: no wait)")
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY or $PAGODA_API_KEY)")
     p.add_argument("--num-prompts", type=int, default=64, help="number of requests")
     p.add_argument("--dataset-name", default="random", choices=["random", "sharegpt", "prefix_repetition"],
@@ -265,8 +265,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="send ignore_eos so every request runs to max_tokens (default: on for the random dataset, as "
                         "vLLM's; --no-ignore-eos for a server that refuses the field)")
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature sent with each request (default 0, greedy; vLLM's now leaves it to the "
-                        "server)")
+                   help="sampling temperature sent with each request (0: greedy; vLLM's now leaves it to the server)")
     for flag, kind, what in (("--top-p", float, "top_p"), ("--top-k", int, "top_k"), ("--min-p", float, "min_p"),
                              ("--frequency-penalty", float, "frequency_penalty"),
                              ("--presence-penalty", float, "presence_penalty"),

@@ -99,7 +99,7 @@ def test_help_states_every_default_once():
     # `pagoda bench latency|throughput --help` print these parsers' help (the CLI builds them with build_parser;
     # read in-process, not from two ~4 s subprocesses; the bench commands themselves run in test_bench_smoke.py)
     bench = " ".join(parsers["pagoda bench latency"].format_help().split())
-    assert "timed iterations (default: 3)" in bench
+    assert "timed iterations (default: 30)" in bench
     bench = " ".join(parsers["pagoda bench throughput"].format_help().split())
     assert "number of requests (default: 32)" in bench
 
@@ -142,9 +142,9 @@ def test_default_values_of_vllm_flags_are_accepted_and_unknown_flags_keep_argpar
 
 
 def test_serve_refuses_before_loading(tiny_model_dir):
-    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--enable-lora"],
+    r = subprocess.run([sys.executable, "-m", "pagoda", "serve", str(tiny_model_dir), "--fully-sharded-loras"],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--enable-lora is a vLLM flag that pagoda does not support" in r.stderr
+    assert r.returncode == 2 and "--fully-sharded-loras is a vLLM flag that pagoda does not support" in r.stderr
     assert "Loaded" not in r.stderr and "KV cache" not in r.stderr  # refused before anything loaded
 
 
