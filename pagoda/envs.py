@@ -65,6 +65,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "constexprs, seconds): finds compiles that land in a first request or a timed run"),
     EnvVar("PAGODA_JIT_PRECOMPILE", "1", "`0`: Triton kernels compile one by one at their first launch during "
            "start-up, not side by side before the CUDA-graph captures (an A/B switch for the start-up time)"),
+    EnvVar("PAGODA_ALLOW_RUNTIME_LORA_UPDATING", "0", "`1`: `pagoda serve --enable-lora` serves POST "
+           "/v1/load_lora_adapter and /v1/unload_lora_adapter (LoRA adapters loaded and unloaded while it runs; "
+           "unset: 404). Only for trusted clients: a load reads any folder the server can read"),
+    EnvVar("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0", "vLLM's name for `PAGODA_ALLOW_RUNTIME_LORA_UPDATING`, read "
+           "when that is unset"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
            "unset: an even split. Read by the engine core only"),
@@ -214,6 +219,14 @@ def jit_precompile_enabled() -> bool:
     return _switch("PAGODA_JIT_PRECOMPILE")
 
 
+def allow_runtime_lora_updating() -> bool:
+    """``PAGODA_ALLOW_RUNTIME_LORA_UPDATING`` (else vLLM's ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): True when on (the
+    server's /v1/load_lora_adapter and /v1/unload_lora_adapter routes exist)."""
+    if os.environ.get("PAGODA_ALLOW_RUNTIME_LORA_UPDATING"):
+        return _switch("PAGODA_ALLOW_RUNTIME_LORA_UPDATING")
+    return _switch("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+
+
 def batch_invariant() -> bool:
     """``VLLM_BATCH_INVARIANT``: True when set to a value other than ``0`` (turns on ``--deterministic``)."""
     return _switch("VLLM_BATCH_INVARIANT")
@@ -256,7 +269,8 @@ def check() -> None:
     off, ``=maybe`` an error) stops start-up with its name rather than failing, or reading wrong, mid-run."""
     for read in (hub_timeout_s, engine_stuck_timeout_s, dist_timeout_s, dp_rank, log_stats_interval_s,
                  chunk_graphs_enabled, prelaunch_core_enabled, mixed_graphs_enabled, cpu_amx_enabled, pdl_enabled,
-                 gc_freeze_enabled, launch_pacing_enabled, log_jit_compiles, jit_precompile_enabled, batch_invariant):
+                 gc_freeze_enabled, launch_pacing_enabled, log_jit_compiles, jit_precompile_enabled, batch_invariant,
+                 allow_runtime_lora_updating):
         read()
 
 

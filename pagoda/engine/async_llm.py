@@ -30,7 +30,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -44,14 +44,18 @@ from pagoda.engine.dp_lb import LoadBalancer, sum_stats
 from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import (
     AbortRequests,
+    AddLora,
     AddRequest,
     CoreFailed,
     EngineCoreOutput,
     FinishRequests,
     Heartbeat,
+    ListLoras,
+    LoraAnswer,
     PrefixCacheReset,
     Ready,
     Rejected,
+    RemoveLora,
     ResetPrefixCache,
     SchedulerStats,
     Shutdown,
@@ -64,7 +68,7 @@ from pagoda.engine.prelaunch import PrelaunchedCore
 from pagoda.engine.request_stats import ChildTimes, FinishedRequestStats, RequestTrace, finished_stats
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
-from pagoda.lora.request import LoRARequest
+from pagoda.lora.request import LoRARequest, check_lora_request
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.outputs import PoolingRequestOutput
 from pagoda.pooling.params import PoolingParams
@@ -225,6 +229,8 @@ class _PendingCall:
     future: asyncio.Future
     missing: int
     success: bool = True
+    ids: set[int] = field(default_factory=set)  # list_loras: the union of the replicas' answers
+    error: LoraAnswer | None = None  # add_lora: the first replica's refusal
 
 
 class AsyncLLM:
@@ -606,28 +612,62 @@ class AsyncLLM:
         True when the cache is empty afterwards; False when running requests still hold
         cached blocks (those stay until the requests finish).
         """
-        self.check_servable()
-        assert self.cores is not None
-        call_id = self._next_call_id
-        self._next_call_id += 1
-        fut = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = _PendingCall(fut, self.cores.size)
-        try:
-            for engine in range(self.cores.size):
-                self._send(ResetPrefixCache(call_id, self.client), engine)
-            return await asyncio.wait_for(fut, timeout_s)
-        finally:
-            self._calls.pop(call_id, None)
+        return (await self._call_every_core(lambda cid: ResetPrefixCache(cid, self.client), timeout_s)).success
 
-    def _on_call_answer(self, msg: PrefixCacheReset) -> None:
-        """One replica answered ``reset_prefix_cache``; the call returns when all have (True if all succeeded)."""
+    def _on_call_answer(self, msg: PrefixCacheReset | LoraAnswer) -> None:
+        """One replica answered a call (``reset_prefix_cache``, the LoRA calls); the call returns when all have:
+        True if all succeeded (the ids' union for ``list_loras``), or raises the first refusal of an adapter."""
         call = self._calls.get(msg.call_id)
         if call is None or call.future.done():
             return
         call.missing -= 1
         call.success = call.success and msg.success
+        if isinstance(msg, LoraAnswer):
+            call.ids.update(msg.ids)
+            if msg.error is not None and call.error is None:
+                call.error = msg
         if call.missing == 0:
-            call.future.set_result(call.success)
+            if call.error is not None:
+                from pagoda.lora.peft import LoRANotFoundError
+
+                err = call.error
+                call.future.set_exception((LoRANotFoundError if err.not_found else ValueError)(err.error))
+            else:
+                call.future.set_result(call.success)
+
+    async def _call_every_core(self, make: Callable[[int], Any], timeout_s: float) -> _PendingCall:
+        """Send ``make(call_id)`` to every replica and wait for all answers (:meth:`_on_call_answer`)."""
+        self.check_servable()
+        assert self.cores is not None
+        call_id = self._next_call_id
+        self._next_call_id += 1
+        call = self._calls[call_id] = _PendingCall(asyncio.get_running_loop().create_future(), self.cores.size)
+        try:
+            for engine in range(self.cores.size):
+                self._send(make(call_id), engine)
+            await asyncio.wait_for(call.future, timeout_s)
+            return call
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def add_lora(self, lora_request: LoRARequest, timeout_s: float = 120.0) -> bool:
+        """vLLM's ``add_lora``: every engine core reads and checks the adapter now and keeps it loaded, so the
+        requests naming it find it ready. Raises ``ValueError`` naming the adapter and the problem
+        (:class:`~pagoda.lora.peft.LoRANotFoundError`: no adapter at its path), also without ``enable_lora``."""
+        await self._ensure_started()
+        check_lora_request(lora_request, self.cfg is not None and self.cfg.lora is not None)
+        await self._call_every_core(lambda cid: AddLora(cid, lora_request, self.client), timeout_s)
+        return True
+
+    async def remove_lora(self, lora_id: int, timeout_s: float = 30.0) -> bool:
+        """vLLM's ``remove_lora``: drop the adapter from the cores' host caches; True if every core held it."""
+        await self._ensure_started()
+        return (await self._call_every_core(lambda cid: RemoveLora(cid, lora_id, self.client), timeout_s)).success
+
+    async def list_loras(self, timeout_s: float = 30.0) -> set[int]:
+        """vLLM's ``list_loras``: ids of the adapters loaded in the cores' host memory."""
+        await self._ensure_started()
+        return (await self._call_every_core(lambda cid: ListLoras(cid, self.client), timeout_s)).ids
 
     def _fail_calls(self, exc: BaseException) -> None:
         for call in self._calls.values():
@@ -734,7 +774,7 @@ class AsyncLLM:
                     self._on_stats(msg.stats, engine)
                 elif isinstance(msg, Rejected):
                     self._on_rejected(msg)
-                elif isinstance(msg, PrefixCacheReset):
+                elif isinstance(msg, (PrefixCacheReset, LoraAnswer)):
                     self._on_call_answer(msg)
                 elif isinstance(msg, CoreFailed):
                     dp = self.cores.size > 1

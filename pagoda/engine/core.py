@@ -19,11 +19,13 @@ completes the step in flight first, as for penalties.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -49,12 +51,16 @@ from pagoda.engine.messages import (
 from pagoda.engine.step_timeline import StepTimeline
 from pagoda.errors import EngineFatalError, ValidationError
 from pagoda.layers.sampler import needs_host_history
+from pagoda.lora.request import LoRARequest
 from pagoda.spec_decode.metrics import spec_stats_fields
 from pagoda.spec_decode.proposer import SpecDecoder, check_draft_vocab, make_spec_decoder
 from pagoda.structured_output.manager import StructuredOutputManager
 from pagoda.structured_output.params import FIELD as STRUCTURED_FIELD
 from pagoda.worker.kv_cache import log_kv_cache
 from pagoda.worker.model_runner import ModelRunner, PendingSample, PromptLogprobChunk, RunnerOutput, StepHandle
+
+if TYPE_CHECKING:
+    from pagoda.lora.manager import LoRAManager
 
 logger = logging.getLogger("pagoda")
 
@@ -188,12 +194,8 @@ class EngineCore:
             token_type_ids=r.token_type_ids, secondary_eos_token_ids=r.secondary_eos_token_ids,
         )
         if r.lora_request is not None:
-            lora = self.runner.lora
-            if lora is None:
-                raise ValidationError("lora_request: this engine was started without LoRA; start it with "
-                                      "enable_lora=True (--enable-lora).", "lora_request")
             try:
-                lora.add_adapter(r.lora_request)
+                self.add_lora(r.lora_request)
             except ValueError as e:
                 raise ValidationError(str(e), "lora_request") from None
             req.adapter_id = r.lora_request.lora_int_id
@@ -202,6 +204,44 @@ class EngineCore:
             self._grammar_waiting.append((req, r.fork_of))
             return
         self.scheduler.add_request(req, fork_of=r.fork_of)
+
+    # ------------------------------------------------------------------ LoRA
+    def _lora(self) -> LoRAManager:
+        lora = self.runner.lora
+        if lora is None:
+            raise ValueError("lora_request: this engine was started without LoRA; start it with enable_lora=True "
+                             "(--enable-lora).")
+        return lora
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """vLLM's ``add_lora``: read and check the adapter (unless cached) and keep it loaded. Raises
+        ``ValueError`` naming the adapter and the problem (:class:`~pagoda.lora.peft.LoRANotFoundError` when
+        there is no adapter at its path); True otherwise."""
+        self._lora().add_adapter(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """vLLM's ``remove_lora``: drop the adapter from the host cache; True if it was loaded."""
+        return self._lora().remove_adapter(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        """vLLM's ``list_loras``: ids of the adapters loaded in host memory (empty without LoRA)."""
+        lora = self.runner.lora
+        return set(lora.loaded_ids()) if lora is not None else set()
+
+    def _lora_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Requests per adapter name, running and waiting (``SchedulerStats``' LoRA fields; empty without LoRA)."""
+        lora = self.runner.lora
+        if lora is None:
+            return {}, {}
+        waiting_reqs = itertools.chain(self.scheduler.waiting, (r for r, _ in self._grammar_waiting))
+        counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        for out, reqs in zip(counts, (self.scheduler.running, waiting_reqs), strict=True):
+            for r in reqs:
+                if r.adapter_id is not None:
+                    name = lora.name_of(r.adapter_id)
+                    out[name] = out.get(name, 0) + 1
+        return counts
 
     def _admit_compiled(self) -> list[EngineCoreOutput]:
         """Hand requests whose grammar is ready to the scheduler (in arrival order); fail those whose compile
@@ -549,6 +589,7 @@ class EngineCore:
         return errors
 
     def stats(self) -> SchedulerStats:
+        running_loras, waiting_loras = self._lora_counts()
         return SchedulerStats(
             num_running=len(self.scheduler.running),
             num_waiting=self.scheduler.num_waiting + len(self._grammar_waiting),
@@ -560,6 +601,7 @@ class EngineCore:
             kv_offload_stored_blocks=self.kv.host.num_stored if self.kv.host else 0,
             kv_offload_loaded_blocks=self.kv.host.num_loaded if self.kv.host else 0,
             **spec_stats_fields(self.scheduler.spec_stats),
+            running_lora_adapters=running_loras, waiting_lora_adapters=waiting_loras,
         )
 
     def reset_prefix_cache(self) -> bool:

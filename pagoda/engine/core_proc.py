@@ -40,16 +40,20 @@ from pagoda.engine.admission import check_request_id_free
 from pagoda.engine.gc_policy import freeze_startup_heap
 from pagoda.engine.messages import (
     AbortRequests,
+    AddLora,
     AddRequest,
     CoreFailed,
     EngineCoreOutput,
     EngineCoreOutputs,
     FinishRequests,
     Heartbeat,
+    ListLoras,
+    LoraAnswer,
     PrefixCacheReset,
     QueueTime,
     Ready,
     Rejected,
+    RemoveLora,
     ResetPrefixCache,
     Shutdown,
     StepOutputs,
@@ -440,9 +444,24 @@ class _CoreLoop:
                 self.client_of.pop(rid, None)
         elif isinstance(msg, ResetPrefixCache):
             self.send(PrefixCacheReset(msg.call_id, self.core.reset_prefix_cache()), self._client(msg.client))
+        elif isinstance(msg, (AddLora, RemoveLora, ListLoras)):
+            self.send(self._lora_call(msg), self._client(msg.client))
         elif isinstance(msg, Shutdown):
             self.running = False
         return True
+
+    def _lora_call(self, msg: AddLora | RemoveLora | ListLoras) -> LoraAnswer:
+        """Run one LoRA call on the core; a refused adapter (``ValueError``) is answered with its message."""
+        from pagoda.lora.peft import LoRANotFoundError
+
+        try:
+            if isinstance(msg, AddLora):
+                return LoraAnswer(msg.call_id, self.core.add_lora(msg.lora_request))
+            if isinstance(msg, RemoveLora):
+                return LoraAnswer(msg.call_id, self.core.remove_lora(msg.lora_int_id))
+            return LoraAnswer(msg.call_id, True, sorted(self.core.list_loras()))
+        except ValueError as e:
+            return LoraAnswer(msg.call_id, False, error=str(e), not_found=isinstance(e, LoRANotFoundError))
 
     def _reject_undecodable(self, raw: bytes, e: Exception) -> None:
         """An AddRequest that does not decode is refused by id, so its stream does not wait forever."""

@@ -14,7 +14,7 @@ from pagoda.engine.messages import SchedulerStats
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
-from pagoda.lora.request import LoRARequest
+from pagoda.lora.request import LoRARequest, check_lora_request
 from pagoda.outputs import RequestOutput
 from pagoda.pooling.params import PoolingParams
 from pagoda.sampling_params import SamplingParams
@@ -116,6 +116,23 @@ class LLMEngine:
     def reset_prefix_cache(self) -> bool:
         """Drop cached prefix blocks nobody holds; True when the prefix cache is empty afterwards."""
         return self.core.reset_prefix_cache()
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """vLLM's ``add_lora``: read and check the adapter now and keep it loaded. Raises ``ValueError`` naming the
+        adapter and the problem (also without ``enable_lora``); True otherwise."""
+        self._check_open()
+        check_lora_request(lora_request, self.cfg.lora is not None)
+        assert lora_request is not None
+        return self.core.add_lora(lora_request)
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """vLLM's ``remove_lora``: drop the adapter from the host cache; True if it was loaded."""
+        self._check_open()
+        return self.core.remove_lora(lora_id)
+
+    def list_loras(self) -> set[int]:
+        """vLLM's ``list_loras``: ids of the adapters loaded in host memory."""
+        return self.core.list_loras()
 
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished() or self.core.has_unfinished_requests()

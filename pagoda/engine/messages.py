@@ -8,8 +8,9 @@ once and sends back only what changed each step (new tokens, their logprobs, a f
 
 Wire protocol (tagged unions)::
 
-    front end ──PUSH──▶ core    AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | Shutdown
-    front end ◀──PUSH── core    Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | CoreFailed
+    front end ──PUSH──▶ core    AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | AddLora | RemoveLora
+                                | ListLoras | Shutdown
+    front end ◀──PUSH── core    Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | LoraAnswer | CoreFailed
 
 Structs sent once per token or per step (``EngineCoreOutput``, the logprob structs) are
 ``array_like``: encoded as arrays, not maps, which keeps the per-step messages small.
@@ -127,6 +128,10 @@ class SchedulerStats(msgspec.Struct):
     spec_num_draft_tokens: int = 0
     spec_num_accepted_tokens: int = 0
     spec_accepted_per_pos: list[int] = msgspec.field(default_factory=list)
+    # With --enable-lora: requests per LoRA adapter name, running and waiting (vLLM's scheduler stats of these
+    # names; the server's ``lora_requests_info`` gauge). Empty without LoRA or without adapter requests.
+    running_lora_adapters: dict[str, int] = msgspec.field(default_factory=dict)
+    waiting_lora_adapters: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class EngineCoreOutputs(msgspec.Struct):
@@ -166,11 +171,36 @@ class ResetPrefixCache(msgspec.Struct, tag="reset_prefix_cache"):
     client: int = 0  # the API server process that asks (it gets the answer)
 
 
+class AddLora(msgspec.Struct, tag="add_lora"):
+    """vLLM's ``add_lora``: read and check the adapter now and keep it loaded (``--lora-modules``,
+    ``/v1/load_lora_adapter``); answered by ``LoraAnswer(call_id)`` (``error``: why it was refused)."""
+
+    call_id: int
+    lora_request: LoRARequest
+    client: int = 0
+
+
+class RemoveLora(msgspec.Struct, tag="remove_lora"):
+    """vLLM's ``remove_lora``: drop the adapter from the host cache; answered by ``LoraAnswer`` (``success``: it
+    was loaded)."""
+
+    call_id: int
+    lora_int_id: int
+    client: int = 0
+
+
+class ListLoras(msgspec.Struct, tag="list_loras"):
+    """vLLM's ``list_loras``: the ids of the adapters loaded in host memory; answered by ``LoraAnswer.ids``."""
+
+    call_id: int
+    client: int = 0
+
+
 class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-CoreInput = AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | Shutdown
+CoreInput = AddRequest | AbortRequests | FinishRequests | ResetPrefixCache | AddLora | RemoveLora | ListLoras | Shutdown
 
 
 # --------------------------------------------------------------------- messages out
@@ -214,13 +244,24 @@ class PrefixCacheReset(msgspec.Struct, tag="prefix_cache_reset"):
     success: bool
 
 
+class LoraAnswer(msgspec.Struct, tag="lora_answer"):
+    """Answer to ``AddLora`` / ``RemoveLora`` / ``ListLoras``. ``error``: the adapter was refused (the message
+    names it and the problem; ``not_found``: its folder or adapter_config.json does not exist)."""
+
+    call_id: int
+    success: bool
+    ids: list[int] = []
+    error: str | None = None
+    not_found: bool = False
+
+
 class CoreFailed(msgspec.Struct, tag="failed"):
     """The core hit an unexpected error and is exiting."""
 
     message: str
 
 
-CoreOutput = Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | CoreFailed
+CoreOutput = Ready | Heartbeat | StepOutputs | Rejected | PrefixCacheReset | LoraAnswer | CoreFailed
 
 
 def encoder() -> msgspec.msgpack.Encoder:

@@ -36,8 +36,6 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True, serve: bool 
 
 
 _MM = "multimodal models are not supported"
-_LORA_SERVE = ("the HTTP server does not serve LoRA adapters yet (the offline LLM does: LLM(enable_lora=True) and "
-               "generate(..., lora_request=LoRARequest(...)))")
 _PAR = ("expert and context parallelism are not supported yet (tensor, pipeline and data parallelism are: "
         "--tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size)")
 _DP_NODES = ("multi-node data parallelism is not supported: every replica of --data-parallel-size runs on this "
@@ -144,7 +142,6 @@ UNSUPPORTED: tuple[UnsupportedFlag, ...] = (
     _u("--additional-config", "there are no platform plugins"),
     _u("--aggregate-engine-logging", "there is one engine", ANY_VALUE, value=False),
     # the OpenAI-compatible frontend (serve only)
-    _u("--lora-modules", _LORA_SERVE, serve=True),
     _u("--default-chat-template-kwargs", "requests carry chat_template_kwargs themselves", serve=True),
     _u("--response-role", "the answer's role is 'assistant' when the generation prompt is added (else the last "
        "message's)", "assistant", serve=True),

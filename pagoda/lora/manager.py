@@ -108,6 +108,17 @@ class LoRAManager:
         """Ids of the adapters in the host cache, least recently used first."""
         return list(self._cpu)
 
+    def remove_adapter(self, adapter_id: int) -> bool:
+        """vLLM's ``remove_lora``: drop the adapter from the host cache (True if it was there). The id keeps naming
+        its folder (the prefix-cache invariant), so a request still running with it reads it again if a step
+        needs it."""
+        return self._cpu.pop(adapter_id, None) is not None
+
+    def name_of(self, adapter_id: int) -> str:
+        """The ``lora_name`` the adapter was first added under (the metrics' label)."""
+        req = self._known.get(adapter_id)
+        return req.lora_name if req is not None else str(adapter_id)
+
     # ------------------------------------------------------------- a step
     def set_batch(self, adapter_ids: list[int | None], query_lens: list[int]) -> None:
         """The step's adapters into slots and their rows into the hooks: request ``i`` owns the next

@@ -57,8 +57,13 @@ class LoRAWeights:
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.modules.values())
 
 
-def _fail(req: LoRARequest, what: str) -> ValueError:
-    return ValueError(f"LoRA adapter {req.lora_name!r} (lora_int_id {req.lora_int_id}, {req.lora_path}): {what}")
+class LoRANotFoundError(ValueError):
+    """No adapter at ``lora_path``: the folder or its ``adapter_config.json`` does not exist (vLLM's "No adapter
+    found"; the server's ``/v1/load_lora_adapter`` answers it with a 404, as vLLM's)."""
+
+
+def _fail(req: LoRARequest, what: str, error: type[ValueError] = ValueError) -> ValueError:
+    return error(f"LoRA adapter {req.lora_name!r} (lora_int_id {req.lora_int_id}, {req.lora_path}): {what}")
 
 
 def _pattern_value(patterns: dict[str, Any], module_key: str, default: Any) -> Any:
@@ -73,11 +78,15 @@ def _pattern_value(patterns: dict[str, Any], module_key: str, default: Any) -> A
 def read_config(req: LoRARequest, folder: Path) -> dict[str, Any]:
     """``adapter_config.json``, with every field pagoda does not apply refused (module docstring)."""
     path = folder / "adapter_config.json"
+    if not folder.exists():
+        raise _fail(req, "No adapter found: lora_path is not a folder (nothing exists there; it must hold a PEFT "
+                         "adapter: adapter_config.json and adapter_model.safetensors)", LoRANotFoundError)
     if not folder.is_dir():
         raise _fail(req, "lora_path is not a folder (it must hold a PEFT adapter: adapter_config.json and "
                          "adapter_model.safetensors)")
     if not path.is_file():
-        raise _fail(req, f"no adapter_config.json in {folder} (save the adapter with PEFT's save_pretrained)")
+        raise _fail(req, f"No adapter found: no adapter_config.json in {folder} (save the adapter with PEFT's "
+                         f"save_pretrained)", LoRANotFoundError)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:

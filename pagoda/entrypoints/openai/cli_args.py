@@ -14,6 +14,7 @@ from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, json_list_or_str, non_negative_int, parse_size
 from pagoda.config import EngineArgs
 from pagoda.entrypoints.openai.api_servers import check_api_server_count
+from pagoda.entrypoints.openai.lora_modules import LoRAModulesAction, check_lora_args
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
@@ -119,6 +120,11 @@ def _add_server_args(g: argparse._ArgumentGroup) -> None:
     _switch(g, "--enable-server-load-tracking",
                help="count the generation requests in flight and serve the count at GET /load as "
                     "{\"server_load\": N} (404 without this flag)")
+    g.add_argument("--lora-modules", nargs="+", action=LoRAModulesAction, default=None, metavar="MODULE",
+                   help="LoRA adapters served under their own model name (needs --enable-lora): name=path, or JSON "
+                        "'{\"name\": ..., \"path\": ..., \"base_model_name\": ...}'; several values, or the flag "
+                        "repeated. Each folder is checked at start-up; a request whose model is the name runs with "
+                        "the adapter")
     g.add_argument("--api-server-count", "-asc", type=int, default=1,
                    help="API server processes sharing the port and the engine core: HTTP, tokenization, "
                         "detokenization and streaming spread over them (use 2-4 when one process cannot keep up "
@@ -189,6 +195,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
     check_cors(args)
     check_durations(args)
     check_api_server_count(args)
+    check_lora_args(args, envs.allow_runtime_lora_updating())
 
 
 def validate_request_args(args: argparse.Namespace) -> None:

@@ -133,7 +133,12 @@ VLLM_METRICS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
     "spec_decode_num_accepted_tokens_per_pos": ("counter", "Accepted tokens per draft position.", None,
                                                 ("position",)),
 }
-"""Every vLLM metric pagoda exports (docs/serving.md lists those it does not, and why)."""
+"""Every vLLM metric pagoda exports on every server (docs/serving.md lists those it does not, and why)."""
+
+LORA_INFO = ("lora_requests_info", "Running stats on lora requests.",
+             ("max_lora", "waiting_lora_adapters", "running_lora_adapters"))
+"""vLLM's LoRA gauge (name, help, labels): exported only with ``--enable-lora``, as vLLM's, so not in
+:data:`VLLM_METRICS`. Its labels are its own (no ``model_name`` / ``engine``), its value the time of the last step."""
 
 NATIVE_METRICS: dict[str, tuple[str, str]] = {
     "cpu_cache_usage_perc": ("gauge", "Host-memory KV tier usage (--kv-offloading-size). 1 means 100 percent usage."),
@@ -258,6 +263,7 @@ class _EngineSeries:
         self.last_cumulative: dict[str, int] = {}
         self.last_per_pos: list[int] = []
         self.cpu_cache_usage = 0.0
+        self.loras: tuple[dict[str, int], dict[str, int]] = ({}, {})  # requests per adapter: running, waiting
 
 
 class PrometheusStatLogger:
@@ -271,8 +277,9 @@ class PrometheusStatLogger:
 
     def __init__(self, model_name: str, max_model_len: int = 4096, prefix: str = "pagoda",
                  cache_config: dict[str, str] | None = None, num_spec_tokens: int = 0, num_engines: int = 1,
-                 multiprocess: bool = False) -> None:
-        """``multiprocess``: several API server processes (:func:`enable_multiprocess` has run in this one)."""
+                 multiprocess: bool = False, max_loras: int | None = None) -> None:
+        """``multiprocess``: several API server processes (:func:`enable_multiprocess` has run in this one).
+        ``max_loras``: ``--max-loras`` with ``--enable-lora`` (None: LoRA is off, no ``lora_requests_info``)."""
         if prefix not in PREFIXES:
             raise ValueError(f"metrics prefix must be one of {PREFIXES}, got {prefix!r}")
         self.multiprocess = multiprocess
@@ -301,6 +308,12 @@ class PrometheusStatLogger:
             self.registry.register(_TokenGapsCollector(self.prefix, model_name, gaps))
         for i in range(num_engines):
             info_gauge.labels(engine=str(i), **(cache_config or {})).set(1)
+        self.max_loras = max_loras
+        self.lora_info: Gauge | None = None
+        if max_loras is not None:  # as vLLM: only with LoRA on, labelled by the adapters' names (no model / engine)
+            name, doc, labels = LORA_INFO
+            self.lora_info = Gauge(self.prefix + name, doc, list(labels), registry=self.registry,
+                                   multiprocess_mode=self._gauge_mode)
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
         self._cumulative = {"prefix_cache_queries": ("prefix_cache_queries", "gpu_prefix_cache_queries"),
                             "prefix_cache_hits": ("prefix_cache_hits", "gpu_prefix_cache_hits"),
@@ -367,6 +380,18 @@ class PrometheusStatLogger:
                     m[name].inc(value - last)
                 e.last_cumulative[field] = value
         self._on_spec_per_pos(stats.spec_accepted_per_pos, engine)
+        if self.lora_info is not None:
+            e.loras = (stats.running_lora_adapters, stats.waiting_lora_adapters)
+            self._on_loras()
+
+    def _on_loras(self) -> None:
+        """vLLM's ``lora_requests_info``: the series labelled with the adapters that have running / waiting requests
+        (comma-separated names; every replica's) is set to the current time (a consumer reads the newest)."""
+        assert self.lora_info is not None
+        running = sorted({n for e in self.engines for n, c in e.loras[0].items() if c > 0})
+        waiting = sorted({n for e in self.engines for n, c in e.loras[1].items() if c > 0})
+        self.lora_info.labels(max_lora=str(self.max_loras), waiting_lora_adapters=",".join(waiting),
+                              running_lora_adapters=",".join(running)).set_to_current_time()
 
     def on_tokens(self, prompt_tokens: int, generation_tokens: int, engine: int = 0) -> None:
         """vLLM's prompt / generation token counters and iteration_tokens_total, from the outputs of one engine step

@@ -474,5 +474,23 @@ class DetokenizeResponse(ResponseModel):
     prompt: str
 
 
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's body of ``POST /v1/load_lora_adapter``; any other field is a 400. ``load_inplace``: replace the adapter
+    served under ``lora_name`` (it gets a new ``lora_int_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    """vLLM's body of ``POST /v1/unload_lora_adapter``; ``lora_int_id``, if given, must be the adapter's."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str
+    lora_int_id: int | None = None
+
+
 class VersionResponse(ResponseModel):
     version: str

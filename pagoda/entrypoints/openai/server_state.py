@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from pagoda.config import EngineConfig
 from pagoda.engine.async_llm import AsyncLLM
 from pagoda.entrypoints.openai.api_servers import ApiServerProcesses
 from pagoda.entrypoints.openai.cli_args import engine_args_from
@@ -24,10 +25,12 @@ from pagoda.entrypoints.openai.metrics import (
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
+from pagoda.entrypoints.openai.serving_models import ServingModels
 from pagoda.entrypoints.openai.serving_pooling import OpenAIServingPooling
 from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 from pagoda.entrypoints.openai.serving_tokenize import OpenAIServingTokenization
 from pagoda.entrypoints.url_host import url_host
+from pagoda.models.model_files import DEFAULT_MODEL_ALIASES
 
 logger = logging.getLogger("pagoda.server")
 
@@ -63,7 +66,7 @@ class ServerState:
         self.responses: OpenAIServingResponses | None = None
         self.pooling: OpenAIServingPooling | None = None
         self.server_load = 0
-        self.served_model_names: list[str] = []
+        self.models: ServingModels | None = None  # the served names: the base model's and the LoRA adapters'
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] | None = None
         self.on_engine_death: Callable[[], None] | None = None  # set by run_server: exit after a delay
@@ -83,6 +86,12 @@ class ServerState:
         return self
 
 
+def model_root(cfg: EngineConfig) -> str:
+    """``/v1/models``' ``root`` of the base model: the model as ``--model`` named it (a hub id stays a hub id, as
+    vLLM's, so a client can load its tokenizer from it), the folder only for the embedded default model."""
+    return str(cfg.model_path) if cfg.model is None or cfg.model in DEFAULT_MODEL_ALIASES else cfg.model
+
+
 async def load_engine(state: ServerState) -> None:
     """Start the engine core and build the serving objects; on failure, record why and call
     ``on_load_failure``."""
@@ -97,26 +106,30 @@ async def load_engine(state: ServerState) -> None:
         cfg = engine.cfg
         assert cfg is not None
         names = list(cfg.served_model_name)
-        state.served_model_names = names
+        models = ServingModels(engine, names, model_root(cfg), engine.max_model_len)
+        await models.init_static_loras(getattr(args, "lora_modules", None) or [])
+        state.models = models
         state.metrics = PrometheusStatLogger(names[0], cfg.max_model_len, getattr(args, "metrics_prefix", "pagoda"),
                                              cache_config_info(cfg, engine), num_speculative_tokens(cfg),
                                              num_engines=cfg.data_parallel_size,
-                                             multiprocess=getattr(args, "api_server_count", 1) > 1)
+                                             multiprocess=getattr(args, "api_server_count", 1) > 1,
+                                             max_loras=cfg.lora.max_loras if cfg.lora is not None else None)
         engine.stat_loggers.append(state.metrics)
         if not getattr(args, "disable_log_stats", False) and engine.client == 0:  # client 0 has the engine's stats
             state.stats_log = LoggingStatLogger(kv_offload=bool(cfg.kv_offloading_size))
             engine.stat_loggers.append(state.stats_log)
         common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
-        state.chat = OpenAIServingChat(engine, names, state.limits, **common)
+        state.chat = OpenAIServingChat(engine, models, state.limits, **common)
         state.responses = OpenAIServingResponses(state.chat)
-        state.completion = OpenAIServingCompletion(engine, names, state.limits, **common)
-        state.pooling = OpenAIServingPooling(engine, names, state.limits, **common)
-        state.tokenization = OpenAIServingTokenization(engine, names, state.limits, chat=state.chat, **common)
+        state.completion = OpenAIServingCompletion(engine, models, state.limits, **common)
+        state.pooling = OpenAIServingPooling(engine, models, state.limits, **common)
+        state.tokenization = OpenAIServingTokenization(engine, models, state.limits, chat=state.chat, **common)
         if state.on_ready is not None:
             state.on_ready()
         if getattr(args, "port", None) is not None:  # an HTTP server (``pagoda run-batch`` has no port)
             scheme = "https" if getattr(args, "ssl_certfile", None) else "http"
-            logger.info("serving %s on %s://%s:%d", ", ".join(names), scheme, url_host(args.host), args.port)
+            logger.info("serving %s on %s://%s:%d", ", ".join([*names, *models.lora_requests]), scheme,
+                        url_host(args.host), args.port)
     except asyncio.CancelledError:
         raise
     except Exception as e:

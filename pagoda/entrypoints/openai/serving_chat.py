@@ -88,8 +88,10 @@ class OpenAIServingChat(OpenAIServing):
             return await self._create(req)
 
     async def _create(self, req: ChatCompletionRequest) -> Any:
-        model = self.model_name(req.model)
+        model, lora = self.resolve_model(req.model)
         self.check_common(req, "chat")
+        if req.use_beam_search:
+            self.check_no_beam_lora(lora)
         logprobs = self._logprobs(req)
         plan = plan_tools(req, self.limits.tools)
         check_reasoning_request(req, self.limits.tools, plan, structured_outputs_from_request(req)[0] is not None)
@@ -122,7 +124,7 @@ class OpenAIServingChat(OpenAIServing):
             self.log_request(request_id, text, ids, params)
             stream = self.engine.add_request(
                 request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params,
-                    priority=req.priority or 0)
+                priority=req.priority or 0, lora_request=lora)
         if req.stream:
             return StreamingResponse(self._stream(req, model, request_id, stream, plan),
                                      media_type="text/event-stream",

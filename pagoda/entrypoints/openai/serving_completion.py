@@ -101,8 +101,10 @@ class OpenAIServingCompletion(OpenAIServing):
             return await self._create(req)
 
     async def _create(self, req: CompletionRequest) -> Any:
-        model = self.model_name(req.model)
+        model, lora = self.resolve_model(req.model)
         self.check_common(req, "completions")
+        if req.use_beam_search:
+            self.check_no_beam_lora(lora)
         if req.logprobs is not None and req.logprobs < 0:  # vLLM's server: -1 only for prompt_logprobs here
             raise ServingError(400, "`logprobs` must be a positive value.", param="logprobs")
         prompts = self._prompts(req)
@@ -127,7 +129,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(
                     rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params,
-                    priority=req.priority or 0))
+                    priority=req.priority or 0, lora_request=lora))
         except BaseException:
             for s in streams:
                 s.close()

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
 
@@ -47,9 +47,13 @@ from pagoda.entrypoints.openai.request_fields import check_request_fields
 from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 from pagoda.errors import EngineInvariantError, ValidationError
+from pagoda.lora.request import LoRARequest
 from pagoda.outputs import Logprob, RequestOutput
 from pagoda.reasoning.token_ids import ReasoningTokenIds, reasoning_token_ids
 from pagoda.sampling_params import BeamSearchParams, SamplingParams
+
+if TYPE_CHECKING:
+    from pagoda.entrypoints.openai.serving_models import ServingModels
 
 logger = logging.getLogger("pagoda.server")
 
@@ -74,7 +78,7 @@ class ServerLimits:
 
 class ServingError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -155,10 +159,11 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLM, served_model_names: list[str], limits: ServerLimits,
+    def __init__(self, engine: AsyncLLM, models: ServingModels, limits: ServerLimits,
                  log_requests: bool = True, max_log_len: int | None = None) -> None:
+        """``models``: the served names (base model and LoRA adapters), shared by every serving object."""
         self.engine = engine
-        self.served_model_names = served_model_names
+        self.models = models
         self.limits = limits
         self.log_requests = log_requests
         self.max_log_len = max_log_len
@@ -178,11 +183,26 @@ class OpenAIServing:
         return self._reasoning_tags
 
     # ------------------------------------------------------------------ checks
-    def model_name(self, requested: str | None) -> str:
-        if requested and requested not in self.served_model_names:
-            raise ServingError(404, f"The model `{requested}` does not exist.", "invalid_request_error", "model",
-                               "model_not_found")
-        return requested or self.served_model_names[0]
+    @property
+    def served_model_names(self) -> list[str]:
+        return self.models.base_names
+
+    def resolve_model(self, requested: str | None) -> tuple[str, LoRARequest | None]:
+        """The request's ``model``: the name its response reports and the LoRA adapter it runs with (None: the
+        base model); an unknown name is vLLM's 404 (:meth:`ServingModels.resolve`)."""
+        return self.models.resolve(requested)
+
+    def model_name(self, requested: str | None, what: str = "pooling") -> str:
+        """The request's ``model`` on a route that takes no LoRA adapter (``what``): an adapter's name is a 400."""
+        return self.models.base_only(requested, what)
+
+    @staticmethod
+    def check_no_beam_lora(lora: LoRARequest | None) -> None:
+        """Beam search runs the base model only: with an adapter, a 400 (never the base model silently)."""
+        if lora is not None:
+            raise ServingError(400, f"use_beam_search with the LoRA adapter `{lora.lora_name}` is not supported "
+                               f"(beam search runs the base model only); sample instead, or name the base model.",
+                               param="use_beam_search")
 
     def check_common(self, req: SamplingFields, endpoint: str) -> None:
         """Request-shape checks shared by completions and chat (the engine's admission comes later)."""

@@ -220,7 +220,7 @@ class OpenAIServingResponses:
         self.check(req)
         chat = self.chat
         with responses_field_names(req):
-            model = chat.model_name(req.model)
+            model, lora = chat.resolve_model(req.model)
             creq = chat_request(req)
             plan = plan_tools(creq, chat.limits.tools)
             check_reasoning_request(creq, chat.limits.tools, plan, creq.response_format is not None)
@@ -241,7 +241,8 @@ class OpenAIServingResponses:
             rid = f"resp_{uuid.uuid4().hex}"
             chat.log_request(rid, text, ids, params)
             stream = chat.engine.add_request(rid, {"prompt": text, "prompt_token_ids": ids,
-                                                   "cache_salt": creq.cache_salt}, params, priority=creq.priority or 0)
+                                                   "cache_salt": creq.cache_salt}, params, priority=creq.priority or 0,
+                                               lora_request=lora)
         resp = self.base_response(req, rid, model)
         num, as_ids = chat.num_logprobs(logprobs), chat.as_ids(creq)
 

@@ -42,7 +42,7 @@ class OpenAIServingTokenization(OpenAIServing):
         except ValidationError as e:
             raise validation_error(e) from None
         check_request_fields(req, "tokenize")
-        self.model_name(req.model)
+        self.resolve_model(req.model)  # an adapter's name too: adapters share the base model's tokenizer
         if isinstance(req, TokenizeChatRequest):
             _, ids = self.chat.render_prompt(req.messages, req.add_generation_prompt, req.continue_final_message,
                                              req.chat_template, req.chat_template_kwargs, check_tools(req.tools),
@@ -55,7 +55,7 @@ class OpenAIServingTokenization(OpenAIServing):
 
     def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
         check_request_fields(req, "detokenize")
-        self.model_name(req.model)
+        self.resolve_model(req.model)  # an adapter's name too: adapters share the base model's tokenizer
         V = self.engine.vocab_size
         for t in req.tokens:
             if not 0 <= t < V:

@@ -1,6 +1,7 @@
 """The server's routes, one module per endpoint family, each with an ``APIRouter``.
 
-``ROUTERS`` are always served; :func:`routers` adds those a flag turns on.
+``ROUTERS`` are always served; :func:`routers` adds those a flag (or, for the runtime LoRA routes, an environment
+variable) turns on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pagoda.entrypoints.openai.routes import (
     chat,
     chat_page,
     completions,
+    lora,
     models,
     pooling,
     responses,
@@ -28,4 +30,4 @@ ROUTERS: tuple[APIRouter, ...] = (admin.router, models.router, completions.route
 
 
 def routers(args: argparse.Namespace) -> list[APIRouter]:
-    return [*ROUTERS, *server_info.optional_routers(args)]
+    return [*ROUTERS, *server_info.optional_routers(args), *lora.optional_routers()]
