@@ -131,19 +131,31 @@ class RequestStream:
     held back until it is resolved).
     """
 
-    def __init__(self, engine: AsyncLLM, request_id: str, parent: ParentState, prompt_token_ids: list[int]) -> None:
+    parent: ParentState  # set by _bind (a deferred request's once it is added)
+
+    def __init__(self, engine: AsyncLLM, request_id: str, parent: ParentState | None,
+                 prompt_token_ids: list[int]) -> None:
+        """``parent`` None: a request whose adding waits for the engine's start (:meth:`AsyncLLM.add_request` before
+        the engine is ready); ``_pending`` adds it on the first ``await`` / ``__anext__`` (its errors raise there)."""
         self.engine = engine
         self.request_id = request_id
-        self.parent = parent
-        self.prompt_token_ids = prompt_token_ids
-        self.n = parent.params.n
         self._latest: RequestOutput | None = None
-        self._deltas = [""] * self.n
         self._error: BaseException | None = None
         self._event = asyncio.Event()
-        self.last_deltas = [""] * self.n
         self.finished = False  # the engine is done with this request (finished, failed or aborted)
         self._delivered_final = False
+        self._pending: Callable[[RequestStream], None] | None = None  # adds a deferred request
+        self._adding: asyncio.Future | None = None  # the deferred add under way (awaited by every consumer)
+        self._bind(parent, prompt_token_ids)
+
+    def _bind(self, parent: ParentState | None, prompt_token_ids: list[int]) -> None:
+        """Attach the request's state (once the front end has admitted it)."""
+        if parent is not None:
+            self.parent = parent
+        self.prompt_token_ids = prompt_token_ids
+        self.n = parent.params.n if parent is not None else 1
+        self._deltas = [""] * self.n
+        self.last_deltas = [""] * self.n
 
     # ------------------------------------------------------------- producer side
     def _put(self, out: RequestOutput, deltas: list[str]) -> None:
@@ -165,15 +177,51 @@ class RequestStream:
         self._event.set()
 
     # ------------------------------------------------------------- consumer side
+    def __await__(self) -> Generator[Any, None, RequestStream]:
+        """``await engine.add_request(...)`` (vLLM's ``add_request`` is a coroutine returning the request's output
+        collector): the stream itself, once its request is queued."""
+        if self._pending is not None or self._adding is not None:
+            yield from self._ensure_added().__await__()
+        return self
+
+    async def _ensure_added(self) -> None:
+        """Run a deferred add once (start the engine, then admit and queue the request); its error raises to
+        every caller."""
+        if self._adding is None:
+            add, self._pending = self._pending, None
+            assert add is not None
+
+            async def start_then_add() -> None:
+                await self.engine._ensure_started()
+                if self.finished:  # closed meanwhile: never queued
+                    self._delivered_final = True
+                    return
+                add(self)
+
+            self._adding = asyncio.ensure_future(start_then_add())
+        try:
+            await asyncio.shield(self._adding)
+        except BaseException as e:
+            if not self._adding.done() or self._adding.cancelled():
+                raise  # this caller was cancelled: the add goes on for the others
+            self.finished = self._delivered_final = True
+            raise e from None
+
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
+        if self._pending is not None or self._adding is not None:
+            await self._ensure_added()
         if self._delivered_final:
             raise StopAsyncIteration
         while self._latest is None and self._error is None:
             self._event.clear()
             await self._event.wait()
+        return self._take()
+
+    def _take(self) -> RequestOutput:
+        """Hand over the waiting output (or raise the waiting error); one of them is waiting."""
         if self._latest is not None:
             out = self._latest
             self._latest = None
@@ -185,8 +233,29 @@ class RequestStream:
         assert self._error is not None
         raise self._error
 
+    async def get(self) -> RequestOutput:
+        """vLLM's ``RequestOutputCollector.get``: the next output (waits for one; raises the request's error).
+        After the final output it raises ``StopAsyncIteration``."""
+        return await self.__anext__()
+
+    def get_nowait(self) -> RequestOutput | None:
+        """vLLM's ``RequestOutputCollector.get_nowait``: the output waiting now, else None (raises the request's
+        error)."""
+        if self._pending is not None or self._adding is not None and not self._adding.done():
+            return None
+        if self._adding is not None and not self._adding.cancelled() and self._adding.exception() is not None:
+            raise self._adding.exception()  # type: ignore[misc]  # the deferred add's error
+        if self._delivered_final or self._latest is None and self._error is None:
+            return None
+        return self._take()
+
     def close(self) -> None:
-        """Stop following the request; aborts it in the core unless it already finished."""
+        """Stop following the request; aborts it in the core unless it already finished. A deferred request not yet
+        added is dropped (never queued)."""
+        if self._pending is not None:
+            self._pending = None
+            self.finished = self._delivered_final = True
+            return
         if not self.finished:
             self.finished = True
             self.engine.abort(self.request_id)
@@ -220,6 +289,58 @@ async def final_output(stream: Any) -> RequestOutput:
         stream.close()
     assert last is not None
     return last
+
+
+TOKENIZATION_KWARGS = ("add_special_tokens", "truncate_prompt_tokens", "truncation", "max_length")
+"""The keys of vLLM's ``tokenization_kwargs`` pagoda honours (any other is refused by name)."""
+
+
+def apply_tokenization_kwargs(prompt: PromptType, kwargs: dict[str, Any] | None, tokenizer: Any,
+                              max_model_len: int) -> PromptType:
+    """vLLM's ``tokenization_kwargs`` applied to one prompt: a text prompt is tokenized here with
+    ``add_special_tokens`` (default True) and comes back as a prompt dict with its ids; ``truncate_prompt_tokens``
+    (k, or -1: the context length) and ``truncation`` / ``max_length`` (HF's: ``max_length`` given, or
+    ``truncation=True`` with the context length) keep the prompt's last k tokens, as vLLM's tokenizer (its
+    truncation side is left). ``add_special_tokens`` has no effect on token-id prompts (as in vLLM). None / {}:
+    the prompt unchanged. Raises ``ValidationError`` naming a key pagoda does not honour or a bad value."""
+    if not kwargs:
+        return prompt
+    if not isinstance(kwargs, dict):
+        raise ValidationError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.",
+                              "tokenization_kwargs")
+    unknown = sorted(str(k) for k in kwargs if k not in TOKENIZATION_KWARGS)
+    if unknown:
+        raise ValidationError(f"tokenization_kwargs key(s) {unknown} are not supported; pagoda honours "
+                              f"{list(TOKENIZATION_KWARGS)}.", "tokenization_kwargs")
+    special = kwargs.get("add_special_tokens", True)
+    truncation = kwargs.get("truncation")
+    if not isinstance(special, bool) or truncation is not None and not isinstance(truncation, bool):
+        raise ValidationError("tokenization_kwargs: add_special_tokens and truncation must be booleans.",
+                              "tokenization_kwargs")
+    keep: list[int] = []
+    for name in ("truncate_prompt_tokens", "max_length"):
+        k = kwargs.get(name)
+        if k is None:
+            continue
+        if isinstance(k, bool) or not isinstance(k, int) or not (k >= 1 or k == -1 and name != "max_length"):
+            raise ValidationError(f"tokenization_kwargs[{name!r}]={k!r}: must be a positive integer"
+                                  f"{' or -1 (the context length)' if name != 'max_length' else ''}.",
+                                  "tokenization_kwargs")
+        if name == "max_length" and truncation is False:
+            continue  # HF: max_length without truncation does not cut
+        keep.append(max_model_len if k == -1 else k)
+    if truncation and kwargs.get("max_length") is None:
+        keep.append(max_model_len)
+    if isinstance(prompt, str):
+        prompt = {"prompt": prompt}
+    if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(prompt.get("prompt"), str):
+        prompt = {**prompt, "prompt_token_ids": tokenizer.encode(prompt["prompt"], add_special_tokens=special)}
+    if keep:
+        if isinstance(prompt, dict) and isinstance(prompt.get("prompt_token_ids"), (list, tuple)):
+            prompt = {**prompt, "prompt_token_ids": list(prompt["prompt_token_ids"])[-min(keep):]}
+        elif isinstance(prompt, list):
+            prompt = prompt[-min(keep):]
+    return prompt
 
 
 @dataclass
@@ -515,23 +636,81 @@ class AsyncLLM:
         assert self.input_processor is not None
         return self.input_processor.default_sampling_params()
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
-                    priority: int = 0, lora_request: LoRARequest | None = None) -> RequestStream:
-        """Tokenize, admit and queue a request. Raises ``ValidationError`` (nothing queued) if invalid; a bad
-        ``lora_request`` adapter (which the core reads) ends the stream with that error instead."""
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | PoolingParams | None = None,
+                    arrival_time: float | None = None, lora_request: LoRARequest | None = None,
+                    tokenization_kwargs: dict[str, Any] | None = None, trace_headers: Any = None,
+                    priority: int = 0, data_parallel_rank: int | None = None) -> RequestStream:
+        """vLLM's ``add_request`` (its parameters in its order): tokenize, admit and queue a request; returns its
+        :class:`RequestStream` (vLLM's ``RequestOutputCollector``: ``get()``, ``get_nowait()``, or ``async for``).
+
+        Called plainly on a ready engine it queues at once and raises ``ValidationError`` (nothing queued) if the
+        request is invalid; the result may also be awaited (vLLM's ``await engine.add_request(...)``). Before the
+        engine is ready, when this front end starts it itself (``from_engine_args``, ``generate()``), the request
+        is queued on the first ``await`` / ``get()`` / iteration, after the start; its errors raise there. A bad
+        ``lora_request`` adapter (which the core reads) ends the stream with that error. ``PoolingParams``: a
+        pooling request (:meth:`add_pooling_request`). ``tokenization_kwargs``: see
+        :func:`pagoda.engine.tokenization_kwargs.apply`; ``data_parallel_rank``: the replica to run it
+        (default: the least loaded); ``arrival_time`` and ``trace_headers`` only None (pagoda times a request from
+        its admission and has no tracing)."""
+        for name, value in (("arrival_time", arrival_time), ("trace_headers", trace_headers)):
+            if value is not None:
+                raise ValidationError(f"{name}={value!r}: pagoda's AsyncLLM.add_request takes only None (it times a "
+                                      f"request from its admission and has no request tracing).", name)
+        if isinstance(params, PoolingParams):
+            if lora_request is not None:
+                raise ValidationError("lora_request: pooling requests take no LoRA adapter; pass None.",
+                                      "lora_request")
+            return self.add_pooling_request(request_id, prompt, params, priority,
+                                            tokenization_kwargs=tokenization_kwargs,
+                                            data_parallel_rank=data_parallel_rank)
+
+        def add(stream: RequestStream | None) -> RequestStream:
+            return self._add_generate(stream, request_id, prompt, params, priority, lora_request,
+                                      tokenization_kwargs, data_parallel_rank)
+
+        return self._deferred(request_id, add) or add(None)
+
+    def _deferred(self, request_id: str, add: Callable[[RequestStream], Any]) -> RequestStream | None:
+        """A stream whose ``add`` waits for the engine's start, when this front end starts the engine itself and
+        it is not ready yet; None otherwise (add now: a ready engine, or one the server is starting, whose
+        requests get ``EngineNotReadyError``)."""
+        ours = (self._starting is not None and not self._starting.done()) or \
+            (self.state == "created" and self._starting is None)
+        if not ours:
+            return None
+        stream = RequestStream(self, request_id, None, [])
+        stream._pending = add
+        return stream
+
+    def _add_generate(self, stream: RequestStream | None, request_id: str, prompt: PromptType,
+                      params: SamplingParams | None, priority: int, lora_request: LoRARequest | None,
+                      tokenization_kwargs: dict[str, Any] | None, data_parallel_rank: int | None) -> RequestStream:
+        """Admit and queue a generation request now (into ``stream`` when a deferred one waits for it)."""
         self.check_servable()
         assert self.input_processor is not None and self.output_processor is not None
         admission.check_request_id_free(request_id, request_id in self._streams or
                                         request_id in self.output_processor.parents)
+        prompt = apply_tokenization_kwargs(prompt, tokenization_kwargs, self.tokenizer, self.max_model_len)
+        rank = self._check_rank(data_parallel_rank)
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority, lora_request)
         try:  # encode before registering anything, so a failure leaves no state behind
             frames = [self._enc.encode(AddRequest(r, self.client)) for r in core_reqs]
         except (OverflowError, TypeError, ValueError) as e:
             raise ValidationError(f"The request holds a value the engine cannot carry: {e}") from None
         self.output_processor.add_request(request_id, text, ids, params, lora_request=lora_request)
-        stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
+        return self._register(stream, request_id, ids, frames, [r.request_id for r in core_reqs], rank)
+
+    def _register(self, stream: RequestStream | None, request_id: str, ids: list[int], frames: list[bytes],
+                  child_ids: list[str], rank: int | None) -> RequestStream:
+        """Make (or bind) the request's stream and send its frames to the replica chosen for it."""
+        assert self.output_processor is not None
+        parent = self.output_processor.parents[request_id]
+        if stream is None:
+            stream = RequestStream(self, request_id, parent, ids)
+        else:
+            stream._bind(parent, ids)
         self._streams[request_id] = stream
-        engine = self._dispatch([r.request_id for r in core_reqs])
+        engine = self._dispatch(child_ids, rank)
         try:
             for f in frames:
                 self._send_raw(f, engine)
@@ -540,30 +719,43 @@ class AsyncLLM:
             raise
         return stream
 
-    def add_pooling_request(self, request_id: str, prompt: PromptType, params: PoolingParams,
-                            priority: int = 0) -> RequestStream:
-        """Tokenize, admit and queue a pooling request (``--runner pooling``); its stream yields one final
-        ``PoolingRequestOutput``. Raises ``ValidationError`` (nothing queued) if invalid."""
-        self.check_servable()
-        assert self.input_processor is not None and self.output_processor is not None
-        admission.check_request_id_free(request_id, request_id in self._streams or
-                                        request_id in self.output_processor.parents)
-        text, ids, core_req = self.input_processor.process_pooling(request_id, prompt, params, priority)
-        frame = self._enc.encode(AddRequest(core_req, self.client))
-        self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
-        stream = RequestStream(self, request_id, self.output_processor.parents[request_id], ids)
-        self._streams[request_id] = stream
-        engine = self._dispatch([core_req.request_id])
-        try:
-            self._send_raw(frame, engine)
-        except BaseException:
-            self.abort(request_id)
-            raise
-        return stream
+    def _check_rank(self, rank: int | None) -> int | None:
+        """vLLM's ``data_parallel_rank``: None, or a replica of this engine."""
+        size = self.balancer.num_engines
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < size):
+            raise ValidationError(f"data_parallel_rank={rank!r}: must be None or a replica index in [0, {size}) "
+                                  f"(--data-parallel-size {size}).", "data_parallel_rank")
+        return rank
 
-    def _dispatch(self, child_ids: list[str]) -> int:
-        """The replica that will run these engine requests (the samples of one request); records it."""
-        engine = self.balancer.choose()
+    def add_pooling_request(self, request_id: str, prompt: PromptType, params: PoolingParams,
+                            priority: int = 0, *, tokenization_kwargs: dict[str, Any] | None = None,
+                            data_parallel_rank: int | None = None) -> RequestStream:
+        """Tokenize, admit and queue a pooling request (``--runner pooling``); its stream yields one final
+        ``PoolingRequestOutput``. Raises ``ValidationError`` (nothing queued) if invalid; awaitable and deferred
+        before the engine's start as :meth:`add_request`."""
+
+        def add(stream: RequestStream | None) -> RequestStream:
+            self.check_servable()
+            assert self.input_processor is not None and self.output_processor is not None
+            admission.check_request_id_free(request_id, request_id in self._streams or
+                                            request_id in self.output_processor.parents)
+            p = apply_tokenization_kwargs(prompt, tokenization_kwargs, self.tokenizer, self.max_model_len)
+            rank = self._check_rank(data_parallel_rank)
+            text, ids, core_req = self.input_processor.process_pooling(request_id, p, params, priority)
+            frame = self._enc.encode(AddRequest(core_req, self.client))
+            self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
+            return self._register(stream, request_id, ids, [frame], [core_req.request_id], rank)
+
+        return self._deferred(request_id, add) or add(None)
+
+    def _dispatch(self, child_ids: list[str], rank: int | None = None) -> int:
+        """The replica that will run these engine requests (the samples of one request): ``rank`` when given, else
+        the least loaded; records it."""
+        if rank is None:
+            engine = self.balancer.choose()
+        else:
+            engine = rank
+            self.balancer.counts[rank][0] += 1  # counted as waiting there, as choose() does
         for cid in child_ids:
             self._owner[cid] = engine
         return engine
@@ -580,12 +772,13 @@ class AsyncLLM:
         for cid in child_ids:
             self._owner.pop(cid, None)
 
-    async def encode(self, prompt: PromptType, pooling_params: PoolingParams, request_id: str, *, priority: int = 0
-                     ) -> AsyncIterator[PoolingRequestOutput]:
+    async def encode(self, prompt: PromptType, pooling_params: PoolingParams, request_id: str, *, priority: int = 0,
+                     tokenization_kwargs: dict[str, Any] | None = None) -> AsyncIterator[PoolingRequestOutput]:
         """vLLM's ``AsyncLLM.encode``: an async generator of the pooling request's output (one, final); leaving it
         early (break, cancellation) aborts the request. Starts the engine if nobody did."""
         await self._ensure_started()
-        stream = self.add_pooling_request(request_id, prompt, pooling_params, priority)
+        stream = await self.add_pooling_request(request_id, prompt, pooling_params, priority,
+                                                tokenization_kwargs=tokenization_kwargs)
         try:
             async for out in stream:
                 yield out  # type: ignore[misc]  # a pooling request's stream yields PoolingRequestOutput
@@ -593,13 +786,15 @@ class AsyncLLM:
             stream.close()
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str, *,
-                       priority: int = 0, lora_request: LoRARequest | None = None) -> AsyncIterator[RequestOutput]:
+                       priority: int = 0, lora_request: LoRARequest | None = None,
+                       tokenization_kwargs: dict[str, Any] | None = None) -> AsyncIterator[RequestOutput]:
         """vLLM's ``AsyncLLM.generate``: the request's outputs as ``sampling_params.output_kind`` says (CUMULATIVE,
         DELTA or FINAL_ONLY); leaving the loop early (break, cancellation) aborts it and frees its KV blocks.
         Starts the engine if nobody did. ``lora_request``: the LoRA adapter to run with (needs an engine started
         with ``enable_lora``; None: the base model)."""
         await self._ensure_started()
-        stream = self.add_request(request_id, prompt, sampling_params, priority, lora_request)
+        stream = await self.add_request(request_id, prompt, sampling_params, lora_request=lora_request,
+                                        tokenization_kwargs=tokenization_kwargs, priority=priority)
         try:
             async for out in stream:
                 yield out

@@ -13,7 +13,7 @@ from pagoda.config import EngineArgs
 from pagoda.engine.chat_content_format import CONTENT_FORMATS
 from pagoda.engine.chat_template_args import template_kwargs
 from pagoda.engine.input_processor import PromptType
-from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.llm_engine import LLMEngine, Metric
 from pagoda.engine.tokenizer import apply_chat_template
 from pagoda.entrypoints.llm_pooling import PoolingMixin
 from pagoda.entrypoints.vllm_flags import check_llm_kwargs, check_no_lora
@@ -102,10 +102,9 @@ class LLM(PoolingMixin):
         disable_log_stats: bool = True,
         **kwargs: Any,
     ) -> None:
-        if disable_log_stats is not True:  # vLLM's LLM takes it (True by default); pagoda's logs no periodic stats
-            raise ValueError(f"LLM(disable_log_stats={disable_log_stats!r}): the offline LLM logs no periodic stats "
-                             f"line (only True is taken); serve the model (pagoda serve) for the stats log and "
-                             f"/metrics.")
+        if not isinstance(disable_log_stats, bool):
+            raise ValueError(f"LLM(disable_log_stats={disable_log_stats!r}): must be a bool: only True (no stats, "
+                             f"vLLM's default) or False (vLLM's stats log line and get_metrics()) is taken.")
         kwargs = check_llm_kwargs(kwargs, {f.name for f in dataclasses.fields(EngineArgs)})
         args = EngineArgs(
             model=model,
@@ -125,7 +124,8 @@ class LLM(PoolingMixin):
             enforce_eager=enforce_eager,
             **kwargs,
         )
-        self.llm_engine = LLMEngine.from_engine_args(args)
+        # disable_log_stats=False (vLLM's): the periodic stats line and vLLM's metrics for get_metrics()
+        self.llm_engine = LLMEngine.from_engine_args(args, log_stats=not disable_log_stats)
         # Dropping the LLM frees its device memory even if a reference cycle delays collection
         # of the engine; not at interpreter exit (the process's memory goes anyway).
         self._finalizer = weakref.finalize(self, self.llm_engine.shutdown)
@@ -154,6 +154,33 @@ class LLM(PoolingMixin):
         benchmark runs. True when the cache is empty afterwards (always, between ``generate`` calls)."""
         return self.llm_engine.reset_prefix_cache()
 
+    def get_metrics(self) -> list[Metric]:
+        """vLLM's ``LLM.get_metrics``: a snapshot of vLLM's metrics (``vllm:`` names, as the server's ``/metrics``
+        with ``--metrics-prefix vllm``) as :class:`~pagoda.engine.llm_engine.Counter` / ``Gauge`` / ``Histogram`` /
+        ``Vector`` objects. Needs ``LLM(..., disable_log_stats=False)``, as vLLM's (else ``RuntimeError``)."""
+        return self.llm_engine.get_metrics()
+
+    def collective_rpc(self, method: str | Callable[..., Any], timeout: float | None = None, args: tuple = (),
+                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+        """vLLM's ``collective_rpc``: run ``method`` (a callable taking the worker first, or a worker method's
+        name) on every worker; pagoda's in-process engine has one, its model runner, in this process
+        (:meth:`pagoda.engine.llm_engine.LLMEngine.collective_rpc` says what is refused)."""
+        return self.llm_engine.collective_rpc(method, timeout, args, kwargs)
+
+    def apply_model(self, func: Callable[[Any], Any]) -> list[Any]:
+        """vLLM's ``apply_model``: ``func(model)`` on each worker's ``torch.nn.Module`` (one here), results in a
+        list."""
+        return self.llm_engine.apply_model(func)
+
+    def start_profile(self) -> None:
+        """vLLM's ``start_profile``: a torch profiler trace until :meth:`stop_profile`, written to
+        ``$VLLM_TORCH_PROFILER_DIR`` (needed, as in vLLM; else ``RuntimeError``)."""
+        self.llm_engine.start_profile()
+
+    def stop_profile(self) -> None:
+        """vLLM's ``stop_profile``: end the trace and write it."""
+        self.llm_engine.stop_profile()
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
@@ -161,6 +188,8 @@ class LLM(PoolingMixin):
         use_tqdm: ProgressArg = True,
         priority: Sequence[int] | None = None,
         lora_request: Any = None,
+        *,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt; results come back in input order.
 
@@ -169,6 +198,9 @@ class LLM(PoolingMixin):
         field) before any request is queued. ``lora_request``: the LoRA adapter (a
         :class:`~pagoda.lora.request.LoRARequest`, on an engine started with ``enable_lora=True``) for every prompt,
         or a list of one per prompt (None: the base model). ``use_tqdm``: see :data:`ProgressArg`.
+        ``tokenization_kwargs``: vLLM's overrides of the tokenizer's encode for every prompt
+        (``add_special_tokens``, ``truncate_prompt_tokens``, ``truncation`` / ``max_length``; any other key raises
+        ``ValidationError``; :func:`~pagoda.engine.async_llm.apply_tokenization_kwargs`).
         """
         plist = _as_prompt_list(prompts)
         loras = check_lora_requests(lora_request, len(plist))
@@ -192,7 +224,7 @@ class LLM(PoolingMixin):
         if priority is not None and len(priority) != len(plist):
             raise ValidationError(f"Got {len(priority)} priorities for {len(plist)} prompts; pass one per prompt.",
                                   "priority")
-        return self._run(plist, params, use_tqdm, priority, loras=loras)
+        return self._run(plist, params, use_tqdm, priority, loras=loras, tokenization_kwargs=tokenization_kwargs)
 
     def chat(
         self,
@@ -296,7 +328,8 @@ class LLM(PoolingMixin):
 
     def _run(self, prompts: Sequence[PromptType], params: Sequence[SamplingParams | PoolingParams],
              use_tqdm: ProgressArg, priority: Sequence[int] | None = None,
-             positions: Sequence[int] | None = None, loras: Sequence[Any] | None = None) -> list[Any]:
+             positions: Sequence[int] | None = None, loras: Sequence[Any] | None = None,
+             tokenization_kwargs: dict[str, Any] | None = None) -> list[Any]:
         """Run every prompt to the end; results in the order given. Nothing stays queued when it raises. A prompt
         refused (of several) or failed is named by ``positions[i]``, the caller's index of ``prompts[i]`` (default
         ``i``), so the user can find it in a large batch."""
@@ -307,7 +340,8 @@ class LLM(PoolingMixin):
             for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
                 rid = eng.next_request_id()
                 eng.add_request(rid, p, sp, final_only=True, priority=priority[i] if priority is not None else 0,
-                                lora_request=loras[i] if loras is not None else None)
+                                lora_request=loras[i] if loras is not None else None,
+                                tokenization_kwargs=tokenization_kwargs)
                 ids.append(rid)
         except ValidationError as e:
             eng.abort_request(ids)
