@@ -4,8 +4,10 @@
   (:mod:`pagoda.lora.peft`) unless it is in the host cache; a bad one raises ``ValueError`` and fails that request
   only. The host cache keeps ``max_cpu_loras`` adapters, least recently used dropped first; one dropped is read
   again from its folder when a step needs it.
-* ``lora_int_id`` names one adapter folder for the engine's life (the prefix cache keys blocks by the id): the same
-  id with another ``lora_path`` is refused.
+* ``lora_int_id`` names one adapter for the engine's life (the prefix cache keys blocks by the id): the same id with
+  another ``lora_path`` is refused, and so is the id once its files changed on disk (:class:`_Files`: a request
+  naming it, or a step reading it again after the host cache dropped it, fails with the error), so that no
+  request runs with, or reuses KV blocks of, weights other than those first loaded under the id.
 * :meth:`LoRAManager.set_batch` (the model runner, once per step): the step's adapters (at most ``max_loras``: the
   scheduler's invariant) get device slots, a slot holding none of them taken over least recently used first, and
   each adapter's rows go to the hooks (:class:`~pagoda.lora.layers.LoRABatch`).
@@ -13,9 +15,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +35,58 @@ logger = logging.getLogger("pagoda")
 
 def _real(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
+
+
+_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _stats(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of the adapter files in ``folder`` now (empty when there are none)."""
+    out = []
+    for name in _FILES:
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            continue
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _digest(folder: Path) -> str:
+    """sha256 of the adapter files' names and bytes."""
+    h = hashlib.sha256()
+    for name in _FILES:
+        path = folder / name
+        if path.is_file():
+            h.update(name.encode() + b"\x00")
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Files:
+    """The adapter files as first loaded under an id: their stats (the cheap check) and their digest (read only
+    when the stats differ, e.g. a file touched or copied back unchanged)."""
+
+    stats: tuple[tuple[str, int, int], ...]
+    digest: str
+
+    @classmethod
+    def of(cls, folder: Path) -> _Files:
+        return cls(_stats(folder), _digest(folder))
+
+    def changed(self, folder: Path) -> bool:
+        """Whether ``folder`` now holds other adapter files. A folder without them (deleted since) is not a change:
+        the loaded copy stays usable, and a read of the folder says it is gone."""
+        now = _stats(folder)
+        if now == self.stats or not now:
+            return False
+        if _digest(folder) != self.digest:
+            return True
+        self.stats = now  # the same bytes: the cheap check passes from now on
+        return False
 
 
 class LoRAManager:
@@ -58,6 +115,7 @@ class LoRAManager:
             self.layers.append(slots)
         self._cpu: OrderedDict[int, LoRAWeights] = OrderedDict()  # the host cache, least recently used first
         self._known: dict[int, LoRARequest] = {}  # id -> the request that first loaded it (its folder)
+        self._files: dict[int, _Files] = {}  # id -> its files as first loaded
         self._slot_ids: list[int | None] = [None] * cfg.max_loras
         self._slot_used: list[int] = [0] * cfg.max_loras  # step number of each slot's last use
         self._step = 0
@@ -77,10 +135,31 @@ class LoRAManager:
                              f"{known.lora_name!r} from {known.lora_path}; one id names one adapter for the engine's "
                              f"life (its prefix-cache entries are keyed by the id): give this adapter its own "
                              f"lora_int_id.")
+        if known is not None:
+            self._check_unchanged(req)
         if req.lora_int_id in self._cpu:
             self._cpu.move_to_end(req.lora_int_id)
             return
-        self._cache(load_adapter(req, self.shape, self.cfg.max_lora_rank, self.cfg.dtype))
+        self._load(req)
+
+    def _check_unchanged(self, req: LoRARequest) -> None:
+        """Raise ``ValueError`` when the files of a known id changed on disk since they were first loaded."""
+        files = self._files.get(req.lora_int_id)
+        if files is not None and files.changed(Path(req.lora_path).expanduser()):
+            raise ValueError(f"LoRA adapter {req.lora_name!r} (lora_int_id {req.lora_int_id}, {req.lora_path}): its "
+                             f"files changed on disk since lora_int_id {req.lora_int_id} was loaded; one id names one "
+                             f"adapter for the engine's life (requests under it and its prefix-cache entries use the "
+                             f"weights first loaded): give the new weights a new lora_int_id (the server: load them "
+                             f"under a new name, or again with load_inplace=True).")
+
+    def _load(self, req: LoRARequest) -> LoRAWeights:
+        """Read and check ``req``'s folder into the host cache; a first load records its files."""
+        folder = Path(req.lora_path).expanduser()
+        files = _Files.of(folder) if req.lora_int_id not in self._files else None
+        w = self._cache(load_adapter(req, self.shape, self.cfg.max_lora_rank, self.cfg.dtype))
+        if files is not None:
+            self._files[req.lora_int_id] = files
+        return w
 
     def _cache(self, w: LoRAWeights) -> LoRAWeights:
         rid = w.request.lora_int_id
@@ -102,7 +181,8 @@ class LoRAManager:
         req = self._known.get(adapter_id)
         if req is None:
             raise RuntimeError(f"a step names LoRA adapter id {adapter_id}, which no request added")
-        return self._cache(load_adapter(req, self.shape, self.cfg.max_lora_rank, self.cfg.dtype))
+        self._check_unchanged(req)  # read again: it must be what the id was first loaded with
+        return self._load(req)
 
     def loaded_ids(self) -> list[int]:
         """Ids of the adapters in the host cache, least recently used first."""
