@@ -146,6 +146,8 @@ class EngineCore:
             long_prefill_token_threshold=cfg.long_prefill_token_threshold,
             max_loras=cfg.lora.max_loras if cfg.lora is not None else None,
         )
+        if self.runner.lora is not None:  # the host cache keeps what live requests use (never read again mid-run)
+            self.runner.lora.in_use = self._live_adapter_ids
         self.vocab_size = self.runner.model.shape.vocab_size
         self.structured = StructuredOutputManager(cfg, self.vocab_size)
         # Constrained requests whose grammar is still compiling, in arrival order, with their fork_of.
@@ -229,6 +231,11 @@ class EngineCore:
         lora = self.runner.lora
         return set(lora.loaded_ids()) if lora is not None else set()
 
+    def _live_adapter_ids(self) -> set[int]:
+        """Adapter ids of the requests the scheduler holds (running or waiting) and of those whose grammar compiles."""
+        reqs = itertools.chain(self.scheduler.running, self.scheduler.waiting, (r for r, _ in self._grammar_waiting))
+        return {r.adapter_id for r in reqs if r.adapter_id is not None}
+
     def _lora_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Requests per adapter name, running and waiting (``SchedulerStats``' LoRA fields; empty without LoRA)."""
         lora = self.runner.lora
@@ -306,6 +313,8 @@ class EngineCore:
             out.outputs = grammar_failed + out.outputs
         elif self._grammar_waiting and not out.outputs and self._inflight is None and not self._batch_queue:
             self._wait_for_a_grammar()
+        if self.runner.lora is not None:
+            self.runner.lora.trim()  # host copies the finished requests no longer hold down
         if tl is not None:
             tl.end(out)
         return out

@@ -2,8 +2,10 @@
 
 * :meth:`LoRAManager.add_adapter` (the engine core, when a request is added): the adapter is read and checked
   (:mod:`pagoda.lora.peft`) unless it is in the host cache; a bad one raises ``ValueError`` and fails that request
-  only. The host cache keeps ``max_cpu_loras`` adapters, least recently used dropped first; one dropped is read
-  again from its folder when a step needs it.
+  only. The host cache keeps ``max_cpu_loras`` adapters, least recently used dropped first, but never one that a
+  request the engine holds still uses (:attr:`LoRAManager.in_use`; the cache may then hold more for a while), so a
+  live request's adapter is not read again mid-run; a dropped one is read again when a new request names it (or
+  after ``remove_adapter``, when a step needs it).
 * ``lora_int_id`` names one adapter for the engine's life (the prefix cache keys blocks by the id): the same id with
   another ``lora_path`` is refused, and so is the id once its files changed on disk (:class:`_Files`: a request
   naming it, or a step reading it again after the host cache dropped it, fails with the error), so that no
@@ -19,6 +21,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +122,9 @@ class LoRAManager:
         self._slot_ids: list[int | None] = [None] * cfg.max_loras
         self._slot_used: list[int] = [0] * cfg.max_loras  # step number of each slot's last use
         self._step = 0
+        self.in_use: Callable[[], set[int]] = set
+        """Ids of the adapters live requests use (set by the engine core): the host cache keeps them even past
+        ``max_cpu_loras``, so a running or waiting request's adapter is never read from its folder again."""
         nbytes = sum(ls.a.numel() * ls.a.element_size() + ls.b.numel() * ls.b.element_size()
                      for slots in self.layers for ls in slots)
         logger.info("LoRA: %d adapter slots of rank %d (%.1f MiB of %s memory, %s), %d kept loaded in host memory",
@@ -169,9 +175,18 @@ class LoRAManager:
                         rid, len(w.modules), w.nbytes / 2**20, w.request.lora_path)
         self._cpu[rid] = w
         self._cpu.move_to_end(rid)
-        while len(self._cpu) > self.cfg.max_cpu_loras:
-            self._cpu.popitem(last=False)
+        self.trim(keep=rid)
         return w
+
+    def trim(self, keep: int | None = None) -> None:
+        """Drop host copies over ``max_cpu_loras``, least recently used first, but never ``keep`` nor one a live
+        request still needs (:attr:`in_use`). The engine core calls it after every step, so the bound holds again
+        once the requests that needed more have finished."""
+        over = len(self._cpu) - self.cfg.max_cpu_loras
+        if over > 0:
+            live = self.in_use()
+            for old in [i for i in self._cpu if i != keep and i not in live][:over]:
+                del self._cpu[old]
 
     def _weights(self, adapter_id: int) -> LoRAWeights:
         w = self._cpu.get(adapter_id)
