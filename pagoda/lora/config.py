@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch stays unimported until an engine is built (the CLI checks flags before: test_prelaunch)
+    import torch
 
 LORA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 """Architectures whose adapters pagoda applies: the native Llama family with q/k/v and gate/up fused in
@@ -47,6 +49,8 @@ def lora_config(enable_lora: bool, max_loras: int, max_lora_rank: int, max_cpu_l
                          f"{max_loras}.")
     if lora_dtype not in LORA_DTYPES:
         raise ValueError(f"lora_dtype (--lora-dtype) must be one of {LORA_DTYPES}, got {lora_dtype!r}.")
+    import torch
+
     dtype = model_dtype if lora_dtype == "auto" else getattr(torch, lora_dtype)
     return LoRAConfig(max_loras, max_lora_rank, cpu, dtype)
 

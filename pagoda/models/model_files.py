@@ -50,6 +50,7 @@ from typing import Any
 
 from pagoda import envs
 from pagoda.config import LOAD_FORMATS
+from pagoda.models.local_path import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def resolve_model(model: str | os.PathLike | None, load_format: str = "auto", pr
         return convert_gguf_cached(path, progress=progress)
     if path.is_dir():
         return _resolve_folder(path, load_format, progress)
-    if _looks_like_local_path(text):
+    if looks_like_local_path(text):
         raise FileNotFoundError(f"model path does not exist: {path}")
     return _download_from_hub(text, load_format, revision, download_dir)
 
@@ -144,7 +145,7 @@ def resolve_tokenizer(tokenizer: str | os.PathLike, revision: str | None = None,
     path = Path(os.fspath(tokenizer)).expanduser()
     if path.is_dir():
         return _tokenizer_folder(path)
-    if path.is_file() or _looks_like_local_path(os.fspath(tokenizer)) or str(tokenizer) in DEFAULT_MODEL_ALIASES:
+    if path.is_file() or looks_like_local_path(os.fspath(tokenizer)) or str(tokenizer) in DEFAULT_MODEL_ALIASES:
         return resolve_model(tokenizer, load_format="dummy", progress=False)
     return _download_from_hub(os.fspath(tokenizer), "dummy", revision, download_dir, tokenizer=True)
 
@@ -185,27 +186,6 @@ def _default_model_ready(target: Path) -> bool:
 # --------------------------------------------------------------------------------------------
 # local folders and hub ids
 # --------------------------------------------------------------------------------------------
-
-
-def check_local_path_exists(model: str | None) -> None:
-    """``FileNotFoundError`` for a ``--model`` that names a local path (not a hub id) that does not exist: the
-    check :func:`resolve_model` makes, run before a server binds its port (so the error comes first)."""
-    if model is None or str(model) in DEFAULT_MODEL_ALIASES:
-        return
-    text = str(model)
-    if _looks_like_local_path(text) and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"model path does not exist: {Path(text).expanduser()}")
-
-
-def _looks_like_local_path(text: str) -> bool:
-    if text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or text in (".", ".."):
-        return True
-    if text.lower().endswith((".gguf", ".safetensors", ".json")):
-        return True
-    if re.match(r"^[A-Za-z]:[\\/]", text):  # a Windows drive
-        return True
-    # A hub id is "name" or "org/name"; anything with more parts is a path.
-    return text.count("/") > 1 or "\\" in text
 
 
 def _resolve_folder(folder: Path, load_format: str, progress: bool) -> Path:

@@ -185,7 +185,7 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
 def validate_serve_args(args: argparse.Namespace) -> None:
     """Checks that need no model: run before the port is bound and anything loads."""
     validate_request_args(args)
-    from pagoda.models.model_files import check_local_path_exists
+    from pagoda.models.local_path import check_local_path_exists
 
     check_local_path_exists(engine_args_from(args).model)  # before the port is bound and the server logs
     if args.max_request_body_bytes < 1024:
