@@ -28,9 +28,11 @@ class LoRAConfig:
 
 
 def lora_config(enable_lora: bool, max_loras: int, max_lora_rank: int, max_cpu_loras: int | None, lora_dtype: str,
-                model_dtype: torch.dtype) -> LoRAConfig | None:
+                model_dtype: torch.dtype, device_type: str = "cuda") -> LoRAConfig | None:
     """The checked :class:`LoRAConfig` (None without ``enable_lora``). A LoRA flag given without ``--enable-lora``
-    is an error naming it (it would do nothing)."""
+    is an error naming it (it would do nothing). ``lora_dtype`` auto: the model's dtype (vLLM's), but float32 on the
+    CPU for a 16-bit model: the adapters' small matmuls ran 1.4x faster there in float32 than in bf16, with the same
+    greedy tokens (benchmarks/RESULTS.md, session 44)."""
     if not enable_lora:
         flags = (("--max-loras", max_loras, 1), ("--max-lora-rank", max_lora_rank, 16),
                  ("--max-cpu-loras", max_cpu_loras, None), ("--lora-dtype", lora_dtype, "auto"))
@@ -51,7 +53,10 @@ def lora_config(enable_lora: bool, max_loras: int, max_lora_rank: int, max_cpu_l
         raise ValueError(f"lora_dtype (--lora-dtype) must be one of {LORA_DTYPES}, got {lora_dtype!r}.")
     import torch
 
-    dtype = model_dtype if lora_dtype == "auto" else getattr(torch, lora_dtype)
+    if lora_dtype != "auto":
+        dtype = getattr(torch, lora_dtype)
+    else:
+        dtype = torch.float32 if device_type == "cpu" and model_dtype.itemsize < 4 else model_dtype
     return LoRAConfig(max_loras, max_lora_rank, cpu, dtype)
 
 
