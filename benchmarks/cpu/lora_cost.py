@@ -10,7 +10,10 @@ max_lora_rank=--rank``):
 * ``lora-none``: the LoRA engine, requests without an adapter;
 * ``lora-r16``: the LoRA engine, every request with one adapter of rank ``--rank`` on q/k/v/o/gate/up/down, made
   by PEFT (``get_peft_model(init_lora_weights=False)``: random nonzero A and B) on the HF model of the same weights
-  (the folder pagoda converted the GGUF into; its weights are the exact dequantized values).
+  (the folder pagoda converted the GGUF into; its weights are the exact dequantized values); ``--lora-dtype auto``
+  (float32 on the CPU for the bf16 model, since session 44);
+* ``lora-r16-bf16``: the same with a third engine started with ``lora_dtype="bfloat16"`` (the adapter in the model's
+  dtype, vLLM's ``auto``): the A/B of that default.
 
 Each round, in a rotating arm order: the memory bandwidth (a large torch copy, ``2 * bytes / seconds``, best of 5;
 and the read-only probe ``benchmarks/cpu/read_bandwidth.c`` where a C compiler is there), then per arm one greedy
@@ -38,7 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for cpu_floor_ratio
 
-ARMS = ("base", "base-stack-off", "lora-none", "lora-r16")
+ARMS = ("base", "base-stack-off", "lora-none", "lora-r16", "lora-r16-bf16")
+ADAPTER_ARMS = ("lora-r16", "lora-r16-bf16")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEXTS = ["Tell me about the sea.", "Write a haiku about autumn leaves.", "What is the capital of France?",
          "Explain how a bicycle works.", "List three uses of copper.", "Why is the sky blue?",
@@ -152,14 +156,17 @@ def main(argv: list[str] | None = None) -> None:
         kw["dtype"] = "float32"
     base = LLM(args.model, **kw)
     lora = LLM(args.model, enable_lora=True, max_loras=1, max_lora_rank=args.rank, **kw)
-    engines = {"base": base, "base-stack-off": base, "lora-none": lora, "lora-r16": lora}
-    timers = {id(e): StepTimer(e) for e in (base, lora)}
+    lora_bf16 = LLM(args.model, enable_lora=True, max_loras=1, max_lora_rank=args.rank, lora_dtype="bfloat16", **kw)
+    engines = {"base": base, "base-stack-off": base, "lora-none": lora, "lora-r16": lora, "lora-r16-bf16": lora_bf16}
+    timers = {id(e): StepTimer(e) for e in (base, lora, lora_bf16)}
     lreq = LoRARequest("r16", 1, str(adapter))
 
     wbytes, head = weight_bytes(base.llm_engine.core.runner.model)
     wbytes_l, _ = weight_bytes(lora.llm_engine.core.runner.model)
     abytes = lora_slot_bytes(lora.llm_engine.core.runner)
-    floor_bytes = {"base": wbytes, "base-stack-off": wbytes, "lora-none": wbytes_l, "lora-r16": wbytes_l + abytes}
+    abytes_bf16 = lora_slot_bytes(lora_bf16.llm_engine.core.runner)
+    floor_bytes = {"base": wbytes, "base-stack-off": wbytes, "lora-none": wbytes_l, "lora-r16": wbytes_l + abytes,
+                   "lora-r16-bf16": wbytes_l + abytes_bf16}
     print(f"weights read a decode step: {wbytes / 1e6:.1f} MB ({head}); LoRA engine {wbytes_l / 1e6:.1f} MB; "
           f"rank-{args.rank} adapter slot {abytes / 1e6:.2f} MB ({lora.llm_engine.core.runner.cfg.lora.dtype}); "
           f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         timer = timers[id(llm)]
         timer.times.clear()
         t = time.perf_counter()
-        outs = llm.generate(prompts, sp, use_tqdm=False, lora_request=lreq if arm == "lora-r16" else None)
+        outs = llm.generate(prompts, sp, use_tqdm=False, lora_request=lreq if arm in ADAPTER_ARMS else None)
         dt = time.perf_counter() - t
         cpu_decoder_stack.ENABLED = True
         steps = timer.times[2:] if len(timer.times) > 3 else timer.times
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     for arm in ARMS:  # first calls (the adapter read and put in its slot, the stack bound, allocator warm)
         cpu_decoder_stack.ENABLED = arm != "base-stack-off"
-        engines[arm].generate(many, warm, use_tqdm=False, lora_request=lreq if arm == "lora-r16" else None)
+        engines[arm].generate(many, warm, use_tqdm=False, lora_request=lreq if arm in ADAPTER_ARMS else None)
     cpu_decoder_stack.ENABLED = True
 
     res: dict[tuple[str, int], list[dict]] = {(a, b): [] for a in ARMS for b in (1, args.batch)}
@@ -222,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         same = {a: sum(x == y for x, y in zip(ref, tokens[(a, bs)], strict=True)) for a in ARMS[1:]}
         print(f"greedy tokens, batch {bs}: " + ", ".join(f"{a} equals base on {n} of {len(ref)}"
                                                         for a, n in same.items()))
+        f32, b16 = tokens[("lora-r16", bs)], tokens[("lora-r16-bf16", bs)]
+        print(f"greedy tokens, batch {bs}: lora-r16-bf16 equals lora-r16 on "
+              f"{sum(x == y for x, y in zip(f32, b16, strict=True))} of {len(f32)}")
 
     med = {k: {f: statistics.median(x[f] for x in v) for f in v[0]} for k, v in res.items()}
     gbs_med = statistics.median(x["gbs"] for x in res[("base", 1)])
@@ -237,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{mn['tps']:>12.1f}{mn['step_ms']:>13.2f}{mn['tps'] / bn:>9.2f}")
     base.shutdown()
     lora.shutdown()
+    lora_bf16.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
 
