@@ -12,12 +12,12 @@ from typing import Any
 
 from pagoda.config import EngineArgs, EngineConfig
 from pagoda.engine import admission
-from pagoda.engine.async_llm import apply_tokenization_kwargs
 from pagoda.engine.core import EngineCore
 from pagoda.engine.input_processor import InputProcessor, PromptType
 from pagoda.engine.messages import EngineCoreOutput, SchedulerStats
 from pagoda.engine.output_processor import OutputProcessor, ParentState
 from pagoda.engine.request_stats import ChildTimes, finished_stats
+from pagoda.engine.tokenization_kwargs import apply_tokenization_kwargs
 from pagoda.engine.tokenizer import eos_token_ids, load_tokenizer
 from pagoda.errors import ValidationError
 from pagoda.lora.request import LoRARequest, check_lora_request
@@ -235,7 +235,7 @@ class LLMEngine:
         only once, when it finishes, whatever the kind. ``priority``: lower is served first under
         ``--scheduling-policy priority`` (must be 0 under fcfs). ``lora_request``: the LoRA adapter to run with
         (an engine started with ``enable_lora``); a bad adapter raises ``ValidationError`` naming ``lora_request``.
-        ``tokenization_kwargs``: vLLM's (:func:`~pagoda.engine.async_llm.apply_tokenization_kwargs`).
+        ``tokenization_kwargs``: vLLM's (:func:`~pagoda.engine.tokenization_kwargs.apply_tokenization_kwargs`).
         """
         self._check_open()
         admission.check_request_id_free(request_id, request_id in self.output_processor.parents)

@@ -200,7 +200,7 @@ class LLM(PoolingMixin):
         or a list of one per prompt (None: the base model). ``use_tqdm``: see :data:`ProgressArg`.
         ``tokenization_kwargs``: vLLM's overrides of the tokenizer's encode for every prompt
         (``add_special_tokens``, ``truncate_prompt_tokens``, ``truncation`` / ``max_length``; any other key raises
-        ``ValidationError``; :func:`~pagoda.engine.async_llm.apply_tokenization_kwargs`).
+        ``ValidationError``; :func:`~pagoda.engine.tokenization_kwargs.apply_tokenization_kwargs`).
         """
         plist = _as_prompt_list(prompts)
         loras = check_lora_requests(lora_request, len(plist))
