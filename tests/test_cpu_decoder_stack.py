@@ -190,3 +190,53 @@ def test_the_phase_clock_build_compiles_and_reads_back(monkeypatch):
     finally:
         monkeypatch.setattr(cds, "PHASE_CLOCKS", False)
         cds._lib.cache_clear()  # noqa: SLF001
+
+
+def _write_adapter(folder, dims: dict[str, tuple[int, int]], num_layers: int, r: int = 4) -> str:
+    """A random PEFT-layout LoRA adapter on every target of every layer (``dims``: module -> (in, out))."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    parent = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+              "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+    tensors = {}
+    for layer in range(num_layers):
+        for name, (n_in, n_out) in dims.items():
+            key = f"base_model.model.model.layers.{layer}.{parent[name]}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, n_in, generator=g) / n_in**0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(n_out, r, generator=g)
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(dims), "bias": "none"}))
+    return str(folder)
+
+
+def test_a_lora_engine_runs_adapter_free_steps_on_the_stack(tmp_path, gguf_path, monkeypatch):
+    """``--enable-lora``: a step with no adapter rows runs on the stack (bitwise the base engine's outputs), a step
+    with some runs the Python path with the hooks, and the two alternate without touching each other's results."""
+    from pagoda.lora.request import LoRARequest
+
+    base = _outputs(_llm(gguf_path), 1)
+    llm = _llm(gguf_path, enable_lora=True, max_loras=1, max_lora_rank=4)
+    runner = llm.llm_engine.core.runner
+    assert runner.lora is not None
+    adapter = LoRARequest("a", 1, _write_adapter(tmp_path / "adapter", runner.lora.shape.dims,
+                                                 runner.lora.shape.num_layers))
+    sp = greedy(max_tokens=24, logprobs=5)
+
+    def with_adapter() -> list:
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp, use_tqdm=False, lora_request=adapter)
+        return [o.outputs[0].token_ids for o in outs]
+
+    seen = _record(monkeypatch)
+    first = with_adapter()
+    assert not [ok for _, ok in seen if ok]  # adapter rows: never the stack (it would skip the hooks)
+    assert first != [t for t, _ in base]  # the adapter changes the tokens
+    assert _outputs(llm, 1) == base  # adapter-free steps: the stack, the base engine's bits
+    assert isinstance(runner.model._cpu_stack, cpu_decoder_stack.DecoderStack)
+    assert [ok for _, ok in seen if ok]
+    assert with_adapter() == first

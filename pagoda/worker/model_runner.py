@@ -254,8 +254,9 @@ class ModelRunner:
 
     def _attach_lora(self) -> LoRAManager:
         """``--enable-lora``: slot buffers and hooks on the model's target linears (pagoda/lora/manager.py). The
-        paths that skip the linear modules are switched off: the native CPU decoder stack, the FP8 rows that norms
-        quantize for the next linear, CUDA graphs (:meth:`_graphs_wanted`)."""
+        paths that skip the linear modules are switched off: the FP8 rows that norms quantize for the next linear,
+        CUDA graphs (:meth:`_graphs_wanted`), and the native CPU decoder stack on steps with adapter rows
+        (:meth:`_lend_cpu_stack`)."""
         from pagoda.lora.manager import LoRAManager
         from pagoda.models.llama import DecoderLayer, LlamaForCausalLM
 
@@ -263,14 +264,29 @@ class ModelRunner:
         model = self.model
         if type(model) is not LlamaForCausalLM:  # create_config refuses other architectures first
             raise ValueError(f"--enable-lora: {type(model).__name__} takes no LoRA adapters in pagoda.")
+        # the native CPU decoder stack skips the hooks: it runs only the steps with no adapter rows (_lend_cpu_stack)
+        self._lora_stack, self._stack_lent = model._cpu_stack, False
         model._cpu_stack = None
         for layer in model.layers:
             if isinstance(layer, DecoderLayer):
                 layer.fp8_rows_attn = layer.fp8_rows_mlp = False
                 layer.mlp.fp8_rows_down = False  # type: ignore[assignment]  # nn.Module attributes: Tensor | Module
-        paths = "CUDA graphs are" if self.device.type == "cuda" else "the native CPU decoder stack is"
-        logger.info("--enable-lora: %s off, steps run eager so each request's adapter applies", paths)
+        paths = "CUDA graphs are off" if self.device.type == "cuda" else \
+            "the native CPU decoder stack runs only steps without adapter rows"
+        logger.info("--enable-lora: %s, so each request's adapter applies", paths)
         return LoRAManager(model, self.cfg.lora, self.device)
+
+    def _lend_cpu_stack(self) -> None:
+        """``--enable-lora``: the model's native CPU decoder stack (bound lazily by the model, where it qualifies)
+        runs a step only when no row of it uses an adapter, since it skips the linear modules and so the LoRA hooks;
+        base-model steps of a LoRA engine then run as fast as without LoRA. Called once per step, after
+        ``LoRAManager.set_batch``."""
+        assert self.lora is not None
+        model = self.model
+        if self._stack_lent:  # what the model made of it: bound on its first use, or None where it does not qualify
+            self._lora_stack = model._cpu_stack
+        self._stack_lent = not self.lora.batch.groups and self._lora_stack is not None
+        model._cpu_stack = self._lora_stack if self._stack_lent else None
 
     def shutdown(self) -> None:
         """Drop the model, KV caches, host caches and CUDA graphs (with their memory pools).
@@ -521,6 +537,7 @@ class ModelRunner:
         inputs = prepare_inputs(sched, block_ids, self.block_size, self._prev_rows)
         if self.lora is not None:  # the step's adapters into their slots, their rows into the hooks
             self.lora.set_batch(inputs.adapter_ids, inputs.query_lens)
+            self._lend_cpu_stack()
         elif inputs.adapter_ids.count(None) != len(inputs.adapter_ids):
             raise ValueError("a step names a LoRA adapter but this engine was started without --enable-lora")
         return inputs, self._block_table_rows(inputs, epochs)
