@@ -288,9 +288,9 @@ class EngineArgs:
     """Replicas on this machine; must equal --data-parallel-size (multi-node data parallelism is not supported)."""
     enable_lora: bool = False
     """Apply LoRA adapters (PEFT folders) per request, as vLLM: LLM.generate(..., lora_request=LoRARequest(name, id,
-    path)). Native Llama, Mistral, Qwen2 and Qwen3 models on one device, adapters on q/k/v/o/gate/up/down; runs eager
-    (no CUDA graphs; the native CPU decoder stack only for steps without adapter rows); not with speculative
-    decoding, --deterministic or pooling (docs/models.md, "LoRA adapters")."""
+    path)). Native Llama, Mistral, Qwen2 and Qwen3 models on one device, adapters on q/k/v/o/gate/up/down; CUDA graphs
+    stay on (the native CPU decoder stack runs only steps without adapter rows); not with speculative decoding,
+    --deterministic or pooling (docs/models.md, "LoRA adapters")."""
     max_loras: int = 1
     """LoRA adapters one step may use (device slots); requests of further adapters wait for a slot."""
     max_lora_rank: int = 16

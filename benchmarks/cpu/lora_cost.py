@@ -97,8 +97,7 @@ def weight_bytes(model) -> tuple[int, str]:
 
 def lora_slot_bytes(runner) -> int:
     """Bytes of one adapter slot (A and B of every target linear) that the hooks read each step."""
-    return sum(ls.a[0].numel() * ls.a.element_size() + ls.b[0].numel() * ls.b.element_size()
-               for slots in runner.lora.layers for ls in slots)
+    return sum(ls.nbytes // ls.slots for slots in runner.lora.layers for ls in slots)
 
 
 class StepTimer:

@@ -1,29 +1,60 @@
 """The adapters' compute: per target linear, ``max_loras`` device slots and a forward hook adding the delta.
 
 Each linear an adapter may target (``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj`` of every decoder layer)
-gets a :class:`LoRASlots`: ``a`` [slots, shards * R, in] and ``b`` [slots, out, R] (R = ``max_lora_rank``; an
-adapter of rank r < R fills the first r, the rest stay zero; its scale is folded into ``b``). A fused layer's shards
-(q/k/v, gate/up) take their own R rows of ``a`` and their own output slice of ``b``. A forward hook on the module
-adds, for each slot of the step (:class:`LoRABatch`, set once per step by the model runner),
-``y[rows] += (x[rows] a_slot^T)_shard b_slot[shard]^T`` per shard: the rows of the requests using that adapter.
-The hook works whatever the module computes the base output with (a dense, packed or quantized linear), as long
-as the model calls the module (the native CPU decoder stack does not: it is switched off with LoRA).
+gets a :class:`LoRASlots` of S shards (q/k/v: 3, gate/up: 2, else 1), L = ``max_loras`` slots and rank R =
+``max_lora_rank``: ``a`` [S, L, R, in] and ``bt`` [L * R, out] (an adapter of rank r < R fills the first r of its R,
+the rest stay zero; its scale is folded into ``bt``; shard s owns the output columns ``offsets[s]:+sizes[s]``).
+
+The hook adds, for every row, its slot's delta, with the same kernels whatever the step holds:
+``xa = x a^T`` [T, S, L, R] for all slots at once, times the step's row mask (:class:`LoRABatch`: row t, slot l is
+1 where row t's request uses the adapter in slot l, else 0), then per shard ``y[:, shard] += xa[:, s] bt[:, shard]``.
+A row without an adapter gets an exact zero; rows past the step's (padding of a CUDA graph's bucket) too. The shapes
+and buffers do not depend on the step, so the hook is captured into CUDA graphs and replays with each step's mask
+(written in place before the launch). The hook works whatever the module computes the base output with (a dense,
+packed or quantized linear), as long as the model calls the module (the native CPU decoder stack does not: it runs
+only steps without adapter rows).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 
-@dataclass
 class LoRABatch:
-    """This step's adapters: ``(slot, rows)`` per adapter in the batch; ``rows`` None means every row. Empty: no
-    request of the step uses an adapter (the hooks add nothing)."""
+    """This step's rows: ``row_mask`` [rows, max_loras] (row t, slot l: 1 where row t uses slot l's adapter; rows
+    past the step's are 0), a persistent device buffer written in place once per step (:meth:`set_rows`), so CUDA
+    graphs read each step's. ``active``: some row uses an adapter; ``always``: the hooks run even when none does
+    (CUDA graphs replay their kernels whatever the step holds, so eager steps do the same and give the same
+    numbers); else a step without adapter rows skips them."""
 
-    groups: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)
+    def __init__(self, max_rows: int, max_loras: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.row_mask = torch.zeros(max_rows, max_loras, dtype=dtype, device=device)
+        self.active = False
+        self.always = False
+        self._host = torch.zeros(0, max_loras, dtype=dtype)  # the mask last written (its rows past it are zero)
+
+    @property
+    def max_rows(self) -> int:
+        return self.row_mask.shape[0]
+
+    def set_rows(self, slots: list[int]) -> None:
+        """Row t of this step uses the adapter in slot ``slots[t]`` (-1: none). Writes the mask only when it
+        changed, clearing rows the last step set beyond this one's."""
+        n = len(slots)
+        if n > self.max_rows:
+            raise RuntimeError(f"a LoRA step of {n} rows is over the {self.max_rows} rows its mask holds")
+        self.active = any(s >= 0 for s in slots)
+        rows = max(n, self._host.shape[0])
+        host = torch.zeros(rows, self.row_mask.shape[1], dtype=self.row_mask.dtype)
+        if self.active:
+            t = torch.tensor(slots, dtype=torch.long)
+            used = (t >= 0).nonzero().squeeze(1)
+            host[used, t[used]] = 1
+        if host.shape == self._host.shape and torch.equal(host, self._host):
+            return
+        self.row_mask[:rows].copy_(host.to(self.row_mask.device, non_blocking=True))
+        self._host = host[:n].clone() if rows > n else host
 
 
 class LoRASlots:
@@ -35,40 +66,46 @@ class LoRASlots:
         self.sizes = out_sizes
         self.offsets = tuple(sum(out_sizes[:i]) for i in range(len(out_sizes)))
         self.rank = max_rank
+        self.slots = max_loras
         self.batch = batch
-        self.a = torch.zeros(max_loras, len(names) * max_rank, in_features, dtype=dtype, device=device)
-        self.b = torch.zeros(max_loras, sum(out_sizes), max_rank, dtype=dtype, device=device)
+        self.a = torch.zeros(len(names), max_loras, max_rank, in_features, dtype=dtype, device=device)
+        self.bt = torch.zeros(max_loras * max_rank, sum(out_sizes), dtype=dtype, device=device)
+        self._a_all = self.a.view(-1, in_features)  # [S * L * R, in]
+
+    @property
+    def nbytes(self) -> int:
+        return self.a.numel() * self.a.element_size() + self.bt.numel() * self.bt.element_size()
 
     def set_slot(self, slot: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Put one adapter's weights of this module (``name -> (A [r, in], B [out, r])``; a shard it does not target
         is absent) into ``slot``."""
-        self.a[slot].zero_()
-        self.b[slot].zero_()
         R = self.rank
+        self.a[:, slot].zero_()
+        self.bt[slot * R : (slot + 1) * R].zero_()
         for s, name in enumerate(self.names):
             w = weights.get(name)
             if w is None:
                 continue
             a, b = w
             r = a.shape[0]
-            self.a[slot, s * R : s * R + r].copy_(a, non_blocking=True)
-            self.b[slot, self.offsets[s] : self.offsets[s] + self.sizes[s], :r].copy_(b, non_blocking=True)
+            self.a[s, slot, :r].copy_(a, non_blocking=True)
+            self.bt[slot * R : slot * R + r, self.offsets[s] : self.offsets[s] + self.sizes[s]].copy_(
+                b.t(), non_blocking=True)
 
     def __call__(self, module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor | None:
-        """The forward hook: ``y`` plus each slot's delta on its rows (None: unchanged)."""
-        groups = self.batch.groups
-        if not groups:
+        """The forward hook: ``y`` plus each row's delta (None: the step has no adapter rows and runs eager)."""
+        batch = self.batch
+        if not (batch.active or batch.always):
             return None
         x = inputs[0]
-        R = self.rank
-        for slot, rows in groups:
-            xs = x if rows is None else x.index_select(0, rows)
-            xa = xs.to(self.a.dtype) @ self.a[slot].t()  # [m, shards * R]
-            for s, (off, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
-                d = (xa[:, s * R : (s + 1) * R] @ self.b[slot, off : off + size].t()).to(y.dtype)
-                out = y.narrow(-1, off, size)
-                if rows is None:
-                    out.add_(d)
-                else:
-                    out.index_add_(0, rows, d)
+        T, S, LR = x.shape[0], len(self.names), self.slots * self.rank
+        xa = x.to(self.a.dtype) @ self._a_all.t()  # [T, S * L * R]
+        xa = xa.view(T, S, self.slots, self.rank).mul_(batch.row_mask[:T, None, :, None]).view(T, S, LR)
+        same = y.dtype == self.bt.dtype
+        for s, (off, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
+            out, bt = y.narrow(-1, off, size), self.bt.narrow(1, off, size)
+            if same:
+                out.addmm_(xa[:, s], bt)
+            else:
+                out.add_((xa[:, s] @ bt).to(y.dtype))
         return y

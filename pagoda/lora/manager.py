@@ -12,7 +12,7 @@
   request runs with, or reuses KV blocks of, weights other than those first loaded under the id.
 * :meth:`LoRAManager.set_batch` (the model runner, once per step): the step's adapters (at most ``max_loras``: the
   scheduler's invariant) get device slots, a slot holding none of them taken over least recently used first, and
-  each adapter's rows go to the hooks (:class:`~pagoda.lora.layers.LoRABatch`).
+  each row's slot goes to the hooks' row mask (:class:`~pagoda.lora.layers.LoRABatch`).
 """
 
 from __future__ import annotations
@@ -93,11 +93,12 @@ class _Files:
 
 
 class LoRAManager:
-    def __init__(self, model: Any, cfg: LoRAConfig, device: torch.device) -> None:
-        """Attach slot buffers and hooks to every target linear of ``model`` (a native Llama-family model)."""
+    def __init__(self, model: Any, cfg: LoRAConfig, device: torch.device, max_rows: int) -> None:
+        """Attach slot buffers and hooks to every target linear of ``model`` (a native Llama-family model); a step
+        has at most ``max_rows`` token rows (a CUDA graph's padded bucket included)."""
         self.cfg = cfg
         self.device = device
-        self.batch = LoRABatch()
+        self.batch = LoRABatch(max_rows, cfg.max_loras, cfg.dtype, device)
         s = model.shape
         q, kv, inter, hid = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size, s.hidden_size
         self.shape = ModelShape(s.num_layers, {"q_proj": (hid, q), "k_proj": (hid, kv), "v_proj": (hid, kv),
@@ -125,8 +126,7 @@ class LoRAManager:
         self.in_use: Callable[[], set[int]] = set
         """Ids of the adapters live requests use (set by the engine core): the host cache keeps them even past
         ``max_cpu_loras``, so a running or waiting request's adapter is never read from its folder again."""
-        nbytes = sum(ls.a.numel() * ls.a.element_size() + ls.b.numel() * ls.b.element_size()
-                     for slots in self.layers for ls in slots)
+        nbytes = sum(ls.nbytes for slots in self.layers for ls in slots)
         logger.info("LoRA: %d adapter slots of rank %d (%.1f MiB of %s memory, %s), %d kept loaded in host memory",
                     cfg.max_loras, cfg.max_lora_rank, nbytes / 2**20, device.type, str(cfg.dtype).replace("torch.", ""),
                     cfg.max_cpu_loras)
@@ -216,28 +216,19 @@ class LoRAManager:
 
     # ------------------------------------------------------------- a step
     def set_batch(self, adapter_ids: list[int | None], query_lens: list[int]) -> None:
-        """The step's adapters into slots and their rows into the hooks: request ``i`` owns the next
+        """The step's adapters into slots and each row's slot into the hooks' mask: request ``i`` owns the next
         ``query_lens[i]`` rows and runs with ``adapter_ids[i]`` (None: the base model)."""
         self._step += 1
-        rows: dict[int, list[int]] = {}
-        row = 0
+        step_ids = {aid: True for aid in adapter_ids if aid is not None}
+        if len(step_ids) > self.cfg.max_loras:
+            raise RuntimeError(f"a step uses {len(step_ids)} LoRA adapters, over max_loras {self.cfg.max_loras}")
+        slot_of = {aid: self._slot_for(aid, step_ids) for aid in step_ids}
+        rows: list[int] = []
         for aid, n in zip(adapter_ids, query_lens, strict=True):
-            if aid is not None:
-                rows.setdefault(aid, []).extend(range(row, row + n))
-            row += n
-        if len(rows) > self.cfg.max_loras:
-            raise RuntimeError(f"a step uses {len(rows)} LoRA adapters, over max_loras {self.cfg.max_loras}")
-        groups: list[tuple[int, torch.Tensor | None]] = []
-        for aid, r in rows.items():
-            slot = self._slot_for(aid, rows)
-            idx = None if len(r) == row else torch.tensor(r, dtype=torch.long).to(self.device, non_blocking=True)
-            groups.append((slot, idx))
-        self.batch.groups = groups
+            rows.extend([-1 if aid is None else slot_of[aid]] * n)
+        self.batch.set_rows(rows)
 
-    def clear_batch(self) -> None:
-        self.batch.groups = []
-
-    def _slot_for(self, adapter_id: int, step_ids: dict[int, list[int]]) -> int:
+    def _slot_for(self, adapter_id: int, step_ids: dict[int, bool]) -> int:
         """A device slot holding ``adapter_id``: its own, else a free one, else the least recently used one that
         holds no adapter of this step (written now)."""
         ids = self._slot_ids

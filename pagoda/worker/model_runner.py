@@ -255,8 +255,8 @@ class ModelRunner:
     def _attach_lora(self) -> LoRAManager:
         """``--enable-lora``: slot buffers and hooks on the model's target linears (pagoda/lora/manager.py). The
         paths that skip the linear modules are switched off: the FP8 rows that norms quantize for the next linear,
-        CUDA graphs (:meth:`_graphs_wanted`), and the native CPU decoder stack on steps with adapter rows
-        (:meth:`_lend_cpu_stack`)."""
+        and the native CPU decoder stack on steps with adapter rows (:meth:`_lend_cpu_stack`). CUDA graphs capture
+        the hooks (their row mask is a persistent buffer, pagoda/lora/layers.py)."""
         from pagoda.lora.manager import LoRAManager
         from pagoda.models.llama import DecoderLayer, LlamaForCausalLM
 
@@ -271,10 +271,11 @@ class ModelRunner:
             if isinstance(layer, DecoderLayer):
                 layer.fp8_rows_attn = layer.fp8_rows_mlp = False
                 layer.mlp.fp8_rows_down = False  # type: ignore[assignment]  # nn.Module attributes: Tensor | Module
-        paths = "CUDA graphs are off" if self.device.type == "cuda" else \
-            "the native CPU decoder stack runs only steps without adapter rows"
-        logger.info("--enable-lora: %s, so each request's adapter applies", paths)
-        return LoRAManager(model, self.cfg.lora, self.device)
+        if self.device.type == "cpu":
+            logger.info("--enable-lora: the native CPU decoder stack runs only steps without adapter rows, so each "
+                        "request's adapter applies")
+        cfg = self.cfg  # a step's rows: its token budget, or a CUDA graph's padded bucket (at most 512 below it)
+        return LoRAManager(model, self.cfg.lora, self.device, max(cfg.max_num_batched_tokens, cfg.max_num_seqs, 512))
 
     def _lend_cpu_stack(self) -> None:
         """``--enable-lora``: the model's native CPU decoder stack (bound lazily by the model, where it qualifies)
@@ -285,7 +286,7 @@ class ModelRunner:
         model = self.model
         if self._stack_lent:  # what the model made of it: bound on its first use, or None where it does not qualify
             self._lora_stack = model._cpu_stack
-        self._stack_lent = not self.lora.batch.groups and self._lora_stack is not None
+        self._stack_lent = not self.lora.batch.active and self._lora_stack is not None
         model._cpu_stack = self._lora_stack if self._stack_lent else None
 
     def shutdown(self) -> None:
@@ -406,11 +407,9 @@ class ModelRunner:
         self.host_caches = kv_cache.allocate_host_caches(self.kv_caches, num_blocks, self.device.type == "cuda")
 
     def _graphs_wanted(self) -> bool:
-        """CUDA graphs are captured: CUDA, the Triton backend, not enforce_eager, no LoRA (the adapters' rows change
-        every step), a generating model that supports them, no pipeline stages (they run eager: no lockstep
-        capture)."""
+        """CUDA graphs are captured: CUDA, the Triton backend, not enforce_eager, a generating model that supports
+        them, no pipeline stages (they run eager: no lockstep capture)."""
         return not (self.device.type != "cuda" or self.cfg.enforce_eager or self.backend.name != "triton"
-                    or self.lora is not None
                     or self.pooler is not None or self.cfg.pipeline_parallel_size > 1
                     or not getattr(self.model, "supports_cuda_graphs", True))  # e.g. the transformers fallback
 
@@ -456,6 +455,8 @@ class ModelRunner:
     def _capture_graphs(self) -> float:
         from pagoda.worker.cuda_graphs import DecodeGraphs, default_capture_sizes
 
+        if self.lora is not None:  # the graphs replay the LoRA hooks' kernels; eager steps run them too (same numbers)
+            self.lora.batch.always = True
         self.graphs = DecodeGraphs(
             self.model, self.backend, self.kv_caches, self.block_size, self.cfg.max_model_len,
             default_capture_sizes(self.cfg.max_num_seqs), self.device, logits_in_graph=self.tp is None,

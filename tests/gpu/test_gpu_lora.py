@@ -4,7 +4,8 @@ GPU with each adapter merged into its weights (``W + lora_alpha / r * B @ A``), 
 The adapters are written in PEFT's layout here (``adapter_config.json`` and ``adapter_model.safetensors`` with
 ``base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight``), so the GPU machine needs no
 ``peft``; tests/test_lora.py checks the same loader against ``PeftModel`` itself on the CPU. One batch mixes both
-adapters and the base model, with ``max_loras=1`` too (requests of the other adapter wait for the slot).
+adapters and the base model, with ``max_loras=1`` too (requests of the other adapter wait for the slot), with CUDA
+graphs and eager.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def setup(tmp_path_factory):
     return root, base, refs
 
 
-@pytest.mark.parametrize("max_loras", [2, 1])
-def test_gpu_lora_mixed_batch_matches_merged_hf(setup, max_loras):
+@pytest.mark.parametrize("max_loras, eager", [(2, False), (1, False), (2, True)])
+def test_gpu_lora_mixed_batch_matches_merged_hf(setup, max_loras, eager):
+    """CUDA graphs (decode and mixed steps) replay the hooks with each step's row mask; eager steps agree."""
     from pagoda import LLM, SamplingParams
     from pagoda.lora.request import LoRARequest
 
@@ -98,8 +100,9 @@ def test_gpu_lora_mixed_batch_matches_merged_hf(setup, max_loras):
     order = [name for name in ("a1", None, "a2") for _ in PROMPTS]
     prompts = [{"prompt_token_ids": p} for _ in ("a1", None, "a2") for p in PROMPTS]
     with LLM(str(base), dtype="float32", enable_lora=True, max_loras=max_loras, max_lora_rank=8,
-             device="cuda", kv_cache_memory_bytes=256 * 2**20) as llm:
+             device="cuda", kv_cache_memory_bytes=256 * 2**20, enforce_eager=eager) as llm:
         assert llm.llm_engine.cfg.device.type == "cuda"
+        assert (llm.llm_engine.core.runner.graphs is None) == eager
         outs = llm.generate(prompts, SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True),
                             lora_request=[reqs[n] for n in order], use_tqdm=False)
     got = [o.outputs[0].token_ids for o in outs]
