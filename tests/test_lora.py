@@ -10,6 +10,7 @@ on/off and no block shared across adapters, each refusal's message with the engi
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -368,3 +369,22 @@ def test_async_llm_generate_with_adapter(setup, llm2, monkeypatch):
     out, again = asyncio.run(main())
     assert out.outputs[0].token_ids == again.outputs[0].token_ids == setup["ref"]("a", PROMPTS[0])
     assert out.lora_request == la
+
+
+def test_bench_throughput_lora_path(setup, capsys):
+    """vLLM's ``bench throughput --lora-path``: every request runs with the adapter under an id drawn from
+    1..--max-loras, the warm-up reads each id once, and the run reports as usual; without --enable-lora, or
+    with the HF peer, it is refused by name."""
+    from pagoda.benchmarks.throughput import lora_requests
+    from pagoda.entrypoints.cli import main
+
+    base = ["--log-level", "WARNING", "bench", "throughput", "--model", str(setup["base"]), "--dtype", "float32",
+            "--input-len", "8", "--output-len", "4", "--num-prompts", "6", "--lora-path", str(setup["a"])]
+    main([*base, "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8"])
+    assert "[pagoda] 6 requests in" in capsys.readouterr().out
+    ids = [r.lora_int_id for r in lora_requests(argparse.Namespace(lora_path="x", max_loras=2, seed=0), 64)]
+    assert set(ids) == {1, 2}
+    for extra, msg in (([], "--lora-path needs --enable-lora"),
+                       (["--enable-lora", "--backend", "hf"], "--lora-path runs on pagoda only")):
+        with pytest.raises(SystemExit, match=msg):
+            main([*base, *extra])

@@ -18,7 +18,8 @@ again on an engine with prefix caching off, in the same process, and prints the 
 steps at batch-1 speed and the total work at full-batch speed, measured on the same engine just before
 the timed run: :mod:`pagoda.benchmarks.makespan`) and measured / bound. ``--step-timeline PATH``
 records every engine step of the timed run (:mod:`pagoda.engine.step_timeline`);
-``benchmarks/step_timeline_report.py PATH`` summarizes it.
+``benchmarks/step_timeline_report.py PATH`` summarizes it. ``--lora-path`` (with ``--enable-lora``) runs every
+request with that adapter under an id drawn from 1..``--max-loras`` (vLLM's benchmark).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "run's makespan bound and measured / bound (pagoda/benchmarks/makespan.py)")
     p.add_argument("--makespan-decode-steps", type=int, default=32,
                    help="decode steps timed for each speed of --makespan-bound")
+    p.add_argument("--lora-path", default=None,
+                   help="a PEFT LoRA adapter folder: each request runs with it, under an id drawn (with --seed) from "
+                        "1..--max-loras, so the steps use that many adapter slots (vLLM's bench throughput); needs "
+                        "--enable-lora")
     add_step_timeline_arg(p)
     from pagoda.benchmarks.vllm_bench_flags import THROUGHPUT, add_refused_args
 
@@ -135,18 +140,41 @@ def _report(name: str, reqs, seconds: float, hit_rate: float | None = None,
 WARMUP_REQUESTS = 32
 
 
-def _warm_up(llm, reqs) -> None:
+def _warm_up(llm, reqs, loras: list | None = None) -> None:
     """One untimed batch shaped like the workload: up to 32 of its prompt lengths (spread over it), submitted
     together, 8 tokens each, so the kernels a JIT compiles on first use (prefill and mixed batches of these
-    sizes) are compiled before the timed run. Token ids are a pattern outside the workload and the prefix cache
-    is reset afterwards: the timed run finds none of it cached."""
+    sizes) are compiled before the timed run (and ``loras``' adapters, every id of them, read from their folder).
+    Token ids are a pattern outside the workload and the prefix cache is reset afterwards: the timed run finds
+    none of it cached."""
     from pagoda import SamplingParams
 
     step = max(1, len(reqs) // WARMUP_REQUESTS)
     lens = [len(r.prompt_token_ids) for r in reqs[::step][:WARMUP_REQUESTS]]
     warm = [{"prompt_token_ids": [7 + (i + j) % 13 for j in range(n)]} for i, n in enumerate(lens)]
-    llm.generate(warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    warm_loras = None
+    if loras:
+        distinct = list({r.lora_int_id: r for r in loras}.values())
+        warm_loras = [distinct[i % len(distinct)] for i in range(len(warm))]
+        if len(distinct) > len(warm):
+            warm_loras += distinct[len(warm):]
+            warm += warm[:1] * (len(distinct) - len(warm))
+    llm.generate(warm, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False,
+                 lora_request=warm_loras)
     llm.reset_prefix_cache()
+
+
+def lora_requests(args, n: int) -> list | None:
+    """``--lora-path``: request i's adapter, the folder under an id drawn from 1..``--max-loras`` (named by the
+    id, as vLLM names them), seeded by ``--seed``; None without it."""
+    import random
+
+    from pagoda.lora.request import LoRARequest
+
+    if not getattr(args, "lora_path", None):
+        return None
+    rng = random.Random(args.seed)
+    ids = [rng.randint(1, args.max_loras) for _ in range(n)]
+    return [LoRARequest(str(i), i, args.lora_path) for i in ids]
 
 
 def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -> dict:
@@ -160,14 +188,15 @@ def run_pagoda(args, reqs, llm=None, name: str = "pagoda", **engine_overrides) -
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
     params = [SamplingParams(temperature=0, max_tokens=r.output_len, ignore_eos=True,
                              detokenize=not getattr(args, "disable_detokenize", False)) for r in reqs]
+    loras = lora_requests(args, len(reqs))
     for _ in range(args.warmup):
-        _warm_up(llm, reqs)
+        _warm_up(llm, reqs, loras)
     bound = measure_bound(llm.llm_engine, reqs, args.makespan_decode_steps, args.seed) if args.makespan_bound else None
     kv = llm.llm_engine.core.kv
     q0, h0 = kv.prefix_cache_queries, kv.prefix_cache_hits
     with recording(llm.llm_engine.core, args.step_timeline, name):
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
+        outs = llm.generate(prompts, params, use_tqdm=False, lora_request=loras)
         dt = time.perf_counter() - t0
     assert all(len(o.outputs[0].token_ids) == r.output_len for o, r in zip(outs, reqs, strict=True))
     q = kv.prefix_cache_queries - q0
@@ -268,6 +297,12 @@ def main(args: argparse.Namespace) -> None:
 
     if args.backend == "vllm":  # vLLM's name of the engine under test
         args.backend = "pagoda"
+    if args.lora_path and not args.enable_lora:
+        raise SystemExit("bench throughput: --lora-path needs --enable-lora (and --max-loras: the adapter ids "
+                         "drawn per request)")
+    if args.lora_path and args.backend != "pagoda":
+        raise SystemExit(f"bench throughput: --lora-path runs on pagoda only; the HF peer (--backend {args.backend}) "
+                         f"applies no adapter")
     cfg_probe = EngineArgs(model=args.model, load_format=args.load_format).create_config()
     reqs = workload_from_args(args, int(cfg_probe.hf_config["vocab_size"]))
     print(f"{len(reqs)} requests, digest {requests_digest(reqs)}")

@@ -21,7 +21,6 @@ def _u(flags: str, reason: str, *accepted: str, value: bool = True) -> Unsupport
 
 _DATASETS = "the dataset it shapes is not available here (--dataset-name random, sharegpt or prefix_repetition)"
 _PROFILE = "pagoda has no profiler hooks (no /start_profile, /stop_profile routes); --step-timeline times the steps"
-_LORA = "LoRA adapters are not supported yet"
 
 SERVE: tuple[UnsupportedFlag, ...] = (
     _u("--use-beam-search", "the load generator sends sampling requests only", value=False),
@@ -61,7 +60,6 @@ THROUGHPUT: tuple[UnsupportedFlag, ...] = (
     _u("--async-engine", "the offline benchmark drives the LLM class; pagoda bench serve measures the async server",
        value=False),
     _u("--disable-frontend-multiprocessing", "it applies to --async-engine, which is not supported", value=False),
-    _u("--lora-path", _LORA),
     _u("--prefix-len --random-prefix-len", "a shared prefix is --dataset-name prefix_repetition here", "0"),
     _u("--hf-subset --hf-split", _DATASETS),
     _u("--profile", _PROFILE, value=False),
