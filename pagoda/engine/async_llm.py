@@ -635,12 +635,8 @@ class AsyncLLM:
                       params: SamplingParams | None, priority: int, lora_request: LoRARequest | None,
                       tokenization_kwargs: dict[str, Any] | None, data_parallel_rank: int | None) -> RequestStream:
         """Admit and queue a generation request now (into ``stream`` when a deferred one waits for it)."""
-        self.check_servable()
+        prompt, rank = self._admit(request_id, prompt, tokenization_kwargs, data_parallel_rank)
         assert self.input_processor is not None and self.output_processor is not None
-        admission.check_request_id_free(request_id, request_id in self._streams or
-                                        request_id in self.output_processor.parents)
-        prompt = apply_tokenization_kwargs(prompt, tokenization_kwargs, self.tokenizer, self.max_model_len)
-        rank = self._check_rank(data_parallel_rank)
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority, lora_request)
         try:  # encode before registering anything, so a failure leaves no state behind
             frames = [self._enc.encode(AddRequest(r, self.client)) for r in core_reqs]
@@ -668,6 +664,18 @@ class AsyncLLM:
             raise
         return stream
 
+    def _admit(self, request_id: str, prompt: PromptType, tokenization_kwargs: dict[str, Any] | None,
+               data_parallel_rank: int | None) -> tuple[PromptType, int | None]:
+        """The checks every request passes before its own processing (generation and pooling alike): the engine
+        can serve, the id is free, ``tokenization_kwargs`` applied, ``data_parallel_rank`` valid. Returns the
+        prompt to process and the replica asked for."""
+        self.check_servable()
+        assert self.output_processor is not None
+        admission.check_request_id_free(request_id, request_id in self._streams or
+                                        request_id in self.output_processor.parents)
+        prompt = apply_tokenization_kwargs(prompt, tokenization_kwargs, self.tokenizer, self.max_model_len)
+        return prompt, self._check_rank(data_parallel_rank)
+
     def _check_rank(self, rank: int | None) -> int | None:
         """vLLM's ``data_parallel_rank``: None, or a replica of this engine."""
         size = self.balancer.num_engines
@@ -684,12 +692,8 @@ class AsyncLLM:
         before the engine's start as :meth:`add_request`."""
 
         def add(stream: RequestStream | None) -> RequestStream:
-            self.check_servable()
+            p, rank = self._admit(request_id, prompt, tokenization_kwargs, data_parallel_rank)
             assert self.input_processor is not None and self.output_processor is not None
-            admission.check_request_id_free(request_id, request_id in self._streams or
-                                            request_id in self.output_processor.parents)
-            p = apply_tokenization_kwargs(prompt, tokenization_kwargs, self.tokenizer, self.max_model_len)
-            rank = self._check_rank(data_parallel_rank)
             text, ids, core_req = self.input_processor.process_pooling(request_id, p, params, priority)
             frame = self._enc.encode(AddRequest(core_req, self.client))
             self.output_processor.add_request(request_id, text, ids, core_req.sampling_params, pooling=True)
