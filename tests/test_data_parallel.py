@@ -40,11 +40,14 @@ def test_one_replica_always_gets_it():
 
 def test_stats_sum_over_replicas():
     a = SchedulerStats(num_running=2, num_waiting=1, kv_cache_usage=0.5, num_generation_tokens=3,
-                       prefix_cache_queries=10, prefix_cache_hits=4, spec_accepted_per_pos=[1, 2])
+                       prefix_cache_queries=10, prefix_cache_hits=4, spec_accepted_per_pos=[1, 2],
+                       num_waiting_deferred=1, running_lora_adapters={"x": 2}, waiting_lora_adapters={"y": 1})
     b = SchedulerStats(num_running=1, kv_cache_usage=0.25, num_generation_tokens=1, prefix_cache_queries=6,
-                       spec_accepted_per_pos=[5])
+                       spec_accepted_per_pos=[5], num_waiting=2, num_waiting_deferred=1,
+                       running_lora_adapters={"x": 1, "z": 1})
     s = sum_stats([a, b])
-    assert (s.num_running, s.num_waiting, s.num_generation_tokens) == (3, 1, 4)
+    assert (s.num_running, s.num_waiting, s.num_generation_tokens, s.num_waiting_deferred) == (3, 3, 4, 2)
+    assert (s.running_lora_adapters, s.waiting_lora_adapters) == ({"x": 3, "z": 1}, {"y": 1})
     assert (s.prefix_cache_queries, s.prefix_cache_hits) == (16, 4)
     assert s.kv_cache_usage == pytest.approx(0.375)  # the mean: every replica has a cache of its own
     assert s.spec_accepted_per_pos == [6, 2]

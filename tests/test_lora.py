@@ -322,11 +322,17 @@ def test_scheduler_max_loras_waits_in_order_and_base_passes():
     out = s.schedule()
     assert [x.request.request_id for x in out.scheduled] == ["r0", "r2", "r4"]
     assert [r.request_id for r in s.waiting] == ["r1", "r3"]
+    assert s.num_lora_deferred() == 2  # r1 waits for the slot, r3 behind it (first come, first served)
     s.abort_requests(["r0"])  # adapter 1 no longer runs: adapter 2 gets the slot, r3 (adapter 1) waits again
     out = s.schedule()
     assert "r1" in [x.request.request_id for x in out.scheduled]
     assert [r.request_id for r in s.waiting] == ["r3"]
     assert len({r.adapter_id for r in s.running if r.adapter_id is not None}) == 1
+    assert s.num_lora_deferred() == 1
+    s.add_request(_req("r5", 2))  # the running adapter's request, behind the held-back r3: held back too
+    s.add_request(_req("r6", None))  # a base-model request is never deferred
+    assert s.num_lora_deferred() == 2
+    assert Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64).num_lora_deferred() == 0
 
 
 def test_block_hash_keys_the_adapter():

@@ -326,3 +326,18 @@ def test_scheduler_never_exceeds_max_loras_and_every_request_finishes(policy, ma
             if len(reqs) == 60 and not s.has_unfinished_requests():
                 break
         assert all(r.status.finished for r in reqs), seed
+
+
+def test_waiting_by_reason_splits_deferred_from_capacity():
+    """vLLM's ``num_requests_waiting_by_reason``: requests held back for a LoRA slot or a grammar compile are
+    "deferred", the rest "capacity"; the two add up to ``num_requests_waiting``."""
+    from pagoda.engine.messages import SchedulerStats
+    from pagoda.entrypoints.openai.metrics import PrometheusStatLogger
+
+    prom = PrometheusStatLogger("m", prefix="vllm", max_loras=1)
+    prom.on_step(SchedulerStats(num_waiting=5, num_waiting_deferred=2))
+    text = prom.render()[0].decode()
+    got = {reason: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+           if line.startswith("vllm:num_requests_waiting_by_reason{")
+           for reason in ("capacity", "deferred") if f'reason="{reason}"' in line}
+    assert got == {"capacity": 3.0, "deferred": 2.0}

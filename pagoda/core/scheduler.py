@@ -329,6 +329,20 @@ class Scheduler:
         running = {r.adapter_id for r in self.running if r.adapter_id is not None}
         return aid not in running and len(running) >= self.max_loras
 
+    def num_lora_deferred(self) -> int:
+        """Waiting requests that :meth:`_lora_blocked` holds back now (its rule over the queue in admission order):
+        the "deferred" share of vLLM's ``num_requests_waiting_by_reason``. O(waiting); 0 without LoRA."""
+        if self.max_loras is None:
+            return 0
+        running = {r.adapter_id for r in self.running if r.adapter_id is not None}
+        full, n, blocked = len(running) >= self.max_loras, 0, False
+        for req in self.waiting:
+            if req.adapter_id is None:
+                continue
+            blocked = blocked or (full and req.adapter_id not in running)
+            n += blocked
+        return n
+
     def _admit_waiting(self, out: SchedulerOutput, budget: int, now: float, skipped: list[Request]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting.peek_request()

@@ -602,6 +602,7 @@ class EngineCore:
         return SchedulerStats(
             num_running=len(self.scheduler.running),
             num_waiting=self.scheduler.num_waiting + len(self._grammar_waiting),
+            num_waiting_deferred=self.scheduler.num_lora_deferred() + len(self._grammar_waiting),
             kv_cache_usage=self.kv.usage(),
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,

@@ -59,8 +59,8 @@ def sum_stats(per_engine: list[SchedulerStats]) -> SchedulerStats:
     n = len(per_engine)
     out = SchedulerStats()
     for s in per_engine:
-        for name in ("num_running", "num_waiting", "num_preemptions", "num_prompt_tokens", "num_generation_tokens",
-                     "prefix_cache_queries", "prefix_cache_hits", "kv_offload_stored_blocks",
+        for name in ("num_running", "num_waiting", "num_waiting_deferred", "num_preemptions", "num_prompt_tokens",
+                     "num_generation_tokens", "prefix_cache_queries", "prefix_cache_hits", "kv_offload_stored_blocks",
                      "kv_offload_loaded_blocks", "spec_num_drafts", "spec_num_draft_tokens",
                      "spec_num_accepted_tokens"):
             setattr(out, name, getattr(out, name) + getattr(s, name))
@@ -70,4 +70,8 @@ def sum_stats(per_engine: list[SchedulerStats]) -> SchedulerStats:
         per_pos.extend([0] * (len(s.spec_accepted_per_pos) - len(per_pos)))
         for i, v in enumerate(s.spec_accepted_per_pos):
             per_pos[i] += v
+        for mine, theirs in ((out.running_lora_adapters, s.running_lora_adapters),
+                             (out.waiting_lora_adapters, s.waiting_lora_adapters)):
+            for name, count in theirs.items():  # per adapter name, over the replicas
+                mine[name] = mine.get(name, 0) + count
     return out

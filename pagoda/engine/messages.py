@@ -110,6 +110,9 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
 class SchedulerStats(msgspec.Struct):
     num_running: int = 0
     num_waiting: int = 0
+    # Of num_waiting: those held back by something other than capacity (vLLM's "deferred" reason of
+    # num_requests_waiting_by_reason): a LoRA slot (another adapter holds the last one), their grammar's compile.
+    num_waiting_deferred: int = 0
     kv_cache_usage: float = 0.0
     num_preemptions: int = 0
     num_prompt_tokens: int = 0  # computed this step (prefill)

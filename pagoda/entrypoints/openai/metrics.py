@@ -364,7 +364,8 @@ class PrometheusStatLogger:
         m = e.m
         m["num_requests_running"].set(stats.num_running)
         m["num_requests_waiting"].set(stats.num_waiting)
-        e.waiting_by_reason["capacity"].set(stats.num_waiting)  # pagoda defers no request for other reasons
+        e.waiting_by_reason["capacity"].set(stats.num_waiting - stats.num_waiting_deferred)
+        e.waiting_by_reason["deferred"].set(stats.num_waiting_deferred)
         for name in ("kv_cache_usage_perc", "gpu_cache_usage_perc"):
             m[name].set(stats.kv_cache_usage)
         if stats.num_preemptions > e.last_preemptions:
