@@ -205,6 +205,24 @@ def test_serve_sends_vllms_request_flags(recording_server, tmp_path):
     assert saved["gpu"] == "h100" and saved["tp"] == "2" and saved["model_id"] == "org/listed-model"
 
 
+def test_serve_lora_modules_name_each_requests_model(recording_server):
+    """vLLM's ``--lora-modules``: the timed requests name the served adapters as their model, in turn with
+    ``--lora-assignment round-robin``, drawn with ``--seed`` by default (the same draw every run)."""
+    from pagoda.benchmarks.serve import request_model
+
+    url, log = recording_server
+    log.clear()
+    base = ["--base-url", url, "--num-prompts", "6", "--random-input-len", "4", "--random-output-len", "2",
+            "--request-id-prefix", "r-", "--lora-modules", "sql", "chat"]
+    run_bench_serve(_serve_args(*base, "--lora-assignment", "round-robin"))
+    by_index = {int(h["x-request-id"][2:]): b["model"] for h, b in log if "x-request-id" in h}
+    assert by_index == {i: ("sql", "chat")[i % 2] for i in range(6)}
+    args = _serve_args(*base)
+    drawn = [request_model(args, "base", i) for i in range(64)]
+    assert set(drawn) == {"sql", "chat"} and drawn == [request_model(_serve_args(*base), "x", i) for i in range(64)]
+    assert request_model(_serve_args("--base-url", url), "base", 3) == "base"
+
+
 def test_serve_chat_logprobs_random_prefix_and_append(recording_server, tmp_path):
     url, log = recording_server
     log.clear()

@@ -222,6 +222,11 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name to send (default: the first of GET /v1/models)")
     p.add_argument("--served-model-name", default=None,
                    help="the name sent in requests when it differs from --model (vLLM's; default: --model)")
+    p.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME",
+                   help="LoRA adapter names the server serves (its --lora-modules): each request names one of them as "
+                        "its model, by --lora-assignment (vLLM's)")
+    p.add_argument("--lora-assignment", default="random", choices=["random", "round-robin"],
+                   help="how requests pick from --lora-modules: at random (with --seed), or in turn by request index")
     p.add_argument("--header", nargs="*", default=None, metavar="KEY=VALUE",
                    help="headers sent with every request (they override the API key's Authorization)")
     p.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
@@ -480,6 +485,17 @@ async def send_one(client: Any, url: str, headers: dict[str, str], payload: dict
     return res
 
 
+def request_model(args: argparse.Namespace, model: str, index: int) -> str:
+    """The model a request names: ``model``, or with ``--lora-modules`` one of them for request ``index`` (in
+    turn, or drawn with ``--seed``: the same workload and seed give every request the same adapter)."""
+    modules = getattr(args, "lora_modules", None)
+    if not modules:
+        return model
+    if args.lora_assignment == "round-robin":
+        return modules[index % len(modules)]
+    return random.Random(f"{args.seed}:lora:{index}").choice(modules)
+
+
 def _payload(args: argparse.Namespace, model: str, prompt: str, n_out: int, chat: bool) -> dict[str, Any]:
     p: dict[str, Any] = {"model": model, "max_tokens": n_out, "temperature": args.temperature, "stream": True,
                          # usage on every chunk: tokens per chunk even when their text is empty (stream_timing)
@@ -709,7 +725,7 @@ async def _run_requests(args: argparse.Namespace, client: Any, url: str, headers
     indices = indices if indices is not None else list(range(len(prompts)))
 
     async def limited(index: int, text: str, n_in: int, n_out: int) -> RequestResult:
-        payload = _payload(args, model, text, n_out, chat)
+        payload = _payload(args, request_model(args, model, index), text, n_out, chat)
         h = {**headers, "X-Request-Id": f"{args.request_id_prefix}{index}"} if args.request_id_prefix else headers
         if sem is None:
             return await send_one(client, url, h, payload, chat, n_in)

@@ -30,8 +30,6 @@ SERVE: tuple[UnsupportedFlag, ...] = (
        value=False),
     _u("--chat-template-kwargs", "vLLM applies it to datasets rendered client-side (custom, speed_bench), not "
        "available here; send it to the server with --extra-body '{\"chat_template_kwargs\": {...}}'"),
-    _u("--lora-modules", "one LoRA module per request is not sent: name the model with --model"),
-    _u("--lora-assignment", "one LoRA module per request is not sent: name the model with --model", "random"),
     _u("--ramp-up-strategy --ramp-up-start-rps --ramp-up-end-rps",
        "a ramped request rate is not generated: use --request-rate (and --burstiness)"),
     _u("--plot-timeline --plot-dataset-stats", "no plot is drawn: --save-result writes every request's figures",
