@@ -96,6 +96,28 @@ def test_tokenization_kwargs_are_honoured_or_refused_by_name(llm):
         ids({"max_length": 0})
 
 
+def test_pooling_methods_take_tokenization_kwargs(tiny):
+    """``LLM.embed`` / ``encode`` / ``classify`` / ``reward`` / ``score`` take vLLM's ``tokenization_kwargs`` as
+    ``generate`` does: the last k tokens kept, special tokens left out on request, other keys refused by name."""
+    from pagoda.errors import ValidationError
+
+    pool = tiny.llm("llama", runner="pooling")
+    tok = pool.get_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog"
+    full = pool.embed(text, use_tqdm=False)[0]
+    (cut,) = pool.embed(text, use_tqdm=False, tokenization_kwargs={"truncate_prompt_tokens": 3})
+    assert cut.prompt_token_ids == full.prompt_token_ids[-3:]
+    (ref,) = pool.embed({"prompt_token_ids": full.prompt_token_ids[-3:]}, use_tqdm=False)
+    assert cut.outputs.embedding == ref.outputs.embedding
+    (plain,) = pool.encode(text, pooling_task="embed", use_tqdm=False,
+                           tokenization_kwargs={"add_special_tokens": False})
+    assert plain.prompt_token_ids == tok.encode(text, add_special_tokens=False)
+    (a, b) = pool.score(text, ["a dog", "a fox"], use_tqdm=False, tokenization_kwargs={"max_length": 2})
+    assert len(a.prompt_token_ids) == len(b.prompt_token_ids) == 4  # two texts of two tokens each, cosine-scored
+    with pytest.raises(ValidationError, match=r"\['padding'\] are not supported"):
+        pool.embed(text, use_tqdm=False, tokenization_kwargs={"padding": True})
+
+
 def test_collective_rpc_and_apply_model_run_on_the_in_process_worker(llm):
     runner = llm.llm_engine.core.runner
     assert llm.collective_rpc(lambda w, x, y=0: (w is runner, x + y), args=(2,), kwargs={"y": 3}) == [(True, 5)]

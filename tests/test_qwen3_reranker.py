@@ -223,3 +223,23 @@ def test_served_score_renders_the_chat_template(tiny, tok, qwen3, tmp_path):
                                                                                                abs=1e-5)
     finally:
         srv.stop()
+
+
+def test_score_takes_tokenization_kwargs(tok, reranker):
+    """vLLM's ``LLM.score(tokenization_kwargs=...)``: a cross-encoder's pair takes the truncation keys (the smaller
+    of them and truncate_prompt_tokens wins) and refuses add_special_tokens=False by name."""
+    from pagoda.errors import ValidationError
+
+    full = tok(QUERY + DOCS[0])["input_ids"]
+    (cut,) = reranker.score(QUERY, DOCS[:1], use_tqdm=False, tokenization_kwargs={"truncation": True, "max_length": 5})
+    (same,) = reranker.score(QUERY, DOCS[:1], use_tqdm=False, truncate_prompt_tokens=5)
+    assert cut.prompt_token_ids == same.prompt_token_ids == tok(QUERY + DOCS[0], truncation=True,
+                                                                max_length=5)["input_ids"] != full
+    assert cut.outputs.score == same.outputs.score
+    (both,) = reranker.score(QUERY, DOCS[:1], use_tqdm=False, truncate_prompt_tokens=4,
+                             tokenization_kwargs={"truncate_prompt_tokens": 6})
+    assert len(both.prompt_token_ids) == 4
+    with pytest.raises(ValidationError, match="add_special_tokens=False is not supported"):
+        reranker.score(QUERY, DOCS[:1], use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
+    with pytest.raises(ValidationError, match=r"\['padding'\] are not supported"):
+        reranker.score(QUERY, DOCS[:1], use_tqdm=False, tokenization_kwargs={"padding": True})

@@ -12,16 +12,11 @@ TOKENIZATION_KWARGS = ("add_special_tokens", "truncate_prompt_tokens", "truncati
 """The keys of vLLM's ``tokenization_kwargs`` pagoda honours (any other is refused by name)."""
 
 
-def apply_tokenization_kwargs(prompt: PromptType, kwargs: dict[str, Any] | None, tokenizer: Any,
-                              max_model_len: int) -> PromptType:
-    """vLLM's ``tokenization_kwargs`` applied to one prompt: a text prompt is tokenized here with
-    ``add_special_tokens`` (default True) and comes back as a prompt dict with its ids; ``truncate_prompt_tokens``
-    (k, or -1: the context length) and ``truncation`` / ``max_length`` (HF's: ``max_length`` given, or
-    ``truncation=True`` with the context length) keep the prompt's last k tokens, as vLLM's tokenizer (its
-    truncation side is left). ``add_special_tokens`` has no effect on token-id prompts (as in vLLM). None / {}:
-    the prompt unchanged. Raises ``ValidationError`` naming a key pagoda does not honour or a bad value."""
+def parse_tokenization_kwargs(kwargs: dict[str, Any] | None, max_model_len: int) -> tuple[bool, int | None]:
+    """Checked ``tokenization_kwargs`` as ``(add_special_tokens, keep)``: ``keep`` the number of last tokens a prompt
+    keeps (None: no cut). Raises ``ValidationError`` naming a key pagoda does not honour or a bad value."""
     if not kwargs:
-        return prompt
+        return True, None
     if not isinstance(kwargs, dict):
         raise ValidationError(f"tokenization_kwargs must be a dict, got {type(kwargs).__name__}.",
                               "tokenization_kwargs")
@@ -48,13 +43,27 @@ def apply_tokenization_kwargs(prompt: PromptType, kwargs: dict[str, Any] | None,
         keep.append(max_model_len if k == -1 else k)
     if truncation and kwargs.get("max_length") is None:
         keep.append(max_model_len)
+    return special, min(keep) if keep else None
+
+
+def apply_tokenization_kwargs(prompt: PromptType, kwargs: dict[str, Any] | None, tokenizer: Any,
+                              max_model_len: int) -> PromptType:
+    """vLLM's ``tokenization_kwargs`` applied to one prompt: a text prompt is tokenized here with
+    ``add_special_tokens`` (default True) and comes back as a prompt dict with its ids; ``truncate_prompt_tokens``
+    (k, or -1: the context length) and ``truncation`` / ``max_length`` (HF's: ``max_length`` given, or
+    ``truncation=True`` with the context length) keep the prompt's last k tokens, as vLLM's tokenizer (its
+    truncation side is left). ``add_special_tokens`` has no effect on token-id prompts (as in vLLM). None / {}:
+    the prompt unchanged. Raises ``ValidationError`` naming a key pagoda does not honour or a bad value."""
+    if not kwargs:
+        return prompt
+    special, keep = parse_tokenization_kwargs(kwargs, max_model_len)
     if isinstance(prompt, str):
         prompt = {"prompt": prompt}
     if isinstance(prompt, dict) and "prompt_token_ids" not in prompt and isinstance(prompt.get("prompt"), str):
         prompt = {**prompt, "prompt_token_ids": tokenizer.encode(prompt["prompt"], add_special_tokens=special)}
-    if keep:
+    if keep is not None:
         if isinstance(prompt, dict) and isinstance(prompt.get("prompt_token_ids"), (list, tuple)):
-            prompt = {**prompt, "prompt_token_ids": list(prompt["prompt_token_ids"])[-min(keep):]}
+            prompt = {**prompt, "prompt_token_ids": list(prompt["prompt_token_ids"])[-keep:]}
         elif isinstance(prompt, list):
-            prompt = prompt[-min(keep):]
+            prompt = prompt[-keep:]
     return prompt

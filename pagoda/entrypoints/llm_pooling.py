@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 
+from pagoda.engine.tokenization_kwargs import apply_tokenization_kwargs, parse_tokenization_kwargs
 from pagoda.engine.tokenizer import read_chat_template
 from pagoda.entrypoints.vllm_flags import check_no_lora
 from pagoda.errors import ValidationError
 from pagoda.pooling.batching import longest_first, pretokenize
-from pagoda.pooling.inputs import not_pooling_error, tokenize_pair
+from pagoda.pooling.inputs import not_pooling_error, tokenize_pair, truncation
 from pagoda.pooling.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -54,9 +55,12 @@ class PoolingMixin:
         raise NotImplementedError
 
     def _pool(self, prompts: Any, params: ParamsArg, task: str, use_tqdm: ProgressArg,
-              truncate_prompt_tokens: int | None, lora_request: Any = None) -> list[PoolingRequestOutput]:
+              truncate_prompt_tokens: int | None, lora_request: Any = None,
+              tokenization_kwargs: dict[str, Any] | None = None) -> list[PoolingRequestOutput]:
         """``prompts`` run for ``task`` with their :func:`_params`; results in input order. ``lora_request``: vLLM's
-        keyword, only None (or a list of None, one per prompt)."""
+        keyword, only None (or a list of None, one per prompt). ``tokenization_kwargs``: as ``LLM.generate``'s
+        (:func:`~pagoda.engine.tokenization_kwargs.apply_tokenization_kwargs`), a text lowercased first where the
+        model's pooler lowercases."""
         from pagoda.entrypoints.llm import _as_prompt_list, check_lora_requests
 
         if self.llm_engine.cfg.pooler is None:
@@ -65,6 +69,8 @@ class PoolingMixin:
         check_lora_requests(lora_request, len(plist), "pooling (a pooling model)")
         plist_params = _params(params, task, len(plist), truncate_prompt_tokens=truncate_prompt_tokens)
         eng = self.llm_engine
+        if tokenization_kwargs:
+            plist = [self._tokenize_with(p, tokenization_kwargs) for p in plist]
         truncs = {x.truncate_prompt_tokens for x in plist_params}
         if len(truncs) == 1:  # texts tokenized in one batch call when they truncate alike (else one by one)
             plist = pretokenize(eng.tokenizer, plist, truncs.pop(), eng.cfg.max_model_len,
@@ -76,9 +82,21 @@ class PoolingMixin:
             result[i] = o
         return result
 
+    def _tokenize_with(self, prompt: Any, kwargs: dict[str, Any]) -> Any:
+        """One prompt through ``tokenization_kwargs`` (its text lowercased first where the pooler lowercases; the
+        output keeps the text as given)."""
+        eng = self.llm_engine
+        lower = eng.cfg.pooler is not None and eng.cfg.pooler.lowercase
+        text = prompt if isinstance(prompt, str) else None
+        out = apply_tokenization_kwargs(text.lower() if lower and text is not None else prompt, kwargs,
+                                        eng.tokenizer, eng.cfg.max_model_len)
+        if text is not None and isinstance(out, dict):
+            out = {**out, "prompt": text}
+        return out
+
     def encode(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
-               pooling_task: str | None = None, truncate_prompt_tokens: int | None = None, lora_request: Any = None
-               ) -> list[PoolingRequestOutput]:
+               pooling_task: str | None = None, truncate_prompt_tokens: int | None = None, lora_request: Any = None,
+               tokenization_kwargs: dict[str, Any] | None = None) -> list[PoolingRequestOutput]:
         """Raw pooled tensors (``pooling_task``: embed, classify, score, token_embed, token_classify; default: the
         task the pooling params set, else the model's first task)."""
         pooler = self.llm_engine.cfg.pooler
@@ -87,34 +105,44 @@ class PoolingMixin:
         first = pooling_params if isinstance(pooling_params, PoolingParams) or pooling_params is None \
             else next(iter(pooling_params), None)
         task = pooling_task or (first.task if first is not None else None) or pooler.supported_tasks[0]
-        return self._pool(prompts, pooling_params, task, use_tqdm, truncate_prompt_tokens, lora_request)
+        return self._pool(prompts, pooling_params, task, use_tqdm, truncate_prompt_tokens, lora_request,
+                          tokenization_kwargs)
 
     def embed(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
-              truncate_prompt_tokens: int | None = None, lora_request: Any = None) -> list[EmbeddingRequestOutput]:
+              truncate_prompt_tokens: int | None = None, lora_request: Any = None,
+              tokenization_kwargs: dict[str, Any] | None = None) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (pooled, ``dimensions``-cut and normalised per the model's pooler)."""
-        outs = self._pool(prompts, pooling_params, "embed", use_tqdm, truncate_prompt_tokens, lora_request)
+        outs = self._pool(prompts, pooling_params, "embed", use_tqdm, truncate_prompt_tokens, lora_request,
+                          tokenization_kwargs)
         return [EmbeddingRequestOutput.from_base(o) for o in outs]
 
     def classify(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
-                 truncate_prompt_tokens: int | None = None, lora_request: Any = None
-                 ) -> list[ClassificationRequestOutput]:
+                 truncate_prompt_tokens: int | None = None, lora_request: Any = None,
+                 tokenization_kwargs: dict[str, Any] | None = None) -> list[ClassificationRequestOutput]:
         """Class probabilities per prompt (softmax; sigmoid for a one-label head)."""
-        outs = self._pool(prompts, pooling_params, "classify", use_tqdm, truncate_prompt_tokens, lora_request)
+        outs = self._pool(prompts, pooling_params, "classify", use_tqdm, truncate_prompt_tokens, lora_request,
+                          tokenization_kwargs)
         return [ClassificationRequestOutput.from_base(o) for o in outs]
 
     def reward(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
-               truncate_prompt_tokens: int | None = None, lora_request: Any = None) -> list[PoolingRequestOutput]:
+               truncate_prompt_tokens: int | None = None, lora_request: Any = None,
+               tokenization_kwargs: dict[str, Any] | None = None) -> list[PoolingRequestOutput]:
         """Per-token reward-head outputs ([T, num_labels]) per prompt."""
-        return self._pool(prompts, pooling_params, "token_classify", use_tqdm, truncate_prompt_tokens, lora_request)
+        return self._pool(prompts, pooling_params, "token_classify", use_tqdm, truncate_prompt_tokens, lora_request,
+                          tokenization_kwargs)
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], use_tqdm: ProgressArg = True,
               pooling_params: PoolingParams | None = None, truncate_prompt_tokens: int | None = None,
-              lora_request: Any = None, chat_template: str | None = None) -> list[ScoringRequestOutput]:
+              lora_request: Any = None, chat_template: str | None = None,
+              tokenization_kwargs: dict[str, Any] | None = None) -> list[ScoringRequestOutput]:
         """Scores of text pairs: one ``data_1`` against each ``data_2``, or pairwise for equal-length lists. A
         classifier scores each pair as a cross-encoder; an embedding model by cosine similarity.
         ``lora_request``: only None. ``chat_template`` (vLLM's; a template's text or a file): a cross-encoder's score
         template, each pair rendered through it as a ``query`` and a ``document`` message and tokenized as one text
-        (Qwen3-Reranker); an embedding model refuses it."""
+        (Qwen3-Reranker); an embedding model refuses it. ``tokenization_kwargs``: an embedding model's texts take
+        them as ``embed``'s; a cross-encoder's pair takes the truncation keys (the tokenizer's truncation of the
+        pair, as ``truncate_prompt_tokens``; the smaller wins) and refuses ``add_special_tokens=False`` (a pair is
+        encoded with the model's special tokens)."""
         pooler = self.llm_engine.cfg.pooler
         if pooler is None:
             raise not_pooling_error()
@@ -125,19 +153,29 @@ class PoolingMixin:
                 raise ValidationError("chat_template is a cross-encoder's score template; an embedding model scores "
                                       "by cosine similarity of the two texts' embeddings, which it does not shape.",
                                       "chat_template")
-            return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm)
+            return self._cosine_scores(pairs, pooling_params, truncate_prompt_tokens, use_tqdm, tokenization_kwargs)
         tok = self.llm_engine.tokenizer
+        max_len = self.llm_engine.cfg.max_model_len
+        special, keep = parse_tokenization_kwargs(tokenization_kwargs, max_len)
+        if not special:
+            raise ValidationError("tokenization_kwargs: add_special_tokens=False is not supported for a "
+                                  "cross-encoder's score: each pair is encoded with the model's special tokens.",
+                                  "tokenization_kwargs")
+        truncate = truncation(truncate_prompt_tokens, max_len)
+        if keep is not None:
+            truncate = keep if truncate is None else min(truncate, keep)
         template = read_chat_template(chat_template) if chat_template is not None else None
-        prompts = [tokenize_pair(tok, a, b, truncate_prompt_tokens, self.llm_engine.cfg.max_model_len,
+        prompts = [tokenize_pair(tok, a, b, truncate, max_len,
                                  pooler.lowercase, use_sep_token=pooler.use_sep_token, chat_template=template)
                    for a, b in pairs]
         outs = self._pool(prompts, pooling_params, "score", use_tqdm, truncate_prompt_tokens)
         return [ScoringRequestOutput.from_base(o) for o in outs]
 
     def _cosine_scores(self, pairs: list[tuple[str, str]], p: PoolingParams | None, truncate: int | None,
-                       use_tqdm: ProgressArg) -> list[ScoringRequestOutput]:
+                       use_tqdm: ProgressArg, tokenization_kwargs: dict[str, Any] | None = None
+                       ) -> list[ScoringRequestOutput]:
         texts = [t for pair in pairs for t in pair]
-        embs = self._pool(texts, p, "embed", use_tqdm, truncate)
+        embs = self._pool(texts, p, "embed", use_tqdm, truncate, tokenization_kwargs=tokenization_kwargs)
         out = []
         for i in range(len(pairs)):
             a, b = embs[2 * i], embs[2 * i + 1]
