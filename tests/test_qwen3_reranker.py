@@ -243,3 +243,15 @@ def test_score_takes_tokenization_kwargs(tok, reranker):
         reranker.score(QUERY, DOCS[:1], use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
     with pytest.raises(ValidationError, match=r"\['padding'\] are not supported"):
         reranker.score(QUERY, DOCS[:1], use_tqdm=False, tokenization_kwargs={"padding": True})
+
+
+def test_convert_classify_of_the_causal_lm_is_the_classifier(tok, reranker, qwen3):
+    """vLLM's ``--convert classify`` of a ``*ForCausalLM`` with ``classifier_from_token``: the same classifier as the
+    ``*ForSequenceClassification`` override; without the keys it is refused, naming them."""
+    keys = {k: v for k, v in QWEN3_OVERRIDES.items() if k != "architectures"}
+    want = reranker.score(QUERY, DOCS, use_tqdm=False)
+    with LLM(str(qwen3), runner="pooling", convert="classify", dtype="float32", hf_overrides=keys) as llm:
+        got = llm.score(QUERY, DOCS, use_tqdm=False)
+    assert [g.outputs.score for g in got] == [w.outputs.score for w in want]
+    with pytest.raises(ValueError, match="classifier_from_token and method in --hf-overrides"):
+        LLM(str(qwen3), runner="pooling", convert="classify", dtype="float32")

@@ -87,7 +87,10 @@ def default_pooling(arch: str, convert: str) -> tuple[str, str]:
     kind = convert if convert in ("embed", "classify", "reward") else ("classify" if classifier else "embed")
     if kind in ("classify", "reward") and not classifier:
         raise ValueError(f"--convert {kind} needs a *ForSequenceClassification checkpoint (a classifier head); "
-                         f"{arch} has none")
+                         f"{arch} has none" + ("" if kind != "classify" or not arch.endswith("ForCausalLM") else
+                                               " (a Llama-family *ForCausalLM classifies from its LM-head rows with "
+                                               "classifier_from_token and method in --hf-overrides, as vLLM's "
+                                               "LLM-as-reranker recipe)"))
     return kind, "CLS" if arch in _ENCODERS else "LAST"
 
 

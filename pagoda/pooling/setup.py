@@ -6,7 +6,9 @@ everything else as a generative one. A pooling engine computes each prompt whole
 nothing afterwards, so it runs with chunked prefill, prefix caching and async scheduling off and a token
 budget of at least ``max_model_len`` (so every admissible prompt fits one step). A classifier converted from
 LM-head token rows (``classifier_from_token``, :class:`pagoda.pooling.config.FromTokenClassifier`) is checked and its
-tokens looked up in the vocabulary here, and its labels and token ids written into the hf_config returned.
+tokens looked up in the vocabulary here, and its labels and token ids written into the hf_config returned. A
+Llama-family ``*ForCausalLM`` given ``--convert classify`` with those keys runs as its ``*ForSequenceClassification``
+(vLLM's ``as_seq_cls_model``): the returned hf_config names that architecture.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pagoda.pooling.config import (
+    FROM_TOKEN_ARCHS,
+    FROM_TOKEN_KEYS,
     PoolerConfig,
     ResolvedPooler,
     check_no_resolved_ids,
@@ -26,6 +30,9 @@ from pagoda.pooling.config import (
     sentence_transformers_max_len,
     with_from_token_labels,
 )
+
+CAUSAL_TO_CLASSIFIER = {a.replace("ForSequenceClassification", "ForCausalLM"): a for a in FROM_TOKEN_ARCHS}
+"""``--convert classify`` of these generative architectures with ``classifier_from_token`` runs the classifier."""
 
 RUNNERS = ("auto", "generate", "pooling")
 CONVERTS = ("auto", "none", "embed", "classify", "reward")
@@ -62,6 +69,10 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | Po
             raise ValueError("--pooler-config applies to pooling models only (--runner pooling).")
         from_token_classifier(hf_config, arch, None)  # its keys are a classifier's: refused here, by name
         return RunnerChoice("generate", None, None, hf_config)
+    if convert == "classify" and arch in CAUSAL_TO_CLASSIFIER and \
+            any(hf_config.get(k) not in (None, False) for k in FROM_TOKEN_KEYS):
+        arch = CAUSAL_TO_CLASSIFIER[arch]
+        hf_config = {**hf_config, "architectures": [arch]}
     kind, default_type = default_pooling(arch, convert)
     if isinstance(pooler_config, PoolerConfig):  # LLM(pooler_config=PoolerConfig(...)), as vLLM's offline docs write
         pooler_config = {k: v for k, v in dataclasses.asdict(pooler_config).items() if v is not None}
