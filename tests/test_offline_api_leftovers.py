@@ -118,6 +118,22 @@ def test_pooling_methods_take_tokenization_kwargs(tiny):
         pool.embed(text, use_tqdm=False, tokenization_kwargs={"padding": True})
 
 
+def test_pooling_tokenization_kwargs_lowercase_where_the_pooler_does(tiny, monkeypatch):
+    """A pooler that lowercases (sentence-transformers' ``do_lower_case``) sees the lowercased text through
+    ``tokenization_kwargs`` too, a plain text or a prompt dict alike; the output keeps the text as given."""
+    import dataclasses
+
+    pool = tiny.llm("llama", runner="pooling")
+    eng = pool.llm_engine
+    monkeypatch.setattr(eng, "cfg", dataclasses.replace(eng.cfg, pooler=dataclasses.replace(eng.cfg.pooler,
+                                                                                           lowercase=True)))
+    tok = pool.get_tokenizer()
+    kw = {"add_special_tokens": False}
+    for prompt in ("Hello WORLD Again", {"prompt": "Hello WORLD Again"}):
+        (out,) = pool.embed(prompt, use_tqdm=False, tokenization_kwargs=kw)
+        assert out.prompt_token_ids == tok.encode("hello world again", add_special_tokens=False)
+
+
 def test_collective_rpc_and_apply_model_run_on_the_in_process_worker(llm):
     runner = llm.llm_engine.core.runner
     assert llm.collective_rpc(lambda w, x, y=0: (w is runner, x + y), args=(2,), kwargs={"y": 3}) == [(True, 5)]

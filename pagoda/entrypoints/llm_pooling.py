@@ -87,12 +87,13 @@ class PoolingMixin:
         output keeps the text as given)."""
         eng = self.llm_engine
         lower = eng.cfg.pooler is not None and eng.cfg.pooler.lowercase
-        text = prompt if isinstance(prompt, str) else None
-        out = apply_tokenization_kwargs(text.lower() if lower and text is not None else prompt, kwargs,
-                                        eng.tokenizer, eng.cfg.max_model_len)
-        if text is not None and isinstance(out, dict):
-            out = {**out, "prompt": text}
-        return out
+        given = {"prompt": prompt} if isinstance(prompt, str) else prompt
+        text = given.get("prompt") if isinstance(given, dict) and "prompt_token_ids" not in given else None
+        if not isinstance(text, str):
+            return apply_tokenization_kwargs(prompt, kwargs, eng.tokenizer, eng.cfg.max_model_len)
+        out = apply_tokenization_kwargs({**given, "prompt": text.lower() if lower else text}, kwargs, eng.tokenizer,
+                                        eng.cfg.max_model_len)
+        return {**out, "prompt": text} if isinstance(out, dict) else out
 
     def encode(self, prompts: Any, pooling_params: ParamsArg = None, use_tqdm: ProgressArg = True,
                pooling_task: str | None = None, truncate_prompt_tokens: int | None = None, lora_request: Any = None,
