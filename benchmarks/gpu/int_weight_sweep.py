@@ -38,7 +38,7 @@ from pagoda.quantization.kernels.triton_wna16 import Rule  # noqa: E402
 
 dev = torch.device("cpu" if SMOKE else "cuda")
 DT = torch.float32 if SMOKE else torch.bfloat16
-SHAPES = {"qkv": (384, 256), "down": (256, 512)} if SMOKE else \
+SHAPES = {"down": (256, 512)} if SMOKE else \
     {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 MS = (1, 4, 16) if SMOKE else (1, 4, 16, 64, 256)
 if "--ms" in sys.argv:  # these row counts only, e.g. --only u8 --ms 256 1024 (last on the line)
