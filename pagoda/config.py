@@ -441,9 +441,9 @@ class EngineArgs:
         from pagoda.pooling.setup import resolve_runner
 
         rc = resolve_runner(self.runner, self.convert, self.pooler_config, arch, hf_config, model_path, tokenizer_path)
-        if rc.hf_config.get("architectures") != hf_config.get("architectures"):
-            arch = rc.hf_config["architectures"][0]  # --convert classify of a *ForCausalLM: its classifier class
-        hf_config = rc.hf_config  # a classifier from LM-head token rows: its labels and token ids (pooling/config.py)
+        # a --convert classify *ForCausalLM runs as its classifier class; a classifier from LM-head token rows gets
+        # its labels and token ids (pooling/setup.py)
+        arch, hf_config = rc.arch, rc.hf_config
         pooling = rc.runner == "pooling"
         if pooling and self.long_prefill_token_threshold > 0:
             raise ValueError("--long-prefill-token-threshold applies to generative models; a pooling model "

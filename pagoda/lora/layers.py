@@ -33,6 +33,7 @@ class LoRABatch:
         self.active = False
         self.always = False
         self._host = torch.zeros(0, max_loras, dtype=dtype)  # the mask last written (its rows past it are zero)
+        self._slots: list[int] = []  # the rows' slots last written
 
     @property
     def max_rows(self) -> int:
@@ -44,6 +45,9 @@ class LoRABatch:
         n = len(slots)
         if n > self.max_rows:
             raise RuntimeError(f"a LoRA step of {n} rows is over the {self.max_rows} rows its mask holds")
+        if slots == self._slots:  # a decode step of the same batch: nothing to build or write
+            return
+        self._slots = list(slots)
         self.active = any(s >= 0 for s in slots)
         rows = max(n, self._host.shape[0])
         host = torch.zeros(rows, self.row_mask.shape[1], dtype=self.row_mask.dtype)

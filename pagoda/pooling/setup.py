@@ -44,6 +44,7 @@ class RunnerChoice:
     pooler: ResolvedPooler | None
     max_len_cap: int | None  # sentence-transformers' max_seq_length / the encoder's position table
     hf_config: dict[str, Any]  # the engine's: the given one, with a from-token classifier's labels and token ids
+    arch: str  # the architecture the engine runs: the given one, or a converted *ForCausalLM's classifier class
 
 
 def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | PoolerConfig | None, arch: str,
@@ -68,7 +69,7 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | Po
         if pooler_config:
             raise ValueError("--pooler-config applies to pooling models only (--runner pooling).")
         from_token_classifier(hf_config, arch, None)  # its keys are a classifier's: refused here, by name
-        return RunnerChoice("generate", None, None, hf_config)
+        return RunnerChoice("generate", None, None, hf_config, arch)
     if convert == "classify" and arch in CAUSAL_TO_CLASSIFIER and \
             any(hf_config.get(k) not in (None, False) for k in FROM_TOKEN_KEYS):
         arch = CAUSAL_TO_CLASSIFIER[arch]
@@ -89,4 +90,4 @@ def resolve_runner(runner: str, convert: str, pooler_config: dict[str, Any] | Po
     if arch.startswith(("Roberta", "XLMRoberta")):  # positions start at padding_idx + 1
         table = int(hf_config.get("max_position_embeddings", 514)) - int(hf_config.get("pad_token_id", 1)) - 1
         cap = min(cap, table) if cap else table
-    return RunnerChoice("pooling", pooler, cap, hf_config)
+    return RunnerChoice("pooling", pooler, cap, hf_config, arch)

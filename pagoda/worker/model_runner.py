@@ -274,8 +274,8 @@ class ModelRunner:
         if self.device.type == "cpu":
             logger.info("--enable-lora: the native CPU decoder stack runs only steps without adapter rows, so each "
                         "request's adapter applies")
-        cfg = self.cfg  # a step's rows: its token budget, or a CUDA graph's padded bucket (at most 512 below it)
-        return LoRAManager(model, self.cfg.lora, self.device, max(cfg.max_num_batched_tokens, cfg.max_num_seqs, 512))
+        cfg, lora = self.cfg, self.cfg.lora  # a step's rows: its token budget, or a graph's padded bucket (<= 512)
+        return LoRAManager(model, lora, self.device, max(cfg.max_num_batched_tokens, cfg.max_num_seqs, 512))
 
     def _lend_cpu_stack(self) -> None:
         """``--enable-lora``: the model's native CPU decoder stack (bound lazily by the model, where it qualifies)
