@@ -10,7 +10,7 @@ from typing import Any
 
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter
-from pagoda.entrypoints import interactive
+from pagoda.entrypoints import interactive, startup_sigint
 from pagoda.entrypoints.config_file import expand_config_file
 
 
@@ -226,11 +226,17 @@ def main(argv: list[str] | None = None) -> None:
         _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # Ctrl-C before a command handles it (e.g. serve's imports and start-up): no traceback
         sys.exit(130)
+    except BaseException:
+        if startup_sigint.interrupted():  # a library made another error of serve's start-up Ctrl-C
+            sys.exit(130)
+        raise
 
 
 def _main(argv: list[str]) -> None:
     argv = normalize_flag_names(argv)
     command = _command(argv)
+    if command == "serve":
+        startup_sigint.install()  # until uvicorn takes the signals: no library can lose a Ctrl-C
     early = None
     if command == "serve" and not {"-h", "--help"} & set(argv) and envs.prelaunch_core_enabled():
         from pagoda.engine.prelaunch import prelaunch_core  # before the parser's imports (pagoda.engine.prelaunch)

@@ -31,6 +31,7 @@ from fastapi import FastAPI
 
 import pagoda
 from pagoda.engine.gc_policy import freeze_startup_heap
+from pagoda.entrypoints import startup_sigint
 from pagoda.entrypoints.openai.api_servers import ApiServerProcesses
 from pagoda.entrypoints.openai.error_handlers import add_exception_handlers
 from pagoda.entrypoints.openai.middleware import add_middlewares
@@ -150,6 +151,12 @@ def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> N
     state.on_engine_death = on_engine_death
     state.on_api_server_death = on_api_server_death
     state.on_ready = lambda: _on_ready(args)
+    try:
+        startup_sigint.hand_over()  # a Ctrl-C so far, even one a library lost, ends start-up here (status 130)
+    except KeyboardInterrupt:
+        if api_servers is not None:
+            api_servers.clean_up()
+        raise
     try:
         server.run(sockets=[sock] if sock is not None else None)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C (SIGINT) after its graceful shutdown: exit as on SIGTERM
