@@ -79,27 +79,42 @@ GRID = {  # block_m -> (block_n, num_warps, waves, prefetch tiles, pdl[, lift, h
 DOT_GRID = {  # INT4_TABLE key -> dot candidates besides the table's own rule. At 64+ rows split-K's fp32 workspace
     # ([split, M, N], written then summed by a second launch) costs more bytes than the weights: fewer waves.
     # One row (session 36): the tensor cores take the multiply-adds off the issue slots the GEMV's FMAs fill.
+    # Session 46: Rule.swap (the decoded weights as wgmma's register operand, x through shared memory) at 2+ rows.
     1: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=4), Rule("dot", 32, waves=8)),
-    4: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8)),
-    16: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=2)),
+    4: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8),
+        Rule("dot", 64, swap=True, waves=4), Rule("dot", 64, swap=True, waves=8), Rule("dot", 128, swap=True, waves=4)),
+    16: (Rule("dot", 64, waves=2), Rule("dot", 64, waves=8), Rule("dot", 128, waves=2),
+         Rule("dot", 64, swap=True, waves=4), Rule("dot", 64, swap=True, waves=8), Rule("dot", 128, swap=True, waves=2),
+         Rule("dot", 128, swap=True, waves=4)),
     64: (Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
          Rule("dot", 64, block_m=64, waves=1), Rule("dot", 64, block_m=64, waves=2),
          Rule("dot", 128, block_m=64, num_warps=8, waves=1), Rule("dot", 128, block_m=64, num_warps=8, waves=2),
          Rule("dot", 256, block_m=64, num_warps=8, waves=1), Rule("dot", 64, block_m=32, waves=2),
-         Rule("dot", 128, block_m=32, waves=2)),
+         Rule("dot", 128, block_m=32, waves=2),
+         Rule("dot", 128, block_m=64, swap=True, waves=1), Rule("dot", 128, block_m=64, swap=True, waves=2),
+         Rule("dot", 64, block_m=64, swap=True, waves=2), Rule("dot", 128, block_m=32, swap=True, waves=2),
+         Rule("dot", 256, block_m=64, num_warps=8, swap=True, waves=1),
+         Rule("dot", 128, block_m=64, num_stages=4, swap=True, waves=2)),
     128: (Rule("dot", 256, block_m=128, waves=1, num_warps=8), Rule("dot", 256, block_m=128, waves=2, num_warps=8),
           Rule("dot", 128, block_m=64, waves=1), Rule("dot", 128, block_m=64, waves=2),
-          Rule("dot", 128, block_m=128, waves=2, num_warps=8)),
+          Rule("dot", 128, block_m=128, waves=2, num_warps=8),
+          Rule("dot", 128, block_m=128, swap=True, waves=1), Rule("dot", 128, block_m=128, swap=True, waves=2),
+          Rule("dot", 256, block_m=128, num_warps=8, swap=True, waves=1),
+          Rule("dot", 128, block_m=64, swap=True, waves=2)),
+    256: (Rule("dot", 128, block_m=128, swap=True, waves=1), Rule("dot", 128, block_m=256, num_warps=8, swap=True,
+                                                                  waves=1),
+          Rule("dot", 64, block_m=256, swap=True, waves=1), Rule("dot", 256, block_m=128, num_warps=8, swap=True,
+                                                                 waves=1)),
 }
 
 
 def dot_candidates(m: int) -> list[Rule]:
-    """From 3 rows (and at the rows DOT_GRID names): the table's dot rule with the fp32 decode (the arm ``before``
-    times it as the table has it, paired), then DOT_GRID's (paired)."""
+    """From 2 rows: the table's dot rule with the fp32 decode (the arm ``before`` times it as the table has it,
+    paired), then DOT_GRID's (paired)."""
     key = min(b for b in tw.INT4_TABLE if b >= m)
     table = tw.INT4_TABLE[key]
     own = [dataclasses.replace(table, paired=not table.paired)] if table.kind == "dot" else []
-    return own + [r for r in DOT_GRID.get(key, ()) if r != table] if m >= 3 or m in DOT_GRID else []
+    return own + [r for r in DOT_GRID.get(key, ()) if r != table] if m >= 2 else []
 
 
 def candidates(m: int) -> list[Rule]:

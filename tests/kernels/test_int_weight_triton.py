@@ -68,22 +68,45 @@ def test_wna16_matches_dequantize_reference(bits, group, out_f, in_f, sym, dtype
         assert err <= TOL[dtype] * ref.abs().max().item(), (m, err)
 
 
-@pytest.mark.parametrize("kind,bm,split_k,dequant,group", [
-    ("gemv", 1, 1, True, 128), ("gemv", 4, 3, True, 32), ("gemv", 2, 2, True, 256),
-    ("dot", 16, 1, True, 128), ("dot", 16, 3, False, 32), ("dot", 16, 2, True, 64), ("dot", 16, 2, True, 256),
-    ("dot", 32, 1, False, 256),
+@pytest.mark.parametrize("kind,bm,split_k,dequant,group,swap", [
+    ("gemv", 1, 1, True, 128, False), ("gemv", 4, 3, True, 32, False), ("gemv", 2, 2, True, 256, False),
+    ("dot", 16, 1, True, 128, False), ("dot", 16, 3, False, 32, False), ("dot", 16, 2, True, 64, False),
+    ("dot", 16, 2, True, 256, False), ("dot", 32, 1, False, 256, False),
+    ("dot", 16, 1, True, 128, True), ("dot", 16, 3, True, 32, True), ("dot", 32, 2, True, 256, True),
 ])
-def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group):
-    """Both 4-bit kernels, every K tile in exactly one split (also when the split does not divide the tile count),
-    groups inside one tile (32, 64), equal to it (128) and spanning tiles (256); M not a multiple of the row
-    block."""
-    codes, scales, offsets = random_weight(4, group, 64, 768, False, seed=9)
+def test_int4_kernels_explicit_configs_and_split_k(kind, bm, split_k, dequant, group, swap):
+    """The 4-bit kernels (the dot also with its operands swapped), every K tile in exactly one split (also when the
+    split does not divide the tile count), groups inside one tile (32, 64), equal to it (128) and spanning tiles
+    (256); M not a multiple of the row block; N (72) not a multiple of the column block."""
+    codes, scales, offsets = random_weight(4, group, 72, 768, False, seed=9)
     x = torch.randn(5, 768)
     ref = reference(x, codes, scales, offsets, 4, group, torch.float32, None, None)
-    cfg = tw.WNA16Config(kind, bm, 32, tw.pack_k(768), split_k, dequant=dequant)
+    cfg = tw.WNA16Config(kind, bm, 32, tw.pack_k(768), split_k, dequant=dequant, swap=swap)
     out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV),
                           offsets.t().contiguous().to(DEV), 4, group, config=cfg).cpu()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_swapped_dot_equals_the_dot_in_16_bit_activations(dtype):
+    """``Rule.swap`` decodes the same weights and sums the same products per K tile as the unswapped dot: outputs
+    within fp32 summation order of each other (16-bit out), both within the dequantize reference's tolerance;
+    with a bias, M of 3 and 40 (a partial row block), a split that leaves one split a single tile."""
+    codes, scales, offsets = random_weight(4, 128, 96, 640, True, seed=21)
+    qw = tw.pack(codes, 4).to(DEV)
+    s, o = (t.to(dtype).t().contiguous().to(DEV) for t in (scales, offsets))
+    bias = torch.randn(96).to(dtype)
+    for m in (3, 40):
+        x = torch.randn(m, 640, generator=torch.Generator().manual_seed(m)).to(dtype)
+        ref = reference(x, codes, scales, offsets, 4, 128, dtype, None, bias)
+        outs = []
+        for swap in (False, True):
+            cfg = tw.WNA16Config("dot", 32, 64, 128, 3, swap=swap)  # 5 K tiles: splits of 2, 2, 1
+            out = tw.wna16_matmul(x.to(DEV), qw, s, o, 4, 128, bias.to(DEV), config=cfg).cpu()
+            assert (out.float() - ref).abs().max() <= TOL[dtype] * ref.abs().max()
+            outs.append(out.float())
+        torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=2 ** -7 * outs[0].abs().max().item())
+    assert tw.resolve(tw.Rule("dot", 64, swap=True), 40, 96, 640, 128, 4).swap  # the rule's switch reaches the launch
 
 
 @pytest.mark.parametrize("bits,group,in_f", [(4, 32, 768), (4, 128, 256), (4, 256, 512), (4, 32, 96), (8, 32, 64),
@@ -162,7 +185,8 @@ def test_cpu_packed_weight_moved_to_gpu_is_repacked():
     assert (out.float() - ref).abs().max() <= TOL[torch.bfloat16] * ref.abs().max()
 
 
-@pytest.mark.parametrize("rule", [tw.Rule("dot", 64, pdl=True), tw.Rule("deq", 64, pdl=True), tw.Rule("mma", 64)])
+@pytest.mark.parametrize("rule", [tw.Rule("dot", 64, pdl=True), tw.Rule("deq", 64, pdl=True), tw.Rule("mma", 64),
+                                  tw.Rule("gemv", 64, swap=True), tw.Rule("dot", 64, dequant=False, swap=True)])
 def test_a_rule_no_kernel_runs_is_refused(rule):
     """A table rule whose kernel does not exist or lacks its PDL switch is an error, never silently ignored."""
     with pytest.raises(ValueError, match="no kernel runs"):

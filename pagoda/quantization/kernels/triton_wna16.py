@@ -20,7 +20,9 @@ by M and shape):
 * ``dot`` (2+ rows, 16-row tiles and up): 8 ``tl.dot`` of ``[BLOCK_M, P/8] x [P/8, BLOCK_N]`` per tile, either on
   the tile dequantized to the activation dtype (``dequant``; two weights per register on CUDA in bf16/fp16,
   :mod:`triton_pair_decode`) or on the raw codes with the affine map factored out
-  (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0).
+  (``acc += dot(x, q) * s + rowsum(x) * o``). Needs ``P/8 >= 16`` (P = 128, i.e. K % 128 == 0). ``Rule.swap``
+  computes ``out.T = W @ x.T`` instead (:func:`_int4_dot_swap_kernel`): the decoded weights are wgmma's left
+  operand, read from registers, where the unswapped kernel stores every decoded sub-block to shared memory.
 * ``u8`` (5..8 bits): the previous design, ``BLOCK_K`` <= group, factored affine map.
 * ``deq`` (large M, any width): :func:`dequantize` writes the weights to a transient dense copy in the activation
   dtype (one launch), then ``torch.matmul``: the dot kernels dequantize every tile once per M block, which from a
@@ -78,13 +80,13 @@ def _words(qw_ptr, t, offs_r, offs_n, n_ok, N, KP: tl.constexpr, PAIRED: tl.cons
 
 @triton.jit
 def _weights(p, ph, s, o, magic, j: tl.constexpr, PAIRED: tl.constexpr):
-    """Nibble ``j``'s weights ``q * s + o`` of a word tile (``p, ph`` from :func:`_words`; ``s, o`` ``[BLOCK_N]``
-    from :func:`_scale_offset` with ``NATIVE = PAIRED``): in the 16-bit dtype two per register
-    (:mod:`triton_pair_decode`), else fp32 (:func:`triton_w4_gemv._nibble`)."""
+    """Nibble ``j``'s weights ``q * s + o`` of a word tile (``p, ph`` from :func:`_words`; ``s, o`` from
+    :func:`_scale_offset` with ``NATIVE = PAIRED``, broadcast to the tile's shape by the caller): in the 16-bit dtype
+    two per register (:mod:`triton_pair_decode`), else fp32 (:func:`triton_w4_gemv._nibble`)."""
     if PAIRED:
-        w = pair_decode(p, ph, s[None, :], o[None, :], j)
+        w = pair_decode(p, ph, s, o, j)
     else:
-        w = _nibble(p, ph, magic, j, 0) * s[None, :] + o[None, :]
+        w = _nibble(p, ph, magic, j, 0) * s + o
     return w
 
 
@@ -116,7 +118,7 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
             if GROUP % PACK_K != 0:
                 s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
             if DEQUANT:
-                w = _weights(p, ph, s, o, magic, j, PAIRED)  # (PAIRED: already the activation dtype)
+                w = _weights(p, ph, s[None, :], o[None, :], magic, j, PAIRED)  # (PAIRED: the activation dtype)
                 if DOT_F32:
                     acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
                 else:
@@ -130,6 +132,47 @@ def _int4_dot_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stri
                 acc += part * s[None, :] + tl.sum(x.to(tl.float32), axis=1)[:, None] * o[None, :]
     out = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _int4_dot_swap_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, out_ptr, M, N, stride_xm, stride_om, stride_os,
+                          tiles_per_split, num_tiles, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+                          PAIRED: tl.constexpr = False):
+    """:func:`_int4_dot_kernel` with the operands swapped: ``out.T[BLOCK_N, BLOCK_M] += W[BLOCK_N, P/8] @
+    x.T[P/8, BLOCK_M]``, 8 per K tile. The decoded weights are the left operand, which Hopper's wgmma reads from
+    registers, so they never go through shared memory (the unswapped kernel stores each decoded sub-block there,
+    behind a barrier, for wgmma's right operand); x, the small operand, takes that path instead. The word tile is
+    loaded as ``[BLOCK_N, P/8]`` (still N-fastest in memory: coalesced), scales and offsets broadcast along K.
+    Weights are decoded (``dequant``) only; the same values as the unswapped kernel's, the same fp32 sums of the
+    same products per tile (in another order inside the tensor core)."""
+    offs_m, offs_n, pid_k = _dot_tile(N, BLOCK_M, BLOCK_N)
+    KP: tl.constexpr = PACK_K // 8
+    offs_r = tl.arange(0, KP)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    xt_rows = x_ptr + offs_m[None, :] * stride_xm + offs_r[:, None]  # [KP, BLOCK_M]
+    w_cols = qw_ptr + offs_r[None, :] * N + offs_n[:, None]  # [BLOCK_N, KP]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    t_lo = pid_k * tiles_per_split
+    t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
+    for t in range(t_lo, t_hi):
+        p = tl.load(w_cols + t * KP * N, mask=n_ok[:, None], other=0)
+        ph = p >> (4 if PAIRED else 12)
+        if GROUP % PACK_K == 0:  # one group for the whole tile
+            s, o = _scale_offset(s_ptr, o_ptr, t * PACK_K // GROUP, N, offs_n, n_ok, PAIRED)
+        for j in tl.static_range(8):
+            k0 = t * PACK_K + j * KP
+            xt = tl.load(xt_rows + k0, mask=m_ok[None, :], other=0.0)
+            if GROUP % PACK_K != 0:
+                s, o = _scale_offset(s_ptr, o_ptr, k0 // GROUP, N, offs_n, n_ok, PAIRED)
+            w = _weights(p, ph, s[:, None], o[:, None], magic, j, PAIRED)
+            if DOT_F32:
+                acc += tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
+            else:
+                acc = tl.dot(w.to(x_ptr.dtype.element_ty), xt, acc)
+    out = out_ptr + pid_k * stride_os + offs_m[None, :] * stride_om + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[None, :] & n_ok[:, None])
 
 
 @triton.jit
@@ -237,7 +280,8 @@ class Rule:
     (:mod:`triton_pair_decode`) instead of through fp32; ``lift`` (``gemv``): the nibbles read in place as float32
     denormals against x scaled per nibble position (:data:`triton_w4_gemv.LIFT`: one LOP3 and one FFMA a nibble,
     ``|x| < 2**38``); ``halves`` (``gemv``, one row a program): ``block_n`` in that many column blocks per thread
-    (x loaded and converted once for them all)."""
+    (x loaded and converted once for them all); ``swap`` (``dot`` with ``dequant``): the operands swapped
+    (:func:`_int4_dot_swap_kernel`: the decoded weights stay in registers for wgmma)."""
 
     kind: str
     block_n: int
@@ -253,6 +297,7 @@ class Rule:
     paired: bool = True
     lift: bool = False
     halves: int = 1
+    swap: bool = False
 
 
 BIG = 1 << 30
@@ -332,6 +377,7 @@ class WNA16Config:
     paired: bool = True
     lift: bool = False
     halves: int = 1
+    swap: bool = False
 
 
 def pack_k(in_features: int) -> int:
@@ -380,8 +426,9 @@ def rule_for(m: int, bits: int, n: int = 0, k: int = 0) -> Rule:
 def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WNA16Config:
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
-    if kind not in ("gemv", "dot", "u8", "deq") or (rule.pdl and kind != "gemv"):
-        raise ValueError(f"wna16: no kernel runs {rule} (pdl {rule.pdl} for {kind!r})")
+    if kind not in ("gemv", "dot", "u8", "deq") or (rule.pdl and kind != "gemv") or \
+            (rule.swap and (kind != "dot" or not rule.dequant)):
+        raise ValueError(f"wna16: no kernel runs {rule} (pdl {rule.pdl} / swap {rule.swap} for {kind!r})")
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
@@ -399,7 +446,8 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     k_tiles = k // bk
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
     return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl,
-                       rule.paired, rule.lift and kind == "gemv", rule.halves if kind == "gemv" else 1)
+                       rule.paired, rule.lift and kind == "gemv", rule.halves if kind == "gemv" else 1,
+                       rule.swap and kind == "dot")
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -447,7 +495,12 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     # bf16) asked an H200 for 248 KiB of its 227 (the default model in fp32, RESULTS.md session 8)
     stages = min(cfg.num_stages, 2) if x.dtype == torch.float32 else cfg.num_stages
     launch = {"num_warps": cfg.num_warps, "num_stages": stages}
-    if cfg.kind == "dot":
+    if cfg.kind == "dot" and cfg.swap:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _int4_dot_swap_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
+                                    PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOT_F32=dot_f32,
+                                    PAIRED=_paired(cfg.paired, x.dtype, scales), **launch)
+    elif cfg.kind == "dot":
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
         _int4_dot_kernel[grid](*common, x.stride(0), n, m * n, per_split, k_tiles, MAGIC, GROUP=group_size,
                                PACK_K=cfg.block_k, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
