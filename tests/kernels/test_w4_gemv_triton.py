@@ -150,12 +150,13 @@ def test_dispatch_uses_the_small_m_table():
         for n, k in ((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)):
             small = tw.SMALL_M_TABLE[tw.shape_class(n, k)]
             c = tw.choose_config(m, n, k, 128, 132)
-            if m > max(small):  # past the class's measured GEMV rows: the dot table
-                assert tw.rule_for(m, 4, n, k) is tw.INT4_TABLE[min(b for b in tw.INT4_TABLE if b >= m)]
+            key = min(b for b in tw.INT4_TABLE if b >= m)
+            shaped = tw.INT4_SHAPE_TABLE.get((key, n, k))
+            if m > max(small):  # past the class's measured GEMV rows: the shape's own entry, else the dot table
+                assert tw.rule_for(m, 4, n, k) is (shaped or tw.INT4_TABLE[key])
                 continue
             assert c.kind == "gemv" and c.block_m <= tw.triton.next_power_of_2(m) and c.block_k == 128
             assert c.split_k > 1 or n * k > tw.SMALL_WEIGHT
-            shaped = tw.INT4_SHAPE_TABLE.get((min(b for b in tw.INT4_TABLE if b >= m), n, k))
             assert tw.rule_for(m, 4, n, k) is (shaped or small[min(b for b in small if b >= m)])
     assert tw.shape_class(6144, 4096) == "small" and tw.shape_class(4096, 14336) == "large"
     assert tw.choose_config(16, 4096, 4096, 128, 132).kind == "dot"

@@ -302,29 +302,37 @@ class Rule:
 
 BIG = 1 << 30
 INT4_TABLE: dict[int, Rule] = {  # max M (inclusive) -> rule; int_weight_sweep.py and int4_gemv_sweep.py measure them.
+    # 2-128 rows: the swapped dot (Rule.swap), int4_gemv_sweep.py on an H100, session 46 (call 1): the step's linears
+    # at 2 rows 2.33 -> 2.27 ms, 16 rows 2.71 -> 2.64, 64 rows 5.35 -> 4.85 (bf16 5.20), 128 rows 8.95 -> 7.36
+    # (with INT4_SHAPE_TABLE below); the unswapped rules these replace were session 31's (paired decode).
     1: Rule('dot', 64),
-    4: Rule('dot', 64),
-    16: Rule('dot', 64),
-    64: Rule('dot', 128, block_m=64),
+    4: Rule('dot', 64, swap=True),
+    16: Rule('dot', 64, swap=True),
+    64: Rule('dot', 128, block_m=64, waves=2, swap=True),
+    128: Rule('dot', 128, block_m=128, waves=2, swap=True),
     # 129+ rows: the dense copy + torch.matmul. int4_gemv_sweep.py on an H100, session 30 (2026-12-05): the step's
     # linears at 64 rows 6.3 (dot) vs 11.5 ms (deq), 256 rows 20.5 -> 12.8 ms, 1,024 rows 62.1 -> 25.2, 4,096 rows
-    # 240.6 -> 87.8 (bf16 79.7). 65-128 rows were not measured: the dot's time grows with M and the copy's hardly,
-    # so the two lines cross near 128 rows (interpolated).
-    # 65-128 rows: the best single rule of int4_gemv_sweep.py at 128 rows on an H100, session 31 (the step's linears
-    # 11.1 -> 9.5 ms with the paired decode; the dense copy 12.0); INT4_SHAPE_TABLE refines one shape.
-    128: Rule('dot', 256, block_m=128, waves=1, num_warps=8),
+    # 240.6 -> 87.8 (bf16 79.7). Session 46 at 256 rows: the swapped dot 12.41 ms (best per shape) against the copy's
+    # 12.64: only gate_up gains (INT4_SHAPE_TABLE).
     256: Rule('deq', 128),
     BIG: Rule('deq', 128),
 }
 INT4_SHAPE_TABLE: dict[tuple[int, int, int], Rule] = {  # (INT4_TABLE key, N, K) -> rule, before the other tables.
-    # int4_gemv_sweep.py, H100, session 31 (paired decode), the Llama-3-8B linears. At 64+ rows the dot's split-K
-    # writes an fp32 workspace [split, M, N] and reads it back to sum it: for the 4,096- and 6,144-wide outputs fewer
-    # splits (waves=2) pay, for gate_up (224 column tiles) they leave SMs idle. Step linears at 64 rows 5.81 -> 5.35
-    # ms (bf16 5.41), at 128 rows 9.52 -> 8.98 ms (call 4).
-    (64, 6144, 4096): Rule('dot', 128, block_m=64, waves=2),  # qkv 27.5 -> 24.1 us
-    (64, 4096, 4096): Rule('dot', 128, block_m=64, waves=2),  # o 23.8 -> 18.1 us
-    (64, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 47.5 -> 44.0 us
-    (128, 4096, 14336): Rule('dot', 128, block_m=64, waves=2),  # down 93.3 -> 72.4 us
+    # int4_gemv_sweep.py, H100, session 46 (call 1), the Llama-3-8B linears: each shape's winner where it ran 3 % or
+    # more under INT4_TABLE's rule. At 64+ rows a K split's fp32 workspace [split, M, N] is written and summed
+    # again: fewer waves pay except where the column tiles alone fill the GPU.
+    (4, 4096, 4096): Rule('gemv', 64, block_m=2, waves=4, prefetch=2, pdl=True),  # o at 2 rows: 11.3 -> 9.0 us
+    (16, 4096, 4096): Rule('dot', 64, waves=2),  # o at 16 rows, unswapped: 10.3 us
+    (16, 28672, 4096): Rule('dot', 64, swap=True),
+    (64, 6144, 4096): Rule('dot', 128, block_m=64, waves=2, swap=True),  # qkv 24.2 -> 20.9 us
+    (64, 4096, 4096): Rule('dot', 128, block_m=64, waves=2, swap=True),  # o 18.0 -> 16.2 us
+    (64, 4096, 14336): Rule('dot', 128, block_m=64, waves=2, swap=True),  # down 44.5 -> 39.3 us
+    (64, 28672, 4096): Rule('dot', 128, block_m=32, waves=2, swap=True),  # gate_up 80.5 -> 75.2 us
+    (128, 6144, 4096): Rule('dot', 128, block_m=128, waves=2, swap=True),  # qkv 36.6 -> 32.1 us
+    (128, 4096, 4096): Rule('dot', 128, block_m=64, waves=2, swap=True),  # o 27.5 -> 23.0 us
+    (128, 28672, 4096): Rule('dot', 128, block_m=128, waves=1, swap=True),  # gate_up 141.6 -> 113.7 us
+    (128, 4096, 14336): Rule('dot', 128, block_m=64, waves=2, swap=True),  # down 74.1 -> 61.2 us
+    (256, 28672, 4096): Rule('dot', 128, block_m=256, waves=1, num_warps=8, swap=True),  # gate_up 205 -> 179 us
     # One row, session 36 (H100, int4_gemv_sweep.py, call 1): gate_up by two column blocks a thread (34.2 -> 30.1
     # us), down by the lift decode (16.6 -> 14.6 us).
     (1, 28672, 4096): Rule("gemv", 128, block_m=1, waves=8, num_warps=4, pdl=True, halves=2),
