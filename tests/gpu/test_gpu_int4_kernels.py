@@ -110,3 +110,34 @@ def test_triton_int4_dot_and_dense_copy_agree(m):
     first = next(iter(outs.values()))
     for key, out in outs.items():
         torch.testing.assert_close(out, first, rtol=2e-2, atol=1e-2 * ref.abs().max().item(), msg=str(key))
+
+
+def _table_rules():
+    """Every distinct dot rule the 4-bit tables dispatch, with the largest M of its bucket."""
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    rules = {(rule, key) for key, rule in tw.INT4_TABLE.items() if rule.kind == "dot" and key < tw.BIG}
+    rules |= {(rule, key) for (key, _, _), rule in tw.INT4_SHAPE_TABLE.items() if rule.kind == "dot"}
+    return sorted(rules, key=lambda rk: (rk[1], str(rk[0])))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_every_table_dot_rule_runs_and_is_right(dtype):
+    """Each ``dot`` launch the tables choose (swapped or not, every tile shape and warp count) at its bucket's
+    largest M, on a 600 x 2048 weight (a partial last column tile for blocks of 64 and 128) with a bias,
+    against the reference; bf16 and fp32 activations (fp32 doubles the x tile in shared memory)."""
+    from test_int_weight_cpu import reference
+
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    codes, scales, offsets = _case(600, 2048, 128, True)[:3]
+    args = (tw.pack(codes, 4).cuda(), scales.t().contiguous().to(dtype).cuda(),
+            offsets.t().contiguous().to(dtype).cuda(), 4, 128)
+    bias = torch.randn(600).to(dtype)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for rule, m in _table_rules():
+        x = torch.randn(m, 2048, generator=torch.Generator().manual_seed(m)).to(dtype)
+        ref = reference(x, codes, scales, offsets, 4, 128, dtype, None, bias)
+        cfg = tw.resolve(rule, m, 600, 2048, 128, tw.num_sms(0))
+        out = tw.wna16_matmul(x.cuda(), *args, bias.cuda(), config=cfg, symmetric=True).float().cpu()
+        assert (out - ref).abs().max() <= tol * ref.abs().max(), (rule, m)
