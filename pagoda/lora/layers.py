@@ -5,7 +5,8 @@ gets a :class:`LoRASlots` of S shards (q/k/v: 3, gate/up: 2, else 1), L = ``max_
 ``max_lora_rank``: ``a`` [S, L, R, in] and ``bt`` [L * R, out] (an adapter of rank r < R fills the first r of its R,
 the rest stay zero; its scale is folded into ``bt``; shard s owns the output columns ``offsets[s]:+sizes[s]``).
 
-The hook adds, for every row, its slot's delta, with the same kernels whatever the step holds:
+The hook adds, for every row, its slot's delta, with the same kernels whatever the step holds (on CUDA the matmul
+and one launch of :mod:`pagoda.lora.triton_lora` for the rest; elsewhere these torch ops):
 ``xa = x a^T`` [T, S, L, R] for all slots at once, times the step's row mask (:class:`LoRABatch`: row t, slot l is
 1 where row t's request uses the adapter in slot l, else 0), then per shard ``y[:, shard] += xa[:, s] bt[:, shard]``.
 A row without an adapter gets an exact zero; rows past the step's (padding of a CUDA graph's bucket) too. The shapes
@@ -96,12 +97,23 @@ class LoRASlots:
             self.bt[slot * R : slot * R + r, self.offsets[s] : self.offsets[s] + self.sizes[s]].copy_(
                 b.t(), non_blocking=True)
 
+    def _triton(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether this call runs the Triton pair: on CUDA, 2D rows with contiguous columns, at most
+        :data:`pagoda.lora.triton_lora.MAX_SHARDS` shards."""
+        return y.is_cuda and x.dim() == 2 and y.dim() == 2 and x.stride(1) == 1 and y.stride(1) == 1 \
+            and len(self.names) <= 3
+
     def __call__(self, module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor | None:
         """The forward hook: ``y`` plus each row's delta (None: the step has no adapter rows and runs eager)."""
         batch = self.batch
         if not (batch.active or batch.always):
             return None
         x = inputs[0]
+        if self._triton(x, y):  # two launches a linear: the matmul, then pagoda.lora.triton_lora's expand
+            from pagoda.lora.triton_lora import lora_expand
+
+            xa = x.to(self.a.dtype) @ self._a_all.t()  # [T, S * L * R], unmasked (the expand applies the mask)
+            return lora_expand(y, xa, self.bt, batch.row_mask, self.offsets, self.rank, self.slots)
         T, S, LR = x.shape[0], len(self.names), self.slots * self.rank
         xa = x.to(self.a.dtype) @ self._a_all.t()  # [T, S * L * R]
         xa = xa.view(T, S, self.slots, self.rank).mul_(batch.row_mask[:T, None, :, None]).view(T, S, LR)
