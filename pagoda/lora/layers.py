@@ -98,10 +98,13 @@ class LoRASlots:
                 b.t(), non_blocking=True)
 
     def _triton(self, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """Whether this call runs the Triton pair: on CUDA, 2D rows with contiguous columns, at most
+        """Whether this call runs the matmul + Triton expand: on CUDA, 2D rows with contiguous columns, at most
         :data:`pagoda.lora.triton_lora.MAX_SHARDS` shards."""
-        return y.is_cuda and x.dim() == 2 and y.dim() == 2 and x.stride(1) == 1 and y.stride(1) == 1 \
-            and len(self.names) <= 3
+        if not y.is_cuda:
+            return False
+        from pagoda.lora.triton_lora import MAX_SHARDS
+
+        return x.dim() == 2 and y.dim() == 2 and x.stride(1) == 1 and y.stride(1) == 1 and len(self.names) <= MAX_SHARDS
 
     def __call__(self, module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor | None:
         """The forward hook: ``y`` plus each row's delta (None: the step has no adapter rows and runs eager)."""
