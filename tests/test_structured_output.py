@@ -367,3 +367,22 @@ def test_keywords_kept_where_the_grammar_enforces_them(schema):
     from pagoda.structured_output.schema_support import unsupported_feature
 
     assert unsupported_feature(schema) is None
+
+
+def test_the_admission_checks_threads_start_at_once_and_once():
+    """``start_workers`` (an API server's start-up) leaves both of the check's threads running, so a server's thread
+    count does not depend on which requests it has seen (tests/reliability compares it against a baseline); a
+    second call starts nothing, and a check afterwards starts no thread."""
+    import threading
+
+    from pagoda.structured_output import validate as v
+    from pagoda.structured_output.params import StructuredOutputsConfig, StructuredOutputsParams
+
+    def workers() -> int:
+        return sum(t.name.startswith("pagoda-grammar-check") for t in threading.enumerate())
+
+    v.start_workers()
+    assert workers() == v._WORKERS
+    v.start_workers()
+    v.validate(StructuredOutputsParams(regex="[a-z]{3,7}"), StructuredOutputsConfig())
+    assert workers() == v._WORKERS

@@ -27,7 +27,22 @@ _CACHE_SIZE = 1024
 _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pagoda-grammar-check")
 _lock = threading.Lock()
 _checked: OrderedDict[GrammarKey, Future[None]] = OrderedDict()
+_started = False
 _LIB_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
+
+
+def start_workers() -> None:
+    """Start the pool's :data:`_WORKERS` threads now, once (a serving process at start-up). A pool spawns its threads
+    on demand, so without this a server's thread count would depend on which requests it has seen, and with several
+    API servers on which of them the first structured request reached."""
+    global _started
+    with _lock:
+        if _started:
+            return
+        barrier = threading.Barrier(_WORKERS)
+        for fut in [_pool.submit(barrier.wait, 30.0) for _ in range(_WORKERS)]:
+            fut.result()  # each waits for the other: the pool had to start a thread for each
+        _started = True
 
 
 def _build(key: GrammarKey) -> None:

@@ -51,6 +51,9 @@ def build_app(args: argparse.Namespace, api_servers: ApiServerProcesses | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from pagoda.structured_output.validate import start_workers
+
+        start_workers()  # the structured-output check's threads exist from the start, whatever requests come
         tasks = []
         if getattr(args, "attach", None) is not None:  # API server 1..: accept connections only once ready
             await load_engine(state)
