@@ -76,6 +76,11 @@ class LoRASlots:
         self.a = torch.zeros(len(names), max_loras, max_rank, in_features, dtype=dtype, device=device)
         self.bt = torch.zeros(max_loras * max_rank, sum(out_sizes), dtype=dtype, device=device)
         self._a_all = self.a.view(-1, in_features)  # [S * L * R, in]
+        self._expand = None  # on CUDA: pagoda.lora.triton_lora.lora_expand, the mask and every shard in one launch
+        if device.type == "cuda":
+            from pagoda.lora.triton_lora import MAX_SHARDS, lora_expand
+
+            self._expand = lora_expand if len(names) <= MAX_SHARDS else None
 
     @property
     def nbytes(self) -> int:
@@ -97,28 +102,16 @@ class LoRASlots:
             self.bt[slot * R : slot * R + r, self.offsets[s] : self.offsets[s] + self.sizes[s]].copy_(
                 b.t(), non_blocking=True)
 
-    def _triton(self, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """Whether this call runs the matmul + Triton expand: on CUDA, 2D rows with contiguous columns, at most
-        :data:`pagoda.lora.triton_lora.MAX_SHARDS` shards."""
-        if not y.is_cuda:
-            return False
-        from pagoda.lora.triton_lora import MAX_SHARDS
-
-        return x.dim() == 2 and y.dim() == 2 and x.stride(1) == 1 and y.stride(1) == 1 and len(self.names) <= MAX_SHARDS
-
     def __call__(self, module: nn.Module, inputs: tuple, y: torch.Tensor) -> torch.Tensor | None:
         """The forward hook: ``y`` plus each row's delta (None: the step has no adapter rows and runs eager)."""
         batch = self.batch
         if not (batch.active or batch.always):
             return None
         x = inputs[0]
-        if self._triton(x, y):  # two launches a linear: the matmul, then pagoda.lora.triton_lora's expand
-            from pagoda.lora.triton_lora import lora_expand
-
-            xa = x.to(self.a.dtype) @ self._a_all.t()  # [T, S * L * R], unmasked (the expand applies the mask)
-            return lora_expand(y, xa, self.bt, batch.row_mask, self.offsets, self.rank, self.slots)
-        T, S, LR = x.shape[0], len(self.names), self.slots * self.rank
         xa = x.to(self.a.dtype) @ self._a_all.t()  # [T, S * L * R]
+        if self._expand is not None and y.stride(-1) == 1:  # CUDA: the rest in one launch (it applies the mask)
+            return self._expand(y, xa, self.bt, batch.row_mask, self.offsets, self.rank, self.slots)
+        T, S, LR = x.shape[0], len(self.names), self.slots * self.rank
         xa = xa.view(T, S, self.slots, self.rank).mul_(batch.row_mask[:T, None, :, None]).view(T, S, LR)
         same = y.dtype == self.bt.dtype
         for s, (off, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
