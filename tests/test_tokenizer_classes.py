@@ -136,3 +136,21 @@ def test_only_transformers_classes_are_remembered_or_used(tiny, cache):
     assert tokenizer_classes.remembered_class("k") is None
     cache.write_text("not json")
     assert tokenizer_classes.remembered_class("k") is None  # an unreadable file is an empty cache
+
+
+def test_a_loaded_tokenizer_has_started_its_threads(tmp_path):
+    """A fast tokenizer starts its thread pool on its first encode; ``load_tokenizer`` does that, so a serving
+    process's thread count does not depend on whether it has served a request (tests/reliability compares it
+    against a baseline). A fresh process: the pool is process-wide."""
+    from tiny_models import build_long_context_model
+
+    folder = build_long_context_model(tmp_path / "llama")
+    code = ("import os, sys; from pathlib import Path; from types import SimpleNamespace\n"
+            "from pagoda.engine.tokenizer import load_tokenizer\n"
+            "n = lambda: len(os.listdir(f'/proc/{os.getpid()}/task'))\n"
+            "tok = load_tokenizer(SimpleNamespace(tokenizer_path=Path(sys.argv[1]), tokenizer_mode='auto', "
+            "chat_template=None))\n"
+            "before = n(); tok.encode('a first request'); tok.decode([1, 2, 3]); print(before, n())")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert out[0] == out[1], out

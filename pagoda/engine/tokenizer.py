@@ -45,6 +45,7 @@ def load_tokenizer(cfg: EngineConfig) -> Any:
                     "(same tokens)", path)
     if cfg.chat_template:
         tok.chat_template = read_chat_template(cfg.chat_template)
+    tok.encode("warm-up")  # a fast tokenizer starts its thread pool on its first encode: now, not on a first request
     return tok
 
 
