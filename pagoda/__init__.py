@@ -1,8 +1,14 @@
 """pagoda: a paged-KV-cache, continuously batching LLM inference and serving engine."""
 
-# First, before anything imports torch: the CPU thread policy for shared machines (the OpenMP
+# First, as the ``pagoda`` command: a Ctrl-C from here until uvicorn takes the signals ends the process cleanly
+# (pagoda/entrypoints/startup_sigint.py).
+from pagoda.entrypoints import startup_sigint
+
+startup_sigint.install_if_cli()
+
+# Then, before anything imports torch: the CPU thread policy for shared machines (the OpenMP
 # runtime reads it when torch loads). It only adds variables the user has not set.
-from pagoda.worker.cpu_threads import apply_env_policy
+from pagoda.worker.cpu_threads import apply_env_policy  # noqa: E402
 
 apply_env_policy()
 

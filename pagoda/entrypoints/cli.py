@@ -237,6 +237,8 @@ def _main(argv: list[str]) -> None:
     command = _command(argv)
     if command == "serve":
         startup_sigint.install()  # until uvicorn takes the signals: no library can lose a Ctrl-C
+    else:
+        startup_sigint.hand_over()  # the window opened by ``import pagoda`` (startup_sigint.install_if_cli) ends
     early = None
     if command == "serve" and not {"-h", "--help"} & set(argv) and envs.prelaunch_core_enabled():
         from pagoda.engine.prelaunch import prelaunch_core  # before the parser's imports (pagoda.engine.prelaunch)

@@ -58,3 +58,56 @@ def test_handler_outside_the_window_is_pythons_own():
     startup_sigint.hand_over()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert not startup_sigint.interrupted()
+
+
+IMPORTING_CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from pagoda.entrypoints import startup_sigint
+
+    sys.path.insert(0, sys.argv[1])
+    with open(os.path.join(sys.argv[1], "slow_import.py"), "w") as f:
+        f.write("import os, signal, time\\n"
+                "os.kill(os.getpid(), signal.SIGINT)\\n"
+                "end = time.monotonic() + 0.5\\n"
+                "while time.monotonic() < end:\\n"  # bytecodes run: an un-deferred handler would raise here
+                "    pass\\n"
+                "FINISHED = True\\n")
+    startup_sigint.install()
+    try:
+        import slow_import
+        print("import finished:", slow_import.FINISHED, flush=True)
+        time.sleep(30)  # a blocking system call: the retried SIGINT must wake it
+        print("not interrupted")
+    except KeyboardInterrupt:
+        print("interrupted after the import", flush=True)
+    try:
+        startup_sigint.hand_over()
+    except KeyboardInterrupt:
+        print("hand_over raised it again")
+""")
+
+
+def test_ctrl_c_during_an_import_waits_for_the_import_to_end(tmp_path):
+    """A ``KeyboardInterrupt`` raised in Python code that C++ called during an import kills the process
+    (``std::terminate``, seen with torch's import): the handler raises none inside an import and delivers the
+    Ctrl-C again once the import is over, even to a main thread then blocked in a system call."""
+    proc = subprocess.run([sys.executable, "-c", IMPORTING_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.splitlines() == ["import finished: True", "interrupted after the import",
+                                        "hand_over raised it again"], proc.stdout + proc.stderr
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("argv0", "ours"), [("/venv/bin/pagoda", True), ("-c", False), ("/venv/bin/pytest", False)])
+def test_the_window_opens_at_import_only_for_the_pagoda_command(argv0, ours):
+    """The ``pagoda`` console script opens the window before ``pagoda``'s own imports (a Ctrl-C lost in msgspec's
+    import was seen to crash the server later); a program that imports pagoda keeps its own handler."""
+    child = textwrap.dedent(f"""
+        import signal, sys
+        sys.argv = [{argv0!r}, "serve"]
+        import pagoda
+        from pagoda.entrypoints import startup_sigint
+        print(signal.getsignal(signal.SIGINT) is startup_sigint._on_sigint)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == str(ours), proc.stdout + proc.stderr
