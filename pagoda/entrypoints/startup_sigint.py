@@ -73,7 +73,12 @@ def install() -> None:
 
 def install_if_cli() -> None:
     """:func:`install` if this process is the ``pagoda`` command (its console script, or ``python -m pagoda``);
-    called from ``pagoda/__init__.py`` before its imports."""
+    called from ``pagoda/__init__.py`` before its imports. Not in a process that ``multiprocessing`` started (an
+    API server, the engine core): those get the parent's ``sys.argv`` before they import pagoda, and have their
+    own SIGINT policies."""
+    mp = sys.modules.get("multiprocessing")  # (a spawned child has it loaded; importing it here would cost)
+    if mp is not None and mp.parent_process() is not None:
+        return
     main = sys.argv[0] if sys.argv else ""
     if os.path.basename(main) == "pagoda" or (main == "-m" and _runs_module("pagoda")):
         install()

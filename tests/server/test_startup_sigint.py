@@ -75,11 +75,10 @@ IMPORTING_CHILD = textwrap.dedent("""
     startup_sigint.install()
     try:
         import slow_import
-        print("import finished:", slow_import.FINISHED, flush=True)
         time.sleep(30)  # a blocking system call: the retried SIGINT must wake it
         print("not interrupted")
-    except KeyboardInterrupt:
-        print("interrupted after the import", flush=True)
+    except KeyboardInterrupt:  # a module whose import was interrupted is not in sys.modules
+        print("interrupted, import finished:", getattr(sys.modules.get("slow_import"), "FINISHED", False))
     try:
         startup_sigint.hand_over()
     except KeyboardInterrupt:
@@ -93,8 +92,8 @@ def test_ctrl_c_during_an_import_waits_for_the_import_to_end(tmp_path):
     Ctrl-C again once the import is over, even to a main thread then blocked in a system call."""
     proc = subprocess.run([sys.executable, "-c", IMPORTING_CHILD, str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
-    assert proc.stdout.splitlines() == ["import finished: True", "interrupted after the import",
-                                        "hand_over raised it again"], proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["interrupted, import finished: True", "hand_over raised it again"], \
+        proc.stdout + proc.stderr
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
 
 
@@ -111,3 +110,30 @@ def test_the_window_opens_at_import_only_for_the_pagoda_command(argv0, ours):
     """)
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == str(ours), proc.stdout + proc.stderr
+
+
+def _spawned_child_handler_is_ours(queue):
+    import signal
+
+    from pagoda.entrypoints import startup_sigint
+    queue.put(signal.getsignal(signal.SIGINT) is startup_sigint._on_sigint)
+
+
+def test_a_spawned_child_of_the_pagoda_command_keeps_pythons_handler():
+    """A ``multiprocessing`` child (API server, engine core) imports pagoda with the parent's ``sys.argv``: it
+    must not open the window (no hand-over runs there before its own SIGINT policy)."""
+    child = textwrap.dedent("""
+        import multiprocessing, sys
+        sys.argv = ["/venv/bin/pagoda", "serve"]
+        sys.path.insert(0, "tests/server")
+        import test_startup_sigint as t
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("spawn")
+            q = ctx.Queue()
+            p = ctx.Process(target=t._spawned_child_handler_is_ours, args=(q,))
+            p.start()
+            print(q.get(timeout=60))
+            p.join()
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
