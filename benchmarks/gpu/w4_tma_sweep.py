@@ -1,0 +1,98 @@
+"""The one-row 4-bit GEMV by TMA (pagoda/quantization/kernels/triton_w4_gemv_tma.py) against the rule dispatched
+today (``choose_config(1, ...)``: triton_w4_gemv.w4_gemv) and bf16 ``F.linear``, on the Llama-3-8B linears (issue 12,
+W4A16 batch 1).
+
+Timing as benchmarks/gpu/int4_gemv_sweep.py (its ``Weights``: ``COPIES`` distinct weights, more bytes than L2 holds;
+one CUDA graph of back-to-back launches, so PDL overlaps consecutive linears as in a decode step). Candidates: block
+N, warps, shared-memory stages, split-K waves, the ``lift`` decode, PDL; each checked against dequantize + matmul
+first (rejected above 1e-2 relative error). Prints µs per linear, x floor, each shape's best and the 32-layer step
+of linears (best per shape) against today's. Usage: ``python benchmarks/gpu/w4_tma_sweep.py [--json PATH]
+[--quick]`` (``--smoke``: CPU interpreter, tiny shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import int4_gemv_sweep as base  # noqa: E402  (sets TRITON_INTERPRET for --smoke before triton loads)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+
+from pagoda.quantization.kernels import triton_wna16 as tw  # noqa: E402
+from pagoda.quantization.kernels.triton_w4_gemv_tma import w4_gemv_tma  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+# (block_n, num_warps, stages, waves, lift, pdl)
+GRID = [(bn, w, st, wv, lift, 1) for bn, w in ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))
+        for st in (3, 5) for wv in (1, 2, 4) for lift in (0, 1)]
+GRID += [(128, 4, 4, 2, 1, 0), (128, 4, 4, 2, 0, 0)]  # PDL off, for its effect
+if QUICK or base.SMOKE:
+    GRID = [(64, 2, 3, 2, 0, 1), (64, 4, 4, 1, 1, 1), (32, 2, 2, 2, 1, 0)]
+
+
+def split_for(n: int, k: int, block_n: int, waves: float, sms: int) -> int:
+    """Split-K until the grid has about ``waves`` programs per SM, keeping >= 2 K tiles a split."""
+    cols = triton.cdiv(n, block_n)
+    tiles = k // tw.pack_k(k)
+    return max(1, min(tiles // 2, round(waves * sms / cols)))
+
+
+def main() -> None:
+    sms = tw.num_sms(base.dev.index)
+    if base.SMOKE:
+        bw = 1e10
+    else:
+        from benchmarks.gpu.bandwidth import device_copy_bandwidth
+
+        bw = device_copy_bandwidth(2**29)
+        print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s  SMs {sms}  torch "
+              f"{torch.__version__}  triton {triton.__version__}")
+    out: dict[str, dict] = {}
+    step_now = step_best = step_bf16 = 0.0
+    for name, (n, k) in base.SHAPES.items():
+        w = base.Weights(n, k)
+        x = torch.randn(1, k, device=base.dev, dtype=base.DT)
+        floor = w.floor_bytes / bw * 1e6
+        bf16 = base.per_linear_us(lambda x=x, w=w: [F.linear(x, d) for d in w.bf16])
+        now_cfg = tw.choose_config(1, n, k, base.G, sms)
+        now = base.time_config(w, x, now_cfg, "now")
+        res = {}
+        for bn, nw, st, wv, lift, pdl in GRID:
+            split = split_for(n, k, bn, wv, sms)
+            label = f"tma bn{bn} w{nw} st{st} wv{wv} split{split} lift{lift} pdl{pdl}"
+
+            def run(q, s, x=x, k=k, bn=bn, nw=nw, st=st, split=split, lift=lift, pdl=pdl):
+                return w4_gemv_tma(x, q, s, s, base.G, tw.pack_k(k), bn, split, num_warps=nw, stages=st,
+                                   pdl=bool(pdl), lift=bool(lift), symmetric=True)
+            try:
+                y = run(*w.int4[0][:2])
+            except Exception as exc:  # a config that does not compile: reported, never chosen
+                print(f"    {name:8s} {label}: failed ({type(exc).__name__}: {str(exc)[:160]})")
+                continue
+            err = w.rel_err(y, x)
+            if err > 1e-2:
+                print(f"    {name:8s} {label}: WRONG (rel. error {err:.1e}), rejected")
+                continue
+            t = base.per_linear_us(lambda run=run, w=w: [run(q, s) for q, s, _ in w.int4])
+            res[label] = t
+            print(f"    {name:8s} {t:6.1f} us  {t / floor:4.2f}x floor  {label}", flush=True)
+        best = min(res, key=res.__getitem__) if res else None
+        print(f"  {name:8s} floor {floor:5.1f} us  bf16 {bf16:6.1f}  now {base.fmt(now)} ({now_cfg})  "
+              f"best tma {res[best] if best else float('nan'):6.1f} {best}", flush=True)
+        out[name] = {"floor": floor, "bf16": bf16, "now": now, "tma": res, "best": best}
+        step_bf16 += bf16 * base.LAYERS / 1e3
+        step_now += (now or 0) * base.LAYERS / 1e3
+        step_best += min(now or 1e9, res[best] if best else 1e9) * base.LAYERS / 1e3
+    print(f"\nstep of linears (32 layers): bf16 {step_bf16:.3f} ms  now {step_now:.3f} ms  "
+          f"best of now / tma per shape {step_best:.3f} ms")
+    if "--json" in sys.argv:
+        Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
