@@ -186,32 +186,8 @@ def test_cpu_packed_weight_moved_to_gpu_is_repacked():
 
 
 @pytest.mark.parametrize("rule", [tw.Rule("dot", 64, pdl=True), tw.Rule("deq", 64, pdl=True), tw.Rule("mma", 64),
-                                  tw.Rule("gemv", 64, swap=True), tw.Rule("dot", 64, dequant=False, swap=True),
-                                  tw.Rule("dot", 64, tma=True), tw.Rule("gemv", 128, halves=2, tma=True)])
+                                  tw.Rule("gemv", 64, swap=True), tw.Rule("dot", 64, dequant=False, swap=True)])
 def test_a_rule_no_kernel_runs_is_refused(rule):
     """A table rule whose kernel does not exist or lacks its PDL switch is an error, never silently ignored."""
     with pytest.raises(ValueError, match="no kernel runs"):
         tw.resolve(rule, 4, 64, 256, 32, 4)
-
-
-@pytest.mark.parametrize("group,sym,lift,split_k,block_n,stages", [
-    (128, True, False, 1, 32, 2), (128, True, True, 3, 64, 3), (32, False, False, 2, 32, 4),
-    (256, False, True, 4, 64, 2), (64, True, False, 5, 32, 3),
-])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tma_gemv_matches_the_reference(group, sym, lift, split_k, block_n, stages, dtype):
-    """``Rule.tma`` (one row, the weight tiles by TMA into a shared-memory ring, triton_w4_gemv_tma.py): symmetric
-    and asymmetric codes, the plain and the lift decode, groups inside, equal to and spanning a K tile, splits that
-    leave a split short (6 K tiles of 128 rows), N (72) not a multiple of the column block, a bias."""
-    codes, scales, offsets = random_weight(4, group, 72, 768, sym, seed=group + split_k)
-    x = torch.randn(1, 768, generator=torch.Generator().manual_seed(split_k)).to(dtype)
-    bias = torch.randn(72).to(dtype)
-    ref = reference(x, codes, scales, offsets, 4, group, dtype, None, bias)
-    cfg = tw.WNA16Config("gemv", 1, block_n, tw.pack_k(768), split_k, num_stages=stages, lift=lift, tma=True)
-    s, o = (t.to(dtype).t().contiguous().to(DEV) for t in (scales, offsets))
-    out = tw.wna16_matmul(x.to(DEV), tw.pack(codes, 4).to(DEV), s, o, 4, group, bias.to(DEV), config=cfg,
-                          symmetric=sym).cpu()
-    assert out.dtype == dtype and out.shape == (1, 72)
-    assert (out.float() - ref).abs().max() <= (1e-4 if dtype == torch.float32 else TOL[dtype]) * ref.abs().max()
-    assert tw.resolve(tw.Rule("gemv", 64, block_m=1, tma=True), 1, 72, 768, group, 4).tma  # reaches the launch
-    assert not tw.resolve(tw.Rule("gemv", 64, block_m=1, tma=True), 2, 72, 768, group, 4).tma  # one row only

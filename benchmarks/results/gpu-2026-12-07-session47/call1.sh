@@ -1,4 +1,5 @@
 #!/bin/bash
+# (After this call the TMA GEMV, Rule.tma and w4_tma_sweep.py were removed: it lost; they are at commit 6ceb518.)
 # Session 47, call 1 (carry ["wheels"]; the working tree): the one-row 4-bit GEMV by TMA (triton_w4_gemv_tma.py)
 # swept against today's rule on the Llama-3-8B linears; then the W4A16 batch-1 decode step with today's tables and
 # with the sweep's TMA winners (with_gemv_table.py --w4-table), alternating, and bf16 for the ratio; then the GGUF and

@@ -47,8 +47,6 @@ import triton.language as tl
 from pagoda.layers.triton_mode import interpreted
 from pagoda.quantization.kernels.triton_pair_decode import pair_decode
 from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
-from pagoda.quantization.kernels.triton_w4_gemv_tma import available as tma_available
-from pagoda.quantization.kernels.triton_w4_gemv_tma import w4_gemv_tma
 
 
 @triton.jit
@@ -283,9 +281,7 @@ class Rule:
     denormals against x scaled per nibble position (:data:`triton_w4_gemv.LIFT`: one LOP3 and one FFMA a nibble,
     ``|x| < 2**38``); ``halves`` (``gemv``, one row a program): ``block_n`` in that many column blocks per thread
     (x loaded and converted once for them all); ``swap`` (``dot`` with ``dequant``): the operands swapped
-    (:func:`_int4_dot_swap_kernel`: the decoded weights stay in registers for wgmma); ``tma`` (``gemv``, one row,
-    ``halves`` 1): the weight tiles arrive by TMA into a ring of ``num_stages`` shared-memory buffers
-    (:mod:`triton_w4_gemv_tma`; ``prefetch`` unused) where the device has TMA, else the plain GEMV runs."""
+    (:func:`_int4_dot_swap_kernel`: the decoded weights stay in registers for wgmma)."""
 
     kind: str
     block_n: int
@@ -302,7 +298,6 @@ class Rule:
     lift: bool = False
     halves: int = 1
     swap: bool = False
-    tma: bool = False
 
 
 BIG = 1 << 30
@@ -391,7 +386,6 @@ class WNA16Config:
     lift: bool = False
     halves: int = 1
     swap: bool = False
-    tma: bool = False
 
 
 def pack_k(in_features: int) -> int:
@@ -441,9 +435,8 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     """Turn a rule into a launch for one shape: tile clamps and split-K from ``waves`` (:class:`Rule`)."""
     kind, bm, bn, warps = rule.kind, rule.block_m, rule.block_n, rule.num_warps
     if kind not in ("gemv", "dot", "u8", "deq") or (rule.pdl and kind != "gemv") or \
-            (rule.swap and (kind != "dot" or not rule.dequant)) or (rule.tma and (kind != "gemv" or rule.halves > 1)):
-        raise ValueError(f"wna16: no kernel runs {rule} (pdl {rule.pdl} / swap {rule.swap} / tma {rule.tma} for "
-                         f"{kind!r})")
+            (rule.swap and (kind != "dot" or not rule.dequant)):
+        raise ValueError(f"wna16: no kernel runs {rule} (pdl {rule.pdl} / swap {rule.swap} for {kind!r})")
     if kind in ("gemv", "dot") and pack_k(k) < 128:
         kind = "gemv"  # 16-row sub-blocks are the smallest tl.dot K
     if kind == "gemv":
@@ -462,7 +455,7 @@ def resolve(rule: Rule, m: int, n: int, k: int, group_size: int, sms: int) -> WN
     split = max(1, min(triton.cdiv(int(rule.waves * sms), tiles_mn), k_tiles // rule.min_tiles))
     return WNA16Config(kind, bm, bn, bk, split, warps, rule.num_stages, rule.dequant, rule.prefetch, rule.pdl,
                        rule.paired, rule.lift and kind == "gemv", rule.halves if kind == "gemv" else 1,
-                       rule.swap and kind == "dot", rule.tma and kind == "gemv" and m == 1)
+                       rule.swap and kind == "dot")
 
 
 def choose_config(m: int, n: int, k: int, group_size: int, sms: int, bits: int = 4) -> WNA16Config:
@@ -492,10 +485,6 @@ def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     if cfg.kind == "deq":
         out = x @ dequantize(qweight, scales, offsets, bits, group_size, x.dtype, cfg.block_n, cfg.num_warps,
                              cfg.paired)
-        return out if bias is None else out.add_(bias)
-    if cfg.kind == "gemv" and cfg.tma and m == 1 and x.is_contiguous() and tma_available(x.device):
-        out = w4_gemv_tma(x, qweight, scales, offsets, group_size, cfg.block_k, cfg.block_n, cfg.split_k,
-                          cfg.num_warps, cfg.num_stages, cfg.pdl, cfg.lift, symmetric)
         return out if bias is None else out.add_(bias)
     if cfg.kind == "gemv":
         return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n,
