@@ -274,7 +274,9 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
     measurement: slower in session 11, faster at one row in session 30); ``lift``: the :data:`LIFT` decode (x must
     stay under ``2**38`` in magnitude, else its row overflows to inf); ``halves``: > 1 runs one row a program with
-    ``block_n`` split into that many column blocks (``block_m`` must be 1)."""
+    ``block_n`` split into that many column blocks (``block_m`` must be 1); ``panel`` > 0: ``qweight`` holds the same
+    words as ``N / panel`` contiguous ``[K/8, panel]`` column panels (a multiple of ``block_n`` dividing N; only
+    ``benchmarks/gpu/w4_panel_probe.py`` stores weights so, to measure what the layout's short runs cost)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
