@@ -124,8 +124,9 @@ def test_a_spawned_child_of_the_pagoda_command_keeps_pythons_handler():
     must not open the window (no hand-over runs there before its own SIGINT policy)."""
     child = textwrap.dedent("""
         import multiprocessing, sys
+        here = sys.argv[1]
         sys.argv = ["/venv/bin/pagoda", "serve"]
-        sys.path.insert(0, "tests/server")
+        sys.path.insert(0, here)
         import test_startup_sigint as t
         if __name__ == "__main__":
             ctx = multiprocessing.get_context("spawn")
@@ -135,5 +136,6 @@ def test_a_spawned_child_of_the_pagoda_command_keeps_pythons_handler():
             print(q.get(timeout=60))
             p.join()
     """)
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", child, os.path.dirname(os.path.abspath(__file__))],
+                          capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
