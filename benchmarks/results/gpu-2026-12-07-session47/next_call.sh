@@ -1,7 +1,8 @@
 #!/bin/bash
-# For a later session if session 47's call 3 did not run (carry ["wheels"], the working tree): the panel probe (does
-# the one-row 4-bit GEMV lose its bandwidth to the [K/8, N] layout's short runs?), the LoRA GPU tests (session 46's
-# mend db2c4bf never ran on a GPU), and on an H200 the 4-bit sweep its tables never had (session 46's next_call.sh).
+# For a later session: what session 47 could not run, no machine having started (carry ["wheels"], the working
+# tree): the panel probe (does the one-row 4-bit GEMV lose its bandwidth to the [K/8, N] layout's short runs?), the
+# LoRA GPU tests (session 46's mend db2c4bf never ran on a GPU), and on an H200 the 4-bit sweep its tables never had
+# (session 46's next_call.sh).
 set -uo pipefail
 export CAP=${CAP:-560}
 source benchmarks/results/gpu-2026-12-06-session41/lib.sh
