@@ -39,6 +39,8 @@ from pagoda.engine.prelaunch import PrelaunchedCore, replica_engine_args
 logger = logging.getLogger("pagoda")
 
 DP_FLAG = "--data-parallel-size"
+_INPUT_CONNECT_TIMEOUT_S = 30.0
+"""How long a core that sent ``Ready`` may take to connect its input socket (ZMQ retries every 100-200 ms)."""
 
 
 def check_data_parallel(dp: int, tp: int, device: torch.device, pp: int = 1) -> None:
@@ -248,6 +250,7 @@ class CoreEngines:
             if await e.out_sock.poll(500 if not dead else 1000, zmq.POLLIN):
                 msg = self._dec.decode(await e.out_sock.recv())
                 if isinstance(msg, Ready):
+                    await self._wait_input_connected(e)
                     return msg
                 if isinstance(msg, CoreFailed):
                     raise RuntimeError(f"{self.name(e.index)} failed to start: {msg.message}")
@@ -258,6 +261,26 @@ class CoreEngines:
             # A core that failed sends CoreFailed (its reason) and exits: the exit may be seen before the message
             # is read, so look once more before reporting only the exit code.
             dead = not e.proc.is_alive()
+
+    async def _wait_input_connected(self, e: CoreEngine) -> None:
+        """Return once ``e``'s input socket has a peer: until then a non-blocking send fails (``zmq.Again``) and
+        the front end would take the core for dead.
+
+        Why: the core *connects* both sockets and ZMQ retries a connect every 100-200 ms until the address is bound.
+        A prelaunched core connects before the front end binds; its ``Ready``, queued on its output side, can arrive
+        while its input connect still waits for the next retry (seen: a request 3-90 ms after ``Ready`` got
+        ``Again``, so the server answered 503 ``engine_dead`` to its first request)."""
+        import zmq
+
+        deadline = time.monotonic() + _INPUT_CONNECT_TIMEOUT_S
+        while not e.in_sock.poll(0, zmq.POLLOUT):
+            if not e.proc.is_alive():
+                raise RuntimeError(f"{self.name(e.index)} exited with code {e.proc.exitcode} right after it started; "
+                                   f"see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name(e.index)} was ready but did not connect to the front end's input "
+                                   f"socket within {_INPUT_CONNECT_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.005)
 
     def first_dead(self) -> CoreEngine | None:
         """A replica whose process has exited, if any."""

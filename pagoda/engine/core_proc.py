@@ -123,7 +123,8 @@ class RemoteCoreProcess:
 
 def start_core_process(input_addr: str, output_addr: str, log_level: int = logging.INFO) -> tuple[Any, Any]:
     """Spawn the engine-core process; returns ``(process, connection)``. The core connects to both addresses at
-    once (ZMQ queues until the front end binds them) and imports its modules, then waits for
+    once (its outputs queue until the front end binds; the front end waits for the input connection too:
+    ``CoreEngines.wait_ready``) and imports its modules, then waits for
     ``connection.send((engine_args_dict, log_level, num_clients))`` (``None``, or the front end going away: it exits
     quietly). With ``num_clients`` > 1 (``--api-server-count``) it also connects to clients 1.. at
     :func:`client_addresses`: its input socket takes every client's messages, and each client gets the outputs of
