@@ -73,14 +73,16 @@ def install() -> None:
 
 def install_if_cli() -> None:
     """:func:`install` if this process is the ``pagoda`` command (its console script, or ``python -m pagoda``);
-    called from ``pagoda/__init__.py`` before its imports. Not in a process that ``multiprocessing`` started (an
-    API server, the engine core): those get the parent's ``sys.argv`` before they import pagoda, and have their
-    own SIGINT policies."""
-    mp = sys.modules.get("multiprocessing")  # (a spawned child has it loaded; importing it here would cost)
-    if mp is not None and mp.parent_process() is not None:
-        return
+    called from ``pagoda/__init__.py`` before its imports.
+
+    Read from ``sys.orig_argv``, this process's own command line, not from ``sys.argv`` alone: a process that
+    ``multiprocessing`` spawned (an API server, the engine core) is given the parent's ``sys.argv`` before it
+    imports pagoda to unpickle its target, and has its own SIGINT policy. (``multiprocessing.parent_process()``
+    cannot tell: it is still ``None`` while the target is unpickled.)"""
     main = sys.argv[0] if sys.argv else ""
-    if os.path.basename(main) == "pagoda" or (main == "-m" and _runs_module("pagoda")):
+    if os.path.basename(main) == "pagoda" and main in sys.orig_argv[1:]:
+        install()
+    elif main == "-m" and _runs_module("pagoda"):
         install()
 
 

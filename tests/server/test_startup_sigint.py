@@ -97,10 +97,14 @@ def test_ctrl_c_during_an_import_waits_for_the_import_to_end(tmp_path):
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize(("argv0", "ours"), [("/venv/bin/pagoda", True), ("-c", False), ("/venv/bin/pytest", False)])
-def test_the_window_opens_at_import_only_for_the_pagoda_command(argv0, ours):
+@pytest.mark.parametrize(("how", "ours"), [("script", True), ("copied-argv", False), ("-c", False),
+                                          ("/venv/bin/pytest", False)])
+def test_the_window_opens_at_import_only_for_the_pagoda_command(tmp_path, how, ours):
     """The ``pagoda`` console script opens the window before ``pagoda``'s own imports (a Ctrl-C lost in msgspec's
-    import was seen to crash the server later); a program that imports pagoda keeps its own handler."""
+    import was seen to crash the server later); a program that imports pagoda keeps its own handler, and so does
+    a process that only carries the command's ``sys.argv`` (``copied-argv``: what ``multiprocessing`` gives a
+    spawned child)."""
+    argv0 = {"script": str(tmp_path / "pagoda"), "copied-argv": "/venv/bin/pagoda"}.get(how, how)
     child = textwrap.dedent(f"""
         import signal, sys
         sys.argv = [{argv0!r}, "serve"]
@@ -108,11 +112,16 @@ def test_the_window_opens_at_import_only_for_the_pagoda_command(argv0, ours):
         from pagoda.entrypoints import startup_sigint
         print(signal.getsignal(signal.SIGINT) is startup_sigint._on_sigint)
     """)
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    if how == "script":  # run as a file named pagoda, as the console script is
+        (tmp_path / "pagoda").write_text(child, encoding="utf-8")
+        cmd = [sys.executable, str(tmp_path / "pagoda"), "serve"]
+    else:
+        cmd = [sys.executable, "-c", child]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == str(ours), proc.stdout + proc.stderr
 
 
-def _spawned_child_handler_is_ours(queue):
+def _spawned_child_handler_is_ours(queue, _imports_pagoda):
     import signal
 
     from pagoda.entrypoints import startup_sigint
@@ -131,7 +140,10 @@ def test_a_spawned_child_of_the_pagoda_command_keeps_pythons_handler():
         if __name__ == "__main__":
             ctx = multiprocessing.get_context("spawn")
             q = ctx.Queue()
-            p = ctx.Process(target=t._spawned_child_handler_is_ours, args=(q,))
+            from pagoda.entrypoints import startup_sigint
+            # a pagoda function as an argument: the child imports pagoda while it unpickles its target, as the
+            # engine core does, when multiprocessing.parent_process() is still None
+            p = ctx.Process(target=t._spawned_child_handler_is_ours, args=(q, startup_sigint.interrupted))
             p.start()
             print(q.get(timeout=60))
             p.join()
