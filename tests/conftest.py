@@ -112,3 +112,36 @@ def gptq_checkpoints(tiny, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
+
+
+_SERVERS_BEFORE = pytest.StashKey[int]()
+
+
+def _started_servers() -> list:
+    mod = sys.modules.get("server_utils")
+    return list(getattr(mod, "STARTED", []))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[_SERVERS_BEFORE] = len(_started_servers())
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the log of every ``pagoda serve`` it started or that still runs (a 503 from
+    the server says nothing of why; its log does)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    servers = _started_servers()
+    before = item.stash.get(_SERVERS_BEFORE, len(servers))
+    for i, srv in enumerate(servers):
+        if i >= before or srv.proc.poll() is None:
+            try:
+                text = srv.log()
+            except OSError as e:
+                text = f"(unreadable: {e})"
+            report.sections.append((f"pagoda serve log, port {srv.port} (last 5,000 characters)", text))

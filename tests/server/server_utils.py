@@ -27,6 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STARTED: list[RemoteServer] = []
+"""Every server started in this test process, in order: ``tests/conftest.py`` adds their logs to a failed test's
+report (a failure such as a 503 from the server says nothing of why without the server's own log)."""
+
+
 class RemoteServer:
     def __init__(self, model: str | None, args: list[str], env: dict[str, str] | None = None,
                  api_key: str | None = None, wait: bool = True, timeout: float = 240.0,
@@ -43,6 +48,7 @@ class RemoteServer:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pagoda-serve-{self.port}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        STARTED.append(self)
         self.url = f"http://127.0.0.1:{self.port}"
         self.health_statuses: list[int] = []
         if wait:
@@ -68,7 +74,8 @@ class RemoteServer:
         raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()[-5000:]
 
     def client(self, **kw):
