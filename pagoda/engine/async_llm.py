@@ -84,6 +84,9 @@ logger = logging.getLogger("pagoda")
 DEFAULT_STUCK_TIMEOUT_S = envs.engine_stuck_timeout_s()
 """/health fails when requests are pending and the core has been silent this long."""
 WATCHDOG_PERIOD_S = 0.5
+_LAST_WORDS_POLLS = 20
+"""The watchdog found a core's process gone: how many tenths of its period it waits for the core's last message
+(``CoreFailed``) before it reports the exit code instead (1 s)."""
 
 
 class EngineDeadError(RuntimeError):
@@ -1098,6 +1101,12 @@ class AsyncLLM:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
             dead = self.cores.first_dead()
             if dead is not None:
+                # a core that failed sent CoreFailed (the cause, by name) before it exited: let the output loop read
+                # it first, if it is still on its way, rather than report only the exit code
+                for _ in range(_LAST_WORDS_POLLS):
+                    await asyncio.sleep(WATCHDOG_PERIOD_S / 10)
+                    if self.state != "ready":
+                        return
                 self._mark_dead(f"the {self.cores.name(dead.index)} process exited (exit code {dead.proc.exitcode})")
                 return
             engine, silent = self._most_silent()

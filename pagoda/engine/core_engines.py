@@ -195,13 +195,13 @@ class CoreEngines:
         import zmq
 
         in_sock = self._zctx.socket(zmq.PUSH)
-        in_sock.setsockopt(zmq.SNDHWM, 0)
-        in_sock.setsockopt(zmq.LINGER, 0)
-        in_sock.bind(in_addr)
         out_sock = self._azctx.socket(zmq.PULL)
-        out_sock.setsockopt(zmq.RCVHWM, 0)
-        out_sock.setsockopt(zmq.LINGER, 0)
-        try:
+        try:  # a socket left open by a failed bind would block release()'s ctx.term() forever
+            in_sock.setsockopt(zmq.SNDHWM, 0)
+            in_sock.setsockopt(zmq.LINGER, 0)
+            in_sock.bind(in_addr)
+            out_sock.setsockopt(zmq.RCVHWM, 0)
+            out_sock.setsockopt(zmq.LINGER, 0)
             out_sock.bind(out_addr)
         except BaseException:
             in_sock.close(linger=0)
@@ -237,8 +237,9 @@ class CoreEngines:
         return list(readies)
 
     def _reap_discarded(self) -> None:
-        """Reap the discarded prelaunched core (it exits as soon as it reads that it is not needed, long before the
-        replicas are ready): no ``<defunct>`` child stays for the server's lifetime. Never blocks."""
+        """Reap the discarded prelaunched core (it exits as soon as it reads that it is not needed, nearly always
+        before the replicas are ready; :meth:`first_dead`, the watchdog's tick, tries again): no ``<defunct>`` child
+        stays for the server's lifetime. Never blocks."""
         if self._discarded is not None and not self._discarded.is_alive():  # is_alive() reaps an exited child
             self._discarded = None
 
@@ -284,6 +285,7 @@ class CoreEngines:
 
     def first_dead(self) -> CoreEngine | None:
         """A replica whose process has exited, if any."""
+        self._reap_discarded()
         return next((e for e in self.engines if not e.proc.is_alive()), None)
 
     async def stop(self) -> None:
@@ -296,6 +298,9 @@ class CoreEngines:
         enc = encoder()
         live = [e for e in self.engines if e.proc.is_alive()] if self.attach is None else []
         for e in live:
+            if e.ready is None:  # still starting: it reads no message before Ready (its loop has not begun), and
+                e.proc.terminate()  # SIGTERM stops a starting core cleanly (no 5 s wait for a Shutdown it never reads)
+                continue
             with contextlib.suppress(Exception):
                 e.in_sock.send(enc.encode(Shutdown()), flags=zmq.NOBLOCK)
         for step in ("wait", "terminate", "kill"):
@@ -306,8 +311,9 @@ class CoreEngines:
             if not alive:
                 break
             if step == "wait":
-                logger.warning("%s did not stop within 5 s of Shutdown; terminating it",
-                               ", ".join(self.name(e.index) for e in alive))
+                if told := [e for e in alive if e.ready is not None]:
+                    logger.warning("%s did not stop within 5 s of Shutdown; terminating it",
+                                   ", ".join(self.name(e.index) for e in told))
                 for e in alive:
                     e.proc.terminate()
             elif step == "terminate":

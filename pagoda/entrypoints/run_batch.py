@@ -194,7 +194,7 @@ async def run_batch(args: argparse.Namespace, lines: list[BatchLine]) -> tuple[i
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        state.engine.shutdown()
+        await state.engine.shutdown()  # until the core has exited (asyncio.run's end would cut its stop short)
     return counts[0], counts[1]
 
 

@@ -93,3 +93,48 @@ def test_a_core_that_never_connects_its_input_fails_the_start_by_name(tmp_path, 
         out.close(0)
         ctx.term()
         cores.release()
+
+
+def test_a_failed_bind_leaves_no_socket_open(tmp_path):
+    """An input address that cannot be bound (here: its folder is gone) fails the bind, and ``release()`` still
+    returns: a socket the failed bind left open would block its ``ctx.term()`` forever (a frozen server)."""
+    cores, _, out_addr = _front_end(tmp_path)
+    with pytest.raises(zmq.ZMQError) as failed:  # its traceback keeps _bind's frame, as the server's error does
+        cores._bind(f"ipc://{tmp_path}/gone/input_0", out_addr)
+    t = threading.Thread(target=cores.release, daemon=True)
+    t.start()
+    t.join(60)  # bounds a hang only
+    assert not t.is_alive(), "release() blocked in ctx.term(): the failed bind left a socket open"
+    assert failed.traceback
+
+
+class _Starting:
+    """A core process still building its engine: it reads no message before Ready; SIGTERM stops it."""
+
+    exitcode = None
+
+    def __init__(self) -> None:
+        self.terminated = 0
+
+    def is_alive(self) -> bool:
+        return not self.terminated
+
+    def terminate(self) -> None:
+        self.terminated += 1
+
+    def kill(self) -> None:
+        raise AssertionError("a starting core stops on SIGTERM")
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_stop_terminates_a_core_still_starting_at_once(tmp_path, caplog):
+    """A core stopped before its Ready cannot read ``Shutdown`` (its loop has not begun): it is sent SIGTERM at
+    once, with no 5 s wait and no "did not stop within 5 s of Shutdown" warning."""
+    cores, in_addr, out_addr = _front_end(tmp_path)
+    e = _bind(cores, in_addr, out_addr)
+    e.proc = _Starting()
+    asyncio.run(cores.stop())
+    assert e.proc.terminated == 1
+    assert "did not stop" not in caplog.text
