@@ -84,9 +84,10 @@ logger = logging.getLogger("pagoda")
 DEFAULT_STUCK_TIMEOUT_S = envs.engine_stuck_timeout_s()
 """/health fails when requests are pending and the core has been silent this long."""
 WATCHDOG_PERIOD_S = 0.5
-_LAST_WORDS_POLLS = 20
+_LAST_WORDS_POLLS = 4
 """The watchdog found a core's process gone: how many tenths of its period it waits for the core's last message
-(``CoreFailed``) before it reports the exit code instead (1 s)."""
+(``CoreFailed``, written to the socket before the core exits: it is in the front end's queue in microseconds, the
+output loop only has to run) before it reports the exit code instead (0.2 s)."""
 
 
 class EngineDeadError(RuntimeError):
