@@ -49,23 +49,23 @@ async def _run_with_event(srv, plan, ledger: Ledger, action, after_s: float) -> 
 
 
 def test_engine_core_killed(make_server):
-    srv = make_server("--engine-death-exit-delay", "3")
+    srv = make_server("--engine-death-exit-delay", "8")  # the window the checks below run in, with room to spare
     pid = srv.core_pid()
     ledger = Ledger()
     t_kill = asyncio.run(_run_with_event(srv, _bodies(1900), ledger, lambda: os.kill(pid, signal.SIGKILL), 0.3))
     failed_within = time.monotonic() - t_kill
     ledger.assert_nothing_lost()
-    # Every in-flight request failed with a 503 while the server was still up (it exits 3 s after the core's death,
+    # Every in-flight request failed with a 503 while the server was still up (it exits 8 s after the core's death,
     # after which a request would see a closed connection instead): no speed limit is needed to show they did not hang.
     assert ledger.by_outcome() == {"error 503": IN_FLIGHT}, ledger.by_outcome()
     statuses = []
     assert wait_for(lambda: statuses.append(httpx.get(srv.url + "/health", timeout=2).status_code) or
-                    statuses[-1] == 503, timeout=2)
+                    statuses[-1] == 503, timeout=5)
     r = srv.post("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=5)
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
     # then the server exits (status 1) for its supervisor to restart it
     t0 = time.monotonic()
-    rc = srv.proc.wait(timeout=20)
+    rc = srv.proc.wait(timeout=60)
     assert rc == 1, rc
     record("fault_core_killed", ledger, failed_within_s=round(failed_within, 2), health_after=503,
            server_exit_code=rc, server_exit_after_s=round(time.monotonic() - t0 + failed_within, 1))

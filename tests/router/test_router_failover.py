@@ -20,16 +20,19 @@ from server_utils import API_KEY, wait_for
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_TOKENS = 24
+FIRST_MAX_TOKENS = 400
+"""The first burst's requests: long enough that the victim still holds 4 of them when its fourth one starts, however
+slow the test process is to send them (with 24 tokens the first could end before the fourth began)."""
 
 
-async def one(client: httpx.AsyncClient, url: str, i: int, stream: bool) -> str:
-    body = {"model": "tiny", "prompt": f"failover request {i}", "max_tokens": MAX_TOKENS, "temperature": 0,
+async def one(client: httpx.AsyncClient, url: str, i: int, stream: bool, max_tokens: int = MAX_TOKENS) -> str:
+    body = {"model": "tiny", "prompt": f"failover request {i}", "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": stream}
     if not stream:
         r = await client.post(url, json=body)
         if r.status_code != 200:
             return f"error {r.status_code}"
-        return "ok" if r.json()["usage"]["completion_tokens"] == MAX_TOKENS else "short"
+        return "ok" if r.json()["usage"]["completion_tokens"] == max_tokens else "short"
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             return f"error {r.status_code}"
@@ -42,9 +45,10 @@ async def one(client: httpx.AsyncClient, url: str, i: int, stream: bool) -> str:
     return "ok" if last.get("choices") and last["choices"][0].get("finish_reason") == "length" else "lost"
 
 
-async def burst(url: str, start: int, n: int, started=None) -> list[tuple[bool, str]]:
+async def burst(url: str, start: int, n: int, started=None, max_tokens: int = MAX_TOKENS) -> list[tuple[bool, str]]:
     async with httpx.AsyncClient(headers=AUTH, timeout=120) as client:
-        tasks = [asyncio.create_task(one(client, url, i, stream=i % 2 == 0)) for i in range(start, start + n)]
+        tasks = [asyncio.create_task(one(client, url, i, stream=i % 2 == 0, max_tokens=max_tokens))
+                 for i in range(start, start + n)]
         if started is not None:
             await started(tasks)
         return [(i % 2 == 0, t.result()) for i, t in zip(range(start, start + n), await _all(tasks), strict=True)]
@@ -77,7 +81,7 @@ def test_killed_replica_loses_nothing_that_had_not_started(replicas):
         await asyncio.to_thread(kill, victim)
 
     try:
-        first = asyncio.run(burst(url, 0, 16, kill_when_victim_is_busy))
+        first = asyncio.run(burst(url, 0, 16, kill_when_victim_is_busy, max_tokens=FIRST_MAX_TOKENS))
         assert wait_for(lambda: not held.healthy, 10)
         second = asyncio.run(burst(url, 100, 8))
     finally:

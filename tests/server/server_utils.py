@@ -7,6 +7,7 @@ shared 2-core machine spinning OpenMP threads make every step wait for deschedul
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,23 +37,34 @@ class RemoteServer:
     def __init__(self, model: str | None, args: list[str], env: dict[str, str] | None = None,
                  api_key: str | None = None, wait: bool = True, timeout: float = 240.0,
                  log_level: str = "WARNING") -> None:
-        self.port = free_port()
         self.api_key = api_key
-        cmd = [sys.executable, "-m", "pagoda", "--log-level", log_level, "serve"]
-        if model is not None:
-            cmd.append(model)
-        cmd += ["--port", str(self.port), "--uvicorn-log-level", "warning", "--disable-log-requests", *args]
+        self._model, self._args, self._log_level = model, args, log_level
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         if api_key:
             full_env["PAGODA_API_KEY"] = api_key
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pagoda-serve-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self._env = full_env
+        self._relaunches = 0
+        self._launch()
         STARTED.append(self)
-        self.url = f"http://127.0.0.1:{self.port}"
         self.health_statuses: list[int] = []
         if wait:
             self.wait_ready(timeout)
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "pagoda", "--log-level", self._log_level, "serve"]
+        if self._model is not None:
+            cmd.append(self._model)
+        cmd += ["--port", str(self.port), "--uvicorn-log-level", "warning", "--disable-log-requests", *self._args]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pagoda-serve-{os.getpid()}-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self._env)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _lost_its_port(self) -> bool:
+        """The server exited because another process took the port :func:`free_port` chose (it is free only until
+        someone binds it: an outgoing connection of this process can take it meanwhile)."""
+        return bool(re.search(rf"port {self.port} on \S+ is already in use", self.log())) and self._relaunches < 3
 
     @property
     def headers(self) -> dict[str, str]:
@@ -62,6 +74,11 @@ class RemoteServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._lost_its_port():
+                    self._log.close()
+                    self._relaunches += 1
+                    self._launch()
+                    continue
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 r = httpx.get(self.url + "/health", timeout=2)
@@ -171,9 +188,9 @@ def wait_for(pred, timeout: float = 10.0, interval: float = 0.05) -> bool:
 
 
 
-async def wait_idle(eng, timeout: float = 5.0) -> bool:
+async def wait_idle(eng, timeout: float = 60.0) -> bool:
     """Whether an ``AsyncLLM``'s engine reports no running or waiting request and an empty KV cache within
-    ``timeout`` seconds."""
+    ``timeout`` seconds (a bound on a hang only: an idle core reports so in its next heartbeat, up to 1 s later)."""
     import asyncio
 
     for _ in range(int(timeout / 0.05)):

@@ -48,7 +48,7 @@ def _start(tiny_model_dir, *extra: str) -> RemoteServer:
 
 @pytest.fixture(scope="module")
 def dp_server(tiny_model_dir):
-    srv = _start(tiny_model_dir)
+    srv = _start(tiny_model_dir, "--engine-death-exit-delay", "-1")  # the last test kills a replica: stay up
     yield srv
     srv.stop()
 

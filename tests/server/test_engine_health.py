@@ -71,7 +71,7 @@ def test_stuck_core_fails_health_and_recovers(own_server):
 
 
 def test_dead_core_fails_stream_health_and_new_requests(own_server):
-    srv = own_server()
+    srv = own_server("--engine-death-exit-delay", "-1")  # stays up answering 503, however slow the checks below
     pid = srv.core_pid()
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", srv.url + "/v1/completions", json=LONG, headers=srv.headers) as resp:

@@ -18,7 +18,7 @@ def _children(pid: int) -> list[int]:
 
 def test_tp2_server_serves_and_reports_a_dead_rank(tiny_model_dir):
     srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
-                                             "--tensor-parallel-size", "2"])
+                                             "--tensor-parallel-size", "2", "--engine-death-exit-delay", "-1"])
     try:
         body = {"model": MODEL, "prompt": "Paris is", "max_tokens": 4, "temperature": 0}
         r = httpx.post(srv.url + "/v1/completions", json=body, headers=srv.headers, timeout=60)
