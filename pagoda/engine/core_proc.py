@@ -60,6 +60,7 @@ from pagoda.engine.messages import (
     encoder,
     input_decoder,
 )
+from pagoda.engine.spawn_sigint import set_sigint_policy, sigint_blocked
 from pagoda.errors import ValidationError
 
 logger = logging.getLogger("pagoda")
@@ -141,7 +142,8 @@ def start_core_process(input_addr: str, output_addr: str, log_level: int = loggi
         args=(recv, input_addr, output_addr, os.getpid(), log_level),
         daemon=True,
     )
-    proc.start()
+    with sigint_blocked():  # the core takes Ctrl-C only once it ignores it (pagoda.engine.spawn_sigint)
+        proc.start()
     recv.close()  # the child holds the read end now
     return proc, send
 
@@ -208,7 +210,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
                         datefmt="%H:%M:%S")
     logger.setLevel(log_level)
     # Ctrl-C goes to the whole process group; the API server decides when the core stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_sigint_policy(signal.SIG_IGN)
 
     def on_term(signum: int, frame: Any) -> None:
         raise _Terminated()

@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from pagoda.engine.core_proc import Attach
+from pagoda.engine.spawn_sigint import set_sigint_policy, sigint_blocked
 
 logger = logging.getLogger("pagoda.server")
 
@@ -104,7 +105,8 @@ class ApiServerProcesses:
             proc = ctx.Process(target=run_api_server_process, name=f"pagoda-api-server-{client}",
                                args=(self.args, self.sock, Attach(ipc_dir, core_pids, client), os.getpid(), send),
                                daemon=False)
-            proc.start()
+            with sigint_blocked():  # it takes Ctrl-C only once it ignores it (pagoda.engine.spawn_sigint)
+                proc.start()
             send.close()
             self.procs.append(proc)
             self.ready_conns.append(recv)
@@ -176,6 +178,9 @@ def run_api_server_process(args: argparse.Namespace, sock: socket.socket, attach
     end)."""
     from pagoda.engine.core_proc import _set_parent_death_signal, set_process_name
 
+    # Ctrl-C goes to the whole process group: API server 0 stops this one (SIGTERM); uvicorn takes SIGINT again
+    # once it runs
+    set_sigint_policy(signal.SIG_IGN)
     _set_parent_death_signal()
     set_process_name(f"pagoda-api{attach.client}")
     if os.getppid() != parent_pid:  # API server 0 died before prctl took effect
