@@ -154,6 +154,12 @@ def srv(tiny_model_dir):
     s.stop()
 
 
+def _time_post(c: httpx.Client, srv, path: str, raw: bytes) -> float:
+    t0 = time.monotonic()
+    c.post(srv.url + path, content=raw, headers={**srv.headers, "Content-Type": "application/json"})
+    return time.monotonic() - t0
+
+
 def test_bad_input_corpus(srv):
     # One valid constrained request first: schema checks run on a small, bounded worker pool
     # (structured_output/validate.py) whose thread starts with its first use; the baseline includes it.
@@ -162,7 +168,7 @@ def test_bad_input_corpus(srv):
     base = take_baseline(srv)
     ledger = Ledger()
     failures = []
-    answered: list[tuple[float, str]] = []
+    answered: list[tuple[float, str, str, bytes]] = []  # (seconds, name, path, body)
     slowest = 0.0
     with httpx.Client(timeout=10) as c:
         for name, path, raw in CASES:
@@ -186,12 +192,20 @@ def test_bad_input_corpus(srv):
             else:
                 ledger.error(r.status_code)
                 ledger.latencies.append(dt)
-                answered.append((dt, f"{path} {name}"))
+                answered.append((dt, name, path, raw))
     # No bad input is expensive to refuse: none takes SLOW_FACTOR times the corpus's median answer (relative to this
     # machine's own speed, not a wall-clock limit; the floor keeps a millisecond median's jitter out of it).
-    median = statistics.median(dt for dt, _ in answered) if answered else 0.0
-    failures += [f"{case}: answered in {dt:.3f} s, the corpus's median {median:.4f} s"
-                 for dt, case in answered if dt > SLOW_FACTOR * max(median, SLOW_FLOOR_S)]
+    # A case over the limit is timed twice more and keeps its best time: an input that is expensive to refuse is
+    # slow every time, a stall of this machine (another process, a garbage collection) is not.
+    median = statistics.median(a[0] for a in answered) if answered else 0.0
+    limit = SLOW_FACTOR * max(median, SLOW_FLOOR_S)
+    with httpx.Client(timeout=10) as c:
+        for dt, name, path, raw in answered:
+            if dt > limit:
+                dt = min(dt, *(_time_post(c, srv, path, raw) for _ in range(2)))
+            if dt > limit:
+                failures.append(f"{path} {name}: answered in {dt:.3f} s (best of 3), the corpus's median "
+                                f"{median:.4f} s")
     assert not failures, f"{len(failures)} of {len(CASES)} cases:\n" + "\n".join(failures)
     figures = assert_recovered(srv, base, ledger)
     record("bad_input", ledger, cases=len(CASES), slowest_s=round(slowest, 3), **figures)
