@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
 from server_utils import wait_idle  # noqa: E402
 
 from pagoda import AsyncEngineArgs, AsyncLLM, RequestOutputKind, SamplingParams  # noqa: E402
-from pagoda.engine.async_llm import EngineDeadError  # noqa: E402
+from pagoda.engine.async_llm import EngineDeadError, RequestStream  # noqa: E402
 
 PROMPT = "The future of artificial intelligence is"
 
@@ -57,7 +57,16 @@ async def _joined(engine: AsyncLLM, params: SamplingParams, rid: str, pause: boo
     return acc, outs
 
 
-def test_vllm_streaming_example(engine_args):
+def test_vllm_streaming_example(engine_args, monkeypatch):
+    made: dict[str, int] = {}  # outputs the front end made per request (a consumer that falls behind sees fewer)
+    real_put = RequestStream._put
+
+    def put(self, out, deltas):
+        made[self.request_id] = made.get(self.request_id, 0) + 1
+        real_put(self, out, deltas)
+
+    monkeypatch.setattr(RequestStream, "_put", put)
+
     async def main():
         log = FinishLog()
         before = set(multiprocessing.active_children())
@@ -70,7 +79,7 @@ def test_vllm_streaming_example(engine_args):
             kw = dict(n=n, max_tokens=12, temperature=0.8, top_p=0.95, seed=42, ignore_eos=True)
             cum = [o async for o in engine.generate(PROMPT, SamplingParams(**kw), f"cum{n}")][-1]
             acc, outs = await _joined(engine, SamplingParams(output_kind=RequestOutputKind.DELTA, **kw), f"d{n}")
-            assert outs[-1].finished and len(outs) > 1
+            assert outs[-1].finished and made[f"d{n}"] > 1
             assert acc == {c.index: (c.token_ids, c.text) for c in cum.outputs}
             # a consumer that falls behind gets the missed deltas merged, never loses them
             slow, outs = await _joined(engine, SamplingParams(output_kind=RequestOutputKind.DELTA, **kw),
@@ -161,6 +170,7 @@ def test_abort_after_one_sample_ended_reports_that_sample_as_it_ended(engine_arg
     """n=2 where sample 0 stops on a token sample 1 never draws: aborting once sample 0 has ended reports it with
     its own reason ("stop") and sample 1 as "abort" (vLLM reports each sample when it ends); before, the ended sample
     was never reported."""
+    LONG = 400  # sample 1's length: still running when the consumer, however far behind, sees sample 0 end
     async def main():
         engine = AsyncLLM.from_engine_args(engine_args)
         await engine.start()
@@ -168,7 +178,7 @@ def test_abort_after_one_sample_ended_reports_that_sample_as_it_ended(engine_arg
         engine.stat_loggers.append(log)
         kw = dict(n=2, temperature=1.0, ignore_eos=True)
         for seed in range(20):  # a seed whose sample 0 draws a token sample 1 never draws
-            probe = [o async for o in engine.generate(PROMPT, SamplingParams(max_tokens=64, seed=seed, **kw),
+            probe = [o async for o in engine.generate(PROMPT, SamplingParams(max_tokens=LONG, seed=seed, **kw),
                                                         f"probe{seed}")][-1]
             a, b = probe.outputs[0].token_ids, probe.outputs[1].token_ids
             only_a = [t for t in a[:12] if t not in b]
@@ -176,15 +186,15 @@ def test_abort_after_one_sample_ended_reports_that_sample_as_it_ended(engine_arg
                 break
         else:
             pytest.fail("no seed separated the two samples")
-        params = SamplingParams(max_tokens=64, seed=seed, stop_token_ids=[only_a[0]], **kw)
+        params = SamplingParams(max_tokens=LONG, seed=seed, stop_token_ids=[only_a[0]], **kw)
         log.seen.clear()
         async for out in engine.generate(PROMPT, params, "split"):
             if out.outputs[0].finish_reason is not None:
-                assert out.outputs[1].finish_reason is None  # sample 1 runs to 64 tokens
+                assert out.outputs[1].finish_reason is None  # sample 1 runs to LONG tokens
                 await engine.abort("split")
                 break
         assert sorted(r for r, _ in log.seen) == ["abort", "stop"]
-        assert all(m == 64 for _, m in log.seen)
+        assert all(m == LONG for _, m in log.seen)
         engine.shutdown()  # not awaited: the loop ends with its clean-up task cut short
         return engine
 
