@@ -265,3 +265,29 @@ def test_generate_takes_lora_request_none_and_refuses_an_adapter(engine_args):
             engine.shutdown()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("when", ["config", "launched"])
+def test_shutdown_while_starting_fails_the_start_as_engine_dead(engine_args, when):
+    """``shutdown()`` while the engine starts: the start raises ``EngineDeadError`` (not a ``CancelledError`` from
+    the sockets shutdown closed), and no core outlives it. ``config``: while the config resolves (nothing is
+    launched); ``launched``: once the core is spawned, while start-up waits for its Ready."""
+    async def main():
+        before = set(multiprocessing.active_children())
+        engine = AsyncLLM(engine_args, on_launched=(lambda *_: engine.shutdown()) if when == "launched" else None)
+        start = asyncio.ensure_future(engine.start())
+        if when == "config":
+            await asyncio.sleep(0)  # the start is in create_config's thread
+            engine.shutdown()
+        with pytest.raises(EngineDeadError):
+            await start
+        if when == "config":
+            assert engine.cores is None  # no core was launched (to load in full, then be stopped)
+        await engine.shutdown()
+        return before
+
+    before = asyncio.run(main())
+    left = set(multiprocessing.active_children()) - before
+    for p in left:
+        p.join(30)
+    assert not any(p.is_alive() for p in left)

@@ -411,12 +411,9 @@ class AsyncLLM:
         elif self.state != "ready":
             await self._start()
 
-    async def _start(self) -> None:
-        if self.state == "shutdown":  # shut down before a deferred start ran
-            raise EngineDeadError(self.health()[1])
-        self.state = "loading"
-        t0 = time.perf_counter()
-        early, self.prelaunched = self.prelaunched, None
+    async def _resolve_config(self, early: PrelaunchedCore | None) -> EngineConfig:
+        """The engine's config (in a thread: it may fetch or convert the model). A failure, or a ``shutdown()``
+        meanwhile, ends the start here and the early core is discarded."""
         try:
             cfg = self.cfg if self.cfg is not None else await asyncio.to_thread(self.engine_args.create_config)
         except BaseException as exc:
@@ -424,7 +421,19 @@ class AsyncLLM:
                 early.discard()
             self.state, self.dead_reason = "dead", f"the engine failed to start: {exc}"
             raise
-        self.cfg = cfg
+        if self.state == "shutdown":  # launch nothing
+            if early is not None:
+                early.discard()
+            raise EngineDeadError(self.health()[1])
+        return cfg
+
+    async def _start(self) -> None:
+        if self.state == "shutdown":  # shut down before a deferred start ran
+            raise EngineDeadError(self.health()[1])
+        self.state = "loading"
+        t0 = time.perf_counter()
+        early, self.prelaunched = self.prelaunched, None
+        cfg = self.cfg = await self._resolve_config(early)
         # The cores resolve the same model folder (already fetched/converted by create_config above; an early core
         # waits for its arguments, sent only now).
         self.cores = CoreEngines(self.engine_args, cfg, self.log_level, self.api_server_count, self.attach)
@@ -450,6 +459,9 @@ class AsyncLLM:
             await self.cores.stop()
             if self.state != "shutdown":
                 self.state, self.dead_reason = "dead", f"the engine failed to start: {exc}"
+            elif isinstance(exc, asyncio.CancelledError) and not _being_cancelled():
+                # shutdown() closed the sockets wait_ready polled: the start failed because the engine shut down
+                raise EngineDeadError(self.health()[1]) from None
             raise
         if self.state == "shutdown":  # shutdown() was called while it started
             await self.cores.stop()
@@ -1118,6 +1130,12 @@ class AsyncLLM:
                                  len(self._streams))
             elif self.stuck and not self._streams:
                 self.stuck = False
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself was asked to stop (a ``CancelledError`` it sees is then its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
