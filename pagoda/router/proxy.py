@@ -334,10 +334,13 @@ class Proxy:
             status = "stream_error"
             self.metrics.stream_errors.labels(b.url).inc()
             logger.warning("backend %s broke off a response to %s: %r", b.url, path, e)
-            if is_sse:
-                sep = b"" if tail == b"\n\n" else b"\n\n"
-                why = f"the backend serving this request failed mid-response ({type(e).__name__})"
-                yield sep + stream_error_event(path, why)
+            if not is_sse:
+                # a body cut short must not reach the client as a whole one (a clean end of the chunked body would
+                # make truncated JSON a 200): raising makes the server drop the connection before the last chunk
+                raise
+            sep = b"" if tail == b"\n\n" else b"\n\n"
+            why = f"the backend serving this request failed mid-response ({type(e).__name__})"
+            yield sep + stream_error_event(path, why)
         finally:  # bookkeeping first: a client that went away cancels this generator, and aclose may not finish
             b.in_flight -= 1
             self._done(b, path, status, t0)
