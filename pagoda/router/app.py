@@ -131,10 +131,12 @@ class RouterState:
         headers = {"Authorization": f"Bearer {cfg.backend_api_key or cfg.api_key}"} \
             if (cfg.backend_api_key or cfg.api_key) else {}
         self.checker = HealthChecker(self.health_client, headers, cfg.engine_stats_interval_s)
-        await self.refresh(force=True)
-        self.task = asyncio.create_task(self._loop())
+        # before the first refresh (it lasts up to --health-check-timeout): a SIGHUP meanwhile must not end the
+        # router (its default action); it makes the loop's first round a forced refresh
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload.set)
+        await self.refresh(force=True)
+        self.task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -156,9 +158,13 @@ class RouterState:
             except DiscoveryError as e:
                 logger.warning("backend discovery failed, keeping %d backend(s): %s", len(self.pool.backends), e)
             else:
-                added, removed = self.pool.set_urls(urls)
-                if added or removed:
-                    logger.info("backends added %s, removed %s", added, removed)
+                try:
+                    added, removed = self.pool.set_urls(urls)
+                except ValueError as e:  # a bad URL in the backends file: keep the pool, and go on probing it
+                    logger.warning("backend list refused, keeping %d backend(s): %s", len(self.pool.backends), e)
+                else:
+                    if added or removed:
+                        logger.info("backends added %s, removed %s", added, removed)
         assert self.checker is not None
         await self.checker.check_all(self.pool.all())
 

@@ -23,6 +23,17 @@ def normalize_url(url: str) -> str:
         url = "http://" + url
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"backend URL must be http:// or https://, got {url!r}")
+    import httpx
+
+    try:  # as the proxy and the probes will read it (a bad port is only found here, not by the checks above)
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as e:
+        raise ValueError(f"backend URL {url!r} is not a valid URL: {e}") from None
+    if not parsed.host:
+        raise ValueError(f"backend URL {url!r} has no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"backend URL {url!r}: port {port} is not in 1-65535")
     return url
 
 
@@ -97,8 +108,9 @@ class BackendPool:
         return [b for b in healthy if b.url not in exclude]
 
     def known_model(self, model: str) -> bool:
-        """Whether some healthy backend serves ``model`` (or may: its model list is unknown)."""
-        return any(b.serves(model) for b in self.healthy())
+        """Whether some backend serves ``model`` (or may: its model list is unknown), healthy or not: a model whose
+        replicas are all out for now is a 503 (retried by clients), not a 404 "does not exist"."""
+        return any(b.serves(model) for b in self.all())
 
     def unknown_lists(self) -> list[Backend]:
         """Healthy backends whose model list the router does not know, sorted by URL."""

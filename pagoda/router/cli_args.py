@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from pagoda import envs
@@ -123,6 +124,8 @@ def run_router(args: argparse.Namespace) -> None:
     logger.info("pagoda router on http://%s:%d, routing logic %s", url_host(args.host), args.port,
                 args.routing_logic)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.uvicorn_log_level, access_log=False))
+    if hasattr(signal, "SIGHUP"):  # until the app's start-up takes it (a reload): its default action ends the process
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown (as uvicorn.run swallows it)

@@ -169,6 +169,20 @@ def test_model_field_picks_the_replicas_and_models_are_merged(fakes, routers):
     assert httpx.get(r.url + "/v1/models/c").status_code == 404
 
 
+def test_a_model_whose_replicas_are_all_out_is_a_503_not_a_404(fakes, routers):
+    """Clients retry a 503, not a 404 ("does not exist"): a model the router knows, whose only replica is out for
+    now (a failed probe, a refused connection), is the former."""
+    a, b = fakes("ok", model="a"), fakes("ok", model="b")
+    r = routers([a.url, b.url], health_check_interval_s=3600)  # the first probe only: nothing puts b back
+    assert wait_for(lambda: all(x.models for x in r.state.pool.all()), 10)
+    r.state.pool.backends[b.url].healthy = False  # as a failed probe or a refused connection leaves it
+    out = r.post("/v1/completions", {**COMPLETION, "model": "b"})
+    assert out.status_code == 503 and out.json()["error"]["code"] == "no_healthy_backend", out.text
+    missing = r.post("/v1/completions", {**COMPLETION, "model": "c"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert r.post("/v1/completions", {**COMPLETION, "model": "a"}).status_code == 200
+
+
 def test_leastloaded_reads_the_replicas_queues(fakes, routers):
     busy, idle = fakes("ok", running=3, waiting=4), fakes("ok")
     r = routers([busy.url, idle.url], "leastloaded")
@@ -192,6 +206,12 @@ def test_backends_file_is_reread_when_it_changes(fakes, routers, tmp_path):
     path.write_text("not: [a, list")  # a broken file keeps the pool as it was
     os.utime(path, (st.st_atime, st.st_mtime + 20))
     assert not wait_for(lambda: list(r.state.pool.backends) != [b.url], 1)
+    # a file with a bad URL too: the pool stays, and its backends are still probed (their model lists fetched)
+    path.write_text(f"- {b.url}\n- http://127.0.0.1:abc\n")
+    os.utime(path, (st.st_atime, st.st_mtime + 30))
+    probes = len(b.gets)
+    assert wait_for(lambda: len(b.gets) > probes + 2, 60)
+    assert list(r.state.pool.backends) == [b.url]
 
 
 def fake_k8s(slices: dict, seen: list) -> httpx.AsyncClient:

@@ -98,6 +98,10 @@ def test_pool_and_url_rules():
     assert normalize_url("10.0.0.1:8000/") == "http://10.0.0.1:8000"
     with pytest.raises(ValueError):
         normalize_url("ftp://x")
+    for bad in ("http://h:abc", "http://h:99999", "http://:8000", "htps://h:8000"):  # found here, not by a probe
+        with pytest.raises(ValueError, match="backend URL"):
+            normalize_url(bad)
+    assert normalize_url("http://[fd00::4]:8000") == "http://[fd00::4]:8000"
     pool = BackendPool(["http://a:1", "http://b:1"])
     pool.backends["http://a:1"].healthy = False
     added, removed = pool.set_urls(["http://a:1", "http://c:1"])
