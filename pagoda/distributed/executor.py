@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -257,6 +258,7 @@ class MultiprocExecutor(Executor):
         try:
             for rank in self.worker_ranks:
                 ours, theirs = socket.socketpair()
+                bound_sends(ours, envs.dist_timeout_s())
                 cmd = [sys.executable, "-m", "pagoda.distributed.worker", str(theirs.fileno()), str(rank),
                        init_method, str(os.getpid()), str(logger.getEffectiveLevel())]
                 self.procs.append(subprocess.Popen(cmd, pass_fds=[theirs.fileno()]))
@@ -289,15 +291,28 @@ class MultiprocExecutor(Executor):
                 if p.poll() is not None]
 
     def _send(self, raw: bytes) -> None:
-        for conn in self.conns:
+        for rank, conn in zip(self.worker_ranks, self.conns, strict=True):
             try:
                 conn.send_bytes(raw)
+            except BlockingIOError as e:  # bound_sends: the rank is alive and read nothing for the whole limit
+                raise WorkerDied(f"{self.who(rank)} did not read its step within PAGODA_DIST_TIMEOUT_S="
+                                 f"{envs.dist_timeout_s():g} s (stuck, paused or starved); set PAGODA_DIST_TIMEOUT_S "
+                                 f"higher (seconds) if that is expected. The engine cannot continue.") from e
             except OSError as e:
                 self.explain(e)
                 raise WorkerDied(f"a worker rank closed its connection: {e}") from e
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def bound_sends(sock: socket.socket, seconds: float) -> None:
+    """A send on ``sock`` that the peer does not drain (a step's frame larger than the socket's buffer, to a paused
+    worker) raises ``BlockingIOError`` after ``seconds`` instead of blocking for ever: the collectives' own timeout
+    never starts while the engine core is stuck in a send."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 def _stop(procs: list[subprocess.Popen], conns: list[Connection], tmpdir: str) -> None:
