@@ -165,6 +165,9 @@ class RouterState:
                 else:
                     if added or removed:
                         logger.info("backends added %s, removed %s", added, removed)
+                    self.metrics.forget(removed)
+                    if self.checker is not None:
+                        self.checker.forget(removed)
         assert self.checker is not None
         await self.checker.check_all(self.pool.all())
 

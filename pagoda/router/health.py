@@ -73,6 +73,11 @@ class HealthChecker:
         self.on_change = on_change
         self._last_stats: dict[str, float] = {}
 
+    def forget(self, urls: list[str]) -> None:
+        """Backends gone from the pool: their scrape times go too."""
+        for url in urls:
+            self._last_stats.pop(url, None)
+
     async def check_all(self, backends: list[Backend]) -> None:
         await asyncio.gather(*(self.check(b) for b in backends))
 

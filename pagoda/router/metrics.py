@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -57,6 +58,20 @@ class RouterMetrics:
         """One request answered (``backend`` None: by the router itself), ``t0`` its arrival (monotonic)."""
         self.requests.labels(backend or NO_BACKEND, path, status).inc()
         self.latency.labels(path).observe(time.monotonic() - t0)
+
+    def forget(self, urls: list[str]) -> None:
+        """Drop every series of these backends (gone from the pool): on Kubernetes each rollout brings new pod
+        addresses, and series kept for the old ones would grow without bound."""
+        gone = set(urls)
+        for counter in (self.retries, self.stream_errors):
+            for url in gone:
+                with contextlib.suppress(KeyError):
+                    counter.remove(url)
+        keys = {(s.labels["backend"], s.labels["path"], s.labels["status"])
+                for fam in self.requests.collect() for s in fam.samples if s.labels.get("backend") in gone}
+        for key in keys:
+            with contextlib.suppress(KeyError):
+                self.requests.remove(*key)
 
     def render(self, pool: BackendPool) -> tuple[bytes, str]:
         """Refresh the per-backend gauges from the pool, then the exposition."""

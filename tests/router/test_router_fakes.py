@@ -203,6 +203,8 @@ def test_backends_file_is_reread_when_it_changes(fakes, routers, tmp_path):
     os.utime(path, (st.st_atime, st.st_mtime + 10))  # a new mtime even on a coarse clock
     assert wait_for(lambda: list(r.state.pool.backends) == [b.url], 10)
     assert r.post("/v1/completions", COMPLETION).json()["port"] == b.port
+    # a's series went with it (each rollout on Kubernetes brings new addresses: kept, they would pile up)
+    assert a.url not in httpx.get(r.url + "/metrics").text and a.url not in r.state.checker._last_stats
     path.write_text("not: [a, list")  # a broken file keeps the pool as it was
     os.utime(path, (st.st_atime, st.st_mtime + 20))
     assert not wait_for(lambda: list(r.state.pool.backends) != [b.url], 1)
