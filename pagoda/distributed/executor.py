@@ -20,6 +20,7 @@ Workers exit on :class:`StopWorker`, when the engine's connection closes, or whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -88,6 +89,7 @@ class Executor:
         self.pp: Any = None  # PPStage under pipeline parallelism
         self.out_of_step: str | None = None  # why the ranks are out of step (abandon_step); None: in step
         self.steps = 0  # distributed steps sent (broadcast_step): the number a timeout names
+        _LIVE.add(self)
 
     def who(self, rank: int) -> str:
         if self.pp_size == 1:
@@ -254,7 +256,8 @@ class MultiprocExecutor(Executor):
         init_method = f"file://{self._dir}/rendezvous"
         self.procs: list[subprocess.Popen] = []  # in the order of worker_ranks
         self.conns: list[Connection] = []
-        self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns, self._dir)
+        self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns, self._dir, self.worker_ranks,
+                                           self.ready)
         try:
             for rank in self.worker_ranks:
                 ours, theirs = socket.socketpair()
@@ -315,24 +318,48 @@ def bound_sends(sock: socket.socket, seconds: float) -> None:
                     struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
-def _stop(procs: list[subprocess.Popen], conns: list[Connection], tmpdir: str) -> None:
-    stop = m.encoder.encode(m.StopWorker())
-    for conn in conns:
-        try:
-            conn.send_bytes(stop)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 5.0
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    for conn in conns:
-        conn.close()
-    destroy_tp_group()
-    shutil.rmtree(tmpdir, ignore_errors=True)
+def _stop(procs: list[subprocess.Popen], conns: list[Connection], tmpdir: str, ranks: list[int],
+          ready: dict[int, int]) -> None:
+    """Stop the workers: ``StopWorker`` to those that reported ready (they read it between steps; 5 s, then killed),
+    killed at once the others (still importing, joining or loading: they read nothing yet). The kill, the sockets
+    and the folder are released whatever happens meanwhile."""
+    try:
+        stop = m.encoder.encode(m.StopWorker())
+        for rank, p, conn in zip(ranks, procs, conns, strict=False):
+            if rank not in ready:
+                p.kill()
+                continue
+            try:
+                conn.send_bytes(stop)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for conn in conns:
+            conn.close()
+        destroy_tp_group()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+_LIVE: weakref.WeakSet[Executor] = weakref.WeakSet()
+"""Every executor not yet collected: what a terminated engine core shuts down (:func:`shutdown_all`)."""
+
+
+def shutdown_all() -> None:
+    """Shut down every live executor of this process (the engine core's SIGTERM path, which skips the clean
+    stop's own shutdown): their workers end now and their rendezvous folders go."""
+    for ex in list(_LIVE):
+        with contextlib.suppress(Exception):
+            ex.shutdown()
 
 
 def make_executor(cfg: EngineConfig) -> Executor:

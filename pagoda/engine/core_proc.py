@@ -213,6 +213,9 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     set_sigint_policy(signal.SIG_IGN)
 
     def on_term(signum: int, frame: Any) -> None:
+        # one SIGTERM means stop: a second (the front end's escalation) must not break into the clean-up that the
+        # first began (an executor stopping its workers); the front end's SIGKILL bounds a stuck one
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise _Terminated()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -288,6 +291,10 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         # parent-death signal) must not raise again inside the clean-up below
         if not given:
             _quiet_exit(in_sock, out_sock, ctx)
+        if "pagoda.distributed.executor" in sys.modules:  # its workers end now, and its rendezvous folder goes
+            from pagoda.distributed.executor import shutdown_all
+
+            shutdown_all()
         logger.info("engine core terminated by signal")
     except Exception as e:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a front end that stops us now needs no clean-up from here

@@ -33,3 +33,28 @@ def test_tp2_server_serves_and_reports_a_dead_rank(tiny_model_dir):
         assert "tensor-parallel rank 1 of 2 died" in r.json()["error"]["message"], r.text
     finally:
         srv.stop()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_terminated_core_stops_its_workers_and_removes_their_folder(tiny_model_dir, tmp_path):
+    """SIGTERM to the engine core (the front end's stop of a core still starting, the parent-death signal): the
+    core stops its worker ranks itself and removes their rendezvous folder, rather than leaving the workers to
+    notice its death and the folder to the temp dir."""
+    srv = RemoteServer(str(tiny_model_dir), ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M",
+                                             "--tensor-parallel-size", "2", "--engine-death-exit-delay", "-1"],
+                       env={"TMPDIR": str(tmp_path)})
+    try:
+        core = srv.core_pid()
+        (worker,) = _children(core)
+        assert list(tmp_path.glob("pagoda-tp-*"))
+        os.kill(core, signal.SIGTERM)
+        assert wait_for(lambda: _gone(core) and _gone(worker), 60)
+        assert not list(tmp_path.glob("pagoda-tp-*")), os.listdir(tmp_path)
+    finally:
+        srv.stop()
