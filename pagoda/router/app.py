@@ -123,7 +123,9 @@ class RouterState:
     async def start(self) -> None:
         cfg = self.cfg
         timeout = httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        # idle connections expire before the replicas close them (uvicorn's timeout_keep_alive, 5 s, as pagoda
+        # serve's): one reused just as the replica closes it would fail a request that no retry goes back to
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=3.0)
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits)
         self.health_client = httpx.AsyncClient(timeout=cfg.health_check_timeout_s)
         self.proxy = Proxy(self.pool, cfg.policy, self.client, self.metrics,

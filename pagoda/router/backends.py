@@ -57,6 +57,9 @@ class Backend:
     kv_cache_usage_perc), refreshed every ``--engine-stats-interval``."""
     in_flight: int = 0
     last_error: str | None = None
+    taken_out: int = 0
+    """How many times a request found the replica refusing connections (:meth:`Proxy._refused`): a probe that
+    began before the latest of those cannot put it back (its 200 may predate the replica's death)."""
 
     def serves(self, model: str | None) -> bool:
         """Whether the replica may serve ``model`` (None: any; an unknown model list: maybe)."""

@@ -82,6 +82,7 @@ class HealthChecker:
         await asyncio.gather(*(self.check(b) for b in backends))
 
     async def check(self, b: Backend) -> None:
+        taken_out = b.taken_out
         try:
             r = await self.client.get(b.url + "/health")
             ok, why = r.status_code == 200, f"/health answered {r.status_code}"
@@ -93,6 +94,8 @@ class HealthChecker:
             if now - self._last_stats.get(b.url, -1e9) >= self.stats_interval_s:
                 self._last_stats[b.url] = now
                 await self.refresh_load(b)
+        if ok and b.taken_out != taken_out:  # a request found it refusing since this probe's /health: the next
+            return  # probe decides
         self.set_health(b, ok, None if ok else why)
 
     def set_health(self, b: Backend, ok: bool, why: str | None) -> None:

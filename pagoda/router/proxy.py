@@ -248,6 +248,7 @@ class Proxy:
         if b.healthy:
             logger.warning("backend %s taken out: %r", b.url, e)
         b.healthy = False
+        b.taken_out += 1
         b.last_error = repr(e)
 
     async def _read_whole(self, resp: httpx.Response) -> Response:

@@ -1,6 +1,7 @@
-"""A replica that breaks off a relayed answer mid-body: an event stream gets an error event, and any other body
-is never ended as if it were whole (the server drops the connection, so the client sees a transport error, not a
-200 with truncated JSON)."""
+"""A replica that fails while the router is talking to it. It breaks off a relayed answer mid-body: an event stream
+gets an error event, and any other body is never ended as if it were whole (the server drops the connection, so
+the client sees a transport error, not a 200 with truncated JSON). It dies during a health probe that had seen it
+alive: that probe cannot put it back in rotation."""
 
 from __future__ import annotations
 
@@ -71,3 +72,32 @@ def test_an_event_stream_cut_short_ends_with_an_error_event(first):
     assert body.startswith(first) and b'"error"' in body.split(first, 1)[1]
     assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False)
     assert proxy.pool.all()[0].in_flight == 0
+
+
+def test_a_probe_older_than_a_refusal_does_not_put_the_replica_back():
+    """The probe's /health passes, then the replica dies and a request finds it refusing (taken out), then the
+    probe's later calls fail: the probe must not put back a replica it saw alive before that refusal. The next
+    probe, begun after it, does when the replica answers."""
+    from pagoda.router.backends import Backend
+    from pagoda.router.health import HealthChecker
+
+    b = Backend("http://r1:8000", healthy=False)  # out since an earlier refusal
+
+    def dying(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        b.taken_out += 1  # meanwhile the replica died and a request found it refusing (Proxy._refused)
+        raise httpx.ConnectError("refused", request=request)
+
+    def alive(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [{"id": "m"}]}) if request.url.path == "/v1/models" \
+            else httpx.Response(200, text="")
+
+    async def probe(handler) -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            await HealthChecker(client, {}, stats_interval_s=0.0).check(b)
+
+    asyncio.run(probe(dying))
+    assert not b.healthy
+    asyncio.run(probe(alive))
+    assert b.healthy and b.models == {"m"}
