@@ -17,16 +17,9 @@ import time
 
 import httpx
 from harness import MODEL, Ledger, async_client, mixed_bodies, plain_request, record, scale, stream_request, wait_for
+from server_utils import pid_alive
 
 IN_FLIGHT = scale(16, 32)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _bodies(max_tokens: int) -> list[tuple[str, dict, bool]]:
@@ -82,5 +75,5 @@ def test_sigterm_drains_in_flight_requests(make_server):
     rc = srv.proc.wait(timeout=30)
     exit_s = time.monotonic() - t_term
     assert rc == 0, f"exit status {rc} after SIGTERM:\n{srv.log()}"
-    assert wait_for(lambda: not _alive(pid), timeout=10), "the engine core outlived the server"
+    assert wait_for(lambda: not pid_alive(pid), timeout=10), "the engine core outlived the server"
     record("fault_sigterm", ledger, drained_s=round(drained_s, 2), exit_after_s=round(exit_s, 2), exit_code=rc)

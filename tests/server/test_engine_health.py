@@ -8,22 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import httpx
 import pytest
-from server_utils import MODEL, RemoteServer, free_port, wait_for
+from server_utils import MODEL, RemoteServer, free_port, pid_alive, wait_for
 
 LONG = {"model": MODEL, "prompt": "Continuous batching lets", "max_tokens": 1900, "temperature": 0,
         "ignore_eos": True, "stream": True}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -95,10 +86,10 @@ def test_dead_core_fails_stream_health_and_new_requests(own_server):
 def test_core_exits_when_server_dies(own_server):
     srv = own_server()
     pid = srv.core_pid()
-    assert _alive(pid)
+    assert pid_alive(pid)
     srv.proc.kill()
     srv.proc.wait()
-    assert wait_for(lambda: not _alive(pid), timeout=15), "engine core outlived the API server"
+    assert wait_for(lambda: not pid_alive(pid), timeout=15), "engine core outlived the API server"
 
 
 def test_clean_shutdown_stops_core(own_server):
@@ -107,7 +98,7 @@ def test_clean_shutdown_stops_core(own_server):
     srv.proc.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process should
     assert srv.proc.wait(timeout=20) in (0, -signal.SIGTERM)
-    assert wait_for(lambda: not _alive(pid), timeout=10)
+    assert wait_for(lambda: not pid_alive(pid), timeout=10)
 
 
 def test_bind_defaults_to_localhost():

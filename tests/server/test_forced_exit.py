@@ -8,15 +8,7 @@ import os
 import signal
 
 import httpx
-from server_utils import MODEL, RemoteServer, wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from server_utils import MODEL, RemoteServer, pid_alive, wait_for
 
 
 def _refused(url: str) -> bool:
@@ -47,5 +39,5 @@ def test_a_second_ctrl_c_still_stops_the_core_and_removes_its_ipc_folder(tiny_mo
             srv.proc.wait(60)
     finally:
         srv.stop()
-    assert wait_for(lambda: not _alive(core), 30), "the engine core outlived the server"
+    assert wait_for(lambda: not pid_alive(core), 30), "the engine core outlived the server"
     assert not list(tmp_path.glob("pagoda-ipc-*")), os.listdir(tmp_path)

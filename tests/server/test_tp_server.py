@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import httpx
-from server_utils import MODEL, RemoteServer, wait_for
+from server_utils import MODEL, RemoteServer, pid_alive, wait_for
 
 
 def _children(pid: int) -> list[int]:
@@ -35,13 +35,6 @@ def test_tp2_server_serves_and_reports_a_dead_rank(tiny_model_dir):
         srv.stop()
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_terminated_core_stops_its_workers_and_removes_their_folder(tiny_model_dir, tmp_path):
     """SIGTERM to the engine core (the front end's stop of a core still starting, the parent-death signal): the
     core stops its worker ranks itself and removes their rendezvous folder, rather than leaving the workers to
@@ -54,7 +47,7 @@ def test_a_terminated_core_stops_its_workers_and_removes_their_folder(tiny_model
         (worker,) = _children(core)
         assert list(tmp_path.glob("pagoda-tp-*"))
         os.kill(core, signal.SIGTERM)
-        assert wait_for(lambda: _gone(core) and _gone(worker), 60)
+        assert wait_for(lambda: not pid_alive(core) and not pid_alive(worker), 60)
         assert not list(tmp_path.glob("pagoda-tp-*")), os.listdir(tmp_path)
     finally:
         srv.stop()
