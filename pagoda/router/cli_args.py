@@ -82,6 +82,7 @@ def add_router_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept lazy: fastapi)
     from pagoda.router.app import RouterConfig
+    from pagoda.router.backends import normalize_url
     from pagoda.router.discovery import FileSource, KubernetesSource, StaticSource
     from pagoda.router.policies import make_policy
 
@@ -93,11 +94,20 @@ def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept laz
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
     sources: list = []
+    for url in args.backend:  # a bad URL stops start-up naming it (at run time it would only be refused)
+        try:
+            normalize_url(url)
+        except ValueError as e:
+            raise ValueError(f"--backend {url}: {e}") from None
     if args.backend:
         sources.append(StaticSource(args.backend))
     if args.backends_file:
         f = FileSource(args.backends_file)
-        f.load()  # a bad file stops start-up with its error
+        for url in f.load():  # a bad file, or a bad URL in it, stops start-up with its error
+            try:
+                normalize_url(url)
+            except ValueError as e:
+                raise ValueError(f"--backends-file {args.backends_file}: {e}") from None
         sources.append(f)
     if args.k8s_service:
         sources.append(KubernetesSource(args.k8s_service, args.k8s_namespace,

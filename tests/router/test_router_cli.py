@@ -42,6 +42,19 @@ def test_no_backend_is_a_startup_error():
         build_parser().parse_args(["router", "--backend", "x:1", "--routing-logic", "kvaware"])
 
 
+def test_a_bad_backend_url_is_a_startup_error_naming_its_flag(tmp_path):
+    from pagoda.router.cli_args import router_config
+
+    args = build_parser().parse_args(["router", "--backend", "http://h:8000", "--backend", "http://h:abc"])
+    with pytest.raises(ValueError, match=r"--backend http://h:abc: backend URL 'http://h:abc' is not a valid URL"):
+        router_config(args)
+    listed = tmp_path / "backends.yaml"
+    listed.write_text("- http://h:8000\n- http://h:99999\n")
+    args = build_parser().parse_args(["router", "--backends-file", str(listed)])
+    with pytest.raises(ValueError, match=r"--backends-file .*: backend URL 'http://h:99999': port 99999 is not in"):
+        router_config(args)
+
+
 def test_bad_port_or_host_is_a_startup_error():
     """The same [1, 65535] check as serve's (it used to log port 70000 and listen on 4464), and an address that does
     not resolve is named as --host's, before uvicorn starts."""
