@@ -113,7 +113,6 @@ def gptq_checkpoints(tiny, tmp_path_factory) -> Path:
     return out
 
 
-
 _SERVERS_BEFORE = pytest.StashKey[int]()
 
 
