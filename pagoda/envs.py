@@ -35,7 +35,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "treated as unreachable"),
     EnvVar("PAGODA_ENGINE_STUCK_TIMEOUT_S", "60", "default of `--engine-stuck-timeout`"),
     EnvVar("PAGODA_DIST_TIMEOUT_S", "120", "seconds a tensor-parallel collective (and the ranks' start-up "
-           "rendezvous) may wait for the other ranks before the engine fails"),
+           "rendezvous, and the engine core's send of a step to a rank) may wait for the other ranks before the "
+           "engine fails"),
     EnvVar("PAGODA_DP_RANK", "0", "set by `pagoda serve --data-parallel-size N` in replica i's processes (`i`), not "
            "by hand: replica i seeds its unseeded sampling with `--seed` + i, so the replicas draw differently"),
     EnvVar("PAGODA_LOG_STATS_INTERVAL", "10", "seconds between the server's periodic stats log lines"),
