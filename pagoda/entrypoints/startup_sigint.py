@@ -80,9 +80,7 @@ def install_if_cli() -> None:
     imports pagoda to unpickle its target, and has its own SIGINT policy. (``multiprocessing.parent_process()``
     cannot tell: it is still ``None`` while the target is unpickled.)"""
     main = sys.argv[0] if sys.argv else ""
-    if os.path.basename(main) == "pagoda" and main in sys.orig_argv[1:]:
-        install()
-    elif main == "-m" and _runs_module("pagoda"):
+    if (os.path.basename(main) == "pagoda" and main in sys.orig_argv[1:]) or (main == "-m" and _runs_module("pagoda")):
         install()
 
 

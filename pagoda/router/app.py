@@ -152,6 +152,7 @@ class RouterState:
 
     async def refresh(self, force: bool = False) -> None:
         """Re-read the sources (a source that fails keeps the pool as it was), then probe every backend."""
+        assert self.checker is not None  # (start() made it)
         if self.cfg.sources:
             urls: list[str] = []
             try:
@@ -168,9 +169,7 @@ class RouterState:
                     if added or removed:
                         logger.info("backends added %s, removed %s", added, removed)
                     self.metrics.forget(removed)
-                    if self.checker is not None:
-                        self.checker.forget(removed)
-        assert self.checker is not None
+                    self.checker.forget(removed)
         await self.checker.check_all(self.pool.all())
 
     async def _loop(self) -> None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from pagoda import envs
 from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, parse_size
@@ -82,7 +83,6 @@ def add_router_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept lazy: fastapi)
     from pagoda.router.app import RouterConfig
-    from pagoda.router.backends import normalize_url
     from pagoda.router.discovery import FileSource, KubernetesSource, StaticSource
     from pagoda.router.policies import make_policy
 
@@ -94,20 +94,12 @@ def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept laz
     if args.max_retries < 0:
         raise ValueError(f"--max-retries must be >= 0, got {args.max_retries}")
     sources: list = []
-    for url in args.backend:  # a bad URL stops start-up naming it (at run time it would only be refused)
-        try:
-            normalize_url(url)
-        except ValueError as e:
-            raise ValueError(f"--backend {url}: {e}") from None
     if args.backend:
+        _check_urls(args.backend, lambda url: f"--backend {url}")
         sources.append(StaticSource(args.backend))
     if args.backends_file:
         f = FileSource(args.backends_file)
-        for url in f.load():  # a bad file, or a bad URL in it, stops start-up with its error
-            try:
-                normalize_url(url)
-            except ValueError as e:
-                raise ValueError(f"--backends-file {args.backends_file}: {e}") from None
+        _check_urls(f.load(), lambda url: f"--backends-file {args.backends_file}")  # a bad file, or a bad URL in it
         sources.append(f)
     if args.k8s_service:
         sources.append(KubernetesSource(args.k8s_service, args.k8s_namespace,
@@ -120,6 +112,18 @@ def router_config(args: argparse.Namespace):  # -> RouterConfig (import kept laz
                         connect_timeout_s=args.connect_timeout, health_check_interval_s=args.health_check_interval,
                         health_check_timeout_s=args.health_check_timeout,
                         engine_stats_interval_s=args.engine_stats_interval)
+
+
+def _check_urls(urls: list[str], where: Callable[[str], str]) -> None:
+    """A bad backend URL stops start-up, naming where it came from (``where(url)``: the flag); at run time it would
+    only be refused."""
+    from pagoda.router.backends import normalize_url
+
+    for url in urls:
+        try:
+            normalize_url(url)
+        except ValueError as e:
+            raise ValueError(f"{where(url)}: {e}") from None
 
 
 def run_router(args: argparse.Namespace) -> None:
