@@ -96,7 +96,7 @@ def main() -> None:
         for lift, halves in one_row if bm == 1 else ((False, 1), (True, 1)):
             if halves > 1 and quick:
                 continue
-            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift, HALVES=halves, PANEL=0), nw))
+            body, usage = k_loop(compile_sm90(_w4_gemv_kernel, dict(c, LIFT_X=lift, HALVES=halves), nw))
             print(f"  M={bm} {bn} cols x {nw} warps{', lift' if lift else ''}"
                   f"{f', {halves} halves' if halves > 1 else ''}: {len(body)} "
                   f"({len(body) / (8 * words * bm):.2f} per nibble and row)  {usage}  {histogram(body)}")

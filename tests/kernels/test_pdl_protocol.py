@@ -71,13 +71,12 @@ def _kernels():
         "w4_gemv": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1, "BLOCK_N": 32,
                                                      "SPLIT": True, "HAS_BIAS": False, "EVEN_N": True,
                                                      "EVEN_M": True, "SYM": True, "PREFETCH": 1, "LIFT_X": False,
-                                                     "HALVES": 1, "PANEL": 0},
+                                                     "HALVES": 1},
                     {"qw_ptr": "*i32", "magic": "i32"}, True),
         "w4_gemv_lift_halves": (triton_w4_gemv._w4_gemv_kernel, {"GROUP": 128, "PACK_K": 128, "BLOCK_M": 1,
                                                                  "BLOCK_N": 64, "SPLIT": True, "HAS_BIAS": False,
                                                                  "EVEN_N": True, "EVEN_M": True, "SYM": True,
-                                                                 "PREFETCH": 2, "LIFT_X": True, "HALVES": 2,
-                                                                 "PANEL": 0},
+                                                                 "PREFETCH": 2, "LIFT_X": True, "HALVES": 2},
                                 {"qw_ptr": "*i32", "magic": "i32"}, True),
     }
 

@@ -223,22 +223,3 @@ def test_w4_sass_count_keeps_the_4bit_loops_lean():
     assert len(paired) == 1 and float(paired[0]) <= 4.5, out
     assert len(lift) == 1 and float(lift[0]) <= 3.8, out
     assert re.findall(r"LOCAL:(\d+)", out) == ["0"] * 4, out
-
-
-@pytest.mark.parametrize("block_n,panel,halves,split", [(32, 32, 1, 3), (32, 64, 1, 1), (64, 64, 2, 2)])
-def test_panel_layout_reads_the_same_words(block_n, panel, halves, split):
-    """``panel`` (benchmarks/gpu/w4_panel_probe.py): the same codes stored as contiguous ``[K/8, panel]`` column
-    panels give bit-identical outputs to the plain layout (same words, same arithmetic, same order); a panel that
-    is not a multiple of the block or does not divide N is refused."""
-    codes, scales, offsets = random_weight(4, 128, 128, 512, True, seed=panel + split)
-    qw = tw.pack(codes, 4).to(DEV)
-    k8, n = qw.shape
-    panels = qw.view(k8, n // panel, panel).permute(1, 0, 2).contiguous().view(k8, n)
-    s, o = scales.t().contiguous().to(DEV), offsets.t().contiguous().to(DEV)
-    x = torch.randn(1, 512).to(DEV)
-    outs = [gv.w4_gemv(x, q, s, o, 128, None, tw.pack_k(512), 1, block_n, split, symmetric=True, halves=halves,
-                       panel=p).cpu() for q, p in ((qw, 0), (panels, panel))]
-    assert torch.equal(outs[0], outs[1])
-    check(outs[0], reference(x.cpu(), codes, scales, offsets, 4, 128, torch.float32, None, None), torch.float32)
-    with pytest.raises(ValueError, match="panel"):
-        gv.w4_gemv(x, panels, s, o, 128, None, tw.pack_k(512), 1, 64, split, panel=96)

@@ -165,8 +165,7 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
-                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1,
-                    PANEL: tl.constexpr = 0):
+                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -198,31 +197,24 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         m_ok = offs_m < M
         x_rows = x_ptr + offs_m[:, None, None] * stride_xm + offs_r[None, :, None]
     n_ok = on < N
-    if PANEL > 0:  # column panels of PANEL words, each [K/8, PANEL] contiguous; this block lies in one panel
-        RS = PANEL
-        PER: tl.constexpr = PANEL // BLOCK_N
-        w_base = qw_ptr + (pid_n // PER) * (num_tiles * KP * PANEL) + ((pid_n % PER) - pid_n) * BLOCK_N
-    else:
-        RS = N
-        w_base = qw_ptr
-    w_cols = w_base + offs_r[None, :, None] * RS + on[:, None, :]
+    w_cols = qw_ptr + offs_r[None, :, None] * N + on[:, None, :]
     w_ok = n_ok[:, None, :]
     acc = tl.zeros((BA, KP, BN), dtype=tl.float32)
     t_lo = pid_k * tiles_per_split
     t_hi = tl.minimum(num_tiles, t_lo + tiles_per_split)
-    p_next = _load_words(w_cols + t_lo * KP * RS, w_ok, EVEN_N)  # weights: may load before the PDL wait
-    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * RS, w_ok, EVEN_N)
+    p_next = _load_words(w_cols + t_lo * KP * N, w_ok, EVEN_N)  # weights: may load before the PDL wait
+    p_next2 = _load_words(w_cols + tl.minimum(t_lo + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
     pdl_wait(USE_PDL)
     for t in range(t_lo, t_hi):
         if PREFETCH == 2:  # the next two tiles' words are in flight while this one is computed
             p = p_next
             p_next = p_next2
-            p_next2 = _load_words(w_cols + tl.minimum(t + 2, t_hi - 1) * KP * RS, w_ok, EVEN_N)
+            p_next2 = _load_words(w_cols + tl.minimum(t + 2, t_hi - 1) * KP * N, w_ok, EVEN_N)
         elif PREFETCH == 1:
             p = p_next
-            p_next = _load_words(w_cols + tl.minimum(t + 1, t_hi - 1) * KP * RS, w_ok, EVEN_N)
+            p_next = _load_words(w_cols + tl.minimum(t + 1, t_hi - 1) * KP * N, w_ok, EVEN_N)
         else:
-            p = _load_words(w_cols + t * KP * RS, w_ok, EVEN_N)
+            p = _load_words(w_cols + t * KP * N, w_ok, EVEN_N)
         ph = p >> 12
         for gj in tl.static_range(8 // JG):
             if LIFT_X:
@@ -266,7 +258,7 @@ MAGIC = 0x4B000000  # fp32 bits of 2**23
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
             num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False,
-            lift: bool = False, halves: int = 1, panel: int = 0) -> torch.Tensor:
+            lift: bool = False, halves: int = 1) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
@@ -274,9 +266,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
     measurement: slower in session 11, faster at one row in session 30); ``lift``: the :data:`LIFT` decode (x must
     stay under ``2**38`` in magnitude, else its row overflows to inf); ``halves``: > 1 runs one row a program with
-    ``block_n`` split into that many column blocks (``block_m`` must be 1); ``panel`` > 0: ``qweight`` holds the same
-    words as ``N / panel`` contiguous ``[K/8, panel]`` column panels (a multiple of ``block_n`` dividing N; only
-    ``benchmarks/gpu/w4_panel_probe.py`` stores weights so, to measure what the layout's short runs cost)."""
+    ``block_n`` split into that many column blocks (``block_m`` must be 1)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -286,8 +276,6 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     if halves > 1 and (block_m != 1 or block_n % halves):
         raise ValueError(f"w4_gemv: halves={halves} needs block_m 1 and block_n a multiple of it (got {block_m}, "
                          f"{block_n})")
-    if panel and (panel % block_n or n % panel):
-        raise ValueError(f"w4_gemv: panel={panel} needs a multiple of block_n ({block_n}) dividing N ({n})")
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
     if split > 1:
@@ -299,7 +287,6 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
                           EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift, HALVES=halves,
-                          PANEL=panel,
                           num_warps=num_warps,
                           num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
