@@ -221,7 +221,7 @@ def flags_server(tiny_model_dir):
         ["--served-model-name", MODEL, "--kv-cache-memory-bytes", "64M", "--enable-request-id-headers",
          "--disable-fastapi-docs", "--root-path", "/api", "--allowed-origins", '["http://ok.example"]',
          "--hf-overrides", '{"max_position_embeddings": 512}', "--tokenizer-mode", "slow",
-         "--override-generation-config", '{"temperature": 0}'],
+         "--override-generation-config", '{"temperature": 0, "max_new_tokens": 40}'],
         api_key=API_KEY, log_level="INFO",
     )
     yield srv
@@ -268,6 +268,20 @@ def test_hf_overrides_generation_override_and_tokenizer_mode(flags_server):
     assert default == greedy  # the override made the default greedy
     ids = flags_server.post("/tokenize", {"model": MODEL, "prompt": "hello world"}).json()["tokens"]
     assert ids and "--tokenizer-mode slow: transformers has no Python tokenizer" in flags_server.log()
+
+
+def test_generation_config_max_new_tokens_caps_only_an_absent_max_tokens(flags_server):
+    """vLLM's ``get_max_tokens``: a request without ``max_tokens`` gets the least of the endpoint's default
+    (completions: 16), the generation config's ``max_new_tokens`` (40 here) and the room left; a given value stands."""
+    prompt = {"model": MODEL, "prompt": "Once upon a time", "ignore_eos": True}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
+    cases = [("/v1/completions", prompt, 16), ("/v1/completions", {**prompt, "max_tokens": None}, 40),
+             ("/v1/completions", {**prompt, "max_tokens": 45}, 45), ("/v1/chat/completions", chat, 40),
+             ("/v1/chat/completions", {**chat, "max_tokens": 45}, 45)]
+    for path, body, want in cases:
+        r = flags_server.post(path, body)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == want, (path, body)
 
 
 def _self_signed_cert(tmp: Path) -> tuple[Path, Path]:

@@ -43,9 +43,10 @@ class _Prompt:
 
 
 def _max_tokens(req: CompletionRequest) -> tuple[int | None, bool, int | None]:
-    """(the engine's max_tokens, whether the request gave it, the default otherwise), as vLLM: absent, 16 (or the
-    generation config's max_new_tokens); ``null``, the room left in the context (capped by that max_new_tokens);
-    0 with ``echo``, the prompt alone (:func:`echo_only`: the engine draws one token that no choice shows)."""
+    """(the engine's max_tokens, whether the request gave it, the default otherwise), as vLLM: absent, 16 (less if
+    the generation config's max_new_tokens or the room left is less); ``null``, the room left in the context (capped
+    by that max_new_tokens); 0 with ``echo``, the prompt alone (:func:`echo_only`: the engine draws one token that no
+    choice shows)."""
     given = "max_tokens" in req.model_fields_set
     if echo_only(req):
         return 1, True, None

@@ -158,6 +158,14 @@ def sse_error(exc: BaseException) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
+def absent_max_tokens(endpoint_default: int | None, generation_default: Any, room: int) -> int:
+    """The ``max_tokens`` of a request that gave none, as vLLM's ``get_max_tokens``: the least of the endpoint's
+    default (completions 16 when the field is absent; None for chat and for a completion's explicit ``null``), the
+    generation config's ``max_new_tokens`` and the room left in the context (at least 1)."""
+    caps = [max(1, room)] + [int(v) for v in (endpoint_default, generation_default) if v is not None]
+    return min(caps)
+
+
 class OpenAIServing:
     def __init__(self, engine: AsyncLLM, models: ServingModels, limits: ServerLimits,
                  log_requests: bool = True, max_log_len: int | None = None) -> None:
@@ -233,8 +241,7 @@ class OpenAIServing:
         """Explicit request fields over the model's generation-config defaults (vLLM's semantics).
 
         A ``max_tokens`` the client gave is used as is (too large is a 400); an absent one
-        defaults to ``default_max_tokens`` (generation config first), capped by the room left
-        in the context.
+        is :func:`absent_max_tokens`.
         """
         fields = req.explicit_sampling_fields()
         so, _ = structured_outputs_from_request(req)
@@ -245,12 +252,11 @@ class OpenAIServing:
         if prompt_logprobs is not None:
             fields["prompt_logprobs"] = prompt_logprobs
         defaults = dict(self.engine.input_processor.sampling_defaults)  # type: ignore[union-attr]
-        room = max(1, self.engine.max_model_len - prompt_len)
         if max_tokens_given and user_max_tokens is not None:
             fields["max_tokens"] = user_max_tokens
         else:
-            gen_default = defaults.get("max_tokens", default_max_tokens)
-            fields["max_tokens"] = room if gen_default is None else min(int(gen_default), room)
+            fields["max_tokens"] = absent_max_tokens(default_max_tokens, defaults.get("max_tokens"),
+                                                     self.engine.max_model_len - prompt_len)
         defaults.pop("max_tokens", None)
         return SamplingParams(**{**defaults, **fields})
 
@@ -260,12 +266,11 @@ class OpenAIServing:
         """vLLM's ``to_beam_search_params``: ``n`` beams, returned as ``n`` choices; ``max_tokens``
         defaults as for sampling. Temperature and top-p/k/min-p do not change beam search."""
         defaults = self.engine.input_processor.sampling_defaults  # type: ignore[union-attr]
-        room = max(1, self.engine.max_model_len - prompt_len)
         if max_tokens_given and user_max_tokens is not None:
             max_tokens = user_max_tokens
         else:
-            gen_default = defaults.get("max_tokens", default_max_tokens)
-            max_tokens = room if gen_default is None else min(int(gen_default), room)
+            max_tokens = absent_max_tokens(default_max_tokens, defaults.get("max_tokens"),
+                                           self.engine.max_model_len - prompt_len)
         return BeamSearchParams(
             beam_width=req.n if req.n is not None else 1, max_tokens=max_tokens, ignore_eos=bool(req.ignore_eos),
             temperature=req.temperature if req.temperature is not None else 0.0,
