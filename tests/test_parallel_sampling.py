@@ -174,3 +174,43 @@ def test_child_seeds_at_the_ends_of_the_seed_range_stay_seeds(tiny, seed, child_
     again = llm.generate([PROMPTS[0]], SamplingParams(n=len(child_seeds), seed=seed, **T), use_tqdm=False)[0]
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in grouped.outputs]  # every child seeded
     assert_engine_clean(llm)
+
+
+def test_a_launch_that_fails_before_its_block_copies_fails_the_fork_waiting_for_one(tiny, monkeypatch):
+    """The scheduler hands a fork's copy-on-write copy out once, with the next step. When that step's launch fails
+    (here: its grammar bitmask, which runs before the runner applies the copies) and the fork is not in it (the
+    token budget went to a long prompt), the fork fails too: before, it went on from a tail block never copied,
+    and its tokens silently differed from an n = 1 request's."""
+    import logging
+
+    prompt, long_prompt = list(range(20, 30)), list(range(100, 200))  # 10 tokens: the fork copies a partial block
+    greedy = dict(temperature=0.0, ignore_eos=True)
+    ref = tiny.llm("llama", enable_prefix_caching=False)
+    want = ref.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=8, **greedy),
+                        use_tqdm=False)[0].outputs[0].token_ids
+    llm = tiny.llm("llama", block_size=8, max_num_batched_tokens=16, max_num_seqs=8, enable_prefix_caching=False)
+    eng, core = llm.llm_engine, llm.llm_engine.core
+    real = core.structured.grammar_bitmask
+    failed = []
+
+    def fail_the_copy_step(sched):
+        forks_out = [d for _, d in sched.block_copies
+                     if not any(d in core.kv.get_block_ids(s.request.request_id) for s in sched.scheduled)]
+        if forks_out and not failed:
+            failed.append(sched.block_copies)
+            raise RuntimeError("injected launch failure")
+        return real(sched)
+
+    monkeypatch.setattr(core.structured, "grammar_bitmask", fail_the_copy_step)
+    monkeypatch.setattr(logging.getLogger("pagoda"), "disabled", True)  # _fail logs the traceback
+    eng.add_request("x", {"prompt_token_ids": prompt}, SamplingParams(n=2, max_tokens=8, **greedy), final_only=True)
+    eng.add_request("big", {"prompt_token_ids": long_prompt}, SamplingParams(max_tokens=4, **greedy), final_only=True)
+    final = {}
+    while eng.has_unfinished_requests():
+        final.update((o.request_id, o) for o in eng.step() if o.finished)
+    assert failed, "the test wants a failed launch holding the copy of a fork outside the step"
+    samples = final["x"].outputs
+    assert [c.finish_reason for c in samples] == ["error", "error"]
+    assert all(c.token_ids == want[:len(c.token_ids)] for c in samples)
+    assert final["big"].outputs[0].finish_reason == "error"
+    assert_engine_clean(llm)

@@ -464,15 +464,24 @@ class EngineCore:
         except EngineFatalError:
             raise
         except Exception as e:
-            return self._fail(sched, e)
+            return self._fail(sched, e, copies_lost=True)
         if self.step_timeline is not None:  # pipeline stages run eager (no graphs are captured)
             pp = self.cfg.pipeline_parallel_size > 1
             self.step_timeline.launched(sched, "eager" if pp else self.runner.last_forward_path)
         return handle
 
-    def _fail(self, sched: SchedulerOutput, e: Exception) -> EngineCoreOutputs:
+    def _fail(self, sched: SchedulerOutput, e: Exception, copies_lost: bool = False) -> EngineCoreOutputs:
+        """Fail the step's requests (not the engine). ``copies_lost``: the launch failed, perhaps before the
+        runner applied the step's copy-on-write block copies, which the scheduler hands out once: a parallel-
+        sampling fork waiting for its tail block's copy, in this step or not, fails too, rather than go on from a
+        block that holds another request's K/V or none."""
         logger.exception("model step failed")
         ids = [s.request.request_id for s in sched.scheduled if not s.request.status.finished]
+        copied = {dst for _, dst in sched.block_copies} if copies_lost else set()
+        if copied:
+            taken = set(ids)
+            ids += [rid for rid, blocks in self.kv.req_blocks.items()
+                    if rid not in taken and copied.intersection(blocks)]
         self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
         # Blocks are registered in the prefix cache when scheduled: those this step was to write
         # hold no valid K/V. Its requests are gone, so forgetting unheld blocks drops them.
