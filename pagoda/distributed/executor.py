@@ -16,6 +16,12 @@ device, a paused or starved process), makes the others' collectives time out aft
 that :class:`WorkerDied` names the step, the limit, the ranks that stayed silent and the variable that raises it.
 Workers exit on :class:`StopWorker`, when the engine's connection closes, or when their parent process is gone
 (:func:`pagoda.distributed.worker.watch_parent`; not when the thread that started them ends).
+
+A worker that dies while the engine core waits in a collective for it can leave the core blocked for good: NCCL
+does not notice a dead peer (a lazily made communicator waits in its init, a graph-replayed all-reduce has no
+timeout). So :class:`MultiprocExecutor` runs a monitor thread: a worker found dead that the engine core's own
+thread has not reported within :data:`DEATH_GRACE_S` is passed to the handler of :func:`set_death_handler` (the
+engine-core process sends ``CoreFailed`` naming the rank and exits), or logged when there is none.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,6 +56,20 @@ from pagoda.worker.input_batch import StepInputs
 logger = logging.getLogger("pagoda")
 
 _POLL_S = 0.1
+DEATH_GRACE_S = 5.0
+"""How long a dead worker may go unreported by the engine core's own thread before the monitor acts (a gloo
+collective fails at once, and :meth:`Executor.explain` waits :attr:`Executor.explain_wait_s` for the exit)."""
+_MONITOR_POLL_S = 0.2
+_death_handler: Callable[[str], object] | None = None
+
+
+def set_death_handler(handler: Callable[[str], object] | None) -> None:
+    """What the monitor of every later :class:`MultiprocExecutor` of this process calls, on its own thread, with
+    the message naming a dead worker that the engine core did not report (None: log it only). With a handler the
+    monitor first kills the other workers and removes the rendezvous folder: the handler is expected to end the
+    process (its engine is lost); the monitor stops after calling it."""
+    global _death_handler
+    _death_handler = handler
 
 
 class WorkerDied(EngineFatalError):
@@ -89,6 +110,7 @@ class Executor:
         self.pp: Any = None  # PPStage under pipeline parallelism
         self.out_of_step: str | None = None  # why the ranks are out of step (abandon_step); None: in step
         self.steps = 0  # distributed steps sent (broadcast_step): the number a timeout names
+        self.reported = False  # the engine core's thread raised WorkerDied (the monitor then stays silent)
         _LIVE.add(self)
 
     def who(self, rank: int) -> str:
@@ -170,6 +192,7 @@ class Executor:
         waited = (f" (it waited PAGODA_DIST_TIMEOUT_S={envs.dist_timeout_s():g} s in a collective: another rank, "
                   f"possibly the engine core's, was stuck or slower than that; set PAGODA_DIST_TIMEOUT_S higher, in "
                   f"seconds, if steps this slow are expected)" if why and is_timeout(why) else "")
+        self.reported = True
         raise WorkerDied(f"{self.who(rank)} {how}" + (f": {why}" if why else "") + waited
                          + "; the engine cannot continue.")
 
@@ -276,6 +299,8 @@ class MultiprocExecutor(Executor):
         logger.info("distributed: %d ranks (tensor %d x pipeline %d, %s, mp), worker pids %s", self.world_size,
                     self.tp_size, self.pp_size, "nccl" if cfg.device.type == "cuda" else "gloo",
                     [p.pid for p in self.procs])
+        threading.Thread(target=_monitor, args=(weakref.ref(self), _death_handler), name="pagoda-rank-monitor",
+                         daemon=True).start()
 
     def _poll(self) -> None:
         for rank, conn in zip(self.worker_ranks, self.conns, strict=True):
@@ -307,6 +332,39 @@ class MultiprocExecutor(Executor):
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def _monitor(ref: weakref.ref[MultiprocExecutor], handler: Callable[[str], object] | None) -> None:
+    """The monitor thread (module docstring): reads only the worker processes' exit codes (``Popen.poll`` takes
+    its own lock), never their connections, which the engine core's thread owns. Ends with the executor's stop."""
+    first_seen: float | None = None
+    while True:
+        time.sleep(_MONITOR_POLL_S)
+        ex = ref()
+        if ex is None or not ex._finalizer.alive:
+            return
+        dead = [] if ex.reported else ex._dead()
+        if not dead:
+            first_seen = None
+            continue
+        now = time.monotonic()
+        first_seen = first_seen or now
+        if now - first_seen < DEATH_GRACE_S:
+            continue
+        rank, how = dead[0]
+        message = (f"{ex.who(rank)} {how}; the engine cannot continue. The engine core's own step did not fail "
+                   f"within {DEATH_GRACE_S:g} s (a collective that waits for a dead rank does not fail under NCCL), "
+                   f"so the rank monitor reports it; the rank's log above may say why it died.")
+        if handler is None:
+            logger.error("%s", message)
+            return
+        for p in ex.procs:  # the handler ends the process, which skips _stop: the other ranks and the folder go now
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(ex._dir, ignore_errors=True)
+        del ex
+        handler(message)
+        return
 
 
 def bound_sends(sock: socket.socket, seconds: float) -> None:

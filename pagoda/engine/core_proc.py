@@ -269,6 +269,11 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         early_cuda.keep_for(cfg.device)
         configured = True
         t3 = time.perf_counter()
+        if cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1:
+            from pagoda.distributed.executor import set_death_handler
+
+            out_addrs = [output_addr] + [client_addresses(input_addr, output_addr, c)[1] for c in range(1, num_clients)]
+            set_death_handler(lambda message: _last_words(ctx, out_addrs, message))
         core = EngineCore(cfg)
         _attach_step_timeline(core)
         ready = enc.encode(Ready(os.getpid(), core.num_blocks, core.cfg.block_size, core.admission_limits(),
@@ -327,6 +332,29 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
 
 STARTUP_FAILURE_LINGER_MS = 30_000
 """How long a core that failed while starting waits for its front end to read why (``CoreFailed``) before exiting."""
+
+
+LAST_WORDS_CONNECT_S = 2.0
+"""How long :func:`_last_words` waits for each of its new sockets to connect to an API server."""
+
+
+def _last_words(ctx: Any, out_addrs: list[str], message: str) -> NoReturn:
+    """The rank monitor's handler (:func:`pagoda.distributed.executor.set_death_handler`), on the monitor's thread
+    while the engine core's may be blocked for good in a collective: ``CoreFailed(message)`` to every API server on
+    sockets of its own (a ZMQ socket belongs to one thread), then exit 1 without the blocked thread."""
+    import zmq
+
+    logger.error("engine core failed: %s", message)
+    failed = encoder().encode(CoreFailed(message))
+    deadline = time.monotonic() + LAST_WORDS_CONNECT_S
+    for addr in out_addrs:
+        sock = ctx.socket(zmq.PUSH)
+        sock.connect(addr)
+        if sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
+            sock.send(failed, flags=zmq.NOBLOCK)
+    time.sleep(0.3)  # ZMQ's I/O thread writes the messages (IPC: well under a millisecond) before the exit
+    logging.shutdown()
+    os._exit(1)
 
 
 def _close(in_sock: Any, out_socks: list[Any], ctx: Any) -> None:
