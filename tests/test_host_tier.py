@@ -77,11 +77,16 @@ def test_evicted_blocks_are_stored_and_host_hits_are_loaded():
     run_all(s)
     # a again: a device miss, a host hit for its 3 full blocks, loaded into fresh device blocks.
     s.kv.prefix_cache_queries = s.kv.prefix_cache_hits = 0
+    s.kv.external_prefix_cache_queries = s.kv.external_prefix_cache_hits = 0
     a2 = req("a2", P13, max_tokens=1)
     s.add_request(a2)
     out = s.schedule()
     assert len(out.swap_in) == 3 and out.scheduled[0].num_new_tokens == 1
-    assert a2.num_cached_tokens == 12 and s.kv.prefix_cache_hits == 12
+    assert a2.num_cached_tokens == 12
+    # vLLM's counters: the device cache missed (prefix_cache_*), the host tier hit, counted as a KV connector's
+    # (external_prefix_cache_*)
+    assert (s.kv.prefix_cache_queries, s.kv.prefix_cache_hits) == (13, 0)
+    assert (s.kv.external_prefix_cache_queries, s.kv.external_prefix_cache_hits) == (13, 12)
     held = s.kv.get_block_ids("a2")
     assert [d for _, d in out.swap_in] == held[:3]
     # The loaded blocks are registered on the device again under the same hashes.

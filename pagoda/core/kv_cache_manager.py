@@ -65,6 +65,10 @@ class KVCacheManager:
         self.prefix_cache_hits = 0
         self.preempted_prefix_cache_queries = 0
         self.preempted_prefix_cache_hits = 0
+        # The host tier's share, counted apart as vLLM counts a KV connector's (external_prefix_cache_queries /
+        # _hits: every admission's prompt tokens / those loaded from the host); prefix_cache_hits is the device's.
+        self.external_prefix_cache_queries = 0
+        self.external_prefix_cache_hits = 0
         # Blocks shared by reference between the samples of n > 1 requests (see fork).
         self.num_forked_blocks = 0
 

@@ -361,12 +361,16 @@ class Scheduler:
                 num_new = budget
             if not self.kv.allocate_slots(req, num_new, cached, host):
                 break
+            device_hits = len(cached) * self.kv.block_size  # the host's loads count as external hits
             if self.kv.enable_prefix_caching and req.num_preemptions:  # a re-admission: vLLM keeps it apart
                 self.kv.preempted_prefix_cache_queries += req.num_tokens
-                self.kv.preempted_prefix_cache_hits += req.num_computed_tokens
+                self.kv.preempted_prefix_cache_hits += device_hits
             elif self.kv.enable_prefix_caching:
                 self.kv.prefix_cache_queries += req.num_tokens
-                self.kv.prefix_cache_hits += req.num_computed_tokens
+                self.kv.prefix_cache_hits += device_hits
+            if self.kv.host is not None:
+                self.kv.external_prefix_cache_queries += req.num_tokens
+                self.kv.external_prefix_cache_hits += len(host) * self.kv.block_size
             if req.num_cached_tokens < 0:
                 req.num_cached_tokens = req.num_computed_tokens
             self.waiting.pop_request()

@@ -616,6 +616,8 @@ class EngineCore:
             num_preemptions=self.scheduler.num_preemptions_total,
             prefix_cache_queries=self.kv.prefix_cache_queries,
             prefix_cache_hits=self.kv.prefix_cache_hits,
+            external_prefix_cache_queries=self.kv.external_prefix_cache_queries,
+            external_prefix_cache_hits=self.kv.external_prefix_cache_hits,
             cpu_kv_cache_usage=self.kv.host.usage() if self.kv.host else 0.0,
             kv_offload_stored_blocks=self.kv.host.num_stored if self.kv.host else 0,
             kv_offload_loaded_blocks=self.kv.host.num_loaded if self.kv.host else 0,

@@ -60,7 +60,8 @@ def sum_stats(per_engine: list[SchedulerStats]) -> SchedulerStats:
     out = SchedulerStats()
     for s in per_engine:
         for name in ("num_running", "num_waiting", "num_waiting_deferred", "num_preemptions", "num_prompt_tokens",
-                     "num_generation_tokens", "prefix_cache_queries", "prefix_cache_hits", "kv_offload_stored_blocks",
+                     "num_generation_tokens", "prefix_cache_queries", "prefix_cache_hits",
+                     "external_prefix_cache_queries", "external_prefix_cache_hits", "kv_offload_stored_blocks",
                      "kv_offload_loaded_blocks", "spec_num_drafts", "spec_num_draft_tokens",
                      "spec_num_accepted_tokens"):
             setattr(out, name, getattr(out, name) + getattr(s, name))

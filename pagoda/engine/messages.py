@@ -119,7 +119,9 @@ class SchedulerStats(msgspec.Struct):
     num_generation_tokens: int = 0  # sampled this step
     # Prefix cache, cumulative since start, in tokens (vLLM's prefix_cache_queries / _hits).
     prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
+    prefix_cache_hits: int = 0  # the device's hits; the host tier's are external (vLLM's KV-connector counters)
+    external_prefix_cache_queries: int = 0
+    external_prefix_cache_hits: int = 0
     # Host-memory KV tier (--kv-offloading-size): fraction of its blocks in use, and
     # cumulative blocks stored into it / loaded back from it.
     cpu_kv_cache_usage: float = 0.0

@@ -167,14 +167,15 @@ def test_logging_stat_logger_unit():
     lg = LoggingStatLogger(interval_s=10, kv_offload=True, clock=lambda: now[0], log=lambda fmt, s: lines.append(s))
     lg.on_step(SchedulerStats(num_running=2, num_prompt_tokens=100, num_generation_tokens=0,
                               prefix_cache_queries=200, prefix_cache_hits=150, kv_cache_usage=0.25,
-                              cpu_kv_cache_usage=0.5))
+                              cpu_kv_cache_usage=0.5, external_prefix_cache_queries=200, external_prefix_cache_hits=20))
     assert not lines  # not yet 10 s
     now[0] = 10.0
     lg.on_step(SchedulerStats(num_running=2, num_generation_tokens=2, prefix_cache_queries=200,
-                              prefix_cache_hits=150, kv_cache_usage=0.25, cpu_kv_cache_usage=0.5))
+                              prefix_cache_hits=150, kv_cache_usage=0.25, cpu_kv_cache_usage=0.5,
+                              external_prefix_cache_queries=200, external_prefix_cache_hits=20))
     assert lines == ["Avg prompt throughput: 10.0 tokens/s, Avg generation throughput: 0.2 tokens/s, Running: 2 reqs, "
                      "Waiting: 0 reqs, KV cache usage: 25.0%, Prefix cache hit rate: 75.0%, "
-                     "Host KV tier usage: 50.0%"]
+                     "External prefix cache hit rate: 10.0%, Host KV tier usage: 50.0%"]
     # after a reset the rate restarts; idle after busy is logged once, then idle intervals are silent
     lg.on_prefix_cache_reset()
     now[0] = 20.0

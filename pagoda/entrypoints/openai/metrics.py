@@ -92,6 +92,10 @@ VLLM_METRICS: dict[str, tuple[str, str, Any, tuple[str, ...]]] = {
                              "DEPRECATED: Use vllm:kv_cache_usage_perc instead.", None, ()),
     "prefix_cache_queries": ("counter", "Prefix cache queries, in terms of number of queried tokens.", None, ()),
     "prefix_cache_hits": ("counter", "Prefix cache hits, in terms of number of cached tokens.", None, ()),
+    "external_prefix_cache_queries": ("counter", "External prefix cache queries from KV connector cross-instance "
+                                      "cache sharing, in terms of number of queried tokens.", None, ()),
+    "external_prefix_cache_hits": ("counter", "External prefix cache hits from KV connector cross-instance cache "
+                                   "sharing, in terms of number of cached tokens.", None, ()),
     "gpu_prefix_cache_queries": ("counter", "GPU prefix cache queries, in terms of number of queried"
                                  "tokens. DEPRECATED: Use vllm:prefix_cache_queries instead.", None, ()),
     "gpu_prefix_cache_hits": ("counter", "GPU prefix cache hits, in terms of number of cached "
@@ -317,6 +321,8 @@ class PrometheusStatLogger:
         # The core reports these counters cumulatively; the Prometheus counters advance by the difference.
         self._cumulative = {"prefix_cache_queries": ("prefix_cache_queries", "gpu_prefix_cache_queries"),
                             "prefix_cache_hits": ("prefix_cache_hits", "gpu_prefix_cache_hits"),
+                            "external_prefix_cache_queries": ("external_prefix_cache_queries",),
+                            "external_prefix_cache_hits": ("external_prefix_cache_hits",),
                             "kv_offload_stored_blocks": ("kv_offload_stored_blocks",),
                             "kv_offload_loaded_blocks": ("kv_offload_loaded_blocks",),
                             "spec_num_drafts": ("spec_decode_num_drafts",),
@@ -485,6 +491,7 @@ class LoggingStatLogger:
         self._per_engine: dict[int, SchedulerStats] = {}
         self._base_queries = 0
         self._base_hits = 0
+        self._base_external = (0, 0)  # (queries, hits) of the host tier at the last reset
         self._last_idle = True
         self._spec_base = (0, 0)  # (drafts, accepted tokens) at the last line
 
@@ -492,9 +499,15 @@ class LoggingStatLogger:
         q = self.stats.prefix_cache_queries - self._base_queries
         return (self.stats.prefix_cache_hits - self._base_hits) / q if q > 0 else 0.0
 
+    def external_hit_rate(self) -> float:
+        """The host tier's hits over the prompt tokens looked up since start-up or the last reset."""
+        q = self.stats.external_prefix_cache_queries - self._base_external[0]
+        return (self.stats.external_prefix_cache_hits - self._base_external[1]) / q if q > 0 else 0.0
+
     def on_prefix_cache_reset(self) -> None:
         self._base_queries = self.stats.prefix_cache_queries
         self._base_hits = self.stats.prefix_cache_hits
+        self._base_external = (self.stats.external_prefix_cache_queries, self.stats.external_prefix_cache_hits)
 
     def on_step(self, stats: SchedulerStats, engine: int = 0) -> None:
         self.prompt_tokens += stats.num_prompt_tokens
@@ -513,7 +526,8 @@ class LoggingStatLogger:
                 f"KV cache usage: {100 * s.kv_cache_usage:.1f}%, "
                 f"Prefix cache hit rate: {100 * self.hit_rate():.1f}%")
         if self.kv_offload:
-            text += f", Host KV tier usage: {100 * s.cpu_kv_cache_usage:.1f}%"
+            text += (f", External prefix cache hit rate: {100 * self.external_hit_rate():.1f}%"
+                     f", Host KV tier usage: {100 * s.cpu_kv_cache_usage:.1f}%")
         drafts = s.spec_num_drafts - self._spec_base[0]
         if drafts > 0:  # speculative decoding: tokens per verify step over this interval, the bonus included
             text += f", Mean acceptance length: {1 + (s.spec_num_accepted_tokens - self._spec_base[1]) / drafts:.2f}"
