@@ -211,6 +211,47 @@ def test_bounded_strings_refuse_raw_control_characters(tiny, schema):
         assert not fits(head + "a" + tail)
 
 
+def _fits(tok, be, so: StructuredOutputsParams, text: str) -> bool:
+    m = be.matcher(be.compile(GrammarKey.of(so, StructuredOutputsConfig())))
+    return all(m.accept_token(t) for t in tok.encode(text, add_special_tokens=False)) and m.accept_token(
+        tok.eos_token_id)
+
+
+def test_choices_with_a_control_character_before_a_hex_digit_stay_those_choices(tiny):
+    """A choice's control character was written ``\\x0a``; xgrammar reads ``\\x`` over every hex digit after it, so
+    "yes\\nbecause" became "yes" + U+0ABEC + "ause", which the grammar then forced on the model."""
+    tok, be = _backend(tiny)
+    for choices in (["yes\nbecause", "no\nbecause"], ["A\t1", "B\t2"], ["a\x7fb"]):
+        so = StructuredOutputsParams(choice=choices)
+        assert all(_fits(tok, be, so, c) for c in choices), choices
+        assert not _fits(tok, be, so, choices[0][:-1]), choices
+
+
+def test_latin1_literals_survive_a_length_bound_elsewhere_in_the_schema(tiny):
+    """A schema with a length-bounded string is re-read from xgrammar's printed form (the control-character fix),
+    which prints é as ``\\xe9``: "Québec" came back as "Qu" + U+E9B + "ec" and could no longer be written."""
+    tok, be = _backend(tiny)
+    for city in ("Québec", "café1", "Zürich"):
+        schema = {"type": "object", "properties": {"city": {"enum": [city, "Paris"]},
+                                                   "note": {"type": "string", "maxLength": 10}},
+                  "required": ["city"], "additionalProperties": False}
+        so = StructuredOutputsParams(json=json.dumps(schema))
+        assert _fits(tok, be, so, '{"city": "' + city + '"}'), city
+        assert not _fits(tok, be, so, '{"city": "Qu"}')
+
+
+def test_json_object_keeps_its_properties_when_additional_properties_are_disabled(tiny):
+    """``disable_additional_properties`` (per request or server-wide) applies to json schemas, as vLLM's: on
+    ``json_object`` it used to leave ``{}`` as the only answer."""
+    tok, be = _backend(tiny)
+    key = GrammarKey.of(StructuredOutputsParams(json_object=True),
+                        StructuredOutputsConfig(disable_additional_properties=True))
+    assert key.kind == "json_object" and not key.additional_properties
+    m = be.matcher(be.compile(key))
+    assert all(m.accept_token(t) for t in tok.encode('{"a": 1}', add_special_tokens=False))
+    assert m.accept_token(tok.eos_token_id)
+
+
 def test_constrained_greedy_is_argmax_over_allowed(tiny):
     """fp32: each constrained greedy token is the argmax of the raw logits over the grammar's allowed tokens."""
     llm = tiny.llm(ARCH)

@@ -66,8 +66,8 @@ def choice_ebnf(choices: list[str]) -> str:
         for ch in s:
             if ch in '"\\':
                 out.append("\\" + ch)
-            elif ord(ch) < 0x20 or ch == "\x7f":
-                out.append(f"\\x{ord(ch):02x}")
+            elif ord(ch) < 0x20 or ch == "\x7f":  # \u reads exactly 4 digits; \x reads every hex digit after it
+                out.append(f"\\u{ord(ch):04x}")
             else:
                 out.append(ch)
         return '"' + "".join(out) + '"'

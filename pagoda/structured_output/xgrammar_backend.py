@@ -30,8 +30,8 @@ def build_grammar(key: GrammarKey) -> Any:
         unsupported = unsupported_feature(json.loads(schema))
         if unsupported is not None:
             raise ValueError(unsupported)
-        if not key.additional_properties:
-            schema = json.dumps(_no_additional_properties(json.loads(schema)))
+        if not key.additional_properties and key.kind == "json":  # (vLLM: json schemas only; json_object would
+            schema = json.dumps(_no_additional_properties(json.loads(schema)))  # allow nothing but {})
         ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
                               if key.any_whitespace else {"any_whitespace": False})
         # strict_mode (as vLLM): no unlisted properties
@@ -51,7 +51,7 @@ _LOOSE_CHARACTER_RULE = re.compile(r'^(\w*characters) ::= \(\(\[\^\\"\\\\\\r\\n\
 """A rule xgrammar (0.2.9; its issue #800) writes for one character of a ``minLength``/``maxLength``-bounded string
 (``name_characters ::= (([^\"\\\r\n]))``): it lets the raw control characters U+0000-U+001F other than CR and
 LF into a JSON string, which no JSON parser accepts (a bounded field could end in an unparseable answer)."""
-_JSON_STRING_CHARACTER = r'[^\0-\x1f\"\\\r\n]'
+_JSON_STRING_CHARACTER = r'[^\0-\u001f\"\\\r\n]'
 """The character class of xgrammar's own unbounded JSON strings (``basic_string_sub``), in its printed form."""
 
 
@@ -63,7 +63,18 @@ def _no_raw_control_characters(grammar: Any) -> Any:
 
     text = str(grammar)
     fixed, n = _LOOSE_CHARACTER_RULE.subn(lambda m: f"{m.group(1)} ::= (({_JSON_STRING_CHARACTER}))", text)
-    return xgr.Grammar.from_ebnf(fixed) if n else grammar
+    return xgr.Grammar.from_ebnf(_fixed_width_escapes(fixed)) if n else grammar
+
+
+_HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
+"""An escape ``\\xNN`` of xgrammar's printed grammar (not an escaped backslash before an ``x``)."""
+
+
+def _fixed_width_escapes(text: str) -> str:
+    """xgrammar prints U+0000-U+001F, U+007F-U+00FF as ``\\xNN`` but reads ``\\x`` over every hex digit that
+    follows, so ``é`` then ``b`` (printed ``\\xe9b``) would come back as U+0E9B: rewritten as ``\\u00NN``, which
+    it reads as exactly four digits."""
+    return _HEX_ESCAPE.sub(lambda m: f"{m.group(1)}\\u00{m.group(2)}", text)
 
 
 def _no_additional_properties(schema: Any) -> Any:
