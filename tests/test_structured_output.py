@@ -320,6 +320,27 @@ def test_constraints_hold_with_n_async_and_preemption(tiny, kwargs):
     {"json": {"type": "object", "propertyNames": {"enum": ["p", "q"]}, "minProperties": 2}},
     {"json": {"type": "object", "patternProperties": {"^x_": {"type": "integer"}}, "maxProperties": 1}},
     {"json": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 1}},
+    # found by a schema fuzzer checking every output with jsonschema (session 49): {"a": 795} without its
+    # dependency, 56 for multipleOf 2.5, a required key never written, "1093-04-31", keywords beside one that
+    # xgrammar follows alone ([] for an object whose anyOf holds only "required"), bounds without a type
+    {"json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+              "dependentRequired": {"a": ["b"]}}},
+    {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "dependencies": {"a": ["b"]}}},
+    {"json": {"type": "integer", "multipleOf": 2.5}},
+    {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["b"]}},
+    {"json": {"type": "string", "format": "date"}},
+    {"json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+              "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}},
+    {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "allOf": [{"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}]}},
+    {"json": {"type": "integer", "enum": ["x", 1]}},
+    {"json": {"type": "string", "enum": ["a", "bbbb"], "minLength": 2}},
+    {"json": {"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 2}},
+    {"json": {"minimum": 5, "maximum": 6}}, {"json": {"minLength": 3}},
+    # a structural tag's schemas are checked as a json constraint's
+    {"structural_tag": json.dumps({"type": "structural_tag", "format": {"type": "tag", "begin": "<f>", "end": "</f>",
+                                   "content": {"type": "json_schema", "json_schema": {
+                                       "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}})},
 ])
 def test_bad_specs_refused_before_queueing(tiny, spec):
     """A spec that cannot build, or uses a keyword xgrammar would not enforce, is refused before queueing."""
@@ -329,6 +350,17 @@ def test_bad_specs_refused_before_queueing(tiny, spec):
                      SamplingParams(max_tokens=2, structured_outputs=StructuredOutputsParams(**spec)), use_tqdm=False)
     assert ei.value.parameter == "structured_outputs"
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_one_of_is_compiled_as_any_of(tiny):
+    """xgrammar 0.2.9 turns a oneOf whose branches it cannot prove disjoint into any JSON value; compiled as anyOf
+    (docs/serving.md) the answer is at least one of the branches."""
+    tok, be = _backend(tiny)
+    schema = {"oneOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+                         "additionalProperties": False}, {"type": "integer"}]}
+    so = StructuredOutputsParams(json=json.dumps(schema))
+    assert _fits(tok, be, so, '{"a": 1}') and _fits(tok, be, so, "7")
+    assert not _fits(tok, be, so, "[]") and not _fits(tok, be, so, '"x"')
 
 
 def test_validation_time_limit():
@@ -403,6 +435,13 @@ def test_async_constrained_steps_run_ahead_and_match_sync(tiny):
     {"type": "object", "properties": {"contains": {"type": "string"}, "not": {"type": "integer"},
                                       "if": {"type": "boolean"}}},
     {"$defs": {"contains": {"type": "string"}}, "$ref": "#/$defs/contains"},
+    # annotations beside the keywords xgrammar follows alone; a type every enum value or branch already has
+    {"$ref": "#/$defs/s", "description": "a note", "default": "x", "$defs": {"s": {"type": "string"}}},
+    {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Maybe", "default": None},
+    {"type": "string", "enum": ["a", "b"], "title": "Letter"}, {"type": "integer", "const": 3},
+    {"type": "object", "anyOf": [{"type": "object", "properties": {"k": {"const": "a"}}, "required": ["k"]}]},
+    {"type": "integer", "multipleOf": 3},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
 ])
 def test_keywords_kept_where_the_grammar_enforces_them(schema):
     from pagoda.structured_output.schema_support import unsupported_feature

@@ -9,15 +9,21 @@ names the first such use; admission turns it into a 400. Found by validating out
 element, and an object whose keys come from ``propertyNames`` / ``patternProperties`` /
 ``additionalProperties`` repeated a key (``{"p": 2, "p": 1}``), which breaks ``minProperties`` /
 ``maxProperties`` once parsed.
-``oneOf`` is compiled as ``anyOf`` (its branches are taken to be exclusive, as discriminated
-unions are); docs/serving.md says so.
+``oneOf`` is compiled as ``anyOf`` (:func:`one_of_as_any_of`; its branches are taken to be exclusive, as
+discriminated unions are; docs/serving.md says so): xgrammar 0.2.9 itself turns a ``oneOf`` whose branches it
+cannot prove disjoint into *any* JSON value. Session 49's pass (a schema fuzzer checking every finished output
+with ``jsonschema``) found more keywords the grammar ignores: ``dependentRequired`` / ``dependencies``, a
+fractional ``multipleOf`` on integers, ``required`` keys not in ``properties``, ``format: date`` (impossible
+dates), numeric and string bounds without a ``type``, and anything beside ``anyOf`` / ``oneOf`` / ``allOf``,
+``$ref``, ``enum`` or ``const`` that is not an annotation (xgrammar then follows the one keyword alone).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_NEVER = ("not", "if", "then", "else", "dependentSchemas", "contains", "minContains", "maxContains")
+_NEVER = ("not", "if", "then", "else", "dependentSchemas", "contains", "minContains", "maxContains",
+          "dependentRequired", "dependencies")
 """Keywords xgrammar ignores wherever they appear."""
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -26,9 +32,52 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _OPEN_KEYS = ("patternProperties", "propertyNames", "additionalProperties")
 """Object keywords under which the grammar may write a key twice (it does not track the keys it wrote)."""
 
-_LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'"}
+_LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'",
+                  "date": "it accepts days a month does not have, e.g. '1093-04-31'"}
 """String formats xgrammar's grammar accepts more loosely than JSON Schema validators (found by validating
 outputs with ``jsonschema``)."""
+
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "$id", "$schema", "$anchor",
+                          "deprecated", "readOnly", "writeOnly", "discriminator", "$defs", "definitions"})
+"""Keywords that constrain nothing (or only hold definitions): allowed beside any other keyword."""
+
+_ALONE = ("anyOf", "oneOf", "allOf", "$ref", "enum", "const")
+"""Keywords xgrammar follows alone, ignoring their non-annotation siblings (``type`` beside ``enum`` / ``const``
+excepted when every value has that type)."""
+
+_BOUNDS = {"minimum": "number", "maximum": "number", "exclusiveMinimum": "number", "exclusiveMaximum": "number",
+           "multipleOf": "number", "minLength": "string", "maxLength": "string", "pattern": "string",
+           "format": "string"}
+"""Keywords that bound one type of value: without a ``type`` the grammar lets any value through unbounded."""
+
+_JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
+                               "null": type(None), "array": list, "object": dict}
+
+
+def one_of_as_any_of(schema: Any) -> Any:
+    """``schema`` with every ``oneOf`` written as ``anyOf`` (module docstring)."""
+    if isinstance(schema, list):
+        return [one_of_as_any_of(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {("anyOf" if k == "oneOf" else k): (v if k in ("enum", "const", "examples", "default")
+                                               else one_of_as_any_of(v)) for k, v in schema.items()}
+
+
+def _has_type(value: Any, types: Any) -> bool:
+    names = types if isinstance(types, list) else [types]
+    for name in names:
+        want = _JSON_TYPES.get(name)
+        if want is None:
+            return False
+        if isinstance(value, bool) and name not in ("boolean",):
+            continue  # JSON booleans are not numbers
+        if name == "integer" and isinstance(value, float) and value.is_integer():
+            return True
+        if isinstance(value, want):
+            return True
+    return False
 
 
 def unsupported_feature(schema: Any, path: str = "#") -> str | None:
@@ -71,8 +120,12 @@ def _own_problem(s: dict[str, Any], path: str) -> str | None:
     if s.get("format") in _LOOSE_FORMATS:
         return (f"'format: {s['format']}' (at {path}) is not enforced as JSON Schema defines it by the xgrammar "
                 f"backend ({_LOOSE_FORMATS[s['format']]}); give a 'pattern' instead")
-    if "multipleOf" in s and s.get("type") != "integer":
-        return f"'multipleOf' on a non-integer (at {path}) is not enforced by the xgrammar backend"
+    if "multipleOf" in s and (s.get("type") != "integer" or not _whole(s["multipleOf"])):
+        return (f"'multipleOf' on a non-integer or by a fraction (at {path}) is not enforced by the xgrammar "
+                f"backend")
+    msg = _sibling_problem(s, path) or _required_problem(s, path)
+    if msg is not None:
+        return msg
     if s.get("uniqueItems") is True:
         return f"'uniqueItems' (at {path}) is not enforced by the xgrammar backend"
     counts = [k for k in ("minProperties", "maxProperties") if k in s]
@@ -81,3 +134,49 @@ def _own_problem(s: dict[str, Any], path: str) -> str | None:
         return (f"'{counts[0]}' together with '{open_keys[0]}' (at {path}) is not enforced by the xgrammar backend "
                 f"(it may write a key twice); list the properties instead")
     return None
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) or isinstance(x, float) and x.is_integer()
+
+
+def _sibling_problem(s: dict[str, Any], path: str) -> str | None:
+    """A keyword xgrammar ignores beside one it follows alone (:data:`_ALONE`), or a bound without its type."""
+    lone = [k for k in _ALONE if k in s]
+    if lone:
+        extra = [k for k in s if k not in _ANNOTATIONS and k != lone[0]]
+        if lone[0] in ("enum", "const") and "type" in extra:
+            values = s["enum"] if lone[0] == "enum" and isinstance(s["enum"], list) else [s.get("const")]
+            if all(_has_type(v, s["type"]) for v in values):  # a type every value has: it changes nothing
+                extra.remove("type")
+        if lone[0] in ("anyOf", "oneOf") and "type" in extra and _branches_typed(s[lone[0]], s["type"]):
+            extra.remove("type")  # every branch has (one of) that type already
+        if extra:
+            return (f"'{extra[0]}' beside '{lone[0]}' (at {path}) is not enforced by the xgrammar backend (it follows "
+                    f"'{lone[0]}' alone); move it into each branch or definition")
+    elif "type" not in s:
+        bare = [k for k in _BOUNDS if k in s]
+        if bare:
+            return (f"'{bare[0]}' without a 'type' (at {path}) is not enforced by the xgrammar backend; add "
+                    f"\"type\": \"{_BOUNDS[bare[0]]}\"")
+    return None
+
+
+def _required_problem(s: dict[str, Any], path: str) -> str | None:
+    """A required key the grammar would not write: one that ``properties`` does not describe."""
+    required, properties = s.get("required"), s.get("properties")
+    if isinstance(required, list) and required:
+        missing = [r for r in required if not isinstance(properties, dict) or r not in properties]
+        if missing:
+            return (f"required property {missing[0]!r} (at {path}) is not in 'properties': the xgrammar backend "
+                    f"would not write it; describe it under 'properties'")
+    return None
+
+
+def _branches_typed(branches: Any, types: Any) -> bool:
+    """Whether every branch declares a ``type`` among ``types``."""
+    def names(t: Any) -> set[Any]:
+        return set(t if isinstance(t, list) else [t])
+
+    return isinstance(branches, list) and all(
+        isinstance(b, dict) and "type" in b and names(b["type"]) <= names(types) for b in branches)

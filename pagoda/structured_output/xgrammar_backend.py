@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from pagoda.structured_output.backend import choice_ebnf, is_ebnf
 from pagoda.structured_output.params import GrammarKey
-from pagoda.structured_output.schema_support import unsupported_feature
+from pagoda.structured_output.schema_support import one_of_as_any_of, unsupported_feature
 
 MAX_JSON_WHITESPACE = 4
 """Most whitespace characters between two JSON tokens when whitespace is not disabled."""
@@ -30,6 +31,7 @@ def build_grammar(key: GrammarKey) -> Any:
         unsupported = unsupported_feature(json.loads(schema))
         if unsupported is not None:
             raise ValueError(unsupported)
+        schema = json.dumps(one_of_as_any_of(json.loads(schema)))
         if not key.additional_properties and key.kind == "json":  # (vLLM: json schemas only; json_object would
             schema = json.dumps(_no_additional_properties(json.loads(schema)))  # allow nothing but {})
         ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
@@ -42,8 +44,9 @@ def build_grammar(key: GrammarKey) -> Any:
         return xgr.Grammar.from_ebnf(choice_ebnf(json.loads(key.spec)))
     if key.kind == "grammar":
         return xgr.Grammar.from_ebnf(key.spec) if is_ebnf(key.spec) else xgr.Grammar.from_lark(key.spec)
-    if key.kind == "structural_tag":  # its JSON schemas are converted as above
-        return _no_raw_control_characters(xgr.Grammar.from_structural_tag(key.spec))
+    if key.kind == "structural_tag":  # its JSON schemas are checked and converted as above
+        return _no_raw_control_characters(xgr.Grammar.from_structural_tag(
+            json.dumps(_tag_schemas(json.loads(key.spec), _checked_schema))))
     raise ValueError(f"unknown constraint kind {key.kind!r}")
 
 
@@ -75,6 +78,29 @@ def _fixed_width_escapes(text: str) -> str:
     follows, so ``é`` then ``b`` (printed ``\\xe9b``) would come back as U+0E9B: rewritten as ``\\u00NN``, which
     it reads as exactly four digits."""
     return _HEX_ESCAPE.sub(lambda m: f"{m.group(1)}\\u00{m.group(2)}", text)
+
+
+def _checked_schema(schema: Any) -> Any:
+    """A structural tag's JSON schema as a ``json`` constraint's: refused by name when the grammar would not enforce
+    it (:func:`unsupported_feature`), ``oneOf`` as ``anyOf``."""
+    unsupported = unsupported_feature(schema)
+    if unsupported is not None:
+        raise ValueError(unsupported)
+    return one_of_as_any_of(schema)
+
+
+def _tag_schemas(node: Any, visit: Callable[[Any], Any]) -> Any:
+    """``node`` (a structural tag's JSON) with ``visit`` applied to every JSON schema in it: a ``json_schema``
+    content's, and a legacy ``structures`` entry's ``schema``."""
+    if isinstance(node, list):
+        return [_tag_schemas(n, visit) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema" and "json_schema" in node:
+        return {**node, "json_schema": visit(node["json_schema"])}
+    if "begin" in node and "schema" in node:
+        return {**node, "schema": visit(node["schema"])}
+    return {k: _tag_schemas(v, visit) for k, v in node.items()}
 
 
 def _no_additional_properties(schema: Any) -> Any:

@@ -23,7 +23,7 @@ def tool_schema(tool: dict[str, Any]) -> dict[str, Any]:
     """One item of the ``required`` list: this tool's name and its parameters, nothing else (vLLM's item,
     closed to other keys so generation ends)."""
     fn = tool["function"]
-    return {"properties": {"name": {"type": "string", "enum": [fn["name"]]},
+    return {"type": "object", "properties": {"name": {"type": "string", "enum": [fn["name"]]},
                            "parameters": fn.get("parameters") or _EMPTY_OBJECT},
             "required": ["name", "parameters"], "additionalProperties": False}
 
