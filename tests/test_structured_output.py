@@ -363,6 +363,24 @@ def test_one_of_is_compiled_as_any_of(tiny):
     assert not _fits(tok, be, so, "[]") and not _fits(tok, be, so, '"x"')
 
 
+def test_a_structural_tags_json_has_the_bounded_whitespace_of_a_json_constraint(tiny):
+    """A strict tool's schema inside a structural tag: xgrammar's own conversion there lets any amount of whitespace
+    through (a small model can loop on it); built as a json constraint's, at most MAX_JSON_WHITESPACE."""
+    from pagoda.structured_output.xgrammar_backend import MAX_JSON_WHITESPACE
+
+    tok, be = _backend(tiny)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    tag = {"type": "structural_tag", "format": {"type": "tag", "begin": "<f>", "end": "</f>",
+                                                "content": {"type": "json_schema", "json_schema": schema}}}
+    so = StructuredOutputsParams(structural_tag=json.dumps(tag))
+    plain = StructuredOutputsParams(json=json.dumps(schema))
+    for n in (0, 1, MAX_JSON_WHITESPACE, 200):
+        body = "{" + " " * n + '"a": 1}'
+        assert _fits(tok, be, so, "<f>" + body + "</f>") == _fits(tok, be, plain, body), n
+    assert _fits(tok, be, so, '<f>{"a": 1}</f>') and not _fits(tok, be, so, "<f>{" + " " * 200 + '"a": 1}</f>')
+    assert not _fits(tok, be, so, '<f>{"a": "x"}</f>')
+
+
 def test_validation_time_limit():
     """A spec that builds too slowly is a 400, not a hung request (a zero limit stands in for a slow build)."""
     p = StructuredOutputsParams(regex="[a-z]{1,3}" * 5 + "unique-for-this-test")

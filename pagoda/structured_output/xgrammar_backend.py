@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,27 +26,35 @@ def build_grammar(key: GrammarKey) -> Any:
     import xgrammar as xgr
 
     if key.kind in ("json", "json_object"):
-        schema = key.spec if key.kind == "json" else '{"type": "object"}'
-        unsupported = unsupported_feature(json.loads(schema))
-        if unsupported is not None:
-            raise ValueError(unsupported)
-        schema = json.dumps(one_of_as_any_of(json.loads(schema)))
-        if not key.additional_properties and key.kind == "json":  # (vLLM: json schemas only; json_object would
-            schema = json.dumps(_no_additional_properties(json.loads(schema)))  # allow nothing but {})
-        ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
-                              if key.any_whitespace else {"any_whitespace": False})
-        # strict_mode (as vLLM): no unlisted properties
-        return _no_raw_control_characters(xgr.Grammar.from_json_schema(schema, **ws))
+        schema = json.loads(key.spec) if key.kind == "json" else {"type": "object"}
+        return _json_grammar(schema, key, closed=not key.additional_properties and key.kind == "json")
     if key.kind == "regex":
         return xgr.Grammar.from_regex(key.spec)
     if key.kind == "choice":
         return xgr.Grammar.from_ebnf(choice_ebnf(json.loads(key.spec)))
     if key.kind == "grammar":
         return xgr.Grammar.from_ebnf(key.spec) if is_ebnf(key.spec) else xgr.Grammar.from_lark(key.spec)
-    if key.kind == "structural_tag":  # its JSON schemas are checked and converted as above
+    if key.kind == "structural_tag":  # its JSON schemas as a json constraint's (:func:`_tag_schemas`)
         return _no_raw_control_characters(xgr.Grammar.from_structural_tag(
-            json.dumps(_tag_schemas(json.loads(key.spec), _checked_schema))))
+            json.dumps(_tag_schemas(json.loads(key.spec), key))))
     raise ValueError(f"unknown constraint kind {key.kind!r}")
+
+
+def _json_grammar(schema: Any, key: GrammarKey, closed: bool) -> Any:
+    """The grammar of a JSON schema: refused by name where it would not be enforced (:func:`unsupported_feature`),
+    ``oneOf`` as ``anyOf``, ``closed``: no unlisted properties (vLLM's ``disable_additional_properties``), at most
+    :data:`MAX_JSON_WHITESPACE` whitespace characters between tokens unless whitespace is disabled."""
+    import xgrammar as xgr
+
+    unsupported = unsupported_feature(schema)
+    if unsupported is not None:
+        raise ValueError(unsupported)
+    schema = one_of_as_any_of(schema)
+    if closed:
+        schema = _no_additional_properties(schema)
+    ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
+                          if key.any_whitespace else {"any_whitespace": False})
+    return _no_raw_control_characters(xgr.Grammar.from_json_schema(json.dumps(schema), **ws))
 
 
 _LOOSE_CHARACTER_RULE = re.compile(r'^(\w*characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\)\)$', re.MULTILINE)
@@ -80,27 +87,21 @@ def _fixed_width_escapes(text: str) -> str:
     return _HEX_ESCAPE.sub(lambda m: f"{m.group(1)}\\u00{m.group(2)}", text)
 
 
-def _checked_schema(schema: Any) -> Any:
-    """A structural tag's JSON schema as a ``json`` constraint's: refused by name when the grammar would not enforce
-    it (:func:`unsupported_feature`), ``oneOf`` as ``anyOf``."""
-    unsupported = unsupported_feature(schema)
-    if unsupported is not None:
-        raise ValueError(unsupported)
-    return one_of_as_any_of(schema)
-
-
-def _tag_schemas(node: Any, visit: Callable[[Any], Any]) -> Any:
-    """``node`` (a structural tag's JSON) with ``visit`` applied to every JSON schema in it: a ``json_schema``
-    content's, and a legacy ``structures`` entry's ``schema``."""
+def _tag_schemas(node: Any, key: GrammarKey) -> Any:
+    """``node`` (a structural tag's JSON) with every ``json_schema`` content replaced by a ``grammar`` content built
+    as a ``json`` constraint's (:func:`_json_grammar`: checked, and its whitespace bounded, which xgrammar's own
+    conversion inside a tag leaves free); a legacy ``structures`` entry's ``schema`` is checked only."""
     if isinstance(node, list):
-        return [_tag_schemas(n, visit) for n in node]
+        return [_tag_schemas(n, key) for n in node]
     if not isinstance(node, dict):
         return node
     if node.get("type") == "json_schema" and "json_schema" in node:
-        return {**node, "json_schema": visit(node["json_schema"])}
+        grammar = _json_grammar(node["json_schema"], key, closed=not key.additional_properties)
+        return {"type": "grammar", "grammar": _fixed_width_escapes(str(grammar))}
     if "begin" in node and "schema" in node:
-        return {**node, "schema": visit(node["schema"])}
-    return {k: _tag_schemas(v, visit) for k, v in node.items()}
+        _json_grammar(node["schema"], key, False)
+        return node
+    return {k: _tag_schemas(v, key) for k, v in node.items()}
 
 
 def _no_additional_properties(schema: Any) -> Any:
