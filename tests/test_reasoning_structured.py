@@ -100,6 +100,26 @@ def test_prompt_that_ended_reasoning_starts_constrained():
     assert g.reasoning_ended
 
 
+def test_enable_in_reasoning_constrains_from_the_first_token():
+    """``_enable_in_reasoning`` (what /v1/completions sends): constrained from the first token although the prompt
+    leaves the model reasoning, the compile shared with the plain constraint, and served where the end tag has no
+    token id of its own (that grammar never looks for it)."""
+    mgr = _manager(64)
+    mgr.reasoning = TAGS
+    plain = StructuredOutputsParams(json=SCHEMA)
+    whole = StructuredOutputsParams(json=SCHEMA, _enable_in_reasoning=True)
+    assert GrammarKey.of(whole, mgr.config) == GrammarKey.of(plain, mgr.config)
+    fut: Future = Future()
+    fut.set_result("compiled")
+    mgr._cache[GrammarKey.of(plain, mgr.config)] = fut
+    assert not mgr.grammar_for(plain, [1, 90, 2]).reasoning_ended
+    g = mgr.grammar_for(whole, [1, 90, 2])
+    assert g.reasoning_ended and g.compiled is fut
+    mgr.reasoning = "the end tag is not a single token"
+    assert "not a single token" in (mgr.grammar_for(plain, [1]).error() or "")
+    assert mgr.grammar_for(whole, [1]).error() is None
+
+
 def _manager(vocab_size: int, max_num_seqs: int = 4) -> StructuredOutputManager:
     cfg = SimpleNamespace(structured_outputs=StructuredOutputsConfig(), device=torch.device("cpu"),
                           pipeline_parallel_size=1, max_num_seqs=max_num_seqs)
@@ -246,6 +266,21 @@ def test_reasoning_is_free_and_the_answer_follows_the_schema(think_dir):
     assert short.finish_reason == "length" and short.text == THINK + REASONING[:2]
 
 
+def test_enable_in_reasoning_holds_the_whole_text(think_dir):
+    """/v1/completions' constraint (``_enable_in_reasoning``): the whole text follows the schema, no thinking first,
+    on a prompt that leaves the model thinking; the same prompt and schema without it think first."""
+    llm = _llm(think_dir)
+    whole = StructuredOutputsParams(json=SCHEMA, _enable_in_reasoning=True)
+    out = llm.generate([_prompt(llm)], SamplingParams(temperature=0, max_tokens=80, structured_outputs=whole),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "stop" and THINK not in out.text, out.text
+    jsonschema.validate(json.loads(out.text), SCHEMA)
+    plain = StructuredOutputsParams(json=SCHEMA)
+    after = llm.generate([_prompt(llm)], SamplingParams(temperature=0, max_tokens=80, structured_outputs=plain),
+                         use_tqdm=False)[0].outputs[0]
+    assert after.text.startswith(THINK + REASONING + END)
+
+
 def _check_sampled(outs) -> None:
     """A finished answer validates; a sample may also stop (EOS) or be cut (length) while still thinking: the
     grammar never applied, so there is no answer (as vLLM)."""
@@ -295,6 +330,11 @@ def test_without_a_single_token_end_tag_constrained_requests_are_refused(tiny):
             max_tokens=2, structured_outputs=StructuredOutputsParams(json_object=True)), use_tqdm=False)
     assert ei.value.parameter == "structured_outputs"
     assert llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=2), use_tqdm=False)  # others run
+    # constrained from the first token (/v1/completions' constraint): the end tag is never needed, so it runs
+    whole = StructuredOutputsParams(choice=["yes", "no"], _enable_in_reasoning=True)
+    out = llm.generate([{"prompt_token_ids": [1, 2]}], SamplingParams(max_tokens=8, structured_outputs=whole),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.text in ("yes", "no") and out.finish_reason == "stop"
 
 
 def test_config_field():

@@ -97,7 +97,8 @@ class InputProcessor:
             params = params.clone(bad_words_token_ids=admission.bad_words_token_ids(params.bad_words, self.tokenizer))
         if params.structured_outputs is not None:  # the spec must build (bounded in time) before anything is queued
             validate_structured_outputs(params.structured_outputs, self.cfg.structured_outputs)
-            self._check_reasoning_tags()
+            if not params.structured_outputs._enable_in_reasoning:  # that grammar never looks for the end tag
+                self._check_reasoning_tags()
         max_tokens = admission.check_request(ids, params, self.limits, self.cap_to_context)
         params = admission.resolve_all_logprobs(params, self.limits)
         core_reqs = []

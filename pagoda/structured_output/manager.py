@@ -23,6 +23,8 @@
   the tokens after it. The state lives on the sequence's :class:`RequestGrammar`, so it survives preemption
   (output tokens are kept) and each of n samples has its own. Speculative decoding drafts for a constrained
   request only once its reasoning has ended (the end tag is never inside a draft).
+  A constraint with ``_enable_in_reasoning`` set (what ``/v1/completions`` sends: it returns the whole text, never
+  splitting the reasoning off) skips the rule: constrained from the first token, whatever the output is.
 * Speculative decoding: a verify's ``1 + k`` rows are filled for the positions after each of its ``k`` proposals
   (:meth:`RequestGrammar.fill_bitmask` walks the matcher through them and back), so a row masks exactly what the
   non-speculative step at that position would.
@@ -205,7 +207,7 @@ class StructuredOutputManager:
 
     def grammar_for(self, params: StructuredOutputsParams, prompt_token_ids: Sequence[int] = ()) -> RequestGrammar:
         """Start (or reuse) the compile of ``params``' grammar; never blocks. ``prompt_token_ids`` decide
-        whether the output starts reasoning (see the module docstring)."""
+        whether the output starts reasoning (see the module docstring; not with ``_enable_in_reasoning``)."""
         key = GrammarKey.of(params, self.config)
         fut = self._cache.get(key)
         if fut is None or (fut.done() and fut.exception() is not None):
@@ -216,6 +218,8 @@ class StructuredOutputManager:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
+        if params._enable_in_reasoning:  # the whole output is the answer: constrained from the first token
+            return RequestGrammar(key, fut, self.backend)
         if isinstance(self.reasoning, str):
             return RequestGrammar(key, fut, self.backend, refused=f"structured outputs with a reasoning parser: "
                                                                   f"{self.reasoning}")

@@ -45,6 +45,11 @@ class StructuredOutputsParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     disable_any_whitespace: bool | None = None  # None: the engine's --structured-outputs-config default
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
+    # Private (never read from a request body: structured_fields refuses the key): the grammar holds the whole
+    # output, from the first token, even with --reasoning-parser (vLLM's engine-wide
+    # ``StructuredOutputsConfig.enable_in_reasoning``, here per request). /v1/completions sets it: it never splits
+    # the reasoning off, so its text is the answer (see pagoda.structured_output.manager).
+    _enable_in_reasoning: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.json, dict):

@@ -1,11 +1,14 @@
 """Structured output after the reasoning, through the server and the official client: the scripted thinking
 model (tests/reasoning_model.py) behind ``--reasoning-parser qwen3`` thinks ``}{]`` unconstrained, then answers
 by the schema; ``reasoning_content`` is split out, streamed and not, and a prompt whose template closed the
-thinking (``enable_thinking: false``) is answered constrained from the first token."""
+thinking (``enable_thinking: false``) is answered constrained from the first token. /v1/completions never splits
+the reasoning off: its text is constrained from the first token (the thinking would otherwise stay in the text, and
+this model, never closing it on a raw prompt, would be unconstrained)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -92,3 +95,29 @@ def test_responses_text_with_a_reasoning_parser(think_server):
     r = think_server.client().responses.create(model=MODEL, input="Where?", max_output_tokens=6, temperature=0)
     assert [o.type for o in r.output] == ["reasoning", "message"]
     assert r.output[0].content[0].text == REASONING and r.output[1].content[0].text == "]"
+
+
+COMPLETION_CONSTRAINTS = [  # (field, value, what the whole text must be)
+    ("response_format", FORMAT, lambda t: jsonschema.validate(json.loads(t), SCHEMA)),
+    ("guided_json", SCHEMA, lambda t: jsonschema.validate(json.loads(t), SCHEMA)),
+    ("structured_outputs", {"json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA)),
+    ("guided_choice", ["yes", "no"], lambda t: t in ("yes", "no") or pytest.fail(t)),
+    ("guided_regex", "[0-9]+", lambda t: re.fullmatch("[0-9]+", t) or pytest.fail(t)),
+]
+
+
+@pytest.mark.parametrize("field,value,check", COMPLETION_CONSTRAINTS, ids=[c[0] for c in COMPLETION_CONSTRAINTS])
+def test_completions_are_constrained_from_the_first_token(think_server, field, value, check):
+    """The raw prompt leaves this model thinking forever (``<think>}{]</think>]</think>...``, no answer after a
+    close it never makes): with the reasoning rule the text came back 200 / stop and not what was asked for."""
+    body = {"model": MODEL, "prompt": "Answer:", "max_tokens": 80, "temperature": 0, field: value}
+    r = think_server.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    ch = r.json()["choices"][0]
+    assert ch["finish_reason"] == "stop" and "<think>" not in ch["text"], ch
+    check(ch["text"])
+    streamed = think_server.post("/v1/completions", {**body, "stream": True})
+    events = [json.loads(x[6:]) for x in streamed.text.splitlines() if x.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == ch["text"]
+    free = think_server.post("/v1/completions", {**body, field: None, "max_tokens": 4}).json()
+    assert free["choices"][0]["text"].startswith("<think>")  # unconstrained, the model thinks

@@ -74,6 +74,7 @@ def test_json_object_truncated_is_a_prefix(server):
     ({"guided_choice": []}, "guided_choice"),
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
     ({"structured_outputs": {"bogus": 1}}, "structured_outputs"),
+    ({"structured_outputs": {"json_object": True, "_enable_in_reasoning": True}}, "structured_outputs"),  # private
     ({"guided_regex": "a", "guided_choice": ["a"]}, "guided_choice"),
     ({"guided_regex": "a", "use_beam_search": True, "n": 2}, "guided_regex"),
     ({"guided_regex": "a", "guided_decoding_backend": "outlines"}, "guided_decoding_backend"),

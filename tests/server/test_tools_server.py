@@ -204,6 +204,59 @@ def test_a_tool_without_parameters_is_valid(tool_server):
     assert r.choices[0].message.tool_calls in (None, [])
 
 
+BAD_DEFINITIONS = [  # OpenAI's 400s: each would otherwise change what is enforced, in silence
+    ({"name": "f", "parameters": {"type": "object"}, "strict": "true"}, "strict"),  # a string: not enforced
+    ({"name": "f", "parameters": {"type": "object"}, "strict": 1}, "strict"),
+    ({"name": "f", "parameter": {"type": "object"}}, "parameter"),  # misspelt: the tool would take {}
+    ({"name": "f", "parameters": {"type": "object"}, "arguments": {}}, "arguments"),
+    ({"name": "f", "description": ["a"]}, "description"),
+]
+
+
+@pytest.mark.parametrize("choice", ["none", "required"])
+@pytest.mark.parametrize("fn,word", BAD_DEFINITIONS, ids=[w for _, w in BAD_DEFINITIONS])
+def test_a_bad_function_definition_is_a_400_naming_tools(server, fn, word, choice):
+    r = server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, "max_tokens": 2, "tool_choice": choice,
+                                             "tools": [{"type": "function", "function": fn}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "tools" and word in err["message"], err
+
+
+def test_unknown_tool_keys_are_400s_and_null_is_unset(server):
+    fn = {"name": "f", "parameters": {"type": "object"}}
+    for tool in ({"type": "function", "function": fn, "strict": True},  # strict one level too high: not enforced
+                 {"type": "function", "functions": fn}):
+        r = server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, "max_tokens": 2, "tools": [tool],
+                                                 "tool_choice": "none"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    ok = {"type": "function", "function": {**fn, "strict": None, "description": None}}  # null: OpenAI's unset
+    r = server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, "max_tokens": 2, "tools": [ok],
+                                             "tool_choice": "none"})
+    assert r.status_code == 200, r.text
+
+
+UNIQUE = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}  # refused: not enforceable
+OK_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+def test_a_bad_constraint_is_named_by_the_field_that_supplies_it(server):
+    """A strict tool under tool_choice "none" is only shown: a bad response_format is response_format's error
+    (it used to be named ``tools``); a tool choice that constrains makes the tools' schemas the constraint."""
+    strict = {"type": "function", "function": {"name": "f", "parameters": OK_SCHEMA, "strict": True}}
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": UNIQUE}}
+    for tools in ([strict], [{"type": "function", "function": {"name": "f", "parameters": OK_SCHEMA}}]):
+        r = server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, "max_tokens": 2, "tools": tools,
+                                                 "tool_choice": "none", "response_format": rf})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+    bad_tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+        "type": "object", "properties": {"xs": UNIQUE}, "required": ["xs"]}}}
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        r = server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, "max_tokens": 2,
+                                                 "tools": [bad_tool], "tool_choice": choice})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+
+
 # ------------------------------------------------------------------------ reasoning (tiny model)
 @pytest.fixture(scope="module")
 def reasoning_server(tiny_model_dir):
@@ -233,6 +286,10 @@ def test_constrained_output_with_a_reasoning_parser_needs_a_one_token_end_tag(re
     for extra in ({"tools": [WEATHER], "tool_choice": "required"}, {"response_format": {"type": "json_object"}}):
         r = reasoning_server.post("/v1/chat/completions", {"model": MODEL, "messages": ASK, **extra})
         assert r.status_code == 400 and "--reasoning-parser" in r.json()["error"]["message"], r.text
+    # /v1/completions is constrained from its first token (it never splits reasoning off): no end tag needed
+    r = reasoning_server.post("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 8,
+                                                  "guided_choice": ["yes", "no"]})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] in ("yes", "no"), r.text
 
 
 def test_auto_tool_choice_without_the_flags_is_vllms_400(server):
@@ -310,8 +367,15 @@ def test_responses_function_call_items_round_trip_like_chat(tool_server):
     ({"tools": [FLAT_WEATHER], "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [{"type": "function", "name": "f", "paramters": {"type": "object"}}]}, "tools"),  # a typo: not dropped
+    ({"tools": [{"type": "function", "name": "f", "strict": "true"}]}, "tools"),  # a string: not a boolean
 ])
 def test_responses_bad_tools_are_400s(server, body, param):
     r = server.post("/v1/responses", {"model": MODEL, "input": "hi", **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.text
+
+
+def test_responses_strict_must_be_a_boolean_named_in_the_flat_shape(server):
+    r = server.post("/v1/responses", {"model": MODEL, "input": "hi", "tools": [
+        {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": "true"}]})
+    assert r.status_code == 400 and "tools[0].strict must be a boolean" in r.json()["error"]["message"], r.text

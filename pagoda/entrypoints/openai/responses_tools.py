@@ -66,6 +66,8 @@ def chat_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
         if unknown:
             raise _bad(f"tools[{i}].{unknown[0]}: unknown key of a function tool (known: "
                        f"{', '.join(sorted(_FUNCTION_TOOL_KEYS))}).")
+        if t.get("strict") is not None and not isinstance(t["strict"], bool):  # named in this flat shape here
+            raise _bad(f"tools[{i}].strict must be a boolean, got {t['strict']!r}.")
         fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
         out.append({"type": "function", "function": fn})
     return out

@@ -76,8 +76,12 @@ class OpenAIServingChat(OpenAIServing):
         """What chat calls the engine's fields (see ``request_field_names``)."""
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
                  "structured_outputs": structured_source(req)}
-        if req.tool_choice == "required" or isinstance(req.tool_choice, dict) or any(
-                is_strict(t) for t in req.tools or ()):  # the tools' schemas are the constraint
+        # plan_tools' default: "auto" when tools are given. Only a choice whose plan constrains the output makes the
+        # tools' schemas the constraint; under "none" a strict tool is only shown, and a bad response_format is
+        # still response_format's.
+        choice = req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none")
+        if choice == "required" or isinstance(choice, dict) or (
+                choice == "auto" and any(is_strict(t) for t in req.tools or ())):
             names["structured_outputs"] = "tools"
         if req.max_completion_tokens is not None:
             names["max_tokens"] = "max_completion_tokens"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -31,6 +32,7 @@ from pagoda.entrypoints.openai.serving_engine import (
 from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
 from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.outputs import CompletionOutput, RequestOutput
+from pagoda.sampling_params import SamplingParams
 
 EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
 """vLLM's words for an empty prompt."""
@@ -70,6 +72,17 @@ def _view(c: CompletionOutput, deltas: list[str], hide: bool) -> tuple[Completio
     if hide:
         return _shown(c), ""
     return c, deltas[c.index] if c.index < len(deltas) else ""
+
+
+def _whole_text_constrained(params: SamplingParams) -> SamplingParams:
+    """A constrained completion holds the constraint from its first token, even with ``--reasoning-parser``: this
+    endpoint never splits the reasoning off (as vLLM's), so the text is the answer. Left to the engine's rule (the
+    grammar starts after the end tag), the thinking would stay in the text before the JSON, and a model that never
+    closes it would be unconstrained: ``finish_reason`` stop on text that is not what was asked for."""
+    so = params.structured_outputs
+    if so is None or so._enable_in_reasoning:
+        return params
+    return params.clone(structured_outputs=msgspec.structs.replace(so, _enable_in_reasoning=True))
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -127,6 +140,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     continue
                 params = self.sampling_params(req, len(p.ids), max_tokens, given, default_max, req.logprobs,
                                               prompt_lp)
+                params = _whole_text_constrained(params)
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(
                     rid, {"prompt": p.text, "prompt_token_ids": p.ids, "cache_salt": req.cache_salt}, params,

@@ -17,6 +17,9 @@ from pagoda.structured_output.params import FIELD, StructuredOutputsParams
 
 _GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
 _BACKEND_NAMES = ("auto", "xgrammar")
+_REQUEST_KEYS = frozenset(f for f in StructuredOutputsParams.__struct_fields__ if not f.startswith("_"))
+"""The ``structured_outputs`` keys a request may send (a private one, such as ``_enable_in_reasoning``, is the
+server's to set: a request sending it gets the unknown-key 400)."""
 _JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict", "json_schema"})
 """OpenAI's ``response_format.json_schema`` keys (``json_schema``: vLLM's name for ``schema``). The schema is
 always enforced, so ``strict: false`` is honoured by giving more than asked."""
@@ -88,7 +91,7 @@ def structured_outputs_from_request(req: Any) -> tuple[StructuredOutputsParams |
     field, kwargs = sources[0]
     if getattr(req, "use_beam_search", False):
         raise ValidationError(f"{field} is not supported with use_beam_search.", field)
-    unknown = sorted(set(kwargs) - set(StructuredOutputsParams.__struct_fields__))
+    unknown = sorted(set(kwargs) - _REQUEST_KEYS)
     if unknown:
         raise ValidationError(f"{field} has unknown key(s) {unknown}.", field)
     try:

@@ -53,9 +53,17 @@ def _bad(message: str, param: str = "tools") -> ServingError:
     return ServingError(400, message, param=param)
 
 
+_TOOL_KEYS = frozenset({"type", "function"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+"""OpenAI's function tool object (``{"type": "function", "function": {...}}``) and its ``function`` keys. Any other
+key is a 400 (as OpenAI's): a misspelt ``parameters`` would leave the tool without a schema, a ``strict`` one level
+up would not be enforced."""
+
+
 def check_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
     """Function tools in OpenAI's shape (``type`` defaults to function; ``parameters`` optional, an
-    object schema when given). A bad definition is a 400 naming ``tools``."""
+    object schema when given; ``description`` a string, ``strict`` a boolean, each optional or null; no other
+    key). A bad definition is a 400 naming ``tools``."""
     if tools is None:
         return None
     if not tools:
@@ -65,12 +73,24 @@ def check_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             raise _bad(f"tools[{i}]: only tools of type 'function' are supported.")
+        unknown = sorted(str(k) for k in tool if k not in _TOOL_KEYS)
+        if unknown:
+            raise _bad(f"tools[{i}]: unknown key(s) {unknown} of a function tool (it takes "
+                       f"{sorted(_TOOL_KEYS)}; name, description, parameters and strict go in 'function').")
         fn = tool.get("function")
         if not isinstance(fn, dict):
             raise _bad(f"tools[{i}].function must be an object with a 'name'.")
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise _bad(f"tools[{i}].function.name must be a non-empty string.")
+        unknown = sorted(str(k) for k in fn if k not in _FUNCTION_KEYS)
+        if unknown:
+            raise _bad(f"tools[{i}].function ({name}): unknown key(s) {unknown} (a function takes "
+                       f"{sorted(_FUNCTION_KEYS)}).")
+        if fn.get("strict") is not None and not isinstance(fn["strict"], bool):
+            raise _bad(f"tools[{i}].function.strict ({name}) must be a boolean, got {fn['strict']!r}.")
+        if fn.get("description") is not None and not isinstance(fn["description"], str):
+            raise _bad(f"tools[{i}].function.description ({name}) must be a string.")
         params = fn.get("parameters")
         if params is not None and (not isinstance(params, dict) or params.get("type", "object") != "object"):
             raise _bad(f"tools[{i}].function.parameters ({name}) must be a JSON schema of type 'object'.")
