@@ -155,6 +155,25 @@ def test_required_and_named_outputs():
     assert not NamedToolParser("f").extract_tool_calls('{"city": ').tools_called  # cut short: content
 
 
+@pytest.mark.parametrize("ref", ["#", "#/properties/kids"])
+def test_required_refuses_references_the_list_of_calls_would_move(ref):
+    """``required`` wraps each tool's parameters in a list of calls: ``#`` would mean that list (a self-referencing
+    tree accepted ``kids: [[{call}]]``). Refused by name; ``$defs`` / ``definitions`` are hoisted and keep working."""
+    from pagoda.entrypoints.openai.tool_parsers.constrained import required_schema
+    from pagoda.structured_output.schema_support import unsupported_feature
+
+    def tool(params):
+        return {"type": "function", "function": {"name": "tree", "parameters": params}}
+
+    bad = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": ref}}}}
+    with pytest.raises(ValueError, match=r"tool 'tree': '\$ref'"):
+        required_schema([tool(bad)])
+    for where in ("$defs", "definitions"):
+        good = {"type": "object", "properties": {"n": {"$ref": f"#/{where}/N"}}, where: {"N": {"type": "integer"}}}
+        schema = required_schema([tool(good)])
+        assert schema[where] == {"N": {"type": "integer"}} and unsupported_feature(schema) is None
+
+
 def test_first_delta_names_the_call_then_arguments_append():
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     _, _, deltas = stream_all(get_tool_parser("hermes"), text)

@@ -32,21 +32,41 @@ def required_schema(tools: list[dict[str, Any]], parallel_tool_calls: bool = Tru
     """vLLM's schema for ``tool_choice: "required"``: a non-empty list of calls (at most one without
     ``parallel_tool_calls``); the tools' ``$defs`` are hoisted to the top (a name defined twice
     differently is a ValueError)."""
-    defs: dict[str, Any] = {}
+    hoisted: dict[str, dict[str, Any]] = {"$defs": {}, "definitions": {}}
     items = []
     for tool in tools:
         params = dict(tool["function"].get("parameters") or {})
-        for name, d in params.pop("$defs", {}).items():
-            if name in defs and defs[name] != d:
-                raise ValueError(f"Tool definition '{name}' has multiple schemas, which is not supported.")
-            defs[name] = d
+        _check_refs(tool["function"]["name"], params)
+        for where, defs in hoisted.items():
+            for name, d in params.pop(where, {}).items():
+                if name in defs and defs[name] != d:
+                    raise ValueError(f"Tool definition '{name}' has multiple schemas, which is not supported.")
+                defs[name] = d
         items.append(tool_schema({"function": {**tool["function"], "parameters": params or None}}))
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": items}}
     if not parallel_tool_calls:
         schema["maxItems"] = 1
-    if defs:
-        schema["$defs"] = defs
+    schema.update({where: defs for where, defs in hoisted.items() if defs})
     return schema
+
+
+def _check_refs(tool: str, node: Any) -> None:
+    """Under ``required`` a tool's parameters move into a list of calls, where only their ``$defs`` /
+    ``definitions`` (hoisted to the top) keep their meaning: any other document-relative ``$ref`` (``#``,
+    ``#/properties/...``) would resolve against the list. Refused by name (ValueError)."""
+    if isinstance(node, list):
+        for n in node:
+            _check_refs(tool, n)
+    elif isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith(("#/$defs/", "#/definitions/")):
+            raise ValueError(f"tool {tool!r}: '$ref': {ref!r} under tool_choice \"required\" (the parameters are "
+                             f"wrapped in a list of calls, so only '#/$defs/...' and '#/definitions/...' references "
+                             f"keep their meaning); move the referenced schema into '$defs', or name the tool in "
+                             f"tool_choice.")
+        for k, v in node.items():
+            if k not in ("enum", "const", "default", "examples"):
+                _check_refs(tool, v)
 
 
 def named_schema(tool: dict[str, Any]) -> dict[str, Any]:
