@@ -63,6 +63,16 @@ def test_a_cut_call_streams_to_the_non_streamed_message(make, text, content, exp
     assert not m.calls_complete
 
 
+@pytest.mark.parametrize("text", ['[{"n', "[", '[{"name": "get_wea'])
+@pytest.mark.parametrize("step", [1, 1000])
+def test_a_required_output_cut_before_a_call_is_named_has_no_content(text, step):
+    """The grammar holds the whole output to calls: cut before the first name is whole, the JSON so far is neither a
+    call nor content (it came back as ``content: '[{"n'``). (A named choice's call is named from its first token.)"""
+    m = ChatOutputParser(None, RequiredToolParser()).message(text, "length")
+    assert m.content is None and m.tool_calls == []
+    assert stream(ChatOutputParser(None, RequiredToolParser()), text, "length", step)[:2] == ("", [])
+
+
 @pytest.mark.parametrize("make,text,content,expected", CUT, ids=[f"{i}" for i in range(len(CUT))])
 def test_an_unfinished_call_is_not_reported_as_tool_calls(make, text, content, expected):
     p = ChatOutputParser(None, make())

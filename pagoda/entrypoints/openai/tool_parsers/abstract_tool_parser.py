@@ -104,6 +104,9 @@ class ToolParser:
     special_tokens_in_output = False
     """The format's markers are special tokens: requests keep special tokens in the text
     (``skip_special_tokens=False``, as vLLM's adjust_request does for these parsers)."""
+    output_is_calls = False
+    """The whole output is calls, never content (``tool_choice`` required or named: a grammar holds it to JSON), so
+    text that holds no call yet (cut at ``max_tokens`` inside the first name) is no content either."""
 
     def parse(self, text: str, final: bool) -> ParseResult:
         """See the module doc. Subclasses fill a :class:`Scan` in ``scan_into``; malformed output raises

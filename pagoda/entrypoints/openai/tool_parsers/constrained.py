@@ -76,6 +76,7 @@ def named_schema(tool: dict[str, Any]) -> dict[str, Any]:
 
 class RequiredToolParser(ToolParser):
     name = "required"
+    output_is_calls = True
 
     def scan_into(self, text: str, final: bool, acc: Scan) -> None:
         acc.segments.append("")
@@ -100,6 +101,7 @@ class NamedToolParser(ToolParser):
     """The whole output is the arguments of ``function_name``."""
 
     name = "named"
+    output_is_calls = True
 
     def __init__(self, function_name: str) -> None:
         self.function_name = function_name
