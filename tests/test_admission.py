@@ -172,6 +172,22 @@ def test_llm_beam_search_and_request_id(llm):
     assert_engine_clean(llm)
 
 
+@pytest.mark.parametrize("first,second", [(("x", 2), ("1_x", 1)), (("1_x", 1), ("x", 2))])
+def test_a_request_id_that_is_another_requests_sample_id_is_refused(llm, first, second):
+    """An n = 2 request "x" runs as samples "0_x" and "1_x": a request "1_x" beside it (either one first) is a
+    ValidationError naming request_id, not the core's invariant error, and the first request runs on."""
+    eng = llm.llm_engine
+    eng.add_request(first[0], PROMPTS[1], greedy(max_tokens=2, n=first[1]))
+    with pytest.raises(ValidationError, match="already in use") as e:
+        eng.add_request(second[0], PROMPTS[2], greedy(max_tokens=2, n=second[1]))
+    assert e.value.parameter == "request_id"
+    done = {}
+    while eng.has_unfinished_requests():
+        done.update((o.request_id, o) for o in eng.step() if o.finished)
+    assert list(done) == [first[0]] and len(done[first[0]].outputs) == first[1]
+    assert_engine_clean(llm)
+
+
 def test_core_limits_are_the_front_ends(llm):
     core = llm.llm_engine.core
     lim = llm.llm_engine.input_processor.limits
