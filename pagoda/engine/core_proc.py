@@ -335,7 +335,7 @@ STARTUP_FAILURE_LINGER_MS = 30_000
 
 
 LAST_WORDS_CONNECT_S = 2.0
-"""How long :func:`_last_words` waits for each of its new sockets to connect to an API server."""
+"""How long :func:`_last_words` waits, for all its new sockets together, for them to connect to the API servers."""
 
 
 def _last_words(ctx: Any, out_addrs: list[str], message: str) -> NoReturn:
