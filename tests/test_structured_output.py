@@ -321,14 +321,15 @@ def test_constraints_hold_with_n_async_and_preemption(tiny, kwargs):
     {"json": {"type": "object", "patternProperties": {"^x_": {"type": "integer"}}, "maxProperties": 1}},
     {"json": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 1}},
     # found by a schema fuzzer checking every output with jsonschema (session 49): {"a": 795} without its
-    # dependency, 56 for multipleOf 2.5, a required key never written, "1093-04-31", keywords beside one that
+    # dependency, 56 for multipleOf 2.5, a required key never written, format date beside a pattern (format: date
+    # alone is compiled as DATE_PATTERN), keywords beside one that
     # xgrammar follows alone ([] for an object whose anyOf holds only "required"), bounds without a type
     {"json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
               "dependentRequired": {"a": ["b"]}}},
     {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "dependencies": {"a": ["b"]}}},
     {"json": {"type": "integer", "multipleOf": 2.5}},
     {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["b"]}},
-    {"json": {"type": "string", "format": "date"}},
+    {"json": {"type": "string", "format": "date", "pattern": "^2"}},
     {"json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
               "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}},
     {"json": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
@@ -379,6 +380,17 @@ def test_a_structural_tags_json_has_the_bounded_whitespace_of_a_json_constraint(
         assert _fits(tok, be, so, "<f>" + body + "</f>") == _fits(tok, be, plain, body), n
     assert _fits(tok, be, so, '<f>{"a": 1}</f>') and not _fits(tok, be, so, "<f>{" + " " * 200 + '"a": 1}</f>')
     assert not _fits(tok, be, so, '<f>{"a": "x"}</f>')
+
+
+def test_format_date_holds_each_months_days(tiny):
+    """xgrammar's own date rule let any month have 31 days ("1093-04-31"); compiled as DATE_PATTERN, only dates
+    Python's ``date.fromisoformat`` (jsonschema's format checker) reads are written."""
+    tok, be = _backend(tiny)
+    so = StructuredOutputsParams(json=json.dumps({"type": "string", "format": "date"}))
+    for day in ("2024-02-29", "2000-02-29", "1999-12-31", "2023-04-30", "0001-01-01"):
+        assert _fits(tok, be, so, json.dumps(day)), day
+    for day in ("1093-04-31", "2023-02-29", "1900-02-29", "2023-13-01", "2023-00-10", "0000-01-01", "2023-1-01"):
+        assert not _fits(tok, be, so, json.dumps(day)), day
 
 
 def test_validation_time_limit():

@@ -9,13 +9,14 @@ names the first such use; admission turns it into a 400. Found by validating out
 element, and an object whose keys come from ``propertyNames`` / ``patternProperties`` /
 ``additionalProperties`` repeated a key (``{"p": 2, "p": 1}``), which breaks ``minProperties`` /
 ``maxProperties`` once parsed.
-``oneOf`` is compiled as ``anyOf`` (:func:`one_of_as_any_of`; its branches are taken to be exclusive, as
+``oneOf`` is compiled as ``anyOf`` (:func:`as_enforced`; its branches are taken to be exclusive, as
 discriminated unions are; docs/serving.md says so): xgrammar 0.2.9 itself turns a ``oneOf`` whose branches it
 cannot prove disjoint into *any* JSON value. Session 49's pass (a schema fuzzer checking every finished output
 with ``jsonschema``) found more keywords the grammar ignores: ``dependentRequired`` / ``dependencies``, a
-fractional ``multipleOf`` on integers, ``required`` keys not in ``properties``, ``format: date`` (impossible
-dates), numeric and string bounds without a ``type``, and anything beside ``anyOf`` / ``oneOf`` / ``allOf``,
-``$ref``, ``enum`` or ``const`` that is not an annotation (xgrammar then follows the one keyword alone).
+fractional ``multipleOf`` on integers, ``required`` keys not in ``properties``, numeric and string bounds
+without a ``type``, and anything beside ``anyOf`` / ``oneOf`` / ``allOf``, ``$ref``, ``enum`` or ``const`` that is
+not an annotation (xgrammar then follows the one keyword alone); and ``format: date`` let any month have 31 days,
+so it is compiled as :data:`DATE_PATTERN`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _OPEN_KEYS = ("patternProperties", "propertyNames", "additionalProperties")
 """Object keywords under which the grammar may write a key twice (it does not track the keys it wrote)."""
 
-_LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'",
-                  "date": "it accepts days a month does not have, e.g. '1093-04-31'"}
+_LOOSE_FORMATS = {"ipv4": "it lets octets have leading zeros, e.g. '202.000.000.000'"}
 """String formats xgrammar's grammar accepts more loosely than JSON Schema validators (found by validating
 outputs with ``jsonschema``)."""
 
@@ -55,14 +55,28 @@ _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": (int, fl
                                "null": type(None), "array": list, "object": dict}
 
 
-def one_of_as_any_of(schema: Any) -> Any:
-    """``schema`` with every ``oneOf`` written as ``anyOf`` (module docstring)."""
+_YEAR = "(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = "([0-9][0-9](0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+DATE_PATTERN = (f"^(({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+                f"|02-(0[1-9]|1[0-9]|2[0-8])))|{_LEAP_YEAR}-02-29)$")
+"""The dates JSON Schema's ``format: date`` (RFC 3339 full-date, as Python's ``date.fromisoformat`` reads it: years
+0001-9999, each month's own days, February 29 in Gregorian leap years only). xgrammar's own date rule lets any
+month have 31 days ('1093-04-31'), so ``format: date`` is compiled as this pattern."""
+
+
+def as_enforced(schema: Any) -> Any:
+    """``schema`` as it is compiled: every ``oneOf`` written as ``anyOf`` (module docstring), ``format: date`` as
+    :data:`DATE_PATTERN`."""
     if isinstance(schema, list):
-        return [one_of_as_any_of(s) for s in schema]
+        return [as_enforced(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    return {("anyOf" if k == "oneOf" else k): (v if k in ("enum", "const", "examples", "default")
-                                               else one_of_as_any_of(v)) for k, v in schema.items()}
+    out = {("anyOf" if k == "oneOf" else k): (v if k in ("enum", "const", "examples", "default") else as_enforced(v))
+           for k, v in schema.items()}
+    if out.get("format") == "date" and "pattern" not in out:
+        del out["format"]
+        out["pattern"] = DATE_PATTERN
+    return out
 
 
 def _has_type(value: Any, types: Any) -> bool:
@@ -117,6 +131,8 @@ def _own_problem(s: dict[str, Any], path: str) -> str | None:
         other = "format" if "format" in s else "pattern"
         return (f"'{length[0]}' together with '{other}' (at {path}) is not enforced by the xgrammar backend; "
                 f"put the length into the pattern")
+    if s.get("format") == "date" and "pattern" in s:
+        return f"'format: date' together with 'pattern' (at {path}) is not enforced by the xgrammar backend"
     if s.get("format") in _LOOSE_FORMATS:
         return (f"'format: {s['format']}' (at {path}) is not enforced as JSON Schema defines it by the xgrammar "
                 f"backend ({_LOOSE_FORMATS[s['format']]}); give a 'pattern' instead")

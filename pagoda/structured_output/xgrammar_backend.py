@@ -15,7 +15,7 @@ import torch
 
 from pagoda.structured_output.backend import choice_ebnf, is_ebnf
 from pagoda.structured_output.params import GrammarKey
-from pagoda.structured_output.schema_support import one_of_as_any_of, unsupported_feature
+from pagoda.structured_output.schema_support import as_enforced, unsupported_feature
 
 MAX_JSON_WHITESPACE = 4
 """Most whitespace characters between two JSON tokens when whitespace is not disabled."""
@@ -49,7 +49,7 @@ def _json_grammar(schema: Any, key: GrammarKey, closed: bool) -> Any:
     unsupported = unsupported_feature(schema)
     if unsupported is not None:
         raise ValueError(unsupported)
-    schema = one_of_as_any_of(schema)
+    schema = as_enforced(schema)
     if closed:
         schema = _no_additional_properties(schema)
     ws: dict[str, Any] = ({"any_whitespace": True, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
