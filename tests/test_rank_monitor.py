@@ -6,9 +6,12 @@ simply left idle here: no step runs, so only the monitor can notice."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,20 +21,26 @@ from pagoda.distributed import executor as ex
 from pagoda.engine.messages import CoreFailed
 
 
-def _tp2(tiny):
+@contextlib.contextmanager
+def _tp2(tiny, monkeypatch, handler, grace_s: float) -> Iterator[Any]:
+    """A TP=2 LLM whose rank monitor calls ``handler`` after ``grace_s``; shut down (and the handler unset) after."""
     from pagoda import LLM
 
-    return LLM(str(tiny.path("llama")), dtype="float32", tensor_parallel_size=2, device="cpu",
-               max_num_batched_tokens=48, max_num_seqs=4)
+    monkeypatch.setattr(ex, "DEATH_GRACE_S", grace_s)
+    monkeypatch.setattr(ex, "_death_handler", handler)
+    llm = LLM(str(tiny.path("llama")), dtype="float32", tensor_parallel_size=2, device="cpu",
+              max_num_batched_tokens=48, max_num_seqs=4)
+    try:
+        yield llm
+    finally:
+        monkeypatch.setattr(ex, "_death_handler", None)
+        llm.llm_engine.shutdown()
 
 
 def test_monitor_reports_a_rank_that_dies_while_the_core_is_blocked(tiny, monkeypatch):
     got: list[str] = []
     called = threading.Event()
-    monkeypatch.setattr(ex, "DEATH_GRACE_S", 0.5)
-    monkeypatch.setattr(ex, "_death_handler", lambda message: (got.append(message), called.set()))
-    llm = _tp2(tiny)
-    try:
+    with _tp2(tiny, monkeypatch, lambda message: (got.append(message), called.set()), 0.5) as llm:
         executor = llm.llm_engine.core.runner.executor
         folder = Path(executor._dir)
         assert folder.exists()
@@ -40,17 +49,11 @@ def test_monitor_reports_a_rank_that_dies_while_the_core_is_blocked(tiny, monkey
         assert got[0].startswith("tensor-parallel rank 1 of 2 died (exit code -9); the engine cannot continue")
         assert "rank monitor" in got[0]
         assert not folder.exists()  # removed before the handler, which ends the process
-    finally:
-        monkeypatch.setattr(ex, "_death_handler", None)
-        llm.llm_engine.shutdown()
 
 
 def test_monitor_stays_silent_when_the_core_reported_the_death_itself(tiny, monkeypatch):
     got: list[str] = []
-    monkeypatch.setattr(ex, "DEATH_GRACE_S", 0.5)
-    monkeypatch.setattr(ex, "_death_handler", got.append)
-    llm = _tp2(tiny)
-    try:
+    with _tp2(tiny, monkeypatch, got.append, 0.5) as llm:
         executor = llm.llm_engine.core.runner.executor
         executor.procs[0].kill()
         executor.procs[0].wait()
@@ -58,23 +61,14 @@ def test_monitor_stays_silent_when_the_core_reported_the_death_itself(tiny, monk
             executor.check_alive()  # the engine core's own thread finds it first (its heartbeat or next step)
         threading.Event().wait(1.5)  # three grace periods: the monitor would have spoken by now
         assert got == []
-    finally:
-        monkeypatch.setattr(ex, "_death_handler", None)
-        llm.llm_engine.shutdown()
 
 
 def test_monitor_ends_with_a_clean_stop(tiny, monkeypatch):
     """A shutdown stops the workers (they exit 0 on StopWorker): no report, and the monitor thread ends."""
     got: list[str] = []
-    monkeypatch.setattr(ex, "DEATH_GRACE_S", 0.0)
-    monkeypatch.setattr(ex, "_death_handler", got.append)
-    llm = _tp2(tiny)
-    try:
+    with _tp2(tiny, monkeypatch, got.append, 0.0):
         monitors = [t for t in threading.enumerate() if t.name == "pagoda-rank-monitor"]
         assert monitors
-    finally:
-        monkeypatch.setattr(ex, "_death_handler", None)
-        llm.llm_engine.shutdown()
     for t in monitors:
         t.join(10)
         assert not t.is_alive()
