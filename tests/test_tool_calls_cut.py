@@ -94,6 +94,18 @@ def test_without_a_cut_the_non_streamed_answer_is_still_the_text():
         assert m.tool_calls == [] and m.content == text
 
 
+@pytest.mark.parametrize("step", [1, 5, 10_000])
+def test_a_call_whose_arguments_are_not_an_object_streams_as_the_text(step):
+    """Arguments written as a JSON string: malformed, so the non-streamed answer is the text. The stream used to send
+    the call's name once it was read (then a call of empty arguments, the text as content too, and finish_reason
+    tool_calls); a call goes out only once its arguments begin as an object."""
+    text = '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n</tool_call>'
+    m = ChatOutputParser(None, get_tool_parser("hermes")).message(text, "stop")
+    assert m.tool_calls == [] and m.content == text
+    p = ChatOutputParser(None, get_tool_parser("hermes"))
+    assert stream(p, text, "stop", step)[:2] == (text, []) and not p.tools_called
+
+
 def test_a_stream_that_sent_a_call_never_resends_it_as_content():
     """Malformed at the end (here a stop inside the arguments): what was sent stays, nothing is repeated."""
     s = ToolCallStream(get_tool_parser("hermes"))

@@ -11,6 +11,10 @@ arguments. Text that might still become a tool-call marker is held back until it
 (never an exception): a malformed tool call reaches the client as text. A stream cannot take back what
 it sent, so for malformed output the streamed calls may differ from the non-streamed answer.
 
+A stream sends a call (its id and name) only once its arguments have begun as an object (``{``), or the call is
+finished: a call whose arguments are something else (a JSON string) is malformed, and the non-streamed answer is
+then the text; sent early, its name would have gone out as a call of empty arguments with the text as content too.
+
 The end of an output is read by :meth:`ToolParser.parse_end`: an output cut while a call was being written
 (``finish_reason: length``), and in a stream any output whose calls were already sent, keeps the prefix view
 ``parse(t, False)`` -- the content before the calls and the calls so far, the last one unfinished -- so the
@@ -191,6 +195,8 @@ class ToolCallStream:
             if c.name is None:
                 break
             if i == len(self.sent):
+                if not (c.done or self.parser.output_is_calls or c.arguments.lstrip().startswith("{")):
+                    break  # sent once its arguments are an object: a malformed call (arguments as a string) stays text
                 call_id = make_tool_call_id()
                 self.sent.append((call_id, c.arguments))
                 out.append({"index": i, "id": call_id, "type": "function",
