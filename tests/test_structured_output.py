@@ -362,6 +362,10 @@ def test_one_of_is_compiled_as_any_of(tiny):
     so = StructuredOutputsParams(json=json.dumps(schema))
     assert _fits(tok, be, so, '{"a": 1}') and _fits(tok, be, so, "7")
     assert not _fits(tok, be, so, "[]") and not _fits(tok, be, so, '"x"')
+    # a property called "oneOf" keeps its name
+    named = {"type": "object", "properties": {"oneOf": {"type": "integer"}}, "required": ["oneOf"],
+             "additionalProperties": False}
+    assert _fits(tok, be, StructuredOutputsParams(json=json.dumps(named)), '{"oneOf": 1}')
 
 
 def test_a_structural_tags_json_has_the_bounded_whitespace_of_a_json_constraint(tiny):

@@ -71,8 +71,14 @@ def as_enforced(schema: Any) -> Any:
         return [as_enforced(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {("anyOf" if k == "oneOf" else k): (v if k in ("enum", "const", "examples", "default") else as_enforced(v))
-           for k, v in schema.items()}
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in ("enum", "const", "examples", "default"):  # values, not schemas
+            out[k] = v
+        elif k in _SCHEMA_MAPS and isinstance(v, dict):  # names -> schemas: a property may be called "oneOf"
+            out[k] = {name: as_enforced(sub) for name, sub in v.items()}
+        else:
+            out["anyOf" if k == "oneOf" else k] = as_enforced(v)
     if out.get("format") == "date" and "pattern" not in out:
         del out["format"]
         out["pattern"] = DATE_PATTERN
