@@ -250,11 +250,11 @@ class LLMEngine:
                                               pooling=True)
             return
         text, ids, params, core_reqs = self.input_processor.process(request_id, prompt, params, priority, lora_request)
-        for r in core_reqs:  # a sample's id ("1_x" of an n > 1 "x") may be another live request's, or a sample's
-            if r.request_id != request_id and r.request_id in self.output_processor.child_to_parent:
-                raise ValidationError(f"request id {request_id!r}: the id of its sample {r.request_id!r} is already "
-                                      f"in use by another request; choose another request id", "request_id")
-            admission.check_request_id_free(r.request_id, r.request_id in self.output_processor.child_to_parent)
+        # a sample's id ("1_x" of an n > 1 "x") may be another live request's id, or this request's id a sample's
+        taken = [r.request_id for r in core_reqs if r.request_id in self.output_processor.child_to_parent]
+        if taken:
+            raise ValidationError(f"request id {request_id!r}: the engine id {taken[0]!r} is already in use by "
+                                  f"another request or its samples; choose another request id", "request_id")
         added: list[str] = []
         try:
             for r in core_reqs:

@@ -46,9 +46,7 @@ def _json_grammar(schema: Any, key: GrammarKey, closed: bool) -> Any:
     :data:`MAX_JSON_WHITESPACE` whitespace characters between tokens unless whitespace is disabled."""
     import xgrammar as xgr
 
-    unsupported = unsupported_feature(schema)
-    if unsupported is not None:
-        raise ValueError(unsupported)
+    _check(schema)
     schema = as_enforced(schema)
     if closed:
         schema = _no_additional_properties(schema)
@@ -99,9 +97,16 @@ def _tag_schemas(node: Any, key: GrammarKey) -> Any:
         grammar = _json_grammar(node["json_schema"], key, closed=not key.additional_properties)
         return {"type": "grammar", "grammar": _fixed_width_escapes(str(grammar))}
     if "begin" in node and "schema" in node:
-        _json_grammar(node["schema"], key, False)
+        _check(node["schema"])
         return node
     return {k: _tag_schemas(v, key) for k, v in node.items()}
+
+
+def _check(schema: Any) -> None:
+    """Refuse by name a schema the grammar would not enforce (:func:`unsupported_feature`)."""
+    unsupported = unsupported_feature(schema)
+    if unsupported is not None:
+        raise ValueError(unsupported)
 
 
 def _no_additional_properties(schema: Any) -> Any:

@@ -53,12 +53,10 @@ class ChatOutputParser:
             out.reasoning = (reasoning or None) if self.include_reasoning else None
         if self.tools is not None:
             info = self.tools.extract_tool_calls(content, cut=finish_reason == "length")
-            if info.tools_called:
+            if info.tools_called or self.tools.output_is_calls:  # (the latter's text is never content)
                 out.tool_calls = info.tool_calls[:self.max_calls]
-                out.content = info.content
+                out.content = info.content or None
                 out.calls_complete = info.complete
-            elif self.tools.output_is_calls:  # cut before a call was named: the JSON so far is no content
-                out.content = None
         return out
 
     def delta(self, text: str, final: bool, finish_reason: str | None = None) -> dict[str, Any]:
@@ -72,8 +70,6 @@ class ChatOutputParser:
             self._sent_reasoning = reasoning
         if self._stream is not None:
             new, calls = self._stream.update(content, final, cut=final and finish_reason == "length")
-            if self._stream.parser.output_is_calls:
-                new = ""
             if self.max_calls is not None:
                 calls = [c for c in calls if c["index"] < self.max_calls]
             if calls:

@@ -8,7 +8,8 @@ each call's name is either unknown (None) or final, and each call's arguments ar
 arguments. Text that might still become a tool-call marker is held back until it is decided.
 
 ``parse(t, True)`` on output that is not well-formed returns the whole text as content and no calls
-(never an exception): a malformed tool call reaches the client as text. A stream cannot take back what
+(never an exception): a malformed tool call reaches the client as text (no content at all from a parser whose
+whole output is calls, :attr:`ToolParser.output_is_calls`). A stream cannot take back what
 it sent, so for malformed output the streamed calls may differ from the non-streamed answer.
 
 A stream sends a call (its id and name) only once its arguments have begun as an object (``{``), or the call is
@@ -121,7 +122,7 @@ class ToolParser:
             self.scan_into(text, final, acc)
         except Malformed:
             if final:
-                return ParseResult(text, [])
+                return ParseResult("" if self.output_is_calls else text, [])
         while len(acc.segments) < len(acc.calls) + 1:
             acc.segments.append("")
         return ParseResult(assemble_content(acc.segments[:len(acc.calls) + 1], len(acc.calls), final), acc.calls)
