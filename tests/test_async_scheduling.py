@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from engine_checks import assert_engine_clean
 from test_scheduler import EOS, assert_no_leak, make_req, new_sched
 
 from pagoda.core.async_scheduler import AsyncScheduler
@@ -181,3 +182,65 @@ def test_async_default_follows_the_device(tiny):
     assert cfg.async_scheduling is False
     cfg = EngineArgs(model=str(tiny.path("llama")), device="cpu", async_scheduling=True).create_config()
     assert cfg.async_scheduling is True
+
+
+def test_a_step_failing_at_result_time_fails_the_next_steps_prefix_hits_on_its_blocks(tiny, monkeypatch):
+    """Step N registers the full blocks it writes in the prefix cache when it is scheduled, so step N+1, scheduled
+    before N's result, may admit a request that takes them as a prefix-cache hit. When N then fails at result time
+    its blocks hold no valid K/V (simulated here by overwriting them): that request fails too, and none of N's
+    blocks stays findable. Before, it went on from those blocks (its tokens silently differed from a run without
+    the failure) and they stayed registered, so a later request with the same prefix read them as well."""
+    import logging
+
+    import torch
+
+    from pagoda import SamplingParams
+
+    greedy = dict(temperature=0.0, ignore_eos=True, max_tokens=8)
+    shared = list(range(20, 60))  # 40 tokens: two full blocks of 16, both registered by the step that writes them
+    a, b, c, other = shared, shared + [200, 201, 202], shared + [210, 211], list(range(300, 330))
+    ref = tiny.llm("llama", enable_prefix_caching=False)
+    want = {k: ref.generate([{"prompt_token_ids": p}], SamplingParams(**greedy), use_tqdm=False)[0].outputs[0].token_ids
+            for k, p in (("b", b), ("c", c), ("other", other))}
+    llm = tiny.llm("llama", async_scheduling=True)
+    eng, core = llm.llm_engine, llm.llm_engine.core
+    bs = core.kv.block_size
+    assert core.kv.enable_prefix_caching and bs == 16
+    real = core.runner.execute_async
+    failed: list[int] = []
+
+    def fail_the_first_step(sched, block_ids, epochs=None):
+        handle = real(sched, block_ids, epochs)
+        if not failed:
+            failed.extend(sorted({blk for s in sched.scheduled for blk in block_ids[s.request.request_id][
+                s.start // bs: -(-(s.start + s.num_new_tokens) // bs)]}))
+            idx = torch.tensor(failed)
+            for k, v in core.runner.kv_caches:  # what the device left in the blocks is unknown
+                k[idx], v[idx] = torch.randn_like(k[idx]), torch.randn_like(v[idx])
+
+            def result():
+                raise RuntimeError("injected device error at result time")
+
+            handle.result = result
+        return handle
+
+    monkeypatch.setattr(core.runner, "execute_async", fail_the_first_step)
+    monkeypatch.setattr(logging.getLogger("pagoda"), "disabled", True)  # _fail logs the traceback
+    final, ahead = {}, core.num_steps_ahead
+    eng.add_request("a", {"prompt_token_ids": a}, SamplingParams(**greedy), final_only=True)
+    final.update((o.request_id, o) for o in eng.step() if o.finished)  # step N: a's prompt, launched
+    eng.add_request("b", {"prompt_token_ids": b}, SamplingParams(**greedy), final_only=True)
+    eng.add_request("other", {"prompt_token_ids": other}, SamplingParams(**greedy), final_only=True)
+    final.update((o.request_id, o) for o in eng.step() if o.finished)  # N+1 launched (b hits a's blocks); N fails
+    assert failed and core.num_steps_ahead == ahead + 1, "the test wants step N+1 launched before N's result"
+    assert not [blk for blk in failed if core.kv.pool.block_hash[blk] is not None]
+    while eng.has_unfinished_requests():
+        final.update((o.request_id, o) for o in eng.step() if o.finished)
+    eng.add_request("c", {"prompt_token_ids": c}, SamplingParams(**greedy), final_only=True)
+    while eng.has_unfinished_requests():
+        final.update((o.request_id, o) for o in eng.step() if o.finished)
+    assert final["a"].outputs[0].finish_reason == "error"
+    assert final["b"].outputs[0].finish_reason == "error"
+    assert final["other"].outputs[0].token_ids == want["other"]
+    assert final["c"].outputs[0].token_ids == want["c"]
+    assert_engine_clean(llm)

@@ -155,31 +155,34 @@ class KVCacheManager:
             self.host.end_step()
         return out, inn
 
-    def cache_full_blocks(self, request: Request, num_tokens: int | None = None) -> None:
+    def cache_full_blocks(self, request: Request, num_tokens: int | None = None) -> list[int]:
         """Register the request's full blocks within its first ``num_tokens`` tokens (default:
-        the computed ones), whose token ids must be known.
+        the computed ones), whose token ids must be known. Returns the blocks registered now.
 
         The scheduler registers a block as soon as the step that writes its K/V is scheduled:
         every later reader runs after that write (a reader in the same step too, since each
         layer writes the step's K/V before its attention reads the cache).
         """
         if not self.enable_prefix_caching:
-            return
+            return []
         rid = request.request_id
         blocks = self.req_blocks.get(rid)
         if blocks is None:
-            return
+            return []
         done = self.req_num_hashed.get(rid, 0)
         upto = request.num_computed_tokens if num_tokens is None else min(num_tokens, request.num_tokens)
         full = min(upto // self.block_size, len(blocks))
         if full <= done:
-            return
+            return []
         hashes = self.block_hashes(request, full)
+        registered = []
         for i in range(done, full):
             # False when identical content is already cached in another block: this one
             # stays unhashed and is plain free space once released.
-            self.pool.register(blocks[i], hashes[i], self._key(request, i))
+            if self.pool.register(blocks[i], hashes[i], self._key(request, i)):
+                registered.append(blocks[i])
         self.req_num_hashed[rid] = full
+        return registered
 
     def prefix_cache_hit_rate(self) -> float:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0

@@ -71,6 +71,10 @@ class ScheduledRequest:
     # Prompt logprobs this step reports, decided by the scheduler: (first position, count);
     # position p's logits give prompt token p + 1's logprob.
     prompt_logprobs: tuple[int, int] | None = None
+    # Blocks registered in the prefix cache when this step was scheduled, whose K/V this step writes: a request
+    # of a later step may hit them before this one completes (async scheduling), so a failure of this step must
+    # fail their holders too (EngineCore._fail).
+    registered_blocks: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -396,7 +400,7 @@ class Scheduler:
         s = ScheduledRequest(req, num_new, start, sample, 1 + len(spec), spec_token_ids=spec, prompt_logprobs=plp)
         self._on_scheduled(s)
         # Full blocks this step writes become findable now (a token not yet known is not hashed).
-        self.kv.cache_full_blocks(req, start + num_new)
+        s.registered_blocks = self.kv.cache_full_blocks(req, start + num_new)
         return s
 
     @staticmethod

@@ -471,17 +471,23 @@ class EngineCore:
         return handle
 
     def _fail(self, sched: SchedulerOutput, e: Exception, copies_lost: bool = False) -> EngineCoreOutputs:
-        """Fail the step's requests (not the engine). ``copies_lost``: the launch failed, perhaps before the
-        runner applied the step's copy-on-write block copies, which the scheduler hands out once: a parallel-
-        sampling fork waiting for its tail block's copy, in this step or not, fails too, rather than go on from a
-        block that holds another request's K/V or none."""
+        """Fail the step's requests (not the engine), and every other request holding a block whose K/V the step
+        was to write: one it registered in the prefix cache or loaded from the host tier, which a request of the
+        step scheduled after it (async scheduling) may have taken as a prefix-cache hit and would read unwritten.
+        ``copies_lost``: the launch failed, perhaps before the runner applied the step's copy-on-write block
+        copies, which the scheduler hands out once: a parallel-sampling fork waiting for its tail block's copy,
+        in this step or not, fails too, rather than go on from a block that holds another request's K/V or
+        none."""
         logger.exception("model step failed")
         ids = [s.request.request_id for s in sched.scheduled if not s.request.status.finished]
-        copied = {dst for _, dst in sched.block_copies} if copies_lost else set()
-        if copied:
+        unwritten = {b for s in sched.scheduled for b in s.registered_blocks}
+        unwritten.update(dst for _, dst in sched.swap_in)
+        if copies_lost:
+            unwritten.update(dst for _, dst in sched.block_copies)
+        if unwritten:
             taken = set(ids)
             ids += [rid for rid, blocks in self.kv.req_blocks.items()
-                    if rid not in taken and copied.intersection(blocks)]
+                    if rid not in taken and unwritten.intersection(blocks)]
         self.scheduler.abort_requests(ids, RequestStatus.FINISHED_ERROR)
         # Blocks are registered in the prefix cache when scheduled: those this step was to write
         # hold no valid K/V. Its requests are gone, so forgetting unheld blocks drops them.
