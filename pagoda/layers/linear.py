@@ -57,6 +57,12 @@ class LinearMethod:
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def apply_silu_mul(self, layer: Linear, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu(gate) * up`` of :meth:`apply`'s output (gate columns ``[0, N/2)``, up the rest), equal to
+        :func:`pagoda.layers.fused_kernels.silu_and_mul` of it, in one step where the method has one for ``x``'s
+        shape; None (the default) where it has not: the caller runs :meth:`apply` and SiLU·mul apart."""
+        return None
+
     def takes_fp8_rows(self, layer: Linear) -> bool:
         """Whether :meth:`apply` also takes :class:`~pagoda.quantization.w8a8.Fp8Rows` (rows its producer already
         quantized per token) wherever :func:`~pagoda.quantization.w8a8.fp8_rows_wanted` holds; default: no."""
@@ -116,6 +122,14 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_method.apply(self, x)
+
+    def silu_mul(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu(gate) * up`` of this gate-then-up layer's output in one step (:meth:`LinearMethod.apply_silu_mul`),
+        or None: also while the module has forward hooks (LoRA's add to the output they see, which this step never
+        forms)."""
+        if self._forward_hooks or self._forward_pre_hooks or self.out_features % 2:
+            return None
+        return self.linear_method.apply_silu_mul(self, x)
 
     def takes_fp8_rows(self) -> bool:
         """See :meth:`LinearMethod.takes_fp8_rows`."""

@@ -22,7 +22,7 @@ from torch import nn
 from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.act_order import regroup_columns
 from pagoda.quantization.fp8 import load_channel_scale, tensor
-from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
+from pagoda.quantization.int_weight import int_weight_linear, int_weight_silu_mul, make_int_weight
 from pagoda.quantization.w8a8 import int8_linear
 
 
@@ -116,6 +116,9 @@ class PackQuantizedLinearMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         return int_weight_linear(x, tensor(layer, "int_weight"), layer.bias)
+
+    def apply_silu_mul(self, layer: Linear, x: torch.Tensor) -> torch.Tensor | None:
+        return int_weight_silu_mul(x, tensor(layer, "int_weight"), layer.bias)
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         for name in ("weight_packed", "weight_zero_point"):

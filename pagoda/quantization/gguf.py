@@ -35,7 +35,7 @@ from pagoda.layers.linear import Linear, LinearMethod, set_weight_attrs
 from pagoda.quantization.base import QuantizationConfig
 from pagoda.quantization.gguf_blocks import FORMATS, BlockFormat, decode_blocks, decode_dense, q8_0_codes
 from pagoda.quantization.gguf_file import RawTensor, iter_gguf_tensors
-from pagoda.quantization.int_weight import IntWeight, int_weight_linear, make_int_weight
+from pagoda.quantization.int_weight import IntWeight, int_weight_linear, int_weight_silu_mul, make_int_weight
 
 if TYPE_CHECKING:
     from pagoda.layers.cpu_head_q8 import Q8Head
@@ -281,6 +281,10 @@ class GGUFLinearMethod(LinearMethod):
         if w is not None:
             return int_weight_linear(x, w, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
+
+    def apply_silu_mul(self, layer: Linear, x: torch.Tensor) -> torch.Tensor | None:
+        w = getattr(layer, "int_weight", None)
+        return int_weight_silu_mul(x, w, layer.bias) if w is not None else None
 
     def embedding(self, layer: Linear, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the weight (the embedding lookup), dequantizing only those rows."""

@@ -25,7 +25,7 @@ import torch
 from pagoda.layers.linear import Linear, LinearMethod
 from pagoda.quantization.act_order import regroup_columns
 from pagoda.quantization.base import QuantizationConfig
-from pagoda.quantization.int_weight import int_weight_linear, make_int_weight
+from pagoda.quantization.int_weight import int_weight_linear, int_weight_silu_mul, make_int_weight
 from pagoda.quantization.packing import (
     PACK_BITS,
     checkpoint_param,
@@ -228,6 +228,9 @@ class GPTQLinearMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         return int_weight_linear(x, int_weight_of(layer), layer.bias)
+
+    def apply_silu_mul(self, layer: Linear, x: torch.Tensor) -> torch.Tensor | None:
+        return int_weight_silu_mul(x, int_weight_of(layer), layer.bias)
 
     def init_dummy(self, layer: Linear, generator: torch.Generator) -> None:
         """Random valid codes, zero points (``2**(bits-1)`` when sym), scales giving weights of about ±0.02,

@@ -208,6 +208,19 @@ def make_int_weight(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Te
     return w
 
 
+def int_weight_silu_mul(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``silu(gate) * up`` of :func:`int_weight_linear`'s output for a gate-then-up weight in one kernel, where the
+    weight's layout has one for ``x``'s rows (:func:`triton_wna16.wna16_silu_mul`); None elsewhere."""
+    if w.layout != "triton" or x.device.type != "cuda" or x.dim() != 2 or x.shape[0] == 0:
+        return None
+    from pagoda.quantization.kernels import triton_wna16
+    assert w.scales is not None and w.offsets is not None
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)
+    return triton_wna16.wna16_silu_mul(x, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias,
+                                       symmetric=w.symmetric)
+
+
 def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` for a canonical weight, by the kernel of ``w.layout`` (dequantize + ``F.linear``
     for ``plain`` or a layout that does not match ``x``'s device); on the CPU from ``cpu_woq.DENSE_MIN_M`` rows

@@ -141,3 +141,22 @@ def test_every_table_dot_rule_runs_and_is_right(dtype):
         cfg = tw.resolve(rule, m, 600, 2048, 128, tw.num_sms(0))
         out = tw.wna16_matmul(x.cuda(), *args, bias.cuda(), config=cfg, symmetric=True).float().cpu()
         assert (out - ref).abs().max() <= tol * ref.abs().max(), (rule, m)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_gated_gate_up_gemv_is_the_gemv_then_silu_and_mul(sym):
+    """The Llama-3-8B gate_up at one row (its table rule is the two-block GEMV): ``wna16_silu_mul`` takes it and
+    gives, bit for bit, the GEMV's output through ``silu_and_mul`` (the MLP's unfused path)."""
+    from test_int_weight_cpu import random_weight
+
+    from pagoda.layers.fused_kernels import silu_and_mul
+    from pagoda.quantization.kernels import triton_wna16 as tw
+
+    n, k = 28672, 4096
+    codes, scales, offsets = random_weight(4, 128, n, k, sym, seed=3)
+    qw = tw.pack(codes, 4).cuda()
+    s, o = scales.t().contiguous().bfloat16().cuda(), offsets.t().contiguous().bfloat16().cuda()
+    x = torch.randn(1, k).bfloat16().cuda()
+    out = tw.wna16_silu_mul(x, qw, s, o, 4, 128, symmetric=sym)
+    assert out is not None and out.shape == (1, n // 2)
+    assert torch.equal(out, silu_and_mul(tw.wna16_matmul(x, qw, s, o, 4, 128, symmetric=sym)))

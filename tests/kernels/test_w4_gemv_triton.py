@@ -29,7 +29,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, prefetch=1, symmetric=False,
-        lift=False, halves=1):
+        lift=False, halves=1, gated=False):
     k = x.shape[1]
     qw = tw.pack(codes, 4).to(DEV)
     s, o = scales.to(dtype).t().contiguous().to(DEV), offsets.to(dtype).t().contiguous().to(DEV)
@@ -38,7 +38,7 @@ def run(x, codes, scales, offsets, group, dtype, bias, block_m, block_n, split, 
         assert torch.equal(o, s * -8)
         o = torch.full_like(o, float("nan"))  # the symmetric kernel must not read the offsets
     return gv.w4_gemv(x.to(dtype).to(DEV), qw, s, o, group, b, tw.pack_k(k), block_m, block_n, split,
-                      prefetch=prefetch, symmetric=symmetric, lift=lift, halves=halves).cpu()
+                      prefetch=prefetch, symmetric=symmetric, lift=lift, halves=halves, gated=gated).cpu()
 
 
 def check(out, ref, dtype):
@@ -86,6 +86,49 @@ def test_column_halves_match_the_reference(group, n, k, sym, halves):
         check(out, ref, torch.float32)
     with pytest.raises(ValueError, match="halves"):
         run(x, codes, scales, offsets, group, torch.float32, None, 2, 32, 1, halves=halves)
+
+
+@pytest.mark.parametrize("group,n,k,sym", [(32, 64, 128, False), (128, 96, 256, True), (96, 32, 384, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_store_is_the_gemv_then_silu_and_mul(group, n, k, sym, dtype):
+    """``gated`` (a gate-then-up weight, two column blocks a program): ``silu(gate) * up`` ``[M, N/2]`` bit for bit
+    equal to the same GEMV's ``[M, N]`` output through :func:`pagoda.layers.fused_kernels.silu_and_mul` (split-K or
+    not, bias, both decodes); a launch whose blocks do not tile each half is refused."""
+    from pagoda.layers.fused_kernels import silu_and_mul
+
+    codes, scales, offsets = random_weight(4, group, n, k, sym, seed=group + n + k)
+    for m, block_n, split, lift, with_bias in ((1, 16, 1, True, False), (3, 32, 2, False, True),
+                                              (2, 16, 3, True, False)):
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+        bias = torch.randn(n) if with_bias else None
+        args = (x, codes, scales, offsets, group, dtype, bias, 1, block_n, split)
+        full = run(*args, symmetric=sym, lift=lift, halves=2)
+        out = run(*args, symmetric=sym, lift=lift, halves=2, gated=True)
+        assert out.shape == (m, n // 2) and out.dtype == dtype
+        assert torch.equal(out, silu_and_mul(full.to(DEV)).cpu())
+    for bad in ({"halves": 4}, {"halves": 2, "block_n": 3 * n // 2}):
+        with pytest.raises(ValueError, match="gated"):
+            run(x, codes, scales, offsets, group, dtype, None, 1, bad.get("block_n", 16), 1, halves=bad["halves"],
+                gated=True)
+
+
+def test_gated_dispatch_only_where_the_rule_has_two_blocks(monkeypatch):
+    """``wna16_silu_mul`` runs the gated GEMV where the shape's rule is a two-block GEMV tiling each half (the
+    one-row gate_up entry), equal to the matmul then SiLU·mul; elsewhere it returns None."""
+    from pagoda.layers.fused_kernels import silu_and_mul
+
+    n, k = 64, 256
+    codes, scales, offsets = random_weight(4, 128, n, k, True, seed=9)
+    qw, s, o = tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV), offsets.t().contiguous().to(DEV)
+    x = torch.randn(1, k).to(DEV)
+    assert tw.rule_for(1, 4, n, k).halves == 1 and tw.wna16_silu_mul(x, qw, s, o, 4, 128) is None
+    monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 32, block_m=1, waves=8, pdl=True, halves=2))
+    out = tw.wna16_silu_mul(x, qw, s, o, 4, 128, symmetric=True)
+    assert out is not None and torch.equal(out, silu_and_mul(tw.wna16_matmul(x, qw, s, o, 4, 128, symmetric=True)))
+    assert tw.wna16_silu_mul(torch.randn(2, k).to(DEV), qw, s, o, 4, 128) is None  # two rows: the dot rule
+    monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 128, block_m=1, waves=8, halves=2))
+    assert tw.wna16_silu_mul(x, qw, s, o, 4, 128) is None  # 64-column blocks do not tile a 32-column half
+    assert tw.wna16_silu_mul(x, qw, s, o, 8, 128) is None  # 5..8 bits: the u8 kernel has no gated store
 
 
 def test_lift_decode_keeps_small_zero_and_large_x_exact_enough():

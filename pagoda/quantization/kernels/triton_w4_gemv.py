@@ -34,6 +34,12 @@ rounded (the reference rounds ``q*s + o`` to bf16/fp16 once), products ``x*q`` a
 sum is fp32; the order of the sums differs. So outputs match the dequantize reference to fp32 accumulation
 error plus the reference's own weight rounding (relative 2**-9 per weight in bf16).
 
+``gated`` (one row a program, ``halves`` 2; a fused gate/up weight, gate columns ``[0, N/2)`` then the matching
+up columns): a program's two column blocks are gate columns and the same up columns, and the program that writes
+the tile writes ``silu(gate) * up`` ``[M, N/2]`` instead of ``[M, N]``, rounded as the unfused pair rounds it (each
+output to x's dtype, then :func:`pagoda.layers.fused_kernels.silu_and_mul`'s arithmetic): the same values, one launch
+and one ``[M, N]`` round trip fewer a layer.
+
 Counters: one int32 per output tile, in the per-device buffer of :mod:`pagoda.layers.arrival_counters` (kept at
 zero between launches: each launch's last program re-arms its tiles). Launches on one device must not overlap in
 time (pagoda runs the model on one stream; under PDL a launch starts early but touches counters and the workspace
@@ -70,6 +76,29 @@ def _store_out(res, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         res += tl.load(b_ptr + on, mask=on < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + om * N + on, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_silu_mul(res, b_ptr, out_ptr, row, on, N, HAS_BIAS: tl.constexpr):
+    """``gated``'s store: ``res`` ``[2, BN]`` holds the gate columns ``on[0]`` and the up columns ``on[1] = on[0] +
+    N/2`` of one row; writes ``silu(gate) * up`` at ``out[row, on[0]]`` (``out`` is ``[M, N/2]``). Each output is
+    rounded to the output dtype first, then :func:`pagoda.layers.fused_kernels._silu_mul_kernel`'s arithmetic."""
+    if HAS_BIAS:
+        res += tl.load(b_ptr + on).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    g, u = tl.split(tl.permute(res.to(dt).to(tl.float32), (1, 0)))
+    cols, _ = tl.split(tl.permute(on, (1, 0)))
+    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    tl.store(out_ptr + row * (N // 2) + cols, (s * u).to(dt))
+
+
+@triton.jit
+def _store_tile(res, b_ptr, out_ptr, om, on, mask, N, row, HAS_BIAS: tl.constexpr, GATED: tl.constexpr):
+    """A tile's finished sums: :func:`_store_silu_mul` if ``GATED`` (one ``row``), else :func:`_store_out`."""
+    if GATED:
+        _store_silu_mul(res, b_ptr, out_ptr, row, on, N, HAS_BIAS)
+    else:
+        _store_out(res, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS)
 
 
 @triton.jit
@@ -165,14 +194,16 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     tiles_per_split, num_tiles, num_splits, magic, GROUP: tl.constexpr, PACK_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
-                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1):
+                    USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1,
+                    GATED: tl.constexpr = False):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
     decoded as ``q - 8`` and the offset term (and its sum of x) drops out. ``HALVES`` > 1 (one row a program,
     ``BLOCK_M`` 1): the first dimension holds ``HALVES`` column blocks of ``BLOCK_N / HALVES`` instead of rows, so
     every thread holds ``HALVES`` times the columns for the same x (Triton gives that dimension no threads): x is
-    loaded, converted and summed once for them all."""
+    loaded, converted and summed once for them all. ``GATED`` (``HALVES`` 2): those two blocks are gate columns and
+    the matching up columns, and the tile's writer stores ``silu(gate) * up`` (module docstring)."""
     pdl_launch_dependents(USE_PDL)  # (pagoda.layers.pdl: only the first tiles' words are read before the wait)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -186,7 +217,10 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
     XA: tl.constexpr = 1 if HALVES > 1 else BLOCK_M  # and x's first
     if HALVES > 1:  # [HALVES, BN]: column blocks in the first dimension, one row
         offs_a = tl.arange(0, HALVES)
-        on = pid_n * BLOCK_N + offs_a[:, None] * BN + tl.arange(0, BN)[None, :]
+        if GATED:  # row 0 gate columns, row 1 the same columns of up (N / 2 further)
+            on = pid_n * BN + offs_a[:, None] * (N // 2) + tl.arange(0, BN)[None, :]
+        else:
+            on = pid_n * BLOCK_N + offs_a[:, None] * BN + tl.arange(0, BN)[None, :]
         om = pid_m + 0 * offs_a[:, None]
         m_ok = om < M
         x_rows = x_ptr + pid_m * stride_xm + offs_r[None, :, None]
@@ -247,18 +281,24 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     ok = mask & (tl.full((BA, BN), i + u, tl.int32) < num_splits)
                     total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
             tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
-            _store_out(total, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS)
+            _store_tile(total, b_ptr, out_ptr, om, on, mask, N, pid_m, HAS_BIAS, GATED)
     else:
-        _store_out(res, b_ptr, out_ptr, om, on, mask, N, HAS_BIAS)
+        _store_tile(res, b_ptr, out_ptr, om, on, mask, N, pid_m, HAS_BIAS, GATED)
 
 
 MAGIC = 0x4B000000  # fp32 bits of 2**23
 
 
+def gated_fits(n: int, block_n: int, halves: int) -> bool:
+    """Whether a ``gated`` launch takes ``N`` columns (gate then up) in blocks of ``block_n``: two column blocks a
+    program and whole blocks in each half."""
+    return halves == 2 and n % 2 == 0 and (n // 2) % (block_n // 2) == 0
+
+
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
             bias: torch.Tensor | None, pack_k: int, block_m: int, block_n: int, split_k: int, num_warps: int = 4,
             num_stages: int = 1, prefetch: int = 1, symmetric: bool = False, pdl: bool = False,
-            lift: bool = False, halves: int = 1) -> torch.Tensor:
+            lift: bool = False, halves: int = 1, gated: bool = False) -> torch.Tensor:
     """``x[M, K] @ W.T (+ bias)`` in ``x``'s dtype (``x`` rows contiguous); ``pack_k``: the layout's K tile
     (``triton_wna16.pack_k(K)``); ``split_k`` programs share each output tile's K tiles; ``symmetric``: the
     caller guarantees ``offsets == -8 * scales`` (then ``offsets`` is not read); ``prefetch``: K tiles of words
@@ -266,7 +306,8 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     :func:`pagoda.layers.pdl.use_pdl` allows it (the first tiles' words load before the wait; rules choose it per
     measurement: slower in session 11, faster at one row in session 30); ``lift``: the :data:`LIFT` decode (x must
     stay under ``2**38`` in magnitude, else its row overflows to inf); ``halves``: > 1 runs one row a program with
-    ``block_n`` split into that many column blocks (``block_m`` must be 1)."""
+    ``block_n`` split into that many column blocks (``block_m`` must be 1); ``gated`` (``halves`` 2, ``block_n / 2``
+    dividing ``N / 2``): returns ``silu(gate) * up`` ``[M, N/2]`` of a gate-then-up weight (module docstring)."""
     m, k = x.shape
     n = scales.shape[1]
     p = pack_k
@@ -276,7 +317,10 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
     if halves > 1 and (block_m != 1 or block_n % halves):
         raise ValueError(f"w4_gemv: halves={halves} needs block_m 1 and block_n a multiple of it (got {block_m}, "
                          f"{block_n})")
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if gated and not gated_fits(n, block_n, halves):
+        raise ValueError(f"w4_gemv: gated needs halves 2 and block_n / 2 dividing N / 2 (got halves={halves}, "
+                         f"block_n={block_n}, N={n})")
+    out = torch.empty((m, n // 2 if gated else n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, block_n), split, triton.cdiv(m, block_m))
     if split > 1:
         ws = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
@@ -287,7 +331,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
                           EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift, HALVES=halves,
-                          num_warps=num_warps,
+                          GATED=gated, num_warps=num_warps,
                           num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from pagoda.layers.triton_mode import interpreted
 from pagoda.quantization.kernels.triton_pair_decode import pair_decode
-from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, w4_gemv
+from pagoda.quantization.kernels.triton_w4_gemv import MAGIC, _nibble, gated_fits, w4_gemv
 
 
 @triton.jit
@@ -468,6 +468,29 @@ def _paired(wanted: bool, dtype: torch.dtype, scales: torch.Tensor) -> bool:
     16-bit floats, the scales and offsets in that dtype)."""
     return wanted and dtype in (torch.bfloat16, torch.float16) and scales.dtype == dtype and scales.is_cuda \
         and not interpreted(_int4_dot_kernel)
+
+
+GATED_STORE = True
+"""Whether :func:`wna16_silu_mul` runs the GEMV's gated store where it can (False: None everywhere, so the MLP
+runs the GEMV then ``silu_and_mul``; the A/B switch of RESULTS.md, session 50)."""
+
+
+def wna16_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
+                   group_size: int, bias: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor | None:
+    """``silu(gate) * up`` ``[M, N/2]`` of :func:`wna16_matmul`'s output for a gate-then-up weight, in the one launch
+    of the GEMV's ``gated`` store (:mod:`triton_w4_gemv`), where this shape's rule is a two-block GEMV (``halves``
+    2) whose blocks tile each half; None elsewhere (the caller runs the matmul and SiLU·mul apart)."""
+    m, k = x.shape
+    n = scales.shape[1]
+    if bits > 4 or not GATED_STORE:
+        return None
+    cfg = choose_config(m, n, k, group_size, num_sms(x.device.index), bits)
+    if cfg.kind != "gemv" or not gated_fits(n, cfg.block_n, cfg.halves):
+        return None
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n, cfg.split_k,
+                   cfg.num_warps, cfg.num_stages, cfg.prefetch, symmetric, cfg.pdl, cfg.lift, cfg.halves, gated=True)
 
 
 def wna16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
