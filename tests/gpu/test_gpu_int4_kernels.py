@@ -144,15 +144,16 @@ def test_every_table_dot_rule_runs_and_is_right(dtype):
 
 
 @pytest.mark.parametrize("sym", [True, False])
-def test_gated_gate_up_gemv_is_the_gemv_then_silu_and_mul(sym):
-    """The Llama-3-8B gate_up at one row (its table rule is the two-block GEMV): ``wna16_silu_mul`` takes it and
-    gives, bit for bit, the GEMV's output through ``silu_and_mul`` (the MLP's unfused path)."""
+def test_gated_gate_up_gemv_is_the_gemv_then_silu_and_mul(sym, monkeypatch):
+    """The Llama-3-8B gate_up at one row (its table rule is the two-block GEMV): ``wna16_silu_mul`` (switched on)
+    takes it and gives, bit for bit, the GEMV's output through ``silu_and_mul`` (the MLP's unfused path)."""
     from test_int_weight_cpu import random_weight
 
     from pagoda.layers.fused_kernels import silu_and_mul
     from pagoda.quantization.kernels import triton_wna16 as tw
 
     n, k = 28672, 4096
+    monkeypatch.setattr(tw, "GATED_STORE", True)
     codes, scales, offsets = random_weight(4, 128, n, k, sym, seed=3)
     qw = tw.pack(codes, 4).cuda()
     s, o = scales.t().contiguous().bfloat16().cuda(), offsets.t().contiguous().bfloat16().cuda()

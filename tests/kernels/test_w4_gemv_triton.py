@@ -118,6 +118,7 @@ def test_gated_dispatch_only_where_the_rule_has_two_blocks(monkeypatch):
     from pagoda.layers.fused_kernels import silu_and_mul
 
     n, k = 64, 256
+    monkeypatch.setattr(tw, "GATED_STORE", True)  # (off by default until timed on a GPU)
     codes, scales, offsets = random_weight(4, 128, n, k, True, seed=9)
     qw, s, o = tw.pack(codes, 4).to(DEV), scales.t().contiguous().to(DEV), offsets.t().contiguous().to(DEV)
     x = torch.randn(1, k).to(DEV)
@@ -129,6 +130,9 @@ def test_gated_dispatch_only_where_the_rule_has_two_blocks(monkeypatch):
     monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 128, block_m=1, waves=8, halves=2))
     assert tw.wna16_silu_mul(x, qw, s, o, 4, 128) is None  # 64-column blocks do not tile a 32-column half
     assert tw.wna16_silu_mul(x, qw, s, o, 8, 128) is None  # 5..8 bits: the u8 kernel has no gated store
+    monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 32, block_m=1, waves=8, pdl=True, halves=2))
+    monkeypatch.setattr(tw, "GATED_STORE", False)
+    assert tw.wna16_silu_mul(x, qw, s, o, 4, 128) is None  # the switch off: the MLP's two kernels
 
 
 def test_lift_decode_keeps_small_zero_and_large_x_exact_enough():
