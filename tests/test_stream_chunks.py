@@ -91,3 +91,41 @@ def test_chat_chunks(text: str) -> None:
             if usage else None,
             prompt_token_ids=prompt_ids)
         assert chunks.event(choice, usage_json(*usage) if usage else None, prompt_ids) == _ref(model)
+
+
+def _asgi_messages(body: list[bytes | str]) -> list[dict]:
+    import asyncio
+
+    from pagoda.entrypoints.openai.stream_chunks import SSEResponse
+
+    async def gen():
+        for b in body:
+            yield b
+
+    sent: list[dict] = []
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    asyncio.run(SSEResponse(gen(), media_type="text/event-stream")(scope, receive, send))
+    return [{k: v for k, v in m.items() if k != "headers"} for m in sent]
+
+
+def test_sse_response_sends_the_stream_end_with_the_body_end() -> None:
+    from pagoda.entrypoints.openai.stream_chunks import StreamEnd
+
+    body = "http.response.body"
+    assert _asgi_messages([b"data: 1\n\n", "data: 2\n\n", StreamEnd(b"data: 3\n\ndata: [DONE]\n\n")]) == [
+        {"type": "http.response.start", "status": 200},
+        {"type": body, "body": b"data: 1\n\n", "more_body": True},
+        {"type": body, "body": b"data: 2\n\n", "more_body": True},
+        {"type": body, "body": b"data: 3\n\ndata: [DONE]\n\n", "more_body": False},
+    ]
+    # without a StreamEnd (as StreamingResponse): an empty last message
+    assert _asgi_messages([b"data: 1\n\n"])[1:] == [{"type": body, "body": b"data: 1\n\n", "more_body": True},
+                                                  {"type": body, "body": b"", "more_body": False}]

@@ -156,6 +156,13 @@ class OutputProcessor:
                 results.append(res)
         return results, to_stop
 
+    def process_one(self, o: EngineCoreOutput) -> tuple[RequestOutput | None, bool]:
+        """:meth:`process` of one output (the front end's per-output call): (its parent's output, if any; whether the
+        core must stop ``o``'s request), without the lists and dict of the general case."""
+        now = time.time()
+        parent, stop = self.apply(o, now)
+        return (self.emit(parent, now) if parent is not None else None), stop
+
     def apply(self, o: EngineCoreOutput, now: float) -> tuple[ParentState | None, bool]:
         """Apply one core output: (its parent when it changed, whether the core must stop ``o``'s request)."""
         pid = self.child_to_parent.get(o.request_id)

@@ -89,14 +89,14 @@ def test_leaving_a_stream_aborts_and_frees_blocks(engine_args):
 def test_output_processing_error_fails_only_that_request(engine_args):
     async def body(eng):
         op = eng.output_processor
-        real = op.process
+        real = op.process_one  # the front end's per-output call
 
-        def flaky(outputs):
-            if any(op.child_to_parent.get(o.request_id) == "bad" for o in outputs):
+        def flaky(o):
+            if op.child_to_parent.get(o.request_id) == "bad":
                 raise RuntimeError("boom")
-            return real(outputs)
+            return real(o)
 
-        op.process = flaky
+        op.process_one = flaky
         good = [collect(eng, f"good{i}", greedy(32)) for i in range(4)]
         results = await asyncio.gather(collect(eng, "bad", greedy(32)), *good, return_exceptions=True)
         assert isinstance(results[0], RuntimeError) and "boom" in str(results[0])

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream
@@ -25,7 +25,6 @@ from pagoda.entrypoints.openai.protocol import (
     UsageInfo,
 )
 from pagoda.entrypoints.openai.serving_engine import (
-    SSE_DONE,
     OpenAIServing,
     ServingError,
     close_streams,
@@ -34,7 +33,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     sse_error,
 )
-from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
+from pagoda.entrypoints.openai.stream_chunks import SSE_DONE_BYTES, SSEResponse, StreamChunks, StreamEnd, usage_json
 from pagoda.entrypoints.openai.structured_fields import structured_outputs_from_request, structured_source
 from pagoda.entrypoints.openai.tool_calling import (
     ToolPlan,
@@ -130,9 +129,8 @@ class OpenAIServingChat(OpenAIServing):
                 request_id, {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}, params,
                 priority=req.priority or 0, lora_request=lora)
         if req.stream:
-            return StreamingResponse(self._stream(req, model, request_id, stream, plan),
-                                     media_type="text/event-stream",
-                                     background=BackgroundTask(close_streams, stream))
+            return SSEResponse(self._stream(req, model, request_id, stream, plan), media_type="text/event-stream",
+                               background=BackgroundTask(close_streams, stream))
         out = await final_output(stream)
         if out.error:
             raise output_error(out)
@@ -297,21 +295,23 @@ class OpenAIServingChat(OpenAIServing):
                         choice["token_ids"] = new_ids
                     events.append(chunks.event(choice, self._chunk_usage(pt, parsers[i], texts[i], c.token_ids)
                                                if continuous else None))
-                if events:
+                if events and not out.finished:  # the last output's events go out with the stream's end
                     yield events[0] if len(events) == 1 else b"".join(events)
                     events.clear()
             if include_usage:
-                yield chunks.event(None, self._with_reasoning(self.usage(pt, sum(sent_tokens), cached_tokens),
-                                                              list(parsers), texts, ids_so_far))
+                events.append(chunks.event(None, self._with_reasoning(self.usage(pt, sum(sent_tokens), cached_tokens),
+                                                                      list(parsers), texts, ids_so_far)))
         except asyncio.CancelledError:
             raise
         except Exception as e:
             if events:  # the choices encoded before the error
                 yield b"".join(events)
+                events.clear()
             yield sse_error(e)
         finally:
             stream.close()
-        yield SSE_DONE
+        events.append(SSE_DONE_BYTES)
+        yield StreamEnd(b"".join(events))
 
 
 def _choice(index: int, delta: dict[str, Any], logprobs: ChatLogprobs | None = None, finish_reason: str | None = None,

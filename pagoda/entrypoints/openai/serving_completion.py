@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from pagoda.engine.async_llm import RequestStream
@@ -19,7 +19,6 @@ from pagoda.entrypoints.openai.protocol import (
     CompletionResponse,
 )
 from pagoda.entrypoints.openai.serving_engine import (
-    SSE_DONE,
     OpenAIServing,
     ServingError,
     close_streams,
@@ -29,7 +28,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     request_field_names,
     sse_error,
 )
-from pagoda.entrypoints.openai.stream_chunks import StreamChunks, usage_json
+from pagoda.entrypoints.openai.stream_chunks import SSE_DONE_BYTES, SSEResponse, StreamChunks, StreamEnd, usage_json
 from pagoda.entrypoints.openai.structured_fields import structured_source
 from pagoda.outputs import CompletionOutput, RequestOutput
 from pagoda.sampling_params import SamplingParams
@@ -151,7 +150,7 @@ class OpenAIServingCompletion(OpenAIServing):
             raise
         n = streams[0].n
         if req.stream:
-            return StreamingResponse(
+            return SSEResponse(
                 self._stream(req, model, request_id, prompts, streams, n),
                 media_type="text/event-stream",
                 background=BackgroundTask(close_streams, *streams),
@@ -210,64 +209,40 @@ class OpenAIServingCompletion(OpenAIServing):
     # ------------------------------------------------------------- streaming
     async def _stream(self, req: CompletionRequest, model: str, request_id: str, prompts: list[_Prompt],
                       streams: list[RequestStream], n: int) -> AsyncIterator[str | bytes]:
-        chunks = StreamChunks("text_completion", request_id, self.now(), model)
-        num_choices = len(prompts) * n
-        sent_tokens = [0] * num_choices
-        text_offset = [0] * num_choices
-        echoed = [False] * num_choices
-        finished = [False] * num_choices
-        started = [False] * num_choices  # a chunk of the choice was sent (the first carries prompt_token_ids)
-        cached_tokens = [0] * len(prompts)
+        st = _StreamState(self, req, StreamChunks("text_completion", request_id, self.now(), model), prompts, n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        continuous = bool(include_usage and req.stream_options and req.stream_options.continuous_usage_stats)
-        as_ids = self.as_ids(req)
-        want_ids = bool(req.return_token_ids)
-        echo, want_logprobs, hide = bool(req.echo), req.logprobs is not None, echo_only(req)
-        events: list[bytes] = []  # one write for all the choices of an output (n > 1)
+        encode, events = st.encode, st.events  # events: one write for all the choices of an output (n > 1)
         try:
-            async for pi, out, deltas in merge_streams(streams):
-                if out.error:
-                    raise output_error(out)
-                cached_tokens[pi] = out.num_cached_tokens
-                for c in out.outputs:
-                    idx = pi * n + c.index
-                    if finished[idx]:
-                        continue
-                    c, text = _view(c, deltas, hide)
-                    logprobs = None
-                    if echo or want_logprobs:
-                        text, logprobs = self._echo_and_logprobs(req, prompts[pi], out, c, idx, text, sent_tokens,
-                                                                 echoed, text_offset, as_ids)
-                    start = sent_tokens[idx]
-                    num_tokens = sent_tokens[idx] = len(c.token_ids)
-                    if c.finish_reason is not None:
-                        finished[idx] = True
-                    elif not text and logprobs is None and num_tokens == start:
-                        continue  # no new token (as vLLM: every new token gets a chunk, even with its text held back)
-                    choice = {"index": idx, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
-                              "stop_reason": c.stop_reason}
-                    if want_ids:
-                        if not started[idx]:
-                            choice["prompt_token_ids"] = list(out.prompt_token_ids)
-                        choice["token_ids"] = c.token_ids[start:]
-                    started[idx] = True
-                    events.append(chunks.event(choice, usage_json(len(out.prompt_token_ids), num_tokens)
-                                               if continuous else None))
-                if events:
-                    yield events[0] if len(events) == 1 else b"".join(events)
-                    events.clear()
+            if len(streams) == 1:  # the stream itself, without merge_streams' generator in between
+                s = streams[0]
+                async for out in s:
+                    encode(0, out, s.last_deltas)
+                    if events and not out.finished:  # the last output's events go out with the stream's end
+                        yield events[0] if len(events) == 1 else b"".join(events)
+                        events.clear()
+            else:
+                live = len(streams)  # prompts whose last output has not come
+                async for pi, out, deltas in merge_streams(streams):
+                    if out.finished:
+                        live -= 1
+                    encode(pi, out, deltas)
+                    if events and live:
+                        yield b"".join(events)
+                        events.clear()
             if include_usage:
                 pt = sum(len(s.prompt_token_ids) for s in streams)
-                yield chunks.event(None, self.usage(pt, sum(sent_tokens), sum(cached_tokens)))
+                events.append(st.chunks.event(None, self.usage(pt, sum(st.sent_tokens), sum(st.cached_tokens))))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # after the stream started, errors travel as an event
             if events:  # the choices encoded before the error
                 yield b"".join(events)
+                events.clear()
             yield sse_error(e)
         finally:
             _close_all(streams)
-        yield SSE_DONE
+        events.append(SSE_DONE_BYTES)
+        yield StreamEnd(b"".join(events))
 
     def _echo_and_logprobs(self, req: CompletionRequest, prompt: _Prompt, out: RequestOutput, c: CompletionOutput,
                            idx: int, text: str, sent_tokens: list[int], echoed: list[bool], text_offset: list[int],
@@ -300,6 +275,59 @@ class OpenAIServingCompletion(OpenAIServing):
                 for f in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                     getattr(logprobs, f).extend(getattr(gen, f))
         return logprobs, offset
+
+
+class _StreamState:
+    """What a streamed completion has sent of each choice, and the events of its outputs (:meth:`encode`)."""
+
+    def __init__(self, serving: OpenAIServingCompletion, req: CompletionRequest, chunks: StreamChunks,
+                 prompts: list[_Prompt], n: int) -> None:
+        self.serving, self.req, self.chunks, self.prompts, self.n = serving, req, chunks, prompts, n
+        num_choices = len(prompts) * n
+        self.sent_tokens = [0] * num_choices
+        self.text_offset = [0] * num_choices
+        self.echoed = [False] * num_choices
+        self.finished = [False] * num_choices
+        self.started = [False] * num_choices  # a chunk of the choice was sent (the first carries prompt_token_ids)
+        self.cached_tokens = [0] * len(prompts)
+        opts = req.stream_options
+        self.continuous = bool(opts and opts.include_usage and opts.continuous_usage_stats)
+        self.as_ids = serving.as_ids(req)
+        self.want_ids = bool(req.return_token_ids)
+        self.echo, self.want_logprobs, self.hide = bool(req.echo), req.logprobs is not None, echo_only(req)
+        self.events: list[bytes] = []
+
+    def encode(self, pi: int, out: RequestOutput, deltas: list[str]) -> None:
+        """Append the events of prompt ``pi``'s output ``out`` to ``events``."""
+        if out.error:
+            raise output_error(out)
+        self.cached_tokens[pi] = out.num_cached_tokens
+        finished, sent_tokens, started = self.finished, self.sent_tokens, self.started
+        for c in out.outputs:
+            idx = pi * self.n + c.index
+            if finished[idx]:
+                continue
+            c, text = _view(c, deltas, self.hide)
+            logprobs = None
+            if self.echo or self.want_logprobs:
+                text, logprobs = self.serving._echo_and_logprobs(
+                    self.req, self.prompts[pi], out, c, idx, text, sent_tokens, self.echoed, self.text_offset,
+                    self.as_ids)
+            start = sent_tokens[idx]
+            num_tokens = sent_tokens[idx] = len(c.token_ids)
+            if c.finish_reason is not None:
+                finished[idx] = True
+            elif not text and logprobs is None and num_tokens == start:
+                continue  # no new token (as vLLM: every new token gets a chunk, even with its text held back)
+            choice = {"index": idx, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
+                      "stop_reason": c.stop_reason}
+            if self.want_ids:
+                if not started[idx]:
+                    choice["prompt_token_ids"] = list(out.prompt_token_ids)
+                choice["token_ids"] = c.token_ids[start:]
+            started[idx] = True
+            self.events.append(self.chunks.event(choice, usage_json(len(out.prompt_token_ids), num_tokens)
+                                                 if self.continuous else None))
 
 
 def _close_all(streams: list[RequestStream]) -> None:
