@@ -110,3 +110,37 @@ def test_non_zero_priority_needs_the_priority_policy(llm):
     with pytest.raises(ValidationError) as e:
         llm.generate(PROMPTS[:1], greedy(max_tokens=1), use_tqdm=False, priority=[1])
     assert e.value.parameter == "priority"
+
+
+def test_rules_that_leave_no_token_are_an_error_naming_the_field(llm):
+    """A request whose own rules ban every token at a position (``allowed_token_ids`` within the EOS and stop ids
+    while ``min_tokens`` holds; an allowed token that is a banned bad word) used to get token 0, which none of them
+    allows, as a normal output; it now fails naming the field to relax (the server's 400), the engine stays clean
+    and the batch's other request is unaffected."""
+    tok = llm.get_tokenizer()
+    eos = tok.eos_token_id
+    word = next(w for w in ("the", "of", "a", "is", "e") if len(tok.encode(w, add_special_tokens=False)) == 1)
+    (wid,) = tok.encode(word, add_special_tokens=False)
+    ok = token_ids(llm.generate(PROMPTS[:1], greedy(), use_tqdm=False))[0]
+    for params, field in ((greedy(allowed_token_ids=[eos], min_tokens=3), "min_tokens"),
+                          (SamplingParams(temperature=1.0, seed=0, max_tokens=4, allowed_token_ids=[eos, 50],
+                                          stop_token_ids=[50], min_tokens=2), "min_tokens"),
+                          (greedy(allowed_token_ids=[wid], bad_words=[word]), "allowed_token_ids")):
+        with pytest.raises(ValidationError, match="excluded every token at output token 0") as e:
+            llm.generate(PROMPTS[:2], [greedy(), params], use_tqdm=False)
+        assert e.value.parameter == field and str(e.value).startswith("prompt 1: ")
+        assert_engine_clean(llm)
+    assert token_ids(llm.generate(PROMPTS[:1], greedy(), use_tqdm=False))[0] == ok
+    # Rules that leave a token are honoured as before: EOS allowed once min_tokens is reached.
+    out = llm.generate(PROMPTS[:1], SamplingParams(temperature=0.0, max_tokens=6, min_tokens=2,
+                                                   allowed_token_ids=[eos, wid]), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids[:2] == [wid, wid] and set(out.token_ids) <= {eos, wid}
+
+
+def test_min_tokens_bans_eos_also_under_ignore_eos(llm):
+    """vLLM's min_tokens bans every EOS id (and the stop ids) until it is reached, ignore_eos or not: with EOS made
+    the likeliest token, the first min_tokens tokens are others, and EOS follows (not ending the request)."""
+    eos = llm.get_tokenizer().eos_token_id
+    out = token_ids(llm.generate(PROMPTS[:1], greedy(max_tokens=6, min_tokens=3, logit_bias={eos: 100.0}),
+                                 use_tqdm=False))[0]
+    assert eos not in out[:3] and out[3:] == [eos] * 3

@@ -77,6 +77,11 @@ class Request:
         # ``stop_reason``, as vLLM reports them (it files them under stop_token_ids).
         self.secondary_eos_token_ids = frozenset(secondary_eos_token_ids or ())
         self.stop_token_ids = set(sampling_params.stop_token_ids or [])
+        # What min_tokens bans until it is reached: every EOS id, also under ignore_eos, and the stop ids (vLLM's
+        # ``_all_stop_token_ids``).
+        self.min_tokens_banned = frozenset(eos_token_ids) | self.stop_token_ids
+        allowed = sampling_params.allowed_token_ids
+        self.allowed_token_set = frozenset(allowed) if allowed is not None else None
         self.max_tokens = max_tokens
         self.num_computed_tokens = 0
         self.num_inflight_tokens = 0

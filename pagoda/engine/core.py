@@ -514,8 +514,14 @@ class EngineCore:
         # Requests that ended while the step was in flight (aborted, or stopped by the
         # previous step's token) get nothing from it.
         gone = {s.request.request_id for s in sched.scheduled if s.request.status.finished}
+        banned = _banned_draws(sched, res.sampled, gone)  # (read before the tokens are appended)
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
-        grammar_errors = self._advance_grammars(sched, res.sampled, gone)
+        grammar_errors = self._advance_grammars(sched, res.sampled, gone | banned.keys())
+        for rid, (_, req) in banned.items():
+            if not req.status.finished:
+                self.scheduler.abort_requests([rid], RequestStatus.FINISHED_ERROR)
+            req.status = RequestStatus.FINISHED_ERROR
+            grammar_errors[rid] = banned[rid][0]
         if self.spec is not None:
             self.spec.propose(self.scheduler.running, res.spec_hidden)
         return _Updated(res, gone, finished, grammar_errors)
@@ -665,6 +671,39 @@ class _Updated:
     gone: set[str]  # requests that ended while the step was in flight: nothing from it counts
     finished: set[str]  # requests the step finished
     grammar_errors: dict[str, tuple[str, str]]  # request id -> (error, the request field to blame)
+
+
+def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
+                  gone: set[str]) -> dict[str, tuple[tuple[str, str], Request]]:
+    """Requests that drew a token their own rules forbid (``allowed_token_ids``, ``min_tokens``' EOS and stop ids,
+    ``bad_words``): only possible when those rules together banned every token at that position, so the sampler met
+    a row of -inf logits and took its first index. Each is an error of the request (vLLM emits the token): request
+    id -> ((error, the field to blame, :func:`_conflicting_rule`), the request). Read before the step's tokens are
+    appended (positions count from the request's outputs so far)."""
+    from pagoda.layers.sampler import bad_word_bans
+
+    out: dict[str, tuple[tuple[str, str], Request]] = {}
+    for s in sched.scheduled:
+        req = s.request
+        p = req.sampling_params
+        if not s.sample or req.request_id in gone or req.pooling_params is not None or \
+                (p.allowed_token_ids is None and not p.min_tokens and not p.bad_words_token_ids):
+            continue
+        done = req.output_token_ids
+        for j, t in enumerate(sampled.get(req.request_id, ())):
+            pos = len(done) + j
+            if (req.allowed_token_set is not None and t not in req.allowed_token_set) or \
+                    (p.min_tokens and pos < p.min_tokens and t in req.min_tokens_banned) or \
+                    (p.bad_words_token_ids and t in bad_word_bans(p.bad_words_token_ids, done + sampled[
+                        req.request_id][:j])):
+                rules = [n for n in ("allowed_token_ids", "bad_words") if getattr(p, n, None)]
+                if p.min_tokens and pos < p.min_tokens:
+                    rules.insert(0, "min_tokens")
+                rule = rules[0]
+                out[req.request_id] = ((f"{' and '.join(rules)} excluded every token at output token {pos} (the "
+                                        f"sampler had none left and took token {t}); relax {rule}.", rule), req)
+                break
+    return out
 
 
 def _conflicting_rule(req: Request) -> str:

@@ -203,7 +203,7 @@ def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
         if p.allowed_token_ids is not None:
             _keep_only(logits[i], p.allowed_token_ids)
         if p.bad_words_token_ids:
-            banned_words = _bad_word_bans(p.bad_words_token_ids, r.output_token_ids)
+            banned_words = bad_word_bans(p.bad_words_token_ids, r.output_token_ids)
             if banned_words:
                 logits[i, banned_words] = float("-inf")
         if p.logit_bias:
@@ -212,7 +212,7 @@ def apply_logits_processing(logits: torch.Tensor, reqs: list[Request]) -> None:
                 vals = to_device([p.logit_bias[t] for t in p.logit_bias if 0 <= t < V], device)
                 logits[i].index_add_(0, ids, vals)
         if p.min_tokens and r.num_output_tokens < p.min_tokens:
-            banned = [t for t in (r.eos_token_ids | r.stop_token_ids) if 0 <= t < V]
+            banned = [t for t in r.min_tokens_banned if 0 <= t < V]
             if banned:
                 logits[i, banned] = float("-inf")
         # --- 3. penalties
@@ -304,7 +304,7 @@ def _keep_only(row: torch.Tensor, allowed: list[int]) -> None:
     row[ids] = kept
 
 
-def _bad_word_bans(sequences: list[list[int]], output: list[int]) -> list[int]:
+def bad_word_bans(sequences: list[list[int]], output: list[int]) -> list[int]:
     """The last tokens of the bad-word sequences whose other tokens end ``output`` (vLLM's rule:
     only the generated tokens count, so a word completed across the prompt is not banned)."""
     banned = []
