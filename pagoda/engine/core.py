@@ -678,8 +678,8 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
     """Requests that drew a token their own rules forbid (``allowed_token_ids``, ``min_tokens``' EOS and stop ids,
     ``bad_words``): only possible when those rules together banned every token at that position, so the sampler met
     a row of -inf logits and took its first index. Each is an error of the request (vLLM emits the token): request
-    id -> ((error, the field to blame, :func:`_conflicting_rule`), the request). Read before the step's tokens are
-    appended (positions count from the request's outputs so far)."""
+    id -> ((error, the field to blame in :func:`_conflicting_rule`'s order), the request). Read before the step's
+    tokens are appended (positions count from the request's outputs so far)."""
     from pagoda.layers.sampler import bad_word_bans
 
     out: dict[str, tuple[tuple[str, str], Request]] = {}
@@ -690,12 +690,15 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
                 (p.allowed_token_ids is None and not p.min_tokens and not p.bad_words_token_ids):
             continue
         done = req.output_token_ids
-        for j, t in enumerate(sampled.get(req.request_id, ())):
+        toks = sampled.get(req.request_id, [])
+        # bad_words look at most their length - 1 tokens back
+        back = max(map(len, p.bad_words_token_ids)) - 1 if p.bad_words_token_ids else 0
+        for j, t in enumerate(toks):
             pos = len(done) + j
             if (req.allowed_token_set is not None and t not in req.allowed_token_set) or \
                     (p.min_tokens and pos < p.min_tokens and t in req.min_tokens_banned) or \
-                    (p.bad_words_token_ids and t in bad_word_bans(p.bad_words_token_ids, done + sampled[
-                        req.request_id][:j])):
+                    (p.bad_words_token_ids and
+                     t in bad_word_bans(p.bad_words_token_ids, (done[-back:] if back else []) + toks[:j])):
                 rules = [n for n in ("allowed_token_ids", "bad_words") if getattr(p, n, None)]
                 if p.min_tokens and pos < p.min_tokens:
                     rules.insert(0, "min_tokens")

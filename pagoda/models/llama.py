@@ -307,16 +307,15 @@ class MLP(nn.Module):
         self.cpu_native = False  # bf16 SiLU on the CPU: silu * up by layers/cpu_fused (enable_cpu_native_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fp8_rows = self.fused and self.silu and self.fp8_rows_down and fp8_rows_wanted(x.shape[0])
-        if self.fused and self.silu and not fp8_rows:  # the gate_up GEMV's own SiLU·mul store, where it has one
-            h = self.gate_up_proj.silu_mul(x)
-            if h is not None:
+        if self.fused and self.silu and not self.fp8_rows_down and isinstance(x, torch.Tensor):
+            h = self.gate_up_proj.silu_mul(x)  # the gate_up GEMV's own SiLU·mul store, where it has one
+            if h is not None:  # (x may be FP8 rows a norm quantized: those go to the FP8 linear below)
                 return self.down_proj(h)
         gu = self.gate_up_proj(x)
         if self.fused and self.silu:  # the fused kernel computes SiLU only; GELU MLPs take the torch ops below
             from pagoda.layers.fused_kernels import silu_and_mul
 
-            return self.down_proj(silu_and_mul(gu, fp8_rows))
+            return self.down_proj(silu_and_mul(gu, self.fp8_rows_down and fp8_rows_wanted(gu.shape[0])))
         if self.cpu_native and gu.dtype == torch.bfloat16:
             from pagoda.layers.cpu_fused import silu_mul
 
