@@ -215,10 +215,8 @@ def int_weight_silu_mul(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None
         return None
     from pagoda.quantization.kernels import triton_wna16
     assert w.scales is not None and w.offsets is not None
-    if w.perm is not None:
-        x = x.index_select(-1, w.perm)
     return triton_wna16.wna16_silu_mul(x, w.codes, w.scales.t(), w.offsets.t(), w.bits, w.group_size, bias,
-                                       symmetric=w.symmetric)
+                                       symmetric=w.symmetric, perm=w.perm)
 
 
 def int_weight_linear(x: torch.Tensor, w: IntWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

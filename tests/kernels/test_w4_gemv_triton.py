@@ -126,6 +126,10 @@ def test_gated_dispatch_only_where_the_rule_has_two_blocks(monkeypatch):
     monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 32, block_m=1, waves=8, pdl=True, halves=2))
     out = tw.wna16_silu_mul(x, qw, s, o, 4, 128, symmetric=True)
     assert out is not None and torch.equal(out, silu_and_mul(tw.wna16_matmul(x, qw, s, o, 4, 128, symmetric=True)))
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(1)).to(DEV)  # act order: x's columns permuted
+    out = tw.wna16_silu_mul(x, qw, s, o, 4, 128, symmetric=True, perm=perm)
+    assert out is not None and torch.equal(out, silu_and_mul(tw.wna16_matmul(x[:, perm], qw, s, o, 4, 128,
+                                                                             symmetric=True)))
     assert tw.wna16_silu_mul(torch.randn(2, k).to(DEV), qw, s, o, 4, 128) is None  # two rows: the dot rule
     monkeypatch.setitem(tw.INT4_SHAPE_TABLE, (1, n, k), tw.Rule("gemv", 128, block_m=1, waves=8, halves=2))
     assert tw.wna16_silu_mul(x, qw, s, o, 4, 128) is None  # 64-column blocks do not tile a 32-column half

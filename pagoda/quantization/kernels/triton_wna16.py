@@ -478,10 +478,12 @@ interpreter, compiled for sm_90 with the unfused kernel's 96 registers) but got 
 
 
 def wna16_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
-                   group_size: int, bias: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor | None:
+                   group_size: int, bias: torch.Tensor | None = None, symmetric: bool = False,
+                   perm: torch.Tensor | None = None) -> torch.Tensor | None:
     """``silu(gate) * up`` ``[M, N/2]`` of :func:`wna16_matmul`'s output for a gate-then-up weight, in the one launch
     of the GEMV's ``gated`` store (:mod:`triton_w4_gemv`), where this shape's rule is a two-block GEMV (``halves``
-    2) whose blocks tile each half; None elsewhere (the caller runs the matmul and SiLU·mul apart)."""
+    2) whose blocks tile each half; None elsewhere (the caller runs the matmul and SiLU·mul apart). ``perm``: the
+    act-order permutation of x's columns, applied only when the launch runs."""
     m, k = x.shape
     n = scales.shape[1]
     if bits > 4 or not GATED_STORE:
@@ -489,6 +491,8 @@ def wna16_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     cfg = choose_config(m, n, k, group_size, num_sms(x.device.index), bits)
     if cfg.kind != "gemv" or not gated_fits(n, cfg.block_n, cfg.halves):
         return None
+    if perm is not None:
+        x = x.index_select(-1, perm)
     if x.stride(1) != 1:
         x = x.contiguous()
     return w4_gemv(x, qweight, scales, offsets, group_size, bias, cfg.block_k, cfg.block_m, cfg.block_n, cfg.split_k,
