@@ -703,8 +703,11 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
                 if p.min_tokens and pos < p.min_tokens:
                     rules.insert(0, "min_tokens")
                 rule = rules[0]
-                out[req.request_id] = ((f"{' and '.join(rules)} excluded every token at output token {pos} (the "
-                                        f"sampler had none left and took token {t}); relax {rule}.", rule), req)
+                g = req.grammar  # a constrained request: as _advance_grammars words it, the constraint named
+                within = f" the {g.key.kind} constraint allows" if g is not None else ""
+                out[req.request_id] = ((f"{' and '.join(rules)} excluded every token{within} at output token {pos} "
+                                        f"(the sampler had none left and took token {t}); relax {rule}"
+                                        f"{' or the constraint' if g is not None else ''}.", rule), req)
                 break
     return out
 
