@@ -517,11 +517,9 @@ class EngineCore:
         banned = _banned_draws(sched, res.sampled, gone)  # (read before the tokens are appended)
         finished = {r.request_id for r in self.scheduler.update_from_output(sched, res.sampled)}
         grammar_errors = self._advance_grammars(sched, res.sampled, gone | banned.keys())
-        for rid, (_, req) in banned.items():
-            if not req.status.finished:
-                self.scheduler.abort_requests([rid], RequestStatus.FINISHED_ERROR)
-            req.status = RequestStatus.FINISHED_ERROR
-            grammar_errors[rid] = banned[rid][0]
+        for rid, (error, req) in banned.items():
+            self._fail_request(req)
+            grammar_errors[rid] = error
         if self.spec is not None:
             self.spec.propose(self.scheduler.running, res.spec_hidden)
         return _Updated(res, gone, finished, grammar_errors)
@@ -613,10 +611,14 @@ class EngineCore:
                 errors[req.request_id] = (f"{rule} excluded every token the {g.key.kind} constraint allows at output "
                                           f"token {req.num_output_tokens} (token {toks[-1]} was drawn); the two "
                                           f"cannot both hold: relax {rule} or the constraint.", rule)
-                if not req.status.finished:
-                    self.scheduler.abort_requests([req.request_id], RequestStatus.FINISHED_ERROR)
-                req.status = RequestStatus.FINISHED_ERROR
+                self._fail_request(req)
         return errors
+
+    def _fail_request(self, req: Request) -> None:
+        """End ``req`` as an error of its own (its rules conflict), also when this step's token already finished it."""
+        if not req.status.finished:
+            self.scheduler.abort_requests([req.request_id], RequestStatus.FINISHED_ERROR)
+        req.status = RequestStatus.FINISHED_ERROR
 
     def stats(self) -> SchedulerStats:
         running_loras, waiting_loras = self._lora_counts()
@@ -678,7 +680,7 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
     """Requests that drew a token their own rules forbid (``allowed_token_ids``, ``min_tokens``' EOS and stop ids,
     ``bad_words``): only possible when those rules together banned every token at that position, so the sampler met
     a row of -inf logits and took its first index. Each is an error of the request (vLLM emits the token): request
-    id -> ((error, the field to blame in :func:`_conflicting_rule`'s order), the request). Read before the step's
+    id -> ((error, the field to blame: the first of :func:`_token_rules`), the request). Read before the step's
     tokens are appended (positions count from the request's outputs so far)."""
     from pagoda.layers.sampler import bad_word_bans
 
@@ -699,9 +701,7 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
                     (p.min_tokens and pos < p.min_tokens and t in req.min_tokens_banned) or \
                     (p.bad_words_token_ids and
                      t in bad_word_bans(p.bad_words_token_ids, (done[-back:] if back else []) + toks[:j])):
-                rules = [n for n in ("allowed_token_ids", "bad_words") if getattr(p, n, None)]
-                if p.min_tokens and pos < p.min_tokens:
-                    rules.insert(0, "min_tokens")
+                rules = _token_rules(req, pos)
                 rule = rules[0]
                 g = req.grammar  # a constrained request: as _advance_grammars words it, the constraint named
                 within = f" the {g.key.kind} constraint allows" if g is not None else ""
@@ -712,17 +712,22 @@ def _banned_draws(sched: SchedulerOutput, sampled: dict[str, list[int]],
     return out
 
 
+def _token_rules(req: Request, pos: int) -> list[str]:
+    """The request's fields that ban tokens at output position ``pos``, most to blame first: ``min_tokens`` while it
+    holds (it bans the stop tokens), then ``allowed_token_ids`` and ``bad_words`` where set."""
+    p = req.sampling_params
+    rules = ["min_tokens"] if p.min_tokens and pos < p.min_tokens else []
+    return rules + [name for name in ("allowed_token_ids", "bad_words") if getattr(p, name, None)]
+
+
 def _conflicting_rule(req: Request) -> str:
     """The sampling field that can ban tokens a grammar needs, named for a constrained request whose every allowed
-    token was banned: ``min_tokens`` while it holds (it bans the stop tokens), else the first of the token filters
-    the request sets, else the constraint itself."""
-    p = req.sampling_params
-    if p.min_tokens and req.num_output_tokens <= p.min_tokens:
-        return "min_tokens"
-    for name in ("allowed_token_ids", "bad_words", "logit_bias"):
-        if getattr(p, name, None):
-            return name
-    return STRUCTURED_FIELD
+    token was banned at its last output token: the first of :func:`_token_rules`, else ``logit_bias`` where set,
+    else the constraint itself."""
+    rules = _token_rules(req, req.num_output_tokens - 1)
+    if rules:
+        return rules[0]
+    return "logit_bias" if req.sampling_params.logit_bias else STRUCTURED_FIELD
 
 
 def _prompt_logprobs(c: PromptLogprobChunk) -> PromptLogprobs:
