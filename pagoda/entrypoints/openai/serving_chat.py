@@ -120,7 +120,7 @@ class OpenAIServingChat(OpenAIServing):
             prompt = {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}
             stream = self.start_beam_search(request_id, prompt, bparams, req, self.num_logprobs(logprobs))
         else:
-            params = self.sampling_params(req, len(ids), user_max, given, None, logprobs)
+            params = self.sampling_params(req, len(ids), user_max, given, None, logprobs, stream=bool(req.stream))
             so = constraint(plan)
             if so is not None or plan.sampling_overrides:
                 params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))

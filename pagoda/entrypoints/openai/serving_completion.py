@@ -138,7 +138,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     streams.append(self.start_beam_search(rid, prompt, bparams, req, req.logprobs, prompt_lp))
                     continue
                 params = self.sampling_params(req, len(p.ids), max_tokens, given, default_max, req.logprobs,
-                                              prompt_lp)
+                                              prompt_lp, stream=bool(req.stream))
                 params = _whole_text_constrained(params)
                 self.log_request(rid, p.text, p.ids, params)
                 streams.append(self.engine.add_request(

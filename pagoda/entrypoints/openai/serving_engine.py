@@ -50,7 +50,7 @@ from pagoda.errors import EngineInvariantError, ValidationError
 from pagoda.lora.request import LoRARequest
 from pagoda.outputs import Logprob, RequestOutput
 from pagoda.reasoning.token_ids import ReasoningTokenIds, reasoning_token_ids
-from pagoda.sampling_params import BeamSearchParams, SamplingParams
+from pagoda.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
     from pagoda.entrypoints.openai.serving_models import ServingModels
@@ -237,13 +237,17 @@ class OpenAIServing:
     # ----------------------------------------------------------- sampling params
     def sampling_params(self, req: SamplingFields, prompt_len: int, user_max_tokens: int | None,
                         max_tokens_given: bool, default_max_tokens: int | None, logprobs: int | None,
-                        prompt_logprobs: int | None = None) -> SamplingParams:
+                        prompt_logprobs: int | None = None, *, stream: bool) -> SamplingParams:
         """Explicit request fields over the model's generation-config defaults (vLLM's semantics).
 
         A ``max_tokens`` the client gave is used as is (too large is a 400); an absent one
-        is :func:`absent_max_tokens`.
+        is :func:`absent_max_tokens`. ``stream`` False: the engine hands over only the final output
+        (``output_kind`` FINAL_ONLY, as vLLM's server asks for an unstreamed request), so the API process builds
+        no output and wakes no consumer at each token of a request that only waits for its end.
         """
         fields = req.explicit_sampling_fields()
+        if not stream:
+            fields["output_kind"] = RequestOutputKind.FINAL_ONLY
         so, _ = structured_outputs_from_request(req)
         if so is not None:
             fields["structured_outputs"] = so

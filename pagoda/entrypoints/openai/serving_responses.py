@@ -234,7 +234,8 @@ class OpenAIServingResponses:
             if logprobs is not None and parser is not None:
                 self._check_logprobs_split(parser)
             given = req.max_output_tokens is not None
-            params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, logprobs)
+            params = chat.sampling_params(creq, len(ids), req.max_output_tokens, given, None, logprobs,
+                                          stream=bool(req.stream))
             so = constraint(plan)
             if so is not None or plan.sampling_overrides:
                 params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
