@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -202,6 +203,24 @@ def process_age_s() -> float | None:
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def _term_handler(args_given: list[bool]) -> Callable[[int, Any], None]:
+    """The engine core's SIGTERM handler. Before the front end has sent the engine arguments (``args_given[0]``
+    false: an early-started core the front end did not use, or one it stops while failing), the core has nothing
+    to clean up and exits 0 at once, in the handler: raising there could land in a weakref callback or ``__del__``
+    (the imports run both), where Python prints the exception as ignored and goes on. After that, one SIGTERM
+    means stop (:class:`_Terminated`, which the core's clean-up catches); a second (the front end's escalation) must
+    not break into the clean-up that the first began (an executor stopping its workers): the front end's SIGKILL
+    bounds a stuck one."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not args_given[0]:
+            os._exit(0)
+        raise _Terminated()
+
+    return on_term
+
+
 def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pid: int,
                     log_level: int = logging.INFO) -> None:
     """Entry point of the engine-core process (``args_conn``: see :func:`start_core_process`)."""
@@ -212,13 +231,8 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     # Ctrl-C goes to the whole process group; the API server decides when the core stops.
     set_sigint_policy(signal.SIG_IGN)
 
-    def on_term(signum: int, frame: Any) -> None:
-        # one SIGTERM means stop: a second (the front end's escalation) must not break into the clean-up that the
-        # first began (an executor stopping its workers); the front end's SIGKILL bounds a stuck one
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _Terminated()
-
-    signal.signal(signal.SIGTERM, on_term)
+    args_given = [False]  # the front end has sent the engine arguments (read by the SIGTERM handler)
+    signal.signal(signal.SIGTERM, _term_handler(args_given))
     _set_parent_death_signal()
     set_process_name(CORE_PROCESS_NAME)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -252,7 +266,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         args_conn.close()
         if received is None:  # an early-started core the front end did not use (pagoda.engine.prelaunch)
             _quiet_exit(in_sock, out_sock, ctx)
-        given = True
+        given = args_given[0] = True
         engine_args, level, num_clients = received
         for client in range(1, num_clients):
             extra_in, extra_out = client_addresses(input_addr, output_addr, client)
