@@ -182,6 +182,12 @@ class OutputProcessor:
         if o.pooled is not None:
             parent.pooled = o.pooled
             self._prompt_tokens += len(parent.prompt_token_ids)
+        elif not o.new_token_ids and o.finish_reason is None:
+            # A prefill chunk's prompt logprobs, with no token yet: nothing to show. As vLLM's core (which sends an
+            # output only with a token), the prompt logprobs reach a consumer whole, with the first token; a
+            # cumulative output here would carry them with the prompt's later positions still None (a streamed
+            # completion's echo with logprobs sent them so, while its unstreamed answer had them all).
+            return None, False
         before = len(child.token_ids)
         stop = self._add_tokens(parent, child, o, now) and o.finish_reason is None
         added = len(child.token_ids) - before
