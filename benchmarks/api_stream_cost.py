@@ -1,4 +1,5 @@
-"""CPU cost of the API server process per streamed request and per output token, on the CPU, no model compute.
+"""CPU cost of the API server process per streamed request and per output token, on the CPU, no model compute
+(``--no-stream``: per unstreamed request).
 
 The real ``pagoda serve`` (FastAPI app, AsyncLLM, output processor, incremental detokenizer, serving
 classes) runs in its own process, with a *stub engine core* in place of the real one: a process that
@@ -219,6 +220,13 @@ def _prompt(tok: Any, rng: random.Random, n_tokens: int) -> str:
 
 
 async def _one(client: Any, url: str, body: dict[str, Any], stats: dict[str, Any]) -> None:
+    if not body["stream"]:  # one JSON answer
+        r = await client.post(url, json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]!r}")
+        stats["done"] += 1
+        stats["tokens"] += r.json()["usage"]["completion_tokens"]
+        return
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -265,6 +273,9 @@ def _bodies(args: argparse.Namespace, tok: Any, n: int, seed: int) -> list[dict[
         b: dict[str, Any] = {"model": "bench", "max_tokens": args.output_len, "temperature": 0.0, "stream": True,
                              "ignore_eos": True, "request_id": f"bench-{seed}-{i}",
                              "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        if args.no_stream:
+            b["stream"] = False
+            del b["stream_options"]
         p = _prompt(tok, rng, args.input_len)
         if chat:
             b["messages"] = [{"role": "user", "content": p}]
@@ -315,6 +326,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=168)
     p.add_argument("--logprobs", type=int, default=None, help="ask for this many logprobs per token")
     p.add_argument("--n", type=int, default=1, help="samples per request")
+    p.add_argument("--no-stream", action="store_true", help="unstreamed requests (one JSON answer each; the chunk "
+                   "figures then count answers)")
     p.add_argument("--step-ms", type=float, default=20.0, help="the stub core's step time")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--warmup", type=int, default=16, help="requests sent before the timed run")
@@ -396,7 +409,8 @@ def run_bench(args: argparse.Namespace) -> None:
           f"stub core CPU {rep['engine_core_cpu_s']:.2f} s")
     print(f"  API server CPU ms per request:      {rep['api_server_cpu_ms_per_request']:.3f}")
     print(f"  API server CPU ms per output token: {rep['api_server_cpu_ms_per_output_token']:.4f}")
-    print(f"  API server CPU ms per chunk:        {1000 * rep['api_server_cpu_s'] / max(1, stats['chunks']):.4f}")
+    if not args.no_stream:
+        print(f"  API server CPU ms per chunk:        {1000 * rep['api_server_cpu_s'] / max(1, stats['chunks']):.4f}")
     if args.profile:
         _print_profile(args.profile, args.profile_top)
 
