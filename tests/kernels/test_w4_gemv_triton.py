@@ -170,6 +170,22 @@ def test_split_k_is_one_launch_deterministic_and_rearms_its_counters():
         assert int(arrival_counters(DEV, 1).abs().sum()) == 0
 
 
+def test_split_sum_rounds_change_no_bit(monkeypatch):
+    """``SPLIT_SUM_LOADS`` (partials loaded a round by the tile's last program) changes only how many loads are in
+    flight: 8 or 16 a round give the same bits for split counts across one and two rounds of either."""
+    codes, scales, offsets = random_weight(4, 32, 16, 2560, True, seed=6)  # 20 K tiles: up to 20 splits
+    x = torch.randn(1, 2560, generator=torch.Generator().manual_seed(8))
+    outs = {}
+    for loads in (8, 16):
+        monkeypatch.setattr(gv, "SPLIT_SUM_LOADS", loads)
+        outs[loads] = [run(x, codes, scales, offsets, 32, torch.float32, None, 1, 16, split, symmetric=True,
+                           lift=True) for split in (3, 8, 9, 16, 17, 20)]
+    ref = reference(x, codes, scales, offsets, 4, 32, torch.float32, None, None)
+    for a, b in zip(outs[8], outs[16], strict=True):
+        assert torch.equal(a, b)
+        check(a, ref, torch.float32)
+
+
 def test_shape_table_refines_the_other_tables_for_its_shapes_only():
     """``INT4_SHAPE_TABLE`` (keyed by INT4_TABLE's M bucket, N, K) wins for its shapes at every M of the bucket; other
     shapes and other buckets keep the rule of SMALL_M_TABLE (its rows) or INT4_TABLE; 5..8-bit weights never read

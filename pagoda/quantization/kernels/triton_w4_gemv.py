@@ -195,7 +195,7 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, SYM: tl.constexpr, PREFETCH: tl.constexpr,
                     USE_PDL: tl.constexpr, LIFT_X: tl.constexpr = False, HALVES: tl.constexpr = 1,
-                    GATED: tl.constexpr = False):
+                    GATED: tl.constexpr = False, SUM_LOADS: tl.constexpr = 8):
     """Program (n block, K split, m block): the K tiles ``[pid_k * tiles_per_split, ...)`` of ``BLOCK_N`` columns
     for ``BLOCK_M`` rows. Tensors are 3D ``[BLOCK_M, P/8, BLOCK_N]`` from the start (x loaded as ``[BLOCK_M, P/8,
     1]``), so no layout conversion runs inside the K loop. ``SYM``: offsets are ``-8 * scales``, so the codes are
@@ -276,8 +276,8 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
         arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
         if arrived == num_splits - 1:  # the last program of this tile: fixed-order sum of all partials
             total = tl.zeros((BA, BN), dtype=tl.float32)
-            for i in range(0, num_splits, 8):  # 8 loads in flight per round, summed in split order
-                for u in tl.static_range(8):
+            for i in range(0, num_splits, SUM_LOADS):  # SUM_LOADS loads in flight a round, summed in split order
+                for u in tl.static_range(SUM_LOADS):
                     ok = mask & (tl.full((BA, BN), i + u, tl.int32) < num_splits)
                     total += tl.load(ws + (i + u) * M * N, mask=ok, other=0.0, cache_modifier=".cg")
             tl.store(cnt_ptr + tile, 0)  # re-armed for the next launch
@@ -287,6 +287,12 @@ def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr
 
 
 MAGIC = 0x4B000000  # fp32 bits of 2**23
+
+SPLIT_SUM_LOADS = 8
+"""Partials the split-K tile's last program loads at once (a round) before summing them, in split order: one L2 round
+trip a round, on the launch's serial tail. The one-row rules run 11 (qkv) to 16 (o, down) splits, two rounds at 8;
+16 makes them one (same sums, same order, same bits). 8 until timed on a GPU (session 51 wrote the switch with no
+machine to time it; RESULTS.md)."""
 
 
 def gated_fits(n: int, block_n: int, halves: int) -> bool:
@@ -331,7 +337,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offset
                           x.stride(0), per_split, k_tiles, split, MAGIC, GROUP=group_size, PACK_K=p, BLOCK_M=block_m,
                           BLOCK_N=block_n, SPLIT=split > 1, HAS_BIAS=bias is not None, EVEN_N=n % block_n == 0,
                           EVEN_M=m % block_m == 0, SYM=symmetric, PREFETCH=prefetch, LIFT_X=lift, HALVES=halves,
-                          GATED=gated, num_warps=num_warps,
+                          GATED=gated, SUM_LOADS=SPLIT_SUM_LOADS, num_warps=num_warps,
                           num_stages=num_stages,
                           **(launch_kwargs(x.device) if pdl else {"USE_PDL": False}))
     return out
