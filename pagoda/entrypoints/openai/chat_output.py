@@ -20,12 +20,21 @@ from pagoda.reasoning.abs_reasoning_parsers import BaseThinkingReasoningParser
 from pagoda.reasoning.token_ids import ReasoningTokenIds
 
 
+def was_cut(finish_reason: str | None, stop_reason: int | str | None) -> bool:
+    """Whether the output was cut short rather than ended by the model: at ``max_tokens`` (``length``), or by a stop
+    string or stop token id of the request (``stop_reason`` set), which may fall inside a tool call. A call being
+    written there is returned as far as it got (the prefix view), streamed or not; read as a whole output it would
+    be malformed (its text, or no answer at all for a required / named tool choice)."""
+    return finish_reason == "length" or (finish_reason == "stop" and stop_reason is not None)
+
+
 @dataclass
 class ParsedMessage:
     content: str | None
     reasoning: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     calls_complete: bool = True  # False: cut at max_tokens inside the last call (its arguments are a prefix)
+    content_first: bool = True  # the content began before the first call (False: only text after the calls)
 
 
 class ChatOutputParser:
@@ -44,32 +53,39 @@ class ChatOutputParser:
     def _split(self, text: str, final: bool) -> tuple[str, str]:
         return self.reasoning.split(text, final) if self.reasoning is not None else ("", text)
 
-    def message(self, text: str, finish_reason: str | None = None) -> ParsedMessage:
-        """The finished output's message; ``finish_reason``: the engine's (``length``: cut at max_tokens)."""
+    def message(self, text: str, finish_reason: str | None = None,
+                stop_reason: int | str | None = None) -> ParsedMessage:
+        """The finished output's message; ``finish_reason`` and ``stop_reason``: the engine's (see :func:`was_cut`)."""
         reasoning, content = self._split(text, True)
         out = ParsedMessage(content)
         if self.reasoning is not None:  # vLLM: empty parts are null once a reasoning parser splits
             out.content = content or None
             out.reasoning = (reasoning or None) if self.include_reasoning else None
         if self.tools is not None:
-            info = self.tools.extract_tool_calls(content, cut=finish_reason == "length")
+            info = self.tools.extract_tool_calls(content, cut=was_cut(finish_reason, stop_reason))
             if info.tools_called or self.tools.output_is_calls:  # (the latter's text is never content)
                 out.tool_calls = info.tool_calls[:self.max_calls]
                 out.content = info.content or None
                 out.calls_complete = info.complete
+                out.content_first = info.content_first
         return out
 
-    def delta(self, text: str, final: bool, finish_reason: str | None = None) -> dict[str, Any]:
+    def delta(self, text: str, final: bool, finish_reason: str | None = None,
+              stop_reason: int | str | None = None) -> dict[str, Any]:
         """The whole text so far → what is new: a delta with any of ``reasoning``, ``content``, ``tool_calls``
-        (``finish_reason``: the engine's, at the end)."""
+        (``finish_reason`` and ``stop_reason``: the engine's, at the end)."""
         reasoning, content = self._split(text, final)
         delta: dict[str, Any] = {}
+        calls: list[dict[str, Any]]
         if reasoning.startswith(self._sent_reasoning) and len(reasoning) > len(self._sent_reasoning):
             if self.include_reasoning:
                 delta["reasoning"] = delta["reasoning_content"] = reasoning[len(self._sent_reasoning):]
             self._sent_reasoning = reasoning
-        if self._stream is not None:
-            new, calls = self._stream.update(content, final, cut=final and finish_reason == "length")
+        if self._stream is not None and self.reasoning is not None and not content and not final:
+            new, calls = "", []  # no answer yet: a named tool choice's call (named before any text) waits, as the
+            # output may still end in the thinking, calling nothing (the non-streamed message then has no call)
+        elif self._stream is not None:
+            new, calls = self._stream.update(content, final, cut=final and was_cut(finish_reason, stop_reason))
             if self.max_calls is not None:
                 calls = [c for c in calls if c["index"] < self.max_calls]
             if calls:

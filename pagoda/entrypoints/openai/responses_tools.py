@@ -140,18 +140,19 @@ def event_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def output_items(m: ParsedMessage, status: Status, logprobs: list[dict[str, Any]] | None = None) -> list[OutputItem]:
-    """A parsed answer → its output items: the reasoning, the text (if any) as a message (``logprobs``: its
-    tokens'), then one item per call."""
+    """A parsed answer → its output items in the order a stream opens them (:class:`ResponsesItemStream`): the
+    reasoning, the text (if any) as a message (``logprobs``: its tokens'), one item per call; the message after the
+    calls when all of its text came after them."""
     items: list[OutputItem] = []
     if m.reasoning:
         items.append(ReasoningItem(id=f"rs_{uuid.uuid4().hex}", status=status,
                                    content=[ReasoningText(text=m.reasoning)]))
-    if m.content:
-        items.append(OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status,
-                                   content=[OutputText(text=m.content, logprobs=logprobs or [])]))
-    for c in m.tool_calls:
-        items.append(FunctionCallItem(id=_fc_id(), call_id=c["id"], name=c["function"]["name"],
-                                      arguments=c["function"]["arguments"], status=status))
+    message: list[OutputItem] = [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[
+        OutputText(text=m.content, logprobs=logprobs or [])])] if m.content else []
+    calls: list[OutputItem] = [FunctionCallItem(id=_fc_id(), call_id=c["id"], name=c["function"]["name"],
+                                                arguments=c["function"]["arguments"], status=status)
+                               for c in m.tool_calls]
+    items += message + calls if m.content_first else calls + message
     return items
 
 
@@ -172,9 +173,10 @@ class ResponsesItemStream:
         self._calls: dict[int, FunctionCallItem] = {}
         self._pending: dict[int, tuple[str, str]] = {}  # calls named but without arguments yet: (call id, name)
 
-    def feed(self, text_so_far: str, final: bool, finish_reason: str | None = None) -> list[str]:
-        """The events for the output so far (``finish_reason``: the engine's, at the end)."""
-        delta = self.parser.delta(text_so_far, final, finish_reason)
+    def feed(self, text_so_far: str, final: bool, finish_reason: str | None = None,
+             stop_reason: int | str | None = None) -> list[str]:
+        """The events for the output so far (``finish_reason``, ``stop_reason``: the engine's, at the end)."""
+        delta = self.parser.delta(text_so_far, final, finish_reason, stop_reason)
         out: list[str] = []
         if delta.get("reasoning"):
             out += self._reasoning_text(delta["reasoning"])

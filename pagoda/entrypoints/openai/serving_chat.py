@@ -146,7 +146,7 @@ class OpenAIServingChat(OpenAIServing):
                 lp = self.chat_logprobs(c.token_ids, c.logprobs or [], num, as_ids)
             parser = output_parser(req, self.limits.tools, plan)
             parsers.append(parser)
-            message, reason = self._message(parser, plan, echo, c.text, c.finish_reason)
+            message, reason = self._message(parser, plan, echo, c.text, c.finish_reason, c.stop_reason)
             message.role = role
             choices.append(ChatChoice(index=c.index, message=message, logprobs=lp,
                                       finish_reason=reason, stop_reason=c.stop_reason,
@@ -181,11 +181,11 @@ class OpenAIServingChat(OpenAIServing):
 
     @staticmethod
     def _message(parser: ChatOutputParser | None, plan: ToolPlan, echo: str, text: str,
-                 reason: str | None) -> tuple[ChatMessageOut, str | None]:
+                 reason: str | None, stop_reason: int | str | None = None) -> tuple[ChatMessageOut, str | None]:
         """One choice's message (reasoning and tool calls parsed out) and finish reason."""
         if parser is None:
             return ChatMessageOut(content=echo + text), reason
-        m = parser.message(text, reason)
+        m = parser.message(text, reason, stop_reason)
         content = echo + m.content if echo and m.content is not None else (echo or m.content)
         return (ChatMessageOut(content=content, reasoning=m.reasoning, reasoning_content=m.reasoning,
                                tool_calls=m.tool_calls),
@@ -193,11 +193,12 @@ class OpenAIServingChat(OpenAIServing):
 
     @staticmethod
     def _delta(parser: ChatOutputParser | None, plan: ToolPlan, text_so_far: str, new_text: str, reason: str | None,
-               extras: bool, new_tokens: bool) -> tuple[dict[str, Any] | None, str | None]:
+               extras: bool, new_tokens: bool,
+               stop_reason: int | str | None = None) -> tuple[dict[str, Any] | None, str | None]:
         """A stream chunk's delta and finish reason; None: no chunk for this step (``extras``: it carries
         logprobs or token ids anyway)."""
         if parser is not None:  # reasoning / tool calls: the parser decides what is new
-            delta = parser.delta(text_so_far, reason is not None, reason)
+            delta = parser.delta(text_so_far, reason is not None, reason, stop_reason)
             reason = finish_reason(plan, parser.tools_called, reason)
             return (delta if delta or extras or reason is not None else None), reason
         if not new_text and not extras and reason is None and not new_tokens:  # as vLLM: a token, a chunk
@@ -287,7 +288,8 @@ class OpenAIServingChat(OpenAIServing):
                     texts[i] += text
                     ids_so_far[i] = c.token_ids
                     delta, reason = self._delta(parsers[i], plan, texts[i], text, c.finish_reason,
-                                                lp is not None or bool(want_ids and new_ids), bool(new_ids))
+                                                lp is not None or bool(want_ids and new_ids), bool(new_ids),
+                                                c.stop_reason)
                     if delta is None:
                         continue
                     choice = _choice(i, delta, lp, reason, c.stop_reason)

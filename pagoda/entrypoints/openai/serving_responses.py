@@ -272,7 +272,7 @@ class OpenAIServingResponses:
             answer = AnswerTokens(parser, chat.reasoning_tags, token_logprobs if num is not None else None)
             answer.update(c.text, c.token_ids, c.logprobs or [], True)
             reasoning_tokens = answer.reasoning_tokens()
-            message = parser.message(c.text, c.finish_reason)
+            message = parser.message(c.text, c.finish_reason, c.stop_reason)
             items = output_items(message, status, answer.take() if message.content else None)
         self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens,
                      reasoning_tokens)
@@ -322,7 +322,7 @@ class OpenAIServingResponses:
                 last = out
                 text += stream.last_deltas[0] if stream.last_deltas else ""
                 answer.update(text, out.outputs[0].token_ids, out.outputs[0].logprobs or [], out.finished)
-                for e in items.feed(text, out.finished, out.outputs[0].finish_reason):
+                for e in items.feed(text, out.finished, out.outputs[0].finish_reason, out.outputs[0].stop_reason):
                     yield e
             assert last is not None
             c = last.outputs[0]

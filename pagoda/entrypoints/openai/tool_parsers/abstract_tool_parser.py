@@ -13,11 +13,14 @@ whole output is calls, :attr:`ToolParser.output_is_calls`). A stream cannot take
 it sent, so for malformed output the streamed calls may differ from the non-streamed answer.
 
 A stream sends a call (its id and name) only once its arguments have begun as an object (``{``), or the call is
-finished: a call whose arguments are something else (a JSON string) is malformed, and the non-streamed answer is
-then the text; sent early, its name would have gone out as a call of empty arguments with the text as content too.
+finished, or the output is (the end's view then decides, as for the non-streamed answer: a call cut before its
+arguments began is returned with empty arguments): a call whose arguments are something else (a JSON string) is
+malformed, and the non-streamed answer is then the text; sent early, its name would have gone out as a call of empty
+arguments with the text as content too.
 
 The end of an output is read by :meth:`ToolParser.parse_end`: an output cut while a call was being written
-(``finish_reason: length``), and in a stream any output whose calls were already sent, keeps the prefix view
+(``finish_reason: length``, or a stop string / stop token id of the request), and in a stream any output whose calls
+were already sent, keeps the prefix view
 ``parse(t, False)`` -- the content before the calls and the calls so far, the last one unfinished -- so the
 call's text is never sent again as content, and a cut output streams to exactly its non-streamed message.
 """
@@ -45,6 +48,7 @@ class ParsedCall:
 class ParseResult:
     content: str
     calls: list[ParsedCall] = field(default_factory=list)
+    content_first: bool = True  # content (if any) began before the first call (False: only text after the calls)
 
 
 @dataclass
@@ -59,12 +63,14 @@ class Scan:
 @dataclass
 class ExtractedToolCallInformation:
     """vLLM's name: the non-streamed result. ``complete``: every call was finished (False only for an output
-    cut while writing one, whose last call's arguments are a prefix)."""
+    cut while writing one, whose last call's arguments are a prefix). ``content_first``: the content began before the
+    first call, as a stream sends them (False: all of it came after a call)."""
 
     tools_called: bool
     tool_calls: list[dict[str, Any]]
     content: str | None
     complete: bool = True
+    content_first: bool = True  # the content began before the first call (a stream sends it first)
 
 
 def is_strict(tool: Any) -> bool:
@@ -125,7 +131,8 @@ class ToolParser:
                 return ParseResult("" if self.output_is_calls else text, [])
         while len(acc.segments) < len(acc.calls) + 1:
             acc.segments.append("")
-        return ParseResult(assemble_content(acc.segments[:len(acc.calls) + 1], len(acc.calls), final), acc.calls)
+        return ParseResult(assemble_content(acc.segments[:len(acc.calls) + 1], len(acc.calls), final), acc.calls,
+                           not acc.calls or bool(acc.segments[0].rstrip()))
 
     def scan_into(self, text: str, final: bool, acc: Scan) -> None:
         raise NotImplementedError
@@ -149,7 +156,8 @@ class ToolParser:
 
     def extract_tool_calls(self, model_output: str, cut: bool = False) -> ExtractedToolCallInformation:
         """The finished output → tool calls and the content around them (never raises). ``cut``: generation
-        stopped at ``max_tokens``, so an unfinished last call is returned as far as it got."""
+        stopped at ``max_tokens`` (or a stop string / token), so an unfinished last call is returned as far as it
+        got."""
         try:
             r = self.parse_end(model_output, cut)
         except Exception:  # a parser bug must not turn a generated answer into a 500
@@ -158,7 +166,7 @@ class ToolParser:
         named = [c for c in r.calls if c.name is not None]
         calls = [tool_call(c.name, c.arguments) for c in named if c.name is not None]
         return ExtractedToolCallInformation(bool(calls), calls, r.content if (r.content or not calls) else None,
-                                            all(c.done for c in named))
+                                            all(c.done for c in named), r.content_first)
 
 
 class ToolCallStream:
@@ -173,14 +181,21 @@ class ToolCallStream:
 
     def update(self, text: str, final: bool, cut: bool = False) -> tuple[str, list[dict[str, Any]]]:
         """The whole output so far → (new content, tool_calls delta entries). ``cut``: the output ended at
-        ``max_tokens``. Once calls were sent, the end keeps the prefix view (never the whole text as content)."""
+        ``max_tokens`` (or a stop string / token). Once calls were sent, the end keeps the prefix view (never the
+        whole text as content)."""
         try:
             r = self.parser.parse_end(text, cut or bool(self.sent)) if final else self.parser.parse(text, False)
         except Exception:
             logger.exception("%s tool parser failed while streaming", self.parser.name)
             r = ParseResult(text if final and not self.sent else "", [])
         if final:
-            self.unfinished = any(not c.done for c in r.calls if c.name is not None)
+            named = [c for c in r.calls if c.name is not None]
+            if self.sent and not named:
+                # malformed, the fault inside the first call's JSON (no prefix view holds it): the stream keeps what
+                # it sent and never sends the call's text again as content
+                r = ParseResult(self.content, [])
+            # a call sent that the end's view lost (its JSON went wrong) is unfinished too: never ``tool_calls``
+            self.unfinished = len(named) < len(self.sent) or any(not c.done for c in named)
         new_content = ""
         if r.content.startswith(self.content):
             new_content = r.content[len(self.content):]
@@ -188,16 +203,18 @@ class ToolCallStream:
         elif not self.broken:  # only malformed output can do this (see the module doc)
             self.broken = True
             logger.debug("%s tool parser: content is not a continuation; stream keeps what it sent", self.parser.name)
-        return new_content, self._call_deltas(r.calls)
+        return new_content, self._call_deltas(r.calls, final)
 
-    def _call_deltas(self, calls: list[ParsedCall]) -> list[dict[str, Any]]:
+    def _call_deltas(self, calls: list[ParsedCall], final: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for i, c in enumerate(calls):
             if c.name is None:
                 break
             if i == len(self.sent):
-                if not (c.done or self.parser.output_is_calls or c.arguments.lstrip().startswith("{")):
-                    break  # sent once its arguments are an object: a malformed call (arguments as a string) stays text
+                # sent once its arguments are an object: a malformed call (arguments as a string) stays text; at
+                # the end, a call of the end's view (one cut before its arguments began) goes as it is
+                if not (c.done or final or self.parser.output_is_calls or c.arguments.lstrip().startswith("{")):
+                    break
                 call_id = make_tool_call_id()
                 self.sent.append((call_id, c.arguments))
                 out.append({"index": i, "id": call_id, "type": "function",

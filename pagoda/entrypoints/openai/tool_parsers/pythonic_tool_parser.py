@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import warnings
 from typing import Any
 
 from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import ParsedCall, Scan, ToolParser
@@ -88,7 +89,10 @@ def literal(node: ast.expr) -> Any:
 
 def _value_json(src: str) -> str:
     try:
-        value = literal(ast.parse(src.strip(), mode="eval").body)
+        with warnings.catch_warnings():  # the model's bad escapes ("\\#") are its text, not this server's warnings
+            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+            tree = ast.parse(src.strip(), mode="eval")
+        value = literal(tree.body)
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise Malformed(f"bad argument value: {e}") from None
