@@ -420,8 +420,8 @@ def test_unstreamed_request_is_aborted_when_its_client_leaves(srv, path, body, s
     finally:
         conn.close()
     assert wait_for(lambda: srv.metric("pagoda:request_success_total", finished_reason="abort")
-                    == aborted + samples, timeout=10)
-    assert wait_for(lambda: _running(srv) == 0, timeout=10)
+                    == aborted + samples, timeout=60)  # (deadlines only bound a hang)
+    assert wait_for(lambda: _running(srv) == 0, timeout=60)
     stopped_at = _generated(srv)
     assert stopped_at - before < 1900 * samples
     assert not wait_for(lambda: _generated(srv) > stopped_at, timeout=0.5)  # and nothing more is generated
