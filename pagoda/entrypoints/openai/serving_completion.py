@@ -123,10 +123,12 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts = self._prompts(req)
         request_id = self.new_id("cmpl", req.request_id)
         streams: list[RequestStream] = []
-        # echo with logprobs reports the prompt tokens' logprobs too (as vLLM does).
+        # echo with logprobs reports the prompt tokens' logprobs too, as vLLM: ``logprobs`` of them unless the request
+        # gave ``prompt_logprobs`` (then that, as given: the response's prompt_logprobs hold what was asked, and an
+        # invalid value is refused by SamplingParams, never replaced).
         prompt_lp = req.prompt_logprobs
-        if req.echo and req.logprobs is not None:
-            prompt_lp = -1 if prompt_lp == -1 else max(req.logprobs, prompt_lp or 0)
+        if prompt_lp is None and req.echo:
+            prompt_lp = req.logprobs
         max_tokens, given, default_max = _max_tokens(req)
         try:
             for i, p in enumerate(prompts):
