@@ -474,7 +474,7 @@ GATED_STORE = False
 """Whether :func:`wna16_silu_mul` runs the GEMV's gated store where it can (False: None everywhere, so the MLP
 runs the GEMV then ``silu_and_mul``). Off until measured on a GPU: session 50 wrote it (bit for bit in the
 interpreter, compiled for sm_90 with the unfused kernel's 96 registers) but got no machine to time it; its A/B is
-``benchmarks/results/gpu-2026-12-07-session50/call3.sh`` (RESULTS.md, session 50)."""
+``benchmarks/results/gpu-2026-12-07-session51/call1.sh`` (RESULTS.md, sessions 50 and 51)."""
 
 
 def wna16_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, bits: int,
