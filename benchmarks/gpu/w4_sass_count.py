@@ -46,7 +46,8 @@ def compile_sm90(fn, constexprs: dict, num_warps: int):
         sig[p.name] = TYPES.get(p.name, "*bf16" if p.name.endswith("_ptr") else "i32")
         if p.name.endswith("_ptr") or p.name in ALIGNED:
             attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}  # as a launch binds them
+    src = ASTSource(fn=fn, signature=sig, constexprs={**defaults, **constexprs}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 

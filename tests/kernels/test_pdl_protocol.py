@@ -100,7 +100,8 @@ def _ptx(fn, constexprs: dict, overrides: dict) -> list[str]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    consts = {**constexprs, "USE_PDL": True}
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}  # as a launch binds them
+    consts = {**defaults, **constexprs, "USE_PDL": True}
     src = ASTSource(fn=fn, signature=_signature(fn, consts, overrides), constexprs=consts)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})
     return kernel.asm["ptx"].splitlines()
