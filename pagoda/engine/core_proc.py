@@ -231,7 +231,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     # Ctrl-C goes to the whole process group; the API server decides when the core stops.
     set_sigint_policy(signal.SIG_IGN)
 
-    args_given = [False]  # the front end has sent the engine arguments (read by the SIGTERM handler)
+    args_given = [False]  # the front end has sent the engine arguments (before that, stopping is silent)
     signal.signal(signal.SIGTERM, _term_handler(args_given))
     _set_parent_death_signal()
     set_process_name(CORE_PROCESS_NAME)
@@ -250,7 +250,6 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     out_sock.connect(output_addr)
     out_socks = [out_sock]  # one per API server process (client), in client order
     enc = encoder()
-    given = False  # the front end has sent the engine arguments (before that, stopping is silent)
     configured = False  # create_config passed (its errors are the user's, which the front end reports too)
     serving = False  # Ready sent: a failure from here on is a bug or a fault, reported with its traceback
     from pagoda.engine.early_cuda import EarlyContext
@@ -266,7 +265,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
         args_conn.close()
         if received is None:  # an early-started core the front end did not use (pagoda.engine.prelaunch)
             _quiet_exit(in_sock, out_sock, ctx)
-        given = args_given[0] = True
+        args_given[0] = True
         engine_args, level, num_clients = received
         for client in range(1, num_clients):
             extra_in, extra_out = client_addresses(input_addr, output_addr, client)
@@ -308,7 +307,7 @@ def run_engine_core(args_conn: Any, input_addr: str, output_addr: str, parent_pi
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (multiprocessing's exit handler, the
         # parent-death signal) must not raise again inside the clean-up below
-        if not given:
+        if not args_given[0]:
             _quiet_exit(in_sock, out_sock, ctx)
         if "pagoda.distributed.executor" in sys.modules:  # its workers end now, and its rendezvous folder goes
             from pagoda.distributed.executor import shutdown_all
