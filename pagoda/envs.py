@@ -71,6 +71,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "unset: 404). Only for trusted clients: a load reads any folder the server can read"),
     EnvVar("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0", "vLLM's name for `PAGODA_ALLOW_RUNTIME_LORA_UPDATING`, read "
            "when that is unset"),
+    EnvVar("PAGODA_ENABLE_RESPONSES_API_STORE", "0", "`1`: `pagoda serve` keeps /v1/responses answers in memory "
+           "(`store`, the default when on, as OpenAI's): GET and DELETE /v1/responses/{id}, `previous_response_id` "
+           "and `background` work; off, a request asking for any of them is a 400. Needs `--api-server-count 1`"),
+    EnvVar("VLLM_ENABLE_RESPONSES_API_STORE", "0", "vLLM's name for `PAGODA_ENABLE_RESPONSES_API_STORE`, read "
+           "when that is unset"),
+    EnvVar("PAGODA_RESPONSES_API_STORE_MAX_ENTRIES", "10000", "stored /v1/responses answers that stay retrievable "
+           "by id (the oldest finished one is dropped first; a later turn still continues a dropped one's "
+           "conversation)"),
     EnvVar("VLLM_BATCH_INVARIANT", "0", "`1` turns on `--deterministic` (vLLM's batch-invariant switch)"),
     EnvVar("VLLM_PP_LAYER_PARTITION", "", "decoder layers per pipeline stage, comma-separated (e.g. `5,3`); "
            "unset: an even split. Read by the engine core only"),
@@ -226,6 +234,24 @@ def allow_runtime_lora_updating() -> bool:
     if os.environ.get("PAGODA_ALLOW_RUNTIME_LORA_UPDATING"):
         return _switch("PAGODA_ALLOW_RUNTIME_LORA_UPDATING")
     return _switch("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+
+
+def responses_api_store() -> bool:
+    """``PAGODA_ENABLE_RESPONSES_API_STORE`` (else vLLM's ``VLLM_ENABLE_RESPONSES_API_STORE``): True when the
+    server keeps /v1/responses answers (``store``, ``previous_response_id``, ``background``, GET by id)."""
+    if os.environ.get("PAGODA_ENABLE_RESPONSES_API_STORE"):
+        return _switch("PAGODA_ENABLE_RESPONSES_API_STORE")
+    return _switch("VLLM_ENABLE_RESPONSES_API_STORE")
+
+
+def responses_api_store_max_entries() -> int:
+    """``PAGODA_RESPONSES_API_STORE_MAX_ENTRIES``: stored responses that stay retrievable by id (a positive
+    integer)."""
+    text = _raw("PAGODA_RESPONSES_API_STORE_MAX_ENTRIES").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"environment variable PAGODA_RESPONSES_API_STORE_MAX_ENTRIES must be a positive integer, "
+                         f"got {text!r}")
+    return int(text)
 
 
 def batch_invariant() -> bool:

@@ -91,12 +91,13 @@ def app_routes() -> set[tuple[str, str]]:
 
 
 def documented_routes() -> set[tuple[str, str]]:
-    """(method, path) of the Endpoints table: ``GET /a``, ``POST /b``, and a bare ``/c`` takes the method before it."""
+    """(method, path) of the Endpoints table: ``GET /a``, ``POST /b``, ``DELETE /c``, and a bare ``/d`` takes the
+    method before it."""
     out = set()
     for cell in first_cells(section(SERVING, "## Endpoints"), "route"):
         method = None
         for code in re.findall(r"`([^`]+)`", cell):
-            m = re.fullmatch(r"(?:(GET|POST) )?(/\S*)", code)
+            m = re.fullmatch(r"(?:(GET|POST|DELETE) )?(/\S*)", code)
             assert m, f"unreadable route cell {cell!r}"
             method = m.group(1) or method
             out.add((method, re.sub(r"\{[^}]*\}", "{}", m.group(2))))

@@ -69,6 +69,8 @@ def build_app(args: argparse.Namespace, api_servers: ApiServerProcesses | None =
                 t.cancel()
                 with contextlib.suppress(BaseException):
                     await t
+            if state.responses is not None:  # background responses end as cancelled, not cut off mid-step
+                await state.responses.stop_background()
             if api_servers is not None:  # they drain their own requests before the core stops
                 await api_servers.stop(getattr(args, "shutdown_grace_period", None) or 0.0)
             if state.engine is not None:

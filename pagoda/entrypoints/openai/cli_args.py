@@ -15,6 +15,7 @@ from pagoda.arg_utils import HelpFormatter, bind_socket, check_port, json_list_o
 from pagoda.config import EngineArgs
 from pagoda.entrypoints.openai.api_servers import check_api_server_count
 from pagoda.entrypoints.openai.lora_modules import LoRAModulesAction, check_lora_args
+from pagoda.entrypoints.openai.responses_store import check_store_args
 from pagoda.entrypoints.openai.tool_config import ToolServingConfig
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 8 * 2**20
@@ -196,6 +197,7 @@ def validate_serve_args(args: argparse.Namespace) -> None:
     check_durations(args)
     check_api_server_count(args)
     check_lora_args(args, envs.allow_runtime_lora_updating())
+    check_store_args(getattr(args, "api_server_count", 1))
 
 
 def validate_request_args(args: argparse.Namespace) -> None:

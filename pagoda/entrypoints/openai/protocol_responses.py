@@ -9,7 +9,8 @@ What is honoured: ``model``, ``input`` (a string, or a list of messages whose co
 (:mod:`pagoda.entrypoints.openai.responses_tools`), and vLLM's extra fields of this route (``seed``,
 ``top_k``, ``stop``, ``repetition_penalty``, ``ignore_eos``, ``skip_special_tokens``,
 ``include_stop_str_in_output``, ``logit_bias``, ``priority``, ``cache_salt``), as chat honours them, and
-``include: ["message.output_text.logprobs"]`` with ``top_logprobs`` (:func:`wants_logprobs`). OpenAI's platform
+``include: ["message.output_text.logprobs"]`` with ``top_logprobs`` (:func:`wants_logprobs`), and with the
+Responses store on ``store``, ``previous_response_id`` and ``background`` (:data:`STORE_FIELDS`). OpenAI's platform
 hints (:data:`IGNORED_HINTS`) are accepted and logged as ignored, as on chat. Every other field OpenAI defines is
 accepted only at its neutral value (listed in :data:`NEUTRAL_VALUES`); any other value, and any field OpenAI does
 not define, is a 400 naming it (:func:`unsupported_fields`).
@@ -29,16 +30,22 @@ from pagoda.errors import ValidationError
 # Fields of OpenAI's request that pagoda does not implement, with the values that mean "not used"
 # (the ones a client may send without asking for the feature). Anything else is refused.
 NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "previous_response_id": (None,),
     "conversation": (None,),
-    "store": (None, False),  # nothing is stored: no retrieval by id
-    "background": (None, False),
     "reasoning": (None,),
     "truncation": (None, "disabled"),
     "max_tool_calls": (None,),
     "prompt": (None,),
     "stream_options": (None, {}, {"include_obfuscation": False}),  # no obfuscation padding is sent
 }
+
+STORE_FIELDS: dict[str, tuple[Any, ...]] = {
+    "store": (None, False),
+    "previous_response_id": (None,),
+    "background": (None, False),
+}
+"""The fields that need the Responses store (:mod:`..responses_store`), with the values that ask nothing of it:
+any other value is refused while the store is off. With the store on, ``store`` absent means true (OpenAI's
+default)."""
 
 IGNORED_HINTS = ("service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
                  "prompt_cache_options")
@@ -56,7 +63,7 @@ def wants_logprobs(req: ResponsesRequest) -> bool:
     other = sorted(str(x) for x in req.include or () if x != LOGPROBS_INCLUDE)
     if other:
         raise ValidationError(f"include {other} is not supported by pagoda's /v1/responses (only "
-                              f"{LOGPROBS_INCLUDE!r}: nothing is stored, there are no hosted tools).", "include")
+                              f"{LOGPROBS_INCLUDE!r}: there are no hosted tools or encrypted reasoning).", "include")
     want = LOGPROBS_INCLUDE in (req.include or ())
     if req.top_logprobs and not want:
         raise ValidationError(f"top_logprobs needs include: [{LOGPROBS_INCLUDE!r}] (without it no logprobs are "
@@ -196,11 +203,12 @@ class ResponsesRequest(BaseModel):
     # logprobs: include names LOGPROBS_INCLUDE, top_logprobs the alternatives per token (wants_logprobs)
     include: list[Any] | None = None
     top_logprobs: int | None = None
-    # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
+    # the store's (STORE_FIELDS): honoured with the store on, else accepted at their neutral values only
     previous_response_id: str | None = None
-    conversation: Any = None
     store: bool | None = None
     background: bool | None = None
+    # not implemented: accepted at their neutral values only (NEUTRAL_VALUES)
+    conversation: Any = None
     reasoning: Any = None
     text: Any = None
     truncation: str | None = None
@@ -327,12 +335,14 @@ class ResponseUsage(BaseModel):
 
 
 class ResponseObject(BaseModel):
-    """OpenAI's ``response`` object; the unimplemented features read as off (no storage)."""
+    """OpenAI's ``response`` object; the unimplemented features read as off. ``queued`` and ``cancelled`` are a
+    background response's (stored) states."""
 
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    status: Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
+    background: bool = False
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, str] | None = None
     instructions: str | None = None

@@ -17,7 +17,7 @@ OpenAI's ``response.output_item.added``, ``response.function_call_arguments.delt
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pagoda.entrypoints.openai.chat_output import ChatOutputParser, ParsedMessage
@@ -109,7 +109,7 @@ def continues_final_message(items: str | list[InputItem]) -> bool:
     return isinstance(last, InputMessage) and last.role == "assistant" and last.status in _PARTIAL
 
 
-def input_messages(items: list[InputItem]) -> list[ChatMessageIn]:
+def input_messages(items: Sequence[InputItem]) -> list[ChatMessageIn]:
     """Input items → chat messages (consecutive function calls are one assistant turn's ``tool_calls``)."""
     msgs: list[ChatMessageIn] = []
     for it in items:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from pagoda import envs
 from pagoda.config import EngineConfig
 from pagoda.engine.async_llm import AsyncLLM
 from pagoda.entrypoints.openai.api_servers import ApiServerProcesses
@@ -22,6 +23,7 @@ from pagoda.entrypoints.openai.metrics import (
     cache_config_info,
     num_speculative_tokens,
 )
+from pagoda.entrypoints.openai.responses_store import ResponseStore
 from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_engine import ServerLimits, ServingError
@@ -120,7 +122,8 @@ async def load_engine(state: ServerState) -> None:
             engine.stat_loggers.append(state.stats_log)
         common = dict(log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
         state.chat = OpenAIServingChat(engine, models, state.limits, **common)
-        state.responses = OpenAIServingResponses(state.chat)
+        store = ResponseStore(envs.responses_api_store_max_entries()) if envs.responses_api_store() else None
+        state.responses = OpenAIServingResponses(state.chat, store)
         state.completion = OpenAIServingCompletion(engine, models, state.limits, **common)
         state.pooling = OpenAIServingPooling(engine, models, state.limits, **common)
         state.tokenization = OpenAIServingTokenization(engine, models, state.limits, chat=state.chat, **common)

@@ -11,7 +11,9 @@ OpenAI's event sequence, each as ``event: TYPE`` + ``data: JSON``:
 ``response.content_part.added``, ``response.output_text.delta``…, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, ``response.completed`` (as vLLM, also
 when the answer was cut at ``max_output_tokens``: ``status`` then says ``incomplete``); an error
-mid-stream is an ``error`` event and ends the stream. Nothing is stored. With ``include:
+mid-stream is an ``error`` event and ends the stream. With the store on (:mod:`.responses_store`) answers are
+kept (``store``), a request may continue one (``previous_response_id``) or run in the background; off, those
+fields are refused. With ``include:
 ["message.output_text.logprobs"]`` the output text carries chat's logprobs of its tokens (``top_logprobs``
 alternatives each), and each ``response.output_text.delta`` those of its tokens, which concatenate to the
 ``response.output_text.done`` event's (OpenAI's event shape: no ``bytes``). With ``--reasoning-parser`` they are
@@ -38,6 +40,7 @@ from pagoda.entrypoints.openai.chat_output import ChatOutputParser, TokenSplit, 
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest, ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
     LOGPROBS_INCLUDE,
+    STORE_FIELDS,
     InputTokensDetails,
     OutputItem,
     OutputMessage,
@@ -52,6 +55,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     wants_logprobs,
 )
 from pagoda.entrypoints.openai.request_fields import check_ignored_values
+from pagoda.entrypoints.openai.responses_store import ResponseStore, StoredResponse
 from pagoda.entrypoints.openai.responses_tools import (
     ResponsesItemStream,
     Status,
@@ -119,23 +123,30 @@ def responses_field_names(req: ResponsesRequest) -> Iterator[None]:
             raise
 
 
-def to_messages(req: ResponsesRequest) -> list[ChatMessageIn]:
-    msgs = [ChatMessageIn(role="system", content=req.instructions)] if req.instructions is not None else []
+def turn_messages(req: ResponsesRequest) -> list[ChatMessageIn]:
+    """The request's ``input`` as chat messages (what a stored turn keeps: not its ``instructions``)."""
     if isinstance(req.input, str):
-        return [*msgs, ChatMessageIn(role="user", content=req.input)]
-    return msgs + input_messages(req.input)
+        return [ChatMessageIn(role="user", content=req.input)]
+    return input_messages(req.input)
 
 
-def chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+def to_messages(req: ResponsesRequest, history: Sequence[ChatMessageIn] = ()) -> list[ChatMessageIn]:
+    """The conversation: ``instructions`` as the system message, the earlier turns (``previous_response_id``'s:
+    an earlier turn's instructions are not carried over, as OpenAI's), then ``input``."""
+    msgs = [ChatMessageIn(role="system", content=req.instructions)] if req.instructions is not None else []
+    return [*msgs, *history, *turn_messages(req)]
+
+
+def chat_request(req: ResponsesRequest, history: Sequence[ChatMessageIn] = ()) -> ChatCompletionRequest:
     """The chat request a Responses request runs as (tools in chat's shape, ``text.format`` as
-    ``response_format``)."""
+    ``response_format``; ``history`` the earlier turns')."""
     tools = chat_tools(req.tools)
     try:
         rf = response_format(req.text)
     except ValueError as e:
         raise ServingError(400, str(e), param="text") from None
     extras = {k: getattr(req, k) for k in VLLM_EXTRA_FIELDS}
-    return ChatCompletionRequest(model=req.model, messages=to_messages(req), temperature=req.temperature,
+    return ChatCompletionRequest(model=req.model, messages=to_messages(req, history), temperature=req.temperature,
                                  top_p=req.top_p, max_tokens=req.max_output_tokens, user=req.user, tools=tools,
                                  tool_choice=chat_tool_choice(req.tool_choice, tools is not None),
                                  parallel_tool_calls=req.parallel_tool_calls, response_format=rf,
@@ -190,16 +201,39 @@ class AnswerTokens:
         return self.token_logprobs(new, self.lps[start:])
 
 
+STORE_OFF = ("this server does not store responses (start it with PAGODA_ENABLE_RESPONSES_API_STORE=1, or "
+             "vLLM's VLLM_ENABLE_RESPONSES_API_STORE=1)")
+
+
+def not_found(rid: str, param: str | None = None) -> ServingError:
+    return ServingError(404, f"Response with id {rid!r} not found.", param=param, code="response_not_found")
+
+
 class OpenAIServingResponses:
-    def __init__(self, chat: OpenAIServingChat) -> None:
+    """``store``: the store when the server keeps responses (None: every store field is refused at a value that
+    asks for it, :data:`STORE_FIELDS`)."""
+
+    def __init__(self, chat: OpenAIServingChat, store: ResponseStore | None = None) -> None:
         self.chat = chat
+        self.store = store
 
     def check(self, req: ResponsesRequest) -> None:
         bad = unsupported_fields(req)
         if bad:
             raise ServingError(400, f"{', '.join(bad)}: not supported by pagoda's /v1/responses (it does text, "
-                                    f"function tools and reasoning; nothing is stored).", param=bad[0],
+                                    f"function tools and reasoning).", param=bad[0],
                               code="unsupported_field")
+        if self.store is None:
+            asked = [k for k, ok in STORE_FIELDS.items() if getattr(req, k) not in ok]
+            if asked:
+                raise ServingError(400, f"{', '.join(asked)}: {STORE_OFF}.", param=asked[0],
+                                   code="unsupported_field")
+        elif req.background and req.store is False:
+            raise ServingError(400, "background needs store (a background response is read back by id).",
+                               param="background")
+        elif req.background and req.stream:
+            raise ServingError(400, "background with stream is not supported by pagoda (send stream: false and "
+                               "read the response with GET /v1/responses/{id}).", param="background")
         hints = ignored_hints(req)
         check_ignored_values(hints)
         if hints:  # chat's log line for its ignored fields
@@ -216,12 +250,33 @@ class OpenAIServingResponses:
                               top_logprobs=req.top_logprobs,
                               **({"text": _text_config(req.text)} if req.text is not None else {}))
 
+    def stored(self, rid: str, param: str | None = None) -> StoredResponse:
+        """A stored response by id; a 404 when there is none (or no store)."""
+        entry = self.store.get(rid) if self.store is not None else None
+        if entry is None:
+            if self.store is None:
+                raise ServingError(404, f"Response with id {rid!r} not found: {STORE_OFF}.", param=param,
+                                   code="response_not_found")
+            raise not_found(rid, param)
+        return entry
+
+    def _previous(self, req: ResponsesRequest) -> StoredResponse | None:
+        if req.previous_response_id is None:
+            return None
+        prev = self.stored(req.previous_response_id, "previous_response_id")
+        if prev.running:
+            raise ServingError(400, f"previous_response_id {req.previous_response_id!r} is still "
+                               f"{prev.response.status}; continue it once it has finished.",
+                               param="previous_response_id")
+        return prev
+
     async def create_response(self, req: ResponsesRequest) -> Any:
         self.check(req)
         chat = self.chat
+        prev = self._previous(req)
         with responses_field_names(req):
             model, lora = chat.resolve_model(req.model)
-            creq = chat_request(req)
+            creq = chat_request(req, prev.conversation() if prev is not None else ())
             plan = plan_tools(creq, chat.limits.tools)
             check_reasoning_request(creq, chat.limits.tools, plan, creq.response_format is not None)
             chat.check_common(creq, "chat")
@@ -245,6 +300,10 @@ class OpenAIServingResponses:
                                                    "cache_salt": creq.cache_salt}, params, priority=creq.priority or 0,
                                                lora_request=lora)
         resp = self.base_response(req, rid, model)
+        entry = None
+        if self.store is not None and req.store is not False:
+            resp.store, resp.previous_response_id = True, req.previous_response_id
+            entry = StoredResponse(resp, turn_messages(req), prev)
         num, as_ids = chat.num_logprobs(logprobs), chat.as_ids(creq)
 
         def token_logprobs(token_ids: list[int], lps: list[Any]) -> list[dict[str, Any]]:
@@ -254,11 +313,29 @@ class OpenAIServingResponses:
             return [t.model_dump() for t in chat.chat_logprobs(token_ids, lps, num, as_ids).content or ()]
 
         if req.stream:
-            body = self._stream(resp, stream, token_logprobs) if parser is None else \
+            body = self._stream(resp, stream, token_logprobs, entry) if parser is None else \
                 self._stream_items(resp, stream, parser, AnswerTokens(parser, chat.reasoning_tags,
-                                                                      token_logprobs if num is not None else None))
+                                                                      token_logprobs if num is not None else None),
+                                   entry)
             return StreamingResponse(body, media_type="text/event-stream",
                                      background=BackgroundTask(close_streams, stream))
+        answer = AnswerTokens(parser, chat.reasoning_tags, token_logprobs if num is not None else None) \
+            if parser is not None else None
+        if entry is not None and req.background:
+            resp.background, resp.status = True, "queued"
+            snapshot = resp.model_dump()
+            entry.task = asyncio.create_task(self._background(entry, stream, parser, answer, token_logprobs),
+                                             name=f"responses-background-{rid}")
+            self.store.put(entry)  # type: ignore[union-attr]  # entry is set only with a store
+            return JSONResponse(snapshot)
+        await self._complete(resp, stream, parser, answer, token_logprobs)
+        if entry is not None:
+            self.store.put(entry)  # type: ignore[union-attr]
+        return JSONResponse(resp.model_dump())
+
+    async def _complete(self, resp: ResponseObject, stream: RequestStream, parser: ChatOutputParser | None,
+                        answer: AnswerTokens | None, token_logprobs: TokenLogprobs) -> None:
+        """Wait for an unstreamed request's final output and fill ``resp`` with it (raises its error)."""
         out = await final_output(stream)
         if out.error:
             raise output_error(out)
@@ -269,14 +346,75 @@ class OpenAIServingResponses:
             items: list[OutputItem] = [OutputMessage(id=f"msg_{uuid.uuid4().hex}", status=status, content=[
                 OutputText(text=c.text, logprobs=token_logprobs(list(c.token_ids), c.logprobs or []))])]
         else:
-            answer = AnswerTokens(parser, chat.reasoning_tags, token_logprobs if num is not None else None)
+            assert answer is not None
             answer.update(c.text, c.token_ids, c.logprobs or [], True)
             reasoning_tokens = answer.reasoning_tokens()
             message = parser.message(c.text, c.finish_reason, c.stop_reason)
             items = output_items(message, status, answer.take() if message.content else None)
         self._finish(resp, items, status, len(out.prompt_token_ids), len(c.token_ids), out.num_cached_tokens,
                      reasoning_tokens)
-        return JSONResponse(resp.model_dump())
+
+    async def _background(self, entry: StoredResponse, stream: RequestStream, parser: ChatOutputParser | None,
+                          answer: AnswerTokens | None, token_logprobs: TokenLogprobs) -> None:
+        """A background response's generation: the stored response goes ``in_progress``, then ``completed`` /
+        ``incomplete``, ``failed`` (with its error) or ``cancelled`` (:meth:`cancel`; the engine request is
+        aborted)."""
+        resp = entry.response
+        resp.status = "in_progress"
+        try:
+            await self._complete(resp, stream, parser, answer, token_logprobs)
+        except asyncio.CancelledError:
+            resp.status = "cancelled"
+        except Exception as e:  # the response says what failed; the server goes on
+            err = to_serving_error(e)
+            resp.status, resp.error = "failed", {"code": str(err.code or err.type), "message": err.message}
+            logger.warning("background response %s failed: %s", resp.id, err.message)
+        finally:
+            stream.close()
+            entry.task = None
+
+    async def retrieve(self, rid: str) -> JSONResponse:
+        """GET /v1/responses/{id}: the stored response as it stands (a background one's status may be running)."""
+        return JSONResponse(self.stored(rid).response.model_dump())
+
+    async def cancel(self, rid: str) -> JSONResponse:
+        """POST /v1/responses/{id}/cancel: a running background response is stopped (``cancelled``, its engine
+        request aborted); a finished background one is returned as it is; a response that was not created with
+        ``background`` is a 400, as vLLM's."""
+        entry = self.stored(rid)
+        if not entry.response.background:
+            raise ServingError(400, "Cannot cancel a synchronous response (only background responses can be "
+                               "cancelled).", param="response_id")
+        task = entry.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return JSONResponse(entry.response.model_dump())
+
+    async def stop_background(self) -> None:
+        """Server shutdown: every running background response is cancelled (its engine request aborted)."""
+        for entry in self.store.running() if self.store is not None else ():
+            if entry.task is not None:
+                entry.task.cancel()
+                await asyncio.gather(entry.task, return_exceptions=True)
+
+    async def delete(self, rid: str) -> JSONResponse:
+        """DELETE /v1/responses/{id}: forgotten (a running background one is cancelled first); a later turn that
+        continued it keeps its conversation."""
+        entry = self.stored(rid)
+        task = entry.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert self.store is not None
+        self.store.delete(rid)
+        return JSONResponse({"id": rid, "object": "response", "deleted": True})
+
+    def _keep(self, entry: StoredResponse | None) -> None:
+        """A streamed response, complete, into the store (when it is kept)."""
+        if entry is not None:
+            assert self.store is not None
+            self.store.put(entry)
 
     def _check_logprobs_split(self, parser: ChatOutputParser) -> None:
         """Logprobs beside parsed items need the answer's tokens told apart exactly (:class:`AnswerTokens`)."""
@@ -303,9 +441,10 @@ class OpenAIServingResponses:
                                    output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens))
 
     async def _stream_items(self, resp: ResponseObject, stream: RequestStream,
-                            parser: ChatOutputParser, answer: AnswerTokens) -> AsyncIterator[str]:
+                            parser: ChatOutputParser, answer: AnswerTokens,
+                            entry: StoredResponse | None = None) -> AsyncIterator[str]:
         """A stream whose output items come from chat's parsers (:class:`ResponsesItemStream`), the answer's
-        logprobs (when asked for) from ``answer``."""
+        logprobs (when asked for) from ``answer``; ``entry`` stored once the response is complete."""
         seq = iter(range(1 << 62))
 
         def ev(kind: str, **fields: Any) -> str:
@@ -332,6 +471,7 @@ class OpenAIServingResponses:
                 yield e
             self._finish(resp, items.items, status, len(last.prompt_token_ids), len(c.token_ids),
                          last.num_cached_tokens, reasoning_tokens)
+            self._keep(entry)
             yield ev("response.completed", response=resp.model_dump())
         except asyncio.CancelledError:
             raise
@@ -342,9 +482,10 @@ class OpenAIServingResponses:
             stream.close()
 
     async def _stream(self, resp: ResponseObject, stream: RequestStream,
-                      token_logprobs: TokenLogprobs) -> AsyncIterator[str]:
+                      token_logprobs: TokenLogprobs, entry: StoredResponse | None = None) -> AsyncIterator[str]:
         """A text-only stream; with logprobs asked for, each delta event carries those of its tokens and the done
-        event all of them (:func:`event_logprobs`'s shape), the final output text all of them with ``bytes``."""
+        event all of them (:func:`event_logprobs`'s shape), the final output text all of them with ``bytes``;
+        ``entry`` stored once the response is complete."""
         seq = iter(range(1 << 62))
         msg_id = f"msg_{uuid.uuid4().hex}"
         where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
@@ -374,6 +515,7 @@ class OpenAIServingResponses:
             status = _status(c.finish_reason)
             msg = OutputMessage(id=msg_id, status=status, content=[OutputText(text=text, logprobs=all_lps)])
             self._finish(resp, [msg], status, len(last.prompt_token_ids), len(c.token_ids), last.num_cached_tokens)
+            self._keep(entry)
             yield event("response.output_text.done", next(seq), **where, text=text, logprobs=event_logprobs(all_lps))
             yield event("response.content_part.done", next(seq), **where, part=msg.content[0].model_dump())
             yield event("response.output_item.done", next(seq), output_index=0, item=msg.model_dump())

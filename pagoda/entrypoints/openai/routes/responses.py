@@ -1,5 +1,6 @@
 """POST /v1/responses (OpenAI's Responses API: text, function tools, reasoning and logprobs; see
-:mod:`..serving_responses`)."""
+:mod:`..serving_responses`), and the stored responses' routes: GET and DELETE /v1/responses/{id}, POST
+/v1/responses/{id}/cancel (404 while the store is off: :mod:`..responses_store`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pagoda.entrypoints.openai.protocol_responses import ResponsesRequest
-from pagoda.entrypoints.openai.routes.common import generate
+from pagoda.entrypoints.openai.routes.common import generate, guarded, ready
 from pagoda.entrypoints.openai.server_state import ServerState
+from pagoda.entrypoints.openai.serving_engine import ServingError
 
 router = APIRouter()
 
@@ -19,3 +21,35 @@ async def create_response(body: ResponsesRequest, raw: Request) -> Response:
         assert s.responses is not None
         return await s.responses.create_response(body)
     return await generate(raw, body.stream, handler)
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, raw: Request) -> Response:
+    async def handler() -> Response:
+        # OpenAI's query parameters ask for a replayed stream or extra fields: not served, so refused by name
+        asked = sorted(k for k, v in raw.query_params.items() if not (k == "stream" and v.lower() == "false"))
+        if asked:
+            raise ServingError(400, f"{', '.join(asked)}: not supported by pagoda's GET /v1/responses/{{id}} (it "
+                               f"returns the stored response as it stands).", param=asked[0])
+        responses = ready(raw).responses
+        assert responses is not None
+        return await responses.retrieve(response_id)
+    return await guarded(handler)
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, raw: Request) -> Response:
+    async def handler() -> Response:
+        responses = ready(raw).responses
+        assert responses is not None
+        return await responses.cancel(response_id)
+    return await guarded(handler)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, raw: Request) -> Response:
+    async def handler() -> Response:
+        responses = ready(raw).responses
+        assert responses is not None
+        return await responses.delete(response_id)
+    return await guarded(handler)
