@@ -3,7 +3,9 @@
 Routes: ``/health`` (200 while at least one backend is in rotation, else 503; no key needed), ``/metrics``,
 ``/version`` (the router's own pagoda version, as a replica answers it), ``/v1/models`` (merged over the healthy
 replicas, one card per id), ``/v1/models/{id}``, and the proxied routes :data:`PROXIED_PATHS`. A request naming a
-``model`` that no healthy replica serves is a 404 (``model_not_found``), as pagoda serve answers it. Every error,
+``model`` that no healthy replica serves is a 404 (``model_not_found``), as pagoda serve answers it. Stored Responses
+API answers (``GET`` / ``DELETE /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``, and ``previous_response_id``)
+go to the replica that holds them (:mod:`.stored_responses`). Every error,
 the framework's own (an unknown route, a wrong method) included, has OpenAI's shape ``{"error": {"message", "type",
 "param", "code"}}``, as pagoda serve answers it.
 
@@ -40,6 +42,7 @@ from pagoda.router.health import HealthChecker
 from pagoda.router.metrics import CLIENT_GONE, RouterMetrics
 from pagoda.router.policies import RequestInfo, RoutingPolicy
 from pagoda.router.proxy import Proxy, ProxyConfig, error_body, error_response, model_not_found, relayed
+from pagoda.router.stored_responses import ResponseHolders
 
 logger = logging.getLogger("pagoda.router")
 
@@ -119,6 +122,7 @@ class RouterState:
         self.reload = asyncio.Event()
         self.proxy: Proxy | None = None
         self.checker: HealthChecker | None = None
+        self.response_holders = ResponseHolders()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -278,6 +282,18 @@ def _add_routes(app: FastAPI, state: RouterState) -> None:
     for path in PROXIED_PATHS:
         app.add_api_route(path, proxied, methods=["POST"])
 
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str, request: Request) -> Response:
+        return await _stored_response(state, request, response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str, request: Request) -> Response:
+        return await _stored_response(state, request, response_id)
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str, request: Request) -> Response:
+        return await _stored_response(state, request, response_id, "/cancel")
+
 
 async def _list_models(state: RouterState, request: Request) -> Response:
     """The union of the replicas' lists: the router's own copies, and the answers to the client's own request of
@@ -358,4 +374,37 @@ async def _proxy(state: RouterState, request: Request) -> Response:
     info = RequestInfo(path, {k.lower(): v for k, v in request.headers.items()}, parsed)
     assert state.proxy is not None
     headers = state.proxy.upstream_headers(request.headers.items(), request.client.host if request.client else None)
-    return await state.proxy.forward("POST", path, body, headers, info, model, t0, request.receive)
+    pin = None
+    previous = parsed.get("previous_response_id") if path == "/v1/responses" else None
+    if isinstance(previous, str):  # continue on the replica holding it (none found: any one answers the 404)
+        holder, _ = await state.response_holders.find(previous, state.pool,
+                                                      lambda p, bs: _ask(state, request, p, bs))
+        pin = holder.url if holder is not None else None
+    return await state.proxy.forward("POST", path, body, headers, info, model, t0, request.receive, pin=pin)
+
+
+async def _stored_response(state: RouterState, request: Request, response_id: str, suffix: str = "") -> Response:
+    """A stored response's route, forwarded to the replica holding it; none holds it: a 404 (or a replica's
+    refusal of the client's key)."""
+    t0 = time.monotonic()
+    label = "/v1/responses/{id}" + suffix  # the metrics' path: one series, whatever the id
+    holder, denied = await state.response_holders.find(response_id, state.pool,
+                                                       lambda p, bs: _ask(state, request, p, bs))
+    if holder is None:
+        if denied is not None:
+            state.metrics.done(None, label, str(denied.status_code), t0)
+            return relayed(denied)
+        state.metrics.done(None, label, "404", t0)
+        return error_response(404, f"Response with id {response_id!r} not found on any replica (a replica keeps its "
+                                   f"answers only with its Responses store on).", "response_not_found")
+    assert state.proxy is not None
+    headers = state.proxy.upstream_headers(request.headers.items(), request.client.host if request.client else None)
+    target = "/v1/responses/" + quote(response_id, safe="") + suffix
+    if request.url.query:
+        target += "?" + request.url.query
+    info = RequestInfo(label, {k.lower(): v for k, v in request.headers.items()}, {})
+    answer = await state.proxy.forward(request.method, label, b"", headers, info, None, t0, request.receive,
+                                       pin=holder.url, target=target)
+    if request.method == "DELETE" and answer.status_code == 200:
+        state.response_holders.forget(response_id)
+    return answer

@@ -18,7 +18,8 @@ logger = logging.getLogger("pagoda.router")
 DESCRIPTION = (
     "Route OpenAI-compatible requests across several pagoda serve (or vLLM) replicas: /v1/completions, "
     "/v1/chat/completions, /v1/embeddings, /v1/responses, /tokenize, /detokenize proxied (streams passed "
-    "through as they arrive), /v1/models merged, its own /health and /metrics. Backends come from --backend, "
+    "through as they arrive), stored responses (/v1/responses/{id}, previous_response_id) sent to the replica "
+    "holding them, /v1/models merged, its own /health and /metrics. Backends come from --backend, "
     "--backends-file and/or --k8s-service.")
 
 

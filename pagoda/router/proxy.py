@@ -162,15 +162,19 @@ class Proxy:
         self.metrics.done(b.url if b else None, path, status, t0)
 
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str], info: RequestInfo,
-                      model: str | None, t0: float, receive: Receive | None = None) -> Response:
+                      model: str | None, t0: float, receive: Receive | None = None, *, pin: str | None = None,
+                      target: str | None = None) -> Response:
         """The request's answer from a replica. With ``receive`` (the client's ASGI channel, the body already read
         from it), a client that disconnects before the answer cancels the attempt, which closes the upstream
-        connection (the replica then aborts the request): 499, counted with the backend that had it."""
+        connection (the replica then aborts the request): 499, counted with the backend that had it. ``pin``: the
+        one replica (URL) that may answer (the one holding a stored response). ``target``: the path and query sent
+        to the replica when ``path`` is a template (``/v1/responses/{id}``: the metrics' label, so ids do not make
+        series of their own)."""
         at = _Attempt()
+        work = self._forward(method, path, body, headers, info, model, t0, at, pin, target or path)
         if receive is None:
-            return await self._forward(method, path, body, headers, info, model, t0, at)
-        finished, answer = await unless_client_leaves(
-            self._forward(method, path, body, headers, info, model, t0, at), receive, path)
+            return await work
+        finished, answer = await unless_client_leaves(work, receive, path)
         if finished:
             assert answer is not None
             return answer
@@ -180,14 +184,14 @@ class Proxy:
         return Response(status_code=499)
 
     async def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str], info: RequestInfo,
-                       model: str | None, t0: float, at: _Attempt) -> Response:
+                       model: str | None, t0: float, at: _Attempt, pin: str | None, target: str) -> Response:
         tried: set[str] = set()
         failed: Response | None = None  # what the last failed attempt would answer
         refused: tuple[Response, Backend] | None = None  # a replica of unknown models that does not serve this one
         failures = 0
         last_failed: str | None = None
         while failures <= self.config.max_retries:
-            candidates = self.pool.candidates(model, tried)
+            candidates = [b for b in self.pool.candidates(model, tried) if pin is None or b.url == pin]
             if not candidates:
                 break
             b = self.policy.choose(candidates, info)
@@ -201,7 +205,7 @@ class Proxy:
             kept = False  # the relayed stream takes over the in-flight count
             try:
                 try:
-                    req = self.client.build_request(method, b.url + path, content=body, headers=headers)
+                    req = self.client.build_request(method, b.url + target, content=body, headers=headers)
                     resp = await self.client.send(req, stream=True)
                 except httpx.ConnectError as e:  # before TimeoutException: ConnectTimeout is both
                     self._refused(b, e)

@@ -5,7 +5,9 @@
   wants it, as ``pagoda serve --api-key``); a POST naming another ``model`` is a 404 ``model_not_found``;
   other POSTs answer according to ``mode`` (``ok``, ``hang``, ``garbage``, ``midstream`` (one SSE event, then
   the connection is cut), ``gated`` (one SSE event, the rest only after ``gate`` is set), ``held`` (a plain
-  answer, only after ``gate`` is set), ``error500``);
+  answer, only after ``gate`` is set), ``error500``); with ``store_responses``, a POST /v1/responses in mode ``ok``
+  is kept as a replica with its Responses store on keeps it (``stored``: GET and DELETE /v1/responses/{id}, POST
+  .../cancel);
 * :class:`RouterThread` — ``pagoda.router.app.build_app`` under uvicorn in a thread, on a free port.
 """
 
@@ -30,14 +32,17 @@ from pagoda.router.app import RouterConfig, build_app  # noqa: E402
 
 class FakeBackend:
     def __init__(self, mode: str = "ok", model: str = "fake", running: float = 0, waiting: float = 0,
-                 port: int | None = None, api_key: str | None = None) -> None:
+                 port: int | None = None, api_key: str | None = None, store_responses: bool = False) -> None:
         self.mode = mode
+        self.store_responses = store_responses
         self.model = model
         self.api_key = api_key
         self.gets: list[tuple[str, str | None]] = []
         """(path, Authorization) of every GET but /health"""
         self.running, self.waiting = running, waiting
         self.posts: list[tuple[str, dict]] = []
+        self.stored: dict[str, dict] = {}
+        """responses this replica holds, by id (see the module doc)"""
         self.closed = 0
         """gated or held answers whose client (the router) hung up before the gate opened"""
         self.gate = threading.Event()
@@ -103,6 +108,9 @@ class FakeBackend:
             w.write(self._error(401, "Incorrect API key provided.", "invalid_api_key"))
             await w.drain()
             return
+        if path.startswith("/v1/responses/"):
+            await self._stored(method, path, w)
+            return
         if method == "GET":
             if path == "/health":
                 w.write(self._response(200, b""))
@@ -128,9 +136,22 @@ class FakeBackend:
             w.write(self._error(404, f"The model `{parsed['model']}` does not exist.", "model_not_found", "model"))
             await w.drain()
             return
-        await self._post(reader, w)
+        await self._post(reader, w, path)
 
-    async def _post(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def _stored(self, method: str, path: str, w: asyncio.StreamWriter) -> None:
+        rid, _, action = path.removeprefix("/v1/responses/").partition("?")[0].partition("/")
+        if rid not in self.stored:
+            w.write(self._error(404, f"Response with id {rid!r} not found.", "response_not_found"))
+        elif method == "DELETE":
+            del self.stored[rid]
+            w.write(self._response(200, json.dumps({"id": rid, "object": "response", "deleted": True}).encode()))
+        elif (method, action) in (("GET", ""), ("POST", "cancel")):
+            w.write(self._response(200, json.dumps(self.stored[rid]).encode()))
+        else:
+            w.write(self._error(405, "Method Not Allowed", "method_not_allowed"))
+        await w.drain()
+
+    async def _post(self, reader: asyncio.StreamReader, w: asyncio.StreamWriter, path: str = "") -> None:
         mode = self.mode
         if mode == "hang":
             await asyncio.sleep(3600)
@@ -159,6 +180,11 @@ class FakeBackend:
                     return
                 await asyncio.sleep(0.01)
             w.write(self._chunk(b'data: {"n": 2}\n\n') + self._chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        elif path == "/v1/responses" and self.store_responses:
+            rid = f"resp_{self.port}_{len(self.stored)}"
+            self.stored[rid] = {"id": rid, "object": "response", "port": self.port,
+                                "previous_response_id": self.posts[-1][1].get("previous_response_id")}
+            w.write(self._response(200, json.dumps(self.stored[rid]).encode()))
         else:
             w.write(self._response(200, json.dumps({"ok": True, "port": self.port}).encode()))
         await w.drain()
