@@ -4,8 +4,8 @@ Routes: ``/health`` (200 while at least one backend is in rotation, else 503; no
 ``/version`` (the router's own pagoda version, as a replica answers it), ``/v1/models`` (merged over the healthy
 replicas, one card per id), ``/v1/models/{id}``, and the proxied routes :data:`PROXIED_PATHS`. A request naming a
 ``model`` that no healthy replica serves is a 404 (``model_not_found``), as pagoda serve answers it. Stored Responses
-API answers (``GET`` / ``DELETE /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``, and ``previous_response_id``)
-go to the replica that holds them (:mod:`.stored_responses`). Every error,
+API answers (``GET`` / ``DELETE /v1/responses/{id}``, ``.../input_items``, ``POST .../cancel``,
+``previous_response_id``) go to the replica that holds them (:mod:`.stored_responses`). Every error,
 the framework's own (an unknown route, a wrong method) included, has OpenAI's shape ``{"error": {"message", "type",
 "param", "code"}}``, as pagoda serve answers it.
 
@@ -289,6 +289,10 @@ def _add_routes(app: FastAPI, state: RouterState) -> None:
     @app.delete("/v1/responses/{response_id}")
     async def delete_response(response_id: str, request: Request) -> Response:
         return await _stored_response(state, request, response_id)
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def response_input_items(response_id: str, request: Request) -> Response:
+        return await _stored_response(state, request, response_id, "/input_items")
 
     @app.post("/v1/responses/{response_id}/cancel")
     async def cancel_response(response_id: str, request: Request) -> Response:

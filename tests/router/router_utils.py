@@ -147,6 +147,8 @@ class FakeBackend:
             w.write(self._response(200, json.dumps({"id": rid, "object": "response", "deleted": True}).encode()))
         elif (method, action) in (("GET", ""), ("POST", "cancel")):
             w.write(self._response(200, json.dumps(self.stored[rid]).encode()))
+        elif (method, action) == ("GET", "input_items"):
+            w.write(self._response(200, json.dumps({"object": "list", "data": [], "port": self.port}).encode()))
         else:
             w.write(self._error(405, "Method Not Allowed", "method_not_allowed"))
         await w.drain()

@@ -264,3 +264,35 @@ def test_start_up_checks(monkeypatch):
         check_store_args(1)
     monkeypatch.setenv("PAGODA_ENABLE_RESPONSES_API_STORE", "0")  # pagoda's name wins over vLLM's
     check_store_args(2)
+
+
+def test_input_items_list(app_client):
+    """GET /v1/responses/{id}/input_items: the request's own input (not earlier turns'), newest first by default,
+    with ids; OpenAI's paging (after, limit, has_more) and its SDK read it."""
+    import openai
+
+    items = [{"role": "user", "content": "One."}, {"role": "assistant", "content": "Two."},
+             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Three."}],
+              "id": "msg_mine"}]
+    resp = _post(app_client, {"input": items})
+    page = app_client.get(f"/v1/responses/{resp['id']}/input_items?order=asc").json()
+    assert page["object"] == "list" and page["has_more"] is False
+    assert [(it["role"], it["content"]) for it in page["data"]] == [
+        ("user", [{"type": "input_text", "text": "One."}]), ("assistant", [{"type": "output_text", "text": "Two."}]),
+        ("user", [{"type": "input_text", "text": "Three."}])]
+    ids = [it["id"] for it in page["data"]]
+    assert ids[2] == "msg_mine" and len(set(ids)) == 3 and page["first_id"] == ids[0] and page["last_id"] == ids[2]
+    desc = app_client.get(f"/v1/responses/{resp['id']}/input_items?limit=2").json()
+    assert [it["id"] for it in desc["data"]] == ids[::-1][:2] and desc["has_more"] is True
+    rest = app_client.get(f"/v1/responses/{resp['id']}/input_items?limit=2&after={desc['last_id']}").json()
+    assert [it["id"] for it in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    # a continued turn lists its own input only; a string input is one user message
+    nxt = _post(app_client, {"input": "Four.", "previous_response_id": resp["id"]})
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=app_client)
+    listed = client.responses.input_items.list(nxt["id"])
+    assert [(it.role, it.content[0].text) for it in listed.data] == [("user", "Four.")]
+    for query, param in (("include=x", "include"), ("order=up", "order"), ("limit=0", "limit"),
+                         ("after=msg_nope", "after")):
+        r = app_client.get(f"/v1/responses/{resp['id']}/input_items?{query}")
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, query
+    assert app_client.get("/v1/responses/resp_nope/input_items").status_code == 404

@@ -15,8 +15,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagoda.entrypoints.openai.protocol import ChatMessageIn
 from pagoda.entrypoints.openai.protocol_responses import (
@@ -40,6 +42,7 @@ class StoredResponse:
     messages: list[ChatMessageIn]
     parent: StoredResponse | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)  # a background generation
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # the request's input, as listed back
 
     @property
     def running(self) -> bool:
@@ -60,6 +63,26 @@ class StoredResponse:
             out += [m.model_copy(deep=True) for m in turn.messages]
             out += input_messages(output_as_input(turn.response))
         return out
+
+
+_ITEM_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def listed_input(value: Any) -> list[dict[str, Any]]:
+    """A request's ``input`` as ``GET /v1/responses/{id}/input_items`` lists it: a string is one user message of
+    ``input_text``; every item keeps its fields and has an ``id`` (its own, else a new one)."""
+    if isinstance(value, str):
+        value = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
+    out = []
+    for item in value:
+        d = item.model_dump(exclude_none=True) if hasattr(item, "model_dump") else dict(item)
+        kind = d.get("type", "message")
+        d.setdefault("id", f"{_ITEM_ID_PREFIX.get(kind, 'item')}_{uuid.uuid4().hex}")
+        if kind == "message" and isinstance(d.get("content"), str):
+            part = "output_text" if d.get("role") == "assistant" else "input_text"
+            d["content"] = [{"type": part, "text": d["content"]}]
+        out.append(d)
+    return out
 
 
 def output_as_input(resp: ResponseObject) -> list[InputMessage | FunctionCallInput]:

@@ -55,7 +55,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     wants_logprobs,
 )
 from pagoda.entrypoints.openai.request_fields import check_ignored_values
-from pagoda.entrypoints.openai.responses_store import ResponseStore, StoredResponse
+from pagoda.entrypoints.openai.responses_store import ResponseStore, StoredResponse, listed_input
 from pagoda.entrypoints.openai.responses_tools import (
     ResponsesItemStream,
     Status,
@@ -303,7 +303,7 @@ class OpenAIServingResponses:
         entry = None
         if self.store is not None and req.store is not False:
             resp.store, resp.previous_response_id = True, req.previous_response_id
-            entry = StoredResponse(resp, turn_messages(req), prev)
+            entry = StoredResponse(resp, turn_messages(req), prev, input_items=listed_input(req.input))
         num, as_ids = chat.num_logprobs(logprobs), chat.as_ids(creq)
 
         def token_logprobs(token_ids: list[int], lps: list[Any]) -> list[dict[str, Any]]:
@@ -376,6 +376,21 @@ class OpenAIServingResponses:
     async def retrieve(self, rid: str) -> JSONResponse:
         """GET /v1/responses/{id}: the stored response as it stands (a background one's status may be running)."""
         return JSONResponse(self.stored(rid).response.model_dump())
+
+    async def input_items(self, rid: str, after: str | None, limit: int, order: str) -> JSONResponse:
+        """GET /v1/responses/{id}/input_items: the request's own input items (not the earlier turns'), OpenAI's
+        list page (``order`` ``desc`` by default, ``after`` an item id, ``limit`` 1-100)."""
+        items = list(self.stored(rid).input_items)
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            at = next((i for i, it in enumerate(items) if it.get("id") == after), None)
+            if at is None:
+                raise ServingError(400, f"after: no input item {after!r} in response {rid!r}.", param="after")
+            items = items[at + 1:]
+        page = items[:limit]
+        return JSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
 
     async def cancel(self, rid: str) -> JSONResponse:
         """POST /v1/responses/{id}/cancel: a running background response is stopped (``cancelled``, its engine

@@ -1,6 +1,7 @@
 """POST /v1/responses (OpenAI's Responses API: text, function tools, reasoning and logprobs; see
 :mod:`..serving_responses`), and the stored responses' routes: GET and DELETE /v1/responses/{id}, POST
-/v1/responses/{id}/cancel (404 while the store is off: :mod:`..responses_store`)."""
+/v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items (404 while the store is off:
+:mod:`..responses_store`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,30 @@ async def retrieve_response(response_id: str, raw: Request) -> Response:
         responses = ready(raw).responses
         assert responses is not None
         return await responses.retrieve(response_id)
+    return await guarded(handler)
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, raw: Request) -> Response:
+    async def handler() -> Response:
+        q = dict(raw.query_params)
+        unknown = sorted(set(q) - {"after", "limit", "order"})
+        if unknown:  # include (image URLs, ...) and the like: not served, refused by name
+            raise ServingError(400, f"{', '.join(unknown)}: not supported by pagoda's input_items list (it takes "
+                               f"after, limit, order).", param=unknown[0])
+        order = q.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ServingError(400, f"order must be 'asc' or 'desc', got {order!r}.", param="order")
+        try:
+            limit = int(q.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise ServingError(400, f"limit must be an integer from 1 to 100, got {q.get('limit')!r}.",
+                               param="limit")
+        responses = ready(raw).responses
+        assert responses is not None
+        return await responses.input_items(response_id, q.get("after"), limit, order)
     return await guarded(handler)
 
 
