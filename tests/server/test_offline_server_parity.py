@@ -182,8 +182,9 @@ def vllm_params(body: dict[str, Any], chat: bool, defaults: dict[str, Any]) -> d
         if body.get("logprobs"):
             p["logprobs"] = body.get("top_logprobs") or 0
     else:
-        # absent: 16, or less when max_new_tokens is less; null: the context's room (ample here), so max_new_tokens
-        p["max_tokens"] = min(16, defaults["max_tokens"]) if "max_tokens" not in body else body["max_tokens"]
+        # absent: 16 (vLLM since PR #34063: the generation config's max_new_tokens is a default, not a ceiling);
+        # null: the generation config's max_new_tokens (the context's room is ample here)
+        p["max_tokens"] = 16 if "max_tokens" not in body else body["max_tokens"]
         if p["max_tokens"] is None:
             p["max_tokens"] = defaults["max_tokens"]
         if body.get("logprobs") is not None:
@@ -263,8 +264,10 @@ def compare_choice(ch: dict[str, Any], o: Any, out: Any, body: dict[str, Any], c
     diffs = []
     text = ch["message"]["content"] if chat else ch["text"]
     want = o.text
-    if not chat and body.get("echo"):  # a prompt of token ids is echoed decoded (as the model saw it)
-        prompt = out.prompt if out.prompt is not None else tok.decode(out.prompt_token_ids, skip_special_tokens=False)
+    if not chat and body.get("echo"):  # a prompt of token ids, or one truncate_prompt_tokens cut, is echoed decoded
+        # (as the model saw it)
+        whole = out.prompt is not None and len(tok.encode(out.prompt)) == len(out.prompt_token_ids)
+        prompt = out.prompt if whole else tok.decode(out.prompt_token_ids, skip_special_tokens=False)
         want = prompt + o.text
     if (text or "") != want:
         diffs.append(f"choice {i} text {text!r} vs {want!r}")
@@ -404,7 +407,9 @@ def test_defaults_agree(srv, llm):
     for k, v in {**GEN_DEFAULTS, "max_tokens": MAX_NEW_TOKENS}.items():
         assert getattr(default, k) == v
     offline = llm.generate(PROMPTS[0], default.clone(seed=5), use_tqdm=False)[0].outputs[0]
-    r = send(srv, {"model": MODEL, "prompt": PROMPTS[0], "seed": 5}, chat=False).json()["choices"][0]
+    # max_tokens null: the generation config's max_new_tokens (an absent one is completions' 16, see vllm_params)
+    r = send(srv, {"model": MODEL, "prompt": PROMPTS[0], "seed": 5, "max_tokens": None},
+             chat=False).json()["choices"][0]
     assert r["token_ids"] == list(offline.token_ids)
     assert r["text"] == offline.text
     assert len(offline.token_ids) == MAX_NEW_TOKENS  # ignore_eos is not set: this model and seed run to the cap

@@ -415,7 +415,7 @@ class ChatCompletionStreamResponse(ResponseModel):
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
-    prompt_token_ids: list[int] | None = None  # with return_token_ids: in the first chunk only
+    prompt_token_ids: list[int] | None = None  # with return_token_ids: in each choice's role chunk
 
 
 OPTIONAL_STREAM_KEYS = ("prompt_token_ids", "token_ids")

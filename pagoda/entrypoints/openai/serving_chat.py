@@ -71,6 +71,21 @@ class OpenAIServingChat(OpenAIServing):
         return (top or 0) if req.logprobs else None
 
     @staticmethod
+    def _prompt_logprobs(req: ChatCompletionRequest, logprobs: int | None) -> int | None:
+        """The engine's prompt_logprobs: the request's, else with ``echo`` and ``logprobs`` the ``top_logprobs``
+        count (vLLM's ``to_sampling_params``: "if prompt_logprobs is None and echo: top_logprobs"), so the response
+        carries ``prompt_logprobs``. vLLM's ``top_logprobs`` defaults to 0, which makes every ``echo`` request compute
+        them; here only one that asked for ``logprobs`` does (the mapping's stated purpose, vLLM PR #7453: "echo and
+        top_logprobs enabled"), as the others never asked for logprobs and would lose the prefix-cache lookup. None
+        for a stream (its chunks carry no prompt logprobs: vLLM computes them for nothing) and for beam search (vLLM
+        never asks beam search for them)."""
+        if req.prompt_logprobs is not None:
+            return req.prompt_logprobs
+        if req.echo and logprobs is not None and not req.stream and not req.use_beam_search:
+            return logprobs
+        return None
+
+    @staticmethod
     def _field_names(req: ChatCompletionRequest) -> dict[str, str]:
         """What chat calls the engine's fields (see ``request_field_names``)."""
         names = {"prompt": "messages", "logprobs": "top_logprobs", "beam_width": "n",
@@ -96,6 +111,7 @@ class OpenAIServingChat(OpenAIServing):
         if req.use_beam_search:
             self.check_no_beam_lora(lora)
         logprobs = self._logprobs(req)
+        prompt_lp = self._prompt_logprobs(req, logprobs)
         plan = plan_tools(req, self.limits.tools)
         check_reasoning_request(req, self.limits.tools, plan, structured_outputs_from_request(req)[0] is not None)
         text, ids = self.render_prompt(
@@ -120,7 +136,8 @@ class OpenAIServingChat(OpenAIServing):
             prompt = {"prompt": text, "prompt_token_ids": ids, "cache_salt": req.cache_salt}
             stream = self.start_beam_search(request_id, prompt, bparams, req, self.num_logprobs(logprobs))
         else:
-            params = self.sampling_params(req, len(ids), user_max, given, None, logprobs, stream=bool(req.stream))
+            params = self.sampling_params(req, len(ids), user_max, given, None, logprobs, prompt_lp,
+                                          stream=bool(req.stream))
             so = constraint(plan)
             if so is not None or plan.sampling_overrides:
                 params = params.clone(**plan.sampling_overrides, **({"structured_outputs": so} if so else {}))
@@ -157,7 +174,7 @@ class OpenAIServingChat(OpenAIServing):
             id=request_id, created=self.now(), model=model, choices=choices,
             usage=self._with_reasoning(self.usage(pt, ct, out.num_cached_tokens), parsers,
                                        [c.text for c in out.outputs], [c.token_ids for c in out.outputs]),
-            prompt_logprobs=self.prompt_logprobs_json(out) if req.prompt_logprobs is not None else None,
+            prompt_logprobs=self.prompt_logprobs_json(out) if prompt_lp is not None else None,
             prompt_token_ids=list(out.prompt_token_ids) if req.return_token_ids else None,
         )
         return JSONResponse(resp.model_dump())
@@ -236,9 +253,10 @@ class OpenAIServingChat(OpenAIServing):
     def _opening(self, req: ChatCompletionRequest, chunks: StreamChunks, n: int, prompt_ids: list[int] | None,
                  usage: Callable[[int], Any] | None) -> list[bytes]:
         """A stream's first events: each choice's role (:meth:`response_role`; the prompt's ids, when asked for, in
-        the very first chunk only), then the echo (if any) in chunks of its own, as vLLM sends them."""
+        each choice's role chunk, as vLLM's stream generator sends them with ``n`` > 1 too), then the echo (if any)
+        in chunks of its own, as vLLM sends them."""
         out = [b"".join(chunks.event(_choice(i, {"role": self.response_role(req), "content": ""}),
-                                     usage(i) if usage else None, prompt_ids if i == 0 else None)
+                                     usage(i) if usage else None, prompt_ids)
                         for i in range(n))]
         echo = self._echo_text(req)
         if echo:

@@ -44,10 +44,11 @@ class _Prompt:
 
 
 def _max_tokens(req: CompletionRequest) -> tuple[int | None, bool, int | None]:
-    """(the engine's max_tokens, whether the request gave it, the default otherwise), as vLLM: absent, 16 (less if
-    the generation config's max_new_tokens or the room left is less); ``null``, the room left in the context (capped
-    by that max_new_tokens); 0 with ``echo``, the prompt alone (:func:`echo_only`: the engine draws one token that no
-    choice shows)."""
+    """(the engine's max_tokens, whether the request gave it, the default otherwise), as vLLM: absent, 16 (less only
+    if the room left in the context is less: the generation config's max_new_tokens does not lower it, as in vLLM
+    since PR #34063); ``null``, the generation config's max_new_tokens, else the room left in the context (the
+    lesser); 0 with ``echo``, the prompt alone (:func:`echo_only`: the engine draws one token that no choice
+    shows)."""
     given = "max_tokens" in req.model_fields_set
     if echo_only(req):
         return 1, True, None
@@ -102,8 +103,13 @@ class OpenAIServingCompletion(OpenAIServing):
         out = []
         for item in items:
             if isinstance(item, str):
-                out.append(_Prompt(item, self.tokenize_text(item, bool(req.add_special_tokens),
-                                                            req.truncate_prompt_tokens, req.truncation_side)))
+                ids = self.encode(item, bool(req.add_special_tokens))
+                kept = self.truncate(ids, req.truncate_prompt_tokens, req.truncation_side)
+                # A prompt cut by truncate_prompt_tokens is echoed as the model saw it: its kept tokens decoded
+                # (text None: :meth:`_prompt_text` decodes them, as for a prompt of token ids), so the echoed text,
+                # its logprobs' tokens and text offsets all describe the same tokens. vLLM echoes the whole text
+                # it was given there, tokens the model never saw before the ones the logprobs describe.
+                out.append(_Prompt(item if len(kept) == len(ids) else None, kept))
             else:
                 out.append(_Prompt(None, self.truncate(list(item), req.truncate_prompt_tokens,
                                                        req.truncation_side)))

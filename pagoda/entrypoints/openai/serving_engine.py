@@ -159,10 +159,13 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 def absent_max_tokens(endpoint_default: int | None, generation_default: Any, room: int) -> int:
-    """The ``max_tokens`` of a request that gave none, as vLLM's ``get_max_tokens``: the least of the endpoint's
-    default (completions 16 when the field is absent; None for chat and for a completion's explicit ``null``), the
-    generation config's ``max_new_tokens`` and the room left in the context (at least 1)."""
-    caps = [max(1, room)] + [int(v) for v in (endpoint_default, generation_default) if v is not None]
+    """The ``max_tokens`` of a request that gave none, as vLLM's ``get_max_tokens`` (since vLLM PR #34063, the
+    generation config's value is a default, not a ceiling): the endpoint's default (completions 16 when the field is
+    absent: vLLM's ``CompletionRequest.max_tokens`` default, which the generation config does not lower), else the
+    generation config's ``max_new_tokens`` (chat, and a completion's explicit ``null``), capped by the room left in
+    the context (at least 1)."""
+    fallback = endpoint_default if endpoint_default is not None else generation_default
+    caps = [max(1, room)] + ([int(fallback)] if fallback is not None else [])
     return min(caps)
 
 
@@ -300,11 +303,6 @@ class OpenAIServing:
             raise ServingError(400, f"{param} is not valid Unicode text: {e.reason} at position {e.start}.",
                                param=param) from None
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-    def tokenize_text(self, text: str, add_special_tokens: bool, truncate: int | None,
-                      side: str | None = None) -> list[int]:
-        ids = self.encode(text, add_special_tokens)
-        return self.truncate(ids, truncate, side)
 
     def truncate(self, ids: list[int], truncate: int | None, side: str | None = None) -> list[int]:
         """vLLM's ``truncate_prompt_tokens`` (-1: the context length) and ``truncation_side``: "left"
