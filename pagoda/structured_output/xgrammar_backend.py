@@ -55,23 +55,46 @@ def _json_grammar(schema: Any, key: GrammarKey, closed: bool) -> Any:
     return _no_raw_control_characters(xgr.Grammar.from_json_schema(json.dumps(schema), **ws))
 
 
-_LOOSE_CHARACTER_RULE = re.compile(r'^(\w*characters) ::= \(\(\[\^\\"\\\\\\r\\n\]\)\)$', re.MULTILINE)
-"""A rule xgrammar (0.2.9; its issue #800) writes for one character of a ``minLength``/``maxLength``-bounded string
-(``name_characters ::= (([^\"\\\r\n]))``): it lets the raw control characters U+0000-U+001F other than CR and
-LF into a JSON string, which no JSON parser accepts (a bounded field could end in an unparseable answer)."""
+_LOOSE_CHARACTER_CLASS = r'[^\"\\\r\n]'
+"""The character class xgrammar (0.2.9; its issue #800) writes for one character of a ``minLength``/``maxLength``-
+bounded string, in its printed form (any character but a quote, a backslash, CR and LF): as a rule of its own
+(``name_characters ::= ((<class>))``), or inline where the bound is 1 (``root ::= (("\\"" <class> "\\""))``, found by
+tests/test_structured_fuzz.py). It lets the raw control characters U+0000-U+001F other than CR and LF into a JSON
+string, which no JSON parser accepts (a bounded field could end in an unparseable answer)."""
 _JSON_STRING_CHARACTER = r'[^\0-\u001f\"\\\r\n]'
 """The character class of xgrammar's own unbounded JSON strings (``basic_string_sub``), in its printed form."""
 
 
 def _no_raw_control_characters(grammar: Any) -> Any:
-    """``grammar`` with every loose bounded-string character rule (:data:`_LOOSE_CHARACTER_RULE`) narrowed to
+    """``grammar`` with every loose bounded-string character class (:data:`_LOOSE_CHARACTER_CLASS`) narrowed to
     :data:`_JSON_STRING_CHARACTER`, re-read from its printed form (which xgrammar reads back unchanged); the
-    grammar itself when it has none (an xgrammar that fixed the rule)."""
+    grammar itself when it has none (an xgrammar that fixed the class)."""
     import xgrammar as xgr
 
     text = str(grammar)
-    fixed, n = _LOOSE_CHARACTER_RULE.subn(lambda m: f"{m.group(1)} ::= (({_JSON_STRING_CHARACTER}))", text)
-    return xgr.Grammar.from_ebnf(_fixed_width_escapes(fixed)) if n else grammar
+    fixed = _narrow_loose_classes(text)
+    return xgr.Grammar.from_ebnf(_fixed_width_escapes(fixed)) if fixed != text else grammar
+
+
+def _narrow_loose_classes(text: str) -> str:
+    """``text`` (a printed grammar) with each character class equal to :data:`_LOOSE_CHARACTER_CLASS` replaced by
+    :data:`_JSON_STRING_CHARACTER`; quoted literals (a ``const`` that spells the class) are left as they are."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch not in '"[':
+            out.append(ch)
+            i += 1
+            continue
+        close = '"' if ch == '"' else "]"
+        j = i + 1
+        while j < n and text[j] != close:
+            j += 2 if text[j] == "\\" else 1
+        token = text[i:j + 1]
+        out.append(_JSON_STRING_CHARACTER if ch == "[" and token == _LOOSE_CHARACTER_CLASS else token)
+        i = j + 1
+    return "".join(out)
 
 
 _HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
