@@ -54,6 +54,10 @@ WELL_FORMED = [
       ("get_time", {"tz": "PST", "opts": {"a": [1, [2, 3]], "b": None, "c": True, "d": -0.5}})], None),
     ("pythonic", "[now()]", [("now", {})], None),
     ("pythonic", "[Note: this is a list of thoughts]", [], "[Note: this is a list of thoughts]"),
+    # Qwen3-Coder XML (no tools in the request: every value is text; typed values: test_tool_parser_qwen3coder.py)
+    ("qwen3_coder", "Checking.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+                    "<parameter=unit>\ncelsius\n</parameter>\n</function>\n</tool_call>",
+     [("get_weather", WEATHER)], "Checking."),
 ]
 
 MALFORMED = [
@@ -71,6 +75,7 @@ MALFORMED = [
     ("pythonic", '[f(x=open("/etc/passwd").read())]'),  # never evaluated
     ("pythonic", "[f(x=1)"),
     ("pythonic", "[f(x=1)] trailing"),
+    ("qwen3_coder", "<tool_call>\n<function=f>\n<parameter=x>\n1\n</parameter>\nstray\n</function>\n</tool_call>"),
 ]
 
 

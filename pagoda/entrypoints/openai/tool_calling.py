@@ -140,7 +140,7 @@ def plan_tools(req: Any, cfg: ToolServingConfig) -> ToolPlan:
         if not (cfg.enable_auto_tool_choice and cfg.tool_call_parser):
             raise _bad(AUTO_NEEDS_FLAGS, "tool_choice")
         plan.mode = "auto"
-        parser = get_tool_parser(cfg.tool_call_parser)
+        parser = get_tool_parser(cfg.tool_call_parser, tools)
         if parser.special_tokens_in_output:
             plan.sampling_overrides["skip_special_tokens"] = False
         if any(is_strict(t) for t in tools):
@@ -182,7 +182,7 @@ def output_parser(req: Any, cfg: ToolServingConfig, plan: ToolPlan) -> ChatOutpu
     tools: Any = None
     if plan.mode == "auto":
         assert cfg.tool_call_parser is not None
-        tools = get_tool_parser(cfg.tool_call_parser)
+        tools = get_tool_parser(cfg.tool_call_parser, plan.tools)
     elif plan.mode == "required":
         tools = RequiredToolParser()
     elif plan.mode == "named":

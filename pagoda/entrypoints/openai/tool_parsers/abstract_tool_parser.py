@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,9 @@ class ToolParser:
     output_is_calls = False
     """The whole output is calls, never content (``tool_choice`` required or named: a grammar holds it to JSON), so
     text that holds no call yet (cut at ``max_tokens`` inside the first name) is no content either."""
+    tools: Sequence[dict[str, Any]] = ()
+    """The request's tools in chat's shape (set by :func:`get_tool_parser`): a format whose arguments are not JSON
+    reads their types from the tools' schemas (``qwen3_coder``)."""
 
     def parse(self, text: str, final: bool) -> ParseResult:
         """See the module doc. Subclasses fill a :class:`Scan` in ``scan_into``; malformed output raises
