@@ -612,9 +612,11 @@ def convert_gguf_cached(path: Path, progress: bool = True) -> Path:
     target = cache_dir() / "gguf" / key
     if _is_complete(target):
         return target
-    from pagoda.quantization.gguf_file import open_gguf
+    from pagoda.quantization.gguf_file import check_gguf_metadata, open_gguf
 
-    open_gguf(path)  # a truncated or corrupt file is a ValueError naming it here, not a numpy error from transformers
+    # A truncated or corrupt file, or metadata that contradicts its tensors, is a ValueError naming it here, not a
+    # numpy / ZeroDivisionError / IndexError from transformers (or a hang building a model of corrupt size).
+    check_gguf_metadata(open_gguf(path))
     with _locked(f"gguf-{key}", progress):
         if _is_complete(target):
             return target
@@ -719,12 +721,13 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
     bar = tqdm(total=len(steps), desc=f"convert {path.name}", unit="step", disable=not progress)
     try:
         bar.set_postfix_str(steps[0])
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        with _gguf_metadata_errors(path, "config"):
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         _complete_gguf_config(config, path)
         bar.update(1)
 
         bar.set_postfix_str(steps[1])
-        with torch.device("meta"):
+        with torch.device("meta"), _gguf_metadata_errors(path, "model"):
             meta_model = AutoModelForCausalLM.from_config(config)
         dtype = _write_weights(path, meta_model, config, out, progress) if weights else _gguf_dtype(path)
         bar.update(1)
@@ -736,7 +739,8 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         bar.update(1)
 
         bar.set_postfix_str(steps[3])
-        _save_gguf_tokenizer(path, out, config)
+        with _gguf_metadata_errors(path, "tokenizer"):
+            _save_gguf_tokenizer(path, out, config)
         bar.update(1)
 
         bar.set_postfix_str(steps[4])
@@ -751,6 +755,22 @@ def convert_gguf(path: Path, out: Path, progress: bool = True, source: dict[str,
         bar.update(1)
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def _gguf_metadata_errors(path: Path, what: str) -> Iterator[None]:
+    """Transformers' errors reading a GGUF file's ``what`` (config or tokenizer) from its metadata, as a ``ValueError``
+    naming the file: corrupt metadata raised whatever its reader tripped on (``ZeroDivisionError``, ``IndexError``, an
+    ``OSError`` calling the file "not a valid JSON file"), naming neither the file nor the key."""
+    try:
+        yield
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, ZeroDivisionError, OverflowError, OSError,
+            UnicodeDecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        detail = " ".join(str(exc).split())[:400]
+        raise ValueError(f"GGUF file {path}: transformers cannot build the model's {what} from its metadata "
+                         f"({type(exc).__name__}: {detail}); the file is corrupt or its metadata inconsistent") from exc
 
 
 def _match_parameters(tensors: dict[str, Any], meta_model: Any, config: Any, path: Path) -> None:

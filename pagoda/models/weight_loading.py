@@ -45,6 +45,8 @@ def check_scale_values(name: str, tensor: torch.Tensor) -> None:
     if not tensor.dtype.is_floating_point:
         raise ValueError(f"Checkpoint tensor {name!r} is a quantization scale stored as {tensor.dtype}; expected "
                          f"floating point (corrupt checkpoint?)")
+    if tensor.dtype in _FP8_DTYPES:  # an FP8 scale: torch has no isfinite or comparison for it
+        tensor = tensor.float()
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"Checkpoint tensor {name!r} holds NaN or infinite values (corrupt checkpoint?)")
     if leaf in DIVIDING_SCALES and tensor.numel() and not bool((tensor > 0).all()):

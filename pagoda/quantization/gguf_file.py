@@ -102,6 +102,68 @@ def open_gguf(path: Path) -> GGUFHeader:
         raise ValueError(f"GGUF file {path} cannot be read (truncated or corrupt?): {exc}") from exc
 
 
+_TOKEN_ID_KEYS = ("bos", "eos", "unknown", "separator", "padding", "eot", "eom")
+
+
+def check_gguf_metadata(head: GGUFHeader) -> None:
+    """Refuse, naming the key (and the tensor it disagrees with), model metadata that is not a positive integer or
+    that contradicts the tensor table: ``block_count`` against the ``blk.N`` tensors, ``embedding_length`` and the
+    vocabulary against ``token_embd``, head counts that do not divide, special token ids past the vocabulary.
+    Transformers builds the config and tokenizer from these values unchecked: a corrupt one was a
+    ``ZeroDivisionError`` or ``IndexError`` naming nothing, or a model of two billion layers (a hang)."""
+    path, meta = head.path, head.metadata
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"GGUF file {path}: general.architecture is {arch!r}, not an architecture name (corrupt?)")
+    dims = {t.name: t.dims for t in head.tensors}
+
+    def count(key: str, required: bool = False) -> int | None:
+        v = meta.get(f"{arch}.{key}")
+        if v is None and not required:
+            return None
+        if isinstance(v, list) and not required and all(type(x) is int and x >= 0 for x in v):
+            return None  # a per-layer count (some architectures give head counts layer by layer): not checked here
+        if type(v) is not int or v < 1:
+            raise ValueError(f"GGUF file {path}: {arch}.{key} is {v!r}, not a positive integer (corrupt file?)")
+        return v
+
+    blocks = count("block_count", required=True)
+    layers = {int(m.group(1)) for t in head.tensors if (m := re.match(r"blk\.(\d+)\.", t.name))}
+    if layers and (max(layers) + 1 != blocks or len(layers) != blocks):
+        raise ValueError(f"GGUF file {path}: {arch}.block_count is {blocks}, but its tensors are those of layers "
+                         f"{min(layers)}..{max(layers)} ({len(layers)} layers; corrupt file?)")
+    hidden = count("embedding_length")
+    embd = dims.get("token_embd.weight")
+    if hidden is not None and embd is not None and embd[0] != hidden:
+        raise ValueError(f"GGUF file {path}: {arch}.embedding_length is {hidden}, but tensor 'token_embd.weight' has "
+                         f"rows of {embd[0]} (corrupt file?)")
+    heads = count("attention.head_count")
+    kv_heads = count("attention.head_count_kv")
+    if heads is not None and kv_heads is not None and heads % kv_heads:
+        raise ValueError(f"GGUF file {path}: {arch}.attention.head_count {heads} is not a multiple of "
+                         f"{arch}.attention.head_count_kv {kv_heads} (corrupt file?)")
+    if heads is not None and hidden is not None and count("attention.key_length") is None and hidden % heads:
+        raise ValueError(f"GGUF file {path}: {arch}.embedding_length {hidden} does not split into "
+                         f"{arch}.attention.head_count {heads} heads (corrupt file?)")
+    count("context_length")
+    count("feed_forward_length")
+    rope = count("rope.dimension_count")
+    head_dim = count("attention.key_length") or (hidden // heads if hidden and heads else None)
+    if rope is not None and (rope % 2 or (head_dim is not None and rope > head_dim)):
+        raise ValueError(f"GGUF file {path}: {arch}.rope.dimension_count is {rope}; rotary dimensions are an even "
+                         f"number of at most the head size {head_dim} (corrupt file?)")
+    tokens = head.array_lengths.get("tokenizer.ggml.tokens")
+    if tokens is not None and embd is not None and len(embd) > 1 and embd[1] != tokens:
+        raise ValueError(f"GGUF file {path}: tokenizer.ggml.tokens holds {tokens} tokens, but tensor "
+                         f"'token_embd.weight' has {embd[1]} rows (corrupt file?)")
+    for name in _TOKEN_ID_KEYS:
+        key = f"tokenizer.ggml.{name}_token_id"
+        v = meta.get(key)
+        if v is not None and tokens is not None and (type(v) is not int or not 0 <= v < tokens):
+            raise ValueError(f"GGUF file {path}: {key} is {v!r}, not a token of its {tokens}-token vocabulary "
+                             f"(corrupt file?)")
+
+
 def _raw(head: GGUFHeader, t: TensorInfo) -> RawTensor:
     type_name = t.type_name
     shape = tuple(int(n) for n in reversed(t.dims))  # GGUF lists dims innermost first
@@ -135,7 +197,10 @@ def iter_gguf_tensors(path: Path, hf_config: dict[str, Any]) -> Iterator[tuple[s
     heads = int(hf_config["num_attention_heads"])
     kv_heads = int(hf_config.get("num_key_value_heads") or heads)
     for t in head.tensors:
-        name = hf_name(t.name)
+        try:
+            name = hf_name(t.name)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in {path})") from None
         if name is None:
             continue
         raw = _raw(head, t)
@@ -143,7 +208,8 @@ def iter_gguf_tensors(path: Path, hf_config: dict[str, Any]) -> Iterator[tuple[s
             n_head = heads if ".attn_q." in t.name else kv_heads
             rows = raw.shape[0]
             if rows % (2 * n_head):
-                raise ValueError(f"GGUF tensor {t.name!r}: {rows} rows do not split into {n_head} rotary heads")
+                raise ValueError(f"GGUF tensor {t.name!r} in {path}: {rows} rows do not split into {n_head} rotary "
+                                 f"heads")
             raw.data = raw.data.view(rows, -1)[rotary_row_order(rows, n_head)].reshape(raw.data.shape)
         if "{}" in name:
             yield from _per_expert(name, raw)

@@ -10,13 +10,15 @@ Format (GGUF v2/v3, little-endian): magic ``GGUF``, version u32, tensor count u6
 metadata entry a string key, a u32 value type and the value (an array: item type u32, count u64, items); each
 tensor a string name, u32 dims, u64 sizes (innermost first), u32 ggml type, u64 offset from the data start,
 which is the end of the header rounded up to ``general.alignment`` (default 32). A truncated or corrupt header
-is a ``ValueError`` naming the file (and the tensor, for a type id gguf does not know, rows that are not whole
-blocks of their type, data past the end of the file, an offset off the alignment or tensors that overlap); a
+is a ``ValueError`` naming the file (and the tensor, for a type id gguf does not know, more than 4 dimensions or
+none with elements, rows that are not whole blocks of their type, data past the end of the file, or an offset other
+than where the previous tensor's data ends, padded to the alignment, as llama.cpp requires); a
 big-endian file is refused by name (its dense tensors would need swapping).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ import numpy as np
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,16 @@ def read_gguf_header(path: Path, keep_arrays: Iterable[str] = ()) -> GGUFHeader:
         raise ValueError(f"GGUF file {path}: general.alignment is {align!r}, not a positive integer (corrupt?)")
     start = (cur.pos + align - 1) // align * align
     head.tensors = [_tensor_info(path, info, start, align, len(mm)) for info in infos]
-    by_offset = sorted(head.tensors, key=lambda t: t.offset)
-    for a, b in zip(by_offset, by_offset[1:], strict=False):
-        if b.offset < a.offset + a.nbytes:  # llama.cpp lays them out one after another
-            raise ValueError(f"GGUF file {path}: tensors {a.name!r} and {b.name!r} overlap (corrupt file?)")
+    # llama.cpp (gguf_init_from_file) requires each tensor's data right after the previous one's, padded to the
+    # alignment, in table order; a type or shape changed by corruption moves every later offset, so the file is
+    # refused there rather than read as other bytes (a smaller type would otherwise leave a gap and load garbage).
+    expected = start
+    for t in head.tensors:
+        if t.offset != expected:
+            raise ValueError(f"GGUF file {path}: tensor {t.name!r} has data offset {t.offset - start}, expected "
+                             f"{expected - start} (where the previous tensors' data ends): a tensor's type or shape "
+                             f"in the header is corrupt")
+        expected += (t.nbytes + align - 1) // align * align
     return head
 
 
@@ -167,6 +176,9 @@ def _tensor_info(path: Path, info: tuple[str, tuple[int, ...], int, int], start:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     name, dims, type_id, offset = info
+    if len(dims) > _MAX_DIMS:
+        raise ValueError(f"GGUF file {path}: tensor {name!r} has {len(dims)} dimensions; GGUF tensors have at most "
+                         f"{_MAX_DIMS} (corrupt file?)")
     try:
         qtype = GGMLQuantizationType(type_id)
     except ValueError:  # gguf's reader (and transformers' conversion) would fail on it without naming it
@@ -179,8 +191,10 @@ def _tensor_info(path: Path, info: tuple[str, tuple[int, ...], int, int], start:
     if dims and dims[0] % block:
         raise ValueError(f"GGUF file {path}: tensor {name!r} has rows of {dims[0]} values, not whole "
                          f"{qtype.name} blocks of {block} (corrupt file?)")
-    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    n = math.prod(dims)  # exact: a corrupt size near 2**64 must not wrap around
     nbytes = n // block * type_size
+    if n == 0:
+        raise ValueError(f"GGUF file {path}: tensor {name!r} has shape {list(dims)}, with no elements (corrupt file?)")
     if start + offset + nbytes > file_size:
         raise ValueError(f"GGUF file {path}: tensor {name!r} lies past the end of the file (truncated or corrupt?)")
     if offset % align:
