@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 
 _WS = re.compile(r"[ \t\n\r]*")
 _STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
-_STRING_PARTIAL = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{0,4})?)*\Z')
+# an unfinished string: whole characters and escapes, then at most one escape cut by the end of the text. Only at the
+# end: allowed anywhere (a \u with 0-4 hex digits, a bare backslash), \u4e2d could be read six ways, and a string of
+# N such escapes that failed later (a raw newline) backtracked through 6**N readings (10: seconds; 15: days)
+_STRING_PARTIAL = re.compile(
+    r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*(?:\\(?:u[0-9a-fA-F]{0,3})?)?\Z')
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _NUMBER_PARTIAL = re.compile(r"-?(?:0|[1-9][0-9]*)?(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?\Z")
 _LITERALS = ("true", "false", "null")
