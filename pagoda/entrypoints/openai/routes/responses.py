@@ -12,6 +12,7 @@ from pagoda.entrypoints.openai.protocol_responses import ResponsesRequest
 from pagoda.entrypoints.openai.routes.common import generate, guarded, ready
 from pagoda.entrypoints.openai.server_state import ServerState
 from pagoda.entrypoints.openai.serving_engine import ServingError
+from pagoda.entrypoints.openai.serving_responses import OpenAIServingResponses
 
 router = APIRouter()
 
@@ -32,9 +33,7 @@ async def retrieve_response(response_id: str, raw: Request) -> Response:
         if asked:
             raise ServingError(400, f"{', '.join(asked)}: not supported by pagoda's GET /v1/responses/{{id}} (it "
                                f"returns the stored response as it stands).", param=asked[0])
-        responses = ready(raw).responses
-        assert responses is not None
-        return await responses.retrieve(response_id)
+        return await _serving(raw).retrieve(response_id)
     return await guarded(handler)
 
 
@@ -56,25 +55,22 @@ async def list_input_items(response_id: str, raw: Request) -> Response:
         if not 1 <= limit <= 100:
             raise ServingError(400, f"limit must be an integer from 1 to 100, got {q.get('limit')!r}.",
                                param="limit")
-        responses = ready(raw).responses
-        assert responses is not None
-        return await responses.input_items(response_id, q.get("after"), limit, order)
+        return await _serving(raw).input_items(response_id, q.get("after"), limit, order)
     return await guarded(handler)
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(response_id: str, raw: Request) -> Response:
-    async def handler() -> Response:
-        responses = ready(raw).responses
-        assert responses is not None
-        return await responses.cancel(response_id)
-    return await guarded(handler)
+    return await guarded(lambda: _serving(raw).cancel(response_id))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, raw: Request) -> Response:
-    async def handler() -> Response:
-        responses = ready(raw).responses
-        assert responses is not None
-        return await responses.delete(response_id)
-    return await guarded(handler)
+    return await guarded(lambda: _serving(raw).delete(response_id))
+
+
+def _serving(raw: Request) -> OpenAIServingResponses:
+    """The Responses serving object of a ready server (a 503 before)."""
+    responses = ready(raw).responses
+    assert responses is not None
+    return responses
