@@ -76,7 +76,10 @@ def test_api_key_guards_every_route_but_health(default_srv, tiny_model_dir):
                     if method != "HEAD":
                         assert r.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
-            if path not in ("/health", "/ping", "/", "/no/such/route") and method == "GET":
+            if "{response_id}" in path and method == "GET":  # with the key: past the check, to the store (off: 404)
+                r = c.get(srv.url + path, headers=srv.headers)
+                assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found", path
+            elif path not in ("/health", "/ping", "/", "/no/such/route") and method == "GET":
                 assert c.get(srv.url + path, headers=srv.headers).status_code == 200, path
                 # the scheme in any case (RFC 9110; vLLM's check too): the key is what is compared
                 assert c.get(srv.url + path, headers={"Authorization": f"bEaReR {API_KEY}"}).status_code == 200, path
