@@ -28,6 +28,7 @@ from pagoda.entrypoints.openai.protocol_responses import (
     OutputMessage,
     ResponseObject,
 )
+from pagoda.entrypoints.openai.responses_tools import input_messages
 
 RUNNING = ("queued", "in_progress")
 """The statuses of a response whose generation has not ended (a background one; cancellable)."""
@@ -56,8 +57,6 @@ class StoredResponse:
         while node is not None:
             chain.append(node)
             node = node.parent
-        from pagoda.entrypoints.openai.responses_tools import input_messages
-
         out: list[ChatMessageIn] = []
         for turn in reversed(chain):
             out += [m.model_copy(deep=True) for m in turn.messages]

@@ -35,7 +35,7 @@ from pagoda.entrypoints.openai.tool_parsers.abstract_tool_parser import (
     ToolParser,
     partial_tag_overlap,
 )
-from pagoda.entrypoints.openai.tool_parsers.json_scan import Malformed
+from pagoda.entrypoints.openai.tool_parsers.json_scan import Malformed, skip_ws
 
 TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 FUNCTION, FUNCTION_END = "<function=", "</function>"
@@ -130,7 +130,7 @@ class Qwen3CoderToolParser(ToolParser):
             acc.segments.append(text[pos:i])
             wrapped = text.startswith(TOOL_CALL, i)
             k = i + len(TOOL_CALL) if wrapped else i
-            k = _skip_space(text, k)
+            k = skip_ws(text, k)
             if not text.startswith(FUNCTION, k):
                 if final or not FUNCTION.startswith(text[k:]):
                     raise Malformed("<tool_call> without <function=")
@@ -140,7 +140,7 @@ class Qwen3CoderToolParser(ToolParser):
             if end is None:
                 return
             if wrapped:
-                k = _skip_space(text, end)
+                k = skip_ws(text, end)
                 if text.startswith(TOOL_CALL_END, k):
                     end = k + len(TOOL_CALL_END)
                 elif text[k:] and not (not final and TOOL_CALL_END.startswith(text[k:])):
@@ -167,7 +167,7 @@ class Qwen3CoderToolParser(ToolParser):
         seen: set[str] = set()
         k = gt + 1
         while True:
-            k = _skip_space(text, k)
+            k = skip_ws(text, k)
             if text.startswith(FUNCTION_END, k):
                 call.arguments += "}"
                 call.done = True
@@ -200,9 +200,3 @@ class Qwen3CoderToolParser(ToolParser):
             seen.add(pname)
             call.arguments += f"{sep}{json.dumps(pname, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
             k = j + len(PARAMETER_END) if text.startswith(PARAMETER_END, j) else j
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in " \t\r\n":
-        i += 1
-    return i
