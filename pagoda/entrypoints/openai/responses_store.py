@@ -28,7 +28,6 @@ from pagoda.entrypoints.openai.protocol_responses import (
     OutputMessage,
     ResponseObject,
 )
-from pagoda.entrypoints.openai.responses_tools import input_messages
 
 RUNNING = ("queued", "in_progress")
 """The statuses of a response whose generation has not ended (a background one; cancellable)."""
@@ -57,6 +56,10 @@ class StoredResponse:
         while node is not None:
             chain.append(node)
             node = node.parent
+        # imported here: responses_tools pulls in torch (through serving_engine), and `pagoda serve` reads this
+        # module's start-up check before torch is imported (tests/test_prelaunch.py)
+        from pagoda.entrypoints.openai.responses_tools import input_messages
+
         out: list[ChatMessageIn] = []
         for turn in reversed(chain):
             out += [m.model_copy(deep=True) for m in turn.messages]
